@@ -1,0 +1,1 @@
+"""campaigns.admin: admin of the campaigns app."""

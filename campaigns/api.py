@@ -1,0 +1,1 @@
+"""campaigns.api: api of the campaigns app."""

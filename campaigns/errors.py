@@ -1,0 +1,1 @@
+"""campaigns.errors: errors of the campaigns app."""

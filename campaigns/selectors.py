@@ -1,0 +1,1 @@
+"""campaigns.selectors: selectors of the campaigns app."""

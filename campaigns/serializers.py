@@ -1,0 +1,1 @@
+"""campaigns.serializers: serializers of the campaigns app."""

@@ -1,0 +1,1 @@
+"""campaigns.services: services of the campaigns app."""

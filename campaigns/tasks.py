@@ -1,0 +1,1 @@
+"""campaigns.tasks: tasks of the campaigns app."""

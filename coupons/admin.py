@@ -1,0 +1,1 @@
+"""coupons.admin: admin of the coupons app."""

@@ -1,0 +1,1 @@
+"""coupons.api: api of the coupons app."""

@@ -1,0 +1,1 @@
+"""coupons.errors: errors of the coupons app."""

@@ -1,0 +1,1 @@
+"""coupons.selectors: selectors of the coupons app."""

@@ -1,0 +1,1 @@
+"""coupons.serializers: serializers of the coupons app."""

@@ -1,0 +1,1 @@
+"""coupons.services: services of the coupons app."""

@@ -1,0 +1,1 @@
+"""coupons.tasks: tasks of the coupons app."""

@@ -1,0 +1,1 @@
+"""crm.admin: admin of the crm app."""

@@ -1,0 +1,1 @@
+"""crm.api: api of the crm app."""

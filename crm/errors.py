@@ -1,0 +1,1 @@
+"""crm.errors: errors of the crm app."""

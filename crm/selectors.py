@@ -1,0 +1,1 @@
+"""crm.selectors: selectors of the crm app."""

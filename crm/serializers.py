@@ -1,0 +1,1 @@
+"""crm.serializers: serializers of the crm app."""

@@ -1,0 +1,1 @@
+"""crm.services: services of the crm app."""

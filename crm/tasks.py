@@ -1,0 +1,1 @@
+"""crm.tasks: tasks of the crm app."""

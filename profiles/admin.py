@@ -1,0 +1,1 @@
+"""profiles.admin: admin of the profiles app."""

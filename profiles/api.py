@@ -1,0 +1,1 @@
+"""profiles.api: api of the profiles app."""

@@ -1,0 +1,18 @@
+from django.apps import AppConfig
+
+
+class ProfilesConfig(AppConfig):
+    """People: profiles, the identities that tie events to them, and their tags."""
+
+    name = "profiles"
+    verbose_name = "Profiles"
+    role_permissions = {
+        "Operations": ["profiles.view_*", "profiles.*_tag", "profiles.*_tagrule", "profiles.*_profiletag"],
+        "Customer service": ["profiles.view_profile", "profiles.lookup_profile"],
+        "Customer service lead": [
+            "profiles.view_profile",
+            "profiles.lookup_profile",
+            "profiles.see_personal_data",
+        ],
+        "Analyst": ["profiles.view_*"],
+    }

@@ -1,0 +1,1 @@
+"""profiles.errors: errors of the profiles app."""

@@ -1,0 +1,172 @@
+"""Profiles (one per person), the identities that resolve events to them, and their tags."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils.timezone import now
+
+
+class Gender(models.TextChoices):
+    UNKNOWN = "", "Unknown"
+    FEMALE = "female", "Female"
+    MALE = "male", "Male"
+    OTHER = "other", "Other"
+
+
+class Profile(models.Model):
+    """A person, named by the product's `user_id`. Known traits are columns; others live in
+    `traits`. A profile merged into another keeps its row with `merged_into` set, so an old
+    `user_id` still leads to the person."""
+
+    user_id = models.CharField(max_length=128, unique=True)
+    name = models.CharField(max_length=200, blank=True, default="")
+    gender = models.CharField(max_length=16, choices=Gender.choices, blank=True, default="")
+    birth_date = models.DateField(null=True, blank=True)
+    region = models.CharField(max_length=100, blank=True, default="")
+    city = models.CharField(max_length=100, blank=True, default="")
+    timezone = models.CharField(max_length=64, blank=True, default="", help_text="IANA name")
+    phone = models.CharField(max_length=32, blank=True, default="", help_text="E.164")
+    email = models.EmailField(blank=True, default="")
+    signup_at = models.DateTimeField(null=True, blank=True)
+    push_opt_in = models.BooleanField(default=False)
+    sms_opt_in = models.BooleanField(default=False)
+    email_opt_in = models.BooleanField(default=False)
+    traits = models.JSONField(default=dict, blank=True, help_text="Custom traits")
+    first_seen_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=now)
+    updated_at = models.DateTimeField(auto_now=True)
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="merged_profiles"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["phone"], name="profile_phone", condition=~models.Q(phone="")),
+            models.Index(fields=["email"], name="profile_email", condition=~models.Q(email="")),
+            models.Index(fields=["signup_at"], name="profile_signup"),
+        ]
+        permissions = [
+            ("lookup_profile", "May look up a caller's profile (customer service)"),
+            ("see_personal_data", "May see unmasked phone numbers and e-mail addresses"),
+        ]
+
+    def __str__(self) -> str:
+        return self.user_id
+
+
+class IdentityKind(models.TextChoices):
+    USER_ID = "user_id", "User id"
+    ANONYMOUS_ID = "anonymous_id", "Anonymous id"
+    PHONE = "phone", "Phone"
+    EMAIL = "email", "E-mail"
+    OPENID = "openid", "OpenID"
+    UNIONID = "unionid", "UnionID"
+    DEVICE = "device", "Device"
+    COOKIE = "cookie", "Cookie"
+
+
+class Identity(models.Model):
+    """One identifier of a person. `(kind, value)` is unique: an identifier belongs to one
+    profile at a time; claiming it for another profile merges the two."""
+
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="identities")
+    kind = models.CharField(max_length=16, choices=IdentityKind.choices)
+    value = models.CharField(max_length=256)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        verbose_name_plural = "identities"
+        constraints = [models.UniqueConstraint(fields=["kind", "value"], name="identity_kind_value_unique")]
+        indexes = [models.Index(fields=["value"], name="identity_value")]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+class ProfileMerge(models.Model):
+    """Record of one profile merged into another (by `identify`)."""
+
+    into = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="merges")
+    merged = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    merged_user_id = models.CharField(max_length=128)
+    reason = models.CharField(max_length=300, blank=True, default="")
+    at = models.DateTimeField(default=now)
+
+    def __str__(self) -> str:
+        return f"{self.merged_user_id} -> {self.into.user_id}"
+
+
+class ProfileEvent(models.Model):
+    """Read-only view: every event with the profile it belongs to *now* (through identities).
+
+    This is the one join every analysis uses: `user_id` identity first, else `anonymous_id`.
+    Events of a merged profile follow it without being rewritten. PostgreSQL inlines the view,
+    so filters on `name` and `timestamp` still use the event indexes.
+    """
+
+    event_id = models.UUIDField()
+    name = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16)
+    timestamp = models.DateTimeField()
+    received_at = models.DateTimeField()
+    user_id = models.CharField(max_length=128, null=True)
+    anonymous_id = models.CharField(max_length=128, null=True)
+    properties = models.JSONField()
+    url = models.TextField()
+    path = models.TextField()
+    referrer = models.TextField()
+    utm_source = models.CharField(max_length=128)
+    utm_medium = models.CharField(max_length=128)
+    utm_campaign = models.CharField(max_length=128)
+    device = models.CharField(max_length=64)
+    os = models.CharField(max_length=64)
+    profile = models.ForeignKey(Profile, null=True, on_delete=models.DO_NOTHING, related_name="events")
+
+    class Meta:
+        managed = False
+        db_table = "profiles_profileevent"
+
+    def __str__(self) -> str:
+        return f"{self.name} of {self.profile_id} @ {self.timestamp:%Y-%m-%d %H:%M}"
+
+
+class TagSource(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    RULE = "rule", "Rule"
+    STATISTICAL = "statistical", "Statistical"
+    IMPORT = "import", "Import"
+    CAMPAIGN = "campaign", "Campaign feedback"
+
+
+class Tag(models.Model):
+    """A label operators target by, e.g. `prefers_technology` in category `preference`."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    category = models.CharField(max_length=64, blank=True, default="")
+    description = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=16, choices=TagSource.choices, default=TagSource.MANUAL)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["category", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ProfileTag(models.Model):
+    """A profile carrying a tag, with how sure we are and where it came from."""
+
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="profile_tags")
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="profile_tags")
+    score = models.FloatField(null=True, blank=True, help_text="Confidence or effect size")
+    source = models.CharField(max_length=16, choices=TagSource.choices, default=TagSource.MANUAL)
+    computed_at = models.DateTimeField(default=now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["profile", "tag"], name="profiletag_unique")]
+        indexes = [models.Index(fields=["tag", "profile"], name="profiletag_tag_profile")]
+
+    def __str__(self) -> str:
+        return f"{self.profile_id}:{self.tag_id}"

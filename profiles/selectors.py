@@ -1,0 +1,1 @@
+"""profiles.selectors: selectors of the profiles app."""

@@ -1,0 +1,1 @@
+"""profiles.serializers: serializers of the profiles app."""

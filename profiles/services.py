@@ -1,0 +1,1 @@
+"""profiles.services: services of the profiles app."""

@@ -1,0 +1,1 @@
+"""profiles.tasks: tasks of the profiles app."""

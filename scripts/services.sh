@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Project-local PostgreSQL and Redis for development and tests.
+#
+#   scripts/services.sh start    start both (idempotent), write .run/env
+#   scripts/services.sh stop     stop both (idempotent)
+#   scripts/services.sh status
+#
+# Both servers listen on 127.0.0.1 on ports of their own and keep their data under .run/, so
+# nothing system-wide is started, stopped or changed. PostgreSQL refuses to run as root: when we
+# are root the cluster belongs to the unprivileged `postgres` user instead.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUN="$ROOT/.run"
+PG_PORT=${OPSLOOP_PG_PORT:-54329}
+REDIS_PORT=${OPSLOOP_REDIS_PORT:-63799}
+PG_USER=opsloop
+PG_DB=opsloop
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+apt_install() {
+  # Only on Debian-like systems and only as root; everywhere else say what is missing.
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing $* with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
+  else
+    log "missing: $*. Install it with your system's package manager"
+    log "  (Debian/Ubuntu: sudo apt-get install $*; macOS: brew install ${1%-server})"
+    exit 1
+  fi
+}
+
+pg_bindir() {
+  local d
+  if command -v pg_config >/dev/null && d=$(pg_config --bindir 2>/dev/null) && [ -x "$d/initdb" ]; then
+    echo "$d"; return
+  fi
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+as_owner() {
+  # Run a PostgreSQL tool as the cluster's owner, from a directory that owner can enter.
+  if [ "$(id -u)" = 0 ]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+pg_datadir() {
+  # The cluster lives under .run/ unless the `postgres` user cannot reach it (a checkout under
+  # /root, say): then it lives in /tmp under a name derived from the checkout, linked from .run/.
+  local d="$RUN/pg"
+  if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$RUN" 2>/dev/null; then
+    local alt="/tmp/opsloop-pg-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)"
+    mkdir -p "$alt"
+    [ -L "$d" ] || { rm -rf "$d"; ln -s "$alt" "$d"; }
+    echo "$alt"; return
+  fi
+  echo "$d"
+}
+
+start_pg() {
+  local bin data
+  bin=$(pg_bindir) || { apt_install postgresql; bin=$(pg_bindir); }
+  data=$(pg_datadir)
+  mkdir -p "$data"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$data"; fi
+  chmod 700 "$data"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    log "initialising PostgreSQL cluster in $data"
+    as_owner "$bin/initdb" -D "$data" -U "$PG_USER" --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    cat >>"$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = ''
+fsync = ${OPSLOOP_PG_FSYNC:-on}
+max_connections = 200
+shared_buffers = 256MB
+work_mem = 32MB
+maintenance_work_mem = 256MB
+CONF
+  fi
+  if as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+  else
+    as_owner "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 -o "-p $PG_PORT" start >/dev/null
+    log "PostgreSQL started on 127.0.0.1:$PG_PORT"
+  fi
+  local i
+  for i in $(seq 1 50); do
+    "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" && break
+    sleep 0.2
+  done
+  if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -tAc \
+      "SELECT 1 FROM pg_database WHERE datname='$PG_DB'" | grep -q 1; then
+    "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" "$PG_DB"
+  fi
+}
+
+stop_pg() {
+  local bin data="$RUN/pg"
+  bin=$(pg_bindir) || return 0
+  [ -e "$data/PG_VERSION" ] || return 0
+  if as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+    log "PostgreSQL stopped"
+  fi
+}
+
+redis_running() {
+  [ -f "$RUN/redis/redis.pid" ] && kill -0 "$(cat "$RUN/redis/redis.pid")" 2>/dev/null
+}
+
+start_redis() {
+  command -v redis-server >/dev/null || apt_install redis-server
+  mkdir -p "$RUN/redis"
+  if redis_running; then
+    log "Redis already running on 127.0.0.1:$REDIS_PORT"
+  else
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" \
+      --pidfile "$RUN/redis/redis.pid" --dir "$RUN/redis" --logfile "$RUN/redis/redis.log" \
+      --save '' --appendonly no --databases 32 >/dev/null
+    local i
+    for i in $(seq 1 50); do
+      redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+    log "Redis started on 127.0.0.1:$REDIS_PORT"
+  fi
+}
+
+stop_redis() {
+  if redis_running; then
+    kill "$(cat "$RUN/redis/redis.pid")"
+    local i
+    for i in $(seq 1 50); do redis_running || break; sleep 0.1; done
+    log "Redis stopped"
+  fi
+  rm -f "$RUN/redis/redis.pid"
+}
+
+write_env() {
+  cat >"$RUN/env" <<ENV
+DATABASE_URL=postgres://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+ENV
+}
+
+mkdir -p "$RUN"
+case "${1:-}" in
+  start) start_pg; start_redis; write_env ;;
+  stop) stop_redis; stop_pg ;;
+  status)
+    bin=$(pg_bindir) && as_owner "$bin/pg_ctl" -D "$RUN/pg" status || true
+    redis_running && echo "redis running (pid $(cat "$RUN/redis/redis.pid"))" || echo "redis not running"
+    ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

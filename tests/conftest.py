@@ -1,0 +1,175 @@
+"""Fixtures shared by the whole suite: API clients holding real keys, staff users in their roles,
+and a real Celery worker process consuming the real Redis against the test database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.contrib.auth.models import Group
+from rest_framework.test import APIClient
+
+from access import services as access_services
+from access.models import Scope
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.fixture
+def make_api_client() -> Callable[..., APIClient]:
+    """`make_api_client("events:write", ...)` -> an APIClient sending a fresh key with those scopes."""
+    counter = iter(range(1_000_000))
+
+    def make(*scopes: str) -> APIClient:
+        issued = access_services.create_api_key(name=f"test-key-{next(counter)}", scopes=list(scopes))
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.plaintext}")
+        client.api_key = issued.api_key
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api_client(db, make_api_client) -> APIClient:
+    """A client whose key holds every scope."""
+    return make_api_client(*Scope.values)
+
+
+@pytest.fixture
+def make_staff(db, django_user_model) -> Callable[..., object]:
+    """`make_staff("Customer service")` -> a staff user in that role (group)."""
+
+    def make(*roles: str, username: str | None = None, superuser: bool = False):
+        name = username or f"staff-{django_user_model.objects.count() + 1}"
+        user = django_user_model.objects.create_user(
+            username=name, password="pw-for-tests", is_staff=True, is_superuser=superuser
+        )
+        for role in roles:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def staff_client(make_staff) -> Callable[..., APIClient]:
+    """`staff_client("Operations")` -> an APIClient logged in with a session as such a staff member."""
+
+    def make(*roles: str, superuser: bool = False) -> APIClient:
+        client = APIClient()
+        client.force_login(make_staff(*roles, superuser=superuser))
+        return client
+
+    return make
+
+
+def _worker_env(db_name: str) -> dict[str, str]:
+    db = settings.DATABASES["default"]
+    env = dict(os.environ)
+    env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db_name}"
+    env["REDIS_URL"] = settings.REDIS_URL
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
+    env["OPSLOOP_DB_CONN_MAX_AGE"] = "0"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class WorkerProcess:
+    """A `celery worker` child process; tests may kill and restart it."""
+
+    def __init__(self, db_name: str, log_path: Path, queues: str = "default,deliveries,analytics") -> None:
+        self.db_name = db_name
+        self.log_path = log_path
+        self.queues = queues
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, concurrency: int = 2) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115  (lives as long as the process)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-Q",
+                self.queues,
+                "--concurrency",
+                str(concurrency),
+                "--pool",
+                "prefork",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            ],
+            cwd=ROOT,
+            env=_worker_env(self.db_name),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crashed machine would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[WorkerProcess]:
+    """A real worker, started once per session, against the test database and the real Redis.
+    Tests that use it need `transactional_db` so the worker sees their committed rows."""
+    from config.celery import app
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    worker = WorkerProcess(
+        db_name=settings.DATABASES["default"]["NAME"],
+        log_path=tmp_path_factory.mktemp("celery") / "worker.log",
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if app.send_task("opsloop.ping").get(timeout=5) == "pong":
+                break
+        except Exception:
+            if time.monotonic() > deadline or worker.proc.poll() is not None:
+                worker.stop()
+                raise RuntimeError(f"Celery worker did not start:\n{worker.log()[-4000:]}") from None
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def celery_worker(celery_worker_process, transactional_db) -> WorkerProcess:
+    proc = celery_worker_process
+    if proc.proc is None or proc.proc.poll() is not None:  # a test killed it: bring it back
+        proc.start()
+    return proc

@@ -1,0 +1,1 @@
+"""tracking.admin: admin of the tracking app."""

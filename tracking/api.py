@@ -1,0 +1,1 @@
+"""tracking.api: api of the tracking app."""

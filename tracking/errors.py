@@ -1,0 +1,1 @@
+"""tracking.errors: errors of the tracking app."""

@@ -1,0 +1,71 @@
+"""Events from the product: behaviour, traffic and business facts. Append-only.
+
+An event is keyed by the product's ids (`user_id`, `anonymous_id`), never by our profile id: who
+the person is gets resolved through `profiles.Identity` at read time, so merging two people
+rewrites a mapping and never this table.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class EventKind(models.TextChoices):
+    BEHAVIOR = "behavior", "Behaviour"
+    TRAFFIC = "traffic", "Traffic"
+    BUSINESS = "business", "Business"
+
+
+class Event(models.Model):
+    """One thing a person did.
+
+    Indexes follow the reads of the layers above:
+    - `(name, timestamp)`: indicators, tag rules and RFM select one event name over a time window;
+    - `(user_id, timestamp)` and `(anonymous_id, timestamp)`: a person's timeline (customer
+      service, attribution of a campaign's goal event to a recipient);
+    - `event_id` unique: de-duplication of retried batches, enforced by the database so that
+      racing requests cannot both store it.
+    """
+
+    event_id = models.UUIDField(unique=True, default=uuid.uuid4)
+    name = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.BEHAVIOR)
+    timestamp = models.DateTimeField(help_text="When it happened, as the product reported it.")
+    received_at = models.DateTimeField(default=timezone.now)
+    user_id = models.CharField(max_length=128, null=True, blank=True)
+    anonymous_id = models.CharField(max_length=128, null=True, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+    # Context fields that analyses filter on, as real columns.
+    url = models.TextField(blank=True, default="")
+    path = models.TextField(blank=True, default="")
+    referrer = models.TextField(blank=True, default="")
+    utm_source = models.CharField(max_length=128, blank=True, default="")
+    utm_medium = models.CharField(max_length=128, blank=True, default="")
+    utm_campaign = models.CharField(max_length=128, blank=True, default="")
+    device = models.CharField(max_length=64, blank=True, default="")
+    os = models.CharField(max_length=64, blank=True, default="")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    locale = models.CharField(max_length=32, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["name", "timestamp"], name="event_name_time"),
+            models.Index(fields=["user_id", "timestamp"], name="event_user_time"),
+            models.Index(
+                fields=["anonymous_id", "timestamp"],
+                name="event_anon_time",
+                condition=models.Q(anonymous_id__isnull=False),
+            ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user_id__isnull=False) | models.Q(anonymous_id__isnull=False),
+                name="event_has_person_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.timestamp:%Y-%m-%d %H:%M:%S}"

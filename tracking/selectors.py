@@ -1,0 +1,1 @@
+"""tracking.selectors: selectors of the tracking app."""

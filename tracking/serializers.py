@@ -1,0 +1,1 @@
+"""tracking.serializers: serializers of the tracking app."""

@@ -1,0 +1,1 @@
+"""tracking.services: services of the tracking app."""

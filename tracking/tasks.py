@@ -1,0 +1,1 @@
+"""tracking.tasks: tasks of the tracking app."""
