@@ -1,0 +1,42 @@
+"""Listeners that apps above `tracking` attach to ingestion, since `tracking` may not import them.
+
+`profiles` creates profiles for new user ids and keeps first/last seen up to date; `campaigns`
+starts triggered sends. A listener is called inside the ingestion transaction, once per stored
+batch, with only the events that were actually stored (duplicates left out); it must work
+set-based over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: int
+    event_id: str
+    name: str
+    kind: str
+    timestamp: datetime
+    user_id: str | None
+    anonymous_id: str | None
+    properties: dict[str, Any]
+
+
+IngestListener = Callable[[Sequence[StoredEvent]], None]
+_listeners: dict[str, IngestListener] = {}
+
+
+def register_ingest_listener(name: str, listener: IngestListener) -> None:
+    """Attach (or replace) a listener under a unique name, from the app's AppConfig.ready()."""
+    _listeners[name] = listener
+
+
+def notify_ingested(events: Sequence[StoredEvent]) -> None:
+    if not events:
+        return
+    for _name, listener in sorted(_listeners.items()):
+        listener(events)
