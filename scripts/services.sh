@@ -12,8 +12,10 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN="$ROOT/.run"
-PG_PORT=${OPSLOOP_PG_PORT:-54329}
-REDIS_PORT=${OPSLOOP_REDIS_PORT:-63799}
+# Ports chosen when the servers were first set up stay theirs, unless named explicitly again.
+if [ -f "$RUN/ports" ]; then . "$RUN/ports"; fi
+PG_PORT=${OPSLOOP_PG_PORT:-${SAVED_PG_PORT:-54329}}
+REDIS_PORT=${OPSLOOP_REDIS_PORT:-${SAVED_REDIS_PORT:-63799}}
 PG_USER=opsloop
 PG_DB=opsloop
 
@@ -147,6 +149,7 @@ stop_redis() {
 }
 
 write_env() {
+  printf 'SAVED_PG_PORT=%s\nSAVED_REDIS_PORT=%s\n' "$PG_PORT" "$REDIS_PORT" >"$RUN/ports"
   cat >"$RUN/env" <<ENV
 DATABASE_URL=postgres://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
