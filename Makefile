@@ -55,6 +55,7 @@ down:
 	@scripts/services.sh stop
 
 test: venv services
+	@scripts/ensure-chromium.sh
 	@$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
