@@ -1,1 +1,423 @@
-"""campaigns.admin: admin of the campaigns app."""
+"""What operators see: campaigns with inline variants, audience preview, launch / pause /
+resume / rollout actions (audited), live counters, results as a table and a chart, the history
+of iterations, a test message to a staff device, deliveries and channel gateways."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from access.services import record_audit
+from campaigns import selectors, services
+from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
+from campaigns.segments import DefinitionError, compile_definition
+from config.errors import DomainError
+
+# Gateways and landing pages are https; Django 6 makes this the default.
+URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
+
+
+def _preview_html(segment: Segment) -> str:
+    try:
+        preview = selectors.segment_preview(segment)
+    except DefinitionError as exc:
+        return format_html("<strong>Invalid definition:</strong> {}", "; ".join(exc.errors))
+    sample = ", ".join(preview["sample"]) or "(nobody)"
+    return format_html("<strong>{}</strong> people now. Sample: <code>{}</code>", preview["size"], sample)
+
+
+# --- channels and segments ---------------------------------------------------------------------
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    formfield_overrides = URL_FIELDS
+    list_display = ["kind", "gateway", "rate_per_second", "max_attempts", "timeout_seconds", "enabled", "updated_at"]
+    list_editable = ["enabled"]
+    list_filter = ["enabled"]
+
+    @admin.display(description="Gateway URL in use")
+    def gateway(self, obj: Channel) -> str:
+        return obj.effective_url() or "(email backend)" if obj.kind == "email" else obj.effective_url() or "-"
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        record_audit(
+            action="campaigns.change_channel", obj=obj, actor=request.user, details={"fields": form.changed_data}
+        )
+
+
+class SegmentForm(forms.ModelForm):
+    class Meta:
+        model = Segment
+        fields = ["name", "definition", "description"]
+
+    def clean_definition(self):
+        definition = self.cleaned_data["definition"]
+        try:
+            compile_definition(definition)
+        except DefinitionError as exc:
+            raise forms.ValidationError(exc.errors) from None
+        return definition
+
+
+@admin.register(Segment)
+class SegmentAdmin(admin.ModelAdmin):
+    form = SegmentForm
+    list_display = ["name", "campaign_count", "updated_at"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["audience_preview"]
+
+    def get_queryset(self, request):
+        from django.db.models import Count
+
+        return super().get_queryset(request).annotate(n_campaigns=Count("campaigns"))
+
+    @admin.display(description="Campaigns", ordering="n_campaigns")
+    def campaign_count(self, obj: Segment) -> int:
+        return obj.n_campaigns
+
+    @admin.display(description="Audience (live)")
+    def audience_preview(self, obj: Segment) -> str:
+        return _preview_html(obj) if obj.pk else "Save to see the size and a sample."
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        record_audit(
+            action="campaigns.change_segment" if change else "campaigns.create_segment",
+            obj=obj,
+            actor=request.user,
+            details={"definition": obj.definition},
+        )
+
+
+# --- campaigns ---------------------------------------------------------------------------------
+
+
+class VariantInline(admin.TabularInline):
+    model = Variant
+    formfield_overrides = URL_FIELDS
+    extra = 0
+    min_num = 1
+    fields = ["position", "name", "weight", "title", "body", "url", "coupon_rule_id"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and (obj is None or obj.status == CampaignStatus.DRAFT)
+
+    has_add_permission = has_change_permission
+    has_delete_permission = has_change_permission
+
+
+def _run_action(modeladmin, request, queryset, label: str, fn) -> None:
+    done = 0
+    for campaign in queryset:
+        try:
+            fn(campaign_id=campaign.pk, actor=request.user)
+            done += 1
+        except DomainError as exc:
+            modeladmin.message_user(request, f"{campaign}: {exc.detail}", messages.WARNING)
+    if done:
+        modeladmin.message_user(request, f"{label}: {done} campaign(s).", messages.SUCCESS)
+
+
+@admin.action(description="Launch selected campaigns", permissions=["send"])
+def launch(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, "Launched", services.launch_campaign)
+
+
+@admin.action(description="Pause selected campaigns", permissions=["send"])
+def pause(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, "Paused", services.pause_campaign)
+
+
+@admin.action(description="Resume selected campaigns", permissions=["send"])
+def resume(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, "Resumed", services.resume_campaign)
+
+
+@admin.action(description="Roll out the winner to the rest (after the pilot)", permissions=["send"])
+def rollout(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, "Rolled out", services.rollout_campaign)
+
+
+@admin.action(description="Clone as next iteration (winner as control)", permissions=["add"])
+def clone(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, "Cloned", services.clone_campaign)
+
+
+class TestMessageForm(forms.Form):
+    variant = forms.ModelChoiceField(queryset=Variant.objects.none())
+    user_id = forms.CharField(max_length=128, help_text="Your own user id in the product (your test device)")
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    inlines = [VariantInline]
+    list_display = ["name", "channel", "status", "phase", "iteration", "segment", "schedule_kind", "launched_at"]
+    list_filter = ["status", "phase", "channel", "schedule_kind"]
+    search_fields = ["name", "segment__name"]
+    list_select_related = ["segment"]
+    actions = [launch, pause, resume, rollout, clone]
+    autocomplete_fields = ["segment"]
+    readonly_fields = [
+        "status",
+        "phase",
+        "winner",
+        "parent",
+        "iteration",
+        "launched_at",
+        "pilot_sent_at",
+        "rolled_out_at",
+        "completed_at",
+        "periodic_task",
+        "live_counters",
+        "audience_preview",
+        "links",
+    ]
+    fieldsets = [
+        (None, {"fields": ["name", "segment", "audience_preview", "channel", "goal_event", "attribution_hours"]}),
+        ("Test design", {"fields": ["holdout_percent", "pilot_percent", "auto_rollout", "alpha", "min_sample"]}),
+        (
+            "Schedule and limits",
+            {
+                "fields": [
+                    "schedule_kind",
+                    "send_at",
+                    "cron",
+                    "trigger_event",
+                    "delay_minutes",
+                    "frequency_cap_per_day",
+                    "respect_quiet_hours",
+                    "quiet_start_hour",
+                    "quiet_end_hour",
+                ]
+            },
+        ),
+        (
+            "Progress",
+            {
+                "fields": [
+                    "links",
+                    "live_counters",
+                    "status",
+                    "phase",
+                    "winner",
+                    "parent",
+                    "iteration",
+                    "launched_at",
+                    "pilot_sent_at",
+                    "rolled_out_at",
+                    "completed_at",
+                    "periodic_task",
+                ]
+            },
+        ),
+    ]
+
+    def has_send_permission(self, request) -> bool:
+        return request.user.has_perm("campaigns.send_campaign")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.status != CampaignStatus.DRAFT:
+            # What was tested must stay what the results describe.
+            fields += [f.name for f in Campaign._meta.fields if f.name not in fields and f.editable]
+        return fields
+
+    @admin.display(description="Audience (live)")
+    def audience_preview(self, obj: Campaign) -> str:
+        return _preview_html(obj.segment) if obj.pk else "-"
+
+    @admin.display(description="Pages")
+    def links(self, obj: Campaign) -> str:
+        if not obj.pk:
+            return "-"
+        items = [
+            (reverse("admin:campaigns_campaign_results", args=[obj.pk]), "Results"),
+            (reverse("admin:campaigns_campaign_history", args=[obj.pk]), "History of iterations"),
+            (reverse("admin:campaigns_campaign_test_message", args=[obj.pk]), "Send a test message"),
+            (reverse("admin:campaigns_delivery_changelist") + f"?campaign__id__exact={obj.pk}", "Deliveries"),
+        ]
+        return format_html_join(" | ", '<a href="{}">{}</a>', items)
+
+    @admin.display(description="Counters (live)")
+    def live_counters(self, obj: Campaign) -> str:
+        if not obj.pk:
+            return "-"
+        url = reverse("admin:campaigns_campaign_counters", args=[obj.pk])
+        counters = selectors.delivery_counters(obj)
+        cells = format_html_join(
+            "", '<td style="padding:0 1em" data-counter="{}">{}</td>', ((k, v) for k, v in counters.items())
+        )
+        heads = format_html_join("", '<th style="padding:0 1em">{}</th>', ((k,) for k in counters))
+        return format_html(
+            '<table id="live-counters"><tr>{}</tr><tr>{}</tr></table>'
+            "<script>(function(){{var t=document.getElementById('live-counters');"
+            "setInterval(function(){{fetch('{}').then(function(r){{return r.json()}}).then(function(c){{"
+            "for(var k in c){{var td=t.querySelector('[data-counter=\"'+k+'\"]');if(td)td.textContent=c[k];}}"
+            "}})}},5000)}})();</script>",
+            heads,
+            cells,
+            url,
+        )
+
+    def get_urls(self):
+        own = [
+            path("<int:pk>/results/", self.admin_site.admin_view(self.results_view), name="campaigns_campaign_results"),
+            path("<int:pk>/history/", self.admin_site.admin_view(self.history_view), name="campaigns_campaign_history"),
+            path(
+                "<int:pk>/test-message/",
+                self.admin_site.admin_view(self.test_message_view),
+                name="campaigns_campaign_test_message",
+            ),
+            path(
+                "<int:pk>/counters.json",
+                self.admin_site.admin_view(self.counters_view),
+                name="campaigns_campaign_counters",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def _campaign(self, request: HttpRequest, pk: int) -> Campaign:
+        campaign = get_object_or_404(Campaign.objects.select_related("segment", "winner"), pk=pk)
+        if not self.has_view_permission(request, campaign):
+            raise PermissionDenied
+        return campaign
+
+    def counters_view(self, request: HttpRequest, pk: int) -> JsonResponse:
+        return JsonResponse(selectors.delivery_counters(self._campaign(request, pk)))
+
+    def results_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        campaign = self._campaign(request, pk)
+        results = selectors.campaign_results(campaign)
+        chart = {
+            "labels": [g["name"] for g in results["groups"]],
+            "rates": [round((g["conversion_rate"] or 0) * 100, 3) for g in results["groups"]],
+            "low": [round((g["ci_low"] or 0) * 100, 3) for g in results["groups"]],
+            "high": [round((g["ci_high"] or 0) * 100, 3) for g in results["groups"]],
+        }
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": campaign,
+            "title": f"Results: {campaign}",
+            "results": results,
+            "chart": chart,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/results.html", context)
+
+    def history_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        campaign = self._campaign(request, pk)
+        rows = []
+        for item in selectors.campaign_lineage(campaign):
+            results = item.results_snapshot or selectors.campaign_results(item)
+            rows.append({"campaign": item, "results": results})
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": campaign,
+            "title": f"Iterations of {campaign}",
+            "rows": rows,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/history.html", context)
+
+    def test_message_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        campaign = self._campaign(request, pk)
+        if not self.has_send_permission(request):
+            raise PermissionDenied
+        form = TestMessageForm(request.POST or None)
+        form.fields["variant"].queryset = campaign.variants.all()
+        if request.method == "POST" and form.is_valid():
+            try:
+                outcome = services.send_test_message(
+                    campaign=campaign,
+                    variant=form.cleaned_data["variant"],
+                    user_id=form.cleaned_data["user_id"],
+                    actor=request.user,
+                )
+            except DomainError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
+            else:
+                level = messages.SUCCESS if outcome.kind == "sent" else messages.ERROR
+                self.message_user(request, f"Test message {outcome.kind}. {outcome.reason}", level)
+                return redirect("admin:campaigns_campaign_change", campaign.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": campaign,
+            "title": f"Send a test message: {campaign}",
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/test_message.html", context)
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        record_audit(
+            action="campaigns.change_campaign" if change else "campaigns.create_campaign",
+            obj=obj,
+            actor=request.user,
+            details={"fields": form.changed_data},
+        )
+
+    def save_formset(self, request, form, formset, change) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.has_changed():
+            record_audit(
+                action="campaigns.change_variants",
+                obj=form.instance,
+                actor=request.user,
+                details={"variants": list(form.instance.variants.values_list("name", flat=True))},
+            )
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "campaign",
+        "variant",
+        "user_id",
+        "channel",
+        "phase",
+        "status",
+        "attempts",
+        "sent_at",
+        "reason",
+    ]
+    list_filter = ["status", "channel", "phase", "campaign"]
+    search_fields = ["user_id", "=idempotency_key"]
+    list_select_related = ["campaign", "variant"]
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in Delivery._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = ["campaign", "user_id", "role", "variant", "assigned_at"]
+    list_filter = ["role", "campaign"]
+    search_fields = ["user_id"]
+    list_select_related = ["campaign", "variant"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in Assignment._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

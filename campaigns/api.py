@@ -1,1 +1,301 @@
-"""campaigns.api: api of the campaigns app."""
+"""REST endpoints of the campaigns app (scope `manage`; receipts `events:write`), and the public
+signed tracking endpoints (click redirect and open pixel) that recipients' devices call."""
+
+from __future__ import annotations
+
+import base64
+
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.parsers import JSONParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from access.models import ApiKey
+from access.permissions import HasScope
+from campaigns import channels, errors, selectors, services
+from campaigns import serializers as s
+from campaigns.models import Campaign, Delivery, Segment
+from campaigns.stats import GroupCounts, analyze
+
+BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
+NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")
+PAGE_NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="No such page")
+CONFLICT = OpenApiResponse(s.ErrorOutput, description="Not allowed in the campaign's current status")
+REFUSED = OpenApiResponse(s.ErrorOutput, description="Refused by the business rules (`reason`)")
+
+
+PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="Integer id.")
+
+
+def _pk(value: str | int, error: type[errors.NotFound], what: str) -> int:
+    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
+    text = str(value)
+    if not text.isdigit() or len(text) > 18:
+        raise error(f"No {what} {text[:40]!r}.")
+    return int(text)
+
+
+class _JsonView(APIView):
+    parser_classes = [JSONParser]
+
+
+def _who(request) -> dict:
+    api_key = request.auth if isinstance(request.auth, ApiKey) else None
+    return {"actor": None if api_key else request.user, "api_key": api_key}
+
+
+def _campaign(pk: str | int) -> Campaign:
+    pk = _pk(pk, errors.CampaignNotFound, "campaign")
+    campaign = Campaign.objects.select_related("winner").prefetch_related("variants").filter(pk=pk).first()
+    if campaign is None:
+        raise errors.CampaignNotFound(f"No campaign {pk}.")
+    return campaign
+
+
+# --- segments ----------------------------------------------------------------------------------
+
+
+class SegmentListView(generics.ListAPIView):
+    permission_classes = [HasScope("manage")]
+    parser_classes = [JSONParser]
+    serializer_class = s.SegmentOutput
+    queryset = Segment.objects.order_by("-id")
+    filterset_fields = ["name"]
+
+    @extend_schema(responses={200: s.SegmentOutput(many=True), 400: BAD_REQUEST, 404: PAGE_NOT_FOUND})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        request=s.SegmentInput,
+        responses={201: s.SegmentCreated, 400: BAD_REQUEST},
+        summary="Create a segment; answers with its live size",
+    )
+    def post(self, request):
+        data = s.SegmentInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        segment = services.create_segment(**data.validated_data, actor=_who(request)["actor"])
+        size = selectors.segment_size(segment.definition)
+        return Response({"id": segment.pk, "name": segment.name, "size": size}, status=status.HTTP_201_CREATED)
+
+
+def _segment(pk: str | int) -> Segment:
+    segment = Segment.objects.filter(pk=_pk(pk, errors.SegmentNotFound, "segment")).first()
+    if segment is None:
+        raise errors.SegmentNotFound(f"No segment {pk}.")
+    return segment
+
+
+class SegmentDetailView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(parameters=[PK], responses={200: s.SegmentOutput, 404: NOT_FOUND})
+    def get(self, request, pk: str):
+        return Response(s.SegmentOutput(_segment(pk)).data)
+
+
+class SegmentPreviewView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[PK], responses={200: s.SegmentPreview, 404: NOT_FOUND}, summary="Live size and a sample of user ids"
+    )
+    def get(self, request, pk: str):
+        return Response(selectors.segment_preview(_segment(pk)))
+
+
+# --- campaigns ---------------------------------------------------------------------------------
+
+
+class CampaignListView(generics.ListAPIView):
+    permission_classes = [HasScope("manage")]
+    parser_classes = [JSONParser]
+    serializer_class = s.CampaignOutput
+    queryset = Campaign.objects.select_related("winner").prefetch_related("variants").order_by("-id")
+    filterset_fields = ["status", "channel", "segment", "parent"]
+
+    @extend_schema(responses={200: s.CampaignOutput(many=True), 400: BAD_REQUEST, 404: PAGE_NOT_FOUND})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        request=s.CampaignInput,
+        responses={201: s.CampaignOutput, 400: BAD_REQUEST},
+        summary="Create a draft campaign with its variants",
+    )
+    def post(self, request):
+        data = s.CampaignInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        campaign = services.create_campaign(**data.validated_data, **_who(request))
+        return Response(s.CampaignOutput(_campaign(campaign.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class CampaignDetailView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[PK], responses={200: s.CampaignDetailOutput, 404: NOT_FOUND}, summary="Status, phase and counters"
+    )
+    def get(self, request, pk: str):
+        return Response(s.CampaignDetailOutput(_campaign(pk)).data)
+
+
+def _action(summary: str, code: int = 200, request=None):
+    return extend_schema(
+        parameters=[PK],
+        request=request,
+        responses={code: s.CampaignOutput, 404: NOT_FOUND, 409: CONFLICT, 422: REFUSED, 400: BAD_REQUEST},
+        summary=summary,
+    )
+
+
+class CampaignLaunchView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @_action("Launch: send now, at its time, on its cron schedule or on its trigger", 202)
+    def post(self, request, pk: str):
+        services.launch_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        return Response(s.CampaignOutput(_campaign(pk)).data, status=status.HTTP_202_ACCEPTED)
+
+
+class CampaignPauseView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @_action("Pause sending")
+    def post(self, request, pk: str):
+        services.pause_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        return Response(s.CampaignOutput(_campaign(pk)).data)
+
+
+class CampaignResumeView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @_action("Resume a paused campaign")
+    def post(self, request, pk: str):
+        services.resume_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        return Response(s.CampaignOutput(_campaign(pk)).data)
+
+
+class CampaignRolloutView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @_action("Send the winner (or the named variant) to the rest after the pilot", request=s.RolloutInput)
+    def post(self, request, pk: str):
+        data = s.RolloutInput(data=request.data if isinstance(request.data, dict) else {})
+        data.is_valid(raise_exception=True)
+        services.rollout_campaign(
+            campaign_id=_campaign(pk).pk, variant_name=data.validated_data.get("variant") or None, **_who(request)
+        )
+        return Response(s.CampaignOutput(_campaign(pk)).data)
+
+
+class CampaignCloneView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @_action("Clone a finished campaign as its next iteration (winner as the new control)", 201)
+    def post(self, request, pk: str):
+        clone = services.clone_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        return Response(s.CampaignOutput(_campaign(clone.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class CampaignResultsView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[PK], responses={200: s.ResultsOutput, 404: NOT_FOUND}, summary="Per-group results with statistics"
+    )
+    def get(self, request, pk: str):
+        return Response(selectors.campaign_results(_campaign(pk)))
+
+
+# --- experiments and receipts ------------------------------------------------------------------
+
+
+class ExperimentAnalyzeView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        request=s.ExperimentInput,
+        responses={200: s.ExperimentOutput, 400: BAD_REQUEST},
+        summary="The campaign statistics for an experiment run elsewhere",
+    )
+    def post(self, request):
+        data = s.ExperimentInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        result = analyze(
+            [GroupCounts(g["name"], g["assigned"], g["converted"], g.get("expected_share")) for g in v["groups"]],
+            control=v["control"],
+            alpha=v["alpha"],
+            min_sample=v["min_sample"],
+        )
+        for g in result["groups"]:
+            g["uplift_vs_control"] = g.pop("uplift")
+        return Response(result)
+
+
+class ReceiptsView(_JsonView):
+    permission_classes = [HasScope("events:write")]
+
+    @extend_schema(
+        request=s.ReceiptsInput,
+        responses={200: s.ReceiptsOutput, 400: BAD_REQUEST},
+        summary="Provider callbacks (delivered, failed, opened, clicked); idempotent",
+    )
+    def post(self, request):
+        outer = s.ReceiptsInput(data=request.data)
+        outer.is_valid(raise_exception=True)
+        valid, rejected = [], []
+        for index, item in enumerate(outer.validated_data["receipts"]):
+            one = s.ReceiptInput(data=item if isinstance(item, dict) else {})
+            if one.is_valid():
+                valid.append((index, one.validated_data))
+            else:
+                rejected.append({"index": index, "errors": one.errors})
+        known = set(Delivery.objects.filter(pk__in={r["delivery_id"] for _, r in valid}).values_list("pk", flat=True))
+        accepted = []
+        for index, receipt in valid:
+            if receipt["delivery_id"] in known:
+                accepted.append(receipt)
+            else:
+                rejected.append({"index": index, "errors": {"delivery_id": ["Unknown delivery."]}})
+        if accepted:
+            services.record_receipts(receipts=accepted)
+        rejected.sort(key=lambda r: r["index"])
+        return Response({"accepted": len(accepted), "rejected": rejected})
+
+
+# --- public tracking (plain Django views: no API key, the signature is the credential) --------
+
+_PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+@require_GET
+@never_cache
+def click_redirect(request: HttpRequest, token: str) -> HttpResponse:
+    """A tracked link: note the click, then send the person to the variant's URL (taken from
+    our database, never from the link, so the redirect cannot be pointed elsewhere)."""
+    delivery_id = channels.unsign_click(token)
+    if delivery_id is None:
+        raise Http404("Unknown link")
+    get_object_or_404(Delivery, pk=delivery_id)
+    target = services.record_click(delivery_id=delivery_id)
+    if not target:
+        raise Http404("This message has no link")
+    return HttpResponseRedirect(target)
+
+
+@require_GET
+@never_cache
+def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
+    delivery_id = channels.unsign_open(token)
+    if delivery_id is None or not Delivery.objects.filter(pk=delivery_id).exists():
+        raise Http404("Unknown pixel")
+    services.record_open(delivery_id=delivery_id)
+    return HttpResponse(_PIXEL, content_type="image/gif")

@@ -12,3 +12,13 @@ class CampaignsConfig(AppConfig):
         "Customer service lead": ["campaigns.view_delivery"],
         "Analyst": ["campaigns.view_*"],
     }
+
+    def ready(self) -> None:
+        from campaigns import selectors, services
+        from coupons.audiences import register_segment_resolver
+        from profiles.lookup import register_section
+        from tracking.hooks import register_ingest_listener
+
+        register_ingest_listener("campaigns.triggers", services.on_events_ingested)
+        register_section("messages", selectors.deliveries_for_profile)
+        register_segment_resolver(selectors.segment_profile_ids)

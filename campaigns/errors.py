@@ -1,1 +1,45 @@
-"""campaigns.errors: errors of the campaigns app."""
+"""Refusals of the campaigns app, each with a code clients can branch on."""
+
+from config.errors import Conflict, NotFound, Refused
+
+
+class SegmentNotFound(NotFound):
+    reason = "SEGMENT_NOT_FOUND"
+
+
+class CampaignNotFound(NotFound):
+    reason = "CAMPAIGN_NOT_FOUND"
+
+
+class VariantNotFound(NotFound):
+    reason = "VARIANT_NOT_FOUND"
+
+
+class CouponRuleNotFound(NotFound):
+    reason = "COUPON_RULE_NOT_FOUND"
+
+
+class InvalidTransition(Conflict):
+    """The action does not apply to the campaign's current status (launching twice, say)."""
+
+    reason = "INVALID_STATUS"
+
+
+class NoPilot(Refused):
+    reason = "NO_PILOT"
+
+
+class NoWinner(Refused):
+    reason = "NO_SIGNIFICANT_WINNER"
+
+
+class ChannelNotConfigured(Refused):
+    reason = "CHANNEL_NOT_CONFIGURED"
+
+
+class EmptyAudience(Refused):
+    reason = "EMPTY_AUDIENCE"
+
+
+class NoRecipient(Refused):
+    reason = "NO_RECIPIENT"

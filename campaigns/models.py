@@ -1,3 +1,310 @@
-"""campaigns models."""
+"""Segments, campaigns with their variants, the audience snapshot (assignments) and deliveries.
 
-from django.db import models  # noqa: F401
+An assignment is the frozen answer to "who was in the test, and in which group": it is written
+once when a send starts, so later profile changes cannot alter the experiment. A delivery is one
+message to one person in one phase of a campaign; `(campaign, profile, phase)` is unique, which is
+what keeps a crashed or repeated task from messaging anyone twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from profiles.models import Profile
+
+
+class ChannelKind(models.TextChoices):
+    PUSH = "push", "Push"
+    SMS = "sms", "SMS"
+    EMAIL = "email", "E-mail"
+    WEBHOOK = "webhook", "Webhook"
+
+
+# Where each channel posts when no `Channel` row overrides it.
+CHANNEL_URL_SETTINGS = {
+    ChannelKind.PUSH: "OPSLOOP_PUSH_GATEWAY_URL",
+    ChannelKind.SMS: "OPSLOOP_SMS_GATEWAY_URL",
+    ChannelKind.WEBHOOK: "OPSLOOP_WEBHOOK_URL",
+}
+
+
+class Channel(models.Model):
+    """How one channel reaches its provider. Kept in the database (not only in settings) so that
+    operators can change a gateway in the admin and every worker picks it up at its next batch;
+    empty fields fall back to the settings."""
+
+    kind = models.CharField(max_length=16, choices=ChannelKind.choices, unique=True)
+    url = models.URLField(blank=True, default="", help_text="Empty: the OPSLOOP_*_URL setting")
+    token = models.CharField(max_length=500, blank=True, default="", help_text="Empty: OPSLOOP_GATEWAY_TOKEN")
+    timeout_seconds = models.FloatField(default=5.0)
+    rate_per_second = models.PositiveIntegerField(default=0, help_text="Provider allowance; 0 means no limit")
+    max_attempts = models.PositiveSmallIntegerField(default=5)
+    backoff_base_seconds = models.FloatField(default=2.0)
+    backoff_max_seconds = models.FloatField(default=600.0)
+    enabled = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.get_kind_display()
+
+    def effective_url(self) -> str:
+        setting = CHANNEL_URL_SETTINGS.get(self.kind)
+        return self.url or (getattr(settings, setting, "") if setting else "")
+
+    def effective_token(self) -> str:
+        return self.token or getattr(settings, "OPSLOOP_GATEWAY_TOKEN", "")
+
+
+class Segment(models.Model):
+    """A named audience definition (the tree of the API contract), compiled to one SQL query."""
+
+    name = models.CharField(max_length=200)
+    definition = models.JSONField()
+    description = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    SCHEDULED = "scheduled", "Scheduled"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    AWAITING_ROLLOUT = "awaiting_rollout", "Pilot done, awaiting rollout"
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class CampaignPhase(models.TextChoices):
+    NONE = "", "Not started"
+    PILOT = "pilot", "Pilot"
+    ROLLOUT = "rollout", "Rollout"
+    FULL = "full", "Full send"
+    RECURRING = "recurring", "Recurring"
+    TRIGGERED = "triggered", "Triggered"
+
+
+class ScheduleKind(models.TextChoices):
+    NOW = "now", "At launch"
+    AT = "at", "At a time"
+    CRON = "cron", "Recurring (cron)"
+    TRIGGER = "trigger", "Triggered by an event"
+
+
+class Campaign(models.Model):
+    """One message to one segment over one channel, tested as variants against a holdout."""
+
+    name = models.CharField(max_length=200)
+    segment = models.ForeignKey(Segment, on_delete=models.PROTECT, related_name="campaigns")
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    goal_event = models.CharField(max_length=64, default="order_paid")
+    attribution_hours = models.PositiveIntegerField(default=72)
+    holdout_percent = models.DecimalField(max_digits=5, decimal_places=2, default=10)
+    pilot_percent = models.DecimalField(max_digits=5, decimal_places=2, default=0)
+    auto_rollout = models.BooleanField(
+        default=False, help_text="Send the winner to the rest once the pilot's window closes, if significant"
+    )
+    alpha = models.FloatField(default=0.05)
+    min_sample = models.PositiveIntegerField(default=100, help_text="Assigned per group before a winner is named")
+    frequency_cap_per_day = models.PositiveSmallIntegerField(default=1)
+    respect_quiet_hours = models.BooleanField(default=True)
+    quiet_start_hour = models.PositiveSmallIntegerField(default=21)
+    quiet_end_hour = models.PositiveSmallIntegerField(default=8)
+    schedule_kind = models.CharField(max_length=16, choices=ScheduleKind.choices, default=ScheduleKind.NOW)
+    send_at = models.DateTimeField(null=True, blank=True)
+    cron = models.CharField(max_length=100, blank=True, default="")
+    trigger_event = models.CharField(max_length=64, blank=True, default="")
+    delay_minutes = models.PositiveIntegerField(default=0)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=20, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT)
+    phase = models.CharField(max_length=16, choices=CampaignPhase.choices, blank=True, default="")
+    winner = models.ForeignKey("Variant", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="iterations")
+    iteration = models.PositiveSmallIntegerField(default=1)
+    launched_at = models.DateTimeField(null=True, blank=True)
+    pilot_sent_at = models.DateTimeField(null=True, blank=True)
+    rolled_out_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    feedback_applied_at = models.DateTimeField(null=True, blank=True)
+    results_snapshot = models.JSONField(null=True, blank=True, help_text="Results frozen at completion")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "schedule_kind"], name="campaign_status_kind")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(holdout_percent__gte=0, pilot_percent__gte=0, holdout_percent__lt=100),
+                name="campaign_shares_in_range",
+            ),
+        ]
+        permissions = [("send_campaign", "May launch, pause, resume and roll out campaigns")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        problems: dict[str, str] = {}
+        shares = (self.holdout_percent or 0) + (self.pilot_percent or 0)
+        if shares >= 100:
+            problems["pilot_percent"] = "Holdout and pilot together must stay below 100%."
+        if self.schedule_kind == ScheduleKind.AT and not self.send_at:
+            problems["send_at"] = "A one-off at a time needs the time."
+        if self.schedule_kind == ScheduleKind.CRON:
+            parts = self.cron.split()
+            try:
+                from celery.schedules import crontab
+
+                if len(parts) != 5:
+                    raise ValueError("five fields expected: m h dom mon dow")
+                crontab(*parts)
+            except (ValueError, KeyError, TypeError) as exc:
+                problems["cron"] = f"Invalid cron expression: {exc}"
+        if self.schedule_kind == ScheduleKind.TRIGGER and not self.trigger_event:
+            problems["trigger_event"] = "A triggered campaign needs the event name."
+        if self.pilot_percent and self.schedule_kind in (ScheduleKind.CRON, ScheduleKind.TRIGGER):
+            problems["pilot_percent"] = "A pilot applies to one-off sends only."
+        if problems:
+            raise ValidationError(problems)
+
+    @property
+    def lineage_root_id(self) -> int:
+        node = self
+        while node.parent_id:
+            node = node.parent
+        return node.pk
+
+
+class Variant(models.Model):
+    """One version of the message. The first (lowest position) is the control among variants."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="variants")
+    name = models.CharField(max_length=64)
+    position = models.PositiveSmallIntegerField(default=0)
+    weight = models.PositiveIntegerField(default=50)
+    title = models.CharField(max_length=200, blank=True, default="")
+    body = models.TextField(blank=True, default="")
+    url = models.URLField(max_length=1000, blank=True, default="")
+    # An id rather than a foreign key: coupon rules belong to the layer below, whose tables may
+    # be migrated separately; the id is checked when the campaign is created and when issuing.
+    coupon_rule_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["campaign", "position", "id"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "name"], name="variant_name_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}/{self.name}"
+
+    @property
+    def source_ref(self) -> str:
+        return f"campaign:{self.campaign_id}:variant:{self.pk}"
+
+
+class AssignmentRole(models.TextChoices):
+    HOLDOUT = "holdout", "Holdout"
+    PILOT = "pilot", "Pilot"
+    ROLLOUT = "rollout", "Rest (rollout)"
+    TEST = "test", "Test (no pilot)"
+
+
+class Assignment(models.Model):
+    """A member of the audience snapshot: which group they are in, decided once."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="assignments")
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    user_id = models.CharField(max_length=128)
+    role = models.CharField(max_length=16, choices=AssignmentRole.choices)
+    variant = models.ForeignKey(Variant, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField(help_text="Rank in the campaign's hash order")
+    assigned_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "profile"], name="assignment_once")]
+        indexes = [models.Index(fields=["campaign", "role", "variant"], name="assignment_group")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}:{self.user_id}:{self.role}"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    DELIVERED = "delivered", "Delivered"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+
+
+class Delivery(models.Model):
+    """One message to one person in one phase of a campaign."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="deliveries")
+    variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="deliveries")
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    user_id = models.CharField(max_length=128)
+    channel = models.CharField(max_length=16, choices=ChannelKind.choices)
+    phase = models.CharField(max_length=80, help_text="pilot, rollout, full, run:<time> or trigger:<event>")
+    idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    not_before = models.DateTimeField(null=True, blank=True, help_text="Quiet hours, a delay or a retry")
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    cap_day = models.DateField(null=True, blank=True, help_text="Day counted against the frequency cap")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    clicked_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    coupon_code = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "profile", "phase"], name="delivery_once_per_phase"),
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "status"], name="delivery_campaign_status"),
+            models.Index(
+                fields=["status", "not_before"],
+                name="delivery_due",
+                condition=models.Q(status__in=["pending", "sending"]),
+            ),
+            models.Index(fields=["profile", "sent_at"], name="delivery_profile_sent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}:{self.user_id}:{self.phase}"
+
+
+class DailySendCount(models.Model):
+    """Messages a person got on one (local) day across all campaigns: the frequency cap's counter,
+    incremented with a conditional upsert so racing workers cannot exceed the cap."""
+
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["profile", "day"], name="dailysend_once")]
+
+    def __str__(self) -> str:
+        return f"{self.profile_id}@{self.day}: {self.count}"

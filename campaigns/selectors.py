@@ -1,1 +1,304 @@
-"""campaigns.selectors: selectors of the campaigns app."""
+"""Reads of the campaigns app: segment size and sample, campaign counters and results."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django.apps import apps
+from django.db import connection
+from django.db.models import Count
+
+from campaigns.models import Assignment, AssignmentRole, Campaign, Delivery, Segment
+from campaigns.segments import audience_sql
+from campaigns.stats import GroupCounts, analyze
+
+PREVIEW_SAMPLE = 20
+
+
+def segment_size(definition: Any) -> int:
+    sql, params = audience_sql(definition)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM ({sql}) s", params)
+        return cursor.fetchone()[0]
+
+
+def segment_profile_ids(segment_id: int) -> list[int]:
+    """The profile ids in a segment now (for coupon bulk issuance); unknown segment: none."""
+    segment = Segment.objects.filter(pk=segment_id).first()
+    if segment is None:
+        return []
+    sql, params = audience_sql(segment.definition)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT profile_id FROM ({sql}) s ORDER BY profile_id", params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def segment_preview(segment: Segment, *, sample: int = PREVIEW_SAMPLE) -> dict[str, Any]:
+    """Live size and a sample spread over the audience (hash order, so it is stable between
+    calls yet not biased to the oldest profiles)."""
+    sql, params = audience_sql(segment.definition)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*) OVER (), user_id FROM ({sql}) s ORDER BY md5(user_id) LIMIT %s", [*params, sample]
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return {"size": 0, "sample": []}
+    return {"size": rows[0][0], "sample": [r[1] for r in rows]}
+
+
+def delivery_counters(campaign: Campaign) -> dict[str, int]:
+    counts = dict(campaign.deliveries.values_list("status").annotate(n=Count("id")).order_by())
+    return {
+        "assigned": campaign.assignments.count(),
+        **{s: counts.get(s, 0) for s in ("pending", "sending", "sent", "delivered", "failed", "skipped")},
+    }
+
+
+_REVENUE = (
+    "CASE WHEN e.name = 'order_paid' AND (e.properties ->> 'amount') ~ '^-?[0-9]+(\\.[0-9]+)?$'"
+    " THEN (e.properties ->> 'amount')::numeric ELSE 0 END"
+)
+
+
+def _member_rows(campaign: Campaign) -> list[tuple]:
+    """Per group: assigned, sent, delivered, failed, opened, clicked, converted, revenue.
+
+    Each member's window starts at their first send, or at assignment for those who were not
+    sent anything (the holdout, and members skipped for consent or the cap: counting them from
+    assignment keeps the comparison intention-to-treat). Events are found through the member's
+    `user_id` identities, with the overall time range first so the event indexes apply."""
+    window = dt.timedelta(hours=campaign.attribution_hours)
+    sql = (
+        """
+    WITH m AS (
+        SELECT a.profile_id, a.role, a.variant_id, a.assigned_at,
+               min(d.sent_at) AS sent_at,
+               bool_or(d.sent_at IS NOT NULL) AS sent,
+               bool_or(d.delivered_at IS NOT NULL) AS delivered,
+               bool_or(d.status = 'failed') AS failed,
+               bool_or(d.opened_at IS NOT NULL) AS opened,
+               bool_or(d.clicked_at IS NOT NULL) AS clicked
+        FROM campaigns_assignment a
+        LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
+        WHERE a.campaign_id = %s
+        GROUP BY a.id
+    ), w AS (
+        SELECT m.*, COALESCE(m.sent_at, m.assigned_at) AS t0 FROM m
+    ), bounds AS (
+        SELECT min(t0) AS lo, max(t0) + %s AS hi FROM w
+    ), hits AS (
+        SELECT w.profile_id,
+               bool_or(e.name = %s) AS converted,
+               sum("""
+        + _REVENUE
+        + """) AS revenue
+        FROM w
+        JOIN profiles_identity i ON i.profile_id = w.profile_id AND i.kind = 'user_id'
+        JOIN tracking_event e ON e.user_id = i.value
+        CROSS JOIN bounds
+        WHERE e.name IN (%s, 'order_paid') AND e.timestamp >= bounds.lo AND e.timestamp <= bounds.hi
+          AND e.timestamp >= w.t0 AND e.timestamp <= w.t0 + %s
+        GROUP BY w.profile_id
+    )
+    SELECT CASE WHEN w.role = 'holdout' THEN 'holdout' WHEN w.role = 'rollout' THEN 'rollout'
+                ELSE w.variant_id::text END AS grp,
+           count(*), count(*) FILTER (WHERE w.sent), count(*) FILTER (WHERE w.delivered),
+           count(*) FILTER (WHERE w.failed), count(*) FILTER (WHERE w.opened),
+           count(*) FILTER (WHERE w.clicked), count(*) FILTER (WHERE h.converted),
+           COALESCE(sum(h.revenue), 0)
+    FROM w LEFT JOIN hits h ON h.profile_id = w.profile_id
+    GROUP BY 1
+    """
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [campaign.pk, window, campaign.goal_event, campaign.goal_event, window])
+        return cursor.fetchall()
+
+
+def _redemptions_by_variant(campaign: Campaign) -> dict[str, tuple[int, Decimal]]:
+    """Coupon redemptions (not rolled back) of coupons issued by this campaign, per source ref."""
+    try:
+        redemption = apps.get_model("coupons", "Redemption")
+    except LookupError:
+        return {}
+    rows = (
+        redemption.objects.filter(
+            coupon__source_ref__startswith=f"campaign:{campaign.pk}:variant:", rolled_back_at__isnull=True
+        )
+        .values_list("coupon__source_ref")
+        .annotate(n=Count("id"), discount=_sum("discount"))
+        .order_by()
+    )
+    return {ref: (n, discount or Decimal(0)) for ref, n, discount in rows}
+
+
+def _sum(field: str) -> Any:
+    from django.db.models import Sum
+
+    return Sum(field)
+
+
+def converted_profile_ids(campaign: Campaign) -> set[int]:
+    window = dt.timedelta(hours=campaign.attribution_hours)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH w AS (
+                SELECT a.profile_id, COALESCE(min(d.sent_at), a.assigned_at) AS t0
+                FROM campaigns_assignment a
+                LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
+                WHERE a.campaign_id = %s GROUP BY a.id
+            )
+            SELECT DISTINCT w.profile_id FROM w
+            JOIN profiles_identity i ON i.profile_id = w.profile_id AND i.kind = 'user_id'
+            JOIN tracking_event e ON e.user_id = i.value AND e.name = %s
+             AND e.timestamp >= w.t0 AND e.timestamp <= w.t0 + %s
+            """,
+            [campaign.pk, campaign.goal_event, window],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+def coupon_redeemer_ids(campaign: Campaign) -> set[int]:
+    try:
+        redemption = apps.get_model("coupons", "Redemption")
+    except LookupError:
+        return set()
+    return set(
+        redemption.objects.filter(
+            coupon__source_ref__startswith=f"campaign:{campaign.pk}:variant:", rolled_back_at__isnull=True
+        ).values_list("coupon__profile_id", flat=True)
+    )
+
+
+def expected_shares(campaign: Campaign) -> dict[str, float]:
+    """The configured share of the audience in each group (keys as in the results)."""
+    variants = list(campaign.variants.order_by("position", "id"))
+    holdout = float(campaign.holdout_percent) / 100
+    pilot = float(campaign.pilot_percent) / 100
+    has_pilot = Assignment.objects.filter(campaign=campaign, role=AssignmentRole.ROLLOUT).exists() or (
+        pilot > 0 and not campaign.assignments.exists()
+    )
+    tested = pilot if has_pilot else 1 - holdout
+    total_weight = sum(v.weight for v in variants) or 1
+    shares = {"holdout": holdout} if holdout > 0 else {}
+    for v in variants:
+        shares[str(v.pk)] = tested * v.weight / total_weight
+    if has_pilot:
+        shares["rollout"] = 1 - holdout - pilot
+    return shares
+
+
+def campaign_results(campaign: Campaign) -> dict[str, Any]:
+    """The contract's results: per group counts, rate with Wilson interval, uplift against the
+    holdout (or the control variant when there is no holdout) with its z-test p-value, SRM."""
+    variants = {str(v.pk): v for v in campaign.variants.order_by("position", "id")}
+    rows = {r[0]: r[1:] for r in _member_rows(campaign)}
+    redemptions = _redemptions_by_variant(campaign)
+    shares = expected_shares(campaign)
+    keys = list(shares)
+    for key in rows:
+        if key not in keys:
+            keys.append(key)
+    label = {k: ("holdout" if k == "holdout" else "rollout" if k == "rollout" else variants[k].name) for k in keys}
+    control_key = "holdout" if "holdout" in keys else next(iter(variants), None)
+    if control_key is None:
+        return {"status": campaign.status, "phase": campaign.phase, "srm_p_value": None, "winner": None, "groups": []}
+    counts = [
+        GroupCounts(
+            name=label[k],
+            assigned=rows.get(k, (0,) * 8)[0],
+            converted=rows.get(k, (0,) * 8)[6],
+            expected_share=shares.get(k),
+        )
+        for k in keys
+    ]
+    stats = analyze(counts, control=label[control_key], alpha=campaign.alpha, min_sample=campaign.min_sample)
+    # The rollout group is not an arm of the test; it can never be the winner.
+    candidates = [
+        g
+        for g in stats["groups"]
+        if g["significant"] and (g["uplift"] or 0) > 0 and g["name"] in {v.name for v in variants.values()}
+    ]
+    winner = max(candidates, key=lambda g: g["conversion_rate"])["name"] if candidates else None
+    groups = []
+    for k, g in zip(keys, stats["groups"], strict=True):
+        assigned, sent, delivered, failed, opened, clicked, converted, revenue = rows.get(k, (0,) * 7 + (Decimal(0),))
+        variant = variants.get(k)
+        redeemed, discount = redemptions.get(variant.source_ref, (0, Decimal(0))) if variant else (0, Decimal(0))
+        if k == "rollout" and campaign.winner_id:
+            redeemed, discount = redemptions.get(campaign.winner.source_ref, (0, Decimal(0)))
+        revenue = Decimal(revenue or 0).quantize(Decimal("0.01"))
+        groups.append(
+            {
+                "name": g["name"],
+                "variant_id": variant.pk if variant else None,
+                "expected_share": shares.get(k),
+                "assigned": assigned,
+                "sent": sent,
+                "delivered": delivered,
+                "failed": failed,
+                "opened": opened,
+                "clicked": clicked,
+                "converted": converted,
+                "conversion_rate": g["conversion_rate"],
+                "ci_low": g["ci_low"],
+                "ci_high": g["ci_high"],
+                "uplift_vs_holdout": g["uplift"],
+                "relative_uplift": g["relative_uplift"],
+                "uplift_ci_low": g["uplift_ci_low"],
+                "uplift_ci_high": g["uplift_ci_high"],
+                "p_value": g["p_value"],
+                "significant": g["significant"],
+                "revenue": str(revenue),
+                "revenue_per_recipient": str((revenue / assigned).quantize(Decimal("0.01"))) if assigned else "0.00",
+                "coupon_redemptions": redeemed,
+                "coupon_discount": str(Decimal(discount).quantize(Decimal("0.01"))),
+            }
+        )
+    return {
+        "campaign": campaign.pk,
+        "status": campaign.status,
+        "phase": campaign.phase,
+        "control": label[control_key],
+        "alpha": campaign.alpha,
+        "min_sample": campaign.min_sample,
+        "srm_p_value": stats["srm_p_value"],
+        "winner": winner,
+        "rolled_out_variant": campaign.winner.name if campaign.winner_id else None,
+        "groups": groups,
+    }
+
+
+def campaign_lineage(campaign: Campaign) -> list[Campaign]:
+    """Every iteration of this campaign's line, first to last."""
+    root = campaign
+    while root.parent_id:
+        root = root.parent
+    chain, frontier = [root], [root]
+    while frontier:
+        children = list(Campaign.objects.filter(parent__in=frontier).order_by("created_at"))
+        chain.extend(children)
+        frontier = children
+    return chain
+
+
+def deliveries_for_profile(profile: Any) -> list[dict[str, Any]]:
+    """The customer-service view's `messages` section: the person's latest messages."""
+    rows = Delivery.objects.filter(profile=profile).select_related("campaign", "variant").order_by("-created_at")[:20]
+    return [
+        {
+            "campaign": d.campaign.name,
+            "variant": d.variant.name,
+            "channel": d.channel,
+            "status": d.status,
+            "sent_at": d.sent_at.isoformat() if d.sent_at else None,
+            "opened": d.opened_at is not None,
+            "clicked": d.clicked_at is not None,
+            "reason": d.reason,
+        }
+        for d in rows
+    ]

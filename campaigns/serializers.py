@@ -1,1 +1,360 @@
-"""campaigns.serializers: serializers of the campaigns app."""
+"""Input and output shapes of the campaigns API (see the contract in API.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+
+from celery.schedules import crontab
+from rest_framework import serializers
+
+from campaigns import services
+from campaigns.models import Campaign, ChannelKind, Segment, Variant
+from campaigns.segments import DefinitionError, compile_definition
+
+EVENT_NAME = re.compile(r"^[a-z0-9_.:\-]{1,64}$")
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """A timestamp that must carry its time zone (the contract refuses naive ones)."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str) and not re.search(r"(Z|[+-]\d{2}:?\d{2})$", value.strip()):
+            raise serializers.ValidationError("Timestamp needs a time zone (e.g. Z or +08:00).")
+        parsed = super().to_internal_value(value)
+        return parsed.astimezone(dt.UTC)
+
+
+class ErrorOutput(serializers.Serializer):
+    reason = serializers.CharField()
+    detail = serializers.CharField()
+
+
+# --- segments ----------------------------------------------------------------------------------
+
+
+class SegmentInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    definition = serializers.JSONField(help_text="The definition tree: all/any/not over conditions.")
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+    def validate_definition(self, value):
+        try:
+            compile_definition(value)
+        except DefinitionError as exc:
+            raise serializers.ValidationError(exc.errors) from None
+        return value
+
+
+class SegmentCreated(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    size = serializers.IntegerField()
+
+
+class SegmentOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Segment
+        fields = ["id", "name", "definition", "description", "created_at", "updated_at"]
+
+
+class SegmentPreview(serializers.Serializer):
+    size = serializers.IntegerField()
+    sample = serializers.ListField(child=serializers.CharField())
+
+
+# --- campaigns ---------------------------------------------------------------------------------
+
+
+class VariantInput(serializers.Serializer):
+    name = serializers.CharField(max_length=64)
+    weight = serializers.IntegerField(min_value=1, max_value=10_000, default=50)
+    title = serializers.CharField(max_length=200, allow_blank=True, default="")
+    body = serializers.CharField(max_length=5000, allow_blank=True, default="")
+    url = serializers.URLField(max_length=1000, allow_blank=True, default="")
+    coupon_rule = serializers.IntegerField(min_value=1, allow_null=True, required=False, default=None)
+
+    def validate_coupon_rule(self, value):
+        if value is not None and not services.coupon_rule_exists(value):
+            raise serializers.ValidationError(f"Unknown coupon rule {value}.")
+        return value
+
+
+class ScheduleInput(serializers.Serializer):
+    at = AwareDateTimeField(required=False)
+    cron = serializers.CharField(required=False, max_length=100)
+    trigger_event = serializers.CharField(required=False, max_length=64)
+    delay_minutes = serializers.IntegerField(required=False, min_value=0, max_value=60 * 24 * 30, default=0)
+
+    def validate(self, attrs):
+        kinds = [k for k in ("at", "cron", "trigger_event") if k in attrs]
+        if len(kinds) > 1:
+            raise serializers.ValidationError("Give at most one of at, cron or trigger_event (none: at launch).")
+        if "cron" in attrs:
+            parts = attrs["cron"].split()
+            if len(parts) != 5:
+                raise serializers.ValidationError({"cron": ["Five fields expected: m h dom mon dow."]})
+            try:
+                crontab(*parts)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise serializers.ValidationError({"cron": [f"Invalid cron expression: {exc}"]}) from None
+        if "trigger_event" in attrs and not EVENT_NAME.match(attrs["trigger_event"]):
+            raise serializers.ValidationError({"trigger_event": ["1-64 chars of a-z 0-9 _ . : -"]})
+        return attrs
+
+
+def _share(**kwargs):
+    return serializers.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        min_value=Decimal(0),
+        max_value=Decimal("99.99"),
+        coerce_to_string=False,
+        **kwargs,
+    )
+
+
+class CampaignInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    segment = serializers.IntegerField(min_value=1)
+    channel = serializers.ChoiceField(choices=ChannelKind.choices)
+    goal_event = serializers.RegexField(EVENT_NAME, default="order_paid")
+    attribution_hours = serializers.IntegerField(min_value=1, max_value=24 * 90, default=72)
+    holdout_percent = _share(default=Decimal(10))
+    pilot_percent = _share(default=Decimal(0))
+    auto_rollout = serializers.BooleanField(default=False)
+    alpha = serializers.FloatField(min_value=0.0001, max_value=0.5, default=0.05)
+    min_sample = serializers.IntegerField(min_value=0, max_value=10_000_000, default=100)
+    variants = VariantInput(many=True, min_length=1, max_length=10)
+    schedule = ScheduleInput(required=False, allow_null=True)
+    frequency_cap_per_day = serializers.IntegerField(min_value=0, max_value=100, default=1)
+    respect_quiet_hours = serializers.BooleanField(default=True)
+    quiet_start_hour = serializers.IntegerField(min_value=0, max_value=23, default=21)
+    quiet_end_hour = serializers.IntegerField(min_value=0, max_value=23, default=8)
+
+    def validate_segment(self, value):
+        segment = Segment.objects.filter(pk=value).first()
+        if segment is None:
+            raise serializers.ValidationError(f"Unknown segment {value}.")
+        return segment
+
+    def validate(self, attrs):
+        names = [v["name"] for v in attrs["variants"]]
+        if len(set(names)) != len(names) or "holdout" in names or "rollout" in names:
+            raise serializers.ValidationError({"variants": ["Variant names must be unique and not holdout/rollout."]})
+        if attrs["holdout_percent"] + attrs["pilot_percent"] >= 100:
+            raise serializers.ValidationError({"pilot_percent": ["holdout_percent + pilot_percent must be below 100."]})
+        schedule = attrs.get("schedule") or {}
+        raw = self.initial_data.get("schedule") if isinstance(self.initial_data, dict) else None
+        if isinstance(raw, dict):
+            unknown = sorted(set(raw) - {"at", "cron", "trigger_event", "delay_minutes"})
+            if unknown:
+                raise serializers.ValidationError({"schedule": [f"Unknown field(s): {', '.join(unknown)}."]})
+        if attrs["pilot_percent"] > 0 and ("cron" in schedule or "trigger_event" in schedule):
+            raise serializers.ValidationError(
+                {"pilot_percent": ["A pilot applies to one-off sends, not to recurring or triggered ones."]}
+            )
+        return attrs
+
+
+class VariantOutput(serializers.ModelSerializer):
+    coupon_rule = serializers.IntegerField(source="coupon_rule_id", allow_null=True)
+
+    class Meta:
+        model = Variant
+        fields = ["id", "name", "weight", "title", "body", "url", "coupon_rule"]
+
+
+class CountersOutput(serializers.Serializer):
+    assigned = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    sending = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    delivered = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+
+
+class CampaignOutput(serializers.ModelSerializer):
+    segment = serializers.IntegerField(source="segment_id")
+    holdout_percent = serializers.FloatField()
+    pilot_percent = serializers.FloatField()
+    variants = VariantOutput(many=True)
+    schedule = serializers.SerializerMethodField()
+    winner = serializers.CharField(source="winner.name", allow_null=True, default=None)
+    parent = serializers.IntegerField(source="parent_id", allow_null=True)
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "id",
+            "name",
+            "segment",
+            "channel",
+            "goal_event",
+            "attribution_hours",
+            "holdout_percent",
+            "pilot_percent",
+            "auto_rollout",
+            "alpha",
+            "min_sample",
+            "variants",
+            "schedule",
+            "frequency_cap_per_day",
+            "respect_quiet_hours",
+            "quiet_start_hour",
+            "quiet_end_hour",
+            "status",
+            "phase",
+            "winner",
+            "parent",
+            "iteration",
+            "launched_at",
+            "pilot_sent_at",
+            "rolled_out_at",
+            "completed_at",
+            "created_at",
+        ]
+
+    def get_schedule(self, obj) -> dict:
+        if obj.schedule_kind == "at":
+            return {"at": obj.send_at.isoformat() if obj.send_at else None}
+        if obj.schedule_kind == "cron":
+            return {"cron": obj.cron}
+        if obj.schedule_kind == "trigger":
+            return {"trigger_event": obj.trigger_event, "delay_minutes": obj.delay_minutes}
+        return {}
+
+
+class CampaignDetailOutput(CampaignOutput):
+    counters = serializers.SerializerMethodField()
+
+    class Meta(CampaignOutput.Meta):
+        fields = [*CampaignOutput.Meta.fields, "counters"]
+
+    def get_counters(self, obj) -> CountersOutput:
+        from campaigns.selectors import delivery_counters
+
+        return delivery_counters(obj)
+
+
+class RolloutInput(serializers.Serializer):
+    variant = serializers.CharField(required=False, allow_blank=True, max_length=64, help_text="Default: the winner")
+
+
+class ResultGroupOutput(serializers.Serializer):
+    name = serializers.CharField()
+    variant_id = serializers.IntegerField(allow_null=True)
+    expected_share = serializers.FloatField(allow_null=True)
+    assigned = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    delivered = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    opened = serializers.IntegerField()
+    clicked = serializers.IntegerField()
+    converted = serializers.IntegerField()
+    conversion_rate = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(allow_null=True)
+    ci_high = serializers.FloatField(allow_null=True)
+    uplift_vs_holdout = serializers.FloatField(allow_null=True)
+    relative_uplift = serializers.FloatField(allow_null=True)
+    uplift_ci_low = serializers.FloatField(allow_null=True)
+    uplift_ci_high = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
+    significant = serializers.BooleanField()
+    revenue = serializers.CharField()
+    revenue_per_recipient = serializers.CharField()
+    coupon_redemptions = serializers.IntegerField()
+    coupon_discount = serializers.CharField()
+
+
+class ResultsOutput(serializers.Serializer):
+    campaign = serializers.IntegerField()
+    status = serializers.CharField()
+    phase = serializers.CharField(allow_blank=True)
+    control = serializers.CharField()
+    alpha = serializers.FloatField()
+    min_sample = serializers.IntegerField()
+    srm_p_value = serializers.FloatField(allow_null=True)
+    winner = serializers.CharField(allow_null=True)
+    rolled_out_variant = serializers.CharField(allow_null=True)
+    groups = ResultGroupOutput(many=True)
+
+
+# --- experiments -------------------------------------------------------------------------------
+
+
+class ExperimentGroupInput(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    assigned = serializers.IntegerField(min_value=0, max_value=10**12)
+    converted = serializers.IntegerField(min_value=0, max_value=10**12)
+    expected_share = serializers.FloatField(min_value=0.000001, max_value=1e9, required=False)
+
+    def validate(self, attrs):
+        if attrs["converted"] > attrs["assigned"]:
+            raise serializers.ValidationError({"converted": ["Cannot exceed assigned."]})
+        return attrs
+
+
+class ExperimentInput(serializers.Serializer):
+    alpha = serializers.FloatField(min_value=0.0001, max_value=0.5, default=0.05)
+    control = serializers.CharField(max_length=100)
+    min_sample = serializers.IntegerField(min_value=0, default=0)
+    groups = ExperimentGroupInput(many=True, min_length=2, max_length=50)
+
+    def validate(self, attrs):
+        names = [g["name"] for g in attrs["groups"]]
+        if len(set(names)) != len(names):
+            raise serializers.ValidationError({"groups": ["Group names must be unique."]})
+        if attrs["control"] not in names:
+            raise serializers.ValidationError({"control": [f"No group named {attrs['control']!r}."]})
+        shares = [g.get("expected_share") for g in attrs["groups"]]
+        if any(s is not None for s in shares) and any(s is None for s in shares):
+            raise serializers.ValidationError({"groups": ["Give expected_share for every group or for none."]})
+        return attrs
+
+
+class ExperimentGroupOutput(serializers.Serializer):
+    name = serializers.CharField()
+    assigned = serializers.IntegerField()
+    converted = serializers.IntegerField()
+    conversion_rate = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(allow_null=True)
+    ci_high = serializers.FloatField(allow_null=True)
+    uplift_vs_control = serializers.FloatField(allow_null=True)
+    relative_uplift = serializers.FloatField(allow_null=True)
+    uplift_ci_low = serializers.FloatField(allow_null=True)
+    uplift_ci_high = serializers.FloatField(allow_null=True)
+    z = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
+    significant = serializers.BooleanField()
+
+
+class ExperimentOutput(serializers.Serializer):
+    groups = ExperimentGroupOutput(many=True)
+    srm_p_value = serializers.FloatField(allow_null=True)
+    winner = serializers.CharField(allow_null=True)
+
+
+# --- receipts ----------------------------------------------------------------------------------
+
+
+class ReceiptInput(serializers.Serializer):
+    delivery_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    status = serializers.ChoiceField(choices=["delivered", "failed", "opened", "clicked"])
+    at = AwareDateTimeField()
+
+
+class ReceiptsInput(serializers.Serializer):
+    receipts = serializers.ListField(child=serializers.JSONField(), min_length=1, max_length=1000)
+
+
+class ReceiptRejected(serializers.Serializer):
+    index = serializers.IntegerField()
+    errors = serializers.DictField()
+
+
+class ReceiptsOutput(serializers.Serializer):
+    accepted = serializers.IntegerField()
+    rejected = ReceiptRejected(many=True)

@@ -1,1 +1,437 @@
-"""coupons.admin: admin of the coupons app."""
+"""What operators see of coupons: rules with their money at a glance, a report page with a chart,
+bulk issuance and partner codes, and audited actions for everything that moves money."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from coupons import errors, selectors, services
+from coupons.models import (
+    CodeBatch,
+    Coupon,
+    CouponRule,
+    CouponStatus,
+    IssuanceJob,
+    IssuanceTarget,
+    Redemption,
+    RuleState,
+)
+
+
+def _money(value) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+@admin.register(CouponRule)
+class CouponRuleAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "kind",
+        "offer",
+        "state",
+        "eligibility",
+        "issued_count",
+        "redeemed_count",
+        "budget_shown",
+        "committed_shown",
+        "spent_shown",
+        "remaining_shown",
+        "report_link",
+    )
+    list_filter = ("state", "kind", "first_order_only")
+    search_fields = ("name", "description")
+    readonly_fields = ("issued_count", "redeemed_count", "committed", "spent", "remaining_shown", "created_by")
+    actions = ("activate", "pause", "end")
+    fieldsets = (
+        (None, {"fields": ("name", "description", "state")}),
+        ("What it gives", {"fields": ("kind", "value", "max_discount")}),
+        (
+            "When it applies",
+            {
+                "fields": ("min_spend", "valid_from", "valid_until", "valid_days"),
+                "description": "A threshold rule gives its value off an order of at least min_spend.",
+            },
+        ),
+        (
+            "Who may have it",
+            {
+                "fields": ("eligible_tiers", "eligible_tags", "first_order_only"),
+                "description": (
+                    "Tier-aware offers: e.g. tiers <code>core</code> for '100 off 1000' to big spenders, or "
+                    "first order only for people who never ordered. Empty lists admit everyone."
+                ),
+            },
+        ),
+        ("Limits", {"fields": ("total_quantity", "per_user_limit", "budget")}),
+        ("Money so far", {"fields": ("issued_count", "redeemed_count", "committed", "spent", "remaining_shown")}),
+    )
+
+    @admin.display(description="Offer")
+    def offer(self, rule: CouponRule) -> str:
+        if rule.kind == "percent":
+            cap = f", at most {rule.max_discount}" if rule.max_discount else ""
+            return f"{rule.value}% off{cap}"
+        if rule.kind == "threshold":
+            return f"{rule.value} off {rule.min_spend}+"
+        return f"{rule.value} off"
+
+    @admin.display(description="Who")
+    def eligibility(self, rule: CouponRule) -> str:
+        parts = []
+        if rule.eligible_tiers:
+            parts.append("tiers " + ", ".join(rule.eligible_tiers))
+        if rule.eligible_tags:
+            parts.append("tags " + ", ".join(rule.eligible_tags))
+        if rule.first_order_only:
+            parts.append("first order")
+        return "; ".join(parts) or "everyone"
+
+    @admin.display(description="Budget", ordering="budget")
+    def budget_shown(self, rule: CouponRule) -> str:
+        return _money(rule.budget)
+
+    @admin.display(description="Committed", ordering="committed")
+    def committed_shown(self, rule: CouponRule) -> str:
+        return _money(rule.committed)
+
+    @admin.display(description="Spent", ordering="spent")
+    def spent_shown(self, rule: CouponRule) -> str:
+        return _money(rule.spent)
+
+    @admin.display(description="Remaining")
+    def remaining_shown(self, rule: CouponRule) -> str:
+        return _money(rule.remaining)
+
+    @admin.display(description="Report")
+    def report_link(self, rule: CouponRule) -> str:
+        return format_html('<a href="{}">report</a>', reverse("admin:coupons_couponrule_report", args=[rule.pk]))
+
+    def save_model(self, request: HttpRequest, obj: CouponRule, form, change: bool) -> None:
+        saved = services.save_rule_from_admin(
+            rule=obj, changed=list(form.changed_data) if change else [], actor=request.user
+        )
+        obj.pk = saved.pk
+
+    def _change_state(self, request: HttpRequest, queryset: QuerySet, state: str) -> None:
+        done = 0
+        for rule in queryset:
+            try:
+                services.change_rule_state(rule=rule, state=state, actor=request.user)
+                done += 1
+            except errors.CouponError as refusal:
+                self.message_user(request, f"{rule}: {refusal.detail}", messages.WARNING)
+        self.message_user(request, f"{done} rule(s) now {state}.")
+
+    @admin.action(description="Activate selected rules", permissions=["change"])
+    def activate(self, request, queryset):
+        self._change_state(request, queryset, RuleState.ACTIVE)
+
+    @admin.action(description="Pause selected rules", permissions=["change"])
+    def pause(self, request, queryset):
+        self._change_state(request, queryset, RuleState.PAUSED)
+
+    @admin.action(
+        description="End selected rules (expires their live coupons, releases the money)", permissions=["change"]
+    )
+    def end(self, request, queryset):
+        self._change_state(request, queryset, RuleState.ENDED)
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:rule_id>/report/", self.admin_site.admin_view(self.report_view), name="coupons_couponrule_report"
+            ),
+            path("<int:rule_id>/issue/", self.admin_site.admin_view(self.issue_view), name="coupons_couponrule_issue"),
+            path("<int:rule_id>/codes/", self.admin_site.admin_view(self.codes_view), name="coupons_couponrule_codes"),
+            path(
+                "campaign-report/",
+                self.admin_site.admin_view(self.source_report_view),
+                name="coupons_couponrule_source_report",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def report_view(self, request: HttpRequest, rule_id: int) -> HttpResponse:
+        self._check_report_permission(request)
+        rule = get_object_or_404(CouponRule, pk=rule_id)
+        report = selectors.rule_report(rule=rule)
+        return self._report_page(request, f"Report: {rule}", report, selectors.daily_activity(rule=rule), rule=rule)
+
+    def source_report_view(self, request: HttpRequest) -> HttpResponse:
+        """The same numbers over every coupon a campaign (or any source_ref prefix) issued."""
+        self._check_report_permission(request)
+        prefix = request.GET.get("prefix", "").strip()
+        report = selectors.campaign_report(source_ref_prefix=prefix) if prefix else None
+        daily = selectors.daily_activity(source_ref_prefix=prefix) if prefix else []
+        title = f"Report: coupons of {prefix}" if prefix else "Report by campaign (source_ref prefix)"
+        return self._report_page(request, title, report, daily, prefix=prefix)
+
+    def _check_report_permission(self, request: HttpRequest) -> None:
+        if not request.user.has_perm("coupons.view_couponrule"):
+            raise PermissionDenied
+
+    def _report_page(self, request, title, report, daily, *, rule=None, prefix=None) -> HttpResponse:
+        numbers = []
+        if report is not None:
+            numbers = [
+                ("Issued", report.issued),
+                ("Redeemed", report.redeemed),
+                ("Unused", report.unused),
+                ("Expired", report.expired),
+                ("Revoked", report.revoked),
+                ("Budget", _money(report.budget)),
+                ("Committed", _money(report.committed)),
+                ("Spent", _money(report.spent)),
+                ("Remaining", _money(report.remaining)),
+                ("Order revenue", _money(report.order_revenue)),
+                ("ROI", "-" if report.roi is None else f"{report.roi:.2f}"),
+                ("Redemption rate", "-" if report.redemption_rate is None else f"{report.redemption_rate:.1%}"),
+            ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.model._meta,
+            "rule": rule,
+            "prefix": prefix,
+            "report": report,
+            "numbers": numbers,
+            "chart_data": daily,
+        }
+        return TemplateResponse(request, "admin/coupons/couponrule/report.html", context)
+
+    def issue_view(self, request: HttpRequest, rule_id: int) -> HttpResponse:
+        if not request.user.has_perm("coupons.add_issuancejob"):
+            raise PermissionDenied
+        rule = get_object_or_404(CouponRule, pk=rule_id)
+        form = IssueForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                job = services.create_issuance_job(
+                    rule=rule,
+                    user_ids=form.cleaned_data["user_ids"] or None,
+                    segment_id=form.cleaned_data["segment"],
+                    source_ref=form.cleaned_data["source_ref"],
+                    created_by=request.user,
+                )
+            except errors.CouponError as refusal:
+                form.add_error(None, refusal.detail)
+            else:
+                self.message_user(request, f"Issuance job #{job.pk} queued.")
+                return HttpResponseRedirect(reverse("admin:coupons_issuancejob_change", args=[job.pk]))
+        return self._form_page(request, rule, form, "Issue coupons to users or a segment")
+
+    def codes_view(self, request: HttpRequest, rule_id: int) -> HttpResponse:
+        if not request.user.has_perm("coupons.add_codebatch"):
+            raise PermissionDenied
+        rule = get_object_or_404(CouponRule, pk=rule_id)
+        form = CodeBatchForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                batch = services.create_code_batch(rule=rule, created_by=request.user, **form.cleaned_data)
+            except errors.CouponError as refusal:
+                form.add_error(None, refusal.detail)
+            else:
+                self.message_user(request, f"Code batch #{batch.pk} queued; export it when done.")
+                return HttpResponseRedirect(reverse("admin:coupons_codebatch_changelist"))
+        return self._form_page(request, rule, form, "Generate partner codes")
+
+    def _form_page(self, request, rule, form, title):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{title}: {rule}",
+            "opts": self.model._meta,
+            "original": rule,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/coupons/couponrule/form_page.html", context)
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["coupon_links"] = [
+                ("Report", reverse("admin:coupons_couponrule_report", args=[obj.pk])),
+                ("Issue to users", reverse("admin:coupons_couponrule_issue", args=[obj.pk])),
+                ("Partner codes", reverse("admin:coupons_couponrule_codes", args=[obj.pk])),
+            ]
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+class IssueForm(forms.Form):
+    user_ids = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 8}), required=False, help_text="One user id per line (or comma separated)."
+    )
+    segment = forms.IntegerField(required=False, min_value=1, help_text="Or a segment id.")
+    source_ref = forms.CharField(required=False, max_length=200, help_text="e.g. campaign:12:variant:3")
+
+    def clean_user_ids(self) -> list[str]:
+        raw = self.cleaned_data["user_ids"].replace(",", "\n")
+        ids = [line.strip() for line in raw.splitlines() if line.strip()]
+        too_long = [u for u in ids if len(u) > 128]
+        if too_long:
+            raise ValidationError(f"User ids are at most 128 characters: {too_long[0][:40]}...")
+        return ids
+
+    def clean(self):
+        data = super().clean()
+        if bool(data.get("user_ids")) == (data.get("segment") is not None):
+            raise ValidationError("Give either user ids or a segment.")
+        return data
+
+
+class CodeBatchForm(forms.Form):
+    quantity = forms.IntegerField(min_value=1, max_value=10_000_000)
+    partner = forms.CharField(max_length=200, required=False)
+
+
+@admin.register(Coupon)
+class CouponAdmin(admin.ModelAdmin):
+    list_display = ("display_code", "rule", "holder", "status", "issued_at", "expires_at", "source", "source_ref")
+    list_filter = ("status", "source", ("rule", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("=code", "profile__user_id", "source_ref", "request_id")
+    list_select_related = ("rule", "profile")
+    readonly_fields = [f.name for f in Coupon._meta.fields]
+    actions = ("revoke",)
+    show_full_result_count = False
+
+    def get_search_results(self, request, queryset, search_term):
+        from coupons.codes import normalize
+
+        queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        if search_term and len(normalize(search_term)) == 13:
+            queryset |= self.model.objects.filter(code=normalize(search_term))
+        return queryset, may_have_duplicates
+
+    @admin.display(description="Holder", ordering="profile__user_id")
+    def holder(self, coupon: Coupon) -> str:
+        return coupon.profile.user_id if coupon.profile_id else "(bearer)"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(
+        description="Revoke selected live coupons (returns their money to the budget)", permissions=["change"]
+    )
+    def revoke(self, request, queryset):
+        n = services.revoke_coupons(
+            coupon_ids=list(queryset.filter(status=CouponStatus.AVAILABLE).values_list("pk", flat=True)),
+            actor=request.user,
+        )
+        self.message_user(request, f"{n} coupon(s) revoked.")
+
+
+@admin.register(Redemption)
+class RedemptionAdmin(admin.ModelAdmin):
+    list_display = (
+        "order_id",
+        "coupon",
+        "rule",
+        "user_id",
+        "order_amount",
+        "discount",
+        "redeemed_at",
+        "rolled_back_at",
+    )
+    list_filter = (("rule", admin.RelatedOnlyFieldListFilter), ("rolled_back_at", admin.EmptyFieldListFilter))
+    search_fields = ("=order_id", "user_id", "coupon__code")
+    list_select_related = ("coupon", "rule")
+    readonly_fields = [f.name for f in Redemption._meta.fields]
+    date_hierarchy = "redeemed_at"
+    actions = ("rollback",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Roll back the orders of the selected redemptions", permissions=["change"])
+    def rollback(self, request, queryset):
+        orders = sorted(set(queryset.filter(rolled_back_at__isnull=True).values_list("order_id", flat=True)))
+        for order_id in orders:
+            services.rollback_order(order_id=order_id, actor=request.user)
+        self.message_user(request, f"{len(orders)} order(s) rolled back.")
+
+
+class IssuanceTargetInline(admin.TabularInline):
+    model = IssuanceTarget
+    fields = ("profile", "outcome", "reason", "coupon")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).exclude(outcome=IssuanceTarget.Outcome.ISSUED).select_related("profile")
+
+
+@admin.register(IssuanceJob)
+class IssuanceJobAdmin(admin.ModelAdmin):
+    list_display = ("id", "rule", "status", "progress_shown", "total", "issued", "refused", "source_ref", "created_at")
+    list_filter = ("status",)
+    search_fields = ("source_ref", "rule__name")
+    readonly_fields = [f.name for f in IssuanceJob._meta.fields if f.name != "user_ids"] + ["progress_shown"]
+    exclude = ("user_ids",)
+    inlines = (IssuanceTargetInline,)
+    actions = ("resume",)
+
+    @admin.display(description="Progress")
+    def progress_shown(self, job: IssuanceJob) -> str:
+        return f"{job.progress:.0%}"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Resume selected unfinished jobs", permissions=["change"])
+    def resume(self, request, queryset):
+        from access.services import record_audit
+        from coupons.tasks import run_issuance_job
+
+        jobs = list(queryset.exclude(status=IssuanceJob.Status.DONE))
+        for job in jobs:
+            record_audit(actor=request.user, action="issuance_job.resumed", obj=job)
+            run_issuance_job.delay(job.pk)
+        self.message_user(request, f"{len(jobs)} job(s) queued again.")
+
+
+@admin.register(CodeBatch)
+class CodeBatchAdmin(admin.ModelAdmin):
+    list_display = ("id", "rule", "partner", "quantity", "generated", "status", "created_at", "export_link")
+    list_filter = ("status",)
+    search_fields = ("partner", "rule__name")
+    readonly_fields = [f.name for f in CodeBatch._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="CSV")
+    def export_link(self, batch: CodeBatch) -> str:
+        if batch.status != CodeBatch.Status.DONE:
+            return "-"
+        return format_html('<a href="{}">download</a>', reverse("admin:coupons_codebatch_export", args=[batch.pk]))
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:batch_id>/export/", self.admin_site.admin_view(self.export_view), name="coupons_codebatch_export"
+            )
+        ]
+        return own + super().get_urls()
+
+    def export_view(self, request: HttpRequest, batch_id: int) -> StreamingHttpResponse:
+        if not request.user.has_perm("coupons.view_codebatch"):
+            raise PermissionDenied
+        batch = get_object_or_404(CodeBatch, pk=batch_id, status=CodeBatch.Status.DONE)
+        from access.services import record_audit
+
+        record_audit(actor=request.user, action="code_batch.exported", obj=batch, details={"codes": batch.generated})
+        response = StreamingHttpResponse(
+            services.write_batch_csv(batch=batch, rows=selectors.batch_code_rows(batch=batch)),
+            content_type="text/csv; charset=utf-8",
+        )
+        response["Content-Disposition"] = f'attachment; filename="codes-{batch.pk}-{batch.partner or "partner"}.csv"'
+        return response

@@ -1,1 +1,397 @@
-"""coupons.api: api of the coupons app."""
+"""The coupons REST API: thin views that parse, call one service or selector, and render."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.generics import ListAPIView
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from access.models import ApiKey
+from access.permissions import HasScope
+from coupons import errors, selectors, services
+from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
+from coupons.serializers import (
+    CodeBatchInput,
+    CodeBatchOutput,
+    CouponClaimInput,
+    CouponErrorOutput,
+    CouponOutput,
+    CouponRedeemInput,
+    CouponRedemptionOutput,
+    CouponReportOutput,
+    CouponRollbackInput,
+    CouponRollbackOutput,
+    CouponRuleInput,
+    CouponRuleOutput,
+    CouponValidateInput,
+    CouponValidateOutput,
+    IssuanceJobInput,
+    IssuanceJobOutput,
+    ProfileCouponsQuery,
+)
+from profiles.selectors import profile_for_user_id
+
+BAD_INPUT = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: the offending fields and why.")
+NO_KEY = OpenApiResponse(OpenApiTypes.OBJECT, description="No valid credentials.")
+NO_SCOPE = OpenApiResponse(OpenApiTypes.OBJECT, description="The key lacks the scope.")
+CONFLICT = OpenApiResponse(CouponErrorOutput, description="Conflicts with the current state; `reason` says which.")
+REFUSED = OpenApiResponse(CouponErrorOutput, description="Refused by the rules; `reason` says why.")
+
+
+def not_found(what: str) -> OpenApiResponse:
+    return OpenApiResponse(OpenApiTypes.OBJECT, description=f"Unknown {what} (`reason` says which).")
+
+
+def path_id(name: str) -> OpenApiParameter:
+    return OpenApiParameter(name, int, OpenApiParameter.PATH, description="Integer id.")
+
+
+def _pk(value: str | int, error: type[errors.NotFound], what: str) -> int:
+    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
+    text = str(value)
+    if not text.isdigit() or len(text) > 18:
+        raise error(f"No {what} {text[:40]!r}.")
+    return int(text)
+
+
+def _actor(request: Request) -> dict:
+    if isinstance(request.auth, ApiKey):
+        return {"created_by": None, "api_key": request.auth}
+    return {"created_by": request.user, "api_key": None}
+
+
+class _JsonView(APIView):
+    parser_classes = [JSONParser]
+
+
+def _rule(rule_id: str | int) -> CouponRule:
+    rule = CouponRule.objects.filter(pk=_pk(rule_id, errors.RuleNotFound, "coupon rule")).first()
+    if rule is None:
+        raise errors.RuleNotFound(f"No coupon rule {rule_id}.")
+    return rule
+
+
+# --- coupons:redeem ----------------------------------------------------------------------------
+
+
+class ClaimView(_JsonView):
+    permission_classes = [HasScope("coupons:redeem")]
+
+    @extend_schema(
+        parameters=[path_id("rule_id")],
+        operation_id="coupon_rule_claim",
+        request=CouponClaimInput,
+        responses={
+            201: CouponOutput,
+            200: OpenApiResponse(CouponOutput, description="A replayed `request_id`: the same coupon."),
+            400: BAD_INPUT,
+            401: NO_KEY,
+            403: NO_SCOPE,
+            404: not_found("rule"),
+            409: CONFLICT,
+            422: REFUSED,
+        },
+        summary="Issue one coupon of the rule to a user (idempotent by request_id).",
+    )
+    def post(self, request: Request, rule_id: str) -> Response:
+        data = CouponClaimInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        coupon = services.claim_coupon(rule_id=_pk(rule_id, errors.RuleNotFound, "coupon rule"), **data.validated_data)
+        code = status.HTTP_201_CREATED if coupon.created else status.HTTP_200_OK
+        return Response(CouponOutput(coupon).data, status=code)
+
+
+class ValidateView(_JsonView):
+    permission_classes = [HasScope("coupons:redeem")]
+
+    @extend_schema(
+        operation_id="coupon_validate",
+        request=CouponValidateInput,
+        responses={
+            200: CouponValidateOutput,
+            400: BAD_INPUT,
+            401: NO_KEY,
+            403: NO_SCOPE,
+            404: not_found("code"),
+            422: REFUSED,
+        },
+        summary="Would the code take money off this order, and how much (or why not)?",
+    )
+    def post(self, request: Request) -> Response:
+        data = CouponValidateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        quote = services.validate_coupon(**data.validated_data)
+        if not quote.valid:
+            body = {"valid": False, "reason": quote.refusal.reason, "detail": quote.refusal.detail}
+        else:
+            body = {"valid": True, "discount": quote.discount, "final_amount": quote.final_amount}
+        return Response(CouponValidateOutput(body).data)
+
+
+class RedeemView(_JsonView):
+    permission_classes = [HasScope("coupons:redeem")]
+
+    @extend_schema(
+        operation_id="coupon_redeem",
+        request=CouponRedeemInput,
+        responses={
+            200: CouponRedemptionOutput,
+            400: BAD_INPUT,
+            401: NO_KEY,
+            403: NO_SCOPE,
+            404: not_found("code"),
+            409: CONFLICT,
+            422: REFUSED,
+        },
+        summary="Use a code for an order; the same code and order again returns the same redemption.",
+    )
+    def post(self, request: Request) -> Response:
+        data = CouponRedeemInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        redemption = services.redeem_coupon(**data.validated_data)
+        return Response(CouponRedemptionOutput(redemption).data)
+
+
+class RollbackView(_JsonView):
+    permission_classes = [HasScope("coupons:redeem")]
+
+    @extend_schema(
+        operation_id="coupon_rollback",
+        request=CouponRollbackInput,
+        responses={200: CouponRollbackOutput, 400: BAD_INPUT, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("order")},
+        summary="Undo an order's redemption (cancelled or refunded); the money returns to the budget.",
+    )
+    def post(self, request: Request) -> Response:
+        data = CouponRollbackInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        order_id = data.validated_data["order_id"]
+        redemptions = services.rollback_order(order_id=order_id)
+        returned = sum((r.discount for r in redemptions if r.created), Decimal("0.00"))
+        return Response(
+            CouponRollbackOutput({"order_id": order_id, "returned": returned, "redemptions": redemptions}).data
+        )
+
+
+# --- profiles:read -----------------------------------------------------------------------------
+
+
+class ProfileCouponsView(ListAPIView):
+    permission_classes = [HasScope("profiles:read")]
+    serializer_class = CouponOutput
+    filter_backends: list = []
+
+    @extend_schema(
+        operation_id="profile_coupons",
+        parameters=[
+            OpenApiParameter("status", str, enum=["available", "redeemed", "expired"], required=False),
+        ],
+        responses={
+            200: CouponOutput(many=True),
+            400: BAD_INPUT,
+            401: NO_KEY,
+            403: NO_SCOPE,
+            404: not_found("user or page"),
+        },
+        summary="A user's coupons, newest first.",
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        query = ProfileCouponsQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        user_id = self.kwargs["user_id"]
+        # A user id PostgreSQL cannot even hold (NUL, too long) names nobody.
+        profile = None if "\x00" in user_id or len(user_id) > 128 else profile_for_user_id(user_id)
+        if profile is None:
+            raise errors.UserNotFound(f"No user {self.kwargs['user_id']!r}.")
+        return selectors.coupons_for_profile(profile=profile, status=query.validated_data.get("status"))
+
+
+# --- manage ------------------------------------------------------------------------------------
+
+
+class RuleListView(ListAPIView, _JsonView):
+    permission_classes = [HasScope("manage")]
+    serializer_class = CouponRuleOutput
+    filter_backends: list = []
+
+    def get_queryset(self):
+        queryset = CouponRule.objects.order_by("-id")
+        state = self.request.query_params.get("state")
+        if state in RuleState.values:
+            queryset = queryset.filter(state=state)
+        return queryset
+
+    @extend_schema(
+        operation_id="coupon_rules_list",
+        parameters=[OpenApiParameter("state", str, enum=RuleState.values, required=False)],
+        responses={200: CouponRuleOutput(many=True), 401: NO_KEY, 403: NO_SCOPE, 404: not_found("page")},
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="coupon_rules_create",
+        request=CouponRuleInput,
+        responses={201: CouponRuleOutput, 400: BAD_INPUT, 401: NO_KEY, 403: NO_SCOPE},
+        summary="Create a rule (active unless state is draft).",
+    )
+    def post(self, request: Request) -> Response:
+        data = CouponRuleInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        rule = services.create_rule(**data.validated_data, **_actor(request))
+        return Response(CouponRuleOutput(rule).data, status=status.HTTP_201_CREATED)
+
+
+class RuleDetailView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("rule_id")],
+        operation_id="coupon_rule_detail",
+        responses={200: CouponRuleOutput, 404: not_found("rule")},
+    )
+    def get(self, request: Request, rule_id: str) -> Response:
+        return Response(CouponRuleOutput(_rule(rule_id)).data)
+
+
+class RuleStateView(_JsonView):
+    permission_classes = [HasScope("manage")]
+    target_state: str = ""
+
+    @extend_schema(
+        parameters=[path_id("rule_id")],
+        request=None,
+        responses={200: CouponRuleOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("rule"), 409: CONFLICT},
+    )
+    def post(self, request: Request, rule_id: str) -> Response:
+        actor = _actor(request)
+        rule = services.change_rule_state(
+            rule=_rule(rule_id), state=self.target_state, actor=actor["created_by"], api_key=actor["api_key"]
+        )
+        return Response(CouponRuleOutput(rule).data)
+
+
+class RuleReportView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("rule_id")],
+        operation_id="coupon_rule_report",
+        responses={200: CouponReportOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("rule")},
+        summary="Issued, redeemed, unused, expired; budget, committed, spent, remaining; revenue and ROI.",
+    )
+    def get(self, request: Request, rule_id: str) -> Response:
+        return Response(CouponReportOutput(selectors.rule_report(rule=_rule(rule_id)).as_dict()).data)
+
+
+class SourceReportView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        operation_id="coupon_source_report",
+        parameters=[
+            OpenApiParameter(
+                "source_ref_prefix",
+                str,
+                required=True,
+                description="e.g. `campaign:12:` for every coupon a campaign issued.",
+            )
+        ],
+        responses={200: CouponReportOutput, 400: BAD_INPUT, 401: NO_KEY, 403: NO_SCOPE},
+        summary="The same report over the coupons whose source_ref starts with a prefix (a campaign).",
+    )
+    def get(self, request: Request) -> Response:
+        prefix = request.query_params.get("source_ref_prefix", "")
+        if not prefix.strip():
+            from rest_framework.exceptions import ValidationError
+
+            raise ValidationError({"source_ref_prefix": ["This parameter is required."]})
+        return Response(CouponReportOutput(selectors.campaign_report(source_ref_prefix=prefix).as_dict()).data)
+
+
+class IssuanceJobCreateView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("rule_id")],
+        operation_id="coupon_issuance_job_create",
+        request=IssuanceJobInput,
+        responses={
+            202: IssuanceJobOutput,
+            400: BAD_INPUT,
+            401: NO_KEY,
+            403: NO_SCOPE,
+            404: not_found("rule"),
+            422: REFUSED,
+        },
+        summary="Issue one coupon of the rule to each listed user (or a segment's members) in the background.",
+    )
+    def post(self, request: Request, rule_id: str) -> Response:
+        rule = _rule(rule_id)
+        data = IssuanceJobInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = services.create_issuance_job(
+            rule=rule,
+            user_ids=data.validated_data.get("user_ids"),
+            segment_id=data.validated_data.get("segment"),
+            source_ref=data.validated_data.get("source_ref", ""),
+            **_actor(request),
+        )
+        return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class IssuanceJobDetailView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("job_id")],
+        operation_id="coupon_issuance_job_detail",
+        responses={200: IssuanceJobOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("job")},
+    )
+    def get(self, request: Request, job_id: str) -> Response:
+        job = IssuanceJob.objects.filter(pk=_pk(job_id, errors.JobNotFound, "issuance job")).first()
+        if job is None:
+            raise errors.JobNotFound(f"No issuance job {job_id}.")
+        return Response(IssuanceJobOutput(job).data)
+
+
+class CodeBatchCreateView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("rule_id")],
+        operation_id="coupon_code_batch_create",
+        request=CodeBatchInput,
+        responses={202: CodeBatchOutput, 400: BAD_INPUT, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("rule")},
+        summary="Generate bearer codes for a partner in the background (exported as CSV from the admin).",
+    )
+    def post(self, request: Request, rule_id: str) -> Response:
+        rule = _rule(rule_id)
+        data = CodeBatchInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        batch = services.create_code_batch(rule=rule, **_actor(request), **data.validated_data)
+        return Response(CodeBatchOutput(batch).data, status=status.HTTP_202_ACCEPTED)
+
+
+class CodeBatchDetailView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("batch_id")],
+        operation_id="coupon_code_batch_detail",
+        responses={200: CodeBatchOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("batch")},
+    )
+    def get(self, request: Request, batch_id: str) -> Response:
+        batch = CodeBatch.objects.filter(pk=_pk(batch_id, errors.BatchNotFound, "code batch")).first()
+        if batch is None:
+            raise errors.BatchNotFound(f"No code batch {batch_id}.")
+        return Response(CodeBatchOutput(batch).data)

@@ -12,3 +12,9 @@ class CouponsConfig(AppConfig):
         "Customer service lead": ["coupons.view_coupon"],
         "Analyst": ["coupons.view_*"],
     }
+
+    def ready(self) -> None:
+        from coupons.selectors import lookup_section
+        from profiles.lookup import register_section
+
+        register_section("coupons", lookup_section)

@@ -1,3 +1,364 @@
-"""coupons models."""
+"""Coupons: rules (what must hold and what they give), the coupons issued under them, their
+redemptions by orders, and the jobs that issue or generate them in bulk.
 
-from django.db import models  # noqa: F401
+Money invariant, enforced by the database and not only by Python: for a rule with a budget,
+`committed + spent <= budget` at every moment. `committed` is the most the live, unredeemed
+coupons can still cost (each coupon holds its `reserved` amount), `spent` the discounts given.
+The counters live on the rule row so a claim is one conditional UPDATE; the ledger can always be
+re-derived from coupons and redemptions (see `selectors.ledger_from_rows`).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from profiles.models import Profile
+
+MONEY = {"max_digits": 14, "decimal_places": 2}
+ZERO = Decimal("0.00")
+MAX_VALID_DAYS = 3650
+
+
+class RuleKind(models.TextChoices):
+    FIXED = "fixed", "Fixed amount off"
+    PERCENT = "percent", "Percent off (capped)"
+    THRESHOLD = "threshold", "Amount off an order of at least"
+
+
+class RuleState(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    ACTIVE = "active", "Active"
+    PAUSED = "paused", "Paused"
+    ENDED = "ended", "Ended"
+
+
+class CouponRule(models.Model):
+    """An offer. Condition (window, minimum spend, eligibility) and benefit (kind, value, cap)
+    are separate columns; the counters below are maintained by `coupons.services` only."""
+
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True, default="")
+    # Benefit
+    kind = models.CharField(max_length=16, choices=RuleKind.choices)
+    value = models.DecimalField(**MONEY, help_text="Amount off, or percent off for percent rules")
+    max_discount = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text="Cap of a percent discount; required when the rule has a budget"
+    )
+    # Condition
+    min_spend = models.DecimalField(**MONEY, default=ZERO, blank=True, help_text="Smallest order amount")
+    valid_from = models.DateTimeField(null=True, blank=True)
+    valid_until = models.DateTimeField(null=True, blank=True)
+    valid_days = models.PositiveIntegerField(null=True, blank=True, help_text="Coupons expire N days after issue")
+    first_order_only = models.BooleanField(default=False, help_text="Only for users who never paid an order")
+    eligible_tiers = ArrayField(
+        models.SlugField(max_length=50), default=list, blank=True, help_text="Value tier slugs; empty: every tier"
+    )
+    eligible_tags = ArrayField(
+        models.SlugField(max_length=100), default=list, blank=True, help_text="Tag names (any of them); empty: all"
+    )
+    # Limits
+    total_quantity = models.PositiveIntegerField(null=True, blank=True, help_text="Most coupons ever issued")
+    per_user_limit = models.PositiveIntegerField(default=1)
+    budget = models.DecimalField(**MONEY, null=True, blank=True, help_text="Most money the rule may ever cost")
+    state = models.CharField(max_length=16, choices=RuleState.choices, default=RuleState.ACTIVE, db_index=True)
+    # Counters (services only)
+    issued_count = models.PositiveIntegerField(default=0, editable=False)
+    redeemed_count = models.PositiveIntegerField(default=0, editable=False)
+    committed = models.DecimalField(**MONEY, default=ZERO, editable=False)
+    spent = models.DecimalField(**MONEY, default=ZERO, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(value__gt=0), name="couponrule_value_positive"),
+            models.CheckConstraint(
+                condition=~Q(kind=RuleKind.PERCENT) | Q(value__lte=100), name="couponrule_percent_at_most_100"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_discount__isnull=True) | Q(max_discount__gt=0), name="couponrule_cap_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(budget__isnull=True) | ~Q(kind=RuleKind.PERCENT) | Q(max_discount__isnull=False),
+                name="couponrule_budgeted_percent_has_cap",
+            ),
+            models.CheckConstraint(
+                condition=Q(valid_from__isnull=True) | Q(valid_until__isnull=True) | Q(valid_until__gt=F("valid_from")),
+                name="couponrule_window_ordered",
+            ),
+            models.CheckConstraint(condition=Q(committed__gte=0) & Q(spent__gte=0), name="couponrule_counters_gte_0"),
+            models.CheckConstraint(
+                condition=Q(budget__isnull=True) | Q(budget__gte=F("committed") + F("spent")),
+                name="couponrule_within_budget",
+            ),
+            models.CheckConstraint(
+                condition=Q(total_quantity__isnull=True) | Q(issued_count__lte=F("total_quantity")),
+                name="couponrule_within_quantity",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        """The rules of a well-formed offer; the API serializer and the admin form both run it."""
+        errors: dict[str, str] = {}
+        value, cap, min_spend = self.value, self.max_discount, self.min_spend or ZERO
+        if value is not None and value <= 0:
+            errors["value"] = "Must be greater than zero."
+        elif value is not None and self.kind == RuleKind.PERCENT and value > 100:
+            errors["value"] = "A percent discount cannot be over 100."
+        if cap is not None and self.kind != RuleKind.PERCENT:
+            errors["max_discount"] = "Only percent rules take a cap (max_discount)."
+        if self.kind == RuleKind.PERCENT and self.budget is not None and cap is None:
+            errors["max_discount"] = (
+                "A percent rule with a budget needs max_discount: without a cap one coupon could cost any amount."
+            )
+        if self.kind == RuleKind.THRESHOLD:
+            if min_spend <= 0:
+                errors["min_spend"] = "A threshold rule needs the order amount it applies from (min_spend > 0)."
+            elif value is not None and value > min_spend:
+                errors["value"] = "The amount off cannot exceed the threshold (min_spend)."
+        if min_spend < 0:
+            errors["min_spend"] = "Cannot be negative."
+        if self.valid_from and self.valid_until and self.valid_until <= self.valid_from:
+            errors["valid_until"] = "The window must end after it starts (valid_until > valid_from)."
+        if self.valid_days is not None and not 1 <= self.valid_days <= MAX_VALID_DAYS:
+            errors["valid_days"] = f"Between 1 and {MAX_VALID_DAYS} days."
+        if self.per_user_limit is not None and self.per_user_limit < 1:
+            errors["per_user_limit"] = "At least 1."
+        if self.total_quantity is not None and self.total_quantity < 1:
+            errors["total_quantity"] = "At least 1 (leave empty for no limit)."
+        if self.budget is not None:
+            if self.budget <= 0:
+                errors["budget"] = "Must be greater than zero (leave empty for no budget)."
+            elif (
+                value is not None
+                and "value" not in errors
+                and "max_discount" not in errors
+                and self.budget < self.reserve_per_coupon
+            ):
+                errors["budget"] = "Smaller than what one coupon may cost: no coupon could ever be issued."
+            if self.pk and "budget" not in errors and self.budget < self.committed + self.spent:
+                errors["budget"] = f"Below what is already committed and spent ({self.committed + self.spent})."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def reserve_per_coupon(self) -> Decimal:
+        """The most one coupon of this rule can cost: what issuing it commits."""
+        if self.kind == RuleKind.PERCENT:
+            return self.max_discount or ZERO
+        return self.value
+
+    @property
+    def remaining(self) -> Decimal | None:
+        return None if self.budget is None else self.budget - self.committed - self.spent
+
+
+class CouponStatus(models.TextChoices):
+    AVAILABLE = "available", "Available"
+    REDEEMED = "redeemed", "Redeemed"
+    EXPIRED = "expired", "Expired"
+    REVOKED = "revoked", "Revoked"
+
+
+class CodeBatch(models.Model):
+    """Bearer codes generated in bulk for a partner (no holder until used), exported as CSV."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    rule = models.ForeignKey(CouponRule, on_delete=models.PROTECT, related_name="code_batches")
+    partner = models.CharField(max_length=200, blank=True, default="")
+    quantity = models.PositiveIntegerField()
+    generated = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "code batches"
+        constraints = [models.CheckConstraint(condition=Q(quantity__gt=0), name="codebatch_quantity_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} codes of {self.rule} for {self.partner or '-'}"
+
+
+class IssuanceJob(models.Model):
+    """Issue one coupon of a rule to each profile of a list of user ids or of a segment."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    rule = models.ForeignKey(CouponRule, on_delete=models.PROTECT, related_name="issuance_jobs")
+    user_ids = ArrayField(models.CharField(max_length=128), default=list, blank=True)
+    segment_id = models.PositiveIntegerField(null=True, blank=True)
+    source_ref = models.CharField(max_length=200, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    total = models.PositiveIntegerField(default=0)
+    processed = models.PositiveIntegerField(default=0)
+    issued = models.PositiveIntegerField(default=0)
+    refused = models.PositiveIntegerField(default=0)
+    refusals = models.JSONField(default=dict, blank=True, help_text="Count of refused targets by reason")
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"issuance #{self.pk} of {self.rule}"
+
+    @property
+    def progress(self) -> float:
+        return 1.0 if not self.total else round(self.processed / self.total, 4)
+
+
+class IssuanceTarget(models.Model):
+    """One profile of a job. `(job, profile)` is unique, and the coupon is written in the same
+    transaction as the outcome, so a job resumed after a crash never issues twice."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ISSUED = "issued", "Issued"
+        REFUSED = "refused", "Refused"
+
+    job = models.ForeignKey(IssuanceJob, on_delete=models.CASCADE, related_name="targets")
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+    reason = models.CharField(max_length=64, blank=True, default="")
+    coupon = models.OneToOneField("Coupon", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "profile"], name="issuancetarget_job_profile")]
+        indexes = [
+            models.Index(fields=["job", "id"], name="issuancetarget_pending", condition=Q(outcome="pending")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}:{self.profile_id} {self.outcome}"
+
+
+class Coupon(models.Model):
+    """One code. A coupon with a `profile` belongs to that person; one without (a partner's bearer
+    code) may be used by anyone. `reserved` is what it holds of the rule's `committed` while live."""
+
+    code = models.CharField(max_length=32, unique=True)
+    rule = models.ForeignKey(CouponRule, on_delete=models.PROTECT, related_name="coupons")
+    profile = models.ForeignKey(Profile, null=True, blank=True, on_delete=models.PROTECT, related_name="coupons")
+    status = models.CharField(max_length=16, choices=CouponStatus.choices, default=CouponStatus.AVAILABLE)
+    reserved = models.DecimalField(**MONEY, default=ZERO)
+    issued_at = models.DateTimeField(default=timezone.now)
+    starts_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+    source = models.CharField(max_length=32, default="api", help_text="api, admin, bulk, campaign, partner ...")
+    source_ref = models.CharField(max_length=200, blank=True, default="", help_text="e.g. campaign:12:variant:3")
+    request_id = models.CharField(max_length=128, null=True, blank=True)
+    batch = models.ForeignKey(CodeBatch, null=True, blank=True, on_delete=models.PROTECT, related_name="coupons")
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule", "request_id"], name="coupon_rule_request_id", condition=Q(request_id__isnull=False)
+            ),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="coupon_reserved_gte_0"),
+        ]
+        indexes = [
+            models.Index(fields=["profile", "status"], name="coupon_profile_status"),
+            models.Index(fields=["rule", "status"], name="coupon_rule_status"),
+            models.Index(fields=["expires_at"], name="coupon_live_expiry", condition=Q(status="available")),
+            models.Index(fields=["source_ref"], name="coupon_source_ref"),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_code
+
+    @property
+    def display_code(self) -> str:
+        from coupons.codes import display
+
+        return display(self.code)
+
+
+class RuleHolding(models.Model):
+    """How many coupons of a rule a profile was given: the per-user limit is one conditional
+    upsert on this row, so two parallel claims of the same person cannot both pass."""
+
+    rule = models.ForeignKey(CouponRule, on_delete=models.CASCADE, related_name="+")
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    issued = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["rule", "profile"], name="ruleholding_rule_profile")]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}:{self.profile_id} x{self.issued}"
+
+
+class Redemption(models.Model):
+    """A coupon used by an order. A rolled-back redemption keeps its row (with `rolled_back_at`):
+    the history stays, and only one live redemption per coupon is allowed by the database."""
+
+    coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="redemptions")
+    rule = models.ForeignKey(CouponRule, on_delete=models.PROTECT, related_name="redemptions")
+    profile = models.ForeignKey(Profile, null=True, on_delete=models.PROTECT, related_name="+")
+    user_id = models.CharField(max_length=128)
+    order_id = models.CharField(max_length=128)
+    order_amount = models.DecimalField(**MONEY)
+    discount = models.DecimalField(**MONEY)
+    redeemed_at = models.DateTimeField(default=timezone.now)
+    rolled_back_at = models.DateTimeField(null=True, blank=True)
+    coupon_returned = models.BooleanField(null=True, blank=True, help_text="Whether rollback gave the coupon back")
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["coupon"], name="redemption_one_live_per_coupon", condition=Q(rolled_back_at__isnull=True)
+            ),
+            models.CheckConstraint(condition=Q(order_amount__gt=0), name="redemption_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(discount__gte=0) & Q(discount__lte=F("order_amount")), name="redemption_discount_bounded"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["order_id"], name="redemption_order"),
+            models.Index(fields=["rule", "redeemed_at"], name="redemption_rule_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.coupon_id} for order {self.order_id}"
+
+    @property
+    def final_amount(self) -> Decimal:
+        return self.order_amount - self.discount

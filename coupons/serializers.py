@@ -1,1 +1,312 @@
-"""coupons.serializers: serializers of the coupons app."""
+"""Input and output shapes of the coupons API (see the Coupons part of the API contract)."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from rest_framework import serializers
+
+from coupons import codes
+from coupons.models import MAX_VALID_DAYS, CodeBatch, Coupon, CouponRule, IssuanceJob, Redemption, RuleKind, RuleState
+from coupons.selectors import PROFILE_STATUSES, shown_status
+from coupons.services import MAX_ORDER_AMOUNT
+
+MAX_MONEY = Decimal("100000000.00")
+MIN_YEAR, MAX_YEAR = 2000, 2200
+
+
+def money(**kwargs) -> serializers.DecimalField:
+    """A positive amount with at most two decimals, sent and shown as a string ("20.00")."""
+    kwargs.setdefault("min_value", Decimal("0.01"))
+    kwargs.setdefault("max_value", MAX_MONEY)
+    return serializers.DecimalField(max_digits=14, decimal_places=2, coerce_to_string=True, **kwargs)
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """ISO 8601 with a time zone; any offset is accepted and stored as UTC, a naive one refused."""
+
+    default_error_messages = {
+        "naive": "Give a time zone (e.g. 2026-01-31T00:00:00Z).",
+        "range": f"Must lie between the years {MIN_YEAR} and {MAX_YEAR}.",
+    }
+
+    def to_internal_value(self, value):
+        if not isinstance(value, str):
+            self.fail("invalid", format="ISO 8601")
+        try:
+            parsed = parse_datetime(value.strip())
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            self.fail("invalid", format="ISO 8601")
+        if timezone.is_naive(parsed):
+            self.fail("naive")
+        try:
+            value = parsed.astimezone(UTC)
+        except OverflowError:
+            self.fail("range")
+        # Far-off years are typos, and date arithmetic near year 9999 overflows.
+        if not MIN_YEAR <= value.year <= MAX_YEAR:
+            self.fail("range")
+        return value
+
+
+class UserIdField(serializers.CharField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 128)
+        kwargs.setdefault("help_text", "The product's own user id.")
+        super().__init__(**kwargs)
+
+
+class CouponErrorOutput(serializers.Serializer):
+    reason = serializers.CharField(help_text="Machine-readable code, e.g. BUDGET_EXHAUSTED.")
+    detail = serializers.CharField()
+
+
+# --- rules -------------------------------------------------------------------------------------
+
+
+class CouponRuleInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+    kind = serializers.ChoiceField(choices=RuleKind.choices)
+    value = money(help_text="Amount off; for `percent` the percent (0.01 to 100).")
+    min_spend = money(required=False, allow_null=True, min_value=Decimal("0.00"))
+    max_discount = money(required=False, allow_null=True, help_text="Cap of a percent discount.")
+    valid_from = AwareDateTimeField(required=False, allow_null=True)
+    valid_until = AwareDateTimeField(required=False, allow_null=True)
+    valid_days = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=MAX_VALID_DAYS)
+    total_quantity = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=100_000_000)
+    budget = money(required=False, allow_null=True)
+    per_user_limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=1)
+    eligible_tiers = serializers.ListField(
+        child=serializers.SlugField(max_length=50), required=False, default=list, max_length=50
+    )
+    eligible_tags = serializers.ListField(
+        child=serializers.SlugField(max_length=100), required=False, default=list, max_length=50
+    )
+    first_order_only = serializers.BooleanField(required=False, default=False)
+    state = serializers.ChoiceField(
+        choices=[RuleState.DRAFT, RuleState.ACTIVE], required=False, default=RuleState.ACTIVE
+    )
+
+    def validate(self, attrs):
+        # The model's own rules, so the admin form and the API refuse the same things the same way.
+        probe = CouponRule(**{k: v for k, v in attrs.items() if v is not None})
+        try:
+            probe.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return attrs
+
+
+class CouponRuleOutput(serializers.ModelSerializer):
+    # Plain strings here: the input documents the choices, and one enum shared by two components
+    # gets a hashed name in the schema.
+    kind = serializers.CharField(read_only=True, help_text="fixed, percent or threshold")
+    remaining = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True, read_only=True)
+
+    class Meta:
+        model = CouponRule
+        fields = [
+            "id",
+            "name",
+            "description",
+            "kind",
+            "value",
+            "min_spend",
+            "max_discount",
+            "valid_from",
+            "valid_until",
+            "valid_days",
+            "total_quantity",
+            "budget",
+            "per_user_limit",
+            "eligible_tiers",
+            "eligible_tags",
+            "first_order_only",
+            "state",
+            "issued_count",
+            "redeemed_count",
+            "committed",
+            "spent",
+            "remaining",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class CouponTierRateOutput(serializers.Serializer):
+    tier = serializers.CharField(allow_null=True, help_text="Tier slug of the holders now; null: none.")
+    issued = serializers.IntegerField()
+    redeemed = serializers.IntegerField()
+    redemption_rate = serializers.FloatField(allow_null=True)
+
+
+class CouponReportOutput(serializers.Serializer):
+    issued = serializers.IntegerField()
+    redeemed = serializers.IntegerField()
+    unused = serializers.IntegerField(help_text="Issued, not redeemed and not expired.")
+    expired = serializers.IntegerField()
+    revoked = serializers.IntegerField()
+    budget = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    committed = serializers.DecimalField(
+        max_digits=14, decimal_places=2, help_text="The most the unredeemed live coupons could still cost."
+    )
+    spent = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="Discounts actually given.")
+    remaining = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    order_revenue = serializers.DecimalField(max_digits=16, decimal_places=2)
+    roi = serializers.FloatField(allow_null=True, help_text="(order_revenue - spent) / spent; null when nothing spent.")
+    redemption_rate = serializers.FloatField(allow_null=True)
+    by_tier = CouponTierRateOutput(many=True)
+
+
+# --- coupons -----------------------------------------------------------------------------------
+
+
+class CouponClaimInput(serializers.Serializer):
+    user_id = UserIdField()
+    request_id = serializers.CharField(
+        max_length=128, required=False, allow_null=True, help_text="Replaying it returns the same coupon (200)."
+    )
+
+
+class CouponOutput(serializers.ModelSerializer):
+    display_code = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField()
+    rule_name = serializers.CharField(source="rule.name", read_only=True)
+
+    class Meta:
+        model = Coupon
+        fields = [
+            "code",
+            "display_code",
+            "rule",
+            "rule_name",
+            "starts_at",
+            "expires_at",
+            "status",
+            "issued_at",
+            "source",
+            "source_ref",
+        ]
+        read_only_fields = fields
+
+    def get_display_code(self, coupon: Coupon) -> str:
+        return codes.display(coupon.code)
+
+    def get_status(self, coupon: Coupon) -> str:
+        return shown_status(coupon)
+
+
+class ProfileCouponsQuery(serializers.Serializer):
+    status = serializers.ChoiceField(choices=PROFILE_STATUSES, required=False)
+
+
+class CouponValidateInput(serializers.Serializer):
+    code = serializers.CharField(max_length=64)
+    user_id = UserIdField()
+    order_amount = money(max_value=MAX_ORDER_AMOUNT)
+
+
+class CouponValidateOutput(serializers.Serializer):
+    valid = serializers.BooleanField()
+    discount = serializers.DecimalField(max_digits=14, decimal_places=2, required=False)
+    final_amount = serializers.DecimalField(max_digits=14, decimal_places=2, required=False)
+    reason = serializers.CharField(required=False, help_text="Why not, when `valid` is false.")
+    detail = serializers.CharField(required=False)
+
+
+class CouponRedeemInput(CouponValidateInput):
+    order_id = serializers.CharField(max_length=128)
+
+
+class CouponRedemptionOutput(serializers.ModelSerializer):
+    redemption_id = serializers.IntegerField(source="id")
+    code = serializers.CharField(source="coupon.code")
+    final_amount = serializers.DecimalField(max_digits=14, decimal_places=2, read_only=True)
+
+    class Meta:
+        model = Redemption
+        fields = [
+            "redemption_id",
+            "code",
+            "order_id",
+            "order_amount",
+            "discount",
+            "final_amount",
+            "redeemed_at",
+            "rolled_back_at",
+            "coupon_returned",
+        ]
+        read_only_fields = fields
+
+
+class CouponRollbackInput(serializers.Serializer):
+    order_id = serializers.CharField(max_length=128)
+
+
+class CouponRollbackOutput(serializers.Serializer):
+    order_id = serializers.CharField()
+    returned = serializers.DecimalField(
+        max_digits=14, decimal_places=2, help_text="Discounts given back to the budget by this call."
+    )
+    redemptions = CouponRedemptionOutput(many=True)
+
+
+# --- bulk --------------------------------------------------------------------------------------
+
+
+class IssuanceJobInput(serializers.Serializer):
+    user_ids = serializers.ListField(child=UserIdField(), required=False, max_length=1_000_000)
+    segment = serializers.IntegerField(required=False, min_value=1)
+    source_ref = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+    def validate(self, attrs):
+        if bool(attrs.get("user_ids")) == ("segment" in attrs):
+            raise serializers.ValidationError({"non_field_errors": ["Give either user_ids (non-empty) or segment."]})
+        return attrs
+
+
+class IssuanceJobOutput(serializers.ModelSerializer):
+    status = serializers.CharField(read_only=True, help_text="pending, running, done or failed")
+    progress = serializers.FloatField(read_only=True)
+    segment = serializers.IntegerField(source="segment_id", allow_null=True)
+
+    class Meta:
+        model = IssuanceJob
+        fields = [
+            "id",
+            "rule",
+            "segment",
+            "source_ref",
+            "status",
+            "total",
+            "processed",
+            "issued",
+            "refused",
+            "refusals",
+            "progress",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class CodeBatchInput(serializers.Serializer):
+    quantity = serializers.IntegerField(min_value=1, max_value=10_000_000)
+    partner = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+
+class CodeBatchOutput(serializers.ModelSerializer):
+    status = serializers.CharField(read_only=True, help_text="pending, running, done or failed")
+
+    class Meta:
+        model = CodeBatch
+        fields = ["id", "rule", "partner", "quantity", "generated", "status", "error", "created_at", "finished_at"]
+        read_only_fields = fields

@@ -1,1 +1,906 @@
-"""coupons.services: services of the coupons app."""
+"""Writes of the coupons app: one function per business action, each in one transaction.
+
+Money moves only through the conditional UPDATEs on the rule row below (`_reserve`, `_spend`,
+`_unspend`, `_release`), each of which the database refuses (CHECK `couponrule_within_budget`)
+if it would take `committed + spent` over the budget. A refused request raises before or
+instead of those statements, so no money moves on a refusal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from access.services import record_audit
+from coupons import codes, errors
+from coupons.audiences import segment_resolver
+from coupons.models import (
+    ZERO,
+    CodeBatch,
+    Coupon,
+    CouponRule,
+    CouponStatus,
+    IssuanceJob,
+    IssuanceTarget,
+    Redemption,
+    RuleKind,
+    RuleState,
+)
+from crm.models import CustomerValue
+from profiles.models import Identity, IdentityKind, Profile, ProfileEvent, ProfileTag
+from profiles.selectors import profile_for_user_id
+from profiles.services import ensure_profile
+
+logger = logging.getLogger(__name__)
+CENT = Decimal("0.01")
+ORDER_PAID = "order_paid"
+MAX_ORDER_AMOUNT = Decimal("100000000.00")
+MAX_MERGE_DEPTH = 8
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+
+RULE_FIELDS = (
+    "name",
+    "description",
+    "kind",
+    "value",
+    "min_spend",
+    "max_discount",
+    "valid_from",
+    "valid_until",
+    "valid_days",
+    "total_quantity",
+    "budget",
+    "per_user_limit",
+    "eligible_tiers",
+    "eligible_tags",
+    "first_order_only",
+    "state",
+)
+
+
+@transaction.atomic
+def create_rule(*, created_by: AbstractBaseUser | None = None, api_key: Any = None, **fields: Any) -> CouponRule:
+    """Create a rule (active unless `state="draft"`); invalid fields raise ValidationError (400)."""
+    unknown = set(fields) - set(RULE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown rule fields: {sorted(unknown)}")
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fields["state"] = fields.get("state") or RuleState.ACTIVE
+    if fields["state"] not in (RuleState.DRAFT, RuleState.ACTIVE):
+        raise ValidationError({"state": "A new rule is either draft or active."})
+    rule = CouponRule(created_by=created_by if getattr(created_by, "is_authenticated", False) else None, **fields)
+    rule.full_clean()
+    rule.save()
+    record_audit(
+        actor=created_by,
+        api_key=api_key,
+        action="coupon_rule.created",
+        obj=rule,
+        details={"kind": rule.kind, "value": str(rule.value), "budget": str(rule.budget), "state": rule.state},
+    )
+    return rule
+
+
+_TRANSITIONS = {
+    RuleState.ACTIVE: {RuleState.DRAFT, RuleState.PAUSED},
+    RuleState.PAUSED: {RuleState.ACTIVE},
+    RuleState.ENDED: {RuleState.DRAFT, RuleState.ACTIVE, RuleState.PAUSED},
+}
+
+
+@transaction.atomic
+def change_rule_state(
+    *, rule: CouponRule, state: str, actor: AbstractBaseUser | None = None, api_key: Any = None
+) -> CouponRule:
+    """Activate, pause or end a rule. Ending it expires its live coupons and releases their money."""
+    locked = CouponRule.objects.select_for_update().get(pk=rule.pk)
+    if locked.state == state:
+        return locked
+    if locked.state not in _TRANSITIONS.get(state, set()):
+        raise errors.InvalidStateChange(f"A {locked.state} rule cannot become {state}.", state=locked.state)
+    previous = locked.state
+    locked.state = state
+    locked.save(update_fields=["state", "updated_at"])
+    released = ZERO
+    if state == RuleState.ENDED:
+        released = _expire_where("rule_id = %s", [locked.pk], now=timezone.now())[1]
+        locked.refresh_from_db()
+    record_audit(
+        actor=actor,
+        api_key=api_key,
+        action=f"coupon_rule.{state}",
+        obj=locked,
+        details={"from": previous, "to": state, "released": str(released)},
+    )
+    return locked
+
+
+@transaction.atomic
+def update_rule_budget(
+    *, rule: CouponRule, budget: Decimal | None, actor: AbstractBaseUser | None = None
+) -> CouponRule:
+    """Change a rule's budget; never below what is already committed and spent."""
+    locked = CouponRule.objects.select_for_update().get(pk=rule.pk)
+    previous = locked.budget
+    locked.budget = budget
+    locked.full_clean()
+    locked.save(update_fields=["budget", "updated_at"])
+    record_audit(
+        actor=actor,
+        action="coupon_rule.budget_changed",
+        obj=locked,
+        details={"from": str(previous), "to": str(budget)},
+    )
+    return locked
+
+
+# --- eligibility and pricing -------------------------------------------------------------------
+
+
+def eligibility_refusal(*, rule: CouponRule, profile: Profile | None) -> errors.CouponError | None:
+    """Why `profile` may not hold a coupon of `rule` (tier, tag, first order), or None."""
+    if rule.eligible_tiers:
+        tier = None
+        if profile is not None:
+            tier = CustomerValue.objects.filter(profile_id=profile.pk).values_list("tier__slug", flat=True).first()
+        if tier not in rule.eligible_tiers:
+            shown = f"tier '{tier}'" if tier else "no value tier"
+            return errors.TierNotEligible(
+                f"The user has {shown}; this offer is for tiers {', '.join(rule.eligible_tiers)}.",
+                user_tier=tier,
+                eligible_tiers=list(rule.eligible_tiers),
+            )
+    if rule.eligible_tags:
+        has_tag = (
+            profile is not None
+            and ProfileTag.objects.filter(profile_id=profile.pk, tag__name__in=rule.eligible_tags).exists()
+        )
+        if not has_tag:
+            return errors.TagNotEligible(
+                f"The user carries none of the tags {', '.join(rule.eligible_tags)}.",
+                eligible_tags=list(rule.eligible_tags),
+            )
+    if rule.first_order_only and profile is not None and has_ordered(profile=profile):
+        return errors.NotFirstOrder("This offer is for a first order only, and the user has ordered before.")
+    return None
+
+
+def has_ordered(*, profile: Profile, except_order_id: str | None = None) -> bool:
+    """A paid order on record, or a coupon already redeemed by another order (whose payment
+    event may not have arrived yet)."""
+    if ProfileEvent.objects.filter(profile_id=profile.pk, name=ORDER_PAID).exists():
+        return True
+    redeemed = Redemption.objects.filter(profile_id=profile.pk, rolled_back_at__isnull=True)
+    if except_order_id is not None:
+        redeemed = redeemed.exclude(order_id=except_order_id)
+    return redeemed.exists()
+
+
+def discount_for(*, rule: CouponRule, order_amount: Decimal) -> Decimal:
+    """What the rule takes off an order of `order_amount` (never more than the order)."""
+    if rule.kind == RuleKind.PERCENT:
+        discount = (order_amount * rule.value / 100).quantize(CENT, rounding=ROUND_HALF_UP)
+        if rule.max_discount is not None:
+            discount = min(discount, rule.max_discount)
+    else:
+        discount = rule.value
+    return min(discount, order_amount)
+
+
+def _check_amount(order_amount: Decimal) -> Decimal:
+    if not isinstance(order_amount, Decimal) or not order_amount.is_finite():
+        raise errors.InvalidAmount("The order amount must be a decimal number.")
+    if order_amount <= 0 or order_amount > MAX_ORDER_AMOUNT:
+        raise errors.InvalidAmount(f"The order amount must be above 0 and at most {MAX_ORDER_AMOUNT}.")
+    return order_amount.quantize(CENT)
+
+
+def _usage_refusal(
+    *, coupon: Coupon, profile: Profile | None, order_amount: Decimal, order_id: str | None, now: datetime
+) -> errors.CouponError | None:
+    """Why `coupon` cannot serve this order now, or None. Same checks for validate and redeem."""
+    rule = coupon.rule
+    if coupon.profile_id is not None and not _is_holder(coupon=coupon, profile=profile):
+        return errors.CouponNotYours("This code belongs to another user.")
+    if coupon.status == CouponStatus.REDEEMED:
+        return errors.CouponAlreadyUsed("This code was already used by another order.")
+    if coupon.status == CouponStatus.EXPIRED or (coupon.expires_at is not None and coupon.expires_at <= now):
+        return errors.CouponExpired("This code has expired.", expires_at=_iso(coupon.expires_at))
+    if coupon.status == CouponStatus.REVOKED:
+        return errors.CouponRevoked("This code was revoked.")
+    if rule.state != RuleState.ACTIVE:
+        return errors.RuleNotActive(f"The offer is {rule.state}.", state=rule.state)
+    if coupon.starts_at > now:
+        return errors.CouponNotYetValid("This code is not valid yet.", starts_at=_iso(coupon.starts_at))
+    if rule.min_spend and order_amount < rule.min_spend:
+        return errors.MinSpendNotMet(f"The order must be at least {rule.min_spend}.", min_spend=str(rule.min_spend))
+    if coupon.profile_id is None:
+        # A bearer code was never checked against its user at issue: check now.
+        if refusal := eligibility_refusal(rule=rule, profile=profile):
+            return refusal
+    elif rule.first_order_only and profile is not None and has_ordered(profile=profile, except_order_id=order_id):
+        return errors.NotFirstOrder("This offer is for a first order only, and the user has ordered since.")
+    return None
+
+
+def _is_holder(*, coupon: Coupon, profile: Profile | None) -> bool:
+    """The coupon's holder is this person, also when the holder's profile was merged into theirs
+    since (an identify that joined two accounts keeps their coupons usable)."""
+    if profile is None:
+        return False
+    current = coupon.profile_id
+    for _ in range(MAX_MERGE_DEPTH):
+        if current == profile.pk:
+            return True
+        current = Profile.objects.filter(pk=current).values_list("merged_into_id", flat=True).first()
+        if current is None:
+            return False
+    return False
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+# --- issue and claim ---------------------------------------------------------------------------
+
+# One statement takes a coupon's worth of quantity and budget, or nothing: the row lock of the
+# UPDATE serialises claimers, and the WHERE re-checks the limits against the committed values.
+_RESERVE_SQL = """
+UPDATE coupons_couponrule
+   SET issued_count = issued_count + %(n)s,
+       committed = committed + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END)
+ WHERE id = %(rule_id)s
+   AND state = 'active'
+   AND (valid_from IS NULL OR valid_from <= %(now)s)
+   AND (valid_until IS NULL OR valid_until > %(now)s)
+   AND (total_quantity IS NULL OR issued_count + %(n)s <= total_quantity)
+   AND (budget IS NULL OR committed + spent
+        + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END) <= budget)
+RETURNING CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END,
+          valid_from, valid_until, valid_days
+"""
+
+_HOLD_SQL = """
+INSERT INTO coupons_ruleholding (rule_id, profile_id, issued) VALUES (%(rule_id)s, %(profile_id)s, 1)
+ON CONFLICT (rule_id, profile_id) DO UPDATE SET issued = coupons_ruleholding.issued + 1
+ WHERE coupons_ruleholding.issued < %(limit)s
+RETURNING issued
+"""
+
+
+def _reserve(*, rule_id: int, n: int, now: datetime) -> tuple[Decimal, datetime | None, datetime | None, int | None]:
+    with connection.cursor() as cursor:
+        cursor.execute(_RESERVE_SQL, {"rule_id": rule_id, "n": n, "now": now})
+        row = cursor.fetchone()
+    if row is None:
+        raise _why_not_reserved(rule_id=rule_id, n=n, now=now)
+    return row
+
+
+def _why_not_reserved(*, rule_id: int, n: int, now: datetime) -> errors.CouponError:
+    rule = CouponRule.objects.get(pk=rule_id)
+    if rule.state != RuleState.ACTIVE:
+        return errors.RuleNotActive(f"The offer is {rule.state}.", state=rule.state)
+    if rule.valid_from and rule.valid_from > now:
+        return errors.RuleNotStarted("The offer has not started yet.", valid_from=_iso(rule.valid_from))
+    if rule.valid_until and rule.valid_until <= now:
+        return errors.RuleExpired("The offer has ended.", valid_until=_iso(rule.valid_until))
+    if rule.total_quantity is not None and rule.issued_count + n > rule.total_quantity:
+        return errors.QuantityExhausted(
+            "All coupons of this offer have been issued.", total_quantity=rule.total_quantity
+        )
+    return errors.BudgetExhausted("The offer's budget cannot cover another coupon.", remaining=str(rule.remaining))
+
+
+def _validity(
+    *, now: datetime, valid_from: datetime | None, valid_until: datetime | None, valid_days: int | None
+) -> tuple[datetime, datetime | None]:
+    starts_at = max(now, valid_from) if valid_from else now
+    ends = [d for d in (valid_until, starts_at + timedelta(days=valid_days) if valid_days else None) if d]
+    return starts_at, min(ends) if ends else None
+
+
+def issue_coupon(
+    *,
+    rule: CouponRule,
+    profile: Profile,
+    request_id: str | None = None,
+    source: str = "api",
+    source_ref: str = "",
+) -> Coupon:
+    """Issue one coupon of `rule` to `profile`, or raise a `CouponError` saying why not.
+
+    With a `request_id`, a replay returns the coupon of the first request (its `created` is
+    False) instead of issuing another, even when both arrive at once."""
+    # No look-up before trying: replays are rare, and the unique (rule, request_id) index makes
+    # a replay fail cleanly below, where it is answered with the first request's coupon.
+    try:
+        with transaction.atomic():
+            coupon = _issue(rule=rule, profile=profile, request_id=request_id, source=source, source_ref=source_ref)
+    except (IntegrityError, errors.CouponError):
+        # The first request took the index entry, the user's last slot or the last of the
+        # budget: a replay still gets its coupon.
+        if request_id and (existing := _replayed(rule=rule, profile=profile, request_id=request_id)):
+            return existing
+        raise
+    coupon.created = True
+    return coupon
+
+
+def _replayed(*, rule: CouponRule, profile: Profile, request_id: str) -> Coupon | None:
+    existing = Coupon.objects.filter(rule_id=rule.pk, request_id=request_id).select_related("rule").first()
+    if existing is None:
+        return None
+    if existing.profile_id != profile.pk:
+        raise errors.RequestIdReused("This request_id was already used for another user.")
+    existing.created = False
+    return existing
+
+
+def _issue(*, rule: CouponRule, profile: Profile, request_id: str | None, source: str, source_ref: str) -> Coupon:
+    if rule.state != RuleState.ACTIVE:
+        raise errors.RuleNotActive(f"The offer is {rule.state}.", state=rule.state)
+    if refusal := eligibility_refusal(rule=rule, profile=profile):
+        raise refusal
+    with connection.cursor() as cursor:
+        cursor.execute(_HOLD_SQL, {"rule_id": rule.pk, "profile_id": profile.pk, "limit": rule.per_user_limit})
+        if cursor.fetchone() is None:
+            raise errors.PerUserLimitReached(
+                f"The user already holds {rule.per_user_limit} coupon(s) of this offer.",
+                per_user_limit=rule.per_user_limit,
+            )
+    now = timezone.now()
+    reserve = rule.reserve_per_coupon
+    starts_at, expires_at = _validity(
+        now=now, valid_from=rule.valid_from, valid_until=rule.valid_until, valid_days=rule.valid_days
+    )
+    # 60 random bits: a collision with an existing code is vanishingly rare, and the unique
+    # index turns it into an error rather than a shared code.
+    coupon = Coupon.objects.create(
+        code=codes.generate_code(),
+        rule=rule,
+        profile=profile,
+        status=CouponStatus.AVAILABLE,
+        reserved=reserve,
+        issued_at=now,
+        starts_at=starts_at,
+        expires_at=expires_at,
+        source=source,
+        source_ref=source_ref,
+        request_id=request_id or None,
+    )
+    # Last, so the hot rule row stays locked only until the commit right after this statement.
+    # The row's own values win: if the rule was edited since `rule` was read, the coupon follows.
+    fresh = _reserve(rule_id=rule.pk, n=1, now=now)
+    if fresh != (reserve, rule.valid_from, rule.valid_until, rule.valid_days):
+        coupon.reserved = fresh[0]
+        coupon.starts_at, coupon.expires_at = _validity(
+            now=now, valid_from=fresh[1], valid_until=fresh[2], valid_days=fresh[3]
+        )
+        coupon.save(update_fields=["reserved", "starts_at", "expires_at"])
+    return coupon
+
+
+def claim_coupon(*, rule_id: int, user_id: str, request_id: str | None = None) -> Coupon:
+    """The product's claim: the user (created if we never saw them) takes one coupon of the rule."""
+    rule = CouponRule.objects.filter(pk=rule_id).first()
+    if rule is None:
+        raise errors.RuleNotFound(f"No coupon rule {rule_id}.")
+    profile = profile_for_user_id(user_id) or ensure_profile(user_id=user_id)
+    return issue_coupon(rule=rule, profile=profile, request_id=request_id, source="api")
+
+
+# --- validate, redeem, rollback ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quote:
+    coupon: Coupon
+    valid: bool
+    discount: Decimal | None = None
+    final_amount: Decimal | None = None
+    refusal: errors.CouponError | None = None
+
+
+def _coupon_by_code(code: str, *, lock: bool = False) -> Coupon:
+    normalized = codes.normalize(code)
+    if not codes.is_well_formed(normalized):
+        # Typos fail here, without a database query.
+        raise errors.CouponNotFound("No such code (check the characters).")
+    queryset = Coupon.objects.select_related("rule")
+    if lock:
+        queryset = queryset.select_for_update(of=("self",))
+    coupon = queryset.filter(code=normalized).first()
+    if coupon is None:
+        raise errors.CouponNotFound("No such code.")
+    return coupon
+
+
+def validate_coupon(*, code: str, user_id: str, order_amount: Decimal) -> Quote:
+    """Would `code` take money off this order, and how much? Changes nothing."""
+    order_amount = _check_amount(order_amount)
+    coupon = _coupon_by_code(code)
+    profile = profile_for_user_id(user_id)
+    refusal = _usage_refusal(
+        coupon=coupon, profile=profile, order_amount=order_amount, order_id=None, now=timezone.now()
+    )
+    if refusal is not None:
+        return Quote(coupon=coupon, valid=False, refusal=refusal)
+    discount = discount_for(rule=coupon.rule, order_amount=order_amount)
+    return Quote(coupon=coupon, valid=True, discount=discount, final_amount=order_amount - discount)
+
+
+_SPEND_SQL = """
+UPDATE coupons_couponrule
+   SET committed = committed - %(reserved)s, spent = spent + %(discount)s, redeemed_count = redeemed_count + 1
+ WHERE id = %(rule_id)s
+"""
+
+
+@transaction.atomic
+def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decimal) -> Redemption:
+    """Use `code` for one order. The same code and order again returns the first redemption
+    (its `created` is False); a code used by another order is refused (409)."""
+    order_amount = _check_amount(order_amount)
+    coupon = _coupon_by_code(code, lock=True)
+    previous = list(coupon.redemptions.filter(order_id=order_id))
+    live = [r for r in previous if r.rolled_back_at is None]
+    if live:
+        live[0].created = False
+        return live[0]
+    if previous:
+        raise errors.OrderRolledBack("This order's redemption was rolled back; a new order needs a new order_id.")
+    profile = profile_for_user_id(user_id)
+    if coupon.profile_id is None and profile is None:
+        profile = ensure_profile(user_id=user_id)
+    now = timezone.now()
+    refusal = _usage_refusal(coupon=coupon, profile=profile, order_amount=order_amount, order_id=order_id, now=now)
+    if refusal is not None:
+        raise refusal
+    discount = discount_for(rule=coupon.rule, order_amount=order_amount)
+    redemption = Redemption.objects.create(
+        coupon=coupon,
+        rule_id=coupon.rule_id,
+        profile=profile,
+        user_id=user_id,
+        order_id=order_id,
+        order_amount=order_amount,
+        discount=discount,
+        redeemed_at=now,
+    )
+    Coupon.objects.filter(pk=coupon.pk).update(status=CouponStatus.REDEEMED)
+    with connection.cursor() as cursor:
+        cursor.execute(_SPEND_SQL, {"reserved": coupon.reserved, "discount": discount, "rule_id": coupon.rule_id})
+    redemption.created = True
+    return redemption
+
+
+_UNSPEND_RETURN_SQL = """
+UPDATE coupons_couponrule
+   SET spent = spent - %(discount)s, committed = committed + %(reserved)s, redeemed_count = redeemed_count - 1
+ WHERE id = %(rule_id)s AND state <> 'ended'
+   AND (budget IS NULL OR committed + spent - %(discount)s + %(reserved)s <= budget)
+RETURNING id
+"""
+_UNSPEND_SQL = """
+UPDATE coupons_couponrule SET spent = spent - %(discount)s, redeemed_count = redeemed_count - 1
+ WHERE id = %(rule_id)s
+"""
+
+
+@transaction.atomic
+def rollback_order(*, order_id: str, actor: AbstractBaseUser | None = None) -> list[Redemption]:
+    """Undo the redemptions of a cancelled or refunded order: the discount returns to the budget
+    and each coupon to its holder while it is still valid (and the budget can hold it again).
+    A replay returns the redemptions already rolled back."""
+    redemptions = list(
+        Redemption.objects.select_for_update().select_related("coupon").filter(order_id=order_id).order_by("id")
+    )
+    if not redemptions:
+        raise errors.RedemptionNotFound(f"Order {order_id!r} redeemed nothing.")
+    live = [r for r in redemptions if r.rolled_back_at is None]
+    if not live:
+        for r in redemptions:
+            r.created = False
+        return redemptions
+    now = timezone.now()
+    for redemption in live:
+        coupon = Coupon.objects.select_for_update().get(pk=redemption.coupon_id)
+        params = {"discount": redemption.discount, "reserved": coupon.reserved, "rule_id": coupon.rule_id}
+        returned = False
+        if coupon.expires_at is None or coupon.expires_at > now:
+            with connection.cursor() as cursor:
+                cursor.execute(_UNSPEND_RETURN_SQL, params)
+                returned = cursor.fetchone() is not None
+        if not returned:
+            with connection.cursor() as cursor:
+                cursor.execute(_UNSPEND_SQL, params)
+        coupon.status = CouponStatus.AVAILABLE if returned else CouponStatus.EXPIRED
+        coupon.expired_at = None if returned else now
+        coupon.save(update_fields=["status", "expired_at"])
+        redemption.rolled_back_at = now
+        redemption.coupon_returned = returned
+        redemption.save(update_fields=["rolled_back_at", "coupon_returned"])
+        redemption.created = True
+        if actor is not None:
+            record_audit(
+                actor=actor,
+                action="redemption.rolled_back",
+                obj=redemption,
+                details={"order_id": order_id, "discount": str(redemption.discount), "coupon_returned": returned},
+            )
+    return live
+
+
+# --- expiry -----------------------------------------------------------------------------------
+
+_EXPIRE_SQL = """
+WITH due AS (
+    SELECT id FROM coupons_coupon
+     WHERE status = 'available' AND {where}
+     ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED
+), gone AS (
+    UPDATE coupons_coupon c SET status = 'expired', expired_at = %s
+      FROM due WHERE c.id = due.id
+    RETURNING c.rule_id, c.reserved
+), per_rule AS (
+    SELECT rule_id, SUM(reserved) AS released, COUNT(*) AS n FROM gone GROUP BY rule_id
+), upd AS (
+    UPDATE coupons_couponrule r SET committed = r.committed - per_rule.released
+      FROM per_rule WHERE r.id = per_rule.rule_id
+    RETURNING per_rule.n, per_rule.released
+)
+SELECT COALESCE(SUM(n), 0), COALESCE(SUM(released), 0) FROM upd
+"""
+
+
+def _expire_where(where: str, params: list, *, now: datetime, batch_size: int = 5000) -> tuple[int, Decimal]:
+    """Expire live coupons matching `where`, in batches, releasing their committed money."""
+    total, released = 0, ZERO
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(_EXPIRE_SQL.format(where=where), [*params, batch_size, now])
+            n, amount = cursor.fetchone()
+        total, released = total + int(n), released + Decimal(amount)
+        if n < batch_size:
+            return total, released
+
+
+def expire_due_coupons(*, now: datetime | None = None, batch_size: int = 5000) -> int:
+    """Expire every live coupon past its end and release what it committed. Each batch is its
+    own transaction, so a large backlog never holds long locks; safe to run twice."""
+    now = now or timezone.now()
+    total = 0
+    while True:
+        with transaction.atomic():
+            n, _ = _expire_where("expires_at <= %s", [now], now=now, batch_size=batch_size)
+        total += n
+        if n < batch_size:
+            return total
+
+
+# --- bulk codes for partners -----------------------------------------------------------------
+
+
+@transaction.atomic
+def create_code_batch(
+    *,
+    rule: CouponRule,
+    quantity: int,
+    partner: str = "",
+    created_by: AbstractBaseUser | None = None,
+    api_key: Any = None,
+) -> CodeBatch:
+    """Order `quantity` bearer codes; a Celery task generates them (see `generate_batch_codes`)."""
+    if quantity < 1 or quantity > 10_000_000:
+        raise errors.InvalidAmount("Between 1 and 10,000,000 codes per batch.")
+    batch = CodeBatch.objects.create(
+        rule=rule,
+        quantity=quantity,
+        partner=partner,
+        created_by=created_by if getattr(created_by, "is_authenticated", False) else None,
+    )
+    record_audit(
+        actor=created_by,
+        api_key=api_key,
+        action="code_batch.created",
+        obj=batch,
+        details={"rule": rule.pk, "quantity": quantity},
+    )
+    from coupons.tasks import generate_code_batch
+
+    transaction.on_commit(lambda: generate_code_batch.delay(batch.pk))
+    return batch
+
+
+def _copy_codes(cursor, count: int, chunk: int = 100_000) -> None:
+    remaining = count
+    with cursor.copy("COPY coupon_new_codes (code) FROM STDIN") as copy:
+        while remaining > 0:
+            n = min(chunk, remaining)
+            copy.write("\n".join(codes.generate_codes(n)) + "\n")
+            remaining -= n
+
+
+@transaction.atomic
+def generate_batch_codes(*, batch: CodeBatch) -> CodeBatch:
+    """Generate a batch's codes in one transaction: all or nothing, so a crashed run leaves
+    nothing behind and the retry starts clean. Codes are streamed into a temporary table with
+    COPY and moved in one INSERT ... SELECT; the rule's quantity and budget are taken at once."""
+    batch = CodeBatch.objects.select_for_update().select_related("rule").get(pk=batch.pk)
+    if batch.status == CodeBatch.Status.DONE:
+        return batch
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            reserve, valid_from, valid_until, valid_days = _reserve(rule_id=batch.rule_id, n=batch.quantity, now=now)
+    except errors.CouponError as refusal:
+        batch.status, batch.error, batch.finished_at = CodeBatch.Status.FAILED, refusal.detail, now
+        batch.save(update_fields=["status", "error", "finished_at"])
+        return batch
+    starts_at, expires_at = _validity(now=now, valid_from=valid_from, valid_until=valid_until, valid_days=valid_days)
+    inserted = 0
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS coupon_new_codes (code varchar(32)) ON COMMIT DROP")
+        while inserted < batch.quantity:
+            cursor.execute("TRUNCATE coupon_new_codes")
+            _copy_codes(cursor, batch.quantity - inserted)
+            cursor.execute(
+                """
+                INSERT INTO coupons_coupon (code, rule_id, profile_id, status, reserved, issued_at, starts_at,
+                                            expires_at, source, source_ref, batch_id)
+                SELECT code, %s::bigint, NULL::bigint, 'available', %s::numeric, %s::timestamptz, %s::timestamptz,
+                       %s::timestamptz, 'partner', %s, %s::bigint
+                  FROM (SELECT DISTINCT code FROM coupon_new_codes) fresh
+                ON CONFLICT (code) DO NOTHING
+                """,
+                [batch.rule_id, reserve, now, starts_at, expires_at, f"partner:{batch.partner}"[:200], batch.pk],
+            )
+            inserted += cursor.rowcount
+    batch.generated = inserted
+    batch.status = CodeBatch.Status.DONE
+    batch.finished_at = timezone.now()
+    batch.save(update_fields=["generated", "status", "finished_at"])
+    return batch
+
+
+def write_batch_csv(*, batch: CodeBatch, rows: Iterable[tuple]) -> Iterable[str]:
+    """CSV lines for a partner: code (as printed), starts_at, expires_at."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["code", "starts_at", "expires_at"])
+    yield buffer.getvalue()
+    for code, starts_at, expires_at in rows:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow([codes.display(code), _iso(starts_at), _iso(expires_at) or ""])
+        yield buffer.getvalue()
+
+
+# --- bulk issuance ----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def create_issuance_job(
+    *,
+    rule: CouponRule,
+    user_ids: list[str] | None = None,
+    segment_id: int | None = None,
+    source_ref: str = "",
+    created_by: AbstractBaseUser | None = None,
+    api_key: Any = None,
+) -> IssuanceJob:
+    """Queue the issue of one coupon of `rule` to each of these users (or the segment's)."""
+    if bool(user_ids) == (segment_id is not None):
+        raise errors.CouponError("Give either a list of user ids or a segment.", reason="TARGET_REQUIRED")
+    if segment_id is not None and segment_resolver() is None:
+        raise errors.NoSegmentResolver("Segments are not available in this installation.")
+    job = IssuanceJob.objects.create(
+        rule=rule,
+        user_ids=sorted(set(user_ids or [])),
+        segment_id=segment_id,
+        source_ref=source_ref or f"issuance:{rule.pk}",
+        created_by=created_by if getattr(created_by, "is_authenticated", False) else None,
+    )
+    if not source_ref:
+        job.source_ref = f"issuance:{job.pk}"
+        job.save(update_fields=["source_ref"])
+    record_audit(
+        actor=created_by,
+        api_key=api_key,
+        action="issuance_job.created",
+        obj=job,
+        details={"rule": rule.pk, "users": len(job.user_ids), "segment": segment_id},
+    )
+    from coupons.tasks import run_issuance_job
+
+    transaction.on_commit(lambda: run_issuance_job.delay(job.pk))
+    return job
+
+
+def _profile_ids_for_user_ids(user_ids: list[str], chunk: int = 5000) -> None:
+    """Make sure every user id has a profile (claims for users we never saw create them)."""
+    for start in range(0, len(user_ids), chunk):
+        part = user_ids[start : start + chunk]
+        known = set(Identity.objects.filter(kind=IdentityKind.USER_ID, value__in=part).values_list("value", flat=True))
+        missing = [u for u in part if u not in known]
+        if not missing:
+            continue
+        Profile.objects.bulk_create([Profile(user_id=u) for u in missing], ignore_conflicts=True)
+        by_user = dict(Profile.objects.filter(user_id__in=missing).values_list("user_id", "pk"))
+        Identity.objects.bulk_create(
+            [Identity(profile_id=by_user[u], kind=IdentityKind.USER_ID, value=u) for u in missing if u in by_user],
+            ignore_conflicts=True,
+        )
+
+
+@transaction.atomic
+def prepare_issuance_job(*, job: IssuanceJob) -> IssuanceJob:
+    """Resolve the job's audience into its targets, once (set-based)."""
+    job = IssuanceJob.objects.select_for_update().get(pk=job.pk)
+    if job.status != IssuanceJob.Status.PENDING:
+        return job
+    if job.segment_id is not None:
+        resolver = segment_resolver()
+        if resolver is None:
+            raise errors.NoSegmentResolver("Segments are not available in this installation.")
+        profile_ids = list(resolver(job.segment_id))
+        with connection.cursor() as cursor:
+            for start in range(0, len(profile_ids), 50_000):
+                # Only profiles that exist (a segment may be a little behind a deletion).
+                cursor.execute(
+                    """
+                    INSERT INTO coupons_issuancetarget (job_id, profile_id, outcome, reason)
+                    SELECT %s, p.id, 'pending', '' FROM profiles_profile p WHERE p.id = ANY(%s)
+                    ON CONFLICT (job_id, profile_id) DO NOTHING
+                    """,
+                    [job.pk, [int(pid) for pid in profile_ids[start : start + 50_000]]],
+                )
+    else:
+        _profile_ids_for_user_ids(job.user_ids)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                INSERT INTO coupons_issuancetarget (job_id, profile_id, outcome, reason)
+                SELECT DISTINCT %s, i.profile_id, 'pending', '' FROM profiles_identity i
+                 WHERE i.kind = 'user_id' AND i.value = ANY(%s)
+                ON CONFLICT (job_id, profile_id) DO NOTHING
+                """,
+                [job.pk, job.user_ids],
+            )
+    job.total = job.targets.count()
+    job.status = IssuanceJob.Status.RUNNING
+    job.started_at = timezone.now()
+    job.save(update_fields=["total", "status", "started_at"])
+    return job
+
+
+def process_issuance_batch(*, job: IssuanceJob, batch_size: int = 200) -> int:
+    """Issue to the next pending targets of a job in one transaction; returns how many were
+    handled (0 when the job is finished). Target rows are locked SKIP LOCKED, so two runners
+    of the same job share the work instead of doubling it."""
+    with transaction.atomic():
+        job = IssuanceJob.objects.select_related("rule").get(pk=job.pk)
+        if job.status != IssuanceJob.Status.RUNNING:
+            return 0
+        targets = list(
+            IssuanceTarget.objects.select_for_update(skip_locked=True)
+            .select_related("profile")
+            .filter(job=job, outcome=IssuanceTarget.Outcome.PENDING)
+            .order_by("id")[:batch_size]
+        )
+        reasons: Counter[str] = Counter()
+        issued = 0
+        for target in targets:
+            try:
+                coupon = issue_coupon(
+                    rule=job.rule,
+                    profile=target.profile,
+                    request_id=f"job:{job.pk}:{target.profile_id}",
+                    source="bulk",
+                    source_ref=job.source_ref,
+                )
+            except errors.CouponError as refusal:
+                target.outcome, target.reason = IssuanceTarget.Outcome.REFUSED, refusal.reason
+                reasons[refusal.reason] += 1
+            else:
+                target.outcome, target.coupon = IssuanceTarget.Outcome.ISSUED, coupon
+                issued += 1
+        IssuanceTarget.objects.bulk_update(targets, ["outcome", "reason", "coupon"])
+        refusals = dict(job.refusals)
+        for reason, n in reasons.items():
+            refusals[reason] = refusals.get(reason, 0) + n
+        IssuanceJob.objects.filter(pk=job.pk).update(
+            processed=F("processed") + len(targets),
+            issued=F("issued") + issued,
+            refused=F("refused") + sum(reasons.values()),
+            refusals=refusals,
+        )
+        if not targets and not IssuanceTarget.objects.filter(job=job, outcome=IssuanceTarget.Outcome.PENDING).exists():
+            IssuanceJob.objects.filter(pk=job.pk, status=IssuanceJob.Status.RUNNING).update(
+                status=IssuanceJob.Status.DONE, finished_at=timezone.now()
+            )
+        return len(targets)
+
+
+def run_issuance_job(*, job: IssuanceJob, batch_size: int = 200, max_batches: int | None = None) -> IssuanceJob:
+    """Prepare the job if needed, then issue batch by batch until done (or `max_batches`).
+    Safe to run again after a crash: handled targets are skipped, pending ones are resumed."""
+    job = prepare_issuance_job(job=job)
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        if process_issuance_batch(job=job, batch_size=batch_size) == 0:
+            break
+        batches += 1
+    job.refresh_from_db()
+    return job
+
+
+@transaction.atomic
+def revoke_coupons(*, coupon_ids: list[int], actor: AbstractBaseUser | None = None) -> int:
+    """Withdraw live coupons (issued by mistake, abuse): they can no longer be used and what they
+    committed returns to the budget. Redeemed coupons are left alone (roll the order back)."""
+    ids = sorted(set(coupon_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH gone AS (
+                UPDATE coupons_coupon SET status = 'revoked', expired_at = %s
+                 WHERE id = ANY(%s) AND status = 'available'
+                RETURNING id, rule_id, reserved
+            ), per_rule AS (
+                SELECT rule_id, SUM(reserved) AS released FROM gone GROUP BY rule_id
+            ), upd AS (
+                UPDATE coupons_couponrule r SET committed = r.committed - per_rule.released
+                  FROM per_rule WHERE r.id = per_rule.rule_id RETURNING r.id
+            )
+            SELECT array_agg(id) FROM gone
+            """,
+            [timezone.now(), ids],
+        )
+        revoked = cursor.fetchone()[0] or []
+    for coupon in Coupon.objects.filter(pk__in=revoked):
+        record_audit(actor=actor, action="coupon.revoked", obj=coupon, details={"rule": coupon.rule_id})
+    return len(revoked)
+
+
+@transaction.atomic
+def save_rule_from_admin(*, rule: CouponRule, changed: list[str], actor: AbstractBaseUser | None) -> CouponRule:
+    """Create or edit a rule from the admin form. Only the edited columns are written, so the
+    counters that claims move concurrently are never overwritten with the form's stale copy."""
+    if rule.pk is None:
+        rule.created_by = actor if getattr(actor, "is_authenticated", False) else None
+        rule.save()
+        record_audit(actor=actor, action="coupon_rule.created", obj=rule, details={"via": "admin"})
+        return rule
+    locked = CouponRule.objects.select_for_update().get(pk=rule.pk)
+    before = {name: str(getattr(locked, name)) for name in changed}
+    for name in changed:
+        setattr(locked, name, getattr(rule, name))
+    locked.full_clean()
+    if changed:
+        locked.save(update_fields=[*changed, "updated_at"])
+        record_audit(
+            actor=actor,
+            action="coupon_rule.changed",
+            obj=locked,
+            details={name: {"from": before[name], "to": str(getattr(locked, name))} for name in changed},
+        )
+    return locked

@@ -1,1 +1,57 @@
-"""coupons.tasks: tasks of the coupons app."""
+"""Celery entry points of the coupons app: thin, idempotent wrappers over `coupons.services`."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from coupons import services
+from coupons.models import CodeBatch, IssuanceJob
+
+
+@shared_task(name="coupons.expire_coupons")
+def expire_coupons() -> int:
+    """Beat, every few minutes: expire coupons past their end and release their money."""
+    return services.expire_due_coupons()
+
+
+@shared_task(name="coupons.run_issuance_job", acks_late=True)
+def run_issuance_job(job_id: int, batch_size: int = 200) -> dict:
+    job = IssuanceJob.objects.filter(pk=job_id).first()
+    if job is None:
+        return {"job": job_id, "status": "missing"}
+    try:
+        job = services.run_issuance_job(job=job, batch_size=batch_size)
+    except Exception as exc:
+        # Left running, so the beat resume (or an operator) tries again; the reason shows meanwhile.
+        IssuanceJob.objects.filter(pk=job_id).update(error=f"{exc.__class__.__name__}: {exc}"[:2000])
+        raise
+    return {"job": job.pk, "status": job.status, "issued": job.issued, "refused": job.refused}
+
+
+@shared_task(name="coupons.resume_issuance_jobs")
+def resume_issuance_jobs() -> list[int]:
+    """Beat: pick up jobs a crashed worker left unfinished (the targets say where they stopped)."""
+    ids = list(
+        IssuanceJob.objects.filter(status__in=[IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]).values_list(
+            "pk", flat=True
+        )
+    )
+    for job_id in ids:
+        run_issuance_job.delay(job_id)
+    return ids
+
+
+@shared_task(name="coupons.generate_code_batch", acks_late=True)
+def generate_code_batch(batch_id: int) -> dict:
+    batch = CodeBatch.objects.filter(pk=batch_id).first()
+    if batch is None:
+        return {"batch": batch_id, "status": "missing"}
+    try:
+        batch = services.generate_batch_codes(batch=batch)
+    except Exception as exc:
+        # The generation rolled back as a whole; say so where operators look, then let Celery log it.
+        CodeBatch.objects.filter(pk=batch_id).exclude(status=CodeBatch.Status.DONE).update(
+            status=CodeBatch.Status.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:2000]
+        )
+        raise
+    return {"batch": batch.pk, "status": batch.status, "generated": batch.generated}

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 from profiles.models import Profile
+
+
+def default_window_days() -> int:
+    return int(getattr(settings, "OPSLOOP_RFM_WINDOW_DAYS", 365))
 
 
 class RfmSegment(models.TextChoices):
@@ -29,18 +39,151 @@ class LifecycleStage(models.TextChoices):
     REACTIVATED = "reactivated", "Reactivated"
 
 
+class ScoringMethod(models.TextChoices):
+    QUINTILES = "quintiles", "Quintiles of the current customer base"
+    THRESHOLDS = "thresholds", "Operator-set thresholds"
+
+
+class ScoringScheme(models.Model):
+    """How RFM scores and lifecycle stages are computed. Exactly one scheme is active; the nightly
+    recompute and the admin's "recompute now" use it."""
+
+    name = models.CharField(max_length=100, unique=True)
+    is_active = models.BooleanField(default=False)
+    window_days = models.PositiveIntegerField(
+        default=default_window_days,
+        validators=[MinValueValidator(1), MaxValueValidator(3650)],
+        help_text="Orders paid within this many days before the reference date count.",
+    )
+    reference_at = models.DateTimeField(
+        null=True, blank=True, help_text="Score as of this moment; empty means the time of the recompute."
+    )
+    method = models.CharField(max_length=16, choices=ScoringMethod.choices, default=ScoringMethod.QUINTILES)
+    # Threshold scoring: four ascending boundaries per score. Recency: days since the last order
+    # at most edge 1 scores 5, at most edge 2 scores 4 ... over edge 4 scores 1. Frequency and
+    # monetary: at least edge 1 scores 2 ... at least edge 4 scores 5.
+    r_thresholds = ArrayField(models.PositiveIntegerField(), size=4, default=list, blank=True)
+    f_thresholds = ArrayField(models.PositiveIntegerField(), size=4, default=list, blank=True)
+    m_thresholds = ArrayField(models.DecimalField(max_digits=14, decimal_places=2), size=4, default=list, blank=True)
+    new_days = models.PositiveIntegerField(default=90, help_text="Registered within this many days: new.")
+    silent_days = models.PositiveIntegerField(default=30, help_text="No activity for this many days: silent.")
+    churned_days = models.PositiveIntegerField(default=90, help_text="No activity for this many days: churned.")
+    reactivated_days = models.PositiveIntegerField(
+        default=30, help_text="A silent or churned customer who came back stays reactivated this many days."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["is_active"], condition=models.Q(is_active=True), name="one_active_scheme"),
+            models.CheckConstraint(
+                condition=models.Q(silent_days__lt=models.F("churned_days")), name="silent_lt_churned"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}{' (active)' if self.is_active else ''}"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.silent_days >= self.churned_days:
+            errors["churned_days"] = "Churned must take longer than silent."
+        if self.method == ScoringMethod.THRESHOLDS:
+            for field in ("r_thresholds", "f_thresholds", "m_thresholds"):
+                edges = getattr(self, field) or []
+                if len(edges) != 4:
+                    errors[field] = "Give four boundaries."
+                elif list(edges) != sorted(edges) or len(set(edges)) != 4:
+                    errors[field] = "Boundaries must be strictly ascending."
+        if errors:
+            raise ValidationError(errors)
+
+
+class TierAppliesTo(models.TextChoices):
+    CUSTOMERS = "customers", "Customers with orders in the window"
+    WITHOUT_ORDERS = "without_orders", "Profiles without orders"
+
+
 class ValueTier(models.Model):
-    """A tier operators name and define (core, important, ordinary, potential ...)."""
+    """A tier operators name and define (core, important, ordinary, potential ...).
+
+    A customer gets the highest-ranked tier whose conditions all hold: a segment among
+    `segments` (any if empty) and each score within its range (unbounded if empty). A tier
+    without conditions takes every customer not taken by a higher one. Profiles without orders
+    get the highest-ranked tier that applies to them."""
 
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=100)
     rank = models.PositiveSmallIntegerField(default=0, help_text="Higher is more valuable")
+    applies_to = models.CharField(max_length=16, choices=TierAppliesTo.choices, default=TierAppliesTo.CUSTOMERS)
+    segments = ArrayField(
+        models.CharField(max_length=32, choices=RfmSegment.choices),
+        default=list,
+        blank=True,
+        help_text="Any of these segments; empty means any segment.",
+    )
+    r_min = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    r_max = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    f_min = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    f_max = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    m_min = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    m_max = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    gets_account_manager = models.BooleanField(
+        default=False, help_text="Customers entering this tier are assigned an account manager."
+    )
+    description = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-rank"]
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        errors = {}
+        for score in ("r", "f", "m"):
+            low, high = getattr(self, f"{score}_min"), getattr(self, f"{score}_max")
+            if low is not None and high is not None and low > high:
+                errors[f"{score}_max"] = "Must not be below the minimum."
+        if self.applies_to == TierAppliesTo.WITHOUT_ORDERS and (
+            self.segments or any(getattr(self, f"{s}_{b}") is not None for s in "rfm" for b in ("min", "max"))
+        ):
+            errors["applies_to"] = "Profiles without orders have no segment or scores to match."
+        if errors:
+            raise ValidationError(errors)
+
+
+class AccountManager(models.Model):
+    """A staff member who looks after top-tier customers; `capacity` caps how many."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="account_manager",
+        limit_choices_to={"is_staff": True},
+    )
+    capacity = models.PositiveIntegerField(default=200)
+    is_active = models.BooleanField(default=True, help_text="Inactive managers get no new customers.")
+    phone = models.CharField(max_length=32, blank=True, default="", help_text="Where customer service routes calls")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["user__username"]
+
+    def __str__(self) -> str:
+        return self.user.get_full_name() or self.user.get_username()
 
 
 class CustomerValue(models.Model):
@@ -54,9 +197,18 @@ class CustomerValue(models.Model):
     f = models.PositiveSmallIntegerField(null=True, blank=True)
     m = models.PositiveSmallIntegerField(null=True, blank=True)
     segment = models.CharField(max_length=32, choices=RfmSegment.choices, blank=True, default="")
-    tier = models.ForeignKey(ValueTier, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Indexed by `customervalue_tier` below; a second, automatic FK index would only slow writes.
+    tier = models.ForeignKey(
+        ValueTier, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     lifecycle = models.CharField(max_length=16, choices=LifecycleStage.choices, blank=True, default="")
-    computed_at = models.DateTimeField(default=timezone.now)
+    lifecycle_since = models.DateTimeField(null=True, blank=True)
+    last_order_at = models.DateTimeField(null=True, blank=True)
+    last_active_at = models.DateTimeField(null=True, blank=True)
+    account_manager = models.ForeignKey(
+        AccountManager, null=True, blank=True, on_delete=models.SET_NULL, related_name="customers"
+    )
+    computed_at = models.DateTimeField(default=timezone.now, help_text="When these values last changed")
 
     class Meta:
         indexes = [
@@ -64,6 +216,97 @@ class CustomerValue(models.Model):
             models.Index(fields=["segment"], name="customervalue_segment"),
             models.Index(fields=["lifecycle"], name="customervalue_lifecycle"),
         ]
+        permissions = [
+            ("recompute_values", "May queue a recompute of every profile's value"),
+            ("reassign_account_manager", "May give customers to another account manager"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.profile_id}: {self.segment or '-'} / {self.lifecycle or '-'}"
+
+    @property
+    def has_orders(self) -> bool:
+        return self.frequency is not None and self.frequency > 0
+
+    @property
+    def monetary_or_zero(self) -> Decimal:
+        return self.monetary or Decimal("0.00")
+
+
+class ValueChange(models.Model):
+    """One change of a profile's tier, lifecycle stage, segment or account manager. The first
+    computation of a profile is recorded too (from ""), so "tier on date d" can be rebuilt."""
+
+    class What(models.TextChoices):
+        TIER = "tier", "Tier"
+        LIFECYCLE = "lifecycle", "Lifecycle stage"
+        SEGMENT = "segment", "RFM segment"
+        ACCOUNT_MANAGER = "account_manager", "Account manager"
+
+    # No database-level foreign keys: the recompute appends up to three rows per profile in one
+    # statement, and PostgreSQL would check each at commit; Django still cascades deletes.
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="value_changes", db_constraint=False)
+    what = models.CharField(max_length=16, choices=What.choices)
+    # Tiers are kept by slug and managers by username: history stays readable after renames.
+    from_value = models.CharField(max_length=150, blank=True, default="")
+    to_value = models.CharField(max_length=150, blank=True, default="")
+    at = models.DateTimeField(default=timezone.now)
+    run = models.ForeignKey(
+        "RecomputeRun",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="recorded_changes",
+        db_constraint=False,
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["what", "at"], name="valuechange_what_at"),
+            models.Index(fields=["profile", "what", "at"], name="valuechange_profile"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.profile_id} {self.what}: {self.from_value or '-'} -> {self.to_value or '-'}"
+
+
+class RecomputeRun(models.Model):
+    """One recomputation of every profile's value, nightly or on demand."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        SKIPPED = "skipped", "Skipped (another run was in progress)"
+        FAILED = "failed", "Failed"
+
+    scheme = models.ForeignKey(ScoringScheme, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    reference_at = models.DateTimeField(null=True, blank=True)
+    window_days = models.PositiveIntegerField(null=True, blank=True)
+    profiles = models.PositiveIntegerField(default=0)
+    customers = models.PositiveIntegerField(default=0)
+    changes = models.PositiveIntegerField(default=0)
+    managers_assigned = models.PositiveIntegerField(default=0)
+    unassigned_for_capacity = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    timings = models.JSONField(default=dict, blank=True, help_text="Seconds per step of the recompute")
+
+    class Meta:
+        ordering = ["-requested_at"]
+        get_latest_by = "requested_at"
+
+    def __str__(self) -> str:
+        return f"Recompute {self.pk} ({self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None

@@ -1,1 +1,515 @@
-"""crm.services: services of the crm app."""
+"""Writes of the customer-value domain: the recompute of RFM scores, tiers, lifecycle stages and
+account managers, and the operator actions around it.
+
+The recompute is set-based: a handful of SQL statements over all profiles, whatever their number.
+
+Quintile scores, exactly: among the customers with at least one paid, unrefunded order in the
+window, each value gets the SQL `rank()` (1 + the number of customers strictly worse; tied
+customers share the rank of the first of them). With `n` customers its percent rank is
+`pr = (rank - 1) / (n - 1)` and the score is the fifth of [0, 1] it falls in, right-closed:
+[0, .2] -> 1, (.2, .4] -> 2, (.4, .6] -> 3, (.6, .8] -> 4, (.8, 1] -> 5 (a base of one customer
+scores 1). Without ties this is `pandas.qcut(values.rank(method="first"), 5)`; with ties, equal
+values always get equal scores. "Worse" means longer ago (R), fewer orders (F), less spent (M).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
+from django.utils import timezone
+
+from access.services import record_audit
+from crm.errors import CapacityExceeded, ManagerInactive, NoActiveScheme
+from crm.models import (
+    AccountManager,
+    CustomerValue,
+    RecomputeRun,
+    ScoringMethod,
+    ScoringScheme,
+    ValueChange,
+    ValueTier,
+)
+
+logger = logging.getLogger(__name__)
+
+# Any constant will do: it names "the crm recompute" among PostgreSQL advisory locks.
+RECOMPUTE_LOCK_KEY = 0x0C0FFEE5
+
+# Amounts arrive as decimal strings from the product; anything else counts as an order of 0.
+AMOUNT_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+
+NEXT_VALUES_SQL = """
+CREATE TEMP TABLE crm_next ON COMMIT DROP AS
+WITH orders AS (
+    -- An order sent twice (a retried event under a new event id) counts once.
+    SELECT pe.profile_id,
+           COALESCE(NULLIF(pe.properties->>'order_id', ''), pe.event_id::text) AS order_id,
+           min(pe.timestamp) AS paid_at,
+           max(CASE WHEN pe.properties->>'amount' ~ %(amount_pattern)s
+                    THEN (pe.properties->>'amount')::numeric ELSE 0 END) AS amount
+    FROM profiles_profileevent pe
+    WHERE pe.name = 'order_paid' AND pe.timestamp > %(window_start)s AND pe.timestamp <= %(ref)s
+      AND pe.profile_id IS NOT NULL
+    GROUP BY 1, 2
+),
+refunded AS (
+    SELECT DISTINCT pe.properties->>'order_id' AS order_id
+    FROM profiles_profileevent pe
+    WHERE pe.name = 'order_refunded' AND pe.timestamp <= %(ref)s AND pe.properties->>'order_id' <> ''
+),
+customers AS (
+    SELECT o.profile_id, count(*)::int AS frequency, sum(o.amount) AS monetary, max(o.paid_at) AS last_order_at,
+           floor(extract(epoch FROM (%(ref)s - max(o.paid_at))) / 86400)::int AS recency_days
+    FROM orders o
+    WHERE NOT EXISTS (SELECT 1 FROM refunded r WHERE r.order_id = o.order_id)
+    GROUP BY o.profile_id
+),
+ranked AS (
+    SELECT c.*, count(*) OVER () AS n,
+           rank() OVER (ORDER BY c.recency_days DESC) AS r_rank,
+           rank() OVER (ORDER BY c.frequency) AS f_rank,
+           rank() OVER (ORDER BY c.monetary) AS m_rank
+    FROM customers c
+),
+scored AS (
+    SELECT x.profile_id, x.frequency, round(x.monetary, 2) AS monetary, x.last_order_at, x.recency_days,
+           CASE WHEN %(method)s = 'thresholds'
+                THEN 5 - (SELECT count(*) FROM unnest(%(r_edges)s::int[]) e WHERE x.recency_days > e)
+                WHEN x.n = 1 THEN 1
+                ELSE greatest(1, (5 * (x.r_rank - 1) + x.n - 2) / (x.n - 1)) END::smallint AS r,
+           CASE WHEN %(method)s = 'thresholds'
+                THEN 1 + (SELECT count(*) FROM unnest(%(f_edges)s::int[]) e WHERE x.frequency >= e)
+                WHEN x.n = 1 THEN 1
+                ELSE greatest(1, (5 * (x.f_rank - 1) + x.n - 2) / (x.n - 1)) END::smallint AS f,
+           CASE WHEN %(method)s = 'thresholds'
+                THEN 1 + (SELECT count(*) FROM unnest(%(m_edges)s::numeric[]) e WHERE x.monetary >= e)
+                WHEN x.n = 1 THEN 1
+                ELSE greatest(1, (5 * (x.m_rank - 1) + x.n - 2) / (x.n - 1)) END::smallint AS m
+    FROM ranked x
+),
+segmented AS (
+    SELECT s.*,
+           CASE ((s.r > avg(s.r) OVER ())::int * 4 + (s.f > avg(s.f) OVER ())::int * 2
+                 + (s.m > avg(s.m) OVER ())::int)
+                WHEN 7 THEN 'important_value' WHEN 5 THEN 'important_development'
+                WHEN 3 THEN 'important_retention' WHEN 1 THEN 'important_winback'
+                WHEN 6 THEN 'general_value' WHEN 4 THEN 'general_development'
+                WHEN 2 THEN 'general_retention' ELSE 'general_winback' END AS segment
+    FROM scored s
+),
+-- A tier depends only on (r, f, m, segment): match the few distinct combinations, not every row.
+combos AS (SELECT DISTINCT r, f, m, segment FROM segmented),
+combo_tiers AS (
+    SELECT c.r, c.f, c.m, c.segment,
+           (SELECT t.id FROM crm_valuetier t
+            WHERE t.applies_to = 'customers'
+              AND (cardinality(t.segments) = 0 OR c.segment = ANY(t.segments))
+              AND c.r BETWEEN COALESCE(t.r_min, 1) AND COALESCE(t.r_max, 5)
+              AND c.f BETWEEN COALESCE(t.f_min, 1) AND COALESCE(t.f_max, 5)
+              AND c.m BETWEEN COALESCE(t.m_min, 1) AND COALESCE(t.m_max, 5)
+            ORDER BY t.rank DESC, t.id LIMIT 1) AS tier_id
+    FROM combos c
+),
+no_orders_tier AS (
+    SELECT t.id FROM crm_valuetier t WHERE t.applies_to = 'without_orders' ORDER BY t.rank DESC, t.id LIMIT 1
+),
+people AS (
+    SELECT p.id AS profile_id,
+           s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m, COALESCE(s.segment, '') AS segment,
+           CASE WHEN s.profile_id IS NULL THEN (SELECT id FROM no_orders_tier) ELSE ct.tier_id END AS tier_id,
+           s.last_order_at,
+           COALESCE(greatest(p.last_seen_at, s.last_order_at), p.first_seen_at, p.signup_at, p.created_at)
+               AS last_active_at,
+           COALESCE(p.signup_at, p.first_seen_at, p.created_at) AS registered_at,
+           old.profile_id IS NULL AS is_new,
+           old.lifecycle AS old_lifecycle, old.lifecycle_since AS old_lifecycle_since,
+           old.tier_id AS old_tier_id, old.segment AS old_segment,
+           (old.recency_days, old.frequency, old.monetary, old.r, old.f, old.m, old.segment, old.tier_id,
+            old.last_order_at, old.last_active_at) AS old_values
+    FROM profiles_profile p
+    LEFT JOIN segmented s ON s.profile_id = p.id
+    LEFT JOIN combo_tiers ct ON ct.r = s.r AND ct.f = s.f AND ct.m = s.m AND ct.segment = s.segment
+    LEFT JOIN crm_customervalue old ON old.profile_id = p.id
+    WHERE p.merged_into_id IS NULL
+),
+staged AS (
+    SELECT pp.*,
+           CASE WHEN pp.last_active_at <= %(ref)s - make_interval(days => %(churned_days)s) THEN 'churned'
+                WHEN pp.last_active_at <= %(ref)s - make_interval(days => %(silent_days)s) THEN 'silent'
+                WHEN pp.old_lifecycle IN ('silent', 'churned') THEN 'reactivated'
+                WHEN pp.old_lifecycle = 'reactivated'
+                     AND pp.old_lifecycle_since > %(ref)s - make_interval(days => %(reactivated_days)s)
+                     THEN 'reactivated'
+                WHEN pp.registered_at > %(ref)s - make_interval(days => %(new_days)s) THEN 'new'
+                ELSE 'active' END AS lifecycle
+    FROM people pp
+)
+-- The old values ride along, so that history, update and insert each read this table alone.
+SELECT st.profile_id, st.recency_days, st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id,
+       st.lifecycle,
+       CASE WHEN st.lifecycle IS DISTINCT FROM st.old_lifecycle THEN %(now)s
+            ELSE st.old_lifecycle_since END AS lifecycle_since,
+       st.last_order_at, st.last_active_at,
+       st.is_new, COALESCE(st.old_lifecycle, '') AS old_lifecycle, st.old_tier_id,
+       COALESCE(st.old_segment, '') AS old_segment,
+       st.is_new OR st.lifecycle IS DISTINCT FROM st.old_lifecycle
+           OR st.old_values IS DISTINCT FROM (st.recency_days, st.frequency, st.monetary, st.r, st.f, st.m,
+                                            st.segment::varchar, st.tier_id, st.last_order_at, st.last_active_at)
+           AS changed
+FROM staged st
+"""
+
+HISTORY_SQL = """
+INSERT INTO crm_valuechange (profile_id, what, from_value, to_value, at, run_id)
+SELECT n.profile_id, v.what, v.from_value, v.to_value, %(now)s, %(run_id)s
+FROM crm_next n
+LEFT JOIN crm_valuetier ot ON ot.id = n.old_tier_id
+LEFT JOIN crm_valuetier nt ON nt.id = n.tier_id
+CROSS JOIN LATERAL (
+    VALUES ('tier', COALESCE(ot.slug, ''), COALESCE(nt.slug, '')),
+           ('lifecycle', n.old_lifecycle, n.lifecycle),
+           ('segment', n.old_segment, n.segment)
+) AS v(what, from_value, to_value)
+WHERE n.changed AND v.from_value <> v.to_value
+"""
+
+# Existing rows whose values changed: one hash join (most profiles without orders keep theirs
+# from one night to the next and are not rewritten).
+UPDATE_SQL = """
+UPDATE crm_customervalue cv SET
+    recency_days = n.recency_days, frequency = n.frequency, monetary = n.monetary, r = n.r, f = n.f, m = n.m,
+    segment = n.segment, tier_id = n.tier_id, lifecycle = n.lifecycle, lifecycle_since = n.lifecycle_since,
+    last_order_at = n.last_order_at, last_active_at = n.last_active_at, computed_at = %(now)s
+FROM crm_next n
+WHERE cv.profile_id = n.profile_id AND n.changed AND NOT n.is_new
+"""
+
+# New profiles. ON CONFLICT keeps a row that appeared meanwhile (the recompute lock serialises
+# recomputes, not other writers) from failing the whole run.
+INSERT_NEW_SQL = """
+INSERT INTO crm_customervalue AS cv (profile_id, recency_days, frequency, monetary, r, f, m, segment, tier_id,
+                                     lifecycle, lifecycle_since, last_order_at, last_active_at, computed_at)
+SELECT n.profile_id, n.recency_days, n.frequency, n.monetary, n.r, n.f, n.m, n.segment, n.tier_id,
+       n.lifecycle, n.lifecycle_since, n.last_order_at, n.last_active_at, %(now)s
+FROM crm_next n
+WHERE n.is_new
+ON CONFLICT (profile_id) DO UPDATE SET
+    recency_days = EXCLUDED.recency_days, frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary,
+    r = EXCLUDED.r, f = EXCLUDED.f, m = EXCLUDED.m, segment = EXCLUDED.segment, tier_id = EXCLUDED.tier_id,
+    lifecycle = EXCLUDED.lifecycle, lifecycle_since = EXCLUDED.lifecycle_since,
+    last_order_at = EXCLUDED.last_order_at, last_active_at = EXCLUDED.last_active_at,
+    computed_at = EXCLUDED.computed_at
+"""
+
+# A deleted profile takes its row along (CASCADE); a merged one leaves it behind, and its orders
+# now count for the profile it was merged into.
+DELETE_STALE_SQL = """
+DELETE FROM crm_customervalue cv
+WHERE cv.profile_id IN (SELECT p.id FROM profiles_profile p WHERE p.merged_into_id IS NOT NULL)
+"""
+
+# Customers who left every tier that gets a manager give their manager's slot back.
+RELEASE_MANAGERS_SQL = """
+WITH released AS (
+    UPDATE crm_customervalue cv SET account_manager_id = NULL
+    FROM crm_customervalue before
+    LEFT JOIN crm_valuetier t ON t.id = before.tier_id
+    WHERE cv.profile_id = before.profile_id AND before.account_manager_id IS NOT NULL
+      AND NOT COALESCE(t.gets_account_manager, false)
+    RETURNING cv.profile_id, before.account_manager_id
+)
+INSERT INTO crm_valuechange (profile_id, what, from_value, to_value, at, run_id)
+SELECT r.profile_id, 'account_manager', u.username, '', %(now)s, %(run_id)s
+FROM released r JOIN crm_accountmanager am ON am.id = r.account_manager_id JOIN auth_user u ON u.id = am.user_id
+"""
+
+# Water-filling: each active manager offers the slots from (current load + 1) up to capacity;
+# slot k of every manager is taken before slot k + 1 of any, so new customers go to the least
+# loaded managers first and nobody goes over capacity. The most valuable customers come first.
+ASSIGN_MANAGERS_SQL = """
+WITH load AS (
+    SELECT am.id, am.capacity, count(cv.profile_id) AS customers
+    FROM crm_accountmanager am
+    LEFT JOIN crm_customervalue cv ON cv.account_manager_id = am.id
+    WHERE am.is_active
+    GROUP BY am.id, am.capacity
+),
+slots AS (
+    SELECT l.id AS manager_id, row_number() OVER (ORDER BY s.slot, l.customers, l.id) AS k
+    FROM load l CROSS JOIN LATERAL generate_series(l.customers + 1, l.capacity) AS s(slot)
+),
+waiting AS (
+    SELECT cv.profile_id,
+           row_number() OVER (ORDER BY cv.monetary DESC NULLS LAST, cv.profile_id) AS k
+    FROM crm_customervalue cv JOIN crm_valuetier t ON t.id = cv.tier_id
+    WHERE t.gets_account_manager AND cv.account_manager_id IS NULL
+),
+assigned AS (
+    UPDATE crm_customervalue cv SET account_manager_id = s.manager_id
+    FROM waiting w JOIN slots s ON s.k = w.k
+    WHERE cv.profile_id = w.profile_id
+    RETURNING cv.profile_id, cv.account_manager_id
+),
+logged AS (
+    INSERT INTO crm_valuechange (profile_id, what, from_value, to_value, at, run_id)
+    SELECT a.profile_id, 'account_manager', '', u.username, %(now)s, %(run_id)s
+    FROM assigned a JOIN crm_accountmanager am ON am.id = a.account_manager_id JOIN auth_user u ON u.id = am.user_id
+)
+SELECT (SELECT count(*) FROM assigned), (SELECT count(*) FROM waiting)
+"""
+
+
+@dataclass(frozen=True)
+class RecomputeParams:
+    reference_at: datetime
+    window_days: int
+    method: str
+    r_edges: list[int]
+    f_edges: list[int]
+    m_edges: list[Any]
+    new_days: int
+    silent_days: int
+    churned_days: int
+    reactivated_days: int
+
+    @classmethod
+    def from_scheme(cls, scheme: ScoringScheme, *, now: datetime) -> RecomputeParams:
+        return cls(
+            reference_at=scheme.reference_at or now,
+            window_days=scheme.window_days,
+            method=scheme.method,
+            r_edges=list(scheme.r_thresholds or []),
+            f_edges=list(scheme.f_thresholds or []),
+            m_edges=list(scheme.m_thresholds or []),
+            new_days=scheme.new_days,
+            silent_days=scheme.silent_days,
+            churned_days=scheme.churned_days,
+            reactivated_days=scheme.reactivated_days,
+        )
+
+    def as_sql_params(self, *, now: datetime) -> dict[str, Any]:
+        return {
+            "ref": self.reference_at,
+            "window_start": self.reference_at - timedelta(days=self.window_days),
+            "method": self.method,
+            "r_edges": self.r_edges,
+            "f_edges": self.f_edges,
+            "m_edges": self.m_edges,
+            "new_days": self.new_days,
+            "silent_days": self.silent_days,
+            "churned_days": self.churned_days,
+            "reactivated_days": self.reactivated_days,
+            "amount_pattern": AMOUNT_PATTERN,
+            "now": now,
+        }
+
+
+DEFAULT_TIERS = [
+    # slug, name, rank, applies_to, segments, gets_account_manager
+    ("core", "Core", 40, "customers", ["important_value"], True),
+    (
+        "important",
+        "Important",
+        30,
+        "customers",
+        ["important_development", "important_retention", "important_winback"],
+        False,
+    ),
+    ("ordinary", "Ordinary", 20, "customers", [], False),
+    ("potential", "Potential", 10, "without_orders", [], False),
+]
+
+
+@transaction.atomic
+def ensure_default_setup() -> ScoringScheme:
+    """The four classic tiers and an active scheme, where missing (a fresh or emptied database);
+    what operators already configured is left alone."""
+    for slug, name, rank, applies_to, segments, manager in DEFAULT_TIERS:
+        ValueTier.objects.get_or_create(
+            slug=slug,
+            defaults={
+                "name": name,
+                "rank": rank,
+                "applies_to": applies_to,
+                "segments": segments,
+                "gets_account_manager": manager,
+            },
+        )
+    scheme = ScoringScheme.objects.filter(is_active=True).first()
+    if scheme is None:
+        scheme, _ = ScoringScheme.objects.get_or_create(name="Default")
+        ScoringScheme.objects.filter(pk=scheme.pk).update(is_active=True)
+        scheme.is_active = True
+    return scheme
+
+
+def work_mem() -> str:
+    """Memory for the recompute's sorts and hashes (PostgreSQL `work_mem`), for this transaction:
+    https://www.postgresql.org/docs/current/runtime-config-resource.html#GUC-WORK-MEM"""
+    return str(getattr(settings, "OPSLOOP_CRM_RECOMPUTE_WORK_MEM", "256MB"))
+
+
+def active_scheme() -> ScoringScheme:
+    scheme = ScoringScheme.objects.filter(is_active=True).first()
+    if scheme is None:
+        raise NoActiveScheme("no active scoring scheme: mark one active in the admin")
+    if scheme.method == ScoringMethod.THRESHOLDS:
+        scheme.full_clean(exclude=["name"])
+    return scheme
+
+
+@transaction.atomic
+def request_recompute(*, requested_by: AbstractBaseUser | None = None) -> RecomputeRun:
+    """Queue a recompute now (the admin's button); the run is visible at once as queued."""
+    from crm import tasks  # tasks import services: import here to keep the module graph acyclic
+
+    run = RecomputeRun.objects.create(
+        requested_by=requested_by if getattr(requested_by, "is_authenticated", False) else None,
+        scheme=ScoringScheme.objects.filter(is_active=True).first(),
+    )
+    record_audit(actor=requested_by, action="crm.recompute_requested", obj=run)
+    transaction.on_commit(lambda: tasks.recompute_customer_values.delay(run_id=run.pk))
+    return run
+
+
+def recompute_customer_values(
+    *, run_id: int | None = None, now: datetime | None = None, scheme: ScoringScheme | None = None
+) -> RecomputeRun:
+    """Recompute every profile's RFM scores, segment, tier, lifecycle stage and account manager
+    in one transaction, recording each change. A run already finished is returned untouched, and
+    a run that finds another in progress is marked skipped, so redelivered tasks are harmless."""
+    now = now or timezone.now()
+    if run_id is None:
+        run = RecomputeRun.objects.create(requested_at=now)
+    else:
+        run = RecomputeRun.objects.get(pk=run_id)
+        if run.status in (RecomputeRun.Status.DONE, RecomputeRun.Status.SKIPPED):
+            return run
+    try:
+        scheme = scheme or active_scheme()
+        params = RecomputeParams.from_scheme(scheme, now=now)
+        RecomputeRun.objects.filter(pk=run.pk).update(
+            status=RecomputeRun.Status.RUNNING,
+            started_at=timezone.now(),
+            scheme=scheme,
+            reference_at=params.reference_at,
+            window_days=params.window_days,
+        )
+        counts = _recompute(params=params, run_id=run.pk, now=now)
+    except Exception as exc:
+        RecomputeRun.objects.filter(pk=run.pk).update(
+            status=RecomputeRun.Status.FAILED, finished_at=timezone.now(), error=f"{exc.__class__.__name__}: {exc}"
+        )
+        raise
+    RecomputeRun.objects.filter(pk=run.pk).update(finished_at=timezone.now(), **counts)
+    run.refresh_from_db()
+    return run
+
+
+@transaction.atomic
+def _recompute(*, params: RecomputeParams, run_id: int, now: datetime) -> dict[str, Any]:
+    sql_params = {**params.as_sql_params(now=now), "run_id": run_id}
+    timings: dict[str, float] = {}
+
+    def step(name: str, sql: str, args: Any = None) -> int:
+        started = time.monotonic()
+        cursor.execute(sql, args)
+        timings[name] = round(time.monotonic() - started, 3)
+        return cursor.rowcount
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [RECOMPUTE_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            return {"status": RecomputeRun.Status.SKIPPED}
+        # Every step joins whole tables, where hash joins are right. Statistics lag behind bulk
+        # loads (an import, a fresh install), and a planner that believes a table holds one row
+        # picks nested loops that turn quadratic, so they are ruled out for this transaction.
+        cursor.execute("SET LOCAL enable_nestloop = off")
+        # ... which inflates cost estimates past the JIT thresholds: compiling then costs more
+        # than these plain scans and hashes ever gain from it.
+        cursor.execute("SET LOCAL jit = off")
+        cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem()])
+        profiles = step("compute", NEXT_VALUES_SQL, sql_params)
+        changes = step("history", HISTORY_SQL, sql_params)
+        step("update", UPDATE_SQL, sql_params)
+        step("insert_new", INSERT_NEW_SQL, sql_params)
+        step("delete_stale", DELETE_STALE_SQL)
+        cursor.execute("SELECT count(*) FROM crm_next WHERE frequency IS NOT NULL")
+        customers = cursor.fetchone()[0]
+        # Managers are locked so that an operator's reassignment cannot overfill one meanwhile.
+        cursor.execute("SELECT id FROM crm_accountmanager ORDER BY id FOR UPDATE")
+        released = step("release_managers", RELEASE_MANAGERS_SQL, sql_params)
+        started = time.monotonic()
+        cursor.execute(ASSIGN_MANAGERS_SQL, sql_params)
+        assigned, waiting = cursor.fetchone()
+        timings["assign_managers"] = round(time.monotonic() - started, 3)
+        cursor.execute("DROP TABLE crm_next")
+    logger.info("crm recompute run %s: %s", run_id, timings)
+    return {
+        "status": RecomputeRun.Status.DONE,
+        "profiles": profiles,
+        "customers": customers,
+        "changes": changes + released + assigned,
+        "managers_assigned": assigned,
+        "unassigned_for_capacity": waiting - assigned,
+        "timings": timings,
+    }
+
+
+@transaction.atomic
+def reassign_account_manager(
+    *, profile_ids: list[int], manager: AccountManager | None, actor: AbstractBaseUser | None = None
+) -> int:
+    """Give these customers to `manager` (or to nobody); refused if it would overfill the manager.
+    Returns how many customers changed hands."""
+    if manager is not None:
+        manager = AccountManager.objects.select_for_update().select_related("user").get(pk=manager.pk)
+        if not manager.is_active:
+            raise ManagerInactive(f"{manager} is not an active account manager")
+    values = list(
+        CustomerValue.objects.select_for_update(of=("self",))
+        .filter(profile_id__in=profile_ids)
+        .exclude(account_manager=manager)
+        .select_related("account_manager__user")
+    )
+    if manager is not None:
+        load = CustomerValue.objects.filter(account_manager=manager).count()
+        if load + len(values) > manager.capacity:
+            raise CapacityExceeded(
+                f"{manager} looks after {load} of {manager.capacity} customers; {len(values)} more do not fit",
+                load=load,
+                capacity=manager.capacity,
+            )
+    now = timezone.now()
+    to_name = manager.user.get_username() if manager else ""
+    ValueChange.objects.bulk_create(
+        [
+            ValueChange(
+                profile_id=v.profile_id,
+                what=ValueChange.What.ACCOUNT_MANAGER,
+                from_value=v.account_manager.user.get_username() if v.account_manager else "",
+                to_value=to_name,
+                at=now,
+            )
+            for v in values
+        ]
+    )
+    moved = CustomerValue.objects.filter(profile_id__in=[v.profile_id for v in values]).update(account_manager=manager)
+    record_audit(
+        actor=actor,
+        action="crm.account_manager_reassigned",
+        obj=manager,
+        details={
+            "profiles": sorted(v.profile_id for v in values),
+            "from": sorted({v.account_manager_id for v in values if v.account_manager_id}),
+            "to": manager.pk if manager else None,
+        },
+    )
+    return moved

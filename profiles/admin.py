@@ -1,1 +1,602 @@
-"""profiles.admin: admin of the profiles app."""
+"""What operators and customer service see of people, identities, tags and tag rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.db.models import Count, Q
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.safestring import mark_safe
+from import_export import fields, resources, widgets
+from import_export.admin import ImportExportModelAdmin
+
+from access.services import record_audit
+from profiles import selectors, services
+from profiles.models import (
+    Identity,
+    LookupChannel,
+    LookupRecord,
+    Profile,
+    ProfileMerge,
+    ProfileTag,
+    Tag,
+    TagChange,
+    TagRule,
+    TagSource,
+)
+from profiles.normalize import mask_email, mask_phone, normalize_email, normalize_phone
+
+
+def may_see_personal_data(request) -> bool:
+    return request.user.has_perm("profiles.see_personal_data")
+
+
+# --- profiles -------------------------------------------------------------------------------
+
+
+class TagFilter(admin.SimpleListFilter):
+    title = "tag"
+    parameter_name = "tag"
+
+    def lookups(self, request, model_admin):
+        return [(t.name, f"{t.name} ({t.category})" if t.category else t.name) for t in Tag.objects.all()[:200]]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(profile_tags__tag__name=self.value())
+        return queryset
+
+
+class CityFilter(admin.SimpleListFilter):
+    title = "city"
+    parameter_name = "city"
+
+    def lookups(self, request, model_admin):
+        # The most common cities, counted at most every ten minutes: counting a million profiles
+        # on every page of the list would make the list slow.
+        cities = cache.get("profiles:admin:top-cities")
+        if cities is None:
+            cities = list(
+                Profile.objects.exclude(city="")
+                .values("city")
+                .annotate(n=Count("id"))
+                .order_by("-n")
+                .values_list("city", flat=True)[:30]
+            )
+            cache.set("profiles:admin:top-cities", cities, 600)
+        selected = self.value()
+        if selected and selected not in cities:
+            cities = [*cities, selected]
+        return [(c, c) for c in cities]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(city=self.value()) if self.value() else queryset
+
+
+class SignupMonthFilter(admin.SimpleListFilter):
+    title = "signup month"
+    parameter_name = "signup_month"
+
+    def lookups(self, request, model_admin):
+        today = date.today()
+        months = []
+        year, month = today.year, today.month
+        for _ in range(24):
+            months.append((f"{year:04d}-{month:02d}", f"{year:04d}-{month:02d}"))
+            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+        return months
+
+    def queryset(self, request, queryset):
+        if not self.value():
+            return queryset
+        try:
+            year, month = (int(x) for x in self.value().split("-"))
+            start = datetime(year, month, 1, tzinfo=UTC)
+        except ValueError:
+            return queryset.none()
+        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+        return queryset.filter(signup_at__gte=start, signup_at__lt=end)
+
+
+class MergedFilter(admin.SimpleListFilter):
+    title = "merged"
+    parameter_name = "merged"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Live profiles"), ("yes", "Merged into another")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "no":
+            return queryset.filter(merged_into__isnull=True)
+        if self.value() == "yes":
+            return queryset.filter(merged_into__isnull=False)
+        return queryset
+
+
+class IdentityInline(admin.TabularInline):
+    model = Identity
+    extra = 0
+    fields = ["kind", "shown_value", "created_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # identities change through identify, which merges correctly
+
+    @admin.display(description="value")
+    def shown_value(self, obj: Identity) -> str:
+        if may_see_personal_data(self.request):
+            return obj.value
+        return {"phone": mask_phone, "email": mask_email}.get(obj.kind, lambda v: v)(obj.value)
+
+    def get_queryset(self, request):
+        self.request = request
+        return super().get_queryset(request)
+
+
+class ProfileTagInline(admin.TabularInline):
+    model = ProfileTag
+    extra = 0
+    fields = ["tag", "score", "source", "computed_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # use the list actions, which record the change history
+
+
+class TagActionForm(ActionForm):
+    tag_name = forms.SlugField(required=False, label="Tag", help_text="for the tag actions")
+
+
+PERSONAL_FIELDS = ("phone", "email")
+
+
+@admin.register(Profile)
+class ProfileAdmin(admin.ModelAdmin):
+    list_display = ["user_id", "name", "shown_phone", "city", "gender", "signup_at", "last_seen_at", "merged_into"]
+    list_filter = [TagFilter, CityFilter, "gender", SignupMonthFilter, MergedFilter]
+    search_fields = ["=user_id"]
+    search_help_text = "Exact user id, phone (any format), e-mail or identity value."
+    list_select_related = ["merged_into"]
+    raw_id_fields = ["merged_into"]
+    readonly_fields = ["first_seen_at", "last_seen_at", "created_at", "updated_at", "merged_into", "trait_updated_at"]
+    inlines = [IdentityInline, ProfileTagInline]
+    action_form = TagActionForm
+    actions = ["add_tag", "remove_tag"]
+    show_full_result_count = False  # no count(*) over a million rows on every page
+    change_list_template = "admin/profiles/profile/change_list.html"
+
+    def get_exclude(self, request, obj=None):
+        return [] if may_see_personal_data(request) else list(PERSONAL_FIELDS)
+
+    def get_readonly_fields(self, request, obj=None):
+        extra = [] if may_see_personal_data(request) else ["shown_phone", "shown_email"]
+        return [*self.readonly_fields, *extra]
+
+    @admin.display(description="phone")
+    def shown_phone(self, obj: Profile) -> str:
+        return obj.phone if may_see_personal_data(self._request) else mask_phone(obj.phone)
+
+    @admin.display(description="e-mail")
+    def shown_email(self, obj: Profile) -> str:
+        return obj.email if may_see_personal_data(self._request) else mask_email(obj.email)
+
+    def get_queryset(self, request):
+        self._request = request
+        return super().get_queryset(request)
+
+    def get_search_results(self, request, queryset, search_term):
+        """Exact matches on indexed columns only; phones and e-mails are normalised first."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        values = {term}
+        match = Q(user_id=term)
+        try:
+            phone = normalize_phone(term)
+            values.add(phone)
+            match |= Q(phone=phone)
+        except ValueError:
+            pass
+        if "@" in term:
+            try:
+                email = normalize_email(term)
+                values.add(email)
+                match |= Q(email=email)
+            except ValueError:
+                pass
+        match |= Q(id__in=Identity.objects.filter(value__in=values).values("profile_id"))
+        return queryset.filter(match), False
+
+    def get_urls(self):
+        return [
+            path("lookup/", self.admin_site.admin_view(self.lookup_view), name="profiles_profile_lookup"),
+            *super().get_urls(),
+        ]
+
+    def lookup_view(self, request):
+        """The customer-service page: one box, the caller's 360 view, every search recorded."""
+        if not request.user.has_perm("profiles.lookup_profile"):
+            raise PermissionDenied
+        query = request.GET.get("q")
+        results, error = [], ""
+        if query is not None:
+            try:
+                outcome = services.lookup_profiles(staff=request.user, query=query, channel=LookupChannel.ADMIN)
+                results = [
+                    selectors.lookup_view(p, may_see_personal_data=outcome.may_see_personal_data)
+                    for p in outcome.profiles
+                ]
+            except ValidationError as exc:
+                error = " ".join(exc.messages)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Customer-service lookup",
+            "opts": self.model._meta,
+            "query": query or "",
+            "error": error,
+            "searched": query is not None and not error,
+            "results": results,
+        }
+        return TemplateResponse(request, "admin/profiles/lookup.html", context)
+
+    def _tag_name(self, request) -> str | None:
+        name = request.POST.get("tag_name", "").strip()
+        if not name:
+            self.message_user(request, "Enter the tag's name in the Tag box first.", level=messages.ERROR)
+            return None
+        return name
+
+    def has_tag_permission(self, request) -> bool:
+        return request.user.has_perms(["profiles.add_profiletag", "profiles.delete_profiletag"])
+
+    @admin.action(description="Add the tag to the selected profiles", permissions=["tag"])
+    def add_tag(self, request, queryset):
+        if not (name := self._tag_name(request)):
+            return
+        ids = list(queryset.filter(merged_into__isnull=True).values_list("id", flat=True))
+        with transaction.atomic():
+            gained = services.tag_profiles(tag_name=name, profile_ids=ids, source=TagSource.MANUAL)
+            tag = Tag.objects.get(name=name)
+            record_audit(
+                action="profiles.tag_added",
+                obj=tag,
+                actor=request.user,
+                details={"profiles": len(ids), "gained": gained},
+            )
+        self.message_user(request, f"{gained} profiles gained '{name}'.")
+
+    @admin.action(description="Remove the tag from the selected profiles", permissions=["tag"])
+    def remove_tag(self, request, queryset):
+        if not (name := self._tag_name(request)):
+            return
+        ids = list(queryset.values_list("id", flat=True))
+        with transaction.atomic():
+            lost = services.untag_profiles(tag_name=name, profile_ids=ids)
+            tag = Tag.objects.filter(name=name).first()
+            record_audit(
+                action="profiles.tag_removed", obj=tag, actor=request.user, details={"profiles": len(ids), "lost": lost}
+            )
+        self.message_user(request, f"{lost} profiles lost '{name}'.")
+
+
+@admin.register(Identity)
+class IdentityAdmin(admin.ModelAdmin):
+    list_display = ["kind", "shown_value", "profile", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["=value"]
+    raw_id_fields = ["profile"]
+    list_select_related = ["profile"]
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        self._request = request
+        return super().get_queryset(request)
+
+    @admin.display(description="value")
+    def shown_value(self, obj: Identity) -> str:
+        if may_see_personal_data(self._request):
+            return obj.value
+        return {"phone": mask_phone, "email": mask_email}.get(obj.kind, lambda v: v)(obj.value)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(ProfileMerge)
+class ProfileMergeAdmin(admin.ModelAdmin):
+    list_display = ["merged_user_id", "into", "reason", "at"]
+    search_fields = ["=merged_user_id", "=into__user_id"]
+    date_hierarchy = "at"
+    raw_id_fields = ["into", "merged"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+# --- tags -----------------------------------------------------------------------------------
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    list_display = ["name", "category", "source", "rule", "members", "computed_at"]
+    list_filter = ["source", "category"]
+    search_fields = ["name", "category"]
+    readonly_fields = ["rule", "created_at", "computed_at"]
+    change_form_template = "admin/profiles/tag/change_form.html"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("rule").annotate(member_count=Count("profile_tags"))
+
+    @admin.display(description="members", ordering="member_count")
+    def members(self, obj: Tag) -> int:
+        return obj.member_count
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = extra_context or {}
+        tag = self.get_object(request, object_id)
+        if tag is not None:
+            history = selectors.tag_member_history(tag, days=90)
+            recent = TagChange.objects.filter(tag=tag).select_related("profile").order_by("-at")[:20]
+            extra_context.update(
+                member_history={"labels": [d.isoformat() for d, _ in history], "counts": [n for _, n in history]},
+                recent_changes=recent,
+                changes_url=reverse("admin:profiles_tagchange_changelist") + f"?tag__id__exact={tag.id}",
+            )
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        record_audit(action="profiles.tag_saved", obj=obj, actor=request.user, details={"changed": form.changed_data})
+
+    def delete_model(self, request, obj):
+        record_audit(action="profiles.tag_deleted", obj=obj, actor=request.user, details={"name": obj.name})
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for tag in queryset:
+            record_audit(action="profiles.tag_deleted", obj=tag, actor=request.user, details={"name": tag.name})
+        super().delete_queryset(request, queryset)
+
+
+class TagRuleForm(forms.ModelForm):
+    class Meta:
+        model = TagRule
+        fields = [
+            "name",
+            "kind",
+            "is_active",
+            "description",
+            "tag_category",
+            "tag_name",
+            "conditions",
+            "event_name",
+            "category_property",
+            "window_days",
+            "min_count",
+            "p_value_threshold",
+            "tag_prefix",
+        ]
+        widgets = {"conditions": forms.Textarea(attrs={"rows": 8, "cols": 90, "style": "font-family: monospace"})}
+        help_texts = {
+            "conditions": mark_safe(
+                "A JSON list; every condition must hold. Traits: "
+                '<code>{"trait": "city", "op": "in", "value": ["Shanghai"]}</code> '
+                "(ops eq, ne, in, gte, lte, contains, is_set; custom traits too). Events: "
+                '<code>{"event": "order_paid", "within_days": 30, "op": "gte", "count": 3}</code>.'
+            )
+        }
+
+
+@admin.register(TagRule)
+class TagRuleAdmin(admin.ModelAdmin):
+    form = TagRuleForm
+    list_display = [
+        "name",
+        "kind",
+        "is_active",
+        "tag_name",
+        "event_name",
+        "last_run_at",
+        "last_run_members",
+        "last_run_seconds",
+        "has_error",
+    ]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name", "tag_name", "event_name"]
+    readonly_fields = ["last_run_at", "last_run_members", "last_run_seconds", "last_error", "created_at"]
+    actions = ["recompute_now"]
+    fieldsets = [
+        (None, {"fields": ["name", "kind", "is_active", "description", "tag_category"]}),
+        ("Rule tag", {"fields": ["tag_name", "conditions"]}),
+        (
+            "Preference tag",
+            {
+                "fields": [
+                    "event_name",
+                    "category_property",
+                    "window_days",
+                    "min_count",
+                    "p_value_threshold",
+                    "tag_prefix",
+                ]
+            },
+        ),
+        ("Last run", {"fields": readonly_fields}),
+    ]
+
+    @admin.display(boolean=True, description="error")
+    def has_error(self, obj: TagRule) -> bool:
+        return bool(obj.last_error)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        record_audit(
+            action="profiles.tag_rule_saved", obj=obj, actor=request.user, details={"changed": form.changed_data}
+        )
+
+    def delete_model(self, request, obj):
+        record_audit(action="profiles.tag_rule_deleted", obj=obj, actor=request.user, details={"name": obj.name})
+        super().delete_model(request, obj)
+
+    @admin.action(description="Recompute the selected rules now", permissions=["change"])
+    def recompute_now(self, request, queryset):
+        from profiles.tasks import recompute_tag_rule
+
+        ids = list(queryset.values_list("id", flat=True))
+        with transaction.atomic():
+            for rule in queryset:
+                record_audit(action="profiles.tag_rule_recompute_requested", obj=rule, actor=request.user)
+            transaction.on_commit(lambda: [recompute_tag_rule.delay(i) for i in ids])
+        self.message_user(request, f"Queued {len(ids)} rule(s); refresh in a moment to see the result.")
+
+
+class ProfileTagResource(resources.ModelResource):
+    """CSV rows `user_id,tag,category,score,source`; imported rows take the `import` source."""
+
+    user_id = fields.Field(
+        attribute="profile", column_name="user_id", widget=widgets.ForeignKeyWidget(Profile, field="user_id")
+    )
+    tag = fields.Field(attribute="tag", column_name="tag", widget=widgets.ForeignKeyWidget(Tag, field="name"))
+    category = fields.Field(attribute="tag__category", column_name="category", readonly=True)
+
+    class Meta:
+        model = ProfileTag
+        fields = ("user_id", "tag", "category", "score", "source", "computed_at")
+        export_order = fields
+        import_id_fields = ("user_id", "tag")
+        skip_unchanged = True
+
+    def before_import_row(self, row, **kwargs):
+        # Tags named in a file are created on the fly; user ids must exist (an unknown one is a
+        # row error the preview shows, not a new person).
+        name = (row.get("tag") or "").strip()
+        if name:
+            Tag.objects.get_or_create(
+                name=name, defaults={"category": row.get("category") or "", "source": TagSource.IMPORT}
+            )
+        if row.get("user_id"):
+            profile = selectors.profile_for_user_id(str(row["user_id"]).strip())
+            if profile is not None:
+                row["user_id"] = profile.user_id
+
+    def before_save_instance(self, instance, row, **kwargs):
+        instance.source = TagSource.IMPORT
+        instance._created = instance.pk is None
+
+    def after_save_instance(self, instance, row, **kwargs):
+        if not kwargs.get("dry_run"):
+            services.record_imported_tag(profile_tag=instance, created=getattr(instance, "_created", False))
+
+
+@admin.register(ProfileTag)
+class ProfileTagAdmin(ImportExportModelAdmin):
+    resource_classes = [ProfileTagResource]
+    list_display = ["profile", "tag", "score", "source", "computed_at"]
+    list_filter = ["source", "tag__category", "tag"]
+    search_fields = ["=profile__user_id", "=tag__name"]
+    raw_id_fields = ["profile"]
+    list_select_related = ["profile", "tag"]
+    show_full_result_count = False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # members change through actions and rules, which keep the history
+
+    def has_import_permission(self, request) -> bool:
+        return request.user.has_perm("profiles.add_profiletag")
+
+    def has_export_permission(self, request) -> bool:
+        return request.user.has_perm("profiles.view_profiletag")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def delete_queryset(self, request, queryset):
+        by_tag: dict[str, list[int]] = {}
+        for tag_name, profile_id in queryset.values_list("tag__name", "profile_id"):
+            by_tag.setdefault(tag_name, []).append(profile_id)
+        with transaction.atomic():
+            for tag_name, ids in by_tag.items():
+                lost = services.untag_profiles(tag_name=tag_name, profile_ids=ids)
+                record_audit(
+                    action="profiles.tag_removed",
+                    obj=Tag.objects.get(name=tag_name),
+                    actor=request.user,
+                    details={"lost": lost},
+                )
+
+    def delete_model(self, request, obj):
+        self.delete_queryset(request, ProfileTag.objects.filter(pk=obj.pk))
+
+    def after_import(self, dataset, result, **kwargs):
+        pass
+
+    def process_result(self, result, request):
+        if not result.has_errors() and not result.has_validation_errors():
+            record_audit(
+                action="profiles.tags_imported",
+                actor=request.user,
+                details={"new": result.totals.get("new", 0), "updated": result.totals.get("update", 0)},
+            )
+        return super().process_result(result, request)
+
+
+@admin.register(TagChange)
+class TagChangeAdmin(admin.ModelAdmin):
+    list_display = ["at", "tag", "action", "profile", "source"]
+    list_filter = ["action", "source", "tag"]
+    search_fields = ["=profile__user_id", "=tag__name"]
+    date_hierarchy = "at"
+    list_select_related = ["tag", "profile"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(LookupRecord)
+class LookupRecordAdmin(admin.ModelAdmin):
+    """Who looked up whom: visible to superusers only, and nobody may change or delete it."""
+
+    list_display = ["at", "staff_username", "query", "channel", "user_ids", "saw_personal_data", "refused"]
+    list_filter = ["channel", "saw_personal_data"]
+    search_fields = ["=staff_username", "=query"]
+    date_hierarchy = "at"
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

@@ -16,3 +16,9 @@ class ProfilesConfig(AppConfig):
         ],
         "Analyst": ["profiles.view_*"],
     }
+
+    def ready(self) -> None:
+        from profiles.services import on_events_ingested
+        from tracking.hooks import register_ingest_listener
+
+        register_ingest_listener("profiles", on_events_ingested)

@@ -26,3 +26,46 @@ def sections_for(profile: Profile) -> dict[str, Any]:
 
 def registered_sections() -> list[str]:
     return sorted(_sections)
+
+
+# --- fields of the product-facing profile ---------------------------------------------------
+# `GET /api/v1/profiles/{user_id}` shows `tier`, `rfm` and `lifecycle`, which `crm` computes.
+# `crm` registers a builder for each here; until it does they are null.
+FieldBuilder = Callable[[Profile], Any]
+PROFILE_FIELDS = ("tier", "rfm", "lifecycle")
+_fields: dict[str, FieldBuilder] = {}
+
+
+def register_profile_field(name: str, builder: FieldBuilder) -> None:
+    """Provide (or replace) the profile field `name`; `builder(profile)` returns JSON-ready data."""
+    _fields[name] = builder
+
+
+def profile_fields_for(profile: Profile) -> dict[str, Any]:
+    """Every registered field of `profile`, with null for the contract's fields nobody provides."""
+    values: dict[str, Any] = dict.fromkeys(PROFILE_FIELDS)
+    for name, builder in sorted(_fields.items()):
+        values[name] = builder(profile)
+    return values
+
+
+def registered_profile_fields() -> list[str]:
+    return sorted(_fields)
+
+
+# --- merges ---------------------------------------------------------------------------------
+# Apps above keep rows per profile (value scores, coupons, deliveries). When identify merges
+# `merged` into `into`, each registered listener is called inside the merge's transaction to move
+# or combine what it keeps; events need nothing, they follow through the identities.
+MergeListener = Callable[[Profile, Profile], None]
+_merge_listeners: dict[str, MergeListener] = {}
+
+
+def register_merge_listener(name: str, listener: MergeListener) -> None:
+    """Attach (or replace) `listener(into, merged)`, from the app's AppConfig.ready()."""
+    _merge_listeners[name] = listener
+
+
+def notify_merged(into: Profile, merged: Profile) -> None:
+    for _name, listener in sorted(_merge_listeners.items()):
+        listener(into, merged)

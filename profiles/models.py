@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils.timezone import now
 
@@ -32,6 +34,8 @@ class Profile(models.Model):
     sms_opt_in = models.BooleanField(default=False)
     email_opt_in = models.BooleanField(default=False)
     traits = models.JSONField(default=dict, blank=True, help_text="Custom traits")
+    # When each trait (known or custom) was last set, so a merge keeps the more recent value.
+    trait_updated_at = models.JSONField(default=dict, blank=True, editable=False)
     first_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=now)
@@ -45,6 +49,7 @@ class Profile(models.Model):
             models.Index(fields=["phone"], name="profile_phone", condition=~models.Q(phone="")),
             models.Index(fields=["email"], name="profile_email", condition=~models.Q(email="")),
             models.Index(fields=["signup_at"], name="profile_signup"),
+            models.Index(fields=["city"], name="profile_city", condition=~models.Q(city="")),
         ]
         permissions = [
             ("lookup_profile", "May look up a caller's profile (customer service)"),
@@ -146,7 +151,16 @@ class Tag(models.Model):
     category = models.CharField(max_length=64, blank=True, default="")
     description = models.TextField(blank=True, default="")
     source = models.CharField(max_length=16, choices=TagSource.choices, default=TagSource.MANUAL)
+    rule = models.ForeignKey(
+        "TagRule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="tags",
+        help_text="The rule that computes this tag's members; empty for manual and imported tags.",
+    )
     created_at = models.DateTimeField(default=now)
+    computed_at = models.DateTimeField(null=True, blank=True, help_text="When its members were last computed")
 
     class Meta:
         ordering = ["category", "name"]
@@ -170,3 +184,105 @@ class ProfileTag(models.Model):
 
     def __str__(self) -> str:
         return f"{self.profile_id}:{self.tag_id}"
+
+
+class TagRuleKind(models.TextChoices):
+    RULE = "rule", "Rule (conditions on traits and event counts)"
+    PREFERENCE = "preference", "Preference (chi-square on a category property)"
+
+
+class TagRule(models.Model):
+    """How a computed tag is derived, defined by operators and recomputed nightly.
+
+    A *rule* tags every live profile matching all `conditions`, e.g.
+    `[{"event": "order_paid", "within_days": 30, "op": "gte", "count": 3},
+      {"trait": "city", "op": "in", "value": ["Shanghai", "Beijing"]}]`.
+    A *preference* rule reads `event_name` events of the last `window_days`, takes
+    `properties[category_property]` as a category, and tags a user `<tag_prefix><category>` when
+    they chose that category significantly more often than the population (chi-square goodness of
+    fit of their counts against the population's shares, `p < p_value_threshold`, at least
+    `min_count` events in that category); the score is the effect size (Cohen's w).
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=TagRuleKind.choices, default=TagRuleKind.RULE)
+    is_active = models.BooleanField(default=True, help_text="Inactive rules are skipped by the nightly run")
+    description = models.TextField(blank=True, default="")
+    tag_name = models.SlugField(
+        max_length=100, blank=True, default="", help_text="Rule kind: the tag it maintains (created if new)"
+    )
+    tag_category = models.CharField(max_length=64, blank=True, default="")
+    conditions = models.JSONField(default=list, blank=True, help_text="Rule kind: conditions, all must hold")
+    event_name = models.CharField(max_length=64, blank=True, default="", help_text="Preference kind")
+    category_property = models.CharField(max_length=64, blank=True, default="category")
+    window_days = models.PositiveIntegerField(default=90)
+    min_count = models.PositiveIntegerField(default=5, help_text="Least events of a user in the category")
+    p_value_threshold = models.FloatField(default=0.01)
+    tag_prefix = models.SlugField(max_length=40, blank=True, default="prefers_")
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_run_members = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    last_run_seconds = models.FloatField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, default="", editable=False)
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from profiles.rules import validate_rule
+
+        validate_rule(self)
+
+
+class TagChangeAction(models.TextChoices):
+    ADDED = "added", "Added"
+    REMOVED = "removed", "Removed"
+
+
+class TagChange(models.Model):
+    """A profile gaining or losing a tag: the history behind "became a fan this week"."""
+
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="tag_changes")
+    tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="changes")
+    action = models.CharField(max_length=8, choices=TagChangeAction.choices)
+    source = models.CharField(max_length=16, choices=TagSource.choices, default=TagSource.MANUAL)
+    at = models.DateTimeField(default=now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tag", "at"], name="tagchange_tag_at"),
+            models.Index(fields=["profile", "tag", "at"], name="tagchange_profile_tag_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tag_id} {self.action} {self.profile_id} @ {self.at:%Y-%m-%d %H:%M}"
+
+
+class LookupChannel(models.TextChoices):
+    API = "api", "API"
+    ADMIN = "admin", "Admin page"
+
+
+class LookupRecord(models.Model):
+    """One customer-service lookup: who searched, when, for what, and which profiles they saw."""
+
+    staff = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="profile_lookups"
+    )
+    staff_username = models.CharField(max_length=150, blank=True, default="")
+    at = models.DateTimeField(default=now, db_index=True)
+    query = models.CharField(max_length=200)
+    channel = models.CharField(max_length=8, choices=LookupChannel.choices, default=LookupChannel.API)
+    refused = models.CharField(max_length=200, blank=True, default="", help_text="Why the query was refused")
+    profile_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    user_ids = ArrayField(models.CharField(max_length=128), default=list, blank=True)
+    saw_personal_data = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.staff_username} looked up {self.query!r} @ {self.at:%Y-%m-%d %H:%M}"

@@ -2,13 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
+from django.utils.text import slugify
 
-from profiles.models import Identity, IdentityKind, Profile, ProfileTag, Tag, TagSource
-from profiles.selectors import profile_for_user_id
+from profiles import rules
+from profiles.errors import RuleNotRunnable
+from profiles.models import (
+    Identity,
+    IdentityKind,
+    LookupChannel,
+    LookupRecord,
+    Profile,
+    ProfileMerge,
+    ProfileTag,
+    Tag,
+    TagChange,
+    TagChangeAction,
+    TagRule,
+    TagRuleKind,
+    TagSource,
+)
+from profiles.normalize import KNOWN_TRAITS, normalize_identity
+from profiles.selectors import find_profiles, profile_for_user_id, validate_lookup_query
+
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -24,6 +50,304 @@ def ensure_profile(*, user_id: str) -> Profile:
     return profile_for_user_id(user_id) or profile
 
 
+# --- ingestion ------------------------------------------------------------------------------
+
+_NEW_PROFILES_SQL = """
+INSERT INTO profiles_profile (user_id, name, gender, region, city, timezone, phone, email,
+    push_opt_in, sms_opt_in, email_opt_in, traits, trait_updated_at, created_at, updated_at,
+    first_seen_at, last_seen_at)
+SELECT u, '', '', '', '', '', '', '', false, false, false, '{}', '{}', %(now)s, %(now)s, f, l
+FROM unnest(%(users)s::text[], %(firsts)s::timestamptz[], %(lasts)s::timestamptz[]) AS x(u, f, l)
+ORDER BY u
+ON CONFLICT (user_id) DO NOTHING
+"""
+_USER_IDENTITIES_SQL = """
+INSERT INTO profiles_identity (profile_id, kind, value, created_at)
+SELECT p.id, 'user_id', p.user_id, %(now)s FROM profiles_profile p
+WHERE p.user_id = ANY(%(users)s::text[]) ORDER BY p.user_id
+ON CONFLICT (kind, value) DO NOTHING
+"""
+# The anonymous id of an event that also names its user belongs to that user's (surviving)
+# profile; the first claim wins, later conflicts go through identify, which merges.
+_ANON_IDENTITIES_SQL = """
+INSERT INTO profiles_identity (profile_id, kind, value, created_at)
+SELECT DISTINCT ON (x.a) COALESCE(p.merged_into_id, p.id), 'anonymous_id', x.a, %(now)s
+FROM unnest(%(users)s::text[], %(anons)s::text[]) AS x(u, a)
+JOIN profiles_identity i ON i.kind = 'user_id' AND i.value = x.u
+JOIN profiles_profile p ON p.id = i.profile_id
+ORDER BY x.a, x.u
+ON CONFLICT (kind, value) DO NOTHING
+"""
+# A merge that committed while we inserted may have left an identity on the merged profile:
+# the insert waited for the merge's row lock (foreign key check), so this later statement sees it.
+_REPOINT_SQL = """
+UPDATE profiles_identity i SET profile_id = p.merged_into_id
+FROM profiles_profile p
+WHERE i.profile_id = p.id AND p.merged_into_id IS NOT NULL
+  AND i.kind = 'anonymous_id' AND i.value = ANY(%(anons)s::text[])
+"""
+_SEEN_SQL = """
+WITH seen AS (
+    SELECT COALESCE(p.merged_into_id, p.id) AS profile_id, min(x.f) AS f, max(x.l) AS l
+    FROM unnest(%(kinds)s::text[], %(values)s::text[], %(firsts)s::timestamptz[], %(lasts)s::timestamptz[])
+        AS x(kind, value, f, l)
+    JOIN profiles_identity i ON i.kind = x.kind AND i.value = x.value
+    JOIN profiles_profile p ON p.id = i.profile_id
+    GROUP BY 1
+),
+locked AS (
+    -- Rows locked in id order, so concurrent batches of overlapping people cannot deadlock.
+    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
+    WHERE p.first_seen_at IS NULL OR p.first_seen_at > s.f OR p.last_seen_at IS NULL OR p.last_seen_at < s.l
+    ORDER BY p.id FOR NO KEY UPDATE OF p
+)
+UPDATE profiles_profile p
+SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
+FROM seen s JOIN locked l ON l.id = s.profile_id
+WHERE p.id = s.profile_id
+"""
+
+
+def record_ingested_events(*, events: Sequence[Any]) -> None:
+    """Ingestion listener: profiles for new user ids, anonymous ids tied to the user an event
+    names alongside, first/last seen. Runs inside the ingestion transaction, set-based."""
+    if not events:
+        return
+    now = timezone.now()
+    spans: dict[tuple[str, str], list[datetime]] = {}
+    pairs: dict[str, str] = {}
+    for event in events:
+        if event.user_id:
+            key = (IdentityKind.USER_ID, event.user_id)
+            if event.anonymous_id and event.anonymous_id not in pairs:
+                pairs[event.anonymous_id] = event.user_id
+        elif event.anonymous_id:
+            key = (IdentityKind.ANONYMOUS_ID, event.anonymous_id)
+        else:
+            continue
+        span = spans.setdefault(key, [event.timestamp, event.timestamp])
+        span[0] = min(span[0], event.timestamp)
+        span[1] = max(span[1], event.timestamp)
+    users = sorted(value for kind, value in spans if kind == IdentityKind.USER_ID)
+    with connection.cursor() as cursor:
+        if users:
+            cursor.execute(
+                _NEW_PROFILES_SQL,
+                {
+                    "users": users,
+                    "firsts": [spans[(IdentityKind.USER_ID, u)][0] for u in users],
+                    "lasts": [spans[(IdentityKind.USER_ID, u)][1] for u in users],
+                    "now": now,
+                },
+            )
+            cursor.execute(_USER_IDENTITIES_SQL, {"users": users, "now": now})
+        if pairs:
+            anons = sorted(pairs)
+            params = {"users": [pairs[a] for a in anons], "anons": anons, "now": now}
+            cursor.execute(_ANON_IDENTITIES_SQL, params)
+            cursor.execute(_REPOINT_SQL, {"anons": anons})
+        keys = sorted(spans)
+        cursor.execute(
+            _SEEN_SQL,
+            {
+                "kinds": [k for k, _v in keys],
+                "values": [v for _k, v in keys],
+                "firsts": [spans[k][0] for k in keys],
+                "lasts": [spans[k][1] for k in keys],
+            },
+        )
+
+
+def on_events_ingested(events: Sequence[Any]) -> None:
+    record_ingested_events(events=events)
+
+
+# --- identify and merge ---------------------------------------------------------------------
+
+
+@dataclass
+class IdentifyResult:
+    profile: Profile
+    merged_profiles: int
+    merged_user_ids: list[str] = field(default_factory=list)
+
+
+def _is_deadlock(exc: OperationalError) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) in ("40P01", "40001")
+
+
+def identify(
+    *,
+    user_id: str,
+    anonymous_id: str | None = None,
+    identities: Iterable[tuple[str, str]] = (),
+    traits: dict[str, Any] | None = None,
+    custom_traits: dict[str, Any] | None = None,
+) -> IdentifyResult:
+    """Tie identities to `user_id`'s profile (created if new), merging any profile that held one
+    of them into it, then set the traits (known traits as parsed values, custom ones as JSON).
+
+    Concurrent calls touching the same identities are serialised by transaction-level advisory
+    locks taken in a stable order; a deadlock with the ingestion path is retried."""
+    claimed = {(IdentityKind.USER_ID.value, user_id)}
+    if anonymous_id:
+        claimed.add((IdentityKind.ANONYMOUS_ID.value, anonymous_id))
+    for kind, value in identities:
+        claimed.add((kind, normalize_identity(kind, value)))
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                return _identify(
+                    user_id=user_id, claimed=sorted(claimed), traits=traits or {}, custom=custom_traits or {}
+                )
+        except OperationalError as exc:
+            if not _is_deadlock(exc) or attempt == 2:
+                raise
+            logger.warning("identify of %s retried after a deadlock", user_id)
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _identify(
+    *, user_id: str, claimed: list[tuple[str, str]], traits: dict[str, Any], custom: dict[str, Any]
+) -> IdentifyResult:
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        for kind, value in claimed:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7))", [f"{kind}:{value}"])
+    Profile.objects.bulk_create([Profile(user_id=user_id)], ignore_conflicts=True)
+    own = Profile.objects.only("id").get(user_id=user_id)
+    Identity.objects.bulk_create(
+        [Identity(profile_id=own.id, kind=IdentityKind.USER_ID, value=user_id)], ignore_conflicts=True
+    )
+    merged: list[Profile] = []
+    for _round in range(5):
+        holders = _holders(claimed)
+        target_id = holders[(IdentityKind.USER_ID, user_id)]
+        involved = sorted({target_id, *holders.values()})
+        locked = {p.id: p for p in Profile.objects.select_for_update().filter(id__in=involved).order_by("id")}
+        holders = _holders(claimed)  # re-read under the locks: a concurrent merge may have moved them
+        target_id = holders[(IdentityKind.USER_ID, user_id)]
+        if not set(holders.values()) <= set(locked):
+            continue
+        target = locked[target_id]
+        if target.merged_into_id:  # cannot happen while identities move with merges; be safe
+            target = Profile.objects.select_for_update().get(id=target.merged_into_id)
+        for other_id in sorted(set(holders.values()) - {target.id}):
+            other = locked[other_id]
+            _merge(into=target, other=other, reason=_reason(claimed, holders, other_id), at=now)
+            merged.append(other)
+        missing = [(k, v) for k, v in claimed if (k, v) not in holders]
+        Identity.objects.bulk_create(
+            [Identity(profile_id=target.id, kind=k, value=v, created_at=now) for k, v in missing],
+            ignore_conflicts=True,
+        )
+        if set(_holders(claimed).values()) == {target.id}:
+            break
+    else:
+        raise OperationalError("identify did not settle; retry")
+    _apply_traits(target, traits=traits, custom=custom, at=now)
+    return IdentifyResult(profile=target, merged_profiles=len(merged), merged_user_ids=[p.user_id for p in merged])
+
+
+def _holders(claimed: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    from django.db.models import Q
+
+    query = Q()
+    for kind, value in claimed:
+        query |= Q(kind=kind, value=value)
+    return {(i.kind, i.value): i.profile_id for i in Identity.objects.filter(query).only("kind", "value", "profile")}
+
+
+def _reason(claimed: list[tuple[str, str]], holders: dict[tuple[str, str], int], other_id: int) -> str:
+    shared = [f"{k}" for k, _v in claimed if holders.get((k, _v)) == other_id]
+    return "identify: shared " + ", ".join(sorted(set(shared)))
+
+
+def _trait_value(profile: Profile, name: str) -> Any:
+    return getattr(profile, name) if name in KNOWN_TRAITS else profile.traits.get(name)
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, "", False)
+
+
+def _merge(*, into: Profile, other: Profile, reason: str, at: datetime) -> None:
+    """Fold `other` into `into`: identities move, traits keep the more recent value, tags are
+    united, and `other` keeps its row pointing at `into` so its old user id still leads here."""
+    Identity.objects.filter(profile=other).update(profile=into)
+    fallback_other = (other.last_seen_at or other.updated_at).isoformat()
+    fallback_into = (into.last_seen_at or into.updated_at).isoformat()
+    names = set(KNOWN_TRAITS) | set(into.traits) | set(other.traits)
+    for name in sorted(names):
+        mine, theirs = _trait_value(into, name), _trait_value(other, name)
+        # An unset value only wins when it was set explicitly (an opt-out, a cleared trait).
+        if mine == theirs or (not _is_set(theirs) and name not in other.trait_updated_at):
+            continue
+        mine_at = into.trait_updated_at.get(name, fallback_into if _is_set(mine) else "")
+        theirs_at = other.trait_updated_at.get(name, fallback_other)
+        if name == "signup_at":
+            take = theirs is not None and (mine is None or theirs < mine)  # the earlier signup
+        else:
+            take = not _is_set(mine) or theirs_at > mine_at
+        if take:
+            if name in KNOWN_TRAITS:
+                setattr(into, name, theirs)
+            else:
+                into.traits[name] = theirs
+            into.trait_updated_at[name] = theirs_at
+    firsts = [t for t in (into.first_seen_at, other.first_seen_at) if t]
+    lasts = [t for t in (into.last_seen_at, other.last_seen_at) if t]
+    into.first_seen_at = min(firsts) if firsts else None
+    into.last_seen_at = max(lasts) if lasts else None
+    into.save()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH moved AS (
+                INSERT INTO profiles_profiletag (profile_id, tag_id, score, source, computed_at)
+                SELECT %(into)s, tag_id, score, source, computed_at FROM profiles_profiletag
+                WHERE profile_id = %(other)s
+                ON CONFLICT (profile_id, tag_id) DO NOTHING
+                RETURNING tag_id, source
+            ),
+            dropped AS (
+                DELETE FROM profiles_profiletag WHERE profile_id = %(other)s RETURNING tag_id, source
+            )
+            INSERT INTO profiles_tagchange (profile_id, tag_id, action, source, at)
+            SELECT %(into)s, tag_id, 'added', source, %(at)s FROM moved
+            UNION ALL SELECT %(other)s, tag_id, 'removed', source, %(at)s FROM dropped
+            """,
+            {"into": into.id, "other": other.id, "at": at},
+        )
+    Profile.objects.filter(merged_into=other).update(merged_into=into)
+    other.merged_into = into
+    other.save(update_fields=["merged_into", "updated_at"])
+    ProfileMerge.objects.create(into=into, merged=other, merged_user_id=other.user_id, reason=reason[:300], at=at)
+    from profiles.lookup import notify_merged
+
+    notify_merged(into, other)
+
+
+def _apply_traits(profile: Profile, *, traits: dict[str, Any], custom: dict[str, Any], at: datetime) -> None:
+    if not traits and not custom:
+        return
+    stamp = at.isoformat()
+    for name, value in traits.items():
+        setattr(profile, name, value)
+        profile.trait_updated_at[name] = stamp
+    for name, value in custom.items():
+        if value is None:
+            profile.traits.pop(name, None)
+        else:
+            profile.traits[name] = value
+        profile.trait_updated_at[name] = stamp
+    profile.save()
+
+
+# --- tags -----------------------------------------------------------------------------------
+
+
 @transaction.atomic
 def tag_profiles(
     *,
@@ -33,19 +357,196 @@ def tag_profiles(
     category: str = "",
     score: float | None = None,
 ) -> int:
-    """Give `tag_name` to these profiles (creating the tag if new); returns how many gained it."""
+    """Give `tag_name` to these profiles (creating the tag if new); returns how many gained it.
+    Each gain is recorded as a tag change."""
     tag, _ = Tag.objects.get_or_create(name=tag_name, defaults={"category": category, "source": source})
-    now = timezone.now()
-    rows = [
-        ProfileTag(profile_id=pid, tag=tag, score=score, source=source, computed_at=now) for pid in set(profile_ids)
-    ]
-    before = ProfileTag.objects.filter(tag=tag).count()
-    ProfileTag.objects.bulk_create(rows, ignore_conflicts=True, batch_size=5000)
-    return ProfileTag.objects.filter(tag=tag).count() - before
+    ids = sorted({int(pid) for pid in profile_ids})
+    if not ids:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH added AS (
+                INSERT INTO profiles_profiletag (profile_id, tag_id, score, source, computed_at)
+                SELECT p.id, %(tag)s, %(score)s, %(source)s, %(at)s
+                FROM profiles_profile p WHERE p.id = ANY(%(ids)s::bigint[])
+                ON CONFLICT (profile_id, tag_id) DO NOTHING
+                RETURNING profile_id
+            ),
+            logged AS (
+                INSERT INTO profiles_tagchange (profile_id, tag_id, action, source, at)
+                SELECT profile_id, %(tag)s, 'added', %(source)s, %(at)s FROM added RETURNING 1
+            )
+            SELECT count(*) FROM logged
+            """,
+            {"tag": tag.id, "score": score, "source": source, "at": timezone.now(), "ids": ids},
+        )
+        return cursor.fetchone()[0]
 
 
 @transaction.atomic
 def untag_profiles(*, tag_name: str, profile_ids: Iterable[int]) -> int:
-    """Take `tag_name` away from these profiles; returns how many lost it."""
-    deleted, _ = ProfileTag.objects.filter(tag__name=tag_name, profile_id__in=list(profile_ids)).delete()
-    return deleted
+    """Take `tag_name` away from these profiles; returns how many lost it. Each loss is recorded."""
+    tag = Tag.objects.filter(name=tag_name).first()
+    ids = sorted({int(pid) for pid in profile_ids})
+    if tag is None or not ids:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH removed AS (
+                DELETE FROM profiles_profiletag WHERE tag_id = %(tag)s AND profile_id = ANY(%(ids)s::bigint[])
+                RETURNING profile_id, source
+            ),
+            logged AS (
+                INSERT INTO profiles_tagchange (profile_id, tag_id, action, source, at)
+                SELECT profile_id, %(tag)s, 'removed', source, %(at)s FROM removed RETURNING 1
+            )
+            SELECT count(*) FROM logged
+            """,
+            {"tag": tag.id, "ids": ids, "at": timezone.now()},
+        )
+        return cursor.fetchone()[0]
+
+
+def record_imported_tag(*, profile_tag: ProfileTag, created: bool) -> None:
+    """Log the gain of a tag that a CSV import added row by row."""
+    if created:
+        TagChange.objects.create(
+            profile_id=profile_tag.profile_id,
+            tag_id=profile_tag.tag_id,
+            action=TagChangeAction.ADDED,
+            source=profile_tag.source,
+        )
+
+
+@dataclass(frozen=True)
+class RecomputeResult:
+    rule_id: int
+    added: int
+    removed: int
+    members: int
+    seconds: float
+
+
+@transaction.atomic
+def recompute_tag_rule(*, rule_id: int) -> RecomputeResult:
+    """Recompute the members of the tags of one rule, in one transaction. Concurrent runs of the
+    same rule queue behind the rule's row lock instead of interleaving."""
+    started = time.monotonic()
+    rule = TagRule.objects.select_for_update().get(id=rule_id)
+    try:
+        rule.full_clean(exclude=["name"])
+    except ValidationError as exc:
+        raise RuleNotRunnable(f"Rule '{rule.name}' is not runnable: {exc.messages}") from exc
+    at = timezone.now()
+    recompute = _recompute_rule_tag if rule.kind == TagRuleKind.RULE else _recompute_preference
+    result = recompute(rule, at)
+    seconds = time.monotonic() - started
+    TagRule.objects.filter(id=rule.id).update(
+        last_run_at=at, last_run_members=result.members, last_run_seconds=seconds, last_error=""
+    )
+    return RecomputeResult(
+        rule_id=rule.id, added=result.added, removed=result.removed, members=result.members, seconds=seconds
+    )
+
+
+def _recompute_rule_tag(rule: TagRule, at: datetime) -> rules.SyncResult:
+    tag, _ = Tag.objects.get_or_create(
+        name=rule.tag_name, defaults={"category": rule.tag_category, "source": TagSource.RULE, "rule": rule}
+    )
+    if tag.rule_id != rule.id or tag.source != TagSource.RULE:
+        Tag.objects.filter(id=tag.id).update(rule=rule, source=TagSource.RULE)
+    select, params = rules.compile_rule(rule.conditions, at=at)
+    target = f"SELECT t.profile_id, {int(tag.id)}::bigint, NULL::float8 FROM ({select}) t"
+    owned = list(Tag.objects.filter(rule=rule).values_list("id", flat=True))
+    result = rules.sync_members(target_sql=target, params=params, tag_ids=owned, source=TagSource.RULE, at=at)
+    Tag.objects.filter(id__in=owned).update(computed_at=at)
+    return result
+
+
+def preference_tag_name(prefix: str, category: str) -> str:
+    slug = slugify(f"{prefix}{category}", allow_unicode=True)[:100]
+    return slug or f"{prefix}category"
+
+
+def _recompute_preference(rule: TagRule, at: datetime) -> rules.SyncResult:
+    from datetime import timedelta
+
+    ids, categories, counts = rules.category_counts(
+        event_name=rule.event_name,
+        category_property=rule.category_property,
+        since=at - timedelta(days=rule.window_days),
+    )
+    found = rules.preferences(
+        ids, categories, counts, min_count=rule.min_count, p_value_threshold=rule.p_value_threshold
+    )
+    names = {c: preference_tag_name(rule.tag_prefix, c) for c in {p.category for p in found}}
+    existing = {t.name: t for t in Tag.objects.filter(name__in=names.values())}
+    new_tags = [
+        Tag(
+            name=name,
+            category=rule.tag_category or "preference",
+            source=TagSource.STATISTICAL,
+            rule=rule,
+            description=f"Prefers {category} ({rule.event_name}.{rule.category_property})",
+        )
+        for category, name in names.items()
+        if name not in existing
+    ]
+    Tag.objects.bulk_create(new_tags, ignore_conflicts=True)
+    tag_ids = dict(Tag.objects.filter(name__in=names.values()).values_list("name", "id"))
+    Tag.objects.filter(id__in=tag_ids.values()).exclude(rule=rule).update(rule=rule, source=TagSource.STATISTICAL)
+    best: dict[tuple[int, int], float] = {}
+    for pref in found:
+        key = (pref.profile_id, tag_ids[names[pref.category]])
+        best[key] = max(best.get(key, 0.0), round(pref.effect_size, 6))
+    owned = list(Tag.objects.filter(rule=rule).values_list("id", flat=True))
+    target = "SELECT * FROM unnest(%(pids)s::bigint[], %(tids)s::bigint[], %(scores)s::float8[])"
+    params = {
+        "pids": [k[0] for k in best],
+        "tids": [k[1] for k in best],
+        "scores": list(best.values()),
+    }
+    result = rules.sync_members(target_sql=target, params=params, tag_ids=owned, source=TagSource.STATISTICAL, at=at)
+    Tag.objects.filter(id__in=owned).update(computed_at=at)
+    return result
+
+
+def record_rule_failure(*, rule_id: int, error: str) -> None:
+    TagRule.objects.filter(id=rule_id).update(last_error=error[:2000], last_run_at=timezone.now())
+
+
+# --- customer-service lookup ----------------------------------------------------------------
+
+
+@dataclass
+class LookupOutcome:
+    profiles: list[Profile]
+    record: LookupRecord
+    may_see_personal_data: bool
+
+
+def lookup_profiles(*, staff: Any, query: str, channel: str = LookupChannel.API) -> LookupOutcome:
+    """Find the profiles a caller may be, and record who looked for what and what they saw.
+
+    A refused query is recorded too (then re-raised as a validation error), so probing shows up
+    in the record."""
+    may_see = bool(staff.has_perm("profiles.see_personal_data"))
+    base = {
+        "staff": staff if getattr(staff, "is_authenticated", False) else None,
+        "staff_username": getattr(staff, "username", "") or "",
+        "query": str(query)[:200],
+        "channel": channel,
+        "saw_personal_data": may_see,
+    }
+    try:
+        cleaned = validate_lookup_query(query)
+    except ValidationError as exc:
+        LookupRecord.objects.create(**base, refused="; ".join(exc.messages)[:200])
+        raise
+    profiles = find_profiles(cleaned)
+    record = LookupRecord.objects.create(
+        **base, profile_ids=[p.id for p in profiles], user_ids=[p.user_id for p in profiles]
+    )
+    return LookupOutcome(profiles=profiles, record=record, may_see_personal_data=may_see)

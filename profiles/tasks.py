@@ -1,1 +1,36 @@
-"""profiles.tasks: tasks of the profiles app."""
+"""Celery entry points of the profiles app: thin, idempotent wrappers over services."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from profiles import services
+from profiles.models import TagRule
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True)
+def recompute_tag_rule(rule_id: int) -> dict | None:
+    """Recompute one rule's tag members; a deleted rule is nothing to do. Running it twice gives
+    the same members (the second run records no changes)."""
+    if not TagRule.objects.filter(id=rule_id).exists():
+        return None
+    try:
+        result = services.recompute_tag_rule(rule_id=rule_id)
+    except Exception as exc:
+        services.record_rule_failure(rule_id=rule_id, error=f"{exc.__class__.__name__}: {exc}")
+        raise
+    return {"rule_id": rule_id, "added": result.added, "removed": result.removed, "members": result.members}
+
+
+@shared_task(acks_late=True)
+def recompute_tag_rules() -> list[int]:
+    """Nightly: queue every active rule as its own task, so one slow or failing rule neither holds
+    back nor rolls back the others."""
+    ids = list(TagRule.objects.filter(is_active=True).order_by("id").values_list("id", flat=True))
+    for rule_id in ids:
+        recompute_tag_rule.delay(rule_id)
+    return ids

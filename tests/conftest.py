@@ -21,7 +21,8 @@ from access import services as access_services
 from access.models import Scope
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "test-artifacts"
+
+pytest_plugins = ["tests.browser_fixtures"]
 
 
 @pytest.fixture

@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from tracking.api import EventsView
+
+urlpatterns = [
+    path("events", EventsView.as_view(), name="events"),
+]

@@ -183,6 +183,24 @@ OPSLOOP_SMS_GATEWAY_URL = env("OPSLOOP_SMS_GATEWAY_URL", "")
 OPSLOOP_WEBHOOK_URL = env("OPSLOOP_WEBHOOK_URL", "")
 OPSLOOP_GATEWAY_TOKEN = env("OPSLOOP_GATEWAY_TOKEN", "")
 OPSLOOP_LINK_SIGNING_KEY = env("OPSLOOP_LINK_SIGNING_KEY", SECRET_KEY)
+# How far ahead of the server clock an event's timestamp may be.
+OPSLOOP_EVENTS_MAX_FUTURE_SECONDS = int(env("OPSLOOP_EVENTS_MAX_FUTURE_SECONDS", "600"))
+# Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.
+OPSLOOP_EVENTS_MAX_BODY_BYTES = int(env("OPSLOOP_EVENTS_MAX_BODY_BYTES", str(40 * 1024 * 1024)))
+
+# Customer value: default RFM window of new scoring schemes; memory for the nightly recompute.
+OPSLOOP_RFM_WINDOW_DAYS = int(env("OPSLOOP_RFM_WINDOW_DAYS", "365"))
+OPSLOOP_CRM_RECOMPUTE_WORK_MEM = env("OPSLOOP_CRM_RECOMPUTE_WORK_MEM", "256MB")
+# Delivery: batch size and HTTP threads per task, when a delivery counts as stuck and is re-queued
+# by the sweeper, how many ignored messages make a person fatigued and for how long.
+OPSLOOP_DELIVERY_BATCH_SIZE = int(env("OPSLOOP_DELIVERY_BATCH_SIZE", "200"))
+OPSLOOP_DELIVERY_THREADS = int(env("OPSLOOP_DELIVERY_THREADS", "8"))
+OPSLOOP_DELIVERY_STALE_SECONDS = int(env("OPSLOOP_DELIVERY_STALE_SECONDS", "300"))
+OPSLOOP_DELIVERY_REQUEUE_AFTER_SECONDS = int(env("OPSLOOP_DELIVERY_REQUEUE_AFTER_SECONDS", "900"))
+OPSLOOP_SWEEP_LIMIT = int(env("OPSLOOP_SWEEP_LIMIT", "500000"))
+OPSLOOP_FATIGUE_AFTER_IGNORED = int(env("OPSLOOP_FATIGUE_AFTER_IGNORED", "3"))
+OPSLOOP_FATIGUE_COOLDOWN_DAYS = int(env("OPSLOOP_FATIGUE_COOLDOWN_DAYS", "7"))
+OPSLOOP_DEFAULT_USER_TIMEZONE = env("OPSLOOP_DEFAULT_USER_TIMEZONE", "UTC")
 
 EMAIL_BACKEND = env("OPSLOOP_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env("OPSLOOP_EMAIL_HOST", "localhost")

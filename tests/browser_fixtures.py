@@ -1,19 +1,17 @@
-"""A real headless Chromium (the system's, driven by Playwright) against Django's live server.
-A failing test leaves a screenshot and the page's HTML in test-artifacts/."""
+"""Browser fixtures for every app's tests: a real headless Chromium (the system's, driven by
+Playwright) against Django's live server. A failing test leaves a screenshot and the page's HTML
+in test-artifacts/. Loaded by tests/conftest.py as a plugin, so one browser serves the session."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ARTIFACTS
-
-# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make around it
-# are ordinary synchronous code, which Django would otherwise refuse next to a running loop.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -46,10 +44,20 @@ def pytest_runtest_makereport(item, call):
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
+    # Playwright's sync API keeps an event loop running in this thread; the ORM calls the tests
+    # make around it are ordinary synchronous code, which Django would otherwise refuse.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture

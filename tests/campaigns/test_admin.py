@@ -1,0 +1,110 @@
+"""The operators' admin: pages render, actions run through the services and are audited, the
+test message reaches the gateway."""
+
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from access.models import AuditEntry
+from campaigns import services
+from campaigns.models import Campaign, CampaignStatus, ChannelKind
+from tests.campaigns.receiver import Receiver
+from tests.factories.campaigns import CampaignFactory, ChannelFactory, make_profiles
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator(client, make_staff):
+    client.force_login(make_staff(superuser=True))
+    return client
+
+
+def test_campaign_pages_show_preview_counters_results_chart_and_history(operator):
+    make_profiles(20)
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING)
+    services.start_send(campaign_id=campaign.pk)
+    change = operator.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
+    assert change.status_code == 200
+    assert b"20</strong> people now" in change.content and b"live-counters" in change.content
+    results = operator.get(reverse("admin:campaigns_campaign_results", args=[campaign.pk]))
+    assert results.status_code == 200
+    assert b"opsloop/vendor/chart.umd.min.js" in results.content and b"holdout" in results.content
+    counters = operator.get(reverse("admin:campaigns_campaign_counters", args=[campaign.pk])).json()
+    assert counters["assigned"] == 20 and counters["pending"] == 18
+    assert operator.get(reverse("admin:campaigns_campaign_history", args=[campaign.pk])).status_code == 200
+    for name in ("changelist",):
+        assert operator.get(reverse(f"admin:campaigns_campaign_{name}")).status_code == 200
+    assert operator.get(reverse("admin:campaigns_delivery_changelist")).status_code == 200
+    assert operator.get(reverse("admin:campaigns_segment_change", args=[campaign.segment.pk])).status_code == 200
+
+
+def test_launch_and_pause_actions_are_audited(operator):
+    ChannelFactory(kind=ChannelKind.PUSH, url="http://127.0.0.1:9/never")
+    campaign = CampaignFactory(schedule_kind="cron", cron="0 9 * * *")
+    url = reverse("admin:campaigns_campaign_changelist")
+    operator.post(url, {"action": "launch", "_selected_action": [campaign.pk]})
+    assert Campaign.objects.get(pk=campaign.pk).status == "running"
+    operator.post(url, {"action": "pause", "_selected_action": [campaign.pk]})
+    assert Campaign.objects.get(pk=campaign.pk).status == "paused"
+    actions = set(AuditEntry.objects.filter(object_id=str(campaign.pk)).values_list("action", flat=True))
+    assert {"campaigns.launch", "campaigns.pause"} <= actions
+
+
+def test_test_message_reaches_the_staff_device(operator):
+    make_profiles(1, prefix="staff")
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = CampaignFactory(holdout_percent=Decimal(0))
+        variant = campaign.variants.get(name="B")
+        response = operator.post(
+            reverse("admin:campaigns_campaign_test_message", args=[campaign.pk]),
+            {"variant": variant.pk, "user_id": "staff00000"},
+        )
+    assert response.status_code == 302
+    assert len(gateway.requests) == 1
+    assert gateway.requests[0]["title"].startswith("[TEST]") and gateway.requests[0]["user_id"] == "staff00000"
+    assert AuditEntry.objects.filter(action="campaigns.send_test_message").exists()
+
+
+def test_admin_refuses_a_campaign_with_an_invalid_cron(operator):
+    from tests.factories.campaigns import SegmentFactory
+
+    segment = SegmentFactory()
+    data = {
+        "name": "Weekly",
+        "segment": segment.pk,
+        "channel": "push",
+        "goal_event": "order_paid",
+        "attribution_hours": 72,
+        "holdout_percent": "10",
+        "pilot_percent": "0",
+        "alpha": "0.05",
+        "min_sample": 100,
+        "schedule_kind": "cron",
+        "cron": "99 * * * *",
+        "delay_minutes": 0,
+        "frequency_cap_per_day": 1,
+        "respect_quiet_hours": "on",
+        "quiet_start_hour": 21,
+        "quiet_end_hour": 8,
+        "variants-TOTAL_FORMS": 1,
+        "variants-INITIAL_FORMS": 0,
+        "variants-MIN_NUM_FORMS": 1,
+        "variants-MAX_NUM_FORMS": 1000,
+        "variants-0-position": 0,
+        "variants-0-name": "A",
+        "variants-0-weight": 50,
+        "variants-0-title": "Hi",
+        "variants-0-body": "Hello",
+    }
+    response = operator.post(reverse("admin:campaigns_campaign_add"), data)
+    assert response.status_code == 200
+    assert b"Invalid cron expression" in response.content
+    assert not Campaign.objects.filter(name="Weekly").exists()
+    data["cron"] = "0 9 * * 1"
+    assert operator.post(reverse("admin:campaigns_campaign_add"), data).status_code == 302
+    campaign = Campaign.objects.get(name="Weekly")
+    assert campaign.variants.get().name == "A"
+    assert AuditEntry.objects.filter(action="campaigns.create_campaign", object_id=str(campaign.pk)).exists()
