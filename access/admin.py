@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 
 from access import services
 from access.models import ApiKey, AuditEntry, Scope
+from access.readonly import ReadOnlyAdmin
 
 
 class ApiKeyCreationForm(forms.ModelForm):
@@ -58,7 +59,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     list_display = ["at", "actor", "api_key", "action", "object_type", "object_id"]
     list_filter = ["action", "object_type"]
     search_fields = ["object_id", "actor__username", "action"]
@@ -66,12 +67,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def has_view_permission(self, request, obj=None) -> bool:
         return request.user.is_superuser or super().has_view_permission(request, obj)
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

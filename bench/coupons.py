@@ -34,10 +34,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchdb import bench_database_url, ensure_database  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,25 +50,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn process")
     parser.add_argument("--port", type=int, default=8104)
     return parser.parse_args()
-
-
-def bench_database_url() -> str:
-    base = os.environ.get("DATABASE_URL", "postgres://opsloop@127.0.0.1:54329/opsloop")
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") or "opsloop"
-    if not name.endswith("_bench"):
-        name = f"{name}_bench"
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def percentile(values: list[float], q: float) -> float:

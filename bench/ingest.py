@@ -34,10 +34,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchdb import bench_database_url, ensure_database  # noqa: E402
 
 NAMES = [  # name, kind, weight
     ("app_open", "behavior", 30),
@@ -66,26 +67,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="run (a) and (c) N times, interleaved; report the best")
     parser.add_argument("--seed", type=int, default=7)
     return parser.parse_args()
-
-
-def bench_database_url() -> str:
-    base = os.environ.get("DATABASE_URL", "postgres://opsloop@127.0.0.1:54329/opsloop")
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") or "opsloop"
-    if not name.endswith("_bench"):
-        name = f"{name}_bench"
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def generate(count: int, seed: int) -> list[dict]:

@@ -32,10 +32,11 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchdb import bench_database_url, ensure_database  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,26 +48,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--regenerate", action="store_true", help="drop and generate the data again")
     parser.add_argument("--seed", type=float, default=0.42, help="setseed() for the generator, in [-1, 1]")
     return parser.parse_args()
-
-
-def bench_database_url() -> str:
-    base = os.environ.get("DATABASE_URL", "postgres://opsloop@127.0.0.1:54329/opsloop")
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") or "opsloop"
-    if not name.endswith("_rfmbench"):
-        name = f"{name}_rfmbench"
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def model_defaults(model, generated: set[str]) -> tuple[str, str, list]:
@@ -227,7 +208,7 @@ def main() -> None:
     args = parse_args()
     customers = int(args.customers * args.scale)
     orders = int(args.orders * args.scale)
-    url = bench_database_url()
+    url = bench_database_url("_rfmbench")
     ensure_database(url)
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.development")

@@ -33,10 +33,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchdb import bench_database_url, ensure_database  # noqa: E402
 
 CATEGORIES = ["technology", "sports", "finance", "culture", "travel", "food", "health", "auto"]
 CITIES = ["Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Hangzhou", "Chengdu", "Wuhan", "Xi'an"]
@@ -54,28 +55,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=float, default=0.42, help="setseed() for the generator, in [-1, 1]")
     return parser.parse_args()
-
-
-def bench_database_url() -> str:
-    base = os.environ.get("DATABASE_URL", "postgres://opsloop@127.0.0.1:54329/opsloop")
-    parts = urlsplit(base)
-    name = parts.path.lstrip("/") or "opsloop"
-    if not name.endswith("_tagbench"):
-        name = f"{name}_tagbench"
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def ensure_database(url: str, *, fresh: bool = False) -> None:
-    import psycopg
-
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/")
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        if fresh:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def event_defaults() -> tuple[list[str], list[str], list]:
@@ -246,7 +225,7 @@ def main() -> None:
     args = parse_args()
     profiles = max(int(args.profiles * args.scale), 100)
     events = max(int(args.events * args.scale), 1000)
-    db_url = bench_database_url()
+    db_url = bench_database_url("_tagbench")
     ensure_database(db_url, fresh=args.fresh_db)
     os.environ["DATABASE_URL"] = db_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.development")

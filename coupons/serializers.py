@@ -13,7 +13,7 @@ from rest_framework import serializers
 from coupons import codes
 from coupons.models import MAX_VALID_DAYS, CodeBatch, Coupon, CouponRule, IssuanceJob, Redemption, RuleKind, RuleState
 from coupons.selectors import PROFILE_STATUSES, shown_status
-from coupons.services import MAX_ORDER_AMOUNT
+from coupons.services import MAX_ORDER_AMOUNT, RULE_FIELDS
 
 MAX_MONEY = Decimal("100000000.00")
 MIN_YEAR, MAX_YEAR = 2000, 2200
@@ -112,31 +112,7 @@ class CouponRuleOutput(serializers.ModelSerializer):
 
     class Meta:
         model = CouponRule
-        fields = [
-            "id",
-            "name",
-            "description",
-            "kind",
-            "value",
-            "min_spend",
-            "max_discount",
-            "valid_from",
-            "valid_until",
-            "valid_days",
-            "total_quantity",
-            "budget",
-            "per_user_limit",
-            "eligible_tiers",
-            "eligible_tags",
-            "first_order_only",
-            "state",
-            "issued_count",
-            "redeemed_count",
-            "committed",
-            "spent",
-            "remaining",
-            "created_at",
-        ]
+        fields = ["id", *RULE_FIELDS, "issued_count", "redeemed_count", "committed", "spent", "remaining", "created_at"]
         read_only_fields = fields
 
 

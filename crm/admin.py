@@ -16,6 +16,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from access.readonly import ReadOnlyAdmin
 from access.services import record_audit
 from config.errors import DomainError
 from crm import selectors, services
@@ -441,7 +442,7 @@ class ToValueFilter(FromValueFilter):
 
 
 @admin.register(ValueChange)
-class ValueChangeAdmin(admin.ModelAdmin):
+class ValueChangeAdmin(ReadOnlyAdmin):
     """Operators count "moved from core to ordinary this month" here: what = tier, from = core,
     to = ordinary, date "this month"; the count shows above the list."""
 
@@ -451,15 +452,6 @@ class ValueChangeAdmin(admin.ModelAdmin):
     search_fields = ["profile__user_id"]
     list_select_related = ["profile"]
     ordering = ["-at", "-id"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="profile", ordering="profile__user_id")
     def profile_link(self, obj: ValueChange) -> HttpResponse:

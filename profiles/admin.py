@@ -17,6 +17,7 @@ from django.utils.safestring import mark_safe
 from import_export import fields, resources, widgets
 from import_export.admin import ImportExportModelAdmin
 
+from access.readonly import ReadOnlyAdmin
 from access.services import record_audit
 from profiles import selectors, services
 from profiles.models import (
@@ -315,20 +316,11 @@ class IdentityAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProfileMerge)
-class ProfileMergeAdmin(admin.ModelAdmin):
+class ProfileMergeAdmin(ReadOnlyAdmin):
     list_display = ["merged_user_id", "into", "reason", "at"]
     search_fields = ["=merged_user_id", "=into__user_id"]
     date_hierarchy = "at"
     raw_id_fields = ["into", "merged"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 # --- tags -----------------------------------------------------------------------------------
@@ -559,7 +551,7 @@ class ProfileTagAdmin(ImportExportModelAdmin):
 
 
 @admin.register(TagChange)
-class TagChangeAdmin(admin.ModelAdmin):
+class TagChangeAdmin(ReadOnlyAdmin):
     list_display = ["at", "tag", "action", "profile", "source"]
     list_filter = ["action", "source", "tag"]
     search_fields = ["=profile__user_id", "=tag__name"]
@@ -567,18 +559,9 @@ class TagChangeAdmin(admin.ModelAdmin):
     list_select_related = ["tag", "profile"]
     show_full_result_count = False
 
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
 
 @admin.register(LookupRecord)
-class LookupRecordAdmin(admin.ModelAdmin):
+class LookupRecordAdmin(ReadOnlyAdmin):
     """Who looked up whom: visible to superusers only, and nobody may change or delete it."""
 
     list_display = ["at", "staff_username", "query", "channel", "user_ids", "saw_personal_data", "refused"]
@@ -591,12 +574,3 @@ class LookupRecordAdmin(admin.ModelAdmin):
 
     def has_view_permission(self, request, obj=None) -> bool:
         return request.user.is_active and request.user.is_superuser
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from access.readonly import ReadOnlyAdmin
 from tracking import selectors
 from tracking.models import Event
 
@@ -61,7 +62,7 @@ def _pretty_json(value) -> str:
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(ReadOnlyAdmin):
     change_list_template = "admin/tracking/event/change_list.html"
     list_display = ("timestamp", "name", "kind", "user_id", "anonymous_id", "utm_source", "path", "received_at")
     list_filter = (NameFilter, "kind", UtmSourceFilter)
@@ -90,16 +91,6 @@ class EventAdmin(admin.ModelAdmin):
         ),
     )
     readonly_fields = ("properties_json", "context_extra_json")
-
-    # Events are facts: nobody adds, edits or deletes them by hand.
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="properties")
     def properties_json(self, obj: Event) -> str:
