@@ -73,6 +73,8 @@ def touch_api_key(*, api_key: ApiKey, min_interval_seconds: int = 60) -> None:
     """Record the key's use; at most once a minute, so hot keys do not write on every request."""
     now = timezone.now()
     threshold = now - timezone.timedelta(seconds=min_interval_seconds)
+    if api_key.last_used_at is not None and api_key.last_used_at >= threshold:
+        return  # the row just read says it is fresh: no round trip on the hot path
     ApiKey.objects.filter(pk=api_key.pk).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=threshold)).update(
         last_used_at=now
     )

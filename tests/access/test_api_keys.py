@@ -78,3 +78,10 @@ def test_key_digest_lookup_rejects_a_key_with_the_right_prefix_but_wrong_secret(
     forged = APIClient()
     forged.credentials(HTTP_AUTHORIZATION=f"Api-Key olk_{client.api_key.prefix}_not-the-secret")
     assert forged.get("/api/v1/auth/whoami").status_code == 401
+
+
+def test_a_recently_used_key_costs_no_write(make_api_client, django_assert_num_queries):
+    client = make_api_client("manage")
+    client.get("/api/v1/auth/whoami")  # first use records the time
+    with django_assert_num_queries(1):  # the key lookup only
+        assert client.get("/api/v1/auth/whoami").status_code == 200
