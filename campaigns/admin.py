@@ -177,6 +177,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "rolled_out_at",
         "completed_at",
         "periodic_task",
+        "trigger_tag_cursor",
         "live_counters",
         "audience_preview",
         "links",
@@ -192,6 +193,7 @@ class CampaignAdmin(admin.ModelAdmin):
                     "send_at",
                     "cron",
                     "trigger_event",
+                    "trigger_tag",
                     "delay_minutes",
                     "frequency_cap_per_day",
                     "respect_quiet_hours",
@@ -216,6 +218,7 @@ class CampaignAdmin(admin.ModelAdmin):
                     "rolled_out_at",
                     "completed_at",
                     "periodic_task",
+                    "trigger_tag_cursor",
                 ]
             },
         ),

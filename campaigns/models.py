@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
@@ -98,7 +99,11 @@ class ScheduleKind(models.TextChoices):
     NOW = "now", "At launch"
     AT = "at", "At a time"
     CRON = "cron", "Recurring (cron)"
-    TRIGGER = "trigger", "Triggered by an event"
+    TRIGGER = "trigger", "Triggered by an event or a tag gain"
+
+
+# A tag a campaign can be triggered by: a tag slug, short enough that `tag:<name>` fits a phase.
+TRIGGER_TAG_PATTERN = r"^[-a-zA-Z0-9_]{1,64}$"
 
 
 class Campaign(models.Model):
@@ -124,6 +129,16 @@ class Campaign(models.Model):
     send_at = models.DateTimeField(null=True, blank=True)
     cron = models.CharField(max_length=100, blank=True, default="")
     trigger_event = models.CharField(max_length=64, blank=True, default="")
+    trigger_tag = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        validators=[RegexValidator(TRIGGER_TAG_PATTERN, "A tag name: 1-64 chars of a-z A-Z 0-9 _ -")],
+        help_text="Triggered: send when a member gains this tag (instead of an event)",
+    )
+    trigger_tag_cursor = models.BigIntegerField(
+        default=0, editable=False, help_text="The last tag change (profiles_tagchange id) already processed"
+    )
     delay_minutes = models.PositiveIntegerField(default=0)
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -175,8 +190,11 @@ class Campaign(models.Model):
                 crontab(*parts)
             except (ValueError, KeyError, TypeError) as exc:
                 problems["cron"] = f"Invalid cron expression: {exc}"
-        if self.schedule_kind == ScheduleKind.TRIGGER and not self.trigger_event:
-            problems["trigger_event"] = "A triggered campaign needs the event name."
+        if self.schedule_kind == ScheduleKind.TRIGGER:
+            if not self.trigger_event and not self.trigger_tag:
+                problems["trigger_event"] = "A triggered campaign needs the event name or the tag name."
+            elif self.trigger_event and self.trigger_tag:
+                problems["trigger_tag"] = "Give the event name or the tag name, not both."
         if self.pilot_percent and self.schedule_kind in (ScheduleKind.CRON, ScheduleKind.TRIGGER):
             problems["pilot_percent"] = "A pilot applies to one-off sends only."
         if problems:
@@ -259,7 +277,7 @@ class Delivery(models.Model):
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
     user_id = models.CharField(max_length=128)
     channel = models.CharField(max_length=16, choices=ChannelKind.choices)
-    phase = models.CharField(max_length=80, help_text="pilot, rollout, full, run:<time> or trigger:<event>")
+    phase = models.CharField(max_length=80, help_text="pilot, rollout, full, run:<time>, trigger:<event> or tag:<tag>")
     idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Quiet hours, a delay or a retry")

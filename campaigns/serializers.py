@@ -7,13 +7,16 @@ import re
 from decimal import Decimal
 
 from celery.schedules import crontab
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from campaigns import services
-from campaigns.models import Campaign, ChannelKind, Segment, Variant
+from campaigns.models import TRIGGER_TAG_PATTERN, Campaign, ChannelKind, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
 
 EVENT_NAME = re.compile(r"^[a-z0-9_.:\-]{1,64}$")
+TAG_NAME = re.compile(TRIGGER_TAG_PATTERN)
+SCHEDULE_KINDS = ("at", "cron", "trigger_event", "trigger_tag")
 
 
 class AwareDateTimeField(serializers.DateTimeField):
@@ -85,12 +88,21 @@ class ScheduleInput(serializers.Serializer):
     at = AwareDateTimeField(required=False)
     cron = serializers.CharField(required=False, max_length=100)
     trigger_event = serializers.CharField(required=False, max_length=64)
+    trigger_tag = serializers.RegexField(
+        TAG_NAME,
+        required=False,
+        max_length=64,
+        help_text="Send when a member gains this tag (after delay_minutes)",
+        error_messages={"invalid": "A tag name: 1-64 chars of a-z A-Z 0-9 _ -"},
+    )
     delay_minutes = serializers.IntegerField(required=False, min_value=0, max_value=60 * 24 * 30, default=0)
 
     def validate(self, attrs):
-        kinds = [k for k in ("at", "cron", "trigger_event") if k in attrs]
+        kinds = [k for k in SCHEDULE_KINDS if k in attrs]
         if len(kinds) > 1:
-            raise serializers.ValidationError("Give at most one of at, cron or trigger_event (none: at launch).")
+            raise serializers.ValidationError(
+                "Give at most one of at, cron, trigger_event or trigger_tag (none: at launch)."
+            )
         if "cron" in attrs:
             parts = attrs["cron"].split()
             if len(parts) != 5:
@@ -148,10 +160,10 @@ class CampaignInput(serializers.Serializer):
         schedule = attrs.get("schedule") or {}
         raw = self.initial_data.get("schedule") if isinstance(self.initial_data, dict) else None
         if isinstance(raw, dict):
-            unknown = sorted(set(raw) - {"at", "cron", "trigger_event", "delay_minutes"})
+            unknown = sorted(set(raw) - {*SCHEDULE_KINDS, "delay_minutes"})
             if unknown:
                 raise serializers.ValidationError({"schedule": [f"Unknown field(s): {', '.join(unknown)}."]})
-        if attrs["pilot_percent"] > 0 and ("cron" in schedule or "trigger_event" in schedule):
+        if attrs["pilot_percent"] > 0 and ({"cron", "trigger_event", "trigger_tag"} & set(schedule)):
             raise serializers.ValidationError(
                 {"pilot_percent": ["A pilot applies to one-off sends, not to recurring or triggered ones."]}
             )
@@ -164,6 +176,16 @@ class VariantOutput(serializers.ModelSerializer):
     class Meta:
         model = Variant
         fields = ["id", "name", "weight", "title", "body", "url", "coupon_rule"]
+
+
+class ScheduleOutput(serializers.Serializer):
+    """One of: {} (at launch), at, cron, or a trigger (event or tag) with its delay."""
+
+    at = serializers.DateTimeField(required=False, allow_null=True)
+    cron = serializers.CharField(required=False)
+    trigger_event = serializers.CharField(required=False)
+    trigger_tag = serializers.CharField(required=False)
+    delay_minutes = serializers.IntegerField(required=False)
 
 
 class CountersOutput(serializers.Serializer):
@@ -217,11 +239,14 @@ class CampaignOutput(serializers.ModelSerializer):
             "created_at",
         ]
 
+    @extend_schema_field(ScheduleOutput)
     def get_schedule(self, obj) -> dict:
         if obj.schedule_kind == "at":
             return {"at": obj.send_at.isoformat() if obj.send_at else None}
         if obj.schedule_kind == "cron":
             return {"cron": obj.cron}
+        if obj.schedule_kind == "trigger" and obj.trigger_tag:
+            return {"trigger_tag": obj.trigger_tag, "delay_minutes": obj.delay_minutes}
         if obj.schedule_kind == "trigger":
             return {"trigger_event": obj.trigger_event, "delay_minutes": obj.delay_minutes}
         return {}

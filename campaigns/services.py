@@ -23,7 +23,7 @@ from typing import Any
 import requests
 from django.apps import apps
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -44,7 +44,7 @@ from campaigns.models import (
 )
 from campaigns.segments import audience_sql, compile_definition
 from config.errors import DomainError
-from profiles.models import Profile
+from profiles.models import Profile, TagChange, TagChangeAction
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def create_campaign(
         kind = ScheduleKind.AT
     elif "cron" in schedule:
         kind = ScheduleKind.CRON
-    elif "trigger_event" in schedule:
+    elif "trigger_event" in schedule or "trigger_tag" in schedule:
         kind = ScheduleKind.TRIGGER
     campaign = Campaign.objects.create(
         name=name,
@@ -129,6 +129,7 @@ def create_campaign(
         send_at=schedule.get("at"),
         cron=schedule.get("cron", ""),
         trigger_event=schedule.get("trigger_event", ""),
+        trigger_tag=schedule.get("trigger_tag", ""),
         delay_minutes=schedule.get("delay_minutes", 0) or 0,
         frequency_cap_per_day=frequency_cap_per_day,
         respect_quiet_hours=respect_quiet_hours,
@@ -193,6 +194,9 @@ def launch_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     elif campaign.schedule_kind == ScheduleKind.TRIGGER:
         campaign.status = CampaignStatus.RUNNING
         campaign.phase = CampaignPhase.TRIGGERED
+        if campaign.trigger_tag:
+            # Only gains after the launch count.
+            campaign.trigger_tag_cursor = _tag_change_horizon(wait=False)
     else:
         campaign.status = CampaignStatus.RUNNING
         _queue_start(campaign.pk)
@@ -521,6 +525,45 @@ def on_events_ingested(events: Sequence[Any]) -> None:
     transaction.on_commit(lambda: tasks.start_triggered.delay(items))
 
 
+def create_triggered_deliveries(*, campaign: Campaign, rows: Sequence[tuple[int, str, dt.datetime]]) -> int:
+    """The deliveries of a triggered campaign for `(profile_id, phase, not_before)` rows: the
+    people are assigned by hash first (holdout included), then members of the segment outside the
+    holdout get one delivery per row's phase (a skipped one without consent), and due ones are
+    queued. The unique (campaign, profile, phase) makes a repeated call harmless. Returns how many
+    deliveries were created."""
+    pids = sorted({r[0] for r in rows})
+    if not pids:
+        return 0
+    snapshot_audience(campaign=campaign, mode="hash", only_profile_ids=pids)
+    aud, aud_params = audience_sql(campaign.segment.definition)
+    consent = _CONSENT[campaign.channel]
+    sql = (
+        "INSERT INTO campaigns_delivery (campaign_id, variant_id, profile_id, user_id, channel, phase,"
+        " idempotency_key, status, not_before, attempts, reason, coupon_code, created_at)"
+        " SELECT a.campaign_id, a.variant_id, a.profile_id, a.user_id, %s, t.phase, gen_random_uuid(),"
+        f" CASE WHEN {consent} THEN 'pending' ELSE 'skipped' END, t.not_before, 0,"
+        f" CASE WHEN {consent} THEN '' ELSE 'NO_CONSENT' END, '', now()"
+        " FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS t(profile_id, phase, not_before)"
+        " JOIN campaigns_assignment a ON a.campaign_id = %s AND a.profile_id = t.profile_id"
+        " JOIN profiles_profile p ON p.id = a.profile_id"
+        f" WHERE a.role <> 'holdout' AND a.profile_id IN (SELECT profile_id FROM ({aud}) aud)"
+        " ON CONFLICT (campaign_id, profile_id, phase) DO NOTHING"
+    )
+    params = [
+        campaign.channel,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        campaign.pk,
+        *aud_params,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        created = cursor.rowcount
+    queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
+    return created
+
+
 @transaction.atomic
 def handle_triggers(*, items: Sequence[Sequence[Any]]) -> int:
     """Create the delayed deliveries of triggered campaigns for `[campaign_id, user_id, event_id,
@@ -538,38 +581,92 @@ def handle_triggers(*, items: Sequence[Sequence[Any]]) -> int:
                 identities__kind="user_id", identities__value__in={t[0] for t in triggers}
             ).values_list("identities__value", "id")
         )
-        pids = list(set(profile_of.values()))
-        if not pids:
+        if not profile_of:
             continue
-        snapshot_audience(campaign=campaign, mode="hash", only_profile_ids=pids)
-        aud, aud_params = audience_sql(campaign.segment.definition)
         delay = dt.timedelta(minutes=campaign.delay_minutes)
         rows = [(profile_of[u], f"trigger:{eid}", ts + delay) for u, eid, ts in triggers if u in profile_of]
-        consent = _CONSENT[campaign.channel]
-        sql = (
-            "INSERT INTO campaigns_delivery (campaign_id, variant_id, profile_id, user_id, channel, phase,"
-            " idempotency_key, status, not_before, attempts, reason, coupon_code, created_at)"
-            " SELECT a.campaign_id, a.variant_id, a.profile_id, a.user_id, %s, t.phase, gen_random_uuid(),"
-            f" CASE WHEN {consent} THEN 'pending' ELSE 'skipped' END, t.not_before, 0,"
-            f" CASE WHEN {consent} THEN '' ELSE 'NO_CONSENT' END, '', now()"
-            " FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[]) AS t(profile_id, phase, not_before)"
-            " JOIN campaigns_assignment a ON a.campaign_id = %s AND a.profile_id = t.profile_id"
-            " JOIN profiles_profile p ON p.id = a.profile_id"
-            f" WHERE a.role <> 'holdout' AND a.profile_id IN (SELECT profile_id FROM ({aud}) aud)"
-            " ON CONFLICT (campaign_id, profile_id, phase) DO NOTHING"
+        created += create_triggered_deliveries(campaign=campaign, rows=rows)
+    return created
+
+
+def _tag_change_horizon(*, wait: bool = True) -> int | None:
+    """The highest tag change id such that no row with a lower or equal id can still appear.
+
+    Ids come from a sequence when a row is inserted, but rows become visible when their
+    transaction commits, so a long rule recompute may commit ids below ones already seen. With
+    `wait`, a brief SHARE lock on the table waits for the transactions writing to it to finish
+    (at most OPSLOOP_TAG_TRIGGER_LOCK_TIMEOUT_MS; None when they take longer, try again later);
+    after that every id up to the max is settled. Without it (at launch) the max seen is enough."""
+    if not wait:
+        return TagChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    timeout_ms = int(_setting("OPSLOOP_TAG_TRIGGER_LOCK_TIMEOUT_MS", 2000))
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
+            cursor.execute(f"LOCK TABLE {TagChange._meta.db_table} IN SHARE MODE")
+            cursor.execute(f"SELECT COALESCE(max(id), 0) FROM {TagChange._meta.db_table}")
+            return cursor.fetchone()[0]
+    except OperationalError:
+        logger.info("Tag changes are being written; tag triggers wait for the next sweep.")
+        return None
+
+
+def trigger_on_tag_gains() -> int:
+    """Sweeper step for campaigns triggered by a tag: every 'added' tag change recorded since a
+    running campaign's cursor starts the triggered send for that person (as an event trigger does:
+    segment members only, holdout left out, consent, after the delay). One delivery per person and
+    campaign (phase `tag:<name>`), so regaining the tag later sends nothing more. Returns how many
+    deliveries were created."""
+    running = Campaign.objects.filter(status=CampaignStatus.RUNNING, schedule_kind=ScheduleKind.TRIGGER).exclude(
+        trigger_tag=""
+    )
+    if not running.exists():
+        return 0
+    horizon = _tag_change_horizon()
+    if horizon is None:
+        return 0
+    created = 0
+    for campaign_id in running.filter(trigger_tag_cursor__lt=horizon).values_list("pk", flat=True):
+        try:
+            created += _trigger_campaign_on_tag_gains(campaign_id=campaign_id, horizon=horizon)
+        except Exception:
+            logger.exception("Tag trigger of campaign %s failed; retried at the next sweep.", campaign_id)
+    return created
+
+
+@transaction.atomic
+def _trigger_campaign_on_tag_gains(*, campaign_id: int, horizon: int) -> int:
+    """One campaign's new tag gains, up to `horizon`, in one transaction with its cursor: a crash
+    before the commit leaves both undone, and the unique (campaign, profile, phase) guards the rest."""
+    campaign = (
+        Campaign.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("segment")
+        .filter(pk=campaign_id, status=CampaignStatus.RUNNING, schedule_kind=ScheduleKind.TRIGGER)
+        .first()
+    )
+    if campaign is None or not campaign.trigger_tag or campaign.trigger_tag_cursor >= horizon:
+        return 0
+    limit = int(_setting("OPSLOOP_TAG_TRIGGER_BATCH", 50_000))
+    gains = list(
+        TagChange.objects.filter(
+            tag__name=campaign.trigger_tag,
+            action=TagChangeAction.ADDED,
+            id__gt=campaign.trigger_tag_cursor,
+            id__lte=horizon,
         )
-        params = [
-            campaign.channel,
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-            campaign.pk,
-            *aud_params,
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            created += cursor.rowcount
-        queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
+        .order_by("id")
+        .values_list("id", "profile_id", "at")[:limit]
+    )
+    cursor = gains[-1][0] if len(gains) == limit else horizon
+    first_gain: dict[int, dt.datetime] = {}
+    for _, profile_id, at in gains:
+        first_gain.setdefault(profile_id, at)
+    delay = dt.timedelta(minutes=campaign.delay_minutes)
+    phase = f"tag:{campaign.trigger_tag}"
+    created = create_triggered_deliveries(
+        campaign=campaign, rows=[(pid, phase, at + delay) for pid, at in first_gain.items()]
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(trigger_tag_cursor=cursor)
     return created
 
 
@@ -928,13 +1025,14 @@ def record_open(*, delivery_id: int) -> None:
 
 
 def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelta | None = None) -> dict[str, int]:
-    """Periodic housekeeping (beat, every minute): start scheduled one-offs that are due, put
-    deliveries stuck in `sending` (a killed worker) back to pending, queue due pending ones,
-    end pilots and complete campaigns. Every step is idempotent."""
+    """Periodic housekeeping (beat, every minute): start scheduled one-offs that are due, start
+    the triggered sends of tags gained since the last sweep, put deliveries stuck in `sending` (a
+    killed worker) back to pending, queue due pending ones, end pilots and complete campaigns.
+    Every step is idempotent."""
     now = timezone.now()
     if stale_after is None:
         stale_after = dt.timedelta(seconds=int(_setting("OPSLOOP_DELIVERY_STALE_SECONDS", 300)))
-    report = {"started": 0, "unstuck": 0, "queued": 0, "rolled_out": 0, "completed": 0}
+    report = {"started": 0, "tag_triggered": 0, "unstuck": 0, "queued": 0, "rolled_out": 0, "completed": 0}
     with transaction.atomic():
         due = Campaign.objects.select_for_update(skip_locked=True).filter(
             status=CampaignStatus.SCHEDULED, send_at__lte=now
@@ -944,6 +1042,7 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
             campaign.save(update_fields=["status", "updated_at"])
             _queue_start(campaign.pk)
             report["started"] += 1
+    report["tag_triggered"] = trigger_on_tag_gains()
     with transaction.atomic():
         report["unstuck"] = Delivery.objects.filter(
             status=DeliveryStatus.SENDING, claimed_at__lte=now - stale_after
@@ -1069,6 +1168,8 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
     schedule: dict[str, Any] = {}
     if source.schedule_kind == ScheduleKind.CRON:
         schedule = {"cron": source.cron}
+    elif source.schedule_kind == ScheduleKind.TRIGGER and source.trigger_tag:
+        schedule = {"trigger_tag": source.trigger_tag, "delay_minutes": source.delay_minutes}
     elif source.schedule_kind == ScheduleKind.TRIGGER:
         schedule = {"trigger_event": source.trigger_event, "delay_minutes": source.delay_minutes}
     clone = create_campaign(

@@ -143,3 +143,40 @@ def test_an_ingested_trigger_event_reaches_the_gateway_through_the_worker(celery
         _wait(lambda: len(gateway.requests) == 1, what="triggered send")
     assert gateway.requests[0]["user_id"] == "cart00001"
     assert Delivery.objects.get(campaign=campaign).phase == f"trigger:{event['event_id']}"
+
+
+def test_a_gained_tag_reaches_the_gateway_through_the_sweeper_and_the_worker(celery_worker):
+    from profiles import services as profile_services
+    from tests.factories.campaigns import gain_tag
+
+    members = make_profiles(40, prefix="churn")
+    refusing = make_profiles(1, prefix="optout", push_opt_in=False)
+    early = make_profiles(1, prefix="early")
+    gain_tag("churn_warning", early)
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = CampaignFactory(
+            schedule_kind="trigger", trigger_tag="churn_warning", delay_minutes=60, holdout_percent=Decimal(25)
+        )
+        services.launch_campaign(campaign_id=campaign.pk)
+        # Gained an hour ago (the delay has passed) by everyone but the last member, who gains it now.
+        gain_tag("churn_warning", members[:-1] + refusing, ago=dt.timedelta(minutes=61))
+        gain_tag("churn_warning", members[-1:])
+        services.sweep()
+        holdout = set(campaign.assignments.filter(role="holdout").values_list("user_id", flat=True))
+        expected = {p.user_id for p in members[:-1]} - holdout
+        assert holdout and expected
+        _wait(lambda: len(gateway.requests) >= len(expected), what="tag-triggered sends")
+        # Losing and regaining the tag, and more sweeps, send nothing more.
+        profile_services.untag_profiles(tag_name="churn_warning", profile_ids=[p.pk for p in members])
+        gain_tag("churn_warning", members[:-1], ago=dt.timedelta(minutes=61))
+        services.sweep()
+        services.sweep()
+        time.sleep(2)
+    received = gateway.count_by_user()
+    assert set(received) == expected and set(received.values()) == {1}
+    assert not set(received) & {refusing[0].user_id, early[0].user_id, members[-1].user_id}
+    waiting = Delivery.objects.filter(campaign=campaign, profile=members[-1])
+    if members[-1].user_id not in holdout:
+        assert waiting.get().status == "pending" and waiting.get().not_before > timezone.now()
+    assert not Delivery.objects.filter(campaign=campaign, profile=refusing[0]).exclude(status="skipped").exists()

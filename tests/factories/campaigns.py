@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import factory
@@ -120,3 +120,17 @@ def add_events(rows: Iterable[tuple[str, str, datetime]], properties: dict | Non
         ],
         batch_size=2000,
     )
+
+
+def gain_tag(tag_name: str, profiles: Iterable[Profile], *, ago: timedelta | None = None) -> int:
+    """Give `profiles` the tag as the profiles app does (recording the gains as tag changes);
+    with `ago`, the gains are dated that long before now (a gain the sweeper has not seen yet)."""
+    from profiles import services as profile_services
+    from profiles.models import TagChange
+
+    ids = [p.pk for p in profiles]
+    before = TagChange.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    gained = profile_services.tag_profiles(tag_name=tag_name, profile_ids=ids, source="rule")
+    if ago is not None:
+        TagChange.objects.filter(id__gt=before, profile_id__in=ids).update(at=timezone.now() - ago)
+    return gained
