@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from drf_spectacular.types import OpenApiTypes
@@ -20,7 +19,7 @@ from access.models import ApiKey
 from access.permissions import HasScope
 from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
-from campaigns.models import Campaign, Delivery, Segment
+from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
@@ -258,7 +257,7 @@ class ReceiptsView(_JsonView):
                 valid.append((index, one.validated_data))
             else:
                 rejected.append({"index": index, "errors": one.errors})
-        known = set(Delivery.objects.filter(pk__in={r["delivery_id"] for _, r in valid}).values_list("pk", flat=True))
+        known = selectors.known_delivery_ids({r["delivery_id"] for _, r in valid})
         accepted = []
         for index, receipt in valid:
             if receipt["delivery_id"] in known:
@@ -282,9 +281,8 @@ def click_redirect(request: HttpRequest, token: str) -> HttpResponse:
     """A tracked link: note the click, then send the person to the variant's URL (taken from
     our database, never from the link, so the redirect cannot be pointed elsewhere)."""
     delivery_id = channels.unsign_click(token)
-    if delivery_id is None:
+    if delivery_id is None or not selectors.known_delivery_ids({delivery_id}):
         raise Http404("Unknown link")
-    get_object_or_404(Delivery, pk=delivery_id)
     target = services.record_click(delivery_id=delivery_id)
     if not target:
         raise Http404("This message has no link")
@@ -295,7 +293,7 @@ def click_redirect(request: HttpRequest, token: str) -> HttpResponse:
 @never_cache
 def open_pixel(request: HttpRequest, token: str) -> HttpResponse:
     delivery_id = channels.unsign_open(token)
-    if delivery_id is None or not Delivery.objects.filter(pk=delivery_id).exists():
+    if delivery_id is None or not selectors.known_delivery_ids({delivery_id}):
         raise Http404("Unknown pixel")
     services.record_open(delivery_id=delivery_id)
     return HttpResponse(_PIXEL, content_type="image/gif")

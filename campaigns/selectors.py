@@ -17,6 +17,11 @@ from campaigns.stats import GroupCounts, analyze
 PREVIEW_SAMPLE = 20
 
 
+def known_delivery_ids(ids: set[int]) -> set[int]:
+    """Which of these delivery ids exist (receipts and tracking links for others are refused)."""
+    return set(Delivery.objects.filter(pk__in=ids).values_list("pk", flat=True))
+
+
 def segment_size(definition: Any) -> int:
     sql, params = audience_sql(definition)
     with connection.cursor() as cursor:

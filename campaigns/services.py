@@ -985,6 +985,7 @@ RECEIPT_COLUMNS = {"delivered": "delivered_at", "opened": "opened_at", "clicked"
 
 
 @transaction.atomic
+@transaction.atomic
 def record_receipts(*, receipts: Sequence[dict[str, Any]]) -> int:
     """Apply provider callbacks. Each timestamp is kept once (the first reported), so replays
     change nothing; `failed` does not undo a delivery already reported delivered."""

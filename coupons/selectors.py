@@ -13,7 +13,7 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from coupons.models import ZERO, CodeBatch, Coupon, CouponRule, CouponStatus, Redemption
+from coupons.models import ZERO, CodeBatch, Coupon, CouponRule, CouponStatus, IssuanceJob, Redemption
 from profiles.models import Profile
 
 PROFILE_STATUSES = ("available", "redeemed", "expired")
@@ -191,6 +191,12 @@ def ledger_from_rows(*, rule: CouponRule) -> Ledger:
         )
         issued, redeemed, committed, spent = cursor.fetchone()
     return Ledger(issued=issued, redeemed=redeemed, committed=committed, spent=spent)
+
+
+def unfinished_issuance_job_ids() -> list[int]:
+    """Jobs a crashed worker may have left part done (their targets say where they stopped)."""
+    unfinished = [IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]
+    return list(IssuanceJob.objects.filter(status__in=unfinished).order_by("pk").values_list("pk", flat=True))
 
 
 def batch_code_rows(*, batch: CodeBatch, chunk_size: int = 10_000) -> Iterator[tuple]:

@@ -904,3 +904,16 @@ def save_rule_from_admin(*, rule: CouponRule, changed: list[str], actor: Abstrac
             details={name: {"from": before[name], "to": str(getattr(locked, name))} for name in changed},
         )
     return locked
+
+
+def note_issuance_job_error(*, job_id: int, error: BaseException) -> None:
+    """Show why a job stopped where operators look; the job stays unfinished, so the beat resume
+    (or an operator) tries again."""
+    IssuanceJob.objects.filter(pk=job_id).update(error=f"{error.__class__.__name__}: {error}"[:2000])
+
+
+def fail_code_batch(*, batch_id: int, error: BaseException) -> None:
+    """A batch's generation rolls back as a whole: mark it failed, with the reason."""
+    CodeBatch.objects.filter(pk=batch_id).exclude(status=CodeBatch.Status.DONE).update(
+        status=CodeBatch.Status.FAILED, error=f"{error.__class__.__name__}: {error}"[:2000]
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from coupons import services
+from coupons import selectors, services
 from coupons.models import CodeBatch, IssuanceJob
 
 
@@ -22,8 +22,7 @@ def run_issuance_job(job_id: int, batch_size: int = 200) -> dict:
     try:
         job = services.run_issuance_job(job=job, batch_size=batch_size)
     except Exception as exc:
-        # Left running, so the beat resume (or an operator) tries again; the reason shows meanwhile.
-        IssuanceJob.objects.filter(pk=job_id).update(error=f"{exc.__class__.__name__}: {exc}"[:2000])
+        services.note_issuance_job_error(job_id=job_id, error=exc)
         raise
     return {"job": job.pk, "status": job.status, "issued": job.issued, "refused": job.refused}
 
@@ -31,11 +30,7 @@ def run_issuance_job(job_id: int, batch_size: int = 200) -> dict:
 @shared_task(name="coupons.resume_issuance_jobs")
 def resume_issuance_jobs() -> list[int]:
     """Beat: pick up jobs a crashed worker left unfinished (the targets say where they stopped)."""
-    ids = list(
-        IssuanceJob.objects.filter(status__in=[IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]).values_list(
-            "pk", flat=True
-        )
-    )
+    ids = selectors.unfinished_issuance_job_ids()
     for job_id in ids:
         run_issuance_job.delay(job_id)
     return ids
@@ -49,9 +44,6 @@ def generate_code_batch(batch_id: int) -> dict:
     try:
         batch = services.generate_batch_codes(batch=batch)
     except Exception as exc:
-        # The generation rolled back as a whole; say so where operators look, then let Celery log it.
-        CodeBatch.objects.filter(pk=batch_id).exclude(status=CodeBatch.Status.DONE).update(
-            status=CodeBatch.Status.FAILED, error=f"{exc.__class__.__name__}: {exc}"[:2000]
-        )
+        services.fail_code_batch(batch_id=batch_id, error=exc)
         raise
     return {"batch": batch.pk, "status": batch.status, "generated": batch.generated}
