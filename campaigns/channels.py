@@ -165,7 +165,9 @@ def send_email(connection: Any, *, to: str, payload: dict[str, Any], delivery_id
     try:
         message.send()
     except smtplib.SMTPRecipientsRefused as exc:
-        return Outcome(FAILED, f"recipient refused: {exc.recipients}"[:300])
+        # A 4xx refusal (greylisting, a full mailbox) is temporary; only 5xx is for good.
+        temporary = all(400 <= code < 500 for code, _msg in exc.recipients.values())
+        return Outcome(RETRY if temporary else FAILED, f"recipient refused: {exc.recipients}"[:300])
     except smtplib.SMTPResponseException as exc:
         kind = RETRY if exc.smtp_code >= 400 and exc.smtp_code < 500 else FAILED
         return Outcome(kind, f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:300])

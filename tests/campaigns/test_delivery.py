@@ -185,3 +185,38 @@ def test_variant_coupon_is_issued_on_send_and_its_redemption_is_attributed_to_th
     groups = {g["name"]: g for g in campaign_results(campaign)["groups"]}
     assert groups["A"]["coupon_redemptions"] == 1 and groups["A"]["coupon_discount"] == "20.00"
     assert groups["B"]["coupon_redemptions"] == 0
+
+
+def test_email_channel_speaks_real_smtp_and_sorts_refusals_into_retry_or_failure():
+    from django.test import override_settings
+
+    from campaigns import channels
+    from tests.campaigns.smtp_receiver import SmtpReceiver
+
+    payload = {
+        "title": "Spring sale",
+        "body": "20 off today",
+        "url": "https://shop.example/s",
+        "idempotency_key": "k-1",
+    }
+    with (
+        SmtpReceiver() as smtp,
+        override_settings(
+            EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend", EMAIL_HOST="127.0.0.1", EMAIL_PORT=smtp.port
+        ),
+    ):
+        sent = channels.send_email(channels.email_connection(), to="ann@example.com", payload=payload, delivery_id=7)
+        refused = channels.send_email(
+            channels.email_connection(), to="refuse@example.com", payload=payload, delivery_id=8
+        )
+        greylisted = channels.send_email(
+            channels.email_connection(), to="greylist@example.com", payload=payload, delivery_id=9
+        )
+        busy = channels.send_email(channels.email_connection(), to="busy@example.com", payload=payload, delivery_id=10)
+    assert sent.kind == channels.SENT
+    assert (refused.kind, greylisted.kind, busy.kind) == (channels.FAILED, channels.RETRY, channels.RETRY)
+    assert len(smtp.messages) == 1
+    message = smtp.messages[0]
+    assert message["To"] == "ann@example.com"
+    assert message["Subject"] == "Spring sale"
+    assert message["X-Idempotency-Key"] == "k-1"
