@@ -1,4 +1,6 @@
-"""`manage.py load_demo`: a small synthetic world for the admin. Safe to run twice."""
+"""`manage.py load_demo`: a small synthetic world for the admin, loaded through the same services
+the product's calls go through (identify, event ingestion), so profiles, identities and
+first/last seen come out as in production. Safe to run twice."""
 
 from __future__ import annotations
 
@@ -8,15 +10,17 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.core.management.base import BaseCommand
-from django.db import transaction
 from django.utils import timezone
 from tqdm import tqdm
 
-from profiles.models import Identity, IdentityKind, Profile
-from tracking.models import Event, EventKind
+from profiles.models import Profile
+from profiles.normalize import parse_traits
+from profiles.services import identify
+from tracking.services import ingest_events
 
 CITIES = ["Shanghai", "Beijing", "Shenzhen", "Hangzhou", "Chengdu", "Wuhan"]
 SOURCES = ["wechat", "douyin", "baidu", "weibo", "direct"]
+BATCH = 1000
 
 
 class Command(BaseCommand):
@@ -33,62 +37,50 @@ class Command(BaseCommand):
             return
         rng = random.Random(seed)
         now = timezone.now()
-        with transaction.atomic():
-            for start in tqdm(range(0, users, 500), desc="demo users", unit="batch"):
-                self._load_batch(rng, now, range(start, min(start + 500, users)), days)
-        self.stdout.write(f"Loaded {users} demo users over {days} days.")
-
-    def _load_batch(self, rng: random.Random, now, ids: range, days: int) -> None:
-        profiles, identities, events = [], [], []
-        for i in ids:
+        events: list[dict] = []
+        accepted = 0
+        for i in tqdm(range(users), desc="demo users", unit="user", mininterval=1):
             user_id = f"demo-{i:06d}"
             signup = now - timedelta(days=rng.randint(0, days), minutes=rng.randint(0, 1440))
-            profiles.append(
-                Profile(
-                    user_id=user_id,
-                    city=rng.choice(CITIES),
-                    signup_at=signup,
-                    first_seen_at=signup,
-                    last_seen_at=signup,
-                    push_opt_in=rng.random() < 0.7,
-                    phone=f"+86138{i:08d}",
-                    timezone="Asia/Shanghai",
-                )
+            phone = f"+86138{i:08d}"
+            known, custom, _errors = parse_traits(
+                {
+                    "phone": phone,
+                    "city": rng.choice(CITIES),
+                    "timezone": "Asia/Shanghai",
+                    "signup_at": signup.isoformat(),
+                    "push_opt_in": rng.random() < 0.7,
+                }
             )
-            source = rng.choice(SOURCES)
-            events.append(
-                Event(
-                    event_id=uuid.uuid4(),
-                    name="signup",
-                    kind=EventKind.BEHAVIOR,
-                    timestamp=signup,
-                    user_id=user_id,
-                    utm_source=source,
-                )
-            )
-            t = signup
-            while True:
-                t += timedelta(hours=rng.expovariate(1 / 60))
-                if t > now:
-                    break
-                events.append(
-                    Event(event_id=uuid.uuid4(), name="app_open", timestamp=t, user_id=user_id, utm_source=source)
-                )
-                if rng.random() < 0.08:
-                    amount = Decimal(rng.randint(20, 800)).quantize(Decimal("0.01"))
-                    events.append(
-                        Event(
-                            event_id=uuid.uuid4(),
-                            name="order_paid",
-                            kind=EventKind.BUSINESS,
-                            timestamp=t,
-                            user_id=user_id,
-                            properties={"order_id": uuid.uuid4().hex[:12], "amount": str(amount)},
-                        )
-                    )
-        Profile.objects.bulk_create(profiles)
-        by_user = {p.user_id: p for p in Profile.objects.filter(user_id__in=[p.user_id for p in profiles])}
-        identities = [Identity(profile=p, kind=IdentityKind.USER_ID, value=u) for u, p in by_user.items()]
-        identities += [Identity(profile=p, kind=IdentityKind.PHONE, value=p.phone) for p in by_user.values()]
-        Identity.objects.bulk_create(identities)
-        Event.objects.bulk_create(events, batch_size=5000)
+            identify(user_id=user_id, identities=[("phone", phone)], traits=known, custom_traits=custom)
+            events.extend(self._timeline(rng, user_id, signup, now))
+            while len(events) >= BATCH:
+                accepted += ingest_events(events=events[:BATCH]).accepted
+                del events[:BATCH]
+        if events:
+            accepted += ingest_events(events=events).accepted
+        self.stdout.write(f"Loaded {users} demo users and {accepted} events over {days} days.")
+
+    @staticmethod
+    def _timeline(rng: random.Random, user_id: str, signup, now) -> list[dict]:
+        source = rng.choice(SOURCES)
+
+        def event(name: str, at, kind: str = "behavior", **properties) -> dict:
+            return {
+                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "name": name,
+                "kind": kind,
+                "timestamp": at.isoformat(),
+                "user_id": user_id,
+                "properties": properties,
+                "context": {"utm_source": source},
+            }
+
+        timeline = [event("signup", signup)]
+        t = signup
+        while (t := t + timedelta(hours=rng.expovariate(1 / 60))) <= now:
+            timeline.append(event("app_open", t))
+            if rng.random() < 0.08:
+                amount = Decimal(rng.randint(20, 800)).quantize(Decimal("0.01"))
+                timeline.append(event("order_paid", t, "business", order_id=uuid.uuid4().hex[:12], amount=str(amount)))
+        return timeline
