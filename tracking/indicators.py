@@ -1,0 +1,92 @@
+"""The registry of indicators that dashboards chart and goals are set on: named daily series.
+
+Each app registers the indicators it computes from its AppConfig.ready() (`tracking` the
+event-only ones such as DAU or revenue, higher apps those that combine domains), so that goals and
+dashboards in `tracking` can read any of them without importing upwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from django.db import models
+
+
+class Fold(models.TextChoices):
+    """How the days of a month make the month's value: revenue adds up, DAU is averaged, a
+    month-to-date count such as MAU is read on the month's last day."""
+
+    SUM = "sum", "Sum of the days"
+    MEAN = "mean", "Mean of the days"
+    LAST = "last", "Value on the last day"
+
+
+class Unit(models.TextChoices):
+    COUNT = "count", "Count"
+    USERS = "users", "Users"
+    MONEY = "money", "Money"
+    RATIO = "ratio", "Ratio"
+
+
+# (first day, last day), both inclusive -> value per day; days without data may be missing (0).
+DailySeries = Callable[[date, date], dict[date, Decimal]]
+
+
+@dataclass(frozen=True)
+class Indicator:
+    key: str
+    label: str
+    unit: str
+    fold: str
+    daily: DailySeries
+    description: str = ""
+
+
+class UnknownIndicator(KeyError):
+    pass
+
+
+_registry: dict[str, Indicator] = {}
+
+
+def register_indicator(indicator: Indicator) -> None:
+    """Add (or replace) an indicator under its key."""
+    _registry[indicator.key] = indicator
+
+
+def get_indicator(key: str) -> Indicator:
+    try:
+        return _registry[key]
+    except KeyError:
+        raise UnknownIndicator(key) from None
+
+
+def all_indicators() -> list[Indicator]:
+    return sorted(_registry.values(), key=lambda indicator: indicator.label)
+
+
+def indicator_choices() -> list[tuple[str, str]]:
+    return [(indicator.key, indicator.label) for indicator in all_indicators()]
+
+
+def daily_values(key: str, *, start: date, end: date) -> list[tuple[date, Decimal]]:
+    """Every day from `start` to `end` with its value (0 where the series has none)."""
+    values = get_indicator(key).daily(start, end)
+    days = (end - start).days + 1
+    return [(day, Decimal(values.get(day, 0))) for day in (start + timedelta(n) for n in range(max(days, 0)))]
+
+
+def fold_days(fold: str, values: list[Decimal]) -> Decimal:
+    """One value for a run of days, as the indicator's fold says."""
+    if not values:
+        return Decimal(0)
+    if fold == Fold.SUM:
+        return sum(values, Decimal(0))
+    if fold == Fold.MEAN:
+        return sum(values, Decimal(0)) / len(values)
+    if fold == Fold.LAST:
+        return values[-1]
+    raise ValueError(f"unknown fold {fold!r}")
