@@ -220,7 +220,7 @@ class CustomerValueAdmin(admin.ModelAdmin):
         "r",
         "f",
         "m",
-        "recency_days",
+        "recency",
         "frequency",
         "monetary",
         "lifecycle",
@@ -241,7 +241,7 @@ class CustomerValueAdmin(admin.ModelAdmin):
     list_select_related = ["profile", "tier", "account_manager__user"]
     ordering = ["-monetary"]
     actions = ["reassign_account_manager"]
-    readonly_fields = [f.name for f in CustomerValue._meta.fields if f.name != "account_manager"]
+    readonly_fields = [f.name for f in CustomerValue._meta.fields if f.name != "account_manager"] + ["recency"]
     show_full_result_count = False
 
     def has_add_permission(self, request) -> bool:
@@ -254,7 +254,11 @@ class CustomerValueAdmin(admin.ModelAdmin):
         return request.user.has_perm("crm.reassign_account_manager")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).order_by("-monetary", "profile_id")
+        return super().get_queryset(request).with_recency().order_by("-monetary", "profile_id")
+
+    @admin.display(description="recency days", ordering="recency_days")
+    def recency(self, obj: CustomerValue) -> int | None:
+        return obj.recency_days
 
     @admin.display(description="profile", ordering="profile__user_id")
     def profile_link(self, obj: CustomerValue) -> HttpResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Subquery
 from django.utils import timezone
 
 from profiles.models import Profile
@@ -186,11 +188,42 @@ class AccountManager(models.Model):
         return self.user.get_full_name() or self.user.get_username()
 
 
-class CustomerValue(models.Model):
-    """The current RFM scores, tier and lifecycle stage of one profile (recomputed nightly)."""
+class CustomerValueQuerySet(models.QuerySet):
+    def with_recency(self) -> CustomerValueQuerySet:
+        """Rows with `recency_days` read in the same query (see `CustomerValue.recency_days`)."""
+        return self.annotate(recency_days=DaysBetween(Subquery(latest_reference()), models.F("last_order_at")))
 
-    profile = models.OneToOneField(Profile, primary_key=True, on_delete=models.CASCADE, related_name="value")
-    recency_days = models.IntegerField(null=True, blank=True)
+
+class DaysBetween(models.Func):
+    """Whole days from the second moment to the first, rounded down (as the recompute ranks them)."""
+
+    arg_joiner = " - "
+    template = "floor(extract(epoch FROM (%(expressions)s)) / 86400)::int"
+    output_field = models.IntegerField()
+
+
+def latest_reference() -> models.QuerySet:
+    """The reference date of the latest finished recompute: the moment the stored scores were
+    computed against (one value, as a subquery)."""
+    return (
+        RecomputeRun.objects.filter(status=RecomputeRun.Status.DONE)
+        .order_by("-finished_at", "-pk")
+        .values("reference_at")[:1]
+    )
+
+
+class CustomerValue(models.Model):
+    """The current RFM scores, tier and lifecycle stage of one profile (recomputed nightly).
+
+    Recency is not stored: it is whole days from `last_order_at` to the latest recompute's
+    reference date, so a night that only moves the reference date rewrites nothing."""
+
+    # No database-level foreign keys to profiles and tiers: PostgreSQL checks each written row at
+    # commit, a key-share lock on every profile on the first night. Django still cascades deletes
+    # (and empties the tier of a deleted one); the recompute drops rows of profiles gone or merged.
+    profile = models.OneToOneField(
+        Profile, primary_key=True, on_delete=models.CASCADE, related_name="value", db_constraint=False
+    )
     frequency = models.IntegerField(null=True, blank=True)
     monetary = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
     r = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -199,22 +232,36 @@ class CustomerValue(models.Model):
     segment = models.CharField(max_length=32, choices=RfmSegment.choices, blank=True, default="")
     # Indexed by `customervalue_tier` below; a second, automatic FK index would only slow writes.
     tier = models.ForeignKey(
-        ValueTier, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+        ValueTier,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     lifecycle = models.CharField(max_length=16, choices=LifecycleStage.choices, blank=True, default="")
     lifecycle_since = models.DateTimeField(null=True, blank=True)
     last_order_at = models.DateTimeField(null=True, blank=True)
     last_active_at = models.DateTimeField(null=True, blank=True)
+    # Indexed by `customervalue_manager` below, only where set: most profiles have no manager.
     account_manager = models.ForeignKey(
-        AccountManager, null=True, blank=True, on_delete=models.SET_NULL, related_name="customers"
+        AccountManager, null=True, blank=True, on_delete=models.SET_NULL, related_name="customers", db_index=False
     )
     computed_at = models.DateTimeField(default=timezone.now, help_text="When these values last changed")
+
+    objects = CustomerValueQuerySet.as_manager()
 
     class Meta:
         indexes = [
             models.Index(fields=["tier"], name="customervalue_tier"),
             models.Index(fields=["segment"], name="customervalue_segment"),
             models.Index(fields=["lifecycle"], name="customervalue_lifecycle"),
+            models.Index(
+                fields=["account_manager"],
+                name="customervalue_manager",
+                condition=models.Q(account_manager__isnull=False),
+            ),
         ]
         permissions = [
             ("recompute_values", "May queue a recompute of every profile's value"),
@@ -223,6 +270,22 @@ class CustomerValue(models.Model):
 
     def __str__(self) -> str:
         return f"{self.profile_id}: {self.segment or '-'} / {self.lifecycle or '-'}"
+
+    @property
+    def recency_days(self) -> int | None:
+        """Days since the last order as of the latest recompute; read with the row by
+        `CustomerValue.objects.with_recency()`, else looked up here."""
+        if not hasattr(self, "_recency_days"):
+            reference = latest_reference().first()
+            if self.last_order_at is None or reference is None or reference["reference_at"] is None:
+                self._recency_days = None
+            else:
+                self._recency_days = (reference["reference_at"] - self.last_order_at) // timedelta(days=1)
+        return self._recency_days
+
+    @recency_days.setter
+    def recency_days(self, value: int | None) -> None:
+        self._recency_days = value
 
     @property
     def has_orders(self) -> bool:
@@ -244,8 +307,11 @@ class ValueChange(models.Model):
         ACCOUNT_MANAGER = "account_manager", "Account manager"
 
     # No database-level foreign keys: the recompute appends up to three rows per profile in one
-    # statement, and PostgreSQL would check each at commit; Django still cascades deletes.
-    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="value_changes", db_constraint=False)
+    # statement, and PostgreSQL would check each at commit; Django still cascades deletes. The
+    # `valuechange_profile` index leads with the profile: a second index on it alone is not kept.
+    profile = models.ForeignKey(
+        Profile, on_delete=models.CASCADE, related_name="value_changes", db_constraint=False, db_index=False
+    )
     what = models.CharField(max_length=16, choices=What.choices)
     # Tiers are kept by slug and managers by username: history stays readable after renames.
     from_value = models.CharField(max_length=150, blank=True, default="")

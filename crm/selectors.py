@@ -19,7 +19,12 @@ def _value_row(profile: Profile) -> CustomerValue | None:
     relation = Profile.value.related
     if relation.is_cached(profile):
         return relation.get_cached_value(profile)
-    row = CustomerValue.objects.select_related("tier", "account_manager__user").filter(profile_id=profile.pk).first()
+    row = (
+        CustomerValue.objects.with_recency()
+        .select_related("tier", "account_manager__user")
+        .filter(profile_id=profile.pk)
+        .first()
+    )
     relation.set_cached_value(profile, row)
     return row
 

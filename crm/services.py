@@ -45,8 +45,11 @@ RECOMPUTE_LOCK_KEY = 0x0C0FFEE5
 # Amounts arrive as decimal strings from the product; anything else counts as an order of 0.
 AMOUNT_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
-NEXT_VALUES_SQL = """
-CREATE TEMP TABLE crm_next ON COMMIT DROP AS
+# One pass over the orders: the scores, segment and tier of every customer (profiles with a paid,
+# unrefunded order in the window), nothing else. Recency is ranked on whole days before the
+# reference date; only the last order's moment is kept, recency follows from it at read time.
+SCORES_SQL = """
+CREATE TEMP TABLE crm_scored ON COMMIT DROP AS
 WITH orders AS (
     -- An order sent twice (a retried event under a new event id) counts once.
     SELECT pe.profile_id,
@@ -79,7 +82,7 @@ ranked AS (
     FROM customers c
 ),
 scored AS (
-    SELECT x.profile_id, x.frequency, round(x.monetary, 2) AS monetary, x.last_order_at, x.recency_days,
+    SELECT x.profile_id, x.frequency, round(x.monetary, 2) AS monetary, x.last_order_at,
            CASE WHEN %(method)s = 'thresholds'
                 THEN 5 - (SELECT count(*) FROM unnest(%(r_edges)s::int[]) e WHERE x.recency_days > e)
                 WHEN x.n = 1 THEN 1
@@ -101,7 +104,7 @@ segmented AS (
                 WHEN 7 THEN 'important_value' WHEN 5 THEN 'important_development'
                 WHEN 3 THEN 'important_retention' WHEN 1 THEN 'important_winback'
                 WHEN 6 THEN 'general_value' WHEN 4 THEN 'general_development'
-                WHEN 2 THEN 'general_retention' ELSE 'general_winback' END AS segment
+                WHEN 2 THEN 'general_retention' ELSE 'general_winback' END::varchar(32) AS segment
     FROM scored s
 ),
 -- A tier depends only on (r, f, m, segment): match the few distinct combinations, not every row.
@@ -116,14 +119,26 @@ combo_tiers AS (
               AND c.m BETWEEN COALESCE(t.m_min, 1) AND COALESCE(t.m_max, 5)
             ORDER BY t.rank DESC, t.id LIMIT 1) AS tier_id
     FROM combos c
-),
-no_orders_tier AS (
-    SELECT t.id FROM crm_valuetier t WHERE t.applies_to = 'without_orders' ORDER BY t.rank DESC, t.id LIMIT 1
-),
-people AS (
-    SELECT p.id AS profile_id,
-           s.recency_days, s.frequency, s.monetary, s.r, s.f, s.m, COALESCE(s.segment, '') AS segment,
-           CASE WHEN s.profile_id IS NULL THEN (SELECT id FROM no_orders_tier) ELSE ct.tier_id END AS tier_id,
+)
+SELECT s.profile_id, s.frequency, s.monetary, s.last_order_at, s.r, s.f, s.m, s.segment, ct.tier_id
+FROM segmented s
+JOIN combo_tiers ct ON ct.r = s.r AND ct.f = s.f AND ct.m = s.m AND ct.segment = s.segment
+"""
+
+# Every profile's stage and values against its stored row, and only the rows that differ are
+# written: a night that merely moves the reference date on rewrites the few customers whose
+# scores, tier or stage moved. The history is appended from the same rows, in the same statement
+# (both read the table as it was before the statement). Rows without a current profile go: a
+# deleted profile's (should a delete bypass Django's cascade) and a merged one's, whose orders
+# now count for the profile it was merged into.
+APPLY_SQL = """
+WITH people AS (
+    SELECT COALESCE(p.id, old.profile_id) AS profile_id, p.id IS NULL AS gone,
+           s.frequency, s.monetary, s.r, s.f, s.m, COALESCE(s.segment, '') AS segment,
+           CASE WHEN s.profile_id IS NULL
+                THEN (SELECT t.id FROM crm_valuetier t WHERE t.applies_to = 'without_orders'
+                      ORDER BY t.rank DESC, t.id LIMIT 1)
+                ELSE s.tier_id END AS tier_id,
            s.last_order_at,
            COALESCE(greatest(p.last_seen_at, s.last_order_at), p.first_seen_at, p.signup_at, p.created_at)
                AS last_active_at,
@@ -131,13 +146,11 @@ people AS (
            old.profile_id IS NULL AS is_new,
            old.lifecycle AS old_lifecycle, old.lifecycle_since AS old_lifecycle_since,
            old.tier_id AS old_tier_id, old.segment AS old_segment,
-           (old.recency_days, old.frequency, old.monetary, old.r, old.f, old.m, old.segment, old.tier_id,
+           (old.frequency, old.monetary, old.r, old.f, old.m, old.segment, old.tier_id, old.lifecycle,
             old.last_order_at, old.last_active_at) AS old_values
-    FROM profiles_profile p
-    LEFT JOIN segmented s ON s.profile_id = p.id
-    LEFT JOIN combo_tiers ct ON ct.r = s.r AND ct.f = s.f AND ct.m = s.m AND ct.segment = s.segment
-    LEFT JOIN crm_customervalue old ON old.profile_id = p.id
-    WHERE p.merged_into_id IS NULL
+    FROM (SELECT * FROM profiles_profile WHERE merged_into_id IS NULL) p
+    FULL JOIN crm_customervalue old ON old.profile_id = p.id
+    LEFT JOIN crm_scored s ON s.profile_id = p.id
 ),
 staged AS (
     SELECT pp.*,
@@ -148,71 +161,59 @@ staged AS (
                      AND pp.old_lifecycle_since > %(ref)s - make_interval(days => %(reactivated_days)s)
                      THEN 'reactivated'
                 WHEN pp.registered_at > %(ref)s - make_interval(days => %(new_days)s) THEN 'new'
-                ELSE 'active' END AS lifecycle
+                ELSE 'active' END::varchar(16) AS lifecycle
     FROM people pp
+),
+changed AS MATERIALIZED (
+    SELECT st.profile_id, st.gone, st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id, st.lifecycle,
+           CASE WHEN st.lifecycle IS DISTINCT FROM st.old_lifecycle THEN %(now)s
+                ELSE st.old_lifecycle_since END AS lifecycle_since,
+           st.last_order_at, st.last_active_at,
+           COALESCE(st.old_lifecycle, '') AS old_lifecycle, st.old_tier_id,
+           COALESCE(st.old_segment, '') AS old_segment
+    FROM staged st
+    WHERE st.is_new OR st.gone
+       OR st.old_values IS DISTINCT FROM (st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id,
+                                         st.lifecycle, st.last_order_at, st.last_active_at)
+),
+-- ON CONFLICT also keeps a row that appeared meanwhile (the recompute lock serialises
+-- recomputes, not other writers) from failing the whole run.
+written AS (
+    INSERT INTO crm_customervalue AS cv (profile_id, frequency, monetary, r, f, m, segment, tier_id, lifecycle,
+                                         lifecycle_since, last_order_at, last_active_at, computed_at)
+    SELECT c.profile_id, c.frequency, c.monetary, c.r, c.f, c.m, c.segment, c.tier_id, c.lifecycle,
+           c.lifecycle_since, c.last_order_at, c.last_active_at, %(now)s
+    FROM changed c
+    WHERE NOT c.gone
+    ON CONFLICT (profile_id) DO UPDATE SET
+        frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary, r = EXCLUDED.r, f = EXCLUDED.f,
+        m = EXCLUDED.m, segment = EXCLUDED.segment, tier_id = EXCLUDED.tier_id, lifecycle = EXCLUDED.lifecycle,
+        lifecycle_since = EXCLUDED.lifecycle_since, last_order_at = EXCLUDED.last_order_at,
+        last_active_at = EXCLUDED.last_active_at, computed_at = EXCLUDED.computed_at
+    RETURNING 1
+),
+logged AS (
+    INSERT INTO crm_valuechange (profile_id, what, from_value, to_value, at, run_id)
+    SELECT c.profile_id, v.what, v.from_value, v.to_value, %(now)s, %(run_id)s
+    FROM changed c
+    LEFT JOIN crm_valuetier ot ON ot.id = c.old_tier_id
+    LEFT JOIN crm_valuetier nt ON nt.id = c.tier_id
+    CROSS JOIN LATERAL (
+        VALUES ('lifecycle', c.old_lifecycle, c.lifecycle::text),
+               ('segment', c.old_segment, c.segment::text),
+               ('tier', COALESCE(ot.slug, ''), COALESCE(nt.slug, ''))
+    ) AS v(what, from_value, to_value)
+    WHERE NOT c.gone AND v.from_value <> v.to_value
+    RETURNING 1
+),
+-- By the primary key: a join would read the whole table for the few rows that go.
+dropped AS (
+    DELETE FROM crm_customervalue cv
+    WHERE cv.profile_id = ANY(ARRAY(SELECT c.profile_id FROM changed c WHERE c.gone))
+    RETURNING 1
 )
--- The old values ride along, so that history, update and insert each read this table alone.
-SELECT st.profile_id, st.recency_days, st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id,
-       st.lifecycle,
-       CASE WHEN st.lifecycle IS DISTINCT FROM st.old_lifecycle THEN %(now)s
-            ELSE st.old_lifecycle_since END AS lifecycle_since,
-       st.last_order_at, st.last_active_at,
-       st.is_new, COALESCE(st.old_lifecycle, '') AS old_lifecycle, st.old_tier_id,
-       COALESCE(st.old_segment, '') AS old_segment,
-       st.is_new OR st.lifecycle IS DISTINCT FROM st.old_lifecycle
-           OR st.old_values IS DISTINCT FROM (st.recency_days, st.frequency, st.monetary, st.r, st.f, st.m,
-                                            st.segment::varchar, st.tier_id, st.last_order_at, st.last_active_at)
-           AS changed
-FROM staged st
-"""
-
-HISTORY_SQL = """
-INSERT INTO crm_valuechange (profile_id, what, from_value, to_value, at, run_id)
-SELECT n.profile_id, v.what, v.from_value, v.to_value, %(now)s, %(run_id)s
-FROM crm_next n
-LEFT JOIN crm_valuetier ot ON ot.id = n.old_tier_id
-LEFT JOIN crm_valuetier nt ON nt.id = n.tier_id
-CROSS JOIN LATERAL (
-    VALUES ('tier', COALESCE(ot.slug, ''), COALESCE(nt.slug, '')),
-           ('lifecycle', n.old_lifecycle, n.lifecycle),
-           ('segment', n.old_segment, n.segment)
-) AS v(what, from_value, to_value)
-WHERE n.changed AND v.from_value <> v.to_value
-"""
-
-# Existing rows whose values changed: one hash join (most profiles without orders keep theirs
-# from one night to the next and are not rewritten).
-UPDATE_SQL = """
-UPDATE crm_customervalue cv SET
-    recency_days = n.recency_days, frequency = n.frequency, monetary = n.monetary, r = n.r, f = n.f, m = n.m,
-    segment = n.segment, tier_id = n.tier_id, lifecycle = n.lifecycle, lifecycle_since = n.lifecycle_since,
-    last_order_at = n.last_order_at, last_active_at = n.last_active_at, computed_at = %(now)s
-FROM crm_next n
-WHERE cv.profile_id = n.profile_id AND n.changed AND NOT n.is_new
-"""
-
-# New profiles. ON CONFLICT keeps a row that appeared meanwhile (the recompute lock serialises
-# recomputes, not other writers) from failing the whole run.
-INSERT_NEW_SQL = """
-INSERT INTO crm_customervalue AS cv (profile_id, recency_days, frequency, monetary, r, f, m, segment, tier_id,
-                                     lifecycle, lifecycle_since, last_order_at, last_active_at, computed_at)
-SELECT n.profile_id, n.recency_days, n.frequency, n.monetary, n.r, n.f, n.m, n.segment, n.tier_id,
-       n.lifecycle, n.lifecycle_since, n.last_order_at, n.last_active_at, %(now)s
-FROM crm_next n
-WHERE n.is_new
-ON CONFLICT (profile_id) DO UPDATE SET
-    recency_days = EXCLUDED.recency_days, frequency = EXCLUDED.frequency, monetary = EXCLUDED.monetary,
-    r = EXCLUDED.r, f = EXCLUDED.f, m = EXCLUDED.m, segment = EXCLUDED.segment, tier_id = EXCLUDED.tier_id,
-    lifecycle = EXCLUDED.lifecycle, lifecycle_since = EXCLUDED.lifecycle_since,
-    last_order_at = EXCLUDED.last_order_at, last_active_at = EXCLUDED.last_active_at,
-    computed_at = EXCLUDED.computed_at
-"""
-
-# A deleted profile takes its row along (CASCADE); a merged one leaves it behind, and its orders
-# now count for the profile it was merged into.
-DELETE_STALE_SQL = """
-DELETE FROM crm_customervalue cv
-WHERE cv.profile_id IN (SELECT p.id FROM profiles_profile p WHERE p.merged_into_id IS NOT NULL)
+SELECT (SELECT count(*) FROM profiles_profile WHERE merged_into_id IS NULL),
+       (SELECT count(*) FROM written), (SELECT count(*) FROM logged), (SELECT count(*) FROM dropped)
 """
 
 # Customers who left every tier that gets a manager give their manager's slot back.
@@ -402,19 +403,25 @@ def recompute_customer_values(
             reference_at=params.reference_at,
             window_days=params.window_days,
         )
-        counts = _recompute(params=params, run_id=run.pk, now=now)
+        _recompute(params=params, run_id=run.pk, now=now)
     except Exception as exc:
         RecomputeRun.objects.filter(pk=run.pk).update(
             status=RecomputeRun.Status.FAILED, finished_at=timezone.now(), error=f"{exc.__class__.__name__}: {exc}"
         )
         raise
-    RecomputeRun.objects.filter(pk=run.pk).update(finished_at=timezone.now(), **counts)
     run.refresh_from_db()
     return run
 
 
 @transaction.atomic
-def _recompute(*, params: RecomputeParams, run_id: int, now: datetime) -> dict[str, Any]:
+def _recompute(*, params: RecomputeParams, run_id: int, now: datetime) -> None:
+    """The run is marked finished in the transaction that writes the values: readers derive
+    recency from the latest finished run's reference date, which must match the rows they see."""
+    counts = _recompute_values(params=params, run_id=run_id, now=now)
+    RecomputeRun.objects.filter(pk=run_id).update(finished_at=timezone.now(), **counts)
+
+
+def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) -> dict[str, Any]:
     sql_params = {**params.as_sql_params(now=now), "run_id": run_id}
     timings: dict[str, float] = {}
 
@@ -436,13 +443,14 @@ def _recompute(*, params: RecomputeParams, run_id: int, now: datetime) -> dict[s
         # than these plain scans and hashes ever gain from it.
         cursor.execute("SET LOCAL jit = off")
         cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem()])
-        profiles = step("compute", NEXT_VALUES_SQL, sql_params)
-        changes = step("history", HISTORY_SQL, sql_params)
-        step("update", UPDATE_SQL, sql_params)
-        step("insert_new", INSERT_NEW_SQL, sql_params)
-        step("delete_stale", DELETE_STALE_SQL)
-        cursor.execute("SELECT count(*) FROM crm_next WHERE frequency IS NOT NULL")
-        customers = cursor.fetchone()[0]
+        customers = step("scores", SCORES_SQL, sql_params)
+        # The planner knows nothing of a table created a moment ago; a few hundred milliseconds
+        # of sampling spare it from guessing the size of the hash it joins profiles against.
+        step("analyze", "ANALYZE crm_scored")
+        started = time.monotonic()
+        cursor.execute(APPLY_SQL, sql_params)
+        profiles, written, changes, dropped = cursor.fetchone()
+        timings["apply"] = round(time.monotonic() - started, 3)
         # Managers are locked so that an operator's reassignment cannot overfill one meanwhile.
         cursor.execute("SELECT id FROM crm_accountmanager ORDER BY id FOR UPDATE")
         released = step("release_managers", RELEASE_MANAGERS_SQL, sql_params)
@@ -450,8 +458,8 @@ def _recompute(*, params: RecomputeParams, run_id: int, now: datetime) -> dict[s
         cursor.execute(ASSIGN_MANAGERS_SQL, sql_params)
         assigned, waiting = cursor.fetchone()
         timings["assign_managers"] = round(time.monotonic() - started, 3)
-        cursor.execute("DROP TABLE crm_next")
-    logger.info("crm recompute run %s: %s", run_id, timings)
+        cursor.execute("DROP TABLE crm_scored")
+    logger.info("crm recompute run %s: %s rows written, %s dropped, %s", run_id, written, dropped, timings)
     return {
         "status": RecomputeRun.Status.DONE,
         "profiles": profiles,

@@ -102,8 +102,10 @@ def expected_rfm(invoices: pd.DataFrame, window_days: int) -> pd.DataFrame:
 
 
 def computed() -> pd.DataFrame:
-    rows = CustomerValue.objects.filter(frequency__isnull=False).values(
-        "profile__user_id", "recency_days", "frequency", "monetary", "r", "f", "m", "segment"
+    rows = (
+        CustomerValue.objects.with_recency()
+        .filter(frequency__isnull=False)
+        .values("profile__user_id", "recency_days", "frequency", "monetary", "r", "f", "m", "segment")
     )
     return pd.DataFrame.from_records(list(rows)).set_index("profile__user_id").sort_index()
 
