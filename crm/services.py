@@ -31,6 +31,7 @@ from crm.models import (
     AccountManager,
     CustomerValue,
     RecomputeRun,
+    RfmSegment,
     ScoringMethod,
     ScoringScheme,
     ValueChange,
@@ -107,9 +108,9 @@ segmented AS (
                 WHEN 2 THEN 'general_retention' ELSE 'general_winback' END::varchar(32) AS segment
     FROM scored s
 ),
--- A tier depends only on (r, f, m, segment): match the few distinct combinations, not every row.
-combos AS (SELECT DISTINCT r, f, m, segment FROM segmented),
-combo_tiers AS (
+-- A tier depends only on (r, f, m, segment): match each of the 1,000 possible combinations once
+-- (materialised, so that the planner cannot move the lookup to every customer's row).
+combo_tiers AS MATERIALIZED (
     SELECT c.r, c.f, c.m, c.segment,
            (SELECT t.id FROM crm_valuetier t
             WHERE t.applies_to = 'customers'
@@ -118,7 +119,9 @@ combo_tiers AS (
               AND c.f BETWEEN COALESCE(t.f_min, 1) AND COALESCE(t.f_max, 5)
               AND c.m BETWEEN COALESCE(t.m_min, 1) AND COALESCE(t.m_max, 5)
             ORDER BY t.rank DESC, t.id LIMIT 1) AS tier_id
-    FROM combos c
+    FROM (SELECT r::smallint AS r, f::smallint AS f, m::smallint AS m, segment::varchar(32) AS segment
+          FROM generate_series(1, 5) r, generate_series(1, 5) f, generate_series(1, 5) m,
+               unnest(%(segments)s::text[]) segment) c
 )
 SELECT s.profile_id, s.frequency, s.monetary, s.last_order_at, s.r, s.f, s.m, s.segment, ct.tier_id
 FROM segmented s
@@ -144,23 +147,22 @@ WITH people AS (
                AS last_active_at,
            COALESCE(p.signup_at, p.first_seen_at, p.created_at) AS registered_at,
            old.profile_id IS NULL AS is_new,
-           old.lifecycle AS old_lifecycle, old.lifecycle_since AS old_lifecycle_since,
-           old.tier_id AS old_tier_id, old.segment AS old_segment,
-           (old.frequency, old.monetary, old.r, old.f, old.m, old.segment, old.tier_id, old.lifecycle,
-            old.last_order_at, old.last_active_at) AS old_values
+           old.frequency AS old_frequency, old.monetary AS old_monetary, old.r AS old_r, old.f AS old_f,
+           old.m AS old_m, old.segment AS old_segment, old.tier_id AS old_tier_id, old.lifecycle AS old_lifecycle,
+           old.lifecycle_since AS old_lifecycle_since, old.last_order_at AS old_last_order_at,
+           old.last_active_at AS old_last_active_at
     FROM (SELECT * FROM profiles_profile WHERE merged_into_id IS NULL) p
     FULL JOIN crm_customervalue old ON old.profile_id = p.id
     LEFT JOIN crm_scored s ON s.profile_id = p.id
 ),
 staged AS (
     SELECT pp.*,
-           CASE WHEN pp.last_active_at <= %(ref)s - make_interval(days => %(churned_days)s) THEN 'churned'
-                WHEN pp.last_active_at <= %(ref)s - make_interval(days => %(silent_days)s) THEN 'silent'
+           CASE WHEN pp.last_active_at <= %(churned_before)s THEN 'churned'
+                WHEN pp.last_active_at <= %(silent_before)s THEN 'silent'
                 WHEN pp.old_lifecycle IN ('silent', 'churned') THEN 'reactivated'
-                WHEN pp.old_lifecycle = 'reactivated'
-                     AND pp.old_lifecycle_since > %(ref)s - make_interval(days => %(reactivated_days)s)
+                WHEN pp.old_lifecycle = 'reactivated' AND pp.old_lifecycle_since > %(reactivated_after)s
                      THEN 'reactivated'
-                WHEN pp.registered_at > %(ref)s - make_interval(days => %(new_days)s) THEN 'new'
+                WHEN pp.registered_at > %(new_after)s THEN 'new'
                 ELSE 'active' END::varchar(16) AS lifecycle
     FROM people pp
 ),
@@ -172,9 +174,12 @@ changed AS MATERIALIZED (
            COALESCE(st.old_lifecycle, '') AS old_lifecycle, st.old_tier_id,
            COALESCE(st.old_segment, '') AS old_segment
     FROM staged st
+    -- Two row constructors: compared column by column, without building a record per row.
     WHERE st.is_new OR st.gone
-       OR st.old_values IS DISTINCT FROM (st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id,
-                                         st.lifecycle, st.last_order_at, st.last_active_at)
+       OR (st.old_frequency, st.old_monetary, st.old_r, st.old_f, st.old_m, st.old_segment, st.old_tier_id,
+           st.old_lifecycle, st.old_last_order_at, st.old_last_active_at)
+          IS DISTINCT FROM (st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id,
+                            st.lifecycle, st.last_order_at, st.last_active_at)
 ),
 -- ON CONFLICT also keeps a row that appeared meanwhile (the recompute lock serialises
 -- recomputes, not other writers) from failing the whole run.
@@ -216,15 +221,20 @@ SELECT (SELECT count(*) FROM profiles_profile WHERE merged_into_id IS NULL),
        (SELECT count(*) FROM written), (SELECT count(*) FROM logged), (SELECT count(*) FROM dropped)
 """
 
-# Customers who left every tier that gets a manager give their manager's slot back.
+# Customers who left every tier that gets a manager give their manager's slot back. Rows are
+# updated by primary key (`= ANY(ARRAY(...))`): a join would read the whole table for a few rows.
 RELEASE_MANAGERS_SQL = """
-WITH released AS (
+WITH leaving AS MATERIALIZED (
+    SELECT cv.profile_id, cv.account_manager_id
+    FROM crm_customervalue cv
+    LEFT JOIN crm_valuetier t ON t.id = cv.tier_id
+    WHERE cv.account_manager_id IS NOT NULL AND NOT COALESCE(t.gets_account_manager, false)
+),
+released AS (
     UPDATE crm_customervalue cv SET account_manager_id = NULL
-    FROM crm_customervalue before
-    LEFT JOIN crm_valuetier t ON t.id = before.tier_id
-    WHERE cv.profile_id = before.profile_id AND before.account_manager_id IS NOT NULL
-      AND NOT COALESCE(t.gets_account_manager, false)
-    RETURNING cv.profile_id, before.account_manager_id
+    FROM leaving l
+    WHERE cv.profile_id = l.profile_id AND cv.profile_id = ANY(ARRAY(SELECT profile_id FROM leaving))
+    RETURNING cv.profile_id, l.account_manager_id
 )
 INSERT INTO crm_valuechange (profile_id, what, from_value, to_value, at, run_id)
 SELECT r.profile_id, 'account_manager', u.username, '', %(now)s, %(run_id)s
@@ -233,29 +243,38 @@ FROM released r JOIN crm_accountmanager am ON am.id = r.account_manager_id JOIN 
 
 # Water-filling: each active manager offers the slots from (current load + 1) up to capacity;
 # slot k of every manager is taken before slot k + 1 of any, so new customers go to the least
-# loaded managers first and nobody goes over capacity. The most valuable customers come first.
+# loaded managers first and nobody goes over capacity. The most valuable customers come first:
+# only as many of them as there are free slots are ranked.
 ASSIGN_MANAGERS_SQL = """
 WITH load AS (
     SELECT am.id, am.capacity, count(cv.profile_id) AS customers
     FROM crm_accountmanager am
-    LEFT JOIN crm_customervalue cv ON cv.account_manager_id = am.id
+    LEFT JOIN crm_customervalue cv ON cv.account_manager_id = am.id AND cv.account_manager_id IS NOT NULL
     WHERE am.is_active
     GROUP BY am.id, am.capacity
 ),
-slots AS (
+slots AS MATERIALIZED (
     SELECT l.id AS manager_id, row_number() OVER (ORDER BY s.slot, l.customers, l.id) AS k
     FROM load l CROSS JOIN LATERAL generate_series(l.customers + 1, l.capacity) AS s(slot)
 ),
-waiting AS (
-    SELECT cv.profile_id,
-           row_number() OVER (ORDER BY cv.monetary DESC NULLS LAST, cv.profile_id) AS k
-    FROM crm_customervalue cv JOIN crm_valuetier t ON t.id = cv.tier_id
-    WHERE t.gets_account_manager AND cv.account_manager_id IS NULL
+waiting AS MATERIALIZED (
+    SELECT cv.profile_id, cv.monetary
+    FROM crm_customervalue cv
+    WHERE cv.tier_id = ANY(ARRAY(SELECT t.id FROM crm_valuetier t WHERE t.gets_account_manager))
+      AND cv.account_manager_id IS NULL
+),
+chosen AS (
+    SELECT w.profile_id, row_number() OVER (ORDER BY w.monetary DESC NULLS LAST, w.profile_id) AS k
+    FROM (SELECT * FROM waiting ORDER BY monetary DESC NULLS LAST, profile_id
+          LIMIT (SELECT count(*) FROM slots)) w
+),
+pairs AS MATERIALIZED (
+    SELECT c.profile_id, s.manager_id FROM chosen c JOIN slots s ON s.k = c.k
 ),
 assigned AS (
-    UPDATE crm_customervalue cv SET account_manager_id = s.manager_id
-    FROM waiting w JOIN slots s ON s.k = w.k
-    WHERE cv.profile_id = w.profile_id
+    UPDATE crm_customervalue cv SET account_manager_id = p.manager_id
+    FROM pairs p
+    WHERE cv.profile_id = p.profile_id AND cv.profile_id = ANY(ARRAY(SELECT profile_id FROM pairs))
     RETURNING cv.profile_id, cv.account_manager_id
 ),
 logged AS (
@@ -307,6 +326,12 @@ class RecomputeParams:
             "silent_days": self.silent_days,
             "churned_days": self.churned_days,
             "reactivated_days": self.reactivated_days,
+            # Moments rather than day counts: compared with every profile's, they are computed once.
+            "churned_before": self.reference_at - timedelta(days=self.churned_days),
+            "silent_before": self.reference_at - timedelta(days=self.silent_days),
+            "reactivated_after": self.reference_at - timedelta(days=self.reactivated_days),
+            "new_after": self.reference_at - timedelta(days=self.new_days),
+            "segments": list(RfmSegment.values),
             "amount_pattern": AMOUNT_PATTERN,
             "now": now,
         }
@@ -439,14 +464,14 @@ def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) ->
         # loads (an import, a fresh install), and a planner that believes a table holds one row
         # picks nested loops that turn quadratic, so they are ruled out for this transaction.
         cursor.execute("SET LOCAL enable_nestloop = off")
+        # Likewise merge joins: misled by the same estimates, they sort a million rows to join
+        # them with a few hundred.
+        cursor.execute("SET LOCAL enable_mergejoin = off")
         # ... which inflates cost estimates past the JIT thresholds: compiling then costs more
         # than these plain scans and hashes ever gain from it.
         cursor.execute("SET LOCAL jit = off")
         cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem()])
         customers = step("scores", SCORES_SQL, sql_params)
-        # The planner knows nothing of a table created a moment ago; a few hundred milliseconds
-        # of sampling spare it from guessing the size of the hash it joins profiles against.
-        step("analyze", "ANALYZE crm_scored")
         started = time.monotonic()
         cursor.execute(APPLY_SQL, sql_params)
         profiles, written, changes, dropped = cursor.fetchone()
