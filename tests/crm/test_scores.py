@@ -6,9 +6,9 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
-from crm import services
+from crm import selectors, services
 from crm.models import CustomerValue, ScoringMethod, ScoringScheme
-from profiles.models import Identity
+from profiles.models import Identity, Profile
 from tests.factories.crm import CustomerFactory, paid_order, refund
 from tracking.models import Event
 
@@ -38,6 +38,22 @@ def test_recency_frequency_and_monetary_count_paid_orders_in_the_window():
 
     row = value(alice)
     assert (row.recency_days, row.frequency, row.monetary) == (3, 2, Decimal("25.50"))
+
+
+def test_a_night_that_only_moves_the_reference_date_rewrites_nothing_yet_recency_moves_on():
+    now = timezone.now()
+    erin = CustomerFactory(last_seen_at=now - timedelta(hours=1))
+    paid_order(erin, "10.00", now - timedelta(days=3, hours=1))
+    services.recompute_customer_values(now=now)
+    before = CustomerValue.objects.with_recency().get(profile=erin)
+
+    night = services.recompute_customer_values(now=now + timedelta(days=1))
+
+    after = CustomerValue.objects.with_recency().get(profile=erin)
+    assert after.computed_at == before.computed_at  # the row was not rewritten
+    assert night.changes == 0
+    assert (before.recency_days, after.recency_days, value(erin).recency_days) == (3, 4, 4)
+    assert selectors.rfm_of(Profile.objects.get(pk=erin.pk))["recency_days"] == 4
 
 
 def test_refunded_order_no_longer_counts():
