@@ -54,22 +54,21 @@ def ensure_profile(*, user_id: str) -> Profile:
 
 # The batch's events are read back by id from the rows just stored (same transaction, still in
 # shared buffers) instead of travelling again as arrays: the driver quotes array parameters in
-# Python, which cost more than the statements themselves. One statement, one round trip:
+# Python, which cost more than the statements themselves. The id ranges are written into the
+# statement as constants, so the planner sees how few rows they hold and probes the indexes of
+# profiles and identities instead of scanning them. One statement, one round trip:
 # - the backlog of first/last seen (applied later by `update_seen_times`);
 # - a profile for every user id that has none, with the batch's first/last seen already;
 # - the `user_id` identity of every named profile that lacks one.
 _INGESTED_SQL = """
-WITH runs AS (
-    SELECT * FROM unnest(%(starts)s::bigint[], %(ends)s::bigint[]) AS r(first_id, last_id)
-),
-backlog AS (
+WITH backlog AS (
     INSERT INTO profiles_seenbacklog (first_event_id, last_event_id, created_at)
-    SELECT first_id, last_id, %(now)s FROM runs
+    VALUES {backlog_rows}
 ),
 users AS (
     SELECT e.user_id, min(e.timestamp) AS f, max(e.timestamp) AS l
-    FROM runs JOIN tracking_event e ON e.id BETWEEN runs.first_id AND runs.last_id
-    WHERE e.user_id IS NOT NULL
+    FROM tracking_event e
+    WHERE ({in_runs}) AND e.user_id IS NOT NULL
     GROUP BY e.user_id
 ),
 known AS (
@@ -79,7 +78,7 @@ created AS (
     INSERT INTO profiles_profile (user_id, name, gender, region, city, timezone, phone, email,
         push_opt_in, sms_opt_in, email_opt_in, traits, trait_updated_at, created_at, updated_at,
         first_seen_at, last_seen_at)
-    SELECT u.user_id, '', '', '', '', '', '', '', false, false, false, '{}', '{}', %(now)s, %(now)s, u.f, u.l
+    SELECT u.user_id, '', '', '', '', '', '', '', false, false, false, '{{}}', '{{}}', %(now)s, %(now)s, u.f, u.l
     FROM users u
     WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.user_id = u.user_id)
     ORDER BY u.user_id
@@ -97,6 +96,26 @@ FROM (
 ORDER BY x.user_id
 ON CONFLICT (kind, value) DO NOTHING
 """
+
+
+def _join_runs(runs: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Sorted, disjoint (first, last) runs with the touching ones joined, as (starts, ends)."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for first, last in runs:
+        if ends and first == ends[-1] + 1:
+            ends[-1] = last
+        else:
+            starts.append(first)
+            ends.append(last)
+    return starts, ends
+
+
+def _in_runs(starts: Sequence[int], ends: Sequence[int]) -> str:
+    """`e.id` within one of the runs, as SQL with the bounds written in (they are integers)."""
+    return " OR ".join(f"e.id BETWEEN {int(a)} AND {int(b)}" for a, b in zip(starts, ends, strict=True))
+
+
 # Before tying anonymous ids to users: wait for any merge in flight that moves these users'
 # identities. The insert's conflict check waits for the merging transaction (it changed the
 # identity row), so the next statement sees where the user's profile went. Nothing is locked
@@ -132,15 +151,7 @@ WHERE i.profile_id = p.id AND p.merged_into_id IS NOT NULL
 def _id_runs(ids: Iterable[int]) -> tuple[list[int], list[int]]:
     """Consecutive runs of `ids`, as (starts, ends): one run for a batch stored alone, a few when
     concurrent batches drew from the sequence at the same time."""
-    starts: list[int] = []
-    ends: list[int] = []
-    for pk in sorted(ids):
-        if ends and pk == ends[-1] + 1:
-            ends[-1] = pk
-        else:
-            starts.append(pk)
-            ends.append(pk)
-    return starts, ends
+    return _join_runs([(pk, pk) for pk in sorted(ids)])
 
 
 def record_ingested_events(*, events: Sequence[Any]) -> None:
@@ -156,8 +167,12 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
         if event.user_id and event.anonymous_id and event.anonymous_id not in pairs:
             pairs[event.anonymous_id] = event.user_id
     starts, ends = _id_runs(e.id for e in events)
+    sql = _INGESTED_SQL.format(
+        backlog_rows=", ".join(f"({int(a)}, {int(b)}, %(now)s)" for a, b in zip(starts, ends, strict=True)),
+        in_runs=_in_runs(starts, ends),
+    )
     with connection.cursor() as cursor:
-        cursor.execute(_INGESTED_SQL, {"starts": starts, "ends": ends, "now": now})
+        cursor.execute(sql, {"now": now})
         if pairs:
             anons = sorted(pairs)
             params = {"users": [pairs[a] for a in anons], "anons": anons, "now": now}
@@ -172,13 +187,9 @@ def on_events_ingested(events: Sequence[Any]) -> None:
 
 # --- first/last seen ------------------------------------------------------------------------
 
-# One slice of the backlog, applied in one statement. The slice is claimed with SKIP LOCKED (two
-# workers take different slices) and capped by its number of events; its rows are deleted in the
-# transaction that applies them. Events resolve to profiles as they do at read time: the
-# `user_id` identity when an event names a user, else the `anonymous_id` one, and a merged
-# profile's survivor. Rows are locked in id order, as identify does, so neither deadlocks the
-# other; only rows whose values change are written, so applying a slice twice writes nothing.
-_SEEN_SQL = """
+# One slice of the backlog: claimed with SKIP LOCKED (two workers take different slices), capped
+# by its number of events, and deleted in the transaction that applies it.
+_CLAIM_SQL = """
 WITH claimed AS (
     SELECT id, first_event_id, last_event_id FROM profiles_seenbacklog
     ORDER BY id LIMIT %(max_runs)s FOR UPDATE SKIP LOCKED
@@ -190,16 +201,20 @@ picked AS (
         FROM claimed
     ) w
     WHERE before < %(max_events)s
-),
-due AS (
-    DELETE FROM profiles_seenbacklog b USING picked WHERE b.id = picked.id
-    RETURNING b.first_event_id, b.last_event_id
-),
-spans AS (
+)
+DELETE FROM profiles_seenbacklog b USING picked WHERE b.id = picked.id
+RETURNING b.first_event_id, b.last_event_id
+"""
+# The slice's events resolve to profiles as they do at read time: the `user_id` identity when an
+# event names a user, else the `anonymous_id` one, and a merged profile's survivor. Rows are
+# locked in id order, as identify does, so neither deadlocks the other; only rows whose values
+# change are written, so applying a slice twice writes nothing.
+_SEEN_SQL = """
+WITH spans AS (
     SELECT CASE WHEN e.user_id IS NOT NULL THEN 'user_id' ELSE 'anonymous_id' END AS kind,
-           COALESCE(e.user_id, e.anonymous_id) AS value,
-           min(e.timestamp) AS f, max(e.timestamp) AS l, count(*) AS n
-    FROM due JOIN tracking_event e ON e.id BETWEEN due.first_event_id AND due.last_event_id
+           COALESCE(e.user_id, e.anonymous_id) AS value, min(e.timestamp) AS f, max(e.timestamp) AS l
+    FROM tracking_event e
+    WHERE {in_runs}
     GROUP BY 1, 2
 ),
 seen AS (
@@ -221,7 +236,7 @@ updated AS (
     WHERE p.id = s.profile_id
     RETURNING p.merged_into_id, s.f, s.l
 )
-SELECT (SELECT count(*) FROM due), (SELECT COALESCE(sum(n), 0) FROM spans), (SELECT count(*) FROM updated),
+SELECT (SELECT count(*) FROM updated),
        (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
         FROM updated WHERE merged_into_id IS NOT NULL)
 """
@@ -265,12 +280,20 @@ def update_seen_times(*, max_events: int = SEEN_MAX_EVENTS, max_runs: int = SEEN
     and a slice applied twice leave the right values. One transaction: the slice leaves the
     backlog only together with the updates it carries."""
     with connection.cursor() as cursor:
-        cursor.execute(_SEEN_SQL, {"max_runs": max_runs, "max_events": max_events})
-        runs, events, profiles, to_survivors = cursor.fetchone()
+        cursor.execute(_CLAIM_SQL, {"max_runs": max_runs, "max_events": max_events})
+        claimed = cursor.fetchall()
+        if not claimed:
+            return SeenUpdate(runs=0, events=0, profiles=0)
+        # Batches stored one after the other (or interleaved, by concurrent requests) leave runs
+        # that join up: fewer, longer ranges for the index scan.
+        starts, ends = _join_runs(sorted(claimed))
+        cursor.execute(_SEEN_SQL.format(in_runs=_in_runs(starts, ends)))
+        profiles, to_survivors = cursor.fetchone()
         while to_survivors:  # ends: merges only ever point at a profile that is not merged yet
             cursor.execute(_SEEN_TO_SURVIVORS_SQL, {"rows": to_survivors})
             (to_survivors,) = cursor.fetchone()
-    return SeenUpdate(runs=runs, events=events, profiles=profiles)
+    events = sum(last - first + 1 for first, last in claimed)
+    return SeenUpdate(runs=len(claimed), events=events, profiles=profiles)
 
 
 def catch_up_seen_times(*, max_seconds: float = 50.0, max_events: int = SEEN_MAX_EVENTS) -> SeenUpdate:

@@ -213,7 +213,7 @@ def test_the_worker_applies_the_backlog(celery_worker):
 def _backends_waiting_on_a_lock(probe: psycopg.Connection) -> list[int]:
     rows = probe.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND query LIKE '%%profiles_seenbacklog%%'"
+        " AND query LIKE '%%FOR NO KEY UPDATE OF p%%'"
     ).fetchall()
     return [row[0] for row in rows]
 
