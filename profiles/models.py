@@ -60,6 +60,34 @@ class Profile(models.Model):
         return self.user_id
 
 
+class SeenBacklog(models.Model):
+    """Stored events whose first/last seen is not applied to their profiles yet: one run of
+    consecutive event ids (`first_event_id` to `last_event_id`, all stored by one ingestion
+    batch) per row.
+
+    Ingestion writes the row in its own transaction and `update_seen_times` deletes it in the
+    transaction that applies it, so every stored event is either here or already applied: a
+    crash on either side loses and skips nothing, unlike a cursor over event ids, which would
+    pass over a batch that reserved lower ids but committed later. Keeping this upkeep out of
+    ingestion spares each batch an UPDATE of almost every profile it names; the profiles a
+    batch creates get their first/last seen at once."""
+
+    first_event_id = models.BigIntegerField()
+    last_event_id = models.BigIntegerField()
+    created_at = models.DateTimeField(default=now)
+
+    class Meta:
+        verbose_name = "first/last seen backlog run"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(last_event_id__gte=models.F("first_event_id")), name="seen_backlog_run_order"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"events {self.first_event_id}-{self.last_event_id}"
+
+
 class IdentityKind(models.TextChoices):
     USER_ID = "user_id", "User id"
     ANONYMOUS_ID = "anonymous_id", "Anonymous id"

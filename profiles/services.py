@@ -52,16 +52,76 @@ def ensure_profile(*, user_id: str) -> Profile:
 
 # --- ingestion ------------------------------------------------------------------------------
 
-_NEW_PROFILES_SQL = """
-INSERT INTO profiles_profile (user_id, name, gender, region, city, timezone, phone, email,
-    push_opt_in, sms_opt_in, email_opt_in, traits, trait_updated_at, created_at, updated_at,
-    first_seen_at, last_seen_at)
-SELECT u, '', '', '', '', '', '', '', false, false, false, '{}', '{}', %(now)s, %(now)s, f, l
-FROM unnest(%(users)s::text[], %(firsts)s::timestamptz[], %(lasts)s::timestamptz[]) AS x(u, f, l)
-ORDER BY u
-ON CONFLICT (user_id) DO NOTHING
+# The batch's events are read back by id from the rows just stored (same transaction, still in
+# shared buffers) instead of travelling again as arrays: the driver quotes array parameters in
+# Python, which cost more than the statements themselves. The id ranges are written into the
+# statement as constants, so the planner sees how few rows they hold and probes the indexes of
+# profiles and identities instead of scanning them. One statement, one round trip:
+# - the backlog of first/last seen (applied later by `update_seen_times`);
+# - a profile for every user id that has none, with the batch's first/last seen already;
+# - the `user_id` identity of every named profile that lacks one.
+_INGESTED_SQL = """
+WITH backlog AS (
+    INSERT INTO profiles_seenbacklog (first_event_id, last_event_id, created_at)
+    VALUES {backlog_rows}
+),
+users AS (
+    SELECT e.user_id, min(e.timestamp) AS f, max(e.timestamp) AS l
+    FROM tracking_event e
+    WHERE ({in_runs}) AND e.user_id IS NOT NULL
+    GROUP BY e.user_id
+),
+known AS (
+    SELECT u.user_id, p.id FROM users u JOIN profiles_profile p ON p.user_id = u.user_id
+),
+created AS (
+    INSERT INTO profiles_profile (user_id, name, gender, region, city, timezone, phone, email,
+        push_opt_in, sms_opt_in, email_opt_in, traits, trait_updated_at, created_at, updated_at,
+        first_seen_at, last_seen_at)
+    SELECT u.user_id, '', '', '', '', '', '', '', false, false, false, '{{}}', '{{}}', %(now)s, %(now)s, u.f, u.l
+    FROM users u
+    WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.user_id = u.user_id)
+    ORDER BY u.user_id
+    ON CONFLICT (user_id) DO NOTHING
+    RETURNING id, user_id
+)
+INSERT INTO profiles_identity (profile_id, kind, value, created_at)
+SELECT x.id, 'user_id', x.user_id, %(now)s
+FROM (
+    SELECT id, user_id FROM created
+    UNION ALL
+    SELECT k.id, k.user_id FROM known k
+    WHERE NOT EXISTS (SELECT 1 FROM profiles_identity i WHERE i.kind = 'user_id' AND i.value = k.user_id)
+) x
+ORDER BY x.user_id
+ON CONFLICT (kind, value) DO NOTHING
 """
-_USER_IDENTITIES_SQL = """
+
+
+def _join_runs(runs: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Sorted, disjoint (first, last) runs with the touching ones joined, as (starts, ends)."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for first, last in runs:
+        if ends and first == ends[-1] + 1:
+            ends[-1] = last
+        else:
+            starts.append(first)
+            ends.append(last)
+    return starts, ends
+
+
+def _in_runs(starts: Sequence[int], ends: Sequence[int]) -> str:
+    """`e.id` within one of the runs, as SQL with the bounds written in (they are integers)."""
+    return " OR ".join(f"e.id BETWEEN {int(a)} AND {int(b)}" for a, b in zip(starts, ends, strict=True))
+
+
+# Before tying anonymous ids to users: wait for any merge in flight that moves these users'
+# identities. The insert's conflict check waits for the merging transaction (it changed the
+# identity row), so the next statement sees where the user's profile went. Nothing is locked
+# when nothing conflicts, and the foreign key checks are deferred to commit, so without this the
+# anonymous id could land on the profile being merged away.
+_AWAIT_MERGES_SQL = """
 INSERT INTO profiles_identity (profile_id, kind, value, created_at)
 SELECT p.id, 'user_id', p.user_id, %(now)s FROM profiles_profile p
 WHERE p.user_id = ANY(%(users)s::text[]) ORDER BY p.user_id
@@ -78,88 +138,174 @@ JOIN profiles_profile p ON p.id = i.profile_id
 ORDER BY x.a, x.u
 ON CONFLICT (kind, value) DO NOTHING
 """
-# A merge that committed while we inserted may have left an identity on the merged profile:
-# the insert waited for the merge's row lock (foreign key check), so this later statement sees it.
+# A merge that committed after the statement above took its snapshot may have left an identity
+# on the merged profile: this later statement sees the merge and moves it on.
 _REPOINT_SQL = """
 UPDATE profiles_identity i SET profile_id = p.merged_into_id
 FROM profiles_profile p
 WHERE i.profile_id = p.id AND p.merged_into_id IS NOT NULL
   AND i.kind = 'anonymous_id' AND i.value = ANY(%(anons)s::text[])
 """
-_SEEN_SQL = """
-WITH seen AS (
-    SELECT COALESCE(p.merged_into_id, p.id) AS profile_id, min(x.f) AS f, max(x.l) AS l
-    FROM unnest(%(kinds)s::text[], %(values)s::text[], %(firsts)s::timestamptz[], %(lasts)s::timestamptz[])
-        AS x(kind, value, f, l)
-    JOIN profiles_identity i ON i.kind = x.kind AND i.value = x.value
-    JOIN profiles_profile p ON p.id = i.profile_id
-    GROUP BY 1
-),
-locked AS (
-    -- Rows locked in id order, so concurrent batches of overlapping people cannot deadlock.
-    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
-    WHERE p.first_seen_at IS NULL OR p.first_seen_at > s.f OR p.last_seen_at IS NULL OR p.last_seen_at < s.l
-    ORDER BY p.id FOR NO KEY UPDATE OF p
-)
-UPDATE profiles_profile p
-SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
-FROM seen s JOIN locked l ON l.id = s.profile_id
-WHERE p.id = s.profile_id
-"""
+
+
+def _id_runs(ids: Iterable[int]) -> tuple[list[int], list[int]]:
+    """Consecutive runs of `ids`, as (starts, ends): one run for a batch stored alone, a few when
+    concurrent batches drew from the sequence at the same time."""
+    return _join_runs([(pk, pk) for pk in sorted(ids)])
 
 
 def record_ingested_events(*, events: Sequence[Any]) -> None:
-    """Ingestion listener: profiles for new user ids, anonymous ids tied to the user an event
-    names alongside, first/last seen. Runs inside the ingestion transaction, set-based."""
+    """Ingestion listener: profiles for new user ids (with their first/last seen), anonymous ids
+    tied to the user an event names alongside, and the stored events queued for the first/last
+    seen of existing profiles (`update_seen_times`). Runs inside the ingestion transaction,
+    set-based: one statement, four when events name both a user and an anonymous id."""
     if not events:
         return
     now = timezone.now()
-    spans: dict[tuple[str, str], list[datetime]] = {}
     pairs: dict[str, str] = {}
     for event in events:
-        if event.user_id:
-            key = (IdentityKind.USER_ID, event.user_id)
-            if event.anonymous_id and event.anonymous_id not in pairs:
-                pairs[event.anonymous_id] = event.user_id
-        elif event.anonymous_id:
-            key = (IdentityKind.ANONYMOUS_ID, event.anonymous_id)
-        else:
-            continue
-        span = spans.setdefault(key, [event.timestamp, event.timestamp])
-        span[0] = min(span[0], event.timestamp)
-        span[1] = max(span[1], event.timestamp)
-    users = sorted(value for kind, value in spans if kind == IdentityKind.USER_ID)
+        if event.user_id and event.anonymous_id and event.anonymous_id not in pairs:
+            pairs[event.anonymous_id] = event.user_id
+    starts, ends = _id_runs(e.id for e in events)
+    sql = _INGESTED_SQL.format(
+        backlog_rows=", ".join(f"({int(a)}, {int(b)}, %(now)s)" for a, b in zip(starts, ends, strict=True)),
+        in_runs=_in_runs(starts, ends),
+    )
     with connection.cursor() as cursor:
-        if users:
-            cursor.execute(
-                _NEW_PROFILES_SQL,
-                {
-                    "users": users,
-                    "firsts": [spans[(IdentityKind.USER_ID, u)][0] for u in users],
-                    "lasts": [spans[(IdentityKind.USER_ID, u)][1] for u in users],
-                    "now": now,
-                },
-            )
-            cursor.execute(_USER_IDENTITIES_SQL, {"users": users, "now": now})
+        cursor.execute(sql, {"now": now})
         if pairs:
             anons = sorted(pairs)
             params = {"users": [pairs[a] for a in anons], "anons": anons, "now": now}
+            cursor.execute(_AWAIT_MERGES_SQL, {"users": sorted(set(pairs.values())), "now": now})
             cursor.execute(_ANON_IDENTITIES_SQL, params)
             cursor.execute(_REPOINT_SQL, {"anons": anons})
-        keys = sorted(spans)
-        cursor.execute(
-            _SEEN_SQL,
-            {
-                "kinds": [k for k, _v in keys],
-                "values": [v for _k, v in keys],
-                "firsts": [spans[k][0] for k in keys],
-                "lasts": [spans[k][1] for k in keys],
-            },
-        )
 
 
 def on_events_ingested(events: Sequence[Any]) -> None:
     record_ingested_events(events=events)
+
+
+# --- first/last seen ------------------------------------------------------------------------
+
+# One slice of the backlog: claimed with SKIP LOCKED (two workers take different slices), capped
+# by its number of events, and deleted in the transaction that applies it.
+_CLAIM_SQL = """
+WITH claimed AS (
+    SELECT id, first_event_id, last_event_id FROM profiles_seenbacklog
+    ORDER BY id LIMIT %(max_runs)s FOR UPDATE SKIP LOCKED
+),
+picked AS (
+    SELECT id FROM (
+        SELECT id, sum(last_event_id - first_event_id + 1) OVER (ORDER BY id)
+                   - (last_event_id - first_event_id + 1) AS before
+        FROM claimed
+    ) w
+    WHERE before < %(max_events)s
+)
+DELETE FROM profiles_seenbacklog b USING picked WHERE b.id = picked.id
+RETURNING b.first_event_id, b.last_event_id
+"""
+# The slice's events resolve to profiles as they do at read time: the `user_id` identity when an
+# event names a user, else the `anonymous_id` one, and a merged profile's survivor. Rows are
+# locked in id order, as identify does, so neither deadlocks the other; only rows whose values
+# change are written, so applying a slice twice writes nothing.
+_SEEN_SQL = """
+WITH spans AS (
+    SELECT CASE WHEN e.user_id IS NOT NULL THEN 'user_id' ELSE 'anonymous_id' END AS kind,
+           COALESCE(e.user_id, e.anonymous_id) AS value, min(e.timestamp) AS f, max(e.timestamp) AS l
+    FROM tracking_event e
+    WHERE {in_runs}
+    GROUP BY 1, 2
+),
+seen AS (
+    SELECT COALESCE(p.merged_into_id, p.id) AS profile_id, min(s.f) AS f, max(s.l) AS l
+    FROM spans s
+    JOIN profiles_identity i ON i.kind = s.kind AND i.value = s.value
+    JOIN profiles_profile p ON p.id = i.profile_id
+    GROUP BY 1
+),
+locked AS (
+    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
+    WHERE p.first_seen_at IS NULL OR p.first_seen_at > s.f OR p.last_seen_at IS NULL OR p.last_seen_at < s.l
+    ORDER BY p.id FOR NO KEY UPDATE OF p
+),
+updated AS (
+    UPDATE profiles_profile p
+    SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
+    FROM seen s JOIN locked l ON l.id = s.profile_id
+    WHERE p.id = s.profile_id
+    RETURNING p.merged_into_id, s.f, s.l
+)
+SELECT (SELECT count(*) FROM updated),
+       (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
+        FROM updated WHERE merged_into_id IS NOT NULL)
+"""
+# A profile merged while the statement above waited for its row lock was updated after the merge
+# had read its first/last seen: carry those values on to the survivor (and on again, should the
+# survivor have been merged in the meantime too).
+_SEEN_TO_SURVIVORS_SQL = """
+WITH seen AS (
+    SELECT x.id AS profile_id, min(x.f) AS f, max(x.l) AS l
+    FROM jsonb_to_recordset(%(rows)s::jsonb) AS x(id bigint, f timestamptz, l timestamptz)
+    GROUP BY 1
+),
+locked AS (
+    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id ORDER BY p.id FOR NO KEY UPDATE OF p
+),
+updated AS (
+    UPDATE profiles_profile p
+    SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
+    FROM seen s JOIN locked l ON l.id = s.profile_id
+    WHERE p.id = s.profile_id
+    RETURNING p.merged_into_id, s.f, s.l
+)
+SELECT (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
+        FROM updated WHERE merged_into_id IS NOT NULL)
+"""
+SEEN_MAX_RUNS = 1000
+SEEN_MAX_EVENTS = 20_000
+
+
+@dataclass(frozen=True)
+class SeenUpdate:
+    runs: int  # backlog rows applied
+    events: int  # events they held
+    profiles: int  # profiles whose first or last seen moved
+
+
+@transaction.atomic
+def update_seen_times(*, max_events: int = SEEN_MAX_EVENTS, max_runs: int = SEEN_MAX_RUNS) -> SeenUpdate:
+    """Apply the first/last seen of one slice of the backlog (about `max_events` events, at least
+    one run) to the profiles: first seen only moves back, last seen only forward, so late events
+    and a slice applied twice leave the right values. One transaction: the slice leaves the
+    backlog only together with the updates it carries."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"max_runs": max_runs, "max_events": max_events})
+        claimed = cursor.fetchall()
+        if not claimed:
+            return SeenUpdate(runs=0, events=0, profiles=0)
+        # Batches stored one after the other (or interleaved, by concurrent requests) leave runs
+        # that join up: fewer, longer ranges for the index scan.
+        starts, ends = _join_runs(sorted(claimed))
+        cursor.execute(_SEEN_SQL.format(in_runs=_in_runs(starts, ends)))
+        profiles, to_survivors = cursor.fetchone()
+        while to_survivors:  # ends: merges only ever point at a profile that is not merged yet
+            cursor.execute(_SEEN_TO_SURVIVORS_SQL, {"rows": to_survivors})
+            (to_survivors,) = cursor.fetchone()
+    events = sum(last - first + 1 for first, last in claimed)
+    return SeenUpdate(runs=len(claimed), events=events, profiles=profiles)
+
+
+def catch_up_seen_times(*, max_seconds: float = 50.0, max_events: int = SEEN_MAX_EVENTS) -> SeenUpdate:
+    """Apply the backlog slice by slice until it is empty or `max_seconds` have passed (the next
+    minutely run carries on), each slice in its own transaction."""
+    deadline = time.monotonic() + max_seconds
+    runs = events = profiles = 0
+    while True:
+        step = update_seen_times(max_events=max_events)
+        runs, events, profiles = runs + step.runs, events + step.events, profiles + step.profiles
+        if not step.runs or time.monotonic() >= deadline:
+            return SeenUpdate(runs=runs, events=events, profiles=profiles)
 
 
 # --- identify and merge ---------------------------------------------------------------------

@@ -34,3 +34,13 @@ def recompute_tag_rules() -> list[int]:
     for rule_id in ids:
         recompute_tag_rule.delay(rule_id)
     return ids
+
+
+@shared_task(acks_late=True)
+def rollup_seen_times() -> dict:
+    """Every minute (beat row "profiles: update first/last seen"): apply the first/last seen of
+    newly stored events to their profiles, slice by slice for at most 50 s. Idempotent and safe
+    to run concurrently: each slice is claimed, applied and removed from the backlog in one
+    transaction."""
+    result = services.catch_up_seen_times(max_seconds=50.0)
+    return {"runs": result.runs, "events": result.events, "profiles": result.profiles}

@@ -1,9 +1,9 @@
 """Listeners that apps above `tracking` attach to ingestion, since `tracking` may not import them.
 
-`profiles` creates profiles for new user ids and keeps first/last seen up to date; `campaigns`
-starts triggered sends. A listener is called inside the ingestion transaction, once per stored
-batch, with only the events that were actually stored (duplicates left out); it must work
-set-based over the batch.
+`profiles` creates profiles for new user ids and queues the batch for the first/last seen of
+the existing ones (applied by a background step); `campaigns` starts triggered sends. A
+listener is called inside the ingestion transaction, once per stored batch, with only the
+events that were actually stored (duplicates left out); it must work set-based over the batch.
 """
 
 from __future__ import annotations

@@ -171,7 +171,9 @@ def test_later_events_move_last_seen_forward_and_never_back():
     ProfileFactory(user_id="gina")
     now = timezone.now()
     ingest([{"user_id": "gina", "timestamp": now - timedelta(minutes=1)}])
+    services.update_seen_times()
     ingest([{"user_id": "gina", "timestamp": now - timedelta(days=400)}])
+    services.update_seen_times()
     gina = Profile.objects.get(user_id="gina")
     assert gina.last_seen_at == now - timedelta(minutes=1)
     assert gina.first_seen_at == now - timedelta(days=400)
@@ -182,6 +184,7 @@ def test_events_under_a_merged_user_id_update_the_surviving_profile(writer):
     identify(writer, user_id="h-new", identities=[{"kind": "cookie", "value": "c1"}])
     later = timezone.now() - timedelta(seconds=5)
     ingest([{"user_id": "h-old", "anonymous_id": "anon-h", "timestamp": later}])
+    services.update_seen_times()
     survivor = Profile.objects.get(user_id="h-new")
     assert survivor.last_seen_at == later
     assert Identity.objects.get(value="anon-h").profile == survivor

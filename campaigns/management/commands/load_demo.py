@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from profiles.models import Profile
 from profiles.normalize import parse_traits
-from profiles.services import identify
+from profiles.services import catch_up_seen_times, identify
 from tracking.services import ingest_events
 
 CITIES = ["Shanghai", "Beijing", "Shenzhen", "Hangzhou", "Chengdu", "Wuhan"]
@@ -59,6 +59,8 @@ class Command(BaseCommand):
                 del events[:BATCH]
         if events:
             accepted += ingest_events(events=events).accepted
+        # What the minutely beat job would do: the demo's profiles show their first/last seen at once.
+        catch_up_seen_times(max_seconds=600)
         self.stdout.write(f"Loaded {users} demo users and {accepted} events over {days} days.")
 
     @staticmethod
