@@ -183,6 +183,9 @@ OPSLOOP_SMS_GATEWAY_URL = env("OPSLOOP_SMS_GATEWAY_URL", "")
 OPSLOOP_WEBHOOK_URL = env("OPSLOOP_WEBHOOK_URL", "")
 OPSLOOP_GATEWAY_TOKEN = env("OPSLOOP_GATEWAY_TOKEN", "")
 OPSLOOP_LINK_SIGNING_KEY = env("OPSLOOP_LINK_SIGNING_KEY", SECRET_KEY)
+# How long a process trusts an API key it checked (no query per request); a key revoked
+# elsewhere stops working within this many seconds. 0: look every key up on every request.
+OPSLOOP_API_KEY_CACHE_SECONDS = float(env("OPSLOOP_API_KEY_CACHE_SECONDS", "5"))
 # How far ahead of the server clock an event's timestamp may be.
 OPSLOOP_EVENTS_MAX_FUTURE_SECONDS = int(env("OPSLOOP_EVENTS_MAX_FUTURE_SECONDS", "600"))
 # Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.
