@@ -88,7 +88,10 @@ DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", "postgres://opsloop@127.0.0.1:54329/opsloop"),
         conn_max_age=int(env("OPSLOOP_DB_CONN_MAX_AGE", "60")),
-        conn_health_checks=True,
+        # A reused connection is checked (`SELECT 1`, one round trip) at the start of each request.
+        # Without the check a connection broken since its last request (a database restart)
+        # fails that one request, then is replaced; hot API servers may prefer that trade.
+        conn_health_checks=env_bool("OPSLOOP_DB_CONN_HEALTH_CHECKS", True),
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
