@@ -227,7 +227,7 @@ def start_server(args: argparse.Namespace, db_url: str) -> subprocess.Popen:
          "--timeout", "120", "--log-level", "warning"],
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a shared, busy machine can take long to import everything
     while True:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", args.port, timeout=5)

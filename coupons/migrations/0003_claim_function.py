@@ -22,6 +22,7 @@ DECLARE
     v_profile bigint := p_profile_id;
     v_limit integer;
     v_conditions boolean;
+    v_state text;
     v_held integer;
     v_id bigint;
     v_holder bigint;
@@ -42,8 +43,9 @@ BEGIN
         END IF;
     END IF;
     SELECT r.per_user_limit,
-           cardinality(r.eligible_tiers) > 0 OR cardinality(r.eligible_tags) > 0 OR r.first_order_only
-      INTO v_limit, v_conditions
+           cardinality(r.eligible_tiers) > 0 OR cardinality(r.eligible_tags) > 0 OR r.first_order_only,
+           r.state
+      INTO v_limit, v_conditions, v_state
       FROM coupons_couponrule r WHERE r.id = p_rule_id;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'NO_RULE', NULL::bigint, v_profile, NULL::numeric, NULL::timestamptz,
@@ -64,6 +66,13 @@ BEGIN
                                 NULL::timestamptz, NULL::text, v_limit;
             RETURN;
         END IF;
+    END IF;
+    IF v_state <> 'active' THEN
+        -- Said before the holding: a paused offer is "not active" to everyone (the reserve
+        -- below re-checks the state under the row lock in any case).
+        RETURN QUERY SELECT 'NOT_RESERVED', NULL::bigint, v_profile, NULL::numeric, NULL::timestamptz,
+                            NULL::timestamptz, NULL::text, v_limit;
+        RETURN;
     END IF;
     SELECT h.issued INTO v_held FROM coupons_ruleholding h WHERE h.rule_id = p_rule_id AND h.profile_id = v_profile;
     IF v_held >= v_limit THEN

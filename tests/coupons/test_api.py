@@ -86,6 +86,15 @@ def test_claim_of_a_paused_rule_is_422_and_of_an_unknown_rule_404(shop):
     assert response.status_code == 404 and response.json()["reason"] == "RULE_NOT_FOUND"
 
 
+def test_a_paused_rule_is_not_active_even_to_a_holder_and_a_replay_still_gets_its_coupon(shop):
+    rule = CouponRuleFactory(per_user_limit=1)
+    first = claim(shop, rule, "holder", "h-1")
+    services.change_rule_state(rule=rule, state="paused")
+    assert claim(shop, rule, "holder", "h-2").json()["reason"] == "RULE_NOT_ACTIVE"
+    again = claim(shop, rule, "holder", "h-1")
+    assert again.status_code == 200 and again.json()["code"] == first.json()["code"]
+
+
 def test_claim_without_a_user_id_is_400_naming_the_field(shop):
     response = shop.post(f"/api/v1/coupon-rules/{CouponRuleFactory().pk}/claim", {}, format="json")
     assert response.status_code == 400
