@@ -7,6 +7,7 @@ import hmac
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions
 
+from access import keycache
 from access.models import ApiKey
 from access.services import digest_of, touch_api_key
 
@@ -40,9 +41,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         parts = key.split("_", 2)
         if len(parts) != 3 or not key:
             raise exceptions.AuthenticationFailed("Malformed API key.")
-        api_key = ApiKey.objects.filter(prefix=parts[1]).first()
-        if api_key is None or not hmac.compare_digest(api_key.digest, digest_of(key)):
-            raise exceptions.AuthenticationFailed("Invalid API key.")
+        digest = digest_of(key)
+        # A hot key is answered from this process's short-lived cache (see `access.keycache`).
+        api_key = keycache.cached(digest)
+        if api_key is None:
+            api_key = ApiKey.objects.filter(prefix=parts[1]).first()
+            if api_key is None or not hmac.compare_digest(api_key.digest, digest):
+                raise exceptions.AuthenticationFailed("Invalid API key.")
+            keycache.remember(digest, api_key)
         if not api_key.is_active:
             raise exceptions.AuthenticationFailed("API key revoked.")
         touch_api_key(api_key=api_key)

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from access import keycache
 from access.errors import ApiKeyNameTaken
 from access.models import ApiKey, AuditEntry, Scope
 
@@ -64,6 +65,8 @@ def create_api_key(*, name: str, scopes: list[str], created_by: AbstractBaseUser
 def revoke_api_key(*, api_key: ApiKey, revoked_by: AbstractBaseUser | None = None) -> ApiKey:
     updated = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
     api_key.refresh_from_db()
+    # This process stops accepting it now; the others within the cache's TTL (`access.keycache`).
+    keycache.forget(api_key.digest)
     if updated:
         record_audit(actor=revoked_by, action="api_key.revoked", obj=api_key)
     return api_key
@@ -78,6 +81,8 @@ def touch_api_key(*, api_key: ApiKey, min_interval_seconds: int = 60) -> None:
     ApiKey.objects.filter(pk=api_key.pk).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=threshold)).update(
         last_used_at=now
     )
+    # The instance may be the cached one that later requests check: it is fresh now.
+    api_key.last_used_at = now
 
 
 def record_audit(

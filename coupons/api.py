@@ -9,6 +9,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -68,7 +69,9 @@ def _actor(request: Request) -> dict:
 
 
 class _JsonView(APIView):
+    # JSON in and out: no browsable-API renderer to negotiate on the hot endpoints.
     parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
 
 
 def _rule(rule_id: str | int) -> CouponRule:

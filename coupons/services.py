@@ -13,6 +13,7 @@ import io
 import logging
 from collections import Counter
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -20,7 +21,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -277,13 +278,6 @@ RETURNING CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value E
           valid_from, valid_until, valid_days
 """
 
-_HOLD_SQL = """
-INSERT INTO coupons_ruleholding (rule_id, profile_id, issued) VALUES (%(rule_id)s, %(profile_id)s, 1)
-ON CONFLICT (rule_id, profile_id) DO UPDATE SET issued = coupons_ruleholding.issued + 1
- WHERE coupons_ruleholding.issued < %(limit)s
-RETURNING issued
-"""
-
 
 def _reserve(*, rule_id: int, n: int, now: datetime) -> tuple[Decimal, datetime | None, datetime | None, int | None]:
     with connection.cursor() as cursor:
@@ -329,82 +323,148 @@ def issue_coupon(
 
     With a `request_id`, a replay returns the coupon of the first request (its `created` is
     False) instead of issuing another, even when both arrive at once."""
-    # No look-up before trying: replays are rare, and the unique (rule, request_id) index makes
-    # a replay fail cleanly below, where it is answered with the first request's coupon.
     try:
-        with transaction.atomic():
-            coupon = _issue(rule=rule, profile=profile, request_id=request_id, source=source, source_ref=source_ref)
-    except (IntegrityError, errors.CouponError):
-        # The first request took the index entry, the user's last slot or the last of the
-        # budget: a replay still gets its coupon.
-        if request_id and (existing := _replayed(rule=rule, profile=profile, request_id=request_id)):
+        if rule.state != RuleState.ACTIVE:
+            raise errors.RuleNotActive(f"The offer is {rule.state}.", state=rule.state)
+        if refusal := eligibility_refusal(rule=rule, profile=profile):
+            raise refusal
+    except errors.CouponError:
+        # The first request may have been issued before the rule changed: a replay still gets it.
+        if request_id and (existing := _replayed(rule_id=rule.pk, profile_id=profile.pk, request_id=request_id)):
             return existing
         raise
-    coupon.created = True
-    return coupon
-
-
-def _replayed(*, rule: CouponRule, profile: Profile, request_id: str) -> Coupon | None:
-    existing = Coupon.objects.filter(rule_id=rule.pk, request_id=request_id).select_related("rule").first()
-    if existing is None:
-        return None
-    if existing.profile_id != profile.pk:
-        raise errors.RequestIdReused("This request_id was already used for another user.")
-    existing.created = False
-    return existing
-
-
-def _issue(*, rule: CouponRule, profile: Profile, request_id: str | None, source: str, source_ref: str) -> Coupon:
-    if rule.state != RuleState.ACTIVE:
-        raise errors.RuleNotActive(f"The offer is {rule.state}.", state=rule.state)
-    if refusal := eligibility_refusal(rule=rule, profile=profile):
-        raise refusal
-    with connection.cursor() as cursor:
-        cursor.execute(_HOLD_SQL, {"rule_id": rule.pk, "profile_id": profile.pk, "limit": rule.per_user_limit})
-        if cursor.fetchone() is None:
-            raise errors.PerUserLimitReached(
-                f"The user already holds {rule.per_user_limit} coupon(s) of this offer.",
-                per_user_limit=rule.per_user_limit,
-            )
-    now = timezone.now()
-    reserve = rule.reserve_per_coupon
-    starts_at, expires_at = _validity(
-        now=now, valid_from=rule.valid_from, valid_until=rule.valid_until, valid_days=rule.valid_days
-    )
-    # 60 random bits: a collision with an existing code is vanishingly rare, and the unique
-    # index turns it into an error rather than a shared code.
-    coupon = Coupon.objects.create(
-        code=codes.generate_code(),
-        rule=rule,
-        profile=profile,
-        status=CouponStatus.AVAILABLE,
-        reserved=reserve,
-        issued_at=now,
-        starts_at=starts_at,
-        expires_at=expires_at,
+    claimed = _claim(
+        rule_id=rule.pk,
+        profile_id=profile.pk,
+        user_id=None,
+        request_id=request_id,
         source=source,
         source_ref=source_ref,
-        request_id=request_id or None,
+        conditions_checked=True,
     )
-    # Last, so the hot rule row stays locked only until the commit right after this statement.
-    # The row's own values win: if the rule was edited since `rule` was read, the coupon follows.
-    fresh = _reserve(rule_id=rule.pk, n=1, now=now)
-    if fresh != (reserve, rule.valid_from, rule.valid_until, rule.valid_days):
-        coupon.reserved = fresh[0]
-        coupon.starts_at, coupon.expires_at = _validity(
-            now=now, valid_from=fresh[1], valid_until=fresh[2], valid_days=fresh[3]
-        )
-        coupon.save(update_fields=["reserved", "starts_at", "expires_at"])
-    return coupon
+    assert isinstance(claimed, Coupon)  # a known profile, conditions judged: never an outcome
+    claimed.rule = rule
+    return claimed
 
 
 def claim_coupon(*, rule_id: int, user_id: str, request_id: str | None = None) -> Coupon:
-    """The product's claim: the user (created if we never saw them) takes one coupon of the rule."""
+    """The product's claim: the user (created if we never saw them) takes one coupon of the rule.
+
+    For a known user and a rule without conditions (tiers, tags, first order) this is one
+    statement (see `_claim`); otherwise the rule and the profile are read and judged first."""
+    claimed = _claim(
+        rule_id=rule_id,
+        profile_id=None,
+        user_id=user_id,
+        request_id=request_id,
+        source="api",
+        source_ref="",
+        conditions_checked=False,
+    )
+    if isinstance(claimed, Coupon):
+        return claimed
     rule = CouponRule.objects.filter(pk=rule_id).first()
     if rule is None:
         raise errors.RuleNotFound(f"No coupon rule {rule_id}.")
     profile = profile_for_user_id(user_id) or ensure_profile(user_id=user_id)
     return issue_coupon(rule=rule, profile=profile, request_id=request_id, source="api")
+
+
+# A claim is one call of `coupons_claim` (migration 0003): the checks that take no lock (a
+# replayed request_id, the person's holding), the reserve (the conditional UPDATE above), the
+# holding and the coupon, in one statement. Outside a transaction it commits at once, so the hot
+# rule row stays locked from the reserve to the commit inside PostgreSQL only, never while a
+# Python process waits for a core; that is what keeps many concurrent claims of one rule fast.
+_CLAIM_SQL = "SELECT * FROM coupons_claim(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# Raised by `coupons_claim` when a parallel claim of the same person took the last slot.
+PER_USER_LIMIT_SQLSTATE = "OLC01"
+_NEEDS_PYTHON = ("NO_PROFILE", "CHECK_CONDITIONS")
+
+
+def _claim(
+    *,
+    rule_id: int,
+    profile_id: int | None,
+    user_id: str | None,
+    request_id: str | None,
+    source: str,
+    source_ref: str,
+    conditions_checked: bool,
+) -> Coupon | str:
+    """Issue through `coupons_claim`; an outcome in `_NEEDS_PYTHON` is returned for the caller."""
+    now = timezone.now()
+    # 60 random bits: a collision with an existing code is vanishingly rare, and the unique
+    # index turns it into an error rather than a shared code.
+    code = codes.generate_code()
+    request_id = request_id or None
+    params = [rule_id, profile_id, user_id, request_id, code, now, source, source_ref, conditions_checked]
+    try:
+        # Inside a caller's transaction (bulk jobs) a refused statement must not break it: a
+        # savepoint. Outside one (the API) none: the statement is its own transaction.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, params)
+            outcome, coupon_id, holder_id, reserved, starts_at, expires_at, rule_name, limit = cursor.fetchone()
+    except IntegrityError:
+        # The same request_id arrived twice at once and the other one took the index entry.
+        if request_id and (existing := _replayed(rule_id=rule_id, profile_id=profile_id, request_id=request_id)):
+            return existing
+        raise
+    except DatabaseError as exc:
+        cause = exc.__cause__
+        if getattr(cause, "sqlstate", None) != PER_USER_LIMIT_SQLSTATE:
+            raise
+        if request_id and (existing := _replayed(rule_id=rule_id, profile_id=profile_id, request_id=request_id)):
+            return existing
+        limit = int(cause.diag.message_detail)
+        outcome = "PER_USER_LIMIT_REACHED"
+    if outcome == "ISSUED":
+        coupon = Coupon(
+            id=coupon_id,
+            code=code,
+            rule_id=rule_id,
+            profile_id=holder_id,
+            status=CouponStatus.AVAILABLE,
+            reserved=reserved,
+            issued_at=now,
+            starts_at=starts_at,
+            expires_at=expires_at,
+            expired_at=None,
+            source=source,
+            source_ref=source_ref,
+            request_id=request_id,
+            batch_id=None,
+        )
+        coupon._state.adding, coupon._state.db = False, connection.alias
+        # The rule as far as the statement read it; any other field loads when first used.
+        coupon.rule = CouponRule.from_db(connection.alias, ["id", "name"], [rule_id, rule_name])
+        coupon.created = True
+        return coupon
+    if outcome in _NEEDS_PYTHON:
+        return outcome
+    if outcome == "REPLAY":
+        coupon = Coupon.objects.select_related("rule").get(pk=coupon_id)
+        coupon.created = False
+        return coupon
+    if outcome == "REQUEST_ID_REUSED":
+        raise errors.RequestIdReused("This request_id was already used for another user.")
+    if outcome == "NO_RULE":
+        raise errors.RuleNotFound(f"No coupon rule {rule_id}.")
+    if outcome == "PER_USER_LIMIT_REACHED":
+        raise errors.PerUserLimitReached(
+            f"The user already holds {limit} coupon(s) of this offer.", per_user_limit=limit
+        )
+    assert outcome == "NOT_RESERVED", outcome
+    raise _why_not_reserved(rule_id=rule_id, n=1, now=now)
+
+
+def _replayed(*, rule_id: int, profile_id: int | None, request_id: str) -> Coupon | None:
+    existing = Coupon.objects.filter(rule_id=rule_id, request_id=request_id).select_related("rule").first()
+    if existing is None:
+        return None
+    if profile_id is not None and existing.profile_id != profile_id:
+        raise errors.RequestIdReused("This request_id was already used for another user.")
+    existing.created = False
+    return existing
 
 
 # --- validate, redeem, rollback ---------------------------------------------------------------
@@ -419,15 +479,12 @@ class Quote:
     refusal: errors.CouponError | None = None
 
 
-def _coupon_by_code(code: str, *, lock: bool = False) -> Coupon:
+def _coupon_by_code(code: str) -> Coupon:
     normalized = codes.normalize(code)
     if not codes.is_well_formed(normalized):
         # Typos fail here, without a database query.
         raise errors.CouponNotFound("No such code (check the characters).")
-    queryset = Coupon.objects.select_related("rule")
-    if lock:
-        queryset = queryset.select_for_update(of=("self",))
-    coupon = queryset.filter(code=normalized).first()
+    coupon = Coupon.objects.select_related("rule").filter(code=normalized).first()
     if coupon is None:
         raise errors.CouponNotFound("No such code.")
     return coupon
@@ -447,49 +504,127 @@ def validate_coupon(*, code: str, user_id: str, order_amount: Decimal) -> Quote:
     return Quote(coupon=coupon, valid=True, discount=discount, final_amount=order_amount - discount)
 
 
-_SPEND_SQL = """
-UPDATE coupons_couponrule
-   SET committed = committed - %(reserved)s, spent = spent + %(discount)s, redeemed_count = redeemed_count + 1
- WHERE id = %(rule_id)s
+# The writes of a redemption in one statement: the coupon turns redeemed only while it is still
+# live, and the redemption row and the rule's counters follow it, or nothing happens (another
+# order, an expiry or a revoke came first; the caller reads again and answers why). Outside a
+# transaction it commits at once, so the hot rule row is locked inside PostgreSQL only.
+_REDEEM_SQL = """
+WITH used AS (
+    UPDATE coupons_coupon SET status = 'redeemed'
+     WHERE id = %(coupon_id)s AND status = 'available' AND (expires_at IS NULL OR expires_at > %(now)s)
+    RETURNING id, rule_id, reserved
+), redemption AS (
+    INSERT INTO coupons_redemption (coupon_id, rule_id, profile_id, user_id, order_id, order_amount, discount,
+                                    redeemed_at, rolled_back_at, coupon_returned)
+    SELECT used.id, used.rule_id, %(profile_id)s, %(user_id)s, %(order_id)s, %(order_amount)s, %(discount)s,
+           %(now)s, NULL, NULL
+      FROM used
+    RETURNING id
+), spend AS (
+    UPDATE coupons_couponrule r
+       SET committed = r.committed - used.reserved, spent = r.spent + %(discount)s,
+           redeemed_count = r.redeemed_count + 1
+      FROM used WHERE r.id = used.rule_id
+)
+SELECT id FROM redemption
 """
+_REDEEM_ATTEMPTS = 3
 
 
-@transaction.atomic
+def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | None:
+    """The coupon with its rule, and in one query what a redemption must know besides: this
+    order's live redemption of it (`order_live`, an id), whether this order had one rolled back
+    (`order_rolled_back`) and the caller's profile id (`caller`). Plain SQL: the ORM's compiling
+    of the same query costs more than the query."""
+    coupon_fields = [f.attname for f in Coupon._meta.concrete_fields]
+    rule_fields = [f.attname for f in CouponRule._meta.concrete_fields]
+    columns = [f'c."{f.column}"' for f in Coupon._meta.concrete_fields]
+    columns += [f'r."{f.column}"' for f in CouponRule._meta.concrete_fields]
+    sql = f"""
+        SELECT {", ".join(columns)},
+               (SELECT d.id FROM coupons_redemption d
+                 WHERE d.coupon_id = c.id AND d.order_id = %(order_id)s AND d.rolled_back_at IS NULL LIMIT 1),
+               EXISTS (SELECT 1 FROM coupons_redemption d
+                        WHERE d.coupon_id = c.id AND d.order_id = %(order_id)s AND d.rolled_back_at IS NOT NULL),
+               (SELECT i.profile_id FROM profiles_identity i WHERE i.kind = 'user_id' AND i.value = %(user_id)s)
+          FROM coupons_coupon c JOIN coupons_couponrule r ON r.id = c.rule_id
+         WHERE c.code = %(code)s
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"code": code, "order_id": order_id, "user_id": user_id})
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    n, m = len(coupon_fields), len(rule_fields)
+    coupon = Coupon.from_db(connection.alias, coupon_fields, row[:n])
+    coupon.rule = CouponRule.from_db(connection.alias, rule_fields, row[n : n + m])
+    coupon.order_live, coupon.order_rolled_back, coupon.caller = row[n + m :]
+    return coupon
+
+
 def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decimal) -> Redemption:
     """Use `code` for one order. The same code and order again returns the first redemption
-    (its `created` is False); a code used by another order is refused (409)."""
+    (its `created` is False); a code used by another order is refused (409).
+
+    One read (the coupon, its rule, this order's redemption, the caller's profile), the checks,
+    and one writing statement (`_REDEEM_SQL`)."""
     order_amount = _check_amount(order_amount)
-    coupon = _coupon_by_code(code, lock=True)
-    previous = list(coupon.redemptions.filter(order_id=order_id))
-    live = [r for r in previous if r.rolled_back_at is None]
-    if live:
-        live[0].created = False
-        return live[0]
-    if previous:
-        raise errors.OrderRolledBack("This order's redemption was rolled back; a new order needs a new order_id.")
-    profile = profile_for_user_id(user_id)
-    if coupon.profile_id is None and profile is None:
-        profile = ensure_profile(user_id=user_id)
-    now = timezone.now()
-    refusal = _usage_refusal(coupon=coupon, profile=profile, order_amount=order_amount, order_id=order_id, now=now)
-    if refusal is not None:
-        raise refusal
-    discount = discount_for(rule=coupon.rule, order_amount=order_amount)
-    redemption = Redemption.objects.create(
-        coupon=coupon,
-        rule_id=coupon.rule_id,
-        profile=profile,
-        user_id=user_id,
-        order_id=order_id,
-        order_amount=order_amount,
-        discount=discount,
-        redeemed_at=now,
-    )
-    Coupon.objects.filter(pk=coupon.pk).update(status=CouponStatus.REDEEMED)
-    with connection.cursor() as cursor:
-        cursor.execute(_SPEND_SQL, {"reserved": coupon.reserved, "discount": discount, "rule_id": coupon.rule_id})
-    redemption.created = True
-    return redemption
+    normalized = codes.normalize(code)
+    if not codes.is_well_formed(normalized):
+        # Typos fail here, without a database query.
+        raise errors.CouponNotFound("No such code (check the characters).")
+    for _ in range(_REDEEM_ATTEMPTS):
+        coupon = _coupon_for_order(code=normalized, order_id=order_id, user_id=user_id)
+        if coupon is None:
+            raise errors.CouponNotFound("No such code.")
+        if coupon.order_live is not None:
+            redemption = Redemption.objects.select_related("coupon").get(pk=coupon.order_live)
+            redemption.created = False
+            return redemption
+        if coupon.order_rolled_back:
+            raise errors.OrderRolledBack("This order's redemption was rolled back; a new order needs a new order_id.")
+        # The caller as far as the checks need them (their id); other fields load if asked.
+        profile = None if coupon.caller is None else Profile.from_db(connection.alias, ["id"], [coupon.caller])
+        if coupon.profile_id is None and profile is None:
+            profile = ensure_profile(user_id=user_id)
+        now = timezone.now()
+        refusal = _usage_refusal(coupon=coupon, profile=profile, order_amount=order_amount, order_id=order_id, now=now)
+        if refusal is not None:
+            raise refusal
+        discount = discount_for(rule=coupon.rule, order_amount=order_amount)
+        params = {
+            "coupon_id": coupon.pk,
+            "profile_id": profile.pk if profile is not None else None,
+            "user_id": user_id,
+            "order_id": order_id,
+            "order_amount": order_amount,
+            "discount": discount,
+            "now": now,
+        }
+        # A savepoint only inside a caller's transaction, where a failed statement must not end it.
+        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+            cursor.execute(_REDEEM_SQL, params)
+            row = cursor.fetchone()
+        if row is None:
+            continue  # the coupon changed since it was read: read again and answer from what happened
+        coupon.status = CouponStatus.REDEEMED
+        redemption = Redemption(
+            id=row[0],
+            coupon=coupon,
+            rule_id=coupon.rule_id,
+            profile_id=params["profile_id"],
+            user_id=user_id,
+            order_id=order_id,
+            order_amount=order_amount,
+            discount=discount,
+            redeemed_at=now,
+            rolled_back_at=None,
+            coupon_returned=None,
+        )
+        redemption._state.adding, redemption._state.db = False, connection.alias
+        redemption.created = True
+        return redemption
+    raise errors.CouponAlreadyUsed("This code was already used by another order.")
 
 
 _UNSPEND_RETURN_SQL = """

@@ -88,7 +88,10 @@ DATABASES = {
     "default": dj_database_url.parse(
         env("DATABASE_URL", "postgres://opsloop@127.0.0.1:54329/opsloop"),
         conn_max_age=int(env("OPSLOOP_DB_CONN_MAX_AGE", "60")),
-        conn_health_checks=True,
+        # A reused connection is checked (`SELECT 1`, one round trip) at the start of each request.
+        # Without the check a connection broken since its last request (a database restart)
+        # fails that one request, then is replaced; hot API servers may prefer that trade.
+        conn_health_checks=env_bool("OPSLOOP_DB_CONN_HEALTH_CHECKS", True),
     )
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -183,6 +186,9 @@ OPSLOOP_SMS_GATEWAY_URL = env("OPSLOOP_SMS_GATEWAY_URL", "")
 OPSLOOP_WEBHOOK_URL = env("OPSLOOP_WEBHOOK_URL", "")
 OPSLOOP_GATEWAY_TOKEN = env("OPSLOOP_GATEWAY_TOKEN", "")
 OPSLOOP_LINK_SIGNING_KEY = env("OPSLOOP_LINK_SIGNING_KEY", SECRET_KEY)
+# How long a process trusts an API key it checked (no query per request); a key revoked
+# elsewhere stops working within this many seconds. 0: look every key up on every request.
+OPSLOOP_API_KEY_CACHE_SECONDS = float(env("OPSLOOP_API_KEY_CACHE_SECONDS", "5"))
 # How far ahead of the server clock an event's timestamp may be.
 OPSLOOP_EVENTS_MAX_FUTURE_SECONDS = int(env("OPSLOOP_EVENTS_MAX_FUTURE_SECONDS", "600"))
 # Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.

@@ -1,11 +1,13 @@
 import hashlib
+import time
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from access import services
+from access import keycache, services
 from access.models import ApiKey, AuditEntry
 
 pytestmark = pytest.mark.django_db
@@ -80,8 +82,37 @@ def test_key_digest_lookup_rejects_a_key_with_the_right_prefix_but_wrong_secret(
     assert forged.get("/api/v1/auth/whoami").status_code == 401
 
 
-def test_a_recently_used_key_costs_no_write(make_api_client, django_assert_num_queries):
+def test_a_recently_used_key_costs_no_write(make_api_client, django_assert_num_queries, settings):
+    settings.OPSLOOP_API_KEY_CACHE_SECONDS = 0  # look the key up each time
     client = make_api_client("manage")
     client.get("/api/v1/auth/whoami")  # first use records the time
     with django_assert_num_queries(1):  # the key lookup only
         assert client.get("/api/v1/auth/whoami").status_code == 200
+
+
+def test_a_hot_key_costs_no_query_at_all(make_api_client, django_assert_num_queries):
+    client = make_api_client("manage")
+    client.get("/api/v1/auth/whoami")  # looked up, remembered, last use recorded
+    with django_assert_num_queries(0):
+        assert client.get("/api/v1/auth/whoami").status_code == 200
+
+
+def test_a_key_revoked_in_another_process_stops_working_within_the_cache_time(make_api_client, settings):
+    settings.OPSLOOP_API_KEY_CACHE_SECONDS = 0.5
+    client = make_api_client("manage")
+    assert client.get("/api/v1/auth/whoami").status_code == 200
+    # What another worker's revoke leaves behind: the row changed, this process's cache untouched.
+    ApiKey.objects.filter(pk=client.api_key.pk).update(revoked_at=timezone.now())
+    assert keycache.cached(client.api_key.digest) is not None
+    deadline = time.monotonic() + 5
+    while client.get("/api/v1/auth/whoami").status_code == 200:
+        assert time.monotonic() < deadline, "a revoked key kept working past the cache time"
+        time.sleep(0.1)
+    assert client.get("/api/v1/auth/whoami").json()["detail"] == "API key revoked."
+
+
+def test_an_unknown_key_is_not_remembered(make_api_client):
+    client = make_api_client("manage")
+    forged = f"olk_{client.api_key.prefix}_not-the-secret"
+    APIClient(HTTP_AUTHORIZATION=f"Api-Key {forged}").get("/api/v1/auth/whoami")
+    assert keycache.cached(services.digest_of(forged)) is None

@@ -86,6 +86,15 @@ def test_claim_of_a_paused_rule_is_422_and_of_an_unknown_rule_404(shop):
     assert response.status_code == 404 and response.json()["reason"] == "RULE_NOT_FOUND"
 
 
+def test_a_paused_rule_is_not_active_even_to_a_holder_and_a_replay_still_gets_its_coupon(shop):
+    rule = CouponRuleFactory(per_user_limit=1)
+    first = claim(shop, rule, "holder", "h-1")
+    services.change_rule_state(rule=rule, state="paused")
+    assert claim(shop, rule, "holder", "h-2").json()["reason"] == "RULE_NOT_ACTIVE"
+    again = claim(shop, rule, "holder", "h-1")
+    assert again.status_code == 200 and again.json()["code"] == first.json()["code"]
+
+
 def test_claim_without_a_user_id_is_400_naming_the_field(shop):
     response = shop.post(f"/api/v1/coupon-rules/{CouponRuleFactory().pk}/claim", {}, format="json")
     assert response.status_code == 400
@@ -301,3 +310,43 @@ def test_malformed_ids_are_json_404s_not_html(shop, make_api_client):
     reader = make_api_client("profiles:read")
     response = reader.get("/api/v1/profiles/a%00b/coupons")
     assert response.status_code == 404 and response.json()["reason"] == "USER_NOT_FOUND"
+
+
+# --- the hot path ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_costs_one_query_and_a_redemption_two(make_api_client, django_assert_num_queries):
+    shop = make_api_client("coupons:redeem")
+    rule = CouponRuleFactory(value=D("10.00"), budget=D("100.00"))
+    person(user_id="hot-1")
+    claim(shop, rule, "warm-up", "w")  # the key is checked once, then remembered
+    with django_assert_num_queries(1):  # the claim statement: no key, rule or profile look-up
+        response = claim(shop, rule, "hot-1", "h1")
+    assert response.status_code == 201
+    with django_assert_num_queries(2):  # one read (coupon, rule, order, caller), one write
+        redeemed = redeem(shop, response.json()["code"], "hot-1", "hot-order", "35.00")
+    assert redeemed.status_code == 200 and redeemed.json()["final_amount"] == "25.00"
+    rule.refresh_from_db()
+    assert (rule.issued_count, rule.redeemed_count, rule.committed, rule.spent) == (2, 1, D("10.00"), D("10.00"))
+
+
+def test_hand_built_outputs_equal_what_the_serializers_derive_from_the_model(shop):
+    from rest_framework import serializers as drf
+
+    from coupons.models import Redemption
+    from coupons.serializers import CouponOutput, CouponRedemptionOutput
+
+    rule = CouponRuleFactory(value=D("15.00"), valid_days=7)
+    code = claim(shop, rule, "shape-1").json()["code"]
+    redeem(shop, code, "shape-1", "shape-order", "40.10")
+    shop.post("/api/v1/coupons/rollback", {"order_id": "shape-order"}, format="json")
+    services.issue_coupon(rule=rule, profile=person(), source="bulk", source_ref="issuance:1")
+    assert Coupon.objects.filter(rule=rule).count() == 2
+    for coupon in Coupon.objects.filter(rule=rule).select_related("rule"):
+        derived = drf.ModelSerializer.to_representation(CouponOutput(), coupon)
+        assert CouponOutput(coupon).data == dict(derived)
+    redemption = Redemption.objects.select_related("coupon").get(order_id="shape-order")
+    assert redemption.rolled_back_at is not None and redemption.coupon_returned is True
+    derived = drf.ModelSerializer.to_representation(CouponRedemptionOutput(), redemption)
+    assert CouponRedemptionOutput(redemption).data == dict(derived)

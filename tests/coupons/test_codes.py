@@ -19,6 +19,16 @@ def test_generated_codes_are_well_formed_and_distinct():
     assert all(len(c) == codes.CODE_LENGTH and codes.is_well_formed(c) for c in batch)
 
 
+def test_single_codes_are_well_formed_evenly_spread_and_distinct():
+    # The claim's one-at-a-time path, held to what the batch path is held to above and below.
+    single = [codes.generate_code() for _ in range(8_000)]
+    assert len(set(single)) == len(single)
+    assert all(len(c) == codes.CODE_LENGTH and codes.is_well_formed(c) for c in single)
+    counts = Counter("".join(c[: codes.BODY_LENGTH] for c in single))
+    expected = 8_000 * codes.BODY_LENGTH / 32
+    assert sum((counts[letter] - expected) ** 2 / expected for letter in codes.ALPHABET) < 70
+
+
 def test_every_single_mistyped_character_is_caught_by_the_check_character():
     for code in codes.generate_codes(200):
         for position in range(len(code)):

@@ -4,13 +4,14 @@ so the limits are enforced by the database (row locks, conditional UPDATEs, uniq
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from coupons import errors, selectors, services
 from coupons.models import Coupon, CouponRule, Redemption
@@ -146,3 +147,72 @@ def test_rollbacks_racing_redemptions_and_claims_keep_the_books_balanced():
     assert Redemption.objects.filter(rule=rule, rolled_back_at__isnull=True).values("coupon").distinct().count() == (
         Redemption.objects.filter(rule=rule, rolled_back_at__isnull=True).count()
     )
+
+
+def _waiting_on_a_lock(statement: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE %s",
+            [f"%{statement}%"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_a_claim_that_loses_the_persons_last_slot_while_waiting_for_the_rule_moves_nothing():
+    """The second claim passes the holding check (the first is not committed yet), waits for the
+    rule row, then finds the slot taken: its reserve must be undone with it."""
+    rule = CouponRuleFactory(value=D("10.00"), budget=D("100.00"), per_user_limit=1)
+    person(user_id="racer")
+    first_claimed, release = threading.Event(), threading.Event()
+
+    def first():
+        try:
+            with transaction.atomic():
+                coupon = services.claim_coupon(rule_id=rule.pk, user_id="racer", request_id="a")
+                first_claimed.set()
+                assert release.wait(10)
+            return coupon
+        finally:
+            connection.close()
+
+    def second():
+        assert first_claimed.wait(10)
+        try:
+            return services.claim_coupon(rule_id=rule.pk, user_id="racer", request_id="b")
+        except errors.CouponError as refusal:
+            return refusal
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.submit(first), pool.submit(second)
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock("coupons_claim"):
+            assert time.monotonic() < deadline and not b.done(), "the second claim never waited for the rule"
+            time.sleep(0.02)
+        release.set()
+        a, b = a.result(), b.result()
+    assert isinstance(a, Coupon)
+    assert isinstance(b, errors.PerUserLimitReached) and b.reason == "PER_USER_LIMIT_REACHED"
+    rule.refresh_from_db()
+    assert (rule.issued_count, rule.committed) == (1, D("10.00"))
+    assert Coupon.objects.filter(rule=rule).count() == 1
+    assert_books_balance(rule)
+
+
+def test_the_same_order_redeemed_from_many_clients_at_once_is_one_redemption():
+    rule = CouponRuleFactory(value=D("10.00"), budget=D("100.00"))
+    holder = person(user_id="buyer")
+    coupon = services.issue_coupon(rule=rule, profile=holder)
+    results = run_at_once(
+        [
+            lambda: services.redeem_coupon(code=coupon.code, user_id="buyer", order_id="one", order_amount=D("50"))
+            for _ in range(30)
+        ]
+    )
+    assert all(isinstance(r, Redemption) for r in results), [r for r in results if not isinstance(r, Redemption)][:3]
+    assert len({r.pk for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert Redemption.objects.filter(coupon=coupon).count() == 1
+    assert_books_balance(rule)
