@@ -10,3 +10,9 @@ class TrackingConfig(AppConfig):
         "Operations": ["tracking.view_*"],
         "Analyst": ["tracking.view_*"],
     }
+
+    def ready(self) -> None:
+        # Indicators: the event-only ones, read from the rollups (see tracking.analyses).
+        from tracking.analyses import register_event_indicators
+
+        register_event_indicators()
