@@ -7,7 +7,8 @@ class TrackingConfig(AppConfig):
     name = "tracking"
     verbose_name = "Tracking"
     role_permissions = {
-        "Operations": ["tracking.view_*"],
+        # Operations also define the funnels the dashboards analyse.
+        "Operations": ["tracking.view_*", "tracking.*_funnel", "tracking.*_funnelstep"],
         "Analyst": ["tracking.view_*"],
     }
 

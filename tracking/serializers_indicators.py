@@ -125,9 +125,7 @@ class SeriesPage(_Page):
     fold = serializers.CharField()
     start = serializers.DateField()
     end = serializers.DateField()
-    total = serializers.DecimalField(
-        max_digits=24, decimal_places=4, help_text="The window's days folded as the indicator says."
-    )
+    total = serializers.CharField(help_text="The window's days folded as the indicator says (a decimal string).")
     results = DayValue(many=True)
 
 
