@@ -27,14 +27,15 @@ class WindowInput(serializers.Serializer):
     end = serializers.DateField(required=False, help_text="Last day (YYYY-MM-DD), inclusive; default today (UTC).")
 
     def validate(self, data):
+        for field in ("start", "end"):
+            if data.get(field) and not 1970 <= data[field].year <= 2200:
+                raise serializers.ValidationError({field: ["must be between 1970 and 2200"]})
         end = data.get("end") or _today()
         start = data.get("start") or end - timedelta(days=self.default_days - 1)
         if end < start:
             raise serializers.ValidationError({"end": ["must not be before start"]})
         if (end - start).days + 1 > self.max_days:
             raise serializers.ValidationError({"end": [f"the window is at most {self.max_days} days"]})
-        if start.year < 1970 or end.year > 2200:
-            raise serializers.ValidationError({"start": ["must be between 1970 and 2200"]})
         return {**data, "start": start, "end": end}
 
 
