@@ -20,9 +20,11 @@ How a run stays small and exact:
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -45,9 +47,8 @@ _AMOUNT = (
     "THEN round((e.properties->>'amount')::numeric, 2) ELSE 0 END"
 )
 
-# One chunk of events, aggregated per person and day.
-_STAGE = f"""
-CREATE TEMP TABLE rollup_batch ON COMMIT DROP AS
+# Events aggregated per person and day.
+_AGGREGATE = f"""
 SELECT {_PERSON} AS person_key, {_DAY} AS day,
        count(*) AS events,
        count(*) FILTER (WHERE e.name = 'order_paid') AS orders,
@@ -59,6 +60,9 @@ FROM tracking_event e
 WHERE {{where}}
 GROUP BY 1, 2
 """
+_STAGE = "CREATE TEMP TABLE rollup_batch ON COMMIT DROP AS" + _AGGREGATE
+_COLUMNS = "person_key, day, events, orders, refunds, paid_amount, refunded_amount, first_at, last_at"
+_INSERT_ACTIVITY = f"INSERT INTO tracking_activityday ({_COLUMNS})" + _AGGREGATE
 
 _ADD_ACTIVITY = """
 INSERT INTO tracking_activityday AS a
@@ -105,9 +109,10 @@ ON CONFLICT (person_key) DO UPDATE SET
 _MONTH_INDEX = "(extract(year FROM {d}) * 12 + extract(month FROM {d}))::int"
 
 
-def _cohort_contributions(person_filter: str) -> str:
-    """Cohort cells (basis, granularity, cohort, period, users) of the people `person_filter`
-    selects. Week and month periods count a person once however many days they were active."""
+def _cohort_contributions(base: str) -> str:
+    """Cohort cells (basis, granularity, cohort, period, users) of the activity rows `base`
+    selects (person_key, day, orders, first_day, first_order_day). Week and month periods count a
+    person once however many days they were active."""
     week = "date_trunc('week', {d})::date"
     parts = []
     for basis, first, active in (
@@ -130,27 +135,57 @@ def _cohort_contributions(person_filter: str) -> str:
         )
     union = "\nUNION ALL\n".join(parts)
     return f"""
-WITH base AS MATERIALIZED (
-    SELECT a.person_key, a.day, a.orders, p.first_day, p.first_order_day
-    FROM tracking_activityday a JOIN tracking_activityperson p ON p.person_key = a.person_key
-    WHERE {person_filter}
-), cells AS ({union})
+WITH base AS MATERIALIZED ({base}), cells AS ({union})
 SELECT basis, granularity, cohort, period, count(*) AS users FROM cells GROUP BY 1, 2, 3, 4
 """
 
 
-def _add_cells_sql(person_filter: str) -> str:
+# Every activity row, or (incrementally) the rows of the chunk's people within their ranges.
+_ALL_ROWS = """
+SELECT a.person_key, a.day, a.orders, p.first_day, p.first_order_day
+FROM tracking_activityday a JOIN tracking_activityperson p ON p.person_key = a.person_key
+"""
+_RANGE_ROWS = """
+SELECT DISTINCT a.person_key, a.day, a.orders, p.first_day, p.first_order_day
+FROM rollup_ranges r
+JOIN tracking_activityday a ON a.person_key = r.person_key AND a.day BETWEEN r.lo AND r.hi
+JOIN tracking_activityperson p ON p.person_key = a.person_key
+"""
+
+# The activity rows whose cohort cells a chunk can change. A person whose first day (or first
+# order day) moves, or who is new, has every cell moved: all their rows. Anyone else only gains
+# days in the months of the chunk, so only the cells of those months and of the weeks that overlap
+# them can change: their rows from the Monday before each such month to the Sunday after it.
+_RANGES = """
+CREATE TEMP TABLE rollup_ranges ON COMMIT DROP AS
+WITH per AS (
+    SELECT person_key, min(day) AS min_day, min(day) FILTER (WHERE orders > 0) AS min_order_day
+    FROM rollup_batch GROUP BY person_key
+), moved AS (
+    SELECT per.person_key FROM per LEFT JOIN tracking_activityperson p ON p.person_key = per.person_key
+    WHERE p.person_key IS NULL OR per.min_day < p.first_day
+       OR (per.min_order_day IS NOT NULL AND (p.first_order_day IS NULL OR per.min_order_day < p.first_order_day))
+)
+SELECT person_key, DATE '0001-01-01' AS lo, DATE '9999-12-31' AS hi FROM moved
+UNION
+SELECT b.person_key, date_trunc('week', date_trunc('month', b.day))::date,
+       date_trunc('week', date_trunc('month', b.day) + interval '1 month - 1 day')::date + 6
+FROM rollup_batch b WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.person_key = b.person_key)
+"""
+
+
+def _add_cells_sql(base: str) -> str:
     return f"""
 INSERT INTO tracking_retentioncell AS c (basis, granularity, cohort, period, users)
-{_cohort_contributions(person_filter)}
+{_cohort_contributions(base)}
 ON CONFLICT (basis, granularity, cohort, period) DO UPDATE SET users = c.users + EXCLUDED.users
 """
 
 
-def _subtract_cells_sql(person_filter: str) -> str:
+def _subtract_cells_sql(base: str) -> str:
     return f"""
 UPDATE tracking_retentioncell c SET users = c.users - old.users
-FROM ({_cohort_contributions(person_filter)}) old
+FROM ({_cohort_contributions(base)}) old
 WHERE c.basis = old.basis AND c.granularity = old.granularity AND c.cohort = old.cohort AND c.period = old.period
 """
 
@@ -228,6 +263,27 @@ class RollupResult:
     chunks: int = 0
     days: int = 0
     last_event_id: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class _Steps:
+    """Runs statements and adds up the seconds of each step (printed by the bench)."""
+
+    def __init__(self, cursor, timings: dict[str, float]) -> None:
+        self.cursor = cursor
+        self.timings = timings
+
+    def execute(self, step_or_sql: str, sql: str | None = None, params=None) -> None:
+        """`execute(step, sql, params)` is timed as `step`; `execute(sql[, params])` is not."""
+        if sql is None or not isinstance(sql, str):
+            self.cursor.execute(step_or_sql, sql)
+            return
+        started = time.monotonic()
+        self.cursor.execute(sql, params)
+        self.timings[step_or_sql] += time.monotonic() - started
+
+    def fetchone(self):
+        return self.cursor.fetchone()
 
 
 def settle_seconds() -> int:
@@ -262,8 +318,8 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     """Fold events `after < id <= upto` into the rollups; returns the number of days touched."""
     where = "e.id > %(after)s AND e.id <= %(upto)s"
     params = {"after": after, "upto": upto}
-    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_touched, rollup_days")
-    cursor.execute(_STAGE.format(where=where), params)
+    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_touched, rollup_days, rollup_ranges")
+    cursor.execute("stage", _STAGE.format(where=where), params)
     cursor.execute("CREATE TEMP TABLE rollup_touched ON COMMIT DROP AS SELECT DISTINCT person_key FROM rollup_batch")
     cursor.execute("ALTER TABLE rollup_touched ADD PRIMARY KEY (person_key)")
     cursor.execute("ANALYZE rollup_batch")
@@ -283,13 +339,16 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     cursor.execute("SELECT max(day) FROM tracking_dailyindicator")
     (previous_last_day,) = cursor.fetchone()
 
-    cursor.execute(_subtract_cells_sql(touched))
-    cursor.execute(_ADD_ACTIVITY)
-    cursor.execute(_PERSONS.format(filter=touched))
-    cursor.execute(_add_cells_sql(touched))
+    cursor.execute("cohorts", _RANGES)
+    cursor.execute("CREATE INDEX ON rollup_ranges (person_key)")
+    cursor.execute("ANALYZE rollup_ranges")
+    cursor.execute("cohorts", _subtract_cells_sql(_RANGE_ROWS))
+    cursor.execute("activity", _ADD_ACTIVITY)
+    cursor.execute("persons", _PERSONS.format(filter=touched))
+    cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
     cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
-    cursor.execute(_ADD_SEARCHES.format(where=where), params)
-    cursor.execute(_DAYS.format(filter="a.day IN (SELECT day FROM rollup_days)"))
+    cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+    cursor.execute("days", _DAYS.format(filter="a.day IN (SELECT day FROM rollup_days)"))
 
     cursor.execute("SELECT min(day), max(day), count(*) FROM rollup_days")
     first, _last, days = cursor.fetchone()
@@ -299,9 +358,9 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
         lo = first
         if previous_last_day is not None and previous_last_day + timedelta(days=1) < lo:
             lo = previous_last_day + timedelta(days=1)  # quiet days between the last run's end and now
-        cursor.execute(_ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
+        cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
     # Dropped here too: inside an outer transaction ON COMMIT comes only at its end.
-    cursor.execute("DROP TABLE rollup_batch, rollup_touched, rollup_days")
+    cursor.execute("DROP TABLE rollup_batch, rollup_touched, rollup_days, rollup_ranges")
     return days
 
 
@@ -319,7 +378,7 @@ def fold_new_events(
             if count == 0:
                 result.last_event_id = state.last_event_id
                 return result
-            result.days += _fold_chunk(cursor, after=state.last_event_id, upto=upto)
+            result.days += _fold_chunk(_Steps(cursor, result.timings), after=state.last_event_id, upto=upto)
             state.last_event_id = upto
             state.events_folded += count
             state.updated_at = timezone.now()
@@ -343,13 +402,13 @@ def pending_events() -> int:
 def _derive_all(cursor) -> None:
     """Everything derived from the activity rows, from scratch."""
     cursor.execute("TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator")
-    cursor.execute(_PERSONS.format(filter="true"))
-    cursor.execute(_add_cells_sql("true"))
-    cursor.execute(_DAYS.format(filter="true"))
+    cursor.execute("persons", _PERSONS.format(filter="true"))
+    cursor.execute("cohorts", _add_cells_sql(_ALL_ROWS))
+    cursor.execute("days", _DAYS.format(filter="true"))
     cursor.execute("SELECT min(day), max(day) FROM tracking_activityday")
     lo, hi = cursor.fetchone()
     if lo is not None:
-        cursor.execute(_ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
+        cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
 
 
 def rebuild(
@@ -359,55 +418,69 @@ def rebuild(
     settle: int | None = None,
     progress: Progress | None = None,
 ) -> RollupResult:
-    """Recompute the rollups from the events, in one transaction (readers see the old tables until
-    it commits): all of them, or with `since` only the days from that day on (the days before are
-    kept; first days and cohorts are re-derived from the activity rows)."""
+    """Recompute the rollups from the events in one transaction (readers see the old tables until
+    it commits): all of them, or with `since` the days from that day on (the earlier days are
+    kept; first days, cohorts and the daily indicators are re-derived from the activity rows).
+
+    Events are read a run of days at a time (about `chunk_events` events each); each run's
+    person-days are new rows, so they are inserted straight from one aggregate of the events."""
     settle = settle_seconds() if settle is None else settle
+    if since is not None:
+        fold_new_events(chunk_events=chunk_events, settle=settle)  # the recent events first
     result = RollupResult()
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as raw:
+        cursor = _Steps(raw, result.timings)
         state = _locked_cursor()
-        upto, new_count = _chunk_end(cursor, after=state.last_event_id, chunk=2**62, settle=settle)
-        count_new = new_count if upto > state.last_event_id else 0
+        upto, _count = _chunk_end(cursor, after=state.last_event_id, chunk=2**62, settle=settle)
+        if since is not None:
+            upto = state.last_event_id  # folded just above: only the days from `since` are redone
         upto = max(upto, state.last_event_id)
         if since is None:
             cursor.execute("TRUNCATE " + ", ".join(_TABLES))
-            time_filter = "true"
         else:
             cursor.execute("DELETE FROM tracking_activityday WHERE day >= %s", [since])
             cursor.execute("DELETE FROM tracking_searchday WHERE day >= %s", [since])
-            # The days from `since` again, and whatever arrived since the last run, whatever its day.
-            time_filter = "(e.timestamp >= %(since)s OR e.id > %(folded)s)"
-        cursor.execute("SELECT COALESCE(min(id), 1), COALESCE(max(id), 0) FROM tracking_event WHERE id <= %s", [upto])
-        low, high = cursor.fetchone()
-        step = max(chunk_events, 1)
-        for start in range(low, high + 1, step):
-            end = min(start + step - 1, high)
-            where = f"e.id >= %(start)s AND e.id <= %(end)s AND {time_filter}"
-            params = {"start": start, "end": end, "since": since, "folded": state.last_event_id}
-            cursor.execute("DROP TABLE IF EXISTS rollup_batch")
-            cursor.execute(_STAGE.format(where=where), params)
-            cursor.execute(_ADD_ACTIVITY)
-            cursor.execute("SELECT COALESCE(sum(events), 0) FROM rollup_batch")
-            count = int(cursor.fetchone()[0])
-            cursor.execute("DROP TABLE rollup_batch")
-            cursor.execute(_ADD_SEARCHES.format(where=where), params)
-            result.events += count
-            result.chunks += 1
-            if progress:
-                progress(end - start + 1)
+        first, last, total = _day_span(cursor, upto=upto, since=since)
+        if first is not None:
+            days = (last - first).days + 1
+            step = max(1, min(days, round(days * chunk_events / max(total, 1))))
+            for offset in range(0, days, step):
+                lo = first + timedelta(days=offset)
+                hi = min(lo + timedelta(days=step), last + timedelta(days=1))
+                where = "e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND e.id <= %(upto)s"
+                params = {"lo": _midnight(lo), "hi": _midnight(hi), "upto": upto}
+                cursor.execute("activity", _INSERT_ACTIVITY.format(where=where), params)
+                cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+                result.chunks += 1
+                if progress:
+                    progress((hi - lo).days)
         _derive_all(cursor)
-        cursor.execute("SELECT count(*) FROM tracking_dailyindicator")
-        result.days = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*), COALESCE(sum(events), 0) FROM tracking_dailyindicator")
+        result.days, result.events = cursor.fetchone()
+        state.events_folded = result.events
         state.last_event_id = upto
-        state.events_folded = state.events_folded + count_new if since is not None else result.events
         state.updated_at = timezone.now()
         state.save()
         result.last_event_id = upto
     return result
 
 
-def event_id_span() -> int:
-    """How many ids a rebuild walks through (for the progress bar)."""
+def _midnight(day: date):
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+
+
+def _day_span(cursor, *, upto: int, since: date | None) -> tuple[date | None, date | None, int]:
+    """First and last UTC day of the events to read, and how many there are (the chunk size)."""
+    cursor.execute(
+        f"SELECT min({_DAY}), max({_DAY}), count(*) FROM tracking_event e "
+        "WHERE e.id <= %(upto)s AND (%(since)s::timestamptz IS NULL OR e.timestamp >= %(since)s::timestamptz)",
+        {"upto": upto, "since": _midnight(since) if since else None},
+    )
+    return cursor.fetchone()
+
+
+def days_to_rebuild(*, since: date | None = None) -> int:
+    """How many days a rebuild reads (for the progress bar)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT COALESCE(max(id) - min(id) + 1, 0) FROM tracking_event")
-        return cursor.fetchone()[0]
+        first, last, _count = _day_span(cursor, upto=2**62, since=since)
+    return 0 if first is None else (last - first).days + 1

@@ -141,8 +141,9 @@ def _random_events(rng: random.Random, count: int, *, start: date, days: int) ->
     return events
 
 
-def test_incremental_runs_with_late_and_repeated_batches_equal_a_full_rebuild():
-    rng = random.Random(20260301)
+@pytest.mark.parametrize(("seed", "chunk"), [(20260301, 97), (7, 31)])
+def test_incremental_runs_with_late_and_repeated_batches_equal_a_full_rebuild(seed, chunk):
+    rng = random.Random(seed)
     start = date(2026, 1, 1)
     batches = [_random_events(rng, 150, start=start + timedelta(days=10 * n), days=14) for n in range(6)]
     # Late events: old timestamps arriving with the last batches.
@@ -151,7 +152,7 @@ def test_incremental_runs_with_late_and_repeated_batches_equal_a_full_rebuild():
         services.ingest_events(events=batch, now=datetime(2026, 4, 1, tzinfo=UTC))
         if n % 2:
             services.ingest_events(events=batch, now=datetime(2026, 4, 1, tzinfo=UTC))  # arrives twice
-        rollups.fold_new_events(settle=0, chunk_events=97)  # odd chunks split days and people
+        rollups.fold_new_events(settle=0, chunk_events=chunk)  # odd chunks split days and people
     incremental = snapshot()
     assert incremental["tracking_retentioncell"] and incremental["tracking_searchday"]
 

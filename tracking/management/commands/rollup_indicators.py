@@ -21,7 +21,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--rebuild", action="store_true", help="Recompute every rollup from the events.")
         parser.add_argument("--since", help="Recompute the days from this one (YYYY-MM-DD) on.")
-        parser.add_argument("--chunk-size", type=int, default=rollups.DEFAULT_CHUNK_EVENTS, help="Events per step.")
+        parser.add_argument(
+            "--chunk-size", type=int, default=rollups.DEFAULT_CHUNK_EVENTS, help="About this many events per step."
+        )
         parser.add_argument(
             "--settle-seconds",
             type=int,
@@ -42,8 +44,9 @@ class Command(BaseCommand):
         if options["rebuild"] and since:
             raise CommandError("Give --rebuild or --since, not both.")
         rebuilding = options["rebuild"] or since is not None
-        total = rollups.event_id_span() if rebuilding else rollups.pending_events()
-        with tqdm(total=total, unit="ev", desc="rollups", disable=options["no_progress"]) as bar:
+        total = rollups.days_to_rebuild(since=since) if rebuilding else rollups.pending_events()
+        unit = "day" if rebuilding else "event"
+        with tqdm(total=total, unit=unit, desc="rollups", disable=options["no_progress"]) as bar:
             if rebuilding:
                 result = rollups.rebuild(
                     since=since,
