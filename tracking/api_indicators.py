@@ -110,7 +110,9 @@ class IndicatorSeriesView(_View):
         responses={
             200: s.SeriesPage,
             400: BAD_REQUEST,
-            404: OpenApiResponse(s.IndicatorErrorOutput, description="Unknown indicator or page."),
+            404: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="Unknown indicator (`reason` UNKNOWN_INDICATOR) or page."
+            ),
             **DENIED,
         },
     )

@@ -290,6 +290,14 @@ def settle_seconds() -> int:
     return int(getattr(settings, "OPSLOOP_ROLLUP_SETTLE_SECONDS", 120))
 
 
+def _work_mem(cursor) -> None:
+    """Memory for this transaction's sorts and hashes: with the default 4 MB the per-person-day
+    aggregates and the cohorts' DISTINCTs spill to disk."""
+    cursor.execute(
+        "SELECT set_config('work_mem', %s, true)", [str(getattr(settings, "OPSLOOP_ROLLUP_WORK_MEM", "256MB"))]
+    )
+
+
 def _locked_cursor() -> RollupCursor:
     RollupCursor.objects.get_or_create(name=CURSOR)
     return RollupCursor.objects.select_for_update().get(name=CURSOR)
@@ -374,6 +382,7 @@ def fold_new_events(
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             state = _locked_cursor()
+            _work_mem(cursor)
             upto, count = _chunk_end(cursor, after=state.last_event_id, chunk=chunk_events, settle=settle)
             if count == 0:
                 result.last_event_id = state.last_event_id
@@ -418,8 +427,8 @@ def rebuild(
     settle: int | None = None,
     progress: Progress | None = None,
 ) -> RollupResult:
-    """Recompute the rollups from the events in one transaction (readers see the old tables until
-    it commits): all of them, or with `since` the days from that day on (the earlier days are
+    """Recompute the rollups from the events in one transaction (a crash leaves the old tables;
+    dashboards wait for it to commit): all of them, or with `since` the days from that day on (the earlier days are
     kept; first days, cohorts and the daily indicators are re-derived from the activity rows).
 
     Events are read a run of days at a time (about `chunk_events` events each); each run's
@@ -431,6 +440,7 @@ def rebuild(
     with transaction.atomic(), connection.cursor() as raw:
         cursor = _Steps(raw, result.timings)
         state = _locked_cursor()
+        _work_mem(raw)
         upto, _count = _chunk_end(cursor, after=state.last_event_id, chunk=2**62, settle=settle)
         if since is not None:
             upto = state.last_event_id  # folded just above: only the days from `since` are redone
