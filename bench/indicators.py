@@ -13,9 +13,10 @@ queries, orders and refunds) of `--events / 20` people drawn with a skew.
 Measured, each --repeat times and interleaved with its baseline so that load from elsewhere on a
 shared machine hits both alike (best and median reported):
 
-- nightly: a new day's events (`--events / --days`, plus 1% late events with old timestamps)
-  arrive; `tracking.rollups.fold_new_events` folds them in. Baseline: one statement that
-  aggregates the same new rows per day (events, distinct people, orders, amount).
+- nightly: a new day's events (`--events / --days`, plus 1% late events with timestamps in the
+  `--late-days` days before it: phones that were offline) arrive, and
+  `tracking.rollups.fold_new_events` folds them in. Baseline: one statement that aggregates the
+  same new rows per day (events, distinct people, orders, amount).
 - rebuild: `tracking.rollups.rebuild()` of every rollup from every event. Baseline: one statement
   computing per day the events, distinct people, orders and amounts of every event.
 - dashboards: the real admin views (trends, retention heat map, searches) through Django's test
@@ -47,6 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=10_000_000, help="events of history (default 10,000,000)")
     parser.add_argument("--days", type=int, default=180, help="days of history (default 180)")
     parser.add_argument("--repeat", type=int, default=2, help="timed nightly runs and rebuilds (default 2)")
+    parser.add_argument("--late-days", type=int, default=3, help="late events fall in the last N days (default 3)")
     parser.add_argument("--regenerate", action="store_true", help="drop and generate the data again")
     parser.add_argument("--seed", type=float, default=0.42, help="setseed() for the generator, in [-1, 1]")
     return parser.parse_args()
@@ -260,8 +262,8 @@ def main() -> None:
             insert_events(
                 cursor,
                 count=per_day // 100,
-                start=START,
-                span=timedelta(days=args.days),
+                start=day - timedelta(days=args.late_days),
+                span=timedelta(days=args.late_days),
                 people=args.events // 20,
                 received="now()",
             )
@@ -280,9 +282,12 @@ def main() -> None:
 
         rebuild_base.append(run_baseline(0))
         started = time.monotonic()
-        rollups.rebuild(settle=0)
+        rebuilt = rollups.rebuild(settle=0)
         rebuilds.append(time.monotonic() - started)
-        print(f"  rebuild {i + 1}: {rebuilds[-1]:.1f} s; baseline {rebuild_base[-1]:.1f} s", flush=True)
+        print(
+            f"  rebuild {i + 1}: {rebuilds[-1]:.1f} s; baseline {rebuild_base[-1]:.1f} s; steps: {steps(rebuilt)}",
+            flush=True,
+        )
     check_against_events()
 
     with connection.cursor() as cursor:
