@@ -156,21 +156,32 @@ JOIN tracking_activityperson p ON p.person_key = a.person_key
 # order day) moves, or who is new, has every cell moved: all their rows. Anyone else only gains
 # days in the months of the chunk, so only the cells of those months and of the weeks that overlap
 # them can change: their rows from the Monday before each such month to the Sunday after it.
+_CHUNK_PEOPLE = """
+CREATE TEMP TABLE rollup_people ON COMMIT DROP AS
+SELECT b.person_key, b.min_day, b.max_day, b.min_order_day, p.first_day, p.first_order_day,
+       (p.person_key IS NULL OR b.min_day < p.first_day
+        OR (b.min_order_day IS NOT NULL AND (p.first_order_day IS NULL OR b.min_order_day < p.first_order_day)))
+       AS moved
+FROM (SELECT person_key, min(day) AS min_day, max(day) AS max_day, min(day) FILTER (WHERE orders > 0) AS min_order_day
+      FROM rollup_batch GROUP BY person_key) b
+LEFT JOIN tracking_activityperson p ON p.person_key = b.person_key
+"""
 _RANGES = """
 CREATE TEMP TABLE rollup_ranges ON COMMIT DROP AS
-WITH per AS (
-    SELECT person_key, min(day) AS min_day, min(day) FILTER (WHERE orders > 0) AS min_order_day
-    FROM rollup_batch GROUP BY person_key
-), moved AS (
-    SELECT per.person_key FROM per LEFT JOIN tracking_activityperson p ON p.person_key = per.person_key
-    WHERE p.person_key IS NULL OR per.min_day < p.first_day
-       OR (per.min_order_day IS NOT NULL AND (p.first_order_day IS NULL OR per.min_order_day < p.first_order_day))
-)
-SELECT person_key, DATE '0001-01-01' AS lo, DATE '9999-12-31' AS hi FROM moved
+SELECT person_key, DATE '0001-01-01' AS lo, DATE '9999-12-31' AS hi FROM rollup_people WHERE moved
 UNION
 SELECT b.person_key, date_trunc('week', date_trunc('month', b.day))::date,
        date_trunc('week', date_trunc('month', b.day) + interval '1 month - 1 day')::date + 6
-FROM rollup_batch b WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.person_key = b.person_key)
+FROM rollup_batch b JOIN rollup_people c ON c.person_key = b.person_key AND NOT c.moved
+"""
+# Activity only ever grows, so a person's first and last days move with the chunk's alone.
+_PERSONS_FROM_CHUNK = """
+INSERT INTO tracking_activityperson AS p (person_key, first_day, last_day, first_order_day)
+SELECT person_key, min_day, max_day, min_order_day FROM rollup_people
+ON CONFLICT (person_key) DO UPDATE SET
+    first_day = LEAST(p.first_day, EXCLUDED.first_day),
+    last_day = GREATEST(p.last_day, EXCLUDED.last_day),
+    first_order_day = LEAST(p.first_order_day, EXCLUDED.first_order_day)
 """
 
 
@@ -326,22 +337,20 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     """Fold events `after < id <= upto` into the rollups; returns the number of days touched."""
     where = "e.id > %(after)s AND e.id <= %(upto)s"
     params = {"after": after, "upto": upto}
-    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_touched, rollup_days, rollup_ranges")
+    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_people, rollup_days, rollup_ranges")
     cursor.execute("stage", _STAGE.format(where=where), params)
-    cursor.execute("CREATE TEMP TABLE rollup_touched ON COMMIT DROP AS SELECT DISTINCT person_key FROM rollup_batch")
-    cursor.execute("ALTER TABLE rollup_touched ADD PRIMARY KEY (person_key)")
     cursor.execute("ANALYZE rollup_batch")
-    cursor.execute("ANALYZE rollup_touched")
-    touched = "a.person_key IN (SELECT person_key FROM rollup_touched)"
-    # Days whose indicators may change: those of the chunk, and the former first days of its
-    # people (a late event can make someone new on an earlier day, and no longer on that one).
+    cursor.execute("persons", _CHUNK_PEOPLE)
+    cursor.execute("ALTER TABLE rollup_people ADD PRIMARY KEY (person_key)")
+    cursor.execute("ANALYZE rollup_people")
+    # Days whose indicators may change: those of the chunk, and the former first days of people
+    # whose first day moves (a late event makes someone new on an earlier day, not on that one).
     cursor.execute(
         """
         CREATE TEMP TABLE rollup_days ON COMMIT DROP AS
         SELECT day FROM rollup_batch
-        UNION SELECT first_day FROM tracking_activityperson WHERE person_key IN (SELECT person_key FROM rollup_touched)
-        UNION SELECT first_order_day FROM tracking_activityperson
-              WHERE first_order_day IS NOT NULL AND person_key IN (SELECT person_key FROM rollup_touched)
+        UNION SELECT first_day FROM rollup_people WHERE moved AND first_day IS NOT NULL
+        UNION SELECT first_order_day FROM rollup_people WHERE moved AND first_order_day IS NOT NULL
         """
     )
     cursor.execute("SELECT max(day) FROM tracking_dailyindicator")
@@ -352,7 +361,7 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     cursor.execute("ANALYZE rollup_ranges")
     cursor.execute("cohorts", _subtract_cells_sql(_RANGE_ROWS))
     cursor.execute("activity", _ADD_ACTIVITY)
-    cursor.execute("persons", _PERSONS.format(filter=touched))
+    cursor.execute("persons", _PERSONS_FROM_CHUNK)
     cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
     cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
     cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
@@ -368,7 +377,7 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
             lo = previous_last_day + timedelta(days=1)  # quiet days between the last run's end and now
         cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
     # Dropped here too: inside an outer transaction ON COMMIT comes only at its end.
-    cursor.execute("DROP TABLE rollup_batch, rollup_touched, rollup_days, rollup_ranges")
+    cursor.execute("DROP TABLE rollup_batch, rollup_people, rollup_days, rollup_ranges")
     return days
 
 
