@@ -27,6 +27,7 @@ class CanReadIndicators(BasePermission):
     Operations roles)."""
 
     message = "This endpoint needs the 'manage' scope, or a staff session that may view indicators."
+    required_scope = "manage"  # what the scope matrix of the suite reads
 
     def has_permission(self, request, view) -> bool:
         if isinstance(request.auth, ApiKey):
