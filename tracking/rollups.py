@@ -159,20 +159,22 @@ JOIN tracking_activityperson p ON p.person_key = a.person_key
 _CHUNK_PEOPLE = """
 CREATE TEMP TABLE rollup_people ON COMMIT DROP AS
 SELECT b.person_key, b.min_day, b.max_day, b.min_order_day, p.first_day, p.first_order_day,
-       (p.person_key IS NULL OR b.min_day < p.first_day
-        OR (b.min_order_day IS NOT NULL AND (p.first_order_day IS NULL OR b.min_order_day < p.first_order_day)))
-       AS moved
+       (p.person_key IS NULL OR b.min_day < p.first_day) AS first_moves,
+       (b.min_order_day IS NOT NULL AND (p.first_order_day IS NULL OR b.min_order_day < p.first_order_day))
+       AS first_order_moves
 FROM (SELECT person_key, min(day) AS min_day, max(day) AS max_day, min(day) FILTER (WHERE orders > 0) AS min_order_day
       FROM rollup_batch GROUP BY person_key) b
 LEFT JOIN tracking_activityperson p ON p.person_key = b.person_key
 """
 _RANGES = """
 CREATE TEMP TABLE rollup_ranges ON COMMIT DROP AS
-SELECT person_key, DATE '0001-01-01' AS lo, DATE '9999-12-31' AS hi FROM rollup_people WHERE moved
+SELECT person_key, DATE '0001-01-01' AS lo, DATE '9999-12-31' AS hi FROM rollup_people
+WHERE first_moves OR first_order_moves
 UNION
 SELECT b.person_key, date_trunc('week', date_trunc('month', b.day))::date,
        date_trunc('week', date_trunc('month', b.day) + interval '1 month - 1 day')::date + 6
-FROM rollup_batch b JOIN rollup_people c ON c.person_key = b.person_key AND NOT c.moved
+FROM rollup_batch b JOIN rollup_people c ON c.person_key = b.person_key
+WHERE NOT (c.first_moves OR c.first_order_moves)
 """
 # Activity only ever grows, so a person's first and last days move with the chunk's alone.
 _PERSONS_FROM_CHUNK = """
@@ -349,8 +351,8 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
         """
         CREATE TEMP TABLE rollup_days ON COMMIT DROP AS
         SELECT day FROM rollup_batch
-        UNION SELECT first_day FROM rollup_people WHERE moved AND first_day IS NOT NULL
-        UNION SELECT first_order_day FROM rollup_people WHERE moved AND first_order_day IS NOT NULL
+        UNION SELECT first_day FROM rollup_people WHERE first_moves AND first_day IS NOT NULL
+        UNION SELECT first_order_day FROM rollup_people WHERE first_order_moves AND first_order_day IS NOT NULL
         """
     )
     cursor.execute("SELECT max(day) FROM tracking_dailyindicator")
@@ -367,8 +369,11 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
     cursor.execute("days", _DAYS.format(filter="a.day IN (SELECT day FROM rollup_days)"))
 
-    cursor.execute("SELECT min(day), max(day), count(*) FROM rollup_days")
-    first, _last, days = cursor.fetchone()
+    cursor.execute("SELECT count(*) FROM rollup_days")
+    (days,) = cursor.fetchone()
+    # WAU and MAU depend on activity alone, which changed on the chunk's days only.
+    cursor.execute("SELECT min(day) FROM rollup_batch")
+    (first,) = cursor.fetchone()
     cursor.execute("SELECT max(day) FROM tracking_activityday")
     (hi,) = cursor.fetchone()
     if first is not None and hi is not None:
