@@ -122,3 +122,6 @@ class EventAdmin(ReadOnlyAdmin):
             # The chart follows the filters in use, so "page_view from newsletter" is one click.
             response.context_data["daily_volume"] = selectors.daily_volume(events=changelist.queryset)
         return response
+
+
+from tracking import admin_indicators  # noqa: E402, F401  (the indicator dashboards and funnels)

@@ -7,6 +7,13 @@ class TrackingConfig(AppConfig):
     name = "tracking"
     verbose_name = "Tracking"
     role_permissions = {
-        "Operations": ["tracking.view_*"],
+        # Operations also define the funnels the dashboards analyse.
+        "Operations": ["tracking.view_*", "tracking.*_funnel", "tracking.*_funnelstep"],
         "Analyst": ["tracking.view_*"],
     }
+
+    def ready(self) -> None:
+        # Indicators: the event-only ones, read from the rollups (see tracking.analyses).
+        from tracking.analyses import register_event_indicators
+
+        register_event_indicators()

@@ -5,6 +5,20 @@ from __future__ import annotations
 
 from rest_framework.exceptions import ParseError
 
+from config.errors import NotFound
+
 
 class BodyTooLarge(ParseError):
     default_code = "body_too_large"
+
+
+# --- indicators ----------------------------------------------------------------------------------
+# DomainError subclasses: the API answers them {"reason", "detail"} with their status.
+
+
+class IndicatorNotFound(NotFound):
+    reason = "UNKNOWN_INDICATOR"
+
+
+class FunnelNotFound(NotFound):
+    reason = "UNKNOWN_FUNNEL"

@@ -87,3 +87,163 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.timestamp:%Y-%m-%d %H:%M:%S}"
+
+
+# --- Indicator rollups ---------------------------------------------------------------------------
+# Maintained by `tracking.rollups` only (never edited by hand). The person of an event-only
+# indicator is its "person key": the product's `user_id`, else its `anonymous_id`; identity merges
+# live in `profiles` and are not applied here, so two ids of one person count as two people.
+
+
+class RollupCursor(models.Model):
+    """How far the rollups have read the events: every event with an id up to `last_event_id` is
+    folded in. Its row lock also keeps two rollup runs from interleaving."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    last_event_id = models.BigIntegerField(default=0)
+    events_folded = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: up to event {self.last_event_id}"
+
+
+class ActivityDay(models.Model):
+    """One person's activity on one day (UTC): the base every event-only indicator is read from."""
+
+    pk = models.CompositePrimaryKey("person_key", "day")
+    person_key = models.CharField(max_length=128)
+    day = models.DateField()
+    events = models.IntegerField(default=0)
+    orders = models.IntegerField(default=0, help_text="`order_paid` events.")
+    refunds = models.IntegerField(default=0, help_text="`order_refunded` events.")
+    paid_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+    refunded_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["day"], name="activity_day_day")]
+
+    def __str__(self) -> str:
+        return f"{self.person_key} on {self.day}"
+
+
+class ActivityPerson(models.Model):
+    """A person's first and last day of activity, and first day with an order (cohorts, new users,
+    repeat buyers); derived from `ActivityDay`."""
+
+    person_key = models.CharField(max_length=128, primary_key=True)
+    first_day = models.DateField()
+    last_day = models.DateField()
+    first_order_day = models.DateField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["first_day"], name="activity_person_first"),
+            models.Index(fields=["first_order_day"], name="activity_person_first_order"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.person_key} since {self.first_day}"
+
+
+class DailyIndicator(models.Model):
+    """The day's event-only indicators. WAU and MAU count the people active in the 7 and 30 days
+    that end on the day; revenue is paid minus refunded amounts of the day's events."""
+
+    day = models.DateField(primary_key=True)
+    events = models.BigIntegerField(default=0)
+    active_users = models.IntegerField("DAU", default=0)
+    weekly_active_users = models.IntegerField("WAU", default=0)
+    monthly_active_users = models.IntegerField("MAU", default=0)
+    new_users = models.IntegerField(default=0, help_text="People whose first activity was on the day.")
+    orders = models.IntegerField(default=0)
+    refunds = models.IntegerField(default=0)
+    paid_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+    refunded_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+    revenue = models.DecimalField(max_digits=20, decimal_places=2, default=0)
+    paying_users = models.IntegerField(default=0)
+    repeat_buyers = models.IntegerField(default=0, help_text="Paying people of the day who had paid on an earlier day.")
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "indicator dashboard"
+        verbose_name_plural = "indicator dashboards"
+
+    def __str__(self) -> str:
+        return f"indicators of {self.day}"
+
+
+class CohortBasis(models.TextChoices):
+    ACTIVITY = "activity", "First activity; retained when active"
+    PURCHASE = "purchase", "First order; retained when ordering"
+
+
+class CohortGranularity(models.TextChoices):
+    DAY = "day", "Day"
+    WEEK = "week", "Week (Monday)"
+    MONTH = "month", "Month"
+
+
+class RetentionCell(models.Model):
+    """People of a cohort (those who started in the period beginning on `cohort`) still active
+    (or ordering, by `basis`) `period` periods later; period 0 is the cohort's size. Daily
+    cohorts keep periods 0 to 30."""
+
+    pk = models.CompositePrimaryKey("basis", "granularity", "cohort", "period")
+    basis = models.CharField(max_length=16, choices=CohortBasis.choices)
+    granularity = models.CharField(max_length=8, choices=CohortGranularity.choices)
+    cohort = models.DateField()
+    period = models.IntegerField()
+    users = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.basis}/{self.granularity} cohort {self.cohort} period {self.period}: {self.users}"
+
+
+class SearchDay(models.Model):
+    """`search` events of a day by query (trimmed, lower case, at most 200 characters)."""
+
+    pk = models.CompositePrimaryKey("day", "query")
+    day = models.DateField()
+    query = models.CharField(max_length=200)
+    searches = models.IntegerField(default=0)
+    zero_results = models.IntegerField(default=0, help_text="Searches whose `results` was 0 or empty.")
+
+    def __str__(self) -> str:
+        return f"{self.query!r} on {self.day}"
+
+
+class Funnel(models.Model):
+    """Ordered steps an operator wants people to go through, e.g. view -> cart -> order.
+
+    A person converts to step n when, after their step n-1, they do step n's event within
+    `window_hours` of their first step."""
+
+    name = models.CharField(max_length=120, unique=True)
+    description = models.TextField(blank=True, default="")
+    window_hours = models.PositiveIntegerField(
+        default=24, help_text="Every later step must happen within this many hours of the first."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(window_hours__gte=1), name="funnel_window_positive")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FunnelStep(models.Model):
+    funnel = models.ForeignKey(Funnel, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField(help_text="1 for the first step, then 2, 3, ...")
+    event_name = models.CharField(max_length=64)
+    label = models.CharField(max_length=120, blank=True, default="")
+
+    class Meta:
+        ordering = ["funnel", "position"]
+        constraints = [models.UniqueConstraint(fields=["funnel", "position"], name="funnel_step_position_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.label or self.event_name}"

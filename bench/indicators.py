@@ -1,0 +1,319 @@
+"""Indicator rollup speed: the nightly incremental run and a full rebuild, each against one
+hand-written SQL aggregate over the same rows, and the dashboard pages rendered from the rollups.
+
+    .venv/bin/python bench/indicators.py                       # 10,000,000 events over 180 days
+    .venv/bin/python bench/indicators.py --events 2000000      # while developing
+    .venv/bin/python bench/indicators.py --events 2000000 --repeat 3 --regenerate
+
+It works in a database of its own, `<DATABASE_URL's name>_indbench` (created and migrated on first
+use), so it never touches real data. Events are generated with set-based SQL and kept between runs
+of the same size: `--days` days of history (app opens, page views, searches over a skewed set of
+queries, orders and refunds) of `--events / 20` people drawn with a skew.
+
+Measured, each --repeat times and interleaved with its baseline so that load from elsewhere on a
+shared machine hits both alike (best and median reported):
+
+- nightly: a new day's events (`--events / --days`, plus 1% late events with timestamps in the
+  `--late-days` days before it: phones that were offline) arrive, and
+  `tracking.rollups.fold_new_events` folds them in. Baseline: one statement that aggregates the
+  same new rows per day (events, distinct people, orders, amount).
+- rebuild: `tracking.rollups.rebuild()` of every rollup from every event. Baseline: one statement
+  computing per day the events, distinct people, orders and amounts of every event.
+- dashboards: the real admin views (trends, retention heat map, searches) through Django's test
+  client, logged in, median of 5 renders each (target under 200 ms). Funnels, key behaviours and
+  churn read raw events over the operator's window: reported beside them, not held to the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchdb import bench_database_url, ensure_database  # noqa: E402
+from rfm import model_defaults  # noqa: E402
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000, help="events of history (default 10,000,000)")
+    parser.add_argument("--days", type=int, default=180, help="days of history (default 180)")
+    parser.add_argument("--repeat", type=int, default=2, help="timed nightly runs and rebuilds (default 2)")
+    parser.add_argument("--late-days", type=int, default=3, help="late events fall in the last N days (default 3)")
+    parser.add_argument("--regenerate", action="store_true", help="drop and generate the data again")
+    parser.add_argument("--seed", type=float, default=0.42, help="setseed() for the generator, in [-1, 1]")
+    return parser.parse_args()
+
+
+def insert_events(cursor, *, count: int, start: datetime, span: timedelta, people: int, received: str) -> None:
+    from tracking.models import Event
+
+    cols, vals, params = model_defaults(
+        Event, {"id", "event_id", "name", "kind", "timestamp", "received_at", "user_id", "anonymous_id", "properties"}
+    )
+    cursor.execute(
+        f"""
+        INSERT INTO tracking_event (event_id, name, kind, timestamp, received_at, user_id, anonymous_id,
+                                    properties{cols})
+        SELECT gen_random_uuid(),
+               CASE WHEN r < 0.50 THEN 'app_open' WHEN r < 0.75 THEN 'page_view' WHEN r < 0.87 THEN 'search'
+                    WHEN r < 0.97 THEN 'order_paid' ELSE 'order_refunded' END,
+               CASE WHEN r >= 0.87 THEN 'business' WHEN r >= 0.5 AND r < 0.75 THEN 'traffic' ELSE 'behavior' END,
+               ts, {received}, 'b' || person, NULL,
+               CASE WHEN r >= 0.75 AND r < 0.87
+                        THEN jsonb_build_object('query', 'q' || floor(power(random(), 3) * 5000)::int,
+                                                'results', floor(random() * 4)::int)
+                    WHEN r >= 0.87
+                        THEN jsonb_build_object('order_id', 'o' || g,
+                                                'amount', ((100 + floor(random() * 50000)) / 100)::numeric(10, 2)::text)
+                    ELSE '{{}}'::jsonb END
+               {vals}
+        FROM (SELECT g, random() AS r, %s::timestamptz + random() * %s::interval AS ts,
+                     1 + floor(power(random(), 2) * %s)::int AS person
+              FROM generate_series(1, %s) g) x
+        """,
+        [*params, start, span, people, count],
+    )
+
+
+def generate(events: int, days: int, seed: float) -> None:
+    from django.db import connection
+
+    print(f"generating {events:,} events over {days} days ...", flush=True)
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE tracking_event, tracking_rollupcursor")
+        cursor.execute("SELECT setseed(%s)", [seed])
+        insert_events(
+            cursor,
+            count=events,
+            start=START,
+            span=timedelta(days=days),
+            people=events // 20,
+            received="ts + interval '5 seconds'",
+        )
+        cursor.execute("ANALYZE tracking_event")
+    print(f"  generated in {time.monotonic() - started:.1f} s", flush=True)
+
+
+def have_data(events: int) -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'tracking_event'::regclass")
+        estimate = cursor.fetchone()[0]
+        if abs(estimate - events) > events * 0.05:
+            return False
+        cursor.execute("SELECT count(*) FROM tracking_event WHERE timestamp >= %s", [START])
+        return cursor.fetchone()[0] >= events
+
+
+_AMOUNT = "CASE WHEN e.properties->>'amount' ~ '^[0-9]+(\\.[0-9]+)?$' THEN (e.properties->>'amount')::numeric END"
+BASELINE = f"""
+CREATE TEMP TABLE bench_baseline AS
+SELECT (e.timestamp AT TIME ZONE 'UTC')::date AS day, count(*) AS events,
+       count(DISTINCT COALESCE(e.user_id, e.anonymous_id)) AS people,
+       count(*) FILTER (WHERE e.name = 'order_paid') AS orders,
+       sum({_AMOUNT}) FILTER (WHERE e.name = 'order_paid') AS paid
+FROM tracking_event e WHERE e.id > %s
+GROUP BY 1
+"""
+
+
+def run_baseline(after: int) -> float:
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        started = time.monotonic()
+        cursor.execute(BASELINE, [after])
+        elapsed = time.monotonic() - started
+        cursor.execute("DROP TABLE bench_baseline")
+    return elapsed
+
+
+def check_against_events() -> None:
+    """The rollups' days against a direct aggregate of the events (the sums must agree)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(BASELINE, [0])
+        cursor.execute(
+            """
+            SELECT count(*) FROM bench_baseline b
+            LEFT JOIN tracking_dailyindicator d ON d.day = b.day
+            WHERE (b.events, b.people, b.orders) IS DISTINCT FROM (d.events, d.active_users, d.orders)
+               OR round(COALESCE(b.paid, 0), 2) <> d.paid_amount
+            """
+        )
+        differing = cursor.fetchone()[0]
+        cursor.execute("DROP TABLE bench_baseline")
+    if differing:
+        raise SystemExit(f"{differing} day(s) of the rollups differ from the events")
+
+
+def time_pages(days_end) -> list[tuple[str, float, int]]:
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
+    )
+    client = Client()
+    client.force_login(user)
+    end = days_end.isoformat()
+    start90 = (days_end - timedelta(days=89)).isoformat()
+    start180 = (days_end - timedelta(days=179)).isoformat()
+    start14 = (days_end - timedelta(days=13)).isoformat()
+    start30 = (days_end - timedelta(days=29)).isoformat()
+    pages = [
+        ("trends: DAU, 90 days", f"/admin/tracking/dailyindicator/?indicator=dau&start={start90}&end={end}"),
+        ("trends: revenue, 90 days", f"/admin/tracking/dailyindicator/?indicator=revenue&start={start90}&end={end}"),
+        (
+            "retention: monthly, 180 days",
+            f"/admin/tracking/dailyindicator/retention/?granularity=month&basis=activity&start={start180}&end={end}&periods=6",
+        ),
+        (
+            "retention: daily, 30 days",
+            f"/admin/tracking/dailyindicator/retention/?granularity=day&basis=activity&start={start30}&end={end}&periods=30",
+        ),
+        ("searches: 90 days", f"/admin/tracking/dailyindicator/search/?start={start90}&end={end}"),
+        (
+            "(ad hoc) key behaviour: 14 days",
+            f"/admin/tracking/dailyindicator/key-behaviour/?event=search&start={start14}&end={end}&first_days=7&retained_from=7&retained_days=7",
+        ),
+        (
+            "(ad hoc) churn: 14 days",
+            f"/admin/tracking/dailyindicator/churn/?start={start14}&end={end}&churn_days=7&last_events=3",
+        ),
+    ]
+    out = []
+    for label, url in pages:
+        timings = []
+        for _ in range(5 if not label.startswith("(ad hoc)") else 2):
+            started = time.monotonic()
+            reply = client.get(url)
+            timings.append(time.monotonic() - started)
+            if reply.status_code != 200:
+                raise SystemExit(f"{url}: {reply.status_code}")
+        out.append((label, statistics.median(timings), len(reply.content)))
+    return out
+
+
+def steps(result) -> str:
+    return ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(result.timings.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    args = parse_args()
+    url = bench_database_url("_indbench")
+    ensure_database(url)
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.development")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from tracking import rollups
+
+    call_command("migrate", verbosity=0)
+    if args.regenerate or not have_data(args.events):
+        generate(args.events, args.days, args.seed)
+    with connection.cursor() as cursor:
+        # History only: drop the "new days" a previous run of the bench added.
+        cursor.execute(
+            "DELETE FROM tracking_event WHERE timestamp >= %s OR received_at > %s",
+            [START + timedelta(days=args.days), START + timedelta(days=args.days + 1)],
+        )
+        cursor.execute("SELECT count(*) FROM tracking_event")
+        total = cursor.fetchone()[0]
+
+    print(
+        f"{total:,} events; load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}",
+        flush=True,
+    )
+    started = time.monotonic()
+    first = rollups.rebuild(settle=0)
+    print(f"first rebuild: {time.monotonic() - started:.1f} s ({first.days} days); steps: {steps(first)}", flush=True)
+    check_against_events()
+
+    nightly, nightly_base, rebuilds, rebuild_base = [], [], [], []
+    per_day = args.events // args.days
+    for i in range(args.repeat):
+        day = START + timedelta(days=args.days + i)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT last_event_id FROM tracking_rollupcursor WHERE name = %s", [rollups.CURSOR])
+            after = cursor.fetchone()[0]
+            insert_events(
+                cursor, count=per_day, start=day, span=timedelta(days=1), people=args.events // 20, received="now()"
+            )
+            insert_events(
+                cursor,
+                count=per_day // 100,
+                start=day - timedelta(days=args.late_days),
+                span=timedelta(days=args.late_days),
+                people=args.events // 20,
+                received="now()",
+            )
+            cursor.execute("ANALYZE tracking_event")
+        new = per_day + per_day // 100
+        nightly_base.append(run_baseline(after))
+        started = time.monotonic()
+        result = rollups.fold_new_events(settle=0)
+        nightly.append(time.monotonic() - started)
+        assert result.events == new, (result.events, new)
+        print(
+            f"  nightly {i + 1}: {nightly[-1]:.2f} s for {new:,} events ({result.days} days touched); "
+            f"baseline {nightly_base[-1]:.2f} s; steps: {steps(result)}",
+            flush=True,
+        )
+
+        rebuild_base.append(run_baseline(0))
+        started = time.monotonic()
+        rebuilt = rollups.rebuild(settle=0)
+        rebuilds.append(time.monotonic() - started)
+        print(
+            f"  rebuild {i + 1}: {rebuilds[-1]:.1f} s; baseline {rebuild_base[-1]:.1f} s; steps: {steps(rebuilt)}",
+            flush=True,
+        )
+    check_against_events()
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tracking_event")
+        total = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*) FROM tracking_activityday")
+        activity_rows = cursor.fetchone()[0]
+        cursor.execute("SELECT max(day) FROM tracking_dailyindicator")
+        last_day = cursor.fetchone()[0]
+    print(f"events: {total:,}; activity rows (person x day): {activity_rows:,}")
+    print(
+        f"nightly incremental: best {min(nightly):.2f} s, median {statistics.median(nightly):.2f} s; "
+        f"ratio to one aggregate of the same rows: {min(nightly) / min(nightly_base):.2f} (best), "
+        f"{statistics.median(nightly) / statistics.median(nightly_base):.2f} (median)"
+    )
+    print(
+        f"full rebuild: best {min(rebuilds):.1f} s; ratio to one aggregate of every event: "
+        f"{min(rebuilds) / min(rebuild_base):.2f} (best), "
+        f"{statistics.median(rebuilds) / statistics.median(rebuild_base):.2f} (median)"
+    )
+    print(f"nightly vs rebuild: {min(rebuilds) / min(nightly):.0f}x less work")
+    for label, seconds, size in time_pages(last_day):
+        target = "" if label.startswith("(ad hoc)") else ("  ok" if seconds < 0.2 else "  OVER 200 ms")
+        print(f"page {label}: {seconds * 1000:.0f} ms ({size:,} bytes){target}")
+    print(f"load: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

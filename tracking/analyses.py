@@ -1,0 +1,445 @@
+"""Reads of the event-only indicators: daily series and cohorts from the rollups, and the ad hoc
+analyses (funnels, key behaviours, churn) computed from the events over an operator's window.
+
+People are person keys, as in `tracking.rollups`: the product's `user_id`, else `anonymous_id`.
+Days are UTC days. A person's signup day is their first day of activity (any event); the
+`purchase` basis of cohorts uses their first day with an `order_paid` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+
+from django.db import connection
+from django.db.models import QuerySet, Sum
+from scipy import stats
+
+from tracking import indicators
+from tracking.indicators import Fold, Indicator, Unit
+from tracking.models import CohortGranularity, DailyIndicator, Funnel, SearchDay
+
+PERSON = "COALESCE(e.user_id, e.anonymous_id)"
+
+
+def _utc(day_sql: str) -> str:
+    """A SQL date expression as the timestamp of that UTC midnight."""
+    return f"(({day_sql})::timestamp AT TIME ZONE 'UTC')"
+
+
+# --- daily series (the registry) ------------------------------------------------------------------
+
+
+def _column(column: str):
+    def daily(start: date, end: date) -> dict[date, Decimal]:
+        rows = DailyIndicator.objects.filter(day__range=(start, end)).values_list("day", column)
+        return {day: Decimal(value) for day, value in rows}
+
+    return daily
+
+
+def _ratio(numerator: str, denominator: str, places: int = 4):
+    quantum = Decimal(1).scaleb(-places)
+
+    def daily(start: date, end: date) -> dict[date, Decimal]:
+        rows = DailyIndicator.objects.filter(day__range=(start, end)).values_list("day", numerator, denominator)
+        return {day: (Decimal(n) / Decimal(d)).quantize(quantum) for day, n, d in rows if d}
+
+    return daily
+
+
+EVENT_INDICATORS = [
+    Indicator(
+        "dau", "Daily active users", Unit.USERS, Fold.MEAN, _column("active_users"), "People with any event on the day."
+    ),
+    Indicator(
+        "wau",
+        "Weekly active users",
+        Unit.USERS,
+        Fold.LAST,
+        _column("weekly_active_users"),
+        "People with any event in the 7 days ending on the day.",
+    ),
+    Indicator(
+        "mau",
+        "Monthly active users",
+        Unit.USERS,
+        Fold.LAST,
+        _column("monthly_active_users"),
+        "People with any event in the 30 days ending on the day.",
+    ),
+    Indicator(
+        "stickiness",
+        "Stickiness (DAU/MAU)",
+        Unit.RATIO,
+        Fold.MEAN,
+        _ratio("active_users", "monthly_active_users"),
+        "The day's active users over the 30-day active users.",
+    ),
+    Indicator(
+        "new_users", "New users", Unit.USERS, Fold.SUM, _column("new_users"), "People whose first event was on the day."
+    ),
+    Indicator("orders", "Orders", Unit.COUNT, Fold.SUM, _column("orders"), "`order_paid` events."),
+    Indicator(
+        "revenue",
+        "Revenue",
+        Unit.MONEY,
+        Fold.SUM,
+        _column("revenue"),
+        "`order_paid` amounts minus `order_refunded` amounts of the day.",
+    ),
+    Indicator(
+        "paying_users",
+        "Paying users",
+        Unit.USERS,
+        Fold.MEAN,
+        _column("paying_users"),
+        "People with an order on the day.",
+    ),
+    Indicator(
+        "arpu",
+        "ARPU",
+        Unit.MONEY,
+        Fold.MEAN,
+        _ratio("revenue", "active_users", places=2),
+        "Revenue per active user of the day.",
+    ),
+    Indicator(
+        "repurchase_rate",
+        "Repurchase rate",
+        Unit.RATIO,
+        Fold.MEAN,
+        _ratio("repeat_buyers", "paying_users"),
+        "Share of the day's paying users who had paid on an earlier day.",
+    ),
+]
+
+
+def register_event_indicators() -> None:
+    for indicator in EVENT_INDICATORS:
+        indicators.register_indicator(indicator)
+
+
+# --- retention cohorts ----------------------------------------------------------------------------
+
+MAX_PERIODS = {CohortGranularity.DAY: 30, CohortGranularity.WEEK: 26, CohortGranularity.MONTH: 24}
+
+
+def cohort_start(day: date, granularity: str) -> date:
+    if granularity == CohortGranularity.WEEK:
+        return day - timedelta(days=day.weekday())
+    if granularity == CohortGranularity.MONTH:
+        return day.replace(day=1)
+    return day
+
+
+def retention_cohorts(*, granularity: str, basis: str, start: date, end: date, periods: int) -> list[dict]:
+    """Cohorts starting from `start` to `end` (each cohort is named by its first day), with their
+    size and, for periods 1..`periods`, the people retained and the share of the size (%)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT cohort, period, users FROM tracking_retentioncell
+            WHERE basis = %s AND granularity = %s AND cohort BETWEEN %s AND %s AND period BETWEEN 0 AND %s
+            ORDER BY cohort, period
+            """,
+            [basis, granularity, cohort_start(start, granularity), end, periods],
+        )
+        rows = cursor.fetchall()
+    table: dict[date, dict[int, int]] = {}
+    for cohort, period, users in rows:
+        table.setdefault(cohort, {})[period] = users
+    out = []
+    for cohort, cells in table.items():
+        size = cells.get(0, 0)
+        out.append(
+            {
+                "cohort": cohort,
+                "size": size,
+                "retention": [
+                    {
+                        "period": period,
+                        "users": cells.get(period, 0),
+                        "percent": (Decimal(100 * cells.get(period, 0)) / size).quantize(Decimal("0.1"))
+                        if size
+                        else None,
+                    }
+                    for period in range(1, periods + 1)
+                ],
+            }
+        )
+    return out
+
+
+# --- searches -------------------------------------------------------------------------------------
+
+
+def search_queries(*, start: date, end: date, zero_results_only: bool = False) -> QuerySet:
+    """Queries searched from `start` to `end`, most searched first (or those that found nothing,
+    most frequent first), with their searches, zero-result searches and zero-result share."""
+    rows = (
+        SearchDay.objects.filter(day__range=(start, end))
+        .values("query")
+        .annotate(searches=Sum("searches"), zero_results=Sum("zero_results"))
+    )
+    if zero_results_only:
+        return rows.filter(zero_results__gt=0).order_by("-zero_results", "-searches", "query")
+    return rows.order_by("-searches", "query")
+
+
+def search_totals(*, start: date, end: date) -> dict:
+    totals = SearchDay.objects.filter(day__range=(start, end)).aggregate(
+        searches=Sum("searches"), zero_results=Sum("zero_results")
+    )
+    searches = totals["searches"] or 0
+    zero = totals["zero_results"] or 0
+    return {"searches": searches, "zero_results": zero, "zero_result_rate": _rate(zero, searches)}
+
+
+def _rate(part: int, whole: int, places: int = 4) -> Decimal | None:
+    if not whole:
+        return None
+    return (Decimal(part) / Decimal(whole)).quantize(Decimal(1).scaleb(-places))
+
+
+# --- purchases ------------------------------------------------------------------------------------
+
+
+def purchase_summary(*, start: date, end: date) -> dict:
+    """Revenue, paying people, ARPU (revenue per active person of the window) and the repurchase
+    rate (share of paying people who paid on two days or more of the window)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(*), count(*) FILTER (WHERE orders > 0), count(*) FILTER (WHERE order_days > 1),
+                   COALESCE(sum(paid), 0), COALESCE(sum(refunded), 0), COALESCE(sum(orders), 0)
+            FROM (SELECT person_key, sum(orders) AS orders, count(*) FILTER (WHERE orders > 0) AS order_days,
+                         sum(paid_amount) AS paid, sum(refunded_amount) AS refunded
+                  FROM tracking_activityday WHERE day BETWEEN %s AND %s GROUP BY person_key) per_person
+            """,
+            [start, end],
+        )
+        active, paying, repeat, paid, refunded, orders = cursor.fetchone()
+    revenue = Decimal(paid) - Decimal(refunded)
+    return {
+        "active_users": active,
+        "paying_users": paying,
+        "orders": int(orders),
+        "revenue": revenue,
+        "arpu": (revenue / active).quantize(Decimal("0.01")) if active else None,
+        "arppu": (revenue / paying).quantize(Decimal("0.01")) if paying else None,
+        "repurchase_rate": _rate(repeat, paying),
+    }
+
+
+# --- funnels --------------------------------------------------------------------------------------
+
+
+def funnel_report(*, funnel: Funnel, start: date, end: date) -> dict:
+    """People who did the first step from `start` to `end`, and how many of them went on to each
+    later step, in order: step n strictly after their step n-1, and within the funnel's window
+    of their first step-1 event of the period."""
+    steps = list(funnel.steps.order_by("position"))
+    counts: list[int] = []
+    if steps:
+        params: dict = {
+            "start": datetime.combine(start, time.min, tzinfo=UTC),
+            "end": datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC),
+            "window": timedelta(hours=funnel.window_hours),
+        }
+        ctes = []
+        for n, step in enumerate(steps, start=1):
+            params[f"name{n}"] = step.event_name
+            if n == 1:
+                ctes.append(
+                    f"s1 AS (SELECT {PERSON} AS person, min(e.timestamp) AS t0, min(e.timestamp) AS t "
+                    "FROM tracking_event e WHERE e.name = %(name1)s "
+                    "AND e.timestamp >= %(start)s AND e.timestamp < %(end)s "
+                    "GROUP BY 1)"
+                )
+            else:
+                ctes.append(
+                    f"s{n} AS (SELECT p.person, p.t0, min(e.timestamp) AS t FROM s{n - 1} p "
+                    f"JOIN tracking_event e ON {PERSON} = p.person "
+                    "AND e.timestamp > p.t AND e.timestamp <= p.t0 + %(window)s "
+                    f"WHERE e.name = %(name{n})s AND e.timestamp >= %(start)s AND e.timestamp <= %(end)s + %(window)s "
+                    "GROUP BY p.person, p.t0)"
+                )
+        select = ", ".join(f"(SELECT count(*) FROM s{n})" for n in range(1, len(steps) + 1))
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH {', '.join(ctes)} SELECT {select}", params)
+            counts = list(cursor.fetchone())
+    entered = counts[0] if counts else 0
+    return {
+        "funnel": funnel.pk,
+        "name": funnel.name,
+        "window_hours": funnel.window_hours,
+        "start": start,
+        "end": end,
+        "steps": [
+            {
+                "position": step.position,
+                "event_name": step.event_name,
+                "label": step.label or step.event_name,
+                "users": users,
+                "conversion_from_first": _rate(users, entered),
+                "conversion_from_previous": _rate(users, counts[i - 1]) if i else _rate(users, entered),
+            }
+            for i, (step, users) in enumerate(zip(steps, counts, strict=True))
+        ],
+    }
+
+
+# --- key behaviours -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Comparison:
+    test: str
+    p_value: float | None
+
+
+def compare_rates(did: tuple[int, int], did_not: tuple[int, int]) -> Comparison:
+    """Retained/total of two groups: Pearson's chi-square on the 2x2 table (no continuity
+    correction), Fisher's exact test where an expected count is under 5."""
+    table = [[did[0], did[1] - did[0]], [did_not[0], did_not[1] - did_not[0]]]
+    if min(did[1], did_not[1]) == 0 or (did[0] + did_not[0]) in (0, did[1] + did_not[1]):
+        return Comparison("none", None)
+    _chi2, p, _dof, expected = stats.chi2_contingency(table, correction=False)
+    if expected.min() < 5:
+        return Comparison("fisher_exact", float(stats.fisher_exact(table).pvalue))
+    return Comparison("chi_square", float(p))
+
+
+def key_behaviour(
+    *, event_name: str, start: date, end: date, first_days: int = 7, retained_from: int = 7, retained_days: int = 7
+) -> dict:
+    """Among people whose signup day is from `start` to `end`: those who did `event_name` in
+    their first `first_days` days against those who did not, by their retention (any activity on
+    days `retained_from` to `retained_from + retained_days - 1` after signup)."""
+    sql = f"""
+    WITH cohort AS (
+        SELECT person_key, first_day FROM tracking_activityperson WHERE first_day BETWEEN %(start)s AND %(end)s
+    ), did AS (
+        SELECT DISTINCT c.person_key FROM cohort c
+        JOIN tracking_event e ON {PERSON} = c.person_key
+             AND e.timestamp >= {_utc("c.first_day")} AND e.timestamp < {_utc("c.first_day + %(first_days)s")}
+        WHERE e.name = %(event)s AND e.timestamp >= {_utc("%(start)s::date")}
+              AND e.timestamp < {_utc("%(end)s::date + %(first_days)s")}
+    ), kept AS (
+        SELECT DISTINCT c.person_key FROM cohort c
+        JOIN tracking_activityday a ON a.person_key = c.person_key
+             AND a.day BETWEEN c.first_day + %(retained_from)s AND c.first_day + %(retained_to)s
+    )
+    SELECT d.person_key IS NOT NULL, count(*), count(k.person_key)
+    FROM cohort c LEFT JOIN did d ON d.person_key = c.person_key LEFT JOIN kept k ON k.person_key = c.person_key
+    GROUP BY 1
+    """
+    params = {
+        "start": start,
+        "end": end,
+        "event": event_name,
+        "first_days": first_days,
+        "retained_from": retained_from,
+        "retained_to": retained_from + retained_days - 1,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        groups = {did: (total, kept) for did, total, kept in cursor.fetchall()}
+        cursor.execute("SELECT max(day) FROM tracking_activityday")
+        (last_day,) = cursor.fetchone()
+    did_total, did_kept = groups.get(True, (0, 0))
+    not_total, not_kept = groups.get(False, (0, 0))
+    comparison = compare_rates((did_kept, did_total), (not_kept, not_total))
+    did_rate, not_rate = _rate(did_kept, did_total), _rate(not_kept, not_total)
+    return {
+        "event_name": event_name,
+        "start": start,
+        "end": end,
+        "first_days": first_days,
+        "retained_from": retained_from,
+        "retained_days": retained_days,
+        "complete": last_day is not None and end + timedelta(days=retained_from + retained_days - 1) <= last_day,
+        "groups": [
+            {"group": "did", "users": did_total, "retained": did_kept, "retention_rate": did_rate},
+            {"group": "did_not", "users": not_total, "retained": not_kept, "retention_rate": not_rate},
+        ],
+        "difference": did_rate - not_rate if did_rate is not None and not_rate is not None else None,
+        "test": comparison.test,
+        "p_value": comparison.p_value,
+    }
+
+
+# --- churn ----------------------------------------------------------------------------------------
+
+
+def churn_behaviours(*, start: date, end: date, churn_days: int = 30, last_events: int = 3) -> dict:
+    """People active from `start` to `end` split into churned (no activity in the `churn_days`
+    after `end`) and retained; for each event name, how many in each group had it among their last
+    `last_events` events of the window, as a share of the group, with the lift of churned over
+    retained. Rows are ordered by how much more often churned people ended on that event."""
+    sql = f"""
+    WITH population AS (
+        SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s
+    ), later AS (
+        SELECT DISTINCT person_key FROM tracking_activityday
+        WHERE day > %(end)s AND day <= %(end)s::date + %(churn_days)s
+    ), ranked AS (
+        SELECT {PERSON} AS person_key, e.name,
+               row_number() OVER (PARTITION BY {PERSON} ORDER BY e.timestamp DESC, e.id DESC) AS rn
+        FROM tracking_event e
+        WHERE e.timestamp >= {_utc("%(start)s::date")} AND e.timestamp < {_utc("%(end)s::date + 1")}
+    ), last_names AS (
+        SELECT DISTINCT person_key, name FROM ranked WHERE rn <= %(last)s
+    ), groups AS (
+        SELECT p.person_key, l.person_key IS NULL AS churned
+        FROM population p LEFT JOIN later l ON l.person_key = p.person_key
+    )
+    SELECT n.name, count(*) FILTER (WHERE g.churned), count(*) FILTER (WHERE NOT g.churned)
+    FROM last_names n JOIN groups g ON g.person_key = n.person_key
+    GROUP BY n.name
+    """
+    params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM ("
+            "  SELECT NOT EXISTS (SELECT 1 FROM tracking_activityday l WHERE l.person_key = p.person_key"
+            "    AND l.day > %(end)s AND l.day <= %(end)s::date + %(churn_days)s) AS churned"
+            "  FROM (SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s) p"
+            ") g",
+            params,
+        )
+        churned_total, retained_total = cursor.fetchone()
+        cursor.execute("SELECT max(day) FROM tracking_activityday")
+        (last_day,) = cursor.fetchone()
+    behaviours = []
+    for name, churned, retained in rows:
+        churned_share = _rate(churned, churned_total)
+        retained_share = _rate(retained, retained_total)
+        lift = None
+        if churned_share is not None and retained_share:
+            lift = (churned_share / retained_share).quantize(Decimal("0.01"))
+        behaviours.append(
+            {
+                "event_name": name,
+                "churned": churned,
+                "churned_share": churned_share,
+                "retained": retained,
+                "retained_share": retained_share,
+                "lift": lift,
+            }
+        )
+    behaviours.sort(key=lambda row: (-((row["churned_share"] or 0) - (row["retained_share"] or 0)), row["event_name"]))
+    return {
+        "start": start,
+        "end": end,
+        "churn_days": churn_days,
+        "last_events": last_events,
+        "complete": last_day is not None and end + timedelta(days=churn_days) <= last_day,
+        "churned_users": churned_total,
+        "retained_users": retained_total,
+        "behaviours": behaviours,
+    }

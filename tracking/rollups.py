@@ -1,0 +1,510 @@
+"""Writes of the indicator rollups: events folded, incrementally, into per-person-per-day activity
+and the per-day tables that dashboards, the API and goals read.
+
+The person of an event-only indicator is its "person key": the product's `user_id`, else the
+event's `anonymous_id`. Identity merges live in `profiles`; they are not applied here.
+
+How a run stays small and exact:
+- A cursor (`RollupCursor`) holds the highest event id folded in. A run reads only the events
+  above it, up to the last one that arrived at least `settle_seconds` ago (so that a batch still
+  being written, whose ids are lower than a committed one's, is not skipped), in chunks.
+- Additive facts (a person's events, orders and amounts of a day; searches per query and day) are
+  added to with `INSERT ... SELECT ... ON CONFLICT DO UPDATE`. A late event (an old `timestamp`
+  arriving now) is simply added to its own day.
+- Everything derived (first days, cohort cells, the day's indicators, WAU/MAU) is recomputed only
+  for the people and days that the chunk touched. Cohort cells are moved by the touched people's
+  contribution: theirs before the chunk is subtracted, theirs after it added.
+- Each chunk, with its cursor move, is one transaction: a crashed run leaves the tables as they
+  were, and a second run finds nothing new. `rebuild()` computes the same tables from scratch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from tracking.models import RollupCursor
+
+CURSOR = "indicators"
+DEFAULT_CHUNK_EVENTS = 500_000
+DAY_PERIODS = 30  # daily cohorts keep day 0 to day 30
+
+Progress = Callable[[int], None]
+
+_PERSON = "COALESCE(e.user_id, e.anonymous_id)"
+_DAY = "(e.timestamp AT TIME ZONE 'UTC')::date"
+# Amounts are decimal strings by the API contract; anything else counts as 0 rather than failing
+# the whole run on one bad event. (Braces doubled: the text goes through str.format once more.)
+_AMOUNT = (
+    "CASE WHEN e.properties->>'amount' ~ '^[0-9]{{1,15}}(\\.[0-9]{{1,12}})?$' "
+    "THEN round((e.properties->>'amount')::numeric, 2) ELSE 0 END"
+)
+
+# Events aggregated per person and day.
+_AGGREGATE = f"""
+SELECT {_PERSON} AS person_key, {_DAY} AS day,
+       count(*) AS events,
+       count(*) FILTER (WHERE e.name = 'order_paid') AS orders,
+       count(*) FILTER (WHERE e.name = 'order_refunded') AS refunds,
+       COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_paid'), 0) AS paid_amount,
+       COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_refunded'), 0) AS refunded_amount,
+       min(e.timestamp) AS first_at, max(e.timestamp) AS last_at
+FROM tracking_event e
+WHERE {{where}}
+GROUP BY 1, 2
+"""
+_STAGE = "CREATE TEMP TABLE rollup_batch ON COMMIT DROP AS" + _AGGREGATE
+_COLUMNS = "person_key, day, events, orders, refunds, paid_amount, refunded_amount, first_at, last_at"
+_INSERT_ACTIVITY = f"INSERT INTO tracking_activityday ({_COLUMNS})" + _AGGREGATE
+
+_ADD_ACTIVITY = """
+INSERT INTO tracking_activityday AS a
+    (person_key, day, events, orders, refunds, paid_amount, refunded_amount, first_at, last_at)
+SELECT person_key, day, events, orders, refunds, paid_amount, refunded_amount, first_at, last_at
+FROM rollup_batch
+ON CONFLICT (person_key, day) DO UPDATE SET
+    events = a.events + EXCLUDED.events,
+    orders = a.orders + EXCLUDED.orders,
+    refunds = a.refunds + EXCLUDED.refunds,
+    paid_amount = a.paid_amount + EXCLUDED.paid_amount,
+    refunded_amount = a.refunded_amount + EXCLUDED.refunded_amount,
+    first_at = LEAST(a.first_at, EXCLUDED.first_at),
+    last_at = GREATEST(a.last_at, EXCLUDED.last_at)
+"""
+
+_RESULTS_ZERO = (
+    "CASE jsonb_typeof(e.properties->'results') "
+    "WHEN 'number' THEN (e.properties->>'results')::numeric = 0 "
+    "WHEN 'array' THEN jsonb_array_length(e.properties->'results') = 0 ELSE false END"
+)
+_ADD_SEARCHES = f"""
+INSERT INTO tracking_searchday AS s (day, query, searches, zero_results)
+SELECT {_DAY}, left(lower(btrim(e.properties->>'query')), 200), count(*), count(*) FILTER (WHERE {_RESULTS_ZERO})
+FROM tracking_event e
+WHERE ({{where}}) AND e.name = 'search' AND btrim(COALESCE(e.properties->>'query', '')) <> ''
+GROUP BY 1, 2
+ON CONFLICT (day, query) DO UPDATE SET
+    searches = s.searches + EXCLUDED.searches,
+    zero_results = s.zero_results + EXCLUDED.zero_results
+"""
+
+# First and last days of people, from their activity ({filter}: all or the touched ones).
+_PERSONS = """
+INSERT INTO tracking_activityperson AS p (person_key, first_day, last_day, first_order_day)
+SELECT a.person_key, min(a.day), max(a.day), min(a.day) FILTER (WHERE a.orders > 0)
+FROM tracking_activityday a
+WHERE {filter}
+GROUP BY a.person_key
+ON CONFLICT (person_key) DO UPDATE SET
+    first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day, first_order_day = EXCLUDED.first_order_day
+"""
+
+_MONTH_INDEX = "(extract(year FROM {d}) * 12 + extract(month FROM {d}))::int"
+
+
+def _cohort_contributions(base: str) -> str:
+    """Cohort cells (basis, granularity, cohort, period, users) of the activity rows `base`
+    selects (person_key, day, orders, first_day, first_order_day). Week and month periods count a
+    person once however many days they were active."""
+    week = "date_trunc('week', {d})::date"
+    parts = []
+    for basis, first, active in (
+        ("activity", "b.first_day", "true"),
+        ("purchase", "b.first_order_day", "b.orders > 0"),
+    ):
+        parts.append(
+            f"SELECT '{basis}' AS basis, 'day' AS granularity, {first} AS cohort, b.day - {first} AS period, "
+            f"b.person_key FROM base b WHERE {first} IS NOT NULL AND {active} AND b.day - {first} <= {DAY_PERIODS}"
+        )
+        parts.append(
+            f"SELECT DISTINCT '{basis}', 'week', {week.format(d=first)}, "
+            f"({week.format(d='b.day')} - {week.format(d=first)}) / 7, b.person_key "
+            f"FROM base b WHERE {first} IS NOT NULL AND {active}"
+        )
+        parts.append(
+            f"SELECT DISTINCT '{basis}', 'month', date_trunc('month', {first})::date, "
+            f"{_MONTH_INDEX.format(d='b.day')} - {_MONTH_INDEX.format(d=first)}, b.person_key "
+            f"FROM base b WHERE {first} IS NOT NULL AND {active}"
+        )
+    union = "\nUNION ALL\n".join(parts)
+    return f"""
+WITH base AS MATERIALIZED ({base}), cells AS ({union})
+SELECT basis, granularity, cohort, period, count(*) AS users FROM cells GROUP BY 1, 2, 3, 4
+"""
+
+
+# Every activity row, or (incrementally) the rows of the chunk's people within their ranges.
+_ALL_ROWS = """
+SELECT a.person_key, a.day, a.orders, p.first_day, p.first_order_day
+FROM tracking_activityday a JOIN tracking_activityperson p ON p.person_key = a.person_key
+"""
+_RANGE_ROWS = """
+SELECT DISTINCT a.person_key, a.day, a.orders, p.first_day, p.first_order_day
+FROM rollup_ranges r
+JOIN tracking_activityday a ON a.person_key = r.person_key AND a.day BETWEEN r.lo AND r.hi
+JOIN tracking_activityperson p ON p.person_key = a.person_key
+"""
+
+# The activity rows whose cohort cells a chunk can change. A person whose first day (or first
+# order day) moves, or who is new, has every cell moved: all their rows. Anyone else only gains
+# days in the months of the chunk, so only the cells of those months and of the weeks that overlap
+# them can change: their rows from the Monday before each such month to the Sunday after it.
+_CHUNK_PEOPLE = """
+CREATE TEMP TABLE rollup_people ON COMMIT DROP AS
+SELECT b.person_key, b.min_day, b.max_day, b.min_order_day, p.first_day, p.first_order_day,
+       (p.person_key IS NULL OR b.min_day < p.first_day) AS first_moves,
+       (b.min_order_day IS NOT NULL AND (p.first_order_day IS NULL OR b.min_order_day < p.first_order_day))
+       AS first_order_moves
+FROM (SELECT person_key, min(day) AS min_day, max(day) AS max_day, min(day) FILTER (WHERE orders > 0) AS min_order_day
+      FROM rollup_batch GROUP BY person_key) b
+LEFT JOIN tracking_activityperson p ON p.person_key = b.person_key
+"""
+_RANGES = """
+CREATE TEMP TABLE rollup_ranges ON COMMIT DROP AS
+SELECT person_key, DATE '0001-01-01' AS lo, DATE '9999-12-31' AS hi FROM rollup_people
+WHERE first_moves OR first_order_moves
+UNION
+SELECT b.person_key, date_trunc('week', date_trunc('month', b.day))::date,
+       date_trunc('week', date_trunc('month', b.day) + interval '1 month - 1 day')::date + 6
+FROM rollup_batch b JOIN rollup_people c ON c.person_key = b.person_key
+WHERE NOT (c.first_moves OR c.first_order_moves)
+"""
+# Activity only ever grows, so a person's first and last days move with the chunk's alone.
+_PERSONS_FROM_CHUNK = """
+INSERT INTO tracking_activityperson AS p (person_key, first_day, last_day, first_order_day)
+SELECT person_key, min_day, max_day, min_order_day FROM rollup_people
+ON CONFLICT (person_key) DO UPDATE SET
+    first_day = LEAST(p.first_day, EXCLUDED.first_day),
+    last_day = GREATEST(p.last_day, EXCLUDED.last_day),
+    first_order_day = LEAST(p.first_order_day, EXCLUDED.first_order_day)
+"""
+
+
+def _add_cells_sql(base: str) -> str:
+    return f"""
+INSERT INTO tracking_retentioncell AS c (basis, granularity, cohort, period, users)
+{_cohort_contributions(base)}
+ON CONFLICT (basis, granularity, cohort, period) DO UPDATE SET users = c.users + EXCLUDED.users
+"""
+
+
+def _subtract_cells_sql(base: str) -> str:
+    return f"""
+UPDATE tracking_retentioncell c SET users = c.users - old.users
+FROM ({_cohort_contributions(base)}) old
+WHERE c.basis = old.basis AND c.granularity = old.granularity AND c.cohort = old.cohort AND c.period = old.period
+"""
+
+
+# The day's indicators that depend only on that day's activity ({filter} on `a.day`).
+_DAYS = """
+INSERT INTO tracking_dailyindicator AS d
+    (day, events, active_users, weekly_active_users, monthly_active_users, new_users, orders, refunds,
+     paid_amount, refunded_amount, revenue, paying_users, repeat_buyers, updated_at)
+SELECT a.day, sum(a.events), count(*), 0, 0,
+       count(*) FILTER (WHERE p.first_day = a.day),
+       sum(a.orders), sum(a.refunds), sum(a.paid_amount), sum(a.refunded_amount),
+       sum(a.paid_amount) - sum(a.refunded_amount),
+       count(*) FILTER (WHERE a.orders > 0),
+       count(*) FILTER (WHERE a.orders > 0 AND p.first_order_day < a.day),
+       now()
+FROM tracking_activityday a JOIN tracking_activityperson p ON p.person_key = a.person_key
+WHERE {filter}
+GROUP BY a.day
+ON CONFLICT (day) DO UPDATE SET
+    events = EXCLUDED.events, active_users = EXCLUDED.active_users, new_users = EXCLUDED.new_users,
+    orders = EXCLUDED.orders, refunds = EXCLUDED.refunds, paid_amount = EXCLUDED.paid_amount,
+    refunded_amount = EXCLUDED.refunded_amount, revenue = EXCLUDED.revenue,
+    paying_users = EXCLUDED.paying_users, repeat_buyers = EXCLUDED.repeat_buyers, updated_at = now()
+"""
+
+# WAU and MAU of every day from %(lo)s to %(hi)s. Each activity day of a person covers the 7 (30)
+# days from it, cut short where that person's next activity day takes over, so the pieces never
+# overlap and a running sum of +1/-1 at their ends counts distinct people without a self-join.
+_ACTIVE_WINDOWS = """
+WITH r AS (
+    SELECT day, lead(day) OVER (PARTITION BY person_key ORDER BY day) AS nxt
+    FROM tracking_activityday WHERE day BETWEEN %(lo)s::date - 29 AND %(hi)s::date
+), cover AS (
+    SELECT GREATEST(day, %(lo)s::date) AS s,
+           LEAST(day + 6, COALESCE(nxt - 1, %(hi)s::date), %(hi)s::date) AS we,
+           LEAST(day + 29, COALESCE(nxt - 1, %(hi)s::date), %(hi)s::date) AS me
+    FROM r
+), delta AS (
+    SELECT s AS d, 1 AS w, 0 AS m FROM cover WHERE s <= we
+    UNION ALL SELECT we + 1, -1, 0 FROM cover WHERE s <= we
+    UNION ALL SELECT s, 0, 1 FROM cover WHERE s <= me
+    UNION ALL SELECT me + 1, 0, -1 FROM cover WHERE s <= me
+), per_day AS (
+    SELECT d, sum(w) AS w, sum(m) AS m FROM delta GROUP BY d
+), days AS (
+    SELECT g::date AS day FROM generate_series(%(lo)s::date, %(hi)s::date, interval '1 day') g
+)
+INSERT INTO tracking_dailyindicator AS d
+    (day, events, active_users, weekly_active_users, monthly_active_users, new_users, orders, refunds,
+     paid_amount, refunded_amount, revenue, paying_users, repeat_buyers, updated_at)
+SELECT days.day, 0, 0,
+       sum(COALESCE(per_day.w, 0)) OVER (ORDER BY days.day),
+       sum(COALESCE(per_day.m, 0)) OVER (ORDER BY days.day),
+       0, 0, 0, 0, 0, 0, 0, 0, now()
+FROM days LEFT JOIN per_day ON per_day.d = days.day
+ON CONFLICT (day) DO UPDATE SET
+    weekly_active_users = EXCLUDED.weekly_active_users,
+    monthly_active_users = EXCLUDED.monthly_active_users,
+    updated_at = now()
+"""
+
+_TABLES = (
+    "tracking_activityday",
+    "tracking_activityperson",
+    "tracking_dailyindicator",
+    "tracking_retentioncell",
+    "tracking_searchday",
+)
+
+
+@dataclass
+class RollupResult:
+    events: int = 0
+    chunks: int = 0
+    days: int = 0
+    last_event_id: int = 0
+    timings: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+class _Steps:
+    """Runs statements and adds up the seconds of each step (printed by the bench)."""
+
+    def __init__(self, cursor, timings: dict[str, float]) -> None:
+        self.cursor = cursor
+        self.timings = timings
+
+    def execute(self, step_or_sql: str, sql: str | None = None, params=None) -> None:
+        """`execute(step, sql, params)` is timed as `step`; `execute(sql[, params])` is not."""
+        if sql is None or not isinstance(sql, str):
+            self.cursor.execute(step_or_sql, sql)
+            return
+        started = time.monotonic()
+        self.cursor.execute(sql, params)
+        self.timings[step_or_sql] += time.monotonic() - started
+
+    def fetchone(self):
+        return self.cursor.fetchone()
+
+
+def settle_seconds() -> int:
+    return int(getattr(settings, "OPSLOOP_ROLLUP_SETTLE_SECONDS", 120))
+
+
+def _work_mem(cursor) -> None:
+    """Memory for this transaction's sorts and hashes: with the default 4 MB the per-person-day
+    aggregates and the cohorts' DISTINCTs spill to disk."""
+    cursor.execute(
+        "SELECT set_config('work_mem', %s, true)", [str(getattr(settings, "OPSLOOP_ROLLUP_WORK_MEM", "256MB"))]
+    )
+
+
+def _locked_cursor() -> RollupCursor:
+    RollupCursor.objects.get_or_create(name=CURSOR)
+    return RollupCursor.objects.select_for_update().get(name=CURSOR)
+
+
+def _chunk_end(cursor, *, after: int, chunk: int, settle: int) -> tuple[int, int]:
+    """The last event id of the next chunk (or `after` if none) and the chunk's event count."""
+    cursor.execute(
+        """
+        SELECT max(id), count(*) FROM (
+            SELECT id FROM tracking_event
+            WHERE id > %(after)s AND id < COALESCE(
+                (SELECT min(id) FROM tracking_event
+                 WHERE id > %(after)s AND received_at > clock_timestamp() - make_interval(secs => %(settle)s)),
+                9223372036854775807)
+            ORDER BY id LIMIT %(chunk)s
+        ) c
+        """,
+        {"after": after, "settle": settle, "chunk": chunk},
+    )
+    last, count = cursor.fetchone()
+    return (last or after), count
+
+
+def _fold_chunk(cursor, *, after: int, upto: int) -> int:
+    """Fold events `after < id <= upto` into the rollups; returns the number of days touched."""
+    where = "e.id > %(after)s AND e.id <= %(upto)s"
+    params = {"after": after, "upto": upto}
+    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_people, rollup_days, rollup_ranges")
+    cursor.execute("stage", _STAGE.format(where=where), params)
+    cursor.execute("ANALYZE rollup_batch")
+    cursor.execute("persons", _CHUNK_PEOPLE)
+    cursor.execute("ALTER TABLE rollup_people ADD PRIMARY KEY (person_key)")
+    cursor.execute("ANALYZE rollup_people")
+    # Days whose indicators may change: those of the chunk, and the former first days of people
+    # whose first day moves (a late event makes someone new on an earlier day, not on that one).
+    cursor.execute(
+        """
+        CREATE TEMP TABLE rollup_days ON COMMIT DROP AS
+        SELECT day FROM rollup_batch
+        UNION SELECT first_day FROM rollup_people WHERE first_moves AND first_day IS NOT NULL
+        UNION SELECT first_order_day FROM rollup_people WHERE first_order_moves AND first_order_day IS NOT NULL
+        """
+    )
+    cursor.execute("SELECT max(day) FROM tracking_dailyindicator")
+    (previous_last_day,) = cursor.fetchone()
+
+    cursor.execute("cohorts", _RANGES)
+    cursor.execute("CREATE INDEX ON rollup_ranges (person_key)")
+    cursor.execute("ANALYZE rollup_ranges")
+    cursor.execute("cohorts", _subtract_cells_sql(_RANGE_ROWS))
+    cursor.execute("activity", _ADD_ACTIVITY)
+    cursor.execute("persons", _PERSONS_FROM_CHUNK)
+    cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
+    cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
+    cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+    cursor.execute("days", _DAYS.format(filter="a.day IN (SELECT day FROM rollup_days)"))
+
+    cursor.execute("SELECT count(*) FROM rollup_days")
+    (days,) = cursor.fetchone()
+    # WAU and MAU depend on activity alone, which changed on the chunk's days only.
+    cursor.execute("SELECT min(day) FROM rollup_batch")
+    (first,) = cursor.fetchone()
+    cursor.execute("SELECT max(day) FROM tracking_activityday")
+    (hi,) = cursor.fetchone()
+    if first is not None and hi is not None:
+        lo = first
+        if previous_last_day is not None and previous_last_day + timedelta(days=1) < lo:
+            lo = previous_last_day + timedelta(days=1)  # quiet days between the last run's end and now
+        cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
+    # Dropped here too: inside an outer transaction ON COMMIT comes only at its end.
+    cursor.execute("DROP TABLE rollup_batch, rollup_people, rollup_days, rollup_ranges")
+    return days
+
+
+def fold_new_events(
+    *, chunk_events: int = DEFAULT_CHUNK_EVENTS, settle: int | None = None, progress: Progress | None = None
+) -> RollupResult:
+    """Fold every event that arrived since the last run into the rollups, one transaction per
+    chunk of events. Safe to run at any time, twice, or concurrently (runs queue on the cursor)."""
+    settle = settle_seconds() if settle is None else settle
+    result = RollupResult()
+    while True:
+        with transaction.atomic(), connection.cursor() as cursor:
+            state = _locked_cursor()
+            _work_mem(cursor)
+            upto, count = _chunk_end(cursor, after=state.last_event_id, chunk=chunk_events, settle=settle)
+            if count == 0:
+                result.last_event_id = state.last_event_id
+                return result
+            result.days += _fold_chunk(_Steps(cursor, result.timings), after=state.last_event_id, upto=upto)
+            state.last_event_id = upto
+            state.events_folded += count
+            state.updated_at = timezone.now()
+            state.save()
+        result.events += count
+        result.chunks += 1
+        result.last_event_id = upto
+        if progress:
+            progress(count)
+
+
+def pending_events() -> int:
+    """Events arrived and not yet folded in (for the progress bar)."""
+    state = RollupCursor.objects.filter(name=CURSOR).first()
+    after = state.last_event_id if state else 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tracking_event WHERE id > %s", [after])
+        return cursor.fetchone()[0]
+
+
+def _derive_all(cursor) -> None:
+    """Everything derived from the activity rows, from scratch."""
+    cursor.execute("TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator")
+    cursor.execute("persons", _PERSONS.format(filter="true"))
+    cursor.execute("cohorts", _add_cells_sql(_ALL_ROWS))
+    cursor.execute("days", _DAYS.format(filter="true"))
+    cursor.execute("SELECT min(day), max(day) FROM tracking_activityday")
+    lo, hi = cursor.fetchone()
+    if lo is not None:
+        cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
+
+
+def rebuild(
+    *,
+    since: date | None = None,
+    chunk_events: int = DEFAULT_CHUNK_EVENTS,
+    settle: int | None = None,
+    progress: Progress | None = None,
+) -> RollupResult:
+    """Recompute the rollups from the events in one transaction (a crash leaves the old tables;
+    dashboards wait for it to commit): all of them, or with `since` the days from that day on (the earlier days are
+    kept; first days, cohorts and the daily indicators are re-derived from the activity rows).
+
+    Events are read a run of days at a time (about `chunk_events` events each); each run's
+    person-days are new rows, so they are inserted straight from one aggregate of the events."""
+    settle = settle_seconds() if settle is None else settle
+    if since is not None:
+        fold_new_events(chunk_events=chunk_events, settle=settle)  # the recent events first
+    result = RollupResult()
+    with transaction.atomic(), connection.cursor() as raw:
+        cursor = _Steps(raw, result.timings)
+        state = _locked_cursor()
+        _work_mem(raw)
+        upto, _count = _chunk_end(cursor, after=state.last_event_id, chunk=2**62, settle=settle)
+        if since is not None:
+            upto = state.last_event_id  # folded just above: only the days from `since` are redone
+        upto = max(upto, state.last_event_id)
+        if since is None:
+            cursor.execute("TRUNCATE " + ", ".join(_TABLES))
+        else:
+            cursor.execute("DELETE FROM tracking_activityday WHERE day >= %s", [since])
+            cursor.execute("DELETE FROM tracking_searchday WHERE day >= %s", [since])
+        first, last, total = _day_span(cursor, upto=upto, since=since)
+        if first is not None:
+            days = (last - first).days + 1
+            step = max(1, min(days, round(days * chunk_events / max(total, 1))))
+            for offset in range(0, days, step):
+                lo = first + timedelta(days=offset)
+                hi = min(lo + timedelta(days=step), last + timedelta(days=1))
+                where = "e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND e.id <= %(upto)s"
+                params = {"lo": _midnight(lo), "hi": _midnight(hi), "upto": upto}
+                cursor.execute("activity", _INSERT_ACTIVITY.format(where=where), params)
+                cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+                result.chunks += 1
+                if progress:
+                    progress((hi - lo).days)
+        _derive_all(cursor)
+        cursor.execute("SELECT count(*), COALESCE(sum(events), 0) FROM tracking_dailyindicator")
+        result.days, result.events = cursor.fetchone()
+        state.events_folded = result.events
+        state.last_event_id = upto
+        state.updated_at = timezone.now()
+        state.save()
+        result.last_event_id = upto
+    return result
+
+
+def _midnight(day: date):
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+
+
+def _day_span(cursor, *, upto: int, since: date | None) -> tuple[date | None, date | None, int]:
+    """First and last UTC day of the events to read, and how many there are (the chunk size)."""
+    cursor.execute(
+        f"SELECT min({_DAY}), max({_DAY}), count(*) FROM tracking_event e "
+        "WHERE e.id <= %(upto)s AND (%(since)s::timestamptz IS NULL OR e.timestamp >= %(since)s::timestamptz)",
+        {"upto": upto, "since": _midnight(since) if since else None},
+    )
+    return cursor.fetchone()
+
+
+def days_to_rebuild(*, since: date | None = None) -> int:
+    """How many days a rebuild reads (for the progress bar)."""
+    with connection.cursor() as cursor:
+        first, last, _count = _day_span(cursor, upto=2**62, since=since)
+    return 0 if first is None else (last - first).days + 1
