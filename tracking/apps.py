@@ -7,6 +7,6 @@ class TrackingConfig(AppConfig):
     name = "tracking"
     verbose_name = "Tracking"
     role_permissions = {
-        "Operations": ["tracking.view_*"],
+        "Operations": ["tracking.view_*", "tracking.add_goal", "tracking.change_goal", "tracking.delete_goal"],
         "Analyst": ["tracking.view_*"],
     }
