@@ -12,11 +12,11 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 
 from access.models import AuditEntry
+from tests.factories.tracking import daily_event_count, events_on, goal
 from tracking import selectors, services
 from tracking.errors import GoalExists, NoHistory
 from tracking.indicators import Fold, Indicator, Unit, register_indicator, unregister_indicator
 from tracking.models import Goal, GoalMonth
-from tests.factories.tracking import daily_event_count, events_on, goal
 
 pytestmark = pytest.mark.django_db
 D = Decimal
