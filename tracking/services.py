@@ -334,7 +334,7 @@ def _check_target(target: Any, *, unit: str) -> Decimal:
         raise ValidationError({"target": "Must be below 10^15."})
     if value != value.quantize(step):
         raise ValidationError({"target": f"At most {-step.as_tuple().exponent} decimal places for this indicator."})
-    return value
+    return value.quantize(step)
 
 
 def _indicator_or_400(key: Any) -> Indicator:
