@@ -352,7 +352,7 @@ DIRECT = "(direct)"
 # converted people; revenue: the amounts of their `order_paid` events since joining.
 CHANNEL_QUALITY_SQL = r"""
 WITH cohort AS (
-    SELECT p.id AS profile_id, LEAST(p.first_seen_at, p.signup_at) AS joined_at
+    SELECT p.id AS profile_id, LEAST(p.first_seen_at, p.signup_at) AS joined_at, p.first_seen_at
     FROM profiles_profile p
     WHERE p.merged_into_id IS NULL
       AND LEAST(p.first_seen_at, p.signup_at) >= %(since)s
@@ -361,7 +361,9 @@ WITH cohort AS (
 first_touch AS (
     SELECT DISTINCT ON (e.profile_id) e.profile_id, e.utm_source
     FROM profiles_profileevent e JOIN cohort c ON c.profile_id = e.profile_id
-    WHERE e.timestamp >= %(since)s
+    -- A person's first event is at or before their first_seen_at: the scan stops at the latest.
+    WHERE e.timestamp >= %(since)s AND e.timestamp <= (SELECT max(first_seen_at) FROM cohort)
+      AND e.timestamp <= COALESCE(c.first_seen_at, 'infinity')
     ORDER BY e.profile_id, e.timestamp, e.id
 ),
 orders AS (

@@ -297,7 +297,7 @@ class GoalAdmin(admin.ModelAdmin):
     def status_badge(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         if info is None:
-            return format_html('<span style="color:#c62828">indicator missing</span>')
+            return format_html('<span style="color:{}">indicator missing</span>', "#c62828")
         colour = STATUS_COLOURS.get(info.status, "#777")
         return format_html(
             '<span class="goal-status goal-status-{}" style="background:{};color:#fff;border-radius:3px;'
@@ -404,7 +404,13 @@ class GoalAdmin(admin.ModelAdmin):
 
     def progress_csv_view(self, request: HttpRequest, goal_id: int) -> HttpResponse:
         goal = self._goal_or_404(request, goal_id)
-        info = selectors.goal_progress(goal)
+        info = selectors.goals_progress([goal]).get(goal.pk)
+        if info is None:
+            return HttpResponse(
+                f"The indicator {goal.indicator!r} of this goal is not registered.",
+                status=409,
+                content_type="text/plain",
+            )
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["month", "days", "elapsed_days", "target", "expected", "actual", "status"])

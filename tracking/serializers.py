@@ -65,6 +65,7 @@ class IngestOutput(serializers.Serializer):
 # --- goals --------------------------------------------------------------------------------------
 
 GOAL_TARGET_MAX = Decimal("999999999999999.9999")
+GOAL_STATUSES = "`upcoming`, `on_track`, `behind`, `met` or `missed`."
 
 
 class IndicatorOutput(serializers.Serializer):
@@ -169,7 +170,7 @@ class MonthProgressOutput(serializers.Serializer):
     target = serializers.CharField()
     expected = serializers.CharField(allow_null=True, help_text="What the elapsed days should have made.")
     actual = serializers.CharField(allow_null=True)
-    status = serializers.ChoiceField(choices=["upcoming", "on_track", "behind", "met", "missed"])
+    status = serializers.CharField(help_text=GOAL_STATUSES)
 
 
 class GoalProgressOutput(serializers.Serializer):
@@ -179,7 +180,7 @@ class GoalProgressOutput(serializers.Serializer):
     actual = serializers.CharField(allow_null=True)
     expected = serializers.CharField(allow_null=True)
     progress = serializers.FloatField(allow_null=True, help_text="Actual so far over the goal's target.")
-    status = serializers.ChoiceField(choices=["upcoming", "on_track", "behind", "met", "missed"])
+    status = serializers.CharField(help_text=GOAL_STATUSES)
     warnings = serializers.ListField(child=serializers.CharField())
     months = MonthProgressOutput(many=True)
 

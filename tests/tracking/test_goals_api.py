@@ -248,3 +248,13 @@ def test_analysts_see_goals_but_cannot_add_them(client, make_staff, signups):
     client.force_login(make_staff("Analyst"))
     assert client.get(reverse("admin:tracking_goal_progress", args=[g.pk])).status_code == 200
     assert client.get(reverse("admin:tracking_goal_add")).status_code == 403
+
+
+def test_a_goal_whose_indicator_is_gone_says_so_instead_of_failing(ops, operator, signups):
+    g = goal(indicator=signups)
+    unregister_indicator(signups)
+    response = ops.get(f"/api/v1/goals/{g.pk}/progress")
+    assert response.status_code == 409 and response.json()["reason"] == "INDICATOR_UNAVAILABLE"
+    assert "indicator missing" in operator.get(reverse("admin:tracking_goal_changelist")).content.decode()
+    assert operator.get(reverse("admin:tracking_goal_progress_csv", args=[g.pk])).status_code == 409
+    assert "not registered" in operator.get(reverse("admin:tracking_goal_progress", args=[g.pk])).content.decode()
