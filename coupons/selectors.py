@@ -374,11 +374,18 @@ orders AS (
     WHERE e.name = 'order_paid' AND e.timestamp >= %(since)s AND e.timestamp >= c.joined_at
     GROUP BY e.profile_id
 ),
-retained AS (
-    SELECT DISTINCT e.profile_id
-    FROM profiles_profileevent e JOIN cohort c ON c.profile_id = e.profile_id
+-- Each event of the day-7 span with its person resolved first, so that the match on (person,
+-- day) is one hash join rather than a join on the day alone filtered by person afterwards.
+day7_events AS MATERIALIZED (
+    SELECT e.profile_id, (e.timestamp AT TIME ZONE 'UTC')::date AS day
+    FROM profiles_profileevent e
     WHERE e.timestamp >= %(since)s + interval '7 days' AND e.timestamp < %(until)s + interval '8 days'
-      AND (e.timestamp AT TIME ZONE 'UTC')::date = (c.joined_at AT TIME ZONE 'UTC')::date + 7
+      AND e.profile_id IS NOT NULL
+),
+retained AS (
+    SELECT DISTINCT c.profile_id
+    FROM day7_events d JOIN cohort c
+      ON c.profile_id = d.profile_id AND d.day = (c.joined_at AT TIME ZONE 'UTC')::date + 7
 ),
 cost AS (
     SELECT COALESCE(rp.merged_into_id, rp.id) AS profile_id, sum(r.discount) AS discount
