@@ -3,6 +3,12 @@ bulk issuance and partner codes, and audited actions for everything that moves m
 
 from __future__ import annotations
 
+import csv
+import io
+from datetime import UTC, timedelta
+from decimal import Decimal
+from functools import partial
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -11,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, Streami
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from coupons import errors, selectors, services
@@ -24,6 +31,7 @@ from coupons.models import (
     Redemption,
     RuleState,
 )
+from coupons.serializers import CHANNEL_WINDOW_MAX_DAYS
 
 
 def _money(value) -> str:
@@ -156,6 +164,7 @@ class CouponRuleAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.source_report_view),
                 name="coupons_couponrule_source_report",
             ),
+            *insight_urls(self),
         ]
         return own + super().get_urls()
 
@@ -435,3 +444,162 @@ class CodeBatchAdmin(admin.ModelAdmin):
         )
         response["Content-Disposition"] = f'attachment; filename="codes-{batch.pk}-{batch.partner or "partner"}.csv"'
         return response
+
+
+# --- ROI overview and channel quality -------------------------------------------------------------
+
+
+def insight_urls(model_admin: CouponRuleAdmin) -> list:
+    site = model_admin.admin_site
+    return [
+        path("roi/", site.admin_view(partial(roi_overview_view, model_admin)), name="coupons_couponrule_roi"),
+        path("channels/", site.admin_view(partial(channel_quality_view, model_admin)), name="coupons_channel_quality"),
+    ]
+
+
+def _csv_response(filename: str, header: list[str], rows: list[list]) -> HttpResponse:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def roi_overview_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> HttpResponse:
+    """Every rule's issued, redeemed, spent, revenue and ROI: the numbers of its report page."""
+    model_admin._check_report_permission(request)
+    overview = selectors.roi_overview()
+    if request.GET.get("format") == "csv":
+        return _csv_response(
+            "coupon-roi.csv",
+            ["rule_id", "rule", "state", "issued", "redeemed", "spent", "order_revenue", "roi"],
+            [
+                [
+                    rule.pk,
+                    rule.name,
+                    rule.state,
+                    r.issued,
+                    r.redeemed,
+                    r.spent,
+                    r.order_revenue,
+                    "" if r.roi is None else r.roi,
+                ]
+                for rule, r in overview
+            ],
+        )
+    chart = {
+        "rules": [rule.name for rule, _ in overview],
+        "spent": [float(r.spent) for _, r in overview],
+        "revenue": [float(r.order_revenue) for _, r in overview],
+    }
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Coupon ROI by rule",
+        "opts": model_admin.model._meta,
+        "rows": [
+            {
+                "rule": rule,
+                "report_url": reverse("admin:coupons_couponrule_report", args=[rule.pk]),
+                "issued": r.issued,
+                "redeemed": r.redeemed,
+                "spent": _money(r.spent),
+                "revenue": _money(r.order_revenue),
+                "roi": "-" if r.roi is None else f"{r.roi:.2f}",
+            }
+            for rule, r in overview
+        ],
+        "totals": {
+            "issued": sum(r.issued for _, r in overview),
+            "redeemed": sum(r.redeemed for _, r in overview),
+            "spent": _money(sum((r.spent for _, r in overview), Decimal("0.00"))),
+            "revenue": _money(sum((r.order_revenue for _, r in overview), Decimal("0.00"))),
+        },
+        "chart_data": chart,
+    }
+    return TemplateResponse(request, "admin/coupons/couponrule/roi.html", context)
+
+
+class ChannelWindowForm(forms.Form):
+    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="Inclusive (UTC days).")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("start") and data.get("end"):
+            if data["end"] < data["start"]:
+                raise ValidationError({"end": "Must be on or after the start."})
+            if (data["end"] - data["start"]).days >= CHANNEL_WINDOW_MAX_DAYS:
+                raise ValidationError({"end": f"A window of at most {CHANNEL_WINDOW_MAX_DAYS} days."})
+        return data
+
+
+def channel_quality_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> HttpResponse:
+    """Per first-touch source: new users, conversion, day-7 retention, coupon cost and revenue."""
+    model_admin._check_report_permission(request)
+    today = timezone.now().astimezone(UTC).date()
+    form = ChannelWindowForm(request.GET or {"start": today - timedelta(days=30), "end": today - timedelta(days=1)})
+    rows = selectors.channel_quality(**form.cleaned_data) if form.is_valid() else []
+    if form.is_valid() and request.GET.get("format") == "csv":
+        return _csv_response(
+            f"channel-quality-{form.cleaned_data['start']}-{form.cleaned_data['end']}.csv",
+            [
+                "source",
+                "new_users",
+                "converted",
+                "conversion_rate",
+                "retention_base",
+                "retained_d7",
+                "retention_d7",
+                "coupon_cost",
+                "coupon_cost_per_converted",
+                "revenue",
+            ],
+            [
+                [
+                    r.source,
+                    r.new_users,
+                    r.converted,
+                    "" if r.conversion_rate is None else r.conversion_rate,
+                    r.retention_base,
+                    r.retained,
+                    "" if r.retention_d7 is None else r.retention_d7,
+                    r.coupon_cost,
+                    "" if r.coupon_cost_per_converted is None else r.coupon_cost_per_converted,
+                    r.revenue,
+                ]
+                for r in rows
+            ],
+        )
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Channel quality",
+        "opts": model_admin.model._meta,
+        "form": form,
+        "rows": [
+            {
+                "source": r.source,
+                "new_users": r.new_users,
+                "converted": r.converted,
+                "conversion_rate": _rate(r.conversion_rate),
+                "retention_d7": _rate(r.retention_d7),
+                "retention_base": r.retention_base,
+                "coupon_cost": _money(r.coupon_cost),
+                "coupon_cost_per_converted": _money(r.coupon_cost_per_converted),
+                "revenue": _money(r.revenue),
+            }
+            for r in rows
+        ],
+        "chart_data": {
+            "sources": [r.source for r in rows],
+            "new_users": [r.new_users for r in rows],
+            "converted": [r.converted for r in rows],
+        },
+        "csv_query": request.GET.urlencode(),
+    }
+    return TemplateResponse(request, "admin/coupons/couponrule/channels.html", context)

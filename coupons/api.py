@@ -19,6 +19,8 @@ from access.permissions import HasScope
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
+    ChannelQualityOutput,
+    ChannelQualityQuery,
     CodeBatchInput,
     CodeBatchOutput,
     CouponClaimInput,
@@ -398,3 +400,26 @@ class CodeBatchDetailView(_JsonView):
         if batch is None:
             raise errors.BatchNotFound(f"No code batch {batch_id}.")
         return Response(CodeBatchOutput(batch).data)
+
+
+# --- channel quality (manage) ----------------------------------------------------------------------
+
+
+class ChannelQualityView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        operation_id="channel_quality",
+        parameters=[
+            OpenApiParameter("start", OpenApiTypes.DATE, required=True, description="First signup day (UTC)."),
+            OpenApiParameter("end", OpenApiTypes.DATE, required=True, description="Last signup day (UTC), inclusive."),
+        ],
+        responses={200: ChannelQualityOutput, 400: BAD_INPUT, 401: NO_KEY, 403: NO_SCOPE},
+        summary="Per first-touch utm_source: new users, conversion to a first order, day-7 retention, "
+        "coupon cost per converted user and revenue.",
+    )
+    def get(self, request: Request) -> Response:
+        query = ChannelQualityQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        rows = selectors.channel_quality(**query.validated_data)
+        return Response(ChannelQualityOutput({**query.validated_data, "channels": [r.as_dict() for r in rows]}).data)

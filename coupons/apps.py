@@ -18,3 +18,46 @@ class CouponsConfig(AppConfig):
         from profiles.lookup import register_section
 
         register_section("coupons", lookup_section)
+        _register_indicators()
+
+
+def _register_indicators() -> None:
+    """Cross-domain daily indicators, so that goals and trends in `tracking` can use them."""
+    from coupons import selectors
+    from tracking.indicators import Fold, Indicator, Unit, register_indicator
+
+    for indicator in (
+        Indicator(
+            "coupon_spend",
+            "Coupon spend",
+            Unit.MONEY,
+            Fold.SUM,
+            selectors.daily_coupon_spend,
+            "Discounts given by coupon redemptions that still stand (rolled-back orders excluded).",
+        ),
+        Indicator(
+            "coupons_redeemed",
+            "Coupons redeemed",
+            Unit.COUNT,
+            Fold.SUM,
+            selectors.daily_coupons_redeemed,
+            "Coupon redemptions per day that still stand.",
+        ),
+        Indicator(
+            "coupons_issued",
+            "Coupons issued",
+            Unit.COUNT,
+            Fold.SUM,
+            selectors.daily_coupons_issued,
+            "Coupons issued per day, partner codes included.",
+        ),
+        Indicator(
+            "coupon_order_revenue",
+            "Revenue of coupon orders",
+            Unit.MONEY,
+            Fold.SUM,
+            selectors.daily_coupon_order_revenue,
+            "Order amounts of the orders that used a coupon.",
+        ),
+    ):
+        register_indicator(indicator)

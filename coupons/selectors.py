@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -79,27 +79,17 @@ class Report:
         return dict(self.__dict__)
 
 
-def _report(coupons: QuerySet[Coupon], *, budget: Decimal | None, committed: Decimal, spent: Decimal) -> Report:
-    counts = coupons.aggregate(
-        issued=Count("id"),
-        redeemed=Count("id", filter=Q(status=CouponStatus.REDEEMED)),
-        unused=Count("id", filter=Q(status=CouponStatus.AVAILABLE)),
-        expired=Count("id", filter=Q(status=CouponStatus.EXPIRED)),
-        revoked=Count("id", filter=Q(status=CouponStatus.REVOKED)),
-    )
-    revenue = (
-        Redemption.objects.filter(coupon__in=coupons, rolled_back_at__isnull=True).aggregate(total=Sum("order_amount"))[
-            "total"
-        ]
-        or ZERO
-    )
+def _assemble(
+    *,
+    counts: dict[str, int],
+    budget: Decimal | None,
+    committed: Decimal,
+    spent: Decimal,
+    revenue: Decimal,
+    by_tier: list[dict[str, Any]],
+) -> Report:
+    """The report's derived numbers (remaining, ROI, rates): one definition for every report."""
     roi = None if not spent else round(float((revenue - spent) / spent), 4)
-    by_tier = list(
-        # The holder's tier now; bearer codes and profiles without a value row show as null.
-        coupons.values(tier=F("profile__value__tier__slug"))
-        .annotate(issued=Count("id"), redeemed=Count("id", filter=Q(status=CouponStatus.REDEEMED)))
-        .order_by("tier")
-    )
     for row in by_tier:
         row["redemption_rate"] = round(row["redeemed"] / row["issued"], 4) if row["issued"] else None
     return Report(
@@ -119,10 +109,75 @@ def _report(coupons: QuerySet[Coupon], *, budget: Decimal | None, committed: Dec
     )
 
 
+_COUNTS = {
+    "issued": Count("id"),
+    "redeemed": Count("id", filter=Q(status=CouponStatus.REDEEMED)),
+    "unused": Count("id", filter=Q(status=CouponStatus.AVAILABLE)),
+    "expired": Count("id", filter=Q(status=CouponStatus.EXPIRED)),
+    "revoked": Count("id", filter=Q(status=CouponStatus.REVOKED)),
+}
+_NO_COUPONS = dict.fromkeys(_COUNTS, 0)
+
+
+def _report(coupons: QuerySet[Coupon], *, budget: Decimal | None, committed: Decimal, spent: Decimal) -> Report:
+    counts = coupons.aggregate(**_COUNTS)
+    revenue = (
+        Redemption.objects.filter(coupon__in=coupons, rolled_back_at__isnull=True).aggregate(total=Sum("order_amount"))[
+            "total"
+        ]
+        or ZERO
+    )
+    by_tier = list(
+        # The holder's tier now; bearer codes and profiles without a value row show as null.
+        coupons.values(tier=F("profile__value__tier__slug"))
+        .annotate(issued=Count("id"), redeemed=Count("id", filter=Q(status=CouponStatus.REDEEMED)))
+        .order_by("tier")
+    )
+    return _assemble(counts=counts, budget=budget, committed=committed, spent=spent, revenue=revenue, by_tier=by_tier)
+
+
+def rule_reports(*, rules: list[CouponRule]) -> dict[int, Report]:
+    """The report of each rule, in four queries whatever the number of rules (the ROI overview
+    lists every rule). Counters come from the rule rows (what the budget check uses)."""
+    ids = [rule.pk for rule in rules]
+    money = {
+        row[0]: row[1:]
+        for row in CouponRule.objects.filter(pk__in=ids).values_list("pk", "budget", "committed", "spent")
+    }
+    coupons = Coupon.objects.filter(rule_id__in=ids)
+    counts = {row.pop("rule_id"): row for row in coupons.values("rule_id").annotate(**_COUNTS).order_by()}
+    revenue = dict(
+        Redemption.objects.filter(rule_id__in=ids, rolled_back_at__isnull=True)
+        .values("rule_id")
+        .annotate(total=Sum("order_amount"))
+        .order_by()
+        .values_list("rule_id", "total")
+    )
+    tiers: dict[int, list[dict[str, Any]]] = {pk: [] for pk in ids}
+    for row in (
+        coupons.values("rule_id", tier=F("profile__value__tier__slug"))
+        .annotate(issued=Count("id"), redeemed=Count("id", filter=Q(status=CouponStatus.REDEEMED)))
+        .order_by("rule_id", "tier")
+    ):
+        tiers[row.pop("rule_id")].append(row)
+    return {
+        pk: _assemble(
+            counts=counts.get(pk, _NO_COUPONS),
+            budget=budget,
+            committed=committed,
+            spent=spent,
+            revenue=revenue.get(pk) or ZERO,
+            by_tier=tiers[pk],
+        )
+        for pk, (budget, committed, spent) in money.items()
+    }
+
+
 def rule_report(*, rule: CouponRule) -> Report:
     """The numbers of one rule. Counters come from the rule row (what the budget check uses)."""
-    rule.refresh_from_db(fields=["budget", "committed", "spent"])
-    return _report(Coupon.objects.filter(rule=rule), budget=rule.budget, committed=rule.committed, spent=rule.spent)
+    report = rule_reports(rules=[rule])[rule.pk]
+    rule.budget, rule.committed, rule.spent = report.budget, report.committed, report.spent
+    return report
 
 
 def campaign_report(*, source_ref_prefix: str) -> Report:
@@ -236,3 +291,178 @@ def lookup_section(profile: Profile) -> dict[str, Any]:
             for c in recent
         ],
     }
+
+
+# --- ROI overview, channel quality and the coupon indicators --------------------------------------
+
+
+def roi_overview(*, rules: list[CouponRule] | None = None) -> list[tuple[CouponRule, Report]]:
+    """Every rule (newest first) with its report: the same numbers as each rule's report page."""
+    rules = list(CouponRule.objects.order_by("-id")) if rules is None else rules
+    reports = rule_reports(rules=rules)
+    return [(rule, reports[rule.pk]) for rule in rules]
+
+
+def _utc_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    return datetime.combine(start, time.min, tzinfo=UTC), datetime.combine(
+        end + timedelta(days=1), time.min, tzinfo=UTC
+    )
+
+
+def _per_day(queryset: QuerySet, field: str, value: Any) -> dict[date, Decimal]:
+    rows = queryset.annotate(day=TruncDate(field, tzinfo=UTC)).order_by().values("day").annotate(v=value)
+    return {row["day"]: Decimal(row["v"] or 0) for row in rows}
+
+
+def daily_coupon_spend(start: date, end: date) -> dict[date, Decimal]:
+    """Discounts given per day (UTC) by redemptions still standing (a rolled-back one gave nothing)."""
+    since, until = _utc_bounds(start, end)
+    live = Redemption.objects.filter(redeemed_at__gte=since, redeemed_at__lt=until, rolled_back_at__isnull=True)
+    return _per_day(live, "redeemed_at", Sum("discount"))
+
+
+def daily_coupons_redeemed(start: date, end: date) -> dict[date, Decimal]:
+    """Redemptions per day (UTC) still standing."""
+    since, until = _utc_bounds(start, end)
+    live = Redemption.objects.filter(redeemed_at__gte=since, redeemed_at__lt=until, rolled_back_at__isnull=True)
+    return _per_day(live, "redeemed_at", Count("id"))
+
+
+def daily_coupons_issued(start: date, end: date) -> dict[date, Decimal]:
+    """Coupons issued per day (UTC), partner codes included."""
+    since, until = _utc_bounds(start, end)
+    return _per_day(Coupon.objects.filter(issued_at__gte=since, issued_at__lt=until), "issued_at", Count("id"))
+
+
+def daily_coupon_order_revenue(start: date, end: date) -> dict[date, Decimal]:
+    """Order amounts per day (UTC) of orders that used a coupon (redemptions still standing)."""
+    since, until = _utc_bounds(start, end)
+    live = Redemption.objects.filter(redeemed_at__gte=since, redeemed_at__lt=until, rolled_back_at__isnull=True)
+    return _per_day(live, "redeemed_at", Sum("order_amount"))
+
+
+DIRECT = "(direct)"
+
+# One statement over the window's people and their events (through the identity mapping of the
+# `profiles_profileevent` view). A person is new in the window when they joined in it: joined is
+# the earlier of their first event and their signup trait. Their channel is the `utm_source` of
+# their first event (first touch; none is "(direct)"). Converted: an `order_paid` since joining;
+# day-7 retained: any event on the 7th calendar day (UTC) after the day they joined, counted only
+# over people whose day 7 is complete. Coupon cost: discounts of the standing redemptions of the
+# converted people; revenue: the amounts of their `order_paid` events since joining.
+CHANNEL_QUALITY_SQL = r"""
+WITH cohort AS (
+    SELECT p.id AS profile_id, LEAST(p.first_seen_at, p.signup_at) AS joined_at, p.first_seen_at
+    FROM profiles_profile p
+    WHERE p.merged_into_id IS NULL
+      AND LEAST(p.first_seen_at, p.signup_at) >= %(since)s
+      AND LEAST(p.first_seen_at, p.signup_at) < %(until)s
+),
+first_touch AS (
+    SELECT DISTINCT ON (e.profile_id) e.profile_id, e.utm_source
+    FROM profiles_profileevent e JOIN cohort c ON c.profile_id = e.profile_id
+    -- A person's first event is at or before their first_seen_at: the scan stops at the latest.
+    WHERE e.timestamp >= %(since)s AND e.timestamp <= (SELECT max(first_seen_at) FROM cohort)
+      AND e.timestamp <= COALESCE(c.first_seen_at, 'infinity')
+    ORDER BY e.profile_id, e.timestamp, e.id
+),
+orders AS (
+    SELECT e.profile_id,
+           sum(CASE WHEN e.properties->>'amount' ~ '^[0-9]{1,12}(\.[0-9]{1,2})?$'
+                    THEN (e.properties->>'amount')::numeric ELSE 0 END) AS revenue
+    FROM profiles_profileevent e JOIN cohort c ON c.profile_id = e.profile_id
+    WHERE e.name = 'order_paid' AND e.timestamp >= %(since)s AND e.timestamp >= c.joined_at
+    GROUP BY e.profile_id
+),
+-- Each event of the day-7 span with its person resolved first, so that the match on (person,
+-- day) is one hash join rather than a join on the day alone filtered by person afterwards.
+day7_events AS MATERIALIZED (
+    SELECT e.profile_id, (e.timestamp AT TIME ZONE 'UTC')::date AS day
+    FROM profiles_profileevent e
+    WHERE e.timestamp >= %(since)s + interval '7 days' AND e.timestamp < %(until)s + interval '8 days'
+      AND e.profile_id IS NOT NULL
+),
+retained AS (
+    SELECT DISTINCT c.profile_id
+    FROM day7_events d JOIN cohort c
+      ON c.profile_id = d.profile_id AND d.day = (c.joined_at AT TIME ZONE 'UTC')::date + 7
+),
+cost AS (
+    SELECT COALESCE(rp.merged_into_id, rp.id) AS profile_id, sum(r.discount) AS discount
+    FROM coupons_redemption r JOIN profiles_profile rp ON rp.id = r.profile_id
+    WHERE r.rolled_back_at IS NULL AND COALESCE(rp.merged_into_id, rp.id) IN (SELECT profile_id FROM orders)
+    GROUP BY 1
+)
+SELECT COALESCE(NULLIF(ft.utm_source, ''), %(direct)s) AS source,
+       count(*) AS new_users,
+       count(o.profile_id) AS converted,
+       count(*) FILTER (WHERE (c.joined_at AT TIME ZONE 'UTC')::date + 7 < %(today)s) AS retention_base,
+       count(rt.profile_id) FILTER (WHERE (c.joined_at AT TIME ZONE 'UTC')::date + 7 < %(today)s) AS retained,
+       COALESCE(sum(cost.discount), 0) AS coupon_cost,
+       COALESCE(sum(o.revenue), 0) AS revenue
+FROM cohort c
+LEFT JOIN first_touch ft ON ft.profile_id = c.profile_id
+LEFT JOIN orders o ON o.profile_id = c.profile_id
+LEFT JOIN retained rt ON rt.profile_id = c.profile_id
+LEFT JOIN cost ON cost.profile_id = c.profile_id
+GROUP BY 1
+ORDER BY new_users DESC, source
+"""
+
+
+@dataclass(frozen=True)
+class ChannelQuality:
+    source: str
+    new_users: int
+    converted: int
+    retention_base: int  # new users whose day 7 is complete
+    retained: int
+    coupon_cost: Decimal
+    revenue: Decimal
+
+    @property
+    def conversion_rate(self) -> float | None:
+        return round(self.converted / self.new_users, 4) if self.new_users else None
+
+    @property
+    def retention_d7(self) -> float | None:
+        return round(self.retained / self.retention_base, 4) if self.retention_base else None
+
+    @property
+    def coupon_cost_per_converted(self) -> Decimal | None:
+        return (self.coupon_cost / self.converted).quantize(Decimal("0.01")) if self.converted else None
+
+    @property
+    def revenue_per_new_user(self) -> Decimal | None:
+        return (self.revenue / self.new_users).quantize(Decimal("0.01")) if self.new_users else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.__dict__,
+            "conversion_rate": self.conversion_rate,
+            "retention_d7": self.retention_d7,
+            "coupon_cost_per_converted": self.coupon_cost_per_converted,
+            "revenue_per_new_user": self.revenue_per_new_user,
+        }
+
+
+def channel_quality(*, start: date, end: date, today: date | None = None) -> list[ChannelQuality]:
+    """Per first-touch `utm_source`, the quality of the people who joined from `start` to `end`
+    (inclusive, UTC days): see CHANNEL_QUALITY_SQL for each number's definition."""
+    today = today or timezone.now().astimezone(UTC).date()
+    since, until = _utc_bounds(start, end)
+    with connection.cursor() as cursor:
+        cursor.execute(CHANNEL_QUALITY_SQL, {"since": since, "until": until, "today": today, "direct": DIRECT})
+        rows = cursor.fetchall()
+    return [
+        ChannelQuality(
+            source=source,
+            new_users=new_users,
+            converted=converted,
+            retention_base=base,
+            retained=retained,
+            coupon_cost=Decimal(cost).quantize(Decimal("0.01")),
+            revenue=Decimal(revenue).quantize(Decimal("0.01")),
+        )
+        for source, new_users, converted, base, retained, cost, revenue in rows
+    ]

@@ -321,3 +321,42 @@ class CodeBatchOutput(serializers.ModelSerializer):
         model = CodeBatch
         fields = ["id", "rule", "partner", "quantity", "generated", "status", "error", "created_at", "finished_at"]
         read_only_fields = fields
+
+
+# --- channel quality ----------------------------------------------------------------------------
+
+CHANNEL_WINDOW_MAX_DAYS = 366
+
+
+class ChannelQualityQuery(serializers.Serializer):
+    start = serializers.DateField(help_text="First signup day (UTC), e.g. 2026-01-01.")
+    end = serializers.DateField(help_text="Last signup day (UTC), inclusive.")
+
+    def validate(self, data):
+        if data["end"] < data["start"]:
+            raise serializers.ValidationError({"end": ["Must be on or after start."]})
+        if (data["end"] - data["start"]).days >= CHANNEL_WINDOW_MAX_DAYS:
+            raise serializers.ValidationError({"end": [f"A window of at most {CHANNEL_WINDOW_MAX_DAYS} days."]})
+        if not MIN_YEAR <= data["start"].year <= MAX_YEAR or not MIN_YEAR <= data["end"].year <= MAX_YEAR:
+            raise serializers.ValidationError({"start": [f"Between the years {MIN_YEAR} and {MAX_YEAR}."]})
+        return data
+
+
+class ChannelQualityRowOutput(serializers.Serializer):
+    source = serializers.CharField(help_text="First-touch utm_source; `(direct)` when the first event had none.")
+    new_users = serializers.IntegerField()
+    converted = serializers.IntegerField(help_text="New users with an order_paid since joining.")
+    conversion_rate = serializers.FloatField(allow_null=True)
+    retention_base = serializers.IntegerField(help_text="New users whose day 7 is complete.")
+    retained = serializers.IntegerField(help_text="Of those, active on their 7th day after joining.")
+    retention_d7 = serializers.FloatField(allow_null=True)
+    coupon_cost = serializers.DecimalField(max_digits=16, decimal_places=2)
+    coupon_cost_per_converted = serializers.DecimalField(max_digits=16, decimal_places=2, allow_null=True)
+    revenue = serializers.DecimalField(max_digits=16, decimal_places=2)
+    revenue_per_new_user = serializers.DecimalField(max_digits=16, decimal_places=2, allow_null=True)
+
+
+class ChannelQualityOutput(serializers.Serializer):
+    start = serializers.DateField()
+    end = serializers.DateField()
+    channels = ChannelQualityRowOutput(many=True)

@@ -35,3 +35,8 @@ urlpatterns = [
     path("coupons/rollback", api.RollbackView.as_view(), name="coupon-rollback"),
     path("profiles/<str:user_id>/coupons", api.ProfileCouponsView.as_view(), name="profile-coupons"),
 ]
+
+# --- channel quality ---
+urlpatterns += [
+    path("channel-quality", api.ChannelQualityView.as_view(), name="channel-quality"),
+]

@@ -124,4 +124,5 @@ class EventAdmin(ReadOnlyAdmin):
         return response
 
 
-from tracking import admin_indicators  # noqa: E402, F401  (the indicator dashboards and funnels)
+# The dashboards, funnels and goals have modules of their own; the admin discovers only this one.
+from tracking import admin_goals, admin_indicators  # noqa: E402, F401

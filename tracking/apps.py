@@ -7,8 +7,15 @@ class TrackingConfig(AppConfig):
     name = "tracking"
     verbose_name = "Tracking"
     role_permissions = {
-        # Operations also define the funnels the dashboards analyse.
-        "Operations": ["tracking.view_*", "tracking.*_funnel", "tracking.*_funnelstep"],
+        # Operations also define the funnels the dashboards analyse, and set the goals.
+        "Operations": [
+            "tracking.view_*",
+            "tracking.*_funnel",
+            "tracking.*_funnelstep",
+            "tracking.add_goal",
+            "tracking.change_goal",
+            "tracking.delete_goal",
+        ],
         "Analyst": ["tracking.view_*"],
     }
 

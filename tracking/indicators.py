@@ -90,3 +90,8 @@ def fold_days(fold: str, values: list[Decimal]) -> Decimal:
     if fold == Fold.LAST:
         return values[-1]
     raise ValueError(f"unknown fold {fold!r}")
+
+
+def unregister_indicator(key: str) -> Indicator | None:
+    """Remove an indicator (tests that register their own put the registry back as it was)."""
+    return _registry.pop(key, None)

@@ -7,11 +7,17 @@ rewrites a mapping and never this table.
 
 from __future__ import annotations
 
+import calendar
 import uuid
+from datetime import date
+from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.utils import timezone
+
+from tracking.indicators import Fold, Unit
 
 
 class EventKind(models.TextChoices):
@@ -247,3 +253,127 @@ class FunnelStep(models.Model):
 
     def __str__(self) -> str:
         return f"{self.position}. {self.label or self.event_name}"
+
+
+# --- goals --------------------------------------------------------------------------------------
+# A goal targets any indicator of the registry (`tracking.indicators`) by its key; indicators of
+# higher apps register themselves, so the goal itself never imports upwards.
+
+GOAL_MIN_YEAR, GOAL_MAX_YEAR = 2000, 2200
+GOAL_VALUE = {"max_digits": 20, "decimal_places": 4}
+
+
+def goal_step(unit: str) -> Decimal:
+    """The rounding step of a goal's values: cents for money, counts and users; four places for
+    ratios such as a retention rate."""
+    return Decimal("0.0001") if unit == Unit.RATIO else Decimal("0.01")
+
+
+class GoalPeriod(models.TextChoices):
+    YEAR = "year", "Year"
+    QUARTER = "quarter", "Quarter"
+
+
+class GoalProfile(models.TextChoices):
+    """How a goal is spread over its months."""
+
+    EVEN = "even", "Evenly"
+    WEIGHTS = "weights", "By typed weights per month"
+    LAST_YEAR = "last_year", "Shaped like last year's actuals"
+
+
+class Goal(models.Model):
+    """A yearly or quarterly target on one indicator, decomposed into monthly targets.
+
+    `fold` is copied from the indicator when the goal is set, so the meaning of the month targets
+    stays fixed: for a sum-type indicator (revenue) the months share the target and add up to it;
+    for a mean-type (DAU) or last-value one (MAU) each month's target is a level to reach, and the
+    months' levels average (mean, weighted by days) or end (last) at the goal's target. The
+    database checks this at commit (a deferred constraint trigger, migration `0004_goals`).
+    """
+
+    name = models.CharField(max_length=200)
+    indicator = models.CharField(max_length=64, help_text="Key of a registered indicator, e.g. dau")
+    fold = models.CharField(max_length=8, choices=Fold.choices, editable=False)
+    unit = models.CharField(max_length=8, choices=Unit.choices, editable=False)
+    period = models.CharField(max_length=8, choices=GoalPeriod.choices)
+    year = models.PositiveSmallIntegerField()
+    quarter = models.PositiveSmallIntegerField(null=True, blank=True, help_text="1 to 4 for a quarterly goal")
+    target = models.DecimalField(**GOAL_VALUE)
+    profile = models.CharField(max_length=16, choices=GoalProfile.choices, default=GoalProfile.EVEN)
+    weights = models.JSONField(default=list, blank=True, help_text="The weights per month the operator typed")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta:
+        ordering = ["-year", "-quarter", "name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(target__gt=0), name="goal_target_positive"),
+            models.CheckConstraint(
+                condition=models.Q(year__gte=GOAL_MIN_YEAR, year__lte=GOAL_MAX_YEAR), name="goal_year_in_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(period=GoalPeriod.YEAR, quarter__isnull=True)
+                | models.Q(period=GoalPeriod.QUARTER, quarter__gte=1, quarter__lte=4),
+                name="goal_period_valid",
+            ),
+            models.CheckConstraint(condition=models.Q(fold__in=Fold.values), name="goal_fold_known"),
+            models.CheckConstraint(condition=models.Q(profile__in=GoalProfile.values), name="goal_profile_known"),
+            # One goal per indicator and period (a yearly and a quarterly goal may coexist).
+            models.UniqueConstraint(
+                fields=["indicator", "period", "year", "quarter"], name="goal_one_per_period", nulls_distinct=False
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.period_label})"
+
+    @property
+    def period_label(self) -> str:
+        return f"{self.year}" if self.period == GoalPeriod.YEAR else f"{self.year} Q{self.quarter}"
+
+    @property
+    def first_month(self) -> int:
+        return 1 if self.period == GoalPeriod.YEAR else 3 * (self.quarter - 1) + 1
+
+    @property
+    def month_count(self) -> int:
+        return 12 if self.period == GoalPeriod.YEAR else 3
+
+    @property
+    def start(self) -> date:
+        return date(self.year, self.first_month, 1)
+
+    @property
+    def end(self) -> date:
+        """The last day of the period."""
+        last = self.first_month + self.month_count - 1
+        return date(self.year, last, calendar.monthrange(self.year, last)[1])
+
+    def months(self) -> list[date]:
+        return [date(self.year, self.first_month + i, 1) for i in range(self.month_count)]
+
+
+class GoalMonth(models.Model):
+    """One month of a goal: its share of the weights and its target (a share of the goal for a
+    sum-type indicator, a level for a mean- or last-type one)."""
+
+    goal = models.ForeignKey(Goal, on_delete=models.CASCADE, related_name="month_targets")
+    month = models.DateField(help_text="First day of the month")
+    weight = models.DecimalField(max_digits=20, decimal_places=6)
+    target = models.DecimalField(**GOAL_VALUE)
+
+    class Meta:
+        ordering = ["goal", "month"]
+        constraints = [
+            models.UniqueConstraint(fields=["goal", "month"], name="goalmonth_one_per_month"),
+            models.CheckConstraint(condition=models.Q(month__day=1), name="goalmonth_first_of_month"),
+            models.CheckConstraint(condition=models.Q(target__gte=0), name="goalmonth_target_gte_0"),
+            models.CheckConstraint(condition=models.Q(weight__gte=0), name="goalmonth_weight_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.goal_id} {self.month:%Y-%m}: {self.target}"
