@@ -268,7 +268,7 @@ class DemoLoop:
 
     def check_services(self) -> None:
         """The web API and the demo gateway must answer before anything is loaded."""
-        checks = (("the web API", f"{self.api_url}/healthz"), ("the demo gateway", f"{self.gateway_url}/health"))
+        checks = (("the demo gateway", f"{self.gateway_url}/health"), ("the web API", f"{self.api_url}/healthz"))
         for what, url in checks:
             try:
                 self.http.get(url, timeout=5)
