@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 PORT := $(or $(OPSLOOP_PORT),8000)
+GATEWAY_PORT := $(or $(OPSLOOP_DEMO_GATEWAY_PORT),8099)
 WITH_ENV := set -a; [ -f .run/env ] && . .run/env; set +a;
 ADMIN_USER := $(or $(OPSLOOP_ADMIN_USER),admin)
 ADMIN_PASSWORD := $(or $(OPSLOOP_ADMIN_PASSWORD),opsloop-admin)
@@ -16,6 +17,7 @@ export OPSLOOP_ADMIN_PASSWORD := $(ADMIN_PASSWORD)
 
 help:
 	@echo "make demo   run the back office with demo data (admin at http://127.0.0.1:$(PORT)/admin/)"
+	@echo "            DEMO_ARGS='--users 2000' for a smaller world"
 	@echo "make up     the same without demo data"
 	@echo "make down   stop everything make up started"
 	@echo "make test   run the whole test suite"
@@ -46,7 +48,9 @@ up: migrate
 	@echo "Stop:           make down"
 
 demo: up
-	@$(WITH_ENV) $(PY) manage.py load_demo
+	@OPSLOOP_DEMO_GATEWAY_PORT=$(GATEWAY_PORT) scripts/processes.sh start-gateway
+	@$(WITH_ENV) $(PY) manage.py load_demo $(DEMO_ARGS) --api-url http://127.0.0.1:$(PORT) \
+		--gateway-url http://127.0.0.1:$(GATEWAY_PORT)
 	@echo
 	@echo "Demo loaded:    http://127.0.0.1:$(PORT)/admin/   login: $(ADMIN_USER) / $(ADMIN_PASSWORD)"
 

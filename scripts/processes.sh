@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# gunicorn, the Celery worker and Celery beat in the background, with PID files and logs in .run/.
+# gunicorn, the Celery worker and Celery beat in the background, with PID files and logs in .run/;
+# `start-gateway` adds the demo's stand-in push gateway (`make demo`), which `stop` stops too.
 #
-#   scripts/processes.sh start | stop | status
+#   scripts/processes.sh start | start-gateway | stop | status
 #
 # Reads DATABASE_URL and REDIS_URL from the environment, else from .run/env (the local servers).
 set -euo pipefail
@@ -10,6 +11,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 RUN="$ROOT/.run"
 VENV="$ROOT/.venv/bin"
 PORT=${OPSLOOP_PORT:-8000}
+GATEWAY_PORT=${OPSLOOP_DEMO_GATEWAY_PORT:-8099}
 mkdir -p "$RUN"
 cd "$ROOT"
 if [ -z "${DATABASE_URL:-}" ] && [ -f "$RUN/env" ]; then set -a; . "$RUN/env"; set +a; fi
@@ -44,6 +46,22 @@ start() {
   fi
 }
 
+start_gateway() {
+  if alive gateway; then echo "[processes] demo gateway already running" >&2; return 0; fi
+  nohup "$VENV/python" -m campaigns.demo_gateway --port "$GATEWAY_PORT" --log "$RUN/gateway-messages.jsonl" \
+    >>"$RUN/gateway.log" 2>&1 </dev/null &
+  echo $! >"$RUN/gateway.pid"
+  local i
+  for i in $(seq 1 50); do
+    if "$VENV/python" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$GATEWAY_PORT/health', timeout=1)" \
+      2>/dev/null; then return 0; fi
+    alive gateway || break
+    sleep 0.2
+  done
+  echo "[processes] demo gateway did not start; see $RUN/gateway.log" >&2
+  return 1
+}
+
 stop_one() {
   local name=$1 pid i
   alive "$name" || { rm -f "$RUN/$name.pid"; return 0; }
@@ -59,7 +77,8 @@ stop_one() {
 
 case "${1:-}" in
   start) start ;;
-  stop) stop_one beat; stop_one worker; stop_one gunicorn ;;
-  status) for n in gunicorn worker beat; do alive "$n" && echo "$n running" || echo "$n stopped"; done ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  start-gateway) start_gateway ;;
+  stop) stop_one gateway; stop_one beat; stop_one worker; stop_one gunicorn ;;
+  status) for n in gunicorn worker beat gateway; do alive "$n" && echo "$n running" || echo "$n stopped"; done ;;
+  *) echo "usage: $0 start|start-gateway|stop|status" >&2; exit 2 ;;
 esac

@@ -1,88 +1,78 @@
-"""`manage.py load_demo`: a small synthetic world for the admin, loaded through the same services
-the product's calls go through (identify, event ingestion), so profiles, identities and
-first/last seen come out as in production. Safe to run twice."""
+"""`manage.py load_demo`: a synthetic shop loaded through the product's own paths (identify, event
+ingestion), then one full turn of the operations loop on the real Celery worker (see
+`campaigns.demo`). Safe to run twice: what is already there is not loaded again."""
 
 from __future__ import annotations
 
-import random
-import uuid
-from datetime import timedelta
-from decimal import Decimal
+import os
+import time
 
-from django.core.management.base import BaseCommand
-from django.utils import timezone
-from tqdm import tqdm
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 
+from campaigns.demo import CAMPAIGN_NAME, USER_PREFIX, DemoError, DemoLoop, load_world
+from campaigns.models import Campaign
 from profiles.models import Profile
-from profiles.normalize import parse_traits
-from profiles.services import catch_up_seen_times, identify
-from tracking.services import ingest_events
-
-CITIES = ["Shanghai", "Beijing", "Shenzhen", "Hangzhou", "Chengdu", "Wuhan"]
-SOURCES = ["wechat", "douyin", "baidu", "weibo", "direct"]
-BATCH = 1000
 
 
 class Command(BaseCommand):
-    help = "Load demo profiles and events (skips what is already there)."
+    help = "Load the demo world and run one full loop of tags, tiers, coupons and an A/B campaign."
 
     def add_arguments(self, parser):
-        parser.add_argument("--users", type=int, default=2000)
+        parser.add_argument("--users", type=int, default=20_000)
         parser.add_argument("--days", type=int, default=90)
         parser.add_argument("--seed", type=int, default=7)
+        parser.add_argument("--jobs", type=int, default=2, help="loader processes for the world (default 2)")
+        parser.add_argument("--no-loop", action="store_true", help="only the world, no tags/tiers/campaign")
+        parser.add_argument(
+            "--api-url",
+            default=os.environ.get("OPSLOOP_DEMO_API_URL") or getattr(settings, "OPSLOOP_PUBLIC_URL", ""),
+            help="where the simulated devices and gateway call back (the running web server)",
+        )
+        parser.add_argument(
+            "--gateway-url",
+            default=os.environ.get("OPSLOOP_DEMO_GATEWAY_URL", "http://127.0.0.1:8099"),
+            help="the demo gateway (python -m campaigns.demo_gateway)",
+        )
+        parser.add_argument("--worker-timeout", type=float, default=60, help="seconds to wait for a worker")
+        parser.add_argument("--step-timeout", type=float, default=600, help="seconds each worker step may take")
+        parser.add_argument("--no-progress", action="store_true")
 
-    def handle(self, *args, users: int, days: int, seed: int, **options):
-        if Profile.objects.filter(user_id__startswith="demo-").exists():
-            self.stdout.write("Demo data already loaded; nothing to do.")
+    def handle(self, *args, **o):
+        if o["users"] < 1:
+            raise CommandError("--users must be at least 1.")
+        started = time.monotonic()
+        world = Profile.objects.filter(user_id__startswith=USER_PREFIX).exists()
+        campaign = Campaign.objects.filter(name=CAMPAIGN_NAME).first()
+        if world and (campaign or o["no_loop"]):
+            status = f" (demo campaign {campaign.get_status_display().lower()})" if campaign else ""
+            self.stdout.write(f"Demo data already loaded{status}; nothing to do.")
             return
-        rng = random.Random(seed)
-        now = timezone.now()
-        events: list[dict] = []
-        accepted = 0
-        for i in tqdm(range(users), desc="demo users", unit="user", mininterval=1):
-            user_id = f"demo-{i:06d}"
-            signup = now - timedelta(days=rng.randint(0, days), minutes=rng.randint(0, 1440))
-            phone = f"+86138{i:08d}"
-            known, custom, _errors = parse_traits(
-                {
-                    "phone": phone,
-                    "city": rng.choice(CITIES),
-                    "timezone": "Asia/Shanghai",
-                    "signup_at": signup.isoformat(),
-                    "push_opt_in": rng.random() < 0.7,
-                }
-            )
-            identify(user_id=user_id, identities=[("phone", phone)], traits=known, custom_traits=custom)
-            events.extend(self._timeline(rng, user_id, signup, now))
-            while len(events) >= BATCH:
-                accepted += ingest_events(events=events[:BATCH]).accepted
-                del events[:BATCH]
-        if events:
-            accepted += ingest_events(events=events).accepted
-        # What the minutely beat job would do: the demo's profiles show their first/last seen at once.
-        catch_up_seen_times(max_seconds=600)
-        self.stdout.write(f"Loaded {users} demo users and {accepted} events over {days} days.")
-
-    @staticmethod
-    def _timeline(rng: random.Random, user_id: str, signup, now) -> list[dict]:
-        source = rng.choice(SOURCES)
-
-        def event(name: str, at, kind: str = "behavior", **properties) -> dict:
-            return {
-                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                "name": name,
-                "kind": kind,
-                "timestamp": at.isoformat(),
-                "user_id": user_id,
-                "properties": properties,
-                "context": {"utm_source": source},
-            }
-
-        timeline = [event("signup", signup)]
-        t = signup
-        while (t := t + timedelta(hours=rng.expovariate(1 / 60))) <= now:
-            timeline.append(event("app_open", t))
-            if rng.random() < 0.08:
-                amount = Decimal(rng.randint(20, 800)).quantize(Decimal("0.01"))
-                timeline.append(event("order_paid", t, "business", order_id=uuid.uuid4().hex[:12], amount=str(amount)))
-        return timeline
+        loop = DemoLoop(
+            api_url=o["api_url"],
+            gateway_url=o["gateway_url"],
+            seed=o["seed"],
+            timeout=o["step_timeout"],
+            progress=not o["no_progress"],
+            say=self.stdout.write,
+        )
+        try:
+            if not o["no_loop"]:
+                # Before anything is loaded: a missing worker or server fails in seconds, not minutes.
+                loop.check_services()
+                loop.wait_for_worker(o["worker_timeout"])
+            if world:
+                self.stdout.write("Demo users already loaded; running the loop.")
+            else:
+                users, events = load_world(
+                    users=o["users"], days=o["days"], seed=o["seed"], jobs=o["jobs"], progress=not o["no_progress"]
+                )
+                self.stdout.write(
+                    f"Loaded {users} demo users and {events} events over {o['days']} days"
+                    f" in {time.monotonic() - started:.0f} s."
+                )
+            if not o["no_loop"]:
+                loop.run()
+        except DemoError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"Demo ready in {time.monotonic() - started:.0f} s.")

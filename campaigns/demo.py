@@ -1,0 +1,650 @@
+"""The demo: a synthetic shop's world and one full turn of the operations loop, run through the
+product's own paths so that what an operator sees afterwards was made the way production makes it.
+
+The world: users identified through `identify` (phone, city, push consent) with 90 days of
+behaviour (app opens, product views by category, orders) from several traffic sources, ingested
+through event ingestion.
+
+The loop, every step on the real Celery worker that `make up` starts:
+preference and rule tags recomputed -> RFM value tiers recomputed -> a coupon rule for the core
+(important-value) tier, issued to that tier by an issuance job and partly redeemed -> an A/B push
+campaign with a holdout and a pilot, delivered by the workers to the demo gateway
+(`campaigns.demo_gateway`) -> simulated recipients react to what reached them according to hidden
+true rates per variant: the provider's delivery receipts go to `POST /api/v1/deliveries/receipts`
+and their orders to `POST /api/v1/events`, so attribution works as in production -> the results
+name the winner -> the winner is rolled out to the rest -> the sweeper completes the campaign ->
+the next iteration is cloned, the winner as its control.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import requests
+from django.db import OperationalError, connections
+from django.db.models import Count
+from django.utils import timezone
+from tqdm import tqdm
+
+from profiles.normalize import parse_traits
+from profiles.services import catch_up_seen_times, identify
+from tracking.services import ingest_events
+
+USER_PREFIX = "demo-"
+CITIES = ["Shanghai", "Beijing", "Shenzhen", "Hangzhou", "Chengdu", "Wuhan"]
+# Traffic sources (utm_source) with their share of sign-ups.
+SOURCES = {"wechat": 35, "douyin": 25, "baidu": 15, "weibo": 10, "direct": 15}
+# Categories with the price range of an order in them.
+CATEGORIES = {
+    "apparel": (60, 400),
+    "beauty": (40, 300),
+    "electronics": (200, 2000),
+    "home": (50, 600),
+    "food": (20, 150),
+    "sports": (80, 700),
+    "books": (20, 120),
+}
+BATCH = 1000
+CHUNK = 250
+
+CAMPAIGN_NAME = "Demo: come back this week"
+TAG_RULES = ("Demo: favourite categories", "Demo: frequent buyers")
+COUPON_RULE_NAME = "Demo: core customers, 30 off 200"
+COUPON_TIER = "core"  # the tier of the RFM "important value" customers
+CUSTOMER_TIERS = ["core", "important", "ordinary"]
+
+
+@dataclass(frozen=True)
+class TrueRates:
+    """How recipients really behave: hidden from the product, which has to find it out."""
+
+    delivered: float
+    opened: float
+    clicked: float
+    converted: float
+
+
+# Far enough apart that a pilot of a hundred people names B the winner (`--users 400`).
+HIDDEN_RATES = {
+    "holdout": TrueRates(delivered=0.0, opened=0.0, clicked=0.0, converted=0.03),
+    "A": TrueRates(delivered=0.97, opened=0.35, clicked=0.12, converted=0.08),
+    "B": TrueRates(delivered=0.97, opened=0.50, clicked=0.26, converted=0.30),
+}
+COUPON_REDEEM_RATE = 0.3
+
+
+class DemoError(Exception):
+    """A step of the demo could not run; the message says what to do."""
+
+
+# --- the world ---------------------------------------------------------------------------------
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _amount(rng: random.Random, category: str) -> Decimal:
+    low, high = CATEGORIES[category]
+    return Decimal(rng.randint(low, high)).quantize(Decimal("0.01"))
+
+
+def demo_user(*, seed: int, index: int, days: int, now: datetime) -> tuple[dict[str, Any], list[dict]]:
+    """One user's `identify` call and event timeline. Each user has their own random stream, so
+    the world is the same however it is split between processes."""
+    rng = random.Random(seed * 1_000_003 + index)
+    user_id = f"{USER_PREFIX}{index:06d}"
+    signup = now - timedelta(days=rng.uniform(0, days))
+    phone = f"+86138{index:08d}"
+    known, custom, _errors = parse_traits(
+        {
+            "phone": phone,
+            "city": rng.choice(CITIES),
+            "timezone": "Asia/Shanghai",
+            "signup_at": signup.isoformat(),
+            "push_opt_in": rng.random() < 0.85,
+        }
+    )
+    call = {"user_id": user_id, "identities": [("phone", phone)], "traits": known, "custom_traits": custom}
+    source = rng.choices(list(SOURCES), weights=list(SOURCES.values()))[0]
+    # How active the person is drives how often they come, buy and how much: recency, frequency
+    # and money move together, as they do in real shops, so the RFM tiers are meaningful.
+    activity = rng.lognormvariate(0, 0.7)
+    gap_hours = 110 / activity
+    order_chance = min(0.5, 0.1 * activity)
+    names = list(CATEGORIES)
+    weights = [1.0] * len(names)
+    if rng.random() < 0.7:  # most people have a favourite category or two
+        for k, boost in zip(rng.sample(range(len(names)), 2), (8.0, 3.0), strict=True):
+            weights[k] = boost
+
+    def event(name: str, at: datetime, kind: str = "behavior", **properties: Any) -> dict:
+        return {
+            "event_id": _uuid(rng),
+            "name": name,
+            "kind": kind,
+            "timestamp": at.isoformat(),
+            "user_id": user_id,
+            "properties": properties,
+            "context": {"utm_source": source},
+        }
+
+    timeline = [event("signup", signup)]
+    if rng.random() < 0.6:  # most sign up to buy something
+        category = rng.choices(names, weights=weights)[0]
+        timeline.append(event("product_view", signup, category=category))
+        timeline.append(
+            event(
+                "order_paid",
+                signup + timedelta(minutes=10),
+                "business",
+                order_id=_uuid(rng)[:12],
+                amount=str(_amount(rng, category)),
+                category=category,
+            )
+        )
+    t = signup
+    while (t := t + timedelta(hours=rng.expovariate(1 / gap_hours))) <= now:
+        timeline.append(event("app_open", t))
+        viewed = rng.choices(names, weights=weights, k=rng.choice((0, 1, 1, 2)))
+        for category in viewed:
+            timeline.append(event("product_view", t, category=category))
+        if viewed and rng.random() < order_chance:
+            category = viewed[0]
+            timeline.append(
+                event(
+                    "order_paid",
+                    t + timedelta(minutes=5),
+                    "business",
+                    order_id=_uuid(rng)[:12],
+                    amount=str(_amount(rng, category)),
+                    category=category,
+                )
+            )
+    return call, [e for e in timeline if e["timestamp"] <= now.isoformat()]
+
+
+def _ingest(events: list[dict]) -> int:
+    # Replaying a batch is harmless (event ids are idempotent), so a deadlock with a concurrent
+    # loader process is simply retried.
+    for attempt in range(3):
+        try:
+            return ingest_events(events=events).accepted
+        except OperationalError:
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return 0
+
+
+def load_users(first: int, last: int, seed: int, days: int, now: datetime) -> tuple[int, int]:
+    """Identify users `first`..`last-1` and ingest their events; (users, events accepted)."""
+    # One identify is one transaction: waiting for each commit to reach the disk would make the
+    # load I/O-bound. Synthetic data lost to a crash is simply loaded again, so this session
+    # (only) does not wait.
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SET synchronous_commit TO off")
+    accepted, pending = 0, []
+    for index in range(first, last):
+        call, events = demo_user(seed=seed, index=index, days=days, now=now)
+        identify(**call)
+        pending.extend(events)
+        while len(pending) >= BATCH:
+            accepted += _ingest(pending[:BATCH])
+            del pending[:BATCH]
+    if pending:
+        accepted += _ingest(pending)
+    return last - first, accepted
+
+
+def _load_chunk(args: tuple[int, int, int, int, datetime]) -> tuple[int, int]:
+    return load_users(*args)
+
+
+def load_world(
+    *, users: int, days: int, seed: int, jobs: int, progress: bool, now: datetime | None = None
+) -> tuple[int, int]:
+    """The demo users and their events, in `jobs` processes; (users, events accepted)."""
+    now = now or timezone.now()
+    chunks = [(start, min(users, start + CHUNK), seed, days, now) for start in range(0, users, CHUNK)]
+    bar = tqdm(total=users, desc="demo users", unit="user", mininterval=1, disable=not progress)
+    loaded = accepted = 0
+    try:
+        if jobs <= 1 or len(chunks) == 1:
+            results: Iterator[tuple[int, int]] = map(_load_chunk, chunks)
+            for n, a in results:
+                loaded, accepted = loaded + n, accepted + a
+                bar.update(n)
+        else:
+            import multiprocessing
+
+            # Forked children open their own database connections; the parent's must not be shared.
+            connections.close_all()
+            with multiprocessing.get_context("fork").Pool(jobs) as pool:
+                for n, a in pool.imap_unordered(_load_chunk, chunks):
+                    loaded, accepted = loaded + n, accepted + a
+                    bar.update(n)
+    finally:
+        bar.close()
+    # What the minutely beat job would do: the demo's profiles show their first/last seen at once.
+    catch_up_seen_times(max_seconds=600)
+    # A bulk load leaves the planner without statistics until autovacuum comes round; the
+    # loop's segment and results queries right after would be planned blind.
+    with connections["default"].cursor() as cursor:
+        cursor.execute("ANALYZE")
+    return loaded, accepted
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+class DemoLoop:
+    """One full turn of the loop. `say` prints a line for the operator."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        gateway_url: str,
+        seed: int,
+        timeout: float,
+        progress: bool,
+        say: Callable[[str], None],
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.gateway_url = gateway_url.rstrip("/")
+        self.seed = seed
+        self.rng = random.Random(seed + 17)
+        self.timeout = timeout
+        self.progress = progress
+        self.say = say
+        self.http = requests.Session()
+        self.api_key = ""
+        self.gateway_cursor = 0
+
+    # -- preflight ------------------------------------------------------------------------------
+
+    def check_services(self) -> None:
+        """The web API and the demo gateway must answer before anything is loaded."""
+        checks = (("the demo gateway", f"{self.gateway_url}/health"), ("the web API", f"{self.api_url}/healthz"))
+        for what, url in checks:
+            try:
+                self.http.get(url, timeout=5)
+            except requests.RequestException as exc:
+                raise DemoError(
+                    f"{what} does not answer at {url} ({exc.__class__.__name__}). `make demo` starts it;"
+                    " by hand see --api-url / --gateway-url."
+                ) from None
+
+    def wait_for_worker(self, timeout: float) -> None:
+        from config.celery import app
+
+        started = time.monotonic()
+        bar = tqdm(total=int(timeout), desc="waiting for a Celery worker", unit="s", disable=not self.progress)
+        try:
+            while True:
+                try:
+                    if app.send_task("opsloop.ping").get(timeout=2) == "pong":
+                        return
+                except Exception as exc:  # no answer yet (Celery's TimeoutError, or the broker is down)
+                    bar.set_postfix_str(exc.__class__.__name__)
+                waited = time.monotonic() - started
+                bar.n = min(int(waited), bar.total)
+                bar.refresh()
+                if waited >= timeout:
+                    raise DemoError(
+                        f"No Celery worker answered within {timeout:.0f} s. The demo's loop runs on the worker:"
+                        " start it with `make up` (or `.venv/bin/celery -A config worker -Q"
+                        " default,deliveries,analytics`), then run `manage.py load_demo` again."
+                    )
+        finally:
+            bar.close()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _on_worker(self, signature: Any, what: str) -> Any:
+        try:
+            return signature.get(timeout=self.timeout)
+        except Exception as exc:
+            raise DemoError(f"{what} did not finish on the worker within {self.timeout:.0f} s: {exc!r}") from None
+
+    def _wait(self, what: str, done: Callable[[], tuple[int, int]]) -> None:
+        """Poll `done() -> (finished, total)` with a progress bar until finished == total."""
+        deadline = time.monotonic() + self.timeout
+        finished, total = done()
+        bar = tqdm(total=total, desc=what, unit="msg", mininterval=0.5, disable=not self.progress)
+        try:
+            while True:
+                finished, total = done()
+                bar.total = total
+                bar.n = finished
+                bar.refresh()
+                if finished >= total:
+                    return
+                if time.monotonic() > deadline:
+                    raise DemoError(
+                        f"{what}: {finished} of {total} after {self.timeout:.0f} s; is the worker consuming"
+                        " the deliveries queue? See .run/worker.log."
+                    )
+                time.sleep(0.5)
+        finally:
+            bar.close()
+
+    def _post(self, path: str, body: dict) -> dict:
+        response = self.http.post(
+            f"{self.api_url}{path}", json=body, headers={"Authorization": f"Api-Key {self.api_key}"}, timeout=60
+        )
+        if response.status_code != 200:
+            raise DemoError(f"POST {path} answered {response.status_code}: {response.text[:300]}")
+        return response.json()
+
+    def _post_events(self, events: list[dict]) -> int:
+        accepted = 0
+        for start in range(0, len(events), BATCH):
+            accepted += self._post("/api/v1/events", {"events": events[start : start + BATCH]})["accepted"]
+        return accepted
+
+    def _post_receipts(self, receipts: list[dict]) -> int:
+        accepted = 0
+        for start in range(0, len(receipts), BATCH):
+            accepted += self._post("/api/v1/deliveries/receipts", {"receipts": receipts[start : start + BATCH]})[
+                "accepted"
+            ]
+        return accepted
+
+    def _chance(self, user_id: str, what: str) -> float:
+        """A uniform draw fixed by (seed, person, what): the same person reacts the same way
+        whichever worker thread happened to send first."""
+        digest = hashlib.sha256(f"{self.seed}:{user_id}:{what}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def _order(self, user_id: str, at: datetime, **extra: Any) -> dict:
+        category = self.rng.choice(list(CATEGORIES))
+        return {
+            "event_id": _uuid(self.rng),
+            "name": "order_paid",
+            "kind": "business",
+            "timestamp": at.isoformat(),
+            "user_id": user_id,
+            "properties": {
+                "order_id": _uuid(self.rng)[:12],
+                "amount": str(_amount(self.rng, category)),
+                "category": category,
+                **extra,
+            },
+            "context": {"utm_source": "push"},
+        }
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        from access.services import create_api_key
+
+        # Key names are unique; a loop started again after a failure gets a key of its own.
+        name = f"Demo devices and gateway callbacks {timezone.now():%Y-%m-%d %H:%M:%S}"
+        self.api_key = create_api_key(name=name, scopes=["events:write"]).plaintext
+        # The gateway outlives databases: only what it receives from now on belongs to this loop.
+        self.gateway_cursor = self.http.get(f"{self.gateway_url}/health", timeout=10).json()["received"]
+        for step in (self.tags, self.tiers, self.coupons):
+            started = time.monotonic()
+            step()
+            self.say(f"  ({time.monotonic() - started:.1f} s)")
+        started = time.monotonic()
+        outcome = self.campaign()
+        self.say(f"  ({time.monotonic() - started:.1f} s)")
+        return outcome
+
+    def tags(self) -> None:
+        from profiles import tasks
+        from profiles.models import TagRule, TagRuleKind
+
+        preference, _ = TagRule.objects.get_or_create(
+            name=TAG_RULES[0],
+            defaults={
+                "kind": TagRuleKind.PREFERENCE,
+                "description": "Who views one category significantly more often than shoppers do overall.",
+                "event_name": "product_view",
+                "category_property": "category",
+                "window_days": 90,
+                "min_count": 4,
+                "p_value_threshold": 0.01,
+                "tag_prefix": "prefers_",
+                "tag_category": "preference",
+            },
+        )
+        frequent, _ = TagRule.objects.get_or_create(
+            name=TAG_RULES[1],
+            defaults={
+                "kind": TagRuleKind.RULE,
+                "description": "Two or more paid orders in the last 30 days.",
+                "tag_name": "frequent_buyer",
+                "tag_category": "behaviour",
+                "conditions": [{"event": "order_paid", "within_days": 30, "op": "gte", "count": 2}],
+            },
+        )
+        for rule in (preference, frequent):
+            rule.full_clean()
+            result = self._on_worker(tasks.recompute_tag_rule.delay(rule.pk), f"Tag rule {rule.name!r}")
+            self.say(f"Tags: {rule.name!r} computed on the worker, {result['members']} tagged.")
+
+    def tiers(self) -> None:
+        from crm import services
+        from crm.models import CustomerValue, RecomputeRun
+
+        run = services.request_recompute()
+
+        def done() -> tuple[int, int]:
+            status = RecomputeRun.objects.filter(pk=run.pk).values_list("status", flat=True).first()
+            if status == RecomputeRun.Status.FAILED:
+                raise DemoError(f"The value recompute failed: {RecomputeRun.objects.get(pk=run.pk).error}")
+            return int(status in (RecomputeRun.Status.DONE, RecomputeRun.Status.SKIPPED)), 1
+
+        self._wait("value tiers (RFM) on the worker", done)
+        counts = dict(
+            CustomerValue.objects.exclude(tier=None).values_list("tier__slug").annotate(n=Count("profile")).order_by()
+        )
+        self.say("Tiers: " + ", ".join(f"{slug} {n}" for slug, n in sorted(counts.items(), key=lambda kv: -kv[1])))
+
+    def coupons(self) -> None:
+        from campaigns import services as campaign_services
+        from campaigns.selectors import segment_size
+        from coupons import services
+        from coupons.models import Coupon, IssuanceJob
+
+        definition = {"tier": [COUPON_TIER]}
+        size = segment_size(definition)
+        segment = campaign_services.create_segment(
+            name="Demo: core customers", definition=definition, description="The RFM important-value tier."
+        )
+        # A budget for four in five of them: the rule shows that issuance stops at the budget.
+        budget = Decimal(30) * max(1, math.ceil(size * 0.8))
+        rule = services.create_rule(
+            name=COUPON_RULE_NAME,
+            description="A thank-you for the best customers.",
+            kind="threshold",
+            value=Decimal(30),
+            min_spend=Decimal(200),
+            valid_days=30,
+            budget=budget,
+            per_user_limit=1,
+            eligible_tiers=[COUPON_TIER],
+        )
+        job = services.create_issuance_job(rule=rule, segment_id=segment.pk)
+
+        def done() -> tuple[int, int]:
+            j = IssuanceJob.objects.get(pk=job.pk)
+            if j.status == IssuanceJob.Status.FAILED:
+                raise DemoError(f"The coupon issuance job failed: {j.error}")
+            return int(j.status == IssuanceJob.Status.DONE), 1
+
+        self._wait("coupons issued on the worker", done)
+        job.refresh_from_db()
+        coupons = list(Coupon.objects.filter(rule=rule).select_related("profile").order_by("id"))
+        now = timezone.now()
+        orders, redeemed = [], 0
+        for coupon in coupons:
+            if self._chance(coupon.profile.user_id, f"redeem:{rule.pk}") >= COUPON_REDEEM_RATE:
+                continue
+            amount = Decimal(self.rng.randint(200, 900)).quantize(Decimal("0.01"))
+            order = self._order(coupon.profile.user_id, now - timedelta(minutes=1), coupon_code=coupon.code)
+            order["properties"]["amount"] = str(amount)
+            services.redeem_coupon(
+                code=coupon.code,
+                user_id=coupon.profile.user_id,
+                order_id=order["properties"]["order_id"],
+                order_amount=amount,
+            )
+            orders.append(order)
+            redeemed += 1
+        self._post_events(orders)
+        self.say(
+            f"Coupons: rule {rule.name!r} for the {COUPON_TIER} tier ({size} people), budget {budget};"
+            f" {job.issued} issued, {job.refused} refused, {redeemed} redeemed."
+        )
+
+    def campaign(self) -> dict[str, Any]:
+        from campaigns import services, tasks
+        from campaigns.models import AssignmentRole, Campaign, CampaignPhase, CampaignStatus, Channel, ChannelKind
+        from campaigns.selectors import campaign_results, segment_size
+
+        Channel.objects.update_or_create(
+            kind=ChannelKind.PUSH, defaults={"url": f"{self.gateway_url}/push", "enabled": True}
+        )
+        definition = {"all": [{"trait": "push_opt_in", "op": "eq", "value": True}, {"tier": CUSTOMER_TIERS}]}
+        audience = segment_size(definition)
+        segment = services.create_segment(
+            name="Demo: customers who take pushes",
+            definition=definition,
+            description="Customers of any tier with push consent.",
+        )
+        holdout, pilot = Decimal(20), Decimal(50)
+        campaign = services.create_campaign(
+            name=CAMPAIGN_NAME,
+            segment=segment,
+            channel=ChannelKind.PUSH,
+            variants=[
+                {"name": "A", "title": "We miss you", "body": "New arrivals in your favourite shop."},
+                {"name": "B", "title": "Free delivery today", "body": "Order today and delivery is on us."},
+            ],
+            holdout_percent=holdout,
+            pilot_percent=pilot,
+            # A winner needs this many in each group; a smaller demo world still gets one.
+            min_sample=min(100, max(10, int(audience * holdout / 100 / 2))),
+            # The demo runs at any hour; a real campaign keeps the recipients' quiet hours.
+            respect_quiet_hours=False,
+        )
+        services.launch_campaign(campaign_id=campaign.pk)
+        self.say(f"Campaign {campaign.name!r}: {audience} in the audience, holdout {holdout}%, pilot {pilot}%.")
+
+        def started() -> tuple[int, int]:
+            return int(Campaign.objects.filter(pk=campaign.pk, phase=CampaignPhase.PILOT).exists()), 1
+
+        self._wait("pilot audience snapshot on the worker", started)
+        self._deliver(campaign, CampaignPhase.PILOT, "pilot pushes to the gateway")
+        self._respond(campaign, CampaignPhase.PILOT, holdout=True)
+
+        campaign.refresh_from_db()
+        results = campaign_results(campaign)
+        winner = results["winner"]
+        self._print_results(results)
+        if winner is None:
+            raise DemoError("The pilot named no significant winner; the demo world is too small (try more --users).")
+        services.rollout_campaign(campaign_id=campaign.pk)
+        self.say(f"Rolled out the winner {winner!r} to the rest of the audience.")
+        self._deliver(campaign, CampaignPhase.ROLLOUT, "roll-out pushes to the gateway")
+        self._respond(campaign, CampaignPhase.ROLLOUT, holdout=False)
+
+        self._on_worker(tasks.sweep.delay(), "The sweeper")
+        campaign.refresh_from_db()
+        if campaign.status != CampaignStatus.COMPLETED:
+            raise DemoError(f"The campaign is {campaign.status} after the sweep; expected completed.")
+        clone = services.clone_campaign(campaign_id=campaign.pk)
+        final = campaign_results(campaign)
+        self._print_results(final)
+        rollout = campaign.assignments.filter(role=AssignmentRole.ROLLOUT).count()
+        self.say(
+            f"Completed; next iteration {clone.name!r} (draft, control {clone.variants.first().name})."
+            f" Roll-out group: {rollout}."
+        )
+        return {"campaign": campaign.pk, "clone": clone.pk, "winner": winner, "results": final}
+
+    def _deliver(self, campaign: Any, phase: str, what: str) -> None:
+        from campaigns.models import Delivery, DeliveryStatus
+
+        def done() -> tuple[int, int]:
+            rows = Delivery.objects.filter(campaign=campaign, phase=phase)
+            open_ = rows.filter(status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING]).count()
+            total = rows.count()
+            return total - open_, total
+
+        self._wait(what, done)
+
+    def _received(self) -> list[dict]:
+        messages: list[dict] = []
+        while True:
+            page = self.http.get(f"{self.gateway_url}/messages", params={"since": self.gateway_cursor}, timeout=30)
+            page.raise_for_status()
+            body = page.json()
+            messages.extend(m["payload"] for m in body["messages"])
+            if body["next"] == self.gateway_cursor:
+                return messages
+            self.gateway_cursor = body["next"]
+
+    def _respond(self, campaign: Any, phase: str, *, holdout: bool) -> None:
+        """The recipients of `phase` react to what reached their phones, at the hidden rates; in
+        the pilot the holdout buys at its own (organic) rate."""
+        from campaigns.models import Assignment, AssignmentRole, Delivery
+
+        rows = Delivery.objects.filter(campaign=campaign, phase=phase).values_list("pk", "idempotency_key", "sent_at")
+        in_phase = {pk: sent_at for pk, _key, sent_at in rows}
+        keys = {str(key) for _pk, key, _sent_at in rows}
+        messages = [m for m in self._received() if m.get("idempotency_key") in keys]
+        now = timezone.now()
+        receipts, orders = [], []
+        for m in sorted(messages, key=lambda m: m["delivery_id"]):
+            rates = HIDDEN_RATES[m["variant"]]
+            user, sent_at = m["user_id"], in_phase[m["delivery_id"]] or now
+            if self._chance(user, f"{phase}:delivered") >= rates.delivered:
+                receipts.append({"delivery_id": m["delivery_id"], "status": "failed", "at": now.isoformat()})
+                if self._chance(user, f"{phase}:converted") < HIDDEN_RATES["holdout"].converted:
+                    orders.append(self._order(user, now))
+                continue
+            receipts.append({"delivery_id": m["delivery_id"], "status": "delivered", "at": sent_at.isoformat()})
+            converts = self._chance(user, f"{phase}:converted") < rates.converted
+            # Those who buy came through the message: they opened it and clicked.
+            if converts or self._chance(user, f"{phase}:clicked") < rates.clicked:
+                receipts.append({"delivery_id": m["delivery_id"], "status": "clicked", "at": now.isoformat()})
+            elif self._chance(user, f"{phase}:opened") < rates.opened:
+                receipts.append({"delivery_id": m["delivery_id"], "status": "opened", "at": now.isoformat()})
+            if converts:
+                orders.append(self._order(user, now))
+        if holdout:
+            for user in Assignment.objects.filter(campaign=campaign, role=AssignmentRole.HOLDOUT).values_list(
+                "user_id", flat=True
+            ):
+                if self._chance(user, f"{phase}:converted") < HIDDEN_RATES["holdout"].converted:
+                    orders.append(self._order(user, now))
+        applied = self._post_receipts(receipts) if receipts else 0
+        bought = self._post_events(orders) if orders else 0
+        self.say(
+            f"Recipients ({phase}): {len(messages)} pushes reached the gateway, {applied} receipts, {bought} orders."
+        )
+
+    def _print_results(self, results: dict[str, Any]) -> None:
+        for g in results["groups"]:
+            rate = g["conversion_rate"]
+            p = g["p_value"]
+            self.say(
+                f"  {g['name']:>8}: {g['assigned']:>6} assigned, {g['converted']:>5} converted"
+                f" ({(rate or 0) * 100:5.1f}%)" + (f", p={p:.2g}" if p is not None else "")
+            )
+        self.say(f"  winner: {results['winner'] or 'none yet'}")
