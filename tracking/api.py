@@ -19,7 +19,6 @@ from access.models import ApiKey
 from access.permissions import HasScope
 from tracking import selectors, services
 from tracking.errors import BodyTooLarge, GoalNotFound
-from tracking.indicators import all_indicators
 from tracking.models import Goal
 from tracking.serializers import (
     EventBatchInput,
@@ -27,7 +26,6 @@ from tracking.serializers import (
     GoalInput,
     GoalOutput,
     GoalProgressOutput,
-    IndicatorOutput,
     IngestOutput,
     progress_body,
 )
@@ -174,18 +172,6 @@ def _goal(goal_id: str) -> Goal:
     if goal is None:
         raise GoalNotFound(f"No goal {text[:40]!r}.")
     return goal
-
-
-class IndicatorListView(APIView):
-    permission_classes = [HasScope("manage")]
-
-    @extend_schema(
-        operation_id="indicators_list",
-        responses={200: IndicatorOutput(many=True), 401: GOAL_NO_KEY, 403: GOAL_NO_SCOPE},
-        summary="The indicators goals and dashboards can use, with their unit and fold.",
-    )
-    def get(self, request):
-        return Response(IndicatorOutput(all_indicators(), many=True).data)
 
 
 class GoalListView(ListAPIView):

@@ -8,7 +8,6 @@ from decimal import Decimal
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tracking.indicators import Fold, Unit
 from tracking.models import GOAL_MAX_YEAR, GOAL_MIN_YEAR, EventKind, Goal, GoalMonth, GoalPeriod, GoalProfile, goal_step
 from tracking.validation import MAX_BATCH
 
@@ -66,14 +65,6 @@ class IngestOutput(serializers.Serializer):
 
 GOAL_TARGET_MAX = Decimal("999999999999999.9999")
 GOAL_STATUSES = "`upcoming`, `on_track`, `behind`, `met` or `missed`."
-
-
-class IndicatorOutput(serializers.Serializer):
-    key = serializers.CharField()
-    label = serializers.CharField()
-    unit = serializers.ChoiceField(choices=Unit.choices)
-    fold = serializers.ChoiceField(choices=Fold.choices, help_text="How the days make a month: sum, mean or last.")
-    description = serializers.CharField()
 
 
 class GoalInput(serializers.Serializer):
