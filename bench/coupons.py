@@ -482,7 +482,7 @@ def main() -> None:
         for name in ("claim_ratio", "redeem_ratio", "claim_p99_ms", "redeem_p99_ms"):
             values = [run[name] for run in runs]
             best = min(values) if name.endswith("_ms") else max(values)
-            print(f"{name:<14} best {best:<8} median {statistics.median(values)}")
+            print(f"{name:<14} best {best:<8} median {round(statistics.median(values), 3)}")
 
 
 if __name__ == "__main__":
