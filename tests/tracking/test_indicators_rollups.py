@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -191,12 +192,17 @@ def test_events_still_arriving_wait_for_the_next_run():
 
 @pytest.mark.django_db(transaction=True)
 def test_the_beat_task_folds_events_through_the_real_worker(celery_worker, settings):
+    from django.apps import apps as django_apps
     from django_celery_beat.models import PeriodicTask
 
     from config.celery import app
 
+    # Run the migration's schedule again: a flush by an earlier transactional test removes it.
+    schedule = importlib.import_module("tracking.migrations.0003_indicator_rollups").schedule
+    schedule(django_apps, None)
+    schedule(django_apps, None)  # twice: a re-run must not duplicate anything
     row = PeriodicTask.objects.get(task="tracking.tasks.rollup_indicators")
-    assert row.enabled and row.queue == "analytics"
+    assert row.enabled and row.queue == "analytics" and row.crontab.minute == "10"
     EventFactory(user_id="u1", timestamp=at("2026-03-02"), received_at=datetime(2026, 3, 2, tzinfo=UTC))
     EventFactory(user_id=f"u-{uuid.uuid4()}", timestamp=at("2026-03-02"), received_at=datetime(2026, 3, 2, tzinfo=UTC))
 
