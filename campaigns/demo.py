@@ -195,15 +195,19 @@ def load_users(first: int, last: int, seed: int, days: int, now: datetime) -> tu
     with connections["default"].cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")
     accepted, pending = 0, []
-    for index in range(first, last):
-        call, events = demo_user(seed=seed, index=index, days=days, now=now)
-        identify(**call)
-        pending.extend(events)
-        while len(pending) >= BATCH:
-            accepted += _ingest(pending[:BATCH])
-            del pending[:BATCH]
-    if pending:
-        accepted += _ingest(pending)
+    try:
+        for index in range(first, last):
+            call, events = demo_user(seed=seed, index=index, days=days, now=now)
+            identify(**call)
+            pending.extend(events)
+            while len(pending) >= BATCH:
+                accepted += _ingest(pending[:BATCH])
+                del pending[:BATCH]
+        if pending:
+            accepted += _ingest(pending)
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO DEFAULT")
     return last - first, accepted
 
 
