@@ -80,6 +80,7 @@ HIDDEN_RATES = {
     "B": TrueRates(delivered=0.97, opened=0.50, clicked=0.26, converted=0.30),
 }
 COUPON_REDEEM_RATE = 0.3
+COUPON_WAVE = 1000
 
 
 class DemoError(Exception):
@@ -194,15 +195,19 @@ def load_users(first: int, last: int, seed: int, days: int, now: datetime) -> tu
     with connections["default"].cursor() as cursor:
         cursor.execute("SET synchronous_commit TO off")
     accepted, pending = 0, []
-    for index in range(first, last):
-        call, events = demo_user(seed=seed, index=index, days=days, now=now)
-        identify(**call)
-        pending.extend(events)
-        while len(pending) >= BATCH:
-            accepted += _ingest(pending[:BATCH])
-            del pending[:BATCH]
-    if pending:
-        accepted += _ingest(pending)
+    try:
+        for index in range(first, last):
+            call, events = demo_user(seed=seed, index=index, days=days, now=now)
+            identify(**call)
+            pending.extend(events)
+            while len(pending) >= BATCH:
+                accepted += _ingest(pending[:BATCH])
+                del pending[:BATCH]
+        if pending:
+            accepted += _ingest(pending)
+    finally:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SET synchronous_commit TO DEFAULT")
     return last - first, accepted
 
 
@@ -274,7 +279,7 @@ class DemoLoop:
     # -- preflight ------------------------------------------------------------------------------
 
     def check_services(self) -> None:
-        """The web API and the demo gateway must answer before anything is loaded."""
+        """The demo gateway and the web API must answer before anything is loaded."""
         checks = (("the demo gateway", f"{self.gateway_url}/health"), ("the web API", f"{self.api_url}/healthz"))
         for what, url in checks:
             try:
@@ -293,7 +298,8 @@ class DemoLoop:
         try:
             while True:
                 try:
-                    if app.send_task("opsloop.ping").get(timeout=2) == "pong":
+                    # Expiring: pings nobody answered are dropped, not run by a worker started later.
+                    if app.send_task("opsloop.ping", expires=10).get(timeout=2) == "pong":
                         return
                 except Exception as exc:  # no answer yet (Celery's TimeoutError, or the broker is down)
                     bar.set_postfix_str(exc.__class__.__name__)
@@ -311,17 +317,21 @@ class DemoLoop:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _on_worker(self, signature: Any, what: str) -> Any:
-        try:
-            return signature.get(timeout=self.timeout)
-        except Exception as exc:
-            raise DemoError(f"{what} did not finish on the worker within {self.timeout:.0f} s: {exc!r}") from None
+    def _on_worker(self, result: Any, what: str) -> Any:
+        from celery.exceptions import TimeoutError as CeleryTimeout
 
-    def _wait(self, what: str, done: Callable[[], tuple[int, int]]) -> None:
+        try:
+            return result.get(timeout=self.timeout)
+        except CeleryTimeout:
+            raise DemoError(f"{what} did not finish on the worker within {self.timeout:.0f} s.") from None
+        except Exception as exc:  # the task failed on the worker; its error comes back here
+            raise DemoError(f"{what} failed on the worker: {exc!r} (see the worker's log)") from None
+
+    def _wait(self, what: str, done: Callable[[], tuple[int, int]], unit: str = "step") -> None:
         """Poll `done() -> (finished, total)` with a progress bar until finished == total."""
         deadline = time.monotonic() + self.timeout
         finished, total = done()
-        bar = tqdm(total=total, desc=what, unit="msg", mininterval=0.5, disable=not self.progress)
+        bar = tqdm(total=total, desc=what, unit=unit, mininterval=0.5, disable=not self.progress)
         try:
             while True:
                 finished, total = done()
@@ -456,17 +466,23 @@ class DemoLoop:
 
     def coupons(self) -> None:
         from campaigns import services as campaign_services
-        from campaigns.selectors import segment_size
+        from campaigns.selectors import segment_profile_ids
         from coupons import services
         from coupons.models import Coupon, IssuanceJob
+        from profiles.models import Profile
 
         definition = {"tier": [COUPON_TIER]}
-        size = segment_size(definition)
         segment = campaign_services.create_segment(
             name="Demo: core customers", definition=definition, description="The RFM important-value tier."
         )
-        # A budget for four in five of them: the rule shows that issuance stops at the budget.
-        budget = Decimal(30) * max(1, math.ceil(size * 0.8))
+        members = sorted(
+            Profile.objects.filter(pk__in=segment_profile_ids(segment.pk)).values_list("user_id", flat=True)
+        )
+        size = len(members)
+        # A first wave of at most COUPON_WAVE of them (issuing is one guarded reservation per
+        # person), with a budget for four in five: the rule shows that issuance stops at the budget.
+        wave = sorted(random.Random(self.seed).sample(members, min(size, COUPON_WAVE)))
+        budget = Decimal(30) * max(1, math.ceil(len(wave) * 0.8))
         rule = services.create_rule(
             name=COUPON_RULE_NAME,
             description="A thank-you for the best customers.",
@@ -478,15 +494,18 @@ class DemoLoop:
             per_user_limit=1,
             eligible_tiers=[COUPON_TIER],
         )
-        job = services.create_issuance_job(rule=rule, segment_id=segment.pk)
+        if not wave:
+            self.say(f"Coupons: rule {rule.name!r} for the {COUPON_TIER} tier, which has nobody yet.")
+            return
+        job = services.create_issuance_job(rule=rule, user_ids=wave)
 
         def done() -> tuple[int, int]:
             j = IssuanceJob.objects.get(pk=job.pk)
             if j.status == IssuanceJob.Status.FAILED:
                 raise DemoError(f"The coupon issuance job failed: {j.error}")
-            return int(j.status == IssuanceJob.Status.DONE), 1
+            return (j.processed if j.status != IssuanceJob.Status.DONE else len(wave)), len(wave)
 
-        self._wait("coupons issued on the worker", done)
+        self._wait("coupons issued on the worker", done, unit="person")
         job.refresh_from_db()
         coupons = list(Coupon.objects.filter(rule=rule).select_related("profile").order_by("id"))
         now = timezone.now()
@@ -508,7 +527,7 @@ class DemoLoop:
         self._post_events(orders)
         self.say(
             f"Coupons: rule {rule.name!r} for the {COUPON_TIER} tier ({size} people), budget {budget};"
-            f" {job.issued} issued, {job.refused} refused, {redeemed} redeemed."
+            f" a first wave of {len(wave)}: {job.issued} issued, {job.refused} refused, {redeemed} redeemed."
         )
 
     def campaign(self) -> dict[str, Any]:
@@ -586,7 +605,7 @@ class DemoLoop:
             total = rows.count()
             return total - open_, total
 
-        self._wait(what, done)
+        self._wait(what, done, unit="msg")
 
     def _received(self) -> list[dict]:
         messages: list[dict] = []

@@ -28,6 +28,13 @@ MAX_BODY = 1024 * 1024
 PAGE = 5000
 
 
+class _Server(ThreadingHTTPServer):
+    # Workers post with several threads each; the default backlog of 5 refuses connections
+    # under a burst, which the workers would (rightly) retry, slowing the demo down.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class DemoGateway:
     """The server and what it received; usable in-process (tests) or as the demo's process."""
 
@@ -82,8 +89,7 @@ class DemoGateway:
             def log_message(self, *args: Any) -> None:  # the JSONL log says what matters
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), Handler)
         self.thread: threading.Thread | None = None
 
     @property
