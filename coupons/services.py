@@ -204,6 +204,16 @@ def discount_for(*, rule: CouponRule, order_amount: Decimal) -> Decimal:
     return min(discount, order_amount)
 
 
+def coupon_discount(*, coupon: Coupon, order_amount: Decimal) -> Decimal:
+    """What `coupon` takes off an order: its rule's discount, but under a budget never more than
+    the coupon reserved when it was issued. An operator who later raises the rule's value changes
+    the offer of new coupons only; the live ones keep the cost the budget was charged for."""
+    discount = discount_for(rule=coupon.rule, order_amount=order_amount)
+    if coupon.rule.budget is not None:
+        discount = min(discount, coupon.reserved)
+    return discount
+
+
 def _check_amount(order_amount: Decimal) -> Decimal:
     if not isinstance(order_amount, Decimal) or not order_amount.is_finite():
         raise errors.InvalidAmount("The order amount must be a decimal number.")
@@ -500,7 +510,7 @@ def validate_coupon(*, code: str, user_id: str, order_amount: Decimal) -> Quote:
     )
     if refusal is not None:
         return Quote(coupon=coupon, valid=False, refusal=refusal)
-    discount = discount_for(rule=coupon.rule, order_amount=order_amount)
+    discount = coupon_discount(coupon=coupon, order_amount=order_amount)
     return Quote(coupon=coupon, valid=True, discount=discount, final_amount=order_amount - discount)
 
 
@@ -591,7 +601,7 @@ def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decim
         refusal = _usage_refusal(coupon=coupon, profile=profile, order_amount=order_amount, order_id=order_id, now=now)
         if refusal is not None:
             raise refusal
-        discount = discount_for(rule=coupon.rule, order_amount=order_amount)
+        discount = coupon_discount(coupon=coupon, order_amount=order_amount)
         params = {
             "coupon_id": coupon.pk,
             "profile_id": profile.pk if profile is not None else None,

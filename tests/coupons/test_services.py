@@ -271,6 +271,22 @@ def test_redeem_moves_the_reservation_to_spent():
     assert_ledger_matches(rule)
 
 
+def test_raising_a_rules_value_later_never_makes_a_live_coupon_cost_more_than_it_reserved():
+    rule = CouponRuleFactory(value=D("20.00"), budget=D("40.00"))
+    gina, hugo = person(), person()
+    old = services.issue_coupon(rule=rule, profile=gina)
+    CouponRule.objects.filter(pk=rule.pk).update(value=D("30.00"))  # the operator's edit
+    quote = services.validate_coupon(code=old.code, user_id=gina.user_id, order_amount=D("100"))
+    assert quote.discount == D("20.00")
+    redemption = services.redeem_coupon(code=old.code, user_id=gina.user_id, order_id="o-1", order_amount=D("100"))
+    assert redemption.discount == D("20.00")
+    rule.refresh_from_db()
+    assert (rule.committed, rule.spent) == (D("0.00"), D("20.00"))
+    with pytest.raises(errors.BudgetExhausted):  # a new coupon reserves the new 30 of the 20 left
+        services.issue_coupon(rule=rule, profile=hugo)
+    assert_ledger_matches(rule)
+
+
 def test_redeem_twice_for_the_same_order_returns_the_first_redemption():
     gina = person()
     coupon = services.issue_coupon(rule=CouponRuleFactory(budget=D("100")), profile=gina)
