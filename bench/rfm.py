@@ -309,18 +309,25 @@ def main() -> None:
         print(f"  steps (s): {run.timings}", flush=True)
     print(f"customers with orders: {first.customers:,} of {first.profiles:,} profiles; {orders:,} orders")
     print(f"nights: {args.repeat}, {nightly:,} new orders each")
-    best_theirs, median_theirs = min(theirs), statistics.median(theirs)
-    print(f"hand-written SQL:         best {best_theirs:.2f} s, median {median_theirs:.2f} s")
-    print(f"from empty:               {first_seconds:.2f} s, ratio {first_seconds / best_theirs:.2f}")
+    # Load from elsewhere comes and goes: each run is set against the baseline run right after it,
+    # on the same data; the best runs of both sides are compared too.
+    best_theirs = min(theirs)
+    print(f"hand-written SQL:         best {best_theirs:.2f} s, median {statistics.median(theirs):.2f} s")
+    print(
+        f"from empty:               {first_seconds:.2f} s, ratio {first_seconds / first_baseline:.2f} "
+        f"(to the best baseline {first_seconds / best_theirs:.2f})"
+    )
     if ours:
+        ratios = [a / b for a, b in zip(ours, theirs[1:], strict=True)]
         best_ours, median_ours = min(ours), statistics.median(ours)
         print(
             f"steady state (a night):   best {best_ours:.2f} s, median {median_ours:.2f} s "
             f"= {first.profiles / best_ours:,.0f} profiles/s"
         )
         print(
-            f"ratio, steady state: best {best_ours / best_theirs:.2f}, medians {median_ours / median_theirs:.2f} "
-            "(target <= 1.5)"
+            f"ratio, steady state: each night {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"best {min(ratios):.2f}, median {statistics.median(ratios):.2f}; "
+            f"best runs {best_ours / best_theirs:.2f} (target <= 1.5)"
         )
 
 
