@@ -448,6 +448,9 @@ class DemoLoop:
         from crm import services
         from crm.models import CustomerValue, RecomputeRun
 
+        # A fresh install has the classic tiers and scheme from its migrations; an emptied
+        # database gets them back, and what operators configured is left alone.
+        services.ensure_default_setup()
         run = services.request_recompute()
 
         def done() -> tuple[int, int]:
