@@ -30,7 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 import requests
-from django.db import OperationalError, connections
+from django.db import OperationalError, connections, transaction
 from django.db.models import Count
 from django.utils import timezone
 from tqdm import tqdm
@@ -450,6 +450,9 @@ class DemoLoop:
         from crm import services
         from crm.models import CustomerValue, RecomputeRun
 
+        # A fresh install has the classic tiers and scheme from its migrations; an emptied
+        # database gets them back, and what operators configured is left alone.
+        services.ensure_default_setup()
         run = services.request_recompute()
 
         def done() -> tuple[int, int]:
@@ -531,13 +534,16 @@ class DemoLoop:
         )
 
     def campaign(self) -> dict[str, Any]:
+        from access.services import record_audit
         from campaigns import services, tasks
         from campaigns.models import AssignmentRole, Campaign, CampaignPhase, CampaignStatus, Channel, ChannelKind
         from campaigns.selectors import campaign_results, segment_size
 
-        Channel.objects.update_or_create(
-            kind=ChannelKind.PUSH, defaults={"url": f"{self.gateway_url}/push", "enabled": True}
-        )
+        with transaction.atomic():  # the push channel now points at the demo gateway, audited as in the admin
+            channel, _ = Channel.objects.update_or_create(
+                kind=ChannelKind.PUSH, defaults={"url": f"{self.gateway_url}/push", "enabled": True}
+            )
+            record_audit(action="campaigns.change_channel", obj=channel, details={"url": channel.url})
         definition = {"all": [{"trait": "push_opt_in", "op": "eq", "value": True}, {"tier": CUSTOMER_TIERS}]}
         audience = segment_size(definition)
         segment = services.create_segment(

@@ -8,9 +8,10 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from access.models import AuditEntry
 from campaigns.demo import CAMPAIGN_NAME, COUPON_RULE_NAME, COUPON_TIER, HIDDEN_RATES
 from campaigns.demo_gateway import DemoGateway
-from campaigns.models import AssignmentRole, Campaign, CampaignStatus, Delivery
+from campaigns.models import AssignmentRole, Campaign, CampaignStatus, Channel, Delivery
 from campaigns.selectors import campaign_results
 from coupons.models import Coupon, CouponRule, Redemption
 from crm.models import CustomerValue
@@ -74,6 +75,8 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
     assert rule.committed + rule.spent <= rule.budget
 
     # The campaign: every push went through the gateway, the receipts came back through the API.
+    assert Channel.objects.get(kind="push").url == f"{gateway.url}/push"
+    assert AuditEntry.objects.filter(action="campaigns.change_channel").exists()
     campaign = Campaign.objects.get(name=CAMPAIGN_NAME)
     sent = Delivery.objects.filter(campaign=campaign).exclude(sent_at=None)
     assert sent.count() == len(received) > 0
