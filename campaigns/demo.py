@@ -53,10 +53,28 @@ CATEGORIES = {
     "sports": (80, 700),
     "books": (20, 120),
 }
+# What people search for, with the most results a query finds (0: it finds nothing, a typo or
+# something the shop does not sell).
+SEARCHES = [
+    ("dress", 40),
+    ("lipstick", 30),
+    ("phone", 25),
+    ("earbuds", 20),
+    ("sofa", 12),
+    ("coffee", 35),
+    ("running shoes", 18),
+    ("novel", 50),
+    ("yoga mat", 10),
+    ("electornics", 0),
+    ("bluetooth earbds", 0),
+    ("drone", 0),
+    ("camping tent", 0),
+]
 BATCH = 1000
 CHUNK = 250
 
 CAMPAIGN_NAME = "Demo: come back this week"
+FUNNEL_NAME = "Demo: open, view, pay"
 TAG_RULES = ("Demo: favourite categories", "Demo: frequent buyers")
 COUPON_RULE_NAME = "Demo: core customers, 30 off 200"
 COUPON_TIER = "core"  # the tier of the RFM "important value" customers
@@ -153,9 +171,20 @@ def demo_user(*, seed: int, index: int, days: int, now: datetime) -> tuple[dict[
                 category=category,
             )
         )
+    # Searches come from a stream of their own, so the rest of the world is the same with or
+    # without them.
+    search_rng = random.Random(seed * 2_000_003 + index)
+
+    def search(at: datetime) -> dict:
+        query, results = search_rng.choice(SEARCHES)
+        found = 0 if results == 0 else search_rng.randint(1, results)
+        return {**event("search", at, query=query, results=found), "event_id": _uuid(search_rng)}
+
     t = signup
     while (t := t + timedelta(hours=rng.expovariate(1 / gap_hours))) <= now:
         timeline.append(event("app_open", t))
+        if search_rng.random() < 0.25:
+            timeline.append(search(t))
         viewed = rng.choices(names, weights=weights, k=rng.choice((0, 1, 1, 2)))
         for category in viewed:
             timeline.append(event("product_view", t, category=category))
@@ -315,6 +344,44 @@ class DemoLoop:
         finally:
             bar.close()
 
+    def indicators(self) -> None:
+        """The indicator rollups folded on the worker, a funnel to analyse, and goals for this
+        quarter set a little above what the shop does now, so the dashboards have something to show."""
+        from tracking import services as tracking_services
+        from tracking import tasks
+        from tracking.indicators import daily_values
+        from tracking.models import Funnel, FunnelStep, Goal, GoalPeriod
+
+        funnel, created = Funnel.objects.get_or_create(
+            name=FUNNEL_NAME,
+            defaults={"description": "Open the app, view a product, pay: within a day.", "window_hours": 24},
+        )
+        if created:
+            for position, name in enumerate(("app_open", "product_view", "order_paid"), start=1):
+                FunnelStep.objects.create(funnel=funnel, position=position, event_name=name)
+        # Everything the loop wrote has committed, so nothing needs to settle before it is folded.
+        result = self._on_worker(tasks.rollup_indicators.delay(settle=0), "The indicator rollup")
+        self.say(f"Indicators: {result['events']} events folded on the worker into {result['days']} days.")
+
+        today = timezone.now().date()
+        quarter = (today.month - 1) // 3 + 1
+        revenue = sum(v for _d, v in daily_values("revenue", start=today - timedelta(days=90), end=today))
+        recent_dau = [v for _d, v in daily_values("dau", start=today - timedelta(days=30), end=today)]
+        targets = {
+            "revenue": (f"Revenue {today.year} Q{quarter}", (revenue * Decimal("1.1")).quantize(Decimal("1"))),
+            "dau": (
+                f"DAU {today.year} Q{quarter}",
+                (sum(recent_dau) / len(recent_dau) * Decimal("1.2")).quantize(Decimal("1")),
+            ),
+        }
+        for key, (name, target) in targets.items():
+            exists = Goal.objects.filter(indicator=key, period=GoalPeriod.QUARTER, year=today.year, quarter=quarter)
+            if target > 0 and not exists.exists():
+                tracking_services.create_goal(
+                    name=name, indicator=key, period=GoalPeriod.QUARTER, year=today.year, quarter=quarter, target=target
+                )
+                self.say(f"Goal: {name} = {target:,}")
+
     # -- helpers --------------------------------------------------------------------------------
 
     def _on_worker(self, result: Any, what: str) -> Any:
@@ -410,6 +477,9 @@ class DemoLoop:
             self.say(f"  ({time.monotonic() - started:.1f} s)")
         started = time.monotonic()
         outcome = self.campaign()
+        self.say(f"  ({time.monotonic() - started:.1f} s)")
+        started = time.monotonic()
+        self.indicators()
         self.say(f"  ({time.monotonic() - started:.1f} s)")
         return outcome
 

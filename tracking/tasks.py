@@ -11,7 +11,8 @@ from tracking import rollups
 
 
 @shared_task(name="tracking.tasks.rollup_indicators", acks_late=True)
-def rollup_indicators() -> dict:
-    """Fold the events that arrived since the last run into the indicator rollups (idempotent)."""
-    result = rollups.fold_new_events()
+def rollup_indicators(settle: int | None = None) -> dict:
+    """Fold the events that arrived since the last run into the indicator rollups (idempotent).
+    `settle` overrides OPSLOOP_ROLLUP_SETTLE_SECONDS, for a caller that knows its events committed."""
+    result = rollups.fold_new_events(settle=settle)
     return {"events": result.events, "chunks": result.chunks, "days": result.days, "cursor": result.last_event_id}

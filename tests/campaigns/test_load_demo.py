@@ -1,22 +1,23 @@
 """`manage.py load_demo` builds its world through the product's own paths, runs once, and closes
 the loop on the real worker: tags, tiers, a coupon rule for the core tier, an A/B push through a
 real local gateway whose recipients answer at hidden rates, the winner rolled out, the next
-iteration cloned."""
+iteration cloned; then the indicator rollups, a funnel and goals for the dashboards."""
 
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db.models import Sum
 
 from access.models import AuditEntry
-from campaigns.demo import CAMPAIGN_NAME, COUPON_RULE_NAME, COUPON_TIER, HIDDEN_RATES
+from campaigns.demo import CAMPAIGN_NAME, COUPON_RULE_NAME, COUPON_TIER, FUNNEL_NAME, HIDDEN_RATES
 from campaigns.demo_gateway import DemoGateway
 from campaigns.models import AssignmentRole, Campaign, CampaignStatus, Channel, Delivery
 from campaigns.selectors import campaign_results
 from coupons.models import Coupon, CouponRule, Redemption
 from crm.models import CustomerValue
 from profiles.models import Identity, Profile, ProfileTag
-from tracking.models import Event
+from tracking.models import DailyIndicator, Event, Funnel, Goal, SearchDay
 
 
 @pytest.mark.django_db
@@ -102,9 +103,20 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
     assert clone.iteration == 2 and clone.status == CampaignStatus.DRAFT
     assert clone.variants.order_by("position").first().name == best
 
+    # The dashboards have their numbers: every event folded into the rollups, which agree with
+    # the events themselves; searches (some finding nothing), a funnel and this quarter's goals.
+    folded = DailyIndicator.objects.aggregate(events=Sum("events"), orders=Sum("orders"))
+    assert folded == {"events": Event.objects.count(), "orders": Event.objects.filter(name="order_paid").count()}
+    assert SearchDay.objects.filter(zero_results__gt=0).exists() and SearchDay.objects.filter(zero_results=0).exists()
+    funnel = Funnel.objects.get(name=FUNNEL_NAME)
+    assert list(funnel.steps.values_list("event_name", flat=True)) == ["app_open", "product_view", "order_paid"]
+    goals = {g.indicator: g for g in Goal.objects.all()}
+    assert set(goals) == {"revenue", "dau"} and all(g.target > 0 for g in goals.values())
+    assert goals["revenue"].month_targets.count() == 3
+
     # Running it again changes nothing.
     def counts() -> tuple[int, ...]:
-        return tuple(m.objects.count() for m in (Profile, Event, Campaign, Delivery, Coupon))
+        return tuple(m.objects.count() for m in (Profile, Event, Campaign, Delivery, Coupon, Goal, Funnel))
 
     before = counts()
     again = StringIO()
