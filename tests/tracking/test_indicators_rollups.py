@@ -210,3 +210,23 @@ def test_the_beat_task_folds_events_through_the_real_worker(celery_worker, setti
 
     assert result["events"] == 2
     assert DailyIndicator.objects.get(day=date(2026, 3, 2)).active_users == 2
+
+
+def test_nightly_runs_of_one_new_day_with_late_events_equal_a_full_rebuild():
+    # Each night brings the next day (WAU/MAU of that last day from the people's last days) and
+    # a few late events from the days before (moving already counted days and cells).
+    rng = random.Random(11)
+    start = date(2026, 1, 27)
+    services.ingest_events(events=_random_events(rng, 200, start=start, days=35), now=datetime(2026, 4, 1, tzinfo=UTC))
+    rollups.fold_new_events(settle=0)
+    for night in range(35, 45):
+        batch = _random_events(rng, 40, start=start + timedelta(days=night), days=1)
+        batch += _random_events(rng, 6, start=start + timedelta(days=night - 3), days=3)
+        services.ingest_events(events=batch, now=datetime(2026, 4, 1, tzinfo=UTC))
+        rollups.fold_new_events(settle=0)
+    incremental = snapshot()
+    assert DailyIndicator.objects.filter(day=start + timedelta(days=44), monthly_active_users__gt=0).exists()
+
+    rollups.rebuild(settle=0)
+
+    assert snapshot() == incremental
