@@ -349,6 +349,8 @@ ON CONFLICT (day) DO UPDATE SET
     updated_at = now()
 """
 
+# Tables a full rebuild fills with a million rows: built without their indexes.
+_BULK_TABLES = ("tracking_activityday", "tracking_searchday", "tracking_activityperson")
 _TABLES = (
     "tracking_activityday",
     "tracking_activityperson",
@@ -520,10 +522,53 @@ def pending_events() -> int:
         return cursor.fetchone()[0]
 
 
-def _derive_all(cursor) -> None:
+class _IndexesSetAside:
+    """The indexes (and primary keys) of emptied tables, dropped while they are filled and built
+    again after: one sorted build instead of a million random insertions into each. Only for
+    tables emptied in this transaction, which holds their exclusive lock throughout."""
+
+    def __init__(self, steps: _Steps, tables: tuple[str, ...]) -> None:
+        self.steps = steps
+        self.saved: dict[str, list[str]] = {}
+        cursor = steps.cursor
+        for table in tables:
+            cursor.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = %s::regclass AND contype IN ('p', 'u')",
+                [table],
+            )
+            constraints = cursor.fetchall()
+            cursor.execute(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass "
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+                [table],
+            )
+            indexes = cursor.fetchall()
+            for name, _definition in constraints:
+                cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+            for name, _definition in indexes:
+                cursor.execute(f'DROP INDEX "{name}"')
+            self.saved[table] = [
+                *(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}' for name, definition in constraints),
+                *(definition for _name, definition in indexes),
+            ]
+
+    def restore(self, table: str) -> None:
+        for statement in self.saved.pop(table, []):
+            self.steps.execute("indexes", statement)
+        self.steps.execute(f"ANALYZE {table}")
+
+
+def _derive_all(cursor, *, indexes: _IndexesSetAside | None = None) -> None:
     """Everything derived from the activity rows, from scratch."""
     cursor.execute("TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator")
-    cursor.execute("persons", _PERSONS.format(filter="true"))
+    if indexes is not None:
+        # Emptied and filled once: no conflicts to look for, no index to keep up while filling.
+        cursor.execute("persons", _PERSONS.format(filter="true").split("ON CONFLICT")[0])
+        indexes.restore("tracking_activityperson")
+    else:
+        cursor.execute("persons", _PERSONS.format(filter="true"))
     cursor.execute("cohorts", _add_cells_sql(_ALL_ROWS))
     cursor.execute("days", _DAYS.format(filter="true"))
     cursor.execute("SELECT min(day), max(day) FROM tracking_activityday")
@@ -557,8 +602,10 @@ def rebuild(
         if since is not None:
             upto = state.last_event_id  # folded just above: only the days from `since` are redone
         upto = max(upto, state.last_event_id)
+        indexes = None
         if since is None:
             cursor.execute("TRUNCATE " + ", ".join(_TABLES))
+            indexes = _IndexesSetAside(cursor, _BULK_TABLES)
         else:
             cursor.execute("DELETE FROM tracking_activityday WHERE day >= %s", [since])
             cursor.execute("DELETE FROM tracking_searchday WHERE day >= %s", [since])
@@ -572,11 +619,17 @@ def rebuild(
                 where = "e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND e.id <= %(upto)s"
                 params = {"lo": _midnight(lo), "hi": _midnight(hi), "upto": upto}
                 cursor.execute("activity", _INSERT_ACTIVITY.format(where=where), params)
-                cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+                searches = _ADD_SEARCHES.format(where=where)
+                if indexes is not None:  # each run of days is new rows: nothing to merge into
+                    searches = searches.split("ON CONFLICT")[0]
+                cursor.execute("searches", searches, params)
                 result.chunks += 1
                 if progress:
                     progress((hi - lo).days)
-        _derive_all(cursor)
+        if indexes is not None:
+            indexes.restore("tracking_activityday")
+            indexes.restore("tracking_searchday")
+        _derive_all(cursor, indexes=indexes)
         cursor.execute("SELECT count(*), COALESCE(sum(events), 0) FROM tracking_dailyindicator")
         result.days, result.events = cursor.fetchone()
         state.events_folded = result.events
