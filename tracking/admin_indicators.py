@@ -386,7 +386,13 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                     for r in rows
                 ],
             }
-            summary = f"{report['churned_users']} churned, {report['retained_users']} retained." + (
+            population = report["churned_users"] + report["retained_users"]
+            sampled = (
+                f" Last behaviours of a sample of {report['sampled_users']} of them."
+                if report["sampled_users"] < population
+                else ""
+            )
+            summary = f"{report['churned_users']} churned, {report['retained_users']} retained.{sampled}" + (
                 "" if report["complete"] else " The churn days after the window are not over yet."
             )
             top = rows[:15]

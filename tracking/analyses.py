@@ -374,33 +374,52 @@ def key_behaviour(
 # --- churn ----------------------------------------------------------------------------------------
 
 
-def churn_behaviours(*, start: date, end: date, churn_days: int = 30, last_events: int = 3) -> dict:
+CHURN_SAMPLE = 5_000
+
+
+def churn_behaviours(
+    *, start: date, end: date, churn_days: int = 30, last_events: int = 3, sample: int = CHURN_SAMPLE
+) -> dict:
     """People active from `start` to `end` split into churned (no activity in the `churn_days`
     after `end`) and retained; for each event name, how many in each group had it among their last
     `last_events` events of the window, as a share of the group, with the lift of churned over
-    retained. Rows are ordered by how much more often churned people ended on that event."""
+    retained. Rows are ordered by how much more often churned people ended on that event.
+
+    The groups' sizes are the whole population's. The last events are read for at most `sample`
+    people of it (a fixed pseudo-random draw: the first by md5 of their person key), each with a
+    probe of the person indexes limited to `last_events` rows, so that a page costs the same
+    for a week as for a busy quarter; the shares are of the sampled groups."""
+    window = f"e.timestamp >= {_utc('%(start)s::date')} AND e.timestamp < {_utc('%(end)s::date + 1')}"
     sql = f"""
-    WITH population AS (
-        SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s
-    ), later AS (
-        SELECT DISTINCT person_key FROM tracking_activityday
-        WHERE day > %(end)s AND day <= %(end)s::date + %(churn_days)s
-    ), ranked AS (
-        SELECT {PERSON} AS person_key, e.name,
-               row_number() OVER (PARTITION BY {PERSON} ORDER BY e.timestamp DESC, e.id DESC) AS rn
-        FROM tracking_event e
-        WHERE e.timestamp >= {_utc("%(start)s::date")} AND e.timestamp < {_utc("%(end)s::date + 1")}
+    WITH population AS MATERIALIZED (
+        SELECT person_key FROM (
+            SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s
+        ) p ORDER BY md5(person_key) LIMIT %(sample)s
+    ), groups AS MATERIALIZED (
+        SELECT p.person_key, NOT EXISTS (
+            SELECT 1 FROM tracking_activityday l WHERE l.person_key = p.person_key
+            AND l.day > %(end)s AND l.day <= %(end)s::date + %(churn_days)s) AS churned
+        FROM population p
     ), last_names AS (
-        SELECT DISTINCT person_key, name FROM ranked WHERE rn <= %(last)s
-    ), groups AS (
-        SELECT p.person_key, l.person_key IS NULL AS churned
-        FROM population p LEFT JOIN later l ON l.person_key = p.person_key
+        SELECT DISTINCT g.person_key, g.churned, x.name
+        FROM groups g CROSS JOIN LATERAL (
+            SELECT c.name FROM (
+                (SELECT e.name, e.timestamp, e.id FROM tracking_event e
+                 WHERE e.user_id = g.person_key AND {window}
+                 ORDER BY e.timestamp DESC, e.id DESC LIMIT %(last)s)
+                UNION ALL
+                (SELECT e.name, e.timestamp, e.id FROM tracking_event e
+                 WHERE e.anonymous_id = g.person_key AND e.anonymous_id IS NOT NULL AND e.user_id IS NULL AND {window}
+                 ORDER BY e.timestamp DESC, e.id DESC LIMIT %(last)s)
+            ) c ORDER BY c.timestamp DESC, c.id DESC LIMIT %(last)s
+        ) x
     )
-    SELECT n.name, count(*) FILTER (WHERE g.churned), count(*) FILTER (WHERE NOT g.churned)
-    FROM last_names n JOIN groups g ON g.person_key = n.person_key
-    GROUP BY n.name
+    SELECT n.name, count(*) FILTER (WHERE n.churned), count(*) FILTER (WHERE NOT n.churned)
+    FROM last_names n GROUP BY n.name
+    UNION ALL
+    SELECT NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM groups
     """
-    params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events}
+    params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events, "sample": sample}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -415,10 +434,12 @@ def churn_behaviours(*, start: date, end: date, churn_days: int = 30, last_event
         churned_total, retained_total = cursor.fetchone()
         cursor.execute("SELECT max(day) FROM tracking_activityday")
         (last_day,) = cursor.fetchone()
+    (sampled_churned, sampled_retained) = next((c, r) for name, c, r in rows if name is None)
+    rows = [row for row in rows if row[0] is not None]
     behaviours = []
     for name, churned, retained in rows:
-        churned_share = _rate(churned, churned_total)
-        retained_share = _rate(retained, retained_total)
+        churned_share = _rate(churned, sampled_churned)
+        retained_share = _rate(retained, sampled_retained)
         lift = None
         if churned_share is not None and retained_share:
             lift = (churned_share / retained_share).quantize(Decimal("0.01"))
@@ -441,5 +462,6 @@ def churn_behaviours(*, start: date, end: date, churn_days: int = 30, last_event
         "complete": last_day is not None and end + timedelta(days=churn_days) <= last_day,
         "churned_users": churned_total,
         "retained_users": retained_total,
+        "sampled_users": sampled_churned + sampled_retained,
         "behaviours": behaviours,
     }

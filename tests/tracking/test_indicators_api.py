@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import pytest
 from scipy.stats import chi2
 
 from tests.factories.tracking import EventFactory
-from tracking import rollups
+from tracking import analyses, rollups
 from tracking.models import Funnel, FunnelStep
 
 pytestmark = pytest.mark.django_db
@@ -185,6 +186,32 @@ def test_churn_compares_the_last_behaviours(api_client):
     assert (
         top["event_name"] == "payment_failed" and top["churned_share"] == "1.0000" and top["retained_share"] == "0.2500"
     )
+
+
+def test_churn_reads_the_last_events_of_a_bounded_sample():
+    for n in range(6):
+        EventFactory(user_id=f"gone{n}", name="payment_failed", timestamp=at("2026-03-01", 10))
+        EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-01", 11))
+        EventFactory(anonymous_id=f"anon{n}", user_id=None, name="search", timestamp=at("2026-03-02", 11))
+        EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-15", 10))
+    rollups.fold_new_events(settle=0)
+
+    everyone = analyses.churn_behaviours(start=date(2026, 3, 1), end=date(2026, 3, 5), churn_days=14, last_events=1)
+    sampled = analyses.churn_behaviours(
+        start=date(2026, 3, 1), end=date(2026, 3, 5), churn_days=14, last_events=1, sample=5
+    )
+
+    # Anonymous people's last event of the window is read too (their search, not the open before).
+    assert {(r["event_name"], r["churned"], r["retained"]) for r in everyone["behaviours"]} == {
+        ("payment_failed", 6, 0),
+        ("search", 0, 6),
+    }
+    assert everyone["sampled_users"] == 12
+    assert (sampled["churned_users"], sampled["retained_users"], sampled["sampled_users"]) == (6, 6, 5)
+    # One last event per sampled person, and each group's shares of the sampled group are whole.
+    assert sum(r["churned"] + r["retained"] for r in sampled["behaviours"]) == 5
+    assert all(r["churned_share"] in (None, Decimal(1)) for r in sampled["behaviours"] if r["churned"])
+    assert all(r["retained_share"] == Decimal(1) for r in sampled["behaviours"] if r["retained"])
 
 
 def test_dashboards_render_for_analysts_and_export_csv(client, make_staff, shop):
