@@ -259,10 +259,8 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         summary = ""
         if form.is_valid():
             data = form.cleaned_data
-            rows = list(
-                analyses.search_queries(start=data["start"], end=data["end"], zero_results_only=data["zero_results"])[
-                    :500
-                ]
+            rows = analyses.search_queries(
+                start=data["start"], end=data["end"], zero_results_only=data["zero_results"], limit=500
             )
             totals = analyses.search_totals(start=data["start"], end=data["end"])
             summary = (

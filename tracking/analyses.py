@@ -13,12 +13,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import QuerySet, Sum
 from scipy import stats
 
 from tracking import indicators
 from tracking.indicators import Fold, Indicator, Unit
-from tracking.models import CohortGranularity, DailyIndicator, Funnel, SearchDay
+from tracking.models import CohortGranularity, DailyIndicator, Funnel
 
 PERSON = "COALESCE(e.user_id, e.anonymous_id)"
 
@@ -175,25 +174,53 @@ def retention_cohorts(*, granularity: str, basis: str, start: date, end: date, p
 # --- searches -------------------------------------------------------------------------------------
 
 
-def search_queries(*, start: date, end: date, zero_results_only: bool = False) -> QuerySet:
+def _search_parts(start: date, end: date) -> tuple[str, dict]:
+    """The (query, searches, zero_results) rows of the window: its whole calendar months from
+    `SearchMonth`, its other days from `SearchDay` (a quarter is read as two or three month rows
+    per query and the days at its ends instead of ninety day rows)."""
+    months_from = start if start.day == 1 else (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+    after_end = end + timedelta(days=1)
+    months_to = after_end if after_end.day == 1 else end.replace(day=1)  # first day after the whole months
+    if months_from >= months_to:
+        months_from = months_to = after_end  # no whole month: every day from the days
+    sql = """
+        SELECT query, searches, zero_results FROM tracking_searchmonth
+        WHERE month >= %(months_from)s AND month < %(months_to)s
+        UNION ALL
+        SELECT query, searches, zero_results FROM tracking_searchday
+        WHERE day >= %(start)s AND day < %(months_from)s
+        UNION ALL
+        SELECT query, searches, zero_results FROM tracking_searchday
+        WHERE day >= %(months_to)s AND day <= %(end)s
+    """
+    return sql, {"start": start, "end": end, "months_from": months_from, "months_to": months_to}
+
+
+def search_queries(*, start: date, end: date, zero_results_only: bool = False, limit: int | None = None) -> list[dict]:
     """Queries searched from `start` to `end`, most searched first (or those that found nothing,
-    most frequent first), with their searches, zero-result searches and zero-result share."""
-    rows = (
-        SearchDay.objects.filter(day__range=(start, end))
-        .values("query")
-        .annotate(searches=Sum("searches"), zero_results=Sum("zero_results"))
-    )
-    if zero_results_only:
-        return rows.filter(zero_results__gt=0).order_by("-zero_results", "-searches", "query")
-    return rows.order_by("-searches", "query")
+    most frequent first), with their searches and zero-result searches (at most `limit`)."""
+    parts, params = _search_parts(start, end)
+    order = "zero_results DESC, searches DESC, query" if zero_results_only else "searches DESC, query"
+    sql = f"""
+        SELECT query, searches, zero_results FROM (
+            SELECT query, sum(searches)::int AS searches, sum(zero_results)::int AS zero_results
+            FROM ({parts}) p GROUP BY query
+        ) q
+        {"WHERE zero_results > 0" if zero_results_only else ""}
+        ORDER BY {order} {"LIMIT %(limit)s" if limit is not None else ""}
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**params, "limit": limit})
+        return [{"query": q, "searches": n, "zero_results": z} for q, n, z in cursor.fetchall()]
 
 
 def search_totals(*, start: date, end: date) -> dict:
-    totals = SearchDay.objects.filter(day__range=(start, end)).aggregate(
-        searches=Sum("searches"), zero_results=Sum("zero_results")
-    )
-    searches = totals["searches"] or 0
-    zero = totals["zero_results"] or 0
+    parts, params = _search_parts(start, end)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT sum(searches), sum(zero_results) FROM ({parts}) p", params)
+        searches, zero = cursor.fetchone()
+    searches = int(searches or 0)
+    zero = int(zero or 0)
     return {"searches": searches, "zero_results": zero, "zero_result_rate": _rate(zero, searches)}
 
 

@@ -95,6 +95,25 @@ ON CONFLICT (day, query) DO UPDATE SET
     zero_results = s.zero_results + EXCLUDED.zero_results
 """
 
+# The same searches by month (additive too).
+_ADD_SEARCH_MONTHS = f"""
+INSERT INTO tracking_searchmonth AS s (month, query, searches, zero_results)
+SELECT date_trunc('month', {_DAY})::date, left(lower(btrim(e.properties->>'query')), 200), count(*),
+       count(*) FILTER (WHERE {_RESULTS_ZERO})
+FROM tracking_event e
+WHERE ({{where}}) AND e.name = 'search' AND btrim(COALESCE(e.properties->>'query', '')) <> ''
+GROUP BY 1, 2
+ON CONFLICT (month, query) DO UPDATE SET
+    searches = s.searches + EXCLUDED.searches,
+    zero_results = s.zero_results + EXCLUDED.zero_results
+"""
+# A rebuild sums the months again from the days.
+_SEARCH_MONTHS = """
+INSERT INTO tracking_searchmonth (month, query, searches, zero_results)
+SELECT date_trunc('month', day)::date, query, sum(searches), sum(zero_results)
+FROM tracking_searchday WHERE day >= %(since)s GROUP BY 1, 2
+"""
+
 # First and last days of people, from their activity ({filter}: all or the touched ones).
 _PERSONS = """
 INSERT INTO tracking_activityperson AS p (person_key, first_day, last_day, first_order_day)
@@ -357,6 +376,7 @@ _TABLES = (
     "tracking_dailyindicator",
     "tracking_retentioncell",
     "tracking_searchday",
+    "tracking_searchmonth",
 )
 
 
@@ -468,6 +488,7 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
     cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
     cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+    cursor.execute("searches", _ADD_SEARCH_MONTHS.format(where=where), params)
     cursor.execute("days", _DAYS.format(filter="a.day IN (SELECT day FROM rollup_days)"))
 
     cursor.execute("SELECT count(*) FROM rollup_days")
@@ -629,6 +650,9 @@ def rebuild(
         if indexes is not None:
             indexes.restore("tracking_activityday")
             indexes.restore("tracking_searchday")
+        month = date(1, 1, 1) if since is None else since.replace(day=1)
+        cursor.execute("DELETE FROM tracking_searchmonth WHERE month >= %s", [month])
+        cursor.execute("searches", _SEARCH_MONTHS, {"since": month})
         _derive_all(cursor, indexes=indexes)
         cursor.execute("SELECT count(*), COALESCE(sum(events), 0) FROM tracking_dailyindicator")
         result.days, result.events = cursor.fetchone()
