@@ -20,6 +20,13 @@ class Migration(migrations.Migration):
                 ('zero_results', models.IntegerField(default=0)),
             ],
         ),
+        # Rollups folded before this migration: their months from their days.
+        migrations.RunSQL(
+            "INSERT INTO tracking_searchmonth (month, query, searches, zero_results) "
+            "SELECT date_trunc('month', day)::date, query, sum(searches), sum(zero_results) "
+            "FROM tracking_searchday GROUP BY 1, 2",
+            reverse_sql=migrations.RunSQL.noop,
+        ),
         migrations.AddIndex(
             model_name='activityperson',
             index=models.Index(fields=['last_day'], name='activity_person_last'),
