@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db import connection
+from django.db import connection, transaction
 from scipy import stats
 
 from tracking import indicators
@@ -418,15 +418,12 @@ def churn_behaviours(
     for a week as for a busy quarter; the shares are of the sampled groups."""
     window = f"e.timestamp >= {_utc('%(start)s::date')} AND e.timestamp < {_utc('%(end)s::date + 1')}"
     sql = f"""
-    WITH population AS MATERIALIZED (
-        SELECT person_key FROM (
-            SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s
-        ) p ORDER BY md5(person_key) LIMIT %(sample)s
+    WITH everyone AS MATERIALIZED (
+        SELECT person_key, NOT bool_or(day > %(end)s) AS churned FROM tracking_activityday
+        WHERE day BETWEEN %(start)s AND %(end)s::date + %(churn_days)s
+        GROUP BY person_key HAVING bool_or(day <= %(end)s)
     ), groups AS MATERIALIZED (
-        SELECT p.person_key, NOT EXISTS (
-            SELECT 1 FROM tracking_activityday l WHERE l.person_key = p.person_key
-            AND l.day > %(end)s AND l.day <= %(end)s::date + %(churn_days)s) AS churned
-        FROM population p
+        SELECT person_key, churned FROM everyone ORDER BY md5(person_key) LIMIT %(sample)s
     ), last_names AS (
         SELECT DISTINCT g.person_key, g.churned, x.name
         FROM groups g CROSS JOIN LATERAL (
@@ -441,28 +438,24 @@ def churn_behaviours(
             ) c ORDER BY c.timestamp DESC, c.id DESC LIMIT %(last)s
         ) x
     )
-    SELECT n.name, count(*) FILTER (WHERE n.churned), count(*) FILTER (WHERE NOT n.churned)
+    SELECT 'name', n.name, count(*) FILTER (WHERE n.churned), count(*) FILTER (WHERE NOT n.churned)
     FROM last_names n GROUP BY n.name
     UNION ALL
-    SELECT NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM groups
+    SELECT 'sample', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM groups
+    UNION ALL
+    SELECT 'all', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM everyone
     """
     params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events, "sample": sample}
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Bounded index probes: compiling the statement (its estimate looks large) costs more than running it.
+        cursor.execute("SET LOCAL jit = off")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-        cursor.execute(
-            "SELECT count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM ("
-            "  SELECT NOT EXISTS (SELECT 1 FROM tracking_activityday l WHERE l.person_key = p.person_key"
-            "    AND l.day > %(end)s AND l.day <= %(end)s::date + %(churn_days)s) AS churned"
-            "  FROM (SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s) p"
-            ") g",
-            params,
-        )
-        churned_total, retained_total = cursor.fetchone()
         cursor.execute("SELECT max(day) FROM tracking_activityday")
         (last_day,) = cursor.fetchone()
-    (sampled_churned, sampled_retained) = next((c, r) for name, c, r in rows if name is None)
-    rows = [row for row in rows if row[0] is not None]
+    counts = {kind: (churned, retained) for kind, _name, churned, retained in rows if kind != "name"}
+    (sampled_churned, sampled_retained), (churned_total, retained_total) = counts["sample"], counts["all"]
+    rows = [(name, churned, retained) for kind, name, churned, retained in rows if kind == "name"]
     behaviours = []
     for name, churned, retained in rows:
         churned_share = _rate(churned, sampled_churned)
