@@ -413,7 +413,7 @@ def churn_behaviours(
     retained. Rows are ordered by how much more often churned people ended on that event.
 
     The groups' sizes are the whole population's. The last events are read for at most `sample`
-    people of it (a fixed pseudo-random draw: the first by md5 of their person key), each with a
+    people of it (a fixed pseudo-random draw: the first by a hash of their person key), each with a
     probe of the person indexes limited to `last_events` rows, so that a page costs the same
     for a week as for a busy quarter; the shares are of the sampled groups."""
     window = f"e.timestamp >= {_utc('%(start)s::date')} AND e.timestamp < {_utc('%(end)s::date + 1')}"
@@ -423,7 +423,7 @@ def churn_behaviours(
         WHERE day BETWEEN %(start)s AND %(end)s::date + %(churn_days)s
         GROUP BY person_key HAVING bool_or(day <= %(end)s)
     ), groups AS MATERIALIZED (
-        SELECT person_key, churned FROM everyone ORDER BY md5(person_key) LIMIT %(sample)s
+        SELECT person_key, churned FROM everyone ORDER BY hashtext(person_key), person_key LIMIT %(sample)s
     ), last_names AS (
         SELECT DISTINCT g.person_key, g.churned, x.name
         FROM groups g CROSS JOIN LATERAL (
