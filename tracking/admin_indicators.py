@@ -5,6 +5,7 @@ through the view permission of "indicator dashboards"."""
 
 from __future__ import annotations
 
+import calendar
 import csv
 from datetime import timedelta
 
@@ -17,7 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from access.readonly import ReadOnlyAdmin
-from tracking import analyses, indicators
+from tracking import analyses, indicators, selectors
 from tracking import serializers_indicators as s
 from tracking.models import CohortBasis, CohortGranularity, DailyIndicator, Funnel, FunnelStep
 
@@ -28,6 +29,34 @@ def _window_fields(form: forms.Form, days: int = 30) -> None:
     today = timezone.now().date()
     form.fields["start"] = forms.DateField(widget=DATE, initial=today - timedelta(days=days - 1))
     form.fields["end"] = forms.DateField(widget=DATE, initial=today)
+
+
+def _goal_lines(indicator, days: list) -> list[dict]:
+    """A stepped line per goal of the indicator over the charted days: each month's target (for an
+    indicator that adds its days up, the month's target spread evenly over its days, so that it
+    reads on the same scale as a day); no point on days outside the goal's months."""
+    lines = []
+    for goal in selectors.goals_with_months().filter(indicator=indicator.key).order_by("year", "quarter", "pk"):
+        targets = {m.month: m.target for m in goal.month_targets.all()}
+        points = []
+        for day in days:
+            target = targets.get(day.replace(day=1))
+            if target is not None and goal.fold == indicators.Fold.SUM:
+                target = target / calendar.monthrange(day.year, day.month)[1]
+            points.append(None if target is None else round(float(target), 4))
+        if any(point is not None for point in points):
+            lines.append(
+                {
+                    "label": f"goal: {goal.name}",
+                    "data": points,
+                    "stepped": True,
+                    "fill": False,
+                    "borderDash": [6, 4],
+                    "pointRadius": 0,
+                    "spanGaps": False,
+                }
+            )
+    return lines
 
 
 class _WindowForm(forms.Form):
@@ -188,12 +217,21 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             fold = indicators.Fold(indicator.fold).label.lower()
             summary = f"{indicator.label}: {indicator.description} Over the window ({fold}): {total.normalize()}"
             table = {"headers": ["day", indicator.key], "rows": [[_cell(d.isoformat()), _cell(v)] for d, v in values]}
+            days = [d for d, _v in values]
+            goal_lines = _goal_lines(indicator, days)
             chart = {
                 "type": "line",
                 "title": f"{indicator.label} per day (UTC)",
-                "labels": [d.isoformat() for d, _v in values],
-                "datasets": [{"label": indicator.label, "data": [float(v) for _d, v in values], "fill": False}],
+                "labels": [d.isoformat() for d in days],
+                "datasets": [
+                    {"label": indicator.label, "data": [float(v) for _d, v in values], "fill": False},
+                    *goal_lines,
+                ],
             }
+            if goal_lines:
+                summary += " Goal lines: each month's target" + (
+                    ", as a daily pace (the month's target over its days)." if indicator.fold == "sum" else "."
+                )
         return self.render_page(
             request,
             current="trends",
@@ -259,10 +297,8 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         summary = ""
         if form.is_valid():
             data = form.cleaned_data
-            rows = list(
-                analyses.search_queries(start=data["start"], end=data["end"], zero_results_only=data["zero_results"])[
-                    :500
-                ]
+            rows = analyses.search_queries(
+                start=data["start"], end=data["end"], zero_results_only=data["zero_results"], limit=500
             )
             totals = analyses.search_totals(start=data["start"], end=data["end"])
             summary = (
@@ -386,7 +422,13 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                     for r in rows
                 ],
             }
-            summary = f"{report['churned_users']} churned, {report['retained_users']} retained." + (
+            population = report["churned_users"] + report["retained_users"]
+            sampled = (
+                f" Last behaviours of a sample of {report['sampled_users']} of them."
+                if report["sampled_users"] < population
+                else ""
+            )
+            summary = f"{report['churned_users']} churned, {report['retained_users']} retained.{sampled}" + (
                 "" if report["complete"] else " The churn days after the window are not over yet."
             )
             top = rows[:15]

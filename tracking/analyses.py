@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db import connection
-from django.db.models import QuerySet, Sum
+from django.db import connection, transaction
 from scipy import stats
 
 from tracking import indicators
 from tracking.indicators import Fold, Indicator, Unit
-from tracking.models import CohortGranularity, DailyIndicator, Funnel, SearchDay
+from tracking.models import CohortGranularity, DailyIndicator, Funnel
 
 PERSON = "COALESCE(e.user_id, e.anonymous_id)"
 
@@ -175,25 +174,53 @@ def retention_cohorts(*, granularity: str, basis: str, start: date, end: date, p
 # --- searches -------------------------------------------------------------------------------------
 
 
-def search_queries(*, start: date, end: date, zero_results_only: bool = False) -> QuerySet:
+def _search_parts(start: date, end: date) -> tuple[str, dict]:
+    """The (query, searches, zero_results) rows of the window: its whole calendar months from
+    `SearchMonth`, its other days from `SearchDay` (a quarter is read as two or three month rows
+    per query and the days at its ends instead of ninety day rows)."""
+    months_from = start if start.day == 1 else (start.replace(day=1) + timedelta(days=32)).replace(day=1)
+    after_end = end + timedelta(days=1)
+    months_to = after_end if after_end.day == 1 else end.replace(day=1)  # first day after the whole months
+    if months_from >= months_to:
+        months_from = months_to = after_end  # no whole month: every day from the days
+    sql = """
+        SELECT query, searches, zero_results FROM tracking_searchmonth
+        WHERE month >= %(months_from)s AND month < %(months_to)s
+        UNION ALL
+        SELECT query, searches, zero_results FROM tracking_searchday
+        WHERE day >= %(start)s AND day < %(months_from)s
+        UNION ALL
+        SELECT query, searches, zero_results FROM tracking_searchday
+        WHERE day >= %(months_to)s AND day <= %(end)s
+    """
+    return sql, {"start": start, "end": end, "months_from": months_from, "months_to": months_to}
+
+
+def search_queries(*, start: date, end: date, zero_results_only: bool = False, limit: int | None = None) -> list[dict]:
     """Queries searched from `start` to `end`, most searched first (or those that found nothing,
-    most frequent first), with their searches, zero-result searches and zero-result share."""
-    rows = (
-        SearchDay.objects.filter(day__range=(start, end))
-        .values("query")
-        .annotate(searches=Sum("searches"), zero_results=Sum("zero_results"))
-    )
-    if zero_results_only:
-        return rows.filter(zero_results__gt=0).order_by("-zero_results", "-searches", "query")
-    return rows.order_by("-searches", "query")
+    most frequent first), with their searches and zero-result searches (at most `limit`)."""
+    parts, params = _search_parts(start, end)
+    order = "zero_results DESC, searches DESC, query" if zero_results_only else "searches DESC, query"
+    sql = f"""
+        SELECT query, searches, zero_results FROM (
+            SELECT query, sum(searches)::int AS searches, sum(zero_results)::int AS zero_results
+            FROM ({parts}) p GROUP BY query
+        ) q
+        {"WHERE zero_results > 0" if zero_results_only else ""}
+        ORDER BY {order} {"LIMIT %(limit)s" if limit is not None else ""}
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**params, "limit": limit})
+        return [{"query": q, "searches": n, "zero_results": z} for q, n, z in cursor.fetchall()]
 
 
 def search_totals(*, start: date, end: date) -> dict:
-    totals = SearchDay.objects.filter(day__range=(start, end)).aggregate(
-        searches=Sum("searches"), zero_results=Sum("zero_results")
-    )
-    searches = totals["searches"] or 0
-    zero = totals["zero_results"] or 0
+    parts, params = _search_parts(start, end)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT sum(searches), sum(zero_results) FROM ({parts}) p", params)
+        searches, zero = cursor.fetchone()
+    searches = int(searches or 0)
+    zero = int(zero or 0)
     return {"searches": searches, "zero_results": zero, "zero_result_rate": _rate(zero, searches)}
 
 
@@ -374,51 +401,65 @@ def key_behaviour(
 # --- churn ----------------------------------------------------------------------------------------
 
 
-def churn_behaviours(*, start: date, end: date, churn_days: int = 30, last_events: int = 3) -> dict:
+CHURN_SAMPLE = 5_000
+
+
+def churn_behaviours(
+    *, start: date, end: date, churn_days: int = 30, last_events: int = 3, sample: int = CHURN_SAMPLE
+) -> dict:
     """People active from `start` to `end` split into churned (no activity in the `churn_days`
     after `end`) and retained; for each event name, how many in each group had it among their last
     `last_events` events of the window, as a share of the group, with the lift of churned over
-    retained. Rows are ordered by how much more often churned people ended on that event."""
+    retained. Rows are ordered by how much more often churned people ended on that event.
+
+    The groups' sizes are the whole population's. The last events are read for at most `sample`
+    people of it (a fixed pseudo-random draw: the first by a hash of their person key), each with a
+    probe of the person indexes limited to `last_events` rows, so that a page costs the same
+    for a week as for a busy quarter; the shares are of the sampled groups."""
+    window = f"e.timestamp >= {_utc('%(start)s::date')} AND e.timestamp < {_utc('%(end)s::date + 1')}"
     sql = f"""
-    WITH population AS (
-        SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s
-    ), later AS (
-        SELECT DISTINCT person_key FROM tracking_activityday
-        WHERE day > %(end)s AND day <= %(end)s::date + %(churn_days)s
-    ), ranked AS (
-        SELECT {PERSON} AS person_key, e.name,
-               row_number() OVER (PARTITION BY {PERSON} ORDER BY e.timestamp DESC, e.id DESC) AS rn
-        FROM tracking_event e
-        WHERE e.timestamp >= {_utc("%(start)s::date")} AND e.timestamp < {_utc("%(end)s::date + 1")}
+    WITH everyone AS MATERIALIZED (
+        SELECT person_key, NOT bool_or(day > %(end)s) AS churned FROM tracking_activityday
+        WHERE day BETWEEN %(start)s AND %(end)s::date + %(churn_days)s
+        GROUP BY person_key HAVING bool_or(day <= %(end)s)
+    ), groups AS MATERIALIZED (
+        SELECT person_key, churned FROM everyone ORDER BY hashtext(person_key), person_key LIMIT %(sample)s
     ), last_names AS (
-        SELECT DISTINCT person_key, name FROM ranked WHERE rn <= %(last)s
-    ), groups AS (
-        SELECT p.person_key, l.person_key IS NULL AS churned
-        FROM population p LEFT JOIN later l ON l.person_key = p.person_key
+        SELECT DISTINCT g.person_key, g.churned, x.name
+        FROM groups g CROSS JOIN LATERAL (
+            SELECT c.name FROM (
+                (SELECT e.name, e.timestamp, e.id FROM tracking_event e
+                 WHERE e.user_id = g.person_key AND {window}
+                 ORDER BY e.timestamp DESC, e.id DESC LIMIT %(last)s)
+                UNION ALL
+                (SELECT e.name, e.timestamp, e.id FROM tracking_event e
+                 WHERE e.anonymous_id = g.person_key AND e.anonymous_id IS NOT NULL AND e.user_id IS NULL AND {window}
+                 ORDER BY e.timestamp DESC, e.id DESC LIMIT %(last)s)
+            ) c ORDER BY c.timestamp DESC, c.id DESC LIMIT %(last)s
+        ) x
     )
-    SELECT n.name, count(*) FILTER (WHERE g.churned), count(*) FILTER (WHERE NOT g.churned)
-    FROM last_names n JOIN groups g ON g.person_key = n.person_key
-    GROUP BY n.name
+    SELECT 'name', n.name, count(*) FILTER (WHERE n.churned), count(*) FILTER (WHERE NOT n.churned)
+    FROM last_names n GROUP BY n.name
+    UNION ALL
+    SELECT 'sample', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM groups
+    UNION ALL
+    SELECT 'all', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM everyone
     """
-    params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events}
-    with connection.cursor() as cursor:
+    params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events, "sample": sample}
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Bounded index probes: compiling the statement (its estimate looks large) costs more than running it.
+        cursor.execute("SET LOCAL jit = off")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-        cursor.execute(
-            "SELECT count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM ("
-            "  SELECT NOT EXISTS (SELECT 1 FROM tracking_activityday l WHERE l.person_key = p.person_key"
-            "    AND l.day > %(end)s AND l.day <= %(end)s::date + %(churn_days)s) AS churned"
-            "  FROM (SELECT DISTINCT person_key FROM tracking_activityday WHERE day BETWEEN %(start)s AND %(end)s) p"
-            ") g",
-            params,
-        )
-        churned_total, retained_total = cursor.fetchone()
         cursor.execute("SELECT max(day) FROM tracking_activityday")
         (last_day,) = cursor.fetchone()
+    counts = {kind: (churned, retained) for kind, _name, churned, retained in rows if kind != "name"}
+    (sampled_churned, sampled_retained), (churned_total, retained_total) = counts["sample"], counts["all"]
+    rows = [(name, churned, retained) for kind, name, churned, retained in rows if kind == "name"]
     behaviours = []
     for name, churned, retained in rows:
-        churned_share = _rate(churned, churned_total)
-        retained_share = _rate(retained, retained_total)
+        churned_share = _rate(churned, sampled_churned)
+        retained_share = _rate(retained, sampled_retained)
         lift = None
         if churned_share is not None and retained_share:
             lift = (churned_share / retained_share).quantize(Decimal("0.01"))
@@ -441,5 +482,6 @@ def churn_behaviours(*, start: date, end: date, churn_days: int = 30, last_event
         "complete": last_day is not None and end + timedelta(days=churn_days) <= last_day,
         "churned_users": churned_total,
         "retained_users": retained_total,
+        "sampled_users": sampled_churned + sampled_retained,
         "behaviours": behaviours,
     }

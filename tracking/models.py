@@ -148,6 +148,8 @@ class ActivityPerson(models.Model):
         indexes = [
             models.Index(fields=["first_day"], name="activity_person_first"),
             models.Index(fields=["first_order_day"], name="activity_person_first_order"),
+            # WAU/MAU of the last day: a range count of the people last active in its window.
+            models.Index(fields=["last_day"], name="activity_person_last"),
         ]
 
     def __str__(self) -> str:
@@ -219,6 +221,20 @@ class SearchDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.query!r} on {self.day}"
+
+
+class SearchMonth(models.Model):
+    """`SearchDay` summed by calendar month: the searches page reads a long window's whole months
+    here and only the days at its ends from `SearchDay`."""
+
+    pk = models.CompositePrimaryKey("month", "query")
+    month = models.DateField(help_text="First day of the month")
+    query = models.CharField(max_length=200)
+    searches = models.IntegerField(default=0)
+    zero_results = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.query!r} in {self.month:%Y-%m}"
 
 
 class Funnel(models.Model):

@@ -95,6 +95,25 @@ ON CONFLICT (day, query) DO UPDATE SET
     zero_results = s.zero_results + EXCLUDED.zero_results
 """
 
+# The same searches by month (additive too).
+_ADD_SEARCH_MONTHS = f"""
+INSERT INTO tracking_searchmonth AS s (month, query, searches, zero_results)
+SELECT date_trunc('month', {_DAY})::date, left(lower(btrim(e.properties->>'query')), 200), count(*),
+       count(*) FILTER (WHERE {_RESULTS_ZERO})
+FROM tracking_event e
+WHERE ({{where}}) AND e.name = 'search' AND btrim(COALESCE(e.properties->>'query', '')) <> ''
+GROUP BY 1, 2
+ON CONFLICT (month, query) DO UPDATE SET
+    searches = s.searches + EXCLUDED.searches,
+    zero_results = s.zero_results + EXCLUDED.zero_results
+"""
+# A rebuild sums the months again from the days.
+_SEARCH_MONTHS = """
+INSERT INTO tracking_searchmonth (month, query, searches, zero_results)
+SELECT date_trunc('month', day)::date, query, sum(searches), sum(zero_results)
+FROM tracking_searchday WHERE day >= %(since)s GROUP BY 1, 2
+"""
+
 # First and last days of people, from their activity ({filter}: all or the touched ones).
 _PERSONS = """
 INSERT INTO tracking_activityperson AS p (person_key, first_day, last_day, first_order_day)
@@ -106,14 +125,19 @@ ON CONFLICT (person_key) DO UPDATE SET
     first_day = EXCLUDED.first_day, last_day = EXCLUDED.last_day, first_order_day = EXCLUDED.first_order_day
 """
 
-_MONTH_INDEX = "(extract(year FROM {d}) * 12 + extract(month FROM {d}))::int"
+# Weeks and months of dates in date and integer arithmetic: date_trunc() goes through a
+# timestamp with time zone and extract() through numeric, several times slower over a million rows.
+# 0001-01-01 was a Monday.
+_WEEK = "({d} - (({d} - DATE '0001-01-01') % 7))"
+_MONTH = "({d} - (date_part('day', {d})::int - 1))"
+_MONTH_INDEX = "(date_part('year', {d}) * 12 + date_part('month', {d}))::int"
 
 
 def _cohort_contributions(base: str) -> str:
     """Cohort cells (basis, granularity, cohort, period, users) of the activity rows `base`
     selects (person_key, day, orders, first_day, first_order_day). Week and month periods count a
     person once however many days they were active."""
-    week = "date_trunc('week', {d})::date"
+    week = _WEEK
     parts = []
     for basis, first, active in (
         ("activity", "b.first_day", "true"),
@@ -129,7 +153,7 @@ def _cohort_contributions(base: str) -> str:
             f"FROM base b WHERE {first} IS NOT NULL AND {active}"
         )
         parts.append(
-            f"SELECT DISTINCT '{basis}', 'month', date_trunc('month', {first})::date, "
+            f"SELECT DISTINCT '{basis}', 'month', {_MONTH.format(d=first)}, "
             f"{_MONTH_INDEX.format(d='b.day')} - {_MONTH_INDEX.format(d=first)}, b.person_key "
             f"FROM base b WHERE {first} IS NOT NULL AND {active}"
         )
@@ -152,10 +176,8 @@ JOIN tracking_activityday a ON a.person_key = r.person_key AND a.day BETWEEN r.l
 JOIN tracking_activityperson p ON p.person_key = a.person_key
 """
 
-# The activity rows whose cohort cells a chunk can change. A person whose first day (or first
-# order day) moves, or who is new, has every cell moved: all their rows. Anyone else only gains
-# days in the months of the chunk, so only the cells of those months and of the weeks that overlap
-# them can change: their rows from the Monday before each such month to the Sunday after it.
+# The chunk's people. One whose first day (or first order day) moves, or who is new, has every
+# cohort cell moved: all their rows are subtracted before and added after the chunk.
 _CHUNK_PEOPLE = """
 CREATE TEMP TABLE rollup_people ON COMMIT DROP AS
 SELECT b.person_key, b.min_day, b.max_day, b.min_order_day, p.first_day, p.first_order_day,
@@ -170,11 +192,55 @@ _RANGES = """
 CREATE TEMP TABLE rollup_ranges ON COMMIT DROP AS
 SELECT person_key, DATE '0001-01-01' AS lo, DATE '9999-12-31' AS hi FROM rollup_people
 WHERE first_moves OR first_order_moves
-UNION
-SELECT b.person_key, date_trunc('week', date_trunc('month', b.day))::date,
-       date_trunc('week', date_trunc('month', b.day) + interval '1 month - 1 day')::date + 6
-FROM rollup_batch b JOIN rollup_people c ON c.person_key = b.person_key
-WHERE NOT (c.first_moves OR c.first_order_moves)
+"""
+
+# Anyone else keeps their cohort: each cell they are not yet counted in gains them. A day cell when
+# the chunk brings a day they had no row for (for `purchase`: no order on), a week (month) cell when
+# they had no such day in that week (month): one probe of the (person, day) key each, run before
+# the chunk's activity is added.
+_STAYER_CELLS = f"""
+INSERT INTO tracking_retentioncell AS c (basis, granularity, cohort, period, users)
+WITH rows AS MATERIALIZED (
+    SELECT b.person_key, b.day, b.orders > 0 AS ordered, p.first_day, p.first_order_day,
+           old.day IS NOT NULL AS had_day, COALESCE(old.orders, 0) > 0 AS had_order
+    FROM rollup_batch b
+    JOIN rollup_people p ON p.person_key = b.person_key AND NOT (p.first_moves OR p.first_order_moves)
+    LEFT JOIN tracking_activityday old ON old.person_key = b.person_key AND old.day = b.day
+), spans AS (
+    SELECT DISTINCT person_key, 'week' AS granularity, {_WEEK.format(d="day")} AS lo,
+           {_WEEK.format(d="day")} + 6 AS hi, ordered, first_day, first_order_day
+    FROM rows
+    UNION
+    SELECT DISTINCT person_key, 'month', {_MONTH.format(d="day")},
+           ({_MONTH.format(d="day")} + interval '1 month - 1 day')::date, ordered, first_day, first_order_day
+    FROM rows
+), cells AS (
+    SELECT 'activity' AS basis, 'day' AS granularity, first_day AS cohort, day - first_day AS period
+    FROM rows WHERE NOT had_day AND day - first_day <= {DAY_PERIODS}
+    UNION ALL
+    SELECT 'purchase', 'day', first_order_day, day - first_order_day
+    FROM rows WHERE ordered AND NOT had_order AND day - first_order_day <= {DAY_PERIODS}
+    UNION ALL
+    SELECT DISTINCT ON (s.person_key, s.granularity, s.lo) 'activity', s.granularity,
+           CASE s.granularity WHEN 'week' THEN {_WEEK.format(d="s.first_day")}
+                ELSE {_MONTH.format(d="s.first_day")} END,
+           CASE s.granularity WHEN 'week' THEN (s.lo - {_WEEK.format(d="s.first_day")}) / 7
+                ELSE {_MONTH_INDEX.format(d="s.lo")} - {_MONTH_INDEX.format(d="s.first_day")} END
+    FROM spans s
+    WHERE NOT EXISTS (SELECT 1 FROM tracking_activityday a
+                      WHERE a.person_key = s.person_key AND a.day BETWEEN s.lo AND s.hi)
+    UNION ALL
+    SELECT DISTINCT ON (s.person_key, s.granularity, s.lo) 'purchase', s.granularity,
+           CASE s.granularity WHEN 'week' THEN {_WEEK.format(d="s.first_order_day")}
+                ELSE {_MONTH.format(d="s.first_order_day")} END,
+           CASE s.granularity WHEN 'week' THEN (s.lo - {_WEEK.format(d="s.first_order_day")}) / 7
+                ELSE {_MONTH_INDEX.format(d="s.lo")} - {_MONTH_INDEX.format(d="s.first_order_day")} END
+    FROM spans s
+    WHERE s.ordered AND NOT EXISTS (SELECT 1 FROM tracking_activityday a
+                                    WHERE a.person_key = s.person_key AND a.day BETWEEN s.lo AND s.hi AND a.orders > 0)
+)
+SELECT basis, granularity, cohort, period, count(*) FROM cells GROUP BY 1, 2, 3, 4
+ON CONFLICT (basis, granularity, cohort, period) DO UPDATE SET users = c.users + EXCLUDED.users
 """
 # Activity only ever grows, so a person's first and last days move with the chunk's alone.
 _PERSONS_FROM_CHUNK = """
@@ -261,12 +327,60 @@ ON CONFLICT (day) DO UPDATE SET
     updated_at = now()
 """
 
+# A chunk's change to the WAU and MAU of days already counted (run before its activity is added):
+# a person of the chunk joins the 7 (30) day window of day x when the chunk brings them a day in
+# it and their latest earlier activity day up to x (one backward probe of the (person, day) key)
+# is older than the window. Only the days within 29 days after a chunk's day can change.
+_ADD_ACTIVE_WINDOWS = """
+WITH pairs AS (
+    SELECT b.person_key, x.day AS x, bool_or(b.day >= x.day - 6) AS in_week
+    FROM rollup_batch b
+    JOIN tracking_dailyindicator x ON x.day BETWEEN b.day AND b.day + 29 AND x.day <= %(old_hi)s
+    GROUP BY 1, 2
+), joined AS (
+    SELECT pr.x,
+           pr.in_week AND (prev.day IS NULL OR prev.day < pr.x - 6) AS week_new,
+           prev.day IS NULL OR prev.day < pr.x - 29 AS month_new
+    FROM pairs pr
+    LEFT JOIN LATERAL (
+        SELECT a.day FROM tracking_activityday a
+        WHERE a.person_key = pr.person_key AND a.day <= pr.x AND a.day >= pr.x - 29
+        ORDER BY a.day DESC LIMIT 1
+    ) prev ON true
+), per_day AS (
+    SELECT x, count(*) FILTER (WHERE week_new) AS w, count(*) FILTER (WHERE month_new) AS m
+    FROM joined GROUP BY x
+)
+UPDATE tracking_dailyindicator d
+SET weekly_active_users = d.weekly_active_users + per_day.w,
+    monthly_active_users = d.monthly_active_users + per_day.m, updated_at = now()
+FROM per_day WHERE d.day = per_day.x AND (per_day.w > 0 OR per_day.m > 0)
+"""
+
+# WAU and MAU of the last day of activity: nobody has a later day, so a person was active in its
+# 7 (30) day window exactly when their last day falls in it (a range count on `last_day`).
+_LAST_DAY_WINDOWS = """
+INSERT INTO tracking_dailyindicator AS d
+    (day, events, active_users, weekly_active_users, monthly_active_users, new_users, orders, refunds,
+     paid_amount, refunded_amount, revenue, paying_users, repeat_buyers, updated_at)
+SELECT %(hi)s::date, 0, 0,
+       count(*) FILTER (WHERE last_day >= %(hi)s::date - 6), count(*), 0, 0, 0, 0, 0, 0, 0, 0, now()
+FROM tracking_activityperson WHERE last_day >= %(hi)s::date - 29
+ON CONFLICT (day) DO UPDATE SET
+    weekly_active_users = EXCLUDED.weekly_active_users,
+    monthly_active_users = EXCLUDED.monthly_active_users,
+    updated_at = now()
+"""
+
+# Tables a full rebuild fills with a million rows: built without their indexes.
+_BULK_TABLES = ("tracking_activityday", "tracking_searchday", "tracking_activityperson")
 _TABLES = (
     "tracking_activityday",
     "tracking_activityperson",
     "tracking_dailyindicator",
     "tracking_retentioncell",
     "tracking_searchday",
+    "tracking_searchmonth",
 )
 
 
@@ -355,31 +469,42 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
         UNION SELECT first_order_day FROM rollup_people WHERE first_order_moves AND first_order_day IS NOT NULL
         """
     )
-    cursor.execute("SELECT max(day) FROM tracking_dailyindicator")
-    (previous_last_day,) = cursor.fetchone()
+    cursor.execute("SELECT min(day), max(day) FROM tracking_dailyindicator")
+    old_lo, old_hi = cursor.fetchone()
+    cursor.execute("SELECT min(day) FROM rollup_batch")
+    (first,) = cursor.fetchone()
+    # Days counted before whose window the chunk reaches are moved by the chunk's people alone
+    # (before their days are added, to see what they had); a chunk reaching before the first
+    # counted day is rare (a very late event) and recounts every day from its first on.
+    recount_from = None
+    if old_hi is None or first < old_lo:
+        recount_from = first
+    else:
+        cursor.execute("active_windows", _ADD_ACTIVE_WINDOWS, {"old_hi": old_hi})
 
     cursor.execute("cohorts", _RANGES)
     cursor.execute("CREATE INDEX ON rollup_ranges (person_key)")
     cursor.execute("ANALYZE rollup_ranges")
     cursor.execute("cohorts", _subtract_cells_sql(_RANGE_ROWS))
+    cursor.execute("cohorts", _STAYER_CELLS)
     cursor.execute("activity", _ADD_ACTIVITY)
     cursor.execute("persons", _PERSONS_FROM_CHUNK)
     cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
     cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
     cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+    cursor.execute("searches", _ADD_SEARCH_MONTHS.format(where=where), params)
     cursor.execute("days", _DAYS.format(filter="a.day IN (SELECT day FROM rollup_days)"))
 
     cursor.execute("SELECT count(*) FROM rollup_days")
     (days,) = cursor.fetchone()
-    # WAU and MAU depend on activity alone, which changed on the chunk's days only.
-    cursor.execute("SELECT min(day) FROM rollup_batch")
-    (first,) = cursor.fetchone()
+    # Days not counted yet (the chunk's new days, quiet days before them): the last day of all
+    # from the people's last days, a longer run with the running count over its 30-day reach.
     cursor.execute("SELECT max(day) FROM tracking_activityday")
     (hi,) = cursor.fetchone()
-    if first is not None and hi is not None:
-        lo = first
-        if previous_last_day is not None and previous_last_day + timedelta(days=1) < lo:
-            lo = previous_last_day + timedelta(days=1)  # quiet days between the last run's end and now
+    lo = recount_from if recount_from is not None else old_hi + timedelta(days=1)
+    if lo == hi:
+        cursor.execute("active_windows", _LAST_DAY_WINDOWS, {"hi": hi})
+    elif lo < hi:
         cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
     # Dropped here too: inside an outer transaction ON COMMIT comes only at its end.
     cursor.execute("DROP TABLE rollup_batch, rollup_people, rollup_days, rollup_ranges")
@@ -422,10 +547,53 @@ def pending_events() -> int:
         return cursor.fetchone()[0]
 
 
-def _derive_all(cursor) -> None:
+class _IndexesSetAside:
+    """The indexes (and primary keys) of emptied tables, dropped while they are filled and built
+    again after: one sorted build instead of a million random insertions into each. Only for
+    tables emptied in this transaction, which holds their exclusive lock throughout."""
+
+    def __init__(self, steps: _Steps, tables: tuple[str, ...]) -> None:
+        self.steps = steps
+        self.saved: dict[str, list[str]] = {}
+        cursor = steps.cursor
+        for table in tables:
+            cursor.execute(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = %s::regclass AND contype IN ('p', 'u')",
+                [table],
+            )
+            constraints = cursor.fetchall()
+            cursor.execute(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+                "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass "
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+                [table],
+            )
+            indexes = cursor.fetchall()
+            for name, _definition in constraints:
+                cursor.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+            for name, _definition in indexes:
+                cursor.execute(f'DROP INDEX "{name}"')
+            self.saved[table] = [
+                *(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}' for name, definition in constraints),
+                *(definition for _name, definition in indexes),
+            ]
+
+    def restore(self, table: str) -> None:
+        for statement in self.saved.pop(table, []):
+            self.steps.execute("indexes", statement)
+        self.steps.execute(f"ANALYZE {table}")
+
+
+def _derive_all(cursor, *, indexes: _IndexesSetAside | None = None) -> None:
     """Everything derived from the activity rows, from scratch."""
     cursor.execute("TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator")
-    cursor.execute("persons", _PERSONS.format(filter="true"))
+    if indexes is not None:
+        # Emptied and filled once: no conflicts to look for, no index to keep up while filling.
+        cursor.execute("persons", _PERSONS.format(filter="true").split("ON CONFLICT")[0])
+        indexes.restore("tracking_activityperson")
+    else:
+        cursor.execute("persons", _PERSONS.format(filter="true"))
     cursor.execute("cohorts", _add_cells_sql(_ALL_ROWS))
     cursor.execute("days", _DAYS.format(filter="true"))
     cursor.execute("SELECT min(day), max(day) FROM tracking_activityday")
@@ -459,8 +627,10 @@ def rebuild(
         if since is not None:
             upto = state.last_event_id  # folded just above: only the days from `since` are redone
         upto = max(upto, state.last_event_id)
+        indexes = None
         if since is None:
             cursor.execute("TRUNCATE " + ", ".join(_TABLES))
+            indexes = _IndexesSetAside(cursor, _BULK_TABLES)
         else:
             cursor.execute("DELETE FROM tracking_activityday WHERE day >= %s", [since])
             cursor.execute("DELETE FROM tracking_searchday WHERE day >= %s", [since])
@@ -474,11 +644,20 @@ def rebuild(
                 where = "e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND e.id <= %(upto)s"
                 params = {"lo": _midnight(lo), "hi": _midnight(hi), "upto": upto}
                 cursor.execute("activity", _INSERT_ACTIVITY.format(where=where), params)
-                cursor.execute("searches", _ADD_SEARCHES.format(where=where), params)
+                searches = _ADD_SEARCHES.format(where=where)
+                if indexes is not None:  # each run of days is new rows: nothing to merge into
+                    searches = searches.split("ON CONFLICT")[0]
+                cursor.execute("searches", searches, params)
                 result.chunks += 1
                 if progress:
                     progress((hi - lo).days)
-        _derive_all(cursor)
+        if indexes is not None:
+            indexes.restore("tracking_activityday")
+            indexes.restore("tracking_searchday")
+        month = date(1, 1, 1) if since is None else since.replace(day=1)
+        cursor.execute("DELETE FROM tracking_searchmonth WHERE month >= %s", [month])
+        cursor.execute("searches", _SEARCH_MONTHS, {"since": month})
+        _derive_all(cursor, indexes=indexes)
         cursor.execute("SELECT count(*), COALESCE(sum(events), 0) FROM tracking_dailyindicator")
         result.days, result.events = cursor.fetchone()
         state.events_folded = result.events

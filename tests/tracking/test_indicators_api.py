@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import pytest
 from scipy.stats import chi2
 
 from tests.factories.tracking import EventFactory
-from tracking import rollups
-from tracking.models import Funnel, FunnelStep
+from tracking import analyses, rollups, services
+from tracking.models import Funnel, FunnelStep, GoalMonth
 
 pytestmark = pytest.mark.django_db
 
@@ -187,6 +188,32 @@ def test_churn_compares_the_last_behaviours(api_client):
     )
 
 
+def test_churn_reads_the_last_events_of_a_bounded_sample():
+    for n in range(6):
+        EventFactory(user_id=f"gone{n}", name="payment_failed", timestamp=at("2026-03-01", 10))
+        EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-01", 11))
+        EventFactory(anonymous_id=f"anon{n}", user_id=None, name="search", timestamp=at("2026-03-02", 11))
+        EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-15", 10))
+    rollups.fold_new_events(settle=0)
+
+    everyone = analyses.churn_behaviours(start=date(2026, 3, 1), end=date(2026, 3, 5), churn_days=14, last_events=1)
+    sampled = analyses.churn_behaviours(
+        start=date(2026, 3, 1), end=date(2026, 3, 5), churn_days=14, last_events=1, sample=5
+    )
+
+    # Anonymous people's last event of the window is read too (their search, not the open before).
+    assert {(r["event_name"], r["churned"], r["retained"]) for r in everyone["behaviours"]} == {
+        ("payment_failed", 6, 0),
+        ("search", 0, 6),
+    }
+    assert everyone["sampled_users"] == 12
+    assert (sampled["churned_users"], sampled["retained_users"], sampled["sampled_users"]) == (6, 6, 5)
+    # One last event per sampled person, and each group's shares of the sampled group are whole.
+    assert sum(r["churned"] + r["retained"] for r in sampled["behaviours"]) == 5
+    assert all(r["churned_share"] in (None, Decimal(1)) for r in sampled["behaviours"] if r["churned"])
+    assert all(r["retained_share"] == Decimal(1) for r in sampled["behaviours"] if r["retained"])
+
+
 def test_dashboards_render_for_analysts_and_export_csv(client, make_staff, shop):
     client.force_login(make_staff("Analyst"))
     funnel = Funnel.objects.create(name="f", window_hours=24)
@@ -227,3 +254,34 @@ def test_a_bad_window_on_a_dashboard_is_shown_not_raised(client, make_staff):
 def test_operations_may_edit_funnels(client, make_staff):
     client.force_login(make_staff("Operations"))
     assert client.get("/admin/tracking/funnel/add/").status_code == 200
+
+
+def test_the_trends_page_draws_the_goals_of_its_indicator_as_stepped_month_lines(client, make_staff, shop):
+    client.force_login(make_staff("Analyst"))
+    quarter = services.create_goal(
+        name="Q1 revenue", indicator="revenue", period="quarter", year=2026, quarter=1, target=Decimal("9300")
+    )
+    services.redecompose_goal(
+        goal=quarter, profile="weights", weights=[Decimal(1), Decimal(1), Decimal(1)], target=Decimal("9300")
+    )
+    services.create_goal(name="DAU 2026", indicator="dau", period="year", year=2026, target=Decimal("40"))
+
+    reply = client.get("/admin/tracking/dailyindicator/?indicator=revenue&start=2026-03-30&end=2026-04-02")
+
+    chart = reply.context["chart"]
+    assert [d["label"] for d in chart["datasets"]] == ["Revenue", "goal: Q1 revenue"]  # not the DAU goal
+    line = chart["datasets"][1]
+    march = GoalMonth.objects.get(goal=quarter, month=date(2026, 3, 1)).target
+    # March's target as a daily pace over its 31 days; April is outside the quarter: no point.
+    assert line["stepped"] and line["data"] == [float(march / 31), float(march / 31), None, None]
+    assert float(march) == 3100.0
+
+    dau = client.get("/admin/tracking/dailyindicator/?indicator=dau&start=2026-02-27&end=2026-03-02").context["chart"]
+    levels = {m.month: float(m.target) for m in GoalMonth.objects.filter(goal__indicator="dau")}
+    assert dau["datasets"][1]["data"] == [levels[date(2026, 2, 1)]] * 2 + [levels[date(2026, 3, 1)]] * 2
+    assert (
+        client.get("/admin/tracking/dailyindicator/?indicator=wau&start=2026-03-01&end=2026-03-02").context["chart"][
+            "datasets"
+        ][1:]
+        == []
+    )

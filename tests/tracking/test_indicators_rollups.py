@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from tests.factories.tracking import EventFactory, EventPayloadFactory
-from tracking import rollups, services
+from tracking import analyses, rollups, services
 from tracking.models import ActivityDay, ActivityPerson, DailyIndicator, RetentionCell, RollupCursor, SearchDay
 
 pytestmark = pytest.mark.django_db
@@ -26,6 +26,7 @@ TABLES = {
     "orders, refunds, paid_amount, refunded_amount, revenue, paying_users, repeat_buyers",
     "tracking_retentioncell": "basis, granularity, cohort, period, users",
     "tracking_searchday": "day, query, searches, zero_results",
+    "tracking_searchmonth": "month, query, searches, zero_results",
 }
 
 
@@ -156,6 +157,7 @@ def test_incremental_runs_with_late_and_repeated_batches_equal_a_full_rebuild(se
         rollups.fold_new_events(settle=0, chunk_events=chunk)  # odd chunks split days and people
     incremental = snapshot()
     assert incremental["tracking_retentioncell"] and incremental["tracking_searchday"]
+    assert len({row[0] for row in incremental["tracking_searchmonth"]}) >= 2
 
     rollups.rebuild(settle=0)
 
@@ -210,3 +212,51 @@ def test_the_beat_task_folds_events_through_the_real_worker(celery_worker, setti
 
     assert result["events"] == 2
     assert DailyIndicator.objects.get(day=date(2026, 3, 2)).active_users == 2
+
+
+def test_nightly_runs_of_one_new_day_with_late_events_equal_a_full_rebuild():
+    # Each night brings the next day (WAU/MAU of that last day from the people's last days) and
+    # a few late events from the days before (moving already counted days and cells).
+    rng = random.Random(11)
+    start = date(2026, 1, 27)
+    services.ingest_events(events=_random_events(rng, 200, start=start, days=35), now=datetime(2026, 4, 1, tzinfo=UTC))
+    rollups.fold_new_events(settle=0)
+    for night in range(35, 45):
+        batch = _random_events(rng, 40, start=start + timedelta(days=night), days=1)
+        batch += _random_events(rng, 6, start=start + timedelta(days=night - 3), days=3)
+        services.ingest_events(events=batch, now=datetime(2026, 4, 1, tzinfo=UTC))
+        rollups.fold_new_events(settle=0)
+    incremental = snapshot()
+    assert DailyIndicator.objects.filter(day=start + timedelta(days=44), monthly_active_users__gt=0).exists()
+
+    rollups.rebuild(settle=0)
+
+    assert snapshot() == incremental
+
+
+def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends():
+    rng = random.Random(5)
+    services.ingest_events(
+        events=_random_events(rng, 400, start=date(2026, 1, 20), days=80), now=datetime(2026, 4, 20, tzinfo=UTC)
+    )
+    fold()
+    rows = list(SearchDay.objects.values_list("day", "query", "searches", "zero_results"))
+
+    for start, end in [
+        (date(2026, 1, 25), date(2026, 4, 5)),  # two whole months and two ends
+        (date(2026, 2, 1), date(2026, 3, 31)),  # whole months only
+        (date(2026, 2, 3), date(2026, 2, 20)),  # inside one month
+        (date(2026, 1, 31), date(2026, 2, 28)),  # one whole month and one day before it
+    ]:
+        by_hand: dict[str, list[int]] = {}
+        for day, query, searches, zero in rows:
+            if start <= day <= end:
+                by_hand.setdefault(query, [0, 0])
+                by_hand[query][0] += searches
+                by_hand[query][1] += zero
+        read = analyses.search_queries(start=start, end=end)
+        assert {r["query"]: [r["searches"], r["zero_results"]] for r in read} == by_hand
+        assert [r["searches"] for r in read] == sorted((n for n, _z in by_hand.values()), reverse=True)
+        totals = analyses.search_totals(start=start, end=end)
+        assert totals["searches"] == sum(n for n, _z in by_hand.values())
+        assert totals["zero_results"] == sum(z for _n, z in by_hand.values())
