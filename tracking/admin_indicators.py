@@ -123,12 +123,12 @@ class ChurnForm(_WindowForm):
 
 
 def _bound(form_class, request: HttpRequest, **kwargs) -> forms.Form:
-    """Bound to the query string, or to the initial values when the page is first opened."""
-    query = {k: v for k, v in request.GET.items() if k != "format"}
-    if not query:
-        unbound = form_class(**kwargs)
-        query = {name: field.initial for name, field in unbound.fields.items() if field.initial is not None}
-    return form_class(query, **kwargs)
+    """Bound to the query string over the initial values, so a link that names only some fields
+    (say `?indicator=revenue`) opens with the defaults for the others."""
+    unbound = form_class(**kwargs)
+    values = {name: field.initial for name, field in unbound.fields.items() if field.initial is not None}
+    values.update((k, v) for k, v in request.GET.items() if k != "format")
+    return form_class(values, **kwargs)
 
 
 def _cell(text, heat: float | None = None) -> dict:

@@ -251,6 +251,14 @@ def test_a_bad_window_on_a_dashboard_is_shown_not_raised(client, make_staff):
     assert reply.status_code == 200 and b"must not be before start" in reply.content
 
 
+def test_a_link_naming_only_the_indicator_opens_on_the_default_window(client, make_staff):
+    client.force_login(make_staff("Analyst"))
+    reply = client.get("/admin/tracking/dailyindicator/?indicator=revenue")
+    assert reply.status_code == 200 and not reply.context["form"].errors
+    chart = reply.context["chart"]
+    assert chart["datasets"][0]["label"] == "Revenue" and len(chart["labels"]) == 90
+
+
 def test_operations_may_edit_funnels(client, make_staff):
     client.force_login(make_staff("Operations"))
     assert client.get("/admin/tracking/funnel/add/").status_code == 200
