@@ -4,6 +4,8 @@ of iterations, a test message to a staff device, deliveries and channel gateways
 
 from __future__ import annotations
 
+import csv
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -297,9 +299,23 @@ class CampaignAdmin(admin.ModelAdmin):
     def counters_view(self, request: HttpRequest, pk: int) -> JsonResponse:
         return JsonResponse(selectors.delivery_counters(self._campaign(request, pk)))
 
+    RESULT_COLUMNS = (
+        "name", "assigned", "sent", "delivered", "failed", "opened", "clicked", "converted", "conversion_rate",
+        "ci_low", "ci_high", "uplift_vs_holdout", "relative_uplift", "p_value", "significant", "revenue",
+        "revenue_per_recipient", "coupon_redemptions",
+    )  # fmt: skip
+
     def results_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         campaign = self._campaign(request, pk)
         results = selectors.campaign_results(campaign)
+        if request.GET.get("format") == "csv":
+            response = HttpResponse(content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-results.csv"'
+            writer = csv.writer(response)
+            writer.writerow(self.RESULT_COLUMNS)
+            for group in results["groups"]:
+                writer.writerow(["" if group.get(c) is None else group.get(c) for c in self.RESULT_COLUMNS])
+            return response
         chart = {
             "labels": [g["name"] for g in results["groups"]],
             "rates": [round((g["conversion_rate"] or 0) * 100, 3) for g in results["groups"]],

@@ -204,6 +204,12 @@ class CouponRuleAdmin(admin.ModelAdmin):
                 ("ROI", "-" if report.roi is None else f"{report.roi:.2f}"),
                 ("Redemption rate", "-" if report.redemption_rate is None else f"{report.redemption_rate:.1%}"),
             ]
+        if request.GET.get("format") == "csv":
+            name = f"coupon-report-{rule.pk if rule else 'campaign'}"
+            if request.GET.get("part") == "daily":
+                rows = [[d["day"], d["issued"], d["redeemed"]] for d in daily]
+                return _csv_response(f"{name}-daily.csv", ["day", "issued", "redeemed"], rows)
+            return _csv_response(f"{name}.csv", ["metric", "value"], [[label, value] for label, value in numbers])
         context = {
             **self.admin_site.each_context(request),
             "title": title,

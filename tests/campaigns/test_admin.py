@@ -1,6 +1,8 @@
 """The operators' admin: pages render, actions run through the services and are audited, the
 test message reaches the gateway."""
 
+import csv
+import io
 from decimal import Decimal
 
 import pytest
@@ -9,6 +11,7 @@ from django.urls import reverse
 from access.models import AuditEntry
 from campaigns import services
 from campaigns.models import Campaign, CampaignStatus, ChannelKind
+from campaigns.selectors import campaign_results
 from tests.campaigns.receiver import Receiver
 from tests.factories.campaigns import CampaignFactory, ChannelFactory, make_profiles
 
@@ -38,6 +41,20 @@ def test_campaign_pages_show_preview_counters_results_chart_and_history(operator
         assert operator.get(reverse(f"admin:campaigns_campaign_{name}")).status_code == 200
     assert operator.get(reverse("admin:campaigns_delivery_changelist")).status_code == 200
     assert operator.get(reverse("admin:campaigns_segment_change", args=[campaign.segment.pk])).status_code == 200
+
+
+def test_campaign_results_export_as_csv_with_the_numbers_of_the_page(operator):
+    make_profiles(20)
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING)
+    services.start_send(campaign_id=campaign.pk)
+    reply = operator.get(reverse("admin:campaigns_campaign_results", args=[campaign.pk]), {"format": "csv"})
+    assert reply["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(reply.content.decode())))
+    expected = {g["name"]: g for g in campaign_results(campaign)["groups"]}
+    assert [r["name"] for r in rows] == list(expected)
+    assert sum(int(r["assigned"]) for r in rows) == 20
+    for row in rows:
+        assert int(row["assigned"]) == expected[row["name"]]["assigned"]
 
 
 def test_launch_and_pause_actions_are_audited(operator):

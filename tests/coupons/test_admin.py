@@ -3,6 +3,8 @@ the audited actions that move money."""
 
 from __future__ import annotations
 
+import csv
+import io
 from decimal import Decimal
 
 import pytest
@@ -119,6 +121,23 @@ def test_report_page_shows_the_numbers_and_a_chart(operator):
     assert "opsloop/vendor/chart.umd.min.js" in html and 'id="coupon-daily"' in html
     assert "Order revenue" in html and "70.00" in html and "core" in html
     assert '"issued": 1' in html and '"redeemed": 1' in html
+
+
+def test_report_page_exports_its_numbers_and_its_days_as_csv(operator):
+    rule = CouponRuleFactory(value=D("10.00"), budget=D("100.00"))
+    holder = person()
+    coupon = services.issue_coupon(rule=rule, profile=holder)
+    services.redeem_coupon(code=coupon.code, user_id=holder.user_id, order_id="x", order_amount=D("70"))
+    url = reverse("admin:coupons_couponrule_report", args=[rule.pk])
+    numbers = dict(csv.reader(io.StringIO(operator.get(url, {"format": "csv"}).content.decode())))
+    assert (numbers["Issued"], numbers["Redeemed"], numbers["Spent"], numbers["Order revenue"]) == (
+        "1",
+        "1",
+        "10.00",
+        "70.00",
+    )
+    daily = list(csv.reader(io.StringIO(operator.get(url, {"format": "csv", "part": "daily"}).content.decode())))
+    assert daily[0] == ["day", "issued", "redeemed"] and [row[1:] for row in daily[1:]] == [["1", "1"]]
 
 
 def test_revoke_action_returns_the_money_and_is_audited(operator):
