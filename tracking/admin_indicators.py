@@ -488,7 +488,7 @@ class FunnelAdmin(admin.ModelAdmin):
     def analyze_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        funnel = Funnel.objects.filter(pk=pk).first()
+        funnel = selectors.funnel_with_steps(funnel_id=pk)
         if funnel is None:
             from django.http import Http404
 

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from config.api import Pagination
-from tracking import analyses, indicators
+from tracking import analyses, indicators, selectors
 from tracking import serializers_indicators as s
 from tracking.errors import FunnelNotFound, IndicatorNotFound
 from tracking.models import Funnel
@@ -190,7 +190,7 @@ class SearchQueriesView(_View):
 def _funnel(pk: str) -> Funnel:
     if not str(pk).isdigit() or len(str(pk)) > 18:
         raise FunnelNotFound(f"No funnel {str(pk)[:40]!r}.")
-    funnel = Funnel.objects.prefetch_related("steps").filter(pk=int(pk)).first()
+    funnel = selectors.funnel_with_steps(funnel_id=int(pk))
     if funnel is None:
         raise FunnelNotFound(f"No funnel {pk}.")
     return funnel
@@ -204,9 +204,7 @@ class FunnelListView(_View):
     )
     def get(self, request):
         paginator = self.pagination_class()
-        page = paginator.paginate_queryset(
-            Funnel.objects.prefetch_related("steps").order_by("name"), request, view=self
-        )
+        page = paginator.paginate_queryset(selectors.funnels_with_steps(), request, view=self)
         return paginator.get_paginated_response(s.FunnelOutput(page, many=True).data)
 
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from tracking.errors import IndicatorUnavailable
 from tracking.indicators import Fold, Unit, UnknownIndicator, daily_values, fold_days, get_indicator
-from tracking.models import Event, Goal, goal_step
+from tracking.models import Event, Funnel, Goal, goal_step
 
 # A loose index scan: PostgreSQL has no skip scan, so DISTINCT over a big table reads every row;
 # this recursive query instead jumps from one value to the next through the index, a few pages
@@ -242,3 +242,13 @@ def goal_progress(goal: Goal, *, today: date | None = None) -> GoalProgress:
 
 def goals_with_months() -> QuerySet[Goal]:
     return Goal.objects.prefetch_related("month_targets")
+
+
+def funnels_with_steps() -> QuerySet[Funnel]:
+    """Every funnel, by name, with its steps in one more query."""
+    return Funnel.objects.prefetch_related("steps").order_by("name")
+
+
+def funnel_with_steps(*, funnel_id: int) -> Funnel | None:
+    """The funnel with its steps, or None."""
+    return funnels_with_steps().filter(pk=funnel_id).first()
