@@ -204,6 +204,15 @@ def discount_for(*, rule: CouponRule, order_amount: Decimal) -> Decimal:
     return min(discount, order_amount)
 
 
+def _as_stored(model, **values):
+    """An instance of the row a statement just wrote, as the ORM would have read it back.
+    `from_db` takes the values in the model's field order, whatever order they are named in here."""
+    fields = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    if unknown := set(values) - set(fields):
+        raise TypeError(f"{model.__name__} has no columns {sorted(unknown)}")
+    return model.from_db(connection.alias, fields, [values[name] for name in fields])
+
+
 def coupon_discount(*, coupon: Coupon, order_amount: Decimal) -> Decimal:
     """What `coupon` takes off an order: its rule's discount, but under a budget never more than
     the coupon reserved when it was issued. An operator who later raises the rule's value changes
@@ -428,7 +437,8 @@ def _claim(
         limit = int(cause.diag.message_detail)
         outcome = "PER_USER_LIMIT_REACHED"
     if outcome == "ISSUED":
-        coupon = Coupon(
+        coupon = _as_stored(
+            Coupon,
             id=coupon_id,
             code=code,
             rule_id=rule_id,
@@ -444,7 +454,6 @@ def _claim(
             request_id=request_id,
             batch_id=None,
         )
-        coupon._state.adding, coupon._state.db = False, connection.alias
         # The rule as far as the statement read it; any other field loads when first used.
         coupon.rule = CouponRule.from_db(connection.alias, ["id", "name"], [rule_id, rule_name])
         coupon.created = True
@@ -618,9 +627,10 @@ def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decim
         if row is None:
             continue  # the coupon changed since it was read: read again and answer from what happened
         coupon.status = CouponStatus.REDEEMED
-        redemption = Redemption(
+        redemption = _as_stored(
+            Redemption,
             id=row[0],
-            coupon=coupon,
+            coupon_id=coupon.pk,
             rule_id=coupon.rule_id,
             profile_id=params["profile_id"],
             user_id=user_id,
@@ -631,7 +641,7 @@ def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decim
             rolled_back_at=None,
             coupon_returned=None,
         )
-        redemption._state.adding, redemption._state.db = False, connection.alias
+        redemption.coupon = coupon  # the caller reads the code and the rule through it
         redemption.created = True
         return redemption
     raise errors.CouponAlreadyUsed("This code was already used by another order.")
