@@ -80,7 +80,8 @@ class SegmentAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         from django.db.models import Count
 
-        return super().get_queryset(request).annotate(n_campaigns=Count("campaigns"))
+        # A GROUP BY drops Meta.ordering; the autocomplete pages through this queryset.
+        return super().get_queryset(request).annotate(n_campaigns=Count("campaigns")).order_by("name", "pk")
 
     @admin.display(description="Campaigns", ordering="n_campaigns")
     def campaign_count(self, obj: Segment) -> int:

@@ -3,9 +3,11 @@ test message reaches the gateway."""
 
 import csv
 import io
+import warnings
 from decimal import Decimal
 
 import pytest
+from django.core.paginator import UnorderedObjectListWarning
 from django.urls import reverse
 
 from access.models import AuditEntry
@@ -13,7 +15,7 @@ from campaigns import services
 from campaigns.models import Campaign, CampaignStatus, ChannelKind
 from campaigns.selectors import campaign_results
 from tests.campaigns.receiver import Receiver
-from tests.factories.campaigns import CampaignFactory, ChannelFactory, make_profiles
+from tests.factories.campaigns import CampaignFactory, ChannelFactory, SegmentFactory, make_profiles
 
 pytestmark = pytest.mark.django_db
 
@@ -125,3 +127,16 @@ def test_admin_refuses_a_campaign_with_an_invalid_cron(operator):
     campaign = Campaign.objects.get(name="Weekly")
     assert campaign.variants.get().name == "A"
     assert AuditEntry.objects.filter(action="campaigns.create_campaign", object_id=str(campaign.pk)).exists()
+
+
+def test_segment_autocomplete_lists_segments_by_name_in_a_stable_order(operator):
+    for name in ("Winback", "All buyers", "Core tier"):
+        SegmentFactory(name=name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnorderedObjectListWarning)
+        reply = operator.get(
+            reverse("admin:autocomplete"),
+            {"app_label": "campaigns", "model_name": "campaign", "field_name": "segment", "term": ""},
+        )
+    assert reply.status_code == 200
+    assert [row["text"] for row in reply.json()["results"]] == ["All buyers", "Core tier", "Winback"]
