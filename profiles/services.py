@@ -225,16 +225,16 @@ seen AS (
     GROUP BY 1
 ),
 locked AS (
-    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
+    SELECT p.id, s.f, s.l FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
     WHERE p.first_seen_at IS NULL OR p.first_seen_at > s.f OR p.last_seen_at IS NULL OR p.last_seen_at < s.l
     ORDER BY p.id FOR NO KEY UPDATE OF p
 ),
 updated AS (
     UPDATE profiles_profile p
-    SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
-    FROM seen s JOIN locked l ON l.id = s.profile_id
-    WHERE p.id = s.profile_id
-    RETURNING p.merged_into_id, s.f, s.l
+    SET first_seen_at = LEAST(p.first_seen_at, l.f), last_seen_at = GREATEST(p.last_seen_at, l.l)
+    FROM locked l
+    WHERE p.id = l.id
+    RETURNING p.merged_into_id, l.f, l.l
 )
 SELECT (SELECT count(*) FROM updated),
        (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
@@ -250,14 +250,15 @@ WITH seen AS (
     GROUP BY 1
 ),
 locked AS (
-    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id ORDER BY p.id FOR NO KEY UPDATE OF p
+    SELECT p.id, s.f, s.l FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
+    ORDER BY p.id FOR NO KEY UPDATE OF p
 ),
 updated AS (
     UPDATE profiles_profile p
-    SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
-    FROM seen s JOIN locked l ON l.id = s.profile_id
-    WHERE p.id = s.profile_id
-    RETURNING p.merged_into_id, s.f, s.l
+    SET first_seen_at = LEAST(p.first_seen_at, l.f), last_seen_at = GREATEST(p.last_seen_at, l.l)
+    FROM locked l
+    WHERE p.id = l.id
+    RETURNING p.merged_into_id, l.f, l.l
 )
 SELECT (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
         FROM updated WHERE merged_into_id IS NOT NULL)
