@@ -58,15 +58,15 @@ COLUMNS = (
 # duplicates to the unique `event_id` index: a second writer of the same id waits for the first
 # to commit and then skips the row.
 INSERT_BATCH = f"""
-INSERT INTO tracking_event ({COLUMNS})
-SELECT u.event_id, u.name, u.kind, u.timestamp, %s, u.user_id, u.anonymous_id,
+INSERT INTO tracking_event (id, {COLUMNS})
+SELECT u.id, u.event_id, u.name, u.kind, u.timestamp, %s, u.user_id, u.anonymous_id,
        u.properties::jsonb, u.context_extra::jsonb, u.url, u.path, u.referrer, u.utm_source,
        u.utm_medium, u.utm_campaign, u.device, u.os, u.ip::inet, u.locale
 FROM unnest(
-    %s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
+    %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
     %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
     %s::text[], %s::text[], %s::text[], %s::text[]
-) AS u(event_id, name, kind, timestamp, user_id, anonymous_id, properties, context_extra,
+) AS u(id, event_id, name, kind, timestamp, user_id, anonymous_id, properties, context_extra,
        url, path, referrer, utm_source, utm_medium, utm_campaign, device, os, ip, locale)
 ORDER BY u.event_id
 ON CONFLICT (event_id) DO NOTHING
@@ -75,19 +75,38 @@ RETURNING id, event_id
 # The ids travel as one comma-joined string: canonical UUIDs hold no comma, and one text parameter
 # is much cheaper for the driver to quote than a thousand-element array.
 ALREADY_STORED = "SELECT event_id::text FROM tracking_event WHERE event_id = ANY(string_to_array(%s, ',')::uuid[])"
-# The sequence is named once as a constant: `pg_get_serial_sequence` in the select list would look
-# it up in the catalog once per row, several times the cost of `nextval` itself.
-RESERVE_IDS = "SELECT nextval(%s::regclass) FROM generate_series(1, %s)"
+# Ids are reserved a block at a time: the sequence steps by a block (migration 0006), and one
+# `nextval` is the first id of a block no other caller gets, so a batch's ids are consecutive
+# even while concurrent batches draw too (one backlog run per batch, not a run per interleaving).
+# The step is read with the values, so the reservation is right whatever the sequence's step is.
+# The sequence is named once as a constant: `pg_get_serial_sequence` in the select list would
+# look it up in the catalog once per row.
+RESERVE_IDS = """
+SELECT nextval(%(seq)s::regclass), s.seqincrement
+FROM pg_sequence s, generate_series(1, ceil(%(count)s::numeric / s.seqincrement)::int)
+WHERE s.seqrelid = %(seq)s::regclass
+"""
 _id_sequence: str | None = None
 
 
 def _reserve_ids(cursor: Any, count: int) -> list[int]:
+    """`count` ids no other writer uses: consecutive in runs of a block each."""
     global _id_sequence
     if _id_sequence is None:
         cursor.execute("SELECT pg_get_serial_sequence('tracking_event', 'id')")
         _id_sequence = cursor.fetchone()[0]
-    cursor.execute(RESERVE_IDS, [_id_sequence, count])
-    return [row[0] for row in cursor.fetchall()]
+    cursor.execute(RESERVE_IDS, {"seq": _id_sequence, "count": count})
+    ids: list[int] = []
+    for first, step in cursor.fetchall():
+        ids.extend(range(first, first + min(step, count - len(ids))))
+    return ids
+
+
+def reserve_event_ids(*, count: int) -> list[int]:
+    """Ids for `count` events written by other means than `store_clean_events` (test data,
+    loaders), consecutive as a stored batch's are."""
+    with connection.cursor() as cursor:
+        return _reserve_ids(cursor, count)
 
 
 def _columns(events: Sequence[CleanEvent]) -> list[list[Any]]:
@@ -158,7 +177,8 @@ def _copy_new(batch: list[CleanEvent], received_at: datetime) -> list[tuple[int,
 
 def _insert_skipping_conflicts(batch: list[CleanEvent], received_at: datetime) -> list[tuple[int, str]]:
     with connection.cursor() as cursor:
-        cursor.execute(INSERT_BATCH, [received_at, *_columns(batch)])
+        ids = _reserve_ids(cursor, len(batch))  # a block, as the COPY's: the skipped ones stay unused
+        cursor.execute(INSERT_BATCH, [received_at, ids, *_columns(batch)])
         return [(pk, str(event_id)) for pk, event_id in cursor.fetchall()]
 
 
