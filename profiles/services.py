@@ -60,6 +60,8 @@ def ensure_profile(*, user_id: str) -> Profile:
 # - the backlog of first/last seen (applied later by `update_seen_times`);
 # - a profile for every user id that has none, with the batch's first/last seen already;
 # - the `user_id` identity of every named profile that lacks one.
+# Most of a batch's users were seen before: their `user_id` identity is found with one probe of
+# its unique index, and only the others are looked up among the profiles.
 _INGESTED_SQL = """
 WITH backlog AS (
     INSERT INTO profiles_seenbacklog (first_event_id, last_event_id, created_at)
@@ -71,15 +73,19 @@ users AS (
     WHERE ({in_runs}) AND e.user_id IS NOT NULL
     GROUP BY e.user_id
 ),
+unnamed AS (
+    SELECT u.user_id, u.f, u.l FROM users u
+    WHERE NOT EXISTS (SELECT 1 FROM profiles_identity i WHERE i.kind = 'user_id' AND i.value = u.user_id)
+),
 known AS (
-    SELECT u.user_id, p.id FROM users u JOIN profiles_profile p ON p.user_id = u.user_id
+    SELECT u.user_id, p.id FROM unnamed u JOIN profiles_profile p ON p.user_id = u.user_id
 ),
 created AS (
     INSERT INTO profiles_profile (user_id, name, gender, region, city, timezone, phone, email,
         push_opt_in, sms_opt_in, email_opt_in, traits, trait_updated_at, created_at, updated_at,
         first_seen_at, last_seen_at)
     SELECT u.user_id, '', '', '', '', '', '', '', false, false, false, '{{}}', '{{}}', %(now)s, %(now)s, u.f, u.l
-    FROM users u
+    FROM unnamed u
     WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.user_id = u.user_id)
     ORDER BY u.user_id
     ON CONFLICT (user_id) DO NOTHING
@@ -87,12 +93,7 @@ created AS (
 )
 INSERT INTO profiles_identity (profile_id, kind, value, created_at)
 SELECT x.id, 'user_id', x.user_id, %(now)s
-FROM (
-    SELECT id, user_id FROM created
-    UNION ALL
-    SELECT k.id, k.user_id FROM known k
-    WHERE NOT EXISTS (SELECT 1 FROM profiles_identity i WHERE i.kind = 'user_id' AND i.value = k.user_id)
-) x
+FROM (SELECT id, user_id FROM created UNION ALL SELECT id, user_id FROM known) x
 ORDER BY x.user_id
 ON CONFLICT (kind, value) DO NOTHING
 """
@@ -225,16 +226,16 @@ seen AS (
     GROUP BY 1
 ),
 locked AS (
-    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
+    SELECT p.id, s.f, s.l FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
     WHERE p.first_seen_at IS NULL OR p.first_seen_at > s.f OR p.last_seen_at IS NULL OR p.last_seen_at < s.l
     ORDER BY p.id FOR NO KEY UPDATE OF p
 ),
 updated AS (
     UPDATE profiles_profile p
-    SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
-    FROM seen s JOIN locked l ON l.id = s.profile_id
-    WHERE p.id = s.profile_id
-    RETURNING p.merged_into_id, s.f, s.l
+    SET first_seen_at = LEAST(p.first_seen_at, l.f), last_seen_at = GREATEST(p.last_seen_at, l.l)
+    FROM locked l
+    WHERE p.id = l.id
+    RETURNING p.merged_into_id, l.f, l.l
 )
 SELECT (SELECT count(*) FROM updated),
        (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
@@ -250,14 +251,15 @@ WITH seen AS (
     GROUP BY 1
 ),
 locked AS (
-    SELECT p.id FROM profiles_profile p JOIN seen s ON s.profile_id = p.id ORDER BY p.id FOR NO KEY UPDATE OF p
+    SELECT p.id, s.f, s.l FROM profiles_profile p JOIN seen s ON s.profile_id = p.id
+    ORDER BY p.id FOR NO KEY UPDATE OF p
 ),
 updated AS (
     UPDATE profiles_profile p
-    SET first_seen_at = LEAST(p.first_seen_at, s.f), last_seen_at = GREATEST(p.last_seen_at, s.l)
-    FROM seen s JOIN locked l ON l.id = s.profile_id
-    WHERE p.id = s.profile_id
-    RETURNING p.merged_into_id, s.f, s.l
+    SET first_seen_at = LEAST(p.first_seen_at, l.f), last_seen_at = GREATEST(p.last_seen_at, l.l)
+    FROM locked l
+    WHERE p.id = l.id
+    RETURNING p.merged_into_id, l.f, l.l
 )
 SELECT (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
         FROM updated WHERE merged_into_id IS NOT NULL)

@@ -58,15 +58,15 @@ COLUMNS = (
 # duplicates to the unique `event_id` index: a second writer of the same id waits for the first
 # to commit and then skips the row.
 INSERT_BATCH = f"""
-INSERT INTO tracking_event ({COLUMNS})
-SELECT u.event_id, u.name, u.kind, u.timestamp, %s, u.user_id, u.anonymous_id,
+INSERT INTO tracking_event (id, {COLUMNS})
+SELECT u.id, u.event_id, u.name, u.kind, u.timestamp, %s, u.user_id, u.anonymous_id,
        u.properties::jsonb, u.context_extra::jsonb, u.url, u.path, u.referrer, u.utm_source,
        u.utm_medium, u.utm_campaign, u.device, u.os, u.ip::inet, u.locale
 FROM unnest(
-    %s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
+    %s::bigint[], %s::uuid[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::text[],
     %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
     %s::text[], %s::text[], %s::text[], %s::text[]
-) AS u(event_id, name, kind, timestamp, user_id, anonymous_id, properties, context_extra,
+) AS u(id, event_id, name, kind, timestamp, user_id, anonymous_id, properties, context_extra,
        url, path, referrer, utm_source, utm_medium, utm_campaign, device, os, ip, locale)
 ORDER BY u.event_id
 ON CONFLICT (event_id) DO NOTHING
@@ -75,7 +75,38 @@ RETURNING id, event_id
 # The ids travel as one comma-joined string: canonical UUIDs hold no comma, and one text parameter
 # is much cheaper for the driver to quote than a thousand-element array.
 ALREADY_STORED = "SELECT event_id::text FROM tracking_event WHERE event_id = ANY(string_to_array(%s, ',')::uuid[])"
-RESERVE_IDS = "SELECT nextval(pg_get_serial_sequence('tracking_event', 'id')) FROM generate_series(1, %s)"
+# Ids are reserved a block at a time: the sequence steps by a block (migration 0006), and one
+# `nextval` is the first id of a block no other caller gets, so a batch's ids are consecutive
+# even while concurrent batches draw too (one backlog run per batch, not a run per interleaving).
+# The step is read with the values, so the reservation is right whatever the sequence's step is.
+# The sequence is named once as a constant: `pg_get_serial_sequence` in the select list would
+# look it up in the catalog once per row.
+RESERVE_IDS = """
+SELECT nextval(%(seq)s::regclass), s.seqincrement
+FROM pg_sequence s, generate_series(1, ceil(%(count)s::numeric / s.seqincrement)::int)
+WHERE s.seqrelid = %(seq)s::regclass
+"""
+_id_sequence: str | None = None
+
+
+def _reserve_ids(cursor: Any, count: int) -> list[int]:
+    """`count` ids no other writer uses: consecutive in runs of a block each."""
+    global _id_sequence
+    if _id_sequence is None:
+        cursor.execute("SELECT pg_get_serial_sequence('tracking_event', 'id')")
+        _id_sequence = cursor.fetchone()[0]
+    cursor.execute(RESERVE_IDS, {"seq": _id_sequence, "count": count})
+    ids: list[int] = []
+    for first, step in cursor.fetchall():
+        ids.extend(range(first, first + min(step, count - len(ids))))
+    return ids
+
+
+def reserve_event_ids(*, count: int) -> list[int]:
+    """Ids for `count` events written by other means than `store_clean_events` (test data,
+    loaders), consecutive as a stored batch's are."""
+    with connection.cursor() as cursor:
+        return _reserve_ids(cursor, count)
 
 
 def _columns(events: Sequence[CleanEvent]) -> list[list[Any]]:
@@ -109,33 +140,45 @@ def _row(pk: int, e: CleanEvent, received_at: datetime) -> tuple:
     )  # fmt: skip
 
 
+def _copy(cursor: Any, batch: list[CleanEvent], received_at: datetime) -> list[tuple[int, str]] | None:
+    """COPY `batch` with ids reserved from the sequence (COPY cannot return them), in a savepoint;
+    None when the unique index refused one of its ids (stored before, or by a concurrent request
+    in the meantime) and the savepoint undid the whole COPY."""
+    ids = _reserve_ids(cursor, len(batch))
+    try:
+        with transaction.atomic(), cursor.copy(f"COPY tracking_event (id, {COLUMNS}) FROM STDIN") as copy:
+            for pk, event in zip(ids, batch, strict=True):
+                copy.write_row(_row(pk, event, received_at))
+    except (UniqueViolation, DeadlockDetected):
+        return None
+    return [(pk, e.event_id) for pk, e in zip(ids, batch, strict=True)]
+
+
 def _copy_new(batch: list[CleanEvent], received_at: datetime) -> list[tuple[int, str]] | None:
-    """The fast path: leave out the ids already stored, then COPY the rest with ids reserved from
-    the sequence (COPY cannot return them). None when a concurrent request stored one of them in
-    the meantime: the unique index refused the COPY, and the caller falls back to the insert that
-    skips conflicts. COPY runs through psycopg's C row formatting, several times cheaper than
-    binding 19 arrays."""
+    """The fast path: COPY the batch straight away, the unique index being the check for ids
+    already stored (most batches are new, and the COPY probes that index anyway, so a lookup
+    beforehand would pay for it twice). When it refuses one, leave out the ids already stored and
+    COPY the rest; None when a concurrent request stored one of those in the meantime, and the
+    caller falls back to the insert that skips conflicts. COPY runs through psycopg's C row
+    formatting, several times cheaper than binding 19 arrays."""
     raw = connection.connection
     with raw.cursor() as cursor:
+        inserted = _copy(cursor, batch, received_at)
+        if inserted is not None:
+            return inserted
+        # A retried or partly repeated batch: the failed COPY cost about one more COPY.
         cursor.execute(ALREADY_STORED, [",".join(e.event_id for e in batch)])
         stored = {row[0] for row in cursor.fetchall()}
-        fresh = [e for e in batch if e.event_id not in stored] if stored else batch
+        fresh = [e for e in batch if e.event_id not in stored]
         if not fresh:
             return []
-        cursor.execute(RESERVE_IDS, [len(fresh)])
-        ids = [row[0] for row in cursor.fetchall()]
-        try:
-            with transaction.atomic(), cursor.copy(f"COPY tracking_event (id, {COLUMNS}) FROM STDIN") as copy:
-                for pk, event in zip(ids, fresh, strict=True):
-                    copy.write_row(_row(pk, event, received_at))
-        except (UniqueViolation, DeadlockDetected):
-            return None
-    return [(pk, e.event_id) for pk, e in zip(ids, fresh, strict=True)]
+        return _copy(cursor, fresh, received_at)
 
 
 def _insert_skipping_conflicts(batch: list[CleanEvent], received_at: datetime) -> list[tuple[int, str]]:
     with connection.cursor() as cursor:
-        cursor.execute(INSERT_BATCH, [received_at, *_columns(batch)])
+        ids = _reserve_ids(cursor, len(batch))  # a block, as the COPY's: the skipped ones stay unused
+        cursor.execute(INSERT_BATCH, [received_at, ids, *_columns(batch)])
         return [(pk, str(event_id)) for pk, event_id in cursor.fetchall()]
 
 

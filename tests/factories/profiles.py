@@ -14,6 +14,7 @@ from profiles.models import Identity, IdentityKind, Profile, ProfileTag, Tag, Ta
 from profiles.services import record_ingested_events
 from tracking.hooks import StoredEvent
 from tracking.models import Event
+from tracking.services import reserve_event_ids
 
 
 class ProfileFactory(factory.django.DjangoModelFactory):
@@ -93,9 +94,12 @@ def ingest(rows: Iterable[dict]) -> list[Event]:
     `tracking.hooks.notify_ingested` (called directly, so other apps' listeners stay out of the
     profiles tests)."""
     now = timezone.now()
+    rows = list(rows)
+    ids = reserve_event_ids(count=len(rows))  # consecutive, as a batch stored by ingestion
     events = Event.objects.bulk_create(
         [
             Event(
+                id=pk,
                 event_id=row.get("event_id") or uuid.uuid4(),
                 name=row.get("name", "app_open"),
                 timestamp=row.get("timestamp") or now - timedelta(hours=1),
@@ -103,7 +107,7 @@ def ingest(rows: Iterable[dict]) -> list[Event]:
                 anonymous_id=row.get("anonymous_id"),
                 properties=row.get("properties") or {},
             )
-            for row in rows
+            for pk, row in zip(ids, rows, strict=True)
         ]
     )
     record_ingested_events(

@@ -18,6 +18,7 @@ from profiles import services, tasks
 from profiles.models import Profile, SeenBacklog
 from tests.factories.profiles import ProfileFactory, ingest
 from tests.factories.tracking import payloads
+from tracking.models import Event
 from tracking.services import ingest_events
 
 
@@ -264,3 +265,30 @@ def test_the_step_runs_every_minute_on_the_analytics_queue_as_an_editable_beat_r
     task = PeriodicTask.objects.get(task="profiles.tasks.rollup_seen_times")
     assert task.enabled and task.queue == "analytics"
     assert (task.interval.every, task.interval.period) == (1, "minutes")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_get_unique_ids_and_one_backlog_run_each_covering_exactly_their_events():
+    """Batches drawing ids at the same time take whole blocks, so none is split into runs by the
+    others and the backlog covers every stored event once."""
+    writers, rounds, size = 4, 3, 400
+    barrier = threading.Barrier(writers)
+
+    def write() -> list[int]:
+        ids = []
+        for _ in range(rounds):
+            barrier.wait(timeout=30)
+            ids += [e.id for e in ingest_events(events=payloads(size)).stored]
+        return ids
+
+    started = [_run_in_thread(write) for _ in range(writers)]
+    for thread, _outcome in started:
+        thread.join(timeout=60)
+    stored = [pk for _thread, outcome in started for pk in outcome[0]]
+    assert len(stored) == len(set(stored)) == writers * rounds * size == Event.objects.count()
+
+    runs = list(SeenBacklog.objects.values_list("first_event_id", "last_event_id"))
+    assert len(runs) == writers * rounds
+    assert all(last - first + 1 == size for first, last in runs)
+    covered = sorted(pk for first, last in runs for pk in range(first, last + 1))
+    assert covered == sorted(stored) == sorted(Event.objects.values_list("id", flat=True))
