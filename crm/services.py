@@ -46,11 +46,14 @@ RECOMPUTE_LOCK_KEY = 0x0C0FFEE5
 # Amounts arrive as decimal strings from the product; anything else counts as an order of 0.
 AMOUNT_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
-# One pass over the orders: the scores, segment and tier of every customer (profiles with a paid,
-# unrefunded order in the window), nothing else. Recency is ranked on whole days before the
-# reference date; only the last order's moment is kept, recency follows from it at read time.
-SCORES_SQL = """
-CREATE TEMP TABLE crm_scored ON COMMIT DROP AS
+# One statement from the orders to the rows that change: the scores, segment and tier of every
+# customer (profiles with a paid, unrefunded order in the window), every profile's stage, all set
+# against the stored rows, and only the rows that differ are kept. Recency is ranked on whole days
+# before the reference date; only the last order's moment is kept, recency follows from it at
+# read time. A read-only `CREATE TABLE AS` may run in parallel where an INSERT may not, and a
+# night keeps a few ten thousand rows instead of every customer's.
+CHANGES_SQL = """
+CREATE TEMP TABLE crm_changed ON COMMIT DROP AS
 WITH orders AS (
     -- An order sent twice (a retried event under a new event id) counts once.
     SELECT pe.profile_id,
@@ -83,7 +86,7 @@ ranked AS (
     FROM customers c
 ),
 scored AS (
-    SELECT x.profile_id, x.frequency, round(x.monetary, 2) AS monetary, x.last_order_at,
+    SELECT x.profile_id, x.n, x.frequency, round(x.monetary, 2) AS monetary, x.last_order_at,
            CASE WHEN %(method)s = 'thresholds'
                 THEN 5 - (SELECT count(*) FROM unnest(%(r_edges)s::int[]) e WHERE x.recency_days > e)
                 WHEN x.n = 1 THEN 1
@@ -122,27 +125,24 @@ combo_tiers AS MATERIALIZED (
     FROM (SELECT r::smallint AS r, f::smallint AS f, m::smallint AS m, segment::varchar(32) AS segment
           FROM generate_series(1, 5) r, generate_series(1, 5) f, generate_series(1, 5) m,
                unnest(%(segments)s::text[]) segment) c
-)
-SELECT s.profile_id, s.frequency, s.monetary, s.last_order_at, s.r, s.f, s.m, s.segment, ct.tier_id
-FROM segmented s
-JOIN combo_tiers ct ON ct.r = s.r AND ct.f = s.f AND ct.m = s.m AND ct.segment = s.segment
-"""
-
-# Every profile's stage and values against its stored row, and only the rows that differ are
-# written: a night that merely moves the reference date on rewrites the few customers whose
-# scores, tier or stage moved. The history is appended from the same rows, in the same statement
-# (both read the table as it was before the statement). Rows without a current profile go: a
-# deleted profile's (should a delete bypass Django's cascade) and a merged one's, whose orders
-# now count for the profile it was merged into.
-APPLY_SQL = """
-WITH people AS (
+),
+scored_customers AS (
+    SELECT s.profile_id, s.frequency, s.monetary, s.last_order_at, s.r, s.f, s.m, s.segment, ct.tier_id, s.n
+    FROM segmented s
+    JOIN combo_tiers ct ON ct.r = s.r AND ct.f = s.f AND ct.m = s.m AND ct.segment = s.segment
+),
+-- Every profile's stage and values against its stored row: a night that merely moves the
+-- reference date on keeps the few customers whose scores, tier or stage moved. Rows without a
+-- current profile go: a deleted profile's (should a delete bypass Django's cascade) and a merged
+-- one's, whose orders now count for the profile it was merged into.
+people AS (
     SELECT COALESCE(p.id, old.profile_id) AS profile_id, p.id IS NULL AS gone,
            s.frequency, s.monetary, s.r, s.f, s.m, COALESCE(s.segment, '') AS segment,
            CASE WHEN s.profile_id IS NULL
                 THEN (SELECT t.id FROM crm_valuetier t WHERE t.applies_to = 'without_orders'
                       ORDER BY t.rank DESC, t.id LIMIT 1)
                 ELSE s.tier_id END AS tier_id,
-           s.last_order_at,
+           s.last_order_at, s.n AS customers,
            COALESCE(greatest(p.last_seen_at, s.last_order_at), p.first_seen_at, p.signup_at, p.created_at)
                AS last_active_at,
            COALESCE(p.signup_at, p.first_seen_at, p.created_at) AS registered_at,
@@ -153,7 +153,7 @@ WITH people AS (
            old.last_active_at AS old_last_active_at
     FROM (SELECT * FROM profiles_profile WHERE merged_into_id IS NULL) p
     FULL JOIN crm_customervalue old ON old.profile_id = p.id
-    LEFT JOIN crm_scored s ON s.profile_id = p.id
+    LEFT JOIN scored_customers s ON s.profile_id = p.id
 ),
 staged AS (
     SELECT pp.*,
@@ -165,24 +165,32 @@ staged AS (
                 WHEN pp.registered_at > %(new_after)s THEN 'new'
                 ELSE 'active' END::varchar(16) AS lifecycle
     FROM people pp
-),
-changed AS MATERIALIZED (
-    SELECT st.profile_id, st.gone, st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id, st.lifecycle,
-           CASE WHEN st.lifecycle IS DISTINCT FROM st.old_lifecycle THEN %(now)s
-                ELSE st.old_lifecycle_since END AS lifecycle_since,
-           st.last_order_at, st.last_active_at,
-           COALESCE(st.old_lifecycle, '') AS old_lifecycle, st.old_tier_id,
-           COALESCE(st.old_segment, '') AS old_segment
-    FROM staged st
-    -- Two row constructors: compared column by column, without building a record per row.
-    WHERE st.is_new OR st.gone
-       OR (st.old_frequency, st.old_monetary, st.old_r, st.old_f, st.old_m, st.old_segment, st.old_tier_id,
-           st.old_lifecycle, st.old_last_order_at, st.old_last_active_at)
-          IS DISTINCT FROM (st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id,
-                            st.lifecycle, st.last_order_at, st.last_active_at)
+)
+SELECT st.profile_id, st.gone, st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id, st.lifecycle,
+       CASE WHEN st.lifecycle IS DISTINCT FROM st.old_lifecycle THEN %(now)s
+            ELSE st.old_lifecycle_since END AS lifecycle_since,
+       st.last_order_at, st.last_active_at,
+       COALESCE(st.old_lifecycle, '') AS old_lifecycle, st.old_tier_id,
+       COALESCE(st.old_segment, '') AS old_segment,
+       -- The number of customers, the same on every customer's row.
+       st.customers
+FROM staged st
+-- Two row constructors: compared column by column, without building a record per row.
+WHERE st.is_new OR st.gone
+   OR (st.old_frequency, st.old_monetary, st.old_r, st.old_f, st.old_m, st.old_segment, st.old_tier_id,
+       st.old_lifecycle, st.old_last_order_at, st.old_last_active_at)
+      IS DISTINCT FROM (st.frequency, st.monetary, st.r, st.f, st.m, st.segment, st.tier_id,
+                        st.lifecycle, st.last_order_at, st.last_active_at)
+"""
+
+# The changed rows are written and the history is appended from them, in one statement (both
+# read the table as it was before the statement).
+APPLY_SQL = """
+WITH changed AS MATERIALIZED (
+    SELECT * FROM crm_changed
     -- In key order, the order of both tables' indexes on the profile: on the first night a
     -- million rows then fill index pages one after the other instead of all over the index.
-    ORDER BY st.profile_id
+    ORDER BY profile_id
 ),
 -- ON CONFLICT also keeps a row that appeared meanwhile (the recompute lock serialises
 -- recomputes, not other writers) from failing the whole run.
@@ -474,11 +482,17 @@ def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) ->
         # than these plain scans and hashes ever gain from it.
         cursor.execute("SET LOCAL jit = off")
         cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem()])
-        customers = step("scores", SCORES_SQL, sql_params)
+        step("scores", CHANGES_SQL, sql_params)
         started = time.monotonic()
         cursor.execute(APPLY_SQL, sql_params)
         profiles, written, changes, dropped = cursor.fetchone()
         timings["apply"] = round(time.monotonic() - started, 3)
+        cursor.execute("SELECT max(customers) FROM crm_changed")
+        customers = cursor.fetchone()[0]
+        if customers is None:
+            # No customer's row changed, so the stored rows (now written) count them.
+            cursor.execute("SELECT count(*) FROM crm_customervalue WHERE frequency IS NOT NULL")
+            customers = cursor.fetchone()[0]
         # Managers are locked so that an operator's reassignment cannot overfill one meanwhile.
         cursor.execute("SELECT id FROM crm_accountmanager ORDER BY id FOR UPDATE")
         released = step("release_managers", RELEASE_MANAGERS_SQL, sql_params)
@@ -486,7 +500,7 @@ def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) ->
         cursor.execute(ASSIGN_MANAGERS_SQL, sql_params)
         assigned, waiting = cursor.fetchone()
         timings["assign_managers"] = round(time.monotonic() - started, 3)
-        cursor.execute("DROP TABLE crm_scored")
+        cursor.execute("DROP TABLE crm_changed")
     logger.info("crm recompute run %s: %s rows written, %s dropped, %s", run_id, written, dropped, timings)
     return {
         "status": RecomputeRun.Status.DONE,

@@ -59,6 +59,26 @@ def test_a_finished_run_is_not_run_again():
 
 
 @pytest.mark.django_db
+def test_a_run_counts_every_customer_also_when_their_values_did_not_change():
+    now = timezone.now()
+    for days in (1, 3, 5):
+        paid_order(CustomerFactory(), "10.00", now - timedelta(days=days))
+    CustomerFactory()  # a profile without orders
+
+    first = services.recompute_customer_values(now=now)
+    unchanged = services.recompute_customer_values(now=now)
+    CustomerFactory()  # only a new profile without orders changes
+    one_more = services.recompute_customer_values(now=now)
+    paid_order(CustomerFactory(), "99.00", now - timedelta(hours=1))
+    new_customer = services.recompute_customer_values(now=now)
+
+    assert (first.profiles, first.customers) == (4, 3)
+    assert (unchanged.profiles, unchanged.customers, unchanged.changes) == (4, 3, 0)
+    assert (one_more.profiles, one_more.customers) == (5, 3)
+    assert (new_customer.profiles, new_customer.customers) == (6, 4)
+
+
+@pytest.mark.django_db
 def test_without_an_active_scheme_the_run_fails_with_a_reason():
     ScoringScheme.objects.update(is_active=False)
     with pytest.raises(NoActiveScheme):
