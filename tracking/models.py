@@ -15,6 +15,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from tracking.indicators import Fold, Unit
@@ -102,8 +103,9 @@ class Event(models.Model):
 
 
 class RollupCursor(models.Model):
-    """How far the rollups have read the events: every event with an id up to `last_event_id` is
-    folded in. Its row lock also keeps two rollup runs from interleaving."""
+    """The rollups' bookkeeping row: its row lock keeps two rollup runs from interleaving, and it
+    counts what they folded. Which events are still to fold is `RollupBacklog`'s, not an id
+    cursor's: `last_event_id` is only the highest event id folded so far (for the operator)."""
 
     name = models.CharField(max_length=32, primary_key=True)
     last_event_id = models.BigIntegerField(default=0)
@@ -112,6 +114,31 @@ class RollupCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: up to event {self.last_event_id}"
+
+
+class RollupBacklog(models.Model):
+    """Stored events not folded into the rollups yet: one run of consecutive event ids
+    (`first_event_id` to `last_event_id`, all stored by one ingestion batch) per row.
+
+    Ingestion writes the row in the transaction that stores the events, and a rollup run deletes
+    it in the transaction that folds them, so every stored event is either here or folded: a
+    batch whose transaction stays open while later ids commit (ids come from the sequence before
+    commit) is folded when it commits, where a cursor over event ids would pass over it for good."""
+
+    first_event_id = models.BigIntegerField()
+    last_event_id = models.BigIntegerField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "rollup backlog run"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(last_event_id__gte=models.F("first_event_id")), name="rollup_backlog_run_order"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"events {self.first_event_id}-{self.last_event_id}"
 
 
 class ActivityDay(models.Model):
