@@ -13,6 +13,7 @@ from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.db.models.functions import Now
@@ -181,6 +182,62 @@ class ActivityPerson(models.Model):
 
     def __str__(self) -> str:
         return f"{self.person_key} since {self.first_day}"
+
+
+# A day's tail keeps this many of its last events: the most the churn page asks for.
+TAIL_EVENTS = 20
+# People are drawn for the churn page's sample by a hash of their key (`hashtext`, its top bits)
+# into this many buckets.
+SAMPLE_BUCKETS = 1024
+
+
+class ActivityFirstEvent(models.Model):
+    """The first day (UTC) a person did an event name: the key-behaviour page's "did it within
+    their first N days" is `first_day < signup day + N` (no event of theirs is before signup)."""
+
+    pk = models.CompositePrimaryKey("person_key", "name")
+    person_key = models.CharField(max_length=128)
+    name = models.CharField(max_length=64)
+    first_day = models.DateField()
+
+    def __str__(self) -> str:
+        return f"{self.person_key} first did {self.name} on {self.first_day}"
+
+
+class ActivityGap(models.Model):
+    """Activity rows (person-days) counted by their day and the person's next day of activity
+    (9999-12-31 when there is none yet). The churn page's groups come from here: people active
+    from `start` to `end` are the rows of those days whose next day is after `end`, churned those
+    whose next day is also after `end + churn_days`."""
+
+    NONE = date(9999, 12, 31)
+
+    pk = models.CompositePrimaryKey("day", "next_day")
+    day = models.DateField()
+    next_day = models.DateField()
+    users = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.users} active on {self.day}, next on {self.next_day}"
+
+
+class ActivityTail(models.Model):
+    """A person's last events of a day (at most `TAIL_EVENTS`, newest first: by timestamp, then
+    id), for the churn page's last behaviours: a window's last N events are read from a person's
+    last days in it. `bucket` (the top bits of `hashtext(person_key)`) draws the page's sample: it
+    leads the key, so the people of the lowest hashes active over some days are a few index
+    ranges."""
+
+    pk = models.CompositePrimaryKey("bucket", "day", "person_key")
+    bucket = models.SmallIntegerField()
+    day = models.DateField()
+    person_key = models.CharField(max_length=128)
+    names = ArrayField(models.CharField(max_length=64))
+    ats = ArrayField(models.DateTimeField())
+    ids = ArrayField(models.BigIntegerField())
+
+    def __str__(self) -> str:
+        return f"last events of {self.person_key} on {self.day}"
 
 
 class DailyIndicator(models.Model):

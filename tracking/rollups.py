@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
-from tracking.models import RollupCursor
+from tracking.models import SAMPLE_BUCKETS, TAIL_EVENTS, RollupCursor
 
 CURSOR = "indicators"
 DEFAULT_CHUNK_EVENTS = 500_000
@@ -60,14 +60,88 @@ SELECT {_PERSON} AS person_key, {_DAY} AS day,
        count(*) FILTER (WHERE e.name = 'order_refunded') AS refunds,
        COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_paid'), 0) AS paid_amount,
        COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_refunded'), 0) AS refunded_amount,
-       min(e.timestamp) AS first_at, max(e.timestamp) AS last_at
+       min(e.timestamp) AS first_at, max(e.timestamp) AS last_at,
+       (array_agg(e.name ORDER BY e.timestamp DESC, e.id DESC))[1:{TAIL_EVENTS}] AS tail_names,
+       (array_agg(e.timestamp ORDER BY e.timestamp DESC, e.id DESC))[1:{TAIL_EVENTS}] AS tail_ats,
+       (array_agg(e.id ORDER BY e.timestamp DESC, e.id DESC))[1:{TAIL_EVENTS}] AS tail_ids
 FROM tracking_event e
 WHERE {{where}}
 GROUP BY 1, 2
 """
 _STAGE = "CREATE TEMP TABLE rollup_batch ON COMMIT DROP AS" + _AGGREGATE
 _COLUMNS = "person_key, day, events, orders, refunds, paid_amount, refunded_amount, first_at, last_at"
-_INSERT_ACTIVITY = f"INSERT INTO tracking_activityday ({_COLUMNS})" + _AGGREGATE
+# The sample bucket of a person key (`ActivityTail.bucket`): the top bits of its hash, so that
+# buckets go up with `hashtext`.
+_BUCKET = f"((hashtext({{key}}) >> {32 - SAMPLE_BUCKETS.bit_length() + 1}) + {SAMPLE_BUCKETS // 2})::smallint"
+_TAIL_COLUMNS = "bucket, day, person_key, names, ats, ids"
+# A rebuild's run of days: its person-days are new rows, the activity and the tails of one aggregate.
+_INSERT_ACTIVITY = f"""
+WITH agg AS MATERIALIZED ({_AGGREGATE}), tails AS (
+    INSERT INTO tracking_activitytail ({_TAIL_COLUMNS})
+    SELECT {_BUCKET.format(key="person_key")}, day, person_key, tail_names, tail_ats, tail_ids FROM agg
+)
+INSERT INTO tracking_activityday ({_COLUMNS}) SELECT {_COLUMNS} FROM agg
+"""
+
+# A chunk's tails merged into the day's: the newest of both (an event is never in both twice:
+# UNION drops a repeat, so merging the same events again changes nothing).
+_ADD_TAILS = f"""
+INSERT INTO tracking_activitytail AS t ({_TAIL_COLUMNS})
+SELECT {_BUCKET.format(key="person_key")}, day, person_key, tail_names, tail_ats, tail_ids FROM rollup_batch
+ON CONFLICT (bucket, day, person_key) DO UPDATE SET (names, ats, ids) = (
+    SELECT (array_agg(u.n ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}],
+           (array_agg(u.at ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}],
+           (array_agg(u.i ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}]
+    FROM (SELECT * FROM unnest(t.names, t.ats, t.ids)
+          UNION SELECT * FROM unnest(EXCLUDED.names, EXCLUDED.ats, EXCLUDED.ids)) AS u(n, at, i)
+)
+"""
+
+# First day of each event name per person: only ever moves back.
+_ADD_FIRST_EVENTS = f"""
+INSERT INTO tracking_activityfirstevent AS f (person_key, name, first_day)
+SELECT {_PERSON}, e.name, min({_DAY}) FROM tracking_event e WHERE {{where}} GROUP BY 1, 2
+ON CONFLICT (person_key, name) DO UPDATE SET first_day = EXCLUDED.first_day WHERE EXCLUDED.first_day < f.first_day
+"""
+
+# Person-days by day and next day of activity. A chunk's new person-days change the next day of
+# their people's rows from the one before the first new day (`lo`) to the last new one (`hi`)
+# only: those rows' pairs are subtracted before the chunk's activity is added and added after
+# it. The next day after `hi` (no new day there) is probed once, before.
+_GAP_PEOPLE = """
+CREATE TEMP TABLE rollup_gaps ON COMMIT DROP AS
+SELECT n.person_key, COALESCE(prev.day, n.min_new) AS lo, n.max_new AS hi, nxt.day AS after_hi
+FROM (SELECT b.person_key, min(b.day) AS min_new, max(b.day) AS max_new
+      FROM rollup_batch b
+      WHERE NOT EXISTS (SELECT 1 FROM tracking_activityday a WHERE a.person_key = b.person_key AND a.day = b.day)
+      GROUP BY b.person_key) n
+LEFT JOIN LATERAL (SELECT a.day FROM tracking_activityday a WHERE a.person_key = n.person_key AND a.day < n.min_new
+                   ORDER BY a.day DESC LIMIT 1) prev ON true
+LEFT JOIN LATERAL (SELECT a.day FROM tracking_activityday a WHERE a.person_key = n.person_key AND a.day > n.max_new
+                   ORDER BY a.day LIMIT 1) nxt ON true
+"""
+_GAP_PAIRS = """
+SELECT day, next_day, count(*) AS users FROM (
+    SELECT a.day, COALESCE(lead(a.day) OVER (PARTITION BY a.person_key ORDER BY a.day), g.after_hi,
+                           DATE '9999-12-31') AS next_day
+    FROM rollup_gaps g JOIN tracking_activityday a ON a.person_key = g.person_key AND a.day BETWEEN g.lo AND g.hi
+) p GROUP BY 1, 2
+"""
+_SUBTRACT_GAPS = f"""
+UPDATE tracking_activitygap c SET users = c.users - p.users FROM ({_GAP_PAIRS}) p
+WHERE c.day = p.day AND c.next_day = p.next_day
+"""
+_ADD_GAPS = f"""
+INSERT INTO tracking_activitygap AS c (day, next_day, users) {_GAP_PAIRS}
+ON CONFLICT (day, next_day) DO UPDATE SET users = c.users + EXCLUDED.users
+"""
+_ALL_GAPS = """
+INSERT INTO tracking_activitygap (day, next_day, users)
+SELECT day, next_day, count(*) FROM (
+    SELECT day, COALESCE(lead(day) OVER (PARTITION BY person_key ORDER BY day), DATE '9999-12-31') AS next_day
+    FROM tracking_activityday
+) r GROUP BY 1, 2
+"""
 
 _ADD_ACTIVITY = """
 INSERT INTO tracking_activityday AS a
@@ -378,8 +452,11 @@ ON CONFLICT (day) DO UPDATE SET
 """
 
 # Tables a full rebuild fills with a million rows: built without their indexes.
-_BULK_TABLES = ("tracking_activityday", "tracking_searchday", "tracking_activityperson")
+_BULK_TABLES = ("tracking_activityday", "tracking_searchday", "tracking_activityperson", "tracking_activitytail")
 _TABLES = (
+    "tracking_activityfirstevent",
+    "tracking_activitygap",
+    "tracking_activitytail",
     "tracking_activityday",
     "tracking_activityperson",
     "tracking_dailyindicator",
@@ -507,7 +584,7 @@ def _fold_chunk(cursor, *, runs: list[tuple[int, int]]) -> tuple[int, int]:
     """Fold the events of the id `runs` into the rollups; returns (events, days touched)."""
     where = _in_runs(runs)
     params = None
-    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_people, rollup_days, rollup_ranges")
+    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_people, rollup_days, rollup_ranges, rollup_gaps")
     cursor.execute("stage", _STAGE.format(where=where), params)
     cursor.execute("SELECT COALESCE(sum(events), 0) FROM rollup_batch")
     (events,) = cursor.fetchone()
@@ -546,7 +623,13 @@ def _fold_chunk(cursor, *, runs: list[tuple[int, int]]) -> tuple[int, int]:
     cursor.execute("ANALYZE rollup_ranges")
     cursor.execute("cohorts", _subtract_cells_sql(_RANGE_ROWS))
     cursor.execute("cohorts", _STAYER_CELLS)
+    cursor.execute("behaviours", _GAP_PEOPLE)
+    cursor.execute("behaviours", _SUBTRACT_GAPS)
     cursor.execute("activity", _ADD_ACTIVITY)
+    cursor.execute("behaviours", _ADD_GAPS)
+    cursor.execute("DELETE FROM tracking_activitygap WHERE users = 0")
+    cursor.execute("behaviours", _ADD_TAILS)
+    cursor.execute("behaviours", _ADD_FIRST_EVENTS.format(where=where), params)
     cursor.execute("persons", _PERSONS_FROM_CHUNK)
     cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
     cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
@@ -566,7 +649,7 @@ def _fold_chunk(cursor, *, runs: list[tuple[int, int]]) -> tuple[int, int]:
     elif lo < hi:
         cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
     # Dropped here too: inside an outer transaction ON COMMIT comes only at its end.
-    cursor.execute("DROP TABLE rollup_batch, rollup_people, rollup_days, rollup_ranges")
+    cursor.execute("DROP TABLE rollup_batch, rollup_people, rollup_days, rollup_ranges, rollup_gaps")
     return events, days
 
 
@@ -644,7 +727,9 @@ class _IndexesSetAside:
 
 def _derive_all(cursor, *, indexes: _IndexesSetAside | None = None) -> None:
     """Everything derived from the activity rows, from scratch."""
-    cursor.execute("TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator")
+    cursor.execute(
+        "TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator, tracking_activitygap"
+    )
     if indexes is not None:
         # Emptied and filled once: no conflicts to look for, no index to keep up while filling.
         cursor.execute("persons", _PERSONS.format(filter="true").split("ON CONFLICT")[0])
@@ -653,6 +738,7 @@ def _derive_all(cursor, *, indexes: _IndexesSetAside | None = None) -> None:
         cursor.execute("persons", _PERSONS.format(filter="true"))
     cursor.execute("cohorts", _add_cells_sql(_ALL_ROWS))
     cursor.execute("days", _DAYS.format(filter="true"))
+    cursor.execute("behaviours", _ALL_GAPS)
     cursor.execute("SELECT min(day), max(day) FROM tracking_activityday")
     lo, hi = cursor.fetchone()
     if lo is not None:
@@ -707,6 +793,8 @@ def _rebuild(*, since: date | None, chunk_events: int, progress: Progress | None
             while runs := _claim(raw, budget=chunk_events):
                 _fold_chunk(cursor, runs=runs)
             cursor.execute("DELETE FROM tracking_activityday WHERE day >= %s", [since])
+            cursor.execute("DELETE FROM tracking_activitytail WHERE day >= %s", [since])
+            cursor.execute("DELETE FROM tracking_activityfirstevent WHERE first_day >= %s", [since])
             cursor.execute("DELETE FROM tracking_searchday WHERE day >= %s", [since])
         first, last, total = _day_span(cursor, since=since)
         if first is not None:
@@ -722,12 +810,16 @@ def _rebuild(*, since: date | None, chunk_events: int, progress: Progress | None
                 if indexes is not None:  # each run of days is new rows: nothing to merge into
                     searches = searches.split("ON CONFLICT")[0]
                 cursor.execute("searches", searches, params)
+                # Runs go forward in time: a person's first day of a name is the run that first
+                # inserts it (from `since` on, the earlier first days kept win the same way).
+                cursor.execute("behaviours", _ADD_FIRST_EVENTS.format(where=where), params)
                 result.chunks += 1
                 if progress:
                     progress((hi - lo).days)
         if indexes is not None:
             indexes.restore("tracking_activityday")
             indexes.restore("tracking_searchday")
+            indexes.restore("tracking_activitytail")
         month = date(1, 1, 1) if since is None else since.replace(day=1)
         cursor.execute("DELETE FROM tracking_searchmonth WHERE month >= %s", [month])
         cursor.execute("searches", _SEARCH_MONTHS, {"since": month})

@@ -35,6 +35,9 @@ TABLES = {
     "tracking_retentioncell": "basis, granularity, cohort, period, users",
     "tracking_searchday": "day, query, searches, zero_results",
     "tracking_searchmonth": "month, query, searches, zero_results",
+    "tracking_activityfirstevent": "person_key, name, first_day",
+    "tracking_activitygap": "day, next_day, users",
+    "tracking_activitytail": "bucket, day, person_key, names, ats, ids",
 }
 
 
@@ -165,6 +168,7 @@ def test_incremental_runs_with_late_and_repeated_batches_equal_a_full_rebuild(se
         rollups.fold_new_events(chunk_events=chunk)  # odd chunks split days and people
     incremental = snapshot()
     assert incremental["tracking_retentioncell"] and incremental["tracking_searchday"]
+    assert incremental["tracking_activitygap"] and incremental["tracking_activitytail"]
     assert len({row[0] for row in incremental["tracking_searchmonth"]}) >= 2
 
     rollups.rebuild()
