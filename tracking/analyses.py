@@ -458,9 +458,9 @@ def churn_behaviours(
         churned_total, retained_total = (int(n) for n in cursor.fetchone())
         population = churned_total + retained_total
         wanted = min(sample, population)
-        # Buckets that hold about 1.5 times the sample (the hash spreads people evenly), more
-        # when they turn out to hold too few.
-        drawn = min(SAMPLE_BUCKETS, -(-SAMPLE_BUCKETS * 3 * wanted // (2 * population)) + 1) if population else 0
+        # Buckets that hold a tenth more people than the sample, and one more (the hash spreads
+        # people evenly); more when they turn out to hold too few.
+        drawn = min(SAMPLE_BUCKETS, -(-SAMPLE_BUCKETS * 11 * wanted // (10 * population)) + 1) if population else 0
         while True:
             cursor.execute(_CHURN_LAST_NAMES, {**params, "buckets": list(range(drawn)), "sample": sample})
             rows = cursor.fetchall()
