@@ -14,6 +14,10 @@ How a run stays small and exact:
 - Additive facts (a person's events, orders and amounts of a day; searches per query and day) are
   added to with `INSERT ... SELECT ... ON CONFLICT DO UPDATE`. A late event (an old `timestamp`
   arriving now) is simply added to its own day.
+- For the key-behaviour and churn pages: each person's first day of each event name (moves only
+  back), each person-day's last `TAIL_EVENTS` events (merged, newest kept), and person-days
+  counted by their next day of activity (moved for the rows between a person's day before the
+  chunk's first new day and its last new day only).
 - Everything derived (first days, cohort cells, the day's indicators, WAU/MAU) is recomputed only
   for the people and days that the chunk touched. Cohort cells are moved by the touched people's
   contribution: theirs before the chunk is subtracted, theirs after it added.
@@ -52,20 +56,28 @@ _AMOUNT = (
     "THEN round((e.properties->>'amount')::numeric, 2) ELSE 0 END"
 )
 
-# Events aggregated per person and day.
+# Events aggregated per person and day. A day's tail is its events newest first: they come out
+# of the subquery in that order within each person-day, and array_agg() keeps the order its input
+# comes in (an ordered aggregate would sort each of the million groups on its own, several times
+# slower); grouping needs no sort of its own, the input is already in the groups' order.
 _AGGREGATE = f"""
-SELECT {_PERSON} AS person_key, {_DAY} AS day,
+SELECT e.person_key, e.day,
        count(*) AS events,
        count(*) FILTER (WHERE e.name = 'order_paid') AS orders,
        count(*) FILTER (WHERE e.name = 'order_refunded') AS refunds,
-       COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_paid'), 0) AS paid_amount,
-       COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_refunded'), 0) AS refunded_amount,
+       COALESCE(sum(e.amount) FILTER (WHERE e.name = 'order_paid'), 0) AS paid_amount,
+       COALESCE(sum(e.amount) FILTER (WHERE e.name = 'order_refunded'), 0) AS refunded_amount,
        min(e.timestamp) AS first_at, max(e.timestamp) AS last_at,
-       (array_agg(e.name ORDER BY e.timestamp DESC, e.id DESC))[1:{TAIL_EVENTS}] AS tail_names,
-       (array_agg(e.timestamp ORDER BY e.timestamp DESC, e.id DESC))[1:{TAIL_EVENTS}] AS tail_ats,
-       (array_agg(e.id ORDER BY e.timestamp DESC, e.id DESC))[1:{TAIL_EVENTS}] AS tail_ids
-FROM tracking_event e
-WHERE {{where}}
+       (array_agg(e.name))[1:{TAIL_EVENTS}] AS tail_names,
+       (array_agg(e.timestamp))[1:{TAIL_EVENTS}] AS tail_ats,
+       (array_agg(e.id))[1:{TAIL_EVENTS}] AS tail_ids
+FROM (
+    SELECT {_PERSON} AS person_key, {_DAY} AS day, e.name, e.timestamp, e.id,
+           CASE WHEN e.name IN ('order_paid', 'order_refunded') THEN {_AMOUNT} END AS amount
+    FROM tracking_event e
+    WHERE {{where}}
+    ORDER BY 1, 2, e.timestamp DESC, e.id DESC
+) e
 GROUP BY 1, 2
 """
 _STAGE = "CREATE TEMP TABLE rollup_batch ON COMMIT DROP AS" + _AGGREGATE
@@ -95,6 +107,16 @@ ON CONFLICT (bucket, day, person_key) DO UPDATE SET (names, ats, ids) = (
     FROM (SELECT * FROM unnest(t.names, t.ats, t.ids)
           UNION SELECT * FROM unnest(EXCLUDED.names, EXCLUDED.ats, EXCLUDED.ids)) AS u(n, at, i)
 )
+"""
+
+# A full rebuild's runs stage each one's first days without any index, folded into the table once.
+_STAGE_FIRST_EVENTS = f"""
+INSERT INTO rollup_first_events (person_key, name, first_day)
+SELECT {_PERSON}, e.name, min({_DAY}) FROM tracking_event e WHERE {{where}} GROUP BY 1, 2
+"""
+_FIRST_EVENTS_FROM_STAGE = """
+INSERT INTO tracking_activityfirstevent (person_key, name, first_day)
+SELECT person_key, name, min(first_day) FROM rollup_first_events GROUP BY 1, 2
 """
 
 # First day of each event name per person: only ever moves back.
@@ -134,13 +156,6 @@ WHERE c.day = p.day AND c.next_day = p.next_day
 _ADD_GAPS = f"""
 INSERT INTO tracking_activitygap AS c (day, next_day, users) {_GAP_PAIRS}
 ON CONFLICT (day, next_day) DO UPDATE SET users = c.users + EXCLUDED.users
-"""
-_ALL_GAPS = """
-INSERT INTO tracking_activitygap (day, next_day, users)
-SELECT day, next_day, count(*) FROM (
-    SELECT day, COALESCE(lead(day) OVER (PARTITION BY person_key ORDER BY day), DATE '9999-12-31') AS next_day
-    FROM tracking_activityday
-) r GROUP BY 1, 2
 """
 
 _ADD_ACTIVITY = """
@@ -406,6 +421,19 @@ ON CONFLICT (day) DO UPDATE SET
     updated_at = now()
 """
 
+# The same over every person-day (a rebuild's, from the first day on), counting the person-days
+# by their next day too (`ActivityGap`).
+_ACTIVE_WINDOWS_AND_GAPS = _ACTIVE_WINDOWS.replace(
+    "\n), cover AS (",
+    """
+), gaps AS (
+    INSERT INTO tracking_activitygap (day, next_day, users)
+    SELECT day, COALESCE(nxt, DATE '9999-12-31'), count(*) FROM r GROUP BY 1, 2
+), cover AS (""",
+    1,
+)
+assert "gaps AS" in _ACTIVE_WINDOWS_AND_GAPS
+
 # A chunk's change to the WAU and MAU of days already counted (run before its activity is added):
 # a person of the chunk joins the 7 (30) day window of day x when the chunk brings them a day in
 # it and their latest earlier activity day up to x (one backward probe of the (person, day) key)
@@ -452,7 +480,13 @@ ON CONFLICT (day) DO UPDATE SET
 """
 
 # Tables a full rebuild fills with a million rows: built without their indexes.
-_BULK_TABLES = ("tracking_activityday", "tracking_searchday", "tracking_activityperson", "tracking_activitytail")
+_BULK_TABLES = (
+    "tracking_activityday",
+    "tracking_searchday",
+    "tracking_activityperson",
+    "tracking_activitytail",
+    "tracking_activityfirstevent",
+)
 _TABLES = (
     "tracking_activityfirstevent",
     "tracking_activitygap",
@@ -623,13 +657,13 @@ def _fold_chunk(cursor, *, runs: list[tuple[int, int]]) -> tuple[int, int]:
     cursor.execute("ANALYZE rollup_ranges")
     cursor.execute("cohorts", _subtract_cells_sql(_RANGE_ROWS))
     cursor.execute("cohorts", _STAYER_CELLS)
-    cursor.execute("behaviours", _GAP_PEOPLE)
-    cursor.execute("behaviours", _SUBTRACT_GAPS)
+    cursor.execute("gaps", _GAP_PEOPLE)
+    cursor.execute("gaps", _SUBTRACT_GAPS)
     cursor.execute("activity", _ADD_ACTIVITY)
-    cursor.execute("behaviours", _ADD_GAPS)
+    cursor.execute("gaps", _ADD_GAPS)
     cursor.execute("DELETE FROM tracking_activitygap WHERE users = 0")
-    cursor.execute("behaviours", _ADD_TAILS)
-    cursor.execute("behaviours", _ADD_FIRST_EVENTS.format(where=where), params)
+    cursor.execute("tails", _ADD_TAILS)
+    cursor.execute("first_events", _ADD_FIRST_EVENTS.format(where=where), params)
     cursor.execute("persons", _PERSONS_FROM_CHUNK)
     cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
     cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
@@ -738,11 +772,11 @@ def _derive_all(cursor, *, indexes: _IndexesSetAside | None = None) -> None:
         cursor.execute("persons", _PERSONS.format(filter="true"))
     cursor.execute("cohorts", _add_cells_sql(_ALL_ROWS))
     cursor.execute("days", _DAYS.format(filter="true"))
-    cursor.execute("behaviours", _ALL_GAPS)
     cursor.execute("SELECT min(day), max(day) FROM tracking_activityday")
     lo, hi = cursor.fetchone()
     if lo is not None:
-        cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
+        # The windows' pass over every person-day and its next one counts the gaps too.
+        cursor.execute("active_windows", _ACTIVE_WINDOWS_AND_GAPS, {"lo": lo, "hi": hi})
 
 
 REBUILD_ATTEMPTS = 5
@@ -787,6 +821,9 @@ def _rebuild(*, since: date | None, chunk_events: int, progress: Progress | None
             cursor.execute("TRUNCATE " + ", ".join(_TABLES))
             cursor.execute("DELETE FROM tracking_rollupbacklog")  # every event of the snapshot is read below
             indexes = _IndexesSetAside(cursor, _BULK_TABLES)
+            cursor.execute(
+                "CREATE TEMP TABLE rollup_first_events (person_key text, name text, first_day date) ON COMMIT DROP"
+            )
         else:
             # What was queued since the fold above, folded in this snapshot: then every event it
             # sees is in the rollups and the days from `since` can be read again from all of them.
@@ -810,9 +847,10 @@ def _rebuild(*, since: date | None, chunk_events: int, progress: Progress | None
                 if indexes is not None:  # each run of days is new rows: nothing to merge into
                     searches = searches.split("ON CONFLICT")[0]
                 cursor.execute("searches", searches, params)
-                # Runs go forward in time: a person's first day of a name is the run that first
-                # inserts it (from `since` on, the earlier first days kept win the same way).
-                cursor.execute("behaviours", _ADD_FIRST_EVENTS.format(where=where), params)
+                if indexes is not None:
+                    cursor.execute("first_events", _STAGE_FIRST_EVENTS.format(where=where), params)
+                else:  # from `since` on: the earlier first days kept win where they are earlier
+                    cursor.execute("first_events", _ADD_FIRST_EVENTS.format(where=where), params)
                 result.chunks += 1
                 if progress:
                     progress((hi - lo).days)
@@ -820,6 +858,9 @@ def _rebuild(*, since: date | None, chunk_events: int, progress: Progress | None
             indexes.restore("tracking_activityday")
             indexes.restore("tracking_searchday")
             indexes.restore("tracking_activitytail")
+            cursor.execute("first_events", _FIRST_EVENTS_FROM_STAGE)
+            cursor.execute("DROP TABLE rollup_first_events")
+            indexes.restore("tracking_activityfirstevent")
         month = date(1, 1, 1) if since is None else since.replace(day=1)
         cursor.execute("DELETE FROM tracking_searchmonth WHERE month >= %s", [month])
         cursor.execute("searches", _SEARCH_MONTHS, {"since": month})
