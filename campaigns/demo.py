@@ -359,8 +359,7 @@ class DemoLoop:
         if created:
             for position, name in enumerate(("app_open", "product_view", "order_paid"), start=1):
                 FunnelStep.objects.create(funnel=funnel, position=position, event_name=name)
-        # Everything the loop wrote has committed, so nothing needs to settle before it is folded.
-        result = self._on_worker(tasks.rollup_indicators.delay(settle=0), "The indicator rollup")
+        result = self._on_worker(tasks.rollup_indicators.delay(), "The indicator rollup")
         self.say(f"Indicators: {result['events']} events folded on the worker into {result['days']} days.")
 
         today = timezone.now().date()

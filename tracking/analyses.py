@@ -1,5 +1,5 @@
-"""Reads of the event-only indicators: daily series and cohorts from the rollups, and the ad hoc
-analyses (funnels, key behaviours, churn) computed from the events over an operator's window.
+"""Reads of the event-only indicators: daily series, cohorts, searches, key behaviours and churn
+from the rollups, and funnels computed from the events over an operator's window.
 
 People are person keys, as in `tracking.rollups`: the product's `user_id`, else `anonymous_id`.
 Days are UTC days. A person's signup day is their first day of activity (any event); the
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import connection
 from scipy import stats
 
 from tracking import indicators
 from tracking.indicators import Fold, Indicator, Unit
-from tracking.models import CohortGranularity, DailyIndicator, Funnel
+from tracking.models import SAMPLE_BUCKETS, CohortGranularity, DailyIndicator, Funnel
 
 PERSON = "COALESCE(e.user_id, e.anonymous_id)"
 
@@ -344,16 +344,17 @@ def key_behaviour(
 ) -> dict:
     """Among people whose signup day is from `start` to `end`: those who did `event_name` in
     their first `first_days` days against those who did not, by their retention (any activity on
-    days `retained_from` to `retained_from + retained_days - 1` after signup)."""
-    sql = f"""
+    days `retained_from` to `retained_from + retained_days - 1` after signup).
+
+    From the rollups only: did it in the first days is their first day of `event_name` (no event
+    of theirs comes before signup) before `signup + first_days`."""
+    sql = """
     WITH cohort AS (
         SELECT person_key, first_day FROM tracking_activityperson WHERE first_day BETWEEN %(start)s AND %(end)s
     ), did AS (
-        SELECT DISTINCT c.person_key FROM cohort c
-        JOIN tracking_event e ON {PERSON} = c.person_key
-             AND e.timestamp >= {_utc("c.first_day")} AND e.timestamp < {_utc("c.first_day + %(first_days)s")}
-        WHERE e.name = %(event)s AND e.timestamp >= {_utc("%(start)s::date")}
-              AND e.timestamp < {_utc("%(end)s::date + %(first_days)s")}
+        SELECT c.person_key FROM cohort c
+        JOIN tracking_activityfirstevent f ON f.person_key = c.person_key AND f.name = %(event)s
+             AND f.first_day < c.first_day + %(first_days)s
     ), kept AS (
         SELECT DISTINCT c.person_key FROM cohort c
         JOIN tracking_activityday a ON a.person_key = c.person_key
@@ -403,6 +404,39 @@ def key_behaviour(
 
 CHURN_SAMPLE = 5_000
 
+# People active over the window and churned or retained after it, from the person-days' next days.
+_CHURN_GROUPS = """
+SELECT COALESCE(sum(users) FILTER (WHERE next_day > %(end)s::date + %(churn_days)s), 0),
+       COALESCE(sum(users) FILTER (WHERE next_day <= %(end)s::date + %(churn_days)s), 0)
+FROM tracking_activitygap WHERE day BETWEEN %(start)s AND %(end)s AND next_day > %(end)s
+"""
+# The sample's people (the first `sample` of the window's people by the hash of their key, read
+# from the lowest buckets), churned or not, and the event names among each one's last `last`
+# events of the window: the days' tails read newest day first (a day's tail holds all its
+# events, or more than `last` of them).
+_CHURN_LAST_NAMES = """
+WITH tails AS MATERIALIZED (
+    SELECT person_key, day, names FROM tracking_activitytail
+    WHERE bucket = ANY(%(buckets)s) AND day BETWEEN %(start)s AND %(end)s::date + %(churn_days)s
+), groups AS MATERIALIZED (
+    SELECT person_key, NOT bool_or(day > %(end)s) AS churned FROM tails
+    GROUP BY person_key HAVING bool_or(day <= %(end)s)
+    ORDER BY hashtext(person_key), person_key LIMIT %(sample)s
+), ranked AS (
+    SELECT t.person_key, u.name,
+           row_number() OVER (PARTITION BY t.person_key ORDER BY t.day DESC, u.position) AS rank
+    FROM tails t CROSS JOIN LATERAL unnest(t.names) WITH ORDINALITY AS u(name, position)
+    WHERE t.day <= %(end)s AND t.person_key IN (SELECT person_key FROM groups)
+), last_names AS (
+    SELECT DISTINCT r.person_key, g.churned, r.name
+    FROM ranked r JOIN groups g ON g.person_key = r.person_key WHERE r.rank <= %(last)s
+)
+SELECT 'name', n.name, count(*) FILTER (WHERE n.churned), count(*) FILTER (WHERE NOT n.churned)
+FROM last_names n GROUP BY n.name
+UNION ALL
+SELECT 'sample', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM groups
+"""
+
 
 def churn_behaviours(
     *, start: date, end: date, churn_days: int = 30, last_events: int = 3, sample: int = CHURN_SAMPLE
@@ -412,48 +446,32 @@ def churn_behaviours(
     `last_events` events of the window, as a share of the group, with the lift of churned over
     retained. Rows are ordered by how much more often churned people ended on that event.
 
-    The groups' sizes are the whole population's. The last events are read for at most `sample`
-    people of it (a fixed pseudo-random draw: the first by a hash of their person key), each with a
-    probe of the person indexes limited to `last_events` rows, so that a page costs the same
-    for a week as for a busy quarter; the shares are of the sampled groups."""
-    window = f"e.timestamp >= {_utc('%(start)s::date')} AND e.timestamp < {_utc('%(end)s::date + 1')}"
-    sql = f"""
-    WITH everyone AS MATERIALIZED (
-        SELECT person_key, NOT bool_or(day > %(end)s) AS churned FROM tracking_activityday
-        WHERE day BETWEEN %(start)s AND %(end)s::date + %(churn_days)s
-        GROUP BY person_key HAVING bool_or(day <= %(end)s)
-    ), groups AS MATERIALIZED (
-        SELECT person_key, churned FROM everyone ORDER BY hashtext(person_key), person_key LIMIT %(sample)s
-    ), last_names AS (
-        SELECT DISTINCT g.person_key, g.churned, x.name
-        FROM groups g CROSS JOIN LATERAL (
-            SELECT c.name FROM (
-                (SELECT e.name, e.timestamp, e.id FROM tracking_event e
-                 WHERE e.user_id = g.person_key AND {window}
-                 ORDER BY e.timestamp DESC, e.id DESC LIMIT %(last)s)
-                UNION ALL
-                (SELECT e.name, e.timestamp, e.id FROM tracking_event e
-                 WHERE e.anonymous_id = g.person_key AND e.anonymous_id IS NOT NULL AND e.user_id IS NULL AND {window}
-                 ORDER BY e.timestamp DESC, e.id DESC LIMIT %(last)s)
-            ) c ORDER BY c.timestamp DESC, c.id DESC LIMIT %(last)s
-        ) x
-    )
-    SELECT 'name', n.name, count(*) FILTER (WHERE n.churned), count(*) FILTER (WHERE NOT n.churned)
-    FROM last_names n GROUP BY n.name
-    UNION ALL
-    SELECT 'sample', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM groups
-    UNION ALL
-    SELECT 'all', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM everyone
-    """
-    params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events, "sample": sample}
-    with transaction.atomic(), connection.cursor() as cursor:
-        # Bounded index probes: compiling the statement (its estimate looks large) costs more than running it.
-        cursor.execute("SET LOCAL jit = off")
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    From the rollups only. The groups' sizes are the whole population's (`ActivityGap`). The last
+    events are read for at most `sample` people of it (a fixed pseudo-random draw: the first by a
+    hash of their person key; everyone, and so exact, when the population is that small), from
+    their days' tails (`ActivityTail`) in the lowest hash buckets that hold that many people:
+    a page costs about the same for a week as for a busy quarter. The shares are of the sampled
+    groups."""
+    params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events}
+    with connection.cursor() as cursor:
+        cursor.execute(_CHURN_GROUPS, params)
+        churned_total, retained_total = (int(n) for n in cursor.fetchone())
+        population = churned_total + retained_total
+        wanted = min(sample, population)
+        # Buckets that hold a tenth more people than the sample, and one more (the hash spreads
+        # people evenly); more when they turn out to hold too few.
+        drawn = min(SAMPLE_BUCKETS, -(-SAMPLE_BUCKETS * 11 * wanted // (10 * population)) + 1) if population else 0
+        while True:
+            cursor.execute(_CHURN_LAST_NAMES, {**params, "buckets": list(range(drawn)), "sample": sample})
+            rows = cursor.fetchall()
+            got = sum(churned + retained for kind, _name, churned, retained in rows if kind == "sample")
+            if got >= wanted or drawn >= SAMPLE_BUCKETS:
+                break
+            drawn = min(SAMPLE_BUCKETS, drawn * 2)
         cursor.execute("SELECT max(day) FROM tracking_activityday")
         (last_day,) = cursor.fetchone()
-    counts = {kind: (churned, retained) for kind, _name, churned, retained in rows if kind != "name"}
+    counts = {"all": (churned_total, retained_total), "sample": (0, 0)}
+    counts.update({kind: (churned, retained) for kind, _name, churned, retained in rows if kind != "name"})
     (sampled_churned, sampled_retained), (churned_total, retained_total) = counts["sample"], counts["all"]
     rows = [(name, churned, retained) for kind, name, churned, retained in rows if kind == "name"]
     behaviours = []

@@ -13,8 +13,10 @@ from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from tracking.indicators import Fold, Unit
@@ -102,8 +104,9 @@ class Event(models.Model):
 
 
 class RollupCursor(models.Model):
-    """How far the rollups have read the events: every event with an id up to `last_event_id` is
-    folded in. Its row lock also keeps two rollup runs from interleaving."""
+    """The rollups' bookkeeping row: its row lock keeps two rollup runs from interleaving, and it
+    counts what they folded. Which events are still to fold is `RollupBacklog`'s, not an id
+    cursor's: `last_event_id` is only the highest event id folded so far (for the operator)."""
 
     name = models.CharField(max_length=32, primary_key=True)
     last_event_id = models.BigIntegerField(default=0)
@@ -112,6 +115,31 @@ class RollupCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: up to event {self.last_event_id}"
+
+
+class RollupBacklog(models.Model):
+    """Stored events not folded into the rollups yet: one run of consecutive event ids
+    (`first_event_id` to `last_event_id`, all stored by one ingestion batch) per row.
+
+    Ingestion writes the row in the transaction that stores the events, and a rollup run deletes
+    it in the transaction that folds them, so every stored event is either here or folded: a
+    batch whose transaction stays open while later ids commit (ids come from the sequence before
+    commit) is folded when it commits, where a cursor over event ids would pass over it for good."""
+
+    first_event_id = models.BigIntegerField()
+    last_event_id = models.BigIntegerField()
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        verbose_name = "rollup backlog run"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(last_event_id__gte=models.F("first_event_id")), name="rollup_backlog_run_order"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"events {self.first_event_id}-{self.last_event_id}"
 
 
 class ActivityDay(models.Model):
@@ -154,6 +182,62 @@ class ActivityPerson(models.Model):
 
     def __str__(self) -> str:
         return f"{self.person_key} since {self.first_day}"
+
+
+# A day's tail keeps this many of its last events: the most the churn page asks for.
+TAIL_EVENTS = 20
+# People are drawn for the churn page's sample by a hash of their key (`hashtext`, its top bits)
+# into this many buckets.
+SAMPLE_BUCKETS = 1024
+
+
+class ActivityFirstEvent(models.Model):
+    """The first day (UTC) a person did an event name: the key-behaviour page's "did it within
+    their first N days" is `first_day < signup day + N` (no event of theirs is before signup)."""
+
+    pk = models.CompositePrimaryKey("person_key", "name")
+    person_key = models.CharField(max_length=128)
+    name = models.CharField(max_length=64)
+    first_day = models.DateField()
+
+    def __str__(self) -> str:
+        return f"{self.person_key} first did {self.name} on {self.first_day}"
+
+
+class ActivityGap(models.Model):
+    """Activity rows (person-days) counted by their day and the person's next day of activity
+    (9999-12-31 when there is none yet). The churn page's groups come from here: people active
+    from `start` to `end` are the rows of those days whose next day is after `end`, churned those
+    whose next day is also after `end + churn_days`."""
+
+    NONE = date(9999, 12, 31)
+
+    pk = models.CompositePrimaryKey("day", "next_day")
+    day = models.DateField()
+    next_day = models.DateField()
+    users = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.users} active on {self.day}, next on {self.next_day}"
+
+
+class ActivityTail(models.Model):
+    """A person's last events of a day (at most `TAIL_EVENTS`, newest first: by timestamp, then
+    id), for the churn page's last behaviours: a window's last N events are read from a person's
+    last days in it. `bucket` (the top bits of `hashtext(person_key)`) draws the page's sample: it
+    leads the key, so the people of the lowest hashes active over some days are a few index
+    ranges."""
+
+    pk = models.CompositePrimaryKey("bucket", "day", "person_key")
+    bucket = models.SmallIntegerField()
+    day = models.DateField()
+    person_key = models.CharField(max_length=128)
+    names = ArrayField(models.CharField(max_length=64))
+    ats = ArrayField(models.DateTimeField())
+    ids = ArrayField(models.BigIntegerField())
+
+    def __str__(self) -> str:
+        return f"last events of {self.person_key} on {self.day}"
 
 
 class DailyIndicator(models.Model):

@@ -5,32 +5,41 @@ The person of an event-only indicator is its "person key": the product's `user_i
 event's `anonymous_id`. Identity merges live in `profiles`; they are not applied here.
 
 How a run stays small and exact:
-- A cursor (`RollupCursor`) holds the highest event id folded in. A run reads only the events
-  above it, up to the last one that arrived at least `settle_seconds` ago (so that a batch still
-  being written, whose ids are lower than a committed one's, is not skipped), in chunks.
+- Ingestion queues the id runs of the events it stores (`RollupBacklog`, written by
+  `queue_stored_events` in the storing transaction). A run takes backlog rows (about
+  `chunk_events` events each chunk), folds their events and deletes the rows in the same
+  transaction. No event is skipped however long an ingestion transaction stays open (its ids
+  are taken before it commits): its rows become visible, and are folded, when it commits. So
+  there is no settle delay to wait out any more.
 - Additive facts (a person's events, orders and amounts of a day; searches per query and day) are
   added to with `INSERT ... SELECT ... ON CONFLICT DO UPDATE`. A late event (an old `timestamp`
   arriving now) is simply added to its own day.
+- For the key-behaviour and churn pages: each person's first day of each event name (moves only
+  back), each person-day's last `TAIL_EVENTS` events (merged, newest kept), and person-days
+  counted by their next day of activity (moved for the rows between a person's day before the
+  chunk's first new day and its last new day only).
 - Everything derived (first days, cohort cells, the day's indicators, WAU/MAU) is recomputed only
   for the people and days that the chunk touched. Cohort cells are moved by the touched people's
   contribution: theirs before the chunk is subtracted, theirs after it added.
-- Each chunk, with its cursor move, is one transaction: a crashed run leaves the tables as they
-  were, and a second run finds nothing new. `rebuild()` computes the same tables from scratch.
+- Each chunk, with its backlog rows, is one transaction: a crashed run leaves the tables and the
+  backlog as they were, and a second run finds nothing new. Runs queue on `RollupCursor`'s row
+  lock. `rebuild()` computes the same tables from scratch, from one snapshot of the events, and
+  empties the backlog of that snapshot.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
-from tracking.models import RollupCursor
+from tracking.models import SAMPLE_BUCKETS, TAIL_EVENTS, RollupCursor
 
 CURSOR = "indicators"
 DEFAULT_CHUNK_EVENTS = 500_000
@@ -47,22 +56,107 @@ _AMOUNT = (
     "THEN round((e.properties->>'amount')::numeric, 2) ELSE 0 END"
 )
 
-# Events aggregated per person and day.
+# Events aggregated per person and day. A day's tail is its events newest first: they come out
+# of the subquery in that order within each person-day, and array_agg() keeps the order its input
+# comes in (an ordered aggregate would sort each of the million groups on its own, several times
+# slower); grouping needs no sort of its own, the input is already in the groups' order.
 _AGGREGATE = f"""
-SELECT {_PERSON} AS person_key, {_DAY} AS day,
+SELECT e.person_key, e.day,
        count(*) AS events,
        count(*) FILTER (WHERE e.name = 'order_paid') AS orders,
        count(*) FILTER (WHERE e.name = 'order_refunded') AS refunds,
-       COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_paid'), 0) AS paid_amount,
-       COALESCE(sum({_AMOUNT}) FILTER (WHERE e.name = 'order_refunded'), 0) AS refunded_amount,
-       min(e.timestamp) AS first_at, max(e.timestamp) AS last_at
-FROM tracking_event e
-WHERE {{where}}
+       COALESCE(sum(e.amount) FILTER (WHERE e.name = 'order_paid'), 0) AS paid_amount,
+       COALESCE(sum(e.amount) FILTER (WHERE e.name = 'order_refunded'), 0) AS refunded_amount,
+       min(e.timestamp) AS first_at, max(e.timestamp) AS last_at,
+       (array_agg(e.name))[1:{TAIL_EVENTS}] AS tail_names,
+       (array_agg(e.timestamp))[1:{TAIL_EVENTS}] AS tail_ats,
+       (array_agg(e.id))[1:{TAIL_EVENTS}] AS tail_ids
+FROM (
+    SELECT {_PERSON} AS person_key, {_DAY} AS day, e.name, e.timestamp, e.id,
+           CASE WHEN e.name IN ('order_paid', 'order_refunded') THEN {_AMOUNT} END AS amount
+    FROM tracking_event e
+    WHERE {{where}}
+    ORDER BY 1, 2, e.timestamp DESC, e.id DESC
+) e
 GROUP BY 1, 2
 """
 _STAGE = "CREATE TEMP TABLE rollup_batch ON COMMIT DROP AS" + _AGGREGATE
 _COLUMNS = "person_key, day, events, orders, refunds, paid_amount, refunded_amount, first_at, last_at"
-_INSERT_ACTIVITY = f"INSERT INTO tracking_activityday ({_COLUMNS})" + _AGGREGATE
+# The sample bucket of a person key (`ActivityTail.bucket`): the top bits of its hash, so that
+# buckets go up with `hashtext`.
+_BUCKET = f"((hashtext({{key}}) >> {32 - SAMPLE_BUCKETS.bit_length() + 1}) + {SAMPLE_BUCKETS // 2})::smallint"
+_TAIL_COLUMNS = "bucket, day, person_key, names, ats, ids"
+# A rebuild's run of days: its person-days are new rows, the activity and the tails of one aggregate.
+_INSERT_ACTIVITY = f"""
+WITH agg AS MATERIALIZED ({_AGGREGATE}), tails AS (
+    INSERT INTO tracking_activitytail ({_TAIL_COLUMNS})
+    SELECT {_BUCKET.format(key="person_key")}, day, person_key, tail_names, tail_ats, tail_ids FROM agg
+)
+INSERT INTO tracking_activityday ({_COLUMNS}) SELECT {_COLUMNS} FROM agg
+"""
+
+# A chunk's tails merged into the day's: the newest of both (an event is never in both twice:
+# UNION drops a repeat, so merging the same events again changes nothing).
+_ADD_TAILS = f"""
+INSERT INTO tracking_activitytail AS t ({_TAIL_COLUMNS})
+SELECT {_BUCKET.format(key="person_key")}, day, person_key, tail_names, tail_ats, tail_ids FROM rollup_batch
+ON CONFLICT (bucket, day, person_key) DO UPDATE SET (names, ats, ids) = (
+    SELECT (array_agg(u.n ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}],
+           (array_agg(u.at ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}],
+           (array_agg(u.i ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}]
+    FROM (SELECT * FROM unnest(t.names, t.ats, t.ids)
+          UNION SELECT * FROM unnest(EXCLUDED.names, EXCLUDED.ats, EXCLUDED.ids)) AS u(n, at, i)
+)
+"""
+
+# A full rebuild's runs stage each one's first days without any index, folded into the table once.
+_STAGE_FIRST_EVENTS = f"""
+INSERT INTO rollup_first_events (person_key, name, first_day)
+SELECT {_PERSON}, e.name, min({_DAY}) FROM tracking_event e WHERE {{where}} GROUP BY 1, 2
+"""
+_FIRST_EVENTS_FROM_STAGE = """
+INSERT INTO tracking_activityfirstevent (person_key, name, first_day)
+SELECT person_key, name, min(first_day) FROM rollup_first_events GROUP BY 1, 2
+"""
+
+# First day of each event name per person: only ever moves back.
+_ADD_FIRST_EVENTS = f"""
+INSERT INTO tracking_activityfirstevent AS f (person_key, name, first_day)
+SELECT {_PERSON}, e.name, min({_DAY}) FROM tracking_event e WHERE {{where}} GROUP BY 1, 2
+ON CONFLICT (person_key, name) DO UPDATE SET first_day = EXCLUDED.first_day WHERE EXCLUDED.first_day < f.first_day
+"""
+
+# Person-days by day and next day of activity. A chunk's new person-days change the next day of
+# their people's rows from the one before the first new day (`lo`) to the last new one (`hi`)
+# only: those rows' pairs are subtracted before the chunk's activity is added and added after
+# it. The next day after `hi` (no new day there) is probed once, before.
+_GAP_PEOPLE = """
+CREATE TEMP TABLE rollup_gaps ON COMMIT DROP AS
+SELECT n.person_key, COALESCE(prev.day, n.min_new) AS lo, n.max_new AS hi, nxt.day AS after_hi
+FROM (SELECT b.person_key, min(b.day) AS min_new, max(b.day) AS max_new
+      FROM rollup_batch b
+      WHERE NOT EXISTS (SELECT 1 FROM tracking_activityday a WHERE a.person_key = b.person_key AND a.day = b.day)
+      GROUP BY b.person_key) n
+LEFT JOIN LATERAL (SELECT a.day FROM tracking_activityday a WHERE a.person_key = n.person_key AND a.day < n.min_new
+                   ORDER BY a.day DESC LIMIT 1) prev ON true
+LEFT JOIN LATERAL (SELECT a.day FROM tracking_activityday a WHERE a.person_key = n.person_key AND a.day > n.max_new
+                   ORDER BY a.day LIMIT 1) nxt ON true
+"""
+_GAP_PAIRS = """
+SELECT day, next_day, count(*) AS users FROM (
+    SELECT a.day, COALESCE(lead(a.day) OVER (PARTITION BY a.person_key ORDER BY a.day), g.after_hi,
+                           DATE '9999-12-31') AS next_day
+    FROM rollup_gaps g JOIN tracking_activityday a ON a.person_key = g.person_key AND a.day BETWEEN g.lo AND g.hi
+) p GROUP BY 1, 2
+"""
+_SUBTRACT_GAPS = f"""
+UPDATE tracking_activitygap c SET users = c.users - p.users FROM ({_GAP_PAIRS}) p
+WHERE c.day = p.day AND c.next_day = p.next_day
+"""
+_ADD_GAPS = f"""
+INSERT INTO tracking_activitygap AS c (day, next_day, users) {_GAP_PAIRS}
+ON CONFLICT (day, next_day) DO UPDATE SET users = c.users + EXCLUDED.users
+"""
 
 _ADD_ACTIVITY = """
 INSERT INTO tracking_activityday AS a
@@ -327,6 +421,19 @@ ON CONFLICT (day) DO UPDATE SET
     updated_at = now()
 """
 
+# The same over every person-day (a rebuild's, from the first day on), counting the person-days
+# by their next day too (`ActivityGap`).
+_ACTIVE_WINDOWS_AND_GAPS = _ACTIVE_WINDOWS.replace(
+    "\n), cover AS (",
+    """
+), gaps AS (
+    INSERT INTO tracking_activitygap (day, next_day, users)
+    SELECT day, COALESCE(nxt, DATE '9999-12-31'), count(*) FROM r GROUP BY 1, 2
+), cover AS (""",
+    1,
+)
+assert "gaps AS" in _ACTIVE_WINDOWS_AND_GAPS
+
 # A chunk's change to the WAU and MAU of days already counted (run before its activity is added):
 # a person of the chunk joins the 7 (30) day window of day x when the chunk brings them a day in
 # it and their latest earlier activity day up to x (one backward probe of the (person, day) key)
@@ -373,8 +480,17 @@ ON CONFLICT (day) DO UPDATE SET
 """
 
 # Tables a full rebuild fills with a million rows: built without their indexes.
-_BULK_TABLES = ("tracking_activityday", "tracking_searchday", "tracking_activityperson")
+_BULK_TABLES = (
+    "tracking_activityday",
+    "tracking_searchday",
+    "tracking_activityperson",
+    "tracking_activitytail",
+    "tracking_activityfirstevent",
+)
 _TABLES = (
+    "tracking_activityfirstevent",
+    "tracking_activitygap",
+    "tracking_activitytail",
     "tracking_activityday",
     "tracking_activityperson",
     "tracking_dailyindicator",
@@ -413,10 +529,6 @@ class _Steps:
         return self.cursor.fetchone()
 
 
-def settle_seconds() -> int:
-    return int(getattr(settings, "OPSLOOP_ROLLUP_SETTLE_SECONDS", 120))
-
-
 def _work_mem(cursor) -> None:
     """Memory for this transaction's sorts and hashes: with the default 4 MB the per-person-day
     aggregates and the cohorts' DISTINCTs spill to disk."""
@@ -430,31 +542,89 @@ def _locked_cursor() -> RollupCursor:
     return RollupCursor.objects.select_for_update().get(name=CURSOR)
 
 
-def _chunk_end(cursor, *, after: int, chunk: int, settle: int) -> tuple[int, int]:
-    """The last event id of the next chunk (or `after` if none) and the chunk's event count."""
+def queue_stored_events(ids: Sequence[int]) -> None:
+    """Queue just-stored events for the rollups, in the transaction that stores them: one
+    backlog row per run of consecutive ids (one per batch, unless a concurrent batch drew ids
+    from the sequence in between). One small insert per batch."""
+    if not ids:
+        return
+    ordered = sorted(ids)
+    if ordered[-1] - ordered[0] + 1 == len(ordered):
+        runs = [(ordered[0], ordered[-1])]
+    else:
+        runs = []
+        for pk in ordered:
+            if runs and pk == runs[-1][1] + 1:
+                runs[-1] = (runs[-1][0], pk)
+            elif not runs or pk != runs[-1][1]:
+                runs.append((pk, pk))
+    values = ", ".join(f"({int(a)}, {int(b)})" for a, b in runs)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO tracking_rollupbacklog (first_event_id, last_event_id) VALUES {values}")
+
+
+MAX_RUNS = 1000  # backlog rows per chunk
+
+
+def _claim(cursor, *, budget: int) -> list[tuple[int, int]]:
+    """Take backlog runs of about `budget` event ids (at least one id) for this transaction: the
+    whole rows are deleted, a row that would overshoot is cut and keeps its rest. The rows are
+    locked (SKIP LOCKED: a run that waits for nothing), and deleted or cut only together with
+    the fold that commits them."""
     cursor.execute(
-        """
-        SELECT max(id), count(*) FROM (
-            SELECT id FROM tracking_event
-            WHERE id > %(after)s AND id < COALESCE(
-                (SELECT min(id) FROM tracking_event
-                 WHERE id > %(after)s AND received_at > clock_timestamp() - make_interval(secs => %(settle)s)),
-                9223372036854775807)
-            ORDER BY id LIMIT %(chunk)s
-        ) c
-        """,
-        {"after": after, "settle": settle, "chunk": chunk},
+        "SELECT id, first_event_id, last_event_id FROM tracking_rollupbacklog "
+        "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
+        [MAX_RUNS],
     )
-    last, count = cursor.fetchone()
-    return (last or after), count
+    taken: list[tuple[int, int]] = []
+    done: list[int] = []
+    total = 0
+    for row_id, first, last in cursor.fetchall():
+        room = budget - total
+        if room <= 0:
+            break
+        if last - first + 1 <= room:
+            taken.append((first, last))
+            done.append(row_id)
+            total += last - first + 1
+        else:  # cut: the first ids go now, the row keeps the rest
+            upto = first + room - 1
+            taken.append((first, upto))
+            cursor.execute("UPDATE tracking_rollupbacklog SET first_event_id = %s WHERE id = %s", [upto + 1, row_id])
+            break
+    if done:
+        cursor.execute("DELETE FROM tracking_rollupbacklog WHERE id = ANY(%s)", [done])
+    return _joined(taken)
 
 
-def _fold_chunk(cursor, *, after: int, upto: int) -> int:
-    """Fold events `after < id <= upto` into the rollups; returns the number of days touched."""
-    where = "e.id > %(after)s AND e.id <= %(upto)s"
-    params = {"after": after, "upto": upto}
-    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_people, rollup_days, rollup_ranges")
+def _joined(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted runs with the touching ones joined: fewer, longer ranges for the index scan."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(runs):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
+
+
+def _in_runs(runs: list[tuple[int, int]]) -> str:
+    """`e.id` within one of the runs, as SQL with the bounds written in (they are integers), so
+    that the planner sees how few rows each holds."""
+    return "(" + " OR ".join(f"e.id BETWEEN {int(a)} AND {int(b)}" for a, b in runs) + ")"
+
+
+def _fold_chunk(cursor, *, runs: list[tuple[int, int]]) -> tuple[int, int]:
+    """Fold the events of the id `runs` into the rollups; returns (events, days touched)."""
+    where = _in_runs(runs)
+    params = None
+    cursor.execute("DROP TABLE IF EXISTS rollup_batch, rollup_people, rollup_days, rollup_ranges, rollup_gaps")
     cursor.execute("stage", _STAGE.format(where=where), params)
+    cursor.execute("SELECT COALESCE(sum(events), 0) FROM rollup_batch")
+    (events,) = cursor.fetchone()
+    if not events:  # ids reserved and never used (a batch that fell back to the other insert)
+        cursor.execute("DROP TABLE rollup_batch")
+        return 0, 0
     cursor.execute("ANALYZE rollup_batch")
     cursor.execute("persons", _CHUNK_PEOPLE)
     cursor.execute("ALTER TABLE rollup_people ADD PRIMARY KEY (person_key)")
@@ -487,7 +657,13 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     cursor.execute("ANALYZE rollup_ranges")
     cursor.execute("cohorts", _subtract_cells_sql(_RANGE_ROWS))
     cursor.execute("cohorts", _STAYER_CELLS)
+    cursor.execute("gaps", _GAP_PEOPLE)
+    cursor.execute("gaps", _SUBTRACT_GAPS)
     cursor.execute("activity", _ADD_ACTIVITY)
+    cursor.execute("gaps", _ADD_GAPS)
+    cursor.execute("DELETE FROM tracking_activitygap WHERE users = 0")
+    cursor.execute("tails", _ADD_TAILS)
+    cursor.execute("first_events", _ADD_FIRST_EVENTS.format(where=where), params)
     cursor.execute("persons", _PERSONS_FROM_CHUNK)
     cursor.execute("cohorts", _add_cells_sql(_RANGE_ROWS))
     cursor.execute("DELETE FROM tracking_retentioncell WHERE users = 0")
@@ -507,44 +683,42 @@ def _fold_chunk(cursor, *, after: int, upto: int) -> int:
     elif lo < hi:
         cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
     # Dropped here too: inside an outer transaction ON COMMIT comes only at its end.
-    cursor.execute("DROP TABLE rollup_batch, rollup_people, rollup_days, rollup_ranges")
-    return days
+    cursor.execute("DROP TABLE rollup_batch, rollup_people, rollup_days, rollup_ranges, rollup_gaps")
+    return events, days
 
 
-def fold_new_events(
-    *, chunk_events: int = DEFAULT_CHUNK_EVENTS, settle: int | None = None, progress: Progress | None = None
-) -> RollupResult:
-    """Fold every event that arrived since the last run into the rollups, one transaction per
-    chunk of events. Safe to run at any time, twice, or concurrently (runs queue on the cursor)."""
-    settle = settle_seconds() if settle is None else settle
+def fold_new_events(*, chunk_events: int = DEFAULT_CHUNK_EVENTS, progress: Progress | None = None) -> RollupResult:
+    """Fold every queued event into the rollups, one transaction per chunk of about
+    `chunk_events` events. Safe to run at any time, twice, or concurrently (runs queue on the
+    cursor's lock; each takes backlog rows another has not taken)."""
     result = RollupResult()
     while True:
         with transaction.atomic(), connection.cursor() as cursor:
             state = _locked_cursor()
             _work_mem(cursor)
-            upto, count = _chunk_end(cursor, after=state.last_event_id, chunk=chunk_events, settle=settle)
-            if count == 0:
+            runs = _claim(cursor, budget=chunk_events)
+            if not runs:
                 result.last_event_id = state.last_event_id
                 return result
-            result.days += _fold_chunk(_Steps(cursor, result.timings), after=state.last_event_id, upto=upto)
-            state.last_event_id = upto
+            count, days = _fold_chunk(_Steps(cursor, result.timings), runs=runs)
+            state.last_event_id = max(state.last_event_id, runs[-1][1])
             state.events_folded += count
             state.updated_at = timezone.now()
             state.save()
+        result.days += days
         result.events += count
         result.chunks += 1
-        result.last_event_id = upto
+        result.last_event_id = state.last_event_id
         if progress:
             progress(count)
 
 
 def pending_events() -> int:
-    """Events arrived and not yet folded in (for the progress bar)."""
-    state = RollupCursor.objects.filter(name=CURSOR).first()
-    after = state.last_event_id if state else 0
+    """About how many events are queued and not folded yet (for the progress bar): the ids the
+    backlog spans."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM tracking_event WHERE id > %s", [after])
-        return cursor.fetchone()[0]
+        cursor.execute("SELECT COALESCE(sum(last_event_id - first_event_id + 1), 0) FROM tracking_rollupbacklog")
+        return int(cursor.fetchone()[0])
 
 
 class _IndexesSetAside:
@@ -587,7 +761,9 @@ class _IndexesSetAside:
 
 def _derive_all(cursor, *, indexes: _IndexesSetAside | None = None) -> None:
     """Everything derived from the activity rows, from scratch."""
-    cursor.execute("TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator")
+    cursor.execute(
+        "TRUNCATE tracking_activityperson, tracking_retentioncell, tracking_dailyindicator, tracking_activitygap"
+    )
     if indexes is not None:
         # Emptied and filled once: no conflicts to look for, no index to keep up while filling.
         cursor.execute("persons", _PERSONS.format(filter="true").split("ON CONFLICT")[0])
@@ -599,72 +775,105 @@ def _derive_all(cursor, *, indexes: _IndexesSetAside | None = None) -> None:
     cursor.execute("SELECT min(day), max(day) FROM tracking_activityday")
     lo, hi = cursor.fetchone()
     if lo is not None:
-        cursor.execute("active_windows", _ACTIVE_WINDOWS, {"lo": lo, "hi": hi})
+        # The windows' pass over every person-day and its next one counts the gaps too.
+        cursor.execute("active_windows", _ACTIVE_WINDOWS_AND_GAPS, {"lo": lo, "hi": hi})
+
+
+REBUILD_ATTEMPTS = 5
 
 
 def rebuild(
-    *,
-    since: date | None = None,
-    chunk_events: int = DEFAULT_CHUNK_EVENTS,
-    settle: int | None = None,
-    progress: Progress | None = None,
+    *, since: date | None = None, chunk_events: int = DEFAULT_CHUNK_EVENTS, progress: Progress | None = None
 ) -> RollupResult:
     """Recompute the rollups from the events in one transaction (a crash leaves the old tables;
     dashboards wait for it to commit): all of them, or with `since` the days from that day on (the earlier days are
     kept; first days, cohorts and the daily indicators are re-derived from the activity rows).
 
+    The transaction reads one snapshot (REPEATABLE READ): the events it recomputes from are
+    exactly those whose backlog rows it empties, and a batch committing meanwhile stays queued
+    for the next fold, neither counted twice nor lost. Begun while a fold commits, it starts
+    again. Inside a caller's transaction the caller's snapshot rules.
+
     Events are read a run of days at a time (about `chunk_events` events each); each run's
     person-days are new rows, so they are inserted straight from one aggregate of the events."""
-    settle = settle_seconds() if settle is None else settle
     if since is not None:
-        fold_new_events(chunk_events=chunk_events, settle=settle)  # the recent events first
+        fold_new_events(chunk_events=chunk_events)  # what is queued now, in short transactions first
+    for attempt in range(REBUILD_ATTEMPTS):
+        try:
+            return _rebuild(since=since, chunk_events=chunk_events, progress=progress)
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "40001" or attempt == REBUILD_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _rebuild(*, since: date | None, chunk_events: int, progress: Progress | None) -> RollupResult:
     result = RollupResult()
+    own_snapshot = not connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as raw:
+        if own_snapshot:
+            raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         cursor = _Steps(raw, result.timings)
         state = _locked_cursor()
         _work_mem(raw)
-        upto, _count = _chunk_end(cursor, after=state.last_event_id, chunk=2**62, settle=settle)
-        if since is not None:
-            upto = state.last_event_id  # folded just above: only the days from `since` are redone
-        upto = max(upto, state.last_event_id)
         indexes = None
         if since is None:
             cursor.execute("TRUNCATE " + ", ".join(_TABLES))
+            cursor.execute("DELETE FROM tracking_rollupbacklog")  # every event of the snapshot is read below
             indexes = _IndexesSetAside(cursor, _BULK_TABLES)
+            cursor.execute(
+                "CREATE TEMP TABLE rollup_first_events (person_key text, name text, first_day date) ON COMMIT DROP"
+            )
         else:
+            # What was queued since the fold above, folded in this snapshot: then every event it
+            # sees is in the rollups and the days from `since` can be read again from all of them.
+            while runs := _claim(raw, budget=chunk_events):
+                _fold_chunk(cursor, runs=runs)
             cursor.execute("DELETE FROM tracking_activityday WHERE day >= %s", [since])
+            cursor.execute("DELETE FROM tracking_activitytail WHERE day >= %s", [since])
+            cursor.execute("DELETE FROM tracking_activityfirstevent WHERE first_day >= %s", [since])
             cursor.execute("DELETE FROM tracking_searchday WHERE day >= %s", [since])
-        first, last, total = _day_span(cursor, upto=upto, since=since)
+        first, last, total = _day_span(cursor, since=since)
         if first is not None:
             days = (last - first).days + 1
             step = max(1, min(days, round(days * chunk_events / max(total, 1))))
             for offset in range(0, days, step):
                 lo = first + timedelta(days=offset)
                 hi = min(lo + timedelta(days=step), last + timedelta(days=1))
-                where = "e.timestamp >= %(lo)s AND e.timestamp < %(hi)s AND e.id <= %(upto)s"
-                params = {"lo": _midnight(lo), "hi": _midnight(hi), "upto": upto}
+                where = "e.timestamp >= %(lo)s AND e.timestamp < %(hi)s"
+                params = {"lo": _midnight(lo), "hi": _midnight(hi)}
                 cursor.execute("activity", _INSERT_ACTIVITY.format(where=where), params)
                 searches = _ADD_SEARCHES.format(where=where)
                 if indexes is not None:  # each run of days is new rows: nothing to merge into
                     searches = searches.split("ON CONFLICT")[0]
                 cursor.execute("searches", searches, params)
+                if indexes is not None:
+                    cursor.execute("first_events", _STAGE_FIRST_EVENTS.format(where=where), params)
+                else:  # from `since` on: the earlier first days kept win where they are earlier
+                    cursor.execute("first_events", _ADD_FIRST_EVENTS.format(where=where), params)
                 result.chunks += 1
                 if progress:
                     progress((hi - lo).days)
         if indexes is not None:
             indexes.restore("tracking_activityday")
             indexes.restore("tracking_searchday")
+            indexes.restore("tracking_activitytail")
+            cursor.execute("first_events", _FIRST_EVENTS_FROM_STAGE)
+            cursor.execute("DROP TABLE rollup_first_events")
+            indexes.restore("tracking_activityfirstevent")
         month = date(1, 1, 1) if since is None else since.replace(day=1)
         cursor.execute("DELETE FROM tracking_searchmonth WHERE month >= %s", [month])
         cursor.execute("searches", _SEARCH_MONTHS, {"since": month})
         _derive_all(cursor, indexes=indexes)
         cursor.execute("SELECT count(*), COALESCE(sum(events), 0) FROM tracking_dailyindicator")
         result.days, result.events = cursor.fetchone()
+        cursor.execute("SELECT COALESCE(max(id), 0) FROM tracking_event")
+        (highest,) = cursor.fetchone()
         state.events_folded = result.events
-        state.last_event_id = upto
+        state.last_event_id = highest
         state.updated_at = timezone.now()
         state.save()
-        result.last_event_id = upto
+        result.last_event_id = highest
     return result
 
 
@@ -672,12 +881,12 @@ def _midnight(day: date):
     return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 
 
-def _day_span(cursor, *, upto: int, since: date | None) -> tuple[date | None, date | None, int]:
+def _day_span(cursor, *, since: date | None) -> tuple[date | None, date | None, int]:
     """First and last UTC day of the events to read, and how many there are (the chunk size)."""
     cursor.execute(
         f"SELECT min({_DAY}), max({_DAY}), count(*) FROM tracking_event e "
-        "WHERE e.id <= %(upto)s AND (%(since)s::timestamptz IS NULL OR e.timestamp >= %(since)s::timestamptz)",
-        {"upto": upto, "since": _midnight(since) if since else None},
+        "WHERE %(since)s::timestamptz IS NULL OR e.timestamp >= %(since)s::timestamptz",
+        {"since": _midnight(since) if since else None},
     )
     return cursor.fetchone()
 
@@ -685,5 +894,5 @@ def _day_span(cursor, *, upto: int, since: date | None) -> tuple[date | None, da
 def days_to_rebuild(*, since: date | None = None) -> int:
     """How many days a rebuild reads (for the progress bar)."""
     with connection.cursor() as cursor:
-        first, last, _count = _day_span(cursor, upto=2**62, since=since)
+        first, last, _count = _day_span(cursor, since=since)
     return 0 if first is None else (last - first).days + 1

@@ -40,7 +40,8 @@ class WindowInput(serializers.Serializer):
 
 
 class AnalysisWindowInput(WindowInput):
-    """Ad hoc analyses read raw events: their windows are shorter."""
+    """Ad hoc analyses have shorter windows: funnels read raw events, churn reads every day of its
+    window for its sample."""
 
     max_days = 92
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 from psycopg.errors import DeadlockDetected, UniqueViolation
 
 from access.services import record_audit
+from tracking import rollups
 from tracking.errors import GoalExists, NoHistory
 from tracking.hooks import StoredEvent, notify_ingested
 from tracking.indicators import (
@@ -197,6 +198,8 @@ def store_clean_events(*, events: Sequence[CleanEvent], received_at: datetime) -
     inserted = _copy_new(batch, received_at)
     if inserted is None:
         inserted = _insert_skipping_conflicts(batch, received_at)
+    # Queued for the indicator rollups in this transaction: folded once it commits, however late.
+    rollups.queue_stored_events([pk for pk, _event_id in inserted])
     pk_of = {event_id: pk for pk, event_id in inserted}
     stored = []
     for event_id, event in unique.items():  # the listeners see the batch's own order

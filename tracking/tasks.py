@@ -12,7 +12,8 @@ from tracking import rollups
 
 @shared_task(name="tracking.tasks.rollup_indicators", acks_late=True)
 def rollup_indicators(settle: int | None = None) -> dict:
-    """Fold the events that arrived since the last run into the indicator rollups (idempotent).
-    `settle` overrides OPSLOOP_ROLLUP_SETTLE_SECONDS, for a caller that knows its events committed."""
-    result = rollups.fold_new_events(settle=settle)
+    """Fold the queued events into the indicator rollups (idempotent). `settle` is ignored: it is
+    accepted so that a message queued by an earlier version (when runs waited for events to
+    settle) still runs."""
+    result = rollups.fold_new_events()
     return {"events": result.events, "chunks": result.chunks, "days": result.days, "cursor": result.last_event_id}

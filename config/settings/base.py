@@ -191,9 +191,6 @@ OPSLOOP_LINK_SIGNING_KEY = env("OPSLOOP_LINK_SIGNING_KEY", SECRET_KEY)
 OPSLOOP_API_KEY_CACHE_SECONDS = float(env("OPSLOOP_API_KEY_CACHE_SECONDS", "5"))
 # How far ahead of the server clock an event's timestamp may be.
 OPSLOOP_EVENTS_MAX_FUTURE_SECONDS = int(env("OPSLOOP_EVENTS_MAX_FUTURE_SECONDS", "600"))
-# Indicator rollups leave events this recent for the next run, so that a batch still being written
-# (whose ids are lower than a committed one's) is never skipped by the id cursor.
-OPSLOOP_ROLLUP_SETTLE_SECONDS = int(env("OPSLOOP_ROLLUP_SETTLE_SECONDS", "120"))
 OPSLOOP_ROLLUP_WORK_MEM = env("OPSLOOP_ROLLUP_WORK_MEM", "256MB")  # PostgreSQL work_mem of a rollup run
 # Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.
 OPSLOOP_EVENTS_MAX_BODY_BYTES = int(env("OPSLOOP_EVENTS_MAX_BODY_BYTES", str(40 * 1024 * 1024)))

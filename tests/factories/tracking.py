@@ -8,10 +8,13 @@ from datetime import timedelta
 import factory
 from django.utils import timezone
 
+from tracking import rollups
 from tracking.models import Event, EventKind
 
 
 class EventFactory(factory.django.DjangoModelFactory):
+    """A stored event, queued for the indicator rollups as ingestion queues it."""
+
     class Meta:
         model = Event
 
@@ -22,6 +25,12 @@ class EventFactory(factory.django.DjangoModelFactory):
     user_id = factory.Sequence(lambda n: f"user-{n}")
     anonymous_id = None
     properties = factory.LazyFunction(dict)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        event = super()._create(model_class, *args, **kwargs)
+        rollups.queue_stored_events([event.pk])
+        return event
 
 
 class EventPayloadFactory(factory.DictFactory):
@@ -46,7 +55,9 @@ def events_on(name: str, day, count: int, **fields) -> list[Event]:
     from datetime import UTC, datetime, time
 
     at = datetime.combine(day, time(12), tzinfo=UTC)
-    return Event.objects.bulk_create(EventFactory.build_batch(count, name=name, timestamp=at, **fields))
+    events = Event.objects.bulk_create(EventFactory.build_batch(count, name=name, timestamp=at, **fields))
+    rollups.queue_stored_events([e.pk for e in events])
+    return events
 
 
 def daily_event_count(name: str):

@@ -37,7 +37,7 @@ def shop():
         user_id="u2", name="search", timestamp=at("2026-03-01", 9, 30), properties={"query": "unicorn", "results": 0}
     )
     EventFactory(user_id="u3", name="app_open", timestamp=at("2026-03-02", 9))
-    rollups.fold_new_events(settle=0)
+    rollups.fold_new_events()
 
 
 def test_the_registry_lists_the_event_indicators(api_client):
@@ -157,7 +157,7 @@ def test_key_behaviour_compares_retention_with_a_significance_test(api_client):
         if back:
             EventFactory(user_id=person, name="app_open", timestamp=at("2026-03-10"))
     EventFactory(user_id="late", name="app_open", timestamp=at("2026-03-20"))
-    rollups.fold_new_events(settle=0)
+    rollups.fold_new_events()
 
     body = api_client.get("/api/v1/key-behaviour?event=search&start=2026-03-02&end=2026-03-02").json()
 
@@ -177,7 +177,7 @@ def test_churn_compares_the_last_behaviours(api_client):
         )
         EventFactory(user_id=f"kept{n}", name="app_open", timestamp=at("2026-03-15", 10))
     EventFactory(user_id="someone-else", name="app_open", timestamp=at("2026-03-25", 10))
-    rollups.fold_new_events(settle=0)
+    rollups.fold_new_events()
 
     body = api_client.get("/api/v1/churn?start=2026-03-01&end=2026-03-05&churn_days=14&last_events=1").json()
 
@@ -194,7 +194,7 @@ def test_churn_reads_the_last_events_of_a_bounded_sample():
         EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-01", 11))
         EventFactory(anonymous_id=f"anon{n}", user_id=None, name="search", timestamp=at("2026-03-02", 11))
         EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-15", 10))
-    rollups.fold_new_events(settle=0)
+    rollups.fold_new_events()
 
     everyone = analyses.churn_behaviours(start=date(2026, 3, 1), end=date(2026, 3, 5), churn_days=14, last_events=1)
     sampled = analyses.churn_behaviours(

@@ -34,7 +34,7 @@ def load_invoices(lines: pd.DataFrame) -> int:
         customer=("CustomerID", "first"), at=("InvoiceDate", "min"), milli=("milli", "sum")
     )
     invoices["at"] = pd.to_datetime(invoices["at"]).dt.tz_localize("UTC")
-    Event.objects.bulk_create(
+    stored = Event.objects.bulk_create(
         [
             Event(
                 event_id=uuid.uuid4(),
@@ -48,7 +48,8 @@ def load_invoices(lines: pd.DataFrame) -> int:
         ],
         batch_size=5000,
     )
-    rollups.fold_new_events(settle=0)
+    rollups.queue_stored_events([e.pk for e in stored])  # as ingestion queues what it stores
+    rollups.fold_new_events()
     return len(invoices)
 
 

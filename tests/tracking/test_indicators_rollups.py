@@ -15,7 +15,15 @@ from django.db import connection
 
 from tests.factories.tracking import EventFactory, EventPayloadFactory
 from tracking import analyses, rollups, services
-from tracking.models import ActivityDay, ActivityPerson, DailyIndicator, RetentionCell, RollupCursor, SearchDay
+from tracking.models import (
+    ActivityDay,
+    ActivityPerson,
+    DailyIndicator,
+    RetentionCell,
+    RollupBacklog,
+    RollupCursor,
+    SearchDay,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -27,6 +35,9 @@ TABLES = {
     "tracking_retentioncell": "basis, granularity, cohort, period, users",
     "tracking_searchday": "day, query, searches, zero_results",
     "tracking_searchmonth": "month, query, searches, zero_results",
+    "tracking_activityfirstevent": "person_key, name, first_day",
+    "tracking_activitygap": "day, next_day, users",
+    "tracking_activitytail": "bucket, day, person_key, names, ats, ids",
 }
 
 
@@ -44,7 +55,7 @@ def at(day: str, hour: int = 12) -> datetime:
 
 
 def fold() -> rollups.RollupResult:
-    return rollups.fold_new_events(settle=0)
+    return rollups.fold_new_events()
 
 
 def test_one_day_of_hand_made_events_gives_exact_indicators():
@@ -154,12 +165,13 @@ def test_incremental_runs_with_late_and_repeated_batches_equal_a_full_rebuild(se
         services.ingest_events(events=batch, now=datetime(2026, 4, 1, tzinfo=UTC))
         if n % 2:
             services.ingest_events(events=batch, now=datetime(2026, 4, 1, tzinfo=UTC))  # arrives twice
-        rollups.fold_new_events(settle=0, chunk_events=chunk)  # odd chunks split days and people
+        rollups.fold_new_events(chunk_events=chunk)  # odd chunks split days and people
     incremental = snapshot()
     assert incremental["tracking_retentioncell"] and incremental["tracking_searchday"]
+    assert incremental["tracking_activitygap"] and incremental["tracking_activitytail"]
     assert len({row[0] for row in incremental["tracking_searchmonth"]}) >= 2
 
-    rollups.rebuild(settle=0)
+    rollups.rebuild()
 
     assert snapshot() == incremental
 
@@ -180,16 +192,19 @@ def test_rebuild_since_a_day_keeps_the_tables_as_they_were():
     fold()
     before = snapshot()
 
-    call_command("rollup_indicators", since="2026-02-20", settle_seconds=0, no_progress=True)
+    call_command("rollup_indicators", since="2026-02-20", no_progress=True)
 
     assert snapshot() == before
 
 
-def test_events_still_arriving_wait_for_the_next_run():
+def test_a_run_folds_the_queued_events_once_and_empties_the_backlog():
     EventFactory(user_id="u1", timestamp=at("2026-03-02"))
-    assert rollups.fold_new_events(settle=3600).events == 0
-    assert rollups.fold_new_events(settle=0).events == 1
+    assert RollupBacklog.objects.count() == 1
+
+    assert rollups.fold_new_events().events == 1
+    assert not RollupBacklog.objects.exists()
     assert RollupCursor.objects.get(name=rollups.CURSOR).last_event_id > 0
+    assert rollups.fold_new_events().events == 0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -220,16 +235,16 @@ def test_nightly_runs_of_one_new_day_with_late_events_equal_a_full_rebuild():
     rng = random.Random(11)
     start = date(2026, 1, 27)
     services.ingest_events(events=_random_events(rng, 200, start=start, days=35), now=datetime(2026, 4, 1, tzinfo=UTC))
-    rollups.fold_new_events(settle=0)
+    rollups.fold_new_events()
     for night in range(35, 45):
         batch = _random_events(rng, 40, start=start + timedelta(days=night), days=1)
         batch += _random_events(rng, 6, start=start + timedelta(days=night - 3), days=3)
         services.ingest_events(events=batch, now=datetime(2026, 4, 1, tzinfo=UTC))
-        rollups.fold_new_events(settle=0)
+        rollups.fold_new_events()
     incremental = snapshot()
     assert DailyIndicator.objects.filter(day=start + timedelta(days=44), monthly_active_users__gt=0).exists()
 
-    rollups.rebuild(settle=0)
+    rollups.rebuild()
 
     assert snapshot() == incremental
 

@@ -1,7 +1,7 @@
 """`manage.py rollup_indicators [--rebuild] [--since DATE]`: fold events into the indicator rollups.
 
-Without options it does what the hourly beat job does: it folds the events that arrived since the
-last run. `--rebuild` recomputes every rollup from the events; `--since DATE` recomputes the days
+Without options it does what the hourly beat job does: it folds the events queued since the last
+run (the rollup backlog). `--rebuild` recomputes every rollup from the events; `--since DATE` recomputes the days
 from DATE on (after a fix to old events' data, say) and keeps the earlier ones.
 """
 
@@ -24,12 +24,6 @@ class Command(BaseCommand):
         parser.add_argument(
             "--chunk-size", type=int, default=rollups.DEFAULT_CHUNK_EVENTS, help="About this many events per step."
         )
-        parser.add_argument(
-            "--settle-seconds",
-            type=int,
-            default=None,
-            help="Leave events that arrived this recently for the next run (default: the setting).",
-        )
         parser.add_argument("--no-progress", action="store_true", help="No progress bar (for logs and cron).")
 
     def handle(self, *args, **options):
@@ -51,14 +45,11 @@ class Command(BaseCommand):
                 result = rollups.rebuild(
                     since=since,
                     chunk_events=options["chunk_size"],
-                    settle=options["settle_seconds"],
                     progress=bar.update,
                 )
             else:
-                result = rollups.fold_new_events(
-                    chunk_events=options["chunk_size"], settle=options["settle_seconds"], progress=bar.update
-                )
+                result = rollups.fold_new_events(chunk_events=options["chunk_size"], progress=bar.update)
         self.stdout.write(
             f"Folded {result.events} event(s) in {result.chunks} step(s); {result.days} day(s) recomputed; "
-            f"cursor at event {result.last_event_id}."
+            f"highest event folded: {result.last_event_id}."
         )
