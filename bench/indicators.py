@@ -65,6 +65,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+ID_BLOCK = 1000  # the step of the event id sequence (tracking migration 0008)
+
+
 def insert_events(cursor, *, count: int, start: datetime, span: timedelta, people: int, received: str) -> None:
     from tracking.models import Event
 
@@ -73,9 +76,15 @@ def insert_events(cursor, *, count: int, start: datetime, span: timedelta, peopl
     )
     cursor.execute(
         f"""
-        INSERT INTO tracking_event (event_id, name, kind, timestamp, received_at, user_id, anonymous_id,
+        WITH blocks AS (
+            -- Ids a block of the sequence at a time, as ingestion reserves them: consecutive runs.
+            SELECT b - 1 AS block, nextval(pg_get_serial_sequence('tracking_event', 'id')) AS first
+            FROM generate_series(1, ceil(%s::numeric / {ID_BLOCK})::int) b
+        )
+        INSERT INTO tracking_event (id, event_id, name, kind, timestamp, received_at, user_id, anonymous_id,
                                     properties{cols})
-        SELECT gen_random_uuid(),
+        SELECT blocks.first + (g - 1) % {ID_BLOCK},
+               gen_random_uuid(),
                CASE WHEN r < 0.50 THEN 'app_open' WHEN r < 0.75 THEN 'page_view' WHEN r < 0.87 THEN 'search'
                     WHEN r < 0.97 THEN 'order_paid' ELSE 'order_refunded' END,
                CASE WHEN r >= 0.87 THEN 'business' WHEN r >= 0.5 AND r < 0.75 THEN 'traffic' ELSE 'behavior' END,
@@ -91,8 +100,9 @@ def insert_events(cursor, *, count: int, start: datetime, span: timedelta, peopl
         FROM (SELECT g, random() AS r, %s::timestamptz + random() * %s::interval AS ts,
                      1 + floor(power(random(), 2) * %s)::int AS person
               FROM generate_series(1, %s) g) x
+        JOIN blocks ON blocks.block = (x.g - 1) / {ID_BLOCK}
         """,
-        [*params, start, span, people, count],
+        [count, *params, start, span, people, count],
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db import connection
+from django.db import connection, transaction
 from scipy import stats
 
 from tracking import indicators
@@ -422,11 +422,17 @@ WITH tails AS MATERIALIZED (
     SELECT person_key, NOT bool_or(day > %(end)s) AS churned FROM tails
     GROUP BY person_key HAVING bool_or(day <= %(end)s)
     ORDER BY hashtext(person_key), person_key LIMIT %(sample)s
+), last_days AS (
+    -- Each day's tail holds at least one event, so the last `last` events lie in the last `last`
+    -- days: only those are unnested.
+    SELECT person_key, day, names FROM (
+        SELECT t.person_key, t.day, t.names, row_number() OVER (PARTITION BY t.person_key ORDER BY t.day DESC) AS nth
+        FROM tails t WHERE t.day <= %(end)s AND t.person_key IN (SELECT person_key FROM groups)
+    ) d WHERE nth <= %(last)s
 ), ranked AS (
     SELECT t.person_key, u.name,
            row_number() OVER (PARTITION BY t.person_key ORDER BY t.day DESC, u.position) AS rank
-    FROM tails t CROSS JOIN LATERAL unnest(t.names) WITH ORDINALITY AS u(name, position)
-    WHERE t.day <= %(end)s AND t.person_key IN (SELECT person_key FROM groups)
+    FROM last_days t CROSS JOIN LATERAL unnest(t.names) WITH ORDINALITY AS u(name, position)
 ), last_names AS (
     SELECT DISTINCT r.person_key, g.churned, r.name
     FROM ranked r JOIN groups g ON g.person_key = r.person_key WHERE r.rank <= %(last)s
@@ -453,7 +459,9 @@ def churn_behaviours(
     a page costs about the same for a week as for a busy quarter. The shares are of the sampled
     groups."""
     params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events}
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # A few thousand rows from index ranges: compiling the statement costs more than running it.
+        cursor.execute("SET LOCAL jit = off")
         cursor.execute(_CHURN_GROUPS, params)
         churned_total, retained_total = (int(n) for n in cursor.fetchone())
         population = churned_total + retained_total

@@ -76,7 +76,7 @@ RETURNING id, event_id
 # The ids travel as one comma-joined string: canonical UUIDs hold no comma, and one text parameter
 # is much cheaper for the driver to quote than a thousand-element array.
 ALREADY_STORED = "SELECT event_id::text FROM tracking_event WHERE event_id = ANY(string_to_array(%s, ',')::uuid[])"
-# Ids are reserved a block at a time: the sequence steps by a block (migration 0006), and one
+# Ids are reserved a block at a time: the sequence steps by a block (migration 0008), and one
 # `nextval` is the first id of a block no other caller gets, so a batch's ids are consecutive
 # even while concurrent batches draw too (one backlog run per batch, not a run per interleaving).
 # The step is read with the values, so the reservation is right whatever the sequence's step is.

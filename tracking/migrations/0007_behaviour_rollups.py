@@ -22,6 +22,7 @@ FILL = [
                (array_agg(id ORDER BY timestamp DESC, id DESC))[1:20] AS ids
         FROM tracking_event GROUP BY 1, 2
     ) t
+    ORDER BY 1, 2, 3
     """,
     """
     INSERT INTO tracking_activitygap (day, next_day, users)

@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     id of its block; ids are not counted, only ordered, so the gaps cost nothing."""
 
     dependencies = [
-        ("tracking", "0005_search_months_and_last_day"),
+        ("tracking", "0007_behaviour_rollups"),
     ]
 
     operations = [
