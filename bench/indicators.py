@@ -83,7 +83,7 @@ def insert_events(cursor, *, count: int, start: datetime, span: timedelta, peopl
         )
         INSERT INTO tracking_event (id, event_id, name, kind, timestamp, received_at, user_id, anonymous_id,
                                     properties{cols})
-        SELECT blocks.first + (g - 1) % {ID_BLOCK},
+        SELECT blocks.first + (g - 1) %% {ID_BLOCK},
                gen_random_uuid(),
                CASE WHEN r < 0.50 THEN 'app_open' WHEN r < 0.75 THEN 'page_view' WHEN r < 0.87 THEN 'search'
                     WHEN r < 0.97 THEN 'order_paid' ELSE 'order_refunded' END,
