@@ -78,7 +78,14 @@ start_pg() {
   if [ ! -f "$data/PG_VERSION" ]; then
     log "initialising PostgreSQL cluster in $data"
     as_owner "$bin/initdb" -D "$data" -U "$PG_USER" --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-    cat >>"$data/postgresql.conf" <<CONF
+  fi
+  # Our settings live in a file of their own, written at every start, so that a cluster made by
+  # an earlier checkout gets the current ones too (the last setting of a name wins).
+  grep -q "^include_if_exists = 'opsloop.conf'" "$data/postgresql.conf" ||
+    echo "include_if_exists = 'opsloop.conf'" >>"$data/postgresql.conf"
+  # max_wal_size: a recompute of every customer's value writes a few GB of rows and indexes; at
+  # the 1GB default it forced a checkpoint every 20 s and each one made it write whole pages again.
+  cat >"$data/opsloop.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = ''
@@ -87,10 +94,12 @@ max_connections = 200
 shared_buffers = 256MB
 work_mem = 32MB
 maintenance_work_mem = 256MB
+max_wal_size = 4GB
 CONF
-  fi
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$data/opsloop.conf"; fi
   if as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
-    log "PostgreSQL already running on 127.0.0.1:$PG_PORT"
+    as_owner "$bin/pg_ctl" -D "$data" reload >/dev/null
+    log "PostgreSQL already running on 127.0.0.1:$PG_PORT (settings reloaded)"
   else
     as_owner "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 -o "-p $PG_PORT" start >/dev/null
     log "PostgreSQL started on 127.0.0.1:$PG_PORT"

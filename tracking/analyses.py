@@ -8,6 +8,7 @@ Days are UTC days. A person's signup day is their first day of activity (any eve
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -196,32 +197,35 @@ def _search_parts(start: date, end: date) -> tuple[str, dict]:
     return sql, {"start": start, "end": end, "months_from": months_from, "months_to": months_to}
 
 
-def search_queries(*, start: date, end: date, zero_results_only: bool = False, limit: int | None = None) -> list[dict]:
+def search_report(*, start: date, end: date, zero_results_only: bool = False, limit: int | None = None) -> dict:
     """Queries searched from `start` to `end`, most searched first (or those that found nothing,
-    most frequent first), with their searches and zero-result searches (at most `limit`)."""
+    most frequent first), with their searches and zero-result searches (at most `limit`), and the
+    window's totals over every query: one pass over the window's rollup rows for both."""
     parts, params = _search_parts(start, end)
     order = "zero_results DESC, searches DESC, query" if zero_results_only else "searches DESC, query"
     sql = f"""
-        SELECT query, searches, zero_results FROM (
-            SELECT query, sum(searches)::int AS searches, sum(zero_results)::int AS zero_results
+        WITH q AS MATERIALIZED (
+            SELECT query, sum(searches)::bigint AS searches, sum(zero_results)::bigint AS zero_results
             FROM ({parts}) p GROUP BY query
-        ) q
-        {"WHERE zero_results > 0" if zero_results_only else ""}
-        ORDER BY {order} {"LIMIT %(limit)s" if limit is not None else ""}
+        )
+        SELECT * FROM (
+            SELECT row_number() OVER (ORDER BY {order}) AS rank, query, searches, zero_results FROM q
+            {"WHERE zero_results > 0" if zero_results_only else ""}
+            ORDER BY {order} {"LIMIT %(limit)s" if limit is not None else ""}
+        ) ranked
+        UNION ALL
+        SELECT 0, NULL, COALESCE(sum(searches), 0), COALESCE(sum(zero_results), 0) FROM q
+        ORDER BY 1
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, {**params, "limit": limit})
-        return [{"query": q, "searches": n, "zero_results": z} for q, n, z in cursor.fetchall()]
-
-
-def search_totals(*, start: date, end: date) -> dict:
-    parts, params = _search_parts(start, end)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT sum(searches), sum(zero_results) FROM ({parts}) p", params)
-        searches, zero = cursor.fetchone()
-    searches = int(searches or 0)
-    zero = int(zero or 0)
-    return {"searches": searches, "zero_results": zero, "zero_result_rate": _rate(zero, searches)}
+        (_rank, _all, searches, zero), *rows = cursor.fetchall()
+    return {
+        "queries": [{"query": q, "searches": int(n), "zero_results": int(z)} for _rank, q, n, z in rows],
+        "searches": int(searches),
+        "zero_results": int(zero),
+        "zero_result_rate": _rate(int(zero), int(searches)),
+    }
 
 
 def _rate(part: int, whole: int, places: int = 4) -> Decimal | None:
@@ -411,36 +415,24 @@ SELECT COALESCE(sum(users) FILTER (WHERE next_day > %(end)s::date + %(churn_days
 FROM tracking_activitygap WHERE day BETWEEN %(start)s AND %(end)s AND next_day > %(end)s
 """
 # The sample's people (the first `sample` of the window's people by the hash of their key, read
-# from the lowest buckets), churned or not, and the event names among each one's last `last`
-# events of the window: the days' tails read newest day first (a day's tail holds all its
-# events, or more than `last` of them).
+# from the lowest buckets), churned or not, each with the event names of their last `last` events
+# of the window: their last days' tails, newest day first (each tail holds at least one event, so
+# the last `last` events lie in the last `last` days: a short backward scan of the key per person).
 _CHURN_LAST_NAMES = """
-WITH tails AS MATERIALIZED (
-    SELECT person_key, day, names FROM tracking_activitytail
-    WHERE bucket = ANY(%(buckets)s) AND day BETWEEN %(start)s AND %(end)s::date + %(churn_days)s
-), groups AS MATERIALIZED (
-    SELECT person_key, NOT bool_or(day > %(end)s) AS churned FROM tails
-    GROUP BY person_key HAVING bool_or(day <= %(end)s)
+WITH groups AS MATERIALIZED (
+    SELECT bucket, person_key, NOT bool_or(day > %(end)s) AS churned FROM tracking_activitytail
+    WHERE bucket < %(buckets)s AND day BETWEEN %(start)s AND %(end)s::date + %(churn_days)s
+    GROUP BY bucket, person_key HAVING bool_or(day <= %(end)s)
     ORDER BY hashtext(person_key), person_key LIMIT %(sample)s
-), last_days AS (
-    -- Each day's tail holds at least one event, so the last `last` events lie in the last `last`
-    -- days: only those are unnested.
-    SELECT person_key, day, names FROM (
-        SELECT t.person_key, t.day, t.names, row_number() OVER (PARTITION BY t.person_key ORDER BY t.day DESC) AS nth
-        FROM tails t WHERE t.day <= %(end)s AND t.person_key IN (SELECT person_key FROM groups)
-    ) d WHERE nth <= %(last)s
-), ranked AS (
-    SELECT t.person_key, u.name,
-           row_number() OVER (PARTITION BY t.person_key ORDER BY t.day DESC, u.position) AS rank
-    FROM last_days t CROSS JOIN LATERAL unnest(t.names) WITH ORDINALITY AS u(name, position)
-), last_names AS (
-    SELECT DISTINCT r.person_key, g.churned, r.name
-    FROM ranked r JOIN groups g ON g.person_key = r.person_key WHERE r.rank <= %(last)s
 )
-SELECT 'name', n.name, count(*) FILTER (WHERE n.churned), count(*) FILTER (WHERE NOT n.churned)
-FROM last_names n GROUP BY n.name
-UNION ALL
-SELECT 'sample', NULL, count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM groups
+SELECT g.churned, ARRAY(
+    SELECT u.name FROM (
+        SELECT t.day, t.names FROM tracking_activitytail t
+        WHERE t.bucket = g.bucket AND t.person_key = g.person_key AND t.day BETWEEN %(start)s AND %(end)s
+        ORDER BY t.day DESC LIMIT %(last)s
+    ) d CROSS JOIN LATERAL unnest(d.names) WITH ORDINALITY AS u(name, position)
+    ORDER BY d.day DESC, u.position LIMIT %(last)s
+) FROM groups g
 """
 
 
@@ -470,20 +462,20 @@ def churn_behaviours(
         # people evenly); more when they turn out to hold too few.
         drawn = min(SAMPLE_BUCKETS, -(-SAMPLE_BUCKETS * 11 * wanted // (10 * population)) + 1) if population else 0
         while True:
-            cursor.execute(_CHURN_LAST_NAMES, {**params, "buckets": list(range(drawn)), "sample": sample})
-            rows = cursor.fetchall()
-            got = sum(churned + retained for kind, _name, churned, retained in rows if kind == "sample")
-            if got >= wanted or drawn >= SAMPLE_BUCKETS:
+            cursor.execute(_CHURN_LAST_NAMES, {**params, "buckets": drawn, "sample": sample})
+            people = cursor.fetchall()
+            if len(people) >= wanted or drawn >= SAMPLE_BUCKETS:
                 break
             drawn = min(SAMPLE_BUCKETS, drawn * 2)
         cursor.execute("SELECT max(day) FROM tracking_activityday")
         (last_day,) = cursor.fetchone()
-    counts = {"all": (churned_total, retained_total), "sample": (0, 0)}
-    counts.update({kind: (churned, retained) for kind, _name, churned, retained in rows if kind != "name"})
-    (sampled_churned, sampled_retained), (churned_total, retained_total) = counts["sample"], counts["all"]
-    rows = [(name, churned, retained) for kind, name, churned, retained in rows if kind == "name"]
+    sampled_churned = sum(1 for churned, _names in people if churned)
+    sampled_retained = len(people) - sampled_churned
+    # Each person counts once per name, however often it is among their last events.
+    by_name = Counter((name, churned) for churned, names in people for name in set(names))
     behaviours = []
-    for name, churned, retained in rows:
+    for name in sorted({name for name, _churned in by_name}):
+        churned, retained = by_name[(name, True)], by_name[(name, False)]
         churned_share = _rate(churned, sampled_churned)
         retained_share = _rate(retained, sampled_retained)
         lift = None

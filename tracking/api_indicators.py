@@ -179,11 +179,11 @@ class SearchQueriesView(_View):
     )
     def get(self, request):
         params = _params(s.SearchInput, request)
-        rows = analyses.search_queries(
+        report = analyses.search_report(
             start=params["start"], end=params["end"], zero_results_only=params["zero_results"]
         )
-        totals = analyses.search_totals(start=params["start"], end=params["end"])
-        extra = {"start": params["start"], "end": params["end"], **totals}
+        rows = report.pop("queries")
+        extra = {"start": params["start"], "end": params["end"], **report}
         return self.page(rows, extra, s.SearchPage)
 
 

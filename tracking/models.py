@@ -225,10 +225,10 @@ class ActivityTail(models.Model):
     """A person's last events of a day (at most `TAIL_EVENTS`, newest first: by timestamp, then
     id), for the churn page's last behaviours: a window's last N events are read from a person's
     last days in it. `bucket` (the top bits of `hashtext(person_key)`) draws the page's sample: it
-    leads the key, so the people of the lowest hashes active over some days are a few index
-    ranges."""
+    leads the key, so the people of the lowest hashes are one index range, and each one's days
+    follow each other in it (a person's last days before a date are one short backward scan)."""
 
-    pk = models.CompositePrimaryKey("bucket", "day", "person_key")
+    pk = models.CompositePrimaryKey("bucket", "person_key", "day")
     bucket = models.SmallIntegerField()
     day = models.DateField()
     person_key = models.CharField(max_length=128)

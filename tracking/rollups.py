@@ -86,14 +86,14 @@ _COLUMNS = "person_key, day, events, orders, refunds, paid_amount, refunded_amou
 # buckets go up with `hashtext`.
 _BUCKET = f"((hashtext({{key}}) >> {32 - SAMPLE_BUCKETS.bit_length() + 1}) + {SAMPLE_BUCKETS // 2})::smallint"
 _TAIL_COLUMNS = "bucket, day, person_key, names, ats, ids"
-# Tails are written in key order: the churn page reads a few buckets over a window of days, and
-# rows of one bucket and day side by side on disk are a few pages instead of one page per row.
+# Tails are written in key order: the churn page reads a few buckets, and a person's days side by
+# side on disk (as a rebuild's runs of days leave them) are a page or two instead of one per day.
 # A rebuild's run of days: its person-days are new rows, the activity and the tails of one aggregate.
 _INSERT_ACTIVITY = f"""
 WITH agg AS MATERIALIZED ({_AGGREGATE}), tails AS (
     INSERT INTO tracking_activitytail ({_TAIL_COLUMNS})
     SELECT {_BUCKET.format(key="person_key")} AS bucket, day, person_key, tail_names, tail_ats, tail_ids FROM agg
-    ORDER BY bucket, day, person_key
+    ORDER BY bucket, person_key, day
 )
 INSERT INTO tracking_activityday ({_COLUMNS}) SELECT {_COLUMNS} FROM agg
 """
@@ -103,8 +103,8 @@ INSERT INTO tracking_activityday ({_COLUMNS}) SELECT {_COLUMNS} FROM agg
 _ADD_TAILS = f"""
 INSERT INTO tracking_activitytail AS t ({_TAIL_COLUMNS})
 SELECT {_BUCKET.format(key="person_key")} AS bucket, day, person_key, tail_names, tail_ats, tail_ids FROM rollup_batch
-ORDER BY bucket, day, person_key
-ON CONFLICT (bucket, day, person_key) DO UPDATE SET (names, ats, ids) = (
+ORDER BY bucket, person_key, day
+ON CONFLICT (bucket, person_key, day) DO UPDATE SET (names, ats, ids) = (
     SELECT (array_agg(u.n ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}],
            (array_agg(u.at ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}],
            (array_agg(u.i ORDER BY u.at DESC, u.i DESC))[1:{TAIL_EVENTS}]

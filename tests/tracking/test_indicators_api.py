@@ -293,3 +293,26 @@ def test_the_trends_page_draws_the_goals_of_its_indicator_as_stepped_month_lines
         ][1:]
         == []
     )
+
+
+def test_a_dashboard_table_escapes_what_people_typed_and_shades_heat_cells(client, make_staff, shop):
+    EventFactory(
+        user_id="u3",
+        name="search",
+        timestamp=at("2026-03-02", 10),
+        properties={"query": '<img src=x onerror="alert(1)">', "results": 0},
+    )
+    rollups.fold_new_events()
+    client.force_login(make_staff("Analyst"))
+
+    page = client.get("/admin/tracking/dailyindicator/search/?start=2026-03-01&end=2026-03-31").content.decode()
+    table = page[page.index('<table id="indicator-table">') :]
+    assert "<img src=x" not in table
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in table
+    assert '<td style="text-align: right">shoes</td>' in table
+
+    heat = client.get(
+        "/admin/tracking/dailyindicator/retention/?granularity=day&basis=activity&start=2026-03-01&end=2026-03-31&periods=8"
+    ).content.decode()
+    # u1 and u2 started on March 1st; only u1 came back on day 8: a half-shaded cell of 50.0%.
+    assert '<td style="text-align: right; background: rgba(65, 118, 144, 0.5)">50.0</td>' in heat

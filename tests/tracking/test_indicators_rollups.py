@@ -269,9 +269,15 @@ def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends():
                 by_hand.setdefault(query, [0, 0])
                 by_hand[query][0] += searches
                 by_hand[query][1] += zero
-        read = analyses.search_queries(start=start, end=end)
+        totals = analyses.search_report(start=start, end=end)
+        read = totals["queries"]
         assert {r["query"]: [r["searches"], r["zero_results"]] for r in read} == by_hand
         assert [r["searches"] for r in read] == sorted((n for n, _z in by_hand.values()), reverse=True)
-        totals = analyses.search_totals(start=start, end=end)
         assert totals["searches"] == sum(n for n, _z in by_hand.values())
         assert totals["zero_results"] == sum(z for _n, z in by_hand.values())
+        # The totals are over every query, whatever the filter and the limit leave out.
+        nothing_found = analyses.search_report(start=start, end=end, zero_results_only=True, limit=1)
+        assert nothing_found["searches"] == totals["searches"]
+        assert nothing_found["zero_results"] == totals["zero_results"]
+        expected = sorted((-z, -n, q) for q, (n, z) in by_hand.items() if z)[:1]
+        assert [(-r["zero_results"], -r["searches"], r["query"]) for r in nothing_found["queries"]] == expected
