@@ -22,9 +22,10 @@ shared machine hits both alike (best and median reported):
   only) is printed beside it.
 - rebuild: `tracking.rollups.rebuild()` of every rollup from every event. Baseline: one statement
   computing per day the events, distinct people, orders and amounts of every event.
-- dashboards: the real admin views (trends, retention heat map, searches, key behaviour, churn)
-  through Django's test client, logged in, median of 5 renders each (target under 200 ms); all
-  of them read rollups only. (Funnels read raw events over the operator's window: not here.)
+- dashboards: the real admin views (trends, retention heat map, searches, key behaviour, churn
+  with its default sample and with 5,000 people) through Django's test client, logged in, median
+  of 5 renders each (target under 200 ms); all of them read rollups only. (Funnels read raw
+  events over the operator's window: not here.)
 
 `--pages-only` times only the dashboards, on the rollups as the last run left them (rebuilt first
 only if they do not hold every event).
@@ -327,6 +328,10 @@ def time_pages(days_end) -> list[tuple[str, float, int]]:
         (
             "churn: 90 days",
             f"/admin/tracking/dailyindicator/churn/?start={start90}&end={end}&churn_days=30&last_events=5",
+        ),
+        (
+            "churn: 90 days, sample of 5,000 people",
+            f"/admin/tracking/dailyindicator/churn/?start={start90}&end={end}&churn_days=30&last_events=5&sample=5000",
         ),
         (
             "key behaviour: 14 days",

@@ -122,6 +122,13 @@ class ChurnForm(_WindowForm):
     rules = s.ChurnInput
     churn_days = forms.IntegerField(min_value=1, max_value=180, initial=30)
     last_events = forms.IntegerField(min_value=1, max_value=20, initial=3)
+    sample = forms.IntegerField(
+        min_value=100,
+        max_value=analyses.MAX_CHURN_SAMPLE,
+        initial=analyses.CHURN_SAMPLE,
+        label="Sample of people",
+        help_text="Larger is more precise and slower.",
+    )
 
 
 def _bound(form_class, request: HttpRequest, **kwargs) -> forms.Form:
@@ -421,7 +428,11 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         if form.is_valid():
             data = form.cleaned_data
             report = analyses.churn_behaviours(
-                start=data["start"], end=data["end"], churn_days=data["churn_days"], last_events=data["last_events"]
+                start=data["start"],
+                end=data["end"],
+                churn_days=data["churn_days"],
+                last_events=data["last_events"],
+                sample=data["sample"],
             )
             rows = report["behaviours"]
             table = {

@@ -256,7 +256,11 @@ class ChurnView(_View):
     def get(self, request):
         params = _params(s.ChurnInput, request)
         report = analyses.churn_behaviours(
-            start=params["start"], end=params["end"], churn_days=params["churn_days"], last_events=params["last_events"]
+            start=params["start"],
+            end=params["end"],
+            churn_days=params["churn_days"],
+            last_events=params["last_events"],
+            sample=params["sample"],
         )
         rows = report.pop("behaviours")
         return self.page(rows, report, s.ChurnPage)

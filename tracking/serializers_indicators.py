@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from rest_framework import serializers
 
-from tracking.analyses import MAX_PERIODS
+from tracking.analyses import CHURN_SAMPLE, MAX_CHURN_SAMPLE, MAX_PERIODS
 from tracking.models import CohortBasis, CohortGranularity, Funnel, FunnelStep
 
 EVENT_NAME = r"^[a-z0-9_.:\-]{1,64}$"
@@ -91,6 +91,13 @@ class ChurnInput(AnalysisWindowInput):
     )
     last_events = serializers.IntegerField(
         default=3, min_value=1, max_value=20, help_text="How many of a person's last events count."
+    )
+    sample = serializers.IntegerField(
+        default=CHURN_SAMPLE,
+        min_value=100,
+        max_value=MAX_CHURN_SAMPLE,
+        help_text="At most this many people's last events are read (a fixed draw by a hash of their key); "
+        "larger is more precise and slower.",
     )
 
 
@@ -246,6 +253,10 @@ class ChurnPage(_Page):
     complete = serializers.BooleanField(help_text="False while the churn days after `end` are not over.")
     churned_users = serializers.IntegerField()
     retained_users = serializers.IntegerField()
+    sampled_users = serializers.IntegerField(
+        help_text="People whose last events were read: the shares are of them (everyone, when fewer than "
+        "`sample` were active)."
+    )
     results = ChurnBehaviour(many=True)
 
 

@@ -182,10 +182,15 @@ def test_churn_compares_the_last_behaviours(api_client):
     body = api_client.get("/api/v1/churn?start=2026-03-01&end=2026-03-05&churn_days=14&last_events=1").json()
 
     assert body["churned_users"] == 4 and body["retained_users"] == 4 and body["complete"]
+    assert body["sampled_users"] == 8  # fewer than the sample: everyone
     top = body["results"][0]
     assert (
         top["event_name"] == "payment_failed" and top["churned_share"] == "1.0000" and top["retained_share"] == "0.2500"
     )
+    refused = api_client.get("/api/v1/churn?start=2026-03-01&end=2026-03-05&sample=5")
+    assert refused.status_code == 400 and "sample" in refused.json()
+    larger = api_client.get("/api/v1/churn?start=2026-03-01&end=2026-03-05&churn_days=14&last_events=1&sample=50000")
+    assert larger.json()["results"] == body["results"]
 
 
 def test_churn_reads_the_last_events_of_a_bounded_sample():
