@@ -176,25 +176,36 @@ def retention_cohorts(*, granularity: str, basis: str, start: date, end: date, p
 
 
 def _search_parts(start: date, end: date) -> tuple[str, dict]:
-    """The (query, searches, zero_results) rows of the window: its whole calendar months from
-    `SearchMonth`, its other days from `SearchDay` (a quarter is read as two or three month rows
-    per query and the days at its ends instead of ninety day rows)."""
-    months_from = start if start.day == 1 else (start.replace(day=1) + timedelta(days=32)).replace(day=1)
-    after_end = end + timedelta(days=1)
-    months_to = after_end if after_end.day == 1 else end.replace(day=1)  # first day after the whole months
-    if months_from >= months_to:
-        months_from = months_to = after_end  # no whole month: every day from the days
+    """The signed (query, searches, zero_results) rows that add up to the window, per calendar
+    month it touches: a whole month is its `SearchMonth` row; a partial one is either its days in
+    the window or, when the window covers most of it, its month row less the days it leaves out
+    (a quarter from the 2nd is three month rows less one day, not 29 days and two months). Both
+    counts are sums, so the difference is exact."""
+    months, days, left_out = [], [], []
+    month = start.replace(day=1)
+    while month <= end:
+        next_month = (month + timedelta(days=32)).replace(day=1)
+        first, last = max(start, month), min(end, next_month - timedelta(days=1))
+        inside = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+        outside = [
+            month + timedelta(days=n)
+            for n in range((next_month - month).days)
+            if month + timedelta(days=n) not in inside
+        ]
+        if len(outside) < len(inside):
+            months.append(month)
+            left_out += outside
+        else:
+            days += inside
+        month = next_month
     sql = """
-        SELECT query, searches, zero_results FROM tracking_searchmonth
-        WHERE month >= %(months_from)s AND month < %(months_to)s
+        SELECT query, searches, zero_results FROM tracking_searchmonth WHERE month = ANY(%(months)s::date[])
         UNION ALL
-        SELECT query, searches, zero_results FROM tracking_searchday
-        WHERE day >= %(start)s AND day < %(months_from)s
+        SELECT query, searches, zero_results FROM tracking_searchday WHERE day = ANY(%(days)s::date[])
         UNION ALL
-        SELECT query, searches, zero_results FROM tracking_searchday
-        WHERE day >= %(months_to)s AND day <= %(end)s
+        SELECT query, -searches, -zero_results FROM tracking_searchday WHERE day = ANY(%(left_out)s::date[])
     """
-    return sql, {"start": start, "end": end, "months_from": months_from, "months_to": months_to}
+    return sql, {"months": months, "days": days, "left_out": left_out}
 
 
 def search_report(*, start: date, end: date, zero_results_only: bool = False, limit: int | None = None) -> dict:
@@ -207,6 +218,7 @@ def search_report(*, start: date, end: date, zero_results_only: bool = False, li
         WITH q AS MATERIALIZED (
             SELECT query, sum(searches)::bigint AS searches, sum(zero_results)::bigint AS zero_results
             FROM ({parts}) p GROUP BY query
+            HAVING sum(searches) > 0  -- searched only on the days a month row is less
         )
         SELECT * FROM (
             SELECT row_number() OVER (ORDER BY {order}) AS rank, query, searches, zero_results FROM q

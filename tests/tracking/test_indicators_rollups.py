@@ -249,7 +249,7 @@ def test_nightly_runs_of_one_new_day_with_late_events_equal_a_full_rebuild():
     assert snapshot() == incremental
 
 
-def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends():
+def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends_or_less_them():
     rng = random.Random(5)
     services.ingest_events(
         events=_random_events(rng, 400, start=date(2026, 1, 20), days=80), now=datetime(2026, 4, 20, tzinfo=UTC)
@@ -262,6 +262,9 @@ def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends():
         (date(2026, 2, 1), date(2026, 3, 31)),  # whole months only
         (date(2026, 2, 3), date(2026, 2, 20)),  # inside one month
         (date(2026, 1, 31), date(2026, 2, 28)),  # one whole month and one day before it
+        (date(2026, 1, 3), date(2026, 3, 28)),  # most of two months: their month rows less some days
+        (date(2026, 2, 2), date(2026, 2, 26)),  # most of one month, less days at both ends
+        (date(2026, 3, 30), date(2026, 4, 1)),  # a few days across a month's end
     ]:
         by_hand: dict[str, list[int]] = {}
         for day, query, searches, zero in rows:
