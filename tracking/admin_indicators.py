@@ -238,7 +238,8 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             )
             total = indicators.fold_days(indicator.fold, [v for _d, v in values])
             fold = indicators.Fold(indicator.fold).label.lower()
-            summary = f"{indicator.label}: {indicator.description} Over the window ({fold}): {total.normalize()}"
+            total_text = indicators.value_text(total, indicator.unit)
+            summary = f"{indicator.label}: {indicator.description} Over the window ({fold}): {total_text}"
             table = {"headers": ["day", indicator.key], "rows": [[_cell(d.isoformat()), _cell(v)] for d, v in values]}
             days = [d for d, _v in values]
             goal_lines = _goal_lines(indicator, days)

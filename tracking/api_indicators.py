@@ -4,8 +4,6 @@ funnels, key behaviours and churn. Every list is paginated."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.permissions import BasePermission
@@ -74,16 +72,6 @@ class _View(APIView):
         return Response(output({**extra, **body}).data)
 
 
-def _decimal_text(value: Decimal, unit: str) -> str:
-    quantum = Decimal("0.01") if unit == indicators.Unit.MONEY else Decimal("0.0001")
-    value = Decimal(value)
-    return (
-        str(value.quantize(quantum))
-        if value != value.to_integral_value() or unit == indicators.Unit.MONEY
-        else str(int(value))
-    )
-
-
 class IndicatorListView(_View):
     @extend_schema(
         summary="The indicators dashboards chart and goals are set on",
@@ -125,7 +113,7 @@ class IndicatorSeriesView(_View):
         window = _params(s.WindowInput, request)
         values = indicators.daily_values(key, start=window["start"], end=window["end"])
         total = indicators.fold_days(indicator.fold, [value for _day, value in values])
-        rows = [{"day": day, "value": _decimal_text(value, indicator.unit)} for day, value in values]
+        rows = [{"day": day, "value": indicators.value_text(value, indicator.unit)} for day, value in values]
         extra = {
             "key": indicator.key,
             "label": indicator.label,
@@ -133,7 +121,7 @@ class IndicatorSeriesView(_View):
             "fold": indicator.fold,
             "start": window["start"],
             "end": window["end"],
-            "total": _decimal_text(total, indicator.unit),
+            "total": indicators.value_text(total, indicator.unit),
         }
         return self.page(rows, extra, s.SeriesPage, pagination_class=SeriesPagination)
 

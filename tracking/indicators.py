@@ -92,6 +92,14 @@ def fold_days(fold: str, values: list[Decimal]) -> Decimal:
     raise ValueError(f"unknown fold {fold!r}")
 
 
+def value_text(value: Decimal, unit: str) -> str:
+    """A value as the API and the dashboards show it: money to the cent, other fractions (a mean
+    of days, a ratio) to four places, whole numbers as they are."""
+    quantum = Decimal("0.01") if unit == Unit.MONEY else Decimal("0.0001")
+    value = Decimal(value)
+    return str(value.quantize(quantum)) if value != value.to_integral_value() or unit == Unit.MONEY else str(int(value))
+
+
 def unregister_indicator(key: str) -> Indicator | None:
     """Remove an indicator (tests that register their own put the registry back as it was)."""
     return _registry.pop(key, None)

@@ -321,3 +321,11 @@ def test_a_dashboard_table_escapes_what_people_typed_and_shades_heat_cells(clien
     ).content.decode()
     # u1 and u2 started on March 1st; only u1 came back on day 8: a half-shaded cell of 50.0%.
     assert '<td style="text-align: right; background: rgba(65, 118, 144, 0.5)">50.0</td>' in heat
+
+
+def test_the_trends_summary_shows_a_mean_of_days_rounded_as_the_api_does(client, api_client, make_staff, shop):
+    client.force_login(make_staff("Analyst"))
+    # DAU over a week: 2, 1, then nothing: a mean of 3/7.
+    page = client.get("/admin/tracking/dailyindicator/?indicator=dau&start=2026-03-01&end=2026-03-07").content.decode()
+    assert "Over the window (mean of the days): 0.4286" in page
+    assert api_client.get("/api/v1/indicators/dau?start=2026-03-01&end=2026-03-07").json()["total"] == "0.4286"
