@@ -186,12 +186,9 @@ def _search_parts(start: date, end: date) -> tuple[str, dict]:
     while month <= end:
         next_month = (month + timedelta(days=32)).replace(day=1)
         first, last = max(start, month), min(end, next_month - timedelta(days=1))
-        inside = [first + timedelta(days=n) for n in range((last - first).days + 1)]
-        outside = [
-            month + timedelta(days=n)
-            for n in range((next_month - month).days)
-            if month + timedelta(days=n) not in inside
-        ]
+        every_day = [month + timedelta(days=n) for n in range((next_month - month).days)]
+        inside = [day for day in every_day if first <= day <= last]
+        outside = [day for day in every_day if not first <= day <= last]
         if len(outside) < len(inside):
             months.append(month)
             left_out += outside
@@ -218,7 +215,7 @@ def search_report(*, start: date, end: date, zero_results_only: bool = False, li
         WITH q AS MATERIALIZED (
             SELECT query, sum(searches)::bigint AS searches, sum(zero_results)::bigint AS zero_results
             FROM ({parts}) p GROUP BY query
-            HAVING sum(searches) > 0  -- searched only on the days a month row is less
+            HAVING sum(searches) > 0  -- a query searched only on the days left out nets to nothing
         )
         SELECT * FROM (
             SELECT row_number() OVER (ORDER BY {order}) AS rank, query, searches, zero_results FROM q
