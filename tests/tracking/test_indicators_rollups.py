@@ -283,4 +283,5 @@ def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends_or_less
         assert nothing_found["searches"] == totals["searches"]
         assert nothing_found["zero_results"] == totals["zero_results"]
         expected = sorted((-z, -n, q) for q, (n, z) in by_hand.items() if z)[:1]
+        assert expected  # the window has zero-result searches: the filter has something to keep
         assert [(-r["zero_results"], -r["searches"], r["query"]) for r in nothing_found["queries"]] == expected
