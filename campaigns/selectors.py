@@ -13,6 +13,7 @@ from django.db.models import Count
 from campaigns.models import Assignment, AssignmentRole, Campaign, Delivery, Segment
 from campaigns.segments import audience_sql
 from campaigns.stats import GroupCounts, analyze
+from tracking.selectors import order_amount_sql
 
 PREVIEW_SAMPLE = 20
 
@@ -62,12 +63,6 @@ def delivery_counters(campaign: Campaign) -> dict[str, int]:
     }
 
 
-_REVENUE = (
-    "CASE WHEN e.name = 'order_paid' AND (e.properties ->> 'amount') ~ '^-?[0-9]+(\\.[0-9]+)?$'"
-    " THEN (e.properties ->> 'amount')::numeric ELSE 0 END"
-)
-
-
 def _member_rows(campaign: Campaign) -> list[tuple]:
     """Per group: assigned, sent, delivered, failed, opened, clicked, converted, revenue.
 
@@ -97,9 +92,9 @@ def _member_rows(campaign: Campaign) -> list[tuple]:
     ), hits AS (
         SELECT w.profile_id,
                bool_or(e.name = %s) AS converted,
-               sum("""
-        + _REVENUE
-        + """) AS revenue
+               sum(CASE WHEN e.name = 'order_paid' THEN """
+        + order_amount_sql("e.properties")
+        + """ ELSE 0 END) AS revenue
         FROM w
         JOIN profiles_identity i ON i.profile_id = w.profile_id AND i.kind = 'user_id'
         JOIN tracking_event e ON e.user_id = i.value

@@ -37,21 +37,20 @@ from crm.models import (
     ValueChange,
     ValueTier,
 )
+from tracking.selectors import order_amount_sql
 
 logger = logging.getLogger(__name__)
 
 # Any constant will do: it names "the crm recompute" among PostgreSQL advisory locks.
 RECOMPUTE_LOCK_KEY = 0x0C0FFEE5
 
-# Amounts arrive as decimal strings from the product; anything else counts as an order of 0.
-AMOUNT_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
-
 # One statement from the orders to the rows that change: the scores, segment and tier of every
 # customer (profiles with a paid, unrefunded order in the window), every profile's stage, all set
 # against the stored rows, and only the rows that differ are kept. Recency is ranked on whole days
 # before the reference date; only the last order's moment is kept, recency follows from it at
 # read time. A read-only `CREATE TABLE AS` may run in parallel where an INSERT may not, and a
-# night keeps a few ten thousand rows instead of every customer's.
+# night keeps a few ten thousand rows instead of every customer's. `{amount}` stands for an order
+# event's amount (`tracking.selectors.order_amount_sql`).
 CHANGES_SQL = """
 CREATE TEMP TABLE crm_changed ON COMMIT DROP AS
 WITH orders AS (
@@ -59,8 +58,7 @@ WITH orders AS (
     SELECT pe.profile_id,
            COALESCE(NULLIF(pe.properties->>'order_id', ''), pe.event_id::text) AS order_id,
            min(pe.timestamp) AS paid_at,
-           max(CASE WHEN pe.properties->>'amount' ~ %(amount_pattern)s
-                    THEN (pe.properties->>'amount')::numeric ELSE 0 END) AS amount
+           max({amount}) AS amount
     FROM profiles_profileevent pe
     WHERE pe.name = 'order_paid' AND pe.timestamp > %(window_start)s AND pe.timestamp <= %(ref)s
       AND pe.profile_id IS NOT NULL
@@ -343,7 +341,6 @@ class RecomputeParams:
             "reactivated_after": self.reference_at - timedelta(days=self.reactivated_days),
             "new_after": self.reference_at - timedelta(days=self.new_days),
             "segments": list(RfmSegment.values),
-            "amount_pattern": AMOUNT_PATTERN,
             "now": now,
         }
 
@@ -482,7 +479,7 @@ def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) ->
         # than these plain scans and hashes ever gain from it.
         cursor.execute("SET LOCAL jit = off")
         cursor.execute("SELECT set_config('work_mem', %s, true)", [work_mem()])
-        step("scores", CHANGES_SQL, sql_params)
+        step("scores", CHANGES_SQL.replace("{amount}", order_amount_sql("pe.properties")), sql_params)
         started = time.monotonic()
         cursor.execute(APPLY_SQL, sql_params)
         profiles, written, changes, dropped = cursor.fetchone()

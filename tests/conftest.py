@@ -3,12 +3,14 @@ and a real Celery worker process consuming the real Redis against the test datab
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,26 @@ from access.models import Scope
 ROOT = Path(__file__).resolve().parent.parent
 
 pytest_plugins = ["tests.browser_fixtures"]
+
+
+@pytest.fixture
+def stored_before_amount_check(db) -> Callable[[], AbstractContextManager[None]]:
+    """`with stored_before_amount_check(): EventFactory(...)` stores events as a database held them
+    before migration tracking 0010, which then left its amount constraint NOT VALID: it holds for
+    new events only. DDL is transactional, so the test's rollback restores the constraint."""
+    from django.db import connection
+
+    migration = importlib.import_module("tracking.migrations.0010_order_amount_decimal")
+
+    @contextmanager
+    def stored() -> Iterator[None]:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE tracking_event DROP CONSTRAINT event_order_amount_decimal")
+        yield
+        with connection.cursor() as cursor:
+            cursor.execute(migration.CONSTRAINT)
+
+    return stored
 
 
 @pytest.fixture

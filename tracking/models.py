@@ -28,6 +28,12 @@ class EventKind(models.TextChoices):
     BUSINESS = "business", "Business"
 
 
+# Order events carry their `amount` as a decimal string; the database refuses any other form, so
+# that no stored amount fails a cast to numeric (ingestion is stricter still: two decimal places).
+ORDER_EVENTS = ("order_paid", "order_refunded")
+STORED_AMOUNT_PATTERN = r"^[0-9]{1,15}(\.[0-9]{1,12})?$"
+
+
 class Event(models.Model):
     """One thing a person did.
 
@@ -90,7 +96,15 @@ class Event(models.Model):
             models.CheckConstraint(
                 condition=models.Q(user_id__isnull=False) | models.Q(anonymous_id__isnull=False),
                 name="event_has_person_id",
-            )
+            ),
+            # Sums over millions of orders then cast the amount as it is, without a pattern match
+            # per row (see `tracking.selectors.order_amount_sql`).
+            models.CheckConstraint(
+                condition=~models.Q(name__in=ORDER_EVENTS)
+                | models.Q(properties__amount__isnull=True)
+                | models.Q(properties__amount__regex=STORED_AMOUNT_PATTERN),
+                name="event_order_amount_decimal",
+            ),
         ]
 
     def __str__(self) -> str:

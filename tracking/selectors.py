@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from tracking.errors import IndicatorUnavailable
 from tracking.indicators import Fold, Unit, UnknownIndicator, daily_values, fold_days, get_indicator
-from tracking.models import Event, Funnel, Goal, goal_step
+from tracking.models import STORED_AMOUNT_PATTERN, Event, Funnel, Goal, goal_step
 
 # A loose index scan: PostgreSQL has no skip scan, so DISTINCT over a big table reads every row;
 # this recursive query instead jumps from one value to the next through the index, a few pages
@@ -35,6 +35,32 @@ def _distinct(column: str, where: str, limit: int) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(_DISTINCT_VALUES.format(column=column, where=where), [limit])
         return [row[0] for row in cursor.fetchall()]
+
+
+def order_amounts_validated() -> bool:
+    """Whether the database has checked every stored order event's amount against
+    `STORED_AMOUNT_PATTERN` (constraint `event_order_amount_decimal` validated), not only the
+    events stored since the constraint was added."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT convalidated FROM pg_constraint "
+            "WHERE conrelid = 'tracking_event'::regclass AND conname = 'event_order_amount_decimal'"
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def order_amount_sql(properties: str) -> str:
+    """An SQL expression for the amount of the order event whose properties are the column
+    `properties`: 0 where it has none, and where an older event's amount is not a decimal string.
+
+    Where the database guarantees every stored amount's form it is cast as it is: matching the
+    pattern costs about 2 µs of CPU an event, more than reading and casting it together."""
+    amount = f"({properties} ->> 'amount')"
+    if order_amounts_validated():
+        return f"COALESCE({amount}::numeric, 0)"
+    pattern = STORED_AMOUNT_PATTERN.replace("'", "''")
+    return f"CASE WHEN {amount} ~ '{pattern}' THEN {amount}::numeric ELSE 0 END"
 
 
 def event_names(*, limit: int = 500) -> list[str]:

@@ -80,18 +80,6 @@ def test_the_same_order_sent_twice_counts_once():
     assert (value(carol).frequency, value(carol).monetary) == (1, Decimal("12.00"))
 
 
-def test_an_amount_that_is_not_a_number_counts_the_order_with_nothing_spent():
-    now = timezone.now()
-    dave = CustomerFactory()
-    paid_order(dave, "not-a-number", now - timedelta(days=1))
-    paid_order(dave, "8.00", now - timedelta(days=2))
-
-    run = services.recompute_customer_values(now=now)
-
-    assert run.status == "done"
-    assert (value(dave).frequency, value(dave).monetary) == (2, Decimal("8.00"))
-
-
 def test_the_window_is_the_schemes_setting():
     now = timezone.now()
     erin = CustomerFactory()
@@ -234,3 +222,27 @@ def test_without_ties_scores_are_pandas_qcut_of_the_ranks():
 
     expected = pd.qcut(pd.Series([float(a) for a in spends]).rank(method="first"), 5, labels=[1, 2, 3, 4, 5])
     assert [value(p).m for p in people] == [int(x) for x in expected]
+
+
+def test_amounts_read_alike_whether_or_not_the_database_checked_older_orders(stored_before_amount_check):
+    from tracking.selectors import order_amounts_validated
+
+    now = timezone.now()
+    gina, hal = CustomerFactory(), CustomerFactory()
+    paid_order(gina, "20.00", now - timedelta(days=3))
+    paid_order(gina, "7", now - timedelta(days=4))
+    paid_order(hal, "12.345", now - timedelta(days=5))
+    assert order_amounts_validated()
+    services.recompute_customer_values(now=now)
+    checked = {p: (value(p).frequency, value(p).monetary) for p in (gina, hal)}
+
+    with stored_before_amount_check():  # older orders whose amounts the database refuses today
+        for amount in ("oops", "-5.00", "1_000", " 3"):
+            paid_order(hal, amount, now - timedelta(days=6))
+    assert not order_amounts_validated()
+    services.recompute_customer_values(now=now + timedelta(seconds=1))
+
+    assert checked == {gina: (2, Decimal("27.00")), hal: (1, Decimal("12.35"))}
+    # The unreadable amounts still count as orders, of 0 each.
+    assert (value(gina).frequency, value(gina).monetary) == (2, Decimal("27.00"))
+    assert (value(hal).frequency, value(hal).monetary) == (5, Decimal("12.35"))

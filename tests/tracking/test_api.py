@@ -184,6 +184,29 @@ def test_an_order_paid_needs_an_order_id_and_a_decimal_string_amount(client):
     assert Event.objects.get().kind == "business"
 
 
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [
+        ("1_000", "digits 0-9"),
+        ("١٢", "digits 0-9"),
+        ("1e3", "digits 0-9"),
+        (" 12", "digits 0-9"),
+        ("5.", "digits 0-9"),
+        ("20.505", "two decimal places"),
+        ("-5", "at least 0"),
+        ("1234567890123456", "15 digits"),
+    ],
+)
+def test_an_amount_postgresql_reads_otherwise_or_not_at_all_is_refused_naming_why(client, amount, reason):
+    good = EventPayloadFactory(name="order_paid", properties={"order_id": "o-1", "amount": "123456789012345.25"})
+    bad = EventPayloadFactory(name="order_paid", properties={"order_id": "o-2", "amount": amount})
+    response = post(client, {"events": [good, bad]})
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 1
+    assert any(reason in message for message in errors_of(response, 1)["properties.amount"])
+    assert Event.objects.get().properties["amount"] == "123456789012345.25"
+
+
 def test_text_that_postgresql_cannot_store_is_refused_not_a_server_error(client):
     nul_property = EventPayloadFactory(properties={"q": "a\x00b"})
     nul_user = EventPayloadFactory(user_id="a\x00b")

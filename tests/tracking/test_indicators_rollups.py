@@ -58,13 +58,14 @@ def fold() -> rollups.RollupResult:
     return rollups.fold_new_events()
 
 
-def test_one_day_of_hand_made_events_gives_exact_indicators():
+def test_one_day_of_hand_made_events_gives_exact_indicators(stored_before_amount_check):
+    with stored_before_amount_check():  # an older event with an amount the database now refuses
+        EventFactory(name="order_paid", user_id="u2", timestamp=at("2026-03-02", 23), properties={"amount": "oops"})
     EventFactory(name="app_open", user_id="u1", timestamp=at("2026-03-02", 8))
     EventFactory(name="order_paid", user_id="u1", timestamp=at("2026-03-02", 9), properties={"amount": "20.50"})
     EventFactory(name="order_paid", user_id="u1", timestamp=at("2026-03-02", 10), properties={"amount": "4.50"})
     EventFactory(name="order_refunded", user_id="u1", timestamp=at("2026-03-02", 11), properties={"amount": "4.50"})
     EventFactory(name="app_open", user_id=None, anonymous_id="anon-7", timestamp=at("2026-03-02", 9))
-    EventFactory(name="order_paid", user_id="u2", timestamp=at("2026-03-02", 23), properties={"amount": "oops"})
 
     fold()
 
