@@ -69,19 +69,34 @@ refunded AS (
     FROM profiles_profileevent pe
     WHERE pe.name = 'order_refunded' AND pe.timestamp <= %(ref)s AND pe.properties->>'order_id' <> ''
 ),
-customers AS (
+customers AS MATERIALIZED (
     SELECT o.profile_id, count(*)::int AS frequency, sum(o.amount) AS monetary, max(o.paid_at) AS last_order_at,
            floor(extract(epoch FROM (%(ref)s - max(o.paid_at))) / 86400)::int AS recency_days
     FROM orders o
     WHERE NOT EXISTS (SELECT 1 FROM refunded r WHERE r.order_id = o.order_id)
     GROUP BY o.profile_id
 ),
+-- Recency and frequency take a few hundred distinct values: their ranks are read from a count of
+-- customers per value, and only monetary sorts every customer.
+recency_ranks AS (
+    SELECT recency_days, sum(count(*)) OVER ()::bigint AS n,
+           1 + COALESCE(sum(count(*)) OVER (ORDER BY recency_days DESC
+                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint AS r_rank
+    FROM customers
+    GROUP BY recency_days
+),
+frequency_ranks AS (
+    SELECT frequency,
+           1 + COALESCE(sum(count(*)) OVER (ORDER BY frequency
+                                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)::bigint AS f_rank
+    FROM customers
+    GROUP BY frequency
+),
 ranked AS (
-    SELECT c.*, count(*) OVER () AS n,
-           rank() OVER (ORDER BY c.recency_days DESC) AS r_rank,
-           rank() OVER (ORDER BY c.frequency) AS f_rank,
-           rank() OVER (ORDER BY c.monetary) AS m_rank
+    SELECT c.*, rr.n, rr.r_rank, fr.f_rank, rank() OVER (ORDER BY c.monetary) AS m_rank
     FROM customers c
+    JOIN recency_ranks rr ON rr.recency_days = c.recency_days
+    JOIN frequency_ranks fr ON fr.frequency = c.frequency
 ),
 scored AS (
     SELECT x.profile_id, x.n, x.frequency, round(x.monetary, 2) AS monetary, x.last_order_at,
