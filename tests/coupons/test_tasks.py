@@ -10,6 +10,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -91,9 +92,11 @@ def test_bulk_issuance_to_a_segment_asks_the_registered_resolver(celery_worker, 
     members = [person() for _ in range(4)]
     rule = CouponRuleFactory()
     segment_resolver(lambda segment_id: [p.pk for p in members] if segment_id == 3 else [])
-    job = services.create_issuance_job(rule=rule, segment_id=3)
-    # The worker process has no resolver of this test, so run the job here, as campaigns would.
-    job = services.run_issuance_job(job=job)
+    # The worker process has no resolver of this test, so run the job here, as campaigns would,
+    # before the commit hands it to the worker (which then finds it finished).
+    with transaction.atomic():
+        job = services.create_issuance_job(rule=rule, segment_id=3)
+        job = services.run_issuance_job(job=job)
     assert (job.status, job.issued) == (IssuanceJob.Status.DONE, 4)
     assert set(Coupon.objects.filter(rule=rule).values_list("profile_id", flat=True)) == {p.pk for p in members}
 
