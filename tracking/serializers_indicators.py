@@ -3,7 +3,7 @@ field) and the replies, which the OpenAPI schema describes exactly."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from rest_framework import serializers
 
@@ -86,6 +86,11 @@ class KeyBehaviourInput(AnalysisWindowInput):
 
 
 class ChurnInput(AnalysisWindowInput):
+    end = serializers.DateField(
+        required=False,
+        help_text="Last day (YYYY-MM-DD), inclusive; default `churn_days` before today (UTC), the last day "
+        "whose churn days are over.",
+    )
     churn_days = serializers.IntegerField(
         default=30, min_value=1, max_value=180, help_text="Churned: no activity in this many days after `end`."
     )
@@ -99,6 +104,21 @@ class ChurnInput(AnalysisWindowInput):
         help_text="At most this many people's last events are read (a fixed draw by a hash of their key); "
         "larger is more precise and slower.",
     )
+
+    def validate(self, data):
+        # A window ending today would call everyone churned: nobody has had the churn days to return.
+        if not data.get("end"):
+            end = default_churn_end(data["churn_days"])
+            if data.get("start") and data["start"] > end:
+                raise serializers.ValidationError(
+                    {"start": [f"is after {end}, the last day whose churn days are over; give `end` for another"]}
+                )
+            data = {**data, "end": end}
+        return super().validate(data)
+
+
+def default_churn_end(churn_days: int) -> date:
+    return _today() - timedelta(days=churn_days)
 
 
 # --- replies --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -191,6 +191,33 @@ def test_churn_compares_the_last_behaviours(api_client):
     assert refused.status_code == 400 and "sample" in refused.json()
     larger = api_client.get("/api/v1/churn?start=2026-03-01&end=2026-03-05&churn_days=14&last_events=1&sample=50000")
     assert larger.json()["results"] == body["results"]
+
+
+def test_churn_by_default_looks_at_the_last_30_days_whose_churn_days_are_over(api_client, client, make_staff):
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    for n in range(3):
+        EventFactory(user_id=f"gone{n}", name="payment_failed", timestamp=today - timedelta(days=40))
+        EventFactory(user_id=f"kept{n}", name="app_open", timestamp=today - timedelta(days=40))
+        EventFactory(user_id=f"kept{n}", name="app_open", timestamp=today - timedelta(days=20))
+    EventFactory(user_id="today", name="app_open", timestamp=today)
+    rollups.fold_new_events()
+    end = today.date() - timedelta(days=30)
+
+    body = api_client.get("/api/v1/churn").json()
+
+    assert (body["start"], body["end"]) == (str(end - timedelta(days=29)), str(end))
+    assert body["complete"] and (body["churned_users"], body["retained_users"]) == (3, 3)
+    week = api_client.get("/api/v1/churn?churn_days=7").json()
+    assert week["end"] == str(today.date() - timedelta(days=7)) and week["complete"]
+    # Those active after the default end are outside it: a start after it must come with an end.
+    late = api_client.get(f"/api/v1/churn?start={today.date() - timedelta(days=3)}")
+    assert late.status_code == 400 and "start" in late.json()
+
+    client.force_login(make_staff("Analyst"))
+    page = client.get("/admin/tracking/dailyindicator/churn/")
+    assert page.status_code == 200 and not page.context["form"].errors
+    assert page.context["form"].cleaned_data["end"] == end
+    assert b"3 churned, 3 retained." in page.content and b"not over yet" not in page.content
 
 
 def test_churn_reads_the_last_events_of_a_bounded_sample():
