@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--customers", type=int, default=1_000_000, help="profiles (default 1,000,000)")
     parser.add_argument("--orders", type=int, default=5_000_000, help="order_paid events (default 5,000,000)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply --customers and --orders (e.g. 0.1)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs of each side (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed nights, each against the baseline (default 5)")
     parser.add_argument("--regenerate", action="store_true", help="drop and generate the data again")
     parser.add_argument("--seed", type=float, default=0.42, help="setseed() for the generator, in [-1, 1]")
     parser.add_argument(
