@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from coupons.models import ZERO, CodeBatch, Coupon, CouponRule, CouponStatus, IssuanceJob, Redemption
 from profiles.models import Profile
+from tracking.selectors import order_amount_sql
 
 PROFILE_STATUSES = ("available", "redeemed", "expired")
 
@@ -349,7 +350,8 @@ DIRECT = "(direct)"
 # their first event (first touch; none is "(direct)"). Converted: an `order_paid` since joining;
 # day-7 retained: any event on the 7th calendar day (UTC) after the day they joined, counted only
 # over people whose day 7 is complete. Coupon cost: discounts of the standing redemptions of the
-# converted people; revenue: the amounts of their `order_paid` events since joining.
+# converted people; revenue: the amounts of their `order_paid` events since joining (`{amount}`:
+# `tracking.selectors.order_amount_sql`).
 CHANNEL_QUALITY_SQL = r"""
 WITH cohort AS (
     SELECT p.id AS profile_id, LEAST(p.first_seen_at, p.signup_at) AS joined_at, p.first_seen_at
@@ -368,8 +370,7 @@ first_touch AS (
 ),
 orders AS (
     SELECT e.profile_id,
-           sum(CASE WHEN e.properties->>'amount' ~ '^[0-9]{1,12}(\.[0-9]{1,2})?$'
-                    THEN (e.properties->>'amount')::numeric ELSE 0 END) AS revenue
+           sum({amount}) AS revenue
     FROM profiles_profileevent e JOIN cohort c ON c.profile_id = e.profile_id
     WHERE e.name = 'order_paid' AND e.timestamp >= %(since)s AND e.timestamp >= c.joined_at
     GROUP BY e.profile_id
@@ -452,7 +453,10 @@ def channel_quality(*, start: date, end: date, today: date | None = None) -> lis
     today = today or timezone.now().astimezone(UTC).date()
     since, until = _utc_bounds(start, end)
     with connection.cursor() as cursor:
-        cursor.execute(CHANNEL_QUALITY_SQL, {"since": since, "until": until, "today": today, "direct": DIRECT})
+        cursor.execute(
+            CHANNEL_QUALITY_SQL.replace("{amount}", order_amount_sql("e.properties")),
+            {"since": since, "until": until, "today": today, "direct": DIRECT},
+        )
         rows = cursor.fetchall()
     return [
         ChannelQuality(
