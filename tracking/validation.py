@@ -60,11 +60,11 @@ _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What PostgreSQL text cannot hold: NUL, and lone surrogates (JSON "\ud800" decodes to one).
 _UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
-# Fast paths for the common spellings; anything else goes through the standard library parsers,
-# which are exact but cost several microseconds per call, a lot at tens of thousands a second.
 # ASCII digits only, as PostgreSQL's numeric reads them (Python's Decimal also takes "1_000", "1e3"
 # and other scripts' digits); at most 15 before the point, as the database's own check allows.
 _AMOUNT = re.compile(r"([0-9]{1,15})(?:\.([0-9]+))?")
+# Fast paths for the common spellings; anything else goes through the standard library parsers,
+# which are exact but cost several microseconds per call, a lot at tens of thousands a second.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _PLAIN_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
