@@ -121,14 +121,6 @@ class KeyBehaviourForm(_WindowForm):
 class ChurnForm(_WindowForm):
     rules = s.ChurnInput
     churn_days = forms.IntegerField(min_value=1, max_value=180, initial=30)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # The last 30 days whose churn days are over, as the API's default.
-        end = s.default_churn_end(self.fields["churn_days"].initial)
-        self.fields["end"].initial = end
-        self.fields["start"].initial = end - timedelta(days=self.days - 1)
-
     last_events = forms.IntegerField(min_value=1, max_value=20, initial=3)
     sample = forms.IntegerField(
         min_value=100,
@@ -137,6 +129,13 @@ class ChurnForm(_WindowForm):
         label="Sample of people",
         help_text="Larger is more precise and slower.",
     )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The last 30 days whose churn days are over, as the API's default.
+        end = s.default_churn_end(self.fields["churn_days"].initial)
+        self.fields["end"].initial = end
+        self.fields["start"].initial = end - timedelta(days=self.days - 1)
 
 
 def _bound(form_class, request: HttpRequest, **kwargs) -> forms.Form:
