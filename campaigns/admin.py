@@ -1,6 +1,6 @@
 """What operators see: campaigns with inline variants, audience preview, launch / pause /
-resume / rollout actions (audited), live counters, results as a table and a chart, the history
-of iterations, a test message to a staff device, deliveries and channel gateways."""
+resume / rollout / cancel actions (audited), live counters, results as a table and a chart, the
+history of iterations, a test message to a staff device, deliveries and channel gateways."""
 
 from __future__ import annotations
 
@@ -145,6 +145,11 @@ def resume(modeladmin, request, queryset):
     _run_action(modeladmin, request, queryset, "Resumed", services.resume_campaign)
 
 
+@admin.action(description="Cancel selected campaigns (stop for good)", permissions=["send"])
+def cancel(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, "Cancelled", services.cancel_campaign)
+
+
 @admin.action(description="Roll out the winner to the rest (after the pilot)", permissions=["send"])
 def rollout(modeladmin, request, queryset):
     _run_action(modeladmin, request, queryset, "Rolled out", services.rollout_campaign)
@@ -167,7 +172,7 @@ class CampaignAdmin(admin.ModelAdmin):
     list_filter = ["status", "phase", "channel", "schedule_kind"]
     search_fields = ["name", "segment__name"]
     list_select_related = ["segment"]
-    actions = [launch, pause, resume, rollout, clone]
+    actions = [launch, pause, resume, rollout, cancel, clone]
     autocomplete_fields = ["segment"]
     readonly_fields = [
         "status",

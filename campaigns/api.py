@@ -181,6 +181,15 @@ class CampaignResumeView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
+class CampaignCancelView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @_action("Cancel: stop for good; pending messages are not sent")
+    def post(self, request, pk: str):
+        services.cancel_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        return Response(s.CampaignOutput(_campaign(pk)).data)
+
+
 class CampaignRolloutView(_JsonView):
     permission_classes = [HasScope("manage")]
 

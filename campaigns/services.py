@@ -265,6 +265,42 @@ def resume_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     return campaign
 
 
+# A campaign that has not ended yet may be stopped for good.
+CANCELLABLE = (
+    CampaignStatus.DRAFT,
+    CampaignStatus.SCHEDULED,
+    CampaignStatus.RUNNING,
+    CampaignStatus.PAUSED,
+    CampaignStatus.AWAITING_ROLLOUT,
+)
+CANCELLED_REASON = "campaign cancelled"
+
+
+@transaction.atomic
+def cancel_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) -> Campaign:
+    """Stop a campaign for good: nothing more is sent (its pending deliveries are skipped), its
+    schedule and trigger no longer fire, and it is neither rolled out nor completed. What was sent
+    stays, with its opens, clicks and conversions. A message a worker is sending right now goes."""
+    campaign = _locked(campaign_id)
+    _refuse_unless(campaign, CANCELLABLE, "cancel")
+    previous = campaign.status
+    campaign.status = CampaignStatus.CANCELLED
+    campaign.save(update_fields=["status", "updated_at"])
+    if campaign.periodic_task_id:
+        type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
+    skipped = campaign.deliveries.filter(status=DeliveryStatus.PENDING).update(
+        status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON, queued_at=None
+    )
+    record_audit(
+        action="campaigns.cancel",
+        obj=campaign,
+        actor=actor,
+        api_key=api_key,
+        details={"from": previous, "pending_skipped": skipped},
+    )
+    return campaign
+
+
 # --- audience snapshot -------------------------------------------------------------------------
 
 _ASSIGNMENT_COLUMNS = "(campaign_id, profile_id, user_id, role, variant_id, position, assigned_at)"
@@ -1045,9 +1081,12 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
             report["started"] += 1
     report["tag_triggered"] = trigger_on_tag_gains()
     with transaction.atomic():
-        report["unstuck"] = Delivery.objects.filter(
-            status=DeliveryStatus.SENDING, claimed_at__lte=now - stale_after
-        ).update(status=DeliveryStatus.PENDING, queued_at=None)
+        stuck = Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lte=now - stale_after)
+        # A cancelled campaign's message whose worker died mid-send is not sent again.
+        stuck.filter(campaign__status=CampaignStatus.CANCELLED).update(
+            status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON, queued_at=None
+        )
+        report["unstuck"] = stuck.update(status=DeliveryStatus.PENDING, queued_at=None)
         report["queued"] = queue_pending(requeue_after=requeue_after)
     for campaign in Campaign.objects.filter(status=CampaignStatus.RUNNING, phase=CampaignPhase.PILOT):
         if end_pilot_if_due(campaign_id=campaign.pk, now=now):

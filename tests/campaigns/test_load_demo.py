@@ -48,6 +48,24 @@ def test_the_loop_refuses_before_loading_anything_when_the_gateway_is_not_runnin
     assert not Profile.objects.exists()
 
 
+@pytest.mark.django_db
+def test_a_loop_that_stopped_before_its_campaign_finished_is_named_and_starts_over_once_cancelled():
+    from campaigns import services
+    from tests.factories.campaigns import CampaignFactory
+
+    call_command("load_demo", "--users", "5", "--days", "10", "--no-loop", "--no-progress", stdout=StringIO())
+    stopped = CampaignFactory(name=CAMPAIGN_NAME, status=CampaignStatus.RUNNING)
+    args = ("load_demo", "--users", "5", "--gateway-url", "http://127.0.0.1:9", "--no-progress")
+
+    with pytest.raises(CommandError, match="is running: an earlier loop stopped before it finished"):
+        call_command(*args, stdout=StringIO())
+    services.cancel_campaign(campaign_id=stopped.pk)
+    # The loop starts again: here it stops at once, at the gateway that is not running.
+    with pytest.raises(CommandError, match="demo gateway does not answer"):
+        call_command(*args, stdout=StringIO())
+    assert Profile.objects.filter(user_id__startswith="demo-").count() == 5
+
+
 # Sequences restart so the campaign gets the same id, hence the same hash-based assignment, on
 # every run: with the seeded world and per-person draws the outcome is the same each time.
 @pytest.mark.django_db(transaction=True, reset_sequences=True)

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from campaigns.demo import CAMPAIGN_NAME, USER_PREFIX, DemoError, DemoLoop, load_world
-from campaigns.models import Campaign
+from campaigns.models import Campaign, CampaignStatus
 from profiles.models import Profile
 
 
@@ -43,11 +43,20 @@ class Command(BaseCommand):
             raise CommandError("--users must be at least 1.")
         started = time.monotonic()
         world = Profile.objects.filter(user_id__startswith=USER_PREFIX).exists()
-        campaign = Campaign.objects.filter(name=CAMPAIGN_NAME).first()
-        if world and (campaign or o["no_loop"]):
+        # A cancelled demo campaign is one an operator set aside: the loop may run again.
+        campaign = (
+            Campaign.objects.filter(name=CAMPAIGN_NAME).exclude(status=CampaignStatus.CANCELLED).order_by("-pk").first()
+        )
+        if world and (o["no_loop"] or (campaign and campaign.status == CampaignStatus.COMPLETED)):
             status = f" (demo campaign {campaign.get_status_display().lower()})" if campaign else ""
             self.stdout.write(f"Demo data already loaded{status}; nothing to do.")
             return
+        if world and campaign:
+            raise CommandError(
+                f"The demo campaign {campaign.name!r} is {campaign.get_status_display().lower()}: an earlier"
+                " loop stopped before it finished. Cancel it (admin: Campaigns, action 'Cancel selected"
+                " campaigns') and run the demo again; the demo users are kept and the loop starts over."
+            )
         loop = DemoLoop(
             api_url=o["api_url"],
             gateway_url=o["gateway_url"],
