@@ -1199,9 +1199,13 @@ def apply_feedback(*, campaign_id: int) -> dict[str, int]:
 @transaction.atomic
 def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) -> Campaign:
     """The next iteration of a completed campaign: same audience and settings, the winner as
-    the new control (first variant), the other variants kept as challengers."""
+    the new control (first variant), the other variants kept as challengers. A cancelled one is
+    cloned too (its variants in their order, unless it had a winner): a campaign stopped for a
+    mistake is mended and launched again as a draft of its own."""
     source = _locked(campaign_id)
-    _refuse_unless(source, [CampaignStatus.COMPLETED, CampaignStatus.AWAITING_ROLLOUT], "clone")
+    _refuse_unless(
+        source, [CampaignStatus.COMPLETED, CampaignStatus.AWAITING_ROLLOUT, CampaignStatus.CANCELLED], "clone"
+    )
     variants = list(source.variants.order_by("position", "id"))
     if source.winner_id:
         variants.sort(key=lambda v: v.pk != source.winner_id)

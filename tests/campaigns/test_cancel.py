@@ -81,6 +81,19 @@ def test_a_recurring_campaign_cancelled_from_the_admin_stops_its_schedule(client
     assert not task.enabled
 
 
+def test_a_cancelled_campaign_is_cloned_as_a_draft_to_mend_and_launch_again():
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING)
+    services.cancel_campaign(campaign_id=campaign.pk)
+
+    clone = services.clone_campaign(campaign_id=campaign.pk)
+
+    assert clone.status == CampaignStatus.DRAFT and clone.parent_id == campaign.pk
+    assert list(clone.variants.order_by("position").values_list("name", "title")) == list(
+        campaign.variants.order_by("position").values_list("name", "title")
+    )
+    assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.CANCELLED
+
+
 def test_staff_who_may_not_send_may_not_cancel(client, make_staff):
     campaign = CampaignFactory(status=CampaignStatus.RUNNING)
     client.force_login(make_staff("Analyst"))
