@@ -608,9 +608,15 @@ def handle_triggers(*, items: Sequence[Sequence[Any]]) -> int:
     for cid, user_id, event_id, ts in items:
         by_campaign[int(cid)].append((user_id, event_id, dt.datetime.fromisoformat(ts)))
     created = 0
-    for campaign in Campaign.objects.filter(pk__in=by_campaign, status=CampaignStatus.RUNNING).select_related(
-        "segment"
-    ):
+    with connection.cursor() as cursor:
+        # FOR SHARE: triggers of one campaign are handled side by side, but a cancel or a pause
+        # (FOR UPDATE) waits for them, and one that commits first is seen: the status is read again.
+        cursor.execute(
+            "SELECT id FROM campaigns_campaign WHERE id = ANY(%s) AND status = %s ORDER BY id FOR SHARE",
+            [list(by_campaign), CampaignStatus.RUNNING],
+        )
+        running = [row[0] for row in cursor.fetchall()]
+    for campaign in Campaign.objects.filter(pk__in=running).select_related("segment"):
         triggers = by_campaign[campaign.pk]
         profile_of = dict(
             Profile.objects.filter(

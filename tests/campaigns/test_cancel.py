@@ -2,9 +2,13 @@
 results. Sent against a real local HTTP gateway."""
 
 import datetime as dt
+import threading
+import time
+import uuid
 from decimal import Decimal
 
 import pytest
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -123,3 +127,31 @@ def test_the_api_cancels_once_and_then_answers_409(api_client):
     # Its time comes and goes: the sweeper does not start it.
     Campaign.objects.filter(pk=campaign.pk).update(send_at=timezone.now() - dt.timedelta(minutes=1))
     assert services.sweep()["started"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_trigger_handled_while_its_campaign_is_being_cancelled_creates_no_message():
+    (person,) = make_profiles(1)
+    campaign = CampaignFactory(
+        status=CampaignStatus.RUNNING, schedule_kind="trigger", trigger_event="cart_abandoned", holdout_percent=0
+    )
+    items = [[campaign.pk, person.user_id, str(uuid.uuid4()), timezone.now().isoformat()]]
+    locked = threading.Event()
+
+    def cancel_and_commit_a_moment_later() -> None:
+        try:
+            with transaction.atomic():
+                services.cancel_campaign(campaign_id=campaign.pk)
+                locked.set()
+                time.sleep(1)
+        finally:
+            connection.close()
+
+    canceller = threading.Thread(target=cancel_and_commit_a_moment_later)
+    canceller.start()
+    assert locked.wait(10)
+    created = services.handle_triggers(items=items)  # waits for the cancel, then sees it
+    canceller.join()
+
+    assert created == 0
+    assert not Delivery.objects.filter(campaign=campaign).exists()
