@@ -41,7 +41,17 @@ def _preview_html(segment: Segment) -> str:
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
     formfield_overrides = URL_FIELDS
-    list_display = ["kind", "gateway", "rate_per_second", "max_attempts", "timeout_seconds", "enabled", "updated_at"]
+    list_display = [
+        "kind",
+        "gateway",
+        "rate_per_second",
+        "retry_window_minutes",
+        "max_attempts",
+        "timeout_seconds",
+        "at_most_once",
+        "enabled",
+        "updated_at",
+    ]
     list_editable = ["enabled"]
     list_filter = ["enabled"]
 
@@ -150,6 +160,11 @@ def cancel(modeladmin, request, queryset):
     _run_action(modeladmin, request, queryset, "Cancelled", services.cancel_campaign)
 
 
+@admin.action(description="Retry selected failed campaigns (from where they stopped)", permissions=["send"])
+def retry(modeladmin, request, queryset):
+    _run_action(modeladmin, request, queryset, "Retried", services.retry_campaign)
+
+
 @admin.action(description="Roll out the winner to the rest (after the pilot)", permissions=["send"])
 def rollout(modeladmin, request, queryset):
     _run_action(modeladmin, request, queryset, "Rolled out", services.rollout_campaign)
@@ -168,11 +183,21 @@ class TestMessageForm(forms.Form):
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
     inlines = [VariantInline]
-    list_display = ["name", "channel", "status", "phase", "iteration", "segment", "schedule_kind", "launched_at"]
+    list_display = [
+        "name",
+        "channel",
+        "status",
+        "phase",
+        "iteration",
+        "segment",
+        "schedule_kind",
+        "launched_at",
+        "failure",
+    ]
     list_filter = ["status", "phase", "channel", "schedule_kind"]
     search_fields = ["name", "segment__name"]
     list_select_related = ["segment"]
-    actions = [launch, pause, resume, rollout, cancel, clone]
+    actions = [launch, pause, resume, retry, rollout, cancel, clone]
     autocomplete_fields = ["segment"]
     readonly_fields = [
         "status",
@@ -186,6 +211,8 @@ class CampaignAdmin(admin.ModelAdmin):
         "completed_at",
         "periodic_task",
         "trigger_tag_cursor",
+        "failed_at",
+        "failure_reason",
         "live_counters",
         "audience_preview",
         "links",
@@ -217,6 +244,8 @@ class CampaignAdmin(admin.ModelAdmin):
                     "links",
                     "live_counters",
                     "status",
+                    "failure_reason",
+                    "failed_at",
                     "phase",
                     "winner",
                     "parent",
@@ -241,6 +270,10 @@ class CampaignAdmin(admin.ModelAdmin):
             # What was tested must stay what the results describe.
             fields += [f.name for f in Campaign._meta.fields if f.name not in fields and f.editable]
         return fields
+
+    @admin.display(description="Why it failed")
+    def failure(self, obj: Campaign) -> str:
+        return obj.failure_reason[:120]
 
     @admin.display(description="Audience (live)")
     def audience_preview(self, obj: Campaign) -> str:
@@ -402,8 +435,29 @@ class CampaignAdmin(admin.ModelAdmin):
             )
 
 
+@admin.action(description="Outcome unknown: the provider sent them (record as sent)", permissions=["send"])
+def unknown_were_sent(modeladmin, request, queryset):
+    done = services.settle_unknown_deliveries(
+        delivery_ids=list(queryset.values_list("pk", flat=True)), was_sent=True, actor=request.user
+    )
+    modeladmin.message_user(request, f"Recorded as sent: {done} message(s) of unknown outcome.", messages.SUCCESS)
+
+
+@admin.action(description="Outcome unknown: not sent (send again, same key)", permissions=["send"])
+def unknown_send_again(modeladmin, request, queryset):
+    done = services.settle_unknown_deliveries(
+        delivery_ids=list(queryset.values_list("pk", flat=True)), was_sent=False, actor=request.user
+    )
+    modeladmin.message_user(request, f"Queued again: {done} message(s) of unknown outcome.", messages.SUCCESS)
+
+
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
+    actions = [unknown_were_sent, unknown_send_again]
+
+    def has_send_permission(self, request) -> bool:
+        return request.user.has_perm("campaigns.send_campaign")
+
     list_display = [
         "id",
         "campaign",

@@ -190,6 +190,15 @@ class CampaignCancelView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
+class CampaignRetryView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @_action("Retry a failed campaign from where it stopped (its failure_reason says why it stopped)")
+    def post(self, request, pk: str):
+        services.retry_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        return Response(s.CampaignOutput(_campaign(pk)).data)
+
+
 class CampaignRolloutView(_JsonView):
     permission_classes = [HasScope("manage")]
 

@@ -43,9 +43,22 @@ class Channel(models.Model):
     token = models.CharField(max_length=500, blank=True, default="", help_text="Empty: OPSLOOP_GATEWAY_TOKEN")
     timeout_seconds = models.FloatField(default=5.0)
     rate_per_second = models.PositiveIntegerField(default=0, help_text="Provider allowance; 0 means no limit")
-    max_attempts = models.PositiveSmallIntegerField(default=5)
+    max_attempts = models.PositiveSmallIntegerField(
+        default=50, help_text="Most real attempts of one message (a safety cap; the retry window usually ends first)"
+    )
+    retry_window_minutes = models.PositiveIntegerField(
+        default=180,
+        help_text="How long after its first attempt a message is still retried: the longest outage it survives",
+    )
     backoff_base_seconds = models.FloatField(default=2.0)
     backoff_max_seconds = models.FloatField(default=600.0)
+    at_most_once = models.BooleanField(
+        default=False,
+        help_text=(
+            "For providers without idempotency keys: a message whose outcome could not be recorded (its worker died"
+            " while posting) is marked 'unknown' for review instead of being sent again"
+        ),
+    )
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -84,6 +97,7 @@ class CampaignStatus(models.TextChoices):
     AWAITING_ROLLOUT = "awaiting_rollout", "Pilot done, awaiting rollout"
     COMPLETED = "completed", "Completed"
     CANCELLED = "cancelled", "Cancelled"
+    FAILED = "failed", "Failed (see the reason; retry)"
 
 
 class CampaignPhase(models.TextChoices):
@@ -154,6 +168,8 @@ class Campaign(models.Model):
     completed_at = models.DateTimeField(null=True, blank=True)
     feedback_applied_at = models.DateTimeField(null=True, blank=True)
     results_snapshot = models.JSONField(null=True, blank=True, help_text="Results frozen at completion")
+    failed_at = models.DateTimeField(null=True, blank=True)
+    failure_reason = models.TextField(blank=True, default="", help_text="Why its last background step failed")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -267,6 +283,7 @@ class DeliveryStatus(models.TextChoices):
     DELIVERED = "delivered", "Delivered"
     FAILED = "failed", "Failed"
     SKIPPED = "skipped", "Skipped"
+    UNKNOWN = "unknown", "Outcome unknown (review)"
 
 
 class Delivery(models.Model):
@@ -281,8 +298,15 @@ class Delivery(models.Model):
     idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Quiet hours, a delay or a retry")
-    attempts = models.PositiveSmallIntegerField(default=0)
-    claimed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Posts made to the provider")
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(
+        null=True, blank=True, help_text="While sending: renewed by the worker's heartbeat (its lease)"
+    )
+    lease = models.UUIDField(null=True, blank=True, editable=False, help_text="The claim of the worker sending it")
+    posting_since = models.DateTimeField(
+        null=True, blank=True, help_text="Set just before the post, cleared with its outcome: in flight"
+    )
     queued_at = models.DateTimeField(null=True, blank=True)
     cap_day = models.DateField(null=True, blank=True, help_text="Day counted against the frequency cap")
     sent_at = models.DateTimeField(null=True, blank=True)
@@ -311,6 +335,24 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.campaign_id}:{self.user_id}:{self.phase}"
+
+
+class PendingTrigger(models.Model):
+    """An event that triggers a campaign, written in the transaction that stores the event (an
+    outbox): if the broker is down when it commits, the sweeper finds it later, so no trigger is
+    lost and ingestion never fails for the broker."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+")
+    user_id = models.CharField(max_length=128)
+    event_id = models.CharField(max_length=64)
+    at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], name="pendingtrigger_age")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}:{self.user_id}:{self.event_id}"
 
 
 class DailySendCount(models.Model):

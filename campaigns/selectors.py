@@ -59,7 +59,7 @@ def delivery_counters(campaign: Campaign) -> dict[str, int]:
     counts = dict(campaign.deliveries.values_list("status").annotate(n=Count("id")).order_by())
     return {
         "assigned": campaign.assignments.count(),
-        **{s: counts.get(s, 0) for s in ("pending", "sending", "sent", "delivered", "failed", "skipped")},
+        **{s: counts.get(s, 0) for s in ("pending", "sending", "sent", "delivered", "failed", "skipped", "unknown")},
     }
 
 

@@ -196,6 +196,7 @@ class CountersOutput(serializers.Serializer):
     delivered = serializers.IntegerField()
     failed = serializers.IntegerField()
     skipped = serializers.IntegerField()
+    unknown = serializers.IntegerField(help_text="Outcome unknown: the worker stopped while posting (at-most-once channels)")
 
 
 class CampaignOutput(serializers.ModelSerializer):
@@ -228,6 +229,8 @@ class CampaignOutput(serializers.ModelSerializer):
             "quiet_start_hour",
             "quiet_end_hour",
             "status",
+            "failure_reason",
+            "failed_at",
             "phase",
             "winner",
             "parent",

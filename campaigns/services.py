@@ -12,11 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import random
-import zoneinfo
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -28,22 +25,23 @@ from django.db.models import Q
 from django.utils import timezone
 
 from access.services import record_audit
-from campaigns import channels, errors
+from campaigns import channels, errors, sending
 from campaigns.models import (
     Assignment,
     AssignmentRole,
     Campaign,
     CampaignPhase,
     CampaignStatus,
+    Channel,
     ChannelKind,
     Delivery,
     DeliveryStatus,
+    PendingTrigger,
     ScheduleKind,
     Segment,
     Variant,
 )
 from campaigns.segments import audience_sql, compile_definition
-from config.errors import DomainError
 from profiles.models import Profile, TagChange, TagChangeAction
 
 logger = logging.getLogger(__name__)
@@ -229,7 +227,10 @@ def _periodic_task_for(campaign: Campaign) -> Any:
 def _queue_start(campaign_id: int) -> None:
     from campaigns import tasks
 
-    transaction.on_commit(lambda: tasks.start_campaign.delay(campaign_id))
+    # If the broker is down, the sweeper starts the campaign once its grace period is over.
+    transaction.on_commit(
+        lambda: tasks.publish(f"the start of campaign {campaign_id}", tasks.start_campaign, args=[campaign_id])
+    )
 
 
 @transaction.atomic
@@ -301,10 +302,63 @@ def cancel_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     return campaign
 
 
+# Where a failed campaign goes back to when retried: the status its failure interrupted.
+FAILABLE = (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED, CampaignStatus.AWAITING_ROLLOUT)
+
+
+def fail_campaign(*, campaign_id: int, step: str, error: BaseException) -> None:
+    """A background step of the campaign failed: it stops (nothing more is started or sent) and
+    shows why, in the admin and the API, until an operator retries it. In a transaction of its
+    own, so the failure is recorded even though the step's own work rolled back."""
+    reason = f"{step}: {error.__class__.__name__}: {error}"[:2000]
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().filter(pk=campaign_id, status__in=FAILABLE).first()
+        if campaign is None:
+            return
+        campaign.status = CampaignStatus.FAILED
+        campaign.failure_reason = reason
+        campaign.failed_at = timezone.now()
+        campaign.save(update_fields=["status", "failure_reason", "failed_at", "updated_at"])
+        if campaign.periodic_task_id:
+            type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
+        record_audit(action="campaigns.fail", obj=campaign, details={"step": step, "reason": reason})
+    logger.error("Campaign %s failed at %s: %s", campaign_id, step, reason)
+
+
+@transaction.atomic
+def retry_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) -> Campaign:
+    """Try a failed campaign again from where it stopped: a start that failed starts again, a
+    recurring or triggered campaign runs on, and pending messages are queued."""
+    campaign = _locked(campaign_id)
+    _refuse_unless(campaign, [CampaignStatus.FAILED], "retry")
+    reason = campaign.failure_reason
+    campaign.status = CampaignStatus.RUNNING
+    campaign.failure_reason = ""
+    campaign.failed_at = None
+    campaign.save(update_fields=["status", "failure_reason", "failed_at", "updated_at"])
+    if campaign.periodic_task_id:
+        type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
+    if campaign.phase == CampaignPhase.NONE and campaign.schedule_kind in (ScheduleKind.NOW, ScheduleKind.AT):
+        _queue_start(campaign.pk)
+    queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
+    record_audit(action="campaigns.retry", obj=campaign, actor=actor, api_key=api_key, details={"failure": reason})
+    return campaign
+
+
 # --- audience snapshot -------------------------------------------------------------------------
 
 _ASSIGNMENT_COLUMNS = "(campaign_id, profile_id, user_id, role, variant_id, position, assigned_at)"
 _HASH = "('x' || substr(md5(%s || r.user_id), 1, 8))::bit(32)::bigint / 4294967296.0"
+
+
+def _variant_choice(variants: Sequence[Variant], conditions: Sequence[str]) -> str:
+    """SQL choosing a variant: the first whose condition holds, else the last. One variant has no
+    condition at all, and `CASE ELSE x END` is not SQL, so it is then the id alone."""
+    last = str(int(variants[-1].pk))
+    if not conditions:
+        return last
+    whens = " ".join(f"WHEN {cond} THEN {int(v.pk)}" for cond, v in zip(conditions, variants[:-1], strict=True))
+    return f"(CASE {whens} ELSE {last} END)"
 
 
 def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_ids: Sequence[int] | None = None) -> int:
@@ -349,16 +403,13 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
     if mode == "quota":
         # hn/pn: sizes of holdout and pilot; k: place within the tested group of size g.
         g_expr = "pn" if pilot else "(n - hn)"
-        variant_cases = " ".join(
-            f"WHEN (rn - hn) < round({g_expr} * %s::numeric) THEN {int(v.pk)}" for v in variants[:-1]
-        )
+        variant_of = _variant_choice(variants, [f"(rn - hn) < round({g_expr} * %s::numeric)" for _ in variants[:-1]])
         select = (
             ", s AS (SELECT r.*, round(n * %s::numeric) AS hn, round(n * %s::numeric) AS pn FROM r)"
             f" INSERT INTO campaigns_assignment {_ASSIGNMENT_COLUMNS}"
             " SELECT %s, profile_id, user_id,"
             "  CASE WHEN rn < hn THEN 'holdout' WHEN rn < hn + pn THEN 'pilot' ELSE %s END,"
-            f"  CASE WHEN rn < hn THEN NULL WHEN %s AND rn >= hn + pn THEN NULL"
-            f"   ELSE (CASE {variant_cases} ELSE {int(variants[-1].pk)} END) END,"
+            f"  CASE WHEN rn < hn THEN NULL WHEN %s AND rn >= hn + pn THEN NULL ELSE {variant_of} END,"
             "  rn + %s, %s FROM s"
             " ON CONFLICT (campaign_id, profile_id) DO NOTHING"
         )
@@ -366,11 +417,11 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
     else:
         u1 = _HASH
         u2 = _HASH
-        variant_cases = " ".join(f"WHEN {u2} < %s::numeric THEN {int(v.pk)}" for v in variants[:-1])
+        variant_of = _variant_choice(variants, [f"{u2} < %s::numeric" for _ in variants[:-1]])
         select = (
             f" INSERT INTO campaigns_assignment {_ASSIGNMENT_COLUMNS}"
             f" SELECT %s, r.profile_id, r.user_id, CASE WHEN {u1} < %s::numeric THEN 'holdout' ELSE 'test' END,"
-            f"  CASE WHEN {u1} < %s::numeric THEN NULL ELSE (CASE {variant_cases} ELSE {int(variants[-1].pk)} END) END,"
+            f"  CASE WHEN {u1} < %s::numeric THEN NULL ELSE {variant_of} END,"
             "  r.rn + %s, %s FROM r"
             " ON CONFLICT (campaign_id, profile_id) DO NOTHING"
         )
@@ -460,17 +511,31 @@ def queue_pending(
     chunks = [group[i : i + size] for group in by_campaign.values() for i in range(0, len(group), size)]
 
     def send() -> None:
-        for chunk in chunks:
-            tasks.deliver_batch.delay(chunk)
+        for i, chunk in enumerate(chunks):
+            if not tasks.publish(f"a batch of {len(chunk)} deliveries", tasks.deliver_batch, args=[chunk]):
+                # The broker is down: the next sweep queues these again instead of waiting for
+                # the requeue delay.
+                rest = [pk for c in chunks[i:] for pk in c]
+                Delivery.objects.filter(id__in=rest, status=DeliveryStatus.PENDING).update(queued_at=None)
+                return
 
     transaction.on_commit(send)
     return len(ids)
 
 
-@transaction.atomic
 def start_send(*, campaign_id: int) -> Campaign | None:
     """Snapshot the audience and create the first phase (pilot, or the full send). Does nothing
-    if the send already started, so a repeated task is harmless."""
+    if the send already started, so a repeated task is harmless. If it fails, the campaign is
+    marked failed with the reason (and the error goes on to the worker's log)."""
+    try:
+        return _start_send(campaign_id=campaign_id)
+    except Exception as exc:
+        fail_campaign(campaign_id=campaign_id, step="start", error=exc)
+        raise
+
+
+@transaction.atomic
+def _start_send(*, campaign_id: int) -> Campaign | None:
     campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
     if campaign is None or campaign.status != CampaignStatus.RUNNING or campaign.phase:
         return campaign
@@ -523,13 +588,35 @@ def rollout_campaign(
     return campaign
 
 
-@transaction.atomic
+def scheduled_run_time(cron: str, now: dt.datetime) -> dt.datetime:
+    """The cron time a run started at `now` belongs to: the last one at or before `now`, or the
+    next one if it is only moments away (the scheduler's clock may run a little ahead of ours).
+    Runs are keyed by this time, so a task delivered again later sends nothing twice."""
+    from croniter import croniter
+
+    # day_or=False: a day of month and a day of week must both match, as Celery's crontab reads it.
+    prev = croniter(cron, now, day_or=False).get_prev(dt.datetime)
+    nxt = croniter(cron, prev, day_or=False).get_next(dt.datetime)
+    tolerance = min(dt.timedelta(seconds=30), (nxt - prev) / 4)
+    return nxt if nxt - now <= tolerance else prev
+
+
 def run_recurring_send(*, campaign_id: int, run_at: dt.datetime | None = None) -> int:
-    """One run of a cron campaign: newcomers are assigned, current members get this run's message."""
+    """One run of a cron campaign: newcomers are assigned, current members get this run's message
+    (its phase is `run:<scheduled time>`). A failing run marks the campaign failed."""
+    try:
+        return _run_recurring_send(campaign_id=campaign_id, run_at=run_at)
+    except Exception as exc:
+        fail_campaign(campaign_id=campaign_id, step="recurring run", error=exc)
+        raise
+
+
+@transaction.atomic
+def _run_recurring_send(*, campaign_id: int, run_at: dt.datetime | None) -> int:
     campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
     if campaign is None or campaign.status != CampaignStatus.RUNNING or campaign.schedule_kind != ScheduleKind.CRON:
         return 0
-    run_at = run_at or timezone.now()
+    run_at = scheduled_run_time(campaign.cron, run_at or timezone.now())
     snapshot_audience(campaign=campaign)
     created = create_deliveries(
         campaign=campaign, phase=f"run:{run_at:%Y%m%d%H%M}", roles=[AssignmentRole.TEST], only_current_members=True
@@ -539,7 +626,9 @@ def run_recurring_send(*, campaign_id: int, run_at: dt.datetime | None = None) -
 
 
 def on_events_ingested(events: Sequence[Any]) -> None:
-    """Ingestion listener: queue the triggered campaigns these events start (after commit)."""
+    """Ingestion listener: keep the triggers these events fire in the events' own transaction
+    (an outbox), and ask a worker to handle them once it commits. A broker that is down fails
+    nothing here: the sweeper handles what was kept."""
     names = {e.name for e in events if e.user_id}
     if not names:
         return
@@ -552,13 +641,31 @@ def on_events_ingested(events: Sequence[Any]) -> None:
         return
     from campaigns import tasks
 
-    items = [
-        [cid, e.user_id, str(e.event_id), e.timestamp.isoformat()]
-        for cid, trigger in campaigns
-        for e in events
-        if e.name == trigger and e.user_id
-    ]
-    transaction.on_commit(lambda: tasks.start_triggered.delay(items))
+    PendingTrigger.objects.bulk_create(
+        [
+            PendingTrigger(campaign_id=cid, user_id=e.user_id, event_id=str(e.event_id), at=e.timestamp)
+            for cid, trigger in campaigns
+            for e in events
+            if e.name == trigger and e.user_id
+        ]
+    )
+    transaction.on_commit(lambda: tasks.publish("triggered sends", tasks.start_triggered))
+
+
+def handle_pending_triggers(*, limit: int = 5000) -> int:
+    """Turn the kept triggers into deliveries, `limit` at a time, each chunk in one transaction
+    with its removal: workers share the work (SKIP LOCKED) and a crash leaves the chunk kept."""
+    created = 0
+    while True:
+        with transaction.atomic():
+            chunk = list(PendingTrigger.objects.select_for_update(skip_locked=True).order_by("id")[:limit])
+            if not chunk:
+                break
+            created += handle_triggers(items=[[t.campaign_id, t.user_id, t.event_id, t.at.isoformat()] for t in chunk])
+            PendingTrigger.objects.filter(pk__in=[t.pk for t in chunk]).delete()
+        if len(chunk) < limit:
+            break
+    return created
 
 
 def create_triggered_deliveries(*, campaign: Campaign, rows: Sequence[tuple[int, str, dt.datetime]]) -> int:
@@ -627,7 +734,13 @@ def handle_triggers(*, items: Sequence[Sequence[Any]]) -> int:
             continue
         delay = dt.timedelta(minutes=campaign.delay_minutes)
         rows = [(profile_of[u], f"trigger:{eid}", ts + delay) for u, eid, ts in triggers if u in profile_of]
-        created += create_triggered_deliveries(campaign=campaign, rows=rows)
+        try:
+            with transaction.atomic():
+                created += create_triggered_deliveries(campaign=campaign, rows=rows)
+        except Exception as exc:
+            # One broken campaign (its segment no longer compiles, say) must not hold the others'.
+            logger.exception("Triggered send of campaign %s failed.", campaign.pk)
+            fail_campaign(campaign_id=campaign.pk, step="triggered send", error=exc)
     return created
 
 
@@ -715,279 +828,11 @@ def _trigger_campaign_on_tag_gains(*, campaign_id: int, horizon: int) -> int:
 # --- sending -----------------------------------------------------------------------------------
 
 
-def _tz(name: str) -> dt.tzinfo:
-    try:
-        return zoneinfo.ZoneInfo(name) if name else zoneinfo.ZoneInfo(_setting("OPSLOOP_DEFAULT_USER_TIMEZONE", "UTC"))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return dt.UTC
-
-
-def quiet_until(*, now: dt.datetime, tz_name: str, start_hour: int, end_hour: int) -> dt.datetime | None:
-    """The end of the quiet hours if `now` falls in them in the person's own time zone, else None."""
-    if start_hour == end_hour:
-        return None
-    local = now.astimezone(_tz(tz_name))
-    hour = local.hour
-    quiet = (start_hour <= hour or hour < end_hour) if start_hour > end_hour else (start_hour <= hour < end_hour)
-    if not quiet:
-        return None
-    morning = local.replace(hour=end_hour, minute=0, second=0, microsecond=0)
-    if morning <= local:
-        morning = (local + dt.timedelta(days=1)).replace(hour=end_hour, minute=0, second=0, microsecond=0)
-        # Re-localise: the day after may have a different UTC offset (daylight saving).
-        morning = dt.datetime.combine(morning.date(), dt.time(end_hour), tzinfo=_tz(tz_name))
-    return morning.astimezone(dt.UTC)
-
-
-def backoff_seconds(*, attempts: int, base: float, cap: float) -> float:
-    """Exponential backoff with equal jitter: half the step fixed, half random, so retries of
-    many deliveries spread out instead of hitting the provider together."""
-    step = min(cap, base * (2 ** max(0, attempts - 1)))
-    return step / 2 + random.uniform(0, step / 2)
-
-
-def _claim(delivery_ids: Sequence[int]) -> list[int]:
-    # The conditional UPDATE is the lock: of two workers given the same ids, only one moves
-    # a row from pending to sending.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE campaigns_delivery d SET status = 'sending', claimed_at = clock_timestamp(),"
-            " attempts = d.attempts + 1 FROM campaigns_campaign c"
-            " WHERE d.id = ANY(%s) AND d.status = 'pending'"
-            " AND (d.not_before IS NULL OR d.not_before <= clock_timestamp())"
-            " AND c.id = d.campaign_id AND c.status = ANY(%s) RETURNING d.id",
-            [list(delivery_ids), list(SENDABLE)],
-        )
-        return [row[0] for row in cursor.fetchall()]
-
-
-def _apply_cap(campaign: Campaign, deliveries: list[Delivery], now: dt.datetime) -> list[Delivery]:
-    """Count each delivery against its person's daily cap (across all campaigns) with a
-    conditional upsert; those over the cap, or fatigued on this channel, are skipped."""
-    keep, skipped = [], []
-    fatigued = _recently_messaged_fatigued(campaign, deliveries, now)
-    todo = []
-    for d in deliveries:
-        if d.profile_id in fatigued:
-            skipped.append((d.id, "FATIGUED"))
-        elif d.cap_day is not None or campaign.frequency_cap_per_day == 0:
-            keep.append(d)
-        else:
-            todo.append(d)
-    if todo:
-        days = [now.astimezone(_tz(d.profile.timezone)).date() for d in todo]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO campaigns_dailysendcount (profile_id, day, count)"
-                " SELECT * FROM unnest(%s::bigint[], %s::date[], %s::int[])"
-                " ON CONFLICT (profile_id, day) DO UPDATE SET count = campaigns_dailysendcount.count + 1"
-                " WHERE campaigns_dailysendcount.count < %s RETURNING profile_id",
-                [[d.profile_id for d in todo], days, [1] * len(todo), campaign.frequency_cap_per_day],
-            )
-            counted = {row[0] for row in cursor.fetchall()}
-        for d, day in zip(todo, days, strict=True):
-            if d.profile_id in counted:
-                d.cap_day = day
-                keep.append(d)
-            else:
-                skipped.append((d.id, "FREQUENCY_CAP"))
-        Delivery.objects.bulk_update([d for d in todo if d.cap_day], ["cap_day"])
-    if skipped:
-        _set_final(skipped, DeliveryStatus.SKIPPED)
-    return keep
-
-
-def _recently_messaged_fatigued(campaign: Campaign, deliveries: list[Delivery], now: dt.datetime) -> set[int]:
-    from profiles.models import ProfileTag
-
-    tag = f"{campaign.channel}_fatigued"
-    pids = [d.profile_id for d in deliveries]
-    tagged = set(ProfileTag.objects.filter(tag__name=tag, profile_id__in=pids).values_list("profile_id", flat=True))
-    if not tagged:
-        return set()
-    cooldown = dt.timedelta(days=int(_setting("OPSLOOP_FATIGUE_COOLDOWN_DAYS", 7)))
-    return set(
-        Delivery.objects.filter(
-            profile_id__in=tagged, channel=campaign.channel, sent_at__gte=now - cooldown
-        ).values_list("profile_id", flat=True)
-    )
-
-
-def _set_final(rows: Sequence[tuple[int, str]], status: str) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE campaigns_delivery d SET status = %s, reason = t.reason,"
-            " failed_at = CASE WHEN %s = 'failed' THEN now() ELSE d.failed_at END"
-            " FROM unnest(%s::bigint[], %s::text[]) AS t(id, reason) WHERE d.id = t.id AND d.status = 'sending'",
-            [status, status, [r[0] for r in rows], [r[1][:500] for r in rows]],
-        )
-
-
-def _payload(d: Delivery) -> dict[str, Any]:
-    variant = d.variant
-    return {
-        "delivery_id": d.pk,
-        "idempotency_key": str(d.idempotency_key),
-        "campaign": d.campaign_id,
-        "variant": variant.name,
-        "user_id": d.user_id,
-        "channel": d.channel,
-        "title": variant.title,
-        "body": variant.body,
-        "url": channels.click_url(d.pk) if variant.url else "",
-        **({"coupon_code": d.coupon_code} if d.coupon_code else {}),
-    }
-
-
-def _issue_coupons(deliveries: list[Delivery]) -> None:
-    needing = [d for d in deliveries if d.variant.coupon_rule_id and not d.coupon_code]
-    if not needing:
-        return
-    try:
-        from coupons import services as coupon_services
-
-        rule_model = apps.get_model("coupons", "CouponRule")
-    except (ImportError, LookupError):
-        return
-    rules = {r.pk: r for r in rule_model.objects.filter(pk__in={d.variant.coupon_rule_id for d in needing})}
-    for d in needing:
-        rule = rules.get(d.variant.coupon_rule_id)
-        if rule is None:
-            continue
-        try:
-            coupon = coupon_services.issue_coupon(
-                rule=rule,
-                profile=d.profile,
-                request_id=f"delivery:{d.idempotency_key}",
-                source="campaign",
-                source_ref=d.variant.source_ref,
-            )
-        except DomainError as exc:
-            # The message still goes out; the reason shows why it carries no coupon.
-            logger.info("coupon not issued for delivery %s: %s", d.pk, exc.reason)
-            d.reason = f"COUPON_NOT_ISSUED: {exc.reason}"
-            Delivery.objects.filter(pk=d.pk).update(reason=d.reason)
-            continue
-        d.coupon_code = coupon.code
-        Delivery.objects.filter(pk=d.pk).update(coupon_code=coupon.code)
-
-
 def deliver(*, delivery_ids: Sequence[int]) -> dict[str, int]:
-    """Send these deliveries: claim, apply quiet hours and the frequency cap, post in parallel
-    within the channel's rate limit, then record each outcome. Safe to run twice."""
-    claimed = _claim(delivery_ids)
-    counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0, "skipped": 0}
-    if not claimed:
-        return counts
-    now = timezone.now()
-    rows = list(Delivery.objects.filter(pk__in=claimed).select_related("variant", "campaign", "profile").order_by("id"))
-    by_campaign: dict[int, list[Delivery]] = defaultdict(list)
-    for d in rows:
-        by_campaign[d.campaign_id].append(d)
-    for group in by_campaign.values():
-        campaign = group[0].campaign
-        ready, deferred = [], []
-        for d in group:
-            until = (
-                quiet_until(
-                    now=now,
-                    tz_name=d.profile.timezone,
-                    start_hour=campaign.quiet_start_hour,
-                    end_hour=campaign.quiet_end_hour,
-                )
-                if campaign.respect_quiet_hours
-                else None
-            )
-            (deferred if until else ready).append((d, until))
-        if deferred:
-            _defer([(d.pk, until) for d, until in deferred], undo_attempt=True)
-            counts["deferred"] += len(deferred)
-        with transaction.atomic():
-            ready_rows = _apply_cap(campaign, [d for d, _ in ready], now)
-        counts["skipped"] += len(ready) - len(ready_rows)
-        _issue_coupons(ready_rows)
-        outcomes = _send_all(campaign.channel, ready_rows)
-        _record_outcomes(campaign.channel, ready_rows, outcomes, counts)
-    return counts
-
-
-def _send_all(kind: str, rows: list[Delivery]) -> list[channels.Outcome]:
-    config = channels.channel_config(kind)
-    if not config.enabled:
-        return [channels.Outcome(channels.RETRY, "channel disabled")] * len(rows)
-    if kind == ChannelKind.EMAIL:
-        conn = channels.email_connection()
-        out = []
-        try:
-            conn.open()  # one SMTP session for the whole batch
-        except OSError as exc:
-            return [channels.Outcome(channels.RETRY, f"SMTP connect: {exc.__class__.__name__}")] * len(rows)
-        try:
-            for d in rows:
-                channels.acquire_send_slot(kind, config.rate_per_second)
-                out.append(channels.send_email(conn, to=d.profile.email, payload=_payload(d), delivery_id=d.pk))
-        finally:
-            conn.close()
-        return out
-    threads = int(_setting("OPSLOOP_DELIVERY_THREADS", 8))
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=threads)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-
-    def one(d: Delivery) -> channels.Outcome:
-        if not channels.acquire_send_slot(kind, config.rate_per_second):
-            return channels.Outcome(channels.RETRY, "rate limited")
-        return channels.http_post(session, config, _payload(d))
-
-    try:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            return list(pool.map(one, rows))
-    finally:
-        session.close()
-
-
-def _defer(rows: Sequence[tuple[int, dt.datetime]], *, undo_attempt: bool = False, reason: str = "") -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE campaigns_delivery d SET status = 'pending', not_before = t.not_before, queued_at = NULL,"
-            " attempts = d.attempts - %s, reason = %s"
-            " FROM unnest(%s::bigint[], %s::timestamptz[]) AS t(id, not_before)"
-            " WHERE d.id = t.id AND d.status = 'sending'",
-            [1 if undo_attempt else 0, reason, [r[0] for r in rows], [r[1] for r in rows]],
-        )
-
-
-def _record_outcomes(kind: str, rows: list[Delivery], outcomes: list[channels.Outcome], counts: dict) -> None:
-    from campaigns import tasks
-
-    config = channels.channel_config(kind)
-    sent = [d.pk for d, o in zip(rows, outcomes, strict=True) if o.kind == channels.SENT]
-    failed, retries = [], []
-    now = timezone.now()
-    for d, o in zip(rows, outcomes, strict=True):
-        if o.kind == channels.FAILED:
-            failed.append((d.pk, o.reason))
-        elif o.kind == channels.RETRY:
-            if d.attempts >= config.max_attempts:
-                failed.append((d.pk, f"GAVE_UP after {d.attempts} attempts: {o.reason}"))
-            else:
-                delay = backoff_seconds(
-                    attempts=d.attempts, base=config.backoff_base_seconds, cap=config.backoff_max_seconds
-                )
-                retries.append((d.pk, now + dt.timedelta(seconds=delay), o.reason, delay))
-    if sent:
-        Delivery.objects.filter(pk__in=sent, status=DeliveryStatus.SENDING).update(
-            status=DeliveryStatus.SENT, sent_at=now, reason=""
-        )
-    if failed:
-        _set_final(failed, DeliveryStatus.FAILED)
-    for pk, when, reason, delay in retries:
-        _defer([(pk, when)], reason=f"retrying: {reason}"[:500])
-        tasks.deliver_batch.apply_async(args=[[pk]], countdown=delay)
-    counts["sent"] += len(sent)
-    counts["failed"] += len(failed)
-    counts["retry"] += len(retries)
+    """Send these deliveries: claim them under a lease, apply quiet hours and the frequency cap,
+    post within the channel's rate limit and record each outcome as it returns (see
+    `campaigns.sending`). Safe to run twice."""
+    return sending.deliver_batch(delivery_ids)
 
 
 def send_test_message(*, campaign: Campaign, variant: Variant, user_id: str, actor: Any = None) -> channels.Outcome:
@@ -1027,7 +872,6 @@ RECEIPT_COLUMNS = {"delivered": "delivered_at", "opened": "opened_at", "clicked"
 
 
 @transaction.atomic
-@transaction.atomic
 def record_receipts(*, receipts: Sequence[dict[str, Any]]) -> int:
     """Apply provider callbacks. Each timestamp is kept once (the first reported), so replays
     change nothing; `failed` does not undo a delivery already reported delivered."""
@@ -1042,10 +886,13 @@ def record_receipts(*, receipts: Sequence[dict[str, Any]]) -> int:
         }.get(kind, "CASE WHEN d.status = 'sent' THEN 'delivered' ELSE d.status END")
         opened = ", opened_at = COALESCE(d.opened_at, t.at)" if kind == "clicked" else ""
         delivered = ", delivered_at = COALESCE(d.delivered_at, t.at)" if kind in ("opened", "clicked") else ""
+        # A receipt may come before the worker records its send: it proves the send, and the
+        # worker's record later keeps the earlier of the two times.
+        sent = ", sent_at = COALESCE(d.sent_at, t.at)" if kind != "failed" else ""
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE campaigns_delivery d SET {column} = COALESCE(d.{column}, t.at), status = {status_sql}"
-                f"{opened}{delivered}"
+                f"{opened}{delivered}{sent}"
                 " FROM unnest(%s::bigint[], %s::timestamptz[]) AS t(id, at) WHERE d.id = t.id",
                 [[r["delivery_id"] for r in batch], [r["at"] for r in batch]],
             )
@@ -1075,7 +922,18 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
     now = timezone.now()
     if stale_after is None:
         stale_after = dt.timedelta(seconds=int(_setting("OPSLOOP_DELIVERY_STALE_SECONDS", 300)))
-    report = {"started": 0, "tag_triggered": 0, "unstuck": 0, "queued": 0, "rolled_out": 0, "completed": 0}
+    report = {
+        "started": 0,
+        "restarted": 0,
+        "triggered": 0,
+        "tag_triggered": 0,
+        "unstuck": 0,
+        "unknown": 0,
+        "queued": 0,
+        "rolled_out": 0,
+        "completed": 0,
+        "failed": 0,
+    }
     with transaction.atomic():
         due = Campaign.objects.select_for_update(skip_locked=True).filter(
             status=CampaignStatus.SCHEDULED, send_at__lte=now
@@ -1085,28 +943,91 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
             campaign.save(update_fields=["status", "updated_at"])
             _queue_start(campaign.pk)
             report["started"] += 1
+    # A launch whose start task never reached a worker (the broker was down) is started here.
+    grace = dt.timedelta(seconds=int(_setting("OPSLOOP_START_GRACE_SECONDS", 60)))
+    unstarted = Campaign.objects.filter(
+        status=CampaignStatus.RUNNING,
+        phase=CampaignPhase.NONE,
+        schedule_kind__in=[ScheduleKind.NOW, ScheduleKind.AT],
+        updated_at__lte=now - grace,
+    ).values_list("pk", flat=True)
+    for campaign_id in unstarted:
+        if _sweep_step(report, campaign_id, lambda cid=campaign_id: start_send(campaign_id=cid)):
+            report["restarted"] += 1
+    report["triggered"] = handle_pending_triggers()
     report["tag_triggered"] = trigger_on_tag_gains()
     with transaction.atomic():
-        stuck = Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lte=now - stale_after)
-        # A cancelled campaign's message whose worker died mid-send is not sent again.
-        stuck.filter(campaign__status=CampaignStatus.CANCELLED).update(
-            status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON, queued_at=None
-        )
-        report["unstuck"] = stuck.update(status=DeliveryStatus.PENDING, queued_at=None)
+        report["unknown"], report["unstuck"] = _take_back_stale(now - stale_after)
         report["queued"] = queue_pending(requeue_after=requeue_after)
-    for campaign in Campaign.objects.filter(status=CampaignStatus.RUNNING, phase=CampaignPhase.PILOT):
-        if end_pilot_if_due(campaign_id=campaign.pk, now=now):
+    for campaign_id in Campaign.objects.filter(status=CampaignStatus.RUNNING, phase=CampaignPhase.PILOT).values_list(
+        "pk", flat=True
+    ):
+        if _sweep_step(report, campaign_id, lambda cid=campaign_id: end_pilot_if_due(campaign_id=cid, now=now)):
             report["rolled_out"] += 1
     for campaign in Campaign.objects.filter(
         status=CampaignStatus.RUNNING, phase__in=[CampaignPhase.FULL, CampaignPhase.ROLLOUT]
     ):
-        if not campaign.deliveries.filter(status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING]).exists():
-            complete_campaign(campaign_id=campaign.pk)
+        unfinished = campaign.deliveries.filter(status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING])
+        if not unfinished.exists() and _sweep_step(
+            report, campaign.pk, lambda cid=campaign.pk: complete_campaign(campaign_id=cid)
+        ):
             report["completed"] += 1
     for campaign in Campaign.objects.filter(status=CampaignStatus.COMPLETED, feedback_applied_at__isnull=True):
         if campaign.completed_at and campaign.completed_at + dt.timedelta(hours=campaign.attribution_hours) <= now:
-            apply_feedback(campaign_id=campaign.pk)
+            _sweep_step(report, campaign.pk, lambda cid=campaign.pk: apply_feedback(campaign_id=cid), fail=False)
     return report
+
+
+def _sweep_step(report: dict[str, int], campaign_id: int, step: Any, *, fail: bool = True) -> bool:
+    """Run one campaign's step of the sweep; a failure shows on that campaign and the sweep goes
+    on with the others. Truthy result -> True."""
+    try:
+        return bool(step())
+    except Exception as exc:
+        logger.exception("Sweep step of campaign %s failed.", campaign_id)
+        if fail:
+            fail_campaign(campaign_id=campaign_id, step="sweep", error=exc)
+            report["failed"] += 1
+        return False
+
+
+def _take_back_stale(cutoff: dt.datetime) -> tuple[int, int]:
+    """Rows whose worker stopped renewing its lease before `cutoff`: a cancelled campaign's are
+    skipped; a post that was in flight on an at-most-once channel becomes `unknown` (it may have
+    gone out); everything else goes back to pending, to be sent again under the same key.
+    Returns (unknown, back to pending)."""
+    stuck = Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lte=cutoff)
+    stuck.filter(campaign__status=CampaignStatus.CANCELLED).update(
+        status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON, queued_at=None, lease=None, posting_since=None
+    )
+    at_most_once = Channel.objects.filter(at_most_once=True).values_list("kind", flat=True)
+    unknown = stuck.filter(posting_since__isnull=False, channel__in=list(at_most_once)).update(
+        status=DeliveryStatus.UNKNOWN, reason=UNKNOWN_REASON, lease=None, posting_since=None, queued_at=None
+    )
+    unstuck = stuck.update(status=DeliveryStatus.PENDING, queued_at=None, lease=None, posting_since=None)
+    return unknown, unstuck
+
+
+UNKNOWN_REASON = "OUTCOME_UNKNOWN: the worker stopped while posting; check with the provider, then send again or not"
+
+
+@transaction.atomic
+def settle_unknown_deliveries(*, delivery_ids: Sequence[int], was_sent: bool, actor: Any = None) -> int:
+    """An operator's verdict on messages whose outcome is unknown, after asking the provider:
+    `was_sent` records them as sent; otherwise they are sent again (same idempotency key)."""
+    unknown = Delivery.objects.filter(pk__in=list(delivery_ids), status=DeliveryStatus.UNKNOWN)
+    ids = list(unknown.values_list("pk", flat=True))
+    if was_sent:
+        Delivery.objects.filter(pk__in=ids).update(status=DeliveryStatus.SENT, sent_at=timezone.now(), reason="")
+    else:
+        Delivery.objects.filter(pk__in=ids).update(status=DeliveryStatus.PENDING, reason="", queued_at=None)
+        if ids:
+            queue_pending(requeue_after=dt.timedelta(0))
+    for pk in ids:
+        record_audit(
+            action="campaigns.settle_unknown_delivery", obj=Delivery(pk=pk), actor=actor, details={"sent": was_sent}
+        )
+    return len(ids)
 
 
 @transaction.atomic

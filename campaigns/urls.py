@@ -15,6 +15,7 @@ urlpatterns = [
     path("campaigns/<str:pk>/resume", api.CampaignResumeView.as_view(), name="campaign-resume"),
     path("campaigns/<str:pk>/rollout", api.CampaignRolloutView.as_view(), name="campaign-rollout"),
     path("campaigns/<str:pk>/cancel", api.CampaignCancelView.as_view(), name="campaign-cancel"),
+    path("campaigns/<str:pk>/retry", api.CampaignRetryView.as_view(), name="campaign-retry"),
     path("campaigns/<str:pk>/clone", api.CampaignCloneView.as_view(), name="campaign-clone"),
     path("campaigns/<str:pk>/results", api.CampaignResultsView.as_view(), name="campaign-results"),
     path("experiments/analyze", api.ExperimentAnalyzeView.as_view(), name="experiment-analyze"),

@@ -1,0 +1,503 @@
+"""Sending one batch of deliveries: the worker's side of a campaign.
+
+A batch is claimed under a lease, a token of this run that the worker renews (its heartbeat)
+for as long as the batch lasts, so the sweeper takes back only the rows of a worker that died,
+never those of one that is alive but slow; every write of the run names the lease (a fencing
+token), so a run that lost its rows cannot overwrite what another one did with them.
+
+Each post is marked in flight just before it starts, and its outcome is recorded as soon as it
+returns, together with whatever else returned meanwhile: a worker killed mid-batch leaves at
+most the posts in flight unrecorded. Those are sent again under the same idempotency key, or,
+on a channel set to at most once, marked `unknown` for an operator to review.
+
+Only real posts count as attempts: quiet hours, the frequency cap, a rate-limit wait or a
+disabled channel defer a message without using one up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+import uuid
+import zoneinfo
+from collections import defaultdict, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+import requests
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from campaigns import channels
+from campaigns.models import Campaign, CampaignStatus, ChannelKind, Delivery, DeliveryStatus
+from config.errors import DomainError
+from coupons import services as coupon_services
+from coupons.models import Coupon, CouponRule
+
+logger = logging.getLogger(__name__)
+
+SENDABLE = (CampaignStatus.RUNNING, CampaignStatus.AWAITING_ROLLOUT)
+# How long a message waits for a channel an operator disabled before it is looked at again.
+CHANNEL_DISABLED_WAIT = dt.timedelta(minutes=5)
+_TRANSIENT_REASONS = ("retrying:", "waiting:")
+
+
+def _setting(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+def heartbeat_seconds() -> float:
+    """How often a sending worker renews its lease: a fifth of the time after which the sweeper
+    takes a batch back, so a few missed beats (a busy machine) still leave it alone."""
+    stale = float(_setting("OPSLOOP_DELIVERY_STALE_SECONDS", 300))
+    return float(_setting("OPSLOOP_DELIVERY_HEARTBEAT_SECONDS", 0) or max(0.2, min(30.0, stale / 5)))
+
+
+class Lease:
+    """This run's claim on its rows, renewed while it works."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4()
+        self.interval = heartbeat_seconds()
+        self._renewed = time.monotonic()
+
+    def renew_if_due(self) -> None:
+        if time.monotonic() - self._renewed < self.interval:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE campaigns_delivery SET claimed_at = clock_timestamp() WHERE lease = %s AND status = 'sending'",
+                [self.token],
+            )
+        self._renewed = time.monotonic()
+
+
+# --- time rules --------------------------------------------------------------------------------
+
+
+def _tz(name: str) -> dt.tzinfo:
+    try:
+        return zoneinfo.ZoneInfo(name) if name else zoneinfo.ZoneInfo(_setting("OPSLOOP_DEFAULT_USER_TIMEZONE", "UTC"))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+def quiet_until(*, now: dt.datetime, tz_name: str, start_hour: int, end_hour: int) -> dt.datetime | None:
+    """The end of the quiet hours if `now` falls in them in the person's own time zone, else None."""
+    if start_hour == end_hour:
+        return None
+    local = now.astimezone(_tz(tz_name))
+    hour = local.hour
+    quiet = (start_hour <= hour or hour < end_hour) if start_hour > end_hour else (start_hour <= hour < end_hour)
+    if not quiet:
+        return None
+    morning = local.replace(hour=end_hour, minute=0, second=0, microsecond=0)
+    if morning <= local:
+        morning = (local + dt.timedelta(days=1)).replace(hour=end_hour, minute=0, second=0, microsecond=0)
+        # Re-localise: the day after may have a different UTC offset (daylight saving).
+        morning = dt.datetime.combine(morning.date(), dt.time(end_hour), tzinfo=_tz(tz_name))
+    return morning.astimezone(dt.UTC)
+
+
+def backoff_seconds(*, attempts: int, base: float, cap: float) -> float:
+    """Exponential backoff with equal jitter: half the step fixed, half random, so retries of
+    many deliveries spread out instead of hitting the provider together."""
+    step = min(cap, base * (2 ** max(0, attempts - 1)))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+# --- the batch ---------------------------------------------------------------------------------
+
+
+def deliver_batch(delivery_ids: Sequence[int]) -> dict[str, int]:
+    """Claim these deliveries under a new lease and send them. Safe to run twice, or on ids
+    another worker holds: only pending, due rows of sendable campaigns are claimed."""
+    counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0, "skipped": 0}
+    lease = Lease()
+    claimed = _claim(delivery_ids, lease.token)
+    if not claimed:
+        return counts
+    try:
+        rows = list(
+            Delivery.objects.filter(pk__in=claimed).select_related("variant", "campaign", "profile").order_by("id")
+        )
+        by_campaign: dict[int, list[Delivery]] = defaultdict(list)
+        for d in rows:
+            by_campaign[d.campaign_id].append(d)
+        for group in by_campaign.values():
+            _send_campaign_group(group[0].campaign, group, lease, counts)
+    except BaseException:
+        _release_unposted(lease.token)
+        raise
+    return counts
+
+
+def _claim(delivery_ids: Sequence[int], token: uuid.UUID) -> list[int]:
+    # The conditional UPDATE is the lock: of two workers given the same ids, only one moves
+    # a row from pending to sending, and the rows carry its lease from then on.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery d SET status = 'sending', claimed_at = clock_timestamp(), lease = %s,"
+            " posting_since = NULL FROM campaigns_campaign c"
+            " WHERE d.id = ANY(%s) AND d.status = 'pending'"
+            " AND (d.not_before IS NULL OR d.not_before <= clock_timestamp())"
+            " AND c.id = d.campaign_id AND c.status = ANY(%s) RETURNING d.id",
+            [token, list(delivery_ids), list(SENDABLE)],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _release_unposted(token: uuid.UUID) -> None:
+    """A run that broke off hands back at once what it had not started posting."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE campaigns_delivery SET status = 'pending', lease = NULL, queued_at = NULL"
+                " WHERE lease = %s AND status = 'sending' AND posting_since IS NULL",
+                [token],
+            )
+    except Exception:
+        logger.exception("Could not hand back the unsent rows of lease %s; the sweeper will.", token)
+
+
+def _send_campaign_group(campaign: Campaign, group: list[Delivery], lease: Lease, counts: dict[str, int]) -> None:
+    now = timezone.now()
+    ready, deferred = [], []
+    for d in group:
+        until = (
+            quiet_until(
+                now=now,
+                tz_name=d.profile.timezone,
+                start_hour=campaign.quiet_start_hour,
+                end_hour=campaign.quiet_end_hour,
+            )
+            if campaign.respect_quiet_hours
+            else None
+        )
+        if until:
+            deferred.append((d.pk, until))
+        else:
+            ready.append(d)
+    if deferred:
+        _defer(deferred, lease.token)
+        counts["deferred"] += len(deferred)
+    config = channels.channel_config(campaign.channel)
+    if ready and not config.enabled:
+        # Nothing is posted, so no attempt is used: the messages wait for the channel.
+        wake = now + CHANNEL_DISABLED_WAIT
+        _defer([(d.pk, wake) for d in ready], lease.token, reason="waiting: channel disabled")
+        counts["deferred"] += len(ready)
+        return
+    with transaction.atomic():
+        ready = _apply_cap(campaign, ready, now, lease.token)
+    counts["skipped"] += len(group) - len(deferred) - len(ready)
+    lease.renew_if_due()
+    _issue_coupons(ready)
+    if ready:
+        _post_all(campaign.channel, config, ready, lease, counts)
+
+
+def _defer(rows: Sequence[tuple[int, dt.datetime]], token: uuid.UUID, *, reason: str = "") -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery d SET status = 'pending', not_before = t.not_before, queued_at = NULL,"
+            " reason = %s, lease = NULL, posting_since = NULL"
+            " FROM unnest(%s::bigint[], %s::timestamptz[]) AS t(id, not_before)"
+            " WHERE d.id = t.id AND d.lease = %s AND d.status = 'sending'",
+            [reason, [r[0] for r in rows], [r[1] for r in rows], token],
+        )
+
+
+def _set_final(rows: Sequence[tuple[int, str]], status: str, token: uuid.UUID) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery d SET status = %s, reason = t.reason, lease = NULL, posting_since = NULL,"
+            " failed_at = CASE WHEN %s = 'failed' THEN now() ELSE d.failed_at END"
+            " FROM unnest(%s::bigint[], %s::text[]) AS t(id, reason)"
+            " WHERE d.id = t.id AND d.lease = %s AND d.status = 'sending'",
+            [status, status, [r[0] for r in rows], [r[1][:500] for r in rows], token],
+        )
+
+
+# --- frequency cap and fatigue -----------------------------------------------------------------
+
+
+def _apply_cap(campaign: Campaign, deliveries: list[Delivery], now: dt.datetime, token: uuid.UUID) -> list[Delivery]:
+    """Count each delivery against its person's daily cap (across all campaigns) with a
+    conditional upsert; those over the cap, or fatigued on this channel, are skipped."""
+    keep, skipped = [], []
+    fatigued = _recently_messaged_fatigued(campaign, deliveries, now)
+    todo = []
+    for d in deliveries:
+        if d.profile_id in fatigued:
+            skipped.append((d.id, "FATIGUED"))
+        elif d.cap_day is not None or campaign.frequency_cap_per_day == 0:
+            keep.append(d)
+        else:
+            todo.append(d)
+    # One person may have several messages in a batch (a trigger fired twice, two cron runs): an
+    # upsert may touch a row once only, so each round takes at most one message per person.
+    rounds: list[list[Delivery]] = []
+    seen: dict[int, int] = defaultdict(int)
+    for d in todo:
+        k = seen[d.profile_id]
+        seen[d.profile_id] += 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(d)
+    for round_ in rounds:
+        days = [now.astimezone(_tz(d.profile.timezone)).date() for d in round_]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO campaigns_dailysendcount (profile_id, day, count)"
+                " SELECT * FROM unnest(%s::bigint[], %s::date[], %s::int[])"
+                " ON CONFLICT (profile_id, day) DO UPDATE SET count = campaigns_dailysendcount.count + 1"
+                " WHERE campaigns_dailysendcount.count < %s RETURNING profile_id",
+                [[d.profile_id for d in round_], days, [1] * len(round_), campaign.frequency_cap_per_day],
+            )
+            counted = {row[0] for row in cursor.fetchall()}
+        for d, day in zip(round_, days, strict=True):
+            if d.profile_id in counted:
+                d.cap_day = day
+                keep.append(d)
+            else:
+                skipped.append((d.id, "FREQUENCY_CAP"))
+    if todo:
+        Delivery.objects.bulk_update([d for d in todo if d.cap_day], ["cap_day"])
+    if skipped:
+        _set_final(skipped, DeliveryStatus.SKIPPED, token)
+    return sorted(keep, key=lambda d: d.pk)
+
+
+def _recently_messaged_fatigued(campaign: Campaign, deliveries: list[Delivery], now: dt.datetime) -> set[int]:
+    from profiles.models import ProfileTag
+
+    tag = f"{campaign.channel}_fatigued"
+    pids = [d.profile_id for d in deliveries]
+    tagged = set(ProfileTag.objects.filter(tag__name=tag, profile_id__in=pids).values_list("profile_id", flat=True))
+    if not tagged:
+        return set()
+    cooldown = dt.timedelta(days=int(_setting("OPSLOOP_FATIGUE_COOLDOWN_DAYS", 7)))
+    return set(
+        Delivery.objects.filter(
+            profile_id__in=tagged, channel=campaign.channel, sent_at__gte=now - cooldown
+        ).values_list("profile_id", flat=True)
+    )
+
+
+# --- coupons -----------------------------------------------------------------------------------
+
+
+def _issue_coupons(deliveries: list[Delivery]) -> None:
+    needing = [d for d in deliveries if d.variant.coupon_rule_id and not d.coupon_code]
+    if not needing:
+        return
+    rules = {r.pk: r for r in CouponRule.objects.filter(pk__in={d.variant.coupon_rule_id for d in needing})}
+    for d in needing:
+        rule = rules.get(d.variant.coupon_rule_id)
+        if rule is None:
+            continue
+        try:
+            coupon = coupon_services.issue_coupon(
+                rule=rule,
+                profile=d.profile,
+                request_id=f"delivery:{d.idempotency_key}",
+                source="campaign",
+                source_ref=d.variant.source_ref,
+            )
+        except DomainError as exc:
+            # The message still goes out; the reason shows why it carries no coupon.
+            logger.info("coupon not issued for delivery %s: %s", d.pk, exc.reason)
+            d.reason = f"COUPON_NOT_ISSUED: {exc.reason}"
+            Delivery.objects.filter(pk=d.pk).update(reason=d.reason)
+            continue
+        d.coupon_code = coupon.code
+        Delivery.objects.filter(pk=d.pk).update(coupon_code=coupon.code)
+
+
+def _release_coupons(codes: Sequence[str]) -> None:
+    """A message that will never reach its person gives its coupon back to the rule's budget."""
+    if not codes:
+        return
+    ids = list(Coupon.objects.filter(code__in=list(codes)).values_list("pk", flat=True))
+    if ids:
+        coupon_services.revoke_coupons(coupon_ids=ids)
+
+
+# --- posting -----------------------------------------------------------------------------------
+
+
+def payload(d: Delivery) -> dict[str, Any]:
+    variant = d.variant
+    return {
+        "delivery_id": d.pk,
+        "idempotency_key": str(d.idempotency_key),
+        "campaign": d.campaign_id,
+        "variant": variant.name,
+        "user_id": d.user_id,
+        "channel": d.channel,
+        "title": variant.title,
+        "body": variant.body,
+        "url": channels.click_url(d.pk) if variant.url else "",
+        **({"coupon_code": d.coupon_code} if d.coupon_code else {}),
+    }
+
+
+def _post_all(kind: str, config: Any, rows: list[Delivery], lease: Lease, counts: dict[str, int]) -> None:
+    if kind == ChannelKind.EMAIL:
+        conn = channels.email_connection()
+        try:
+            conn.open()  # one SMTP session for the whole batch
+        except OSError as exc:
+            outcome = channels.Outcome(channels.RETRY, f"SMTP connect: {exc.__class__.__name__}")
+            _post_window(rows, lambda d: outcome, threads=1, kind=kind, config=config, lease=lease, counts=counts)
+            return
+        try:
+            _post_window(
+                rows,
+                lambda d: channels.send_email(conn, to=d.profile.email, payload=payload(d), delivery_id=d.pk),
+                threads=1,  # an SMTP session is not shared between threads
+                kind=kind,
+                config=config,
+                lease=lease,
+                counts=counts,
+            )
+        finally:
+            conn.close()
+        return
+    threads = int(_setting("OPSLOOP_DELIVERY_THREADS", 8))
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=threads)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    try:
+        _post_window(
+            rows,
+            lambda d: channels.http_post(session, config, payload(d)),
+            threads=threads,
+            kind=kind,
+            config=config,
+            lease=lease,
+            counts=counts,
+        )
+    finally:
+        session.close()
+
+
+def _post_window(
+    rows: list[Delivery],
+    send_one: Callable[[Delivery], channels.Outcome],
+    *,
+    threads: int,
+    kind: str,
+    config: Any,
+    lease: Lease,
+    counts: dict[str, int],
+) -> None:
+    """Keep up to `threads` posts in flight. Only this thread touches the database: it marks the
+    next posts in flight, waits for any to return, records what returned and renews the lease."""
+
+    def guarded(d: Delivery) -> channels.Outcome:
+        try:
+            return send_one(d)
+        except Exception as exc:
+            logger.exception("Posting delivery %s raised; it is retried.", d.pk)
+            return channels.Outcome(channels.RETRY, f"{exc.__class__.__name__}: {exc}"[:300])
+
+    todo = deque(rows)
+    in_flight: dict[Future, Delivery] = {}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        while todo or in_flight:
+            lease.renew_if_due()
+            batch: list[Delivery] = []
+            rate_limited = False
+            while todo and len(in_flight) + len(batch) < threads:
+                # Wait for the provider's allowance here, before the post is marked: a wait is
+                # no attempt. Block only when nothing else is in flight to collect meanwhile.
+                busy = bool(in_flight or batch)
+                if not channels.acquire_send_slot(kind, config.rate_per_second, max_wait=0 if busy else lease.interval):
+                    rate_limited = True
+                    break
+                batch.append(todo.popleft())
+            if batch:
+                held = _mark_in_flight([d.pk for d in batch], lease.token)
+                for d in batch:
+                    if d.pk in held:
+                        d.attempts += 1
+                        d.first_attempt_at = held[d.pk]
+                        in_flight[pool.submit(guarded, d)] = d
+            if not in_flight:
+                continue
+            done, _ = wait(in_flight, timeout=0.05 if rate_limited else lease.interval, return_when=FIRST_COMPLETED)
+            if done:
+                _record([(in_flight.pop(f), f.result()) for f in done], config, lease.token, counts)
+
+
+def _mark_in_flight(ids: list[int], token: uuid.UUID) -> dict[int, dt.datetime]:
+    """Mark posts as started (one attempt each), only on rows this run still holds: a run whose
+    lease was taken back posts nothing more."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery SET posting_since = clock_timestamp(), attempts = attempts + 1,"
+            " first_attempt_at = COALESCE(first_attempt_at, clock_timestamp()), claimed_at = clock_timestamp()"
+            " WHERE id = ANY(%s) AND lease = %s AND status = 'sending' RETURNING id, first_attempt_at",
+            [ids, token],
+        )
+        return dict(cursor.fetchall())
+
+
+def _record(
+    finished: list[tuple[Delivery, channels.Outcome]], config: Any, token: uuid.UUID, counts: dict[str, int]
+) -> None:
+    from campaigns import tasks
+
+    now = timezone.now()
+    window = dt.timedelta(minutes=config.retry_window_minutes)
+    sent, failed, retries, released = [], [], [], []
+    for d, o in finished:
+        if o.kind == channels.SENT:
+            sent.append(d.pk)
+        elif o.kind == channels.FAILED:
+            failed.append((d.pk, o.reason))
+        elif d.attempts >= config.max_attempts or (d.first_attempt_at and d.first_attempt_at + window <= now):
+            minutes = int((now - (d.first_attempt_at or now)).total_seconds() // 60)
+            failed.append((d.pk, f"GAVE_UP after {d.attempts} attempts in {minutes} min: {o.reason}"))
+        else:
+            delay = backoff_seconds(
+                attempts=d.attempts, base=config.backoff_base_seconds, cap=config.backoff_max_seconds
+            )
+            retries.append((d.pk, now + dt.timedelta(seconds=delay), f"retrying: {o.reason}"[:500], delay))
+        if failed and failed[-1][0] == d.pk and d.coupon_code:
+            released.append(d.coupon_code)
+    with connection.cursor() as cursor:
+        if sent:
+            # A provider receipt may have come first and moved the row on (delivered, failed):
+            # the status stays as the receipt left it, but the send is recorded either way.
+            cursor.execute(
+                "UPDATE campaigns_delivery SET"
+                " status = CASE WHEN status = 'sending' THEN 'sent' ELSE status END,"
+                " sent_at = LEAST(COALESCE(sent_at, %s), %s), lease = NULL, posting_since = NULL,"
+                " reason = CASE WHEN reason LIKE 'retrying:%%' OR reason LIKE 'waiting:%%' THEN '' ELSE reason END"
+                " WHERE id = ANY(%s) AND lease = %s",
+                [now, now, sent, token],
+            )
+        if retries:
+            cursor.execute(
+                "UPDATE campaigns_delivery d SET status = 'pending', not_before = t.not_before, reason = t.reason,"
+                " queued_at = NULL, lease = NULL, posting_since = NULL"
+                " FROM unnest(%s::bigint[], %s::timestamptz[], %s::text[]) AS t(id, not_before, reason)"
+                " WHERE d.id = t.id AND d.lease = %s AND d.status = 'sending'",
+                [[r[0] for r in retries], [r[1] for r in retries], [r[2] for r in retries], token],
+            )
+    if failed:
+        _set_final(failed, DeliveryStatus.FAILED, token)
+        _release_coupons(released)
+    for pk, _when, _reason, delay in retries:
+        tasks.publish(f"the retry of delivery {pk}", tasks.deliver_batch, args=[[pk]], countdown=delay)
+    counts["sent"] += len(sent)
+    counts["failed"] += len(failed)
+    counts["retry"] += len(retries)
