@@ -196,7 +196,9 @@ class CountersOutput(serializers.Serializer):
     delivered = serializers.IntegerField()
     failed = serializers.IntegerField()
     skipped = serializers.IntegerField()
-    unknown = serializers.IntegerField(help_text="Outcome unknown: the worker stopped while posting (at-most-once channels)")
+    unknown = serializers.IntegerField(
+        help_text="Outcome unknown: the worker stopped while posting (at-most-once channels)"
+    )
 
 
 class CampaignOutput(serializers.ModelSerializer):

@@ -348,7 +348,6 @@ def retry_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
 # --- audience snapshot -------------------------------------------------------------------------
 
 _ASSIGNMENT_COLUMNS = "(campaign_id, profile_id, user_id, role, variant_id, position, assigned_at)"
-_HASH = "('x' || substr(md5(%s || r.user_id), 1, 8))::bit(32)::bigint / 4294967296.0"
 
 
 def _variant_choice(variants: Sequence[Variant], conditions: Sequence[str]) -> str:
@@ -367,8 +366,9 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
 
     `quota`: members are ordered by a hash of (campaign, user) and cut into exact shares
     (holdout, pilot, variants by weight), so group sizes match the configuration to within one
-    person. `hash`: each member's group follows from the hash alone, for members who arrive one
-    at a time (triggered campaigns)."""
+    person. `arrival`: for members who arrive a few at a time (triggered campaigns), each goes to
+    the group furthest below its share of everyone assigned so far, which keeps every group
+    within one person of its share at all times."""
     variants = list(campaign.variants.order_by("position", "id"))
     if not variants:
         return 0
@@ -376,6 +376,8 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
     if only_profile_ids is not None:
         sql += " AND p.id = ANY(%s)"
         params = [*params, list(only_profile_ids)]
+    if mode == "arrival":
+        return _assign_arrivals(campaign, variants, sql, params)
     holdout = campaign.holdout_percent / Decimal(100)
     pilot = (
         campaign.pilot_percent / Decimal(100) if campaign.schedule_kind in (ScheduleKind.NOW, ScheduleKind.AT) else 0
@@ -400,40 +402,77 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
         ")"
     )
     params = [*params, campaign.pk, salt]
-    if mode == "quota":
-        # hn/pn: sizes of holdout and pilot; k: place within the tested group of size g.
-        g_expr = "pn" if pilot else "(n - hn)"
-        variant_of = _variant_choice(variants, [f"(rn - hn) < round({g_expr} * %s::numeric)" for _ in variants[:-1]])
-        select = (
-            ", s AS (SELECT r.*, round(n * %s::numeric) AS hn, round(n * %s::numeric) AS pn FROM r)"
-            f" INSERT INTO campaigns_assignment {_ASSIGNMENT_COLUMNS}"
-            " SELECT %s, profile_id, user_id,"
-            "  CASE WHEN rn < hn THEN 'holdout' WHEN rn < hn + pn THEN 'pilot' ELSE %s END,"
-            f"  CASE WHEN rn < hn THEN NULL WHEN %s AND rn >= hn + pn THEN NULL ELSE {variant_of} END,"
-            "  rn + %s, %s FROM s"
-            " ON CONFLICT (campaign_id, profile_id) DO NOTHING"
-        )
-        params += [holdout, pilot, campaign.pk, rest_role, bool(pilot), *cumulative, offset, now]
-    else:
-        u1 = _HASH
-        u2 = _HASH
-        variant_of = _variant_choice(variants, [f"{u2} < %s::numeric" for _ in variants[:-1]])
-        select = (
-            f" INSERT INTO campaigns_assignment {_ASSIGNMENT_COLUMNS}"
-            f" SELECT %s, r.profile_id, r.user_id, CASE WHEN {u1} < %s::numeric THEN 'holdout' ELSE 'test' END,"
-            f"  CASE WHEN {u1} < %s::numeric THEN NULL ELSE {variant_of} END,"
-            "  r.rn + %s, %s FROM r"
-            " ON CONFLICT (campaign_id, profile_id) DO NOTHING"
-        )
-        group_salt = f"{campaign.pk}:group:"
-        variant_salt = f"{campaign.pk}:variant:"
-        case_params = []
-        for c in cumulative:
-            case_params += [variant_salt, c]
-        params += [campaign.pk, group_salt, holdout, group_salt, holdout, *case_params, offset, now]
+    # hn/pn: sizes of holdout and pilot; k: place within the tested group of size g.
+    g_expr = "pn" if pilot else "(n - hn)"
+    variant_of = _variant_choice(variants, [f"(rn - hn) < round({g_expr} * %s::numeric)" for _ in variants[:-1]])
+    select = (
+        ", s AS (SELECT r.*, round(n * %s::numeric) AS hn, round(n * %s::numeric) AS pn FROM r)"
+        f" INSERT INTO campaigns_assignment {_ASSIGNMENT_COLUMNS}"
+        " SELECT %s, profile_id, user_id,"
+        "  CASE WHEN rn < hn THEN 'holdout' WHEN rn < hn + pn THEN 'pilot' ELSE %s END,"
+        f"  CASE WHEN rn < hn THEN NULL WHEN %s AND rn >= hn + pn THEN NULL ELSE {variant_of} END,"
+        "  rn + %s, %s FROM s"
+        " ON CONFLICT (campaign_id, profile_id) DO NOTHING"
+    )
+    params += [holdout, pilot, campaign.pk, rest_role, bool(pilot), *cumulative, offset, now]
     with connection.cursor() as cursor:
         cursor.execute(head + select, params)
         return cursor.rowcount
+
+
+def _assign_arrivals(campaign: Campaign, variants: list[Variant], sql: str, params: list[Any]) -> int:
+    holdout = campaign.holdout_percent / Decimal(100)
+    total_weight = Decimal(sum(v.weight for v in variants) or 1)
+    groups: list[tuple[str, int | None]] = [(AssignmentRole.HOLDOUT, None)] + [
+        (AssignmentRole.TEST, v.pk) for v in variants
+    ]
+    shares = [holdout] + [(1 - holdout) * v.weight / total_weight for v in variants]
+    with connection.cursor() as cursor:
+        # Arrivals of one campaign are assigned one transaction at a time, so each sees the
+        # counts the one before it left.
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_ARRIVAL_LOCK, campaign.pk])
+        cursor.execute(
+            f"SELECT aud.profile_id, aud.user_id FROM ({sql}) aud WHERE NOT EXISTS ("
+            " SELECT 1 FROM campaigns_assignment x WHERE x.campaign_id = %s AND x.profile_id = aud.profile_id)"
+            " ORDER BY md5(%s || aud.user_id), aud.profile_id",
+            [*params, campaign.pk, f"{campaign.pk}:"],
+        )
+        fresh = cursor.fetchall()
+        if not fresh:
+            return 0
+        cursor.execute(
+            "SELECT role, variant_id, count(*) FROM campaigns_assignment WHERE campaign_id = %s GROUP BY 1, 2",
+            [campaign.pk],
+        )
+        existing = {
+            (role if role == AssignmentRole.HOLDOUT else AssignmentRole.TEST, vid): n for role, vid, n in cursor
+        }
+    counts = [existing.get(g, 0) for g in groups]
+    n = sum(counts)
+    rows = []
+    now = timezone.now()
+    for profile_id, user_id in fresh:
+        deficits = [(n + 1) * share - count for share, count in zip(shares, counts, strict=True)]
+        k = max(range(len(groups)), key=lambda i: (deficits[i], -i))
+        counts[k] += 1
+        role, variant_id = groups[k]
+        rows.append(
+            Assignment(
+                campaign=campaign,
+                profile_id=profile_id,
+                user_id=user_id,
+                role=role,
+                variant_id=variant_id,
+                position=n,
+                assigned_at=now,
+            )
+        )
+        n += 1
+    return len(Assignment.objects.bulk_create(rows, ignore_conflicts=True))
+
+
+# An advisory lock's first key: "assigning arrivals to a campaign" (the second is its id).
+_ARRIVAL_LOCK = 7401
 
 
 # --- deliveries --------------------------------------------------------------------------------
@@ -617,7 +656,8 @@ def _run_recurring_send(*, campaign_id: int, run_at: dt.datetime | None) -> int:
     if campaign is None or campaign.status != CampaignStatus.RUNNING or campaign.schedule_kind != ScheduleKind.CRON:
         return 0
     run_at = scheduled_run_time(campaign.cron, run_at or timezone.now())
-    snapshot_audience(campaign=campaign)
+    # The first run cuts the whole audience into its shares; later runs add the newcomers.
+    snapshot_audience(campaign=campaign, mode="arrival" if campaign.assignments.exists() else "quota")
     created = create_deliveries(
         campaign=campaign, phase=f"run:{run_at:%Y%m%d%H%M}", roles=[AssignmentRole.TEST], only_current_members=True
     )
@@ -677,7 +717,7 @@ def create_triggered_deliveries(*, campaign: Campaign, rows: Sequence[tuple[int,
     pids = sorted({r[0] for r in rows})
     if not pids:
         return 0
-    snapshot_audience(campaign=campaign, mode="hash", only_profile_ids=pids)
+    snapshot_audience(campaign=campaign, mode="arrival", only_profile_ids=pids)
     aud, aud_params = audience_sql(campaign.segment.definition)
     consent = _CONSENT[campaign.channel]
     sql = (

@@ -46,13 +46,24 @@ def test_pilot_share_is_split_between_variants_and_the_rest_waits_for_rollout():
     )
 
 
-def test_triggered_members_are_assigned_by_hash_close_to_the_weights():
-    make_profiles(2000)
-    campaign = CampaignFactory(holdout_percent=Decimal(20), schedule_kind="trigger", trigger_event="cart_abandoned")
-    services.snapshot_audience(campaign=campaign, mode="hash")
-    groups = _groups(campaign)
-    assert 330 <= groups[("holdout", None)] <= 470
-    assert 700 <= groups[("test", "A")] <= 900
+def test_triggered_members_arriving_a_few_at_a_time_stay_within_one_person_of_every_share():
+    profiles = make_profiles(700)
+    campaign = CampaignFactory(
+        holdout_percent=Decimal(20),
+        schedule_kind="trigger",
+        trigger_event="cart_abandoned",
+        variants=[("A", 30), ("B", 50), ("C", 20)],
+    )
+    shares = {("holdout", None): 0.2, ("test", "A"): 0.24, ("test", "B"): 0.4, ("test", "C"): 0.16}
+    arrived = 0
+    for size in (1, 2, 3, 7, 50, 1, 137, 499):
+        batch = profiles[arrived : arrived + size]
+        services.snapshot_audience(campaign=campaign, mode="arrival", only_profile_ids=[p.pk for p in batch])
+        arrived += len(batch)
+        groups = _groups(campaign)
+        assert sum(groups.values()) == arrived
+        for group, share in shares.items():
+            assert abs(groups.get(group, 0) - arrived * share) < 1, (arrived, group, groups)
 
 
 def test_audience_is_snapshotted_when_the_send_starts():
