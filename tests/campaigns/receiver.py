@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Receiver:
-    def __init__(self, *, fail_first: int = 0, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, *, fail_first: int = 0, status: int = 200, delay: float = 0.0, on_request=None) -> None:
         self.requests: list[dict] = []
+        self.on_request = on_request  # called with each body before the answer goes back
         self.headers: list[dict] = []
         self.fail_first = fail_first
         self.status = status
@@ -31,6 +32,8 @@ class Receiver:
                         receiver.fail_first -= 1
                 if receiver.delay:
                     time.sleep(receiver.delay)
+                if receiver.on_request is not None:
+                    receiver.on_request(json.loads(body))
                 code = 503 if failing else receiver.status
                 payload = b'{"error": "busy"}' if failing else b'{"ok": true}'
                 self.send_response(code)
