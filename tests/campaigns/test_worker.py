@@ -3,6 +3,7 @@ rollout, retry on 503, and no duplicate after the worker is killed mid-batch."""
 
 import datetime as dt
 import time
+from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -77,26 +78,81 @@ def test_pilot_goes_first_then_the_rollout_sends_the_chosen_variant_to_the_rest(
     assert len(gateway.count_by_user()) == 90
 
 
-def test_a_killed_worker_leaves_no_duplicate_and_every_delivery_is_sent_after_restart(celery_worker, settings):
-    make_profiles(300)
-    with Receiver(delay=0.05) as gateway:
+def _kill_mid_batch(celery_worker, campaign, gateway, after_posts: int) -> tuple[set[str], set[int]]:
+    """Launch, SIGKILL the worker after `after_posts` posts, and return the idempotency keys the
+    database had recorded as sent at the kill and the ids that were in flight."""
+    services.launch_campaign(campaign_id=campaign.pk)
+    _wait(lambda: len(gateway.requests) >= after_posts, what="first sends")
+    celery_worker.kill()
+    recorded = {
+        str(k)
+        for k in Delivery.objects.filter(campaign=campaign, sent_at__isnull=False).values_list(
+            "idempotency_key", flat=True
+        )
+    }
+    in_flight = set(
+        Delivery.objects.filter(campaign=campaign, status="sending", posting_since__isnull=False).values_list(
+            "id", flat=True
+        )
+    )
+    return recorded, in_flight
+
+
+def test_a_worker_killed_mid_batch_sends_again_only_what_was_in_flight(celery_worker, settings):
+    make_profiles(600)
+    with Receiver(delay=0.02) as gateway:
         ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
         campaign = CampaignFactory(holdout_percent=Decimal(0))
-        services.launch_campaign(campaign_id=campaign.pk)
-        _wait(lambda: len(gateway.requests) >= 40, what="first sends")
-        celery_worker.kill()
-        in_flight = Delivery.objects.filter(campaign=campaign, status="sending").count()
-        assert in_flight > 0
+        recorded, in_flight = _kill_mid_batch(celery_worker, campaign, gateway, after_posts=150)
+        posted_before_restart = len(gateway.requests)
+        # Sends are recorded as they return, not when the batch ends: most of what went out is known.
+        assert len(recorded) >= posted_before_restart - len(in_flight) - 16
+        # At most the worker's threads (8 per process, 2 processes) were posting.
+        assert len(in_flight) <= 16
         celery_worker.start()
         # The beat sweeper's job: stuck `sending` rows back to pending, then queued again.
         services.sweep(stale_after=dt.timedelta(0), requeue_after=dt.timedelta(0))
         _wait(lambda: _settled(campaign), timeout=120, what="all sent after restart")
-    assert Delivery.objects.filter(campaign=campaign, status="sent").count() == 300
+    assert Delivery.objects.filter(campaign=campaign, status="sent").count() == 600
     keys = gateway.keys_per_user()
-    assert len(keys) == 300
-    # A message interrupted after the POST may be posted again, but always under the same key,
-    # so the provider shows it once.
+    assert len(keys) == 600
+    # A message interrupted after the POST is posted again under the same key, so the provider
+    # shows it once; and nothing recorded as sent before the kill was posted again.
     assert {len(k) for k in keys.values()} == {1}
+    reposted = [key for key, n in Counter(r["idempotency_key"] for r in gateway.requests).items() if n > 1]
+    assert not set(reposted) & recorded
+    assert len(reposted) <= len(in_flight)
+
+
+def test_an_at_most_once_channel_marks_what_was_in_flight_unknown_instead_of_sending_it_again(celery_worker):
+    make_profiles(400)
+    with Receiver(delay=0.02) as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url, at_most_once=True)
+        campaign = CampaignFactory(holdout_percent=Decimal(0))
+        _recorded, in_flight = _kill_mid_batch(celery_worker, campaign, gateway, after_posts=100)
+        celery_worker.start()
+        report = services.sweep(stale_after=dt.timedelta(0), requeue_after=dt.timedelta(0))
+        assert report["unknown"] == len(in_flight)
+        _wait(lambda: _settled(campaign), timeout=120, what="the rest sent after restart")
+    unknown = set(Delivery.objects.filter(campaign=campaign, status="unknown").values_list("id", flat=True))
+    assert unknown == in_flight
+    assert Delivery.objects.filter(campaign=campaign, status="sent").count() == 400 - len(unknown)
+    # Nothing was posted twice.
+    assert set(Counter(r["idempotency_key"] for r in gateway.requests).values()) == {1}
+    assert len(gateway.requests) <= 400
+
+
+def test_the_most_common_campaign_one_message_no_holdout_no_pilot_reaches_everyone(celery_worker):
+    make_profiles(50)
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = CampaignFactory(holdout_percent=Decimal(0), variants=[("Only", 100)])
+        services.launch_campaign(campaign_id=campaign.pk)
+        _wait(lambda: len(gateway.requests) == 50, what="the sends")
+        _wait(lambda: _settled(campaign), what="all recorded")
+    assert set(gateway.count_by_user().values()) == {1}
+    assert Delivery.objects.filter(campaign=campaign, status="sent").count() == 50
+    assert Campaign.objects.get(pk=campaign.pk).phase == "full"
 
 
 def test_auto_rollout_sends_the_significant_winner_after_the_pilot_window(celery_worker):
