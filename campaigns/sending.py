@@ -408,6 +408,32 @@ def _post_window(
             logger.exception("Posting delivery %s raised; it is retried.", d.pk)
             return channels.Outcome(channels.RETRY, f"{exc.__class__.__name__}: {exc}"[:300])
 
+    # This thread's marks and records are the batch's serial part. Where a lost record only means
+    # a second post under the same key (at least once), they need not wait for the disk: a crash of
+    # PostgreSQL itself loses at most the last moments of them, as a killed worker would. At most
+    # once needs each mark on disk before its post.
+    relaxed = not config.at_most_once
+    if relaxed:
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit = off")
+    try:
+        _post_loop(rows, guarded, threads=threads, kind=kind, config=config, lease=lease, counts=counts)
+    finally:
+        if relaxed:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET synchronous_commit")
+
+
+def _post_loop(
+    rows: list[Delivery],
+    guarded: Callable[[Delivery], channels.Outcome],
+    *,
+    threads: int,
+    kind: str,
+    config: Any,
+    lease: Lease,
+    counts: dict[str, int],
+) -> None:
     todo = deque(rows)
     in_flight: dict[Future, Delivery] = {}
     with ThreadPoolExecutor(max_workers=threads) as pool:
