@@ -176,6 +176,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# The root logger is Django's LOGGING (a file with OPSLOOP_LOG_FILE), in the worker as everywhere.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- opsloop --------------------------------------------------------------------------------
@@ -235,3 +236,15 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+# A process whose stderr goes nowhere (the detached worker and beat of scripts/processes.sh) logs
+# to this file instead: every logger, Celery's task failures with their tracebacks included.
+# WatchedFileHandler reopens the file when logrotate has moved it:
+# https://docs.python.org/3/library/logging.handlers.html#watchedfilehandler
+LOG_FILE = env("OPSLOOP_LOG_FILE", "")
+if LOG_FILE:
+    LOGGING["handlers"]["file"] = {
+        "class": "logging.handlers.WatchedFileHandler",
+        "filename": LOG_FILE,
+        "formatter": LOG_FORMAT,
+    }
+    LOGGING["root"]["handlers"] = ["file"]
