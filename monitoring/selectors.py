@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.db.models import Count, Min, Q
+from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from kombu.transport.redis import PRIORITY_STEPS, Channel
@@ -138,8 +139,6 @@ def queue_depths() -> tuple[list[Queue], int | None, str]:
 
 
 def _admin_url(model, pk: int) -> str:
-    from django.urls import reverse
-
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[pk])
 
 
@@ -226,13 +225,30 @@ def failed_code_batches() -> Section:
     )
 
 
-def failed_recompute_runs() -> Section:
-    """Failed value recomputes since the last one that succeeded: a later good run recomputed
-    everything, so older failures need nothing more."""
+def pending_code_batches(*, now: datetime) -> Section:
+    """A batch is generated within seconds of its order; one still pending long after lost its
+    task message (the broker was flushed, say): a retry cannot help it, ordering it again can."""
+    minutes = settings.OPSLOOP_HEALTH_BATCH_PENDING_MINUTES
+    return _section(
+        "code batch(es) pending for too long",
+        CodeBatch.objects.filter(status=CodeBatch.Status.PENDING, created_at__lt=now - timedelta(minutes=minutes))
+        .select_related("rule")
+        .order_by("created_at"),
+        lambda b: Item(
+            "code batch", b.pk, str(b), f"pending for over {minutes} minutes", b.created_at, _admin_url(CodeBatch, b.pk)
+        ),
+    )
+
+
+def _since_last_good_recompute(queryset):
+    """Runs after the last one that succeeded: a later good run recomputed everything, so older
+    failed or lost runs need nothing more (and would otherwise be reported for ever)."""
     last_done = RecomputeRun.objects.filter(status=RecomputeRun.Status.DONE).order_by("-requested_at").first()
-    failed = RecomputeRun.objects.filter(status=RecomputeRun.Status.FAILED)
-    if last_done is not None:
-        failed = failed.filter(requested_at__gt=last_done.requested_at)
+    return queryset if last_done is None else queryset.filter(requested_at__gt=last_done.requested_at)
+
+
+def failed_recompute_runs() -> Section:
+    failed = _since_last_good_recompute(RecomputeRun.objects.filter(status=RecomputeRun.Status.FAILED))
     return _section(
         "failed value recompute run(s)",
         failed.order_by("-requested_at"),
@@ -244,9 +260,11 @@ def stuck_recompute_runs(*, now: datetime) -> Section:
     """Queued or running for longer than any recompute takes: the worker running it was lost."""
     minutes = settings.OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES
     cutoff = now - timedelta(minutes=minutes)
-    stuck = RecomputeRun.objects.filter(
-        Q(status=RecomputeRun.Status.QUEUED, requested_at__lt=cutoff)
-        | Q(status=RecomputeRun.Status.RUNNING, started_at__lt=cutoff)
+    stuck = _since_last_good_recompute(
+        RecomputeRun.objects.filter(
+            Q(status=RecomputeRun.Status.QUEUED, requested_at__lt=cutoff)
+            | Q(status=RecomputeRun.Status.RUNNING, started_at__lt=cutoff)
+        )
     )
     return _section(
         "value recompute run(s) queued or running for too long",
@@ -309,6 +327,7 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             campaigns_with_stuck_deliveries(now=now),
             failed_issuance_jobs(),
             failed_code_batches(),
+            pending_code_batches(now=now),
             failed_recompute_runs(),
             stuck_recompute_runs(now=now),
             failed_tag_rules(),

@@ -211,9 +211,11 @@ OPSLOOP_FATIGUE_AFTER_IGNORED = int(env("OPSLOOP_FATIGUE_AFTER_IGNORED", "3"))
 OPSLOOP_FATIGUE_COOLDOWN_DAYS = int(env("OPSLOOP_FATIGUE_COOLDOWN_DAYS", "7"))
 OPSLOOP_DEFAULT_USER_TIMEZONE = env("OPSLOOP_DEFAULT_USER_TIMEZONE", "UTC")
 # Health page and `manage.py opsloop_health`: a campaign running this long without a phase is
-# stuck at its start; a value recompute queued or running this long has lost its worker.
+# stuck at its start; a value recompute queued or running this long has lost its worker, and a
+# code batch pending this long its task message.
 OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES = int(env("OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES", "10"))
 OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES = int(env("OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES", "180"))
+OPSLOOP_HEALTH_BATCH_PENDING_MINUTES = int(env("OPSLOOP_HEALTH_BATCH_PENDING_MINUTES", "30"))
 
 EMAIL_BACKEND = env("OPSLOOP_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env("OPSLOOP_EMAIL_HOST", "localhost")

@@ -112,7 +112,11 @@ def failures_everywhere() -> dict[str, object]:
     job = IssuanceJob.objects.create(rule=rule, status="failed", error="RuntimeError: boom", finished_at=now)
     IssuanceJob.objects.create(rule=rule, status="running")
     batch = CodeBatch.objects.create(rule=rule, quantity=5, status="failed", error="OSError: disk full")
+    lost_batch = CodeBatch.objects.create(rule=rule, quantity=5, created_at=now - timedelta(minutes=31))
+    CodeBatch.objects.create(rule=rule, quantity=5, created_at=now - timedelta(minutes=1))  # being generated
     old_failure = RecomputeRun.objects.create(status="failed", error="old", requested_at=now - timedelta(days=2))
+    old_lost = now - timedelta(days=2, hours=1)
+    RecomputeRun.objects.create(status="running", requested_at=old_lost, started_at=old_lost)  # superseded
     RecomputeRun.objects.create(status="done", requested_at=now - timedelta(days=1))
     run = RecomputeRun.objects.create(status="failed", error="NoActiveScheme: none", requested_at=now)
     lost = RecomputeRun.objects.create(
@@ -126,6 +130,7 @@ def failures_everywhere() -> dict[str, object]:
         "sending": sending,
         "job": job,
         "batch": batch,
+        "lost_batch": lost_batch,
         "run": run,
         "old_failure": old_failure,
         "lost": lost,
@@ -146,13 +151,14 @@ def test_the_report_lists_what_failed_or_is_stuck_in_every_domain(broker_db):
     assert [i.id for i in section(report, "failed issuance job(s)").items] == [made["job"].pk]
     assert section(report, "failed issuance job(s)").items[0].reason == "RuntimeError: boom"
     assert [i.id for i in section(report, "failed code batch(es)").items] == [made["batch"].pk]
-    # Only failures since the last good recompute count.
+    assert [i.id for i in section(report, "code batch(es) pending for too long").items] == [made["lost_batch"].pk]
+    # Only failed and lost runs since the last good recompute count.
     assert [i.id for i in section(report, "failed value recompute run(s)").items] == [made["run"].pk]
     assert [i.id for i in section(report, "value recompute run(s) queued or running for too long").items] == [
         made["lost"].pk
     ]
     assert [i.id for i in section(report, "tag rule(s) whose last recompute failed").items] == [made["tag_rule"].pk]
-    assert len(report.problems) == 8
+    assert len(report.problems) == 9
 
 
 def test_the_command_prints_the_problems_and_exits_1(broker_db):
@@ -163,7 +169,7 @@ def test_the_command_prints_the_problems_and_exits_1(broker_db):
     assert "1 failed code batch(es)" in text and "OSError: disk full" in text
     code, text = run_health("--json")
     data = json.loads(text)
-    assert code == 1 and data["healthy"] is False and len(data["problems"]) == 8
+    assert code == 1 and data["healthy"] is False and len(data["problems"]) == 9
     assert data["queues"] == {"default": 0, "deliveries": 0, "analytics": 0}
 
 
