@@ -242,3 +242,16 @@ def test_on_the_worker_a_failed_job_stays_failed_until_retried_then_completes(ce
     done = wait_for(lambda: IssuanceJob.objects.filter(pk=job.pk, status="done").first())
     assert (done.processed, done.issued) == (12, 12)
     assert Coupon.objects.filter(rule=job.rule).values("profile").distinct().count() == 12
+
+
+@pytest.mark.django_db
+def test_the_admin_resume_leaves_a_failed_job_to_the_retry(client, make_staff):
+    client.force_login(make_staff("Operations"))
+    job = failing_job()
+    response = client.post(
+        reverse("admin:coupons_issuancejob_changelist"), {"action": "resume", "_selected_action": [job.pk]}, follow=True
+    )
+    assert "0 job(s) queued again." in response.content.decode()
+    job.refresh_from_db()
+    assert job.status == IssuanceJob.Status.FAILED
+    assert not AuditEntry.objects.filter(action="issuance_job.resumed").exists()
