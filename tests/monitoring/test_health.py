@@ -209,3 +209,14 @@ def test_analysts_and_operations_see_the_health_page(client, make_staff, role, b
 def test_customer_service_does_not_see_the_health_page(client, make_staff):
     client.force_login(make_staff("Customer service"))
     assert client.get(reverse("admin:monitoring_health_changelist")).status_code == 403
+
+
+def test_the_report_reads_a_fixed_number_of_queries_however_much_failed(broker_db, django_assert_max_num_queries):
+    failures_everywhere()
+    for i in range(5):
+        IssuanceJob.objects.create(rule=CouponRuleFactory(), status="failed", error=f"RuntimeError: {i}")
+        CodeBatch.objects.create(rule=CouponRuleFactory(), quantity=1, status="failed", error="x")
+    with django_assert_max_num_queries(16):
+        report = selectors.health_report()
+        report.as_dict()
+    assert section(report, "failed issuance job(s)").count == 6
