@@ -37,26 +37,32 @@ def _wait_for_text(path: Path, *needles: str, timeout: float = 60.0) -> str:
     raise AssertionError(f"{needles} not in {path}:\n{text[-4000:]}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _stop(pidfile: Path) -> None:
-    """Stop the detached process this test started (and its pool children, its process group)."""
+    """Stop the detached process this test started: a warm shutdown (which ends its pool), then
+    SIGKILL to its process group (the session it detached into) if it lingers."""
     deadline = time.monotonic() + 10
     while not pidfile.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     if not pidfile.exists():
         return
     pid = int(pidfile.read_text().strip())
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    if not _alive(pid):
         return
+    group = os.getpgid(pid)
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    if _alive(pid):
+        os.killpg(group, signal.SIGKILL)
 
 
 def _detached(args: list[str], log_file: Path, pidfile: Path) -> None:
