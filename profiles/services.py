@@ -596,7 +596,7 @@ def recompute_tag_rule(*, rule_id: int) -> RecomputeResult:
 
 
 @transaction.atomic
-def retry_tag_rule(*, rule_id: int, actor: Any = None) -> TagRule:
+def retry_tag_rule(*, rule_id: int, actor: Any = None, api_key: Any = None) -> TagRule:
     """Queue the recompute of a rule whose last run failed again, audited."""
     from profiles.tasks import recompute_tag_rule as task  # tasks import services
 
@@ -607,7 +607,13 @@ def retry_tag_rule(*, rule_id: int, actor: Any = None) -> TagRule:
         raise TagRuleNotFailed(f"Tag rule {rule.name!r} has not failed: only a failed rule is retried.")
     TagRule.objects.filter(id=rule.id).update(last_status=TagRunStatus.QUEUED)
     rule.last_status = TagRunStatus.QUEUED
-    record_audit(action="profiles.tag_rule_retried", obj=rule, actor=actor, details={"previous_error": rule.last_error})
+    record_audit(
+        action="profiles.tag_rule_retried",
+        obj=rule,
+        actor=actor,
+        api_key=api_key,
+        details={"previous_error": rule.last_error},
+    )
     transaction.on_commit(lambda: task.delay(rule.id))
     return rule
 

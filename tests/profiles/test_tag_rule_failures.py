@@ -68,3 +68,17 @@ def test_admin_filters_failed_rules_shows_the_reason_and_retries_them(client, ma
     rule.refresh_from_db()
     fine.refresh_from_db()
     assert (rule.last_status, fine.last_status) == ("queued", "")
+
+
+def test_api_shows_the_last_run_and_retries_with_202_then_409_and_404(make_api_client):
+    ops = make_api_client("manage")
+    rule = broken_rule()
+    shown = ops.get(f"/api/v1/tag-rules/{rule.pk}").json()
+    assert (shown["last_status"], shown["last_error"]) == ("failed", rule.last_error)
+    first = ops.post(f"/api/v1/tag-rules/{rule.pk}/retry")
+    assert first.status_code == 202 and first.json()["last_status"] == "queued"
+    again = ops.post(f"/api/v1/tag-rules/{rule.pk}/retry")
+    assert again.status_code == 409 and again.json()["reason"] == "NOT_FAILED"
+    assert ops.post("/api/v1/tag-rules/424242/retry").json()["reason"] == "TAG_RULE_NOT_FOUND"
+    assert ops.get("/api/v1/tag-rules/x").status_code == 404
+    assert AuditEntry.objects.get(action="profiles.tag_rule_retried").api_key_id == ops.api_key.pk
