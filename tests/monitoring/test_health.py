@@ -191,7 +191,8 @@ def test_beat_tasks_show_their_last_run_and_the_recorded_outcome(broker_db):
     assert report.problems == ["beat task 'tags' failed: OperationalError: gone"]
     assert [t.task for t in report.failed_tasks] == ["coupons.run_issuance_job"]
     code, text = run_health()
-    assert code == 1 and "tags: last run -, failed: OperationalError: gone" in text
+    assert code == 1 and "tags: sent -; finished -, failed: OperationalError: gone" in text
+    assert f"expire: sent {ran_at:%Y-%m-%d %H:%M:%S}; finished {ran_at:%Y-%m-%d %H:%M:%S}, ok in 0.2 s" in text
 
 
 @pytest.mark.parametrize("role", ["Analyst", "Operations"])

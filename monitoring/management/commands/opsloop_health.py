@@ -46,11 +46,13 @@ class Command(BaseCommand):
             for item in section.items:
                 out(f"    {item.kind} #{item.id} {item.name}: {item.reason} (since {_when(item.since)})")
         out("")
-        out("Beat tasks (last run, outcome):")
+        out("Beat tasks (last sent by beat; last run finished, outcome):")
         for task in report.beat:
             state = task.outcome or "no run recorded"
             enabled = "" if task.enabled else " [disabled]"
-            line = f"  {task.name}{enabled}: last run {_when(task.last_run_at)}, {state}"
+            line = (
+                f"  {task.name}{enabled}: sent {_when(task.last_run_at)}; finished {_when(task.finished_at)}, {state}"
+            )
             if task.runtime_seconds is not None:
                 line += f" in {task.runtime_seconds:.1f} s"
             if task.error:
