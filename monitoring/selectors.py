@@ -24,7 +24,12 @@ from crm.models import RecomputeRun
 from monitoring.models import TaskRun
 from profiles.models import TagRule
 
-QUEUES = ("default", "deliveries", "analytics")
+
+def _queue_names() -> list[str]:
+    """The queues the Celery app declares (settings): default, deliveries, analytics."""
+    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
+
+
 # Most rows a section lists; its count is always the whole number.
 LIST_LIMIT = 50
 
@@ -123,18 +128,19 @@ def _queue_keys(name: str) -> list[str]:
 def queue_depths() -> tuple[list[Queue], int | None, str]:
     """Messages waiting per queue, messages taken by workers and not yet acknowledged, and an
     error text when Redis does not answer."""
+    names = _queue_names()
     try:
         client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
         with client.pipeline(transaction=False) as pipe:
-            for name in QUEUES:
+            for name in names:
                 for key in _queue_keys(name):
                     pipe.llen(key)
             pipe.hlen(Channel.unacked_key)
             counts = pipe.execute()
     except redis.RedisError as exc:
-        return [Queue(name, 0) for name in QUEUES], None, f"{exc.__class__.__name__}: {exc}"
+        return [Queue(name, 0) for name in names], None, f"{exc.__class__.__name__}: {exc}"
     steps = len(PRIORITY_STEPS)
-    queues = [Queue(name, sum(counts[i * steps : (i + 1) * steps])) for i, name in enumerate(QUEUES)]
+    queues = [Queue(name, sum(counts[i * steps : (i + 1) * steps])) for i, name in enumerate(names)]
     return queues, counts[-1], ""
 
 
