@@ -45,6 +45,8 @@ up: migrate
 	@echo "opsloop is up:  http://127.0.0.1:$(PORT)/admin/   login: $(ADMIN_USER) / $(ADMIN_PASSWORD)"
 	@echo "API docs:       http://127.0.0.1:$(PORT)/api/docs/"
 	@echo "Shell:          set -a; . .run/env; set +a; $(PY) manage.py shell"
+	@echo "Logs:           .run/worker.log, .run/beat.log, .run/gunicorn.log"
+	@echo "Health:         $(PY) manage.py opsloop_health (Monitoring > Health in the admin)"
 	@echo "Stop:           make down"
 
 demo: up

@@ -369,6 +369,24 @@ class IssuanceJobDetailView(_JsonView):
         return Response(IssuanceJobOutput(job).data)
 
 
+class IssuanceJobRetryView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("job_id")],
+        operation_id="coupon_issuance_job_retry",
+        request=None,
+        responses={202: IssuanceJobOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("job"), 409: CONFLICT},
+        summary="Queue a failed job again; it goes on where it stopped (409 NOT_FAILED unless failed).",
+    )
+    def post(self, request: Request, job_id: str) -> Response:
+        actor = _actor(request)
+        job = services.retry_issuance_job(
+            job_id=_pk(job_id, errors.JobNotFound, "issuance job"), actor=actor["created_by"], api_key=actor["api_key"]
+        )
+        return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
+
+
 class CodeBatchCreateView(_JsonView):
     permission_classes = [HasScope("manage")]
 
@@ -400,6 +418,26 @@ class CodeBatchDetailView(_JsonView):
         if batch is None:
             raise errors.BatchNotFound(f"No code batch {batch_id}.")
         return Response(CodeBatchOutput(batch).data)
+
+
+class CodeBatchRetryView(_JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("batch_id")],
+        operation_id="coupon_code_batch_retry",
+        request=None,
+        responses={202: CodeBatchOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("batch"), 409: CONFLICT},
+        summary="Generate a failed batch again, from the start (409 NOT_FAILED unless failed).",
+    )
+    def post(self, request: Request, batch_id: str) -> Response:
+        actor = _actor(request)
+        batch = services.retry_code_batch(
+            batch_id=_pk(batch_id, errors.BatchNotFound, "code batch"),
+            actor=actor["created_by"],
+            api_key=actor["api_key"],
+        )
+        return Response(CodeBatchOutput(batch).data, status=status.HTTP_202_ACCEPTED)
 
 
 # --- channel quality (manage) ----------------------------------------------------------------------

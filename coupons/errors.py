@@ -60,6 +60,12 @@ class InvalidStateChange(Conflict, CouponError):
     reason = "INVALID_STATE_CHANGE"
 
 
+class NotFailed(Conflict, CouponError):
+    """Retry asked of a job or batch that has not failed."""
+
+    reason = "NOT_FAILED"
+
+
 # 422: the rules refuse this request.
 class RuleNotActive(CouponError):
     reason = "RULE_NOT_ACTIVE"

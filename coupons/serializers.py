@@ -285,6 +285,7 @@ class IssuanceJobInput(serializers.Serializer):
 
 class IssuanceJobOutput(serializers.ModelSerializer):
     status = serializers.CharField(read_only=True, help_text="pending, running, done or failed")
+    error = serializers.CharField(read_only=True, help_text="Why a failed job stopped (exception and message)")
     progress = serializers.FloatField(read_only=True)
     segment = serializers.IntegerField(source="segment_id", allow_null=True)
 
@@ -302,6 +303,7 @@ class IssuanceJobOutput(serializers.ModelSerializer):
             "refused",
             "refusals",
             "progress",
+            "error",
             "created_at",
             "started_at",
             "finished_at",
@@ -316,6 +318,7 @@ class CodeBatchInput(serializers.Serializer):
 
 class CodeBatchOutput(serializers.ModelSerializer):
     status = serializers.CharField(read_only=True, help_text="pending, running, done or failed")
+    error = serializers.CharField(read_only=True, help_text="Why a failed batch stopped")
 
     class Meta:
         model = CodeBatch

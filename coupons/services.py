@@ -26,6 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from access.services import record_audit
+from config.failures import log_failure
 from coupons import codes, errors
 from coupons.audiences import segment_resolver
 from coupons.models import (
@@ -794,13 +795,25 @@ def _copy_codes(cursor, count: int, chunk: int = 100_000) -> None:
             remaining -= n
 
 
-@transaction.atomic
 def generate_batch_codes(*, batch: CodeBatch) -> CodeBatch:
     """Generate a batch's codes in one transaction: all or nothing, so a crashed run leaves
     nothing behind and the retry starts clean. Codes are streamed into a temporary table with
-    COPY and moved in one INSERT ... SELECT; the rule's quantity and budget are taken at once."""
-    batch = CodeBatch.objects.select_for_update().select_related("rule").get(pk=batch.pk)
-    if batch.status == CodeBatch.Status.DONE:
+    COPY and moved in one INSERT ... SELECT; the rule's quantity and budget are taken at once.
+    An error marks the batch failed with its reason (traceback in the log) and is raised again."""
+    try:
+        return _generate_batch_codes(batch_id=batch.pk)
+    except Exception as exc:
+        reason = log_failure(logger, f"code batch {batch.pk}", exc)
+        CodeBatch.objects.filter(pk=batch.pk).exclude(status=CodeBatch.Status.DONE).update(
+            status=CodeBatch.Status.FAILED, error=reason, finished_at=timezone.now()
+        )
+        raise
+
+
+@transaction.atomic
+def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
+    batch = CodeBatch.objects.select_for_update().select_related("rule").get(pk=batch_id)
+    if batch.status in (CodeBatch.Status.DONE, CodeBatch.Status.FAILED):
         return batch
     now = timezone.now()
     try:
@@ -997,15 +1010,69 @@ def process_issuance_batch(*, job: IssuanceJob, batch_size: int = 200) -> int:
 
 def run_issuance_job(*, job: IssuanceJob, batch_size: int = 200, max_batches: int | None = None) -> IssuanceJob:
     """Prepare the job if needed, then issue batch by batch until done (or `max_batches`).
-    Safe to run again after a crash: handled targets are skipped, pending ones are resumed."""
-    job = prepare_issuance_job(job=job)
-    batches = 0
-    while max_batches is None or batches < max_batches:
-        if process_issuance_batch(job=job, batch_size=batch_size) == 0:
-            break
-        batches += 1
+    Safe to run again after a crash: handled targets are skipped, pending ones are resumed.
+    An error marks the job failed with its reason (traceback in the log) and is raised again:
+    the batches done so far stay done, and `retry_issuance_job` goes on from there."""
+    try:
+        job = prepare_issuance_job(job=job)
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            if process_issuance_batch(job=job, batch_size=batch_size) == 0:
+                break
+            batches += 1
+    except Exception as exc:
+        reason = log_failure(logger, f"issuance job {job.pk}", exc)
+        IssuanceJob.objects.filter(
+            pk=job.pk, status__in=[IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]
+        ).update(status=IssuanceJob.Status.FAILED, error=reason, finished_at=timezone.now())
+        raise
     job.refresh_from_db()
     return job
+
+
+@transaction.atomic
+def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> IssuanceJob:
+    """Queue a failed job again. It goes on where it stopped: targets already handled keep their
+    coupon or refusal, and each claim still passes the budget. Only a failed job is retried (the
+    beat resumes pending and running ones by itself, and never a failed one)."""
+    job = IssuanceJob.objects.select_for_update().filter(pk=job_id).first()
+    if job is None:
+        raise errors.JobNotFound(f"No issuance job {job_id}.")
+    if job.status != IssuanceJob.Status.FAILED:
+        raise errors.NotFailed(f"Issuance job {job_id} is {job.status}: only a failed job is retried.")
+    previous = job.error
+    # Targets are resolved in the transaction that sets `started_at`: without it none exist yet.
+    job.status = IssuanceJob.Status.RUNNING if job.started_at else IssuanceJob.Status.PENDING
+    job.error = ""
+    job.finished_at = None
+    job.save(update_fields=["status", "error", "finished_at"])
+    record_audit(
+        actor=actor, api_key=api_key, action="issuance_job.retried", obj=job, details={"previous_error": previous}
+    )
+    from coupons.tasks import run_issuance_job as task
+
+    transaction.on_commit(lambda: task.delay(job.pk))
+    return job
+
+
+@transaction.atomic
+def retry_code_batch(*, batch_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> CodeBatch:
+    """Queue a failed batch again; its generation is all or nothing, so it starts clean."""
+    batch = CodeBatch.objects.select_for_update().filter(pk=batch_id).first()
+    if batch is None:
+        raise errors.BatchNotFound(f"No code batch {batch_id}.")
+    if batch.status != CodeBatch.Status.FAILED:
+        raise errors.NotFailed(f"Code batch {batch_id} is {batch.status}: only a failed batch is retried.")
+    previous = batch.error
+    batch.status, batch.error, batch.finished_at = CodeBatch.Status.PENDING, "", None
+    batch.save(update_fields=["status", "error", "finished_at"])
+    record_audit(
+        actor=actor, api_key=api_key, action="code_batch.retried", obj=batch, details={"previous_error": previous}
+    )
+    from coupons.tasks import generate_code_batch
+
+    transaction.on_commit(lambda: generate_code_batch.delay(batch.pk))
+    return batch
 
 
 @transaction.atomic
@@ -1059,16 +1126,3 @@ def save_rule_from_admin(*, rule: CouponRule, changed: list[str], actor: Abstrac
             details={name: {"from": before[name], "to": str(getattr(locked, name))} for name in changed},
         )
     return locked
-
-
-def note_issuance_job_error(*, job_id: int, error: BaseException) -> None:
-    """Show why a job stopped where operators look; the job stays unfinished, so the beat resume
-    (or an operator) tries again."""
-    IssuanceJob.objects.filter(pk=job_id).update(error=f"{error.__class__.__name__}: {error}"[:2000])
-
-
-def fail_code_batch(*, batch_id: int, error: BaseException) -> None:
-    """A batch's generation rolls back as a whole: mark it failed, with the reason."""
-    CodeBatch.objects.filter(pk=batch_id).exclude(status=CodeBatch.Status.DONE).update(
-        status=CodeBatch.Status.FAILED, error=f"{error.__class__.__name__}: {error}"[:2000]
-    )

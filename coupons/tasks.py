@@ -19,17 +19,14 @@ def run_issuance_job(job_id: int, batch_size: int = 200) -> dict:
     job = IssuanceJob.objects.filter(pk=job_id).first()
     if job is None:
         return {"job": job_id, "status": "missing"}
-    try:
-        job = services.run_issuance_job(job=job, batch_size=batch_size)
-    except Exception as exc:
-        services.note_issuance_job_error(job_id=job_id, error=exc)
-        raise
+    job = services.run_issuance_job(job=job, batch_size=batch_size)
     return {"job": job.pk, "status": job.status, "issued": job.issued, "refused": job.refused}
 
 
 @shared_task(name="coupons.resume_issuance_jobs")
 def resume_issuance_jobs() -> list[int]:
-    """Beat: pick up jobs a crashed worker left unfinished (the targets say where they stopped)."""
+    """Beat: pick up jobs a crashed worker left unfinished (the targets say where they stopped).
+    A failed job is not among them: it waits for an operator's retry."""
     ids = selectors.unfinished_issuance_job_ids()
     for job_id in ids:
         run_issuance_job.delay(job_id)
@@ -41,9 +38,5 @@ def generate_code_batch(batch_id: int) -> dict:
     batch = CodeBatch.objects.filter(pk=batch_id).first()
     if batch is None:
         return {"batch": batch_id, "status": "missing"}
-    try:
-        batch = services.generate_batch_codes(batch=batch)
-    except Exception as exc:
-        services.fail_code_batch(batch_id=batch_id, error=exc)
-        raise
+    batch = services.generate_batch_codes(batch=batch)
     return {"batch": batch.pk, "status": batch.status, "generated": batch.generated}

@@ -29,6 +29,10 @@ urlpatterns = [
     path("coupon-rules/<str:rule_id>/code-batches", api.CodeBatchCreateView.as_view(), name="coupon-code-batches"),
     path("coupon-issuance-jobs/<str:job_id>", api.IssuanceJobDetailView.as_view(), name="coupon-issuance-job"),
     path("coupon-code-batches/<str:batch_id>", api.CodeBatchDetailView.as_view(), name="coupon-code-batch"),
+    path(
+        "coupon-issuance-jobs/<str:job_id>/retry", api.IssuanceJobRetryView.as_view(), name="coupon-issuance-job-retry"
+    ),
+    path("coupon-code-batches/<str:batch_id>/retry", api.CodeBatchRetryView.as_view(), name="coupon-code-batch-retry"),
     path("coupon-reports", api.SourceReportView.as_view(), name="coupon-source-report"),
     path("coupons/validate", api.ValidateView.as_view(), name="coupon-validate"),
     path("coupons/redeem", api.RedeemView.as_view(), name="coupon-redeem"),

@@ -478,10 +478,11 @@ class RecomputeRunAdmin(admin.ModelAdmin):
         "changes",
         "managers_assigned",
         "unassigned_for_capacity",
+        "reason",
     ]
     list_filter = ["status"]
     readonly_fields = [f.name for f in RecomputeRun._meta.fields]
-    actions = ["recompute_now"]
+    actions = ["recompute_now", "retry"]
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -499,6 +500,19 @@ class RecomputeRunAdmin(admin.ModelAdmin):
     @admin.action(description="Recompute every profile's value now", permissions=["recompute"])
     def recompute_now(self, request, queryset):
         _queue_recompute(self, request)
+
+    @admin.display(description="reason")
+    def reason(self, obj: RecomputeRun) -> str:
+        return (obj.error[:120] + "…") if len(obj.error) > 120 else (obj.error or "—")
+
+    @admin.action(description="Retry selected failed runs", permissions=["recompute"])
+    def retry(self, request, queryset):
+        retried = [
+            services.retry_recompute(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")
+        ]
+        self.message_user(request, f"{len(retried)} run(s) queued again.")
+        if skipped := queryset.exclude(status="failed").count():
+            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
 
     def changelist_view(self, request, extra_context=None):
         # The action needs no selection: run it with an empty one.

@@ -1,1 +1,63 @@
-"""crm.api: api of the crm app."""
+"""The customer-value API: a recompute run's state, and the retry of a failed one."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from access.models import ApiKey
+from access.permissions import HasScope
+from crm import services
+from crm.errors import RunNotFound
+from crm.models import RecomputeRun
+from crm.serializers import RecomputeRunOutput
+
+RUN_ID = OpenApiParameter("run_id", int, OpenApiParameter.PATH, description="Integer id.")
+NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown run (`reason` RUN_NOT_FOUND).")
+CONFLICT = OpenApiResponse(OpenApiTypes.OBJECT, description="The run has not failed (`reason` NOT_FAILED).")
+
+
+def _run_id(value: str) -> int:
+    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
+    if not value.isdigit() or len(value) > 18:
+        raise RunNotFound(f"No recompute run {value[:40]!r}.")
+    return int(value)
+
+
+class _JsonView(APIView):
+    parser_classes = [JSONParser]
+    renderer_classes = [JSONRenderer]
+    permission_classes = [HasScope("manage")]
+
+
+class RecomputeRunDetailView(_JsonView):
+    @extend_schema(
+        parameters=[RUN_ID],
+        operation_id="value_recompute_run_detail",
+        responses={200: RecomputeRunOutput, 404: NOT_FOUND},
+    )
+    def get(self, request: Request, run_id: str) -> Response:
+        run = RecomputeRun.objects.select_related("scheme").filter(pk=_run_id(run_id)).first()
+        if run is None:
+            raise RunNotFound(f"No recompute run {run_id}.")
+        return Response(RecomputeRunOutput(run).data)
+
+
+class RecomputeRunRetryView(_JsonView):
+    @extend_schema(
+        parameters=[RUN_ID],
+        operation_id="value_recompute_run_retry",
+        request=None,
+        responses={202: RecomputeRunOutput, 404: NOT_FOUND, 409: CONFLICT},
+        summary="Queue a failed value recompute again (409 NOT_FAILED unless it failed).",
+    )
+    def post(self, request: Request, run_id: str) -> Response:
+        key = request.auth if isinstance(request.auth, ApiKey) else None
+        run = services.retry_recompute(run_id=_run_id(run_id), actor=None if key else request.user, api_key=key)
+        return Response(RecomputeRunOutput(run).data, status=status.HTTP_202_ACCEPTED)

@@ -21,3 +21,13 @@ class ManagerInactive(Refused):
 
 class ProfileWithoutValue(NotFound):
     reason = "PROFILE_WITHOUT_VALUE"
+
+
+class RunNotFound(NotFound):
+    reason = "RUN_NOT_FOUND"
+
+
+class RunNotFailed(Conflict):
+    """Retry asked of a recompute run that has not failed."""
+
+    reason = "NOT_FAILED"

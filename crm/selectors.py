@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
+from django.db.models import Count
 
 from crm.models import CustomerValue, LifecycleStage, RfmSegment, ValueTier
 from profiles.models import Profile
@@ -226,3 +227,14 @@ def moved_between_tiers(*, from_tier: str, to_tier: str, since: datetime, until:
     return ValueChange.objects.filter(
         what=ValueChange.What.TIER, from_value=from_tier, to_value=to_tier, at__gte=since, at__lt=until
     ).count()
+
+
+def tier_and_stage_counts() -> tuple[dict[str, int], dict[str, int]]:
+    """Profiles per value tier (by slug, "" for none) and per lifecycle stage ("" for none)."""
+    tiers = dict(
+        CustomerValue.objects.order_by().values_list("tier__slug").annotate(n=Count("*")).values_list("tier__slug", "n")
+    )
+    stages = dict(
+        CustomerValue.objects.order_by().values_list("lifecycle").annotate(n=Count("*")).values_list("lifecycle", "n")
+    )
+    return {k or "": v for k, v in tiers.items()}, {k or "": v for k, v in stages.items()}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +27,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from access.services import record_audit
-from crm.errors import CapacityExceeded, ManagerInactive, NoActiveScheme
+from config.failures import log_failure
+from crm.errors import CapacityExceeded, ManagerInactive, NoActiveScheme, RunNotFailed, RunNotFound
 from crm.models import (
     AccountManager,
     CustomerValue,
@@ -428,18 +430,29 @@ def request_recompute(*, requested_by: AbstractBaseUser | None = None) -> Recomp
     return run
 
 
+# The steps of a recompute, in order, as `progress` names them and `RecomputeRun.timings` keys them.
+RECOMPUTE_STEPS = ("scores", "apply", "release_managers", "assign_managers")
+
+
 def recompute_customer_values(
-    *, run_id: int | None = None, now: datetime | None = None, scheme: ScoringScheme | None = None
+    *,
+    run_id: int | None = None,
+    now: datetime | None = None,
+    scheme: ScoringScheme | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> RecomputeRun:
     """Recompute every profile's RFM scores, segment, tier, lifecycle stage and account manager
     in one transaction, recording each change. A run already finished is returned untouched, and
-    a run that finds another in progress is marked skipped, so redelivered tasks are harmless."""
+    a run that finds another in progress is marked skipped, so redelivered tasks are harmless.
+    A failed run is marked failed with the reason (traceback in the log), the error raised again,
+    and it stays failed until `retry_recompute` queues it. `progress(step)` is called after each
+    of `RECOMPUTE_STEPS`."""
     now = now or timezone.now()
     if run_id is None:
         run = RecomputeRun.objects.create(requested_at=now)
     else:
         run = RecomputeRun.objects.get(pk=run_id)
-        if run.status in (RecomputeRun.Status.DONE, RecomputeRun.Status.SKIPPED):
+        if run.status in (RecomputeRun.Status.DONE, RecomputeRun.Status.SKIPPED, RecomputeRun.Status.FAILED):
             return run
     try:
         scheme = scheme or active_scheme()
@@ -451,10 +464,12 @@ def recompute_customer_values(
             reference_at=params.reference_at,
             window_days=params.window_days,
         )
-        _recompute(params=params, run_id=run.pk, now=now)
+        _recompute(params=params, run_id=run.pk, now=now, progress=progress)
     except Exception as exc:
         RecomputeRun.objects.filter(pk=run.pk).update(
-            status=RecomputeRun.Status.FAILED, finished_at=timezone.now(), error=f"{exc.__class__.__name__}: {exc}"
+            status=RecomputeRun.Status.FAILED,
+            finished_at=timezone.now(),
+            error=log_failure(logger, f"value recompute run {run.pk}", exc),
         )
         raise
     run.refresh_from_db()
@@ -462,14 +477,39 @@ def recompute_customer_values(
 
 
 @transaction.atomic
-def _recompute(*, params: RecomputeParams, run_id: int, now: datetime) -> None:
+def retry_recompute(*, run_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> RecomputeRun:
+    """Queue a failed run again (admin action, API). It recomputes everything from the start: the
+    failed run's transaction wrote nothing."""
+    from crm import tasks  # tasks import services: import here to keep the module graph acyclic
+
+    run = RecomputeRun.objects.select_for_update().filter(pk=run_id).first()
+    if run is None:
+        raise RunNotFound(f"No recompute run {run_id}.")
+    if run.status != RecomputeRun.Status.FAILED:
+        raise RunNotFailed(f"Recompute run {run_id} is {run.status}: only a failed run is retried.")
+    previous = run.error
+    run.status, run.error, run.started_at, run.finished_at = RecomputeRun.Status.QUEUED, "", None, None
+    run.save(update_fields=["status", "error", "started_at", "finished_at"])
+    record_audit(
+        actor=actor, api_key=api_key, action="crm.recompute_retried", obj=run, details={"previous_error": previous}
+    )
+    transaction.on_commit(lambda: tasks.recompute_customer_values.delay(run_id=run.pk))
+    return run
+
+
+@transaction.atomic
+def _recompute(
+    *, params: RecomputeParams, run_id: int, now: datetime, progress: Callable[[str], None] | None = None
+) -> None:
     """The run is marked finished in the transaction that writes the values: readers derive
     recency from the latest finished run's reference date, which must match the rows they see."""
-    counts = _recompute_values(params=params, run_id=run_id, now=now)
+    counts = _recompute_values(params=params, run_id=run_id, now=now, progress=progress or (lambda step: None))
     RecomputeRun.objects.filter(pk=run_id).update(finished_at=timezone.now(), **counts)
 
 
-def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) -> dict[str, Any]:
+def _recompute_values(
+    *, params: RecomputeParams, run_id: int, now: datetime, progress: Callable[[str], None]
+) -> dict[str, Any]:
     sql_params = {**params.as_sql_params(now=now), "run_id": run_id}
     timings: dict[str, float] = {}
 
@@ -477,6 +517,7 @@ def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) ->
         started = time.monotonic()
         cursor.execute(sql, args)
         timings[name] = round(time.monotonic() - started, 3)
+        progress(name)
         return cursor.rowcount
 
     with connection.cursor() as cursor:
@@ -499,6 +540,7 @@ def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) ->
         cursor.execute(APPLY_SQL, sql_params)
         profiles, written, changes, dropped = cursor.fetchone()
         timings["apply"] = round(time.monotonic() - started, 3)
+        progress("apply")
         cursor.execute("SELECT max(customers) FROM crm_changed")
         customers = cursor.fetchone()[0]
         if customers is None:
@@ -512,6 +554,7 @@ def _recompute_values(*, params: RecomputeParams, run_id: int, now: datetime) ->
         cursor.execute(ASSIGN_MANAGERS_SQL, sql_params)
         assigned, waiting = cursor.fetchone()
         timings["assign_managers"] = round(time.monotonic() - started, 3)
+        progress("assign_managers")
         cursor.execute("DROP TABLE crm_changed")
     logger.info("crm recompute run %s: %s rows written, %s dropped, %s", run_id, written, dropped, timings)
     return {

@@ -409,12 +409,20 @@ class TagRuleAdmin(admin.ModelAdmin):
         "last_run_at",
         "last_run_members",
         "last_run_seconds",
-        "has_error",
+        "last_status",
+        "reason",
     ]
-    list_filter = ["kind", "is_active"]
+    list_filter = ["kind", "is_active", "last_status"]
     search_fields = ["name", "tag_name", "event_name"]
-    readonly_fields = ["last_run_at", "last_run_members", "last_run_seconds", "last_error", "created_at"]
-    actions = ["recompute_now"]
+    readonly_fields = [
+        "last_status",
+        "last_run_at",
+        "last_run_members",
+        "last_run_seconds",
+        "last_error",
+        "created_at",
+    ]
+    actions = ["recompute_now", "retry"]
     fieldsets = [
         (None, {"fields": ["name", "kind", "is_active", "description", "tag_category"]}),
         ("Rule tag", {"fields": ["tag_name", "conditions"]}),
@@ -434,9 +442,18 @@ class TagRuleAdmin(admin.ModelAdmin):
         ("Last run", {"fields": readonly_fields}),
     ]
 
-    @admin.display(boolean=True, description="error")
-    def has_error(self, obj: TagRule) -> bool:
-        return bool(obj.last_error)
+    @admin.display(description="reason")
+    def reason(self, obj: TagRule) -> str:
+        return (obj.last_error[:120] + "…") if len(obj.last_error) > 120 else (obj.last_error or "-")
+
+    @admin.action(description="Retry the selected failed rules", permissions=["change"])
+    def retry(self, request, queryset):
+        failed = list(queryset.filter(last_status="failed"))
+        for rule in failed:
+            services.retry_tag_rule(rule_id=rule.pk, actor=request.user)
+        self.message_user(request, f"Queued {len(failed)} failed rule(s) again.")
+        if skipped := len(queryset) - len(failed):
+            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -11,9 +11,9 @@ from rest_framework.views import APIView
 from access.models import ApiKey
 from access.permissions import HasScope, StaffWith
 from profiles import selectors, services
-from profiles.errors import ProfileNotFound
-from profiles.models import LookupChannel
-from profiles.serializers import IdentifyInput, IdentifyOutput, LookupOutput, ProfileOutput
+from profiles.errors import ProfileNotFound, TagRuleNotFound
+from profiles.models import LookupChannel, TagRule
+from profiles.serializers import IdentifyInput, IdentifyOutput, LookupOutput, ProfileOutput, TagRuleRunOutput
 
 BAD_INPUT = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: the offending fields and reasons.")
 NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="`{reason, detail}`: no such user.")
@@ -101,3 +101,50 @@ class SupportLookupView(APIView):
             selectors.lookup_view(p, may_see_personal_data=outcome.may_see_personal_data) for p in outcome.profiles
         ]
         return Response(LookupOutput({"results": results}).data)
+
+
+RULE_ID = OpenApiParameter("rule_id", int, OpenApiParameter.PATH, description="Integer id.")
+RULE_NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown rule (`reason` TAG_RULE_NOT_FOUND).")
+
+
+def _rule_id(value: str) -> int:
+    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
+    if not value.isdigit() or len(value) > 18:
+        raise TagRuleNotFound(f"No tag rule {value[:40]!r}.")
+    return int(value)
+
+
+class TagRuleRunView(APIView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[RULE_ID],
+        operation_id="tag_rule_run",
+        responses={200: TagRuleRunOutput, 404: RULE_NOT_FOUND},
+        summary="A tag rule's last recompute: status (done, failed, queued), error, members, time",
+    )
+    def get(self, request, rule_id: str):
+        rule = TagRule.objects.filter(pk=_rule_id(rule_id)).first()
+        if rule is None:
+            raise TagRuleNotFound(f"No tag rule {rule_id}.")
+        return Response(TagRuleRunOutput(rule).data)
+
+
+class TagRuleRetryView(APIView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[RULE_ID],
+        operation_id="tag_rule_retry",
+        request=None,
+        responses={
+            202: TagRuleRunOutput,
+            404: RULE_NOT_FOUND,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="Its last run did not fail (`NOT_FAILED`)."),
+        },
+        summary="Queue the recompute of a rule whose last run failed again",
+    )
+    def post(self, request, rule_id: str):
+        key = request.auth if isinstance(request.auth, ApiKey) else None
+        rule = services.retry_tag_rule(rule_id=_rule_id(rule_id), actor=None if key else request.user, api_key=key)
+        return Response(TagRuleRunOutput(rule).data, status=202)

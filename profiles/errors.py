@@ -1,6 +1,6 @@
 """Error codes of the profiles app (see config.errors for how they become HTTP responses)."""
 
-from config.errors import NotFound, Refused
+from config.errors import Conflict, NotFound, Refused
 
 
 class ProfileNotFound(NotFound):
@@ -9,3 +9,11 @@ class ProfileNotFound(NotFound):
 
 class RuleNotRunnable(Refused):
     reason = "RULE_NOT_RUNNABLE"
+
+
+class TagRuleNotFound(NotFound):
+    reason = "TAG_RULE_NOT_FOUND"
+
+
+class TagRuleNotFailed(Conflict):
+    reason = "NOT_FAILED"

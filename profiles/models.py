@@ -219,6 +219,12 @@ class TagRuleKind(models.TextChoices):
     PREFERENCE = "preference", "Preference (chi-square on a category property)"
 
 
+class TagRunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
 class TagRule(models.Model):
     """How a computed tag is derived, defined by operators and recomputed nightly.
 
@@ -251,6 +257,10 @@ class TagRule(models.Model):
     last_run_members = models.PositiveIntegerField(null=True, blank=True, editable=False)
     last_run_seconds = models.FloatField(null=True, blank=True, editable=False)
     last_error = models.TextField(blank=True, default="", editable=False)
+    # Blank until the first run; "failed" stays until a run succeeds (the nightly one or a retry).
+    last_status = models.CharField(
+        max_length=16, choices=TagRunStatus.choices, blank=True, default="", editable=False, db_index=True
+    )
     created_at = models.DateTimeField(default=now)
 
     class Meta:

@@ -7,6 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from profiles.models import TagRule
 from profiles.normalize import IDENTITY_KINDS, normalize_identity, parse_traits
 
 MAX_IDENTITIES = 20
@@ -112,3 +113,22 @@ class LookupResultOutput(serializers.Serializer):
 
 class LookupOutput(serializers.Serializer):
     results = LookupResultOutput(many=True)
+
+
+class TagRuleRunOutput(serializers.ModelSerializer):
+    """A tag rule's last recompute: its status (blank before the first run), why it failed."""
+
+    class Meta:
+        model = TagRule
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "is_active",
+            "last_status",
+            "last_error",
+            "last_run_at",
+            "last_run_members",
+            "last_run_seconds",
+        ]
+        read_only_fields = fields

@@ -14,8 +14,10 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from access.services import record_audit
+from config.failures import log_failure
 from profiles import rules
-from profiles.errors import RuleNotRunnable
+from profiles.errors import RuleNotRunnable, TagRuleNotFailed, TagRuleNotFound
 from profiles.models import (
     Identity,
     IdentityKind,
@@ -29,6 +31,7 @@ from profiles.models import (
     TagChangeAction,
     TagRule,
     TagRuleKind,
+    TagRunStatus,
     TagSource,
 )
 from profiles.normalize import KNOWN_TRAITS, normalize_identity
@@ -577,10 +580,46 @@ class RecomputeResult:
     seconds: float
 
 
-@transaction.atomic
 def recompute_tag_rule(*, rule_id: int) -> RecomputeResult:
     """Recompute the members of the tags of one rule, in one transaction. Concurrent runs of the
-    same rule queue behind the rule's row lock instead of interleaving."""
+    same rule queue behind the rule's row lock instead of interleaving. An error marks the rule's
+    last run failed with the reason (traceback in the log) and is raised again."""
+    try:
+        return _recompute_tag_rule(rule_id=rule_id)
+    except Exception as exc:
+        TagRule.objects.filter(id=rule_id).update(
+            last_status=TagRunStatus.FAILED,
+            last_error=log_failure(logger, f"tag rule {rule_id} recompute", exc),
+            last_run_at=timezone.now(),
+        )
+        raise
+
+
+@transaction.atomic
+def retry_tag_rule(*, rule_id: int, actor: Any = None, api_key: Any = None) -> TagRule:
+    """Queue the recompute of a rule whose last run failed again, audited."""
+    from profiles.tasks import recompute_tag_rule as task  # tasks import services
+
+    rule = TagRule.objects.select_for_update().filter(id=rule_id).first()
+    if rule is None:
+        raise TagRuleNotFound(f"No tag rule {rule_id}.")
+    if rule.last_status != TagRunStatus.FAILED:
+        raise TagRuleNotFailed(f"Tag rule {rule.name!r} has not failed: only a failed rule is retried.")
+    TagRule.objects.filter(id=rule.id).update(last_status=TagRunStatus.QUEUED)
+    rule.last_status = TagRunStatus.QUEUED
+    record_audit(
+        action="profiles.tag_rule_retried",
+        obj=rule,
+        actor=actor,
+        api_key=api_key,
+        details={"previous_error": rule.last_error},
+    )
+    transaction.on_commit(lambda: task.delay(rule.id))
+    return rule
+
+
+@transaction.atomic
+def _recompute_tag_rule(*, rule_id: int) -> RecomputeResult:
     started = time.monotonic()
     rule = TagRule.objects.select_for_update().get(id=rule_id)
     try:
@@ -592,7 +631,11 @@ def recompute_tag_rule(*, rule_id: int) -> RecomputeResult:
     result = recompute(rule, at)
     seconds = time.monotonic() - started
     TagRule.objects.filter(id=rule.id).update(
-        last_run_at=at, last_run_members=result.members, last_run_seconds=seconds, last_error=""
+        last_run_at=at,
+        last_run_members=result.members,
+        last_run_seconds=seconds,
+        last_error="",
+        last_status=TagRunStatus.DONE,
     )
     return RecomputeResult(
         rule_id=rule.id, added=result.added, removed=result.removed, members=result.members, seconds=seconds
@@ -659,10 +702,6 @@ def _recompute_preference(rule: TagRule, at: datetime) -> rules.SyncResult:
     result = rules.sync_members(target_sql=target, params=params, tag_ids=owned, source=TagSource.STATISTICAL, at=at)
     Tag.objects.filter(id__in=owned).update(computed_at=at)
     return result
-
-
-def record_rule_failure(*, rule_id: int, error: str) -> None:
-    TagRule.objects.filter(id=rule_id).update(last_error=error[:2000], last_run_at=timezone.now())
 
 
 # --- customer-service lookup ----------------------------------------------------------------

@@ -18,11 +18,7 @@ def recompute_tag_rule(rule_id: int) -> dict | None:
     the same members (the second run records no changes)."""
     if not TagRule.objects.filter(id=rule_id).exists():
         return None
-    try:
-        result = services.recompute_tag_rule(rule_id=rule_id)
-    except Exception as exc:
-        services.record_rule_failure(rule_id=rule_id, error=f"{exc.__class__.__name__}: {exc}")
-        raise
+    result = services.recompute_tag_rule(rule_id=rule_id)
     return {"rule_id": rule_id, "added": result.added, "removed": result.removed, "members": result.members}
 
 

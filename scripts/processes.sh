@@ -30,17 +30,18 @@ start() {
   if alive gunicorn; then echo "[processes] gunicorn already running" >&2; else
     "$VENV/gunicorn" config.wsgi:application --daemon --bind "127.0.0.1:$PORT" \
       --workers "${OPSLOOP_WEB_WORKERS:-3}" --pid "$RUN/gunicorn.pid" \
-      --access-logfile "$RUN/gunicorn-access.log" --error-logfile "$RUN/gunicorn.log"
+      --access-logfile "$RUN/gunicorn-access.log" --error-logfile "$RUN/gunicorn.log" --capture-output
     wait_for gunicorn 15
   fi
   if alive worker; then echo "[processes] worker already running" >&2; else
-    "$VENV/celery" -A config worker --detach -Q default,deliveries,analytics \
+    # A detached process has no stderr: OPSLOOP_LOG_FILE sends every logger to the log file.
+    OPSLOOP_LOG_FILE="$RUN/worker.log" "$VENV/celery" -A config worker --detach -Q default,deliveries,analytics \
       --concurrency "${OPSLOOP_WORKER_CONCURRENCY:-2}" -n "opsloop@%h" \
       --pidfile "$RUN/worker.pid" --logfile "$RUN/worker.log" --loglevel INFO
     wait_for worker 30
   fi
   if alive beat; then echo "[processes] beat already running" >&2; else
-    "$VENV/celery" -A config beat --detach --pidfile "$RUN/beat.pid" --logfile "$RUN/beat.log" \
+    OPSLOOP_LOG_FILE="$RUN/beat.log" "$VENV/celery" -A config beat --detach --pidfile "$RUN/beat.pid" --logfile "$RUN/beat.log" \
       --loglevel INFO
     wait_for beat 30
   fi

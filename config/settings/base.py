@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "crm",
     "coupons",
     "campaigns",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
@@ -176,6 +177,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 3600
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# The root logger is Django's LOGGING (a file with OPSLOOP_LOG_FILE), in the worker as everywhere.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- opsloop --------------------------------------------------------------------------------
@@ -208,6 +210,12 @@ OPSLOOP_SWEEP_LIMIT = int(env("OPSLOOP_SWEEP_LIMIT", "500000"))
 OPSLOOP_FATIGUE_AFTER_IGNORED = int(env("OPSLOOP_FATIGUE_AFTER_IGNORED", "3"))
 OPSLOOP_FATIGUE_COOLDOWN_DAYS = int(env("OPSLOOP_FATIGUE_COOLDOWN_DAYS", "7"))
 OPSLOOP_DEFAULT_USER_TIMEZONE = env("OPSLOOP_DEFAULT_USER_TIMEZONE", "UTC")
+# Health page and `manage.py opsloop_health`: a campaign running this long without a phase is
+# stuck at its start; a value recompute queued or running this long has lost its worker, and a
+# code batch pending this long its task message.
+OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES = int(env("OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES", "10"))
+OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES = int(env("OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES", "180"))
+OPSLOOP_HEALTH_BATCH_PENDING_MINUTES = int(env("OPSLOOP_HEALTH_BATCH_PENDING_MINUTES", "30"))
 
 EMAIL_BACKEND = env("OPSLOOP_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env("OPSLOOP_EMAIL_HOST", "localhost")
@@ -235,3 +243,15 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+# A process whose stderr goes nowhere (the detached worker and beat of scripts/processes.sh) logs
+# to this file instead: every logger, Celery's task failures with their tracebacks included.
+# WatchedFileHandler reopens the file when logrotate has moved it:
+# https://docs.python.org/3/library/logging.handlers.html#watchedfilehandler
+LOG_FILE = env("OPSLOOP_LOG_FILE", "")
+if LOG_FILE:
+    LOGGING["handlers"]["file"] = {
+        "class": "logging.handlers.WatchedFileHandler",
+        "filename": LOG_FILE,
+        "formatter": LOG_FORMAT,
+    }
+    LOGGING["root"]["handlers"] = ["file"]

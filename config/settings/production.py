@@ -31,4 +31,5 @@ SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SECURE = True
 X_FRAME_OPTIONS = "DENY"
 
-LOGGING["handlers"]["console"]["formatter"] = env("OPSLOOP_LOG_FORMAT", "json")
+for _handler in LOGGING["handlers"].values():  # the console, and the file of OPSLOOP_LOG_FILE
+    _handler["formatter"] = env("OPSLOOP_LOG_FORMAT", "json")

@@ -489,17 +489,3 @@ def test_segment_issuance_skips_profiles_that_no_longer_exist(segment_resolver):
     job = IssuanceJob.objects.create(rule=CouponRuleFactory(), segment_id=9)
     job = services.run_issuance_job(job=job)
     assert (job.status, job.total, job.issued) == (IssuanceJob.Status.DONE, 2, 2)
-
-
-def test_a_job_stopped_by_an_error_shows_why_and_stays_for_the_resume():
-    from coupons import selectors
-    from coupons.models import IssuanceJob
-
-    done = IssuanceJob.objects.create(rule=CouponRuleFactory(), user_ids=["a"], status=IssuanceJob.Status.DONE)
-    stopped = IssuanceJob.objects.create(rule=CouponRuleFactory(), user_ids=["b"], status=IssuanceJob.Status.RUNNING)
-    services.note_issuance_job_error(job_id=stopped.pk, error=RuntimeError("database went away"))
-    stopped.refresh_from_db()
-    assert stopped.error == "RuntimeError: database went away"
-    assert stopped.status == IssuanceJob.Status.RUNNING
-    assert selectors.unfinished_issuance_job_ids() == [stopped.pk]
-    assert done.pk not in selectors.unfinished_issuance_job_ids()

@@ -1,0 +1,345 @@
+"""Reads of the health report: queue depths in Redis, failed and stuck work of every domain, and
+the last run of each scheduled task. The admin page and `manage.py opsloop_health` show it.
+
+Campaigns are read by the string values of their states ("failed", "running", "sending"), so the
+report reads a database with or without a campaign `failed` state alike."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db.models import Count, Min, Q
+from django.urls import reverse
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+from campaigns.models import Campaign, Delivery
+from coupons.models import CodeBatch, IssuanceJob
+from crm.models import RecomputeRun
+from monitoring.models import TaskRun
+from profiles.models import TagRule
+
+
+def _queue_names() -> list[str]:
+    """The queues the Celery app declares (settings): default, deliveries, analytics."""
+    return [queue.name for queue in settings.CELERY_TASK_QUEUES]
+
+
+# Most rows a section lists; its count is always the whole number.
+LIST_LIMIT = 50
+
+
+@dataclass
+class Queue:
+    name: str
+    waiting: int
+
+
+@dataclass
+class Item:
+    """One failed or stuck object: what it is, its id, why, since when, and its admin page."""
+
+    kind: str
+    id: int
+    name: str
+    reason: str
+    since: datetime | None
+    admin_url: str = ""
+
+
+@dataclass
+class Section:
+    title: str
+    count: int = 0
+    items: list[Item] = field(default_factory=list)
+
+
+@dataclass
+class BeatTask:
+    name: str
+    task: str
+    enabled: bool
+    schedule: str
+    last_run_at: datetime | None
+    outcome: str  # ok, failed, retry, or "" when no run was recorded
+    finished_at: datetime | None
+    runtime_seconds: float | None
+    error: str
+
+
+@dataclass
+class HealthReport:
+    checked_at: datetime
+    queues: list[Queue]
+    queues_error: str
+    in_flight: int | None
+    sections: list[Section]
+    beat: list[BeatTask]
+    failed_tasks: list[TaskRun]
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per thing an operator must look at; empty when all is well."""
+        lines = [f"{s.count} {s.title}" for s in self.sections if s.count]
+        lines += [f"beat task '{b.name}' failed: {b.error}" for b in self.beat if b.enabled and b.outcome == "failed"]
+        if self.queues_error:
+            lines.append(f"queues unreadable: {self.queues_error}")
+        return lines
+
+    def as_dict(self) -> dict[str, Any]:
+        def when(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "checked_at": when(self.checked_at),
+            "healthy": not self.problems,
+            "problems": self.problems,
+            "queues": {q.name: q.waiting for q in self.queues},
+            "queues_error": self.queues_error,
+            "in_flight": self.in_flight,
+            "sections": [
+                {
+                    "title": s.title,
+                    "count": s.count,
+                    "items": [{**asdict(i), "since": when(i.since)} for i in s.items],
+                }
+                for s in self.sections
+            ],
+            "beat": [
+                {**asdict(b), "last_run_at": when(b.last_run_at), "finished_at": when(b.finished_at)} for b in self.beat
+            ],
+            "failed_tasks": [
+                {"task": t.task, "finished_at": when(t.finished_at), "error": t.error} for t in self.failed_tasks
+            ],
+        }
+
+
+def _queue_keys(name: str) -> list[str]:
+    """Kombu's Redis transport keeps a queue as a list named after it, and each message priority
+    other than 0 as a list of its own, `<queue>\\x06\\x16<priority>`."""
+    return [name if not pri else f"{name}{Channel.sep}{pri}" for pri in PRIORITY_STEPS]
+
+
+def queue_depths() -> tuple[list[Queue], int | None, str]:
+    """Messages waiting per queue, messages taken by workers and not yet acknowledged, and an
+    error text when Redis does not answer."""
+    names = _queue_names()
+    try:
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                for key in _queue_keys(name):
+                    pipe.llen(key)
+            pipe.hlen(Channel.unacked_key)
+            counts = pipe.execute()
+    except redis.RedisError as exc:
+        return [Queue(name, 0) for name in names], None, f"{exc.__class__.__name__}: {exc}"
+    steps = len(PRIORITY_STEPS)
+    queues = [Queue(name, sum(counts[i * steps : (i + 1) * steps])) for i, name in enumerate(names)]
+    return queues, counts[-1], ""
+
+
+def _admin_url(model, pk: int) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[pk])
+
+
+def _section(title: str, queryset, make) -> Section:
+    rows = list(queryset[:LIST_LIMIT])
+    count = len(rows) if len(rows) < LIST_LIMIT else queryset.count()
+    return Section(title=title, count=count, items=[make(row) for row in rows])
+
+
+def failed_campaigns() -> Section:
+    return _section(
+        "failed campaign(s)",
+        Campaign.objects.filter(status="failed").order_by("-updated_at"),
+        lambda c: Item(
+            "campaign",
+            c.pk,
+            c.name,
+            getattr(c, "failure_reason", "") or "failed",
+            getattr(c, "failed_at", None) or c.updated_at,
+            _admin_url(Campaign, c.pk),
+        ),
+    )
+
+
+def campaigns_stuck_at_start(*, now: datetime) -> Section:
+    """Running without a phase: the start (audience snapshot, first deliveries) never happened."""
+    cutoff = now - timedelta(minutes=settings.OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES)
+    started_long_ago = Q(launched_at__lt=cutoff) | Q(launched_at__isnull=True, updated_at__lt=cutoff)
+    return _section(
+        "campaign(s) running without a phase",
+        Campaign.objects.filter(started_long_ago, status="running", phase="").order_by("launched_at"),
+        lambda c: Item(
+            "campaign",
+            c.pk,
+            c.name,
+            f"running with no phase for over {settings.OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES} minutes",
+            c.launched_at or c.updated_at,
+            _admin_url(Campaign, c.pk),
+        ),
+    )
+
+
+def campaigns_with_stuck_deliveries(*, now: datetime) -> Section:
+    """Deliveries claimed by a worker (`sending`) longer ago than the sweeper allows: the worker
+    died and the sweeper has not put them back (or is not running)."""
+    cutoff = now - timedelta(seconds=settings.OPSLOOP_DELIVERY_STALE_SECONDS)
+    stuck = (
+        Delivery.objects.filter(status="sending", claimed_at__lt=cutoff)
+        .values("campaign_id", "campaign__name")
+        .annotate(n=Count("*"), oldest=Min("claimed_at"))
+        .order_by("oldest")
+    )
+    rows = list(stuck[:LIST_LIMIT])
+    return Section(
+        title="campaign(s) with deliveries stuck in sending",
+        count=len(rows) if len(rows) < LIST_LIMIT else stuck.count(),
+        items=[
+            Item(
+                "campaign",
+                r["campaign_id"],
+                r["campaign__name"],
+                f"{r['n']} deliveries in sending for over {settings.OPSLOOP_DELIVERY_STALE_SECONDS} s",
+                r["oldest"],
+                _admin_url(Campaign, r["campaign_id"]),
+            )
+            for r in rows
+        ],
+    )
+
+
+def failed_issuance_jobs() -> Section:
+    return _section(
+        "failed issuance job(s)",
+        IssuanceJob.objects.filter(status=IssuanceJob.Status.FAILED).select_related("rule").order_by("-finished_at"),
+        lambda j: Item("issuance job", j.pk, str(j), j.error, j.finished_at, _admin_url(IssuanceJob, j.pk)),
+    )
+
+
+def failed_code_batches() -> Section:
+    return _section(
+        "failed code batch(es)",
+        CodeBatch.objects.filter(status=CodeBatch.Status.FAILED).select_related("rule").order_by("-id"),
+        lambda b: Item("code batch", b.pk, str(b), b.error, b.finished_at, _admin_url(CodeBatch, b.pk)),
+    )
+
+
+def pending_code_batches(*, now: datetime) -> Section:
+    """A batch is generated within seconds of its order; one still pending long after lost its
+    task message (the broker was flushed, say): a retry cannot help it, ordering it again can."""
+    minutes = settings.OPSLOOP_HEALTH_BATCH_PENDING_MINUTES
+    return _section(
+        "code batch(es) pending for too long",
+        CodeBatch.objects.filter(status=CodeBatch.Status.PENDING, created_at__lt=now - timedelta(minutes=minutes))
+        .select_related("rule")
+        .order_by("created_at"),
+        lambda b: Item(
+            "code batch", b.pk, str(b), f"pending for over {minutes} minutes", b.created_at, _admin_url(CodeBatch, b.pk)
+        ),
+    )
+
+
+def _since_last_good_recompute(queryset):
+    """Runs after the last one that succeeded: a later good run recomputed everything, so older
+    failed or lost runs need nothing more (and would otherwise be reported for ever)."""
+    last_done = RecomputeRun.objects.filter(status=RecomputeRun.Status.DONE).order_by("-requested_at").first()
+    return queryset if last_done is None else queryset.filter(requested_at__gt=last_done.requested_at)
+
+
+def failed_recompute_runs() -> Section:
+    failed = _since_last_good_recompute(RecomputeRun.objects.filter(status=RecomputeRun.Status.FAILED))
+    return _section(
+        "failed value recompute run(s)",
+        failed.order_by("-requested_at"),
+        lambda r: Item("value recompute", r.pk, str(r), r.error, r.finished_at, _admin_url(RecomputeRun, r.pk)),
+    )
+
+
+def stuck_recompute_runs(*, now: datetime) -> Section:
+    """Queued or running for longer than any recompute takes: the worker running it was lost."""
+    minutes = settings.OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES
+    cutoff = now - timedelta(minutes=minutes)
+    stuck = _since_last_good_recompute(
+        RecomputeRun.objects.filter(
+            Q(status=RecomputeRun.Status.QUEUED, requested_at__lt=cutoff)
+            | Q(status=RecomputeRun.Status.RUNNING, started_at__lt=cutoff)
+        )
+    )
+    return _section(
+        "value recompute run(s) queued or running for too long",
+        stuck.order_by("requested_at"),
+        lambda r: Item(
+            "value recompute",
+            r.pk,
+            str(r),
+            f"{r.status} for over {minutes} minutes",
+            r.started_at or r.requested_at,
+            _admin_url(RecomputeRun, r.pk),
+        ),
+    )
+
+
+def failed_tag_rules() -> Section:
+    return _section(
+        "tag rule(s) whose last recompute failed",
+        TagRule.objects.filter(last_status="failed").order_by("-last_run_at"),
+        lambda t: Item("tag rule", t.pk, t.name, t.last_error, t.last_run_at, _admin_url(TagRule, t.pk)),
+    )
+
+
+def beat_tasks() -> list[BeatTask]:
+    """Every scheduled task with beat's last run time and the outcome the worker recorded."""
+    periodic = list(PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked").order_by("name"))
+    runs = {r.task: r for r in TaskRun.objects.filter(task__in={p.task for p in periodic})}
+    tasks = []
+    for p in periodic:
+        run = runs.get(p.task)
+        tasks.append(
+            BeatTask(
+                name=p.name,
+                task=p.task,
+                enabled=p.enabled,
+                schedule=str(p.scheduler or ""),
+                last_run_at=p.last_run_at,
+                outcome=run.state if run else "",
+                finished_at=run.finished_at if run else None,
+                runtime_seconds=run.runtime_seconds if run else None,
+                error=run.error if run else "",
+            )
+        )
+    return tasks
+
+
+def health_report(*, now: datetime | None = None) -> HealthReport:
+    now = now or timezone.now()
+    queues, in_flight, queues_error = queue_depths()
+    beat = beat_tasks()
+    scheduled = {b.task for b in beat}
+    return HealthReport(
+        checked_at=now,
+        queues=queues,
+        queues_error=queues_error,
+        in_flight=in_flight,
+        sections=[
+            failed_campaigns(),
+            campaigns_stuck_at_start(now=now),
+            campaigns_with_stuck_deliveries(now=now),
+            failed_issuance_jobs(),
+            failed_code_batches(),
+            pending_code_batches(now=now),
+            failed_recompute_runs(),
+            stuck_recompute_runs(now=now),
+            failed_tag_rules(),
+        ],
+        beat=beat,
+        # Tasks queued by the app (not beat) whose last run failed, for the page; their objects
+        # are in the sections above when they keep a state.
+        failed_tasks=list(TaskRun.objects.filter(state=TaskRun.State.FAILED).exclude(task__in=scheduled)),
+    )
