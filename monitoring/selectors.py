@@ -1,8 +1,5 @@
 """Reads of the health report: queue depths in Redis, failed and stuck work of every domain, and
-the last run of each scheduled task. The admin page and `manage.py opsloop_health` show it.
-
-Campaigns are read by the string values of their states ("failed", "running", "sending"), so the
-report reads a database with or without a campaign `failed` state alike."""
+the last run of each scheduled task. The admin page and `manage.py opsloop_health` show it."""
 
 from __future__ import annotations
 
@@ -162,8 +159,8 @@ def failed_campaigns() -> Section:
             "campaign",
             c.pk,
             c.name,
-            getattr(c, "failure_reason", "") or "failed",
-            getattr(c, "failed_at", None) or c.updated_at,
+            c.failure_reason or "failed",
+            c.failed_at or c.updated_at,
             _admin_url(Campaign, c.pk),
         ),
     )
@@ -207,6 +204,33 @@ def campaigns_with_stuck_deliveries(*, now: datetime) -> Section:
                 r["campaign_id"],
                 r["campaign__name"],
                 f"{r['n']} deliveries in sending for over {settings.OPSLOOP_DELIVERY_STALE_SECONDS} s",
+                r["oldest"],
+                _admin_url(Campaign, r["campaign_id"]),
+            )
+            for r in rows
+        ],
+    )
+
+
+def campaigns_with_unknown_outcomes() -> Section:
+    """Messages whose worker died while posting them on an at-most-once channel: an operator asks
+    the provider and settles them in the deliveries list."""
+    unknown = (
+        Delivery.objects.filter(status="unknown")
+        .values("campaign_id", "campaign__name")
+        .annotate(n=Count("*"), oldest=Min("claimed_at"))
+        .order_by("oldest")
+    )
+    rows = list(unknown[:LIST_LIMIT])
+    return Section(
+        title="campaign(s) with messages of unknown outcome to review",
+        count=len(rows) if len(rows) < LIST_LIMIT else unknown.count(),
+        items=[
+            Item(
+                "campaign",
+                r["campaign_id"],
+                r["campaign__name"],
+                f"{r['n']} message(s) of unknown outcome (Deliveries, status 'Outcome unknown')",
                 r["oldest"],
                 _admin_url(Campaign, r["campaign_id"]),
             )
@@ -331,6 +355,7 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             failed_campaigns(),
             campaigns_stuck_at_start(now=now),
             campaigns_with_stuck_deliveries(now=now),
+            campaigns_with_unknown_outcomes(),
             failed_issuance_jobs(),
             failed_code_batches(),
             pending_code_batches(now=now),

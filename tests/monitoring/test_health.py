@@ -28,8 +28,6 @@ from tests.factories.profiles import TagRuleFactory
 
 pytestmark = pytest.mark.django_db
 
-HAS_FAILURE_REASON = any(f.name == "failure_reason" for f in Campaign._meta.fields)
-
 
 def run_health(*args: str) -> tuple[int, str]:
     out = io.StringIO()
@@ -85,8 +83,7 @@ def failures_everywhere() -> dict[str, object]:
     now = timezone.now()
     failed = CampaignFactory(name="Spring push")
     fields = {"status": "failed"}
-    if HAS_FAILURE_REASON:
-        fields["failure_reason"] = "GatewayDown: push gateway refused"
+    fields["failure_reason"] = "GatewayDown: push gateway refused"
     Campaign.objects.filter(pk=failed.pk).update(**fields)
     stuck = CampaignFactory(name="Never started")
     Campaign.objects.filter(pk=stuck.pk).update(status="running", phase="", launched_at=now - timedelta(minutes=11))
@@ -143,8 +140,7 @@ def test_the_report_lists_what_failed_or_is_stuck_in_every_domain(broker_db):
     report = selectors.health_report()
     failed = section(report, "failed campaign(s)")
     assert [i.id for i in failed.items] == [made["failed"].pk]
-    expected_reason = "GatewayDown: push gateway refused" if HAS_FAILURE_REASON else "failed"
-    assert failed.items[0].reason == expected_reason
+    assert failed.items[0].reason == "GatewayDown: push gateway refused"
     assert [i.id for i in section(report, "campaign(s) running without a phase").items] == [made["stuck"].pk]
     stuck_sends = section(report, "campaign(s) with deliveries stuck in sending").items
     assert [(i.id, i.reason.split()[0]) for i in stuck_sends] == [(made["sending"].pk, "2")]
@@ -217,7 +213,22 @@ def test_the_report_reads_a_fixed_number_of_queries_however_much_failed(broker_d
     for i in range(5):
         IssuanceJob.objects.create(rule=CouponRuleFactory(), status="failed", error=f"RuntimeError: {i}")
         CodeBatch.objects.create(rule=CouponRuleFactory(), quantity=1, status="failed", error="x")
-    with django_assert_max_num_queries(16):
+    with django_assert_max_num_queries(17):
         report = selectors.health_report()
         report.as_dict()
     assert section(report, "failed issuance job(s)").count == 6
+
+
+def test_messages_of_unknown_outcome_are_listed_for_review_and_make_it_a_problem(broker_db):
+    make_profiles(3)
+    campaign = CampaignFactory(status="running", holdout_percent=0)
+    from campaigns import services
+
+    services.start_send(campaign_id=campaign.pk)
+    Delivery.objects.filter(campaign=campaign).update(status="unknown", claimed_at=timezone.now())
+    report = selectors.health_report()
+    unknown = section(report, "campaign(s) with messages of unknown outcome to review")
+    assert unknown.count == 1 and unknown.items[0].id == campaign.pk
+    assert "3 message(s) of unknown outcome" in unknown.items[0].reason
+    code, text = run_health()
+    assert code == 1 and "messages of unknown outcome" in text
