@@ -21,6 +21,7 @@ from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
 from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
+from config.api import id_from_path, object_or_404
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")
@@ -30,14 +31,6 @@ REFUSED = OpenApiResponse(s.ErrorOutput, description="Refused by the business ru
 
 
 PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="Integer id.")
-
-
-def _pk(value: str | int, error: type[errors.NotFound], what: str) -> int:
-    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
-    text = str(value)
-    if not text.isdigit() or len(text) > 18:
-        raise error(f"No {what} {text[:40]!r}.")
-    return int(text)
 
 
 class _JsonView(APIView):
@@ -50,7 +43,7 @@ def _who(request) -> dict:
 
 
 def _campaign(pk: str | int) -> Campaign:
-    pk = _pk(pk, errors.CampaignNotFound, "campaign")
+    pk = id_from_path(pk, errors.CampaignNotFound, "campaign")
     campaign = Campaign.objects.select_related("winner").prefetch_related("variants").filter(pk=pk).first()
     if campaign is None:
         raise errors.CampaignNotFound(f"No campaign {pk}.")
@@ -85,10 +78,7 @@ class SegmentListView(generics.ListAPIView):
 
 
 def _segment(pk: str | int) -> Segment:
-    segment = Segment.objects.filter(pk=_pk(pk, errors.SegmentNotFound, "segment")).first()
-    if segment is None:
-        raise errors.SegmentNotFound(f"No segment {pk}.")
-    return segment
+    return object_or_404(Segment.objects.all(), pk, errors.SegmentNotFound, "segment")
 
 
 class SegmentDetailView(_JsonView):

@@ -30,6 +30,10 @@ def segment_size(definition: Any) -> int:
         return cursor.fetchone()[0]
 
 
+def segment_exists(segment_id: int) -> bool:
+    return Segment.objects.filter(pk=segment_id).exists()
+
+
 def segment_profile_ids(segment_id: int) -> list[int]:
     """The profile ids in a segment now (for coupon bulk issuance); unknown segment: none."""
     segment = Segment.objects.filter(pk=segment_id).first()

@@ -13,6 +13,7 @@ from rest_framework import serializers
 from campaigns import services
 from campaigns.models import TRIGGER_TAG_PATTERN, Campaign, ChannelKind, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
+from config.api import IdField
 
 EVENT_NAME = re.compile(r"^[a-z0-9_.:\-]{1,64}$")
 TAG_NAME = re.compile(TRIGGER_TAG_PATTERN)
@@ -76,12 +77,7 @@ class VariantInput(serializers.Serializer):
     title = serializers.CharField(max_length=200, allow_blank=True, default="")
     body = serializers.CharField(max_length=5000, allow_blank=True, default="")
     url = serializers.URLField(max_length=1000, allow_blank=True, default="")
-    coupon_rule = serializers.IntegerField(min_value=1, allow_null=True, required=False, default=None)
-
-    def validate_coupon_rule(self, value):
-        if value is not None and not services.coupon_rule_exists(value):
-            raise serializers.ValidationError(f"Unknown coupon rule {value}.")
-        return value
+    coupon_rule = IdField(exists=services.coupon_rule_exists, what="coupon rule", allow_null=True, default=None)
 
 
 class ScheduleInput(serializers.Serializer):
@@ -129,7 +125,7 @@ def _share(**kwargs):
 
 class CampaignInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    segment = serializers.IntegerField(min_value=1)
+    segment = IdField(exists=Segment.objects.all(), what="segment")
     channel = serializers.ChoiceField(choices=ChannelKind.choices)
     goal_event = serializers.RegexField(EVENT_NAME, default="order_paid")
     attribution_hours = serializers.IntegerField(min_value=1, max_value=24 * 90, default=72)
@@ -145,10 +141,10 @@ class CampaignInput(serializers.Serializer):
     quiet_start_hour = serializers.IntegerField(min_value=0, max_value=23, default=21)
     quiet_end_hour = serializers.IntegerField(min_value=0, max_value=23, default=8)
 
-    def validate_segment(self, value):
+    def validate_segment(self, value: int) -> Segment:
         segment = Segment.objects.filter(pk=value).first()
-        if segment is None:
-            raise serializers.ValidationError(f"Unknown segment {value}.")
+        if segment is None:  # deleted since the field's own check
+            raise serializers.ValidationError(f"No segment {value}.")
         return segment
 
     def validate(self, attrs):
@@ -366,7 +362,7 @@ class ExperimentOutput(serializers.Serializer):
 
 
 class ReceiptInput(serializers.Serializer):
-    delivery_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    delivery_id = IdField()
     status = serializers.ChoiceField(choices=["delivered", "failed", "opened", "clicked"])
     at = AwareDateTimeField()
 

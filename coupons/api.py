@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
+from config.api import id_from_path, object_or_404
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
@@ -56,14 +57,6 @@ def path_id(name: str) -> OpenApiParameter:
     return OpenApiParameter(name, int, OpenApiParameter.PATH, description="Integer id.")
 
 
-def _pk(value: str | int, error: type[errors.NotFound], what: str) -> int:
-    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
-    text = str(value)
-    if not text.isdigit() or len(text) > 18:
-        raise error(f"No {what} {text[:40]!r}.")
-    return int(text)
-
-
 def _actor(request: Request) -> dict:
     if isinstance(request.auth, ApiKey):
         return {"created_by": None, "api_key": request.auth}
@@ -77,10 +70,7 @@ class _JsonView(APIView):
 
 
 def _rule(rule_id: str | int) -> CouponRule:
-    rule = CouponRule.objects.filter(pk=_pk(rule_id, errors.RuleNotFound, "coupon rule")).first()
-    if rule is None:
-        raise errors.RuleNotFound(f"No coupon rule {rule_id}.")
-    return rule
+    return object_or_404(CouponRule.objects.all(), rule_id, errors.RuleNotFound, "coupon rule")
 
 
 # --- coupons:redeem ----------------------------------------------------------------------------
@@ -108,7 +98,9 @@ class ClaimView(_JsonView):
     def post(self, request: Request, rule_id: str) -> Response:
         data = CouponClaimInput(data=request.data)
         data.is_valid(raise_exception=True)
-        coupon = services.claim_coupon(rule_id=_pk(rule_id, errors.RuleNotFound, "coupon rule"), **data.validated_data)
+        coupon = services.claim_coupon(
+            rule_id=id_from_path(rule_id, errors.RuleNotFound, "coupon rule"), **data.validated_data
+        )
         code = status.HTTP_201_CREATED if coupon.created else status.HTTP_200_OK
         return Response(CouponOutput(coupon).data, status=code)
 
@@ -363,9 +355,7 @@ class IssuanceJobDetailView(_JsonView):
         responses={200: IssuanceJobOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("job")},
     )
     def get(self, request: Request, job_id: str) -> Response:
-        job = IssuanceJob.objects.filter(pk=_pk(job_id, errors.JobNotFound, "issuance job")).first()
-        if job is None:
-            raise errors.JobNotFound(f"No issuance job {job_id}.")
+        job = object_or_404(IssuanceJob.objects.all(), job_id, errors.JobNotFound, "issuance job")
         return Response(IssuanceJobOutput(job).data)
 
 
@@ -396,9 +386,7 @@ class CodeBatchDetailView(_JsonView):
         responses={200: CodeBatchOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("batch")},
     )
     def get(self, request: Request, batch_id: str) -> Response:
-        batch = CodeBatch.objects.filter(pk=_pk(batch_id, errors.BatchNotFound, "code batch")).first()
-        if batch is None:
-            raise errors.BatchNotFound(f"No code batch {batch_id}.")
+        batch = object_or_404(CodeBatch.objects.all(), batch_id, errors.BatchNotFound, "code batch")
         return Response(CodeBatchOutput(batch).data)
 
 

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
+from config.api import object_or_404, query_int
 from tracking import selectors, services
 from tracking.errors import BodyTooLarge, GoalNotFound
 from tracking.models import Goal
@@ -164,14 +165,8 @@ def _actor(request) -> dict:
     return {"actor": request.user, "api_key": None}
 
 
-def _goal(goal_id: str) -> Goal:
-    text = str(goal_id)
-    goal = None
-    if text.isdigit() and len(text) <= 18:
-        goal = selectors.goals_with_months().filter(pk=int(text)).first()
-    if goal is None:
-        raise GoalNotFound(f"No goal {text[:40]!r}.")
-    return goal
+def _goal(goal_id: str | int) -> Goal:
+    return object_or_404(selectors.goals_with_months(), goal_id, GoalNotFound, "goal")
 
 
 class GoalListView(ListAPIView):
@@ -185,9 +180,9 @@ class GoalListView(ListAPIView):
         indicator = self.request.query_params.get("indicator")
         if indicator:
             queryset = queryset.filter(indicator=indicator[:64].replace("\x00", ""))
-        year = self.request.query_params.get("year", "")
-        if year.isdigit() and len(year) <= 4:
-            queryset = queryset.filter(year=int(year))
+        year = query_int(self.request, "year", minimum=1, maximum=9999)
+        if year is not None:
+            queryset = queryset.filter(year=year)
         return queryset
 
     @extend_schema(
