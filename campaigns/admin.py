@@ -235,6 +235,13 @@ class CampaignAdmin(admin.ModelAdmin):
     def has_send_permission(self, request) -> bool:
         return request.user.has_perm("campaigns.send_campaign")
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # Allowed but worth a look (a trigger on an event never recorded): said on the page itself.
+        campaign = self.get_object(request, object_id) if request.method == "GET" else None
+        for warning in selectors.campaign_warnings(campaign) if campaign else []:
+            messages.warning(request, warning)
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.status != CampaignStatus.DRAFT:

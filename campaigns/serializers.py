@@ -6,11 +6,10 @@ import datetime as dt
 import re
 from decimal import Decimal
 
-from celery.schedules import crontab
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from campaigns import services
+from campaigns import services, validation
 from campaigns.models import TRIGGER_TAG_PATTERN, Campaign, ChannelKind, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
 from config.api import IdField
@@ -99,14 +98,8 @@ class ScheduleInput(serializers.Serializer):
             raise serializers.ValidationError(
                 "Give at most one of at, cron, trigger_event or trigger_tag (none: at launch)."
             )
-        if "cron" in attrs:
-            parts = attrs["cron"].split()
-            if len(parts) != 5:
-                raise serializers.ValidationError({"cron": ["Five fields expected: m h dom mon dow."]})
-            try:
-                crontab(*parts)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise serializers.ValidationError({"cron": [f"Invalid cron expression: {exc}"]}) from None
+        if "cron" in attrs and (problem := validation.cron_problem(attrs["cron"])):
+            raise serializers.ValidationError({"cron": [problem]})
         if "trigger_event" in attrs and not EVENT_NAME.match(attrs["trigger_event"]):
             raise serializers.ValidationError({"trigger_event": ["1-64 chars of a-z 0-9 _ . : -"]})
         return attrs
@@ -134,7 +127,7 @@ class CampaignInput(serializers.Serializer):
     auto_rollout = serializers.BooleanField(default=False)
     alpha = serializers.FloatField(min_value=0.0001, max_value=0.5, default=0.05)
     min_sample = serializers.IntegerField(min_value=0, max_value=10_000_000, default=100)
-    variants = VariantInput(many=True, min_length=1, max_length=10)
+    variants = VariantInput(many=True, min_length=validation.MIN_VARIANTS, max_length=validation.MAX_VARIANTS)
     schedule = ScheduleInput(required=False, allow_null=True)
     frequency_cap_per_day = serializers.IntegerField(min_value=0, max_value=100, default=1)
     respect_quiet_hours = serializers.BooleanField(default=True)
@@ -148,21 +141,21 @@ class CampaignInput(serializers.Serializer):
         return segment
 
     def validate(self, attrs):
-        names = [v["name"] for v in attrs["variants"]]
-        if len(set(names)) != len(names) or "holdout" in names or "rollout" in names:
-            raise serializers.ValidationError({"variants": ["Variant names must be unique and not holdout/rollout."]})
-        if attrs["holdout_percent"] + attrs["pilot_percent"] >= 100:
-            raise serializers.ValidationError({"pilot_percent": ["holdout_percent + pilot_percent must be below 100."]})
+        problems = validation.variant_problems((v["name"], v["weight"]) for v in attrs["variants"])
+        problems.update(validation.share_problems(attrs["holdout_percent"], attrs["pilot_percent"]))
+        if problem := validation.segment_problem(attrs["segment"].pk):
+            problems["segment"] = problem
         schedule = attrs.get("schedule") or {}
         raw = self.initial_data.get("schedule") if isinstance(self.initial_data, dict) else None
         if isinstance(raw, dict):
             unknown = sorted(set(raw) - {*SCHEDULE_KINDS, "delay_minutes"})
             if unknown:
-                raise serializers.ValidationError({"schedule": [f"Unknown field(s): {', '.join(unknown)}."]})
-        if attrs["pilot_percent"] > 0 and ({"cron", "trigger_event", "trigger_tag"} & set(schedule)):
-            raise serializers.ValidationError(
-                {"pilot_percent": ["A pilot applies to one-off sends, not to recurring or triggered ones."]}
-            )
+                problems["schedule"] = f"Unknown field(s): {', '.join(unknown)}."
+        recurring = {"cron", "trigger_event", "trigger_tag"} & set(schedule)
+        if attrs["pilot_percent"] > 0 and recurring and "pilot_percent" not in problems:
+            problems["pilot_percent"] = "A pilot applies to one-off sends, not to recurring or triggered ones."
+        if problems:
+            raise serializers.ValidationError({field: [reason] for field, reason in problems.items()})
         return attrs
 
 
@@ -250,14 +243,23 @@ class CampaignOutput(serializers.ModelSerializer):
 
 class CampaignDetailOutput(CampaignOutput):
     counters = serializers.SerializerMethodField()
+    warnings = serializers.SerializerMethodField(
+        help_text="What may keep the campaign from sending though it is allowed, e.g. a trigger on an event "
+        "name never recorded yet."
+    )
 
     class Meta(CampaignOutput.Meta):
-        fields = [*CampaignOutput.Meta.fields, "counters"]
+        fields = [*CampaignOutput.Meta.fields, "counters", "warnings"]
 
     def get_counters(self, obj) -> CountersOutput:
         from campaigns.selectors import delivery_counters
 
         return delivery_counters(obj)
+
+    def get_warnings(self, obj) -> list[str]:
+        from campaigns.selectors import campaign_warnings
+
+        return campaign_warnings(obj)
 
 
 class RolloutInput(serializers.Serializer):
