@@ -306,6 +306,20 @@ def test_admin_form_refuses_a_segment_whose_definition_no_longer_compiles(operat
     assert not Campaign.objects.filter(name="Monthly").exists()
 
 
+@pytest.mark.parametrize(
+    ("variants", "reason"),
+    [
+        ({"variants-0-weight": 0}, b"sum to 0"),
+        ({"variants-0-name": "holdout"}, b"names a group of the results"),
+    ],
+)
+def test_admin_form_refuses_variants_that_cannot_be_picked_apart(operator, variants, reason):
+    response = operator.post(reverse("admin:campaigns_campaign_add"), _admin_form(SegmentFactory(), **variants))
+    assert response.status_code == 200
+    assert reason in response.content
+    assert not Campaign.objects.filter(name="Monthly").exists()
+
+
 def test_admin_form_accepts_a_configuration_that_works(operator):
     response = operator.post(reverse("admin:campaigns_campaign_add"), _admin_form(SegmentFactory()))
     assert response.status_code == 302
