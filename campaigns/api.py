@@ -11,7 +11,6 @@ from django.views.decorators.http import require_GET
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -21,7 +20,7 @@ from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
 from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
-from config.api import id_from_path, object_or_404
+from config.api import JsonParser, id_from_path, object_or_404
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")
@@ -34,7 +33,7 @@ PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="Integer id.
 
 
 class _JsonView(APIView):
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
 
 
 def _who(request) -> dict:
@@ -55,7 +54,7 @@ def _campaign(pk: str | int) -> Campaign:
 
 class SegmentListView(generics.ListAPIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     serializer_class = s.SegmentOutput
     queryset = Segment.objects.order_by("-id")
     filterset_fields = ["name"]
@@ -104,7 +103,7 @@ class SegmentPreviewView(_JsonView):
 
 class CampaignListView(generics.ListAPIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     serializer_class = s.CampaignOutput
     queryset = Campaign.objects.select_related("winner").prefetch_related("variants").order_by("-id")
     filterset_fields = ["status", "channel", "segment", "parent"]

@@ -15,8 +15,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import JSONParser
 
 from config.errors import NotFound
 
@@ -101,6 +102,20 @@ def query_int(request: Any, name: str, *, minimum: int = 0, maximum: int = MAX_Q
     if not re.fullmatch(r"-?[0-9]{1,19}", raw) or not minimum <= int(raw) <= maximum:
         raise ValidationError({name: [f"A whole number from {minimum} to {maximum}."]})
     return int(raw)
+
+
+# --- bodies ------------------------------------------------------------------------------------
+
+
+class JsonParser(JSONParser):
+    """DRF's JSON parser, but a body nested deeper than Python recurses (`[[[[...`) is a 400 like
+    any other malformed JSON instead of a RecursionError."""
+
+    def parse(self, stream, media_type=None, parser_context=None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply") from None
 
 
 # --- pagination --------------------------------------------------------------------------------

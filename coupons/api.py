@@ -8,7 +8,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,7 +15,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import id_from_path, object_or_404
+from config.api import JsonParser, id_from_path, object_or_404
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
@@ -39,6 +38,7 @@ from coupons.serializers import (
     IssuanceJobInput,
     IssuanceJobOutput,
     ProfileCouponsQuery,
+    SourceReportQuery,
 )
 from profiles.selectors import profile_for_user_id
 
@@ -65,7 +65,7 @@ def _actor(request: Request) -> dict:
 
 class _JsonView(APIView):
     # JSON in and out: no browsable-API renderer to negotiate on the hot endpoints.
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     renderer_classes = [JSONRenderer]
 
 
@@ -307,11 +307,9 @@ class SourceReportView(_JsonView):
         summary="The same report over the coupons whose source_ref starts with a prefix (a campaign).",
     )
     def get(self, request: Request) -> Response:
-        prefix = request.query_params.get("source_ref_prefix", "")
-        if not prefix.strip():
-            from rest_framework.exceptions import ValidationError
-
-            raise ValidationError({"source_ref_prefix": ["This parameter is required."]})
+        query = SourceReportQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        prefix = query.validated_data["source_ref_prefix"]
         return Response(CouponReportOutput(selectors.campaign_report(source_ref_prefix=prefix).as_dict()).data)
 
 

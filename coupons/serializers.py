@@ -205,6 +205,11 @@ class ProfileCouponsQuery(serializers.Serializer):
     status = serializers.ChoiceField(choices=PROFILE_STATUSES, required=False)
 
 
+class SourceReportQuery(serializers.Serializer):
+    # CharField refuses NUL characters, which PostgreSQL's text cannot hold.
+    source_ref_prefix = serializers.CharField(max_length=200)
+
+
 class CouponValidateInput(serializers.Serializer):
     code = serializers.CharField(max_length=64)
     user_id = UserIdField()

@@ -11,13 +11,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.generics import ListAPIView
-from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import object_or_404, query_int
+from config.api import JsonParser, object_or_404, query_int
 from tracking import selectors, services
 from tracking.errors import BodyTooLarge, GoalNotFound
 from tracking.models import Goal
@@ -171,7 +171,7 @@ def _goal(goal_id: str | int) -> Goal:
 
 class GoalListView(ListAPIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     serializer_class = GoalOutput
     filter_backends: list = []
 
@@ -232,7 +232,7 @@ class GoalDetailView(APIView):
 
 class GoalDecomposeView(APIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
 
     @extend_schema(
         operation_id="goal_decompose",
