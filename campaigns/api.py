@@ -11,7 +11,6 @@ from django.views.decorators.http import require_GET
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -21,6 +20,7 @@ from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
 from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
+from config.api import JsonParser, id_from_path, object_or_404
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")
@@ -32,16 +32,8 @@ REFUSED = OpenApiResponse(s.ErrorOutput, description="Refused by the business ru
 PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="Integer id.")
 
 
-def _pk(value: str | int, error: type[errors.NotFound], what: str) -> int:
-    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
-    text = str(value)
-    if not text.isdigit() or len(text) > 18:
-        raise error(f"No {what} {text[:40]!r}.")
-    return int(text)
-
-
 class _JsonView(APIView):
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
 
 
 def _who(request) -> dict:
@@ -50,7 +42,7 @@ def _who(request) -> dict:
 
 
 def _campaign(pk: str | int) -> Campaign:
-    pk = _pk(pk, errors.CampaignNotFound, "campaign")
+    pk = id_from_path(pk, errors.CampaignNotFound, "campaign")
     campaign = Campaign.objects.select_related("winner").prefetch_related("variants").filter(pk=pk).first()
     if campaign is None:
         raise errors.CampaignNotFound(f"No campaign {pk}.")
@@ -62,7 +54,7 @@ def _campaign(pk: str | int) -> Campaign:
 
 class SegmentListView(generics.ListAPIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     serializer_class = s.SegmentOutput
     queryset = Segment.objects.order_by("-id")
     filterset_fields = ["name"]
@@ -85,10 +77,7 @@ class SegmentListView(generics.ListAPIView):
 
 
 def _segment(pk: str | int) -> Segment:
-    segment = Segment.objects.filter(pk=_pk(pk, errors.SegmentNotFound, "segment")).first()
-    if segment is None:
-        raise errors.SegmentNotFound(f"No segment {pk}.")
-    return segment
+    return object_or_404(Segment.objects.all(), pk, errors.SegmentNotFound, "segment")
 
 
 class SegmentDetailView(_JsonView):
@@ -114,7 +103,7 @@ class SegmentPreviewView(_JsonView):
 
 class CampaignListView(generics.ListAPIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     serializer_class = s.CampaignOutput
     queryset = Campaign.objects.select_related("winner").prefetch_related("variants").order_by("-id")
     filterset_fields = ["status", "channel", "segment", "parent"]

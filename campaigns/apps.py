@@ -15,10 +15,11 @@ class CampaignsConfig(AppConfig):
 
     def ready(self) -> None:
         from campaigns import selectors, services
-        from coupons.audiences import register_segment_resolver
+        from coupons.audiences import register_segment_checker, register_segment_resolver
         from profiles.lookup import register_section
         from tracking.hooks import register_ingest_listener
 
         register_ingest_listener("campaigns.triggers", services.on_events_ingested)
         register_section("messages", selectors.deliveries_for_profile)
         register_segment_resolver(selectors.segment_profile_ids)
+        register_segment_checker(selectors.segment_exists)

@@ -190,29 +190,20 @@ class Campaign(models.Model):
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
 
-        problems: dict[str, str] = {}
-        shares = (self.holdout_percent or 0) + (self.pilot_percent or 0)
-        if shares >= 100:
-            problems["pilot_percent"] = "Holdout and pilot together must stay below 100%."
+        from campaigns.validation import configuration_problems  # it imports this module
+
+        # Past its launch a campaign is not configured any more; a later change to its segment
+        # must not lock its row in the admin.
+        problems = configuration_problems(self) if self.status == CampaignStatus.DRAFT else {}
         if self.schedule_kind == ScheduleKind.AT and not self.send_at:
             problems["send_at"] = "A one-off at a time needs the time."
-        if self.schedule_kind == ScheduleKind.CRON:
-            parts = self.cron.split()
-            try:
-                from celery.schedules import crontab
-
-                if len(parts) != 5:
-                    raise ValueError("five fields expected: m h dom mon dow")
-                crontab(*parts)
-            except (ValueError, KeyError, TypeError) as exc:
-                problems["cron"] = f"Invalid cron expression: {exc}"
         if self.schedule_kind == ScheduleKind.TRIGGER:
             if not self.trigger_event and not self.trigger_tag:
                 problems["trigger_event"] = "A triggered campaign needs the event name or the tag name."
             elif self.trigger_event and self.trigger_tag:
                 problems["trigger_tag"] = "Give the event name or the tag name, not both."
         if self.pilot_percent and self.schedule_kind in (ScheduleKind.CRON, ScheduleKind.TRIGGER):
-            problems["pilot_percent"] = "A pilot applies to one-off sends only."
+            problems.setdefault("pilot_percent", "A pilot applies to one-off sends only.")
         if problems:
             raise ValidationError(problems)
 

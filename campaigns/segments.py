@@ -298,11 +298,30 @@ def _like_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _nul_characters(definition: Any) -> list[str]:
+    """PostgreSQL's text and jsonb cannot hold NUL: a definition with one could be neither stored
+    nor compared, so it is refused like any other invalid value. A loop, not recursion: the
+    definition may be nested deeper than Python recurses."""
+    errors, stack = [], [(definition, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str) and "\x00" in node:
+            errors.append(f"{path or 'definition'}: text may not contain NUL characters")
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                stack.append((key, path))
+                stack.append((value, f"{path}.{key}" if path else str(key)))
+        elif isinstance(node, list):
+            stack.extend((value, f"{path}[{i}]") for i, value in enumerate(node))
+    return sorted(set(errors))
+
+
 def compile_definition(definition: Any, *, now: dt.datetime | None = None) -> Compiled:
     """The WHERE clause (over `profiles_profile p LEFT JOIN crm_customervalue cv`) and its
     parameters; raises DefinitionError listing every problem found."""
     compiler = _Compiler(now=now or timezone.now())
     where = compiler.node(definition, "")
+    compiler.errors.extend(_nul_characters(definition))
     if compiler.errors:
         raise DefinitionError(compiler.errors)
     return Compiled(where=where, params=compiler.params)

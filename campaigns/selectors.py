@@ -10,10 +10,10 @@ from django.apps import apps
 from django.db import connection
 from django.db.models import Count
 
-from campaigns.models import Assignment, AssignmentRole, Campaign, Delivery, Segment
+from campaigns.models import Assignment, AssignmentRole, Campaign, Delivery, ScheduleKind, Segment
 from campaigns.segments import audience_sql
 from campaigns.stats import GroupCounts, analyze
-from tracking.selectors import order_amount_sql
+from tracking.selectors import event_name_seen, order_amount_sql
 
 PREVIEW_SAMPLE = 20
 
@@ -28,6 +28,10 @@ def segment_size(definition: Any) -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM ({sql}) s", params)
         return cursor.fetchone()[0]
+
+
+def segment_exists(segment_id: int) -> bool:
+    return Segment.objects.filter(pk=segment_id).exists()
 
 
 def segment_profile_ids(segment_id: int) -> list[int]:
@@ -53,6 +57,19 @@ def segment_preview(segment: Segment, *, sample: int = PREVIEW_SAMPLE) -> dict[s
     if not rows:
         return {"size": 0, "sample": []}
     return {"size": rows[0][0], "sample": [r[1] for r in rows]}
+
+
+def campaign_warnings(campaign: Campaign) -> list[str]:
+    """What may keep a campaign from ever sending without being wrong: a trigger on an event name
+    no event has carried yet (a new event the product is about to send, or a typo)."""
+    warnings = []
+    trigger = campaign.trigger_event if campaign.schedule_kind == ScheduleKind.TRIGGER else ""
+    if trigger and not event_name_seen(trigger):
+        warnings.append(
+            f"No event named {trigger!r} has been recorded yet: the campaign sends only once the product "
+            "sends one (check the spelling)."
+        )
+    return warnings
 
 
 def delivery_counters(campaign: Campaign) -> dict[str, int]:

@@ -6,13 +6,13 @@ import datetime as dt
 import re
 from decimal import Decimal
 
-from celery.schedules import crontab
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from campaigns import services
+from campaigns import services, validation
 from campaigns.models import TRIGGER_TAG_PATTERN, Campaign, ChannelKind, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
+from config.api import IdField
 
 EVENT_NAME = re.compile(r"^[a-z0-9_.:\-]{1,64}$")
 TAG_NAME = re.compile(TRIGGER_TAG_PATTERN)
@@ -76,12 +76,7 @@ class VariantInput(serializers.Serializer):
     title = serializers.CharField(max_length=200, allow_blank=True, default="")
     body = serializers.CharField(max_length=5000, allow_blank=True, default="")
     url = serializers.URLField(max_length=1000, allow_blank=True, default="")
-    coupon_rule = serializers.IntegerField(min_value=1, allow_null=True, required=False, default=None)
-
-    def validate_coupon_rule(self, value):
-        if value is not None and not services.coupon_rule_exists(value):
-            raise serializers.ValidationError(f"Unknown coupon rule {value}.")
-        return value
+    coupon_rule = IdField(exists=services.coupon_rule_exists, what="coupon rule", allow_null=True, default=None)
 
 
 class ScheduleInput(serializers.Serializer):
@@ -103,14 +98,8 @@ class ScheduleInput(serializers.Serializer):
             raise serializers.ValidationError(
                 "Give at most one of at, cron, trigger_event or trigger_tag (none: at launch)."
             )
-        if "cron" in attrs:
-            parts = attrs["cron"].split()
-            if len(parts) != 5:
-                raise serializers.ValidationError({"cron": ["Five fields expected: m h dom mon dow."]})
-            try:
-                crontab(*parts)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise serializers.ValidationError({"cron": [f"Invalid cron expression: {exc}"]}) from None
+        if "cron" in attrs and (problem := validation.cron_problem(attrs["cron"])):
+            raise serializers.ValidationError({"cron": [problem]})
         if "trigger_event" in attrs and not EVENT_NAME.match(attrs["trigger_event"]):
             raise serializers.ValidationError({"trigger_event": ["1-64 chars of a-z 0-9 _ . : -"]})
         return attrs
@@ -129,7 +118,7 @@ def _share(**kwargs):
 
 class CampaignInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    segment = serializers.IntegerField(min_value=1)
+    segment = IdField(exists=Segment.objects.all(), what="segment")
     channel = serializers.ChoiceField(choices=ChannelKind.choices)
     goal_event = serializers.RegexField(EVENT_NAME, default="order_paid")
     attribution_hours = serializers.IntegerField(min_value=1, max_value=24 * 90, default=72)
@@ -138,35 +127,35 @@ class CampaignInput(serializers.Serializer):
     auto_rollout = serializers.BooleanField(default=False)
     alpha = serializers.FloatField(min_value=0.0001, max_value=0.5, default=0.05)
     min_sample = serializers.IntegerField(min_value=0, max_value=10_000_000, default=100)
-    variants = VariantInput(many=True, min_length=1, max_length=10)
+    variants = VariantInput(many=True, min_length=validation.MIN_VARIANTS, max_length=validation.MAX_VARIANTS)
     schedule = ScheduleInput(required=False, allow_null=True)
     frequency_cap_per_day = serializers.IntegerField(min_value=0, max_value=100, default=1)
     respect_quiet_hours = serializers.BooleanField(default=True)
     quiet_start_hour = serializers.IntegerField(min_value=0, max_value=23, default=21)
     quiet_end_hour = serializers.IntegerField(min_value=0, max_value=23, default=8)
 
-    def validate_segment(self, value):
+    def validate_segment(self, value: int) -> Segment:
         segment = Segment.objects.filter(pk=value).first()
-        if segment is None:
-            raise serializers.ValidationError(f"Unknown segment {value}.")
+        if segment is None:  # deleted since the field's own check
+            raise serializers.ValidationError(f"No segment {value}.")
         return segment
 
     def validate(self, attrs):
-        names = [v["name"] for v in attrs["variants"]]
-        if len(set(names)) != len(names) or "holdout" in names or "rollout" in names:
-            raise serializers.ValidationError({"variants": ["Variant names must be unique and not holdout/rollout."]})
-        if attrs["holdout_percent"] + attrs["pilot_percent"] >= 100:
-            raise serializers.ValidationError({"pilot_percent": ["holdout_percent + pilot_percent must be below 100."]})
+        problems = validation.variant_problems((v["name"], v["weight"]) for v in attrs["variants"])
+        problems.update(validation.share_problems(attrs["holdout_percent"], attrs["pilot_percent"]))
+        if problem := validation.segment_problem(attrs["segment"].pk):
+            problems["segment"] = problem
         schedule = attrs.get("schedule") or {}
         raw = self.initial_data.get("schedule") if isinstance(self.initial_data, dict) else None
         if isinstance(raw, dict):
             unknown = sorted(set(raw) - {*SCHEDULE_KINDS, "delay_minutes"})
             if unknown:
-                raise serializers.ValidationError({"schedule": [f"Unknown field(s): {', '.join(unknown)}."]})
-        if attrs["pilot_percent"] > 0 and ({"cron", "trigger_event", "trigger_tag"} & set(schedule)):
-            raise serializers.ValidationError(
-                {"pilot_percent": ["A pilot applies to one-off sends, not to recurring or triggered ones."]}
-            )
+                problems["schedule"] = f"Unknown field(s): {', '.join(unknown)}."
+        recurring = {"cron", "trigger_event", "trigger_tag"} & set(schedule)
+        if attrs["pilot_percent"] > 0 and recurring and "pilot_percent" not in problems:
+            problems["pilot_percent"] = "A pilot applies to one-off sends, not to recurring or triggered ones."
+        if problems:
+            raise serializers.ValidationError({field: [reason] for field, reason in problems.items()})
         return attrs
 
 
@@ -259,14 +248,23 @@ class CampaignOutput(serializers.ModelSerializer):
 
 class CampaignDetailOutput(CampaignOutput):
     counters = serializers.SerializerMethodField()
+    warnings = serializers.SerializerMethodField(
+        help_text="What may keep the campaign from sending though it is allowed, e.g. a trigger on an event "
+        "name never recorded yet."
+    )
 
     class Meta(CampaignOutput.Meta):
-        fields = [*CampaignOutput.Meta.fields, "counters"]
+        fields = [*CampaignOutput.Meta.fields, "counters", "warnings"]
 
     def get_counters(self, obj) -> CountersOutput:
         from campaigns.selectors import delivery_counters
 
         return delivery_counters(obj)
+
+    def get_warnings(self, obj) -> list[str]:
+        from campaigns.selectors import campaign_warnings
+
+        return campaign_warnings(obj)
 
 
 class RolloutInput(serializers.Serializer):
@@ -371,7 +369,7 @@ class ExperimentOutput(serializers.Serializer):
 
 
 class ReceiptInput(serializers.Serializer):
-    delivery_id = serializers.IntegerField(min_value=1, max_value=2**63 - 1)
+    delivery_id = IdField()
     status = serializers.ChoiceField(choices=["delivered", "failed", "opened", "clicked"])
     at = AwareDateTimeField()
 

@@ -8,7 +8,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,6 +15,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
+from config.api import JsonParser, id_from_path, object_or_404
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
@@ -38,6 +38,7 @@ from coupons.serializers import (
     IssuanceJobInput,
     IssuanceJobOutput,
     ProfileCouponsQuery,
+    SourceReportQuery,
 )
 from profiles.selectors import profile_for_user_id
 
@@ -56,14 +57,6 @@ def path_id(name: str) -> OpenApiParameter:
     return OpenApiParameter(name, int, OpenApiParameter.PATH, description="Integer id.")
 
 
-def _pk(value: str | int, error: type[errors.NotFound], what: str) -> int:
-    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
-    text = str(value)
-    if not text.isdigit() or len(text) > 18:
-        raise error(f"No {what} {text[:40]!r}.")
-    return int(text)
-
-
 def _actor(request: Request) -> dict:
     if isinstance(request.auth, ApiKey):
         return {"created_by": None, "api_key": request.auth}
@@ -72,15 +65,12 @@ def _actor(request: Request) -> dict:
 
 class _JsonView(APIView):
     # JSON in and out: no browsable-API renderer to negotiate on the hot endpoints.
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     renderer_classes = [JSONRenderer]
 
 
 def _rule(rule_id: str | int) -> CouponRule:
-    rule = CouponRule.objects.filter(pk=_pk(rule_id, errors.RuleNotFound, "coupon rule")).first()
-    if rule is None:
-        raise errors.RuleNotFound(f"No coupon rule {rule_id}.")
-    return rule
+    return object_or_404(CouponRule.objects.all(), rule_id, errors.RuleNotFound, "coupon rule")
 
 
 # --- coupons:redeem ----------------------------------------------------------------------------
@@ -108,7 +98,9 @@ class ClaimView(_JsonView):
     def post(self, request: Request, rule_id: str) -> Response:
         data = CouponClaimInput(data=request.data)
         data.is_valid(raise_exception=True)
-        coupon = services.claim_coupon(rule_id=_pk(rule_id, errors.RuleNotFound, "coupon rule"), **data.validated_data)
+        coupon = services.claim_coupon(
+            rule_id=id_from_path(rule_id, errors.RuleNotFound, "coupon rule"), **data.validated_data
+        )
         code = status.HTTP_201_CREATED if coupon.created else status.HTTP_200_OK
         return Response(CouponOutput(coupon).data, status=code)
 
@@ -315,11 +307,9 @@ class SourceReportView(_JsonView):
         summary="The same report over the coupons whose source_ref starts with a prefix (a campaign).",
     )
     def get(self, request: Request) -> Response:
-        prefix = request.query_params.get("source_ref_prefix", "")
-        if not prefix.strip():
-            from rest_framework.exceptions import ValidationError
-
-            raise ValidationError({"source_ref_prefix": ["This parameter is required."]})
+        query = SourceReportQuery(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        prefix = query.validated_data["source_ref_prefix"]
         return Response(CouponReportOutput(selectors.campaign_report(source_ref_prefix=prefix).as_dict()).data)
 
 
@@ -363,9 +353,7 @@ class IssuanceJobDetailView(_JsonView):
         responses={200: IssuanceJobOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("job")},
     )
     def get(self, request: Request, job_id: str) -> Response:
-        job = IssuanceJob.objects.filter(pk=_pk(job_id, errors.JobNotFound, "issuance job")).first()
-        if job is None:
-            raise errors.JobNotFound(f"No issuance job {job_id}.")
+        job = object_or_404(IssuanceJob.objects.all(), job_id, errors.JobNotFound, "issuance job")
         return Response(IssuanceJobOutput(job).data)
 
 
@@ -414,9 +402,7 @@ class CodeBatchDetailView(_JsonView):
         responses={200: CodeBatchOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("batch")},
     )
     def get(self, request: Request, batch_id: str) -> Response:
-        batch = CodeBatch.objects.filter(pk=_pk(batch_id, errors.BatchNotFound, "code batch")).first()
-        if batch is None:
-            raise errors.BatchNotFound(f"No code batch {batch_id}.")
+        batch = object_or_404(CodeBatch.objects.all(), batch_id, errors.BatchNotFound, "code batch")
         return Response(CodeBatchOutput(batch).data)
 
 

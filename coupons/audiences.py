@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 SegmentResolver = Callable[[int], Iterable[int]]
+SegmentChecker = Callable[[int], bool]
 _resolver: SegmentResolver | None = None
+_checker: SegmentChecker | None = None
 
 
 def register_segment_resolver(resolver: SegmentResolver) -> None:
@@ -20,3 +22,15 @@ def register_segment_resolver(resolver: SegmentResolver) -> None:
 
 def segment_resolver() -> SegmentResolver | None:
     return _resolver
+
+
+def register_segment_checker(checker: SegmentChecker) -> None:
+    """`checker(segment_id)` says whether that segment exists, so a job for an unknown one is
+    refused when it is asked for rather than failing later in the worker."""
+    global _checker
+    _checker = checker
+
+
+def segment_exists(segment_id: int) -> bool:
+    """False when no segment has this id, or when no app that keeps segments is installed."""
+    return _checker is not None and _checker(segment_id)

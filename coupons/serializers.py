@@ -10,7 +10,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
+from config.api import IdField
 from coupons import codes
+from coupons.audiences import segment_exists
 from coupons.models import MAX_VALID_DAYS, CodeBatch, Coupon, CouponRule, IssuanceJob, Redemption, RuleKind, RuleState
 from coupons.selectors import PROFILE_STATUSES, shown_status
 from coupons.services import MAX_ORDER_AMOUNT, RULE_FIELDS
@@ -203,6 +205,11 @@ class ProfileCouponsQuery(serializers.Serializer):
     status = serializers.ChoiceField(choices=PROFILE_STATUSES, required=False)
 
 
+class SourceReportQuery(serializers.Serializer):
+    # CharField refuses NUL characters, which PostgreSQL's text cannot hold.
+    source_ref_prefix = serializers.CharField(max_length=200)
+
+
 class CouponValidateInput(serializers.Serializer):
     code = serializers.CharField(max_length=64)
     user_id = UserIdField()
@@ -274,7 +281,7 @@ class CouponRollbackOutput(serializers.Serializer):
 
 class IssuanceJobInput(serializers.Serializer):
     user_ids = serializers.ListField(child=UserIdField(), required=False, max_length=1_000_000)
-    segment = serializers.IntegerField(required=False, min_value=1)
+    segment = IdField(required=False, exists=segment_exists, what="segment")
     source_ref = serializers.CharField(required=False, allow_blank=True, max_length=200)
 
     def validate(self, attrs):

@@ -11,12 +11,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.generics import ListAPIView
-from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
+from config.api import JsonParser, object_or_404, query_int
 from tracking import selectors, services
 from tracking.errors import BodyTooLarge, GoalNotFound
 from tracking.models import Goal
@@ -164,19 +165,13 @@ def _actor(request) -> dict:
     return {"actor": request.user, "api_key": None}
 
 
-def _goal(goal_id: str) -> Goal:
-    text = str(goal_id)
-    goal = None
-    if text.isdigit() and len(text) <= 18:
-        goal = selectors.goals_with_months().filter(pk=int(text)).first()
-    if goal is None:
-        raise GoalNotFound(f"No goal {text[:40]!r}.")
-    return goal
+def _goal(goal_id: str | int) -> Goal:
+    return object_or_404(selectors.goals_with_months(), goal_id, GoalNotFound, "goal")
 
 
 class GoalListView(ListAPIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     serializer_class = GoalOutput
     filter_backends: list = []
 
@@ -185,9 +180,9 @@ class GoalListView(ListAPIView):
         indicator = self.request.query_params.get("indicator")
         if indicator:
             queryset = queryset.filter(indicator=indicator[:64].replace("\x00", ""))
-        year = self.request.query_params.get("year", "")
-        if year.isdigit() and len(year) <= 4:
-            queryset = queryset.filter(year=int(year))
+        year = query_int(self.request, "year", minimum=1, maximum=9999)
+        if year is not None:
+            queryset = queryset.filter(year=year)
         return queryset
 
     @extend_schema(
@@ -237,7 +232,7 @@ class GoalDetailView(APIView):
 
 class GoalDecomposeView(APIView):
     permission_classes = [HasScope("manage")]
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
 
     @extend_schema(
         operation_id="goal_decompose",

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.models import ApiKey
-from config.api import Pagination
+from config.api import Pagination, id_from_path
 from tracking import analyses, indicators, selectors
 from tracking import serializers_indicators as s
 from tracking.errors import FunnelNotFound, IndicatorNotFound
@@ -176,9 +176,7 @@ class SearchQueriesView(_View):
 
 
 def _funnel(pk: str) -> Funnel:
-    if not str(pk).isdigit() or len(str(pk)) > 18:
-        raise FunnelNotFound(f"No funnel {str(pk)[:40]!r}.")
-    funnel = selectors.funnel_with_steps(funnel_id=int(pk))
+    funnel = selectors.funnel_with_steps(funnel_id=id_from_path(pk, FunnelNotFound, "funnel"))
     if funnel is None:
         raise FunnelNotFound(f"No funnel {pk}.")
     return funnel

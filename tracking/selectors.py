@@ -68,6 +68,11 @@ def event_names(*, limit: int = 500) -> list[str]:
     return _distinct("name", "", limit)
 
 
+def event_name_seen(name: str) -> bool:
+    """Whether any event of this name was ever stored (one probe of the `(name, timestamp)` index)."""
+    return Event.objects.filter(name=name).exists()
+
+
 def utm_sources(*, limit: int = 500) -> list[str]:
     """Every traffic source seen (through the partial `(utm_source, timestamp)` index)."""
     return _distinct("utm_source", "AND utm_source <> ''", limit)

@@ -1,0 +1,149 @@
+"""Whether a campaign's configuration can work: each rule once, for the API's create, the admin
+form (`Campaign.clean`) and the launch, so an operator learns the field and the reason at once
+rather than from a worker that fails later.
+
+Every check answers with `{field: reason}`; an empty dict means nothing to refuse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import Decimal
+
+from celery.schedules import crontab
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+from django.utils import timezone
+
+from campaigns.models import Campaign, ChannelKind, ScheduleKind, Segment
+from campaigns.segments import DefinitionError, compile_definition
+
+# The shapes an experiment can take: a holdout and a pilot of at most 90% each, and between them
+# something left to send to.
+MAX_HOLDOUT_PERCENT = Decimal(90)
+MAX_PILOT_PERCENT = Decimal(90)
+MIN_VARIANTS, MAX_VARIANTS = 1, 8
+# Group names the results use for themselves.
+RESERVED_VARIANT_NAMES = frozenset({"holdout", "rollout"})
+# A schedule with no run in this many years is a mistake (Feb 31, Apr 31), not a plan.
+CRON_HORIZON_YEARS = 5
+CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+
+Problems = dict[str, str]
+
+
+def share_problems(holdout_percent: Decimal | float | None, pilot_percent: Decimal | float | None) -> Problems:
+    holdout, pilot = Decimal(str(holdout_percent or 0)), Decimal(str(pilot_percent or 0))
+    problems: Problems = {}
+    if not 0 <= holdout <= MAX_HOLDOUT_PERCENT:
+        problems["holdout_percent"] = f"The holdout is 0 to {MAX_HOLDOUT_PERCENT}% of the audience."
+    if not 0 <= pilot <= MAX_PILOT_PERCENT:
+        problems["pilot_percent"] = f"The pilot is 0 to {MAX_PILOT_PERCENT}% of the audience."
+    elif holdout + pilot >= 100:
+        problems["pilot_percent"] = (
+            f"Holdout and pilot together must stay below 100% (here {holdout + pilot}%): nobody would be left "
+            "for the roll-out."
+        )
+    return problems
+
+
+def variant_problems(variants: Iterable[tuple[str, int]]) -> Problems:
+    """`variants` as (name, weight) pairs, in order."""
+    variants = list(variants)
+    names = [name for name, _weight in variants]
+    if not MIN_VARIANTS <= len(variants) <= MAX_VARIANTS:
+        return {"variants": f"A campaign has {MIN_VARIANTS} to {MAX_VARIANTS} variants; this one has {len(variants)}."}
+    reserved = sorted(RESERVED_VARIANT_NAMES & set(names))
+    if reserved:
+        return {"variants": f"{', '.join(reserved)} names a group of the results; call the variant otherwise."}
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return {"variants": f"Variant names must be unique; repeated: {', '.join(repeated)}."}
+    if sum(weight for _name, weight in variants) <= 0:
+        return {"variants": "The variants' weights sum to 0, so no variant could be picked; give one a weight."}
+    return {}
+
+
+def cron_problem(expression: str, *, now: dt.datetime | None = None) -> str | None:
+    """Why a five-field cron (m h dom mon dow, UTC) cannot schedule a campaign, else None.
+
+    Celery beat runs it, so celery's parser decides what is well-formed; croniter, given celery's
+    reading of a day of the month together with a day of the week (both must match), finds the
+    next run."""
+    parts = expression.split()
+    if len(parts) != len(CRON_FIELDS):
+        return "Five fields expected: m h dom mon dow."
+    try:
+        crontab(**dict(zip(CRON_FIELDS, parts, strict=True)))
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"Invalid cron expression: {exc}"
+    start = now or timezone.now()
+    try:
+        croniter(expression, start, day_or=False, max_years_between_matches=CRON_HORIZON_YEARS).get_next(dt.datetime)
+    except CroniterBadDateError:
+        return f"{expression!r} never fires: no such date in the next {CRON_HORIZON_YEARS} years."
+    except (CroniterBadCronError, ValueError, KeyError):
+        # A spelling celery takes and croniter does not: celery's word is the one that counts.
+        return None
+    return None
+
+
+def segment_problem(segment_id: int | None) -> str | None:
+    """Why this segment cannot be an audience: gone, or its definition no longer compiles."""
+    segment = Segment.objects.filter(pk=segment_id).first() if segment_id else None
+    if segment is None:
+        return f"No segment {segment_id}: it was deleted or never existed."
+    try:
+        compile_definition(segment.definition)
+    except DefinitionError as exc:
+        return f"The definition of segment {segment.pk} ({segment.name}) no longer compiles: {exc}"
+    return None
+
+
+def channel_problem(kind: str, *, must_be_ready: bool) -> str | None:
+    """An unknown channel; with `must_be_ready`, also one switched off or without a gateway."""
+    if kind not in ChannelKind.values:
+        return f"Unknown channel {kind!r}; one of {', '.join(ChannelKind.values)}."
+    if not must_be_ready:
+        return None
+    # The configuration read the sending code itself uses (imported here: services imports us).
+    from campaigns import channels, services
+
+    if kind != ChannelKind.EMAIL and not channels.channel_config(kind).enabled:
+        return f"The {kind} channel is disabled (Campaigns > Channels)."
+    if not services.channel_is_configured(kind):
+        return f"The {kind} channel has no gateway URL configured."
+    return None
+
+
+def schedule_problems(campaign: Campaign) -> Problems:
+    if campaign.schedule_kind == ScheduleKind.CRON:
+        problem = cron_problem(campaign.cron)
+        return {"cron": problem} if problem else {}
+    return {}
+
+
+def configuration_problems(campaign: Campaign) -> Problems:
+    """What the admin form refuses on the campaign row itself (variants are an inline of their own)."""
+    problems = share_problems(campaign.holdout_percent, campaign.pilot_percent)
+    problems.update(schedule_problems(campaign))
+    if campaign.segment_id is not None and (problem := segment_problem(campaign.segment_id)):
+        problems["segment"] = problem
+    if campaign.channel and (problem := channel_problem(campaign.channel, must_be_ready=False)):
+        problems["channel"] = problem
+    return problems
+
+
+def launch_problems(campaign: Campaign) -> Problems:
+    """`{field: reason}` for a draft that can no longer work as configured: its segment deleted or
+    no longer compiling, its channel unknown, switched off or without a gateway, a cron that never
+    fires, variants whose weights sum to 0 (or none at all), shares that leave nobody to send to."""
+    problems = share_problems(campaign.holdout_percent, campaign.pilot_percent)
+    problems.update(schedule_problems(campaign))
+    if problem := segment_problem(campaign.segment_id):
+        problems["segment"] = problem
+    if problem := channel_problem(campaign.channel, must_be_ready=True):
+        problems["channel"] = problem
+    variants = [(v.name, v.weight) for v in campaign.variants.all()]
+    problems.update(variant_problems(variants))
+    return problems
