@@ -43,3 +43,9 @@ class EmptyAudience(Refused):
 
 class NoRecipient(Refused):
     reason = "NO_RECIPIENT"
+
+
+class InvalidConfiguration(Refused):
+    """A draft that can no longer work as configured; `fields` names each problem."""
+
+    reason = "INVALID_CONFIGURATION"

@@ -32,6 +32,9 @@ class AwareDateTimeField(serializers.DateTimeField):
 class ErrorOutput(serializers.Serializer):
     reason = serializers.CharField()
     detail = serializers.CharField()
+    fields = serializers.DictField(
+        child=serializers.CharField(), required=False, help_text="INVALID_CONFIGURATION: field -> what is wrong"
+    )
 
 
 # --- segments ----------------------------------------------------------------------------------

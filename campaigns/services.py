@@ -25,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from access.services import record_audit
-from campaigns import channels, errors, sending
+from campaigns import channels, errors, sending, validation
 from campaigns.models import (
     Assignment,
     AssignmentRole,
@@ -181,6 +181,12 @@ def launch_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     _refuse_unless(campaign, [CampaignStatus.DRAFT], "launch")
     if not channel_is_configured(campaign.channel):
         raise errors.ChannelNotConfigured(f"The {campaign.channel} channel has no gateway URL configured.")
+    if problems := validation.launch_problems(campaign):
+        # Refused now, with the fields, rather than discovered later by a worker.
+        raise errors.InvalidConfiguration(
+            "This campaign cannot work as configured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+            fields=problems,
+        )
     now = timezone.now()
     campaign.launched_at = now
     if campaign.schedule_kind == ScheduleKind.AT and campaign.send_at and campaign.send_at > now:

@@ -370,7 +370,9 @@ class IssuanceJobRetryView(_JsonView):
     def post(self, request: Request, job_id: str) -> Response:
         actor = _actor(request)
         job = services.retry_issuance_job(
-            job_id=_pk(job_id, errors.JobNotFound, "issuance job"), actor=actor["created_by"], api_key=actor["api_key"]
+            job_id=id_from_path(job_id, errors.JobNotFound, "issuance job"),
+            actor=actor["created_by"],
+            api_key=actor["api_key"],
         )
         return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -419,7 +421,7 @@ class CodeBatchRetryView(_JsonView):
     def post(self, request: Request, batch_id: str) -> Response:
         actor = _actor(request)
         batch = services.retry_code_batch(
-            batch_id=_pk(batch_id, errors.BatchNotFound, "code batch"),
+            batch_id=id_from_path(batch_id, errors.BatchNotFound, "code batch"),
             actor=actor["created_by"],
             api_key=actor["api_key"],
         )

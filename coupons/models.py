@@ -215,7 +215,7 @@ class IssuanceJob(models.Model):
 
     rule = models.ForeignKey(CouponRule, on_delete=models.PROTECT, related_name="issuance_jobs")
     user_ids = ArrayField(models.CharField(max_length=128), default=list, blank=True)
-    segment_id = models.PositiveIntegerField(null=True, blank=True)
+    segment_id = models.PositiveBigIntegerField(null=True, blank=True)  # a segment id is a bigint
     source_ref = models.CharField(max_length=200, blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     total = models.PositiveIntegerField(default=0)

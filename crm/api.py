@@ -5,7 +5,6 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -13,6 +12,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
+from config.api import JsonParser, id_from_path
 from crm import services
 from crm.errors import RunNotFound
 from crm.models import RecomputeRun
@@ -23,15 +23,8 @@ NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown run (`reas
 CONFLICT = OpenApiResponse(OpenApiTypes.OBJECT, description="The run has not failed (`reason` NOT_FAILED).")
 
 
-def _run_id(value: str) -> int:
-    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
-    if not value.isdigit() or len(value) > 18:
-        raise RunNotFound(f"No recompute run {value[:40]!r}.")
-    return int(value)
-
-
 class _JsonView(APIView):
-    parser_classes = [JSONParser]
+    parser_classes = [JsonParser]
     renderer_classes = [JSONRenderer]
     permission_classes = [HasScope("manage")]
 
@@ -43,7 +36,11 @@ class RecomputeRunDetailView(_JsonView):
         responses={200: RecomputeRunOutput, 404: NOT_FOUND},
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = RecomputeRun.objects.select_related("scheme").filter(pk=_run_id(run_id)).first()
+        run = (
+            RecomputeRun.objects.select_related("scheme")
+            .filter(pk=id_from_path(run_id, RunNotFound, "recompute run"))
+            .first()
+        )
         if run is None:
             raise RunNotFound(f"No recompute run {run_id}.")
         return Response(RecomputeRunOutput(run).data)
@@ -59,5 +56,7 @@ class RecomputeRunRetryView(_JsonView):
     )
     def post(self, request: Request, run_id: str) -> Response:
         key = request.auth if isinstance(request.auth, ApiKey) else None
-        run = services.retry_recompute(run_id=_run_id(run_id), actor=None if key else request.user, api_key=key)
+        run = services.retry_recompute(
+            run_id=id_from_path(run_id, RunNotFound, "recompute run"), actor=None if key else request.user, api_key=key
+        )
         return Response(RecomputeRunOutput(run).data, status=status.HTTP_202_ACCEPTED)

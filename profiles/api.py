@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope, StaffWith
+from config.api import id_from_path
 from profiles import selectors, services
 from profiles.errors import ProfileNotFound, TagRuleNotFound
 from profiles.models import LookupChannel, TagRule
@@ -107,13 +108,6 @@ RULE_ID = OpenApiParameter("rule_id", int, OpenApiParameter.PATH, description="I
 RULE_NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown rule (`reason` TAG_RULE_NOT_FOUND).")
 
 
-def _rule_id(value: str) -> int:
-    """Ids arrive as path text so that a malformed one gets the same JSON 404 as an unknown one."""
-    if not value.isdigit() or len(value) > 18:
-        raise TagRuleNotFound(f"No tag rule {value[:40]!r}.")
-    return int(value)
-
-
 class TagRuleRunView(APIView):
     permission_classes = [HasScope("manage")]
 
@@ -124,7 +118,7 @@ class TagRuleRunView(APIView):
         summary="A tag rule's last recompute: status (done, failed, queued), error, members, time",
     )
     def get(self, request, rule_id: str):
-        rule = TagRule.objects.filter(pk=_rule_id(rule_id)).first()
+        rule = TagRule.objects.filter(pk=id_from_path(rule_id, TagRuleNotFound, "tag rule")).first()
         if rule is None:
             raise TagRuleNotFound(f"No tag rule {rule_id}.")
         return Response(TagRuleRunOutput(rule).data)
@@ -146,5 +140,7 @@ class TagRuleRetryView(APIView):
     )
     def post(self, request, rule_id: str):
         key = request.auth if isinstance(request.auth, ApiKey) else None
-        rule = services.retry_tag_rule(rule_id=_rule_id(rule_id), actor=None if key else request.user, api_key=key)
+        rule = services.retry_tag_rule(
+            rule_id=id_from_path(rule_id, TagRuleNotFound, "tag rule"), actor=None if key else request.user, api_key=key
+        )
         return Response(TagRuleRunOutput(rule).data, status=202)

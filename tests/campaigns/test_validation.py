@@ -349,3 +349,17 @@ def test_a_trigger_on_an_unseen_event_warns_on_the_admin_change_page(operator):
     EventFactory(name="wishlist_added")
     page = operator.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
     assert b"has been recorded yet" not in page.content
+
+
+def test_the_launch_refuses_a_draft_that_stopped_working_with_the_fields(push_gateway, api_client):
+    campaign = CampaignFactory()
+    Segment.objects.filter(pk=campaign.segment_id).update(definition={"nonsense": 1})
+    Campaign.objects.filter(pk=campaign.pk).update(schedule_kind=ScheduleKind.CRON, cron="0 0 31 2 *")
+    response = api_client.post(f"/api/v1/campaigns/{campaign.pk}/launch")
+    assert response.status_code == 422, response.content
+    body = response.json()
+    assert body["reason"] == "INVALID_CONFIGURATION"
+    assert set(body["fields"]) == {"segment", "cron"}
+    assert "never" in body["fields"]["cron"]
+    campaign.refresh_from_db()
+    assert campaign.status == "draft" and campaign.launched_at is None

@@ -204,3 +204,29 @@ def test_integer_query_parameters_are_a_400_naming_them(api_client, url, param, 
     response = api_client.get(url, {param: value})
     assert response.status_code == 400
     assert param in response.json()
+
+
+@pytest.mark.django_db
+def test_an_issuance_job_takes_a_segment_whose_id_is_past_32_bits(api_client):
+    from django.db import connection
+
+    from campaigns.models import Segment
+    from tests.factories.coupons import CouponRuleFactory
+
+    sequence = "pg_get_serial_sequence('campaigns_segment', 'id')"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT last_value, is_called FROM campaigns_segment_id_seq")
+        before = cursor.fetchone()
+        # Sequences stand outside transactions: put it back for the tests that follow.
+        cursor.execute(f"SELECT setval({sequence}, 3000000000)")
+    try:
+        segment = Segment.objects.create(name="big id", definition={"tag": "x"})
+        assert segment.pk > 2**31
+        rule = CouponRuleFactory()
+        response = api_client.post(
+            f"/api/v1/coupon-rules/{rule.pk}/issuance-jobs", {"segment": segment.pk}, format="json"
+        )
+        assert response.status_code == 202, response.content
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT setval({sequence}, %s, %s)", list(before))
