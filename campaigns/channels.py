@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 import requests
+import urllib3
 from django.conf import settings
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -30,6 +31,9 @@ _OPEN_SALT = "campaigns.open"
 class Outcome:
     kind: str
     reason: str = ""
+    # A retry whose post may have reached the provider all the same (no answer after the request
+    # went out): an at-most-once channel must not post it again.
+    ambiguous: bool = False
 
 
 def channel_config(kind: str) -> Channel:
@@ -132,8 +136,15 @@ def http_post(session: requests.Session, channel: Channel, payload: dict[str, An
         headers["Authorization"] = f"Bearer {token}"
     try:
         response = session.post(url, json=payload, headers=headers, timeout=channel.timeout_seconds)
+    except requests.ConnectTimeout:
+        return Outcome(RETRY, "connect timeout")
     except requests.Timeout:
-        return Outcome(RETRY, "timeout")
+        return Outcome(RETRY, "timeout", ambiguous=True)
+    except requests.ConnectionError as exc:
+        cause = getattr(exc.args[0], "reason", None) if exc.args else None
+        # Refused or unreachable before the request went out: surely not received.
+        before = isinstance(cause, urllib3.exceptions.ConnectTimeoutError)
+        return Outcome(RETRY, f"connection error: {exc.__class__.__name__}", ambiguous=not before)
     except requests.RequestException as exc:
         return Outcome(RETRY, f"connection error: {exc.__class__.__name__}")
     code = response.status_code

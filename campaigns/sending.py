@@ -116,7 +116,7 @@ def backoff_seconds(*, attempts: int, base: float, cap: float) -> float:
 def deliver_batch(delivery_ids: Sequence[int]) -> dict[str, int]:
     """Claim these deliveries under a new lease and send them. Safe to run twice, or on ids
     another worker holds: only pending, due rows of sendable campaigns are claimed."""
-    counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0, "skipped": 0}
+    counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0, "skipped": 0, "unknown": 0}
     lease = Lease()
     claimed = _claim(delivery_ids, lease.token)
     if not claimed:
@@ -130,9 +130,10 @@ def deliver_batch(delivery_ids: Sequence[int]) -> dict[str, int]:
             by_campaign[d.campaign_id].append(d)
         for group in by_campaign.values():
             _send_campaign_group(group[0].campaign, group, lease, counts)
-    except BaseException:
+    finally:
+        # Rows never posted (the run broke off, or their campaign was paused or cancelled while
+        # it ran) go back to pending at once rather than when their lease goes stale.
         _release_unposted(lease.token)
-        raise
     return counts
 
 
@@ -152,7 +153,7 @@ def _claim(delivery_ids: Sequence[int], token: uuid.UUID) -> list[int]:
 
 
 def _release_unposted(token: uuid.UUID) -> None:
-    """A run that broke off hands back at once what it had not started posting."""
+    """Hand back what this run holds and has not started posting."""
     try:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -213,14 +214,20 @@ def _defer(rows: Sequence[tuple[int, dt.datetime]], token: uuid.UUID, *, reason:
 
 
 def _set_final(rows: Sequence[tuple[int, str]], status: str, token: uuid.UUID) -> None:
+    """End these rows if this run still holds them. Failed and skipped ones that surely never
+    reached anyone (no send or receipt recorded) give their coupons back; unknown ones keep them."""
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE campaigns_delivery d SET status = %s, reason = t.reason, lease = NULL, posting_since = NULL,"
             " failed_at = CASE WHEN %s = 'failed' THEN now() ELSE d.failed_at END"
             " FROM unnest(%s::bigint[], %s::text[]) AS t(id, reason)"
-            " WHERE d.id = t.id AND d.lease = %s AND d.status = 'sending'",
+            " WHERE d.id = t.id AND d.lease = %s AND d.status = 'sending'"
+            " RETURNING CASE WHEN d.sent_at IS NULL AND d.delivered_at IS NULL THEN d.coupon_code ELSE '' END",
             [status, status, [r[0] for r in rows], [r[1][:500] for r in rows], token],
         )
+        codes = [row[0] for row in cursor.fetchall()]
+    if status != DeliveryStatus.UNKNOWN:
+        release_coupons([c for c in codes if c])
 
 
 # --- frequency cap and fatigue -----------------------------------------------------------------
@@ -232,7 +239,9 @@ def _apply_cap(campaign: Campaign, deliveries: list[Delivery], now: dt.datetime,
     keep, skipped = [], []
     fatigued = _recently_messaged_fatigued(campaign, deliveries, now)
     todo = []
-    for d in deliveries:
+    # In person order: concurrent batches of two campaigns to the same people then lock the
+    # people's counters in the same order and cannot deadlock.
+    for d in sorted(deliveries, key=lambda d: (d.profile_id, d.pk)):
         if d.profile_id in fatigued:
             skipped.append((d.id, "FATIGUED"))
         elif d.cap_day is not None or campaign.frequency_cap_per_day == 0:
@@ -319,7 +328,7 @@ def _issue_coupons(deliveries: list[Delivery]) -> None:
         Delivery.objects.filter(pk=d.pk).update(coupon_code=coupon.code)
 
 
-def _release_coupons(codes: Sequence[str]) -> None:
+def release_coupons(codes: Sequence[str]) -> None:
     """A message that will never reach its person gives its coupon back to the rule's budget."""
     if not codes:
         return
@@ -464,14 +473,17 @@ def _post_loop(
 
 
 def _mark_in_flight(ids: list[int], token: uuid.UUID) -> dict[int, dt.datetime]:
-    """Mark posts as started (one attempt each), only on rows this run still holds: a run whose
-    lease was taken back posts nothing more."""
+    """Mark posts as started (one attempt each), only on rows this run still holds, of campaigns
+    still sending: a run whose lease was taken back posts nothing more."""
     with connection.cursor() as cursor:
+        # A campaign paused or cancelled meanwhile stops here: its rows are handed back unposted.
         cursor.execute(
-            "UPDATE campaigns_delivery SET posting_since = clock_timestamp(), attempts = attempts + 1,"
-            " first_attempt_at = COALESCE(first_attempt_at, clock_timestamp()), claimed_at = clock_timestamp()"
-            " WHERE id = ANY(%s) AND lease = %s AND status = 'sending' RETURNING id, first_attempt_at",
-            [ids, token],
+            "UPDATE campaigns_delivery d SET posting_since = clock_timestamp(), attempts = d.attempts + 1,"
+            " first_attempt_at = COALESCE(d.first_attempt_at, clock_timestamp()), claimed_at = clock_timestamp()"
+            " FROM campaigns_campaign c"
+            " WHERE d.id = ANY(%s) AND d.lease = %s AND d.status = 'sending'"
+            " AND c.id = d.campaign_id AND c.status = ANY(%s) RETURNING d.id, d.first_attempt_at",
+            [ids, token, list(SENDABLE)],
         )
         return dict(cursor.fetchall())
 
@@ -483,12 +495,16 @@ def _record(
 
     now = timezone.now()
     window = dt.timedelta(minutes=config.retry_window_minutes)
-    sent, failed, retries, released = [], [], [], []
+    sent, failed, retries, unknown = [], [], [], []
     for d, o in finished:
         if o.kind == channels.SENT:
             sent.append(d.pk)
         elif o.kind == channels.FAILED:
             failed.append((d.pk, o.reason))
+        elif o.ambiguous and config.at_most_once:
+            # The post may have reached the provider (it timed out waiting for the answer, or the
+            # connection dropped after the request went): at most once means not posting it again.
+            unknown.append((d.pk, f"OUTCOME_UNKNOWN: {o.reason}"))
         elif d.attempts >= config.max_attempts or (d.first_attempt_at and d.first_attempt_at + window <= now):
             minutes = int((now - (d.first_attempt_at or now)).total_seconds() // 60)
             failed.append((d.pk, f"GAVE_UP after {d.attempts} attempts in {minutes} min: {o.reason}"))
@@ -497,8 +513,6 @@ def _record(
                 attempts=d.attempts, base=config.backoff_base_seconds, cap=config.backoff_max_seconds
             )
             retries.append((d.pk, now + dt.timedelta(seconds=delay), f"retrying: {o.reason}"[:500], delay))
-        if failed and failed[-1][0] == d.pk and d.coupon_code:
-            released.append(d.coupon_code)
     with connection.cursor() as cursor:
         if sent:
             # A provider receipt may have come first and moved the row on (delivered, failed):
@@ -521,9 +535,17 @@ def _record(
             )
     if failed:
         _set_final(failed, DeliveryStatus.FAILED, token)
-        _release_coupons(released)
-    for pk, _when, _reason, delay in retries:
-        tasks.publish(f"the retry of delivery {pk}", tasks.deliver_batch, args=[[pk]], countdown=delay)
+    if unknown:
+        _set_final(unknown, DeliveryStatus.UNKNOWN, token)
+    if retries:
+        # One task for the lot, when the first is due; the sweep queues any that are due later.
+        tasks.publish(
+            f"the retry of {len(retries)} deliveries",
+            tasks.deliver_batch,
+            args=[[r[0] for r in retries]],
+            countdown=min(r[3] for r in retries),
+        )
     counts["sent"] += len(sent)
     counts["failed"] += len(failed)
     counts["retry"] += len(retries)
+    counts["unknown"] += len(unknown)

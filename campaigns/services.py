@@ -22,6 +22,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.models import Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from access.services import record_audit
@@ -267,7 +268,8 @@ def resume_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     campaign.save(update_fields=["status", "updated_at"])
     if campaign.periodic_task_id:
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
-    queue_pending(campaign_id=campaign.pk)
+    # At once: the tasks queued before the pause found the campaign paused and sent nothing.
+    queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
     record_audit(action="campaigns.resume", obj=campaign, actor=actor, api_key=api_key)
     return campaign
 
@@ -283,6 +285,21 @@ CANCELLABLE = (
 CANCELLED_REASON = "campaign cancelled"
 
 
+def _skip_pending_of_cancelled(*, campaign_ids: Sequence[int]) -> int:
+    """Skip the pending messages of cancelled campaigns (some come back to pending after the
+    cancel: a retry or a deferral of a batch that was being sent), and give the coupons issued for
+    them back to their budgets."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery SET status = 'skipped', reason = %s, queued_at = NULL"
+            " WHERE campaign_id = ANY(%s) AND status = 'pending' RETURNING coupon_code",
+            [CANCELLED_REASON, list(campaign_ids)],
+        )
+        codes = [row[0] for row in cursor.fetchall()]
+    sending.release_coupons([c for c in codes if c])
+    return len(codes)
+
+
 @transaction.atomic
 def cancel_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) -> Campaign:
     """Stop a campaign for good: nothing more is sent (its pending deliveries are skipped), its
@@ -295,9 +312,7 @@ def cancel_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     campaign.save(update_fields=["status", "updated_at"])
     if campaign.periodic_task_id:
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-    skipped = campaign.deliveries.filter(status=DeliveryStatus.PENDING).update(
-        status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON, queued_at=None
-    )
+    skipped = _skip_pending_of_cancelled(campaign_ids=[campaign.pk])
     record_audit(
         action="campaigns.cancel",
         obj=campaign,
@@ -525,9 +540,14 @@ def create_deliveries(
 
 
 def queue_pending(
-    *, campaign_id: int | None = None, phase: str | None = None, requeue_after: dt.timedelta | None = None
+    *,
+    campaign_id: int | None = None,
+    phase: str | None = None,
+    requeue_after: dt.timedelta | None = None,
+    ids: Sequence[int] | None = None,
 ) -> int:
-    """Queue `deliver_batch` tasks (after commit) for due pending deliveries not queued recently."""
+    """Queue `deliver_batch` tasks (after commit) for due pending deliveries not queued recently
+    (of one campaign, one phase or the given ids only, where named)."""
     from campaigns import tasks
 
     now = timezone.now()
@@ -543,6 +563,8 @@ def queue_pending(
         due = due.filter(campaign_id=campaign_id)
     if phase is not None:
         due = due.filter(phase=phase)
+    if ids is not None:
+        due = due.filter(id__in=list(ids))
     limit = int(_setting("OPSLOOP_SWEEP_LIMIT", 500_000))
     rows = list(due.order_by("campaign_id", "id").values_list("campaign_id", "id")[:limit])
     if not rows:
@@ -639,9 +661,11 @@ def scheduled_run_time(cron: str, now: dt.datetime) -> dt.datetime:
     Runs are keyed by this time, so a task delivered again later sends nothing twice."""
     from croniter import croniter
 
-    # day_or=False: a day of month and a day of week must both match, as Celery's crontab reads it.
-    prev = croniter(cron, now, day_or=False).get_prev(dt.datetime)
-    nxt = croniter(cron, prev, day_or=False).get_next(dt.datetime)
+    # Celery's reading of the expression, in numbers croniter reads alike; day_or=False: a day of
+    # the month and a day of the week must both match, as Celery's crontab has it.
+    plain = validation.celery_cron(cron)
+    prev = croniter(plain, now, day_or=False).get_prev(dt.datetime)
+    nxt = croniter(plain, prev, day_or=False).get_next(dt.datetime)
     tolerance = min(dt.timedelta(seconds=30), (nxt - prev) / 4)
     return nxt if nxt - now <= tolerance else prev
 
@@ -701,14 +725,24 @@ def on_events_ingested(events: Sequence[Any]) -> None:
 def handle_pending_triggers(*, limit: int = 5000) -> int:
     """Turn the kept triggers into deliveries, `limit` at a time, each chunk in one transaction
     with its removal: workers share the work (SKIP LOCKED) and a crash leaves the chunk kept."""
+    # Triggers of a campaign that has ended are dropped; those of a paused or failed one wait.
+    PendingTrigger.objects.filter(
+        campaign__status__in=[CampaignStatus.CANCELLED, CampaignStatus.COMPLETED, CampaignStatus.DRAFT]
+    ).delete()
     created = 0
     while True:
         with transaction.atomic():
-            chunk = list(PendingTrigger.objects.select_for_update(skip_locked=True).order_by("id")[:limit])
+            chunk = list(
+                PendingTrigger.objects.select_for_update(skip_locked=True, of=("self",))
+                .filter(campaign__status=CampaignStatus.RUNNING)
+                .order_by("id")[:limit]
+            )
             if not chunk:
                 break
-            created += handle_triggers(items=[[t.campaign_id, t.user_id, t.event_id, t.at.isoformat()] for t in chunk])
-            PendingTrigger.objects.filter(pk__in=[t.pk for t in chunk]).delete()
+            made, failed = _handle_triggers([[t.campaign_id, t.user_id, t.event_id, t.at.isoformat()] for t in chunk])
+            created += made
+            # A campaign that failed keeps its triggers, to be handled when it is retried.
+            PendingTrigger.objects.filter(pk__in=[t.pk for t in chunk if t.campaign_id not in failed]).delete()
         if len(chunk) < limit:
             break
     return created
@@ -736,7 +770,7 @@ def create_triggered_deliveries(*, campaign: Campaign, rows: Sequence[tuple[int,
         " JOIN campaigns_assignment a ON a.campaign_id = %s AND a.profile_id = t.profile_id"
         " JOIN profiles_profile p ON p.id = a.profile_id"
         f" WHERE a.role <> 'holdout' AND a.profile_id IN (SELECT profile_id FROM ({aud}) aud)"
-        " ON CONFLICT (campaign_id, profile_id, phase) DO NOTHING"
+        " ON CONFLICT (campaign_id, profile_id, phase) DO NOTHING RETURNING id"
     )
     params = [
         campaign.channel,
@@ -748,15 +782,22 @@ def create_triggered_deliveries(*, campaign: Campaign, rows: Sequence[tuple[int,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        created = cursor.rowcount
-    queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
-    return created
+        created = [row[0] for row in cursor.fetchall()]
+    # Only what this call created: the campaign's backlog is queued by the sweep, not again here.
+    queue_pending(ids=created, requeue_after=dt.timedelta(0))
+    return len(created)
 
 
-@transaction.atomic
 def handle_triggers(*, items: Sequence[Sequence[Any]]) -> int:
     """Create the delayed deliveries of triggered campaigns for `[campaign_id, user_id, event_id,
     timestamp]` items: members of the segment only, holdout left out, one per triggering event."""
+    return _handle_triggers(items)[0]
+
+
+@transaction.atomic
+def _handle_triggers(items: Sequence[Sequence[Any]]) -> tuple[int, set[int]]:
+    """(deliveries created, campaigns whose handling failed and were marked failed)."""
+    failed: set[int] = set()
     by_campaign: dict[int, list[tuple[str, str, dt.datetime]]] = defaultdict(list)
     for cid, user_id, event_id, ts in items:
         by_campaign[int(cid)].append((user_id, event_id, dt.datetime.fromisoformat(ts)))
@@ -787,7 +828,8 @@ def handle_triggers(*, items: Sequence[Sequence[Any]]) -> int:
             # One broken campaign (its segment no longer compiles, say) must not hold the others'.
             logger.exception("Triggered send of campaign %s failed.", campaign.pk)
             fail_campaign(campaign_id=campaign.pk, step="triggered send", error=exc)
-    return created
+            failed.add(campaign.pk)
+    return created, failed
 
 
 def _tag_change_horizon(*, wait: bool = True) -> int | None:
@@ -830,8 +872,10 @@ def trigger_on_tag_gains() -> int:
     for campaign_id in running.filter(trigger_tag_cursor__lt=horizon).values_list("pk", flat=True):
         try:
             created += _trigger_campaign_on_tag_gains(campaign_id=campaign_id, horizon=horizon)
-        except Exception:
-            logger.exception("Tag trigger of campaign %s failed; retried at the next sweep.", campaign_id)
+        except Exception as exc:
+            # Its cursor did not move: the gains are handled when the campaign is retried.
+            logger.exception("Tag trigger of campaign %s failed.", campaign_id)
+            fail_campaign(campaign_id=campaign_id, step="tag trigger", error=exc)
     return created
 
 
@@ -926,10 +970,11 @@ def record_receipts(*, receipts: Sequence[dict[str, Any]]) -> int:
         batch = [r for r in receipts if r["status"] == kind]
         if not batch:
             continue
+        # A receipt settles a message of unknown outcome too: it did reach the provider.
         status_sql = {
-            "delivered": "CASE WHEN d.status IN ('sent', 'sending') THEN 'delivered' ELSE d.status END",
-            "failed": "CASE WHEN d.status IN ('sent', 'sending') THEN 'failed' ELSE d.status END",
-        }.get(kind, "CASE WHEN d.status = 'sent' THEN 'delivered' ELSE d.status END")
+            "delivered": "CASE WHEN d.status IN ('sent', 'sending', 'unknown') THEN 'delivered' ELSE d.status END",
+            "failed": "CASE WHEN d.status IN ('sent', 'sending', 'unknown') THEN 'failed' ELSE d.status END",
+        }.get(kind, "CASE WHEN d.status IN ('sent', 'unknown') THEN 'delivered' ELSE d.status END")
         opened = ", opened_at = COALESCE(d.opened_at, t.at)" if kind == "clicked" else ""
         delivered = ", delivered_at = COALESCE(d.delivered_at, t.at)" if kind in ("opened", "clicked") else ""
         # A receipt may come before the worker records its send: it proves the send, and the
@@ -979,16 +1024,19 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
         "rolled_out": 0,
         "completed": 0,
         "failed": 0,
+        "stage_errors": 0,
     }
-    with transaction.atomic():
-        due = Campaign.objects.select_for_update(skip_locked=True).filter(
-            status=CampaignStatus.SCHEDULED, send_at__lte=now
-        )
-        for campaign in due:
-            campaign.status = CampaignStatus.RUNNING
-            campaign.save(update_fields=["status", "updated_at"])
-            _queue_start(campaign.pk)
-            report["started"] += 1
+
+    def stage(name: str, step: Any) -> Any:
+        # One stage that breaks (a lock timeout, say) must not keep the others from running.
+        try:
+            return step()
+        except Exception:
+            logger.exception("Sweep stage %r failed; the other stages go on.", name)
+            report["stage_errors"] += 1
+            return 0
+
+    report["started"] = stage("start scheduled", lambda: _start_due_scheduled(now))
     # A launch whose start task never reached a worker (the broker was down) is started here.
     grace = dt.timedelta(seconds=int(_setting("OPSLOOP_START_GRACE_SECONDS", 60)))
     unstarted = Campaign.objects.filter(
@@ -1000,11 +1048,10 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
     for campaign_id in unstarted:
         if _sweep_step(report, campaign_id, lambda cid=campaign_id: start_send(campaign_id=cid)):
             report["restarted"] += 1
-    report["triggered"] = handle_pending_triggers()
-    report["tag_triggered"] = trigger_on_tag_gains()
-    with transaction.atomic():
-        report["unknown"], report["unstuck"] = _take_back_stale(now - stale_after)
-        report["queued"] = queue_pending(requeue_after=requeue_after)
+    report["triggered"] = stage("event triggers", handle_pending_triggers)
+    report["tag_triggered"] = stage("tag triggers", trigger_on_tag_gains)
+    report["unknown"], report["unstuck"] = stage("take back", lambda: _take_back_stale(stale_after)) or (0, 0)
+    report["queued"] = stage("queue", lambda: queue_pending(requeue_after=requeue_after))
     for campaign_id in Campaign.objects.filter(status=CampaignStatus.RUNNING, phase=CampaignPhase.PILOT).values_list(
         "pk", flat=True
     ):
@@ -1013,9 +1060,9 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
     for campaign in Campaign.objects.filter(
         status=CampaignStatus.RUNNING, phase__in=[CampaignPhase.FULL, CampaignPhase.ROLLOUT]
     ):
-        unfinished = campaign.deliveries.filter(status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING])
+        unfinished = campaign.deliveries.filter(status__in=UNFINISHED)
         if not unfinished.exists() and _sweep_step(
-            report, campaign.pk, lambda cid=campaign.pk: complete_campaign(campaign_id=cid)
+            report, campaign.pk, lambda cid=campaign.pk: complete_campaign(campaign_id=cid, if_finished=True)
         ):
             report["completed"] += 1
     for campaign in Campaign.objects.filter(status=CampaignStatus.COMPLETED, feedback_applied_at__isnull=True):
@@ -1037,15 +1084,39 @@ def _sweep_step(report: dict[str, int], campaign_id: int, step: Any, *, fail: bo
         return False
 
 
-def _take_back_stale(cutoff: dt.datetime) -> tuple[int, int]:
-    """Rows whose worker stopped renewing its lease before `cutoff`: a cancelled campaign's are
-    skipped; a post that was in flight on an at-most-once channel becomes `unknown` (it may have
-    gone out); everything else goes back to pending, to be sent again under the same key.
-    Returns (unknown, back to pending)."""
+def _start_due_scheduled(now: dt.datetime) -> int:
+    started = 0
+    with transaction.atomic():
+        due = Campaign.objects.select_for_update(skip_locked=True).filter(
+            status=CampaignStatus.SCHEDULED, send_at__lte=now
+        )
+        for campaign in due:
+            campaign.status = CampaignStatus.RUNNING
+            campaign.save(update_fields=["status", "updated_at"])
+            _queue_start(campaign.pk)
+            started += 1
+    return started
+
+
+@transaction.atomic
+def _take_back_stale(stale_after: dt.timedelta) -> tuple[int, int]:
+    """Rows whose worker has not renewed its lease for `stale_after` (by the database's clock, the
+    one that stamped the lease): a post that was in flight on an at-most-once channel becomes
+    `unknown` (it may have gone out); everything else goes back to pending, to be sent again under
+    the same key. The pending messages of a cancelled campaign (back from a batch that was being
+    sent at the cancel) are skipped, with their coupons. Returns (unknown, back to pending)."""
+    cutoff = RawSQL("clock_timestamp() - %s * interval '1 second'", [stale_after.total_seconds()])
     stuck = Delivery.objects.filter(status=DeliveryStatus.SENDING, claimed_at__lte=cutoff)
     stuck.filter(campaign__status=CampaignStatus.CANCELLED).update(
-        status=DeliveryStatus.SKIPPED, reason=CANCELLED_REASON, queued_at=None, lease=None, posting_since=None
+        status=DeliveryStatus.PENDING, lease=None, posting_since=None
     )
+    cancelled = set(
+        Delivery.objects.filter(status=DeliveryStatus.PENDING, campaign__status=CampaignStatus.CANCELLED)
+        .values_list("campaign_id", flat=True)
+        .distinct()
+    )
+    if cancelled:
+        _skip_pending_of_cancelled(campaign_ids=list(cancelled))
     at_most_once = Channel.objects.filter(at_most_once=True).values_list("kind", flat=True)
     unknown = stuck.filter(posting_since__isnull=False, channel__in=list(at_most_once)).update(
         status=DeliveryStatus.UNKNOWN, reason=UNKNOWN_REASON, lease=None, posting_since=None, queued_at=None
@@ -1062,13 +1133,15 @@ def settle_unknown_deliveries(*, delivery_ids: Sequence[int], was_sent: bool, ac
     """An operator's verdict on messages whose outcome is unknown, after asking the provider:
     `was_sent` records them as sent; otherwise they are sent again (same idempotency key)."""
     unknown = Delivery.objects.filter(pk__in=list(delivery_ids), status=DeliveryStatus.UNKNOWN)
+    if not was_sent:
+        # A campaign that ended sends nothing more (its unknown messages keep it open until settled).
+        unknown = unknown.filter(campaign__status__in=SENDABLE)
     ids = list(unknown.values_list("pk", flat=True))
     if was_sent:
         Delivery.objects.filter(pk__in=ids).update(status=DeliveryStatus.SENT, sent_at=timezone.now(), reason="")
     else:
         Delivery.objects.filter(pk__in=ids).update(status=DeliveryStatus.PENDING, reason="", queued_at=None)
-        if ids:
-            queue_pending(requeue_after=dt.timedelta(0))
+        queue_pending(ids=ids, requeue_after=dt.timedelta(0))
     for pk in ids:
         record_audit(
             action="campaigns.settle_unknown_delivery", obj=Delivery(pk=pk), actor=actor, details={"sent": was_sent}
@@ -1086,9 +1159,7 @@ def end_pilot_if_due(*, campaign_id: int, now: dt.datetime | None = None) -> boo
     campaign = _locked(campaign_id)
     if campaign.status != CampaignStatus.RUNNING or campaign.phase != CampaignPhase.PILOT or not campaign.pilot_sent_at:
         return False
-    if campaign.deliveries.filter(
-        phase=CampaignPhase.PILOT, status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING]
-    ).exists():
+    if campaign.deliveries.filter(phase=CampaignPhase.PILOT, status__in=UNFINISHED).exists():
         return False
     last_sent = campaign.deliveries.filter(phase=CampaignPhase.PILOT).exclude(sent_at=None).order_by("-sent_at")
     window_start = last_sent.values_list("sent_at", flat=True).first() or campaign.pilot_sent_at
@@ -1103,13 +1174,25 @@ def end_pilot_if_due(*, campaign_id: int, now: dt.datetime | None = None) -> boo
     return False
 
 
+# Messages that keep a campaign (or its pilot) open: still to send, or of unknown outcome until an
+# operator settles them.
+UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
+
+
 @transaction.atomic
-def complete_campaign(*, campaign_id: int, actor: Any = None) -> Campaign:
+def complete_campaign(*, campaign_id: int, actor: Any = None, if_finished: bool = False) -> Campaign | None:
+    """Close the campaign and freeze its results. `if_finished` (the sweep): only a running
+    campaign with nothing left to send, checked under the lock, so a cancel or a failure that
+    commits meanwhile is never overwritten. Returns None when that check says no."""
     from campaigns.selectors import campaign_results
 
     campaign = _locked(campaign_id)
     if campaign.status == CampaignStatus.COMPLETED:
         return campaign
+    if if_finished and (
+        campaign.status != CampaignStatus.RUNNING or campaign.deliveries.filter(status__in=UNFINISHED).exists()
+    ):
+        return None
     campaign.status = CampaignStatus.COMPLETED
     campaign.completed_at = timezone.now()
     results = campaign_results(campaign)

@@ -64,27 +64,38 @@ def variant_problems(variants: Iterable[tuple[str, int]]) -> Problems:
     return {}
 
 
+def celery_cron(expression: str) -> str:
+    """The expression as celery beat reads it, spelled in plain numbers (`mon/2`, `monday`,
+    `january` expanded to the days and months celery means), so that croniter, which spells some
+    of these otherwise, computes the very times beat fires. ValueError if celery refuses it."""
+    parts = expression.split()
+    if len(parts) != len(CRON_FIELDS):
+        raise ValueError("Five fields expected: m h dom mon dow.")
+    try:
+        schedule = crontab(**dict(zip(CRON_FIELDS, parts, strict=True)))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(str(exc)) from exc
+    sets = (schedule.minute, schedule.hour, schedule.day_of_month, schedule.month_of_year, schedule.day_of_week)
+    return " ".join(",".join(str(v) for v in sorted(values)) for values in sets)
+
+
 def cron_problem(expression: str, *, now: dt.datetime | None = None) -> str | None:
     """Why a five-field cron (m h dom mon dow, UTC) cannot schedule a campaign, else None.
 
-    Celery beat runs it, so celery's parser decides what is well-formed; croniter, given celery's
-    reading of a day of the month together with a day of the week (both must match), finds the
-    next run."""
-    parts = expression.split()
-    if len(parts) != len(CRON_FIELDS):
-        return "Five fields expected: m h dom mon dow."
+    Celery beat runs it, so celery's parser decides what is well-formed and what it means;
+    croniter, given celery's reading (numbers, and a day of the month together with a day of the
+    week both having to match), finds the next run."""
     try:
-        crontab(**dict(zip(CRON_FIELDS, parts, strict=True)))
-    except (ValueError, KeyError, TypeError) as exc:
+        plain = celery_cron(expression)
+    except ValueError as exc:
         return f"Invalid cron expression: {exc}"
     start = now or timezone.now()
     try:
-        croniter(expression, start, day_or=False, max_years_between_matches=CRON_HORIZON_YEARS).get_next(dt.datetime)
+        croniter(plain, start, day_or=False, max_years_between_matches=CRON_HORIZON_YEARS).get_next(dt.datetime)
     except CroniterBadDateError:
         return f"{expression!r} never fires: no such date in the next {CRON_HORIZON_YEARS} years."
-    except (CroniterBadCronError, ValueError, KeyError):
-        # A spelling celery takes and croniter does not: celery's word is the one that counts.
-        return None
+    except (CroniterBadCronError, ValueError, KeyError) as exc:
+        return f"Invalid cron expression: {exc}"
     return None
 
 

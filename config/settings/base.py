@@ -230,6 +230,8 @@ EMAIL_PORT = int(env("OPSLOOP_EMAIL_PORT", "25"))
 EMAIL_HOST_USER = env("OPSLOOP_EMAIL_USER", "")
 EMAIL_HOST_PASSWORD = env("OPSLOOP_EMAIL_PASSWORD", "")
 EMAIL_USE_TLS = env_bool("OPSLOOP_EMAIL_USE_TLS", False)
+# A hung SMTP server must not hold a batch (and its lease) for ever.
+EMAIL_TIMEOUT = float(env("OPSLOOP_EMAIL_TIMEOUT", "30"))
 DEFAULT_FROM_EMAIL = env("OPSLOOP_FROM_EMAIL", "opsloop@localhost")
 
 LOG_FORMAT = env("OPSLOOP_LOG_FORMAT", "text")  # "json" in production

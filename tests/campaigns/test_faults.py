@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+import uuid
+from collections import Counter
 from decimal import Decimal
 
 import pytest
@@ -340,3 +342,175 @@ def test_lease_renewal_interval_follows_the_stale_time(settings):
     assert sending.heartbeat_seconds() == 30
     settings.OPSLOOP_DELIVERY_STALE_SECONDS = 10
     assert sending.heartbeat_seconds() == 2
+
+
+# --- found in review --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_cron_spelled_with_day_names_runs_as_celery_reads_it():
+    make_profiles(2)
+    campaign = CampaignFactory(holdout_percent=Decimal(0), schedule_kind=ScheduleKind.CRON, cron="0 9 * * monday")
+    ChannelFactory(kind=ChannelKind.PUSH, url="http://127.0.0.1:9/send")
+    services.launch_campaign(campaign_id=campaign.pk)
+    monday = dt.datetime(2026, 12, 7, 9, 0, 12, tzinfo=dt.UTC)
+    assert services.run_recurring_send(campaign_id=campaign.pk, run_at=monday + dt.timedelta(days=2)) == 2
+    assert set(Delivery.objects.filter(campaign=campaign).values_list("phase", flat=True)) == {"run:202612070900"}
+    assert services.scheduled_run_time("0 9 * * mon/2", monday + dt.timedelta(days=2)) == monday.replace(second=0)
+
+
+@pytest.mark.django_db
+def test_messages_of_unknown_outcome_keep_the_campaign_open_until_settled():
+    make_profiles(2)
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = _running(variants=[("A", 1)])
+        ids = _deliveries_not_queued(campaign)
+        Campaign.objects.filter(pk=campaign.pk).update(phase="full")
+        Delivery.objects.filter(pk=ids[0]).update(status="unknown")
+        services.deliver(delivery_ids=ids[1:])
+        services.sweep()
+        assert Campaign.objects.get(pk=campaign.pk).status == "running"
+        assert services.settle_unknown_deliveries(delivery_ids=[ids[0]], was_sent=False) == 1
+        services.deliver(delivery_ids=[ids[0]])
+        services.sweep()
+    assert Campaign.objects.get(pk=campaign.pk).status == "completed"
+    assert sorted(r["delivery_id"] for r in gateway.requests) == sorted(ids)
+
+
+@pytest.mark.django_db
+def test_a_receipt_settles_a_message_of_unknown_outcome():
+    make_profiles(1)
+    campaign = _running(variants=[("A", 1)])
+    (pk,) = _deliveries_not_queued(campaign)
+    Delivery.objects.filter(pk=pk).update(status="unknown")
+    services.record_receipts(receipts=[{"delivery_id": pk, "status": "delivered", "at": timezone.now()}])
+    settled = Delivery.objects.get(pk=pk)
+    assert settled.status == "delivered" and settled.sent_at and settled.delivered_at
+
+
+@pytest.mark.django_db
+def test_an_at_most_once_channel_does_not_post_again_after_a_timeout():
+    make_profiles(1)
+    with Receiver(delay=1.0) as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url, timeout_seconds=0.3, at_most_once=True)
+        campaign = _running(variants=[("A", 1)])
+        (pk,) = _deliveries_not_queued(campaign)
+        counts = services.deliver(delivery_ids=[pk])
+    assert counts["unknown"] == 1 and len(gateway.requests) == 1
+    row = Delivery.objects.get(pk=pk)
+    assert row.status == "unknown" and row.reason.startswith("OUTCOME_UNKNOWN: timeout")
+
+
+@pytest.mark.django_db
+def test_an_at_least_once_channel_posts_again_after_a_timeout_under_the_same_key():
+    make_profiles(1)
+    with Receiver(delay=1.0) as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url, timeout_seconds=0.3)
+        campaign = _running(variants=[("A", 1)])
+        (pk,) = _deliveries_not_queued(campaign)
+        services.deliver(delivery_ids=[pk])
+        assert Delivery.objects.get(pk=pk).status == "pending"
+        Delivery.objects.filter(pk=pk).update(not_before=None)
+        gateway.delay = 0
+        services.deliver(delivery_ids=[pk])
+    assert Delivery.objects.get(pk=pk).status == "sent"
+    assert len({r["idempotency_key"] for r in gateway.requests}) == 1 and len(gateway.requests) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pause_stops_a_batch_that_is_being_sent_and_hands_its_rows_back():
+    make_profiles(20)
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url, rate_per_second=5)
+        campaign = _running()
+        ids = _deliveries_not_queued(campaign)
+
+        def worker() -> None:
+            try:
+                services.deliver(delivery_ids=ids)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        time.sleep(1.0)
+        services.pause_campaign(campaign_id=campaign.pk)
+        thread.join(timeout=30)
+        posted = len(gateway.requests)
+    assert 2 <= posted < 15, posted
+    statuses = Counter(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True))
+    assert statuses == {"sent": posted, "pending": 20 - posted}
+
+
+@pytest.mark.django_db
+def test_rows_that_come_back_after_a_cancel_are_skipped_and_their_coupons_returned():
+    make_profiles(2)
+    rule = CouponRuleFactory(total_quantity=100, budget=Decimal("1000.00"))
+    with Receiver(status=503) as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = _running(variants=[("A", 1)])
+        campaign.variants.update(coupon_rule_id=rule.pk)
+        ids = _deliveries_not_queued(campaign)
+        Delivery.objects.filter(pk__in=ids).update(status="sending", lease=uuid.uuid4())  # a batch in flight
+        services.cancel_campaign(campaign_id=campaign.pk)
+        # The batch's worker ends: its posts failed, so the rows go back to pending for a retry.
+        Delivery.objects.filter(pk__in=ids).update(status="pending", lease=None)
+        Campaign.objects.filter(pk=campaign.pk).update(status="running")
+        services.deliver(delivery_ids=ids)  # issues the coupons, posts, gets 503s: pending again
+        Campaign.objects.filter(pk=campaign.pk).update(status="cancelled")
+        assert set(Delivery.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"pending"}
+        rule.refresh_from_db()
+        assert rule.committed > 0
+        services.sweep()
+    assert set(Delivery.objects.filter(pk__in=ids).values_list("status", "reason")) == {
+        ("skipped", "campaign cancelled")
+    }
+    rule.refresh_from_db()
+    assert rule.committed == 0
+
+
+@pytest.mark.django_db
+def test_the_sweep_never_completes_a_campaign_cancelled_meanwhile():
+    campaign = _running(variants=[("A", 1)])
+    Campaign.objects.filter(pk=campaign.pk).update(status="cancelled", phase="full")
+    assert services.complete_campaign(campaign_id=campaign.pk, if_finished=True) is None
+    assert Campaign.objects.get(pk=campaign.pk).status == "cancelled"
+
+
+@pytest.mark.django_db
+def test_a_failed_triggered_send_keeps_its_triggers_for_the_retry():
+    make_profiles(2)
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = _running(schedule_kind=ScheduleKind.TRIGGER, trigger_event="viewed", variants=[("A", 1)])
+        type(campaign.segment).objects.filter(pk=campaign.segment_id).update(definition={"nonsense": 1})
+        PendingTrigger.objects.bulk_create(
+            [
+                PendingTrigger(campaign=campaign, user_id=f"p0000{i}", event_id=f"e{i}", at=timezone.now())
+                for i in range(2)
+            ]
+        )
+        services.handle_pending_triggers()
+        campaign.refresh_from_db()
+        assert campaign.status == "failed" and campaign.failure_reason.startswith("triggered send:")
+        assert PendingTrigger.objects.filter(campaign=campaign).count() == 2
+        type(campaign.segment).objects.filter(pk=campaign.segment_id).update(definition={"tag": "campaign-test"})
+        services.retry_campaign(campaign_id=campaign.pk)
+        assert services.handle_pending_triggers() == 2
+        services.deliver(delivery_ids=list(Delivery.objects.filter(campaign=campaign).values_list("id", flat=True)))
+    assert not PendingTrigger.objects.exists()
+    assert sorted(r["user_id"] for r in gateway.requests) == ["p00000", "p00001"]
+
+
+@pytest.mark.django_db
+def test_a_tag_trigger_that_fails_marks_the_campaign_failed():
+    people = make_profiles(2)
+    campaign = _running(schedule_kind=ScheduleKind.TRIGGER, trigger_tag="vip", variants=[("A", 1)])
+    from tests.factories.campaigns import gain_tag
+
+    gain_tag("vip", people)
+    type(campaign.segment).objects.filter(pk=campaign.segment_id).update(definition={"nonsense": 1})
+    services.trigger_on_tag_gains()
+    campaign.refresh_from_db()
+    assert campaign.status == "failed" and campaign.failure_reason.startswith("tag trigger:")
