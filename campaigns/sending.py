@@ -538,12 +538,13 @@ def _record(
     if unknown:
         _set_final(unknown, DeliveryStatus.UNKNOWN, token)
     if retries:
-        # One task for the lot, when the first is due; the sweep queues any that are due later.
+        # One task for the lot, once the last of them is due (their jitter spreads them by at most
+        # one backoff step; the sweep would queue them too, but a minute later).
         tasks.publish(
             f"the retry of {len(retries)} deliveries",
             tasks.deliver_batch,
             args=[[r[0] for r in retries]],
-            countdown=min(r[3] for r in retries),
+            countdown=max(r[3] for r in retries),
         )
     counts["sent"] += len(sent)
     counts["failed"] += len(failed)
