@@ -23,8 +23,9 @@ import time
 import uuid
 import zoneinfo
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any
 
 import requests
@@ -417,59 +418,54 @@ def _post_window(
             logger.exception("Posting delivery %s raised; it is retried.", d.pk)
             return channels.Outcome(channels.RETRY, f"{exc.__class__.__name__}: {exc}"[:300])
 
-    # This thread's marks and records are the batch's serial part. Where a lost record only means
-    # a second post under the same key (at least once), they need not wait for the disk: a crash of
-    # PostgreSQL itself loses at most the last moments of them, as a killed worker would. At most
-    # once needs each mark on disk before its post.
-    relaxed = not config.at_most_once
-    if relaxed:
-        with connection.cursor() as cursor:
-            cursor.execute("SET synchronous_commit = off")
+    with _records_not_waiting_for_disk(not config.at_most_once):
+        todo = deque(rows)
+        in_flight: dict[Future, Delivery] = {}
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            while todo or in_flight:
+                lease.renew_if_due()
+                batch: list[Delivery] = []
+                rate_limited = False
+                while todo and len(in_flight) + len(batch) < threads:
+                    # Wait for the provider's allowance here, before the post is marked: a wait is
+                    # no attempt. Block only when nothing else is in flight to collect meanwhile.
+                    busy = bool(in_flight or batch)
+                    if not channels.acquire_send_slot(
+                        kind, config.rate_per_second, max_wait=0 if busy else lease.interval
+                    ):
+                        rate_limited = True
+                        break
+                    batch.append(todo.popleft())
+                if batch:
+                    held = _mark_in_flight([d.pk for d in batch], lease.token)
+                    for d in batch:
+                        if d.pk in held:
+                            d.attempts += 1
+                            d.first_attempt_at = held[d.pk]
+                            in_flight[pool.submit(guarded, d)] = d
+                if not in_flight:
+                    continue
+                done, _ = wait(in_flight, timeout=0.05 if rate_limited else lease.interval, return_when=FIRST_COMPLETED)
+                if done:
+                    _record([(in_flight.pop(f), f.result()) for f in done], config, lease.token, counts)
+
+
+@contextmanager
+def _records_not_waiting_for_disk(relaxed: bool) -> Iterator[None]:
+    """The marks and records of the posting loop are the batch's serial part. Where a lost record
+    only means a second post under the same key (at least once), they need not wait for the disk:
+    a crash of PostgreSQL itself loses at most the last moments of them, as a killed worker would.
+    At most once needs each mark on disk before its post."""
+    if not relaxed:
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET synchronous_commit = off")
     try:
-        _post_loop(rows, guarded, threads=threads, kind=kind, config=config, lease=lease, counts=counts)
+        yield
     finally:
-        if relaxed:
-            with connection.cursor() as cursor:
-                cursor.execute("RESET synchronous_commit")
-
-
-def _post_loop(
-    rows: list[Delivery],
-    guarded: Callable[[Delivery], channels.Outcome],
-    *,
-    threads: int,
-    kind: str,
-    config: Any,
-    lease: Lease,
-    counts: dict[str, int],
-) -> None:
-    todo = deque(rows)
-    in_flight: dict[Future, Delivery] = {}
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        while todo or in_flight:
-            lease.renew_if_due()
-            batch: list[Delivery] = []
-            rate_limited = False
-            while todo and len(in_flight) + len(batch) < threads:
-                # Wait for the provider's allowance here, before the post is marked: a wait is
-                # no attempt. Block only when nothing else is in flight to collect meanwhile.
-                busy = bool(in_flight or batch)
-                if not channels.acquire_send_slot(kind, config.rate_per_second, max_wait=0 if busy else lease.interval):
-                    rate_limited = True
-                    break
-                batch.append(todo.popleft())
-            if batch:
-                held = _mark_in_flight([d.pk for d in batch], lease.token)
-                for d in batch:
-                    if d.pk in held:
-                        d.attempts += 1
-                        d.first_attempt_at = held[d.pk]
-                        in_flight[pool.submit(guarded, d)] = d
-            if not in_flight:
-                continue
-            done, _ = wait(in_flight, timeout=0.05 if rate_limited else lease.interval, return_when=FIRST_COMPLETED)
-            if done:
-                _record([(in_flight.pop(f), f.result()) for f in done], config, lease.token, counts)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET synchronous_commit")
 
 
 def _mark_in_flight(ids: list[int], token: uuid.UUID) -> dict[int, dt.datetime]:

@@ -184,58 +184,49 @@ def campaigns_stuck_at_start(*, now: datetime) -> Section:
     )
 
 
-def campaigns_with_stuck_deliveries(*, now: datetime) -> Section:
-    """Deliveries claimed by a worker (`sending`) longer ago than the sweeper allows: the worker
-    died and the sweeper has not put them back (or is not running)."""
-    cutoff = now - timedelta(seconds=settings.OPSLOOP_DELIVERY_STALE_SECONDS)
-    stuck = (
-        Delivery.objects.filter(status="sending", claimed_at__lt=cutoff)
-        .values("campaign_id", "campaign__name")
+def _campaigns_by_deliveries(title: str, deliveries, reason: str) -> Section:
+    """One row per campaign with such deliveries: how many, since when (`reason` takes `{n}`)."""
+    grouped = (
+        deliveries.values("campaign_id", "campaign__name")
         .annotate(n=Count("*"), oldest=Min("claimed_at"))
         .order_by("oldest")
     )
-    rows = list(stuck[:LIST_LIMIT])
+    rows = list(grouped[:LIST_LIMIT])
     return Section(
-        title="campaign(s) with deliveries stuck in sending",
-        count=len(rows) if len(rows) < LIST_LIMIT else stuck.count(),
+        title=title,
+        count=len(rows) if len(rows) < LIST_LIMIT else grouped.count(),
         items=[
             Item(
                 "campaign",
                 r["campaign_id"],
                 r["campaign__name"],
-                f"{r['n']} deliveries in sending for over {settings.OPSLOOP_DELIVERY_STALE_SECONDS} s",
+                reason.format(n=r["n"]),
                 r["oldest"],
                 _admin_url(Campaign, r["campaign_id"]),
             )
             for r in rows
         ],
+    )
+
+
+def campaigns_with_stuck_deliveries(*, now: datetime) -> Section:
+    """Deliveries claimed by a worker (`sending`) whose lease has not been renewed for longer than
+    the sweeper allows: the worker died and the sweeper has not put them back (or is not running)."""
+    cutoff = now - timedelta(seconds=settings.OPSLOOP_DELIVERY_STALE_SECONDS)
+    return _campaigns_by_deliveries(
+        "campaign(s) with deliveries stuck in sending",
+        Delivery.objects.filter(status="sending", claimed_at__lt=cutoff),
+        "{n} deliveries in sending for over " + f"{settings.OPSLOOP_DELIVERY_STALE_SECONDS} s",
     )
 
 
 def campaigns_with_unknown_outcomes() -> Section:
     """Messages whose worker died while posting them on an at-most-once channel: an operator asks
     the provider and settles them in the deliveries list."""
-    unknown = (
-        Delivery.objects.filter(status="unknown")
-        .values("campaign_id", "campaign__name")
-        .annotate(n=Count("*"), oldest=Min("claimed_at"))
-        .order_by("oldest")
-    )
-    rows = list(unknown[:LIST_LIMIT])
-    return Section(
-        title="campaign(s) with messages of unknown outcome to review",
-        count=len(rows) if len(rows) < LIST_LIMIT else unknown.count(),
-        items=[
-            Item(
-                "campaign",
-                r["campaign_id"],
-                r["campaign__name"],
-                f"{r['n']} message(s) of unknown outcome (Deliveries, status 'Outcome unknown')",
-                r["oldest"],
-                _admin_url(Campaign, r["campaign_id"]),
-            )
-            for r in rows
-        ],
+    return _campaigns_by_deliveries(
+        "campaign(s) with messages of unknown outcome to review",
+        Delivery.objects.filter(status="unknown"),
+        "{n} message(s) of unknown outcome (Deliveries, status 'Outcome unknown')",
     )
 
 
