@@ -329,8 +329,8 @@ FAILABLE = (CampaignStatus.RUNNING, CampaignStatus.SCHEDULED, CampaignStatus.AWA
 
 def fail_campaign(*, campaign_id: int, step: str, error: BaseException) -> None:
     """A background step of the campaign failed: it stops (nothing more is started or sent) and
-    shows why, in the admin and the API, until an operator retries it. In a transaction of its
-    own, so the failure is recorded even though the step's own work rolled back."""
+    shows why, in the admin and the API, until an operator retries it. Called after the step's own
+    transaction (or savepoint) rolled back, so the failure is recorded without the step's work."""
     reason = f"{step}: {error.__class__.__name__}: {error}"[:2000]
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().filter(pk=campaign_id, status__in=FAILABLE).first()
