@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from django.apps import apps
 from django.db import connection
 from django.db.models import Count
@@ -18,6 +19,8 @@ from campaigns.stats import (
     SRM_THRESHOLD,
     GroupCounts,
     analyze,
+    cuped_difference,
+    cuped_theta,
     sequential_decision,
     sequential_rate,
 )
@@ -141,6 +144,61 @@ def _member_rows(campaign: Campaign) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, [campaign.pk, window, campaign.goal_event, campaign.goal_event, window])
         return cursor.fetchall()
+
+
+# Per member: the group, whether they converted in their window (as in `_member_rows`), and what
+# was known before assignment: their orders and all their events in the 30 days before it. The RFM
+# tier is left out: only its current value is stored, and the campaign's own orders move it, so it
+# is not a pre-experiment covariate (adjusting on it would bias the effect).
+MEMBER_OUTCOMES_SQL = """
+WITH w AS (
+    SELECT a.profile_id, a.role, a.variant_id, a.assigned_at, COALESCE(min(d.sent_at), a.assigned_at) AS t0
+    FROM campaigns_assignment a
+    LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
+    WHERE a.campaign_id = %(campaign)s
+    GROUP BY a.id
+)
+SELECT CASE WHEN w.role = 'holdout' THEN 'holdout' WHEN w.role = 'rollout' THEN 'rollout'
+            ELSE w.variant_id::text END AS grp,
+       COALESCE(post.converted, false), COALESCE(pre.orders, 0), COALESCE(pre.events, 0)
+FROM w
+LEFT JOIN LATERAL (
+    SELECT bool_or(e.name = %(goal)s) AS converted
+    FROM profiles_identity i JOIN tracking_event e ON e.user_id = i.value
+    WHERE i.profile_id = w.profile_id AND i.kind = 'user_id' AND e.name = %(goal)s
+      AND e.timestamp >= w.t0 AND e.timestamp <= w.t0 + %(window)s
+) post ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE e.name = 'order_paid') AS orders, count(*) AS events
+    FROM profiles_identity i JOIN tracking_event e ON e.user_id = i.value
+    WHERE i.profile_id = w.profile_id AND i.kind = 'user_id'
+      AND e.timestamp >= w.assigned_at - %(pre_period)s AND e.timestamp < w.assigned_at
+) pre ON true
+"""
+CUPED_COVARIATES = ("orders in the 30 days before", "events in the 30 days before")
+
+
+def _member_outcomes(campaign: Campaign) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per group key: (converted 0/1 per member, pre-period covariates per member)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            MEMBER_OUTCOMES_SQL,
+            {
+                "campaign": campaign.pk,
+                "goal": campaign.goal_event,
+                "window": dt.timedelta(hours=campaign.attribution_hours),
+                "pre_period": dt.timedelta(days=30),
+            },
+        )
+        rows = cursor.fetchall()
+    by_group: dict[str, list[tuple]] = {}
+    for grp, converted, orders, events in rows:
+        by_group.setdefault(grp, []).append((float(converted), float(orders), float(events)))
+    out = {}
+    for grp, items in by_group.items():
+        array = np.asarray(items, dtype=float)
+        out[grp] = (array[:, 0], array[:, 1:])
+    return out
 
 
 def _redemptions_by_variant(campaign: Campaign) -> dict[str, tuple[int, Decimal]]:
@@ -278,6 +336,7 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
             f"sample ratio mismatch (p = {stats['srm_p_value']:.4g} < {SRM_THRESHOLD}): the groups are out of "
             "balance, so no variant is rolled out until the assignment is checked"
         )
+    cuped = _cuped(campaign, keys, control_key, planned)
     sequential_rates = {
         c.name: sequential_rate(c.converted, c.assigned, alpha=campaign.alpha, planned_sample=planned) for c in counts
     }
@@ -311,6 +370,7 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
                 "p_value": g["p_value"],
                 "significant": g["significant"],
                 "sequential": _sequential_row(g["name"], decision, sequential_rates[g["name"]]),
+                "cuped": cuped.get(k),
                 "revenue": str(revenue),
                 "revenue_per_recipient": str((revenue / assigned).quantize(Decimal("0.01"))) if assigned else "0.00",
                 "coupon_redemptions": redeemed,
@@ -331,12 +391,30 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
         "winner": winner,
         "winner_reason": None if winner else reason,
         "fixed_winner": fixed_winner,
+        "cuped_covariates": list(CUPED_COVARIATES),
         "rolled_out_variant": campaign.winner.name if campaign.winner_id else None,
         "rolled_out_at": campaign.rolled_out_at.isoformat() if campaign.rolled_out_at else None,
         "groups": groups,
     }
     results["summary"] = explain(results)
     return results
+
+
+def _cuped(campaign: Campaign, keys: list[str], control_key: str, planned: int) -> dict[str, dict[str, Any]]:
+    """Per tested group but the control: the CUPED-adjusted always-valid uplift against the
+    control, beside the raw one (theta fitted on every tested group at once)."""
+    members = _member_outcomes(campaign)
+    empty = (np.zeros(0), np.zeros((0, len(CUPED_COVARIATES))))
+    tested = [k for k in keys if k != "rollout"]
+    theta = cuped_theta([members.get(k, empty) for k in tested])
+    if theta.size == 0:
+        return {}
+    control = members.get(control_key, empty)
+    return {
+        k: cuped_difference(members.get(k, empty), control, theta, alpha=campaign.alpha, planned_sample=planned)
+        for k in tested
+        if k != control_key
+    }
 
 
 def planned_sample(campaign: Campaign, tested: list[GroupCounts]) -> int:

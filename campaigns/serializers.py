@@ -288,6 +288,14 @@ class ComparisonOutput(serializers.Serializer):
     beats = serializers.BooleanField()
 
 
+class CupedOutput(serializers.Serializer):
+    uplift = serializers.FloatField(allow_null=True, help_text="Adjusted for what was known before assignment")
+    low = serializers.FloatField(allow_null=True, help_text="Always-valid interval, never wider than the raw one")
+    high = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True, help_text="Always valid")
+    variance_ratio = serializers.FloatField(allow_null=True, help_text="Adjusted variance / raw variance")
+
+
 class SequentialOutput(serializers.Serializer):
     ci_low = serializers.FloatField(allow_null=True, help_text="Always-valid interval of the rate")
     ci_high = serializers.FloatField(allow_null=True)
@@ -320,6 +328,7 @@ class ResultGroupOutput(serializers.Serializer):
     p_value = serializers.FloatField(allow_null=True)
     significant = serializers.BooleanField(help_text="Fixed-horizon test (valid only when read once)")
     sequential = SequentialOutput(help_text="Always valid: may be read at every look")
+    cuped = CupedOutput(allow_null=True, help_text="CUPED-adjusted uplift against the control (null for the control)")
     revenue = serializers.CharField()
     revenue_per_recipient = serializers.CharField()
     coupon_redemptions = serializers.IntegerField()
@@ -340,6 +349,7 @@ class ResultsOutput(serializers.Serializer):
     winner = serializers.CharField(allow_null=True)
     winner_reason = serializers.CharField(allow_null=True)
     fixed_winner = serializers.CharField(allow_null=True, help_text="The fixed-horizon rule's pick, for reference")
+    cuped_covariates = serializers.ListField(child=serializers.CharField(), help_text="What CUPED adjusts for")
     rolled_out_variant = serializers.CharField(allow_null=True)
     rolled_out_at = serializers.CharField(allow_null=True)
     summary = serializers.CharField(help_text="What was decided and why, in words")

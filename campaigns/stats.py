@@ -363,3 +363,55 @@ def _analyze_sequential(
         "winner": decision["winner"],
         "reason": decision["reason"],
     }
+
+
+def cuped_difference(
+    treated: tuple[np.ndarray, np.ndarray],
+    control: tuple[np.ndarray, np.ndarray],
+    theta: np.ndarray,
+    *,
+    alpha: float = 0.05,
+    planned_sample: int = DEFAULT_PLANNED_SAMPLE,
+) -> dict:
+    """The always-valid uplift of treated over control after CUPED (Deng, Xu, Kohavi & Walker
+    (2013), "Improving the Sensitivity of Online Controlled Experiments by Utilizing
+    Pre-Experiment Data", WSDM): each member's outcome y becomes y - (x - mean x) theta, where x
+    holds what was known before assignment and theta comes from `cuped_theta`. The same mixture
+    SPRT as the raw uplift, on the adjusted estimate and its (smaller) variance.
+
+    Each of `treated` and `control` is (outcomes, covariates: one row per member). Where the
+    adjustment would not narrow the interval (theta fitted on other groups can, on a small
+    comparison), theta is 0 and the adjusted numbers are the raw ones: never wider."""
+    (y1, x1), (y0, x0) = treated, control
+    n1, n0 = len(y1), len(y0)
+    if n1 == 0 or n0 == 0:
+        return {"uplift": None, "low": None, "high": None, "p_value": None, "variance_ratio": None}
+    centre = np.vstack([x1, x0]).mean(axis=0)
+    raw_variance = y1.var() / n1 + y0.var() / n0
+    a1, a0 = y1 - (x1 - centre) @ theta, y0 - (x0 - centre) @ theta
+    variance = a1.var() / n1 + a0.var() / n0
+    estimate = float(a1.mean() - a0.mean())
+    if not variance < raw_variance:
+        variance, estimate = raw_variance, float(y1.mean() - y0.mean())
+    result = mixture_sprt(estimate, float(variance), n1 + n0, alpha=alpha, planned_sample=planned_sample)
+    ratio = float(variance / raw_variance) if raw_variance > 0 else None
+    return {
+        "uplift": result.estimate,
+        "low": result.low,
+        "high": result.high,
+        "p_value": result.p_value,
+        "variance_ratio": ratio,
+    }
+
+
+def cuped_theta(groups: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The CUPED coefficients: least squares of the outcome on the covariates, both centred within
+    each group so that the treatment effect does not leak into theta (Deng et al. 2013, section
+    3.3, with several covariates as in their regression form)."""
+    ys = [y - y.mean() for y, x in groups if len(y)]
+    xs = [x - x.mean(axis=0) for y, x in groups if len(y)]
+    if not ys:
+        return np.zeros(0)
+    x, y = np.vstack(xs), np.concatenate(ys)
+    theta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    return theta

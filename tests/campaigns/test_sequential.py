@@ -217,3 +217,51 @@ def test_admin_roll_out_page_names_the_risk_and_rolls_out_only_when_confirmed(op
     assert audit.details["confirmed"] is True and audit.actor is not None
     results_page = operator.get(reverse("admin:campaigns_campaign_results", args=[campaign.pk]))
     assert b"Always-valid p" in results_page.content and b"Fixed-horizon p" in results_page.content
+
+
+def _history(campaign: Campaign, group: str, count: int, *, orders: int) -> list[str]:
+    members = (
+        campaign.assignments.filter(role="holdout")
+        if group == "holdout"
+        else campaign.assignments.filter(variant__name=group, role="pilot")
+    )
+    users = list(members.values_list("user_id", flat=True))[:count]
+    before = timezone.now() - dt.timedelta(days=15)
+    add_events([(u, "order_paid", before - dt.timedelta(hours=h)) for u in users for h in range(orders)])
+    return users
+
+
+@pytest.mark.django_db
+def test_cuped_narrows_the_uplift_interval_when_past_orders_predict_conversion():
+    campaign = _pilot(400, holdout_percent=Decimal(20), min_sample=10)
+    converted_at = timezone.now() - dt.timedelta(days=9)
+    for group, size, extra in (("holdout", 80, 0), ("A", 120, 4), ("B", 120, 20)):
+        # A quarter of every group bought before (randomisation balances the past), and they are
+        # the ones who buy again: the past predicts the outcome. B also wins new buyers.
+        users = _history(campaign, group, size // 4, orders=2)
+        members = (
+            campaign.assignments.filter(role="holdout")
+            if group == "holdout"
+            else campaign.assignments.filter(variant__name=group, role="pilot")
+        )
+        new = [u for u in members.values_list("user_id", flat=True) if u not in users][:extra]
+        add_events([(u, "order_paid", converted_at) for u in users + new])
+    results = campaign_results(campaign)
+    b = next(g for g in results["groups"] if g["name"] == "B")
+    raw = b["sequential"]["uplift_ci_high"] - b["sequential"]["uplift_ci_low"]
+    adjusted = b["cuped"]["high"] - b["cuped"]["low"]
+    assert adjusted < 0.75 * raw and b["cuped"]["variance_ratio"] < 0.5
+    assert b["cuped"]["low"] <= b["uplift_vs_holdout"] <= b["cuped"]["high"]
+    assert results["cuped_covariates"] and next(g for g in results["groups"] if g["name"] == "holdout")["cuped"] is None
+
+
+@pytest.mark.django_db
+def test_cuped_is_never_wider_than_raw_when_the_past_says_nothing():
+    campaign = _pilot(400, holdout_percent=Decimal(20), min_sample=10)
+    _history(campaign, "A", 30, orders=3)  # a history unrelated to who converts
+    _convert(campaign, "B", 30)
+    _convert(campaign, "holdout", 4)
+    for g in campaign_results(campaign)["groups"]:
+        if g["cuped"] and g["cuped"]["low"] is not None:
+            raw = g["sequential"]["uplift_ci_high"] - g["sequential"]["uplift_ci_low"]
+            assert g["cuped"]["high"] - g["cuped"]["low"] <= raw + 1e-12
