@@ -464,7 +464,7 @@ def explain(results: dict[str, Any]) -> str:
             continue
         seq = g["sequential"]
         verb = (
-            "beats" if seq["beats_control"] else "does not yet beat" if (g["uplift_vs_holdout"] or 0) > 0 else "trails"
+            "beats" if seq["beats_control"] else "does not yet beat" if (g["uplift_vs_holdout"] or 0) >= 0 else "trails"
         )
         text = (
             f"{name} {verb} {control} by {_pts(g['uplift_vs_holdout'])} ({confidence} always-valid CI "

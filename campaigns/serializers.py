@@ -319,13 +319,15 @@ class ResultGroupOutput(serializers.Serializer):
     clicked = serializers.IntegerField()
     converted = serializers.IntegerField()
     conversion_rate = serializers.FloatField(allow_null=True)
-    ci_low = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(
+        allow_null=True, help_text="Fixed-horizon (Wilson); `sequential` holds the always-valid one"
+    )
     ci_high = serializers.FloatField(allow_null=True)
     uplift_vs_holdout = serializers.FloatField(allow_null=True)
     relative_uplift = serializers.FloatField(allow_null=True)
-    uplift_ci_low = serializers.FloatField(allow_null=True)
+    uplift_ci_low = serializers.FloatField(allow_null=True, help_text="Fixed-horizon (Newcombe)")
     uplift_ci_high = serializers.FloatField(allow_null=True)
-    p_value = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True, help_text="Fixed-horizon z-test: valid only when read once")
     significant = serializers.BooleanField(help_text="Fixed-horizon test (valid only when read once)")
     sequential = SequentialOutput(help_text="Always valid: may be read at every look")
     cuped = CupedOutput(allow_null=True, help_text="CUPED-adjusted uplift against the control (null for the control)")
