@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from access.services import record_audit
-from campaigns import selectors, services, validation
+from campaigns import errors, selectors, services, validation
 from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
 from config.errors import DomainError
@@ -178,12 +178,36 @@ def retry(modeladmin, request, queryset):
 
 @admin.action(description="Roll out the winner to the rest (after the pilot)", permissions=["send"])
 def rollout(modeladmin, request, queryset):
-    _run_action(modeladmin, request, queryset, "Rolled out", services.rollout_campaign)
+    """Only the always-valid winner goes out from here; a campaign without one links to its
+    roll-out page, where the operator may choose a variant and confirm the named risk."""
+    done = 0
+    for campaign in queryset:
+        try:
+            services.rollout_campaign(campaign_id=campaign.pk, actor=request.user)
+            done += 1
+        except (errors.NoWinner, errors.ConfirmationRequired) as exc:
+            url = reverse("admin:campaigns_campaign_rollout", args=[campaign.pk])
+            modeladmin.message_user(
+                request,
+                format_html('{}: {} <a href="{}">Choose a variant and confirm</a>', campaign, exc.detail, url),
+                messages.WARNING,
+            )
+        except DomainError as exc:
+            modeladmin.message_user(request, f"{campaign}: {exc.detail}", messages.WARNING)
+    if done:
+        modeladmin.message_user(request, f"Rolled out: {done} campaign(s).", messages.SUCCESS)
 
 
 @admin.action(description="Clone as next iteration (winner as control)", permissions=["add"])
 def clone(modeladmin, request, queryset):
     _run_action(modeladmin, request, queryset, "Cloned", services.clone_campaign)
+
+
+class RolloutForm(forms.Form):
+    variant = forms.ChoiceField()
+    confirm = forms.BooleanField(
+        required=False, label="I accept the risk named above and want to roll this variant out anyway"
+    )
 
 
 class TestMessageForm(forms.Form):
@@ -334,6 +358,7 @@ class CampaignAdmin(admin.ModelAdmin):
         own = [
             path("<int:pk>/results/", self.admin_site.admin_view(self.results_view), name="campaigns_campaign_results"),
             path("<int:pk>/history/", self.admin_site.admin_view(self.history_view), name="campaigns_campaign_history"),
+            path("<int:pk>/rollout/", self.admin_site.admin_view(self.rollout_view), name="campaigns_campaign_rollout"),
             path(
                 "<int:pk>/test-message/",
                 self.admin_site.admin_view(self.test_message_view),
@@ -361,6 +386,8 @@ class CampaignAdmin(admin.ModelAdmin):
         "ci_low", "ci_high", "uplift_vs_holdout", "relative_uplift", "p_value", "significant", "revenue",
         "revenue_per_recipient", "coupon_redemptions",
     )  # fmt: skip
+    # The always-valid columns, labelled apart from the fixed-horizon ones above.
+    SEQUENTIAL_COLUMNS = ("ci_low", "ci_high", "uplift_ci_low", "uplift_ci_high", "p_value", "p_value_holm")
 
     def results_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         campaign = self._campaign(request, pk)
@@ -369,15 +396,18 @@ class CampaignAdmin(admin.ModelAdmin):
             response = HttpResponse(content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-results.csv"'
             writer = csv.writer(response)
-            writer.writerow(self.RESULT_COLUMNS)
+            writer.writerow([*self.RESULT_COLUMNS, *(f"always_valid_{c}" for c in self.SEQUENTIAL_COLUMNS)])
             for group in results["groups"]:
-                writer.writerow(["" if group.get(c) is None else group.get(c) for c in self.RESULT_COLUMNS])
+                fixed = [group.get(c) for c in self.RESULT_COLUMNS]
+                sequential = [group["sequential"].get(c) for c in self.SEQUENTIAL_COLUMNS]
+                writer.writerow(["" if v is None else v for v in [*fixed, *sequential]])
             return response
         chart = {
             "labels": [g["name"] for g in results["groups"]],
             "rates": [round((g["conversion_rate"] or 0) * 100, 3) for g in results["groups"]],
-            "low": [round((g["ci_low"] or 0) * 100, 3) for g in results["groups"]],
-            "high": [round((g["ci_high"] or 0) * 100, 3) for g in results["groups"]],
+            # The chart shows the always-valid interval: it is the one that stays true at every look.
+            "low": [round((g["sequential"]["ci_low"] or 0) * 100, 3) for g in results["groups"]],
+            "high": [round((g["sequential"]["ci_high"] or 0) * 100, 3) for g in results["groups"]],
         }
         context = {
             **self.admin_site.each_context(request),
@@ -403,6 +433,47 @@ class CampaignAdmin(admin.ModelAdmin):
             "rows": rows,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/history.html", context)
+
+    def rollout_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Roll out a chosen variant: the winner at once; any other only with the confirmation box
+        ticked, after the page has named the risk (the service audits it)."""
+        campaign = self._campaign(request, pk)
+        if not self.has_send_permission(request):
+            raise PermissionDenied
+        results = selectors.campaign_results(campaign)
+        names = list(campaign.variants.order_by("position", "id").values_list("name", flat=True))
+        form = RolloutForm(request.POST or None, initial={"variant": results["winner"]})
+        form.fields["variant"].choices = [(n, n) for n in names]
+        risk = None
+        if request.method == "POST" and form.is_valid():
+            variant = form.cleaned_data["variant"]
+            try:
+                services.rollout_campaign(
+                    campaign_id=campaign.pk,
+                    variant_name=variant,
+                    confirm=form.cleaned_data["confirm"],
+                    actor=request.user,
+                )
+            except errors.ConfirmationRequired as exc:
+                risk = exc.extra.get("risk")
+                self.message_user(request, "Tick the box to confirm, or choose the winner.", messages.WARNING)
+            except DomainError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
+            else:
+                self.message_user(request, f"Rolled out {variant}.", messages.SUCCESS)
+                return redirect("admin:campaigns_campaign_results", campaign.pk)
+        risks = {n: services.rollout_risk(results, n) for n in names}
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": campaign,
+            "title": f"Roll out: {campaign}",
+            "results": results,
+            "risks": risks,
+            "risk": risk,
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/rollout.html", context)
 
     def test_message_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         campaign = self._campaign(request, pk)

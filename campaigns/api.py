@@ -196,7 +196,10 @@ class CampaignRolloutView(_JsonView):
         data = s.RolloutInput(data=request.data if isinstance(request.data, dict) else {})
         data.is_valid(raise_exception=True)
         services.rollout_campaign(
-            campaign_id=_campaign(pk).pk, variant_name=data.validated_data.get("variant") or None, **_who(request)
+            campaign_id=_campaign(pk).pk,
+            variant_name=data.validated_data.get("variant") or None,
+            confirm=data.validated_data["confirm"],
+            **_who(request),
         )
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
@@ -240,6 +243,8 @@ class ExperimentAnalyzeView(_JsonView):
             control=v["control"],
             alpha=v["alpha"],
             min_sample=v["min_sample"],
+            method=v["method"],
+            planned_sample=v["planned_sample"],
         )
         for g in result["groups"]:
             g["uplift_vs_control"] = g.pop("uplift")

@@ -91,7 +91,8 @@ class TrueRates:
     converted: float
 
 
-# Far enough apart that a pilot of a hundred people names B the winner (`--users 400`).
+# Far enough apart that a pilot of a hundred and fifty people names B the winner on always-valid
+# evidence, against the holdout and A (`--users 600`).
 HIDDEN_RATES = {
     "holdout": TrueRates(delivered=0.0, opened=0.0, clicked=0.0, converted=0.03),
     "A": TrueRates(delivered=0.97, opened=0.35, clicked=0.12, converted=0.08),
@@ -651,7 +652,9 @@ class DemoLoop:
         winner = results["winner"]
         self._print_results(results)
         if winner is None:
-            raise DemoError("The pilot named no significant winner; the demo world is too small (try more --users).")
+            raise DemoError(
+                f"The pilot named no winner ({results['summary']}); the demo world is too small (try more --users)."
+            )
         services.rollout_campaign(campaign_id=campaign.pk)
         self.say(f"Rolled out the winner {winner!r} to the rest of the audience.")
         self._deliver(campaign, CampaignPhase.ROLLOUT, "roll-out pushes to the gateway")

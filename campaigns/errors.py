@@ -49,3 +49,17 @@ class InvalidConfiguration(Refused):
     """A draft that can no longer work as configured; `fields` names each problem."""
 
     reason = "INVALID_CONFIGURATION"
+
+
+class SampleRatioMismatch(Refused):
+    """The groups' sizes are off their configured shares: the assignment, not the variants, may
+    explain the difference, so nothing is rolled out."""
+
+    reason = "SAMPLE_RATIO_MISMATCH"
+
+
+class ConfirmationRequired(Refused):
+    """A roll-out the always-valid results do not support: repeat it with `confirm` to accept the
+    named risk (the audit row keeps it)."""
+
+    reason = "CONFIRMATION_REQUIRED"

@@ -6,13 +6,24 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from django.apps import apps
 from django.db import connection
 from django.db.models import Count
 
 from campaigns.models import Assignment, AssignmentRole, Campaign, Delivery, ScheduleKind, Segment
 from campaigns.segments import audience_sql
-from campaigns.stats import GroupCounts, analyze
+from campaigns.stats import (
+    DEFAULT_PLANNED_SAMPLE,
+    SEQUENTIAL,
+    SRM_THRESHOLD,
+    GroupCounts,
+    analyze,
+    cuped_difference,
+    cuped_theta,
+    sequential_decision,
+    sequential_rate,
+)
 from tracking.selectors import event_name_seen, order_amount_sql
 
 PREVIEW_SAMPLE = 20
@@ -135,6 +146,61 @@ def _member_rows(campaign: Campaign) -> list[tuple]:
         return cursor.fetchall()
 
 
+# Per member: the group, whether they converted in their window (as in `_member_rows`), and what
+# was known before assignment: their orders and all their events in the 30 days before it. The RFM
+# tier is left out: only its current value is stored, and the campaign's own orders move it, so it
+# is not a pre-experiment covariate (adjusting on it would bias the effect).
+MEMBER_OUTCOMES_SQL = """
+WITH w AS (
+    SELECT a.profile_id, a.role, a.variant_id, a.assigned_at, COALESCE(min(d.sent_at), a.assigned_at) AS t0
+    FROM campaigns_assignment a
+    LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
+    WHERE a.campaign_id = %(campaign)s
+    GROUP BY a.id
+)
+SELECT CASE WHEN w.role = 'holdout' THEN 'holdout' WHEN w.role = 'rollout' THEN 'rollout'
+            ELSE w.variant_id::text END AS grp,
+       COALESCE(post.converted, false), COALESCE(pre.orders, 0), COALESCE(pre.events, 0)
+FROM w
+LEFT JOIN LATERAL (
+    SELECT bool_or(e.name = %(goal)s) AS converted
+    FROM profiles_identity i JOIN tracking_event e ON e.user_id = i.value
+    WHERE i.profile_id = w.profile_id AND i.kind = 'user_id' AND e.name = %(goal)s
+      AND e.timestamp >= w.t0 AND e.timestamp <= w.t0 + %(window)s
+) post ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE e.name = 'order_paid') AS orders, count(*) AS events
+    FROM profiles_identity i JOIN tracking_event e ON e.user_id = i.value
+    WHERE i.profile_id = w.profile_id AND i.kind = 'user_id'
+      AND e.timestamp >= w.assigned_at - %(pre_period)s AND e.timestamp < w.assigned_at
+) pre ON true
+"""
+CUPED_COVARIATES = ("orders in the 30 days before", "events in the 30 days before")
+
+
+def _member_outcomes(campaign: Campaign) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per group key: (converted 0/1 per member, pre-period covariates per member)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            MEMBER_OUTCOMES_SQL,
+            {
+                "campaign": campaign.pk,
+                "goal": campaign.goal_event,
+                "window": dt.timedelta(hours=campaign.attribution_hours),
+                "pre_period": dt.timedelta(days=30),
+            },
+        )
+        rows = cursor.fetchall()
+    by_group: dict[str, list[tuple]] = {}
+    for grp, converted, orders, events in rows:
+        by_group.setdefault(grp, []).append((float(converted), float(orders), float(events)))
+    out = {}
+    for grp, items in by_group.items():
+        array = np.asarray(items, dtype=float)
+        out[grp] = (array[:, 0], array[:, 1:])
+    return out
+
+
 def _redemptions_by_variant(campaign: Campaign) -> dict[str, tuple[int, Decimal]]:
     """Coupon redemptions (not rolled back) of coupons issued by this campaign, per source ref."""
     try:
@@ -223,7 +289,17 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
     label = {k: ("holdout" if k == "holdout" else "rollout" if k == "rollout" else variants[k].name) for k in keys}
     control_key = "holdout" if "holdout" in keys else next(iter(variants), None)
     if control_key is None:
-        return {"status": campaign.status, "phase": campaign.phase, "srm_p_value": None, "winner": None, "groups": []}
+        return {
+            "status": campaign.status,
+            "phase": campaign.phase,
+            "srm_p_value": None,
+            "srm_blocked": False,
+            "winner": None,
+            "winner_reason": "the campaign has no variants",
+            "fixed_winner": None,
+            "summary": "",
+            "groups": [],
+        }
     counts = [
         GroupCounts(
             name=label[k],
@@ -234,13 +310,36 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
         for k in keys
     ]
     stats = analyze(counts, control=label[control_key], alpha=campaign.alpha, min_sample=campaign.min_sample)
-    # The rollout group is not an arm of the test; it can never be the winner.
-    candidates = [
-        g
-        for g in stats["groups"]
-        if g["significant"] and (g["uplift"] or 0) > 0 and g["name"] in {v.name for v in variants.values()}
+    variant_names = [v.name for v in variants.values()]
+    # The rollout group is not an arm of the test; it can never be the winner. The fixed-horizon
+    # rule stays for reference: read at every look, it rolls out a variant that is not better.
+    fixed_candidates = [
+        g for g in stats["groups"] if g["significant"] and (g["uplift"] or 0) > 0 and g["name"] in variant_names
     ]
-    winner = max(candidates, key=lambda g: g["conversion_rate"])["name"] if candidates else None
+    fixed_winner = max(fixed_candidates, key=lambda g: g["conversion_rate"])["name"] if fixed_candidates else None
+    tested = [c for c in counts if c.name != "rollout"]
+    planned = planned_sample(campaign, tested)
+    decision = sequential_decision(
+        tested,
+        control=label[control_key],
+        candidates=[n for n in variant_names if n != label[control_key]],
+        alpha=campaign.alpha,
+        min_sample=campaign.min_sample,
+        planned_sample=planned,
+    )
+    # The SRM test counts every group, the rollout share included (its expected share is known).
+    srm_blocked = stats["srm_p_value"] is not None and stats["srm_p_value"] < SRM_THRESHOLD
+    winner = decision["winner"] if not srm_blocked else None
+    reason = decision["reason"]
+    if srm_blocked:
+        reason = (
+            f"sample ratio mismatch (p = {stats['srm_p_value']:.4g} < {SRM_THRESHOLD}): the groups are out of "
+            "balance, so no variant is rolled out until the assignment is checked"
+        )
+    cuped = _cuped(campaign, keys, control_key, planned)
+    sequential_rates = {
+        c.name: sequential_rate(c.converted, c.assigned, alpha=campaign.alpha, planned_sample=planned) for c in counts
+    }
     groups = []
     for k, g in zip(keys, stats["groups"], strict=True):
         assigned, sent, delivered, failed, opened, clicked, converted, revenue = rows.get(k, (0,) * 7 + (Decimal(0),))
@@ -270,24 +369,122 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
                 "uplift_ci_high": g["uplift_ci_high"],
                 "p_value": g["p_value"],
                 "significant": g["significant"],
+                "sequential": _sequential_row(g["name"], decision, sequential_rates[g["name"]]),
+                "cuped": cuped.get(k),
                 "revenue": str(revenue),
                 "revenue_per_recipient": str((revenue / assigned).quantize(Decimal("0.01"))) if assigned else "0.00",
                 "coupon_redemptions": redeemed,
                 "coupon_discount": str(Decimal(discount).quantize(Decimal("0.01"))),
             }
         )
-    return {
+    results = {
         "campaign": campaign.pk,
         "status": campaign.status,
         "phase": campaign.phase,
         "control": label[control_key],
         "alpha": campaign.alpha,
         "min_sample": campaign.min_sample,
+        "method": SEQUENTIAL,
+        "planned_sample": planned,
         "srm_p_value": stats["srm_p_value"],
+        "srm_blocked": srm_blocked,
         "winner": winner,
+        "winner_reason": None if winner else reason,
+        "fixed_winner": fixed_winner,
+        "cuped_covariates": list(CUPED_COVARIATES),
         "rolled_out_variant": campaign.winner.name if campaign.winner_id else None,
+        "rolled_out_at": campaign.rolled_out_at.isoformat() if campaign.rolled_out_at else None,
         "groups": groups,
     }
+    results["summary"] = explain(results)
+    return results
+
+
+def _cuped(campaign: Campaign, keys: list[str], control_key: str, planned: int) -> dict[str, dict[str, Any]]:
+    """Per tested group but the control: the CUPED-adjusted always-valid uplift against the
+    control, beside the raw one (theta fitted on every tested group at once)."""
+    members = _member_outcomes(campaign)
+    empty = (np.zeros(0), np.zeros((0, len(CUPED_COVARIATES))))
+    tested = [k for k in keys if k != "rollout"]
+    theta = cuped_theta([members.get(k, empty) for k in tested])
+    if theta.size == 0:
+        return {}
+    control = members.get(control_key, empty)
+    return {
+        k: cuped_difference(members.get(k, empty), control, theta, alpha=campaign.alpha, planned_sample=planned)
+        for k in tested
+        if k != control_key
+    }
+
+
+def planned_sample(campaign: Campaign, tested: list[GroupCounts]) -> int:
+    """Where the confidence sequences are tuned to be tightest. A one-off campaign assigns its
+    test groups once, before any outcome is known, so their size is a fixed design choice; a
+    recurring or triggered campaign keeps adding members, so it takes the fixed default."""
+    if campaign.schedule_kind in (ScheduleKind.NOW, ScheduleKind.AT):
+        size = sum(c.assigned for c in tested)
+        if size > 0:
+            return size
+    return DEFAULT_PLANNED_SAMPLE
+
+
+def _sequential_row(name: str, decision: dict, rate: Any) -> dict[str, Any]:
+    own = decision["groups"].get(name)
+    vs = own["vs_control"] if own else {}
+    return {
+        "ci_low": rate.low,
+        "ci_high": rate.high,
+        "uplift_ci_low": vs.get("low"),
+        "uplift_ci_high": vs.get("high"),
+        "p_value": vs.get("p_value"),
+        "p_value_holm": vs.get("p_value_holm"),
+        "beats_control": own["beats_control"] if own else False,
+        "vs_others": own["vs_others"] if own else [],
+    }
+
+
+def _pts(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f} pts"
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low * 100:.1f} to {high * 100:.1f}"
+
+
+def explain(results: dict[str, Any]) -> str:
+    """What was decided and why, in words, from the always-valid numbers."""
+    confidence = f"{(1 - results['alpha']) * 100:g} %"
+    control = results["control"]
+    groups = {g["name"]: g for g in results["groups"]}
+    lines = []
+    shown = results["rolled_out_variant"] or results["winner"]
+    for name in [shown] if shown else [g["name"] for g in results["groups"] if g["sequential"]["p_value"] is not None]:
+        g = groups.get(name)
+        if g is None or g["sequential"]["p_value"] is None:
+            continue
+        seq = g["sequential"]
+        verb = (
+            "beats" if seq["beats_control"] else "does not yet beat" if (g["uplift_vs_holdout"] or 0) >= 0 else "trails"
+        )
+        text = (
+            f"{name} {verb} {control} by {_pts(g['uplift_vs_holdout'])} ({confidence} always-valid CI "
+            f"{_interval(seq['uplift_ci_low'], seq['uplift_ci_high'])}, Holm-adjusted p {seq['p_value_holm']:.3g})"
+        )
+        for other in seq["vs_others"]:
+            word = "beats" if other["beats"] else "does not beat"
+            p = other["p_value_holm"]
+            text += f"; {word} {other['name']} (Holm-adjusted p {'-' if p is None else f'{p:.3g}'})"
+        lines.append(text + ".")
+    if results["srm_blocked"]:
+        lines.append(f"Roll-out blocked: {results['winner_reason']}.")
+    if results["rolled_out_variant"]:
+        when = results["rolled_out_at"] or "-"
+        lines.append(f"{results['rolled_out_variant']} rolled out at {when}.")
+    elif results["winner"]:
+        lines.append(f"{results['winner']} is the winner: safe to roll out.")
+    elif not results["srm_blocked"]:
+        lines.append(f"No winner yet: {results['winner_reason']}.")
+    return " ".join(lines)
 
 
 def campaign_lineage(campaign: Campaign) -> list[Campaign]:

@@ -272,6 +272,39 @@ class CampaignDetailOutput(CampaignOutput):
 
 class RolloutInput(serializers.Serializer):
     variant = serializers.CharField(required=False, allow_blank=True, max_length=64, help_text="Default: the winner")
+    confirm = serializers.BooleanField(
+        default=False,
+        help_text="Roll out a variant the always-valid results do not support (the audit keeps the risk)",
+    )
+
+
+class ComparisonOutput(serializers.Serializer):
+    name = serializers.CharField()
+    estimate = serializers.FloatField(allow_null=True, help_text="This group's rate minus the other's")
+    low = serializers.FloatField(allow_null=True)
+    high = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
+    p_value_holm = serializers.FloatField(allow_null=True)
+    beats = serializers.BooleanField()
+
+
+class CupedOutput(serializers.Serializer):
+    uplift = serializers.FloatField(allow_null=True, help_text="Adjusted for what was known before assignment")
+    low = serializers.FloatField(allow_null=True, help_text="Always-valid interval, never wider than the raw one")
+    high = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True, help_text="Always valid")
+    variance_ratio = serializers.FloatField(allow_null=True, help_text="Adjusted variance / raw variance")
+
+
+class SequentialOutput(serializers.Serializer):
+    ci_low = serializers.FloatField(allow_null=True, help_text="Always-valid interval of the rate")
+    ci_high = serializers.FloatField(allow_null=True)
+    uplift_ci_low = serializers.FloatField(allow_null=True, help_text="Always-valid interval of the uplift")
+    uplift_ci_high = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True, help_text="Always-valid p-value against the control")
+    p_value_holm = serializers.FloatField(allow_null=True, help_text="Holm-adjusted over every comparison")
+    beats_control = serializers.BooleanField()
+    vs_others = ComparisonOutput(many=True)
 
 
 class ResultGroupOutput(serializers.Serializer):
@@ -286,14 +319,18 @@ class ResultGroupOutput(serializers.Serializer):
     clicked = serializers.IntegerField()
     converted = serializers.IntegerField()
     conversion_rate = serializers.FloatField(allow_null=True)
-    ci_low = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(
+        allow_null=True, help_text="Fixed-horizon (Wilson); `sequential` holds the always-valid one"
+    )
     ci_high = serializers.FloatField(allow_null=True)
     uplift_vs_holdout = serializers.FloatField(allow_null=True)
     relative_uplift = serializers.FloatField(allow_null=True)
-    uplift_ci_low = serializers.FloatField(allow_null=True)
+    uplift_ci_low = serializers.FloatField(allow_null=True, help_text="Fixed-horizon (Newcombe)")
     uplift_ci_high = serializers.FloatField(allow_null=True)
-    p_value = serializers.FloatField(allow_null=True)
-    significant = serializers.BooleanField()
+    p_value = serializers.FloatField(allow_null=True, help_text="Fixed-horizon z-test: valid only when read once")
+    significant = serializers.BooleanField(help_text="Fixed-horizon test (valid only when read once)")
+    sequential = SequentialOutput(help_text="Always valid: may be read at every look")
+    cuped = CupedOutput(allow_null=True, help_text="CUPED-adjusted uplift against the control (null for the control)")
     revenue = serializers.CharField()
     revenue_per_recipient = serializers.CharField()
     coupon_redemptions = serializers.IntegerField()
@@ -307,9 +344,17 @@ class ResultsOutput(serializers.Serializer):
     control = serializers.CharField()
     alpha = serializers.FloatField()
     min_sample = serializers.IntegerField()
+    method = serializers.CharField(help_text="How the winner is chosen: sequential (always valid)")
+    planned_sample = serializers.IntegerField(help_text="Where the confidence sequences are tightest")
     srm_p_value = serializers.FloatField(allow_null=True)
+    srm_blocked = serializers.BooleanField(help_text="Sample-ratio mismatch p < 0.001: no roll-out")
     winner = serializers.CharField(allow_null=True)
+    winner_reason = serializers.CharField(allow_null=True)
+    fixed_winner = serializers.CharField(allow_null=True, help_text="The fixed-horizon rule's pick, for reference")
+    cuped_covariates = serializers.ListField(child=serializers.CharField(), help_text="What CUPED adjusts for")
     rolled_out_variant = serializers.CharField(allow_null=True)
+    rolled_out_at = serializers.CharField(allow_null=True)
+    summary = serializers.CharField(help_text="What was decided and why, in words")
     groups = ResultGroupOutput(many=True)
 
 
@@ -332,6 +377,18 @@ class ExperimentInput(serializers.Serializer):
     alpha = serializers.FloatField(min_value=0.0001, max_value=0.5, default=0.05)
     control = serializers.CharField(max_length=100)
     min_sample = serializers.IntegerField(min_value=0, default=0)
+    method = serializers.ChoiceField(
+        choices=["fixed", "sequential"],
+        default="fixed",
+        help_text="fixed: read once at a planned size; sequential: always valid at every look",
+    )
+    planned_sample = serializers.IntegerField(
+        min_value=1,
+        max_value=10**12,
+        default=2000,
+        help_text="sequential: members of a comparison (both groups) where its intervals are tightest; fix it "
+        "before the experiment starts",
+    )
     groups = ExperimentGroupInput(many=True, min_length=2, max_length=50)
 
     def validate(self, attrs):
@@ -357,15 +414,20 @@ class ExperimentGroupOutput(serializers.Serializer):
     relative_uplift = serializers.FloatField(allow_null=True)
     uplift_ci_low = serializers.FloatField(allow_null=True)
     uplift_ci_high = serializers.FloatField(allow_null=True)
-    z = serializers.FloatField(allow_null=True)
+    z = serializers.FloatField(allow_null=True, help_text="fixed only")
     p_value = serializers.FloatField(allow_null=True)
+    p_value_holm = serializers.FloatField(allow_null=True, required=False, help_text="sequential only")
     significant = serializers.BooleanField()
+    vs_others = ComparisonOutput(many=True, required=False, help_text="sequential only")
 
 
 class ExperimentOutput(serializers.Serializer):
+    method = serializers.CharField()
     groups = ExperimentGroupOutput(many=True)
     srm_p_value = serializers.FloatField(allow_null=True)
+    srm_blocked = serializers.BooleanField(required=False, help_text="sequential only")
     winner = serializers.CharField(allow_null=True)
+    reason = serializers.CharField(allow_null=True, required=False, help_text="sequential: why there is no winner")
 
 
 # --- receipts ----------------------------------------------------------------------------------

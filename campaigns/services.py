@@ -620,26 +620,63 @@ def _start_send(*, campaign_id: int) -> Campaign | None:
     return campaign
 
 
+def rollout_risk(results: dict[str, Any], variant_name: str) -> str | None:
+    """Why rolling out `variant_name` now is not supported by the always-valid results, or None
+    when it is the winner they name."""
+    if results["winner"] == variant_name:
+        return None
+    reason = results.get("winner_reason") or "it is not the winner"
+    if results["winner"]:
+        return f"{variant_name} is not the winner ({results['winner']} is); rolling it out may send a worse variant"
+    return (
+        f"{variant_name} is not shown to be better ({reason}); rolling it out now may send a variant that is no "
+        "better than the control, the false roll-out that looking at a test until it passes produces"
+    )
+
+
 @transaction.atomic
 def rollout_campaign(
-    *, campaign_id: int, variant_name: str | None = None, actor: Any = None, api_key: Any = None
+    *,
+    campaign_id: int,
+    variant_name: str | None = None,
+    confirm: bool = False,
+    actor: Any = None,
+    api_key: Any = None,
 ) -> Campaign:
-    """Send the winner (or the named variant) to the rest of the audience after the pilot."""
+    """Send the winner (or the named variant) to the rest of the audience after the pilot.
+
+    The winner is the always-valid one (beats the control and every other variant, Holm), so
+    looking at the results and pressing roll out at any time does not inflate false roll-outs.
+    A sample-ratio mismatch refuses any roll-out. A named variant that is not the winner is
+    refused unless `confirm` is set; then the audit row records the risk that was accepted."""
     from campaigns.selectors import campaign_results
 
     campaign = _locked(campaign_id)
     _refuse_unless(campaign, [CampaignStatus.RUNNING, CampaignStatus.AWAITING_ROLLOUT], "roll out")
     if campaign.phase != CampaignPhase.PILOT:
         raise errors.NoPilot("Only a campaign in its pilot phase can be rolled out.", phase=campaign.phase)
+    results = campaign_results(campaign)
+    if results["srm_blocked"]:
+        raise errors.SampleRatioMismatch(
+            f"Roll-out blocked: {results['winner_reason']}.", srm_p_value=results["srm_p_value"]
+        )
     if variant_name:
         variant = campaign.variants.filter(name=variant_name).first()
         if variant is None:
             raise errors.VariantNotFound(f"No variant named {variant_name!r} in this campaign.")
     else:
-        winner = campaign_results(campaign)["winner"]
-        if winner is None:
-            raise errors.NoWinner("No variant is significantly better yet; name the variant to roll out.")
-        variant = campaign.variants.get(name=winner)
+        if results["winner"] is None:
+            raise errors.NoWinner(
+                f"No winner yet: {results['winner_reason']}; name the variant to roll out (and confirm the risk)."
+            )
+        variant = campaign.variants.get(name=results["winner"])
+    risk = rollout_risk(results, variant.name)
+    if risk and not confirm:
+        raise errors.ConfirmationRequired(
+            f"Not supported by the always-valid results: {risk}. Repeat with confirm to roll it out anyway.",
+            risk=risk,
+            winner=results["winner"],
+        )
     now = timezone.now()
     Assignment.objects.filter(campaign=campaign, role=AssignmentRole.ROLLOUT).update(variant=variant)
     campaign.winner = variant
@@ -649,9 +686,10 @@ def rollout_campaign(
     campaign.save(update_fields=["winner", "phase", "status", "rolled_out_at", "updated_at"])
     create_deliveries(campaign=campaign, phase=CampaignPhase.ROLLOUT, roles=[AssignmentRole.ROLLOUT])
     queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
-    record_audit(
-        action="campaigns.rollout", obj=campaign, actor=actor, api_key=api_key, details={"variant": variant.name}
-    )
+    details: dict[str, Any] = {"variant": variant.name, "supported": risk is None, "summary": results["summary"]}
+    if risk:
+        details.update(confirmed=True, risk=risk)
+    record_audit(action="campaigns.rollout", obj=campaign, actor=actor, api_key=api_key, details=details)
     return campaign
 
 

@@ -83,16 +83,23 @@ def test_launch_without_a_configured_gateway_is_refused():
         services.launch_campaign(campaign_id=campaign.pk)
 
 
-def test_rollout_before_any_significant_result_needs_a_named_variant(api_client):
+def test_rollout_before_any_significant_result_needs_a_named_variant_and_a_confirmation(api_client):
     make_profiles(40)
     campaign = CampaignFactory(status=CampaignStatus.RUNNING, pilot_percent=Decimal(50))
     services.start_send(campaign_id=campaign.pk)
-    refused = api_client.post(f"/api/v1/campaigns/{campaign.pk}/rollout", {}, format="json")
+    url = f"/api/v1/campaigns/{campaign.pk}/rollout"
+    refused = api_client.post(url, {}, format="json")
     assert refused.status_code == 422 and refused.json()["reason"] == "NO_SIGNIFICANT_WINNER"
-    done = api_client.post(f"/api/v1/campaigns/{campaign.pk}/rollout", {"variant": "B"}, format="json")
+    unconfirmed = api_client.post(url, {"variant": "B"}, format="json")
+    assert unconfirmed.status_code == 422 and unconfirmed.json()["reason"] == "CONFIRMATION_REQUIRED"
+    assert "not shown to be better" in unconfirmed.json()["risk"]
+    assert not AuditEntry.objects.filter(action="campaigns.rollout").exists()
+    done = api_client.post(url, {"variant": "B", "confirm": True}, format="json")
     assert done.status_code == 200 and done.json()["phase"] == "rollout" and done.json()["winner"] == "B"
     assert Delivery.objects.filter(campaign=campaign, phase="rollout", variant__name="B").count() == 16
-    assert AuditEntry.objects.filter(action="campaigns.rollout").exists()
+    audit = AuditEntry.objects.get(action="campaigns.rollout")
+    assert audit.details["confirmed"] is True and audit.details["supported"] is False
+    assert "not shown to be better" in audit.details["risk"]
 
 
 def test_cron_campaign_creates_an_editable_beat_schedule(api_client):

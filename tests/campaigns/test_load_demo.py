@@ -74,7 +74,7 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
 ):
     out = StringIO()
     with DemoGateway() as gateway:
-        args = ["--users", "400", "--jobs", "1", "--no-progress", "--worker-timeout", "30", "--step-timeout", "60"]
+        args = ["--users", "600", "--jobs", "1", "--no-progress", "--worker-timeout", "30", "--step-timeout", "60"]
         call_command("load_demo", *args, "--api-url", live_server.url, "--gateway-url", gateway.url, stdout=out)
         received = [m["payload"] for m in gateway.messages]
 

@@ -70,7 +70,7 @@ def test_pilot_goes_first_then_the_rollout_sends_the_chosen_variant_to_the_rest(
         _wait(lambda: Delivery.objects.filter(campaign=campaign).exists() and _settled(campaign), what="pilot")
         assert len(gateway.requests) == 20
         assert Campaign.objects.get(pk=campaign.pk).phase == "pilot"
-        services.rollout_campaign(campaign_id=campaign.pk, variant_name="B")
+        services.rollout_campaign(campaign_id=campaign.pk, variant_name="B", confirm=True)
         _wait(lambda: len(gateway.requests) == 90, what="rollout")
         _wait(lambda: _settled(campaign), what="rollout settled")
     rollout = [r for r in gateway.requests[20:]]
