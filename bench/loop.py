@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=1000, help="simulated experiments per scenario")
     parser.add_argument("--looks", type=int, default=30, help="looks, one a day")
     args = parser.parse_args(argv)
+    if args.runs < 10 or args.looks < 1:
+        # A rate over a handful of runs (or none) says nothing; refuse rather than print it.
+        parser.error("--runs must be at least 10 and --looks at least 1")
     rows = run(runs=args.runs, looks=args.looks)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure'.ljust(width)}  {'value':<48}  {'goal':<9}  met")

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import signal
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -205,37 +204,22 @@ def bench_sends(recipients: int, threads: int, batch: int) -> None:
 
     redis.Redis.from_url(settings.REDIS_URL).delete("deliveries")
     env = dict(os.environ, OPSLOOP_DELIVERY_THREADS=str(threads), OPSLOOP_DELIVERY_BATCH_SIZE=str(batch))
+    from tests.workers import WorkerProcess
+
+    logdir = Path(tempfile.mkdtemp(prefix="opsloop-sends-"))
     workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "deliveries,default",
-                "--concurrency",
-                "1",
-                "--pool",
-                "prefork",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"bench{i}-{os.getpid()}@%h",
-            ],
-            cwd=ROOT,
+        WorkerProcess(
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            log_path=logdir / f"worker{i}.log",
+            queues="deliveries,default",
+            name=f"bench{i}",
+            loglevel="WARNING",
+            concurrency=1,
         )
         for i in range(2)
     ]
+    for w in workers:
+        w.start()
     try:
         time.sleep(4)  # let both workers connect before the clock starts
         started = time.perf_counter()
@@ -250,10 +234,10 @@ def bench_sends(recipients: int, threads: int, batch: int) -> None:
         elapsed = time.perf_counter() - started
     finally:
         for w in workers:
-            os.killpg(w.pid, signal.SIGTERM)
-        for w in workers:
-            w.wait(timeout=30)
+            w.stop()
     sent = Delivery.objects.filter(campaign=campaign, status="sent").count()
+    if sent == 0 or sent < total:
+        raise SystemExit(f"only {sent:,} of {total:,} deliveries were sent: no ratio for a workload that did not run")
     rate = sent / elapsed
     print(
         f"[sends] {sent:,}/{total:,} sent in {elapsed:.1f}s (snapshot + queueing {queued:.1f}s):"

@@ -29,8 +29,6 @@ import argparse
 import multiprocessing as mp
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -139,59 +137,6 @@ class Gateway:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.join(timeout=10)
-
-
-# --- workers -----------------------------------------------------------------------------------
-
-
-class Worker:
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name, self.env, self.log_path = name, env, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                "default,deliveries",
-                "--concurrency",
-                "1",
-                "--pool",
-                "prefork",
-                "--loglevel",
-                "WARNING",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"{self.name}-{os.getpid()}-{time.monotonic_ns()}@%h",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -339,7 +284,19 @@ def run_soak(
         **common,
     )
     campaigns = [ab, sms, triggered]
-    workers = [Worker(f"soak{i}", worker_env, workdir / f"worker{i}.log") for i in range(2)]
+    from tests.workers import WorkerProcess
+
+    workers = [
+        WorkerProcess(
+            env=worker_env,
+            log_path=workdir / f"worker{i}.log",
+            queues="default,deliveries",
+            name=f"soak{i}",
+            loglevel="WARNING",
+            concurrency=1,
+        )
+        for i in range(2)
+    ]
     for w in workers:
         w.start()
     time.sleep(4)  # both workers connected before the clock starts

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -21,6 +18,7 @@ from rest_framework.test import APIClient
 
 from access import services as access_services
 from access.models import Scope
+from tests.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,64 +105,6 @@ def _worker_env(db_name: str) -> dict[str, str]:
     return env
 
 
-class WorkerProcess:
-    """A `celery worker` child process; tests may kill and restart it."""
-
-    def __init__(self, db_name: str, log_path: Path, queues: str = "default,deliveries,analytics") -> None:
-        self.db_name = db_name
-        self.log_path = log_path
-        self.queues = queues
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, concurrency: int = 2) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115  (lives as long as the process)
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                self.queues,
-                "--concurrency",
-                str(concurrency),
-                "--pool",
-                "prefork",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-                "-n",
-                f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
-            ],
-            cwd=ROOT,
-            env=_worker_env(self.db_name),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group, as a crashed machine would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[WorkerProcess]:
     """A real worker, started once per session, against the test database and the real Redis.
@@ -173,7 +113,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) 
 
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     worker = WorkerProcess(
-        db_name=settings.DATABASES["default"]["NAME"],
+        env=_worker_env(settings.DATABASES["default"]["NAME"]),
         log_path=tmp_path_factory.mktemp("celery") / "worker.log",
     )
     worker.start()
