@@ -236,6 +236,7 @@ def run_soak(
 
     from campaigns import services, tasks
     from campaigns.models import Campaign, Channel, Delivery, PendingTrigger
+    from config.celery import publish
 
     faults = faults or Faults()
     gateway = Gateway(faults, workdir / "gateway-accepted.log")
@@ -312,7 +313,7 @@ def run_soak(
             " SELECT %s, p.user_id, 'soak-' || p.id, %s, now() FROM profiles_profile p WHERE p.id = ANY(%s)",
             [triggered.pk, now, groups["soak-trigger"]],
         )
-    tasks.publish("soak triggers", tasks.start_triggered)
+    publish("soak triggers", tasks.start_triggered)
     expected = round(len(groups["soak-ab"]) * 0.9) + round(len(groups["soak-sms"]) * 0.95) + len(groups["soak-trigger"])
     report = Report(recipients=recipients)
     kill_points = [expected * (k + 1) / (kills + 1) for k in range(kills)]

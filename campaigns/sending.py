@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from campaigns import channels
 from campaigns.models import Campaign, CampaignStatus, ChannelKind, Delivery, DeliveryStatus
+from config.celery import publish
 from config.errors import DomainError
 from coupons import services as coupon_services
 from coupons.models import Coupon, CouponRule
@@ -536,7 +537,7 @@ def _record(
     if retries:
         # One task for the lot, once the last of them is due (their jitter spreads them by at most
         # one backoff step; the sweep would queue them too, but a minute later).
-        tasks.publish(
+        publish(
             f"the retry of {len(retries)} deliveries",
             tasks.deliver_batch,
             args=[[r[0] for r in retries]],

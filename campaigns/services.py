@@ -43,6 +43,7 @@ from campaigns.models import (
     Variant,
 )
 from campaigns.segments import audience_sql, compile_definition
+from config.celery import publish
 from profiles.models import Profile, TagChange, TagChangeAction
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def _queue_start(campaign_id: int) -> None:
 
     # If the broker is down, the sweeper starts the campaign once its grace period is over.
     transaction.on_commit(
-        lambda: tasks.publish(f"the start of campaign {campaign_id}", tasks.start_campaign, args=[campaign_id])
+        lambda: publish(f"the start of campaign {campaign_id}", tasks.start_campaign, args=[campaign_id])
     )
 
 
@@ -579,7 +580,7 @@ def queue_pending(
 
     def send() -> None:
         for i, chunk in enumerate(chunks):
-            if not tasks.publish(f"a batch of {len(chunk)} deliveries", tasks.deliver_batch, args=[chunk]):
+            if not publish(f"a batch of {len(chunk)} deliveries", tasks.deliver_batch, args=[chunk]):
                 # The broker is down: the next sweep queues these again instead of waiting for
                 # the requeue delay.
                 rest = [pk for c in chunks[i:] for pk in c]
@@ -757,7 +758,7 @@ def on_events_ingested(events: Sequence[Any]) -> None:
             if e.name == trigger and e.user_id
         ]
     )
-    transaction.on_commit(lambda: tasks.publish("triggered sends", tasks.start_triggered))
+    transaction.on_commit(lambda: publish("triggered sends", tasks.start_triggered))
 
 
 def handle_pending_triggers(*, limit: int = 5000) -> int:

@@ -4,28 +4,9 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from celery import shared_task
 
 from campaigns import services
-
-logger = logging.getLogger(__name__)
-
-# Publishing gives up quickly when the broker is down: what it was for is kept in the database
-# (pending deliveries, pending triggers, a started campaign) and the sweeper picks it up.
-_QUICK_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
-
-def publish(what: str, task: Any, *, args: list | None = None, countdown: float | None = None) -> bool:
-    """Queue a task without ever failing the caller: False (and a log line) if the broker is down."""
-    try:
-        task.apply_async(args=args or [], countdown=countdown, retry_policy=_QUICK_RETRY)
-    except Exception:
-        logger.exception("Could not queue %s: the broker is unreachable; the sweeper picks it up.", what)
-        return False
-    return True
 
 
 @shared_task(name="campaigns.tasks.deliver_batch", acks_late=True)

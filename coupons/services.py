@@ -26,6 +26,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from access.services import record_audit
+from config.celery import publish
 from config.failures import log_failure
 from coupons import codes, errors
 from coupons.audiences import segment_resolver
@@ -782,7 +783,7 @@ def create_code_batch(
     )
     from coupons.tasks import generate_code_batch
 
-    transaction.on_commit(lambda: generate_code_batch.delay(batch.pk))
+    transaction.on_commit(lambda: publish(f"code batch {batch.pk}", generate_code_batch, args=[batch.pk]))
     return batch
 
 
@@ -899,7 +900,7 @@ def create_issuance_job(
     )
     from coupons.tasks import run_issuance_job
 
-    transaction.on_commit(lambda: run_issuance_job.delay(job.pk))
+    transaction.on_commit(lambda: publish(f"issuance job {job.pk}", run_issuance_job, args=[job.pk]))
     return job
 
 
@@ -1051,7 +1052,7 @@ def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, ap
     )
     from coupons.tasks import run_issuance_job as task
 
-    transaction.on_commit(lambda: task.delay(job.pk))
+    transaction.on_commit(lambda: publish(f"issuance job {job.pk}", task, args=[job.pk]))
     return job
 
 
@@ -1071,7 +1072,7 @@ def retry_code_batch(*, batch_id: int, actor: AbstractBaseUser | None = None, ap
     )
     from coupons.tasks import generate_code_batch
 
-    transaction.on_commit(lambda: generate_code_batch.delay(batch.pk))
+    transaction.on_commit(lambda: publish(f"code batch {batch.pk}", generate_code_batch, args=[batch.pk]))
     return batch
 
 

@@ -27,6 +27,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from access.services import record_audit
+from config.celery import publish
 from config.failures import log_failure
 from crm.errors import CapacityExceeded, ManagerInactive, NoActiveScheme, RunNotFailed, RunNotFound
 from crm.models import (
@@ -426,7 +427,9 @@ def request_recompute(*, requested_by: AbstractBaseUser | None = None) -> Recomp
         scheme=ScoringScheme.objects.filter(is_active=True).first(),
     )
     record_audit(actor=requested_by, action="crm.recompute_requested", obj=run)
-    transaction.on_commit(lambda: tasks.recompute_customer_values.delay(run_id=run.pk))
+    transaction.on_commit(
+        lambda: publish(f"value recompute run {run.pk}", tasks.recompute_customer_values, kwargs={"run_id": run.pk})
+    )
     return run
 
 
@@ -493,7 +496,9 @@ def retry_recompute(*, run_id: int, actor: AbstractBaseUser | None = None, api_k
     record_audit(
         actor=actor, api_key=api_key, action="crm.recompute_retried", obj=run, details={"previous_error": previous}
     )
-    transaction.on_commit(lambda: tasks.recompute_customer_values.delay(run_id=run.pk))
+    transaction.on_commit(
+        lambda: publish(f"value recompute run {run.pk}", tasks.recompute_customer_values, kwargs={"run_id": run.pk})
+    )
     return run
 
 

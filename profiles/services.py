@@ -15,6 +15,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from access.services import record_audit
+from config.celery import publish
 from config.failures import log_failure
 from profiles import rules
 from profiles.errors import RuleNotRunnable, TagRuleNotFailed, TagRuleNotFound
@@ -614,7 +615,7 @@ def retry_tag_rule(*, rule_id: int, actor: Any = None, api_key: Any = None) -> T
         api_key=api_key,
         details={"previous_error": rule.last_error},
     )
-    transaction.on_commit(lambda: task.delay(rule.id))
+    transaction.on_commit(lambda: publish(f"tag rule {rule.id}", task, args=[rule.id]))
     return rule
 
 

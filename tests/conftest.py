@@ -136,3 +136,16 @@ def celery_worker(celery_worker_process, transactional_db) -> WorkerProcess:
     if proc.proc is None or proc.proc.poll() is not None:  # a test killed it: bring it back
         proc.start()
     return proc
+
+
+@pytest.fixture
+def broker_down():
+    """Point the Celery app at a port where no broker listens (as when Redis is down), then back."""
+    from config.celery import app
+
+    old = app.conf.broker_url
+    app.amqp._producer_pool = None
+    app.conf.broker_url = "redis://127.0.0.1:9/0"
+    yield
+    app.amqp._producer_pool = None
+    app.conf.broker_url = old

@@ -211,19 +211,6 @@ def test_a_receipt_that_comes_before_the_record_loses_neither_the_send_nor_the_c
     assert group["sent"] == 2 and group["delivered"] == 2
 
 
-@pytest.fixture
-def broker_down():
-    """Point the Celery app at a port where no broker listens (as when Redis is down), then back."""
-    from config.celery import app
-
-    old = app.conf.broker_url
-    app.amqp._producer_pool = None
-    app.conf.broker_url = "redis://127.0.0.1:9/0"
-    yield
-    app.amqp._producer_pool = None
-    app.conf.broker_url = old
-
-
 @pytest.mark.django_db
 def test_with_the_broker_down_ingestion_and_launches_answer_and_nothing_is_lost(
     broker_down, api_client, settings, django_capture_on_commit_callbacks

@@ -255,3 +255,25 @@ def test_the_admin_resume_leaves_a_failed_job_to_the_retry(client, make_staff):
     job.refresh_from_db()
     assert job.status == IssuanceJob.Status.FAILED
     assert not AuditEntry.objects.filter(action="issuance_job.resumed").exists()
+
+
+@pytest.mark.django_db
+def test_with_the_broker_down_an_issuance_job_is_accepted_and_left_for_the_resume(
+    broker_down, api_client, django_capture_on_commit_callbacks
+):
+    from tests.factories.campaigns import make_profiles
+
+    people = make_profiles(3)
+    rule = CouponRuleFactory(total_quantity=100, budget=Decimal("1000.00"))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client.post(
+            f"/api/v1/coupon-rules/{rule.pk}/issuance-jobs",
+            {"user_ids": [p.user_id for p in people]},
+            format="json",
+        )
+    # The job committed before its task could be queued: the answer says so, not a 500.
+    assert response.status_code == 202, response.content
+    job = IssuanceJob.objects.get(pk=response.json()["id"])
+    assert job.status == IssuanceJob.Status.PENDING
+    # The beat's resume is what runs it once the broker is back.
+    assert job.pk in selectors.unfinished_issuance_job_ids()
