@@ -555,6 +555,8 @@ def _assign_arrivals(campaign: Campaign, variants: list[Variant], sql: str, para
 
 # An advisory lock's first key: "assigning arrivals to a campaign" (the second is its id).
 _ARRIVAL_LOCK = 7401
+# Likewise: "moving a bandit campaign's shares".
+_REALLOCATION_LOCK = 7402
 
 
 # --- bandit allocation -------------------------------------------------------------------------
@@ -594,7 +596,7 @@ def _out_of_budget(campaign: Campaign, variants: Sequence[Variant], *, now: dt.d
 
 
 def reallocate(*, campaign_id: int, now: dt.datetime | None = None) -> Allocation | None:
-    """One bandit step of a running campaign, under its row lock (a second sweeper skips it):
+    """One bandit step of a running campaign, under a lock of its own (a second sweeper skips it):
     when its interval has passed since the shares in force, new shares by Thompson sampling on
     the rewards seen so far; between steps, a variant whose coupon budget ran out gives its share
     to the others at once. Returns the new allocation, or None when nothing was due. Raises on
@@ -603,11 +605,16 @@ def reallocate(*, campaign_id: int, now: dt.datetime | None = None) -> Allocatio
 
     now = now or timezone.now()
     with transaction.atomic():
-        campaign = (
-            Campaign.objects.select_for_update(skip_locked=True)
-            .filter(pk=campaign_id, status=CampaignStatus.RUNNING, allocation=AllocationKind.THOMPSON)
-            .first()
-        )
+        # Not the campaign's row lock: triggered sends hold it (FOR SHARE) nearly all the time on a
+        # busy campaign, and a step must not wait for them nor starve behind them. Arrivals need no
+        # lock against a step: each records the allocation it was assigned under.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_REALLOCATION_LOCK, campaign_id])
+            if not cursor.fetchone()[0]:
+                return None
+        campaign = Campaign.objects.filter(
+            pk=campaign_id, status=CampaignStatus.RUNNING, allocation=AllocationKind.THOMPSON
+        ).first()
         if campaign is None:
             return None
         variants = list(campaign.variants.order_by("position", "id"))

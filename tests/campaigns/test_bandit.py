@@ -315,6 +315,51 @@ def test_two_sweepers_reallocating_at_once_store_one_allocation():
     assert Allocation.objects.filter(campaign=campaign).count() == 2
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_reallocation_goes_ahead_while_triggered_sends_hold_the_campaign():
+    ChannelFactory(kind=ChannelKind.PUSH, url="http://127.0.0.1:9/never")
+    campaign = _launched_bandit()
+    holding, release = threading.Event(), threading.Event()
+
+    def triggered_send_in_progress() -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT id FROM campaigns_campaign WHERE id = %s FOR SHARE", [campaign.pk])
+                holding.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=triggered_send_in_progress)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        assert services.reallocate(campaign_id=campaign.pk, now=timezone.now() + dt.timedelta(hours=2)) is not None
+    finally:
+        release.set()
+        holder.join(10)
+
+
+def test_a_recurring_bandit_cuts_its_first_run_by_the_launch_shares_and_later_newcomers_by_the_latest(push_gateway):
+    campaign = _launched_bandit(schedule_kind="cron", cron="0 9 * * *", trigger_event="")
+    launch = Allocation.objects.get(campaign=campaign)
+    make_profiles(400)
+    services.run_recurring_send(campaign_id=campaign.pk, run_at=timezone.now())
+    first = Assignment.objects.filter(campaign=campaign)
+    assert first.count() == 400 and first.filter(allocation=launch).count() == 400
+    assert first.filter(role="holdout").count() == 40
+    assert {first.filter(variant__name=n).count() for n in "ABC"} == {120}
+    _age_assignments(campaign)
+    _orders(campaign, {"A": 0.02, "B": 0.30, "C": 0.02})
+    allocation = services.reallocate(campaign_id=campaign.pk, now=timezone.now() + dt.timedelta(hours=2))
+    make_profiles(200, prefix="late")
+    services.run_recurring_send(campaign_id=campaign.pk, run_at=timezone.now() + dt.timedelta(days=1))
+    late = Assignment.objects.filter(campaign=campaign, user_id__startswith="late")
+    assert late.count() == 200 and late.filter(allocation=allocation).count() == 200
+    assert late.filter(variant__name="B").count() >= 150
+    assert late.filter(role="holdout").count() == 20
+
+
 # --- configuration, API and admin --------------------------------------------------------------
 
 
