@@ -230,7 +230,8 @@ ALLOCATION_DEFAULTS = ("allocation", "bandit_floor_percent", "bandit_interval_mi
 class CampaignForm(forms.ModelForm):
     class Meta:
         model = Campaign
-        fields = "__all__"
+        # The admin's fieldsets name the form's fields; these are the ones this form adjusts.
+        fields = ALLOCATION_DEFAULTS
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

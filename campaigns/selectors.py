@@ -321,20 +321,15 @@ def _group_keys(campaign: Campaign) -> list[str]:
 
 
 def current_shares(campaign: Campaign) -> dict[str, float]:
-    """The shares newcomers are assigned by now, by group name: a bandit's latest allocation, else
-    the holdout and the weights."""
-    variants = list(campaign.variants.order_by("position", "id"))
-    names = {str(v.pk): v.name for v in variants}
+    """The shares newcomers are assigned by now, by group name: a bandit's latest allocation,
+    else the configured shares (holdout, pilot, the weights)."""
+    names = {str(pk): name for pk, name in campaign.variants.values_list("pk", "name")}
     latest = (
         campaign.allocations.order_by("-valid_from", "-id").first()
         if campaign.allocation == AllocationKind.THOMPSON
         else None
     )
-    if latest is None:
-        holdout = float(campaign.holdout_percent) / 100
-        shares = bandit.initial_shares([(str(v.pk), v.weight) for v in variants], holdout=holdout)
-    else:
-        shares = latest.shares
+    shares = latest.shares if latest is not None else expected_shares(campaign)
     return {names.get(k, k): float(v) for k, v in shares.items()}
 
 

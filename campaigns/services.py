@@ -9,6 +9,7 @@ attribution window has closed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -629,7 +630,7 @@ def reallocate(*, campaign_id: int, now: dt.datetime | None = None) -> Allocatio
         names = {str(v.pk): v.name for v in variants}
         if due:
             arms = [
-                bandit.ArmData(**{**vars(a), "exhausted": a.key in spent})
+                dataclasses.replace(a, exhausted=a.key in spent)
                 for a in bandit_arm_data(campaign, variants=variants, now=now)
             ]
             shares, p_best = bandit.allocate(arms, holdout=holdout, floor=floor, rng=_bandit_rng(campaign))
