@@ -227,7 +227,9 @@ class GoalAdmin(admin.ModelAdmin):
     def get_urls(self):
         own = [
             path(
-                "<int:goal_id>/progress/", self.admin_site.admin_view(self.progress_view), name="indicators_goal_progress"
+                "<int:goal_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name="indicators_goal_progress",
             ),
             path(
                 "<int:goal_id>/progress.csv",

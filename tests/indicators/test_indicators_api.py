@@ -15,7 +15,6 @@ from indicators import analyses, rollups
 from indicators import services as goal_services
 from indicators.models import Funnel, FunnelStep, GoalMonth
 from tests.factories.tracking import EventFactory
-from tracking import services
 
 pytestmark = pytest.mark.django_db
 
