@@ -8,13 +8,14 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncDate
 from django.utils import timezone
+from psycopg import sql
 
 from tracking.models import STORED_AMOUNT_PATTERN, Event
 
 # A loose index scan: PostgreSQL has no skip scan, so DISTINCT over a big table reads every row;
 # this recursive query instead jumps from one value to the next through the index, a few pages
 # per distinct value. `{where}` must match the partial index's predicate for it to be used.
-_DISTINCT_VALUES = """
+_DISTINCT_VALUES = sql.SQL("""
 WITH RECURSIVE walk(value) AS (
     (SELECT {column} FROM tracking_event WHERE {column} IS NOT NULL {where} ORDER BY {column} LIMIT 1)
     UNION ALL
@@ -23,12 +24,12 @@ WITH RECURSIVE walk(value) AS (
     FROM walk WHERE walk.value IS NOT NULL
 )
 SELECT value FROM walk WHERE value IS NOT NULL LIMIT %s
-"""
+""")
 
 
-def _distinct(column: str, where: str, limit: int) -> list[str]:
+def _distinct(column: str, where: sql.Composable, limit: int) -> list[str]:
     with connection.cursor() as cursor:
-        cursor.execute(_DISTINCT_VALUES.format(column=column, where=where), [limit])
+        cursor.execute(_DISTINCT_VALUES.format(column=sql.Identifier(column), where=where), [limit])
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -60,7 +61,7 @@ def order_amount_sql(properties: str) -> str:
 
 def event_names(*, limit: int = 500) -> list[str]:
     """Every event name seen, in order (through the `(name, timestamp)` index)."""
-    return _distinct("name", "", limit)
+    return _distinct("name", sql.SQL(""), limit)
 
 
 def event_name_seen(name: str) -> bool:
@@ -70,7 +71,7 @@ def event_name_seen(name: str) -> bool:
 
 def utm_sources(*, limit: int = 500) -> list[str]:
     """Every traffic source seen (through the partial `(utm_source, timestamp)` index)."""
-    return _distinct("utm_source", "AND utm_source <> ''", limit)
+    return _distinct("utm_source", sql.SQL("AND utm_source <> ''"), limit)
 
 
 def estimated_event_count() -> int:
