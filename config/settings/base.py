@@ -48,11 +48,13 @@ INSTALLED_APPS = [
     # Our apps, from the bottom layer up.
     "access",
     "tracking",
+    "indicators",
     "profiles",
     "crm",
     "coupons",
     "campaigns",
     "monitoring",
+    "demo",
 ]
 
 MIDDLEWARE = [

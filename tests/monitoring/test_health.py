@@ -175,7 +175,7 @@ def test_beat_tasks_show_their_last_run_and_the_recorded_outcome(broker_db):
     ran_at = timezone.now() - timedelta(minutes=3)
     PeriodicTask.objects.create(name="expire", task="coupons.expire_coupons", crontab=crontab, last_run_at=ran_at)
     PeriodicTask.objects.create(name="tags", task="profiles.tasks.recompute_tag_rules", crontab=crontab)
-    PeriodicTask.objects.create(name="never", task="tracking.tasks.rollup_indicators", crontab=crontab)
+    PeriodicTask.objects.create(name="never", task="indicators.tasks.rollup_indicators", crontab=crontab)
     TaskRun.objects.create(task="coupons.expire_coupons", state="ok", finished_at=ran_at, runtime_seconds=0.25)
     TaskRun.objects.create(task="profiles.tasks.recompute_tag_rules", state="failed", error="OperationalError: gone")
     TaskRun.objects.create(task="coupons.run_issuance_job", state="failed", error="RuntimeError: x")
