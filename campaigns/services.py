@@ -658,8 +658,9 @@ def reallocate(*, campaign_id: int, now: dt.datetime | None = None) -> Allocatio
             kept = bandit.with_floor(
                 np.array([float(current.shares.get(k, 0)) for k in live]), floor=floor, total=1 - holdout
             )
+            by_key = dict(zip(live, kept, strict=True))
             shares = {bandit.HOLDOUT: holdout} if holdout > 0 else {}
-            shares.update({k: float(dict(zip(live, kept, strict=True)).get(k, 0.0)) for k in names})
+            shares.update({k: float(by_key.get(k, 0.0)) for k in names})
             reason = AllocationReason.BUDGET
             details = {"out_of_budget": [names[k] for k in starved]}
         allocation = Allocation.objects.create(
