@@ -102,10 +102,10 @@ class DemoLoop:
     def indicators(self) -> None:
         """The indicator rollups folded on the worker, a funnel to analyse, and goals for this
         quarter set a little above what the shop does now, so the dashboards have something to show."""
+        from indicators import services as indicator_services
         from indicators import tasks
         from indicators.models import Funnel, FunnelStep, Goal, GoalPeriod
         from indicators.registry import daily_values
-        from tracking import services as tracking_services
 
         funnel, created = Funnel.objects.get_or_create(
             name=FUNNEL_NAME,
@@ -131,7 +131,7 @@ class DemoLoop:
         for key, (name, target) in targets.items():
             exists = Goal.objects.filter(indicator=key, period=GoalPeriod.QUARTER, year=today.year, quarter=quarter)
             if target > 0 and not exists.exists():
-                tracking_services.create_goal(
+                indicator_services.create_goal(
                     name=name, indicator=key, period=GoalPeriod.QUARTER, year=today.year, quarter=quarter, target=target
                 )
                 self.say(f"Goal: {name} = {target:,}")
