@@ -182,6 +182,41 @@ def test_reallocation_moves_newcomers_to_the_variant_with_the_best_margin_and_ke
     assert audit.details["shares"]["B"] == pytest.approx(shares["B"], abs=1e-4)
 
 
+def test_the_reward_is_the_margin_of_orders_in_the_window_net_of_the_campaigns_coupon_discounts(push_gateway):
+    rule = CouponRuleFactory(value=Decimal("20.00"))
+    campaign = _launched_bandit()
+    c = campaign.variants.get(name="C")
+    c.coupon_rule_id = rule.pk
+    c.save()
+    _arrive(campaign, make_profiles(600))
+    _age_assignments(campaign)
+    # B: 20 % order 100 (margin 30 each). C: 40 % order 50 with its 20-off coupon (15 - 20 = -5
+    # each): more orders, less margin. A: 5 % order 100. An order after the window counts nothing.
+    _orders(campaign, {"A": 0.05, "B": 0.20})
+    c_members = list(Assignment.objects.filter(campaign=campaign, variant=c).order_by("id").select_related("profile"))
+    buyers = c_members[: round(len(c_members) * 0.4)]
+    for i, member in enumerate(buyers):
+        coupon = coupon_services.issue_coupon(
+            rule=rule, profile=member.profile, request_id=f"c{i}", source="campaign", source_ref=c.source_ref
+        )
+        coupon_services.redeem_coupon(
+            code=coupon.code, user_id=member.user_id, order_id=f"o{i}", order_amount=Decimal("50.00")
+        )
+    add_events([(m.user_id, "order_paid", m.assigned_at + dt.timedelta(hours=2)) for m in buyers], {"amount": "50.00"})
+    late = Assignment.objects.filter(campaign=campaign, variant__name="A").order_by("-id").first()
+    add_events([(late.user_id, "order_paid", late.assigned_at + dt.timedelta(hours=80))], {"amount": "999.00"})
+    # Newcomers whose window is still open are not counted yet, not even as members without an order.
+    _arrive(campaign, make_profiles(30, prefix="new"))
+    allocation = services.reallocate(campaign_id=campaign.pk, now=timezone.now() + dt.timedelta(minutes=61))
+    arms = {v["name"]: v for v in allocation.details["arms"].values()}
+    assert (arms["C"]["members"], arms["C"]["orders"], arms["C"]["net_value"]) == (180, 72, -5.0 * 72)
+    assert (arms["B"]["orders"], arms["B"]["net_value"]) == (36, 30.0 * 36)
+    assert (arms["A"]["orders"], arms["A"]["net_value"]) == (9, 30.0 * 9)
+    assert sum(a["members"] for a in arms.values()) == 540
+    assert arms["B"]["p_best"] > 0.99
+    assert _shares_by_name(campaign, allocation)["B"] == pytest.approx(0.8, abs=0.01)
+
+
 def test_shares_change_at_most_once_per_interval(push_gateway):
     campaign = _launched_bandit(bandit_interval_minutes=30)
     launch = Allocation.objects.get(campaign=campaign)
@@ -467,3 +502,11 @@ def test_the_admin_results_page_charts_the_shares_and_shows_a_failed_reallocatio
     assert b"Last reallocation failed" in page.content and b"AllocationError: boom" in page.content
     change = operator.get(reverse("admin:campaigns_campaign_change", args=[campaign.pk]))
     assert b"Shares of newcomers in force" in change.content and b"holdout 10.0 %" in change.content
+
+
+def test_deleting_a_bandit_campaign_takes_its_allocations_and_assignments_with_it(push_gateway):
+    campaign = _launched_bandit()
+    _arrive(campaign, make_profiles(30))
+    services.reallocate(campaign_id=campaign.pk, now=timezone.now() + dt.timedelta(hours=2))
+    campaign.delete()
+    assert not Allocation.objects.exists() and not Assignment.objects.exists()
