@@ -282,22 +282,44 @@ def _iso(value: datetime | None) -> str | None:
 
 # --- issue and claim ---------------------------------------------------------------------------
 
-# One statement takes a coupon's worth of quantity and budget, or nothing: the row lock of the
-# UPDATE serialises claimers, and the WHERE re-checks the limits against the committed values.
-_RESERVE_SQL = """
-UPDATE coupons_couponrule
-   SET issued_count = issued_count + %(n)s,
-       committed = committed + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END)
- WHERE id = %(rule_id)s
-   AND state = 'active'
+# Whether a rule can issue %(n)s more coupons now: the one definition, shared by the reservation
+# below and by those who must know beforehand (a campaign's bandit gives no newcomers to a
+# variant whose offer cannot pay for their coupon).
+_CAN_ISSUE = """
+       state = 'active'
    AND (valid_from IS NULL OR valid_from <= %(now)s)
    AND (valid_until IS NULL OR valid_until > %(now)s)
    AND (total_quantity IS NULL OR issued_count + %(n)s <= total_quantity)
    AND (budget IS NULL OR committed + spent
         + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END) <= budget)
-RETURNING CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END,
+"""
+
+# One statement takes a coupon's worth of quantity and budget, or nothing: the row lock of the
+# UPDATE serialises claimers, and the WHERE re-checks the limits against the committed values.
+_RESERVE_SQL = (
+    """
+UPDATE coupons_couponrule
+   SET issued_count = issued_count + %(n)s,
+       committed = committed + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END)
+ WHERE id = %(rule_id)s AND"""
+    + _CAN_ISSUE
+    + """RETURNING CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END,
           valid_from, valid_until, valid_days
 """
+)
+
+_ABLE_TO_ISSUE_SQL = "SELECT id FROM coupons_couponrule WHERE id = ANY(%(rule_ids)s) AND" + _CAN_ISSUE
+
+
+def rules_able_to_issue(*, rule_ids: Iterable[int], now: datetime, n: int = 1) -> set[int]:
+    """Which of these rules could issue `n` more coupons now (as the reservation would judge)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ABLE_TO_ISSUE_SQL, {"rule_ids": list(rule_ids), "now": now, "n": n})
+        return {row[0] for row in cursor.fetchall()}
+
+
+def existing_rule_ids(*, rule_ids: Iterable[int]) -> list[int]:
+    return list(CouponRule.objects.filter(pk__in=list(rule_ids)).values_list("pk", flat=True))
 
 
 def _reserve(*, rule_id: int, n: int, now: datetime) -> tuple[Decimal, datetime | None, datetime | None, int | None]:
