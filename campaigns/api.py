@@ -14,13 +14,12 @@ from rest_framework import generics, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
 from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
 from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
-from config.api import JsonParser, id_from_path, object_or_404
+from config.api import JsonParser, object_or_404, request_actor
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")
@@ -36,17 +35,9 @@ class _JsonView(APIView):
     parser_classes = [JsonParser]
 
 
-def _who(request) -> dict:
-    api_key = request.auth if isinstance(request.auth, ApiKey) else None
-    return {"actor": None if api_key else request.user, "api_key": api_key}
-
-
 def _campaign(pk: str | int) -> Campaign:
-    pk = id_from_path(pk, errors.CampaignNotFound, "campaign")
-    campaign = Campaign.objects.select_related("winner").prefetch_related("variants").filter(pk=pk).first()
-    if campaign is None:
-        raise errors.CampaignNotFound(f"No campaign {pk}.")
-    return campaign
+    campaigns = Campaign.objects.select_related("winner").prefetch_related("variants")
+    return object_or_404(campaigns, pk, errors.CampaignNotFound, "campaign")
 
 
 # --- segments ----------------------------------------------------------------------------------
@@ -71,7 +62,8 @@ class SegmentListView(generics.ListAPIView):
     def post(self, request):
         data = s.SegmentInput(data=request.data)
         data.is_valid(raise_exception=True)
-        segment = services.create_segment(**data.validated_data, actor=_who(request)["actor"])
+        who = request_actor(request)
+        segment = services.create_segment(**data.validated_data, actor=who["created_by"], api_key=who["api_key"])
         size = selectors.segment_size(segment.definition)
         return Response({"id": segment.pk, "name": segment.name, "size": size}, status=status.HTTP_201_CREATED)
 
@@ -120,7 +112,8 @@ class CampaignListView(generics.ListAPIView):
     def post(self, request):
         data = s.CampaignInput(data=request.data)
         data.is_valid(raise_exception=True)
-        campaign = services.create_campaign(**data.validated_data, **_who(request))
+        who = request_actor(request)
+        campaign = services.create_campaign(**data.validated_data, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(campaign.pk)).data, status=status.HTTP_201_CREATED)
 
 
@@ -148,7 +141,8 @@ class CampaignLaunchView(_JsonView):
 
     @_action("Launch: send now, at its time, on its cron schedule or on its trigger", 202)
     def post(self, request, pk: str):
-        services.launch_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.launch_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -157,7 +151,8 @@ class CampaignPauseView(_JsonView):
 
     @_action("Pause sending")
     def post(self, request, pk: str):
-        services.pause_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.pause_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
@@ -166,7 +161,8 @@ class CampaignResumeView(_JsonView):
 
     @_action("Resume a paused campaign")
     def post(self, request, pk: str):
-        services.resume_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.resume_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
@@ -175,7 +171,8 @@ class CampaignCancelView(_JsonView):
 
     @_action("Cancel: stop for good; pending messages are not sent")
     def post(self, request, pk: str):
-        services.cancel_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.cancel_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
@@ -184,7 +181,8 @@ class CampaignRetryView(_JsonView):
 
     @_action("Retry a failed campaign from where it stopped (its failure_reason says why it stopped)")
     def post(self, request, pk: str):
-        services.retry_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.retry_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
@@ -195,11 +193,12 @@ class CampaignRolloutView(_JsonView):
     def post(self, request, pk: str):
         data = s.RolloutInput(data=request.data if isinstance(request.data, dict) else {})
         data.is_valid(raise_exception=True)
+        who = request_actor(request)
         services.rollout_campaign(
             campaign_id=_campaign(pk).pk,
             variant_name=data.validated_data.get("variant") or None,
             confirm=data.validated_data["confirm"],
-            **_who(request),
+            actor=who["created_by"], api_key=who["api_key"],
         )
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
@@ -209,7 +208,8 @@ class CampaignCloneView(_JsonView):
 
     @_action("Clone a finished campaign as its next iteration (winner as the new control)", 201)
     def post(self, request, pk: str):
-        clone = services.clone_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        clone = services.clone_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(clone.pk)).data, status=status.HTTP_201_CREATED)
 
 

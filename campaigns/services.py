@@ -63,11 +63,15 @@ def batch_size() -> int:
 
 
 @transaction.atomic
-def create_segment(*, name: str, definition: Any, description: str = "", actor: Any = None) -> Segment:
+def create_segment(
+    *, name: str, definition: Any, description: str = "", actor: Any = None, api_key: Any = None
+) -> Segment:
     """Store a segment after compiling its definition (DefinitionError names what is wrong)."""
     compile_definition(definition)
     segment = Segment.objects.create(name=name, definition=definition, description=description)
-    record_audit(action="campaigns.create_segment", obj=segment, actor=actor, details={"name": name})
+    record_audit(
+        action="campaigns.create_segment", obj=segment, actor=actor, api_key=api_key, details={"name": name}
+    )
     return segment
 
 

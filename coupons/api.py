@@ -13,9 +13,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import JsonParser, id_from_path, object_or_404
+from config.api import JsonParser, id_from_path, object_or_404, request_actor
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
@@ -55,12 +54,6 @@ def not_found(what: str) -> OpenApiResponse:
 
 def path_id(name: str) -> OpenApiParameter:
     return OpenApiParameter(name, int, OpenApiParameter.PATH, description="Integer id.")
-
-
-def _actor(request: Request) -> dict:
-    if isinstance(request.auth, ApiKey):
-        return {"created_by": None, "api_key": request.auth}
-    return {"created_by": request.user, "api_key": None}
 
 
 class _JsonView(APIView):
@@ -244,7 +237,7 @@ class RuleListView(ListAPIView, _JsonView):
     def post(self, request: Request) -> Response:
         data = CouponRuleInput(data=request.data)
         data.is_valid(raise_exception=True)
-        rule = services.create_rule(**data.validated_data, **_actor(request))
+        rule = services.create_rule(**data.validated_data, **request_actor(request))
         return Response(CouponRuleOutput(rule).data, status=status.HTTP_201_CREATED)
 
 
@@ -270,7 +263,7 @@ class RuleStateView(_JsonView):
         responses={200: CouponRuleOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("rule"), 409: CONFLICT},
     )
     def post(self, request: Request, rule_id: str) -> Response:
-        actor = _actor(request)
+        actor = request_actor(request)
         rule = services.change_rule_state(
             rule=_rule(rule_id), state=self.target_state, actor=actor["created_by"], api_key=actor["api_key"]
         )
@@ -339,7 +332,7 @@ class IssuanceJobCreateView(_JsonView):
             user_ids=data.validated_data.get("user_ids"),
             segment_id=data.validated_data.get("segment"),
             source_ref=data.validated_data.get("source_ref", ""),
-            **_actor(request),
+            **request_actor(request),
         )
         return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
@@ -368,7 +361,7 @@ class IssuanceJobRetryView(_JsonView):
         summary="Queue a failed job again; it goes on where it stopped (409 NOT_FAILED unless failed).",
     )
     def post(self, request: Request, job_id: str) -> Response:
-        actor = _actor(request)
+        actor = request_actor(request)
         job = services.retry_issuance_job(
             job_id=id_from_path(job_id, errors.JobNotFound, "issuance job"),
             actor=actor["created_by"],
@@ -391,7 +384,7 @@ class CodeBatchCreateView(_JsonView):
         rule = _rule(rule_id)
         data = CodeBatchInput(data=request.data)
         data.is_valid(raise_exception=True)
-        batch = services.create_code_batch(rule=rule, **_actor(request), **data.validated_data)
+        batch = services.create_code_batch(rule=rule, **request_actor(request), **data.validated_data)
         return Response(CodeBatchOutput(batch).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -419,7 +412,7 @@ class CodeBatchRetryView(_JsonView):
         summary="Generate a failed batch again, from the start (409 NOT_FAILED unless failed).",
     )
     def post(self, request: Request, batch_id: str) -> Response:
-        actor = _actor(request)
+        actor = request_actor(request)
         batch = services.retry_code_batch(
             batch_id=id_from_path(batch_id, errors.BatchNotFound, "code batch"),
             actor=actor["created_by"],
