@@ -198,7 +198,8 @@ class CampaignRolloutView(_JsonView):
             campaign_id=_campaign(pk).pk,
             variant_name=data.validated_data.get("variant") or None,
             confirm=data.validated_data["confirm"],
-            actor=who["created_by"], api_key=who["api_key"],
+            actor=who["created_by"],
+            api_key=who["api_key"],
         )
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
