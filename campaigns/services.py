@@ -18,7 +18,6 @@ from decimal import Decimal
 from typing import Any
 
 import requests
-from django.apps import apps
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.models import Q
@@ -69,21 +68,11 @@ def create_segment(
     """Store a segment after compiling its definition (DefinitionError names what is wrong)."""
     compile_definition(definition)
     segment = Segment.objects.create(name=name, definition=definition, description=description)
-    record_audit(
-        action="campaigns.create_segment", obj=segment, actor=actor, api_key=api_key, details={"name": name}
-    )
+    record_audit(action="campaigns.create_segment", obj=segment, actor=actor, api_key=api_key, details={"name": name})
     return segment
 
 
 # --- campaigns ---------------------------------------------------------------------------------
-
-
-def coupon_rule_exists(rule_id: int) -> bool:
-    try:
-        model = apps.get_model("coupons", "CouponRule")
-    except LookupError:
-        return False
-    return model.objects.filter(pk=rule_id).exists()
 
 
 @transaction.atomic
