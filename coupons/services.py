@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -282,25 +282,14 @@ def _iso(value: datetime | None) -> str | None:
 
 # --- issue and claim ---------------------------------------------------------------------------
 
-# One statement takes a coupon's worth of quantity and budget, or nothing: the row lock of the
-# UPDATE serialises claimers, and the WHERE re-checks the limits against the committed values.
-_RESERVE_SQL = """
-UPDATE coupons_couponrule
-   SET issued_count = issued_count + %(n)s,
-       committed = committed + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END)
- WHERE id = %(rule_id)s
-   AND state = 'active'
-   AND (valid_from IS NULL OR valid_from <= %(now)s)
-   AND (valid_until IS NULL OR valid_until > %(now)s)
-   AND (total_quantity IS NULL OR issued_count + %(n)s <= total_quantity)
-   AND (budget IS NULL OR committed + spent
-        + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END) <= budget)
-RETURNING CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END,
-          valid_from, valid_until, valid_days
-"""
+# The reserve is the database's `coupons_reserve` (migration 0005), the one statement of the rule:
+# n coupons' worth of quantity and budget, or nothing. Its row lock serialises claimers; it also
+# answers what one coupon reserved and the validity of the coupons it covers.
+_RESERVE_SQL = "SELECT reserved, starts_at, expires_at FROM coupons_reserve(%(rule_id)s, %(n)s, %(now)s)"
 
 
-def _reserve(*, rule_id: int, n: int, now: datetime) -> tuple[Decimal, datetime | None, datetime | None, int | None]:
+def _reserve(*, rule_id: int, n: int, now: datetime) -> tuple[Decimal, datetime, datetime | None]:
+    """Reserve n coupons of the rule: (what each reserves, when they start, when they expire)."""
     with connection.cursor() as cursor:
         cursor.execute(_RESERVE_SQL, {"rule_id": rule_id, "n": n, "now": now})
         row = cursor.fetchone()
@@ -322,14 +311,6 @@ def _why_not_reserved(*, rule_id: int, n: int, now: datetime) -> errors.CouponEr
             "All coupons of this offer have been issued.", total_quantity=rule.total_quantity
         )
     return errors.BudgetExhausted("The offer's budget cannot cover another coupon.", remaining=str(rule.remaining))
-
-
-def _validity(
-    *, now: datetime, valid_from: datetime | None, valid_until: datetime | None, valid_days: int | None
-) -> tuple[datetime, datetime | None]:
-    starts_at = max(now, valid_from) if valid_from else now
-    ends = [d for d in (valid_until, starts_at + timedelta(days=valid_days) if valid_days else None) if d]
-    return starts_at, min(ends) if ends else None
 
 
 def issue_coupon(
@@ -391,8 +372,8 @@ def claim_coupon(*, rule_id: int, user_id: str, request_id: str | None = None) -
     return issue_coupon(rule=rule, profile=profile, request_id=request_id, source="api")
 
 
-# A claim is one call of `coupons_claim` (migration 0003): the checks that take no lock (a
-# replayed request_id, the person's holding), the reserve (the conditional UPDATE above), the
+# A claim is one call of `coupons_claim` (migrations 0003, 0005): the checks that take no lock (a
+# replayed request_id, the person's holding), the reserve (`coupons_reserve`, as above), the
 # holding and the coupon, in one statement. Outside a transaction it commits at once, so the hot
 # rule row stays locked from the reserve to the commit inside PostgreSQL only, never while a
 # Python process waits for a core; that is what keeps many concurrent claims of one rule fast.
@@ -819,12 +800,11 @@ def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
     now = timezone.now()
     try:
         with transaction.atomic():
-            reserve, valid_from, valid_until, valid_days = _reserve(rule_id=batch.rule_id, n=batch.quantity, now=now)
+            reserve, starts_at, expires_at = _reserve(rule_id=batch.rule_id, n=batch.quantity, now=now)
     except errors.CouponError as refusal:
         batch.status, batch.error, batch.finished_at = CodeBatch.Status.FAILED, refusal.detail, now
         batch.save(update_fields=["status", "error", "finished_at"])
         return batch
-    starts_at, expires_at = _validity(now=now, valid_from=valid_from, valid_until=valid_until, valid_days=valid_days)
     inserted = 0
     with connection.cursor() as cursor:
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS coupon_new_codes (code varchar(32)) ON COMMIT DROP")
