@@ -12,7 +12,7 @@ import csv
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +28,7 @@ from django.utils import timezone
 from access.services import record_audit
 from config.celery import publish
 from config.failures import log_failure
-from coupons import codes, errors
+from coupons import codes, errors, selectors
 from coupons.audiences import segment_resolver
 from coupons.models import (
     ZERO,
@@ -93,7 +93,7 @@ def create_rule(*, created_by: AbstractBaseUser | None = None, api_key: Any = No
     record_audit(
         actor=created_by,
         api_key=api_key,
-        action="coupon_rule.created",
+        action="coupons.coupon_rule_created",
         obj=rule,
         details={"kind": rule.kind, "value": str(rule.value), "budget": str(rule.budget), "state": rule.state},
     )
@@ -104,6 +104,12 @@ _TRANSITIONS = {
     RuleState.ACTIVE: {RuleState.DRAFT, RuleState.PAUSED},
     RuleState.PAUSED: {RuleState.ACTIVE},
     RuleState.ENDED: {RuleState.DRAFT, RuleState.ACTIVE, RuleState.PAUSED},
+}
+# The audit action of each state a rule can be moved to.
+_STATE_ACTIONS = {
+    RuleState.ACTIVE: "coupons.coupon_rule_activated",
+    RuleState.PAUSED: "coupons.coupon_rule_paused",
+    RuleState.ENDED: "coupons.coupon_rule_ended",
 }
 
 
@@ -127,7 +133,7 @@ def change_rule_state(
     record_audit(
         actor=actor,
         api_key=api_key,
-        action=f"coupon_rule.{state}",
+        action=_STATE_ACTIONS[state],
         obj=locked,
         details={"from": previous, "to": state, "released": str(released)},
     )
@@ -146,7 +152,7 @@ def update_rule_budget(
     locked.save(update_fields=["budget", "updated_at"])
     record_audit(
         actor=actor,
-        action="coupon_rule.budget_changed",
+        action="coupons.coupon_rule_budget_changed",
         obj=locked,
         details={"from": str(previous), "to": str(budget)},
     )
@@ -680,7 +686,7 @@ def rollback_order(*, order_id: str, actor: AbstractBaseUser | None = None) -> l
         if actor is not None:
             record_audit(
                 actor=actor,
-                action="redemption.rolled_back",
+                action="coupons.redemption_rolled_back",
                 obj=redemption,
                 details={"order_id": order_id, "discount": str(redemption.discount), "coupon_returned": returned},
             )
@@ -758,7 +764,7 @@ def create_code_batch(
     record_audit(
         actor=created_by,
         api_key=api_key,
-        action="code_batch.created",
+        action="coupons.code_batch_created",
         obj=batch,
         details={"rule": rule.pk, "quantity": quantity},
     )
@@ -830,6 +836,13 @@ def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
     return batch
 
 
+@transaction.atomic
+def export_code_batch(*, batch: CodeBatch, actor: AbstractBaseUser | None = None) -> Iterable[str]:
+    """The CSV of a finished batch for its partner, its export audited (bearer codes are money)."""
+    record_audit(actor=actor, action="coupons.code_batch_exported", obj=batch, details={"codes": batch.generated})
+    return write_batch_csv(batch=batch, rows=selectors.batch_code_rows(batch=batch))
+
+
 def write_batch_csv(*, batch: CodeBatch, rows: Iterable[tuple]) -> Iterable[str]:
     """CSV lines for a partner: code (as printed), starts_at, expires_at."""
     buffer = io.StringIO()
@@ -874,7 +887,7 @@ def create_issuance_job(
     record_audit(
         actor=created_by,
         api_key=api_key,
-        action="issuance_job.created",
+        action="coupons.issuance_job_created",
         obj=job,
         details={"rule": rule.pk, "users": len(job.user_ids), "segment": segment_id},
     )
@@ -1012,6 +1025,22 @@ def run_issuance_job(*, job: IssuanceJob, batch_size: int = 200, max_batches: in
 
 
 @transaction.atomic
+def resume_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None) -> bool:
+    """Queue a pending or running job now, as the beat's resume would; False (and nothing
+    audited) for a job that is neither: a failed one needs a retry, a finished one nothing."""
+    job = IssuanceJob.objects.filter(
+        pk=job_id, status__in=[IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]
+    ).first()
+    if job is None:
+        return False
+    record_audit(actor=actor, action="coupons.issuance_job_resumed", obj=job)
+    from coupons.tasks import run_issuance_job as task
+
+    transaction.on_commit(lambda: publish(f"issuance job {job.pk}", task, args=[job.pk]))
+    return True
+
+
+@transaction.atomic
 def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> IssuanceJob:
     """Queue a failed job again. It goes on where it stopped: targets already handled keep their
     coupon or refusal, and each claim still passes the budget. Only a failed job is retried (the
@@ -1028,7 +1057,7 @@ def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, ap
     job.finished_at = None
     job.save(update_fields=["status", "error", "finished_at"])
     record_audit(
-        actor=actor, api_key=api_key, action="issuance_job.retried", obj=job, details={"previous_error": previous}
+        actor=actor, api_key=api_key, action="coupons.issuance_job_retried", obj=job, details={"previous_error": previous}
     )
     from coupons.tasks import run_issuance_job as task
 
@@ -1048,7 +1077,7 @@ def retry_code_batch(*, batch_id: int, actor: AbstractBaseUser | None = None, ap
     batch.status, batch.error, batch.finished_at = CodeBatch.Status.PENDING, "", None
     batch.save(update_fields=["status", "error", "finished_at"])
     record_audit(
-        actor=actor, api_key=api_key, action="code_batch.retried", obj=batch, details={"previous_error": previous}
+        actor=actor, api_key=api_key, action="coupons.code_batch_retried", obj=batch, details={"previous_error": previous}
     )
     from coupons.tasks import generate_code_batch
 
@@ -1080,18 +1109,19 @@ def revoke_coupons(*, coupon_ids: list[int], actor: AbstractBaseUser | None = No
         )
         revoked = cursor.fetchone()[0] or []
     for coupon in Coupon.objects.filter(pk__in=revoked):
-        record_audit(actor=actor, action="coupon.revoked", obj=coupon, details={"rule": coupon.rule_id})
+        record_audit(actor=actor, action="coupons.coupon_revoked", obj=coupon, details={"rule": coupon.rule_id})
     return len(revoked)
 
 
 @transaction.atomic
-def save_rule_from_admin(*, rule: CouponRule, changed: list[str], actor: AbstractBaseUser | None) -> CouponRule:
-    """Create or edit a rule from the admin form. Only the edited columns are written, so the
-    counters that claims move concurrently are never overwritten with the form's stale copy."""
+def save_rule(*, rule: CouponRule, changed: Sequence[str], actor: AbstractBaseUser | None = None) -> CouponRule:
+    """Create a rule, or write the `changed` fields of an existing one. Only those columns are
+    written, so the counters that claims move concurrently are never overwritten with the stale
+    copy an edit form holds."""
     if rule.pk is None:
         rule.created_by = actor if getattr(actor, "is_authenticated", False) else None
         rule.save()
-        record_audit(actor=actor, action="coupon_rule.created", obj=rule, details={"via": "admin"})
+        record_audit(actor=actor, action="coupons.coupon_rule_created", obj=rule, details={"via": "admin"})
         return rule
     locked = CouponRule.objects.select_for_update().get(pk=rule.pk)
     before = {name: str(getattr(locked, name)) for name in changed}
@@ -1102,7 +1132,7 @@ def save_rule_from_admin(*, rule: CouponRule, changed: list[str], actor: Abstrac
         locked.save(update_fields=[*changed, "updated_at"])
         record_audit(
             actor=actor,
-            action="coupon_rule.changed",
+            action="coupons.coupon_rule_changed",
             obj=locked,
             details={name: {"from": before[name], "to": str(getattr(locked, name))} for name in changed},
         )
