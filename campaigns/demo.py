@@ -329,7 +329,7 @@ class DemoLoop:
             while True:
                 try:
                     # Expiring: pings nobody answered are dropped, not run by a worker started later.
-                    if app.send_task("opsloop.ping", expires=10).get(timeout=2) == "pong":
+                    if app.send_task("config.celery.ping", expires=10).get(timeout=2) == "pong":
                         return
                 except Exception as exc:  # no answer yet (Celery's TimeoutError, or the broker is down)
                     bar.set_postfix_str(exc.__class__.__name__)

@@ -173,7 +173,9 @@ def create_campaign(
             for i, v in enumerate(variants)
         ]
     )
-    record_audit(action="campaigns.campaign_created", obj=campaign, actor=actor, api_key=api_key, details={"name": name})
+    record_audit(
+        action="campaigns.campaign_created", obj=campaign, actor=actor, api_key=api_key, details={"name": name}
+    )
     return campaign
 
 
@@ -264,7 +266,11 @@ def launch_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
         _queue_start(campaign.pk)
     campaign.save()
     record_audit(
-        action="campaigns.campaign_launched", obj=campaign, actor=actor, api_key=api_key, details={"status": campaign.status}
+        action="campaigns.campaign_launched",
+        obj=campaign,
+        actor=actor,
+        api_key=api_key,
+        details={"status": campaign.status},
     )
     return campaign
 
@@ -419,7 +425,9 @@ def retry_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
     if campaign.phase == CampaignPhase.NONE and campaign.schedule_kind in (ScheduleKind.NOW, ScheduleKind.AT):
         _queue_start(campaign.pk)
     queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
-    record_audit(action="campaigns.campaign_retried", obj=campaign, actor=actor, api_key=api_key, details={"failure": reason})
+    record_audit(
+        action="campaigns.campaign_retried", obj=campaign, actor=actor, api_key=api_key, details={"failure": reason}
+    )
     return campaign
 
 
@@ -1398,5 +1406,7 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
         actor=actor,
         api_key=api_key,
     )
-    record_audit(action="campaigns.campaign_cloned", obj=clone, actor=actor, api_key=api_key, details={"from": source.pk})
+    record_audit(
+        action="campaigns.campaign_cloned", obj=clone, actor=actor, api_key=api_key, details={"from": source.pk}
+    )
     return clone

@@ -1057,7 +1057,11 @@ def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, ap
     job.finished_at = None
     job.save(update_fields=["status", "error", "finished_at"])
     record_audit(
-        actor=actor, api_key=api_key, action="coupons.issuance_job_retried", obj=job, details={"previous_error": previous}
+        actor=actor,
+        api_key=api_key,
+        action="coupons.issuance_job_retried",
+        obj=job,
+        details={"previous_error": previous},
     )
     from coupons.tasks import run_issuance_job as task
 
@@ -1077,7 +1081,11 @@ def retry_code_batch(*, batch_id: int, actor: AbstractBaseUser | None = None, ap
     batch.status, batch.error, batch.finished_at = CodeBatch.Status.PENDING, "", None
     batch.save(update_fields=["status", "error", "finished_at"])
     record_audit(
-        actor=actor, api_key=api_key, action="coupons.code_batch_retried", obj=batch, details={"previous_error": previous}
+        actor=actor,
+        api_key=api_key,
+        action="coupons.code_batch_retried",
+        obj=batch,
+        details={"previous_error": previous},
     )
     from coupons.tasks import generate_code_batch
 

@@ -145,6 +145,6 @@ def test_expiry_task_on_the_worker_releases_committed_money(celery_worker):
 
 @pytest.mark.django_db
 def test_beat_runs_the_expiry_sweep_from_an_editable_schedule():
-    task = PeriodicTask.objects.get(task="coupons.expire_coupons")
+    task = PeriodicTask.objects.get(task="coupons.tasks.expire_coupons")
     assert task.enabled and task.crontab is not None
-    assert PeriodicTask.objects.filter(task="coupons.resume_issuance_jobs", enabled=True).exists()
+    assert PeriodicTask.objects.filter(task="coupons.tasks.resume_issuance_jobs", enabled=True).exists()
