@@ -840,10 +840,10 @@ def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
 def export_code_batch(*, batch: CodeBatch, actor: AbstractBaseUser | None = None) -> Iterable[str]:
     """The CSV of a finished batch for its partner, its export audited (bearer codes are money)."""
     record_audit(actor=actor, action="coupons.code_batch_exported", obj=batch, details={"codes": batch.generated})
-    return write_batch_csv(batch=batch, rows=selectors.batch_code_rows(batch=batch))
+    return batch_csv_lines(rows=selectors.batch_code_rows(batch=batch))
 
 
-def write_batch_csv(*, batch: CodeBatch, rows: Iterable[tuple]) -> Iterable[str]:
+def batch_csv_lines(*, rows: Iterable[tuple]) -> Iterable[str]:
     """CSV lines for a partner: code (as printed), starts_at, expires_at."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -17,6 +17,7 @@ from django.utils.text import slugify
 from access.services import record_audit
 from config.celery import publish
 from config.failures import log_failure
+from config.id_runs import in_runs_sql, join_runs, runs_of
 from profiles import rules
 from profiles.errors import RuleNotRunnable, TagRuleNotFailed, TagRuleNotFound
 from profiles.models import (
@@ -103,24 +104,6 @@ ON CONFLICT (kind, value) DO NOTHING
 """
 
 
-def _join_runs(runs: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """Sorted, disjoint (first, last) runs with the touching ones joined, as (starts, ends)."""
-    starts: list[int] = []
-    ends: list[int] = []
-    for first, last in runs:
-        if ends and first == ends[-1] + 1:
-            ends[-1] = last
-        else:
-            starts.append(first)
-            ends.append(last)
-    return starts, ends
-
-
-def _in_runs(starts: Sequence[int], ends: Sequence[int]) -> str:
-    """`e.id` within one of the runs, as SQL with the bounds written in (they are integers)."""
-    return " OR ".join(f"e.id BETWEEN {int(a)} AND {int(b)}" for a, b in zip(starts, ends, strict=True))
-
-
 # Before tying anonymous ids to users: wait for any merge in flight that moves these users'
 # identities. The insert's conflict check waits for the merging transaction (it changed the
 # identity row), so the next statement sees where the user's profile went. Nothing is locked
@@ -153,12 +136,6 @@ WHERE i.profile_id = p.id AND p.merged_into_id IS NOT NULL
 """
 
 
-def _id_runs(ids: Iterable[int]) -> tuple[list[int], list[int]]:
-    """Consecutive runs of `ids`, as (starts, ends): one run for a batch stored alone, a few when
-    concurrent batches drew from the sequence at the same time."""
-    return _join_runs([(pk, pk) for pk in sorted(ids)])
-
-
 def record_ingested_events(*, events: Sequence[Any]) -> None:
     """Ingestion listener: profiles for new user ids (with their first/last seen), anonymous ids
     tied to the user an event names alongside, and the stored events queued for the first/last
@@ -171,10 +148,11 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
     for event in events:
         if event.user_id and event.anonymous_id and event.anonymous_id not in pairs:
             pairs[event.anonymous_id] = event.user_id
-    starts, ends = _id_runs(e.id for e in events)
+    # One run for a batch stored alone, a few when concurrent batches drew from the sequence.
+    runs = runs_of(e.id for e in events)
     sql = _INGESTED_SQL.format(
-        backlog_rows=", ".join(f"({int(a)}, {int(b)}, %(now)s)" for a, b in zip(starts, ends, strict=True)),
-        in_runs=_in_runs(starts, ends),
+        backlog_rows=", ".join(f"({int(a)}, {int(b)}, %(now)s)" for a, b in runs),
+        in_runs=in_runs_sql(runs),
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, {"now": now})
@@ -292,8 +270,7 @@ def update_seen_times(*, max_events: int = SEEN_MAX_EVENTS, max_runs: int = SEEN
             return SeenUpdate(runs=0, events=0, profiles=0)
         # Batches stored one after the other (or interleaved, by concurrent requests) leave runs
         # that join up: fewer, longer ranges for the index scan.
-        starts, ends = _join_runs(sorted(claimed))
-        cursor.execute(_SEEN_SQL.format(in_runs=_in_runs(starts, ends)))
+        cursor.execute(_SEEN_SQL.format(in_runs=in_runs_sql(join_runs(claimed))))
         profiles, to_survivors = cursor.fetchone()
         while to_survivors:  # ends: merges only ever point at a profile that is not merged yet
             cursor.execute(_SEEN_TO_SURVIVORS_SQL, {"rows": to_survivors})

@@ -109,7 +109,7 @@ def test_partner_code_batch_is_generated_on_the_worker_and_exports_as_csv(celery
     rule.refresh_from_db()
     assert batch.generated == 2000
     assert (rule.issued_count, rule.committed) == (2000, D("10000.00"))
-    text = "".join(services.write_batch_csv(batch=batch, rows=selectors.batch_code_rows(batch=batch)))
+    text = "".join(services.batch_csv_lines(rows=selectors.batch_code_rows(batch=batch)))
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 2000 and len({r["code"] for r in rows}) == 2000
     assert all(codes.is_well_formed(codes.normalize(r["code"])) for r in rows)
