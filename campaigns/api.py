@@ -12,14 +12,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from access.permissions import HasScope
 from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
 from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
-from config.api import JsonParser, object_or_404, request_actor
+from config.api import JsonParser, JsonView, object_or_404, request_actor
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")
@@ -29,10 +28,6 @@ REFUSED = OpenApiResponse(s.ErrorOutput, description="Refused by the business ru
 
 
 PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="Integer id.")
-
-
-class _JsonView(APIView):
-    parser_classes = [JsonParser]
 
 
 def _campaign(pk: str | int) -> Campaign:
@@ -72,7 +67,7 @@ def _segment(pk: str | int) -> Segment:
     return object_or_404(Segment.objects.all(), pk, errors.SegmentNotFound, "segment")
 
 
-class SegmentDetailView(_JsonView):
+class SegmentDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(parameters=[PK], responses={200: s.SegmentOutput, 404: NOT_FOUND})
@@ -80,7 +75,7 @@ class SegmentDetailView(_JsonView):
         return Response(s.SegmentOutput(_segment(pk)).data)
 
 
-class SegmentPreviewView(_JsonView):
+class SegmentPreviewView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -117,7 +112,7 @@ class CampaignListView(generics.ListAPIView):
         return Response(s.CampaignOutput(_campaign(campaign.pk)).data, status=status.HTTP_201_CREATED)
 
 
-class CampaignDetailView(_JsonView):
+class CampaignDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -136,7 +131,7 @@ def _action(summary: str, code: int = 200, request=None):
     )
 
 
-class CampaignLaunchView(_JsonView):
+class CampaignLaunchView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Launch: send now, at its time, on its cron schedule or on its trigger", 202)
@@ -146,7 +141,7 @@ class CampaignLaunchView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CampaignPauseView(_JsonView):
+class CampaignPauseView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Pause sending")
@@ -156,7 +151,7 @@ class CampaignPauseView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignResumeView(_JsonView):
+class CampaignResumeView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Resume a paused campaign")
@@ -166,7 +161,7 @@ class CampaignResumeView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignCancelView(_JsonView):
+class CampaignCancelView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Cancel: stop for good; pending messages are not sent")
@@ -176,7 +171,7 @@ class CampaignCancelView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignRetryView(_JsonView):
+class CampaignRetryView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Retry a failed campaign from where it stopped (its failure_reason says why it stopped)")
@@ -186,7 +181,7 @@ class CampaignRetryView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignRolloutView(_JsonView):
+class CampaignRolloutView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Send the winner (or the named variant) to the rest after the pilot", request=s.RolloutInput)
@@ -204,7 +199,7 @@ class CampaignRolloutView(_JsonView):
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignCloneView(_JsonView):
+class CampaignCloneView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Clone a finished campaign as its next iteration (winner as the new control)", 201)
@@ -214,7 +209,7 @@ class CampaignCloneView(_JsonView):
         return Response(s.CampaignOutput(_campaign(clone.pk)).data, status=status.HTTP_201_CREATED)
 
 
-class CampaignResultsView(_JsonView):
+class CampaignResultsView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -227,7 +222,7 @@ class CampaignResultsView(_JsonView):
 # --- experiments and receipts ------------------------------------------------------------------
 
 
-class ExperimentAnalyzeView(_JsonView):
+class ExperimentAnalyzeView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -252,7 +247,7 @@ class ExperimentAnalyzeView(_JsonView):
         return Response(result)
 
 
-class ReceiptsView(_JsonView):
+class ReceiptsView(JsonView):
     permission_classes = [HasScope("events:write")]
 
     @extend_schema(

@@ -8,13 +8,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from access.permissions import HasScope
-from config.api import JsonParser, id_from_path, object_or_404, request_actor
+from config.api import JsonView, id_from_path, object_or_404, request_actor
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
@@ -56,12 +54,6 @@ def path_id(name: str) -> OpenApiParameter:
     return OpenApiParameter(name, int, OpenApiParameter.PATH, description="Integer id.")
 
 
-class _JsonView(APIView):
-    # JSON in and out: no browsable-API renderer to negotiate on the hot endpoints.
-    parser_classes = [JsonParser]
-    renderer_classes = [JSONRenderer]
-
-
 def _rule(rule_id: str | int) -> CouponRule:
     return object_or_404(CouponRule.objects.all(), rule_id, errors.RuleNotFound, "coupon rule")
 
@@ -69,7 +61,7 @@ def _rule(rule_id: str | int) -> CouponRule:
 # --- coupons:redeem ----------------------------------------------------------------------------
 
 
-class ClaimView(_JsonView):
+class ClaimView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -98,7 +90,7 @@ class ClaimView(_JsonView):
         return Response(CouponOutput(coupon).data, status=code)
 
 
-class ValidateView(_JsonView):
+class ValidateView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -125,7 +117,7 @@ class ValidateView(_JsonView):
         return Response(CouponValidateOutput(body).data)
 
 
-class RedeemView(_JsonView):
+class RedeemView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -149,7 +141,7 @@ class RedeemView(_JsonView):
         return Response(CouponRedemptionOutput(redemption).data)
 
 
-class RollbackView(_JsonView):
+class RollbackView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -208,7 +200,7 @@ class ProfileCouponsView(ListAPIView):
 # --- manage ------------------------------------------------------------------------------------
 
 
-class RuleListView(ListAPIView, _JsonView):
+class RuleListView(ListAPIView, JsonView):
     permission_classes = [HasScope("manage")]
     serializer_class = CouponRuleOutput
     filter_backends: list = []
@@ -241,7 +233,7 @@ class RuleListView(ListAPIView, _JsonView):
         return Response(CouponRuleOutput(rule).data, status=status.HTTP_201_CREATED)
 
 
-class RuleDetailView(_JsonView):
+class RuleDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -253,7 +245,7 @@ class RuleDetailView(_JsonView):
         return Response(CouponRuleOutput(_rule(rule_id)).data)
 
 
-class RuleStateView(_JsonView):
+class RuleStateView(JsonView):
     permission_classes = [HasScope("manage")]
     target_state: str = ""
 
@@ -270,7 +262,7 @@ class RuleStateView(_JsonView):
         return Response(CouponRuleOutput(rule).data)
 
 
-class RuleReportView(_JsonView):
+class RuleReportView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -283,7 +275,7 @@ class RuleReportView(_JsonView):
         return Response(CouponReportOutput(selectors.rule_report(rule=_rule(rule_id)).as_dict()).data)
 
 
-class SourceReportView(_JsonView):
+class SourceReportView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -306,7 +298,7 @@ class SourceReportView(_JsonView):
         return Response(CouponReportOutput(selectors.campaign_report(source_ref_prefix=prefix).as_dict()).data)
 
 
-class IssuanceJobCreateView(_JsonView):
+class IssuanceJobCreateView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -337,7 +329,7 @@ class IssuanceJobCreateView(_JsonView):
         return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
-class IssuanceJobDetailView(_JsonView):
+class IssuanceJobDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -350,7 +342,7 @@ class IssuanceJobDetailView(_JsonView):
         return Response(IssuanceJobOutput(job).data)
 
 
-class IssuanceJobRetryView(_JsonView):
+class IssuanceJobRetryView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -370,7 +362,7 @@ class IssuanceJobRetryView(_JsonView):
         return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CodeBatchCreateView(_JsonView):
+class CodeBatchCreateView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -388,7 +380,7 @@ class CodeBatchCreateView(_JsonView):
         return Response(CodeBatchOutput(batch).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CodeBatchDetailView(_JsonView):
+class CodeBatchDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -401,7 +393,7 @@ class CodeBatchDetailView(_JsonView):
         return Response(CodeBatchOutput(batch).data)
 
 
-class CodeBatchRetryView(_JsonView):
+class CodeBatchRetryView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -424,7 +416,7 @@ class CodeBatchRetryView(_JsonView):
 # --- channel quality (manage) ----------------------------------------------------------------------
 
 
-class ChannelQualityView(_JsonView):
+class ChannelQualityView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(

@@ -5,13 +5,11 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from access.permissions import HasScope
-from config.api import JsonParser, id_from_path, object_or_404, request_actor
+from config.api import JsonView, id_from_path, object_or_404, request_actor
 from crm import services
 from crm.errors import RunNotFound
 from crm.models import RecomputeRun
@@ -22,13 +20,11 @@ NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown run (`reas
 CONFLICT = OpenApiResponse(OpenApiTypes.OBJECT, description="The run has not failed (`reason` NOT_FAILED).")
 
 
-class _JsonView(APIView):
-    parser_classes = [JsonParser]
-    renderer_classes = [JSONRenderer]
+class _ManageView(JsonView):
     permission_classes = [HasScope("manage")]
 
 
-class RecomputeRunDetailView(_JsonView):
+class RecomputeRunDetailView(_ManageView):
     @extend_schema(
         parameters=[RUN_ID],
         operation_id="value_recompute_run_detail",
@@ -39,7 +35,7 @@ class RecomputeRunDetailView(_JsonView):
         return Response(RecomputeRunOutput(run).data)
 
 
-class RecomputeRunRetryView(_JsonView):
+class RecomputeRunRetryView(_ManageView):
     @extend_schema(
         parameters=[RUN_ID],
         operation_id="value_recompute_run_retry",
