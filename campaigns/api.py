@@ -18,7 +18,8 @@ from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
 from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
-from config.api import JsonParser, JsonView, object_or_404, request_actor
+from config.api import JsonParser, object_or_404, request_actor
+from config.views import JsonView
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")

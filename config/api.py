@@ -18,8 +18,6 @@ from rest_framework import serializers
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
-from rest_framework.renderers import JSONRenderer
-from rest_framework.views import APIView
 
 from access.models import ApiKey
 from config.errors import NotFound
@@ -130,14 +128,6 @@ class JsonParser(JSONParser):
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise ParseError("JSON parse error - nested too deeply") from None
-
-
-class JsonView(APIView):
-    """An API view that speaks JSON only, in and out: no browsable-API renderer to negotiate on
-    endpoints that machines call."""
-
-    parser_classes = [JsonParser]
-    renderer_classes = [JSONRenderer]
 
 
 # --- pagination --------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from access.permissions import HasScope
-from config.api import JsonView, id_from_path, object_or_404, request_actor
+from config.api import id_from_path, object_or_404, request_actor
+from config.views import JsonView
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
