@@ -15,6 +15,7 @@ from django.utils import timezone
 from coupons import services
 from coupons.models import Coupon, CouponRule, RuleKind
 from tests.factories.coupons import CouponRuleFactory, PercentRuleFactory, ThresholdRuleFactory, person
+from tests.migrating import migrate_to, migrate_to_latest
 
 pytestmark = pytest.mark.django_db
 D = Decimal
@@ -100,3 +101,23 @@ def test_no_python_module_of_the_coupons_app_restates_the_reserve():
         if "migrations" not in path.parts and marks.search(path.read_text())
     ]
     assert offenders == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_claim_functions_migrate_back_to_the_former_claim_and_forward_again():
+    def functions() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT proname FROM pg_proc WHERE proname LIKE 'coupons\\_%%'")
+            return {name for (name,) in cursor.fetchall()}
+
+    rule = CouponRuleFactory(value=D("7.00"), per_user_limit=2)
+    try:
+        migrate_to(("coupons", "0004_issuance_segment_bigint"))
+        assert functions() == {"coupons_claim"}
+        assert services.claim_coupon(rule_id=rule.pk, user_id="u-back").reserved == D("7.00")
+    finally:
+        migrate_to_latest()
+    assert functions() == {"coupons_claim", "coupons_reserve", "coupons_reserve_per_coupon"}
+    assert services.claim_coupon(rule_id=rule.pk, user_id="u-back").reserved == D("7.00")
+    rule.refresh_from_db()
+    assert (rule.issued_count, rule.committed) == (2, D("14.00"))
