@@ -17,7 +17,6 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from access.services import record_audit
 from campaigns import errors, selectors, services, validation
 from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
@@ -61,10 +60,7 @@ class ChannelAdmin(admin.ModelAdmin):
         return obj.effective_url() or "(email backend)" if obj.kind == "email" else obj.effective_url() or "-"
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action="campaigns.change_channel", obj=obj, actor=request.user, details={"fields": form.changed_data}
-        )
+        services.save_channel(channel=obj, changed=form.changed_data, actor=request.user)
 
 
 class SegmentForm(forms.ModelForm):
@@ -110,13 +106,7 @@ class SegmentAdmin(admin.ModelAdmin):
         return _preview_html(obj) if obj.pk else "Save to see the size and a sample."
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action="campaigns.change_segment" if change else "campaigns.create_segment",
-            obj=obj,
-            actor=request.user,
-            details={"definition": obj.definition},
-        )
+        services.save_segment(segment=obj, changed=form.changed_data, actor=request.user)
 
 
 # --- campaigns ---------------------------------------------------------------------------------
@@ -570,23 +560,12 @@ class CampaignAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/campaigns/campaign/test_message.html", context)
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action="campaigns.change_campaign" if change else "campaigns.create_campaign",
-            obj=obj,
-            actor=request.user,
-            details={"fields": form.changed_data},
-        )
+        services.save_campaign(campaign=obj, changed=form.changed_data, actor=request.user)
 
     def save_formset(self, request, form, formset, change) -> None:
-        super().save_formset(request, form, formset, change)
-        if formset.has_changed():
-            record_audit(
-                action="campaigns.change_variants",
-                obj=form.instance,
-                actor=request.user,
-                details={"variants": list(form.instance.variants.values_list("name", flat=True))},
-            )
+        saved = formset.save(commit=False)  # written, and the removed ones deleted, by the service
+        services.save_variants(campaign=form.instance, saved=saved, deleted=formset.deleted_objects, actor=request.user)
+        formset.save_m2m()
 
 
 @admin.action(description="Outcome unknown: the provider sent them (record as sent)", permissions=["send"])

@@ -7,9 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.apps import apps
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, Sum
 
 from campaigns import bandit
 from campaigns.models import (
@@ -35,6 +34,7 @@ from campaigns.stats import (
     sequential_decision,
     sequential_rate,
 )
+from coupons.models import Redemption
 from tracking.selectors import event_name_seen, order_amount_sql
 
 PREVIEW_SAMPLE = 20
@@ -214,25 +214,15 @@ def _member_outcomes(campaign: Campaign) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def _redemptions_by_variant(campaign: Campaign) -> dict[str, tuple[int, Decimal]]:
     """Coupon redemptions (not rolled back) of coupons issued by this campaign, per source ref."""
-    try:
-        redemption = apps.get_model("coupons", "Redemption")
-    except LookupError:
-        return {}
     rows = (
-        redemption.objects.filter(
+        Redemption.objects.filter(
             coupon__source_ref__startswith=f"campaign:{campaign.pk}:variant:", rolled_back_at__isnull=True
         )
         .values_list("coupon__source_ref")
-        .annotate(n=Count("id"), discount=_sum("discount"))
+        .annotate(n=Count("id"), discount=Sum("discount"))
         .order_by()
     )
     return {ref: (n, discount or Decimal(0)) for ref, n, discount in rows}
-
-
-def _sum(field: str) -> Any:
-    from django.db.models import Sum
-
-    return Sum(field)
 
 
 def converted_profile_ids(campaign: Campaign) -> set[int]:
@@ -257,12 +247,8 @@ def converted_profile_ids(campaign: Campaign) -> set[int]:
 
 
 def coupon_redeemer_ids(campaign: Campaign) -> set[int]:
-    try:
-        redemption = apps.get_model("coupons", "Redemption")
-    except LookupError:
-        return set()
     return set(
-        redemption.objects.filter(
+        Redemption.objects.filter(
             coupon__source_ref__startswith=f"campaign:{campaign.pk}:variant:", rolled_back_at__isnull=True
         ).values_list("coupon__profile_id", flat=True)
     )

@@ -9,10 +9,11 @@ from decimal import Decimal
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from campaigns import services, validation
+from campaigns import validation
 from campaigns.models import TRIGGER_TAG_PATTERN, AllocationKind, Campaign, ChannelKind, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
 from config.api import IdField
+from coupons.models import CouponRule
 
 EVENT_NAME = re.compile(r"^[a-z0-9_.:\-]{1,64}$")
 TAG_NAME = re.compile(TRIGGER_TAG_PATTERN)
@@ -79,7 +80,7 @@ class VariantInput(serializers.Serializer):
     title = serializers.CharField(max_length=200, allow_blank=True, default="")
     body = serializers.CharField(max_length=5000, allow_blank=True, default="")
     url = serializers.URLField(max_length=1000, allow_blank=True, default="")
-    coupon_rule = IdField(exists=services.coupon_rule_exists, what="coupon rule", allow_null=True, default=None)
+    coupon_rule = IdField(exists=CouponRule.objects.all(), what="coupon rule", allow_null=True, default=None)
 
 
 class ScheduleInput(serializers.Serializer):

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import requests
-from django.apps import apps
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.models import Q
@@ -67,24 +66,45 @@ def batch_size() -> int:
 # --- segments ----------------------------------------------------------------------------------
 
 
+def create_segment(
+    *, name: str, definition: Any, description: str = "", actor: Any = None, api_key: Any = None
+) -> Segment:
+    """Store a new segment after compiling its definition (DefinitionError names what is wrong)."""
+    segment = Segment(name=name, definition=definition, description=description)
+    return save_segment(segment=segment, actor=actor, api_key=api_key)
+
+
 @transaction.atomic
-def create_segment(*, name: str, definition: Any, description: str = "", actor: Any = None) -> Segment:
-    """Store a segment after compiling its definition (DefinitionError names what is wrong)."""
-    compile_definition(definition)
-    segment = Segment.objects.create(name=name, definition=definition, description=description)
-    record_audit(action="campaigns.create_segment", obj=segment, actor=actor, details={"name": name})
+def save_segment(*, segment: Segment, changed: Sequence[str] = (), actor: Any = None, api_key: Any = None) -> Segment:
+    """Create or change a segment; its definition must compile (DefinitionError names what is
+    wrong). Campaigns already sent keep the audience they had."""
+    compile_definition(segment.definition)
+    created = segment._state.adding
+    segment.save()
+    record_audit(
+        action="campaigns.segment_created" if created else "campaigns.segment_changed",
+        obj=segment,
+        actor=actor,
+        api_key=api_key,
+        details={"name": segment.name, "definition": segment.definition, "changed": list(changed)},
+    )
     return segment
 
 
+@transaction.atomic
+def save_channel(*, channel: Channel, changed: Sequence[str] = (), actor: Any = None) -> Channel:
+    """Change how a channel sends (gateway, rate, retries, whether it is enabled)."""
+    channel.save()
+    record_audit(
+        action="campaigns.channel_changed",
+        obj=channel,
+        actor=actor,
+        details={"fields": list(changed), "url": channel.url},
+    )
+    return channel
+
+
 # --- campaigns ---------------------------------------------------------------------------------
-
-
-def coupon_rule_exists(rule_id: int) -> bool:
-    try:
-        model = apps.get_model("coupons", "CouponRule")
-    except LookupError:
-        return False
-    return model.objects.filter(pk=rule_id).exists()
 
 
 @transaction.atomic
@@ -168,7 +188,9 @@ def create_campaign(
             for i, v in enumerate(variants)
         ]
     )
-    record_audit(action="campaigns.create_campaign", obj=campaign, actor=actor, api_key=api_key, details={"name": name})
+    record_audit(
+        action="campaigns.campaign_created", obj=campaign, actor=actor, api_key=api_key, details={"name": name}
+    )
     return campaign
 
 
@@ -189,6 +211,42 @@ def channel_is_configured(kind: str) -> bool:
         return True
     config = channels.channel_config(kind)
     return bool(config.enabled and config.effective_url())
+
+
+@transaction.atomic
+def save_campaign(*, campaign: Campaign, changed: Sequence[str] = (), actor: Any = None) -> Campaign:
+    """Create or edit a campaign's settings field by field (the admin's form); `create_campaign`
+    creates one whole, with its variants."""
+    created = campaign._state.adding
+    campaign.save()
+    record_audit(
+        action="campaigns.campaign_created" if created else "campaigns.campaign_changed",
+        obj=campaign,
+        actor=actor,
+        details={"fields": list(changed)},
+    )
+    return campaign
+
+
+@transaction.atomic
+def save_variants(
+    *, campaign: Campaign, saved: Sequence[Variant], deleted: Sequence[Variant] = (), actor: Any = None
+) -> None:
+    """Write a draft campaign's edited variants (new or changed) and delete the removed ones, as
+    one audited change; nothing to write, nothing audited."""
+    if not saved and not deleted:
+        return
+    for variant in deleted:
+        variant.delete()
+    for variant in saved:
+        variant.campaign = campaign
+        variant.save()
+    record_audit(
+        action="campaigns.variants_changed",
+        obj=campaign,
+        actor=actor,
+        details={"variants": list(campaign.variants.values_list("name", flat=True))},
+    )
 
 
 @transaction.atomic
@@ -225,7 +283,11 @@ def launch_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     if campaign.allocation == AllocationKind.THOMPSON and not campaign.allocations.exists():
         _start_allocation(campaign, now=now)
     record_audit(
-        action="campaigns.launch", obj=campaign, actor=actor, api_key=api_key, details={"status": campaign.status}
+        action="campaigns.campaign_launched",
+        obj=campaign,
+        actor=actor,
+        api_key=api_key,
+        details={"status": campaign.status},
     )
     return campaign
 
@@ -267,7 +329,7 @@ def pause_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
     campaign.save(update_fields=["status", "updated_at"])
     if campaign.periodic_task_id:
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-    record_audit(action="campaigns.pause", obj=campaign, actor=actor, api_key=api_key)
+    record_audit(action="campaigns.campaign_paused", obj=campaign, actor=actor, api_key=api_key)
     return campaign
 
 
@@ -288,7 +350,7 @@ def resume_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
     # At once: the tasks queued before the pause found the campaign paused and sent nothing.
     queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
-    record_audit(action="campaigns.resume", obj=campaign, actor=actor, api_key=api_key)
+    record_audit(action="campaigns.campaign_resumed", obj=campaign, actor=actor, api_key=api_key)
     return campaign
 
 
@@ -332,7 +394,7 @@ def cancel_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
     skipped = _skip_pending_of_cancelled(campaign_ids=[campaign.pk])
     record_audit(
-        action="campaigns.cancel",
+        action="campaigns.campaign_cancelled",
         obj=campaign,
         actor=actor,
         api_key=api_key,
@@ -360,7 +422,7 @@ def fail_campaign(*, campaign_id: int, step: str, error: BaseException) -> None:
         campaign.save(update_fields=["status", "failure_reason", "failed_at", "updated_at"])
         if campaign.periodic_task_id:
             type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-        record_audit(action="campaigns.fail", obj=campaign, details={"step": step, "reason": reason})
+        record_audit(action="campaigns.campaign_failed", obj=campaign, details={"step": step, "reason": reason})
     logger.error("Campaign %s failed at %s: %s", campaign_id, step, reason)
 
 
@@ -380,7 +442,9 @@ def retry_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
     if campaign.phase == CampaignPhase.NONE and campaign.schedule_kind in (ScheduleKind.NOW, ScheduleKind.AT):
         _queue_start(campaign.pk)
     queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
-    record_audit(action="campaigns.retry", obj=campaign, actor=actor, api_key=api_key, details={"failure": reason})
+    record_audit(
+        action="campaigns.campaign_retried", obj=campaign, actor=actor, api_key=api_key, details={"failure": reason}
+    )
     return campaign
 
 
@@ -669,7 +733,7 @@ def reallocate(*, campaign_id: int, now: dt.datetime | None = None) -> Allocatio
         if campaign.allocation_error:
             Campaign.objects.filter(pk=campaign.pk).update(allocation_error="", allocation_error_at=None)
         record_audit(
-            action="campaigns.reallocate",
+            action="campaigns.shares_reallocated",
             obj=campaign,
             details={
                 "reason": reason,
@@ -891,7 +955,7 @@ def rollout_campaign(
     details: dict[str, Any] = {"variant": variant.name, "supported": risk is None, "summary": results["summary"]}
     if risk:
         details.update(confirmed=True, risk=risk)
-    record_audit(action="campaigns.rollout", obj=campaign, actor=actor, api_key=api_key, details=details)
+    record_audit(action="campaigns.campaign_rolled_out", obj=campaign, actor=actor, api_key=api_key, details=details)
     return campaign
 
 
@@ -1188,7 +1252,7 @@ def send_test_message(*, campaign: Campaign, variant: Variant, user_id: str, act
         with requests.Session() as session:
             outcome = channels.http_post(session, channels.channel_config(campaign.channel), payload)
     record_audit(
-        action="campaigns.send_test_message",
+        action="campaigns.test_message_sent",
         obj=campaign,
         actor=actor,
         details={"variant": variant.name, "user_id": user_id, "outcome": outcome.kind, "reason": outcome.reason},
@@ -1386,7 +1450,7 @@ def settle_unknown_deliveries(*, delivery_ids: Sequence[int], was_sent: bool, ac
         queue_pending(ids=ids, requeue_after=dt.timedelta(0))
     for pk in ids:
         record_audit(
-            action="campaigns.settle_unknown_delivery", obj=Delivery(pk=pk), actor=actor, details={"sent": was_sent}
+            action="campaigns.unknown_delivery_settled", obj=Delivery(pk=pk), actor=actor, details={"sent": was_sent}
         )
     return len(ids)
 
@@ -1444,7 +1508,7 @@ def complete_campaign(*, campaign_id: int, actor: Any = None, if_finished: bool 
     campaign.save()
     if campaign.periodic_task_id:
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-    record_audit(action="campaigns.complete", obj=campaign, actor=actor)
+    record_audit(action="campaigns.campaign_completed", obj=campaign, actor=actor)
     return campaign
 
 
@@ -1550,5 +1614,7 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
         actor=actor,
         api_key=api_key,
     )
-    record_audit(action="campaigns.clone", obj=clone, actor=actor, api_key=api_key, details={"from": source.pk})
+    record_audit(
+        action="campaigns.campaign_cloned", obj=clone, actor=actor, api_key=api_key, details={"from": source.pk}
+    )
     return clone

@@ -149,6 +149,7 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
     for event in events:
         if event.user_id and event.anonymous_id and event.anonymous_id not in pairs:
             pairs[event.anonymous_id] = event.user_id
+    # One run for a batch stored alone, a few when concurrent batches drew from the sequence.
     runs = runs_of(e.id for e in events)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -484,9 +485,11 @@ def tag_profiles(
     source: str = TagSource.MANUAL,
     category: str = "",
     score: float | None = None,
+    actor: Any = None,
 ) -> int:
     """Give `tag_name` to these profiles (creating the tag if new); returns how many gained it.
-    Each gain is recorded as a tag change."""
+    Each gain is recorded as a tag change, the action as one audit entry (`actor` None: the
+    system, e.g. a campaign's feedback)."""
     tag, _ = Tag.objects.get_or_create(name=tag_name, defaults={"category": category, "source": source})
     ids = sorted({int(pid) for pid in profile_ids})
     if not ids:
@@ -509,12 +512,20 @@ def tag_profiles(
             """,
             {"tag": tag.id, "score": score, "source": source, "at": timezone.now(), "ids": ids},
         )
-        return cursor.fetchone()[0]
+        gained = cursor.fetchone()[0]
+    record_audit(
+        action="profiles.tag_added",
+        obj=tag,
+        actor=actor,
+        details={"profiles": len(ids), "gained": gained, "source": source},
+    )
+    return gained
 
 
 @transaction.atomic
-def untag_profiles(*, tag_name: str, profile_ids: Iterable[int]) -> int:
-    """Take `tag_name` away from these profiles; returns how many lost it. Each loss is recorded."""
+def untag_profiles(*, tag_name: str, profile_ids: Iterable[int], actor: Any = None) -> int:
+    """Take `tag_name` away from these profiles; returns how many lost it. Each loss is recorded
+    as a tag change, the action as one audit entry."""
     tag = Tag.objects.filter(name=tag_name).first()
     ids = sorted({int(pid) for pid in profile_ids})
     if tag is None or not ids:
@@ -534,7 +545,9 @@ def untag_profiles(*, tag_name: str, profile_ids: Iterable[int]) -> int:
             """,
             {"tag": tag.id, "ids": ids, "at": timezone.now()},
         )
-        return cursor.fetchone()[0]
+        lost = cursor.fetchone()[0]
+    record_audit(action="profiles.tag_removed", obj=tag, actor=actor, details={"profiles": len(ids), "lost": lost})
+    return lost
 
 
 def record_imported_tag(*, profile_tag: ProfileTag, created: bool) -> None:
@@ -546,6 +559,53 @@ def record_imported_tag(*, profile_tag: ProfileTag, created: bool) -> None:
             action=TagChangeAction.ADDED,
             source=profile_tag.source,
         )
+
+
+def record_tags_imported(*, new: int, updated: int, actor: Any = None) -> None:
+    """Audit a finished CSV import of tag members (its rows were logged one by one above)."""
+    record_audit(action="profiles.tags_imported", actor=actor, details={"new": new, "updated": updated})
+
+
+@transaction.atomic
+def save_tag(*, tag: Tag, changed: Sequence[str] = (), actor: Any = None) -> Tag:
+    """Create or change a tag's description (its members change through tagging and rules)."""
+    tag.save()
+    record_audit(action="profiles.tag_saved", obj=tag, actor=actor, details={"changed": list(changed)})
+    return tag
+
+
+@transaction.atomic
+def delete_tag(*, tag: Tag, actor: Any = None) -> None:
+    """Delete a tag and, with it, its members and their history."""
+    record_audit(action="profiles.tag_deleted", obj=tag, actor=actor, details={"name": tag.name})
+    tag.delete()
+
+
+@transaction.atomic
+def save_tag_rule(*, rule: TagRule, changed: Sequence[str] = (), actor: Any = None) -> TagRule:
+    """Create or change a tag rule; its members change at its next recompute."""
+    rule.save()
+    record_audit(action="profiles.tag_rule_saved", obj=rule, actor=actor, details={"changed": list(changed)})
+    return rule
+
+
+@transaction.atomic
+def delete_tag_rule(*, rule: TagRule, actor: Any = None) -> None:
+    record_audit(action="profiles.tag_rule_deleted", obj=rule, actor=actor, details={"name": rule.name})
+    rule.delete()
+
+
+@transaction.atomic
+def request_tag_rule_recompute(*, rule_ids: Sequence[int], actor: Any = None) -> list[int]:
+    """Queue these rules' recompute now (each as its own task), audited; returns the ids queued."""
+    from profiles.tasks import recompute_tag_rule as task  # tasks import services
+
+    rules_found = list(TagRule.objects.filter(id__in=rule_ids).order_by("id"))
+    for rule in rules_found:
+        record_audit(action="profiles.tag_rule_recompute_requested", obj=rule, actor=actor)
+    ids = [rule.id for rule in rules_found]
+    transaction.on_commit(lambda: [publish(f"tag rule {rule_id}", task, args=[rule_id]) for rule_id in ids])
+    return ids
 
 
 @dataclass(frozen=True)

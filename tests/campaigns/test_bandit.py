@@ -178,7 +178,7 @@ def test_reallocation_moves_newcomers_to_the_variant_with_the_best_margin_and_ke
     for name, share in shares.items():
         group = fresh.filter(role="holdout") if name == "holdout" else fresh.filter(variant__name=name)
         assert abs(group.count() - 900 * share) <= 1, (name, group.count())
-    audit = AuditEntry.objects.filter(action="campaigns.reallocate").latest("id")
+    audit = AuditEntry.objects.filter(action="campaigns.shares_reallocated").latest("id")
     assert audit.details["shares"]["B"] == pytest.approx(shares["B"], abs=1e-4)
 
 
