@@ -10,9 +10,10 @@ from rest_framework.views import APIView
 from config.api import JsonParser
 
 
+# An API view that speaks JSON only, in and out: no browsable-API renderer to negotiate on
+# endpoints that machines call. (A comment, not a docstring: the schema would show a docstring as
+# the description of every endpoint built on it.)
 class JsonView(APIView):
-    """An API view that speaks JSON only, in and out: no browsable-API renderer to negotiate on
-    endpoints that machines call."""
 
     parser_classes = [JsonParser]
     renderer_classes = [JSONRenderer]
