@@ -355,6 +355,19 @@ def _traits(raw: Any, errors: dict[str, list[str]]) -> tuple[dict[str, Any], dic
     return known, custom
 
 
+def _identify_traits(message: dict[str, Any]) -> Any:
+    """An identify's traits: RudderStack's libraries send them as `context.traits`, Segment's at
+    the top; both are read, the top ones winning."""
+    traits = message.get("traits")
+    context = message.get("context")
+    in_context = context.get("traits") if isinstance(context, dict) else None
+    if not isinstance(in_context, dict) or not in_context:
+        return traits
+    if traits is None:
+        return in_context
+    return {**in_context, **traits} if isinstance(traits, dict) else traits
+
+
 @dataclass(frozen=True)
 class ProfileCall:
     """An identify, alias or group message, checked and ready for `profiles.services.identify`."""
@@ -381,7 +394,7 @@ def profile_call_of(message: dict[str, Any], kind: str) -> tuple[ProfileCall | N
     known: dict[str, Any] = {}
     custom: dict[str, Any] = {}
     if kind == "identify":
-        known, custom = _traits(message.get("traits"), errors)
+        known, custom = _traits(_identify_traits(message), errors)
         # Phones and e-mails are identities too: a second account with the same phone is the
         # same person (`identify` merges them). `parse_traits` has normalised them already.
         for identity in ("phone", "email"):

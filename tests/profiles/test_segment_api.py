@@ -369,7 +369,10 @@ def test_no_write_key_answers_401_asking_for_basic_auth():
 )
 def test_a_wrong_write_key_answers_401(header):
     response = Client().post(
-        f"{BASE}/batch", data=json.dumps({"batch": [track()]}), content_type="application/json", HTTP_AUTHORIZATION=header
+        f"{BASE}/batch",
+        data=json.dumps({"batch": [track()]}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=header,
     )
     assert response.status_code == 401
     assert not Event.objects.exists()

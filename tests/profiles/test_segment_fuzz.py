@@ -198,7 +198,9 @@ def test_each_valid_message_is_stored_once_and_each_invalid_one_refused_naming_i
             assert stored(message), message
         else:
             assert field in refused.get(index, {}), (message, field, refused.get(index))
-            assert all(reasons and all(isinstance(r, str) and r for r in reasons) for reasons in refused[index].values())
+            assert all(
+                reasons and all(isinstance(r, str) and r for r in reasons) for reasons in refused[index].values()
+            )
     events = sum(1 for m, f in batch if f is None and m["type"] in ("track", "page", "screen"))
     assert body["accepted"] + body["duplicates"] == events
 
