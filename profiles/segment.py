@@ -447,7 +447,11 @@ def profile_call_of(message: dict[str, Any], kind: str) -> tuple[ProfileCall | N
 
 def _size_problem(message: Any) -> str | None:
     try:
-        size = len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        # ASCII-escaped JSON is never shorter than UTF-8 JSON, and this is the C encoder's
+        # quickest path: only a message near the limit pays for the exact size.
+        size = len(json.dumps(message, separators=(",", ":")))
+        if size > MAX_MESSAGE_BYTES:
+            size = len(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
     except (ValueError, TypeError, RecursionError):
         return None  # the validator names what is wrong with it
     if size > MAX_MESSAGE_BYTES:
