@@ -67,8 +67,9 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def read_body(request: HttpRequest) -> Any:
-    """The JSON body, gzipped or not, within the batch limit of the spec (500 KB)."""
+def read_body(request: HttpRequest) -> tuple[Any, int]:
+    """The JSON body, gzipped or not, within the batch limit of the spec (500 KB), and its size
+    in bytes once decompressed."""
     limit = max_batch_bytes()
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -95,7 +96,7 @@ def read_body(request: HttpRequest) -> Any:
     if not raw:
         raise Refusal(400, "invalid_json", "The body is empty; send a JSON object.")
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=_refuse_constant), len(raw)
     except (ValueError, RecursionError) as exc:
         raise Refusal(400, "invalid_json", f"The body is not valid JSON: {str(exc)[:200]}") from exc
 
@@ -131,12 +132,12 @@ def authenticate(request: HttpRequest, body: Any = None) -> ApiKey:
     return api_key
 
 
-def _authenticate_and_read(request: HttpRequest) -> tuple[ApiKey, Any]:
+def _authenticate_and_read(request: HttpRequest) -> tuple[ApiKey, Any, int]:
     if request.META.get("HTTP_AUTHORIZATION"):
         api_key = authenticate(request)  # before reading: an unknown caller costs no parsing
-        return api_key, read_body(request)
-    body = read_body(request)
-    return authenticate(request, body), body
+        return api_key, *read_body(request)
+    body, size = read_body(request)
+    return authenticate(request, body), body, size
 
 
 def _batch_sent_at(body: dict[str, Any]) -> Any:
@@ -177,7 +178,7 @@ def batch(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _answer(405, {"success": False, "code": "method_not_allowed", "message": "Use POST."})
     try:
-        api_key, body = _authenticate_and_read(request)
+        api_key, body, size = _authenticate_and_read(request)
         if not isinstance(body, dict):
             raise Refusal(400, "invalid_request", 'The body must be a JSON object such as {"batch": [...]}.')
         messages = body.get("batch")
@@ -188,9 +189,7 @@ def batch(request: HttpRequest) -> HttpResponse:
             received_at=timezone.now(),
             batch_sent_at=_batch_sent_at(body),
             api_key=api_key,
-            # A body within one message's limit cannot hold a message over it.
-            check_sizes=int(request.META.get("CONTENT_LENGTH") or 0) > MAX_MESSAGE_BYTES
-            or bool(request.META.get("HTTP_CONTENT_ENCODING")),
+            check_sizes=size > MAX_MESSAGE_BYTES,  # a body within the limit holds no message over it
         )
     except Refusal as exc:
         return _refused(exc)
@@ -216,10 +215,10 @@ def single(request: HttpRequest, kind: str) -> HttpResponse:
         return _answer(405, {"success": False, "code": "method_not_allowed", "message": "Use POST."})
     kind = SHORT_TYPES.get(kind, kind)
     try:
-        api_key, body = _authenticate_and_read(request)
+        api_key, body, size = _authenticate_and_read(request)
         if not isinstance(body, dict):
             raise Refusal(400, "invalid_request", f"The body must be one {kind} message as a JSON object.")
-        if len(json.dumps(body, separators=(",", ":")).encode()) > MAX_MESSAGE_BYTES:
+        if size > MAX_MESSAGE_BYTES:
             raise Refusal(400, "payload_too_large", f"A message may take at most {MAX_MESSAGE_BYTES} bytes as JSON.")
         result = ingest_segment_messages(
             messages=[body], received_at=timezone.now(), kind=kind, api_key=api_key, check_sizes=False
@@ -239,9 +238,11 @@ def project_settings(request: HttpRequest, write_key: str) -> HttpResponse:
     if request.method == "OPTIONS":
         return _preflight()
     try:
-        api_key_for(write_key)
+        api_key = api_key_for(write_key)
     except AuthenticationFailed as exc:
         return _refused(Refusal(401, "unauthorized", str(exc.detail)))
+    if Scope.EVENTS_WRITE not in api_key.scopes:
+        return _refused(Refusal(403, "forbidden", "This key lacks the events:write scope that a write key needs."))
     host = getattr(settings, "OPSLOOP_SEGMENT_API_HOST", "") or f"{request.get_host()}/ingest/segment/v1"
     return _answer(
         200,

@@ -413,6 +413,8 @@ def test_project_settings_point_analytics_js_at_this_server(write_key):
     assert segment_io["protocol"] == "http"
     assert list(response.json()["integrations"]) == ["Segment.io"]  # no destination bundles to load
     assert Client().get(f"{BASE}/projects/olk_x_y/settings").status_code == 401
+    reader = access_services.create_api_key(name="reader", scopes=["profiles:read"]).plaintext
+    assert Client().get(f"{BASE}/projects/{reader}/settings").status_code == 403
 
 
 def test_the_analytics_js_bundle_is_served_and_nothing_outside_its_folder(settings, tmp_path):
