@@ -15,7 +15,7 @@ if ! command -v npm >/dev/null; then
     apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends nodejs npm >/dev/null
   else
-    echo "[segment-sdks] npm is missing: install Node.js 18+ and npm (Debian/Ubuntu: sudo apt-get install nodejs npm)" >&2
+    echo "[segment-sdks] npm is missing: install Node.js 20+ and npm (@segment/analytics-node needs 20; Debian 12 ships 18: use NodeSource)" >&2
     exit 1
   fi
 fi
