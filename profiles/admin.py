@@ -26,6 +26,7 @@ from profiles.models import (
     Profile,
     ProfileMerge,
     ProfileTag,
+    SegmentRejection,
     Tag,
     TagChange,
     TagRule,
@@ -564,3 +565,19 @@ class LookupRecordAdmin(ReadOnlyAdmin):
 
     def has_view_permission(self, request, obj=None) -> bool:
         return request.user.is_active and request.user.is_superuser
+
+
+@admin.register(SegmentRejection)
+class SegmentRejectionAdmin(ReadOnlyAdmin):
+    """Messages of the Segment tracking API that were refused, the last ones of each key: the
+    libraries ignore the replies, so this is where an integrator's mistakes show."""
+
+    list_display = ["at", "api_key", "message_type", "message_id", "index", "reasons"]
+    list_filter = ["api_key", "message_type"]
+    search_fields = ["message_id"]
+    date_hierarchy = "at"
+    list_select_related = ["api_key"]
+
+    @admin.display(description="Reasons")
+    def reasons(self, obj: SegmentRejection) -> str:
+        return "; ".join(f"{name}: {' '.join(why)}" for name, why in obj.errors.items())

@@ -312,6 +312,7 @@ def identify(
     identities: Iterable[tuple[str, str]] = (),
     traits: dict[str, Any] | None = None,
     custom_traits: dict[str, Any] | None = None,
+    source: str = "identify",
 ) -> IdentifyResult:
     """Tie identities to `user_id`'s profile (created if new), merging any profile that held one
     of them into it, then set the traits (known traits as parsed values, custom ones as JSON).
@@ -327,7 +328,11 @@ def identify(
         try:
             with transaction.atomic():
                 return _identify(
-                    user_id=user_id, claimed=sorted(claimed), traits=traits or {}, custom=custom_traits or {}
+                    user_id=user_id,
+                    claimed=sorted(claimed),
+                    traits=traits or {},
+                    custom=custom_traits or {},
+                    source=source,
                 )
         except OperationalError as exc:
             if not _is_deadlock(exc) or attempt == 2:
@@ -338,7 +343,7 @@ def identify(
 
 
 def _identify(
-    *, user_id: str, claimed: list[tuple[str, str]], traits: dict[str, Any], custom: dict[str, Any]
+    *, user_id: str, claimed: list[tuple[str, str]], traits: dict[str, Any], custom: dict[str, Any], source: str
 ) -> IdentifyResult:
     now = timezone.now()
     with connection.cursor() as cursor:
@@ -364,7 +369,7 @@ def _identify(
             target = Profile.objects.select_for_update().get(id=target.merged_into_id)
         for other_id in sorted(set(holders.values()) - {target.id}):
             other = locked[other_id]
-            _merge(into=target, other=other, reason=_reason(claimed, holders, other_id), at=now)
+            _merge(into=target, other=other, reason=_reason(claimed, holders, other_id, source), at=now)
             merged.append(other)
         missing = [(k, v) for k, v in claimed if (k, v) not in holders]
         Identity.objects.bulk_create(
@@ -388,9 +393,9 @@ def _holders(claimed: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     return {(i.kind, i.value): i.profile_id for i in Identity.objects.filter(query).only("kind", "value", "profile")}
 
 
-def _reason(claimed: list[tuple[str, str]], holders: dict[tuple[str, str], int], other_id: int) -> str:
+def _reason(claimed: list[tuple[str, str]], holders: dict[tuple[str, str], int], other_id: int, source: str) -> str:
     shared = [f"{k}" for k, _v in claimed if holders.get((k, _v)) == other_id]
-    return "identify: shared " + ", ".join(sorted(set(shared)))
+    return f"{source}: shared " + ", ".join(sorted(set(shared)))
 
 
 def _trait_value(profile: Profile, name: str) -> Any:
