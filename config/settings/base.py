@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "tracking",
     "profiles",
     "crm",
+    "predictions",
     "coupons",
     "campaigns",
     "monitoring",

@@ -1,0 +1,208 @@
+"""Customer lifetime value: the BG/NBD model of repeat purchases (Fader, Hardie & Lee 2005,
+"Counting your customers the easy way", Marketing Science 24(2)) and the Gamma-Gamma model of
+spend per purchase (Fader & Hardie 2013, "The Gamma-Gamma model of monetary value").
+
+The published likelihoods are implemented here with scipy rather than taken from a library:
+`lifetimes` is unmaintained and breaks on current pandas and scipy, and pymc-marketing, though
+it installs, brings some forty packages (pytensor, numba, arviz, matplotlib ...) into the web
+process for what is a four-parameter maximum-likelihood fit (see docs/predictions.md).
+
+Customers are summarised as in the paper: `x` repeat purchases, `t_x` the time of the last
+purchase and `T` the age of the customer, both since the first purchase, in any one time unit.
+Customers with the same (x, t_x, T) contribute the same likelihood term, so the fit sums over
+distinct triples weighted by their count: with times in whole days a million customers collapse
+to a few hundred thousand terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special
+
+# Below this many customers (or repeat customers for Gamma-Gamma) a fit is refused: four
+# parameters from a handful of people are noise, and operators would act on them.
+MIN_CUSTOMERS = 50
+MIN_REPEAT_CUSTOMERS = 20
+# Parameters are searched on a log scale within e^-15 .. e^15.
+LOG_BOUND = 15.0
+
+
+class NotEnoughData(ValueError):
+    """Too few customers, or no repeat purchases, to fit a model."""
+
+
+class FitFailed(RuntimeError):
+    """The optimiser did not converge, or converged to parameters outside the model's range."""
+
+
+@dataclass(frozen=True)
+class BgNbdParams:
+    r: float
+    alpha: float
+    a: float
+    b: float
+    log_likelihood: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"r": self.r, "alpha": self.alpha, "a": self.a, "b": self.b, "log_likelihood": self.log_likelihood}
+
+
+@dataclass(frozen=True)
+class GammaGammaParams:
+    p: float
+    q: float
+    v: float
+    log_likelihood: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"p": self.p, "q": self.q, "v": self.v, "log_likelihood": self.log_likelihood}
+
+
+def _distinct(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Distinct rows of the columns and how often each occurs."""
+    stacked = np.column_stack(columns)
+    unique, counts = np.unique(stacked, axis=0, return_counts=True)
+    return [unique[:, i] for i in range(unique.shape[1])], counts.astype(float)
+
+
+def bgnbd_log_likelihood(
+    r: float, alpha: float, a: float, b: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
+) -> np.ndarray:
+    """Each customer's log-likelihood, equation (6) of Fader, Hardie & Lee (2005)."""
+    a1 = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
+    a2 = special.gammaln(a + b) + special.gammaln(b + x) - special.gammaln(b) - special.gammaln(a + b + x)
+    a3 = -(r + x) * np.log(alpha + T)
+    repeat = x > 0
+    # For x = 0 the second term is absent; log(b + x - 1) is only evaluated where it exists.
+    a4 = np.where(
+        repeat,
+        np.log(a) - np.log(np.where(repeat, b + x - 1, 1.0)) - (r + x) * np.log(alpha + t_x),
+        -np.inf,
+    )
+    return a1 + a2 + np.logaddexp(a3, a4)
+
+
+def _converged(simplex: optimize.OptimizeResult, polished: optimize.OptimizeResult) -> bool:
+    """Either search reports convergence, or both stopped at the same likelihood: a maximum on
+    the edge of the parameter space (a shop whose customers never drop out drives `a` to 0)
+    leaves the quasi-Newton polish unable to report success, yet the fit is sound."""
+    if not (np.isfinite(simplex.fun) and np.isfinite(polished.fun)):
+        return False
+    if simplex.success or polished.success:
+        return True
+    return abs(simplex.fun - polished.fun) <= 1e-7 * max(1.0, abs(simplex.fun))
+
+
+def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> BgNbdParams:
+    """Maximum-likelihood BG/NBD parameters; NotEnoughData or FitFailed instead of a nonsense fit."""
+    x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+    if len(x) < MIN_CUSTOMERS:
+        raise NotEnoughData(f"{len(x)} customers; at least {MIN_CUSTOMERS} are needed to fit purchases")
+    if not (x > 0).any():
+        raise NotEnoughData("no customer bought twice: repeat purchases cannot be modelled yet")
+    (ux, ut, uT), weight = _distinct(x, t_x, T)
+    scale = float(np.mean(T)) or 1.0
+
+    def negative(log_params: np.ndarray) -> float:
+        r, alpha, a, b = np.exp(log_params)
+        return -float(np.dot(weight, bgnbd_log_likelihood(r, alpha, a, b, ux, ut, uT))) / weight.sum()
+
+    # alpha is on the scale of time: start it at the customers' mean age, the others at 1.
+    start = np.log([1.0, scale, 1.0, 1.0])
+    result = optimize.minimize(
+        negative, start, method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 8000, "maxfev": 16000}
+    )
+    # Nelder-Mead finds the basin; a quasi-Newton polish gets the last decimals. The bounds keep
+    # a maximum on the edge (customers who never drop out: a -> 0, b -> infinity) at a point
+    # where the formulas still evaluate, which changes no prediction measurably.
+    polished = optimize.minimize(
+        negative, np.clip(result.x, -LOG_BOUND, LOG_BOUND), method="L-BFGS-B", bounds=[(-LOG_BOUND, LOG_BOUND)] * 4
+    )
+    best = polished if polished.fun <= result.fun or np.any(np.abs(result.x) > LOG_BOUND) else result
+    params = np.exp(best.x)
+    if not _converged(result, polished) or not np.all(np.isfinite(params)):
+        raise FitFailed(f"BG/NBD did not converge: {result.message} / {polished.message}")
+    r, alpha, a, b = (float(p) for p in params)
+    fitted = BgNbdParams(r=r, alpha=alpha, a=a, b=b, log_likelihood=float(-best.fun * weight.sum()))
+    check = expected_purchases(fitted, float(np.max(uT)), ux, ut, uT)
+    if not np.all(np.isfinite(check)):
+        raise FitFailed(f"BG/NBD parameters {fitted.as_dict()} give non-finite predictions")
+    return fitted
+
+
+def fit_gamma_gamma(frequency: np.ndarray, monetary: np.ndarray) -> GammaGammaParams:
+    """Gamma-Gamma parameters from repeat customers' number of repeat purchases and mean spend
+    (customers without a repeat purchase, or with a mean spend of zero, are left out)."""
+    x, m = np.asarray(frequency, dtype=float), np.asarray(monetary, dtype=float)
+    keep = (x > 0) & (m > 0)
+    x, m = x[keep], m[keep]
+    if len(x) < MIN_REPEAT_CUSTOMERS:
+        raise NotEnoughData(f"{len(x)} repeat customers; at least {MIN_REPEAT_CUSTOMERS} are needed to fit spend")
+
+    def negative(log_params: np.ndarray) -> float:
+        p, q, v = np.exp(log_params)
+        px = p * x
+        ll = (
+            special.gammaln(px + q)
+            - special.gammaln(px)
+            - special.gammaln(q)
+            + q * np.log(v)
+            + (px - 1) * np.log(m)
+            + px * np.log(x)
+            - (px + q) * np.log(x * m + v)
+        )
+        return -float(ll.sum()) / len(x)
+
+    result = optimize.minimize(
+        negative,
+        np.log([1.0, 1.0, float(np.mean(m))]),
+        method="Nelder-Mead",
+        options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 8000, "maxfev": 16000},
+    )
+    polished = optimize.minimize(
+        negative, np.clip(result.x, -LOG_BOUND, LOG_BOUND), method="L-BFGS-B", bounds=[(-LOG_BOUND, LOG_BOUND)] * 3
+    )
+    best = polished if polished.fun <= result.fun or np.any(np.abs(result.x) > LOG_BOUND) else result
+    params = np.exp(best.x)
+    if not _converged(result, polished) or not np.all(np.isfinite(params)):
+        raise FitFailed(f"Gamma-Gamma did not converge: {result.message} / {polished.message}")
+    p, q, v = (float(value) for value in params)
+    if q <= 1:
+        # The expected spend p * v / (q - 1) is infinite: the data do not support a value model.
+        raise FitFailed(f"Gamma-Gamma q = {q:.3f} <= 1: mean spend would be unbounded")
+    return GammaGammaParams(p=p, q=q, v=v, log_likelihood=float(-best.fun * len(x)))
+
+
+def probability_alive(params: BgNbdParams, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """P(still active | x, t_x, T), equation (11) of Fader, Hardie & Lee (2005)."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+    log_ratio = np.log(a) - np.log(np.maximum(b + x - 1, 1e-12)) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+    return np.where(x > 0, special.expit(-log_ratio), 1.0)
+
+
+def expected_purchases(params: BgNbdParams, t: float, x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """E[purchases in the next `t` | x, t_x, T], equation (10) of Fader, Hardie & Lee (2005)."""
+    r, alpha, a, b = params.r, params.alpha, params.a, params.b
+    x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+    z = t / (alpha + T + t)
+    hyp = special.hyp2f1(r + x, b + x, a + b + x - 1, z)
+    first = (a + b + x - 1) / (a - 1)
+    second = 1 - np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t))) * hyp
+    denominator = 1 + np.where(
+        x > 0,
+        a / np.maximum(b + x - 1, 1e-12) * np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + t_x))),
+        0.0,
+    )
+    return np.maximum(first * second / denominator, 0.0)
+
+
+def expected_spend(params: GammaGammaParams, frequency: np.ndarray, monetary: np.ndarray) -> np.ndarray:
+    """E[mean spend per purchase | x, m_x]: the population mean p v / (q - 1) for customers without
+    repeat purchases, moving towards their own mean the more they bought (Fader & Hardie 2013)."""
+    p, q, v = params.p, params.q, params.v
+    x = np.asarray(frequency, dtype=float)
+    m = np.where(x > 0, np.asarray(monetary, dtype=float), 0.0)
+    return p * (v + x * m) / (p * x + q - 1)
