@@ -198,9 +198,6 @@ def model_matrix(customers: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-# The plain baseline the churn model must beat: recency, frequency and value alone.
-RFM_COLUMNS = ["recency_days", "orders", "spend"]
-
 
 def moments(reference_at: datetime, horizon_days: int) -> dict[str, Any]:
     """The calibration cut-off: models learn from what was known `horizon_days` before the

@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
+from threadpoolctl import threadpool_limits
 
 from access.services import record_audit
 from config.celery import publish
@@ -361,7 +363,8 @@ def _churn_model(
 ) -> tuple[churn.ChurnModel | None, int | None]:
     churned = (~before["profile_id"].isin(bought.keys())).to_numpy()
     try:
-        model = churn.train(features.model_matrix(before), churned)
+        with threadpool_limits(limits=settings.OPSLOOP_PREDICTION_THREADS):
+            model = churn.train(features.model_matrix(before), churned)
     except churn.NotEnoughData as exc:
         previous = last_good_churn_run(before=run_id)
         kept = f" Kept the model of run {previous.pk}." if previous else " No earlier model: no churn risk."
@@ -393,8 +396,10 @@ def _scores(
         for column in ("purchases_90d", "purchases_365d", "value_90d", "value_365d", "p_alive"):
             scores[column] = np.nan
     scores["past_value"] = today["spend"]
+    with threadpool_limits(limits=settings.OPSLOOP_PREDICTION_THREADS):
+        risk = model.risk(features.model_matrix(today)) if model is not None and len(today) else None
     scores["churn_risk"] = (
-        pd.array(model.risk(features.model_matrix(today)), dtype="Int16")
+        pd.array(risk, dtype="Int16")
         if model is not None and len(today)
         else pd.array([None] * len(today), dtype="Int16")
     )

@@ -208,6 +208,9 @@ OPSLOOP_EVENTS_MAX_BODY_BYTES = int(env("OPSLOOP_EVENTS_MAX_BODY_BYTES", str(40 
 # Customer value: default RFM window of new scoring schemes; memory for the nightly recompute.
 OPSLOOP_RFM_WINDOW_DAYS = int(env("OPSLOOP_RFM_WINDOW_DAYS", "365"))
 OPSLOOP_CRM_RECOMPUTE_WORK_MEM = env("OPSLOOP_CRM_RECOMPUTE_WORK_MEM", "256MB")
+# Predictions: threads the churn model trains with. Gradient boosting spins a thread per core
+# (OpenMP); on a worker whose cores are busy with other tasks that is many times slower than one.
+OPSLOOP_PREDICTION_THREADS = int(env("OPSLOOP_PREDICTION_THREADS", "1"))
 # Delivery: batch size and HTTP threads per task, when a delivery counts as stuck and is re-queued
 # by the sweeper, how many ignored messages make a person fatigued and for how long.
 OPSLOOP_DELIVERY_BATCH_SIZE = int(env("OPSLOOP_DELIVERY_BATCH_SIZE", "200"))
