@@ -24,7 +24,6 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-
 MIN_CUSTOMERS = 200
 MIN_PER_CLASS = 30
 FOLDS = 4

@@ -198,7 +198,6 @@ def model_matrix(customers: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-
 def moments(reference_at: datetime, horizon_days: int) -> dict[str, Any]:
     """The calibration cut-off: models learn from what was known `horizon_days` before the
     reference and are checked against what happened since."""
