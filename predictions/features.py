@@ -17,10 +17,12 @@ from django.db import connection
 
 from tracking.selectors import order_amount_sql
 
-# Per customer (a profile with a paid, unrefunded order at or before %(at)s): the BG/NBD summary
-# in whole days (x repeat purchase days, t_x, T), spend, recent activity, and the lifecycle stage
-# recorded for it at that moment (crm's history, so a past moment sees the stage it had then).
-CUSTOMERS_SQL = """
+# Every paid order up to the reference date, once: both moments a run looks at (the reference and
+# the cut-off one horizon earlier) and the purchases between them are read from this table rather
+# than from the events again. An order sent twice (a retried event under a new event id) counts
+# once; its refund is kept with its time, so the cut-off sees only refunds known by then.
+ORDERS_SQL = """
+CREATE TEMP TABLE pred_orders ON COMMIT DROP AS
 WITH orders AS (
     SELECT pe.profile_id,
            COALESCE(NULLIF(pe.properties->>'order_id', ''), pe.event_id::text) AS order_id,
@@ -30,17 +32,27 @@ WITH orders AS (
     WHERE pe.name = 'order_paid' AND pe.timestamp <= %(at)s AND pe.profile_id IS NOT NULL
     GROUP BY 1, 2
 ),
-refunded AS (
-    SELECT DISTINCT pe.properties->>'order_id' AS order_id
+refunds AS (
+    SELECT pe.properties->>'order_id' AS order_id, min(pe.timestamp) AS refunded_at
     FROM profiles_profileevent pe
     WHERE pe.name = 'order_refunded' AND pe.timestamp <= %(at)s AND pe.properties->>'order_id' <> ''
-),
-days AS (
+    GROUP BY 1
+)
+SELECT o.profile_id, o.paid_at, o.amount, r.refunded_at
+FROM orders o LEFT JOIN refunds r ON r.order_id = o.order_id
+"""
+
+# Per customer (a profile with a paid order at or before %(at)s, not refunded by then): the
+# BG/NBD summary in whole days (x repeat purchase days, t_x, T), spend, recent activity, and the
+# lifecycle stage recorded for it at that moment (crm's history, so a past moment sees the stage
+# it had then). Reads `pred_orders`.
+CUSTOMERS_SQL = """
+WITH days AS (
     -- Purchases are counted per day, as the model's repeat purchases are.
     SELECT o.profile_id, floor(extract(epoch FROM (%(at)s - o.paid_at)) / 86400)::int AS age,
            count(*) AS orders, sum(o.amount) AS amount
-    FROM orders o
-    WHERE NOT EXISTS (SELECT 1 FROM refunded r WHERE r.order_id = o.order_id)
+    FROM pred_orders o
+    WHERE o.paid_at <= %(at)s AND (o.refunded_at IS NULL OR o.refunded_at > %(at)s)
     GROUP BY 1, 2
 ),
 customers AS (
@@ -99,23 +111,12 @@ CUSTOMER_COLUMNS = [
     "lifecycle",
 ]
 
-# Days of purchase (paid, unrefunded orders) per customer in (%(start)s, %(end)s]: what the
+# Days of purchase per customer in (%(start)s, %(end)s], orders not refunded by %(end)s: what the
 # holdout's predictions are compared with, and what "churned" means for training.
 PURCHASE_DAYS_SQL = """
-WITH orders AS (
-    SELECT pe.profile_id,
-           COALESCE(NULLIF(pe.properties->>'order_id', ''), pe.event_id::text) AS order_id,
-           min(pe.timestamp) AS paid_at
-    FROM profiles_profileevent pe
-    WHERE pe.name = 'order_paid' AND pe.timestamp <= %(end)s AND pe.profile_id IS NOT NULL
-    GROUP BY 1, 2
-)
 SELECT o.profile_id, count(DISTINCT date_trunc('day', o.paid_at))
-FROM orders o
-WHERE o.paid_at > %(start)s
-  AND NOT EXISTS (
-      SELECT 1 FROM profiles_profileevent r
-      WHERE r.name = 'order_refunded' AND r.timestamp <= %(end)s AND r.properties->>'order_id' = o.order_id)
+FROM pred_orders o
+WHERE o.paid_at > %(start)s AND o.paid_at <= %(end)s AND (o.refunded_at IS NULL OR o.refunded_at > %(end)s)
 GROUP BY o.profile_id
 """
 
@@ -143,11 +144,19 @@ def registered_features() -> list[str]:
     return sorted(_features)
 
 
-def customers_at(at: datetime, *, recent_days: int = 90) -> pd.DataFrame:
-    """Every customer as of `at`, one row each (see CUSTOMERS_SQL), ordered by profile id."""
-    sql = CUSTOMERS_SQL.replace("{amount}", order_amount_sql("pe.properties"))
+def load_orders(at: datetime) -> None:
+    """Fill this transaction's `pred_orders` with every paid order up to `at` (ORDERS_SQL)."""
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"at": at, "recent_days": recent_days})
+        cursor.execute("DROP TABLE IF EXISTS pred_orders")
+        cursor.execute(ORDERS_SQL.replace("{amount}", order_amount_sql("pe.properties")), {"at": at})
+        cursor.execute("ANALYZE pred_orders")
+
+
+def customers_at(at: datetime, *, recent_days: int = 90) -> pd.DataFrame:
+    """Every customer as of `at` (not after the moment `load_orders` was given), one row each
+    (see CUSTOMERS_SQL), ordered by profile id."""
+    with connection.cursor() as cursor:
+        cursor.execute(CUSTOMERS_SQL, {"at": at, "recent_days": recent_days})
         rows = cursor.fetchall()
     frame = pd.DataFrame(rows, columns=CUSTOMER_COLUMNS)
     # Sums arrive as Decimal: the models work in floats, money goes back as Decimal when written.

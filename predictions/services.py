@@ -41,6 +41,9 @@ RUN_LOCK_KEY = 0x0C0FFEE6
 # The steps of a run, in order, as `progress` names them and `PredictionRun.timings` keys them.
 RUN_STEPS = ("customers", "purchase_model", "churn_model", "scores", "write", "churn_tag")
 
+# Purchase times are fitted in whole weeks (see clv.fit_bgnbd_in_periods), predicted in days.
+FIT_PERIOD_DAYS = 7.0
+
 # Holdout buckets: customers by repeat purchases in the calibration period, the last open-ended.
 CALIBRATION_BUCKETS = 7
 
@@ -268,6 +271,7 @@ def _run(*, run_id: int, now: datetime, config: PredictionSettings, progress: Ca
 
     horizon = config.horizon_days
     cutoff = now - timedelta(days=horizon)
+    features.load_orders(now)
     today = features.customers_at(now, recent_days=horizon)
     before = features.customers_at(cutoff, recent_days=horizon)
     bought = features.purchase_days(start=cutoff, end=now)
@@ -306,12 +310,14 @@ def _purchase_model(
     update: dict[str, Any],
 ) -> tuple[clv.BgNbdParams | None, clv.GammaGammaParams | None, int | None]:
     """Tonight's BG/NBD and Gamma-Gamma fit, else the last good one (and why not tonight's)."""
+    previous = last_good_clv_run(before=run_id)
+    # Last night's parameters are where tonight's search starts: a night moves them little.
+    start = clv.BgNbdParams(**previous.clv_params["bgnbd"]) if previous is not None else None
     try:
-        bgnbd = clv.fit_bgnbd(today["x"], today["t_x"], today["T"])
+        bgnbd = clv.fit_bgnbd_in_periods(today["x"], today["t_x"], today["T"], period=FIT_PERIOD_DAYS, start=start)
         gamma = clv.fit_gamma_gamma(today["x"], today["repeat_mean"].fillna(0))
     except (clv.NotEnoughData, clv.FitFailed) as exc:
         outcome = ModelOutcome.NOT_ENOUGH_DATA if isinstance(exc, clv.NotEnoughData) else ModelOutcome.NOT_CONVERGED
-        previous = last_good_clv_run(before=run_id)
         kept = f" Kept the model of run {previous.pk}." if previous else " No earlier model: no value predictions."
         update.update(clv_outcome=outcome, clv_reason=f"{exc}.{kept}")
         logger.warning("prediction run %s: purchase model %s: %s%s", run_id, outcome, exc, kept)
@@ -326,16 +332,16 @@ def _purchase_model(
     update.update(
         clv_outcome=ModelOutcome.FITTED,
         clv_params={"bgnbd": bgnbd.as_dict(), "gamma_gamma": gamma.as_dict(), "time_unit": "day"},
-        clv_calibration=_holdout(before, bought, horizon),
+        clv_calibration=_holdout(before, bought, horizon, start=bgnbd),
     )
     return bgnbd, gamma, run_id
 
 
-def _holdout(before: pd.DataFrame, bought: dict[int, int], horizon: int) -> dict[str, Any]:
+def _holdout(before: pd.DataFrame, bought: dict[int, int], horizon: int, *, start: clv.BgNbdParams) -> dict[str, Any]:
     """Fit on what was known at the cut-off, predict the purchases of the horizon since, and set
     them against the actual ones per bucket of earlier repeat purchases (the classic plot)."""
     try:
-        params = clv.fit_bgnbd(before["x"], before["t_x"], before["T"])
+        params = clv.fit_bgnbd_in_periods(before["x"], before["t_x"], before["T"], period=FIT_PERIOD_DAYS, start=start)
     except (clv.NotEnoughData, clv.FitFailed) as exc:
         return {"reason": str(exc), "buckets": []}
     predicted = clv.expected_purchases(params, horizon, before["x"], before["t_x"], before["T"])

@@ -81,3 +81,17 @@ def test_customers_who_never_came_back_are_not_enough_data():
 def test_too_few_repeat_customers_to_fit_spend():
     with pytest.raises(clv.NotEnoughData, match="repeat customers"):
         clv.fit_gamma_gamma([1, 2, 0, 0], [10.0, 12.0, 0.0, 0.0])
+
+
+def test_fitting_in_whole_weeks_gives_parameters_in_days_close_to_the_exact_fit(summary):
+    exact = clv.fit_bgnbd(summary.frequency, summary.recency, summary["T"])
+    days = clv.fit_bgnbd_in_periods(summary.frequency, summary.recency * 7, summary["T"] * 7, period=7)
+    assert days.alpha / 7 == pytest.approx(exact.alpha, rel=0.05)
+    assert (days.r, days.a, days.b) == pytest.approx((exact.r, exact.a, exact.b), rel=0.05)
+
+
+def test_the_answer_does_not_depend_on_where_the_search_starts(summary):
+    exact = clv.fit_bgnbd(summary.frequency, summary.recency, summary["T"])
+    far = clv.BgNbdParams(r=2.0, alpha=40.0, a=0.1, b=9.0, log_likelihood=0.0)
+    again = clv.fit_bgnbd(summary.frequency, summary.recency, summary["T"], start=far)
+    assert (again.r, again.alpha, again.a, again.b) == pytest.approx((exact.r, exact.alpha, exact.a, exact.b), abs=5e-5)
