@@ -30,6 +30,7 @@ LOG_BOUND = 15.0
 # Customers the BG/NBD simplex search looks at (see fit_bgnbd); the polish uses all of them.
 SEARCH_SAMPLE = 20_000
 SEED = 20050101
+SIMPLEX_OPTIONS = {"xatol": 1e-6, "fatol": 1e-10, "maxiter": 4000, "maxfev": 6000}
 
 
 class NotEnoughData(ValueError):
@@ -128,8 +129,10 @@ def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *, start: BgNbdPara
     initial = np.log([1.0, scale, 1.0, 1.0])
     if start is not None:
         initial = np.clip(np.log([start.r, start.alpha, start.a, start.b]), -LOG_BOUND, LOG_BOUND)
+    # The simplex only has to find the basin (the polish below finishes): moderate tolerances, and
+    # bounds, so a maximum on the edge is not chased for thousands of steps.
     result = optimize.minimize(
-        search, initial, method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 8000, "maxfev": 16000}
+        search, initial, method="Nelder-Mead", bounds=[(-LOG_BOUND, LOG_BOUND)] * 4, options=SIMPLEX_OPTIONS
     )
     # Nelder-Mead finds the basin; a quasi-Newton polish gets the last decimals. The bounds keep
     # a maximum on the edge (customers who never drop out: a -> 0, b -> infinity) at a point
@@ -197,7 +200,8 @@ def fit_gamma_gamma(frequency: np.ndarray, monetary: np.ndarray) -> GammaGammaPa
         negative,
         np.log([1.0, 1.0, float(np.mean(m))]),
         method="Nelder-Mead",
-        options={"xatol": 1e-8, "fatol": 1e-12, "maxiter": 8000, "maxfev": 16000},
+        bounds=[(-LOG_BOUND, LOG_BOUND)] * 3,
+        options=SIMPLEX_OPTIONS,
     )
     polished = optimize.minimize(
         negative, np.clip(result.x, -LOG_BOUND, LOG_BOUND), method="L-BFGS-B", bounds=[(-LOG_BOUND, LOG_BOUND)] * 3

@@ -189,3 +189,17 @@ def test_command_shows_progress_and_the_fitted_models(shop, capsys):
 def test_the_nightly_run_is_scheduled_on_the_analytics_queue():
     task = PeriodicTask.objects.get(task="predictions.tasks.recompute_predictions")
     assert task.enabled and task.queue == "analytics" and (task.crontab.hour, task.crontab.minute) == ("3", "30")
+
+
+def test_a_failed_run_shows_on_the_health_page_until_a_later_run_succeeds(shop, now, monkeypatch):
+    from monitoring.selectors import health_report
+
+    monkeypatch.setattr(services, "_write", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        services.recompute_predictions(now=now)
+    section = next(s for s in health_report().sections if s.title == "failed prediction run(s)")
+    assert [item.reason for item in section.items] == ["ZeroDivisionError: division by zero"]
+    monkeypatch.undo()
+    services.recompute_predictions(now=now)
+    section = next(s for s in health_report().sections if s.title == "failed prediction run(s)")
+    assert section.items == []
