@@ -18,8 +18,8 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 from campaigns.models import Campaign, Delivery
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
-from predictions.models import PredictionRun, RunStatus
 from monitoring.models import TaskRun
+from predictions.models import PredictionRun, RunStatus
 from profiles.models import TagRule
 
 
