@@ -29,7 +29,7 @@ MIN_PER_CLASS = 30
 FOLDS = 3
 # Beyond these many customers a sample trains and evaluates the model: the fit's quality stops
 # improving long before a million rows, and the nightly window is bounded.
-MAX_TRAIN_ROWS = 25_000
+MAX_TRAIN_ROWS = 15_000
 SEED = 20050101
 # The plain baseline the churn model must beat: recency, frequency and value alone.
 RFM_COLUMNS = ["recency_days", "orders", "spend"]

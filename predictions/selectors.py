@@ -72,7 +72,11 @@ def predicted_tier_slug(profile_id: int) -> str | None:
 
 
 def latest_run() -> PredictionRun | None:
-    return PredictionRun.objects.exclude(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).order_by("-pk").first()
+    return (
+        PredictionRun.objects.exclude(status__in=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SKIPPED])
+        .order_by("-pk")
+        .first()
+    )
 
 
 def model_state() -> dict[str, Any]:
