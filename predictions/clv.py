@@ -182,22 +182,30 @@ def fit_gamma_gamma(frequency: np.ndarray, monetary: np.ndarray) -> GammaGammaPa
     if len(x) < MIN_REPEAT_CUSTOMERS:
         raise NotEnoughData(f"{len(x)} repeat customers; at least {MIN_REPEAT_CUSTOMERS} are needed to fit spend")
 
-    def negative(log_params: np.ndarray) -> float:
-        p, q, v = np.exp(log_params)
-        px = p * x
-        ll = (
-            special.gammaln(px + q)
-            - special.gammaln(px)
-            - special.gammaln(q)
-            + q * np.log(v)
-            + (px - 1) * np.log(m)
-            + px * np.log(x)
-            - (px + q) * np.log(x * m + v)
-        )
-        return -float(ll.sum()) / len(x)
+    def negative_on(cx: np.ndarray, cm: np.ndarray):
+        def negative(log_params: np.ndarray) -> float:
+            p, q, v = np.exp(log_params)
+            px = p * cx
+            ll = (
+                special.gammaln(px + q)
+                - special.gammaln(px)
+                - special.gammaln(q)
+                + q * np.log(v)
+                + (px - 1) * np.log(cm)
+                + px * np.log(cx)
+                - (px + q) * np.log(cx * cm + v)
+            )
+            return -float(ll.sum()) / len(cx)
 
+        return negative
+
+    negative = search = negative_on(x, m)
+    # Mean spends are all different: on a large base the simplex runs on a sample (as for BG/NBD).
+    if len(x) > SEARCH_SAMPLE:
+        chosen = np.random.default_rng(SEED).choice(len(x), SEARCH_SAMPLE, replace=False)
+        search = negative_on(x[chosen], m[chosen])
     result = optimize.minimize(
-        negative,
+        search,
         np.log([1.0, 1.0, float(np.mean(m))]),
         method="Nelder-Mead",
         bounds=[(-LOG_BOUND, LOG_BOUND)] * 3,
@@ -206,7 +214,10 @@ def fit_gamma_gamma(frequency: np.ndarray, monetary: np.ndarray) -> GammaGammaPa
     polished = optimize.minimize(
         negative, np.clip(result.x, -LOG_BOUND, LOG_BOUND), method="L-BFGS-B", bounds=[(-LOG_BOUND, LOG_BOUND)] * 3
     )
-    best = polished if polished.fun <= result.fun or np.any(np.abs(result.x) > LOG_BOUND) else result
+    if search is not negative:
+        best = polished  # the simplex's value is the sample's, not comparable
+    else:
+        best = polished if polished.fun <= result.fun or np.any(np.abs(result.x) > LOG_BOUND) else result
     params = np.exp(best.x)
     if not _converged(result, polished) or not np.all(np.isfinite(params)):
         raise FitFailed(f"Gamma-Gamma did not converge: {result.message} / {polished.message}")

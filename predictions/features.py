@@ -8,8 +8,7 @@ such as how many messages a customer received lately, through `register_feature`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -205,9 +204,3 @@ def model_matrix(customers: pd.DataFrame) -> pd.DataFrame:
     for name in registered_features():
         frame[name] = customers[name].astype(float)
     return frame
-
-
-def moments(reference_at: datetime, horizon_days: int) -> dict[str, Any]:
-    """The calibration cut-off: models learn from what was known `horizon_days` before the
-    reference and are checked against what happened since."""
-    return {"cutoff": reference_at - timedelta(days=horizon_days), "reference": reference_at}
