@@ -88,15 +88,25 @@ def bgnbd_log_likelihood(
     return a1 + a2 + np.logaddexp(a3, a4)
 
 
-def _converged(simplex: optimize.OptimizeResult, polished: optimize.OptimizeResult) -> bool:
-    """Either search reports convergence, or both stopped at the same likelihood: a maximum on
-    the edge of the parameter space (a shop whose customers never drop out drives `a` to 0)
-    leaves the quasi-Newton polish unable to report success, yet the fit is sound."""
-    if not (np.isfinite(simplex.fun) and np.isfinite(polished.fun)):
+def _converged(
+    simplex: optimize.OptimizeResult, polished: optimize.OptimizeResult, negative, dimensions: int
+) -> bool:
+    """Either search reports convergence, or a fresh simplex from the polished point finds nothing
+    better: a maximum on the edge of the parameter space (a shop whose customers never drop out
+    drives `a` to 0 and `b` up) leaves both searches unable to report success on a flat ridge,
+    yet the fit is sound."""
+    if not np.isfinite(polished.fun):
         return False
     if simplex.success or polished.success:
         return True
-    return abs(simplex.fun - polished.fun) <= 1e-7 * max(1.0, abs(simplex.fun))
+    check = optimize.minimize(
+        negative,
+        polished.x,
+        method="Nelder-Mead",
+        bounds=[(-LOG_BOUND, LOG_BOUND)] * dimensions,
+        options={"xatol": 1e-6, "fatol": 1e-10, "maxfev": 400},
+    )
+    return check.fun >= polished.fun - 1e-7 * max(1.0, abs(polished.fun))
 
 
 def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *, start: BgNbdParams | None = None) -> BgNbdParams:
@@ -145,7 +155,7 @@ def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *, start: BgNbdPara
     else:
         best = polished if polished.fun <= result.fun or np.any(np.abs(result.x) > LOG_BOUND) else result
     params = np.exp(best.x)
-    if not _converged(result, polished) or not np.all(np.isfinite(params)):
+    if not _converged(result, polished, negative, 4) or not np.all(np.isfinite(params)):
         raise FitFailed(f"BG/NBD did not converge: {result.message} / {polished.message}")
     r, alpha, a, b = (float(p) for p in params)
     fitted = BgNbdParams(r=r, alpha=alpha, a=a, b=b, log_likelihood=float(-best.fun * weight.sum()))
@@ -219,7 +229,7 @@ def fit_gamma_gamma(frequency: np.ndarray, monetary: np.ndarray) -> GammaGammaPa
     else:
         best = polished if polished.fun <= result.fun or np.any(np.abs(result.x) > LOG_BOUND) else result
     params = np.exp(best.x)
-    if not _converged(result, polished) or not np.all(np.isfinite(params)):
+    if not _converged(result, polished, negative, 3) or not np.all(np.isfinite(params)):
         raise FitFailed(f"Gamma-Gamma did not converge: {result.message} / {polished.message}")
     p, q, v = (float(value) for value in params)
     if q <= 1:
