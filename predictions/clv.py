@@ -88,9 +88,7 @@ def bgnbd_log_likelihood(
     return a1 + a2 + np.logaddexp(a3, a4)
 
 
-def _converged(
-    simplex: optimize.OptimizeResult, polished: optimize.OptimizeResult, negative, dimensions: int
-) -> bool:
+def _converged(simplex: optimize.OptimizeResult, polished: optimize.OptimizeResult, negative, dimensions: int) -> bool:
     """Either search reports convergence, or a fresh simplex from the polished point finds nothing
     better: a maximum on the edge of the parameter space (a shop whose customers never drop out
     drives `a` to 0 and `b` up) leaves both searches unable to report success on a flat ridge,
