@@ -16,6 +16,7 @@ class CampaignsConfig(AppConfig):
     def ready(self) -> None:
         from campaigns import selectors, services
         from coupons.audiences import register_segment_checker, register_segment_resolver
+        from predictions.features import register_feature
         from profiles.lookup import register_section
         from tracking.hooks import register_ingest_listener
 
@@ -23,3 +24,4 @@ class CampaignsConfig(AppConfig):
         register_section("messages", selectors.deliveries_for_profile)
         register_segment_resolver(selectors.segment_profile_ids)
         register_segment_checker(selectors.segment_exists)
+        register_feature("messages_30d", selectors.MESSAGES_30D_SQL)

@@ -16,7 +16,18 @@ from typing import Any
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
-CONDITION_KEYS = ("all", "any", "not", "tag", "tier", "lifecycle", "rfm_segment", "trait", "event")
+CONDITION_KEYS = (
+    "all",
+    "any",
+    "not",
+    "tag",
+    "tier",
+    "predicted_tier",
+    "lifecycle",
+    "rfm_segment",
+    "trait",
+    "event",
+)
 TRAIT_OPS = ("eq", "ne", "in", "gte", "lte", "contains")
 EVENT_OPS = ("gte", "lte", "eq")
 MAX_DEPTH = 12
@@ -123,6 +134,16 @@ class _Compiler:
             return "FALSE"
         self.params.append(names)
         return "cv.tier_id IN (SELECT vt.id FROM crm_valuetier vt WHERE vt.slug = ANY(%s))"
+
+    def c_predicted_tier(self, node: dict, path: str, depth: int) -> str:
+        names = self._names(node["predicted_tier"], path)
+        if names is None:
+            return "FALSE"
+        self.params.append(names)
+        return (
+            "EXISTS (SELECT 1 FROM predictions_prediction pp JOIN predictions_predictedtier ppt"
+            " ON ppt.id = pp.tier_id WHERE pp.profile_id = p.id AND ppt.slug = ANY(%s))"
+        )
 
     def _choice(self, node: dict, key: str, path: str, column: str, choices: list[str]) -> str:
         names = self._names(node[key], path)
@@ -286,6 +307,7 @@ _ALLOWED_EXTRA = {
     "not": set(),
     "tag": set(),
     "tier": set(),
+    "predicted_tier": set(),
     "lifecycle": set(),
     "rfm_segment": set(),
     "trait": {"op", "value"},

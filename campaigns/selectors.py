@@ -643,3 +643,13 @@ def deliveries_for_profile(profile: Any) -> list[dict[str, Any]]:
         }
         for d in rows
     ]
+
+
+# Campaign fatigue, a feature of the churn model (predictions): messages sent to each profile in
+# the 30 days before %(at)s.
+MESSAGES_30D_SQL = """
+SELECT d.profile_id, count(*)
+FROM campaigns_delivery d
+WHERE d.sent_at > %(at)s - interval '30 days' AND d.sent_at <= %(at)s
+GROUP BY d.profile_id
+"""

@@ -17,6 +17,7 @@ api_v1 = [
     path("", include("indicators.urls")),
     path("", include("profiles.urls")),
     path("", include("crm.urls")),
+    path("", include("predictions.urls")),
     path("", include("coupons.urls")),
     path("", include("campaigns.urls")),
 ]

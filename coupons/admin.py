@@ -73,7 +73,8 @@ class CouponRuleAdmin(admin.ModelAdmin):
             {
                 "fields": ("eligible_tiers", "eligible_tags", "first_order_only"),
                 "description": (
-                    "Tier-aware offers: e.g. tiers <code>core</code> for '100 off 1000' to big spenders, or "
+                    "Tier-aware offers: e.g. tiers <code>core</code> for '100 off 1000' to big spenders, "
+                    "<code>high-value-at-risk</code> (a predicted-value tier) to win them back, or "
                     "first order only for people who never ordered. Empty lists admit everyone."
                 ),
             },

@@ -89,7 +89,11 @@ class CouponRuleInput(serializers.Serializer):
     budget = money(required=False, allow_null=True)
     per_user_limit = serializers.IntegerField(required=False, min_value=1, max_value=1000, default=1)
     eligible_tiers = serializers.ListField(
-        child=serializers.SlugField(max_length=50), required=False, default=list, max_length=50
+        child=serializers.SlugField(max_length=50),
+        required=False,
+        default=list,
+        max_length=50,
+        help_text="Value tier slugs, RFM (core ...) or predicted (top-5 ...): any of them admits; empty: everyone.",
     )
     eligible_tags = serializers.ListField(
         child=serializers.SlugField(max_length=100), required=False, default=list, max_length=50

@@ -43,6 +43,7 @@ from coupons.models import (
     RuleState,
 )
 from crm.models import CustomerValue
+from predictions.selectors import predicted_tier_slug
 from profiles.models import Identity, IdentityKind, Profile, ProfileEvent, ProfileTag
 from profiles.selectors import profile_for_user_id
 from profiles.services import ensure_profile
@@ -165,14 +166,19 @@ def update_rule_budget(
 def eligibility_refusal(*, rule: CouponRule, profile: Profile | None) -> errors.CouponError | None:
     """Why `profile` may not hold a coupon of `rule` (tier, tag, first order), or None."""
     if rule.eligible_tiers:
-        tier = None
+        # The slugs may name RFM tiers (crm) and predicted-value tiers (predictions) alike.
+        tier = predicted = None
         if profile is not None:
             tier = CustomerValue.objects.filter(profile_id=profile.pk).values_list("tier__slug", flat=True).first()
-        if tier not in rule.eligible_tiers:
+            predicted = predicted_tier_slug(profile.pk)
+        if tier not in rule.eligible_tiers and predicted not in rule.eligible_tiers:
             shown = f"tier '{tier}'" if tier else "no value tier"
+            if predicted:
+                shown += f" and predicted tier '{predicted}'"
             return errors.TierNotEligible(
                 f"The user has {shown}; this offer is for tiers {', '.join(rule.eligible_tiers)}.",
                 user_tier=tier,
+                user_predicted_tier=predicted,
                 eligible_tiers=list(rule.eligible_tiers),
             )
     if rule.eligible_tags:

@@ -18,7 +18,7 @@ from django.utils.html import format_html
 
 from access.readonly import ReadOnlyAdmin
 from config.errors import DomainError
-from crm import selectors, services
+from crm import pages, selectors, services
 from crm.models import (
     AccountManager,
     CustomerValue,
@@ -341,6 +341,7 @@ class CustomerValueAdmin(admin.ModelAdmin):
                 "data": data,
                 "charts": charts,
                 "latest_run": RecomputeRun.objects.filter(status="done").order_by("-finished_at").first(),
+                "panels": pages.tier_panels(),
             },
         )
 

@@ -19,6 +19,7 @@ from campaigns.models import Campaign, Delivery
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
 from monitoring.models import TaskRun
+from predictions.models import PredictionRun, RunStatus
 from profiles.models import TagRule
 
 
@@ -277,6 +278,19 @@ def failed_recompute_runs() -> Section:
     )
 
 
+def failed_prediction_runs() -> Section:
+    """Failed prediction runs since the last one that succeeded (which predicted everything again)."""
+    last_done = PredictionRun.objects.filter(status=RunStatus.DONE).order_by("-requested_at").first()
+    failed = PredictionRun.objects.filter(status=RunStatus.FAILED)
+    if last_done is not None:
+        failed = failed.filter(requested_at__gt=last_done.requested_at)
+    return _section(
+        "failed prediction run(s)",
+        failed.order_by("-requested_at"),
+        lambda r: Item("prediction run", r.pk, str(r), r.error, r.finished_at, _admin_url(PredictionRun, r.pk)),
+    )
+
+
 def stuck_recompute_runs(*, now: datetime) -> Section:
     """Queued or running for longer than any recompute takes: the worker running it was lost."""
     minutes = settings.OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES
@@ -352,6 +366,7 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             pending_code_batches(now=now),
             failed_recompute_runs(),
             stuck_recompute_runs(now=now),
+            failed_prediction_runs(),
             failed_tag_rules(),
         ],
         beat=beat,

@@ -29,10 +29,10 @@ def registered_sections() -> list[str]:
 
 
 # --- fields of the product-facing profile ---------------------------------------------------
-# `GET /api/v1/profiles/{user_id}` shows `tier`, `rfm` and `lifecycle`, which `crm` computes.
-# `crm` registers a builder for each here; until it does they are null.
+# `GET /api/v1/profiles/{user_id}` shows `tier`, `rfm` and `lifecycle`, which `crm` computes, and
+# `predictions`, which `predictions` computes. Each registers a builder here; until then: null.
 FieldBuilder = Callable[[Profile], Any]
-PROFILE_FIELDS = ("tier", "rfm", "lifecycle")
+PROFILE_FIELDS = ("tier", "rfm", "lifecycle", "predictions")
 _fields: dict[str, FieldBuilder] = {}
 
 

@@ -71,6 +71,17 @@ class RfmOutput(serializers.Serializer):
     segment = serializers.CharField(allow_null=True)
 
 
+class PredictionsOutput(serializers.Serializer):
+    purchases_90d = serializers.FloatField(allow_null=True, help_text="Expected orders (days with one) in 90 days")
+    value_90d = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    value_365d = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
+    p_alive = serializers.FloatField(allow_null=True, help_text="Probability the customer is still active, 0-1")
+    churn_risk = serializers.IntegerField(allow_null=True, help_text="0-100: chance of no order in the horizon")
+    tier = serializers.CharField(allow_null=True, help_text="Predicted-value tier slug")
+    model_version = serializers.CharField(allow_null=True)
+    computed_at = serializers.DateTimeField(allow_null=True)
+
+
 class ProfileOutput(serializers.Serializer):
     user_id = serializers.CharField(help_text="After a merge: the user id of the surviving profile.")
     traits = serializers.DictField(help_text="Known traits (all keys present) and custom traits.")
@@ -78,6 +89,7 @@ class ProfileOutput(serializers.Serializer):
     tier = serializers.CharField(allow_null=True, help_text="Value tier slug; null until computed.")
     rfm = RfmOutput(allow_null=True, help_text="null for profiles without orders in the window.")
     lifecycle = serializers.CharField(allow_null=True)
+    predictions = PredictionsOutput(allow_null=True, help_text="Lifetime value and churn risk; null until computed.")
     first_seen_at = serializers.DateTimeField(allow_null=True)
     last_seen_at = serializers.DateTimeField(allow_null=True)
 

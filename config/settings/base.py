@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "indicators",
     "profiles",
     "crm",
+    "predictions",
     "coupons",
     "campaigns",
     "monitoring",
@@ -219,6 +220,9 @@ OPSLOOP_ANALYTICS_NEXT_DIR = env(
 # Customer value: default RFM window of new scoring schemes; memory for the nightly recompute.
 OPSLOOP_RFM_WINDOW_DAYS = int(env("OPSLOOP_RFM_WINDOW_DAYS", "365"))
 OPSLOOP_CRM_RECOMPUTE_WORK_MEM = env("OPSLOOP_CRM_RECOMPUTE_WORK_MEM", "256MB")
+# Predictions: threads the churn model trains with. Gradient boosting spins a thread per core
+# (OpenMP); on a worker whose cores are busy with other tasks that is many times slower than one.
+OPSLOOP_PREDICTION_THREADS = int(env("OPSLOOP_PREDICTION_THREADS", "1"))
 # Delivery: batch size and HTTP threads per task, when a delivery counts as stuck and is re-queued
 # by the sweeper, how many ignored messages make a person fatigued and for how long.
 OPSLOOP_DELIVERY_BATCH_SIZE = int(env("OPSLOOP_DELIVERY_BATCH_SIZE", "200"))

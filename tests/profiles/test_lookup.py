@@ -153,7 +153,17 @@ def test_profile_endpoint_returns_the_contract_fields(make_api_client, caller):
     response = make_api_client("profiles:read").get("/api/v1/profiles/caller-1")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"user_id", "traits", "tags", "tier", "rfm", "lifecycle", "first_seen_at", "last_seen_at"}
+    assert set(body) == {
+        "user_id",
+        "traits",
+        "tags",
+        "tier",
+        "rfm",
+        "lifecycle",
+        "predictions",
+        "first_seen_at",
+        "last_seen_at",
+    }
     assert body["traits"]["name"] == "Zhang Wei"
     assert body["tags"] == [{"name": "vip-fan", "category": "interest", "score": 0.8}]
     assert (body["tier"], body["lifecycle"]) == (None, None)
