@@ -17,6 +17,7 @@ api_v1 = [
     path("", include("crm.urls")),
     path("", include("coupons.urls")),
     path("", include("campaigns.urls")),
+    path("", include("community.urls")),
 ]
 
 urlpatterns = [

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "crm",
     "coupons",
     "campaigns",
+    "community",
     "monitoring",
 ]
 

@@ -1,0 +1,201 @@
+"""Input and output shapes of the community API."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from rest_framework import serializers
+
+from community.models import CommunityGroup, ContributionScore, OperatorAccount, ScoreRun
+from config.api import IdField
+
+MONTH_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
+MAX_RANGE_DAYS = 366
+
+
+def parse_month(value: Any, field: str = "month") -> date:
+    if not isinstance(value, str) or not MONTH_RE.fullmatch(value):
+        raise serializers.ValidationError({field: ["A month as YYYY-MM, e.g. 2026-05."]})
+    year, month = map(int, value.split("-"))
+    if year < 1970:
+        raise serializers.ValidationError({field: ["A month from 1970 on."]})
+    return date(year, month, 1)
+
+
+class MonthField(serializers.Field):
+    def to_internal_value(self, data: Any) -> date:
+        try:
+            return parse_month(data)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError(exc.detail["month"]) from None
+
+    def to_representation(self, value: date) -> str:
+        return f"{value:%Y-%m}"
+
+
+class RangeQuery(serializers.Serializer):
+    """`start`/`end` dates (end exclusive); the last 90 days by default."""
+
+    start = serializers.DateField(required=False)
+    end = serializers.DateField(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        today = datetime.now(tz=UTC).date()
+        end = attrs.get("end") or today + timedelta(days=1)
+        start = attrs.get("start") or end - timedelta(days=90)
+        if start >= end:
+            raise serializers.ValidationError({"end": ["Must be after start."]})
+        if (end - start).days > MAX_RANGE_DAYS:
+            raise serializers.ValidationError({"end": [f"At most {MAX_RANGE_DAYS} days after start."]})
+        return {
+            "start": datetime(start.year, start.month, start.day, tzinfo=UTC),
+            "end": datetime(end.year, end.month, end.day, tzinfo=UTC),
+        }
+
+
+class WindowQuery(serializers.Serializer):
+    days = serializers.IntegerField(required=False, min_value=1, max_value=365, default=30)
+    as_of = serializers.DateTimeField(required=False)
+
+
+class StepOutput(serializers.Serializer):
+    step = serializers.CharField()
+    label = serializers.CharField()
+    count = serializers.IntegerField()
+    rate_from_previous = serializers.FloatField(allow_null=True)
+    rate_from_start = serializers.FloatField(allow_null=True)
+
+
+class SliceOutput(serializers.Serializer):
+    key = serializers.JSONField(allow_null=True)
+    label = serializers.CharField()
+    steps = StepOutput(many=True)
+
+
+class FunnelOutput(serializers.Serializer):
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    as_of = serializers.DateTimeField()
+    overall = StepOutput(many=True)
+    by_channel = SliceOutput(many=True)
+    by_operator = SliceOutput(many=True, help_text="From 'added an operator' on")
+    by_group = SliceOutput(many=True, help_text="From 'active in a group' on")
+
+
+class CohortOutput(serializers.Serializer):
+    week = serializers.DateField()
+    contacts = serializers.IntegerField()
+    active = serializers.IntegerField()
+    active_rate = serializers.FloatField(allow_null=True)
+    bought_again = serializers.IntegerField()
+    bought_again_rate = serializers.FloatField(allow_null=True)
+
+
+class RepurchaseOutput(serializers.Serializer):
+    window_days = serializers.IntegerField()
+    members = serializers.IntegerField()
+    matched_members = serializers.IntegerField()
+    member_rate = serializers.FloatField(allow_null=True)
+    matched_non_member_rate = serializers.FloatField(allow_null=True)
+    difference = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(allow_null=True)
+    ci_high = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
+
+
+class GroupHealthOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    external_id = serializers.CharField()
+    name = serializers.CharField()
+    operator = serializers.CharField(allow_null=True)
+    members = serializers.IntegerField()
+    joins = serializers.IntegerField()
+    leaves = serializers.IntegerField()
+    active_members = serializers.IntegerField()
+    active_share = serializers.FloatField(allow_null=True)
+    messages = serializers.IntegerField()
+    lifecycle = serializers.DictField(child=serializers.IntegerField())
+    repurchase = RepurchaseOutput()
+
+
+class AppOutput(serializers.Serializer):
+    app = serializers.CharField()
+    users = serializers.IntegerField()
+    overlap_share = serializers.FloatField(allow_null=True)
+    retention_with = serializers.FloatField()
+    retention_without = serializers.FloatField(allow_null=True)
+    difference = serializers.FloatField(allow_null=True)
+    ci_low = serializers.FloatField(allow_null=True)
+    ci_high = serializers.FloatField(allow_null=True)
+    p_value = serializers.FloatField(allow_null=True)
+    significant = serializers.BooleanField()
+
+
+class CompetitorAppsOutput(serializers.Serializer):
+    as_of = serializers.DateTimeField()
+    window_days = serializers.IntegerField()
+    people = serializers.IntegerField()
+    retained = serializers.IntegerField()
+    retention = serializers.FloatField(allow_null=True)
+    apps = AppOutput(many=True)
+
+
+class AccountOutput(serializers.ModelSerializer):
+    class Meta:
+        model = OperatorAccount
+        fields = ["id", "external_id", "name", "operator", "first_seen_at", "created_at"]
+
+
+class GroupOutput(serializers.ModelSerializer):
+    class Meta:
+        model = CommunityGroup
+        fields = ["id", "external_id", "name", "operator", "first_seen_at", "created_at"]
+
+
+class UnassignedOutput(serializers.Serializer):
+    accounts = AccountOutput(many=True)
+    groups = GroupOutput(many=True)
+
+
+class AssignInput(serializers.Serializer):
+    operator = IdField(allow_null=True, help_text="A staff user's id; null to unassign")
+
+
+class ScoreRunInput(serializers.Serializer):
+    month = MonthField(help_text="YYYY-MM")
+
+
+class ScoreRunOutput(serializers.ModelSerializer):
+    month = MonthField()
+
+    class Meta:
+        model = ScoreRun
+        fields = [
+            "id",
+            "month",
+            "status",
+            "requested_at",
+            "started_at",
+            "finished_at",
+            "operators",
+            "teams",
+            "weights",
+            "error",
+        ]
+
+
+class ScoreOutput(serializers.ModelSerializer):
+    month = MonthField()
+    name = serializers.CharField(source="subject_name")
+    score = serializers.DecimalField(max_digits=6, decimal_places=2)
+
+    class Meta:
+        model = ContributionScore
+        fields = ["id", "month", "subject", "operator", "team", "name", "members", "score", "rank", "breakdown", "run"]
+
+
+class ScoreDetailOutput(ScoreOutput):
+    class Meta(ScoreOutput.Meta):
+        fields = [*ScoreOutput.Meta.fields, "sources"]
