@@ -146,12 +146,18 @@ class MemberActivity(models.Model):
         constraints = [models.UniqueConstraint(fields=["group", "profile", "day"], name="community_activity_once")]
         indexes = [models.Index(fields=["profile", "day"], name="community_activity_profile")]
 
+    def __str__(self) -> str:
+        return f"{self.profile_id} in {self.group_id} on {self.day}: {self.messages}"
+
 
 class AppliedCommunityEvent(models.Model):
     """The community events already applied (by event id), so that a replay (`rebuild`) or a
     redelivered batch never counts a message twice."""
 
     event_id = models.UUIDField(primary_key=True)
+
+    def __str__(self) -> str:
+        return str(self.event_id)
 
 
 class CampaignCredit(models.Model):

@@ -277,13 +277,13 @@ def matched_difference(
     """Members' repurchase rate against non-members of the same strata (exact matching on the
     stratum, non-members weighted to the members' mix: direct standardisation). The interval is
     the normal one of the weighted difference, its variance the weighted sum of the strata's
-    binomial variances. Members of strata with no non-member are left out (`matched_members`)."""
+    binomial variances. Members of strata with no non-member are left out: `member_rate` is the
+    rate of the `matched_members`, so both rates describe the same mix."""
     total = sum(n for n, _ in members.values())
     strata = [s for s, (n, _) in members.items() if n and controls.get(s, (0, 0))[0]]
     matched = sum(members[s][0] for s in strata)
-    member_rate = sum(k for _, k in members.values()) / total if total else None
     if not matched:
-        return MatchedComparison(total, 0, member_rate, None, None, None, None, None)
+        return MatchedComparison(total, 0, None, None, None, None, None, None)
     diff = var = m_rate = c_rate = 0.0
     for s in strata:
         (nm, km), (nc, kc) = members[s], controls[s]
