@@ -27,7 +27,10 @@ def _journey(user: str, *, steps: int, account: str = "acct-a", group: str = "gr
     if channel:
         rows[0]["context"] = {"utm_source": channel}
     if steps >= 2:
-        rows.append(event("page_view", t + timedelta(hours=1), user_id=user) | {"context": {"url": "https://shop.example/community?x=1"}})
+        rows.append(
+            event("page_view", t + timedelta(hours=1), user_id=user)
+            | {"context": {"url": "https://shop.example/community?x=1"}}
+        )
     if steps >= 3:
         rows.append(event("community_contact_added", t + timedelta(hours=2), user_id=user, account_id=account))
         rows.append(event("community_joined", t + timedelta(hours=3), user_id=user, group_id=group))
@@ -98,7 +101,9 @@ def test_group_health_counts_members_activity_lifecycle_and_matched_repurchase()
     for i in range(6):
         p = CustomerFactory(user_id=f"m{i}")
         paid_order(p, "10.00", window_start - timedelta(days=10))
-        CustomerValue.objects.create(profile=p, tier=gold, lifecycle=LifecycleStage.ACTIVE if i < 4 else LifecycleStage.SILENT)
+        CustomerValue.objects.create(
+            profile=p, tier=gold, lifecycle=LifecycleStage.ACTIVE if i < 4 else LifecycleStage.SILENT
+        )
         members.append(p)
     for i in range(10):
         p = CustomerFactory(user_id=f"n{i}")
@@ -160,5 +165,3 @@ def test_competitor_apps_compare_retention_with_and_without_each_app_sorted_by_o
     _, p_value = proportions_ztest([16, 6], [21, 20])
     assert meituan["p_value"] == pytest.approx(p_value) and meituan["significant"]
     assert meituan["ci_low"] < meituan["difference"] < meituan["ci_high"]
-
-
