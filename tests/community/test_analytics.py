@@ -4,7 +4,6 @@ answers are counted by hand."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import pytest
 from statsmodels.stats.proportion import proportions_ztest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 
 import pytest
 from django.db import transaction
@@ -29,7 +30,7 @@ def test_scores_stay_between_0_and_100_and_ranks_follow_scores(raw, w):
     scored = score_subjects(raw, w)
     assert {s.key for s in scored} == set(raw)
     assert all(Decimal(0) <= s.score <= Decimal(100) for s in scored)
-    for a, b in zip(scored, scored[1:], strict=False):
+    for a, b in pairwise(scored):
         assert a.score >= b.score and (a.rank == b.rank) == (a.score == b.score)
 
 
@@ -138,7 +139,7 @@ def test_funnel_steps_never_grow_and_slices_add_up(journeys):
             )
             counts = [s["count"] for s in funnel["overall"]]
             assert counts[0] == len(journeys)
-            assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+            assert all(a >= b for a, b in pairwise(counts))
             assert all(s["rate_from_previous"] is None or 0 <= s["rate_from_previous"] <= 1 for s in funnel["overall"])
             for step in range(5):
                 assert sum(c["steps"][step]["count"] for c in funnel["by_channel"]) == counts[step]
