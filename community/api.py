@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -83,15 +84,28 @@ class CohortsView(_View):
         return Response(serializers.CohortOutput(selectors.contact_cohorts(**data), many=True).data)
 
 
-class GroupHealthListView(_View):
+class GroupHealthListView(ListAPIView):
+    permission_classes = [HasScope("manage")]
+    renderer_classes = [JSONRenderer]
+    serializer_class = serializers.GroupHealthOutput
+    filter_backends: list = []
+
     @extend_schema(
         operation_id="community_group_health_list",
         parameters=WINDOW,
         responses={200: serializers.GroupHealthOutput(many=True), 400: BAD},
     )
-    def get(self, request: Request) -> Response:
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        return CommunityGroup.objects.order_by("external_id", "id")
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
         as_of, days = _window(request)
-        return Response(serializers.GroupHealthOutput(selectors.group_health(as_of=as_of, days=days), many=True).data)
+        page = self.paginate_queryset(self.get_queryset())
+        rows = selectors.group_health(as_of=as_of, days=days, group_ids=[g.pk for g in page])
+        return self.get_paginated_response(serializers.GroupHealthOutput(rows, many=True).data)
 
 
 class GroupHealthView(_View):
@@ -218,7 +232,20 @@ class ScoreDetailView(_View):
         return Response(serializers.ScoreDetailOutput(score).data)
 
 
+class _CsvNegotiation(BaseContentNegotiation):
+    """The export answers CSV (an HttpResponse) whatever the Accept header says, so no client is
+    refused with a 406; its errors are JSON like every other endpoint's."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class ScoreExportView(_View):
+    content_negotiation_class = _CsvNegotiation
+
     @extend_schema(
         operation_id="community_scores_csv",
         parameters=[MONTH, SUBJECT],

@@ -13,14 +13,16 @@ from config.api import IdField
 
 MONTH_RE = re.compile(r"([0-9]{4})-(0[1-9]|1[0-2])")
 MAX_RANGE_DAYS = 366
+# Dates far outside any data would overflow the window arithmetic (a year-1 date minus 90 days).
+EARLIEST, LATEST = date(1971, 1, 1), date(2999, 12, 31)
 
 
 def parse_month(value: Any, field: str = "month") -> date:
     if not isinstance(value, str) or not MONTH_RE.fullmatch(value):
         raise serializers.ValidationError({field: ["A month as YYYY-MM, e.g. 2026-05."]})
     year, month = map(int, value.split("-"))
-    if year < 1970:
-        raise serializers.ValidationError({field: ["A month from 1970 on."]})
+    if not EARLIEST.year <= year <= LATEST.year:
+        raise serializers.ValidationError({field: [f"A month from {EARLIEST.year} to {LATEST.year}."]})
     return date(year, month, 1)
 
 
@@ -41,6 +43,12 @@ class RangeQuery(serializers.Serializer):
     start = serializers.DateField(required=False)
     end = serializers.DateField(required=False)
 
+    def validate_start(self, value: date) -> date:
+        return _in_range(value)
+
+    def validate_end(self, value: date) -> date:
+        return _in_range(value)
+
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         today = datetime.now(tz=UTC).date()
         end = attrs.get("end") or today + timedelta(days=1)
@@ -55,9 +63,19 @@ class RangeQuery(serializers.Serializer):
         }
 
 
+def _in_range(value: date) -> date:
+    if not EARLIEST <= value <= LATEST:
+        raise serializers.ValidationError(f"A date from {EARLIEST} to {LATEST}.")
+    return value
+
+
 class WindowQuery(serializers.Serializer):
     days = serializers.IntegerField(required=False, min_value=1, max_value=365, default=30)
     as_of = serializers.DateTimeField(required=False)
+
+    def validate_as_of(self, value: datetime) -> datetime:
+        _in_range(value.date())
+        return value
 
 
 class StepOutput(serializers.Serializer):
