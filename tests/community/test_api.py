@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from access.models import AuditEntry
-from community.models import CommunityGroup, ContributionScore, OperatorAccount, ScoreRun
+from community.models import CommunityGroup, OperatorAccount, ScoreRun
 from community.services import compute_contribution_scores
 from tests.factories.community import CommunityGroupFactory, OperatorAccountFactory, OperatorFactory, event, send
 
@@ -40,7 +40,7 @@ def test_scores_list_ranks_with_breakdown_and_detail_shows_sources(api_client, s
     body = api_client.get("/api/v1/community/scores", {"month": "2026-05", "subject": "operator"}).json()
     assert body["count"] == 2
     first = body["results"][0]
-    assert first["name"] == "alice" and first["rank"] == 1 and first["month"] == "2026-05"
+    assert first["operator"] == alice.pk and first["name"] == "alice" and first["rank"] == 1 and first["month"] == "2026-05"
     assert first["breakdown"]["contact_transactions"]["raw"] == "12.50"
     assert first["breakdown"]["new_members"]["raw"] == "2.00"
     detail = api_client.get(f"/api/v1/community/scores/{first['id']}").json()
