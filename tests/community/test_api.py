@@ -40,7 +40,8 @@ def test_scores_list_ranks_with_breakdown_and_detail_shows_sources(api_client, s
     body = api_client.get("/api/v1/community/scores", {"month": "2026-05", "subject": "operator"}).json()
     assert body["count"] == 2
     first = body["results"][0]
-    assert first["operator"] == alice.pk and first["name"] == "alice" and first["rank"] == 1 and first["month"] == "2026-05"
+    assert first["operator"] == alice.pk and first["name"] == "alice"
+    assert first["rank"] == 1 and first["month"] == "2026-05"
     assert first["breakdown"]["contact_transactions"]["raw"] == "12.50"
     assert first["breakdown"]["new_members"]["raw"] == "2.00"
     detail = api_client.get(f"/api/v1/community/scores/{first['id']}").json()
