@@ -401,6 +401,9 @@ def assign_group(
 # --- demo -------------------------------------------------------------------------------------
 
 
+DEMO_APPS = ("meituan", "taobao", "pinduoduo", "douyin", "xiaohongshu")
+
+
 @dataclass
 class SeededCommunity:
     operators: list[Any]
@@ -417,13 +420,15 @@ def seed_demo_community(
     operators: int = 6,
     teams: Sequence[int] = (2, 4),
     groups_per_operator: int = 2,
+    apps: Sequence[str] = DEMO_APPS,
     seed: int = 19,
 ) -> SeededCommunity:
-    """Operators (staff users `operator-1`...), teams (auth groups `Community team A`... with the
-    given sizes), one contact account and `groups_per_operator` groups each, and community
-    events for the given existing users sent through ingestion like the product's: about 60%
-    add an operator, most of those join a group, some message and a few leave. Deterministic for
-    a `seed`; running it again adds nothing twice (same event ids)."""
+    """Operators (staff users `operator-1`...), teams (auth groups `Community team A`... of the
+    given sizes), one contact account and `groups_per_operator` groups per operator, and events
+    for the given existing users sent through ingestion like the product's: about 60% view the
+    in-product community page and add an operator, most of those join a group, some message and a
+    few leave; everyone gets an `installed_apps` list (90 days back, outside the retention
+    windows). Deterministic for a `seed`; running it again stores nothing twice (same event ids)."""
     import random
 
     from tracking.services import ingest_events
@@ -458,41 +463,41 @@ def seed_demo_community(
             groups.append(group)
     namespace = uuid.UUID(int=seed)
     events: list[dict[str, Any]] = []
+    latest = now - timedelta(minutes=1)
 
-    def event(name: str, user_id: str, at: datetime, n: int, **properties: Any) -> None:
+    def event(name: str, user_id: str, at: datetime, n: int, context: dict | None = None, **properties: Any) -> None:
         events.append(
             {
                 "event_id": str(uuid.uuid5(namespace, f"{user_id}:{name}:{n}")),
                 "name": name,
                 "user_id": user_id,
-                "timestamp": at.isoformat(),
+                "timestamp": min(at, latest).isoformat(),
                 "properties": properties,
+                **({"context": context} if context else {}),
             }
         )
 
     channels = ("in_app_page", "parcel_card", "sms")
+    page = {"url": f"https://shop.example.com{selectors.community_page_path()}"}
     for user_id in user_ids:
+        if apps:
+            mine = sorted(rng.sample(list(apps), rng.randint(0, min(3, len(apps)))))
+            event("installed_apps", user_id, now - timedelta(days=90), 0, apps=mine)
         if rng.random() > 0.6:
             continue
         i = rng.randrange(len(staff))
         added = now - timedelta(days=rng.randint(1, 84), minutes=rng.randint(0, 1440))
+        event("page_view", user_id, added - timedelta(minutes=10), 0, context=page)
         event(CONTACT_ADDED, user_id, added, 0, account_id=accounts[i].external_id, channel=rng.choice(channels))
         if rng.random() > 0.8:
             continue
         group = groups[i * groups_per_operator + rng.randrange(groups_per_operator)]
-        joined = min(added + timedelta(hours=rng.randint(1, 48)), now - timedelta(minutes=1))
+        joined = added + timedelta(hours=rng.randint(1, 48))
         event(JOINED, user_id, joined, 0, group_id=group.external_id)
         for n in range(rng.choice((0, 0, 1, 3, 8))):
-            at = min(joined + timedelta(hours=rng.randint(1, 24 * 20)), now - timedelta(minutes=1))
-            event(MESSAGE, user_id, at, n, group_id=group.external_id)
+            event(MESSAGE, user_id, joined + timedelta(hours=rng.randint(1, 24 * 20)), n, group_id=group.external_id)
         if rng.random() < 0.15:
-            event(
-                LEFT,
-                user_id,
-                min(joined + timedelta(days=rng.randint(1, 30)), now - timedelta(minutes=1)),
-                0,
-                group_id=group.external_id,
-            )
+            event(LEFT, user_id, joined + timedelta(days=rng.randint(1, 30)), 0, group_id=group.external_id)
     stored = 0
     for start in range(0, len(events), 1000):
         stored += ingest_events(events=events[start : start + 1000], now=now).accepted
