@@ -297,12 +297,31 @@ def on_events_ingested(events: Sequence[Any]) -> None:
     apply_community_events(events=events)
 
 
+def follow_late_merges() -> int:
+    """Move rows still kept on a merged profile to its survivor: rows written by an ingestion
+    batch that resolved the person just before a concurrent merge committed (the merge listener
+    could not see them yet). Returns the profiles moved."""
+    touched = (
+        Membership.objects.values("profile_id")
+        .union(Contact.objects.values("profile_id"))
+        .union(MemberActivity.objects.values("profile_id"))
+    )
+    merged = list(
+        Profile.objects.filter(merged_into__isnull=False, pk__in=touched).select_related("merged_into").order_by("pk")
+    )
+    for profile in merged:
+        on_profiles_merged(profile.merged_into, profile)
+    return len(merged)
+
+
 @transaction.atomic
 def apply_pending_community_events(*, batch: int = 5000) -> int:
     """Apply the stored community events not applied yet: those whose person only became known
-    later (an `identify` tying their anonymous id to a user). Nightly and idempotent."""
+    later (an `identify` tying their anonymous id to a user). Then follow merges that raced with
+    ingestion. Nightly and idempotent."""
     from tracking.models import Event
 
+    follow_late_merges()
     applied = 0
     last_id = 0
     while True:
@@ -593,7 +612,15 @@ def compute_contribution_scores(
     return run
 
 
+# Two runs of one month (a retry while the nightly one runs) take turns: each replaces the
+# month's scores, so interleaved they would collide on the one-score-per-month constraints.
+_SCORE_MONTH_LOCK = "SELECT pg_advisory_xact_lock(%(namespace)s, %(month)s)"
+_LOCK_NAMESPACE = 1919
+
+
 def _score_month(*, run: ScoreRun) -> tuple[int, int, dict[str, str]]:
+    with connection.cursor() as cursor:
+        cursor.execute(_SCORE_MONTH_LOCK, {"namespace": _LOCK_NAMESPACE, "month": run.month.toordinal()})
     weights = {d.key: d.weight for d in ensure_dimensions()}
     raw, sources = selectors.score_inputs(month=run.month)
     ContributionScore.objects.filter(month=run.month).delete()
