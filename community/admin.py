@@ -69,6 +69,15 @@ class _AssignableAdmin(admin.ModelAdmin):
             # Other fields first, then the operator through the service (audited, staff only).
             obj.operator_id = type(obj).objects.values_list("operator_id", flat=True).get(pk=obj.pk)
         super().save_model(request, obj, form, change)
+        if not change:
+            from access.services import record_audit
+
+            record_audit(
+                actor=request.user,
+                action=f"community.add_{obj._meta.model_name}",
+                obj=obj,
+                details={"operator": obj.operator_id},
+            )
         if change and operator_changed:
             try:
                 self.assign(**{self.id_argument: obj.pk}, operator_id=operator_id, actor=request.user)

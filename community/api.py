@@ -64,36 +64,36 @@ class FunnelView(_View):
     @extend_schema(
         operation_id="community_funnel",
         parameters=RANGE,
-        responses={200: serializers.FunnelOutput, 400: BAD},
+        responses={200: serializers.CommunityFunnelOutput, 400: BAD},
         summary="Paid -> in-product page -> added an operator -> active in a group -> bought again",
     )
     def get(self, request: Request) -> Response:
         data = _parse(serializers.RangeQuery, request.query_params)
-        return Response(serializers.FunnelOutput(selectors.community_funnel(**data)).data)
+        return Response(serializers.CommunityFunnelOutput(selectors.community_funnel(**data)).data)
 
 
 class CohortsView(_View):
     @extend_schema(
         operation_id="community_cohorts",
         parameters=RANGE,
-        responses={200: serializers.CohortOutput(many=True), 400: BAD},
+        responses={200: serializers.CommunityCohortOutput(many=True), 400: BAD},
         summary="Contacts by week of first contact: active in 7 days, bought again",
     )
     def get(self, request: Request) -> Response:
         data = _parse(serializers.RangeQuery, request.query_params)
-        return Response(serializers.CohortOutput(selectors.contact_cohorts(**data), many=True).data)
+        return Response(serializers.CommunityCohortOutput(selectors.contact_cohorts(**data), many=True).data)
 
 
 class GroupHealthListView(ListAPIView):
     permission_classes = [HasScope("manage")]
     renderer_classes = [JSONRenderer]
-    serializer_class = serializers.GroupHealthOutput
+    serializer_class = serializers.CommunityGroupHealthOutput
     filter_backends: list = []
 
     @extend_schema(
         operation_id="community_group_health_list",
         parameters=WINDOW,
-        responses={200: serializers.GroupHealthOutput(many=True), 400: BAD},
+        responses={200: serializers.CommunityGroupHealthOutput(many=True), 400: BAD},
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
@@ -105,14 +105,14 @@ class GroupHealthListView(ListAPIView):
         as_of, days = _window(request)
         page = self.paginate_queryset(self.get_queryset())
         rows = selectors.group_health(as_of=as_of, days=days, group_ids=[g.pk for g in page])
-        return self.get_paginated_response(serializers.GroupHealthOutput(rows, many=True).data)
+        return self.get_paginated_response(serializers.CommunityGroupHealthOutput(rows, many=True).data)
 
 
 class GroupHealthView(_View):
     @extend_schema(
         operation_id="community_group_health",
         parameters=[OpenApiParameter("group_id", int, OpenApiParameter.PATH, description=ID), *WINDOW],
-        responses={200: serializers.GroupHealthOutput, 400: BAD, 404: NOT_FOUND},
+        responses={200: serializers.CommunityGroupHealthOutput, 400: BAD, 404: NOT_FOUND},
     )
     def get(self, request: Request, group_id: str) -> Response:
         pk = id_from_path(group_id, GroupNotFound, "community group")
@@ -120,7 +120,9 @@ class GroupHealthView(_View):
             raise GroupNotFound(f"No community group {pk}.")
         as_of, days = _window(request)
         return Response(
-            serializers.GroupHealthOutput(selectors.group_health(as_of=as_of, days=days, group_ids=[pk])[0]).data
+            serializers.CommunityGroupHealthOutput(
+                selectors.group_health(as_of=as_of, days=days, group_ids=[pk])[0]
+            ).data
         )
 
 
@@ -137,18 +139,18 @@ class CompetitorAppsView(_View):
 
 
 class UnassignedView(_View):
-    @extend_schema(operation_id="community_unassigned", responses={200: serializers.UnassignedOutput})
+    @extend_schema(operation_id="community_unassigned", responses={200: serializers.CommunityUnassignedOutput})
     def get(self, request: Request) -> Response:
-        return Response(serializers.UnassignedOutput(selectors.unassigned()).data)
+        return Response(serializers.CommunityUnassignedOutput(selectors.unassigned()).data)
 
 
 class AssignAccountView(_View):
     @extend_schema(
         operation_id="community_account_assign",
         parameters=[OpenApiParameter("account_id", int, OpenApiParameter.PATH, description=ID)],
-        request=serializers.AssignInput,
+        request=serializers.OperatorAssignInput,
         responses={
-            200: serializers.AccountOutput,
+            200: serializers.OperatorAccountOutput,
             400: BAD,
             404: NOT_FOUND,
             422: OpenApiResponse(OpenApiTypes.OBJECT, description="`reason` NOT_STAFF"),
@@ -158,18 +160,18 @@ class AssignAccountView(_View):
         from community.errors import AccountNotFound
 
         pk = id_from_path(account_id, AccountNotFound, "operator account")
-        data = _parse(serializers.AssignInput, request.data)
+        data = _parse(serializers.OperatorAssignInput, request.data)
         account = services.assign_account(account_id=pk, operator_id=data["operator"], **_actor(request))
-        return Response(serializers.AccountOutput(account).data)
+        return Response(serializers.OperatorAccountOutput(account).data)
 
 
 class AssignGroupView(_View):
     @extend_schema(
         operation_id="community_group_assign",
         parameters=[OpenApiParameter("group_id", int, OpenApiParameter.PATH, description=ID)],
-        request=serializers.AssignInput,
+        request=serializers.OperatorAssignInput,
         responses={
-            200: serializers.GroupOutput,
+            200: serializers.CommunityGroupOutput,
             400: BAD,
             404: NOT_FOUND,
             422: OpenApiResponse(OpenApiTypes.OBJECT, description="`reason` NOT_STAFF"),
@@ -177,9 +179,9 @@ class AssignGroupView(_View):
     )
     def post(self, request: Request, group_id: str) -> Response:
         pk = id_from_path(group_id, GroupNotFound, "community group")
-        data = _parse(serializers.AssignInput, request.data)
+        data = _parse(serializers.OperatorAssignInput, request.data)
         group = services.assign_group(group_id=pk, operator_id=data["operator"], **_actor(request))
-        return Response(serializers.GroupOutput(group).data)
+        return Response(serializers.CommunityGroupOutput(group).data)
 
 
 def _scores_query(request: Request):
@@ -202,13 +204,13 @@ def _scores_query(request: Request):
 class ScoreListView(ListAPIView):
     permission_classes = [HasScope("manage")]
     renderer_classes = [JSONRenderer]
-    serializer_class = serializers.ScoreOutput
+    serializer_class = serializers.ContributionScoreOutput
     filter_backends: list = []
 
     @extend_schema(
         operation_id="community_scores",
         parameters=[MONTH, SUBJECT],
-        responses={200: serializers.ScoreOutput(many=True), 400: BAD},
+        responses={200: serializers.ContributionScoreOutput(many=True), 400: BAD},
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
@@ -221,7 +223,7 @@ class ScoreDetailView(_View):
     @extend_schema(
         operation_id="community_score_detail",
         parameters=[OpenApiParameter("score_id", int, OpenApiParameter.PATH, description=ID)],
-        responses={200: serializers.ScoreDetailOutput, 404: NOT_FOUND},
+        responses={200: serializers.ContributionScoreDetailOutput, 404: NOT_FOUND},
         summary="One score with its breakdown and the sources of each dimension",
     )
     def get(self, request: Request, score_id: str) -> Response:
@@ -229,7 +231,7 @@ class ScoreDetailView(_View):
         score = ContributionScore.objects.select_related("operator", "team").filter(pk=pk).first()
         if score is None:
             raise ScoreNotFound(f"No contribution score {pk}.")
-        return Response(serializers.ScoreDetailOutput(score).data)
+        return Response(serializers.ContributionScoreDetailOutput(score).data)
 
 
 class _CsvNegotiation(BaseContentNegotiation):
@@ -258,32 +260,32 @@ class ScoreExportView(_View):
 class ScoreRunCreateView(_View):
     @extend_schema(
         operation_id="community_score_run_create",
-        request=serializers.ScoreRunInput,
+        request=serializers.ContributionScoreRunInput,
         responses={
-            202: serializers.ScoreRunOutput,
+            202: serializers.ContributionScoreRunOutput,
             400: BAD,
             409: OpenApiResponse(OpenApiTypes.OBJECT, description="`reason` RUN_IN_PROGRESS"),
         },
     )
     def post(self, request: Request) -> Response:
-        data = _parse(serializers.ScoreRunInput, request.data)
+        data = _parse(serializers.ContributionScoreRunInput, request.data)
         key = request.auth if isinstance(request.auth, ApiKey) else None
         run = services.request_score_run(month=data["month"], requested_by=None if key else request.user, api_key=key)
-        return Response(serializers.ScoreRunOutput(run).data, status=status.HTTP_202_ACCEPTED)
+        return Response(serializers.ContributionScoreRunOutput(run).data, status=status.HTTP_202_ACCEPTED)
 
 
 class ScoreRunDetailView(_View):
     @extend_schema(
         operation_id="community_score_run_detail",
         parameters=[OpenApiParameter("run_id", int, OpenApiParameter.PATH, description=ID)],
-        responses={200: serializers.ScoreRunOutput, 404: NOT_FOUND},
+        responses={200: serializers.ContributionScoreRunOutput, 404: NOT_FOUND},
     )
     def get(self, request: Request, run_id: str) -> Response:
         pk = id_from_path(run_id, RunNotFound, "score run")
         run = ScoreRun.objects.filter(pk=pk).first()
         if run is None:
             raise RunNotFound(f"No score run {pk}.")
-        return Response(serializers.ScoreRunOutput(run).data)
+        return Response(serializers.ContributionScoreRunOutput(run).data)
 
 
 class ScoreRunRetryView(_View):
@@ -292,11 +294,11 @@ class ScoreRunRetryView(_View):
         parameters=[OpenApiParameter("run_id", int, OpenApiParameter.PATH, description=ID)],
         request=None,
         responses={
-            202: serializers.ScoreRunOutput,
+            202: serializers.ContributionScoreRunOutput,
             404: NOT_FOUND,
             409: OpenApiResponse(OpenApiTypes.OBJECT, description="`reason` NOT_FAILED"),
         },
     )
     def post(self, request: Request, run_id: str) -> Response:
         run = services.retry_score_run(run_id=id_from_path(run_id, RunNotFound, "score run"), **_actor(request))
-        return Response(serializers.ScoreRunOutput(run).data, status=status.HTTP_202_ACCEPTED)
+        return Response(serializers.ContributionScoreRunOutput(run).data, status=status.HTTP_202_ACCEPTED)

@@ -29,6 +29,8 @@ STEP_LABELS = {
 }
 # Where an operator's slice starts: before adding an operator a customer belongs to nobody, and
 # before being active in a group to no group.
+# "Active in a group": a message in a group within this long after adding the operator.
+ACTIVE_WINDOW = timedelta(days=7)
 SLICE_FIRST_STEP = {"channel": "paid", "operator": "added_operator", "group": "active_in_group"}
 
 
@@ -128,7 +130,7 @@ def community_funnel(*, start: datetime, end: datetime, as_of: datetime | None =
             "end": end,
             "as_of": as_of,
             "page": community_page_path().replace("%", r"\%").replace("_", r"\_") + "%",
-            "active_window": timedelta(days=7),
+            "active_window": ACTIVE_WINDOW,
         },
     )
     operators = dict(get_user_model().objects.values_list("pk", "username"))
@@ -170,9 +172,9 @@ WITH first_contact AS (
 SELECT date_trunc('week', f.added_at AT TIME ZONE 'UTC')::date AS week,
        count(*) AS contacts,
        count(*) FILTER (WHERE EXISTS (
-           SELECT 1 FROM community_memberactivity x
-           WHERE x.profile_id = f.profile_id AND x.day >= (f.added_at AT TIME ZONE 'UTC')::date
-             AND x.day < (f.added_at AT TIME ZONE 'UTC')::date + 7)) AS active,
+           SELECT 1 FROM profiles_profileevent e
+           WHERE e.profile_id = f.profile_id AND e.name = 'community_message' AND e.timestamp >= f.added_at
+             AND e.timestamp < f.added_at + %(active_window)s)) AS active,
        count(*) FILTER (WHERE EXISTS (
            SELECT 1 FROM profiles_profileevent e
            WHERE e.profile_id = f.profile_id AND e.name = 'order_paid' AND e.timestamp > f.added_at
@@ -196,7 +198,9 @@ def contact_cohorts(*, start: datetime, end: datetime, as_of: datetime | None = 
             "bought_again": again,
             "bought_again_rate": again / contacts if contacts else None,
         }
-        for week, contacts, active, again in _rows(_COHORT_SQL, {"start": start, "end": end, "as_of": as_of})
+        for week, contacts, active, again in _rows(
+            _COHORT_SQL, {"start": start, "end": end, "as_of": as_of, "active_window": ACTIVE_WINDOW}
+        )
     ]
 
 

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from community.models import CommunityGroup, ContributionScore, OperatorAccount, ScoreRun
@@ -26,6 +27,7 @@ def parse_month(value: Any, field: str = "month") -> date:
     return date(year, month, 1)
 
 
+@extend_schema_field({"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$", "example": "2026-05"})
 class MonthField(serializers.Field):
     def to_internal_value(self, data: Any) -> date:
         try:
@@ -78,7 +80,7 @@ class WindowQuery(serializers.Serializer):
         return value
 
 
-class StepOutput(serializers.Serializer):
+class CommunityFunnelStepOutput(serializers.Serializer):
     step = serializers.CharField()
     label = serializers.CharField()
     count = serializers.IntegerField()
@@ -86,23 +88,23 @@ class StepOutput(serializers.Serializer):
     rate_from_start = serializers.FloatField(allow_null=True)
 
 
-class SliceOutput(serializers.Serializer):
+class CommunityFunnelSliceOutput(serializers.Serializer):
     key = serializers.JSONField(allow_null=True)
     label = serializers.CharField()
-    steps = StepOutput(many=True)
+    steps = CommunityFunnelStepOutput(many=True)
 
 
-class FunnelOutput(serializers.Serializer):
+class CommunityFunnelOutput(serializers.Serializer):
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
     as_of = serializers.DateTimeField()
-    overall = StepOutput(many=True)
-    by_channel = SliceOutput(many=True)
-    by_operator = SliceOutput(many=True, help_text="From 'added an operator' on")
-    by_group = SliceOutput(many=True, help_text="From 'active in a group' on")
+    overall = CommunityFunnelStepOutput(many=True)
+    by_channel = CommunityFunnelSliceOutput(many=True)
+    by_operator = CommunityFunnelSliceOutput(many=True, help_text="From 'added an operator' on")
+    by_group = CommunityFunnelSliceOutput(many=True, help_text="From 'active in a group' on")
 
 
-class CohortOutput(serializers.Serializer):
+class CommunityCohortOutput(serializers.Serializer):
     week = serializers.DateField()
     contacts = serializers.IntegerField()
     active = serializers.IntegerField()
@@ -111,7 +113,7 @@ class CohortOutput(serializers.Serializer):
     bought_again_rate = serializers.FloatField(allow_null=True)
 
 
-class RepurchaseOutput(serializers.Serializer):
+class GroupRepurchaseOutput(serializers.Serializer):
     window_days = serializers.IntegerField()
     members = serializers.IntegerField()
     matched_members = serializers.IntegerField()
@@ -123,7 +125,7 @@ class RepurchaseOutput(serializers.Serializer):
     p_value = serializers.FloatField(allow_null=True)
 
 
-class GroupHealthOutput(serializers.Serializer):
+class CommunityGroupHealthOutput(serializers.Serializer):
     id = serializers.IntegerField()
     external_id = serializers.CharField()
     name = serializers.CharField()
@@ -135,10 +137,10 @@ class GroupHealthOutput(serializers.Serializer):
     active_share = serializers.FloatField(allow_null=True)
     messages = serializers.IntegerField()
     lifecycle = serializers.DictField(child=serializers.IntegerField())
-    repurchase = RepurchaseOutput()
+    repurchase = GroupRepurchaseOutput()
 
 
-class AppOutput(serializers.Serializer):
+class CompetitorAppOutput(serializers.Serializer):
     app = serializers.CharField()
     users = serializers.IntegerField()
     overlap_share = serializers.FloatField(allow_null=True)
@@ -157,35 +159,35 @@ class CompetitorAppsOutput(serializers.Serializer):
     people = serializers.IntegerField()
     retained = serializers.IntegerField()
     retention = serializers.FloatField(allow_null=True)
-    apps = AppOutput(many=True)
+    apps = CompetitorAppOutput(many=True)
 
 
-class AccountOutput(serializers.ModelSerializer):
+class OperatorAccountOutput(serializers.ModelSerializer):
     class Meta:
         model = OperatorAccount
         fields = ["id", "external_id", "name", "operator", "first_seen_at", "created_at"]
 
 
-class GroupOutput(serializers.ModelSerializer):
+class CommunityGroupOutput(serializers.ModelSerializer):
     class Meta:
         model = CommunityGroup
         fields = ["id", "external_id", "name", "operator", "first_seen_at", "created_at"]
 
 
-class UnassignedOutput(serializers.Serializer):
-    accounts = AccountOutput(many=True)
-    groups = GroupOutput(many=True)
+class CommunityUnassignedOutput(serializers.Serializer):
+    accounts = OperatorAccountOutput(many=True)
+    groups = CommunityGroupOutput(many=True)
 
 
-class AssignInput(serializers.Serializer):
+class OperatorAssignInput(serializers.Serializer):
     operator = IdField(allow_null=True, help_text="A staff user's id; null to unassign")
 
 
-class ScoreRunInput(serializers.Serializer):
+class ContributionScoreRunInput(serializers.Serializer):
     month = MonthField(help_text="YYYY-MM")
 
 
-class ScoreRunOutput(serializers.ModelSerializer):
+class ContributionScoreRunOutput(serializers.ModelSerializer):
     month = MonthField()
 
     class Meta:
@@ -204,7 +206,7 @@ class ScoreRunOutput(serializers.ModelSerializer):
         ]
 
 
-class ScoreOutput(serializers.ModelSerializer):
+class ContributionScoreOutput(serializers.ModelSerializer):
     month = MonthField()
     name = serializers.CharField(source="subject_name")
     score = serializers.DecimalField(max_digits=6, decimal_places=2)
@@ -214,6 +216,6 @@ class ScoreOutput(serializers.ModelSerializer):
         fields = ["id", "month", "subject", "operator", "team", "name", "members", "score", "rank", "breakdown", "run"]
 
 
-class ScoreDetailOutput(ScoreOutput):
-    class Meta(ScoreOutput.Meta):
-        fields = [*ScoreOutput.Meta.fields, "sources"]
+class ContributionScoreDetailOutput(ContributionScoreOutput):
+    class Meta(ContributionScoreOutput.Meta):
+        fields = [*ContributionScoreOutput.Meta.fields, "sources"]

@@ -137,6 +137,12 @@ def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
+def _id(value: Any) -> str:
+    """An account or group id as sent (the analyses match it against the events' properties
+    exactly); blank ones were refused by validation."""
+    return value if isinstance(value, str) and value.strip() else ""
+
+
 def _resolve_profiles(events: Sequence[Any]) -> dict[tuple[str, str], int]:
     """(kind, value) -> profile id for the events' user ids and anonymous ids, as every analysis
     resolves an event: its `user_id` identity first, else its `anonymous_id` one. Identities move
@@ -171,14 +177,14 @@ def apply_community_events(*, events: Sequence[Any]) -> int:
     Events whose person is not known yet (an anonymous id that no `identify` has tied to a user)
     are left unapplied: `apply_pending_community_events` picks them up once it is. An event
     applied before is skipped, so replays never count twice. Returns the events applied."""
-    events = [e for e in events if e.name in COMMUNITY_EVENTS and _text(e.properties.get(REQUIRED_PROPERTY[e.name]))]
+    events = [e for e in events if e.name in COMMUNITY_EVENTS and _id(e.properties.get(REQUIRED_PROPERTY[e.name]))]
     if not events:
         return 0
     account_firsts: dict[str, datetime] = {}
     group_firsts: dict[str, datetime] = {}
     for e in events:
         firsts = account_firsts if e.name == CONTACT_ADDED else group_firsts
-        key = _text(e.properties[REQUIRED_PROPERTY[e.name]])
+        key = _id(e.properties[REQUIRED_PROPERTY[e.name]])
         firsts[key] = min(firsts.get(key, e.timestamp), e.timestamp)
     accounts = _ensure(OperatorAccount, account_firsts)
     groups = _ensure(CommunityGroup, group_firsts)
@@ -210,11 +216,11 @@ def apply_community_events(*, events: Sequence[Any]) -> int:
     changes: list[MembershipChange] = []
     for e, profile_id in resolved:
         if e.name == CONTACT_ADDED:
-            key = (accounts[_text(e.properties[REQUIRED_PROPERTY[e.name]])], profile_id)
+            key = (accounts[_id(e.properties[REQUIRED_PROPERTY[e.name]])], profile_id)
             if key not in contacts:  # sorted by time: the first is the earliest
                 contacts[key] = (e.timestamp, _text(e.properties.get("channel"))[:64])
             continue
-        group_id = groups[_text(e.properties[REQUIRED_PROPERTY[e.name]])]
+        group_id = groups[_id(e.properties[REQUIRED_PROPERTY[e.name]])]
         row = members.setdefault(
             (group_id, profile_id),
             {

@@ -224,7 +224,7 @@ def _check_community(name: str, properties: dict, errors: dict[str, list[str]]) 
     value = properties.get(key)
     if not isinstance(value, str) or not value.strip():
         errors[f"properties.{key}"] = [f"is required for {name}: the operator's {key[:-3]} id as a string"]
-    elif len(value.strip()) > MAX_ID_LENGTH:
+    elif len(value) > MAX_ID_LENGTH:
         errors[f"properties.{key}"] = [f"is longer than {MAX_ID_LENGTH} characters"]
 
 

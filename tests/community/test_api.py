@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from access.models import AuditEntry
@@ -178,3 +180,22 @@ def test_every_community_endpoint_is_in_the_schema(api_client):
     assert len(community) == 14
     for path in ("/api/v1/community/scores", "/api/v1/community/groups/health"):
         assert "Paginated" in str(paths[path]["get"]["responses"]["200"])
+
+
+def test_list_endpoints_take_a_fixed_number_of_queries_whatever_the_rows(api_client):
+    def count(path: str) -> int:
+        api_client.get(path)  # the key's look-up and last-used stamp are cached after the first call
+        with CaptureQueriesContext(connection) as ctx:
+            assert api_client.get(path).status_code == 200
+        return len(ctx.captured_queries)
+
+    OperatorAccountFactory(external_id="only")
+    CommunityGroupFactory(external_id="g-only")
+    compute_contribution_scores(month=MONTH, now=datetime(2026, 6, 2, tzinfo=UTC))
+    few = (count("/api/v1/community/scores?month=2026-05"), count("/api/v1/community/groups/health"))
+    for i in range(6):
+        OperatorAccountFactory(external_id=f"more-{i}")
+        CommunityGroupFactory(external_id=f"g-more-{i}")
+    compute_contribution_scores(month=MONTH, now=datetime(2026, 6, 2, tzinfo=UTC))
+    many = (count("/api/v1/community/scores?month=2026-05"), count("/api/v1/community/groups/health"))
+    assert few == many

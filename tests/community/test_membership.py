@@ -125,3 +125,14 @@ def test_accounts_that_events_name_keep_their_operator():
     send(event("community_contact_added", timezone.now() - timedelta(hours=1), user_id="u1", account_id="acct-9"))
     account.refresh_from_db()
     assert account.operator_id is not None and Contact.objects.get().account == account
+
+
+def test_ids_are_kept_as_sent_and_an_over_long_one_is_refused():
+    t = timezone.now() - timedelta(hours=1)
+    result = send(
+        event("community_joined", t, user_id="u1", group_id=" g 1 "),
+        event("community_joined", t, user_id="u1", group_id="g" * 129),
+    )
+    assert result.accepted == 1
+    assert result.rejected[0].errors == {"properties.group_id": ["is longer than 128 characters"]}
+    assert Membership.objects.get().group.external_id == " g 1 "
