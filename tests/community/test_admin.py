@@ -146,3 +146,39 @@ def test_runs_page_queues_a_month_shows_a_failure_reason_and_retries_it(admin_cl
     admin_client.post(url, {"action": "retry", ACTION_CHECKBOX_NAME: [failed.pk]})
     failed.refresh_from_db()
     assert failed.status == ScoreRun.Status.QUEUED and failed.error == ""
+
+
+def test_score_page_links_each_source_to_its_campaign_and_group(admin_client):
+    from tests.factories.campaigns import CampaignFactory
+
+    campaign = CampaignFactory(name="Spring push")
+    group = CommunityGroupFactory(external_id="g-src")
+    op = OperatorFactory(username="dora")
+    run = ScoreRun.objects.create(month=date(2026, 5, 1), status=ScoreRun.Status.DONE)
+    score = ContributionScore.objects.create(
+        run=run,
+        month=run.month,
+        subject="operator",
+        operator=op,
+        score=61,
+        rank=1,
+        breakdown={"campaign_incremental": {"raw": "20.00", "percentile": 75.0, "weight": "1.00"}},
+        sources={
+            "campaign_incremental": [
+                {
+                    "campaign": campaign.pk,
+                    "name": "Spring push",
+                    "incremental_revenue": "20.00",
+                    "incremental_conversions": 1.5,
+                    "holdout_assigned": 4,
+                }
+            ],
+            "community_quality": [
+                {"group": group.pk, "external_id": "g-src", "members": 3, "active": 1, "healthy_lifecycle": 2}
+            ],
+        },
+    )
+    response = admin_client.get(reverse("admin:community_contributionscore_change", args=[score.pk]))
+    page = response.content.decode()
+    assert reverse("admin:campaigns_campaign_change", args=[campaign.pk]) in page and "Spring push" in page
+    assert reverse("admin:community_communitygroup_change", args=[group.pk]) in page
