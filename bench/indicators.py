@@ -272,7 +272,7 @@ SELECT count(*) FILTER (WHERE churned), count(*) FILTER (WHERE NOT churned) FROM
 def check_behaviours(last_day) -> None:
     from django.db import connection
 
-    from tracking import analyses
+    from indicators import analyses
 
     start, end = last_day - timedelta(days=89), last_day - timedelta(days=30)
     report = analyses.key_behaviour(event_name="order_paid", start=start, end=end, first_days=7, retained_days=14)
@@ -310,36 +310,36 @@ def time_pages(days_end) -> list[tuple[str, float, int]]:
     start14 = (days_end - timedelta(days=13)).isoformat()
     start30 = (days_end - timedelta(days=29)).isoformat()
     pages = [
-        ("trends: DAU, 90 days", f"/admin/tracking/dailyindicator/?indicator=dau&start={start90}&end={end}"),
-        ("trends: revenue, 90 days", f"/admin/tracking/dailyindicator/?indicator=revenue&start={start90}&end={end}"),
+        ("trends: DAU, 90 days", f"/admin/indicators/dailyindicator/?indicator=dau&start={start90}&end={end}"),
+        ("trends: revenue, 90 days", f"/admin/indicators/dailyindicator/?indicator=revenue&start={start90}&end={end}"),
         (
             "retention: monthly, 180 days",
-            f"/admin/tracking/dailyindicator/retention/?granularity=month&basis=activity&start={start180}&end={end}&periods=6",
+            f"/admin/indicators/dailyindicator/retention/?granularity=month&basis=activity&start={start180}&end={end}&periods=6",
         ),
         (
             "retention: daily, 30 days",
-            f"/admin/tracking/dailyindicator/retention/?granularity=day&basis=activity&start={start30}&end={end}&periods=30",
+            f"/admin/indicators/dailyindicator/retention/?granularity=day&basis=activity&start={start30}&end={end}&periods=30",
         ),
-        ("searches: 90 days", f"/admin/tracking/dailyindicator/search/?start={start90}&end={end}"),
+        ("searches: 90 days", f"/admin/indicators/dailyindicator/search/?start={start90}&end={end}"),
         (
             "key behaviour: 90 days",
-            f"/admin/tracking/dailyindicator/key-behaviour/?event=order_paid&start={start90}&end={end}&first_days=7&retained_from=7&retained_days=14",
+            f"/admin/indicators/dailyindicator/key-behaviour/?event=order_paid&start={start90}&end={end}&first_days=7&retained_from=7&retained_days=14",
         ),
         (
             "churn: 90 days",
-            f"/admin/tracking/dailyindicator/churn/?start={start90}&end={end}&churn_days=30&last_events=5",
+            f"/admin/indicators/dailyindicator/churn/?start={start90}&end={end}&churn_days=30&last_events=5",
         ),
         (
             "churn: 90 days, sample of 5,000 people",
-            f"/admin/tracking/dailyindicator/churn/?start={start90}&end={end}&churn_days=30&last_events=5&sample=5000",
+            f"/admin/indicators/dailyindicator/churn/?start={start90}&end={end}&churn_days=30&last_events=5&sample=5000",
         ),
         (
             "key behaviour: 14 days",
-            f"/admin/tracking/dailyindicator/key-behaviour/?event=search&start={start14}&end={end}&first_days=7&retained_from=7&retained_days=7",
+            f"/admin/indicators/dailyindicator/key-behaviour/?event=search&start={start14}&end={end}&first_days=7&retained_from=7&retained_days=7",
         ),
         (
             "churn: 14 days",
-            f"/admin/tracking/dailyindicator/churn/?start={start14}&end={end}&churn_days=7&last_events=3",
+            f"/admin/indicators/dailyindicator/churn/?start={start14}&end={end}&churn_days=7&last_events=3",
         ),
     ]
     out = []
@@ -371,7 +371,7 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from tracking import rollups
+    from indicators import rollups
 
     call_command("migrate", verbosity=0)
     if args.regenerate or not have_data(args.events):

@@ -1,5 +1,5 @@
-"""API plumbing shared by every app: ids from bodies and paths, pagination, the error bodies of
-the schema, the health check and the schema's auth scheme."""
+"""API plumbing shared by every app: who is asking, ids from bodies and paths, pagination, the
+error bodies of the schema, the health check and the schema's auth scheme."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
 
+from access.models import ApiKey
 from config.errors import NotFound
 
 # Our ids are PostgreSQL bigints (BigAutoField); anything outside names no row and, written to a
@@ -27,6 +28,17 @@ MIN_ID, MAX_ID = 1, 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # Query parameters that are counts (page, sample, days...) stay far below this.
 MAX_QUERY_INT = 2**31 - 1
+
+# --- the actor -------------------------------------------------------------------------------
+
+
+def request_actor(request: Any) -> dict[str, Any]:
+    """Who made an authenticated request, as services record it: `created_by` the staff user of a
+    session, `api_key` the key of a machine client; exactly one of them is set."""
+    if isinstance(request.auth, ApiKey):
+        return {"created_by": None, "api_key": request.auth}
+    return {"created_by": request.user, "api_key": None}
+
 
 # --- ids ---------------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Root URLs: the admin, the REST API v1 (one include per app), its schema and the health check."""
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.api import healthz
@@ -13,6 +14,7 @@ admin.site.index_title = "Operations back office"
 api_v1 = [
     path("", include("access.urls")),
     path("", include("tracking.urls")),
+    path("", include("indicators.urls")),
     path("", include("profiles.urls")),
     path("", include("crm.urls")),
     path("", include("coupons.urls")),
@@ -20,7 +22,14 @@ api_v1 = [
     path("", include("community.urls")),
 ]
 
+# Admin pages of the models that moved from `tracking` to `indicators`: bookmarks keep working.
+MOVED_TO_INDICATORS = "goal|goalmonth|funnel|funnelstep|dailyindicator"
+
 urlpatterns = [
+    re_path(
+        rf"^admin/tracking/(?P<model>{MOVED_TO_INDICATORS})/(?P<rest>.*)$",
+        RedirectView.as_view(url="/admin/indicators/%(model)s/%(rest)s", query_string=True, permanent=True),
+    ),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -24,7 +24,7 @@ class CouponsConfig(AppConfig):
 def _register_indicators() -> None:
     """Cross-domain daily indicators, so that goals and trends in `tracking` can use them."""
     from coupons import selectors
-    from tracking.indicators import Fold, Indicator, Unit, register_indicator
+    from indicators.registry import Fold, Indicator, Unit, register_indicator
 
     for indicator in (
         Indicator(

@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
+from psycopg import sql as pgsql
 
 from access.services import record_audit
 from config.celery import publish
@@ -37,6 +38,7 @@ from profiles.models import (
 )
 from profiles.normalize import KNOWN_TRAITS, normalize_identity
 from profiles.selectors import find_profiles, profile_for_user_id, validate_lookup_query
+from tracking.ids import id_in_runs, join_runs, runs_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +68,15 @@ def ensure_profile(*, user_id: str) -> Profile:
 # - the `user_id` identity of every named profile that lacks one.
 # Most of a batch's users were seen before: their `user_id` identity is found with one probe of
 # its unique index, and only the others are looked up among the profiles.
-_INGESTED_SQL = """
+_INGESTED_SQL = pgsql.SQL("""
 WITH backlog AS (
     INSERT INTO profiles_seenbacklog (first_event_id, last_event_id, created_at)
-    VALUES {backlog_rows}
+    SELECT r.f, r.l, %(now)s FROM unnest(%(firsts)s::bigint[], %(lasts)s::bigint[]) AS r(f, l)
 ),
 users AS (
     SELECT e.user_id, min(e.timestamp) AS f, max(e.timestamp) AS l
     FROM tracking_event e
-    WHERE ({in_runs}) AND e.user_id IS NOT NULL
+    WHERE {in_runs} AND e.user_id IS NOT NULL
     GROUP BY e.user_id
 ),
 unnamed AS (
@@ -100,25 +102,7 @@ SELECT x.id, 'user_id', x.user_id, %(now)s
 FROM (SELECT id, user_id FROM created UNION ALL SELECT id, user_id FROM known) x
 ORDER BY x.user_id
 ON CONFLICT (kind, value) DO NOTHING
-"""
-
-
-def _join_runs(runs: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
-    """Sorted, disjoint (first, last) runs with the touching ones joined, as (starts, ends)."""
-    starts: list[int] = []
-    ends: list[int] = []
-    for first, last in runs:
-        if ends and first == ends[-1] + 1:
-            ends[-1] = last
-        else:
-            starts.append(first)
-            ends.append(last)
-    return starts, ends
-
-
-def _in_runs(starts: Sequence[int], ends: Sequence[int]) -> str:
-    """`e.id` within one of the runs, as SQL with the bounds written in (they are integers)."""
-    return " OR ".join(f"e.id BETWEEN {int(a)} AND {int(b)}" for a, b in zip(starts, ends, strict=True))
+""")
 
 
 # Before tying anonymous ids to users: wait for any merge in flight that moves these users'
@@ -153,12 +137,6 @@ WHERE i.profile_id = p.id AND p.merged_into_id IS NOT NULL
 """
 
 
-def _id_runs(ids: Iterable[int]) -> tuple[list[int], list[int]]:
-    """Consecutive runs of `ids`, as (starts, ends): one run for a batch stored alone, a few when
-    concurrent batches drew from the sequence at the same time."""
-    return _join_runs([(pk, pk) for pk in sorted(ids)])
-
-
 def record_ingested_events(*, events: Sequence[Any]) -> None:
     """Ingestion listener: profiles for new user ids (with their first/last seen), anonymous ids
     tied to the user an event names alongside, and the stored events queued for the first/last
@@ -171,13 +149,13 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
     for event in events:
         if event.user_id and event.anonymous_id and event.anonymous_id not in pairs:
             pairs[event.anonymous_id] = event.user_id
-    starts, ends = _id_runs(e.id for e in events)
-    sql = _INGESTED_SQL.format(
-        backlog_rows=", ".join(f"({int(a)}, {int(b)}, %(now)s)" for a, b in zip(starts, ends, strict=True)),
-        in_runs=_in_runs(starts, ends),
-    )
+    # One run for a batch stored alone, a few when concurrent batches drew from the sequence.
+    runs = runs_of(e.id for e in events)
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"now": now})
+        cursor.execute(
+            _INGESTED_SQL.format(in_runs=id_in_runs(runs)),
+            {"now": now, "firsts": [a for a, _b in runs], "lasts": [b for _a, b in runs]},
+        )
         if pairs:
             anons = sorted(pairs)
             params = {"users": [pairs[a] for a in anons], "anons": anons, "now": now}
@@ -214,7 +192,7 @@ RETURNING b.first_event_id, b.last_event_id
 # event names a user, else the `anonymous_id` one, and a merged profile's survivor. Rows are
 # locked in id order, as identify does, so neither deadlocks the other; only rows whose values
 # change are written, so applying a slice twice writes nothing.
-_SEEN_SQL = """
+_SEEN_SQL = pgsql.SQL("""
 WITH spans AS (
     SELECT CASE WHEN e.user_id IS NOT NULL THEN 'user_id' ELSE 'anonymous_id' END AS kind,
            COALESCE(e.user_id, e.anonymous_id) AS value, min(e.timestamp) AS f, max(e.timestamp) AS l
@@ -244,7 +222,7 @@ updated AS (
 SELECT (SELECT count(*) FROM updated),
        (SELECT jsonb_agg(jsonb_build_object('id', merged_into_id, 'f', f, 'l', l))::text
         FROM updated WHERE merged_into_id IS NOT NULL)
-"""
+""")
 # A profile merged while the statement above waited for its row lock was updated after the merge
 # had read its first/last seen: carry those values on to the survivor (and on again, should the
 # survivor have been merged in the meantime too).
@@ -292,8 +270,7 @@ def update_seen_times(*, max_events: int = SEEN_MAX_EVENTS, max_runs: int = SEEN
             return SeenUpdate(runs=0, events=0, profiles=0)
         # Batches stored one after the other (or interleaved, by concurrent requests) leave runs
         # that join up: fewer, longer ranges for the index scan.
-        starts, ends = _join_runs(sorted(claimed))
-        cursor.execute(_SEEN_SQL.format(in_runs=_in_runs(starts, ends)))
+        cursor.execute(_SEEN_SQL.format(in_runs=id_in_runs(join_runs(claimed))))
         profiles, to_survivors = cursor.fetchone()
         while to_survivors:  # ends: merges only ever point at a profile that is not merged yet
             cursor.execute(_SEEN_TO_SURVIVORS_SQL, {"rows": to_survivors})
@@ -508,9 +485,11 @@ def tag_profiles(
     source: str = TagSource.MANUAL,
     category: str = "",
     score: float | None = None,
+    actor: Any = None,
 ) -> int:
     """Give `tag_name` to these profiles (creating the tag if new); returns how many gained it.
-    Each gain is recorded as a tag change."""
+    Each gain is recorded as a tag change, the action as one audit entry (`actor` None: the
+    system, e.g. a campaign's feedback)."""
     tag, _ = Tag.objects.get_or_create(name=tag_name, defaults={"category": category, "source": source})
     ids = sorted({int(pid) for pid in profile_ids})
     if not ids:
@@ -533,12 +512,20 @@ def tag_profiles(
             """,
             {"tag": tag.id, "score": score, "source": source, "at": timezone.now(), "ids": ids},
         )
-        return cursor.fetchone()[0]
+        gained = cursor.fetchone()[0]
+    record_audit(
+        action="profiles.tag_added",
+        obj=tag,
+        actor=actor,
+        details={"profiles": len(ids), "gained": gained, "source": source},
+    )
+    return gained
 
 
 @transaction.atomic
-def untag_profiles(*, tag_name: str, profile_ids: Iterable[int]) -> int:
-    """Take `tag_name` away from these profiles; returns how many lost it. Each loss is recorded."""
+def untag_profiles(*, tag_name: str, profile_ids: Iterable[int], actor: Any = None) -> int:
+    """Take `tag_name` away from these profiles; returns how many lost it. Each loss is recorded
+    as a tag change, the action as one audit entry."""
     tag = Tag.objects.filter(name=tag_name).first()
     ids = sorted({int(pid) for pid in profile_ids})
     if tag is None or not ids:
@@ -558,7 +545,9 @@ def untag_profiles(*, tag_name: str, profile_ids: Iterable[int]) -> int:
             """,
             {"tag": tag.id, "ids": ids, "at": timezone.now()},
         )
-        return cursor.fetchone()[0]
+        lost = cursor.fetchone()[0]
+    record_audit(action="profiles.tag_removed", obj=tag, actor=actor, details={"profiles": len(ids), "lost": lost})
+    return lost
 
 
 def record_imported_tag(*, profile_tag: ProfileTag, created: bool) -> None:
@@ -570,6 +559,53 @@ def record_imported_tag(*, profile_tag: ProfileTag, created: bool) -> None:
             action=TagChangeAction.ADDED,
             source=profile_tag.source,
         )
+
+
+def record_tags_imported(*, new: int, updated: int, actor: Any = None) -> None:
+    """Audit a finished CSV import of tag members (its rows were logged one by one above)."""
+    record_audit(action="profiles.tags_imported", actor=actor, details={"new": new, "updated": updated})
+
+
+@transaction.atomic
+def save_tag(*, tag: Tag, changed: Sequence[str] = (), actor: Any = None) -> Tag:
+    """Create or change a tag's description (its members change through tagging and rules)."""
+    tag.save()
+    record_audit(action="profiles.tag_saved", obj=tag, actor=actor, details={"changed": list(changed)})
+    return tag
+
+
+@transaction.atomic
+def delete_tag(*, tag: Tag, actor: Any = None) -> None:
+    """Delete a tag and, with it, its members and their history."""
+    record_audit(action="profiles.tag_deleted", obj=tag, actor=actor, details={"name": tag.name})
+    tag.delete()
+
+
+@transaction.atomic
+def save_tag_rule(*, rule: TagRule, changed: Sequence[str] = (), actor: Any = None) -> TagRule:
+    """Create or change a tag rule; its members change at its next recompute."""
+    rule.save()
+    record_audit(action="profiles.tag_rule_saved", obj=rule, actor=actor, details={"changed": list(changed)})
+    return rule
+
+
+@transaction.atomic
+def delete_tag_rule(*, rule: TagRule, actor: Any = None) -> None:
+    record_audit(action="profiles.tag_rule_deleted", obj=rule, actor=actor, details={"name": rule.name})
+    rule.delete()
+
+
+@transaction.atomic
+def request_tag_rule_recompute(*, rule_ids: Sequence[int], actor: Any = None) -> list[int]:
+    """Queue these rules' recompute now (each as its own task), audited; returns the ids queued."""
+    from profiles.tasks import recompute_tag_rule as task  # tasks import services
+
+    rules_found = list(TagRule.objects.filter(id__in=rule_ids).order_by("id"))
+    for rule in rules_found:
+        record_audit(action="profiles.tag_rule_recompute_requested", obj=rule, actor=actor)
+    ids = [rule.id for rule in rules_found]
+    transaction.on_commit(lambda: [publish(f"tag rule {rule_id}", task, args=[rule_id]) for rule_id in ids])
+    return ids
 
 
 @dataclass(frozen=True)

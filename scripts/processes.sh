@@ -49,7 +49,7 @@ start() {
 
 start_gateway() {
   if alive gateway; then echo "[processes] demo gateway already running" >&2; return 0; fi
-  nohup "$VENV/python" -m campaigns.demo_gateway --port "$GATEWAY_PORT" --log "$RUN/gateway-messages.jsonl" \
+  nohup "$VENV/python" -m demo.gateway --port "$GATEWAY_PORT" --log "$RUN/gateway-messages.jsonl" \
     >>"$RUN/gateway.log" 2>&1 </dev/null &
   echo $! >"$RUN/gateway.pid"
   local i

@@ -122,7 +122,3 @@ class EventAdmin(ReadOnlyAdmin):
             # The chart follows the filters in use, so "page_view from newsletter" is one click.
             response.context_data["daily_volume"] = selectors.daily_volume(events=changelist.queryset)
         return response
-
-
-# The dashboards, funnels and goals have modules of their own; the admin discovers only this one.
-from tracking import admin_goals, admin_indicators  # noqa: E402, F401

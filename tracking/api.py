@@ -8,27 +8,18 @@ from typing import Any
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ParseError, ValidationError
-from rest_framework.generics import ListAPIView
 from rest_framework.parsers import BaseParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import JsonParser, object_or_404, query_int
-from tracking import selectors, services
-from tracking.errors import BodyTooLarge, GoalNotFound
-from tracking.models import Goal
+from tracking import services
+from tracking.errors import BodyTooLarge
 from tracking.serializers import (
     EventBatchInput,
-    GoalDecomposeInput,
-    GoalInput,
-    GoalOutput,
-    GoalProgressOutput,
     IngestOutput,
-    progress_body,
 )
 from tracking.validation import MAX_BATCH
 
@@ -148,129 +139,3 @@ class EventsView(APIView):
                 "rejected": [{"index": r.index, "errors": r.errors} for r in result.rejected],
             }
         )
-
-
-# --- goals (scope `manage`) ----------------------------------------------------------------------
-
-GOAL_BAD_INPUT = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: the offending fields and why.")
-GOAL_NO_KEY = OpenApiResponse(OpenApiTypes.OBJECT, description="No valid credentials.")
-GOAL_NO_SCOPE = OpenApiResponse(OpenApiTypes.OBJECT, description="The key lacks `manage`.")
-GOAL_NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown goal (`reason` GOAL_NOT_FOUND).")
-GOAL_ID = OpenApiParameter("goal_id", int, OpenApiParameter.PATH, description="Integer id.")
-
-
-def _actor(request) -> dict:
-    if isinstance(request.auth, ApiKey):
-        return {"actor": None, "api_key": request.auth}
-    return {"actor": request.user, "api_key": None}
-
-
-def _goal(goal_id: str | int) -> Goal:
-    return object_or_404(selectors.goals_with_months(), goal_id, GoalNotFound, "goal")
-
-
-class GoalListView(ListAPIView):
-    permission_classes = [HasScope("manage")]
-    parser_classes = [JsonParser]
-    serializer_class = GoalOutput
-    filter_backends: list = []
-
-    def get_queryset(self):
-        queryset = selectors.goals_with_months().order_by("-year", "-quarter", "id")
-        indicator = self.request.query_params.get("indicator")
-        if indicator:
-            queryset = queryset.filter(indicator=indicator[:64].replace("\x00", ""))
-        year = query_int(self.request, "year", minimum=1, maximum=9999)
-        if year is not None:
-            queryset = queryset.filter(year=year)
-        return queryset
-
-    @extend_schema(
-        operation_id="goals_list",
-        parameters=[
-            OpenApiParameter("indicator", str, required=False),
-            OpenApiParameter("year", int, required=False),
-        ],
-        responses={200: GoalOutput(many=True), 401: GOAL_NO_KEY, 403: GOAL_NO_SCOPE, 404: GOAL_NOT_FOUND},
-    )
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
-
-    @extend_schema(
-        operation_id="goals_create",
-        request=GoalInput,
-        responses={
-            201: GoalOutput,
-            400: GOAL_BAD_INPUT,
-            401: GOAL_NO_KEY,
-            403: GOAL_NO_SCOPE,
-            409: OpenApiResponse(OpenApiTypes.OBJECT, description="The indicator already has a goal for this period."),
-            422: OpenApiResponse(
-                OpenApiTypes.OBJECT, description="`last_year` profile without last year's actuals (NO_HISTORY)."
-            ),
-        },
-        summary="Set a yearly or quarterly goal on an indicator, spread over its months.",
-    )
-    def post(self, request):
-        data = GoalInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        goal = services.create_goal(**data.validated_data, **_actor(request))
-        return Response(GoalOutput(_goal(goal.pk)).data, status=201)
-
-
-class GoalDetailView(APIView):
-    permission_classes = [HasScope("manage")]
-
-    @extend_schema(
-        operation_id="goal_detail",
-        parameters=[GOAL_ID],
-        responses={200: GoalOutput, 401: GOAL_NO_KEY, 403: GOAL_NO_SCOPE, 404: GOAL_NOT_FOUND},
-    )
-    def get(self, request, goal_id: str):
-        return Response(GoalOutput(_goal(goal_id)).data)
-
-
-class GoalDecomposeView(APIView):
-    permission_classes = [HasScope("manage")]
-    parser_classes = [JsonParser]
-
-    @extend_schema(
-        operation_id="goal_decompose",
-        parameters=[GOAL_ID],
-        request=GoalDecomposeInput,
-        responses={
-            200: GoalOutput,
-            400: GOAL_BAD_INPUT,
-            401: GOAL_NO_KEY,
-            403: GOAL_NO_SCOPE,
-            404: GOAL_NOT_FOUND,
-            409: OpenApiResponse(OpenApiTypes.OBJECT, description="The goal's indicator is no longer registered."),
-            422: OpenApiResponse(OpenApiTypes.OBJECT, description="`last_year` without last year's actuals."),
-        },
-        summary="Spread the goal over its months again (another profile, weights or target).",
-    )
-    def post(self, request, goal_id: str):
-        goal = _goal(goal_id)
-        data = GoalDecomposeInput(data=request.data)
-        data.is_valid(raise_exception=True)
-        services.redecompose_goal(goal=goal, **data.validated_data, **_actor(request))
-        return Response(GoalOutput(_goal(goal.pk)).data)
-
-
-class GoalProgressView(APIView):
-    permission_classes = [HasScope("manage")]
-
-    @extend_schema(
-        operation_id="goal_progress",
-        parameters=[GOAL_ID],
-        responses={
-            200: GoalProgressOutput,
-            401: GOAL_NO_KEY,
-            403: GOAL_NO_SCOPE,
-            404: GOAL_NOT_FOUND,
-            409: OpenApiResponse(OpenApiTypes.OBJECT, description="The goal's indicator is no longer registered."),
-        },
-        summary="Actual against target per month, with the months behind as warnings.",
-    )
-    def get(self, request, goal_id: str):
-        return Response(progress_body(selectors.goal_progress(_goal(goal_id))))

@@ -48,12 +48,14 @@ INSTALLED_APPS = [
     # Our apps, from the bottom layer up.
     "access",
     "tracking",
+    "indicators",
     "profiles",
     "crm",
     "coupons",
     "campaigns",
     "community",
     "monitoring",
+    "demo",
 ]
 
 MIDDLEWARE = [

@@ -17,10 +17,10 @@ from django.urls import reverse
 
 from coupons import selectors, services
 from coupons.models import Redemption
+from indicators.registry import daily_values, get_indicator
 from profiles.selectors import profile_for_user_id
 from tests.factories.coupons import CouponRuleFactory, person
 from tracking import services as tracking_services
-from tracking.indicators import daily_values, get_indicator
 from tracking.models import Event
 
 pytestmark = pytest.mark.django_db

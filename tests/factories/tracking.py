@@ -8,12 +8,12 @@ from datetime import timedelta
 import factory
 from django.utils import timezone
 
-from tracking import rollups
+from indicators import rollups
 from tracking.models import Event, EventKind
 
 
 class EventFactory(factory.django.DjangoModelFactory):
-    """A stored event, queued for the indicator rollups as ingestion queues it."""
+    """A stored event, queued for the indicator rollups as ingestion's `indicators` listener queues it."""
 
     class Meta:
         model = Event
@@ -45,51 +45,3 @@ class EventPayloadFactory(factory.DictFactory):
 
 def payloads(count: int, **fields) -> list[dict]:
     return [EventPayloadFactory(**fields) for _ in range(count)]
-
-
-# --- goals --------------------------------------------------------------------------------------
-
-
-def events_on(name: str, day, count: int, **fields) -> list[Event]:
-    """`count` events named `name` at noon UTC of `day`, stored in one insert."""
-    from datetime import UTC, datetime, time
-
-    at = datetime.combine(day, time(12), tzinfo=UTC)
-    events = Event.objects.bulk_create(EventFactory.build_batch(count, name=name, timestamp=at, **fields))
-    rollups.queue_stored_events([e.pk for e in events])
-    return events
-
-
-def daily_event_count(name: str):
-    """A real indicator series: events named `name` per UTC day, counted in the database."""
-    from datetime import UTC, datetime, time
-    from decimal import Decimal
-
-    from django.db.models import Count
-    from django.db.models.functions import TruncDate
-
-    def daily(start, end):
-        rows = (
-            Event.objects.filter(
-                name=name,
-                timestamp__gte=datetime.combine(start, time.min, tzinfo=UTC),
-                timestamp__lt=datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC),
-            )
-            .annotate(day=TruncDate("timestamp", tzinfo=UTC))
-            .order_by()
-            .values("day")
-            .annotate(n=Count("id"))
-        )
-        return {row["day"]: Decimal(row["n"]) for row in rows}
-
-    return daily
-
-
-def goal(**fields):
-    """A goal set through the service, as operators set it (months decomposed, audited)."""
-    from decimal import Decimal
-
-    from tracking import services
-
-    defaults = {"name": "Goal", "period": "quarter", "year": 2025, "quarter": 1, "target": Decimal("90")}
-    return services.create_goal(**{**defaults, **fields})

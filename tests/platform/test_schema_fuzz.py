@@ -22,11 +22,11 @@ from access import services as access_services
 from access.models import Scope
 from config.wsgi import application
 from coupons.models import CodeBatch, IssuanceJob
+from indicators.models import Funnel, FunnelStep
 from tests.factories.campaigns import CampaignFactory, SegmentFactory
 from tests.factories.coupons import CouponRuleFactory
+from tests.factories.indicators import goal
 from tests.factories.profiles import ProfileFactory
-from tests.factories.tracking import goal
-from tracking.models import Funnel, FunnelStep
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 

@@ -1,0 +1,32 @@
+from django.apps import AppConfig
+
+
+class IndicatorsConfig(AppConfig):
+    """Make data products of the events: rollups, the indicator registry, analyses (retention,
+    funnels, key behaviours, churn, searches) and goals decomposed by month."""
+
+    name = "indicators"
+    verbose_name = "Indicators"
+    role_permissions = {
+        # Operations also define the funnels the dashboards analyse, and set the goals.
+        "Operations": [
+            "indicators.view_*",
+            "indicators.*_funnel",
+            "indicators.*_funnelstep",
+            "indicators.add_goal",
+            "indicators.change_goal",
+            "indicators.delete_goal",
+        ],
+        "Analyst": ["indicators.view_*"],
+    }
+
+    def ready(self) -> None:
+        from indicators.analyses import register_event_indicators
+        from indicators.rollups import queue_stored_events
+        from tracking.hooks import register_ingest_listener
+
+        # The event-only indicators, read from the rollups.
+        register_event_indicators()
+        # Every stored batch is queued for the rollups in its own transaction: folded once it
+        # commits, however late.
+        register_ingest_listener("indicators.rollups", lambda events: queue_stored_events([e.id for e in events]))

@@ -1,0 +1,20 @@
+from django.urls import path
+
+from indicators import api
+
+urlpatterns = [
+    # The fixed paths before `indicators/<key>`.
+    path("indicators", api.IndicatorListView.as_view(), name="indicators"),
+    path("indicators/retention", api.RetentionView.as_view(), name="indicator-retention"),
+    path("indicators/purchases", api.PurchaseSummaryView.as_view(), name="indicator-purchases"),
+    path("indicators/<str:key>", api.IndicatorSeriesView.as_view(), name="indicator-series"),
+    path("funnels", api.FunnelListView.as_view(), name="funnels"),
+    path("funnels/<str:pk>/analyze", api.FunnelAnalyzeView.as_view(), name="funnel-analyze"),
+    path("search/queries", api.SearchQueriesView.as_view(), name="search-queries"),
+    path("key-behaviour", api.KeyBehaviourView.as_view(), name="key-behaviour"),
+    path("churn", api.ChurnView.as_view(), name="churn-behaviours"),
+    path("goals", api.GoalListView.as_view(), name="goals"),
+    path("goals/<str:goal_id>", api.GoalDetailView.as_view(), name="goal"),
+    path("goals/<str:goal_id>/decompose", api.GoalDecomposeView.as_view(), name="goal-decompose"),
+    path("goals/<str:goal_id>/progress", api.GoalProgressView.as_view(), name="goal-progress"),
+]
