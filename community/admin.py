@@ -63,22 +63,13 @@ class _AssignableAdmin(admin.ModelAdmin):
     id_argument = "account_id"
 
     def save_model(self, request, obj, form, change) -> None:
+        # The operator is set through the service (audited, staff only); the rest saves as usual.
         operator_changed = "operator" in form.changed_data
         operator_id = obj.operator_id
-        if change and operator_changed:
-            # Other fields first, then the operator through the service (audited, staff only).
-            obj.operator_id = type(obj).objects.values_list("operator_id", flat=True).get(pk=obj.pk)
+        if operator_changed:
+            obj.operator_id = type(obj).objects.values_list("operator_id", flat=True).get(pk=obj.pk) if change else None
         super().save_model(request, obj, form, change)
-        if not change:
-            from access.services import record_audit
-
-            record_audit(
-                actor=request.user,
-                action=f"community.add_{obj._meta.model_name}",
-                obj=obj,
-                details={"operator": obj.operator_id},
-            )
-        if change and operator_changed:
+        if operator_changed:
             try:
                 self.assign(**{self.id_argument: obj.pk}, operator_id=operator_id, actor=request.user)
             except DomainError as exc:
@@ -258,10 +249,7 @@ class ScoreDimensionAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context=extra_context)
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
-        from access.services import record_audit
-
-        record_audit(actor=request.user, action="community.change_weight", obj=obj, details={"weight": str(obj.weight)})
+        services.set_dimension_weight(key=obj.key, weight=obj.weight, actor=request.user)
 
 
 class ScoreRunForm(forms.Form):

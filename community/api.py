@@ -14,14 +14,13 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
 from community import exports, selectors, serializers, services
 from community.errors import GroupNotFound, RunNotFound, ScoreNotFound
 from community.models import CommunityGroup, ContributionScore, ScoreRun, ScoreSubject
-from config.api import JsonParser, id_from_path
+from config.api import id_from_path, request_actor
+from config.views import JsonView
 
 ID = "Integer id."
 NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown object (`reason` names which).")
@@ -38,15 +37,13 @@ MONTH = OpenApiParameter("month", str, description="YYYY-MM (default: the latest
 SUBJECT = OpenApiParameter("subject", str, enum=["operator", "team"], description="Operators or teams")
 
 
-class _View(APIView):
-    parser_classes = [JsonParser]
-    renderer_classes = [JSONRenderer]
+class _View(JsonView):
     permission_classes = [HasScope("manage")]
 
 
 def _actor(request: Request) -> dict:
-    key = request.auth if isinstance(request.auth, ApiKey) else None
-    return {"actor": None if key else request.user, "api_key": key}
+    who = request_actor(request)
+    return {"actor": who["created_by"], "api_key": who["api_key"]}
 
 
 def _parse(serializer_class: type, data) -> dict:
@@ -269,8 +266,8 @@ class ScoreRunCreateView(_View):
     )
     def post(self, request: Request) -> Response:
         data = _parse(serializers.ContributionScoreRunInput, request.data)
-        key = request.auth if isinstance(request.auth, ApiKey) else None
-        run = services.request_score_run(month=data["month"], requested_by=None if key else request.user, api_key=key)
+        who = request_actor(request)
+        run = services.request_score_run(month=data["month"], requested_by=who["created_by"], api_key=who["api_key"])
         return Response(serializers.ContributionScoreRunOutput(run).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -580,7 +580,7 @@ def campaign_increments(*, start: datetime, end: datetime) -> dict[int, list[dic
     ids = [c.pk for c in campaigns]
     credit = dict(CampaignCredit.objects.filter(campaign_id__in=ids).values_list("campaign_id", "operator_id"))
     launches = AuditEntry.objects.filter(
-        action="campaigns.launch",
+        action="campaigns.campaign_launched",
         object_type="campaigns.campaign",
         object_id__in=[str(i) for i in ids],
         actor__isnull=False,

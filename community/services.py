@@ -350,7 +350,7 @@ def rebuild_community(*, actor: AbstractBaseUser | None = None) -> int:
     for model in (MemberActivity, MembershipChange, Membership, Contact, AppliedCommunityEvent):
         model.objects.all().delete()
     applied = apply_pending_community_events()
-    record_audit(actor=actor, action="community.rebuild", details={"applied": applied})
+    record_audit(actor=actor, action="community.membership_rebuilt", details={"applied": applied})
     return applied
 
 
@@ -395,7 +395,7 @@ def assign_account(
     record_audit(
         actor=actor,
         api_key=api_key,
-        action="community.assign_account",
+        action="community.account_assigned",
         obj=account,
         details={"from": previous, "to": operator_id},
     )
@@ -416,7 +416,7 @@ def assign_group(
     record_audit(
         actor=actor,
         api_key=api_key,
-        action="community.assign_group",
+        action="community.group_assigned",
         obj=group,
         details={"from": previous, "to": operator_id},
     )
@@ -538,6 +538,27 @@ def ensure_dimensions() -> list[ScoreDimension]:
     return list(ScoreDimension.objects.order_by("key"))
 
 
+@transaction.atomic
+def set_dimension_weight(
+    *, key: str, weight: Decimal, actor: AbstractBaseUser | None = None, api_key: Any = None
+) -> ScoreDimension:
+    """Change one dimension's weight (0 leaves it out of the score); audited. Later runs use it."""
+    ensure_dimensions()
+    dimension = ScoreDimension.objects.select_for_update().get(key=key)
+    previous = dimension.weight
+    dimension.weight = weight
+    dimension.full_clean()
+    dimension.save(update_fields=["weight"])
+    record_audit(
+        actor=actor,
+        api_key=api_key,
+        action="community.score_dimension_changed",
+        obj=dimension,
+        details={"from": str(previous), "to": str(weight)},
+    )
+    return dimension
+
+
 def first_of_month(value: date | datetime) -> date:
     return date(value.year, value.month, 1)
 
@@ -574,7 +595,7 @@ def request_score_run(*, month: date, requested_by: AbstractBaseUser | None = No
     )
     transaction.on_commit(
         lambda: publish(
-            f"contribution score run {run.pk}", tasks.compute_contribution_scores, kwargs={"run_id": run.pk}
+            f"contribution score run {run.pk}", tasks.recompute_contribution_scores, kwargs={"run_id": run.pk}
         )
     )
     return run
@@ -711,7 +732,7 @@ def retry_score_run(*, run_id: int, actor: AbstractBaseUser | None = None, api_k
     )
     transaction.on_commit(
         lambda: publish(
-            f"contribution score run {run.pk}", tasks.compute_contribution_scores, kwargs={"run_id": run.pk}
+            f"contribution score run {run.pk}", tasks.recompute_contribution_scores, kwargs={"run_id": run.pk}
         )
     )
     return run

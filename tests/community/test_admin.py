@@ -65,7 +65,7 @@ def test_unassigned_filter_and_assignment_from_the_change_form_are_audited(admin
     assert response.status_code == 302
     group.refresh_from_db()
     assert group.operator == op and group.name == "Carol's fans"
-    assert AuditEntry.objects.filter(action="community.assign_group", object_id=str(group.pk)).exists()
+    assert AuditEntry.objects.filter(action="community.group_assigned", object_id=str(group.pk)).exists()
 
 
 def _scored() -> tuple[ContributionScore, ContributionScore]:
@@ -132,7 +132,7 @@ def test_weights_are_edited_in_the_list_and_audited(admin_client):
     assert ScoreDimension.objects.get(key="new_members").weight == 3.5
     refused = {**data, "form-0-weight": "-1"}
     assert b"Ensure this value is greater than or equal to 0" in admin_client.post(url, refused).content
-    assert AuditEntry.objects.filter(action="community.change_weight").exists()
+    assert AuditEntry.objects.filter(action="community.score_dimension_changed").exists()
 
 
 def test_runs_page_queues_a_month_shows_a_failure_reason_and_retries_it(admin_client):

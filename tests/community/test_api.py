@@ -150,7 +150,7 @@ def test_unassigned_accounts_and_groups_are_listed_and_assigned_to_staff_only(ap
         == op.pk
     )
     assert api_client.get("/api/v1/community/unassigned").json() == {"accounts": [], "groups": []}
-    assert AuditEntry.objects.filter(action="community.assign_group", object_id=str(group.pk)).exists()
+    assert AuditEntry.objects.filter(action="community.group_assigned", object_id=str(group.pk)).exists()
 
 
 def test_group_health_list_paginates_and_one_group_answers_alone(api_client):

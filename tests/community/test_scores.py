@@ -66,7 +66,7 @@ def test_campaign_dimension_is_revenue_above_the_holdout_not_attributed_revenue(
     # Bob's members spend more (30.00) but so does his holdout: no increment, credited through
     # the audit entry of his launch.
     b = _campaign_with_results(holdout_revenue=["30.00"] * 4, treated_revenue=["30.00"] * 4, launched=IN_MONTH)
-    record_audit(action="campaigns.launch", obj=b, actor=bob)
+    record_audit(action="campaigns.campaign_launched", obj=b, actor=bob)
     raw, sources = score_inputs(month=MONTH)
     assert raw[alice.pk][Dimension.CAMPAIGN_INCREMENTAL] == Decimal("20.00")
     assert raw[bob.pk][Dimension.CAMPAIGN_INCREMENTAL] == Decimal("0.00")
