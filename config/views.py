@@ -14,6 +14,5 @@ from config.api import JsonParser
 # endpoints that machines call. (A comment, not a docstring: the schema would show a docstring as
 # the description of every endpoint built on it.)
 class JsonView(APIView):
-
     parser_classes = [JsonParser]
     renderer_classes = [JSONRenderer]

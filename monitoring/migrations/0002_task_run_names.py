@@ -11,6 +11,7 @@ RENAMES = {
     "coupons.resume_issuance_jobs": "coupons.tasks.resume_issuance_jobs",
     "coupons.generate_code_batch": "coupons.tasks.generate_code_batch",
     "opsloop.ping": "config.celery.ping",
+    "tracking.tasks.rollup_indicators": "indicators.tasks.rollup_indicators",
 }
 
 

@@ -117,7 +117,7 @@ def test_the_claim_functions_migrate_back_to_the_former_claim_and_forward_again(
         assert services.claim_coupon(rule_id=rule.pk, user_id="u-back").reserved == D("7.00")
     finally:
         migrate_to_latest()
-    assert functions() == {"coupons_claim", "coupons_reserve", "coupons_reserve_per_coupon"}
+    assert functions() == {"coupons_claim", "coupons_can_issue", "coupons_reserve", "coupons_reserve_per_coupon"}
     assert services.claim_coupon(rule_id=rule.pk, user_id="u-back").reserved == D("7.00")
     rule.refresh_from_db()
     assert (rule.issued_count, rule.committed) == (2, D("14.00"))

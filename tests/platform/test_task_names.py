@@ -20,7 +20,11 @@ from tests.migrating import migrate_to, migrate_to_latest
 BEAT_RENAMES = importlib.import_module("coupons.migrations.0006_task_names").RENAMES
 RUN_RENAMES = importlib.import_module("monitoring.migrations.0002_task_run_names").RENAMES
 # Former name -> the task it stands for; each one a thin task calling the renamed one.
-ALIASES = {**BEAT_RENAMES, "opsloop.ping": "config.celery.ping"}
+ALIASES = {
+    **BEAT_RENAMES,
+    "opsloop.ping": "config.celery.ping",
+    "tracking.tasks.rollup_indicators": "indicators.tasks.rollup_indicators",
+}
 
 
 def _our_tasks() -> dict[str, object]:
