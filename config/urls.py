@@ -20,6 +20,7 @@ api_v1 = [
     path("", include("predictions.urls")),
     path("", include("coupons.urls")),
     path("", include("campaigns.urls")),
+    path("", include("community.urls")),
 ]
 
 # Admin pages of the models that moved from `tracking` to `indicators`: bookmarks keep working.

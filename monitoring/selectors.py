@@ -9,13 +9,14 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from campaigns.models import Campaign, Delivery
+from community.models import ScoreRun
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
 from monitoring.models import TaskRun
@@ -315,6 +316,19 @@ def stuck_recompute_runs(*, now: datetime) -> Section:
     )
 
 
+def failed_score_runs() -> Section:
+    """Contribution score runs that failed, unless a later run of the same month succeeded."""
+    later_done = ScoreRun.objects.filter(
+        month=OuterRef("month"), status=ScoreRun.Status.DONE, requested_at__gt=OuterRef("requested_at")
+    )
+    failed = ScoreRun.objects.filter(status=ScoreRun.Status.FAILED).exclude(Exists(later_done))
+    return _section(
+        "failed contribution score run(s)",
+        failed.order_by("-requested_at"),
+        lambda r: Item("contribution scores", r.pk, str(r), r.error, r.finished_at, _admin_url(ScoreRun, r.pk)),
+    )
+
+
 def failed_tag_rules() -> Section:
     return _section(
         "tag rule(s) whose last recompute failed",
@@ -368,6 +382,7 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             stuck_recompute_runs(now=now),
             failed_prediction_runs(),
             failed_tag_rules(),
+            failed_score_runs(),
         ],
         beat=beat,
         # Tasks queued by the app (not beat) whose last run failed, for the page; their objects

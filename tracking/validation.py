@@ -209,6 +209,25 @@ def _decimal_string(value: Any) -> str | None:
     return 'must be written with the digits 0-9 and at most one decimal point, such as "20.00"'
 
 
+# Community events name the operator's contact account or group they happen in; without that
+# id they cannot be kept, so they are refused like any invalid event (the rest are stored).
+COMMUNITY_ID_PROPERTIES = {
+    "community_contact_added": "account_id",
+    "community_joined": "group_id",
+    "community_left": "group_id",
+    "community_message": "group_id",
+}
+
+
+def _check_community(name: str, properties: dict, errors: dict[str, list[str]]) -> None:
+    key = COMMUNITY_ID_PROPERTIES[name]
+    value = properties.get(key)
+    if not isinstance(value, str) or not value.strip():
+        errors[f"properties.{key}"] = [f"is required for {name}: the operator's {key[:-3]} id as a string"]
+    elif len(value) > MAX_ID_LENGTH:
+        errors[f"properties.{key}"] = [f"is longer than {MAX_ID_LENGTH} characters"]
+
+
 def _check_well_known(name: str, properties: dict, errors: dict[str, list[str]]) -> None:
     """The properties that the layers above read from well-known events must be usable."""
     if name in ORDER_EVENTS:
@@ -227,6 +246,8 @@ def _check_well_known(name: str, properties: dict, errors: dict[str, list[str]])
         results = properties.get("results")
         if results is not None and (not isinstance(results, int) or isinstance(results, bool) or results < 0):
             errors["properties.results"] = ["must be a whole number of at least 0"]
+    elif name in COMMUNITY_ID_PROPERTIES:
+        _check_community(name, properties, errors)
 
 
 def _context(

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "predictions",
     "coupons",
     "campaigns",
+    "community",
     "monitoring",
     "demo",
 ]
@@ -160,7 +161,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {},
+    # Two models' `status` fields: each enum keeps a name of its own (campaigns' the one it had).
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "campaigns.models.CampaignStatus",
+        "ContributionScoreRunStatusEnum": "community.models.ScoreRun.Status",
+    },
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.document_errors"],
 }
 

@@ -21,6 +21,7 @@ LAYERS = [
     "predictions",
     "coupons",
     "campaigns",
+    "community",
     "monitoring",
     "demo",
 ]

@@ -3,6 +3,8 @@ the schema says (status code documented, content type, body). Cases are drawn bo
 (positive) and invalid (negative) against the schema, and half the path ids are aimed at rows
 that exist, so the fuzzing reaches past the 404. New endpoints are picked up automatically."""
 
+import datetime
+
 import pytest
 import schemathesis
 from django.core import signals
@@ -63,6 +65,24 @@ def rows(db) -> dict[tuple[str, str], object]:
         ("coupon-code-batches", "batch_id"): CodeBatch.objects.create(rule=rule, quantity=1).pk,
         ("profiles", "user_id"): profile.user_id,
         ("indicators", "key"): "dau",
+        **_community_rows(),
+    }
+
+
+def _community_rows() -> dict[tuple[str, str], object]:
+    from community.models import ContributionScore, ScoreRun
+    from tests.factories.community import CommunityGroupFactory, OperatorAccountFactory
+
+    account = OperatorAccountFactory()
+    run = ScoreRun.objects.create(month=datetime.date(2026, 5, 1), status=ScoreRun.Status.FAILED, error="fuzz")
+    score = ContributionScore.objects.create(
+        run=run, month=run.month, subject="operator", operator=account.operator, score=50, rank=1
+    )
+    return {
+        ("community", "group_id"): CommunityGroupFactory().pk,
+        ("community", "account_id"): account.pk,
+        ("community", "score_id"): score.pk,
+        ("community", "run_id"): run.pk,
     }
 
 
