@@ -66,6 +66,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it sees the views' exceptions first: API clients get JSON 500s with an error id.
+    "config.errors.JsonErrorMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
