@@ -26,6 +26,7 @@ def forbidden(what: str) -> OpenApiResponse:
 
 class IdentifyView(APIView):
     permission_classes = [HasScope("events:write")]
+    rate_scope = "ingest"  # the product calls it in bulk: its own request limit (access.throttling)
 
     @extend_schema(
         request=IdentifyInput,
