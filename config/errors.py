@@ -50,13 +50,23 @@ class Refused(DomainError):
     reason = "REFUSED"
 
 
+class Busy(DomainError):
+    """A row the request needs stayed locked longer than it may wait: try again shortly."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    reason = "BUSY"
+    retry_after = 1
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     # Imported here: rest_framework.views loads the authentication classes, which import us.
     from rest_framework.views import exception_handler as drf_exception_handler
     from rest_framework.views import set_rollback
 
     if isinstance(exc, DomainError):
-        return Response(exc.as_dict(), status=exc.status_code)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return Response(exc.as_dict(), status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         exc = exceptions.ValidationError(detail)

@@ -237,6 +237,9 @@ OPSLOOP_ROLLUP_WORK_MEM = env("OPSLOOP_ROLLUP_WORK_MEM", "256MB")  # PostgreSQL 
 # Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.
 OPSLOOP_EVENTS_MAX_BODY_BYTES = int(env("OPSLOOP_EVENTS_MAX_BODY_BYTES", str(40 * 1024 * 1024)))
 
+# How long a claim or a redemption waits for a locked rule or coupon before it answers 503 BUSY.
+OPSLOOP_MONEY_LOCK_TIMEOUT_MS = int(env("OPSLOOP_MONEY_LOCK_TIMEOUT_MS", "2000"))
+
 # Customer value: default RFM window of new scoring schemes; memory for the nightly recompute.
 OPSLOOP_RFM_WINDOW_DAYS = int(env("OPSLOOP_RFM_WINDOW_DAYS", "365"))
 OPSLOOP_CRM_RECOMPUTE_WORK_MEM = env("OPSLOOP_CRM_RECOMPUTE_WORK_MEM", "256MB")
