@@ -13,7 +13,7 @@ import io
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -406,22 +406,29 @@ def claim_coupon(*, rule_id: int, user_id: str, request_id: str | None = None) -
 LOCK_NOT_AVAILABLE_SQLSTATE = "55P03"
 
 
+def _money_lock_timeout() -> str | None:
+    """The lock timeout a claim's or redemption's one statement sets for itself (`set_config(...,
+    true)`: for its own transaction, which outside a caller's transaction is the statement), so a
+    long job holding the rule or coupon makes the request answer 503 BUSY after
+    OPSLOOP_MONEY_LOCK_TIMEOUT_MS instead of hanging, at no extra round trip. Inside a caller's
+    transaction (bulk jobs) None: the statement keeps whatever that transaction set."""
+    return None if connection.in_atomic_block else f"{settings.OPSLOOP_MONEY_LOCK_TIMEOUT_MS}ms"
+
+
 @contextmanager
 def _money_statement() -> Iterator[Any]:
-    """A cursor for the one writing statement of a claim or a redemption, which waits at most
-    OPSLOOP_MONEY_LOCK_TIMEOUT_MS for the rows it locks (a long job holding a rule answers 503
-    BUSY instead of hanging the request). Inside a caller's transaction (bulk jobs) a savepoint,
-    where a refused statement must not end that transaction, and the job waits as before."""
-    if connection.in_atomic_block:
-        with transaction.atomic(), connection.cursor() as cursor:
-            yield cursor
-        return
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{settings.OPSLOOP_MONEY_LOCK_TIMEOUT_MS}ms"])
+    """A cursor for that one statement: inside a caller's transaction a savepoint, where a refused
+    statement must not end the caller's transaction; outside one none, the statement is its own."""
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
         yield cursor
 
 
-_CLAIM_SQL = "SELECT * FROM coupons_claim(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+# The lock timeout is set first: the claim's arguments refer to its row (LATERAL), so the
+# function, which locks the rule's row, runs after it.
+_CLAIM_SQL = """
+SELECT c.* FROM (SELECT set_config('lock_timeout', COALESCE(%s, current_setting('lock_timeout')), true) AS t) s
+CROSS JOIN LATERAL coupons_claim(CASE WHEN s.t IS NOT NULL THEN %s::bigint END, %s, %s, %s, %s, %s, %s, %s, %s) c
+"""
 # Raised by `coupons_claim` when a parallel claim of the same person took the last slot.
 PER_USER_LIMIT_SQLSTATE = "OLC01"
 _NEEDS_PYTHON = ("NO_PROFILE", "CHECK_CONDITIONS")
@@ -443,7 +450,10 @@ def _claim(
     # index turns it into an error rather than a shared code.
     code = codes.generate_code()
     request_id = request_id or None
-    params = [rule_id, profile_id, user_id, request_id, code, now, source, source_ref, conditions_checked]
+    params = [
+        _money_lock_timeout(),
+        *(rule_id, profile_id, user_id, request_id, code, now, source, source_ref, conditions_checked),
+    ]
     try:
         # Inside a caller's transaction (bulk jobs) a refused statement must not break it: a
         # savepoint. Outside one (the API) none: the statement is its own transaction.
@@ -557,9 +567,12 @@ def validate_coupon(*, code: str, user_id: str, order_amount: Decimal) -> Quote:
 # order, an expiry or a revoke came first; the caller reads again and answers why). Outside a
 # transaction it commits at once, so the hot rule row is locked inside PostgreSQL only.
 _REDEEM_SQL = """
-WITH used AS (
+WITH timeout AS (  -- before any row is locked: the first UPDATE's condition reads it
+    SELECT set_config('lock_timeout', COALESCE(%(lock_timeout)s, current_setting('lock_timeout')), true) AS t
+), used AS (
     UPDATE coupons_coupon SET status = 'redeemed'
      WHERE id = %(coupon_id)s AND status = 'available' AND (expires_at IS NULL OR expires_at > %(now)s)
+       AND (SELECT t FROM timeout) IS NOT NULL
     RETURNING id, rule_id, reserved
 ), redemption AS (
     INSERT INTO coupons_redemption (coupon_id, rule_id, profile_id, user_id, order_id, order_amount, discount,
@@ -648,6 +661,7 @@ def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decim
             "order_amount": order_amount,
             "discount": discount,
             "now": now,
+            "lock_timeout": _money_lock_timeout(),
         }
         try:
             with _money_statement() as cursor:
