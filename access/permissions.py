@@ -23,6 +23,8 @@ def HasScope(scope: str, *staff_perms: str) -> type[BasePermission]:
     class _HasScope(BasePermission):
         message = f"This endpoint needs the '{scope}' scope."
         required_scope = scope
+        # What a staff session needs instead (the security matrix grants exactly these).
+        required_perms = (SCOPE_PERMISSIONS[Scope(scope)], *staff_perms)
 
         def has_permission(self, request, view) -> bool:
             return has_scope(request, scope, staff_perms=staff_perms)

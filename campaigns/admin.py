@@ -59,6 +59,19 @@ class ChannelAdmin(admin.ModelAdmin):
     def gateway(self, obj: Channel) -> str:
         return obj.effective_url() or "(email backend)" if obj.kind == "email" else obj.effective_url() or "-"
 
+    # Per call, from the request's user: the instance is shared by every request.
+    def get_readonly_fields(self, request, obj=None):
+        readonly = list(super().get_readonly_fields(request, obj))
+        if not request.user.has_perm("campaigns.set_channel_gateway"):
+            readonly.append("url")
+        return readonly
+
+    def get_exclude(self, request, obj=None):
+        exclude = list(super().get_exclude(request, obj) or [])
+        if not request.user.has_perm("campaigns.set_channel_gateway"):
+            exclude.append("token")  # not even shown: the token is a secret of the gateway
+        return exclude
+
     def save_model(self, request, obj, form, change) -> None:
         services.save_channel(channel=obj, changed=form.changed_data, actor=request.user)
 

@@ -250,6 +250,7 @@ class ExperimentAnalyzeView(JsonView):
 
 class ReceiptsView(JsonView):
     permission_classes = [HasScope("events:write")]
+    rate_scope = "ingest"  # the product calls it in bulk: its own request limit (access.throttling)
 
     @extend_schema(
         request=s.ReceiptsInput,

@@ -7,7 +7,14 @@ class CampaignsConfig(AppConfig):
     name = "campaigns"
     verbose_name = "Campaigns"
     role_permissions = {
-        "Operations": ["campaigns.*"],
+        # Everything but `set_channel_gateway` (where deliveries and the token go).
+        "Operations": [
+            "campaigns.add_*",
+            "campaigns.change_*",
+            "campaigns.delete_*",
+            "campaigns.view_*",
+            "campaigns.send_campaign",
+        ],
         "Customer service": ["campaigns.view_delivery"],
         "Customer service lead": ["campaigns.view_delivery"],
         "Analyst": ["campaigns.view_*"],
@@ -17,10 +24,11 @@ class CampaignsConfig(AppConfig):
         from campaigns import selectors, services
         from coupons.audiences import register_segment_checker, register_segment_resolver
         from predictions.features import register_feature
-        from profiles.lookup import register_section
+        from profiles.lookup import register_merge_listener, register_section
         from tracking.hooks import register_ingest_listener
 
         register_ingest_listener("campaigns.triggers", services.on_events_ingested)
+        register_merge_listener("campaigns", services.on_profiles_merged)
         register_section("messages", selectors.deliveries_for_profile)
         register_segment_resolver(selectors.segment_profile_ids)
         register_segment_checker(selectors.segment_exists)

@@ -20,7 +20,7 @@ from django.core import signing
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.utils.html import escape
 
-from campaigns.models import Channel, ChannelKind
+from campaigns.models import Channel, ChannelKind, gateway_host_allowed, url_host
 
 SENT, RETRY, FAILED = "sent", "retry", "failed"
 _CLICK_SALT = "campaigns.click"
@@ -133,6 +133,10 @@ def http_post(session: requests.Session, channel: Channel, payload: dict[str, An
         return Outcome(FAILED, f"CHANNEL_NOT_CONFIGURED: no URL for {channel.kind}")
     headers = {"Idempotency-Key": payload["idempotency_key"]}
     if token := channel.effective_token():
+        if not gateway_host_allowed(url):
+            # Neither the token nor the recipient's data go to a host nobody who deploys approved;
+            # the message waits (and is retried within its window) until the URL or the list is fixed.
+            return Outcome(RETRY, f"GATEWAY_HOST_NOT_ALLOWED: {url_host(url)} is not in OPSLOOP_GATEWAY_ALLOWED_HOSTS")
         headers["Authorization"] = f"Bearer {token}"
     try:
         response = session.post(url, json=payload, headers=headers, timeout=channel.timeout_seconds)

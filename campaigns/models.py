@@ -9,6 +9,7 @@ what keeps a crashed or repeated task from messaging anyone twice.
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -62,6 +63,11 @@ class Channel(models.Model):
     enabled = models.BooleanField(default=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        # Where deliveries go, with their recipients' data, and the secret sent along: a permission
+        # of its own, held by no role by default (`change_channel` covers the rest of the row).
+        permissions = [("set_channel_gateway", "May change a channel's gateway URL and token")]
+
     def __str__(self) -> str:
         return self.get_kind_display()
 
@@ -71,6 +77,23 @@ class Channel(models.Model):
 
     def effective_token(self) -> str:
         return self.token or getattr(settings, "OPSLOOP_GATEWAY_TOKEN", "")
+
+
+GATEWAY_FIELDS = ("url", "token")
+
+
+def url_host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower() if url else ""
+
+
+def gateway_host_allowed(url: str) -> bool:
+    """Whether the gateway token may be sent to this URL: its host is on
+    OPSLOOP_GATEWAY_ALLOWED_HOSTS or is the host of one of the OPSLOOP_*_URL settings, which only
+    whoever deploys can change."""
+    host = url_host(url)
+    allowed = {h.lower() for h in settings.OPSLOOP_GATEWAY_ALLOWED_HOSTS}
+    allowed |= {url_host(getattr(settings, name, "")) for name in CHANNEL_URL_SETTINGS.values()}
+    return bool(host) and host in allowed
 
 
 class Segment(models.Model):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import requests
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import OperationalError, connection, transaction
 from django.db.models import Q
 from django.db.models.expressions import RawSQL
@@ -29,6 +30,7 @@ from django.utils import timezone
 from access.services import record_audit
 from campaigns import bandit, channels, errors, sending, validation
 from campaigns.models import (
+    GATEWAY_FIELDS,
     Allocation,
     AllocationKind,
     AllocationReason,
@@ -45,6 +47,7 @@ from campaigns.models import (
     ScheduleKind,
     Segment,
     Variant,
+    url_host,
 )
 from campaigns.segments import audience_sql, compile_definition
 from config.celery import publish
@@ -92,15 +95,26 @@ def save_segment(*, segment: Segment, changed: Sequence[str] = (), actor: Any = 
 
 
 @transaction.atomic
+@transaction.atomic
 def save_channel(*, channel: Channel, changed: Sequence[str] = (), actor: Any = None) -> Channel:
-    """Change how a channel sends (gateway, rate, retries, whether it is enabled)."""
+    """Change how a channel sends (gateway, rate, retries, whether it is enabled). Its gateway URL
+    and token need `campaigns.set_channel_gateway` of a staff actor (None: the system, the demo);
+    the audit names the old and the new host, never the token."""
+    before = Channel.objects.select_for_update().filter(pk=channel.pk).first() if channel.pk else None
+    old = {f: getattr(before, f) if before else "" for f in GATEWAY_FIELDS}
+    old_host = url_host(before.effective_url()) if before else ""
+    gateway_changed = [f for f in GATEWAY_FIELDS if getattr(channel, f) != old[f]]
+    if gateway_changed and actor is not None and not actor.has_perm("campaigns.set_channel_gateway"):
+        raise PermissionDenied("Changing a channel's gateway URL or token needs the permission set_channel_gateway.")
     channel.save()
-    record_audit(
-        action="campaigns.channel_changed",
-        obj=channel,
-        actor=actor,
-        details={"fields": list(changed), "url": channel.url},
-    )
+    details: dict[str, Any] = {"fields": sorted(set(changed) | set(gateway_changed)), "url": channel.url}
+    if gateway_changed:
+        details.update(
+            old_host=old_host,
+            new_host=url_host(channel.effective_url()),
+            token_changed="token" in gateway_changed,
+        )
+    record_audit(action="campaigns.channel_changed", obj=channel, actor=actor, details=details)
     return channel
 
 
@@ -1618,3 +1632,28 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
         action="campaigns.campaign_cloned", obj=clone, actor=actor, api_key=api_key, details={"from": source.pk}
     )
     return clone
+
+
+# --- merges ----------------------------------------------------------------------------------
+
+
+def on_profiles_merged(into: Profile, merged: Profile) -> None:
+    """Merge listener (`profiles.lookup`), inside the merge's transaction. Results find a member's
+    conversions through the member's user-id identities, which the merge moved to the survivor:
+    the merged member's assignments and deliveries follow them, so the campaign keeps that
+    member's conversions (and the survivor's caps see what was sent). Where both were members of
+    one campaign, the survivor's assignment stands for the person and the other keeps its row,
+    counted once as in the audience snapshot."""
+    Assignment.objects.filter(profile_id=merged.pk).exclude(
+        campaign_id__in=Assignment.objects.filter(profile_id=into.pk).values("campaign_id")
+    ).update(profile_id=into.pk, user_id=into.user_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE campaigns_delivery d SET profile_id = %(into)s
+            WHERE d.profile_id = %(merged)s
+              AND NOT EXISTS (SELECT 1 FROM campaigns_delivery o
+                              WHERE o.campaign_id = d.campaign_id AND o.phase = d.phase AND o.profile_id = %(into)s)
+            """,
+            {"into": into.pk, "merged": merged.pk},
+        )

@@ -7,7 +7,9 @@ import os
 
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.development")
+# Production unless the environment names other settings, as in `config.wsgi`: a worker started
+# by hand must not run with development secrets (`make up` names development explicitly).
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 
 app = Celery("opsloop")
 app.config_from_object("django.conf:settings", namespace="CELERY")

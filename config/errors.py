@@ -7,11 +7,12 @@ way: `{"reason": CODE, "detail": text, ...extra}` with the error's status (404, 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -49,12 +50,23 @@ class Refused(DomainError):
     reason = "REFUSED"
 
 
+class Busy(DomainError):
+    """A row the request needs stayed locked longer than it may wait: try again shortly."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    reason = "BUSY"
+    retry_after = 1
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     # Imported here: rest_framework.views loads the authentication classes, which import us.
     from rest_framework.views import exception_handler as drf_exception_handler
+    from rest_framework.views import set_rollback
 
     if isinstance(exc, DomainError):
-        return Response(exc.as_dict(), status=exc.status_code)
+        retry_after = getattr(exc, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return Response(exc.as_dict(), status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
         exc = exceptions.ValidationError(detail)
@@ -64,5 +76,44 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.PermissionDenied(str(exc) or None)
     response = drf_exception_handler(exc, context)
     if response is None:
-        logger.exception("unhandled API error", exc_info=exc)
+        set_rollback()
+        request = context.get("request")
+        body = internal_error(exc, getattr(request, "path", ""))
+        return Response(body, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
     return response
+
+
+def internal_error(exc: BaseException, path: str) -> dict[str, str]:
+    """Log an unexpected exception under a fresh error id and return the body that tells the
+    client only that id: the traceback stays in the log, where the id finds it."""
+    error_id = uuid.uuid4().hex
+    logger.error("unhandled error %s on %s", error_id, path, exc_info=exc, extra={"error_id": error_id})
+    return {
+        "reason": "INTERNAL_ERROR",
+        "detail": f"An unexpected error occurred; quote error id {error_id} when reporting it.",
+        "error_id": error_id,
+    }
+
+
+def wants_json(request: HttpRequest) -> bool:
+    """An API client: a request under /api/ or to /healthz, or one that does not ask for HTML."""
+    if request.path.startswith(("/api/", "/healthz")):
+        return True
+    return "text/html" not in request.headers.get("Accept", "")
+
+
+class JsonErrorMiddleware:
+    """Answers an exception no view handled with the JSON 500 of `internal_error` for API clients,
+    in every settings module: even with DEBUG on (development), an API client never receives
+    Django's debug page, which shows settings and local variables."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, Http404 | PermissionDenied) or not wants_json(request):
+            return None  # Django's own 404/403, or the admin's HTML 500 page
+        return JsonResponse(internal_error(exception, request.path), status=500)

@@ -12,7 +12,7 @@ from functools import partial
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import QuerySet
+from django.db.models import BooleanField, QuerySet, Value
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from coupons import errors, selectors, services
+from coupons.codes import mask_code
 from coupons.models import (
     CodeBatch,
     Coupon,
@@ -304,6 +305,9 @@ class CodeBatchForm(forms.Form):
     partner = forms.CharField(max_length=200, required=False)
 
 
+BEARER_CODES_PERMISSION = "coupons.export_codebatch"
+
+
 @admin.register(Coupon)
 class CouponAdmin(admin.ModelAdmin):
     list_display = ("display_code", "rule", "holder", "status", "issued_at", "expires_at", "source", "source_ref")
@@ -313,6 +317,26 @@ class CouponAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Coupon._meta.fields]
     actions = ("revoke",)
     show_full_result_count = False
+
+    # Whether the viewer may see bearer codes travels with the rows (the admin instance is shared).
+    def get_queryset(self, request):
+        may = request.user.has_perm(BEARER_CODES_PERMISSION)
+        return super().get_queryset(request).annotate(viewer_sees_bearer_codes=Value(may, output_field=BooleanField()))
+
+    def get_fields(self, request, obj=None):
+        fields = [f for f in super().get_fields(request, obj) if f != "display_code"]
+        if obj is not None and obj.profile_id is None and not request.user.has_perm(BEARER_CODES_PERMISSION):
+            fields = ["display_code" if f == "code" else f for f in fields]
+        return fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "display_code"]
+
+    @admin.display(description="Code")
+    def display_code(self, coupon: Coupon) -> str:
+        if coupon.profile_id is None and not getattr(coupon, "viewer_sees_bearer_codes", False):
+            return mask_code(coupon.display_code)  # a partner's bearer code: spendable by whoever reads it
+        return coupon.display_code
 
     def get_search_results(self, request, queryset, search_term):
         from coupons.codes import normalize
@@ -484,7 +508,7 @@ class CodeBatchAdmin(admin.ModelAdmin):
         return own + super().get_urls()
 
     def export_view(self, request: HttpRequest, batch_id: int) -> StreamingHttpResponse:
-        if not request.user.has_perm("coupons.view_codebatch"):
+        if not request.user.has_perm(BEARER_CODES_PERMISSION):
             raise PermissionDenied
         batch = get_object_or_404(CodeBatch, pk=batch_id, status=CodeBatch.Status.DONE)
         response = StreamingHttpResponse(

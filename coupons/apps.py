@@ -15,9 +15,11 @@ class CouponsConfig(AppConfig):
 
     def ready(self) -> None:
         from coupons.selectors import lookup_section
-        from profiles.lookup import register_section
+        from coupons.services import on_profiles_merged
+        from profiles.lookup import register_merge_listener, register_section
 
         register_section("coupons", lookup_section)
+        register_merge_listener("coupons", on_profiles_merged)
         _register_indicators()
 
 

@@ -4,7 +4,7 @@ the rules refuse, 404 for an unknown object."""
 
 from __future__ import annotations
 
-from config.errors import Conflict, NotFound, Refused
+from config.errors import Busy, Conflict, NotFound, Refused
 
 
 class CouponError(Refused):
@@ -125,3 +125,7 @@ class OrderRolledBack(Conflict, CouponError):
 
 class InvalidAmount(CouponError):
     reason = "INVALID_AMOUNT"
+
+
+class RuleBusy(Busy, CouponError):
+    reason = "BUSY"

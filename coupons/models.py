@@ -195,11 +195,21 @@ class CodeBatch(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The rule's quantity and budget taken for the whole batch, committed before any code is
+    # written (so the rule's row is not held while millions of codes are), with what each code holds
+    # and its validity; cleared when a failed run gives the reservation back.
+    reserved_at = models.DateTimeField(null=True, blank=True, editable=False)
+    reserved_per_code = models.DecimalField(**MONEY, null=True, blank=True, editable=False)
+    codes_start_at = models.DateTimeField(null=True, blank=True, editable=False)
+    codes_expire_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "code batches"
         constraints = [models.CheckConstraint(condition=Q(quantity__gt=0), name="codebatch_quantity_positive")]
+        # Bearer codes are money anyone holding them can spend: seeing them whole and exporting
+        # them is a permission of its own (Operations), not part of viewing the lists.
+        permissions = [("export_codebatch", "May see and export partner bearer codes")]
 
     def __str__(self) -> str:
         return f"{self.quantity} codes of {self.rule} for {self.partner or '-'}"
@@ -302,6 +312,12 @@ class Coupon(models.Model):
         ]
 
     def __str__(self) -> str:
+        # The coupon admin marks the rows of a viewer who may not see bearer codes (its titles and
+        # breadcrumbs print the object): those show masked.
+        if self.profile_id is None and getattr(self, "viewer_sees_bearer_codes", True) is False:
+            from coupons.codes import mask_code
+
+            return mask_code(self.display_code)
         return self.display_code
 
     @property

@@ -12,13 +12,14 @@ import csv
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -408,7 +409,32 @@ def claim_coupon(*, rule_id: int, user_id: str, request_id: str | None = None) -
 # holding and the coupon, in one statement. Outside a transaction it commits at once, so the hot
 # rule row stays locked from the reserve to the commit inside PostgreSQL only, never while a
 # Python process waits for a core; that is what keeps many concurrent claims of one rule fast.
-_CLAIM_SQL = "SELECT * FROM coupons_claim(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+LOCK_NOT_AVAILABLE_SQLSTATE = "55P03"
+
+
+def _money_lock_timeout() -> str | None:
+    """The lock timeout a claim's or redemption's one statement sets for itself (`set_config(...,
+    true)`: for its own transaction, which outside a caller's transaction is the statement), so a
+    long job holding the rule or coupon makes the request answer 503 BUSY after
+    OPSLOOP_MONEY_LOCK_TIMEOUT_MS instead of hanging, at no extra round trip. Inside a caller's
+    transaction (bulk jobs) None: the statement keeps whatever that transaction set."""
+    return None if connection.in_atomic_block else f"{settings.OPSLOOP_MONEY_LOCK_TIMEOUT_MS}ms"
+
+
+@contextmanager
+def _money_statement() -> Iterator[Any]:
+    """A cursor for that one statement: inside a caller's transaction a savepoint, where a refused
+    statement must not end the caller's transaction; outside one none, the statement is its own."""
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        yield cursor
+
+
+# The lock timeout is set first: the claim's arguments refer to its row (LATERAL), so the
+# function, which locks the rule's row, runs after it.
+_CLAIM_SQL = """
+SELECT c.* FROM (SELECT set_config('lock_timeout', COALESCE(%s, current_setting('lock_timeout')), true) AS t) s
+CROSS JOIN LATERAL coupons_claim(CASE WHEN s.t IS NOT NULL THEN %s::bigint END, %s, %s, %s, %s, %s, %s, %s, %s) c
+"""
 # Raised by `coupons_claim` when a parallel claim of the same person took the last slot.
 PER_USER_LIMIT_SQLSTATE = "OLC01"
 _NEEDS_PYTHON = ("NO_PROFILE", "CHECK_CONDITIONS")
@@ -430,11 +456,14 @@ def _claim(
     # index turns it into an error rather than a shared code.
     code = codes.generate_code()
     request_id = request_id or None
-    params = [rule_id, profile_id, user_id, request_id, code, now, source, source_ref, conditions_checked]
+    params = [
+        _money_lock_timeout(),
+        *(rule_id, profile_id, user_id, request_id, code, now, source, source_ref, conditions_checked),
+    ]
     try:
         # Inside a caller's transaction (bulk jobs) a refused statement must not break it: a
         # savepoint. Outside one (the API) none: the statement is its own transaction.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        with _money_statement() as cursor:
             cursor.execute(_CLAIM_SQL, params)
             outcome, coupon_id, holder_id, reserved, starts_at, expires_at, rule_name, limit = cursor.fetchone()
     except IntegrityError:
@@ -444,6 +473,8 @@ def _claim(
         raise
     except DatabaseError as exc:
         cause = exc.__cause__
+        if getattr(cause, "sqlstate", None) == LOCK_NOT_AVAILABLE_SQLSTATE:
+            raise errors.RuleBusy("The offer is busy; try again in a moment.") from exc
         if getattr(cause, "sqlstate", None) != PER_USER_LIMIT_SQLSTATE:
             raise
         if request_id and (existing := _replayed(rule_id=rule_id, profile_id=profile_id, request_id=request_id)):
@@ -542,9 +573,12 @@ def validate_coupon(*, code: str, user_id: str, order_amount: Decimal) -> Quote:
 # order, an expiry or a revoke came first; the caller reads again and answers why). Outside a
 # transaction it commits at once, so the hot rule row is locked inside PostgreSQL only.
 _REDEEM_SQL = """
-WITH used AS (
+WITH timeout AS (  -- before any row is locked: the first UPDATE's condition reads it
+    SELECT set_config('lock_timeout', COALESCE(%(lock_timeout)s, current_setting('lock_timeout')), true) AS t
+), used AS (
     UPDATE coupons_coupon SET status = 'redeemed'
      WHERE id = %(coupon_id)s AND status = 'available' AND (expires_at IS NULL OR expires_at > %(now)s)
+       AND (SELECT t FROM timeout) IS NOT NULL
     RETURNING id, rule_id, reserved
 ), redemption AS (
     INSERT INTO coupons_redemption (coupon_id, rule_id, profile_id, user_id, order_id, order_amount, discount,
@@ -633,11 +667,16 @@ def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decim
             "order_amount": order_amount,
             "discount": discount,
             "now": now,
+            "lock_timeout": _money_lock_timeout(),
         }
-        # A savepoint only inside a caller's transaction, where a failed statement must not end it.
-        with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-            cursor.execute(_REDEEM_SQL, params)
-            row = cursor.fetchone()
+        try:
+            with _money_statement() as cursor:
+                cursor.execute(_REDEEM_SQL, params)
+                row = cursor.fetchone()
+        except DatabaseError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE_SQLSTATE:
+                raise errors.RuleBusy("The coupon or its offer is busy; try again in a moment.") from exc
+            raise
         if row is None:
             continue  # the coupon changed since it was read: read again and answer from what happened
         coupon.status = CouponStatus.REDEEMED
@@ -740,26 +779,33 @@ SELECT COALESCE(SUM(n), 0), COALESCE(SUM(released), 0) FROM upd
 """
 
 
+def _expire_batch(where: str, params: list, *, now: datetime, batch_size: int) -> tuple[int, Decimal]:
+    """Expire at most `batch_size` live coupons matching `where`, releasing their committed money."""
+    with connection.cursor() as cursor:
+        cursor.execute(_EXPIRE_SQL.format(where=where), [*params, batch_size, now])
+        n, amount = cursor.fetchone()
+    return int(n), Decimal(amount)
+
+
 def _expire_where(where: str, params: list, *, now: datetime, batch_size: int = 5000) -> tuple[int, Decimal]:
-    """Expire live coupons matching `where`, in batches, releasing their committed money."""
+    """Expire live coupons matching `where`, in batches within the caller's transaction."""
     total, released = 0, ZERO
     while True:
-        with connection.cursor() as cursor:
-            cursor.execute(_EXPIRE_SQL.format(where=where), [*params, batch_size, now])
-            n, amount = cursor.fetchone()
-        total, released = total + int(n), released + Decimal(amount)
+        n, amount = _expire_batch(where, params, now=now, batch_size=batch_size)
+        total, released = total + n, released + amount
         if n < batch_size:
             return total, released
 
 
 def expire_due_coupons(*, now: datetime | None = None, batch_size: int = 5000) -> int:
     """Expire every live coupon past its end and release what it committed. Each batch is its
-    own transaction, so a large backlog never holds long locks; safe to run twice."""
+    own transaction, committed before the next starts, so a large backlog never holds the rules'
+    rows (which every claim and redemption updates) for longer than one batch; safe to run twice."""
     now = now or timezone.now()
     total = 0
     while True:
         with transaction.atomic():
-            n, _ = _expire_where("expires_at <= %s", [now], now=now, batch_size=batch_size)
+            n, _ = _expire_batch("expires_at <= %s", [now], now=now, batch_size=batch_size)
         total += n
         if n < batch_size:
             return total
@@ -809,24 +855,28 @@ def _copy_codes(cursor, count: int, chunk: int = 100_000) -> None:
 
 
 def generate_batch_codes(*, batch: CodeBatch) -> CodeBatch:
-    """Generate a batch's codes in one transaction: all or nothing, so a crashed run leaves
-    nothing behind and the retry starts clean. Codes are streamed into a temporary table with
-    COPY and moved in one INSERT ... SELECT; the rule's quantity and budget are taken at once.
-    An error marks the batch failed with its reason (traceback in the log) and is raised again."""
+    """Generate a batch's codes in two steps. First the rule's quantity and budget for the whole
+    batch are reserved and committed (the rule's row is locked only for that one statement); then
+    the codes are streamed into a temporary table with COPY and moved in one INSERT ... SELECT, in
+    a transaction of their own that holds no lock claims or redemptions wait for. The codes are
+    all or nothing: a run that dies leaves the reservation for the redelivered task to write
+    against; an error gives the reservation back, marks the batch failed with its reason
+    (traceback in the log) and is raised again, so a retry starts clean."""
     try:
-        return _generate_batch_codes(batch_id=batch.pk)
+        reserved = _reserve_batch(batch_id=batch.pk)
+        if reserved.status != CodeBatch.Status.RUNNING:
+            return reserved
+        return _write_batch_codes(batch_id=batch.pk)
     except Exception as exc:
         reason = log_failure(logger, f"code batch {batch.pk}", exc)
-        CodeBatch.objects.filter(pk=batch.pk).exclude(status=CodeBatch.Status.DONE).update(
-            status=CodeBatch.Status.FAILED, error=reason, finished_at=timezone.now()
-        )
+        _release_batch(batch_id=batch.pk, reason=reason)
         raise
 
 
 @transaction.atomic
-def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
-    batch = CodeBatch.objects.select_for_update().select_related("rule").get(pk=batch_id)
-    if batch.status in (CodeBatch.Status.DONE, CodeBatch.Status.FAILED):
+def _reserve_batch(*, batch_id: int) -> CodeBatch:
+    batch = CodeBatch.objects.select_for_update().get(pk=batch_id)
+    if batch.status in (CodeBatch.Status.DONE, CodeBatch.Status.FAILED) or batch.reserved_at is not None:
         return batch
     now = timezone.now()
     try:
@@ -836,6 +886,34 @@ def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
         batch.status, batch.error, batch.finished_at = CodeBatch.Status.FAILED, refusal.detail, now
         batch.save(update_fields=["status", "error", "finished_at"])
         return batch
+    batch.status, batch.reserved_at, batch.reserved_per_code = CodeBatch.Status.RUNNING, now, reserve
+    batch.codes_start_at, batch.codes_expire_at = starts_at, expires_at
+    batch.save(update_fields=["status", "reserved_at", "reserved_per_code", "codes_start_at", "codes_expire_at"])
+    return batch
+
+
+@transaction.atomic
+def _release_batch(*, batch_id: int, reason: str) -> None:
+    """Give back what a failed batch reserved of its rule, and mark it failed."""
+    batch = CodeBatch.objects.select_for_update().filter(pk=batch_id).first()
+    if batch is None or batch.status == CodeBatch.Status.DONE:
+        return
+    if batch.reserved_at is not None:
+        CouponRule.objects.filter(pk=batch.rule_id).update(
+            issued_count=F("issued_count") - batch.quantity,
+            committed=F("committed") - batch.quantity * batch.reserved_per_code,
+        )
+    batch.status, batch.error, batch.finished_at = CodeBatch.Status.FAILED, reason, timezone.now()
+    batch.reserved_at = batch.reserved_per_code = batch.codes_start_at = batch.codes_expire_at = None
+    batch.save()
+
+
+@transaction.atomic
+def _write_batch_codes(*, batch_id: int) -> CodeBatch:
+    batch = CodeBatch.objects.select_for_update().get(pk=batch_id)
+    if batch.status != CodeBatch.Status.RUNNING:
+        return batch
+    now = timezone.now()
     inserted = 0
     with connection.cursor() as cursor:
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS coupon_new_codes (code varchar(32)) ON COMMIT DROP")
@@ -851,7 +929,15 @@ def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
                   FROM (SELECT DISTINCT code FROM coupon_new_codes) fresh
                 ON CONFLICT (code) DO NOTHING
                 """,
-                [batch.rule_id, reserve, now, starts_at, expires_at, f"partner:{batch.partner}"[:200], batch.pk],
+                [
+                    batch.rule_id,
+                    batch.reserved_per_code,
+                    now,
+                    batch.codes_start_at,
+                    batch.codes_expire_at,
+                    f"partner:{batch.partner}"[:200],
+                    batch.pk,
+                ],
             )
             inserted += cursor.rowcount
     batch.generated = inserted
@@ -1170,3 +1256,27 @@ def save_rule(*, rule: CouponRule, changed: Sequence[str], actor: AbstractBaseUs
             details={name: {"from": before[name], "to": str(getattr(locked, name))} for name in changed},
         )
     return locked
+
+
+# --- merges ----------------------------------------------------------------------------------
+
+
+def on_profiles_merged(into: Profile, merged: Profile) -> None:
+    """Merge listener (`profiles.lookup`), inside the merge's transaction: the survivor holds the
+    merged profile's coupons and redemptions, and its claims count against every rule's per-user
+    limit, so two user ids of one person cannot each claim a limit's worth. The merge itself is
+    recorded by `profiles` (`ProfileMerge`)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH gone AS (
+                DELETE FROM coupons_ruleholding WHERE profile_id = %(merged)s RETURNING rule_id, issued
+            )
+            INSERT INTO coupons_ruleholding (rule_id, profile_id, issued)
+            SELECT rule_id, %(into)s, issued FROM gone
+            ON CONFLICT (rule_id, profile_id) DO UPDATE SET issued = coupons_ruleholding.issued + EXCLUDED.issued
+            """,
+            {"into": into.pk, "merged": merged.pk},
+        )
+    Coupon.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)
+    Redemption.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)

@@ -92,7 +92,8 @@ class DemoLoop:
                 if waited >= timeout:
                     raise DemoError(
                         f"No Celery worker answered within {timeout:.0f} s. The demo's loop runs on the worker:"
-                        " start it with `make up` (or `.venv/bin/celery -A config worker -Q"
+                        " start it with `make up` (or `DJANGO_SETTINGS_MODULE=config.settings.development"
+                        " .venv/bin/celery -A config worker -Q"
                         " default,deliveries,analytics`), then run `manage.py load_demo` again."
                     )
         finally:

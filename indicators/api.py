@@ -30,6 +30,7 @@ class CanReadIndicators(BasePermission):
 
     message = "This endpoint needs the 'manage' scope, or a staff session that may view indicators."
     required_scope = "manage"  # what the scope matrix of the suite reads
+    required_perms = (VIEW_PERMISSION,)  # and what a staff session needs instead
 
     def has_permission(self, request, view) -> bool:
         if isinstance(request.auth, ApiKey):

@@ -10,7 +10,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import BooleanField, Count, Q, Value
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.safestring import mark_safe
@@ -121,6 +121,26 @@ class MergedFilter(admin.SimpleListFilter):
         return queryset
 
 
+# Whether the rows' viewer may see personal data travels with the rows (a constant annotation of
+# the request's queryset), never on the ModelAdmin: one instance serves every request at once, and
+# a request stored on it would let one viewer's rights unmask another's page.
+SEES = "viewer_sees_personal_data"
+
+
+def _for_viewer(queryset, request):
+    return queryset.annotate(**{SEES: Value(may_see_personal_data(request), output_field=BooleanField())})
+
+
+def _sees(obj) -> bool:
+    return bool(getattr(obj, SEES, False))  # rows read any other way stay masked
+
+
+def _shown_identity(obj: Identity) -> str:
+    if _sees(obj):
+        return obj.value
+    return {"phone": mask_phone, "email": mask_email}.get(obj.kind, lambda v: v)(obj.value)
+
+
 class IdentityInline(admin.TabularInline):
     model = Identity
     extra = 0
@@ -133,13 +153,10 @@ class IdentityInline(admin.TabularInline):
 
     @admin.display(description="value")
     def shown_value(self, obj: Identity) -> str:
-        if may_see_personal_data(self.request):
-            return obj.value
-        return {"phone": mask_phone, "email": mask_email}.get(obj.kind, lambda v: v)(obj.value)
+        return _shown_identity(obj)
 
     def get_queryset(self, request):
-        self.request = request
-        return super().get_queryset(request)
+        return _for_viewer(super().get_queryset(request), request)
 
 
 class ProfileTagInline(admin.TabularInline):
@@ -184,15 +201,14 @@ class ProfileAdmin(admin.ModelAdmin):
 
     @admin.display(description="phone")
     def shown_phone(self, obj: Profile) -> str:
-        return obj.phone if may_see_personal_data(self._request) else mask_phone(obj.phone)
+        return obj.phone if _sees(obj) else mask_phone(obj.phone)
 
     @admin.display(description="e-mail")
     def shown_email(self, obj: Profile) -> str:
-        return obj.email if may_see_personal_data(self._request) else mask_email(obj.email)
+        return obj.email if _sees(obj) else mask_email(obj.email)
 
     def get_queryset(self, request):
-        self._request = request
-        return super().get_queryset(request)
+        return _for_viewer(super().get_queryset(request), request)
 
     def get_search_results(self, request, queryset, search_term):
         """Exact matches on indexed columns only; phones and e-mails are normalised first."""
@@ -214,8 +230,23 @@ class ProfileAdmin(admin.ModelAdmin):
                 match |= Q(email=email)
             except ValueError:
                 pass
+        if not request.user.has_perm("profiles.lookup_profile"):
+            # Phones, e-mails and identities find a person: the lookup permission's business.
+            return queryset.filter(user_id=term), False
         match |= Q(id__in=Identity.objects.filter(value__in=values).values("profile_id"))
-        return queryset.filter(match), False
+        found = queryset.filter(match)
+        services.record_profile_access(
+            staff=request.user, query=f"profiles list: {term}", profiles=list(found.values_list("id", "user_id")[:100])
+        )
+        return found, False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        profile = None
+        if request.method == "GET" and str(object_id).isdigit():
+            profile = Profile.objects.filter(pk=object_id).values_list("id", "user_id").first()
+        if profile is not None:
+            services.record_profile_access(staff=request.user, query=f"profile page: {profile[1]}", profiles=[profile])
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def get_urls(self):
         return [
@@ -286,14 +317,25 @@ class IdentityAdmin(admin.ModelAdmin):
     show_full_result_count = False
 
     def get_queryset(self, request):
-        self._request = request
-        return super().get_queryset(request)
+        return _for_viewer(super().get_queryset(request), request)
 
     @admin.display(description="value")
     def shown_value(self, obj: Identity) -> str:
-        if may_see_personal_data(self._request):
-            return obj.value
-        return {"phone": mask_phone, "email": mask_email}.get(obj.kind, lambda v: v)(obj.value)
+        return _shown_identity(obj)
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if not request.user.has_perm("profiles.lookup_profile"):
+            return queryset.none(), False  # an identity value finds a person: the lookup's business
+        found, duplicates = super().get_search_results(request, queryset, term)
+        services.record_profile_access(
+            staff=request.user,
+            query=f"identities list: {term}",
+            profiles=list(found.values_list("profile_id", "profile__user_id").distinct()[:100]),
+        )
+        return found, duplicates
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -12,7 +12,7 @@ from access.permissions import HasScope, StaffWith
 from config.api import id_from_path, object_or_404, request_actor
 from profiles import selectors, services
 from profiles.errors import ProfileNotFound, TagRuleNotFound
-from profiles.models import LookupChannel, TagRule
+from profiles.models import LookupChannel, Profile, TagRule
 from profiles.serializers import IdentifyInput, IdentifyOutput, LookupOutput, ProfileOutput, TagRuleRunOutput
 
 BAD_INPUT = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: the offending fields and reasons.")
@@ -26,6 +26,7 @@ def forbidden(what: str) -> OpenApiResponse:
 
 class IdentifyView(APIView):
     permission_classes = [HasScope("events:write")]
+    rate_scope = "ingest"  # the product calls it in bulk: its own request limit (access.throttling)
 
     @extend_schema(
         request=IdentifyInput,
@@ -70,6 +71,9 @@ class ProfileView(APIView):
         detail = selectors.profile_detail(user_id, may_see_personal_data=personal)
         if detail is None:
             raise ProfileNotFound(f"No profile for user id '{user_id}'.")
+        if request_actor(request)["api_key"] is None:  # a staff member saw a person: recorded
+            seen = Profile.objects.filter(user_id=detail["user_id"]).values_list("id", "user_id")
+            services.record_profile_access(staff=request.user, query=f"profile API: {user_id}", profiles=list(seen))
         return Response(ProfileOutput(detail).data)
 
 

@@ -7,6 +7,7 @@ Every entry point (identify, lookup, admin search, CSV import) goes through thes
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime
 from functools import cache
 from typing import Any
@@ -238,3 +239,47 @@ def mask_email(email: str) -> str:
         return ""
     local, _, domain = email.partition("@")
     return f"{local[:1]}***@{domain}"
+
+
+def mask_identifier(value: str) -> str:
+    """`oAbCdEf123` -> `oAb***23`: an openid, unionid, device id or cookie, recognisable to the
+    person who reads it out, useless to anyone who copies it."""
+    if not value:
+        return ""
+    if len(value) <= 6:
+        return "***"
+    return f"{value[:3]}***{value[-2:]}"
+
+
+# Event property names that carry a person's identifiers or contact data (compared lower-cased,
+# with `-` and spaces as `_`).
+PERSONAL_PROPERTY_KEYS = frozenset(
+    {
+        "phone", "mobile", "tel", "telephone", "phone_number", "email", "e_mail", "openid", "unionid",
+        "device", "device_id", "idfa", "idfv", "imei", "oaid", "android_id", "address", "id_card", "name",
+        "real_name", "full_name", "ip", "ip_address",
+    }
+)  # fmt: skip
+_EMAIL_LIKE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Written with a country code: order numbers and amounts, all digits too, are left alone.
+_PHONE_LIKE = re.compile(r"^\+[0-9][0-9 ()-]{6,}[0-9]$")
+
+
+def mask_properties(value: Any, key: str = "") -> Any:
+    """Event properties as a reader without the personal-data right may see them: values under
+    personal keys masked, and any string that looks like an e-mail or an international phone number masked
+    wherever it is, in nested objects and lists too."""
+    if isinstance(value, dict):
+        return {k: mask_properties(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_properties(v, key) for v in value]
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return value
+    text = str(value)
+    if isinstance(value, str) and _EMAIL_LIKE.match(text):
+        return mask_email(text)
+    if isinstance(value, str) and _PHONE_LIKE.match(text):
+        return mask_phone(text)
+    if key.lower().replace("-", "_").replace(" ", "_") in PERSONAL_PROPERTY_KEYS:
+        return mask_identifier(text)
+    return value

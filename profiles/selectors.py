@@ -11,7 +11,15 @@ from django.db import connection
 from django.db.models import Q
 
 from profiles.models import Identity, IdentityKind, Profile, ProfileEvent, ProfileTag, Tag
-from profiles.normalize import KNOWN_TRAITS, mask_email, mask_phone, normalize_email, normalize_phone
+from profiles.normalize import (
+    KNOWN_TRAITS,
+    mask_email,
+    mask_identifier,
+    mask_phone,
+    mask_properties,
+    normalize_email,
+    normalize_phone,
+)
 
 LOOKUP_MIN_LENGTH = 2
 LOOKUP_MAX_LENGTH = 100
@@ -123,7 +131,7 @@ def find_profiles(query: str) -> list[Profile]:
     return [by_id[i] for i in ids if i in by_id]
 
 
-def latest_events(profile: Profile, limit: int = 20) -> list[dict[str, Any]]:
+def latest_events(profile: Profile, limit: int = 20, *, may_see_personal_data: bool = True) -> list[dict[str, Any]]:
     """The person's latest events, through every user and anonymous id they have (merges
     included), each fetched with the (id, timestamp) indexes of the event table."""
     idents = list(
@@ -142,7 +150,12 @@ def latest_events(profile: Profile, limit: int = 20) -> list[dict[str, Any]]:
         .order_by("-timestamp")
         .values("name", "kind", "timestamp", "properties")[:limit]
     )
-    return [{**e, "timestamp": e["timestamp"].isoformat()} for e in events]
+    shown = (lambda p: p) if may_see_personal_data else mask_properties
+    return [{**e, "properties": shown(e["properties"]), "timestamp": e["timestamp"].isoformat()} for e in events]
+
+
+# Identifiers that reach a person on another service: masked for readers without the right.
+MASKED_IDENTITY_KINDS = (IdentityKind.OPENID, IdentityKind.UNIONID, IdentityKind.DEVICE, IdentityKind.COOKIE)
 
 
 def lookup_view(profile: Profile, *, may_see_personal_data: bool, full: bool = True) -> dict[str, Any]:
@@ -172,6 +185,8 @@ def lookup_view(profile: Profile, *, may_see_personal_data: bool, full: bool = T
                 value = mask_phone(value)
             elif not may_see_personal_data and kind == IdentityKind.EMAIL:
                 value = mask_email(value)
+            elif not may_see_personal_data and kind in MASKED_IDENTITY_KINDS:
+                value = mask_identifier(value)
             identities.append({"kind": kind, "value": value})
         view.update(
             traits=traits,
@@ -180,7 +195,7 @@ def lookup_view(profile: Profile, *, may_see_personal_data: bool, full: bool = T
             first_seen_at=profile.first_seen_at.isoformat() if profile.first_seen_at else None,
             last_seen_at=profile.last_seen_at.isoformat() if profile.last_seen_at else None,
             sections=sections_for(profile),
-            latest_events=latest_events(profile),
+            latest_events=latest_events(profile, may_see_personal_data=may_see_personal_data),
         )
     return view
 

@@ -756,6 +756,23 @@ class LookupOutcome:
     may_see_personal_data: bool
 
 
+def record_profile_access(
+    *, staff: Any, query: str, profiles: Sequence[tuple[int, str]], channel: str = LookupChannel.ADMIN
+) -> LookupRecord:
+    """Record that a staff member saw these profiles (id, user id) other than through the lookup:
+    a search of the Profiles or Identities list, a profile's own page, the profile API with a
+    session. Every path by which staff reach a person leaves a record."""
+    return LookupRecord.objects.create(
+        staff=staff if getattr(staff, "is_authenticated", False) else None,
+        staff_username=getattr(staff, "username", "") or "",
+        query=str(query)[:200],
+        channel=channel,
+        saw_personal_data=bool(staff.has_perm("profiles.see_personal_data")),
+        profile_ids=[pk for pk, _u in profiles],
+        user_ids=[u for _pk, u in profiles],
+    )
+
+
 def lookup_profiles(*, staff: Any, query: str, channel: str = LookupChannel.API) -> LookupOutcome:
     """Find the profiles a caller may be, and record who looked for what and what they saw.
 

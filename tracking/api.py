@@ -98,6 +98,7 @@ BAD_BATCH = OpenApiResponse(
 
 class EventsView(APIView):
     permission_classes = [HasScope("events:write")]
+    rate_scope = "ingest"  # the product calls it in bulk: its own request limit (access.throttling)
     parser_classes = [EventBatchParser]
 
     @extend_schema(

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_beat",
     "import_export",
+    "axes",
     # Our apps, from the bottom layer up.
     "access",
     "tracking",
@@ -68,7 +69,28 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, so it sees the views' exceptions first: API clients get JSON 500s with an error id.
+    "config.errors.JsonErrorMiddleware",
+    # After authentication: refuses the admin login of a locked-out user or address.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Admin login attempts (django-axes, https://django-axes.readthedocs.io/): after
+# OPSLOOP_LOGIN_FAILURE_LIMIT failures for one user name, or from one address, further attempts
+# are refused (HTTP 429) for OPSLOOP_LOGIN_COOLOFF_MINUTES. The attempts are kept in the database
+# (admin: *Axes*), where a superuser can also lift a lockout early.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(env("OPSLOOP_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = int(env("OPSLOOP_LOGIN_COOLOFF_MINUTES", "15")) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own: per user and per address
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "access.throttling.client_ip"
+# Behind a reverse proxy every request comes from the proxy's address: name the request header the
+# proxy sets to the client's address (`X-Real-IP`), and only a proxy that overwrites it.
+OPSLOOP_CLIENT_IP_HEADER = env("OPSLOOP_CLIENT_IP_HEADER", "")
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -153,7 +175,13 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "config.errors.exception_handler",
     "COERCE_DECIMAL_TO_STRING": True,
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Requests a minute per API key or staff member, shared by all processes through Redis.
+    "DEFAULT_THROTTLE_CLASSES": ["access.throttling.PerCallerRateThrottle"],
 }
+# Far above what the benchmarks reach (about 16 event batches a second over HTTP, some hundreds of
+# claims a second), so only a runaway or stolen key meets them. Rates: N/s, N/m, N/h or N/d.
+OPSLOOP_API_RATE = env("OPSLOOP_API_RATE", "60000/m")
+OPSLOOP_API_INGEST_RATE = env("OPSLOOP_API_INGEST_RATE", "60000/m")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "opsloop API",
@@ -202,6 +230,9 @@ OPSLOOP_PUSH_GATEWAY_URL = env("OPSLOOP_PUSH_GATEWAY_URL", "")
 OPSLOOP_SMS_GATEWAY_URL = env("OPSLOOP_SMS_GATEWAY_URL", "")
 OPSLOOP_WEBHOOK_URL = env("OPSLOOP_WEBHOOK_URL", "")
 OPSLOOP_GATEWAY_TOKEN = env("OPSLOOP_GATEWAY_TOKEN", "")
+# Hosts a channel's gateway token may be sent to, besides those of the three URLs above. A
+# channel whose token would go elsewhere (its URL changed in the admin) posts nothing.
+OPSLOOP_GATEWAY_ALLOWED_HOSTS = env_list("OPSLOOP_GATEWAY_ALLOWED_HOSTS")
 OPSLOOP_LINK_SIGNING_KEY = env("OPSLOOP_LINK_SIGNING_KEY", SECRET_KEY)
 # How long a process trusts an API key it checked (no query per request); a key revoked
 # elsewhere stops working within this many seconds. 0: look every key up on every request.
@@ -221,6 +252,9 @@ OPSLOOP_ANALYTICS_NEXT_DIR = env(
     "OPSLOOP_ANALYTICS_NEXT_DIR",
     str(BASE_DIR / ".node" / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"),
 )
+
+# How long a claim or a redemption waits for a locked rule or coupon before it answers 503 BUSY.
+OPSLOOP_MONEY_LOCK_TIMEOUT_MS = int(env("OPSLOOP_MONEY_LOCK_TIMEOUT_MS", "2000"))
 
 # Customer value: default RFM window of new scoring schemes; memory for the nightly recompute.
 OPSLOOP_RFM_WINDOW_DAYS = int(env("OPSLOOP_RFM_WINDOW_DAYS", "365"))

@@ -23,6 +23,7 @@ def _run(campaign) -> list[int]:
 
 def test_delivery_posts_the_contract_json_with_idempotency_key_and_token(settings):
     settings.OPSLOOP_GATEWAY_TOKEN = "s3cret"
+    settings.OPSLOOP_GATEWAY_ALLOWED_HOSTS = ["127.0.0.1"]
     make_profiles(4)
     with Receiver() as gateway:
         ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)

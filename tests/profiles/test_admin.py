@@ -47,11 +47,16 @@ def changelist(client, **params):
 
 
 def test_profile_list_searches_phone_in_any_format_email_and_user_id(make_staff, people):
-    client = admin_client(make_staff, "Operations")
+    # Searching by phone or e-mail is the lookup permission's (customer service), and recorded.
+    client = admin_client(make_staff, "Customer service")
     assert changelist(client, q="138 1234 5678") == ["adm-a"]
     assert changelist(client, q="B@Example.com") == ["adm-b"]
     assert changelist(client, q="adm-b") == ["adm-b"]
     assert changelist(client, q="adm") == []
+    # Operations finds a profile by its exact user id only.
+    operations = admin_client(make_staff, "Operations")
+    assert changelist(operations, q="138 1234 5678") == []
+    assert changelist(operations, q="adm-b") == ["adm-b"]
 
 
 def test_profile_list_filters_by_tag_city_gender_and_signup_month(make_staff, people):
