@@ -29,6 +29,7 @@ from demo.world import (
     FUNNEL_NAME,
     HIDDEN_RATES,
     TAG_RULES,
+    USER_PREFIX,
     DemoError,
     amount_of,
     random_uuid,
@@ -136,6 +137,28 @@ class DemoLoop:
                 )
                 self.say(f"Goal: {name} = {target:,}")
 
+    def community(self) -> None:
+        """Operators with accounts and groups, and the community events of the demo's people (sent
+        through ingestion), then last month's and this month's contribution scores, so the funnel,
+        group health, competitor and ranking pages have numbers at first login."""
+        from community.services import compute_contribution_scores, first_of_month, seed_demo_community
+        from profiles.models import Profile
+
+        user_ids = list(
+            Profile.objects.filter(user_id__startswith=USER_PREFIX, merged_into__isnull=True)
+            .order_by("user_id")
+            .values_list("user_id", flat=True)
+        )
+        now = timezone.now()
+        seeded = seed_demo_community(user_ids=user_ids, now=now, seed=self.seed)
+        this_month = first_of_month(now)
+        for month in (first_of_month(this_month - timedelta(days=1)), this_month):
+            compute_contribution_scores(month=month, now=now)
+        self.say(
+            f"Community: {len(seeded.operators)} operators in {len(seeded.teams)} teams, {len(seeded.groups)} groups,"
+            f" {seeded.events} community events; contribution scores for {this_month:%Y-%m} and the month before."
+        )
+
     # -- helpers --------------------------------------------------------------------------------
 
     def _on_worker(self, result: Any, what: str) -> Any:
@@ -231,6 +254,10 @@ class DemoLoop:
             self.say(f"  ({time.monotonic() - started:.1f} s)")
         started = time.monotonic()
         outcome = self.campaign()
+        self.say(f"  ({time.monotonic() - started:.1f} s)")
+        # Community events before the indicators: the rollups then fold them too.
+        started = time.monotonic()
+        self.community()
         self.say(f"  ({time.monotonic() - started:.1f} s)")
         started = time.monotonic()
         self.indicators()

@@ -12,6 +12,7 @@ from django.db.models import Sum
 from access.models import AuditEntry
 from campaigns.models import AssignmentRole, Campaign, CampaignStatus, Channel, Delivery
 from campaigns.selectors import campaign_results
+from community.models import CommunityGroup, ContributionScore, ScoreRun
 from coupons.models import Coupon, CouponRule, Redemption
 from crm.models import CustomerValue
 from demo.gateway import DemoGateway
@@ -132,6 +133,11 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
     goals = {g.indicator: g for g in Goal.objects.all()}
     assert set(goals) == {"revenue", "dau"} and all(g.target > 0 for g in goals.values())
     assert goals["revenue"].month_targets.count() == 3
+    # ... and the community pages: groups with members, and two months of contribution scores.
+    assert CommunityGroup.objects.filter(memberships__isnull=False).distinct().count() >= 2
+    runs = ScoreRun.objects.filter(status=ScoreRun.Status.DONE)
+    assert runs.values("month").distinct().count() == 2
+    assert ContributionScore.objects.filter(run__in=runs).exists()
 
     # Running it again changes nothing.
     def counts() -> tuple[int, ...]:
