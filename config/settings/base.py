@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "crm",
     "coupons",
     "campaigns",
+    "planning",
     "monitoring",
     "demo",
 ]
@@ -235,6 +236,11 @@ EMAIL_USE_TLS = env_bool("OPSLOOP_EMAIL_USE_TLS", False)
 # A hung SMTP server must not hold a batch (and its lease) for ever.
 EMAIL_TIMEOUT = float(env("OPSLOOP_EMAIL_TIMEOUT", "30"))
 DEFAULT_FROM_EMAIL = env("OPSLOOP_FROM_EMAIL", "opsloop@localhost")
+# Anomaly alerts (indicators.anomalies): e-mailed to these addresses and posted as JSON to this
+# URL; either left empty is not used (docs/goals.md).
+OPSLOOP_ALERT_EMAILS = env_list("OPSLOOP_ALERT_EMAILS")
+OPSLOOP_ALERT_WEBHOOK_URL = env("OPSLOOP_ALERT_WEBHOOK_URL", "")
+OPSLOOP_ALERT_WEBHOOK_TIMEOUT = float(env("OPSLOOP_ALERT_WEBHOOK_TIMEOUT", "10"))
 
 LOG_FORMAT = env("OPSLOOP_LOG_FORMAT", "text")  # "json" in production
 LOGGING = {

@@ -11,7 +11,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # From the bottom up: the platform (settings, Celery, API glue; staff, keys and audit), then the
 # domain layers, then what reads them all (health) and seeds them all (the demo).
-LAYERS = ["config", "access", "tracking", "indicators", "profiles", "crm", "coupons", "campaigns", "monitoring", "demo"]
+LAYERS = [
+    "config",
+    "access",
+    "tracking",
+    "indicators",
+    "profiles",
+    "crm",
+    "coupons",
+    "campaigns",
+    "planning",
+    "monitoring",
+    "demo",
+]
 
 
 def _imported_apps(app: str) -> dict[str, str]:
