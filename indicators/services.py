@@ -49,6 +49,7 @@ from indicators.registry import (
     daily_values,
     fold_days,
     get_indicator,
+    value_text,
 )
 
 # Setting a goal on a registered indicator and spreading it over its months. The rules of the
@@ -422,14 +423,13 @@ def alert_text(alert: Anomaly) -> tuple[str, str]:
         if alert.granularity == CheckKind.DAILY
         else f"{alert.period_start:%Y-%m-%d %H:00} UTC"
     )
-    subject = (
-        f"[opsloop] {alert.indicator} {alert.direction} on {when}: {alert.value} (expected {alert.low} to {alert.high})"
-    )
+    value, low, high, expected = (_shown(alert, v) for v in (alert.value, alert.low, alert.high, alert.expected))
+    subject = f"[opsloop] {alert.indicator} {alert.direction} on {when}: {value} (expected {low} to {high})"
     lines = [
         f"Indicator: {alert.indicator}",
         f"When: {when}",
-        f"Value: {alert.value}",
-        f"Expected: {alert.expected} (range {alert.low} to {alert.high})",
+        f"Value: {value}",
+        f"Expected: {expected} (range {low} to {high})",
         f"Distance: {alert.score} robust standard deviations",
         "",
         "Traffic sources that moved most:",
@@ -444,16 +444,26 @@ def alert_text(alert: Anomaly) -> tuple[str, str]:
     return subject, "\n".join(lines)
 
 
+def _shown(alert: Anomaly, value: Decimal) -> str:
+    """A value of the alert as the dashboards show the indicator's values."""
+    try:
+        unit = get_indicator(alert.indicator).unit
+    except UnknownIndicator:
+        unit = "count"
+    return value_text(value, unit)
+
+
 def alert_payload(alert: Anomaly) -> dict[str, Any]:
+    """The webhook's JSON body."""
     return {
         "alert": alert.pk,
         "indicator": alert.indicator,
         "granularity": alert.granularity,
         "period_start": alert.period_start.isoformat(),
-        "value": str(alert.value),
-        "expected": str(alert.expected),
-        "low": str(alert.low),
-        "high": str(alert.high),
+        "value": _shown(alert, alert.value),
+        "expected": _shown(alert, alert.expected),
+        "low": _shown(alert, alert.low),
+        "high": _shown(alert, alert.high),
         "direction": alert.direction,
         "score": alert.score,
         "movers": alert.movers,
