@@ -19,6 +19,7 @@ api_v1 = [
     path("", include("crm.urls")),
     path("", include("coupons.urls")),
     path("", include("campaigns.urls")),
+    path("", include("planning.urls")),
 ]
 
 # Admin pages of the models that moved from `tracking` to `indicators`: bookmarks keep working.

@@ -16,7 +16,7 @@ from django.test import override_settings
 from access.models import AuditEntry
 from indicators import anomalies, services
 from indicators.errors import AlreadyAcknowledged, CheckNotFailed
-from indicators.models import Anomaly, AnomalyCheckRun, CheckKind, IndicatorWatch, NotifyStatus
+from indicators.models import Anomaly, AnomalyCheckRun, CheckKind, NotifyStatus
 from indicators.registry import Fold, Indicator, Unit, register_indicator, unregister_indicator
 from tests.campaigns.receiver import Receiver
 from tests.campaigns.smtp_receiver import SmtpReceiver
