@@ -4,6 +4,7 @@ transaction, audited."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -19,7 +20,7 @@ from access.services import record_audit
 from campaigns.models import Campaign
 from coupons.models import CouponRule
 from indicators import services as indicator_services
-from indicators.models import Goal, GoalProfile, goal_step
+from indicators.models import Anomaly, CheckKind, Goal, GoalProfile, goal_step
 from indicators.registry import Fold, all_indicators
 from planning.errors import (
     ContributionsExceedTarget,
@@ -512,3 +513,38 @@ def seed_demo_plan(
         "phases": len(phases),
         "tasks": [t.pk for t in tasks],
     }
+
+
+def seed_demo_anomaly(
+    *, day: date, orders: int = 300, amount: str = "88.00", source: str = "flash_sale"
+) -> Anomaly | None:
+    """The demo's injected anomaly: `orders` extra paid orders from one traffic source on `day`
+    (a complete day of the demo's history), ingested as the product sends them, folded into the
+    rollups, and the day checked by the real daily check; returns the revenue (or orders) alert it
+    raised, None if the history is too short to check. Running it again adds nothing: the events'
+    ids are derived from the day, and the day's check run is found, not repeated."""
+    from indicators import anomalies
+    from indicators import services as indicators_services
+    from indicators.rollups import fold_new_events
+    from tracking.services import ingest_events
+
+    at = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+    events = [
+        {
+            "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"opsloop-demo-anomaly/{day}/{n}")),
+            "name": "order_paid",
+            "timestamp": (at + timedelta(seconds=n)).isoformat(),
+            "user_id": f"demo-flash-{n}",
+            "properties": {"amount": amount, "order_id": f"demo-flash-{day}-{n}"},
+            "context": {"utm_source": source},
+        }
+        for n in range(orders)
+    ]
+    for first in range(0, len(events), 1000):
+        result = ingest_events(events=events[first : first + 1000])
+        if result.rejected:
+            raise ValueError(f"the demo's anomaly events were refused: {result.rejected[0]}")
+    fold_new_events()
+    run = indicators_services.request_anomaly_check(kind=CheckKind.DAILY, period_start=at)
+    anomalies.run_check(run_id=run.pk)
+    return Anomaly.objects.filter(period_start=run.period_start, indicator__in=["revenue", "orders"]).first()
