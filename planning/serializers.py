@@ -10,8 +10,9 @@ from rest_framework import serializers
 
 from config.api import IdField
 from indicators.models import Goal, goal_step
-from planning.models import Phase, PhaseKind, Tactic, Task, TaskStatus
+from planning.models import Phase, PhaseKind, Tactic, Task
 
+TASK_STATUSES = "`todo`, `doing` or `done` (late is read from the due date)."
 VALUE = {"max_digits": 19, "decimal_places": 4, "min_value": Decimal(0), "max_value": Decimal("999999999999999.9999")}
 
 
@@ -108,7 +109,9 @@ class TaskInput(serializers.Serializer):
 
 
 class TaskChange(serializers.Serializer):
-    status = serializers.ChoiceField(choices=TaskStatus.choices, required=False)
+    # A plain string (checked by the service, 400 naming the field): a choice field named
+    # `status` would collide in the schema with the campaigns' status enum.
+    status = serializers.CharField(required=False, max_length=8, help_text=TASK_STATUSES)
     owner = IdField(required=False, allow_null=True, exists=lambda pk: get_user_model().objects.filter(pk=pk).exists())
     title = serializers.CharField(max_length=200, required=False)
     due_on = serializers.DateField(required=False)
@@ -117,6 +120,7 @@ class TaskChange(serializers.Serializer):
 
 
 class TaskOutput(serializers.ModelSerializer):
+    status = serializers.CharField(help_text=TASK_STATUSES)
     team_name = serializers.CharField(source="team.name")
     owner_name = serializers.SerializerMethodField()
     column = serializers.SerializerMethodField(help_text="`todo`, `doing`, `done` or `late` (not done after due).")

@@ -14,6 +14,15 @@ SCHEDULES = [
 ]
 
 
+def remove_content_types(apps, schema_editor):
+    """Unapplied, the models of this migration leave no content types (nor their permissions)
+    behind: a database taken back before it looks as it did."""
+    ContentType = apps.get_model("contenttypes", "ContentType")
+    ContentType.objects.filter(
+        app_label="indicators", model__in=["anomaly", "anomalycheckrun", "indicatorwatch"]
+    ).delete()
+
+
 def create_schedules(apps, schema_editor):
     CrontabSchedule = apps.get_model("django_celery_beat", "CrontabSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
@@ -32,12 +41,15 @@ def remove_schedules(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
+        ("contenttypes", "0002_remove_content_type_name"),
         ("django_celery_beat", "0019_alter_periodictasks_options"),
         ('indicators', '0002_moved_from_tracking'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
+        # First here, so that it runs last when the migration is unapplied.
+        migrations.RunPython(migrations.RunPython.noop, remove_content_types),
         migrations.CreateModel(
             name='AnomalyCheckRun',
             fields=[
