@@ -5,7 +5,8 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.models import SCOPE_PERMISSIONS, ApiKey
+from access.models import SCOPE_PERMISSIONS
+from config.api import request_actor
 
 
 class WhoAmIOutput(serializers.Serializer):
@@ -17,10 +18,11 @@ class WhoAmIOutput(serializers.Serializer):
 class WhoAmIView(APIView):
     @extend_schema(responses=WhoAmIOutput, summary="Who the caller is and which scopes it holds")
     def get(self, request):
-        if isinstance(request.auth, ApiKey):
-            data = {"kind": "api_key", "name": request.auth.name, "scopes": request.auth.scopes}
+        who = request_actor(request)
+        if (api_key := who["api_key"]) is not None:
+            data = {"kind": "api_key", "name": api_key.name, "scopes": api_key.scopes}
         else:
-            user = request.user
+            user = who["created_by"]
             scopes = [scope for scope, perm in SCOPE_PERMISSIONS.items() if user.is_staff and user.has_perm(perm)]
             data = {"kind": "staff", "name": user.get_username(), "scopes": scopes}
         return Response(WhoAmIOutput(data).data)

@@ -12,6 +12,26 @@ from access.models import ApiKey
 from access.services import digest_of, touch_api_key
 
 
+def api_key_for(key: str) -> ApiKey:
+    """The active key whose plaintext is `key`, found by its digest as every entry point finds it
+    (`Api-Key` header, the Segment write key); AuthenticationFailed with the reason otherwise.
+    The reasons never echo the key."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or not key:
+        raise exceptions.AuthenticationFailed("Malformed API key.")
+    digest = digest_of(key)
+    # A hot key is answered from this process's short-lived cache (see `access.keycache`).
+    api_key = keycache.cached(digest)
+    if api_key is None:
+        api_key = ApiKey.objects.filter(prefix=parts[1]).first()
+        if api_key is None or not hmac.compare_digest(api_key.digest, digest):
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        keycache.remember(digest, api_key)
+    if not api_key.is_active:
+        raise exceptions.AuthenticationFailed("API key revoked.")
+    return api_key
+
+
 class ApiKeyUser(AnonymousUser):
     """The request's user when a key authenticated it: authenticated, but no staff member, so
     session-only permissions never apply to it."""
@@ -37,20 +57,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         keyword, _, key = header.partition(" ")
         if keyword != self.keyword:
             return None
-        key = key.strip()
-        parts = key.split("_", 2)
-        if len(parts) != 3 or not key:
-            raise exceptions.AuthenticationFailed("Malformed API key.")
-        digest = digest_of(key)
-        # A hot key is answered from this process's short-lived cache (see `access.keycache`).
-        api_key = keycache.cached(digest)
-        if api_key is None:
-            api_key = ApiKey.objects.filter(prefix=parts[1]).first()
-            if api_key is None or not hmac.compare_digest(api_key.digest, digest):
-                raise exceptions.AuthenticationFailed("Invalid API key.")
-            keycache.remember(digest, api_key)
-        if not api_key.is_active:
-            raise exceptions.AuthenticationFailed("API key revoked.")
+        api_key = api_key_for(key.strip())
         touch_api_key(api_key=api_key)
         return ApiKeyUser(api_key), api_key
 

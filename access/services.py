@@ -57,7 +57,7 @@ def create_api_key(*, name: str, scopes: list[str], created_by: AbstractBaseUser
             )
     except IntegrityError as exc:
         raise ApiKeyNameTaken(f"an API key named {name!r} already exists") from exc
-    record_audit(actor=created_by, action="api_key.created", obj=api_key, details={"scopes": api_key.scopes})
+    record_audit(actor=created_by, action="access.api_key_created", obj=api_key, details={"scopes": api_key.scopes})
     return IssuedKey(api_key=api_key, plaintext=plaintext)
 
 
@@ -68,7 +68,7 @@ def revoke_api_key(*, api_key: ApiKey, revoked_by: AbstractBaseUser | None = Non
     # This process stops accepting it now; the others within the cache's TTL (`access.keycache`).
     keycache.forget(api_key.digest)
     if updated:
-        record_audit(actor=revoked_by, action="api_key.revoked", obj=api_key)
+        record_audit(actor=revoked_by, action="access.api_key_revoked", obj=api_key)
     return api_key
 
 

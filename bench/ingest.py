@@ -24,6 +24,20 @@ the rate of (a) and the step taken together.
 --repeat N runs (c) and (a) N times, interleaved, and reports the best of each: on a machine
 shared with other work the best run is the one least disturbed.
 It prints events/s for each and the ratios a/c and b/c.
+
+--segment measures the Segment tracking API instead, on one gunicorn, back to back (--repeat
+times, interleaved; best of each):
+(b) our events API as above;
+(s) `POST /ingest/segment/v1/batch` through the real `segment-analytics-python` library: the
+    same events as track and page calls (messageId = event_id), sent by --clients processes
+    with a `Client(write_key, host=...)` each, `upload_size` --segment-upload-size (the
+    library's default is 100; up to its 475 KB batch limit). The library's own work (building,
+    serialising and batching each message) is part of (s); (b) posts bodies serialised ahead.
+(r) the requests the library made in (s), recorded (by pointing it at a recorder first) and
+    posted again by --clients threads as (b) posts its bodies: the server's side of (s) alone.
+    On a small machine the library's own CPU (about 100 us a message) competes with the server
+    for the same cores in (s); (r) shows what the endpoint itself sustains.
+It prints the rates and s/b, r/b (goal >= 0.8).
 """
 
 from __future__ import annotations
@@ -37,8 +51,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +89,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--repeat", type=int, default=1, help="run (a) and (c) N times, interleaved; report the best")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--segment", action="store_true", help="(b) against the Segment API through its library")
+    parser.add_argument("--segment-upload-size", type=int, default=500, help="messages per Segment batch (500)")
     return parser.parse_args()
 
 
@@ -164,12 +183,11 @@ def phase_seen_upkeep(expected: int) -> float:
     return elapsed
 
 
-def phase_http(events: list[dict], args: argparse.Namespace, db_url: str) -> float:
+@contextmanager
+def serving(args: argparse.Namespace, db_url: str) -> Iterator[str]:
+    """gunicorn on --port against the bench database, as in production; yields its base URL."""
     import requests
 
-    from access.services import create_api_key
-
-    key = create_api_key(name=f"bench-{uuid.uuid4().hex[:8]}", scopes=["events:write"]).plaintext
     env = {
         **os.environ,
         "DATABASE_URL": db_url,
@@ -196,30 +214,209 @@ def phase_http(events: list[dict], args: argparse.Namespace, db_url: str) -> flo
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("gunicorn did not start")
             time.sleep(0.3)
-        bodies = [json.dumps({"events": chunk}).encode() for chunk in batches(events, min(args.batch, 1000))]
-        headers = {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"}
-        sessions: dict[int, requests.Session] = {}
-
-        def send(body: bytes) -> int:
-            import threading
-
-            session = sessions.setdefault(threading.get_ident(), requests.Session())
-            response = session.post(f"{base}/api/v1/events", data=body, headers=headers, timeout=120)
-            response.raise_for_status()
-            return response.json()["accepted"]
-
-        # Warm each worker (imports, connections) outside the measurement, with a tiny batch.
-        for _ in range(args.workers * 2):
-            send(json.dumps({"events": generate(1, seed=random.randrange(1 << 30))}).encode())
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=args.clients) as pool:
-            stored = sum(pool.map(send, bodies))
-        elapsed = time.perf_counter() - started
+        yield base
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def new_key() -> str:
+    from access.services import create_api_key
+
+    return create_api_key(name=f"bench-{uuid.uuid4().hex[:8]}", scopes=["events:write"]).plaintext
+
+
+def http_rate(base: str, events: list[dict], args: argparse.Namespace) -> float:
+    """(b): events/s of `POST /api/v1/events`, bodies serialised ahead, --clients threads."""
+    import threading
+
+    import requests
+
+    key = new_key()
+    bodies = [json.dumps({"events": chunk}).encode() for chunk in batches(events, min(args.batch, 1000))]
+    headers = {"Authorization": f"Api-Key {key}", "Content-Type": "application/json"}
+    sessions: dict[int, requests.Session] = {}
+
+    def send(body: bytes) -> int:
+        session = sessions.setdefault(threading.get_ident(), requests.Session())
+        response = session.post(f"{base}/api/v1/events", data=body, headers=headers, timeout=120)
+        response.raise_for_status()
+        return response.json()["accepted"]
+
+    # Warm each worker (imports, connections) outside the measurement, with a tiny batch.
+    for _ in range(args.workers * 2):
+        send(json.dumps({"events": generate(1, seed=random.randrange(1 << 30))}).encode())
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.clients) as pool:
+        stored = sum(pool.map(send, bodies))
+    elapsed = time.perf_counter() - started
     assert stored == len(events), f"http stored {stored} of {len(events)}"
     return len(events) / elapsed
+
+
+def phase_http(events: list[dict], args: argparse.Namespace, db_url: str) -> float:
+    with serving(args, db_url) as base:
+        return http_rate(base, events, args)
+
+
+def _segment_call(client, event: dict) -> None:
+    """One of our generated events as the product would send it with Segment's library."""
+    c = event["context"]
+    context: dict = {"ip": c["ip"], "device": {"model": c["device"]}, "os": {"name": c["os"]}}
+    if "url" in c:
+        context["page"] = {"url": c["url"], "referrer": c["referrer"]}
+    if c.get("utm_source"):
+        context["campaign"] = {"source": c["utm_source"], "medium": c["utm_medium"], "name": c["utm_campaign"]}
+    who = {"user_id": event.get("user_id"), "anonymous_id": event.get("anonymous_id")}
+    timestamp = datetime.fromisoformat(event["timestamp"])
+    if event["name"] == "page_view":
+        client.page(**who, properties=event["properties"], context=context, timestamp=timestamp,
+                    message_id=event["event_id"])  # fmt: skip
+    else:
+        client.track(**who, event=event["name"], properties=event["properties"], context=context,
+                     timestamp=timestamp, message_id=event["event_id"])  # fmt: skip
+
+
+def _segment_sender(events: list[dict], host: str, key: str, upload_size: int, go, failures) -> None:
+    """A product process: its own library client, all of its share of events, then flush."""
+    from segment.analytics import Client
+
+    errors: list = []
+    client = Client(key, host=host, upload_size=upload_size, max_queue_size=len(events) + 1,
+                    on_error=lambda e, _batch: errors.append(e), max_retries=0)  # fmt: skip
+    go.wait()
+    for event in events:
+        _segment_call(client, event)
+    client.flush()
+    client.shutdown()
+    with failures.get_lock():
+        failures.value += len(errors)
+    os._exit(0)  # no interpreter teardown: the forked parent's connections stay the parent's
+
+
+def segment_rate(base: str, events: list[dict], args: argparse.Namespace) -> float:
+    """(s): events/s of `v1/batch` through the real library, --clients processes."""
+    import multiprocessing
+
+    from django.db import connection
+
+    key = new_key()
+    shares = [events[i :: args.clients] for i in range(args.clients)]
+    fork = multiprocessing.get_context("fork")
+    go, failures = fork.Event(), fork.Value("i", 0)
+    connection.close()  # not shared with the children
+    senders = [
+        fork.Process(target=_segment_sender, args=(share, f"{base}/ingest/segment", key, args.segment_upload_size,
+                                                   go, failures))
+        for share in shares
+    ]  # fmt: skip
+    for sender in senders:
+        sender.start()
+    time.sleep(1.0)  # the children import the library before the clock starts
+    started = time.perf_counter()
+    go.set()
+    for sender in senders:
+        sender.join()
+    elapsed = time.perf_counter() - started
+    errors = failures.value
+    from tracking.models import Event
+
+    stored = Event.objects.count()
+    assert errors == 0 and stored == len(events), f"segment stored {stored} of {len(events)}, {errors} errors"
+    return len(events) / elapsed
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Stands in for opsloop while the library's requests are recorded for (r)."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.recorded.append((body, dict(self.headers)))  # type: ignore[attr-defined]
+        reply = b'{"success": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def record_segment_requests(events: list[dict], args: argparse.Namespace, key: str) -> list[tuple[bytes, dict]]:
+    import multiprocessing
+    import threading
+
+    recorder = ThreadingHTTPServer(("127.0.0.1", args.port + 1), _Recorder)
+    recorder.recorded = []  # type: ignore[attr-defined]
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    fork = multiprocessing.get_context("fork")
+    go, failures = fork.Event(), fork.Value("i", 0)
+    from django.db import connection
+
+    connection.close()
+    host = f"http://127.0.0.1:{args.port + 1}"
+    senders = [
+        fork.Process(target=_segment_sender, args=(events[i :: args.clients], host, key, args.segment_upload_size,
+                                                   go, failures))
+        for i in range(args.clients)
+    ]  # fmt: skip
+    for sender in senders:
+        sender.start()
+    go.set()
+    for sender in senders:
+        sender.join()
+    recorder.shutdown()
+    return recorder.recorded  # type: ignore[attr-defined]
+
+
+def replay_rate(base: str, recorded: list[tuple[bytes, dict]], count: int, args: argparse.Namespace) -> float:
+    """(r): the library's recorded requests posted again, --clients threads."""
+    import threading
+
+    import requests
+
+    sessions: dict[int, requests.Session] = {}
+    keep = ("Authorization", "Content-Type", "Content-Encoding", "User-Agent")
+
+    def send(item: tuple[bytes, dict]) -> int:
+        body, headers = item
+        session = sessions.setdefault(threading.get_ident(), requests.Session())
+        response = session.post(f"{base}/ingest/segment/v1/batch", data=body,
+                                headers={k: v for k, v in headers.items() if k in keep}, timeout=120)  # fmt: skip
+        response.raise_for_status()
+        return response.json()["accepted"]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.clients) as pool:
+        stored = sum(pool.map(send, recorded))
+    elapsed = time.perf_counter() - started
+    assert stored == count, f"replay stored {stored} of {count}"
+    return count / elapsed
+
+
+def main_segment(args: argparse.Namespace, events: list[dict], db_url: str) -> None:
+    runs: dict[str, list[float]] = {"b": [], "s": [], "r": []}
+    with serving(args, db_url) as base:
+        for _ in range(max(args.repeat, 1)):
+            empty_tables()
+            runs["b"].append(http_rate(base, events, args))
+            empty_tables()
+            runs["s"].append(segment_rate(base, events, args))
+            recorded = record_segment_requests(events, args, new_key())
+            empty_tables()
+            runs["r"].append(replay_rate(base, recorded, len(events), args))
+    best = {k: max(v) for k, v in runs.items()}
+    detail = {k: ", ".join(f"{v:,.0f}" for v in values) for k, values in runs.items()}
+    print(f"(b) POST /api/v1/events, {args.clients} clients, {args.workers} workers: "
+          f"{best['b']:>10,.0f} events/s   runs: {detail['b']}")  # fmt: skip
+    print(f"(s) Segment v1/batch via segment-analytics-python, {args.clients} processes, "
+          f"upload_size {args.segment_upload_size}: {best['s']:>10,.0f} events/s   runs: {detail['s']}")  # fmt: skip
+    print(f"(r) the same library requests, recorded and posted again by {args.clients} threads: "
+          f"{best['r']:>10,.0f} events/s   runs: {detail['r']}")  # fmt: skip
+    print(f"s/b = {best['s'] / best['b']:.2f}   r/b = {best['r'] / best['b']:.2f}   (goal >= 0.8)   "
+          f"load: {Path('/proc/loadavg').read_text().strip()}")  # fmt: skip
+    empty_tables()
 
 
 def copy_rows(events: list[dict]) -> list[tuple]:
@@ -298,6 +495,9 @@ def main() -> None:
 
     print(f"generating {count} events ...", flush=True)
     events = generate(count, args.seed)
+    if args.segment:
+        main_segment(args, events, db_url)
+        return
 
     # Interleaved, so that a burst of load from elsewhere on a shared machine hits both alike.
     runs: dict[str, list[float]] = {"a": [], "c": [], "seen": [], "a+seen": []}

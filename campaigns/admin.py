@@ -17,7 +17,6 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from access.services import record_audit
 from campaigns import errors, selectors, services, validation
 from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
@@ -61,10 +60,7 @@ class ChannelAdmin(admin.ModelAdmin):
         return obj.effective_url() or "(email backend)" if obj.kind == "email" else obj.effective_url() or "-"
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action="campaigns.change_channel", obj=obj, actor=request.user, details={"fields": form.changed_data}
-        )
+        services.save_channel(channel=obj, changed=form.changed_data, actor=request.user)
 
 
 class SegmentForm(forms.ModelForm):
@@ -98,18 +94,19 @@ class SegmentAdmin(admin.ModelAdmin):
     def campaign_count(self, obj: Segment) -> int:
         return obj.n_campaigns
 
+    @admin.display(description="Shares of newcomers in force")
+    def shares_in_force(self, obj: Campaign) -> str:
+        if not obj.pk:
+            return "-"
+        shares = selectors.current_shares(obj)
+        return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
+
     @admin.display(description="Audience (live)")
     def audience_preview(self, obj: Segment) -> str:
         return _preview_html(obj) if obj.pk else "Save to see the size and a sample."
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action="campaigns.change_segment" if change else "campaigns.create_segment",
-            obj=obj,
-            actor=request.user,
-            details={"definition": obj.definition},
-        )
+        services.save_segment(segment=obj, changed=form.changed_data, actor=request.user)
 
 
 # --- campaigns ---------------------------------------------------------------------------------
@@ -215,8 +212,33 @@ class TestMessageForm(forms.Form):
     user_id = forms.CharField(max_length=128, help_text="Your own user id in the product (your test device)")
 
 
+# The allocation settings a form may leave out: a campaign made before they existed (or a script
+# posting the old form) keeps a fixed split with the model's defaults.
+ALLOCATION_DEFAULTS = ("allocation", "bandit_floor_percent", "bandit_interval_minutes", "margin_percent")
+
+
+class CampaignForm(forms.ModelForm):
+    class Meta:
+        model = Campaign
+        # The admin's fieldsets name the form's fields; these are the ones this form adjusts.
+        fields = ALLOCATION_DEFAULTS
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in ALLOCATION_DEFAULTS:
+            if name in self.fields:
+                self.fields[name].required = False
+
+    def _post_clean(self) -> None:
+        for name in ALLOCATION_DEFAULTS:
+            if name in self.fields and self.cleaned_data.get(name) in (None, ""):
+                self.cleaned_data[name] = Campaign._meta.get_field(name).get_default()
+        super()._post_clean()
+
+
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignForm
     inlines = [VariantInline]
     list_display = [
         "name",
@@ -248,6 +270,9 @@ class CampaignAdmin(admin.ModelAdmin):
         "trigger_tag_cursor",
         "failed_at",
         "failure_reason",
+        "allocation_error",
+        "allocation_error_at",
+        "shares_in_force",
         "live_counters",
         "audience_preview",
         "links",
@@ -255,6 +280,21 @@ class CampaignAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "segment", "audience_preview", "channel", "goal_event", "attribution_hours"]}),
         ("Test design", {"fields": ["holdout_percent", "pilot_percent", "auto_rollout", "alpha", "min_sample"]}),
+        (
+            "Allocation (recurring and triggered campaigns)",
+            {
+                "fields": [
+                    "allocation",
+                    "bandit_floor_percent",
+                    "bandit_interval_minutes",
+                    "margin_percent",
+                    "bandit_seed",
+                    "shares_in_force",
+                    "allocation_error",
+                    "allocation_error_at",
+                ]
+            },
+        ),
         (
             "Schedule and limits",
             {
@@ -316,6 +356,13 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.display(description="Why it failed")
     def failure(self, obj: Campaign) -> str:
         return obj.failure_reason[:120]
+
+    @admin.display(description="Shares of newcomers in force")
+    def shares_in_force(self, obj: Campaign) -> str:
+        if not obj.pk:
+            return "-"
+        shares = selectors.current_shares(obj)
+        return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
 
     @admin.display(description="Audience (live)")
     def audience_preview(self, obj: Campaign) -> str:
@@ -409,6 +456,12 @@ class CampaignAdmin(admin.ModelAdmin):
             "low": [round((g["sequential"]["ci_low"] or 0) * 100, 3) for g in results["groups"]],
             "high": [round((g["sequential"]["ci_high"] or 0) * 100, 3) for g in results["groups"]],
         }
+        history = list(reversed(selectors.allocation_history(campaign)))
+        names = [g["name"] for g in results["groups"]]
+        shares_chart = {
+            "times": [a["valid_from"][:16].replace("T", " ") for a in history],
+            "series": {n: [round(a["shares"].get(n, 0) * 100, 2) for a in history] for n in names},
+        }
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -416,6 +469,8 @@ class CampaignAdmin(admin.ModelAdmin):
             "title": f"Results: {campaign}",
             "results": results,
             "chart": chart,
+            "allocation_history": history[::-1],
+            "shares_chart": shares_chart,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/results.html", context)
 
@@ -505,23 +560,12 @@ class CampaignAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/campaigns/campaign/test_message.html", context)
 
     def save_model(self, request, obj, form, change) -> None:
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action="campaigns.change_campaign" if change else "campaigns.create_campaign",
-            obj=obj,
-            actor=request.user,
-            details={"fields": form.changed_data},
-        )
+        services.save_campaign(campaign=obj, changed=form.changed_data, actor=request.user)
 
     def save_formset(self, request, form, formset, change) -> None:
-        super().save_formset(request, form, formset, change)
-        if formset.has_changed():
-            record_audit(
-                action="campaigns.change_variants",
-                obj=form.instance,
-                actor=request.user,
-                details={"variants": list(form.instance.variants.values_list("name", flat=True))},
-            )
+        saved = formset.save(commit=False)  # written, and the removed ones deleted, by the service
+        services.save_variants(campaign=form.instance, saved=saved, deleted=formset.deleted_objects, actor=request.user)
+        formset.save_m2m()
 
 
 @admin.action(description="Outcome unknown: the provider sent them (record as sent)", permissions=["send"])

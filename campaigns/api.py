@@ -12,15 +12,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
 from campaigns import channels, errors, selectors, services
 from campaigns import serializers as s
 from campaigns.models import Campaign, Segment
 from campaigns.stats import GroupCounts, analyze
-from config.api import JsonParser, id_from_path, object_or_404
+from config.api import JsonParser, object_or_404, request_actor
+from config.views import JsonView
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.ErrorOutput, description="Unknown object")
@@ -32,21 +31,9 @@ REFUSED = OpenApiResponse(s.ErrorOutput, description="Refused by the business ru
 PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="Integer id.")
 
 
-class _JsonView(APIView):
-    parser_classes = [JsonParser]
-
-
-def _who(request) -> dict:
-    api_key = request.auth if isinstance(request.auth, ApiKey) else None
-    return {"actor": None if api_key else request.user, "api_key": api_key}
-
-
 def _campaign(pk: str | int) -> Campaign:
-    pk = id_from_path(pk, errors.CampaignNotFound, "campaign")
-    campaign = Campaign.objects.select_related("winner").prefetch_related("variants").filter(pk=pk).first()
-    if campaign is None:
-        raise errors.CampaignNotFound(f"No campaign {pk}.")
-    return campaign
+    campaigns = Campaign.objects.select_related("winner").prefetch_related("variants")
+    return object_or_404(campaigns, pk, errors.CampaignNotFound, "campaign")
 
 
 # --- segments ----------------------------------------------------------------------------------
@@ -71,7 +58,8 @@ class SegmentListView(generics.ListAPIView):
     def post(self, request):
         data = s.SegmentInput(data=request.data)
         data.is_valid(raise_exception=True)
-        segment = services.create_segment(**data.validated_data, actor=_who(request)["actor"])
+        who = request_actor(request)
+        segment = services.create_segment(**data.validated_data, actor=who["created_by"], api_key=who["api_key"])
         size = selectors.segment_size(segment.definition)
         return Response({"id": segment.pk, "name": segment.name, "size": size}, status=status.HTTP_201_CREATED)
 
@@ -80,7 +68,7 @@ def _segment(pk: str | int) -> Segment:
     return object_or_404(Segment.objects.all(), pk, errors.SegmentNotFound, "segment")
 
 
-class SegmentDetailView(_JsonView):
+class SegmentDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(parameters=[PK], responses={200: s.SegmentOutput, 404: NOT_FOUND})
@@ -88,7 +76,7 @@ class SegmentDetailView(_JsonView):
         return Response(s.SegmentOutput(_segment(pk)).data)
 
 
-class SegmentPreviewView(_JsonView):
+class SegmentPreviewView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -120,11 +108,12 @@ class CampaignListView(generics.ListAPIView):
     def post(self, request):
         data = s.CampaignInput(data=request.data)
         data.is_valid(raise_exception=True)
-        campaign = services.create_campaign(**data.validated_data, **_who(request))
+        who = request_actor(request)
+        campaign = services.create_campaign(**data.validated_data, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(campaign.pk)).data, status=status.HTTP_201_CREATED)
 
 
-class CampaignDetailView(_JsonView):
+class CampaignDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -143,77 +132,85 @@ def _action(summary: str, code: int = 200, request=None):
     )
 
 
-class CampaignLaunchView(_JsonView):
+class CampaignLaunchView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Launch: send now, at its time, on its cron schedule or on its trigger", 202)
     def post(self, request, pk: str):
-        services.launch_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.launch_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CampaignPauseView(_JsonView):
+class CampaignPauseView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Pause sending")
     def post(self, request, pk: str):
-        services.pause_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.pause_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignResumeView(_JsonView):
+class CampaignResumeView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Resume a paused campaign")
     def post(self, request, pk: str):
-        services.resume_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.resume_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignCancelView(_JsonView):
+class CampaignCancelView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Cancel: stop for good; pending messages are not sent")
     def post(self, request, pk: str):
-        services.cancel_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.cancel_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignRetryView(_JsonView):
+class CampaignRetryView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Retry a failed campaign from where it stopped (its failure_reason says why it stopped)")
     def post(self, request, pk: str):
-        services.retry_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        services.retry_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignRolloutView(_JsonView):
+class CampaignRolloutView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Send the winner (or the named variant) to the rest after the pilot", request=s.RolloutInput)
     def post(self, request, pk: str):
         data = s.RolloutInput(data=request.data if isinstance(request.data, dict) else {})
         data.is_valid(raise_exception=True)
+        who = request_actor(request)
         services.rollout_campaign(
             campaign_id=_campaign(pk).pk,
             variant_name=data.validated_data.get("variant") or None,
             confirm=data.validated_data["confirm"],
-            **_who(request),
+            actor=who["created_by"],
+            api_key=who["api_key"],
         )
         return Response(s.CampaignOutput(_campaign(pk)).data)
 
 
-class CampaignCloneView(_JsonView):
+class CampaignCloneView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @_action("Clone a finished campaign as its next iteration (winner as the new control)", 201)
     def post(self, request, pk: str):
-        clone = services.clone_campaign(campaign_id=_campaign(pk).pk, **_who(request))
+        who = request_actor(request)
+        clone = services.clone_campaign(campaign_id=_campaign(pk).pk, actor=who["created_by"], api_key=who["api_key"])
         return Response(s.CampaignOutput(_campaign(clone.pk)).data, status=status.HTTP_201_CREATED)
 
 
-class CampaignResultsView(_JsonView):
+class CampaignResultsView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -226,7 +223,7 @@ class CampaignResultsView(_JsonView):
 # --- experiments and receipts ------------------------------------------------------------------
 
 
-class ExperimentAnalyzeView(_JsonView):
+class ExperimentAnalyzeView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -251,7 +248,7 @@ class ExperimentAnalyzeView(_JsonView):
         return Response(result)
 
 
-class ReceiptsView(_JsonView):
+class ReceiptsView(JsonView):
     permission_classes = [HasScope("events:write")]
 
     @extend_schema(

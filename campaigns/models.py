@@ -116,6 +116,11 @@ class ScheduleKind(models.TextChoices):
     TRIGGER = "trigger", "Triggered by an event or a tag gain"
 
 
+class AllocationKind(models.TextChoices):
+    FIXED = "fixed", "Fixed split (the variants' weights)"
+    THOMPSON = "thompson", "Bandit (Thompson sampling on margin net of coupon cost)"
+
+
 # A tag a campaign can be triggered by: a tag slug, short enough that `tag:<name>` fits a phase.
 TRIGGER_TAG_PATTERN = r"^[-a-zA-Z0-9_]{1,64}$"
 
@@ -154,6 +159,34 @@ class Campaign(models.Model):
         default=0, editable=False, help_text="The last tag change (profiles_tagchange id) already processed"
     )
     delay_minutes = models.PositiveIntegerField(default=0)
+    allocation = models.CharField(
+        max_length=16,
+        choices=AllocationKind.choices,
+        default=AllocationKind.FIXED,
+        help_text="Recurring and triggered campaigns may let a bandit move newcomers to the better variants",
+    )
+    bandit_floor_percent = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=5,
+        help_text="Bandit: the least share of the audience each variant keeps (percent), so each goes on learning",
+    )
+    bandit_interval_minutes = models.PositiveIntegerField(
+        default=60, help_text="Bandit: shares change at most this often"
+    )
+    margin_percent = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=30,
+        help_text="Bandit: the share of an order's amount that is margin (its reward is margin minus coupon cost)",
+    )
+    bandit_seed = models.BigIntegerField(
+        null=True, blank=True, help_text="Bandit: fixes the random draws (reproducible shares); empty: random"
+    )
+    allocation_error = models.TextField(
+        blank=True, default="", help_text="Why the last reallocation failed (the shares before it stay in force)"
+    )
+    allocation_error_at = models.DateTimeField(null=True, blank=True)
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -180,6 +213,11 @@ class Campaign(models.Model):
             models.CheckConstraint(
                 condition=models.Q(holdout_percent__gte=0, pilot_percent__gte=0, holdout_percent__lt=100),
                 name="campaign_shares_in_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(bandit_floor_percent__gte=0, bandit_interval_minutes__gte=1)
+                & models.Q(margin_percent__gte=0, margin_percent__lte=100),
+                name="campaign_bandit_in_range",
             ),
         ]
         permissions = [("send_campaign", "May launch, pause, resume and roll out campaigns")]
@@ -241,6 +279,34 @@ class Variant(models.Model):
         return f"campaign:{self.campaign_id}:variant:{self.pk}"
 
 
+class AllocationReason(models.TextChoices):
+    LAUNCH = "launch", "At launch (the weights)"
+    THOMPSON = "thompson", "Thompson sampling"
+    BUDGET = "budget", "A variant's coupon budget ran out"
+
+
+class Allocation(models.Model):
+    """The shares in force for a campaign's newcomers from `valid_from` on (until the next row).
+
+    Each assignment keeps the allocation it was made under, so the sample-ratio check compares
+    every group with the counts its shares predicted, however often the bandit moved them."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="allocations")
+    shares = models.JSONField(help_text="Group key (holdout or a variant id) -> share of newcomers; sums to 1")
+    valid_from = models.DateTimeField(default=timezone.now)
+    reason = models.CharField(max_length=16, choices=AllocationReason.choices)
+    details = models.JSONField(
+        default=dict, blank=True, help_text="What the shares were computed from: per variant data, P(best), budgets"
+    )
+
+    class Meta:
+        ordering = ["campaign", "-valid_from", "-id"]
+        indexes = [models.Index(fields=["campaign", "-valid_from"], name="allocation_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}@{self.valid_from:%Y-%m-%d %H:%M}"
+
+
 class AssignmentRole(models.TextChoices):
     HOLDOUT = "holdout", "Holdout"
     PILOT = "pilot", "Pilot"
@@ -257,6 +323,10 @@ class Assignment(models.Model):
     role = models.CharField(max_length=16, choices=AssignmentRole.choices)
     variant = models.ForeignKey(Variant, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
     position = models.PositiveIntegerField(help_text="Rank in the campaign's hash order")
+    # Without an index: read only per campaign, with the campaign's own rows (the SRM check).
+    allocation = models.ForeignKey(
+        Allocation, null=True, blank=True, on_delete=models.RESTRICT, related_name="+", db_index=False
+    )
     assigned_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -160,7 +160,7 @@ class _Compiler:
             return self._column_trait(name, kind, op, value, path)
         return self._json_trait(name, op, value, path)
 
-    def _coerce(self, kind: str, value: Any, path: str) -> Any:
+    def _coerce(self, kind: str, value: Any) -> Any:
         if kind == "text":
             if not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise ValueError("must be a string")
@@ -188,16 +188,16 @@ class _Compiler:
             if op == "in":
                 if not isinstance(value, list) or not value:
                     raise ValueError("must be a non-empty list")
-                self.params.append([self._coerce(kind, v, value_path) for v in value])
+                self.params.append([self._coerce(kind, v) for v in value])
                 return f"{col} = ANY(%s)"
             if op == "contains":
                 if kind != "text":
                     raise ValueError(f"'contains' applies to text traits, not {name}")
-                self.params.append("%" + _like_escape(self._coerce(kind, value, value_path)) + "%")
+                self.params.append("%" + _like_escape(self._coerce(kind, value)) + "%")
                 return f"{col} ILIKE %s"
             if op in ("gte", "lte") and kind == "bool":
                 raise ValueError(f"'{op}' does not apply to a true/false trait")
-            self.params.append(self._coerce(kind, value, value_path))
+            self.params.append(self._coerce(kind, value))
         except ValueError as exc:
             return self.fail(value_path, str(exc))
         return f"{col} {_SQL_OPS[op]} %s"

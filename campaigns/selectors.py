@@ -7,11 +7,21 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.apps import apps
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, Sum
 
-from campaigns.models import Assignment, AssignmentRole, Campaign, Delivery, ScheduleKind, Segment
+from campaigns import bandit
+from campaigns.models import (
+    Allocation,
+    AllocationKind,
+    Assignment,
+    AssignmentRole,
+    Campaign,
+    Delivery,
+    ScheduleKind,
+    Segment,
+    Variant,
+)
 from campaigns.segments import audience_sql
 from campaigns.stats import (
     DEFAULT_PLANNED_SAMPLE,
@@ -24,6 +34,7 @@ from campaigns.stats import (
     sequential_decision,
     sequential_rate,
 )
+from coupons.models import Redemption
 from tracking.selectors import event_name_seen, order_amount_sql
 
 PREVIEW_SAMPLE = 20
@@ -203,25 +214,15 @@ def _member_outcomes(campaign: Campaign) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def _redemptions_by_variant(campaign: Campaign) -> dict[str, tuple[int, Decimal]]:
     """Coupon redemptions (not rolled back) of coupons issued by this campaign, per source ref."""
-    try:
-        redemption = apps.get_model("coupons", "Redemption")
-    except LookupError:
-        return {}
     rows = (
-        redemption.objects.filter(
+        Redemption.objects.filter(
             coupon__source_ref__startswith=f"campaign:{campaign.pk}:variant:", rolled_back_at__isnull=True
         )
         .values_list("coupon__source_ref")
-        .annotate(n=Count("id"), discount=_sum("discount"))
+        .annotate(n=Count("id"), discount=Sum("discount"))
         .order_by()
     )
     return {ref: (n, discount or Decimal(0)) for ref, n, discount in rows}
-
-
-def _sum(field: str) -> Any:
-    from django.db.models import Sum
-
-    return Sum(field)
 
 
 def converted_profile_ids(campaign: Campaign) -> set[int]:
@@ -246,19 +247,19 @@ def converted_profile_ids(campaign: Campaign) -> set[int]:
 
 
 def coupon_redeemer_ids(campaign: Campaign) -> set[int]:
-    try:
-        redemption = apps.get_model("coupons", "Redemption")
-    except LookupError:
-        return set()
     return set(
-        redemption.objects.filter(
+        Redemption.objects.filter(
             coupon__source_ref__startswith=f"campaign:{campaign.pk}:variant:", rolled_back_at__isnull=True
         ).values_list("coupon__profile_id", flat=True)
     )
 
 
 def expected_shares(campaign: Campaign) -> dict[str, float]:
-    """The configured share of the audience in each group (keys as in the results)."""
+    """The configured share of the audience in each group (keys as in the results). A bandit's
+    shares change: each group's expected count is summed over the allocations its members were
+    assigned under, so the sample-ratio check holds the shares to what was in force."""
+    if campaign.allocation == AllocationKind.THOMPSON and campaign.allocations.exists():
+        return _bandit_expected_shares(campaign)
     variants = list(campaign.variants.order_by("position", "id"))
     holdout = float(campaign.holdout_percent) / 100
     pilot = float(campaign.pilot_percent) / 100
@@ -273,6 +274,132 @@ def expected_shares(campaign: Campaign) -> dict[str, float]:
     if has_pilot:
         shares["rollout"] = 1 - holdout - pilot
     return shares
+
+
+_ASSIGNED_PER_ALLOCATION_SQL = """
+SELECT allocation_id, CASE WHEN role = 'holdout' THEN 'holdout' ELSE variant_id::text END, count(*)
+  FROM campaigns_assignment WHERE campaign_id = %(campaign)s GROUP BY 1, 2
+"""
+
+
+def _bandit_expected_shares(campaign: Campaign) -> dict[str, float]:
+    allocations = list(campaign.allocations.order_by("valid_from", "id"))
+    with connection.cursor() as cursor:
+        cursor.execute(_ASSIGNED_PER_ALLOCATION_SQL, {"campaign": campaign.pk})
+        rows = cursor.fetchall()
+    counts: dict[int, dict[str, int]] = {}
+    for allocation_id, key, n in rows:
+        # A member without one (assigned before the campaign became a bandit) counts under the first.
+        period = counts.setdefault(allocation_id or allocations[0].pk, {})
+        period[key] = period.get(key, 0) + n
+    if not counts:
+        latest = allocations[-1].shares
+        return {k: float(latest.get(k, 0)) for k in _group_keys(campaign)}
+    by_id = {a.pk: a.shares for a in allocations}
+    expected = bandit.expected_counts([(by_id[pk], c) for pk, c in counts.items()])
+    total = sum(expected.values()) or 1.0
+    return {k: expected.get(k, 0.0) / total for k in _group_keys(campaign)}
+
+
+def _group_keys(campaign: Campaign) -> list[str]:
+    keys = ["holdout"] if campaign.holdout_percent > 0 else []
+    return keys + [str(pk) for pk in campaign.variants.order_by("position", "id").values_list("pk", flat=True)]
+
+
+def current_shares(campaign: Campaign) -> dict[str, float]:
+    """The shares newcomers are assigned by now, by group name: a bandit's latest allocation,
+    else the configured shares (holdout, pilot, the weights)."""
+    names = {str(pk): name for pk, name in campaign.variants.values_list("pk", "name")}
+    latest = (
+        campaign.allocations.order_by("-valid_from", "-id").first()
+        if campaign.allocation == AllocationKind.THOMPSON
+        else None
+    )
+    shares = latest.shares if latest is not None else expected_shares(campaign)
+    return {names.get(k, k): float(v) for k, v in shares.items()}
+
+
+def allocation_history(campaign: Campaign, *, limit: int = 500) -> list[dict[str, Any]]:
+    """A bandit's shares over time, latest first, by group name (empty for a fixed split)."""
+    names = {str(pk): name for pk, name in campaign.variants.values_list("pk", "name")}
+    rows = Allocation.objects.filter(campaign=campaign).order_by("-valid_from", "-id")[:limit]
+    return [
+        {
+            "valid_from": a.valid_from.isoformat(),
+            "reason": a.reason,
+            "shares": {names.get(k, k): float(v) for k, v in a.shares.items()},
+            "details": a.details,
+        }
+        for a in rows
+    ]
+
+
+# Per variant of a bandit campaign, over members whose reward window has closed (a member still
+# inside it may yet order: counting them as not ordering would hold back the variant the bandit
+# sent the most newcomers to lately): members, members with a reward, and the sum and sum of
+# squares of the reward. The reward of a member is the margin on their orders in the window minus
+# the discounts of this campaign's coupons they redeemed (not rolled back).
+def _bandit_arms_sql(amount: str) -> str:
+    return (
+        """
+WITH w AS (
+    SELECT a.profile_id, a.variant_id, COALESCE(min(d.sent_at), a.assigned_at) AS t0
+    FROM campaigns_assignment a
+    LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
+    WHERE a.campaign_id = %(campaign)s AND a.role <> 'holdout' AND a.variant_id IS NOT NULL
+    GROUP BY a.id
+), m AS (
+    SELECT * FROM w WHERE w.t0 + %(window)s <= %(now)s
+), orders AS (
+    SELECT m.profile_id, sum("""
+        + amount
+        + """) AS revenue
+    FROM m
+    JOIN profiles_identity i ON i.profile_id = m.profile_id AND i.kind = 'user_id'
+    JOIN tracking_event e ON e.user_id = i.value AND e.name = 'order_paid'
+     AND e.timestamp >= m.t0 AND e.timestamp <= m.t0 + %(window)s
+    GROUP BY m.profile_id
+), cost AS (
+    SELECT c.profile_id, sum(r.discount) AS discount
+    FROM coupons_coupon c JOIN coupons_redemption r ON r.coupon_id = c.id AND r.rolled_back_at IS NULL
+    WHERE c.source_ref LIKE %(ref_prefix)s AND c.profile_id IN (SELECT profile_id FROM m)
+    GROUP BY c.profile_id
+), v AS (
+    SELECT m.variant_id, o.profile_id IS NOT NULL OR COALESCE(k.discount, 0) > 0 AS rewarded,
+           %(margin)s * COALESCE(o.revenue, 0) - COALESCE(k.discount, 0) AS reward
+    FROM m LEFT JOIN orders o ON o.profile_id = m.profile_id LEFT JOIN cost k ON k.profile_id = m.profile_id
+)
+SELECT variant_id, count(*), count(*) FILTER (WHERE rewarded),
+       COALESCE(sum(reward), 0), COALESCE(sum(reward * reward), 0)
+FROM v GROUP BY variant_id
+"""
+    )
+
+
+def bandit_arm_data(campaign: Campaign, *, variants: list[Variant], now: dt.datetime) -> list[bandit.ArmData]:
+    """What the bandit knows of each variant at `now` (see `_bandit_arms_sql`)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _bandit_arms_sql(order_amount_sql("e.properties")),
+            {
+                "campaign": campaign.pk,
+                "window": dt.timedelta(hours=campaign.attribution_hours),
+                "now": now,
+                "ref_prefix": f"campaign:{campaign.pk}:variant:%",
+                "margin": campaign.margin_percent / Decimal(100),
+            },
+        )
+        rows = {vid: row for vid, *row in cursor.fetchall()}
+    return [
+        bandit.ArmData(
+            key=str(v.pk),
+            members=int(rows.get(v.pk, (0,))[0]),
+            orders=int(rows.get(v.pk, (0, 0))[1]),
+            value_sum=float(rows.get(v.pk, (0, 0, 0))[2]),
+            value_sq_sum=float(rows.get(v.pk, (0, 0, 0, 0))[3]),
+        )
+        for v in variants
+    ]
 
 
 def campaign_results(campaign: Campaign) -> dict[str, Any]:

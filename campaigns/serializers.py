@@ -9,10 +9,11 @@ from decimal import Decimal
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from campaigns import services, validation
-from campaigns.models import TRIGGER_TAG_PATTERN, Campaign, ChannelKind, Segment, Variant
+from campaigns import validation
+from campaigns.models import TRIGGER_TAG_PATTERN, AllocationKind, Campaign, ChannelKind, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
 from config.api import IdField
+from coupons.models import CouponRule
 
 EVENT_NAME = re.compile(r"^[a-z0-9_.:\-]{1,64}$")
 TAG_NAME = re.compile(TRIGGER_TAG_PATTERN)
@@ -79,7 +80,7 @@ class VariantInput(serializers.Serializer):
     title = serializers.CharField(max_length=200, allow_blank=True, default="")
     body = serializers.CharField(max_length=5000, allow_blank=True, default="")
     url = serializers.URLField(max_length=1000, allow_blank=True, default="")
-    coupon_rule = IdField(exists=services.coupon_rule_exists, what="coupon rule", allow_null=True, default=None)
+    coupon_rule = IdField(exists=CouponRule.objects.all(), what="coupon rule", allow_null=True, default=None)
 
 
 class ScheduleInput(serializers.Serializer):
@@ -136,6 +137,36 @@ class CampaignInput(serializers.Serializer):
     respect_quiet_hours = serializers.BooleanField(default=True)
     quiet_start_hour = serializers.IntegerField(min_value=0, max_value=23, default=21)
     quiet_end_hour = serializers.IntegerField(min_value=0, max_value=23, default=8)
+    allocation = serializers.ChoiceField(
+        choices=AllocationKind.choices,
+        default=AllocationKind.FIXED,
+        help_text="fixed: the weights; thompson: a bandit moves newcomers to the variants with the best margin net of "
+        "coupon cost (recurring and triggered campaigns only)",
+    )
+    bandit_floor_percent = _share(default=Decimal(5), help_text="thompson: least share of the audience per variant")
+    bandit_interval_minutes = serializers.IntegerField(
+        min_value=1,
+        max_value=validation.MAX_BANDIT_INTERVAL_MINUTES,
+        default=60,
+        help_text="thompson: shares change at most this often",
+    )
+    margin_percent = serializers.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        min_value=Decimal("0.01"),
+        max_value=Decimal(100),
+        coerce_to_string=False,
+        default=Decimal(30),
+        help_text="thompson: share of an order's amount that is margin",
+    )
+    bandit_seed = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        default=None,
+        min_value=0,
+        max_value=2**63 - 1,
+        help_text="thompson: fixes the random draws (reproducible shares)",
+    )
 
     def validate_segment(self, value: int) -> Segment:
         segment = Segment.objects.filter(pk=value).first()
@@ -157,6 +188,17 @@ class CampaignInput(serializers.Serializer):
         recurring = {"cron", "trigger_event", "trigger_tag"} & set(schedule)
         if attrs["pilot_percent"] > 0 and recurring and "pilot_percent" not in problems:
             problems["pilot_percent"] = "A pilot applies to one-off sends, not to recurring or triggered ones."
+        kind = "cron" if "cron" in schedule else "trigger" if recurring else "at" if "at" in schedule else "now"
+        for field, reason in validation.allocation_problems(
+            allocation=attrs["allocation"],
+            schedule_kind=kind,
+            holdout_percent=attrs["holdout_percent"],
+            floor_percent=attrs["bandit_floor_percent"],
+            interval_minutes=attrs["bandit_interval_minutes"],
+            margin_percent=attrs["margin_percent"],
+            variant_count=len(attrs["variants"]),
+        ).items():
+            problems.setdefault(field, reason)
         if problems:
             raise serializers.ValidationError({field: [reason] for field, reason in problems.items()})
         return attrs
@@ -197,6 +239,8 @@ class CampaignOutput(serializers.ModelSerializer):
     segment = serializers.IntegerField(source="segment_id")
     holdout_percent = serializers.FloatField()
     pilot_percent = serializers.FloatField()
+    bandit_floor_percent = serializers.FloatField()
+    margin_percent = serializers.FloatField()
     variants = VariantOutput(many=True)
     schedule = serializers.SerializerMethodField()
     winner = serializers.CharField(source="winner.name", allow_null=True, default=None)
@@ -222,6 +266,11 @@ class CampaignOutput(serializers.ModelSerializer):
             "respect_quiet_hours",
             "quiet_start_hour",
             "quiet_end_hour",
+            "allocation",
+            "bandit_floor_percent",
+            "bandit_interval_minutes",
+            "margin_percent",
+            "bandit_seed",
             "status",
             "failure_reason",
             "failed_at",
@@ -249,15 +298,50 @@ class CampaignOutput(serializers.ModelSerializer):
         return {}
 
 
+class AllocationOutput(serializers.Serializer):
+    valid_from = serializers.DateTimeField()
+    reason = serializers.ChoiceField(choices=["launch", "thompson", "budget"])
+    shares = serializers.DictField(child=serializers.FloatField(), help_text="Group name -> share of newcomers")
+    details = serializers.DictField(help_text="Per variant: members, orders, net value, P(best), out of budget")
+
+
 class CampaignDetailOutput(CampaignOutput):
     counters = serializers.SerializerMethodField()
     warnings = serializers.SerializerMethodField(
         help_text="What may keep the campaign from sending though it is allowed, e.g. a trigger on an event "
         "name never recorded yet."
     )
+    shares = serializers.SerializerMethodField(
+        help_text="Shares of newcomers in force, by group name (a bandit's latest; the weights for a fixed split)"
+    )
+    allocation_history = serializers.SerializerMethodField(help_text="A bandit's shares over time, latest first")
+    allocation_error = serializers.CharField(
+        help_text="Why the bandit's last reallocation failed (the shares in force stay; retried every sweep)"
+    )
+    allocation_error_at = serializers.DateTimeField(allow_null=True)
 
     class Meta(CampaignOutput.Meta):
-        fields = [*CampaignOutput.Meta.fields, "counters", "warnings"]
+        fields = [
+            *CampaignOutput.Meta.fields,
+            "counters",
+            "warnings",
+            "shares",
+            "allocation_history",
+            "allocation_error",
+            "allocation_error_at",
+        ]
+
+    @extend_schema_field(serializers.DictField(child=serializers.FloatField()))
+    def get_shares(self, obj) -> dict:
+        from campaigns.selectors import current_shares
+
+        return current_shares(obj)
+
+    @extend_schema_field(AllocationOutput(many=True))
+    def get_allocation_history(self, obj) -> list:
+        from campaigns.selectors import allocation_history
+
+        return allocation_history(obj)
 
     def get_counters(self, obj) -> CountersOutput:
         from campaigns.selectors import delivery_counters

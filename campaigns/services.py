@@ -9,6 +9,7 @@ attribution window has closed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -17,8 +18,8 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import requests
-from django.apps import apps
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.models import Q
@@ -26,8 +27,11 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from access.services import record_audit
-from campaigns import channels, errors, sending, validation
+from campaigns import bandit, channels, errors, sending, validation
 from campaigns.models import (
+    Allocation,
+    AllocationKind,
+    AllocationReason,
     Assignment,
     AssignmentRole,
     Campaign,
@@ -62,24 +66,45 @@ def batch_size() -> int:
 # --- segments ----------------------------------------------------------------------------------
 
 
+def create_segment(
+    *, name: str, definition: Any, description: str = "", actor: Any = None, api_key: Any = None
+) -> Segment:
+    """Store a new segment after compiling its definition (DefinitionError names what is wrong)."""
+    segment = Segment(name=name, definition=definition, description=description)
+    return save_segment(segment=segment, actor=actor, api_key=api_key)
+
+
 @transaction.atomic
-def create_segment(*, name: str, definition: Any, description: str = "", actor: Any = None) -> Segment:
-    """Store a segment after compiling its definition (DefinitionError names what is wrong)."""
-    compile_definition(definition)
-    segment = Segment.objects.create(name=name, definition=definition, description=description)
-    record_audit(action="campaigns.create_segment", obj=segment, actor=actor, details={"name": name})
+def save_segment(*, segment: Segment, changed: Sequence[str] = (), actor: Any = None, api_key: Any = None) -> Segment:
+    """Create or change a segment; its definition must compile (DefinitionError names what is
+    wrong). Campaigns already sent keep the audience they had."""
+    compile_definition(segment.definition)
+    created = segment._state.adding
+    segment.save()
+    record_audit(
+        action="campaigns.segment_created" if created else "campaigns.segment_changed",
+        obj=segment,
+        actor=actor,
+        api_key=api_key,
+        details={"name": segment.name, "definition": segment.definition, "changed": list(changed)},
+    )
     return segment
 
 
+@transaction.atomic
+def save_channel(*, channel: Channel, changed: Sequence[str] = (), actor: Any = None) -> Channel:
+    """Change how a channel sends (gateway, rate, retries, whether it is enabled)."""
+    channel.save()
+    record_audit(
+        action="campaigns.channel_changed",
+        obj=channel,
+        actor=actor,
+        details={"fields": list(changed), "url": channel.url},
+    )
+    return channel
+
+
 # --- campaigns ---------------------------------------------------------------------------------
-
-
-def coupon_rule_exists(rule_id: int) -> bool:
-    try:
-        model = apps.get_model("coupons", "CouponRule")
-    except LookupError:
-        return False
-    return model.objects.filter(pk=rule_id).exists()
 
 
 @transaction.atomic
@@ -101,6 +126,11 @@ def create_campaign(
     respect_quiet_hours: bool = True,
     quiet_start_hour: int = 21,
     quiet_end_hour: int = 8,
+    allocation: str = AllocationKind.FIXED,
+    bandit_floor_percent: Decimal = Decimal(5),
+    bandit_interval_minutes: int = 60,
+    margin_percent: Decimal = Decimal(30),
+    bandit_seed: int | None = None,
     parent: Campaign | None = None,
     actor: Any = None,
     api_key: Any = None,
@@ -135,6 +165,11 @@ def create_campaign(
         respect_quiet_hours=respect_quiet_hours,
         quiet_start_hour=quiet_start_hour,
         quiet_end_hour=quiet_end_hour,
+        allocation=allocation,
+        bandit_floor_percent=Decimal(str(bandit_floor_percent)),
+        bandit_interval_minutes=bandit_interval_minutes,
+        margin_percent=Decimal(str(margin_percent)),
+        bandit_seed=bandit_seed,
         parent=parent,
         iteration=(parent.iteration + 1) if parent else 1,
     )
@@ -153,7 +188,9 @@ def create_campaign(
             for i, v in enumerate(variants)
         ]
     )
-    record_audit(action="campaigns.create_campaign", obj=campaign, actor=actor, api_key=api_key, details={"name": name})
+    record_audit(
+        action="campaigns.campaign_created", obj=campaign, actor=actor, api_key=api_key, details={"name": name}
+    )
     return campaign
 
 
@@ -174,6 +211,42 @@ def channel_is_configured(kind: str) -> bool:
         return True
     config = channels.channel_config(kind)
     return bool(config.enabled and config.effective_url())
+
+
+@transaction.atomic
+def save_campaign(*, campaign: Campaign, changed: Sequence[str] = (), actor: Any = None) -> Campaign:
+    """Create or edit a campaign's settings field by field (the admin's form); `create_campaign`
+    creates one whole, with its variants."""
+    created = campaign._state.adding
+    campaign.save()
+    record_audit(
+        action="campaigns.campaign_created" if created else "campaigns.campaign_changed",
+        obj=campaign,
+        actor=actor,
+        details={"fields": list(changed)},
+    )
+    return campaign
+
+
+@transaction.atomic
+def save_variants(
+    *, campaign: Campaign, saved: Sequence[Variant], deleted: Sequence[Variant] = (), actor: Any = None
+) -> None:
+    """Write a draft campaign's edited variants (new or changed) and delete the removed ones, as
+    one audited change; nothing to write, nothing audited."""
+    if not saved and not deleted:
+        return
+    for variant in deleted:
+        variant.delete()
+    for variant in saved:
+        variant.campaign = campaign
+        variant.save()
+    record_audit(
+        action="campaigns.variants_changed",
+        obj=campaign,
+        actor=actor,
+        details={"variants": list(campaign.variants.values_list("name", flat=True))},
+    )
 
 
 @transaction.atomic
@@ -207,8 +280,14 @@ def launch_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
         campaign.status = CampaignStatus.RUNNING
         _queue_start(campaign.pk)
     campaign.save()
+    if campaign.allocation == AllocationKind.THOMPSON and not campaign.allocations.exists():
+        _start_allocation(campaign, now=now)
     record_audit(
-        action="campaigns.launch", obj=campaign, actor=actor, api_key=api_key, details={"status": campaign.status}
+        action="campaigns.campaign_launched",
+        obj=campaign,
+        actor=actor,
+        api_key=api_key,
+        details={"status": campaign.status},
     )
     return campaign
 
@@ -250,7 +329,7 @@ def pause_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
     campaign.save(update_fields=["status", "updated_at"])
     if campaign.periodic_task_id:
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-    record_audit(action="campaigns.pause", obj=campaign, actor=actor, api_key=api_key)
+    record_audit(action="campaigns.campaign_paused", obj=campaign, actor=actor, api_key=api_key)
     return campaign
 
 
@@ -271,7 +350,7 @@ def resume_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=True)
     # At once: the tasks queued before the pause found the campaign paused and sent nothing.
     queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
-    record_audit(action="campaigns.resume", obj=campaign, actor=actor, api_key=api_key)
+    record_audit(action="campaigns.campaign_resumed", obj=campaign, actor=actor, api_key=api_key)
     return campaign
 
 
@@ -315,7 +394,7 @@ def cancel_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
     skipped = _skip_pending_of_cancelled(campaign_ids=[campaign.pk])
     record_audit(
-        action="campaigns.cancel",
+        action="campaigns.campaign_cancelled",
         obj=campaign,
         actor=actor,
         api_key=api_key,
@@ -343,7 +422,7 @@ def fail_campaign(*, campaign_id: int, step: str, error: BaseException) -> None:
         campaign.save(update_fields=["status", "failure_reason", "failed_at", "updated_at"])
         if campaign.periodic_task_id:
             type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-        record_audit(action="campaigns.fail", obj=campaign, details={"step": step, "reason": reason})
+        record_audit(action="campaigns.campaign_failed", obj=campaign, details={"step": step, "reason": reason})
     logger.error("Campaign %s failed at %s: %s", campaign_id, step, reason)
 
 
@@ -363,13 +442,15 @@ def retry_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
     if campaign.phase == CampaignPhase.NONE and campaign.schedule_kind in (ScheduleKind.NOW, ScheduleKind.AT):
         _queue_start(campaign.pk)
     queue_pending(campaign_id=campaign.pk, requeue_after=dt.timedelta(0))
-    record_audit(action="campaigns.retry", obj=campaign, actor=actor, api_key=api_key, details={"failure": reason})
+    record_audit(
+        action="campaigns.campaign_retried", obj=campaign, actor=actor, api_key=api_key, details={"failure": reason}
+    )
     return campaign
 
 
 # --- audience snapshot -------------------------------------------------------------------------
 
-_ASSIGNMENT_COLUMNS = "(campaign_id, profile_id, user_id, role, variant_id, position, assigned_at)"
+_ASSIGNMENT_COLUMNS = "(campaign_id, profile_id, user_id, role, variant_id, position, allocation_id, assigned_at)"
 
 
 def _variant_choice(variants: Sequence[Variant], conditions: Sequence[str]) -> str:
@@ -382,6 +463,27 @@ def _variant_choice(variants: Sequence[Variant], conditions: Sequence[str]) -> s
     return f"(CASE {whens} ELSE {last} END)"
 
 
+def current_allocation(campaign: Campaign) -> Allocation | None:
+    """The shares in force for a bandit campaign's newcomers (None for a fixed split)."""
+    if campaign.allocation != AllocationKind.THOMPSON:
+        return None
+    return campaign.allocations.order_by("-valid_from", "-id").first()
+
+
+def _group_shares(campaign: Campaign, variants: Sequence[Variant]) -> tuple[Allocation | None, Decimal, list[Decimal]]:
+    """(the allocation in force or None, the holdout share, each variant's share of the whole
+    audience): a bandit's latest shares, else the holdout and the weights."""
+    holdout = campaign.holdout_percent / Decimal(100)
+    allocation = current_allocation(campaign)
+    if allocation is None and campaign.allocation == AllocationKind.THOMPSON:
+        # Launched before its first allocation was stored (or the row was lost): start one now.
+        allocation = _start_allocation(campaign, now=timezone.now())
+    if allocation is not None:
+        return allocation, holdout, [Decimal(str(allocation.shares.get(str(v.pk), 0))) for v in variants]
+    total_weight = Decimal(sum(v.weight for v in variants) or 1)
+    return None, holdout, [(1 - holdout) * v.weight / total_weight for v in variants]
+
+
 def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_ids: Sequence[int] | None = None) -> int:
     """Add the segment's current members who are not assigned yet to the campaign's groups, in
     one INSERT ... SELECT. Returns how many were added.
@@ -390,7 +492,9 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
     (holdout, pilot, variants by weight), so group sizes match the configuration to within one
     person. `arrival`: for members who arrive a few at a time (triggered campaigns), each goes to
     the group furthest below its share of everyone assigned so far, which keeps every group
-    within one person of its share at all times."""
+    within one person of its share at all times. A bandit campaign uses the shares of its latest
+    allocation instead of the weights, and "so far" counts the members assigned under it; each
+    member keeps the allocation they were assigned under."""
     variants = list(campaign.variants.order_by("position", "id"))
     if not variants:
         return 0
@@ -400,15 +504,15 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
         params = [*params, list(only_profile_ids)]
     if mode == "arrival":
         return _assign_arrivals(campaign, variants, sql, params)
-    holdout = campaign.holdout_percent / Decimal(100)
+    allocation, holdout, variant_shares = _group_shares(campaign, variants)
     pilot = (
         campaign.pilot_percent / Decimal(100) if campaign.schedule_kind in (ScheduleKind.NOW, ScheduleKind.AT) else 0
     )
-    total_weight = sum(v.weight for v in variants) or 1
-    cumulative, running = [], 0
-    for v in variants[:-1]:
-        running += v.weight
-        cumulative.append(Decimal(running) / Decimal(total_weight))
+    tested_total = sum(variant_shares) or Decimal(1)
+    cumulative, running = [], Decimal(0)
+    for share in variant_shares[:-1]:
+        running += share
+        cumulative.append(running / tested_total)
     rest_role = AssignmentRole.ROLLOUT if pilot else AssignmentRole.TEST
     salt = f"{campaign.pk}:"
     offset = Assignment.objects.filter(campaign=campaign).count()
@@ -433,22 +537,37 @@ def snapshot_audience(*, campaign: Campaign, mode: str = "quota", only_profile_i
         " SELECT %s, profile_id, user_id,"
         "  CASE WHEN rn < hn THEN 'holdout' WHEN rn < hn + pn THEN 'pilot' ELSE %s END,"
         f"  CASE WHEN rn < hn THEN NULL WHEN %s AND rn >= hn + pn THEN NULL ELSE {variant_of} END,"
-        "  rn + %s, %s FROM s"
+        "  rn + %s, %s, %s FROM s"
         " ON CONFLICT (campaign_id, profile_id) DO NOTHING"
     )
-    params += [holdout, pilot, campaign.pk, rest_role, bool(pilot), *cumulative, offset, now]
+    params += [
+        holdout,
+        pilot,
+        campaign.pk,
+        rest_role,
+        bool(pilot),
+        *cumulative,
+        offset,
+        allocation.pk if allocation else None,
+        now,
+    ]
     with connection.cursor() as cursor:
         cursor.execute(head + select, params)
         return cursor.rowcount
 
 
+# Members per group assigned so far: all of a fixed split's, or those under one allocation.
+_GROUP_COUNTS_SQL = """
+SELECT role, variant_id, count(*) FROM campaigns_assignment
+ WHERE campaign_id = %(campaign)s AND (%(allocation)s::bigint IS NULL OR allocation_id = %(allocation)s)
+ GROUP BY 1, 2
+"""
+
+
 def _assign_arrivals(campaign: Campaign, variants: list[Variant], sql: str, params: list[Any]) -> int:
-    holdout = campaign.holdout_percent / Decimal(100)
-    total_weight = Decimal(sum(v.weight for v in variants) or 1)
     groups: list[tuple[str, int | None]] = [(AssignmentRole.HOLDOUT, None)] + [
         (AssignmentRole.TEST, v.pk) for v in variants
     ]
-    shares = [holdout] + [(1 - holdout) * v.weight / total_weight for v in variants]
     with connection.cursor() as cursor:
         # Arrivals of one campaign are assigned one transaction at a time, so each sees the
         # counts the one before it left.
@@ -462,13 +581,17 @@ def _assign_arrivals(campaign: Campaign, variants: list[Variant], sql: str, para
         fresh = cursor.fetchall()
         if not fresh:
             return 0
+        # Read under the lock: a reallocation that committed before it is the one in force.
+        allocation, holdout, variant_shares = _group_shares(campaign, variants)
         cursor.execute(
-            "SELECT role, variant_id, count(*) FROM campaigns_assignment WHERE campaign_id = %s GROUP BY 1, 2",
-            [campaign.pk],
+            _GROUP_COUNTS_SQL, {"campaign": campaign.pk, "allocation": allocation.pk if allocation else None}
         )
         existing = {
             (role if role == AssignmentRole.HOLDOUT else AssignmentRole.TEST, vid): n for role, vid, n in cursor
         }
+        cursor.execute("SELECT count(*) FROM campaigns_assignment WHERE campaign_id = %s", [campaign.pk])
+        position = cursor.fetchone()[0]
+    shares = [holdout, *variant_shares]
     counts = [existing.get(g, 0) for g in groups]
     n = sum(counts)
     rows = []
@@ -485,16 +608,158 @@ def _assign_arrivals(campaign: Campaign, variants: list[Variant], sql: str, para
                 user_id=user_id,
                 role=role,
                 variant_id=variant_id,
-                position=n,
+                position=position,
+                allocation=allocation,
                 assigned_at=now,
             )
         )
         n += 1
+        position += 1
     return len(Assignment.objects.bulk_create(rows, ignore_conflicts=True))
 
 
 # An advisory lock's first key: "assigning arrivals to a campaign" (the second is its id).
 _ARRIVAL_LOCK = 7401
+# Likewise: "moving a bandit campaign's shares".
+_REALLOCATION_LOCK = 7402
+
+
+# --- bandit allocation -------------------------------------------------------------------------
+
+
+def _start_allocation(campaign: Campaign, *, now: dt.datetime) -> Allocation:
+    """A bandit's first shares: the weights, until results come in."""
+    variants = list(campaign.variants.order_by("position", "id"))
+    shares = bandit.initial_shares(
+        [(str(v.pk), v.weight) for v in variants], holdout=float(campaign.holdout_percent) / 100
+    )
+    return Allocation.objects.create(
+        campaign=campaign, shares=shares, valid_from=now, reason=AllocationReason.LAUNCH, details={}
+    )
+
+
+def _bandit_rng(campaign: Campaign) -> np.random.Generator:
+    # A seeded campaign draws the same shares from the same data at the same step: the number of
+    # allocations so far is part of the seed, so successive steps do not repeat one draw.
+    if campaign.bandit_seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([campaign.bandit_seed, campaign.allocations.count()])
+
+
+def _out_of_budget(campaign: Campaign, variants: Sequence[Variant], *, now: dt.datetime) -> set[str]:
+    """Keys of the variants whose coupon rule cannot issue one more coupon (budget, quantity,
+    state or window): newcomers sent to them would get their message without its coupon."""
+    from coupons import services as coupon_services
+
+    rule_ids = {v.coupon_rule_id for v in variants if v.coupon_rule_id}
+    if not rule_ids:
+        return set()
+    issuable = coupon_services.rules_able_to_issue(rule_ids=rule_ids, now=now)
+    existing = set(coupon_services.existing_rule_ids(rule_ids=rule_ids))
+    # A rule that no longer exists costs nothing: its variant's messages go without a coupon, as today.
+    return {str(v.pk) for v in variants if v.coupon_rule_id in existing and v.coupon_rule_id not in issuable}
+
+
+def reallocate(*, campaign_id: int, now: dt.datetime | None = None) -> Allocation | None:
+    """One bandit step of a running campaign, under a lock of its own (a second sweeper skips it):
+    when its interval has passed since the shares in force, new shares by Thompson sampling on
+    the rewards seen so far; between steps, a variant whose coupon budget ran out gives its share
+    to the others at once. Returns the new allocation, or None when nothing was due. Raises on
+    failure; the caller records it and the shares in force stay."""
+    from campaigns.selectors import bandit_arm_data
+
+    now = now or timezone.now()
+    with transaction.atomic():
+        # Not the campaign's row lock: triggered sends hold it (FOR SHARE) nearly all the time on a
+        # busy campaign, and a step must not wait for them nor starve behind them. Arrivals need no
+        # lock against a step: each records the allocation it was assigned under.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [_REALLOCATION_LOCK, campaign_id])
+            if not cursor.fetchone()[0]:
+                return None
+        campaign = Campaign.objects.filter(
+            pk=campaign_id, status=CampaignStatus.RUNNING, allocation=AllocationKind.THOMPSON
+        ).first()
+        if campaign is None:
+            return None
+        variants = list(campaign.variants.order_by("position", "id"))
+        current = current_allocation(campaign) or _start_allocation(campaign, now=now)
+        spent = _out_of_budget(campaign, variants, now=now)
+        starved = sorted(k for k in spent if current.shares.get(k, 0) > 0)
+        due = current.valid_from + dt.timedelta(minutes=campaign.bandit_interval_minutes) <= now
+        if not due and not starved:
+            return None
+        holdout = float(campaign.holdout_percent) / 100
+        floor = float(campaign.bandit_floor_percent) / 100
+        names = {str(v.pk): v.name for v in variants}
+        if due:
+            arms = [
+                dataclasses.replace(a, exhausted=a.key in spent)
+                for a in bandit_arm_data(campaign, variants=variants, now=now)
+            ]
+            shares, p_best = bandit.allocate(arms, holdout=holdout, floor=floor, rng=_bandit_rng(campaign))
+            reason = AllocationReason.THOMPSON
+            details: dict[str, Any] = {
+                "arms": {
+                    a.key: {
+                        "name": names[a.key],
+                        "members": a.members,
+                        "orders": a.orders,
+                        "net_value": round(a.value_sum, 2),
+                        "p_best": p_best.get(a.key),
+                        "out_of_budget": a.exhausted,
+                    }
+                    for a in arms
+                },
+            }
+        else:
+            # Within the interval only the budget moves shares: the rest keep their proportions.
+            live = [k for k in names if k not in spent]
+            if not live:
+                raise bandit.AllocationError(
+                    "every variant's coupon budget is spent: no variant can be given newcomers"
+                )
+            kept = bandit.with_floor(
+                np.array([float(current.shares.get(k, 0)) for k in live]), floor=floor, total=1 - holdout
+            )
+            by_key = dict(zip(live, kept, strict=True))
+            shares = {bandit.HOLDOUT: holdout} if holdout > 0 else {}
+            shares.update({k: float(by_key.get(k, 0.0)) for k in names})
+            reason = AllocationReason.BUDGET
+            details = {"out_of_budget": [names[k] for k in starved]}
+        allocation = Allocation.objects.create(
+            campaign=campaign, shares=shares, valid_from=now, reason=reason, details=details
+        )
+        if campaign.allocation_error:
+            Campaign.objects.filter(pk=campaign.pk).update(allocation_error="", allocation_error_at=None)
+        record_audit(
+            action="campaigns.shares_reallocated",
+            obj=campaign,
+            details={
+                "reason": reason,
+                "shares": {names.get(k, k): round(v, 4) for k, v in shares.items()},
+                "previous": {names.get(k, k): round(float(v), 4) for k, v in current.shares.items()},
+                "out_of_budget": [names[k] for k in sorted(spent)],
+            },
+        )
+        return allocation
+
+
+def reallocate_bandits(*, now: dt.datetime | None = None) -> int:
+    """Sweeper stage: a step of every running bandit campaign. A step that fails leaves its reason
+    on the campaign (admin, API) and in the log, keeps the shares in force (sends go on) and is
+    tried again at the next sweep. Returns how many campaigns got new shares."""
+    now = now or timezone.now()
+    changed = 0
+    running = Campaign.objects.filter(status=CampaignStatus.RUNNING, allocation=AllocationKind.THOMPSON)
+    for campaign_id in running.values_list("pk", flat=True):
+        try:
+            changed += reallocate(campaign_id=campaign_id, now=now) is not None
+        except Exception as exc:
+            logger.exception("Reallocation of campaign %s failed; its shares stay as they were.", campaign_id)
+            reason = f"{exc.__class__.__name__}: {exc}"[:2000]
+            Campaign.objects.filter(pk=campaign_id).update(allocation_error=reason, allocation_error_at=now)
+    return changed
 
 
 # --- deliveries --------------------------------------------------------------------------------
@@ -690,7 +955,7 @@ def rollout_campaign(
     details: dict[str, Any] = {"variant": variant.name, "supported": risk is None, "summary": results["summary"]}
     if risk:
         details.update(confirmed=True, risk=risk)
-    record_audit(action="campaigns.rollout", obj=campaign, actor=actor, api_key=api_key, details=details)
+    record_audit(action="campaigns.campaign_rolled_out", obj=campaign, actor=actor, api_key=api_key, details=details)
     return campaign
 
 
@@ -987,7 +1252,7 @@ def send_test_message(*, campaign: Campaign, variant: Variant, user_id: str, act
         with requests.Session() as session:
             outcome = channels.http_post(session, channels.channel_config(campaign.channel), payload)
     record_audit(
-        action="campaigns.send_test_message",
+        action="campaigns.test_message_sent",
         obj=campaign,
         actor=actor,
         details={"variant": variant.name, "user_id": user_id, "outcome": outcome.kind, "reason": outcome.reason},
@@ -1062,6 +1327,7 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
         "queued": 0,
         "rolled_out": 0,
         "completed": 0,
+        "reallocated": 0,
         "failed": 0,
         "stage_errors": 0,
     }
@@ -1091,6 +1357,7 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
     report["tag_triggered"] = stage("tag triggers", trigger_on_tag_gains)
     report["unknown"], report["unstuck"] = stage("take back", lambda: _take_back_stale(stale_after)) or (0, 0)
     report["queued"] = stage("queue", lambda: queue_pending(requeue_after=requeue_after))
+    report["reallocated"] = stage("bandit shares", lambda: reallocate_bandits(now=now))
     for campaign_id in Campaign.objects.filter(status=CampaignStatus.RUNNING, phase=CampaignPhase.PILOT).values_list(
         "pk", flat=True
     ):
@@ -1183,7 +1450,7 @@ def settle_unknown_deliveries(*, delivery_ids: Sequence[int], was_sent: bool, ac
         queue_pending(ids=ids, requeue_after=dt.timedelta(0))
     for pk in ids:
         record_audit(
-            action="campaigns.settle_unknown_delivery", obj=Delivery(pk=pk), actor=actor, details={"sent": was_sent}
+            action="campaigns.unknown_delivery_settled", obj=Delivery(pk=pk), actor=actor, details={"sent": was_sent}
         )
     return len(ids)
 
@@ -1241,7 +1508,7 @@ def complete_campaign(*, campaign_id: int, actor: Any = None, if_finished: bool 
     campaign.save()
     if campaign.periodic_task_id:
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-    record_audit(action="campaigns.complete", obj=campaign, actor=actor)
+    record_audit(action="campaigns.campaign_completed", obj=campaign, actor=actor)
     return campaign
 
 
@@ -1338,9 +1605,16 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
         respect_quiet_hours=source.respect_quiet_hours,
         quiet_start_hour=source.quiet_start_hour,
         quiet_end_hour=source.quiet_end_hour,
+        allocation=source.allocation,
+        bandit_floor_percent=source.bandit_floor_percent,
+        bandit_interval_minutes=source.bandit_interval_minutes,
+        margin_percent=source.margin_percent,
+        bandit_seed=source.bandit_seed,
         parent=source,
         actor=actor,
         api_key=api_key,
     )
-    record_audit(action="campaigns.clone", obj=clone, actor=actor, api_key=api_key, details={"from": source.pk})
+    record_audit(
+        action="campaigns.campaign_cloned", obj=clone, actor=actor, api_key=api_key, details={"from": source.pk}
+    )
     return clone

@@ -15,7 +15,7 @@ from celery.schedules import crontab
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from django.utils import timezone
 
-from campaigns.models import Campaign, ChannelKind, ScheduleKind, Segment
+from campaigns.models import AllocationKind, Campaign, ChannelKind, ScheduleKind, Segment
 from campaigns.segments import DefinitionError, compile_definition
 
 # The shapes an experiment can take: a holdout and a pilot of at most 90% each, and between them
@@ -28,6 +28,10 @@ RESERVED_VARIANT_NAMES = frozenset({"holdout", "rollout"})
 # A schedule with no run in this many years is a mistake (Feb 31, Apr 31), not a plan.
 CRON_HORIZON_YEARS = 5
 CRON_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+
+# The bandit moves shares between runs or arrivals; a one-off send assigns everyone at once.
+BANDIT_SCHEDULES = (ScheduleKind.CRON, ScheduleKind.TRIGGER)
+MAX_BANDIT_INTERVAL_MINUTES = 60 * 24 * 30
 
 Problems = dict[str, str]
 
@@ -62,6 +66,46 @@ def variant_problems(variants: Iterable[tuple[str, int]]) -> Problems:
     if sum(weight for _name, weight in variants) <= 0:
         return {"variants": "The variants' weights sum to 0, so no variant could be picked; give one a weight."}
     return {}
+
+
+def allocation_problems(
+    *,
+    allocation: str,
+    schedule_kind: str,
+    holdout_percent: Decimal | float | None,
+    floor_percent: Decimal | float | None,
+    interval_minutes: int | None,
+    margin_percent: Decimal | float | None,
+    variant_count: int | None,
+) -> Problems:
+    """A bandit needs a schedule that keeps assigning newcomers, a floor every variant can have
+    beside the holdout, an interval and a margin; a fixed split needs none of these."""
+    if allocation not in AllocationKind.values:
+        return {"allocation": f"One of {', '.join(AllocationKind.values)}."}
+    if allocation == AllocationKind.FIXED:
+        return {}
+    problems: Problems = {}
+    if schedule_kind not in BANDIT_SCHEDULES:
+        problems["allocation"] = (
+            "A bandit applies to recurring (cron) and triggered campaigns only: a one-off send assigns its whole "
+            "audience at once, before any result could move the shares."
+        )
+    elif variant_count is not None and variant_count < 2:
+        problems["allocation"] = "A bandit chooses between variants: give it at least two."
+    holdout, floor = Decimal(str(holdout_percent or 0)), Decimal(str(floor_percent or 0))
+    if floor <= 0:
+        problems["bandit_floor_percent"] = "Above 0: a variant without traffic would never be learned about again."
+    elif variant_count and holdout + floor * variant_count > 100:
+        problems["bandit_floor_percent"] = (
+            f"{variant_count} variants at {floor}% each and a {holdout}% holdout exceed 100%; lower the floor to at "
+            f"most {((100 - holdout) / variant_count).quantize(Decimal('0.01'), rounding='ROUND_DOWN')}%."
+        )
+    if interval_minutes is None or not 1 <= interval_minutes <= MAX_BANDIT_INTERVAL_MINUTES:
+        problems["bandit_interval_minutes"] = f"1 to {MAX_BANDIT_INTERVAL_MINUTES} minutes."
+    margin = Decimal(str(margin_percent)) if margin_percent is not None else Decimal(-1)
+    if not 0 < margin <= 100:
+        problems["margin_percent"] = "The share of an order's amount that is margin: above 0 and at most 100."
+    return problems
 
 
 def celery_cron(expression: str) -> str:
@@ -134,10 +178,26 @@ def schedule_problems(campaign: Campaign) -> Problems:
     return {}
 
 
+def campaign_allocation_problems(campaign: Campaign, *, variant_count: int | None) -> Problems:
+    return allocation_problems(
+        allocation=campaign.allocation,
+        schedule_kind=campaign.schedule_kind,
+        holdout_percent=campaign.holdout_percent,
+        floor_percent=campaign.bandit_floor_percent,
+        interval_minutes=campaign.bandit_interval_minutes,
+        margin_percent=campaign.margin_percent,
+        variant_count=variant_count,
+    )
+
+
 def configuration_problems(campaign: Campaign) -> Problems:
     """What the admin form refuses on the campaign row itself (variants are an inline of their own)."""
     problems = share_problems(campaign.holdout_percent, campaign.pilot_percent)
     problems.update(schedule_problems(campaign))
+    # Variants are an inline saved after this row: a new campaign's count is not known yet (the
+    # launch checks it).
+    count = campaign.variants.count() if campaign.pk else None
+    problems.update(campaign_allocation_problems(campaign, variant_count=count))
     if campaign.segment_id is not None and (problem := segment_problem(campaign.segment_id)):
         problems["segment"] = problem
     if campaign.channel and (problem := channel_problem(campaign.channel, must_be_ready=False)):
@@ -157,4 +217,5 @@ def launch_problems(campaign: Campaign) -> Problems:
         problems["channel"] = problem
     variants = [(v.name, v.weight) for v in campaign.variants.all()]
     problems.update(variant_problems(variants))
+    problems.update(campaign_allocation_problems(campaign, variant_count=len(variants)))
     return problems

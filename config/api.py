@@ -1,5 +1,5 @@
-"""API plumbing shared by every app: ids from bodies and paths, pagination, the error bodies of
-the schema, the health check and the schema's auth scheme."""
+"""API plumbing shared by every app: who is asking, ids from bodies and paths, pagination, the
+error bodies of the schema, the health check and the schema's auth scheme."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ MIN_ID, MAX_ID = 1, 2**63 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")
 # Query parameters that are counts (page, sample, days...) stay far below this.
 MAX_QUERY_INT = 2**31 - 1
+
+# --- the actor -------------------------------------------------------------------------------
+
+
+def request_actor(request: Any) -> dict[str, Any]:
+    """Who made an authenticated request, as services record it: `created_by` the staff user of a
+    session, `api_key` the key of a machine client; exactly one of them is set."""
+    # A key's request carries it on its user (`access.authentication.ApiKeyUser`): read there, so
+    # that this platform module needs nothing of `access`, which builds on it.
+    api_key = getattr(request.user, "api_key", None)
+    if api_key is not None:
+        return {"created_by": None, "api_key": api_key}
+    return {"created_by": request.user, "api_key": None}
+
 
 # --- ids ---------------------------------------------------------------------------------------
 

@@ -123,9 +123,7 @@ class CouponRuleAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">report</a>', reverse("admin:coupons_couponrule_report", args=[rule.pk]))
 
     def save_model(self, request: HttpRequest, obj: CouponRule, form, change: bool) -> None:
-        saved = services.save_rule_from_admin(
-            rule=obj, changed=list(form.changed_data) if change else [], actor=request.user
-        )
+        saved = services.save_rule(rule=obj, changed=list(form.changed_data) if change else [], actor=request.user)
         obj.pk = saved.pk
 
     def _change_state(self, request: HttpRequest, queryset: QuerySet, state: str) -> None:
@@ -433,14 +431,8 @@ class IssuanceJobAdmin(admin.ModelAdmin):
     @admin.action(description="Resume selected pending or running jobs now", permissions=["change"])
     def resume(self, request, queryset):
         """What the beat's resume does every 15 minutes; a failed job needs a retry instead."""
-        from access.services import record_audit
-        from coupons.tasks import run_issuance_job
-
-        jobs = list(queryset.filter(status__in=[IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]))
-        for job in jobs:
-            record_audit(actor=request.user, action="issuance_job.resumed", obj=job)
-            run_issuance_job.delay(job.pk)
-        self.message_user(request, f"{len(jobs)} job(s) queued again.")
+        queued = [job.pk for job in queryset if services.resume_issuance_job(job_id=job.pk, actor=request.user)]
+        self.message_user(request, f"{len(queued)} job(s) queued again.")
 
     @admin.action(description="Retry selected failed jobs (they go on where they stopped)", permissions=["change"])
     def retry(self, request, queryset):
@@ -494,12 +486,8 @@ class CodeBatchAdmin(admin.ModelAdmin):
         if not request.user.has_perm("coupons.view_codebatch"):
             raise PermissionDenied
         batch = get_object_or_404(CodeBatch, pk=batch_id, status=CodeBatch.Status.DONE)
-        from access.services import record_audit
-
-        record_audit(actor=request.user, action="code_batch.exported", obj=batch, details={"codes": batch.generated})
         response = StreamingHttpResponse(
-            services.write_batch_csv(batch=batch, rows=selectors.batch_code_rows(batch=batch)),
-            content_type="text/csv; charset=utf-8",
+            services.export_code_batch(batch=batch, actor=request.user), content_type="text/csv; charset=utf-8"
         )
         response["Content-Disposition"] = f'attachment; filename="codes-{batch.pk}-{batch.partner or "partner"}.csv"'
         return response

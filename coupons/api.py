@@ -8,14 +8,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import JsonParser, id_from_path, object_or_404
+from config.api import id_from_path, object_or_404, request_actor
+from config.views import JsonView
 from coupons import errors, selectors, services
 from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
@@ -57,18 +55,6 @@ def path_id(name: str) -> OpenApiParameter:
     return OpenApiParameter(name, int, OpenApiParameter.PATH, description="Integer id.")
 
 
-def _actor(request: Request) -> dict:
-    if isinstance(request.auth, ApiKey):
-        return {"created_by": None, "api_key": request.auth}
-    return {"created_by": request.user, "api_key": None}
-
-
-class _JsonView(APIView):
-    # JSON in and out: no browsable-API renderer to negotiate on the hot endpoints.
-    parser_classes = [JsonParser]
-    renderer_classes = [JSONRenderer]
-
-
 def _rule(rule_id: str | int) -> CouponRule:
     return object_or_404(CouponRule.objects.all(), rule_id, errors.RuleNotFound, "coupon rule")
 
@@ -76,7 +62,7 @@ def _rule(rule_id: str | int) -> CouponRule:
 # --- coupons:redeem ----------------------------------------------------------------------------
 
 
-class ClaimView(_JsonView):
+class ClaimView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -105,7 +91,7 @@ class ClaimView(_JsonView):
         return Response(CouponOutput(coupon).data, status=code)
 
 
-class ValidateView(_JsonView):
+class ValidateView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -132,7 +118,7 @@ class ValidateView(_JsonView):
         return Response(CouponValidateOutput(body).data)
 
 
-class RedeemView(_JsonView):
+class RedeemView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -156,7 +142,7 @@ class RedeemView(_JsonView):
         return Response(CouponRedemptionOutput(redemption).data)
 
 
-class RollbackView(_JsonView):
+class RollbackView(JsonView):
     permission_classes = [HasScope("coupons:redeem")]
 
     @extend_schema(
@@ -215,7 +201,7 @@ class ProfileCouponsView(ListAPIView):
 # --- manage ------------------------------------------------------------------------------------
 
 
-class RuleListView(ListAPIView, _JsonView):
+class RuleListView(ListAPIView, JsonView):
     permission_classes = [HasScope("manage")]
     serializer_class = CouponRuleOutput
     filter_backends: list = []
@@ -244,11 +230,11 @@ class RuleListView(ListAPIView, _JsonView):
     def post(self, request: Request) -> Response:
         data = CouponRuleInput(data=request.data)
         data.is_valid(raise_exception=True)
-        rule = services.create_rule(**data.validated_data, **_actor(request))
+        rule = services.create_rule(**data.validated_data, **request_actor(request))
         return Response(CouponRuleOutput(rule).data, status=status.HTTP_201_CREATED)
 
 
-class RuleDetailView(_JsonView):
+class RuleDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -260,7 +246,7 @@ class RuleDetailView(_JsonView):
         return Response(CouponRuleOutput(_rule(rule_id)).data)
 
 
-class RuleStateView(_JsonView):
+class RuleStateView(JsonView):
     permission_classes = [HasScope("manage")]
     target_state: str = ""
 
@@ -270,14 +256,14 @@ class RuleStateView(_JsonView):
         responses={200: CouponRuleOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("rule"), 409: CONFLICT},
     )
     def post(self, request: Request, rule_id: str) -> Response:
-        actor = _actor(request)
+        actor = request_actor(request)
         rule = services.change_rule_state(
             rule=_rule(rule_id), state=self.target_state, actor=actor["created_by"], api_key=actor["api_key"]
         )
         return Response(CouponRuleOutput(rule).data)
 
 
-class RuleReportView(_JsonView):
+class RuleReportView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -290,7 +276,7 @@ class RuleReportView(_JsonView):
         return Response(CouponReportOutput(selectors.rule_report(rule=_rule(rule_id)).as_dict()).data)
 
 
-class SourceReportView(_JsonView):
+class SourceReportView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -313,7 +299,7 @@ class SourceReportView(_JsonView):
         return Response(CouponReportOutput(selectors.campaign_report(source_ref_prefix=prefix).as_dict()).data)
 
 
-class IssuanceJobCreateView(_JsonView):
+class IssuanceJobCreateView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -339,12 +325,12 @@ class IssuanceJobCreateView(_JsonView):
             user_ids=data.validated_data.get("user_ids"),
             segment_id=data.validated_data.get("segment"),
             source_ref=data.validated_data.get("source_ref", ""),
-            **_actor(request),
+            **request_actor(request),
         )
         return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
-class IssuanceJobDetailView(_JsonView):
+class IssuanceJobDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -357,7 +343,7 @@ class IssuanceJobDetailView(_JsonView):
         return Response(IssuanceJobOutput(job).data)
 
 
-class IssuanceJobRetryView(_JsonView):
+class IssuanceJobRetryView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -368,7 +354,7 @@ class IssuanceJobRetryView(_JsonView):
         summary="Queue a failed job again; it goes on where it stopped (409 NOT_FAILED unless failed).",
     )
     def post(self, request: Request, job_id: str) -> Response:
-        actor = _actor(request)
+        actor = request_actor(request)
         job = services.retry_issuance_job(
             job_id=id_from_path(job_id, errors.JobNotFound, "issuance job"),
             actor=actor["created_by"],
@@ -377,7 +363,7 @@ class IssuanceJobRetryView(_JsonView):
         return Response(IssuanceJobOutput(job).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CodeBatchCreateView(_JsonView):
+class CodeBatchCreateView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -391,11 +377,11 @@ class CodeBatchCreateView(_JsonView):
         rule = _rule(rule_id)
         data = CodeBatchInput(data=request.data)
         data.is_valid(raise_exception=True)
-        batch = services.create_code_batch(rule=rule, **_actor(request), **data.validated_data)
+        batch = services.create_code_batch(rule=rule, **request_actor(request), **data.validated_data)
         return Response(CodeBatchOutput(batch).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CodeBatchDetailView(_JsonView):
+class CodeBatchDetailView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -408,7 +394,7 @@ class CodeBatchDetailView(_JsonView):
         return Response(CodeBatchOutput(batch).data)
 
 
-class CodeBatchRetryView(_JsonView):
+class CodeBatchRetryView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(
@@ -419,7 +405,7 @@ class CodeBatchRetryView(_JsonView):
         summary="Generate a failed batch again, from the start (409 NOT_FAILED unless failed).",
     )
     def post(self, request: Request, batch_id: str) -> Response:
-        actor = _actor(request)
+        actor = request_actor(request)
         batch = services.retry_code_batch(
             batch_id=id_from_path(batch_id, errors.BatchNotFound, "code batch"),
             actor=actor["created_by"],
@@ -431,7 +417,7 @@ class CodeBatchRetryView(_JsonView):
 # --- channel quality (manage) ----------------------------------------------------------------------
 
 
-class ChannelQualityView(_JsonView):
+class ChannelQualityView(JsonView):
     permission_classes = [HasScope("manage")]
 
     @extend_schema(

@@ -15,7 +15,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connection, models
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -147,7 +147,7 @@ class CouponRule(models.Model):
                 value is not None
                 and "value" not in errors
                 and "max_discount" not in errors
-                and self.budget < self.reserve_per_coupon
+                and self.budget < self.reserve_per_coupon()
             ):
                 errors["budget"] = "Smaller than what one coupon may cost: no coupon could ever be issued."
             if self.pk and "budget" not in errors and self.budget < self.committed + self.spent:
@@ -155,12 +155,13 @@ class CouponRule(models.Model):
         if errors:
             raise ValidationError(errors)
 
-    @property
     def reserve_per_coupon(self) -> Decimal:
-        """The most one coupon of this rule can cost: what issuing it commits."""
-        if self.kind == RuleKind.PERCENT:
-            return self.max_discount or ZERO
-        return self.value
+        """The most one coupon of this rule can cost: what issuing it commits. The rule is the
+        database's `coupons_reserve_per_coupon` (migration 0005), which every reserve applies;
+        asked here for these field values (saved or not) rather than restated."""
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT coupons_reserve_per_coupon(%s, %s, %s)", [self.kind, self.value, self.max_discount])
+            return cursor.fetchone()[0]
 
     @property
     def remaining(self) -> Decimal | None:

@@ -12,10 +12,10 @@ import csv
 import io
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -28,7 +28,7 @@ from django.utils import timezone
 from access.services import record_audit
 from config.celery import publish
 from config.failures import log_failure
-from coupons import codes, errors
+from coupons import codes, errors, selectors
 from coupons.audiences import segment_resolver
 from coupons.models import (
     ZERO,
@@ -93,7 +93,7 @@ def create_rule(*, created_by: AbstractBaseUser | None = None, api_key: Any = No
     record_audit(
         actor=created_by,
         api_key=api_key,
-        action="coupon_rule.created",
+        action="coupons.coupon_rule_created",
         obj=rule,
         details={"kind": rule.kind, "value": str(rule.value), "budget": str(rule.budget), "state": rule.state},
     )
@@ -104,6 +104,12 @@ _TRANSITIONS = {
     RuleState.ACTIVE: {RuleState.DRAFT, RuleState.PAUSED},
     RuleState.PAUSED: {RuleState.ACTIVE},
     RuleState.ENDED: {RuleState.DRAFT, RuleState.ACTIVE, RuleState.PAUSED},
+}
+# The audit action of each state a rule can be moved to.
+_STATE_ACTIONS = {
+    RuleState.ACTIVE: "coupons.coupon_rule_activated",
+    RuleState.PAUSED: "coupons.coupon_rule_paused",
+    RuleState.ENDED: "coupons.coupon_rule_ended",
 }
 
 
@@ -127,7 +133,7 @@ def change_rule_state(
     record_audit(
         actor=actor,
         api_key=api_key,
-        action=f"coupon_rule.{state}",
+        action=_STATE_ACTIONS[state],
         obj=locked,
         details={"from": previous, "to": state, "released": str(released)},
     )
@@ -146,7 +152,7 @@ def update_rule_budget(
     locked.save(update_fields=["budget", "updated_at"])
     record_audit(
         actor=actor,
-        action="coupon_rule.budget_changed",
+        action="coupons.coupon_rule_budget_changed",
         obj=locked,
         details={"from": str(previous), "to": str(budget)},
     )
@@ -282,25 +288,33 @@ def _iso(value: datetime | None) -> str | None:
 
 # --- issue and claim ---------------------------------------------------------------------------
 
-# One statement takes a coupon's worth of quantity and budget, or nothing: the row lock of the
-# UPDATE serialises claimers, and the WHERE re-checks the limits against the committed values.
-_RESERVE_SQL = """
-UPDATE coupons_couponrule
-   SET issued_count = issued_count + %(n)s,
-       committed = committed + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END)
- WHERE id = %(rule_id)s
-   AND state = 'active'
-   AND (valid_from IS NULL OR valid_from <= %(now)s)
-   AND (valid_until IS NULL OR valid_until > %(now)s)
-   AND (total_quantity IS NULL OR issued_count + %(n)s <= total_quantity)
-   AND (budget IS NULL OR committed + spent
-        + %(n)s * (CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END) <= budget)
-RETURNING CASE WHEN kind = 'percent' THEN COALESCE(max_discount, 0) ELSE value END,
-          valid_from, valid_until, valid_days
+# The reserve is the database's `coupons_reserve` (migration 0005), the one statement of the rule:
+# n coupons' worth of quantity and budget, or nothing. Its row lock serialises claimers; it also
+# answers what one coupon reserved and the validity of the coupons it covers.
+_RESERVE_SQL = "SELECT reserved, starts_at, expires_at FROM coupons_reserve(%(rule_id)s, %(n)s, %(now)s)"
+# Whether rules could issue n more coupons now, judged by the reserve's own condition (a campaign's
+# bandit gives no newcomers to a variant whose offer cannot pay for their coupon).
+_ABLE_TO_ISSUE_SQL = """
+SELECT r.id FROM coupons_couponrule r
+WHERE r.id = ANY(%(rule_ids)s)
+  AND coupons_can_issue(r.state, r.valid_from, r.valid_until, r.total_quantity, r.issued_count, r.budget,
+                        r.committed, r.spent, r.kind, r.value, r.max_discount, %(n)s, %(now)s)
 """
 
 
-def _reserve(*, rule_id: int, n: int, now: datetime) -> tuple[Decimal, datetime | None, datetime | None, int | None]:
+def rules_able_to_issue(*, rule_ids: Iterable[int], now: datetime, n: int = 1) -> set[int]:
+    """Which of these rules could issue `n` more coupons now (as the reservation would judge)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ABLE_TO_ISSUE_SQL, {"rule_ids": list(rule_ids), "now": now, "n": n})
+        return {row[0] for row in cursor.fetchall()}
+
+
+def existing_rule_ids(*, rule_ids: Iterable[int]) -> list[int]:
+    return list(CouponRule.objects.filter(pk__in=list(rule_ids)).values_list("pk", flat=True))
+
+
+def _reserve(*, rule_id: int, n: int, now: datetime) -> tuple[Decimal, datetime, datetime | None]:
+    """Reserve n coupons of the rule: (what each reserves, when they start, when they expire)."""
     with connection.cursor() as cursor:
         cursor.execute(_RESERVE_SQL, {"rule_id": rule_id, "n": n, "now": now})
         row = cursor.fetchone()
@@ -322,14 +336,6 @@ def _why_not_reserved(*, rule_id: int, n: int, now: datetime) -> errors.CouponEr
             "All coupons of this offer have been issued.", total_quantity=rule.total_quantity
         )
     return errors.BudgetExhausted("The offer's budget cannot cover another coupon.", remaining=str(rule.remaining))
-
-
-def _validity(
-    *, now: datetime, valid_from: datetime | None, valid_until: datetime | None, valid_days: int | None
-) -> tuple[datetime, datetime | None]:
-    starts_at = max(now, valid_from) if valid_from else now
-    ends = [d for d in (valid_until, starts_at + timedelta(days=valid_days) if valid_days else None) if d]
-    return starts_at, min(ends) if ends else None
 
 
 def issue_coupon(
@@ -391,8 +397,8 @@ def claim_coupon(*, rule_id: int, user_id: str, request_id: str | None = None) -
     return issue_coupon(rule=rule, profile=profile, request_id=request_id, source="api")
 
 
-# A claim is one call of `coupons_claim` (migration 0003): the checks that take no lock (a
-# replayed request_id, the person's holding), the reserve (the conditional UPDATE above), the
+# A claim is one call of `coupons_claim` (migrations 0003, 0005): the checks that take no lock (a
+# replayed request_id, the person's holding), the reserve (`coupons_reserve`, as above), the
 # holding and the coupon, in one statement. Outside a transaction it commits at once, so the hot
 # rule row stays locked from the reserve to the commit inside PostgreSQL only, never while a
 # Python process waits for a core; that is what keeps many concurrent claims of one rule fast.
@@ -699,7 +705,7 @@ def rollback_order(*, order_id: str, actor: AbstractBaseUser | None = None) -> l
         if actor is not None:
             record_audit(
                 actor=actor,
-                action="redemption.rolled_back",
+                action="coupons.redemption_rolled_back",
                 obj=redemption,
                 details={"order_id": order_id, "discount": str(redemption.discount), "coupon_returned": returned},
             )
@@ -777,7 +783,7 @@ def create_code_batch(
     record_audit(
         actor=created_by,
         api_key=api_key,
-        action="code_batch.created",
+        action="coupons.code_batch_created",
         obj=batch,
         details={"rule": rule.pk, "quantity": quantity},
     )
@@ -819,12 +825,11 @@ def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
     now = timezone.now()
     try:
         with transaction.atomic():
-            reserve, valid_from, valid_until, valid_days = _reserve(rule_id=batch.rule_id, n=batch.quantity, now=now)
+            reserve, starts_at, expires_at = _reserve(rule_id=batch.rule_id, n=batch.quantity, now=now)
     except errors.CouponError as refusal:
         batch.status, batch.error, batch.finished_at = CodeBatch.Status.FAILED, refusal.detail, now
         batch.save(update_fields=["status", "error", "finished_at"])
         return batch
-    starts_at, expires_at = _validity(now=now, valid_from=valid_from, valid_until=valid_until, valid_days=valid_days)
     inserted = 0
     with connection.cursor() as cursor:
         cursor.execute("CREATE TEMP TABLE IF NOT EXISTS coupon_new_codes (code varchar(32)) ON COMMIT DROP")
@@ -850,7 +855,14 @@ def _generate_batch_codes(*, batch_id: int) -> CodeBatch:
     return batch
 
 
-def write_batch_csv(*, batch: CodeBatch, rows: Iterable[tuple]) -> Iterable[str]:
+@transaction.atomic
+def export_code_batch(*, batch: CodeBatch, actor: AbstractBaseUser | None = None) -> Iterable[str]:
+    """The CSV of a finished batch for its partner, its export audited (bearer codes are money)."""
+    record_audit(actor=actor, action="coupons.code_batch_exported", obj=batch, details={"codes": batch.generated})
+    return batch_csv_lines(rows=selectors.batch_code_rows(batch=batch))
+
+
+def batch_csv_lines(*, rows: Iterable[tuple]) -> Iterable[str]:
     """CSV lines for a partner: code (as printed), starts_at, expires_at."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -894,7 +906,7 @@ def create_issuance_job(
     record_audit(
         actor=created_by,
         api_key=api_key,
-        action="issuance_job.created",
+        action="coupons.issuance_job_created",
         obj=job,
         details={"rule": rule.pk, "users": len(job.user_ids), "segment": segment_id},
     )
@@ -1032,6 +1044,22 @@ def run_issuance_job(*, job: IssuanceJob, batch_size: int = 200, max_batches: in
 
 
 @transaction.atomic
+def resume_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None) -> bool:
+    """Queue a pending or running job now, as the beat's resume would; False (and nothing
+    audited) for a job that is neither: a failed one needs a retry, a finished one nothing."""
+    job = IssuanceJob.objects.filter(
+        pk=job_id, status__in=[IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]
+    ).first()
+    if job is None:
+        return False
+    record_audit(actor=actor, action="coupons.issuance_job_resumed", obj=job)
+    from coupons.tasks import run_issuance_job as task
+
+    transaction.on_commit(lambda: publish(f"issuance job {job.pk}", task, args=[job.pk]))
+    return True
+
+
+@transaction.atomic
 def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> IssuanceJob:
     """Queue a failed job again. It goes on where it stopped: targets already handled keep their
     coupon or refusal, and each claim still passes the budget. Only a failed job is retried (the
@@ -1048,7 +1076,11 @@ def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, ap
     job.finished_at = None
     job.save(update_fields=["status", "error", "finished_at"])
     record_audit(
-        actor=actor, api_key=api_key, action="issuance_job.retried", obj=job, details={"previous_error": previous}
+        actor=actor,
+        api_key=api_key,
+        action="coupons.issuance_job_retried",
+        obj=job,
+        details={"previous_error": previous},
     )
     from coupons.tasks import run_issuance_job as task
 
@@ -1068,7 +1100,11 @@ def retry_code_batch(*, batch_id: int, actor: AbstractBaseUser | None = None, ap
     batch.status, batch.error, batch.finished_at = CodeBatch.Status.PENDING, "", None
     batch.save(update_fields=["status", "error", "finished_at"])
     record_audit(
-        actor=actor, api_key=api_key, action="code_batch.retried", obj=batch, details={"previous_error": previous}
+        actor=actor,
+        api_key=api_key,
+        action="coupons.code_batch_retried",
+        obj=batch,
+        details={"previous_error": previous},
     )
     from coupons.tasks import generate_code_batch
 
@@ -1100,18 +1136,19 @@ def revoke_coupons(*, coupon_ids: list[int], actor: AbstractBaseUser | None = No
         )
         revoked = cursor.fetchone()[0] or []
     for coupon in Coupon.objects.filter(pk__in=revoked):
-        record_audit(actor=actor, action="coupon.revoked", obj=coupon, details={"rule": coupon.rule_id})
+        record_audit(actor=actor, action="coupons.coupon_revoked", obj=coupon, details={"rule": coupon.rule_id})
     return len(revoked)
 
 
 @transaction.atomic
-def save_rule_from_admin(*, rule: CouponRule, changed: list[str], actor: AbstractBaseUser | None) -> CouponRule:
-    """Create or edit a rule from the admin form. Only the edited columns are written, so the
-    counters that claims move concurrently are never overwritten with the form's stale copy."""
+def save_rule(*, rule: CouponRule, changed: Sequence[str], actor: AbstractBaseUser | None = None) -> CouponRule:
+    """Create a rule, or write the `changed` fields of an existing one. Only those columns are
+    written, so the counters that claims move concurrently are never overwritten with the stale
+    copy an edit form holds."""
     if rule.pk is None:
         rule.created_by = actor if getattr(actor, "is_authenticated", False) else None
         rule.save()
-        record_audit(actor=actor, action="coupon_rule.created", obj=rule, details={"via": "admin"})
+        record_audit(actor=actor, action="coupons.coupon_rule_created", obj=rule, details={"via": "admin"})
         return rule
     locked = CouponRule.objects.select_for_update().get(pk=rule.pk)
     before = {name: str(getattr(locked, name)) for name in changed}
@@ -1122,7 +1159,7 @@ def save_rule_from_admin(*, rule: CouponRule, changed: list[str], actor: Abstrac
         locked.save(update_fields=[*changed, "updated_at"])
         record_audit(
             actor=actor,
-            action="coupon_rule.changed",
+            action="coupons.coupon_rule_changed",
             obj=locked,
             details={name: {"from": before[name], "to": str(getattr(locked, name))} for name in changed},
         )

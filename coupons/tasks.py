@@ -1,4 +1,8 @@
-"""Celery entry points of the coupons app: thin, idempotent wrappers over `coupons.services`."""
+"""Celery entry points of the coupons app: thin, idempotent wrappers over `coupons.services`.
+
+Task names are `coupons.tasks.<function>`, as in every app. They used to be `coupons.<function>`:
+those names stay registered as aliases at the end of this module, so a message queued under an
+old name (by a process not yet upgraded, or before the upgrade) still runs."""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ from coupons import selectors, services
 from coupons.models import CodeBatch, IssuanceJob
 
 
-@shared_task(name="coupons.expire_coupons")
+@shared_task(name="coupons.tasks.expire_coupons")
 def expire_coupons() -> int:
     """Beat, every few minutes: expire coupons past their end and release their money."""
     return services.expire_due_coupons()
 
 
-@shared_task(name="coupons.run_issuance_job", acks_late=True)
+@shared_task(name="coupons.tasks.run_issuance_job", acks_late=True)
 def run_issuance_job(job_id: int, batch_size: int = 200) -> dict:
     job = IssuanceJob.objects.filter(pk=job_id).first()
     if job is None:
@@ -23,7 +27,7 @@ def run_issuance_job(job_id: int, batch_size: int = 200) -> dict:
     return {"job": job.pk, "status": job.status, "issued": job.issued, "refused": job.refused}
 
 
-@shared_task(name="coupons.resume_issuance_jobs")
+@shared_task(name="coupons.tasks.resume_issuance_jobs")
 def resume_issuance_jobs() -> list[int]:
     """Beat: pick up jobs a crashed worker left unfinished (the targets say where they stopped).
     A failed job is not among them: it waits for an operator's retry."""
@@ -33,10 +37,33 @@ def resume_issuance_jobs() -> list[int]:
     return ids
 
 
-@shared_task(name="coupons.generate_code_batch", acks_late=True)
+@shared_task(name="coupons.tasks.generate_code_batch", acks_late=True)
 def generate_code_batch(batch_id: int) -> dict:
     batch = CodeBatch.objects.filter(pk=batch_id).first()
     if batch is None:
         return {"batch": batch_id, "status": "missing"}
     batch = services.generate_batch_codes(batch=batch)
     return {"batch": batch.pk, "status": batch.status, "generated": batch.generated}
+
+
+# --- the former names, kept for messages already queued under them ------------------------------
+
+
+@shared_task(name="coupons.expire_coupons")
+def expire_coupons_old_name() -> int:
+    return expire_coupons()
+
+
+@shared_task(name="coupons.run_issuance_job", acks_late=True)
+def run_issuance_job_old_name(job_id: int, batch_size: int = 200) -> dict:
+    return run_issuance_job(job_id, batch_size)
+
+
+@shared_task(name="coupons.resume_issuance_jobs")
+def resume_issuance_jobs_old_name() -> list[int]:
+    return resume_issuance_jobs()
+
+
+@shared_task(name="coupons.generate_code_batch", acks_late=True)
+def generate_code_batch_old_name(batch_id: int) -> dict:
+    return generate_code_batch(batch_id)

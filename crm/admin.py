@@ -17,7 +17,6 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from access.readonly import ReadOnlyAdmin
-from access.services import record_audit
 from config.errors import DomainError
 from crm import selectors, services
 from crm.models import (
@@ -30,11 +29,6 @@ from crm.models import (
     ValueChange,
     ValueTier,
 )
-
-
-def _audit_change(request: HttpRequest, obj, action: str, form=None) -> None:
-    details = {"changed": form.changed_data} if form is not None else {}
-    record_audit(actor=request.user, action=action, obj=obj, details=details)
 
 
 @admin.register(ScoringScheme)
@@ -69,24 +63,21 @@ class ScoringSchemeAdmin(admin.ModelAdmin):
     ]
 
     def save_model(self, request, obj, form, change):
-        if obj.is_active:  # one active scheme: activating this one retires the other
-            ScoringScheme.objects.filter(is_active=True).exclude(pk=obj.pk).update(is_active=False)
-        super().save_model(request, obj, form, change)
-        _audit_change(request, obj, "crm.scheme_changed" if change else "crm.scheme_created", form)
+        services.save_scoring_scheme(scheme=obj, changed=form.changed_data, actor=request.user)
 
     def delete_model(self, request, obj):
-        _audit_change(request, obj, "crm.scheme_deleted")
-        super().delete_model(request, obj)
+        services.delete_scoring_scheme(scheme=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for scheme in queryset:
+            services.delete_scoring_scheme(scheme=scheme, actor=request.user)
 
     @admin.action(description="Make the selected scheme the active one", permissions=["change"])
     def make_active(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one scheme.", messages.ERROR)
             return
-        scheme = queryset.get()
-        ScoringScheme.objects.exclude(pk=scheme.pk).update(is_active=False)
-        ScoringScheme.objects.filter(pk=scheme.pk).update(is_active=True)
-        record_audit(actor=request.user, action="crm.scheme_activated", obj=scheme)
+        scheme = services.activate_scoring_scheme(scheme_id=queryset.get().pk, actor=request.user)
         self.message_user(request, f"{scheme.name} is now active; it applies from the next recompute.")
 
     @admin.action(description="Recompute every profile's value now", permissions=["recompute"])
@@ -152,12 +143,14 @@ class ValueTierAdmin(TierCountsMixin, admin.ModelAdmin):
         return format_html('<a href="{}">{}</a>', url, obj.customers)
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        _audit_change(request, obj, "crm.tier_changed" if change else "crm.tier_created", form)
+        services.save_value_tier(tier=obj, changed=form.changed_data, actor=request.user)
 
     def delete_model(self, request, obj):
-        _audit_change(request, obj, "crm.tier_deleted")
-        super().delete_model(request, obj)
+        services.delete_value_tier(tier=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for tier in queryset:
+            services.delete_value_tier(tier=tier, actor=request.user)
 
 
 @admin.register(AccountManager)
@@ -178,8 +171,7 @@ class AccountManagerAdmin(admin.ModelAdmin):
         return format_html('<a href="{}">{} / {}</a>', url, obj.n_customers, obj.capacity)
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        _audit_change(request, obj, "crm.account_manager_changed" if change else "crm.account_manager_added", form)
+        services.save_account_manager(manager=obj, changed=form.changed_data, actor=request.user)
 
 
 class ReassignForm(forms.Form):

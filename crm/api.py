@@ -5,14 +5,12 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import JsonParser, id_from_path
+from config.api import id_from_path, object_or_404, request_actor
+from config.views import JsonView
 from crm import services
 from crm.errors import RunNotFound
 from crm.models import RecomputeRun
@@ -23,30 +21,22 @@ NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown run (`reas
 CONFLICT = OpenApiResponse(OpenApiTypes.OBJECT, description="The run has not failed (`reason` NOT_FAILED).")
 
 
-class _JsonView(APIView):
-    parser_classes = [JsonParser]
-    renderer_classes = [JSONRenderer]
+class _ManageView(JsonView):
     permission_classes = [HasScope("manage")]
 
 
-class RecomputeRunDetailView(_JsonView):
+class RecomputeRunDetailView(_ManageView):
     @extend_schema(
         parameters=[RUN_ID],
         operation_id="value_recompute_run_detail",
         responses={200: RecomputeRunOutput, 404: NOT_FOUND},
     )
     def get(self, request: Request, run_id: str) -> Response:
-        run = (
-            RecomputeRun.objects.select_related("scheme")
-            .filter(pk=id_from_path(run_id, RunNotFound, "recompute run"))
-            .first()
-        )
-        if run is None:
-            raise RunNotFound(f"No recompute run {run_id}.")
+        run = object_or_404(RecomputeRun.objects.select_related("scheme"), run_id, RunNotFound, "recompute run")
         return Response(RecomputeRunOutput(run).data)
 
 
-class RecomputeRunRetryView(_JsonView):
+class RecomputeRunRetryView(_ManageView):
     @extend_schema(
         parameters=[RUN_ID],
         operation_id="value_recompute_run_retry",
@@ -55,8 +45,8 @@ class RecomputeRunRetryView(_JsonView):
         summary="Queue a failed value recompute again (409 NOT_FAILED unless it failed).",
     )
     def post(self, request: Request, run_id: str) -> Response:
-        key = request.auth if isinstance(request.auth, ApiKey) else None
+        who = request_actor(request)
         run = services.retry_recompute(
-            run_id=id_from_path(run_id, RunNotFound, "recompute run"), actor=None if key else request.user, api_key=key
+            run_id=id_from_path(run_id, RunNotFound, "recompute run"), actor=who["created_by"], api_key=who["api_key"]
         )
         return Response(RecomputeRunOutput(run).data, status=status.HTTP_202_ACCEPTED)

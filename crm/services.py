@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -415,6 +415,83 @@ def active_scheme() -> ScoringScheme:
     if scheme.method == ScoringMethod.THRESHOLDS:
         scheme.full_clean(exclude=["name"])
     return scheme
+
+
+# --- what operators edit: schemes, tiers, account managers --------------------------------------
+
+
+@transaction.atomic
+def save_scoring_scheme(
+    *, scheme: ScoringScheme, changed: Sequence[str] = (), actor: AbstractBaseUser | None = None
+) -> ScoringScheme:
+    """Create or change a scoring scheme; saved active, it retires the active one (one active
+    scheme, which the next recompute applies)."""
+    created = scheme._state.adding
+    if scheme.is_active:
+        ScoringScheme.objects.filter(is_active=True).exclude(pk=scheme.pk).update(is_active=False)
+    scheme.save()
+    record_audit(
+        actor=actor,
+        action="crm.scheme_created" if created else "crm.scheme_changed",
+        obj=scheme,
+        details={"changed": list(changed)},
+    )
+    return scheme
+
+
+@transaction.atomic
+def activate_scoring_scheme(*, scheme_id: int, actor: AbstractBaseUser | None = None) -> ScoringScheme:
+    """Make this scheme the active one (from the next recompute); the others retire."""
+    scheme = ScoringScheme.objects.select_for_update().get(pk=scheme_id)
+    ScoringScheme.objects.exclude(pk=scheme.pk).update(is_active=False)
+    ScoringScheme.objects.filter(pk=scheme.pk).update(is_active=True)
+    scheme.is_active = True
+    record_audit(actor=actor, action="crm.scheme_activated", obj=scheme)
+    return scheme
+
+
+@transaction.atomic
+def delete_scoring_scheme(*, scheme: ScoringScheme, actor: AbstractBaseUser | None = None) -> None:
+    record_audit(actor=actor, action="crm.scheme_deleted", obj=scheme, details={"name": scheme.name})
+    scheme.delete()
+
+
+@transaction.atomic
+def save_value_tier(
+    *, tier: ValueTier, changed: Sequence[str] = (), actor: AbstractBaseUser | None = None
+) -> ValueTier:
+    """Create or change a value tier; profiles move into it at the next recompute."""
+    created = tier._state.adding
+    tier.save()
+    record_audit(
+        actor=actor,
+        action="crm.tier_created" if created else "crm.tier_changed",
+        obj=tier,
+        details={"changed": list(changed)},
+    )
+    return tier
+
+
+@transaction.atomic
+def delete_value_tier(*, tier: ValueTier, actor: AbstractBaseUser | None = None) -> None:
+    record_audit(actor=actor, action="crm.tier_deleted", obj=tier, details={"name": tier.name})
+    tier.delete()
+
+
+@transaction.atomic
+def save_account_manager(
+    *, manager: AccountManager, changed: Sequence[str] = (), actor: AbstractBaseUser | None = None
+) -> AccountManager:
+    """Add or change an account manager (capacity, whether they take customers)."""
+    created = manager._state.adding
+    manager.save()
+    record_audit(
+        actor=actor,
+        action="crm.account_manager_added" if created else "crm.account_manager_changed",
+        obj=manager,
+        details={"changed": list(changed)},
+    )
+    return manager
 
 
 @transaction.atomic

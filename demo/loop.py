@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import requests
-from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 from tqdm import tqdm
@@ -83,7 +82,7 @@ class DemoLoop:
             while True:
                 try:
                     # Expiring: pings nobody answered are dropped, not run by a worker started later.
-                    if app.send_task("opsloop.ping", expires=10).get(timeout=2) == "pong":
+                    if app.send_task("config.celery.ping", expires=10).get(timeout=2) == "pong":
                         return
                 except Exception as exc:  # no answer yet (Celery's TimeoutError, or the broker is down)
                     bar.set_postfix_str(exc.__class__.__name__)
@@ -358,16 +357,14 @@ class DemoLoop:
         )
 
     def campaign(self) -> dict[str, Any]:
-        from access.services import record_audit
         from campaigns import services, tasks
         from campaigns.models import AssignmentRole, Campaign, CampaignPhase, CampaignStatus, Channel, ChannelKind
         from campaigns.selectors import campaign_results, segment_size
 
-        with transaction.atomic():  # the push channel now points at the demo gateway, audited as in the admin
-            channel, _ = Channel.objects.update_or_create(
-                kind=ChannelKind.PUSH, defaults={"url": f"{self.gateway_url}/push", "enabled": True}
-            )
-            record_audit(action="campaigns.change_channel", obj=channel, details={"url": channel.url})
+        # The push channel now points at the demo gateway, audited as in the admin.
+        channel = Channel.objects.filter(kind=ChannelKind.PUSH).first() or Channel(kind=ChannelKind.PUSH)
+        channel.url, channel.enabled = f"{self.gateway_url}/push", True
+        services.save_channel(channel=channel, changed=["url", "enabled"])
         definition = {"all": [{"trait": "push_opt_in", "op": "eq", "value": True}, {"tier": CUSTOMER_TIERS}]}
         audience = segment_size(definition)
         segment = services.create_segment(

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import JsonParser, Pagination, id_from_path, object_or_404, query_int
+from config.api import JsonParser, Pagination, id_from_path, object_or_404, query_int, request_actor
 from indicators import analyses, selectors, services
 from indicators import registry as indicators
 from indicators import serializers as s
@@ -267,9 +267,8 @@ GOAL_ID = OpenApiParameter("goal_id", int, OpenApiParameter.PATH, description="I
 
 
 def _actor(request) -> dict:
-    if isinstance(request.auth, ApiKey):
-        return {"actor": None, "api_key": request.auth}
-    return {"actor": request.user, "api_key": None}
+    who = request_actor(request)
+    return {"actor": who["created_by"], "api_key": who["api_key"]}
 
 
 def _goal(goal_id: str | int) -> Goal:

@@ -231,7 +231,7 @@ def create_goal(
     record_audit(
         actor=actor,
         api_key=api_key,
-        action="goal.created",
+        action="indicators.goal_created",
         obj=goal,
         details={
             "indicator": goal.indicator,
@@ -273,7 +273,7 @@ def redecompose_goal(
     record_audit(
         actor=actor,
         api_key=api_key,
-        action="goal.redecomposed",
+        action="indicators.goal_redecomposed",
         obj=locked,
         details={"before": before, "after": {"target": str(locked.target), "profile": profile, "weights": typed}},
     )
@@ -285,7 +285,7 @@ def delete_goal(*, goal: Goal, actor: AbstractBaseUser | None = None, api_key: A
     record_audit(
         actor=actor,
         api_key=api_key,
-        action="goal.deleted",
+        action="indicators.goal_deleted",
         obj=goal,
         details={"indicator": goal.indicator, "period": goal.period_label, "target": str(goal.target)},
     )

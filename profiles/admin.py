@@ -18,7 +18,6 @@ from import_export import fields, resources, widgets
 from import_export.admin import ImportExportModelAdmin
 
 from access.readonly import ReadOnlyAdmin
-from access.services import record_audit
 from profiles import selectors, services
 from profiles.models import (
     Identity,
@@ -27,6 +26,7 @@ from profiles.models import (
     Profile,
     ProfileMerge,
     ProfileTag,
+    SegmentRejection,
     Tag,
     TagChange,
     TagRule,
@@ -264,15 +264,7 @@ class ProfileAdmin(admin.ModelAdmin):
         if not (name := self._tag_name(request)):
             return
         ids = list(queryset.filter(merged_into__isnull=True).values_list("id", flat=True))
-        with transaction.atomic():
-            gained = services.tag_profiles(tag_name=name, profile_ids=ids, source=TagSource.MANUAL)
-            tag = Tag.objects.get(name=name)
-            record_audit(
-                action="profiles.tag_added",
-                obj=tag,
-                actor=request.user,
-                details={"profiles": len(ids), "gained": gained},
-            )
+        gained = services.tag_profiles(tag_name=name, profile_ids=ids, source=TagSource.MANUAL, actor=request.user)
         self.message_user(request, f"{gained} profiles gained '{name}'.")
 
     @admin.action(description="Remove the tag from the selected profiles", permissions=["tag"])
@@ -280,12 +272,7 @@ class ProfileAdmin(admin.ModelAdmin):
         if not (name := self._tag_name(request)):
             return
         ids = list(queryset.values_list("id", flat=True))
-        with transaction.atomic():
-            lost = services.untag_profiles(tag_name=name, profile_ids=ids)
-            tag = Tag.objects.filter(name=name).first()
-            record_audit(
-                action="profiles.tag_removed", obj=tag, actor=request.user, details={"profiles": len(ids), "lost": lost}
-            )
+        lost = services.untag_profiles(tag_name=name, profile_ids=ids, actor=request.user)
         self.message_user(request, f"{lost} profiles lost '{name}'.")
 
 
@@ -355,17 +342,15 @@ class TagAdmin(admin.ModelAdmin):
         return super().change_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        record_audit(action="profiles.tag_saved", obj=obj, actor=request.user, details={"changed": form.changed_data})
+        services.save_tag(tag=obj, changed=form.changed_data, actor=request.user)
 
     def delete_model(self, request, obj):
-        record_audit(action="profiles.tag_deleted", obj=obj, actor=request.user, details={"name": obj.name})
-        super().delete_model(request, obj)
+        services.delete_tag(tag=obj, actor=request.user)
 
     def delete_queryset(self, request, queryset):
-        for tag in queryset:
-            record_audit(action="profiles.tag_deleted", obj=tag, actor=request.user, details={"name": tag.name})
-        super().delete_queryset(request, queryset)
+        with transaction.atomic():
+            for tag in queryset:
+                services.delete_tag(tag=tag, actor=request.user)
 
 
 class TagRuleForm(forms.ModelForm):
@@ -456,24 +441,21 @@ class TagRuleAdmin(admin.ModelAdmin):
             self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        record_audit(
-            action="profiles.tag_rule_saved", obj=obj, actor=request.user, details={"changed": form.changed_data}
-        )
+        services.save_tag_rule(rule=obj, changed=form.changed_data, actor=request.user)
 
     def delete_model(self, request, obj):
-        record_audit(action="profiles.tag_rule_deleted", obj=obj, actor=request.user, details={"name": obj.name})
-        super().delete_model(request, obj)
+        services.delete_tag_rule(rule=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for rule in queryset:
+                services.delete_tag_rule(rule=rule, actor=request.user)
 
     @admin.action(description="Recompute the selected rules now", permissions=["change"])
     def recompute_now(self, request, queryset):
-        from profiles.tasks import recompute_tag_rule
-
-        ids = list(queryset.values_list("id", flat=True))
-        with transaction.atomic():
-            for rule in queryset:
-                record_audit(action="profiles.tag_rule_recompute_requested", obj=rule, actor=request.user)
-            transaction.on_commit(lambda: [recompute_tag_rule.delay(i) for i in ids])
+        ids = services.request_tag_rule_recompute(
+            rule_ids=list(queryset.values_list("id", flat=True)), actor=request.user
+        )
         self.message_user(request, f"Queued {len(ids)} rule(s); refresh in a moment to see the result.")
 
 
@@ -543,13 +525,7 @@ class ProfileTagAdmin(ImportExportModelAdmin):
             by_tag.setdefault(tag_name, []).append(profile_id)
         with transaction.atomic():
             for tag_name, ids in by_tag.items():
-                lost = services.untag_profiles(tag_name=tag_name, profile_ids=ids)
-                record_audit(
-                    action="profiles.tag_removed",
-                    obj=Tag.objects.get(name=tag_name),
-                    actor=request.user,
-                    details={"lost": lost},
-                )
+                services.untag_profiles(tag_name=tag_name, profile_ids=ids, actor=request.user)
 
     def delete_model(self, request, obj):
         self.delete_queryset(request, ProfileTag.objects.filter(pk=obj.pk))
@@ -559,10 +535,8 @@ class ProfileTagAdmin(ImportExportModelAdmin):
 
     def process_result(self, result, request):
         if not result.has_errors() and not result.has_validation_errors():
-            record_audit(
-                action="profiles.tags_imported",
-                actor=request.user,
-                details={"new": result.totals.get("new", 0), "updated": result.totals.get("update", 0)},
+            services.record_tags_imported(
+                new=result.totals.get("new", 0), updated=result.totals.get("update", 0), actor=request.user
             )
         return super().process_result(result, request)
 
@@ -591,3 +565,19 @@ class LookupRecordAdmin(ReadOnlyAdmin):
 
     def has_view_permission(self, request, obj=None) -> bool:
         return request.user.is_active and request.user.is_superuser
+
+
+@admin.register(SegmentRejection)
+class SegmentRejectionAdmin(ReadOnlyAdmin):
+    """Messages of the Segment tracking API that were refused, the last ones of each key: the
+    libraries ignore the replies, so this is where an integrator's mistakes show."""
+
+    list_display = ["at", "api_key", "message_type", "message_id", "index", "reasons"]
+    list_filter = ["api_key", "message_type"]
+    search_fields = ["message_id"]
+    date_hierarchy = "at"
+    list_select_related = ["api_key"]
+
+    @admin.display(description="Reasons")
+    def reasons(self, obj: SegmentRejection) -> str:
+        return "; ".join(f"{name}: {' '.join(why)}" for name, why in obj.errors.items())

@@ -8,9 +8,8 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope, StaffWith
-from config.api import id_from_path
+from config.api import id_from_path, object_or_404, request_actor
 from profiles import selectors, services
 from profiles.errors import ProfileNotFound, TagRuleNotFound
 from profiles.models import LookupChannel, TagRule
@@ -67,7 +66,7 @@ class ProfileView(APIView):
     )
     def get(self, request, user_id: str):
         # The product's servers (API keys) own this data; staff sessions see it as their role allows.
-        personal = isinstance(request.auth, ApiKey) or request.user.has_perm("profiles.see_personal_data")
+        personal = request_actor(request)["api_key"] is not None or request.user.has_perm("profiles.see_personal_data")
         detail = selectors.profile_detail(user_id, may_see_personal_data=personal)
         if detail is None:
             raise ProfileNotFound(f"No profile for user id '{user_id}'.")
@@ -118,9 +117,7 @@ class TagRuleRunView(APIView):
         summary="A tag rule's last recompute: status (done, failed, queued), error, members, time",
     )
     def get(self, request, rule_id: str):
-        rule = TagRule.objects.filter(pk=id_from_path(rule_id, TagRuleNotFound, "tag rule")).first()
-        if rule is None:
-            raise TagRuleNotFound(f"No tag rule {rule_id}.")
+        rule = object_or_404(TagRule.objects.all(), rule_id, TagRuleNotFound, "tag rule")
         return Response(TagRuleRunOutput(rule).data)
 
 
@@ -139,8 +136,8 @@ class TagRuleRetryView(APIView):
         summary="Queue the recompute of a rule whose last run failed again",
     )
     def post(self, request, rule_id: str):
-        key = request.auth if isinstance(request.auth, ApiKey) else None
+        who = request_actor(request)
         rule = services.retry_tag_rule(
-            rule_id=id_from_path(rule_id, TagRuleNotFound, "tag rule"), actor=None if key else request.user, api_key=key
+            rule_id=id_from_path(rule_id, TagRuleNotFound, "tag rule"), actor=who["created_by"], api_key=who["api_key"]
         )
         return Response(TagRuleRunOutput(rule).data, status=202)

@@ -324,3 +324,23 @@ class LookupRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.staff_username} looked up {self.query!r} @ {self.at:%Y-%m-%d %H:%M}"
+
+
+class SegmentRejection(models.Model):
+    """A message of the Segment tracking API that was refused, with its reasons: the last ones
+    of each key are kept (`profiles.segment.REJECTIONS_KEPT_PER_KEY`), because Segment's
+    libraries ignore the replies and an integrator's mistake must show somewhere."""
+
+    api_key = models.ForeignKey("access.ApiKey", on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField(default=now, db_index=True)
+    index = models.PositiveIntegerField(help_text="Position of the message in its request.")
+    message_type = models.CharField(max_length=16, blank=True)
+    message_id = models.CharField(max_length=256, blank=True)
+    errors = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["api_key", "-id"], name="segmentrejection_key_id")]
+
+    def __str__(self) -> str:
+        return f"{self.message_type or 'message'} {self.message_id or self.index}"

@@ -149,6 +149,7 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
     for event in events:
         if event.user_id and event.anonymous_id and event.anonymous_id not in pairs:
             pairs[event.anonymous_id] = event.user_id
+    # One run for a batch stored alone, a few when concurrent batches drew from the sequence.
     runs = runs_of(e.id for e in events)
     with connection.cursor() as cursor:
         cursor.execute(
@@ -311,6 +312,7 @@ def identify(
     identities: Iterable[tuple[str, str]] = (),
     traits: dict[str, Any] | None = None,
     custom_traits: dict[str, Any] | None = None,
+    source: str = "identify",
 ) -> IdentifyResult:
     """Tie identities to `user_id`'s profile (created if new), merging any profile that held one
     of them into it, then set the traits (known traits as parsed values, custom ones as JSON).
@@ -326,7 +328,11 @@ def identify(
         try:
             with transaction.atomic():
                 return _identify(
-                    user_id=user_id, claimed=sorted(claimed), traits=traits or {}, custom=custom_traits or {}
+                    user_id=user_id,
+                    claimed=sorted(claimed),
+                    traits=traits or {},
+                    custom=custom_traits or {},
+                    source=source,
                 )
         except OperationalError as exc:
             if not _is_deadlock(exc) or attempt == 2:
@@ -337,7 +343,7 @@ def identify(
 
 
 def _identify(
-    *, user_id: str, claimed: list[tuple[str, str]], traits: dict[str, Any], custom: dict[str, Any]
+    *, user_id: str, claimed: list[tuple[str, str]], traits: dict[str, Any], custom: dict[str, Any], source: str
 ) -> IdentifyResult:
     now = timezone.now()
     with connection.cursor() as cursor:
@@ -363,7 +369,7 @@ def _identify(
             target = Profile.objects.select_for_update().get(id=target.merged_into_id)
         for other_id in sorted(set(holders.values()) - {target.id}):
             other = locked[other_id]
-            _merge(into=target, other=other, reason=_reason(claimed, holders, other_id), at=now)
+            _merge(into=target, other=other, reason=_reason(claimed, holders, other_id, source), at=now)
             merged.append(other)
         missing = [(k, v) for k, v in claimed if (k, v) not in holders]
         Identity.objects.bulk_create(
@@ -387,9 +393,9 @@ def _holders(claimed: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     return {(i.kind, i.value): i.profile_id for i in Identity.objects.filter(query).only("kind", "value", "profile")}
 
 
-def _reason(claimed: list[tuple[str, str]], holders: dict[tuple[str, str], int], other_id: int) -> str:
+def _reason(claimed: list[tuple[str, str]], holders: dict[tuple[str, str], int], other_id: int, source: str) -> str:
     shared = [f"{k}" for k, _v in claimed if holders.get((k, _v)) == other_id]
-    return "identify: shared " + ", ".join(sorted(set(shared)))
+    return f"{source}: shared " + ", ".join(sorted(set(shared)))
 
 
 def _trait_value(profile: Profile, name: str) -> Any:
@@ -484,9 +490,11 @@ def tag_profiles(
     source: str = TagSource.MANUAL,
     category: str = "",
     score: float | None = None,
+    actor: Any = None,
 ) -> int:
     """Give `tag_name` to these profiles (creating the tag if new); returns how many gained it.
-    Each gain is recorded as a tag change."""
+    Each gain is recorded as a tag change, the action as one audit entry (`actor` None: the
+    system, e.g. a campaign's feedback)."""
     tag, _ = Tag.objects.get_or_create(name=tag_name, defaults={"category": category, "source": source})
     ids = sorted({int(pid) for pid in profile_ids})
     if not ids:
@@ -509,12 +517,20 @@ def tag_profiles(
             """,
             {"tag": tag.id, "score": score, "source": source, "at": timezone.now(), "ids": ids},
         )
-        return cursor.fetchone()[0]
+        gained = cursor.fetchone()[0]
+    record_audit(
+        action="profiles.tag_added",
+        obj=tag,
+        actor=actor,
+        details={"profiles": len(ids), "gained": gained, "source": source},
+    )
+    return gained
 
 
 @transaction.atomic
-def untag_profiles(*, tag_name: str, profile_ids: Iterable[int]) -> int:
-    """Take `tag_name` away from these profiles; returns how many lost it. Each loss is recorded."""
+def untag_profiles(*, tag_name: str, profile_ids: Iterable[int], actor: Any = None) -> int:
+    """Take `tag_name` away from these profiles; returns how many lost it. Each loss is recorded
+    as a tag change, the action as one audit entry."""
     tag = Tag.objects.filter(name=tag_name).first()
     ids = sorted({int(pid) for pid in profile_ids})
     if tag is None or not ids:
@@ -534,7 +550,9 @@ def untag_profiles(*, tag_name: str, profile_ids: Iterable[int]) -> int:
             """,
             {"tag": tag.id, "ids": ids, "at": timezone.now()},
         )
-        return cursor.fetchone()[0]
+        lost = cursor.fetchone()[0]
+    record_audit(action="profiles.tag_removed", obj=tag, actor=actor, details={"profiles": len(ids), "lost": lost})
+    return lost
 
 
 def record_imported_tag(*, profile_tag: ProfileTag, created: bool) -> None:
@@ -546,6 +564,53 @@ def record_imported_tag(*, profile_tag: ProfileTag, created: bool) -> None:
             action=TagChangeAction.ADDED,
             source=profile_tag.source,
         )
+
+
+def record_tags_imported(*, new: int, updated: int, actor: Any = None) -> None:
+    """Audit a finished CSV import of tag members (its rows were logged one by one above)."""
+    record_audit(action="profiles.tags_imported", actor=actor, details={"new": new, "updated": updated})
+
+
+@transaction.atomic
+def save_tag(*, tag: Tag, changed: Sequence[str] = (), actor: Any = None) -> Tag:
+    """Create or change a tag's description (its members change through tagging and rules)."""
+    tag.save()
+    record_audit(action="profiles.tag_saved", obj=tag, actor=actor, details={"changed": list(changed)})
+    return tag
+
+
+@transaction.atomic
+def delete_tag(*, tag: Tag, actor: Any = None) -> None:
+    """Delete a tag and, with it, its members and their history."""
+    record_audit(action="profiles.tag_deleted", obj=tag, actor=actor, details={"name": tag.name})
+    tag.delete()
+
+
+@transaction.atomic
+def save_tag_rule(*, rule: TagRule, changed: Sequence[str] = (), actor: Any = None) -> TagRule:
+    """Create or change a tag rule; its members change at its next recompute."""
+    rule.save()
+    record_audit(action="profiles.tag_rule_saved", obj=rule, actor=actor, details={"changed": list(changed)})
+    return rule
+
+
+@transaction.atomic
+def delete_tag_rule(*, rule: TagRule, actor: Any = None) -> None:
+    record_audit(action="profiles.tag_rule_deleted", obj=rule, actor=actor, details={"name": rule.name})
+    rule.delete()
+
+
+@transaction.atomic
+def request_tag_rule_recompute(*, rule_ids: Sequence[int], actor: Any = None) -> list[int]:
+    """Queue these rules' recompute now (each as its own task), audited; returns the ids queued."""
+    from profiles.tasks import recompute_tag_rule as task  # tasks import services
+
+    rules_found = list(TagRule.objects.filter(id__in=rule_ids).order_by("id"))
+    for rule in rules_found:
+        record_audit(action="profiles.tag_rule_recompute_requested", obj=rule, actor=actor)
+    ids = [rule.id for rule in rules_found]
+    transaction.on_commit(lambda: [publish(f"tag rule {rule_id}", task, args=[rule_id]) for rule_id in ids])
+    return ids
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from profiles.models import TagRule
 logger = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True)
+@shared_task(name="profiles.tasks.recompute_tag_rule", acks_late=True)
 def recompute_tag_rule(rule_id: int) -> dict | None:
     """Recompute one rule's tag members; a deleted rule is nothing to do. Running it twice gives
     the same members (the second run records no changes)."""
@@ -22,7 +22,7 @@ def recompute_tag_rule(rule_id: int) -> dict | None:
     return {"rule_id": rule_id, "added": result.added, "removed": result.removed, "members": result.members}
 
 
-@shared_task(acks_late=True)
+@shared_task(name="profiles.tasks.recompute_tag_rules", acks_late=True)
 def recompute_tag_rules() -> list[int]:
     """Nightly: queue every active rule as its own task, so one slow or failing rule neither holds
     back nor rolls back the others."""
@@ -32,7 +32,7 @@ def recompute_tag_rules() -> list[int]:
     return ids
 
 
-@shared_task(acks_late=True)
+@shared_task(name="profiles.tasks.rollup_seen_times", acks_late=True)
 def rollup_seen_times() -> dict:
     """Every minute (beat row "profiles: update first/last seen"): apply the first/last seen of
     newly stored events to their profiles, slice by slice for at most 50 s. Idempotent and safe

@@ -120,7 +120,7 @@ def celery_worker_process(django_db_setup, django_db_blocker, tmp_path_factory) 
     deadline = time.monotonic() + 60
     while True:
         try:
-            if app.send_task("opsloop.ping").get(timeout=5) == "pong":
+            if app.send_task("config.celery.ping").get(timeout=5) == "pong":
                 break
         except Exception:
             if time.monotonic() > deadline or worker.proc.poll() is not None:

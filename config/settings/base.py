@@ -208,6 +208,16 @@ OPSLOOP_EVENTS_MAX_FUTURE_SECONDS = int(env("OPSLOOP_EVENTS_MAX_FUTURE_SECONDS",
 OPSLOOP_ROLLUP_WORK_MEM = env("OPSLOOP_ROLLUP_WORK_MEM", "256MB")  # PostgreSQL work_mem of a rollup run
 # Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.
 OPSLOOP_EVENTS_MAX_BODY_BYTES = int(env("OPSLOOP_EVENTS_MAX_BODY_BYTES", str(40 * 1024 * 1024)))
+# The Segment tracking API (docs/segment.md). Its spec's batch limit is 500 KB; RudderStack's
+# libraries batch up to 4 MB, so a team on them may raise it (or lower their upload size).
+OPSLOOP_SEGMENT_MAX_BATCH_BYTES = int(env("OPSLOOP_SEGMENT_MAX_BATCH_BYTES", str(500 * 1024)))
+# The host (and path) analytics.js is told to send to; by default the one its settings came from.
+OPSLOOP_SEGMENT_API_HOST = env("OPSLOOP_SEGMENT_API_HOST", "")
+# analytics.js as `scripts/ensure-segment-sdks.sh` installs it, served under /ingest/segment/.
+OPSLOOP_ANALYTICS_NEXT_DIR = env(
+    "OPSLOOP_ANALYTICS_NEXT_DIR",
+    str(BASE_DIR / ".node" / "node_modules" / "@segment" / "analytics-next" / "dist" / "umd"),
+)
 
 # Customer value: default RFM window of new scoring schemes; memory for the nightly recompute.
 OPSLOOP_RFM_WINDOW_DAYS = int(env("OPSLOOP_RFM_WINDOW_DAYS", "365"))

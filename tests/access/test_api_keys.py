@@ -64,7 +64,7 @@ def test_revoked_key_is_401_and_revocation_is_audited(make_api_client):
     assert client.get("/api/v1/auth/whoami").status_code == 200
     services.revoke_api_key(api_key=client.api_key)
     assert client.get("/api/v1/auth/whoami").status_code == 401
-    assert AuditEntry.objects.filter(action="api_key.revoked", object_id=str(client.api_key.pk)).exists()
+    assert AuditEntry.objects.filter(action="access.api_key_revoked", object_id=str(client.api_key.pk)).exists()
 
 
 def test_use_of_a_key_records_last_used_time(make_api_client):

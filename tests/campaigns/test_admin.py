@@ -68,7 +68,7 @@ def test_launch_and_pause_actions_are_audited(operator):
     operator.post(url, {"action": "pause", "_selected_action": [campaign.pk]})
     assert Campaign.objects.get(pk=campaign.pk).status == "paused"
     actions = set(AuditEntry.objects.filter(object_id=str(campaign.pk)).values_list("action", flat=True))
-    assert {"campaigns.launch", "campaigns.pause"} <= actions
+    assert {"campaigns.campaign_launched", "campaigns.campaign_paused"} <= actions
 
 
 def test_test_message_reaches_the_staff_device(operator):
@@ -84,7 +84,7 @@ def test_test_message_reaches_the_staff_device(operator):
     assert response.status_code == 302
     assert len(gateway.requests) == 1
     assert gateway.requests[0]["title"].startswith("[TEST]") and gateway.requests[0]["user_id"] == "staff00000"
-    assert AuditEntry.objects.filter(action="campaigns.send_test_message").exists()
+    assert AuditEntry.objects.filter(action="campaigns.test_message_sent").exists()
 
 
 def test_admin_refuses_a_campaign_with_an_invalid_cron(operator):
@@ -126,7 +126,7 @@ def test_admin_refuses_a_campaign_with_an_invalid_cron(operator):
     assert operator.post(reverse("admin:campaigns_campaign_add"), data).status_code == 302
     campaign = Campaign.objects.get(name="Weekly")
     assert campaign.variants.get().name == "A"
-    assert AuditEntry.objects.filter(action="campaigns.create_campaign", object_id=str(campaign.pk)).exists()
+    assert AuditEntry.objects.filter(action="campaigns.campaign_created", object_id=str(campaign.pk)).exists()
 
 
 def test_segment_autocomplete_lists_segments_by_name_in_a_stable_order(operator):

@@ -42,7 +42,7 @@ def test_create_campaign_returns_a_draft_with_its_variants(api_client):
     data = response.json()
     assert data["status"] == "draft" and [v["name"] for v in data["variants"]] == ["A", "B"]
     assert data["schedule"] == {"at": "2030-01-01T01:00:00+00:00"}
-    assert AuditEntry.objects.filter(action="campaigns.create_campaign", object_id=str(data["id"])).exists()
+    assert AuditEntry.objects.filter(action="campaigns.campaign_created", object_id=str(data["id"])).exists()
 
 
 @pytest.mark.parametrize(
@@ -93,11 +93,11 @@ def test_rollout_before_any_significant_result_needs_a_named_variant_and_a_confi
     unconfirmed = api_client.post(url, {"variant": "B"}, format="json")
     assert unconfirmed.status_code == 422 and unconfirmed.json()["reason"] == "CONFIRMATION_REQUIRED"
     assert "not shown to be better" in unconfirmed.json()["risk"]
-    assert not AuditEntry.objects.filter(action="campaigns.rollout").exists()
+    assert not AuditEntry.objects.filter(action="campaigns.campaign_rolled_out").exists()
     done = api_client.post(url, {"variant": "B", "confirm": True}, format="json")
     assert done.status_code == 200 and done.json()["phase"] == "rollout" and done.json()["winner"] == "B"
     assert Delivery.objects.filter(campaign=campaign, phase="rollout", variant__name="B").count() == 16
-    audit = AuditEntry.objects.get(action="campaigns.rollout")
+    audit = AuditEntry.objects.get(action="campaigns.campaign_rolled_out")
     assert audit.details["confirmed"] is True and audit.details["supported"] is False
     assert "not shown to be better" in audit.details["risk"]
 

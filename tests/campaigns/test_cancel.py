@@ -40,7 +40,7 @@ def test_a_cancelled_campaign_sends_none_of_its_pending_messages_and_keeps_what_
     rows = Delivery.objects.filter(campaign=campaign)
     assert sorted(rows.filter(status="sent").values_list("id", flat=True)) == ids[:2]
     assert set(rows.exclude(pk__in=ids[:2]).values_list("status", "reason")) == {("skipped", "campaign cancelled")}
-    entry = AuditEntry.objects.get(action="campaigns.cancel", object_id=str(campaign.pk))
+    entry = AuditEntry.objects.get(action="campaigns.campaign_cancelled", object_id=str(campaign.pk))
     assert entry.details == {"from": "running", "pending_skipped": 4}
 
 

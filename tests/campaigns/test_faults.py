@@ -242,7 +242,7 @@ def test_with_the_broker_down_ingestion_and_launches_answer_and_nothing_is_lost(
         assert launched.status_code == 202, launched.content
         assert Campaign.objects.get(pk=one_off.pk).phase == ""
         with pytest.raises(Exception):  # noqa: B017  (the broker is really unreachable)
-            app.send_task("opsloop.ping", retry=False)
+            app.send_task("config.celery.ping", retry=False)
         # The broker comes back; the beat sweeper finds what was kept.
         app.amqp._producer_pool = None
         app.conf.broker_url = settings.CELERY_BROKER_URL

@@ -190,7 +190,7 @@ def test_naming_the_winner_needs_no_confirmation_and_is_audited_as_supported():
         services.rollout_campaign(campaign_id=campaign.pk, variant_name="A")
     assert "A is not the winner (B is)" in refused.value.extra["risk"]
     services.rollout_campaign(campaign_id=campaign.pk, variant_name="B")
-    audit = AuditEntry.objects.get(action="campaigns.rollout")
+    audit = AuditEntry.objects.get(action="campaigns.campaign_rolled_out")
     assert audit.details["supported"] is True and "risk" not in audit.details
 
 
@@ -208,12 +208,12 @@ def test_admin_roll_out_page_names_the_risk_and_rolls_out_only_when_confirmed(op
     assert page.status_code == 200 and b"not shown to be better" in page.content
     operator.post(url, {"variant": "B"})
     assert Campaign.objects.get(pk=campaign.pk).phase == CampaignPhase.PILOT
-    assert not AuditEntry.objects.filter(action="campaigns.rollout").exists()
+    assert not AuditEntry.objects.filter(action="campaigns.campaign_rolled_out").exists()
     done = operator.post(url, {"variant": "B", "confirm": "on"})
     assert done.status_code == 302
     campaign.refresh_from_db()
     assert campaign.phase == CampaignPhase.ROLLOUT and campaign.winner.name == "B"
-    audit = AuditEntry.objects.get(action="campaigns.rollout")
+    audit = AuditEntry.objects.get(action="campaigns.campaign_rolled_out")
     assert audit.details["confirmed"] is True and audit.actor is not None
     results_page = operator.get(reverse("admin:campaigns_campaign_results", args=[campaign.pk]))
     assert b"Always-valid p" in results_page.content and b"Fixed-horizon p" in results_page.content

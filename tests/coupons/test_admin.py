@@ -52,7 +52,7 @@ def test_admin_creates_a_tier_aware_threshold_offer_and_audits_it(operator):
     assert response.status_code == 302, response.context["adminform"].form.errors
     rule = CouponRule.objects.get(name="100 off 1000 for core")
     assert rule.eligible_tiers == ["core", "important"]
-    assert AuditEntry.objects.filter(action="coupon_rule.created", object_id=str(rule.pk)).exists()
+    assert AuditEntry.objects.filter(action="coupons.coupon_rule_created", object_id=str(rule.pk)).exists()
 
 
 def test_admin_refuses_a_budgeted_percent_rule_without_a_cap(operator):
@@ -98,7 +98,7 @@ def test_editing_the_budget_in_the_admin_keeps_the_counters_and_is_audited(opera
     assert response.status_code == 302, response.context["adminform"].form.errors
     rule.refresh_from_db()
     assert (rule.budget, rule.committed, rule.issued_count) == (D("150.00"), D("40.00"), 2)
-    entry = AuditEntry.objects.get(action="coupon_rule.changed", object_id=str(rule.pk))
+    entry = AuditEntry.objects.get(action="coupons.coupon_rule_changed", object_id=str(rule.pk))
     assert entry.details["budget"] == {"from": "100.00", "to": "150.00"}
 
 
@@ -107,7 +107,7 @@ def test_pause_action_is_audited(operator):
     operator.post(reverse("admin:coupons_couponrule_changelist"), {"action": "pause", "_selected_action": [rule.pk]})
     rule.refresh_from_db()
     assert rule.state == RuleState.PAUSED
-    assert AuditEntry.objects.filter(action="coupon_rule.paused", actor__isnull=False).exists()
+    assert AuditEntry.objects.filter(action="coupons.coupon_rule_paused", actor__isnull=False).exists()
 
 
 def test_report_page_shows_the_numbers_and_a_chart(operator):
@@ -147,7 +147,7 @@ def test_revoke_action_returns_the_money_and_is_audited(operator):
     rule.refresh_from_db()
     assert rule.committed == D("0.00")
     assert Coupon.objects.get(pk=coupon.pk).status == CouponStatus.REVOKED
-    assert AuditEntry.objects.filter(action="coupon.revoked", object_id=str(coupon.pk)).exists()
+    assert AuditEntry.objects.filter(action="coupons.coupon_revoked", object_id=str(coupon.pk)).exists()
 
 
 def test_rollback_action_is_audited(operator):
@@ -160,7 +160,7 @@ def test_rollback_action_is_audited(operator):
     )
     rule.refresh_from_db()
     assert rule.spent == D("0.00")
-    assert AuditEntry.objects.filter(action="redemption.rolled_back", object_id=str(redemption.pk)).exists()
+    assert AuditEntry.objects.filter(action="coupons.redemption_rolled_back", object_id=str(redemption.pk)).exists()
 
 
 def test_issue_form_queues_a_job_for_the_listed_users(operator, django_capture_on_commit_callbacks):
@@ -172,7 +172,7 @@ def test_issue_form_queues_a_job_for_the_listed_users(operator, django_capture_o
     job = IssuanceJob.objects.get(rule=rule)
     assert response.status_code == 302
     assert job.user_ids == ["a1", "a2", "a3"]
-    assert AuditEntry.objects.filter(action="issuance_job.created", object_id=str(job.pk)).exists()
+    assert AuditEntry.objects.filter(action="coupons.issuance_job_created", object_id=str(job.pk)).exists()
 
 
 def test_code_batch_exports_as_csv(operator):
@@ -183,7 +183,7 @@ def test_code_batch_exports_as_csv(operator):
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert lines[0] == "code,starts_at,expires_at"
     assert len(lines) == 26
-    assert AuditEntry.objects.filter(action="code_batch.exported", object_id=str(batch.pk)).exists()
+    assert AuditEntry.objects.filter(action="coupons.code_batch_exported", object_id=str(batch.pk)).exists()
 
 
 def test_coupon_search_finds_a_code_typed_with_dashes(operator):

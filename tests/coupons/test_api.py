@@ -205,7 +205,7 @@ def test_create_rule_answers_201_with_id_and_state_and_is_audited(ops):
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["state"] == "active" and CouponRule.objects.filter(pk=body["id"]).exists()
-    assert AuditEntry.objects.filter(action="coupon_rule.created", object_id=str(body["id"])).exists()
+    assert AuditEntry.objects.filter(action="coupons.coupon_rule_created", object_id=str(body["id"])).exists()
 
 
 def test_create_rule_in_draft_when_asked(ops):

@@ -138,7 +138,7 @@ def test_retry_is_refused_unless_the_job_failed_and_is_audited_when_it_runs():
     services.retry_issuance_job(job_id=job.pk)
     with pytest.raises(services.errors.NotFailed):
         services.retry_issuance_job(job_id=job.pk)
-    entry = AuditEntry.objects.get(action="issuance_job.retried", object_id=str(job.pk))
+    entry = AuditEntry.objects.get(action="coupons.issuance_job_retried", object_id=str(job.pk))
     assert entry.details["previous_error"].startswith("ProgrammingError: coupon store unavailable")
 
 
@@ -154,7 +154,7 @@ def test_api_retry_answers_202_then_409_and_404(make_api_client):
     assert again.status_code == 409 and again.json()["reason"] == "NOT_FAILED"
     assert ops.post("/api/v1/coupon-issuance-jobs/999999/retry").json()["reason"] == "JOB_NOT_FOUND"
     assert ops.post("/api/v1/coupon-issuance-jobs/nope/retry").status_code == 404
-    assert AuditEntry.objects.get(action="issuance_job.retried").api_key_id == ops.api_key.pk
+    assert AuditEntry.objects.get(action="coupons.issuance_job_retried").api_key_id == ops.api_key.pk
 
 
 @pytest.mark.django_db
@@ -171,7 +171,7 @@ def test_admin_lists_failed_jobs_with_their_reason_and_retries_them(client, make
     assert response.status_code == 302
     job.refresh_from_db()
     assert job.status == IssuanceJob.Status.RUNNING
-    assert AuditEntry.objects.filter(action="issuance_job.retried", object_id=str(job.pk)).count() == 1
+    assert AuditEntry.objects.filter(action="coupons.issuance_job_retried", object_id=str(job.pk)).count() == 1
 
 
 # --- code batches ------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_a_batch_whose_generation_raises_is_failed_and_a_retry_generates_it_whol
     assert ops.post("/api/v1/coupon-code-batches/999999/retry").json()["reason"] == "BATCH_NOT_FOUND"
     done = services.generate_batch_codes(batch=batch)
     assert (done.status, done.generated) == (CodeBatch.Status.DONE, 50)
-    assert AuditEntry.objects.filter(action="code_batch.retried", object_id=str(batch.pk)).exists()
+    assert AuditEntry.objects.filter(action="coupons.code_batch_retried", object_id=str(batch.pk)).exists()
 
 
 @pytest.mark.django_db
@@ -254,7 +254,7 @@ def test_the_admin_resume_leaves_a_failed_job_to_the_retry(client, make_staff):
     assert "0 job(s) queued again." in response.content.decode()
     job.refresh_from_db()
     assert job.status == IssuanceJob.Status.FAILED
-    assert not AuditEntry.objects.filter(action="issuance_job.resumed").exists()
+    assert not AuditEntry.objects.filter(action="coupons.issuance_job_resumed").exists()
 
 
 @pytest.mark.django_db

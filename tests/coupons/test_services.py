@@ -34,7 +34,7 @@ def assert_ledger_matches(rule: CouponRule) -> None:
 def test_create_rule_is_active_by_default_and_audited():
     rule = services.create_rule(name="Welcome", kind=RuleKind.FIXED, value=D("10.00"))
     assert rule.state == RuleState.ACTIVE
-    assert AuditEntry.objects.filter(action="coupon_rule.created", object_id=str(rule.pk)).exists()
+    assert AuditEntry.objects.filter(action="coupons.coupon_rule_created", object_id=str(rule.pk)).exists()
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_pausing_and_resuming_a_rule_is_audited_and_ended_is_final():
     with pytest.raises(errors.InvalidStateChange):
         services.change_rule_state(rule=rule, state=RuleState.ACTIVE)
     actions = set(AuditEntry.objects.filter(object_id=str(rule.pk)).values_list("action", flat=True))
-    assert {"coupon_rule.paused", "coupon_rule.active", "coupon_rule.ended"} <= actions
+    assert {"coupons.coupon_rule_paused", "coupons.coupon_rule_activated", "coupons.coupon_rule_ended"} <= actions
 
 
 # --- issue -------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def test_partner_code_batch_is_generated_on_the_worker_and_exports_as_csv(celery
     rule.refresh_from_db()
     assert batch.generated == 2000
     assert (rule.issued_count, rule.committed) == (2000, D("10000.00"))
-    text = "".join(services.write_batch_csv(batch=batch, rows=selectors.batch_code_rows(batch=batch)))
+    text = "".join(services.batch_csv_lines(rows=selectors.batch_code_rows(batch=batch)))
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 2000 and len({r["code"] for r in rows}) == 2000
     assert all(codes.is_well_formed(codes.normalize(r["code"])) for r in rows)
@@ -145,6 +145,6 @@ def test_expiry_task_on_the_worker_releases_committed_money(celery_worker):
 
 @pytest.mark.django_db
 def test_beat_runs_the_expiry_sweep_from_an_editable_schedule():
-    task = PeriodicTask.objects.get(task="coupons.expire_coupons")
+    task = PeriodicTask.objects.get(task="coupons.tasks.expire_coupons")
     assert task.enabled and task.crontab is not None
-    assert PeriodicTask.objects.filter(task="coupons.resume_issuance_jobs", enabled=True).exists()
+    assert PeriodicTask.objects.filter(task="coupons.tasks.resume_issuance_jobs", enabled=True).exists()

@@ -96,7 +96,7 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
 
     # The campaign: every push went through the gateway, the receipts came back through the API.
     assert Channel.objects.get(kind="push").url == f"{gateway.url}/push"
-    assert AuditEntry.objects.filter(action="campaigns.change_channel").exists()
+    assert AuditEntry.objects.filter(action="campaigns.channel_changed").exists()
     campaign = Campaign.objects.get(name=CAMPAIGN_NAME)
     sent = Delivery.objects.filter(campaign=campaign).exclude(sent_at=None)
     assert sent.count() == len(received) > 0

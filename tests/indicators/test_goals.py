@@ -137,7 +137,7 @@ def test_redecomposing_replaces_the_months_and_is_audited(signups, make_staff):
     g.refresh_from_db()
     assert g.target == D("300") and g.profile == "weights"
     actions = list(AuditEntry.objects.filter(object_id=str(g.pk)).order_by("id").values_list("action", "actor"))
-    assert actions == [("goal.created", operator.pk), ("goal.redecomposed", operator.pk)]
+    assert actions == [("indicators.goal_created", operator.pk), ("indicators.goal_redecomposed", operator.pk)]
 
 
 # --- what the database holds ---------------------------------------------------------------------

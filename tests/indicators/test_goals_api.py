@@ -58,7 +58,7 @@ def test_create_a_goal_returns_201_with_its_months_and_audits_the_key(ops, signu
         ("2025-02-01", "30.00"),
         ("2025-03-01", "30.00"),
     ]
-    entry = AuditEntry.objects.get(action="goal.created", object_id=str(body["id"]))
+    entry = AuditEntry.objects.get(action="indicators.goal_created", object_id=str(body["id"]))
     assert entry.api_key_id == ops.api_key.pk and entry.details["target"] == "90.00"
 
 
@@ -171,7 +171,7 @@ def test_admin_creates_a_goal_with_typed_weights(operator, signups):
     assert response.status_code == 302, response.context["adminform"].form.errors
     created = Goal.objects.get(name="Signups 2025")
     assert list(created.month_targets.values_list("target", flat=True)) == [D("100")] * 12
-    assert AuditEntry.objects.filter(action="goal.created", object_id=str(created.pk)).exists()
+    assert AuditEntry.objects.filter(action="indicators.goal_created", object_id=str(created.pk)).exists()
 
 
 def test_admin_refuses_weights_that_do_not_fit_the_period(operator, signups):
@@ -242,7 +242,7 @@ def test_admin_delete_is_audited(operator, signups):
     response = operator.post(reverse("admin:indicators_goal_delete", args=[g.pk]), {"post": "yes"})
     assert response.status_code == 302
     assert not Goal.objects.exists()
-    assert AuditEntry.objects.filter(action="goal.deleted", object_id=str(g.pk)).exists()
+    assert AuditEntry.objects.filter(action="indicators.goal_deleted", object_id=str(g.pk)).exists()
 
 
 def test_analysts_see_goals_but_cannot_add_them(client, make_staff, signups):

@@ -21,6 +21,7 @@ BEFORE_THE_MOVE = [("tracking", "0010_order_amount_decimal"), ("indicators", Non
 
 
 def _migrate(targets) -> None:
+    # Not `tests.migrating.migrate_to`: an app unmigrated to zero (`None`) has no project state.
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
     executor.migrate(targets)

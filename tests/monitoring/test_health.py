@@ -57,9 +57,9 @@ def broker_db(settings):
 def test_queue_depths_count_every_priority_of_each_queue(broker_db):
     with app.connection_for_write(broker_db) as connection:
         for priority in (None, 0, 6, 9):
-            app.send_task("opsloop.ping", queue="analytics", priority=priority, connection=connection)
+            app.send_task("config.celery.ping", queue="analytics", priority=priority, connection=connection)
         for _ in range(2):
-            app.send_task("opsloop.ping", queue="deliveries", connection=connection)
+            app.send_task("config.celery.ping", queue="deliveries", connection=connection)
     queues, in_flight, error = selectors.queue_depths()
     assert {q.name: q.waiting for q in queues} == {"default": 0, "deliveries": 2, "analytics": 4}
     assert (in_flight, error) == (0, "")
@@ -198,19 +198,19 @@ def test_beat_tasks_show_their_last_run_and_the_recorded_outcome(broker_db):
     PeriodicTask.objects.all().delete()
     crontab = CrontabSchedule.objects.create(minute="*/5")
     ran_at = timezone.now() - timedelta(minutes=3)
-    PeriodicTask.objects.create(name="expire", task="coupons.expire_coupons", crontab=crontab, last_run_at=ran_at)
+    PeriodicTask.objects.create(name="expire", task="coupons.tasks.expire_coupons", crontab=crontab, last_run_at=ran_at)
     PeriodicTask.objects.create(name="tags", task="profiles.tasks.recompute_tag_rules", crontab=crontab)
     PeriodicTask.objects.create(name="never", task="indicators.tasks.rollup_indicators", crontab=crontab)
-    TaskRun.objects.create(task="coupons.expire_coupons", state="ok", finished_at=ran_at, runtime_seconds=0.25)
+    TaskRun.objects.create(task="coupons.tasks.expire_coupons", state="ok", finished_at=ran_at, runtime_seconds=0.25)
     TaskRun.objects.create(task="profiles.tasks.recompute_tag_rules", state="failed", error="OperationalError: gone")
-    TaskRun.objects.create(task="coupons.run_issuance_job", state="failed", error="RuntimeError: x")
+    TaskRun.objects.create(task="coupons.tasks.run_issuance_job", state="failed", error="RuntimeError: x")
     report = selectors.health_report()
     beat = {b.name: b for b in report.beat}
     assert (beat["expire"].last_run_at, beat["expire"].outcome, beat["expire"].runtime_seconds) == (ran_at, "ok", 0.25)
     assert (beat["tags"].outcome, beat["tags"].error) == ("failed", "OperationalError: gone")
     assert (beat["never"].last_run_at, beat["never"].outcome) == (None, "")
     assert report.problems == ["beat task 'tags' failed: OperationalError: gone"]
-    assert [t.task for t in report.failed_tasks] == ["coupons.run_issuance_job"]
+    assert [t.task for t in report.failed_tasks] == ["coupons.tasks.run_issuance_job"]
     code, text = run_health()
     assert code == 1 and "tags: sent -; finished -, failed: OperationalError: gone" in text
     assert f"expire: sent {ran_at:%Y-%m-%d %H:%M:%S}; finished {ran_at:%Y-%m-%d %H:%M:%S}, ok in 0.2 s" in text

@@ -37,14 +37,14 @@ def test_a_failed_then_successful_run_is_recorded_in_one_row_per_task():
 def test_the_worker_records_a_beat_task_run_that_the_health_report_shows(celery_worker):
     assert coupon_tasks.expire_coupons.delay().get(timeout=30) == 0
     deadline = time.monotonic() + 30
-    while not TaskRun.objects.filter(task="coupons.expire_coupons").exists() and time.monotonic() < deadline:
+    while not TaskRun.objects.filter(task="coupons.tasks.expire_coupons").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    run = TaskRun.objects.get(task="coupons.expire_coupons")
+    run = TaskRun.objects.get(task="coupons.tasks.expire_coupons")
     assert (run.state, run.runs) == ("ok", 1)
     PeriodicTask.objects.update_or_create(
         name="coupons: expire coupons and release their budget",
-        defaults={"task": "coupons.expire_coupons", "crontab": CrontabSchedule.objects.create(minute="*/5")},
+        defaults={"task": "coupons.tasks.expire_coupons", "crontab": CrontabSchedule.objects.create(minute="*/5")},
     )
     beat = {b.task: b for b in selectors.beat_tasks()}
-    assert beat["coupons.expire_coupons"].outcome == "ok"
-    assert beat["coupons.expire_coupons"].finished_at == run.finished_at
+    assert beat["coupons.tasks.expire_coupons"].outcome == "ok"
+    assert beat["coupons.tasks.expire_coupons"].finished_at == run.finished_at

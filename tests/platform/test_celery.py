@@ -5,9 +5,9 @@ from config.celery import app
 
 @pytest.mark.worker
 def test_a_real_worker_runs_a_task_through_redis(celery_worker):
-    result = app.send_task("opsloop.ping")
+    result = app.send_task("config.celery.ping")
     assert result.get(timeout=30) == "pong"
-    assert "opsloop.ping" in celery_worker.log()
+    assert "config.celery.ping" in celery_worker.log()
 
 
 def test_celery_is_configured_for_safe_deliveries():
