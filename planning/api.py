@@ -15,9 +15,8 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from access.models import ApiKey
 from access.permissions import HasScope
-from config.api import JsonParser, object_or_404, query_int
+from config.api import JsonParser, object_or_404, query_int, request_actor
 from indicators.errors import GoalNotFound, IndicatorUnavailable
 from indicators.models import Goal
 from planning import selectors, services
@@ -32,9 +31,8 @@ CONFLICT = OpenApiResponse(OpenApiTypes.OBJECT, description="Conflicts with an e
 
 
 def _actor(request) -> dict:
-    if isinstance(request.auth, ApiKey):
-        return {"actor": None, "api_key": request.auth}
-    return {"actor": request.user, "api_key": None}
+    who = request_actor(request)
+    return {"actor": who["created_by"], "api_key": who["api_key"]}
 
 
 def _parse(serializer_class, data) -> dict:
