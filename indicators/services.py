@@ -524,7 +524,11 @@ def resend_alert(*, alert_id: int, actor: AbstractBaseUser | None = None, api_ke
     alert.notify_error = ""
     alert.save(update_fields=["email_status", "webhook_status", "notify_error"])
     record_audit(
-        actor=actor, api_key=api_key, action="indicators.alert_resent", obj=alert, details={"previous_error": previous}
+        actor=actor,
+        api_key=api_key,
+        action="indicators.alert_requeued",
+        obj=alert,
+        details={"previous_error": previous},
     )
     transaction.on_commit(
         lambda: publish(f"anomaly alert {alert.pk}", tasks.notify_anomaly, kwargs={"anomaly_id": alert.pk})
