@@ -21,6 +21,7 @@ api_v1 = [
     path("", include("coupons.urls")),
     path("", include("campaigns.urls")),
     path("", include("community.urls")),
+    path("", include("planning.urls")),
 ]
 
 # Admin pages of the models that moved from `tracking` to `indicators`: bookmarks keep working.

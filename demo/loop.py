@@ -159,6 +159,36 @@ class DemoLoop:
             f" {seeded.events} community events; contribution scores for {this_month:%Y-%m} and the month before."
         )
 
+    def plan(self) -> None:
+        """The revenue goal's plan (two tactics, phases, three tasks per community team: done, doing,
+        late) and one injected anomaly in the history, so the goal, review, board and alert pages
+        have content at first login."""
+        from django.contrib.auth.models import Group
+
+        from campaigns.models import Campaign
+        from coupons.models import CouponRule
+        from indicators.models import Goal
+        from planning.services import seed_demo_anomaly, seed_demo_plan
+
+        goal = Goal.objects.filter(indicator="revenue").order_by("-year", "-quarter").first()
+        teams = list(Group.objects.filter(name__startswith="Community team").order_by("name"))
+        if goal is None or not teams:
+            self.say("Plan: no revenue goal or no teams to plan with; skipped.")
+            return
+        owners = {team.pk: team.user_set.order_by("username").first() for team in teams}
+        plan = seed_demo_plan(
+            goal=goal,
+            teams=teams,
+            owners={pk: user for pk, user in owners.items() if user is not None},
+            campaigns=list(Campaign.objects.filter(name=CAMPAIGN_NAME)),
+            coupon_rules=list(CouponRule.objects.filter(name=COUPON_RULE_NAME)),
+        )
+        alert = seed_demo_anomaly(day=timezone.now().date() - timedelta(days=3))
+        self.say(
+            f"Plan: {goal.name} with {len(plan.get('tactics', []))} tactics and team tasks;"
+            f" injected anomaly {'alerted' if alert else 'not checked (history too short)'}."
+        )
+
     # -- helpers --------------------------------------------------------------------------------
 
     def _on_worker(self, result: Any, what: str) -> Any:
@@ -261,6 +291,9 @@ class DemoLoop:
         self.say(f"  ({time.monotonic() - started:.1f} s)")
         started = time.monotonic()
         self.indicators()
+        self.say(f"  ({time.monotonic() - started:.1f} s)")
+        started = time.monotonic()
+        self.plan()
         self.say(f"  ({time.monotonic() - started:.1f} s)")
         return outcome
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -17,8 +18,8 @@ from config.api import JsonParser, Pagination, id_from_path, object_or_404, quer
 from indicators import analyses, selectors, services
 from indicators import registry as indicators
 from indicators import serializers as s
-from indicators.errors import FunnelNotFound, GoalNotFound, IndicatorNotFound
-from indicators.models import Funnel, Goal
+from indicators.errors import AlertNotFound, AnomalyCheckNotFound, FunnelNotFound, GoalNotFound, IndicatorNotFound
+from indicators.models import AlertStatus, Anomaly, AnomalyCheckRun, Funnel, Goal
 from indicators.serializers import GoalDecomposeInput, GoalInput, GoalOutput, GoalProgressOutput, progress_body
 
 VIEW_PERMISSION = "indicators.view_dailyindicator"
@@ -380,3 +381,157 @@ class GoalProgressView(APIView):
     )
     def get(self, request, goal_id: str):
         return Response(progress_body(selectors.goal_progress(_goal(goal_id))))
+
+
+# --- anomaly alerts --------------------------------------------------------------------------------
+
+ALERT_ID = OpenApiParameter("alert_id", int, OpenApiParameter.PATH, description="Integer id.")
+ALERT_NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown alert (`reason` ALERT_NOT_FOUND).")
+
+
+def _alert(alert_id: str | int) -> Anomaly:
+    return object_or_404(Anomaly.objects.all(), alert_id, AlertNotFound, "alert")
+
+
+class AlertListView(ListAPIView):
+    permission_classes = [HasScope("manage")]
+    serializer_class = s.AlertOutput
+    filter_backends: list = []
+
+    def get_queryset(self):
+        rows = Anomaly.objects.order_by("-period_start", "indicator")
+        status = self.request.query_params.get("status")
+        if status:
+            if status not in AlertStatus.values:
+                raise ValidationError({"status": [f"One of {AlertStatus.values}."]})
+            rows = rows.filter(status=status)
+        indicator = self.request.query_params.get("indicator")
+        if indicator:
+            rows = rows.filter(indicator=indicator[:64].replace("\x00", ""))
+        return rows
+
+    @extend_schema(
+        operation_id="alerts_list",
+        parameters=[
+            OpenApiParameter("status", str, required=False, description="`new` or `acknowledged`."),
+            OpenApiParameter("indicator", str, required=False),
+        ],
+        summary="Anomaly alerts, newest first",
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class AlertDetailView(APIView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        operation_id="alert_detail", parameters=[ALERT_ID], responses={200: s.AlertOutput, 404: ALERT_NOT_FOUND}
+    )
+    def get(self, request, alert_id: str):
+        return Response(s.AlertOutput(_alert(alert_id)).data)
+
+
+class AlertAcknowledgeView(APIView):
+    permission_classes = [HasScope("manage")]
+    parser_classes = [JsonParser]
+
+    @extend_schema(
+        operation_id="alert_acknowledge",
+        parameters=[ALERT_ID],
+        request=s.AcknowledgeInput,
+        responses={
+            200: s.AlertOutput,
+            404: ALERT_NOT_FOUND,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="Already acknowledged (ALREADY_ACKNOWLEDGED)."),
+        },
+        summary="Acknowledge an alert, with a note saying why it moved",
+    )
+    def post(self, request, alert_id: str):
+        alert = _alert(alert_id)
+        data = s.AcknowledgeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        alert = services.acknowledge_alert(alert_id=alert.pk, note=data.validated_data["note"], **_actor(request))
+        return Response(s.AlertOutput(alert).data)
+
+
+class AlertResendView(APIView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        operation_id="alert_resend",
+        parameters=[ALERT_ID],
+        request=None,
+        responses={
+            202: s.AlertOutput,
+            404: ALERT_NOT_FOUND,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="No failed notification (NOT_FAILED)."),
+        },
+        summary="Send an alert's failed e-mail or webhook again",
+    )
+    def post(self, request, alert_id: str):
+        alert = services.resend_alert(alert_id=_alert(alert_id).pk, **_actor(request))
+        return Response(s.AlertOutput(alert).data, status=202)
+
+
+class WatchView(APIView):
+    permission_classes = [HasScope("manage")]
+    parser_classes = [JsonParser]
+
+    @extend_schema(
+        operation_id="indicator_watch_set",
+        parameters=[
+            OpenApiParameter("key", str, OpenApiParameter.PATH, description="Indicator key or `event_volume`.")
+        ],
+        request=s.WatchInput,
+        responses={200: s.WatchOutput, 404: OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown indicator.")},
+        summary="Mute an indicator's anomaly checks, or set their sensitivity",
+    )
+    def put(self, request, key: str):
+        if key not in services.watched_keys():
+            raise IndicatorNotFound(f"No indicator {key[:64]!r}; GET /api/v1/indicators lists them.")
+        data = s.WatchInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        watch = services.set_indicator_watch(indicator=key, **data.validated_data, **_actor(request))
+        return Response(s.WatchOutput(watch).data)
+
+
+CHECK_ID = OpenApiParameter("run_id", int, OpenApiParameter.PATH, description="Integer id.")
+CHECK_NOT_FOUND = OpenApiResponse(OpenApiTypes.OBJECT, description="Unknown run (ANOMALY_CHECK_NOT_FOUND).")
+
+
+class CheckRunView(APIView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        operation_id="anomaly_check_detail",
+        parameters=[CHECK_ID],
+        responses={200: s.CheckRunOutput, 404: CHECK_NOT_FOUND},
+    )
+    def get(self, request, run_id: str):
+        return Response(
+            s.CheckRunOutput(
+                object_or_404(AnomalyCheckRun.objects.all(), run_id, AnomalyCheckNotFound, "anomaly check run")
+            ).data
+        )
+
+
+class CheckRunRetryView(APIView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        operation_id="anomaly_check_retry",
+        parameters=[CHECK_ID],
+        request=None,
+        responses={
+            202: s.CheckRunOutput,
+            404: CHECK_NOT_FOUND,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="The run has not failed (NOT_FAILED)."),
+        },
+        summary="Queue a failed anomaly check again",
+    )
+    def post(self, request, run_id: str):
+        run = object_or_404(AnomalyCheckRun.objects.all(), run_id, AnomalyCheckNotFound, "anomaly check run")
+        return Response(
+            s.CheckRunOutput(services.retry_anomaly_check(run_id=run.pk, **_actor(request))).data, status=202
+        )

@@ -16,6 +16,10 @@ class IndicatorsConfig(AppConfig):
             "indicators.add_goal",
             "indicators.change_goal",
             "indicators.delete_goal",
+            # They watch the alerts: acknowledge them, mute an indicator or tune its sensitivity.
+            "indicators.change_anomaly",
+            "indicators.add_indicatorwatch",
+            "indicators.change_indicatorwatch",
         ],
         "Analyst": ["indicators.view_*"],
     }

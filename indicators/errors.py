@@ -34,3 +34,21 @@ class IndicatorUnavailable(Conflict):
     """The goal's indicator is no longer registered (its app was removed), so no progress can be read."""
 
     reason = "INDICATOR_UNAVAILABLE"
+
+
+class AnomalyCheckNotFound(NotFound):
+    reason = "ANOMALY_CHECK_NOT_FOUND"
+
+
+class AlertNotFound(NotFound):
+    reason = "ALERT_NOT_FOUND"
+
+
+class CheckNotFailed(Conflict):
+    """Only a failed check run is retried."""
+
+    reason = "NOT_FAILED"
+
+
+class AlreadyAcknowledged(Conflict):
+    reason = "ALREADY_ACKNOWLEDGED"

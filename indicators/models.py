@@ -427,3 +427,128 @@ class GoalMonth(models.Model):
 
     def __str__(self) -> str:
         return f"{self.goal_id} {self.month:%Y-%m}: {self.target}"
+
+
+# --- anomaly alerts -------------------------------------------------------------------------------
+# Written by `indicators.anomalies` (the checks) and `indicators.services` (acknowledge, mute,
+# sensitivity, notifications).
+
+
+class Sensitivity(models.TextChoices):
+    LOW = "low", "Low (only large moves)"
+    NORMAL = "normal", "Normal"
+    HIGH = "high", "High (smaller moves too)"
+
+
+# The expected range is expected +/- k robust standard deviations (`indicators.anomalies`); these
+# k were chosen with `bench/anomalies.py` (normal: precision and recall >= 0.9 there).
+SENSITIVITY_K = {Sensitivity.LOW: 6.0, Sensitivity.NORMAL: 4.5, Sensitivity.HIGH: 3.5}
+
+
+class IndicatorWatch(models.Model):
+    """An operator's setting of one indicator's checks: muted, or more or less sensitive. An
+    indicator without a row is checked at normal sensitivity. `event_volume` is the hourly check
+    of the events stored."""
+
+    indicator = models.CharField(max_length=64, unique=True, help_text="Key of a registered indicator, or event_volume")
+    muted = models.BooleanField(default=False, help_text="Muted indicators are not checked.")
+    sensitivity = models.CharField(max_length=8, choices=Sensitivity.choices, default=Sensitivity.NORMAL)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta:
+        verbose_name = "indicator watch setting"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(sensitivity__in=Sensitivity.values), name="watch_sensitivity_known"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.indicator}: {'muted' if self.muted else self.sensitivity}"
+
+
+class CheckKind(models.TextChoices):
+    DAILY = "daily", "Daily (every indicator)"
+    HOURLY = "hourly", "Hourly (event volume)"
+
+
+class AnomalyCheckRun(models.Model):
+    """One check of the indicators for one day (or of event volume for one hour): the beat queues
+    it, a worker runs it; a failure stays visible here with its reason until retried."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=8, choices=CheckKind.choices)
+    period_start = models.DateTimeField(help_text="The day (UTC midnight) or hour checked")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    requested_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    indicators_checked = models.PositiveIntegerField(default=0)
+    alerts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-period_start", "kind"]
+        constraints = [models.UniqueConstraint(fields=["kind", "period_start"], name="anomaly_check_once_per_period")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} check of {self.period_start:%Y-%m-%d %H:%M} ({self.status})"
+
+
+class NotifyStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Not configured"
+
+
+class AlertStatus(models.TextChoices):
+    NEW = "new", "New"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+
+
+class Anomaly(models.Model):
+    """An alert: an indicator's value outside its expected range on a day (or event volume in an
+    hour), with the traffic sources that moved most."""
+
+    run = models.ForeignKey(AnomalyCheckRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="anomalies")
+    indicator = models.CharField(max_length=64)
+    granularity = models.CharField(max_length=8, choices=CheckKind.choices)
+    period_start = models.DateTimeField()
+    value = models.DecimalField(**GOAL_VALUE)
+    expected = models.DecimalField(**GOAL_VALUE)
+    low = models.DecimalField(**GOAL_VALUE)
+    high = models.DecimalField(**GOAL_VALUE)
+    score = models.FloatField(help_text="Distance from the expected value in robust standard deviations")
+    direction = models.CharField(max_length=8, choices=[("spike", "Spike"), ("drop", "Drop")])
+    movers = models.JSONField(default=list, blank=True, help_text="The traffic sources that moved most")
+    status = models.CharField(max_length=16, choices=AlertStatus.choices, default=AlertStatus.NEW)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.TextField(blank=True, default="")
+    email_status = models.CharField(max_length=8, choices=NotifyStatus.choices, default=NotifyStatus.PENDING)
+    webhook_status = models.CharField(max_length=8, choices=NotifyStatus.choices, default=NotifyStatus.PENDING)
+    notify_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "anomaly alert"
+        ordering = ["-period_start", "indicator"]
+        constraints = [
+            models.UniqueConstraint(fields=["indicator", "granularity", "period_start"], name="anomaly_once_per_point"),
+            models.CheckConstraint(condition=models.Q(low__lte=models.F("high")), name="anomaly_range_ordered"),
+        ]
+        indexes = [models.Index(fields=["status", "-period_start"], name="anomaly_status_time")]
+
+    def __str__(self) -> str:
+        return f"{self.indicator} {self.direction} at {self.period_start:%Y-%m-%d %H:%M}"

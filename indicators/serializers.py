@@ -21,6 +21,7 @@ from indicators.models import (
     GoalMonth,
     GoalPeriod,
     GoalProfile,
+    Sensitivity,
     goal_step,
 )
 
@@ -438,3 +439,68 @@ def progress_body(progress) -> dict:
             for m in progress.months
         ],
     }
+
+
+# --- anomaly alerts ------------------------------------------------------------------------------
+
+
+class MoverOutput(serializers.Serializer):
+    source = serializers.CharField(help_text="`utm_source` of the events, `(direct)` without one.")
+    measure = serializers.CharField(help_text="`events`, `people`, `orders` or `revenue`.")
+    value = serializers.CharField()
+    usual = serializers.CharField(help_text="Mean of the compared windows (same weekday or hour before).")
+    change = serializers.CharField()
+    relative = serializers.FloatField(allow_null=True)
+
+
+class AlertOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    indicator = serializers.CharField()
+    granularity = serializers.CharField(help_text="`daily` or `hourly`.")
+    period_start = serializers.DateTimeField()
+    value = serializers.DecimalField(max_digits=20, decimal_places=4)
+    expected = serializers.DecimalField(max_digits=20, decimal_places=4)
+    low = serializers.DecimalField(max_digits=20, decimal_places=4)
+    high = serializers.DecimalField(max_digits=20, decimal_places=4)
+    score = serializers.FloatField()
+    direction = serializers.CharField()
+    movers = MoverOutput(many=True)
+    status = serializers.CharField(help_text="`new` or `acknowledged`.")
+    acknowledged_at = serializers.DateTimeField(allow_null=True)
+    note = serializers.CharField()
+    email_status = serializers.CharField()
+    webhook_status = serializers.CharField()
+    notify_error = serializers.CharField()
+
+
+class AcknowledgeInput(serializers.Serializer):
+    note = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class WatchInput(serializers.Serializer):
+    muted = serializers.BooleanField(required=False)
+    sensitivity = serializers.ChoiceField(choices=Sensitivity.choices, required=False)
+
+    def validate(self, data):
+        if not data:
+            raise serializers.ValidationError({"non_field_errors": ["Give `muted`, `sensitivity` or both."]})
+        return data
+
+
+class WatchOutput(serializers.Serializer):
+    indicator = serializers.CharField()
+    muted = serializers.BooleanField()
+    sensitivity = serializers.CharField()
+
+
+class CheckRunOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    period_start = serializers.DateTimeField()
+    status = serializers.CharField(help_text="`queued`, `running`, `done` or `failed`.")
+    requested_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    indicators_checked = serializers.IntegerField()
+    alerts = serializers.IntegerField()
+    error = serializers.CharField(help_text="Why it failed (`ExceptionClass: message`).")

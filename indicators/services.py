@@ -4,17 +4,43 @@
 from __future__ import annotations
 
 import calendar
-from datetime import date
+import logging
+from datetime import UTC, date, datetime, time
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+import requests
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from access.services import record_audit
-from indicators.errors import GoalExists, NoHistory
-from indicators.models import Goal, GoalMonth, GoalProfile, goal_step
+from config.celery import publish
+from config.failures import log_failure
+from indicators.errors import (
+    AlertNotFound,
+    AlreadyAcknowledged,
+    AnomalyCheckNotFound,
+    CheckNotFailed,
+    GoalExists,
+    NoHistory,
+)
+from indicators.models import (
+    AlertStatus,
+    Anomaly,
+    AnomalyCheckRun,
+    CheckKind,
+    Goal,
+    GoalMonth,
+    GoalProfile,
+    IndicatorWatch,
+    NotifyStatus,
+    Sensitivity,
+    goal_step,
+)
 from indicators.registry import (
     Fold,
     Indicator,
@@ -23,6 +49,7 @@ from indicators.registry import (
     daily_values,
     fold_days,
     get_indicator,
+    value_text,
 )
 
 # Setting a goal on a registered indicator and spreading it over its months. The rules of the
@@ -263,3 +290,247 @@ def delete_goal(*, goal: Goal, actor: AbstractBaseUser | None = None, api_key: A
         details={"indicator": goal.indicator, "period": goal.period_label, "target": str(goal.target)},
     )
     goal.delete()
+
+
+# --- anomaly alerts ------------------------------------------------------------------------------
+# The checks themselves are in `indicators.anomalies`; here are the operator's actions and the
+# sending of an alert.
+
+logger = logging.getLogger(__name__)
+
+
+def _check_period(kind: str, at: datetime) -> datetime:
+    at = at.astimezone(UTC)
+    if kind == CheckKind.DAILY:
+        return datetime.combine(at.date(), time.min, tzinfo=UTC)
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+@transaction.atomic
+def request_anomaly_check(
+    *, kind: str, period_start: datetime, actor: AbstractBaseUser | None = None
+) -> AnomalyCheckRun:
+    """Queue the check of one day (every indicator) or one hour (event volume); asking twice for
+    the same period returns the first run (the beat and an operator may both ask)."""
+    from indicators import tasks  # tasks import services
+
+    if kind not in CheckKind.values:
+        raise ValidationError({"kind": f"One of {CheckKind.values}."})
+    run, created = AnomalyCheckRun.objects.get_or_create(kind=kind, period_start=_check_period(kind, period_start))
+    if created:
+        record_audit(
+            actor=actor,
+            action="indicators.anomaly_check_requested",
+            obj=run,
+            details={"kind": kind, "period_start": run.period_start.isoformat()},
+        )
+        transaction.on_commit(
+            lambda: publish(f"anomaly check run {run.pk}", tasks.run_anomaly_check, kwargs={"run_id": run.pk})
+        )
+    return run
+
+
+@transaction.atomic
+def retry_anomaly_check(*, run_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> AnomalyCheckRun:
+    """Queue a failed check again; its failed transaction wrote no alert."""
+    from indicators import tasks
+
+    run = AnomalyCheckRun.objects.select_for_update().filter(pk=run_id).first()
+    if run is None:
+        raise AnomalyCheckNotFound(f"No anomaly check run {run_id}.")
+    if run.status != AnomalyCheckRun.Status.FAILED:
+        raise CheckNotFailed(f"Anomaly check run {run_id} is {run.status}: only a failed run is retried.")
+    previous = run.error
+    run.status, run.error, run.started_at, run.finished_at = AnomalyCheckRun.Status.QUEUED, "", None, None
+    run.save(update_fields=["status", "error", "started_at", "finished_at"])
+    record_audit(
+        actor=actor,
+        api_key=api_key,
+        action="indicators.anomaly_check_retried",
+        obj=run,
+        details={"previous_error": previous},
+    )
+    transaction.on_commit(
+        lambda: publish(f"anomaly check run {run.pk}", tasks.run_anomaly_check, kwargs={"run_id": run.pk})
+    )
+    return run
+
+
+@transaction.atomic
+def acknowledge_alert(
+    *, alert_id: int, note: str = "", actor: AbstractBaseUser | None = None, api_key: Any = None
+) -> Anomaly:
+    """Mark an alert seen (and say why it moved); an alert is acknowledged once."""
+    alert = Anomaly.objects.select_for_update().filter(pk=alert_id).first()
+    if alert is None:
+        raise AlertNotFound(f"No alert {alert_id}.")
+    if alert.status == AlertStatus.ACKNOWLEDGED:
+        raise AlreadyAcknowledged(f"Alert {alert_id} was acknowledged at {alert.acknowledged_at:%Y-%m-%d %H:%M} UTC.")
+    alert.status = AlertStatus.ACKNOWLEDGED
+    alert.acknowledged_at = timezone.now()
+    alert.acknowledged_by = actor if getattr(actor, "is_authenticated", False) else None
+    alert.note = str(note)[:2000]
+    alert.save(update_fields=["status", "acknowledged_at", "acknowledged_by", "note"])
+    record_audit(
+        actor=actor, api_key=api_key, action="indicators.alert_acknowledged", obj=alert, details={"note": alert.note}
+    )
+    return alert
+
+
+def watched_keys() -> list[str]:
+    """What an operator may mute or tune: every registered indicator and the hourly event volume."""
+    return [i.key for i in all_indicators()] + ["event_volume"]
+
+
+@transaction.atomic
+def set_indicator_watch(
+    *,
+    indicator: str,
+    muted: bool | None = None,
+    sensitivity: str | None = None,
+    actor: AbstractBaseUser | None = None,
+    api_key: Any = None,
+) -> IndicatorWatch:
+    """Mute (or unmute) an indicator's checks, or set their sensitivity."""
+    if indicator not in watched_keys():
+        raise ValidationError(
+            {"indicator": f"Unknown indicator {str(indicator)[:64]!r}; known: {', '.join(watched_keys())}."}
+        )
+    if sensitivity is not None and sensitivity not in Sensitivity.values:
+        raise ValidationError({"sensitivity": f"One of {Sensitivity.values}."})
+    watch, _ = IndicatorWatch.objects.select_for_update().get_or_create(indicator=indicator)
+    before = {"muted": watch.muted, "sensitivity": watch.sensitivity}
+    if muted is not None:
+        watch.muted = bool(muted)
+    if sensitivity is not None:
+        watch.sensitivity = sensitivity
+    watch.updated_by = actor if getattr(actor, "is_authenticated", False) else None
+    watch.save()
+    record_audit(
+        actor=actor,
+        api_key=api_key,
+        action="indicators.watch_changed",
+        obj=watch,
+        details={"before": before, "after": {"muted": watch.muted, "sensitivity": watch.sensitivity}},
+    )
+    return watch
+
+
+def alert_text(alert: Anomaly) -> tuple[str, str]:
+    """Subject and body of an alert's e-mail."""
+    when = (
+        f"{alert.period_start:%Y-%m-%d}"
+        if alert.granularity == CheckKind.DAILY
+        else f"{alert.period_start:%Y-%m-%d %H:00} UTC"
+    )
+    value, low, high, expected = (_shown(alert, v) for v in (alert.value, alert.low, alert.high, alert.expected))
+    subject = f"[opsloop] {alert.indicator} {alert.direction} on {when}: {value} (expected {low} to {high})"
+    lines = [
+        f"Indicator: {alert.indicator}",
+        f"When: {when}",
+        f"Value: {value}",
+        f"Expected: {expected} (range {low} to {high})",
+        f"Distance: {alert.score} robust standard deviations",
+        "",
+        "Traffic sources that moved most:",
+    ]
+    for mover in alert.movers or []:
+        lines.append(
+            f"- {mover['source']}: {mover['measure']} {mover['value']} against {mover['usual']} usually "
+            f"({mover['change']})"
+        )
+    if not alert.movers:
+        lines.append("- none recorded")
+    return subject, "\n".join(lines)
+
+
+def _shown(alert: Anomaly, value: Decimal) -> str:
+    """A value of the alert as the dashboards show the indicator's values."""
+    try:
+        unit = get_indicator(alert.indicator).unit
+    except UnknownIndicator:
+        unit = "count"
+    return value_text(value, unit)
+
+
+def alert_payload(alert: Anomaly) -> dict[str, Any]:
+    """The webhook's JSON body."""
+    return {
+        "alert": alert.pk,
+        "indicator": alert.indicator,
+        "granularity": alert.granularity,
+        "period_start": alert.period_start.isoformat(),
+        "value": _shown(alert, alert.value),
+        "expected": _shown(alert, alert.expected),
+        "low": _shown(alert, alert.low),
+        "high": _shown(alert, alert.high),
+        "direction": alert.direction,
+        "score": alert.score,
+        "movers": alert.movers,
+    }
+
+
+def notify_alert(*, alert_id: int) -> Anomaly | None:
+    """Send an alert by e-mail and to the webhook, each channel still pending once: a channel that
+    fails is marked failed with the reason (and logged) and left for an operator's resend; a
+    redelivered task sends nothing twice. Raises nothing: the alert shows what happened."""
+    alert = Anomaly.objects.filter(pk=alert_id).first()
+    if alert is None:
+        return None
+    errors = []
+    if alert.email_status == NotifyStatus.PENDING:
+        subject, body = alert_text(alert)
+        try:
+            send_mail(subject, body, None, list(settings.OPSLOOP_ALERT_EMAILS), fail_silently=False)
+            status = NotifyStatus.SENT
+        except Exception as exc:
+            status = NotifyStatus.FAILED
+            errors.append("e-mail: " + log_failure(logger, f"e-mail of anomaly alert {alert.pk}", exc))
+        Anomaly.objects.filter(pk=alert.pk).update(email_status=status)
+    if alert.webhook_status == NotifyStatus.PENDING:
+        try:
+            response = requests.post(
+                settings.OPSLOOP_ALERT_WEBHOOK_URL,
+                json=alert_payload(alert),
+                timeout=settings.OPSLOOP_ALERT_WEBHOOK_TIMEOUT,
+                headers={"Idempotency-Key": f"opsloop-alert-{alert.pk}"},
+            )
+            response.raise_for_status()
+            status = NotifyStatus.SENT
+        except Exception as exc:
+            status = NotifyStatus.FAILED
+            errors.append("webhook: " + log_failure(logger, f"webhook of anomaly alert {alert.pk}", exc))
+        Anomaly.objects.filter(pk=alert.pk).update(webhook_status=status)
+    if errors:
+        Anomaly.objects.filter(pk=alert.pk).update(notify_error="; ".join(errors)[:2000])
+    alert.refresh_from_db()
+    return alert
+
+
+@transaction.atomic
+def resend_alert(*, alert_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> Anomaly:
+    """Send again the channels of an alert that failed."""
+    from indicators import tasks
+
+    alert = Anomaly.objects.select_for_update().filter(pk=alert_id).first()
+    if alert is None:
+        raise AlertNotFound(f"No alert {alert_id}.")
+    if NotifyStatus.FAILED not in (alert.email_status, alert.webhook_status):
+        raise CheckNotFailed(f"Alert {alert_id} has no failed notification to send again.")
+    previous = alert.notify_error
+    for field in ("email_status", "webhook_status"):
+        if getattr(alert, field) == NotifyStatus.FAILED:
+            setattr(alert, field, NotifyStatus.PENDING)
+    alert.notify_error = ""
+    alert.save(update_fields=["email_status", "webhook_status", "notify_error"])
+    record_audit(
+        actor=actor,
+        api_key=api_key,
+        action="indicators.alert_requeued",
+        obj=alert,
+        details={"previous_error": previous},
+    )
+    transaction.on_commit(
+        lambda: publish(f"anomaly alert {alert.pk}", tasks.notify_anomaly, kwargs={"anomaly_id": alert.pk})
+    )
+    return alert

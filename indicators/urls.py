@@ -17,4 +17,11 @@ urlpatterns = [
     path("goals/<str:goal_id>", api.GoalDetailView.as_view(), name="goal"),
     path("goals/<str:goal_id>/decompose", api.GoalDecomposeView.as_view(), name="goal-decompose"),
     path("goals/<str:goal_id>/progress", api.GoalProgressView.as_view(), name="goal-progress"),
+    path("alerts", api.AlertListView.as_view(), name="alerts"),
+    path("alerts/<str:alert_id>", api.AlertDetailView.as_view(), name="alert"),
+    path("alerts/<str:alert_id>/acknowledge", api.AlertAcknowledgeView.as_view(), name="alert-acknowledge"),
+    path("alerts/<str:alert_id>/resend", api.AlertResendView.as_view(), name="alert-resend"),
+    path("indicator-watches/<str:key>", api.WatchView.as_view(), name="indicator-watch"),
+    path("anomaly-checks/<str:run_id>", api.CheckRunView.as_view(), name="anomaly-check"),
+    path("anomaly-checks/<str:run_id>/retry", api.CheckRunRetryView.as_view(), name="anomaly-check-retry"),
 ]

@@ -19,6 +19,7 @@ from campaigns.models import Campaign, Delivery
 from community.models import ScoreRun
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
+from indicators.models import Anomaly, AnomalyCheckRun
 from monitoring.models import TaskRun
 from predictions.models import PredictionRun, RunStatus
 from profiles.models import TagRule
@@ -337,6 +338,22 @@ def failed_tag_rules() -> Section:
     )
 
 
+def failed_anomaly_checks() -> Section:
+    return _section(
+        "failed anomaly check run(s)",
+        AnomalyCheckRun.objects.filter(status=AnomalyCheckRun.Status.FAILED).order_by("-period_start"),
+        lambda r: Item("anomaly check", r.pk, str(r), r.error, r.finished_at, _admin_url(AnomalyCheckRun, r.pk)),
+    )
+
+
+def alerts_not_sent() -> Section:
+    return _section(
+        "anomaly alert(s) whose e-mail or webhook failed",
+        Anomaly.objects.filter(Q(email_status="failed") | Q(webhook_status="failed")).order_by("-period_start"),
+        lambda a: Item("anomaly alert", a.pk, str(a), a.notify_error, a.created_at, _admin_url(Anomaly, a.pk)),
+    )
+
+
 def beat_tasks() -> list[BeatTask]:
     """Every scheduled task with beat's last run time and the outcome the worker recorded."""
     periodic = list(PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked").order_by("name"))
@@ -383,6 +400,8 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             failed_prediction_runs(),
             failed_tag_rules(),
             failed_score_runs(),
+            failed_anomaly_checks(),
+            alerts_not_sent(),
         ],
         beat=beat,
         # Tasks queued by the app (not beat) whose last run failed, for the page; their objects

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "coupons",
     "campaigns",
     "community",
+    "planning",
     "monitoring",
     "demo",
 ]
@@ -193,6 +194,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "StatusEnum": "campaigns.models.CampaignStatus",
         "ContributionScoreRunStatusEnum": "community.models.ScoreRun.Status",
+        "PhaseKindEnum": "planning.models.PhaseKind",
     },
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.document_errors"],
 }
@@ -288,6 +290,11 @@ EMAIL_USE_TLS = env_bool("OPSLOOP_EMAIL_USE_TLS", False)
 # A hung SMTP server must not hold a batch (and its lease) for ever.
 EMAIL_TIMEOUT = float(env("OPSLOOP_EMAIL_TIMEOUT", "30"))
 DEFAULT_FROM_EMAIL = env("OPSLOOP_FROM_EMAIL", "opsloop@localhost")
+# Anomaly alerts (indicators.anomalies): e-mailed to these addresses and posted as JSON to this
+# URL; either left empty is not used (docs/goals.md).
+OPSLOOP_ALERT_EMAILS = env_list("OPSLOOP_ALERT_EMAILS")
+OPSLOOP_ALERT_WEBHOOK_URL = env("OPSLOOP_ALERT_WEBHOOK_URL", "")
+OPSLOOP_ALERT_WEBHOOK_TIMEOUT = float(env("OPSLOOP_ALERT_WEBHOOK_TIMEOUT", "10"))
 
 LOG_FORMAT = env("OPSLOOP_LOG_FORMAT", "text")  # "json" in production
 LOGGING = {

@@ -15,7 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from indicators import selectors, services
+from indicators import baselines, selectors, services
 from indicators.errors import NoHistory
 from indicators.models import Goal, GoalPeriod, goal_step
 from indicators.registry import UnknownIndicator, get_indicator, indicator_choices
@@ -249,11 +249,14 @@ class GoalAdmin(admin.ModelAdmin):
         goal = self._goal_or_404(request, goal_id)
         info = selectors.goals_progress([goal]).get(goal.pk)
         chart = None
+        base = None
         if info is not None:
+            base = baselines.month_baselines(indicator=goal.indicator, months=goal.months())
             chart = {
                 "months": [f"{m.month:%Y-%m}" for m in info.months],
                 "target": [float(m.target) for m in info.months],
                 "actual": [None if m.actual is None else float(m.actual) for m in info.months],
+                "baseline": [None if base is None else float(base.for_month(m.month) or 0) for m in info.months],
                 "behind": [m.status in ("behind", "missed") for m in info.months],
             }
         context = {
@@ -265,9 +268,18 @@ class GoalAdmin(admin.ModelAdmin):
             "rows": []
             if info is None
             else [
-                (m, _value(m.target, goal.unit), _value(m.expected, goal.unit), _value(m.actual, goal.unit))
+                (
+                    m,
+                    _value(m.target, goal.unit),
+                    _value(m.expected, goal.unit),
+                    _value(m.actual, goal.unit),
+                    _value(base.for_month(m.month) if base else None, goal.unit),
+                    _value(m.target - base.for_month(m.month) if base else None, goal.unit),
+                )
                 for m in info.months
             ],
+            "baseline_method": baselines.METHOD,
+            "baseline_missing": info is not None and base is None,
             "summary": []
             if info is None
             else [

@@ -17,7 +17,8 @@ from coupons.models import Coupon, CouponRule, Redemption
 from crm.models import CustomerValue
 from demo.gateway import DemoGateway
 from demo.world import CAMPAIGN_NAME, COUPON_RULE_NAME, COUPON_TIER, FUNNEL_NAME, HIDDEN_RATES
-from indicators.models import DailyIndicator, Funnel, Goal, SearchDay
+from indicators.models import Anomaly, DailyIndicator, Funnel, Goal, SearchDay
+from planning.models import Tactic, Task
 from profiles.models import Identity, Profile, ProfileTag
 from tracking.models import Event
 
@@ -138,6 +139,10 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
     runs = ScoreRun.objects.filter(status=ScoreRun.Status.DONE)
     assert runs.values("month").distinct().count() == 2
     assert ContributionScore.objects.filter(run__in=runs).exists()
+    # ... and the plan: the revenue goal's two tactics, team tasks, and the injected anomaly's alert.
+    assert Tactic.objects.filter(goal=goals["revenue"]).count() == 2
+    assert Task.objects.values("team").distinct().count() >= 2
+    assert Anomaly.objects.exists()
 
     # Running it again changes nothing.
     def counts() -> tuple[int, ...]:

@@ -19,6 +19,7 @@ from campaigns.models import Campaign, Delivery
 from config.celery import app
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
+from indicators.models import Anomaly, AnomalyCheckRun
 from monitoring import selectors
 from monitoring.models import TaskRun
 from profiles.models import TagRule
@@ -121,7 +122,27 @@ def failures_everywhere() -> dict[str, object]:
     )
     tag_rule = TagRuleFactory(tag_name="broken-tag")
     TagRule.objects.filter(pk=tag_rule.pk).update(last_status="failed", last_error="RuleNotRunnable: bad")
+    check = AnomalyCheckRun.objects.create(
+        kind="daily", period_start=now, status="failed", error="RuntimeError: coupon spend unreadable"
+    )
+    AnomalyCheckRun.objects.create(kind="hourly", period_start=now, status="done")
+    alert = Anomaly.objects.create(
+        indicator="revenue",
+        granularity="daily",
+        period_start=now,
+        value=9,
+        expected=5,
+        low=4,
+        high=6,
+        score=6,
+        direction="spike",
+        email_status="sent",
+        webhook_status="failed",
+        notify_error="webhook: HTTPError: 500",
+    )
     return {
+        "check": check,
+        "alert": alert,
         "failed": failed,
         "stuck": stuck,
         "sending": sending,
@@ -154,7 +175,10 @@ def test_the_report_lists_what_failed_or_is_stuck_in_every_domain(broker_db):
         made["lost"].pk
     ]
     assert [i.id for i in section(report, "tag rule(s) whose last recompute failed").items] == [made["tag_rule"].pk]
-    assert len(report.problems) == 9
+    assert [i.id for i in section(report, "failed anomaly check run(s)").items] == [made["check"].pk]
+    alerts = section(report, "anomaly alert(s) whose e-mail or webhook failed").items
+    assert [(i.id, i.reason) for i in alerts] == [(made["alert"].pk, "webhook: HTTPError: 500")]
+    assert len(report.problems) == 11
 
 
 def test_the_command_prints_the_problems_and_exits_1(broker_db):
@@ -163,9 +187,10 @@ def test_the_command_prints_the_problems_and_exits_1(broker_db):
     assert code == 1
     assert f"issuance job #{made['job'].pk}" in text and "RuntimeError: boom" in text
     assert "1 failed code batch(es)" in text and "OSError: disk full" in text
+    assert "1 failed anomaly check run(s)" in text and "RuntimeError: coupon spend unreadable" in text
     code, text = run_health("--json")
     data = json.loads(text)
-    assert code == 1 and data["healthy"] is False and len(data["problems"]) == 9
+    assert code == 1 and data["healthy"] is False and len(data["problems"]) == 11
     assert data["queues"] == {"default": 0, "deliveries": 0, "analytics": 0}
 
 
@@ -213,7 +238,7 @@ def test_the_report_reads_a_fixed_number_of_queries_however_much_failed(broker_d
     for i in range(5):
         IssuanceJob.objects.create(rule=CouponRuleFactory(), status="failed", error=f"RuntimeError: {i}")
         CodeBatch.objects.create(rule=CouponRuleFactory(), quantity=1, status="failed", error="x")
-    with django_assert_max_num_queries(17):
+    with django_assert_max_num_queries(19):
         report = selectors.health_report()
         report.as_dict()
     assert section(report, "failed issuance job(s)").count == 6

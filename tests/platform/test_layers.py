@@ -22,6 +22,7 @@ LAYERS = [
     "coupons",
     "campaigns",
     "community",
+    "planning",
     "monitoring",
     "demo",
 ]

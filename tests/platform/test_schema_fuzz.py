@@ -65,6 +65,8 @@ def rows(db) -> dict[tuple[str, str], object]:
         ("coupon-code-batches", "batch_id"): CodeBatch.objects.create(rule=rule, quantity=1).pk,
         ("profiles", "user_id"): profile.user_id,
         ("indicators", "key"): "dau",
+        ("indicator-watches", "key"): "dau",
+        **_planning_rows(),
         **_community_rows(),
     }
 
@@ -83,6 +85,36 @@ def _community_rows() -> dict[tuple[str, str], object]:
         ("community", "account_id"): account.pk,
         ("community", "score_id"): score.pk,
         ("community", "run_id"): run.pk,
+    }
+
+
+def _planning_rows() -> dict[tuple[str, str], object]:
+    """Rows behind the planning and alert paths: a tactic, a task on a team, an alert, a check run."""
+    from datetime import UTC, datetime
+
+    from indicators.models import Anomaly, AnomalyCheckRun
+    from tests.factories.planning import phase, tactic, task, team
+
+    g = goal(indicator="orders", name="fuzz plan goal", target="900")
+    the_team = team("fuzz team")
+    at = datetime(2025, 1, 6, tzinfo=UTC)
+    alert = Anomaly.objects.create(
+        indicator="orders",
+        granularity="daily",
+        period_start=at,
+        value=9,
+        expected=5,
+        low=4,
+        high=6,
+        score=6,
+        direction="spike",
+    )
+    return {
+        ("tactics", "tactic_id"): tactic(g, expected_contribution="90").pk,
+        ("tasks", "task_id"): task(phase(g), team=the_team).pk,
+        ("teams", "team_id"): the_team.pk,
+        ("alerts", "alert_id"): alert.pk,
+        ("anomaly-checks", "run_id"): AnomalyCheckRun.objects.create(kind="daily", period_start=at).pk,
     }
 
 

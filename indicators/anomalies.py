@@ -1,0 +1,355 @@
+"""Indicators watching themselves: each registered indicator checked daily (event volume also
+hourly) against a seasonal baseline with robust thresholds; an alert names the indicator, the
+expected range, the value and the channels (`utm_source`) that moved most.
+
+The check of one point (`check_point`), the same code the beat task and `bench/anomalies.py` run:
+1. the history before the point (8 weeks of days, or 7 days of hours) is decomposed by STL
+   (statsmodels, robust: iteratively reweighted, so a spike or drop in the history barely moves
+   the trend or the season) into trend, season and residual;
+2. the expected value is the trend carried one step on (its slope over the last two seasons)
+   plus the season of the same weekday (or hour);
+3. the scale is a robust standard deviation of the noise: 1.4826 x the median absolute deviation
+   (MAD) of the period-on-period differences, over sqrt(2), times `FORECAST_INFLATION` for the
+   forecast's own error; never below `SCALE_FLOOR` of the history's median level (a flat series
+   has a MAD of 0 and would alert on any wobble);
+4. the expected range is expected +/- k x scale, k set by the indicator's sensitivity (`SENSITIVITY_K`);
+   a value outside is an anomaly, a spike above or a drop below.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from config.celery import publish
+from config.failures import log_failure
+from indicators.models import (
+    SENSITIVITY_K,
+    Anomaly,
+    AnomalyCheckRun,
+    CheckKind,
+    IndicatorWatch,
+    NotifyStatus,
+    Sensitivity,
+)
+from indicators.registry import Unit, all_indicators, daily_values, get_indicator, value_text
+
+logger = logging.getLogger(__name__)
+
+DAILY_HISTORY_DAYS = 56
+HOURLY_HISTORY_HOURS = 7 * 24
+MAD_TO_SIGMA = 1.4826
+SCALE_FLOOR = 0.02
+# A forecast's error is the day's noise plus the error of the trend and season carried over from
+# the history; with 8 weeks of history the latter is about a quarter of the former.
+FORECAST_INFLATION = 1.4
+# STL's smoothers (in points, odd): a season that changes slowly (31 cycles) and a trend over three
+# weeks (or three days of hours); STL's defaults bend both towards the last few points, and a
+# one-step forecast from them wanders by more than the day's noise (measured with the bench).
+STL_SEASONAL = 31
+STL_TREND_PERIODS = 3
+
+
+def _odd(n: int) -> int:
+    return n if n % 2 else n + 1
+
+
+# Lead days of zeros are days before the indicator had data: the check needs this many real days.
+MIN_POINTS_DAILY = 28
+MIN_POINTS_HOURLY = 3 * 24
+EVENT_VOLUME = "event_volume"
+
+
+@dataclass(frozen=True)
+class PointCheck:
+    value: float
+    expected: float
+    low: float
+    high: float
+    scale: float
+
+    @property
+    def anomalous(self) -> bool:
+        return not self.low <= self.value <= self.high
+
+    @property
+    def direction(self) -> str:
+        return "spike" if self.value > self.high else "drop" if self.value < self.low else ""
+
+    @property
+    def score(self) -> float:
+        """How many scales the value lies from the expected value (signed)."""
+        return (self.value - self.expected) / self.scale if self.scale else 0.0
+
+
+def check_point(history: Sequence[float], value: float, *, period: int, k: float) -> PointCheck:
+    """Check `value`, the point right after `history`, against the STL baseline of the history
+    (see the module). `history` needs at least two periods."""
+    from statsmodels.tsa.seasonal import STL
+
+    values = np.asarray(history, dtype=float)
+    if len(values) < 2 * period:
+        raise ValueError(f"the check needs at least {2 * period} points of history, got {len(values)}")
+    level = float(np.median(np.abs(values)))
+    if np.allclose(values, values[0]):
+        trend_next, season_next = float(values[0]), 0.0
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = STL(
+                values, period=period, seasonal=STL_SEASONAL, trend=_odd(STL_TREND_PERIODS * period), robust=True
+            ).fit()
+        trend = np.asarray(fit.trend)
+        slope = (trend[-1] - trend[-1 - 2 * period]) / (2 * period)
+        trend_next = float(trend[-1] + slope)
+        season_next = float(np.asarray(fit.seasonal)[-period])
+    expected = trend_next + season_next
+    # The noise is read from week-on-week (period-on-period) differences, which hold no season and
+    # little trend: each is the difference of two days' noise, so its spread is sqrt(2) times
+    # theirs. The STL residuals would understate it (the trend bends towards every point).
+    differences = values[period:] - values[:-period]
+    mad = float(np.median(np.abs(differences - np.median(differences)))) / np.sqrt(2)
+    scale = max(MAD_TO_SIGMA * mad * FORECAST_INFLATION, SCALE_FLOOR * level, 1e-9)
+    return PointCheck(
+        value=float(value), expected=expected, low=expected - k * scale, high=expected + k * scale, scale=scale
+    )
+
+
+def check_series(
+    values: Sequence[float], *, period: int, k: float, history: int, start: int | None = None
+) -> list[int]:
+    """Indexes of the points of `values` that are anomalous, each checked against the `history`
+    points before it (the bench replays a year through this, as the daily check runs day by day)."""
+    found = []
+    for i in range(start if start is not None else history, len(values)):
+        window = values[max(0, i - history) : i]
+        if check_point(window, values[i], period=period, k=k).anomalous:
+            found.append(i)
+    return found
+
+
+# --- the checks of the stored indicators -----------------------------------------------------------
+
+
+def watch_settings() -> dict[str, IndicatorWatch]:
+    return {w.indicator: w for w in IndicatorWatch.objects.all()}
+
+
+def _k(watch: IndicatorWatch | None) -> float:
+    return SENSITIVITY_K[watch.sensitivity if watch else Sensitivity.NORMAL]
+
+
+def _trim_leading_zeros(values: list[float]) -> list[float]:
+    first = next((i for i, v in enumerate(values) if v), len(values))
+    return values[first:]
+
+
+# Per traffic source (the events' own `utm_source`, '(direct)' without one), a measure of each
+# window: the first window is the one checked, the others its comparison (the same weekday of the
+# four weeks before, or the same hour of the seven days before).
+MOVERS_SQL = """
+SELECT COALESCE(NULLIF(e.utm_source, ''), '(direct)') AS source, w.n AS window,
+       COUNT(*) AS events,
+       COUNT(DISTINCT COALESCE(e.user_id, e.anonymous_id)) AS people,
+       COUNT(*) FILTER (WHERE e.name = 'order_paid') AS orders,
+       COALESCE(SUM(CASE WHEN e.name = 'order_paid' AND (e.properties ->> 'amount') ~ '^[0-9]{1,15}(\\.[0-9]{1,12})?$'
+                         THEN (e.properties ->> 'amount')::numeric END), 0) AS revenue
+FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) WITH ORDINALITY AS w(s, e, n)
+JOIN tracking_event e ON e.timestamp >= w.s AND e.timestamp < w.e
+GROUP BY 1, 2
+"""
+MEASURES = ("events", "people", "orders", "revenue")
+MOVERS_SHOWN = 3
+
+
+def measure_for(indicator: str) -> str:
+    """Which per-source measure explains an indicator's move: money indicators by order amounts,
+    order indicators by orders, people indicators by distinct people, anything else by events."""
+    if indicator in ("revenue", "arpu"):
+        return "revenue"
+    if indicator in ("orders", "paying_users", "repurchase_rate"):
+        return "orders"
+    if indicator == EVENT_VOLUME:
+        return "events"
+    try:
+        unit = get_indicator(indicator).unit
+    except KeyError:
+        return "events"
+    return "revenue" if unit == Unit.MONEY else "people" if unit == Unit.USERS else "events"
+
+
+def source_movers(*, windows: list[tuple[datetime, datetime]], measure: str) -> list[dict[str, Any]]:
+    """The sources whose measure in `windows[0]` moved most from its mean over the other windows,
+    largest absolute change first."""
+    with connection.cursor() as cursor:
+        cursor.execute(MOVERS_SQL, {"starts": [w[0] for w in windows], "ends": [w[1] for w in windows]})
+        rows = cursor.fetchall()
+    column = MEASURES.index(measure)
+    by_source: dict[str, dict[int, Decimal]] = {}
+    for source, window, *measures in rows:
+        by_source.setdefault(source, {})[window] = Decimal(measures[column])
+    compared = len(windows) - 1
+    movers = []
+    for source, values in by_source.items():
+        now = values.get(1, Decimal(0))
+        before = sum((values.get(n, Decimal(0)) for n in range(2, len(windows) + 1)), Decimal(0)) / max(compared, 1)
+        change = now - before
+        movers.append(
+            {
+                "source": source,
+                "measure": measure,
+                "value": str(now.quantize(Decimal("0.01"))),
+                "usual": str(before.quantize(Decimal("0.01"))),
+                "change": str(change.quantize(Decimal("0.01"))),
+                "relative": None if not before else round(float(change / before), 4),
+            }
+        )
+    movers.sort(key=lambda m: -abs(Decimal(m["change"])))
+    return movers[:MOVERS_SHOWN]
+
+
+def _day_window(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def hourly_event_counts(*, start: datetime, hours: int) -> list[float]:
+    """Events stored per hour from `start` (UTC, on the hour), `hours` of them, 0 where none."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT date_trunc('hour', timestamp AT TIME ZONE 'UTC') AS hour, COUNT(*)
+            FROM tracking_event WHERE timestamp >= %(start)s AND timestamp < %(end)s GROUP BY 1
+            """,
+            {"start": start, "end": start + timedelta(hours=hours)},
+        )
+        counts = {hour.replace(tzinfo=UTC): n for hour, n in cursor.fetchall()}
+    return [float(counts.get(start + timedelta(hours=h), 0)) for h in range(hours)]
+
+
+def _alert(
+    *, run: AnomalyCheckRun, indicator: str, granularity: str, at: datetime, check: PointCheck, unit: str, movers: list
+) -> Anomaly | None:
+    """The alert of one anomalous point, once (a repeated run finds the one it made)."""
+    alert, created = Anomaly.objects.get_or_create(
+        indicator=indicator,
+        granularity=granularity,
+        period_start=at,
+        defaults={
+            "run": run,
+            "value": Decimal(value_text(Decimal(str(check.value)), unit)),
+            "expected": Decimal(str(round(check.expected, 4))),
+            "low": Decimal(str(round(check.low, 4))),
+            "high": Decimal(str(round(check.high, 4))),
+            "score": round(check.score, 2),
+            "direction": check.direction,
+            "movers": movers,
+            "email_status": NotifyStatus.PENDING if settings.OPSLOOP_ALERT_EMAILS else NotifyStatus.SKIPPED,
+            "webhook_status": NotifyStatus.PENDING if settings.OPSLOOP_ALERT_WEBHOOK_URL else NotifyStatus.SKIPPED,
+        },
+    )
+    return alert if created else None
+
+
+def _check_daily(run: AnomalyCheckRun) -> list[Anomaly]:
+    day = run.period_start.astimezone(UTC).date()
+    watches = watch_settings()
+    created = []
+    checked = 0
+    for indicator in all_indicators():
+        watch = watches.get(indicator.key)
+        if watch and watch.muted:
+            continue
+        series = daily_values(indicator.key, start=day - timedelta(days=DAILY_HISTORY_DAYS), end=day)
+        values = _trim_leading_zeros([float(v) for _d, v in series])
+        if len(values) - 1 < MIN_POINTS_DAILY:
+            continue
+        checked += 1
+        check = check_point(values[:-1], values[-1], period=7, k=_k(watch))
+        if not check.anomalous:
+            continue
+        windows = [_day_window(day - timedelta(days=7 * n)) for n in range(5)]
+        movers = source_movers(windows=windows, measure=measure_for(indicator.key))
+        alert = _alert(
+            run=run,
+            indicator=indicator.key,
+            granularity=CheckKind.DAILY,
+            at=run.period_start,
+            check=check,
+            unit=indicator.unit,
+            movers=movers,
+        )
+        if alert:
+            created.append(alert)
+    run.indicators_checked = checked
+    return created
+
+
+def _check_hourly(run: AnomalyCheckRun) -> list[Anomaly]:
+    hour = run.period_start.astimezone(UTC)
+    watch = watch_settings().get(EVENT_VOLUME)
+    run.indicators_checked = 0
+    if watch and watch.muted:
+        return []
+    values = hourly_event_counts(start=hour - timedelta(hours=HOURLY_HISTORY_HOURS), hours=HOURLY_HISTORY_HOURS + 1)
+    values = _trim_leading_zeros(values)
+    if len(values) - 1 < MIN_POINTS_HOURLY:
+        return []
+    run.indicators_checked = 1
+    check = check_point(values[:-1], values[-1], period=24, k=_k(watch))
+    if not check.anomalous:
+        return []
+    windows = [(hour - timedelta(days=n), hour - timedelta(days=n) + timedelta(hours=1)) for n in range(8)]
+    movers = source_movers(windows=windows, measure="events")
+    alert = _alert(
+        run=run,
+        indicator=EVENT_VOLUME,
+        granularity=CheckKind.HOURLY,
+        at=hour,
+        check=check,
+        unit=Unit.COUNT,
+        movers=movers,
+    )
+    return [alert] if alert else []
+
+
+def run_check(*, run_id: int) -> AnomalyCheckRun:
+    """Run a queued check: one transaction writes its alerts and marks it done. A run already done
+    or failed is returned untouched (a redelivered task is harmless); a failure marks it failed
+    with the reason (traceback in the log) and raises again; it stays failed until retried."""
+    from indicators import tasks  # tasks import this module
+
+    run = AnomalyCheckRun.objects.get(pk=run_id)
+    if run.status in (AnomalyCheckRun.Status.DONE, AnomalyCheckRun.Status.FAILED):
+        return run
+    AnomalyCheckRun.objects.filter(pk=run.pk).update(status=AnomalyCheckRun.Status.RUNNING, started_at=timezone.now())
+    try:
+        with transaction.atomic():
+            run = AnomalyCheckRun.objects.select_for_update().get(pk=run_id)
+            alerts = _check_daily(run) if run.kind == CheckKind.DAILY else _check_hourly(run)
+            run.status = AnomalyCheckRun.Status.DONE
+            run.alerts = len(alerts)
+            run.finished_at = timezone.now()
+            run.save(update_fields=["status", "alerts", "finished_at", "indicators_checked"])
+            for alert in alerts:
+                transaction.on_commit(
+                    lambda pk=alert.pk: publish(f"anomaly alert {pk}", tasks.notify_anomaly, kwargs={"anomaly_id": pk})
+                )
+    except Exception as exc:
+        AnomalyCheckRun.objects.filter(pk=run_id).update(
+            status=AnomalyCheckRun.Status.FAILED,
+            finished_at=timezone.now(),
+            error=log_failure(logger, f"anomaly check run {run_id}", exc),
+        )
+        raise
+    return run
