@@ -325,9 +325,12 @@ def run_soak(
             if kill_points and accepted >= kill_points[0]:
                 kill_points.pop(0)
                 victim = workers[len(report.in_flight_at_kills) % 2]
-                before = _in_flight()
                 victim.kill()
-                time.sleep(CLIENT_TIMEOUT * 2 + 1)  # the living worker's posts of then have returned
+                # Read after the kill, not before: a post the victim began between a reading and the
+                # kill would be in flight and not counted. The dead worker's rows keep their mark;
+                # the living worker's posts of then have returned after the wait.
+                before = _in_flight()
+                time.sleep(CLIENT_TIMEOUT * 2 + 1)
                 after = _in_flight()
                 dead = {pk for pk, since in before.items() if after.get(pk) == since}
                 report.in_flight_at_kills.append(len(dead))
