@@ -17,7 +17,7 @@ from community.selectors import competitor_apps
 from profiles.models import Identity, Profile
 from tracking.models import Event
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "cookie_cats" / "cookie_cats.csv"
 if not DATA.exists():  # the checkout may sit elsewhere; the shared folder is at a fixed place

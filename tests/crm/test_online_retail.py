@@ -20,7 +20,7 @@ from crm.models import CustomerValue, ScoringScheme
 from profiles.models import Identity, Profile
 from tracking.models import Event
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "online_retail" / "online_retail.csv.gz"
 if not DATA.exists():  # the checkout may sit elsewhere; the shared folder is at a fixed place
