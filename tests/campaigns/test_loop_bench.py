@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import loop
 
-RUNS = 300
+RUNS = 200
 # Three standard errors of a rate of alpha over RUNS runs: a correct method stays under it, and
 # the naive rule (about 19 % here, 29 % in published two-sided simulations) stays far above it.
 TOLERANCE = 3 * math.sqrt(loop.ALPHA * (1 - loop.ALPHA) / RUNS)
