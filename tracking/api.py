@@ -87,7 +87,7 @@ def events_of(data: Any) -> list[Any]:
 BAD_BATCH = OpenApiResponse(
     OpenApiTypes.OBJECT,
     description="Malformed JSON, a body that is not an object, `events` missing or not a list, or "
-    "more than 1000 events (nothing stored). The offending field and the reason are in the body.",
+    "more than 10,000 events (nothing stored). The offending field and the reason are in the body.",
 )
 
 
