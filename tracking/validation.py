@@ -151,12 +151,15 @@ def _depth(value: Any) -> int:
 
 
 def parse_timestamp(value: Any, *, now: datetime, latest: datetime | None = None) -> tuple[datetime | None, str | None]:
-    if not isinstance(value, str):
+    if isinstance(value, datetime):
+        parsed = value  # from a Python caller that parsed it already (the Segment mapping); JSON has none
+    elif not isinstance(value, str):
         return None, "must be an ISO 8601 string with a time zone, e.g. 2026-05-01T12:00:00+08:00"
-    try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None, "is not an ISO 8601 date-time, e.g. 2026-05-01T12:00:00+08:00"
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None, "is not an ISO 8601 date-time, e.g. 2026-05-01T12:00:00+08:00"
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         return None, "has no time zone; add an offset such as Z or +08:00"
     try:
