@@ -559,19 +559,34 @@ def replay_rate(base: str, recorded: list[tuple[bytes, dict]], count: int, args:
 
 def main_segment(args: argparse.Namespace, events: list[dict], db_url: str) -> None:
     runs: dict[str, list[float]] = {"b": [], "s": [], "r": []}
-    with serving(args, db_url) as (base, _pid):
+    # Events per CPU-second of gunicorn and PostgreSQL (the server's side), and for (s) the
+    # library's own CPU per message: on a small shared machine, the comparison that holds.
+    server: dict[str, list[float]] = {"b": [], "s": [], "r": []}
+    library: list[float] = []
+    with serving(args, db_url) as (base, pid):
+
+        def server_side(key: str, phase, *phase_args) -> None:
+            before = tree_cpu_seconds(pid) + postgres_cpu_seconds()
+            runs[key].append(phase(*phase_args))
+            server[key].append(len(events) / (tree_cpu_seconds(pid) + postgres_cpu_seconds() - before))
+
         for _ in range(max(args.repeat, 1)):
             empty_tables()
-            runs["b"].append(http_rate(base, events, args))
+            server_side("b", http_rate, base, events, args)
             empty_tables()
-            runs["s"].append(segment_rate(base, events, args))
+            children = os.times()
+            server_side("s", segment_rate, base, events, args)
+            after = os.times()  # the sender processes, joined, are counted as this one's children
+            used = after.children_user + after.children_system - children.children_user - children.children_system
+            library.append(used / len(events) * 1e6)
             recorded = record_segment_requests(events, args, new_key())
             gzipped = sum(1 for _body, headers in recorded if headers.get("Content-Encoding") == "gzip")
             print(f"    the library sent {len(recorded)} requests, {len(events) / len(recorded):,.0f} messages each on "
                   f"average, {gzipped} gzipped", flush=True)  # fmt: skip
             empty_tables()
-            runs["r"].append(replay_rate(base, recorded, len(events), args))
+            server_side("r", replay_rate, base, recorded, len(events), args)
     best = {k: max(v) for k, v in runs.items()}
+    core = {k: max(v) for k, v in server.items()}
     detail = {k: ", ".join(f"{v:,.0f}" for v in values) for k, values in runs.items()}
     print(f"(b) POST /api/v1/events, {args.clients} clients, {args.workers} workers: "
           f"{best['b']:>10,.0f} events/s   runs: {detail['b']}")  # fmt: skip
@@ -579,8 +594,12 @@ def main_segment(args: argparse.Namespace, events: list[dict], db_url: str) -> N
           f"upload_size {args.segment_upload_size}: {best['s']:>10,.0f} events/s   runs: {detail['s']}")  # fmt: skip
     print(f"(r) the same library requests, recorded and posted again by {args.clients} threads: "
           f"{best['r']:>10,.0f} events/s   runs: {detail['r']}")  # fmt: skip
+    print(f"per core of the server (events per CPU-second of gunicorn and PostgreSQL): (b) {core['b']:,.0f}   "
+          f"(s) {core['s']:,.0f}   (r) {core['r']:,.0f}   r/b by CPU {core['r'] / core['b']:.2f}")  # fmt: skip
+    print(f"the library's own CPU per message in (s): {min(library):.0f} us "
+          f"(at most {1e6 / min(library):,.0f} messages/s per core it has)")  # fmt: skip
     print(f"s/b = {best['s'] / best['b']:.2f}   r/b = {best['r'] / best['b']:.2f}   (goal >= 0.8)   "
-          f"load: {Path('/proc/loadavg').read_text().strip()}")  # fmt: skip
+          f"load: {load()}")  # fmt: skip
     empty_tables()
 
 
