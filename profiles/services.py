@@ -118,7 +118,7 @@ ON CONFLICT (kind, value) DO NOTHING
 _AWAIT_MERGES_SQL = """
 INSERT INTO profiles_identity (profile_id, kind, value, created_at)
 SELECT p.id, 'user_id', p.user_id, %(now)s FROM profiles_profile p
-WHERE p.user_id = ANY(%(users)s::text[]) ORDER BY p.user_id
+WHERE p.user_id = ANY(%(named)s::text[]) ORDER BY p.user_id
 ON CONFLICT (kind, value) DO NOTHING
 """
 # The anonymous id of an event that also names its user belongs to that user's (surviving)
@@ -142,11 +142,15 @@ WHERE i.profile_id = p.id AND p.merged_into_id IS NOT NULL
 """
 
 
+_TIE_ANONYMOUS_IDS_SQL = ";\n".join(q.strip() for q in (_AWAIT_MERGES_SQL, _ANON_IDENTITIES_SQL, _REPOINT_SQL))
+
+
 def record_ingested_events(*, events: Sequence[Any]) -> None:
     """Ingestion listener: profiles for new user ids (with their first/last seen), anonymous ids
     tied to the user an event names alongside, and the stored events queued for the first/last
     seen of existing profiles (`update_seen_times`). Runs inside the ingestion transaction,
-    set-based: one statement, four when events name both a user and an anonymous id."""
+    set-based: one statement, and one round trip of three more when events name both a user and
+    an anonymous id."""
     if not events:
         return
     now = timezone.now()
@@ -164,9 +168,10 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
         if pairs:
             anons = sorted(pairs)
             params = {"users": [pairs[a] for a in anons], "anons": anons, "now": now}
-            cursor.execute(_AWAIT_MERGES_SQL, {"users": sorted(set(pairs.values())), "now": now})
-            cursor.execute(_ANON_IDENTITIES_SQL, params)
-            cursor.execute(_REPOINT_SQL, {"anons": anons})
+            # One round trip for the three: the values are bound here, in the driver (Django's
+            # psycopg cursors bind client-side), and in one query string each statement still
+            # takes its own snapshot, so each sees what the one before it waited for.
+            cursor.execute(_TIE_ANONYMOUS_IDS_SQL, {**params, "named": sorted(set(pairs.values()))})
 
 
 def on_events_ingested(events: Sequence[Any]) -> None:
