@@ -23,7 +23,15 @@ the rate of (a) and the step taken together.
 
 --repeat N runs (c) and (a) N times, interleaved, and reports the best of each: on a machine
 shared with other work the best run is the one least disturbed.
-It prints events/s for each and the ratios a/c and b/c.
+It prints events/s for each, events per CPU-second (this process and the whole PostgreSQL
+server for (a) and (c), gunicorn and PostgreSQL for (b): what one core sustains, comparable
+across machines and far less moved by other work than the wall clock), the load average, and
+the ratios; its last line is `a/c <ratio> b/c <ratio> per_core_a <events/s>`.
+--profile runs (a) once more with each stage timed (parse, validation, COPY, each listener and
+the profiles statements, commit) and prints microseconds per event and shares.
+After (b), gzip bodies of 1000 and of --gzip-sizes events (10,000) go through HTTP: the larger
+bodies should keep at least the 1000-event rate.
+It refuses fewer than 1000 events, and every phase checks that it stored every event.
 
 --segment measures the Segment tracking API instead, on one gunicorn, back to back (--repeat
 times, interleaved; best of each):
