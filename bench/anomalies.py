@@ -120,6 +120,15 @@ def main() -> None:
     import django
 
     django.setup()
+    from indicators.anomalies import DAILY_HISTORY_DAYS
+
+    # With no anomaly injected, or no day past the history the check needs, precision and recall
+    # would read 1.0 over nothing.
+    if args.anomalies < 1 or args.indicators < 1 or args.days < DAILY_HISTORY_DAYS + 28:
+        raise SystemExit(
+            f"the workload is empty or trivially small: {args.anomalies} anomalies, {args.indicators} indicators, "
+            f"{args.days} days (at least 1, 1 and {DAILY_HISTORY_DAYS + 28}); no ratio"
+        )
     result = run(
         seed=args.seed,
         indicators=args.indicators,
@@ -127,6 +136,8 @@ def main() -> None:
         anomalies=args.anomalies,
         sensitivity=args.sensitivity,
     )
+    if result.injected < args.anomalies:
+        raise SystemExit(f"only {result.injected} of {args.anomalies} anomalies were injected; no ratio")
     print(
         f"{args.indicators} indicators x {args.days} days, {result.injected} injected anomalies, "
         f"{result.alerts} alerts ({result.true_alerts} on injected days), sensitivity {args.sensitivity}"

@@ -27,3 +27,12 @@ def ensure_database(url: str, *, fresh: bool = False) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def require_workload(what: str, count: int, *, at_least: int = 1) -> None:
+    """Stop the bench, printing no ratio, when what it is about to time is empty or too small to
+    measure: a fast answer to an empty question proves nothing."""
+    if count < at_least:
+        raise SystemExit(
+            f"the workload is empty or trivially small: {count:,} {what} (at least {at_least:,} needed); no ratio"
+        )

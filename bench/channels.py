@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchdb import bench_database_url, ensure_database  # noqa: E402
+from benchdb import bench_database_url, ensure_database, require_workload  # noqa: E402
 from rfm import model_defaults  # noqa: E402
 
 
@@ -194,6 +194,8 @@ def main() -> None:
         theirs.append(baseline())
         print(f"  run {i + 1}: channel quality {ours[-1]:.2f} s, baseline {theirs[-1]:.2f} s", flush=True)
     people = sum(r.new_users for r in rows)
+    require_workload("people who joined in the window", people, at_least=100)
+    require_workload("sources with new users", sum(1 for r in rows if r.new_users), at_least=2)
     print(f"{people:,} people joined in the window, {len(rows)} sources")
     print(f"channel quality: best {min(ours):.2f} s, median {statistics.median(ours):.2f} s")
     print(f"baseline:        best {min(theirs):.2f} s, median {statistics.median(theirs):.2f} s")

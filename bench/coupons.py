@@ -47,7 +47,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchdb import bench_database_url, ensure_database  # noqa: E402
+from benchdb import bench_database_url, ensure_database, require_workload  # noqa: E402
 
 CEILING_SQL = (
     "UPDATE bench_ceiling SET committed = committed + 1 WHERE id = 1 AND committed + spent + 1 <= budget "
@@ -456,6 +456,10 @@ def main() -> None:
                 flush=True,
             )
             assert balanced and rule.committed + rule.spent <= rule.budget
+            # Every claim issued a coupon and every redemption spent one: otherwise the rates timed
+            # refusals, not the work.
+            require_workload("coupons issued by the claims", rule.issued_count - len(warm), at_least=count)
+            require_workload("coupons redeemed", rule.redeemed_count, at_least=count)
             runs.append(
                 {
                     "ceiling_per_s": round(ceiling),

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchdb import bench_database_url, ensure_database  # noqa: E402
+from benchdb import bench_database_url, ensure_database, require_workload  # noqa: E402
 from rfm import model_defaults  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -384,6 +384,7 @@ def main() -> None:
             started = time.monotonic()
             rollups.rebuild()
             print(f"rebuild: {time.monotonic() - started:.1f} s", flush=True)
+        require_workload("events", total, at_least=10_000)
         print(f"{total:,} events")
         with connection.cursor() as cursor:
             cursor.execute("SELECT max(day) FROM tracking_dailyindicator")
@@ -398,6 +399,7 @@ def main() -> None:
         )
         cursor.execute("SELECT count(*) FROM tracking_event")
         total = cursor.fetchone()[0]
+    require_workload("events of the history", total, at_least=10_000)
 
     print(
         f"{total:,} events; load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}",

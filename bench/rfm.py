@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchdb import bench_database_url, ensure_database  # noqa: E402
+from benchdb import bench_database_url, ensure_database, require_workload  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -285,6 +285,7 @@ def main() -> None:
     first = services.recompute_customer_values(now=ref)
     first_seconds = time.monotonic() - started
     first_baseline = run_baseline(ref)
+    require_workload("customers with orders scored", first.customers, at_least=max(customers // 100, 10))
     print(
         f"from empty: recompute {first_seconds:.2f} s ({first.profiles:,} profiles, {first.customers:,} customers, "
         f"{first.changes:,} history rows), baseline {first_baseline:.2f} s",
@@ -302,6 +303,7 @@ def main() -> None:
         run = services.recompute_customer_values(now=ref)
         ours.append(time.monotonic() - started)
         theirs.append(run_baseline(ref))
+        require_workload("history rows from a night's new orders", run.changes)
         print(
             f"night {night}: recompute {ours[-1]:.2f} s ({run.changes:,} history rows), baseline {theirs[-1]:.2f} s",
             flush=True,

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchdb import bench_database_url, ensure_database  # noqa: E402
+from benchdb import bench_database_url, ensure_database, require_workload  # noqa: E402
 
 CATEGORIES = ["technology", "sports", "finance", "culture", "travel", "food", "health", "auto"]
 CITIES = ["Shanghai", "Beijing", "Shenzhen", "Guangzhou", "Hangzhou", "Chengdu", "Wuhan", "Xi'an"]
@@ -288,6 +288,9 @@ def main() -> None:
             elapsed, members = timed_service(rule_obj.id)
             service_runs.append(elapsed)
         best_sql = min(sql_runs)
+        require_workload(f"members of the {label}", members, at_least=max(profiles // 1000, 10))
+        if members != sql_rows:
+            raise SystemExit(f"{label}: the service tagged {members:,}, the hand-written SQL selects {sql_rows:,}")
         print(f"\n{label}: {members:,} members (hand-written SQL selects {sql_rows:,})")
         print(f"  hand-written SQL          best {best_sql:8.3f} s   median {statistics.median(sql_runs):8.3f} s")
         for name, runs in [("service, from empty", empty_runs), ("service, steady state", service_runs)]:

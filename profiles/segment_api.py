@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import zlib
 from pathlib import Path
@@ -27,6 +26,7 @@ from access.authentication import api_key_for
 from access.models import ApiKey, Scope
 from access.services import touch_api_key
 from profiles.segment import MAX_MESSAGE_BYTES, TYPES, ingest_segment_messages, max_batch_bytes, parse_time
+from tracking import jsonio
 
 # Every endpoint answers any origin: a product's pages post from their own, the write key is the
 # credential (never a cookie), and the endpoints only take events in.
@@ -63,10 +63,6 @@ def _refused(exc: Refusal) -> JsonResponse:
     return _answer(exc.status, body, **headers)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def read_body(request: HttpRequest) -> tuple[Any, int]:
     """The JSON body, gzipped or not, within the batch limit of the spec (500 KB), and its size
     in bytes once decompressed."""
@@ -96,7 +92,7 @@ def read_body(request: HttpRequest) -> tuple[Any, int]:
     if not raw:
         raise Refusal(400, "invalid_json", "The body is empty; send a JSON object.")
     try:
-        return json.loads(raw, parse_constant=_refuse_constant), len(raw)
+        return jsonio.loads(raw), len(raw)
     except (ValueError, RecursionError) as exc:
         raise Refusal(400, "invalid_json", f"The body is not valid JSON: {str(exc)[:200]}") from exc
 

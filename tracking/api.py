@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Any
 
@@ -15,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from access.permissions import HasScope
-from tracking import services
+from tracking import jsonio, services
 from tracking.errors import BodyTooLarge
 from tracking.serializers import (
     EventBatchInput,
@@ -28,10 +27,6 @@ DEFAULT_MAX_BODY_BYTES = 40 * 1024 * 1024  # 1000 events with full 32 KiB proper
 
 def max_body_bytes() -> int:
     return int(getattr(settings, "OPSLOOP_EVENTS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 class EventBatchParser(BaseParser):
@@ -58,7 +53,7 @@ class EventBatchParser(BaseParser):
         if meta.get("HTTP_CONTENT_ENCODING", "").strip().lower() == "gzip":
             raw = self._gunzip(raw, limit)
         try:
-            return json.loads(raw, parse_constant=_refuse_constant)
+            return jsonio.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise ParseError(f"JSON parse error - {exc}") from exc
 
@@ -92,7 +87,7 @@ def events_of(data: Any) -> list[Any]:
 BAD_BATCH = OpenApiResponse(
     OpenApiTypes.OBJECT,
     description="Malformed JSON, a body that is not an object, `events` missing or not a list, or "
-    "more than 1000 events (nothing stored). The offending field and the reason are in the body.",
+    "more than 10,000 events (nothing stored). The offending field and the reason are in the body.",
 )
 
 

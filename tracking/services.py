@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
+from psycopg import sql as pgsql
 from psycopg.errors import DeadlockDetected, UniqueViolation
 
 from tracking.hooks import StoredEvent, notify_ingested
@@ -71,19 +72,43 @@ FROM pg_sequence s, generate_series(1, ceil(%(count)s::numeric / s.seqincrement)
 WHERE s.seqrelid = %(seq)s::regclass
 """
 _id_sequence: str | None = None
+# The COPY runs under a savepoint, so that a refused COPY (an id stored before) undoes only
+# itself. It is set in the round trip that reserves the ids, and never released: a savepoint
+# ends with its transaction, and releasing it would cost one more round trip per batch. Taken
+# again, the name refers to the newest one, which is the one `ROLLBACK TO` returns to.
+SAVEPOINT = "tracking_copy"
 
 
-def _reserve_ids(cursor: Any, count: int) -> list[int]:
-    """`count` ids no other writer uses: consecutive in runs of a block each."""
+def _sequence(cursor: Any) -> str:
     global _id_sequence
     if _id_sequence is None:
         cursor.execute("SELECT pg_get_serial_sequence('tracking_event', 'id')")
         _id_sequence = cursor.fetchone()[0]
-    cursor.execute(RESERVE_IDS, {"seq": _id_sequence, "count": count})
+    return _id_sequence
+
+
+def _ids_of(rows: list[tuple[int, int]], count: int) -> list[int]:
     ids: list[int] = []
-    for first, step in cursor.fetchall():
+    for first, step in rows:
         ids.extend(range(first, first + min(step, count - len(ids))))
     return ids
+
+
+def _reserve_ids(cursor: Any, count: int) -> list[int]:
+    """`count` ids no other writer uses: consecutive in runs of a block each."""
+    cursor.execute(RESERVE_IDS, {"seq": _sequence(cursor), "count": count})
+    return _ids_of(cursor.fetchall(), count)
+
+
+def _savepoint_and_reserve_ids(cursor: Any, count: int) -> list[int]:
+    """The savepoint and the ids in one round trip: two statements in one simple query (the
+    values are written in as literals, which such a query needs)."""
+    query = pgsql.SQL("SAVEPOINT {}; ").format(pgsql.Identifier(SAVEPOINT)) + pgsql.SQL(
+        RESERVE_IDS.replace("%(seq)s", "{seq}").replace("%(count)s", "{count}")
+    ).format(seq=pgsql.Literal(_sequence(cursor)), count=pgsql.Literal(int(count)))
+    cursor.execute(query)
+    cursor.nextset()  # the SAVEPOINT's result comes first
+    return _ids_of(cursor.fetchall(), count)
 
 
 def reserve_event_ids(*, count: int) -> list[int]:
@@ -125,15 +150,16 @@ def _row(pk: int, e: CleanEvent, received_at: datetime) -> tuple:
 
 
 def _copy(cursor: Any, batch: list[CleanEvent], received_at: datetime) -> list[tuple[int, str]] | None:
-    """COPY `batch` with ids reserved from the sequence (COPY cannot return them), in a savepoint;
-    None when the unique index refused one of its ids (stored before, or by a concurrent request
-    in the meantime) and the savepoint undid the whole COPY."""
-    ids = _reserve_ids(cursor, len(batch))
+    """COPY `batch` with ids reserved from the sequence (COPY cannot return them), under the
+    savepoint; None when the unique index refused one of its ids (stored before, or by a
+    concurrent request in the meantime) and the savepoint undid the whole COPY."""
+    ids = _savepoint_and_reserve_ids(cursor, len(batch))
     try:
-        with transaction.atomic(), cursor.copy(f"COPY tracking_event (id, {COLUMNS}) FROM STDIN") as copy:
+        with cursor.copy(f"COPY tracking_event (id, {COLUMNS}) FROM STDIN") as copy:
             for pk, event in zip(ids, batch, strict=True):
                 copy.write_row(_row(pk, event, received_at))
     except (UniqueViolation, DeadlockDetected):
+        cursor.execute(pgsql.SQL("ROLLBACK TO SAVEPOINT {}").format(pgsql.Identifier(SAVEPOINT)))
         return None
     return [(pk, e.event_id) for pk, e in zip(ids, batch, strict=True)]
 

@@ -250,10 +250,10 @@ def test_a_body_that_is_not_a_batch_is_a_400_naming_the_problem(client, body, fi
     assert field in response.json()
 
 
-def test_more_than_1000_events_is_a_400_and_nothing_is_stored(client):
-    response = post(client, {"events": payloads(1001)})
+def test_more_than_10000_events_is_a_400_and_nothing_is_stored(client):
+    response = post(client, {"events": payloads(10_001)})
     assert response.status_code == 400
-    assert "1001" in response.json()["events"][0]
+    assert "10001" in response.json()["events"][0]
     assert not Event.objects.exists()
 
 
@@ -286,6 +286,18 @@ def test_a_gzipped_batch_is_accepted(client):
     body = gzip.compress(json.dumps({"events": payloads(3)}).encode())
     response = post(client, body, HTTP_CONTENT_ENCODING="gzip")
     assert response.json()["accepted"] == 3
+
+
+def test_a_gzipped_batch_of_10000_events_is_stored_once_each(client):
+    events = payloads(9_999)
+    events[17]["timestamp"] = "yesterday"  # refused alone, by its index
+    body = gzip.compress(json.dumps({"events": [*events, events[3]]}).encode())
+    response = post(client, body, HTTP_CONTENT_ENCODING="gzip")
+    assert response.status_code == 200
+    answer = response.json()
+    assert (answer["accepted"], answer["duplicates"]) == (9_998, 1)
+    assert [item["index"] for item in answer["rejected"]] == [17]
+    assert Event.objects.count() == 9_998
 
 
 def test_a_gzipped_body_that_expands_past_the_limit_or_is_corrupt_is_a_400(client, settings):
