@@ -834,6 +834,14 @@ def redeem_codes(*, codes: Sequence[str], user_id: str, order_id: str, order_amo
     result, by_code, profile = _stack_codes(
         codes_given=codes, user_id=user_id, order_amount=order_amount, order_id=order_id, lock=True
     )
+    if any(r.reason == errors.CouponAlreadyUsed.reason for r in result.refused):
+        # The same order sent twice at once: the other request held the locks and redeemed
+        # first. Its redemptions are this order's answer.
+        previous = list(
+            Redemption.objects.select_related("coupon", "coupon__rule").filter(order_id=order_id, rolled_back_at=None)
+        )
+        if previous:
+            return _replayed_stack(previous=previous, order_amount=order_amount)
     if not result.applied:
         first = result.refused[0]
         raise _ERRORS_BY_REASON.get(first.reason, errors.CouponError)(first.detail, reason=first.reason)

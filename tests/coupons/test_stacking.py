@@ -168,3 +168,27 @@ def test_a_single_code_keeps_its_rules_floor():
     code = _coupon(rule, "floored").code
     quote = services.validate_coupon(code=code, user_id="floored", order_amount=D("100.00"))
     assert quote.discount == D("75.00") and quote.final_amount == D("25.00")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_order_of_several_codes_redeemed_from_many_clients_at_once_is_redeemed_once():
+    from tests.coupons.test_concurrency import assert_books_balance, run_at_once
+
+    person("many-clients")
+    first = CouponRuleFactory(value=D("10.00"), stacking="stackable", budget=D("100.00"))
+    second = PercentRuleFactory(value=D("10.00"), stacking="stackable", budget=D("300.00"))
+    codes = [_coupon(r, "many-clients").code for r in (first, second)]
+    results = run_at_once(
+        [
+            lambda: services.redeem_codes(codes=codes, user_id="many-clients", order_id="same", order_amount=D("100"))
+            for _ in range(20)
+        ]
+    )
+    assert all(isinstance(r, services.StackedQuote) for r in results), [r for r in results][:3]
+    assert sum(r.created for r in results) == 1
+    assert {tuple(x.pk for x in r.redemptions) for r in results} == {
+        tuple(Redemption.objects.filter(order_id="same").order_by("id").values_list("pk", flat=True))
+    }
+    assert {r.stack.discount for r in results} == {D("19.00")}
+    for rule in (first, second):
+        assert_books_balance(rule)
