@@ -116,6 +116,7 @@ class Incremental:
     margin: float
     margin_ci: tuple[float, float]
     cost: float
+    cost_ci: tuple[float, float]
     roi: float | None
     roi_ci: tuple[float | None, float | None]
 
@@ -136,6 +137,8 @@ class Incremental:
             "margin_ci_low": money(self.margin_ci[0]),
             "margin_ci_high": money(self.margin_ci[1]),
             "cost": money(self.cost),
+            "cost_ci_low": money(self.cost_ci[0]),
+            "cost_ci_high": money(self.cost_ci[1]),
             "roi": None if self.roi is None else round(self.roi, 4),
             "roi_ci_low": None if self.roi_ci[0] is None else round(self.roi_ci[0], 4),
             "roi_ci_high": None if self.roi_ci[1] is None else round(self.roi_ci[1], 4),
@@ -186,6 +189,8 @@ def combine(pairs: Iterable[tuple[_Sums, _Sums]]) -> Incremental | None:
         margin=est["m"],
         margin_ci=ci("m"),
         cost=cost,
+        # The cost is what was given; its interval is how much it could vary for groups like these.
+        cost_ci=(cost - Z95 * math.sqrt(cost_var), cost + Z95 * math.sqrt(cost_var)),
         roi=roi,
         roi_ci=roi_ci,
     )

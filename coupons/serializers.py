@@ -202,6 +202,8 @@ class CouponIncrementalNumbersOutput(serializers.Serializer):
     cost = serializers.DecimalField(
         max_digits=16, decimal_places=2, help_text="Discounts the treated redeemed in their windows."
     )
+    cost_ci_low = serializers.DecimalField(max_digits=16, decimal_places=2)
+    cost_ci_high = serializers.DecimalField(max_digits=16, decimal_places=2)
     roi = serializers.FloatField(allow_null=True, help_text="(margin - cost) / cost; null when nothing spent.")
     roi_ci_low = serializers.FloatField(allow_null=True, help_text="95 % interval of the ROI: low end.")
     roi_ci_high = serializers.FloatField(allow_null=True, help_text="95 % interval of the ROI: high end.")
