@@ -334,33 +334,36 @@ async def drive(conns: list[KeepAlive], jobs: list[list], request_of, ok: tuple[
     return time.perf_counter() - started, latencies, answers, {}
 
 
-async def open_loop(port: int, key: str, rule_id: int, users: list[str], rate: float, pool: int = 16):
+async def open_loop(port: int, key: str, rule_id: int, users: list[str], rate: float, pool: int = 16, most: int = 256):
     """One claim per user at `rate` per second, each sent at its scheduled time on an idle
-    connection (a new one when all are busy); (elapsed, latencies ms from the scheduled time,
-    refused count, connections used)."""
+    connection (a new one when all are busy, up to `most`; past that it waits for one, and that
+    wait counts in its latency); (elapsed, latencies ms from the scheduled time, refused count,
+    connections used)."""
     loop = asyncio.get_running_loop()
-    idle = [KeepAlive(port, key) for _ in range(pool)]
-    # Warm the pool's connections (and the workers behind them) on the warm-up users.
-    await drive(
-        idle,
-        [[f"{users[0]}-warm-{i}"] for i in range(pool)],
-        lambda u: (f"/api/v1/coupon-rules/{rule_id}/claim", {"user_id": u, "request_id": f"r-{u}"}),
-        (201,),
-    )
-    every = list(idle)
+    warm = [KeepAlive(port, key) for _ in range(pool)]
+
+    def claim_request(user: str) -> tuple[str, dict]:
+        return f"/api/v1/coupon-rules/{rule_id}/claim", {"user_id": user, "request_id": f"r-{user}"}
+
+    # Warm the pool's connections (and the workers behind them) on users of their own.
+    await drive(warm, [[f"{users[0]}-warm-{i}"] for i in range(pool)], claim_request, (201,))
+    idle: asyncio.Queue[KeepAlive] = asyncio.Queue()
+    for conn in warm:
+        idle.put_nowait(conn)
+    every = list(warm)
     latencies: list[float] = []
     refused = [0]
 
     async def one(user: str, due: float) -> None:
-        conn = idle.pop() if idle else KeepAlive(port, key)
-        if conn not in every:
-            every.append(conn)
-        status, _ = await conn.post(
-            f"/api/v1/coupon-rules/{rule_id}/claim", {"user_id": user, "request_id": f"r-{user}"}
-        )
+        if idle.empty() and len(every) < most:
+            every.append(KeepAlive(port, key))
+            conn = every[-1]
+        else:
+            conn = await idle.get()
+        status, _ = await conn.post(*claim_request(user))
         latencies.append((loop.time() - due) * 1000)
         refused[0] += status != 201
-        idle.append(conn)
+        idle.put_nowait(conn)
 
     tasks = []
     start = loop.time()
