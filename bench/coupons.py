@@ -1,7 +1,19 @@
-"""Coupon claims and redemptions per second over HTTP against one hot rule, and the ceiling.
+"""What the claim path costs: claims against a minimal DRF view doing the same UPDATE in the same
+gunicorn, latency at a fixed offered load, and the closed-loop figures of before.
 
     .venv/bin/python bench/coupons.py                    # 32 clients, 20,000 claims + redemptions
     .venv/bin/python bench/coupons.py --scale 0.25 --workers 3 --repeat 3
+    .venv/bin/python bench/coupons.py --rate 150 --open-seconds 30
+
+The two goals it reports:
+- the ratio of claim throughput to the baseline's (goal >= 0.5): the baseline is a minimal DRF
+  view (`bench/claim_baseline.py`, served by the same gunicorn through the same middleware,
+  authentication and scope check) running the single conditional UPDATE of the ceiling below,
+  driven by the same 32 closed-loop clients; the difference is what opsloop's claim adds;
+- p50/p99 of claims at a fixed offered load (--rate, 150 claims/s) from an open-loop generator
+  (goal p99 < 50 ms): a claim is sent at its scheduled time whatever the earlier ones are doing,
+  on an idle keep-alive connection or a new one, and its latency is counted from that scheduled
+  time, so a server that falls behind shows it (no coordinated omission).
 
 It works in a database of its own, `<DATABASE_URL's name>_bench` (created and migrated on first
 use), so it never touches real data. Phases:
@@ -16,12 +28,15 @@ use), so it never touches real data. Phases:
     created beforehand, as a product's users would be) against one budgeted rule.
 (redeem) the same connections `POST /api/v1/coupons/redeem` every code they claimed.
 
+(baseline) the same connections `POST /bench/claim-baseline` (the minimal view) as many times.
+(open loop) --rate claims per second for --open-seconds, new users, as described above.
+
 The load generator is one asyncio process (raw HTTP/1.1 on keep-alive connections), as light
 as the ceiling's clients, so that it takes as little as possible of the cores the server and
 PostgreSQL share. --repeat N runs the whole set N times on fresh users and reports each run
-and the best and median. It prints requests/s, p50/p99 latency, the ratio to the ceiling
-(target >= 0.3; p99 < 50 ms), and checks that the books balance: the rule's counters equal
-what its rows add up to.
+and the best and median. It prints requests/s, p50/p99 latency, the ratios to the ceiling (for
+comparison with earlier runs) and to the baseline, and checks that the books balance: the rule's
+counters equal what its rows add up to.
 """
 
 from __future__ import annotations
@@ -69,6 +84,8 @@ def parse_args() -> argparse.Namespace:
         help="run gunicorn with OPSLOOP_DB_CONN_HEALTH_CHECKS=0 (no SELECT 1 at the start of each request)",
     )
     parser.add_argument("--port", type=int, default=8104)
+    parser.add_argument("--rate", type=float, default=150.0, help="open-loop offered load, claims/s (default 150)")
+    parser.add_argument("--open-seconds", type=float, default=30.0, help="open-loop duration (default 30 s)")
     return parser.parse_args()
 
 
@@ -222,7 +239,8 @@ def start_server(args: argparse.Namespace, db_url: str) -> subprocess.Popen:
         "OPSLOOP_DB_CONN_HEALTH_CHECKS": "0" if args.no_db_health_checks else "1",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-b", f"127.0.0.1:{args.port}", "-w", str(args.workers),
+        [sys.executable, "-m", "gunicorn", "claim_baseline:application", "--pythonpath", str(ROOT / "bench"),
+         "-b", f"127.0.0.1:{args.port}", "-w", str(args.workers),
          "-k", "gthread", "--threads", str(args.threads), "--keep-alive", "120", "--backlog", "2048",
          "--timeout", "120", "--log-level", "warning"],
         cwd=ROOT, env=env, start_new_session=True,
@@ -316,6 +334,51 @@ async def drive(conns: list[KeepAlive], jobs: list[list], request_of, ok: tuple[
     return time.perf_counter() - started, latencies, answers, {}
 
 
+async def open_loop(port: int, key: str, rule_id: int, users: list[str], rate: float, pool: int = 16, most: int = 256):
+    """One claim per user at `rate` per second, each sent at its scheduled time on an idle
+    connection (a new one when all are busy, up to `most`; past that it waits for one, and that
+    wait counts in its latency); (elapsed, latencies ms from the scheduled time, refused count,
+    connections used)."""
+    loop = asyncio.get_running_loop()
+    warm = [KeepAlive(port, key) for _ in range(pool)]
+
+    def claim_request(user: str) -> tuple[str, dict]:
+        return f"/api/v1/coupon-rules/{rule_id}/claim", {"user_id": user, "request_id": f"r-{user}"}
+
+    # Warm the pool's connections (and the workers behind them) on users of their own.
+    await drive(warm, [[f"{users[0]}-warm-{i}"] for i in range(pool)], claim_request, (201,))
+    idle: asyncio.Queue[KeepAlive] = asyncio.Queue()
+    for conn in warm:
+        idle.put_nowait(conn)
+    every = list(warm)
+    latencies: list[float] = []
+    refused = [0]
+
+    async def one(user: str, due: float) -> None:
+        if idle.empty() and len(every) < most:
+            every.append(KeepAlive(port, key))
+            conn = every[-1]
+        else:
+            conn = await idle.get()
+        status, _ = await conn.post(*claim_request(user))
+        latencies.append((loop.time() - due) * 1000)
+        refused[0] += status != 201
+        idle.put_nowait(conn)
+
+    tasks = []
+    start = loop.time()
+    for i, user in enumerate(users):
+        due = start + i / rate
+        if (delay := due - loop.time()) > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(user, due)))
+    await asyncio.gather(*tasks)
+    elapsed = loop.time() - start
+    for conn in every:
+        await conn.close()
+    return elapsed, latencies, refused[0], len(every)
+
+
 async def measured(pids: list[int], count: int, coroutine):
     """Run a phase; print the CPU each side spent per request (gunicorn, PostgreSQL, this client)."""
     server, client = cpu_seconds(pids[0]), time.process_time()
@@ -332,8 +395,9 @@ async def measured(pids: list[int], count: int, coroutine):
 async def phases(
     port: int, key: str, clients: int, rule_id: int, warm: list[str], users: list[str], server_pid: int, db_url: str
 ):
-    """Warm-up claims, then the measured claims, then the redemption of every code claimed, on
-    the same keep-alive connections; the (elapsed, latencies, answers) of the last two."""
+    """Warm-up claims, then the measured claims, then the redemption of every code claimed, then
+    as many baseline requests, on the same keep-alive connections; the (elapsed, latencies,
+    answers) of the last three."""
 
     def claim_request(user: str) -> tuple[str, dict]:
         return f"/api/v1/coupon-rules/{rule_id}/claim", {"user_id": user, "request_id": f"r-{user}"}
@@ -355,14 +419,20 @@ async def phases(
             for answers, job in zip(claimed[2], jobs, strict=True)
         ]
         redeemed = await measured(pids, len(users), drive(conns, pairs, redeem_request, (200,)))
-        return claimed, redeemed
+        baseline = await measured(
+            pids, len(users), drive(conns, jobs, lambda u: ("/bench/claim-baseline", {"user_id": u}), (201,))
+        )
+        return claimed, redeemed, baseline
     finally:
         for conn in conns:
             await conn.close()
 
 
-def report(label: str, rate: float, latencies: list[float] | None, ceiling: float | None = None) -> None:
+def report(
+    label: str, rate: float, latencies: list[float] | None, ceiling: float | None = None, baseline: float | None = None
+) -> None:
     ratio = f"   ratio to ceiling {rate / ceiling:.2f}" if ceiling else ""
+    ratio += f"   ratio to baseline {rate / baseline:.2f} (goal >= 0.5)" if baseline else ""
     spread = (
         f"   p50 {statistics.median(latencies):6.1f} ms   p99 {percentile(latencies, 0.99):6.1f} ms"
         if latencies
@@ -410,12 +480,14 @@ def main() -> None:
             tag = uuid.uuid4().hex[:8]
             users = [f"bench-{tag}-{i}" for i in range(count)]
             warm = [f"bench-{tag}-warm-{i}" for i in range(args.clients * 4)]
-            services._profile_ids_for_user_ids(users + warm)
+            paced = [f"bench-{tag}-open-{i}" for i in range(int(args.rate * args.open_seconds))]
+            assert users and paced, "the bench has no claims to make"
+            services._profile_ids_for_user_ids(users + warm + paced)
             rule = services.create_rule(
                 name=f"bench {tag}",
                 kind="fixed",
                 value=Decimal("5.00"),
-                budget=Decimal("5.00") * (count + len(warm)),
+                budget=Decimal("5.00") * (count + len(warm) + len(paced) + 64),
                 per_user_limit=1,
             )
 
@@ -426,21 +498,39 @@ def main() -> None:
             report("(ceiling) UPDATE, asyncio psycopg", py_rate, py_latencies)
             ceiling = max(py_rate, pg[0] if pg else 0.0)
 
-            claimed, redeemed = asyncio.run(
-                phases(args.port, key, args.clients, rule.pk, warm, users, server.pid, db_url)
-            )
+            reset_ceiling_row(db_url, count)  # the baseline view's row
+            try:
+                claimed, redeemed, baseline = asyncio.run(
+                    phases(args.port, key, args.clients, rule.pk, warm, users, server.pid, db_url)
+                )
+            finally:
+                drop_ceiling_row(db_url)
             (c_elapsed, c_latencies, _, c_cpu), (r_elapsed, r_latencies, _, r_cpu) = claimed, redeemed
-            claims_rate, redeem_rate = count / c_elapsed, count / r_elapsed
+            b_elapsed, b_latencies, _, b_cpu = baseline
+            claims_rate, redeem_rate, baseline_rate = count / c_elapsed, count / r_elapsed, count / b_elapsed
             for label, rate, latencies, cpu in (
+                ("(baseline) minimal DRF UPDATE, HTTP", baseline_rate, b_latencies, b_cpu),
                 ("(claim) HTTP", claims_rate, c_latencies, c_cpu),
                 ("(redeem) HTTP", redeem_rate, r_latencies, r_cpu),
             ):
-                report(label, rate, latencies, ceiling)
+                report(label, rate, latencies, ceiling, baseline_rate if label.startswith("(claim)") else None)
                 print(
                     f"{'':<36} CPU per request: gunicorn {cpu['server_ms']:.2f} ms, PostgreSQL "
                     f"{cpu['database_ms']:.2f} ms, client {cpu['client_ms']:.2f} ms",
                     flush=True,
                 )
+
+            o_elapsed, o_latencies, o_refused, o_conns = asyncio.run(
+                open_loop(args.port, key, rule.pk, paced, args.rate)
+            )
+            o_p99 = percentile(o_latencies, 0.99)
+            print(
+                f"{'(open loop) claim at ' + format(args.rate, 'g') + '/s offered':<36} "
+                f"{len(paced) / o_elapsed:>9,.0f} /s   p50 {statistics.median(o_latencies):6.1f} ms   "
+                f"p99 {o_p99:6.1f} ms (goal < 50 ms)   {o_conns} connections, {o_refused} refused",
+                flush=True,
+            )
+            assert o_refused == 0, "open-loop claims were refused"
 
             rule = CouponRule.objects.get(pk=rule.pk)
             ledger = selectors.ledger_from_rows(rule=rule)
@@ -471,6 +561,11 @@ def main() -> None:
                     "redeem_p99_ms": round(percentile(r_latencies, 0.99), 1),
                     "claim_cpu_ms": {k: round(v, 2) for k, v in c_cpu.items()},
                     "redeem_cpu_ms": {k: round(v, 2) for k, v in r_cpu.items()},
+                    "baseline_per_s": round(baseline_rate),
+                    "claim_to_baseline": round(claims_rate / baseline_rate, 3),
+                    "open_rate_per_s": args.rate,
+                    "open_p50_ms": round(statistics.median(o_latencies), 1),
+                    "open_p99_ms": round(o_p99, 1),
                     "claim_ratio": round(claims_rate / ceiling, 3),
                     "redeem_ratio": round(redeem_rate / ceiling, 3),
                     "load": load(),
@@ -483,7 +578,14 @@ def main() -> None:
     for run in runs:
         print(json.dumps(run))
     if len(runs) > 1:
-        for name in ("claim_ratio", "redeem_ratio", "claim_p99_ms", "redeem_p99_ms"):
+        for name in (
+            "claim_to_baseline",
+            "open_p99_ms",
+            "claim_ratio",
+            "redeem_ratio",
+            "claim_p99_ms",
+            "redeem_p99_ms",
+        ):
             values = [run[name] for run in runs]
             best = min(values) if name.endswith("_ms") else max(values)
             print(f"{name:<14} best {best:<8} median {round(statistics.median(values), 3)}")

@@ -23,6 +23,7 @@ class CampaignsConfig(AppConfig):
     def ready(self) -> None:
         from campaigns import selectors, services
         from coupons.audiences import register_segment_checker, register_segment_resolver
+        from coupons.incremental import register_holdout_members_sql
         from predictions.features import register_feature
         from profiles.lookup import register_merge_listener, register_section
         from tracking.hooks import register_ingest_listener
@@ -32,4 +33,5 @@ class CampaignsConfig(AppConfig):
         register_section("messages", selectors.deliveries_for_profile)
         register_segment_resolver(selectors.segment_profile_ids)
         register_segment_checker(selectors.segment_exists)
+        register_holdout_members_sql(selectors.HOLDOUT_MEMBERS_SQL)
         register_feature("messages_30d", selectors.MESSAGES_30D_SQL)

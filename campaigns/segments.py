@@ -27,6 +27,7 @@ CONDITION_KEYS = (
     "rfm_segment",
     "trait",
     "event",
+    "uplift",
 )
 TRAIT_OPS = ("eq", "ne", "in", "gte", "lte", "contains")
 EVENT_OPS = ("gte", "lte", "eq")
@@ -299,8 +300,26 @@ class _Compiler:
         self.params.extend([name, since, name, since, count])
         return f"p.id IN ({sub.format(cmp='=')})"
 
+    def c_uplift(self, node: dict, path: str, depth: int) -> str:
+        """`{"uplift": <rule id>, "top_percent": N}`: the N % of people with the highest predicted
+        uplift for that coupon rule (its last fit, `coupons.services.fit_rule_uplift`)."""
+        base = path.rsplit(".", 1)[0]
+        base = f"{base}." if base != path else ""
+        rule_id = node["uplift"]
+        if isinstance(rule_id, bool) or not isinstance(rule_id, int) or not 1 <= rule_id < 2**63:
+            return self.fail(path, "must be a coupon rule id")
+        top = node.get("top_percent")
+        if isinstance(top, bool) or not isinstance(top, int | float) or not 0 < top <= 100:
+            return self.fail(f"{base}top_percent", "must be a percent above 0 and at most 100")
+        self.params.extend([rule_id, float(top), rule_id])
+        return (
+            "p.id IN (SELECT u.profile_id FROM coupons_upliftscore u WHERE u.rule_id = %s"
+            " ORDER BY u.uplift DESC, u.profile_id"
+            " LIMIT (SELECT ceil(count(*) * %s / 100.0) FROM coupons_upliftscore c WHERE c.rule_id = %s))"
+        )
 
-_EXTRA_KEYS = {"op", "value", "within_days", "count"}
+
+_EXTRA_KEYS = {"op", "value", "within_days", "count", "top_percent"}
 _ALLOWED_EXTRA = {
     "all": set(),
     "any": set(),
@@ -312,6 +331,7 @@ _ALLOWED_EXTRA = {
     "rfm_segment": set(),
     "trait": {"op", "value"},
     "event": {"op", "within_days", "count"},
+    "uplift": {"top_percent"},
 }
 _SQL_OPS = {"eq": "=", "ne": "IS DISTINCT FROM", "gte": ">=", "lte": "<="}
 

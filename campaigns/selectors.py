@@ -653,3 +653,23 @@ FROM campaigns_delivery d
 WHERE d.sent_at > %(at)s - interval '30 days' AND d.sent_at <= %(at)s
 GROUP BY d.profile_id
 """
+
+
+# The people of every campaign with a holdout whose variant gave a coupon of `%(rule_id)s`, for
+# the coupons report's incremental ROI (`coupons.incremental`): treated (that variant's members,
+# in any role but the holdout) or holdout, each with their attribution window, which starts at
+# their first send or at assignment (intention-to-treat, as the campaign results count it).
+HOLDOUT_MEMBERS_SQL = """
+SELECT a.campaign_id, c.name AS campaign_name, a.profile_id, (a.role <> 'holdout') AS treated,
+       COALESCE(min(d.sent_at), a.assigned_at) AS t0,
+       COALESCE(min(d.sent_at), a.assigned_at) + make_interval(hours => c.attribution_hours) AS t1,
+       c.margin_percent
+  FROM campaigns_assignment a
+  JOIN campaigns_campaign c ON c.id = a.campaign_id
+  LEFT JOIN campaigns_variant v ON v.id = a.variant_id
+  LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
+ WHERE a.campaign_id IN (SELECT cv.campaign_id FROM campaigns_variant cv WHERE cv.coupon_rule_id = %(rule_id)s)
+   AND (a.role = 'holdout' OR v.coupon_rule_id = %(rule_id)s)
+   AND c.holdout_percent > 0
+ GROUP BY a.id, c.id
+"""

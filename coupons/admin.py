@@ -23,12 +23,14 @@ from django.utils.html import format_html
 from coupons import errors, selectors, services
 from coupons.codes import mask_code
 from coupons.models import (
+    AbuseScore,
     CodeBatch,
     Coupon,
     CouponRule,
     CouponStatus,
     IssuanceJob,
     IssuanceTarget,
+    OrderRefund,
     Redemption,
     RuleState,
 )
@@ -58,7 +60,7 @@ class CouponRuleAdmin(admin.ModelAdmin):
     list_filter = ("state", "kind", "first_order_only")
     search_fields = ("name", "description")
     readonly_fields = ("issued_count", "redeemed_count", "committed", "spent", "remaining_shown", "created_by")
-    actions = ("activate", "pause", "end")
+    actions = ("activate", "pause", "end", "fit_uplift")
     fieldsets = (
         (None, {"fields": ("name", "description", "state")}),
         ("What it gives", {"fields": ("kind", "value", "max_discount")}),
@@ -72,15 +74,33 @@ class CouponRuleAdmin(admin.ModelAdmin):
         (
             "Who may have it",
             {
-                "fields": ("eligible_tiers", "eligible_tags", "first_order_only"),
+                "fields": ("eligible_tiers", "eligible_tags", "first_order_only", "abuse_threshold"),
                 "description": (
                     "Tier-aware offers: e.g. tiers <code>core</code> for '100 off 1000' to big spenders, "
                     "<code>high-value-at-risk</code> (a predicted-value tier) to win them back, or "
-                    "first order only for people who never ordered. Empty lists admit everyone."
+                    "first order only for people who never ordered. Empty lists admit everyone. People whose "
+                    "promotion-abuse score reaches the threshold are refused until an operator clears them."
                 ),
             },
         ),
-        ("Limits", {"fields": ("total_quantity", "per_user_limit", "budget")}),
+        (
+            "Limits",
+            {
+                "fields": ("total_quantity", "per_user_limit", "budget", "pacing"),
+                "description": "Pacing spreads the budget over the days from valid_from to valid_until.",
+            },
+        ),
+        (
+            "Several codes on one order",
+            {
+                "fields": ("priority", "stacking", "stack_group", "floor_percent"),
+                "description": (
+                    "Higher priority applies first. An exclusive offer stands alone; stackable ones combine; "
+                    "a group's offers combine only with each other. No combination takes an order below the "
+                    "highest floor among the offers applied."
+                ),
+            },
+        ),
         ("Money so far", {"fields": ("issued_count", "redeemed_count", "committed", "spent", "remaining_shown")}),
     )
 
@@ -152,6 +172,15 @@ class CouponRuleAdmin(admin.ModelAdmin):
     def end(self, request, queryset):
         self._change_state(request, queryset, RuleState.ENDED)
 
+    @admin.action(description="Learn who the selected rules' coupons persuade (uplift, in the background)")
+    def fit_uplift(self, request, queryset):
+        from config.celery import publish
+        from coupons.tasks import fit_rule_uplift
+
+        for rule in queryset:
+            publish(f"uplift of rule {rule.pk}", fit_rule_uplift, args=[rule.pk])
+        self.message_user(request, f"{queryset.count()} uplift fit(s) queued; each rule's report shows the result.")
+
     def get_urls(self):
         own = [
             path(
@@ -201,7 +230,7 @@ class CouponRuleAdmin(admin.ModelAdmin):
                 ("Spent", _money(report.spent)),
                 ("Remaining", _money(report.remaining)),
                 ("Order revenue", _money(report.order_revenue)),
-                ("ROI", "-" if report.roi is None else f"{report.roi:.2f}"),
+                ("ROI (attributed: every coupon order)", "-" if report.roi is None else f"{report.roi:.2f}"),
                 ("Redemption rate", "-" if report.redemption_rate is None else f"{report.redemption_rate:.1%}"),
             ]
         if request.GET.get("format") == "csv":
@@ -219,6 +248,8 @@ class CouponRuleAdmin(admin.ModelAdmin):
             "report": report,
             "numbers": numbers,
             "chart_data": daily,
+            "incremental": getattr(report, "incremental", None),
+            "uplift": getattr(report, "uplift", None),
         }
         return TemplateResponse(request, "admin/coupons/couponrule/report.html", context)
 
@@ -362,6 +393,78 @@ class CouponAdmin(admin.ModelAdmin):
             actor=request.user,
         )
         self.message_user(request, f"{n} coupon(s) revoked.")
+
+
+@admin.register(AbuseScore)
+class AbuseScoreAdmin(admin.ModelAdmin):
+    """The people flagged for promotion abuse, highest score first, with the evidence to review;
+    clearing one admits them again (until their score rises)."""
+
+    list_display = ("profile_link", "score", "flagged_for", "evidence_shown", "computed_at", "review")
+    list_filter = (("cleared_at", admin.EmptyFieldListFilter),)
+    search_fields = ("=profile__user_id",)
+    readonly_fields = [f.name for f in AbuseScore._meta.fields]
+    actions = ("clear", "refresh")
+    list_select_related = ("profile",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Person", ordering="profile__user_id")
+    def profile_link(self, score: AbuseScore) -> str:
+        url = reverse("admin:profiles_profile_change", args=[score.profile_id])
+        return format_html('<a href="{}">{}</a>', url, score.profile.user_id)
+
+    @admin.display(description="Flagged by")
+    def flagged_for(self, score: AbuseScore) -> str:
+        parts = (score.evidence or {}).get("parts", {})
+        shown = [f"{name.replace('_', ' ')} {value}" for name, value in parts.items() if float(value) > 0]
+        return ", ".join(shown) or "-"
+
+    @admin.display(description="Evidence")
+    def evidence_shown(self, score: AbuseScore) -> str:
+        e = score.evidence or {}
+        return (
+            f"{e.get('accounts', 1)} account(s) on their devices or phone; "
+            f"{e.get('rolled_back', 0)} of {e.get('redemptions', 0)} coupon orders rolled back; "
+            f"{e.get('orders_with_coupon', 0)} of {e.get('orders', 0)} orders with a coupon; "
+            f"{e.get('coupons', 0)} coupons" + ("; new account" if e.get("new_account") else "")
+        )
+
+    @admin.display(description="Review")
+    def review(self, score: AbuseScore) -> str:
+        if score.cleared:
+            return f"cleared {score.cleared_at:%Y-%m-%d}"
+        return "cleared before, score rose since" if score.cleared_at else "to review"
+
+    @admin.action(description="Clear the selected people (admit them to offers)", permissions=["change"])
+    def clear(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.clear_abuse(profile_ids=list(queryset.values_list("profile_id", flat=True)), actor=request.user)
+        self.message_user(request, f"{n} person(s) cleared.")
+
+    @admin.action(description="Score everyone again now", permissions=["change"])
+    def refresh(self, request: HttpRequest, queryset: QuerySet) -> None:
+        n = services.refresh_abuse_scores()
+        self.message_user(request, f"{n} person(s) carry a score.")
+
+
+@admin.register(OrderRefund)
+class OrderRefundAdmin(admin.ModelAdmin):
+    """`order_refunded` events applied to coupon orders: rolled back, or revenue reduced."""
+
+    list_display = ("order_id", "outcome", "amount", "event_id", "applied_at")
+    list_filter = ("outcome",)
+    search_fields = ("=order_id", "=event_id")
+    readonly_fields = [f.name for f in OrderRefund._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 @admin.register(Redemption)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -31,12 +31,14 @@ from coupons.serializers import (
     CouponRollbackOutput,
     CouponRuleInput,
     CouponRuleOutput,
+    CouponStackOutput,
     CouponValidateInput,
     CouponValidateOutput,
     IssuanceJobInput,
     IssuanceJobOutput,
     ProfileCouponsQuery,
     SourceReportQuery,
+    stack_body,
 )
 from profiles.selectors import profile_for_user_id
 
@@ -98,7 +100,15 @@ class ValidateView(JsonView):
         operation_id="coupon_validate",
         request=CouponValidateInput,
         responses={
-            200: CouponValidateOutput,
+            200: OpenApiResponse(
+                PolymorphicProxySerializer(
+                    component_name="CouponValidateAnswer",
+                    serializers=[CouponValidateOutput, CouponStackOutput],
+                    resource_type_field_name=None,
+                ),
+                description="For `code`: valid, discount, final_amount (or reason). For `codes`: applied, refused, "
+                "discount, final_amount.",
+            ),
             400: BAD_INPUT,
             401: NO_KEY,
             403: NO_SCOPE,
@@ -110,6 +120,8 @@ class ValidateView(JsonView):
     def post(self, request: Request) -> Response:
         data = CouponValidateInput(data=request.data)
         data.is_valid(raise_exception=True)
+        if "codes" in data.validated_data:
+            return Response(CouponStackOutput(stack_body(services.validate_codes(**data.validated_data))).data)
         quote = services.validate_coupon(**data.validated_data)
         if not quote.valid:
             body = {"valid": False, "reason": quote.refusal.reason, "detail": quote.refusal.detail}
@@ -125,7 +137,15 @@ class RedeemView(JsonView):
         operation_id="coupon_redeem",
         request=CouponRedeemInput,
         responses={
-            200: CouponRedemptionOutput,
+            200: OpenApiResponse(
+                PolymorphicProxySerializer(
+                    component_name="CouponRedeemAnswer",
+                    serializers=[CouponRedemptionOutput, CouponStackOutput],
+                    resource_type_field_name=None,
+                ),
+                description="For `code`: the redemption. For `codes`: applied (each with its redemption_id), "
+                "refused, discount, final_amount.",
+            ),
             400: BAD_INPUT,
             401: NO_KEY,
             403: NO_SCOPE,
@@ -138,6 +158,9 @@ class RedeemView(JsonView):
     def post(self, request: Request) -> Response:
         data = CouponRedeemInput(data=request.data)
         data.is_valid(raise_exception=True)
+        if "codes" in data.validated_data:
+            quote = services.redeem_codes(**data.validated_data)
+            return Response(CouponStackOutput(stack_body(quote, order_id=data.validated_data["order_id"])).data)
         redemption = services.redeem_coupon(**data.validated_data)
         return Response(CouponRedemptionOutput(redemption).data)
 

@@ -15,11 +15,14 @@ class CouponsConfig(AppConfig):
 
     def ready(self) -> None:
         from coupons.selectors import lookup_section
-        from coupons.services import on_profiles_merged
+        from coupons.services import on_events_ingested, on_profiles_merged
         from profiles.lookup import register_merge_listener, register_section
+        from tracking.hooks import register_ingest_listener
 
         register_section("coupons", lookup_section)
         register_merge_listener("coupons", on_profiles_merged)
+        # Refunds of orders that used coupons give their money back (`order_refunded`).
+        register_ingest_listener("coupons.refunds", on_events_ingested)
         _register_indicators()
 
 

@@ -44,6 +44,12 @@ class QuantityExhausted(Conflict, CouponError):
     reason = "QUANTITY_EXHAUSTED"
 
 
+class Paced(Conflict, CouponError):
+    """The rule spreads its budget over its days and today's allowance is taken."""
+
+    reason = "PACED"
+
+
 class PerUserLimitReached(Conflict, CouponError):
     reason = "PER_USER_LIMIT_REACHED"
 
@@ -93,6 +99,12 @@ class TagNotEligible(NotEligible):
 
 class NotFirstOrder(NotEligible):
     reason = "NOT_FIRST_ORDER"
+
+
+class AbuseSuspected(CouponError):
+    """The person's promotion-abuse score reaches the rule's threshold (see the admin's review list)."""
+
+    reason = "ABUSE_SUSPECTED"
 
 
 class CouponNotYours(CouponError):

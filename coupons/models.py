@@ -24,6 +24,7 @@ from profiles.models import Profile
 MONEY = {"max_digits": 14, "decimal_places": 2}
 ZERO = Decimal("0.00")
 MAX_VALID_DAYS = 3650
+DEFAULT_ABUSE_THRESHOLD = Decimal("0.600")
 
 
 class RuleKind(models.TextChoices):
@@ -37,6 +38,18 @@ class RuleState(models.TextChoices):
     ACTIVE = "active", "Active"
     PAUSED = "paused", "Paused"
     ENDED = "ended", "Ended"
+
+
+class Pacing(models.TextChoices):
+    NONE = "none", "None: the budget may go on the first day"
+    EVEN = "even", "Even: the same share each day"
+    FRONT = "front", "Front-loaded: more on the first days, falling linearly"
+
+
+class Stacking(models.TextChoices):
+    EXCLUSIVE = "exclusive", "Exclusive: alone on an order"
+    STACKABLE = "stackable", "Stackable with other stackable offers"
+    GROUP = "group", "Stackable within its group only"
 
 
 class CouponRule(models.Model):
@@ -68,6 +81,42 @@ class CouponRule(models.Model):
     per_user_limit = models.PositiveIntegerField(default=1)
     budget = models.DecimalField(**MONEY, null=True, blank=True, help_text="Most money the rule may ever cost")
     state = models.CharField(max_length=16, choices=RuleState.choices, default=RuleState.ACTIVE, db_index=True)
+    abuse_threshold = models.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        null=True,
+        blank=True,
+        default=DEFAULT_ABUSE_THRESHOLD,
+        db_default=DEFAULT_ABUSE_THRESHOLD,
+        help_text="People whose promotion-abuse score is at least this are refused (ABUSE_SUSPECTED); empty: nobody",
+    )
+    # Spreads the budget over the days from valid_from to valid_until (`coupons_paced_share`)
+    pacing = models.CharField(
+        max_length=8,
+        choices=Pacing.choices,
+        default=Pacing.NONE,
+        db_default=Pacing.NONE,
+        blank=True,
+        help_text="Claims beyond the day's allowance are refused (PACED); what a day leaves rolls over",
+    )
+    # Several codes on one order (coupons.stacking)
+    priority = models.SmallIntegerField(
+        default=0, db_default=0, blank=True, help_text="Higher applies first when several codes meet"
+    )
+    stacking = models.CharField(
+        max_length=16, choices=Stacking.choices, default=Stacking.EXCLUSIVE, db_default=Stacking.EXCLUSIVE, blank=True
+    )
+    stack_group = models.SlugField(
+        max_length=50, blank=True, default="", db_default="", help_text="For stacking 'group'"
+    )
+    floor_percent = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=ZERO,
+        db_default=ZERO,
+        blank=True,
+        help_text="No combination with this offer takes an order below this percent of its value",
+    )
     # Counters (services only)
     issued_count = models.PositiveIntegerField(default=0, editable=False)
     redeemed_count = models.PositiveIntegerField(default=0, editable=False)
@@ -99,6 +148,17 @@ class CouponRule(models.Model):
             ),
             models.CheckConstraint(condition=Q(committed__gte=0) & Q(spent__gte=0), name="couponrule_counters_gte_0"),
             models.CheckConstraint(
+                condition=Q(floor_percent__gte=0) & Q(floor_percent__lt=100), name="couponrule_floor_percent_range"
+            ),
+            models.CheckConstraint(
+                condition=~Q(stacking=Stacking.GROUP) | ~Q(stack_group=""), name="couponrule_group_named"
+            ),
+            models.CheckConstraint(
+                condition=Q(pacing=Pacing.NONE)
+                | (Q(budget__isnull=False) & Q(valid_from__isnull=False) & Q(valid_until__isnull=False)),
+                name="couponrule_paced_has_budget_and_dates",
+            ),
+            models.CheckConstraint(
                 condition=Q(budget__isnull=True) | Q(budget__gte=F("committed") + F("spent")),
                 name="couponrule_within_budget",
             ),
@@ -114,6 +174,15 @@ class CouponRule(models.Model):
     def clean(self) -> None:
         """The rules of a well-formed offer; the API serializer and the admin form both run it."""
         errors: dict[str, str] = {}
+        # A form that left the stacking settings empty means the defaults (one code alone, no floor).
+        self.priority = 0 if self.priority is None else self.priority
+        self.stacking = self.stacking or Stacking.EXCLUSIVE
+        self.floor_percent = ZERO if self.floor_percent is None else self.floor_percent
+        self.pacing = self.pacing or Pacing.NONE
+        if self.pacing != Pacing.NONE and (self.budget is None or not self.valid_from or not self.valid_until):
+            errors["pacing"] = (
+                "Pacing spreads a budget over the rule's dates: it needs budget, valid_from and valid_until."
+            )
         value, cap, min_spend = self.value, self.max_discount, self.min_spend or ZERO
         if value is not None and value <= 0:
             errors["value"] = "Must be greater than zero."
@@ -136,6 +205,12 @@ class CouponRule(models.Model):
             errors["valid_until"] = "The window must end after it starts (valid_until > valid_from)."
         if self.valid_days is not None and not 1 <= self.valid_days <= MAX_VALID_DAYS:
             errors["valid_days"] = f"Between 1 and {MAX_VALID_DAYS} days."
+        if self.floor_percent is not None and not ZERO <= self.floor_percent < 100:
+            errors["floor_percent"] = "Between 0 and 100 (exclusive)."
+        if self.stacking == Stacking.GROUP and not self.stack_group:
+            errors["stack_group"] = "A rule stackable within a group needs the group's name."
+        if self.abuse_threshold is not None and not 0 < self.abuse_threshold <= 1:
+            errors["abuse_threshold"] = "Between 0 and 1 (leave empty to admit everyone)."
         if self.per_user_limit is not None and self.per_user_limit < 1:
             errors["per_user_limit"] = "At least 1."
         if self.total_quantity is not None and self.total_quantity < 1:
@@ -356,6 +431,12 @@ class Redemption(models.Model):
     redeemed_at = models.DateTimeField(default=timezone.now)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
     coupon_returned = models.BooleanField(null=True, blank=True, help_text="Whether rollback gave the coupon back")
+    refunded_amount = models.DecimalField(
+        **MONEY,
+        default=ZERO,
+        db_default=ZERO,
+        help_text="Partly refunded: counted revenue is order_amount - refunded_amount",
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -366,6 +447,10 @@ class Redemption(models.Model):
             models.CheckConstraint(condition=Q(order_amount__gt=0), name="redemption_amount_positive"),
             models.CheckConstraint(
                 condition=Q(discount__gte=0) & Q(discount__lte=F("order_amount")), name="redemption_discount_bounded"
+            ),
+            models.CheckConstraint(
+                condition=Q(refunded_amount__gte=0) & Q(refunded_amount__lte=F("order_amount")),
+                name="redemption_refund_bounded",
             ),
         ]
         indexes = [
@@ -379,3 +464,92 @@ class Redemption(models.Model):
     @property
     def final_amount(self) -> Decimal:
         return self.order_amount - self.discount
+
+
+class OrderRefund(models.Model):
+    """An `order_refunded` event applied to an order that used coupons, once per event: a full
+    refund rolled the redemptions back, a partial one lowered their counted revenue."""
+
+    class Outcome(models.TextChoices):
+        ROLLED_BACK = "rolled_back", "Rolled back (full refund)"
+        PARTIAL = "partial", "Revenue reduced (partial refund)"
+
+    event_id = models.CharField(max_length=128, unique=True)
+    order_id = models.CharField(max_length=128, db_index=True)
+    amount = models.DecimalField(**MONEY, null=True, blank=True, help_text="Refunded amount; empty: the whole order")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    applied_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"refund of {self.order_id} ({self.outcome})"
+
+
+class AbuseScore(models.Model):
+    """How much a person looks like someone who only comes for the discount, from 0 to 1, with the
+    evidence behind it (`coupons.services.refresh_abuse_scores`). Rules refuse people at or over
+    their `abuse_threshold` unless an operator cleared them; a clearance holds until the score
+    rises above what it was when cleared."""
+
+    profile = models.OneToOneField(Profile, on_delete=models.CASCADE, related_name="+")
+    score = models.DecimalField(max_digits=4, decimal_places=3)
+    evidence = models.JSONField(default=dict, help_text="Each signal with its raw count and its part of the score")
+    computed_at = models.DateTimeField(default=timezone.now)
+    cleared_at = models.DateTimeField(null=True, blank=True)
+    cleared_score = models.DecimalField(max_digits=4, decimal_places=3, null=True, blank=True)
+    cleared_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-score", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(score__gte=0) & Q(score__lte=1), name="abusescore_score_range"),
+        ]
+        indexes = [models.Index(fields=["score"], name="abusescore_score")]
+
+    def __str__(self) -> str:
+        return f"{self.profile_id}: {self.score}"
+
+    @property
+    def cleared(self) -> bool:
+        return self.cleared_at is not None and self.cleared_score is not None and self.score <= self.cleared_score
+
+
+class UpliftModel(models.Model):
+    """The last uplift fit of a rule (`coupons.services.fit_rule_uplift`): what it learned from,
+    and its out-of-fold evidence (Qini curve, uplift by decile), or why it failed."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    rule = models.OneToOneField(CouponRule, on_delete=models.CASCADE, related_name="uplift_model")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    trained_on = models.PositiveIntegerField(default=0, help_text="Campaign members (treated and held out)")
+    scored = models.PositiveIntegerField(default=0, help_text="People given an uplift")
+    evidence = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    fitted_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"uplift of {self.rule} ({self.status})"
+
+
+class UpliftScore(models.Model):
+    """A person's predicted uplift (margin the rule's coupon adds) for one rule; the segment
+    condition "top N % by predicted uplift for rule R" reads it."""
+
+    rule = models.ForeignKey(CouponRule, on_delete=models.CASCADE, related_name="+")
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    uplift = models.FloatField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["rule", "profile"], name="upliftscore_rule_profile")]
+        indexes = [models.Index(fields=["rule", "-uplift"], name="upliftscore_rule_rank")]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}:{self.profile_id} {self.uplift:+.2f}"

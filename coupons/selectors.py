@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,7 +13,17 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from coupons.models import ZERO, CodeBatch, Coupon, CouponRule, CouponStatus, IssuanceJob, Redemption
+from coupons.incremental import rule_incremental
+from coupons.models import (
+    ZERO,
+    CodeBatch,
+    Coupon,
+    CouponRule,
+    CouponStatus,
+    IssuanceJob,
+    Redemption,
+    UpliftModel,
+)
 from profiles.models import Profile
 from tracking.selectors import order_amount_sql
 
@@ -60,6 +70,23 @@ def shown_status(coupon: Coupon, now=None) -> str:
     return coupon.status
 
 
+# What an order that used a coupon brought in: its amount less what was refunded of it since.
+_REVENUE = F("order_amount") - F("refunded_amount")
+
+
+def paced_allowance(*, rule: CouponRule, now: datetime) -> Decimal | None:
+    """How much of the rule's budget its pacing allows by the end of `now`'s day (the claim
+    rule's `coupons_paced_share`, migration 0009); None without a budget."""
+    if rule.budget is None:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT %s * coupons_paced_share(%s, %s, %s, %s)",
+            [rule.budget, rule.pacing, rule.valid_from, rule.valid_until, now],
+        )
+        return Decimal(cursor.fetchone()[0]).quantize(Decimal("0.01"))
+
+
 @dataclass(frozen=True)
 class Report:
     issued: int
@@ -75,6 +102,10 @@ class Report:
     roi: float | None
     redemption_rate: float | None
     by_tier: list[dict[str, Any]]
+    # What the coupon added against campaign holdouts (`coupons.incremental`); rule reports only.
+    incremental: dict[str, Any] | None = None
+    # The rule's last uplift fit and its out-of-fold evidence (`coupons.uplift`); rule reports only.
+    uplift: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -123,7 +154,7 @@ _NO_COUPONS = dict.fromkeys(_COUNTS, 0)
 def _report(coupons: QuerySet[Coupon], *, budget: Decimal | None, committed: Decimal, spent: Decimal) -> Report:
     counts = coupons.aggregate(**_COUNTS)
     revenue = (
-        Redemption.objects.filter(coupon__in=coupons, rolled_back_at__isnull=True).aggregate(total=Sum("order_amount"))[
+        Redemption.objects.filter(coupon__in=coupons, rolled_back_at__isnull=True).aggregate(total=Sum(_REVENUE))[
             "total"
         ]
         or ZERO
@@ -150,7 +181,7 @@ def rule_reports(*, rules: list[CouponRule]) -> dict[int, Report]:
     revenue = dict(
         Redemption.objects.filter(rule_id__in=ids, rolled_back_at__isnull=True)
         .values("rule_id")
-        .annotate(total=Sum("order_amount"))
+        .annotate(total=Sum(_REVENUE))
         .order_by()
         .values_list("rule_id", "total")
     )
@@ -178,7 +209,25 @@ def rule_report(*, rule: CouponRule) -> Report:
     """The numbers of one rule. Counters come from the rule row (what the budget check uses)."""
     report = rule_reports(rules=[rule])[rule.pk]
     rule.budget, rule.committed, rule.spent = report.budget, report.committed, report.spent
-    return report
+    return replace(report, incremental=rule_incremental(rule_id=rule.pk), uplift=uplift_summary(rule=rule))
+
+
+def uplift_summary(*, rule: CouponRule) -> dict[str, Any] | None:
+    """The rule's last uplift fit as the report shows it; None when it was never fitted."""
+    fitted = UpliftModel.objects.filter(rule_id=rule.pk).first()
+    if fitted is None:
+        return None
+    evidence = fitted.evidence or {}
+    return {
+        "status": fitted.status,
+        "error": fitted.error,
+        "fitted_at": fitted.fitted_at,
+        "trained_on": fitted.trained_on,
+        "scored": fitted.scored,
+        "qini": evidence.get("qini", []),
+        "qini_coefficient": evidence.get("qini_coefficient"),
+        "deciles": evidence.get("deciles", []),
+    }
 
 
 def campaign_report(*, source_ref_prefix: str) -> Report:
@@ -340,7 +389,7 @@ def daily_coupon_order_revenue(start: date, end: date) -> dict[date, Decimal]:
     """Order amounts per day (UTC) of orders that used a coupon (redemptions still standing)."""
     since, until = _utc_bounds(start, end)
     live = Redemption.objects.filter(redeemed_at__gte=since, redeemed_at__lt=until, rolled_back_at__isnull=True)
-    return _per_day(live, "redeemed_at", Sum("order_amount"))
+    return _per_day(live, "redeemed_at", Sum(_REVENUE))
 
 
 DIRECT = "(direct)"

@@ -13,9 +13,21 @@ from rest_framework import serializers
 from config.api import IdField
 from coupons import codes
 from coupons.audiences import segment_exists
-from coupons.models import MAX_VALID_DAYS, CodeBatch, Coupon, CouponRule, IssuanceJob, Redemption, RuleKind, RuleState
+from coupons.models import (
+    DEFAULT_ABUSE_THRESHOLD,
+    MAX_VALID_DAYS,
+    CodeBatch,
+    Coupon,
+    CouponRule,
+    IssuanceJob,
+    Pacing,
+    Redemption,
+    RuleKind,
+    RuleState,
+    Stacking,
+)
 from coupons.selectors import PROFILE_STATUSES, shown_status
-from coupons.services import MAX_ORDER_AMOUNT, RULE_FIELDS
+from coupons.services import MAX_CODES, MAX_ORDER_AMOUNT, RULE_FIELDS
 
 MAX_MONEY = Decimal("100000000.00")
 # DRF's own formatting of times and money, for the outputs built by hand below.
@@ -99,6 +111,44 @@ class CouponRuleInput(serializers.Serializer):
         child=serializers.SlugField(max_length=100), required=False, default=list, max_length=50
     )
     first_order_only = serializers.BooleanField(required=False, default=False)
+    priority = serializers.IntegerField(
+        required=False, default=0, min_value=-1000, max_value=1000, help_text="Higher applies first among codes."
+    )
+    stacking = serializers.ChoiceField(
+        choices=Stacking.choices,
+        required=False,
+        default=Stacking.EXCLUSIVE,
+        help_text="exclusive: alone on an order; stackable: with other stackable offers; group: within its "
+        "stack_group only.",
+    )
+    stack_group = serializers.SlugField(max_length=50, required=False, allow_blank=True, default="")
+    floor_percent = serializers.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        required=False,
+        default=Decimal("0.00"),
+        min_value=Decimal("0.00"),
+        max_value=Decimal("99.99"),
+        help_text="No combination of codes with this offer takes an order below this percent of its value.",
+    )
+    pacing = serializers.ChoiceField(
+        choices=Pacing.choices,
+        required=False,
+        default=Pacing.NONE,
+        help_text="Spread the budget over the days from valid_from to valid_until: even, or front (more on the "
+        "first days). Claims beyond the day's allowance are refused with PACED; what a day leaves rolls over.",
+    )
+    abuse_threshold = serializers.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        required=False,
+        allow_null=True,
+        default=DEFAULT_ABUSE_THRESHOLD,
+        min_value=Decimal("0.001"),
+        max_value=Decimal("1.000"),
+        help_text="People whose promotion-abuse score is at least this are refused (ABUSE_SUSPECTED); null admits "
+        "everyone.",
+    )
     state = serializers.ChoiceField(
         choices=[RuleState.DRAFT, RuleState.ACTIVE], required=False, default=RuleState.ACTIVE
     )
@@ -117,6 +167,9 @@ class CouponRuleOutput(serializers.ModelSerializer):
     # Plain strings here: the input documents the choices, and one enum shared by two components
     # gets a hashed name in the schema.
     kind = serializers.CharField(read_only=True, help_text="fixed, percent or threshold")
+    stacking = serializers.CharField(read_only=True, help_text="exclusive, stackable or group")
+    stack_group = serializers.CharField(read_only=True, help_text="The group of a `group` rule; empty otherwise.")
+    pacing = serializers.CharField(read_only=True, help_text="none, even or front")
     remaining = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True, read_only=True)
 
     class Meta:
@@ -132,6 +185,76 @@ class CouponTierRateOutput(serializers.Serializer):
     redemption_rate = serializers.FloatField(allow_null=True)
 
 
+class CouponIncrementalNumbersOutput(serializers.Serializer):
+    treated = serializers.IntegerField(help_text="People given the coupon's variant.")
+    holdout = serializers.IntegerField(help_text="People held out (sent nothing).")
+    orders = serializers.FloatField(help_text="Orders the coupon added: treated minus holdout scaled to size.")
+    orders_ci_low = serializers.FloatField()
+    orders_ci_high = serializers.FloatField()
+    revenue = serializers.DecimalField(max_digits=16, decimal_places=2, help_text="Revenue the coupon added.")
+    revenue_ci_low = serializers.DecimalField(max_digits=16, decimal_places=2)
+    revenue_ci_high = serializers.DecimalField(max_digits=16, decimal_places=2)
+    margin = serializers.DecimalField(
+        max_digits=16, decimal_places=2, help_text="Margin the coupon added (revenue x the campaign's margin %)."
+    )
+    margin_ci_low = serializers.DecimalField(max_digits=16, decimal_places=2)
+    margin_ci_high = serializers.DecimalField(max_digits=16, decimal_places=2)
+    cost = serializers.DecimalField(
+        max_digits=16, decimal_places=2, help_text="Discounts the treated redeemed in their windows."
+    )
+    cost_ci_low = serializers.DecimalField(max_digits=16, decimal_places=2)
+    cost_ci_high = serializers.DecimalField(max_digits=16, decimal_places=2)
+    roi = serializers.FloatField(allow_null=True, help_text="(margin - cost) / cost; null when nothing spent.")
+    roi_ci_low = serializers.FloatField(allow_null=True, help_text="95 % interval of the ROI: low end.")
+    roi_ci_high = serializers.FloatField(allow_null=True, help_text="95 % interval of the ROI: high end.")
+
+
+class CouponIncrementalCampaignOutput(CouponIncrementalNumbersOutput):
+    campaign = serializers.IntegerField()
+    campaign_name = serializers.CharField()
+
+
+class CouponIncrementalTierOutput(CouponIncrementalNumbersOutput):
+    tier = serializers.CharField(allow_null=True, help_text="The person's value tier now; null: none.")
+
+
+class CouponIncrementalOutput(CouponIncrementalNumbersOutput):
+    """What the coupon added against the holdouts of the campaigns that gave it (95 % intervals by
+    the delta method), over all of them, and per campaign and per tier."""
+
+    by_campaign = CouponIncrementalCampaignOutput(many=True)
+    by_tier = CouponIncrementalTierOutput(many=True)
+
+
+class CouponQiniPointOutput(serializers.Serializer):
+    share = serializers.FloatField(help_text="Share of people targeted, highest predicted uplift first.")
+    gain = serializers.FloatField(help_text="Margin added among them (treated minus held out, scaled).")
+    random = serializers.FloatField(help_text="What targeting that share at random would add.")
+
+
+class CouponUpliftDecileOutput(serializers.Serializer):
+    decile = serializers.IntegerField(help_text="1: the tenth with the highest predicted uplift.")
+    people = serializers.IntegerField()
+    predicted = serializers.FloatField(allow_null=True, help_text="Mean predicted uplift (margin).")
+    observed = serializers.FloatField(allow_null=True, help_text="Mean margin treated minus held out.")
+    ci_low = serializers.FloatField(allow_null=True)
+    ci_high = serializers.FloatField(allow_null=True)
+
+
+class CouponUpliftOutput(serializers.Serializer):
+    """Who the coupon persuades: the last fit of its two-model uplift learner, with out-of-fold
+    evidence (each person scored by models that never saw them)."""
+
+    status = serializers.CharField(help_text="running, done or failed")
+    error = serializers.CharField(help_text="Why the last fit failed; empty otherwise.")
+    fitted_at = serializers.DateTimeField(allow_null=True)
+    trained_on = serializers.IntegerField(help_text="Campaign members (treated and held out) it learned from.")
+    scored = serializers.IntegerField(help_text="People given a predicted uplift.")
+    qini = CouponQiniPointOutput(many=True)
+    qini_coefficient = serializers.FloatField(allow_null=True, help_text="Area above random targeting, per person.")
+    deciles = CouponUpliftDecileOutput(many=True)
+
+
 class CouponReportOutput(serializers.Serializer):
     issued = serializers.IntegerField()
     redeemed = serializers.IntegerField()
@@ -145,9 +268,22 @@ class CouponReportOutput(serializers.Serializer):
     spent = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="Discounts actually given.")
     remaining = serializers.DecimalField(max_digits=14, decimal_places=2, allow_null=True)
     order_revenue = serializers.DecimalField(max_digits=16, decimal_places=2)
-    roi = serializers.FloatField(allow_null=True, help_text="(order_revenue - spent) / spent; null when nothing spent.")
+    roi = serializers.FloatField(
+        allow_null=True,
+        help_text="Attributed ROI: (order_revenue - spent) / spent, crediting every order that used a coupon to "
+        "it (overstates: many would have bought anyway; see `incremental`). Null when nothing spent.",
+    )
     redemption_rate = serializers.FloatField(allow_null=True)
     by_tier = CouponTierRateOutput(many=True)
+    incremental = CouponIncrementalOutput(
+        allow_null=True,
+        required=False,
+        help_text="What the coupon added against campaign holdouts; null when the rule never went out through a "
+        "campaign with a holdout (and absent from the source-prefix report).",
+    )
+    uplift = CouponUpliftOutput(
+        allow_null=True, required=False, help_text="The rule's uplift model; null when never fitted."
+    )
 
 
 # --- coupons -----------------------------------------------------------------------------------
@@ -215,9 +351,22 @@ class SourceReportQuery(serializers.Serializer):
 
 
 class CouponValidateInput(serializers.Serializer):
-    code = serializers.CharField(max_length=64)
+    code = serializers.CharField(max_length=64, required=False, help_text="One code; or give `codes`.")
+    codes = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        min_length=1,
+        max_length=MAX_CODES,
+        help_text="Several codes for one order (instead of `code`): the answer says which apply, in order, "
+        "each with its discount, and why the others do not.",
+    )
     user_id = UserIdField()
     order_amount = money(max_value=MAX_ORDER_AMOUNT)
+
+    def validate(self, attrs):
+        if ("code" in attrs) == ("codes" in attrs):
+            raise serializers.ValidationError({"code": "Give either `code` or `codes`."})
+        return attrs
 
 
 class CouponValidateOutput(serializers.Serializer):
@@ -266,6 +415,54 @@ class CouponRedemptionOutput(serializers.ModelSerializer):
             "rolled_back_at": show(redemption.rolled_back_at),
             "coupon_returned": redemption.coupon_returned,
         }
+
+
+class StackAppliedOutput(serializers.Serializer):
+    code = serializers.CharField()
+    rule = serializers.IntegerField(help_text="The offer's rule id.")
+    discount = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="This code's part.")
+    redemption_id = serializers.IntegerField(required=False, help_text="Redeem only.")
+
+
+class StackRefusedOutput(serializers.Serializer):
+    code = serializers.CharField()
+    reason = serializers.CharField(
+        help_text="The code's own refusal (COUPON_EXPIRED ...) or the stacking's: DUPLICATE_CODE, SAME_OFFER, "
+        "NOT_STACKABLE, FLOOR_REACHED, NOTHING_OFF."
+    )
+    detail = serializers.CharField()
+
+
+class CouponStackOutput(serializers.Serializer):
+    """The answer to `codes`: validate and redeem alike (redeem adds `order_id` and the ids)."""
+
+    valid = serializers.BooleanField(help_text="At least one code applies.")
+    order_id = serializers.CharField(required=False, help_text="Redeem only.")
+    applied = StackAppliedOutput(many=True, help_text="In the order they were applied (priority, rule, code).")
+    refused = StackRefusedOutput(many=True)
+    discount = serializers.DecimalField(max_digits=14, decimal_places=2, help_text="Sum of the applied parts.")
+    final_amount = serializers.DecimalField(max_digits=14, decimal_places=2)
+
+
+def stack_body(quote, *, order_id: str | None = None) -> dict:
+    result = quote.stack
+    ids = [r.pk for r in quote.redemptions]
+    applied = []
+    for i, a in enumerate(result.applied):
+        row = {"code": a.offer.code, "rule": a.offer.rule_id, "discount": a.discount}
+        if ids:
+            row["redemption_id"] = ids[i]
+        applied.append(row)
+    body = {
+        "valid": bool(result.applied),
+        "applied": applied,
+        "refused": [{"code": r.code, "reason": r.reason, "detail": r.detail} for r in result.refused],
+        "discount": result.discount,
+        "final_amount": result.final_amount,
+    }
+    if order_id is not None:
+        body["order_id"] = order_id
+    return body
 
 
 class CouponRollbackInput(serializers.Serializer):

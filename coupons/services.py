@@ -19,6 +19,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -28,20 +29,25 @@ from django.utils import timezone
 
 from access.services import record_audit
 from config.celery import publish
+from config.errors import DomainError
 from config.failures import log_failure
-from coupons import codes, errors, selectors
+from coupons import codes, errors, selectors, stacking
 from coupons.audiences import segment_resolver
 from coupons.models import (
     ZERO,
+    AbuseScore,
     CodeBatch,
     Coupon,
     CouponRule,
     CouponStatus,
     IssuanceJob,
     IssuanceTarget,
+    OrderRefund,
     Redemption,
     RuleKind,
     RuleState,
+    UpliftModel,
+    UpliftScore,
 )
 from crm.models import CustomerValue
 from predictions.selectors import predicted_tier_slug
@@ -76,6 +82,12 @@ RULE_FIELDS = (
     "eligible_tags",
     "first_order_only",
     "state",
+    "priority",
+    "stacking",
+    "stack_group",
+    "floor_percent",
+    "pacing",
+    "abuse_threshold",
 )
 
 
@@ -85,7 +97,8 @@ def create_rule(*, created_by: AbstractBaseUser | None = None, api_key: Any = No
     unknown = set(fields) - set(RULE_FIELDS)
     if unknown:
         raise TypeError(f"unknown rule fields: {sorted(unknown)}")
-    fields = {k: v for k, v in fields.items() if v is not None}
+    # An explicit null threshold admits everyone; any other null means the field's default.
+    fields = {k: v for k, v in fields.items() if v is not None or k == "abuse_threshold"}
     fields["state"] = fields.get("state") or RuleState.ACTIVE
     if fields["state"] not in (RuleState.DRAFT, RuleState.ACTIVE):
         raise ValidationError({"state": "A new rule is either draft or active."})
@@ -194,7 +207,7 @@ def eligibility_refusal(*, rule: CouponRule, profile: Profile | None) -> errors.
             )
     if rule.first_order_only and profile is not None and has_ordered(profile=profile):
         return errors.NotFirstOrder("This offer is for a first order only, and the user has ordered before.")
-    return None
+    return abuse_refusal(rule=rule, profile=profile)
 
 
 def has_ordered(*, profile: Profile, except_order_id: str | None = None) -> bool:
@@ -235,6 +248,11 @@ def coupon_discount(*, coupon: Coupon, order_amount: Decimal) -> Decimal:
     discount = discount_for(rule=coupon.rule, order_amount=order_amount)
     if coupon.rule.budget is not None:
         discount = min(discount, coupon.reserved)
+    if coupon.rule.floor_percent:
+        # One code is the smallest combination: it keeps the rule's floor too.
+        discount = min(
+            discount, max(order_amount - stacking.floor_amount(order_amount, coupon.rule.floor_percent), ZERO)
+        )
     return discount
 
 
@@ -265,6 +283,9 @@ def _usage_refusal(
         return errors.CouponNotYetValid("This code is not valid yet.", starts_at=_iso(coupon.starts_at))
     if rule.min_spend and order_amount < rule.min_spend:
         return errors.MinSpendNotMet(f"The order must be at least {rule.min_spend}.", min_spend=str(rule.min_spend))
+    flagged = getattr(coupon, "caller_flagged", None)
+    if coupon.profile_id is not None and (refusal := abuse_refusal(rule=rule, profile=profile, flagged=flagged)):
+        return refusal  # (a bearer code's holder is judged with its eligibility below)
     if coupon.profile_id is None:
         # A bearer code was never checked against its user at issue: check now.
         if refusal := eligibility_refusal(rule=rule, profile=profile):
@@ -305,7 +326,7 @@ _ABLE_TO_ISSUE_SQL = """
 SELECT r.id FROM coupons_couponrule r
 WHERE r.id = ANY(%(rule_ids)s)
   AND coupons_can_issue(r.state, r.valid_from, r.valid_until, r.total_quantity, r.issued_count, r.budget,
-                        r.committed, r.spent, r.kind, r.value, r.max_discount, %(n)s, %(now)s)
+                        r.committed, r.spent, r.kind, r.value, r.max_discount, %(n)s, %(now)s, r.pacing)
 """
 
 
@@ -341,6 +362,13 @@ def _why_not_reserved(*, rule_id: int, n: int, now: datetime) -> errors.CouponEr
     if rule.total_quantity is not None and rule.issued_count + n > rule.total_quantity:
         return errors.QuantityExhausted(
             "All coupons of this offer have been issued.", total_quantity=rule.total_quantity
+        )
+    allowance = selectors.paced_allowance(rule=rule, now=now)
+    if allowance is not None and rule.budget is not None and allowance < rule.budget:
+        return errors.Paced(
+            "Today's share of the offer's budget is taken; the offer goes on tomorrow.",
+            allowance=str(allowance),
+            pacing=rule.pacing,
         )
     return errors.BudgetExhausted("The offer's budget cannot cover another coupon.", remaining=str(rule.remaining))
 
@@ -509,6 +537,8 @@ def _claim(
         coupon = Coupon.objects.select_related("rule").get(pk=coupon_id)
         coupon.created = False
         return coupon
+    if outcome == "ABUSE_SUSPECTED":
+        raise errors.AbuseSuspected("This offer is not available to this account: it is held for review.")
     if outcome == "REQUEST_ID_REUSED":
         raise errors.RequestIdReused("This request_id was already used for another user.")
     if outcome == "NO_RULE":
@@ -582,9 +612,9 @@ WITH timeout AS (  -- before any row is locked: the first UPDATE's condition rea
     RETURNING id, rule_id, reserved
 ), redemption AS (
     INSERT INTO coupons_redemption (coupon_id, rule_id, profile_id, user_id, order_id, order_amount, discount,
-                                    redeemed_at, rolled_back_at, coupon_returned)
+                                    redeemed_at, rolled_back_at, coupon_returned, refunded_amount)
     SELECT used.id, used.rule_id, %(profile_id)s, %(user_id)s, %(order_id)s, %(order_amount)s, %(discount)s,
-           %(now)s, NULL, NULL
+           %(now)s, NULL, NULL, 0
       FROM used
     RETURNING id
 ), spend AS (
@@ -601,7 +631,8 @@ _REDEEM_ATTEMPTS = 3
 def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | None:
     """The coupon with its rule, and in one query what a redemption must know besides: this
     order's live redemption of it (`order_live`, an id), whether this order had one rolled back
-    (`order_rolled_back`) and the caller's profile id (`caller`). Plain SQL: the ORM's compiling
+    (`order_rolled_back`), the caller's profile id (`caller`) and whether the rule holds them for
+    review (`caller_flagged`, as `abuse_refusal` judges). Plain SQL: the ORM's compiling
     of the same query costs more than the query."""
     coupon_fields = [f.attname for f in Coupon._meta.concrete_fields]
     rule_fields = [f.attname for f in CouponRule._meta.concrete_fields]
@@ -613,7 +644,11 @@ def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | Non
                  WHERE d.coupon_id = c.id AND d.order_id = %(order_id)s AND d.rolled_back_at IS NULL LIMIT 1),
                EXISTS (SELECT 1 FROM coupons_redemption d
                         WHERE d.coupon_id = c.id AND d.order_id = %(order_id)s AND d.rolled_back_at IS NOT NULL),
-               (SELECT i.profile_id FROM profiles_identity i WHERE i.kind = 'user_id' AND i.value = %(user_id)s)
+               (SELECT i.profile_id FROM profiles_identity i WHERE i.kind = 'user_id' AND i.value = %(user_id)s),
+               r.abuse_threshold IS NOT NULL AND EXISTS (
+                   SELECT 1 FROM profiles_identity i JOIN coupons_abusescore a ON a.profile_id = i.profile_id
+                    WHERE i.kind = 'user_id' AND i.value = %(user_id)s AND a.score >= r.abuse_threshold
+                      AND (a.cleared_at IS NULL OR a.cleared_score IS NULL OR a.score > a.cleared_score))
           FROM coupons_coupon c JOIN coupons_couponrule r ON r.id = c.rule_id
          WHERE c.code = %(code)s
     """
@@ -625,7 +660,7 @@ def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | Non
     n, m = len(coupon_fields), len(rule_fields)
     coupon = Coupon.from_db(connection.alias, coupon_fields, row[:n])
     coupon.rule = CouponRule.from_db(connection.alias, rule_fields, row[n : n + m])
-    coupon.order_live, coupon.order_rolled_back, coupon.caller = row[n + m :]
+    coupon.order_live, coupon.order_rolled_back, coupon.caller, coupon.caller_flagged = row[n + m :]
     return coupon
 
 
@@ -693,11 +728,171 @@ def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decim
             redeemed_at=now,
             rolled_back_at=None,
             coupon_returned=None,
+            refunded_amount=ZERO,
         )
         redemption.coupon = coupon  # the caller reads the code and the rule through it
         redemption.created = True
         return redemption
     raise errors.CouponAlreadyUsed("This code was already used by another order.")
+
+
+# --- several codes on one order ------------------------------------------------------------------
+
+MAX_CODES = 10
+
+
+@dataclass
+class StackedQuote:
+    """The answer for several codes: `stack` says which apply, in order, and which are refused;
+    `redemptions` (redeem only) the rows written, in the order of `stack.applied`."""
+
+    stack: stacking.Stack
+    redemptions: list[Redemption]
+    created: bool = True
+
+
+def _offer(coupon: Coupon) -> stacking.Offer:
+    rule = coupon.rule
+    return stacking.Offer(
+        code=coupon.code,
+        rule_id=rule.pk,
+        kind=rule.kind,
+        value=rule.value,
+        max_discount=rule.max_discount,
+        # Under a budget a coupon never costs more than it reserved (see `coupon_discount`).
+        cap=coupon.reserved if rule.budget is not None else None,
+        priority=rule.priority,
+        stacking=rule.stacking,
+        group=rule.stack_group,
+        floor_percent=rule.floor_percent,
+    )
+
+
+def _stack_codes(
+    *, codes_given: Sequence[str], user_id: str, order_amount: Decimal, order_id: str | None, lock: bool
+) -> tuple[stacking.Stack, dict[str, Coupon], Profile | None]:
+    """Judge each code on its own (as validate does), then stack the ones that pass."""
+    if not codes_given or len(codes_given) > MAX_CODES:
+        raise errors.InvalidAmount(f"Between 1 and {MAX_CODES} codes.")
+    refused: list[stacking.Refused] = []
+    normalized: list[str] = []
+    for given in codes_given:
+        code = codes.normalize(given)
+        if not codes.is_well_formed(code):
+            refused.append(
+                stacking.Refused(code or str(given), "COUPON_NOT_FOUND", "No such code (check the characters).")
+            )
+        else:
+            normalized.append(code)
+    found = Coupon.objects.select_related("rule").filter(code__in=normalized).order_by("id")
+    if lock:
+        # In id order, so two orders sharing codes lock them in the same order.
+        found = found.select_for_update(of=("self",))
+    by_code = {c.code: c for c in found}
+    profile = profile_for_user_id(user_id)
+    now = timezone.now()
+    offers: list[stacking.Offer] = []
+    judged: set[str] = set()
+    for code in normalized:
+        coupon = by_code.get(code)
+        if coupon is None:
+            refused.append(stacking.Refused(code, "COUPON_NOT_FOUND", "No such code."))
+            continue
+        if code in judged:
+            offers.append(_offer(coupon))  # the stacking names the duplicate
+            continue
+        judged.add(code)
+        refusal = _usage_refusal(coupon=coupon, profile=profile, order_amount=order_amount, order_id=order_id, now=now)
+        if refusal is not None:
+            refused.append(stacking.Refused(code, refusal.reason, refusal.detail))
+        else:
+            offers.append(_offer(coupon))
+    return stacking.stack(offers, order_amount, refused), by_code, profile
+
+
+def validate_codes(*, codes: Sequence[str], user_id: str, order_amount: Decimal) -> StackedQuote:
+    """Which of several codes would apply to this order, for how much each, and why not the
+    others. Changes nothing."""
+    order_amount = _check_amount(order_amount)
+    result, _, _ = _stack_codes(
+        codes_given=codes, user_id=user_id, order_amount=order_amount, order_id=None, lock=False
+    )
+    return StackedQuote(stack=result, redemptions=[])
+
+
+@transaction.atomic
+def redeem_codes(*, codes: Sequence[str], user_id: str, order_id: str, order_amount: Decimal) -> StackedQuote:
+    """Use several codes for one order, all or nothing: the ones that apply are redeemed, each
+    for its part of the discount; the same order again answers with what it redeemed the first
+    time. With no code applying, the first refusal is raised (as for one code)."""
+    order_amount = _check_amount(order_amount)
+    previous = list(Redemption.objects.select_related("coupon", "coupon__rule").filter(order_id=order_id))
+    if any(r.rolled_back_at is None for r in previous):
+        return _replayed_stack(previous=[r for r in previous if r.rolled_back_at is None], order_amount=order_amount)
+    if previous:
+        raise errors.OrderRolledBack("This order's redemption was rolled back; a new order needs a new order_id.")
+    result, by_code, profile = _stack_codes(
+        codes_given=codes, user_id=user_id, order_amount=order_amount, order_id=order_id, lock=True
+    )
+    if any(r.reason == errors.CouponAlreadyUsed.reason for r in result.refused):
+        # The same order sent twice at once: the other request held the locks and redeemed
+        # first. Its redemptions are this order's answer.
+        previous = list(
+            Redemption.objects.select_related("coupon", "coupon__rule").filter(order_id=order_id, rolled_back_at=None)
+        )
+        if previous:
+            return _replayed_stack(previous=previous, order_amount=order_amount)
+    if not result.applied:
+        first = result.refused[0]
+        raise _ERRORS_BY_REASON.get(first.reason, errors.CouponError)(first.detail, reason=first.reason)
+    if profile is None and any(by_code[a.offer.code].profile_id is None for a in result.applied):
+        profile = ensure_profile(user_id=user_id)
+    now = timezone.now()
+    redemptions = []
+    for applied in result.applied:
+        coupon = by_code[applied.offer.code]
+        params = {
+            "coupon_id": coupon.pk,
+            "profile_id": profile.pk if profile is not None else None,
+            "user_id": user_id,
+            "order_id": order_id,
+            "order_amount": order_amount,
+            "discount": applied.discount,
+            "now": now,
+            "lock_timeout": None,
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(_REDEEM_SQL, params)
+            row = cursor.fetchone()
+        if row is None:  # the coupons are locked above: only an expiry between the checks and here
+            raise errors.CouponExpired("This code has expired.", expires_at=_iso(coupon.expires_at))
+        redemptions.append(Redemption.objects.select_related("coupon").get(pk=row[0]))
+    return StackedQuote(stack=result, redemptions=redemptions)
+
+
+def _replayed_stack(*, previous: list[Redemption], order_amount: Decimal) -> StackedQuote:
+    previous.sort(key=lambda r: _offer(r.coupon).sort_key())
+    applied = [stacking.Applied(_offer(r.coupon), r.discount) for r in previous]
+    result = stacking.Stack(order_amount=previous[0].order_amount, applied=applied)
+    return StackedQuote(stack=result, redemptions=previous, created=False)
+
+
+_ERRORS_BY_REASON: dict[str, type[DomainError]] = {
+    cls.reason: cls
+    for cls in (
+        errors.CouponNotFound,
+        errors.CouponNotYours,
+        errors.CouponAlreadyUsed,
+        errors.CouponExpired,
+        errors.CouponRevoked,
+        errors.RuleNotActive,
+        errors.CouponNotYetValid,
+        errors.MinSpendNotMet,
+        errors.TierNotEligible,
+        errors.TagNotEligible,
+        errors.NotFirstOrder,
+    )
+}
 
 
 _UNSPEND_RETURN_SQL = """
@@ -755,6 +950,311 @@ def rollback_order(*, order_id: str, actor: AbstractBaseUser | None = None) -> l
                 details={"order_id": order_id, "discount": str(redemption.discount), "coupon_returned": returned},
             )
     return live
+
+
+# --- refunds ----------------------------------------------------------------------------------
+
+ORDER_REFUNDED = "order_refunded"
+
+
+def _refunded_amount(properties: dict[str, Any]) -> Decimal | None:
+    """The refunded amount of an `order_refunded` event; None for the whole order (no amount)."""
+    raw = properties.get("amount")
+    if raw is None:
+        return None
+    try:
+        amount = Decimal(str(raw))
+    except ArithmeticError:
+        return None
+    return amount.quantize(CENT) if amount.is_finite() and amount >= 0 else None
+
+
+def on_events_ingested(events: Sequence[Any]) -> None:
+    """Ingest listener (`tracking.hooks`): refunds of orders that used coupons. The batch's
+    refunds are matched to redemptions in one query; most batches carry none."""
+    refunds = [e for e in events if e.name == ORDER_REFUNDED and isinstance(e.properties.get("order_id"), str)]
+    if not refunds:
+        return
+    with_coupons = set(
+        Redemption.objects.filter(order_id__in={e.properties["order_id"] for e in refunds})
+        .values_list("order_id", flat=True)
+        .distinct()
+    )
+    for event in refunds:
+        order_id = event.properties["order_id"]
+        if order_id in with_coupons:
+            apply_refund(event_id=event.event_id, order_id=order_id, amount=_refunded_amount(event.properties))
+
+
+@transaction.atomic
+def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> OrderRefund | None:
+    """Apply one refund to an order's redemptions, once per event id. A full refund (no amount, or
+    the refunds reaching the order amount) rolls them back: the discount returns to the budget
+    and each coupon to its holder while still valid. A partial one lowers the revenue the reports
+    count and leaves the discount given. None when the order used no coupon or the event was
+    applied before."""
+    redemptions = list(Redemption.objects.select_for_update().filter(order_id=order_id).order_by("id"))
+    if not redemptions:
+        return None
+    live = [r for r in redemptions if r.rolled_back_at is None]
+    refunded = (live[0].refunded_amount if live else ZERO) + (amount if amount is not None else ZERO)
+    full = not live or amount is None or refunded >= live[0].order_amount
+    outcome = OrderRefund.Outcome.ROLLED_BACK if full else OrderRefund.Outcome.PARTIAL
+    refund, created = OrderRefund.objects.get_or_create(
+        event_id=event_id, defaults={"order_id": order_id, "amount": amount, "outcome": outcome}
+    )
+    if not created:
+        return None
+    if full:
+        if live:
+            rollback_order(order_id=order_id)
+    else:
+        Redemption.objects.filter(pk__in=[r.pk for r in live]).update(refunded_amount=refunded)
+    logger.info("coupons: refund %s of order %s applied (%s)", event_id, order_id, outcome)
+    return refund
+
+
+# --- promotion abuse ---------------------------------------------------------------------------
+
+# The signals, each from 0 to 1, and what each weighs; the score is their weighted sum, capped at
+# 1. No single signal reaches the default threshold (0.6) alone: two of them do.
+ABUSE_WEIGHTS = {
+    "several_accounts": Decimal("0.45"),  # other user ids on the person's devices, or on their phone
+    "redeem_then_refund": Decimal("0.30"),  # share of their coupon orders rolled back (2+ redemptions)
+    "coupon_only_orders": Decimal("0.25"),  # every paid order (2+) used a coupon
+    "new_account_only_claims": Decimal("0.25"),  # joined in the last 30 days, 2+ coupons, no order
+}
+NEW_ACCOUNT_DAYS = 30
+
+# Set-based over everyone with a signal. A device is the `anonymous_id` of events (one per app
+# install or browser): several user ids seen on it are several accounts in one hand.
+_ABUSE_SQL = """
+WITH devices AS (
+    SELECT anonymous_id, COUNT(DISTINCT user_id) AS accounts
+      FROM tracking_event WHERE user_id IS NOT NULL AND anonymous_id IS NOT NULL
+     GROUP BY anonymous_id HAVING COUNT(DISTINCT user_id) > 1
+), on_devices AS (
+    SELECT i.profile_id, MAX(d.accounts) AS accounts
+      FROM devices d
+      JOIN tracking_event e ON e.anonymous_id = d.anonymous_id AND e.user_id IS NOT NULL
+      JOIN profiles_identity i ON i.kind = 'user_id' AND i.value = e.user_id
+     GROUP BY i.profile_id
+), phones AS (
+    SELECT id AS profile_id, COUNT(*) OVER (PARTITION BY phone) AS accounts
+      FROM profiles_profile WHERE phone <> '' AND merged_into_id IS NULL
+), redeemed AS (
+    SELECT profile_id, COUNT(*) AS redemptions, COUNT(*) FILTER (WHERE rolled_back_at IS NOT NULL) AS rolled_back
+      FROM coupons_redemption WHERE profile_id IS NOT NULL GROUP BY profile_id
+), orders AS (
+    SELECT pe.profile_id, COUNT(DISTINCT pe.properties->>'order_id') AS orders,
+           COUNT(DISTINCT pe.properties->>'order_id') FILTER (
+               WHERE EXISTS (SELECT 1 FROM coupons_redemption r WHERE r.order_id = pe.properties->>'order_id')
+           ) AS with_coupon
+      FROM profiles_profileevent pe
+     WHERE pe.name = 'order_paid' AND pe.profile_id IS NOT NULL
+     GROUP BY pe.profile_id
+), claims AS (
+    SELECT profile_id, COUNT(*) AS coupons FROM coupons_coupon WHERE profile_id IS NOT NULL GROUP BY profile_id
+), people AS (
+    SELECT profile_id FROM on_devices UNION SELECT profile_id FROM phones WHERE accounts > 1
+    UNION SELECT profile_id FROM redeemed UNION SELECT profile_id FROM claims
+), signals AS (
+    SELECT p.id AS profile_id,
+           GREATEST(COALESCE(od.accounts, 1), COALESCE(ph.accounts, 1)) AS accounts,
+           COALESCE(r.redemptions, 0) AS redemptions, COALESCE(r.rolled_back, 0) AS rolled_back,
+           COALESCE(o.orders, 0) AS orders, COALESCE(o.with_coupon, 0) AS with_coupon,
+           COALESCE(c.coupons, 0) AS coupons,
+           COALESCE(p.signup_at, p.first_seen_at, p.created_at) > %(now)s - make_interval(days => %(new_days)s) AS new
+      FROM people x JOIN profiles_profile p ON p.id = x.profile_id AND p.merged_into_id IS NULL
+      LEFT JOIN on_devices od ON od.profile_id = p.id
+      LEFT JOIN phones ph ON ph.profile_id = p.id
+      LEFT JOIN redeemed r ON r.profile_id = p.id
+      LEFT JOIN orders o ON o.profile_id = p.id
+      LEFT JOIN claims c ON c.profile_id = p.id
+), parts AS (
+    SELECT s.*,
+           LEAST(accounts - 1, 3) / 3.0 AS several_accounts,
+           CASE WHEN redemptions >= 2 THEN rolled_back::numeric / redemptions ELSE 0 END AS redeem_then_refund,
+           CASE WHEN orders >= 2 AND with_coupon = orders THEN 1 ELSE 0 END AS coupon_only_orders,
+           CASE WHEN new AND coupons >= 2 AND orders = 0 THEN 1 ELSE 0 END AS new_account_only_claims
+      FROM signals s
+), scored AS (
+    SELECT parts.*, LEAST(1, round(several_accounts * %(w_accounts)s + redeem_then_refund * %(w_refund)s
+                                   + coupon_only_orders * %(w_coupon_only)s
+                                   + new_account_only_claims * %(w_new)s, 3)) AS score
+      FROM parts
+), kept AS (
+    INSERT INTO coupons_abusescore AS a (profile_id, score, evidence, computed_at)
+    SELECT profile_id, score,
+           jsonb_build_object(
+               'accounts', accounts, 'redemptions', redemptions, 'rolled_back', rolled_back, 'orders', orders,
+               'orders_with_coupon', with_coupon, 'coupons', coupons, 'new_account', new,
+               'parts', jsonb_build_object(
+                   'several_accounts', round(several_accounts * %(w_accounts)s, 3),
+                   'redeem_then_refund', round(redeem_then_refund * %(w_refund)s, 3),
+                   'coupon_only_orders', round(coupon_only_orders * %(w_coupon_only)s, 3),
+                   'new_account_only_claims', round(new_account_only_claims * %(w_new)s, 3))),
+           %(now)s
+      FROM scored WHERE score > 0
+    ON CONFLICT (profile_id) DO UPDATE
+       SET score = EXCLUDED.score, evidence = EXCLUDED.evidence, computed_at = EXCLUDED.computed_at
+    RETURNING a.profile_id
+), gone AS (
+    DELETE FROM coupons_abusescore a WHERE NOT EXISTS (SELECT 1 FROM kept WHERE kept.profile_id = a.profile_id)
+    RETURNING 1
+)
+SELECT (SELECT COUNT(*) FROM kept), (SELECT COUNT(*) FROM gone)
+"""
+
+
+@transaction.atomic
+def refresh_abuse_scores(*, now: datetime | None = None) -> int:
+    """Score everyone with a signal again, in one statement; people without one lose their row.
+    Returns how many people carry a score. Safe to run at any time, and twice."""
+    params = {
+        "now": now or timezone.now(),
+        "new_days": NEW_ACCOUNT_DAYS,
+        "w_accounts": ABUSE_WEIGHTS["several_accounts"],
+        "w_refund": ABUSE_WEIGHTS["redeem_then_refund"],
+        "w_coupon_only": ABUSE_WEIGHTS["coupon_only_orders"],
+        "w_new": ABUSE_WEIGHTS["new_account_only_claims"],
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_ABUSE_SQL, params)
+        kept, gone = cursor.fetchone()
+    logger.info("coupons: abuse scores refreshed (%s people scored, %s cleared of every signal)", kept, gone)
+    return kept
+
+
+def abuse_refusal(
+    *, rule: CouponRule, profile: Profile | None, flagged: bool | None = None
+) -> errors.CouponError | None:
+    """ABUSE_SUSPECTED when the person's score reaches the rule's threshold and no operator has
+    cleared them since. `flagged`, when the caller already read it (the redemption's one read),
+    saves the query."""
+    if rule.abuse_threshold is None or profile is None or flagged is False:
+        return None
+    if flagged is None:
+        score = AbuseScore.objects.filter(profile_id=profile.pk, score__gte=rule.abuse_threshold).first()
+        flagged = score is not None and not score.cleared
+    if not flagged:
+        return None
+    return errors.AbuseSuspected(
+        "This offer is not available to this account: it is held for review.", threshold=str(rule.abuse_threshold)
+    )
+
+
+@transaction.atomic
+def clear_abuse(*, profile_ids: Sequence[int], actor: AbstractBaseUser | None = None) -> int:
+    """An operator reviewed these people and admits them: each clearance holds until their score
+    rises above what it is now."""
+    cleared = 0
+    for score in AbuseScore.objects.select_for_update().filter(profile_id__in=list(profile_ids)):
+        score.cleared_at, score.cleared_score = timezone.now(), score.score
+        score.cleared_by = actor if getattr(actor, "is_authenticated", False) else None
+        score.save(update_fields=["cleared_at", "cleared_score", "cleared_by"])
+        record_audit(
+            actor=actor,
+            action="coupons.abuse_cleared",
+            obj=score,
+            details={"profile": score.profile_id, "score": str(score.score), "evidence": score.evidence},
+        )
+        cleared += 1
+    return cleared
+
+
+# --- uplift ---------------------------------------------------------------------------------------
+
+# A person's portrait as the uplift models read it (`coupons.uplift.matrix`), in id order from a
+# keyset, for the training members (`ids`) or every live profile (`ids` null).
+_UPLIFT_FEATURES_SQL = """
+SELECT p.id, vt.slug, pr.value_365d, pr.churn_risk, cv.frequency, cv.monetary,
+       extract(epoch FROM %(now)s - p.last_seen_at) / 86400,
+       ARRAY(SELECT t.name FROM profiles_profiletag pt JOIN profiles_tag t ON t.id = pt.tag_id
+              WHERE pt.profile_id = p.id)
+  FROM profiles_profile p
+  LEFT JOIN crm_customervalue cv ON cv.profile_id = p.id
+  LEFT JOIN crm_valuetier vt ON vt.id = cv.tier_id
+  LEFT JOIN predictions_prediction pr ON pr.profile_id = p.id
+ WHERE p.merged_into_id IS NULL AND p.id > %(after)s
+   AND (%(ids)s::bigint[] IS NULL OR p.id = ANY(%(ids)s::bigint[]))
+ ORDER BY p.id LIMIT %(limit)s
+"""
+UPLIFT_CHUNK = 20_000
+
+
+def _uplift_features(*, ids: list[int] | None, now: datetime) -> Iterator[list[tuple]]:
+    after = 0
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(_UPLIFT_FEATURES_SQL, {"now": now, "after": after, "ids": ids, "limit": UPLIFT_CHUNK})
+            rows = cursor.fetchall()
+        if not rows:
+            return
+        yield rows
+        after = rows[-1][0]
+
+
+def fit_rule_uplift(*, rule: CouponRule, seed: int = 0) -> UpliftModel:
+    """Learn who the rule's coupon persuades from the campaigns with a holdout that gave it, keep
+    the out-of-fold evidence (Qini curve, uplift by decile) and score every live profile. A
+    failure leaves the model failed with its reason (traceback in the log) and is raised again;
+    running it again starts over."""
+    from coupons import uplift
+    from coupons.incremental import member_outcomes
+
+    fitted, _ = UpliftModel.objects.update_or_create(
+        rule=rule, defaults={"status": UpliftModel.Status.RUNNING, "error": ""}
+    )
+    try:
+        now = timezone.now()
+        members = member_outcomes(rule_id=rule.pk)
+        treated_n = sum(1 for m in members if m[2])
+        if treated_n < 20 or len(members) - treated_n < 20:
+            raise errors.CouponError(
+                "Too few campaign members with a holdout to learn from (at least 20 treated and 20 held out).",
+                reason="NOT_ENOUGH_HOLDOUT_DATA",
+            )
+        outcome = {m[8]: (bool(m[2]), float(m[6]) * float(m[4]) / 100) for m in members}
+        portraits = [row for chunk in _uplift_features(ids=list(outcome), now=now) for row in chunk]
+        tiers = sorted({row[1] for row in portraits if row[1]})
+        tags = uplift.top_tags([row[7] for row in portraits])
+        x = uplift.matrix([row[1:] for row in portraits], tiers, tags)
+        treated = np.array([outcome[row[0]][0] for row in portraits])
+        y = np.array([outcome[row[0]][1] for row in portraits])
+        evidence = uplift.evidence(uplift.out_of_fold(x, treated, y, seed=seed), treated, y)
+        model = uplift.fit(x, treated, y, seed=seed)
+        scored = 0
+        with transaction.atomic():
+            UpliftScore.objects.filter(rule=rule).delete()
+            for chunk in _uplift_features(ids=None, now=now):
+                scores = model.predict(uplift.matrix([row[1:] for row in chunk], tiers, tags))
+                UpliftScore.objects.bulk_create(
+                    [
+                        UpliftScore(rule=rule, profile_id=row[0], uplift=float(u))
+                        for row, u in zip(chunk, scores, strict=True)
+                    ],
+                    batch_size=5000,
+                )
+                scored += len(chunk)
+            evidence["features"] = {"tiers": tiers, "tags": tags}
+            UpliftModel.objects.filter(pk=fitted.pk).update(
+                status=UpliftModel.Status.DONE,
+                trained_on=len(portraits),
+                scored=scored,
+                evidence=evidence,
+                fitted_at=now,
+            )
+    except Exception as exc:
+        reason = (
+            exc.detail if isinstance(exc, errors.CouponError) else log_failure(logger, f"uplift of rule {rule.pk}", exc)
+        )
+        if isinstance(exc, errors.CouponError):
+            logger.warning("coupons: uplift of rule %s not fitted: %s", rule.pk, reason)
+        UpliftModel.objects.filter(pk=fitted.pk).update(status=UpliftModel.Status.FAILED, error=reason)
+        raise
+    fitted.refresh_from_db()
+    return fitted
 
 
 # --- expiry -----------------------------------------------------------------------------------

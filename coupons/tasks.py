@@ -9,13 +9,27 @@ from __future__ import annotations
 from celery import shared_task
 
 from coupons import selectors, services
-from coupons.models import CodeBatch, IssuanceJob
+from coupons.models import CodeBatch, CouponRule, IssuanceJob
 
 
 @shared_task(name="coupons.tasks.expire_coupons")
 def expire_coupons() -> int:
     """Beat, every few minutes: expire coupons past their end and release their money."""
     return services.expire_due_coupons()
+
+
+@shared_task(name="coupons.tasks.refresh_abuse_scores")
+def refresh_abuse_scores() -> int:
+    return services.refresh_abuse_scores()
+
+
+@shared_task(name="coupons.tasks.fit_rule_uplift")
+def fit_rule_uplift(rule_id: int) -> dict:
+    rule = CouponRule.objects.filter(pk=rule_id).first()
+    if rule is None:
+        return {"rule": rule_id, "status": "gone"}
+    fitted = services.fit_rule_uplift(rule=rule)
+    return {"rule": rule_id, "status": fitted.status, "scored": fitted.scored}
 
 
 @shared_task(name="coupons.tasks.run_issuance_job", acks_late=True)
