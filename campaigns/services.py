@@ -23,8 +23,9 @@ import requests
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import OperationalError, connection, transaction
-from django.db.models import Q
+from django.db.models import Q, Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
 from access.services import record_audit
@@ -198,6 +199,7 @@ def create_campaign(
                 body=v.get("body", ""),
                 url=v.get("url", ""),
                 coupon_rule_id=v.get("coupon_rule"),
+                material_version_id=v.get("material_version"),
             )
             for i, v in enumerate(variants)
         ]
@@ -1313,7 +1315,12 @@ def record_click(*, delivery_id: int) -> str | None:
     """Note a click on a tracked link; returns where to send the person (the variant's URL)."""
     now = timezone.now()
     record_receipts(receipts=[{"delivery_id": delivery_id, "status": "clicked", "at": now}])
-    return Variant.objects.filter(deliveries__pk=delivery_id).values_list("url", flat=True).first()
+    # A variant that sends a material leads where the material's version says.
+    return (
+        Variant.objects.filter(deliveries__pk=delivery_id)
+        .values_list(Coalesce(NullIf("url", Value("")), "material_version__url"), flat=True)
+        .first()
+    )
 
 
 def record_open(*, delivery_id: int) -> None:
@@ -1604,6 +1611,7 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
                 "body": v.body,
                 "url": v.url,
                 "coupon_rule": v.coupon_rule_id,
+                "material_version": v.material_version_id,
             }
             for v in variants
         ],

@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "crm",
     "predictions",
     "coupons",
+    "materials",
     "campaigns",
     "community",
     "planning",

@@ -20,6 +20,7 @@ LAYERS = [
     "crm",
     "predictions",
     "coupons",
+    "materials",
     "campaigns",
     "community",
     "planning",
