@@ -6,7 +6,8 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from materials.rendering import (
@@ -83,7 +84,9 @@ def test_tags_and_traits_branch_the_message():
 def test_a_link_needs_the_versions_url():
     problems = template_problems(channel="sms", fields={"body": "Go {{ link }}"}, defaults={})
     assert problems and problems[0].line == 1 and "URL" in problems[0].reason
-    assert template_problems(channel="sms", fields={"body": "Go {{ link }}"}, defaults={}, url="https://x.example") == []
+    assert (
+        template_problems(channel="sms", fields={"body": "Go {{ link }}"}, defaults={}, url="https://x.example") == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,7 +113,9 @@ def test_sms_segments_follow_the_encoding(text, encoding, units, segments):
 def test_limits_are_checked_at_save_with_sample_values(settings):
     settings.OPSLOOP_PUSH_TITLE_MAX_CHARS = 20
     settings.OPSLOOP_SMS_MAX_SEGMENTS = 1
-    push = template_problems(channel="push", fields={"title": "Hello {{ name }}, a long title", "body": "b"}, defaults={})
+    push = template_problems(
+        channel="push", fields={"title": "Hello {{ name }}, a long title", "body": "b"}, defaults={}
+    )
     assert [p.field for p in push] == ["title"] and "at most 20" in push[0].reason
     sms = template_problems(channel="sms", fields={"body": "你好" * 40}, defaults={})
     assert [p.field for p in sms] == ["body"] and "UCS-2" in sms[0].reason
@@ -123,7 +128,7 @@ def test_limits_are_checked_again_at_render_for_each_person(settings):
     settings.OPSLOOP_SMS_MAX_SEGMENTS = 1
     fields = {"body": "Hi {{ name }}!"}
     assert _render("sms", fields, {"name": "Ann"})["body"] == "Hi Ann!"
-    with pytest.raises(RenderError, match="LIMIT: body: The SMS is .* UCS-2"):
+    with pytest.raises(RenderError, match=r"LIMIT: body: The SMS is .* UCS-2"):
         _render("sms", fields, {"name": "安" * 70})
 
 
