@@ -1276,6 +1276,46 @@ def send_test_message(*, campaign: Campaign, variant: Variant, user_id: str, act
     return outcome
 
 
+def send_material_test(*, version: Any, user_id: str, actor: Any = None) -> tuple[bool, str]:
+    """Send a material version, rendered for the staff member's own profile (a sample coupon and
+    link, since none is issued), to their device or address now, marked as a test."""
+    from materials import selectors as material_selectors
+
+    profile = Profile.objects.filter(user_id=user_id).first()
+    if profile is None:
+        return False, f"NO_RECIPIENT: no profile with user id {user_id!r}"
+    preview = material_selectors.preview(version=version, profile=profile)
+    if preview["error"] or preview["problems"]:
+        return False, preview["error"] or "; ".join(p["reason"] for p in preview["problems"])
+    rendered = preview["rendered"]
+    kind = version.material.channel
+    payload = {
+        "delivery_id": None,
+        "idempotency_key": f"test-material-{version.pk}-{timezone.now().timestamp()}",
+        "campaign": None,
+        "variant": str(version),
+        "user_id": user_id,
+        "channel": kind,
+        "title": f"[TEST] {rendered.get('title', '')}".strip(),
+        "body": rendered.get("body", ""),
+        "url": version.url,
+        "test": True,
+        **({"html": rendered["html"]} if rendered.get("html") else {}),
+    }
+    if kind == ChannelKind.EMAIL:
+        outcome = channels.send_email(channels.email_connection(), to=profile.email, payload=payload, delivery_id=0)
+    else:
+        with requests.Session() as session:
+            outcome = channels.http_post(session, channels.channel_config(kind), payload)
+    record_audit(
+        action="materials.test_message_sent",
+        obj=version,
+        actor=actor,
+        details={"user_id": user_id, "outcome": outcome.kind, "reason": outcome.reason},
+    )
+    return outcome.kind == channels.SENT, outcome.reason
+
+
 # --- feedback ----------------------------------------------------------------------------------
 
 RECEIPT_COLUMNS = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at", "failed": "failed_at"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
@@ -130,3 +131,22 @@ def approve_version(*, version: MaterialVersion, actor: Any) -> MaterialVersion:
     version.save(update_fields=["status", "approved_by", "approved_at"])
     record_audit(action="materials.version_approved", obj=version, actor=actor, details={"number": version.number})
     return version
+
+
+# --- a test message ----------------------------------------------------------------------------
+
+# The campaigns layer above owns the channels; it registers how to send one message now.
+_test_sender: Callable[..., Any] | None = None
+
+
+def register_test_sender(sender: Callable[..., Any]) -> None:
+    global _test_sender
+    _test_sender = sender
+
+
+def send_test(*, version: MaterialVersion, user_id: str, actor: Any = None) -> tuple[bool, str]:
+    """Render `version` for the staff member's own profile (`user_id`: their device, address or
+    phone) and send it now through the real channel, marked as a test. (sent?, reason)."""
+    if _test_sender is None:
+        return False, "No channel is installed to send with."
+    return _test_sender(version=version, user_id=user_id, actor=actor)
