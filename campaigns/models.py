@@ -130,6 +130,7 @@ class CampaignPhase(models.TextChoices):
     FULL = "full", "Full send"
     RECURRING = "recurring", "Recurring"
     TRIGGERED = "triggered", "Triggered"
+    JOURNEY = "journey", "Journey (steps)"
 
 
 class ScheduleKind(models.TextChoices):

@@ -1308,7 +1308,7 @@ def send_material_test(*, version: Any, user_id: str, actor: Any = None) -> tupl
         with requests.Session() as session:
             outcome = channels.http_post(session, channels.channel_config(kind), payload)
     record_audit(
-        action="materials.test_message_sent",
+        action="campaigns.material_test_message_sent",
         obj=version,
         actor=actor,
         details={"user_id": user_id, "outcome": outcome.kind, "reason": outcome.reason},

@@ -8,7 +8,7 @@ Every check answers with `{field: reason}`; an empty dict means nothing to refus
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from celery.schedules import crontab
@@ -35,6 +35,13 @@ BANDIT_SCHEDULES = (ScheduleKind.CRON, ScheduleKind.TRIGGER)
 MAX_BANDIT_INTERVAL_MINUTES = 60 * 24 * 30
 
 Problems = dict[str, str]
+# Checks that apps above add to the launch (a journey launches from its own page, say).
+_launch_checks: list[Callable[[Campaign], Problems]] = []
+
+
+def register_launch_check(check: Callable[[Campaign], Problems]) -> None:
+    if check not in _launch_checks:
+        _launch_checks.append(check)
 
 
 def share_problems(holdout_percent: Decimal | float | None, pilot_percent: Decimal | float | None) -> Problems:
@@ -245,4 +252,6 @@ def launch_problems(campaign: Campaign) -> Problems:
             material_problems(campaign.channel, [(v.name, v.material_version_id) for v in rows], must_be_approved=True)
         )
     problems.update(campaign_allocation_problems(campaign, variant_count=len(variants)))
+    for check in _launch_checks:
+        problems.update(check(campaign))
     return problems

@@ -21,6 +21,7 @@ api_v1 = [
     path("", include("coupons.urls")),
     path("", include("materials.urls")),
     path("", include("campaigns.urls")),
+    path("", include("journeys.urls")),
     path("", include("community.urls")),
     path("", include("planning.urls")),
 ]

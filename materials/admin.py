@@ -43,7 +43,7 @@ class MaterialVersionInline(admin.TabularInline):
 class MaterialAdmin(admin.ModelAdmin):
     list_display = ("name", "channel", "tags_shown", "owner", "latest", "archived", "performance_link")
     list_filter = ("channel", "archived")
-    search_fields = ("name", "description", "tags")
+    search_fields = ("name", "description")
     fields = ("name", "channel", "tags", "owner", "description", "archived")
     inlines = [MaterialVersionInline]
 

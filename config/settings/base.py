@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "coupons",
     "materials",
     "campaigns",
+    "journeys",
     "community",
     "planning",
     "monitoring",

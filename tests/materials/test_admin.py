@@ -105,7 +105,7 @@ def test_send_a_test_goes_through_the_real_channel_to_ones_own_device(operator):
     assert response.status_code == 302
     (body,) = gateway.requests
     assert body["user_id"] == "me" and body["title"] == "[TEST] Hi Me" and body["test"] is True
-    assert AuditEntry.objects.filter(action="materials.test_message_sent", object_id=str(version.pk)).exists()
+    assert AuditEntry.objects.filter(action="campaigns.material_test_message_sent", object_id=str(version.pk)).exists()
 
 
 def test_only_a_lead_approves_and_then_the_version_is_read_only(operator, lead, make_staff, client):

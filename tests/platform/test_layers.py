@@ -22,6 +22,7 @@ LAYERS = [
     "coupons",
     "materials",
     "campaigns",
+    "journeys",
     "community",
     "planning",
     "monitoring",
