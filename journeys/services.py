@@ -303,15 +303,18 @@ def on_events_ingested(events: Sequence[Any]) -> None:
 
 
 def exit_runs(*, campaign_id: int, user_ids: Sequence[str], reason: str) -> int:
+    """End these people's active runs, then skip every step message of theirs not yet posted,
+    also one queued by a run that finished its last step meanwhile. Returns the runs ended."""
     now = timezone.now()
     exited = JourneyRun.objects.filter(
         campaign_id=campaign_id, user_id__in=list(user_ids), status=RunStatus.ACTIVE
     ).update(status=RunStatus.EXITED, ended_at=now, wake_at=None)
-    if exited:
-        Delivery.objects.filter(
-            campaign_id=campaign_id,
-            user_id__in=list(user_ids),
-            status=DeliveryStatus.PENDING,
-            phase__startswith="step:",
-        ).update(status=DeliveryStatus.SKIPPED, reason=reason[:500])
+    # After the runs' update: an advancer that held one of them has committed its messages, so
+    # this statement sees them.
+    Delivery.objects.filter(
+        campaign_id=campaign_id,
+        user_id__in=list(user_ids),
+        status=DeliveryStatus.PENDING,
+        phase__startswith="step:",
+    ).update(status=DeliveryStatus.SKIPPED, reason=reason[:500])
     return exited

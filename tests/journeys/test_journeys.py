@@ -32,8 +32,8 @@ def _journey(steps_by_variant_name, *, people=4, **fields):
     return campaign, profiles
 
 
-def _phases(campaign, profile) -> list[str]:
-    return sorted(Delivery.objects.filter(campaign=campaign, profile=profile).values_list("phase", flat=True))
+def _phases(campaign, profile) -> set[str]:
+    return set(Delivery.objects.filter(campaign=campaign, profile=profile).values_list("phase", flat=True))
 
 
 def _step_phase(campaign, position) -> str:
@@ -47,12 +47,12 @@ def test_send_then_wait_then_send_one_delivery_per_person_and_step():
     t0 = timezone.now()
     assert services.launch_journey(campaign=campaign, now=t0) == 4
     services.advance_due(now=t0)
-    assert _phases(campaign, people[0]) == [_step_phase(campaign, 0)]
+    assert _phases(campaign, people[0]) == {_step_phase(campaign, 0)}
     # Advancing again before the wait is over sends nothing more.
     services.advance_due(now=t0 + dt.timedelta(minutes=30))
     assert Delivery.objects.filter(campaign=campaign).count() == 4
     services.advance_due(now=t0 + dt.timedelta(minutes=61))
-    assert _phases(campaign, people[0]) == sorted([_step_phase(campaign, 0), _step_phase(campaign, 2)])
+    assert _phases(campaign, people[0]) == {_step_phase(campaign, 0), _step_phase(campaign, 2)}
     assert set(JourneyRun.objects.filter(campaign=campaign).values_list("status", flat=True)) == {RunStatus.COMPLETED}
     # A run put back (a crash replayed, an operator's reset) cannot message anyone twice per step.
     JourneyRun.objects.filter(campaign=campaign).update(status=RunStatus.ACTIVE, position=0, wake_at=t0)
@@ -87,10 +87,10 @@ def test_wait_for_an_event_moves_on_when_it_comes_and_takes_goto_on_timeout():
     assert not Delivery.objects.filter(campaign=campaign).exists()
     add_events([(people[0].user_id, "app_open", t0 + dt.timedelta(minutes=5))])
     services.advance_due(now=t0 + dt.timedelta(minutes=6))
-    assert _phases(campaign, people[0]) == [_step_phase(campaign, 1), _step_phase(campaign, 2)]
-    assert _phases(campaign, people[1]) == []
+    assert _phases(campaign, people[0]) == {_step_phase(campaign, 1), _step_phase(campaign, 2)}
+    assert _phases(campaign, people[1]) == set()
     services.advance_due(now=t0 + dt.timedelta(minutes=121))
-    assert _phases(campaign, people[1]) == [_step_phase(campaign, 2)]
+    assert _phases(campaign, people[1]) == {_step_phase(campaign, 2)}
 
 
 @pytest.mark.parametrize("on", ["tag", "trait", "event"])
@@ -115,8 +115,8 @@ def test_branch_on_a_tag_a_trait_or_an_event(on):
         add_events([(yes.user_id, "search", t0 + dt.timedelta(seconds=1))])
     services.advance_due(now=t0 + dt.timedelta(seconds=2))
     b, a = _step_phase(campaign, 2), _step_phase(campaign, 1)
-    assert _phases(campaign, yes) == [b]
-    assert sorted(_phases(campaign, people[1])) == sorted([a, b])
+    assert _phases(campaign, yes) == {b}
+    assert _phases(campaign, people[1]) == {a, b}
 
 
 def test_the_goal_event_ends_the_run_and_cancels_pending_messages_at_ingestion(api_client):
@@ -145,7 +145,7 @@ def test_the_goal_event_ends_the_run_and_cancels_pending_messages_at_ingestion(a
     pending.refresh_from_db()
     assert pending.status == "skipped" and pending.reason == "EXITED: order_paid"
     services.advance_due(now=t0 + dt.timedelta(minutes=61))
-    assert _phases(campaign, buyer) == [_step_phase(campaign, 0)]
+    assert _phases(campaign, buyer) == {_step_phase(campaign, 0)}
     assert len(_phases(campaign, people[1])) == 2
 
 
