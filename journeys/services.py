@@ -164,13 +164,37 @@ def launch_journey(
 
 
 def advance_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
-    """Move every due run as far as it goes now, `limit` runs per transaction. Returns how many moved."""
+    """Move every due run as far as it goes now, `limit` runs per transaction, then complete
+    the journeys nobody is in any more. Returns how many runs moved."""
     moved = 0
     while True:
         done = _advance_chunk(now=now or timezone.now(), limit=limit)
         moved += done
         if done < limit:
-            return moved
+            break
+    complete_finished()
+    return moved
+
+
+def complete_finished() -> int:
+    """Complete running journeys whose runs have all ended and whose messages are all settled
+    (the campaigns' completion: results frozen, feedback applied after the attribution window)."""
+    from campaigns import services as campaign_services
+
+    finished = (
+        Campaign.objects.filter(status=CampaignStatus.RUNNING, phase=JOURNEY_PHASE)
+        .exclude(journey_runs__status=RunStatus.ACTIVE)
+        .values_list("pk", flat=True)
+    )
+    completed = 0
+    for campaign_id in finished:
+        try:
+            if campaign_services.complete_campaign(campaign_id=campaign_id, if_finished=True):
+                completed += 1
+        except Exception:
+            # One journey's failure shows in the log and is tried again next minute; the others go on.
+            logger.exception("Completing journey %s failed; it is tried again at the next advance.", campaign_id)
+    return completed
 
 
 def _advance_chunk(*, now: dt.datetime, limit: int) -> int:

@@ -200,3 +200,19 @@ def test_a_campaign_with_steps_is_not_launched_as_a_single_send():
     campaign, _people = _journey([{"kind": "send", "variant": "A"}], people=1)
     assert "journey" in validation.launch_problems(campaign)["status"]
     assert "status" not in validation.launch_problems(CampaignFactory())
+
+
+def test_a_journey_nobody_is_in_any_more_completes_once_its_messages_are_settled():
+    campaign, people = _journey([{"kind": "send", "variant": "A"}], people=2, holdout_percent=Decimal(0))
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        services.launch_journey(campaign=campaign)
+        services.advance_due()
+        # Every run ended, but two messages are still to send: the journey stays running.
+        campaign.refresh_from_db()
+        assert campaign.status == CampaignStatus.RUNNING
+        campaign_services.deliver(delivery_ids=list(Delivery.objects.values_list("id", flat=True)))
+    services.advance_due()
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.COMPLETED and campaign.results_snapshot is not None
+    assert len(gateway.requests) == len(people)
