@@ -19,7 +19,9 @@ OPERATIONS = "Operations"
 CUSTOMER_SERVICE = "Customer service"
 CUSTOMER_SERVICE_LEAD = "Customer service lead"
 ANALYST = "Analyst"
-ROLES = (OPERATIONS, CUSTOMER_SERVICE, CUSTOMER_SERVICE_LEAD, ANALYST)
+# Approves what goes out (material versions); created by `sync_roles` like the others' grants.
+OPERATIONS_LEAD = "Operations lead"
+ROLES = (OPERATIONS, CUSTOMER_SERVICE, CUSTOMER_SERVICE_LEAD, ANALYST, OPERATIONS_LEAD)
 
 
 def declared_grants() -> dict[str, set[str]]:

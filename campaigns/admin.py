@@ -140,7 +140,8 @@ class VariantInline(admin.TabularInline):
     formfield_overrides = URL_FIELDS
     extra = 0
     min_num = 1
-    fields = ["position", "name", "weight", "title", "body", "url", "coupon_rule_id"]
+    fields = ["position", "name", "weight", "title", "body", "url", "coupon_rule_id", "material_version"]
+    autocomplete_fields = ["material_version"]
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and (obj is None or obj.status == CampaignStatus.DRAFT)

@@ -24,6 +24,8 @@ class CampaignsConfig(AppConfig):
         from campaigns import selectors, services
         from coupons.audiences import register_segment_checker, register_segment_resolver
         from coupons.incremental import register_holdout_members_sql
+        from materials.selectors import register_history_provider
+        from materials.services import register_test_sender
         from predictions.features import register_feature
         from profiles.lookup import register_merge_listener, register_section
         from tracking.hooks import register_ingest_listener
@@ -35,3 +37,5 @@ class CampaignsConfig(AppConfig):
         register_segment_checker(selectors.segment_exists)
         register_holdout_members_sql(selectors.HOLDOUT_MEMBERS_SQL)
         register_feature("messages_30d", selectors.MESSAGES_30D_SQL)
+        register_history_provider(selectors.material_history)
+        register_test_sender(services.send_material_test)

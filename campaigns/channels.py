@@ -165,10 +165,9 @@ def send_email(connection: Any, *, to: str, payload: dict[str, Any], delivery_id
         return Outcome(FAILED, "NO_RECIPIENT: profile has no e-mail address")
     text = payload["body"] + (f"\n\n{payload['url']}" if payload.get("url") else "")
     link = f'<p><a href="{escape(payload["url"])}">{escape(payload["url"])}</a></p>' if payload.get("url") else ""
-    html = (
-        f"<p>{escape(payload['body'])}</p>{link}"
-        f'<img src="{escape(open_pixel_url(delivery_id))}" width="1" height="1" alt="">'
-    )
+    pixel = f'<img src="{escape(open_pixel_url(delivery_id))}" width="1" height="1" alt="">'
+    # A material's HTML was rendered with autoescape; a plain body is escaped here.
+    html = (payload["html"] + pixel) if payload.get("html") else f"<p>{escape(payload['body'])}</p>{link}{pixel}"
     message = EmailMultiAlternatives(
         subject=payload["title"],
         body=text,

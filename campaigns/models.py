@@ -130,6 +130,7 @@ class CampaignPhase(models.TextChoices):
     FULL = "full", "Full send"
     RECURRING = "recurring", "Recurring"
     TRIGGERED = "triggered", "Triggered"
+    JOURNEY = "journey", "Journey (steps)"
 
 
 class ScheduleKind(models.TextChoices):
@@ -289,6 +290,16 @@ class Variant(models.Model):
     # An id rather than a foreign key: coupon rules belong to the layer below, whose tables may
     # be migrated separately; the id is checked when the campaign is created and when issuing.
     coupon_rule_id = models.BigIntegerField(null=True, blank=True)
+    # A version from the material library, rendered per person at sending (title, body and url
+    # above are then unused); approved ones only at launch.
+    material_version = models.ForeignKey(
+        "materials.MaterialVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="variants",
+        help_text="Send this material version (personalised per person) instead of the title and body",
+    )
 
     class Meta:
         ordering = ["campaign", "position", "id"]

@@ -673,3 +673,42 @@ SELECT a.campaign_id, c.name AS campaign_name, a.profile_id, (a.role <> 'holdout
    AND c.holdout_percent > 0
  GROUP BY a.id, c.id
 """
+
+
+def material_history(material: Any) -> list[dict[str, Any]]:
+    """Each campaign variant that sent a version of `material`, with its counts from the
+    campaign's results (frozen ones once completed) and, where the campaign kept a holdout, the
+    incremental effect: the conversion rate's uplift over the holdout with its p-value."""
+    variants = list(
+        Variant.objects.filter(material_version__material=material)
+        .select_related("campaign", "material_version")
+        .order_by("-campaign__created_at", "position", "id")
+    )
+    results_of: dict[int, dict[str, Any]] = {}
+    rows = []
+    for v in variants:
+        campaign = v.campaign
+        if campaign.pk not in results_of:
+            results_of[campaign.pk] = campaign.results_snapshot or campaign_results(campaign)
+        results = results_of[campaign.pk]
+        group = next((g for g in results.get("groups", []) if g.get("variant_id") == v.pk), None) or {}
+        holdout = results.get("control") == "holdout"
+        rows.append(
+            {
+                "campaign": campaign.pk,
+                "campaign_name": campaign.name,
+                "campaign_status": campaign.status,
+                "variant": v.name,
+                "version": v.material_version.number,
+                "assigned": group.get("assigned", 0),
+                "sent": group.get("sent", 0),
+                "opened": group.get("opened", 0),
+                "clicked": group.get("clicked", 0),
+                "converted": group.get("converted", 0),
+                "conversion_rate": group.get("conversion_rate"),
+                "uplift_vs_holdout": group.get("uplift_vs_holdout") if holdout else None,
+                "p_value": group.get("p_value") if holdout else None,
+                "had_holdout": holdout,
+            }
+        )
+    return rows

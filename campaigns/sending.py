@@ -17,6 +17,7 @@ disabled channel defer a message without using one up.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import random
 import time
@@ -39,6 +40,9 @@ from config.celery import publish
 from config.errors import DomainError
 from coupons import services as coupon_services
 from coupons.models import Coupon, CouponRule
+from materials import selectors as material_selectors
+from materials.models import MaterialVersion, VersionStatus
+from materials.rendering import RenderError, render
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +204,7 @@ def _send_campaign_group(campaign: Campaign, group: list[Delivery], lease: Lease
     counts["skipped"] += len(group) - len(deferred) - len(ready)
     lease.renew_if_due()
     _issue_coupons(ready)
+    ready = _render_materials(ready, lease.token, counts)
     if ready:
         _post_all(campaign.channel, config, ready, lease, counts)
 
@@ -339,12 +344,73 @@ def release_coupons(codes: Sequence[str]) -> None:
         coupon_services.revoke_coupons(coupon_ids=ids)
 
 
+# --- personalisation ---------------------------------------------------------------------------
+
+
+def _render_materials(deliveries: list[Delivery], token: uuid.UUID, counts: dict[str, int]) -> list[Delivery]:
+    """Render the messages of variants that send a material, each for its person (their profile,
+    the coupon issued with it, its tracked link). One whose message cannot be made (a value
+    missing without a default, the channel's limit exceeded, the sandbox refusing) fails alone
+    with the reason, and gives its coupon back; the rest go on."""
+    with_material = [d for d in deliveries if d.variant.material_version_id]
+    if not with_material:
+        return deliveries
+    versions = {
+        v.pk: v
+        for v in MaterialVersion.objects.select_related("material").filter(
+            pk__in={d.variant.material_version_id for d in with_material}
+        )
+    }
+    compiled: dict[int, Any] = {}
+    unusable: dict[int, str] = {}
+    for pk, version in versions.items():
+        if version.status != VersionStatus.APPROVED:
+            unusable[pk] = f"MATERIAL_NOT_APPROVED: {version} is a draft"
+            continue
+        try:
+            compiled[pk] = material_selectors.compiled(version)
+        except Exception as exc:  # a template changed behind the checks: its messages fail, not the batch
+            unusable[pk] = f"RENDER_FAILED: {exc.__class__.__name__}: {exc}"[:500]
+    people = material_selectors.person_contexts(d.profile_id for d in with_material)
+    coupons = material_selectors.coupon_contexts(d.coupon_code for d in with_material)
+    failed: list[tuple[int, str]] = []
+    for d in with_material:
+        pk = d.variant.material_version_id
+        if pk in unusable:
+            failed.append((d.pk, unusable[pk]))
+            continue
+        version = versions[pk]
+        context = {
+            **people.get(d.profile_id, {}),
+            **coupons.get(d.coupon_code, {}),
+            "link": channels.click_url(d.pk) if version.url else None,
+        }
+        try:
+            d.rendered = render(compiled[pk], context)
+        except RenderError as exc:
+            failed.append((d.pk, f"RENDER_FAILED: {exc}"))
+            continue
+        d.rendered_url = channels.click_url(d.pk) if version.url else ""
+    if failed:
+        logger.warning(
+            "%d messages of campaign %s could not be rendered; they failed with the reason (first: %s)",
+            len(failed),
+            deliveries[0].campaign_id,
+            failed[0][1],
+        )
+        _set_final(failed, DeliveryStatus.FAILED, token)
+        counts["failed"] += len(failed)
+    dropped = {pk for pk, _reason in failed}
+    return [d for d in deliveries if d.pk not in dropped]
+
+
 # --- posting -----------------------------------------------------------------------------------
 
 
 def payload(d: Delivery) -> dict[str, Any]:
     variant = d.variant
-    return {
+    rendered: dict[str, str] | None = getattr(d, "rendered", None)
+    out = {
         "delivery_id": d.pk,
         "idempotency_key": str(d.idempotency_key),
         "campaign": d.campaign_id,
@@ -356,6 +422,15 @@ def payload(d: Delivery) -> dict[str, Any]:
         "url": channels.click_url(d.pk) if variant.url else "",
         **({"coupon_code": d.coupon_code} if d.coupon_code else {}),
     }
+    if rendered is not None:
+        out["title"] = rendered.get("title", "")
+        out["body"] = rendered.get("body", "")
+        out["url"] = getattr(d, "rendered_url", "")
+        if rendered.get("html"):
+            out["html"] = rendered["html"]
+        if d.channel == ChannelKind.WEBHOOK:
+            out["data"] = json.loads(out["body"])  # checked to be a JSON object when rendered
+    return out
 
 
 def _post_all(kind: str, config: Any, rows: list[Delivery], lease: Lease, counts: dict[str, int]) -> None:

@@ -14,6 +14,7 @@ from campaigns.models import TRIGGER_TAG_PATTERN, AllocationKind, Campaign, Chan
 from campaigns.segments import DefinitionError, compile_definition
 from config.api import IdField
 from coupons.models import CouponRule
+from materials.models import MaterialVersion
 
 EVENT_NAME = re.compile(r"^[a-z0-9_.:\-]{1,64}$")
 TAG_NAME = re.compile(TRIGGER_TAG_PATTERN)
@@ -81,6 +82,14 @@ class VariantInput(serializers.Serializer):
     body = serializers.CharField(max_length=5000, allow_blank=True, default="")
     url = serializers.URLField(max_length=1000, allow_blank=True, default="")
     coupon_rule = IdField(exists=CouponRule.objects.all(), what="coupon rule", allow_null=True, default=None)
+    material_version = IdField(
+        exists=MaterialVersion.objects.all(),
+        what="material version",
+        allow_null=True,
+        default=None,
+        help_text="Send this material version, personalised per person (title, body and url are then unused); "
+        "it must be approved by launch",
+    )
 
 
 class ScheduleInput(serializers.Serializer):
@@ -177,6 +186,13 @@ class CampaignInput(serializers.Serializer):
     def validate(self, attrs):
         problems = validation.variant_problems((v["name"], v["weight"]) for v in attrs["variants"])
         problems.update(validation.share_problems(attrs["holdout_percent"], attrs["pilot_percent"]))
+        problems.update(
+            validation.material_problems(
+                attrs["channel"],
+                [(v["name"], v["material_version"]) for v in attrs["variants"]],
+                must_be_approved=False,
+            )
+        )
         if problem := validation.segment_problem(attrs["segment"].pk):
             problems["segment"] = problem
         schedule = attrs.get("schedule") or {}
@@ -206,10 +222,11 @@ class CampaignInput(serializers.Serializer):
 
 class VariantOutput(serializers.ModelSerializer):
     coupon_rule = serializers.IntegerField(source="coupon_rule_id", allow_null=True)
+    material_version = serializers.IntegerField(source="material_version_id", allow_null=True)
 
     class Meta:
         model = Variant
-        fields = ["id", "name", "weight", "title", "body", "url", "coupon_rule"]
+        fields = ["id", "name", "weight", "title", "body", "url", "coupon_rule", "material_version"]
 
 
 class ScheduleOutput(serializers.Serializer):

@@ -23,8 +23,9 @@ import requests
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db import OperationalError, connection, transaction
-from django.db.models import Q
+from django.db.models import Q, Value
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
 
 from access.services import record_audit
@@ -198,6 +199,7 @@ def create_campaign(
                 body=v.get("body", ""),
                 url=v.get("url", ""),
                 coupon_rule_id=v.get("coupon_rule"),
+                material_version_id=v.get("material_version"),
             )
             for i, v in enumerate(variants)
         ]
@@ -1274,6 +1276,46 @@ def send_test_message(*, campaign: Campaign, variant: Variant, user_id: str, act
     return outcome
 
 
+def send_material_test(*, version: Any, user_id: str, actor: Any = None) -> tuple[bool, str]:
+    """Send a material version, rendered for the staff member's own profile (a sample coupon and
+    link, since none is issued), to their device or address now, marked as a test."""
+    from materials import selectors as material_selectors
+
+    profile = Profile.objects.filter(user_id=user_id).first()
+    if profile is None:
+        return False, f"NO_RECIPIENT: no profile with user id {user_id!r}"
+    preview = material_selectors.preview(version=version, profile=profile)
+    if preview["error"] or preview["problems"]:
+        return False, preview["error"] or "; ".join(p["reason"] for p in preview["problems"])
+    rendered = preview["rendered"]
+    kind = version.material.channel
+    payload = {
+        "delivery_id": None,
+        "idempotency_key": f"test-material-{version.pk}-{timezone.now().timestamp()}",
+        "campaign": None,
+        "variant": str(version),
+        "user_id": user_id,
+        "channel": kind,
+        "title": f"[TEST] {rendered.get('title', '')}".strip(),
+        "body": rendered.get("body", ""),
+        "url": version.url,
+        "test": True,
+        **({"html": rendered["html"]} if rendered.get("html") else {}),
+    }
+    if kind == ChannelKind.EMAIL:
+        outcome = channels.send_email(channels.email_connection(), to=profile.email, payload=payload, delivery_id=0)
+    else:
+        with requests.Session() as session:
+            outcome = channels.http_post(session, channels.channel_config(kind), payload)
+    record_audit(
+        action="campaigns.material_test_message_sent",
+        obj=version,
+        actor=actor,
+        details={"user_id": user_id, "outcome": outcome.kind, "reason": outcome.reason},
+    )
+    return outcome.kind == channels.SENT, outcome.reason
+
+
 # --- feedback ----------------------------------------------------------------------------------
 
 RECEIPT_COLUMNS = {"delivered": "delivered_at", "opened": "opened_at", "clicked": "clicked_at", "failed": "failed_at"}
@@ -1313,7 +1355,12 @@ def record_click(*, delivery_id: int) -> str | None:
     """Note a click on a tracked link; returns where to send the person (the variant's URL)."""
     now = timezone.now()
     record_receipts(receipts=[{"delivery_id": delivery_id, "status": "clicked", "at": now}])
-    return Variant.objects.filter(deliveries__pk=delivery_id).values_list("url", flat=True).first()
+    # A variant that sends a material leads where the material's version says.
+    return (
+        Variant.objects.filter(deliveries__pk=delivery_id)
+        .values_list(Coalesce(NullIf("url", Value("")), "material_version__url"), flat=True)
+        .first()
+    )
 
 
 def record_open(*, delivery_id: int) -> None:
@@ -1604,6 +1651,7 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
                 "body": v.body,
                 "url": v.url,
                 "coupon_rule": v.coupon_rule_id,
+                "material_version": v.material_version_id,
             }
             for v in variants
         ],

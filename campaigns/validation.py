@@ -8,7 +8,7 @@ Every check answers with `{field: reason}`; an empty dict means nothing to refus
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 
 from celery.schedules import crontab
@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from campaigns.models import AllocationKind, Campaign, ChannelKind, ScheduleKind, Segment
 from campaigns.segments import DefinitionError, compile_definition
+from materials.models import MaterialVersion, VersionStatus
 
 # The shapes an experiment can take: a holdout and a pilot of at most 90% each, and between them
 # something left to send to.
@@ -34,6 +35,13 @@ BANDIT_SCHEDULES = (ScheduleKind.CRON, ScheduleKind.TRIGGER)
 MAX_BANDIT_INTERVAL_MINUTES = 60 * 24 * 30
 
 Problems = dict[str, str]
+# Checks that apps above add to the launch (a journey launches from its own page, say).
+_launch_checks: list[Callable[[Campaign], Problems]] = []
+
+
+def register_launch_check(check: Callable[[Campaign], Problems]) -> None:
+    if check not in _launch_checks:
+        _launch_checks.append(check)
 
 
 def share_problems(holdout_percent: Decimal | float | None, pilot_percent: Decimal | float | None) -> Problems:
@@ -171,6 +179,27 @@ def channel_problem(kind: str, *, must_be_ready: bool) -> str | None:
     return None
 
 
+def material_problems(channel: str, variants: Iterable[tuple[str, int | None]], *, must_be_approved: bool) -> Problems:
+    """Variants (name, material version id) whose material is for another channel, gone, or (at
+    launch) not approved yet: an unapproved wording never goes out."""
+    variants = [(name, pk) for name, pk in variants if pk]
+    if not variants:
+        return {}
+    versions = {
+        v.pk: v for v in MaterialVersion.objects.select_related("material").filter(pk__in=[pk for _n, pk in variants])
+    }
+    reasons = []
+    for name, pk in variants:
+        version = versions.get(pk)
+        if version is None:
+            reasons.append(f"variant {name}: no material version {pk}")
+        elif version.material.channel != channel:
+            reasons.append(f"variant {name}: {version} is a {version.material.channel} material, not {channel}")
+        elif must_be_approved and version.status != VersionStatus.APPROVED:
+            reasons.append(f"variant {name}: {version} is a draft; an Operations lead approves it before launch")
+    return {"variants": "; ".join(reasons) + "."} if reasons else {}
+
+
 def schedule_problems(campaign: Campaign) -> Problems:
     if campaign.schedule_kind == ScheduleKind.CRON:
         problem = cron_problem(campaign.cron)
@@ -215,7 +244,14 @@ def launch_problems(campaign: Campaign) -> Problems:
         problems["segment"] = problem
     if problem := channel_problem(campaign.channel, must_be_ready=True):
         problems["channel"] = problem
-    variants = [(v.name, v.weight) for v in campaign.variants.all()]
+    rows = list(campaign.variants.all())
+    variants = [(v.name, v.weight) for v in rows]
     problems.update(variant_problems(variants))
+    if "variants" not in problems:
+        problems.update(
+            material_problems(campaign.channel, [(v.name, v.material_version_id) for v in rows], must_be_approved=True)
+        )
     problems.update(campaign_allocation_problems(campaign, variant_count=len(variants)))
+    for check in _launch_checks:
+        problems.update(check(campaign))
     return problems

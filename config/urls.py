@@ -19,7 +19,9 @@ api_v1 = [
     path("", include("crm.urls")),
     path("", include("predictions.urls")),
     path("", include("coupons.urls")),
+    path("", include("materials.urls")),
     path("", include("campaigns.urls")),
+    path("", include("journeys.urls")),
     path("", include("community.urls")),
     path("", include("planning.urls")),
 ]

@@ -13,7 +13,7 @@ import pytest
 from tests.migrating import migrate_to, migrate_to_latest
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ("access", "indicators", "profiles", "crm", "coupons", "campaigns")
+APPS = ("access", "indicators", "profiles", "crm", "coupons", "materials", "campaigns", "journeys")
 PAST = r"(?:[a-z]+ed|sent|rolled_out|rolled_back)"
 RENAMES = importlib.import_module("access.migrations.0003_audit_action_names").RENAMES
 

@@ -1,0 +1,136 @@
+"""Journeys in the admin: a campaign's steps edited as a list (checked as a whole), the launch,
+and the journey page: its steps in order with how many reached each, wait there, left there,
+and the messages of each send step, with a chart."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from campaigns.models import CampaignStatus, Variant
+from config.errors import DomainError
+from journeys import selectors, services
+from journeys.models import Journey, JourneyStep
+
+STEP_FIELDS = ("kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto")
+
+
+class StepFormSet(forms.BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        steps = self.ordered_steps()
+        problems = services.step_problems(self.instance, steps)
+        if problems:
+            raise ValidationError([f"{k}: {v}" for k, v in problems.items()])
+
+    def ordered_steps(self) -> list[dict]:
+        kept = [
+            f.cleaned_data
+            for f in self.forms
+            if f.cleaned_data and not f.cleaned_data.get("DELETE") and f.cleaned_data.get("kind")
+        ]
+        kept.sort(key=lambda d: d.get("position") or 0)
+        return [{k: (d[k].pk if k == "variant" and d.get(k) else d.get(k)) for k in STEP_FIELDS} for d in kept]
+
+
+class JourneyStepInline(admin.TabularInline):
+    model = JourneyStep
+    formset = StepFormSet
+    fields = ("position", *STEP_FIELDS)
+    extra = 1
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "variant":
+            campaign_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
+            kwargs["queryset"] = Variant.objects.filter(campaign_id=campaign_id)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and (obj is None or obj.status == CampaignStatus.DRAFT)
+
+    has_add_permission = has_change_permission
+    has_delete_permission = has_change_permission
+
+
+@admin.register(Journey)
+class JourneyAdmin(admin.ModelAdmin):
+    list_display = ("name", "status", "channel", "goal_event", "steps_link")
+    list_filter = ("status", "channel")
+    search_fields = ("name",)
+    fields = ("name", "status", "channel", "segment", "goal_event")
+    readonly_fields = fields
+    inlines = [JourneyStepInline]
+    change_form_template = "admin/journeys/journey/change_form.html"
+
+    def has_add_permission(self, request) -> bool:
+        return False  # a journey is a campaign (Campaigns > add) given steps here
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Journey")
+    def steps_link(self, obj: Journey) -> str:
+        return format_html('<a href="{}">Steps and counts</a>', reverse("admin:journeys_journey_steps", args=[obj.pk]))
+
+    def save_formset(self, request, form, formset, change) -> None:
+        if isinstance(formset, StepFormSet):
+            services.set_steps(campaign=form.instance, steps=formset.ordered_steps(), actor=request.user)
+            return
+        super().save_formset(request, form, formset, change)
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["steps_url"] = reverse("admin:journeys_journey_steps", args=[obj.pk])
+            context["launch_url"] = reverse("admin:journeys_journey_launch", args=[obj.pk])
+            context["can_launch"] = obj.status == CampaignStatus.DRAFT and request.user.has_perm(
+                "campaigns.send_campaign"
+            )
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self):
+        own = [
+            path("<int:pk>/steps/", self.admin_site.admin_view(self.steps_view), name="journeys_journey_steps"),
+            path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_view), name="journeys_journey_launch"),
+        ]
+        return own + super().get_urls()
+
+    def launch_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        journey = get_object_or_404(Journey, pk=pk)
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:journeys_journey_change", args=[pk]))
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
+        try:
+            entered = services.launch_journey(campaign=journey, actor=request.user)
+        except DomainError as exc:
+            messages.error(request, f"Not launched: {exc.detail}")
+            return HttpResponseRedirect(reverse("admin:journeys_journey_change", args=[pk]))
+        messages.success(request, f"Launched: {entered} people entered the first step.")
+        return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
+
+    def steps_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        journey = get_object_or_404(Journey, pk=pk)
+        data = selectors.journey(journey)
+        chart = {
+            "labels": [f"{s['position']}. {s['label']}" for s in data["steps"]],
+            "reached": [s["reached"] for s in data["steps"]],
+            "waiting": [s["waiting"] for s in data["steps"]],
+            "sent": [(s["deliveries"] or {}).get("sent", 0) for s in data["steps"]],
+        }
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Journey: {journey.name}",
+            "original": journey,
+            "opts": self.model._meta,
+            "journey": data,
+            "chart_data": chart,
+        }
+        return TemplateResponse(request, "admin/journeys/journey/steps.html", context)

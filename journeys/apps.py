@@ -1,0 +1,20 @@
+from django.apps import AppConfig
+
+
+class JourneysConfig(AppConfig):
+    """Multi-step campaigns: send, wait, branch, and leave on the goal event."""
+
+    name = "journeys"
+    verbose_name = "Journeys"
+    role_permissions = {
+        "Operations": ["journeys.*"],
+        "Analyst": ["journeys.view_*"],
+    }
+
+    def ready(self) -> None:
+        from campaigns.validation import register_launch_check
+        from journeys import services
+        from tracking.hooks import register_ingest_listener
+
+        register_ingest_listener("journeys.exits", services.on_events_ingested)
+        register_launch_check(services.single_send_problems)

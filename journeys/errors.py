@@ -1,0 +1,17 @@
+"""Refusals of journeys, each with a code clients can branch on."""
+
+from config.errors import Conflict, NotFound, Refused
+
+
+class CampaignNotFound(NotFound):
+    reason = "CAMPAIGN_NOT_FOUND"
+
+
+class InvalidSteps(Refused):
+    """Steps that cannot run; `fields` names each problem by step."""
+
+    reason = "INVALID_STEPS"
+
+
+class NotADraft(Conflict):
+    reason = "INVALID_STATUS"

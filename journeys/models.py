@@ -1,0 +1,111 @@
+"""A journey is a campaign with steps. Each person of its audience has a run that walks the steps:
+send a message (a delivery of phase `step:<id>`, so the campaigns' unique key keeps it to one per
+person and step, whatever retries or crashes happen), wait a duration, wait for an event (with a
+timeout), or branch on an event, a tag or a trait. The campaign's goal event ends a person's
+run at once and cancels what was still to send to them.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from campaigns.models import Campaign, Variant
+from profiles.models import Profile
+
+
+class Journey(Campaign):
+    """The campaign seen as its steps (the admin's journey page)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "journey"
+
+
+class StepKind(models.TextChoices):
+    SEND = "send", "Send a variant"
+    WAIT = "wait", "Wait a duration"
+    WAIT_EVENT = "wait_event", "Wait for an event (with a timeout)"
+    BRANCH = "branch", "Branch"
+
+
+class BranchOn(models.TextChoices):
+    EVENT = "event", "The person did an event since entering the journey"
+    TAG = "tag", "The person has a tag"
+    TRAIT = "trait", "A trait equals a value"
+
+
+class JourneyStep(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="journey_steps")
+    position = models.PositiveSmallIntegerField()
+    kind = models.CharField(max_length=16, choices=StepKind.choices)
+    variant = models.ForeignKey(
+        Variant, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="Send: what to send"
+    )
+    wait_minutes = models.PositiveIntegerField(default=0, help_text="Wait: how long; wait for an event: the timeout")
+    event = models.CharField(max_length=64, blank=True, default="", help_text="Wait for / branch on this event")
+    branch_on = models.CharField(max_length=8, choices=BranchOn.choices, blank=True, default="")
+    tag = models.CharField(max_length=100, blank=True, default="")
+    trait = models.CharField(max_length=64, blank=True, default="")
+    trait_value = models.CharField(max_length=200, blank=True, default="")
+    goto = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="Branch: the step to go to when the condition holds; wait for an event: when it times out. "
+        "Otherwise the next step. Past the last step: the journey ends.",
+    )
+
+    class Meta:
+        ordering = ["campaign", "position"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "position"], name="journeystep_position_once")]
+
+    def __str__(self) -> str:
+        return f"{self.position}. {self.get_kind_display()}"
+
+    @property
+    def phase(self) -> str:
+        return f"step:{self.pk}"
+
+
+class RunStatus(models.TextChoices):
+    ACTIVE = "active", "In the journey"
+    COMPLETED = "completed", "Walked every step"
+    EXITED = "exited", "Left on the goal event"
+
+
+class JourneyRun(models.Model):
+    """One person's walk through a journey; locked while it advances (one worker at a time)."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="journey_runs")
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
+    user_id = models.CharField(max_length=128)
+    position = models.PositiveSmallIntegerField(default=0, help_text="The step it is at")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.ACTIVE)
+    step_started_at = models.DateTimeField(default=timezone.now)
+    wake_at = models.DateTimeField(null=True, blank=True, help_text="When it is looked at next")
+    entered_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "profile"], name="journeyrun_once")]
+        indexes = [
+            models.Index(fields=["wake_at"], name="journeyrun_due", condition=models.Q(status="active")),
+            models.Index(fields=["campaign", "user_id"], name="journeyrun_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}:{self.user_id}@{self.position}"
+
+
+class StepVisit(models.Model):
+    """A run reached a step (once, however often a branch loops back): the step's count."""
+
+    run = models.ForeignKey(JourneyRun, on_delete=models.CASCADE, related_name="visits")
+    step = models.ForeignKey(JourneyStep, on_delete=models.CASCADE, related_name="visits")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="stepvisit_once")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}@{self.step_id}"

@@ -1,0 +1,77 @@
+"""Input and output shapes of the journeys API."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from journeys.models import BranchOn, StepKind
+
+
+class StepInput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=StepKind.choices)
+    variant = serializers.CharField(
+        required=False, allow_null=True, default=None, help_text="send: the variant's name in this campaign"
+    )
+    wait_minutes = serializers.IntegerField(required=False, min_value=0, max_value=60 * 24 * 90, default=0)
+    event = serializers.RegexField(r"^[a-z0-9_.:\-]{1,64}$", required=False, allow_blank=True, default="")
+    branch_on = serializers.ChoiceField(choices=BranchOn.choices, required=False, allow_blank=True, default="")
+    tag = serializers.CharField(required=False, allow_blank=True, max_length=100, default="")
+    trait = serializers.CharField(required=False, allow_blank=True, max_length=64, default="")
+    trait_value = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    goto = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=100, default=None)
+
+
+class StepsInput(serializers.Serializer):
+    steps = StepInput(many=True, min_length=1, max_length=50)
+
+
+class SendCountsOutput(serializers.Serializer):
+    created = serializers.IntegerField()
+    sent = serializers.IntegerField()
+    delivered = serializers.IntegerField()
+    opened = serializers.IntegerField()
+    clicked = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+
+
+class StepOutput(serializers.Serializer):
+    position = serializers.IntegerField()
+    kind = serializers.CharField()
+    label = serializers.CharField()
+    variant = serializers.CharField(allow_null=True)
+    wait_minutes = serializers.IntegerField()
+    event = serializers.CharField()
+    branch_on = serializers.CharField()
+    tag = serializers.CharField()
+    trait = serializers.CharField()
+    trait_value = serializers.CharField()
+    goto = serializers.IntegerField(allow_null=True)
+    reached = serializers.IntegerField(help_text="People who reached this step")
+    waiting = serializers.IntegerField(help_text="People at this step now")
+    exited = serializers.IntegerField(help_text="People who left on the goal event while at this step")
+    deliveries = SendCountsOutput(allow_null=True, help_text="Send steps: this step's messages")
+
+
+class RunCountsOutput(serializers.Serializer):
+    active = serializers.IntegerField()
+    completed = serializers.IntegerField()
+    exited = serializers.IntegerField()
+
+
+class JourneyOutput(serializers.Serializer):
+    campaign = serializers.IntegerField()
+    status = serializers.CharField()
+    goal_event = serializers.CharField(help_text="Leaving event: the campaign's goal")
+    runs = RunCountsOutput()
+    steps = StepOutput(many=True)
+
+
+class LaunchedOutput(serializers.Serializer):
+    entered = serializers.IntegerField()
+
+
+class JourneyErrorOutput(serializers.Serializer):
+    reason = serializers.CharField()
+    detail = serializers.CharField()
+    fields = serializers.DictField(child=serializers.CharField(), required=False)

@@ -1,0 +1,344 @@
+"""Journeys: writing the steps, launching, advancing each person's run, and leaving on the goal.
+
+Advancing takes due runs under `FOR UPDATE SKIP LOCKED`, so workers share them and never move
+one person twice at once; a send step creates the person's delivery for that step with the
+campaigns' unique key `(campaign, profile, phase)` and hands it to the campaigns' sending, so
+every guarantee of a single send (leases, idempotency keys, retries, the frequency cap, quiet
+hours, per-person rendering) holds for each step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from access.services import record_audit
+from campaigns.models import Campaign, CampaignPhase, CampaignStatus, ChannelKind, Delivery, DeliveryStatus
+from campaigns.selectors import segment_profile_ids
+from config.celery import publish
+from journeys import errors
+from journeys.models import BranchOn, JourneyRun, JourneyStep, RunStatus, StepKind, StepVisit
+from profiles.models import Profile, ProfileTag
+from tracking.models import Event
+
+logger = logging.getLogger(__name__)
+
+JOURNEY_PHASE = CampaignPhase.JOURNEY
+# How often a run waiting for an event looks for it (exits do not wait: they happen on ingestion).
+EVENT_POLL = dt.timedelta(minutes=1)
+MAX_WAIT_MINUTES = 60 * 24 * 90
+PROFILE_TRAITS = ("name", "gender", "region", "city", "timezone")
+
+
+def _consents(profile: Profile, channel: str) -> bool:
+    # The same rule as the campaigns' single sends (their _CONSENT statement).
+    if channel == ChannelKind.PUSH:
+        return profile.push_opt_in
+    if channel == ChannelKind.SMS:
+        return profile.sms_opt_in and bool(profile.phone)
+    if channel == ChannelKind.EMAIL:
+        return profile.email_opt_in and bool(profile.email)
+    return True
+
+
+def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """`{"steps[i]": reason}` for steps that cannot run."""
+    problems: dict[str, str] = {}
+    if not steps:
+        return {"steps": "A journey has at least one step."}
+    variants = set(campaign.variants.values_list("pk", flat=True))
+    for i, s in enumerate(steps):
+        key = f"steps[{i}]"
+        kind = s.get("kind")
+        goto = s.get("goto")
+        if kind not in StepKind.values:
+            problems[key] = f"kind: one of {', '.join(StepKind.values)}."
+        elif kind == StepKind.SEND and s.get("variant") not in variants:
+            problems[key] = "A send step names one of this campaign's variants."
+        elif kind == StepKind.WAIT and not 1 <= (s.get("wait_minutes") or 0) <= MAX_WAIT_MINUTES:
+            problems[key] = f"A wait lasts 1 to {MAX_WAIT_MINUTES} minutes."
+        elif kind == StepKind.WAIT_EVENT and (not s.get("event") or not (s.get("wait_minutes") or 0) >= 1):
+            problems[key] = "Waiting for an event needs the event and a timeout (wait_minutes, at least 1)."
+        elif kind == StepKind.BRANCH:
+            on = s.get("branch_on")
+            if on not in BranchOn.values:
+                problems[key] = f"branch_on: one of {', '.join(BranchOn.values)}."
+            elif (on == BranchOn.EVENT and not s.get("event")) or (on == BranchOn.TAG and not s.get("tag")):
+                problems[key] = f"Branching on {on} needs the {on} name."
+            elif on == BranchOn.TRAIT and not s.get("trait"):
+                problems[key] = "Branching on a trait needs the trait and its value."
+            elif goto is None:
+                problems[key] = "A branch needs goto: the step to go to when the condition holds."
+        if key not in problems and goto is not None and not 0 <= goto <= len(steps):
+            problems[key] = f"goto is a step position from 0 to {len(steps)} (past the last: the end)."
+    return problems
+
+
+def single_send_problems(campaign: Campaign) -> dict[str, str]:
+    """A campaign with steps is launched as a journey, never as one send of its variants."""
+    if JourneyStep.objects.filter(campaign_id=campaign.pk).exists():
+        return {"status": "This campaign has journey steps: launch it from its journey (Journeys > launch)."}
+    return {}
+
+
+@transaction.atomic
+def set_steps(
+    *, campaign: Campaign, steps: Sequence[dict[str, Any]], actor: Any = None, api_key: Any = None
+) -> list[JourneyStep]:
+    """Replace a draft campaign's steps (position = order given)."""
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if campaign.status != CampaignStatus.DRAFT:
+        raise errors.NotADraft("Steps change only while the campaign is a draft.")
+    if problems := step_problems(campaign, steps):
+        raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
+    JourneyStep.objects.filter(campaign=campaign).delete()
+    rows = JourneyStep.objects.bulk_create(
+        [
+            JourneyStep(
+                campaign=campaign,
+                position=i,
+                kind=s["kind"],
+                variant_id=s.get("variant"),
+                wait_minutes=s.get("wait_minutes") or 0,
+                event=s.get("event") or "",
+                branch_on=s.get("branch_on") or "",
+                tag=s.get("tag") or "",
+                trait=s.get("trait") or "",
+                trait_value=str(s.get("trait_value") or ""),
+                goto=s.get("goto"),
+            )
+            for i, s in enumerate(steps)
+        ]
+    )
+    record_audit(
+        action="journeys.steps_changed", obj=campaign, actor=actor, api_key=api_key, details={"steps": len(rows)}
+    )
+    return rows
+
+
+@transaction.atomic
+def launch_journey(
+    *, campaign: Campaign, actor: Any = None, api_key: Any = None, now: dt.datetime | None = None
+) -> int:
+    """Start a draft journey: every member of its segment enters at the first step. Returns how many."""
+    now = now or timezone.now()
+    campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+    if campaign.status != CampaignStatus.DRAFT:
+        raise errors.NotADraft(f"The campaign is {campaign.status}, not a draft.")
+    steps = list(
+        campaign.journey_steps.values(
+            "kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto"
+        )
+    )
+    if problems := step_problems(campaign, steps):
+        raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
+    campaign.status = CampaignStatus.RUNNING
+    campaign.phase = JOURNEY_PHASE
+    campaign.launched_at = now
+    campaign.save(update_fields=["status", "phase", "launched_at", "updated_at"])
+    ids = segment_profile_ids(campaign.segment_id)
+    people = Profile.objects.filter(pk__in=ids).values_list("pk", "user_id")
+    runs = JourneyRun.objects.bulk_create(
+        [
+            JourneyRun(campaign=campaign, profile_id=pk, user_id=uid, step_started_at=now, wake_at=now, entered_at=now)
+            for pk, uid in people
+        ],
+        ignore_conflicts=True,
+        batch_size=2000,
+    )
+    record_audit(
+        action="journeys.journey_launched", obj=campaign, actor=actor, api_key=api_key, details={"entered": len(runs)}
+    )
+    from journeys import tasks
+
+    transaction.on_commit(lambda: publish("the journey's first steps", tasks.advance_journeys))
+    return len(runs)
+
+
+# --- advancing ---------------------------------------------------------------------------------
+
+
+def advance_due(*, now: dt.datetime | None = None, limit: int = 500) -> int:
+    """Move every due run as far as it goes now, `limit` runs per transaction, then complete
+    the journeys nobody is in any more. Returns how many runs moved."""
+    moved = 0
+    while True:
+        done = _advance_chunk(now=now or timezone.now(), limit=limit)
+        moved += done
+        if done < limit:
+            break
+    complete_finished()
+    return moved
+
+
+def complete_finished() -> int:
+    """Complete running journeys whose runs have all ended and whose messages are all settled
+    (the campaigns' completion: results frozen, feedback applied after the attribution window)."""
+    from campaigns import services as campaign_services
+
+    finished = (
+        Campaign.objects.filter(status=CampaignStatus.RUNNING, phase=JOURNEY_PHASE)
+        .exclude(journey_runs__status=RunStatus.ACTIVE)
+        .values_list("pk", flat=True)
+    )
+    completed = 0
+    for campaign_id in finished:
+        try:
+            if campaign_services.complete_campaign(campaign_id=campaign_id, if_finished=True):
+                completed += 1
+        except Exception:
+            # One journey's failure shows in the log and is tried again next minute; the others go on.
+            logger.exception("Completing journey %s failed; it is tried again at the next advance.", campaign_id)
+    return completed
+
+
+def _advance_chunk(*, now: dt.datetime, limit: int) -> int:
+    created: list[int] = []
+    with transaction.atomic():
+        runs = list(
+            JourneyRun.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(status=RunStatus.ACTIVE, wake_at__lte=now, campaign__status=CampaignStatus.RUNNING)
+            .select_related("campaign", "profile")
+            .order_by("wake_at", "id")[:limit]
+        )
+        steps: dict[int, dict[int, JourneyStep]] = {}
+        for run in runs:
+            if run.campaign_id not in steps:
+                steps[run.campaign_id] = {
+                    s.position: s for s in JourneyStep.objects.filter(campaign_id=run.campaign_id)
+                }
+            created += _advance(run, steps[run.campaign_id], now)
+        if created:
+            from campaigns import tasks as campaign_tasks
+
+            ids = list(created)
+            transaction.on_commit(
+                lambda: publish(f"journey sends ({len(ids)})", campaign_tasks.deliver_batch, args=[ids])
+            )
+    return len(runs)
+
+
+def _enter(run: JourneyRun, position: int, now: dt.datetime, steps: dict[int, JourneyStep]) -> None:
+    run.position = position
+    run.step_started_at = now
+    run.wake_at = now
+    if position in steps:
+        StepVisit.objects.get_or_create(run=run, step=steps[position], defaults={"at": now})
+
+
+def _advance(run: JourneyRun, steps: dict[int, JourneyStep], now: dt.datetime) -> list[int]:
+    """Walk one run until it must wait or ends; the deliveries created on the way."""
+    created: list[int] = []
+    if run.position in steps:
+        StepVisit.objects.get_or_create(run=run, step=steps[run.position], defaults={"at": run.step_started_at})
+    # Each step at most once per pass: a branch that loops back without a wait waits a minute.
+    for _ in range(len(steps) + 1):
+        step = steps.get(run.position)
+        if step is None:
+            run.status, run.ended_at, run.wake_at = RunStatus.COMPLETED, now, None
+            break
+        if step.kind == StepKind.SEND:
+            if pk := _send(run, step, now):
+                created.append(pk)
+            _enter(run, run.position + 1, now, steps)
+        elif step.kind == StepKind.WAIT:
+            due = run.step_started_at + dt.timedelta(minutes=step.wait_minutes)
+            if now < due:
+                run.wake_at = due
+                break
+            _enter(run, run.position + 1, now, steps)
+        elif step.kind == StepKind.WAIT_EVENT:
+            timeout = run.step_started_at + dt.timedelta(minutes=step.wait_minutes)
+            if _did(run, step.event, since=run.step_started_at):
+                _enter(run, run.position + 1, now, steps)
+            elif now >= timeout:
+                _enter(run, step.goto if step.goto is not None else run.position + 1, now, steps)
+            else:
+                run.wake_at = min(timeout, now + EVENT_POLL)
+                break
+        elif step.kind == StepKind.BRANCH:
+            _enter(run, step.goto if _holds(run, step) else run.position + 1, now, steps)
+    else:
+        run.wake_at = now + EVENT_POLL
+    run.save(update_fields=["position", "status", "step_started_at", "wake_at", "ended_at"])
+    return created
+
+
+def _send(run: JourneyRun, step: JourneyStep, now: dt.datetime) -> int | None:
+    """The person's delivery for this step: created once (the campaigns' unique key), skipped
+    without consent as a single send would be."""
+    campaign = run.campaign
+    consent = _consents(run.profile, campaign.channel)
+    delivery, made = Delivery.objects.get_or_create(
+        campaign=campaign,
+        profile=run.profile,
+        phase=step.phase,
+        defaults={
+            "variant_id": step.variant_id,
+            "user_id": run.user_id,
+            "channel": campaign.channel,
+            "status": DeliveryStatus.PENDING if consent else DeliveryStatus.SKIPPED,
+            "reason": "" if consent else "NO_CONSENT",
+            "not_before": now,
+        },
+    )
+    return delivery.pk if made and consent else None
+
+
+def _did(run: JourneyRun, event: str, *, since: dt.datetime) -> bool:
+    return Event.objects.filter(user_id=run.user_id, name=event, timestamp__gte=since).exists()
+
+
+def _holds(run: JourneyRun, step: JourneyStep) -> bool:
+    if step.branch_on == BranchOn.EVENT:
+        return _did(run, step.event, since=run.entered_at)
+    if step.branch_on == BranchOn.TAG:
+        return ProfileTag.objects.filter(profile_id=run.profile_id, tag__name=step.tag).exists()
+    profile = run.profile
+    value = getattr(profile, step.trait) if step.trait in PROFILE_TRAITS else (profile.traits or {}).get(step.trait)
+    return str(value if value is not None else "") == step.trait_value
+
+
+# --- leaving on the goal -----------------------------------------------------------------------
+
+
+def on_events_ingested(events: Sequence[Any]) -> None:
+    """Ingestion listener: a goal event ends its person's runs in the journeys that name it, and
+    cancels their messages not yet posted, in the event's own transaction (so at once, well
+    within the minute; one being posted at that moment still goes)."""
+    by_name: dict[str, set[str]] = {}
+    for e in events:
+        if e.user_id:
+            by_name.setdefault(e.name, set()).add(e.user_id)
+    if not by_name:
+        return
+    journeys = list(
+        Campaign.objects.filter(
+            status=CampaignStatus.RUNNING, phase=JOURNEY_PHASE, goal_event__in=list(by_name)
+        ).values_list("pk", "goal_event")
+    )
+    for campaign_id, goal in journeys:
+        exit_runs(campaign_id=campaign_id, user_ids=sorted(by_name[goal]), reason=f"EXITED: {goal}")
+
+
+def exit_runs(*, campaign_id: int, user_ids: Sequence[str], reason: str) -> int:
+    """End these people's active runs, then skip every step message of theirs not yet posted,
+    also one queued by a run that finished its last step meanwhile. Returns the runs ended."""
+    now = timezone.now()
+    exited = JourneyRun.objects.filter(
+        campaign_id=campaign_id, user_id__in=list(user_ids), status=RunStatus.ACTIVE
+    ).update(status=RunStatus.EXITED, ended_at=now, wake_at=None)
+    # After the runs' update: an advancer that held one of them has committed its messages, so
+    # this statement sees them.
+    Delivery.objects.filter(
+        campaign_id=campaign_id,
+        user_id__in=list(user_ids),
+        status=DeliveryStatus.PENDING,
+        phase__startswith="step:",
+    ).update(status=DeliveryStatus.SKIPPED, reason=reason[:500])
+    return exited

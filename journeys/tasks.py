@@ -1,0 +1,12 @@
+"""Celery entry points of journeys: thin and idempotent."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from journeys import services
+
+
+@shared_task(name="journeys.tasks.advance_journeys", acks_late=True)
+def advance_journeys() -> int:
+    return services.advance_due()
