@@ -14,11 +14,12 @@ class CouponsConfig(AppConfig):
     }
 
     def ready(self) -> None:
-        from coupons.selectors import lookup_section
+        from coupons.selectors import lookup_section, lookup_summary_part
         from coupons.services import on_profiles_merged
-        from profiles.lookup import register_merge_listener, register_section
+        from profiles.lookup import register_merge_listener, register_section, register_summary_part
 
         register_section("coupons", lookup_section)
+        register_summary_part("coupons", lookup_summary_part, order=20)
         register_merge_listener("coupons", on_profiles_merged)
         _register_indicators()
 
