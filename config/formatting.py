@@ -9,6 +9,7 @@ module is one of the template engine's `builtins`): `{{ rate|percent }}`, `{{ am
 from __future__ import annotations
 
 import zoneinfo
+from urllib.parse import unquote
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -219,7 +220,7 @@ class OperatorTimeZoneMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        name = request.COOKIES.get(TIME_ZONE_COOKIE, "")
+        name = unquote(request.COOKIES.get(TIME_ZONE_COOKIE, ""))
         try:
             zone = zoneinfo.ZoneInfo(name) if name else None
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

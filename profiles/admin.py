@@ -179,6 +179,14 @@ class TagActionForm(ActionForm):
 PERSONAL_FIELDS = ("phone", "email")
 
 
+# What an agent needs first: who this is to us, then what they hold, then what we sent them.
+LOOKUP_CARD_ORDER = ("value", "predictions", "coupons", "messages")
+
+
+def _card_place(name: str) -> tuple[int, str]:
+    return (LOOKUP_CARD_ORDER.index(name) if name in LOOKUP_CARD_ORDER else len(LOOKUP_CARD_ORDER), name)
+
+
 def _lookup_card(profile: Profile, view: dict) -> dict:
     """The lookup's view of one person as the page draws it: the summary line an agent reads out,
     and each section through the template its app provides (`admin/lookup/<section>.html`: crm
@@ -191,7 +199,7 @@ def _lookup_card(profile: Profile, view: dict) -> dict:
             "data": data,
             "template": select_template([f"admin/lookup/{name}.html", "admin/lookup/section.html"]),
         }
-        for name, data in view.get("sections", {}).items()
+        for name, data in sorted(view.get("sections", {}).items(), key=lambda item: _card_place(item[0]))
     ]
     return {**view, "summary": summary_for(profile), "cards": sections}
 

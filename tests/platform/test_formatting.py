@@ -68,9 +68,12 @@ def test_the_filters_need_no_load_in_any_template():
     assert html == "25.0 % ¥1,234.00 &lt; 0.001"
 
 
-def test_the_browsers_time_zone_cookie_sets_the_pages_zone(admin_client):
-    admin_client.cookies["opsloop_tz"] = "America/New_York"
-    response = admin_client.get("/admin/")
-    assert response.status_code == 200
-    admin_client.cookies["opsloop_tz"] = "Not/AZone"
-    assert admin_client.get("/admin/").status_code == 200
+def test_the_browsers_time_zone_cookie_sets_the_pages_zone(rf):
+    seen = []
+    middleware = f.OperatorTimeZoneMiddleware(lambda request: seen.append(str(timezone.get_current_timezone())))
+    for cookie in ("America/New_York", "Asia%2FShanghai", "Not/AZone", ""):
+        request = rf.get("/admin/")
+        request.COOKIES["opsloop_tz"] = cookie
+        middleware(request)
+    assert seen == ["America/New_York", "Asia/Shanghai", "UTC", "UTC"]
+    assert str(timezone.get_current_timezone()) == "UTC"  # nothing leaks past the request
