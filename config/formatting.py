@@ -9,10 +9,10 @@ module is one of the template engine's `builtins`): `{{ rate|percent }}`, `{{ am
 from __future__ import annotations
 
 import zoneinfo
-from urllib.parse import unquote
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import unquote
 
 from django import template
 from django.conf import settings
