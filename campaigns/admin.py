@@ -20,6 +20,7 @@ from django.utils.html import format_html, format_html_join
 from campaigns import errors, selectors, services, validation
 from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
+from config import formatting
 from config.errors import DomainError
 
 # Gateways and landing pages are https; Django 6 makes this the default.
@@ -74,6 +75,46 @@ class ChannelAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change) -> None:
         services.save_channel(channel=obj, changed=form.changed_data, actor=request.user)
+
+
+# The results CSV keeps raw numbers (a spreadsheet computes with them); its headers say their units.
+_FRACTION = "fraction of 1"
+RESULT_HEADERS = {
+    "name": ("Group", ""),
+    "assigned": ("Assigned", "people"),
+    "sent": ("Sent", "messages"),
+    "delivered": ("Delivered", "messages"),
+    "failed": ("Failed", "messages"),
+    "opened": ("Opened", "people"),
+    "clicked": ("Clicked", "people"),
+    "converted": ("Converted", "people"),
+    "conversion_rate": ("Conversion rate", _FRACTION),
+    "ci_low": ("Conversion rate CI low", _FRACTION),
+    "ci_high": ("Conversion rate CI high", _FRACTION),
+    "uplift_vs_holdout": ("Uplift vs control", "difference of fractions"),
+    "relative_uplift": ("Relative uplift", "fraction of control's rate"),
+    "uplift_ci_low": ("Uplift CI low", "difference of fractions"),
+    "uplift_ci_high": ("Uplift CI high", "difference of fractions"),
+    "p_value": ("p-value", ""),
+    "p_value_holm": ("Holm-adjusted p-value", ""),
+    "significant": ("Significant", "true/false"),
+    "coupon_redemptions": ("Coupons redeemed", "coupons"),
+}
+
+
+def result_column(name: str, *, always_valid: bool = False) -> str:
+    """The CSV header of one results column, with its unit: `Revenue (¥)`, `Conversion rate (fraction of 1)`."""
+    if name in ("revenue", "revenue_per_recipient"):
+        title = "Revenue" if name == "revenue" else "Revenue per person"
+        header = formatting.column(title, formatting.currency_label())
+    else:
+        title, unit = RESULT_HEADERS.get(name, (formatting.label(name), ""))
+        header = formatting.column(title, unit)
+    if always_valid:
+        return f"Always-valid {header[:1].lower()}{header[1:]}"
+    if name in ("ci_low", "ci_high", "p_value", "significant"):
+        return f"Fixed-horizon {header[:1].lower()}{header[1:]}"
+    return header
 
 
 class SegmentForm(forms.ModelForm):
@@ -456,7 +497,12 @@ class CampaignAdmin(admin.ModelAdmin):
             response = HttpResponse(content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-results.csv"'
             writer = csv.writer(response)
-            writer.writerow([*self.RESULT_COLUMNS, *(f"always_valid_{c}" for c in self.SEQUENTIAL_COLUMNS)])
+            writer.writerow(
+                [
+                    *(result_column(c) for c in self.RESULT_COLUMNS),
+                    *(result_column(c, always_valid=True) for c in self.SEQUENTIAL_COLUMNS),
+                ]
+            )
             for group in results["groups"]:
                 fixed = [group.get(c) for c in self.RESULT_COLUMNS]
                 sequential = [group["sequential"].get(c) for c in self.SEQUENTIAL_COLUMNS]
@@ -484,6 +530,7 @@ class CampaignAdmin(admin.ModelAdmin):
             "chart": chart,
             "allocation_history": history[::-1],
             "shares_chart": shares_chart,
+            "skipped": selectors.skipped_by_reason(campaign),
         }
         return TemplateResponse(request, "admin/campaigns/campaign/results.html", context)
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from django.db import connection
 from django.db.models import Count, Sum
+from django.utils.translation import gettext_lazy as _
 
 from campaigns import bandit
 from campaigns.models import (
@@ -18,6 +19,7 @@ from campaigns.models import (
     AssignmentRole,
     Campaign,
     Delivery,
+    DeliveryStatus,
     ScheduleKind,
     Segment,
     Variant,
@@ -34,6 +36,7 @@ from campaigns.stats import (
     sequential_decision,
     sequential_rate,
 )
+from config import formatting
 from coupons.models import Redemption
 from tracking.selectors import event_name_seen, order_amount_sql
 
@@ -595,17 +598,18 @@ def explain(results: dict[str, Any]) -> str:
         )
         text = (
             f"{name} {verb} {control} by {_pts(g['uplift_vs_holdout'])} ({confidence} always-valid CI "
-            f"{_interval(seq['uplift_ci_low'], seq['uplift_ci_high'])}, Holm-adjusted p {seq['p_value_holm']:.3g})"
+            f"{_interval(seq['uplift_ci_low'], seq['uplift_ci_high'])}, "
+            f"Holm-adjusted p {formatting.p_value(seq['p_value_holm'])})"
         )
         for other in seq["vs_others"]:
             word = "beats" if other["beats"] else "does not beat"
             p = other["p_value_holm"]
-            text += f"; {word} {other['name']} (Holm-adjusted p {'-' if p is None else f'{p:.3g}'})"
+            text += f"; {word} {other['name']} (Holm-adjusted p {'-' if p is None else formatting.p_value(p)})"
         lines.append(text + ".")
     if results["srm_blocked"]:
         lines.append(f"Roll-out blocked: {results['winner_reason']}.")
     if results["rolled_out_variant"]:
-        when = results["rolled_out_at"] or "-"
+        when = formatting.local_time(results["rolled_out_at"]) if results["rolled_out_at"] else "-"
         lines.append(f"{results['rolled_out_variant']} rolled out at {when}.")
     elif results["winner"]:
         lines.append(f"{results['winner']} is the winner: safe to roll out.")
@@ -653,3 +657,29 @@ FROM campaigns_delivery d
 WHERE d.sent_at > %(at)s - interval '30 days' AND d.sent_at <= %(at)s
 GROUP BY d.profile_id
 """
+
+
+# Why a member got no message, as an operator reads it (the codes sending and create_deliveries write).
+SKIP_REASONS = {
+    "NO_CONSENT": _("No consent for this channel"),
+    "FREQUENCY_CAP": _("Daily frequency cap reached"),
+    "FATIGUED": _("Fatigued on this channel (messaged too often lately)"),
+}
+
+
+def skipped_by_reason(campaign: Campaign) -> list[dict[str, Any]]:
+    """The campaign's skipped deliveries counted per reason, largest first."""
+    rows = (
+        Delivery.objects.filter(campaign=campaign, status=DeliveryStatus.SKIPPED)
+        .values("reason")
+        .annotate(n=Count("id"))
+        .order_by("-n", "reason")
+    )
+    return [
+        {
+            "reason": row["reason"],
+            "label": str(SKIP_REASONS.get(row["reason"], formatting.label(row["reason"]) or _("No reason recorded"))),
+            "count": row["n"],
+        }
+        for row in rows
+    ]

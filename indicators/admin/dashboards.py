@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import calendar
 import csv
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django import forms
 from django.contrib import admin
@@ -244,7 +244,11 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             values = indicators.daily_values(
                 indicator.key, start=form.cleaned_data["start"], end=form.cleaned_data["end"]
             )
-            total = indicators.fold_days(indicator.fold, [v for _d, v in values])
+            # Days that have not happened yet have no value (a blank, not 0) in the table, the
+            # chart and the total.
+            today = datetime.now(UTC).date()  # the rollups' days are UTC days
+            values = [(d, None if d > today else v) for d, v in values]
+            total = indicators.fold_days(indicator.fold, [v for d, v in values if v is not None])
             fold = indicators.Fold(indicator.fold).label.lower()
             total_text = indicators.value_text(total, indicator.unit)
             summary = f"{indicator.label}: {indicator.description} Over the window ({fold}): {total_text}"
@@ -256,7 +260,11 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                 "title": f"{indicator.label} per day (UTC)",
                 "labels": [d.isoformat() for d in days],
                 "datasets": [
-                    {"label": indicator.label, "data": [float(v) for _d, v in values], "fill": False},
+                    {
+                        "label": indicator.label,
+                        "data": [None if v is None else float(v) for _d, v in values],
+                        "fill": False,
+                    },
                     *goal_lines,
                 ],
             }
