@@ -16,6 +16,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext
 
 from campaigns import errors, selectors, services, validation
 from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
@@ -175,13 +176,46 @@ class VariantFormSet(BaseInlineFormSet):
             raise forms.ValidationError(problems["variants"])
 
 
-class VariantInline(admin.TabularInline):
+class CouponRuleInput(forms.NumberInput):
+    """The coupon rule of a variant, picked by name: the browser completes from the active rules
+    (an HTML datalist: type a few letters of the name, or the id) and the chosen rule's name,
+    kind and budget show beside the box."""
+
+    def get_context(self, name, value, attrs):
+        from coupons.models import CouponRule, RuleState
+
+        context = super().get_context(name, value, {**(attrs or {}), "list": "coupon-rule-choices"})
+        rules = CouponRule.objects.filter(state=RuleState.ACTIVE).order_by("name")[:500]
+        context["rule_choices"] = [(r.pk, _rule_label(r)) for r in rules]
+        chosen = CouponRule.objects.filter(pk=value).first() if str(value or "").isdigit() else None
+        context["chosen"] = _rule_label(chosen) if chosen else ""
+        return context
+
+    template_name = "admin/campaigns/widgets/coupon_rule_input.html"
+
+
+def _rule_label(rule) -> str:
+    amount = f"{rule.value:g} %" if rule.kind == "percent" else formatting.money(rule.value)
+    left = "" if rule.budget is None else f", {formatting.money(rule.budget - rule.committed)} left"
+    return f"{rule.name} ({amount} off{left})"
+
+
+class VariantInline(admin.StackedInline):
+    """Stacked, not a table: a variant's message fields fit a 1366 px screen without scrolling."""
+
     model = Variant
     formset = VariantFormSet
     formfield_overrides = URL_FIELDS
     extra = 0
     min_num = 1
-    fields = ["position", "name", "weight", "title", "body", "url", "coupon_rule_id"]
+    fields = [("position", "name", "weight"), "title", "body", "url", "coupon_rule_id"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "coupon_rule_id":
+            kwargs["widget"] = CouponRuleInput
+            kwargs["label"] = gettext("Coupon rule")
+            kwargs["help_text"] = gettext("Type part of the rule's name; leave empty for no coupon.")
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and (obj is None or obj.status == CampaignStatus.DRAFT)
@@ -297,7 +331,7 @@ class CampaignAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "channel",
-        "status",
+        "status_now",
         "phase",
         "iteration",
         "segment",
@@ -312,6 +346,7 @@ class CampaignAdmin(admin.ModelAdmin):
     autocomplete_fields = ["segment"]
     readonly_fields = [
         "status",
+        "status_now",
         "phase",
         "winner",
         "parent",
@@ -372,7 +407,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 "fields": [
                     "links",
                     "live_counters",
-                    "status",
+                    "status_now",
                     "failure_reason",
                     "failed_at",
                     "phase",
@@ -398,6 +433,14 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = self.get_object(request, object_id) if request.method == "GET" else None
         for warning in selectors.campaign_warnings(campaign) if campaign else []:
             messages.warning(request, warning)
+        extra_context = {
+            **(extra_context or {}),
+            # The object tools show Launch… on a draft the reader may send.
+            "can_launch": bool(
+                campaign and campaign.status == CampaignStatus.DRAFT and self.has_send_permission(request)
+            ),
+            "shown_status": selectors.shown_status(campaign) if campaign else "",
+        }
         return super().change_view(request, object_id, form_url, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
@@ -406,6 +449,10 @@ class CampaignAdmin(admin.ModelAdmin):
             # What was tested must stay what the results describe.
             fields += [f.name for f in Campaign._meta.fields if f.name not in fields and f.editable]
         return fields
+
+    @admin.display(description="Status", ordering="status")
+    def status_now(self, obj: Campaign) -> str:
+        return selectors.shown_status(obj) if obj.pk else "-"
 
     @admin.display(description="Why it failed")
     def failure(self, obj: Campaign) -> str:
@@ -460,6 +507,7 @@ class CampaignAdmin(admin.ModelAdmin):
             path("<int:pk>/results/", self.admin_site.admin_view(self.results_view), name="campaigns_campaign_results"),
             path("<int:pk>/history/", self.admin_site.admin_view(self.history_view), name="campaigns_campaign_history"),
             path("<int:pk>/rollout/", self.admin_site.admin_view(self.rollout_view), name="campaigns_campaign_rollout"),
+            path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_view), name="campaigns_campaign_launch"),
             path(
                 "<int:pk>/test-message/",
                 self.admin_site.admin_view(self.test_message_view),
@@ -531,6 +579,7 @@ class CampaignAdmin(admin.ModelAdmin):
             "allocation_history": history[::-1],
             "shares_chart": shares_chart,
             "skipped": selectors.skipped_by_reason(campaign),
+            "shown_status": selectors.shown_status(campaign),
         }
         return TemplateResponse(request, "admin/campaigns/campaign/results.html", context)
 
@@ -538,8 +587,11 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = self._campaign(request, pk)
         rows = []
         for item in selectors.campaign_lineage(campaign):
-            results = item.results_snapshot or selectors.campaign_results(item)
-            rows.append({"campaign": item, "results": results})
+            # The snapshot taken when the last message went out holds conversions up to then only:
+            # until the attribution window closes (and the snapshot is refreshed), count them live.
+            final = item.results_snapshot and item.feedback_applied_at is not None
+            results = item.results_snapshot if final else selectors.campaign_results(item)
+            rows.append({"campaign": item, "results": results, "status": selectors.shown_status(item)})
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -589,6 +641,30 @@ class CampaignAdmin(admin.ModelAdmin):
             "form": form,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/rollout.html", context)
+
+    def launch_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The Launch button's page: the forecast of what launching does (audience, who is skipped
+        and why, quiet hours, the coupon money committed), then the launch itself on POST."""
+        campaign = self._campaign(request, pk)
+        if not self.has_send_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            try:
+                services.launch_campaign(campaign_id=campaign.pk, actor=request.user)
+            except DomainError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
+            else:
+                self.message_user(request, gettext("Launched %(name)s.") % {"name": campaign}, messages.SUCCESS)
+                return redirect("admin:campaigns_campaign_change", campaign.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": campaign,
+            "title": gettext("Launch: %(name)s") % {"name": campaign},
+            "forecast": selectors.launch_forecast(campaign),
+            "launchable": campaign.status == CampaignStatus.DRAFT,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/launch.html", context)
 
     def test_message_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         campaign = self._campaign(request, pk)
