@@ -5,6 +5,7 @@ history of iterations, a test message to a staff device, deliveries and channel 
 from __future__ import annotations
 
 import csv
+import json
 
 from django import forms
 from django.contrib import admin, messages
@@ -118,10 +119,30 @@ def result_column(name: str, *, always_valid: bool = False) -> str:
     return header
 
 
+class SegmentBuilderWidget(forms.Textarea):
+    """The definition as rows of conditions (campaigns/static/campaigns/segment_builder.js) with a
+    live size, sample, warnings and errors; the JSON stays below, editable, for what the rows
+    cannot draw (nested groups) and for power users."""
+
+    template_name = "admin/campaigns/widgets/segment_builder.html"
+
+    def get_context(self, name, value, attrs):
+        from campaigns.segment_builder import builder_options
+
+        context = super().get_context(name, value, attrs)
+        context["builder_options"] = builder_options()
+        context["check_url"] = reverse("admin:campaigns_segment_check")
+        return context
+
+    class Media:
+        js = ["campaigns/segment_builder.js"]
+
+
 class SegmentForm(forms.ModelForm):
     class Meta:
         model = Segment
         fields = ["name", "definition", "description"]
+        widgets = {"definition": SegmentBuilderWidget}
 
     def clean_definition(self):
         definition = self.cleaned_data["definition"]
@@ -161,7 +182,30 @@ class SegmentAdmin(admin.ModelAdmin):
         return _preview_html(obj) if obj.pk else "Save to see the size and a sample."
 
     def save_model(self, request, obj, form, change) -> None:
+        from campaigns.segment_builder import definition_warnings
+
         services.save_segment(segment=obj, changed=form.changed_data, actor=request.user)
+        for warning in definition_warnings(obj.definition):
+            self.message_user(request, warning, messages.WARNING)
+
+    def get_urls(self):
+        check = path("check/", self.admin_site.admin_view(self.check_view), name="campaigns_segment_check")
+        return [check, *super().get_urls()]
+
+    def check_view(self, request: HttpRequest) -> JsonResponse:
+        """The builder's live check of a definition being edited (POST its JSON): errors listing
+        what is allowed, else size, sample and warnings. Nothing is saved."""
+        from campaigns.segment_builder import check_definition
+
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        if request.method != "POST":
+            return JsonResponse({"errors": ["POST the definition as JSON"]}, status=405)
+        try:
+            definition = json.loads(request.body or b"null")
+        except ValueError as exc:
+            return JsonResponse({"errors": [f"definition: not JSON ({exc})"]}, status=400)
+        return JsonResponse(check_definition(definition))
 
 
 # --- campaigns ---------------------------------------------------------------------------------
