@@ -21,8 +21,13 @@
       });
       var free = PALETTE.filter(function (c) { return !used[c]; });
       var next = 0;
+      var perSlice = ["pie", "doughnut", "polarArea"].indexOf(chart.config.type) >= 0;
       datasets.forEach(function (d) {
         if (named(d.backgroundColor) || named(d.borderColor)) { return; }
+        if (perSlice) {  // a slice is a series of its own: one colour each
+          d.backgroundColor = (d.data || []).map(function (_v, i) { return PALETTE[i % PALETTE.length]; });
+          return;
+        }
         var colour = free.length ? free[next % free.length] : PALETTE[next % PALETTE.length];
         next += 1;
         d.borderColor = colour;
