@@ -122,7 +122,7 @@ def result_column(name: str, *, always_valid: bool = False) -> str:
 class SegmentBuilderWidget(forms.Textarea):
     """The definition as rows of conditions (campaigns/static/campaigns/segment_builder.js) with a
     live size, sample, warnings and errors; the JSON stays below, editable, for what the rows
-    cannot draw (nested groups) and for power users."""
+    cannot draw (groups two deep, `not`) and for power users."""
 
     template_name = "admin/campaigns/widgets/segment_builder.html"
 

@@ -17,7 +17,7 @@ from campaigns.segments import DefinitionError, compile_definition
 # How the builder draws each leaf kind of `segments.CONDITION_KEYS`: "names" picks one or more
 # names (from `choices` where the values are fixed), "trait" a trait, operator and value, "event"
 # an event name with at least / at most / exactly N times in the last D days. A kind not listed
-# here (added to segments.py later) is offered as JSON only, as are nested groups.
+# here (added to segments.py later) is offered as JSON only, as are groups nested two deep and `not`.
 LEAF_SHAPES = {
     "tag": "names",
     "tier": "names",

@@ -86,9 +86,15 @@ def test_an_operator_builds_a_segment_from_rows_with_its_live_size_and_a_typo_wa
 
     page.locator(".sb-row").nth(1).locator(".sb-remove").click()
     page.select_option(".sb-match", "any")
+    page.click(".sb-add-group")  # a group of its own: any of these
+    page.locator(".sb-group .sb-row .sb-names-text").fill("prefers_books")
+    page.wait_for_function("document.querySelector('.segment-builder').dataset.size === '13'")
+    shot(page, "segment-builder-group")
     page.click("input[name=_save]")
     page.wait_for_selector(".messagelist .success")
-    assert Segment.objects.get(name="Beauty fans").definition == {"any": [{"tag": "prefers_beauty"}]}
+    assert Segment.objects.get(name="Beauty fans").definition == {
+        "any": [{"tag": "prefers_beauty"}, {"any": [{"tag": "prefers_books"}]}]
+    }
     shot(page, "segment-list")
 
 

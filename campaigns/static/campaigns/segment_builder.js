@@ -1,6 +1,8 @@
 /* The admin's segment builder: rows of conditions written into the definition's JSON textarea,
  * checked live (size, sample, warnings, errors) through the segment admin's check/ URL.
- * The condition kinds and their choices come from the page (campaigns/segment_builder.py). */
+ * The condition kinds and their choices come from the page (campaigns/segment_builder.py).
+ * Rows are conditions, or groups ("any of" / "all of") of conditions one level deep; a deeper
+ * tree, or `not`, is edited as JSON. */
 (function () {
   "use strict";
 
@@ -85,13 +87,36 @@
         var fresh = {}; fresh[kindSelect.value] = kinds[kindSelect.value].shape === "trait" ? "" : [];
         if (kindSelect.value === "trait") { fresh = {trait: "", op: "eq", value: ""}; }
         if (kindSelect.value === "event") { fresh = {event: "", op: "gte", count: 1, within_days: 30}; }
-        rows.replaceChild(leafRow(fresh), row);
+        row.parentNode.replaceChild(leafRow(fresh), row);
         changed();
       });
-      remove.addEventListener("click", function () { rows.removeChild(row); changed(); });
+      remove.addEventListener("click", function () { row.parentNode.removeChild(row); changed(); });
       row.addEventListener("input", changed);
       row.addEventListener("change", changed);
       return row;
+    }
+
+    function groupRow(node) {
+      // One level of nesting: "any of" (or "all of") these conditions, inside the top-level list.
+      var key = node.any ? "any" : "all";
+      var group = el("div", {"class": "sb-group", "data-kind": "group"});
+      var head = el("div", {"class": "sb-group-head"});
+      var groupMatch = select([["any", "any"], ["all", "all"]], key, "sb-group-match");
+      head.appendChild(el("span", {text: "Match "}));
+      head.appendChild(groupMatch);
+      head.appendChild(el("span", {text: " of:"}));
+      var remove = el("button", {type: "button", "class": "button sb-remove", title: "Remove the group", text: "×"});
+      head.appendChild(remove);
+      group.appendChild(head);
+      var inner = el("div", {"class": "sb-rows"});
+      (node[key] || []).forEach(function (leaf) { inner.appendChild(leafRow(leaf)); });
+      group.appendChild(inner);
+      var add = el("button", {type: "button", "class": "button sb-add-inner", text: "+ condition in this group"});
+      group.appendChild(add);
+      add.addEventListener("click", function () { inner.appendChild(leafRow({tag: []})); changed(); });
+      remove.addEventListener("click", function () { group.parentNode.removeChild(group); changed(); });
+      groupMatch.addEventListener("change", changed);
+      return group;
     }
 
     function readRow(row) {
@@ -120,8 +145,16 @@
       return leaf;
     }
 
+    function readItem(item) {
+      if (item.getAttribute("data-kind") !== "group") { return readRow(item); }
+      var node = {};
+      node[item.querySelector(".sb-group-match").value] = Array.prototype.map.call(
+        item.querySelector(".sb-rows").children, readRow);
+      return node;
+    }
+
     function write() {
-      var leaves = Array.prototype.map.call(rows.querySelectorAll(".sb-row"), readRow);
+      var leaves = Array.prototype.map.call(rows.children, readItem);
       var definition = {};
       definition[match.value] = leaves;
       textarea.value = JSON.stringify(definition, null, 2);
@@ -160,23 +193,33 @@
       if (!definition || typeof definition !== "object") { definition = {all: []}; }
       var top = definition.all ? "all" : (definition.any ? "any" : null);
       var leaves = top ? definition[top] : [definition];
-      var drawable = Array.isArray(leaves) && leaves.every(function (leaf) {
+      function isLeaf(leaf) {
         return leaf && typeof leaf === "object" && Object.keys(leaf).some(function (k) { return kinds[k]; });
-      });
+      }
+      function isGroup(node) {
+        var inner = node && (node.any || node.all);
+        return Array.isArray(inner) && Object.keys(node).length === 1 && inner.every(isLeaf);
+      }
+      var drawable = Array.isArray(leaves) && leaves.every(function (item) { return isLeaf(item) || isGroup(item); });
       if (!drawable) {
         root.querySelector(".sb-complex").hidden = false;
         root.querySelector(".sb-json").open = true;
         root.querySelector(".sb-add").hidden = true;
+        root.querySelector(".sb-add-group").hidden = true;
         check(definition);
         return;
       }
       match.value = top || "all";
-      leaves.forEach(function (leaf) { rows.appendChild(leafRow(leaf)); });
+      leaves.forEach(function (item) { rows.appendChild(isLeaf(item) ? leafRow(item) : groupRow(item)); });
       if (Object.keys(definition).length && leaves.length) { check(definition); }
     }
 
     root.querySelector(".sb-add").addEventListener("click", function () {
       rows.appendChild(leafRow({tag: []}));
+      changed();
+    });
+    root.querySelector(".sb-add-group").addEventListener("click", function () {
+      rows.appendChild(groupRow({any: [{tag: []}]}));
       changed();
     });
     match.addEventListener("change", changed);
