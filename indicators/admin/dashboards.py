@@ -20,6 +20,7 @@ from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
 
 from access.readonly import ReadOnlyAdmin
+from config import formatting
 from indicators import analyses, selectors
 from indicators import registry as indicators
 from indicators import serializers as s
@@ -166,7 +167,7 @@ def _table_body(table: dict) -> SafeString:
 
 
 def _percent(value) -> str:
-    return "" if value is None else f"{value * 100:.1f}%"
+    return "" if value is None else formatting.percent(value)
 
 
 @admin.register(DailyIndicator)
@@ -406,10 +407,10 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                     for g in report["groups"]
                 ],
             }
-            p = report["p_value"]
+            p = "n/a" if report["p_value"] is None else formatting.p_value(report["p_value"])
+            difference = "n/a" if report["difference"] is None else formatting.uplift_points(report["difference"])
             summary = (
-                f"Difference {_percent(report['difference']) or 'n/a'}; {report['test'].replace('_', ' ')} p = "
-                f"{'n/a' if p is None else f'{p:.4g}'}."
+                f"Difference {difference}; {report['test'].replace('_', ' ')} p {p if p.startswith('<') else '= ' + p}."
                 + ("" if report["complete"] else " The last signups' retention days are not over yet.")
             )
             chart = {
