@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy
 
 from campaigns import errors, selectors, services, validation
 from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
@@ -80,42 +80,42 @@ class ChannelAdmin(admin.ModelAdmin):
 
 
 # The results CSV keeps raw numbers (a spreadsheet computes with them); its headers say their units.
-_FRACTION = "fraction of 1"
+_FRACTION = gettext_lazy("fraction of 1")
 RESULT_HEADERS = {
-    "name": ("Group", ""),
-    "assigned": ("Assigned", "people"),
-    "sent": ("Sent", "messages"),
-    "delivered": ("Delivered", "messages"),
-    "failed": ("Failed", "messages"),
-    "opened": ("Opened", "people"),
-    "clicked": ("Clicked", "people"),
-    "converted": ("Converted", "people"),
-    "conversion_rate": ("Conversion rate", _FRACTION),
-    "ci_low": ("Conversion rate CI low", _FRACTION),
-    "ci_high": ("Conversion rate CI high", _FRACTION),
-    "uplift_vs_holdout": ("Uplift vs control", "difference of fractions"),
-    "relative_uplift": ("Relative uplift", "fraction of control's rate"),
-    "uplift_ci_low": ("Uplift CI low", "difference of fractions"),
-    "uplift_ci_high": ("Uplift CI high", "difference of fractions"),
-    "p_value": ("p-value", ""),
-    "p_value_holm": ("Holm-adjusted p-value", ""),
-    "significant": ("Significant", "true/false"),
-    "coupon_redemptions": ("Coupons redeemed", "coupons"),
+    "name": (gettext_lazy("Group"), ""),
+    "assigned": (gettext_lazy("Assigned"), gettext_lazy("people")),
+    "sent": (gettext_lazy("Sent"), gettext_lazy("messages")),
+    "delivered": (gettext_lazy("Delivered"), gettext_lazy("messages")),
+    "failed": (gettext_lazy("Failed"), gettext_lazy("messages")),
+    "opened": (gettext_lazy("Opened"), gettext_lazy("people")),
+    "clicked": (gettext_lazy("Clicked"), gettext_lazy("people")),
+    "converted": (gettext_lazy("Converted"), gettext_lazy("people")),
+    "conversion_rate": (gettext_lazy("Conversion rate"), _FRACTION),
+    "ci_low": (gettext_lazy("Conversion rate CI low"), _FRACTION),
+    "ci_high": (gettext_lazy("Conversion rate CI high"), _FRACTION),
+    "uplift_vs_holdout": (gettext_lazy("Uplift vs control"), gettext_lazy("difference of fractions")),
+    "relative_uplift": (gettext_lazy("Relative uplift"), gettext_lazy("fraction of control's rate")),
+    "uplift_ci_low": (gettext_lazy("Uplift CI low"), gettext_lazy("difference of fractions")),
+    "uplift_ci_high": (gettext_lazy("Uplift CI high"), gettext_lazy("difference of fractions")),
+    "p_value": (gettext_lazy("p-value"), ""),
+    "p_value_holm": (gettext_lazy("Holm-adjusted p-value"), ""),
+    "significant": (gettext_lazy("Significant"), gettext_lazy("true/false")),
+    "coupon_redemptions": (gettext_lazy("Coupons redeemed"), gettext_lazy("coupons")),
 }
 
 
 def result_column(name: str, *, always_valid: bool = False) -> str:
     """The CSV header of one results column, with its unit: `Revenue (¥)`, `Conversion rate (fraction of 1)`."""
-    if name in ("revenue", "revenue_per_recipient"):
-        title = "Revenue" if name == "revenue" else "Revenue per person"
+    if name in (gettext_lazy("revenue"), gettext_lazy("revenue_per_recipient")):
+        title = gettext("Revenue") if name == "revenue" else gettext("Revenue per person")
         header = formatting.column(title, formatting.currency_label())
     else:
         title, unit = RESULT_HEADERS.get(name, (formatting.label(name), ""))
-        header = formatting.column(title, unit)
+        header = formatting.column(str(title), str(unit))
     if always_valid:
-        return f"Always-valid {header[:1].lower()}{header[1:]}"
+        return gettext("Always-valid %(column)s") % {"column": header[:1].lower() + header[1:]}
     if name in ("ci_low", "ci_high", "p_value", "significant"):
-        return f"Fixed-horizon {header[:1].lower()}{header[1:]}"
+        return gettext("Fixed-horizon %(column)s") % {"column": header[:1].lower() + header[1:]}
     return header
 
 
@@ -494,7 +494,7 @@ class CampaignAdmin(admin.ModelAdmin):
             fields += [f.name for f in Campaign._meta.fields if f.name not in fields and f.editable]
         return fields
 
-    @admin.display(description="Status", ordering="status")
+    @admin.display(description=gettext_lazy("Status"), ordering="status")
     def status_now(self, obj: Campaign) -> str:
         return selectors.shown_status(obj) if obj.pk else "-"
 
