@@ -7,9 +7,12 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from campaigns import segment_builder, segments
 from campaigns.models import Segment
+from profiles.models import Profile
 from tests.factories.campaigns import add_events, make_profiles
 
 pytestmark = pytest.mark.django_db
@@ -99,3 +102,42 @@ def test_the_segment_page_draws_the_builder_with_the_json_still_editable(operato
     html = operator.get(reverse("admin:campaigns_segment_add")).content.decode()
     assert 'class="segment-builder"' in html and "campaigns/segment_builder.js" in html
     assert '<textarea name="definition"' in html
+
+
+LEAVES = st.one_of(
+    st.builds(lambda t: {"tag": t}, st.sampled_from(["prefers_beauty", "nobody_has_this", ""])),
+    st.builds(lambda t: {"tier": t}, st.sampled_from(["core", "platinum", ["core", "ordinary"]])),
+    st.builds(lambda v: {"lifecycle": v}, st.sampled_from(["active", "churned", "asleep"])),
+    st.builds(
+        lambda name, op, value: {"trait": name, "op": op, "value": value},
+        st.sampled_from(["city", "push_opt_in", "vip_level", "signup_at"]),
+        st.sampled_from([*segments.TRAIT_OPS, "between"]),
+        st.one_of(st.text(max_size=8), st.integers(-5, 5), st.booleans(), st.lists(st.text(max_size=4), max_size=3)),
+    ),
+    st.builds(
+        lambda name, op, count, days: {"event": name, "op": op, "count": count, "within_days": days},
+        st.sampled_from(["order_paid", "order_payed"]),
+        st.sampled_from([*segments.EVENT_OPS, "gt"]),
+        st.integers(-1, 5),
+        st.integers(0, 4000),
+    ),
+)
+DEFINITIONS = st.one_of(
+    LEAVES,
+    st.builds(lambda k, items: {k: items}, st.sampled_from(["all", "any"]), st.lists(LEAVES, max_size=4)),
+    st.dictionaries(st.sampled_from(["city", "tag", "value"]), st.text(max_size=4), min_size=1, max_size=2),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(definition=DEFINITIONS)
+def test_any_definition_the_builder_can_send_gets_errors_or_a_size_never_a_crash(operator, definition):
+    if not Profile.objects.exists():  # the examples share the test's transaction
+        make_profiles(2, prefix="h", tag="prefers_beauty", city="Beijing")
+    answer = check(operator, definition)
+    assert isinstance(answer["warnings"], list)
+    if answer["errors"]:
+        assert answer["size"] is None
+        assert all(e.split(":", 1)[0] for e in answer["errors"])  # each names its place
+    else:
+        assert isinstance(answer["size"], int) and answer["size"] >= 0
