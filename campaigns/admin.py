@@ -5,6 +5,7 @@ history of iterations, a test message to a staff device, deliveries and channel 
 from __future__ import annotations
 
 import csv
+import json
 
 from django import forms
 from django.contrib import admin, messages
@@ -16,10 +17,12 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext, gettext_lazy
 
 from campaigns import errors, selectors, services, validation
 from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
+from config import formatting
 from config.errors import DomainError
 
 # Gateways and landing pages are https; Django 6 makes this the default.
@@ -76,10 +79,70 @@ class ChannelAdmin(admin.ModelAdmin):
         services.save_channel(channel=obj, changed=form.changed_data, actor=request.user)
 
 
+# The results CSV keeps raw numbers (a spreadsheet computes with them); its headers say their units.
+_FRACTION = gettext_lazy("fraction of 1")
+RESULT_HEADERS = {
+    "name": (gettext_lazy("Group"), ""),
+    "assigned": (gettext_lazy("Assigned"), gettext_lazy("people")),
+    "sent": (gettext_lazy("Sent"), gettext_lazy("messages")),
+    "delivered": (gettext_lazy("Delivered"), gettext_lazy("messages")),
+    "failed": (gettext_lazy("Failed"), gettext_lazy("messages")),
+    "opened": (gettext_lazy("Opened"), gettext_lazy("people")),
+    "clicked": (gettext_lazy("Clicked"), gettext_lazy("people")),
+    "converted": (gettext_lazy("Converted"), gettext_lazy("people")),
+    "conversion_rate": (gettext_lazy("Conversion rate"), _FRACTION),
+    "ci_low": (gettext_lazy("Conversion rate CI low"), _FRACTION),
+    "ci_high": (gettext_lazy("Conversion rate CI high"), _FRACTION),
+    "uplift_vs_holdout": (gettext_lazy("Uplift vs control"), gettext_lazy("difference of fractions")),
+    "relative_uplift": (gettext_lazy("Relative uplift"), gettext_lazy("fraction of control's rate")),
+    "uplift_ci_low": (gettext_lazy("Uplift CI low"), gettext_lazy("difference of fractions")),
+    "uplift_ci_high": (gettext_lazy("Uplift CI high"), gettext_lazy("difference of fractions")),
+    "p_value": (gettext_lazy("p-value"), ""),
+    "p_value_holm": (gettext_lazy("Holm-adjusted p-value"), ""),
+    "significant": (gettext_lazy("Significant"), gettext_lazy("true/false")),
+    "coupon_redemptions": (gettext_lazy("Coupons redeemed"), gettext_lazy("coupons")),
+}
+
+
+def result_column(name: str, *, always_valid: bool = False) -> str:
+    """The CSV header of one results column, with its unit: `Revenue (¥)`, `Conversion rate (fraction of 1)`."""
+    if name in (gettext_lazy("revenue"), gettext_lazy("revenue_per_recipient")):
+        title = gettext("Revenue") if name == "revenue" else gettext("Revenue per person")
+        header = formatting.column(title, formatting.currency_label())
+    else:
+        title, unit = RESULT_HEADERS.get(name, (formatting.label(name), ""))
+        header = formatting.column(str(title), str(unit))
+    if always_valid:
+        return gettext("Always-valid %(column)s") % {"column": header[:1].lower() + header[1:]}
+    if name in ("ci_low", "ci_high", "p_value", "significant"):
+        return gettext("Fixed-horizon %(column)s") % {"column": header[:1].lower() + header[1:]}
+    return header
+
+
+class SegmentBuilderWidget(forms.Textarea):
+    """The definition as rows of conditions (campaigns/static/campaigns/segment_builder.js) with a
+    live size, sample, warnings and errors; the JSON stays below, editable, for what the rows
+    cannot draw (groups two deep, `not`) and for power users."""
+
+    template_name = "admin/campaigns/widgets/segment_builder.html"
+
+    def get_context(self, name, value, attrs):
+        from campaigns.segment_builder import builder_options
+
+        context = super().get_context(name, value, attrs)
+        context["builder_options"] = builder_options()
+        context["check_url"] = reverse("admin:campaigns_segment_check")
+        return context
+
+    class Media:
+        js = ["campaigns/segment_builder.js"]
+
+
 class SegmentForm(forms.ModelForm):
     class Meta:
         model = Segment
         fields = ["name", "definition", "description"]
+        widgets = {"definition": SegmentBuilderWidget}
 
     def clean_definition(self):
         definition = self.cleaned_data["definition"]
@@ -119,7 +182,30 @@ class SegmentAdmin(admin.ModelAdmin):
         return _preview_html(obj) if obj.pk else "Save to see the size and a sample."
 
     def save_model(self, request, obj, form, change) -> None:
+        from campaigns.segment_builder import definition_warnings
+
         services.save_segment(segment=obj, changed=form.changed_data, actor=request.user)
+        for warning in definition_warnings(obj.definition):
+            self.message_user(request, warning, messages.WARNING)
+
+    def get_urls(self):
+        check = path("check/", self.admin_site.admin_view(self.check_view), name="campaigns_segment_check")
+        return [check, *super().get_urls()]
+
+    def check_view(self, request: HttpRequest) -> JsonResponse:
+        """The builder's live check of a definition being edited (POST its JSON): errors listing
+        what is allowed, else size, sample and warnings. Nothing is saved."""
+        from campaigns.segment_builder import check_definition
+
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        if request.method != "POST":
+            return JsonResponse({"errors": ["POST the definition as JSON"]}, status=405)
+        try:
+            definition = json.loads(request.body or b"null")
+        except ValueError as exc:
+            return JsonResponse({"errors": [f"definition: not JSON ({exc})"]}, status=400)
+        return JsonResponse(check_definition(definition))
 
 
 # --- campaigns ---------------------------------------------------------------------------------
@@ -134,14 +220,47 @@ class VariantFormSet(BaseInlineFormSet):
             raise forms.ValidationError(problems["variants"])
 
 
-class VariantInline(admin.TabularInline):
+class CouponRuleInput(forms.NumberInput):
+    """The coupon rule of a variant, picked by name: the browser completes from the active rules
+    (an HTML datalist: type a few letters of the name, or the id) and the chosen rule's name,
+    kind and budget show beside the box."""
+
+    def get_context(self, name, value, attrs):
+        from coupons.models import CouponRule, RuleState
+
+        context = super().get_context(name, value, {**(attrs or {}), "list": "coupon-rule-choices"})
+        rules = CouponRule.objects.filter(state=RuleState.ACTIVE).order_by("name")[:500]
+        context["rule_choices"] = [(r.pk, _rule_label(r)) for r in rules]
+        chosen = CouponRule.objects.filter(pk=value).first() if str(value or "").isdigit() else None
+        context["chosen"] = _rule_label(chosen) if chosen else ""
+        return context
+
+    template_name = "admin/campaigns/widgets/coupon_rule_input.html"
+
+
+def _rule_label(rule) -> str:
+    amount = f"{rule.value:g} %" if rule.kind == "percent" else formatting.money(rule.value)
+    left = "" if rule.budget is None else f", {formatting.money(rule.budget - rule.committed)} left"
+    return f"{rule.name} ({amount} off{left})"
+
+
+class VariantInline(admin.StackedInline):
+    """Stacked, not a table: a variant's message fields fit a 1366 px screen without scrolling."""
+
     model = Variant
     formset = VariantFormSet
     formfield_overrides = URL_FIELDS
     extra = 0
     min_num = 1
-    fields = ["position", "name", "weight", "title", "body", "url", "coupon_rule_id", "material_version"]
+    fields = [("position", "name", "weight"), "title", "body", "url", "coupon_rule_id", "material_version"]
     autocomplete_fields = ["material_version"]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "coupon_rule_id":
+            kwargs["widget"] = CouponRuleInput
+            kwargs["label"] = gettext("Coupon rule")
+            kwargs["help_text"] = gettext("Type part of the rule's name; leave empty for no coupon.")
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and (obj is None or obj.status == CampaignStatus.DRAFT)
@@ -257,7 +376,7 @@ class CampaignAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "channel",
-        "status",
+        "status_now",
         "phase",
         "iteration",
         "segment",
@@ -272,6 +391,7 @@ class CampaignAdmin(admin.ModelAdmin):
     autocomplete_fields = ["segment"]
     readonly_fields = [
         "status",
+        "status_now",
         "phase",
         "winner",
         "parent",
@@ -332,7 +452,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 "fields": [
                     "links",
                     "live_counters",
-                    "status",
+                    "status_now",
                     "failure_reason",
                     "failed_at",
                     "phase",
@@ -358,6 +478,14 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = self.get_object(request, object_id) if request.method == "GET" else None
         for warning in selectors.campaign_warnings(campaign) if campaign else []:
             messages.warning(request, warning)
+        extra_context = {
+            **(extra_context or {}),
+            # The object tools show Launch… on a draft the reader may send.
+            "can_launch": bool(
+                campaign and campaign.status == CampaignStatus.DRAFT and self.has_send_permission(request)
+            ),
+            "shown_status": selectors.shown_status(campaign) if campaign else "",
+        }
         return super().change_view(request, object_id, form_url, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
@@ -366,6 +494,10 @@ class CampaignAdmin(admin.ModelAdmin):
             # What was tested must stay what the results describe.
             fields += [f.name for f in Campaign._meta.fields if f.name not in fields and f.editable]
         return fields
+
+    @admin.display(description=gettext_lazy("Status"), ordering="status")
+    def status_now(self, obj: Campaign) -> str:
+        return selectors.shown_status(obj) if obj.pk else "-"
 
     @admin.display(description="Why it failed")
     def failure(self, obj: Campaign) -> str:
@@ -420,6 +552,7 @@ class CampaignAdmin(admin.ModelAdmin):
             path("<int:pk>/results/", self.admin_site.admin_view(self.results_view), name="campaigns_campaign_results"),
             path("<int:pk>/history/", self.admin_site.admin_view(self.history_view), name="campaigns_campaign_history"),
             path("<int:pk>/rollout/", self.admin_site.admin_view(self.rollout_view), name="campaigns_campaign_rollout"),
+            path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_view), name="campaigns_campaign_launch"),
             path(
                 "<int:pk>/test-message/",
                 self.admin_site.admin_view(self.test_message_view),
@@ -457,7 +590,12 @@ class CampaignAdmin(admin.ModelAdmin):
             response = HttpResponse(content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-results.csv"'
             writer = csv.writer(response)
-            writer.writerow([*self.RESULT_COLUMNS, *(f"always_valid_{c}" for c in self.SEQUENTIAL_COLUMNS)])
+            writer.writerow(
+                [
+                    *(result_column(c) for c in self.RESULT_COLUMNS),
+                    *(result_column(c, always_valid=True) for c in self.SEQUENTIAL_COLUMNS),
+                ]
+            )
             for group in results["groups"]:
                 fixed = [group.get(c) for c in self.RESULT_COLUMNS]
                 sequential = [group["sequential"].get(c) for c in self.SEQUENTIAL_COLUMNS]
@@ -485,6 +623,8 @@ class CampaignAdmin(admin.ModelAdmin):
             "chart": chart,
             "allocation_history": history[::-1],
             "shares_chart": shares_chart,
+            "skipped": selectors.skipped_by_reason(campaign),
+            "shown_status": selectors.shown_status(campaign),
         }
         return TemplateResponse(request, "admin/campaigns/campaign/results.html", context)
 
@@ -492,8 +632,11 @@ class CampaignAdmin(admin.ModelAdmin):
         campaign = self._campaign(request, pk)
         rows = []
         for item in selectors.campaign_lineage(campaign):
-            results = item.results_snapshot or selectors.campaign_results(item)
-            rows.append({"campaign": item, "results": results})
+            # The snapshot taken when the last message went out holds conversions up to then only:
+            # until the attribution window closes (and the snapshot is refreshed), count them live.
+            final = item.results_snapshot and item.feedback_applied_at is not None
+            results = item.results_snapshot if final else selectors.campaign_results(item)
+            rows.append({"campaign": item, "results": results, "status": selectors.shown_status(item)})
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -543,6 +686,30 @@ class CampaignAdmin(admin.ModelAdmin):
             "form": form,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/rollout.html", context)
+
+    def launch_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """The Launch button's page: the forecast of what launching does (audience, who is skipped
+        and why, quiet hours, the coupon money committed), then the launch itself on POST."""
+        campaign = self._campaign(request, pk)
+        if not self.has_send_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            try:
+                services.launch_campaign(campaign_id=campaign.pk, actor=request.user)
+            except DomainError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
+            else:
+                self.message_user(request, gettext("Launched %(name)s.") % {"name": campaign}, messages.SUCCESS)
+                return redirect("admin:campaigns_campaign_change", campaign.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": campaign,
+            "title": gettext("Launch: %(name)s") % {"name": campaign},
+            "forecast": selectors.launch_forecast(campaign),
+            "launchable": campaign.status == CampaignStatus.DRAFT,
+        }
+        return TemplateResponse(request, "admin/campaigns/campaign/launch.html", context)
 
     def test_message_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         campaign = self._campaign(request, pk)

@@ -75,7 +75,8 @@ class _Compiler:
     count: int = 0
 
     def fail(self, path: str, message: str) -> str:
-        self.errors.append(f"{path}: {message}")
+        # The top of the tree has no path of its own: name it, rather than start with ": ".
+        self.errors.append(f"{path or 'definition'}: {message}")
         return "FALSE"
 
     def node(self, node: Any, path: str, depth: int = 0) -> str:
@@ -86,7 +87,11 @@ class _Compiler:
             return self.fail(path, "each condition must be a non-empty object")
         unknown = [key for key in node if key not in CONDITION_KEYS and key not in _EXTRA_KEYS]
         if unknown:
-            return self.fail(path, f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}")
+            return self.fail(
+                path,
+                f"unknown field(s) {', '.join(map(repr, sorted(unknown)))}; a condition is one of "
+                f"{', '.join(CONDITION_KEYS)} (with op and value for trait; op, count and within_days for event)",
+            )
         kinds = [key for key in node if key in CONDITION_KEYS]
         if len(kinds) != 1:
             return self.fail(path, f"exactly one of {', '.join(CONDITION_KEYS)} expected, got {kinds or 'none'}")
@@ -94,7 +99,10 @@ class _Compiler:
         allowed_extra = _ALLOWED_EXTRA[kind]
         stray = [key for key in node if key != kind and key not in allowed_extra]
         if stray:
-            return self.fail(path, f"field(s) {', '.join(map(repr, sorted(stray)))} do not apply to '{kind}'")
+            allowed = ", ".join(sorted(allowed_extra)) or "nothing else"
+            return self.fail(
+                path, f"field(s) {', '.join(map(repr, sorted(stray)))} do not apply to '{kind}' (it takes {allowed})"
+            )
         return getattr(self, f"c_{kind}")(node, f"{path}.{kind}" if path else kind, depth)
 
     def c_all(self, node: dict, path: str, depth: int) -> str:

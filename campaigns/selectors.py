@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from django.db import connection
 from django.db.models import Count, Sum
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from campaigns import bandit
 from campaigns.models import (
@@ -17,7 +19,9 @@ from campaigns.models import (
     Assignment,
     AssignmentRole,
     Campaign,
+    CampaignStatus,
     Delivery,
+    DeliveryStatus,
     ScheduleKind,
     Segment,
     Variant,
@@ -34,6 +38,7 @@ from campaigns.stats import (
     sequential_decision,
     sequential_rate,
 )
+from config import formatting
 from coupons.models import Redemption
 from tracking.selectors import event_name_seen, order_amount_sql
 
@@ -595,17 +600,18 @@ def explain(results: dict[str, Any]) -> str:
         )
         text = (
             f"{name} {verb} {control} by {_pts(g['uplift_vs_holdout'])} ({confidence} always-valid CI "
-            f"{_interval(seq['uplift_ci_low'], seq['uplift_ci_high'])}, Holm-adjusted p {seq['p_value_holm']:.3g})"
+            f"{_interval(seq['uplift_ci_low'], seq['uplift_ci_high'])}, "
+            f"Holm-adjusted p {formatting.p_value(seq['p_value_holm'])})"
         )
         for other in seq["vs_others"]:
             word = "beats" if other["beats"] else "does not beat"
             p = other["p_value_holm"]
-            text += f"; {word} {other['name']} (Holm-adjusted p {'-' if p is None else f'{p:.3g}'})"
+            text += f"; {word} {other['name']} (Holm-adjusted p {'-' if p is None else formatting.p_value(p)})"
         lines.append(text + ".")
     if results["srm_blocked"]:
         lines.append(f"Roll-out blocked: {results['winner_reason']}.")
     if results["rolled_out_variant"]:
-        when = results["rolled_out_at"] or "-"
+        when = formatting.local_time(results["rolled_out_at"]) if results["rolled_out_at"] else "-"
         lines.append(f"{results['rolled_out_variant']} rolled out at {when}.")
     elif results["winner"]:
         lines.append(f"{results['winner']} is the winner: safe to roll out.")
@@ -712,3 +718,126 @@ def material_history(material: Any) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# Why a member got no message, as an operator reads it (the codes sending and create_deliveries write).
+SKIP_REASONS = {
+    "NO_CONSENT": _("No consent for this channel"),
+    "FREQUENCY_CAP": _("Daily frequency cap reached"),
+    "FATIGUED": _("Fatigued on this channel (messaged too often lately)"),
+}
+
+
+def skipped_by_reason(campaign: Campaign) -> list[dict[str, Any]]:
+    """The campaign's skipped deliveries counted per reason, largest first."""
+    rows = (
+        Delivery.objects.filter(campaign=campaign, status=DeliveryStatus.SKIPPED)
+        .values("reason")
+        .annotate(n=Count("id"))
+        .order_by("-n", "reason")
+    )
+    return [
+        {
+            "reason": row["reason"],
+            "label": str(SKIP_REASONS.get(row["reason"], formatting.label(row["reason"]) or _("No reason recorded"))),
+            "count": row["n"],
+        }
+        for row in rows
+    ]
+
+
+def launch_forecast(campaign: Campaign, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """What launching `campaign` now would do, before it is done: the audience, the holdout, who
+    is skipped for lack of consent or because today's frequency cap is reached, the quiet hours,
+    and the coupon money each variant's rule would commit against its remaining budget."""
+    from campaigns.models import DailySendCount
+    from campaigns.services import _CONSENT
+    from coupons.models import CouponRule, RuleKind
+
+    now = now or timezone.now()
+    aud, params = audience_sql(campaign.segment.definition, now=now)
+    cap = campaign.frequency_cap_per_day
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE NOT ({_CONSENT[campaign.channel]})),"
+            f" count(*) FILTER (WHERE %s > 0 AND ({_CONSENT[campaign.channel]}) AND EXISTS ("
+            f"  SELECT 1 FROM {DailySendCount._meta.db_table} c"
+            "  WHERE c.profile_id = p.id AND c.day = %s AND c.count >= %s))"
+            f" FROM profiles_profile p WHERE p.id IN (SELECT profile_id FROM ({aud}) aud)",
+            [cap, now.date(), cap, *params],
+        )
+        audience, no_consent, capped = cursor.fetchone()
+    holdout = round(audience * float(campaign.holdout_percent or 0) / 100)
+    # Holdout members are drawn at random: consent and the cap fall on them in proportion.
+    messaged_share = (audience - holdout) / audience if audience else 0.0
+    no_consent_sent = round(no_consent * messaged_share)
+    capped_sent = round(capped * messaged_share)
+    will_send = max(audience - holdout - no_consent_sent - capped_sent, 0)
+    pilot = round(will_send * float(campaign.pilot_percent or 0) / 100) if campaign.pilot_percent else None
+
+    variants = list(campaign.variants.order_by("position", "id"))
+    total_weight = sum(v.weight for v in variants) or 1
+    rules = CouponRule.objects.in_bulk([v.coupon_rule_id for v in variants if v.coupon_rule_id])
+    coupons = []
+    for v in variants:
+        rule = rules.get(v.coupon_rule_id) if v.coupon_rule_id else None
+        if v.coupon_rule_id and rule is None:
+            coupons.append({"variant": v.name, "rule": None, "rule_id": v.coupon_rule_id})
+            continue
+        if rule is None:
+            continue
+        recipients = round(will_send * v.weight / total_weight)
+        # The most one coupon can cost: a percent rule's cap, else its amount.
+        each = rule.max_discount if rule.kind == RuleKind.PERCENT and rule.max_discount else rule.value
+        commit = each * recipients
+        left = None if rule.budget is None else rule.budget - rule.committed
+        coupons.append(
+            {
+                "variant": v.name,
+                "rule": rule.name,
+                "rule_id": rule.pk,
+                "recipients": recipients,
+                "each_at_most": each,
+                "commit_at_most": commit,
+                "budget_left": left,
+                "over_budget": left is not None and commit > left,
+            }
+        )
+    return {
+        "audience": audience,
+        "holdout": holdout,
+        "no_consent": no_consent_sent,
+        "frequency_capped": capped_sent,
+        "frequency_cap_per_day": cap,
+        "will_send": will_send,
+        "pilot": pilot,
+        "quiet_hours": (
+            {"start": campaign.quiet_start_hour, "end": campaign.quiet_end_hour}
+            if campaign.respect_quiet_hours
+            else None
+        ),
+        "coupons": coupons,
+        "coupon_commit_at_most": sum((c["commit_at_most"] for c in coupons if c.get("rule")), Decimal(0)),
+    }
+
+
+def attribution_closes_at(campaign: Campaign) -> dt.datetime | None:
+    """When the last conversions of a sent campaign stop counting (its attribution window)."""
+    if campaign.completed_at is None:
+        return None
+    return campaign.completed_at + dt.timedelta(hours=campaign.attribution_hours)
+
+
+def shown_status(campaign: Campaign, *, now: dt.datetime | None = None) -> str:
+    """The status as an operator should read it: a campaign whose messages are all out is not
+    done while its attribution window is open; its results still move."""
+    closes = attribution_closes_at(campaign)
+    if campaign.status == CampaignStatus.COMPLETED and closes and closes > (now or timezone.now()):
+        return str(_("Sent; counting conversions until %(when)s") % {"when": formatting.local_time(closes)})
+    return str(campaign.get_status_display())
+
+
+def results_are_final(campaign: Campaign, *, now: dt.datetime | None = None) -> bool:
+    """True once the attribution window has closed (and the frozen snapshot holds for good)."""
+    closes = attribution_closes_at(campaign)
+    return campaign.status == CampaignStatus.COMPLETED and closes is not None and closes <= (now or timezone.now())

@@ -10,6 +10,8 @@ from config.api import healthz
 admin.site.site_header = "opsloop"
 admin.site.site_title = "opsloop"
 admin.site.index_title = "Operations back office"
+# The back office is the whole site: no public front end for a "View site" link to lead to.
+admin.site.site_url = None
 
 api_v1 = [
     path("", include("access.urls")),
@@ -30,6 +32,8 @@ api_v1 = [
 MOVED_TO_INDICATORS = "goal|goalmonth|funnel|funnelstep|dailyindicator"
 
 urlpatterns = [
+    # The root of the server is the back office (a bare host name must not meet a 404).
+    path("", RedirectView.as_view(pattern_name="admin:index", permanent=False), name="home"),
     re_path(
         rf"^admin/tracking/(?P<model>{MOVED_TO_INDICATORS})/(?P<rest>.*)$",
         RedirectView.as_view(url="/admin/indicators/%(model)s/%(rest)s", query_string=True, permanent=True),

@@ -14,12 +14,13 @@ class CouponsConfig(AppConfig):
     }
 
     def ready(self) -> None:
-        from coupons.selectors import lookup_section
+        from coupons.selectors import lookup_section, lookup_summary_part
         from coupons.services import on_events_ingested, on_profiles_merged
-        from profiles.lookup import register_merge_listener, register_section
+        from profiles.lookup import register_merge_listener, register_section, register_summary_part
         from tracking.hooks import register_ingest_listener
 
         register_section("coupons", lookup_section)
+        register_summary_part("coupons", lookup_summary_part, order=20)
         register_merge_listener("coupons", on_profiles_merged)
         # Refunds of orders that used coupons give their money back (`order_refunded`).
         register_ingest_listener("coupons.refunds", on_events_ingested)

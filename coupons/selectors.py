@@ -9,10 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
+from django.utils.translation import gettext, ngettext
 
+from config.formatting import day_ahead
 from coupons.incremental import rule_incremental
 from coupons.models import (
     ZERO,
@@ -342,6 +344,26 @@ def lookup_section(profile: Profile) -> dict[str, Any]:
             for c in recent
         ],
     }
+
+
+def lookup_summary_part(profile: Profile) -> str:
+    """The lookup summary's coupon part: "1 unused coupon expiring Friday", "no unused coupons"."""
+    now = timezone.now()
+    unused = Coupon.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=now),
+        profile_id__in=profile_ids_of(profile),
+        status=CouponStatus.AVAILABLE,
+    ).aggregate(n=Count("id"), first_end=Min("expires_at"))
+    n = unused["n"]
+    if not n:
+        return gettext("no unused coupons")
+    phrase = ngettext("%(n)d unused coupon", "%(n)d unused coupons", n) % {"n": n}
+    if unused["first_end"] is None:
+        return phrase
+    words = {"coupons": phrase, "day": day_ahead(unused["first_end"])}
+    if n == 1:
+        return gettext("%(coupons)s expiring %(day)s") % words
+    return gettext("%(coupons)s, the first expiring %(day)s") % words
 
 
 # --- ROI overview, channel quality and the coupon indicators --------------------------------------

@@ -29,3 +29,4 @@ class CrmConfig(AppConfig):
         lookup.register_profile_field("tier", selectors.tier_of)
         lookup.register_profile_field("rfm", selectors.rfm_of)
         lookup.register_profile_field("lifecycle", selectors.lifecycle_of)
+        lookup.register_summary_part("value", selectors.summary_part, order=10)

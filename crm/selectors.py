@@ -9,7 +9,9 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import Count
+from django.utils.translation import gettext as _
 
+from config.formatting import time_ago
 from crm.models import CustomerValue, LifecycleStage, RfmSegment, ValueTier
 from profiles.models import Profile
 
@@ -94,10 +96,25 @@ def value_section(profile: Profile) -> dict[str, Any] | None:
         "segment_label": RfmSegment(value.segment).label if value.segment else None,
         "rfm": _rfm(value),
         "lifecycle": value.lifecycle or None,
+        "lifecycle_label": LifecycleStage(value.lifecycle).label if value.lifecycle else None,
         "lifecycle_since": value.lifecycle_since.isoformat() if value.lifecycle_since else None,
+        "last_order_at": value.last_order_at.isoformat() if value.last_order_at else None,
         "account_manager": account_manager_of(value),
         "computed_at": value.computed_at.isoformat(),
     }
+
+
+def summary_part(profile: Profile) -> str | None:
+    """The lookup summary's start: "Core customer, last order 3 days ago" (or "no orders yet")."""
+    value = _value_row(profile)
+    if value is None:
+        return None
+    who = _("%(tier)s customer") % {"tier": value.tier.name} if value.tier else _("customer")
+    if value.lifecycle and value.lifecycle != LifecycleStage.ACTIVE:
+        who = f"{who} ({LifecycleStage(value.lifecycle).label.lower()})"
+    if value.last_order_at is None:
+        return _("%(who)s, no orders yet") % {"who": who}
+    return _("%(who)s, last order %(when)s") % {"who": who, "when": time_ago(value.last_order_at)}
 
 
 def _share(part: Decimal | None, whole: Decimal | None) -> float:

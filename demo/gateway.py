@@ -8,6 +8,11 @@ provider, and lets the demo's simulated recipients read what reached their phone
 kept twice, as providers do. `GET /messages?since=N`: the messages from the N-th on, with
 `next` to continue from. `GET /health`: `{"ok": true, "received": N}`.
 
+`POST /_demo/receipts` with `{"url", "api_key", "except_campaigns": [ids]}` (the demo's loop
+sends it once it is done): from then on the gateway answers like a real provider, posting a
+`delivered` receipt to `url` for each message it receives, so campaigns operators create and
+launch themselves get their receipts too (the loop's own campaign answers for itself).
+
 Standard library only, so it starts in a fraction of a second and needs no database.
 """
 
@@ -19,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,9 @@ from urllib.parse import parse_qs, urlparse
 
 MAX_BODY = 1024 * 1024
 PAGE = 5000
+RECEIPTS_PATH = "/_demo/receipts"
+RECEIPT_BATCH = 500
+RECEIPT_INTERVAL = 1.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -67,6 +76,10 @@ class DemoGateway:
                 if not isinstance(payload, dict):
                     self._answer(400, {"error": "the body must be a JSON object"})
                     return
+                if urlparse(self.path).path == RECEIPTS_PATH:
+                    error = gateway.send_receipts_to(payload)
+                    self._answer(400 if error else 200, {"error": error} if error else {"ok": True})
+                    return
                 key = self.headers.get("Idempotency-Key") or payload.get("idempotency_key") or ""
                 self._answer(200, {"message_id": gateway.accept(path=self.path, key=str(key), payload=payload)})
 
@@ -91,6 +104,75 @@ class DemoGateway:
 
         self.server = _Server((host, port), Handler)
         self.thread: threading.Thread | None = None
+        # Receipts mode (off until the loop turns it on): where to post, and from which message on.
+        self.receipts: dict[str, Any] | None = None
+        self.receipt_cursor = 0
+        self.receipts_posted = 0
+        self.stopping = threading.Event()
+        self.receipt_thread: threading.Thread | None = None
+
+    def send_receipts_to(self, config: dict[str, Any]) -> str:
+        """Turn on receipts for the messages received from now on; an error text if `config` is bad."""
+        url, key = config.get("url"), config.get("api_key")
+        if (
+            not isinstance(url, str)
+            or urlparse(url).scheme not in ("http", "https")
+            or not isinstance(key, str)
+            or not key
+        ):
+            return "url (http...) and api_key are required"
+        skip = config.get("except_campaigns") or []
+        if not isinstance(skip, list):
+            return "except_campaigns must be a list of campaign ids"
+        with self.lock:
+            self.receipts = {"url": url, "api_key": key, "except": {str(c) for c in skip}}
+            self.receipt_cursor = len(self.messages)
+        if self.receipt_thread is None:
+            self.receipt_thread = threading.Thread(target=self._post_receipts_forever, daemon=True)
+            self.receipt_thread.start()
+        return ""
+
+    def post_receipts(self) -> int:
+        """Post `delivered` receipts for the messages received since the last post; returns how many.
+        A failed post is tried again with the next round (the cursor moves only on success)."""
+        with self.lock:
+            config, start = self.receipts, self.receipt_cursor
+            batch = self.messages[start : start + RECEIPT_BATCH]
+        if config is None or not batch:
+            return 0
+        receipts = [
+            {
+                "delivery_id": m["payload"]["delivery_id"],
+                "status": "delivered",
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(m["received_at"])),
+            }
+            for m in batch
+            if isinstance(m["payload"].get("delivery_id"), int)
+            and str(m["payload"].get("campaign")) not in config["except"]
+        ]
+        if receipts:
+            # The URL was checked to be http(s) when receipts were turned on.
+            request = urllib.request.Request(  # noqa: S310
+                config["url"],
+                data=json.dumps({"receipts": receipts}).encode(),
+                headers={"Authorization": f"Api-Key {config['api_key']}", "Content-Type": "application/json"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (the loop's own API)
+                    if answer.status != 200:
+                        return 0
+            except OSError:  # refused, timed out, or an HTTP error status
+                return 0
+        with self.lock:
+            self.receipt_cursor = start + len(batch)
+            self.receipts_posted += len(receipts)
+        return len(receipts)
+
+    def _post_receipts_forever(self) -> None:
+        while not self.stopping.wait(RECEIPT_INTERVAL):
+            while self.post_receipts():
+                pass
 
     @property
     def url(self) -> str:
@@ -117,6 +199,7 @@ class DemoGateway:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
         if self.log:

@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -107,6 +107,7 @@ class DemoLoop:
         from indicators import tasks
         from indicators.models import Funnel, FunnelStep, Goal, GoalPeriod
         from indicators.registry import daily_values
+        from indicators.selectors import goal_progress
 
         funnel, created = Funnel.objects.get_or_create(
             name=FUNNEL_NAME,
@@ -120,22 +121,38 @@ class DemoLoop:
 
         today = timezone.now().date()
         quarter = (today.month - 1) // 3 + 1
-        revenue = sum(v for _d, v in daily_values("revenue", start=today - timedelta(days=90), end=today))
-        recent_dau = [v for _d, v in daily_values("dau", start=today - timedelta(days=30), end=today)]
+        q_start = date(today.year, 3 * quarter - 2, 1)
+        q_end = date(today.year + (quarter == 4), 1 if quarter == 4 else 3 * quarter + 1, 1) - timedelta(days=1)
+        so_far = sum(v for _d, v in daily_values("revenue", start=q_start, end=today))
+        last_30 = [v for _d, v in daily_values("revenue", start=today - timedelta(days=29), end=today)]
+        recent_dau = [v for _d, v in daily_values("dau", start=today - timedelta(days=29), end=today)]
+        # Targets the pace shown on the goal page can reach: the quarter so far plus the last 30
+        # days' daily pace for the days left, a little under (a goal nobody can reach teaches
+        # operators to ignore goals).
+        projected = so_far + sum(last_30) / len(last_30) * (q_end - today).days
         targets = {
-            "revenue": (f"Revenue {today.year} Q{quarter}", (revenue * Decimal("1.1")).quantize(Decimal("1"))),
+            "revenue": (f"Revenue {today.year} Q{quarter}", (projected * Decimal("0.97")).quantize(Decimal("1"))),
             "dau": (
                 f"DAU {today.year} Q{quarter}",
-                (sum(recent_dau) / len(recent_dau) * Decimal("1.2")).quantize(Decimal("1")),
+                (sum(recent_dau) / len(recent_dau) * Decimal("0.97")).quantize(Decimal("1")),
             ),
         }
         for key, (name, target) in targets.items():
             exists = Goal.objects.filter(indicator=key, period=GoalPeriod.QUARTER, year=today.year, quarter=quarter)
             if target > 0 and not exists.exists():
-                indicator_services.create_goal(
+                goal = indicator_services.create_goal(
                     name=name, indicator=key, period=GoalPeriod.QUARTER, year=today.year, quarter=quarter, target=target
                 )
-                self.say(f"Goal: {name} = {target:,}")
+                # The months share the target by their weights: lower it until no month so far
+                # falls short of its share, so the goal page shows a pace that reaches it.
+                months = goal_progress(goal).months
+                shares = [m.actual / m.expected for m in months if m.actual is not None and m.expected]
+                if shares and min(shares) < 1:
+                    target = (target * min(shares) * Decimal("0.97")).quantize(Decimal("1"))
+                    goal = indicator_services.redecompose_goal(
+                        goal=goal, profile=goal.profile, weights=goal.weights or None, target=target
+                    )
+                self.say(f"Goal: {name} = {target:,} ({goal_progress(goal).status.replace('_', ' ')})")
 
     def community(self) -> None:
         """Operators with accounts and groups, and the community events of the demo's people (sent

@@ -114,12 +114,25 @@ def amount_of(rng: random.Random, category: str) -> Decimal:
     return Decimal(rng.randint(low, high)).quantize(Decimal("0.01"))
 
 
-def demo_user(*, seed: int, index: int, days: int, now: datetime) -> tuple[dict[str, Any], list[dict]]:
+def demo_user(
+    *, seed: int, index: int, days: int, now: datetime, signup_days: int | None = None
+) -> tuple[dict[str, Any], list[dict]]:
     """One user's `identify` call and event timeline. Each user has their own random stream, so
-    the world is the same however it is split between processes."""
+    the world is the same however it is split between processes.
+
+    People signed up over `signup_days` (more than a year by default, so lifecycle stages and
+    tiers look like a shop's, not like a shop that opened last month); their activity is written
+    for the last `days` only (the signup itself, and the first order with it, whenever it was).
+    Some of those who signed up before that window have drifted away: they stop coming at some
+    point, so silent and churned customers exist too."""
     rng = random.Random(seed * 1_000_003 + index)
     user_id = f"{USER_PREFIX}{index:06d}"
-    signup = now - timedelta(days=rng.uniform(0, days))
+    signup = now - timedelta(days=rng.uniform(0, max(days, signup_days or days)))
+    window_start = now - timedelta(days=days)
+    lapse_rng = random.Random(seed * 3_000_003 + index)
+    stops = now
+    if signup < window_start and lapse_rng.random() < 0.3:
+        stops = now - timedelta(days=lapse_rng.uniform(0, days * 1.5))
     phone = f"+86138{index:08d}"
     known, custom, _errors = parse_traits(
         {
@@ -177,8 +190,8 @@ def demo_user(*, seed: int, index: int, days: int, now: datetime) -> tuple[dict[
         found = 0 if results == 0 else search_rng.randint(1, results)
         return {**event("search", at, query=query, results=found), "event_id": random_uuid(search_rng)}
 
-    t = signup
-    while (t := t + timedelta(hours=rng.expovariate(1 / gap_hours))) <= now:
+    t = max(signup, window_start)
+    while (t := t + timedelta(hours=rng.expovariate(1 / gap_hours))) <= stops:
         timeline.append(event("app_open", t))
         if search_rng.random() < 0.25:
             timeline.append(search(t))
@@ -213,7 +226,9 @@ def _ingest(events: list[dict]) -> int:
     return 0
 
 
-def load_users(first: int, last: int, seed: int, days: int, now: datetime) -> tuple[int, int]:
+def load_users(
+    first: int, last: int, seed: int, days: int, now: datetime, signup_days: int | None = None
+) -> tuple[int, int]:
     """Identify users `first`..`last-1` and ingest their events; (users, events accepted)."""
     # One identify is one transaction: waiting for each commit to reach the disk would make the
     # load I/O-bound. Synthetic data lost to a crash is simply loaded again, so this session
@@ -223,7 +238,7 @@ def load_users(first: int, last: int, seed: int, days: int, now: datetime) -> tu
     accepted, pending = 0, []
     try:
         for index in range(first, last):
-            call, events = demo_user(seed=seed, index=index, days=days, now=now)
+            call, events = demo_user(seed=seed, index=index, days=days, now=now, signup_days=signup_days)
             identify(**call)
             pending.extend(events)
             while len(pending) >= BATCH:
@@ -237,16 +252,23 @@ def load_users(first: int, last: int, seed: int, days: int, now: datetime) -> tu
     return last - first, accepted
 
 
-def _load_chunk(args: tuple[int, int, int, int, datetime]) -> tuple[int, int]:
+def _load_chunk(args: tuple[int, int, int, int, datetime, int | None]) -> tuple[int, int]:
     return load_users(*args)
 
 
 def load_world(
-    *, users: int, days: int, seed: int, jobs: int, progress: bool, now: datetime | None = None
+    *,
+    users: int,
+    days: int,
+    seed: int,
+    jobs: int,
+    progress: bool,
+    now: datetime | None = None,
+    signup_days: int | None = None,
 ) -> tuple[int, int]:
     """The demo users and their events, in `jobs` processes; (users, events accepted)."""
     now = now or timezone.now()
-    chunks = [(start, min(users, start + CHUNK), seed, days, now) for start in range(0, users, CHUNK)]
+    chunks = [(start, min(users, start + CHUNK), seed, days, now, signup_days) for start in range(0, users, CHUNK)]
     bar = tqdm(total=users, desc="demo users", unit="user", mininterval=1, disable=not progress)
     loaded = accepted = 0
     try:

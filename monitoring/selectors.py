@@ -119,10 +119,17 @@ class HealthReport:
         }
 
 
+def _key_prefix() -> str:
+    """The transport's `global_keyprefix` (the tests keep their queues under one), put before
+    every key kombu writes."""
+    return (getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}).get("global_keyprefix", "")
+
+
 def _queue_keys(name: str) -> list[str]:
     """Kombu's Redis transport keeps a queue as a list named after it, and each message priority
     other than 0 as a list of its own, `<queue>\\x06\\x16<priority>`."""
-    return [name if not pri else f"{name}{Channel.sep}{pri}" for pri in PRIORITY_STEPS]
+    prefix = _key_prefix()
+    return [prefix + (name if not pri else f"{name}{Channel.sep}{pri}") for pri in PRIORITY_STEPS]
 
 
 def queue_depths() -> tuple[list[Queue], int | None, str]:
@@ -135,7 +142,7 @@ def queue_depths() -> tuple[list[Queue], int | None, str]:
             for name in names:
                 for key in _queue_keys(name):
                     pipe.llen(key)
-            pipe.hlen(Channel.unacked_key)
+            pipe.hlen(_key_prefix() + Channel.unacked_key)
             counts = pipe.execute()
     except redis.RedisError as exc:
         return [Queue(name, 0) for name in names], None, f"{exc.__class__.__name__}: {exc}"

@@ -11,9 +11,11 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import BooleanField, Count, Q, Value
+from django.template.loader import select_template
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext
 from import_export import fields, resources, widgets
 from import_export.admin import ImportExportModelAdmin
 
@@ -177,6 +179,31 @@ class TagActionForm(ActionForm):
 PERSONAL_FIELDS = ("phone", "email")
 
 
+# What an agent needs first: who this is to us, then what they hold, then what we sent them.
+LOOKUP_CARD_ORDER = ("value", "predictions", "coupons", "messages")
+
+
+def _card_place(name: str) -> tuple[int, str]:
+    return (LOOKUP_CARD_ORDER.index(name) if name in LOOKUP_CARD_ORDER else len(LOOKUP_CARD_ORDER), name)
+
+
+def _lookup_card(profile: Profile, view: dict) -> dict:
+    """The lookup's view of one person as the page draws it: the summary line an agent reads out,
+    and each section through the template its app provides (`admin/lookup/<section>.html`: crm
+    draws the value card, coupons and campaigns their tables), else as labelled fields."""
+    from profiles.lookup import summary_for
+
+    sections = [
+        {
+            "name": name,
+            "data": data,
+            "template": select_template([f"admin/lookup/{name}.html", "admin/lookup/section.html"]),
+        }
+        for name, data in sorted(view.get("sections", {}).items(), key=lambda item: _card_place(item[0]))
+    ]
+    return {**view, "summary": summary_for(profile), "cards": sections}
+
+
 @admin.register(Profile)
 class ProfileAdmin(admin.ModelAdmin):
     list_display = ["user_id", "name", "shown_phone", "city", "gender", "signup_at", "last_seen_at", "merged_into"]
@@ -264,14 +291,14 @@ class ProfileAdmin(admin.ModelAdmin):
             try:
                 outcome = services.lookup_profiles(staff=request.user, query=query, channel=LookupChannel.ADMIN)
                 results = [
-                    selectors.lookup_view(p, may_see_personal_data=outcome.may_see_personal_data)
+                    _lookup_card(p, selectors.lookup_view(p, may_see_personal_data=outcome.may_see_personal_data))
                     for p in outcome.profiles
                 ]
             except ValidationError as exc:
                 error = " ".join(exc.messages)
         context = {
             **self.admin_site.each_context(request),
-            "title": "Customer-service lookup",
+            "title": gettext("Customer-service lookup"),
             "opts": self.model._meta,
             "query": query or "",
             "error": error,

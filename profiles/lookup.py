@@ -69,3 +69,22 @@ def register_merge_listener(name: str, listener: MergeListener) -> None:
 def notify_merged(into: Profile, merged: Profile) -> None:
     for _name, listener in sorted(_merge_listeners.items()):
         listener(into, merged)
+
+
+# --- the one line an agent reads out ----------------------------------------------------------
+# "Core customer, last order 3 days ago, 1 unused coupon expiring Friday": each app above adds the
+# part it knows (crm the tier and last order, coupons the unused coupons), in `order`.
+SummaryPart = Callable[[Profile], str | None]
+_summary_parts: dict[str, tuple[int, SummaryPart]] = {}
+
+
+def register_summary_part(name: str, builder: SummaryPart, *, order: int) -> None:
+    """Add (or replace) the part `name` of the lookup's summary line; `builder(profile)` returns a
+    phrase, or None when it has nothing to say about this person."""
+    _summary_parts[name] = (order, builder)
+
+
+def summary_for(profile: Profile) -> str:
+    parts = [builder(profile) for _order, builder in sorted(_summary_parts.values(), key=lambda p: p[0])]
+    line = ", ".join(part for part in parts if part)
+    return line[:1].upper() + line[1:]

@@ -76,6 +76,8 @@ MIDDLEWARE = [
     "config.errors.JsonErrorMiddleware",
     # After authentication: refuses the admin login of a locked-out user or address.
     "axes.middleware.AxesMiddleware",
+    # Times on the admin's pages in the reader's time zone (their browser's).
+    "config.formatting.OperatorTimeZoneMiddleware",
 ]
 
 # Admin login attempts (django-axes, https://django-axes.readthedocs.io/): after
@@ -109,6 +111,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # percent, money, p_value, local_time, ... in every template (config/formatting.py).
+            "builtins": ["config.formatting"],
         },
     },
 ]
@@ -229,6 +233,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- opsloop --------------------------------------------------------------------------------
 OPSLOOP_PUBLIC_URL = env("OPSLOOP_PUBLIC_URL", f"http://127.0.0.1:{env('OPSLOOP_PORT', '8000')}")
+# ISO 4217 code of the shop's money, as pages, charts and CSV headers write amounts.
+OPSLOOP_CURRENCY = env("OPSLOOP_CURRENCY", "CNY")
 OPSLOOP_DEFAULT_PHONE_REGION = env("OPSLOOP_DEFAULT_PHONE_REGION", "CN")
 OPSLOOP_PUSH_GATEWAY_URL = env("OPSLOOP_PUSH_GATEWAY_URL", "")
 OPSLOOP_SMS_GATEWAY_URL = env("OPSLOOP_SMS_GATEWAY_URL", "")

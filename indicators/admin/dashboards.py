@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import calendar
 import csv
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django import forms
 from django.contrib import admin
@@ -20,6 +20,7 @@ from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
 
 from access.readonly import ReadOnlyAdmin
+from config import formatting
 from indicators import analyses, selectors
 from indicators import registry as indicators
 from indicators import serializers as s
@@ -166,7 +167,7 @@ def _table_body(table: dict) -> SafeString:
 
 
 def _percent(value) -> str:
-    return "" if value is None else f"{value * 100:.1f}%"
+    return "" if value is None else formatting.percent(value)
 
 
 @admin.register(DailyIndicator)
@@ -244,7 +245,11 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             values = indicators.daily_values(
                 indicator.key, start=form.cleaned_data["start"], end=form.cleaned_data["end"]
             )
-            total = indicators.fold_days(indicator.fold, [v for _d, v in values])
+            # Days that have not happened yet have no value (a blank, not 0) in the table, the
+            # chart and the total.
+            today = datetime.now(UTC).date()  # the rollups' days are UTC days
+            values = [(d, None if d > today else v) for d, v in values]
+            total = indicators.fold_days(indicator.fold, [v for d, v in values if v is not None])
             fold = indicators.Fold(indicator.fold).label.lower()
             total_text = indicators.value_text(total, indicator.unit)
             summary = f"{indicator.label}: {indicator.description} Over the window ({fold}): {total_text}"
@@ -256,7 +261,11 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                 "title": f"{indicator.label} per day (UTC)",
                 "labels": [d.isoformat() for d in days],
                 "datasets": [
-                    {"label": indicator.label, "data": [float(v) for _d, v in values], "fill": False},
+                    {
+                        "label": indicator.label,
+                        "data": [None if v is None else float(v) for _d, v in values],
+                        "fill": False,
+                    },
                     *goal_lines,
                 ],
             }
@@ -398,10 +407,10 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                     for g in report["groups"]
                 ],
             }
-            p = report["p_value"]
+            p = "n/a" if report["p_value"] is None else formatting.p_value(report["p_value"])
+            difference = "n/a" if report["difference"] is None else formatting.uplift_points(report["difference"])
             summary = (
-                f"Difference {_percent(report['difference']) or 'n/a'}; {report['test'].replace('_', ' ')} p = "
-                f"{'n/a' if p is None else f'{p:.4g}'}."
+                f"Difference {difference}; {report['test'].replace('_', ' ')} p {p if p.startswith('<') else '= ' + p}."
                 + ("" if report["complete"] else " The last signups' retention days are not over yet.")
             )
             chart = {

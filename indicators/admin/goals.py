@@ -15,10 +15,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from config import formatting
 from indicators import baselines, selectors, services
 from indicators.errors import NoHistory
 from indicators.models import Goal, GoalPeriod, goal_step
-from indicators.registry import UnknownIndicator, get_indicator, indicator_choices
+from indicators.registry import Unit, UnknownIndicator, get_indicator, indicator_choices
 
 STATUS_COLOURS = {
     "upcoming": "#777",
@@ -32,6 +33,8 @@ STATUS_COLOURS = {
 def _value(value, unit: str) -> str:
     if value is None:
         return "-"
+    if unit == Unit.MONEY:  # with its currency, as every page writes money (config/formatting.py)
+        return formatting.money(value)
     return f"{value.quantize(goal_step(unit)):,}"
 
 
@@ -286,7 +289,7 @@ class GoalAdmin(admin.ModelAdmin):
                 ("Target", _value(goal.target, goal.unit)),
                 ("Actual so far", _value(info.actual, goal.unit)),
                 ("Expected by now", _value(info.expected, goal.unit)),
-                ("Progress", "-" if info.progress is None else f"{info.progress:.1%}"),
+                ("Progress", "-" if info.progress is None else formatting.percent(info.progress)),
                 ("Status", info.status.replace("_", " ")),
                 ("As of", info.as_of.isoformat()),
             ],

@@ -53,10 +53,28 @@ def test_campaign_results_export_as_csv_with_the_numbers_of_the_page(operator):
     assert reply["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(reply.content.decode())))
     expected = {g["name"]: g for g in campaign_results(campaign)["groups"]}
-    assert [r["name"] for r in rows] == list(expected)
-    assert sum(int(r["assigned"]) for r in rows) == 20
+    assert [r["Group"] for r in rows] == list(expected)
+    assert sum(int(r["Assigned (people)"]) for r in rows) == 20
     for row in rows:
-        assert int(row["assigned"]) == expected[row["name"]]["assigned"]
+        assert int(row["Assigned (people)"]) == expected[row["Group"]]["assigned"]
+    # Every header says its unit, money in the shop's currency.
+    assert {"Conversion rate (fraction of 1)", "Revenue (¥)", "Always-valid p-value"} <= set(rows[0])
+
+
+def test_results_count_the_recipients_skipped_per_reason(operator):
+    make_profiles(12)
+    make_profiles(8, prefix="q", push_opt_in=False)
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING)
+    services.start_send(campaign_id=campaign.pk)
+    no_consent = campaign.deliveries.filter(status="skipped", reason="NO_CONSENT").count()
+    assert no_consent > 0
+
+    page = operator.get(reverse("admin:campaigns_campaign_results", args=[campaign.pk]))
+
+    assert page.context["skipped"] == [
+        {"reason": "NO_CONSENT", "label": "No consent for this channel", "count": no_consent}
+    ]
+    assert b"No consent for this channel" in page.content
 
 
 def test_launch_and_pause_actions_are_audited(operator):

@@ -36,3 +36,24 @@ def test_messages_come_in_pages_and_bad_bodies_are_refused():
     ]
     assert (not_json.status_code, a_list.status_code, bad_since.status_code) == (400, 400, 400)
     assert health == {"ok": True, "received": PAGE + 3}
+
+
+def test_once_asked_the_gateway_posts_delivered_receipts_for_what_it_receives_like_a_provider():
+    from tests.campaigns.receiver import Receiver
+
+    with Receiver() as api, DemoGateway() as gateway:
+        gateway.accept(path="/push", key="before", payload={"delivery_id": 1, "campaign": 5})
+        bad = requests.post(f"{gateway.url}/_demo/receipts", json={"url": "nope"}, timeout=5)
+        ok = requests.post(
+            f"{gateway.url}/_demo/receipts",
+            json={"url": f"{api.url}/api/v1/deliveries/receipts", "api_key": "k-1", "except_campaigns": [7]},
+            timeout=5,
+        )
+        for n, campaign in ((2, 5), (3, 7), (4, 9)):
+            gateway.accept(path="/push", key=f"m{n}", payload={"delivery_id": n, "campaign": campaign})
+        posted = gateway.post_receipts()
+        health = requests.get(f"{gateway.url}/health", timeout=5).json()
+    assert (bad.status_code, ok.status_code, posted) == (400, 200, 2)
+    (body,) = api.requests
+    assert [(r["delivery_id"], r["status"]) for r in body["receipts"]] == [(2, "delivered"), (4, "delivered")]
+    assert health["received"] == 4  # the configuration is not a message

@@ -21,7 +21,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--users", type=int, default=20_000)
-        parser.add_argument("--days", type=int, default=90)
+        parser.add_argument("--days", type=int, default=90, help="days of activity written (default 90)")
+        parser.add_argument(
+            "--signup-days",
+            type=int,
+            default=450,
+            help="people signed up over this many days (default 450: lifecycle stages and tiers of a real shop)",
+        )
         parser.add_argument("--seed", type=int, default=7)
         parser.add_argument("--jobs", type=int, default=2, help="loader processes for the world (default 2)")
         parser.add_argument("--no-loop", action="store_true", help="only the world, no tags/tiers/campaign")
@@ -75,10 +81,16 @@ class Command(BaseCommand):
                 self.stdout.write("Demo users already loaded; running the loop.")
             else:
                 users, events = load_world(
-                    users=o["users"], days=o["days"], seed=o["seed"], jobs=o["jobs"], progress=not o["no_progress"]
+                    users=o["users"],
+                    days=o["days"],
+                    seed=o["seed"],
+                    jobs=o["jobs"],
+                    progress=not o["no_progress"],
+                    signup_days=o["signup_days"],
                 )
                 self.stdout.write(
-                    f"Loaded {users} demo users and {events} events over {o['days']} days"
+                    f"Loaded {users} demo users (signed up over {max(o['days'], o['signup_days'])} days)"
+                    f" and {events} events over the last {o['days']} days"
                     f" in {time.monotonic() - started:.0f} s."
                 )
             if not o["no_loop"]:

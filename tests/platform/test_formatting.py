@@ -1,0 +1,79 @@
+"""The one way numbers, money and times are written for operators (config/formatting.py)."""
+
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.template import Context, Template
+from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
+
+from config import formatting as f
+
+
+def test_percentages_p_values_and_uplift_read_at_a_glance():
+    assert f.percent(0.076) == "7.6 %"
+    assert f.percent(Decimal("0.5"), 0) == "50 %"
+    assert f.p_value(0.0004) == "< 0.001" and f.p_value(0.0312) == "0.031"
+    assert f.relative_uplift(0.123) == "+12.3 %" and f.relative_uplift(-0.05) == "-5.0 %"
+    assert f.uplift_points(0.012) == "+1.20 pp"
+    assert f.percent(None) == f.p_value(None) == f.money(None) == f.MISSING
+
+
+def test_money_has_its_currency_and_thousands_separators(settings):
+    assert f.money(Decimal("12345.6")) == "¥12,345.60"
+    assert f.money("-3") == "-¥3.00"
+    assert f.money(10, "HKD") == "HKD 10.00"
+    settings.OPSLOOP_CURRENCY = "USD"
+    assert f.money(Decimal("1000000")) == "$1,000,000.00"
+    assert f.column("Revenue", f.currency_label()) == "Revenue ($)"
+
+
+@given(st.decimals(min_value=-(10**9), max_value=10**9, places=2, allow_nan=False))
+def test_any_amount_reads_back_to_itself(amount):
+    text = f.money(amount)
+    assert Decimal(text.replace("¥", "").replace(",", "")) == amount
+
+
+@given(st.floats(min_value=0, max_value=1, allow_nan=False))
+def test_any_p_value_is_either_below_the_floor_or_three_decimals(p):
+    text = f.p_value(p)
+    assert text == "< 0.001" if p < 0.001 else abs(float(text) - p) <= 0.0005 + 1e-12
+
+
+def test_times_are_in_the_readers_zone():
+    moment = datetime(2026, 11, 27, 4, 1, 56, 560061, tzinfo=UTC)
+    with timezone.override(zoneinfo.ZoneInfo("Asia/Shanghai")):
+        assert f.local_time(moment) == "27 Nov 2026, 12:01 CST"
+        assert f.local_time(moment.isoformat()) == "27 Nov 2026, 12:01 CST"
+    with timezone.override(zoneinfo.ZoneInfo("Europe/Berlin")):
+        assert f.local_time(moment) == "27 Nov 2026, 05:01 CET"
+
+
+def test_days_ago_and_days_ahead_as_a_person_says_them():
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday
+    with timezone.override(UTC):
+        assert f.time_ago(now - timedelta(days=3), now=now) == "3 days ago"
+        assert f.time_ago(now - timedelta(hours=1), now=now) == "today"
+        assert f.day_ahead(now + timedelta(days=2), now=now) == "Friday"
+        assert f.day_ahead(now + timedelta(days=1), now=now) == "tomorrow"
+        assert f.day_ahead(now + timedelta(days=20), now=now) == "15 Dec 2026"
+
+
+def test_the_filters_need_no_load_in_any_template():
+    html = Template("{{ r|percent }} {{ m|money }} {{ p|p_value }}").render(
+        Context({"r": 0.25, "m": 1234, "p": 0.00001})
+    )
+    assert html == "25.0 % ¥1,234.00 &lt; 0.001"
+
+
+def test_the_browsers_time_zone_cookie_sets_the_pages_zone(rf):
+    seen = []
+    middleware = f.OperatorTimeZoneMiddleware(lambda request: seen.append(str(timezone.get_current_timezone())))
+    for cookie in ("America/New_York", "Asia%2FShanghai", "Not/AZone", ""):
+        request = rf.get("/admin/")
+        request.COOKIES["opsloop_tz"] = cookie
+        middleware(request)
+    assert seen == ["America/New_York", "Asia/Shanghai", "UTC", "UTC"]
+    assert str(timezone.get_current_timezone()) == "UTC"  # nothing leaks past the request
