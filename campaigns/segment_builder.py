@@ -16,7 +16,8 @@ from campaigns.segments import DefinitionError, compile_definition
 
 # How the builder draws each leaf kind of `segments.CONDITION_KEYS`: "names" picks one or more
 # names (from `choices` where the values are fixed), "trait" a trait, operator and value, "event"
-# an event name with at least / at most / exactly N times in the last D days. A kind not listed
+# an event name with at least / at most / exactly N times in the last D days, "uplift" a coupon
+# rule whose uplift model has scored people and the top N % of them. A kind not listed
 # here (added to segments.py later) is offered as JSON only, as are groups nested two deep and `not`.
 LEAF_SHAPES = {
     "tag": "names",
@@ -26,6 +27,7 @@ LEAF_SHAPES = {
     "rfm_segment": "names",
     "trait": "trait",
     "event": "event",
+    "uplift": "uplift",
 }
 LEAF_LABELS = {
     "tag": _("has tag"),
@@ -35,6 +37,7 @@ LEAF_LABELS = {
     "rfm_segment": _("customer type (RFM) is"),
     "trait": _("trait"),
     "event": _("did event"),
+    "uplift": _("top % by predicted uplift for coupon rule"),
 }
 TRAIT_OP_LABELS = {
     "eq": _("is"),
@@ -51,7 +54,9 @@ SUGGESTIONS = 300
 
 def builder_options() -> dict[str, Any]:
     """What the builder offers: every leaf kind of segments.py it can draw (predicted tiers only
-    once a prediction run has placed people in them), each with its choices or suggestions."""
+    once a prediction run has placed people in them, uplift only for rules whose uplift model has
+    scored people), each with its choices or suggestions."""
+    from coupons.models import UpliftScore
     from crm.models import LifecycleStage, RfmSegment, ValueTier
     from predictions.models import PredictedTier, Prediction
     from profiles.models import Tag
@@ -60,7 +65,10 @@ def builder_options() -> dict[str, Any]:
     # Predicted tiers are offered once a prediction run has placed somebody in one.
     scored = Prediction.objects.filter(tier__isnull=False).exists()
     predicted = list(PredictedTier.objects.order_by("slug").values_list("slug", "name")) if scored else []
+    scored_rules = UpliftScore.objects.values_list("rule_id", "rule__name").distinct().order_by("rule__name", "rule_id")
+    uplift = [(str(rule_id), f"{name} (#{rule_id})") for rule_id, name in scored_rules]
     choices = {
+        "uplift": uplift,
         "tier": list(ValueTier.objects.order_by("slug").values_list("slug", "name")),
         "predicted_tier": predicted,
         "lifecycle": [(c.value, str(c.label)) for c in LifecycleStage],
@@ -69,7 +77,7 @@ def builder_options() -> dict[str, Any]:
     kinds = [
         {"key": key, "label": str(LEAF_LABELS[key]), "shape": LEAF_SHAPES[key], "choices": choices.get(key)}
         for key in segments.CONDITION_KEYS
-        if key in LEAF_SHAPES and (key != "predicted_tier" or predicted)
+        if key in LEAF_SHAPES and (key != "predicted_tier" or predicted) and (key != "uplift" or uplift)
     ]
     tags = Tag.objects.annotate(n=Count("profile_tags")).filter(n__gt=0).order_by("-n", "name").values_list("name", "n")
     return {

@@ -34,7 +34,7 @@ def check(client, definition):
 
 def test_the_builder_offers_the_leaf_kinds_of_segments_py_and_predicted_tiers_only_when_they_exist():
     kinds = [k["key"] for k in segment_builder.builder_options()["kinds"]]
-    leaves = [k for k in segments.CONDITION_KEYS if k not in ("all", "any", "not", "predicted_tier")]
+    leaves = [k for k in segments.CONDITION_KEYS if k not in ("all", "any", "not", "predicted_tier", "uplift")]
     assert kinds == leaves
     lifecycle = next(k for k in segment_builder.builder_options()["kinds"] if k["key"] == "lifecycle")
     assert ("active", "Active") in lifecycle["choices"]
@@ -141,3 +141,24 @@ def test_any_definition_the_builder_can_send_gets_errors_or_a_size_never_a_crash
         assert all(e.split(":", 1)[0] for e in answer["errors"])  # each names its place
     else:
         assert isinstance(answer["size"], int) and answer["size"] >= 0
+
+
+def test_the_uplift_condition_is_offered_for_the_rules_whose_model_scored_people(operator):
+    from coupons.models import UpliftScore
+    from tests.factories.coupons import CouponRuleFactory
+
+    scored, unscored = CouponRuleFactory(name="Winback 20 off"), CouponRuleFactory(name="Never fitted")
+    people = make_profiles(10, prefix="up")
+    UpliftScore.objects.bulk_create(
+        [
+            UpliftScore(rule=scored, profile=p, uplift=float(i))
+            for i, p in enumerate(Profile.objects.filter(pk__in=[p.pk for p in people]))
+        ]
+    )
+    uplift = next(k for k in segment_builder.builder_options()["kinds"] if k["key"] == "uplift")
+    assert uplift["shape"] == "uplift" and uplift["choices"] == [(str(scored.pk), f"Winback 20 off (#{scored.pk})")]
+    assert str(unscored.pk) not in dict(uplift["choices"])
+
+    # What the builder writes for it is a valid definition with the expected size.
+    answer = check(operator, {"all": [{"uplift": scored.pk, "top_percent": 30}]})
+    assert (answer["size"], answer["errors"]) == (3, [])

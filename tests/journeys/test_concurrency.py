@@ -36,7 +36,12 @@ def _at_once(calls):
         return list(pool.map(run, calls))
 
 
-def test_workers_advancing_together_send_each_step_once_per_person():
+def test_workers_advancing_together_send_each_step_once_per_person(monkeypatch):
+    # The tasks the services queue on commit (the first steps, the step sends) are recorded, not
+    # queued: a worker left running by an earlier test of the session would otherwise advance the
+    # runs before these advancers do, and they would race four workers instead of one.
+    queued: list[str] = []
+    monkeypatch.setattr(services, "publish", lambda what, task, **kw: queued.append(task.name) or True)
     people = make_profiles(120)
     campaign = CampaignFactory(variants=[("A", 50), ("B", 50)])
     a, b = campaign.variants.order_by("position").values_list("pk", flat=True)
@@ -46,6 +51,7 @@ def test_workers_advancing_together_send_each_step_once_per_person():
     )
     t0 = timezone.now()
     services.launch_journey(campaign=campaign, now=t0)
+    assert queued == ["journeys.tasks.advance_journeys"]
     moved = _at_once([lambda: services.advance_due(now=t0, limit=7) for _ in range(WORKERS)])
     # SKIP LOCKED shares the runs: together they moved each once.
     assert sum(moved) == len(people)

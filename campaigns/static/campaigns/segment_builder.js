@@ -80,6 +80,12 @@
         row.appendChild(el("input", {"class": "sb-days", type: "number", min: "1", max: "3650",
                                       value: leaf.within_days === undefined ? 30 : leaf.within_days}));
         row.appendChild(el("span", {text: " days"}));
+      } else if (kind.shape === "uplift") {
+        row.appendChild(select(kind.choices, String(leaf.uplift === undefined ? kind.choices[0][0] : leaf.uplift), "sb-rule"));
+        row.appendChild(el("span", {text: " top "}));
+        row.appendChild(el("input", {"class": "sb-percent", type: "number", min: "1", max: "100",
+                                      value: leaf.top_percent === undefined ? 10 : leaf.top_percent}));
+        row.appendChild(el("span", {text: " %"}));
       }
       var remove = el("button", {type: "button", "class": "button sb-remove", title: "Remove", text: "×"});
       row.appendChild(remove);
@@ -87,6 +93,7 @@
         var fresh = {}; fresh[kindSelect.value] = kinds[kindSelect.value].shape === "trait" ? "" : [];
         if (kindSelect.value === "trait") { fresh = {trait: "", op: "eq", value: ""}; }
         if (kindSelect.value === "event") { fresh = {event: "", op: "gte", count: 1, within_days: 30}; }
+        if (kindSelect.value === "uplift") { fresh = {uplift: kinds.uplift.choices[0][0], top_percent: 10}; }
         row.parentNode.replaceChild(leafRow(fresh), row);
         changed();
       });
@@ -141,6 +148,9 @@
         leaf = {event: row.querySelector(".sb-event").value.trim(), op: row.querySelector(".sb-op").value,
                 count: parseInt(row.querySelector(".sb-count").value || "0", 10),
                 within_days: parseInt(row.querySelector(".sb-days").value || "0", 10)};
+      } else if (kind.shape === "uplift") {
+        leaf = {uplift: parseInt(row.querySelector(".sb-rule").value, 10),
+                top_percent: parseInt(row.querySelector(".sb-percent").value || "0", 10)};
       }
       return leaf;
     }
