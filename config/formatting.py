@@ -8,6 +8,7 @@ module is one of the template engine's `builtins`): `{{ rate|percent }}`, `{{ am
 
 from __future__ import annotations
 
+import functools
 import zoneinfo
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -212,6 +213,13 @@ def column(label: str, unit: str = "") -> str:
 TIME_ZONE_COOKIE = "opsloop_tz"
 
 
+@functools.cache
+def known_zones() -> frozenset[str]:
+    """Every IANA zone name this machine can load (reading the database's folders takes a while:
+    once per process)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
 class OperatorTimeZoneMiddleware:
     """Activate the reader's time zone (from the cookie their browser sets) for the request, so
     every `local_time` and every form shows their clock; an unknown or missing zone: the site's."""
@@ -221,14 +229,12 @@ class OperatorTimeZoneMiddleware:
 
     def __call__(self, request):
         name = unquote(request.COOKIES.get(TIME_ZONE_COOKIE, ""))
-        try:
-            zone = zoneinfo.ZoneInfo(name) if name else None
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            zone = None
-        if zone is None:
-            timezone.deactivate()
+        # Only a name the zone database lists: any other text may name a folder of it ("America"),
+        # be too long for a file name, or hold a NUL, and ZoneInfo raises a different error for each.
+        if name in known_zones():
+            timezone.activate(zoneinfo.ZoneInfo(name))
         else:
-            timezone.activate(zone)
+            timezone.deactivate()
         try:
             return self.get_response(request)
         finally:

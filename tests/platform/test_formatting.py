@@ -4,9 +4,10 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import hypothesis
 from django.template import Context, Template
 from django.utils import timezone
-from hypothesis import given
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from config import formatting as f
@@ -77,3 +78,41 @@ def test_the_browsers_time_zone_cookie_sets_the_pages_zone(rf):
         middleware(request)
     assert seen == ["America/New_York", "Asia/Shanghai", "UTC", "UTC"]
     assert str(timezone.get_current_timezone()) == "UTC"  # nothing leaks past the request
+
+
+def _zone_seen_for(rf, cookie: str) -> str:
+    seen = []
+    middleware = f.OperatorTimeZoneMiddleware(lambda request: seen.append(str(timezone.get_current_timezone())))
+    request = rf.get("/admin/")
+    request.COOKIES["opsloop_tz"] = cookie
+    middleware(request)
+    return seen[0]
+
+
+def test_a_cookie_naming_a_folder_or_an_overlong_name_falls_back_to_the_sites_zone(rf):
+    for cookie in ("America", "Asia%2F", "..%2F..%2Fetc", "x" * 300, "Europe/" + "y" * 300, "a\x00b", "%00", "/"):
+        assert _zone_seen_for(rf, cookie) == "UTC", cookie
+
+
+ZONES = sorted(zoneinfo.available_timezones())
+cookies = (
+    st.text()
+    | st.text(min_size=250, max_size=400, alphabet="abcXYZ/_")
+    | st.sampled_from(sorted({z.rsplit("/", 1)[0] for z in ZONES if "/" in z}))  # folders of the zone database
+    | st.builds(lambda z, tail: z + tail, st.sampled_from(ZONES), st.text(max_size=5))
+    | st.sampled_from(ZONES)
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cookie=cookies)
+def test_no_cookie_text_breaks_a_request(rf, cookie):
+    """Whatever the browser sends back: the page is drawn, in a real zone or the site's."""
+    zone = _zone_seen_for(rf, cookie)
+    assert zone == "UTC" or zone in zoneinfo.available_timezones()
+
+
+def test_a_bad_zone_cookie_still_gets_the_page(client):
+    for cookie in ("America", "z" * 300):
+        client.cookies["opsloop_tz"] = cookie
+        assert client.get("/admin/login/").status_code == 200, cookie
