@@ -116,3 +116,45 @@ def test_a_bad_zone_cookie_still_gets_the_page(client):
     for cookie in ("America", "z" * 300):
         client.cookies["opsloop_tz"] = cookie
         assert client.get("/admin/login/").status_code == 200, cookie
+
+
+NUMBER_FILTERS = (f.count, f.percent, f.percent_points, f.relative_uplift, f.uplift_points, f.p_value, f.money)
+TIME_FILTERS = (f.local_time, f.local_date, f.time_ago, f.day_ahead, f.shown, f.label)
+
+
+def test_numbers_no_one_can_write_read_as_missing():
+    for value in ("NaN", "-Infinity", "Infinity", "sNaN", float("nan"), float("inf"), Decimal("NaN"), "1e30", "9" * 60):
+        for fn in NUMBER_FILTERS:
+            assert fn(value) == f.MISSING, (fn.__name__, value)
+    assert f.money("99999999999999999999999.99") == "¥99,999,999,999,999,999,999,999.99"
+
+
+def test_moments_at_the_ends_of_the_calendar_read_as_written():
+    with timezone.override(zoneinfo.ZoneInfo("Asia/Shanghai")):
+        assert f.shown("0001-01-01T00:00:00+05:00") == "0001-01-01T00:00:00+05:00"
+        assert f.shown("9999-12-31T23:59:00-05:00") == "9999-12-31T23:59:00-05:00"
+        for fn in (f.local_time, f.local_date, f.time_ago, f.day_ahead):
+            assert fn("0001-01-01T00:00:00+05:00") == f.MISSING, fn.__name__
+        assert f.local_time("0001-01-01T09:00:00+00:00") == "1 Jan 1, 17:05 LMT"
+
+
+anything = (
+    st.text()
+    | st.decimals()
+    | st.floats()
+    | st.integers()
+    | st.datetimes(timezones=st.timezones())
+    | st.dates()
+    | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+    | st.recursive(st.none() | st.booleans() | st.text() | st.floats(), lambda inner: st.lists(inner, max_size=3))
+    | st.dictionaries(st.text(max_size=5), st.text() | st.floats(), max_size=3)
+)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@given(value=anything, zone=st.sampled_from(["UTC", "Asia/Shanghai", "Pacific/Kiritimati", "Etc/GMT+12"]))
+def test_every_filter_gives_text_for_any_value(value, zone):
+    """Properties and traits are whatever the product sent: no value may take a page down."""
+    with timezone.override(zoneinfo.ZoneInfo(zone)):
+        for fn in NUMBER_FILTERS + TIME_FILTERS:
+            assert isinstance(fn(value), str), fn.__name__
