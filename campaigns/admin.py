@@ -231,11 +231,22 @@ class CouponRuleInput(forms.NumberInput):
         context = super().get_context(name, value, {**(attrs or {}), "list": "coupon-rule-choices"})
         rules = CouponRule.objects.filter(state=RuleState.ACTIVE).order_by("name")[:500]
         context["rule_choices"] = [(r.pk, _rule_label(r)) for r in rules]
-        chosen = CouponRule.objects.filter(pk=value).first() if str(value or "").isdigit() else None
+        rule_id = _rule_id(value)
+        chosen = CouponRule.objects.filter(pk=rule_id).first() if rule_id is not None else None
         context["chosen"] = _rule_label(chosen) if chosen else ""
         return context
 
     template_name = "admin/campaigns/widgets/coupon_rule_input.html"
+
+
+def _rule_id(value: object) -> int | None:
+    """The rule id in what the box holds, or None: an invalid form comes back with the text as
+    typed, and `isdigit()` or `int()` alone take "²" or "١٢" for digits."""
+    text = str(value if value is not None else "")
+    if not (text.isascii() and text.isdigit()):
+        return None
+    number = int(text)
+    return number if 0 < number < 2**63 else None
 
 
 def _rule_label(rule) -> str:

@@ -787,10 +787,13 @@ def launch_forecast(campaign: Campaign, *, now: dt.datetime | None = None) -> di
         if rule is None:
             continue
         recipients = round(will_send * v.weight / total_weight)
-        # The most one coupon can cost: a percent rule's cap, else its amount.
-        each = rule.max_discount if rule.kind == RuleKind.PERCENT and rule.max_discount else rule.value
-        commit = each * recipients
-        left = None if rule.budget is None else rule.budget - rule.committed
+        # The most one coupon can cost: a percent rule's cap, else its amount. A percent rule without
+        # a cap has no such amount, only its share of each order: what it commits in all is then
+        # bounded by its budget alone, if it has one.
+        uncapped = rule.kind == RuleKind.PERCENT and rule.max_discount is None
+        each = None if uncapped else rule.max_discount if rule.kind == RuleKind.PERCENT else rule.value
+        left = rule.remaining
+        commit = left if each is None else each * recipients
         coupons.append(
             {
                 "variant": v.name,
@@ -798,11 +801,13 @@ def launch_forecast(campaign: Campaign, *, now: dt.datetime | None = None) -> di
                 "rule_id": rule.pk,
                 "recipients": recipients,
                 "each_at_most": each,
+                "each_percent": rule.value if uncapped else None,
                 "commit_at_most": commit,
                 "budget_left": left,
-                "over_budget": left is not None and commit > left,
+                "over_budget": each is not None and left is not None and commit > left,
             }
         )
+    given = [c for c in coupons if c.get("rule")]
     return {
         "audience": audience,
         "holdout": holdout,
@@ -817,7 +822,12 @@ def launch_forecast(campaign: Campaign, *, now: dt.datetime | None = None) -> di
             else None
         ),
         "coupons": coupons,
-        "coupon_commit_at_most": sum((c["commit_at_most"] for c in coupons if c.get("rule")), Decimal(0)),
+        # No total where one variant's coupons have no upper bound.
+        "coupon_commit_at_most": (
+            None
+            if any(c["commit_at_most"] is None for c in given)
+            else sum((c["commit_at_most"] for c in given), Decimal(0))
+        ),
     }
 
 

@@ -8,6 +8,7 @@ module is one of the template engine's `builtins`): `{{ rate|percent }}`, `{{ am
 
 from __future__ import annotations
 
+import functools
 import zoneinfo
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -28,13 +29,22 @@ MISSING = "\N{EN DASH}"
 SYMBOLS = {"CNY": "¥", "USD": "$", "EUR": "€", "GBP": "£"}
 
 
+# The most whole digits a number may have to be shown: money keeps two decimals within Decimal's
+# 28 significant digits. Anything larger (or NaN, infinity) is no amount anyone wrote on purpose,
+# and events other than orders reach these filters unchecked.
+MAX_WHOLE_DIGITS = 25
+
+
 def _decimal(value: Any) -> Decimal | None:
     if value is None or value == "":
         return None
     try:
-        return value if isinstance(value, Decimal) else Decimal(str(value))
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
     except (InvalidOperation, ValueError, TypeError):
         return None
+    if not number.is_finite() or number.adjusted() >= MAX_WHOLE_DIGITS:
+        return None
+    return number
 
 
 @register.filter
@@ -125,6 +135,15 @@ def operator_zone() -> zoneinfo.ZoneInfo:
     return zone if isinstance(zone, zoneinfo.ZoneInfo) else zoneinfo.ZoneInfo(str(zone))
 
 
+def _in_reader_zone(moment: datetime) -> datetime | None:
+    """`moment` on the reader's clock; None where that falls outside years 1-9999 (an ISO string
+    such as `0001-01-01T00:00:00+05:00` is valid, yet has no UTC time)."""
+    try:
+        return moment.astimezone(operator_zone())
+    except OverflowError:
+        return None
+
+
 def _as_datetime(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
@@ -145,7 +164,9 @@ def local_time(value: Any) -> str:
     moment = _as_datetime(value)
     if moment is None:
         return MISSING if not isinstance(value, date) else local_date(value)
-    moment = moment.astimezone(operator_zone())
+    moment = _in_reader_zone(moment)
+    if moment is None:
+        return MISSING
     return f"{moment.day} {moment:%b %Y, %H:%M} {moment.tzname()}"
 
 
@@ -154,7 +175,8 @@ def local_date(value: Any) -> str:
     """A day: `27 Nov 2026` (a moment is first put in the reader's time zone)."""
     moment = _as_datetime(value)
     if moment is not None:
-        value = moment.astimezone(operator_zone()).date()
+        local = _in_reader_zone(moment)
+        value = None if local is None else local.date()
     if not isinstance(value, date):
         return MISSING
     return f"{value.day} {value:%b %Y}"
@@ -164,11 +186,11 @@ def local_date(value: Any) -> str:
 def time_ago(value: Any, now: datetime | None = None) -> str:
     """How long ago, in the largest whole unit a person would say: `3 days ago`, `today`."""
     moment = _as_datetime(value)
-    if moment is None:
+    local = None if moment is None else _in_reader_zone(moment)
+    if local is None:
         return MISSING
     now = now or timezone.now()
-    zone = operator_zone()
-    days = (now.astimezone(zone).date() - moment.astimezone(zone).date()).days
+    days = (now.astimezone(operator_zone()).date() - local.date()).days
     if days < 0:
         return day_ahead(moment, now=now)
     if days == 0:
@@ -188,11 +210,11 @@ def time_ago(value: Any, now: datetime | None = None) -> str:
 def day_ahead(value: Any, now: datetime | None = None) -> str:
     """A coming day as a person says it: `today`, `tomorrow`, `Friday` (within a week), else the date."""
     moment = _as_datetime(value)
-    if moment is None:
+    local = None if moment is None else _in_reader_zone(moment)
+    if local is None:
         return MISSING
-    zone = operator_zone()
-    today = (now or timezone.now()).astimezone(zone).date()
-    day = moment.astimezone(zone).date()
+    today = (now or timezone.now()).astimezone(operator_zone()).date()
+    day = local.date()
     days = (day - today).days
     if days == 0:
         return _("today")
@@ -212,6 +234,13 @@ def column(label: str, unit: str = "") -> str:
 TIME_ZONE_COOKIE = "opsloop_tz"
 
 
+@functools.cache
+def known_zones() -> frozenset[str]:
+    """Every IANA zone name this machine can load (reading the database's folders takes a while:
+    once per process)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
 class OperatorTimeZoneMiddleware:
     """Activate the reader's time zone (from the cookie their browser sets) for the request, so
     every `local_time` and every form shows their clock; an unknown or missing zone: the site's."""
@@ -221,14 +250,12 @@ class OperatorTimeZoneMiddleware:
 
     def __call__(self, request):
         name = unquote(request.COOKIES.get(TIME_ZONE_COOKIE, ""))
-        try:
-            zone = zoneinfo.ZoneInfo(name) if name else None
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            zone = None
-        if zone is None:
-            timezone.deactivate()
+        # Only a name the zone database lists: any other text may name a folder of it ("America"),
+        # be too long for a file name, or hold a NUL, and ZoneInfo raises a different error for each.
+        if name in known_zones():
+            timezone.activate(zoneinfo.ZoneInfo(name))
         else:
-            timezone.activate(zone)
+            timezone.deactivate()
         try:
             return self.get_response(request)
         finally:

@@ -158,3 +158,53 @@ def test_segment_autocomplete_lists_segments_by_name_in_a_stable_order(operator)
         )
     assert reply.status_code == 200
     assert [row["text"] for row in reply.json()["results"]] == ["All buyers", "Core tier", "Winback"]
+
+
+@pytest.mark.parametrize("typed", ["²", "1²", "9" * 30, "Spring"])
+def test_a_form_with_a_coupon_rule_no_one_can_pick_is_shown_again_with_its_error(operator, typed):
+    """The box re-shows what was typed; only plain digits of a real id name a rule."""
+    data = {
+        "name": "Odd rule",
+        "segment": SegmentFactory().pk,
+        "channel": "push",
+        "goal_event": "order_paid",
+        "attribution_hours": 72,
+        "holdout_percent": "10",
+        "pilot_percent": "0",
+        "alpha": "0.05",
+        "min_sample": 100,
+        "schedule_kind": "manual",
+        "delay_minutes": 0,
+        "frequency_cap_per_day": 1,
+        "quiet_start_hour": 21,
+        "quiet_end_hour": 8,
+        "variants-TOTAL_FORMS": 1,
+        "variants-INITIAL_FORMS": 0,
+        "variants-MIN_NUM_FORMS": 1,
+        "variants-MAX_NUM_FORMS": 1000,
+        "variants-0-position": 0,
+        "variants-0-name": "A",
+        "variants-0-weight": 50,
+        "variants-0-title": "Hi",
+        "variants-0-body": "Hello",
+        "variants-0-coupon_rule_id": typed,
+    }
+
+    response = operator.post(reverse("admin:campaigns_campaign_add"), data)
+
+    assert response.status_code == 200
+    assert response.context["inline_admin_formsets"][0].formset.errors[0]["coupon_rule_id"]
+    assert not Campaign.objects.filter(name="Odd rule").exists()
+    assert 'class="coupon-rule-chosen"' not in response.content.decode()
+
+
+def test_the_coupon_rule_box_names_a_rule_only_for_its_id_in_plain_digits():
+    from campaigns.admin import CouponRuleInput
+    from tests.factories.coupons import CouponRuleFactory
+
+    rule = CouponRuleFactory(name="Spring 20 off")
+    box = CouponRuleInput()
+    assert box.get_context("r", rule.pk, {})["chosen"].startswith("Spring 20 off")
+    assert box.get_context("r", str(rule.pk), {})["chosen"].startswith("Spring 20 off")
+    for typed in ("²", f"{rule.pk}²", "\u0661", " ", "", None, "9" * 30, -rule.pk, f"+{rule.pk}"):
+        assert box.get_context("r", typed, {})["chosen"] == "", typed

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from campaigns import selectors, services
 from campaigns.models import Campaign, CampaignStatus, ChannelKind, DailySendCount
+from coupons.models import CouponRule
 from tests.factories.campaigns import CampaignFactory, ChannelFactory, make_profiles
 from tests.factories.coupons import CouponRuleFactory, PercentRuleFactory
 
@@ -150,3 +151,39 @@ def test_a_variant_picks_its_coupon_rule_by_name(operator):
     assert 'list="coupon-rule-choices"' in html
     assert f'<option value="{rule.pk}">Spring 20 off (¥20.00 off)</option>' in html
     assert '<span class="coupon-rule-chosen">Spring 20 off (¥20.00 off)</span>' in html
+
+
+def test_a_percent_rule_without_a_cap_reads_as_a_share_of_each_order_not_as_money(operator):
+    make_profiles(20)
+    uncapped = PercentRuleFactory(name="Tenth off", value=Decimal("10.00"), max_discount=None, budget=None)
+    fixed = CouponRuleFactory(value=Decimal("20.00"))
+    campaign = CampaignFactory(holdout_percent=Decimal(0))
+    campaign.variants.filter(name="A").update(coupon_rule_id=uncapped.pk)
+    campaign.variants.filter(name="B").update(coupon_rule_id=fixed.pk)
+
+    page = operator.get(reverse("admin:campaigns_campaign_launch", args=[campaign.pk])).content.decode()
+    table = page.split('id="launch-coupons"')[1].split("</table>")[0]
+    row = table.split("Tenth off")[1].split("</tr>")[0]
+    assert "¥" not in row and "up to 10 % of each order" in row and "No upper bound" in row
+    total = table.split("In all, at most")[1]
+    assert "No upper bound" in total and "¥" not in total
+
+    forecast = selectors.launch_forecast(campaign)
+    coupons = {c["variant"]: c for c in forecast["coupons"]}
+    assert coupons["A"]["recipients"] == 10 and coupons["A"]["each_percent"] == Decimal("10.00")
+    assert coupons["A"]["each_at_most"] is None and coupons["A"]["commit_at_most"] is None
+    assert coupons["B"]["each_percent"] is None and coupons["B"]["commit_at_most"] == Decimal("200.00")
+    assert forecast["coupon_commit_at_most"] is None  # no bound when one variant has none
+
+
+def test_the_budget_left_is_what_neither_live_coupons_nor_redemptions_have_taken():
+    make_profiles(4)
+    rule = CouponRuleFactory(value=Decimal("20.00"), budget=Decimal("150.00"))
+    CouponRule.objects.filter(pk=rule.pk).update(committed=Decimal("40.00"), spent=Decimal("60.00"))
+    campaign = CampaignFactory(holdout_percent=Decimal(0))
+    campaign.variants.update(coupon_rule_id=rule.pk)
+
+    coupons = selectors.launch_forecast(campaign)["coupons"]
+
+    assert [c["budget_left"] for c in coupons] == [Decimal("50.00")] * 2
+    assert [c["over_budget"] for c in coupons] == [False, False]  # 2 x 20 each, 50 left

@@ -2,6 +2,7 @@
 of coupons and messages, every time in the agent's time zone, no data structure printed raw."""
 
 import re
+import uuid
 import zoneinfo
 from datetime import timedelta
 
@@ -9,10 +10,12 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from config.formatting import MISSING
 from coupons import services as coupon_services
 from crm import services
 from tests.factories.coupons import CouponRuleFactory
 from tests.factories.crm import CustomerFactory, paid_order
+from tracking.models import Event, EventKind
 
 pytestmark = pytest.mark.django_db
 
@@ -73,3 +76,26 @@ def test_a_person_without_orders_or_coupons_reads_as_such(agent):
     (card,) = agent.get("/admin/profiles/profile/lookup/", {"q": "card-new"}).context["results"]
 
     assert card["summary"].endswith("no orders yet, no unused coupons")
+
+
+def test_events_and_traits_with_values_no_one_checked_still_draw_the_card(agent):
+    """Only orders are validated at ingestion: any other event may carry any amount or moment."""
+    at_the_edge = "0001-01-01T00:00:00+05:00"
+    person = CustomerFactory(user_id="card-odd", traits={"first_order": at_the_edge, "limit": "Infinity"})
+    for amount in ("1e30", "NaN", "Infinity", "-Infinity", "9" * 80, "a lot"):
+        Event.objects.create(
+            event_id=uuid.uuid4(),
+            name="cart_viewed",
+            kind=EventKind.BEHAVIOR,
+            timestamp=timezone.now() - timedelta(minutes=5),
+            user_id=person.user_id,
+            properties={"amount": amount, "seen_at": at_the_edge, "ends": "9999-12-31T23:59:00-05:00"},
+        )
+
+    page = agent.get("/admin/profiles/profile/lookup/", {"q": "card-odd"})
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    events = html.split("Latest events")[1].split("</table>")[0]
+    assert events.count(f"Amount: {MISSING}") == 6 and events.count(f"Seen at: {at_the_edge}") == 6
+    assert f"<dd>{at_the_edge}</dd>" in html and "<dd>Infinity</dd>" in html

@@ -4,9 +4,10 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import hypothesis
 from django.template import Context, Template
 from django.utils import timezone
-from hypothesis import given
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from config import formatting as f
@@ -77,3 +78,83 @@ def test_the_browsers_time_zone_cookie_sets_the_pages_zone(rf):
         middleware(request)
     assert seen == ["America/New_York", "Asia/Shanghai", "UTC", "UTC"]
     assert str(timezone.get_current_timezone()) == "UTC"  # nothing leaks past the request
+
+
+def _zone_seen_for(rf, cookie: str) -> str:
+    seen = []
+    middleware = f.OperatorTimeZoneMiddleware(lambda request: seen.append(str(timezone.get_current_timezone())))
+    request = rf.get("/admin/")
+    request.COOKIES["opsloop_tz"] = cookie
+    middleware(request)
+    return seen[0]
+
+
+def test_a_cookie_naming_a_folder_or_an_overlong_name_falls_back_to_the_sites_zone(rf):
+    for cookie in ("America", "Asia%2F", "..%2F..%2Fetc", "x" * 300, "Europe/" + "y" * 300, "a\x00b", "%00", "/"):
+        assert _zone_seen_for(rf, cookie) == "UTC", cookie
+
+
+ZONES = sorted(zoneinfo.available_timezones())
+cookies = (
+    st.text()
+    | st.text(min_size=250, max_size=400, alphabet="abcXYZ/_")
+    | st.sampled_from(sorted({z.rsplit("/", 1)[0] for z in ZONES if "/" in z}))  # folders of the zone database
+    | st.builds(lambda z, tail: z + tail, st.sampled_from(ZONES), st.text(max_size=5))
+    | st.sampled_from(ZONES)
+)
+
+
+@hypothesis.settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cookie=cookies)
+def test_no_cookie_text_breaks_a_request(rf, cookie):
+    """Whatever the browser sends back: the page is drawn, in a real zone or the site's."""
+    zone = _zone_seen_for(rf, cookie)
+    assert zone == "UTC" or zone in zoneinfo.available_timezones()
+
+
+def test_a_bad_zone_cookie_still_gets_the_page(client):
+    for cookie in ("America", "z" * 300):
+        client.cookies["opsloop_tz"] = cookie
+        assert client.get("/admin/login/").status_code == 200, cookie
+
+
+NUMBER_FILTERS = (f.count, f.percent, f.percent_points, f.relative_uplift, f.uplift_points, f.p_value, f.money)
+TIME_FILTERS = (f.local_time, f.local_date, f.time_ago, f.day_ahead, f.shown, f.label)
+
+
+def test_numbers_no_one_can_write_read_as_missing():
+    for value in ("NaN", "-Infinity", "Infinity", "sNaN", float("nan"), float("inf"), Decimal("NaN"), "1e30", "9" * 60):
+        for fn in NUMBER_FILTERS:
+            assert fn(value) == f.MISSING, (fn.__name__, value)
+    assert f.money("99999999999999999999999.99") == "¥99,999,999,999,999,999,999,999.99"
+
+
+def test_moments_at_the_ends_of_the_calendar_read_as_written():
+    with timezone.override(zoneinfo.ZoneInfo("Asia/Shanghai")):
+        assert f.shown("0001-01-01T00:00:00+05:00") == "0001-01-01T00:00:00+05:00"
+        assert f.shown("9999-12-31T23:59:00-05:00") == "9999-12-31T23:59:00-05:00"
+        for fn in (f.local_time, f.local_date, f.time_ago, f.day_ahead):
+            assert fn("0001-01-01T00:00:00+05:00") == f.MISSING, fn.__name__
+        assert f.local_time("0001-01-01T09:00:00+00:00") == "1 Jan 1, 17:05 LMT"
+
+
+anything = (
+    st.text()
+    | st.decimals()
+    | st.floats()
+    | st.integers()
+    | st.datetimes(timezones=st.timezones())
+    | st.dates()
+    | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+    | st.recursive(st.none() | st.booleans() | st.text() | st.floats(), lambda inner: st.lists(inner, max_size=3))
+    | st.dictionaries(st.text(max_size=5), st.text() | st.floats(), max_size=3)
+)
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@given(value=anything, zone=st.sampled_from(["UTC", "Asia/Shanghai", "Pacific/Kiritimati", "Etc/GMT+12"]))
+def test_every_filter_gives_text_for_any_value(value, zone):
+    """Properties and traits are whatever the product sent: no value may take a page down."""
+    with timezone.override(zoneinfo.ZoneInfo(zone)):
+        for fn in NUMBER_FILTERS + TIME_FILTERS:
+            assert isinstance(fn(value), str), fn.__name__
