@@ -28,7 +28,6 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -243,6 +242,8 @@ def _alert(
     *, run: AnomalyCheckRun, indicator: str, granularity: str, at: datetime, check: PointCheck, unit: str, movers: list
 ) -> Anomaly | None:
     """The alert of one anomalous point, once (a repeated run finds the one it made)."""
+    from indicators.services import alert_emails, alert_webhooks  # the services import this module
+
     alert, created = Anomaly.objects.get_or_create(
         indicator=indicator,
         granularity=granularity,
@@ -256,8 +257,8 @@ def _alert(
             "score": round(check.score, 2),
             "direction": check.direction,
             "movers": movers,
-            "email_status": NotifyStatus.PENDING if settings.OPSLOOP_ALERT_EMAILS else NotifyStatus.SKIPPED,
-            "webhook_status": NotifyStatus.PENDING if settings.OPSLOOP_ALERT_WEBHOOK_URL else NotifyStatus.SKIPPED,
+            "email_status": NotifyStatus.PENDING if alert_emails() else NotifyStatus.SKIPPED,
+            "webhook_status": NotifyStatus.PENDING if alert_webhooks() else NotifyStatus.SKIPPED,
         },
     )
     return alert if created else None

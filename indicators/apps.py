@@ -22,6 +22,8 @@ class IndicatorsConfig(AppConfig):
             "indicators.change_indicatorwatch",
         ],
         "Analyst": ["indicators.view_*"],
+        # Leads decide who is woken by an alert (an address, or a webhook to an allowed host).
+        "Operations lead": ["indicators.view_*", "indicators.*_alertrecipient"],
     }
 
     def ready(self) -> None:

@@ -470,6 +470,36 @@ class IndicatorWatch(models.Model):
         return f"{self.indicator}: {'muted' if self.muted else self.sensitivity}"
 
 
+class AlertRecipient(models.Model):
+    """Where alerts go, kept by operators in the admin, besides the deployment's own
+    `OPSLOOP_ALERT_EMAILS` and `OPSLOOP_ALERT_WEBHOOK_URL`: an e-mail address or a webhook URL
+    (whose host must be one the deployment allows, `OPSLOOP_GATEWAY_ALLOWED_HOSTS`)."""
+
+    class Kind(models.TextChoices):
+        EMAIL = "email", "E-mail"
+        WEBHOOK = "webhook", "Webhook"
+
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    address = models.CharField(max_length=500, help_text="An e-mail address, or the webhook's http(s) URL")
+    active = models.BooleanField(default=True, help_text="Inactive recipients get nothing.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta:
+        ordering = ["kind", "address"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "address"], name="alert_recipient_once"),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["email", "webhook"]), name="alert_recipient_kind_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.address}"
+
+
 class CheckKind(models.TextChoices):
     DAILY = "daily", "Daily (every indicator)"
     HOURLY = "hourly", "Hourly (event volume)"

@@ -470,6 +470,104 @@ def alert_payload(alert: Anomaly) -> dict[str, Any]:
     }
 
 
+def alert_emails() -> list[str]:
+    """The deployment's alert addresses, then the active ones kept in the admin (each once)."""
+    from indicators.models import AlertRecipient
+
+    kept = AlertRecipient.objects.filter(kind=AlertRecipient.Kind.EMAIL, active=True)
+    kept = kept.values_list("address", flat=True)
+    return list(dict.fromkeys([*settings.OPSLOOP_ALERT_EMAILS, *kept]))
+
+
+def alert_webhooks() -> list[str]:
+    """The deployment's alert webhook, then the active ones kept in the admin (each once)."""
+    from indicators.models import AlertRecipient
+
+    kept = AlertRecipient.objects.filter(kind=AlertRecipient.Kind.WEBHOOK, active=True)
+    kept = kept.values_list("address", flat=True)
+    return list(dict.fromkeys([u for u in [settings.OPSLOOP_ALERT_WEBHOOK_URL, *kept] if u]))
+
+
+def webhook_host_allowed(url: str) -> bool:
+    """An operator's webhook may reach only the hosts the deployment allows (the channel gateways'
+    list, or the host of the deployment's own alert webhook): a URL typed in the admin must not
+    make the workers post to any address inside the network."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    allowed = {h.lower() for h in settings.OPSLOOP_GATEWAY_ALLOWED_HOSTS}
+    if settings.OPSLOOP_ALERT_WEBHOOK_URL:
+        allowed.add((urlsplit(settings.OPSLOOP_ALERT_WEBHOOK_URL).hostname or "").lower())
+    return bool(host) and host in allowed
+
+
+def recipient_problems(*, kind: str, address: str) -> dict[str, str]:
+    """What is wrong with an alert recipient, by field (empty when it may be saved)."""
+    from django.core.validators import EmailValidator, URLValidator
+
+    from indicators.models import AlertRecipient
+
+    if kind not in AlertRecipient.Kind.values:
+        return {"kind": f"One of {AlertRecipient.Kind.values}."}
+    address = (address or "").strip()
+    try:
+        if kind == AlertRecipient.Kind.EMAIL:
+            EmailValidator(message="Not an e-mail address.")(address)
+        else:
+            URLValidator(schemes=["http", "https"], message="Not an http(s) URL.")(address)
+    except ValidationError as exc:
+        return {"address": exc.messages[0]}
+    if kind == AlertRecipient.Kind.WEBHOOK and not webhook_host_allowed(address):
+        return {
+            "address": "This host is not one the deployment allows for webhooks "
+            "(OPSLOOP_GATEWAY_ALLOWED_HOSTS, or the host of OPSLOOP_ALERT_WEBHOOK_URL)."
+        }
+    return {}
+
+
+@transaction.atomic
+def save_alert_recipient(
+    *,
+    recipient_id: int | None = None,
+    kind: str,
+    address: str,
+    active: bool = True,
+    actor: AbstractBaseUser | None = None,
+    api_key: Any = None,
+):
+    """Add an alert recipient, or change one; refused by field when the address is not valid."""
+    from indicators.models import AlertRecipient
+
+    if problems := recipient_problems(kind=kind, address=address):
+        raise ValidationError(problems)
+    address = address.strip()
+    clash = AlertRecipient.objects.filter(kind=kind, address=address).exclude(pk=recipient_id)
+    if clash.exists():
+        raise ValidationError({"address": "This recipient is already on the list."})
+    if recipient_id is None:
+        recipient = AlertRecipient.objects.create(
+            kind=kind,
+            address=address,
+            active=active,
+            created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        )
+        action, before = "indicators.alert_recipient_added", None
+    else:
+        recipient = AlertRecipient.objects.select_for_update().get(pk=recipient_id)
+        before = {"kind": recipient.kind, "address": recipient.address, "active": recipient.active}
+        recipient.kind, recipient.address, recipient.active = kind, address, active
+        recipient.save(update_fields=["kind", "address", "active"])
+        action = "indicators.alert_recipient_changed"
+    record_audit(
+        actor=actor,
+        api_key=api_key,
+        action=action,
+        obj=recipient,
+        details={"before": before, "after": {"kind": kind, "address": address, "active": active}},
+    )
+    return recipient
+
+
 def notify_alert(*, alert_id: int) -> Anomaly | None:
     """Send an alert by e-mail and to the webhook, each channel still pending once: a channel that
     fails is marked failed with the reason (and logged) and left for an operator's resend; a
@@ -481,7 +579,7 @@ def notify_alert(*, alert_id: int) -> Anomaly | None:
     if alert.email_status == NotifyStatus.PENDING:
         subject, body = alert_text(alert)
         try:
-            send_mail(subject, body, None, list(settings.OPSLOOP_ALERT_EMAILS), fail_silently=False)
+            send_mail(subject, body, None, alert_emails(), fail_silently=False)
             status = NotifyStatus.SENT
         except Exception as exc:
             status = NotifyStatus.FAILED
@@ -489,13 +587,27 @@ def notify_alert(*, alert_id: int) -> Anomaly | None:
         Anomaly.objects.filter(pk=alert.pk).update(email_status=status)
     if alert.webhook_status == NotifyStatus.PENDING:
         try:
-            response = requests.post(
-                settings.OPSLOOP_ALERT_WEBHOOK_URL,
-                json=alert_payload(alert),
-                timeout=settings.OPSLOOP_ALERT_WEBHOOK_TIMEOUT,
-                headers={"Idempotency-Key": f"opsloop-alert-{alert.pk}"},
-            )
-            response.raise_for_status()
+            # Every webhook gets the alert; the idempotency key lets one that already has it from
+            # an earlier try (a resend after another webhook failed) keep just one copy.
+            failed: list[Exception] = []
+            for url in alert_webhooks():
+                if url != settings.OPSLOOP_ALERT_WEBHOOK_URL and not webhook_host_allowed(url):
+                    failed.append(ValueError(f"{url}: the host is no longer allowed"))
+                    continue
+                try:
+                    response = requests.post(
+                        url,
+                        json=alert_payload(alert),
+                        timeout=settings.OPSLOOP_ALERT_WEBHOOK_TIMEOUT,
+                        headers={"Idempotency-Key": f"opsloop-alert-{alert.pk}"},
+                    )
+                    response.raise_for_status()
+                except requests.RequestException as exc:
+                    failed.append(exc)
+            if len(failed) == 1:
+                raise failed[0]
+            if failed:
+                raise RuntimeError("; ".join(f"{type(e).__name__}: {e}" for e in failed))
             status = NotifyStatus.SENT
         except Exception as exc:
             status = NotifyStatus.FAILED

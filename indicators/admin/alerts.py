@@ -1,14 +1,17 @@
 """Anomaly alerts in the admin: the alerts (acknowledge, send again), each indicator's watch
-setting (mute, sensitivity) and the check runs (a failed one shows its reason and is retried)."""
+setting (mute, sensitivity), who gets the alerts, and the check runs (a failed one shows its
+reason and is retried)."""
 
 from __future__ import annotations
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from indicators import services
 from indicators.errors import AlreadyAcknowledged
-from indicators.models import Anomaly, AnomalyCheckRun, IndicatorWatch, NotifyStatus
+from indicators.models import AlertRecipient, Anomaly, AnomalyCheckRun, IndicatorWatch, NotifyStatus
 
 
 @admin.register(Anomaly)
@@ -85,6 +88,48 @@ class IndicatorWatchAdmin(admin.ModelAdmin):
     def save_model(self, request, obj: IndicatorWatch, form, change: bool) -> None:
         saved = services.set_indicator_watch(
             indicator=obj.indicator, muted=obj.muted, sensitivity=obj.sensitivity, actor=request.user
+        )
+        obj.pk = saved.pk
+
+
+class AlertRecipientForm(forms.ModelForm):
+    class Meta:
+        model = AlertRecipient
+        fields = ("kind", "address", "active")
+
+    def clean(self):
+        data = super().clean()
+        problems = services.recipient_problems(kind=data.get("kind", ""), address=data.get("address", ""))
+        for field, message in problems.items():
+            self.add_error(field, message)
+        return data
+
+
+@admin.register(AlertRecipient)
+class AlertRecipientAdmin(admin.ModelAdmin):
+    """Who gets the alerts, besides the deployment's own addresses (shown on the list)."""
+
+    form = AlertRecipientForm
+    list_display = ("address", "kind", "active", "created_at", "created_by")
+    list_filter = ("kind", "active")
+    search_fields = ("address",)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "title": "Alert recipients",
+            "subtitle": "Also sent to, by the deployment's settings: "
+            + (", ".join([*settings.OPSLOOP_ALERT_EMAILS, settings.OPSLOOP_ALERT_WEBHOOK_URL]).strip(", ") or "nobody"),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def save_model(self, request, obj: AlertRecipient, form, change: bool) -> None:
+        saved = services.save_alert_recipient(
+            recipient_id=obj.pk if change else None,
+            kind=obj.kind,
+            address=obj.address,
+            active=obj.active,
+            actor=request.user,
         )
         obj.pk = saved.pk
 

@@ -332,3 +332,54 @@ def test_the_beat_rows_of_the_checks_exist(db):
 
     tasks = set(PeriodicTask.objects.filter(task__startswith="indicators.tasks.check_").values_list("task", flat=True))
     assert tasks == {"indicators.tasks.check_anomalies_daily", "indicators.tasks.check_event_volume_hourly"}
+
+
+# --- who gets the alerts --------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_recipients_kept_in_the_admin_get_alerts_besides_the_deployments(settings, make_staff, client):
+    from indicators.models import AlertRecipient
+
+    settings.OPSLOOP_ALERT_EMAILS = ["ops@shop.example"]
+    settings.OPSLOOP_ALERT_WEBHOOK_URL = ""
+    settings.OPSLOOP_GATEWAY_ALLOWED_HOSTS = ["127.0.0.1"]
+    lead = make_staff("Operations lead")
+    client.force_login(lead)
+    url = "/admin/indicators/alertrecipient/add/"
+    refused = client.post(url, {"kind": "webhook", "address": "http://10.0.0.5/hook", "active": "on"})
+    assert refused.status_code == 200 and "not one the deployment allows" in refused.content.decode()
+    bad_email = client.post(url, {"kind": "email", "address": "nobody", "active": "on"})
+    assert "Not an e-mail address." in bad_email.content.decode()
+    assert client.post(url, {"kind": "email", "address": "lead@shop.example", "active": "on"}).status_code == 302
+    assert AuditEntry.objects.filter(action="indicators.alert_recipient_added").count() == 1
+    AlertRecipient.objects.create(kind="email", address="gone@shop.example", active=False)
+    assert services.alert_emails() == ["ops@shop.example", "lead@shop.example"]
+    # Operations see the list; only leads change it.
+    client.force_login(make_staff("Operations"))
+    assert client.get("/admin/indicators/alertrecipient/").status_code == 200
+    assert client.get(url).status_code == 403
+
+    with SmtpReceiver() as smtp, Receiver() as hook:
+        services.save_alert_recipient(kind="webhook", address=hook.url, actor=lead)
+        with override_settings(
+            EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend", EMAIL_HOST="127.0.0.1", EMAIL_PORT=smtp.port
+        ):
+            anomalies_run = AnomalyCheckRun.objects.create(
+                kind=CheckKind.DAILY, period_start=datetime(2026, 3, 2, tzinfo=UTC)
+            )
+            check = anomalies.PointCheck(value=900.0, expected=500.0, low=400.0, high=600.0, scale=20.0)
+            alert = anomalies._alert(
+                run=anomalies_run,
+                indicator="revenue",
+                granularity=CheckKind.DAILY,
+                at=datetime(2026, 3, 2, tzinfo=UTC),
+                check=check,
+                unit=Unit.MONEY,
+                movers=[],
+            )
+            assert (alert.email_status, alert.webhook_status) == ("pending", "pending")
+            sent = services.notify_alert(alert_id=alert.pk)
+    assert (sent.email_status, sent.webhook_status) == ("sent", "sent")
+    assert sorted(a.strip() for a in smtp.messages[0]["To"].split(",")) == ["lead@shop.example", "ops@shop.example"]
+    assert [r["indicator"] for r in hook.requests] == ["revenue"]
