@@ -47,8 +47,9 @@ class ChurnModel:
 
     def risk(self, matrix: pd.DataFrame) -> np.ndarray:
         """Churn risk 0-100 per row; columns the model was not trained on are ignored, and
-        missing ones (a feature provider gone) read as 0."""
-        frame = matrix.reindex(columns=self.columns, fill_value=0.0)
+        missing ones (a feature provider gone, no purchase model tonight) read as unknown (NaN),
+        which the boosted trees send down the branch most customers took."""
+        frame = matrix.reindex(columns=self.columns, fill_value=np.nan)
         return np.clip(np.rint(self.estimator.predict_proba(frame)[:, 1] * 100), 0, 100).astype(int)
 
     def dumps(self) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -184,9 +185,12 @@ def purchase_days(*, start: datetime, end: datetime) -> dict[int, int]:
         return dict(cursor.fetchall())
 
 
-def model_matrix(customers: pd.DataFrame) -> pd.DataFrame:
+def model_matrix(customers: pd.DataFrame, *, purchase_model: Any = None) -> pd.DataFrame:
     """The churn model's inputs: behaviour (recency, frequency, value, trend, activity), the
-    lifecycle stage one-hot, and the registered features."""
+    lifecycle stage one-hot, the registered features, and what the purchase model (BG/NBD fitted
+    on the same history, `clv.BgNbdParams`) says of each customer: the probability of still
+    being active and the purchases expected in the next 90 days (left out without a purchase
+    model: a model trained with them then reads them as unknown, see `ChurnModel.risk`)."""
     frame = pd.DataFrame(
         {
             "recency_days": customers["recency_days"].astype(float),
@@ -207,4 +211,10 @@ def model_matrix(customers: pd.DataFrame) -> pd.DataFrame:
         frame[f"stage_{stage}"] = (customers["lifecycle"] == stage).astype(float)
     for name in registered_features():
         frame[name] = customers[name].astype(float)
+    if purchase_model is not None and len(customers):
+        from predictions import clv
+
+        x, t_x, T = customers["x"], customers["t_x"], customers["T"]
+        frame["p_alive"] = clv.probability_alive(purchase_model, x, t_x, T)
+        frame["expected_purchases_90d"] = clv.expected_purchases(purchase_model, 90, x, t_x, T)
     return frame

@@ -280,7 +280,7 @@ def _run(*, run_id: int, now: datetime, config: PredictionSettings, progress: Ca
     update: dict[str, Any] = {"customers": len(today)}
     bgnbd, gamma, clv_run = _purchase_model(run_id, today, before, bought, horizon, update)
     done("purchase_model")
-    model, churn_run = _churn_model(run_id, before, bought, update)
+    model, churn_run = _churn_model(run_id, before, bought, update, purchase_model=_calibration_params(update))
     done("churn_model")
     scores = _scores(today, bgnbd, gamma, model)
     done("scores")
@@ -364,13 +364,27 @@ def _holdout(before: pd.DataFrame, bought: dict[int, int], horizon: int, *, star
     return {"horizon_days": horizon, "params": params.as_dict(), "buckets": rows}
 
 
+def _calibration_params(update: dict[str, Any]) -> clv.BgNbdParams | None:
+    """The BG/NBD fitted on what was known at the cut-off (the holdout calibration's), if any."""
+    params = (update.get("clv_calibration") or {}).get("params")
+    return clv.BgNbdParams(**params) if params else None
+
+
 def _churn_model(
-    run_id: int, before: pd.DataFrame, bought: dict[int, int], update: dict[str, Any]
+    run_id: int,
+    before: pd.DataFrame,
+    bought: dict[int, int],
+    update: dict[str, Any],
+    *,
+    purchase_model: clv.BgNbdParams | None = None,
 ) -> tuple[churn.ChurnModel | None, int | None]:
+    """Tonight's churn model, trained on the customers at the cut-off with the purchase model
+    fitted on the same history (so its features mean at training what they mean when tonight's
+    purchase model scores today's customers), else the last good model."""
     churned = (~before["profile_id"].isin(bought.keys())).to_numpy()
     try:
         with threadpool_limits(limits=settings.OPSLOOP_PREDICTION_THREADS):
-            model = churn.train(features.model_matrix(before), churned)
+            model = churn.train(features.model_matrix(before, purchase_model=purchase_model), churned)
     except churn.NotEnoughData as exc:
         previous = last_good_churn_run(before=run_id)
         kept = f" Kept the model of run {previous.pk}." if previous else " No earlier model: no churn risk."
@@ -403,7 +417,8 @@ def _scores(
             scores[column] = np.nan
     scores["past_value"] = today["spend"]
     with threadpool_limits(limits=settings.OPSLOOP_PREDICTION_THREADS):
-        risk = model.risk(features.model_matrix(today)) if model is not None and len(today) else None
+        matrix = features.model_matrix(today, purchase_model=bgnbd)
+        risk = model.risk(matrix) if model is not None and len(today) else None
     scores["churn_risk"] = (
         pd.array(risk, dtype="Int16")
         if model is not None and len(today)
