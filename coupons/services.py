@@ -363,6 +363,10 @@ def _why_not_reserved(*, rule_id: int, n: int, now: datetime) -> errors.CouponEr
         return errors.QuantityExhausted(
             "All coupons of this offer have been issued.", total_quantity=rule.total_quantity
         )
+    # A budget with no room left for n more coupons is exhausted, whatever today's share says:
+    # PACED promises the offer goes on tomorrow, which only holds while the budget has room.
+    if rule.budget is not None and rule.remaining < n * rule.reserve_per_coupon():
+        return errors.BudgetExhausted("The offer's budget cannot cover another coupon.", remaining=str(rule.remaining))
     allowance = selectors.paced_allowance(rule=rule, now=now)
     if allowance is not None and rule.budget is not None and allowance < rule.budget:
         return errors.Paced(
