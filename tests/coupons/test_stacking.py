@@ -192,3 +192,26 @@ def test_the_same_order_of_several_codes_redeemed_from_many_clients_at_once_is_r
     assert {r.stack.discount for r in results} == {D("19.00")}
     for rule in (first, second):
         assert_books_balance(rule)
+
+
+@pytest.mark.django_db
+def test_a_stacked_order_counts_its_revenue_once_in_the_campaign_report_and_the_daily_revenue():
+    from django.utils import timezone
+
+    from coupons import selectors
+
+    stacker = person("twice-counted")
+    ten = CouponRuleFactory(value=D("10.00"), stacking="stackable", per_user_limit=5)
+    five = CouponRuleFactory(value=D("5.00"), stacking="stackable", per_user_limit=5)
+    codes = [
+        services.issue_coupon(rule=r, profile=stacker, source="campaign", source_ref="campaign:40:variant:1").code
+        for r in (ten, five)
+    ]
+    services.redeem_codes(codes=codes, user_id="twice-counted", order_id="o-once", order_amount=D("200.00"))
+    assert Redemption.objects.filter(order_id="o-once").count() == 2
+    assert selectors.campaign_report(source_ref_prefix="campaign:40:").order_revenue == D("200.00")
+    today = timezone.now().date()
+    assert selectors.daily_coupon_order_revenue(today, today) == {today: D("200.00")}
+    services.apply_refund(event_id="r-once", order_id="o-once", amount=D("50.00"))
+    assert selectors.campaign_report(source_ref_prefix="campaign:40:").order_revenue == D("150.00")
+    assert selectors.daily_coupon_order_revenue(today, today) == {today: D("150.00")}
