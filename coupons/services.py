@@ -1024,7 +1024,7 @@ def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> Ord
 # 1. No single signal reaches the default threshold (0.6) alone: two of them do.
 ABUSE_WEIGHTS = {
     "several_accounts": Decimal("0.45"),  # other user ids on the person's devices, or on their phone
-    "redeem_then_refund": Decimal("0.30"),  # share of their coupon orders rolled back (2+ redemptions)
+    "redeem_then_refund": Decimal("0.30"),  # share of their coupon orders rolled back (2+ such orders)
     "coupon_only_orders": Decimal("0.25"),  # every paid order (2+) used a coupon
     "new_account_only_claims": Decimal("0.25"),  # joined in the last 30 days, 2+ coupons, no order
 }
@@ -1047,7 +1047,9 @@ WITH devices AS (
     SELECT id AS profile_id, COUNT(*) OVER (PARTITION BY phone) AS accounts
       FROM profiles_profile WHERE phone <> '' AND merged_into_id IS NULL
 ), redeemed AS (
-    SELECT profile_id, COUNT(*) AS redemptions, COUNT(*) FILTER (WHERE rolled_back_at IS NOT NULL) AS rolled_back
+    -- Orders, not codes: a stacked order carries one redemption per code.
+    SELECT profile_id, COUNT(DISTINCT order_id) AS redemptions,
+           COUNT(DISTINCT order_id) FILTER (WHERE rolled_back_at IS NOT NULL) AS rolled_back
       FROM coupons_redemption WHERE profile_id IS NOT NULL GROUP BY profile_id
 ), orders AS (
     SELECT pe.profile_id, COUNT(DISTINCT pe.properties->>'order_id') AS orders,
