@@ -1221,13 +1221,23 @@ def fit_rule_uplift(*, rule: CouponRule, seed: int = 0) -> UpliftModel:
                 "Too few campaign members with a holdout to learn from (at least 20 treated and 20 held out).",
                 reason="NOT_ENOUGH_HOLDOUT_DATA",
             )
-        outcome = {m[8]: (bool(m[2]), float(m[6]) * float(m[4]) / 100) for m in members}
-        portraits = [row for chunk in _uplift_features(ids=list(outcome), now=now) for row in chunk]
+        # One sample per (campaign, person): someone in several campaigns is several samples,
+        # each with its own arm and outcome, sharing one portrait.
+        samples = [(m[8], bool(m[2]), float(m[6]) * float(m[4]) / 100) for m in members]
+        # The portraits are taken as they are now, not as of each campaign's start: features that
+        # moved since (tier, value, tags earned by the campaign's own orders) leak a little of the
+        # outcome into the model. Keeping portraits per campaign start needs history the profiles
+        # do not keep.
+        by_profile = {
+            row[0]: row for chunk in _uplift_features(ids=sorted({s[0] for s in samples}), now=now) for row in chunk
+        }
+        samples = [s for s in samples if s[0] in by_profile]  # merged away since: no portrait
+        portraits = [by_profile[s[0]] for s in samples]
         tiers = sorted({row[1] for row in portraits if row[1]})
         tags = uplift.top_tags([row[7] for row in portraits])
         x = uplift.matrix([row[1:] for row in portraits], tiers, tags)
-        treated = np.array([outcome[row[0]][0] for row in portraits])
-        y = np.array([outcome[row[0]][1] for row in portraits])
+        treated = np.array([s[1] for s in samples])
+        y = np.array([s[2] for s in samples])
         evidence = uplift.evidence(uplift.out_of_fold(x, treated, y, seed=seed), treated, y)
         model = uplift.fit(x, treated, y, seed=seed)
         scored = 0
