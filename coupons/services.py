@@ -992,8 +992,9 @@ def on_events_ingested(events: Sequence[Any]) -> None:
 
 @transaction.atomic
 def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> OrderRefund | None:
-    """Apply one refund to an order's redemptions, once per event id. A full refund (no amount, or
-    the refunds reaching the order amount) rolls them back: the discount returns to the budget
+    """Apply one refund to an order's redemptions, once per event id. `amount` is money returned
+    to the customer. A full refund (no amount, or the refunds reaching what the customer paid:
+    the order amount less the discounts) rolls them back: the discount returns to the budget
     and each coupon to its holder while still valid. A partial one lowers the revenue the reports
     count and leaves the discount given. None when the order used no coupon or the event was
     applied before."""
@@ -1002,7 +1003,10 @@ def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> Ord
         return None
     live = [r for r in redemptions if r.rolled_back_at is None]
     refunded = (live[0].refunded_amount if live else ZERO) + (amount if amount is not None else ZERO)
-    full = not live or amount is None or refunded >= live[0].order_amount
+    # The event's amount is money returned to the customer, so the refund is whole once it
+    # reaches what they paid: the order amount less the discounts of the standing redemptions.
+    paid = live[0].order_amount - sum((r.discount for r in live), ZERO) if live else ZERO
+    full = not live or amount is None or refunded >= paid
     outcome = OrderRefund.Outcome.ROLLED_BACK if full else OrderRefund.Outcome.PARTIAL
     refund, created = OrderRefund.objects.get_or_create(
         event_id=event_id, defaults={"order_id": order_id, "amount": amount, "outcome": outcome}

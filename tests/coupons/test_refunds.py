@@ -91,3 +91,14 @@ def test_a_refund_after_the_coupon_expired_returns_the_money_but_not_the_coupon(
     coupon.refresh_from_db()
     assert (rule.spent, rule.committed) == (D("0.00"), D("0.00"))
     assert coupon.status == CouponStatus.EXPIRED
+
+
+def test_refunding_what_the_customer_paid_is_a_full_refund(tracker):
+    rule, _ = redeemed()  # a 150.00 order with 20.00 off: the customer paid 130.00
+    refund(tracker, "o-1", amount="100.00")
+    assert Redemption.objects.get(order_id="o-1").rolled_back_at is None
+    event_id = refund(tracker, "o-1", amount="30.00")
+    rule.refresh_from_db()
+    assert OrderRefund.objects.get(event_id=event_id).outcome == OrderRefund.Outcome.ROLLED_BACK
+    assert Redemption.objects.get(order_id="o-1").rolled_back_at is not None
+    assert (rule.spent, rule.redeemed_count) == (D("0.00"), 0)
