@@ -984,10 +984,19 @@ def on_events_ingested(events: Sequence[Any]) -> None:
         .values_list("order_id", flat=True)
         .distinct()
     )
-    for event in refunds:
+    # In order id order, so two batches refunding the same orders lock them in the same order.
+    for event in sorted(refunds, key=lambda e: (e.properties["order_id"], e.event_id)):
         order_id = event.properties["order_id"]
-        if order_id in with_coupons:
-            apply_refund(event_id=event.event_id, order_id=order_id, amount=_refunded_amount(event.properties))
+        if order_id not in with_coupons:
+            continue
+        try:
+            # A savepoint each: a refund that fails is logged and left out, and never fails the
+            # ingestion of the batch it came in (its event is stored; applying it again by hand,
+            # `apply_refund`, is safe: once per event id).
+            with transaction.atomic():
+                apply_refund(event_id=event.event_id, order_id=order_id, amount=_refunded_amount(event.properties))
+        except Exception as exc:  # any failure stays with this one refund
+            log_failure(logger, f"coupons: refund {event.event_id} of order {order_id}", exc)
 
 
 @transaction.atomic
@@ -1002,7 +1011,12 @@ def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> Ord
     if not redemptions:
         return None
     live = [r for r in redemptions if r.rolled_back_at is None]
+    if amount is not None:
+        # Tracking accepts larger numbers than money columns hold; nobody is refunded more than
+        # the order, so the order amount caps what is stored.
+        amount = min(amount, redemptions[0].order_amount)
     refunded = (live[0].refunded_amount if live else ZERO) + (amount if amount is not None else ZERO)
+    refunded = min(refunded, redemptions[0].order_amount)
     # The event's amount is money returned to the customer, so the refund is whole once it
     # reaches what they paid: the order amount less the discounts of the standing redemptions.
     paid = live[0].order_amount - sum((r.discount for r in live), ZERO) if live else ZERO
