@@ -604,8 +604,9 @@ def validate_coupon(*, code: str, user_id: str, order_amount: Decimal) -> Quote:
 
 # The writes of a redemption in one statement: the coupon turns redeemed only while it is still
 # live, and the redemption row and the rule's counters follow it, or nothing happens (another
-# order, an expiry or a revoke came first; the caller reads again and answers why). Outside a
-# transaction it commits at once, so the hot rule row is locked inside PostgreSQL only.
+# order, an expiry or a revoke came first; the caller reads again and answers why). It is the
+# last statement of its transaction (the order's lock, the read, this), so the hot rule row stays
+# locked only until the commit that follows it.
 _REDEEM_SQL = """
 WITH timeout AS (  -- before any row is locked: the first UPDATE's condition reads it
     SELECT set_config('lock_timeout', COALESCE(%(lock_timeout)s, current_setting('lock_timeout')), true) AS t
