@@ -674,7 +674,12 @@ def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | Non
     return coupon
 
 
-_ORDER_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended('coupons.order:' || %s, 0))"
+# The lock timeout first (for this transaction), so a long holder of the order answers BUSY.
+_ORDER_LOCK_SQL = """
+SELECT pg_advisory_xact_lock(hashtextextended('coupons.order:' || %(order_id)s, 0))
+  FROM (SELECT set_config('lock_timeout', COALESCE(%(lock_timeout)s, current_setting('lock_timeout')), true) AS t) s
+ WHERE s.t IS NOT NULL
+"""
 
 
 def _lock_order(order_id: str, *, lock_timeout: str | None = None) -> None:
@@ -682,9 +687,7 @@ def _lock_order(order_id: str, *, lock_timeout: str | None = None) -> None:
     order already carries is read after this, so two requests for one order (one code each, or
     different code sets) are judged one after the other, against each other's redemptions."""
     with connection.cursor() as cursor:
-        if lock_timeout is not None:
-            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
-        cursor.execute(_ORDER_LOCK_SQL, [order_id])
+        cursor.execute(_ORDER_LOCK_SQL, {"order_id": order_id, "lock_timeout": lock_timeout})
 
 
 def _live_on_order(order_id: str) -> list[Redemption]:
@@ -724,20 +727,27 @@ def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decim
     lock_timeout = _money_lock_timeout()
     for _ in range(_REDEEM_ATTEMPTS):
         try:
-            with transaction.atomic():
-                redemption = _redeem_one(
-                    code=normalized,
-                    user_id=user_id,
-                    order_id=order_id,
-                    order_amount=order_amount,
-                    lock_timeout=lock_timeout,
-                )
+            # No savepoint inside a caller's transaction (two round trips fewer): a refusal is
+            # caught inside the block, which then ends normally, and raised after it.
+            with transaction.atomic(savepoint=False):
+                try:
+                    outcome = _redeem_one(
+                        code=normalized,
+                        user_id=user_id,
+                        order_id=order_id,
+                        order_amount=order_amount,
+                        lock_timeout=lock_timeout,
+                    )
+                except DomainError as refusal:
+                    outcome = refusal
         except DatabaseError as exc:
             if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE_SQLSTATE:
                 raise errors.RuleBusy("The coupon or its offer is busy; try again in a moment.") from exc
             raise
-        if redemption is not None:
-            return redemption
+        if isinstance(outcome, DomainError):
+            raise outcome
+        if outcome is not None:
+            return outcome
         # the coupon changed since it was read: read again and answer from what happened
     raise errors.CouponAlreadyUsed("This code was already used by another order.")
 
