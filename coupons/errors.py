@@ -58,6 +58,18 @@ class CouponAlreadyUsed(Conflict, CouponError):
     reason = "COUPON_ALREADY_USED"
 
 
+class NotStackable(Conflict, CouponError):
+    """The order already carries an offer this one does not combine with."""
+
+    reason = "NOT_STACKABLE"
+
+
+class FloorReached(Conflict, CouponError):
+    """The offers the order already carries take it down to its floor."""
+
+    reason = "FLOOR_REACHED"
+
+
 class RequestIdReused(Conflict, CouponError):
     reason = "REQUEST_ID_REUSED"
 

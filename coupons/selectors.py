@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, F, Min, Q, QuerySet, Sum
+from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.translation import gettext, ngettext
@@ -73,7 +73,15 @@ def shown_status(coupon: Coupon, now=None) -> str:
 
 
 # What an order that used a coupon brought in: its amount less what was refunded of it since.
+# Every redemption of a stacked order carries the whole order's amount, so revenue is counted
+# once per order (`_order_revenue`), never summed over redemption rows.
 _REVENUE = F("order_amount") - F("refunded_amount")
+
+
+def _order_revenue(redemptions: QuerySet[Redemption]) -> Decimal:
+    """The revenue of the orders among `redemptions`, each order once."""
+    per_order = redemptions.order_by().values("order_id").annotate(revenue=Max(_REVENUE))
+    return per_order.aggregate(total=Sum("revenue"))["total"] or ZERO
 
 
 def paced_allowance(*, rule: CouponRule, now: datetime) -> Decimal | None:
@@ -155,12 +163,7 @@ _NO_COUPONS = dict.fromkeys(_COUNTS, 0)
 
 def _report(coupons: QuerySet[Coupon], *, budget: Decimal | None, committed: Decimal, spent: Decimal) -> Report:
     counts = coupons.aggregate(**_COUNTS)
-    revenue = (
-        Redemption.objects.filter(coupon__in=coupons, rolled_back_at__isnull=True).aggregate(total=Sum(_REVENUE))[
-            "total"
-        ]
-        or ZERO
-    )
+    revenue = _order_revenue(Redemption.objects.filter(coupon__in=coupons, rolled_back_at__isnull=True))
     by_tier = list(
         # The holder's tier now; bearer codes and profiles without a value row show as null.
         coupons.values(tier=F("profile__value__tier__slug"))
@@ -410,8 +413,19 @@ def daily_coupons_issued(start: date, end: date) -> dict[date, Decimal]:
 def daily_coupon_order_revenue(start: date, end: date) -> dict[date, Decimal]:
     """Order amounts per day (UTC) of orders that used a coupon (redemptions still standing)."""
     since, until = _utc_bounds(start, end)
-    live = Redemption.objects.filter(redeemed_at__gte=since, redeemed_at__lt=until, rolled_back_at__isnull=True)
-    return _per_day(live, "redeemed_at", Sum(_REVENUE))
+    live = Redemption.objects.filter(rolled_back_at__isnull=True, redeemed_at__lt=until)
+    # Each order once, on the day of its first redemption.
+    per_order = (
+        live.order_by()
+        .values("order_id")
+        .annotate(first=Min("redeemed_at"), revenue=Max(_REVENUE))
+        .filter(first__gte=since, first__lt=until)
+    )
+    days: dict[date, Decimal] = {}
+    for row in per_order:
+        day = row["first"].astimezone(UTC).date()
+        days[day] = days.get(day, ZERO) + row["revenue"]
+    return days
 
 
 DIRECT = "(direct)"

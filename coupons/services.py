@@ -363,6 +363,10 @@ def _why_not_reserved(*, rule_id: int, n: int, now: datetime) -> errors.CouponEr
         return errors.QuantityExhausted(
             "All coupons of this offer have been issued.", total_quantity=rule.total_quantity
         )
+    # A budget with no room left for n more coupons is exhausted, whatever today's share says:
+    # PACED promises the offer goes on tomorrow, which only holds while the budget has room.
+    if rule.budget is not None and rule.remaining < n * rule.reserve_per_coupon():
+        return errors.BudgetExhausted("The offer's budget cannot cover another coupon.", remaining=str(rule.remaining))
     allowance = selectors.paced_allowance(rule=rule, now=now)
     if allowance is not None and rule.budget is not None and allowance < rule.budget:
         return errors.Paced(
@@ -600,8 +604,9 @@ def validate_coupon(*, code: str, user_id: str, order_amount: Decimal) -> Quote:
 
 # The writes of a redemption in one statement: the coupon turns redeemed only while it is still
 # live, and the redemption row and the rule's counters follow it, or nothing happens (another
-# order, an expiry or a revoke came first; the caller reads again and answers why). Outside a
-# transaction it commits at once, so the hot rule row is locked inside PostgreSQL only.
+# order, an expiry or a revoke came first; the caller reads again and answers why). It is the
+# last statement of its transaction (the order's lock, the read, this), so the hot rule row stays
+# locked only until the commit that follows it.
 _REDEEM_SQL = """
 WITH timeout AS (  -- before any row is locked: the first UPDATE's condition reads it
     SELECT set_config('lock_timeout', COALESCE(%(lock_timeout)s, current_setting('lock_timeout')), true) AS t
@@ -632,7 +637,8 @@ def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | Non
     """The coupon with its rule, and in one query what a redemption must know besides: this
     order's live redemption of it (`order_live`, an id), whether this order had one rolled back
     (`order_rolled_back`), the caller's profile id (`caller`) and whether the rule holds them for
-    review (`caller_flagged`, as `abuse_refusal` judges). Plain SQL: the ORM's compiling
+    review (`caller_flagged`, as `abuse_refusal` judges), and whether the order carries live
+    redemptions of other codes (`order_others`). Plain SQL: the ORM's compiling
     of the same query costs more than the query."""
     coupon_fields = [f.attname for f in Coupon._meta.concrete_fields]
     rule_fields = [f.attname for f in CouponRule._meta.concrete_fields]
@@ -644,6 +650,8 @@ def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | Non
                  WHERE d.coupon_id = c.id AND d.order_id = %(order_id)s AND d.rolled_back_at IS NULL LIMIT 1),
                EXISTS (SELECT 1 FROM coupons_redemption d
                         WHERE d.coupon_id = c.id AND d.order_id = %(order_id)s AND d.rolled_back_at IS NOT NULL),
+               EXISTS (SELECT 1 FROM coupons_redemption d
+                        WHERE d.coupon_id <> c.id AND d.order_id = %(order_id)s AND d.rolled_back_at IS NULL),
                (SELECT i.profile_id FROM profiles_identity i WHERE i.kind = 'user_id' AND i.value = %(user_id)s),
                r.abuse_threshold IS NOT NULL AND EXISTS (
                    SELECT 1 FROM profiles_identity i JOIN coupons_abusescore a ON a.profile_id = i.profile_id
@@ -660,80 +668,155 @@ def _coupon_for_order(*, code: str, order_id: str, user_id: str) -> Coupon | Non
     n, m = len(coupon_fields), len(rule_fields)
     coupon = Coupon.from_db(connection.alias, coupon_fields, row[:n])
     coupon.rule = CouponRule.from_db(connection.alias, rule_fields, row[n : n + m])
-    coupon.order_live, coupon.order_rolled_back, coupon.caller, coupon.caller_flagged = row[n + m :]
+    (coupon.order_live, coupon.order_rolled_back, coupon.order_others, coupon.caller, coupon.caller_flagged) = row[
+        n + m :
+    ]
     return coupon
+
+
+# The lock timeout first (for this transaction), so a long holder of the order answers BUSY.
+_ORDER_LOCK_SQL = """
+SELECT pg_advisory_xact_lock(hashtextextended('coupons.order:' || %(order_id)s, 0))
+  FROM (SELECT set_config('lock_timeout', COALESCE(%(lock_timeout)s, current_setting('lock_timeout')), true) AS t) s
+ WHERE s.t IS NOT NULL
+"""
+
+
+def _lock_order(order_id: str, *, lock_timeout: str | None = None) -> None:
+    """Serialise the redemptions of one order, until the caller's transaction ends: what the
+    order already carries is read after this, so two requests for one order (one code each, or
+    different code sets) are judged one after the other, against each other's redemptions."""
+    with connection.cursor() as cursor:
+        cursor.execute(_ORDER_LOCK_SQL, {"order_id": order_id, "lock_timeout": lock_timeout})
+
+
+def _live_on_order(order_id: str) -> list[Redemption]:
+    live = list(
+        Redemption.objects.select_related("coupon", "coupon__rule").filter(order_id=order_id, rolled_back_at=None)
+    )
+    live.sort(key=lambda r: _offer(r.coupon).sort_key())
+    return live
+
+
+def _check_same_order_amount(live: list[Redemption], order_amount: Decimal) -> None:
+    if live and live[0].order_amount != order_amount:
+        raise errors.InvalidAmount(
+            f"This order was redeemed with order_amount {live[0].order_amount}; send the same amount.",
+            field="order_amount",
+            order_amount=str(live[0].order_amount),
+        )
+
+
+def _refusal_error(refused: stacking.Refused) -> DomainError:
+    return _ERRORS_BY_REASON.get(refused.reason, errors.CouponError)(refused.detail, reason=refused.reason)
 
 
 def redeem_coupon(*, code: str, user_id: str, order_id: str, order_amount: Decimal) -> Redemption:
     """Use `code` for one order. The same code and order again returns the first redemption
-    (its `created` is False); a code used by another order is refused (409).
+    (its `created` is False); a code used by another order is refused (409). On an order that
+    already carries other codes the new one is stacked after them (their policies and floors),
+    or refused (409 NOT_STACKABLE or FLOOR_REACHED).
 
-    One read (the coupon, its rule, this order's redemption, the caller's profile), the checks,
-    and one writing statement (`_REDEEM_SQL`)."""
+    In one short transaction: the order's lock, one read (the coupon, its rule, this order's
+    redemptions, the caller's profile), the checks, and one writing statement (`_REDEEM_SQL`)."""
     order_amount = _check_amount(order_amount)
     normalized = codes.normalize(code)
     if not codes.is_well_formed(normalized):
         # Typos fail here, without a database query.
         raise errors.CouponNotFound("No such code (check the characters).")
+    lock_timeout = _money_lock_timeout()
     for _ in range(_REDEEM_ATTEMPTS):
-        coupon = _coupon_for_order(code=normalized, order_id=order_id, user_id=user_id)
-        if coupon is None:
-            raise errors.CouponNotFound("No such code.")
-        if coupon.order_live is not None:
-            redemption = Redemption.objects.select_related("coupon").get(pk=coupon.order_live)
-            redemption.created = False
-            return redemption
-        if coupon.order_rolled_back:
-            raise errors.OrderRolledBack("This order's redemption was rolled back; a new order needs a new order_id.")
-        # The caller as far as the checks need them (their id); other fields load if asked.
-        profile = None if coupon.caller is None else Profile.from_db(connection.alias, ["id"], [coupon.caller])
-        if coupon.profile_id is None and profile is None:
-            profile = ensure_profile(user_id=user_id)
-        now = timezone.now()
-        refusal = _usage_refusal(coupon=coupon, profile=profile, order_amount=order_amount, order_id=order_id, now=now)
-        if refusal is not None:
-            raise refusal
-        discount = coupon_discount(coupon=coupon, order_amount=order_amount)
-        params = {
-            "coupon_id": coupon.pk,
-            "profile_id": profile.pk if profile is not None else None,
-            "user_id": user_id,
-            "order_id": order_id,
-            "order_amount": order_amount,
-            "discount": discount,
-            "now": now,
-            "lock_timeout": _money_lock_timeout(),
-        }
         try:
-            with _money_statement() as cursor:
-                cursor.execute(_REDEEM_SQL, params)
-                row = cursor.fetchone()
+            # No savepoint inside a caller's transaction (two round trips fewer): a refusal is
+            # caught inside the block, which then ends normally, and raised after it.
+            with transaction.atomic(savepoint=False):
+                try:
+                    outcome = _redeem_one(
+                        code=normalized,
+                        user_id=user_id,
+                        order_id=order_id,
+                        order_amount=order_amount,
+                        lock_timeout=lock_timeout,
+                    )
+                except DomainError as refusal:
+                    outcome = refusal
         except DatabaseError as exc:
             if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE_SQLSTATE:
                 raise errors.RuleBusy("The coupon or its offer is busy; try again in a moment.") from exc
             raise
-        if row is None:
-            continue  # the coupon changed since it was read: read again and answer from what happened
-        coupon.status = CouponStatus.REDEEMED
-        redemption = _as_stored(
-            Redemption,
-            id=row[0],
-            coupon_id=coupon.pk,
-            rule_id=coupon.rule_id,
-            profile_id=params["profile_id"],
-            user_id=user_id,
-            order_id=order_id,
-            order_amount=order_amount,
-            discount=discount,
-            redeemed_at=now,
-            rolled_back_at=None,
-            coupon_returned=None,
-            refunded_amount=ZERO,
-        )
-        redemption.coupon = coupon  # the caller reads the code and the rule through it
-        redemption.created = True
-        return redemption
+        if isinstance(outcome, DomainError):
+            raise outcome
+        if outcome is not None:
+            return outcome
+        # the coupon changed since it was read: read again and answer from what happened
     raise errors.CouponAlreadyUsed("This code was already used by another order.")
+
+
+def _redeem_one(
+    *, code: str, user_id: str, order_id: str, order_amount: Decimal, lock_timeout: str | None
+) -> Redemption | None:
+    _lock_order(order_id, lock_timeout=lock_timeout)
+    coupon = _coupon_for_order(code=code, order_id=order_id, user_id=user_id)
+    if coupon is None:
+        raise errors.CouponNotFound("No such code.")
+    if coupon.order_live is not None:
+        redemption = Redemption.objects.select_related("coupon").get(pk=coupon.order_live)
+        redemption.created = False
+        return redemption
+    if coupon.order_rolled_back:
+        raise errors.OrderRolledBack("This order's redemption was rolled back; a new order needs a new order_id.")
+    # The caller as far as the checks need them (their id); other fields load if asked.
+    profile = None if coupon.caller is None else Profile.from_db(connection.alias, ["id"], [coupon.caller])
+    if coupon.profile_id is None and profile is None:
+        profile = ensure_profile(user_id=user_id)
+    now = timezone.now()
+    refusal = _usage_refusal(coupon=coupon, profile=profile, order_amount=order_amount, order_id=order_id, now=now)
+    if refusal is not None:
+        raise refusal
+    if coupon.order_others:
+        live = _live_on_order(order_id)
+        _check_same_order_amount(live, order_amount)
+        earlier = [stacking.Applied(_offer(r.coupon), r.discount) for r in live]
+        result = stacking.stack([_offer(coupon)], order_amount, applied=earlier)
+        if len(result.applied) == len(earlier):
+            raise _refusal_error(result.refused[0])
+        discount = result.applied[-1].discount
+    else:
+        discount = coupon_discount(coupon=coupon, order_amount=order_amount)
+    params = {
+        "coupon_id": coupon.pk,
+        "profile_id": profile.pk if profile is not None else None,
+        "user_id": user_id,
+        "order_id": order_id,
+        "order_amount": order_amount,
+        "discount": discount,
+        "now": now,
+        "lock_timeout": lock_timeout,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_REDEEM_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    coupon.status = CouponStatus.REDEEMED
+    redemption = _as_stored(
+        Redemption,
+        id=row[0],
+        coupon_id=coupon.pk,
+        rule_id=coupon.rule_id,
+        profile_id=params["profile_id"],
+        user_id=user_id,
+        order_id=order_id,
+        order_amount=order_amount,
+        discount=discount,
+        redeemed_at=now,
+        rolled_back_at=None,
+        coupon_returned=None,
+        refunded_amount=ZERO,
+    )
+    redemption.coupon = coupon  # the caller reads the code and the rule through it
+    redemption.created = True
+    return redemption
 
 
 # --- several codes on one order ------------------------------------------------------------------
@@ -769,9 +852,16 @@ def _offer(coupon: Coupon) -> stacking.Offer:
 
 
 def _stack_codes(
-    *, codes_given: Sequence[str], user_id: str, order_amount: Decimal, order_id: str | None, lock: bool
+    *,
+    codes_given: Sequence[str],
+    user_id: str,
+    order_amount: Decimal,
+    order_id: str | None,
+    lock: bool,
+    earlier: Sequence[stacking.Applied] = (),
 ) -> tuple[stacking.Stack, dict[str, Coupon], Profile | None]:
-    """Judge each code on its own (as validate does), then stack the ones that pass."""
+    """Judge each code on its own (as validate does), then stack the ones that pass after
+    `earlier`, what the order already carries (codes of it given again are left out)."""
     if not codes_given or len(codes_given) > MAX_CODES:
         raise errors.InvalidAmount(f"Between 1 and {MAX_CODES} codes.")
     refused: list[stacking.Refused] = []
@@ -782,6 +872,8 @@ def _stack_codes(
             refused.append(
                 stacking.Refused(code or str(given), "COUPON_NOT_FOUND", "No such code (check the characters).")
             )
+        elif any(a.offer.code == code for a in earlier):
+            continue
         else:
             normalized.append(code)
     found = Coupon.objects.select_related("rule").filter(code__in=normalized).order_by("id")
@@ -807,7 +899,7 @@ def _stack_codes(
             refused.append(stacking.Refused(code, refusal.reason, refusal.detail))
         else:
             offers.append(_offer(coupon))
-    return stacking.stack(offers, order_amount, refused), by_code, profile
+    return stacking.stack(offers, order_amount, refused, applied=earlier), by_code, profile
 
 
 def validate_codes(*, codes: Sequence[str], user_id: str, order_amount: Decimal) -> StackedQuote:
@@ -826,30 +918,27 @@ def redeem_codes(*, codes: Sequence[str], user_id: str, order_id: str, order_amo
     for its part of the discount; the same order again answers with what it redeemed the first
     time. With no code applying, the first refusal is raised (as for one code)."""
     order_amount = _check_amount(order_amount)
-    previous = list(Redemption.objects.select_related("coupon", "coupon__rule").filter(order_id=order_id))
-    if any(r.rolled_back_at is None for r in previous):
-        return _replayed_stack(previous=[r for r in previous if r.rolled_back_at is None], order_amount=order_amount)
-    if previous:
+    _lock_order(order_id)
+    live = _live_on_order(order_id)
+    if not live and Redemption.objects.filter(order_id=order_id).exists():
         raise errors.OrderRolledBack("This order's redemption was rolled back; a new order needs a new order_id.")
+    earlier = [stacking.Applied(_offer(r.coupon), r.discount) for r in live]
     result, by_code, profile = _stack_codes(
-        codes_given=codes, user_id=user_id, order_amount=order_amount, order_id=order_id, lock=True
+        codes_given=codes, user_id=user_id, order_amount=order_amount, order_id=order_id, lock=True, earlier=earlier
     )
-    if any(r.reason == errors.CouponAlreadyUsed.reason for r in result.refused):
-        # The same order sent twice at once: the other request held the locks and redeemed
-        # first. Its redemptions are this order's answer.
-        previous = list(
-            Redemption.objects.select_related("coupon", "coupon__rule").filter(order_id=order_id, rolled_back_at=None)
-        )
-        if previous:
-            return _replayed_stack(previous=previous, order_amount=order_amount)
-    if not result.applied:
-        first = result.refused[0]
-        raise _ERRORS_BY_REASON.get(first.reason, errors.CouponError)(first.detail, reason=first.reason)
-    if profile is None and any(by_code[a.offer.code].profile_id is None for a in result.applied):
+    new = result.applied[len(earlier) :]
+    # Codes the order carries are left out of the stacking, not refused: a request naming any of
+    # them that adds nothing is a replay, answered as the first time.
+    if live and not new and len(codes) > len(result.refused):
+        return _replayed_stack(previous=live, order_amount=order_amount)
+    if not new:
+        raise _refusal_error(result.refused[0])
+    _check_same_order_amount(live, order_amount)
+    if profile is None and any(by_code[a.offer.code].profile_id is None for a in new):
         profile = ensure_profile(user_id=user_id)
     now = timezone.now()
-    redemptions = []
-    for applied in result.applied:
+    redemptions = list(live)
+    for applied in new:
         coupon = by_code[applied.offer.code]
         params = {
             "coupon_id": coupon.pk,
@@ -891,6 +980,8 @@ _ERRORS_BY_REASON: dict[str, type[DomainError]] = {
         errors.TierNotEligible,
         errors.TagNotEligible,
         errors.NotFirstOrder,
+        errors.NotStackable,
+        errors.FloorReached,
     )
 }
 
@@ -980,16 +1071,26 @@ def on_events_ingested(events: Sequence[Any]) -> None:
         .values_list("order_id", flat=True)
         .distinct()
     )
-    for event in refunds:
+    # In order id order, so two batches refunding the same orders lock them in the same order.
+    for event in sorted(refunds, key=lambda e: (e.properties["order_id"], e.event_id)):
         order_id = event.properties["order_id"]
-        if order_id in with_coupons:
-            apply_refund(event_id=event.event_id, order_id=order_id, amount=_refunded_amount(event.properties))
+        if order_id not in with_coupons:
+            continue
+        try:
+            # A savepoint each: a refund that fails is logged and left out, and never fails the
+            # ingestion of the batch it came in (its event is stored; applying it again by hand,
+            # `apply_refund`, is safe: once per event id).
+            with transaction.atomic():
+                apply_refund(event_id=event.event_id, order_id=order_id, amount=_refunded_amount(event.properties))
+        except Exception as exc:  # any failure stays with this one refund
+            log_failure(logger, f"coupons: refund {event.event_id} of order {order_id}", exc)
 
 
 @transaction.atomic
 def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> OrderRefund | None:
-    """Apply one refund to an order's redemptions, once per event id. A full refund (no amount, or
-    the refunds reaching the order amount) rolls them back: the discount returns to the budget
+    """Apply one refund to an order's redemptions, once per event id. `amount` is money returned
+    to the customer. A full refund (no amount, or the refunds reaching what the customer paid:
+    the order amount less the discounts) rolls them back: the discount returns to the budget
     and each coupon to its holder while still valid. A partial one lowers the revenue the reports
     count and leaves the discount given. None when the order used no coupon or the event was
     applied before."""
@@ -997,8 +1098,16 @@ def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> Ord
     if not redemptions:
         return None
     live = [r for r in redemptions if r.rolled_back_at is None]
+    if amount is not None:
+        # Tracking accepts larger numbers than money columns hold; nobody is refunded more than
+        # the order, so the order amount caps what is stored.
+        amount = min(amount, redemptions[0].order_amount)
     refunded = (live[0].refunded_amount if live else ZERO) + (amount if amount is not None else ZERO)
-    full = not live or amount is None or refunded >= live[0].order_amount
+    refunded = min(refunded, redemptions[0].order_amount)
+    # The event's amount is money returned to the customer, so the refund is whole once it
+    # reaches what they paid: the order amount less the discounts of the standing redemptions.
+    paid = live[0].order_amount - sum((r.discount for r in live), ZERO) if live else ZERO
+    full = not live or amount is None or refunded >= paid
     outcome = OrderRefund.Outcome.ROLLED_BACK if full else OrderRefund.Outcome.PARTIAL
     refund, created = OrderRefund.objects.get_or_create(
         event_id=event_id, defaults={"order_id": order_id, "amount": amount, "outcome": outcome}
@@ -1020,7 +1129,7 @@ def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> Ord
 # 1. No single signal reaches the default threshold (0.6) alone: two of them do.
 ABUSE_WEIGHTS = {
     "several_accounts": Decimal("0.45"),  # other user ids on the person's devices, or on their phone
-    "redeem_then_refund": Decimal("0.30"),  # share of their coupon orders rolled back (2+ redemptions)
+    "redeem_then_refund": Decimal("0.30"),  # share of their coupon orders rolled back (2+ such orders)
     "coupon_only_orders": Decimal("0.25"),  # every paid order (2+) used a coupon
     "new_account_only_claims": Decimal("0.25"),  # joined in the last 30 days, 2+ coupons, no order
 }
@@ -1043,7 +1152,9 @@ WITH devices AS (
     SELECT id AS profile_id, COUNT(*) OVER (PARTITION BY phone) AS accounts
       FROM profiles_profile WHERE phone <> '' AND merged_into_id IS NULL
 ), redeemed AS (
-    SELECT profile_id, COUNT(*) AS redemptions, COUNT(*) FILTER (WHERE rolled_back_at IS NOT NULL) AS rolled_back
+    -- Orders, not codes: a stacked order carries one redemption per code.
+    SELECT profile_id, COUNT(DISTINCT order_id) AS redemptions,
+           COUNT(DISTINCT order_id) FILTER (WHERE rolled_back_at IS NOT NULL) AS rolled_back
       FROM coupons_redemption WHERE profile_id IS NOT NULL GROUP BY profile_id
 ), orders AS (
     SELECT pe.profile_id, COUNT(DISTINCT pe.properties->>'order_id') AS orders,
@@ -1215,13 +1326,23 @@ def fit_rule_uplift(*, rule: CouponRule, seed: int = 0) -> UpliftModel:
                 "Too few campaign members with a holdout to learn from (at least 20 treated and 20 held out).",
                 reason="NOT_ENOUGH_HOLDOUT_DATA",
             )
-        outcome = {m[8]: (bool(m[2]), float(m[6]) * float(m[4]) / 100) for m in members}
-        portraits = [row for chunk in _uplift_features(ids=list(outcome), now=now) for row in chunk]
+        # One sample per (campaign, person): someone in several campaigns is several samples,
+        # each with its own arm and outcome, sharing one portrait.
+        samples = [(m[8], bool(m[2]), float(m[6]) * float(m[4]) / 100) for m in members]
+        # The portraits are taken as they are now, not as of each campaign's start: features that
+        # moved since (tier, value, tags earned by the campaign's own orders) leak a little of the
+        # outcome into the model. Keeping portraits per campaign start needs history the profiles
+        # do not keep.
+        by_profile = {
+            row[0]: row for chunk in _uplift_features(ids=sorted({s[0] for s in samples}), now=now) for row in chunk
+        }
+        samples = [s for s in samples if s[0] in by_profile]  # merged away since: no portrait
+        portraits = [by_profile[s[0]] for s in samples]
         tiers = sorted({row[1] for row in portraits if row[1]})
         tags = uplift.top_tags([row[7] for row in portraits])
         x = uplift.matrix([row[1:] for row in portraits], tiers, tags)
-        treated = np.array([outcome[row[0]][0] for row in portraits])
-        y = np.array([outcome[row[0]][1] for row in portraits])
+        treated = np.array([s[1] for s in samples])
+        y = np.array([s[2] for s in samples])
         evidence = uplift.evidence(uplift.out_of_fold(x, treated, y, seed=seed), treated, y)
         model = uplift.fit(x, treated, y, seed=seed)
         scored = 0

@@ -119,15 +119,25 @@ def _combines(offer: Offer, other: Offer) -> bool:
     return True
 
 
-def stack(offers: Sequence[Offer], order_amount: Decimal, refused: Sequence[Refused] = ()) -> Stack:
+def stack(
+    offers: Sequence[Offer], order_amount: Decimal, refused: Sequence[Refused] = (), applied: Sequence[Applied] = ()
+) -> Stack:
     """Apply `offers` to an order of `order_amount`; `refused` are codes already refused on their
-    own (unknown, expired ...), carried into the answer in the same order as the rest."""
+    own (unknown, expired ...), carried into the answer in the same order as the rest. `applied`
+    are offers the order already carries (redeemed earlier, their discounts fixed): they come
+    first in the answer, and `offers` are stacked after them, under their policies and floors."""
     result = Stack(order_amount=order_amount)
     refusals = list(refused)
     seen_codes: set[str] = {r.code for r in refused}
     seen_rules: set[int] = set()
     remaining = order_amount
     floor_percent = ZERO
+    for earlier in applied:
+        seen_codes.add(earlier.offer.code)
+        seen_rules.add(earlier.offer.rule_id)
+        floor_percent = max(floor_percent, earlier.offer.floor_percent)
+        remaining -= earlier.discount
+        result.applied.append(earlier)
     for offer in sorted(offers, key=Offer.sort_key):
         if offer.code in seen_codes:
             refusals.append(Refused(offer.code, DUPLICATE_CODE, REFUSAL_DETAILS[DUPLICATE_CODE]))

@@ -28,13 +28,16 @@ class DatabaseOperations(operations.DatabaseOperations):
             return super().sql_flush(style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
         names = ", ".join("'" + self.quote_name(t).replace("'", "''") + "'" for t in tables)
         return [
-            "DO $flush$ DECLARE t regclass; n bigint; BEGIN "
+            # Every TRUNCATE before the first DELETE: a DELETE leaves deferred foreign-key checks
+            # pending, and PostgreSQL refuses to TRUNCATE a table with pending trigger events.
+            "DO $flush$ DECLARE t regclass; n bigint; small regclass[] := '{}'; BEGIN "
             f"FOREACH t IN ARRAY ARRAY[{names}]::regclass[] LOOP "
             f"EXECUTE format('SELECT count(*) FROM (SELECT FROM ONLY %s LIMIT {TRUNCATE_FROM_ROWS}) s', t) INTO n; "
             f"IF n >= {TRUNCATE_FROM_ROWS} OR pg_total_relation_size(t) > {TRUNCATE_FROM_BYTES} "
             "THEN EXECUTE format('TRUNCATE %s CASCADE', t); "
-            "ELSE EXECUTE format('DELETE FROM %s', t); END IF; "
-            "END LOOP; END $flush$"
+            "ELSE small := small || t; END IF; "
+            "END LOOP; "
+            "FOREACH t IN ARRAY small LOOP EXECUTE format('DELETE FROM %s', t); END LOOP; END $flush$"
         ]
 
 

@@ -128,3 +128,28 @@ def test_the_admin_lists_the_flagged_with_their_evidence_and_clears_them_audited
     score.refresh_from_db()
     assert score.cleared
     assert AuditEntry.objects.filter(action="coupons.abuse_cleared", object_id=str(score.pk)).exists()
+
+
+def test_the_refund_signal_counts_orders_not_the_codes_stacked_on_them():
+    def stacked_order(user_id: str, order_id: str) -> None:
+        codes = [
+            services.claim_coupon(rule_id=CouponRuleFactory(value=D("5.00"), stacking="stackable").pk, user_id=user_id)
+            for _ in range(2)
+        ]
+        services.redeem_codes(codes=[c.code for c in codes], user_id=user_id, order_id=order_id, order_amount=D("50"))
+
+    for u in ("one-refund", "half-refunded"):
+        person(u)
+        long_known(u)
+    stacked_order("one-refund", "one-refund-o1")
+    services.rollback_order(order_id="one-refund-o1")
+    stacked_order("half-refunded", "half-o1")
+    services.rollback_order(order_id="half-o1")
+    stacked_order("half-refunded", "half-o2")
+
+    services.refresh_abuse_scores()
+    # One refunded order is not a pattern, however many codes it carried.
+    assert not AbuseScore.objects.filter(profile__user_id="one-refund").exists()
+    half = AbuseScore.objects.get(profile__user_id="half-refunded")
+    assert (half.evidence["redemptions"], half.evidence["rolled_back"]) == (2, 1)
+    assert half.score == D("0.150")  # one of two orders rolled back: half of 0.30

@@ -143,3 +143,23 @@ def test_the_paced_share_grows_day_by_day_and_reaches_the_whole_budget_on_the_la
     assert all(0 < s <= 1 for s in shares)
     assert shares == sorted(shares)
     assert shares[moments.index(last_day)] == 1
+
+
+def test_a_paced_rule_whose_whole_budget_is_taken_answers_budget_exhausted_not_paced(make_api_client):
+    shop = make_api_client("coupons:redeem")
+    now = timezone.now()
+    rule = CouponRuleFactory(
+        value=D("10.00"),
+        budget=D("100.00"),
+        pacing="even",
+        valid_from=now - timedelta(days=9, hours=23),
+        valid_until=now + timedelta(hours=1),
+    )
+    # The last day: the allowance is the whole budget, and all of it is taken already.
+    CouponRule.objects.filter(pk=rule.pk).update(committed=D("60.00"), spent=D("40.00"))
+    refused = shop.post(f"/api/v1/coupon-rules/{rule.pk}/claim", {"user_id": "p-1"}, format="json")
+    assert refused.status_code == 409 and refused.json()["reason"] == "BUDGET_EXHAUSTED", refused.json()
+    # Mid-way through, with the budget gone, the answer is the same (not "come back tomorrow").
+    CouponRule.objects.filter(pk=rule.pk).update(valid_until=now + timedelta(days=5))
+    refused = shop.post(f"/api/v1/coupon-rules/{rule.pk}/claim", {"user_id": "p-2"}, format="json")
+    assert refused.status_code == 409 and refused.json()["reason"] == "BUDGET_EXHAUSTED", refused.json()

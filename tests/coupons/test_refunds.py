@@ -91,3 +91,47 @@ def test_a_refund_after_the_coupon_expired_returns_the_money_but_not_the_coupon(
     coupon.refresh_from_db()
     assert (rule.spent, rule.committed) == (D("0.00"), D("0.00"))
     assert coupon.status == CouponStatus.EXPIRED
+
+
+def test_refunding_what_the_customer_paid_is_a_full_refund(tracker):
+    rule, _ = redeemed()  # a 150.00 order with 20.00 off: the customer paid 130.00
+    refund(tracker, "o-1", amount="100.00")
+    assert Redemption.objects.get(order_id="o-1").rolled_back_at is None
+    event_id = refund(tracker, "o-1", amount="30.00")
+    rule.refresh_from_db()
+    assert OrderRefund.objects.get(event_id=event_id).outcome == OrderRefund.Outcome.ROLLED_BACK
+    assert Redemption.objects.get(order_id="o-1").rolled_back_at is not None
+    assert (rule.spent, rule.redeemed_count) == (D("0.00"), 0)
+
+
+def test_a_refund_amount_larger_than_money_columns_is_capped_at_the_order_and_never_fails_the_batch(tracker):
+    rule, _ = redeemed()
+    event_id = refund(tracker, "o-1", amount="999999999999999")  # 15 digits: valid for tracking
+    stored = OrderRefund.objects.get(event_id=event_id)
+    assert (stored.amount, stored.outcome) == (D("150.00"), OrderRefund.Outcome.ROLLED_BACK)
+    rule.refresh_from_db()
+    assert rule.spent == D("0.00")
+
+
+def test_the_refunds_of_one_batch_are_applied_each_on_its_own(tracker):
+    person("refunder")
+    rule = CouponRuleFactory(value=D("5.00"), budget=D("100.00"), valid_days=30, per_user_limit=5)
+    for order_id in ("o-b", "o-a"):
+        coupon = services.claim_coupon(rule_id=rule.pk, user_id="refunder")
+        services.redeem_coupon(code=coupon.code, user_id="refunder", order_id=order_id, order_amount=D("50.00"))
+    events = [
+        {
+            "event_id": str(uuid.uuid4()),
+            "name": "order_refunded",
+            "kind": "business",
+            "timestamp": timezone.now().isoformat(),
+            "user_id": "refunder",
+            "properties": {"order_id": order_id, "amount": amount},
+        }
+        for order_id, amount in (("o-b", "10.00"), ("o-a", "999999999999999"), ("o-b", "5.00"))
+    ]
+    response = tracker.post("/api/v1/events", {"events": events}, format="json")
+    assert response.status_code == 200 and response.json()["accepted"] == 3, response.json()
+    assert Redemption.objects.get(order_id="o-a").rolled_back_at is not None
+    assert Redemption.objects.get(order_id="o-b").refunded_amount == D("15.00")
+    assert OrderRefund.objects.count() == 3

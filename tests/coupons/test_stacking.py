@@ -192,3 +192,91 @@ def test_the_same_order_of_several_codes_redeemed_from_many_clients_at_once_is_r
     assert {r.stack.discount for r in results} == {D("19.00")}
     for rule in (first, second):
         assert_books_balance(rule)
+
+
+@pytest.mark.django_db
+def test_a_stacked_order_counts_its_revenue_once_in_the_campaign_report_and_the_daily_revenue():
+    from django.utils import timezone
+
+    from coupons import selectors
+
+    stacker = person("twice-counted")
+    ten = CouponRuleFactory(value=D("10.00"), stacking="stackable", per_user_limit=5)
+    five = CouponRuleFactory(value=D("5.00"), stacking="stackable", per_user_limit=5)
+    codes = [
+        services.issue_coupon(rule=r, profile=stacker, source="campaign", source_ref="campaign:40:variant:1").code
+        for r in (ten, five)
+    ]
+    services.redeem_codes(codes=codes, user_id="twice-counted", order_id="o-once", order_amount=D("200.00"))
+    assert Redemption.objects.filter(order_id="o-once").count() == 2
+    assert selectors.campaign_report(source_ref_prefix="campaign:40:").order_revenue == D("200.00")
+    today = timezone.now().date()
+    assert selectors.daily_coupon_order_revenue(today, today) == {today: D("200.00")}
+    services.apply_refund(event_id="r-once", order_id="o-once", amount=D("50.00"))
+    assert selectors.campaign_report(source_ref_prefix="campaign:40:").order_revenue == D("150.00")
+    assert selectors.daily_coupon_order_revenue(today, today) == {today: D("150.00")}
+
+
+@pytest.mark.django_db
+def test_one_code_at_a_time_on_one_order_keeps_the_stacking_policy_and_the_floor(shop):
+    person("one-by-one")
+    half = dict(value=D("50.00"), max_discount=None, stacking="exclusive")
+    first, second = PercentRuleFactory(**half), PercentRuleFactory(**half)
+    a, b = (_coupon(r, "one-by-one").code for r in (first, second))
+    body = {"user_id": "one-by-one", "order_id": "o-sep", "order_amount": "100.00"}
+    assert shop.post("/api/v1/coupons/redeem", {**body, "code": a}, format="json").status_code in (200, 201)
+    refused = shop.post("/api/v1/coupons/redeem", {**body, "code": b}, format="json")
+    assert refused.status_code == 409 and refused.json()["reason"] == "NOT_STACKABLE", refused.json()
+    refused = shop.post("/api/v1/coupons/redeem", {**body, "codes": [b]}, format="json")
+    assert refused.status_code == 409 and refused.json()["reason"] == "NOT_STACKABLE", refused.json()
+    assert Coupon.objects.get(code=b).status == CouponStatus.AVAILABLE
+    again = services.redeem_coupon(code=a, user_id="one-by-one", order_id="o-sep", order_amount=D("100.00"))
+    assert again.created is False and again.discount == D("50.00")
+    replay = services.redeem_codes(codes=[a, b], user_id="one-by-one", order_id="o-sep", order_amount=D("100.00"))
+    assert replay.created is False and replay.stack.discount == D("50.00")
+
+    person("floor-by-floor")
+    eighty = CouponRuleFactory(value=D("80.00"), stacking="stackable", floor_percent=D("20.00"))
+    ten = CouponRuleFactory(value=D("10.00"), stacking="stackable")
+    c80, c10 = _coupon(eighty, "floor-by-floor").code, _coupon(ten, "floor-by-floor").code
+    services.redeem_coupon(code=c80, user_id="floor-by-floor", order_id="o-floor", order_amount=D("100.00"))
+    with pytest.raises(services.errors.FloorReached):
+        services.redeem_coupon(code=c10, user_id="floor-by-floor", order_id="o-floor", order_amount=D("100.00"))
+    assert Redemption.objects.filter(order_id="o-floor").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_stackable_code_sent_on_its_own_later_is_stacked_after_what_the_order_carries():
+    person("later")
+    ten = CouponRuleFactory(value=D("10.00"), stacking="stackable")
+    pct = PercentRuleFactory(value=D("10.00"), stacking="stackable")
+    c10, cpct = _coupon(ten, "later").code, _coupon(pct, "later").code
+    services.redeem_codes(codes=[c10], user_id="later", order_id="o-later", order_amount=D("200.00"))
+    added = services.redeem_codes(codes=[c10, cpct], user_id="later", order_id="o-later", order_amount=D("200.00"))
+    assert added.created and [a.discount for a in added.stack.applied] == [D("10.00"), D("19.00")]
+    assert Redemption.objects.filter(order_id="o-later").count() == 2
+    with pytest.raises(services.errors.InvalidAmount):
+        other = _coupon(CouponRuleFactory(value=D("1.00"), stacking="stackable"), "later").code
+        services.redeem_coupon(code=other, user_id="later", order_id="o-later", order_amount=D("300.00"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_different_codes_for_one_order_sent_at_once_never_break_its_stacking_policy():
+    from tests.coupons.test_concurrency import assert_books_balance, run_at_once
+
+    person("racer")
+    rules = [CouponRuleFactory(value=D("30.00"), stacking="exclusive", budget=D("100.00")) for _ in range(4)]
+    codes = [_coupon(r, "racer").code for r in rules]
+    calls = [
+        lambda c=c: services.redeem_coupon(code=c, user_id="racer", order_id="race", order_amount=D("100"))
+        for c in codes[:2]
+    ] + [
+        lambda c=c: services.redeem_codes(codes=[c], user_id="racer", order_id="race", order_amount=D("100"))
+        for c in codes[2:]
+    ]
+    results = run_at_once(calls)
+    refusals = [r for r in results if isinstance(r, services.errors.NotStackable)]
+    assert len(refusals) == 3, results
+    assert Redemption.objects.filter(order_id="race", rolled_back_at=None).count() == 1
+    for rule in rules:
+        assert_books_balance(rule)

@@ -107,3 +107,26 @@ def test_the_report_page_draws_the_qini_curve_and_the_deciles(client, make_staff
     client.force_login(make_staff("Operations"))
     page = client.get(reverse("admin:coupons_couponrule_report", args=[rule.pk]))
     assert b'id="uplift-qini"' in page.content and b'id="uplift-deciles"' in page.content
+
+
+def test_a_person_in_two_campaigns_is_two_training_samples():
+    rule = CouponRuleFactory()
+    first = _past_campaign(rule, people=60)
+    again = CampaignFactory(variants=[("A", 100)], margin_percent=D("40"), holdout_percent=D("50"))
+    variant = Variant.objects.get(campaign=again)
+    Variant.objects.filter(pk=variant.pk).update(coupon_rule_id=rule.pk)
+    Assignment.objects.bulk_create(
+        Assignment(
+            campaign=again,
+            profile_id=a.profile_id,
+            user_id=a.user_id,
+            # The other arm this time: the same person, a different outcome to learn from.
+            role="holdout" if a.role == "rollout" else "rollout",
+            variant=None if a.role == "rollout" else variant,
+            position=a.position,
+            assigned_at=a.assigned_at,
+        )
+        for a in Assignment.objects.filter(campaign=first)
+    )
+    fitted = services.fit_rule_uplift(rule=rule)
+    assert fitted.status == UpliftModel.Status.DONE and fitted.trained_on == 120
