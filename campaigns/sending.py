@@ -390,6 +390,10 @@ def _render_materials(deliveries: list[Delivery], token: uuid.UUID, counts: dict
         except RenderError as exc:
             failed.append((d.pk, f"RENDER_FAILED: {exc}"))
             continue
+        except Exception as exc:  # one person's message fails, never the batch
+            logger.exception("rendering delivery %s failed", d.pk)
+            failed.append((d.pk, f"RENDER_FAILED: {exc.__class__.__name__}: {exc}"[:500]))
+            continue
         d.rendered_url = channels.click_url(d.pk) if version.url else ""
     if failed:
         logger.warning(
