@@ -14,10 +14,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from access.services import record_audit
+from campaigns import sending
 from campaigns.models import Campaign, CampaignPhase, CampaignStatus, ChannelKind, Delivery, DeliveryStatus
 from campaigns.selectors import segment_profile_ids
 from config.celery import publish
@@ -33,6 +35,8 @@ JOURNEY_PHASE = CampaignPhase.JOURNEY
 EVENT_POLL = dt.timedelta(minutes=1)
 MAX_WAIT_MINUTES = 60 * 24 * 90
 PROFILE_TRAITS = ("name", "gender", "region", "city", "timezone")
+# Journeys that are over: a goal event no longer changes anything in them.
+ENDED = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED)
 
 
 def _consents(profile: Profile, channel: str) -> bool:
@@ -317,10 +321,12 @@ def on_events_ingested(events: Sequence[Any]) -> None:
             by_name.setdefault(e.name, set()).add(e.user_id)
     if not by_name:
         return
+    # Paused or failed journeys too: their runs wait to go on, and must not message a person who
+    # already converted once resumed.
     journeys = list(
-        Campaign.objects.filter(
-            status=CampaignStatus.RUNNING, phase=JOURNEY_PHASE, goal_event__in=list(by_name)
-        ).values_list("pk", "goal_event")
+        Campaign.objects.filter(phase=JOURNEY_PHASE, goal_event__in=list(by_name))
+        .exclude(status__in=ENDED)
+        .values_list("pk", "goal_event")
     )
     for campaign_id, goal in journeys:
         exit_runs(campaign_id=campaign_id, user_ids=sorted(by_name[goal]), reason=f"EXITED: {goal}")
@@ -330,15 +336,46 @@ def exit_runs(*, campaign_id: int, user_ids: Sequence[str], reason: str) -> int:
     """End these people's active runs, then skip every step message of theirs not yet posted,
     also one queued by a run that finished its last step meanwhile. Returns the runs ended."""
     now = timezone.now()
-    exited = JourneyRun.objects.filter(
-        campaign_id=campaign_id, user_id__in=list(user_ids), status=RunStatus.ACTIVE
-    ).update(status=RunStatus.EXITED, ended_at=now, wake_at=None)
-    # After the runs' update: an advancer that held one of them has committed its messages, so
-    # this statement sees them.
-    Delivery.objects.filter(
-        campaign_id=campaign_id,
-        user_id__in=list(user_ids),
-        status=DeliveryStatus.PENDING,
+    # A run that walked its last step while that step's message is still to be posted (pending,
+    # or held by a worker) left on the goal too: marked so, its message is dropped when claimed.
+    unsettled = Delivery.objects.filter(
+        campaign_id=OuterRef("campaign_id"),
+        profile_id=OuterRef("profile_id"),
+        status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING],
         phase__startswith="step:",
-    ).update(status=DeliveryStatus.SKIPPED, reason=reason[:500])
+    )
+    exited = (
+        JourneyRun.objects.filter(campaign_id=campaign_id, user_id__in=list(user_ids))
+        .filter(Q(status=RunStatus.ACTIVE) | Q(Exists(unsettled), status=RunStatus.COMPLETED))
+        .update(status=RunStatus.EXITED, ended_at=now, wake_at=None)
+    )
+    # After the runs' update: an advancer that held one of them has committed its messages, so
+    # this statement sees them. A message a worker holds now is dropped when claimed again
+    # (`exited_deliveries`); one being posted at this moment still goes.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery SET status = 'skipped', reason = %s, queued_at = NULL"
+            " WHERE campaign_id = %s AND user_id = ANY(%s) AND status = 'pending' AND phase LIKE 'step:%%'"
+            " RETURNING coupon_code",
+            [reason[:500], campaign_id, list(user_ids)],
+        )
+        codes = [row[0] for row in cursor.fetchall()]
+    # Their coupons go back to the rule's budget, as a cancelled campaign's do.
+    sending.release_coupons([c for c in codes if c])
     return exited
+
+
+def exited_deliveries(rows: list[Delivery]) -> dict[int, str]:
+    """Claim check (campaigns' sending): the step messages of people whose run left on the goal,
+    with the reason, so one deferred, retried or handed back after the goal is never posted."""
+    steps = [d for d in rows if d.phase.startswith("step:")]
+    if not steps:
+        return {}
+    exited = set(
+        JourneyRun.objects.filter(
+            status=RunStatus.EXITED,
+            campaign_id__in={d.campaign_id for d in steps},
+            profile_id__in={d.profile_id for d in steps},
+        ).values_list("campaign_id", "profile_id")
+    )
+    return {d.pk: f"EXITED: {d.campaign.goal_event}" for d in steps if (d.campaign_id, d.profile_id) in exited}

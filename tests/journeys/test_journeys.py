@@ -216,3 +216,66 @@ def test_a_journey_nobody_is_in_any_more_completes_once_its_messages_are_settled
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED and campaign.results_snapshot is not None
     assert len(gateway.requests) == len(people)
+
+
+def _goal(*people):
+    from types import SimpleNamespace
+
+    services.on_events_ingested([SimpleNamespace(name="order_paid", user_id=p.user_id) for p in people])
+
+
+def test_the_goal_event_ends_runs_of_a_paused_journey_and_nothing_goes_after_resuming():
+    campaign, people = _journey(
+        [{"kind": "send", "variant": "A"}, {"kind": "wait", "wait_minutes": 60}, {"kind": "send", "variant": "B"}],
+        people=2,
+    )
+    t0 = timezone.now()
+    services.launch_journey(campaign=campaign, now=t0)
+    services.advance_due(now=t0)
+    campaign_services.pause_campaign(campaign_id=campaign.pk)
+    buyer = people[0]
+    _goal(buyer)
+    assert JourneyRun.objects.get(campaign=campaign, profile=buyer).status == RunStatus.EXITED
+    assert Delivery.objects.get(campaign=campaign, profile=buyer).status == "skipped"
+    campaign_services.resume_campaign(campaign_id=campaign.pk)
+    services.advance_due(now=t0 + dt.timedelta(minutes=61))
+    assert _phases(campaign, buyer) == {_step_phase(campaign, 0)}
+    assert len(_phases(campaign, people[1])) == 2
+
+
+def test_a_step_message_back_to_pending_after_the_goal_is_dropped_and_gives_its_coupon_back():
+    from coupons.models import Coupon, CouponStatus
+    from tests.factories.coupons import CouponRuleFactory
+
+    campaign, people = _journey([{"kind": "send", "variant": "A"}], people=2, holdout_percent=Decimal(0))
+    rule = CouponRuleFactory(value=Decimal("5.00"))
+    campaign.variants.update(coupon_rule_id=rule.pk)
+    buyer, other = people
+    services.launch_journey(campaign=campaign)
+    services.advance_due()
+    ids = list(Delivery.objects.filter(campaign=campaign).values_list("id", flat=True))
+    # The provider fails: both messages wait for a retry, each with its coupon issued.
+    with Receiver(status=503) as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign_services.deliver(delivery_ids=ids)
+    retrying = Delivery.objects.get(campaign=campaign, profile=buyer)
+    assert retrying.status == "pending" and retrying.coupon_code
+    _goal(buyer)
+    retrying.refresh_from_db()
+    assert retrying.status == "skipped" and retrying.reason == "EXITED: order_paid"
+    assert Coupon.objects.get(code=retrying.coupon_code).status == CouponStatus.REVOKED
+    # A message in the hands of a worker when the goal came (then handed back: a deferral, a
+    # release) is dropped when claimed again, never posted.
+    held = Delivery.objects.get(campaign=campaign, profile=other)
+    Delivery.objects.filter(pk=held.pk).update(status="sending", lease=uuid.uuid4())
+    _goal(other)
+    Delivery.objects.filter(pk=held.pk).update(status="pending", lease=None, not_before=None)
+    with Receiver() as gateway:
+        from campaigns.models import Channel
+
+        Channel.objects.filter(kind=ChannelKind.PUSH).update(url=gateway.url)
+        campaign_services.deliver(delivery_ids=ids)
+    assert gateway.requests == []
+    held.refresh_from_db()
+    assert held.status == "skipped" and held.reason == "EXITED: order_paid"
+    assert Coupon.objects.get(code=held.coupon_code).status == CouponStatus.REVOKED
