@@ -19,8 +19,16 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from access.services import record_audit
-from campaigns import sending
-from campaigns.models import Campaign, CampaignPhase, CampaignStatus, ChannelKind, Delivery, DeliveryStatus
+from campaigns import sending, validation
+from campaigns.models import (
+    Campaign,
+    CampaignPhase,
+    CampaignStatus,
+    ChannelKind,
+    Delivery,
+    DeliveryStatus,
+    ScheduleKind,
+)
 from campaigns.selectors import segment_profile_ids
 from config.celery import publish
 from journeys import errors
@@ -90,6 +98,18 @@ def single_send_problems(campaign: Campaign) -> dict[str, str]:
     return {}
 
 
+def launch_problems(campaign: Campaign) -> dict[str, str]:
+    """The campaigns' launch checks (segment, channel ready, approved materials, shares, ...),
+    except the one refusing a campaign with steps as a single send; and a journey starts at
+    launch: a scheduled or triggered campaign would also send its own single messages."""
+    problems = validation.launch_problems(campaign, without=[single_send_problems])
+    if campaign.schedule_kind != ScheduleKind.NOW:
+        problems["schedule_kind"] = (
+            f"A journey starts when launched (schedule {ScheduleKind.NOW.label!r}), not {campaign.schedule_kind!r}."
+        )
+    return problems
+
+
 @transaction.atomic
 def set_steps(
     *, campaign: Campaign, steps: Sequence[dict[str, Any]], actor: Any = None, api_key: Any = None
@@ -141,6 +161,11 @@ def launch_journey(
     )
     if problems := step_problems(campaign, steps):
         raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
+    if problems := launch_problems(campaign):
+        raise errors.InvalidConfiguration(
+            "This journey cannot work as configured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+            fields=problems,
+        )
     campaign.status = CampaignStatus.RUNNING
     campaign.phase = JOURNEY_PHASE
     campaign.launched_at = now

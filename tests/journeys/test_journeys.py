@@ -279,3 +279,29 @@ def test_a_step_message_back_to_pending_after_the_goal_is_dropped_and_gives_its_
     held.refresh_from_db()
     assert held.status == "skipped" and held.reason == "EXITED: order_paid"
     assert Coupon.objects.get(code=held.coupon_code).status == CouponStatus.REVOKED
+
+
+def test_a_journey_is_launched_only_when_it_can_work_like_a_campaign(api_client):
+    from campaigns.models import Campaign, ScheduleKind, Variant
+    from journeys import errors
+    from tests.factories.materials import MaterialFactory, MaterialVersionFactory
+
+    campaign, _people = _journey([{"kind": "send", "variant": "A"}], people=2)
+    draft = MaterialVersionFactory(material=MaterialFactory(channel="push"), title="Hi", body="Hi", defaults={})
+    Variant.objects.filter(campaign=campaign, name="A").update(material_version=draft, title="", body="")
+    with pytest.raises(errors.InvalidConfiguration) as refused:
+        services.launch_journey(campaign=campaign)
+    assert "variants" in str(refused.value.extra["fields"]) or "material" in str(refused.value).lower()
+    response = api_client.post(f"/api/v1/campaigns/{campaign.pk}/journey/launch")
+    assert response.status_code == 422 and response.json()["reason"] == "INVALID_CONFIGURATION"
+    assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.DRAFT
+    assert not JourneyRun.objects.filter(campaign=campaign).exists()
+    # A triggered (or scheduled) campaign is not a journey: it would also send single messages.
+    trigger = CampaignFactory(variants=[("A", 100)])
+    services.set_steps(campaign=trigger, steps=[{"kind": "send", "variant": trigger.variants.get().pk}])
+    Campaign.objects.filter(pk=trigger.pk).update(schedule_kind=ScheduleKind.TRIGGER)
+    trigger.refresh_from_db()
+    with pytest.raises(errors.InvalidConfiguration) as refused:
+        services.launch_journey(campaign=trigger)
+    assert "schedule_kind" in refused.value.extra["fields"]
+    assert not JourneyRun.objects.filter(campaign=trigger).exists()
