@@ -5,6 +5,7 @@ messages at once, and the counts per step in the API and the admin."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from decimal import Decimal
 
@@ -305,3 +306,41 @@ def test_a_journey_is_launched_only_when_it_can_work_like_a_campaign(api_client)
         services.launch_journey(campaign=trigger)
     assert "schedule_kind" in refused.value.extra["fields"]
     assert not JourneyRun.objects.filter(campaign=trigger).exists()
+
+
+def _post_steps(client, campaign, rows):
+    data = {
+        "journey_steps-TOTAL_FORMS": str(len(rows)),
+        "journey_steps-INITIAL_FORMS": "0",
+        "journey_steps-MIN_NUM_FORMS": "0",
+        "journey_steps-MAX_NUM_FORMS": "1000",
+    }
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            data[f"journey_steps-{i}-{k}"] = "" if v is None else str(v)
+        data[f"journey_steps-{i}-campaign"] = str(campaign.pk)
+    return client.post(reverse("admin:journeys_journey_change", args=[campaign.pk]), data)
+
+
+def test_admin_steps_keep_their_goto_when_positions_are_renumbered(client, make_staff):
+    from journeys.models import JourneyStep
+
+    client.force_login(make_staff("Operations"))
+    campaign = CampaignFactory(variants=[("A", 50), ("B", 50)])
+    a, b = (campaign.variants.get(name=n).pk for n in ("A", "B"))
+    # Typed with gaps (10, 20, 30): the branch goes to the step typed 30, sending B.
+    rows = [
+        {"position": 10, "kind": "branch", "branch_on": "tag", "tag": "vip", "goto": 30, "wait_minutes": 0},
+        {"position": 20, "kind": "send", "variant": a, "wait_minutes": 0},
+        {"position": 30, "kind": "send", "variant": b, "wait_minutes": 0},
+    ]
+    response = _post_steps(client, campaign, rows)
+    assert response.status_code == 302, re.findall(r"errorlist[^>]*>(.*?)</ul>", response.content.decode(), re.S)
+    steps = list(JourneyStep.objects.filter(campaign=campaign).order_by("position"))
+    assert [s.position for s in steps] == [0, 1, 2]
+    assert steps[0].goto == 2 and steps[2].variant_id == b
+    # A goto naming no typed step is refused with the step and the reason, nothing saved.
+    rows[0]["goto"] = 25
+    response = _post_steps(client, campaign, rows)
+    assert response.status_code == 200 and "goto 25" in response.content.decode()
+    assert JourneyStep.objects.get(campaign=campaign, position=0).goto == 2
