@@ -33,7 +33,7 @@ from campaigns.selectors import segment_profile_ids
 from config.celery import publish
 from journeys import errors
 from journeys.models import BranchOn, JourneyRun, JourneyStep, RunStatus, StepKind, StepVisit
-from profiles.models import Profile, ProfileTag
+from profiles.models import Identity, IdentityKind, Profile, ProfileTag
 from tracking.models import Event
 
 logger = logging.getLogger(__name__)
@@ -357,6 +357,41 @@ def on_events_ingested(events: Sequence[Any]) -> None:
         exit_runs(campaign_id=campaign_id, user_ids=sorted(by_name[goal]), reason=f"EXITED: {goal}")
 
 
+def on_profiles_merged(into: Profile, merged: Profile) -> None:
+    """Merge listener (`profiles.lookup`), inside the merge's transaction, after the campaigns'
+    one moved the deliveries. The person keeps one run per journey: where the survivor has none,
+    the merged profile's run becomes the survivor's; where both had one, the survivor's goes on
+    and the other ends (MERGED), its step messages left on the merged profile skipped (their
+    coupons given back), so nobody gets a step's message twice."""
+    JourneyRun.objects.filter(profile_id=merged.pk).exclude(
+        campaign_id__in=JourneyRun.objects.filter(profile_id=into.pk).values("campaign_id")
+    ).update(profile_id=into.pk, user_id=into.user_id)
+    doubled = list(JourneyRun.objects.filter(profile_id=merged.pk).values_list("campaign_id", flat=True))
+    if not doubled:
+        return
+    JourneyRun.objects.filter(profile_id=merged.pk, status=RunStatus.ACTIVE).update(
+        status=RunStatus.MERGED, ended_at=timezone.now(), wake_at=None
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery SET status = 'skipped', reason = %s, queued_at = NULL"
+            " WHERE campaign_id = ANY(%s) AND profile_id = %s AND status = 'pending' AND phase LIKE 'step:%%'"
+            " RETURNING coupon_code",
+            [f"MERGED: into {into.user_id}"[:500], doubled, merged.pk],
+        )
+        codes = [row[0] for row in cursor.fetchall()]
+    sending.release_coupons([c for c in codes if c])
+
+
+def _people_of(user_ids: Sequence[str]) -> list[int]:
+    """The profiles these user ids belong to now: after a merge, the survivor's."""
+    return list(
+        Identity.objects.filter(kind=IdentityKind.USER_ID, value__in=list(user_ids)).values_list(
+            "profile_id", flat=True
+        )
+    )
+
+
 def exit_runs(*, campaign_id: int, user_ids: Sequence[str], reason: str) -> int:
     """End these people's active runs, then skip every step message of theirs not yet posted,
     also one queued by a run that finished its last step meanwhile. Returns the runs ended."""
@@ -369,8 +404,12 @@ def exit_runs(*, campaign_id: int, user_ids: Sequence[str], reason: str) -> int:
         status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING],
         phase__startswith="step:",
     )
+    # By person, not by the user id the run was started with: a merged person's run moved to
+    # the survivor, and either of their user ids reaches the goal.
+    people = _people_of(user_ids)
     exited = (
-        JourneyRun.objects.filter(campaign_id=campaign_id, user_id__in=list(user_ids))
+        JourneyRun.objects.filter(campaign_id=campaign_id)
+        .filter(Q(user_id__in=list(user_ids)) | Q(profile_id__in=people))
         .filter(Q(status=RunStatus.ACTIVE) | Q(Exists(unsettled), status=RunStatus.COMPLETED))
         .update(status=RunStatus.EXITED, ended_at=now, wake_at=None)
     )
@@ -380,9 +419,9 @@ def exit_runs(*, campaign_id: int, user_ids: Sequence[str], reason: str) -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE campaigns_delivery SET status = 'skipped', reason = %s, queued_at = NULL"
-            " WHERE campaign_id = %s AND user_id = ANY(%s) AND status = 'pending' AND phase LIKE 'step:%%'"
-            " RETURNING coupon_code",
-            [reason[:500], campaign_id, list(user_ids)],
+            " WHERE campaign_id = %s AND (user_id = ANY(%s) OR profile_id = ANY(%s)) AND status = 'pending'"
+            " AND phase LIKE 'step:%%' RETURNING coupon_code",
+            [reason[:500], campaign_id, list(user_ids), people],
         )
         codes = [row[0] for row in cursor.fetchall()]
     # Their coupons go back to the rule's budget, as a cancelled campaign's do.

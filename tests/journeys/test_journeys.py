@@ -175,7 +175,7 @@ def test_api_sets_steps_launches_and_counts_each_step(api_client):
     assert api_client.post(f"{url}/launch").status_code == 409
     services.advance_due()
     data = api_client.get(url).json()
-    assert data["runs"] == {"active": 3, "completed": 0, "exited": 0}
+    assert data["runs"] == {"active": 3, "completed": 0, "exited": 0, "merged": 0}
     send, wait = data["steps"]
     assert (send["reached"], send["waiting"], send["deliveries"]["created"]) == (3, 0, 3)
     assert (wait["reached"], wait["waiting"], wait["deliveries"]) == (3, 3, None)
@@ -344,3 +344,48 @@ def test_admin_steps_keep_their_goto_when_positions_are_renumbered(client, make_
     response = _post_steps(client, campaign, rows)
     assert response.status_code == 200 and "goto 25" in response.content.decode()
     assert JourneyStep.objects.get(campaign=campaign, position=0).goto == 2
+
+
+def test_a_merged_person_gets_one_message_per_step_and_leaves_on_either_user_id():
+    from profiles.services import identify
+
+    campaign, people = _journey(
+        [{"kind": "send", "variant": "A"}, {"kind": "wait", "wait_minutes": 60}, {"kind": "send", "variant": "B"}],
+        people=3,
+    )
+    t0 = timezone.now()
+    services.launch_journey(campaign=campaign, now=t0)
+    services.advance_due(now=t0)
+    # Two of the audience turn out to be one person (a shared phone): merged.
+    identify(user_id=people[0].user_id, identities=[("phone", "+8613800138000")])
+    identify(user_id=people[1].user_id, identities=[("phone", "+8613800138000")])
+    merged = Profile.objects.get(pk=people[0].pk)
+    survivor = merged.merged_into or Profile.objects.get(pk=people[1].pk)
+    if merged.merged_into is None:  # whichever way identify merged them
+        merged, survivor = Profile.objects.get(pk=people[1].pk), Profile.objects.get(pk=people[0].pk)
+    assert merged.merged_into_id == survivor.pk
+    assert JourneyRun.objects.filter(campaign=campaign, status=RunStatus.ACTIVE, profile=merged).count() == 0
+    services.advance_due(now=t0 + dt.timedelta(minutes=61))
+    step2 = _step_phase(campaign, 2)
+    assert Delivery.objects.filter(campaign=campaign, phase=step2, profile__in=[merged, survivor]).count() == 1
+    # The goal event under the merged-away user id ends the survivor's run.
+    _goal(merged)
+    assert JourneyRun.objects.get(campaign=campaign, profile=survivor).status == RunStatus.EXITED
+
+
+def test_a_run_follows_its_person_into_a_profile_outside_the_journey():
+    from profiles.services import identify
+
+    campaign, people = _journey(
+        [{"kind": "send", "variant": "A"}, {"kind": "wait", "wait_minutes": 60}, {"kind": "send", "variant": "B"}],
+        people=1,
+    )
+    services.launch_journey(campaign=campaign)
+    identify(user_id=people[0].user_id, identities=[("phone", "+8613800138001")])
+    identify(user_id="new-account", identities=[("phone", "+8613800138001")])
+    survivor = Profile.objects.get(user_id="new-account")
+    assert Profile.objects.get(pk=people[0].pk).merged_into == survivor
+    run = JourneyRun.objects.get(campaign=campaign)
+    assert run.profile_id == survivor.pk and run.status == RunStatus.ACTIVE
+    _goal(survivor)
+    assert JourneyRun.objects.get(campaign=campaign).status == RunStatus.EXITED
