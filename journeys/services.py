@@ -88,7 +88,47 @@ def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[s
                 problems[key] = "A branch needs goto: the step to go to when the condition holds."
         if key not in problems and goto is not None and not 0 <= goto <= len(steps):
             problems[key] = f"goto is a step position from 0 to {len(steps)} (past the last: the end)."
+    if not problems and (start := _loop_without_wait(steps)) is not None:
+        problems[f"steps[{start}]"] = (
+            "These steps loop back here without a wait (or a wait for an event) on the way: a person would "
+            "stay in the journey for ever. Put a wait in the loop."
+        )
     return problems
+
+
+def _loop_without_wait(steps: Sequence[dict[str, Any]]) -> int | None:
+    """The first step of a loop that never waits, or None. Waits break loops (the run rests);
+    sends go on to the next step; branches to their goto or the next step."""
+    n = len(steps)
+
+    def successors(i: int) -> list[int]:
+        s = steps[i]
+        if s["kind"] in (StepKind.WAIT, StepKind.WAIT_EVENT):
+            return []
+        nxt = [i + 1]
+        if s["kind"] == StepKind.BRANCH and s.get("goto") is not None:
+            nxt.append(s["goto"])
+        return [j for j in nxt if j < n]
+
+    state = [0] * n  # 0 unseen, 1 on the path, 2 done
+    for root in range(n):
+        if state[root]:
+            continue
+        stack = [(root, iter(successors(root)))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            for j in it:
+                if state[j] == 1:
+                    return j
+                if state[j] == 0:
+                    state[j] = 1
+                    stack.append((j, iter(successors(j))))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+    return None
 
 
 def single_send_problems(campaign: Campaign) -> dict[str, str]:

@@ -389,3 +389,22 @@ def test_a_run_follows_its_person_into_a_profile_outside_the_journey():
     assert run.profile_id == survivor.pk and run.status == RunStatus.ACTIVE
     _goal(survivor)
     assert JourneyRun.objects.get(campaign=campaign).status == RunStatus.EXITED
+
+
+def test_a_loop_without_a_wait_is_refused():
+    campaign = CampaignFactory(variants=[("A", 100)])
+    a = campaign.variants.get().pk
+    looping = [
+        {"kind": "send", "variant": a},
+        {"kind": "branch", "branch_on": "tag", "tag": "vip", "goto": 0},
+    ]
+    with pytest.raises(services.errors.InvalidSteps) as refused:
+        services.set_steps(campaign=campaign, steps=looping)
+    assert "wait" in refused.value.extra["fields"]["steps[0]"]
+    # The same loop through a wait is a reminder cycle: allowed.
+    waiting = [
+        {"kind": "send", "variant": a},
+        {"kind": "wait", "wait_minutes": 60},
+        {"kind": "branch", "branch_on": "tag", "tag": "vip", "goto": 1},
+    ]
+    assert len(services.set_steps(campaign=campaign, steps=waiting)) == 3
