@@ -49,6 +49,18 @@ logger = logging.getLogger(__name__)
 SENDABLE = (CampaignStatus.RUNNING, CampaignStatus.AWAITING_ROLLOUT)
 # How long a message waits for a channel an operator disabled before it is looked at again.
 CHANNEL_DISABLED_WAIT = dt.timedelta(minutes=5)
+
+# Apps above this one that can tell, when a message is claimed, that it is no longer wanted (a
+# journey's person reached the goal while the message was being sent, deferred or retried):
+# `check(rows) -> {delivery id: reason}`; those rows are skipped, never posted.
+ClaimCheck = Callable[[list[Delivery]], dict[int, str]]
+_claim_checks: dict[str, ClaimCheck] = {}
+
+
+def register_claim_check(name: str, check: ClaimCheck) -> None:
+    _claim_checks[name] = check
+
+
 _TRANSIENT_REASONS = ("retrying:", "waiting:")
 
 
@@ -131,6 +143,7 @@ def deliver_batch(delivery_ids: Sequence[int]) -> dict[str, int]:
         rows = list(
             Delivery.objects.filter(pk__in=claimed).select_related("variant", "campaign", "profile").order_by("id")
         )
+        rows = _drop_unwanted(rows, lease.token, counts)
         by_campaign: dict[int, list[Delivery]] = defaultdict(list)
         for d in rows:
             by_campaign[d.campaign_id].append(d)
@@ -141,6 +154,17 @@ def deliver_batch(delivery_ids: Sequence[int]) -> dict[str, int]:
         # it ran) go back to pending at once rather than when their lease goes stale.
         _release_unposted(lease.token)
     return counts
+
+
+def _drop_unwanted(rows: list[Delivery], token: uuid.UUID, counts: dict[str, int]) -> list[Delivery]:
+    dropped: dict[int, str] = {}
+    for _name, check in sorted(_claim_checks.items()):
+        dropped.update(check(rows))
+    if not dropped:
+        return rows
+    _set_final(list(dropped.items()), DeliveryStatus.SKIPPED, token)
+    counts["skipped"] += len(dropped)
+    return [d for d in rows if d.pk not in dropped]
 
 
 def _claim(delivery_ids: Sequence[int], token: uuid.UUID) -> list[int]:
@@ -389,6 +413,10 @@ def _render_materials(deliveries: list[Delivery], token: uuid.UUID, counts: dict
             d.rendered = render(compiled[pk], context)
         except RenderError as exc:
             failed.append((d.pk, f"RENDER_FAILED: {exc}"))
+            continue
+        except Exception as exc:  # one person's message fails, never the batch
+            logger.exception("rendering delivery %s failed", d.pk)
+            failed.append((d.pk, f"RENDER_FAILED: {exc.__class__.__name__}: {exc}"[:500]))
             continue
         d.rendered_url = channels.click_url(d.pk) if version.url else ""
     if failed:

@@ -789,6 +789,17 @@ _CONSENT = {
 }
 
 
+def _consents(profile: Profile, channel: str) -> bool:
+    """`_CONSENT` for one profile already loaded."""
+    if channel == ChannelKind.PUSH:
+        return profile.push_opt_in
+    if channel == ChannelKind.SMS:
+        return profile.sms_opt_in and bool(profile.phone)
+    if channel == ChannelKind.EMAIL:
+        return profile.email_opt_in and bool(profile.email)
+    return True
+
+
 def create_deliveries(
     *,
     campaign: Campaign,
@@ -1284,11 +1295,14 @@ def send_material_test(*, version: Any, user_id: str, actor: Any = None) -> tupl
     profile = Profile.objects.filter(user_id=user_id).first()
     if profile is None:
         return False, f"NO_RECIPIENT: no profile with user id {user_id!r}"
+    kind = version.material.channel
+    # The same consent a campaign's message needs: a test never reaches someone who said no.
+    if not _consents(profile, kind):
+        return False, f"NO_CONSENT: {user_id!r} has not agreed to {kind} messages (or has no address for it)"
     preview = material_selectors.preview(version=version, profile=profile)
     if preview["error"] or preview["problems"]:
         return False, preview["error"] or "; ".join(p["reason"] for p in preview["problems"])
     rendered = preview["rendered"]
-    kind = version.material.channel
     payload = {
         "delivery_id": None,
         "idempotency_key": f"test-material-{version.pk}-{timezone.now().timestamp()}",

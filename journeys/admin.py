@@ -22,21 +22,48 @@ STEP_FIELDS = ("kind", "variant", "wait_minutes", "event", "branch_on", "tag", "
 
 
 class StepFormSet(forms.BaseInlineFormSet):
+    """Steps are saved at positions 0..n-1 in the order typed; a `goto` names a position as
+    typed, so it is carried over to the step it named (one past the last typed: the end)."""
+
     def clean(self) -> None:
         super().clean()
-        steps = self.ordered_steps()
-        problems = services.step_problems(self.instance, steps)
+        steps, problems = self._renumbered()
+        if not problems:
+            problems = services.step_problems(self.instance, steps)
         if problems:
             raise ValidationError([f"{k}: {v}" for k, v in problems.items()])
 
     def ordered_steps(self) -> list[dict]:
+        return self._renumbered()[0]
+
+    def _renumbered(self) -> tuple[list[dict], dict[str, str]]:
         kept = [
             f.cleaned_data
             for f in self.forms
             if f.cleaned_data and not f.cleaned_data.get("DELETE") and f.cleaned_data.get("kind")
         ]
         kept.sort(key=lambda d: d.get("position") or 0)
-        return [{k: (d[k].pk if k == "variant" and d.get(k) else d.get(k)) for k in STEP_FIELDS} for d in kept]
+        typed = [d.get("position") or 0 for d in kept]
+        problems: dict[str, str] = {}
+        if repeated := sorted({p for p in typed if typed.count(p) > 1}):
+            problems["position"] = f"Each step needs its own position; repeated: {', '.join(map(str, repeated))}."
+        new_index = {p: i for i, p in enumerate(typed)}
+        steps = []
+        for i, d in enumerate(kept):
+            step = {k: (d[k].pk if k == "variant" and d.get(k) else d.get(k)) for k in STEP_FIELDS}
+            goto = step["goto"]
+            if goto is not None:
+                if goto in new_index:
+                    step["goto"] = new_index[goto]
+                elif typed and goto > typed[-1]:
+                    step["goto"] = len(kept)  # past the last step: the journey ends
+                else:
+                    problems[f"steps[{i}]"] = (
+                        f"goto {goto} names no step; the positions are {', '.join(map(str, typed))} "
+                        "(or one past the last: the end)."
+                    )
+            steps.append(step)
+        return steps, problems
 
 
 class JourneyStepInline(admin.TabularInline):
@@ -81,6 +108,9 @@ class JourneyAdmin(admin.ModelAdmin):
     def save_formset(self, request, form, formset, change) -> None:
         if isinstance(formset, StepFormSet):
             services.set_steps(campaign=form.instance, steps=formset.ordered_steps(), actor=request.user)
+            # The steps were replaced as a whole (audited there); the admin's change message
+            # reads these lists, which only formset.save() would have set.
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
             return
         super().save_formset(request, form, formset, change)
 

@@ -13,5 +13,12 @@ class InvalidSteps(Refused):
     reason = "INVALID_STEPS"
 
 
+class InvalidConfiguration(Refused):
+    """A journey that cannot work as configured (the campaigns' launch checks, a schedule other
+    than at launch); `fields` names each problem."""
+
+    reason = "INVALID_CONFIGURATION"
+
+
 class NotADraft(Conflict):
     reason = "INVALID_STATUS"

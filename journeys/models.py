@@ -71,6 +71,7 @@ class RunStatus(models.TextChoices):
     ACTIVE = "active", "In the journey"
     COMPLETED = "completed", "Walked every step"
     EXITED = "exited", "Left on the goal event"
+    MERGED = "merged", "Merged into the run of the profile it merged into"
 
 
 class JourneyRun(models.Model):

@@ -14,16 +14,26 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from access.services import record_audit
-from campaigns.models import Campaign, CampaignPhase, CampaignStatus, ChannelKind, Delivery, DeliveryStatus
+from campaigns import sending, validation
+from campaigns.models import (
+    Campaign,
+    CampaignPhase,
+    CampaignStatus,
+    ChannelKind,
+    Delivery,
+    DeliveryStatus,
+    ScheduleKind,
+)
 from campaigns.selectors import segment_profile_ids
 from config.celery import publish
 from journeys import errors
 from journeys.models import BranchOn, JourneyRun, JourneyStep, RunStatus, StepKind, StepVisit
-from profiles.models import Profile, ProfileTag
+from profiles.models import Identity, IdentityKind, Profile, ProfileTag
 from tracking.models import Event
 
 logger = logging.getLogger(__name__)
@@ -33,6 +43,8 @@ JOURNEY_PHASE = CampaignPhase.JOURNEY
 EVENT_POLL = dt.timedelta(minutes=1)
 MAX_WAIT_MINUTES = 60 * 24 * 90
 PROFILE_TRAITS = ("name", "gender", "region", "city", "timezone")
+# Journeys that are over: a goal event no longer changes anything in them.
+ENDED = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED)
 
 
 def _consents(profile: Profile, channel: str) -> bool:
@@ -76,7 +88,47 @@ def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[s
                 problems[key] = "A branch needs goto: the step to go to when the condition holds."
         if key not in problems and goto is not None and not 0 <= goto <= len(steps):
             problems[key] = f"goto is a step position from 0 to {len(steps)} (past the last: the end)."
+    if not problems and (start := _loop_without_wait(steps)) is not None:
+        problems[f"steps[{start}]"] = (
+            "These steps loop back here without a wait (or a wait for an event) on the way: a person would "
+            "stay in the journey for ever. Put a wait in the loop."
+        )
     return problems
+
+
+def _loop_without_wait(steps: Sequence[dict[str, Any]]) -> int | None:
+    """The first step of a loop that never waits, or None. Waits break loops (the run rests);
+    sends go on to the next step; branches to their goto or the next step."""
+    n = len(steps)
+
+    def successors(i: int) -> list[int]:
+        s = steps[i]
+        if s["kind"] in (StepKind.WAIT, StepKind.WAIT_EVENT):
+            return []
+        nxt = [i + 1]
+        if s["kind"] == StepKind.BRANCH and s.get("goto") is not None:
+            nxt.append(s["goto"])
+        return [j for j in nxt if j < n]
+
+    state = [0] * n  # 0 unseen, 1 on the path, 2 done
+    for root in range(n):
+        if state[root]:
+            continue
+        stack = [(root, iter(successors(root)))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            for j in it:
+                if state[j] == 1:
+                    return j
+                if state[j] == 0:
+                    state[j] = 1
+                    stack.append((j, iter(successors(j))))
+                    break
+            else:
+                state[node] = 2
+                stack.pop()
+    return None
 
 
 def single_send_problems(campaign: Campaign) -> dict[str, str]:
@@ -84,6 +136,18 @@ def single_send_problems(campaign: Campaign) -> dict[str, str]:
     if JourneyStep.objects.filter(campaign_id=campaign.pk).exists():
         return {"status": "This campaign has journey steps: launch it from its journey (Journeys > launch)."}
     return {}
+
+
+def launch_problems(campaign: Campaign) -> dict[str, str]:
+    """The campaigns' launch checks (segment, channel ready, approved materials, shares, ...),
+    except the one refusing a campaign with steps as a single send; and a journey starts at
+    launch: a scheduled or triggered campaign would also send its own single messages."""
+    problems = validation.launch_problems(campaign, without=[single_send_problems])
+    if campaign.schedule_kind != ScheduleKind.NOW:
+        problems["schedule_kind"] = (
+            f"A journey starts when launched (schedule {ScheduleKind.NOW.label!r}), not {campaign.schedule_kind!r}."
+        )
+    return problems
 
 
 @transaction.atomic
@@ -137,6 +201,11 @@ def launch_journey(
     )
     if problems := step_problems(campaign, steps):
         raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
+    if problems := launch_problems(campaign):
+        raise errors.InvalidConfiguration(
+            "This journey cannot work as configured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+            fields=problems,
+        )
     campaign.status = CampaignStatus.RUNNING
     campaign.phase = JOURNEY_PHASE
     campaign.launched_at = now
@@ -317,28 +386,100 @@ def on_events_ingested(events: Sequence[Any]) -> None:
             by_name.setdefault(e.name, set()).add(e.user_id)
     if not by_name:
         return
+    # Paused or failed journeys too: their runs wait to go on, and must not message a person who
+    # already converted once resumed.
     journeys = list(
-        Campaign.objects.filter(
-            status=CampaignStatus.RUNNING, phase=JOURNEY_PHASE, goal_event__in=list(by_name)
-        ).values_list("pk", "goal_event")
+        Campaign.objects.filter(phase=JOURNEY_PHASE, goal_event__in=list(by_name))
+        .exclude(status__in=ENDED)
+        .values_list("pk", "goal_event")
     )
     for campaign_id, goal in journeys:
         exit_runs(campaign_id=campaign_id, user_ids=sorted(by_name[goal]), reason=f"EXITED: {goal}")
+
+
+def on_profiles_merged(into: Profile, merged: Profile) -> None:
+    """Merge listener (`profiles.lookup`), inside the merge's transaction, after the campaigns'
+    one moved the deliveries. The person keeps one run per journey: where the survivor has none,
+    the merged profile's run becomes the survivor's; where both had one, the survivor's goes on
+    and the other ends (MERGED), its step messages left on the merged profile skipped (their
+    coupons given back), so nobody gets a step's message twice."""
+    JourneyRun.objects.filter(profile_id=merged.pk).exclude(
+        campaign_id__in=JourneyRun.objects.filter(profile_id=into.pk).values("campaign_id")
+    ).update(profile_id=into.pk, user_id=into.user_id)
+    doubled = list(JourneyRun.objects.filter(profile_id=merged.pk).values_list("campaign_id", flat=True))
+    if not doubled:
+        return
+    JourneyRun.objects.filter(profile_id=merged.pk, status=RunStatus.ACTIVE).update(
+        status=RunStatus.MERGED, ended_at=timezone.now(), wake_at=None
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery SET status = 'skipped', reason = %s, queued_at = NULL"
+            " WHERE campaign_id = ANY(%s) AND profile_id = %s AND status = 'pending' AND phase LIKE 'step:%%'"
+            " RETURNING coupon_code",
+            [f"MERGED: into {into.user_id}"[:500], doubled, merged.pk],
+        )
+        codes = [row[0] for row in cursor.fetchall()]
+    sending.release_coupons([c for c in codes if c])
+
+
+def _people_of(user_ids: Sequence[str]) -> list[int]:
+    """The profiles these user ids belong to now: after a merge, the survivor's."""
+    return list(
+        Identity.objects.filter(kind=IdentityKind.USER_ID, value__in=list(user_ids)).values_list(
+            "profile_id", flat=True
+        )
+    )
 
 
 def exit_runs(*, campaign_id: int, user_ids: Sequence[str], reason: str) -> int:
     """End these people's active runs, then skip every step message of theirs not yet posted,
     also one queued by a run that finished its last step meanwhile. Returns the runs ended."""
     now = timezone.now()
-    exited = JourneyRun.objects.filter(
-        campaign_id=campaign_id, user_id__in=list(user_ids), status=RunStatus.ACTIVE
-    ).update(status=RunStatus.EXITED, ended_at=now, wake_at=None)
-    # After the runs' update: an advancer that held one of them has committed its messages, so
-    # this statement sees them.
-    Delivery.objects.filter(
-        campaign_id=campaign_id,
-        user_id__in=list(user_ids),
-        status=DeliveryStatus.PENDING,
+    # A run that walked its last step while that step's message is still to be posted (pending,
+    # or held by a worker) left on the goal too: marked so, its message is dropped when claimed.
+    unsettled = Delivery.objects.filter(
+        campaign_id=OuterRef("campaign_id"),
+        profile_id=OuterRef("profile_id"),
+        status__in=[DeliveryStatus.PENDING, DeliveryStatus.SENDING],
         phase__startswith="step:",
-    ).update(status=DeliveryStatus.SKIPPED, reason=reason[:500])
+    )
+    # By person, not by the user id the run was started with: a merged person's run moved to
+    # the survivor, and either of their user ids reaches the goal.
+    people = _people_of(user_ids)
+    exited = (
+        JourneyRun.objects.filter(campaign_id=campaign_id)
+        .filter(Q(user_id__in=list(user_ids)) | Q(profile_id__in=people))
+        .filter(Q(status=RunStatus.ACTIVE) | Q(Exists(unsettled), status=RunStatus.COMPLETED))
+        .update(status=RunStatus.EXITED, ended_at=now, wake_at=None)
+    )
+    # After the runs' update: an advancer that held one of them has committed its messages, so
+    # this statement sees them. A message a worker holds now is dropped when claimed again
+    # (`exited_deliveries`); one being posted at this moment still goes.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery SET status = 'skipped', reason = %s, queued_at = NULL"
+            " WHERE campaign_id = %s AND (user_id = ANY(%s) OR profile_id = ANY(%s)) AND status = 'pending'"
+            " AND phase LIKE 'step:%%' RETURNING coupon_code",
+            [reason[:500], campaign_id, list(user_ids), people],
+        )
+        codes = [row[0] for row in cursor.fetchall()]
+    # Their coupons go back to the rule's budget, as a cancelled campaign's do.
+    sending.release_coupons([c for c in codes if c])
     return exited
+
+
+def exited_deliveries(rows: list[Delivery]) -> dict[int, str]:
+    """Claim check (campaigns' sending): the step messages of people whose run left on the goal,
+    with the reason, so one deferred, retried or handed back after the goal is never posted."""
+    steps = [d for d in rows if d.phase.startswith("step:")]
+    if not steps:
+        return {}
+    exited = set(
+        JourneyRun.objects.filter(
+            status=RunStatus.EXITED,
+            campaign_id__in={d.campaign_id for d in steps},
+            profile_id__in={d.profile_id for d in steps},
+        ).values_list("campaign_id", "profile_id")
+    )
+    return {d.pk: f"EXITED: {d.campaign.goal_event}" for d in steps if (d.campaign_id, d.profile_id) in exited}

@@ -235,6 +235,9 @@ class MaterialVersionAdmin(admin.ModelAdmin):
             messages.success(request, f"{version} is approved: campaigns may send it.")
         return HttpResponseRedirect(change_url)
 
+    def _may_send_test(self, request: HttpRequest) -> bool:
+        return self.has_change_permission(request) and request.user.has_perm(services.TEST_SEND_PERMISSION)
+
     def preview_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
@@ -245,7 +248,7 @@ class MaterialVersionAdmin(admin.ModelAdmin):
         if user_id and profile is None:
             notice = f"No profile with user id {user_id!r}: showing sample values."
         if request.method == "POST" and request.POST.get("send_test"):
-            if not self.has_change_permission(request):
+            if not self._may_send_test(request):
                 raise PermissionDenied
             sent, reason = services.send_test(version=version, user_id=user_id, actor=request.user)
             if sent:
@@ -271,6 +274,6 @@ class MaterialVersionAdmin(admin.ModelAdmin):
             "notice": notice,
             "result": result,
             "webhook_json": webhook_json,
-            "can_send_test": self.has_change_permission(request),
+            "can_send_test": self._may_send_test(request),
         }
         return TemplateResponse(request, "admin/materials/materialversion/preview.html", context)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
-from access.permissions import HasScope, StaffWith
+from access.permissions import HasScope, StaffWith, has_scope
 from config.api import JsonParser, object_or_404, request_actor
 from config.views import JsonView
 from materials import errors, selectors, services
@@ -190,6 +191,9 @@ class VersionPreviewView(JsonView):
         data.is_valid(raise_exception=True)
         profile = None
         if user_id := data.validated_data.get("user_id"):
+            # A person's rendering shows their data: the same right as reading their profile.
+            if not has_scope(request, "profiles:read"):
+                raise PermissionDenied("Previewing for a person needs the profiles:read scope.")
             profile = Profile.objects.filter(user_id=user_id).first()
             if profile is None:
                 raise errors.ProfileNotFound(f"No profile with user id {user_id!r}.")

@@ -1,7 +1,11 @@
 """Rendering materials for one person, with Jinja2's sandbox.
 
-Templates are written by operators, so they run in `SandboxedEnvironment`: no attribute that
-starts with an underscore, no function of ours, no settings; only the variables below. A
+Templates are written by operators, so they run in `ImmutableSandboxedEnvironment`: no attribute
+that starts with an underscore, no function of ours, no settings, no changing a list or a dict
+handed in; only the variables below. Work is bounded too: `*` and `**` refuse results past a
+size, `range` is short and all of a message's loops over ranges share one budget of steps, and
+output stops past MAX_RENDERED_CHARS. Any error a template raises fails that person's message
+(RenderError), never the caller. A
 variable the person has no value for takes the version's default for it; without a default that
 person's message fails with the reason (and only that one). Channel limits (push title length,
 SMS segments by encoding, a JSON object for webhooks) are checked when a version is saved, when
@@ -12,16 +16,21 @@ Jinja2: https://jinja.palletsprojects.com/en/stable/sandbox/
 
 from __future__ import annotations
 
+import contextvars
+import copy
 import json
 import math
+import operator
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import gsm0338  # noqa: F401  (registers the gsm03.38 codec)
 from django.conf import settings
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # The variables a template may use, with a sample of each for previews and the checks at save.
 VARIABLES: dict[str, tuple[str, Any]] = {
@@ -40,6 +49,12 @@ VARIABLES: dict[str, tuple[str, Any]] = {
 # Per-person values that are never missing once a person is known.
 ALWAYS_PRESENT = frozenset({"tags", "traits", "user_id"})
 MAX_RENDERED_CHARS = 100_000
+# The longest `range` a template may make, and the steps all of one message's ranges may take
+# together (nested loops multiply): enough for any real message, far from hanging a worker.
+MAX_RANGE = 1_000
+MAX_LOOP_STEPS = 20_000
+# The largest integer `*` or `**` may make, in bits (about 300 digits).
+MAX_INT_BITS = 1_000
 
 
 def _limit(name: str, default: int) -> int:
@@ -101,11 +116,76 @@ class RenderError(Exception):
     """One person's message cannot be made; the message fails with this reason."""
 
 
-_plain = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
-_html = SandboxedEnvironment(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=False)
+_steps_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("material_loop_steps")
 
 
-def _env(field_name: str) -> SandboxedEnvironment:
+class _BoundedRange:
+    """A `range` whose steps count against the message's budget, so nested loops stay small."""
+
+    def __init__(self, rng: range) -> None:
+        self._rng = rng
+
+    def __len__(self) -> int:
+        return len(self._rng)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._rng[index]
+
+    def __iter__(self) -> Any:
+        budget = _steps_left.get(None)
+        for value in self._rng:
+            if budget is not None:
+                budget[0] -= 1
+                if budget[0] < 0:
+                    raise SecurityError(f"The loops take more than {MAX_LOOP_STEPS} steps in all.")
+            yield value
+
+
+def _bounded_range(*args: int) -> _BoundedRange:
+    rng = range(*args)
+    if len(rng) > MAX_RANGE:
+        raise SecurityError(f"range() makes at most {MAX_RANGE} numbers.")
+    return _BoundedRange(rng)
+
+
+def _size(value: Any) -> int | None:
+    return len(value) if isinstance(value, str | list | tuple) else None
+
+
+def _int_bits(value: Any) -> int:
+    return abs(value).bit_length() if isinstance(value, int) else 0
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "*":
+            for seq, times in ((left, right), (right, left)):
+                size = _size(seq)
+                if size is not None and isinstance(times, int) and size * max(times, 0) > MAX_RENDERED_CHARS:
+                    raise SecurityError(f"A repetition longer than {MAX_RENDERED_CHARS} is refused.")
+            if _int_bits(left) + _int_bits(right) > MAX_INT_BITS:
+                raise SecurityError("A product that large is refused.")
+            return operator.mul(left, right)
+        # `**`: integers grow by the exponent; floats and decimals overflow on their own.
+        big = isinstance(left, int) and isinstance(right, int) and abs(left) > 1
+        if big and right > 0 and max(_int_bits(left), 1) * right > MAX_INT_BITS:
+            raise SecurityError("A power that large is refused.")
+        return operator.pow(left, right)
+
+
+def _sandbox(*, autoescape: bool) -> _Sandbox:
+    env = _Sandbox(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False)
+    env.globals["range"] = _bounded_range
+    return env
+
+
+_plain = _sandbox(autoescape=False)
+_html = _sandbox(autoescape=True)
+
+
+def _env(field_name: str) -> _Sandbox:
     return _html if field_name == "html" else _plain
 
 
@@ -150,10 +230,9 @@ def template_problems(
         return problems
     compiled = compile_templates(channel=channel, fields=fields, defaults=defaults, url=url)
     try:
-        render(compiled, sample_context(), check_limits=False)
+        sample = render(compiled, sample_context(), check_limits=False)
     except RenderError as exc:
         return [Problem("template", None, f"Does not render with sample values: {exc}")]
-    sample = render(compiled, sample_context(), check_limits=False)
     return [Problem(f, None, reason) for f, reason in limit_problems(channel, sample)]
 
 
@@ -194,19 +273,38 @@ def render(compiled: Compiled, context: dict[str, Any], *, check_limits: bool = 
         values[var] = value
     out: dict[str, str] = {}
     for field_name, template in compiled.templates.items():
-        try:
-            text = template.render(values)
-        except TemplateError as exc:
-            # SecurityError (the sandbox), UndefinedError (traits.x absent), TypeError-like errors.
-            raise RenderError(f"{exc.__class__.__name__}: {exc}"[:400]) from exc
-        except (ArithmeticError, TypeError, ValueError, OverflowError) as exc:
-            raise RenderError(f"{exc.__class__.__name__}: {exc}"[:400]) from exc
-        if len(text) > MAX_RENDERED_CHARS:
-            raise RenderError(f"TOO_LONG: {field_name} renders to {len(text)} characters")
-        out[field_name] = text.strip() if field_name == "title" else text
+        text = _render_field(field_name, template, values)
+        # A line break in a subject or title (a name with a newline) would break the e-mail's
+        # headers; it reads as a space.
+        out[field_name] = _LINE_BREAKS.sub(" ", text).strip() if field_name == "title" else text
     if check_limits and (problems := limit_problems(compiled.channel, out)):
         raise RenderError("LIMIT: " + "; ".join(f"{f}: {r}" for f, r in problems))
     return out
+
+
+_LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
+
+
+def _render_field(field_name: str, template: Any, values: dict[str, Any]) -> str:
+    """One field's text, stopped past MAX_RENDERED_CHARS. Whatever the template raises (the
+    sandbox, a missing trait, KeyError or IndexError of a method, recursion, memory) is this
+    person's RenderError: the caller fails one message, never a batch or a request."""
+    token = _steps_left.set([MAX_LOOP_STEPS])
+    try:
+        parts: list[str] = []
+        length = 0
+        for part in template.generate(values):
+            length += len(part)
+            if length > MAX_RENDERED_CHARS:
+                raise RenderError(f"TOO_LONG: {field_name} renders to more than {MAX_RENDERED_CHARS} characters")
+            parts.append(part)
+        return "".join(parts)
+    except RenderError:
+        raise
+    except Exception as exc:  # operator-written code: every error is the message's
+        raise RenderError(f"{exc.__class__.__name__}: {exc}"[:400]) from exc
+    finally:
+        _steps_left.reset(token)
 
 
 def limit_problems(channel: str, rendered: dict[str, str]) -> list[tuple[str, str]]:
@@ -250,4 +348,5 @@ def limit_problems(channel: str, rendered: dict[str, str]) -> list[tuple[str, st
 
 
 def sample_context() -> dict[str, Any]:
-    return {name: sample for name, (_description, sample) in VARIABLES.items()}
+    # A copy each time: the samples are shared by every check in the process.
+    return copy.deepcopy({name: sample for name, (_description, sample) in VARIABLES.items()})

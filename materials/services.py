@@ -15,6 +15,8 @@ from materials.models import CHANNEL_FIELDS, Material, MaterialChannel, Material
 from materials.rendering import template_problems
 
 APPROVE_PERMISSION = "materials.approve_material"
+# A test send reaches a real device or address: only those who may send campaigns do it.
+TEST_SEND_PERMISSION = "campaigns.send_campaign"
 
 
 def _check(channel: str, *, fields: dict[str, str], defaults: dict[str, Any], url: str) -> None:

@@ -5,6 +5,7 @@ messages at once, and the counts per step in the API and the admin."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from decimal import Decimal
 
@@ -174,7 +175,7 @@ def test_api_sets_steps_launches_and_counts_each_step(api_client):
     assert api_client.post(f"{url}/launch").status_code == 409
     services.advance_due()
     data = api_client.get(url).json()
-    assert data["runs"] == {"active": 3, "completed": 0, "exited": 0}
+    assert data["runs"] == {"active": 3, "completed": 0, "exited": 0, "merged": 0}
     send, wait = data["steps"]
     assert (send["reached"], send["waiting"], send["deliveries"]["created"]) == (3, 0, 3)
     assert (wait["reached"], wait["waiting"], wait["deliveries"]) == (3, 3, None)
@@ -216,3 +217,194 @@ def test_a_journey_nobody_is_in_any_more_completes_once_its_messages_are_settled
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.COMPLETED and campaign.results_snapshot is not None
     assert len(gateway.requests) == len(people)
+
+
+def _goal(*people):
+    from types import SimpleNamespace
+
+    services.on_events_ingested([SimpleNamespace(name="order_paid", user_id=p.user_id) for p in people])
+
+
+def test_the_goal_event_ends_runs_of_a_paused_journey_and_nothing_goes_after_resuming():
+    campaign, people = _journey(
+        [{"kind": "send", "variant": "A"}, {"kind": "wait", "wait_minutes": 60}, {"kind": "send", "variant": "B"}],
+        people=2,
+    )
+    t0 = timezone.now()
+    services.launch_journey(campaign=campaign, now=t0)
+    services.advance_due(now=t0)
+    campaign_services.pause_campaign(campaign_id=campaign.pk)
+    buyer = people[0]
+    _goal(buyer)
+    assert JourneyRun.objects.get(campaign=campaign, profile=buyer).status == RunStatus.EXITED
+    assert Delivery.objects.get(campaign=campaign, profile=buyer).status == "skipped"
+    campaign_services.resume_campaign(campaign_id=campaign.pk)
+    services.advance_due(now=t0 + dt.timedelta(minutes=61))
+    assert _phases(campaign, buyer) == {_step_phase(campaign, 0)}
+    assert len(_phases(campaign, people[1])) == 2
+
+
+def test_a_step_message_back_to_pending_after_the_goal_is_dropped_and_gives_its_coupon_back():
+    from coupons.models import Coupon, CouponStatus
+    from tests.factories.coupons import CouponRuleFactory
+
+    campaign, people = _journey([{"kind": "send", "variant": "A"}], people=2, holdout_percent=Decimal(0))
+    rule = CouponRuleFactory(value=Decimal("5.00"))
+    campaign.variants.update(coupon_rule_id=rule.pk)
+    buyer, other = people
+    services.launch_journey(campaign=campaign)
+    services.advance_due()
+    ids = list(Delivery.objects.filter(campaign=campaign).values_list("id", flat=True))
+    # The provider fails: both messages wait for a retry, each with its coupon issued.
+    with Receiver(status=503) as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign_services.deliver(delivery_ids=ids)
+    retrying = Delivery.objects.get(campaign=campaign, profile=buyer)
+    assert retrying.status == "pending" and retrying.coupon_code
+    _goal(buyer)
+    retrying.refresh_from_db()
+    assert retrying.status == "skipped" and retrying.reason == "EXITED: order_paid"
+    assert Coupon.objects.get(code=retrying.coupon_code).status == CouponStatus.REVOKED
+    # A message in the hands of a worker when the goal came (then handed back: a deferral, a
+    # release) is dropped when claimed again, never posted.
+    held = Delivery.objects.get(campaign=campaign, profile=other)
+    Delivery.objects.filter(pk=held.pk).update(status="sending", lease=uuid.uuid4())
+    _goal(other)
+    Delivery.objects.filter(pk=held.pk).update(status="pending", lease=None, not_before=None)
+    with Receiver() as gateway:
+        from campaigns.models import Channel
+
+        Channel.objects.filter(kind=ChannelKind.PUSH).update(url=gateway.url)
+        campaign_services.deliver(delivery_ids=ids)
+    assert gateway.requests == []
+    held.refresh_from_db()
+    assert held.status == "skipped" and held.reason == "EXITED: order_paid"
+    assert Coupon.objects.get(code=held.coupon_code).status == CouponStatus.REVOKED
+
+
+def test_a_journey_is_launched_only_when_it_can_work_like_a_campaign(api_client):
+    from campaigns.models import Campaign, ScheduleKind, Variant
+    from journeys import errors
+    from tests.factories.materials import MaterialFactory, MaterialVersionFactory
+
+    campaign, _people = _journey([{"kind": "send", "variant": "A"}], people=2)
+    draft = MaterialVersionFactory(material=MaterialFactory(channel="push"), title="Hi", body="Hi", defaults={})
+    Variant.objects.filter(campaign=campaign, name="A").update(material_version=draft, title="", body="")
+    with pytest.raises(errors.InvalidConfiguration) as refused:
+        services.launch_journey(campaign=campaign)
+    assert "variants" in str(refused.value.extra["fields"]) or "material" in str(refused.value).lower()
+    response = api_client.post(f"/api/v1/campaigns/{campaign.pk}/journey/launch")
+    assert response.status_code == 422 and response.json()["reason"] == "INVALID_CONFIGURATION"
+    assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.DRAFT
+    assert not JourneyRun.objects.filter(campaign=campaign).exists()
+    # A triggered (or scheduled) campaign is not a journey: it would also send single messages.
+    trigger = CampaignFactory(variants=[("A", 100)])
+    services.set_steps(campaign=trigger, steps=[{"kind": "send", "variant": trigger.variants.get().pk}])
+    Campaign.objects.filter(pk=trigger.pk).update(schedule_kind=ScheduleKind.TRIGGER)
+    trigger.refresh_from_db()
+    with pytest.raises(errors.InvalidConfiguration) as refused:
+        services.launch_journey(campaign=trigger)
+    assert "schedule_kind" in refused.value.extra["fields"]
+    assert not JourneyRun.objects.filter(campaign=trigger).exists()
+
+
+def _post_steps(client, campaign, rows):
+    data = {
+        "journey_steps-TOTAL_FORMS": str(len(rows)),
+        "journey_steps-INITIAL_FORMS": "0",
+        "journey_steps-MIN_NUM_FORMS": "0",
+        "journey_steps-MAX_NUM_FORMS": "1000",
+    }
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            data[f"journey_steps-{i}-{k}"] = "" if v is None else str(v)
+        data[f"journey_steps-{i}-campaign"] = str(campaign.pk)
+    return client.post(reverse("admin:journeys_journey_change", args=[campaign.pk]), data)
+
+
+def test_admin_steps_keep_their_goto_when_positions_are_renumbered(client, make_staff):
+    from journeys.models import JourneyStep
+
+    client.force_login(make_staff("Operations"))
+    campaign = CampaignFactory(variants=[("A", 50), ("B", 50)])
+    a, b = (campaign.variants.get(name=n).pk for n in ("A", "B"))
+    # Typed with gaps (10, 20, 30): the branch goes to the step typed 30, sending B.
+    rows = [
+        {"position": 10, "kind": "branch", "branch_on": "tag", "tag": "vip", "goto": 30, "wait_minutes": 0},
+        {"position": 20, "kind": "send", "variant": a, "wait_minutes": 0},
+        {"position": 30, "kind": "send", "variant": b, "wait_minutes": 0},
+    ]
+    response = _post_steps(client, campaign, rows)
+    assert response.status_code == 302, re.findall(r"errorlist[^>]*>(.*?)</ul>", response.content.decode(), re.S)
+    steps = list(JourneyStep.objects.filter(campaign=campaign).order_by("position"))
+    assert [s.position for s in steps] == [0, 1, 2]
+    assert steps[0].goto == 2 and steps[2].variant_id == b
+    # A goto naming no typed step is refused with the step and the reason, nothing saved.
+    rows[0]["goto"] = 25
+    response = _post_steps(client, campaign, rows)
+    assert response.status_code == 200 and "goto 25" in response.content.decode()
+    assert JourneyStep.objects.get(campaign=campaign, position=0).goto == 2
+
+
+def test_a_merged_person_gets_one_message_per_step_and_leaves_on_either_user_id():
+    from profiles.services import identify
+
+    campaign, people = _journey(
+        [{"kind": "send", "variant": "A"}, {"kind": "wait", "wait_minutes": 60}, {"kind": "send", "variant": "B"}],
+        people=3,
+    )
+    t0 = timezone.now()
+    services.launch_journey(campaign=campaign, now=t0)
+    services.advance_due(now=t0)
+    # Two of the audience turn out to be one person (a shared phone): merged.
+    identify(user_id=people[0].user_id, identities=[("phone", "+8613800138000")])
+    identify(user_id=people[1].user_id, identities=[("phone", "+8613800138000")])
+    merged = Profile.objects.get(pk=people[0].pk)
+    survivor = merged.merged_into or Profile.objects.get(pk=people[1].pk)
+    if merged.merged_into is None:  # whichever way identify merged them
+        merged, survivor = Profile.objects.get(pk=people[1].pk), Profile.objects.get(pk=people[0].pk)
+    assert merged.merged_into_id == survivor.pk
+    assert JourneyRun.objects.filter(campaign=campaign, status=RunStatus.ACTIVE, profile=merged).count() == 0
+    services.advance_due(now=t0 + dt.timedelta(minutes=61))
+    step2 = _step_phase(campaign, 2)
+    assert Delivery.objects.filter(campaign=campaign, phase=step2, profile__in=[merged, survivor]).count() == 1
+    # The goal event under the merged-away user id ends the survivor's run.
+    _goal(merged)
+    assert JourneyRun.objects.get(campaign=campaign, profile=survivor).status == RunStatus.EXITED
+
+
+def test_a_run_follows_its_person_into_a_profile_outside_the_journey():
+    from profiles.services import identify
+
+    campaign, people = _journey(
+        [{"kind": "send", "variant": "A"}, {"kind": "wait", "wait_minutes": 60}, {"kind": "send", "variant": "B"}],
+        people=1,
+    )
+    services.launch_journey(campaign=campaign)
+    identify(user_id=people[0].user_id, identities=[("phone", "+8613800138001")])
+    identify(user_id="new-account", identities=[("phone", "+8613800138001")])
+    survivor = Profile.objects.get(user_id="new-account")
+    assert Profile.objects.get(pk=people[0].pk).merged_into == survivor
+    run = JourneyRun.objects.get(campaign=campaign)
+    assert run.profile_id == survivor.pk and run.status == RunStatus.ACTIVE
+    _goal(survivor)
+    assert JourneyRun.objects.get(campaign=campaign).status == RunStatus.EXITED
+
+
+def test_a_loop_without_a_wait_is_refused():
+    campaign = CampaignFactory(variants=[("A", 100)])
+    a = campaign.variants.get().pk
+    looping = [
+        {"kind": "send", "variant": a},
+        {"kind": "branch", "branch_on": "tag", "tag": "vip", "goto": 0},
+    ]
+    with pytest.raises(services.errors.InvalidSteps) as refused:
+        services.set_steps(campaign=campaign, steps=looping)
+    assert "wait" in refused.value.extra["fields"]["steps[0]"]
+    # The same loop through a wait is a reminder cycle: allowed.
+    waiting = [
+        {"kind": "send", "variant": a},
+        {"kind": "wait", "wait_minutes": 60},
+        {"kind": "branch", "branch_on": "tag", "tag": "vip", "goto": 1},
+    ]
+    assert len(services.set_steps(campaign=campaign, steps=waiting)) == 3

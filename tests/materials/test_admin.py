@@ -97,7 +97,7 @@ def test_the_preview_renders_for_the_chosen_person(operator):
 
 def test_send_a_test_goes_through_the_real_channel_to_ones_own_device(operator):
     version = MaterialVersionFactory(material=MaterialFactory(channel="push"), title="Hi {{ name }}", body="B")
-    ProfileFactory(user_id="me", name="Me", city="Here")
+    ProfileFactory(user_id="me", name="Me", city="Here", push_opt_in=True)
     with Receiver() as gateway:
         ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
         url = reverse("admin:materials_materialversion_preview", args=[version.pk])
@@ -139,3 +139,29 @@ def test_the_material_page_shows_its_campaigns_with_a_chart(operator):
     html = page.content.decode()
     assert page.status_code == 200 and 'id="material-chart"' in html and "Autumn push" in html
     assert page.context["rows"][0]["sent"] == len(gateway.requests) == 6
+
+
+def test_a_test_send_needs_the_send_permission_and_a_recipient_who_consented(client, make_staff):
+    from django.contrib.auth.models import Permission
+
+    version = MaterialVersionFactory(material=MaterialFactory(channel="push"), title="Hi {{ name }}", body="B")
+    ProfileFactory(user_id="me", name="Me", city="Here", push_opt_in=True)
+    ProfileFactory(user_id="customer", name="Cu", city="There", push_opt_in=False)
+    url = reverse("admin:materials_materialversion_preview", args=[version.pk])
+    editor = make_staff("Operations")
+    editor.user_permissions.remove(*Permission.objects.filter(codename="send_campaign"))
+    editor.groups.clear()
+    editor.user_permissions.add(*Permission.objects.filter(content_type__app_label="materials"))
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        # May edit materials, may not send: refused.
+        client.force_login(editor)
+        assert client.post(url, {"user_id": "me", "send_test": "1"}).status_code == 403
+        # May send, but to a customer who did not consent to the channel: refused with the reason.
+        client.force_login(make_staff("Operations"))
+        response = client.post(url, {"user_id": "customer", "send_test": "1"}, follow=True)
+        assert "NO_CONSENT" in response.content.decode()
+        assert client.post(url, {"user_id": "me", "send_test": "1"}).status_code == 302
+    assert [b["user_id"] for b in gateway.requests] == ["me"]
+    refused = AuditEntry.objects.filter(action="campaigns.material_test_message_sent", object_id=str(version.pk))
+    assert refused.count() == 1

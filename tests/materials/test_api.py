@@ -156,3 +156,17 @@ def test_the_schema_describes_the_materials_endpoints(api_client):
     ):
         assert path in paths
     assert "400" in paths["/api/v1/materials/{id}/versions"]["post"]["responses"]
+
+
+def test_a_preview_for_a_person_needs_the_profiles_read_scope(make_api_client):
+    version = MaterialVersionFactory(material=MaterialFactory(channel="sms"), title="", body="Hi {{ name }}")
+    ProfileFactory(user_id="ann", name="Ann")
+    url = f"/api/v1/material-versions/{version.pk}/preview"
+    manage_only = make_api_client("manage")
+    response = manage_only.post(url, {"user_id": "ann"}, format="json")
+    assert response.status_code == 403 and "Ann" not in response.content.decode()
+    # Unknown or known, the answer is the same: no probing for who exists.
+    assert manage_only.post(url, {"user_id": "nobody"}, format="json").status_code == 403
+    assert manage_only.post(url, {}, format="json").json()["rendered"]["body"] == "Hi Alex Chen"
+    reader = make_api_client("manage", "profiles:read")
+    assert reader.post(url, {"user_id": "ann"}, format="json").json()["rendered"]["body"] == "Hi Ann"

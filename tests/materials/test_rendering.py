@@ -172,3 +172,75 @@ def test_any_person_either_gets_a_message_within_the_limits_or_a_render_error(
             assert sms_size(out["body"]).segments <= sms_max_segments() == max_segments
         else:
             assert len(out["title"]) <= 50 and out["body"].strip()
+
+
+@pytest.mark.parametrize(
+    "source, context",
+    [
+        ('{% if traits %}{{ "%(plan)s" % traits }}{% endif %}ok', {"traits": {"tier": "x"}}),  # KeyError
+        ("{{ tags.pop() }}", {"tags": []}),  # IndexError (and a mutation, refused)
+        ('{{ "{0}{1}".format(name) }}', {"name": "Ann"}),  # IndexError
+        ("{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(1) }}", {}),  # RecursionError
+    ],
+)
+def test_any_error_of_a_template_is_a_render_error_of_that_person(source, context):
+    with pytest.raises(RenderError):
+        _render("sms", {"body": source}, context)
+
+
+def test_a_template_that_raises_at_save_is_a_problem_not_an_exception():
+    problems = template_problems(
+        channel="sms", fields={"body": "{% macro m(n) %}{{ m(n) }}{% endmacro %}{{ m(1) }}"}, defaults={}
+    )
+    assert problems and problems[0].field == "template"
+
+
+def test_templates_cannot_change_the_samples_or_a_persons_values():
+    traits = {"plan": "gold"}
+    with pytest.raises(RenderError, match="SecurityError"):
+        _render("sms", {"body": '{{ traits.update({"plan": "x"}) or "" }}ok'}, {"traits": traits})
+    assert traits == {"plan": "gold"}
+    with pytest.raises(RenderError, match="SecurityError"):
+        _render("sms", {"body": '{{ tags.append("x") or "" }}ok'}, {"tags": ["vip"]})
+    # Even at save: the samples every other template is checked with stay as they were.
+    template_problems(channel="sms", fields={"body": '{{ traits.update({"plan": "x"}) or "" }}ok'}, defaults={})
+    from materials.rendering import sample_context
+
+    assert sample_context()["traits"] == {} and sample_context()["tags"] == ["vip"]
+    sample_context()["tags"].append("changed")
+    assert sample_context()["tags"] == ["vip"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'x' * 10**10 }}",
+        "{{ 'x' * 100000000 }}",
+        "{{ 2 ** 100000 }}",
+        "{{ (10 ** 100) ** 100 }}",
+        "{{ [1] * 10**9 }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}ok",
+        "{% for i in range(10**9) %}{% endfor %}ok",
+        "{% for i in range(2000) %}{% for j in range(2000) %}xxxxxxxxxx{% endfor %}{% endfor %}",
+    ],
+)
+def test_a_template_that_would_use_unbounded_time_or_memory_fails_quickly(source):
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(RenderError):
+        _render("sms", {"body": source}, {})
+    assert time.monotonic() - started < 5
+    assert template_problems(channel="sms", fields={"body": source}, defaults={})
+
+
+def test_small_arithmetic_and_loops_still_work():
+    body = "{{ 'ab' * 3 }} {{ 2 ** 10 }} {% for i in range(3) %}{{ i }}{% endfor %}"
+    assert _render("sms", {"body": body}, {})["body"] == "ababab 1024 012"
+
+
+def test_a_newline_in_a_persons_name_does_not_break_the_email_subject():
+    fields = {"title": "Hello {{ name }}", "body": "Hi"}
+    out = _render("email", fields, {"name": "Ann\nBcc: x@example.com"})
+    assert "\n" not in out["title"] and "\r" not in out["title"]
+    assert out["title"] == "Hello Ann Bcc: x@example.com"

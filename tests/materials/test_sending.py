@@ -185,3 +185,46 @@ def test_the_history_counts_sends_opens_and_clicks_per_campaign(api_client):
     assert row["had_holdout"] is True and row["uplift_vs_holdout"] == 0.0
     response = api_client.get(f"/api/v1/materials/{version.material_id}/history")
     assert response.status_code == 200 and response.json()[0]["sent"] == len(sent)
+
+
+def test_a_template_that_raises_for_one_person_fails_that_message_and_sends_the_rest():
+    # Passes the checks at save (the sample traits are empty), raises KeyError for a person
+    # whose traits lack `plan`: that message fails with the reason and gives its coupon back.
+    people = make_profiles(3)
+    Profile.objects.filter(pk=people[0].pk).update(traits={"tier": "x"})
+    Profile.objects.filter(pk=people[1].pk).update(traits={"plan": "gold"})
+    rule = CouponRuleFactory(value=Decimal("5.00"))
+    body = '{% if traits %}{{ "%(plan)s" % traits }}{% endif %}ok {{ coupon_code }}'
+    version = MaterialVersionFactory(
+        approved=True, material=MaterialFactory(channel="push"), title="Hi", body=body, defaults={}
+    )
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = _campaign_with(version)
+        Variant.objects.filter(campaign=campaign).update(coupon_rule_id=rule.pk)
+        _run(campaign)
+    assert sorted(r["user_id"] for r in gateway.requests) == sorted([people[1].user_id, people[2].user_id])
+    failed = Delivery.objects.get(campaign=campaign, profile=people[0])
+    assert failed.status == "failed" and failed.reason.startswith("RENDER_FAILED: KeyError")
+    assert Coupon.objects.get(code=failed.coupon_code).status == CouponStatus.REVOKED
+    assert Delivery.objects.filter(campaign=campaign, status="sent").count() == 2
+    assert not Delivery.objects.filter(campaign=campaign, status__in=["pending", "sending"]).exists()
+
+
+def test_a_newline_in_a_name_reaches_the_email_subject_as_a_space():
+    (person,) = make_profiles(1, email_opt_in=True, email="ann@example.com")
+    Profile.objects.filter(pk=person.pk).update(name="Ann\nBcc: eve@example.com")
+    version = MaterialVersionFactory(
+        approved=True, material=MaterialFactory(channel="email"), title="For {{ name }}", body="Hi", defaults={}
+    )
+    with (
+        SmtpReceiver() as smtp,
+        override_settings(
+            EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend", EMAIL_HOST="127.0.0.1", EMAIL_PORT=smtp.port
+        ),
+    ):
+        campaign = _campaign_with(version, channel=ChannelKind.EMAIL)
+        _run(campaign)
+    (message,) = smtp.messages
+    assert message["Subject"] == "For Ann Bcc: eve@example.com" and message["Bcc"] is None
+    assert Delivery.objects.get(campaign=campaign).status == "sent"
