@@ -113,7 +113,11 @@ def _member_rows(campaign: Campaign) -> list[tuple]:
     Each member's window starts at their first send, or at assignment for those who were not
     sent anything (the holdout, and members skipped for consent or the cap: counting them from
     assignment keeps the comparison intention-to-treat). Events are found through the member's
-    `user_id` identities, with the overall time range first so the event indexes apply."""
+    `user_id` identities, with the overall time range first so the event indexes apply. The range
+    and the hits are computed once each (MATERIALIZED): with statistics that say the tables are
+    empty (just after a send, before autovacuum has looked) the planner otherwise nested the whole
+    hits subquery, and the range's aggregate inside it, once per member: 8.6 s for 400 members in
+    a test, and minutes for more."""
     window = dt.timedelta(hours=campaign.attribution_hours)
     sql = (
         """
@@ -131,9 +135,9 @@ def _member_rows(campaign: Campaign) -> list[tuple]:
         GROUP BY a.id
     ), w AS (
         SELECT m.*, COALESCE(m.sent_at, m.assigned_at) AS t0 FROM m
-    ), bounds AS (
+    ), bounds AS MATERIALIZED (
         SELECT min(t0) AS lo, max(t0) + %s AS hi FROM w
-    ), hits AS (
+    ), hits AS MATERIALIZED (
         SELECT w.profile_id,
                bool_or(e.name = %s) AS converted,
                sum(CASE WHEN e.name = 'order_paid' THEN """
