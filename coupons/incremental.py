@@ -45,11 +45,13 @@ def holdout_members_sql() -> str | None:
 
 # Per member: paid orders and their amount in the window, and (treated) the discounts of this
 # rule's coupons they redeemed in it (live redemptions). Events through the `user_id` identities,
-# the overall time range first so the event indexes apply, as the campaign results do.
+# the overall time range first so the event indexes apply, as the campaign results do; each part
+# computed once (MATERIALIZED), so statistics that say the tables are empty cannot nest them per
+# member (see `campaigns.selectors`).
 _OUTCOMES_SQL = """
-WITH m AS ({members}), bounds AS (
+WITH m AS ({members}), bounds AS MATERIALIZED (
     SELECT min(t0) AS lo, max(t1) AS hi FROM m
-), orders AS (
+), orders AS MATERIALIZED (
     SELECT m.campaign_id, m.profile_id, count(DISTINCT e.properties->>'order_id') AS orders,
            sum({amount}) AS revenue
       FROM m
@@ -59,7 +61,7 @@ WITH m AS ({members}), bounds AS (
      WHERE e.name = 'order_paid' AND e.timestamp >= bounds.lo AND e.timestamp <= bounds.hi
        AND e.timestamp >= m.t0 AND e.timestamp <= m.t1
      GROUP BY 1, 2
-), costs AS (
+), costs AS MATERIALIZED (
     SELECT m.campaign_id, m.profile_id, sum(r.discount) AS cost
       FROM m JOIN coupons_redemption r ON r.profile_id = m.profile_id AND r.rule_id = %(rule_id)s
      WHERE m.treated AND r.rolled_back_at IS NULL AND r.redeemed_at >= m.t0 AND r.redeemed_at <= m.t1
