@@ -5,6 +5,13 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def remove_content_types(apps, schema_editor):
+    """Unapplied, the model of this migration leaves no content type (nor its permissions)
+    behind: a database taken back before it looks as it did."""
+    ContentType = apps.get_model("contenttypes", "ContentType")
+    ContentType.objects.filter(app_label="indicators", model="alertrecipient").delete()
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -13,6 +20,8 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        # First here, so that it runs last when the migration is unapplied.
+        migrations.RunPython(migrations.RunPython.noop, remove_content_types),
         migrations.CreateModel(
             name='AlertRecipient',
             fields=[
