@@ -19,6 +19,7 @@ from django.db.backends.postgresql import base, operations
 # tests would scan until autovacuum came: TRUNCATE gives the space back at once.
 TRUNCATE_FROM_ROWS = 20_000
 TRUNCATE_FROM_BYTES = 1024 * 1024
+FLUSH_TRIES = 10
 
 
 class DatabaseOperations(operations.DatabaseOperations):
@@ -30,14 +31,22 @@ class DatabaseOperations(operations.DatabaseOperations):
         return [
             # Every TRUNCATE before the first DELETE: a DELETE leaves deferred foreign-key checks
             # pending, and PostgreSQL refuses to TRUNCATE a table with pending trigger events.
-            "DO $flush$ DECLARE t regclass; n bigint; small regclass[] := '{}'; BEGIN "
+            # A worker of the suite may still be finishing a task of the test that just ended:
+            # when the flush and that task deadlock, the flush's attempt is rolled back to its
+            # savepoint (releasing its locks, so the task can finish) and tried again.
+            "DO $flush$ DECLARE t regclass; n bigint; small regclass[]; tries int := 0; BEGIN "
+            "LOOP BEGIN small := '{}'; "
             f"FOREACH t IN ARRAY ARRAY[{names}]::regclass[] LOOP "
             f"EXECUTE format('SELECT count(*) FROM (SELECT FROM ONLY %s LIMIT {TRUNCATE_FROM_ROWS}) s', t) INTO n; "
             f"IF n >= {TRUNCATE_FROM_ROWS} OR pg_total_relation_size(t) > {TRUNCATE_FROM_BYTES} "
             "THEN EXECUTE format('TRUNCATE %s CASCADE', t); "
             "ELSE small := small || t; END IF; "
             "END LOOP; "
-            "FOREACH t IN ARRAY small LOOP EXECUTE format('DELETE FROM %s', t); END LOOP; END $flush$"
+            "FOREACH t IN ARRAY small LOOP EXECUTE format('DELETE FROM %s', t); END LOOP; "
+            "EXIT; "
+            "EXCEPTION WHEN deadlock_detected THEN tries := tries + 1; "
+            f"IF tries >= {FLUSH_TRIES} THEN RAISE; END IF; PERFORM pg_sleep(0.2 * tries); "
+            "END; END LOOP; END $flush$"
         ]
 
 
