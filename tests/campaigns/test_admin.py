@@ -15,7 +15,13 @@ from campaigns import services
 from campaigns.models import Campaign, CampaignStatus, ChannelKind
 from campaigns.selectors import campaign_results
 from tests.campaigns.receiver import Receiver
-from tests.factories.campaigns import CampaignFactory, ChannelFactory, SegmentFactory, make_profiles
+from tests.factories.campaigns import (
+    CampaignFactory,
+    ChannelFactory,
+    SegmentFactory,
+    campaign_admin_form,
+    make_profiles,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -163,32 +169,8 @@ def test_segment_autocomplete_lists_segments_by_name_in_a_stable_order(operator)
 @pytest.mark.parametrize("typed", ["²", "1²", "9" * 30, "Spring"])
 def test_a_form_with_a_coupon_rule_no_one_can_pick_is_shown_again_with_its_error(operator, typed):
     """The box re-shows what was typed; only plain digits of a real id name a rule."""
-    data = {
-        "name": "Odd rule",
-        "segment": SegmentFactory().pk,
-        "channel": "push",
-        "goal_event": "order_paid",
-        "attribution_hours": 72,
-        "holdout_percent": "10",
-        "pilot_percent": "0",
-        "alpha": "0.05",
-        "min_sample": 100,
-        "schedule_kind": "manual",
-        "delay_minutes": 0,
-        "frequency_cap_per_day": 1,
-        "quiet_start_hour": 21,
-        "quiet_end_hour": 8,
-        "variants-TOTAL_FORMS": 1,
-        "variants-INITIAL_FORMS": 0,
-        "variants-MIN_NUM_FORMS": 1,
-        "variants-MAX_NUM_FORMS": 1000,
-        "variants-0-position": 0,
-        "variants-0-name": "A",
-        "variants-0-weight": 50,
-        "variants-0-title": "Hi",
-        "variants-0-body": "Hello",
-        "variants-0-coupon_rule_id": typed,
-    }
+    data = campaign_admin_form(SegmentFactory(), name="Odd rule", schedule_kind="manual", cron="")
+    data["variants-0-coupon_rule_id"] = typed
 
     response = operator.post(reverse("admin:campaigns_campaign_add"), data)
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from campaigns.models import Campaign, Channel, ChannelKind, ScheduleKind, Segment
 from campaigns.validation import cron_problem, launch_problems, share_problems, variant_problems
-from tests.factories.campaigns import CampaignFactory, ChannelFactory, SegmentFactory
+from tests.factories.campaigns import CampaignFactory, ChannelFactory, SegmentFactory, campaign_admin_form
 from tests.factories.tracking import EventFactory
 
 pytestmark = pytest.mark.django_db
@@ -253,36 +253,6 @@ def operator(client, make_staff):
     return client
 
 
-def _admin_form(segment, **extra):
-    return {
-        "name": "Monthly",
-        "segment": segment.pk,
-        "channel": "push",
-        "goal_event": "order_paid",
-        "attribution_hours": 72,
-        "holdout_percent": "10",
-        "pilot_percent": "0",
-        "alpha": "0.05",
-        "min_sample": 100,
-        "schedule_kind": "cron",
-        "cron": "0 9 1 * *",
-        "delay_minutes": 0,
-        "frequency_cap_per_day": 1,
-        "quiet_start_hour": 21,
-        "quiet_end_hour": 8,
-        "variants-TOTAL_FORMS": 1,
-        "variants-INITIAL_FORMS": 0,
-        "variants-MIN_NUM_FORMS": 1,
-        "variants-MAX_NUM_FORMS": 1000,
-        "variants-0-position": 0,
-        "variants-0-name": "A",
-        "variants-0-weight": 50,
-        "variants-0-title": "Hi",
-        "variants-0-body": "Hello",
-        **extra,
-    }
-
-
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -292,7 +262,7 @@ def _admin_form(segment, **extra):
     ],
 )
 def test_admin_form_refuses_a_configuration_that_cannot_work(operator, change, reason):
-    response = operator.post(reverse("admin:campaigns_campaign_add"), _admin_form(SegmentFactory(), **change))
+    response = operator.post(reverse("admin:campaigns_campaign_add"), campaign_admin_form(SegmentFactory(), **change))
     assert response.status_code == 200
     assert reason in response.content
     assert not Campaign.objects.filter(name="Monthly").exists()
@@ -301,7 +271,7 @@ def test_admin_form_refuses_a_configuration_that_cannot_work(operator, change, r
 def test_admin_form_refuses_a_segment_whose_definition_no_longer_compiles(operator):
     segment = SegmentFactory()
     Segment.objects.filter(pk=segment.pk).update(definition={"tier": 5})
-    response = operator.post(reverse("admin:campaigns_campaign_add"), _admin_form(segment))
+    response = operator.post(reverse("admin:campaigns_campaign_add"), campaign_admin_form(segment))
     assert response.status_code == 200 and b"no longer compiles" in response.content
     assert not Campaign.objects.filter(name="Monthly").exists()
 
@@ -314,14 +284,14 @@ def test_admin_form_refuses_a_segment_whose_definition_no_longer_compiles(operat
     ],
 )
 def test_admin_form_refuses_variants_that_cannot_be_picked_apart(operator, variants, reason):
-    response = operator.post(reverse("admin:campaigns_campaign_add"), _admin_form(SegmentFactory(), **variants))
+    response = operator.post(reverse("admin:campaigns_campaign_add"), campaign_admin_form(SegmentFactory(), **variants))
     assert response.status_code == 200
     assert reason in response.content
     assert not Campaign.objects.filter(name="Monthly").exists()
 
 
 def test_admin_form_accepts_a_configuration_that_works(operator):
-    response = operator.post(reverse("admin:campaigns_campaign_add"), _admin_form(SegmentFactory()))
+    response = operator.post(reverse("admin:campaigns_campaign_add"), campaign_admin_form(SegmentFactory()))
     assert response.status_code == 302
     assert Campaign.objects.get(name="Monthly").cron == "0 9 1 * *"
 

@@ -134,3 +134,34 @@ def gain_tag(tag_name: str, profiles: Iterable[Profile], *, ago: timedelta | Non
     if ago is not None:
         TagChange.objects.filter(id__gt=before, profile_id__in=ids).update(at=timezone.now() - ago)
     return gained
+
+
+def campaign_admin_form(segment, **extra) -> dict:
+    """The campaign add form of the admin, as posted: one push variant, monthly; `extra` overrides."""
+    return {
+        "name": "Monthly",
+        "segment": segment.pk,
+        "channel": "push",
+        "goal_event": "order_paid",
+        "attribution_hours": 72,
+        "holdout_percent": "10",
+        "pilot_percent": "0",
+        "alpha": "0.05",
+        "min_sample": 100,
+        "schedule_kind": "cron",
+        "cron": "0 9 1 * *",
+        "delay_minutes": 0,
+        "frequency_cap_per_day": 1,
+        "quiet_start_hour": 21,
+        "quiet_end_hour": 8,
+        "variants-TOTAL_FORMS": 1,
+        "variants-INITIAL_FORMS": 0,
+        "variants-MIN_NUM_FORMS": 1,
+        "variants-MAX_NUM_FORMS": 1000,
+        "variants-0-position": 0,
+        "variants-0-name": "A",
+        "variants-0-weight": 50,
+        "variants-0-title": "Hi",
+        "variants-0-body": "Hello",
+        **extra,
+    }
