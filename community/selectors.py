@@ -370,7 +370,9 @@ def group_health(*, as_of: datetime, days: int = 30, group_ids: list[int] | None
 # The apps a person has: the `installed_apps` trait (a list), else the latest `installed_apps`
 # event's `properties.apps`. Names are compared trimmed and lower-cased.
 _APPS_SQL = """
-WITH apps AS (
+-- MATERIALIZED: each part is computed once and hash-joined, so a plan made on stale statistics
+-- (a bulk load the planner has not seen) cannot turn the joins into nested scans of the events.
+WITH apps AS MATERIALIZED (
     SELECT DISTINCT ON (profile_id) profile_id, apps FROM (
         SELECT p.id AS profile_id, p.traits -> 'installed_apps' AS apps, 1 AS source, NULL::timestamptz AS at
         FROM profiles_profile p
@@ -381,11 +383,11 @@ WITH apps AS (
         WHERE e.name = 'installed_apps' AND e.profile_id IS NOT NULL AND jsonb_typeof(e.properties -> 'apps') = 'array'
     ) s ORDER BY profile_id, source, at DESC
 ),
-base AS (
+base AS MATERIALIZED (
     SELECT DISTINCT e.profile_id FROM profiles_profileevent e
     WHERE e.timestamp >= %(before)s AND e.timestamp < %(start)s AND e.profile_id IS NOT NULL
 ),
-kept AS (
+kept AS MATERIALIZED (
     SELECT DISTINCT e.profile_id FROM profiles_profileevent e
     WHERE e.timestamp >= %(start)s AND e.timestamp < %(end)s AND e.profile_id IS NOT NULL
 ),
