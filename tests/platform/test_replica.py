@@ -205,6 +205,27 @@ def test_a_dashboard_page_is_served_from_the_replica_while_the_primary_takes_cla
     )
 
 
+@pytest.mark.parametrize(
+    "url, table",
+    [
+        ("admin:indicators_dashboard_retention", "tracking_retentioncell"),
+        ("/api/v1/indicators/retention", "tracking_retentioncell"),
+        ("/api/v1/churn", "tracking_activitygap"),  # in a transaction of its own, on the replica
+        ("/api/v1/search/queries", "tracking_search"),
+    ],
+)
+def test_the_analyses_raw_sql_reads_the_replica_from_pages_and_the_api(url, table, superuser_client):
+    path = reverse(url) if url.startswith("admin:") else url
+    with (
+        CaptureQueriesContext(connections[REPLICA]) as on_replica,
+        CaptureQueriesContext(connections[PRIMARY]) as on_primary,
+    ):
+        response = superuser_client.get(path)
+    assert response.status_code == 200, response.content[:500]
+    assert table in _tables(on_replica)
+    assert table not in _tables(on_primary)
+
+
 def test_in_the_scope_writes_transactions_and_money_stay_on_the_primary():
     day = timezone.now().date() - timedelta(days=2)
     DailyIndicator.objects.create(day=day, active_users=5)
