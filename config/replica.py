@@ -14,7 +14,7 @@ inside that scope these stay on the primary:
   the money paths of coupons and campaign sends, and each test of a `TestCase`);
 - every read while the replica is unusable: unreachable (connect timeout
   `OPSLOOP_REPLICA_CONNECT_TIMEOUT`), not a standby, not streaming from the primary, or more than
-  `OPSLOOP_REPLICA_MAX_LAG_SECONDS` behind. A process checks this at most every
+  `OPSLOOP_REPLICA_MAX_LAG_MB` of WAL behind the primary. A process checks this at most every
   `OPSLOOP_REPLICA_CHECK_SECONDS` (after a failure, every `OPSLOOP_REPLICA_RETRY_SECONDS`, so a
   dead replica costs one connect timeout per interval, not one per page) and logs each change
   between the replica and the primary as a warning.
@@ -46,15 +46,17 @@ REPLICA = "replica"
 
 _reading: ContextVar[bool] = ContextVar("opsloop_reading_from_replica", default=False)
 
-# Lag as the standby sees it: nothing when it has replayed all it received from a live stream,
-# else the age of the last transaction it replayed. The WAL receiver's row is visible to every
-# role (its details only to privileged ones), so the check needs no extra grants.
+# Lag in bytes of WAL: how far the replica's replay is behind the primary's current position.
+# Not in seconds: the standby's only clock, the commit time of the last transaction it replayed,
+# counts a quiet spell on the primary as lag (bench/replica_lag.py measured 66 s where the
+# primary's own replay_lag said 0.26 s), and the primary's replay_lag needs a privileged role.
+# The WAL receiver's row is visible to every role (its details only to privileged ones), so the
+# check needs no extra grants.
+PRIMARY_POSITION_SQL = "SELECT pg_current_wal_lsn()"
 LAG_SQL = """
 SELECT pg_is_in_recovery(),
        EXISTS (SELECT FROM pg_stat_wal_receiver WHERE pid IS NOT NULL),
-       CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
-            ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0)
-       END::float8,
+       GREATEST(pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn()), 0)::float8,
        inet_server_port()
 """
 
@@ -65,7 +67,7 @@ class ReplicaState:
 
     configured: bool
     usable: bool
-    lag_seconds: float | None
+    lag_bytes: float | None
     reason: str
     checked_at: float  # time.monotonic() of the check
     port: int | None = None
@@ -81,10 +83,13 @@ def replica_configured() -> bool:
 
 def _check() -> ReplicaState:
     now = time.monotonic()
+    with connections[PRIMARY].cursor() as cursor:
+        cursor.execute(PRIMARY_POSITION_SQL)
+        (position,) = cursor.fetchone()
     connection = connections[REPLICA]
     try:
         with connection.cursor() as cursor:
-            cursor.execute(LAG_SQL)
+            cursor.execute(LAG_SQL, [position])
             in_recovery, receiving, lag, port = cursor.fetchone()
     except DatabaseError as exc:
         # A broken connection is not reused: the next check connects afresh.
@@ -95,9 +100,10 @@ def _check() -> ReplicaState:
         return ReplicaState(True, False, None, "not a standby (promoted, or the primary itself)", now, port)
     if not receiving:
         return ReplicaState(True, False, lag, "not streaming from the primary", now, port)
-    limit = settings.OPSLOOP_REPLICA_MAX_LAG_SECONDS
-    if lag > limit:
-        return ReplicaState(True, False, lag, f"{lag:.1f} s behind the primary (limit {limit:g} s)", now, port)
+    limit = settings.OPSLOOP_REPLICA_MAX_LAG_MB
+    if lag > limit * 1e6:
+        reason = f"{lag / 1e6:.1f} MB of WAL behind the primary (limit {limit:g} MB)"
+        return ReplicaState(True, False, lag, reason, now, port)
     return ReplicaState(True, True, lag, "", now, port)
 
 
@@ -115,7 +121,7 @@ def replica_state(*, fresh: bool = False) -> ReplicaState:
         new = _check()
         old, _state = _state, new
     if new.usable and (old is None or not old.usable):
-        logger.info("replica: reading dashboards and analyses from the replica (lag %.1f s)", new.lag_seconds or 0)
+        logger.info("replica: reading dashboards and analyses from the replica (%d bytes behind)", new.lag_bytes or 0)
     elif not new.usable and (old is None or old.usable or old.reason.split(":")[0] != new.reason.split(":")[0]):
         logger.warning("replica: %s; reading dashboards and analyses from the primary", new.reason)
     return new

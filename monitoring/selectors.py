@@ -78,7 +78,7 @@ class Replica:
     """The PostgreSQL replica dashboards read from (config/replica.py), when one is configured."""
 
     usable: bool
-    lag_seconds: float | None
+    lag_bytes: float | None  # WAL the replica has yet to replay
     reason: str  # why the dashboards read the primary instead; "" when they read the replica
 
 
@@ -403,7 +403,7 @@ def replica() -> Replica | None:
     state = replica_state(fresh=True)
     if not state.configured:
         return None
-    return Replica(usable=state.usable, lag_seconds=state.lag_seconds, reason=state.reason)
+    return Replica(usable=state.usable, lag_bytes=state.lag_bytes, reason=state.reason)
 
 
 def health_report(*, now: datetime | None = None) -> HealthReport:
