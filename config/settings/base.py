@@ -147,7 +147,7 @@ DATABASE_ROUTERS = ["config.replica.ReplicaRouter"]
 # paths (coupons, campaigns), logins and keys always read the primary.
 OPSLOOP_REPLICA_APPS = env_list("OPSLOOP_REPLICA_APPS", "indicators,tracking")
 # More WAL than this behind the primary, the replica is passed over. 16 MB (one WAL segment) was
-# about 7 s of the ingestion bench's writing here; config/replica.py says why not seconds.
+# about 5 s of the ingestion bench's writing here; config/replica.py says why not seconds.
 OPSLOOP_REPLICA_MAX_LAG_MB = float(env("OPSLOOP_REPLICA_MAX_LAG_MB", "16"))
 OPSLOOP_REPLICA_CHECK_SECONDS = float(env("OPSLOOP_REPLICA_CHECK_SECONDS", "5"))
 OPSLOOP_REPLICA_RETRY_SECONDS = float(env("OPSLOOP_REPLICA_RETRY_SECONDS", "30"))
