@@ -148,6 +148,15 @@ replica_running() {
 }
 
 prepare_primary_for_replication() {
+  # The server on PG_PORT must be this checkout's cluster: a port naming another one (a stale
+  # OPSLOOP_PG_PORT) would have us add a role to, and copy, someone else's.
+  local ours theirs
+  ours=$(cd "$(pg_datadir)" && pwd -P)
+  theirs=$(psql_primary -c "SHOW data_directory")
+  if [ "$ours" != "$(cd "$theirs" 2>/dev/null && pwd -P)" ]; then
+    log "the server on 127.0.0.1:$PG_PORT serves $theirs, not this checkout's $ours: check OPSLOOP_PG_PORT"
+    exit 1
+  fi
   # A role that may only replicate, and a pg_hba line for it from this machine. The cluster
   # trusts local connections (initdb --auth=trust); a server on a network would ask for a
   # password or a certificate here (docs/deploy.md).

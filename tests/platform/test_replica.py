@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from config.replica import PRIMARY, REPLICA, analytics_alias, forget_replica_state, reading_from_replica
 from coupons import services as coupons
@@ -37,9 +39,21 @@ ROOT = Path(__file__).resolve().parents[2]
 STREAM_TIMEOUT = 15  # seconds a committed write may take to show on the replica (load included)
 
 
+def _saved_port() -> str:
+    for line in (ROOT / ".run" / "ports").read_text().splitlines() if (ROOT / ".run" / "ports").exists() else []:
+        if line.startswith("SAVED_PG_PORT="):
+            return line.split("=", 1)[1]
+    return ""
+
+
 def _services(*args: str) -> subprocess.CompletedProcess:
-    # The script manages the cluster the test database lives in: name its port explicitly.
+    # The script copies this checkout's cluster: the test database must live there.
     port = str(connections[PRIMARY].settings_dict["PORT"] or 5432)
+    if port != _saved_port():
+        pytest.fail(
+            f"the test database is on port {port}, not on this checkout's cluster ({_saved_port() or 'none'}, "
+            ".run/ports): load .run/env (set -a; . .run/env; set +a) before the tests"
+        )
     return subprocess.run(
         [str(ROOT / "scripts" / "services.sh"), *args],
         env={**os.environ, "OPSLOOP_PG_PORT": port},
@@ -322,6 +336,31 @@ def test_an_unusable_replica_leaves_the_pages_on_the_primary_with_a_log_line(whe
     assert elapsed < 10  # a refused connection fails at once, not after retries
     assert any(line.startswith("replica not used") and reason in line for line in report.problems)
     assert report.as_dict()["replica"]["usable"] is False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    in_scope=st.booleans(),
+    in_transaction=st.booleans(),
+    reachable=st.booleans(),
+    model=st.sampled_from([DailyIndicator, Coupon]),
+    apps=st.sets(st.sampled_from(["indicators", "tracking", "coupons", "campaigns"])),
+)
+def test_reads_go_to_the_replica_exactly_when_every_condition_holds(in_scope, in_transaction, reachable, model, apps):
+    port = connections.settings[REPLICA]["PORT"] if reachable else _free_port()
+    with (
+        replica_port(port),
+        override_settings(OPSLOOP_REPLICA_APPS=sorted(apps)),
+        reading_from_replica() if in_scope else nullcontext(),
+        transaction.atomic() if in_transaction else nullcontext(),
+    ):
+        alias = analytics_alias()
+        read_from = model.objects.all().db
+        written_to = router.db_for_write(model)
+    usable = in_scope and not in_transaction and reachable
+    assert alias == (REPLICA if usable else PRIMARY)
+    assert read_from == (REPLICA if usable and model._meta.app_label in apps else PRIMARY)
+    assert written_to == PRIMARY
 
 
 def test_the_health_page_shows_the_replica_and_its_lag(superuser_client):
