@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
-from django.db import connection, transaction
+from django.db import connections, transaction
 from scipy import stats
 
+from config.replica import analytics_alias
 from indicators import registry as indicators
 from indicators.models import SAMPLE_BUCKETS, CohortGranularity, DailyIndicator, Funnel
 from indicators.registry import Fold, Indicator, Unit
@@ -137,7 +138,7 @@ def cohort_start(day: date, granularity: str) -> date:
 def retention_cohorts(*, granularity: str, basis: str, start: date, end: date, periods: int) -> list[dict]:
     """Cohorts starting from `start` to `end` (each cohort is named by its first day), with their
     size and, for periods 1..`periods`, the people retained and the share of the size (%)."""
-    with connection.cursor() as cursor:
+    with connections[analytics_alias()].cursor() as cursor:
         cursor.execute(
             """
             SELECT cohort, period, users FROM tracking_retentioncell
@@ -226,7 +227,7 @@ def search_report(*, start: date, end: date, zero_results_only: bool = False, li
         SELECT 0, NULL, COALESCE(sum(searches), 0), COALESCE(sum(zero_results), 0) FROM q
         ORDER BY 1
     """
-    with connection.cursor() as cursor:
+    with connections[analytics_alias()].cursor() as cursor:
         cursor.execute(sql, {**params, "limit": limit})
         (_rank, _all, searches, zero), *rows = cursor.fetchall()
     return {
@@ -249,7 +250,7 @@ def _rate(part: int, whole: int, places: int = 4) -> Decimal | None:
 def purchase_summary(*, start: date, end: date) -> dict:
     """Revenue, paying people, ARPU (revenue per active person of the window) and the repurchase
     rate (share of paying people who paid on two days or more of the window)."""
-    with connection.cursor() as cursor:
+    with connections[analytics_alias()].cursor() as cursor:
         cursor.execute(
             """
             SELECT count(*), count(*) FILTER (WHERE orders > 0), count(*) FILTER (WHERE order_days > 1),
@@ -307,7 +308,7 @@ def funnel_report(*, funnel: Funnel, start: date, end: date) -> dict:
                     "GROUP BY p.person, p.t0)"
                 )
         select = ", ".join(f"(SELECT count(*) FROM s{n})" for n in range(1, len(steps) + 1))
-        with connection.cursor() as cursor:
+        with connections[analytics_alias()].cursor() as cursor:
             cursor.execute(f"WITH {', '.join(ctes)} SELECT {select}", params)
             counts = list(cursor.fetchone())
     entered = counts[0] if counts else 0
@@ -385,7 +386,7 @@ def key_behaviour(
         "retained_from": retained_from,
         "retained_to": retained_from + retained_days - 1,
     }
-    with connection.cursor() as cursor:
+    with connections[analytics_alias()].cursor() as cursor:
         cursor.execute(sql, params)
         groups = {did: (total, kept) for did, total, kept in cursor.fetchall()}
         cursor.execute("SELECT max(day) FROM tracking_activityday")
@@ -465,7 +466,8 @@ def churn_behaviours(
     a page costs about the same for a week as for a busy quarter. The shares are of the sampled
     groups."""
     params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events}
-    with transaction.atomic(), connection.cursor() as cursor:
+    alias = analytics_alias()
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         # A few thousand rows from index ranges: compiling the statement costs more than running it.
         cursor.execute("SET LOCAL jit = off")
         cursor.execute(_CHURN_GROUPS, params)

@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from access.models import ApiKey
 from access.permissions import HasScope
 from config.api import JsonParser, Pagination, id_from_path, object_or_404, query_int, request_actor
+from config.replica import reading_from_replica
 from indicators import analyses, selectors, services
 from indicators import registry as indicators
 from indicators import serializers as s
@@ -85,6 +86,7 @@ class IndicatorListView(_View):
         parameters=PAGE,
         responses={200: s.IndicatorPage, 404: NO_PAGE, **DENIED},
     )
+    @reading_from_replica()
     def get(self, request):
         rows = [
             {"key": i.key, "label": i.label, "unit": i.unit, "fold": i.fold, "description": i.description}
@@ -111,6 +113,7 @@ class IndicatorSeriesView(_View):
             **DENIED,
         },
     )
+    @reading_from_replica()
     def get(self, request, key: str):
         try:
             indicator = indicators.get_indicator(key)
@@ -140,6 +143,7 @@ class RetentionView(_View):
         parameters=[s.RetentionInput, *PAGE],
         responses={200: s.RetentionPage, 400: BAD_REQUEST, 404: NO_PAGE, **DENIED},
     )
+    @reading_from_replica()
     def get(self, request):
         params = _params(s.RetentionInput, request)
         rows = analyses.retention_cohorts(
@@ -159,6 +163,7 @@ class PurchaseSummaryView(_View):
         parameters=[s.WindowInput],
         responses={200: s.PurchaseSummary, 400: BAD_REQUEST, **DENIED},
     )
+    @reading_from_replica()
     def get(self, request):
         window = _params(s.WindowInput, request)
         summary = analyses.purchase_summary(start=window["start"], end=window["end"])
@@ -171,6 +176,7 @@ class SearchQueriesView(_View):
         parameters=[s.SearchInput, *PAGE],
         responses={200: s.SearchPage, 400: BAD_REQUEST, 404: NO_PAGE, **DENIED},
     )
+    @reading_from_replica()
     def get(self, request):
         params = _params(s.SearchInput, request)
         report = analyses.search_report(
@@ -194,6 +200,7 @@ class FunnelListView(_View):
         parameters=PAGE,
         responses={200: s.FunnelOutput(many=True), 404: NO_PAGE, **DENIED},
     )
+    @reading_from_replica()
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.funnels_with_steps(), request, view=self)
@@ -214,6 +221,7 @@ class FunnelAnalyzeView(_View):
             **DENIED,
         },
     )
+    @reading_from_replica()
     def get(self, request, pk: str):
         funnel = _funnel(pk)
         window = _params(s.AnalysisWindowInput, request)
@@ -226,6 +234,7 @@ class KeyBehaviourView(_View):
         parameters=[s.KeyBehaviourInput],
         responses={200: s.KeyBehaviourReport, 400: BAD_REQUEST, **DENIED},
     )
+    @reading_from_replica()
     def get(self, request):
         params = _params(s.KeyBehaviourInput, request)
         report = analyses.key_behaviour(
@@ -245,6 +254,7 @@ class ChurnView(_View):
         parameters=[s.ChurnInput, *PAGE],
         responses={200: s.ChurnPage, 400: BAD_REQUEST, 404: NO_PAGE, **DENIED},
     )
+    @reading_from_replica()
     def get(self, request):
         params = _params(s.ChurnInput, request)
         report = analyses.churn_behaviours(

@@ -17,6 +17,7 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from campaigns.models import Campaign, Delivery
 from community.models import ScoreRun
+from config.replica import replica_state
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
 from indicators.models import Anomaly, AnomalyCheckRun
@@ -73,6 +74,15 @@ class BeatTask:
 
 
 @dataclass
+class Replica:
+    """The PostgreSQL replica dashboards read from (config/replica.py), when one is configured."""
+
+    usable: bool
+    lag_bytes: float | None  # WAL the replica has yet to replay
+    reason: str  # why the dashboards read the primary instead; "" when they read the replica
+
+
+@dataclass
 class HealthReport:
     checked_at: datetime
     queues: list[Queue]
@@ -81,6 +91,7 @@ class HealthReport:
     sections: list[Section]
     beat: list[BeatTask]
     failed_tasks: list[TaskRun]
+    replica: Replica | None = None
 
     @property
     def problems(self) -> list[str]:
@@ -89,6 +100,8 @@ class HealthReport:
         lines += [f"beat task '{b.name}' failed: {b.error}" for b in self.beat if b.enabled and b.outcome == "failed"]
         if self.queues_error:
             lines.append(f"queues unreadable: {self.queues_error}")
+        if self.replica and not self.replica.usable:
+            lines.append(f"replica not used, dashboards read the primary: {self.replica.reason}")
         return lines
 
     def as_dict(self) -> dict[str, Any]:
@@ -116,6 +129,7 @@ class HealthReport:
             "failed_tasks": [
                 {"task": t.task, "finished_at": when(t.finished_at), "error": t.error} for t in self.failed_tasks
             ],
+            "replica": asdict(self.replica) if self.replica else None,
         }
 
 
@@ -384,6 +398,14 @@ def beat_tasks() -> list[BeatTask]:
     return tasks
 
 
+def replica() -> Replica | None:
+    """The replica's state, checked now (a connect timeout at most when it is down)."""
+    state = replica_state(fresh=True)
+    if not state.configured:
+        return None
+    return Replica(usable=state.usable, lag_bytes=state.lag_bytes, reason=state.reason)
+
+
 def health_report(*, now: datetime | None = None) -> HealthReport:
     now = now or timezone.now()
     queues, in_flight, queues_error = queue_depths()
@@ -414,4 +436,5 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
         # Tasks queued by the app (not beat) whose last run failed, for the page; their objects
         # are in the sections above when they keep a state.
         failed_tasks=list(TaskRun.objects.filter(state=TaskRun.State.FAILED).exclude(task__in=scheduled)),
+        replica=replica(),
     )

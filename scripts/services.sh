@@ -4,6 +4,8 @@
 #   scripts/services.sh start    start both (idempotent), write .run/env
 #   scripts/services.sh stop     stop both (idempotent)
 #   scripts/services.sh status
+#   scripts/services.sh start-replica   also a streaming replica of PostgreSQL (idempotent)
+#   scripts/services.sh stop-replica    stop the replica only (`stop` stops it too)
 #
 # Both servers listen on 127.0.0.1 on ports of their own and keep their data under .run/, so
 # nothing system-wide is started, stopped or changed. PostgreSQL refuses to run as root: when we
@@ -16,6 +18,8 @@ RUN="$ROOT/.run"
 if [ -f "$RUN/ports" ]; then . "$RUN/ports"; fi
 PG_PORT=${OPSLOOP_PG_PORT:-${SAVED_PG_PORT:-54329}}
 REDIS_PORT=${OPSLOOP_REDIS_PORT:-${SAVED_REDIS_PORT:-63799}}
+REPLICA_PORT=${OPSLOOP_PG_REPLICA_PORT:-${SAVED_PG_REPLICA_PORT:-$((PG_PORT + 1))}}
+REPLICATION_USER=opsloop_replicator
 PG_USER=opsloop
 PG_DB=opsloop
 
@@ -58,9 +62,11 @@ as_owner() {
 pg_datadir() {
   # The cluster lives under .run/ unless the `postgres` user cannot reach it (a checkout under
   # /root, say): then it lives in /tmp under a name derived from the checkout, linked from .run/.
-  local d="$RUN/pg"
+  # `pg_datadir pg-replica` places the replica's the same way.
+  local name=${1:-pg}
+  local d="$RUN/$name"
   if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$RUN" 2>/dev/null; then
-    local alt="/tmp/opsloop-pg-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)"
+    local alt="/tmp/opsloop-$name-$(printf '%s' "$ROOT" | md5sum | cut -c1-12)"
     mkdir -p "$alt"
     [ -L "$d" ] || { rm -rf "$d"; ln -s "$alt" "$d"; }
     echo "$alt"; return
@@ -125,6 +131,131 @@ stop_pg() {
   fi
 }
 
+# --- a streaming replica of the cluster above (docs/deploy.md) -----------------------------------
+
+psql_primary() {
+  "$(pg_bindir)/psql" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres -v ON_ERROR_STOP=1 -tAq "$@"
+}
+
+psql_replica() {
+  "$(pg_bindir)/psql" -h 127.0.0.1 -p "$REPLICA_PORT" -U "$PG_USER" -d postgres -tAq "$@"
+}
+
+replica_running() {
+  local bin data="$RUN/pg-replica"
+  bin=$(pg_bindir) || return 1
+  [ -e "$data/PG_VERSION" ] && as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1
+}
+
+prepare_primary_for_replication() {
+  # The server on PG_PORT must be this checkout's cluster: a port naming another one (a stale
+  # OPSLOOP_PG_PORT) would have us add a role to, and copy, someone else's.
+  local ours theirs
+  ours=$(cd "$(pg_datadir)" && pwd -P)
+  theirs=$(psql_primary -c "SHOW data_directory")
+  if [ "$ours" != "$(cd "$theirs" 2>/dev/null && pwd -P)" ]; then
+    log "the server on 127.0.0.1:$PG_PORT serves $theirs, not this checkout's $ours: check OPSLOOP_PG_PORT"
+    exit 1
+  fi
+  # A role that may only replicate, and a pg_hba line for it from this machine. The cluster
+  # trusts local connections (initdb --auth=trust); a server on a network would ask for a
+  # password or a certificate here (docs/deploy.md).
+  psql_primary -c "DO \$\$ BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$REPLICATION_USER') THEN
+        CREATE ROLE $REPLICATION_USER WITH REPLICATION LOGIN;
+      END IF; END \$\$"
+  local data hba_line="host replication $REPLICATION_USER 127.0.0.1/32 trust"
+  data=$(pg_datadir)
+  if ! grep -qxF "$hba_line" "$data/pg_hba.conf"; then
+    # First, so that no broader line decides for this role.
+    { echo "$hba_line"; cat "$data/pg_hba.conf"; } >"$data/pg_hba.conf.new"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$data/pg_hba.conf.new"; fi
+    chmod 600 "$data/pg_hba.conf.new"
+    mv "$data/pg_hba.conf.new" "$data/pg_hba.conf"
+  fi
+  psql_primary -c "SELECT pg_reload_conf()" >/dev/null
+  # wal_level = replica is PostgreSQL's default; a cluster set to `minimal` cannot stream.
+  if [ "$(psql_primary -c 'SHOW wal_level')" = minimal ]; then
+    log "wal_level is minimal: set wal_level = replica and restart the primary"
+    exit 1
+  fi
+}
+
+replica_matches_primary() {
+  # A copy of an earlier cluster (removed and initialised again) can never stream from this one:
+  # its system identifier differs.
+  local data="$1" ours theirs
+  ours=$(psql_primary -c "SELECT system_identifier FROM pg_control_system()")
+  theirs=$(as_owner "$(pg_bindir)/pg_controldata" -D "$data" 2>/dev/null |
+    sed -n 's/^Database system identifier: *//p')
+  [ -n "$ours" ] && [ "$ours" = "$theirs" ]
+}
+
+make_replica() {
+  local bin="$1" data="$2"
+  log "copying the primary into $data (pg_basebackup)"
+  find "$data" -mindepth 1 -delete
+  # -R writes standby.signal and primary_conninfo; -X stream copies the WAL written meanwhile.
+  as_owner "$bin/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$REPLICATION_USER" -D "$data" \
+    -R -X stream -c fast
+}
+
+start_replica() {
+  local bin data i try
+  bin=$(pg_bindir)
+  prepare_primary_for_replication
+  data=$(pg_datadir pg-replica)
+  mkdir -p "$data"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$data"; fi
+  chmod 700 "$data"
+  if ! replica_running && "$bin/pg_isready" -q -h 127.0.0.1 -p "$REPLICA_PORT"; then
+    log "port $REPLICA_PORT is taken by another server: choose one with OPSLOOP_PG_REPLICA_PORT"
+    exit 1
+  fi
+  for try in 1 2; do
+    if ! replica_running; then
+      if [ ! -f "$data/standby.signal" ] || ! replica_matches_primary "$data"; then
+        make_replica "$bin" "$data"
+      fi
+      grep -q "^include_if_exists = 'opsloop-replica.conf'" "$data/postgresql.conf" ||
+        echo "include_if_exists = 'opsloop-replica.conf'" >>"$data/postgresql.conf"
+      # Read after opsloop.conf (the primary's, copied with it), so that this port wins.
+      # hot_standby_feedback: the primary's vacuum keeps the rows a long dashboard query on the
+      # replica still reads, instead of the replica cancelling that query.
+      cat >"$data/opsloop-replica.conf" <<CONF
+port = $REPLICA_PORT
+hot_standby = on
+hot_standby_feedback = on
+CONF
+      if [ "$(id -u)" = 0 ]; then chown postgres: "$data/opsloop-replica.conf"; fi
+      as_owner "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 -o "-p $REPLICA_PORT" start >/dev/null
+    fi
+    # Streaming within seconds, or the primary no longer keeps the WAL this copy needs: copy again.
+    for i in $(seq 1 100); do
+      if [ "$(psql_replica -c "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)" = 1 ]; then
+        log "PostgreSQL replica streaming on 127.0.0.1:$REPLICA_PORT"
+        return 0
+      fi
+      sleep 0.2
+    done
+    [ "$try" = 2 ] && break
+    log "the replica does not stream (see $data/server.log): copying the primary again"
+    as_owner "$bin/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -f "$data/standby.signal"
+  done
+  log "the replica did not start streaming; see $data/server.log"
+  exit 1
+}
+
+stop_replica() {
+  local bin data="$RUN/pg-replica"
+  bin=$(pg_bindir) || return 0
+  if replica_running; then
+    as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null
+    log "PostgreSQL replica stopped"
+  fi
+}
+
 redis_running() {
   [ -f "$RUN/redis/redis.pid" ] && kill -0 "$(cat "$RUN/redis/redis.pid")" 2>/dev/null
 }
@@ -158,20 +289,29 @@ stop_redis() {
 }
 
 write_env() {
-  printf 'SAVED_PG_PORT=%s\nSAVED_REDIS_PORT=%s\n' "$PG_PORT" "$REDIS_PORT" >"$RUN/ports"
+  printf 'SAVED_PG_PORT=%s\nSAVED_REDIS_PORT=%s\nSAVED_PG_REPLICA_PORT=%s\n' \
+    "$PG_PORT" "$REDIS_PORT" "$REPLICA_PORT" >"$RUN/ports"
   cat >"$RUN/env" <<ENV
 DATABASE_URL=postgres://$PG_USER@127.0.0.1:$PG_PORT/$PG_DB
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
 ENV
+  # Only while the replica runs: settings naming a stopped one would have every process try it
+  # before falling back to the primary.
+  if replica_running; then
+    echo "OPSLOOP_REPLICA_DATABASE_URL=postgres://$PG_USER@127.0.0.1:$REPLICA_PORT/$PG_DB" >>"$RUN/env"
+  fi
 }
 
 mkdir -p "$RUN"
 case "${1:-}" in
   start) start_pg; start_redis; write_env ;;
-  stop) stop_redis; stop_pg ;;
+  stop) stop_redis; stop_replica; stop_pg; [ ! -f "$RUN/env" ] || write_env ;;
+  start-replica) start_pg; start_replica; write_env ;;
+  stop-replica) stop_replica; write_env ;;
   status)
     bin=$(pg_bindir) && as_owner "$bin/pg_ctl" -D "$RUN/pg" status || true
+    if replica_running; then echo "replica running on 127.0.0.1:$REPLICA_PORT"; else echo "replica not running"; fi
     redis_running && echo "redis running (pid $(cat "$RUN/redis/redis.pid"))" || echo "redis not running"
     ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|start-replica|stop-replica" >&2; exit 2 ;;
 esac

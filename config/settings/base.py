@@ -128,6 +128,29 @@ DATABASES = {
         conn_health_checks=env_bool("OPSLOOP_DB_CONN_HEALTH_CHECKS", True),
     )
 }
+# Reads of dashboards and analyses may go to a PostgreSQL streaming replica (config/replica.py,
+# docs/deploy.md): its URL, in the same form as DATABASE_URL. Without it there is no replica.
+OPSLOOP_REPLICA_DATABASE_URL = env("OPSLOOP_REPLICA_DATABASE_URL", "")
+if OPSLOOP_REPLICA_DATABASE_URL:
+    DATABASES["replica"] = dj_database_url.parse(
+        OPSLOOP_REPLICA_DATABASE_URL,
+        conn_max_age=int(env("OPSLOOP_DB_CONN_MAX_AGE", "60")),
+        conn_health_checks=env_bool("OPSLOOP_DB_CONN_HEALTH_CHECKS", True),
+    )
+    # A replica that does not answer within this many seconds is passed over for the primary.
+    DATABASES["replica"].setdefault("OPTIONS", {})["connect_timeout"] = int(env("OPSLOOP_REPLICA_CONNECT_TIMEOUT", "2"))
+    # The tests read the test database through it and never create one for it.
+    # https://docs.djangoproject.com/en/5.2/topics/testing/advanced/#testing-primary-replica-configurations
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+DATABASE_ROUTERS = ["config.replica.ReplicaRouter"]
+# Apps whose models the ORM may read from the replica inside `reading_from_replica()`; the money
+# paths (coupons, campaigns), logins and keys always read the primary.
+OPSLOOP_REPLICA_APPS = env_list("OPSLOOP_REPLICA_APPS", "indicators,tracking")
+# More WAL than this behind the primary, the replica is passed over. 16 MB (one WAL segment) was
+# about 5 s of the ingestion bench's writing here; config/replica.py says why not seconds.
+OPSLOOP_REPLICA_MAX_LAG_MB = float(env("OPSLOOP_REPLICA_MAX_LAG_MB", "16"))
+OPSLOOP_REPLICA_CHECK_SECONDS = float(env("OPSLOOP_REPLICA_CHECK_SECONDS", "5"))
+OPSLOOP_REPLICA_RETRY_SECONDS = float(env("OPSLOOP_REPLICA_RETRY_SECONDS", "30"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:63799/0")

@@ -14,6 +14,9 @@ WHITENOISE_AUTOREFRESH = True
 # Django's PostgreSQL backend with a flush between transactional tests that costs milliseconds
 # instead of seconds (see config/test_database/base.py).
 DATABASES["default"]["ENGINE"] = "config.test_database"  # noqa: F405
+# A replica that `scripts/services.sh start-replica` left in .run/env is not used by the suite: its
+# reads would trail the tests' writes. tests/platform/test_replica.py adds it where it is the point.
+DATABASES.pop("replica", None)  # noqa: F405
 
 # The tests share the servers with a `make demo` that may be running beside them. They keep to a
 # Redis database of their own (the demo's worker would otherwise take their tasks, and their

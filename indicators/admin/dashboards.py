@@ -21,6 +21,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from access.readonly import ReadOnlyAdmin
 from config import formatting
+from config.replica import reading_from_replica
 from indicators import analyses, selectors
 from indicators import registry as indicators
 from indicators import serializers as s
@@ -175,7 +176,11 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
     """The changelist is the trends page; the other dashboards hang off it."""
 
     def get_urls(self):
-        view = self.admin_site.admin_view
+        # The pages read from the replica when there is one (config/replica.py); the admin's
+        # login and permission checks before them read the primary.
+        def view(page):
+            return self.admin_site.admin_view(reading_from_replica()(page))
+
         return [
             path("retention/", view(self.retention_view), name="indicators_dashboard_retention"),
             path("search/", view(self.search_view), name="indicators_dashboard_search"),
@@ -526,7 +531,11 @@ class FunnelAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         return [
-            path("<int:pk>/analyze/", self.admin_site.admin_view(self.analyze_view), name="indicators_funnel_analyze"),
+            path(
+                "<int:pk>/analyze/",
+                self.admin_site.admin_view(reading_from_replica()(self.analyze_view)),
+                name="indicators_funnel_analyze",
+            ),
             *super().get_urls(),
         ]
 

@@ -39,6 +39,11 @@ class Command(BaseCommand):
         out(f"  {'in flight':<12} {'-' if report.in_flight is None else report.in_flight} (taken, not acknowledged)")
         if report.queues_error:
             out(f"  Redis: {report.queues_error}")
+        if report.replica:
+            lag = "-" if report.replica.lag_bytes is None else f"{report.replica.lag_bytes / 1e3:.0f} kB of WAL"
+            where = "the replica" if report.replica.usable else f"the primary ({report.replica.reason})"
+            out("")
+            out(f"Replica: lag {lag}; dashboards read {where}")
         out("")
         out("Failed or stuck:")
         for section in report.sections:
