@@ -662,6 +662,9 @@ class CampaignAdmin(admin.ModelAdmin):
         return own + super().get_urls()
 
     def _campaign(self, request: HttpRequest, pk: int) -> Campaign:
+        # The permission before the lookup: without it, a 404 or not would say which campaigns exist.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         campaign = get_object_or_404(Campaign.objects.select_related("segment", "winner"), pk=pk)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
@@ -744,9 +747,9 @@ class CampaignAdmin(admin.ModelAdmin):
     def rollout_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """Roll out a chosen variant: the winner at once; any other only with the confirmation box
         ticked, after the page has named the risk (the service audits it)."""
-        campaign = self._campaign(request, pk)
         if not self.has_send_permission(request):
             raise PermissionDenied
+        campaign = self._campaign(request, pk)
         results = selectors.campaign_results(campaign)
         names = list(campaign.variants.order_by("position", "id").values_list("name", flat=True))
         form = RolloutForm(request.POST or None, initial={"variant": results["winner"]})
@@ -785,9 +788,9 @@ class CampaignAdmin(admin.ModelAdmin):
     def launch_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """The Launch button's page: the forecast of what launching does (audience, who is skipped
         and why, quiet hours, the coupon money committed), then the launch itself on POST."""
-        campaign = self._campaign(request, pk)
         if not self.has_send_permission(request):
             raise PermissionDenied
+        campaign = self._campaign(request, pk)
         if request.method == "POST":
             try:
                 services.launch_campaign(campaign_id=campaign.pk, actor=request.user)
@@ -807,9 +810,9 @@ class CampaignAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/campaigns/campaign/launch.html", context)
 
     def test_message_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        campaign = self._campaign(request, pk)
         if not self.has_send_permission(request):
             raise PermissionDenied
+        campaign = self._campaign(request, pk)
         form = TestMessageForm(request.POST or None)
         form.fields["variant"].queryset = campaign.variants.all()
         if request.method == "POST" and form.is_valid():

@@ -221,12 +221,13 @@ class MaterialVersionAdmin(admin.ModelAdmin):
         return own + super().get_urls()
 
     def approve_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
-        version = get_object_or_404(MaterialVersion.objects.select_related("material"), pk=version_id)
-        change_url = reverse("admin:materials_materialversion_change", args=[version.pk])
+        change_url = reverse("admin:materials_materialversion_change", args=[version_id])
         if request.method != "POST":
             return HttpResponseRedirect(change_url)
+        # The permission before the lookup: without it, a 404 or not would say which versions exist.
         if not request.user.has_perm(services.APPROVE_PERMISSION):
             raise PermissionDenied
+        version = get_object_or_404(MaterialVersion.objects.select_related("material"), pk=version_id)
         try:
             services.approve_version(version=version, actor=request.user)
         except DomainError as exc:
