@@ -46,6 +46,13 @@ def token_hint(token: str) -> str:
     return f"\u2026{token[-4:]}" if len(token) > 8 else "\u2026" if token else ""
 
 
+def _https_formfield(field: models.Field, **kwargs) -> forms.Field | None:
+    """Gateways are https (as URL_FIELDS says for the admin's own forms)."""
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")
+    return field.formfield(**kwargs)
+
+
 class ChannelGatewayForm(forms.ModelForm):
     """For those who may set the gateway (`set_channel_gateway`). The token is write-only: the
     page says that one is set (its last 4 characters) and never shows it, an empty field on save
@@ -66,12 +73,7 @@ class ChannelGatewayForm(forms.ModelForm):
 
     class Meta:
         model = Channel
-        # Gateways are https (as URL_FIELDS says for the admin's own forms).
-        formfield_callback = staticmethod(
-            lambda field, **kw: field.formfield(
-                **({"assume_scheme": "https"} if isinstance(field, models.URLField) else {}), **kw
-            )
-        )
+        formfield_callback = _https_formfield
         fields = [
             "kind",
             "url",
