@@ -41,6 +41,86 @@ def _preview_html(segment: Segment) -> str:
 # --- channels and segments ---------------------------------------------------------------------
 
 
+def token_hint(token: str) -> str:
+    """What a channel's token looks like on a page: that one is set, and its last 4 characters."""
+    return f"\u2026{token[-4:]}" if len(token) > 8 else "\u2026" if token else ""
+
+
+def _https_formfield(field: models.Field, **kwargs) -> forms.Field | None:
+    """Gateways are https (as URL_FIELDS says for the admin's own forms)."""
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")
+    return field.formfield(**kwargs)
+
+
+class ChannelGatewayForm(forms.ModelForm):
+    """For those who may set the gateway (`set_channel_gateway`). The token is write-only: the
+    page says that one is set (its last 4 characters) and never shows it, an empty field on save
+    keeps the stored one, and `clear token` empties it on purpose."""
+
+    token = forms.CharField(
+        label=gettext_lazy("Token"),
+        required=False,
+        max_length=500,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+    clear_token = forms.BooleanField(
+        label=gettext_lazy("Clear token"),
+        required=False,
+        help_text=gettext_lazy("Empty the token, so the OPSLOOP_GATEWAY_TOKEN setting applies"),
+    )
+
+    class Meta:
+        model = Channel
+        formfield_callback = _https_formfield
+        fields = [
+            "kind",
+            "url",
+            "token",
+            "timeout_seconds",
+            "rate_per_second",
+            "max_attempts",
+            "retry_window_minutes",
+            "backoff_base_seconds",
+            "backoff_max_seconds",
+            "at_most_once",
+            "enabled",
+        ]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if "token" not in self.fields:
+            return
+        stored = self.instance.token if self.instance.pk else ""
+        self.fields["token"].help_text = (
+            gettext("Set (ending %(hint)s). Leave empty to keep it; type a new one to replace it.")
+            % {"hint": token_hint(stored)}
+            if stored
+            else gettext("Not set: the OPSLOOP_GATEWAY_TOKEN setting applies. Type one to set it.")
+        )
+
+    def clean_token(self) -> str:
+        return self.cleaned_data.get("token", "") or (self.instance.token if self.instance.pk else "")
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if cleaned.get("clear_token"):
+            cleaned["token"] = ""
+        return cleaned
+
+    @property
+    def changed_data(self) -> list[str]:
+        # A token typed equal to the stored one, or left empty, is no change; the field never
+        # carries the stored value into the page, so Django's own comparison would always differ.
+        changed = [f for f in super().changed_data if f not in ("token", "clear_token")]
+        if "token" in self.fields and hasattr(self, "cleaned_data"):
+            stored = self.instance.token if self.instance.pk else ""
+            if self.cleaned_data.get("token", stored) != stored:
+                changed.append("token")
+        return changed
+
+
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
     formfield_overrides = URL_FIELDS
@@ -72,8 +152,14 @@ class ChannelAdmin(admin.ModelAdmin):
     def get_exclude(self, request, obj=None):
         exclude = list(super().get_exclude(request, obj) or [])
         if not request.user.has_perm("campaigns.set_channel_gateway"):
-            exclude.append("token")  # not even shown: the token is a secret of the gateway
+            exclude.append("token")  # not even hinted at: the token is a secret of the gateway
         return exclude
+
+    # Per call, from the request's user, as above: only they get the token's write-only field.
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if request.user.has_perm("campaigns.set_channel_gateway"):
+            kwargs["form"] = ChannelGatewayForm
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def save_model(self, request, obj, form, change) -> None:
         services.save_channel(channel=obj, changed=form.changed_data, actor=request.user)
@@ -578,6 +664,9 @@ class CampaignAdmin(admin.ModelAdmin):
         return own + super().get_urls()
 
     def _campaign(self, request: HttpRequest, pk: int) -> Campaign:
+        # The permission before the lookup: without it, a 404 or not would say which campaigns exist.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         campaign = get_object_or_404(Campaign.objects.select_related("segment", "winner"), pk=pk)
         if not self.has_view_permission(request, campaign):
             raise PermissionDenied
@@ -660,9 +749,9 @@ class CampaignAdmin(admin.ModelAdmin):
     def rollout_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """Roll out a chosen variant: the winner at once; any other only with the confirmation box
         ticked, after the page has named the risk (the service audits it)."""
-        campaign = self._campaign(request, pk)
         if not self.has_send_permission(request):
             raise PermissionDenied
+        campaign = self._campaign(request, pk)
         results = selectors.campaign_results(campaign)
         names = list(campaign.variants.order_by("position", "id").values_list("name", flat=True))
         form = RolloutForm(request.POST or None, initial={"variant": results["winner"]})
@@ -701,9 +790,9 @@ class CampaignAdmin(admin.ModelAdmin):
     def launch_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """The Launch button's page: the forecast of what launching does (audience, who is skipped
         and why, quiet hours, the coupon money committed), then the launch itself on POST."""
-        campaign = self._campaign(request, pk)
         if not self.has_send_permission(request):
             raise PermissionDenied
+        campaign = self._campaign(request, pk)
         if request.method == "POST":
             try:
                 services.launch_campaign(campaign_id=campaign.pk, actor=request.user)
@@ -723,9 +812,9 @@ class CampaignAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/campaigns/campaign/launch.html", context)
 
     def test_message_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        campaign = self._campaign(request, pk)
         if not self.has_send_permission(request):
             raise PermissionDenied
+        campaign = self._campaign(request, pk)
         form = TestMessageForm(request.POST or None)
         form.fields["variant"].queryset = campaign.variants.all()
         if request.method == "POST" and form.is_valid():

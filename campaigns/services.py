@@ -1704,11 +1704,15 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
     conversions through the member's user-id identities, which the merge moved to the survivor:
     the merged member's assignments and deliveries follow them, so the campaign keeps that
     member's conversions (and the survivor's caps see what was sent). Where both were members of
-    one campaign, the survivor's assignment stands for the person and the other keeps its row,
-    counted once as in the audience snapshot."""
+    one campaign the survivor's assignment stands for the person, who is counted once (their
+    conversions, the merged user id's included, in the survivor's group): the other assignment
+    goes, and its messages not sent yet are skipped (MERGED, their coupons given back), so
+    nobody gets one phase's message twice. Sent ones stay on the merged profile as the record of
+    what reached that user id."""
     Assignment.objects.filter(profile_id=merged.pk).exclude(
         campaign_id__in=Assignment.objects.filter(profile_id=into.pk).values("campaign_id")
     ).update(profile_id=into.pk, user_id=into.user_id)
+    Assignment.objects.filter(profile_id=merged.pk).delete()
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -1719,3 +1723,10 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
             """,
             {"into": into.pk, "merged": merged.pk},
         )
+        cursor.execute(
+            "UPDATE campaigns_delivery SET status = 'skipped', reason = %(reason)s, queued_at = NULL"
+            " WHERE profile_id = %(merged)s AND status = 'pending' RETURNING coupon_code",
+            {"merged": merged.pk, "reason": f"MERGED: into {into.user_id}"[:500]},
+        )
+        codes = [row[0] for row in cursor.fetchall() if row[0]]
+    sending.release_coupons(codes)

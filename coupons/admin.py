@@ -19,10 +19,12 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy
 
 from coupons import errors, selectors, services
 from coupons.codes import mask_code
 from coupons.models import (
+    BEARER_CODES_PERMISSION,
     AbuseScore,
     CodeBatch,
     Coupon,
@@ -336,9 +338,6 @@ class CodeBatchForm(forms.Form):
     partner = forms.CharField(max_length=200, required=False)
 
 
-BEARER_CODES_PERMISSION = "coupons.export_codebatch"
-
-
 @admin.register(Coupon)
 class CouponAdmin(admin.ModelAdmin):
     list_display = ("display_code", "rule", "holder", "status", "issued_at", "expires_at", "source", "source_ref")
@@ -471,7 +470,7 @@ class OrderRefundAdmin(admin.ModelAdmin):
 class RedemptionAdmin(admin.ModelAdmin):
     list_display = (
         "order_id",
-        "coupon",
+        "code",
         "rule",
         "user_id",
         "order_amount",
@@ -488,6 +487,25 @@ class RedemptionAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    # As in the coupon list: a bearer code (a rolled-back one is spendable again) whole only for
+    # viewers with the export permission; the flag travels with the rows (the instance is shared).
+    def get_queryset(self, request):
+        may = request.user.has_perm(BEARER_CODES_PERMISSION)
+        return super().get_queryset(request).annotate(viewer_sees_bearer_codes=Value(may, output_field=BooleanField()))
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*(f for f in super().get_readonly_fields(request, obj) if f != "coupon"), "code"]
+
+    def get_fields(self, request, obj=None):
+        return ["code" if f == "coupon" else f for f in super().get_fields(request, obj) if f != "code"]
+
+    @admin.display(description=gettext_lazy("Code"), ordering="coupon__code")
+    def code(self, redemption: Redemption) -> str:
+        coupon = redemption.coupon
+        if coupon.profile_id is None and not getattr(redemption, "viewer_sees_bearer_codes", False):
+            return mask_code(coupon.display_code)
+        return coupon.display_code
 
     @admin.action(description="Roll back the orders of the selected redemptions", permissions=["change"])
     def rollback(self, request, queryset):

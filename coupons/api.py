@@ -11,11 +11,12 @@ from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from access.models import ApiKey
 from access.permissions import HasScope
 from config.api import id_from_path, object_or_404, request_actor
 from config.views import JsonView
 from coupons import errors, selectors, services
-from coupons.models import CodeBatch, CouponRule, IssuanceJob, RuleState
+from coupons.models import BEARER_CODES_PERMISSION, CodeBatch, CouponRule, IssuanceJob, RuleState
 from coupons.serializers import (
     ChannelQualityOutput,
     ChannelQualityQuery,
@@ -55,6 +56,15 @@ def not_found(what: str) -> OpenApiResponse:
 
 def path_id(name: str) -> OpenApiParameter:
     return OpenApiParameter(name, int, OpenApiParameter.PATH, description="Integer id.")
+
+
+def may_see_bearer_codes(request: Request) -> bool:
+    """Partner bearer codes whole: staff sessions with `coupons.export_codebatch` (the admin's rule);
+    no key scope carries it."""
+    if isinstance(request.auth, ApiKey):
+        return False
+    user = request.user
+    return bool(user and user.is_authenticated and user.is_staff and user.has_perm(BEARER_CODES_PERMISSION))
 
 
 def _rule(rule_id: str | int) -> CouponRule:
@@ -180,9 +190,10 @@ class RollbackView(JsonView):
         order_id = data.validated_data["order_id"]
         redemptions = services.rollback_order(order_id=order_id)
         returned = sum((r.discount for r in redemptions if r.created), Decimal("0.00"))
-        return Response(
-            CouponRollbackOutput({"order_id": order_id, "returned": returned, "redemptions": redemptions}).data
-        )
+        # Named by the order alone, the answer would hand back a bearer code the rollback has just
+        # made spendable again: masked, unless a staff member may see bearer codes.
+        body = {"order_id": order_id, "returned": returned, "redemptions": redemptions}
+        return Response(CouponRollbackOutput(body, context={"bearer_codes": may_see_bearer_codes(request)}).data)
 
 
 # --- profiles:read -----------------------------------------------------------------------------

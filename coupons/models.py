@@ -250,6 +250,10 @@ class CouponStatus(models.TextChoices):
     REVOKED = "revoked", "Revoked"
 
 
+# Who may see partner bearer codes whole and export them (the admin and the API alike).
+BEARER_CODES_PERMISSION = "coupons.export_codebatch"
+
+
 class CodeBatch(models.Model):
     """Bearer codes generated in bulk for a partner (no holder until used), exported as CSV."""
 
@@ -387,9 +391,10 @@ class Coupon(models.Model):
         ]
 
     def __str__(self) -> str:
-        # The coupon admin marks the rows of a viewer who may not see bearer codes (its titles and
-        # breadcrumbs print the object): those show masked.
-        if self.profile_id is None and getattr(self, "viewer_sees_bearer_codes", True) is False:
+        # A bearer code shows whole only where the coupon admin marked the rows of a viewer who may
+        # see them (its titles and breadcrumbs print the object); anywhere else (a related field,
+        # a log line) masked.
+        if self.profile_id is None and not getattr(self, "viewer_sees_bearer_codes", False):
             from coupons.codes import mask_code
 
             return mask_code(self.display_code)

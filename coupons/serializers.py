@@ -296,6 +296,14 @@ class CouponClaimInput(serializers.Serializer):
     )
 
 
+def shown_code(coupon: Coupon, *, bearer_codes: bool) -> str:
+    """The code as a caller may see it: a partner's bearer code (no holder: spendable by whoever
+    reads it) only masked unless `bearer_codes`, as in the admin (`coupons.export_codebatch`)."""
+    if coupon.profile_id is None and not bearer_codes:
+        return codes.mask_code(codes.display(coupon.code))
+    return coupon.code
+
+
 class CouponOutput(serializers.ModelSerializer):
     display_code = serializers.SerializerMethodField()
     status = serializers.SerializerMethodField()
@@ -406,7 +414,7 @@ class CouponRedemptionOutput(serializers.ModelSerializer):
         show, money = _DATETIME.to_representation, _MONEY.to_representation
         return {
             "redemption_id": redemption.pk,
-            "code": redemption.coupon.code,
+            "code": shown_code(redemption.coupon, bearer_codes=self.context.get("bearer_codes", True)),
             "order_id": redemption.order_id,
             "order_amount": money(redemption.order_amount),
             "discount": money(redemption.discount),

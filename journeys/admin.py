@@ -131,11 +131,12 @@ class JourneyAdmin(admin.ModelAdmin):
         return own + super().get_urls()
 
     def launch_view(self, request: HttpRequest, pk: int) -> HttpResponse:
-        journey = get_object_or_404(Journey, pk=pk)
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:journeys_journey_change", args=[pk]))
+        # The permission before the lookup: without it, a 404 or not would say which journeys exist.
         if not request.user.has_perm("campaigns.send_campaign"):
             raise PermissionDenied
+        journey = get_object_or_404(Journey, pk=pk)
         try:
             entered = services.launch_journey(campaign=journey, actor=request.user)
         except DomainError as exc:

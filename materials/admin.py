@@ -22,6 +22,7 @@ from materials import selectors, services
 from materials.models import CHANNEL_FIELDS, Material, MaterialVersion, VersionStatus
 from materials.rendering import VARIABLES, template_problems
 from profiles.models import Profile
+from profiles.services import record_profile_access
 
 TEMPLATE_FIELDS = ("title", "body", "html")
 
@@ -221,12 +222,13 @@ class MaterialVersionAdmin(admin.ModelAdmin):
         return own + super().get_urls()
 
     def approve_view(self, request: HttpRequest, version_id: int) -> HttpResponse:
-        version = get_object_or_404(MaterialVersion.objects.select_related("material"), pk=version_id)
-        change_url = reverse("admin:materials_materialversion_change", args=[version.pk])
+        change_url = reverse("admin:materials_materialversion_change", args=[version_id])
         if request.method != "POST":
             return HttpResponseRedirect(change_url)
+        # The permission before the lookup: without it, a 404 or not would say which versions exist.
         if not request.user.has_perm(services.APPROVE_PERMISSION):
             raise PermissionDenied
+        version = get_object_or_404(MaterialVersion.objects.select_related("material"), pk=version_id)
         try:
             services.approve_version(version=version, actor=request.user)
         except DomainError as exc:
@@ -243,7 +245,15 @@ class MaterialVersionAdmin(admin.ModelAdmin):
             raise PermissionDenied
         version = get_object_or_404(MaterialVersion.objects.select_related("material"), pk=version_id)
         user_id = (request.POST.get("user_id") or request.GET.get("user_id") or "").strip()
+        # A person's rendering shows their data (name, city, tier, traits): the same right as
+        # opening their profile, and recorded as that is (the API asks profiles:read likewise).
+        if user_id and not request.user.has_perm("profiles.view_profile"):
+            raise PermissionDenied
         profile = Profile.objects.filter(user_id=user_id).first() if user_id else None
+        if profile is not None:
+            record_profile_access(
+                staff=request.user, query=f"material preview: {user_id}", profiles=[(profile.pk, profile.user_id)]
+            )
         notice = ""
         if user_id and profile is None:
             notice = f"No profile with user id {user_id!r}: showing sample values."

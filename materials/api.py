@@ -9,13 +9,15 @@ from rest_framework import generics, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
+from access.models import ApiKey
 from access.permissions import HasScope, StaffWith, has_scope
 from config.api import JsonParser, object_or_404, request_actor
 from config.views import JsonView
 from materials import errors, selectors, services
 from materials import serializers as s
 from materials.models import Material, MaterialVersion
-from profiles.models import Profile
+from profiles.models import LookupChannel, Profile
+from profiles.services import record_profile_access
 
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 INVALID_TEMPLATE = OpenApiResponse(
@@ -197,4 +199,11 @@ class VersionPreviewView(JsonView):
             profile = Profile.objects.filter(user_id=user_id).first()
             if profile is None:
                 raise errors.ProfileNotFound(f"No profile with user id {user_id!r}.")
+            if not isinstance(request.auth, ApiKey):  # a staff member saw the person: recorded
+                record_profile_access(
+                    staff=request.user,
+                    query=f"material preview API: {user_id}",
+                    profiles=[(profile.pk, profile.user_id)],
+                    channel=LookupChannel.API,
+                )
         return Response(selectors.preview(version=version, profile=profile))

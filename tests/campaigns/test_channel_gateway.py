@@ -108,3 +108,58 @@ def test_no_role_holds_the_gateway_permission_by_default(make_staff):
 
     for role in ROLES:
         assert not make_staff(role).has_perm("campaigns.set_channel_gateway"), role
+
+
+def _gateway_keeper(make_staff):
+    from django.contrib.auth.models import Permission
+
+    user = make_staff("Operations")
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="campaigns", codename="set_channel_gateway")
+    )
+    return user
+
+
+def test_the_token_is_write_only_even_for_those_who_may_set_it(make_staff):
+    channel = ChannelFactory(kind=ChannelKind.PUSH, url=PROVIDER, token="provider-secret-9f3c")
+    client = Client()
+    client.force_login(_gateway_keeper(make_staff))
+    page = client.get(f"/admin/campaigns/channel/{channel.pk}/change/").content.decode()
+    assert "provider-secret" not in page
+    assert 'name="token"' in page and 'type="password"' in page
+    assert "9f3c" in page  # that one is set, and which
+    listing = client.get("/admin/campaigns/channel/").content.decode()
+    assert "provider-secret" not in listing
+
+
+def test_an_empty_token_field_keeps_the_token_and_is_no_change(make_staff):
+    channel = ChannelFactory(kind=ChannelKind.PUSH, url=PROVIDER, token="provider-secret-9f3c")
+    client = Client()
+    client.force_login(_gateway_keeper(make_staff))
+    response = client.post(
+        f"/admin/campaigns/channel/{channel.pk}/change/", _form(channel, token="", rate_per_second=9)
+    )
+    assert response.status_code == 302
+    channel.refresh_from_db()
+    assert (channel.token, channel.rate_per_second) == ("provider-secret-9f3c", 9)
+    entry = AuditEntry.objects.filter(action="campaigns.channel_changed").latest("at")
+    assert "token" not in entry.details["fields"] and "token_changed" not in entry.details
+
+
+def test_a_new_token_replaces_the_old_one_audited_without_either(make_staff):
+    channel = ChannelFactory(kind=ChannelKind.PUSH, url=PROVIDER, token="provider-secret-9f3c")
+    client = Client()
+    client.force_login(_gateway_keeper(make_staff))
+    response = client.post(f"/admin/campaigns/channel/{channel.pk}/change/", _form(channel, token="rotated-77aa"))
+    assert response.status_code == 302
+    channel.refresh_from_db()
+    assert channel.token == "rotated-77aa"
+    entry = AuditEntry.objects.filter(action="campaigns.channel_changed").latest("at")
+    assert entry.details["token_changed"] is True and "token" in entry.details["fields"]
+    assert "rotated" not in str(entry.details) and "provider-secret" not in str(entry.details)
+    history = client.get(f"/admin/campaigns/channel/{channel.pk}/history/").content.decode()
+    assert "rotated" not in history and "provider-secret" not in history
+
+    response = client.post(f"/admin/campaigns/channel/{channel.pk}/change/", _form(channel, token="", clear_token="on"))
+    assert response.status_code == 302
+    assert Channel.objects.get(pk=channel.pk).token == ""

@@ -14,7 +14,7 @@ import pytest
 from django.db import connection, transaction
 
 from coupons import errors, selectors, services
-from coupons.models import Coupon, CouponRule, Redemption
+from coupons.models import Coupon, CouponRule, Redemption, RuleHolding
 from tests.factories.coupons import CouponRuleFactory, PercentRuleFactory, person
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -216,3 +216,96 @@ def test_the_same_order_redeemed_from_many_clients_at_once_is_one_redemption():
     assert sum(r.created for r in results) == 1
     assert Redemption.objects.filter(coupon=coupon).count() == 1
     assert_books_balance(rule)
+
+
+def test_a_claim_racing_a_merge_counts_against_the_survivors_limit():
+    """u1 holds the offer's one coupon; u2 (the same person, by phone) claims while the merge of u2
+    into u1 is in flight. The claim waits for the merge and is refused: no holding or coupon lands
+    on the profile merged away, and the person holds one coupon."""
+    from profiles.models import Profile
+    from profiles.services import identify
+
+    phone = ("phone", "+8613800138000")
+    rule = CouponRuleFactory(value=D("10.00"), budget=D("100.00"), per_user_limit=1)
+    identify(user_id="u2", identities=[phone])
+    identify(user_id="u1")
+    services.claim_coupon(rule_id=rule.pk, user_id="u1")
+    merged, release = threading.Event(), threading.Event()
+
+    def merge():
+        try:
+            with transaction.atomic():
+                identify(user_id="u1", identities=[phone])  # u2 is merged into u1
+                merged.set()
+                assert release.wait(10)
+        finally:
+            connection.close()
+
+    def claim():
+        assert merged.wait(10)
+        try:
+            return services.claim_coupon(rule_id=rule.pk, user_id="u2", request_id="racing")
+        except errors.CouponError as refusal:
+            return refusal
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        m, c = pool.submit(merge), pool.submit(claim)
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock("coupons_claim"):
+            assert time.monotonic() < deadline and not c.done(), f"the claim never waited for the merge: {c}"
+            time.sleep(0.02)
+        release.set()
+        m.result()
+        outcome = c.result()
+    survivor, gone = Profile.objects.get(user_id="u1"), Profile.objects.get(user_id="u2")
+    assert gone.merged_into_id == survivor.pk
+    assert isinstance(outcome, errors.PerUserLimitReached), outcome
+    assert list(RuleHolding.objects.filter(rule=rule).values_list("profile_id", "issued")) == [(survivor.pk, 1)]
+    assert list(Coupon.objects.filter(rule=rule).values_list("profile_id", flat=True)) == [survivor.pk]
+    assert_books_balance(rule)
+
+
+def test_a_merge_waits_for_a_claim_in_flight_and_carries_its_holding():
+    """The other order: the claim of u2 holds its profile when the merge starts; the merge waits
+    for it and then moves the fresh holding and coupon to the survivor."""
+    from profiles.models import Profile
+    from profiles.services import identify
+
+    phone = ("phone", "+8613800138000")
+    rule = CouponRuleFactory(value=D("10.00"), budget=D("100.00"), per_user_limit=1)
+    identify(user_id="u2", identities=[phone])
+    identify(user_id="u1")
+    claimed, release = threading.Event(), threading.Event()
+
+    def claim():
+        try:
+            with transaction.atomic():
+                coupon = services.claim_coupon(rule_id=rule.pk, user_id="u2", request_id="first")
+                claimed.set()
+                assert release.wait(10)
+            return coupon
+        finally:
+            connection.close()
+
+    def merge():
+        assert claimed.wait(10)
+        try:
+            identify(user_id="u1", identities=[phone])
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        c, m = pool.submit(claim), pool.submit(merge)
+        deadline = time.monotonic() + 10
+        while not _waiting_on_a_lock("profiles_profile"):
+            assert time.monotonic() < deadline and not m.done(), "the merge never waited for the claim"
+            time.sleep(0.02)
+        release.set()
+        c.result(), m.result()
+    survivor = Profile.objects.get(user_id="u1")
+    assert list(RuleHolding.objects.filter(rule=rule).values_list("profile_id", "issued")) == [(survivor.pk, 1)]
+    assert list(Coupon.objects.filter(rule=rule).values_list("profile_id", flat=True)) == [survivor.pk]
+    with pytest.raises(errors.PerUserLimitReached):
+        services.claim_coupon(rule_id=rule.pk, user_id="u1")

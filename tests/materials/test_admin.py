@@ -165,3 +165,30 @@ def test_a_test_send_needs_the_send_permission_and_a_recipient_who_consented(cli
     assert [b["user_id"] for b in gateway.requests] == ["me"]
     refused = AuditEntry.objects.filter(action="campaigns.material_test_message_sent", object_id=str(version.pk))
     assert refused.count() == 1
+
+
+def test_a_preview_for_a_person_is_recorded_as_seeing_them(operator):
+    from profiles.models import LookupRecord
+
+    version = MaterialVersionFactory(material=MaterialFactory(channel="sms"), body="Hi {{ name }}")
+    ProfileFactory(user_id="ann", name="Ann")
+    url = reverse("admin:materials_materialversion_preview", args=[version.pk])
+    assert operator.get(url).status_code == 200  # sample values: nobody seen, nothing recorded
+    assert not LookupRecord.objects.exists()
+    assert "Hi Ann" in operator.get(url, {"user_id": "ann"}).content.decode()
+    (record,) = LookupRecord.objects.all()
+    assert record.user_ids == ["ann"] and record.query == "material preview: ann" and record.staff_username
+
+
+def test_a_preview_for_a_person_needs_the_right_to_see_profiles(client, make_staff):
+    from django.contrib.auth.models import Permission
+
+    version = MaterialVersionFactory(material=MaterialFactory(channel="sms"), body="Hi {{ name }}")
+    ProfileFactory(user_id="ann", name="Ann")
+    editor = make_staff()
+    editor.user_permissions.add(*Permission.objects.filter(content_type__app_label="materials"))
+    client.force_login(editor)
+    url = reverse("admin:materials_materialversion_preview", args=[version.pk])
+    assert client.get(url).status_code == 200
+    refused = client.get(url, {"user_id": "ann"})
+    assert refused.status_code == 403 and "Ann" not in refused.content.decode()

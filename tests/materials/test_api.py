@@ -170,3 +170,20 @@ def test_a_preview_for_a_person_needs_the_profiles_read_scope(make_api_client):
     assert manage_only.post(url, {}, format="json").json()["rendered"]["body"] == "Hi Alex Chen"
     reader = make_api_client("manage", "profiles:read")
     assert reader.post(url, {"user_id": "ann"}, format="json").json()["rendered"]["body"] == "Hi Ann"
+
+
+def test_a_staff_members_preview_for_a_person_is_recorded_a_keys_is_not(make_api_client, make_staff):
+    from rest_framework.test import APIClient
+
+    from profiles.models import LookupRecord
+
+    version = MaterialVersionFactory(material=MaterialFactory(channel="sms"), title="", body="Hi {{ name }}")
+    ProfileFactory(user_id="ann", name="Ann")
+    url = f"/api/v1/material-versions/{version.pk}/preview"
+    assert make_api_client("manage", "profiles:read").post(url, {"user_id": "ann"}, format="json").status_code == 200
+    assert not LookupRecord.objects.exists()
+    session = APIClient()
+    session.force_login(make_staff("Operations", "Analyst"))  # manage, and profiles:read
+    assert session.post(url, {"user_id": "ann"}, format="json").json()["rendered"]["body"] == "Hi Ann"
+    (record,) = LookupRecord.objects.all()
+    assert record.user_ids == ["ann"] and record.channel == "api"
