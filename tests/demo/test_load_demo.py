@@ -116,7 +116,7 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
     assert results["winner"] == best == campaign.winner.name
     assert groups[best]["significant"] and groups[best]["conversion_rate"] > groups["A"]["conversion_rate"]
     assert groups[best]["conversion_rate"] > groups["holdout"]["conversion_rate"]
-    assert campaign.status == CampaignStatus.COMPLETED and campaign.rolled_out_at is not None
+    assert campaign.status == CampaignStatus.SENT and campaign.rolled_out_at is not None
     rollout = Delivery.objects.filter(campaign=campaign, phase="rollout")
     assert rollout.count() == campaign.assignments.filter(role=AssignmentRole.ROLLOUT).count() > 0
     assert set(rollout.values_list("variant__name", flat=True)) == {best}

@@ -54,7 +54,9 @@ class Command(BaseCommand):
         campaign = (
             Campaign.objects.filter(name=CAMPAIGN_NAME).exclude(status=CampaignStatus.CANCELLED).order_by("-pk").first()
         )
-        if world and (o["no_loop"] or (campaign and campaign.status == CampaignStatus.COMPLETED)):
+        if world and (
+            o["no_loop"] or (campaign and campaign.status in (CampaignStatus.SENT, CampaignStatus.COMPLETED))
+        ):
             status = f" (demo campaign {campaign.get_status_display().lower()})" if campaign else ""
             self.stdout.write(f"Demo data already loaded{status}; nothing to do.")
             return
