@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from campaigns.models import Campaign, CampaignStatus
 from demo.loop import DemoLoop
-from demo.world import CAMPAIGN_NAME, USER_PREFIX, DemoError, load_world
+from demo.world import CAMPAIGN_NAME, USER_PREFIX, DemoError, load_world, recompute_tier_history
 from profiles.models import Profile
 
 
@@ -95,6 +95,8 @@ class Command(BaseCommand):
                     f" and {events} events over the last {o['days']} days"
                     f" in {time.monotonic() - started:.0f} s."
                 )
+                dates = recompute_tier_history(days=o["days"])
+                self.stdout.write(f"Value tiers recomputed at {len(dates)} dates of the history (tier movements).")
             if not o["no_loop"]:
                 loop.run()
         except DemoError as exc:
