@@ -208,7 +208,7 @@ def result_column(name: str, *, always_valid: bool = False) -> str:
 class SegmentBuilderWidget(forms.Textarea):
     """The definition as rows of conditions (campaigns/static/campaigns/segment_builder.js) with a
     live size, sample, warnings and errors; the JSON stays below, editable, for what the rows
-    cannot draw (groups two deep, `not`) and for power users."""
+    cannot draw (groups more than three deep, `not` of a `not`) and for power users."""
 
     template_name = "admin/campaigns/widgets/segment_builder.html"
 
@@ -496,6 +496,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "launched_at",
         "pilot_sent_at",
         "rolled_out_at",
+        "sent_at",
         "completed_at",
         "periodic_task",
         "trigger_tag_cursor",
@@ -559,6 +560,7 @@ class CampaignAdmin(admin.ModelAdmin):
                     "launched_at",
                     "pilot_sent_at",
                     "rolled_out_at",
+                    "sent_at",
                     "completed_at",
                     "periodic_task",
                     "trigger_tag_cursor",
@@ -733,9 +735,8 @@ class CampaignAdmin(admin.ModelAdmin):
         rows = []
         for item in selectors.campaign_lineage(campaign):
             # The snapshot taken when the last message went out holds conversions up to then only:
-            # until the attribution window closes (and the snapshot is refreshed), count them live.
-            final = item.results_snapshot and item.feedback_applied_at is not None
-            results = item.results_snapshot if final else selectors.campaign_results(item)
+            # until the attribution window closes (the campaign is completed), count them live.
+            results = item.results_snapshot if selectors.results_are_final(item) else selectors.campaign_results(item)
             rows.append({"campaign": item, "results": results, "status": selectors.shown_status(item)})
         context = {
             **self.admin_site.each_context(request),

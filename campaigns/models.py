@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from profiles.models import Profile
 
@@ -118,7 +119,10 @@ class CampaignStatus(models.TextChoices):
     RUNNING = "running", "Running"
     PAUSED = "paused", "Paused"
     AWAITING_ROLLOUT = "awaiting_rollout", "Pilot done, awaiting rollout"
-    COMPLETED = "completed", "Completed"
+    # Every message is out but its conversions still count until the attribution window closes;
+    # a beat task (close_attribution_windows) moves it on to completed.
+    SENT = "sent", _("Sent; counting conversions")
+    COMPLETED = "completed", _("Completed (attribution window closed)")
     CANCELLED = "cancelled", "Cancelled"
     FAILED = "failed", "Failed (see the reason; retry)"
 
@@ -222,9 +226,16 @@ class Campaign(models.Model):
     launched_at = models.DateTimeField(null=True, blank=True)
     pilot_sent_at = models.DateTimeField(null=True, blank=True)
     rolled_out_at = models.DateTimeField(null=True, blank=True)
-    completed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When its last message went out: the attribution window opens here")
+    )
+    completed_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When its attribution window closed and its results became final")
+    )
     feedback_applied_at = models.DateTimeField(null=True, blank=True)
-    results_snapshot = models.JSONField(null=True, blank=True, help_text="Results frozen at completion")
+    results_snapshot = models.JSONField(
+        null=True, blank=True, help_text=_("Results as of the last send, then frozen when the window closes")
+    )
     failed_at = models.DateTimeField(null=True, blank=True)
     failure_reason = models.TextField(blank=True, default="", help_text="Why its last background step failed")
     created_at = models.DateTimeField(default=timezone.now)

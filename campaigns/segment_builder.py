@@ -18,7 +18,8 @@ from campaigns.segments import DefinitionError, compile_definition
 # names (from `choices` where the values are fixed), "trait" a trait, operator and value, "event"
 # an event name with at least / at most / exactly N times in the last D days, "uplift" a coupon
 # rule whose uplift model has scored people and the top N % of them. A kind not listed
-# here (added to segments.py later) is offered as JSON only, as are groups nested two deep and `not`.
+# here (added to segments.py later) is offered as JSON only; groups (three levels deep) and `not`
+# of a condition or a group are drawn as rows.
 LEAF_SHAPES = {
     "tag": "names",
     "tier": "names",

@@ -118,7 +118,16 @@ class _Compiler:
         return "(" + joiner.join(parts) + ")" if parts else empty
 
     def c_not(self, node: dict, path: str, depth: int) -> str:
-        return f"NOT ({self.node(node['not'], path, depth + 1)})"
+        inner = node["not"]
+        if not isinstance(inner, dict):
+            return self.fail(
+                path,
+                f"takes one condition, an object with one of {', '.join(CONDITION_KEYS)}"
+                " (to negate several, wrap them in all or any)",
+            )
+        # A condition that is unknown for a person (no such trait: NULL) is not true of them, so
+        # its negation is: everyone outside the condition, people without the trait included.
+        return f"NOT COALESCE({self.node(inner, path, depth + 1)}, FALSE)"
 
     def _names(self, value: Any, path: str) -> list[str] | None:
         values = value if isinstance(value, list) else [value]

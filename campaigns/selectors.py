@@ -837,21 +837,20 @@ def launch_forecast(campaign: Campaign, *, now: dt.datetime | None = None) -> di
 
 def attribution_closes_at(campaign: Campaign) -> dt.datetime | None:
     """When the last conversions of a sent campaign stop counting (its attribution window)."""
-    if campaign.completed_at is None:
+    if campaign.sent_at is None:
         return None
-    return campaign.completed_at + dt.timedelta(hours=campaign.attribution_hours)
+    return campaign.sent_at + dt.timedelta(hours=campaign.attribution_hours)
 
 
-def shown_status(campaign: Campaign, *, now: dt.datetime | None = None) -> str:
-    """The status as an operator should read it: a campaign whose messages are all out is not
-    done while its attribution window is open; its results still move."""
+def shown_status(campaign: Campaign) -> str:
+    """The status as an operator should read it: a sent campaign says until when its results move."""
     closes = attribution_closes_at(campaign)
-    if campaign.status == CampaignStatus.COMPLETED and closes and closes > (now or timezone.now()):
+    if campaign.status == CampaignStatus.SENT and closes:
         return str(_("Sent; counting conversions until %(when)s") % {"when": formatting.local_time(closes)})
     return str(campaign.get_status_display())
 
 
-def results_are_final(campaign: Campaign, *, now: dt.datetime | None = None) -> bool:
-    """True once the attribution window has closed (and the frozen snapshot holds for good)."""
-    closes = attribution_closes_at(campaign)
-    return campaign.status == CampaignStatus.COMPLETED and closes is not None and closes <= (now or timezone.now())
+def results_are_final(campaign: Campaign) -> bool:
+    """True once the attribution window has closed and the campaign is completed: its frozen
+    snapshot then holds for good (before that, results are counted live)."""
+    return campaign.status == CampaignStatus.COMPLETED and campaign.results_snapshot is not None

@@ -12,6 +12,7 @@ from rest_framework import serializers
 from campaigns import validation
 from campaigns.models import TRIGGER_TAG_PATTERN, AllocationKind, Campaign, ChannelKind, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
+from campaigns.selectors import attribution_closes_at
 from config.api import IdField
 from coupons.models import CouponRule
 from materials.models import MaterialVersion
@@ -262,6 +263,7 @@ class CampaignOutput(serializers.ModelSerializer):
     schedule = serializers.SerializerMethodField()
     winner = serializers.CharField(source="winner.name", allow_null=True, default=None)
     parent = serializers.IntegerField(source="parent_id", allow_null=True)
+    attribution_closes_at = serializers.SerializerMethodField()
 
     class Meta:
         model = Campaign
@@ -298,9 +300,15 @@ class CampaignOutput(serializers.ModelSerializer):
             "launched_at",
             "pilot_sent_at",
             "rolled_out_at",
+            "sent_at",
+            "attribution_closes_at",
             "completed_at",
             "created_at",
         ]
+
+    def get_attribution_closes_at(self, obj) -> dt.datetime | None:
+        # Sent: results move until then; completed: they are final.
+        return attribution_closes_at(obj)
 
     @extend_schema_field(ScheduleOutput)
     def get_schedule(self, obj) -> dict:

@@ -3,8 +3,9 @@
 The flow of a one-off campaign: `launch_campaign` -> (task) `start_send` snapshots the audience
 into assignments and creates the first phase's deliveries -> (tasks) `deliver` sends them in
 batches -> `sweep` (beat, every minute) re-queues lost or deferred work, rolls a finished pilot
-out when allowed and completes campaigns -> `apply_feedback` tags recipients once the
-attribution window has closed.
+out when allowed and marks campaigns whose last message went out as `sent` ->
+`close_attribution_windows` (beat) completes them once their attribution window has closed and
+`apply_feedback` tags their recipients.
 """
 
 from __future__ import annotations
@@ -1058,7 +1059,12 @@ def handle_pending_triggers(*, limit: int = 5000) -> int:
     with its removal: workers share the work (SKIP LOCKED) and a crash leaves the chunk kept."""
     # Triggers of a campaign that has ended are dropped; those of a paused or failed one wait.
     PendingTrigger.objects.filter(
-        campaign__status__in=[CampaignStatus.CANCELLED, CampaignStatus.COMPLETED, CampaignStatus.DRAFT]
+        campaign__status__in=[
+            CampaignStatus.CANCELLED,
+            CampaignStatus.SENT,
+            CampaignStatus.COMPLETED,
+            CampaignStatus.DRAFT,
+        ]
     ).delete()
     created = 0
     while True:
@@ -1387,8 +1393,9 @@ def record_open(*, delivery_id: int) -> None:
 def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelta | None = None) -> dict[str, int]:
     """Periodic housekeeping (beat, every minute): start scheduled one-offs that are due, start
     the triggered sends of tags gained since the last sweep, put deliveries stuck in `sending` (a
-    killed worker) back to pending, queue due pending ones, end pilots and complete campaigns.
-    Every step is idempotent."""
+    killed worker) back to pending, queue due pending ones, end pilots and mark campaigns whose
+    last message went out as sent (`close_attribution_windows` completes them later). Every step
+    is idempotent."""
     now = timezone.now()
     if stale_after is None:
         stale_after = dt.timedelta(seconds=int(_setting("OPSLOOP_DELIVERY_STALE_SECONDS", 300)))
@@ -1401,7 +1408,7 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
         "unknown": 0,
         "queued": 0,
         "rolled_out": 0,
-        "completed": 0,
+        "sent": 0,
         "reallocated": 0,
         "failed": 0,
         "stage_errors": 0,
@@ -1443,12 +1450,9 @@ def sweep(*, stale_after: dt.timedelta | None = None, requeue_after: dt.timedelt
     ):
         unfinished = campaign.deliveries.filter(status__in=UNFINISHED)
         if not unfinished.exists() and _sweep_step(
-            report, campaign.pk, lambda cid=campaign.pk: complete_campaign(campaign_id=cid, if_finished=True)
+            report, campaign.pk, lambda cid=campaign.pk: mark_sent(campaign_id=cid, if_finished=True)
         ):
-            report["completed"] += 1
-    for campaign in Campaign.objects.filter(status=CampaignStatus.COMPLETED, feedback_applied_at__isnull=True):
-        if campaign.completed_at and campaign.completed_at + dt.timedelta(hours=campaign.attribution_hours) <= now:
-            _sweep_step(report, campaign.pk, lambda cid=campaign.pk: apply_feedback(campaign_id=cid), fail=False)
+            report["sent"] += 1
     return report
 
 
@@ -1561,30 +1565,94 @@ UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.UNK
 
 
 @transaction.atomic
-def complete_campaign(*, campaign_id: int, actor: Any = None, if_finished: bool = False) -> Campaign | None:
-    """Close the campaign and freeze its results. `if_finished` (the sweep): only a running
-    campaign with nothing left to send, checked under the lock, so a cancel or a failure that
-    commits meanwhile is never overwritten. Returns None when that check says no."""
+def mark_sent(*, campaign_id: int, actor: Any = None, if_finished: bool = False) -> Campaign | None:
+    """Every message is out: the campaign is `sent` and its attribution window opens (conversions
+    go on counting until `close_attribution_windows` completes it). `if_finished` (the sweep): only
+    a running campaign with nothing left to send, checked under the lock, so a cancel or a failure
+    that commits meanwhile is never overwritten. Returns None when that check says no."""
     from campaigns.selectors import campaign_results
 
     campaign = _locked(campaign_id)
-    if campaign.status == CampaignStatus.COMPLETED:
+    if campaign.status in (CampaignStatus.SENT, CampaignStatus.COMPLETED):
         return campaign
     if if_finished and (
         campaign.status != CampaignStatus.RUNNING or campaign.deliveries.filter(status__in=UNFINISHED).exists()
     ):
         return None
-    campaign.status = CampaignStatus.COMPLETED
-    campaign.completed_at = timezone.now()
-    results = campaign_results(campaign)
-    if campaign.winner_id is None and results["winner"]:
-        campaign.winner = campaign.variants.filter(name=results["winner"]).first()
-    campaign.results_snapshot = results
+    campaign.status = CampaignStatus.SENT
+    campaign.sent_at = timezone.now()
+    # Results as of now: the history and the API read them live until the window closes.
+    campaign.results_snapshot = campaign_results(campaign)
     campaign.save()
     if campaign.periodic_task_id:
         type(campaign.periodic_task).objects.filter(pk=campaign.periodic_task_id).update(enabled=False)
-    record_audit(action="campaigns.campaign_completed", obj=campaign, actor=actor)
+    record_audit(action="campaigns.campaign_sent", obj=campaign, actor=actor)
     return campaign
+
+
+def attribution_window_closed() -> Q:
+    """Sent campaigns whose attribution window has closed (by the database's clock)."""
+    return Q(status=CampaignStatus.SENT) & Q(
+        sent_at__lte=RawSQL("now() - campaigns_campaign.attribution_hours * interval '1 hour'", [])
+    )
+
+
+def close_attribution_windows(*, batch_size: int = 50) -> dict[str, int]:
+    """Beat task: complete every sent campaign whose attribution window has closed, `batch_size`
+    a transaction, then tag its recipients (`apply_feedback`). Campaigns whose window closed while
+    no worker ran are completed by the next run; two runs at once share the work (SKIP LOCKED).
+    A campaign whose completion fails keeps its status, shows the reason and is tried again."""
+    report = {"completed": 0, "feedback": 0, "failed": 0}
+    tried: set[int] = set()
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Campaign.objects.select_for_update(skip_locked=True)
+                .filter(attribution_window_closed())
+                .exclude(pk__in=tried)
+                .order_by("sent_at", "pk")[:batch_size]
+            )
+            for campaign in batch:
+                tried.add(campaign.pk)
+                try:
+                    with transaction.atomic():
+                        _complete(campaign)
+                    report["completed"] += 1
+                except Exception as exc:
+                    logger.exception("Closing the attribution window of campaign %s failed.", campaign.pk)
+                    Campaign.objects.filter(pk=campaign.pk).update(
+                        failed_at=timezone.now(),
+                        failure_reason=f"Closing the attribution window failed (tried again by the next run): {exc}",
+                    )
+                    report["failed"] += 1
+        if len(batch) < batch_size:
+            break
+    pending = Campaign.objects.filter(status=CampaignStatus.COMPLETED, feedback_applied_at__isnull=True)
+    for campaign_id in pending.values_list("pk", flat=True):
+        try:
+            apply_feedback(campaign_id=campaign_id)
+            report["feedback"] += 1
+        except Exception:
+            # No feedback_applied_at: the next run tries again.
+            logger.exception("Response tags of campaign %s failed; tried again by the next run.", campaign_id)
+    return report
+
+
+def _complete(campaign: Campaign) -> None:
+    """Freeze the final results of a sent campaign (locked by the caller) and name its winner."""
+    from campaigns.selectors import campaign_results
+
+    campaign.status = CampaignStatus.COMPLETED
+    campaign.completed_at = timezone.now()
+    results = campaign_results(campaign)
+    # The winner is named on the whole window's conversions, not on those counted at the last send.
+    if campaign.winner_id is None and results["winner"]:
+        campaign.winner = campaign.variants.filter(name=results["winner"]).first()
+    campaign.results_snapshot = results
+    if campaign.failure_reason.startswith("Closing the attribution window"):
+        campaign.failure_reason, campaign.failed_at = "", None
+    campaign.save()
+    record_audit(action="campaigns.campaign_completed", obj=campaign)
 
 
 @transaction.atomic
@@ -1635,13 +1703,15 @@ def apply_feedback(*, campaign_id: int) -> dict[str, int]:
 
 @transaction.atomic
 def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) -> Campaign:
-    """The next iteration of a completed campaign: same audience and settings, the winner as
+    """The next iteration of a sent or completed campaign: same audience and settings, the winner as
     the new control (first variant), the other variants kept as challengers. A cancelled one is
     cloned too (its variants in their order, unless it had a winner): a campaign stopped for a
     mistake is mended and launched again as a draft of its own."""
     source = _locked(campaign_id)
     _refuse_unless(
-        source, [CampaignStatus.COMPLETED, CampaignStatus.AWAITING_ROLLOUT, CampaignStatus.CANCELLED], "clone"
+        source,
+        [CampaignStatus.SENT, CampaignStatus.COMPLETED, CampaignStatus.AWAITING_ROLLOUT, CampaignStatus.CANCELLED],
+        "clone",
     )
     variants = list(source.variants.order_by("position", "id"))
     if source.winner_id:

@@ -36,3 +36,8 @@ def start_triggered(items: list[list] | None = None) -> int:
 @shared_task(name="campaigns.tasks.sweep", acks_late=True)
 def sweep() -> dict[str, int]:
     return services.sweep()
+
+
+@shared_task(name="campaigns.tasks.close_attribution_windows", acks_late=True)
+def close_attribution_windows() -> dict[str, int]:
+    return services.close_attribution_windows()

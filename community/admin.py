@@ -31,6 +31,7 @@ from community.models import (
     ScoreRun,
     ScoreSubject,
 )
+from config import formatting
 from config.errors import DomainError
 
 
@@ -157,7 +158,7 @@ class CommunityGroupAdmin(_AssignableAdmin):
                 "counts": [s["count"] for s in funnel["overall"]],
             },
             "cohorts": {
-                "labels": [f"{c['week']:%Y-%m-%d}" for c in cohorts],
+                "labels": [formatting.local_date(c["week"]) for c in cohorts],
                 "active": [round((c["active_rate"] or 0) * 100, 1) for c in cohorts],
                 "again": [round((c["bought_again_rate"] or 0) * 100, 1) for c in cohorts],
             },

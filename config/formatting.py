@@ -3,7 +3,8 @@ CSV headers all go through these functions, so "7.6 %" on a page is "7.6 %" in i
 
 The functions are also template filters, available in every template without `{% load %}` (the
 module is one of the template engine's `builtins`): `{{ rate|percent }}`, `{{ amount|money }}`,
-`{{ p|p_value }}`, `{{ uplift|relative_uplift }}`, `{{ when|local_time }}`, `{{ n|count }}`.
+`{{ p|p_value }}`, `{{ uplift|relative_uplift }}`, `{{ when|local_time }}`, `{{ n|count }}`,
+`{{ roi|number:2 }}`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def count(value: Any) -> str:
     """A whole number with thousands separators: 12,345."""
     number = _decimal(value)
     return MISSING if number is None else f"{int(number):,}"
+
+
+@register.filter
+def number(value: Any, digits: int = 2) -> str:
+    """A measured quantity with a fixed number of decimals and thousands separators: `1,234.50`
+    (expected orders, a ratio such as ROI, a score)."""
+    quantity = _decimal(value)
+    return MISSING if quantity is None else f"{quantity:,.{int(digits)}f}"
 
 
 @register.filter

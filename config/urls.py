@@ -3,6 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
+from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.api import healthz
@@ -39,6 +40,8 @@ urlpatterns = [
         RedirectView.as_view(url="/admin/indicators/%(model)s/%(rest)s", query_string=True, permanent=True),
     ),
     path("admin/", admin.site.urls),
+    # gettext() for the admin's scripts (the segment builder), from the apps' djangojs catalogues.
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
     path("api/v1/", include(api_v1)),
     # The Segment tracking spec, for products that send with Segment's or RudderStack's libraries.
     path("ingest/segment/", include("profiles.segment_urls")),

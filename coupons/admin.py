@@ -19,8 +19,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext, gettext_lazy
 
+from config import formatting
 from coupons import errors, selectors, services
 from coupons.codes import mask_code
 from coupons.models import (
@@ -40,7 +41,7 @@ from coupons.serializers import CHANNEL_WINDOW_MAX_DAYS
 
 
 def _money(value) -> str:
-    return "-" if value is None else f"{value:,.2f}"
+    return formatting.money(value)
 
 
 @admin.register(CouponRule)
@@ -219,28 +220,49 @@ class CouponRuleAdmin(admin.ModelAdmin):
             raise PermissionDenied
 
     def _report_page(self, request, title, report, daily, *, rule=None, prefix=None) -> HttpResponse:
-        numbers = []
+        # (label, unit, raw value, how the page shows it): the CSV keeps the raw value, its unit in the label.
+        measures = []
         if report is not None:
-            numbers = [
-                ("Issued", report.issued),
-                ("Redeemed", report.redeemed),
-                ("Unused", report.unused),
-                ("Expired", report.expired),
-                ("Revoked", report.revoked),
-                ("Budget", _money(report.budget)),
-                ("Committed", _money(report.committed)),
-                ("Spent", _money(report.spent)),
-                ("Remaining", _money(report.remaining)),
-                ("Order revenue", _money(report.order_revenue)),
-                ("ROI (attributed: every coupon order)", "-" if report.roi is None else f"{report.roi:.2f}"),
-                ("Redemption rate", "-" if report.redemption_rate is None else f"{report.redemption_rate:.1%}"),
+            cur = formatting.currency_label()
+            measures = [
+                ("Issued", gettext("coupons"), report.issued, formatting.count(report.issued)),
+                ("Redeemed", gettext("coupons"), report.redeemed, formatting.count(report.redeemed)),
+                ("Unused", gettext("coupons"), report.unused, formatting.count(report.unused)),
+                ("Expired", gettext("coupons"), report.expired, formatting.count(report.expired)),
+                ("Revoked", gettext("coupons"), report.revoked, formatting.count(report.revoked)),
+                ("Budget", cur, report.budget, _money(report.budget)),
+                ("Committed", cur, report.committed, _money(report.committed)),
+                ("Spent", cur, report.spent, _money(report.spent)),
+                ("Remaining", cur, report.remaining, _money(report.remaining)),
+                ("Order revenue", cur, report.order_revenue, _money(report.order_revenue)),
+                (
+                    "ROI (attributed: every coupon order)",
+                    gettext("ratio"),
+                    report.roi,
+                    formatting.number(report.roi, 2),
+                ),
+                (
+                    "Redemption rate",
+                    gettext("fraction of 1"),
+                    report.redemption_rate,
+                    formatting.percent(report.redemption_rate),
+                ),
             ]
+        numbers = [(label, shown) for label, _unit, _raw, shown in measures]
         if request.GET.get("format") == "csv":
             name = f"coupon-report-{rule.pk if rule else 'campaign'}"
             if request.GET.get("part") == "daily":
                 rows = [[d["day"], d["issued"], d["redeemed"]] for d in daily]
-                return _csv_response(f"{name}-daily.csv", ["day", "issued", "redeemed"], rows)
-            return _csv_response(f"{name}.csv", ["metric", "value"], [[label, value] for label, value in numbers])
+                header = [
+                    gettext("Day (UTC)"),
+                    formatting.column(gettext("Issued"), gettext("coupons")),
+                    formatting.column(gettext("Redeemed"), gettext("coupons")),
+                ]
+                return _csv_response(f"{name}-daily.csv", header, rows)
+            rows = [
+                [formatting.column(label, str(unit)), "" if raw is None else raw] for label, unit, raw, _ in measures
+            ]
+            return _csv_response(f"{name}.csv", [gettext("Metric"), gettext("Value")], rows)
         context = {
             **self.admin_site.each_context(request),
             "title": title,
@@ -436,7 +458,7 @@ class AbuseScoreAdmin(admin.ModelAdmin):
     @admin.display(description="Review")
     def review(self, score: AbuseScore) -> str:
         if score.cleared:
-            return f"cleared {score.cleared_at:%Y-%m-%d}"
+            return f"cleared {formatting.local_date(score.cleared_at)}"
         return "cleared before, score rose since" if score.cleared_at else "to review"
 
     @admin.action(description="Clear the selected people (admit them to offers)", permissions=["change"])
@@ -569,7 +591,7 @@ class IssuanceJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="Progress")
     def progress_shown(self, job: IssuanceJob) -> str:
-        return f"{job.progress:.0%}"
+        return formatting.percent(job.progress, 0)
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -661,7 +683,7 @@ def _csv_response(filename: str, header: list[str], rows: list[list]) -> HttpRes
 
 
 def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
+    return formatting.percent(value)
 
 
 def roi_overview_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> HttpResponse:
@@ -671,7 +693,16 @@ def roi_overview_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> Htt
     if request.GET.get("format") == "csv":
         return _csv_response(
             "coupon-roi.csv",
-            ["rule_id", "rule", "state", "issued", "redeemed", "spent", "order_revenue", "roi"],
+            [
+                gettext("Rule id"),
+                gettext("Rule"),
+                gettext("State"),
+                formatting.column(gettext("Issued"), gettext("coupons")),
+                formatting.column(gettext("Redeemed"), gettext("coupons")),
+                formatting.column(gettext("Spent"), formatting.currency_label()),
+                formatting.column(gettext("Order revenue"), formatting.currency_label()),
+                formatting.column(gettext("ROI"), gettext("ratio")),
+            ],
             [
                 [
                     rule.pk,
@@ -699,17 +730,17 @@ def roi_overview_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> Htt
             {
                 "rule": rule,
                 "report_url": reverse("admin:coupons_couponrule_report", args=[rule.pk]),
-                "issued": r.issued,
-                "redeemed": r.redeemed,
+                "issued": formatting.count(r.issued),
+                "redeemed": formatting.count(r.redeemed),
                 "spent": _money(r.spent),
                 "revenue": _money(r.order_revenue),
-                "roi": "-" if r.roi is None else f"{r.roi:.2f}",
+                "roi": formatting.number(r.roi, 2),
             }
             for rule, r in overview
         ],
         "totals": {
-            "issued": sum(r.issued for _, r in overview),
-            "redeemed": sum(r.redeemed for _, r in overview),
+            "issued": formatting.count(sum(r.issued for _, r in overview)),
+            "redeemed": formatting.count(sum(r.redeemed for _, r in overview)),
             "spent": _money(sum((r.spent for _, r in overview), Decimal("0.00"))),
             "revenue": _money(sum((r.order_revenue for _, r in overview), Decimal("0.00"))),
         },
@@ -742,16 +773,16 @@ def channel_quality_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> 
         return _csv_response(
             f"channel-quality-{form.cleaned_data['start']}-{form.cleaned_data['end']}.csv",
             [
-                "source",
-                "new_users",
-                "converted",
-                "conversion_rate",
-                "retention_base",
-                "retained_d7",
-                "retention_d7",
-                "coupon_cost",
-                "coupon_cost_per_converted",
-                "revenue",
+                gettext("Source"),
+                formatting.column(gettext("New users"), gettext("people")),
+                formatting.column(gettext("Converted"), gettext("people")),
+                formatting.column(gettext("Conversion rate"), gettext("fraction of 1")),
+                formatting.column(gettext("Day-7 retention base"), gettext("people")),
+                formatting.column(gettext("Retained on day 7"), gettext("people")),
+                formatting.column(gettext("Day-7 retention"), gettext("fraction of 1")),
+                formatting.column(gettext("Coupon cost"), formatting.currency_label()),
+                formatting.column(gettext("Coupon cost per converted"), formatting.currency_label()),
+                formatting.column(gettext("Revenue"), formatting.currency_label()),
             ],
             [
                 [
@@ -777,11 +808,11 @@ def channel_quality_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> 
         "rows": [
             {
                 "source": r.source,
-                "new_users": r.new_users,
-                "converted": r.converted,
+                "new_users": formatting.count(r.new_users),
+                "converted": formatting.count(r.converted),
                 "conversion_rate": _rate(r.conversion_rate),
                 "retention_d7": _rate(r.retention_d7),
-                "retention_base": r.retention_base,
+                "retention_base": formatting.count(r.retention_base),
                 "coupon_cost": _money(r.coupon_cost),
                 "coupon_cost_per_converted": _money(r.coupon_cost_per_converted),
                 "revenue": _money(r.revenue),

@@ -491,14 +491,15 @@ class DemoLoop:
 
         self._on_worker(tasks.sweep.delay(), "The sweeper")
         campaign.refresh_from_db()
-        if campaign.status != CampaignStatus.COMPLETED:
-            raise DemoError(f"The campaign is {campaign.status} after the sweep; expected completed.")
+        # Every message is out; conversions count until the attribution window closes.
+        if campaign.status != CampaignStatus.SENT:
+            raise DemoError(f"The campaign is {campaign.status} after the sweep; expected sent.")
         clone = services.clone_campaign(campaign_id=campaign.pk)
         final = campaign_results(campaign)
         self._print_results(final)
         rollout = campaign.assignments.filter(role=AssignmentRole.ROLLOUT).count()
         self.say(
-            f"Completed; next iteration {clone.name!r} (draft, control {clone.variants.first().name})."
+            f"Sent; next iteration {clone.name!r} (draft, control {clone.variants.first().name})."
             f" Roll-out group: {rollout}."
         )
         return {"campaign": campaign.pk, "clone": clone.pk, "winner": winner, "results": final}

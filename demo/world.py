@@ -295,3 +295,22 @@ def load_world(
     with connections["default"].cursor() as cursor:
         cursor.execute("ANALYZE")
     return loaded, accepted
+
+
+# The nightly value recompute, replayed over the history: one run per this many days.
+HISTORY_STEP_DAYS = 30
+
+
+def recompute_tier_history(*, days: int, now: datetime | None = None) -> list[datetime]:
+    """The RFM values as the nightly job would have left them over the activity window: a
+    recompute (`crm.services.recompute_customer_values`) every HISTORY_STEP_DAYS, oldest first,
+    each seeing only the events before its date and recording its tier and stage changes at that
+    date; then one now. The tier movement page then has months to compare. Returns the dates."""
+    from crm import services as crm_services
+
+    now = now or timezone.now()
+    crm_services.ensure_default_setup()
+    dates = [now - timedelta(days=k * HISTORY_STEP_DAYS) for k in range(days // HISTORY_STEP_DAYS, 0, -1)] + [now]
+    for at in dates:
+        crm_services.recompute_customer_values(now=at)
+    return dates

@@ -44,7 +44,7 @@ EVENT_POLL = dt.timedelta(minutes=1)
 MAX_WAIT_MINUTES = 60 * 24 * 90
 PROFILE_TRAITS = ("name", "gender", "region", "city", "timezone")
 # Journeys that are over: a goal event no longer changes anything in them.
-ENDED = (CampaignStatus.COMPLETED, CampaignStatus.CANCELLED)
+ENDED = (CampaignStatus.SENT, CampaignStatus.COMPLETED, CampaignStatus.CANCELLED)
 
 
 def _consents(profile: Profile, channel: str) -> bool:
@@ -258,7 +258,7 @@ def complete_finished() -> int:
     completed = 0
     for campaign_id in finished:
         try:
-            if campaign_services.complete_campaign(campaign_id=campaign_id, if_finished=True):
+            if campaign_services.mark_sent(campaign_id=campaign_id, if_finished=True):
                 completed += 1
         except Exception:
             # One journey's failure shows in the log and is tried again next minute; the others go on.

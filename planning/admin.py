@@ -16,15 +16,36 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
 
+from config import formatting
 from config.errors import DomainError
 from indicators.models import Goal, goal_step
+from indicators.registry import Unit
 from planning import selectors, services
 from planning.models import Phase, Tactic, Task, TaskStatus
 
 
 def _value(value, unit: str) -> str:
-    return "-" if value is None else f"{value.quantize(goal_step(unit)):,}"
+    if value is None:
+        return "-"
+    if unit == Unit.MONEY:  # with its currency, as every page writes money (config/formatting.py)
+        return formatting.money(value)
+    if unit == Unit.RATIO:
+        return formatting.percent(value, 2)
+    return f"{value.quantize(goal_step(unit)):,}"
+
+
+def _raw(value, unit: str):
+    """A value as the CSV keeps it: a plain number at the goal's precision (the unit is a column)."""
+    return "" if value is None else value.quantize(goal_step(unit))
+
+
+def _unit_label(unit: str) -> str:
+    """What a CSV's unit column says: the currency for money, `fraction of 1` for ratios."""
+    if unit == Unit.MONEY:
+        return formatting.currency_label()
+    return gettext("fraction of 1") if unit == Unit.RATIO else str(Unit(unit).label).lower()
 
 
 def _month_param(request: HttpRequest) -> date:
@@ -134,6 +155,7 @@ class TacticAdmin(admin.ModelAdmin):
             "title": f"Goal plan: {goal}",
             "opts": self.model._meta,
             "goal": goal,
+            "target": _value(goal.target, goal.unit),
             "plan": plan,
             "rows": rows,
             "chart_data": chart,
@@ -275,6 +297,9 @@ class TaskAdmin(admin.ModelAdmin):
         month = _month_param(request)
         team = self._team(request)
         review = selectors.monthly_review(month=month, team=team)
+        for row in review["goals"]:
+            # Each goal's values as its unit reads: money with its currency, ratios as percentages.
+            row["shown"] = {k: _value(row[k], row["goal"].unit) for k in ("target", "actual", "baseline", "gap")}
         context = {
             **self.admin_site.each_context(request),
             "title": f"Review of {month:%B %Y}" + (f": {team.name}" if team else ": the whole operation"),
@@ -294,45 +319,71 @@ class TaskAdmin(admin.ModelAdmin):
         review = selectors.monthly_review(month=month, team=team)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["section", "name", "target", "actual", "baseline", "gap", "status", "detail"])
+        # Numbers stay plain (a spreadsheet computes with them); the unit column says what they count.
+        writer.writerow(
+            [
+                gettext("Section"),
+                gettext("Name"),
+                gettext("Unit"),
+                gettext("Target"),
+                gettext("Actual"),
+                gettext("Baseline (or usual)"),
+                gettext("Gap (or change)"),
+                gettext("Status"),
+                gettext("Detail"),
+            ]
+        )
         for row in review["goals"]:
             unit = row["goal"].unit
             writer.writerow(
                 [
                     "goal",
                     row["goal"].name,
-                    _value(row["target"], unit),
-                    _value(row["actual"], unit),
-                    _value(row["baseline"], unit),
-                    _value(row["gap"], unit),
+                    _unit_label(unit),
+                    _raw(row["target"], unit),
+                    _raw(row["actual"], unit),
+                    _raw(row["baseline"], unit),
+                    _raw(row["gap"], unit),
                     row["status"],
                     row["label"],
                 ]
             )
         for task in review["tasks_done"]:
-            writer.writerow(["task done", task.title, "", "", "", "", "done", f"{task.team.name}, due {task.due_on}"])
+            due = formatting.local_date(task.due_on)
+            writer.writerow(["task done", task.title, "", "", "", "", "", "done", f"{task.team.name}, due {due}"])
         for task in review["tasks_late"]:
-            writer.writerow(
-                ["task late", task.title, "", "", "", "", task.status, f"{task.team.name}, due {task.due_on}"]
-            )
+            due = formatting.local_date(task.due_on)
+            writer.writerow(["task late", task.title, "", "", "", "", "", task.status, f"{task.team.name}, due {due}"])
         for item in review["campaigns"]:
             effect = item["effect"]
             detail = (
                 "no holdout"
                 if effect is None
-                else f"+{effect.incremental_conversions:.1f} conversions, +{effect.incremental_revenue} revenue "
-                f"vs holdout of {effect.holdout_size}"
+                else f"+{formatting.number(effect.incremental_conversions, 1)} conversions, "
+                f"{formatting.money(effect.incremental_revenue)} revenue added "
+                f"vs holdout of {formatting.count(effect.holdout_size)}"
             )
-            writer.writerow(["campaign", item["campaign"].name, "", "", "", "", item["campaign"].status, detail])
+            writer.writerow(["campaign", item["campaign"].name, "", "", "", "", "", item["campaign"].status, detail])
         for mover in review["indicator_movers"]:
-            relative = "" if mover["relative"] is None else f"{mover['relative']:+.1%}"
+            relative = "" if mover["relative"] is None else formatting.relative_uplift(mover["relative"])
             writer.writerow(
-                ["indicator moved", mover["label"], "", mover["value"], mover["previous"], "", "", relative]
+                [
+                    "indicator moved",
+                    mover["label"],
+                    _unit_label(mover["unit"]),
+                    "",
+                    mover["value"],
+                    mover["previous"],
+                    mover["change"],
+                    "",
+                    relative,
+                ]
             )
         for measure, movers in review["source_movers"].items():
+            unit = formatting.currency_label() if measure == "revenue" else measure
             for mover in movers:
                 writer.writerow(
-                    ["source moved", mover["source"], "", mover["value"], mover["usual"], mover["change"], "", measure]
+                    ["source moved", mover["source"], unit, "", mover["value"], mover["usual"], mover["change"], "", ""]
                 )
         response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
         name = f"review-{month:%Y-%m}" + (f"-team-{team.pk}" if team else "")

@@ -211,6 +211,7 @@ def indicator_movers(*, month: date, limit: int = 5) -> list[dict[str, Any]]:
             {
                 "indicator": indicator.key,
                 "label": indicator.label,
+                "unit": indicator.unit,
                 "value": now,
                 "previous": before,
                 "change": now - before,

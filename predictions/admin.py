@@ -14,6 +14,7 @@ from django.utils.html import format_html
 
 from access.readonly import ReadOnlyAdmin
 from access.services import record_audit
+from config import formatting
 from predictions import selectors, services
 from predictions.models import PredictedTier, Prediction, PredictionChange, PredictionRun, PredictionSettings
 
@@ -98,12 +99,12 @@ class PredictionAdmin(ReadOnlyAdmin):
     list_display = [
         "profile_link",
         "tier",
-        "value_365d",
-        "value_90d",
+        "value_365d_shown",
+        "value_90d_shown",
         "purchases_90d_shown",
         "p_alive_shown",
         "churn_risk",
-        "past_value",
+        "past_value_shown",
         "computed_at",
     ]
     list_filter = [("tier", admin.RelatedOnlyFieldListFilter), ChurnRiskFilter]
@@ -117,13 +118,25 @@ class PredictionAdmin(ReadOnlyAdmin):
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
 
+    @admin.display(description="value 365d", ordering="value_365d")
+    def value_365d_shown(self, obj: Prediction) -> str:
+        return formatting.money(obj.value_365d)
+
+    @admin.display(description="value 90d", ordering="value_90d")
+    def value_90d_shown(self, obj: Prediction) -> str:
+        return formatting.money(obj.value_90d)
+
+    @admin.display(description="past value", ordering="past_value")
+    def past_value_shown(self, obj: Prediction) -> str:
+        return formatting.money(obj.past_value)
+
     @admin.display(description="purchases 90d", ordering="purchases_90d")
     def purchases_90d_shown(self, obj: Prediction) -> str:
-        return "—" if obj.purchases_90d is None else f"{obj.purchases_90d:.2f}"
+        return formatting.number(obj.purchases_90d, 2)
 
     @admin.display(description="P(alive)", ordering="p_alive")
     def p_alive_shown(self, obj: Prediction) -> str:
-        return "—" if obj.p_alive is None else f"{obj.p_alive:.2f}"
+        return formatting.percent(obj.p_alive, 0)
 
     def changelist_view(self, request, extra_context=None):
         state = selectors.model_state()
@@ -181,12 +194,12 @@ class PredictionRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="seconds")
     def duration(self, obj: PredictionRun) -> str:
-        return f"{obj.duration_seconds:.1f}" if obj.duration_seconds is not None else "—"
+        return formatting.number(obj.duration_seconds, 1)
 
     @admin.display(description="AUC")
     def auc(self, obj: PredictionRun) -> str:
         value = (obj.churn_metrics or {}).get("auc")
-        return "—" if value is None else f"{value:.3f}"
+        return formatting.number(value, 3)
 
     @admin.display(description="reason")
     def reason(self, obj: PredictionRun) -> str:

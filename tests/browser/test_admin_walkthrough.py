@@ -68,6 +68,7 @@ def test_an_operator_builds_a_segment_from_rows_with_its_live_size_and_a_typo_wa
     page = wide_page
     make_profiles(9, prefix="fan", tag="prefers_beauty")
     make_profiles(4, prefix="reader", tag="prefers_books")
+    make_profiles(3, prefix="quiet", tag=None)
     sign_in(page, make_staff("Operations", username="sally"))
 
     page.goto("/admin/campaigns/segment/add/")
@@ -90,12 +91,32 @@ def test_an_operator_builds_a_segment_from_rows_with_its_live_size_and_a_typo_wa
     page.locator(".sb-group .sb-row .sb-names-text").fill("prefers_books")
     page.wait_for_function("document.querySelector('.segment-builder').dataset.size === '13'")
     shot(page, "segment-builder-group")
+
+    # A group inside the group, negated: people who are not book readers (the quiet ones too).
+    page.click(".sb-group .sb-add-inner-group")
+    nested = page.locator(".sb-group .sb-group")
+    nested.locator(".sb-names-text").fill("prefers_books")
+    nested.locator(".sb-group-head .sb-not").check()
+    page.wait_for_function("document.querySelector('.segment-builder').dataset.size === '16'")
+    assert "16 people now" in page.inner_text(".sb-size")
+    shot(page, "segment-builder-nested-not")
     page.click("input[name=_save]")
     page.wait_for_selector(".messagelist .success")
-    assert Segment.objects.get(name="Beauty fans").definition == {
-        "any": [{"tag": "prefers_beauty"}, {"any": [{"tag": "prefers_books"}]}]
+    segment = Segment.objects.get(name="Beauty fans")
+    assert segment.definition == {
+        "any": [
+            {"tag": "prefers_beauty"},
+            {"any": [{"tag": "prefers_books"}, {"not": {"any": [{"tag": "prefers_books"}]}}]},
+        ]
     }
     shot(page, "segment-list")
+
+    # The saved JSON draws back as the same rows: the nested group, negated, not the JSON fallback.
+    page.goto(f"/admin/campaigns/segment/{segment.pk}/change/")
+    page.wait_for_function("document.querySelector('.segment-builder').dataset.size === '16'")
+    assert page.locator(".sb-group .sb-group").count() == 1
+    assert page.locator(".sb-group .sb-group .sb-group-head .sb-not").is_checked()
+    assert page.locator(".sb-complex").is_hidden()
 
 
 def test_an_operator_creates_a_campaign_launches_it_from_its_forecast_and_reads_the_results(

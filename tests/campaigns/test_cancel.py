@@ -105,7 +105,7 @@ def test_staff_who_may_not_send_may_not_cancel(client, make_staff):
     assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.RUNNING
 
 
-@pytest.mark.parametrize("status", [CampaignStatus.COMPLETED, CampaignStatus.CANCELLED])
+@pytest.mark.parametrize("status", [CampaignStatus.SENT, CampaignStatus.COMPLETED, CampaignStatus.CANCELLED])
 def test_an_ended_campaign_cannot_be_cancelled(status):
     campaign = CampaignFactory(status=status)
     with pytest.raises(errors.InvalidTransition):

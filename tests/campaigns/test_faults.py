@@ -361,7 +361,7 @@ def test_messages_of_unknown_outcome_keep_the_campaign_open_until_settled():
         assert services.settle_unknown_deliveries(delivery_ids=[ids[0]], was_sent=False) == 1
         services.deliver(delivery_ids=[ids[0]])
         services.sweep()
-    assert Campaign.objects.get(pk=campaign.pk).status == "completed"
+    assert Campaign.objects.get(pk=campaign.pk).status == "sent"
     assert sorted(r["delivery_id"] for r in gateway.requests) == sorted(ids)
 
 
@@ -461,7 +461,7 @@ def test_rows_that_come_back_after_a_cancel_are_skipped_and_their_coupons_return
 def test_the_sweep_never_completes_a_campaign_cancelled_meanwhile():
     campaign = _running(variants=[("A", 1)])
     Campaign.objects.filter(pk=campaign.pk).update(status="cancelled", phase="full")
-    assert services.complete_campaign(campaign_id=campaign.pk, if_finished=True) is None
+    assert services.mark_sent(campaign_id=campaign.pk, if_finished=True) is None
     assert Campaign.objects.get(pk=campaign.pk).status == "cancelled"
 
 

@@ -53,7 +53,7 @@ def test_feedback_tags_responders_and_fatigued_recipients_and_the_cap_uses_them(
         Delivery.objects.filter(campaign=c).update(status="sent", sent_at=sent_at)
     Delivery.objects.filter(campaign=c, user_id="p00000").update(clicked_at=sent_at)
     add_events([("p00001", "order_paid", sent_at + dt.timedelta(hours=1))])
-    services.complete_campaign(campaign_id=c.pk)
+    services.mark_sent(campaign_id=c.pk)
     services.apply_feedback(campaign_id=c.pk)
     tagged = lambda name: set(  # noqa: E731
         ProfileTag.objects.filter(tag__name=name).values_list("profile__user_id", flat=True)
@@ -77,7 +77,7 @@ def test_clone_makes_the_winner_the_new_control_of_the_next_iteration(api_client
     services.start_send(campaign_id=campaign.pk)
     campaign.winner = campaign.variants.get(name="B")
     campaign.save()
-    services.complete_campaign(campaign_id=campaign.pk)
+    services.mark_sent(campaign_id=campaign.pk)
     response = api_client.post(f"/api/v1/campaigns/{campaign.pk}/clone")
     assert response.status_code == 201
     clone = Campaign.objects.get(pk=response.json()["id"])

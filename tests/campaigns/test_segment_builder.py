@@ -122,10 +122,20 @@ LEAVES = st.one_of(
         st.integers(0, 4000),
     ),
 )
-DEFINITIONS = st.one_of(
+# Trees as the builder draws them: groups inside groups, any condition or group negated.
+TREES = st.recursive(
     LEAVES,
-    st.builds(lambda k, items: {k: items}, st.sampled_from(["all", "any"]), st.lists(LEAVES, max_size=4)),
-    st.dictionaries(st.sampled_from(["city", "tag", "value"]), st.text(max_size=4), min_size=1, max_size=2),
+    lambda inner: st.one_of(
+        st.builds(lambda k, items: {k: items}, st.sampled_from(["all", "any"]), st.lists(inner, max_size=3)),
+        st.builds(lambda node: {"not": node}, inner),
+    ),
+    max_leaves=8,
+)
+DEFINITIONS = st.one_of(
+    TREES,
+    # What a hand-edited JSON may hold: a `not` of a list, stray fields.
+    st.builds(lambda items: {"not": items}, st.lists(LEAVES, max_size=2)),
+    st.dictionaries(st.sampled_from(["city", "tag", "value", "not"]), st.text(max_size=4), min_size=1, max_size=2),
 )
 
 
@@ -162,3 +172,42 @@ def test_the_uplift_condition_is_offered_for_the_rules_whose_model_scored_people
     # What the builder writes for it is a valid definition with the expected size.
     answer = check(operator, {"all": [{"uplift": scored.pk, "top_percent": 30}]})
     assert (answer["size"], answer["errors"]) == (3, [])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(definition=TREES)
+def test_a_negated_tree_holds_exactly_the_people_the_tree_leaves_out(operator, definition):
+    if not Profile.objects.exists():  # the examples share the test's transaction
+        make_profiles(3, prefix="h", tag="prefers_beauty", city="Beijing")
+        make_profiles(2, prefix="k", tag=None)
+    answer = check(operator, definition)
+    negated = check(operator, {"not": definition})
+    assert bool(answer["errors"]) == bool(negated["errors"])
+    if not answer["errors"]:
+        # People without the trait (NULL) fall outside the condition, so inside its negation.
+        assert answer["size"] + negated["size"] == Profile.objects.count()
+
+
+def test_nested_groups_and_not_compile_and_a_not_of_a_list_names_what_it_takes(operator):
+    make_profiles(4, prefix="b", tag="prefers_beauty", city="Beijing")
+    make_profiles(3, prefix="s", tag="prefers_beauty", city="Shanghai")
+    make_profiles(2, prefix="n", tag=None, city="Beijing")
+    nested = {
+        "all": [
+            {"tag": "prefers_beauty"},
+            {"any": [{"not": {"any": [{"trait": "city", "op": "eq", "value": "Beijing"}]}}, {"all": [{"tag": "x"}]}]},
+        ]
+    }
+    assert check(operator, nested)["size"] == 3
+    answer = check(operator, {"not": [{"tag": "prefers_beauty"}]})
+    assert answer["size"] is None
+    (error,) = answer["errors"]
+    assert error.startswith("not: takes one condition") and "tag, tier" in error and "wrap them in all or any" in error
+
+
+def test_the_builder_page_loads_the_javascript_catalogue_its_strings_go_through(operator):
+    html = operator.get(reverse("admin:campaigns_segment_add")).content.decode()
+    assert f'<script src="{reverse("javascript-catalog")}"></script>' in html
+    catalogue = operator.get(reverse("javascript-catalog"))
+    assert catalogue.status_code == 200 and "javascript" in catalogue["Content-Type"]
+    assert "globals.gettext = django.gettext" in catalogue.content.decode()

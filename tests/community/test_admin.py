@@ -15,6 +15,7 @@ from django.urls import reverse
 from access.models import AuditEntry
 from community.models import CommunityGroup, ContributionScore, OperatorAccount, ScoreDimension, ScoreRun
 from community.services import compute_contribution_scores
+from config import formatting
 from tests.factories.community import CommunityGroupFactory, OperatorAccountFactory, OperatorFactory, event, send
 
 pytestmark = pytest.mark.django_db
@@ -182,3 +183,22 @@ def test_score_page_links_each_source_to_its_campaign_and_group(admin_client):
     page = response.content.decode()
     assert reverse("admin:campaigns_campaign_change", args=[campaign.pk]) in page and "Spring push" in page
     assert reverse("admin:community_communitygroup_change", args=[group.pk]) in page
+
+
+def test_funnel_and_score_pages_write_counts_rates_and_days_through_the_helper(admin_client):
+    OperatorAccountFactory(external_id="acct-f")
+    now = datetime.now(tz=UTC)
+    send(
+        event("order_paid", now - timedelta(days=5), user_id="f1", order_id="1", amount="9.90"),
+        event("community_contact_added", now - timedelta(days=4), user_id="f1", account_id="acct-f"),
+    )
+    funnel = admin_client.get(reverse("admin:community_funnel"))
+    html = funnel.content.decode()
+    (cohort,) = funnel.context["cohorts"]
+    week = formatting.local_date(cohort["week"])
+    assert funnel.context["charts"]["cohorts"]["labels"] == [week]
+    assert f"<tr><td>{week}</td>" in html and "(0.0 %)" in html
+    assert "100.0 %" in html and "%%" not in html
+    _april, may = _scored()
+    page = admin_client.get(reverse("admin:community_contributionscore_change", args=[may.pk])).content.decode()
+    assert f'<strong id="score">{formatting.number(may.score, 1)}</strong>' in page

@@ -130,14 +130,25 @@ def test_report_page_exports_its_numbers_and_its_days_as_csv(operator):
     services.redeem_coupon(code=coupon.code, user_id=holder.user_id, order_id="x", order_amount=D("70"))
     url = reverse("admin:coupons_couponrule_report", args=[rule.pk])
     numbers = dict(csv.reader(io.StringIO(operator.get(url, {"format": "csv"}).content.decode())))
-    assert (numbers["Issued"], numbers["Redeemed"], numbers["Spent"], numbers["Order revenue"]) == (
+    assert (
+        numbers["Issued (coupons)"],
+        numbers["Redeemed (coupons)"],
+        numbers["Spent (¥)"],
+        numbers["Order revenue (¥)"],
+    ) == (
         "1",
         "1",
         "10.00",
         "70.00",
     )
     daily = list(csv.reader(io.StringIO(operator.get(url, {"format": "csv", "part": "daily"}).content.decode())))
-    assert daily[0] == ["day", "issued", "redeemed"] and [row[1:] for row in daily[1:]] == [["1", "1"]]
+    assert (
+        numbers["Redemption rate (fraction of 1)"] == "1.0"
+        and numbers["ROI (attributed: every coupon order) (ratio)"] == "6.0"
+    )
+    assert daily[0] == ["Day (UTC)", "Issued (coupons)", "Redeemed (coupons)"] and [row[1:] for row in daily[1:]] == [
+        ["1", "1"]
+    ]
 
 
 def test_revoke_action_returns_the_money_and_is_audited(operator):
@@ -202,3 +213,19 @@ def test_campaign_report_page_sums_the_coupons_of_a_source_ref_prefix(operator):
     assert page.status_code == 200
     assert page.context["report"].issued == 2
     assert '"issued": 2' in page.content.decode()
+
+
+def test_report_page_writes_money_rates_and_roi_through_the_one_formatting_helper(operator):
+    rule = CouponRuleFactory(value=D("10.00"), budget=D("1500.00"))
+    holder = person(tier="core")
+    coupon = services.issue_coupon(rule=rule, profile=holder)
+    services.redeem_coupon(code=coupon.code, user_id=holder.user_id, order_id="x", order_amount=D("1070"))
+    page = operator.get(reverse("admin:coupons_couponrule_report", args=[rule.pk]))
+    numbers = dict(page.context["numbers"])
+    assert numbers["Budget"] == "¥1,500.00" and numbers["Spent"] == "¥10.00"
+    assert numbers["Order revenue"] == "¥1,070.00"
+    assert numbers["ROI (attributed: every coupon order)"] == "106.00"
+    assert numbers["Redemption rate"] == "100.0 %"
+    html = page.content.decode()
+    assert "<td>core</td><td>1</td><td>1</td>\n          <td>100.0 %</td>" in html
+    assert "floatformat" not in html

@@ -161,7 +161,8 @@ def test_channel_quality_admin_page_has_the_table_chart_and_csv(channels, client
     assert page.context["chart_data"]["sources"] == ["ads", "(direct)", "newsletter"]
     exported = client.get(url, {"start": "2026-09-01", "end": "2026-09-10", "format": "csv"})
     lines = list(csv.reader(io.StringIO(exported.content.decode())))
-    assert lines[0][:3] == ["source", "new_users", "converted"]
+    assert lines[0][:4] == ["Source", "New users (people)", "Converted (people)", "Conversion rate (fraction of 1)"]
+    assert lines[0][-1] == "Revenue (¥)"
     assert {row[0]: row[1] for row in lines[1:]} == {"ads": "3", "(direct)": "1", "newsletter": "1"}
 
 
@@ -206,7 +207,10 @@ def test_roi_overview_page_and_csv(channels, client, make_staff):
     assert page.status_code == 200 and 'id="roi-chart"' in page.content.decode()
     assert page.context["chart_data"]["spent"] == [10.0, 20.0]  # newest rule first
     lines = list(csv.reader(io.StringIO(client.get(url, {"format": "csv"}).content.decode())))
-    assert lines[0] == ["rule_id", "rule", "state", "issued", "redeemed", "spent", "order_revenue", "roi"]
+    assert lines[0] == [
+        "Rule id", "Rule", "State", "Issued (coupons)", "Redeemed (coupons)",
+        "Spent (¥)", "Order revenue (¥)", "ROI (ratio)",
+    ]  # fmt: skip
     assert lines[2] == [str(twenty.pk), twenty.name, "active", "2", "1", "20.00", "100.00", "4.0"]
 
 
@@ -233,3 +237,17 @@ def test_coupon_indicators_are_registered_and_count_standing_redemptions_per_day
     assert revenue[date(2026, 9, 3)] == D("140.00")
     assert get_indicator("coupon_spend").fold == "sum" and get_indicator("coupon_spend").unit == "money"
     assert get_indicator("coupons_issued").daily(START, END) == {}  # issued today, outside the window
+
+
+def test_roi_and_channel_pages_write_money_percentages_and_ratios_through_the_helper(channels, client, make_staff):
+    twenty, _ = channels
+    client.force_login(make_staff("Analyst"))
+    roi = client.get(reverse("admin:coupons_couponrule_roi"))
+    row = next(r for r in roi.context["rows"] if r["rule"] == twenty)
+    assert (row["spent"], row["revenue"], row["roi"]) == ("¥20.00", "¥100.00", "4.00")
+    assert roi.context["totals"]["spent"] == "¥30.00"
+    page = client.get(reverse("admin:coupons_channel_quality"), {"start": "2026-09-01", "end": "2026-09-10"})
+    rows = {r["source"]: r for r in page.context["rows"]}
+    # ads: 3 joined, 1 converted; its coupon cost is the 20.00 discount of a1's order.
+    assert rows["ads"]["conversion_rate"] == "33.3 %" and rows["ads"]["coupon_cost"] == "¥20.00"
+    assert "33.3 %" in page.content.decode()

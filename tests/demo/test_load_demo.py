@@ -116,7 +116,7 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
     assert results["winner"] == best == campaign.winner.name
     assert groups[best]["significant"] and groups[best]["conversion_rate"] > groups["A"]["conversion_rate"]
     assert groups[best]["conversion_rate"] > groups["holdout"]["conversion_rate"]
-    assert campaign.status == CampaignStatus.COMPLETED and campaign.rolled_out_at is not None
+    assert campaign.status == CampaignStatus.SENT and campaign.rolled_out_at is not None
     rollout = Delivery.objects.filter(campaign=campaign, phase="rollout")
     assert rollout.count() == campaign.assignments.filter(role=AssignmentRole.ROLLOUT).count() > 0
     assert set(rollout.values_list("variant__name", flat=True)) == {best}
@@ -156,3 +156,30 @@ def test_the_full_loop_names_the_truly_better_variant_rolls_it_out_and_clones_th
     call_command("load_demo", "--users", "400", "--no-progress", stdout=again)
     assert "already loaded" in again.getvalue()
     assert counts() == before
+
+
+@pytest.mark.django_db
+def test_the_demo_world_has_months_of_tier_history_with_people_moving_between_tiers(admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from crm.models import ValueChange
+    from crm.selectors import tier_movements
+
+    out = StringIO()
+    call_command("load_demo", "--users", "80", "--days", "90", "--no-loop", "--no-progress", stdout=out)
+    assert "recomputed at 4 dates" in out.getvalue()
+    changes = ValueChange.objects.filter(what=ValueChange.What.TIER)
+    # The nightly job's record over the past months: changes dated at several past recomputes.
+    assert changes.dates("at", "day").count() >= 3
+    between_tiers = changes.exclude(from_value="").exclude(to_value="")
+    assert between_tiers.exists()
+    now = timezone.now()
+    moves = tier_movements(start=now - timedelta(days=45), end=now)
+    assert moves["moved"] > 0 and moves["stayed"] > 0
+    page = admin_client.get(
+        "/admin/crm/customervalue/movements/",
+        {"start": (now - timedelta(days=45)).date().isoformat(), "end": now.date().isoformat()},
+    )
+    assert page.status_code == 200 and page.context["result"]["moved"] > 0

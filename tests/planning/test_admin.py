@@ -76,8 +76,10 @@ def test_the_review_is_a_page_a_printable_page_and_a_csv(operations, yearly):
     response = operations.get("/admin/planning/task/review.csv", {"month": "2026-03", "team": growth.pk})
     assert response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(response.content.decode())))
-    assert rows[0] == ["section", "name", "target", "actual", "baseline", "gap", "status", "detail"]
-    assert rows[1][:2] == ["goal", "Revenue 2026"] and rows[1][2] == "500.00"
+    assert rows[0] == [
+        "Section", "Name", "Unit", "Target", "Actual", "Baseline (or usual)", "Gap (or change)", "Status", "Detail"
+    ]  # fmt: skip
+    assert rows[1][:4] == ["goal", "Revenue 2026", "¥", "500.00"]
     assert any(r[0] == "task late" and r[1] == "March task" for r in rows)
 
 
@@ -130,3 +132,14 @@ def test_a_failed_check_shows_its_reason_and_is_retried_from_the_admin(operation
     operations.post("/admin/indicators/anomalycheckrun/", {"action": "retry", "_selected_action": [run.pk]})
     run.refresh_from_db()
     assert (run.status, run.error) == ("queued", "")
+
+
+def test_the_plan_and_the_review_write_money_with_its_currency_and_days_in_the_readers_zone(operations, yearly):
+    plan = operations.get(f"/admin/planning/tactic/goal/{yearly.pk}/")
+    assert plan.context["target"] == "¥12,000.00" and "target ¥12,000.00 (" in plan.content.decode()
+    assert [r["target"] for r in plan.context["rows"]][:1] == ["¥500.00"]
+    growth = team("Growth")
+    task(phase(yearly, starts_on="2026-03"), team=growth, title="March task", due_on=date(2026, 3, 5))
+    review = operations.get("/admin/planning/task/review/", {"month": "2026-03"}).content.decode()
+    assert "<td>Revenue 2026</td>" in review and "¥500.00" in review
+    assert "<td>5 Mar 2026</td><td>late (" in review

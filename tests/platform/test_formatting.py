@@ -19,6 +19,7 @@ def test_percentages_p_values_and_uplift_read_at_a_glance():
     assert f.p_value(0.0004) == "< 0.001" and f.p_value(0.0312) == "0.031"
     assert f.relative_uplift(0.123) == "+12.3 %" and f.relative_uplift(-0.05) == "-5.0 %"
     assert f.uplift_points(0.012) == "+1.20 pp"
+    assert f.number(Decimal("1234.5")) == "1,234.50" and f.number(0.26, 1) == "0.3" and f.number(None) == f.MISSING
     assert f.percent(None) == f.p_value(None) == f.money(None) == f.MISSING
 
 
@@ -118,7 +119,16 @@ def test_a_bad_zone_cookie_still_gets_the_page(client):
         assert client.get("/admin/login/").status_code == 200, cookie
 
 
-NUMBER_FILTERS = (f.count, f.percent, f.percent_points, f.relative_uplift, f.uplift_points, f.p_value, f.money)
+NUMBER_FILTERS = (
+    f.count,
+    f.number,
+    f.percent,
+    f.percent_points,
+    f.relative_uplift,
+    f.uplift_points,
+    f.p_value,
+    f.money,
+)
 TIME_FILTERS = (f.local_time, f.local_date, f.time_ago, f.day_ahead, f.shown, f.label)
 
 

@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.segments import audience_sql
+from config import formatting
 from coupons import services as coupon_services
 from predictions import services
 from predictions.models import Prediction, PredictionRun
@@ -138,10 +139,14 @@ def test_admin_run_page_draws_holdout_calibration_auc_and_features(scored, clien
     client.force_login(make_staff("Analyst"))
     html = client.get(reverse("admin:predictions_predictionrun_change", args=[run.pk])).content.decode()
     assert 'id="holdout"' in html and 'id="churn-calibration"' in html and 'id="importances"' in html
-    assert f'AUC <strong id="churn-auc">{run.churn_metrics["auc"]}' in html
+    assert f'AUC <strong id="churn-auc">{formatting.number(run.churn_metrics["auc"], 3)}</strong>' in html
     assert "recency_days" in html
     listing = client.get(reverse("admin:predictions_prediction_changelist")).content.decode()
     assert 'id="predicted-tiers"' in listing and "High value at risk" in listing
+    # Money with its currency, shares as percentages, P(alive) as a percentage (config/formatting.py).
+    best = Prediction.objects.order_by("-value_365d").first()
+    assert formatting.money(best.value_365d) in listing and formatting.percent(best.p_alive, 0) in listing
+    assert "floatformat" not in listing and " %</td>" in listing
 
 
 def test_tier_page_moves_are_in_the_history(scored):

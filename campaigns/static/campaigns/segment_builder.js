@@ -1,10 +1,23 @@
 /* The admin's segment builder: rows of conditions written into the definition's JSON textarea,
  * checked live (size, sample, warnings, errors) through the segment admin's check/ URL.
  * The condition kinds and their choices come from the page (campaigns/segment_builder.py).
- * Rows are conditions, or groups ("any of" / "all of") of conditions one level deep; a deeper
- * tree, or `not`, is edited as JSON. */
+ * Rows are conditions or groups ("any of" / "all of"), groups inside groups up to
+ * MAX_GROUP_DEPTH levels, and each row or group may be negated ("not"); a tree the rows cannot
+ * draw (deeper groups, a `not` of a `not`) is edited as JSON. Strings go through Django's
+ * JavaScript catalogue (`gettext`), loaded by the widget's template. */
 (function () {
   "use strict";
+
+  var MAX_GROUP_DEPTH = 3;
+
+  function _(text) {
+    return typeof window.gettext === "function" ? window.gettext(text) : text;
+  }
+
+  function interpolate(format, values) {
+    if (typeof window.interpolate === "function") { return window.interpolate(format, values, true); }
+    return format.replace(/%\((\w+)\)s/g, function (m, k) { return String(values[k]); });
+  }
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -49,9 +62,23 @@
     var match = root.querySelector(".sb-match");
     var timer = null;
 
-    function leafRow(leaf) {
+    function notBox(item, negated) {
+      // "not": the row (or group) matches the people it would otherwise leave out.
+      var box = el("input", {type: "checkbox", "class": "sb-not", title: _("Negate: people who do not match")});
+      box.checked = !!negated;
+      box.addEventListener("change", function () {
+        item.classList.toggle("sb-negated", box.checked);
+        changed();
+      });
+      item.classList.toggle("sb-negated", !!negated);
+      item.sbNot = box;
+      return el("label", {"class": "sb-not-label"}, [box, el("span", {text: " " + _("not")})]);
+    }
+
+    function leafRow(leaf, negated) {
       var key = Object.keys(leaf).filter(function (k) { return kinds[k]; })[0] || options.kinds[0].key;
       var row = el("div", {"class": "sb-row", "data-kind": key});
+      row.appendChild(notBox(row, negated));
       var kindSelect = select(options.kinds.map(function (k) { return [k.key, k.label]; }), key, "sb-kind");
       row.appendChild(kindSelect);
       var kind = kinds[key];
@@ -65,7 +92,7 @@
           row.appendChild(s);
         } else {
           row.appendChild(el("input", {"class": "sb-names-text", list: "sb-" + key + "s", value: values.join(", "),
-                                        placeholder: "name, another name"}));
+                                        placeholder: _("name, another name")}));
         }
       } else if (kind.shape === "trait") {
         row.appendChild(el("input", {"class": "sb-trait", list: "sb-traits", value: leaf.trait || "", placeholder: "city"}));
@@ -76,54 +103,72 @@
         row.appendChild(el("input", {"class": "sb-event", list: "sb-events", value: leaf.event || "", placeholder: "order_paid"}));
         row.appendChild(select(options.event_ops, leaf.op || "gte", "sb-op"));
         row.appendChild(el("input", {"class": "sb-count", type: "number", min: "0", value: leaf.count === undefined ? 1 : leaf.count}));
-        row.appendChild(el("span", {text: " times in the last "}));
+        row.appendChild(el("span", {text: " " + _("times in the last") + " "}));
         row.appendChild(el("input", {"class": "sb-days", type: "number", min: "1", max: "3650",
                                       value: leaf.within_days === undefined ? 30 : leaf.within_days}));
-        row.appendChild(el("span", {text: " days"}));
+        row.appendChild(el("span", {text: " " + _("days")}));
       } else if (kind.shape === "uplift") {
         row.appendChild(select(kind.choices, String(leaf.uplift === undefined ? kind.choices[0][0] : leaf.uplift), "sb-rule"));
-        row.appendChild(el("span", {text: " top "}));
+        row.appendChild(el("span", {text: " " + _("top") + " "}));
         row.appendChild(el("input", {"class": "sb-percent", type: "number", min: "1", max: "100",
                                       value: leaf.top_percent === undefined ? 10 : leaf.top_percent}));
         row.appendChild(el("span", {text: " %"}));
       }
-      var remove = el("button", {type: "button", "class": "button sb-remove", title: "Remove", text: "×"});
+      var remove = el("button", {type: "button", "class": "button sb-remove", title: _("Remove"), text: "×"});
       row.appendChild(remove);
       kindSelect.addEventListener("change", function () {
-        var fresh = {}; fresh[kindSelect.value] = kinds[kindSelect.value].shape === "trait" ? "" : [];
+        var fresh = {}; fresh[kindSelect.value] = [];
         if (kindSelect.value === "trait") { fresh = {trait: "", op: "eq", value: ""}; }
         if (kindSelect.value === "event") { fresh = {event: "", op: "gte", count: 1, within_days: 30}; }
         if (kindSelect.value === "uplift") { fresh = {uplift: kinds.uplift.choices[0][0], top_percent: 10}; }
-        row.parentNode.replaceChild(leafRow(fresh), row);
+        row.parentNode.replaceChild(leafRow(fresh, row.sbNot.checked), row);
         changed();
       });
       remove.addEventListener("click", function () { row.parentNode.removeChild(row); changed(); });
       row.addEventListener("input", changed);
-      row.addEventListener("change", changed);
+      row.addEventListener("change", function (event) { if (event.target !== row.sbNot) { changed(); } });
       return row;
     }
 
-    function groupRow(node) {
-      // One level of nesting: "any of" (or "all of") these conditions, inside the top-level list.
-      var key = node.any ? "any" : "all";
-      var group = el("div", {"class": "sb-group", "data-kind": "group"});
+    function groupRow(node, depth, negated) {
+      // "any of" (or "all of") these conditions; groups nest up to MAX_GROUP_DEPTH levels.
+      var key = node.all ? "all" : "any";
+      var group = el("div", {"class": "sb-group", "data-kind": "group", "data-depth": String(depth)});
       var head = el("div", {"class": "sb-group-head"});
-      var groupMatch = select([["any", "any"], ["all", "all"]], key, "sb-group-match");
-      head.appendChild(el("span", {text: "Match "}));
+      head.appendChild(notBox(group, negated));
+      var groupMatch = select([["any", _("any")], ["all", _("all")]], key, "sb-group-match");
+      head.appendChild(el("span", {text: " " + _("Match") + " "}));
       head.appendChild(groupMatch);
-      head.appendChild(el("span", {text: " of:"}));
-      var remove = el("button", {type: "button", "class": "button sb-remove", title: "Remove the group", text: "×"});
+      head.appendChild(el("span", {text: " " + _("of:")}));
+      var remove = el("button", {type: "button", "class": "button sb-remove", title: _("Remove the group"), text: "×"});
       head.appendChild(remove);
       group.appendChild(head);
       var inner = el("div", {"class": "sb-rows"});
-      (node[key] || []).forEach(function (leaf) { inner.appendChild(leafRow(leaf)); });
+      (node[key] || []).forEach(function (child) { inner.appendChild(item(child, depth + 1)); });
       group.appendChild(inner);
-      var add = el("button", {type: "button", "class": "button sb-add-inner", text: "+ condition in this group"});
+      group.sbMatch = groupMatch;
+      group.sbInner = inner;
+      var add = el("button", {type: "button", "class": "button sb-add-inner", text: _("+ condition in this group")});
       group.appendChild(add);
-      add.addEventListener("click", function () { inner.appendChild(leafRow({tag: []})); changed(); });
+      add.addEventListener("click", function () { inner.appendChild(leafRow({tag: []}, false)); changed(); });
+      if (depth < MAX_GROUP_DEPTH) {
+        var addGroup = el("button", {type: "button", "class": "button sb-add-inner-group", text: _("+ group in this group")});
+        group.appendChild(addGroup);
+        addGroup.addEventListener("click", function () {
+          inner.appendChild(groupRow({any: [{tag: []}]}, depth + 1, false));
+          changed();
+        });
+      }
       remove.addEventListener("click", function () { group.parentNode.removeChild(group); changed(); });
       groupMatch.addEventListener("change", changed);
       return group;
+    }
+
+    function item(node, depth) {
+      // A drawable node (see `drawable`): a leaf or a group, either of them possibly negated.
+      var negated = isNot(node);
+      var shown = negated ? node.not : node;
+      return isLeaf(shown) ? leafRow(shown, negated) : groupRow(shown, depth, negated);
     }
 
     function readRow(row) {
@@ -155,20 +200,48 @@
       return leaf;
     }
 
-    function readItem(item) {
-      if (item.getAttribute("data-kind") !== "group") { return readRow(item); }
-      var node = {};
-      node[item.querySelector(".sb-group-match").value] = Array.prototype.map.call(
-        item.querySelector(".sb-rows").children, readRow);
-      return node;
+    function readItem(node) {
+      var read;
+      if (node.getAttribute("data-kind") === "group") {
+        read = {};
+        read[node.sbMatch.value] = Array.prototype.map.call(node.sbInner.children, readItem);
+      } else {
+        read = readRow(node);
+      }
+      return node.sbNot.checked ? {not: read} : read;
     }
 
     function write() {
-      var leaves = Array.prototype.map.call(rows.children, readItem);
+      var items = Array.prototype.map.call(rows.children, readItem);
       var definition = {};
-      definition[match.value] = leaves;
+      definition[match.value] = items;
       textarea.value = JSON.stringify(definition, null, 2);
       return definition;
+    }
+
+    function isLeaf(node) {
+      return !!node && typeof node === "object" && !Array.isArray(node) &&
+        Object.keys(node).some(function (k) { return kinds[k]; });
+    }
+
+    function isNot(node) {
+      return !!node && typeof node === "object" && Object.keys(node).length === 1 &&
+        !!node.not && typeof node.not === "object" && !Array.isArray(node.not);
+    }
+
+    function groupKey(node) {
+      if (!node || typeof node !== "object" || Object.keys(node).length !== 1) { return null; }
+      var key = Object.keys(node)[0];
+      return (key === "any" || key === "all") && Array.isArray(node[key]) ? key : null;
+    }
+
+    function drawable(node, depth) {
+      // What the rows can draw: leaves, groups up to MAX_GROUP_DEPTH deep, each possibly negated
+      // once; anything else (a `not` of a `not`, deeper groups) is edited as JSON.
+      var shown = isNot(node) ? node.not : node;
+      if (isLeaf(shown)) { return true; }
+      var key = groupKey(shown);
+      return !!key && depth <= MAX_GROUP_DEPTH && shown[key].every(function (c) { return drawable(c, depth + 1); });
     }
 
     function show(answer) {
@@ -179,7 +252,8 @@
       (answer.errors || []).forEach(function (e) { errors.appendChild(el("li", {text: e})); });
       (answer.warnings || []).forEach(function (w) { warnings.appendChild(el("li", {"class": "warning", text: w})); });
       size.textContent = answer.size === null || answer.size === undefined ? "" :
-        answer.size.toLocaleString() + " people now" + (answer.sample && answer.sample.length ? ". Sample: " + answer.sample.join(", ") : "");
+        interpolate(_("%(size)s people now"), {size: answer.size.toLocaleString()}) +
+        (answer.sample && answer.sample.length ? ". " + _("Sample:") + " " + answer.sample.join(", ") : "");
       root.setAttribute("data-size", answer.size === null || answer.size === undefined ? "" : answer.size);
     }
 
@@ -201,17 +275,9 @@
       var definition;
       try { definition = JSON.parse(textarea.value || "null"); } catch (e) { definition = undefined; }
       if (!definition || typeof definition !== "object") { definition = {all: []}; }
-      var top = definition.all ? "all" : (definition.any ? "any" : null);
-      var leaves = top ? definition[top] : [definition];
-      function isLeaf(leaf) {
-        return leaf && typeof leaf === "object" && Object.keys(leaf).some(function (k) { return kinds[k]; });
-      }
-      function isGroup(node) {
-        var inner = node && (node.any || node.all);
-        return Array.isArray(inner) && Object.keys(node).length === 1 && inner.every(isLeaf);
-      }
-      var drawable = Array.isArray(leaves) && leaves.every(function (item) { return isLeaf(item) || isGroup(item); });
-      if (!drawable) {
+      var top = groupKey(definition);
+      var items = top ? definition[top] : [definition];
+      if (!items.every(function (node) { return drawable(node, 1); })) {
         root.querySelector(".sb-complex").hidden = false;
         root.querySelector(".sb-json").open = true;
         root.querySelector(".sb-add").hidden = true;
@@ -220,16 +286,16 @@
         return;
       }
       match.value = top || "all";
-      leaves.forEach(function (item) { rows.appendChild(isLeaf(item) ? leafRow(item) : groupRow(item)); });
-      if (Object.keys(definition).length && leaves.length) { check(definition); }
+      items.forEach(function (node) { rows.appendChild(item(node, 1)); });
+      if (Object.keys(definition).length && items.length) { check(definition); }
     }
 
     root.querySelector(".sb-add").addEventListener("click", function () {
-      rows.appendChild(leafRow({tag: []}));
+      rows.appendChild(leafRow({tag: []}, false));
       changed();
     });
     root.querySelector(".sb-add-group").addEventListener("click", function () {
-      rows.appendChild(groupRow({any: [{tag: []}]}));
+      rows.appendChild(groupRow({any: [{tag: []}]}, 1, false));
       changed();
     });
     match.addEventListener("change", changed);
@@ -237,7 +303,7 @@
       // Typed JSON: checked as typed; the rows are redrawn from it on the next page load.
       clearTimeout(timer);
       timer = setTimeout(function () {
-        try { check(JSON.parse(textarea.value)); } catch (e) { show({errors: ["definition: not valid JSON yet"]}); }
+        try { check(JSON.parse(textarea.value)); } catch (e) { show({errors: [_("definition: not valid JSON yet")]}); }
       }, 400);
     });
     load();

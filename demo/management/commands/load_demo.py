@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from campaigns.models import Campaign, CampaignStatus
 from demo.loop import DemoLoop
-from demo.world import CAMPAIGN_NAME, USER_PREFIX, DemoError, load_world
+from demo.world import CAMPAIGN_NAME, USER_PREFIX, DemoError, load_world, recompute_tier_history
 from profiles.models import Profile
 
 
@@ -54,7 +54,9 @@ class Command(BaseCommand):
         campaign = (
             Campaign.objects.filter(name=CAMPAIGN_NAME).exclude(status=CampaignStatus.CANCELLED).order_by("-pk").first()
         )
-        if world and (o["no_loop"] or (campaign and campaign.status == CampaignStatus.COMPLETED)):
+        if world and (
+            o["no_loop"] or (campaign and campaign.status in (CampaignStatus.SENT, CampaignStatus.COMPLETED))
+        ):
             status = f" (demo campaign {campaign.get_status_display().lower()})" if campaign else ""
             self.stdout.write(f"Demo data already loaded{status}; nothing to do.")
             return
@@ -93,6 +95,8 @@ class Command(BaseCommand):
                     f" and {events} events over the last {o['days']} days"
                     f" in {time.monotonic() - started:.0f} s."
                 )
+                dates = recompute_tier_history(days=o["days"])
+                self.stdout.write(f"Value tiers recomputed at {len(dates)} dates of the history (tier movements).")
             if not o["no_loop"]:
                 loop.run()
         except DemoError as exc:
