@@ -39,6 +39,8 @@ urlpatterns = [
         RedirectView.as_view(url="/admin/indicators/%(model)s/%(rest)s", query_string=True, permanent=True),
     ),
     path("admin/", admin.site.urls),
+    # The language switch in the admin header (Django's set_language, remembered per staff member).
+    path("i18n/", include("access.i18n_urls")),
     path("api/v1/", include(api_v1)),
     # The Segment tracking spec, for products that send with Segment's or RudderStack's libraries.
     path("ingest/segment/", include("profiles.segment_urls")),

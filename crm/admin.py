@@ -15,6 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from config.errors import DomainError
@@ -72,7 +73,7 @@ class ScoringSchemeAdmin(admin.ModelAdmin):
         for scheme in queryset:
             services.delete_scoring_scheme(scheme=scheme, actor=request.user)
 
-    @admin.action(description="Make the selected scheme the active one", permissions=["change"])
+    @admin.action(description=_("Make the selected scheme the active one"), permissions=["change"])
     def make_active(self, request, queryset):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one scheme.", messages.ERROR)
@@ -80,7 +81,7 @@ class ScoringSchemeAdmin(admin.ModelAdmin):
         scheme = services.activate_scoring_scheme(scheme_id=queryset.get().pk, actor=request.user)
         self.message_user(request, f"{scheme.name} is now active; it applies from the next recompute.")
 
-    @admin.action(description="Recompute every profile's value now", permissions=["recompute"])
+    @admin.action(description=_("Recompute every profile's value now"), permissions=["recompute"])
     def recompute_now(self, request, queryset):
         _queue_recompute(self, request)
 
@@ -122,11 +123,11 @@ class ValueTierAdmin(TierCountsMixin, admin.ModelAdmin):
                 choices=RfmSegment.choices,
                 required=False,
                 widget=forms.CheckboxSelectMultiple,
-                help_text="Any of these segments; none ticked means any segment.",
+                help_text=_("Any of these segments; none ticked means any segment."),
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
-    @admin.display(description="conditions")
+    @admin.display(description=_("conditions"))
     def conditions(self, obj: ValueTier) -> str:
         parts = []
         if obj.segments:
@@ -137,7 +138,7 @@ class ValueTierAdmin(TierCountsMixin, admin.ModelAdmin):
                 parts.append(f"{score.upper()} {low or 1}-{high or 5}")
         return "; ".join(parts) or ("any customer" if obj.applies_to == "customers" else "no orders")
 
-    @admin.display(description="profiles", ordering="customers")
+    @admin.display(description=_("profiles"), ordering="customers")
     def profile_count(self, obj) -> HttpResponse:
         url = reverse("admin:crm_customervalue_changelist") + f"?tier__id__exact={obj.pk}"
         return format_html('<a href="{}">{}</a>', url, obj.customers)
@@ -165,7 +166,7 @@ class AccountManagerAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(n_customers=Count("customers"))
 
-    @admin.display(description="customers (load)", ordering="n_customers")
+    @admin.display(description=_("customers (load)"), ordering="n_customers")
     def load(self, obj) -> HttpResponse:
         url = reverse("admin:crm_customervalue_changelist") + f"?account_manager__id__exact={obj.pk}"
         return format_html('<a href="{}">{} / {}</a>', url, obj.n_customers, obj.capacity)
@@ -178,7 +179,7 @@ class ReassignForm(forms.Form):
     manager = forms.ModelChoiceField(
         queryset=AccountManager.objects.filter(is_active=True).select_related("user"),
         required=False,
-        empty_label="(nobody: release these customers)",
+        empty_label=_("(nobody: release these customers)"),
     )
 
 
@@ -229,7 +230,7 @@ class CustomerValueAdmin(admin.ModelAdmin):
         score_filter("m", "spend score"),
     ]
     search_fields = ["profile__user_id", "profile__name"]
-    search_help_text = "Exact or partial user id, or name."
+    search_help_text = _("Exact or partial user id, or name.")
     list_select_related = ["profile", "tier", "account_manager__user"]
     ordering = ["-monetary"]
     actions = ["reassign_account_manager"]
@@ -248,17 +249,18 @@ class CustomerValueAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).with_recency().order_by("-monetary", "profile_id")
 
-    @admin.display(description="recency days", ordering="recency_days")
+    @admin.display(description=_("recency days"), ordering="recency_days")
     def recency(self, obj: CustomerValue) -> int | None:
         return obj.recency_days
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: CustomerValue) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
 
     @admin.action(
-        description="Give the selected customers to another account manager", permissions=["reassign_account_manager"]
+        description=_("Give the selected customers to another account manager"),
+        permissions=["reassign_account_manager"],
     )
     def reassign_account_manager(self, request, queryset):
         form = ReassignForm(request.POST if "apply" in request.POST else None)
@@ -393,8 +395,10 @@ def _queue_recompute(model_admin: admin.ModelAdmin, request: HttpRequest) -> Non
 
 
 class MovementForm(forms.Form):
-    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="Tiers at the end of this day")
-    end = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="... against the end of this day")
+    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text=_("Tiers at the end of this day"))
+    end = forms.DateField(
+        widget=forms.DateInput(attrs={"type": "date"}), help_text=_("... against the end of this day")
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -419,7 +423,7 @@ def known_values() -> list[tuple[str, str]]:
 
 
 class FromValueFilter(admin.SimpleListFilter):
-    title = "from"
+    title = _("from")
     parameter_name = "from"
     field = "from_value"
 
@@ -433,7 +437,7 @@ class FromValueFilter(admin.SimpleListFilter):
 
 
 class ToValueFilter(FromValueFilter):
-    title = "to"
+    title = _("to")
     parameter_name = "to"
     field = "to_value"
 
@@ -450,7 +454,7 @@ class ValueChangeAdmin(ReadOnlyAdmin):
     list_select_related = ["profile"]
     ordering = ["-at", "-id"]
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: ValueChange) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
@@ -486,19 +490,19 @@ class RecomputeRunAdmin(admin.ModelAdmin):
     def has_recompute_permission(self, request) -> bool:
         return request.user.has_perm("crm.recompute_values")
 
-    @admin.display(description="seconds")
+    @admin.display(description=_("seconds"))
     def duration(self, obj: RecomputeRun) -> str:
         return f"{obj.duration_seconds:.1f}" if obj.duration_seconds is not None else "—"
 
-    @admin.action(description="Recompute every profile's value now", permissions=["recompute"])
+    @admin.action(description=_("Recompute every profile's value now"), permissions=["recompute"])
     def recompute_now(self, request, queryset):
         _queue_recompute(self, request)
 
-    @admin.display(description="reason")
+    @admin.display(description=_("reason"))
     def reason(self, obj: RecomputeRun) -> str:
         return (obj.error[:120] + "…") if len(obj.error) > 120 else (obj.error or "—")
 
-    @admin.action(description="Retry selected failed runs", permissions=["recompute"])
+    @admin.action(description=_("Retry selected failed runs"), permissions=["recompute"])
     def retry(self, request, queryset):
         retried = [
             services.retry_recompute(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")

@@ -11,6 +11,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from access.services import record_audit
@@ -46,7 +47,7 @@ class PredictedTierAdmin(admin.ModelAdmin):
         counts = Prediction.objects.filter(tier=OuterRef("pk")).order_by().values("tier").annotate(n=Count("*"))
         return super().get_queryset(request).annotate(n=Coalesce(Subquery(counts.values("n")), 0))
 
-    @admin.display(description="conditions")
+    @admin.display(description=_("conditions"))
     def conditions(self, obj: PredictedTier) -> str:
         parts = []
         if obj.min_value_percentile is not None:
@@ -59,7 +60,7 @@ class PredictedTierAdmin(admin.ModelAdmin):
             parts.append(f"churn risk ≥ {obj.min_churn_risk}")
         return ", ".join(parts) or "—"
 
-    @admin.display(description="customers", ordering="n")
+    @admin.display(description=_("customers"), ordering="n")
     def customers(self, obj) -> HttpResponse:
         url = reverse("admin:predictions_prediction_changelist") + f"?tier__id__exact={obj.pk}"
         return format_html('<a href="{}">{}</a>', url, obj.n)
@@ -79,7 +80,7 @@ class PredictedTierAdmin(admin.ModelAdmin):
 
 
 class ChurnRiskFilter(admin.SimpleListFilter):
-    title = "churn risk"
+    title = _("churn risk")
     parameter_name = "risk"
     BANDS = {"high": (70, 101), "medium": (40, 70), "low": (0, 40)}
 
@@ -112,16 +113,16 @@ class PredictionAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     ordering = ["-value_365d"]
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: Prediction) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
 
-    @admin.display(description="purchases 90d", ordering="purchases_90d")
+    @admin.display(description=_("purchases 90d"), ordering="purchases_90d")
     def purchases_90d_shown(self, obj: Prediction) -> str:
         return "—" if obj.purchases_90d is None else f"{obj.purchases_90d:.2f}"
 
-    @admin.display(description="P(alive)", ordering="p_alive")
+    @admin.display(description=_("P(alive)"), ordering="p_alive")
     def p_alive_shown(self, obj: Prediction) -> str:
         return "—" if obj.p_alive is None else f"{obj.p_alive:.2f}"
 
@@ -142,7 +143,7 @@ class PredictionChangeAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     ordering = ["-at", "-id"]
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: PredictionChange) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
@@ -179,25 +180,25 @@ class PredictionRunAdmin(admin.ModelAdmin):
     def has_recompute_permission(self, request) -> bool:
         return request.user.has_perm("predictions.recompute_predictions")
 
-    @admin.display(description="seconds")
+    @admin.display(description=_("seconds"))
     def duration(self, obj: PredictionRun) -> str:
         return f"{obj.duration_seconds:.1f}" if obj.duration_seconds is not None else "—"
 
-    @admin.display(description="AUC")
+    @admin.display(description=_("AUC"))
     def auc(self, obj: PredictionRun) -> str:
         value = (obj.churn_metrics or {}).get("auc")
         return "—" if value is None else f"{value:.3f}"
 
-    @admin.display(description="reason")
+    @admin.display(description=_("reason"))
     def reason(self, obj: PredictionRun) -> str:
         text = obj.error or " ".join(r for r in (obj.clv_reason, obj.churn_reason) if r)
         return (text[:160] + "…") if len(text) > 160 else (text or "—")
 
-    @admin.action(description="Recompute every customer's predictions now", permissions=["recompute"])
+    @admin.action(description=_("Recompute every customer's predictions now"), permissions=["recompute"])
     def recompute_now(self, request, queryset):
         _queue_run(self, request)
 
-    @admin.action(description="Retry selected failed runs", permissions=["recompute"])
+    @admin.action(description=_("Retry selected failed runs"), permissions=["recompute"])
     def retry(self, request, queryset):
         retried = [services.retry_run(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")]
         self.message_user(request, f"{len(retried)} run(s) queued again.")

@@ -18,6 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from config import formatting
@@ -99,13 +100,13 @@ class RetentionForm(_WindowForm):
     granularity = forms.ChoiceField(choices=CohortGranularity.choices, initial=CohortGranularity.MONTH)
     basis = forms.ChoiceField(choices=CohortBasis.choices, initial=CohortBasis.ACTIVITY)
     periods = forms.IntegerField(
-        min_value=1, max_value=30, required=False, help_text="Default 30 days or 12 weeks/months"
+        min_value=1, max_value=30, required=False, help_text=_("Default 30 days or 12 weeks/months")
     )
 
 
 class SearchForm(_WindowForm):
     rules = s.SearchInput
-    zero_results = forms.BooleanField(required=False, label="Only queries with no results")
+    zero_results = forms.BooleanField(required=False, label=_("Only queries with no results"))
 
 
 class FunnelWindowForm(_WindowForm):
@@ -114,7 +115,7 @@ class FunnelWindowForm(_WindowForm):
 
 class KeyBehaviourForm(_WindowForm):
     rules = s.KeyBehaviourInput
-    event = forms.CharField(max_length=64, initial="search", help_text="Event name")
+    event = forms.CharField(max_length=64, initial="search", help_text=_("Event name"))
     first_days = forms.IntegerField(min_value=1, max_value=30, initial=7)
     retained_from = forms.IntegerField(min_value=1, max_value=90, initial=7)
     retained_days = forms.IntegerField(min_value=1, max_value=90, initial=7)
@@ -128,8 +129,8 @@ class ChurnForm(_WindowForm):
         min_value=100,
         max_value=analyses.MAX_CHURN_SAMPLE,
         initial=analyses.CHURN_SAMPLE,
-        label="Sample of people",
-        help_text="Larger is more precise and slower.",
+        label=_("Sample of people"),
+        help_text=_("Larger is more precise and slower."),
     )
 
     def __init__(self, *args, **kwargs):
@@ -276,7 +277,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         return self.render_page(
             request,
             current="trends",
-            title="Indicator trends",
+            title=_("Indicator trends"),
             form=form,
             table=table,
             chart=chart,
@@ -323,7 +324,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         return self.render_page(
             request,
             current="retention",
-            title="Retention cohorts",
+            title=_("Retention cohorts"),
             form=form,
             table=table,
             chart=chart,
@@ -371,7 +372,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         return self.render_page(
             request,
             current="search",
-            title="Searches",
+            title=_("Searches"),
             form=form,
             table=table,
             chart=chart,
@@ -430,7 +431,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         return self.render_page(
             request,
             current="key_behaviour",
-            title="Key behaviours",
+            title=_("Key behaviours"),
             form=form,
             table=table,
             chart=chart,
@@ -490,7 +491,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         return self.render_page(
             request,
             current="churn",
-            title="Churn: last behaviours",
+            title=_("Churn: last behaviours"),
             form=form,
             table=table,
             chart=chart,
@@ -514,7 +515,7 @@ class FunnelAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("steps")
 
-    @admin.display(description="steps")
+    @admin.display(description=_("steps"))
     def steps_text(self, obj: Funnel) -> str:
         return " → ".join(step.label or step.event_name for step in obj.steps.all())
 

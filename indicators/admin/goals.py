@@ -14,6 +14,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from config import formatting
 from indicators import baselines, selectors, services
@@ -44,10 +45,12 @@ class GoalForm(forms.ModelForm):
 
     indicator = forms.ChoiceField(choices=())
     weights_text = forms.CharField(
-        label="Weights per month",
+        label=_("Weights per month"),
         required=False,
-        help_text="For 'by typed weights': one number per month of the period, comma separated, "
-        "e.g. 8,8,9,9,10,10,7,7,9,10,11,12 for a year.",
+        help_text=_(
+            "For 'by typed weights': one number per month of the period, comma separated, "
+            "e.g. 8,8,9,9,10,10,7,7,9,10,11,12 for a year."
+        ),
     )
 
     class Meta:
@@ -151,30 +154,30 @@ class GoalAdmin(admin.ModelAdmin):
             goal.progress_info = progress.get(goal.pk)
         return changelist
 
-    @admin.display(description="Indicator", ordering="indicator")
+    @admin.display(description=_("Indicator"), ordering="indicator")
     def indicator_label(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         return info.label if info else goal.indicator
 
-    @admin.display(description="Period", ordering="year")
+    @admin.display(description=_("Period"), ordering="year")
     def period_shown(self, goal: Goal) -> str:
         return goal.period_label
 
-    @admin.display(description="Target", ordering="target")
+    @admin.display(description=_("Target"), ordering="target")
     def target_shown(self, goal: Goal) -> str:
         return _value(goal.target, goal.unit)
 
-    @admin.display(description="Actual so far")
+    @admin.display(description=_("Actual so far"))
     def actual_shown(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         return _value(info.actual, goal.unit) if info else "-"
 
-    @admin.display(description="Progress")
+    @admin.display(description=_("Progress"))
     def progress_shown(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         return "-" if info is None or info.progress is None else f"{info.progress:.1%}"
 
-    @admin.display(description="Status")
+    @admin.display(description=_("Status"))
     def status_badge(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         if info is None:
