@@ -266,6 +266,10 @@ class OperatorTimeZoneMiddleware:
 def label(value: Any) -> str:
     """An internal name as a heading reads: `important_value` -> `Important value`."""
     text = str(value or "").replace("_", " ").replace("-", " ").strip()
+    # The same words as a model's or field's label (config/model_labels.py) read in the reader's language.
+    translated = _(text.lower()) if text else text
+    if translated != text.lower():
+        return translated[:1].upper() + translated[1:]
     return text[:1].upper() + text[1:]
 
 

@@ -2,6 +2,7 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.utils.translation import gettext_lazy as _
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -9,7 +10,7 @@ from config.api import healthz
 
 admin.site.site_header = "opsloop"
 admin.site.site_title = "opsloop"
-admin.site.index_title = "Operations back office"
+admin.site.index_title = _("Operations back office")
 # The back office is the whole site: no public front end for a "View site" link to lead to.
 admin.site.site_url = None
 

@@ -13,6 +13,7 @@ from django.db import models
 from django.db.models import Subquery
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from profiles.models import Profile
 
@@ -35,7 +36,7 @@ class RfmSegment(models.TextChoices):
 
 
 class LifecycleStage(models.TextChoices):
-    NEW = "new", _("New")
+    NEW = "new", pgettext_lazy("lifecycle stage", "New")
     ACTIVE = "active", _("Active")
     SILENT = "silent", _("Silent")
     CHURNED = "churned", _("Churned")

@@ -11,6 +11,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
@@ -21,7 +22,9 @@ from predictions.models import PredictedTier, Prediction, PredictionChange, Pred
 
 def _queue_run(model_admin: admin.ModelAdmin, request: HttpRequest) -> None:
     run = services.request_run(requested_by=request.user)
-    model_admin.message_user(request, f"Prediction run {run.pk} queued; its progress shows under Prediction runs.")
+    model_admin.message_user(
+        request, gettext("Prediction run %(run)s queued; its progress shows under Prediction runs.") % {"run": run.pk}
+    )
 
 
 @admin.register(PredictionSettings)
@@ -51,13 +54,13 @@ class PredictedTierAdmin(admin.ModelAdmin):
     def conditions(self, obj: PredictedTier) -> str:
         parts = []
         if obj.min_value_percentile is not None:
-            parts.append(f"predicted value ≥ p{obj.min_value_percentile}")
+            parts.append(gettext("predicted value ≥ p%(n)s") % {"n": obj.min_value_percentile})
         if obj.min_past_value_percentile is not None:
-            parts.append(f"spend so far ≥ p{obj.min_past_value_percentile}")
+            parts.append(gettext("spend so far ≥ p%(n)s") % {"n": obj.min_past_value_percentile})
         if obj.max_p_alive is not None:
-            parts.append(f"P(alive) ≤ {obj.max_p_alive:g}")
+            parts.append(gettext("P(alive) ≤ %(p)s") % {"p": f"{obj.max_p_alive:g}"})
         if obj.min_churn_risk is not None:
-            parts.append(f"churn risk ≥ {obj.min_churn_risk}")
+            parts.append(gettext("churn risk ≥ %(risk)s") % {"risk": obj.min_churn_risk})
         return ", ".join(parts) or "—"
 
     @admin.display(description=_("customers"), ordering="n")
@@ -201,9 +204,11 @@ class PredictionRunAdmin(admin.ModelAdmin):
     @admin.action(description=_("Retry selected failed runs"), permissions=["recompute"])
     def retry(self, request, queryset):
         retried = [services.retry_run(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")]
-        self.message_user(request, f"{len(retried)} run(s) queued again.")
+        self.message_user(request, gettext("%(n)s run(s) queued again.") % {"n": len(retried)})
         if skipped := queryset.exclude(status="failed").count():
-            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+            self.message_user(
+                request, gettext("%(n)s not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+            )
 
     def changelist_view(self, request, extra_context=None):
         # The action needs no selection: run it with an empty one.

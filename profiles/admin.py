@@ -14,7 +14,6 @@ from django.db.models import BooleanField, Count, Q, Value
 from django.template.loader import select_template
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from import_export import fields, resources, widgets
@@ -114,7 +113,7 @@ class MergedFilter(admin.SimpleListFilter):
     parameter_name = "merged"
 
     def lookups(self, request, model_admin):
-        return [("no", "Live profiles"), ("yes", "Merged into another")]
+        return [("no", _("Live profiles")), ("yes", _("Merged into another"))]
 
     def queryset(self, request, queryset):
         if self.value() == "no":
@@ -311,7 +310,7 @@ class ProfileAdmin(admin.ModelAdmin):
     def _tag_name(self, request) -> str | None:
         name = request.POST.get("tag_name", "").strip()
         if not name:
-            self.message_user(request, "Enter the tag's name in the Tag box first.", level=messages.ERROR)
+            self.message_user(request, gettext("Enter the tag's name in the Tag box first."), level=messages.ERROR)
             return None
         return name
 
@@ -324,7 +323,7 @@ class ProfileAdmin(admin.ModelAdmin):
             return
         ids = list(queryset.filter(merged_into__isnull=True).values_list("id", flat=True))
         gained = services.tag_profiles(tag_name=name, profile_ids=ids, source=TagSource.MANUAL, actor=request.user)
-        self.message_user(request, f"{gained} profiles gained '{name}'.")
+        self.message_user(request, gettext("%(n)s profiles gained '%(tag)s'.") % {"n": gained, "tag": name})
 
     @admin.action(description=_("Remove the tag from the selected profiles"), permissions=["tag"])
     def remove_tag(self, request, queryset):
@@ -332,7 +331,7 @@ class ProfileAdmin(admin.ModelAdmin):
             return
         ids = list(queryset.values_list("id", flat=True))
         lost = services.untag_profiles(tag_name=name, profile_ids=ids, actor=request.user)
-        self.message_user(request, f"{lost} profiles lost '{name}'.")
+        self.message_user(request, gettext("%(n)s profiles lost '%(tag)s'.") % {"n": lost, "tag": name})
 
 
 @admin.register(Identity)
@@ -443,7 +442,8 @@ class TagRuleForm(forms.ModelForm):
         ]
         widgets = {"conditions": forms.Textarea(attrs={"rows": 8, "cols": 90, "style": "font-family: monospace"})}
         help_texts = {
-            "conditions": mark_safe(
+            # The admin shows help texts as HTML.
+            "conditions": _(
                 "A JSON list; every condition must hold. Traits: "
                 '<code>{"trait": "city", "op": "in", "value": ["Shanghai"]}</code> '
                 "(ops eq, ne, in, gte, lte, contains, is_set; custom traits too). Events: "
@@ -480,9 +480,9 @@ class TagRuleAdmin(admin.ModelAdmin):
     actions = ["recompute_now", "retry"]
     fieldsets = [
         (None, {"fields": ["name", "kind", "is_active", "description", "tag_category"]}),
-        ("Rule tag", {"fields": ["tag_name", "conditions"]}),
+        (_("Rule tag"), {"fields": ["tag_name", "conditions"]}),
         (
-            "Preference tag",
+            _("Preference tag"),
             {
                 "fields": [
                     "event_name",
@@ -494,7 +494,7 @@ class TagRuleAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Last run", {"fields": readonly_fields}),
+        (_("Last run"), {"fields": readonly_fields}),
     ]
 
     @admin.display(description=_("reason"))
@@ -506,9 +506,11 @@ class TagRuleAdmin(admin.ModelAdmin):
         failed = list(queryset.filter(last_status="failed"))
         for rule in failed:
             services.retry_tag_rule(rule_id=rule.pk, actor=request.user)
-        self.message_user(request, f"Queued {len(failed)} failed rule(s) again.")
+        self.message_user(request, gettext("Queued %(n)s failed rule(s) again.") % {"n": len(failed)})
         if skipped := len(queryset) - len(failed):
-            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+            self.message_user(
+                request, gettext("%(n)s not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+            )
 
     def save_model(self, request, obj, form, change):
         services.save_tag_rule(rule=obj, changed=form.changed_data, actor=request.user)
@@ -526,7 +528,9 @@ class TagRuleAdmin(admin.ModelAdmin):
         ids = services.request_tag_rule_recompute(
             rule_ids=list(queryset.values_list("id", flat=True)), actor=request.user
         )
-        self.message_user(request, f"Queued {len(ids)} rule(s); refresh in a moment to see the result.")
+        self.message_user(
+            request, gettext("Queued %(n)s rule(s); refresh in a moment to see the result.") % {"n": len(ids)}
+        )
 
 
 class ProfileTagResource(resources.ModelResource):
