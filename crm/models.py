@@ -12,8 +12,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Subquery
 from django.utils import timezone
+from django.utils.translation import gettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import pgettext_lazy
 
 from profiles.models import Profile
 
@@ -91,14 +91,14 @@ class ScoringScheme(models.Model):
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if self.silent_days >= self.churned_days:
-            errors["churned_days"] = "Churned must take longer than silent."
+            errors["churned_days"] = gettext("Churned must take longer than silent.")
         if self.method == ScoringMethod.THRESHOLDS:
             for field in ("r_thresholds", "f_thresholds", "m_thresholds"):
                 edges = getattr(self, field) or []
                 if len(edges) != 4:
-                    errors[field] = "Give four boundaries."
+                    errors[field] = gettext("Give four boundaries.")
                 elif list(edges) != sorted(edges) or len(set(edges)) != 4:
-                    errors[field] = "Boundaries must be strictly ascending."
+                    errors[field] = gettext("Boundaries must be strictly ascending.")
         if errors:
             raise ValidationError(errors)
 
@@ -160,11 +160,11 @@ class ValueTier(models.Model):
         for score in ("r", "f", "m"):
             low, high = getattr(self, f"{score}_min"), getattr(self, f"{score}_max")
             if low is not None and high is not None and low > high:
-                errors[f"{score}_max"] = "Must not be below the minimum."
+                errors[f"{score}_max"] = gettext("Must not be below the minimum.")
         if self.applies_to == TierAppliesTo.WITHOUT_ORDERS and (
             self.segments or any(getattr(self, f"{s}_{b}") is not None for s in "rfm" for b in ("min", "max"))
         ):
-            errors["applies_to"] = "Profiles without orders have no segment or scores to match."
+            errors["applies_to"] = gettext("Profiles without orders have no segment or scores to match.")
         if errors:
             raise ValidationError(errors)
 

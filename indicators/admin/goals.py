@@ -342,7 +342,18 @@ class GoalAdmin(admin.ModelAdmin):
             )
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["month", "days", "elapsed_days", "target", "expected", "actual", "status"])
+        # Column names in the reader's language (English for a request that names none).
+        writer.writerow(
+            [
+                gettext("month"),
+                gettext("days"),
+                gettext("elapsed_days"),
+                gettext("target"),
+                gettext("expected"),
+                gettext("actual"),
+                gettext("status"),
+            ]
+        )
         step = goal_step(goal.unit)
         for m in info.months:
             writer.writerow(
@@ -368,7 +379,17 @@ class GoalAdmin(admin.ModelAdmin):
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(
-            ["goal", "indicator", "period", "target", "actual", "expected", "progress", "status", "warnings"]
+            [
+                gettext("goal"),
+                gettext("indicator"),
+                gettext("period"),
+                gettext("target"),
+                gettext("actual"),
+                gettext("expected"),
+                gettext("progress"),
+                gettext("status"),
+                gettext("warnings"),
+            ]
         )
         for goal in goals:
             info = progress.get(goal.pk)

@@ -220,3 +220,12 @@ def test_the_header_offers_the_switch(superuser):
     assert 'id="language-form"' in html and reverse("set_language") in html
     assert '<option value="zh-hans" selected lang="zh-hans">简体中文</option>' in html
     assert '<option value="en" lang="en">English</option>' in html
+
+
+@pytest.mark.django_db
+def test_the_javascript_catalogue_is_served_in_the_readers_language(superuser):
+    client = _client_as(superuser)
+    response = client.get(reverse("javascript-catalog"), **ZH)
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/javascript")
+    assert "django.gettext" in response.content.decode()
+    assert response["Content-Language"] == "zh-hans"
