@@ -18,8 +18,9 @@ from urllib.parse import unquote
 from django import template
 from django.conf import settings
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext
 
 register = template.Library()
 
@@ -167,7 +168,11 @@ def local_time(value: Any) -> str:
     moment = _in_reader_zone(moment)
     if moment is None:
         return MISSING
-    return f"{moment.day} {moment:%b %Y, %H:%M} {moment.tzname()}"
+    # The reader's language may write dates its own way (Django `date` letters: 2026年11月27日 12:01).
+    pattern = pgettext("date format", "j M Y, H:i")
+    if pattern == "j M Y, H:i":  # English, with the year as written (Django's `Y` pads it to 4 digits)
+        return f"{moment.day} {moment:%b %Y, %H:%M} {moment.tzname()}"
+    return f"{date_format(moment, pattern)} {moment.tzname()}"
 
 
 @register.filter
@@ -179,7 +184,8 @@ def local_date(value: Any) -> str:
         value = None if local is None else local.date()
     if not isinstance(value, date):
         return MISSING
-    return f"{value.day} {value:%b %Y}"
+    pattern = pgettext("date format", "j M Y")
+    return f"{value.day} {value:%b %Y}" if pattern == "j M Y" else date_format(value, pattern)
 
 
 @register.filter

@@ -412,7 +412,7 @@ def work_mem() -> str:
 def active_scheme() -> ScoringScheme:
     scheme = ScoringScheme.objects.filter(is_active=True).first()
     if scheme is None:
-        raise NoActiveScheme(gettext("no active scoring scheme: mark one active in the admin"))
+        raise NoActiveScheme("no active scoring scheme: mark one active in the admin")
     if scheme.method == ScoringMethod.THRESHOLDS:
         scheme.full_clean(exclude=["name"])
     return scheme

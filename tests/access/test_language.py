@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 from django.urls import reverse
+from django.utils import translation
 
 from access import services as access_services
 from access.models import StaffLanguage
@@ -21,6 +22,14 @@ from tests.factories.tracking import EventFactory
 
 ZH = {"HTTP_ACCEPT_LANGUAGE": "zh-hans"}
 EN = {"HTTP_ACCEPT_LANGUAGE": "en"}
+
+
+@pytest.fixture(autouse=True)
+def _no_language_left_active():
+    """A request activates its language in the test's own thread and leaves it active: the tests
+    after these ones must not find Chinese."""
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture
@@ -229,3 +238,15 @@ def test_the_javascript_catalogue_is_served_in_the_readers_language(superuser):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/javascript")
     assert "django.gettext" in response.content.decode()
     assert response["Content-Language"] == "zh-hans"
+
+
+def test_times_and_days_read_as_the_readers_language_writes_them():
+    from datetime import UTC, date, datetime
+
+    from config.formatting import local_date, local_time
+
+    moment = datetime(2026, 11, 27, 12, 1, tzinfo=UTC)
+    with translation.override("en"):
+        assert (local_time(moment), local_date(date(2026, 11, 27))) == ("27 Nov 2026, 12:01 UTC", "27 Nov 2026")
+    with translation.override("zh-hans"):
+        assert (local_time(moment), local_date(date(2026, 11, 27))) == ("2026年11月27日 12:01 UTC", "2026年11月27日")
