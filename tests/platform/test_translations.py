@@ -105,6 +105,9 @@ def test_the_shipped_catalogue_translates_every_string_of_the_app(app, domain, t
         return  # the app marks no string of this domain for translation
     assert po_path.exists(), f"{app} marks {len(source)} strings for translation but ships no {po_path.name}"
     shipped = polib.pofile(str(po_path))
+    # A fuzzy header is left out of the .mo, and Chinese plurals with it (nplurals=1).
+    assert not shipped.metadata_is_fuzzy, f"{po_path.relative_to(ROOT)}: the header is still marked fuzzy"
+    assert shipped.metadata.get("Plural-Forms", "").startswith("nplurals=1"), f"{po_path.name}: Plural-Forms"
     problems = _problems(source, shipped)
     assert not problems, f"{po_path.relative_to(ROOT)}:\n" + "\n".join(problems[:40])
     mo_path = po_path.with_suffix(".mo")
