@@ -72,6 +72,11 @@ class BeatTask:
     runtime_seconds: float | None
     error: str
 
+    @property
+    def outcome_label(self) -> str:
+        """The outcome as the health page names it, in the reader's language."""
+        return str(dict(TaskRun.State.choices).get(self.outcome, self.outcome))
+
 
 @dataclass
 class HealthReport:
