@@ -62,6 +62,7 @@ down:
 
 test: venv services
 	@scripts/ensure-chromium.sh
+	@scripts/ensure-gettext.sh
 	@scripts/ensure-segment-sdks.sh
 	@$(WITH_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 

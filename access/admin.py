@@ -2,6 +2,8 @@
 
 from django import forms
 from django.contrib import admin, messages
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from access import services
 from access.models import ApiKey, AuditEntry, Scope
@@ -44,18 +46,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
         form.instance = obj = issued.api_key
         self.message_user(
             request,
-            f"Key for {obj.name}: {issued.plaintext} (copy it now; it is not shown again)",
+            gettext("Key for %(name)s: %(key)s (copy it now; it is not shown again)")
+            % {"name": obj.name, "key": issued.plaintext},
             level=messages.WARNING,
         )
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # revoke instead, so the audit trail keeps pointing at the key
 
-    @admin.action(description="Revoke selected keys", permissions=["change"])
+    @admin.action(description=_("Revoke selected keys"), permissions=["change"])
     def revoke(self, request, queryset):
         for api_key in queryset.filter(revoked_at__isnull=True):
             services.revoke_api_key(api_key=api_key, revoked_by=request.user)
-        self.message_user(request, "Revoked.")
+        self.message_user(request, gettext("Revoked."))
 
 
 @admin.register(AuditEntry)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Scope(models.TextChoices):
-    EVENTS_WRITE = "events:write", "Write events and receipts"
-    PROFILES_READ = "profiles:read", "Read profiles"
-    COUPONS_REDEEM = "coupons:redeem", "Claim, validate and redeem coupons"
-    MANAGE = "manage", "Manage rules, segments and campaigns"
+    EVENTS_WRITE = "events:write", _("Write events and receipts")
+    PROFILES_READ = "profiles:read", _("Read profiles")
+    COUPONS_REDEEM = "coupons:redeem", _("Claim, validate and redeem coupons")
+    MANAGE = "manage", _("Manage rules, segments and campaigns")
 
 
 # The Django permission a staff member needs to use an endpoint of that scope with a session.
@@ -39,7 +40,7 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        verbose_name = "API key"
+        verbose_name = _("API key")
         ordering = ["name"]
         permissions = [
             ("scope_events_write", "May call event and receipt endpoints"),
@@ -77,9 +78,23 @@ class AuditEntry(models.Model):
     details = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        verbose_name_plural = "audit entries"
+        verbose_name_plural = _("audit entries")
         ordering = ["-at"]
         indexes = [models.Index(fields=["object_type", "object_id"])]
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.action} {self.object_type}:{self.object_id}"
+
+
+class StaffLanguage(models.Model):
+    """The admin language a staff member chose with the switch in the header: applied at each of
+    their logins, on any device, before the browser's own preference."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="staff_language"
+    )
+    language = models.CharField(max_length=16, choices=settings.LANGUAGES)
+    chosen_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: {self.language}"

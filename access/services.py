@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -14,7 +15,7 @@ from django.utils import timezone
 
 from access import keycache
 from access.errors import ApiKeyNameTaken
-from access.models import ApiKey, AuditEntry, Scope
+from access.models import ApiKey, AuditEntry, Scope, StaffLanguage
 
 KEY_PREFIX = "olk"
 
@@ -104,3 +105,12 @@ def record_audit(
         object_id=str(obj.pk) if obj is not None else "",
         details=details or {},
     )
+
+
+@transaction.atomic
+def set_staff_language(*, user: AbstractBaseUser, language: str) -> StaffLanguage:
+    """Keep a staff member's chosen admin language (one of settings.LANGUAGES) for their next logins."""
+    if language not in dict(settings.LANGUAGES):
+        raise ValueError(f"unknown language {language!r}")
+    chosen, _created = StaffLanguage.objects.update_or_create(user=user, defaults={"language": language})
+    return chosen

@@ -19,8 +19,9 @@ from urllib.parse import unquote
 from django import template
 from django.conf import settings
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext
+from django.utils.translation import ngettext, pgettext
 
 register = template.Library()
 
@@ -176,7 +177,11 @@ def local_time(value: Any) -> str:
     moment = _in_reader_zone(moment)
     if moment is None:
         return MISSING
-    return f"{moment.day} {moment:%b %Y, %H:%M} {moment.tzname()}"
+    # The reader's language may write dates its own way (Django `date` letters: 2026年11月27日 12:01).
+    pattern = pgettext("date format", "j M Y, H:i")
+    if pattern == "j M Y, H:i":  # English, with the year as written (Django's `Y` pads it to 4 digits)
+        return f"{moment.day} {moment:%b %Y, %H:%M} {moment.tzname()}"
+    return f"{date_format(moment, pattern)} {moment.tzname()}"
 
 
 @register.filter
@@ -188,7 +193,8 @@ def local_date(value: Any) -> str:
         value = None if local is None else local.date()
     if not isinstance(value, date):
         return MISSING
-    return f"{value.day} {value:%b %Y}"
+    pattern = pgettext("date format", "j M Y")
+    return f"{value.day} {value:%b %Y}" if pattern == "j M Y" else date_format(value, pattern)
 
 
 @register.filter
@@ -275,6 +281,10 @@ class OperatorTimeZoneMiddleware:
 def label(value: Any) -> str:
     """An internal name as a heading reads: `important_value` -> `Important value`."""
     text = str(value or "").replace("_", " ").replace("-", " ").strip()
+    # The same words as a model's or field's label (config/model_labels.py) read in the reader's language.
+    translated = _(text.lower()) if text else text
+    if translated != text.lower():
+        return translated[:1].upper() + translated[1:]
     return text[:1].upper() + text[1:]
 
 

@@ -2,15 +2,15 @@
 
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.utils.translation import gettext_lazy as _
 from django.views.generic import RedirectView
-from django.views.i18n import JavaScriptCatalog
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config.api import healthz
 
 admin.site.site_header = "opsloop"
 admin.site.site_title = "opsloop"
-admin.site.index_title = "Operations back office"
+admin.site.index_title = _("Operations back office")
 # The back office is the whole site: no public front end for a "View site" link to lead to.
 admin.site.site_url = None
 
@@ -40,8 +40,8 @@ urlpatterns = [
         RedirectView.as_view(url="/admin/indicators/%(model)s/%(rest)s", query_string=True, permanent=True),
     ),
     path("admin/", admin.site.urls),
-    # gettext() for the admin's scripts (the segment builder), from the apps' djangojs catalogues.
-    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
+    # The language switch in the admin header (Django's set_language, remembered per staff member).
+    path("i18n/", include("access.i18n_urls")),
     path("api/v1/", include(api_v1)),
     # The Segment tracking spec, for products that send with Segment's or RudderStack's libraries.
     path("ingest/segment/", include("profiles.segment_urls")),

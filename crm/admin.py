@@ -15,6 +15,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from config.errors import DomainError
@@ -51,15 +53,17 @@ class ScoringSchemeAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "is_active"]}),
         ("RFM", {"fields": ["window_days", "reference_at", "method"]}),
         (
-            "Thresholds (only with operator-set thresholds)",
+            _("Thresholds (only with operator-set thresholds)"),
             {
                 "fields": ["r_thresholds", "f_thresholds", "m_thresholds"],
-                "description": "Four ascending boundaries each, comma-separated. Recency in days: at most the "
-                "first scores 5 ... over the fourth scores 1. Frequency and spend: at least the first "
-                "scores 2 ... at least the fourth scores 5.",
+                "description": _(
+                    "Four ascending boundaries each, comma-separated. Recency in days: at most the "
+                    "first scores 5 ... over the fourth scores 1. Frequency and spend: at least the first "
+                    "scores 2 ... at least the fourth scores 5."
+                ),
             },
         ),
-        ("Lifecycle stages", {"fields": ["new_days", "silent_days", "churned_days", "reactivated_days"]}),
+        (_("Lifecycle stages"), {"fields": ["new_days", "silent_days", "churned_days", "reactivated_days"]}),
     ]
 
     def save_model(self, request, obj, form, change):
@@ -72,15 +76,17 @@ class ScoringSchemeAdmin(admin.ModelAdmin):
         for scheme in queryset:
             services.delete_scoring_scheme(scheme=scheme, actor=request.user)
 
-    @admin.action(description="Make the selected scheme the active one", permissions=["change"])
+    @admin.action(description=_("Make the selected scheme the active one"), permissions=["change"])
     def make_active(self, request, queryset):
         if queryset.count() != 1:
-            self.message_user(request, "Select exactly one scheme.", messages.ERROR)
+            self.message_user(request, gettext("Select exactly one scheme."), messages.ERROR)
             return
         scheme = services.activate_scoring_scheme(scheme_id=queryset.get().pk, actor=request.user)
-        self.message_user(request, f"{scheme.name} is now active; it applies from the next recompute.")
+        self.message_user(
+            request, gettext("%(scheme)s is now active; it applies from the next recompute.") % {"scheme": scheme.name}
+        )
 
-    @admin.action(description="Recompute every profile's value now", permissions=["recompute"])
+    @admin.action(description=_("Recompute every profile's value now"), permissions=["recompute"])
     def recompute_now(self, request, queryset):
         _queue_recompute(self, request)
 
@@ -111,7 +117,7 @@ class ValueTierAdmin(TierCountsMixin, admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "slug", "rank", "applies_to", "description", "gets_account_manager"]}),
         (
-            "Conditions (all must hold; empty means any)",
+            _("Conditions (all must hold; empty means any)"),
             {"fields": ["segments", ("r_min", "r_max"), ("f_min", "f_max"), ("m_min", "m_max")]},
         ),
     ]
@@ -122,11 +128,11 @@ class ValueTierAdmin(TierCountsMixin, admin.ModelAdmin):
                 choices=RfmSegment.choices,
                 required=False,
                 widget=forms.CheckboxSelectMultiple,
-                help_text="Any of these segments; none ticked means any segment.",
+                help_text=_("Any of these segments; none ticked means any segment."),
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
-    @admin.display(description="conditions")
+    @admin.display(description=_("conditions"))
     def conditions(self, obj: ValueTier) -> str:
         parts = []
         if obj.segments:
@@ -135,9 +141,9 @@ class ValueTierAdmin(TierCountsMixin, admin.ModelAdmin):
             low, high = getattr(obj, f"{score}_min"), getattr(obj, f"{score}_max")
             if low is not None or high is not None:
                 parts.append(f"{score.upper()} {low or 1}-{high or 5}")
-        return "; ".join(parts) or ("any customer" if obj.applies_to == "customers" else "no orders")
+        return "; ".join(parts) or (gettext("any customer") if obj.applies_to == "customers" else gettext("no orders"))
 
-    @admin.display(description="profiles", ordering="customers")
+    @admin.display(description=_("profiles"), ordering="customers")
     def profile_count(self, obj) -> HttpResponse:
         url = reverse("admin:crm_customervalue_changelist") + f"?tier__id__exact={obj.pk}"
         return format_html('<a href="{}">{}</a>', url, obj.customers)
@@ -165,7 +171,7 @@ class AccountManagerAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(n_customers=Count("customers"))
 
-    @admin.display(description="customers (load)", ordering="n_customers")
+    @admin.display(description=_("customers (load)"), ordering="n_customers")
     def load(self, obj) -> HttpResponse:
         url = reverse("admin:crm_customervalue_changelist") + f"?account_manager__id__exact={obj.pk}"
         return format_html('<a href="{}">{} / {}</a>', url, obj.n_customers, obj.capacity)
@@ -178,7 +184,7 @@ class ReassignForm(forms.Form):
     manager = forms.ModelChoiceField(
         queryset=AccountManager.objects.filter(is_active=True).select_related("user"),
         required=False,
-        empty_label="(nobody: release these customers)",
+        empty_label=_("(nobody: release these customers)"),
     )
 
 
@@ -224,12 +230,12 @@ class CustomerValueAdmin(admin.ModelAdmin):
         "segment",
         "lifecycle",
         ("account_manager", admin.RelatedOnlyFieldListFilter),
-        score_filter("r", "recency score"),
-        score_filter("f", "frequency score"),
-        score_filter("m", "spend score"),
+        score_filter("r", _("recency score")),
+        score_filter("f", _("frequency score")),
+        score_filter("m", _("spend score")),
     ]
     search_fields = ["profile__user_id", "profile__name"]
-    search_help_text = "Exact or partial user id, or name."
+    search_help_text = _("Exact or partial user id, or name.")
     list_select_related = ["profile", "tier", "account_manager__user"]
     ordering = ["-monetary"]
     actions = ["reassign_account_manager"]
@@ -248,17 +254,18 @@ class CustomerValueAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).with_recency().order_by("-monetary", "profile_id")
 
-    @admin.display(description="recency days", ordering="recency_days")
+    @admin.display(description=_("recency days"), ordering="recency_days")
     def recency(self, obj: CustomerValue) -> int | None:
         return obj.recency_days
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: CustomerValue) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
 
     @admin.action(
-        description="Give the selected customers to another account manager", permissions=["reassign_account_manager"]
+        description=_("Give the selected customers to another account manager"),
+        permissions=["reassign_account_manager"],
     )
     def reassign_account_manager(self, request, queryset):
         form = ReassignForm(request.POST if "apply" in request.POST else None)
@@ -272,14 +279,14 @@ class CustomerValueAdmin(admin.ModelAdmin):
             except DomainError as exc:
                 self.message_user(request, exc.detail, messages.ERROR)
                 return None
-            self.message_user(request, f"{moved} customer(s) reassigned.")
+            self.message_user(request, gettext("%(n)s customer(s) reassigned.") % {"n": moved})
             return None
         return TemplateResponse(
             request,
             "admin/crm/reassign.html",
             {
                 **self.admin_site.each_context(request),
-                "title": "Reassign account manager",
+                "title": _("Reassign account manager"),
                 "form": form,
                 "queryset": queryset.select_related("profile", "account_manager__user")[:200],
                 "count": queryset.count(),
@@ -336,10 +343,21 @@ class CustomerValueAdmin(admin.ModelAdmin):
             "admin/crm/distribution.html",
             {
                 **self.admin_site.each_context(request),
-                "title": "Customer value distribution",
+                "title": _("Customer value distribution"),
                 "opts": self.model._meta,
                 "data": data,
                 "charts": charts,
+                # The charts' titles and legends, in the reader's language.
+                "chart_texts": {
+                    "cumulative": gettext("cumulative share of revenue (%)"),
+                    "lorenz": gettext("Revenue by customer decile, biggest spenders first"),
+                    "tiers": gettext("Tiers"),
+                    "segments": gettext("RFM segments"),
+                    "lifecycle": gettext("Lifecycle stages"),
+                    "profiles": gettext("profiles"),
+                    "customers": gettext("customers"),
+                    "revenue_share": gettext("share of revenue (%)"),
+                },
                 "latest_run": RecomputeRun.objects.filter(status="done").order_by("-finished_at").first(),
                 "panels": pages.tier_panels(),
             },
@@ -363,7 +381,7 @@ class CustomerValueAdmin(admin.ModelAdmin):
             "admin/crm/movements.html",
             {
                 **self.admin_site.each_context(request),
-                "title": "Tier movements",
+                "title": _("Tier movements"),
                 "opts": self.model._meta,
                 "form": form,
                 "result": result,
@@ -389,12 +407,18 @@ def _queue_recompute(model_admin: admin.ModelAdmin, request: HttpRequest) -> Non
     except DomainError as exc:
         model_admin.message_user(request, exc.detail, messages.ERROR)
         return
-    model_admin.message_user(request, f"Recompute {run.pk} queued; its progress shows under Recompute runs.")
+    model_admin.message_user(
+        request, gettext("Recompute %(run)s queued; its progress shows under Recompute runs.") % {"run": run.pk}
+    )
 
 
 class MovementForm(forms.Form):
-    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="Tiers at the end of this day")
-    end = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="... against the end of this day")
+    start = forms.DateField(
+        label=_("Start"), widget=forms.DateInput(attrs={"type": "date"}), help_text=_("Tiers at the end of this day")
+    )
+    end = forms.DateField(
+        label=_("End"), widget=forms.DateInput(attrs={"type": "date"}), help_text=_("... against the end of this day")
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -405,21 +429,21 @@ class MovementForm(forms.Form):
     def clean(self):
         data = super().clean()
         if data.get("start") and data.get("end") and data["start"] > data["end"]:
-            raise forms.ValidationError("The start must not be after the end.")
+            raise forms.ValidationError(gettext("The start must not be after the end."))
         return data
 
 
 def known_values() -> list[tuple[str, str]]:
     """What a change can go from or to: tier slugs, stages and segments (a fixed list, where a
     DISTINCT over the whole history would be slow on a large table)."""
-    tiers = [(t.slug, f"tier: {t.name}") for t in ValueTier.objects.all()]
-    stages = [(v, f"stage: {label}") for v, label in LifecycleStage.choices]
-    segments = [(v, f"segment: {label}") for v, label in RfmSegment.choices]
-    return [("", "(none)"), *tiers, *stages, *segments]
+    tiers = [(t.slug, gettext("tier: %(name)s") % {"name": t.name}) for t in ValueTier.objects.all()]
+    stages = [(v, gettext("stage: %(name)s") % {"name": label}) for v, label in LifecycleStage.choices]
+    segments = [(v, gettext("segment: %(name)s") % {"name": label}) for v, label in RfmSegment.choices]
+    return [("", gettext("(none)")), *tiers, *stages, *segments]
 
 
 class FromValueFilter(admin.SimpleListFilter):
-    title = "from"
+    title = _("from")
     parameter_name = "from"
     field = "from_value"
 
@@ -433,7 +457,7 @@ class FromValueFilter(admin.SimpleListFilter):
 
 
 class ToValueFilter(FromValueFilter):
-    title = "to"
+    title = _("to")
     parameter_name = "to"
     field = "to_value"
 
@@ -450,7 +474,7 @@ class ValueChangeAdmin(ReadOnlyAdmin):
     list_select_related = ["profile"]
     ordering = ["-at", "-id"]
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: ValueChange) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
@@ -486,26 +510,28 @@ class RecomputeRunAdmin(admin.ModelAdmin):
     def has_recompute_permission(self, request) -> bool:
         return request.user.has_perm("crm.recompute_values")
 
-    @admin.display(description="seconds")
+    @admin.display(description=_("seconds"))
     def duration(self, obj: RecomputeRun) -> str:
         return f"{obj.duration_seconds:.1f}" if obj.duration_seconds is not None else "—"
 
-    @admin.action(description="Recompute every profile's value now", permissions=["recompute"])
+    @admin.action(description=_("Recompute every profile's value now"), permissions=["recompute"])
     def recompute_now(self, request, queryset):
         _queue_recompute(self, request)
 
-    @admin.display(description="reason")
+    @admin.display(description=_("reason"))
     def reason(self, obj: RecomputeRun) -> str:
         return (obj.error[:120] + "…") if len(obj.error) > 120 else (obj.error or "—")
 
-    @admin.action(description="Retry selected failed runs", permissions=["recompute"])
+    @admin.action(description=_("Retry selected failed runs"), permissions=["recompute"])
     def retry(self, request, queryset):
         retried = [
             services.retry_recompute(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")
         ]
-        self.message_user(request, f"{len(retried)} run(s) queued again.")
+        self.message_user(request, gettext("%(n)s run(s) queued again.") % {"n": len(retried)})
         if skipped := queryset.exclude(status="failed").count():
-            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+            self.message_user(
+                request, gettext("%(n)s not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+            )
 
     def changelist_view(self, request, extra_context=None):
         # The action needs no selection: run it with an empty one.

@@ -1,11 +1,12 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class CrmConfig(AppConfig):
     """Value: RFM scores, value tiers, lifecycle stages and account managers."""
 
     name = "crm"
-    verbose_name = "Customer value"
+    verbose_name = _("Customer value")
     role_permissions = {
         "Operations": [
             "crm.view_*",

@@ -12,6 +12,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Subquery
 from django.utils import timezone
+from django.utils.translation import gettext, pgettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from profiles.models import Profile
 
@@ -23,27 +25,27 @@ def default_window_days() -> int:
 class RfmSegment(models.TextChoices):
     """The eight classic segments: each of R, F, M above (or not) the base's mean score."""
 
-    IMPORTANT_VALUE = "important_value", "Important value"  # R high, F high, M high
-    IMPORTANT_DEVELOPMENT = "important_development", "Important development"  # R high, F low, M high
-    IMPORTANT_RETENTION = "important_retention", "Important retention"  # R low, F high, M high
-    IMPORTANT_WINBACK = "important_winback", "Important win-back"  # R low, F low, M high
-    GENERAL_VALUE = "general_value", "General value"  # R high, F high, M low
-    GENERAL_DEVELOPMENT = "general_development", "General development"  # R high, F low, M low
-    GENERAL_RETENTION = "general_retention", "General retention"  # R low, F high, M low
-    GENERAL_WINBACK = "general_winback", "General win-back"  # R low, F low, M low
+    IMPORTANT_VALUE = "important_value", _("Important value")  # R high, F high, M high
+    IMPORTANT_DEVELOPMENT = "important_development", _("Important development")  # R high, F low, M high
+    IMPORTANT_RETENTION = "important_retention", _("Important retention")  # R low, F high, M high
+    IMPORTANT_WINBACK = "important_winback", _("Important win-back")  # R low, F low, M high
+    GENERAL_VALUE = "general_value", _("General value")  # R high, F high, M low
+    GENERAL_DEVELOPMENT = "general_development", _("General development")  # R high, F low, M low
+    GENERAL_RETENTION = "general_retention", _("General retention")  # R low, F high, M low
+    GENERAL_WINBACK = "general_winback", _("General win-back")  # R low, F low, M low
 
 
 class LifecycleStage(models.TextChoices):
-    NEW = "new", "New"
-    ACTIVE = "active", "Active"
-    SILENT = "silent", "Silent"
-    CHURNED = "churned", "Churned"
-    REACTIVATED = "reactivated", "Reactivated"
+    NEW = "new", pgettext_lazy("lifecycle stage", "New")
+    ACTIVE = "active", _("Active")
+    SILENT = "silent", _("Silent")
+    CHURNED = "churned", _("Churned")
+    REACTIVATED = "reactivated", _("Reactivated")
 
 
 class ScoringMethod(models.TextChoices):
-    QUINTILES = "quintiles", "Quintiles of the current customer base"
-    THRESHOLDS = "thresholds", "Operator-set thresholds"
+    QUINTILES = "quintiles", _("Quintiles of the current customer base")
+    THRESHOLDS = "thresholds", _("Operator-set thresholds")
 
 
 class ScoringScheme(models.Model):
@@ -55,10 +57,10 @@ class ScoringScheme(models.Model):
     window_days = models.PositiveIntegerField(
         default=default_window_days,
         validators=[MinValueValidator(1), MaxValueValidator(3650)],
-        help_text="Orders paid within this many days before the reference date count.",
+        help_text=_("Orders paid within this many days before the reference date count."),
     )
     reference_at = models.DateTimeField(
-        null=True, blank=True, help_text="Score as of this moment; empty means the time of the recompute."
+        null=True, blank=True, help_text=_("Score as of this moment; empty means the time of the recompute.")
     )
     method = models.CharField(max_length=16, choices=ScoringMethod.choices, default=ScoringMethod.QUINTILES)
     # Threshold scoring: four ascending boundaries per score. Recency: days since the last order
@@ -67,11 +69,11 @@ class ScoringScheme(models.Model):
     r_thresholds = ArrayField(models.PositiveIntegerField(), size=4, default=list, blank=True)
     f_thresholds = ArrayField(models.PositiveIntegerField(), size=4, default=list, blank=True)
     m_thresholds = ArrayField(models.DecimalField(max_digits=14, decimal_places=2), size=4, default=list, blank=True)
-    new_days = models.PositiveIntegerField(default=90, help_text="Registered within this many days: new.")
-    silent_days = models.PositiveIntegerField(default=30, help_text="No activity for this many days: silent.")
-    churned_days = models.PositiveIntegerField(default=90, help_text="No activity for this many days: churned.")
+    new_days = models.PositiveIntegerField(default=90, help_text=_("Registered within this many days: new."))
+    silent_days = models.PositiveIntegerField(default=30, help_text=_("No activity for this many days: silent."))
+    churned_days = models.PositiveIntegerField(default=90, help_text=_("No activity for this many days: churned."))
     reactivated_days = models.PositiveIntegerField(
-        default=30, help_text="A silent or churned customer who came back stays reactivated this many days."
+        default=30, help_text=_("A silent or churned customer who came back stays reactivated this many days.")
     )
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -89,21 +91,21 @@ class ScoringScheme(models.Model):
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if self.silent_days >= self.churned_days:
-            errors["churned_days"] = "Churned must take longer than silent."
+            errors["churned_days"] = gettext("Churned must take longer than silent.")
         if self.method == ScoringMethod.THRESHOLDS:
             for field in ("r_thresholds", "f_thresholds", "m_thresholds"):
                 edges = getattr(self, field) or []
                 if len(edges) != 4:
-                    errors[field] = "Give four boundaries."
+                    errors[field] = gettext("Give four boundaries.")
                 elif list(edges) != sorted(edges) or len(set(edges)) != 4:
-                    errors[field] = "Boundaries must be strictly ascending."
+                    errors[field] = gettext("Boundaries must be strictly ascending.")
         if errors:
             raise ValidationError(errors)
 
 
 class TierAppliesTo(models.TextChoices):
-    CUSTOMERS = "customers", "Customers with orders in the window"
-    WITHOUT_ORDERS = "without_orders", "Profiles without orders"
+    CUSTOMERS = "customers", _("Customers with orders in the window")
+    WITHOUT_ORDERS = "without_orders", _("Profiles without orders")
 
 
 class ValueTier(models.Model):
@@ -116,13 +118,13 @@ class ValueTier(models.Model):
 
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=100)
-    rank = models.PositiveSmallIntegerField(default=0, help_text="Higher is more valuable")
+    rank = models.PositiveSmallIntegerField(default=0, help_text=_("Higher is more valuable"))
     applies_to = models.CharField(max_length=16, choices=TierAppliesTo.choices, default=TierAppliesTo.CUSTOMERS)
     segments = ArrayField(
         models.CharField(max_length=32, choices=RfmSegment.choices),
         default=list,
         blank=True,
-        help_text="Any of these segments; empty means any segment.",
+        help_text=_("Any of these segments; empty means any segment."),
     )
     r_min = models.PositiveSmallIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
@@ -143,7 +145,7 @@ class ValueTier(models.Model):
         null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
     )
     gets_account_manager = models.BooleanField(
-        default=False, help_text="Customers entering this tier are assigned an account manager."
+        default=False, help_text=_("Customers entering this tier are assigned an account manager.")
     )
     description = models.TextField(blank=True, default="")
 
@@ -158,11 +160,11 @@ class ValueTier(models.Model):
         for score in ("r", "f", "m"):
             low, high = getattr(self, f"{score}_min"), getattr(self, f"{score}_max")
             if low is not None and high is not None and low > high:
-                errors[f"{score}_max"] = "Must not be below the minimum."
+                errors[f"{score}_max"] = gettext("Must not be below the minimum.")
         if self.applies_to == TierAppliesTo.WITHOUT_ORDERS and (
             self.segments or any(getattr(self, f"{s}_{b}") is not None for s in "rfm" for b in ("min", "max"))
         ):
-            errors["applies_to"] = "Profiles without orders have no segment or scores to match."
+            errors["applies_to"] = gettext("Profiles without orders have no segment or scores to match.")
         if errors:
             raise ValidationError(errors)
 
@@ -177,8 +179,8 @@ class AccountManager(models.Model):
         limit_choices_to={"is_staff": True},
     )
     capacity = models.PositiveIntegerField(default=200)
-    is_active = models.BooleanField(default=True, help_text="Inactive managers get no new customers.")
-    phone = models.CharField(max_length=32, blank=True, default="", help_text="Where customer service routes calls")
+    is_active = models.BooleanField(default=True, help_text=_("Inactive managers get no new customers."))
+    phone = models.CharField(max_length=32, blank=True, default="", help_text=_("Where customer service routes calls"))
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -248,7 +250,7 @@ class CustomerValue(models.Model):
     account_manager = models.ForeignKey(
         AccountManager, null=True, blank=True, on_delete=models.SET_NULL, related_name="customers", db_index=False
     )
-    computed_at = models.DateTimeField(default=timezone.now, help_text="When these values last changed")
+    computed_at = models.DateTimeField(default=timezone.now, help_text=_("When these values last changed"))
 
     objects = CustomerValueQuerySet.as_manager()
 
@@ -301,10 +303,10 @@ class ValueChange(models.Model):
     computation of a profile is recorded too (from ""), so "tier on date d" can be rebuilt."""
 
     class What(models.TextChoices):
-        TIER = "tier", "Tier"
-        LIFECYCLE = "lifecycle", "Lifecycle stage"
-        SEGMENT = "segment", "RFM segment"
-        ACCOUNT_MANAGER = "account_manager", "Account manager"
+        TIER = "tier", _("Tier")
+        LIFECYCLE = "lifecycle", _("Lifecycle stage")
+        SEGMENT = "segment", _("RFM segment")
+        ACCOUNT_MANAGER = "account_manager", _("Account manager")
 
     # No database-level foreign keys: the recompute appends up to three rows per profile in one
     # statement, and PostgreSQL would check each at commit; Django still cascades deletes. The
@@ -340,11 +342,11 @@ class RecomputeRun(models.Model):
     """One recomputation of every profile's value, nightly or on demand."""
 
     class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        SKIPPED = "skipped", "Skipped (another run was in progress)"
-        FAILED = "failed", "Failed"
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        SKIPPED = "skipped", _("Skipped (another run was in progress)")
+        FAILED = "failed", _("Failed")
 
     scheme = models.ForeignKey(ScoringScheme, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -362,7 +364,7 @@ class RecomputeRun(models.Model):
     managers_assigned = models.PositiveIntegerField(default=0)
     unassigned_for_capacity = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True, default="")
-    timings = models.JSONField(default=dict, blank=True, help_text="Seconds per step of the recompute")
+    timings = models.JSONField(default=dict, blank=True, help_text=_("Seconds per step of the recompute"))
 
     class Meta:
         ordering = ["-requested_at"]

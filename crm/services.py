@@ -25,6 +25,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from config.celery import publish
@@ -564,9 +565,12 @@ def retry_recompute(*, run_id: int, actor: AbstractBaseUser | None = None, api_k
 
     run = RecomputeRun.objects.select_for_update().filter(pk=run_id).first()
     if run is None:
-        raise RunNotFound(f"No recompute run {run_id}.")
+        raise RunNotFound(gettext("No recompute run %(run)s.") % {"run": run_id})
     if run.status != RecomputeRun.Status.FAILED:
-        raise RunNotFailed(f"Recompute run {run_id} is {run.status}: only a failed run is retried.")
+        raise RunNotFailed(
+            gettext("Recompute run %(run)s is %(status)s: only a failed run is retried.")
+            % {"run": run_id, "status": run.get_status_display()}
+        )
     previous = run.error
     run.status, run.error, run.started_at, run.finished_at = RecomputeRun.Status.QUEUED, "", None, None
     run.save(update_fields=["status", "error", "started_at", "finished_at"])
@@ -659,7 +663,7 @@ def reassign_account_manager(
     if manager is not None:
         manager = AccountManager.objects.select_for_update().select_related("user").get(pk=manager.pk)
         if not manager.is_active:
-            raise ManagerInactive(f"{manager} is not an active account manager")
+            raise ManagerInactive(gettext("%(manager)s is not an active account manager") % {"manager": manager})
     values = list(
         CustomerValue.objects.select_for_update(of=("self",))
         .filter(profile_id__in=profile_ids)
@@ -670,7 +674,8 @@ def reassign_account_manager(
         load = CustomerValue.objects.filter(account_manager=manager).count()
         if load + len(values) > manager.capacity:
             raise CapacityExceeded(
-                f"{manager} looks after {load} of {manager.capacity} customers; {len(values)} more do not fit",
+                gettext("%(manager)s looks after %(load)s of %(capacity)s customers; %(more)s more do not fit")
+                % {"manager": manager, "load": load, "capacity": manager.capacity, "more": len(values)},
                 load=load,
                 capacity=manager.capacity,
             )

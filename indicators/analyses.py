@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 from django.db import connections, transaction
+from django.utils.translation import gettext_lazy as _
 from scipy import stats
 
 from config.replica import analytics_alias
@@ -52,67 +53,77 @@ def _ratio(numerator: str, denominator: str, places: int = 4):
 
 EVENT_INDICATORS = [
     Indicator(
-        "dau", "Daily active users", Unit.USERS, Fold.MEAN, _column("active_users"), "People with any event on the day."
+        "dau",
+        _("Daily active users"),
+        Unit.USERS,
+        Fold.MEAN,
+        _column("active_users"),
+        _("People with any event on the day."),
     ),
     Indicator(
         "wau",
-        "Weekly active users",
+        _("Weekly active users"),
         Unit.USERS,
         Fold.LAST,
         _column("weekly_active_users"),
-        "People with any event in the 7 days ending on the day.",
+        _("People with any event in the 7 days ending on the day."),
     ),
     Indicator(
         "mau",
-        "Monthly active users",
+        _("Monthly active users"),
         Unit.USERS,
         Fold.LAST,
         _column("monthly_active_users"),
-        "People with any event in the 30 days ending on the day.",
+        _("People with any event in the 30 days ending on the day."),
     ),
     Indicator(
         "stickiness",
-        "Stickiness (DAU/MAU)",
+        _("Stickiness (DAU/MAU)"),
         Unit.RATIO,
         Fold.MEAN,
         _ratio("active_users", "monthly_active_users"),
-        "The day's active users over the 30-day active users.",
+        _("The day's active users over the 30-day active users."),
     ),
     Indicator(
-        "new_users", "New users", Unit.USERS, Fold.SUM, _column("new_users"), "People whose first event was on the day."
+        "new_users",
+        _("New users"),
+        Unit.USERS,
+        Fold.SUM,
+        _column("new_users"),
+        _("People whose first event was on the day."),
     ),
-    Indicator("orders", "Orders", Unit.COUNT, Fold.SUM, _column("orders"), "`order_paid` events."),
+    Indicator("orders", _("Orders"), Unit.COUNT, Fold.SUM, _column("orders"), _("`order_paid` events.")),
     Indicator(
         "revenue",
-        "Revenue",
+        _("Revenue"),
         Unit.MONEY,
         Fold.SUM,
         _column("revenue"),
-        "`order_paid` amounts minus `order_refunded` amounts of the day.",
+        _("`order_paid` amounts minus `order_refunded` amounts of the day."),
     ),
     Indicator(
         "paying_users",
-        "Paying users",
+        _("Paying users"),
         Unit.USERS,
         Fold.MEAN,
         _column("paying_users"),
-        "People with an order on the day.",
+        _("People with an order on the day."),
     ),
     Indicator(
         "arpu",
-        "ARPU",
+        _("ARPU"),
         Unit.MONEY,
         Fold.MEAN,
         _ratio("revenue", "active_users", places=2),
-        "Revenue per active user of the day.",
+        _("Revenue per active user of the day."),
     ),
     Indicator(
         "repurchase_rate",
-        "Repurchase rate",
+        _("Repurchase rate"),
         Unit.RATIO,
         Fold.MEAN,
         _ratio("repeat_buyers", "paying_users"),
-        "Share of the day's paying users who had paid on an earlier day.",
+        _("Share of the day's paying users who had paid on an earlier day."),
     ),
 ]
 

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class IndicatorsConfig(AppConfig):
@@ -6,7 +7,7 @@ class IndicatorsConfig(AppConfig):
     funnels, key behaviours, churn, searches) and goals decomposed by month."""
 
     name = "indicators"
-    verbose_name = "Indicators"
+    verbose_name = _("Indicators")
     role_permissions = {
         # Operations also define the funnels the dashboards analyse, and set the goals.
         "Operations": [

@@ -15,6 +15,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from indicators.registry import Fold, Unit
 
@@ -56,7 +57,7 @@ class RollupBacklog(models.Model):
 
     class Meta:
         db_table = "tracking_rollupbacklog"
-        verbose_name = "rollup backlog run"
+        verbose_name = _("rollup backlog run")
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(last_event_id__gte=models.F("first_event_id")), name="rollup_backlog_run_order"
@@ -74,8 +75,8 @@ class ActivityDay(models.Model):
     person_key = models.CharField(max_length=128)
     day = models.DateField()
     events = models.IntegerField(default=0)
-    orders = models.IntegerField(default=0, help_text="`order_paid` events.")
-    refunds = models.IntegerField(default=0, help_text="`order_refunded` events.")
+    orders = models.IntegerField(default=0, help_text=_("`order_paid` events."))
+    refunds = models.IntegerField(default=0, help_text=_("`order_refunded` events."))
     paid_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
     refunded_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
     first_at = models.DateTimeField()
@@ -182,37 +183,39 @@ class DailyIndicator(models.Model):
 
     day = models.DateField(primary_key=True)
     events = models.BigIntegerField(default=0)
-    active_users = models.IntegerField("DAU", default=0)
-    weekly_active_users = models.IntegerField("WAU", default=0)
-    monthly_active_users = models.IntegerField("MAU", default=0)
-    new_users = models.IntegerField(default=0, help_text="People whose first activity was on the day.")
+    active_users = models.IntegerField(_("DAU"), default=0)
+    weekly_active_users = models.IntegerField(_("WAU"), default=0)
+    monthly_active_users = models.IntegerField(_("MAU"), default=0)
+    new_users = models.IntegerField(default=0, help_text=_("People whose first activity was on the day."))
     orders = models.IntegerField(default=0)
     refunds = models.IntegerField(default=0)
     paid_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
     refunded_amount = models.DecimalField(max_digits=20, decimal_places=2, default=0)
     revenue = models.DecimalField(max_digits=20, decimal_places=2, default=0)
     paying_users = models.IntegerField(default=0)
-    repeat_buyers = models.IntegerField(default=0, help_text="Paying people of the day who had paid on an earlier day.")
+    repeat_buyers = models.IntegerField(
+        default=0, help_text=_("Paying people of the day who had paid on an earlier day.")
+    )
     updated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "tracking_dailyindicator"
-        verbose_name = "indicator dashboard"
-        verbose_name_plural = "indicator dashboards"
+        verbose_name = _("indicator dashboard")
+        verbose_name_plural = _("indicator dashboards")
 
     def __str__(self) -> str:
         return f"indicators of {self.day}"
 
 
 class CohortBasis(models.TextChoices):
-    ACTIVITY = "activity", "First activity; retained when active"
-    PURCHASE = "purchase", "First order; retained when ordering"
+    ACTIVITY = "activity", _("First activity; retained when active")
+    PURCHASE = "purchase", _("First order; retained when ordering")
 
 
 class CohortGranularity(models.TextChoices):
-    DAY = "day", "Day"
-    WEEK = "week", "Week (Monday)"
-    MONTH = "month", "Month"
+    DAY = "day", _("Day")
+    WEEK = "week", _("Week (Monday)")
+    MONTH = "month", _("Month")
 
 
 class RetentionCell(models.Model):
@@ -241,7 +244,7 @@ class SearchDay(models.Model):
     day = models.DateField()
     query = models.CharField(max_length=200)
     searches = models.IntegerField(default=0)
-    zero_results = models.IntegerField(default=0, help_text="Searches whose `results` was 0 or empty.")
+    zero_results = models.IntegerField(default=0, help_text=_("Searches whose `results` was 0 or empty."))
 
     class Meta:
         db_table = "tracking_searchday"
@@ -255,7 +258,7 @@ class SearchMonth(models.Model):
     here and only the days at its ends from `SearchDay`."""
 
     pk = models.CompositePrimaryKey("month", "query")
-    month = models.DateField(help_text="First day of the month")
+    month = models.DateField(help_text=_("First day of the month"))
     query = models.CharField(max_length=200)
     searches = models.IntegerField(default=0)
     zero_results = models.IntegerField(default=0)
@@ -276,7 +279,7 @@ class Funnel(models.Model):
     name = models.CharField(max_length=120, unique=True)
     description = models.TextField(blank=True, default="")
     window_hours = models.PositiveIntegerField(
-        default=24, help_text="Every later step must happen within this many hours of the first."
+        default=24, help_text=_("Every later step must happen within this many hours of the first.")
     )
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -290,7 +293,7 @@ class Funnel(models.Model):
 
 class FunnelStep(models.Model):
     funnel = models.ForeignKey(Funnel, on_delete=models.CASCADE, related_name="steps")
-    position = models.PositiveSmallIntegerField(help_text="1 for the first step, then 2, 3, ...")
+    position = models.PositiveSmallIntegerField(help_text=_("1 for the first step, then 2, 3, ..."))
     event_name = models.CharField(max_length=64)
     label = models.CharField(max_length=120, blank=True, default="")
 
@@ -318,16 +321,16 @@ def goal_step(unit: str) -> Decimal:
 
 
 class GoalPeriod(models.TextChoices):
-    YEAR = "year", "Year"
-    QUARTER = "quarter", "Quarter"
+    YEAR = "year", _("Year")
+    QUARTER = "quarter", _("Quarter")
 
 
 class GoalProfile(models.TextChoices):
     """How a goal is spread over its months."""
 
-    EVEN = "even", "Evenly"
-    WEIGHTS = "weights", "By typed weights per month"
-    LAST_YEAR = "last_year", "Shaped like last year's actuals"
+    EVEN = "even", _("Evenly")
+    WEIGHTS = "weights", _("By typed weights per month")
+    LAST_YEAR = "last_year", _("Shaped like last year's actuals")
 
 
 class Goal(models.Model):
@@ -341,15 +344,15 @@ class Goal(models.Model):
     """
 
     name = models.CharField(max_length=200)
-    indicator = models.CharField(max_length=64, help_text="Key of a registered indicator, e.g. dau")
+    indicator = models.CharField(max_length=64, help_text=_("Key of a registered indicator, e.g. dau"))
     fold = models.CharField(max_length=8, choices=Fold.choices, editable=False)
     unit = models.CharField(max_length=8, choices=Unit.choices, editable=False)
     period = models.CharField(max_length=8, choices=GoalPeriod.choices)
     year = models.PositiveSmallIntegerField()
-    quarter = models.PositiveSmallIntegerField(null=True, blank=True, help_text="1 to 4 for a quarterly goal")
+    quarter = models.PositiveSmallIntegerField(null=True, blank=True, help_text=_("1 to 4 for a quarterly goal"))
     target = models.DecimalField(**GOAL_VALUE)
     profile = models.CharField(max_length=16, choices=GoalProfile.choices, default=GoalProfile.EVEN)
-    weights = models.JSONField(default=list, blank=True, help_text="The weights per month the operator typed")
+    weights = models.JSONField(default=list, blank=True, help_text=_("The weights per month the operator typed"))
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
     created_by = models.ForeignKey(
@@ -411,7 +414,7 @@ class GoalMonth(models.Model):
     sum-type indicator, a level for a mean- or last-type one)."""
 
     goal = models.ForeignKey(Goal, on_delete=models.CASCADE, related_name="month_targets")
-    month = models.DateField(help_text="First day of the month")
+    month = models.DateField(help_text=_("First day of the month"))
     weight = models.DecimalField(max_digits=20, decimal_places=6)
     target = models.DecimalField(**GOAL_VALUE)
 
@@ -435,9 +438,9 @@ class GoalMonth(models.Model):
 
 
 class Sensitivity(models.TextChoices):
-    LOW = "low", "Low (only large moves)"
-    NORMAL = "normal", "Normal"
-    HIGH = "high", "High (smaller moves too)"
+    LOW = "low", _("Low (only large moves)")
+    NORMAL = "normal", _("Normal")
+    HIGH = "high", _("High (smaller moves too)")
 
 
 # The expected range is expected +/- k robust standard deviations (`indicators.anomalies`); these
@@ -450,8 +453,10 @@ class IndicatorWatch(models.Model):
     indicator without a row is checked at normal sensitivity. `event_volume` is the hourly check
     of the events stored."""
 
-    indicator = models.CharField(max_length=64, unique=True, help_text="Key of a registered indicator, or event_volume")
-    muted = models.BooleanField(default=False, help_text="Muted indicators are not checked.")
+    indicator = models.CharField(
+        max_length=64, unique=True, help_text=_("Key of a registered indicator, or event_volume")
+    )
+    muted = models.BooleanField(default=False, help_text=_("Muted indicators are not checked."))
     sensitivity = models.CharField(max_length=8, choices=Sensitivity.choices, default=Sensitivity.NORMAL)
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.ForeignKey(
@@ -459,7 +464,7 @@ class IndicatorWatch(models.Model):
     )
 
     class Meta:
-        verbose_name = "indicator watch setting"
+        verbose_name = _("indicator watch setting")
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(sensitivity__in=Sensitivity.values), name="watch_sensitivity_known"
@@ -476,12 +481,12 @@ class AlertRecipient(models.Model):
     (whose host must be one the deployment allows, `OPSLOOP_GATEWAY_ALLOWED_HOSTS`)."""
 
     class Kind(models.TextChoices):
-        EMAIL = "email", "E-mail"
-        WEBHOOK = "webhook", "Webhook"
+        EMAIL = "email", _("E-mail")
+        WEBHOOK = "webhook", _("Webhook")
 
     kind = models.CharField(max_length=8, choices=Kind.choices)
-    address = models.CharField(max_length=500, help_text="An e-mail address, or the webhook's http(s) URL")
-    active = models.BooleanField(default=True, help_text="Inactive recipients get nothing.")
+    address = models.CharField(max_length=500, help_text=_("An e-mail address, or the webhook's http(s) URL"))
+    active = models.BooleanField(default=True, help_text=_("Inactive recipients get nothing."))
     created_at = models.DateTimeField(auto_now_add=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
@@ -501,8 +506,8 @@ class AlertRecipient(models.Model):
 
 
 class CheckKind(models.TextChoices):
-    DAILY = "daily", "Daily (every indicator)"
-    HOURLY = "hourly", "Hourly (event volume)"
+    DAILY = "daily", _("Daily (every indicator)")
+    HOURLY = "hourly", _("Hourly (event volume)")
 
 
 class AnomalyCheckRun(models.Model):
@@ -510,13 +515,13 @@ class AnomalyCheckRun(models.Model):
     it, a worker runs it; a failure stays visible here with its reason until retried."""
 
     class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
 
     kind = models.CharField(max_length=8, choices=CheckKind.choices)
-    period_start = models.DateTimeField(help_text="The day (UTC midnight) or hour checked")
+    period_start = models.DateTimeField(help_text=_("The day (UTC midnight) or hour checked"))
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
     requested_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -534,15 +539,15 @@ class AnomalyCheckRun(models.Model):
 
 
 class NotifyStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENT = "sent", "Sent"
-    FAILED = "failed", "Failed"
-    SKIPPED = "skipped", "Not configured"
+    PENDING = "pending", _("Pending")
+    SENT = "sent", _("Sent")
+    FAILED = "failed", _("Failed")
+    SKIPPED = "skipped", _("Not configured")
 
 
 class AlertStatus(models.TextChoices):
-    NEW = "new", "New"
-    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    NEW = "new", _("New")
+    ACKNOWLEDGED = "acknowledged", _("Acknowledged")
 
 
 class Anomaly(models.Model):
@@ -557,9 +562,9 @@ class Anomaly(models.Model):
     expected = models.DecimalField(**GOAL_VALUE)
     low = models.DecimalField(**GOAL_VALUE)
     high = models.DecimalField(**GOAL_VALUE)
-    score = models.FloatField(help_text="Distance from the expected value in robust standard deviations")
-    direction = models.CharField(max_length=8, choices=[("spike", "Spike"), ("drop", "Drop")])
-    movers = models.JSONField(default=list, blank=True, help_text="The traffic sources that moved most")
+    score = models.FloatField(help_text=_("Distance from the expected value in robust standard deviations"))
+    direction = models.CharField(max_length=8, choices=[("spike", _("Spike")), ("drop", _("Drop"))])
+    movers = models.JSONField(default=list, blank=True, help_text=_("The traffic sources that moved most"))
     status = models.CharField(max_length=16, choices=AlertStatus.choices, default=AlertStatus.NEW)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
@@ -572,7 +577,7 @@ class Anomaly(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        verbose_name = "anomaly alert"
+        verbose_name = _("anomaly alert")
         ordering = ["-period_start", "indicator"]
         constraints = [
             models.UniqueConstraint(fields=["indicator", "granularity", "period_start"], name="anomaly_once_per_point"),

@@ -13,22 +13,23 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class Fold(models.TextChoices):
     """How the days of a month make the month's value: revenue adds up, DAU is averaged, a
     month-to-date count such as MAU is read on the month's last day."""
 
-    SUM = "sum", "Sum of the days"
-    MEAN = "mean", "Mean of the days"
-    LAST = "last", "Value on the last day"
+    SUM = "sum", _("Sum of the days")
+    MEAN = "mean", _("Mean of the days")
+    LAST = "last", _("Value on the last day")
 
 
 class Unit(models.TextChoices):
-    COUNT = "count", "Count"
-    USERS = "users", "Users"
-    MONEY = "money", "Money"
-    RATIO = "ratio", "Ratio"
+    COUNT = "count", _("Count")
+    USERS = "users", _("Users")
+    MONEY = "money", _("Money")
+    RATIO = "ratio", _("Ratio")
 
 
 # (first day, last day), both inclusive -> value per day; days without data may be missing (0).

@@ -10,6 +10,8 @@ from decimal import Decimal
 from django.db import models
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.translation import gettext
 
 from indicators.errors import IndicatorUnavailable
 from indicators.models import Funnel, Goal, goal_step
@@ -116,15 +118,31 @@ def _progress(goal: Goal, label: str, series: dict[date, Decimal], as_of: date) 
         elapsed_total += len(values)
         current_target = row.target
         if status == GoalStatus.BEHIND:
+            month = date_format(row.month, "YEAR_MONTH_FORMAT")
             warnings.append(
-                f"{row.month:%B %Y} is behind: {_fmt(actual, goal.unit)} after {len(values)} of {days} days, "
-                f"{_fmt(expected, goal.unit)} expected ({float(actual / expected):.0%})."
+                gettext(
+                    "%(month)s is behind: %(actual)s after %(elapsed)s of %(days)s days, "
+                    "%(expected)s expected (%(share)s)."
+                )
+                % {
+                    "month": month,
+                    "actual": _fmt(actual, goal.unit),
+                    "elapsed": len(values),
+                    "days": days,
+                    "expected": _fmt(expected, goal.unit),
+                    "share": f"{float(actual / expected):.0%}",
+                }
                 if expected
-                else f"{row.month:%B %Y} is behind."
+                else gettext("%(month)s is behind.") % {"month": month}
             )
         elif status == GoalStatus.MISSED:
             warnings.append(
-                f"{row.month:%B %Y} missed its target: {_fmt(actual, goal.unit)} of {_fmt(row.target, goal.unit)}."
+                gettext("%(month)s missed its target: %(actual)s of %(target)s.")
+                % {
+                    "month": date_format(row.month, "YEAR_MONTH_FORMAT"),
+                    "actual": _fmt(actual, goal.unit),
+                    "target": _fmt(row.target, goal.unit),
+                }
             )
     if not elapsed_values:
         return GoalProgress(goal, label, as_of, months, None, None, GoalStatus.UPCOMING, warnings)

@@ -16,6 +16,8 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from config.celery import publish
@@ -97,18 +99,27 @@ def decompose(
 
 def _check_weights(weights: list[Any], *, months: list[date], fold: str, field: str) -> list[Decimal]:
     if not isinstance(weights, list | tuple) or len(weights) != len(months):
-        raise ValidationError({field: f"Give one weight per month of the period: {len(months)} numbers."})
+        raise ValidationError(
+            {field: gettext("Give one weight per month of the period: %(n)s numbers.") % {"n": len(months)}}
+        )
     clean = []
     for position, raw in enumerate(weights, start=1):
         try:
             value = Decimal(str(raw))
         except (InvalidOperation, ValueError):
-            raise ValidationError({field: f"Weight {position} ({str(raw)[:20]!r}) is not a number."}) from None
+            raise ValidationError(
+                {
+                    field: gettext("Weight %(position)s (%(value)s) is not a number.")
+                    % {"position": position, "value": repr(str(raw)[:20])}
+                }
+            ) from None
         if not value.is_finite() or value < 0 or value > Decimal("1e12"):
-            raise ValidationError({field: f"Weight {position} must be a number from 0 to 10^12."})
+            raise ValidationError(
+                {field: gettext("Weight %(position)s must be a number from 0 to 10^12.") % {"position": position}}
+            )
         clean.append(value)
     if not any(clean):
-        raise ValidationError({field: "At least one weight must be greater than zero."})
+        raise ValidationError({field: gettext("At least one weight must be greater than zero.")})
     if fold == Fold.LAST and clean[-1] == 0:
         raise ValidationError(
             {field: "The indicator is read on the period's last day, so the last month's weight cannot be 0."}
@@ -127,10 +138,15 @@ def _last_year_weights(*, indicator: Indicator, months: list[date]) -> list[Deci
     weights = [max(fold_days(indicator.fold, by_month[m]), Decimal(0)) for m in before]
     if not any(weights):
         raise NoHistory(
-            f"{indicator.label} has no actuals from {start} to {end} to shape the goal on.", indicator=indicator.key
+            gettext("%(indicator)s has no actuals from %(start)s to %(end)s to shape the goal on.")
+            % {"indicator": indicator.label, "start": start, "end": end},
+            indicator=indicator.key,
         )
     if indicator.fold == Fold.LAST and weights[-1] == 0:
-        raise NoHistory(f"{indicator.label} was 0 at the end of {end:%B %Y}: nothing to scale the goal to.")
+        raise NoHistory(
+            gettext("%(indicator)s was 0 at the end of %(month)s: nothing to scale the goal to.")
+            % {"indicator": indicator.label, "month": date_format(end, "YEAR_MONTH_FORMAT")}
+        )
     return weights
 
 
@@ -152,7 +168,12 @@ def _month_rows(*, goal: Goal, profile: str, weights: list[Any] | None) -> tuple
     elif profile == GoalProfile.LAST_YEAR:
         shape = _last_year_weights(indicator=indicator, months=months)
     else:
-        raise ValidationError({"profile": f"Unknown profile {str(profile)[:20]!r}; one of {GoalProfile.values}."})
+        raise ValidationError(
+            {
+                "profile": gettext("Unknown profile %(profile)s; one of %(known)s.")
+                % {"profile": repr(str(profile)[:20]), "known": GoalProfile.values}
+            }
+        )
     targets = decompose(target=goal.target, fold=goal.fold, months=months, weights=shape, step=goal_step(goal.unit))
     total = sum(shape, Decimal(0))
     rows = [
@@ -167,13 +188,18 @@ def _check_target(target: Any, *, unit: str) -> Decimal:
     try:
         value = Decimal(str(target))
     except (InvalidOperation, ValueError):
-        raise ValidationError({"target": "Must be a number."}) from None
+        raise ValidationError({"target": gettext("Must be a number.")}) from None
     if not value.is_finite() or value <= 0:
-        raise ValidationError({"target": "Must be greater than zero."})
+        raise ValidationError({"target": gettext("Must be greater than zero.")})
     if value >= Decimal("1e15"):
-        raise ValidationError({"target": "Must be below 10^15."})
+        raise ValidationError({"target": gettext("Must be below 10^15.")})
     if value != value.quantize(step):
-        raise ValidationError({"target": f"At most {-step.as_tuple().exponent} decimal places for this indicator."})
+        raise ValidationError(
+            {
+                "target": gettext("At most %(places)s decimal places for this indicator.")
+                % {"places": -step.as_tuple().exponent}
+            }
+        )
     return value.quantize(step)
 
 
@@ -182,7 +208,12 @@ def _indicator_or_400(key: Any) -> Indicator:
         return get_indicator(str(key))
     except UnknownIndicator:
         known = ", ".join(i.key for i in all_indicators()) or "none registered"
-        raise ValidationError({"indicator": f"Unknown indicator {str(key)[:64]!r}; known: {known}."}) from None
+        raise ValidationError(
+            {
+                "indicator": gettext("Unknown indicator %(key)s; known: %(known)s.")
+                % {"key": repr(str(key)[:64]), "known": known}
+            }
+        ) from None
 
 
 @transaction.atomic
@@ -315,7 +346,7 @@ def request_anomaly_check(
     from indicators import tasks  # tasks import services
 
     if kind not in CheckKind.values:
-        raise ValidationError({"kind": f"One of {CheckKind.values}."})
+        raise ValidationError({"kind": gettext("One of %(values)s.") % {"values": CheckKind.values}})
     run, created = AnomalyCheckRun.objects.get_or_create(kind=kind, period_start=_check_period(kind, period_start))
     if created:
         record_audit(
@@ -397,7 +428,7 @@ def set_indicator_watch(
             {"indicator": f"Unknown indicator {str(indicator)[:64]!r}; known: {', '.join(watched_keys())}."}
         )
     if sensitivity is not None and sensitivity not in Sensitivity.values:
-        raise ValidationError({"sensitivity": f"One of {Sensitivity.values}."})
+        raise ValidationError({"sensitivity": gettext("One of %(values)s.") % {"values": Sensitivity.values}})
     watch, _ = IndicatorWatch.objects.select_for_update().get_or_create(indicator=indicator)
     before = {"muted": watch.muted, "sensitivity": watch.sensitivity}
     if muted is not None:
@@ -508,19 +539,21 @@ def recipient_problems(*, kind: str, address: str) -> dict[str, str]:
     from indicators.models import AlertRecipient
 
     if kind not in AlertRecipient.Kind.values:
-        return {"kind": f"One of {AlertRecipient.Kind.values}."}
+        return {"kind": gettext("One of %(values)s.") % {"values": AlertRecipient.Kind.values}}
     address = (address or "").strip()
     try:
         if kind == AlertRecipient.Kind.EMAIL:
-            EmailValidator(message="Not an e-mail address.")(address)
+            EmailValidator(message=gettext("Not an e-mail address."))(address)
         else:
-            URLValidator(schemes=["http", "https"], message="Not an http(s) URL.")(address)
+            URLValidator(schemes=["http", "https"], message=gettext("Not an http(s) URL."))(address)
     except ValidationError as exc:
         return {"address": exc.messages[0]}
     if kind == AlertRecipient.Kind.WEBHOOK and not webhook_host_allowed(address):
         return {
-            "address": "This host is not one the deployment allows for webhooks "
-            "(OPSLOOP_GATEWAY_ALLOWED_HOSTS, or the host of OPSLOOP_ALERT_WEBHOOK_URL)."
+            "address": gettext(
+                "This host is not one the deployment allows for webhooks "
+                "(OPSLOOP_GATEWAY_ALLOWED_HOSTS, or the host of OPSLOOP_ALERT_WEBHOOK_URL)."
+            )
         }
     return {}
 
@@ -543,7 +576,7 @@ def save_alert_recipient(
     address = address.strip()
     clash = AlertRecipient.objects.filter(kind=kind, address=address).exclude(pk=recipient_id)
     if clash.exists():
-        raise ValidationError({"address": "This recipient is already on the list."})
+        raise ValidationError({"address": gettext("This recipient is already on the list.")})
     if recipient_id is None:
         recipient = AlertRecipient.objects.create(
             kind=kind,

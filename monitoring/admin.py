@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from monitoring import selectors
@@ -20,7 +21,7 @@ class TaskRunAdmin(ReadOnlyAdmin):
     search_fields = ("task",)
     readonly_fields = [f.name for f in TaskRun._meta.fields]
 
-    @admin.display(description="error")
+    @admin.display(description=_("error"))
     def error_shown(self, run: TaskRun) -> str:
         return (run.error[:120] + "…") if len(run.error) > 120 else (run.error or "-")
 
@@ -36,7 +37,7 @@ class HealthAdmin(ReadOnlyAdmin):
             "admin/monitoring/health.html",
             {
                 **self.admin_site.each_context(request),
-                "title": "Health",
+                "title": _("Health"),
                 "opts": self.model._meta,
                 "report": report,
                 "problems": report.problems,

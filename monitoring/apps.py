@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class MonitoringConfig(AppConfig):
@@ -6,7 +7,7 @@ class MonitoringConfig(AppConfig):
     and the last run of every scheduled task. The top layer: it reads every app below it."""
 
     name = "monitoring"
-    verbose_name = "Monitoring"
+    verbose_name = _("Monitoring")
     role_permissions = {
         "Operations": ["monitoring.view_*"],
         "Analyst": ["monitoring.view_*"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 
 class TaskRun(models.Model):
@@ -10,9 +11,9 @@ class TaskRun(models.Model):
     outcome and, when it failed, why. Beat rows are matched to it by their task name."""
 
     class State(models.TextChoices):
-        OK = "ok", "OK"
-        FAILED = "failed", "Failed"
-        RETRY = "retry", "Retrying"
+        OK = "ok", _("OK")
+        FAILED = "failed", _("Failed")
+        RETRY = "retry", _("Retrying")
 
     task = models.CharField(max_length=200, unique=True)
     task_id = models.CharField(max_length=64, blank=True, default="")
@@ -21,8 +22,8 @@ class TaskRun(models.Model):
     state = models.CharField(max_length=16, choices=State.choices)
     error = models.TextField(blank=True, default="")
     runtime_seconds = models.FloatField(null=True, blank=True)
-    runs = models.PositiveBigIntegerField(default=0, help_text="Runs recorded since the row was created")
-    failures = models.PositiveBigIntegerField(default=0, help_text="Of which failed")
+    runs = models.PositiveBigIntegerField(default=0, help_text=_("Runs recorded since the row was created"))
+    failures = models.PositiveBigIntegerField(default=0, help_text=_("Of which failed"))
 
     class Meta:
         ordering = ["task"]
@@ -36,5 +37,5 @@ class Health(TaskRun):
 
     class Meta:
         proxy = True
-        verbose_name = "health"
-        verbose_name_plural = "health"
+        verbose_name = _("health")
+        verbose_name_plural = _("health")

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, Min, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext
 from django_celery_beat.models import PeriodicTask
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
@@ -72,6 +73,11 @@ class BeatTask:
     runtime_seconds: float | None
     error: str
 
+    @property
+    def outcome_label(self) -> str:
+        """The outcome as the health page names it, in the reader's language."""
+        return str(dict(TaskRun.State.choices).get(self.outcome, self.outcome))
+
 
 @dataclass
 class Replica:
@@ -97,11 +103,17 @@ class HealthReport:
     def problems(self) -> list[str]:
         """One line per thing an operator must look at; empty when all is well."""
         lines = [f"{s.count} {s.title}" for s in self.sections if s.count]
-        lines += [f"beat task '{b.name}' failed: {b.error}" for b in self.beat if b.enabled and b.outcome == "failed"]
+        lines += [
+            gettext("beat task '%(name)s' failed: %(error)s") % {"name": b.name, "error": b.error}
+            for b in self.beat
+            if b.enabled and b.outcome == "failed"
+        ]
         if self.queues_error:
-            lines.append(f"queues unreadable: {self.queues_error}")
+            lines.append(gettext("queues unreadable: %(error)s") % {"error": self.queues_error})
         if self.replica and not self.replica.usable:
-            lines.append(f"replica not used, dashboards read the primary: {self.replica.reason}")
+            lines.append(
+                gettext("replica not used, dashboards read the primary: %(reason)s") % {"reason": self.replica.reason}
+            )
         return lines
 
     def as_dict(self) -> dict[str, Any]:
@@ -177,13 +189,13 @@ def _section(title: str, queryset, make) -> Section:
 
 def failed_campaigns() -> Section:
     return _section(
-        "failed campaign(s)",
+        gettext("failed campaign(s)"),
         Campaign.objects.filter(status="failed").order_by("-updated_at"),
         lambda c: Item(
-            "campaign",
+            gettext("campaign"),
             c.pk,
             c.name,
-            c.failure_reason or "failed",
+            c.failure_reason or gettext("failed"),
             c.failed_at or c.updated_at,
             _admin_url(Campaign, c.pk),
         ),
@@ -195,13 +207,14 @@ def campaigns_stuck_at_start(*, now: datetime) -> Section:
     cutoff = now - timedelta(minutes=settings.OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES)
     started_long_ago = Q(launched_at__lt=cutoff) | Q(launched_at__isnull=True, updated_at__lt=cutoff)
     return _section(
-        "campaign(s) running without a phase",
+        gettext("campaign(s) running without a phase"),
         Campaign.objects.filter(started_long_ago, status="running", phase="").order_by("launched_at"),
         lambda c: Item(
-            "campaign",
+            gettext("campaign"),
             c.pk,
             c.name,
-            f"running with no phase for over {settings.OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES} minutes",
+            gettext("running with no phase for over %(minutes)s minutes")
+            % {"minutes": settings.OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES},
             c.launched_at or c.updated_at,
             _admin_url(Campaign, c.pk),
         ),
@@ -221,7 +234,7 @@ def _campaigns_by_deliveries(title: str, deliveries, reason: str) -> Section:
         count=len(rows) if len(rows) < LIST_LIMIT else grouped.count(),
         items=[
             Item(
-                "campaign",
+                gettext("campaign"),
                 r["campaign_id"],
                 r["campaign__name"],
                 reason.format(n=r["n"]),
@@ -238,9 +251,10 @@ def campaigns_with_stuck_deliveries(*, now: datetime) -> Section:
     the sweeper allows: the worker died and the sweeper has not put them back (or is not running)."""
     cutoff = now - timedelta(seconds=settings.OPSLOOP_DELIVERY_STALE_SECONDS)
     return _campaigns_by_deliveries(
-        "campaign(s) with deliveries stuck in sending",
+        gettext("campaign(s) with deliveries stuck in sending"),
         Delivery.objects.filter(status="sending", claimed_at__lt=cutoff),
-        "{n} deliveries in sending for over " + f"{settings.OPSLOOP_DELIVERY_STALE_SECONDS} s",
+        gettext("{n} deliveries in sending for over %(seconds)s s")
+        % {"seconds": settings.OPSLOOP_DELIVERY_STALE_SECONDS},
     )
 
 
@@ -248,25 +262,25 @@ def campaigns_with_unknown_outcomes() -> Section:
     """Messages whose worker died while posting them on an at-most-once channel: an operator asks
     the provider and settles them in the deliveries list."""
     return _campaigns_by_deliveries(
-        "campaign(s) with messages of unknown outcome to review",
+        gettext("campaign(s) with messages of unknown outcome to review"),
         Delivery.objects.filter(status="unknown"),
-        "{n} message(s) of unknown outcome (Deliveries, status 'Outcome unknown')",
+        gettext("{n} message(s) of unknown outcome (Deliveries, status 'Outcome unknown')"),
     )
 
 
 def failed_issuance_jobs() -> Section:
     return _section(
-        "failed issuance job(s)",
+        gettext("failed issuance job(s)"),
         IssuanceJob.objects.filter(status=IssuanceJob.Status.FAILED).select_related("rule").order_by("-finished_at"),
-        lambda j: Item("issuance job", j.pk, str(j), j.error, j.finished_at, _admin_url(IssuanceJob, j.pk)),
+        lambda j: Item(gettext("issuance job"), j.pk, str(j), j.error, j.finished_at, _admin_url(IssuanceJob, j.pk)),
     )
 
 
 def failed_code_batches() -> Section:
     return _section(
-        "failed code batch(es)",
+        gettext("failed code batch(es)"),
         CodeBatch.objects.filter(status=CodeBatch.Status.FAILED).select_related("rule").order_by("-id"),
-        lambda b: Item("code batch", b.pk, str(b), b.error, b.finished_at, _admin_url(CodeBatch, b.pk)),
+        lambda b: Item(gettext("code batch"), b.pk, str(b), b.error, b.finished_at, _admin_url(CodeBatch, b.pk)),
     )
 
 
@@ -275,12 +289,17 @@ def pending_code_batches(*, now: datetime) -> Section:
     task message (the broker was flushed, say): a retry cannot help it, ordering it again can."""
     minutes = settings.OPSLOOP_HEALTH_BATCH_PENDING_MINUTES
     return _section(
-        "code batch(es) pending for too long",
+        gettext("code batch(es) pending for too long"),
         CodeBatch.objects.filter(status=CodeBatch.Status.PENDING, created_at__lt=now - timedelta(minutes=minutes))
         .select_related("rule")
         .order_by("created_at"),
         lambda b: Item(
-            "code batch", b.pk, str(b), f"pending for over {minutes} minutes", b.created_at, _admin_url(CodeBatch, b.pk)
+            gettext("code batch"),
+            b.pk,
+            str(b),
+            gettext("pending for over %(minutes)s minutes") % {"minutes": minutes},
+            b.created_at,
+            _admin_url(CodeBatch, b.pk),
         ),
     )
 
@@ -295,9 +314,11 @@ def _since_last_good_recompute(queryset):
 def failed_recompute_runs() -> Section:
     failed = _since_last_good_recompute(RecomputeRun.objects.filter(status=RecomputeRun.Status.FAILED))
     return _section(
-        "failed value recompute run(s)",
+        gettext("failed value recompute run(s)"),
         failed.order_by("-requested_at"),
-        lambda r: Item("value recompute", r.pk, str(r), r.error, r.finished_at, _admin_url(RecomputeRun, r.pk)),
+        lambda r: Item(
+            gettext("value recompute"), r.pk, str(r), r.error, r.finished_at, _admin_url(RecomputeRun, r.pk)
+        ),
     )
 
 
@@ -308,9 +329,11 @@ def failed_prediction_runs() -> Section:
     if last_done is not None:
         failed = failed.filter(requested_at__gt=last_done.requested_at)
     return _section(
-        "failed prediction run(s)",
+        gettext("failed prediction run(s)"),
         failed.order_by("-requested_at"),
-        lambda r: Item("prediction run", r.pk, str(r), r.error, r.finished_at, _admin_url(PredictionRun, r.pk)),
+        lambda r: Item(
+            gettext("prediction run"), r.pk, str(r), r.error, r.finished_at, _admin_url(PredictionRun, r.pk)
+        ),
     )
 
 
@@ -325,13 +348,13 @@ def stuck_recompute_runs(*, now: datetime) -> Section:
         )
     )
     return _section(
-        "value recompute run(s) queued or running for too long",
+        gettext("value recompute run(s) queued or running for too long"),
         stuck.order_by("requested_at"),
         lambda r: Item(
-            "value recompute",
+            gettext("value recompute"),
             r.pk,
             str(r),
-            f"{r.status} for over {minutes} minutes",
+            gettext("%(status)s for over %(minutes)s minutes") % {"status": r.get_status_display(), "minutes": minutes},
             r.started_at or r.requested_at,
             _admin_url(RecomputeRun, r.pk),
         ),
@@ -345,33 +368,37 @@ def failed_score_runs() -> Section:
     )
     failed = ScoreRun.objects.filter(status=ScoreRun.Status.FAILED).exclude(Exists(later_done))
     return _section(
-        "failed contribution score run(s)",
+        gettext("failed contribution score run(s)"),
         failed.order_by("-requested_at"),
-        lambda r: Item("contribution scores", r.pk, str(r), r.error, r.finished_at, _admin_url(ScoreRun, r.pk)),
+        lambda r: Item(
+            gettext("contribution scores"), r.pk, str(r), r.error, r.finished_at, _admin_url(ScoreRun, r.pk)
+        ),
     )
 
 
 def failed_tag_rules() -> Section:
     return _section(
-        "tag rule(s) whose last recompute failed",
+        gettext("tag rule(s) whose last recompute failed"),
         TagRule.objects.filter(last_status="failed").order_by("-last_run_at"),
-        lambda t: Item("tag rule", t.pk, t.name, t.last_error, t.last_run_at, _admin_url(TagRule, t.pk)),
+        lambda t: Item(gettext("tag rule"), t.pk, t.name, t.last_error, t.last_run_at, _admin_url(TagRule, t.pk)),
     )
 
 
 def failed_anomaly_checks() -> Section:
     return _section(
-        "failed anomaly check run(s)",
+        gettext("failed anomaly check run(s)"),
         AnomalyCheckRun.objects.filter(status=AnomalyCheckRun.Status.FAILED).order_by("-period_start"),
-        lambda r: Item("anomaly check", r.pk, str(r), r.error, r.finished_at, _admin_url(AnomalyCheckRun, r.pk)),
+        lambda r: Item(
+            gettext("anomaly check"), r.pk, str(r), r.error, r.finished_at, _admin_url(AnomalyCheckRun, r.pk)
+        ),
     )
 
 
 def alerts_not_sent() -> Section:
     return _section(
-        "anomaly alert(s) whose e-mail or webhook failed",
+        gettext("anomaly alert(s) whose e-mail or webhook failed"),
         Anomaly.objects.filter(Q(email_status="failed") | Q(webhook_status="failed")).order_by("-period_start"),
-        lambda a: Item("anomaly alert", a.pk, str(a), a.notify_error, a.created_at, _admin_url(Anomaly, a.pk)),
+        lambda a: Item(gettext("anomaly alert"), a.pk, str(a), a.notify_error, a.created_at, _admin_url(Anomaly, a.pk)),
     )
 
 

@@ -11,6 +11,8 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from access.services import record_audit
@@ -21,7 +23,9 @@ from predictions.models import PredictedTier, Prediction, PredictionChange, Pred
 
 def _queue_run(model_admin: admin.ModelAdmin, request: HttpRequest) -> None:
     run = services.request_run(requested_by=request.user)
-    model_admin.message_user(request, f"Prediction run {run.pk} queued; its progress shows under Prediction runs.")
+    model_admin.message_user(
+        request, gettext("Prediction run %(run)s queued; its progress shows under Prediction runs.") % {"run": run.pk}
+    )
 
 
 @admin.register(PredictionSettings)
@@ -47,20 +51,20 @@ class PredictedTierAdmin(admin.ModelAdmin):
         counts = Prediction.objects.filter(tier=OuterRef("pk")).order_by().values("tier").annotate(n=Count("*"))
         return super().get_queryset(request).annotate(n=Coalesce(Subquery(counts.values("n")), 0))
 
-    @admin.display(description="conditions")
+    @admin.display(description=_("conditions"))
     def conditions(self, obj: PredictedTier) -> str:
         parts = []
         if obj.min_value_percentile is not None:
-            parts.append(f"predicted value ≥ p{obj.min_value_percentile}")
+            parts.append(gettext("predicted value ≥ p%(n)s") % {"n": obj.min_value_percentile})
         if obj.min_past_value_percentile is not None:
-            parts.append(f"spend so far ≥ p{obj.min_past_value_percentile}")
+            parts.append(gettext("spend so far ≥ p%(n)s") % {"n": obj.min_past_value_percentile})
         if obj.max_p_alive is not None:
-            parts.append(f"P(alive) ≤ {obj.max_p_alive:g}")
+            parts.append(gettext("P(alive) ≤ %(p)s") % {"p": f"{obj.max_p_alive:g}"})
         if obj.min_churn_risk is not None:
-            parts.append(f"churn risk ≥ {obj.min_churn_risk}")
+            parts.append(gettext("churn risk ≥ %(risk)s") % {"risk": obj.min_churn_risk})
         return ", ".join(parts) or "—"
 
-    @admin.display(description="customers", ordering="n")
+    @admin.display(description=_("customers"), ordering="n")
     def customers(self, obj) -> HttpResponse:
         url = reverse("admin:predictions_prediction_changelist") + f"?tier__id__exact={obj.pk}"
         return format_html('<a href="{}">{}</a>', url, obj.n)
@@ -80,7 +84,7 @@ class PredictedTierAdmin(admin.ModelAdmin):
 
 
 class ChurnRiskFilter(admin.SimpleListFilter):
-    title = "churn risk"
+    title = _("churn risk")
     parameter_name = "risk"
     BANDS = {"high": (70, 101), "medium": (40, 70), "low": (0, 40)}
 
@@ -113,28 +117,28 @@ class PredictionAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     ordering = ["-value_365d"]
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: Prediction) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
 
-    @admin.display(description="value 365d", ordering="value_365d")
+    @admin.display(description=_("value 365d"), ordering="value_365d")
     def value_365d_shown(self, obj: Prediction) -> str:
         return formatting.money(obj.value_365d)
 
-    @admin.display(description="value 90d", ordering="value_90d")
+    @admin.display(description=_("value 90d"), ordering="value_90d")
     def value_90d_shown(self, obj: Prediction) -> str:
         return formatting.money(obj.value_90d)
 
-    @admin.display(description="past value", ordering="past_value")
+    @admin.display(description=_("past value"), ordering="past_value")
     def past_value_shown(self, obj: Prediction) -> str:
         return formatting.money(obj.past_value)
 
-    @admin.display(description="purchases 90d", ordering="purchases_90d")
+    @admin.display(description=_("purchases 90d"), ordering="purchases_90d")
     def purchases_90d_shown(self, obj: Prediction) -> str:
         return formatting.number(obj.purchases_90d, 2)
 
-    @admin.display(description="P(alive)", ordering="p_alive")
+    @admin.display(description=_("P(alive)"), ordering="p_alive")
     def p_alive_shown(self, obj: Prediction) -> str:
         return formatting.percent(obj.p_alive, 0)
 
@@ -155,7 +159,7 @@ class PredictionChangeAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     ordering = ["-at", "-id"]
 
-    @admin.display(description="profile", ordering="profile__user_id")
+    @admin.display(description=_("profile"), ordering="profile__user_id")
     def profile_link(self, obj: PredictionChange) -> HttpResponse:
         url = reverse("admin:profiles_profile_change", args=[obj.profile_id])
         return format_html('<a href="{}">{}</a>', url, obj.profile.user_id)
@@ -192,30 +196,32 @@ class PredictionRunAdmin(admin.ModelAdmin):
     def has_recompute_permission(self, request) -> bool:
         return request.user.has_perm("predictions.recompute_predictions")
 
-    @admin.display(description="seconds")
+    @admin.display(description=_("seconds"))
     def duration(self, obj: PredictionRun) -> str:
         return formatting.number(obj.duration_seconds, 1)
 
-    @admin.display(description="AUC")
+    @admin.display(description=_("AUC"))
     def auc(self, obj: PredictionRun) -> str:
         value = (obj.churn_metrics or {}).get("auc")
         return formatting.number(value, 3)
 
-    @admin.display(description="reason")
+    @admin.display(description=_("reason"))
     def reason(self, obj: PredictionRun) -> str:
         text = obj.error or " ".join(r for r in (obj.clv_reason, obj.churn_reason) if r)
         return (text[:160] + "…") if len(text) > 160 else (text or "—")
 
-    @admin.action(description="Recompute every customer's predictions now", permissions=["recompute"])
+    @admin.action(description=_("Recompute every customer's predictions now"), permissions=["recompute"])
     def recompute_now(self, request, queryset):
         _queue_run(self, request)
 
-    @admin.action(description="Retry selected failed runs", permissions=["recompute"])
+    @admin.action(description=_("Retry selected failed runs"), permissions=["recompute"])
     def retry(self, request, queryset):
         retried = [services.retry_run(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")]
-        self.message_user(request, f"{len(retried)} run(s) queued again.")
+        self.message_user(request, gettext("%(n)s run(s) queued again.") % {"n": len(retried)})
         if skipped := queryset.exclude(status="failed").count():
-            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+            self.message_user(
+                request, gettext("%(n)s not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+            )
 
     def changelist_view(self, request, extra_context=None):
         # The action needs no selection: run it with an empty one.

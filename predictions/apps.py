@@ -1,11 +1,12 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class PredictionsConfig(AppConfig):
     """Predictions: lifetime value, probability alive, churn risk and predicted-value tiers."""
 
     name = "predictions"
-    verbose_name = "Predictions"
+    verbose_name = _("Predictions")
     role_permissions = {
         "Operations": [
             "predictions.view_*",

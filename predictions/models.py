@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from profiles.models import Profile
 
@@ -21,21 +22,21 @@ class PredictionSettings(models.Model):
     horizon_days = models.PositiveIntegerField(
         default=90,
         validators=[MinValueValidator(7), MaxValueValidator(365)],
-        help_text="Churn means no order within this many days; the holdout for calibration is as long.",
+        help_text=_("Churn means no order within this many days; the holdout for calibration is as long."),
     )
     churn_threshold = models.PositiveSmallIntegerField(
         default=70,
         validators=[MinValueValidator(1), MaxValueValidator(100)],
-        help_text="Customers whose churn risk (0-100) reaches this carry the churn tag.",
+        help_text=_("Customers whose churn risk (0-100) reaches this carry the churn tag."),
     )
     churn_tag = models.SlugField(
-        max_length=100, default="churn-risk-high", help_text="Tag given at the threshold (tag-gain triggers react)."
+        max_length=100, default="churn-risk-high", help_text=_("Tag given at the threshold (tag-gain triggers react).")
     )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        verbose_name = "prediction settings"
-        verbose_name_plural = "prediction settings"
+        verbose_name = _("prediction settings")
+        verbose_name_plural = _("prediction settings")
 
     def __str__(self) -> str:
         return f"Horizon {self.horizon_days} days, churn tag at {self.churn_threshold}"
@@ -48,27 +49,27 @@ class PredictedTier(models.Model):
 
     slug = models.SlugField(max_length=50, unique=True)
     name = models.CharField(max_length=100)
-    rank = models.PositiveSmallIntegerField(default=0, help_text="Higher is checked first")
+    rank = models.PositiveSmallIntegerField(default=0, help_text=_("Higher is checked first"))
     min_value_percentile = models.PositiveSmallIntegerField(
         null=True,
         blank=True,
         validators=[MaxValueValidator(100)],
-        help_text="Predicted 365-day value at or above this percentile.",
+        help_text=_("Predicted 365-day value at or above this percentile."),
     )
     min_past_value_percentile = models.PositiveSmallIntegerField(
         null=True,
         blank=True,
         validators=[MaxValueValidator(100)],
-        help_text="Spend so far at or above this percentile.",
+        help_text=_("Spend so far at or above this percentile."),
     )
     max_p_alive = models.FloatField(
         null=True,
         blank=True,
         validators=[MinValueValidator(0), MaxValueValidator(1)],
-        help_text="Probability alive at most this (0-1).",
+        help_text=_("Probability alive at most this (0-1)."),
     )
     min_churn_risk = models.PositiveSmallIntegerField(
-        null=True, blank=True, validators=[MaxValueValidator(100)], help_text="Churn risk at least this (0-100)."
+        null=True, blank=True, validators=[MaxValueValidator(100)], help_text=_("Churn risk at least this (0-100).")
     )
     description = models.TextField(blank=True, default="")
 
@@ -92,18 +93,18 @@ class PredictedTier(models.Model):
 
 
 class RunStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    DONE = "done", "Done"
-    SKIPPED = "skipped", "Skipped (another run was in progress)"
-    FAILED = "failed", "Failed"
+    QUEUED = "queued", _("Queued")
+    RUNNING = "running", _("Running")
+    DONE = "done", _("Done")
+    SKIPPED = "skipped", _("Skipped (another run was in progress)")
+    FAILED = "failed", _("Failed")
 
 
 class ModelOutcome(models.TextChoices):
-    FITTED = "fitted", "Fitted"
-    NOT_ENOUGH_DATA = "not_enough_data", "Not enough data"
-    NOT_CONVERGED = "not_converged", "Did not converge (last good model kept)"
-    NOT_RUN = "", "Not run"
+    FITTED = "fitted", _("Fitted")
+    NOT_ENOUGH_DATA = "not_enough_data", _("Not enough data")
+    NOT_CONVERGED = "not_converged", _("Did not converge (last good model kept)")
+    NOT_RUN = "", _("Not run")
 
 
 class PredictionRun(models.Model):
@@ -120,27 +121,27 @@ class PredictionRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     reference_at = models.DateTimeField(null=True, blank=True)
     horizon_days = models.PositiveIntegerField(null=True, blank=True)
-    customers = models.PositiveIntegerField(default=0, help_text="Profiles with at least one order")
-    scored = models.PositiveIntegerField(default=0, help_text="Profiles whose predictions were written")
+    customers = models.PositiveIntegerField(default=0, help_text=_("Profiles with at least one order"))
+    scored = models.PositiveIntegerField(default=0, help_text=_("Profiles whose predictions were written"))
     tier_changes = models.PositiveIntegerField(default=0)
-    tagged = models.PositiveIntegerField(default=0, help_text="Profiles that gained the churn tag")
-    untagged = models.PositiveIntegerField(default=0, help_text="Profiles that lost the churn tag")
+    tagged = models.PositiveIntegerField(default=0, help_text=_("Profiles that gained the churn tag"))
+    untagged = models.PositiveIntegerField(default=0, help_text=_("Profiles that lost the churn tag"))
     clv_outcome = models.CharField(max_length=16, choices=ModelOutcome.choices, blank=True, default="")
     clv_reason = models.TextField(blank=True, default="")
-    clv_params = models.JSONField(default=dict, blank=True, help_text="BG/NBD and Gamma-Gamma parameters")
+    clv_params = models.JSONField(default=dict, blank=True, help_text=_("BG/NBD and Gamma-Gamma parameters"))
     clv_calibration = models.JSONField(
-        default=dict, blank=True, help_text="Holdout: predicted against actual purchases per frequency bucket"
+        default=dict, blank=True, help_text=_("Holdout: predicted against actual purchases per frequency bucket")
     )
     churn_outcome = models.CharField(max_length=16, choices=ModelOutcome.choices, blank=True, default="")
     churn_reason = models.TextField(blank=True, default="")
     churn_metrics = models.JSONField(
-        default=dict, blank=True, help_text="AUC, baseline AUC, calibration per decile, feature importances"
+        default=dict, blank=True, help_text=_("AUC, baseline AUC, calibration per decile, feature importances")
     )
     # The fitted churn model (scikit-learn, pickled by this code only), so that a night whose
     # training fails still scores customers with the last good one.
     churn_model = models.BinaryField(null=True, blank=True, editable=False)
     error = models.TextField(blank=True, default="")
-    timings = models.JSONField(default=dict, blank=True, help_text="Seconds per step")
+    timings = models.JSONField(default=dict, blank=True, help_text=_("Seconds per step"))
 
     class Meta:
         ordering = ["-requested_at", "-id"]
@@ -170,8 +171,8 @@ class Prediction(models.Model):
     value_90d = models.DecimalField(**MONEY, null=True, blank=True)
     value_365d = models.DecimalField(**MONEY, null=True, blank=True)
     p_alive = models.FloatField(null=True, blank=True)
-    past_value = models.DecimalField(**MONEY, null=True, blank=True, help_text="Spend so far")
-    churn_risk = models.PositiveSmallIntegerField(null=True, blank=True, help_text="0-100")
+    past_value = models.DecimalField(**MONEY, null=True, blank=True, help_text=_("Spend so far"))
+    churn_risk = models.PositiveSmallIntegerField(null=True, blank=True, help_text=_("0-100"))
     tier = models.ForeignKey(
         PredictedTier,
         null=True,
@@ -189,7 +190,7 @@ class Prediction(models.Model):
         related_name="+",
         db_constraint=False,
         db_index=False,
-        help_text="The run whose purchase and value models produced these numbers",
+        help_text=_("The run whose purchase and value models produced these numbers"),
     )
     churn_run = models.ForeignKey(
         PredictionRun,
@@ -199,7 +200,7 @@ class Prediction(models.Model):
         related_name="+",
         db_constraint=False,
         db_index=False,
-        help_text="The run whose churn model produced the risk",
+        help_text=_("The run whose churn model produced the risk"),
     )
     computed_at = models.DateTimeField(default=timezone.now)
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection
+from django.utils.translation import gettext
 
 from predictions.models import ModelOutcome, PredictedTier, Prediction, PredictionRun, RunStatus
 from profiles.models import Profile
@@ -166,8 +167,14 @@ def tier_panel() -> dict[str, Any]:
     base = reverse("admin:predictions_prediction_changelist")
     return {
         "name": "predicted-tiers",
-        "title": "Predicted-value tiers",
-        "columns": ["Customers", "Share of customers", "Spend so far", "Predicted 365-day value", "Share of value"],
+        "title": gettext("Predicted-value tiers"),
+        "columns": [
+            gettext("Customers"),
+            gettext("Share of customers"),
+            gettext("Spend so far"),
+            gettext("Predicted 365-day value"),
+            gettext("Share of value"),
+        ],
         "rows": [
             {
                 "label": row["label"],

@@ -14,8 +14,8 @@ from django.db.models import BooleanField, Count, Q, Value
 from django.template.loader import select_template
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from import_export import fields, resources, widgets
 from import_export.admin import ImportExportModelAdmin
 
@@ -45,7 +45,7 @@ def may_see_personal_data(request) -> bool:
 
 
 class TagFilter(admin.SimpleListFilter):
-    title = "tag"
+    title = _("tag")
     parameter_name = "tag"
 
     def lookups(self, request, model_admin):
@@ -58,7 +58,7 @@ class TagFilter(admin.SimpleListFilter):
 
 
 class CityFilter(admin.SimpleListFilter):
-    title = "city"
+    title = _("city")
     parameter_name = "city"
 
     def lookups(self, request, model_admin):
@@ -84,14 +84,14 @@ class CityFilter(admin.SimpleListFilter):
 
 
 class SignupMonthFilter(admin.SimpleListFilter):
-    title = "signup month"
+    title = _("signup month")
     parameter_name = "signup_month"
 
     def lookups(self, request, model_admin):
         today = date.today()
         months = []
         year, month = today.year, today.month
-        for _ in range(24):
+        for _month in range(24):
             months.append((f"{year:04d}-{month:02d}", f"{year:04d}-{month:02d}"))
             year, month = (year, month - 1) if month > 1 else (year - 1, 12)
         return months
@@ -109,11 +109,11 @@ class SignupMonthFilter(admin.SimpleListFilter):
 
 
 class MergedFilter(admin.SimpleListFilter):
-    title = "merged"
+    title = _("merged")
     parameter_name = "merged"
 
     def lookups(self, request, model_admin):
-        return [("no", "Live profiles"), ("yes", "Merged into another")]
+        return [("no", _("Live profiles")), ("yes", _("Merged into another"))]
 
     def queryset(self, request, queryset):
         if self.value() == "no":
@@ -153,7 +153,7 @@ class IdentityInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None) -> bool:
         return False  # identities change through identify, which merges correctly
 
-    @admin.display(description="value")
+    @admin.display(description=_("value"))
     def shown_value(self, obj: Identity) -> str:
         return _shown_identity(obj)
 
@@ -173,7 +173,7 @@ class ProfileTagInline(admin.TabularInline):
 
 
 class TagActionForm(ActionForm):
-    tag_name = forms.SlugField(required=False, label="Tag", help_text="for the tag actions")
+    tag_name = forms.SlugField(required=False, label=_("Tag"), help_text=_("for the tag actions"))
 
 
 PERSONAL_FIELDS = ("phone", "email")
@@ -209,7 +209,7 @@ class ProfileAdmin(admin.ModelAdmin):
     list_display = ["user_id", "name", "shown_phone", "city", "gender", "signup_at", "last_seen_at", "merged_into"]
     list_filter = [TagFilter, CityFilter, "gender", SignupMonthFilter, MergedFilter]
     search_fields = ["=user_id"]
-    search_help_text = "Exact user id, phone (any format), e-mail or identity value."
+    search_help_text = _("Exact user id, phone (any format), e-mail or identity value.")
     list_select_related = ["merged_into"]
     raw_id_fields = ["merged_into"]
     readonly_fields = ["first_seen_at", "last_seen_at", "created_at", "updated_at", "merged_into", "trait_updated_at"]
@@ -226,11 +226,11 @@ class ProfileAdmin(admin.ModelAdmin):
         extra = [] if may_see_personal_data(request) else ["shown_phone", "shown_email"]
         return [*self.readonly_fields, *extra]
 
-    @admin.display(description="phone")
+    @admin.display(description=_("phone"))
     def shown_phone(self, obj: Profile) -> str:
         return obj.phone if _sees(obj) else mask_phone(obj.phone)
 
-    @admin.display(description="e-mail")
+    @admin.display(description=_("e-mail"))
     def shown_email(self, obj: Profile) -> str:
         return obj.email if _sees(obj) else mask_email(obj.email)
 
@@ -310,28 +310,28 @@ class ProfileAdmin(admin.ModelAdmin):
     def _tag_name(self, request) -> str | None:
         name = request.POST.get("tag_name", "").strip()
         if not name:
-            self.message_user(request, "Enter the tag's name in the Tag box first.", level=messages.ERROR)
+            self.message_user(request, gettext("Enter the tag's name in the Tag box first."), level=messages.ERROR)
             return None
         return name
 
     def has_tag_permission(self, request) -> bool:
         return request.user.has_perms(["profiles.add_profiletag", "profiles.delete_profiletag"])
 
-    @admin.action(description="Add the tag to the selected profiles", permissions=["tag"])
+    @admin.action(description=_("Add the tag to the selected profiles"), permissions=["tag"])
     def add_tag(self, request, queryset):
         if not (name := self._tag_name(request)):
             return
         ids = list(queryset.filter(merged_into__isnull=True).values_list("id", flat=True))
         gained = services.tag_profiles(tag_name=name, profile_ids=ids, source=TagSource.MANUAL, actor=request.user)
-        self.message_user(request, f"{gained} profiles gained '{name}'.")
+        self.message_user(request, gettext("%(n)s profiles gained '%(tag)s'.") % {"n": gained, "tag": name})
 
-    @admin.action(description="Remove the tag from the selected profiles", permissions=["tag"])
+    @admin.action(description=_("Remove the tag from the selected profiles"), permissions=["tag"])
     def remove_tag(self, request, queryset):
         if not (name := self._tag_name(request)):
             return
         ids = list(queryset.values_list("id", flat=True))
         lost = services.untag_profiles(tag_name=name, profile_ids=ids, actor=request.user)
-        self.message_user(request, f"{lost} profiles lost '{name}'.")
+        self.message_user(request, gettext("%(n)s profiles lost '%(tag)s'.") % {"n": lost, "tag": name})
 
 
 @admin.register(Identity)
@@ -346,7 +346,7 @@ class IdentityAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return _for_viewer(super().get_queryset(request), request)
 
-    @admin.display(description="value")
+    @admin.display(description=_("value"))
     def shown_value(self, obj: Identity) -> str:
         return _shown_identity(obj)
 
@@ -393,7 +393,7 @@ class TagAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("rule").annotate(member_count=Count("profile_tags"))
 
-    @admin.display(description="members", ordering="member_count")
+    @admin.display(description=_("members"), ordering="member_count")
     def members(self, obj: Tag) -> int:
         return obj.member_count
 
@@ -404,7 +404,7 @@ class TagAdmin(admin.ModelAdmin):
             history = selectors.tag_member_history(tag, days=90)
             recent = TagChange.objects.filter(tag=tag).select_related("profile").order_by("-at")[:20]
             extra_context.update(
-                member_history={"labels": [d.isoformat() for d, _ in history], "counts": [n for _, n in history]},
+                member_history={"labels": [d.isoformat() for d, _n in history], "counts": [n for _d, n in history]},
                 recent_changes=recent,
                 changes_url=reverse("admin:profiles_tagchange_changelist") + f"?tag__id__exact={tag.id}",
             )
@@ -442,7 +442,8 @@ class TagRuleForm(forms.ModelForm):
         ]
         widgets = {"conditions": forms.Textarea(attrs={"rows": 8, "cols": 90, "style": "font-family: monospace"})}
         help_texts = {
-            "conditions": mark_safe(
+            # The admin shows help texts as HTML.
+            "conditions": _(
                 "A JSON list; every condition must hold. Traits: "
                 '<code>{"trait": "city", "op": "in", "value": ["Shanghai"]}</code> '
                 "(ops eq, ne, in, gte, lte, contains, is_set; custom traits too). Events: "
@@ -479,9 +480,9 @@ class TagRuleAdmin(admin.ModelAdmin):
     actions = ["recompute_now", "retry"]
     fieldsets = [
         (None, {"fields": ["name", "kind", "is_active", "description", "tag_category"]}),
-        ("Rule tag", {"fields": ["tag_name", "conditions"]}),
+        (_("Rule tag"), {"fields": ["tag_name", "conditions"]}),
         (
-            "Preference tag",
+            _("Preference tag"),
             {
                 "fields": [
                     "event_name",
@@ -493,21 +494,23 @@ class TagRuleAdmin(admin.ModelAdmin):
                 ]
             },
         ),
-        ("Last run", {"fields": readonly_fields}),
+        (_("Last run"), {"fields": readonly_fields}),
     ]
 
-    @admin.display(description="reason")
+    @admin.display(description=_("reason"))
     def reason(self, obj: TagRule) -> str:
         return (obj.last_error[:120] + "…") if len(obj.last_error) > 120 else (obj.last_error or "-")
 
-    @admin.action(description="Retry the selected failed rules", permissions=["change"])
+    @admin.action(description=_("Retry the selected failed rules"), permissions=["change"])
     def retry(self, request, queryset):
         failed = list(queryset.filter(last_status="failed"))
         for rule in failed:
             services.retry_tag_rule(rule_id=rule.pk, actor=request.user)
-        self.message_user(request, f"Queued {len(failed)} failed rule(s) again.")
+        self.message_user(request, gettext("Queued %(n)s failed rule(s) again.") % {"n": len(failed)})
         if skipped := len(queryset) - len(failed):
-            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+            self.message_user(
+                request, gettext("%(n)s not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+            )
 
     def save_model(self, request, obj, form, change):
         services.save_tag_rule(rule=obj, changed=form.changed_data, actor=request.user)
@@ -520,12 +523,14 @@ class TagRuleAdmin(admin.ModelAdmin):
             for rule in queryset:
                 services.delete_tag_rule(rule=rule, actor=request.user)
 
-    @admin.action(description="Recompute the selected rules now", permissions=["change"])
+    @admin.action(description=_("Recompute the selected rules now"), permissions=["change"])
     def recompute_now(self, request, queryset):
         ids = services.request_tag_rule_recompute(
             rule_ids=list(queryset.values_list("id", flat=True)), actor=request.user
         )
-        self.message_user(request, f"Queued {len(ids)} rule(s); refresh in a moment to see the result.")
+        self.message_user(
+            request, gettext("Queued %(n)s rule(s); refresh in a moment to see the result.") % {"n": len(ids)}
+        )
 
 
 class ProfileTagResource(resources.ModelResource):
@@ -647,6 +652,6 @@ class SegmentRejectionAdmin(ReadOnlyAdmin):
     date_hierarchy = "at"
     list_select_related = ["api_key"]
 
-    @admin.display(description="Reasons")
+    @admin.display(description=_("Reasons"))
     def reasons(self, obj: SegmentRejection) -> str:
         return "; ".join(f"{name}: {' '.join(why)}" for name, why in obj.errors.items())

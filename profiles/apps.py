@@ -1,11 +1,12 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class ProfilesConfig(AppConfig):
     """People: profiles, the identities that tie events to them, and their tags."""
 
     name = "profiles"
-    verbose_name = "Profiles"
+    verbose_name = _("Profiles")
     role_permissions = {
         "Operations": ["profiles.view_*", "profiles.*_tag", "profiles.*_tagrule", "profiles.*_profiletag"],
         "Customer service": ["profiles.view_profile", "profiles.lookup_profile"],

@@ -6,13 +6,14 @@ from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils.timezone import now
+from django.utils.translation import gettext_lazy as _
 
 
 class Gender(models.TextChoices):
-    UNKNOWN = "", "Unknown"
-    FEMALE = "female", "Female"
-    MALE = "male", "Male"
-    OTHER = "other", "Other"
+    UNKNOWN = "", _("Unknown")
+    FEMALE = "female", _("Female")
+    MALE = "male", _("Male")
+    OTHER = "other", _("Other")
 
 
 class Profile(models.Model):
@@ -26,14 +27,14 @@ class Profile(models.Model):
     birth_date = models.DateField(null=True, blank=True)
     region = models.CharField(max_length=100, blank=True, default="")
     city = models.CharField(max_length=100, blank=True, default="")
-    timezone = models.CharField(max_length=64, blank=True, default="", help_text="IANA name")
-    phone = models.CharField(max_length=32, blank=True, default="", help_text="E.164")
+    timezone = models.CharField(max_length=64, blank=True, default="", help_text=_("IANA name"))
+    phone = models.CharField(max_length=32, blank=True, default="", help_text=_("E.164"))
     email = models.EmailField(blank=True, default="")
     signup_at = models.DateTimeField(null=True, blank=True)
     push_opt_in = models.BooleanField(default=False)
     sms_opt_in = models.BooleanField(default=False)
     email_opt_in = models.BooleanField(default=False)
-    traits = models.JSONField(default=dict, blank=True, help_text="Custom traits")
+    traits = models.JSONField(default=dict, blank=True, help_text=_("Custom traits"))
     # When each trait (known or custom) was last set, so a merge keeps the more recent value.
     trait_updated_at = models.JSONField(default=dict, blank=True, editable=False)
     first_seen_at = models.DateTimeField(null=True, blank=True)
@@ -77,7 +78,7 @@ class SeenBacklog(models.Model):
     created_at = models.DateTimeField(default=now)
 
     class Meta:
-        verbose_name = "first/last seen backlog run"
+        verbose_name = _("first/last seen backlog run")
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(last_event_id__gte=models.F("first_event_id")), name="seen_backlog_run_order"
@@ -89,14 +90,14 @@ class SeenBacklog(models.Model):
 
 
 class IdentityKind(models.TextChoices):
-    USER_ID = "user_id", "User id"
-    ANONYMOUS_ID = "anonymous_id", "Anonymous id"
-    PHONE = "phone", "Phone"
-    EMAIL = "email", "E-mail"
-    OPENID = "openid", "OpenID"
-    UNIONID = "unionid", "UnionID"
-    DEVICE = "device", "Device"
-    COOKIE = "cookie", "Cookie"
+    USER_ID = "user_id", _("User id")
+    ANONYMOUS_ID = "anonymous_id", _("Anonymous id")
+    PHONE = "phone", _("Phone")
+    EMAIL = "email", _("E-mail")
+    OPENID = "openid", _("OpenID")
+    UNIONID = "unionid", _("UnionID")
+    DEVICE = "device", _("Device")
+    COOKIE = "cookie", _("Cookie")
 
 
 class Identity(models.Model):
@@ -109,7 +110,7 @@ class Identity(models.Model):
     created_at = models.DateTimeField(default=now)
 
     class Meta:
-        verbose_name_plural = "identities"
+        verbose_name_plural = _("identities")
         constraints = [models.UniqueConstraint(fields=["kind", "value"], name="identity_kind_value_unique")]
         indexes = [models.Index(fields=["value"], name="identity_value")]
 
@@ -165,11 +166,11 @@ class ProfileEvent(models.Model):
 
 
 class TagSource(models.TextChoices):
-    MANUAL = "manual", "Manual"
-    RULE = "rule", "Rule"
-    STATISTICAL = "statistical", "Statistical"
-    IMPORT = "import", "Import"
-    CAMPAIGN = "campaign", "Campaign feedback"
+    MANUAL = "manual", _("Manual")
+    RULE = "rule", _("Rule")
+    STATISTICAL = "statistical", _("Statistical")
+    IMPORT = "import", _("Import")
+    CAMPAIGN = "campaign", _("Campaign feedback")
 
 
 class Tag(models.Model):
@@ -185,10 +186,10 @@ class Tag(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="tags",
-        help_text="The rule that computes this tag's members; empty for manual and imported tags.",
+        help_text=_("The rule that computes this tag's members; empty for manual and imported tags."),
     )
     created_at = models.DateTimeField(default=now)
-    computed_at = models.DateTimeField(null=True, blank=True, help_text="When its members were last computed")
+    computed_at = models.DateTimeField(null=True, blank=True, help_text=_("When its members were last computed"))
 
     class Meta:
         ordering = ["category", "name"]
@@ -202,7 +203,7 @@ class ProfileTag(models.Model):
 
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="profile_tags")
     tag = models.ForeignKey(Tag, on_delete=models.CASCADE, related_name="profile_tags")
-    score = models.FloatField(null=True, blank=True, help_text="Confidence or effect size")
+    score = models.FloatField(null=True, blank=True, help_text=_("Confidence or effect size"))
     source = models.CharField(max_length=16, choices=TagSource.choices, default=TagSource.MANUAL)
     computed_at = models.DateTimeField(default=now)
 
@@ -215,14 +216,14 @@ class ProfileTag(models.Model):
 
 
 class TagRuleKind(models.TextChoices):
-    RULE = "rule", "Rule (conditions on traits and event counts)"
-    PREFERENCE = "preference", "Preference (chi-square on a category property)"
+    RULE = "rule", _("Rule (conditions on traits and event counts)")
+    PREFERENCE = "preference", _("Preference (chi-square on a category property)")
 
 
 class TagRunStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    DONE = "done", "Done"
-    FAILED = "failed", "Failed"
+    QUEUED = "queued", _("Queued")
+    DONE = "done", _("Done")
+    FAILED = "failed", _("Failed")
 
 
 class TagRule(models.Model):
@@ -240,17 +241,17 @@ class TagRule(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=16, choices=TagRuleKind.choices, default=TagRuleKind.RULE)
-    is_active = models.BooleanField(default=True, help_text="Inactive rules are skipped by the nightly run")
+    is_active = models.BooleanField(default=True, help_text=_("Inactive rules are skipped by the nightly run"))
     description = models.TextField(blank=True, default="")
     tag_name = models.SlugField(
-        max_length=100, blank=True, default="", help_text="Rule kind: the tag it maintains (created if new)"
+        max_length=100, blank=True, default="", help_text=_("Rule kind: the tag it maintains (created if new)")
     )
     tag_category = models.CharField(max_length=64, blank=True, default="")
-    conditions = models.JSONField(default=list, blank=True, help_text="Rule kind: conditions, all must hold")
-    event_name = models.CharField(max_length=64, blank=True, default="", help_text="Preference kind")
+    conditions = models.JSONField(default=list, blank=True, help_text=_("Rule kind: conditions, all must hold"))
+    event_name = models.CharField(max_length=64, blank=True, default="", help_text=_("Preference kind"))
     category_property = models.CharField(max_length=64, blank=True, default="category")
     window_days = models.PositiveIntegerField(default=90)
-    min_count = models.PositiveIntegerField(default=5, help_text="Least events of a user in the category")
+    min_count = models.PositiveIntegerField(default=5, help_text=_("Least events of a user in the category"))
     p_value_threshold = models.FloatField(default=0.01)
     tag_prefix = models.SlugField(max_length=40, blank=True, default="prefers_")
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -276,8 +277,8 @@ class TagRule(models.Model):
 
 
 class TagChangeAction(models.TextChoices):
-    ADDED = "added", "Added"
-    REMOVED = "removed", "Removed"
+    ADDED = "added", _("Added")
+    REMOVED = "removed", _("Removed")
 
 
 class TagChange(models.Model):
@@ -300,8 +301,8 @@ class TagChange(models.Model):
 
 
 class LookupChannel(models.TextChoices):
-    API = "api", "API"
-    ADMIN = "admin", "Admin page"
+    API = "api", _("API")
+    ADMIN = "admin", _("Admin page")
 
 
 class LookupRecord(models.Model):
@@ -314,7 +315,7 @@ class LookupRecord(models.Model):
     at = models.DateTimeField(default=now, db_index=True)
     query = models.CharField(max_length=200)
     channel = models.CharField(max_length=8, choices=LookupChannel.choices, default=LookupChannel.API)
-    refused = models.CharField(max_length=200, blank=True, default="", help_text="Why the query was refused")
+    refused = models.CharField(max_length=200, blank=True, default="", help_text=_("Why the query was refused"))
     profile_ids = ArrayField(models.BigIntegerField(), default=list, blank=True)
     user_ids = ArrayField(models.CharField(max_length=128), default=list, blank=True)
     saw_personal_data = models.BooleanField(default=False)
@@ -333,7 +334,7 @@ class SegmentRejection(models.Model):
 
     api_key = models.ForeignKey("access.ApiKey", on_delete=models.CASCADE, related_name="+")
     at = models.DateTimeField(default=now, db_index=True)
-    index = models.PositiveIntegerField(help_text="Position of the message in its request.")
+    index = models.PositiveIntegerField(help_text=_("Position of the message in its request."))
     message_type = models.CharField(max_length=16, blank=True)
     message_id = models.CharField(max_length=256, blank=True)
     errors = models.JSONField(default=dict)

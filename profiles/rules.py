@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
+from django.utils.translation import gettext
 from scipy import stats
 
 # Known traits a rule may test, with the SQL type of their column.
@@ -47,85 +48,87 @@ MAX_CONDITIONS = 20
 
 
 def _condition_error(index: int, message: str) -> ValidationError:
-    return ValidationError({"conditions": f"Condition {index + 1}: {message}"})
+    return ValidationError(
+        {"conditions": gettext("Condition %(n)s: %(message)s") % {"n": index + 1, "message": message}}
+    )
 
 
 def _typed_value(column_type: str, value: Any, index: int) -> Any:
     if column_type == "text":
         if not isinstance(value, str):
-            raise _condition_error(index, "value must be a string.")
+            raise _condition_error(index, gettext("value must be a string."))
         return value
     if column_type == "boolean":
         if not isinstance(value, bool):
-            raise _condition_error(index, "value must be true or false.")
+            raise _condition_error(index, gettext("value must be true or false."))
         return value
     if column_type == "date":
         parsed = parse_date(value) if isinstance(value, str) else None
         if parsed is None:
-            raise _condition_error(index, "value must be a date YYYY-MM-DD.")
+            raise _condition_error(index, gettext("value must be a date YYYY-MM-DD."))
         return parsed
     parsed_dt = parse_datetime(value) if isinstance(value, str) else None
     if parsed_dt is None or parsed_dt.tzinfo is None:
-        raise _condition_error(index, "value must be a timestamp with a time zone.")
+        raise _condition_error(index, gettext("value must be a timestamp with a time zone."))
     return parsed_dt
 
 
 def _check_trait_condition(cond: dict, index: int) -> None:
     trait, op = cond.get("trait"), cond.get("op", "eq")
     if not isinstance(trait, str) or not (trait in TRAIT_COLUMNS or CUSTOM_TRAIT_RE.match(trait)):
-        raise _condition_error(index, "'trait' must name a trait.")
+        raise _condition_error(index, gettext("'trait' must name a trait."))
     if op not in TRAIT_OPS:
-        raise _condition_error(index, f"'op' must be one of {', '.join(TRAIT_OPS)}.")
+        raise _condition_error(index, gettext("'op' must be one of %(ops)s.") % {"ops": ", ".join(TRAIT_OPS)})
     if op == "is_set":
         return
     value = cond.get("value")
     column_type = TRAIT_COLUMNS.get(trait)
     if op == "in":
         if not isinstance(value, list) or not value or len(value) > 500:
-            raise _condition_error(index, "'in' needs a list of 1-500 values.")
+            raise _condition_error(index, gettext("'in' needs a list of 1-500 values."))
         if column_type:
             for item in value:
                 _typed_value(column_type, item, index)
     elif op == "contains":
         if not isinstance(value, str) or not value:
-            raise _condition_error(index, "'contains' needs a non-empty string.")
+            raise _condition_error(index, gettext("'contains' needs a non-empty string."))
         if column_type and column_type != "text":
-            raise _condition_error(index, "'contains' applies to text traits only.")
+            raise _condition_error(index, gettext("'contains' applies to text traits only."))
     else:
         if column_type:
             _typed_value(column_type, value, index)
             if column_type == "boolean" and op in ("gte", "lte"):
-                raise _condition_error(index, "true/false traits compare with eq or ne only.")
+                raise _condition_error(index, gettext("true/false traits compare with eq or ne only."))
         elif value is None or isinstance(value, (dict, list)):
-            raise _condition_error(index, "value must be a string, number or boolean.")
+            raise _condition_error(index, gettext("value must be a string, number or boolean."))
 
 
 def _check_event_condition(cond: dict, index: int) -> None:
     if not isinstance(cond.get("event"), str) or not EVENT_NAME_RE.match(cond["event"]):
-        raise _condition_error(index, "'event' must be an event name.")
+        raise _condition_error(index, gettext("'event' must be an event name."))
     days, count, op = cond.get("within_days"), cond.get("count"), cond.get("op", "gte")
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650:
-        raise _condition_error(index, "'within_days' must be a whole number from 1 to 3650.")
+        raise _condition_error(index, gettext("'within_days' must be a whole number from 1 to 3650."))
     if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 1_000_000:
-        raise _condition_error(index, "'count' must be a whole number from 0.")
+        raise _condition_error(index, gettext("'count' must be a whole number from 0."))
     if op not in EVENT_OPS:
-        raise _condition_error(index, "'op' must be gte, lte or eq.")
+        raise _condition_error(index, gettext("'op' must be gte, lte or eq."))
 
 
 def validate_conditions(conditions: Any) -> None:
     if not isinstance(conditions, list) or not conditions:
-        raise ValidationError({"conditions": "A rule needs a list of at least one condition."})
+        raise ValidationError({"conditions": gettext("A rule needs a list of at least one condition.")})
     if len(conditions) > MAX_CONDITIONS:
-        raise ValidationError({"conditions": f"At most {MAX_CONDITIONS} conditions."})
+        raise ValidationError({"conditions": gettext("At most %(n)s conditions.") % {"n": MAX_CONDITIONS}})
     for index, cond in enumerate(conditions):
         if not isinstance(cond, dict):
-            raise _condition_error(index, "must be an object.")
+            raise _condition_error(index, gettext("must be an object."))
         if "event" in cond:
             _check_event_condition(cond, index)
         elif "trait" in cond:
             _check_trait_condition(cond, index)
         else:
-            raise _condition_error(index, "must test a 'trait' or an 'event'.")
+            raise _condition_error(index, gettext("must test a 'trait' or an 'event'."))
 
 
 def validate_rule(rule) -> None:
@@ -134,19 +137,19 @@ def validate_rule(rule) -> None:
 
     if rule.kind == TagRuleKind.RULE:
         if not rule.tag_name:
-            raise ValidationError({"tag_name": "A rule tag needs the name of the tag it maintains."})
+            raise ValidationError({"tag_name": gettext("A rule tag needs the name of the tag it maintains.")})
         validate_conditions(rule.conditions)
     else:
         if not rule.event_name or not EVENT_NAME_RE.match(rule.event_name):
-            raise ValidationError({"event_name": "A preference rule needs an event name."})
+            raise ValidationError({"event_name": gettext("A preference rule needs an event name.")})
         if not rule.category_property:
-            raise ValidationError({"category_property": "Name the property that holds the category."})
+            raise ValidationError({"category_property": gettext("Name the property that holds the category.")})
         if not 0 < rule.p_value_threshold < 1:
-            raise ValidationError({"p_value_threshold": "Must lie strictly between 0 and 1."})
+            raise ValidationError({"p_value_threshold": gettext("Must lie strictly between 0 and 1.")})
         if not rule.window_days:
-            raise ValidationError({"window_days": "Must be at least one day."})
+            raise ValidationError({"window_days": gettext("Must be at least one day.")})
         if not rule.min_count:
-            raise ValidationError({"min_count": "Must be at least 1."})
+            raise ValidationError({"min_count": gettext("Must be at least 1.")})
 
 
 # --- rule tags ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Q
+from django.utils.translation import gettext
 
 from profiles.models import Identity, IdentityKind, Profile, ProfileEvent, ProfileTag, Tag
 from profiles.normalize import (
@@ -82,17 +83,21 @@ def profile_detail(user_id: str, *, may_see_personal_data: bool = True) -> dict[
 def validate_lookup_query(query: Any) -> str:
     """The query stripped, or a ValidationError on `q` saying what is wrong with it."""
     if not isinstance(query, str):
-        raise ValidationError({"q": "Give a query in `q`."})
+        raise ValidationError({"q": gettext("Give a query in `q`.")})
     text = query.strip()
     if not text:
-        raise ValidationError({"q": "The query is empty."})
+        raise ValidationError({"q": gettext("The query is empty.")})
     if len(text) < LOOKUP_MIN_LENGTH:
-        raise ValidationError({"q": f"The query needs at least {LOOKUP_MIN_LENGTH} characters."})
+        raise ValidationError({"q": gettext("The query needs at least %(n)s characters.") % {"n": LOOKUP_MIN_LENGTH}})
     if len(text) > LOOKUP_MAX_LENGTH:
-        raise ValidationError({"q": f"The query may have at most {LOOKUP_MAX_LENGTH} characters."})
+        raise ValidationError({"q": gettext("The query may have at most %(n)s characters.") % {"n": LOOKUP_MAX_LENGTH}})
     if LOOKUP_REFUSED_CHARS.search(text):
         raise ValidationError(
-            {"q": "The query holds characters no identifier has (quotes, ;, %, *, <, >, \\ or control characters)."}
+            {
+                "q": gettext(
+                    "The query holds characters no identifier has (quotes, ;, %, *, <, >, \\ or control characters)."
+                )
+            }
         )
     return text
 

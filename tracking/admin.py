@@ -9,10 +9,11 @@ from django.contrib import admin
 from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from tracking import selectors
-from tracking.models import Event
+from tracking.models import Event, EventKind
 
 
 class EstimatedCountPaginator(Paginator):
@@ -46,13 +47,13 @@ class _IndexedValuesFilter(admin.SimpleListFilter):
 
 
 class NameFilter(_IndexedValuesFilter):
-    title = "name"
+    title = _("name")
     parameter_name = "name"
     values_of = staticmethod(selectors.event_names)
 
 
 class UtmSourceFilter(_IndexedValuesFilter):
-    title = "UTM source"
+    title = _("UTM source")
     parameter_name = "utm_source"
     values_of = staticmethod(selectors.utm_sources)
 
@@ -68,16 +69,16 @@ class EventAdmin(ReadOnlyAdmin):
     list_filter = (NameFilter, "kind", UtmSourceFilter)
     date_hierarchy = "timestamp"
     search_fields = ("user_id", "anonymous_id", "event_id")
-    search_help_text = "An exact user id, anonymous id or event id."
+    search_help_text = _("An exact user id, anonymous id or event id.")
     ordering = ("-id",)  # newest received first, straight from the primary key
     paginator = EstimatedCountPaginator
     show_full_result_count = False
     list_per_page = 100
     fieldsets = (
         (None, {"fields": ("event_id", "name", "kind", "timestamp", "received_at", "user_id", "anonymous_id")}),
-        ("Properties", {"fields": ("properties_json",)}),
+        (_("Properties"), {"fields": ("properties_json",)}),
         (
-            "Context",
+            _("Context"),
             {
                 "fields": (
                     "url",
@@ -92,11 +93,11 @@ class EventAdmin(ReadOnlyAdmin):
     )
     readonly_fields = ("properties_json", "context_extra_json")
 
-    @admin.display(description="properties")
+    @admin.display(description=_("properties"))
     def properties_json(self, obj: Event) -> str:
         return _pretty_json(obj.properties)
 
-    @admin.display(description="other context")
+    @admin.display(description=_("other context"))
     def context_extra_json(self, obj: Event) -> str:
         return _pretty_json(obj.context_extra)
 
@@ -120,5 +121,8 @@ class EventAdmin(ReadOnlyAdmin):
         changelist = context.get("cl")
         if changelist is not None:
             # The chart follows the filters in use, so "page_view from newsletter" is one click.
-            response.context_data["daily_volume"] = selectors.daily_volume(events=changelist.queryset)
+            volume = selectors.daily_volume(events=changelist.queryset)
+            # The legend names each kind in the reader's language.
+            volume["kind_labels"] = {kind: str(label) for kind, label in EventKind.choices}
+            response.context_data["daily_volume"] = volume
         return response

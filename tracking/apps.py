@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class TrackingConfig(AppConfig):
@@ -6,7 +7,7 @@ class TrackingConfig(AppConfig):
     analyses, goals) is the `indicators` app's, which listens to ingestion like every app above."""
 
     name = "tracking"
-    verbose_name = "Tracking"
+    verbose_name = _("Tracking")
     role_permissions = {
         "Operations": ["tracking.view_*"],
         "Analyst": ["tracking.view_*"],

@@ -12,12 +12,13 @@ import uuid
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class EventKind(models.TextChoices):
-    BEHAVIOR = "behavior", "Behaviour"
-    TRAFFIC = "traffic", "Traffic"
-    BUSINESS = "business", "Business"
+    BEHAVIOR = "behavior", _("Behaviour")
+    TRAFFIC = "traffic", _("Traffic")
+    BUSINESS = "business", _("Business")
 
 
 # Order events carry their `amount` as a decimal string; the database refuses any other form, so
@@ -47,24 +48,24 @@ class Event(models.Model):
     event_id = models.UUIDField(unique=True, default=uuid.uuid4)
     name = models.CharField(max_length=64)
     kind = models.CharField(max_length=16, choices=EventKind.choices, default=EventKind.BEHAVIOR)
-    timestamp = models.DateTimeField(help_text="When it happened, as the product reported it.")
+    timestamp = models.DateTimeField(help_text=_("When it happened, as the product reported it."))
     received_at = models.DateTimeField(default=timezone.now)
     user_id = models.CharField(max_length=128, null=True, blank=True)
     anonymous_id = models.CharField(max_length=128, null=True, blank=True)
     properties = models.JSONField(default=dict, blank=True)
     # Context fields that analyses filter on, as real columns.
-    url = models.TextField("URL", blank=True, default="")
+    url = models.TextField(_("URL"), blank=True, default="")
     path = models.TextField(blank=True, default="")
     referrer = models.TextField(blank=True, default="")
-    utm_source = models.CharField("UTM source", max_length=128, blank=True, default="")
-    utm_medium = models.CharField("UTM medium", max_length=128, blank=True, default="")
-    utm_campaign = models.CharField("UTM campaign", max_length=128, blank=True, default="")
+    utm_source = models.CharField(_("UTM source"), max_length=128, blank=True, default="")
+    utm_medium = models.CharField(_("UTM medium"), max_length=128, blank=True, default="")
+    utm_campaign = models.CharField(_("UTM campaign"), max_length=128, blank=True, default="")
     device = models.CharField(max_length=64, blank=True, default="")
-    os = models.CharField("OS", max_length=64, blank=True, default="")
-    ip = models.GenericIPAddressField("IP", null=True, blank=True)
+    os = models.CharField(_("OS"), max_length=64, blank=True, default="")
+    ip = models.GenericIPAddressField(_("IP"), null=True, blank=True)
     locale = models.CharField(max_length=32, blank=True, default="")
     context_extra = models.JSONField(
-        default=dict, blank=True, help_text="Context keys that have no column of their own."
+        default=dict, blank=True, help_text=_("Context keys that have no column of their own.")
     )
 
     class Meta:

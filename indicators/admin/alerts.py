@@ -8,6 +8,8 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from indicators import services
 from indicators.errors import AlreadyAcknowledged
@@ -37,20 +39,24 @@ class AnomalyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.display(description="Direction")
+    @admin.display(description=_("Direction"))
     def direction_badge(self, alert: Anomaly) -> str:
         colour = "#c62828" if alert.direction == "drop" else "#1565c0"
-        return format_html('<strong style="color:{}">{}</strong>', colour, alert.direction)
+        return format_html('<strong style="color:{}">{}</strong>', colour, alert.get_direction_display())
 
-    @admin.display(description="Expected range")
+    @admin.display(description=_("Expected range"))
     def expected_range(self, alert: Anomaly) -> str:
-        return f"{alert.low:,.2f} to {alert.high:,.2f} (expected {alert.expected:,.2f})"
+        return gettext("%(low)s to %(high)s (expected %(expected)s)") % {
+            "low": f"{alert.low:,.2f}",
+            "high": f"{alert.high:,.2f}",
+            "expected": f"{alert.expected:,.2f}",
+        }
 
-    @admin.display(description="Moved most")
+    @admin.display(description=_("Moved most"))
     def top_movers(self, alert: Anomaly) -> str:
         return "; ".join(f"{m['source']} {m['change']}" for m in alert.movers or []) or "-"
 
-    @admin.action(description="Acknowledge the selected alerts", permissions=["change"])
+    @admin.action(description=_("Acknowledge the selected alerts"), permissions=["change"])
     def acknowledge(self, request, queryset):
         done = 0
         for alert in queryset:
@@ -59,15 +65,15 @@ class AnomalyAdmin(admin.ModelAdmin):
                 done += 1
             except AlreadyAcknowledged:
                 pass
-        self.message_user(request, f"{done} alert(s) acknowledged.")
+        self.message_user(request, gettext("%(n)s alert(s) acknowledged.") % {"n": done})
 
-    @admin.action(description="Send the failed notifications of the selected alerts again", permissions=["change"])
+    @admin.action(description=_("Send the failed notifications of the selected alerts again"), permissions=["change"])
     def send_again(self, request, queryset):
         failed = queryset.filter(**{"email_status": NotifyStatus.FAILED}) | queryset.filter(
             webhook_status=NotifyStatus.FAILED
         )
         sent = [services.resend_alert(alert_id=a.pk, actor=request.user) for a in failed.distinct()]
-        self.message_user(request, f"{len(sent)} alert(s) queued to be sent again.")
+        self.message_user(request, gettext("%(n)s alert(s) queued to be sent again.") % {"n": len(sent)})
 
     def save_model(self, request, obj: Anomaly, form, change: bool) -> None:
         # Only the note is editable; acknowledging goes through the service (audited).
@@ -117,9 +123,12 @@ class AlertRecipientAdmin(admin.ModelAdmin):
     def changelist_view(self, request, extra_context=None):
         extra_context = {
             **(extra_context or {}),
-            "title": "Alert recipients",
-            "subtitle": "Also sent to, by the deployment's settings: "
-            + (", ".join([*settings.OPSLOOP_ALERT_EMAILS, settings.OPSLOOP_ALERT_WEBHOOK_URL]).strip(", ") or "nobody"),
+            "title": _("Alert recipients"),
+            "subtitle": gettext("Also sent to, by the deployment's settings: %(addresses)s")
+            % {
+                "addresses": ", ".join([*settings.OPSLOOP_ALERT_EMAILS, settings.OPSLOOP_ALERT_WEBHOOK_URL]).strip(", ")
+                or gettext("nobody")
+            },
         }
         return super().changelist_view(request, extra_context)
 
@@ -147,15 +156,17 @@ class AnomalyCheckRunAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.display(description="reason")
+    @admin.display(description=_("reason"))
     def reason(self, run: AnomalyCheckRun) -> str:
         return (run.error[:120] + "…") if len(run.error) > 120 else (run.error or "—")
 
-    @admin.action(description="Retry selected failed runs", permissions=["view"])
+    @admin.action(description=_("Retry selected failed runs"), permissions=["view"])
     def retry(self, request, queryset):
         retried = [
             services.retry_anomaly_check(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")
         ]
-        self.message_user(request, f"{len(retried)} run(s) queued again.")
+        self.message_user(request, gettext("%(n)s run(s) queued again.") % {"n": len(retried)})
         if skipped := queryset.exclude(status="failed").count():
-            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+            self.message_user(
+                request, gettext("%(n)s not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+            )

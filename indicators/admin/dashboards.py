@@ -18,6 +18,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from config import formatting
@@ -32,8 +34,8 @@ DATE = forms.DateInput(attrs={"type": "date"})
 
 def _window_fields(form: forms.Form, days: int = 30) -> None:
     today = timezone.now().date()
-    form.fields["start"] = forms.DateField(widget=DATE, initial=today - timedelta(days=days - 1))
-    form.fields["end"] = forms.DateField(widget=DATE, initial=today)
+    form.fields["start"] = forms.DateField(label=_("Start"), widget=DATE, initial=today - timedelta(days=days - 1))
+    form.fields["end"] = forms.DateField(label=_("End"), widget=DATE, initial=today)
 
 
 def _goal_lines(indicator, days: list) -> list[dict]:
@@ -52,7 +54,7 @@ def _goal_lines(indicator, days: list) -> list[dict]:
         if any(point is not None for point in points):
             lines.append(
                 {
-                    "label": f"goal: {goal.name}",
+                    "label": gettext("goal: %(name)s") % {"name": goal.name},
                     "data": points,
                     "stepped": True,
                     "fill": False,
@@ -91,22 +93,30 @@ class TrendForm(_WindowForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["indicator"] = forms.ChoiceField(choices=indicators.indicator_choices(), initial="dau")
+        self.fields["indicator"] = forms.ChoiceField(
+            label=_("Indicator"), choices=indicators.indicator_choices(), initial="dau"
+        )
 
 
 class RetentionForm(_WindowForm):
     rules = s.RetentionInput
     days = 180
-    granularity = forms.ChoiceField(choices=CohortGranularity.choices, initial=CohortGranularity.MONTH)
-    basis = forms.ChoiceField(choices=CohortBasis.choices, initial=CohortBasis.ACTIVITY)
+    granularity = forms.ChoiceField(
+        label=_("Granularity"), choices=CohortGranularity.choices, initial=CohortGranularity.MONTH
+    )
+    basis = forms.ChoiceField(label=_("Basis"), choices=CohortBasis.choices, initial=CohortBasis.ACTIVITY)
     periods = forms.IntegerField(
-        min_value=1, max_value=30, required=False, help_text="Default 30 days or 12 weeks/months"
+        min_value=1,
+        max_value=30,
+        required=False,
+        label=_("Periods"),
+        help_text=_("Default 30 days or 12 weeks/months"),
     )
 
 
 class SearchForm(_WindowForm):
     rules = s.SearchInput
-    zero_results = forms.BooleanField(required=False, label="Only queries with no results")
+    zero_results = forms.BooleanField(required=False, label=_("Only queries with no results"))
 
 
 class FunnelWindowForm(_WindowForm):
@@ -115,22 +125,22 @@ class FunnelWindowForm(_WindowForm):
 
 class KeyBehaviourForm(_WindowForm):
     rules = s.KeyBehaviourInput
-    event = forms.CharField(max_length=64, initial="search", help_text="Event name")
-    first_days = forms.IntegerField(min_value=1, max_value=30, initial=7)
-    retained_from = forms.IntegerField(min_value=1, max_value=90, initial=7)
-    retained_days = forms.IntegerField(min_value=1, max_value=90, initial=7)
+    event = forms.CharField(label=_("Event"), max_length=64, initial="search", help_text=_("Event name"))
+    first_days = forms.IntegerField(label=_("First days"), min_value=1, max_value=30, initial=7)
+    retained_from = forms.IntegerField(label=_("Retained from day"), min_value=1, max_value=90, initial=7)
+    retained_days = forms.IntegerField(label=_("Retained days"), min_value=1, max_value=90, initial=7)
 
 
 class ChurnForm(_WindowForm):
     rules = s.ChurnInput
-    churn_days = forms.IntegerField(min_value=1, max_value=180, initial=30)
-    last_events = forms.IntegerField(min_value=1, max_value=20, initial=3)
+    churn_days = forms.IntegerField(label=_("Churn days"), min_value=1, max_value=180, initial=30)
+    last_events = forms.IntegerField(label=_("Last events"), min_value=1, max_value=20, initial=3)
     sample = forms.IntegerField(
         min_value=100,
         max_value=analyses.MAX_CHURN_SAMPLE,
         initial=analyses.CHURN_SAMPLE,
-        label="Sample of people",
-        help_text="Larger is more precise and slower.",
+        label=_("Sample of people"),
+        help_text=_("Larger is more precise and slower."),
     )
 
     def __init__(self, *args, **kwargs):
@@ -193,12 +203,12 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
 
     def _pages(self, current: str) -> list[dict]:
         pages = [
-            ("trends", "Trends", reverse("admin:indicators_dailyindicator_changelist")),
-            ("retention", "Retention cohorts", reverse("admin:indicators_dashboard_retention")),
-            ("funnels", "Funnels", reverse("admin:indicators_funnel_changelist")),
-            ("search", "Searches", reverse("admin:indicators_dashboard_search")),
-            ("key_behaviour", "Key behaviours", reverse("admin:indicators_dashboard_key_behaviour")),
-            ("churn", "Churn", reverse("admin:indicators_dashboard_churn")),
+            ("trends", _("Trends"), reverse("admin:indicators_dailyindicator_changelist")),
+            ("retention", _("Retention cohorts"), reverse("admin:indicators_dashboard_retention")),
+            ("funnels", _("Funnels"), reverse("admin:indicators_funnel_changelist")),
+            ("search", _("Searches"), reverse("admin:indicators_dashboard_search")),
+            ("key_behaviour", _("Key behaviours"), reverse("admin:indicators_dashboard_key_behaviour")),
+            ("churn", _("Churn"), reverse("admin:indicators_dashboard_churn")),
         ]
         return [{"label": label, "url": url, "current": key == current} for key, label, url in pages]
 
@@ -257,17 +267,25 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             total = indicators.fold_days(indicator.fold, [v for d, v in values if v is not None])
             fold = indicators.Fold(indicator.fold).label.lower()
             total_text = indicators.value_text(total, indicator.unit)
-            summary = f"{indicator.label}: {indicator.description} Over the window ({fold}): {total_text}"
-            table = {"headers": ["day", indicator.key], "rows": [[_cell(d.isoformat()), _cell(v)] for d, v in values]}
+            summary = gettext("%(indicator)s: %(description)s Over the window (%(fold)s): %(total)s") % {
+                "indicator": indicator.label,
+                "description": indicator.description,
+                "fold": fold,
+                "total": total_text,
+            }
+            table = {
+                "headers": [gettext("day"), indicator.key],
+                "rows": [[_cell(d.isoformat()), _cell(v)] for d, v in values],
+            }
             days = [d for d, _v in values]
             goal_lines = _goal_lines(indicator, days)
             chart = {
                 "type": "line",
-                "title": f"{indicator.label} per day (UTC)",
+                "title": gettext("%(indicator)s per day (UTC)") % {"indicator": indicator.label},
                 "labels": [d.isoformat() for d in days],
                 "datasets": [
                     {
-                        "label": indicator.label,
+                        "label": str(indicator.label),
                         "data": [None if v is None else float(v) for _d, v in values],
                         "fill": False,
                     },
@@ -275,13 +293,15 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                 ],
             }
             if goal_lines:
-                summary += " Goal lines: each month's target" + (
-                    ", as a daily pace (the month's target over its days)." if indicator.fold == "sum" else "."
+                summary += " " + (
+                    gettext("Goal lines: each month's target, as a daily pace (the month's target over its days).")
+                    if indicator.fold == "sum"
+                    else gettext("Goal lines: each month's target.")
                 )
         return self.render_page(
             request,
             current="trends",
-            title="Indicator trends",
+            title=_("Indicator trends"),
             form=form,
             table=table,
             chart=chart,
@@ -302,7 +322,12 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                 end=data["end"],
                 periods=data["periods"],
             )
-            headers = ["cohort", "size", *[f"{data['granularity']} {n}" for n in range(1, data["periods"] + 1)]]
+            period = CohortGranularity(data["granularity"]).label
+            headers = [
+                gettext("cohort"),
+                gettext("size"),
+                *[f"{period} {n}" for n in range(1, data["periods"] + 1)],
+            ]
             rows = []
             for cohort in cohorts:
                 cells = [_cell(cohort["cohort"].isoformat()), _cell(cohort["size"])]
@@ -315,7 +340,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             table = {"headers": headers, "rows": rows}
             chart = {
                 "type": "line",
-                "title": "Retention (%) by period after the cohort's start",
+                "title": gettext("Retention (%) by period after the cohort's start"),
                 "labels": [str(n) for n in range(1, data["periods"] + 1)],
                 "datasets": [
                     {
@@ -328,11 +353,13 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         return self.render_page(
             request,
             current="retention",
-            title="Retention cohorts",
+            title=_("Retention cohorts"),
             form=form,
             table=table,
             chart=chart,
-            summary="Each cell: % of the cohort active (or ordering, on the purchase basis) in that period.",
+            summary=gettext(
+                "Each cell: the share (%) of the cohort active (or ordering, on the purchase basis) in that period."
+            ),
             filename="retention-cohorts",
         )
 
@@ -347,11 +374,17 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                 start=data["start"], end=data["end"], zero_results_only=data["zero_results"], limit=500
             )
             rows = totals["queries"]
-            summary = (
-                f"{totals['searches']} search(es), {_percent(totals['zero_result_rate']) or 'no'} with no results."
-            )
+            summary = gettext("%(searches)s search(es), %(share)s with no results.") % {
+                "searches": totals["searches"],
+                "share": _percent(totals["zero_result_rate"]) or gettext("none"),
+            }
             table = {
-                "headers": ["query", "searches", "zero results", "zero-result share"],
+                "headers": [
+                    gettext("query"),
+                    gettext("searches"),
+                    gettext("zero results"),
+                    gettext("zero-result share"),
+                ],
                 "rows": [
                     [
                         _cell(r["query"]),
@@ -366,17 +399,17 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             chart = {
                 "type": "bar",
                 "indexAxis": "y",
-                "title": "Top queries",
+                "title": gettext("Top queries"),
                 "labels": [r["query"] for r in top],
                 "datasets": [
-                    {"label": "searches", "data": [r["searches"] for r in top]},
-                    {"label": "zero results", "data": [r["zero_results"] for r in top]},
+                    {"label": gettext("searches"), "data": [r["searches"] for r in top]},
+                    {"label": gettext("zero results"), "data": [r["zero_results"] for r in top]},
                 ],
             }
         return self.render_page(
             request,
             current="search",
-            title="Searches",
+            title=_("Searches"),
             form=form,
             table=table,
             chart=chart,
@@ -399,9 +432,12 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                 retained_from=data["retained_from"],
                 retained_days=data["retained_days"],
             )
-            labels = {"did": f"did {report['event_name']}", "did_not": f"did not {report['event_name']}"}
+            labels = {
+                "did": gettext("did %(event)s") % {"event": report["event_name"]},
+                "did_not": gettext("did not %(event)s") % {"event": report["event_name"]},
+            }
             table = {
-                "headers": ["group", "users", "retained", "retention rate"],
+                "headers": [gettext("group"), gettext("users"), gettext("retained"), gettext("retention rate")],
                 "rows": [
                     [
                         _cell(labels[g["group"]]),
@@ -412,19 +448,23 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
                     for g in report["groups"]
                 ],
             }
-            p = "n/a" if report["p_value"] is None else formatting.p_value(report["p_value"])
-            difference = "n/a" if report["difference"] is None else formatting.uplift_points(report["difference"])
-            summary = (
-                f"Difference {difference}; {report['test'].replace('_', ' ')} p {p if p.startswith('<') else '= ' + p}."
-                + ("" if report["complete"] else " The last signups' retention days are not over yet.")
+            p = gettext("n/a") if report["p_value"] is None else formatting.p_value(report["p_value"])
+            difference = (
+                gettext("n/a") if report["difference"] is None else formatting.uplift_points(report["difference"])
             )
+            summary = gettext("Difference %(difference)s; %(test)s p %(p)s.") % {
+                "difference": difference,
+                "test": report["test"].replace("_", " "),
+                "p": p if p.startswith("<") else "= " + p,
+            } + ("" if report["complete"] else " " + gettext("The last signups' retention days are not over yet."))
             chart = {
                 "type": "bar",
-                "title": f"Retention from day {data['retained_from']} for {data['retained_days']} day(s)",
+                "title": gettext("Retention from day %(start)s for %(days)s day(s)")
+                % {"start": data["retained_from"], "days": data["retained_days"]},
                 "labels": [labels[g["group"]] for g in report["groups"]],
                 "datasets": [
                     {
-                        "label": "retention %",
+                        "label": gettext("retention %"),
                         "data": [
                             0 if g["retention_rate"] is None else float(g["retention_rate"]) * 100
                             for g in report["groups"]
@@ -435,7 +475,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
         return self.render_page(
             request,
             current="key_behaviour",
-            title="Key behaviours",
+            title=_("Key behaviours"),
             form=form,
             table=table,
             chart=chart,
@@ -459,7 +499,14 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             )
             rows = report["behaviours"]
             table = {
-                "headers": ["event", "churned", "share of churned", "retained", "share of retained", "lift"],
+                "headers": [
+                    gettext("event"),
+                    gettext("churned"),
+                    gettext("share of churned"),
+                    gettext("retained"),
+                    gettext("share of retained"),
+                    gettext("lift"),
+                ],
                 "rows": [
                     [
                         _cell(r["event_name"]),
@@ -474,28 +521,31 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             }
             population = report["churned_users"] + report["retained_users"]
             sampled = (
-                f" Last behaviours of a sample of {report['sampled_users']} of them."
+                " " + gettext("Last behaviours of a sample of %(n)s of them.") % {"n": report["sampled_users"]}
                 if report["sampled_users"] < population
                 else ""
             )
-            summary = f"{report['churned_users']} churned, {report['retained_users']} retained.{sampled}" + (
-                "" if report["complete"] else " The churn days after the window are not over yet."
+            summary = (
+                gettext("%(churned)s churned, %(retained)s retained.")
+                % {"churned": report["churned_users"], "retained": report["retained_users"]}
+                + sampled
+                + ("" if report["complete"] else " " + gettext("The churn days after the window are not over yet."))
             )
             top = rows[:15]
             chart = {
                 "type": "bar",
                 "indexAxis": "y",
-                "title": "Last behaviours: share of churned vs retained people",
+                "title": gettext("Last behaviours: share of churned vs retained people"),
                 "labels": [r["event_name"] for r in top],
                 "datasets": [
-                    {"label": "churned %", "data": [float(r["churned_share"] or 0) * 100 for r in top]},
-                    {"label": "retained %", "data": [float(r["retained_share"] or 0) * 100 for r in top]},
+                    {"label": gettext("churned %"), "data": [float(r["churned_share"] or 0) * 100 for r in top]},
+                    {"label": gettext("retained %"), "data": [float(r["retained_share"] or 0) * 100 for r in top]},
                 ],
             }
         return self.render_page(
             request,
             current="churn",
-            title="Churn: last behaviours",
+            title=_("Churn: last behaviours"),
             form=form,
             table=table,
             chart=chart,
@@ -519,7 +569,7 @@ class FunnelAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).prefetch_related("steps")
 
-    @admin.display(description="steps")
+    @admin.display(description=_("steps"))
     def steps_text(self, obj: Funnel) -> str:
         return " → ".join(step.label or step.event_name for step in obj.steps.all())
 
@@ -527,7 +577,9 @@ class FunnelAdmin(admin.ModelAdmin):
     def analyze_link(self, obj: Funnel) -> str:
         from django.utils.html import format_html
 
-        return format_html('<a href="{}">Analyze</a>', reverse("admin:indicators_funnel_analyze", args=[obj.pk]))
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:indicators_funnel_analyze", args=[obj.pk]), gettext("Analyze")
+        )
 
     def get_urls(self):
         return [
@@ -546,7 +598,7 @@ class FunnelAdmin(admin.ModelAdmin):
         if funnel is None:
             from django.http import Http404
 
-            raise Http404("No such funnel.")
+            raise Http404(gettext("No such funnel."))
         form = _bound(FunnelWindowForm, request)
         table = chart = None
         if form.is_valid():
@@ -555,7 +607,13 @@ class FunnelAdmin(admin.ModelAdmin):
             )
             steps = report["steps"]
             table = {
-                "headers": ["step", "event", "people", "from first step", "from previous step"],
+                "headers": [
+                    gettext("step"),
+                    gettext("event"),
+                    gettext("people"),
+                    gettext("from first step"),
+                    gettext("from previous step"),
+                ],
                 "rows": [
                     [
                         _cell(f"{st['position']}. {st['label']}"),
@@ -569,15 +627,16 @@ class FunnelAdmin(admin.ModelAdmin):
             }
             chart = {
                 "type": "bar",
-                "title": f"{funnel.name}: people at each step (within {funnel.window_hours} h of the first)",
+                "title": gettext("%(funnel)s: people at each step (within %(hours)s h of the first)")
+                % {"funnel": funnel.name, "hours": funnel.window_hours},
                 "labels": [f"{st['position']}. {st['label']}" for st in steps],
-                "datasets": [{"label": "people", "data": [st["users"] for st in steps]}],
+                "datasets": [{"label": gettext("people"), "data": [st["users"] for st in steps]}],
             }
         dashboards = admin.site._registry[DailyIndicator]
         return dashboards.render_page(
             request,
             current="funnels",
-            title=f"Funnel: {funnel.name}",
+            title=gettext("Funnel: %(name)s") % {"name": funnel.name},
             form=form,
             table=table,
             chart=chart,

@@ -14,6 +14,8 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from config import formatting
 from indicators import baselines, selectors, services
@@ -28,6 +30,17 @@ STATUS_COLOURS = {
     "met": "#1565c0",
     "missed": "#6d1b1b",
 }
+STATUS_LABELS = {
+    "upcoming": _("upcoming"),
+    "on_track": _("on track"),
+    "behind": _("behind"),
+    "met": _("met"),
+    "missed": _("missed"),
+}
+
+
+def _status_label(status: str) -> str:
+    return str(STATUS_LABELS.get(status, status.replace("_", " ")))
 
 
 def _value(value, unit: str) -> str:
@@ -42,12 +55,14 @@ class GoalForm(forms.ModelForm):
     """Period and indicator are chosen once; target, profile and weights may be set again (the
     months are then decomposed afresh)."""
 
-    indicator = forms.ChoiceField(choices=())
+    indicator = forms.ChoiceField(label=_("Indicator"), choices=())
     weights_text = forms.CharField(
-        label="Weights per month",
+        label=_("Weights per month"),
         required=False,
-        help_text="For 'by typed weights': one number per month of the period, comma separated, "
-        "e.g. 8,8,9,9,10,10,7,7,9,10,11,12 for a year.",
+        help_text=_(
+            "For 'by typed weights': one number per month of the period, comma separated, "
+            "e.g. 8,8,9,9,10,10,7,7,9,10,11,12 for a year."
+        ),
     )
 
     class Meta:
@@ -58,7 +73,12 @@ class GoalForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         choices = indicator_choices()
         if self.instance.pk and self.instance.indicator not in dict(choices):
-            choices.append((self.instance.indicator, f"{self.instance.indicator} (not registered)"))
+            choices.append(
+                (
+                    self.instance.indicator,
+                    gettext("%(indicator)s (not registered)") % {"indicator": self.instance.indicator},
+                )
+            )
         self.fields["indicator"].choices = choices
         if self.instance.pk:
             self.fields["weights_text"].initial = ", ".join(self.instance.weights)
@@ -73,7 +93,9 @@ class GoalForm(forms.ModelForm):
                 try:
                     values.append(Decimal(part.strip()))
                 except InvalidOperation:
-                    raise ValidationError(f"{part.strip()[:20]!r} is not a number.") from None
+                    raise ValidationError(
+                        gettext("%(value)s is not a number.") % {"value": repr(part.strip()[:20])}
+                    ) from None
         return values
 
     def clean(self):
@@ -83,7 +105,7 @@ class GoalForm(forms.ModelForm):
         try:
             indicator = get_indicator(data["indicator"])
         except UnknownIndicator:
-            raise ValidationError({"indicator": "This indicator is not registered."}) from None
+            raise ValidationError({"indicator": gettext("This indicator is not registered.")}) from None
         goal = Goal(
             indicator=indicator.key,
             fold=self.instance.fold if self.instance.pk else indicator.fold,
@@ -96,11 +118,11 @@ class GoalForm(forms.ModelForm):
         try:
             goal.clean_fields(exclude=["name", "profile", "weights"])
             if goal.target != goal.target.quantize(goal_step(goal.unit)):
-                raise ValidationError({"target": "At most 2 decimal places (4 for ratios)."})
+                raise ValidationError({"target": gettext("At most 2 decimal places (4 for ratios).")})
             if goal.period == GoalPeriod.QUARTER and not goal.quarter:
-                raise ValidationError({"quarter": "A quarterly goal needs its quarter (1 to 4)."})
+                raise ValidationError({"quarter": gettext("A quarterly goal needs its quarter (1 to 4).")})
             if goal.period == GoalPeriod.YEAR and goal.quarter:
-                raise ValidationError({"quarter": "A yearly goal has no quarter."})
+                raise ValidationError({"quarter": gettext("A yearly goal has no quarter.")})
             services.month_targets_for(goal=goal, profile=data["profile"], weights=data.get("weights_text"))
         except ValidationError as exc:
             if hasattr(exc, "error_dict") and "weights" in exc.error_dict:
@@ -130,11 +152,13 @@ class GoalAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "indicator", "period", "year", "quarter", "target")}),
         (
-            "Decomposition by month",
+            _("Decomposition by month"),
             {
                 "fields": ("profile", "weights_text"),
-                "description": "Sum-type indicators (revenue, new users) share the target between the months; "
-                "mean-type (DAU) and last-value (MAU) indicators give each month a level to reach.",
+                "description": _(
+                    "Sum-type indicators (revenue, new users) share the target between the months; "
+                    "mean-type (DAU) and last-value (MAU) indicators give each month a level to reach."
+                ),
             },
         ),
     )
@@ -151,46 +175,48 @@ class GoalAdmin(admin.ModelAdmin):
             goal.progress_info = progress.get(goal.pk)
         return changelist
 
-    @admin.display(description="Indicator", ordering="indicator")
+    @admin.display(description=_("Indicator"), ordering="indicator")
     def indicator_label(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         return info.label if info else goal.indicator
 
-    @admin.display(description="Period", ordering="year")
+    @admin.display(description=_("Period"), ordering="year")
     def period_shown(self, goal: Goal) -> str:
         return goal.period_label
 
-    @admin.display(description="Target", ordering="target")
+    @admin.display(description=_("Target"), ordering="target")
     def target_shown(self, goal: Goal) -> str:
         return _value(goal.target, goal.unit)
 
-    @admin.display(description="Actual so far")
+    @admin.display(description=_("Actual so far"))
     def actual_shown(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         return _value(info.actual, goal.unit) if info else "-"
 
-    @admin.display(description="Progress")
+    @admin.display(description=_("Progress"))
     def progress_shown(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         return "-" if info is None or info.progress is None else f"{info.progress:.1%}"
 
-    @admin.display(description="Status")
+    @admin.display(description=_("Status"))
     def status_badge(self, goal: Goal) -> str:
         info = getattr(goal, "progress_info", None)
         if info is None:
-            return format_html('<span style="color:{}">indicator missing</span>', "#c62828")
+            return format_html('<span style="color:{}">{}</span>', "#c62828", gettext("indicator missing"))
         colour = STATUS_COLOURS.get(info.status, "#777")
         return format_html(
             '<span class="goal-status goal-status-{}" style="background:{};color:#fff;border-radius:3px;'
             'padding:1px 6px">{}</span>',
             info.status,
             colour,
-            info.status.replace("_", " "),
+            _status_label(info.status),
         )
 
     @admin.display(description="")
     def detail_link(self, goal: Goal) -> str:
-        return format_html('<a href="{}">progress</a>', reverse("admin:indicators_goal_progress", args=[goal.pk]))
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:indicators_goal_progress", args=[goal.pk]), gettext("progress")
+        )
 
     def save_model(self, request, obj: Goal, form, change: bool) -> None:
         data = form.cleaned_data
@@ -264,7 +290,7 @@ class GoalAdmin(admin.ModelAdmin):
             }
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Goal: {goal}",
+            "title": gettext("Goal: %(goal)s") % {"goal": goal},
             "opts": self.model._meta,
             "goal": goal,
             "info": info,
@@ -278,20 +304,27 @@ class GoalAdmin(admin.ModelAdmin):
                     _value(m.actual, goal.unit),
                     _value(base.for_month(m.month) if base else None, goal.unit),
                     _value(m.target - base.for_month(m.month) if base else None, goal.unit),
+                    _status_label(m.status),
                 )
                 for m in info.months
             ],
-            "baseline_method": baselines.METHOD,
+            "baseline_method": gettext(
+                "Holt-Winters exponential smoothing (statsmodels ExponentialSmoothing): additive damped trend and "
+                "additive weekly seasonality, fitted on the daily values of up to %(history)s days before the "
+                "period (at least %(minimum)s), forecast for each day of the period and folded per month as "
+                "the indicator folds its days."
+            )
+            % {"history": baselines.HISTORY_DAYS, "minimum": baselines.MIN_HISTORY_DAYS},
             "baseline_missing": info is not None and base is None,
             "summary": []
             if info is None
             else [
-                ("Target", _value(goal.target, goal.unit)),
-                ("Actual so far", _value(info.actual, goal.unit)),
-                ("Expected by now", _value(info.expected, goal.unit)),
-                ("Progress", "-" if info.progress is None else formatting.percent(info.progress)),
-                ("Status", info.status.replace("_", " ")),
-                ("As of", info.as_of.isoformat()),
+                (gettext("Target"), _value(goal.target, goal.unit)),
+                (gettext("Actual so far"), _value(info.actual, goal.unit)),
+                (gettext("Expected by now"), _value(info.expected, goal.unit)),
+                (gettext("Progress"), "-" if info.progress is None else formatting.percent(info.progress)),
+                (gettext("Status"), _status_label(info.status)),
+                (gettext("As of"), info.as_of.isoformat()),
             ],
             "chart_data": chart,
         }
@@ -302,13 +335,25 @@ class GoalAdmin(admin.ModelAdmin):
         info = selectors.goals_progress([goal]).get(goal.pk)
         if info is None:
             return HttpResponse(
-                f"The indicator {goal.indicator!r} of this goal is not registered.",
+                gettext("The indicator %(indicator)s of this goal is not registered.")
+                % {"indicator": repr(goal.indicator)},
                 status=409,
                 content_type="text/plain",
             )
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["month", "days", "elapsed_days", "target", "expected", "actual", "status"])
+        # Column names in the reader's language (English for a request that names none).
+        writer.writerow(
+            [
+                gettext("month"),
+                gettext("days"),
+                gettext("elapsed_days"),
+                gettext("target"),
+                gettext("expected"),
+                gettext("actual"),
+                gettext("status"),
+            ]
+        )
         step = goal_step(goal.unit)
         for m in info.months:
             writer.writerow(
@@ -334,7 +379,17 @@ class GoalAdmin(admin.ModelAdmin):
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(
-            ["goal", "indicator", "period", "target", "actual", "expected", "progress", "status", "warnings"]
+            [
+                gettext("goal"),
+                gettext("indicator"),
+                gettext("period"),
+                gettext("target"),
+                gettext("actual"),
+                gettext("expected"),
+                gettext("progress"),
+                gettext("status"),
+                gettext("warnings"),
+            ]
         )
         for goal in goals:
             info = progress.get(goal.pk)
