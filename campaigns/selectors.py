@@ -10,6 +10,7 @@ import numpy as np
 from django.db import connection
 from django.db.models import Count, Sum
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from campaigns import bandit
@@ -93,8 +94,11 @@ def campaign_warnings(campaign: Campaign) -> list[str]:
     trigger = campaign.trigger_event if campaign.schedule_kind == ScheduleKind.TRIGGER else ""
     if trigger and not event_name_seen(trigger):
         warnings.append(
-            f"No event named {trigger!r} has been recorded yet: the campaign sends only once the product "
-            "sends one (check the spelling)."
+            gettext(
+                "No event named %(event)r has been recorded yet: the campaign sends only once the product "
+                "sends one (check the spelling)."
+            )
+            % {"event": trigger}
         )
     return warnings
 
@@ -599,28 +603,45 @@ def explain(results: dict[str, Any]) -> str:
         if g is None or g["sequential"]["p_value"] is None:
             continue
         seq = g["sequential"]
-        verb = (
-            "beats" if seq["beats_control"] else "does not yet beat" if (g["uplift_vs_holdout"] or 0) >= 0 else "trails"
-        )
-        text = (
-            f"{name} {verb} {control} by {_pts(g['uplift_vs_holdout'])} ({confidence} always-valid CI "
-            f"{_interval(seq['uplift_ci_low'], seq['uplift_ci_high'])}, "
-            f"Holm-adjusted p {formatting.p_value(seq['p_value_holm'])})"
-        )
+        if seq["beats_control"]:
+            sentence = gettext(
+                "%(name)s beats %(control)s by %(uplift)s (%(confidence)s always-valid CI %(ci)s, %(p)s)"
+            )
+        elif (g["uplift_vs_holdout"] or 0) >= 0:
+            sentence = gettext(
+                "%(name)s does not yet beat %(control)s by %(uplift)s (%(confidence)s always-valid CI %(ci)s, %(p)s)"
+            )
+        else:
+            sentence = gettext(
+                "%(name)s trails %(control)s by %(uplift)s (%(confidence)s always-valid CI %(ci)s, %(p)s)"
+            )
+        text = sentence % {
+            "name": name,
+            "control": control,
+            "uplift": _pts(g["uplift_vs_holdout"]),
+            "confidence": confidence,
+            "ci": _interval(seq["uplift_ci_low"], seq["uplift_ci_high"]),
+            "p": gettext("Holm-adjusted p %(p)s") % {"p": formatting.p_value(seq["p_value_holm"])},
+        }
         for other in seq["vs_others"]:
-            word = "beats" if other["beats"] else "does not beat"
             p = other["p_value_holm"]
-            text += f"; {word} {other['name']} (Holm-adjusted p {'-' if p is None else formatting.p_value(p)})"
+            words = {"other": other["name"], "p": "-" if p is None else formatting.p_value(p)}
+            if other["beats"]:
+                text += gettext("; beats %(other)s (Holm-adjusted p %(p)s)") % words
+            else:
+                text += gettext("; does not beat %(other)s (Holm-adjusted p %(p)s)") % words
         lines.append(text + ".")
     if results["srm_blocked"]:
-        lines.append(f"Roll-out blocked: {results['winner_reason']}.")
+        lines.append(gettext("Roll-out blocked: %(reason)s.") % {"reason": results["winner_reason"]})
     if results["rolled_out_variant"]:
         when = formatting.local_time(results["rolled_out_at"]) if results["rolled_out_at"] else "-"
-        lines.append(f"{results['rolled_out_variant']} rolled out at {when}.")
+        lines.append(
+            gettext("%(variant)s rolled out at %(when)s.") % {"variant": results["rolled_out_variant"], "when": when}
+        )
     elif results["winner"]:
-        lines.append(f"{results['winner']} is the winner: safe to roll out.")
+        lines.append(gettext("%(winner)s is the winner: safe to roll out.") % {"winner": results["winner"]})
     elif not results["srm_blocked"]:
-        lines.append(f"No winner yet: {results['winner_reason']}.")
+        lines.append(gettext("No winner yet: %(reason)s.") % {"reason": results["winner_reason"]})
     return " ".join(lines)
 
 
