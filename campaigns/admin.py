@@ -21,7 +21,7 @@ from django.utils.translation import gettext, gettext_lazy, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from campaigns import errors, selectors, services, validation
-from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
+from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, DeliveryStatus, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
 from config import formatting
 from config.errors import DomainError
@@ -562,7 +562,8 @@ class CampaignAdmin(admin.ModelAdmin):
         cells = format_html_join(
             "", '<td style="padding:0 1em" data-counter="{}">{}</td>', ((k, v) for k, v in counters.items())
         )
-        heads = format_html_join("", '<th style="padding:0 1em">{}</th>', ((k,) for k in counters))
+        labels = {"assigned": gettext("Assigned"), **dict(DeliveryStatus.choices)}
+        heads = format_html_join("", '<th style="padding:0 1em">{}</th>', ((labels.get(k, k),) for k in counters))
         return format_html(
             '<table id="live-counters"><tr>{}</tr><tr>{}</tr></table>'
             "<script>(function(){{var t=document.getElementById('live-counters');"

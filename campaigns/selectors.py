@@ -199,7 +199,7 @@ LEFT JOIN LATERAL (
       AND e.timestamp >= w.assigned_at - %(pre_period)s AND e.timestamp < w.assigned_at
 ) pre ON true
 """
-CUPED_COVARIATES = ("orders in the 30 days before", "events in the 30 days before")
+CUPED_COVARIATES = (_("orders in the 30 days before"), _("events in the 30 days before"))
 
 
 def _member_outcomes(campaign: Campaign) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -472,10 +472,10 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
     winner = decision["winner"] if not srm_blocked else None
     reason = decision["reason"]
     if srm_blocked:
-        reason = (
-            f"sample ratio mismatch (p = {stats['srm_p_value']:.4g} < {SRM_THRESHOLD}): the groups are out of "
+        reason = gettext(
+            "sample ratio mismatch (p = %(p)s < %(threshold)s): the groups are out of "
             "balance, so no variant is rolled out until the assignment is checked"
-        )
+        ) % {"p": f"{stats['srm_p_value']:.4g}", "threshold": SRM_THRESHOLD}
     cuped = _cuped(campaign, keys, control_key, planned)
     sequential_rates = {
         c.name: sequential_rate(c.converted, c.assigned, alpha=campaign.alpha, planned_sample=planned) for c in counts
@@ -531,7 +531,7 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
         "winner": winner,
         "winner_reason": None if winner else reason,
         "fixed_winner": fixed_winner,
-        "cuped_covariates": list(CUPED_COVARIATES),
+        "cuped_covariates": [str(c) for c in CUPED_COVARIATES],
         "rolled_out_variant": campaign.winner.name if campaign.winner_id else None,
         "rolled_out_at": campaign.rolled_out_at.isoformat() if campaign.rolled_out_at else None,
         "groups": groups,

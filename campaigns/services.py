@@ -27,6 +27,7 @@ from django.db.models import Q, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from campaigns import bandit, channels, errors, sending, validation
@@ -918,13 +919,16 @@ def rollout_risk(results: dict[str, Any], variant_name: str) -> str | None:
     when it is the winner they name."""
     if results["winner"] == variant_name:
         return None
-    reason = results.get("winner_reason") or "it is not the winner"
+    reason = results.get("winner_reason") or gettext("it is not the winner")
     if results["winner"]:
-        return f"{variant_name} is not the winner ({results['winner']} is); rolling it out may send a worse variant"
-    return (
-        f"{variant_name} is not shown to be better ({reason}); rolling it out now may send a variant that is no "
+        return gettext("%(variant)s is not the winner (%(winner)s is); rolling it out may send a worse variant") % {
+            "variant": variant_name,
+            "winner": results["winner"],
+        }
+    return gettext(
+        "%(variant)s is not shown to be better (%(reason)s); rolling it out now may send a variant that is no "
         "better than the control, the false roll-out that looking at a test until it passes produces"
-    )
+    ) % {"variant": variant_name, "reason": reason}
 
 
 @transaction.atomic

@@ -106,7 +106,8 @@ class JourneyAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("Journey"))
     def steps_link(self, obj: Journey) -> str:
-        return format_html('<a href="{}">Steps and counts</a>', reverse("admin:journeys_journey_steps", args=[obj.pk]))
+        url = reverse("admin:journeys_journey_steps", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, gettext("Steps and counts"))
 
     def save_formset(self, request, form, formset, change) -> None:
         if isinstance(formset, StepFormSet):
