@@ -342,7 +342,9 @@ def rollout(modeladmin, request, queryset):
             url = reverse("admin:campaigns_campaign_rollout", args=[campaign.pk])
             modeladmin.message_user(
                 request,
-                format_html('{}: {} <a href="{}">Choose a variant and confirm</a>', campaign, exc.detail, url),
+                format_html(
+                    '{}: {} <a href="{}">{}</a>', campaign, exc.detail, url, gettext("Choose a variant and confirm")
+                ),
                 messages.WARNING,
             )
         except DomainError as exc:

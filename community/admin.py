@@ -128,7 +128,7 @@ class CommunityGroupAdmin(_AssignableAdmin):
 
     @admin.display(description=_("health"))
     def health(self, obj: CommunityGroup) -> str:
-        return format_html('<a href="{}?group={}">health</a>', reverse("admin:community_health"), obj.pk)
+        return format_html('<a href="{}?group={}">{}</a>', reverse("admin:community_health"), obj.pk, gettext("health"))
 
     def get_urls(self):
         view = self.admin_site.admin_view

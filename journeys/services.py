@@ -160,7 +160,7 @@ def set_steps(
     """Replace a draft campaign's steps (position = order given)."""
     campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
     if campaign.status != CampaignStatus.DRAFT:
-        raise errors.NotADraft("Steps change only while the campaign is a draft.")
+        raise errors.NotADraft(gettext("Steps change only while the campaign is a draft."))
     if problems := step_problems(campaign, steps):
         raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
     JourneyStep.objects.filter(campaign=campaign).delete()
@@ -196,7 +196,7 @@ def launch_journey(
     now = now or timezone.now()
     campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
     if campaign.status != CampaignStatus.DRAFT:
-        raise errors.NotADraft(f"The campaign is {campaign.status}, not a draft.")
+        raise errors.NotADraft(gettext("The campaign is %(status)s, not a draft.") % {"status": campaign.status})
     steps = list(
         campaign.journey_steps.values(
             "kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto"
@@ -206,7 +206,8 @@ def launch_journey(
         raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
     if problems := launch_problems(campaign):
         raise errors.InvalidConfiguration(
-            "This journey cannot work as configured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+            gettext("This journey cannot work as configured: %(problems)s")
+            % {"problems": "; ".join(f"{k}: {v}" for k, v in problems.items())},
             fields=problems,
         )
     campaign.status = CampaignStatus.RUNNING

@@ -57,9 +57,10 @@ class TacticAdmin(admin.ModelAdmin):
     )
     actions = ["decompose_goals"]
 
-    @admin.display(description=_(""))
+    @admin.display(description="")
     def plan_link(self, tactic: Tactic) -> str:
-        return format_html('<a href="{}">goal plan</a>', reverse("admin:planning_goal_plan", args=[tactic.goal_id]))
+        url = reverse("admin:planning_goal_plan", args=[tactic.goal_id])
+        return format_html('<a href="{}">{}</a>', url, gettext("goal plan"))
 
     def save_model(self, request, obj: Tactic, form, change: bool) -> None:
         data = form.cleaned_data
