@@ -17,7 +17,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import gettext, gettext_lazy, ngettext
+from django.utils.translation import gettext, gettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from campaigns import errors, selectors, services, validation
@@ -299,7 +299,7 @@ def _run_action(modeladmin, request, queryset, label: str, fn) -> None:
     if done:
         modeladmin.message_user(
             request,
-            ngettext("%(label)s: %(n)d campaign.", "%(label)s: %(n)d campaigns.", done) % {"label": label, "n": done},
+            gettext("%(label)s: %(n)d campaign(s).") % {"label": label, "n": done},
             messages.SUCCESS,
         )
 
@@ -352,7 +352,7 @@ def rollout(modeladmin, request, queryset):
     if done:
         modeladmin.message_user(
             request,
-            ngettext("Rolled out: %(n)d campaign.", "Rolled out: %(n)d campaigns.", done) % {"n": done},
+            gettext("Rolled out: %(n)d campaign(s).") % {"n": done},
             messages.SUCCESS,
         )
 
@@ -789,12 +789,7 @@ def unknown_were_sent(modeladmin, request, queryset):
     )
     modeladmin.message_user(
         request,
-        ngettext(
-            "Recorded as sent: %(n)d message of unknown outcome.",
-            "Recorded as sent: %(n)d messages of unknown outcome.",
-            done,
-        )
-        % {"n": done},
+        gettext("Recorded as sent: %(n)d message(s) of unknown outcome.") % {"n": done},
         messages.SUCCESS,
     )
 
@@ -806,10 +801,7 @@ def unknown_send_again(modeladmin, request, queryset):
     )
     modeladmin.message_user(
         request,
-        ngettext(
-            "Queued again: %(n)d message of unknown outcome.", "Queued again: %(n)d messages of unknown outcome.", done
-        )
-        % {"n": done},
+        gettext("Queued again: %(n)d message(s) of unknown outcome.") % {"n": done},
         messages.SUCCESS,
     )
 

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
@@ -305,9 +305,7 @@ class ScoreRunAdmin(ReadOnlyAdmin):
         retried = [
             services.retry_score_run(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")
         ]
-        self.message_user(
-            request, ngettext("%(n)d run queued again.", "%(n)d runs queued again.", len(retried)) % {"n": len(retried)}
-        )
+        self.message_user(request, gettext("%(n)d run(s) queued again.") % {"n": len(retried)})
         if skipped := queryset.exclude(status="failed").count():
             self.message_user(
                 request, gettext("%(n)d not failed: left alone.") % {"n": skipped}, level=messages.WARNING

@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from coupons import errors, selectors, services
@@ -163,8 +163,7 @@ class CouponRuleAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{rule}: {refusal.detail}", messages.WARNING)
         self.message_user(
             request,
-            ngettext("%(n)d rule now %(state)s.", "%(n)d rules now %(state)s.", done)
-            % {"n": done, "state": RuleState(state).label},
+            gettext("%(n)d rule(s) now %(state)s.") % {"n": done, "state": str(RuleState(state).label).lower()},
         )
 
     @admin.action(description=_("Activate selected rules"), permissions=["change"])
@@ -191,12 +190,7 @@ class CouponRuleAdmin(admin.ModelAdmin):
         n = queryset.count()
         self.message_user(
             request,
-            ngettext(
-                "%(n)d uplift fit queued; each rule's report shows the result.",
-                "%(n)d uplift fits queued; each rule's report shows the result.",
-                n,
-            )
-            % {"n": n},
+            gettext("%(n)d uplift fit(s) queued; each rule's report shows the result.") % {"n": n},
         )
 
     def get_urls(self):
@@ -434,7 +428,7 @@ class CouponAdmin(admin.ModelAdmin):
             coupon_ids=list(queryset.filter(status=CouponStatus.AVAILABLE).values_list("pk", flat=True)),
             actor=request.user,
         )
-        self.message_user(request, ngettext("%(n)d coupon revoked.", "%(n)d coupons revoked.", n) % {"n": n})
+        self.message_user(request, gettext("%(n)d coupon(s) revoked.") % {"n": n})
 
 
 @admin.register(AbuseScore)
@@ -493,14 +487,12 @@ class AbuseScoreAdmin(admin.ModelAdmin):
     @admin.action(description=_("Clear the selected people (admit them to offers)"), permissions=["change"])
     def clear(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = services.clear_abuse(profile_ids=list(queryset.values_list("profile_id", flat=True)), actor=request.user)
-        self.message_user(request, ngettext("%(n)d person cleared.", "%(n)d people cleared.", n) % {"n": n})
+        self.message_user(request, gettext("%(n)d person(s) cleared.") % {"n": n})
 
     @admin.action(description=_("Score everyone again now"), permissions=["change"])
     def refresh(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = services.refresh_abuse_scores()
-        self.message_user(
-            request, ngettext("%(n)d person carries a score.", "%(n)d people carry a score.", n) % {"n": n}
-        )
+        self.message_user(request, gettext("%(n)d person(s) carry a score.") % {"n": n})
 
 
 @admin.register(OrderRefund)
@@ -548,7 +540,7 @@ class RedemptionAdmin(admin.ModelAdmin):
             services.rollback_order(order_id=order_id, actor=request.user)
         self.message_user(
             request,
-            ngettext("%(n)d order rolled back.", "%(n)d orders rolled back.", len(orders)) % {"n": len(orders)},
+            gettext("%(n)d order(s) rolled back.") % {"n": len(orders)},
         )
 
 
@@ -617,9 +609,7 @@ class IssuanceJobAdmin(admin.ModelAdmin):
     def resume(self, request, queryset):
         """What the beat's resume does every 15 minutes; a failed job needs a retry instead."""
         queued = [job.pk for job in queryset if services.resume_issuance_job(job_id=job.pk, actor=request.user)]
-        self.message_user(
-            request, ngettext("%(n)d job queued again.", "%(n)d jobs queued again.", len(queued)) % {"n": len(queued)}
-        )
+        self.message_user(request, gettext("%(n)d job(s) queued again.") % {"n": len(queued)})
 
     @admin.action(description=_("Retry selected failed jobs (they go on where they stopped)"), permissions=["change"])
     def retry(self, request, queryset):

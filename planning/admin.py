@@ -17,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from config.errors import DomainError
@@ -227,8 +227,7 @@ class TaskAdmin(admin.ModelAdmin):
         n = queryset.count()
         self.message_user(
             request,
-            ngettext("%(n)d task moved to %(status)s.", "%(n)d tasks moved to %(status)s.", n)
-            % {"n": n, "status": TaskStatus(status).label},
+            gettext("%(n)d task(s) moved to %(status)s.") % {"n": n, "status": str(TaskStatus(status).label).lower()},
         )
 
     @admin.action(description=_("Move to doing"), permissions=["change"])
