@@ -18,9 +18,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext, gettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from campaigns import errors, selectors, services, validation
-from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, Segment, Variant
+from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, DeliveryStatus, Segment, Variant
 from campaigns.segments import DefinitionError, compile_definition
 from config import formatting
 from config.errors import DomainError
@@ -33,9 +34,11 @@ def _preview_html(segment: Segment) -> str:
     try:
         preview = selectors.segment_preview(segment)
     except DefinitionError as exc:
-        return format_html("<strong>Invalid definition:</strong> {}", "; ".join(exc.errors))
-    sample = ", ".join(preview["sample"]) or "(nobody)"
-    return format_html("<strong>{}</strong> people now. Sample: <code>{}</code>", preview["size"], sample)
+        return format_html("<strong>{}</strong> {}", gettext("Invalid definition:"), "; ".join(exc.errors))
+    sample = ", ".join(preview["sample"]) or gettext("(nobody)")
+    return format_html(
+        "<strong>{}</strong> {} <code>{}</code>", preview["size"], gettext("people now. Sample:"), sample
+    )
 
 
 # --- channels and segments ---------------------------------------------------------------------
@@ -138,9 +141,9 @@ class ChannelAdmin(admin.ModelAdmin):
     list_editable = ["enabled"]
     list_filter = ["enabled"]
 
-    @admin.display(description="Gateway URL in use")
+    @admin.display(description=_("Gateway URL in use"))
     def gateway(self, obj: Channel) -> str:
-        return obj.effective_url() or "(email backend)" if obj.kind == "email" else obj.effective_url() or "-"
+        return obj.effective_url() or gettext("(email backend)") if obj.kind == "email" else obj.effective_url() or "-"
 
     # Per call, from the request's user: the instance is shared by every request.
     def get_readonly_fields(self, request, obj=None):
@@ -252,20 +255,20 @@ class SegmentAdmin(admin.ModelAdmin):
         # A GROUP BY drops Meta.ordering; the autocomplete pages through this queryset.
         return super().get_queryset(request).annotate(n_campaigns=Count("campaigns")).order_by("name", "pk")
 
-    @admin.display(description="Campaigns", ordering="n_campaigns")
+    @admin.display(description=_("Campaigns"), ordering="n_campaigns")
     def campaign_count(self, obj: Segment) -> int:
         return obj.n_campaigns
 
-    @admin.display(description="Shares of newcomers in force")
+    @admin.display(description=_("Shares of newcomers in force"))
     def shares_in_force(self, obj: Campaign) -> str:
         if not obj.pk:
             return "-"
         shares = selectors.current_shares(obj)
         return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
 
-    @admin.display(description="Audience (live)")
+    @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Segment) -> str:
-        return _preview_html(obj) if obj.pk else "Save to see the size and a sample."
+        return _preview_html(obj) if obj.pk else gettext("Save to see the size and a sample.")
 
     def save_model(self, request, obj, form, change) -> None:
         from campaigns.segment_builder import definition_warnings
@@ -337,8 +340,13 @@ def _rule_id(value: object) -> int | None:
 
 def _rule_label(rule) -> str:
     amount = f"{rule.value:g} %" if rule.kind == "percent" else formatting.money(rule.value)
-    left = "" if rule.budget is None else f", {formatting.money(rule.budget - rule.committed)} left"
-    return f"{rule.name} ({amount} off{left})"
+    if rule.budget is None:
+        return gettext("%(name)s (%(amount)s off)") % {"name": rule.name, "amount": amount}
+    return gettext("%(name)s (%(amount)s off, %(left)s left)") % {
+        "name": rule.name,
+        "amount": amount,
+        "left": formatting.money(rule.budget - rule.committed),
+    }
 
 
 class VariantInline(admin.StackedInline):
@@ -375,35 +383,39 @@ def _run_action(modeladmin, request, queryset, label: str, fn) -> None:
         except DomainError as exc:
             modeladmin.message_user(request, f"{campaign}: {exc.detail}", messages.WARNING)
     if done:
-        modeladmin.message_user(request, f"{label}: {done} campaign(s).", messages.SUCCESS)
+        modeladmin.message_user(
+            request,
+            gettext("%(label)s: %(n)d campaign(s).") % {"label": label, "n": done},
+            messages.SUCCESS,
+        )
 
 
-@admin.action(description="Launch selected campaigns", permissions=["send"])
+@admin.action(description=_("Launch selected campaigns"), permissions=["send"])
 def launch(modeladmin, request, queryset):
-    _run_action(modeladmin, request, queryset, "Launched", services.launch_campaign)
+    _run_action(modeladmin, request, queryset, gettext("Launched"), services.launch_campaign)
 
 
-@admin.action(description="Pause selected campaigns", permissions=["send"])
+@admin.action(description=_("Pause selected campaigns"), permissions=["send"])
 def pause(modeladmin, request, queryset):
-    _run_action(modeladmin, request, queryset, "Paused", services.pause_campaign)
+    _run_action(modeladmin, request, queryset, gettext("Paused"), services.pause_campaign)
 
 
-@admin.action(description="Resume selected campaigns", permissions=["send"])
+@admin.action(description=_("Resume selected campaigns"), permissions=["send"])
 def resume(modeladmin, request, queryset):
-    _run_action(modeladmin, request, queryset, "Resumed", services.resume_campaign)
+    _run_action(modeladmin, request, queryset, gettext("Resumed"), services.resume_campaign)
 
 
-@admin.action(description="Cancel selected campaigns (stop for good)", permissions=["send"])
+@admin.action(description=_("Cancel selected campaigns (stop for good)"), permissions=["send"])
 def cancel(modeladmin, request, queryset):
-    _run_action(modeladmin, request, queryset, "Cancelled", services.cancel_campaign)
+    _run_action(modeladmin, request, queryset, gettext("Cancelled"), services.cancel_campaign)
 
 
-@admin.action(description="Retry selected failed campaigns (from where they stopped)", permissions=["send"])
+@admin.action(description=_("Retry selected failed campaigns (from where they stopped)"), permissions=["send"])
 def retry(modeladmin, request, queryset):
-    _run_action(modeladmin, request, queryset, "Retried", services.retry_campaign)
+    _run_action(modeladmin, request, queryset, gettext("Retried"), services.retry_campaign)
 
 
-@admin.action(description="Roll out the winner to the rest (after the pilot)", permissions=["send"])
+@admin.action(description=_("Roll out the winner to the rest (after the pilot)"), permissions=["send"])
 def rollout(modeladmin, request, queryset):
     """Only the always-valid winner goes out from here; a campaign without one links to its
     roll-out page, where the operator may choose a variant and confirm the named risk."""
@@ -416,30 +428,36 @@ def rollout(modeladmin, request, queryset):
             url = reverse("admin:campaigns_campaign_rollout", args=[campaign.pk])
             modeladmin.message_user(
                 request,
-                format_html('{}: {} <a href="{}">Choose a variant and confirm</a>', campaign, exc.detail, url),
+                format_html(
+                    '{}: {} <a href="{}">{}</a>', campaign, exc.detail, url, gettext("Choose a variant and confirm")
+                ),
                 messages.WARNING,
             )
         except DomainError as exc:
             modeladmin.message_user(request, f"{campaign}: {exc.detail}", messages.WARNING)
     if done:
-        modeladmin.message_user(request, f"Rolled out: {done} campaign(s).", messages.SUCCESS)
+        modeladmin.message_user(
+            request,
+            gettext("Rolled out: %(n)d campaign(s).") % {"n": done},
+            messages.SUCCESS,
+        )
 
 
-@admin.action(description="Clone as next iteration (winner as control)", permissions=["add"])
+@admin.action(description=_("Clone as next iteration (winner as control)"), permissions=["add"])
 def clone(modeladmin, request, queryset):
-    _run_action(modeladmin, request, queryset, "Cloned", services.clone_campaign)
+    _run_action(modeladmin, request, queryset, gettext("Cloned"), services.clone_campaign)
 
 
 class RolloutForm(forms.Form):
     variant = forms.ChoiceField()
     confirm = forms.BooleanField(
-        required=False, label="I accept the risk named above and want to roll this variant out anyway"
+        required=False, label=_("I accept the risk named above and want to roll this variant out anyway")
     )
 
 
 class TestMessageForm(forms.Form):
     variant = forms.ModelChoiceField(queryset=Variant.objects.none())
-    user_id = forms.CharField(max_length=128, help_text="Your own user id in the product (your test device)")
+    user_id = forms.CharField(max_length=128, help_text=_("Your own user id in the product (your test device)"))
 
 
 # The allocation settings a form may leave out: a campaign made before they existed (or a script
@@ -511,9 +529,9 @@ class CampaignAdmin(admin.ModelAdmin):
     ]
     fieldsets = [
         (None, {"fields": ["name", "segment", "audience_preview", "channel", "goal_event", "attribution_hours"]}),
-        ("Test design", {"fields": ["holdout_percent", "pilot_percent", "auto_rollout", "alpha", "min_sample"]}),
+        (_("Test design"), {"fields": ["holdout_percent", "pilot_percent", "auto_rollout", "alpha", "min_sample"]}),
         (
-            "Allocation (recurring and triggered campaigns)",
+            _("Allocation (recurring and triggered campaigns)"),
             {
                 "fields": [
                     "allocation",
@@ -528,7 +546,7 @@ class CampaignAdmin(admin.ModelAdmin):
             },
         ),
         (
-            "Schedule and limits",
+            _("Schedule and limits"),
             {
                 "fields": [
                     "schedule_kind",
@@ -545,7 +563,7 @@ class CampaignAdmin(admin.ModelAdmin):
             },
         ),
         (
-            "Progress",
+            _("Progress"),
             {
                 "fields": [
                     "links",
@@ -598,34 +616,34 @@ class CampaignAdmin(admin.ModelAdmin):
     def status_now(self, obj: Campaign) -> str:
         return selectors.shown_status(obj) if obj.pk else "-"
 
-    @admin.display(description="Why it failed")
+    @admin.display(description=_("Why it failed"))
     def failure(self, obj: Campaign) -> str:
         return obj.failure_reason[:120]
 
-    @admin.display(description="Shares of newcomers in force")
+    @admin.display(description=_("Shares of newcomers in force"))
     def shares_in_force(self, obj: Campaign) -> str:
         if not obj.pk:
             return "-"
         shares = selectors.current_shares(obj)
         return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
 
-    @admin.display(description="Audience (live)")
+    @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Campaign) -> str:
         return _preview_html(obj.segment) if obj.pk else "-"
 
-    @admin.display(description="Pages")
+    @admin.display(description=_("Pages"))
     def links(self, obj: Campaign) -> str:
         if not obj.pk:
             return "-"
         items = [
-            (reverse("admin:campaigns_campaign_results", args=[obj.pk]), "Results"),
-            (reverse("admin:campaigns_campaign_history", args=[obj.pk]), "History of iterations"),
-            (reverse("admin:campaigns_campaign_test_message", args=[obj.pk]), "Send a test message"),
-            (reverse("admin:campaigns_delivery_changelist") + f"?campaign__id__exact={obj.pk}", "Deliveries"),
+            (reverse("admin:campaigns_campaign_results", args=[obj.pk]), gettext("Results")),
+            (reverse("admin:campaigns_campaign_history", args=[obj.pk]), gettext("History of iterations")),
+            (reverse("admin:campaigns_campaign_test_message", args=[obj.pk]), gettext("Send a test message")),
+            (reverse("admin:campaigns_delivery_changelist") + f"?campaign__id__exact={obj.pk}", gettext("Deliveries")),
         ]
         return format_html_join(" | ", '<a href="{}">{}</a>', items)
 
-    @admin.display(description="Counters (live)")
+    @admin.display(description=_("Counters (live)"))
     def live_counters(self, obj: Campaign) -> str:
         if not obj.pk:
             return "-"
@@ -634,7 +652,8 @@ class CampaignAdmin(admin.ModelAdmin):
         cells = format_html_join(
             "", '<td style="padding:0 1em" data-counter="{}">{}</td>', ((k, v) for k, v in counters.items())
         )
-        heads = format_html_join("", '<th style="padding:0 1em">{}</th>', ((k,) for k in counters))
+        labels = {"assigned": gettext("Assigned"), **dict(DeliveryStatus.choices)}
+        heads = format_html_join("", '<th style="padding:0 1em">{}</th>', ((labels.get(k, k),) for k in counters))
         return format_html(
             '<table id="live-counters"><tr>{}</tr><tr>{}</tr></table>'
             "<script>(function(){{var t=document.getElementById('live-counters');"
@@ -720,7 +739,7 @@ class CampaignAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "original": campaign,
-            "title": f"Results: {campaign}",
+            "title": gettext("Results: %(name)s") % {"name": campaign},
             "results": results,
             "chart": chart,
             "allocation_history": history[::-1],
@@ -742,7 +761,7 @@ class CampaignAdmin(admin.ModelAdmin):
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "original": campaign,
-            "title": f"Iterations of {campaign}",
+            "title": gettext("Iterations of %(name)s") % {"name": campaign},
             "rows": rows,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/history.html", context)
@@ -769,18 +788,18 @@ class CampaignAdmin(admin.ModelAdmin):
                 )
             except errors.ConfirmationRequired as exc:
                 risk = exc.extra.get("risk")
-                self.message_user(request, "Tick the box to confirm, or choose the winner.", messages.WARNING)
+                self.message_user(request, gettext("Tick the box to confirm, or choose the winner."), messages.WARNING)
             except DomainError as exc:
                 self.message_user(request, exc.detail, messages.ERROR)
             else:
-                self.message_user(request, f"Rolled out {variant}.", messages.SUCCESS)
+                self.message_user(request, gettext("Rolled out %(variant)s.") % {"variant": variant}, messages.SUCCESS)
                 return redirect("admin:campaigns_campaign_results", campaign.pk)
         risks = {n: services.rollout_risk(results, n) for n in names}
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "original": campaign,
-            "title": f"Roll out: {campaign}",
+            "title": gettext("Roll out: %(name)s") % {"name": campaign},
             "results": results,
             "risks": risks,
             "risk": risk,
@@ -830,13 +849,16 @@ class CampaignAdmin(admin.ModelAdmin):
                 self.message_user(request, exc.detail, messages.ERROR)
             else:
                 level = messages.SUCCESS if outcome.kind == "sent" else messages.ERROR
-                self.message_user(request, f"Test message {outcome.kind}. {outcome.reason}", level)
+                shown = {"sent": gettext("Test message sent."), "failed": gettext("Test message failed.")}.get(
+                    outcome.kind, gettext("Test message not sent.")
+                )
+                self.message_user(request, f"{shown} {outcome.reason}".strip(), level)
                 return redirect("admin:campaigns_campaign_change", campaign.pk)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "original": campaign,
-            "title": f"Send a test message: {campaign}",
+            "title": gettext("Send a test message: %(name)s") % {"name": campaign},
             "form": form,
         }
         return TemplateResponse(request, "admin/campaigns/campaign/test_message.html", context)
@@ -850,20 +872,28 @@ class CampaignAdmin(admin.ModelAdmin):
         formset.save_m2m()
 
 
-@admin.action(description="Outcome unknown: the provider sent them (record as sent)", permissions=["send"])
+@admin.action(description=_("Outcome unknown: the provider sent them (record as sent)"), permissions=["send"])
 def unknown_were_sent(modeladmin, request, queryset):
     done = services.settle_unknown_deliveries(
         delivery_ids=list(queryset.values_list("pk", flat=True)), was_sent=True, actor=request.user
     )
-    modeladmin.message_user(request, f"Recorded as sent: {done} message(s) of unknown outcome.", messages.SUCCESS)
+    modeladmin.message_user(
+        request,
+        gettext("Recorded as sent: %(n)d message(s) of unknown outcome.") % {"n": done},
+        messages.SUCCESS,
+    )
 
 
-@admin.action(description="Outcome unknown: not sent (send again, same key)", permissions=["send"])
+@admin.action(description=_("Outcome unknown: not sent (send again, same key)"), permissions=["send"])
 def unknown_send_again(modeladmin, request, queryset):
     done = services.settle_unknown_deliveries(
         delivery_ids=list(queryset.values_list("pk", flat=True)), was_sent=False, actor=request.user
     )
-    modeladmin.message_user(request, f"Queued again: {done} message(s) of unknown outcome.", messages.SUCCESS)
+    modeladmin.message_user(
+        request,
+        gettext("Queued again: %(n)d message(s) of unknown outcome.") % {"n": done},
+        messages.SUCCESS,
+    )
 
 
 @admin.register(Delivery)

@@ -1,11 +1,12 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class CampaignsConfig(AppConfig):
     """Reach and learn: segments, A/B-tested campaigns, delivery and conversion feedback."""
 
     name = "campaigns"
-    verbose_name = "Campaigns"
+    verbose_name = _("Campaigns")
     role_permissions = {
         # Everything but `set_channel_gateway` (where deliveries and the token go).
         "Operations": [

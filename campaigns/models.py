@@ -21,10 +21,10 @@ from profiles.models import Profile
 
 
 class ChannelKind(models.TextChoices):
-    PUSH = "push", "Push"
-    SMS = "sms", "SMS"
-    EMAIL = "email", "E-mail"
-    WEBHOOK = "webhook", "Webhook"
+    PUSH = "push", _("Push")
+    SMS = "sms", _("SMS")
+    EMAIL = "email", _("E-mail")
+    WEBHOOK = "webhook", _("Webhook")
 
 
 # Where each channel posts when no `Channel` row overrides it.
@@ -41,22 +41,22 @@ class Channel(models.Model):
     empty fields fall back to the settings."""
 
     kind = models.CharField(max_length=16, choices=ChannelKind.choices, unique=True)
-    url = models.URLField(blank=True, default="", help_text="Empty: the OPSLOOP_*_URL setting")
-    token = models.CharField(max_length=500, blank=True, default="", help_text="Empty: OPSLOOP_GATEWAY_TOKEN")
+    url = models.URLField(blank=True, default="", help_text=_("Empty: the OPSLOOP_*_URL setting"))
+    token = models.CharField(max_length=500, blank=True, default="", help_text=_("Empty: OPSLOOP_GATEWAY_TOKEN"))
     timeout_seconds = models.FloatField(default=5.0)
-    rate_per_second = models.PositiveIntegerField(default=0, help_text="Provider allowance; 0 means no limit")
+    rate_per_second = models.PositiveIntegerField(default=0, help_text=_("Provider allowance; 0 means no limit"))
     max_attempts = models.PositiveSmallIntegerField(
-        default=50, help_text="Most real attempts of one message (a safety cap; the retry window usually ends first)"
+        default=50, help_text=_("Most real attempts of one message (a safety cap; the retry window usually ends first)")
     )
     retry_window_minutes = models.PositiveIntegerField(
         default=180,
-        help_text="How long after its first attempt a message is still retried: the longest outage it survives",
+        help_text=_("How long after its first attempt a message is still retried: the longest outage it survives"),
     )
     backoff_base_seconds = models.FloatField(default=2.0)
     backoff_max_seconds = models.FloatField(default=600.0)
     at_most_once = models.BooleanField(
         default=False,
-        help_text=(
+        help_text=_(
             "For providers without idempotency keys: a message whose outcome could not be recorded (its worker died"
             " while posting) is marked 'unknown' for review instead of being sent again"
         ),
@@ -114,39 +114,39 @@ class Segment(models.Model):
 
 
 class CampaignStatus(models.TextChoices):
-    DRAFT = "draft", "Draft"
-    SCHEDULED = "scheduled", "Scheduled"
-    RUNNING = "running", "Running"
-    PAUSED = "paused", "Paused"
-    AWAITING_ROLLOUT = "awaiting_rollout", "Pilot done, awaiting rollout"
+    DRAFT = "draft", _("Draft")
+    SCHEDULED = "scheduled", _("Scheduled")
+    RUNNING = "running", _("Running")
+    PAUSED = "paused", _("Paused")
+    AWAITING_ROLLOUT = "awaiting_rollout", _("Pilot done, awaiting rollout")
     # Every message is out but its conversions still count until the attribution window closes;
     # a beat task (close_attribution_windows) moves it on to completed.
     SENT = "sent", _("Sent; counting conversions")
     COMPLETED = "completed", _("Completed (attribution window closed)")
-    CANCELLED = "cancelled", "Cancelled"
-    FAILED = "failed", "Failed (see the reason; retry)"
+    CANCELLED = "cancelled", _("Cancelled")
+    FAILED = "failed", _("Failed (see the reason; retry)")
 
 
 class CampaignPhase(models.TextChoices):
-    NONE = "", "Not started"
-    PILOT = "pilot", "Pilot"
-    ROLLOUT = "rollout", "Rollout"
-    FULL = "full", "Full send"
-    RECURRING = "recurring", "Recurring"
-    TRIGGERED = "triggered", "Triggered"
-    JOURNEY = "journey", "Journey (steps)"
+    NONE = "", _("Not started")
+    PILOT = "pilot", _("Pilot")
+    ROLLOUT = "rollout", _("Rollout")
+    FULL = "full", _("Full send")
+    RECURRING = "recurring", _("Recurring")
+    TRIGGERED = "triggered", _("Triggered")
+    JOURNEY = "journey", _("Journey (steps)")
 
 
 class ScheduleKind(models.TextChoices):
-    NOW = "now", "At launch"
-    AT = "at", "At a time"
-    CRON = "cron", "Recurring (cron)"
-    TRIGGER = "trigger", "Triggered by an event or a tag gain"
+    NOW = "now", _("At launch")
+    AT = "at", _("At a time")
+    CRON = "cron", _("Recurring (cron)")
+    TRIGGER = "trigger", _("Triggered by an event or a tag gain")
 
 
 class AllocationKind(models.TextChoices):
-    FIXED = "fixed", "Fixed split (the variants' weights)"
-    THOMPSON = "thompson", "Bandit (Thompson sampling on margin net of coupon cost)"
+    FIXED = "fixed", _("Fixed split (the variants' weights)")
+    THOMPSON = "thompson", _("Bandit (Thompson sampling on margin net of coupon cost)")
 
 
 # A tag a campaign can be triggered by: a tag slug, short enough that `tag:<name>` fits a phase.
@@ -164,10 +164,10 @@ class Campaign(models.Model):
     holdout_percent = models.DecimalField(max_digits=5, decimal_places=2, default=10)
     pilot_percent = models.DecimalField(max_digits=5, decimal_places=2, default=0)
     auto_rollout = models.BooleanField(
-        default=False, help_text="Send the winner to the rest once the pilot's window closes, if significant"
+        default=False, help_text=_("Send the winner to the rest once the pilot's window closes, if significant")
     )
     alpha = models.FloatField(default=0.05)
-    min_sample = models.PositiveIntegerField(default=100, help_text="Assigned per group before a winner is named")
+    min_sample = models.PositiveIntegerField(default=100, help_text=_("Assigned per group before a winner is named"))
     frequency_cap_per_day = models.PositiveSmallIntegerField(default=1)
     respect_quiet_hours = models.BooleanField(default=True)
     quiet_start_hour = models.PositiveSmallIntegerField(default=21)
@@ -181,38 +181,38 @@ class Campaign(models.Model):
         blank=True,
         default="",
         validators=[RegexValidator(TRIGGER_TAG_PATTERN, "A tag name: 1-64 chars of a-z A-Z 0-9 _ -")],
-        help_text="Triggered: send when a member gains this tag (instead of an event)",
+        help_text=_("Triggered: send when a member gains this tag (instead of an event)"),
     )
     trigger_tag_cursor = models.BigIntegerField(
-        default=0, editable=False, help_text="The last tag change (profiles_tagchange id) already processed"
+        default=0, editable=False, help_text=_("The last tag change (profiles_tagchange id) already processed")
     )
     delay_minutes = models.PositiveIntegerField(default=0)
     allocation = models.CharField(
         max_length=16,
         choices=AllocationKind.choices,
         default=AllocationKind.FIXED,
-        help_text="Recurring and triggered campaigns may let a bandit move newcomers to the better variants",
+        help_text=_("Recurring and triggered campaigns may let a bandit move newcomers to the better variants"),
     )
     bandit_floor_percent = models.DecimalField(
         max_digits=5,
         decimal_places=2,
         default=5,
-        help_text="Bandit: the least share of the audience each variant keeps (percent), so each goes on learning",
+        help_text=_("Bandit: the least share of the audience each variant keeps (percent), so each goes on learning"),
     )
     bandit_interval_minutes = models.PositiveIntegerField(
-        default=60, help_text="Bandit: shares change at most this often"
+        default=60, help_text=_("Bandit: shares change at most this often")
     )
     margin_percent = models.DecimalField(
         max_digits=5,
         decimal_places=2,
         default=30,
-        help_text="Bandit: the share of an order's amount that is margin (its reward is margin minus coupon cost)",
+        help_text=_("Bandit: the share of an order's amount that is margin (its reward is margin minus coupon cost)"),
     )
     bandit_seed = models.BigIntegerField(
-        null=True, blank=True, help_text="Bandit: fixes the random draws (reproducible shares); empty: random"
+        null=True, blank=True, help_text=_("Bandit: fixes the random draws (reproducible shares); empty: random")
     )
     allocation_error = models.TextField(
-        blank=True, default="", help_text="Why the last reallocation failed (the shares before it stay in force)"
+        blank=True, default="", help_text=_("Why the last reallocation failed (the shares before it stay in force)")
     )
     allocation_error_at = models.DateTimeField(null=True, blank=True)
     periodic_task = models.OneToOneField(
@@ -237,7 +237,7 @@ class Campaign(models.Model):
         null=True, blank=True, help_text=_("Results as of the last send, then frozen when the window closes")
     )
     failed_at = models.DateTimeField(null=True, blank=True)
-    failure_reason = models.TextField(blank=True, default="", help_text="Why its last background step failed")
+    failure_reason = models.TextField(blank=True, default="", help_text=_("Why its last background step failed"))
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -309,7 +309,7 @@ class Variant(models.Model):
         blank=True,
         on_delete=models.PROTECT,
         related_name="variants",
-        help_text="Send this material version (personalised per person) instead of the title and body",
+        help_text=_("Send this material version (personalised per person) instead of the title and body"),
     )
 
     class Meta:
@@ -325,9 +325,9 @@ class Variant(models.Model):
 
 
 class AllocationReason(models.TextChoices):
-    LAUNCH = "launch", "At launch (the weights)"
-    THOMPSON = "thompson", "Thompson sampling"
-    BUDGET = "budget", "A variant's coupon budget ran out"
+    LAUNCH = "launch", _("At launch (the weights)")
+    THOMPSON = "thompson", _("Thompson sampling")
+    BUDGET = "budget", _("A variant's coupon budget ran out")
 
 
 class Allocation(models.Model):
@@ -337,11 +337,11 @@ class Allocation(models.Model):
     every group with the counts its shares predicted, however often the bandit moved them."""
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="allocations")
-    shares = models.JSONField(help_text="Group key (holdout or a variant id) -> share of newcomers; sums to 1")
+    shares = models.JSONField(help_text=_("Group key (holdout or a variant id) -> share of newcomers; sums to 1"))
     valid_from = models.DateTimeField(default=timezone.now)
     reason = models.CharField(max_length=16, choices=AllocationReason.choices)
     details = models.JSONField(
-        default=dict, blank=True, help_text="What the shares were computed from: per variant data, P(best), budgets"
+        default=dict, blank=True, help_text=_("What the shares were computed from: per variant data, P(best), budgets")
     )
 
     class Meta:
@@ -353,10 +353,10 @@ class Allocation(models.Model):
 
 
 class AssignmentRole(models.TextChoices):
-    HOLDOUT = "holdout", "Holdout"
-    PILOT = "pilot", "Pilot"
-    ROLLOUT = "rollout", "Rest (rollout)"
-    TEST = "test", "Test (no pilot)"
+    HOLDOUT = "holdout", _("Holdout")
+    PILOT = "pilot", _("Pilot")
+    ROLLOUT = "rollout", _("Rest (rollout)")
+    TEST = "test", _("Test (no pilot)")
 
 
 class Assignment(models.Model):
@@ -367,7 +367,7 @@ class Assignment(models.Model):
     user_id = models.CharField(max_length=128)
     role = models.CharField(max_length=16, choices=AssignmentRole.choices)
     variant = models.ForeignKey(Variant, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
-    position = models.PositiveIntegerField(help_text="Rank in the campaign's hash order")
+    position = models.PositiveIntegerField(help_text=_("Rank in the campaign's hash order"))
     # Without an index: read only per campaign, with the campaign's own rows (the SRM check).
     allocation = models.ForeignKey(
         Allocation, null=True, blank=True, on_delete=models.RESTRICT, related_name="+", db_index=False
@@ -383,13 +383,13 @@ class Assignment(models.Model):
 
 
 class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENDING = "sending", "Sending"
-    SENT = "sent", "Sent"
-    DELIVERED = "delivered", "Delivered"
-    FAILED = "failed", "Failed"
-    SKIPPED = "skipped", "Skipped"
-    UNKNOWN = "unknown", "Outcome unknown (review)"
+    PENDING = "pending", _("Pending")
+    SENDING = "sending", _("Sending")
+    SENT = "sent", _("Sent")
+    DELIVERED = "delivered", _("Delivered")
+    FAILED = "failed", _("Failed")
+    SKIPPED = "skipped", _("Skipped")
+    UNKNOWN = "unknown", _("Outcome unknown (review)")
 
 
 class Delivery(models.Model):
@@ -400,21 +400,23 @@ class Delivery(models.Model):
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
     user_id = models.CharField(max_length=128)
     channel = models.CharField(max_length=16, choices=ChannelKind.choices)
-    phase = models.CharField(max_length=80, help_text="pilot, rollout, full, run:<time>, trigger:<event> or tag:<tag>")
+    phase = models.CharField(
+        max_length=80, help_text=_("pilot, rollout, full, run:<time>, trigger:<event> or tag:<tag>")
+    )
     idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     status = models.CharField(max_length=16, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
-    not_before = models.DateTimeField(null=True, blank=True, help_text="Quiet hours, a delay or a retry")
-    attempts = models.PositiveSmallIntegerField(default=0, help_text="Posts made to the provider")
+    not_before = models.DateTimeField(null=True, blank=True, help_text=_("Quiet hours, a delay or a retry"))
+    attempts = models.PositiveSmallIntegerField(default=0, help_text=_("Posts made to the provider"))
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(
-        null=True, blank=True, help_text="While sending: renewed by the worker's heartbeat (its lease)"
+        null=True, blank=True, help_text=_("While sending: renewed by the worker's heartbeat (its lease)")
     )
-    lease = models.UUIDField(null=True, blank=True, editable=False, help_text="The claim of the worker sending it")
+    lease = models.UUIDField(null=True, blank=True, editable=False, help_text=_("The claim of the worker sending it"))
     posting_since = models.DateTimeField(
-        null=True, blank=True, help_text="Set just before the post, cleared with its outcome: in flight"
+        null=True, blank=True, help_text=_("Set just before the post, cleared with its outcome: in flight")
     )
     queued_at = models.DateTimeField(null=True, blank=True)
-    cap_day = models.DateField(null=True, blank=True, help_text="Day counted against the frequency cap")
+    cap_day = models.DateField(null=True, blank=True, help_text=_("Day counted against the frequency cap"))
     sent_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     opened_at = models.DateTimeField(null=True, blank=True)
@@ -425,7 +427,7 @@ class Delivery(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        verbose_name_plural = "deliveries"
+        verbose_name_plural = _("deliveries")
         constraints = [
             models.UniqueConstraint(fields=["campaign", "profile", "phase"], name="delivery_once_per_phase"),
         ]

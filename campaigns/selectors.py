@@ -10,6 +10,7 @@ import numpy as np
 from django.db import connection
 from django.db.models import Count, Sum
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from campaigns import bandit
@@ -93,8 +94,11 @@ def campaign_warnings(campaign: Campaign) -> list[str]:
     trigger = campaign.trigger_event if campaign.schedule_kind == ScheduleKind.TRIGGER else ""
     if trigger and not event_name_seen(trigger):
         warnings.append(
-            f"No event named {trigger!r} has been recorded yet: the campaign sends only once the product "
-            "sends one (check the spelling)."
+            gettext(
+                "No event named %(event)r has been recorded yet: the campaign sends only once the product "
+                "sends one (check the spelling)."
+            )
+            % {"event": trigger}
         )
     return warnings
 
@@ -195,7 +199,7 @@ LEFT JOIN LATERAL (
       AND e.timestamp >= w.assigned_at - %(pre_period)s AND e.timestamp < w.assigned_at
 ) pre ON true
 """
-CUPED_COVARIATES = ("orders in the 30 days before", "events in the 30 days before")
+CUPED_COVARIATES = (_("orders in the 30 days before"), _("events in the 30 days before"))
 
 
 def _member_outcomes(campaign: Campaign) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -468,10 +472,10 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
     winner = decision["winner"] if not srm_blocked else None
     reason = decision["reason"]
     if srm_blocked:
-        reason = (
-            f"sample ratio mismatch (p = {stats['srm_p_value']:.4g} < {SRM_THRESHOLD}): the groups are out of "
+        reason = gettext(
+            "sample ratio mismatch (p = %(p)s < %(threshold)s): the groups are out of "
             "balance, so no variant is rolled out until the assignment is checked"
-        )
+        ) % {"p": f"{stats['srm_p_value']:.4g}", "threshold": SRM_THRESHOLD}
     cuped = _cuped(campaign, keys, control_key, planned)
     sequential_rates = {
         c.name: sequential_rate(c.converted, c.assigned, alpha=campaign.alpha, planned_sample=planned) for c in counts
@@ -527,7 +531,7 @@ def campaign_results(campaign: Campaign) -> dict[str, Any]:
         "winner": winner,
         "winner_reason": None if winner else reason,
         "fixed_winner": fixed_winner,
-        "cuped_covariates": list(CUPED_COVARIATES),
+        "cuped_covariates": [str(c) for c in CUPED_COVARIATES],
         "rolled_out_variant": campaign.winner.name if campaign.winner_id else None,
         "rolled_out_at": campaign.rolled_out_at.isoformat() if campaign.rolled_out_at else None,
         "groups": groups,
@@ -599,28 +603,45 @@ def explain(results: dict[str, Any]) -> str:
         if g is None or g["sequential"]["p_value"] is None:
             continue
         seq = g["sequential"]
-        verb = (
-            "beats" if seq["beats_control"] else "does not yet beat" if (g["uplift_vs_holdout"] or 0) >= 0 else "trails"
-        )
-        text = (
-            f"{name} {verb} {control} by {_pts(g['uplift_vs_holdout'])} ({confidence} always-valid CI "
-            f"{_interval(seq['uplift_ci_low'], seq['uplift_ci_high'])}, "
-            f"Holm-adjusted p {formatting.p_value(seq['p_value_holm'])})"
-        )
+        if seq["beats_control"]:
+            sentence = gettext(
+                "%(name)s beats %(control)s by %(uplift)s (%(confidence)s always-valid CI %(ci)s, %(p)s)"
+            )
+        elif (g["uplift_vs_holdout"] or 0) >= 0:
+            sentence = gettext(
+                "%(name)s does not yet beat %(control)s by %(uplift)s (%(confidence)s always-valid CI %(ci)s, %(p)s)"
+            )
+        else:
+            sentence = gettext(
+                "%(name)s trails %(control)s by %(uplift)s (%(confidence)s always-valid CI %(ci)s, %(p)s)"
+            )
+        text = sentence % {
+            "name": name,
+            "control": control,
+            "uplift": _pts(g["uplift_vs_holdout"]),
+            "confidence": confidence,
+            "ci": _interval(seq["uplift_ci_low"], seq["uplift_ci_high"]),
+            "p": gettext("Holm-adjusted p %(p)s") % {"p": formatting.p_value(seq["p_value_holm"])},
+        }
         for other in seq["vs_others"]:
-            word = "beats" if other["beats"] else "does not beat"
             p = other["p_value_holm"]
-            text += f"; {word} {other['name']} (Holm-adjusted p {'-' if p is None else formatting.p_value(p)})"
+            words = {"other": other["name"], "p": "-" if p is None else formatting.p_value(p)}
+            if other["beats"]:
+                text += gettext("; beats %(other)s (Holm-adjusted p %(p)s)") % words
+            else:
+                text += gettext("; does not beat %(other)s (Holm-adjusted p %(p)s)") % words
         lines.append(text + ".")
     if results["srm_blocked"]:
-        lines.append(f"Roll-out blocked: {results['winner_reason']}.")
+        lines.append(gettext("Roll-out blocked: %(reason)s.") % {"reason": results["winner_reason"]})
     if results["rolled_out_variant"]:
         when = formatting.local_time(results["rolled_out_at"]) if results["rolled_out_at"] else "-"
-        lines.append(f"{results['rolled_out_variant']} rolled out at {when}.")
+        lines.append(
+            gettext("%(variant)s rolled out at %(when)s.") % {"variant": results["rolled_out_variant"], "when": when}
+        )
     elif results["winner"]:
-        lines.append(f"{results['winner']} is the winner: safe to roll out.")
+        lines.append(gettext("%(winner)s is the winner: safe to roll out.") % {"winner": results["winner"]})
     elif not results["srm_blocked"]:
-        lines.append(f"No winner yet: {results['winner_reason']}.")
+        lines.append(gettext("No winner yet: %(reason)s.") % {"reason": results["winner_reason"]})
     return " ".join(lines)
 
 

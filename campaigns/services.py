@@ -28,6 +28,7 @@ from django.db.models import Q, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Coalesce, NullIf
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from campaigns import bandit, channels, errors, sending, validation
@@ -214,13 +215,16 @@ def create_campaign(
 def _locked(campaign_id: int) -> Campaign:
     campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
     if campaign is None:
-        raise errors.CampaignNotFound(f"No campaign {campaign_id}.")
+        raise errors.CampaignNotFound(gettext("No campaign %(id)s.") % {"id": campaign_id})
     return campaign
 
 
 def _refuse_unless(campaign: Campaign, allowed: Iterable[str], action: str) -> None:
     if campaign.status not in allowed:
-        raise errors.InvalidTransition(f"Cannot {action} a campaign that is {campaign.status}.", status=campaign.status)
+        raise errors.InvalidTransition(
+            gettext("Cannot %(action)s a campaign that is %(status)s.") % {"action": action, "status": campaign.status},
+            status=campaign.status,
+        )
 
 
 def channel_is_configured(kind: str) -> bool:
@@ -272,11 +276,14 @@ def launch_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None)
     campaign = _locked(campaign_id)
     _refuse_unless(campaign, [CampaignStatus.DRAFT], "launch")
     if not channel_is_configured(campaign.channel):
-        raise errors.ChannelNotConfigured(f"The {campaign.channel} channel has no gateway URL configured.")
+        raise errors.ChannelNotConfigured(
+            gettext("The %(kind)s channel has no gateway URL configured.") % {"kind": campaign.channel}
+        )
     if problems := validation.launch_problems(campaign):
         # Refused now, with the fields, rather than discovered later by a worker.
         raise errors.InvalidConfiguration(
-            "This campaign cannot work as configured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+            gettext("This campaign cannot work as configured: %(problems)s")
+            % {"problems": "; ".join(f"{k}: {v}" for k, v in problems.items())},
             fields=problems,
         )
     now = timezone.now()
@@ -919,13 +926,16 @@ def rollout_risk(results: dict[str, Any], variant_name: str) -> str | None:
     when it is the winner they name."""
     if results["winner"] == variant_name:
         return None
-    reason = results.get("winner_reason") or "it is not the winner"
+    reason = results.get("winner_reason") or gettext("it is not the winner")
     if results["winner"]:
-        return f"{variant_name} is not the winner ({results['winner']} is); rolling it out may send a worse variant"
-    return (
-        f"{variant_name} is not shown to be better ({reason}); rolling it out now may send a variant that is no "
+        return gettext("%(variant)s is not the winner (%(winner)s is); rolling it out may send a worse variant") % {
+            "variant": variant_name,
+            "winner": results["winner"],
+        }
+    return gettext(
+        "%(variant)s is not shown to be better (%(reason)s); rolling it out now may send a variant that is no "
         "better than the control, the false roll-out that looking at a test until it passes produces"
-    )
+    ) % {"variant": variant_name, "reason": reason}
 
 
 @transaction.atomic
@@ -948,26 +958,31 @@ def rollout_campaign(
     campaign = _locked(campaign_id)
     _refuse_unless(campaign, [CampaignStatus.RUNNING, CampaignStatus.AWAITING_ROLLOUT], "roll out")
     if campaign.phase != CampaignPhase.PILOT:
-        raise errors.NoPilot("Only a campaign in its pilot phase can be rolled out.", phase=campaign.phase)
+        raise errors.NoPilot(gettext("Only a campaign in its pilot phase can be rolled out."), phase=campaign.phase)
     results = campaign_results(campaign)
     if results["srm_blocked"]:
         raise errors.SampleRatioMismatch(
-            f"Roll-out blocked: {results['winner_reason']}.", srm_p_value=results["srm_p_value"]
+            gettext("Roll-out blocked: %(reason)s.") % {"reason": results["winner_reason"]},
+            srm_p_value=results["srm_p_value"],
         )
     if variant_name:
         variant = campaign.variants.filter(name=variant_name).first()
         if variant is None:
-            raise errors.VariantNotFound(f"No variant named {variant_name!r} in this campaign.")
+            raise errors.VariantNotFound(
+                gettext("No variant named %(name)r in this campaign.") % {"name": variant_name}
+            )
     else:
         if results["winner"] is None:
             raise errors.NoWinner(
-                f"No winner yet: {results['winner_reason']}; name the variant to roll out (and confirm the risk)."
+                gettext("No winner yet: %(reason)s; name the variant to roll out (and confirm the risk).")
+                % {"reason": results["winner_reason"]}
             )
         variant = campaign.variants.get(name=results["winner"])
     risk = rollout_risk(results, variant.name)
     if risk and not confirm:
         raise errors.ConfirmationRequired(
-            f"Not supported by the always-valid results: {risk}. Repeat with confirm to roll it out anyway.",
+            gettext("Not supported by the always-valid results: %(risk)s. Repeat with confirm to roll it out anyway.")
+            % {"risk": risk},
             risk=risk,
             winner=results["winner"],
         )
@@ -1266,7 +1281,7 @@ def send_test_message(*, campaign: Campaign, variant: Variant, user_id: str, act
     """Send one variant to a staff member's own device now, outside the campaign's counters."""
     profile = Profile.objects.filter(user_id=user_id).first()
     if profile is None:
-        raise errors.NoRecipient(f"No profile with user id {user_id!r}.")
+        raise errors.NoRecipient(gettext("No profile with user id %(user_id)r.") % {"user_id": user_id})
     payload = {
         "delivery_id": None,
         "idempotency_key": f"test-{campaign.pk}-{variant.pk}-{timezone.now().timestamp()}",

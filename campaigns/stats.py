@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from django.utils.translation import gettext
 from scipy.stats import chisquare
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint, proportions_ztest
 
@@ -244,9 +245,12 @@ def sequential_decision(
     winner = winners[0] if winners and not blocked else None
     reason = None
     if blocked:
-        reason = f"sample ratio mismatch (p = {srm:.4g} < {SRM_THRESHOLD}): the groups are out of balance"
+        reason = gettext("sample ratio mismatch (p = %(p)s < %(threshold)s): the groups are out of balance") % {
+            "p": f"{srm:.4g}",
+            "threshold": SRM_THRESHOLD,
+        }
     elif winner is None:
-        reason = "no variant beats the control and every other variant on always-valid evidence yet"
+        reason = gettext("no variant beats the control and every other variant on always-valid evidence yet")
     return {"groups": per_group, "srm_p_value": srm, "srm_blocked": blocked, "winner": winner, "reason": reason}
 
 

@@ -14,6 +14,7 @@ from decimal import Decimal
 from celery.schedules import crontab
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from campaigns.models import AllocationKind, Campaign, ChannelKind, ScheduleKind, Segment
 from campaigns.segments import DefinitionError, compile_definition
@@ -48,14 +49,15 @@ def share_problems(holdout_percent: Decimal | float | None, pilot_percent: Decim
     holdout, pilot = Decimal(str(holdout_percent or 0)), Decimal(str(pilot_percent or 0))
     problems: Problems = {}
     if not 0 <= holdout <= MAX_HOLDOUT_PERCENT:
-        problems["holdout_percent"] = f"The holdout is 0 to {MAX_HOLDOUT_PERCENT}% of the audience."
+        problems["holdout_percent"] = gettext("The holdout is 0 to %(max)s%% of the audience.") % {
+            "max": MAX_HOLDOUT_PERCENT
+        }
     if not 0 <= pilot <= MAX_PILOT_PERCENT:
-        problems["pilot_percent"] = f"The pilot is 0 to {MAX_PILOT_PERCENT}% of the audience."
+        problems["pilot_percent"] = gettext("The pilot is 0 to %(max)s%% of the audience.") % {"max": MAX_PILOT_PERCENT}
     elif holdout + pilot >= 100:
-        problems["pilot_percent"] = (
-            f"Holdout and pilot together must stay below 100% (here {holdout + pilot}%): nobody would be left "
-            "for the roll-out."
-        )
+        problems["pilot_percent"] = gettext(
+            "Holdout and pilot together must stay below 100%% (here %(sum)s%%): nobody would be left for the roll-out."
+        ) % {"sum": holdout + pilot}
     return problems
 
 
@@ -64,15 +66,25 @@ def variant_problems(variants: Iterable[tuple[str, int]]) -> Problems:
     variants = list(variants)
     names = [name for name, _weight in variants]
     if not MIN_VARIANTS <= len(variants) <= MAX_VARIANTS:
-        return {"variants": f"A campaign has {MIN_VARIANTS} to {MAX_VARIANTS} variants; this one has {len(variants)}."}
+        return {
+            "variants": gettext("A campaign has %(min)d to %(max)d variants; this one has %(n)d.")
+            % {"min": MIN_VARIANTS, "max": MAX_VARIANTS, "n": len(variants)}
+        }
     reserved = sorted(RESERVED_VARIANT_NAMES & set(names))
     if reserved:
-        return {"variants": f"{', '.join(reserved)} names a group of the results; call the variant otherwise."}
+        return {
+            "variants": gettext("%(names)s names a group of the results; call the variant otherwise.")
+            % {"names": ", ".join(reserved)}
+        }
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        return {"variants": f"Variant names must be unique; repeated: {', '.join(repeated)}."}
+        return {
+            "variants": gettext("Variant names must be unique; repeated: %(names)s.") % {"names": ", ".join(repeated)}
+        }
     if sum(weight for _name, weight in variants) <= 0:
-        return {"variants": "The variants' weights sum to 0, so no variant could be picked; give one a weight."}
+        return {
+            "variants": gettext("The variants' weights sum to 0, so no variant could be picked; give one a weight.")
+        }
     return {}
 
 
@@ -89,30 +101,37 @@ def allocation_problems(
     """A bandit needs a schedule that keeps assigning newcomers, a floor every variant can have
     beside the holdout, an interval and a margin; a fixed split needs none of these."""
     if allocation not in AllocationKind.values:
-        return {"allocation": f"One of {', '.join(AllocationKind.values)}."}
+        return {"allocation": gettext("One of %(values)s.") % {"values": ", ".join(AllocationKind.values)}}
     if allocation == AllocationKind.FIXED:
         return {}
     problems: Problems = {}
     if schedule_kind not in BANDIT_SCHEDULES:
-        problems["allocation"] = (
+        problems["allocation"] = gettext(
             "A bandit applies to recurring (cron) and triggered campaigns only: a one-off send assigns its whole "
             "audience at once, before any result could move the shares."
         )
     elif variant_count is not None and variant_count < 2:
-        problems["allocation"] = "A bandit chooses between variants: give it at least two."
+        problems["allocation"] = gettext("A bandit chooses between variants: give it at least two.")
     holdout, floor = Decimal(str(holdout_percent or 0)), Decimal(str(floor_percent or 0))
     if floor <= 0:
-        problems["bandit_floor_percent"] = "Above 0: a variant without traffic would never be learned about again."
-    elif variant_count and holdout + floor * variant_count > 100:
-        problems["bandit_floor_percent"] = (
-            f"{variant_count} variants at {floor}% each and a {holdout}% holdout exceed 100%; lower the floor to at "
-            f"most {((100 - holdout) / variant_count).quantize(Decimal('0.01'), rounding='ROUND_DOWN')}%."
+        problems["bandit_floor_percent"] = gettext(
+            "Above 0: a variant without traffic would never be learned about again."
         )
+    elif variant_count and holdout + floor * variant_count > 100:
+        problems["bandit_floor_percent"] = gettext(
+            "%(n)d variants at %(floor)s%% each and a %(holdout)s%% holdout exceed 100%%; lower the floor to at "
+            "most %(most)s%%."
+        ) % {
+            "n": variant_count,
+            "floor": floor,
+            "holdout": holdout,
+            "most": ((100 - holdout) / variant_count).quantize(Decimal("0.01"), rounding="ROUND_DOWN"),
+        }
     if interval_minutes is None or not 1 <= interval_minutes <= MAX_BANDIT_INTERVAL_MINUTES:
-        problems["bandit_interval_minutes"] = f"1 to {MAX_BANDIT_INTERVAL_MINUTES} minutes."
+        problems["bandit_interval_minutes"] = gettext("1 to %(max)d minutes.") % {"max": MAX_BANDIT_INTERVAL_MINUTES}
     margin = Decimal(str(margin_percent)) if margin_percent is not None else Decimal(-1)
     if not 0 < margin <= 100:
-        problems["margin_percent"] = "The share of an order's amount that is margin: above 0 and at most 100."
+        problems["margin_percent"] = gettext("The share of an order's amount that is margin: above 0 and at most 100.")
     return problems
 
 
@@ -140,14 +159,17 @@ def cron_problem(expression: str, *, now: dt.datetime | None = None) -> str | No
     try:
         plain = celery_cron(expression)
     except ValueError as exc:
-        return f"Invalid cron expression: {exc}"
+        return gettext("Invalid cron expression: %(error)s") % {"error": exc}
     start = now or timezone.now()
     try:
         croniter(plain, start, day_or=False, max_years_between_matches=CRON_HORIZON_YEARS).get_next(dt.datetime)
     except CroniterBadDateError:
-        return f"{expression!r} never fires: no such date in the next {CRON_HORIZON_YEARS} years."
+        return gettext("%(expression)r never fires: no such date in the next %(years)d years.") % {
+            "expression": expression,
+            "years": CRON_HORIZON_YEARS,
+        }
     except (CroniterBadCronError, ValueError, KeyError) as exc:
-        return f"Invalid cron expression: {exc}"
+        return gettext("Invalid cron expression: %(error)s") % {"error": exc}
     return None
 
 
@@ -155,27 +177,34 @@ def segment_problem(segment_id: int | None) -> str | None:
     """Why this segment cannot be an audience: gone, or its definition no longer compiles."""
     segment = Segment.objects.filter(pk=segment_id).first() if segment_id else None
     if segment is None:
-        return f"No segment {segment_id}: it was deleted or never existed."
+        return gettext("No segment %(id)s: it was deleted or never existed.") % {"id": segment_id}
     try:
         compile_definition(segment.definition)
     except DefinitionError as exc:
-        return f"The definition of segment {segment.pk} ({segment.name}) no longer compiles: {exc}"
+        return gettext("The definition of segment %(id)s (%(name)s) no longer compiles: %(error)s") % {
+            "id": segment.pk,
+            "name": segment.name,
+            "error": exc,
+        }
     return None
 
 
 def channel_problem(kind: str, *, must_be_ready: bool) -> str | None:
     """An unknown channel; with `must_be_ready`, also one switched off or without a gateway."""
     if kind not in ChannelKind.values:
-        return f"Unknown channel {kind!r}; one of {', '.join(ChannelKind.values)}."
+        return gettext("Unknown channel %(kind)r; one of %(kinds)s.") % {
+            "kind": kind,
+            "kinds": ", ".join(ChannelKind.values),
+        }
     if not must_be_ready:
         return None
     # The configuration read the sending code itself uses (imported here: services imports us).
     from campaigns import channels, services
 
     if kind != ChannelKind.EMAIL and not channels.channel_config(kind).enabled:
-        return f"The {kind} channel is disabled (Campaigns > Channels)."
+        return gettext("The %(kind)s channel is disabled (Campaigns > Channels).") % {"kind": kind}
     if not services.channel_is_configured(kind):
-        return f"The {kind} channel has no gateway URL configured."
+        return gettext("The %(kind)s channel has no gateway URL configured.") % {"kind": kind}
     return None
 
 
@@ -192,11 +221,17 @@ def material_problems(channel: str, variants: Iterable[tuple[str, int | None]], 
     for name, pk in variants:
         version = versions.get(pk)
         if version is None:
-            reasons.append(f"variant {name}: no material version {pk}")
+            reasons.append(gettext("variant %(name)s: no material version %(id)s") % {"name": name, "id": pk})
         elif version.material.channel != channel:
-            reasons.append(f"variant {name}: {version} is a {version.material.channel} material, not {channel}")
+            reasons.append(
+                gettext("variant %(name)s: %(version)s is a %(material_channel)s material, not %(channel)s")
+                % {"name": name, "version": version, "material_channel": version.material.channel, "channel": channel}
+            )
         elif must_be_approved and version.status != VersionStatus.APPROVED:
-            reasons.append(f"variant {name}: {version} is a draft; an Operations lead approves it before launch")
+            reasons.append(
+                gettext("variant %(name)s: %(version)s is a draft; an Operations lead approves it before launch")
+                % {"name": name, "version": version}
+            )
     return {"variants": "; ".join(reasons) + "."} if reasons else {}
 
 

@@ -15,6 +15,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
 from community import exports, selectors, services
@@ -36,11 +38,11 @@ from config.errors import DomainError
 
 
 class AssignedFilter(admin.SimpleListFilter):
-    title = "assignment"
+    title = _("assignment")
     parameter_name = "assigned"
 
     def lookups(self, request, model_admin):
-        return [("no", "Unassigned"), ("yes", "Assigned")]
+        return [("no", _("Unassigned")), ("yes", _("Assigned"))]
 
     def queryset(self, request, queryset):
         if self.value() == "no":
@@ -84,30 +86,32 @@ class OperatorAccountAdmin(_AssignableAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(contact_count=Count("contacts"))
 
-    @admin.display(description="contacts", ordering="contact_count")
+    @admin.display(description=_("contacts"), ordering="contact_count")
     def contacts(self, obj: OperatorAccount) -> int:
         return obj.contact_count
 
 
 class RangeForm(forms.Form):
-    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text="exclusive")
+    start = forms.DateField(label=_("Start"), required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(
+        label=_("End"), required=False, widget=forms.DateInput(attrs={"type": "date"}), help_text=_("exclusive")
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         end = data.get("end") or datetime.now(tz=UTC).date() + timedelta(days=1)
         start = data.get("start") or end - timedelta(days=90)
         if start >= end:
-            raise forms.ValidationError("The end must be after the start.")
+            raise forms.ValidationError(gettext("The end must be after the start."))
         if (end - start).days > 366:
-            raise forms.ValidationError("At most 366 days at a time.")
+            raise forms.ValidationError(gettext("At most 366 days at a time."))
         data["start_at"] = datetime(start.year, start.month, start.day, tzinfo=UTC)
         data["end_at"] = datetime(end.year, end.month, end.day, tzinfo=UTC)
         return data
 
 
 class WindowForm(forms.Form):
-    days = forms.IntegerField(required=False, min_value=1, max_value=365, initial=30)
+    days = forms.IntegerField(label=_("Days"), required=False, min_value=1, max_value=365, initial=30)
 
 
 @admin.register(CommunityGroup)
@@ -119,13 +123,13 @@ class CommunityGroupAdmin(_AssignableAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(member_count=Count("memberships"))
 
-    @admin.display(description="members (ever)", ordering="member_count")
+    @admin.display(description=_("members (ever)"), ordering="member_count")
     def members(self, obj: CommunityGroup) -> int:
         return obj.member_count
 
-    @admin.display(description="health")
+    @admin.display(description=_("health"))
     def health(self, obj: CommunityGroup) -> str:
-        return format_html('<a href="{}?group={}">health</a>', reverse("admin:community_health"), obj.pk)
+        return format_html('<a href="{}?group={}">{}</a>', reverse("admin:community_health"), obj.pk, gettext("health"))
 
     def get_urls(self):
         view = self.admin_site.admin_view
@@ -148,7 +152,7 @@ class CommunityGroupAdmin(_AssignableAdmin):
             raise PermissionDenied
         form = RangeForm(request.GET or {})
         if not form.is_valid():
-            return self._page(request, "funnel.html", "Community funnel", form=form)
+            return self._page(request, "funnel.html", gettext("Community funnel"), form=form)
         start, end = form.cleaned_data["start_at"], form.cleaned_data["end_at"]
         funnel = selectors.community_funnel(start=start, end=end)
         cohorts = selectors.contact_cohorts(start=start, end=end)
@@ -164,7 +168,13 @@ class CommunityGroupAdmin(_AssignableAdmin):
             },
         }
         return self._page(
-            request, "funnel.html", "Community funnel", form=form, funnel=funnel, cohorts=cohorts, charts=charts
+            request,
+            "funnel.html",
+            gettext("Community funnel"),
+            form=form,
+            funnel=funnel,
+            cohorts=cohorts,
+            charts=charts,
         )
 
     def health_view(self, request: HttpRequest) -> HttpResponse:
@@ -176,7 +186,7 @@ class CommunityGroupAdmin(_AssignableAdmin):
         if (group := request.GET.get("group", "")).isdigit():
             group_ids = [int(group)]
         rows = selectors.group_health(as_of=datetime.now(tz=UTC), days=days, group_ids=group_ids)
-        return self._page(request, "health.html", "Group health", form=form, rows=rows, days=days)
+        return self._page(request, "health.html", gettext("Group health"), form=form, rows=rows, days=days)
 
     def apps_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
@@ -184,7 +194,7 @@ class CommunityGroupAdmin(_AssignableAdmin):
         form = WindowForm(request.GET or None)
         days = (form.cleaned_data.get("days") if form.is_valid() else None) or 30
         data = selectors.competitor_apps(as_of=datetime.now(tz=UTC), days=days)
-        return self._page(request, "apps.html", "Competitor apps", form=form, data=data)
+        return self._page(request, "apps.html", gettext("Competitor apps"), form=form, data=data)
 
 
 @admin.register(Contact)
@@ -235,7 +245,7 @@ class ScoreDimensionAdmin(admin.ModelAdmin):
     list_editable = ["weight"]
     readonly_fields = ["key"]
 
-    @admin.display(description="dimension")
+    @admin.display(description=_("dimension"))
     def label(self, obj: ScoreDimension) -> str:
         return obj.get_key_display()
 
@@ -254,7 +264,7 @@ class ScoreDimensionAdmin(admin.ModelAdmin):
 
 
 class ScoreRunForm(forms.Form):
-    month = forms.CharField(help_text="YYYY-MM", max_length=7)
+    month = forms.CharField(label=_("Month"), help_text=_("YYYY-MM"), max_length=7)
 
     def clean_month(self) -> date:
         from rest_framework.exceptions import ValidationError
@@ -264,7 +274,7 @@ class ScoreRunForm(forms.Form):
         try:
             return parse_month(self.cleaned_data["month"])
         except ValidationError:
-            raise forms.ValidationError("A month as YYYY-MM, e.g. 2026-05.") from None
+            raise forms.ValidationError(gettext("A month as YYYY-MM, e.g. 2026-05.")) from None
 
 
 @admin.register(ScoreRun)
@@ -284,21 +294,23 @@ class ScoreRunAdmin(ReadOnlyAdmin):
     actions = ["retry"]
     change_list_template = "admin/community/scorerun/change_list.html"
 
-    @admin.display(description="reason")
+    @admin.display(description=_("reason"))
     def reason(self, obj: ScoreRun) -> str:
         return (obj.error[:120] + "…") if len(obj.error) > 120 else (obj.error or "—")
 
     def has_run_permission(self, request) -> bool:
         return request.user.has_perm("community.add_scorerun")
 
-    @admin.action(description="Retry selected failed runs", permissions=["run"])
+    @admin.action(description=_("Retry selected failed runs"), permissions=["run"])
     def retry(self, request, queryset):
         retried = [
             services.retry_score_run(run_id=run.pk, actor=request.user) for run in queryset.filter(status="failed")
         ]
-        self.message_user(request, f"{len(retried)} run(s) queued again.")
+        self.message_user(request, gettext("%(n)d run(s) queued again.") % {"n": len(retried)})
         if skipped := queryset.exclude(status="failed").count():
-            self.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+            self.message_user(
+                request, gettext("%(n)d not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+            )
 
     def get_urls(self):
         return [
@@ -313,7 +325,11 @@ class ScoreRunAdmin(ReadOnlyAdmin):
         if form.is_valid():
             try:
                 run = services.request_score_run(month=form.cleaned_data["month"], requested_by=request.user)
-                self.message_user(request, f"Scores of {run.month:%Y-%m} queued (run {run.pk}).")
+                self.message_user(
+                    request,
+                    gettext("Scores of %(month)s queued (run %(run)s).")
+                    % {"month": f"{run.month:%Y-%m}", "run": run.pk},
+                )
             except DomainError as exc:
                 self.message_user(request, str(exc), level=messages.ERROR)
         else:
@@ -339,11 +355,11 @@ class ContributionScoreAdmin(ReadOnlyAdmin):
     actions = ["export_csv"]
     change_list_template = "admin/community/contributionscore/change_list.html"
 
-    @admin.display(description="operator / team")
+    @admin.display(description=_("operator / team"))
     def name(self, obj: ContributionScore) -> str:
         return obj.subject_name
 
-    @admin.action(description="Export selected as CSV")
+    @admin.action(description=_("Export selected as CSV"))
     def export_csv(self, request, queryset: QuerySet) -> HttpResponse:
         return exports.scores_csv_response(
             queryset.select_related("operator", "team").order_by("month", "subject", "rank")

@@ -1,11 +1,12 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class CommunityConfig(AppConfig):
     """Communities: operators' accounts and groups, their members, and contribution scores."""
 
     name = "community"
-    verbose_name = "Community"
+    verbose_name = _("Community")
     role_permissions = {
         "Operations": ["community.*"],
         "Analyst": ["community.view_*"],

@@ -10,6 +10,7 @@ from django.contrib.auth.models import Group
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from profiles.models import Profile
 from tracking.validation import COMMUNITY_ID_PROPERTIES
@@ -28,7 +29,7 @@ class OperatorAccount(models.Model):
     """A WeChat / WeCom contact account that customers add. `operator` is empty while nobody has
     assigned it: events may name an account before an admin knows whose it is."""
 
-    external_id = models.CharField(max_length=128, unique=True, help_text="The account id events carry")
+    external_id = models.CharField(max_length=128, unique=True, help_text=_("The account id events carry"))
     name = models.CharField(max_length=200, blank=True, default="")
     operator = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -43,7 +44,7 @@ class OperatorAccount(models.Model):
 
     class Meta:
         ordering = ["external_id"]
-        verbose_name = "operator account"
+        verbose_name = _("operator account")
 
     def __str__(self) -> str:
         return self.name or self.external_id
@@ -52,7 +53,7 @@ class OperatorAccount(models.Model):
 class CommunityGroup(models.Model):
     """A customer group (chat group) run by an operator; unassigned while `operator` is empty."""
 
-    external_id = models.CharField(max_length=128, unique=True, help_text="The group id events carry")
+    external_id = models.CharField(max_length=128, unique=True, help_text=_("The group id events carry"))
     name = models.CharField(max_length=200, blank=True, default="")
     operator = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -67,7 +68,7 @@ class CommunityGroup(models.Model):
 
     class Meta:
         ordering = ["external_id"]
-        verbose_name = "community group"
+        verbose_name = _("community group")
 
     def __str__(self) -> str:
         return self.name or self.external_id
@@ -79,7 +80,7 @@ class Contact(models.Model):
     account = models.ForeignKey(OperatorAccount, on_delete=models.CASCADE, related_name="contacts")
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="community_contacts")
     added_at = models.DateTimeField()
-    channel = models.CharField(max_length=64, blank=True, default="", help_text="properties.channel of the event")
+    channel = models.CharField(max_length=64, blank=True, default="", help_text=_("properties.channel of the event"))
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["account", "profile"], name="community_contact_once")]
@@ -96,7 +97,7 @@ class Membership(models.Model):
     group = models.ForeignKey(CommunityGroup, on_delete=models.CASCADE, related_name="memberships")
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="community_memberships")
     is_member = models.BooleanField(default=False)
-    state_at = models.DateTimeField(null=True, blank=True, help_text="Time of the join or leave that set the state")
+    state_at = models.DateTimeField(null=True, blank=True, help_text=_("Time of the join or leave that set the state"))
     first_joined_at = models.DateTimeField(null=True, blank=True)
     joins = models.PositiveIntegerField(default=0)
     leaves = models.PositiveIntegerField(default=0)
@@ -116,8 +117,8 @@ class MembershipChange(models.Model):
     """Join / leave history, one row per event (the event id keeps a replay from doubling it)."""
 
     class Action(models.TextChoices):
-        JOINED = "joined", "Joined"
-        LEFT = "left", "Left"
+        JOINED = "joined", _("Joined")
+        LEFT = "left", _("Left")
 
     group = models.ForeignKey(CommunityGroup, on_delete=models.CASCADE, related_name="changes")
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
@@ -142,7 +143,7 @@ class MemberActivity(models.Model):
     messages = models.PositiveIntegerField(default=0)
 
     class Meta:
-        verbose_name_plural = "member activity"
+        verbose_name_plural = _("member activity")
         constraints = [models.UniqueConstraint(fields=["group", "profile", "day"], name="community_activity_once")]
         indexes = [models.Index(fields=["profile", "day"], name="community_activity_profile")]
 
@@ -174,10 +175,10 @@ class CampaignCredit(models.Model):
 
 
 class Dimension(models.TextChoices):
-    CAMPAIGN_INCREMENTAL = "campaign_incremental", "Campaign results against holdouts"
-    COMMUNITY_QUALITY = "community_quality", "Community quality"
-    NEW_MEMBERS = "new_members", "New members attracted"
-    CONTACT_TRANSACTIONS = "contact_transactions", "Transaction amount of contacts"
+    CAMPAIGN_INCREMENTAL = "campaign_incremental", _("Campaign results against holdouts")
+    COMMUNITY_QUALITY = "community_quality", _("Community quality")
+    NEW_MEMBERS = "new_members", _("New members attracted")
+    CONTACT_TRANSACTIONS = "contact_transactions", _("Transaction amount of contacts")
 
 
 class ScoreDimension(models.Model):
@@ -189,7 +190,7 @@ class ScoreDimension(models.Model):
         decimal_places=2,
         default=Decimal("1.00"),
         validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("1000"))],
-        help_text="Relative weight; 0 leaves the dimension out",
+        help_text=_("Relative weight; 0 leaves the dimension out"),
     )
     description = models.TextField(blank=True, default="")
 
@@ -205,12 +206,12 @@ class ScoreRun(models.Model):
     """One computation of a month's contribution scores, nightly or on demand."""
 
     class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
 
-    month = models.DateField(help_text="First day of the month scored")
+    month = models.DateField(help_text=_("First day of the month scored"))
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -220,7 +221,7 @@ class ScoreRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     operators = models.PositiveIntegerField(default=0)
     teams = models.PositiveIntegerField(default=0)
-    weights = models.JSONField(default=dict, blank=True, help_text="The weights the run used")
+    weights = models.JSONField(default=dict, blank=True, help_text=_("The weights the run used"))
     error = models.TextField(blank=True, default="")
 
     class Meta:
@@ -232,8 +233,8 @@ class ScoreRun(models.Model):
 
 
 class ScoreSubject(models.TextChoices):
-    OPERATOR = "operator", "Operator"
-    TEAM = "team", "Team"
+    OPERATOR = "operator", _("Operator")
+    TEAM = "team", _("Team")
 
 
 class ContributionScore(models.Model):
@@ -247,8 +248,8 @@ class ContributionScore(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
     team = models.ForeignKey(Group, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
-    members = models.PositiveIntegerField(default=1, help_text="Team members (1 for an operator)")
-    score = models.DecimalField(max_digits=6, decimal_places=2, help_text="0-100, weighted mean of percentiles")
+    members = models.PositiveIntegerField(default=1, help_text=_("Team members (1 for an operator)"))
+    score = models.DecimalField(max_digits=6, decimal_places=2, help_text=_("0-100, weighted mean of percentiles"))
     rank = models.PositiveIntegerField()
     breakdown = models.JSONField(default=dict)
     sources = models.JSONField(default=dict)

@@ -14,6 +14,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from scipy.stats import norm
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
@@ -21,11 +23,11 @@ from community.models import CommunityGroup, OperatorAccount
 
 FUNNEL_STEPS = ("paid", "reached_page", "added_operator", "active_in_group", "bought_again")
 STEP_LABELS = {
-    "paid": "Paid",
-    "reached_page": "Reached the in-product page",
-    "added_operator": "Added an operator",
-    "active_in_group": "Active in a group (messages in 7 days)",
-    "bought_again": "Bought again",
+    "paid": _("Paid"),
+    "reached_page": _("Reached the in-product page"),
+    "added_operator": _("Added an operator"),
+    "active_in_group": _("Active in a group (messages in 7 days)"),
+    "bought_again": _("Bought again"),
 }
 # Where an operator's slice starts: before adding an operator a customer belongs to nobody, and
 # before being active in a group to no group.
@@ -152,7 +154,8 @@ def community_funnel(*, start: datetime, end: datetime, as_of: datetime | None =
         elif not no_channel:
             result["by_channel"].append({"key": channel, "label": channel, "steps": _steps(values, "paid")})
         elif not no_operator and operator_id is not None:
-            label = operators.get(operator_id, "(unassigned account)") if operator_id else "(unassigned account)"
+            unassigned = gettext("(unassigned account)")
+            label = operators.get(operator_id, unassigned) if operator_id else unassigned
             result["by_operator"].append(
                 {"key": operator_id or None, "label": label, "steps": _steps(values, "added_operator")}
             )

@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from community import scoring, selectors
@@ -582,7 +583,9 @@ def request_score_run(*, month: date, requested_by: AbstractBaseUser | None = No
 
     month = first_of_month(month)
     if ScoreRun.objects.filter(month=month, status__in=[ScoreRun.Status.QUEUED, ScoreRun.Status.RUNNING]).exists():
-        raise RunInProgress(f"A score run for {month:%Y-%m} is already queued or running.")
+        raise RunInProgress(
+            gettext("A score run for %(month)s is already queued or running.") % {"month": f"{month:%Y-%m}"}
+        )
     run = ScoreRun.objects.create(
         month=month, requested_by=requested_by if getattr(requested_by, "is_authenticated", False) else None
     )
@@ -719,7 +722,10 @@ def retry_score_run(*, run_id: int, actor: AbstractBaseUser | None = None, api_k
     if run is None:
         raise RunNotFound(f"No score run {run_id}.")
     if run.status != ScoreRun.Status.FAILED:
-        raise RunNotFailed(f"Score run {run_id} is {run.status}: only a failed run is retried.")
+        raise RunNotFailed(
+            gettext("Score run %(id)s is %(status)s: only a failed run is retried.")
+            % {"id": run_id, "status": run.status}
+        )
     previous = run.error
     run.status, run.error, run.started_at, run.finished_at = ScoreRun.Status.QUEUED, "", None, None
     run.save(update_fields=["status", "error", "started_at", "finished_at"])

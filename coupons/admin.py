@@ -20,6 +20,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext, gettext_lazy
+from django.utils.translation import gettext_lazy as _
 
 from config import formatting
 from coupons import errors, selectors, services
@@ -66,19 +67,19 @@ class CouponRuleAdmin(admin.ModelAdmin):
     actions = ("activate", "pause", "end", "fit_uplift")
     fieldsets = (
         (None, {"fields": ("name", "description", "state")}),
-        ("What it gives", {"fields": ("kind", "value", "max_discount")}),
+        (_("What it gives"), {"fields": ("kind", "value", "max_discount")}),
         (
-            "When it applies",
+            _("When it applies"),
             {
                 "fields": ("min_spend", "valid_from", "valid_until", "valid_days"),
-                "description": "A threshold rule gives its value off an order of at least min_spend.",
+                "description": _("A threshold rule gives its value off an order of at least min_spend."),
             },
         ),
         (
-            "Who may have it",
+            _("Who may have it"),
             {
                 "fields": ("eligible_tiers", "eligible_tags", "first_order_only", "abuse_threshold"),
-                "description": (
+                "description": _(
                     "Tier-aware offers: e.g. tiers <code>core</code> for '100 off 1000' to big spenders, "
                     "<code>high-value-at-risk</code> (a predicted-value tier) to win them back, or "
                     "first order only for people who never ordered. Empty lists admit everyone. People whose "
@@ -87,65 +88,68 @@ class CouponRuleAdmin(admin.ModelAdmin):
             },
         ),
         (
-            "Limits",
+            _("Limits"),
             {
                 "fields": ("total_quantity", "per_user_limit", "budget", "pacing"),
-                "description": "Pacing spreads the budget over the days from valid_from to valid_until.",
+                "description": _("Pacing spreads the budget over the days from valid_from to valid_until."),
             },
         ),
         (
-            "Several codes on one order",
+            _("Several codes on one order"),
             {
                 "fields": ("priority", "stacking", "stack_group", "floor_percent"),
-                "description": (
+                "description": _(
                     "Higher priority applies first. An exclusive offer stands alone; stackable ones combine; "
                     "a group's offers combine only with each other. No combination takes an order below the "
                     "highest floor among the offers applied."
                 ),
             },
         ),
-        ("Money so far", {"fields": ("issued_count", "redeemed_count", "committed", "spent", "remaining_shown")}),
+        (_("Money so far"), {"fields": ("issued_count", "redeemed_count", "committed", "spent", "remaining_shown")}),
     )
 
-    @admin.display(description="Offer")
+    @admin.display(description=_("Offer"))
     def offer(self, rule: CouponRule) -> str:
         if rule.kind == "percent":
-            cap = f", at most {rule.max_discount}" if rule.max_discount else ""
-            return f"{rule.value}% off{cap}"
+            if rule.max_discount:
+                return gettext("%(value)s%% off, at most %(cap)s") % {"value": rule.value, "cap": rule.max_discount}
+            return gettext("%(value)s%% off") % {"value": rule.value}
         if rule.kind == "threshold":
-            return f"{rule.value} off {rule.min_spend}+"
-        return f"{rule.value} off"
+            return gettext("%(value)s off %(min_spend)s+") % {"value": rule.value, "min_spend": rule.min_spend}
+        return gettext("%(value)s off") % {"value": rule.value}
 
-    @admin.display(description="Who")
+    @admin.display(description=_("Who"))
     def eligibility(self, rule: CouponRule) -> str:
         parts = []
         if rule.eligible_tiers:
-            parts.append("tiers " + ", ".join(rule.eligible_tiers))
+            parts.append(gettext("tiers %(tiers)s") % {"tiers": ", ".join(rule.eligible_tiers)})
         if rule.eligible_tags:
-            parts.append("tags " + ", ".join(rule.eligible_tags))
+            parts.append(gettext("tags %(tags)s") % {"tags": ", ".join(rule.eligible_tags)})
         if rule.first_order_only:
-            parts.append("first order")
-        return "; ".join(parts) or "everyone"
+            parts.append(gettext("first order"))
+        return "; ".join(parts) or gettext("everyone")
 
-    @admin.display(description="Budget", ordering="budget")
+    @admin.display(description=_("Budget"), ordering="budget")
     def budget_shown(self, rule: CouponRule) -> str:
         return _money(rule.budget)
 
-    @admin.display(description="Committed", ordering="committed")
+    @admin.display(description=_("Committed"), ordering="committed")
     def committed_shown(self, rule: CouponRule) -> str:
         return _money(rule.committed)
 
-    @admin.display(description="Spent", ordering="spent")
+    @admin.display(description=_("Spent"), ordering="spent")
     def spent_shown(self, rule: CouponRule) -> str:
         return _money(rule.spent)
 
-    @admin.display(description="Remaining")
+    @admin.display(description=_("Remaining"))
     def remaining_shown(self, rule: CouponRule) -> str:
         return _money(rule.remaining)
 
-    @admin.display(description="Report")
+    @admin.display(description=_("Report"))
     def report_link(self, rule: CouponRule) -> str:
-        return format_html('<a href="{}">report</a>', reverse("admin:coupons_couponrule_report", args=[rule.pk]))
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:coupons_couponrule_report", args=[rule.pk]), gettext("report")
+        )
 
     def save_model(self, request: HttpRequest, obj: CouponRule, form, change: bool) -> None:
         saved = services.save_rule(rule=obj, changed=list(form.changed_data) if change else [], actor=request.user)
@@ -159,30 +163,37 @@ class CouponRuleAdmin(admin.ModelAdmin):
                 done += 1
             except errors.CouponError as refusal:
                 self.message_user(request, f"{rule}: {refusal.detail}", messages.WARNING)
-        self.message_user(request, f"{done} rule(s) now {state}.")
+        self.message_user(
+            request,
+            gettext("%(n)d rule(s) now %(state)s.") % {"n": done, "state": str(RuleState(state).label).lower()},
+        )
 
-    @admin.action(description="Activate selected rules", permissions=["change"])
+    @admin.action(description=_("Activate selected rules"), permissions=["change"])
     def activate(self, request, queryset):
         self._change_state(request, queryset, RuleState.ACTIVE)
 
-    @admin.action(description="Pause selected rules", permissions=["change"])
+    @admin.action(description=_("Pause selected rules"), permissions=["change"])
     def pause(self, request, queryset):
         self._change_state(request, queryset, RuleState.PAUSED)
 
     @admin.action(
-        description="End selected rules (expires their live coupons, releases the money)", permissions=["change"]
+        description=_("End selected rules (expires their live coupons, releases the money)"), permissions=["change"]
     )
     def end(self, request, queryset):
         self._change_state(request, queryset, RuleState.ENDED)
 
-    @admin.action(description="Learn who the selected rules' coupons persuade (uplift, in the background)")
+    @admin.action(description=_("Learn who the selected rules' coupons persuade (uplift, in the background)"))
     def fit_uplift(self, request, queryset):
         from config.celery import publish
         from coupons.tasks import fit_rule_uplift
 
         for rule in queryset:
             publish(f"uplift of rule {rule.pk}", fit_rule_uplift, args=[rule.pk])
-        self.message_user(request, f"{queryset.count()} uplift fit(s) queued; each rule's report shows the result.")
+        n = queryset.count()
+        self.message_user(
+            request,
+            gettext("%(n)d uplift fit(s) queued; each rule's report shows the result.") % {"n": n},
+        )
 
     def get_urls(self):
         own = [
@@ -204,7 +215,13 @@ class CouponRuleAdmin(admin.ModelAdmin):
         self._check_report_permission(request)
         rule = get_object_or_404(CouponRule, pk=rule_id)
         report = selectors.rule_report(rule=rule)
-        return self._report_page(request, f"Report: {rule}", report, selectors.daily_activity(rule=rule), rule=rule)
+        return self._report_page(
+            request,
+            gettext("Report: %(rule)s") % {"rule": rule},
+            report,
+            selectors.daily_activity(rule=rule),
+            rule=rule,
+        )
 
     def source_report_view(self, request: HttpRequest) -> HttpResponse:
         """The same numbers over every coupon a campaign (or any source_ref prefix) issued."""
@@ -212,7 +229,11 @@ class CouponRuleAdmin(admin.ModelAdmin):
         prefix = request.GET.get("prefix", "").strip()
         report = selectors.campaign_report(source_ref_prefix=prefix) if prefix else None
         daily = selectors.daily_activity(source_ref_prefix=prefix) if prefix else []
-        title = f"Report: coupons of {prefix}" if prefix else "Report by campaign (source_ref prefix)"
+        title = (
+            gettext("Report: coupons of %(prefix)s") % {"prefix": prefix}
+            if prefix
+            else gettext("Report by campaign (source_ref prefix)")
+        )
         return self._report_page(request, title, report, daily, prefix=prefix)
 
     def _check_report_permission(self, request: HttpRequest) -> None:
@@ -225,24 +246,24 @@ class CouponRuleAdmin(admin.ModelAdmin):
         if report is not None:
             cur = formatting.currency_label()
             measures = [
-                ("Issued", gettext("coupons"), report.issued, formatting.count(report.issued)),
-                ("Redeemed", gettext("coupons"), report.redeemed, formatting.count(report.redeemed)),
-                ("Unused", gettext("coupons"), report.unused, formatting.count(report.unused)),
-                ("Expired", gettext("coupons"), report.expired, formatting.count(report.expired)),
-                ("Revoked", gettext("coupons"), report.revoked, formatting.count(report.revoked)),
-                ("Budget", cur, report.budget, _money(report.budget)),
-                ("Committed", cur, report.committed, _money(report.committed)),
-                ("Spent", cur, report.spent, _money(report.spent)),
-                ("Remaining", cur, report.remaining, _money(report.remaining)),
-                ("Order revenue", cur, report.order_revenue, _money(report.order_revenue)),
+                (gettext("Issued"), gettext("coupons"), report.issued, formatting.count(report.issued)),
+                (gettext("Redeemed"), gettext("coupons"), report.redeemed, formatting.count(report.redeemed)),
+                (gettext("Unused"), gettext("coupons"), report.unused, formatting.count(report.unused)),
+                (gettext("Expired"), gettext("coupons"), report.expired, formatting.count(report.expired)),
+                (gettext("Revoked"), gettext("coupons"), report.revoked, formatting.count(report.revoked)),
+                (gettext("Budget"), cur, report.budget, _money(report.budget)),
+                (gettext("Committed"), cur, report.committed, _money(report.committed)),
+                (gettext("Spent"), cur, report.spent, _money(report.spent)),
+                (gettext("Remaining"), cur, report.remaining, _money(report.remaining)),
+                (gettext("Order revenue"), cur, report.order_revenue, _money(report.order_revenue)),
                 (
-                    "ROI (attributed: every coupon order)",
+                    gettext("ROI (attributed: every coupon order)"),
                     gettext("ratio"),
                     report.roi,
                     formatting.number(report.roi, 2),
                 ),
                 (
-                    "Redemption rate",
+                    gettext("Redemption rate"),
                     gettext("fraction of 1"),
                     report.redemption_rate,
                     formatting.percent(report.redemption_rate),
@@ -260,7 +281,8 @@ class CouponRuleAdmin(admin.ModelAdmin):
                 ]
                 return _csv_response(f"{name}-daily.csv", header, rows)
             rows = [
-                [formatting.column(label, str(unit)), "" if raw is None else raw] for label, unit, raw, _ in measures
+                [formatting.column(label, str(unit)), "" if raw is None else raw]
+                for label, unit, raw, _shown in measures
             ]
             return _csv_response(f"{name}.csv", [gettext("Metric"), gettext("Value")], rows)
         context = {
@@ -294,9 +316,9 @@ class CouponRuleAdmin(admin.ModelAdmin):
             except errors.CouponError as refusal:
                 form.add_error(None, refusal.detail)
             else:
-                self.message_user(request, f"Issuance job #{job.pk} queued.")
+                self.message_user(request, gettext("Issuance job #%(id)s queued.") % {"id": job.pk})
                 return HttpResponseRedirect(reverse("admin:coupons_issuancejob_change", args=[job.pk]))
-        return self._form_page(request, rule, form, "Issue coupons to users or a segment")
+        return self._form_page(request, rule, form, gettext("Issue coupons to users or a segment"))
 
     def codes_view(self, request: HttpRequest, rule_id: int) -> HttpResponse:
         if not request.user.has_perm("coupons.add_codebatch"):
@@ -309,14 +331,16 @@ class CouponRuleAdmin(admin.ModelAdmin):
             except errors.CouponError as refusal:
                 form.add_error(None, refusal.detail)
             else:
-                self.message_user(request, f"Code batch #{batch.pk} queued; export it when done.")
+                self.message_user(
+                    request, gettext("Code batch #%(id)s queued; export it when done.") % {"id": batch.pk}
+                )
                 return HttpResponseRedirect(reverse("admin:coupons_codebatch_changelist"))
-        return self._form_page(request, rule, form, "Generate partner codes")
+        return self._form_page(request, rule, form, gettext("Generate partner codes"))
 
     def _form_page(self, request, rule, form, title):
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{title}: {rule}",
+            "title": gettext("%(title)s: %(rule)s") % {"title": title, "rule": rule},
             "opts": self.model._meta,
             "original": rule,
             "form": form,
@@ -326,38 +350,43 @@ class CouponRuleAdmin(admin.ModelAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["coupon_links"] = [
-                ("Report", reverse("admin:coupons_couponrule_report", args=[obj.pk])),
-                ("Issue to users", reverse("admin:coupons_couponrule_issue", args=[obj.pk])),
-                ("Partner codes", reverse("admin:coupons_couponrule_codes", args=[obj.pk])),
+                (gettext("Report"), reverse("admin:coupons_couponrule_report", args=[obj.pk])),
+                (gettext("Issue to users"), reverse("admin:coupons_couponrule_issue", args=[obj.pk])),
+                (gettext("Partner codes"), reverse("admin:coupons_couponrule_codes", args=[obj.pk])),
             ]
         return super().render_change_form(request, context, add, change, form_url, obj)
 
 
 class IssueForm(forms.Form):
     user_ids = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 8}), required=False, help_text="One user id per line (or comma separated)."
+        label=_("User ids"),
+        widget=forms.Textarea(attrs={"rows": 8}),
+        required=False,
+        help_text=_("One user id per line (or comma separated)."),
     )
-    segment = forms.IntegerField(required=False, min_value=1, help_text="Or a segment id.")
-    source_ref = forms.CharField(required=False, max_length=200, help_text="e.g. campaign:12:variant:3")
+    segment = forms.IntegerField(label=_("Segment"), required=False, min_value=1, help_text=_("Or a segment id."))
+    source_ref = forms.CharField(
+        label=_("Source ref"), required=False, max_length=200, help_text=_("e.g. campaign:12:variant:3")
+    )
 
     def clean_user_ids(self) -> list[str]:
         raw = self.cleaned_data["user_ids"].replace(",", "\n")
         ids = [line.strip() for line in raw.splitlines() if line.strip()]
         too_long = [u for u in ids if len(u) > 128]
         if too_long:
-            raise ValidationError(f"User ids are at most 128 characters: {too_long[0][:40]}...")
+            raise ValidationError(gettext("User ids are at most 128 characters: %(id)s...") % {"id": too_long[0][:40]})
         return ids
 
     def clean(self):
         data = super().clean()
         if bool(data.get("user_ids")) == (data.get("segment") is not None):
-            raise ValidationError("Give either user ids or a segment.")
+            raise ValidationError(gettext("Give either user ids or a segment."))
         return data
 
 
 class CodeBatchForm(forms.Form):
-    quantity = forms.IntegerField(min_value=1, max_value=10_000_000)
-    partner = forms.CharField(max_length=200, required=False)
+    quantity = forms.IntegerField(label=_("Quantity"), min_value=1, max_value=10_000_000)
+    partner = forms.CharField(label=_("Partner"), max_length=200, required=False)
 
 
 @admin.register(Coupon)
@@ -384,7 +413,7 @@ class CouponAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [*super().get_readonly_fields(request, obj), "display_code"]
 
-    @admin.display(description="Code")
+    @admin.display(description=_("Code"))
     def display_code(self, coupon: Coupon) -> str:
         if coupon.profile_id is None and not getattr(coupon, "viewer_sees_bearer_codes", False):
             return mask_code(coupon.display_code)  # a partner's bearer code: spendable by whoever reads it
@@ -398,22 +427,22 @@ class CouponAdmin(admin.ModelAdmin):
             queryset |= self.model.objects.filter(code=normalize(search_term))
         return queryset, may_have_duplicates
 
-    @admin.display(description="Holder", ordering="profile__user_id")
+    @admin.display(description=_("Holder"), ordering="profile__user_id")
     def holder(self, coupon: Coupon) -> str:
-        return coupon.profile.user_id if coupon.profile_id else "(bearer)"
+        return coupon.profile.user_id if coupon.profile_id else gettext("(bearer)")
 
     def has_add_permission(self, request) -> bool:
         return False
 
     @admin.action(
-        description="Revoke selected live coupons (returns their money to the budget)", permissions=["change"]
+        description=_("Revoke selected live coupons (returns their money to the budget)"), permissions=["change"]
     )
     def revoke(self, request, queryset):
         n = services.revoke_coupons(
             coupon_ids=list(queryset.filter(status=CouponStatus.AVAILABLE).values_list("pk", flat=True)),
             actor=request.user,
         )
-        self.message_user(request, f"{n} coupon(s) revoked.")
+        self.message_user(request, gettext("%(n)d coupon(s) revoked.") % {"n": n})
 
 
 @admin.register(AbuseScore)
@@ -434,42 +463,50 @@ class AbuseScoreAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
-    @admin.display(description="Person", ordering="profile__user_id")
+    @admin.display(description=_("Person"), ordering="profile__user_id")
     def profile_link(self, score: AbuseScore) -> str:
         url = reverse("admin:profiles_profile_change", args=[score.profile_id])
         return format_html('<a href="{}">{}</a>', url, score.profile.user_id)
 
-    @admin.display(description="Flagged by")
+    @admin.display(description=_("Flagged by"))
     def flagged_for(self, score: AbuseScore) -> str:
         parts = (score.evidence or {}).get("parts", {})
         shown = [f"{name.replace('_', ' ')} {value}" for name, value in parts.items() if float(value) > 0]
         return ", ".join(shown) or "-"
 
-    @admin.display(description="Evidence")
+    @admin.display(description=_("Evidence"))
     def evidence_shown(self, score: AbuseScore) -> str:
         e = score.evidence or {}
-        return (
-            f"{e.get('accounts', 1)} account(s) on their devices or phone; "
-            f"{e.get('rolled_back', 0)} of {e.get('redemptions', 0)} coupon orders rolled back; "
-            f"{e.get('orders_with_coupon', 0)} of {e.get('orders', 0)} orders with a coupon; "
-            f"{e.get('coupons', 0)} coupons" + ("; new account" if e.get("new_account") else "")
-        )
+        shown = gettext(
+            "%(accounts)s account(s) on their devices or phone; "
+            "%(rolled_back)s of %(redemptions)s coupon orders rolled back; "
+            "%(orders_with_coupon)s of %(orders)s orders with a coupon; "
+            "%(coupons)s coupons"
+        ) % {
+            "accounts": e.get("accounts", 1),
+            "rolled_back": e.get("rolled_back", 0),
+            "redemptions": e.get("redemptions", 0),
+            "orders_with_coupon": e.get("orders_with_coupon", 0),
+            "orders": e.get("orders", 0),
+            "coupons": e.get("coupons", 0),
+        }
+        return shown + (gettext("; new account") if e.get("new_account") else "")
 
-    @admin.display(description="Review")
+    @admin.display(description=_("Review"))
     def review(self, score: AbuseScore) -> str:
         if score.cleared:
-            return f"cleared {formatting.local_date(score.cleared_at)}"
-        return "cleared before, score rose since" if score.cleared_at else "to review"
+            return gettext("cleared %(day)s") % {"day": formatting.local_date(score.cleared_at)}
+        return gettext("cleared before, score rose since") if score.cleared_at else gettext("to review")
 
-    @admin.action(description="Clear the selected people (admit them to offers)", permissions=["change"])
+    @admin.action(description=_("Clear the selected people (admit them to offers)"), permissions=["change"])
     def clear(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = services.clear_abuse(profile_ids=list(queryset.values_list("profile_id", flat=True)), actor=request.user)
-        self.message_user(request, f"{n} person(s) cleared.")
+        self.message_user(request, gettext("%(n)d person(s) cleared.") % {"n": n})
 
-    @admin.action(description="Score everyone again now", permissions=["change"])
+    @admin.action(description=_("Score everyone again now"), permissions=["change"])
     def refresh(self, request: HttpRequest, queryset: QuerySet) -> None:
         n = services.refresh_abuse_scores()
-        self.message_user(request, f"{n} person(s) carry a score.")
+        self.message_user(request, gettext("%(n)d person(s) carry a score.") % {"n": n})
 
 
 @admin.register(OrderRefund)
@@ -529,12 +566,15 @@ class RedemptionAdmin(admin.ModelAdmin):
             return mask_code(coupon.display_code)
         return coupon.display_code
 
-    @admin.action(description="Roll back the orders of the selected redemptions", permissions=["change"])
+    @admin.action(description=_("Roll back the orders of the selected redemptions"), permissions=["change"])
     def rollback(self, request, queryset):
         orders = sorted(set(queryset.filter(rolled_back_at__isnull=True).values_list("order_id", flat=True)))
         for order_id in orders:
             services.rollback_order(order_id=order_id, actor=request.user)
-        self.message_user(request, f"{len(orders)} order(s) rolled back.")
+        self.message_user(
+            request,
+            gettext("%(n)d order(s) rolled back.") % {"n": len(orders)},
+        )
 
 
 class IssuanceTargetInline(admin.TabularInline):
@@ -558,12 +598,14 @@ def _retry_each(model_admin: admin.ModelAdmin, request: HttpRequest, queryset: Q
         retry(obj.pk, actor=request.user)
         retried += 1
     skipped = queryset.exclude(status="failed").count()
-    model_admin.message_user(request, f"{retried} {what}(s) queued again.")
+    model_admin.message_user(request, gettext("%(n)d %(what)s queued again.") % {"n": retried, "what": what})
     if skipped:
-        model_admin.message_user(request, f"{skipped} not failed: left alone.", level=messages.WARNING)
+        model_admin.message_user(
+            request, gettext("%(n)d not failed: left alone.") % {"n": skipped}, level=messages.WARNING
+        )
 
 
-@admin.display(description="Reason")
+@admin.display(description=_("Reason"))
 def _reason_shown(obj) -> str:
     return (obj.error[:120] + "…") if len(obj.error) > 120 else (obj.error or "-")
 
@@ -589,23 +631,27 @@ class IssuanceJobAdmin(admin.ModelAdmin):
     inlines = (IssuanceTargetInline,)
     actions = ("retry", "resume")
 
-    @admin.display(description="Progress")
+    @admin.display(description=_("Progress"))
     def progress_shown(self, job: IssuanceJob) -> str:
         return formatting.percent(job.progress, 0)
 
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Resume selected pending or running jobs now", permissions=["change"])
+    @admin.action(description=_("Resume selected pending or running jobs now"), permissions=["change"])
     def resume(self, request, queryset):
         """What the beat's resume does every 15 minutes; a failed job needs a retry instead."""
         queued = [job.pk for job in queryset if services.resume_issuance_job(job_id=job.pk, actor=request.user)]
-        self.message_user(request, f"{len(queued)} job(s) queued again.")
+        self.message_user(request, gettext("%(n)d job(s) queued again.") % {"n": len(queued)})
 
-    @admin.action(description="Retry selected failed jobs (they go on where they stopped)", permissions=["change"])
+    @admin.action(description=_("Retry selected failed jobs (they go on where they stopped)"), permissions=["change"])
     def retry(self, request, queryset):
         _retry_each(
-            self, request, queryset, lambda pk, actor: services.retry_issuance_job(job_id=pk, actor=actor), "job"
+            self,
+            request,
+            queryset,
+            lambda pk, actor: services.retry_issuance_job(job_id=pk, actor=actor),
+            gettext("job(s)"),
         )
 
 
@@ -630,17 +676,23 @@ class CodeBatchAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    @admin.action(description="Retry selected failed batches", permissions=["change"])
+    @admin.action(description=_("Retry selected failed batches"), permissions=["change"])
     def retry(self, request, queryset):
         _retry_each(
-            self, request, queryset, lambda pk, actor: services.retry_code_batch(batch_id=pk, actor=actor), "batch"
+            self,
+            request,
+            queryset,
+            lambda pk, actor: services.retry_code_batch(batch_id=pk, actor=actor),
+            gettext("batch(es)"),
         )
 
-    @admin.display(description="CSV")
+    @admin.display(description=_("CSV"))
     def export_link(self, batch: CodeBatch) -> str:
         if batch.status != CodeBatch.Status.DONE:
             return "-"
-        return format_html('<a href="{}">download</a>', reverse("admin:coupons_codebatch_export", args=[batch.pk]))
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:coupons_codebatch_export", args=[batch.pk]), gettext("download")
+        )
 
     def get_urls(self):
         own = [
@@ -724,7 +776,7 @@ def roi_overview_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> Htt
     }
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Coupon ROI by rule",
+        "title": gettext("Coupon ROI by rule"),
         "opts": model_admin.model._meta,
         "rows": [
             {
@@ -750,16 +802,20 @@ def roi_overview_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> Htt
 
 
 class ChannelWindowForm(forms.Form):
-    start = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}))
-    end = forms.DateField(widget=forms.DateInput(attrs={"type": "date"}), help_text="Inclusive (UTC days).")
+    start = forms.DateField(label=_("Start"), widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(
+        label=_("End"), widget=forms.DateInput(attrs={"type": "date"}), help_text=_("Inclusive (UTC days).")
+    )
 
     def clean(self):
         data = super().clean()
         if data.get("start") and data.get("end"):
             if data["end"] < data["start"]:
-                raise ValidationError({"end": "Must be on or after the start."})
+                raise ValidationError({"end": gettext("Must be on or after the start.")})
             if (data["end"] - data["start"]).days >= CHANNEL_WINDOW_MAX_DAYS:
-                raise ValidationError({"end": f"A window of at most {CHANNEL_WINDOW_MAX_DAYS} days."})
+                raise ValidationError(
+                    {"end": gettext("A window of at most %(days)d days.") % {"days": CHANNEL_WINDOW_MAX_DAYS}}
+                )
         return data
 
 
@@ -802,7 +858,7 @@ def channel_quality_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> 
         )
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Channel quality",
+        "title": gettext("Channel quality"),
         "opts": model_admin.model._meta,
         "form": form,
         "rows": [

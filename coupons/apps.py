@@ -1,11 +1,12 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class CouponsConfig(AppConfig):
     """Operate: coupon rules with budgets, issuance, validation, redemption and rollback."""
 
     name = "coupons"
-    verbose_name = "Coupons"
+    verbose_name = _("Coupons")
     role_permissions = {
         "Operations": ["coupons.*"],
         "Customer service": ["coupons.view_coupon"],

@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, models
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from profiles.models import Profile
 
@@ -28,28 +29,28 @@ DEFAULT_ABUSE_THRESHOLD = Decimal("0.600")
 
 
 class RuleKind(models.TextChoices):
-    FIXED = "fixed", "Fixed amount off"
-    PERCENT = "percent", "Percent off (capped)"
-    THRESHOLD = "threshold", "Amount off an order of at least"
+    FIXED = "fixed", _("Fixed amount off")
+    PERCENT = "percent", _("Percent off (capped)")
+    THRESHOLD = "threshold", _("Amount off an order of at least")
 
 
 class RuleState(models.TextChoices):
-    DRAFT = "draft", "Draft"
-    ACTIVE = "active", "Active"
-    PAUSED = "paused", "Paused"
-    ENDED = "ended", "Ended"
+    DRAFT = "draft", _("Draft")
+    ACTIVE = "active", _("Active")
+    PAUSED = "paused", _("Paused")
+    ENDED = "ended", _("Ended")
 
 
 class Pacing(models.TextChoices):
-    NONE = "none", "None: the budget may go on the first day"
-    EVEN = "even", "Even: the same share each day"
-    FRONT = "front", "Front-loaded: more on the first days, falling linearly"
+    NONE = "none", _("None: the budget may go on the first day")
+    EVEN = "even", _("Even: the same share each day")
+    FRONT = "front", _("Front-loaded: more on the first days, falling linearly")
 
 
 class Stacking(models.TextChoices):
-    EXCLUSIVE = "exclusive", "Exclusive: alone on an order"
-    STACKABLE = "stackable", "Stackable with other stackable offers"
-    GROUP = "group", "Stackable within its group only"
+    EXCLUSIVE = "exclusive", _("Exclusive: alone on an order")
+    STACKABLE = "stackable", _("Stackable with other stackable offers")
+    GROUP = "group", _("Stackable within its group only")
 
 
 class CouponRule(models.Model):
@@ -60,26 +61,26 @@ class CouponRule(models.Model):
     description = models.TextField(blank=True, default="")
     # Benefit
     kind = models.CharField(max_length=16, choices=RuleKind.choices)
-    value = models.DecimalField(**MONEY, help_text="Amount off, or percent off for percent rules")
+    value = models.DecimalField(**MONEY, help_text=_("Amount off, or percent off for percent rules"))
     max_discount = models.DecimalField(
-        **MONEY, null=True, blank=True, help_text="Cap of a percent discount; required when the rule has a budget"
+        **MONEY, null=True, blank=True, help_text=_("Cap of a percent discount; required when the rule has a budget")
     )
     # Condition
-    min_spend = models.DecimalField(**MONEY, default=ZERO, blank=True, help_text="Smallest order amount")
+    min_spend = models.DecimalField(**MONEY, default=ZERO, blank=True, help_text=_("Smallest order amount"))
     valid_from = models.DateTimeField(null=True, blank=True)
     valid_until = models.DateTimeField(null=True, blank=True)
-    valid_days = models.PositiveIntegerField(null=True, blank=True, help_text="Coupons expire N days after issue")
-    first_order_only = models.BooleanField(default=False, help_text="Only for users who never paid an order")
+    valid_days = models.PositiveIntegerField(null=True, blank=True, help_text=_("Coupons expire N days after issue"))
+    first_order_only = models.BooleanField(default=False, help_text=_("Only for users who never paid an order"))
     eligible_tiers = ArrayField(
-        models.SlugField(max_length=50), default=list, blank=True, help_text="Value tier slugs; empty: every tier"
+        models.SlugField(max_length=50), default=list, blank=True, help_text=_("Value tier slugs; empty: every tier")
     )
     eligible_tags = ArrayField(
-        models.SlugField(max_length=100), default=list, blank=True, help_text="Tag names (any of them); empty: all"
+        models.SlugField(max_length=100), default=list, blank=True, help_text=_("Tag names (any of them); empty: all")
     )
     # Limits
-    total_quantity = models.PositiveIntegerField(null=True, blank=True, help_text="Most coupons ever issued")
+    total_quantity = models.PositiveIntegerField(null=True, blank=True, help_text=_("Most coupons ever issued"))
     per_user_limit = models.PositiveIntegerField(default=1)
-    budget = models.DecimalField(**MONEY, null=True, blank=True, help_text="Most money the rule may ever cost")
+    budget = models.DecimalField(**MONEY, null=True, blank=True, help_text=_("Most money the rule may ever cost"))
     state = models.CharField(max_length=16, choices=RuleState.choices, default=RuleState.ACTIVE, db_index=True)
     abuse_threshold = models.DecimalField(
         max_digits=4,
@@ -88,7 +89,7 @@ class CouponRule(models.Model):
         blank=True,
         default=DEFAULT_ABUSE_THRESHOLD,
         db_default=DEFAULT_ABUSE_THRESHOLD,
-        help_text="People whose promotion-abuse score is at least this are refused (ABUSE_SUSPECTED); empty: nobody",
+        help_text=_("People whose promotion-abuse score is at least this are refused (ABUSE_SUSPECTED); empty: nobody"),
     )
     # Spreads the budget over the days from valid_from to valid_until (`coupons_paced_share`)
     pacing = models.CharField(
@@ -97,17 +98,17 @@ class CouponRule(models.Model):
         default=Pacing.NONE,
         db_default=Pacing.NONE,
         blank=True,
-        help_text="Claims beyond the day's allowance are refused (PACED); what a day leaves rolls over",
+        help_text=_("Claims beyond the day's allowance are refused (PACED); what a day leaves rolls over"),
     )
     # Several codes on one order (coupons.stacking)
     priority = models.SmallIntegerField(
-        default=0, db_default=0, blank=True, help_text="Higher applies first when several codes meet"
+        default=0, db_default=0, blank=True, help_text=_("Higher applies first when several codes meet")
     )
     stacking = models.CharField(
         max_length=16, choices=Stacking.choices, default=Stacking.EXCLUSIVE, db_default=Stacking.EXCLUSIVE, blank=True
     )
     stack_group = models.SlugField(
-        max_length=50, blank=True, default="", db_default="", help_text="For stacking 'group'"
+        max_length=50, blank=True, default="", db_default="", help_text=_("For stacking 'group'")
     )
     floor_percent = models.DecimalField(
         max_digits=5,
@@ -115,7 +116,7 @@ class CouponRule(models.Model):
         default=ZERO,
         db_default=ZERO,
         blank=True,
-        help_text="No combination with this offer takes an order below this percent of its value",
+        help_text=_("No combination with this offer takes an order below this percent of its value"),
     )
     # Counters (services only)
     issued_count = models.PositiveIntegerField(default=0, editable=False)
@@ -244,10 +245,10 @@ class CouponRule(models.Model):
 
 
 class CouponStatus(models.TextChoices):
-    AVAILABLE = "available", "Available"
-    REDEEMED = "redeemed", "Redeemed"
-    EXPIRED = "expired", "Expired"
-    REVOKED = "revoked", "Revoked"
+    AVAILABLE = "available", _("Available")
+    REDEEMED = "redeemed", _("Redeemed")
+    EXPIRED = "expired", _("Expired")
+    REVOKED = "revoked", _("Revoked")
 
 
 # Who may see partner bearer codes whole and export them (the admin and the API alike).
@@ -258,10 +259,10 @@ class CodeBatch(models.Model):
     """Bearer codes generated in bulk for a partner (no holder until used), exported as CSV."""
 
     class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+        PENDING = "pending", _("Pending")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
 
     rule = models.ForeignKey(CouponRule, on_delete=models.PROTECT, related_name="code_batches")
     partner = models.CharField(max_length=200, blank=True, default="")
@@ -284,7 +285,7 @@ class CodeBatch(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        verbose_name_plural = "code batches"
+        verbose_name_plural = _("code batches")
         constraints = [models.CheckConstraint(condition=Q(quantity__gt=0), name="codebatch_quantity_positive")]
         # Bearer codes are money anyone holding them can spend: seeing them whole and exporting
         # them is a permission of its own (Operations), not part of viewing the lists.
@@ -298,10 +299,10 @@ class IssuanceJob(models.Model):
     """Issue one coupon of a rule to each profile of a list of user ids or of a segment."""
 
     class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+        PENDING = "pending", _("Pending")
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
 
     rule = models.ForeignKey(CouponRule, on_delete=models.PROTECT, related_name="issuance_jobs")
     user_ids = ArrayField(models.CharField(max_length=128), default=list, blank=True)
@@ -312,7 +313,7 @@ class IssuanceJob(models.Model):
     processed = models.PositiveIntegerField(default=0)
     issued = models.PositiveIntegerField(default=0)
     refused = models.PositiveIntegerField(default=0)
-    refusals = models.JSONField(default=dict, blank=True, help_text="Count of refused targets by reason")
+    refusals = models.JSONField(default=dict, blank=True, help_text=_("Count of refused targets by reason"))
     error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -337,9 +338,9 @@ class IssuanceTarget(models.Model):
     transaction as the outcome, so a job resumed after a crash never issues twice."""
 
     class Outcome(models.TextChoices):
-        PENDING = "pending", "Pending"
-        ISSUED = "issued", "Issued"
-        REFUSED = "refused", "Refused"
+        PENDING = "pending", _("Pending")
+        ISSUED = "issued", _("Issued")
+        REFUSED = "refused", _("Refused")
 
     job = models.ForeignKey(IssuanceJob, on_delete=models.CASCADE, related_name="targets")
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
@@ -370,8 +371,8 @@ class Coupon(models.Model):
     starts_at = models.DateTimeField()
     expires_at = models.DateTimeField(null=True, blank=True)
     expired_at = models.DateTimeField(null=True, blank=True)
-    source = models.CharField(max_length=32, default="api", help_text="api, admin, bulk, campaign, partner ...")
-    source_ref = models.CharField(max_length=200, blank=True, default="", help_text="e.g. campaign:12:variant:3")
+    source = models.CharField(max_length=32, default="api", help_text=_("api, admin, bulk, campaign, partner ..."))
+    source_ref = models.CharField(max_length=200, blank=True, default="", help_text=_("e.g. campaign:12:variant:3"))
     request_id = models.CharField(max_length=128, null=True, blank=True)
     batch = models.ForeignKey(CodeBatch, null=True, blank=True, on_delete=models.PROTECT, related_name="coupons")
 
@@ -435,12 +436,12 @@ class Redemption(models.Model):
     discount = models.DecimalField(**MONEY)
     redeemed_at = models.DateTimeField(default=timezone.now)
     rolled_back_at = models.DateTimeField(null=True, blank=True)
-    coupon_returned = models.BooleanField(null=True, blank=True, help_text="Whether rollback gave the coupon back")
+    coupon_returned = models.BooleanField(null=True, blank=True, help_text=_("Whether rollback gave the coupon back"))
     refunded_amount = models.DecimalField(
         **MONEY,
         default=ZERO,
         db_default=ZERO,
-        help_text="Partly refunded: counted revenue is order_amount - refunded_amount",
+        help_text=_("Partly refunded: counted revenue is order_amount - refunded_amount"),
     )
 
     class Meta:
@@ -476,12 +477,12 @@ class OrderRefund(models.Model):
     refund rolled the redemptions back, a partial one lowered their counted revenue."""
 
     class Outcome(models.TextChoices):
-        ROLLED_BACK = "rolled_back", "Rolled back (full refund)"
-        PARTIAL = "partial", "Revenue reduced (partial refund)"
+        ROLLED_BACK = "rolled_back", _("Rolled back (full refund)")
+        PARTIAL = "partial", _("Revenue reduced (partial refund)")
 
     event_id = models.CharField(max_length=128, unique=True)
     order_id = models.CharField(max_length=128, db_index=True)
-    amount = models.DecimalField(**MONEY, null=True, blank=True, help_text="Refunded amount; empty: the whole order")
+    amount = models.DecimalField(**MONEY, null=True, blank=True, help_text=_("Refunded amount; empty: the whole order"))
     outcome = models.CharField(max_length=16, choices=Outcome.choices)
     applied_at = models.DateTimeField(default=timezone.now)
 
@@ -500,7 +501,7 @@ class AbuseScore(models.Model):
 
     profile = models.OneToOneField(Profile, on_delete=models.CASCADE, related_name="+")
     score = models.DecimalField(max_digits=4, decimal_places=3)
-    evidence = models.JSONField(default=dict, help_text="Each signal with its raw count and its part of the score")
+    evidence = models.JSONField(default=dict, help_text=_("Each signal with its raw count and its part of the score"))
     computed_at = models.DateTimeField(default=timezone.now)
     cleared_at = models.DateTimeField(null=True, blank=True)
     cleared_score = models.DecimalField(max_digits=4, decimal_places=3, null=True, blank=True)
@@ -528,14 +529,14 @@ class UpliftModel(models.Model):
     and its out-of-fold evidence (Qini curve, uplift by decile), or why it failed."""
 
     class Status(models.TextChoices):
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
 
     rule = models.OneToOneField(CouponRule, on_delete=models.CASCADE, related_name="uplift_model")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
-    trained_on = models.PositiveIntegerField(default=0, help_text="Campaign members (treated and held out)")
-    scored = models.PositiveIntegerField(default=0, help_text="People given an uplift")
+    trained_on = models.PositiveIntegerField(default=0, help_text=_("Campaign members (treated and held out)"))
+    scored = models.PositiveIntegerField(default=0, help_text=_("People given an uplift"))
     evidence = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
     fitted_at = models.DateTimeField(null=True, blank=True)

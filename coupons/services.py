@@ -26,6 +26,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from config.celery import publish
@@ -101,7 +102,7 @@ def create_rule(*, created_by: AbstractBaseUser | None = None, api_key: Any = No
     fields = {k: v for k, v in fields.items() if v is not None or k == "abuse_threshold"}
     fields["state"] = fields.get("state") or RuleState.ACTIVE
     if fields["state"] not in (RuleState.DRAFT, RuleState.ACTIVE):
-        raise ValidationError({"state": "A new rule is either draft or active."})
+        raise ValidationError({"state": gettext("A new rule is either draft or active.")})
     rule = CouponRule(created_by=created_by if getattr(created_by, "is_authenticated", False) else None, **fields)
     rule.full_clean()
     rule.save()
@@ -137,7 +138,10 @@ def change_rule_state(
     if locked.state == state:
         return locked
     if locked.state not in _TRANSITIONS.get(state, set()):
-        raise errors.InvalidStateChange(f"A {locked.state} rule cannot become {state}.", state=locked.state)
+        raise errors.InvalidStateChange(
+            gettext("A %(state)s rule cannot become %(new_state)s.") % {"state": locked.state, "new_state": state},
+            state=locked.state,
+        )
     previous = locked.state
     locked.state = state
     locked.save(update_fields=["state", "updated_at"])
@@ -1603,9 +1607,9 @@ def create_issuance_job(
 ) -> IssuanceJob:
     """Queue the issue of one coupon of `rule` to each of these users (or the segment's)."""
     if bool(user_ids) == (segment_id is not None):
-        raise errors.CouponError("Give either a list of user ids or a segment.", reason="TARGET_REQUIRED")
+        raise errors.CouponError(gettext("Give either a list of user ids or a segment."), reason="TARGET_REQUIRED")
     if segment_id is not None and segment_resolver() is None:
-        raise errors.NoSegmentResolver("Segments are not available in this installation.")
+        raise errors.NoSegmentResolver(gettext("Segments are not available in this installation."))
     job = IssuanceJob.objects.create(
         rule=rule,
         user_ids=sorted(set(user_ids or [])),
@@ -1781,7 +1785,10 @@ def retry_issuance_job(*, job_id: int, actor: AbstractBaseUser | None = None, ap
     if job is None:
         raise errors.JobNotFound(f"No issuance job {job_id}.")
     if job.status != IssuanceJob.Status.FAILED:
-        raise errors.NotFailed(f"Issuance job {job_id} is {job.status}: only a failed job is retried.")
+        raise errors.NotFailed(
+            gettext("Issuance job %(id)s is %(status)s: only a failed job is retried.")
+            % {"id": job_id, "status": job.status}
+        )
     previous = job.error
     # Targets are resolved in the transaction that sets `started_at`: without it none exist yet.
     job.status = IssuanceJob.Status.RUNNING if job.started_at else IssuanceJob.Status.PENDING
@@ -1808,7 +1815,10 @@ def retry_code_batch(*, batch_id: int, actor: AbstractBaseUser | None = None, ap
     if batch is None:
         raise errors.BatchNotFound(f"No code batch {batch_id}.")
     if batch.status != CodeBatch.Status.FAILED:
-        raise errors.NotFailed(f"Code batch {batch_id} is {batch.status}: only a failed batch is retried.")
+        raise errors.NotFailed(
+            gettext("Code batch %(id)s is %(status)s: only a failed batch is retried.")
+            % {"id": batch_id, "status": batch.status}
+        )
     previous = batch.error
     batch.status, batch.error, batch.finished_at = CodeBatch.Status.PENDING, "", None
     batch.save(update_fields=["status", "error", "finished_at"])

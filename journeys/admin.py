@@ -12,6 +12,8 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from campaigns.models import CampaignStatus, Variant
 from config.errors import DomainError
@@ -46,7 +48,9 @@ class StepFormSet(forms.BaseInlineFormSet):
         typed = [d.get("position") or 0 for d in kept]
         problems: dict[str, str] = {}
         if repeated := sorted({p for p in typed if typed.count(p) > 1}):
-            problems["position"] = f"Each step needs its own position; repeated: {', '.join(map(str, repeated))}."
+            problems["position"] = gettext("Each step needs its own position; repeated: %(positions)s.") % {
+                "positions": ", ".join(map(str, repeated))
+            }
         new_index = {p: i for i, p in enumerate(typed)}
         steps = []
         for i, d in enumerate(kept):
@@ -58,10 +62,9 @@ class StepFormSet(forms.BaseInlineFormSet):
                 elif typed and goto > typed[-1]:
                     step["goto"] = len(kept)  # past the last step: the journey ends
                 else:
-                    problems[f"steps[{i}]"] = (
-                        f"goto {goto} names no step; the positions are {', '.join(map(str, typed))} "
-                        "(or one past the last: the end)."
-                    )
+                    problems[f"steps[{i}]"] = gettext(
+                        "goto %(goto)s names no step; the positions are %(positions)s (or one past the last: the end)."
+                    ) % {"goto": goto, "positions": ", ".join(map(str, typed))}
             steps.append(step)
         return steps, problems
 
@@ -101,9 +104,10 @@ class JourneyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.display(description="Journey")
+    @admin.display(description=_("Journey"))
     def steps_link(self, obj: Journey) -> str:
-        return format_html('<a href="{}">Steps and counts</a>', reverse("admin:journeys_journey_steps", args=[obj.pk]))
+        url = reverse("admin:journeys_journey_steps", args=[obj.pk])
+        return format_html('<a href="{}">{}</a>', url, gettext("Steps and counts"))
 
     def save_formset(self, request, form, formset, change) -> None:
         if isinstance(formset, StepFormSet):
@@ -140,9 +144,9 @@ class JourneyAdmin(admin.ModelAdmin):
         try:
             entered = services.launch_journey(campaign=journey, actor=request.user)
         except DomainError as exc:
-            messages.error(request, f"Not launched: {exc.detail}")
+            messages.error(request, gettext("Not launched: %(reason)s") % {"reason": exc.detail})
             return HttpResponseRedirect(reverse("admin:journeys_journey_change", args=[pk]))
-        messages.success(request, f"Launched: {entered} people entered the first step.")
+        messages.success(request, gettext("Launched: %(n)d people entered the first step.") % {"n": entered})
         return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
 
     def steps_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -158,7 +162,7 @@ class JourneyAdmin(admin.ModelAdmin):
         }
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Journey: {journey.name}",
+            "title": gettext("Journey: %(name)s") % {"name": journey.name},
             "original": journey,
             "opts": self.model._meta,
             "journey": data,

@@ -1,11 +1,12 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class JourneysConfig(AppConfig):
     """Multi-step campaigns: send, wait, branch, and leave on the goal event."""
 
     name = "journeys"
-    verbose_name = "Journeys"
+    verbose_name = _("Journeys")
     role_permissions = {
         "Operations": ["journeys.*"],
         "Analyst": ["journeys.view_*"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from campaigns.models import Campaign, Variant
 from profiles.models import Profile
@@ -19,20 +20,20 @@ class Journey(Campaign):
 
     class Meta:
         proxy = True
-        verbose_name = "journey"
+        verbose_name = _("journey")
 
 
 class StepKind(models.TextChoices):
-    SEND = "send", "Send a variant"
-    WAIT = "wait", "Wait a duration"
-    WAIT_EVENT = "wait_event", "Wait for an event (with a timeout)"
-    BRANCH = "branch", "Branch"
+    SEND = "send", _("Send a variant")
+    WAIT = "wait", _("Wait a duration")
+    WAIT_EVENT = "wait_event", _("Wait for an event (with a timeout)")
+    BRANCH = "branch", _("Branch")
 
 
 class BranchOn(models.TextChoices):
-    EVENT = "event", "The person did an event since entering the journey"
-    TAG = "tag", "The person has a tag"
-    TRAIT = "trait", "A trait equals a value"
+    EVENT = "event", _("The person did an event since entering the journey")
+    TAG = "tag", _("The person has a tag")
+    TRAIT = "trait", _("A trait equals a value")
 
 
 class JourneyStep(models.Model):
@@ -40,10 +41,10 @@ class JourneyStep(models.Model):
     position = models.PositiveSmallIntegerField()
     kind = models.CharField(max_length=16, choices=StepKind.choices)
     variant = models.ForeignKey(
-        Variant, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text="Send: what to send"
+        Variant, null=True, blank=True, on_delete=models.PROTECT, related_name="+", help_text=_("Send: what to send")
     )
-    wait_minutes = models.PositiveIntegerField(default=0, help_text="Wait: how long; wait for an event: the timeout")
-    event = models.CharField(max_length=64, blank=True, default="", help_text="Wait for / branch on this event")
+    wait_minutes = models.PositiveIntegerField(default=0, help_text=_("Wait: how long; wait for an event: the timeout"))
+    event = models.CharField(max_length=64, blank=True, default="", help_text=_("Wait for / branch on this event"))
     branch_on = models.CharField(max_length=8, choices=BranchOn.choices, blank=True, default="")
     tag = models.CharField(max_length=100, blank=True, default="")
     trait = models.CharField(max_length=64, blank=True, default="")
@@ -51,8 +52,10 @@ class JourneyStep(models.Model):
     goto = models.PositiveSmallIntegerField(
         null=True,
         blank=True,
-        help_text="Branch: the step to go to when the condition holds; wait for an event: when it times out. "
-        "Otherwise the next step. Past the last step: the journey ends.",
+        help_text=_(
+            "Branch: the step to go to when the condition holds; wait for an event: when it times out. "
+            "Otherwise the next step. Past the last step: the journey ends."
+        ),
     )
 
     class Meta:
@@ -68,10 +71,10 @@ class JourneyStep(models.Model):
 
 
 class RunStatus(models.TextChoices):
-    ACTIVE = "active", "In the journey"
-    COMPLETED = "completed", "Walked every step"
-    EXITED = "exited", "Left on the goal event"
-    MERGED = "merged", "Merged into the run of the profile it merged into"
+    ACTIVE = "active", _("In the journey")
+    COMPLETED = "completed", _("Walked every step")
+    EXITED = "exited", _("Left on the goal event")
+    MERGED = "merged", _("Merged into the run of the profile it merged into")
 
 
 class JourneyRun(models.Model):
@@ -80,10 +83,10 @@ class JourneyRun(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="journey_runs")
     profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="+")
     user_id = models.CharField(max_length=128)
-    position = models.PositiveSmallIntegerField(default=0, help_text="The step it is at")
+    position = models.PositiveSmallIntegerField(default=0, help_text=_("The step it is at"))
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.ACTIVE)
     step_started_at = models.DateTimeField(default=timezone.now)
-    wake_at = models.DateTimeField(null=True, blank=True, help_text="When it is looked at next")
+    wake_at = models.DateTimeField(null=True, blank=True, help_text=_("When it is looked at next"))
     entered_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import Count, Q
+from django.utils.translation import gettext
 
 from campaigns.models import Campaign, Delivery
 from journeys.models import JourneyRun, JourneyStep, RunStatus, StepVisit
@@ -67,17 +68,25 @@ def journey(campaign: Campaign) -> dict[str, Any]:
 
 
 def describe(step: JourneyStep) -> str:
-    then = ", else go on" if step.kind == "branch" else ""
+    then = gettext(", else go on") if step.kind == "branch" else ""
     if step.kind == "send":
-        return f"Send variant {step.variant.name if step.variant_id else '?'}"
+        return gettext("Send variant %(name)s") % {"name": step.variant.name if step.variant_id else "?"}
     if step.kind == "wait":
-        return f"Wait {step.wait_minutes} min"
+        return gettext("Wait %(minutes)d min") % {"minutes": step.wait_minutes}
     if step.kind == "wait_event":
-        timeout = f" then step {step.goto}" if step.goto is not None else ""
-        return f"Wait for {step.event} (at most {step.wait_minutes} min{timeout})"
+        timeout = gettext(" then step %(goto)s") % {"goto": step.goto} if step.goto is not None else ""
+        return gettext("Wait for %(event)s (at most %(minutes)d min%(timeout)s)") % {
+            "event": step.event,
+            "minutes": step.wait_minutes,
+            "timeout": timeout,
+        }
     condition = {
-        "event": f"did {step.event}",
-        "tag": f"has tag {step.tag}",
+        "event": gettext("did %(event)s") % {"event": step.event},
+        "tag": gettext("has tag %(tag)s") % {"tag": step.tag},
         "trait": f"{step.trait} = {step.trait_value}",
     }.get(step.branch_on, "?")
-    return f"If {condition}: go to step {step.goto}{then}"
+    return gettext("If %(condition)s: go to step %(goto)s%(then)s") % {
+        "condition": condition,
+        "goto": step.goto,
+        "then": then,
+    }

@@ -17,6 +17,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from campaigns import sending, validation
@@ -62,34 +63,36 @@ def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[s
     """`{"steps[i]": reason}` for steps that cannot run."""
     problems: dict[str, str] = {}
     if not steps:
-        return {"steps": "A journey has at least one step."}
+        return {"steps": gettext("A journey has at least one step.")}
     variants = set(campaign.variants.values_list("pk", flat=True))
     for i, s in enumerate(steps):
         key = f"steps[{i}]"
         kind = s.get("kind")
         goto = s.get("goto")
         if kind not in StepKind.values:
-            problems[key] = f"kind: one of {', '.join(StepKind.values)}."
+            problems[key] = gettext("kind: one of %(kinds)s.") % {"kinds": ", ".join(StepKind.values)}
         elif kind == StepKind.SEND and s.get("variant") not in variants:
-            problems[key] = "A send step names one of this campaign's variants."
+            problems[key] = gettext("A send step names one of this campaign's variants.")
         elif kind == StepKind.WAIT and not 1 <= (s.get("wait_minutes") or 0) <= MAX_WAIT_MINUTES:
-            problems[key] = f"A wait lasts 1 to {MAX_WAIT_MINUTES} minutes."
+            problems[key] = gettext("A wait lasts 1 to %(max)d minutes.") % {"max": MAX_WAIT_MINUTES}
         elif kind == StepKind.WAIT_EVENT and (not s.get("event") or not (s.get("wait_minutes") or 0) >= 1):
-            problems[key] = "Waiting for an event needs the event and a timeout (wait_minutes, at least 1)."
+            problems[key] = gettext("Waiting for an event needs the event and a timeout (wait_minutes, at least 1).")
         elif kind == StepKind.BRANCH:
             on = s.get("branch_on")
             if on not in BranchOn.values:
-                problems[key] = f"branch_on: one of {', '.join(BranchOn.values)}."
+                problems[key] = gettext("branch_on: one of %(values)s.") % {"values": ", ".join(BranchOn.values)}
             elif (on == BranchOn.EVENT and not s.get("event")) or (on == BranchOn.TAG and not s.get("tag")):
-                problems[key] = f"Branching on {on} needs the {on} name."
+                problems[key] = gettext("Branching on %(on)s needs the %(on)s name.") % {"on": on}
             elif on == BranchOn.TRAIT and not s.get("trait"):
-                problems[key] = "Branching on a trait needs the trait and its value."
+                problems[key] = gettext("Branching on a trait needs the trait and its value.")
             elif goto is None:
-                problems[key] = "A branch needs goto: the step to go to when the condition holds."
+                problems[key] = gettext("A branch needs goto: the step to go to when the condition holds.")
         if key not in problems and goto is not None and not 0 <= goto <= len(steps):
-            problems[key] = f"goto is a step position from 0 to {len(steps)} (past the last: the end)."
+            problems[key] = gettext("goto is a step position from 0 to %(n)d (past the last: the end).") % {
+                "n": len(steps)
+            }
     if not problems and (start := _loop_without_wait(steps)) is not None:
-        problems[f"steps[{start}]"] = (
+        problems[f"steps[{start}]"] = gettext(
             "These steps loop back here without a wait (or a wait for an event) on the way: a person would "
             "stay in the journey for ever. Put a wait in the loop."
         )
@@ -157,7 +160,7 @@ def set_steps(
     """Replace a draft campaign's steps (position = order given)."""
     campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
     if campaign.status != CampaignStatus.DRAFT:
-        raise errors.NotADraft("Steps change only while the campaign is a draft.")
+        raise errors.NotADraft(gettext("Steps change only while the campaign is a draft."))
     if problems := step_problems(campaign, steps):
         raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
     JourneyStep.objects.filter(campaign=campaign).delete()
@@ -193,7 +196,7 @@ def launch_journey(
     now = now or timezone.now()
     campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
     if campaign.status != CampaignStatus.DRAFT:
-        raise errors.NotADraft(f"The campaign is {campaign.status}, not a draft.")
+        raise errors.NotADraft(gettext("The campaign is %(status)s, not a draft.") % {"status": campaign.status})
     steps = list(
         campaign.journey_steps.values(
             "kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto"
@@ -203,7 +206,8 @@ def launch_journey(
         raise errors.InvalidSteps("; ".join(f"{k}: {v}" for k, v in problems.items()), fields=problems)
     if problems := launch_problems(campaign):
         raise errors.InvalidConfiguration(
-            "This journey cannot work as configured: " + "; ".join(f"{k}: {v}" for k, v in problems.items()),
+            gettext("This journey cannot work as configured: %(problems)s")
+            % {"problems": "; ".join(f"{k}: {v}" for k, v in problems.items())},
             fields=problems,
         )
     campaign.status = CampaignStatus.RUNNING

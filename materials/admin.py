@@ -16,6 +16,8 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from config.errors import DomainError
 from materials import selectors, services
@@ -54,18 +56,18 @@ class MaterialAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return ("channel",) if obj else ()  # its versions are written for the channel
 
-    @admin.display(description="Tags")
+    @admin.display(description=_("Tags"))
     def tags_shown(self, obj: Material) -> str:
         return ", ".join(obj.tags)
 
-    @admin.display(description="Latest version", ordering="latest_version")
+    @admin.display(description=_("Latest version"), ordering="latest_version")
     def latest(self, obj: Material) -> str:
         return f"v{obj.latest_version}" if getattr(obj, "latest_version", None) else "-"
 
-    @admin.display(description="Across campaigns")
+    @admin.display(description=_("Across campaigns"))
     def performance_link(self, obj: Material) -> str:
         url = reverse("admin:materials_material_performance", args=[obj.pk])
-        return format_html('<a href="{}">Sends and effect</a>', url)
+        return format_html('<a href="{}">{}</a>', url, gettext("Sends and effect"))
 
     def save_model(self, request, obj: Material, form, change) -> None:
         if change:
@@ -106,7 +108,7 @@ class MaterialAdmin(admin.ModelAdmin):
         }
         context = {
             **self.admin_site.each_context(request),
-            "title": f"{material}: across campaigns",
+            "title": gettext("%(material)s: across campaigns") % {"material": material},
             "original": material,
             "opts": self.model._meta,
             "rows": rows,
@@ -117,12 +119,12 @@ class MaterialAdmin(admin.ModelAdmin):
 
 class VersionForm(forms.ModelForm):
     url = forms.URLField(
-        required=False, max_length=1000, assume_scheme="https", help_text="Where {{ link }} leads (tracked)"
+        required=False, max_length=1000, assume_scheme="https", help_text=_("Where {{ link }} leads (tracked)")
     )
     defaults = forms.JSONField(
         required=False,
         initial=dict,
-        help_text='Variable -> text used when a person has no value, e.g. {"name": "friend"}',
+        help_text=_('Variable -> text used when a person has no value, e.g. {"name": "friend"}'),
     )
 
     class Meta:
@@ -136,7 +138,7 @@ class VersionForm(forms.ModelForm):
     def clean_defaults(self) -> dict[str, Any]:
         value = self.cleaned_data.get("defaults") or {}
         if not isinstance(value, dict):
-            raise ValidationError('An object of variable name -> text, e.g. {"name": "friend"}.')
+            raise ValidationError(gettext('An object of variable name -> text, e.g. {"name": "friend"}.'))
         return value
 
     def clean(self):
@@ -152,7 +154,7 @@ class VersionForm(forms.ModelForm):
         errors: dict[str, list[str]] = {}
         for p in problems:
             target = p.field if p.field in self.fields else None
-            where = f"Line {p.line}: " if p.line else ""
+            where = gettext("Line %(line)s: ") % {"line": p.line} if p.line else ""
             errors.setdefault(target, []).append(f"{where}{p.reason}")
         if errors:
             raise ValidationError({k or "__all__": v for k, v in errors.items()})
@@ -232,9 +234,9 @@ class MaterialVersionAdmin(admin.ModelAdmin):
         try:
             services.approve_version(version=version, actor=request.user)
         except DomainError as exc:
-            messages.error(request, f"Not approved: {exc.detail}")
+            messages.error(request, gettext("Not approved: %(reason)s") % {"reason": exc.detail})
         else:
-            messages.success(request, f"{version} is approved: campaigns may send it.")
+            messages.success(request, gettext("%(version)s is approved: campaigns may send it.") % {"version": version})
         return HttpResponseRedirect(change_url)
 
     def _may_send_test(self, request: HttpRequest) -> bool:
@@ -256,15 +258,19 @@ class MaterialVersionAdmin(admin.ModelAdmin):
             )
         notice = ""
         if user_id and profile is None:
-            notice = f"No profile with user id {user_id!r}: showing sample values."
+            notice = gettext("No profile with user id %(user_id)r: showing sample values.") % {"user_id": user_id}
         if request.method == "POST" and request.POST.get("send_test"):
             if not self._may_send_test(request):
                 raise PermissionDenied
             sent, reason = services.send_test(version=version, user_id=user_id, actor=request.user)
             if sent:
-                messages.success(request, f"Test sent to {user_id} through the {version.material.channel} channel.")
+                messages.success(
+                    request,
+                    gettext("Test sent to %(user_id)s through the %(channel)s channel.")
+                    % {"user_id": user_id, "channel": version.material.get_channel_display()},
+                )
             else:
-                messages.error(request, f"Test not sent: {reason}")
+                messages.error(request, gettext("Test not sent: %(reason)s") % {"reason": reason})
             url = reverse("admin:materials_materialversion_preview", args=[version.pk])
             return HttpResponseRedirect(f"{url}?user_id={user_id}")
         result = selectors.preview(version=version, profile=profile)
@@ -276,7 +282,7 @@ class MaterialVersionAdmin(admin.ModelAdmin):
                 webhook_json = ""
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Preview: {version}",
+            "title": gettext("Preview: %(version)s") % {"version": version},
             "original": version,
             "opts": self.model._meta,
             "user_id": user_id,

@@ -13,25 +13,28 @@ from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class MaterialChannel(models.TextChoices):
     # The same values as the campaigns' channels, which sit in the layer above.
-    PUSH = "push", "Push"
-    SMS = "sms", "SMS"
-    EMAIL = "email", "E-mail"
-    WEBHOOK = "webhook", "Webhook"
+    PUSH = "push", _("Push")
+    SMS = "sms", _("SMS")
+    EMAIL = "email", _("E-mail")
+    WEBHOOK = "webhook", _("Webhook")
 
 
 class Material(models.Model):
     name = models.CharField(max_length=200)
     channel = models.CharField(max_length=16, choices=MaterialChannel.choices)
-    tags = ArrayField(models.CharField(max_length=64), default=list, blank=True, help_text="Free labels to find it by")
+    tags = ArrayField(
+        models.CharField(max_length=64), default=list, blank=True, help_text=_("Free labels to find it by")
+    )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     description = models.TextField(blank=True, default="")
-    archived = models.BooleanField(default=False, help_text="Hidden from pickers; campaigns that used it keep it")
+    archived = models.BooleanField(default=False, help_text=_("Hidden from pickers; campaigns that used it keep it"))
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -45,8 +48,8 @@ class Material(models.Model):
 
 
 class VersionStatus(models.TextChoices):
-    DRAFT = "draft", "Draft"
-    APPROVED = "approved", "Approved"
+    DRAFT = "draft", _("Draft")
+    APPROVED = "approved", _("Approved")
 
 
 class MaterialVersion(models.Model):
@@ -55,12 +58,12 @@ class MaterialVersion(models.Model):
 
     material = models.ForeignKey(Material, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
-    title = models.CharField(max_length=500, blank=True, default="", help_text="Push title or e-mail subject")
-    body = models.TextField(blank=True, default="", help_text="Push body, SMS text, e-mail text or webhook JSON")
-    html = models.TextField(blank=True, default="", help_text="E-mail HTML (escaped automatically)")
-    url = models.URLField(max_length=1000, blank=True, default="", help_text="Where the tracked link leads")
+    title = models.CharField(max_length=500, blank=True, default="", help_text=_("Push title or e-mail subject"))
+    body = models.TextField(blank=True, default="", help_text=_("Push body, SMS text, e-mail text or webhook JSON"))
+    html = models.TextField(blank=True, default="", help_text=_("E-mail HTML (escaped automatically)"))
+    url = models.URLField(max_length=1000, blank=True, default="", help_text=_("Where the tracked link leads"))
     defaults = models.JSONField(
-        default=dict, blank=True, help_text="Variable -> text used when the person has no value for it"
+        default=dict, blank=True, help_text=_("Variable -> text used when the person has no value for it")
     )
     status = models.CharField(max_length=16, choices=VersionStatus.choices, default=VersionStatus.DRAFT)
     created_by = models.ForeignKey(

@@ -28,23 +28,25 @@ from typing import Any
 
 import gsm0338  # noqa: F401  (registers the gsm03.38 codec)
 from django.conf import settings
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # The variables a template may use, with a sample of each for previews and the checks at save.
 VARIABLES: dict[str, tuple[str, Any]] = {
-    "name": ("The person's name", "Alex Chen"),
-    "city": ("The person's city", "Shanghai"),
-    "tier": ("The value tier's name (RFM)", "Core"),
-    "predicted_value": ("Predicted spend over the next year (a decimal)", Decimal("1280.00")),
-    "tags": ("The person's tag names (`'vip' in tags`)", ["vip"]),
-    "traits": ("The person's custom traits (`traits.plan`)", {}),
-    "user_id": ("The product's user id", "u-1001"),
-    "coupon_code": ("The coupon issued with this message", "SAVE-7F3K2Q"),
-    "coupon_amount": ("What the coupon takes off: an amount, or a percentage with %", "30.00"),
-    "coupon_expiry": ("When the coupon expires (YYYY-MM-DD)", "2026-12-31"),
-    "link": ("The tracked link to the version's URL", "https://example.com/t/c/sample"),
+    "name": (_("The person's name"), "Alex Chen"),
+    "city": (_("The person's city"), "Shanghai"),
+    "tier": (_("The value tier's name (RFM)"), "Core"),
+    "predicted_value": (_("Predicted spend over the next year (a decimal)"), Decimal("1280.00")),
+    "tags": (_("The person's tag names (`'vip' in tags`)"), ["vip"]),
+    "traits": (_("The person's custom traits (`traits.plan`)"), {}),
+    "user_id": (_("The product's user id"), "u-1001"),
+    "coupon_code": (_("The coupon issued with this message"), "SAVE-7F3K2Q"),
+    "coupon_amount": (_("What the coupon takes off: an amount, or a percentage with %"), "30.00"),
+    "coupon_expiry": (_("When the coupon expires (YYYY-MM-DD)"), "2026-12-31"),
+    "link": (_("The tracked link to the version's URL"), "https://example.com/t/c/sample"),
 }
 # Per-person values that are never missing once a person is known.
 ALWAYS_PRESENT = frozenset({"tags", "traits", "user_id"})
@@ -208,10 +210,12 @@ def template_problems(
     without a URL, or a message over the channel's limit with sample values."""
     problems: list[Problem] = []
     if not isinstance(defaults, dict):
-        return [Problem("defaults", None, "An object of variable name -> text.")]
+        return [Problem("defaults", None, gettext("An object of variable name -> text."))]
     for name, value in defaults.items():
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            problems.append(Problem("defaults", None, f"The default of {name!r} must be text or a number."))
+            problems.append(
+                Problem("defaults", None, gettext("The default of %(name)r must be text or a number.") % {"name": name})
+            )
     for field_name, source in fields.items():
         try:
             ast = _env(field_name).parse(source)
@@ -222,17 +226,24 @@ def template_problems(
             if var not in VARIABLES and var not in defaults:
                 known = ", ".join(sorted(VARIABLES))
                 problems.append(
-                    Problem(field_name, line, f"Unknown variable {var!r} and no default for it (known: {known}).")
+                    Problem(
+                        field_name,
+                        line,
+                        gettext("Unknown variable %(var)r and no default for it (known: %(known)s).")
+                        % {"var": var, "known": known},
+                    )
                 )
             elif var == "link" and not url:
-                problems.append(Problem(field_name, line, "{{ link }} needs the version's URL (where the link leads)."))
+                problems.append(
+                    Problem(field_name, line, gettext("{{ link }} needs the version's URL (where the link leads)."))
+                )
     if problems:
         return problems
     compiled = compile_templates(channel=channel, fields=fields, defaults=defaults, url=url)
     try:
         sample = render(compiled, sample_context(), check_limits=False)
     except RenderError as exc:
-        return [Problem("template", None, f"Does not render with sample values: {exc}")]
+        return [Problem("template", None, gettext("Does not render with sample values: %(error)s") % {"error": exc})]
     return [Problem(f, None, reason) for f, reason in limit_problems(channel, sample)]
 
 
@@ -312,30 +323,56 @@ def limit_problems(channel: str, rendered: dict[str, str]) -> list[tuple[str, st
     title, body = rendered.get("title", ""), rendered.get("body", "")
     if channel == "push":
         if len(title) > push_title_max():
-            problems.append(("title", f"The push title is {len(title)} characters; at most {push_title_max()}."))
+            problems.append(
+                (
+                    "title",
+                    gettext("The push title is %(n)d characters; at most %(max)d.")
+                    % {"n": len(title), "max": push_title_max()},
+                )
+            )
         if len(body) > push_body_max():
-            problems.append(("body", f"The push body is {len(body)} characters; at most {push_body_max()}."))
+            problems.append(
+                (
+                    "body",
+                    gettext("The push body is %(n)d characters; at most %(max)d.")
+                    % {"n": len(body), "max": push_body_max()},
+                )
+            )
         if not body.strip():
-            problems.append(("body", "A push needs a body."))
+            problems.append(("body", gettext("A push needs a body.")))
     elif channel == "sms":
         size = sms_size(body)
         if size.segments > sms_max_segments():
             problems.append(
                 (
                     "body",
-                    f"The SMS is {size.units} {size.encoding} characters, {size.segments} segments; at most "
-                    f"{sms_max_segments()} (GSM-7: 160 in one, 153 per segment; UCS-2: 70 and 67).",
+                    gettext(
+                        "The SMS is %(units)d %(encoding)s characters, %(segments)d segments; at most "
+                        "%(max)d (GSM-7: 160 in one, 153 per segment; UCS-2: 70 and 67)."
+                    )
+                    % {
+                        "units": size.units,
+                        "encoding": size.encoding,
+                        "segments": size.segments,
+                        "max": sms_max_segments(),
+                    },
                 )
             )
         if not body.strip():
-            problems.append(("body", "An SMS needs text."))
+            problems.append(("body", gettext("An SMS needs text.")))
     elif channel == "email":
         if len(title) > email_subject_max():
-            problems.append(("title", f"The subject is {len(title)} characters; at most {email_subject_max()}."))
+            problems.append(
+                (
+                    "title",
+                    gettext("The subject is %(n)d characters; at most %(max)d.")
+                    % {"n": len(title), "max": email_subject_max()},
+                )
+            )
         if not title.strip():
-            problems.append(("title", "An e-mail needs a subject."))
+            problems.append(("title", gettext("An e-mail needs a subject.")))
         if not body.strip() and not rendered.get("html", "").strip():
-            problems.append(("body", "An e-mail needs a text or an HTML body."))
+            problems.append(("body", gettext("An e-mail needs a text or an HTML body.")))
     elif channel == "webhook":
         try:
             data = json.loads(body)

@@ -8,6 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from materials import errors
@@ -106,7 +107,9 @@ def update_draft(
     """Edit a draft; an approved version is frozen (409): write a new version instead."""
     version = MaterialVersion.objects.select_for_update().select_related("material").get(pk=version.pk)
     if version.status != VersionStatus.DRAFT:
-        raise errors.VersionFrozen(f"Version {version.number} is approved; add a new version to change it.")
+        raise errors.VersionFrozen(
+            gettext("Version %(number)s is approved; add a new version to change it.") % {"number": version.number}
+        )
     for key, value in changes.items():
         if key not in {"title", "body", "html", "url", "defaults"}:
             raise TypeError(f"update_draft() got an unexpected field {key!r}")
@@ -122,7 +125,9 @@ def approve_version(*, version: MaterialVersion, actor: Any) -> MaterialVersion:
     """An Operations lead approves a draft for sending, after the same checks as at save (the
     limits may have changed since). Approving an approved version returns it unchanged."""
     if actor is None or not getattr(actor, "is_authenticated", False) or not actor.has_perm(APPROVE_PERMISSION):
-        raise errors.NotAllowed("Only a member of Operations lead (materials.approve_material) approves versions.")
+        raise errors.NotAllowed(
+            gettext("Only a member of Operations lead (materials.approve_material) approves versions.")
+        )
     version = MaterialVersion.objects.select_for_update().select_related("material").get(pk=version.pk)
     if version.status == VersionStatus.APPROVED:
         return version

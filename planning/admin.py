@@ -15,8 +15,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from config import formatting
 from config.errors import DomainError
@@ -77,7 +79,8 @@ class TacticAdmin(admin.ModelAdmin):
 
     @admin.display(description="")
     def plan_link(self, tactic: Tactic) -> str:
-        return format_html('<a href="{}">goal plan</a>', reverse("admin:planning_goal_plan", args=[tactic.goal_id]))
+        url = reverse("admin:planning_goal_plan", args=[tactic.goal_id])
+        return format_html('<a href="{}">{}</a>', url, gettext("goal plan"))
 
     def save_model(self, request, obj: Tactic, form, change: bool) -> None:
         data = form.cleaned_data
@@ -108,12 +111,12 @@ class TacticAdmin(admin.ModelAdmin):
     def delete_model(self, request, obj: Tactic) -> None:
         services.delete_tactic(tactic=obj, actor=request.user)
 
-    @admin.action(description="Decompose the goals of the selected tactics by their timing", permissions=["change"])
+    @admin.action(description=_("Decompose the goals of the selected tactics by their timing"), permissions=["change"])
     def decompose_goals(self, request, queryset):
         for goal in Goal.objects.filter(pk__in=queryset.values("goal")):
             try:
                 services.decompose_by_tactics(goal=goal, actor=request.user)
-                self.message_user(request, f"{goal}: decomposed by its tactics' timing.")
+                self.message_user(request, gettext("%(goal)s: decomposed by its tactics' timing.") % {"goal": goal})
             except DomainError as exc:
                 self.message_user(request, f"{goal}: {exc.detail}", level=messages.ERROR)
 
@@ -152,7 +155,7 @@ class TacticAdmin(admin.ModelAdmin):
             ]
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Goal plan: {goal}",
+            "title": gettext("Goal plan: %(goal)s") % {"goal": goal},
             "opts": self.model._meta,
             "goal": goal,
             "target": _value(goal.target, goal.unit),
@@ -182,7 +185,7 @@ class PhaseAdmin(admin.ModelAdmin):
     fields = ("goal", "kind", "starts_on", "priorities")
     inlines = [TaskInline]
 
-    @admin.display(description="Tasks")
+    @admin.display(description=_("Tasks"))
     def task_count(self, phase: Phase) -> int:
         return phase.tasks.count()
 
@@ -211,7 +214,7 @@ class TaskAdmin(admin.ModelAdmin):
     actions = ["mark_doing", "mark_done", "mark_todo"]
     change_list_template = "admin/planning/task/change_list.html"
 
-    @admin.display(description="Late", boolean=True)
+    @admin.display(description=_("Late"), boolean=True)
     def late_flag(self, task: Task) -> bool:
         return task.is_late(selectors._today())
 
@@ -242,17 +245,21 @@ class TaskAdmin(admin.ModelAdmin):
     def _move(self, request, queryset, status: str) -> None:
         for task in queryset:
             services.move_task(task=task, status=status, actor=request.user)
-        self.message_user(request, f"{queryset.count()} task(s) moved to {status}.")
+        n = queryset.count()
+        self.message_user(
+            request,
+            gettext("%(n)d task(s) moved to %(status)s.") % {"n": n, "status": str(TaskStatus(status).label).lower()},
+        )
 
-    @admin.action(description="Move to doing", permissions=["change"])
+    @admin.action(description=_("Move to doing"), permissions=["change"])
     def mark_doing(self, request, queryset):
         self._move(request, queryset, TaskStatus.DOING)
 
-    @admin.action(description="Move to done", permissions=["change"])
+    @admin.action(description=_("Move to done"), permissions=["change"])
     def mark_done(self, request, queryset):
         self._move(request, queryset, TaskStatus.DONE)
 
-    @admin.action(description="Move back to to do", permissions=["change"])
+    @admin.action(description=_("Move back to to do"), permissions=["change"])
     def mark_todo(self, request, queryset):
         self._move(request, queryset, TaskStatus.TODO)
 
@@ -277,16 +284,16 @@ class TaskAdmin(admin.ModelAdmin):
         columns = selectors.board(team=team, today=today) if team else {c: [] for c in selectors.BOARD_COLUMNS}
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Board: {team.name}" if team else "Boards",
+            "title": gettext("Board: %(team)s") % {"team": team.name} if team else gettext("Boards"),
             "opts": self.model._meta,
             "teams": teams,
             "team": team,
             "today": today,
             "columns": [
-                ("todo", "To do", columns["todo"]),
-                ("doing", "Doing", columns["doing"]),
-                ("done", "Done", columns["done"]),
-                ("late", "Late", columns["late"]),
+                ("todo", gettext("To do"), columns["todo"]),
+                ("doing", gettext("Doing"), columns["doing"]),
+                ("done", gettext("Done"), columns["done"]),
+                ("late", gettext("Late"), columns["late"]),
             ],
         }
         return TemplateResponse(request, "admin/planning/task/board.html", context)
@@ -302,7 +309,11 @@ class TaskAdmin(admin.ModelAdmin):
             row["shown"] = {k: _value(row[k], row["goal"].unit) for k in ("target", "actual", "baseline", "gap")}
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Review of {month:%B %Y}" + (f": {team.name}" if team else ": the whole operation"),
+            "title": gettext("Review of %(month)s: %(team)s")
+            % {
+                "month": date_format(month, "YEAR_MONTH_FORMAT"),
+                "team": team.name if team else gettext("the whole operation"),
+            },
             "opts": self.model._meta,
             "review": review,
             "teams": Group.objects.filter(planning_tasks__isnull=False).distinct().order_by("name"),

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
 
 
 class PlanningConfig(AppConfig):
@@ -6,7 +7,7 @@ class PlanningConfig(AppConfig):
     boards, and monthly reviews against the natural-growth baseline and the campaigns' holdouts."""
 
     name = "planning"
-    verbose_name = "Planning"
+    verbose_name = _("Planning")
     role_permissions = {
         "Operations": ["planning.*"],
         "Analyst": ["planning.view_*"],

@@ -16,6 +16,7 @@ from django.contrib.auth.models import Group
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from campaigns.models import Campaign
 from coupons.models import CouponRule
@@ -32,13 +33,13 @@ class Tactic(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True, default="")
     indicators = ArrayField(
-        models.CharField(max_length=64), default=list, blank=True, help_text="Keys of the indicators it moves"
+        models.CharField(max_length=64), default=list, blank=True, help_text=_("Keys of the indicators it moves")
     )
     campaigns = models.ManyToManyField(Campaign, blank=True, related_name="tactics")
     coupon_rules = models.ManyToManyField(CouponRule, blank=True, related_name="tactics")
     expected_contribution = models.DecimalField(**GOAL_VALUE)
-    starts_on = models.DateField(help_text="First day of the month it starts")
-    ends_on = models.DateField(null=True, blank=True, help_text="First day of its last month; empty: the goal's end")
+    starts_on = models.DateField(help_text=_("First day of the month it starts"))
+    ends_on = models.DateField(null=True, blank=True, help_text=_("First day of its last month; empty: the goal's end"))
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -62,8 +63,8 @@ class Tactic(models.Model):
 
 
 class PhaseKind(models.TextChoices):
-    MONTH = "month", "Month"
-    QUARTER = "quarter", "Quarter"
+    MONTH = "month", _("Month")
+    QUARTER = "quarter", _("Quarter")
 
 
 class Phase(models.Model):
@@ -71,8 +72,8 @@ class Phase(models.Model):
 
     goal = models.ForeignKey(Goal, on_delete=models.CASCADE, related_name="phases")
     kind = models.CharField(max_length=8, choices=PhaseKind.choices)
-    starts_on = models.DateField(help_text="First day of the month or quarter")
-    priorities = models.TextField(blank=True, default="", help_text="One a line, most important first")
+    starts_on = models.DateField(help_text=_("First day of the month or quarter"))
+    priorities = models.TextField(blank=True, default="", help_text=_("One a line, most important first"))
 
     class Meta:
         ordering = ["goal", "starts_on"]
@@ -102,9 +103,9 @@ class Phase(models.Model):
 
 
 class TaskStatus(models.TextChoices):
-    TODO = "todo", "To do"
-    DOING = "doing", "Doing"
-    DONE = "done", "Done"
+    TODO = "todo", _("To do")
+    DOING = "doing", _("Doing")
+    DONE = "done", _("Done")
 
 
 class Task(models.Model):
@@ -118,7 +119,9 @@ class Task(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="planning_tasks"
     )
     title = models.CharField(max_length=200)
-    indicator = models.CharField(max_length=64, blank=True, default="", help_text="Key of the indicator it should move")
+    indicator = models.CharField(
+        max_length=64, blank=True, default="", help_text=_("Key of the indicator it should move")
+    )
     due_on = models.DateField()
     status = models.CharField(max_length=8, choices=TaskStatus.choices, default=TaskStatus.TODO)
     done_at = models.DateTimeField(null=True, blank=True)

@@ -15,6 +15,8 @@ from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.translation import gettext
 
 from access.services import record_audit
 from campaigns.models import Campaign
@@ -58,7 +60,9 @@ def tactic_weights(*, target: Decimal, fold: str, months: list[date], timings: I
     rest = target - covered
     if rest < 0:
         raise ContributionsExceedTarget(
-            f"The tactics expect {covered} in all, more than the target {target}.", covered=str(covered)
+            gettext("The tactics expect %(covered)s in all, more than the target %(target)s.")
+            % {"covered": covered, "target": target},
+            covered=str(covered),
         )
     weights = []
     for month in months:
@@ -69,11 +73,14 @@ def tactic_weights(*, target: Decimal, fold: str, months: list[date], timings: I
                 weight += timing.contribution / len(active) if fold == Fold.SUM else timing.contribution
         weights.append(weight.quantize(WEIGHT_PLACES))
     if not any(weights):
-        raise NoTactics("Nothing to spread: the tactics contribute nothing and leave nothing of the target.")
+        raise NoTactics(gettext("Nothing to spread: the tactics contribute nothing and leave nothing of the target."))
     if fold == Fold.LAST and weights[-1] == 0:
         raise LastMonthUncovered(
-            f"The goal is read on {months[-1]:%B %Y}'s last day, and no tactic works then nor is any of the target "
-            "left to natural growth."
+            gettext(
+                "The goal is read on the last day of %(month)s, and no tactic works then nor is any of the target "
+                "left to natural growth."
+            )
+            % {"month": date_format(months[-1], "YEAR_MONTH_FORMAT")}
         )
     return weights
 
@@ -85,7 +92,7 @@ def decompose_by_tactics(*, goal: Goal, actor: AbstractBaseUser | None = None, a
     locked = Goal.objects.select_for_update().get(pk=goal.pk)
     tactics = list(locked.tactics.all())
     if not tactics:
-        raise NoTactics(f"The goal {locked} has no tactics to follow; add one first.")
+        raise NoTactics(gettext("The goal %(goal)s has no tactics to follow; add one first.") % {"goal": locked})
     weights = tactic_weights(
         target=locked.target,
         fold=locked.fold,
@@ -113,15 +120,20 @@ def _month(value: Any, field: str, goal: Goal) -> date:
         try:
             value = date.fromisoformat(value if len(value) > 7 else f"{value}-01")
         except ValueError:
-            raise ValidationError({field: f"{value[:20]!r} is not a date (YYYY-MM or YYYY-MM-DD)."}) from None
+            raise ValidationError(
+                {field: gettext("%(value)r is not a date (YYYY-MM or YYYY-MM-DD).") % {"value": value[:20]}}
+            ) from None
     if isinstance(value, datetime):
         value = value.date()
     if not isinstance(value, date):
-        raise ValidationError({field: "A date (the first day of a month)."})
+        raise ValidationError({field: gettext("A date (the first day of a month).")})
     month = value.replace(day=1)
     if month not in goal.months():
         raise ValidationError(
-            {field: f"{month:%Y-%m} is outside the goal's period {goal.period_label} ({goal.start} to {goal.end})."}
+            {
+                field: gettext("%(month)s is outside the goal's period %(period)s (%(start)s to %(end)s).")
+                % {"month": f"{month:%Y-%m}", "period": goal.period_label, "start": goal.start, "end": goal.end}
+            }
         )
     return month
 
@@ -130,22 +142,29 @@ def _contribution(value: Any, goal: Goal) -> Decimal:
     try:
         amount = Decimal(str(value))
     except (InvalidOperation, ValueError):
-        raise ValidationError({"expected_contribution": "Must be a number."}) from None
+        raise ValidationError({"expected_contribution": gettext("Must be a number.")}) from None
     step = goal_step(goal.unit)
     if not amount.is_finite() or amount < 0 or amount >= Decimal("1e15"):
-        raise ValidationError({"expected_contribution": "A number from 0 to below 10^15."})
+        raise ValidationError({"expected_contribution": gettext("A number from 0 to below 10^15.")})
     if amount != amount.quantize(step):
-        raise ValidationError({"expected_contribution": f"At most {-step.as_tuple().exponent} decimal places."})
+        raise ValidationError(
+            {"expected_contribution": gettext("At most %(n)d decimal places.") % {"n": -step.as_tuple().exponent}}
+        )
     return amount
 
 
 def _indicator_keys(keys: Any) -> list[str]:
     known = {i.key for i in all_indicators()}
     if not isinstance(keys, list | tuple):
-        raise ValidationError({"indicators": "A list of indicator keys."})
+        raise ValidationError({"indicators": gettext("A list of indicator keys.")})
     unknown = [str(k)[:64] for k in keys if k not in known]
     if unknown:
-        raise ValidationError({"indicators": f"Unknown indicators {unknown}; known: {', '.join(sorted(known))}."})
+        raise ValidationError(
+            {
+                "indicators": gettext("Unknown indicators %(unknown)s; known: %(known)s.")
+                % {"unknown": unknown, "known": ", ".join(sorted(known))}
+            }
+        )
     return list(dict.fromkeys(keys))
 
 
@@ -160,9 +179,9 @@ def _rows(model: type, ids: Any, field: str, what: str) -> list:
 
 def _check_tactic(tactic: Tactic) -> None:
     if tactic.ends_on is not None and tactic.ends_on < tactic.starts_on:
-        raise ValidationError({"ends_on": "A tactic ends in or after the month it starts."})
+        raise ValidationError({"ends_on": gettext("A tactic ends in or after the month it starts.")})
     if not str(tactic.name).strip():
-        raise ValidationError({"name": "A tactic needs a name."})
+        raise ValidationError({"name": gettext("A tactic needs a name.")})
 
 
 def _save_tactic(tactic: Tactic) -> None:
@@ -171,7 +190,9 @@ def _save_tactic(tactic: Tactic) -> None:
             tactic.save()
     except IntegrityError as exc:
         if "tactic_name_unique_per_goal" in str(exc):
-            raise TacticExists(f"The goal already has a tactic named {tactic.name!r}.") from None
+            raise TacticExists(
+                gettext("The goal already has a tactic named %(name)r.") % {"name": tactic.name}
+            ) from None
         raise
 
 
@@ -294,17 +315,19 @@ def create_phase(
 ) -> Phase:
     """A month or quarter of the goal with its priorities."""
     if kind not in PhaseKind.values:
-        raise ValidationError({"kind": f"One of {PhaseKind.values}."})
+        raise ValidationError({"kind": gettext("One of %(values)s.") % {"values": PhaseKind.values}})
     start = _month(starts_on, "starts_on", goal)
     if kind == PhaseKind.QUARTER and start.month not in (1, 4, 7, 10):
-        raise ValidationError({"starts_on": "A quarter starts in January, April, July or October."})
+        raise ValidationError({"starts_on": gettext("A quarter starts in January, April, July or October.")})
     phase = Phase(goal=goal, kind=kind, starts_on=start, priorities=priorities)
     try:
         with transaction.atomic():
             phase.save()
     except IntegrityError as exc:
         if "phase_once_per_period" in str(exc):
-            raise PhaseExists(f"The goal already has the {kind} phase {phase}.") from None
+            raise PhaseExists(
+                gettext("The goal already has the %(kind)s phase %(phase)s.") % {"kind": kind, "phase": phase}
+            ) from None
         raise
     record_audit(
         actor=actor,
@@ -324,7 +347,7 @@ def _task_indicator(key: Any) -> str:
 
 def _check_tactic_of(phase: Phase, tactic: Tactic | None) -> None:
     if tactic is not None and tactic.goal_id != phase.goal_id:
-        raise ValidationError({"tactic": "The tactic belongs to another goal than the phase."})
+        raise ValidationError({"tactic": gettext("The tactic belongs to another goal than the phase.")})
 
 
 @transaction.atomic
@@ -342,9 +365,11 @@ def create_task(
 ) -> Task:
     """Assign a task of a phase to a team (and an owner), due on a date, moving an indicator."""
     if not str(title).strip():
-        raise ValidationError({"title": "A task needs a title."})
+        raise ValidationError({"title": gettext("A task needs a title.")})
     if owner is not None and not owner.groups.filter(pk=team.pk).exists():
-        raise ValidationError({"owner": f"{owner} is not in the team {team.name}."})
+        raise ValidationError(
+            {"owner": gettext("%(owner)s is not in the team %(team)s.") % {"owner": owner, "team": team.name}}
+        )
     _check_tactic_of(phase, tactic)
     task = Task.objects.create(
         phase=phase,
@@ -372,7 +397,9 @@ def move_task(
     """Move a task on its board (to do, doing, done). Done records when; moved back, it is not
     done any more."""
     if status not in TaskStatus.values:
-        raise ValidationError({"status": f"One of {TaskStatus.values} (late is read from the due date)."})
+        raise ValidationError(
+            {"status": gettext("One of %(values)s (late is read from the due date).") % {"values": TaskStatus.values}}
+        )
     locked = Task.objects.select_for_update().get(pk=task.pk)
     before = locked.status
     if before == status:
@@ -400,7 +427,7 @@ def update_task(
     }
     if "title" in changes:
         if not str(changes["title"]).strip():
-            raise ValidationError({"title": "A task needs a title."})
+            raise ValidationError({"title": gettext("A task needs a title.")})
         locked.title = str(changes["title"]).strip()
     if "due_on" in changes:
         locked.due_on = changes["due_on"]
@@ -409,7 +436,12 @@ def update_task(
     if "owner" in changes:
         owner = changes["owner"]
         if owner is not None and not owner.groups.filter(pk=locked.team_id).exists():
-            raise ValidationError({"owner": f"{owner} is not in the team {locked.team.name}."})
+            raise ValidationError(
+                {
+                    "owner": gettext("%(owner)s is not in the team %(team)s.")
+                    % {"owner": owner, "team": locked.team.name}
+                }
+            )
         locked.owner = owner
     if "tactic" in changes:
         _check_tactic_of(locked.phase, changes["tactic"])
