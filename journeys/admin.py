@@ -12,13 +12,25 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 
 from campaigns.models import CampaignStatus, Variant
 from config.errors import DomainError
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep
 
-STEP_FIELDS = ("kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto")
+STEP_FIELDS = (
+    "kind",
+    "variant",
+    "wait_minutes",
+    "event",
+    "branch_on",
+    "tag",
+    "trait",
+    "trait_operator",
+    "trait_value",
+    "goto",
+)
 
 
 class StepFormSet(forms.BaseInlineFormSet):
@@ -155,8 +167,19 @@ class JourneyAdmin(admin.ModelAdmin):
             "waiting": [s["waiting"] for s in data["steps"]],
             "sent": [(s["deliveries"] or {}).get("sent", 0) for s in data["steps"]],
         }
+        groups = (data["results"] or {}).get("groups", [])
+        results_chart = {
+            "labels": [g["name"] for g in groups],
+            "rates": [_pct(g["conversion_rate"]) for g in groups],
+            "low": [_pct(g["rate_ci_low"]) for g in groups],
+            "high": [_pct(g["rate_ci_high"]) for g in groups],
+            "rate_label": str(_("Conversion rate (%)")),
+            "low_label": str(_("Always-valid interval, low (%)")),
+            "high_label": str(_("Always-valid interval, high (%)")),
+        }
         context = {
             **self.admin_site.each_context(request),
+            "results_chart": results_chart,
             "title": f"Journey: {journey.name}",
             "original": journey,
             "opts": self.model._meta,
@@ -164,3 +187,7 @@ class JourneyAdmin(admin.ModelAdmin):
             "chart_data": chart,
         }
         return TemplateResponse(request, "admin/journeys/journey/steps.html", context)
+
+
+def _pct(rate: float | None) -> float | None:
+    return None if rate is None else round(rate * 100, 2)

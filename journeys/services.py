@@ -21,6 +21,9 @@ from django.utils import timezone
 from access.services import record_audit
 from campaigns import sending, validation
 from campaigns.models import (
+    AllocationKind,
+    Assignment,
+    AssignmentRole,
     Campaign,
     CampaignPhase,
     CampaignStatus,
@@ -29,9 +32,8 @@ from campaigns.models import (
     DeliveryStatus,
     ScheduleKind,
 )
-from campaigns.selectors import segment_profile_ids
 from config.celery import publish
-from journeys import errors
+from journeys import conditions, errors
 from journeys.models import BranchOn, JourneyRun, JourneyStep, RunStatus, StepKind, StepVisit
 from profiles.models import Identity, IdentityKind, Profile, ProfileTag
 from tracking.models import Event
@@ -70,8 +72,8 @@ def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[s
         goto = s.get("goto")
         if kind not in StepKind.values:
             problems[key] = f"kind: one of {', '.join(StepKind.values)}."
-        elif kind == StepKind.SEND and s.get("variant") not in variants:
-            problems[key] = "A send step names one of this campaign's variants."
+        elif kind == StepKind.SEND and s.get("variant") is not None and s.get("variant") not in variants:
+            problems[key] = "variant: a send step names one of this campaign's variants (or none: each person's arm)."
         elif kind == StepKind.WAIT and not 1 <= (s.get("wait_minutes") or 0) <= MAX_WAIT_MINUTES:
             problems[key] = f"A wait lasts 1 to {MAX_WAIT_MINUTES} minutes."
         elif kind == StepKind.WAIT_EVENT and (not s.get("event") or not (s.get("wait_minutes") or 0) >= 1):
@@ -83,7 +85,13 @@ def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[s
             elif (on == BranchOn.EVENT and not s.get("event")) or (on == BranchOn.TAG and not s.get("tag")):
                 problems[key] = f"Branching on {on} needs the {on} name."
             elif on == BranchOn.TRAIT and not s.get("trait"):
-                problems[key] = "Branching on a trait needs the trait and its value."
+                problems[key] = "trait: branching on a trait needs the trait's name."
+            elif on == BranchOn.TRAIT and (
+                reason := conditions.operand_problem(s.get("trait_operator") or "", str(s.get("trait_value") or ""))
+            ):
+                problems[key] = reason
+            elif on == BranchOn.VARIANT and s.get("variant") not in variants:
+                problems[key] = "variant: branching on the variant names one of this campaign's variants."
             elif goto is None:
                 problems[key] = "A branch needs goto: the step to go to when the condition holds."
         if key not in problems and goto is not None and not 0 <= goto <= len(steps):
@@ -143,6 +151,12 @@ def launch_problems(campaign: Campaign) -> dict[str, str]:
     except the one refusing a campaign with steps as a single send; and a journey starts at
     launch: a scheduled or triggered campaign would also send its own single messages."""
     problems = validation.launch_problems(campaign, without=[single_send_problems])
+    # Its people are split once, at launch, by the weights: there is no pilot to roll out from
+    # and no later newcomer for a bandit to move.
+    if campaign.pilot_percent:
+        problems["pilot_percent"] = "A journey has no pilot: set it to 0 (the holdout measures the journey)."
+    if campaign.allocation != AllocationKind.FIXED:
+        problems["allocation"] = "A journey splits its people at launch by the variants' weights (a fixed split)."
     if campaign.schedule_kind != ScheduleKind.NOW:
         problems["schedule_kind"] = (
             f"A journey starts when launched (schedule {ScheduleKind.NOW.label!r}), not {campaign.schedule_kind!r}."
@@ -173,6 +187,7 @@ def set_steps(
                 branch_on=s.get("branch_on") or "",
                 tag=s.get("tag") or "",
                 trait=s.get("trait") or "",
+                trait_operator=s.get("trait_operator") or "",
                 trait_value=str(s.get("trait_value") or ""),
                 goto=s.get("goto"),
             )
@@ -189,14 +204,25 @@ def set_steps(
 def launch_journey(
     *, campaign: Campaign, actor: Any = None, api_key: Any = None, now: dt.datetime | None = None
 ) -> int:
-    """Start a draft journey: every member of its segment enters at the first step. Returns how many."""
+    """Start a draft journey: its segment's members are assigned as a single send's would be (the
+    holdout, and the variants by weight); all but the holdout enter at the first step, each with
+    their arm. Returns how many entered."""
     now = now or timezone.now()
     campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
     if campaign.status != CampaignStatus.DRAFT:
         raise errors.NotADraft(f"The campaign is {campaign.status}, not a draft.")
     steps = list(
         campaign.journey_steps.values(
-            "kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto"
+            "kind",
+            "variant",
+            "wait_minutes",
+            "event",
+            "branch_on",
+            "tag",
+            "trait",
+            "trait_operator",
+            "trait_value",
+            "goto",
         )
     )
     if problems := step_problems(campaign, steps):
@@ -210,12 +236,26 @@ def launch_journey(
     campaign.phase = JOURNEY_PHASE
     campaign.launched_at = now
     campaign.save(update_fields=["status", "phase", "launched_at", "updated_at"])
-    ids = segment_profile_ids(campaign.segment_id)
-    people = Profile.objects.filter(pk__in=ids).values_list("pk", "user_id")
+    from campaigns import services as campaign_services
+
+    campaign_services.snapshot_audience(campaign=campaign)
+    arms = (
+        Assignment.objects.filter(campaign=campaign)
+        .exclude(role=AssignmentRole.HOLDOUT)
+        .values_list("profile_id", "user_id", "variant_id")
+    )
     runs = JourneyRun.objects.bulk_create(
         [
-            JourneyRun(campaign=campaign, profile_id=pk, user_id=uid, step_started_at=now, wake_at=now, entered_at=now)
-            for pk, uid in people
+            JourneyRun(
+                campaign=campaign,
+                profile_id=pk,
+                user_id=uid,
+                variant_id=variant_id,
+                step_started_at=now,
+                wake_at=now,
+                entered_at=now,
+            )
+            for pk, uid, variant_id in arms
         ],
         ignore_conflicts=True,
         batch_size=2000,
@@ -342,13 +382,18 @@ def _send(run: JourneyRun, step: JourneyStep, now: dt.datetime) -> int | None:
     """The person's delivery for this step: created once (the campaigns' unique key), skipped
     without consent as a single send would be."""
     campaign = run.campaign
+    variant_id = step.variant_id or run.variant_id
+    if variant_id is None:
+        # A run started before people were given an arm, at a step that sends the arm's variant.
+        logger.warning("Journey run %s has no variant for step %s; nothing is sent.", run.pk, step.position)
+        return None
     consent = _consents(run.profile, campaign.channel)
     delivery, made = Delivery.objects.get_or_create(
         campaign=campaign,
         profile=run.profile,
         phase=step.phase,
         defaults={
-            "variant_id": step.variant_id,
+            "variant_id": variant_id,
             "user_id": run.user_id,
             "channel": campaign.channel,
             "status": DeliveryStatus.PENDING if consent else DeliveryStatus.SKIPPED,
@@ -368,9 +413,11 @@ def _holds(run: JourneyRun, step: JourneyStep) -> bool:
         return _did(run, step.event, since=run.entered_at)
     if step.branch_on == BranchOn.TAG:
         return ProfileTag.objects.filter(profile_id=run.profile_id, tag__name=step.tag).exists()
+    if step.branch_on == BranchOn.VARIANT:
+        return run.variant_id is not None and run.variant_id == step.variant_id
     profile = run.profile
     value = getattr(profile, step.trait) if step.trait in PROFILE_TRAITS else (profile.traits or {}).get(step.trait)
-    return str(value if value is not None else "") == step.trait_value
+    return conditions.trait_holds(value, step.trait_operator, step.trait_value)
 
 
 # --- leaving on the goal -----------------------------------------------------------------------
