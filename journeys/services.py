@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from access.services import record_audit
@@ -41,7 +41,8 @@ from tracking.models import Event
 logger = logging.getLogger(__name__)
 
 JOURNEY_PHASE = CampaignPhase.JOURNEY
-# How often a run waiting for an event looks for it (exits do not wait: they happen on ingestion).
+# How often a run waiting for an event looks for it: the safety net, since a stored event moves
+# the runs waiting for it on right after its commit (and exits happen in its transaction).
 EVENT_POLL = dt.timedelta(minutes=1)
 MAX_WAIT_MINUTES = 60 * 24 * 90
 PROFILE_TRAITS = ("name", "gender", "region", "city", "timezone")
@@ -306,15 +307,24 @@ def complete_finished() -> int:
     return completed
 
 
-def _advance_chunk(*, now: dt.datetime, limit: int) -> int:
+def advance_runs(*, run_ids: Sequence[int], now: dt.datetime | None = None) -> int:
+    """Move these runs as far as they go now, whenever they were due (a run whose awaited event
+    was just stored). One another worker holds is left to it. Returns how many moved."""
+    moved = 0
+    ids = list(run_ids)
+    for start in range(0, len(ids), 500):
+        moved += _advance_chunk(now=now or timezone.now(), limit=500, run_ids=ids[start : start + 500])
+    return moved
+
+
+def _advance_chunk(*, now: dt.datetime, limit: int, run_ids: Sequence[int] | None = None) -> int:
     created: list[int] = []
     with transaction.atomic():
-        runs = list(
-            JourneyRun.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=RunStatus.ACTIVE, wake_at__lte=now, campaign__status=CampaignStatus.RUNNING)
-            .select_related("campaign", "profile")
-            .order_by("wake_at", "id")[:limit]
+        due = JourneyRun.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+            status=RunStatus.ACTIVE, campaign__status=CampaignStatus.RUNNING
         )
+        due = due.filter(pk__in=list(run_ids)) if run_ids is not None else due.filter(wake_at__lte=now)
+        runs = list(due.select_related("campaign", "profile").order_by("wake_at", "id")[:limit])
         steps: dict[int, dict[int, JourneyStep]] = {}
         for run in runs:
             if run.campaign_id not in steps:
@@ -442,6 +452,30 @@ def on_events_ingested(events: Sequence[Any]) -> None:
     )
     for campaign_id, goal in journeys:
         exit_runs(campaign_id=campaign_id, user_ids=sorted(by_name[goal]), reason=f"EXITED: {goal}")
+    _wake_waiting(by_name)
+
+
+def _wake_waiting(by_name: dict[str, set[str]]) -> None:
+    """Runs at a step waiting for one of these events, of a person who just did it, advance once
+    the event is committed (a task), not at the next minute's sweep."""
+    awaited = JourneyStep.objects.filter(
+        campaign_id=OuterRef("campaign_id"), position=OuterRef("position"), kind=StepKind.WAIT_EVENT
+    ).values("event")[:1]
+    users = sorted(set().union(*by_name.values()))
+    rows = (
+        JourneyRun.objects.filter(status=RunStatus.ACTIVE, user_id__in=users, campaign__status=CampaignStatus.RUNNING)
+        .annotate(awaited=Subquery(awaited))
+        .filter(awaited__in=list(by_name))
+        .values_list("pk", "user_id", "awaited")
+    )
+    ids = [pk for pk, user_id, event in rows if user_id in by_name[event]]
+    if not ids:
+        return
+    from journeys import tasks
+
+    transaction.on_commit(
+        lambda: publish(f"journey runs waiting for an event ({len(ids)})", tasks.advance_runs, args=[ids])
+    )
 
 
 def on_profiles_merged(into: Profile, merged: Profile) -> None:
