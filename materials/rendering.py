@@ -7,7 +7,9 @@ size, `range` is short and all of a message's loops over ranges share one budget
 output stops past MAX_RENDERED_CHARS. What could build one huge string in a single call is
 refused before it is built: a width or precision past MAX_RENDERED_CHARS in a format (`%`, the
 `format` filter, `str.format`), the widths of `center`, `indent`, `wordwrap`, `truncate` and of
-the string methods that pad, and a `join` or `replace` whose result would be longer than that.
+the string methods that pad, and a `join` or `replace` whose result would be longer than that;
+so is a `~` or `+` of strings or lists past that size (a string doubled in a loop through a
+`namespace` would otherwise grow without end).
 Any error a template raises fails that person's message (RenderError), never the caller. A
 variable the person has no value for takes the version's default for it; without a default that
 person's message fails with the reason (and only that one). Channel limits (push title length,
@@ -33,6 +35,7 @@ import gsm0338  # noqa: F401  (registers the gsm03.38 codec)
 from django.conf import settings
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes, pass_environment, pass_eval_context
 from jinja2 import filters as jinja_filters
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
 from markupsafe import Markup
@@ -292,10 +295,39 @@ _BOUNDED_FILTERS = {
 }
 
 
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code for `a ~ b`, with the parts' total size checked before they are joined."""
+
+    @optimizeconst
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        if frame.eval_ctx.volatile:
+            func_name = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            func_name = "markup_join"
+        else:
+            func_name = "str_join"
+        self.write(f"{func_name}(environment.bounded_parts((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")))")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
+
+    @staticmethod
+    def bounded_parts(parts: tuple[Any, ...]) -> tuple[Any, ...]:
+        _refuse_longer_than_message(sum(len(p) if isinstance(p, str) else len(str(p)) for p in parts), "This ~")
+        return parts
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "+":
+            sizes = (_size(left), _size(right))
+            if None not in sizes:
+                _refuse_longer_than_message(sum(sizes), "This +")
+            return operator.add(left, right)
         if operator_ == "%":
             if isinstance(left, str):
                 _refuse_wide_percent(left)

@@ -275,6 +275,10 @@ def test_a_newline_in_a_persons_name_does_not_break_the_email_subject():
         "{{ ('a' * 90000)|replace('a', 'bbbbbbbbbb') }}",
         "{{ ('a' * 90000).replace('a', 'bbbbbbbbbb') }}",
         "{{ name * 999999999 }}",
+        "{% set ns = namespace(s='x' * 90000) %}{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% set ns = namespace(s='x' * 90000) %}{% for i in range(30) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "{% set ns = namespace(l=[1] * 90000) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+        "{{ ('x' * 90000) ~ name ~ ('y' * 90000) }}",
     ],
 )
 def test_a_huge_string_is_refused_before_it_is_built(source):
@@ -299,7 +303,8 @@ def test_formats_widths_joins_and_replaces_of_ordinary_size_still_work():
         "{{ '%5s|%-3d|%.2f'|format('ab', 7, 1.234) }} {{ '%03d' % 5 }} {{ '{:>4}|{:.1f}'.format('x', 2.25) }}"
         " {{ 'ab'|center(6) }}{{ 'a b c'|wordwrap(3, wrapstring='/') }} {{ 'hello world'|truncate(8, leeway=0) }}"
         " {{ ['a', 'b']|join('-') }} {{ 'x'.ljust(3) }}| {{ 'aa'|replace('a', 'bc') }} {{ '-'.join(['p', 'q']) }}"
+        " {{ 'a' ~ 1 ~ 'b' }} {{ 'c' + 'd' }} {{ ([1] + [2])|length + 1 }}"
     )
     assert _render("sms", {"body": body}, {})["body"] == (
-        "   ab|7  |1.23 005    x|2.2   ab  a b/c hello... a-b x  | bcbc p-q"
+        "   ab|7  |1.23 005    x|2.2   ab  a b/c hello... a-b x  | bcbc p-q a1b cd 3"
     )
