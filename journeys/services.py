@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q, Subquery
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from access.services import record_audit
@@ -458,17 +458,26 @@ def on_events_ingested(events: Sequence[Any]) -> None:
 def _wake_waiting(by_name: dict[str, set[str]]) -> None:
     """Runs at a step waiting for one of these events, of a person who just did it, advance once
     the event is committed (a task), not at the next minute's sweep."""
-    awaited = JourneyStep.objects.filter(
-        campaign_id=OuterRef("campaign_id"), position=OuterRef("position"), kind=StepKind.WAIT_EVENT
-    ).values("event")[:1]
-    users = sorted(set().union(*by_name.values()))
-    rows = (
-        JourneyRun.objects.filter(status=RunStatus.ACTIVE, user_id__in=users, campaign__status=CampaignStatus.RUNNING)
-        .annotate(awaited=Subquery(awaited))
-        .filter(awaited__in=list(by_name))
-        .values_list("pk", "user_id", "awaited")
+    # The steps first (usually none awaits these names: one small query per ingested batch),
+    # then the runs by (campaign, user id), which their index serves.
+    steps = list(
+        JourneyStep.objects.filter(
+            kind=StepKind.WAIT_EVENT, event__in=list(by_name), campaign__status=CampaignStatus.RUNNING
+        ).values_list("campaign_id", "position", "event")
     )
-    ids = [pk for pk, user_id, event in rows if user_id in by_name[event]]
+    if not steps:
+        return
+    awaited = {(campaign_id, position): event for campaign_id, position, event in steps}
+    rows = JourneyRun.objects.filter(
+        status=RunStatus.ACTIVE,
+        campaign_id__in={campaign_id for campaign_id, _position, _event in steps},
+        user_id__in=sorted(set().union(*by_name.values())),
+    ).values_list("pk", "campaign_id", "position", "user_id")
+    ids = [
+        pk
+        for pk, campaign_id, position, user_id in rows
+        if (event := awaited.get((campaign_id, position))) and user_id in by_name[event]
+    ]
     if not ids:
         return
     from journeys import tasks
