@@ -102,7 +102,7 @@ class JourneyAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "channel", "goal_event", "steps_link")
     list_filter = ("status", "channel")
     search_fields = ("name",)
-    fields = ("name", "status", "channel", "segment", "goal_event")
+    fields = ("name", "status", "channel", "segment", "goal_event", "holdout_percent")
     readonly_fields = fields
     inlines = [JourneyStepInline]
     change_form_template = "admin/journeys/journey/change_form.html"
