@@ -426,10 +426,46 @@ def _render_materials(deliveries: list[Delivery], token: uuid.UUID, counts: dict
             deliveries[0].campaign_id,
             failed[0][1],
         )
-        _set_final(failed, DeliveryStatus.FAILED, token)
+        _fail_unrendered(failed, token)
         counts["failed"] += len(failed)
     dropped = {pk for pk, _reason in failed}
     return [d for d in deliveries if d.pk not in dropped]
+
+
+# A message that could not be made was never posted: it fails, and in the same transaction its
+# person's frequency-cap slot for that day and its coupon go back (a message posted on an earlier
+# attempt keeps both: it may have reached the person).
+_FAIL_UNRENDERED_SQL = """
+WITH failed AS (
+    UPDATE campaigns_delivery d SET status = 'failed', reason = t.reason, lease = NULL, posting_since = NULL,
+           failed_at = now(),
+           cap_day = CASE WHEN d.sent_at IS NULL AND d.delivered_at IS NULL THEN NULL ELSE d.cap_day END
+      FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS t(id, reason), campaigns_delivery old
+     WHERE d.id = t.id AND old.id = d.id AND d.lease = %(lease)s AND d.status = 'sending'
+    RETURNING d.profile_id, old.cap_day AS counted_day,
+              (d.sent_at IS NULL AND d.delivered_at IS NULL) AS never_posted,
+              CASE WHEN d.sent_at IS NULL AND d.delivered_at IS NULL THEN d.coupon_code ELSE '' END AS coupon_code
+), slots AS (
+    SELECT profile_id, counted_day, count(*) AS n FROM failed
+     WHERE never_posted AND counted_day IS NOT NULL GROUP BY 1, 2
+), given_back AS (
+    UPDATE campaigns_dailysendcount c SET count = GREATEST(c.count - s.n, 0)
+      FROM slots s WHERE c.profile_id = s.profile_id AND c.day = s.counted_day
+    RETURNING c.id
+)
+SELECT coupon_code FROM failed WHERE coupon_code <> ''
+"""
+
+
+def _fail_unrendered(rows: Sequence[tuple[int, str]], token: uuid.UUID) -> None:
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _FAIL_UNRENDERED_SQL,
+                {"ids": [r[0] for r in rows], "reasons": [r[1][:500] for r in rows], "lease": token},
+            )
+            codes = [row[0] for row in cursor.fetchall()]
+        release_coupons(codes)
 
 
 # --- posting -----------------------------------------------------------------------------------

@@ -20,7 +20,18 @@ from config.errors import DomainError
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep
 
-STEP_FIELDS = ("kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto")
+STEP_FIELDS = (
+    "kind",
+    "variant",
+    "wait_minutes",
+    "event",
+    "branch_on",
+    "tag",
+    "trait",
+    "trait_operator",
+    "trait_value",
+    "goto",
+)
 
 
 class StepFormSet(forms.BaseInlineFormSet):
@@ -93,7 +104,7 @@ class JourneyAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "channel", "goal_event", "steps_link")
     list_filter = ("status", "channel")
     search_fields = ("name",)
-    fields = ("name", "status", "channel", "segment", "goal_event")
+    fields = ("name", "status", "channel", "segment", "goal_event", "holdout_percent")
     readonly_fields = fields
     inlines = [JourneyStepInline]
     change_form_template = "admin/journeys/journey/change_form.html"
@@ -160,8 +171,19 @@ class JourneyAdmin(admin.ModelAdmin):
             "waiting": [s["waiting"] for s in data["steps"]],
             "sent": [(s["deliveries"] or {}).get("sent", 0) for s in data["steps"]],
         }
+        groups = (data["results"] or {}).get("groups", [])
+        results_chart = {
+            "labels": [g["name"] for g in groups],
+            "rates": [_pct(g["conversion_rate"]) for g in groups],
+            "low": [_pct(g["rate_ci_low"]) for g in groups],
+            "high": [_pct(g["rate_ci_high"]) for g in groups],
+            "rate_label": str(_("Conversion rate (%)")),
+            "low_label": str(_("Always-valid interval, low (%)")),
+            "high_label": str(_("Always-valid interval, high (%)")),
+        }
         context = {
             **self.admin_site.each_context(request),
+            "results_chart": results_chart,
             "title": gettext("Journey: %(name)s") % {"name": journey.name},
             "original": journey,
             "opts": self.model._meta,
@@ -169,3 +191,7 @@ class JourneyAdmin(admin.ModelAdmin):
             "chart_data": chart,
         }
         return TemplateResponse(request, "admin/journeys/journey/steps.html", context)
+
+
+def _pct(rate: float | None) -> float | None:
+    return None if rate is None else round(rate * 100, 2)

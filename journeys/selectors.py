@@ -1,4 +1,4 @@
-"""Reads of journeys: the steps with their counts."""
+"""Reads of journeys: the steps with their counts, and the journey's result against its holdout."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from django.db.models import Count, Q
 from django.utils.translation import gettext
 
 from campaigns.models import Campaign, Delivery
+from campaigns.selectors import campaign_results
+from journeys import conditions
 from journeys.models import JourneyRun, JourneyStep, RunStatus, StepVisit
+
+UPLIFT_UNIT = "percentage points"
 
 
 def journey(campaign: Campaign) -> dict[str, Any]:
@@ -44,6 +48,7 @@ def journey(campaign: Campaign) -> dict[str, Any]:
         "status": campaign.status,
         "goal_event": campaign.goal_event,
         "runs": {s: totals.get(s, 0) for s in RunStatus.values},
+        "results": results(campaign),
         "steps": [
             {
                 "position": s.position,
@@ -55,6 +60,7 @@ def journey(campaign: Campaign) -> dict[str, Any]:
                 "branch_on": s.branch_on,
                 "tag": s.tag,
                 "trait": s.trait,
+                "trait_operator": s.trait_operator or ("eq" if s.branch_on == "trait" else ""),
                 "trait_value": s.trait_value,
                 "goto": s.goto,
                 "reached": reached.get(s.pk, 0),
@@ -67,10 +73,59 @@ def journey(campaign: Campaign) -> dict[str, Any]:
     }
 
 
+def results(campaign: Campaign) -> dict[str, Any] | None:
+    """The goal conversions of each arm (the people who entered with that variant) against the
+    holdout, who were assigned but never entered: the campaigns' results of these groups (frozen
+    at completion), with their always-valid intervals and p-values. None before the launch."""
+    if not campaign.assignments.exists():
+        return None
+    full = campaign.results_snapshot or campaign_results(campaign)
+    groups = []
+    for g in full.get("groups", []):
+        seq = g.get("sequential") or {}
+        uplift, low, high = g.get("uplift_vs_holdout"), seq.get("uplift_ci_low"), seq.get("uplift_ci_high")
+        groups.append(
+            {
+                "name": g["name"],
+                "variant_id": g.get("variant_id"),
+                "entered": g["assigned"] if g["name"] != "holdout" else 0,
+                "assigned": g["assigned"],
+                "sent": g["sent"],
+                "converted": g["converted"],
+                "conversion_rate": g["conversion_rate"],
+                "rate_ci_low": seq.get("ci_low"),
+                "rate_ci_high": seq.get("ci_high"),
+                "uplift_points": _points(uplift),
+                "uplift_ci_low_points": _points(low),
+                "uplift_ci_high_points": _points(high),
+                "p_value": seq.get("p_value"),
+                "beats_control": bool(seq.get("beats_control")),
+            }
+        )
+    return {
+        "control": full.get("control"),
+        "has_holdout": full.get("control") == "holdout",
+        "goal_event": campaign.goal_event,
+        "attribution_hours": campaign.attribution_hours,
+        "alpha": full.get("alpha"),
+        "method": full.get("method"),
+        "uplift_unit": UPLIFT_UNIT,
+        "summary": full.get("summary", ""),
+        "groups": groups,
+    }
+
+
+def _points(difference: float | None) -> float | None:
+    # The campaigns' uplift is a difference of two rates (0.031); operators read points (3.1).
+    return None if difference is None else round(difference * 100, 4)
+
+
 def describe(step: JourneyStep) -> str:
     then = gettext(", else go on") if step.kind == "branch" else ""
     if step.kind == "send":
-        return gettext("Send variant %(name)s") % {"name": step.variant.name if step.variant_id else "?"}
+        if step.variant_id:
+            return gettext("Send variant %(name)s") % {"name": step.variant.name}
+        return gettext("Send each person's variant (A/B)")
     if step.kind == "wait":
         return gettext("Wait %(minutes)d min") % {"minutes": step.wait_minutes}
     if step.kind == "wait_event":
@@ -83,7 +138,8 @@ def describe(step: JourneyStep) -> str:
     condition = {
         "event": gettext("did %(event)s") % {"event": step.event},
         "tag": gettext("has tag %(tag)s") % {"tag": step.tag},
-        "trait": f"{step.trait} = {step.trait_value}",
+        "trait": f"{step.trait} {conditions.describe(step.trait_operator, step.trait_value)}",
+        "variant": gettext("entered with variant %(name)s") % {"name": step.variant.name if step.variant_id else "?"},
     }.get(step.branch_on, "?")
     return gettext("If %(condition)s: go to step %(goto)s%(then)s") % {
         "condition": condition,

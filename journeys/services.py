@@ -22,6 +22,9 @@ from django.utils.translation import gettext
 from access.services import record_audit
 from campaigns import sending, validation
 from campaigns.models import (
+    AllocationKind,
+    Assignment,
+    AssignmentRole,
     Campaign,
     CampaignPhase,
     CampaignStatus,
@@ -30,9 +33,8 @@ from campaigns.models import (
     DeliveryStatus,
     ScheduleKind,
 )
-from campaigns.selectors import segment_profile_ids
 from config.celery import publish
-from journeys import errors
+from journeys import conditions, errors
 from journeys.models import BranchOn, JourneyRun, JourneyStep, RunStatus, StepKind, StepVisit
 from profiles.models import Identity, IdentityKind, Profile, ProfileTag
 from tracking.models import Event
@@ -40,7 +42,8 @@ from tracking.models import Event
 logger = logging.getLogger(__name__)
 
 JOURNEY_PHASE = CampaignPhase.JOURNEY
-# How often a run waiting for an event looks for it (exits do not wait: they happen on ingestion).
+# How often a run waiting for an event looks for it: the safety net, since a stored event moves
+# the runs waiting for it on right after its commit (and exits happen in its transaction).
 EVENT_POLL = dt.timedelta(minutes=1)
 MAX_WAIT_MINUTES = 60 * 24 * 90
 PROFILE_TRAITS = ("name", "gender", "region", "city", "timezone")
@@ -71,8 +74,10 @@ def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[s
         goto = s.get("goto")
         if kind not in StepKind.values:
             problems[key] = gettext("kind: one of %(kinds)s.") % {"kinds": ", ".join(StepKind.values)}
-        elif kind == StepKind.SEND and s.get("variant") not in variants:
-            problems[key] = gettext("A send step names one of this campaign's variants.")
+        elif kind == StepKind.SEND and s.get("variant") is not None and s.get("variant") not in variants:
+            problems[key] = gettext(
+                "variant: a send step names one of this campaign's variants (or none: each person's arm)."
+            )
         elif kind == StepKind.WAIT and not 1 <= (s.get("wait_minutes") or 0) <= MAX_WAIT_MINUTES:
             problems[key] = gettext("A wait lasts 1 to %(max)d minutes.") % {"max": MAX_WAIT_MINUTES}
         elif kind == StepKind.WAIT_EVENT and (not s.get("event") or not (s.get("wait_minutes") or 0) >= 1):
@@ -84,7 +89,13 @@ def step_problems(campaign: Campaign, steps: Sequence[dict[str, Any]]) -> dict[s
             elif (on == BranchOn.EVENT and not s.get("event")) or (on == BranchOn.TAG and not s.get("tag")):
                 problems[key] = gettext("Branching on %(on)s needs the %(on)s name.") % {"on": on}
             elif on == BranchOn.TRAIT and not s.get("trait"):
-                problems[key] = gettext("Branching on a trait needs the trait and its value.")
+                problems[key] = gettext("trait: branching on a trait needs the trait's name.")
+            elif on == BranchOn.TRAIT and (
+                reason := conditions.operand_problem(s.get("trait_operator") or "", str(s.get("trait_value") or ""))
+            ):
+                problems[key] = reason
+            elif on == BranchOn.VARIANT and s.get("variant") not in variants:
+                problems[key] = gettext("variant: branching on the variant names one of this campaign's variants.")
             elif goto is None:
                 problems[key] = gettext("A branch needs goto: the step to go to when the condition holds.")
         if key not in problems and goto is not None and not 0 <= goto <= len(steps):
@@ -146,6 +157,12 @@ def launch_problems(campaign: Campaign) -> dict[str, str]:
     except the one refusing a campaign with steps as a single send; and a journey starts at
     launch: a scheduled or triggered campaign would also send its own single messages."""
     problems = validation.launch_problems(campaign, without=[single_send_problems])
+    # Its people are split once, at launch, by the weights: there is no pilot to roll out from
+    # and no later newcomer for a bandit to move.
+    if campaign.pilot_percent:
+        problems["pilot_percent"] = "A journey has no pilot: set it to 0 (the holdout measures the journey)."
+    if campaign.allocation != AllocationKind.FIXED:
+        problems["allocation"] = "A journey splits its people at launch by the variants' weights (a fixed split)."
     if campaign.schedule_kind != ScheduleKind.NOW:
         problems["schedule_kind"] = (
             f"A journey starts when launched (schedule {ScheduleKind.NOW.label!r}), not {campaign.schedule_kind!r}."
@@ -176,6 +193,7 @@ def set_steps(
                 branch_on=s.get("branch_on") or "",
                 tag=s.get("tag") or "",
                 trait=s.get("trait") or "",
+                trait_operator=s.get("trait_operator") or "",
                 trait_value=str(s.get("trait_value") or ""),
                 goto=s.get("goto"),
             )
@@ -192,14 +210,25 @@ def set_steps(
 def launch_journey(
     *, campaign: Campaign, actor: Any = None, api_key: Any = None, now: dt.datetime | None = None
 ) -> int:
-    """Start a draft journey: every member of its segment enters at the first step. Returns how many."""
+    """Start a draft journey: its segment's members are assigned as a single send's would be (the
+    holdout, and the variants by weight); all but the holdout enter at the first step, each with
+    their arm. Returns how many entered."""
     now = now or timezone.now()
     campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
     if campaign.status != CampaignStatus.DRAFT:
         raise errors.NotADraft(gettext("The campaign is %(status)s, not a draft.") % {"status": campaign.status})
     steps = list(
         campaign.journey_steps.values(
-            "kind", "variant", "wait_minutes", "event", "branch_on", "tag", "trait", "trait_value", "goto"
+            "kind",
+            "variant",
+            "wait_minutes",
+            "event",
+            "branch_on",
+            "tag",
+            "trait",
+            "trait_operator",
+            "trait_value",
+            "goto",
         )
     )
     if problems := step_problems(campaign, steps):
@@ -214,12 +243,26 @@ def launch_journey(
     campaign.phase = JOURNEY_PHASE
     campaign.launched_at = now
     campaign.save(update_fields=["status", "phase", "launched_at", "updated_at"])
-    ids = segment_profile_ids(campaign.segment_id)
-    people = Profile.objects.filter(pk__in=ids).values_list("pk", "user_id")
+    from campaigns import services as campaign_services
+
+    campaign_services.snapshot_audience(campaign=campaign)
+    arms = (
+        Assignment.objects.filter(campaign=campaign)
+        .exclude(role=AssignmentRole.HOLDOUT)
+        .values_list("profile_id", "user_id", "variant_id")
+    )
     runs = JourneyRun.objects.bulk_create(
         [
-            JourneyRun(campaign=campaign, profile_id=pk, user_id=uid, step_started_at=now, wake_at=now, entered_at=now)
-            for pk, uid in people
+            JourneyRun(
+                campaign=campaign,
+                profile_id=pk,
+                user_id=uid,
+                variant_id=variant_id,
+                step_started_at=now,
+                wake_at=now,
+                entered_at=now,
+            )
+            for pk, uid, variant_id in arms
         ],
         ignore_conflicts=True,
         batch_size=2000,
@@ -270,15 +313,24 @@ def complete_finished() -> int:
     return completed
 
 
-def _advance_chunk(*, now: dt.datetime, limit: int) -> int:
+def advance_runs(*, run_ids: Sequence[int], now: dt.datetime | None = None) -> int:
+    """Move these runs as far as they go now, whenever they were due (a run whose awaited event
+    was just stored). One another worker holds is left to it. Returns how many moved."""
+    moved = 0
+    ids = list(run_ids)
+    for start in range(0, len(ids), 500):
+        moved += _advance_chunk(now=now or timezone.now(), limit=500, run_ids=ids[start : start + 500])
+    return moved
+
+
+def _advance_chunk(*, now: dt.datetime, limit: int, run_ids: Sequence[int] | None = None) -> int:
     created: list[int] = []
     with transaction.atomic():
-        runs = list(
-            JourneyRun.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=RunStatus.ACTIVE, wake_at__lte=now, campaign__status=CampaignStatus.RUNNING)
-            .select_related("campaign", "profile")
-            .order_by("wake_at", "id")[:limit]
+        due = JourneyRun.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+            status=RunStatus.ACTIVE, campaign__status=CampaignStatus.RUNNING
         )
+        due = due.filter(pk__in=list(run_ids)) if run_ids is not None else due.filter(wake_at__lte=now)
+        runs = list(due.select_related("campaign", "profile").order_by("wake_at", "id")[:limit])
         steps: dict[int, dict[int, JourneyStep]] = {}
         for run in runs:
             if run.campaign_id not in steps:
@@ -346,13 +398,18 @@ def _send(run: JourneyRun, step: JourneyStep, now: dt.datetime) -> int | None:
     """The person's delivery for this step: created once (the campaigns' unique key), skipped
     without consent as a single send would be."""
     campaign = run.campaign
+    variant_id = step.variant_id or run.variant_id
+    if variant_id is None:
+        # A run started before people were given an arm, at a step that sends the arm's variant.
+        logger.warning("Journey run %s has no variant for step %s; nothing is sent.", run.pk, step.position)
+        return None
     consent = _consents(run.profile, campaign.channel)
     delivery, made = Delivery.objects.get_or_create(
         campaign=campaign,
         profile=run.profile,
         phase=step.phase,
         defaults={
-            "variant_id": step.variant_id,
+            "variant_id": variant_id,
             "user_id": run.user_id,
             "channel": campaign.channel,
             "status": DeliveryStatus.PENDING if consent else DeliveryStatus.SKIPPED,
@@ -372,9 +429,11 @@ def _holds(run: JourneyRun, step: JourneyStep) -> bool:
         return _did(run, step.event, since=run.entered_at)
     if step.branch_on == BranchOn.TAG:
         return ProfileTag.objects.filter(profile_id=run.profile_id, tag__name=step.tag).exists()
+    if step.branch_on == BranchOn.VARIANT:
+        return run.variant_id is not None and run.variant_id == step.variant_id
     profile = run.profile
     value = getattr(profile, step.trait) if step.trait in PROFILE_TRAITS else (profile.traits or {}).get(step.trait)
-    return str(value if value is not None else "") == step.trait_value
+    return conditions.trait_holds(value, step.trait_operator, step.trait_value)
 
 
 # --- leaving on the goal -----------------------------------------------------------------------
@@ -399,6 +458,39 @@ def on_events_ingested(events: Sequence[Any]) -> None:
     )
     for campaign_id, goal in journeys:
         exit_runs(campaign_id=campaign_id, user_ids=sorted(by_name[goal]), reason=f"EXITED: {goal}")
+    _wake_waiting(by_name)
+
+
+def _wake_waiting(by_name: dict[str, set[str]]) -> None:
+    """Runs at a step waiting for one of these events, of a person who just did it, advance once
+    the event is committed (a task), not at the next minute's sweep."""
+    # The steps first (usually none awaits these names: one small query per ingested batch),
+    # then the runs by (campaign, user id), which their index serves.
+    steps = list(
+        JourneyStep.objects.filter(
+            kind=StepKind.WAIT_EVENT, event__in=list(by_name), campaign__status=CampaignStatus.RUNNING
+        ).values_list("campaign_id", "position", "event")
+    )
+    if not steps:
+        return
+    awaited = {(campaign_id, position): event for campaign_id, position, event in steps}
+    rows = JourneyRun.objects.filter(
+        status=RunStatus.ACTIVE,
+        campaign_id__in={campaign_id for campaign_id, _position, _event in steps},
+        user_id__in=sorted(set().union(*by_name.values())),
+    ).values_list("pk", "campaign_id", "position", "user_id")
+    ids = [
+        pk
+        for pk, campaign_id, position, user_id in rows
+        if (event := awaited.get((campaign_id, position))) and user_id in by_name[event]
+    ]
+    if not ids:
+        return
+    from journeys import tasks
+
+    transaction.on_commit(
+        lambda: publish(f"journey runs waiting for an event ({len(ids)})", tasks.advance_runs, args=[ids])
+    )
 
 
 def on_profiles_merged(into: Profile, merged: Profile) -> None:

@@ -4,8 +4,13 @@ Templates are written by operators, so they run in `ImmutableSandboxedEnvironmen
 that starts with an underscore, no function of ours, no settings, no changing a list or a dict
 handed in; only the variables below. Work is bounded too: `*` and `**` refuse results past a
 size, `range` is short and all of a message's loops over ranges share one budget of steps, and
-output stops past MAX_RENDERED_CHARS. Any error a template raises fails that person's message
-(RenderError), never the caller. A
+output stops past MAX_RENDERED_CHARS. What could build one huge string in a single call is
+refused before it is built: a width or precision past MAX_RENDERED_CHARS in a format (`%`, the
+`format` filter, `str.format`), the widths of `center`, `indent`, `wordwrap`, `truncate` and of
+the string methods that pad, and a `join` or `replace` whose result would be longer than that;
+so is a `~` or `+` of strings or lists past that size (a string doubled in a loop through a
+`namespace` would otherwise grow without end).
+Any error a template raises fails that person's message (RenderError), never the caller. A
 variable the person has no value for takes the version's default for it; without a default that
 person's message fails with the reason (and only that one). Channel limits (push title length,
 SMS segments by encoding, a JSON object for webhooks) are checked when a version is saved, when
@@ -30,9 +35,12 @@ import gsm0338  # noqa: F401  (registers the gsm03.38 codec)
 from django.conf import settings
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes, pass_environment, pass_eval_context
+from jinja2 import filters as jinja_filters
+from jinja2.compiler import CodeGenerator, Frame, optimizeconst
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
+from markupsafe import Markup
 
 # The variables a template may use, with a sample of each for previews and the checks at save.
 VARIABLES: dict[str, tuple[str, Any]] = {
@@ -158,10 +166,174 @@ def _int_bits(value: Any) -> int:
     return abs(value).bit_length() if isinstance(value, int) else 0
 
 
+def _too_wide(number: Any) -> bool:
+    return isinstance(number, int) and not isinstance(number, bool) and number > MAX_RENDERED_CHARS
+
+
+def _refuse_wide_spec(spec: str) -> None:
+    """A format specification (`>999999999`, `.999999f`, `%999999s`) whose width or precision
+    would build a string longer than a whole message."""
+    for digits in re.findall(r"\d+", spec):
+        stripped = digits.lstrip("0")
+        if len(stripped) > len(str(MAX_RENDERED_CHARS)) or (stripped and int(stripped) > MAX_RENDERED_CHARS):
+            raise SecurityError(f"A format width or precision past {MAX_RENDERED_CHARS} is refused ({spec!r}).")
+
+
+# One conversion of printf-style formatting: `%(key)-08.3f`, `%*d`, `%%`.
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?([#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?)[hlL]?[a-zA-Z%]")
+
+
+def _refuse_wide_percent(template: str) -> None:
+    for spec in _PERCENT_SPEC.findall(template):
+        if "*" in spec:
+            raise SecurityError("A width or precision taken from the arguments (`*`) is refused.")
+        _refuse_wide_spec(spec)
+
+
+def _refuse_longer_than_message(size: int, what: str) -> None:
+    if size > MAX_RENDERED_CHARS:
+        raise SecurityError(f"{what} is refused: it would make more than {MAX_RENDERED_CHARS} characters.")
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        _refuse_wide_spec(format_spec)
+        return super().format_field(value, format_spec)
+
+
+class _BoundedEscapeFormatter(SandboxedEscapeFormatter):
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        _refuse_wide_spec(format_spec)
+        return super().format_field(value, format_spec)
+
+
+# String methods whose first argument is the width of what they build.
+_PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+def _joined_size(items: list[Any], separator: Any) -> int:
+    return sum(len(str(x)) for x in items) + len(str(separator)) * max(len(items) - 1, 0)
+
+
+def _replaced_size(text: str, old: str, new: str, count: Any) -> int:
+    hits = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    return len(text) + hits * (len(new) - len(old))
+
+
+@pass_eval_context
+def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
+    items = list(value)
+    if attribute is None:
+        _refuse_longer_than_message(_joined_size(items, d), "This join")
+    result = jinja_filters.sync_do_join(eval_ctx, items, d, attribute)
+    _refuse_longer_than_message(len(result), "This join")
+    return result
+
+
+@pass_eval_context
+def _replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> str:
+    _refuse_longer_than_message(_replaced_size(str(s), str(old), str(new), count), "This replace")
+    return jinja_filters.do_replace(eval_ctx, s, old, new, count)
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> str:
+    _refuse_wide_percent(str(value))
+    return jinja_filters.do_format(value, *args, **kwargs)
+
+
+def _center(value: Any, width: int = 80) -> str:
+    if _too_wide(width):
+        raise SecurityError(f"center() to more than {MAX_RENDERED_CHARS} characters is refused.")
+    return jinja_filters.do_center(value, width)
+
+
+def _indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+    pad = width if isinstance(width, str) else " " * width if isinstance(width, int) and not _too_wide(width) else None
+    if pad is None:
+        raise SecurityError(f"indent() by more than {MAX_RENDERED_CHARS} characters is refused.")
+    _refuse_longer_than_message(len(str(s)) + len(pad) * (str(s).count("\n") + 1), "This indent")
+    return jinja_filters.do_indent(s, width, first, blank)
+
+
+@pass_environment
+def _wordwrap(
+    environment: Any,
+    s: Any,
+    width: int = 79,
+    break_long_words: bool = True,
+    wrapstring: str | None = None,
+    break_on_hyphens: bool = True,
+) -> str:
+    if _too_wide(width):
+        raise SecurityError(f"wordwrap() to more than {MAX_RENDERED_CHARS} characters is refused.")
+    text = str(s)
+    breaks = len(text) // max(width, 1) + text.count("\n") + 1 if isinstance(width, int) else 1
+    _refuse_longer_than_message(
+        len(text) + len(wrapstring if wrapstring is not None else environment.newline_sequence) * breaks,
+        "This wordwrap",
+    )
+    return jinja_filters.do_wordwrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
+
+
+@pass_environment
+def _truncate(
+    environment: Any, s: Any, length: int = 255, killwords: bool = False, end: str = "...", leeway: Any = None
+) -> str:
+    if _too_wide(length) or _too_wide(leeway):
+        raise SecurityError(f"truncate() to more than {MAX_RENDERED_CHARS} characters is refused.")
+    return jinja_filters.do_truncate(environment, s, length, killwords, end, leeway)
+
+
+_BOUNDED_FILTERS = {
+    "format": _format,
+    "center": _center,
+    "indent": _indent,
+    "wordwrap": _wordwrap,
+    "truncate": _truncate,
+    "join": _join,
+    "replace": _replace,
+}
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Jinja's code for `a ~ b`, with the parts' total size checked before they are joined."""
+
+    @optimizeconst
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        if frame.eval_ctx.volatile:
+            func_name = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            func_name = "markup_join"
+        else:
+            func_name = "str_join"
+        self.write(f"{func_name}(environment.bounded_parts((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")))")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%", "+"})
+    code_generator_class = _BoundedCodeGenerator
+
+    @staticmethod
+    def bounded_parts(parts: tuple[Any, ...]) -> tuple[Any, ...]:
+        _refuse_longer_than_message(sum(len(p) if isinstance(p, str) else len(str(p)) for p in parts), "This ~")
+        return parts
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "+":
+            sizes = (_size(left), _size(right))
+            if None not in sizes:
+                _refuse_longer_than_message(sum(sizes), "This +")
+            return operator.add(left, right)
+        if operator_ == "%":
+            if isinstance(left, str):
+                _refuse_wide_percent(left)
+            return operator.mod(left, right)
         if operator_ == "*":
             for seq, times in ((left, right), (right, left)):
                 size = _size(seq)
@@ -176,10 +348,53 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             raise SecurityError("A power that large is refused.")
         return operator.pow(left, right)
 
+    def wrap_str_format(self, value: Any) -> Any:
+        """`str.format` and `format_map` as the sandbox makes them, with each field's width and
+        precision bounded before it is formatted."""
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        f_self = value.__self__
+        formatter: SandboxedFormatter
+        if isinstance(f_self, Markup):
+            formatter = _BoundedEscapeFormatter(self, escape=f_self.escape)
+        else:
+            formatter = _BoundedFormatter(self)
+        is_format_map = value.__name__ == "format_map"
+
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                args, kwargs = (), args[0]
+            return type(f_self)(formatter.vformat(f_self, args, kwargs))
+
+        return bounded
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(__obj, "__name__", "")
+            if name in _PADDING_METHODS and args and _too_wide(args[0]):
+                raise SecurityError(f"{name}() to more than {MAX_RENDERED_CHARS} characters is refused.")
+            if name == "expandtabs":
+                tab = args[0] if args else kwargs.get("tabsize", 8)
+                if isinstance(tab, int):
+                    _refuse_longer_than_message(len(owner) + owner.count("\t") * tab, "This expandtabs")
+            if name == "join" and args:
+                items = list(args[0])
+                _refuse_longer_than_message(_joined_size(items, owner), "This join")
+                args = (items, *args[1:])
+            if name == "replace" and len(args) >= 2:
+                count = args[2] if len(args) > 2 else kwargs.get("count")
+                _refuse_longer_than_message(_replaced_size(owner, str(args[0]), str(args[1]), count), "This replace")
+        return super().call(__context, __obj, *args, **kwargs)
+
 
 def _sandbox(*, autoescape: bool) -> _Sandbox:
     env = _Sandbox(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False)
     env.globals["range"] = _bounded_range
+    env.filters.update(_BOUNDED_FILTERS)
     return env
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -43,14 +44,14 @@ def test_workers_advancing_together_send_each_step_once_per_person(monkeypatch):
     queued: list[str] = []
     monkeypatch.setattr(services, "publish", lambda what, task, **kw: queued.append(task.name) or True)
     people = make_profiles(120)
-    campaign = CampaignFactory(variants=[("A", 50), ("B", 50)])
+    campaign = CampaignFactory(variants=[("A", 50), ("B", 50)], holdout_percent=Decimal(0))
     a, b = campaign.variants.order_by("position").values_list("pk", flat=True)
     services.set_steps(
         campaign=campaign,
         steps=[{"kind": "send", "variant": a}, {"kind": "wait", "wait_minutes": 5}, {"kind": "send", "variant": b}],
     )
     t0 = timezone.now()
-    services.launch_journey(campaign=campaign, now=t0)
+    assert services.launch_journey(campaign=campaign, now=t0) == len(people)
     assert queued == ["journeys.tasks.advance_journeys"]
     moved = _at_once([lambda: services.advance_due(now=t0, limit=7) for _ in range(WORKERS)])
     # SKIP LOCKED shares the runs: together they moved each once.

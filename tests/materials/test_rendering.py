@@ -244,3 +244,67 @@ def test_a_newline_in_a_persons_name_does_not_break_the_email_subject():
     out = _render("email", fields, {"name": "Ann\nBcc: x@example.com"})
     assert "\n" not in out["title"] and "\r" not in out["title"]
     assert out["title"] == "Hello Ann Bcc: x@example.com"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ '%999999999s'|format(name) }}",
+        "{{ '%-999999999d'|format(1) }}",
+        "{{ '%.999999999f'|format(1.5) }}",
+        "{{ '%*s'|format(999999999, name) }}",
+        "{{ '%(n)999999999s'|format(n=name) }}",
+        "{{ '%999999999s' % name }}",
+        "{{ '{:>999999999}'.format(name) }}",
+        "{{ '{:>{}}'.format(name, 999999999) }}",
+        "{{ '{:.999999999f}'.format(1.5) }}",
+        "{{ '{n:^999999999}'.format_map({'n': name}) }}",
+        "{{ name|center(999999999) }}",
+        "{{ name|indent(999999999, true) }}",
+        "{{ ((name ~ '\n') * 9000)|indent('x' * 90000) }}",
+        "{{ name|wordwrap(999999999) }}",
+        "{{ ('a ' * 40000)|wordwrap(1, wrapstring='x' * 90000) }}",
+        "{{ name|truncate(999999999) }}",
+        "{{ name.ljust(999999999) }}",
+        "{{ name.rjust(999999999) }}",
+        "{{ name.center(999999999) }}",
+        "{{ name.zfill(999999999) }}",
+        "{{ ('\t' * 1000).expandtabs(90000) }}",
+        "{{ range(1000)|join('x' * 99999) }}",
+        "{{ ('x' * 99999).join(['a'] * 1000) }}",
+        "{{ ('a' * 90000)|replace('a', 'bbbbbbbbbb') }}",
+        "{{ ('a' * 90000).replace('a', 'bbbbbbbbbb') }}",
+        "{{ name * 999999999 }}",
+        "{% set ns = namespace(s='x' * 90000) %}{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% set ns = namespace(s='x' * 90000) %}{% for i in range(30) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+        "{% set ns = namespace(l=[1] * 90000) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l %}{% endfor %}",
+        "{{ ('x' * 90000) ~ name ~ ('y' * 90000) }}",
+    ],
+)
+def test_a_huge_string_is_refused_before_it_is_built(source):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError) as refused:
+            _render("sms", {"body": source}, {"name": "Ann"})
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # The sandbox's refusal, not the output's length checked after the string was made.
+    assert "SecurityError" in str(refused.value) and "TOO_LONG" not in str(refused.value)
+    assert peak < 20_000_000
+    problems = template_problems(channel="sms", fields={"body": source}, defaults={})
+    assert problems and "refused" in problems[0].reason
+
+
+def test_formats_widths_joins_and_replaces_of_ordinary_size_still_work():
+    body = (
+        "{{ '%5s|%-3d|%.2f'|format('ab', 7, 1.234) }} {{ '%03d' % 5 }} {{ '{:>4}|{:.1f}'.format('x', 2.25) }}"
+        " {{ 'ab'|center(6) }}{{ 'a b c'|wordwrap(3, wrapstring='/') }} {{ 'hello world'|truncate(8, leeway=0) }}"
+        " {{ ['a', 'b']|join('-') }} {{ 'x'.ljust(3) }}| {{ 'aa'|replace('a', 'bc') }} {{ '-'.join(['p', 'q']) }}"
+        " {{ 'a' ~ 1 ~ 'b' }} {{ 'c' + 'd' }} {{ ([1] + [2])|length + 1 }}"
+    )
+    assert _render("sms", {"body": body}, {})["body"] == (
+        "   ab|7  |1.23 005    x|2.2   ab  a b/c hello... a-b x  | bcbc p-q a1b cd 3"
+    )

@@ -10,7 +10,7 @@ import pytest
 from django.test import override_settings
 
 from campaigns import services, validation
-from campaigns.models import CampaignStatus, ChannelKind, Delivery, Variant
+from campaigns.models import CampaignStatus, ChannelKind, DailySendCount, Delivery, Variant
 from coupons.models import Coupon, CouponStatus
 from materials import selectors
 from profiles.models import Profile
@@ -228,3 +228,36 @@ def test_a_newline_in_a_name_reaches_the_email_subject_as_a_space():
     (message,) = smtp.messages
     assert message["Subject"] == "For Ann Bcc: eve@example.com" and message["Bcc"] is None
     assert Delivery.objects.get(campaign=campaign).status == "sent"
+
+
+def test_a_message_that_cannot_be_rendered_gives_back_its_frequency_cap_slot_and_its_coupon():
+    people = make_profiles(3)
+    for i, p in enumerate(people):
+        Profile.objects.filter(pk=p.pk).update(name=f"Ann{i}", city="" if i == 1 else f"City{i}")
+    rule = CouponRuleFactory(value=Decimal("5.00"))
+    version = MaterialVersionFactory(
+        approved=True, material=MaterialFactory(channel="push"), title="Hi {{ name }}", body="{{ city }}", defaults={}
+    )
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = _campaign_with(version, frequency_cap_per_day=1)
+        Variant.objects.filter(campaign=campaign).update(coupon_rule_id=rule.pk)
+        _run(campaign)
+    assert len(gateway.requests) == 2
+    failed = Delivery.objects.get(campaign=campaign, profile=people[1])
+    assert failed.status == "failed" and failed.reason.startswith("RENDER_FAILED: MISSING_VALUE")
+    assert failed.cap_day is None
+    assert Coupon.objects.get(code=failed.coupon_code).status == CouponStatus.REVOKED
+    counts = dict(DailySendCount.objects.values_list("profile_id", "count"))
+    # The two sent messages hold their slot; the one that could not be made holds none.
+    assert counts[people[0].pk] == 1 and counts[people[2].pk] == 1
+    assert counts.get(people[1].pk, 0) == 0
+    # So the person's one message of the day is still free for another campaign.
+    other = CampaignFactory(
+        status=CampaignStatus.RUNNING, holdout_percent=Decimal(0), variants=[("B", 100)], frequency_cap_per_day=1
+    )
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        _run(other)
+    got = {r["user_id"] for r in gateway.requests}
+    assert people[1].user_id in got and people[0].user_id not in got
