@@ -17,6 +17,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from indicators.registry import Fold, Unit
+from tracking.events_store.postgres import SAMPLE_BUCKETS as POSTGRES_SAMPLE_BUCKETS
 
 # --- Rollups ---------------------------------------------------------------------------------------
 # Maintained by `indicators.rollups` only (never edited by hand). The person of an event-only
@@ -114,8 +115,8 @@ class ActivityPerson(models.Model):
 # A day's tail keeps this many of its last events: the most the churn page asks for.
 TAIL_EVENTS = 20
 # People are drawn for the churn page's sample by a hash of their key (`hashtext`, its top bits)
-# into this many buckets.
-SAMPLE_BUCKETS = 1024
+# into this many buckets (the PostgreSQL events store reads them by the same number).
+SAMPLE_BUCKETS = POSTGRES_SAMPLE_BUCKETS
 
 
 class ActivityFirstEvent(models.Model):
