@@ -32,7 +32,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from tracking.events_store import clickhouse_enabled, clickhouse_store
-from tracking.ids import IdRun, id_in_runs, runs_of
+from tracking.ids import IdRun, runs_of
 from tracking.models import STORED_AMOUNT_PATTERN, ShippingBacklog, ShippingState
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 STATE = "clickhouse"
 # One shipping run at a time (a session-level advisory lock of this key).
 _LOCK_KEY = 0x6F70_736C_7368  # "opslsh"
-_MAX_ROWS = 10_000  # outbox rows a batch looks at
+_MAX_ROWS = 5_000  # outbox rows a batch takes at most
 
 _QUEUE = (
     "INSERT INTO tracking_shippingbacklog (first_event_id, last_event_id, created_at) "
@@ -63,9 +63,22 @@ COPY (
                     WHEN 'array' THEN jsonb_array_length(e.properties->'results') = 0 ELSE false END
                 THEN 1 ELSE 0 END,
            e.utm_source, e.utm_medium, e.utm_campaign, e.device, e.os, e.locale, e.path, e.properties::text
-    FROM tracking_event e WHERE {runs} ORDER BY e.id
+    FROM unnest({firsts}::bigint[], {lasts}::bigint[]) AS r(first_id, last_id)
+    JOIN tracking_event e ON e.id BETWEEN r.first_id AND r.last_id
+    ORDER BY e.id
 ) TO STDOUT
 """
+
+
+_TAKE = (
+    "SELECT id, first_event_id, last_event_id FROM tracking_shippingbacklog WHERE batch IS NULL "
+    "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+_CUT = "UPDATE tracking_shippingbacklog SET first_event_id = %s WHERE id = %s"
+_QUEUE_CLAIMED = (
+    "INSERT INTO tracking_shippingbacklog (first_event_id, last_event_id, batch, created_at) VALUES (%s, %s, %s, now())"
+)
+_MARK = "UPDATE tracking_shippingbacklog SET batch = %s WHERE id = ANY(%s)"
 
 
 class ShippingFailed(Exception):
@@ -97,6 +110,12 @@ def pending_events() -> int:
     return int(total or 0)
 
 
+def oldest_waiting() -> datetime | None:
+    """When the oldest event still waiting was queued (how far behind ClickHouse is)."""
+    row = ShippingBacklog.objects.order_by("id").only("created_at").first()
+    return None if row is None else row.created_at
+
+
 def state() -> ShippingState:
     return ShippingState.objects.get_or_create(name=STATE)[0]
 
@@ -112,31 +131,37 @@ def _claim(budget: int) -> tuple[uuid.UUID, list[IdRun]] | None:
             return left_over.batch, [(r.first_event_id, r.last_event_id) for r in rows]
         batch = uuid.uuid4()
         runs: list[IdRun] = []
+        taken: list[int] = []
         total = 0
-        rows = ShippingBacklog.objects.select_for_update(skip_locked=True).filter(batch__isnull=True)
-        for row in rows.order_by("id")[:_MAX_ROWS]:
-            room = budget - total
-            if room <= 0:
-                break
-            size = row.last_event_id - row.first_event_id + 1
-            if size <= room:
-                row.batch = batch
-                row.save(update_fields=["batch"])
-                runs.append((row.first_event_id, row.last_event_id))
-                total += size
-            else:
-                first, upto = row.first_event_id, row.first_event_id + room - 1
-                ShippingBacklog.objects.create(first_event_id=first, last_event_id=upto, batch=batch)
-                row.first_event_id = upto + 1
-                row.save(update_fields=["first_event_id"])
-                runs.append((first, upto))
-                total += room
+        with connection.cursor() as cursor:
+            cursor.execute(_TAKE, [_MAX_ROWS])
+            for row_id, first, last in cursor.fetchall():
+                room = budget - total
+                if room <= 0:
+                    break
+                if last - first + 1 <= room:
+                    taken.append(row_id)
+                    runs.append((first, last))
+                    total += last - first + 1
+                else:  # cut: the first ids go now as a row of their own, the row keeps the rest
+                    upto = first + room - 1
+                    cursor.execute(_CUT, [upto + 1, row_id])
+                    cursor.execute(_QUEUE_CLAIMED, [first, upto, batch])
+                    runs.append((first, upto))
+                    total += room
+            cursor.execute(_MARK, [batch, taken])
         return (batch, runs) if runs else None
 
 
 def _export(runs: list[IdRun]) -> tuple[bytes, int]:
     """The batch's events as ClickHouse reads TabSeparated (PostgreSQL's COPY text is that)."""
-    statement = sql.SQL(_EXPORT).format(pattern=sql.Literal(STORED_AMOUNT_PATTERN), runs=id_in_runs(runs))
+    # The runs as two arrays joined to the primary key: a range probe each, however many runs
+    # (ids a bulk load drew one by one make a run each).
+    statement = sql.SQL(_EXPORT).format(
+        pattern=sql.Literal(STORED_AMOUNT_PATTERN),
+        firsts=sql.Literal("{" + ",".join(str(int(a)) for a, _b in runs) + "}"),
+        lasts=sql.Literal("{" + ",".join(str(int(b)) for _a, b in runs) + "}"),
+    )
     chunks: list[bytes] = []
     with connection.cursor() as cursor, cursor.copy(statement) as copy:
         for chunk in copy:
