@@ -244,6 +244,11 @@ def _day(value: str | None) -> date | None:
     return None if value is None else date.fromisoformat(value)
 
 
+def _cents(value: str | int) -> Decimal:
+    """Money as PostgreSQL's numeric(20, 2) gives it (ClickHouse's text drops trailing zeros)."""
+    return Decimal(value).quantize(Decimal("0.01"))
+
+
 _DAY = "toDate(timestamp)"
 
 
@@ -295,10 +300,9 @@ class ClickHouseEventsStore(EventsStore):
         lo, hi = max(start, _day(bounds[0][0])), min(end, _day(bounds[0][1]))
         if lo > hi:
             return {}
-        # People of the window with their first day and first order day over all their events.
-        # WAU and MAU: each day's people as a bitmap of 64-bit hashes of their keys, the bitmaps
-        # of the 7 (30) days up to a day merged: a few dozen bitmaps, not a join of person-days.
-        rows = self._rows(
+        # The day's own values: people of the window with their first day and first order day
+        # over all their events.
+        per_day = self._rows(
             """
             WITH per_day AS (
                 SELECT person, toDate(timestamp) AS day, count() AS events,
@@ -308,37 +312,48 @@ class ClickHouseEventsStore(EventsStore):
             ), people AS (
                 SELECT person, min(toDate(timestamp)) AS first_day,
                        minIf(toDate(timestamp), name = 'order_paid') AS first_order_day
-                FROM {table} WHERE person IN (SELECT person FROM per_day) GROUP BY person
-            ), days AS (
-                SELECT d.day AS day, sum(d.events) AS events, count() AS active,
-                       countIf(p.first_day = d.day) AS new_users, sum(d.orders) AS orders,
-                       sum(d.refunds) AS refunds, sum(d.paid) AS paid, sum(d.refunded) AS refunded,
-                       countIf(d.orders > 0) AS paying, countIf(d.orders > 0 AND p.first_order_day < d.day) AS repeat
-                FROM per_day d JOIN people p ON p.person = d.person GROUP BY d.day
-            ), bitmaps AS (
-                SELECT toDate(timestamp) AS day, groupBitmapState(sipHash64(person)) AS b
-                FROM {table} WHERE toDate(timestamp) BETWEEN {lo} - 29 AND {hi} GROUP BY day
-            ), trailing AS (
-                SELECT t.target AS day, groupBitmapMergeIf(b.b, b.day > t.target - 7) AS wau,
-                       groupBitmapMerge(b.b) AS mau
-                FROM (SELECT arrayJoin(arrayMap(i -> {lo} + i, range(toUInt32({hi} - {lo} + 1)))) AS target) t
-                CROSS JOIN bitmaps b
-                WHERE b.day BETWEEN t.target - 29 AND t.target
-                GROUP BY t.target
+                FROM {table}
+                WHERE person IN (SELECT person FROM {table} WHERE toDate(timestamp) BETWEEN {lo} AND {hi})
+                GROUP BY person
             )
-            SELECT toString(t.day), d.events, d.active, t.wau, t.mau, d.new_users, d.orders, d.refunds,
-                   toString(d.paid), toString(d.refunded), toString(d.paid - d.refunded), d.paying, d.repeat
-            FROM trailing t LEFT JOIN days d ON d.day = t.day
-            ORDER BY t.day
-            SETTINGS join_use_nulls = 0
+            SELECT toString(d.day), sum(d.events), count(), countIf(p.first_day = d.day), sum(d.orders),
+                   sum(d.refunds), toString(sum(d.paid)), toString(sum(d.refunded)),
+                   toString(sum(d.paid) - sum(d.refunded)), countIf(d.orders > 0),
+                   countIf(d.orders > 0 AND p.first_order_day < d.day)
+            FROM per_day d JOIN people p ON p.person = d.person GROUP BY d.day
             """,
             lo=lo,
             hi=hi,
         )
-        return {
-            date.fromisoformat(day): dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
-            for day, *values in rows
-        }
+        # WAU and MAU: each person-day of the window (and the 29 days before it) counted on the
+        # 30 days it lies in the trailing month of, exact as PostgreSQL's. (Merging per-day bitmaps
+        # of hashed keys was 6 times slower in chdb, and joining this onto the day's values in one
+        # statement 20 times.)
+        trailing = self._rows(
+            """
+            SELECT toString(target), uniqExactIf(person, day > target - 7), uniqExact(person)
+            FROM (
+                SELECT DISTINCT person, toDate(timestamp) AS day FROM {table}
+                WHERE toDate(timestamp) BETWEEN {lo} - 29 AND {hi}
+            )
+            ARRAY JOIN arrayMap(i -> day + i, range(30)) AS target
+            WHERE target BETWEEN {lo} AND {hi}
+            GROUP BY target
+            """,
+            lo=lo,
+            hi=hi,
+        )
+        quiet = ["0"] * 11
+        own = {day: values for day, *values in per_day}
+        out = {}
+        for day, wau, mau in trailing:
+            events, active, new, orders, refunds, paid, refunded, revenue, paying, repeat = (own.get(day) or quiet)[:10]
+            values = (events, active, wau, mau, new, orders, refunds, paid, refunded, revenue, paying, repeat)
+            row = dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
+            for money in ("paid_amount", "refunded_amount", "revenue"):
+                row[money] = _cents(row[money])
+            out[date.fromisoformat(day)] = row
+        return out
 
     def retention_cells(
         self, *, basis: str, granularity: str, first_cohort: date, end: date, periods: int
@@ -407,7 +422,7 @@ class ClickHouseEventsStore(EventsStore):
             end=end,
         )
         return PurchaseTotals(
-            int(active), int(paying), int(repeat), Decimal(paid or 0), Decimal(refunded or 0), int(orders)
+            int(active), int(paying), int(repeat), _cents(paid or 0), _cents(refunded or 0), int(orders)
         )
 
     def funnel_counts(self, *, steps: list[str], start: datetime, end: datetime, window: timedelta) -> list[int]:
