@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from scipy.stats import chi2
 
-from indicators import analyses, rollups
+from indicators import analyses
 from indicators import services as goal_services
 from indicators.models import Funnel, FunnelStep, GoalMonth
 from tests.factories.tracking import EventFactory
@@ -331,14 +331,14 @@ def test_the_trends_page_draws_the_goals_of_its_indicator_as_stepped_month_lines
     )
 
 
-def test_a_dashboard_table_escapes_what_people_typed_and_shades_heat_cells(client, make_staff, shop):
+def test_a_dashboard_table_escapes_what_people_typed_and_shades_heat_cells(client, make_staff, shop, events_engine):
     EventFactory(
         user_id="u3",
         name="search",
         timestamp=at("2026-03-02", 10),
         properties={"query": '<img src=x onerror="alert(1)">', "results": 0},
     )
-    rollups.fold_new_events()
+    events_engine.ready()
     client.force_login(make_staff("Analyst"))
 
     page = client.get("/admin/indicators/dailyindicator/search/?start=2026-03-01&end=2026-03-31").content.decode()

@@ -183,3 +183,28 @@ def test_retention_unset_keeps_every_event(settings):
     EventFactory(timestamp=NOW - timedelta(days=4000), received_at=NOW - timedelta(days=4000))
     assert shipping.delete_expired_events(now=NOW) == 0
     assert Event.objects.count() == 1
+
+
+def test_the_admin_page_shows_the_backlog_and_the_last_error_and_queues_a_retry(
+    clickhouse, settings, client, make_staff
+):
+    settings.OPSLOOP_CLICKHOUSE_URL = f"http://127.0.0.1:{closed_port()}"
+    services.ingest_events(events=payloads(12))
+    with pytest.raises(shipping.ShippingFailed):
+        shipping.ship_events()
+    client.force_login(make_staff(superuser=True))
+
+    page = client.get("/admin/tracking/shippingstate/")
+    detail = client.get(f"/admin/tracking/shippingstate/{shipping.STATE}/change/")
+    retried = client.post(
+        "/admin/tracking/shippingstate/",
+        {"action": "ship_now", "_selected_action": [shipping.STATE]},
+        follow=True,
+    )
+
+    assert page.status_code == 200 and b"ClickHouse" in page.content
+    assert detail.status_code == 200
+    assert b"12" in detail.content and b"127.0.0.1" in detail.content  # the backlog, the reason
+    assert [str(m) for m in retried.context["messages"]] == [
+        "Shipping is queued: the page shows its outcome when it has run."
+    ]
