@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from indicators.registry import Fold, Unit
+from tracking.events_store.postgres import SAMPLE_BUCKETS as POSTGRES_SAMPLE_BUCKETS
 
 # --- Rollups ---------------------------------------------------------------------------------------
 # Maintained by `indicators.rollups` only (never edited by hand). The person of an event-only
@@ -115,8 +116,8 @@ class ActivityPerson(models.Model):
 # A day's tail keeps this many of its last events: the most the churn page asks for.
 TAIL_EVENTS = 20
 # People are drawn for the churn page's sample by a hash of their key (`hashtext`, its top bits)
-# into this many buckets.
-SAMPLE_BUCKETS = 1024
+# into this many buckets (the PostgreSQL events store reads them by the same number).
+SAMPLE_BUCKETS = POSTGRES_SAMPLE_BUCKETS
 
 
 class ActivityFirstEvent(models.Model):

@@ -25,6 +25,42 @@ ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.browser_fixtures"]
 
 
+class EventsEngine:
+    """The events store a test reads through: `ready()` makes what was stored readable, as the
+    background steps do (the rollups folded; with ClickHouse, the outbox shipped too)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def ready(self) -> None:
+        from indicators import rollups
+        from tracking import shipping
+
+        rollups.fold_new_events()
+        if self.name == "clickhouse":
+            shipping.ship_events()
+            assert shipping.pending_events() == 0
+
+
+@pytest.fixture(scope="session")
+def chdb_url(tmp_path_factory) -> str:
+    """One embedded ClickHouse for the session (its table emptied for each test that uses it)."""
+    return f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture(params=["postgres", "clickhouse"])
+def events_engine(request, settings, chdb_url) -> EventsEngine:
+    """Run the test on each events store: PostgreSQL's rollups, and ClickHouse (embedded) fed
+    through the real shipping path."""
+    if request.param == "clickhouse":
+        from tracking.events_store import clickhouse_store
+
+        settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+        settings.OPSLOOP_CLICKHOUSE_URL = chdb_url
+        clickhouse_store().truncate()
+    return EventsEngine(request.param)
+
+
 @pytest.fixture
 def stored_before_amount_check(db) -> Callable[[], AbstractContextManager[None]]:
     """`with stored_before_amount_check(): EventFactory(...)` stores events as a database held them

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import uuid
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
-from tracking import selectors
-from tracking.models import Event, EventKind
+from config.celery import publish
+from tracking import selectors, shipping, tasks
+from tracking.events_store import clickhouse_enabled
+from tracking.models import Event, EventKind, ShippingState
 
 
 class EstimatedCountPaginator(Paginator):
@@ -126,3 +128,64 @@ class EventAdmin(ReadOnlyAdmin):
             volume["kind_labels"] = {kind: str(label) for kind, label in EventKind.choices}
             response.context_data["daily_volume"] = volume
         return response
+
+
+@admin.register(ShippingState)
+class ShippingStateAdmin(ReadOnlyAdmin):
+    """Shipping to ClickHouse at a glance: what waits, the last run and the last error, and a
+    button to try again now rather than at the next minute."""
+
+    list_display = (
+        "name",
+        "engine",
+        "backlog",
+        "last_run_at",
+        "last_success_at",
+        "failures",
+        "last_error_short",
+        "shipped_events",
+        "deleted_events",
+    )
+    readonly_fields = (
+        "engine",
+        "backlog",
+        "oldest_waiting",
+        "last_run_at",
+        "last_success_at",
+        "failures",
+        "last_error",
+        "last_error_at",
+        "shipped_events",
+        "shipped_batches",
+        "deleted_events",
+        "last_retention_at",
+    )
+    fields = readonly_fields
+    actions = ["ship_now"]
+
+    def get_queryset(self, request):
+        shipping.state()  # the page shows the row before the first run
+        return super().get_queryset(request)
+
+    @admin.display(description=_("events store"))
+    def engine(self, obj: ShippingState) -> str:
+        return _("ClickHouse") if clickhouse_enabled() else _("PostgreSQL (shipping off)")
+
+    @admin.display(description=_("events waiting"))
+    def backlog(self, obj: ShippingState) -> int:
+        return shipping.pending_events()
+
+    @admin.display(description=_("waiting since"))
+    def oldest_waiting(self, obj: ShippingState):
+        return shipping.oldest_waiting()
+
+    @admin.display(description=_("last error"))
+    def last_error_short(self, obj: ShippingState) -> str:
+        return obj.last_error[:120]
+
+    @admin.action(description=_("Ship the backlog now (try again)"))
+    def ship_now(self, request, queryset):
+        if publish("shipping to ClickHouse", tasks.ship_events):
+            self.message_user(request, _("Shipping is queued: the page shows its outcome when it has run."))
+        else:
+            self.message_user(request, _("The task queue cannot be reached; beat will try again."), messages.ERROR)

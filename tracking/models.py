@@ -102,3 +102,57 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} @ {self.timestamp:%Y-%m-%d %H:%M:%S}"
+
+
+# --- Shipping to ClickHouse ----------------------------------------------------------------------
+
+
+class ShippingBacklog(models.Model):
+    """Stored events not in ClickHouse yet (the outbox): one run of consecutive event ids per row,
+    written by ingestion in the transaction that stores them, and only when ClickHouse is on.
+
+    A row moves only forward: a shipping run claims it for a batch (`batch`, committed before the
+    insert: the insert's deduplication token), inserts the batch into ClickHouse and deletes it.
+    A run that dies between the insert and the delete leaves the row claimed, and the next run
+    inserts the same batch under the same token, which ClickHouse drops. An outbox, not a
+    watermark on the id sequence: ids are drawn before commit, so a batch committing late would
+    fall behind a watermark that had passed it."""
+
+    first_event_id = models.BigIntegerField()
+    last_event_id = models.BigIntegerField()
+    batch = models.UUIDField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = _("shipping backlog run")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(last_event_id__gte=models.F("first_event_id")), name="shipping_backlog_run_order"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"events {self.first_event_id}-{self.last_event_id}"
+
+
+class ShippingState(models.Model):
+    """How shipping to ClickHouse goes: the last run, the last error and what was shipped (one
+    row, `clickhouse`)."""
+
+    name = models.CharField(max_length=32, primary_key=True)
+    last_run_at = models.DateTimeField(_("last run"), null=True, blank=True)
+    last_success_at = models.DateTimeField(_("last success"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    last_error_at = models.DateTimeField(_("last error at"), null=True, blank=True)
+    failures = models.IntegerField(_("failures in a row"), default=0)
+    shipped_events = models.BigIntegerField(_("events shipped"), default=0)
+    shipped_batches = models.BigIntegerField(_("batches shipped"), default=0)
+    deleted_events = models.BigIntegerField(_("events deleted by retention"), default=0)
+    last_retention_at = models.DateTimeField(_("last retention run"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("shipping to ClickHouse")
+        verbose_name_plural = _("shipping to ClickHouse")
+
+    def __str__(self) -> str:
+        return self.name

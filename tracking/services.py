@@ -14,6 +14,7 @@ from psycopg import sql as pgsql
 from psycopg.errors import DeadlockDetected, UniqueViolation
 
 from tracking.hooks import StoredEvent, notify_ingested
+from tracking.shipping import queue_for_shipping
 from tracking.validation import CleanEvent, max_future_skew, validate_event
 
 logger = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def store_clean_events(*, events: Sequence[CleanEvent], received_at: datetime) -
                 properties=event.properties,
             )
         )
+    queue_for_shipping([pk for pk, _event_id in inserted])
     notify_ingested(stored)
     return stored
 

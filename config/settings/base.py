@@ -246,6 +246,8 @@ CELERY_TASK_ROUTES = {
     "campaigns.tasks.deliver_*": {"queue": "deliveries"},
     "*.tasks.recompute_*": {"queue": "analytics"},
     "*.tasks.rollup_*": {"queue": "analytics"},
+    "tracking.tasks.ship_events": {"queue": "analytics"},
+    "tracking.tasks.delete_expired_events": {"queue": "analytics"},
 }
 # A delivery is acknowledged only after it ran, and a worker takes one message at a time, so a
 # killed worker loses nothing and holds nothing back from the others.
@@ -280,6 +282,16 @@ OPSLOOP_LINK_SIGNING_KEY = env("OPSLOOP_LINK_SIGNING_KEY", SECRET_KEY)
 OPSLOOP_API_KEY_CACHE_SECONDS = float(env("OPSLOOP_API_KEY_CACHE_SECONDS", "5"))
 # How far ahead of the server clock an event's timestamp may be.
 OPSLOOP_EVENTS_MAX_FUTURE_SECONDS = int(env("OPSLOOP_EVENTS_MAX_FUTURE_SECONDS", "600"))
+# Where the indicator pages read events (tracking.events_store): `postgres` (the rollups) or
+# `clickhouse`, at a server (`http://user:password@host:8123/database`, clickhouse-connect) or in
+# the embedded engine (`chdb://<directory>`); with ClickHouse, stored events are shipped there.
+OPSLOOP_EVENTS_STORE = env("OPSLOOP_EVENTS_STORE", "postgres")
+OPSLOOP_CLICKHOUSE_URL = env("OPSLOOP_CLICKHOUSE_URL", f"chdb://{BASE_DIR / '.run' / 'chdb'}")
+# Events per shipping batch (10,000 to 100,000: ClickHouse wants few large inserts).
+OPSLOOP_SHIPPING_BATCH_EVENTS = int(env("OPSLOOP_SHIPPING_BATCH_EVENTS", "50000"))
+# Raw events older than this many days are deleted from PostgreSQL by the nightly task (only those
+# already shipped, when ClickHouse is on); unset: kept for ever.
+OPSLOOP_EVENTS_RETENTION_DAYS = int(env("OPSLOOP_EVENTS_RETENTION_DAYS", "0")) or None
 OPSLOOP_ROLLUP_WORK_MEM = env("OPSLOOP_ROLLUP_WORK_MEM", "256MB")  # PostgreSQL work_mem of a rollup run
 # Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.
 OPSLOOP_EVENTS_MAX_BODY_BYTES = int(env("OPSLOOP_EVENTS_MAX_BODY_BYTES", str(40 * 1024 * 1024)))

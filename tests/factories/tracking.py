@@ -10,10 +10,12 @@ from django.utils import timezone
 
 from indicators import rollups
 from tracking.models import Event, EventKind
+from tracking.shipping import queue_for_shipping
 
 
 class EventFactory(factory.django.DjangoModelFactory):
-    """A stored event, queued for the indicator rollups as ingestion's `indicators` listener queues it."""
+    """A stored event, queued for the indicator rollups as ingestion's `indicators` listener queues
+    it, and for ClickHouse when it is on, as ingestion does."""
 
     class Meta:
         model = Event
@@ -30,6 +32,7 @@ class EventFactory(factory.django.DjangoModelFactory):
     def _create(cls, model_class, *args, **kwargs):
         event = super()._create(model_class, *args, **kwargs)
         rollups.queue_stored_events([event.pk])
+        queue_for_shipping([event.pk])
         return event
 
 

@@ -1,6 +1,6 @@
-"""The key-behaviour and churn pages read only rollups: their answers equal the same analyses
-worked out by hand from the events, with late events, repeated batches and small chunks, and a
-day with more events than a tail keeps."""
+"""The key-behaviour and churn pages (PostgreSQL: from the rollups only; ClickHouse: over the
+shipped events): their answers equal the same analyses worked out by hand from the events, with
+late events, repeated batches and small chunks, and a day with more events than a tail keeps."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 
 
-def _load(seed: int) -> None:
+def _load(seed: int, engine=None) -> None:
     rng = random.Random(seed)
     batches = [_random_events(rng, 120, start=date(2026, 2, 1) + timedelta(days=8 * n), days=12) for n in range(5)]
     batches.append(_random_events(rng, 60, start=date(2026, 2, 1), days=40))  # late events
@@ -31,6 +31,8 @@ def _load(seed: int) -> None:
         if n % 2:
             services.ingest_events(events=batch, now=NOW)  # a retried batch: stored once
         rollups.fold_new_events(chunk_events=53)
+    if engine is not None:
+        engine.ready()
 
 
 def _events() -> list[tuple[str, date, datetime, int, str]]:
@@ -68,8 +70,8 @@ def _churn_by_hand(start, end, churn_days, last_events, people=None) -> tuple[di
     return sizes, {name: tuple(v) for name, v in names.items()}
 
 
-def test_key_behaviour_from_the_rollups_equals_the_events_by_hand():
-    _load(21)
+def test_key_behaviour_from_the_rollups_equals_the_events_by_hand(events_engine):
+    _load(21, events_engine)
     for event, start, end, first_days, retained_from, retained_days in [
         ("search", date(2026, 2, 1), date(2026, 2, 20), 7, 7, 7),
         ("order_paid", date(2026, 2, 5), date(2026, 3, 10), 3, 1, 14),
@@ -89,8 +91,8 @@ def test_key_behaviour_from_the_rollups_equals_the_events_by_hand():
         assert by_hand[True][0] and by_hand[False][0]
 
 
-def test_churn_from_the_rollups_equals_the_events_by_hand():
-    _load(22)
+def test_churn_from_the_rollups_equals_the_events_by_hand(events_engine):
+    _load(22, events_engine)
     for start, end, churn_days, last_events in [
         (date(2026, 2, 10), date(2026, 2, 24), 7, 3),
         (date(2026, 2, 1), date(2026, 3, 1), 14, 1),
@@ -134,7 +136,7 @@ def test_the_sample_buckets_go_up_with_the_hash():
     assert ActivityTail.objects.count() == len(rows)
 
 
-def test_a_busy_day_keeps_its_last_events_across_chunks_and_late_arrivals():
+def test_a_busy_day_keeps_its_last_events_across_chunks_and_late_arrivals(events_engine):
     day = datetime(2026, 3, 3, tzinfo=UTC)
     EventFactory(user_id="busy", name="app_open", timestamp=day - timedelta(days=1))
     for n in range(25):
@@ -145,6 +147,7 @@ def test_a_busy_day_keeps_its_last_events_across_chunks_and_late_arrivals():
     EventFactory(user_id="busy", name="late_end", timestamp=day + timedelta(hours=23))
     EventFactory(user_id="other", name="app_open", timestamp=day + timedelta(days=20))
     rollups.fold_new_events(chunk_events=2)
+    events_engine.ready()
 
     for last in (1, 3, 20):
         report = analyses.churn_behaviours(start=day.date(), end=day.date(), churn_days=7, last_events=last)

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 from scipy.stats import chi2
 
-from indicators import analyses, rollups
+from indicators import analyses
 from indicators import services as goal_services
 from indicators.models import Funnel, FunnelStep, GoalMonth
 from tests.factories.tracking import EventFactory
@@ -24,7 +24,7 @@ def at(day: str, hour: int = 12, minute: int = 0) -> datetime:
 
 
 @pytest.fixture
-def shop():
+def shop(events_engine):
     """Three people over March 2026: u1 opens, searches and buys twice; u2 opens and searches
     for nothing; u3 only opens the app, once."""
     EventFactory(user_id="u1", name="app_open", timestamp=at("2026-03-01", 9))
@@ -38,7 +38,7 @@ def shop():
         user_id="u2", name="search", timestamp=at("2026-03-01", 9, 30), properties={"query": "unicorn", "results": 0}
     )
     EventFactory(user_id="u3", name="app_open", timestamp=at("2026-03-02", 9))
-    rollups.fold_new_events()
+    events_engine.ready()
 
 
 def test_the_registry_lists_the_event_indicators(api_client):
@@ -122,7 +122,7 @@ def test_searches_top_and_zero_results(api_client, shop):
     assert [row["query"] for row in zero["results"]] == ["unicorn"]
 
 
-def test_funnel_conversion_follows_step_order_within_the_window(api_client):
+def test_funnel_conversion_follows_step_order_within_the_window(api_client, events_engine):
     funnel = Funnel.objects.create(name="browse to buy", window_hours=2)
     for position, name in enumerate(["app_open", "search", "order_paid"], start=1):
         FunnelStep.objects.create(funnel=funnel, position=position, event_name=name)
@@ -137,6 +137,7 @@ def test_funnel_conversion_follows_step_order_within_the_window(api_client):
     EventFactory(
         user_id="too-late", name="order_paid", timestamp=at("2026-03-01", 11, 30), properties={"amount": "1.00"}
     )
+    events_engine.ready()
 
     body = api_client.get(f"/api/v1/funnels/{funnel.pk}/analyze?start=2026-03-01&end=2026-03-01").json()
 
@@ -146,7 +147,7 @@ def test_funnel_conversion_follows_step_order_within_the_window(api_client):
     assert api_client.get("/api/v1/funnels").json()["count"] == 1
 
 
-def test_key_behaviour_compares_retention_with_a_significance_test(api_client):
+def test_key_behaviour_compares_retention_with_a_significance_test(api_client, events_engine):
     # 30 people search in their first week and 24 of them come back in week 2; 30 do not, 6 come back.
     for n in range(60):
         person, searched, back = f"p{n}", n < 30, (n < 24) or (30 <= n < 36)
@@ -158,7 +159,7 @@ def test_key_behaviour_compares_retention_with_a_significance_test(api_client):
         if back:
             EventFactory(user_id=person, name="app_open", timestamp=at("2026-03-10"))
     EventFactory(user_id="late", name="app_open", timestamp=at("2026-03-20"))
-    rollups.fold_new_events()
+    events_engine.ready()
 
     body = api_client.get("/api/v1/key-behaviour?event=search&start=2026-03-02&end=2026-03-02").json()
 
@@ -169,7 +170,7 @@ def test_key_behaviour_compares_retention_with_a_significance_test(api_client):
     assert api_client.get("/api/v1/key-behaviour?start=2026-03-02").status_code == 400  # event is required
 
 
-def test_churn_compares_the_last_behaviours(api_client):
+def test_churn_compares_the_last_behaviours(api_client, events_engine):
     for n in range(4):
         EventFactory(user_id=f"gone{n}", name="app_open", timestamp=at("2026-03-01", 9))
         EventFactory(user_id=f"gone{n}", name="payment_failed", timestamp=at("2026-03-01", 10))
@@ -178,7 +179,7 @@ def test_churn_compares_the_last_behaviours(api_client):
         )
         EventFactory(user_id=f"kept{n}", name="app_open", timestamp=at("2026-03-15", 10))
     EventFactory(user_id="someone-else", name="app_open", timestamp=at("2026-03-25", 10))
-    rollups.fold_new_events()
+    events_engine.ready()
 
     body = api_client.get("/api/v1/churn?start=2026-03-01&end=2026-03-05&churn_days=14&last_events=1").json()
 
@@ -194,14 +195,16 @@ def test_churn_compares_the_last_behaviours(api_client):
     assert larger.json()["results"] == body["results"]
 
 
-def test_churn_by_default_looks_at_the_last_30_days_whose_churn_days_are_over(api_client, client, make_staff):
+def test_churn_by_default_looks_at_the_last_30_days_whose_churn_days_are_over(
+    api_client, events_engine, client, make_staff
+):
     today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     for n in range(3):
         EventFactory(user_id=f"gone{n}", name="payment_failed", timestamp=today - timedelta(days=40))
         EventFactory(user_id=f"kept{n}", name="app_open", timestamp=today - timedelta(days=40))
         EventFactory(user_id=f"kept{n}", name="app_open", timestamp=today - timedelta(days=20))
     EventFactory(user_id="today", name="app_open", timestamp=today)
-    rollups.fold_new_events()
+    events_engine.ready()
     end = today.date() - timedelta(days=30)
 
     body = api_client.get("/api/v1/churn").json()
@@ -221,13 +224,13 @@ def test_churn_by_default_looks_at_the_last_30_days_whose_churn_days_are_over(ap
     assert b"3 churned, 3 retained." in page.content and b"not over yet" not in page.content
 
 
-def test_churn_reads_the_last_events_of_a_bounded_sample():
+def test_churn_reads_the_last_events_of_a_bounded_sample(events_engine):
     for n in range(6):
         EventFactory(user_id=f"gone{n}", name="payment_failed", timestamp=at("2026-03-01", 10))
         EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-01", 11))
         EventFactory(anonymous_id=f"anon{n}", user_id=None, name="search", timestamp=at("2026-03-02", 11))
         EventFactory(anonymous_id=f"anon{n}", user_id=None, name="app_open", timestamp=at("2026-03-15", 10))
-    rollups.fold_new_events()
+    events_engine.ready()
 
     everyone = analyses.churn_behaviours(start=date(2026, 3, 1), end=date(2026, 3, 5), churn_days=14, last_events=1)
     sampled = analyses.churn_behaviours(
@@ -328,14 +331,14 @@ def test_the_trends_page_draws_the_goals_of_its_indicator_as_stepped_month_lines
     )
 
 
-def test_a_dashboard_table_escapes_what_people_typed_and_shades_heat_cells(client, make_staff, shop):
+def test_a_dashboard_table_escapes_what_people_typed_and_shades_heat_cells(client, make_staff, shop, events_engine):
     EventFactory(
         user_id="u3",
         name="search",
         timestamp=at("2026-03-02", 10),
         properties={"query": '<img src=x onerror="alert(1)">', "results": 0},
     )
-    rollups.fold_new_events()
+    events_engine.ready()
     client.force_login(make_staff("Analyst"))
 
     page = client.get("/admin/indicators/dailyindicator/search/?start=2026-03-01&end=2026-03-31").content.decode()

@@ -260,12 +260,12 @@ def test_nightly_runs_of_one_new_day_with_late_events_equal_a_full_rebuild():
     assert snapshot() == incremental
 
 
-def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends_or_less_them():
+def test_searches_of_a_window_read_whole_months_and_the_days_at_its_ends_or_less_them(events_engine):
     rng = random.Random(5)
     services.ingest_events(
         events=_random_events(rng, 400, start=date(2026, 1, 20), days=80), now=datetime(2026, 4, 20, tzinfo=UTC)
     )
-    fold()
+    events_engine.ready()
     rows = list(SearchDay.objects.values_list("day", "query", "searches", "zero_results"))
 
     for start, end in [

@@ -1,0 +1,301 @@
+"""Events at scale on both events stores: N events loaded into PostgreSQL (the rollups folded from
+them) and shipped to ClickHouse through the real shipping path, then every indicator page's
+analysis timed on each engine, p95 of `--repeat` runs, with the ratios.
+
+    .venv/bin/python bench/scale.py                          # 100,000,000 events over 365 days
+    .venv/bin/python bench/scale.py --events 2000000 --days 120
+
+It works in a database of its own, `<DATABASE_URL's name>_scalebench`, and an embedded ClickHouse
+(chdb) under `.run/scalebench-chdb` unless `--clickhouse-url` names a server. Loading:
+
+- PostgreSQL: events generated server-side by set-based SQL (`bench/indicators.py`'s generator:
+  app opens, page views, searches over a skewed set of queries, orders and refunds of N/20 people
+  drawn with a skew; ids a sequence block at a time, as ingestion reserves them), then
+  `indicators.rollups.rebuild()`, which is what the PostgreSQL engine's pages read.
+- ClickHouse: every event through `tracking.shipping.ship_events` (the outbox, COPY out of
+  PostgreSQL, batched inserts with deduplication tokens): the throughput printed is the real
+  shipping path's, in events/s, over the whole load.
+
+Pages (the analyses behind the dashboards, called as the views call them): DAU and revenue series
+of 90 days, monthly and daily retention, searches, purchases, key behaviour, churn (the default
+sample), a 3-step funnel, and one window the rollups do not cover, distinct people over 45 days
+from raw events (PostgreSQL's raw scan against ClickHouse's). The PostgreSQL pages are also timed
+"before" (the statements as the analyses ran them before the events store existed) interleaved
+with "after", so the default path's cost of the interface shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from benchdb import bench_database_url, ensure_database, require_workload  # noqa: E402
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000_000, help="events (default 100,000,000)")
+    parser.add_argument("--days", type=int, default=365, help="days of history (default 365)")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per page and engine (default 7)")
+    parser.add_argument("--batch", type=int, default=100_000, help="events per shipping batch (default 100,000)")
+    parser.add_argument("--clickhouse-url", default=f"chdb://{ROOT / '.run' / 'scalebench-chdb'}")
+    parser.add_argument("--regenerate", action="store_true", help="generate and load again")
+    parser.add_argument("--seed", type=float, default=0.42, help="setseed() for the generator, in [-1, 1]")
+    return parser.parse_args()
+
+
+def p95(timings: list[float]) -> float:
+    return statistics.quantiles(timings, n=20, method="inclusive")[18] if len(timings) > 1 else timings[0]
+
+
+def _generator():
+    """`bench/indicators.py`'s event generator (its file name is the Django app's, so by path)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_indicators", ROOT / "bench" / "indicators.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(args) -> tuple[int, float, float, float]:
+    """Generate into PostgreSQL, rebuild the rollups, ship everything to ClickHouse: the counts
+    and seconds of each step."""
+    from django.conf import settings
+    from django.db import connection
+
+    from indicators import rollups
+    from tracking import shipping
+    from tracking.events_store import clickhouse_store
+
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE tracking_event, tracking_rollupcursor, tracking_rollupbacklog, tracking_shippingbacklog"
+        )
+        cursor.execute("SELECT setseed(%s)", [args.seed])
+        _generator().insert_events(
+            cursor,
+            count=args.events,
+            start=START,
+            span=timedelta(days=args.days),
+            people=max(args.events // 20, 1),
+            received="ts + interval '5 seconds'",
+        )
+        cursor.execute("ANALYZE tracking_event")
+    generated = time.monotonic() - started
+    print(f"PostgreSQL: {args.events:,} events generated in {generated:.1f} s", flush=True)
+
+    started = time.monotonic()
+    rollups.rebuild()
+    rebuilt = time.monotonic() - started
+    print(f"PostgreSQL: rollups rebuilt in {rebuilt:.1f} s", flush=True)
+
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    store = clickhouse_store()
+    store.truncate()
+    with connection.cursor() as cursor:
+        # The outbox as ingestion would have written it: a row per run of consecutive ids.
+        cursor.execute("""
+            INSERT INTO tracking_shippingbacklog (first_event_id, last_event_id, created_at)
+            SELECT min(id), max(id), now() FROM (SELECT id, id - row_number() OVER (ORDER BY id) AS island
+                                                 FROM tracking_event) ids
+            GROUP BY island
+        """)
+    started = time.monotonic()
+    result = shipping.ship_events(batch_events=args.batch)
+    shipped = time.monotonic() - started
+    print(
+        f"ClickHouse: {result.events:,} events shipped in {result.batches} batches, {shipped:.1f} s "
+        f"= {result.events / shipped:,.0f} events/s through the shipping path",
+        flush=True,
+    )
+    settings.OPSLOOP_EVENTS_STORE = "postgres"
+    return result.events, generated + rebuilt, shipped, result.events / shipped
+
+
+# --- the pages ------------------------------------------------------------------------------------
+
+
+def pages(last: date) -> list[tuple[str, object]]:
+    from indicators import analyses
+    from indicators import registry as indicators
+    from indicators.models import Funnel, FunnelStep
+
+    funnel, created = Funnel.objects.get_or_create(name="bench: open, search, buy", defaults={"window_hours": 24})
+    if created:
+        for position, name in enumerate(["app_open", "search", "order_paid"], start=1):
+            FunnelStep.objects.create(funnel=funnel, position=position, event_name=name)
+    d90, d180, d30, d45 = (last - timedelta(days=n - 1) for n in (90, 180, 30, 45))
+    return [
+        ("trends: DAU, 90 days", lambda: indicators.daily_values("dau", start=d90, end=last)),
+        ("trends: revenue, 90 days", lambda: indicators.daily_values("revenue", start=d90, end=last)),
+        (
+            "retention: monthly, 180 days",
+            lambda: analyses.retention_cohorts(granularity="month", basis="activity", start=d180, end=last, periods=6),
+        ),
+        (
+            "retention: daily, 30 days",
+            lambda: analyses.retention_cohorts(granularity="day", basis="activity", start=d30, end=last, periods=30),
+        ),
+        ("searches: 90 days", lambda: analyses.search_report(start=d90, end=last, limit=50)),
+        ("purchases: 90 days", lambda: analyses.purchase_summary(start=d90, end=last)),
+        (
+            "key behaviour: 90 days",
+            lambda: analyses.key_behaviour(event_name="order_paid", start=d90, end=last - timedelta(days=21)),
+        ),
+        (
+            "churn: 90 days",
+            lambda: analyses.churn_behaviours(start=d90, end=last - timedelta(days=30), churn_days=30, last_events=5),
+        ),
+        ("funnel (raw events): 30 days", lambda: analyses.funnel_report(funnel=funnel, start=d30, end=last)),
+        ("people over 45 days (raw events)", lambda: distinct_people(d45, last)),
+    ]
+
+
+def distinct_people(start: date, end: date) -> int:
+    """A window no rollup covers, from the raw events of the engine in use."""
+    from django.db import connection
+
+    from tracking.events_store import clickhouse_enabled, clickhouse_store
+
+    if clickhouse_enabled():
+        store = clickhouse_store()
+        return int(
+            store._rows(
+                "SELECT uniqExact(person) FROM {table} WHERE toDate(timestamp) BETWEEN {start} AND {end}",
+                start=start,
+                end=end,
+            )[0][0]
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(DISTINCT COALESCE(user_id, anonymous_id)) FROM tracking_event "
+            "WHERE timestamp >= %s AND timestamp < %s",
+            [
+                datetime.combine(start, datetime.min.time(), UTC),
+                datetime.combine(end + timedelta(1), datetime.min.time(), UTC),
+            ],
+        )
+        return cursor.fetchone()[0]
+
+
+def before_dau(start: date, end: date) -> dict:
+    """The DAU series as `indicators.analyses` read it before the events store (the ORM)."""
+    from indicators.models import DailyIndicator
+
+    rows = DailyIndicator.objects.filter(day__range=(start, end)).values_list("day", "active_users")
+    return {day: Decimal(value) for day, value in rows}
+
+
+def before_retention(start: date, end: date) -> list:
+    """Retention cells as `indicators.analyses` read them before the events store."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT cohort, period, users FROM tracking_retentioncell
+            WHERE basis = %s AND granularity = %s AND cohort BETWEEN %s AND %s AND period BETWEEN 0 AND %s
+            ORDER BY cohort, period
+            """,
+            ["activity", "month", start.replace(day=1), end, 6],
+        )
+        return cursor.fetchall()
+
+
+def timed(call, repeat: int) -> tuple[float, object]:
+    timings, answer = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        answer = call()
+        timings.append(time.perf_counter() - started)
+    return p95(timings), answer
+
+
+def main() -> None:
+    args = parse_args()
+    url = bench_database_url("_scalebench")
+    ensure_database(url, fresh=args.regenerate)
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.development")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connection
+
+    from tracking.events_store import clickhouse_store
+
+    settings.OPSLOOP_CLICKHOUSE_URL = args.clickhouse_url
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tracking_event")
+        have = cursor.fetchone()[0]
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    shipped_before = clickhouse_store().event_count()
+    settings.OPSLOOP_EVENTS_STORE = "postgres"
+    if args.regenerate or have != args.events or shipped_before != args.events:
+        load(args)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), max(timestamp)::date FROM tracking_event")
+        total, last = cursor.fetchone()
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    in_clickhouse = clickhouse_store().event_count()
+    settings.OPSLOOP_EVENTS_STORE = "postgres"
+    require_workload("events in PostgreSQL", total, at_least=10_000)
+    require_workload("events in ClickHouse", in_clickhouse, at_least=total)
+    load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{total:,} events in each engine, last day {last}; load {load_avg}", flush=True)
+
+    print(f"\n{'page':40} {'PostgreSQL p95':>15} {'ClickHouse p95':>15} {'PG / CH':>8}  same answer")
+    for label, call in pages(last):
+        settings.OPSLOOP_EVENTS_STORE = "postgres"
+        pg, pg_answer = timed(call, args.repeat)
+        settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+        store = clickhouse_store()
+        with store.held():  # a server keeps its connection; chdb would open its directory per statement
+            ch, ch_answer = timed(call, args.repeat)
+        settings.OPSLOOP_EVENTS_STORE = "postgres"
+        same = "yes" if pg_answer == ch_answer else "no (sampled or differs)"
+        print(f"{label:40} {pg * 1000:>12.1f} ms {ch * 1000:>12.1f} ms {pg / ch:>7.1f}x  {same}", flush=True)
+
+    print("\nPostgreSQL before/after the events store (interleaved, p95):")
+    d90 = last - timedelta(days=89)
+    from indicators import analyses
+    from indicators import registry as indicators
+
+    for label, before, after in [
+        ("DAU, 90 days", lambda: before_dau(d90, last), lambda: indicators.daily_values("dau", start=d90, end=last)),
+        (
+            "retention cells, monthly",
+            lambda: before_retention(last - timedelta(days=179), last),
+            lambda: analyses.retention_cohorts(
+                granularity="month", basis="activity", start=last - timedelta(days=179), end=last, periods=6
+            ),
+        ),
+    ]:
+        b, a = [], []
+        for _ in range(args.repeat):
+            b.append(timed(before, 1)[0])
+            a.append(timed(after, 1)[0])
+        print(
+            f"  {label:30} before {p95(b) * 1000:7.2f} ms  after {p95(a) * 1000:7.2f} ms  ratio {p95(a) / p95(b):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The reads the indicator pages need from events, as one interface with an implementation per
+engine: PostgreSQL (`postgres`, the default: the rollup tables folded from `tracking_event`) and
+ClickHouse (`clickhouse`: the same answers computed over the raw events shipped there).
+
+Each method returns the rows an analysis is made of; `indicators.analyses` turns them into the
+reports (percentages, tests, ordering), so both engines share that arithmetic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+# The columns of a day of `daily_rows`, as the indicator registry names them.
+DAILY_COLUMNS = (
+    "events",
+    "active_users",
+    "weekly_active_users",
+    "monthly_active_users",
+    "new_users",
+    "orders",
+    "refunds",
+    "paid_amount",
+    "refunded_amount",
+    "revenue",
+    "paying_users",
+    "repeat_buyers",
+)
+
+
+@dataclass(frozen=True)
+class SearchTotals:
+    queries: list[tuple[str, int, int]]  # (query, searches, zero_results), in the report's order
+    searches: int
+    zero_results: int
+
+
+@dataclass(frozen=True)
+class PurchaseTotals:
+    active: int
+    paying: int
+    repeat: int  # paying on two days or more of the window
+    paid: Decimal
+    refunded: Decimal
+    orders: int
+
+
+@dataclass(frozen=True)
+class ChurnRows:
+    churned_total: int
+    retained_total: int
+    people: list[tuple[bool, list[str]]]  # the sample: churned or not, their last event names
+
+
+class EventsStore(ABC):
+    """Reads over events. Days are UTC days; a person is the product's `user_id`, else the
+    event's `anonymous_id` (its "person key")."""
+
+    engine: str
+
+    @abstractmethod
+    def daily_rows(self, *, start: date, end: date) -> dict[date, dict[str, Decimal]]:
+        """Per day from `start` to `end` that has a row, the values of `DAILY_COLUMNS`."""
+
+    @abstractmethod
+    def retention_cells(
+        self, *, basis: str, granularity: str, first_cohort: date, end: date, periods: int
+    ) -> list[tuple[date, int, int]]:
+        """(cohort, period, users) of the cohorts from `first_cohort` to `end`, periods 0..`periods`,
+        ordered by cohort and period; a cell with no one in it may be left out."""
+
+    @abstractmethod
+    def search_totals(self, *, start: date, end: date, zero_results_only: bool, limit: int | None) -> SearchTotals:
+        """Queries searched in the window, most searched first (or most zero-result searches
+        first), at most `limit`, and the totals over every query."""
+
+    @abstractmethod
+    def purchase_totals(self, *, start: date, end: date) -> PurchaseTotals: ...
+
+    @abstractmethod
+    def funnel_counts(self, *, steps: list[str], start: datetime, end: datetime, window: timedelta) -> list[int]:
+        """People at each step: step 1 from `start` (inclusive) to `end` (exclusive), each later
+        step strictly after the previous one and within `window` of the person's first step 1."""
+
+    @abstractmethod
+    def key_behaviour_groups(
+        self, *, event_name: str, start: date, end: date, first_days: int, retained_from: int, retained_to: int
+    ) -> dict[bool, tuple[int, int]]:
+        """Signup from `start` to `end`, by whether they did `event_name` before signup +
+        `first_days`: (people, people active on signup + `retained_from`..`retained_to`)."""
+
+    @abstractmethod
+    def last_activity_day(self) -> date | None: ...
+
+    @abstractmethod
+    def churn_rows(self, *, start: date, end: date, churn_days: int, last_events: int, sample: int) -> ChurnRows:
+        """The window's people churned (nothing in the `churn_days` after `end`) and retained,
+        and for a sample of at most `sample` of them their last `last_events` event names of the
+        window, newest first."""

@@ -1,0 +1,527 @@
+"""The events store on ClickHouse: a server or cluster through `clickhouse-connect`
+(`OPSLOOP_CLICKHOUSE_URL=http://...`), or the embedded engine `chdb` (`chdb://<path>`).
+
+PostgreSQL answers the indicator pages from rollup tables that a fold keeps up to date, because
+its scans of raw events grow with the table. ClickHouse is built to aggregate raw columns (a
+column store, vectorised, a scan of hundreds of millions of rows per second per core), so this
+engine computes every analysis over the shipped events themselves, with the same definitions as
+the rollups: no second copy of the rollups to keep right, late events count the moment they are
+shipped, and any window is exact, not only the ones the rollups cover.
+
+The events arrive through `tracking.shipping` (an outbox in PostgreSQL); each row carries the
+values the rollups derive from an event (its person key, order amount, normalised search), worked
+out by PostgreSQL as it ships them, so both engines use the very same expressions.
+
+chdb keeps its data in a directory that one process at a time may open (a second one is refused:
+"Cannot lock file .../status"). A web process and a worker can share a path: each opens the
+engine for one operation and closes it, and waits its turn while the other holds it (about 0.1 s
+an opening). A busy deployment runs a ClickHouse server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from tracking.events_store.base import DAILY_COLUMNS, ChurnRows, EventsStore, PurchaseTotals, SearchTotals
+
+# The columns shipped, in the order of `tracking.shipping.EXPORT` (TabSeparated, as PostgreSQL's
+# COPY writes it).
+COLUMNS = (
+    "id",
+    "event_id",
+    "name",
+    "kind",
+    "timestamp",
+    "received_at",
+    "person",
+    "user_id",
+    "anonymous_id",
+    "amount",
+    "search_query",
+    "search_zero",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "device",
+    "os",
+    "locale",
+    "path",
+    "properties",
+)
+
+# ReplacingMergeTree keyed on the event: a row shipped twice (a batch retried after its insert
+# but before the outbox was cleared, once the deduplication window has passed) is merged away in
+# the background; the insert's deduplication token (`non_replicated_deduplication_window`, the
+# last 10,000 batches) drops a retried batch at once. Partitions by month keep a late event's
+# duplicate in its original's partition (the same timestamp), where the merge can find it.
+CREATE_EVENTS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    id Int64,
+    event_id UUID,
+    name LowCardinality(String),
+    kind LowCardinality(String),
+    timestamp DateTime64(6, 'UTC'),
+    received_at DateTime64(6, 'UTC'),
+    person String,
+    user_id Nullable(String),
+    anonymous_id Nullable(String),
+    amount Decimal(38, 2),
+    search_query String,
+    search_zero UInt8,
+    utm_source LowCardinality(String),
+    utm_medium LowCardinality(String),
+    utm_campaign String,
+    device LowCardinality(String),
+    os LowCardinality(String),
+    locale LowCardinality(String),
+    path String,
+    properties String
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY (name, toDate(timestamp), event_id)
+SETTINGS non_replicated_deduplication_window = 10000
+"""
+TABLE = "opsloop_events"
+INSERT_SETTINGS = "date_time_input_format = 'best_effort', input_format_null_as_default = 1"
+OPEN_WAIT_SECONDS = 30.0
+
+
+class ClickHouseUnavailable(Exception):
+    """The engine could not be reached or refused a statement; the message says why."""
+
+
+def _literal(value: Any) -> str:
+    """A value written into a statement as a ClickHouse literal (both clients send text)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | Decimal):
+        return str(int(value)) if isinstance(value, int) else f"'{value}'"
+    if isinstance(value, datetime):
+        return f"toDateTime64('{value.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}', 6, 'UTC')"
+    if isinstance(value, date):
+        return f"toDate('{value.isoformat()}')"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    raise TypeError(f"no ClickHouse literal for {type(value).__name__}")
+
+
+def _bind(sql: str, params: dict[str, Any]) -> str:
+    return sql.format(**{key: _literal(value) for key, value in params.items()}, table=TABLE)
+
+
+class _Chdb:
+    """The embedded engine at a path: opened for each use (see the module's note), or held
+    open for a block by `held()` (a shipping run, the bench)."""
+
+    _lock = threading.Lock()  # chdb runs one session per process
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._held = None
+
+    def _open(self):
+        from chdb import session
+
+        deadline = time.monotonic() + OPEN_WAIT_SECONDS
+        while True:
+            try:
+                return session.Session(self.path)
+            except Exception as error:  # chdb raises plain runtime errors
+                if "lock" not in str(error).lower() and "EmbeddedServer" not in str(error):
+                    raise ClickHouseUnavailable(f"chdb at {self.path}: {error}") from error
+                if time.monotonic() > deadline:
+                    raise ClickHouseUnavailable(f"chdb at {self.path} stayed locked by another process") from error
+                time.sleep(0.05)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            self._held = self._open()
+            try:
+                yield
+            finally:
+                self._held.close()
+                self._held = None
+
+    def _run(self, statement: str, fmt: str) -> bytes:
+        try:
+            if self._held is not None:
+                return self._held.query(statement, fmt).bytes()
+            with self._lock:
+                sess = self._open()
+                try:
+                    return sess.query(statement, fmt).bytes()
+                finally:
+                    sess.close()
+        except ClickHouseUnavailable:
+            raise
+        except Exception as error:
+            raise ClickHouseUnavailable(str(error)) from error
+
+    def command(self, statement: str) -> None:
+        self._run(statement, "CSV")
+
+    def rows(self, statement: str) -> list[list]:
+        return json.loads(self._run(statement, "JSONCompact") or b'{"data": []}')["data"]
+
+    def insert(self, data: bytes, *, token: str) -> None:
+        self._run(
+            f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) SETTINGS insert_deduplication_token = {_literal(token)}, "
+            f"{INSERT_SETTINGS} FORMAT TabSeparated\n" + data.decode(),
+            "CSV",
+        )
+
+
+class _Server:
+    """A ClickHouse server (or a cluster's load balancer) over HTTP."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        yield
+
+    def _connected(self):
+        if self._client is None:
+            import clickhouse_connect
+
+            try:
+                self._client = clickhouse_connect.get_client(dsn=self.url, connect_timeout=5)
+            except Exception as error:
+                raise ClickHouseUnavailable(f"{self.url}: {error}") from error
+        return self._client
+
+    def command(self, statement: str) -> None:
+        try:
+            self._connected().command(statement)
+        except ClickHouseUnavailable:
+            raise
+        except Exception as error:
+            raise ClickHouseUnavailable(str(error)) from error
+
+    def rows(self, statement: str) -> list[list]:
+        try:
+            raw = self._connected().raw_query(statement, fmt="JSONCompact")
+        except ClickHouseUnavailable:
+            raise
+        except Exception as error:
+            raise ClickHouseUnavailable(str(error)) from error
+        return json.loads(raw)["data"]
+
+    def insert(self, data: bytes, *, token: str) -> None:
+        try:
+            self._connected().raw_insert(
+                TABLE,
+                list(COLUMNS),
+                insert_block=data,
+                fmt="TabSeparated",
+                settings={
+                    "insert_deduplication_token": token,
+                    "date_time_input_format": "best_effort",
+                    "input_format_null_as_default": 1,
+                },
+            )
+        except ClickHouseUnavailable:
+            raise
+        except Exception as error:
+            raise ClickHouseUnavailable(str(error)) from error
+
+
+def _day(value: str | None) -> date | None:
+    return None if value is None else date.fromisoformat(value)
+
+
+def _cents(value: str | int) -> Decimal:
+    """Money as PostgreSQL's numeric(20, 2) gives it (ClickHouse's text drops trailing zeros)."""
+    return Decimal(value).quantize(Decimal("0.01"))
+
+
+_DAY = "toDate(timestamp)"
+
+
+class ClickHouseEventsStore(EventsStore):
+    engine = "clickhouse"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = _Chdb(url.removeprefix("chdb://")) if url.startswith("chdb://") else _Server(url)
+        self._ready = False
+
+    # --- the table ---------------------------------------------------------------------------
+
+    def ensure_table(self) -> None:
+        if not self._ready:
+            self.client.command(CREATE_EVENTS.format(table=TABLE))
+            self._ready = True
+
+    def held(self):
+        """Keep the engine open for a block of statements (chdb: one opening, not one each)."""
+        return self.client.held()
+
+    def insert_batch(self, data: bytes, *, token: str) -> None:
+        """Insert shipped rows (TabSeparated, `COLUMNS`); a batch inserted again under the same
+        token is dropped by ClickHouse."""
+        self.ensure_table()
+        self.client.insert(data, token=token)
+
+    def event_count(self) -> int:
+        self.ensure_table()
+        return int(self.client.rows(f"SELECT count() FROM {TABLE} FINAL")[0][0])
+
+    def truncate(self) -> None:
+        """Empty the table (tests, and the bench's fresh loads)."""
+        self.ensure_table()
+        self.client.command(f"TRUNCATE TABLE {TABLE}")
+
+    def _rows(self, sql: str, **params: Any) -> list[list]:
+        self.ensure_table()
+        return self.client.rows(_bind(sql, params))
+
+    # --- the reads -----------------------------------------------------------------------------
+
+    def daily_rows(self, *, start: date, end: date) -> dict[date, dict[str, Decimal]]:
+        # The days PostgreSQL has rows for: from the first day with an event to the last one.
+        bounds = self._rows(f"SELECT toString(min({_DAY})), toString(max({_DAY})), count() FROM {{table}}")
+        if not bounds or not int(bounds[0][2]):
+            return {}
+        lo, hi = max(start, _day(bounds[0][0])), min(end, _day(bounds[0][1]))
+        if lo > hi:
+            return {}
+        # The day's own values: people of the window with their first day and first order day
+        # over all their events.
+        per_day = self._rows(
+            """
+            WITH per_day AS (
+                SELECT person, toDate(timestamp) AS day, count() AS events,
+                       countIf(name = 'order_paid') AS orders, countIf(name = 'order_refunded') AS refunds,
+                       sumIf(amount, name = 'order_paid') AS paid, sumIf(amount, name = 'order_refunded') AS refunded
+                FROM {table} WHERE toDate(timestamp) BETWEEN {lo} AND {hi} GROUP BY person, day
+            ), people AS (
+                SELECT person, min(toDate(timestamp)) AS first_day,
+                       minIf(toDate(timestamp), name = 'order_paid') AS first_order_day
+                FROM {table}
+                WHERE person IN (SELECT person FROM {table} WHERE toDate(timestamp) BETWEEN {lo} AND {hi})
+                GROUP BY person
+            )
+            SELECT toString(d.day), sum(d.events), count(), countIf(p.first_day = d.day), sum(d.orders),
+                   sum(d.refunds), toString(sum(d.paid)), toString(sum(d.refunded)),
+                   toString(sum(d.paid) - sum(d.refunded)), countIf(d.orders > 0),
+                   countIf(d.orders > 0 AND p.first_order_day < d.day)
+            FROM per_day d JOIN people p ON p.person = d.person GROUP BY d.day
+            """,
+            lo=lo,
+            hi=hi,
+        )
+        # WAU and MAU without a join of days to days: a person active on `day` and next on `next`
+        # is counted in the trailing week (month) of the days from `day` up to the earlier of
+        # `next` and `day` + 7 (30), each day once. So each person-day adds 1 from its day and
+        # takes it back from that end: a handful of changes per day, summed up in order.
+        changes = self._rows(
+            """
+            SELECT toString(x.1), sum(x.2), sum(x.3) FROM (
+                SELECT day, leadInFrame(day, 1, day + 1000) OVER (
+                    PARTITION BY person ORDER BY day ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING
+                ) AS next
+                FROM (
+                    SELECT DISTINCT person, toDate(timestamp) AS day FROM {table}
+                    WHERE toDate(timestamp) BETWEEN {lo} - 29 AND {hi}
+                )
+            )
+            ARRAY JOIN [(day, 1, 1), (least(next, day + 7), -1, 0), (least(next, day + 30), 0, -1)] AS x
+            GROUP BY x.1
+            """,
+            lo=lo,
+            hi=hi,
+        )
+        by_day = {date.fromisoformat(day): (int(w), int(m)) for day, w, m in changes}
+        trailing, wau, mau = [], 0, 0
+        day = lo - timedelta(days=29)
+        while day <= hi:
+            w, m = by_day.get(day, (0, 0))
+            wau, mau = wau + w, mau + m
+            if day >= lo:
+                trailing.append((day.isoformat(), wau, mau))
+            day += timedelta(days=1)
+        quiet = ["0"] * 11
+        own = {day: values for day, *values in per_day}
+        out = {}
+        for day, wau, mau in trailing:
+            events, active, new, orders, refunds, paid, refunded, revenue, paying, repeat = (own.get(day) or quiet)[:10]
+            values = (events, active, wau, mau, new, orders, refunds, paid, refunded, revenue, paying, repeat)
+            row = dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
+            for money in ("paid_amount", "refunded_amount", "revenue"):
+                row[money] = _cents(row[money])
+            out[date.fromisoformat(day)] = row
+        return out
+
+    def retention_cells(
+        self, *, basis: str, granularity: str, first_cohort: date, end: date, periods: int
+    ) -> list[tuple[date, int, int]]:
+        only_orders = "WHERE name = 'order_paid'" if basis == "purchase" else ""
+        # The cohort of a first day, and the period of an active day `a.day` in the cohort of `c.first`.
+        cohort, period = {
+            "day": ("first", "dateDiff('day', c.first, a.day)"),
+            "week": ("toMonday(first)", "intDiv(dateDiff('day', toMonday(c.first), toMonday(a.day)), 7)"),
+            "month": (
+                "toStartOfMonth(first)",
+                "(toYear(a.day) * 12 + toMonth(a.day)) - (toYear(c.first) * 12 + toMonth(c.first))",
+            ),
+        }[granularity]
+        rows = self._rows(
+            f"""
+            WITH firsts AS (
+                SELECT person, min(toDate(timestamp)) AS first FROM {{table}} {only_orders} GROUP BY person
+            ), cohorts AS (
+                SELECT person, first, {cohort} AS cohort FROM firsts WHERE cohort BETWEEN {{first_cohort}} AND {{end}}
+            )
+            SELECT toString(c.cohort) AS cohort, {period} AS period,
+                   uniqExact(a.person) AS users
+            FROM (SELECT DISTINCT person, toDate(timestamp) AS day FROM {{table}} {only_orders}) a
+            JOIN cohorts c ON c.person = a.person
+            WHERE period BETWEEN 0 AND {{periods}}
+            GROUP BY cohort, period ORDER BY cohort, period
+            """,
+            first_cohort=first_cohort,
+            end=end,
+            periods=periods,
+        )
+        return [(date.fromisoformat(c), int(p), int(u)) for c, p, u in rows]
+
+    def search_totals(self, *, start: date, end: date, zero_results_only: bool, limit: int | None) -> SearchTotals:
+        order = "zero_results DESC, searches DESC, query" if zero_results_only else "searches DESC, query"
+        window = (
+            "FROM {table} WHERE name = 'search' AND search_query != '' AND toDate(timestamp) BETWEEN {start} AND {end}"
+        )
+        queries = self._rows(
+            f"""
+            SELECT search_query AS query, count() AS searches, sum(search_zero) AS zero_results {window}
+            GROUP BY query {"HAVING zero_results > 0" if zero_results_only else ""}
+            ORDER BY {order} {"LIMIT {limit}" if limit is not None else ""}
+            """,
+            start=start,
+            end=end,
+            limit=limit,
+        )
+        (searches, zero), *_ = self._rows(f"SELECT count(), sum(search_zero) {window}", start=start, end=end)
+        return SearchTotals([(q, int(n), int(z)) for q, n, z in queries], int(searches), int(zero))
+
+    def purchase_totals(self, *, start: date, end: date) -> PurchaseTotals:
+        ((active, paying, repeat, paid, refunded, orders),) = self._rows(
+            """
+            SELECT count(), countIf(orders > 0), countIf(order_days > 1),
+                   toString(sum(paid)), toString(sum(refunded)), sum(orders)
+            FROM (
+                SELECT person, countIf(name = 'order_paid') AS orders,
+                       uniqExactIf(toDate(timestamp), name = 'order_paid') AS order_days,
+                       sumIf(amount, name = 'order_paid') AS paid, sumIf(amount, name = 'order_refunded') AS refunded
+                FROM {table} WHERE toDate(timestamp) BETWEEN {start} AND {end} GROUP BY person
+            )
+            """,
+            start=start,
+            end=end,
+        )
+        return PurchaseTotals(
+            int(active), int(paying), int(repeat), _cents(paid or 0), _cents(refunded or 0), int(orders)
+        )
+
+    def funnel_counts(self, *, steps: list[str], start: datetime, end: datetime, window: timedelta) -> list[int]:
+        """The same chain as PostgreSQL's: the person's first step-1 event of the period, then
+        each step's first event after the previous step's, within the window of the first."""
+        if not steps:
+            return []
+        micros = int(window / timedelta(microseconds=1))
+        params: dict[str, Any] = {"start": start, "end": end}
+        ctes = []
+        for n, name in enumerate(steps, start=1):
+            params[f"name{n}"] = name
+            if n == 1:
+                ctes.append(
+                    "s1 AS (SELECT person, min(timestamp) AS t0, min(timestamp) AS t FROM {table} "
+                    "WHERE name = {name1} AND timestamp >= {start} AND timestamp < {end} GROUP BY person)"
+                )
+            else:
+                ctes.append(
+                    f"s{n} AS (SELECT p.person AS person, p.t0 AS t0, min(e.timestamp) AS t FROM s{n - 1} p "
+                    f"JOIN (SELECT person, timestamp FROM {{table}} WHERE name = {{name{n}}} "
+                    f"AND timestamp >= {{start}} AND timestamp <= addMicroseconds({{end}}, {micros})) e "
+                    "ON e.person = p.person "
+                    f"WHERE e.timestamp > p.t AND e.timestamp <= addMicroseconds(p.t0, {micros}) "
+                    "GROUP BY p.person, p.t0)"
+                )
+        select = ", ".join(f"(SELECT count() FROM s{n})" for n in range(1, len(steps) + 1))
+        (counts,) = self._rows(f"WITH {', '.join(ctes)} SELECT {select}", **params)
+        return [int(c) for c in counts]
+
+    def key_behaviour_groups(
+        self, *, event_name: str, start: date, end: date, first_days: int, retained_from: int, retained_to: int
+    ) -> dict[bool, tuple[int, int]]:
+        rows = self._rows(
+            """
+            SELECT did, count(), countIf(kept) FROM (
+                SELECT person, first_day,
+                       has_event AND first_event < first_day + {first_days} AS did,
+                       arrayExists(
+                           d -> d BETWEEN first_day + {retained_from} AND first_day + {retained_to}, days
+                       ) AS kept
+                FROM (
+                    SELECT person, min(toDate(timestamp)) AS first_day,
+                           countIf(name = {event}) > 0 AS has_event,
+                           minIf(toDate(timestamp), name = {event}) AS first_event,
+                           groupUniqArray(toDate(timestamp)) AS days
+                    FROM {table} GROUP BY person HAVING first_day BETWEEN {start} AND {end}
+                )
+            ) GROUP BY did
+            """,
+            event=event_name,
+            start=start,
+            end=end,
+            first_days=first_days,
+            retained_from=retained_from,
+            retained_to=retained_to,
+        )
+        return {bool(did): (int(total), int(kept)) for did, total, kept in rows}
+
+    def last_activity_day(self) -> date | None:
+        ((day,),) = self._rows("SELECT if(count() = 0, NULL, toString(max(toDate(timestamp)))) FROM {table}")
+        return _day(day)
+
+    def churn_rows(self, *, start: date, end: date, churn_days: int, last_events: int, sample: int) -> ChurnRows:
+        """The sample is the first `sample` people by a 64-bit hash of their key (cityHash64, where
+        PostgreSQL orders by `hashtext`): a fixed draw, everyone when the population is that small."""
+        people = """
+            SELECT person, countIf(toDate(timestamp) > {end}) = 0 AS churned FROM {table}
+            WHERE toDate(timestamp) BETWEEN {start} AND {end} + {churn_days}
+            GROUP BY person HAVING countIf(toDate(timestamp) <= {end}) > 0
+        """
+        params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events, "sample": sample}
+        ((churned_total, retained_total),) = self._rows(
+            f"SELECT countIf(churned), countIf(NOT churned) FROM ({people})", **params
+        )
+        rows = self._rows(
+            f"""
+            WITH sampled AS (
+                SELECT person, churned FROM ({people}) ORDER BY cityHash64(person), person LIMIT {{sample}}
+            )
+            SELECT s.churned, arrayMap(x -> x.3, arraySlice(arrayReverseSort(l.tail), 1, {{last}}))
+            FROM sampled s JOIN (
+                SELECT person, groupArray((timestamp, id, name)) AS tail FROM {{table}}
+                WHERE toDate(timestamp) BETWEEN {{start}} AND {{end}} AND person IN (SELECT person FROM sampled)
+                GROUP BY person
+            ) l ON l.person = s.person
+            """,
+            **params,
+        )
+        return ChurnRows(int(churned_total), int(retained_total), [(bool(c), list(names)) for c, names in rows])
