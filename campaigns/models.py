@@ -16,6 +16,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from profiles.models import Profile
 
@@ -383,7 +384,8 @@ class Assignment(models.Model):
 
 
 class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", _("Pending")
+    # A context of its own: "Pending" elsewhere (indicators) is another word in Chinese.
+    PENDING = "pending", pgettext_lazy("delivery status", "Pending")
     SENDING = "sending", _("Sending")
     SENT = "sent", _("Sent")
     DELIVERED = "delivered", _("Delivered")

@@ -513,6 +513,7 @@ LABELS = [
     gettext_noop("total quantity"),
     gettext_noop("trained on"),
     gettext_noop("trait"),
+    gettext_noop("trait operator"),
     gettext_noop("trait updated at"),
     gettext_noop("trait value"),
     gettext_noop("traits"),

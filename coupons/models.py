@@ -19,6 +19,7 @@ from django.db import connection, models
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import pgettext_lazy
 
 from profiles.models import Profile
 
@@ -36,7 +37,8 @@ class RuleKind(models.TextChoices):
 
 class RuleState(models.TextChoices):
     DRAFT = "draft", _("Draft")
-    ACTIVE = "active", _("Active")
+    # A context of its own: the customers' "Active" (crm) is another word in Chinese.
+    ACTIVE = "active", pgettext_lazy("coupon rule state", "Active")
     PAUSED = "paused", _("Paused")
     ENDED = "ended", _("Ended")
 

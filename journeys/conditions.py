@@ -15,6 +15,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.utils.translation import gettext
+
 from journeys.models import TraitOperator
 
 ORDER = (TraitOperator.GREATER, TraitOperator.GREATER_OR_EQUAL, TraitOperator.LESS, TraitOperator.LESS_OR_EQUAL)
@@ -53,15 +55,18 @@ def as_date(value: Any) -> dt.date | None:
 def operand_problem(operator: str, operand: str) -> str | None:
     """Why `operand` cannot be compared with `operator`, naming the field, or None."""
     if operator not in ("", *TraitOperator.values):
-        return f"trait_operator: one of {', '.join(TraitOperator.values)}."
+        return gettext("trait_operator: one of %(operators)s.") % {"operators": ", ".join(TraitOperator.values)}
     if operator in ORDER and as_number(operand) is None and as_date(operand) is None:
-        return f"trait_value: {operator!r} compares with a number or a date (YYYY-MM-DD), not {operand!r}."
+        return gettext("trait_value: %(operator)r compares with a number or a date (YYYY-MM-DD), not %(operand)r.") % {
+            "operator": operator,
+            "operand": operand,
+        }
     if operator == TraitOperator.IN and not [item for item in operand.split(",") if item.strip()]:
-        return "trait_value: 'in' needs the values, separated by commas."
+        return gettext("trait_value: 'in' needs the values, separated by commas.")
     if operator == TraitOperator.CONTAINS and not operand:
-        return "trait_value: 'contains' needs the text or the list item to look for."
+        return gettext("trait_value: 'contains' needs the text or the list item to look for.")
     if operator in NO_OPERAND and operand:
-        return f"trait_value: {operator!r} takes no value (leave it empty)."
+        return gettext("trait_value: %(operator)r takes no value (leave it empty).") % {"operator": operator}
     return None
 
 

@@ -106,5 +106,5 @@ def test_csv_headers_follow_the_language(operator, rule):
     with translation.override("zh-hans"):
         zh = operator.get(url, {"format": "csv"}, HTTP_ACCEPT_LANGUAGE="zh-hans").content.decode()
     en = operator.get(url, {"format": "csv"}).content.decode()
-    assert zh.splitlines()[0].startswith("规则ID,规则,状态")
-    assert en.splitlines()[0].startswith("rule_id,rule,state")
+    assert zh.splitlines()[0].startswith("规则ID,规则,状态,已发放 (优惠券)")
+    assert en.splitlines()[0].startswith("Rule id,Rule,State,Issued (coupons)")

@@ -54,7 +54,8 @@ def _key(entry: polib.POEntry) -> tuple[str | None, str]:
 
 
 def _placeholders(text: str) -> Counter:
-    return Counter(match.group(0) for match in PLACEHOLDER.finditer(text))
+    # "%%" is a literal percent sign: left in, "100%% each" would read as a "% e" placeholder.
+    return Counter(match.group(0) for match in PLACEHOLDER.finditer(text.replace("%%", "")))
 
 
 def _problems(source: polib.POFile, shipped: polib.POFile) -> list[str]:
@@ -130,6 +131,17 @@ def test_the_placeholder_check_sees_a_changed_placeholder():
     shipped[0].msgstr = "已确认 %(n)s 条告警。"
     shipped[0].flags.append("fuzzy")
     assert _problems(source, shipped) == ["fuzzy: '%(n)s alert(s) acknowledged.'"]
+
+
+def test_the_placeholder_check_reads_a_doubled_percent_as_a_literal():
+    msgid = "%(floor)s%% each, 95%% interval"
+    source = polib.POFile()
+    source.append(polib.POEntry(msgid=msgid, msgstr=""))
+    shipped = polib.POFile()
+    shipped.append(polib.POEntry(msgid=msgid, msgstr="各占 %(floor)s%%，95%% 区间"))
+    assert _problems(source, shipped) == []
+    shipped[0].msgstr = "各占 %%，95%% 区间"
+    assert _problems(source, shipped) == [f"placeholders differ: {msgid!r} -> '各占 %%，95%% 区间'"]
 
 
 def test_the_derived_model_labels_module_is_up_to_date():
