@@ -220,6 +220,28 @@ def test_the_script_starts_a_streaming_standby_on_its_own_port(replica_alias):
     assert "streaming" in again.stderr and "pg_basebackup" not in again.stderr
 
 
+def _slots() -> list[tuple[str, bool]]:
+    with connections[PRIMARY].cursor() as cursor:
+        cursor.execute("SELECT slot_name, active FROM pg_replication_slots ORDER BY slot_name")
+        return cursor.fetchall()
+
+
+def test_the_replica_streams_through_a_slot_that_stop_replica_drops_and_a_restart_reuses_its_copy():
+    _wait_for(lambda: _slots() == [("opsloop_replica", True)], "the replica streams through its slot")
+    log = Path(f"{(ROOT / '.run' / 'pg-replica').resolve()}.log")
+    assert log.exists() and not (ROOT / ".run" / "pg-replica" / "server.log").exists()
+    connections[REPLICA].close()
+    stopped = _services("stop-replica")
+    assert stopped.returncode == 0, stopped.stderr
+    assert _slots() == []  # a stopped replica does not hold the primary's WAL
+    DailyIndicator.objects.create(day=timezone.now().date() - timedelta(days=8), active_users=808)
+    again = _services("start-replica")
+    assert again.returncode == 0, again.stderr
+    assert "pg_basebackup" not in again.stderr and "streaming" in again.stderr  # the copy was kept
+    assert _slots() == [("opsloop_replica", True)]
+    _wait_for(lambda: _on_replica(timezone.now().date() - timedelta(days=8), 808), "the row written while stopped")
+
+
 def test_a_dashboard_page_is_served_from_the_replica_while_the_primary_takes_claims(superuser_client):
     day = timezone.now().date() - timedelta(days=1)
     DailyIndicator.objects.create(day=day, active_users=48213)
