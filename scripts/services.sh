@@ -232,7 +232,7 @@ make_replica() {
 }
 
 start_replica() {
-  local bin data i try
+  local bin data i try position
   bin=$(pg_bindir)
   prepare_primary_for_replication
   data=$(pg_datadir pg-replica)
@@ -244,6 +244,7 @@ start_replica() {
     exit 1
   fi
   for try in 1 2; do
+    position=$(psql_primary -c "SELECT pg_current_wal_lsn()")
     if ! replica_running; then
       if [ ! -f "$data/standby.signal" ] || ! replica_matches_primary "$data"; then
         make_replica "$bin" "$data"
@@ -263,9 +264,12 @@ CONF
       if [ "$(id -u)" = 0 ]; then chown postgres: "$data/opsloop-replica.conf" "$(replica_log)"; fi
       as_owner "$bin/pg_ctl" -D "$data" -l "$(replica_log)" -w -t 60 -o "-p $REPLICA_PORT" start >/dev/null
     fi
-    # Streaming within seconds, or the primary no longer keeps the WAL this copy needs: copy again.
-    for i in $(seq 1 100); do
-      if [ "$(psql_replica -c "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)" = 1 ]; then
+    # Streaming within a minute, or the primary no longer keeps the WAL this copy needs: copy again.
+    for i in $(seq 1 300); do
+      # Streaming, and caught up with what the primary had written when we started: a copy kept
+      # from an earlier run replays what it missed first, and a reader must find it there.
+      if [ "$(psql_replica -c "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)" = 1 ] &&
+        [ "$(psql_replica -c "SELECT pg_last_wal_replay_lsn() >= '$position'::pg_lsn" 2>/dev/null)" = t ]; then
         log "PostgreSQL replica streaming on 127.0.0.1:$REPLICA_PORT"
         return 0
       fi
