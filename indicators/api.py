@@ -86,7 +86,6 @@ class IndicatorListView(_View):
         parameters=PAGE,
         responses={200: s.IndicatorPage, 404: NO_PAGE, **DENIED},
     )
-    @reading_from_replica()
     def get(self, request):
         rows = [
             {"key": i.key, "label": i.label, "unit": i.unit, "fold": i.fold, "description": i.description}
@@ -200,7 +199,6 @@ class FunnelListView(_View):
         parameters=PAGE,
         responses={200: s.FunnelOutput(many=True), 404: NO_PAGE, **DENIED},
     )
-    @reading_from_replica()
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(selectors.funnels_with_steps(), request, view=self)

@@ -87,6 +87,11 @@ class Replica:
     lag_bytes: float | None  # WAL the replica has yet to replay
     reason: str  # why the dashboards read the primary instead; "" when they read the replica
 
+    @property
+    def lag_mb(self) -> str:
+        """The lag in MB of 10^6 bytes, the unit of OPSLOOP_REPLICA_MAX_LAG_MB; "-" when unknown."""
+        return "-" if self.lag_bytes is None else f"{self.lag_bytes / 1e6:.3f} MB"
+
 
 @dataclass
 class HealthReport:

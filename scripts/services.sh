@@ -20,6 +20,10 @@ PG_PORT=${OPSLOOP_PG_PORT:-${SAVED_PG_PORT:-54329}}
 REDIS_PORT=${OPSLOOP_REDIS_PORT:-${SAVED_REDIS_PORT:-63799}}
 REPLICA_PORT=${OPSLOOP_PG_REPLICA_PORT:-${SAVED_PG_REPLICA_PORT:-$((PG_PORT + 1))}}
 REPLICATION_USER=opsloop_replicator
+# The physical replication slot the replica streams through: the primary keeps the WAL the
+# replica has not received yet (a bench or demo writing gigabytes while it is down or slow),
+# instead of recycling it and leaving a copy that can only be made again.
+REPLICATION_SLOT=opsloop_replica
 PG_USER=opsloop
 PG_DB=opsloop
 
@@ -141,6 +145,11 @@ psql_replica() {
   "$(pg_bindir)/psql" -h 127.0.0.1 -p "$REPLICA_PORT" -U "$PG_USER" -d postgres -tAq "$@"
 }
 
+replica_log() {
+  # The replica's own log, beside its data directory: the copy's server.log is the primary's.
+  printf '%s.log' "$(pg_datadir pg-replica)"
+}
+
 replica_running() {
   local bin data="$RUN/pg-replica"
   bin=$(pg_bindir) || return 1
@@ -186,22 +195,44 @@ replica_matches_primary() {
   # its system identifier differs.
   local data="$1" ours theirs
   ours=$(psql_primary -c "SELECT system_identifier FROM pg_control_system()")
-  theirs=$(as_owner "$(pg_bindir)/pg_controldata" -D "$data" 2>/dev/null |
+  # LC_ALL=C: pg_controldata translates its labels.
+  theirs=$(LC_ALL=C as_owner "$(pg_bindir)/pg_controldata" -D "$data" 2>/dev/null |
     sed -n 's/^Database system identifier: *//p')
   [ -n "$ours" ] && [ "$ours" = "$theirs" ]
 }
 
+drop_slot() {
+  # Only a slot no server streams through: an active one belongs to a running replica.
+  psql_primary -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+    WHERE slot_name = '$REPLICATION_SLOT' AND NOT active" >/dev/null
+}
+
+ensure_slot() {
+  # A copy whose slot was dropped at stop-replica streams again through a new one; it still
+  # finds its WAL unless the primary recycled it meanwhile (then start_replica copies again).
+  psql_primary -c "SELECT pg_create_physical_replication_slot('$REPLICATION_SLOT', true)
+    WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '$REPLICATION_SLOT')" >/dev/null
+}
+
 make_replica() {
   local bin="$1" data="$2"
+  # Never delete the files of a server that still runs.
+  if replica_running; then
+    log "the replica in $data still runs: not copying over it (stop it with: pg_ctl -D $data stop)"
+    exit 1
+  fi
   log "copying the primary into $data (pg_basebackup)"
   find "$data" -mindepth 1 -delete
-  # -R writes standby.signal and primary_conninfo; -X stream copies the WAL written meanwhile.
+  drop_slot
+  # -R writes standby.signal and primary_conninfo (with primary_slot_name); -C -S creates the
+  # slot; -X stream copies the WAL written meanwhile.
   as_owner "$bin/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U "$REPLICATION_USER" -D "$data" \
-    -R -X stream -c fast
+    -R -X stream -c fast -C -S "$REPLICATION_SLOT"
+  rm -f "$data/server.log"
 }
 
 start_replica() {
-  local bin data i try
+  local bin data i try position
   bin=$(pg_bindir)
   prepare_primary_for_replication
   data=$(pg_datadir pg-replica)
@@ -213,10 +244,12 @@ start_replica() {
     exit 1
   fi
   for try in 1 2; do
+    position=$(psql_primary -c "SELECT pg_current_wal_lsn()")
     if ! replica_running; then
       if [ ! -f "$data/standby.signal" ] || ! replica_matches_primary "$data"; then
         make_replica "$bin" "$data"
       fi
+      ensure_slot
       grep -q "^include_if_exists = 'opsloop-replica.conf'" "$data/postgresql.conf" ||
         echo "include_if_exists = 'opsloop-replica.conf'" >>"$data/postgresql.conf"
       # Read after opsloop.conf (the primary's, copied with it), so that this port wins.
@@ -227,23 +260,31 @@ port = $REPLICA_PORT
 hot_standby = on
 hot_standby_feedback = on
 CONF
-      if [ "$(id -u)" = 0 ]; then chown postgres: "$data/opsloop-replica.conf"; fi
-      as_owner "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 -o "-p $REPLICA_PORT" start >/dev/null
+      touch "$(replica_log)"
+      if [ "$(id -u)" = 0 ]; then chown postgres: "$data/opsloop-replica.conf" "$(replica_log)"; fi
+      as_owner "$bin/pg_ctl" -D "$data" -l "$(replica_log)" -w -t 60 -o "-p $REPLICA_PORT" start >/dev/null
     fi
-    # Streaming within seconds, or the primary no longer keeps the WAL this copy needs: copy again.
-    for i in $(seq 1 100); do
-      if [ "$(psql_replica -c "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)" = 1 ]; then
+    # Streaming within a minute, or the primary no longer keeps the WAL this copy needs: copy again.
+    for i in $(seq 1 300); do
+      # Streaming, and caught up with what the primary had written when we started: a copy kept
+      # from an earlier run replays what it missed first, and a reader must find it there.
+      if [ "$(psql_replica -c "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'" 2>/dev/null)" = 1 ] &&
+        [ "$(psql_replica -c "SELECT pg_last_wal_replay_lsn() >= '$position'::pg_lsn" 2>/dev/null)" = t ]; then
         log "PostgreSQL replica streaming on 127.0.0.1:$REPLICA_PORT"
         return 0
       fi
       sleep 0.2
     done
     [ "$try" = 2 ] && break
-    log "the replica does not stream (see $data/server.log): copying the primary again"
+    log "the replica does not stream (see $(replica_log)): copying the primary again"
     as_owner "$bin/pg_ctl" -D "$data" -m immediate -w stop >/dev/null 2>&1 || true
+    if replica_running; then
+      log "the replica in $data did not stop: leaving its files be"
+      exit 1
+    fi
     rm -f "$data/standby.signal"
   done
-  log "the replica did not start streaming; see $data/server.log"
+  log "the replica did not start streaming; see $(replica_log)"
   exit 1
 }
 
@@ -254,6 +295,8 @@ stop_replica() {
     as_owner "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null
     log "PostgreSQL replica stopped"
   fi
+  # A stopped replica's slot would have the primary keep WAL without bound.
+  if ! replica_running && "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then drop_slot; fi
 }
 
 redis_running() {

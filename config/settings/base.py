@@ -141,15 +141,33 @@ if OPSLOOP_REPLICA_DATABASE_URL:
         conn_max_age=int(env("OPSLOOP_DB_CONN_MAX_AGE", "60")),
         conn_health_checks=env_bool("OPSLOOP_DB_CONN_HEALTH_CHECKS", True),
     )
-    # A replica that does not answer within this many seconds is passed over for the primary.
-    DATABASES["replica"].setdefault("OPTIONS", {})["connect_timeout"] = int(env("OPSLOOP_REPLICA_CONNECT_TIMEOUT", "2"))
+    # A replica that does not answer within this many seconds is passed over for the primary
+    # (libpq counts at least 2). A host that vanishes once connected is noticed by the TCP
+    # keepalives and tcp_user_timeout (unacknowledged data), and a query that runs away is ended
+    # by statement_timeout, so neither hangs a page or the check for the kernel's minutes.
+    DATABASES["replica"].setdefault("OPTIONS", {}).update(
+        connect_timeout=int(env("OPSLOOP_REPLICA_CONNECT_TIMEOUT", "2")),
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+        tcp_user_timeout=int(float(env("OPSLOOP_REPLICA_TCP_USER_TIMEOUT", "10")) * 1000),
+        options="-c statement_timeout={}".format(int(float(env("OPSLOOP_REPLICA_STATEMENT_TIMEOUT", "60")) * 1000)),
+    )
     # The tests read the test database through it and never create one for it.
     # https://docs.djangoproject.com/en/5.2/topics/testing/advanced/#testing-primary-replica-configurations
     DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
 DATABASE_ROUTERS = ["config.replica.ReplicaRouter"]
-# Apps whose models the ORM may read from the replica inside `reading_from_replica()`; the money
-# paths (coupons, campaigns), logins and keys always read the primary.
-OPSLOOP_REPLICA_APPS = env_list("OPSLOOP_REPLICA_APPS", "indicators,tracking")
+# Models the ORM may read from the replica inside `reading_from_replica()`: the events and the
+# tables rolled up from them, which only background steps write. What an operator edits (funnels,
+# goals, alert recipients, watches, anomaly rules), the money paths, logins and keys always read
+# the primary, so an edit shows at once.
+OPSLOOP_REPLICA_MODELS = env_list(
+    "OPSLOOP_REPLICA_MODELS",
+    "tracking.event,indicators.activityday,indicators.activityperson,indicators.activityfirstevent,"
+    "indicators.activitygap,indicators.activitytail,indicators.dailyindicator,indicators.retentioncell,"
+    "indicators.searchday,indicators.searchmonth",
+)
 # More WAL than this behind the primary, the replica is passed over. 16 MB (one WAL segment) was
 # about 5 s of the ingestion bench's writing here; config/replica.py says why not seconds.
 OPSLOOP_REPLICA_MAX_LAG_MB = float(env("OPSLOOP_REPLICA_MAX_LAG_MB", "16"))

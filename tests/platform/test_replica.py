@@ -3,8 +3,11 @@ write, the money paths and anything in a transaction stay on the primary (config
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
 import runpy
 import socket
 import subprocess
@@ -15,22 +18,33 @@ from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
-import dj_database_url
 import pytest
-from django.db import connections, router, transaction
-from django.test import override_settings
+from django.apps import apps as apps_registry
+from django.conf import settings as django_settings
+from django.core.management import CommandError, call_command
+from django.db import OperationalError, connections, router, transaction
+from django.test import RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
+from django.urls import URLResolver, get_resolver, reverse
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config.replica import PRIMARY, REPLICA, analytics_alias, forget_replica_state, reading_from_replica
+from config import replica as replica_module
+from config.replica import (
+    PRIMARY,
+    REPLICA,
+    analytics_alias,
+    forget_replica_state,
+    reading_from_replica,
+    replica_state,
+)
 from coupons import services as coupons
 from coupons.models import Coupon
-from indicators.models import DailyIndicator
+from indicators.models import DailyIndicator, Funnel, FunnelStep
 from monitoring import selectors as health
 from tests.factories.coupons import CouponRuleFactory
+from tests.factories.indicators import goal as indicator_goal
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=[PRIMARY, REPLICA])
 
@@ -63,6 +77,26 @@ def _services(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _replica_settings(url: str) -> dict:
+    """The `replica` alias config/settings/base.py makes of this URL (its OPTIONS included)."""
+    saved = os.environ.get("OPSLOOP_REPLICA_DATABASE_URL")
+    os.environ["OPSLOOP_REPLICA_DATABASE_URL"] = url
+    try:
+        return runpy.run_path(str(ROOT / "config" / "settings" / "base.py"))["DATABASES"][REPLICA]
+    finally:
+        if saved is None:
+            del os.environ["OPSLOOP_REPLICA_DATABASE_URL"]
+        else:
+            os.environ["OPSLOOP_REPLICA_DATABASE_URL"] = saved
+
+
+def _replica_log_tail() -> str:
+    # scripts/services.sh keeps it beside the replica's data directory (.run/pg-replica, or where
+    # that links to).
+    log = Path(f"{(ROOT / '.run' / 'pg-replica').resolve()}.log")
+    return log.read_text(errors="replace")[-3000:] if log.exists() else f"({log} does not exist)"
+
+
 def _replica_url_from_env_file() -> str:
     for line in (ROOT / ".run" / "env").read_text().splitlines():
         if line.startswith("OPSLOOP_REPLICA_DATABASE_URL="):
@@ -76,7 +110,10 @@ def replica_server() -> Iterator[str]:
     was_running = "replica running" in _services("status").stdout
     started = _services("start-replica")
     if started.returncode != 0:
-        pytest.fail(f"scripts/services.sh start-replica failed ({started.returncode}):\n{started.stderr}")
+        pytest.fail(
+            f"scripts/services.sh start-replica failed ({started.returncode}):\n{started.stderr}\n"
+            f"the replica's log:\n{_replica_log_tail()}"
+        )
     url = _replica_url_from_env_file()
     if not url:
         pytest.fail(f"start-replica wrote no OPSLOOP_REPLICA_DATABASE_URL to .run/env:\n{started.stderr}")
@@ -90,9 +127,7 @@ def replica_alias(replica_server, django_db_setup) -> Iterator[dict]:
     """The `replica` alias as the settings make it from the URL, pointed like Django's test mirror
     at the test database. The suite's settings leave it out (config/settings/test.py), and it is
     gone again after this module."""
-    conf = dj_database_url.parse(replica_server, conn_max_age=0)
-    conf.setdefault("OPTIONS", {})["connect_timeout"] = 2
-    conf["TEST"] = {"MIRROR": PRIMARY}
+    conf = {**_replica_settings(replica_server), "CONN_MAX_AGE": 0}
     connections.settings[REPLICA] = connections.configure_settings({PRIMARY: conf})[PRIMARY]
     connections[REPLICA].creation.set_as_test_mirror(connections[PRIMARY].settings_dict)
     forget_replica_state()
@@ -183,6 +218,28 @@ def test_the_script_starts_a_streaming_standby_on_its_own_port(replica_alias):
     again = _services("start-replica")
     assert again.returncode == 0, again.stderr
     assert "streaming" in again.stderr and "pg_basebackup" not in again.stderr
+
+
+def _slots() -> list[tuple[str, bool]]:
+    with connections[PRIMARY].cursor() as cursor:
+        cursor.execute("SELECT slot_name, active FROM pg_replication_slots ORDER BY slot_name")
+        return cursor.fetchall()
+
+
+def test_the_replica_streams_through_a_slot_that_stop_replica_drops_and_a_restart_reuses_its_copy():
+    _wait_for(lambda: _slots() == [("opsloop_replica", True)], "the replica streams through its slot")
+    log = Path(f"{(ROOT / '.run' / 'pg-replica').resolve()}.log")
+    assert log.exists() and not (ROOT / ".run" / "pg-replica" / "server.log").exists()
+    connections[REPLICA].close()
+    stopped = _services("stop-replica")
+    assert stopped.returncode == 0, stopped.stderr
+    assert _slots() == []  # a stopped replica does not hold the primary's WAL
+    DailyIndicator.objects.create(day=timezone.now().date() - timedelta(days=8), active_users=808)
+    again = _services("start-replica")
+    assert again.returncode == 0, again.stderr
+    assert "pg_basebackup" not in again.stderr and "streaming" in again.stderr  # the copy was kept
+    assert _slots() == [("opsloop_replica", True)]
+    _wait_for(lambda: _on_replica(timezone.now().date() - timedelta(days=8), 808), "the row written while stopped")
 
 
 def test_a_dashboard_page_is_served_from_the_replica_while_the_primary_takes_claims(superuser_client):
@@ -343,14 +400,14 @@ def test_an_unusable_replica_leaves_the_pages_on_the_primary_with_a_log_line(whe
     in_scope=st.booleans(),
     in_transaction=st.booleans(),
     reachable=st.booleans(),
-    model=st.sampled_from([DailyIndicator, Coupon]),
-    apps=st.sets(st.sampled_from(["indicators", "tracking", "coupons", "campaigns"])),
+    model=st.sampled_from([DailyIndicator, Funnel, Coupon]),
+    models=st.sets(st.sampled_from(["indicators.dailyindicator", "indicators.funnel", "coupons.coupon"])),
 )
-def test_reads_go_to_the_replica_exactly_when_every_condition_holds(in_scope, in_transaction, reachable, model, apps):
+def test_reads_go_to_the_replica_exactly_when_every_condition_holds(in_scope, in_transaction, reachable, model, models):
     port = connections.settings[REPLICA]["PORT"] if reachable else _free_port()
     with (
         replica_port(port),
-        override_settings(OPSLOOP_REPLICA_APPS=sorted(apps)),
+        override_settings(OPSLOOP_REPLICA_MODELS=sorted(models)),
         reading_from_replica() if in_scope else nullcontext(),
         transaction.atomic() if in_transaction else nullcontext(),
     ):
@@ -359,17 +416,46 @@ def test_reads_go_to_the_replica_exactly_when_every_condition_holds(in_scope, in
         written_to = router.db_for_write(model)
     usable = in_scope and not in_transaction and reachable
     assert alias == (REPLICA if usable else PRIMARY)
-    assert read_from == (REPLICA if usable and model._meta.app_label in apps else PRIMARY)
+    assert read_from == (REPLICA if usable and model._meta.label_lower in models else PRIMARY)
     assert written_to == PRIMARY
 
 
-def test_the_health_page_shows_the_replica_and_its_lag(superuser_client):
+def _replica_cells(page: str) -> dict[str, str]:
+    table = page[page.index('id="health-replica"') :]
+    table = table[: table.index("</table>")]
+    return {
+        name: re.search(rf'<td class="replica-{name}">(.*?)</td>', table, re.S).group(1).strip()
+        for name in ("source", "lag", "reason")
+    }
+
+
+def test_the_health_page_shows_the_replica_and_its_lag_in_mb(superuser_client):
     response = superuser_client.get(reverse("admin:monitoring_health_changelist"))
     assert response.status_code == 200
-    page = response.content.decode()
-    assert 'id="health-replica"' in page
-    assert "the replica" in page
+    cells = _replica_cells(response.content.decode())
+    assert cells["source"] == "the replica"
+    assert cells["reason"] == "-"
+    # MB of 10^6 bytes, the unit of OPSLOOP_REPLICA_MAX_LAG_MB.
+    assert re.fullmatch(r"\d+\.\d{3} MB", cells["lag"]), cells["lag"]
     assert health.replica().usable is True
+
+
+def test_the_health_page_says_the_primary_and_why_when_the_replica_is_unusable(superuser_client):
+    with replica_port(connections[PRIMARY].settings_dict["PORT"]):
+        response = superuser_client.get(reverse("admin:monitoring_health_changelist"))
+    cells = _replica_cells(response.content.decode())
+    assert cells["source"] == "the primary"
+    assert cells["reason"].startswith("not a standby")
+    assert cells["lag"] == "-"
+
+
+def test_opsloop_health_states_the_lag_in_mb():
+    out = io.StringIO()
+    # A problem elsewhere would make it exit 1; the replica's line is printed all the same.
+    with contextlib.suppress(CommandError):
+        call_command("opsloop_health", stdout=out)
+    line = next(line for line in out.getvalue().splitlines() if line.startswith("Replica:"))
+    assert re.fullmatch(r"Replica: lag \d+\.\d{3} MB of WAL; dashboards read the replica", line), line
 
 
 def test_migrations_never_run_on_the_replica_and_tests_mirror_the_primary(monkeypatch):
@@ -379,6 +465,287 @@ def test_migrations_never_run_on_the_replica_and_tests_mirror_the_primary(monkey
     configured = runpy.run_path(str(ROOT / "config" / "settings" / "base.py"))["DATABASES"]
     assert configured[REPLICA]["HOST"] == "replica.internal" and configured[REPLICA]["PORT"] == 5433
     assert configured[REPLICA]["TEST"] == {"MIRROR": PRIMARY}
-    assert configured[REPLICA]["OPTIONS"]["connect_timeout"] == 2
+    options = configured[REPLICA]["OPTIONS"]
+    assert options["connect_timeout"] == 2
+    # A vanished host or a runaway query ends within seconds, not the kernel's minutes.
+    assert options["keepalives"] == 1 and options["tcp_user_timeout"] == 10_000
+    assert options["options"] == "-c statement_timeout=60000"
     monkeypatch.delenv("OPSLOOP_REPLICA_DATABASE_URL")
     assert REPLICA not in runpy.run_path(str(ROOT / "config" / "settings" / "base.py"))["DATABASES"]
+
+
+# --- a replica that fails in the middle of a read -------------------------------------------------
+
+
+@contextmanager
+def replica_dies_at(table: str) -> Iterator[list]:
+    """The replica's server ends this thread's connection at its first query of `table`: the query
+    fails as it would when the replica is restarted or its host vanishes."""
+    killed: list = []
+
+    def die(execute, sql, params, many, context):
+        if table in sql and not killed:
+            killed.append(sql)
+            return execute("SELECT pg_terminate_backend(pg_backend_pid())", None, False, context)
+        return execute(sql, params, many, context)
+
+    with connections[REPLICA].execute_wrapper(die):
+        yield killed
+
+
+@pytest.mark.parametrize(
+    "url, table",
+    [
+        ("trends", "tracking_dailyindicator"),
+        ("/api/v1/indicators/retention", "tracking_retentioncell"),
+    ],
+)
+def test_a_replica_failing_mid_read_is_passed_over_at_once_and_the_page_answers_from_the_primary(
+    url, table, superuser_client, caplog
+):
+    day = timezone.now().date() - timedelta(days=5)
+    DailyIndicator.objects.create(day=day, active_users=61616)
+    _wait_for(lambda: _on_replica(day, 61616), "the row streamed")
+    path = _trends_url(day) if url == "trends" else url
+    with (
+        caplog.at_level(logging.WARNING, "config.replica"),
+        replica_dies_at(table) as killed,
+        CaptureQueriesContext(connections[PRIMARY]) as on_primary,
+    ):
+        response = superuser_client.get(path)
+    assert killed, "the page read the replica"
+    assert response.status_code == 200, response.content[:500]
+    assert table in _tables(on_primary)  # the view ran again, on the primary
+    if url == "trends":
+        assert "61616" in response.content.decode()
+    assert "replica: failed during a read: terminating connection" in caplog.text
+    # Process-wide and at once: the next page does not try the replica again.
+    state = replica_state()
+    assert state.usable is False and state.reason.startswith("failed during a read")
+    with CaptureQueriesContext(connections[REPLICA]) as on_replica:
+        assert superuser_client.get(path).status_code == 200
+    assert on_replica.captured_queries == []
+
+
+def test_a_replica_failing_in_a_scoped_analysis_is_marked_unusable():
+    with pytest.raises(OperationalError), replica_dies_at("tracking_dailyindicator"), reading_from_replica():
+        list(DailyIndicator.objects.all())
+    assert replica_state().usable is False
+    with reading_from_replica():
+        assert analytics_alias() == PRIMARY
+
+
+def test_a_post_is_not_run_twice_when_the_replica_fails():
+    calls = []
+
+    @reading_from_replica()
+    def post_view(request):
+        calls.append(request)
+        return list(DailyIndicator.objects.all())
+
+    request = RequestFactory().post("/")
+    with pytest.raises(OperationalError), replica_dies_at("tracking_dailyindicator"):
+        post_view(request)
+    assert len(calls) == 1
+    assert replica_state().usable is False
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers: a host that hangs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield sock.getsockname()[1]
+
+
+def test_threads_waiting_for_a_check_take_its_result_instead_of_each_paying_the_timeout(monkeypatch):
+    checks = []
+    real_check = replica_module._check
+
+    def counted():
+        checks.append(threading.get_ident())
+        return real_check()
+
+    monkeypatch.setattr(replica_module, "_check", counted)
+    results: list = []
+
+    def ask() -> None:
+        try:
+            results.append(replica_state())
+        finally:
+            connections.close_all()
+
+    with silent_server() as port, replica_port(port):
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert len(results) == 4
+    assert len(checks) == 1  # one connect timeout for all four, not four in turn
+    assert {id(r) for r in results} == {id(results[0])}
+    assert results[0].reason.startswith("unreachable")
+
+
+# --- a replica that does not follow this primary --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "primary_sql, reason",
+    [
+        # The primary's answer as another cluster's would be: a different system identifier.
+        ("SELECT pg_current_wal_lsn(), 42::bigint", "a copy of another cluster (system identifier"),
+        # A position the replica has replayed past: it follows another server.
+        ("SELECT '0/1'::pg_lsn, (SELECT system_identifier FROM pg_control_system())", "ahead of the primary by"),
+    ],
+)
+def test_a_replica_not_following_this_primary_is_passed_over(primary_sql, reason, monkeypatch, caplog):
+    assert replica_state(fresh=True).usable is True
+    monkeypatch.setattr(replica_module, "PRIMARY_SQL", primary_sql)
+    with caplog.at_level(logging.WARNING, "config.replica"):
+        state = replica_state(fresh=True)
+    assert state.usable is False and state.reason.startswith(reason)
+    assert f"replica: {reason}" in caplog.text
+    with reading_from_replica():
+        assert analytics_alias() == PRIMARY
+
+
+def test_a_replica_that_stopped_streaming_is_passed_over_with_that_reason(superuser_client):
+    day = timezone.now().date() - timedelta(days=6)
+    DailyIndicator.objects.create(day=day, active_users=3131)
+    with connections[PRIMARY].cursor() as cursor:
+        # The replication role may no longer log in, and its stream is ended: the replica keeps
+        # serving reads of what it has, but follows the primary no more.
+        cursor.execute("ALTER ROLE opsloop_replicator NOLOGIN")
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+    try:
+        _wait_for(
+            lambda: replica_state(fresh=True).reason == "not streaming from the primary",
+            "the replica noticed its stream ended",
+        )
+        with CaptureQueriesContext(connections[REPLICA]) as on_replica:
+            response = superuser_client.get(_trends_url(day))
+        report = health.health_report()
+    finally:
+        with connections[PRIMARY].cursor() as cursor:
+            cursor.execute("ALTER ROLE opsloop_replicator LOGIN")
+    assert response.status_code == 200 and "3131" in response.content.decode()
+    assert "tracking_dailyindicator" not in _tables(on_replica)
+    assert "replica not used, dashboards read the primary: not streaming from the primary" in report.problems
+    _wait_for(lambda: replica_state(fresh=True).usable, "the replica streams again", timeout=60)
+
+
+# --- what operators edit is read from the primary -------------------------------------------------
+
+
+def test_a_funnel_edited_just_now_is_analysed_as_edited_while_the_events_come_from_the_replica(superuser_client):
+    funnel = Funnel.objects.create(name="replica-funnel")
+    FunnelStep.objects.create(funnel=funnel, position=1, event_name="view", label="seen it")
+    _wait_for(lambda: Funnel.objects.using(REPLICA).filter(pk=funnel.pk).exists(), "the funnel streamed")
+    with connections[REPLICA].cursor() as cursor:
+        cursor.execute("SELECT pg_wal_replay_pause()")
+    try:
+        # The operator adds a step and analyses at once; the replica has not replayed it.
+        FunnelStep.objects.create(funnel=funnel, position=2, event_name="order", label="bought it")
+        Funnel.objects.filter(pk=funnel.pk).update(window_hours=48)
+        _wait_for(_replica_behind, "the replica received the edit without replaying it")
+        assert FunnelStep.objects.using(REPLICA).filter(funnel=funnel).count() == 1
+        with (
+            CaptureQueriesContext(connections[REPLICA]) as on_replica,
+            CaptureQueriesContext(connections[PRIMARY]) as on_primary,
+        ):
+            api = superuser_client.get(f"/api/v1/funnels/{funnel.pk}/analyze")
+            page = superuser_client.get(reverse("admin:indicators_funnel_analyze", args=[funnel.pk]))
+    finally:
+        with connections[REPLICA].cursor() as cursor:
+            cursor.execute("SELECT pg_wal_replay_resume()")
+    assert api.status_code == 200, api.content[:500]
+    assert "bought it" in api.content.decode()
+    assert page.status_code == 200
+    assert "bought it" in page.content.decode()
+    assert "tracking_funnel" in _tables(on_primary) and "tracking_funnel" not in _tables(on_replica)
+    assert "tracking_event" in _tables(on_replica)  # the analysis itself read the replica
+
+
+def test_operator_edited_models_are_never_routed_to_the_replica():
+    from django.apps import apps
+
+    routed = set(django_settings.OPSLOOP_REPLICA_MODELS)
+    with reading_from_replica():
+        for model in apps.get_app_config("indicators").get_models():
+            expected = REPLICA if model._meta.label_lower in routed else PRIMARY
+            assert router.db_for_read(model) == expected, model
+    edited = {
+        "indicators.funnel",
+        "indicators.funnelstep",
+        "indicators.goal",
+        "indicators.goalmonth",
+        "indicators.alertrecipient",
+        "indicators.indicatorwatch",
+        "indicators.anomaly",
+        "indicators.anomalycheckrun",
+        "indicators.rollupstate",
+        "indicators.rollupbacklog",
+    }
+    assert not routed & edited
+    assert "tracking.event" in routed and "indicators.dailyindicator" in routed
+
+
+# --- every view that reads from the replica -------------------------------------------------------
+
+
+def _replica_views() -> list[tuple[str, str]]:
+    """(route, view name) of every URL whose GET is wrapped by `reading_from_replica`, from the
+    URL conf: a view decorated later is covered without naming it here."""
+    found = []
+
+    def walk(patterns, prefix: str) -> None:
+        for entry in patterns:
+            if isinstance(entry, URLResolver):
+                walk(entry.url_patterns, prefix + str(entry.pattern))
+                continue
+            callback = entry.callback
+            view_class = getattr(callback, "view_class", None)
+            get = getattr(view_class, "get", None) if view_class else callback
+            if getattr(get, "reads_from_replica", False):
+                found.append((prefix + str(entry.pattern), entry.name or callback.__name__))
+
+    walk(get_resolver().url_patterns, "/")
+    return found
+
+
+REPLICA_VIEWS = _replica_views()
+# The query a view needs to answer 200 (a new view that needs one fails with its 400 until added).
+QUERY = {"key-behaviour": "?event=view"}
+
+
+def test_the_views_reading_from_the_replica_are_found():
+    names = {name for _, name in REPLICA_VIEWS}
+    assert {"indicators_dashboard_retention", "indicators_funnel_analyze", "indicator-retention"} <= names
+    assert len(REPLICA_VIEWS) >= 10
+
+
+@pytest.mark.parametrize("route, name", REPLICA_VIEWS, ids=[name for _, name in REPLICA_VIEWS])
+def test_every_view_reading_from_the_replica_reads_its_event_tables_there(route, name, superuser_client):
+    day = timezone.now().date() - timedelta(days=7)
+    DailyIndicator.objects.create(day=day, active_users=7)
+    funnel = Funnel.objects.create(name=f"funnel-{name}")
+    FunnelStep.objects.create(funnel=funnel, position=1, event_name="view")
+    goal = indicator_goal(name=f"goal-{name}", indicator="dau")
+    _wait_for(lambda: _on_replica(day, 7), "the rows streamed")
+    values = {"pk": funnel.pk, "key": "dau", "goal_id": goal.pk}
+    path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: str(values[m.group(1)]), route.replace("^", "").replace("$", ""))
+    path += QUERY.get(name, "")
+    event_tables = {apps_registry.get_model(label)._meta.db_table for label in django_settings.OPSLOOP_REPLICA_MODELS}
+    with (
+        CaptureQueriesContext(connections[REPLICA]) as on_replica,
+        CaptureQueriesContext(connections[PRIMARY]) as on_primary,
+    ):
+        response = superuser_client.get(path)
+    assert response.status_code == 200, (path, response.content[:500])
+    # The check ran on the replica and found it usable, and no event table was read on the primary.
+    assert replica_state().usable is True
+    on_primary_sql = _tables(on_primary)
+    assert not [t for t in event_tables if f'"{t}"' in on_primary_sql], (path, on_primary_sql[:2000])
+    assert on_replica.captured_queries, path

@@ -40,7 +40,7 @@ class Command(BaseCommand):
         if report.queues_error:
             out(f"  Redis: {report.queues_error}")
         if report.replica:
-            lag = "-" if report.replica.lag_bytes is None else f"{report.replica.lag_bytes / 1e3:.0f} kB of WAL"
+            lag = "-" if report.replica.lag_bytes is None else f"{report.replica.lag_mb} of WAL"
             where = "the replica" if report.replica.usable else f"the primary ({report.replica.reason})"
             out("")
             out(f"Replica: lag {lag}; dashboards read {where}")
