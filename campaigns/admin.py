@@ -706,7 +706,8 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def results_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         campaign = self._campaign(request, pk)
-        results = selectors.campaign_results(campaign)
+        # Once completed, the frozen snapshot is the one result set (the history reads it too).
+        results = selectors.current_results(campaign)
         if request.GET.get("format") == "csv":
             response = HttpResponse(content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = f'attachment; filename="campaign-{campaign.pk}-results.csv"'
@@ -746,6 +747,7 @@ class CampaignAdmin(admin.ModelAdmin):
             "shares_chart": shares_chart,
             "skipped": selectors.skipped_by_reason(campaign),
             "shown_status": selectors.shown_status(campaign),
+            "results_final": selectors.results_are_final(campaign),
         }
         return TemplateResponse(request, "admin/campaigns/campaign/results.html", context)
 
@@ -755,7 +757,7 @@ class CampaignAdmin(admin.ModelAdmin):
         for item in selectors.campaign_lineage(campaign):
             # The snapshot taken when the last message went out holds conversions up to then only:
             # until the attribution window closes (the campaign is completed), count them live.
-            results = item.results_snapshot if selectors.results_are_final(item) else selectors.campaign_results(item)
+            results = selectors.current_results(item)
             rows.append({"campaign": item, "results": results, "status": selectors.shown_status(item)})
         context = {
             **self.admin_site.each_context(request),

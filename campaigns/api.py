@@ -217,7 +217,9 @@ class CampaignResultsView(JsonView):
         parameters=[PK], responses={200: s.ResultsOutput, 404: NOT_FOUND}, summary="Per-group results with statistics"
     )
     def get(self, request, pk: str):
-        return Response(selectors.campaign_results(_campaign(pk)))
+        campaign = _campaign(pk)
+        # One result set after completion: the snapshot frozen when the window closed.
+        return Response({**selectors.current_results(campaign), "final": selectors.results_are_final(campaign)})
 
 
 # --- experiments and receipts ------------------------------------------------------------------

@@ -25,6 +25,13 @@ class InvalidTransition(Conflict):
     reason = "INVALID_STATUS"
 
 
+class ResultsStillCounting(Conflict):
+    """A sent campaign whose attribution window is open and whose live results name no winner yet:
+    its next iteration would not know which variant to put first."""
+
+    reason = "RESULTS_STILL_COUNTING"
+
+
 class NoPilot(Refused):
     reason = "NO_PILOT"
 

@@ -7,8 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.db import connection
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
@@ -720,7 +722,7 @@ def material_history(material: Any) -> list[dict[str, Any]]:
     for v in variants:
         campaign = v.campaign
         if campaign.pk not in results_of:
-            results_of[campaign.pk] = campaign.results_snapshot or campaign_results(campaign)
+            results_of[campaign.pk] = current_results(campaign)
         results = results_of[campaign.pk]
         group = next((g for g in results.get("groups", []) if g.get("variant_id") == v.pk), None) or {}
         holdout = results.get("control") == "holdout"
@@ -875,3 +877,26 @@ def results_are_final(campaign: Campaign) -> bool:
     """True once the attribution window has closed and the campaign is completed: its frozen
     snapshot then holds for good (before that, results are counted live)."""
     return campaign.status == CampaignStatus.COMPLETED and campaign.results_snapshot is not None
+
+
+def current_results(campaign: Campaign) -> dict[str, Any]:
+    """The one result set to show: the frozen snapshot once final, else counted live (a snapshot
+    taken at the last send misses the conversions counted since)."""
+    if results_are_final(campaign):
+        return campaign.results_snapshot
+    return campaign_results(campaign)
+
+
+def attribution_grace() -> dt.timedelta:
+    return dt.timedelta(minutes=int(getattr(settings, "OPSLOOP_ATTRIBUTION_GRACE_MINUTES", 60)))
+
+
+def closed_for_more_than(minutes: int) -> Q:
+    """Sent campaigns whose attribution window and grace period ended over `minutes` ago (by the
+    database's clock): due for completion at 0, a stuck close past that."""
+    return Q(status=CampaignStatus.SENT) & Q(
+        sent_at__lte=RawSQL(
+            "now() - campaigns_campaign.attribution_hours * interval '1 hour' - %s * interval '1 minute'",
+            [int(attribution_grace().total_seconds() // 60) + minutes],
+        )
+    )

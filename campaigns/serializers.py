@@ -465,6 +465,10 @@ class ResultsOutput(serializers.Serializer):
     rolled_out_at = serializers.CharField(allow_null=True)
     summary = serializers.CharField(help_text="What was decided and why, in words")
     groups = ResultGroupOutput(many=True)
+    final = serializers.BooleanField(
+        help_text="True once the attribution window (and its grace period) has closed: these results are "
+        "frozen; false while conversions are still counted live"
+    )
 
 
 # --- experiments -------------------------------------------------------------------------------

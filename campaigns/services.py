@@ -1606,10 +1606,11 @@ def mark_sent(*, campaign_id: int, actor: Any = None, if_finished: bool = False)
 
 
 def attribution_window_closed() -> Q:
-    """Sent campaigns whose attribution window has closed (by the database's clock)."""
-    return Q(status=CampaignStatus.SENT) & Q(
-        sent_at__lte=RawSQL("now() - campaigns_campaign.attribution_hours * interval '1 hour'", [])
-    )
+    """Sent campaigns whose attribution window and its grace period (for events ingested late but
+    timestamped inside the window) have ended, by the database's clock."""
+    from campaigns.selectors import closed_for_more_than
+
+    return closed_for_more_than(0)
 
 
 def close_attribution_windows(*, batch_size: int = 50) -> dict[str, int]:
@@ -1637,7 +1638,7 @@ def close_attribution_windows(*, batch_size: int = 50) -> dict[str, int]:
                     logger.exception("Closing the attribution window of campaign %s failed.", campaign.pk)
                     Campaign.objects.filter(pk=campaign.pk).update(
                         failed_at=timezone.now(),
-                        failure_reason=f"Closing the attribution window failed (tried again by the next run): {exc}",
+                        failure_reason=f"{CLOSE_FAILED} (tried again by the next run): {exc}",
                     )
                     report["failed"] += 1
         if len(batch) < batch_size:
@@ -1645,12 +1646,21 @@ def close_attribution_windows(*, batch_size: int = 50) -> dict[str, int]:
     pending = Campaign.objects.filter(status=CampaignStatus.COMPLETED, feedback_applied_at__isnull=True)
     for campaign_id in pending.values_list("pk", flat=True):
         try:
-            apply_feedback(campaign_id=campaign_id)
-            report["feedback"] += 1
-        except Exception:
-            # No feedback_applied_at: the next run tries again.
+            if apply_feedback(campaign_id=campaign_id) is not None:
+                report["feedback"] += 1
+        except Exception as exc:
+            # No feedback_applied_at: the next run tries again; the reason shows meanwhile.
             logger.exception("Response tags of campaign %s failed; tried again by the next run.", campaign_id)
+            Campaign.objects.filter(pk=campaign_id, feedback_applied_at__isnull=True).update(
+                failed_at=timezone.now(), failure_reason=f"{FEEDBACK_FAILED} (tried again by the next run): {exc}"
+            )
+            report["failed"] += 1
     return report
+
+
+# Prefixes of the failure reasons a later success clears (the status stays what it was).
+CLOSE_FAILED = "Closing the attribution window failed"
+FEEDBACK_FAILED = "Tagging the responders failed"
 
 
 def _complete(campaign: Campaign) -> None:
@@ -1660,25 +1670,30 @@ def _complete(campaign: Campaign) -> None:
     campaign.status = CampaignStatus.COMPLETED
     campaign.completed_at = timezone.now()
     results = campaign_results(campaign)
-    # The winner is named on the whole window's conversions, not on those counted at the last send.
-    if campaign.winner_id is None and results["winner"]:
-        campaign.winner = campaign.variants.filter(name=results["winner"]).first()
+    # The winner is named on the whole window's conversions: any winner from before (named at the
+    # last send under the old rule) is re-decided. A rolled-out winner stays: it was sent.
+    if campaign.rolled_out_at is None:
+        campaign.winner = campaign.variants.filter(name=results["winner"]).first() if results["winner"] else None
     campaign.results_snapshot = results
-    if campaign.failure_reason.startswith("Closing the attribution window"):
+    if campaign.failure_reason.startswith(CLOSE_FAILED):
         campaign.failure_reason, campaign.failed_at = "", None
     campaign.save()
     record_audit(action="campaigns.campaign_completed", obj=campaign)
 
 
 @transaction.atomic
-def apply_feedback(*, campaign_id: int) -> dict[str, int]:
+def apply_feedback(*, campaign_id: int) -> dict[str, int] | None:
     """Tag recipients by what they did: converted -> `responds_to_<channel>`, redeemed the
     campaign's coupon -> `coupon_sensitive`, ignored the last N messages of the channel in a row
-    -> `<channel>_fatigued` (taken away again when they respond)."""
-    from campaigns.selectors import campaign_results, converted_profile_ids, coupon_redeemer_ids
+    -> `<channel>_fatigued` (taken away again when they respond). Once per campaign: None when
+    another run already applied them (checked under the row lock, so overlapping runs tag once).
+    The frozen results are left as they are."""
+    from campaigns.selectors import converted_profile_ids, coupon_redeemer_ids
     from profiles import services as profile_services
 
     campaign = _locked(campaign_id)
+    if campaign.feedback_applied_at is not None:
+        return None
     converters = converted_profile_ids(campaign)
     redeemers = coupon_redeemer_ids(campaign)
     recipients = set(campaign.deliveries.exclude(sent_at=None).values_list("profile_id", flat=True))
@@ -1711,8 +1726,9 @@ def apply_feedback(*, campaign_id: int) -> dict[str, int]:
     }
     profile_services.untag_profiles(tag_name=f"{campaign.channel}_fatigued", profile_ids=responders)
     campaign.feedback_applied_at = timezone.now()
-    campaign.results_snapshot = campaign_results(campaign)
-    campaign.save(update_fields=["feedback_applied_at", "results_snapshot", "updated_at"])
+    if campaign.failure_reason.startswith(FEEDBACK_FAILED):
+        campaign.failure_reason, campaign.failed_at = "", None
+    campaign.save(update_fields=["feedback_applied_at", "failure_reason", "failed_at", "updated_at"])
     return tagged
 
 
@@ -1729,8 +1745,21 @@ def clone_campaign(*, campaign_id: int, actor: Any = None, api_key: Any = None) 
         "clone",
     )
     variants = list(source.variants.order_by("position", "id"))
-    if source.winner_id:
-        variants.sort(key=lambda v: v.pk != source.winner_id)
+    winner_id = source.winner_id
+    if source.status == CampaignStatus.SENT and winner_id is None and len(variants) > 1:
+        # Conversions still count: the winner is the one the always-valid decision names now (it
+        # stays valid at every look), and without one the next iteration has no control to start from.
+        from campaigns.selectors import campaign_results
+
+        named = campaign_results(source)["winner"]
+        winner_id = next((v.pk for v in variants if v.name == named), None) if named else None
+        if winner_id is None:
+            raise errors.ResultsStillCounting(
+                gettext("Cannot clone %(name)s yet: results still counting: no winner yet.") % {"name": source.name},
+                status=source.status,
+            )
+    if winner_id:
+        variants.sort(key=lambda v: v.pk != winner_id)
     schedule: dict[str, Any] = {}
     if source.schedule_kind == ScheduleKind.CRON:
         schedule = {"cron": source.cron}

@@ -8,7 +8,7 @@ from django.db.models import Count, Q
 from django.utils.translation import gettext
 
 from campaigns.models import Campaign, Delivery
-from campaigns.selectors import campaign_results
+from campaigns.selectors import current_results
 from journeys import conditions
 from journeys.models import JourneyRun, JourneyStep, RunStatus, StepVisit
 
@@ -79,7 +79,7 @@ def results(campaign: Campaign) -> dict[str, Any] | None:
     at completion), with their always-valid intervals and p-values. None before the launch."""
     if not campaign.assignments.exists():
         return None
-    full = campaign.results_snapshot or campaign_results(campaign)
+    full = current_results(campaign)
     groups = []
     for g in full.get("groups", []):
         seq = g.get("sequential") or {}

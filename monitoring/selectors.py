@@ -16,8 +16,10 @@ from django.utils.translation import gettext
 from django_celery_beat.models import PeriodicTask
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
+from campaigns import selectors as campaign_selectors
 from campaigns.models import Campaign, Delivery
 from community.models import ScoreRun
+from config import formatting
 from config.replica import replica_state
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
@@ -221,6 +223,39 @@ def campaigns_stuck_at_start(*, now: datetime) -> Section:
             gettext("running with no phase for over %(minutes)s minutes")
             % {"minutes": settings.OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES},
             c.launched_at or c.updated_at,
+            _admin_url(Campaign, c.pk),
+        ),
+    )
+
+
+def campaigns_not_closed(*, now: datetime) -> Section:
+    """Sent campaigns whose close failed (the reason) or is overdue (window and grace ended over
+    OPSLOOP_HEALTH_ATTRIBUTION_CLOSE_MINUTES ago), and completed ones whose responders' tagging
+    failed or never ran: each is retried by the next run of `close_attribution_windows`."""
+    minutes = settings.OPSLOOP_HEALTH_ATTRIBUTION_CLOSE_MINUTES
+    not_closed = Q(status="sent") & (~Q(failure_reason="") | campaign_selectors.closed_for_more_than(minutes))
+    untagged = Q(status="completed", feedback_applied_at__isnull=True) & (
+        ~Q(failure_reason="") | Q(completed_at__lt=now - timedelta(minutes=minutes))
+    )
+
+    def reason(c: Campaign) -> str:
+        if c.failure_reason:
+            return c.failure_reason
+        if c.status == "sent":
+            return gettext("attribution window closed at %(when)s; still sent, not completed") % {
+                "when": formatting.local_time(campaign_selectors.attribution_closes_at(c))
+            }
+        return gettext("completed, but its responders were never tagged")
+
+    return _section(
+        gettext("campaign(s) whose attribution window did not close cleanly"),
+        Campaign.objects.filter(not_closed | untagged).order_by("sent_at", "pk"),
+        lambda c: Item(
+            gettext("campaign"),
+            c.pk,
+            c.name,
+            reason(c),
+            c.failed_at or campaign_selectors.attribution_closes_at(c),
             _admin_url(Campaign, c.pk),
         ),
     )
@@ -453,6 +488,7 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             campaigns_stuck_at_start(now=now),
             campaigns_with_stuck_deliveries(now=now),
             campaigns_with_unknown_outcomes(),
+            campaigns_not_closed(now=now),
             failed_issuance_jobs(),
             failed_code_batches(),
             pending_code_batches(now=now),

@@ -1,6 +1,7 @@
 """A campaign whose last message went out is `sent` until its attribution window closes, then
 `completed` by a beat task. Campaigns completed under the old rule (at the last send) become
-`sent` where their window is still open; those past it keep `completed`, dated when it closed."""
+`sent` where their window is still open (their winner, named at the last send, is cleared for the
+close to name it); those past it keep `completed`, dated when it closed."""
 
 import datetime as dt
 
@@ -19,9 +20,13 @@ def forwards(apps, schema_editor):
         closes = campaign.sent_at + dt.timedelta(hours=campaign.attribution_hours)
         if closes > now:
             campaign.status, campaign.completed_at = "sent", None
+            # Its winner was named on the conversions up to the last send: the close names it on
+            # the whole window. A rolled-out winner stays (it was sent to the rest).
+            if campaign.rolled_out_at is None:
+                campaign.winner = None
         else:
             campaign.completed_at = closes
-        campaign.save(update_fields=["status", "sent_at", "completed_at"])
+        campaign.save(update_fields=["status", "sent_at", "completed_at", "winner"])
     IntervalSchedule = apps.get_model("django_celery_beat", "IntervalSchedule")
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
     every_five_minutes, _ = IntervalSchedule.objects.get_or_create(every=300, period="seconds")

@@ -342,6 +342,9 @@ OPSLOOP_DELIVERY_REQUEUE_AFTER_SECONDS = int(env("OPSLOOP_DELIVERY_REQUEUE_AFTER
 OPSLOOP_SWEEP_LIMIT = int(env("OPSLOOP_SWEEP_LIMIT", "500000"))
 OPSLOOP_FATIGUE_AFTER_IGNORED = int(env("OPSLOOP_FATIGUE_AFTER_IGNORED", "3"))
 OPSLOOP_FATIGUE_COOLDOWN_DAYS = int(env("OPSLOOP_FATIGUE_COOLDOWN_DAYS", "7"))
+# Events are often ingested late: a sent campaign is completed this long after its attribution
+# window has closed, so events timestamped inside the window but ingested after it still count.
+OPSLOOP_ATTRIBUTION_GRACE_MINUTES = int(env("OPSLOOP_ATTRIBUTION_GRACE_MINUTES", "60"))
 OPSLOOP_DEFAULT_USER_TIMEZONE = env("OPSLOOP_DEFAULT_USER_TIMEZONE", "UTC")
 # Health page and `manage.py opsloop_health`: a campaign running this long without a phase is
 # stuck at its start; a value recompute queued or running this long has lost its worker, and a
@@ -349,6 +352,8 @@ OPSLOOP_DEFAULT_USER_TIMEZONE = env("OPSLOOP_DEFAULT_USER_TIMEZONE", "UTC")
 OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES = int(env("OPSLOOP_HEALTH_CAMPAIGN_START_MINUTES", "10"))
 OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES = int(env("OPSLOOP_HEALTH_RECOMPUTE_STUCK_MINUTES", "180"))
 OPSLOOP_HEALTH_BATCH_PENDING_MINUTES = int(env("OPSLOOP_HEALTH_BATCH_PENDING_MINUTES", "30"))
+# A sent campaign still not completed this long after its window and grace closed: the close is stuck.
+OPSLOOP_HEALTH_ATTRIBUTION_CLOSE_MINUTES = int(env("OPSLOOP_HEALTH_ATTRIBUTION_CLOSE_MINUTES", "60"))
 
 EMAIL_BACKEND = env("OPSLOOP_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = env("OPSLOOP_EMAIL_HOST", "localhost")

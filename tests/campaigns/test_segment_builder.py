@@ -2,7 +2,10 @@
 check answers size and sample, warns about names nobody has, and lists what is allowed on errors."""
 
 import json
+import shutil
+import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.urls import reverse
@@ -211,3 +214,51 @@ def test_the_builder_page_loads_the_javascript_catalogue_its_strings_go_through(
     catalogue = operator.get(reverse("javascript-catalog"))
     assert catalogue.status_code == 200 and "javascript" in catalogue["Content-Type"]
     assert "globals.gettext = django.gettext" in catalogue.content.decode()
+
+
+# --- the rows' typed values (the builder's own JavaScript, run by Node) --------------------------
+
+BUILDER_JS = Path(__file__).resolve().parents[2] / "campaigns" / "static" / "campaigns" / "segment_builder.js"
+
+
+def converted(cases: list[tuple[str, str | None, str]]) -> list[object]:
+    """What the rows write for each (typed text, type the definition had, operator)."""
+    node = shutil.which("node")
+    assert node, "Node.js is missing"
+    script = (
+        "global.window = {}; global.document = {addEventListener: function () {}};"
+        f"require({json.dumps(str(BUILDER_JS))});"
+        "const cases = JSON.parse(process.argv[1]);"
+        "const like = c => (c[1] === null ? undefined : c[1]);"
+        "console.log(JSON.stringify(cases.map(c => window.opsloopSegmentScalar(c[0], like(c), c[2]))));"
+    )
+    done = subprocess.run([node, "-e", script, json.dumps(cases)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_trait_value_keeps_the_type_the_definition_gave_it():
+    assert converted(
+        [
+            ("01234", "string", "eq"),  # a code with a leading zero stays the code
+            ("123", "string", "eq"),  # a JSON string stays a string when the row is edited
+            ("123", "string", "in"),
+            ("123", "string", "gte"),  # unless the operator picks a number comparison
+            ("42", "number", "eq"),
+            ("2.5", "number", "ne"),
+            ("true", "boolean", "eq"),
+            ("01234", None, "eq"),  # a new value: a number only when written as JSON writes one
+            ("1234", None, "eq"),
+            ("false", None, "eq"),
+            (" Beijing ", None, "eq"),
+        ]
+    ) == ["01234", "123", "123", 123, 42, 2.5, True, "01234", 1234, False, "Beijing"]
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    text=st.text(alphabet="0123456789.-abc ", min_size=1, max_size=8),
+    op=st.sampled_from([op for op in segments.TRAIT_OPS if op not in ("gte", "lte")]),
+)
+def test_a_string_value_stays_the_same_string_under_any_non_number_comparison(text, op):
+    assert converted([(text, "string", op)]) == [text.strip()]

@@ -261,3 +261,37 @@ def test_a_message_that_cannot_be_rendered_gives_back_its_frequency_cap_slot_and
         _run(other)
     got = {r["user_id"] for r in gateway.requests}
     assert people[1].user_id in got and people[0].user_id not in got
+
+
+def test_the_history_counts_a_sent_campaign_live_and_a_completed_one_frozen():
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from campaigns.models import Assignment, Campaign, CampaignPhase
+    from tests.factories.campaigns import add_events
+
+    make_profiles(10)
+    version = MaterialVersionFactory(approved=True, material=MaterialFactory(channel="push"), defaults={})
+    campaign = _campaign_with(version)
+    services.start_send(campaign_id=campaign.pk)
+    an_hour_ago = timezone.now() - dt.timedelta(hours=1)
+    Delivery.objects.filter(campaign=campaign).update(status="sent", sent_at=an_hour_ago)
+    Assignment.objects.filter(campaign=campaign).update(assigned_at=an_hour_ago)
+    Campaign.objects.filter(pk=campaign.pk).update(phase=CampaignPhase.FULL)
+    assert services.sweep()["sent"] == 1
+    users = list(campaign.assignments.values_list("user_id", flat=True))
+    # Conversions after the last send, while the attribution window is open.
+    add_events([(u, "order_paid", timezone.now() - dt.timedelta(minutes=5)) for u in users[:4]])
+
+    (row,) = selectors.material_history(version.material)
+    assert row["campaign_status"] == CampaignStatus.SENT and row["converted"] == 4
+
+    Campaign.objects.filter(pk=campaign.pk).update(
+        sent_at=timezone.now() - dt.timedelta(hours=campaign.attribution_hours, minutes=90)
+    )
+    assert services.close_attribution_windows()["completed"] == 1
+    # After completion the frozen results hold, whatever arrives later.
+    add_events([(u, "order_paid", timezone.now() - dt.timedelta(minutes=1)) for u in users[4:]])
+    (row,) = selectors.material_history(version.material)
+    assert row["campaign_status"] == CampaignStatus.COMPLETED and row["converted"] == 4

@@ -238,7 +238,7 @@ def test_the_report_reads_a_fixed_number_of_queries_however_much_failed(broker_d
     for i in range(5):
         IssuanceJob.objects.create(rule=CouponRuleFactory(), status="failed", error=f"RuntimeError: {i}")
         CodeBatch.objects.create(rule=CouponRuleFactory(), quantity=1, status="failed", error="x")
-    with django_assert_max_num_queries(20):  # one per section and the beat and task-run reads: none per failure
+    with django_assert_max_num_queries(21):  # one per section and the beat and task-run reads: none per failure
         report = selectors.health_report()
         report.as_dict()
     assert section(report, "failed issuance job(s)").count == 6
@@ -257,3 +257,42 @@ def test_messages_of_unknown_outcome_are_listed_for_review_and_make_it_a_problem
     assert "3 message(s) of unknown outcome" in unknown.items[0].reason
     code, text = run_health()
     assert code == 1 and "messages of unknown outcome" in text
+
+
+def test_a_campaign_whose_attribution_window_did_not_close_cleanly_is_a_problem(broker_db):
+    now = timezone.now()
+    grace = timedelta(minutes=settings.OPSLOOP_ATTRIBUTION_GRACE_MINUTES)
+
+    def sent(name: str, closed_ago: timedelta, **fields) -> Campaign:
+        campaign = CampaignFactory(name=name, attribution_hours=24)
+        Campaign.objects.filter(pk=campaign.pk).update(
+            status="sent", sent_at=now - timedelta(hours=24) - grace - closed_ago, **fields
+        )
+        return campaign
+
+    counting = sent("Still counting", -timedelta(hours=3))
+    just_closed = sent("Due now", timedelta(minutes=5))
+    overdue = sent("Overdue", timedelta(hours=2))
+    failed_close = sent(
+        "Close failed", -timedelta(hours=3), failure_reason="Closing the attribution window failed: boom"
+    )
+    untagged = CampaignFactory(name="Untagged")
+    Campaign.objects.filter(pk=untagged.pk).update(
+        status="completed",
+        completed_at=now,
+        failed_at=now,
+        failure_reason="Tagging the responders failed (tried again by the next run): RuntimeError: tags",
+    )
+    tagged = CampaignFactory(name="Tagged")
+    Campaign.objects.filter(pk=tagged.pk).update(status="completed", completed_at=now, feedback_applied_at=now)
+
+    listed = section(selectors.health_report(), "campaign(s) whose attribution window did not close cleanly")
+
+    reasons = {item.id: item.reason for item in listed.items}
+    assert set(reasons) == {overdue.pk, failed_close.pk, untagged.pk}
+    assert counting.pk not in reasons and just_closed.pk not in reasons and tagged.pk not in reasons
+    assert "still sent, not completed" in reasons[overdue.pk]
+    assert reasons[failed_close.pk] == "Closing the attribution window failed: boom"
+    assert "RuntimeError: tags" in reasons[untagged.pk]
+    code, text = run_health()
+    assert code == 1 and "Overdue" in text and "RuntimeError: tags" in text

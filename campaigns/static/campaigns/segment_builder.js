@@ -44,14 +44,35 @@
     return input ? input.value : (m ? decodeURIComponent(m[1]) : "");
   }
 
-  function scalar(text) {
-    // A typed value as the definition stores it: numbers and true/false as themselves.
+  var NUMBER_OPS = ["gte", "lte"];
+
+  function isNumber(t) {
+    return /^-?\d+(\.\d+)?$/.test(t);
+  }
+
+  function scalar(text, like, op) {
+    // A typed value as the definition stores it. The definition's own type wins: a string stays a
+    // string ("01234" is a code, not 1234) unless the operator picks a number comparison; a new
+    // value (`like` unknown) is a number or true/false only when written the way JSON writes it.
     var t = String(text).trim();
+    if (NUMBER_OPS.indexOf(op) >= 0) { return isNumber(t) ? Number(t) : t; }
+    if (like === "string") { return t; }
+    if (like === "number") { return isNumber(t) ? Number(t) : t; }
     if (t === "true") { return true; }
     if (t === "false") { return false; }
-    if (t !== "" && !isNaN(Number(t)) && /^-?\d+(\.\d+)?$/.test(t)) { return Number(t); }
+    if (like === undefined && isNumber(t) && String(Number(t)) === t) { return Number(t); }
     return t;
   }
+
+  function typeOf(value) {
+    // The JSON type a trait condition's value had when the row was drawn (of its first item for
+    // a list); undefined for a new, empty value.
+    var first = Array.isArray(value) ? value[0] : value;
+    return first === undefined || first === null || first === "" ? undefined : typeof first;
+  }
+
+  // For tests: the conversion the rows apply to a typed value.
+  window.opsloopSegmentScalar = scalar;
 
   function init(root) {
     var options = JSON.parse(document.getElementById("segment-builder-options").textContent);
@@ -99,6 +120,7 @@
         row.appendChild(select(options.trait_ops, leaf.op || "eq", "sb-op"));
         var v = leaf.value === undefined ? "" : (Array.isArray(leaf.value) ? leaf.value.join(", ") : String(leaf.value));
         row.appendChild(el("input", {"class": "sb-value", value: v, placeholder: "Beijing"}));
+        row.sbValueLike = typeOf(leaf.value);
       } else if (kind.shape === "event") {
         row.appendChild(el("input", {"class": "sb-event", list: "sb-events", value: leaf.event || "", placeholder: "order_paid"}));
         row.appendChild(select(options.event_ops, leaf.op || "gte", "sb-op"));
@@ -188,7 +210,9 @@
         var op = row.querySelector(".sb-op").value;
         var raw = row.querySelector(".sb-value").value;
         leaf = {trait: row.querySelector(".sb-trait").value.trim(), op: op,
-                value: op === "in" ? raw.split(",").map(scalar).filter(function (x) { return x !== ""; }) : scalar(raw)};
+                value: op === "in" ?
+                  raw.split(",").map(function (t) { return scalar(t, row.sbValueLike, op); }).filter(function (x) { return x !== ""; }) :
+                  scalar(raw, row.sbValueLike, op)};
       } else if (kind.shape === "event") {
         leaf = {event: row.querySelector(".sb-event").value.trim(), op: row.querySelector(".sb-op").value,
                 count: parseInt(row.querySelector(".sb-count").value || "0", 10),
