@@ -432,28 +432,21 @@ def _render_materials(deliveries: list[Delivery], token: uuid.UUID, counts: dict
     return [d for d in deliveries if d.pk not in dropped]
 
 
-# A message that could not be made was never posted: it fails, and in the same transaction its
-# person's frequency-cap slot for that day and its coupon go back (a message posted on an earlier
-# attempt keeps both: it may have reached the person).
+# A message that could not be made fails. Where it was never posted (no attempt made, none in
+# flight), in the same transaction its person's frequency-cap slot for that day and its coupon go
+# back; one posted on an earlier attempt keeps both, even without an answer: it may have reached
+# the person.
 _FAIL_UNRENDERED_SQL = """
-WITH failed AS (
-    UPDATE campaigns_delivery d SET status = 'failed', reason = t.reason, lease = NULL, posting_since = NULL,
-           failed_at = now(),
-           cap_day = CASE WHEN d.sent_at IS NULL AND d.delivered_at IS NULL THEN NULL ELSE d.cap_day END
-      FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS t(id, reason), campaigns_delivery old
-     WHERE d.id = t.id AND old.id = d.id AND d.lease = %(lease)s AND d.status = 'sending'
-    RETURNING d.profile_id, old.cap_day AS counted_day,
-              (d.sent_at IS NULL AND d.delivered_at IS NULL) AS never_posted,
-              CASE WHEN d.sent_at IS NULL AND d.delivered_at IS NULL THEN d.coupon_code ELSE '' END AS coupon_code
-), slots AS (
-    SELECT profile_id, counted_day, count(*) AS n FROM failed
-     WHERE never_posted AND counted_day IS NOT NULL GROUP BY 1, 2
-), given_back AS (
-    UPDATE campaigns_dailysendcount c SET count = GREATEST(c.count - s.n, 0)
-      FROM slots s WHERE c.profile_id = s.profile_id AND c.day = s.counted_day
-    RETURNING c.id
-)
-SELECT coupon_code FROM failed WHERE coupon_code <> ''
+UPDATE campaigns_delivery d SET status = 'failed', reason = t.reason, lease = NULL, posting_since = NULL,
+       failed_at = now(),
+       cap_day = CASE WHEN old.attempts = 0 AND old.first_attempt_at IS NULL AND old.posting_since IS NULL
+                       AND old.sent_at IS NULL AND old.delivered_at IS NULL THEN NULL ELSE d.cap_day END
+  FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS t(id, reason), campaigns_delivery old
+ WHERE d.id = t.id AND old.id = d.id AND d.lease = %(lease)s AND d.status = 'sending'
+RETURNING d.profile_id, old.cap_day,
+          (old.attempts = 0 AND old.first_attempt_at IS NULL AND old.posting_since IS NULL
+           AND old.sent_at IS NULL AND old.delivered_at IS NULL) AS never_posted,
+          d.coupon_code
 """
 
 
@@ -464,8 +457,28 @@ def _fail_unrendered(rows: Sequence[tuple[int, str]], token: uuid.UUID) -> None:
                 _FAIL_UNRENDERED_SQL,
                 {"ids": [r[0] for r in rows], "reasons": [r[1][:500] for r in rows], "lease": token},
             )
-            codes = [row[0] for row in cursor.fetchall()]
-        release_coupons(codes)
+            failed = cursor.fetchall()
+            slots: dict[tuple[int, dt.date], int] = defaultdict(int)
+            for profile_id, day, never_posted, _code in failed:
+                if never_posted and day is not None:
+                    slots[(profile_id, day)] += 1
+            if slots:
+                keys = sorted(slots)
+                # In person order, as `_apply_cap` takes them: two batches giving back and
+                # counting the same people's slots cannot deadlock.
+                cursor.execute(
+                    "SELECT c.id FROM campaigns_dailysendcount c"
+                    " JOIN unnest(%s::bigint[], %s::date[]) AS k(profile_id, day)"
+                    " ON c.profile_id = k.profile_id AND c.day = k.day ORDER BY c.profile_id, c.day FOR UPDATE OF c",
+                    [[k[0] for k in keys], [k[1] for k in keys]],
+                )
+                cursor.execute(
+                    "UPDATE campaigns_dailysendcount c SET count = GREATEST(c.count - k.n, 0)"
+                    " FROM unnest(%s::bigint[], %s::date[], %s::int[]) AS k(profile_id, day, n)"
+                    " WHERE c.profile_id = k.profile_id AND c.day = k.day",
+                    [[k[0] for k in keys], [k[1] for k in keys], [slots[k] for k in keys]],
+                )
+        release_coupons([code for _p, _d, never_posted, code in failed if never_posted and code])
 
 
 # --- posting -----------------------------------------------------------------------------------

@@ -2,15 +2,21 @@
 when the steps are saved), and whether a person's trait meets the condition.
 
 A trait is a profile field (name, city, ...) or a custom trait (`Profile.traits`), so its value
-may be text, a number, a boolean, a list or absent. Numbers compare as numbers (`"10"` and `10.0`
-are equal), dates (`YYYY-MM-DD`, or the date part of a timestamp) as dates; a value that is not of
-the operand's kind never meets an order condition. A missing value (absent, null or "") meets
-only `missing`, `not equals` and `equals ""`.
+may be text, a number, a boolean, a list or absent. `equals` compares a trait held as a number
+(JSON `10`, `10.0`) as a number, and text as text: a code such as "01234" or "1e3" is not the
+number 1234 or 1000. A boolean trait (JSON `true`) equals "true" (any case). Order conditions
+compare numbers as numbers (text that reads as one included) and dates (`YYYY-MM-DD`, or the date
+part of a timestamp) as dates; a value that is not of the operand's kind never meets one. `in`
+takes its values as a JSON list (`["a,b", "c"]`) or separated by commas, with double quotes
+around a value that holds a comma (`"a,b", c`). A missing value (absent, null or "") meets only
+`missing`, `not equals` and `equals ""`.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import json
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -61,8 +67,10 @@ def operand_problem(operator: str, operand: str) -> str | None:
             "operator": operator,
             "operand": operand,
         }
-    if operator == TraitOperator.IN and not [item for item in operand.split(",") if item.strip()]:
-        return gettext("trait_value: 'in' needs the values, separated by commas.")
+    if operator == TraitOperator.IN and not in_values(operand):
+        return gettext(
+            "trait_value: 'in' needs the values: a JSON list, or separated by commas (quote one with a comma)."
+        )
     if operator == TraitOperator.CONTAINS and not operand:
         return gettext("trait_value: 'contains' needs the text or the list item to look for.")
     if operator in NO_OPERAND and operand:
@@ -78,10 +86,34 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def in_values(operand: str) -> list[str]:
+    """The values of an `in` condition: a JSON list, or comma-separated with CSV quoting."""
+    text = operand.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            items = None
+        if isinstance(items, list):
+            return [item if isinstance(item, str) else json.dumps(item) for item in items if item != ""]
+    try:
+        row = next(csv.reader([text], skipinitialspace=True), [])
+    except csv.Error:
+        row = text.split(",")
+    return [item.strip() for item in row if item.strip()]
+
+
 def _equals(value: Any, operand: str) -> bool:
-    left, right = as_number(value), as_number(operand)
-    if left is not None and right is not None:
-        return left == right
+    if isinstance(value, bool):
+        word = operand.strip().lower()
+        if word in ("true", "false"):
+            return value is (word == "true")
+        return _text(value) == operand
+    # Numbers compare as numbers only when the trait is one: text is compared as written.
+    if isinstance(value, int | float | Decimal):
+        left, right = as_number(value), as_number(operand)
+        if left is not None and right is not None:
+            return left == right
     return _text(value) == operand
 
 
@@ -118,7 +150,7 @@ def trait_holds(value: Any, operator: str, operand: str) -> bool:
     if _missing(value):
         return False
     if operator == TraitOperator.IN:
-        return any(_equals(value, item.strip()) for item in operand.split(",") if item.strip())
+        return any(_equals(value, item) for item in in_values(operand))
     if operator == TraitOperator.CONTAINS:
         if isinstance(value, list | tuple):
             return any(_text(item) == operand for item in value)

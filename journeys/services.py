@@ -498,22 +498,29 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
     one moved the deliveries. The person keeps one run per journey: where the survivor has none,
     the merged profile's run becomes the survivor's; where both had one, the survivor's goes on
     and the other ends (MERGED), its step messages left on the merged profile skipped (their
-    coupons given back), so nobody gets a step's message twice."""
+    coupons given back), so nobody gets a step's message twice. Where the survivor is in the
+    campaign's holdout the person stays held out: the merged profile's run ends (MERGED) and its
+    step messages the campaigns' listener moved to the survivor are skipped too."""
+    held_out = list(
+        Assignment.objects.filter(profile_id=into.pk, role=AssignmentRole.HOLDOUT).values_list("campaign_id", flat=True)
+    )
     JourneyRun.objects.filter(profile_id=merged.pk).exclude(
         campaign_id__in=JourneyRun.objects.filter(profile_id=into.pk).values("campaign_id")
-    ).update(profile_id=into.pk, user_id=into.user_id)
-    doubled = list(JourneyRun.objects.filter(profile_id=merged.pk).values_list("campaign_id", flat=True))
-    if not doubled:
+    ).exclude(campaign_id__in=held_out).update(profile_id=into.pk, user_id=into.user_id)
+    ended = list(JourneyRun.objects.filter(profile_id=merged.pk).values_list("campaign_id", flat=True))
+    if not ended:
         return
     JourneyRun.objects.filter(profile_id=merged.pk, status=RunStatus.ACTIVE).update(
         status=RunStatus.MERGED, ended_at=timezone.now(), wake_at=None
     )
+    moved_to_holdout = [c for c in ended if c in set(held_out)]
     with connection.cursor() as cursor:
         cursor.execute(
             "UPDATE campaigns_delivery SET status = 'skipped', reason = %s, queued_at = NULL"
-            " WHERE campaign_id = ANY(%s) AND profile_id = %s AND status = 'pending' AND phase LIKE 'step:%%'"
+            " WHERE status = 'pending' AND phase LIKE 'step:%%'"
+            " AND ((campaign_id = ANY(%s) AND profile_id = %s) OR (campaign_id = ANY(%s) AND profile_id = %s))"
             " RETURNING coupon_code",
-            [f"MERGED: into {into.user_id}"[:500], doubled, merged.pk],
+            [f"MERGED: into {into.user_id}"[:500], ended, merged.pk, moved_to_holdout, into.pk],
         )
         codes = [row[0] for row in cursor.fetchall()]
     sending.release_coupons([c for c in codes if c])

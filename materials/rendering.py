@@ -10,6 +10,12 @@ refused before it is built: a width or precision past MAX_RENDERED_CHARS in a fo
 the string methods that pad, and a `join` or `replace` whose result would be longer than that;
 so is a `~` or `+` of strings or lists past that size (a string doubled in a loop through a
 `namespace` would otherwise grow without end).
+Past those cases, every render has one budget: steps (loops over anything, and each call,
+operator, attribute read and filter the sandbox sees), a deadline (OPSLOOP_RENDER_SECONDS), and
+the characters all its `{{ }}` produce; each intermediate text or container it sees is sized.
+A template someone has just written is checked (save, approval, preview) in a forked child with
+limited address space and CPU (about 40 ms a check), so whatever still slips through costs that
+child, not a web worker; sends render in-process under the budget.
 Any error a template raises fails that person's message (RenderError), never the caller. A
 variable the person has no value for takes the version's default for it; without a default that
 person's message fails with the reason (and only that one). Channel limits (push title length,
@@ -21,12 +27,18 @@ Jinja2: https://jinja.palletsprojects.com/en/stable/sandbox/
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
+import functools
 import json
 import math
+import multiprocessing
 import operator
 import re
+import resource
+import time
+import types
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -69,6 +81,10 @@ MAX_INT_BITS = 1_000
 
 def _limit(name: str, default: int) -> int:
     return int(getattr(settings, name, default))
+
+
+def render_seconds() -> float:
+    return float(getattr(settings, "OPSLOOP_RENDER_SECONDS", RENDER_SECONDS))
 
 
 def push_title_max() -> int:
@@ -126,7 +142,97 @@ class RenderError(Exception):
     """One person's message cannot be made; the message fails with this reason."""
 
 
-_steps_left: contextvars.ContextVar[list[int]] = contextvars.ContextVar("material_loop_steps")
+# Every render runs under one budget: steps (loop iterations and the calls, operators and
+# attribute reads the sandbox intercepts), a deadline, and the characters its `{{ }}` produce in
+# all (block sets and macros included). Whatever a case-by-case check misses stops here.
+MAX_OPERATIONS = 200_000
+MAX_PRODUCED_CHARS = 20 * MAX_RENDERED_CHARS
+RENDER_SECONDS = 1.0
+
+
+class _Budget:
+    __slots__ = ("deadline", "loop_steps", "operations", "produced", "seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.loop_steps = MAX_LOOP_STEPS
+        self.operations = MAX_OPERATIONS
+        self.deadline = time.monotonic() + seconds
+        self.produced = 0
+
+
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("material_render_budget", default=None)
+
+
+def _tick(cost: int = 1) -> None:
+    budget = _budget.get()
+    if budget is None:
+        return
+    budget.operations -= cost
+    if budget.operations < 0:
+        raise SecurityError(f"The template takes more than {MAX_OPERATIONS} steps.")
+    if time.monotonic() > budget.deadline:
+        raise SecurityError(f"The template takes longer than {budget.seconds:g} s to render.")
+
+
+def _loop_step() -> None:
+    budget = _budget.get()
+    if budget is None:
+        return
+    budget.loop_steps -= 1
+    if budget.loop_steps < 0:
+        raise SecurityError(f"The loops take more than {MAX_LOOP_STEPS} steps in all.")
+    _tick()
+
+
+def _weight(value: Any, limit: int = MAX_RENDERED_CHARS) -> int:
+    """About how many characters `value` makes as text (str(), tojson, %s), counting a string
+    held many times as many times; stops counting once past `limit`."""
+    total = 0
+    stack = [value]
+    seen = 0
+    while stack and total <= limit:
+        item = stack.pop()
+        seen += 1
+        if seen % 1000 == 0:
+            _tick(10)
+        if isinstance(item, str | bytes | bytearray):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2 + 2 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
+def _refuse_heavy(value: Any, what: str) -> Any:
+    if _weight(value) > MAX_RENDERED_CHARS:
+        raise SecurityError(f"{what} is refused: it holds more than {MAX_RENDERED_CHARS} characters.")
+    return value
+
+
+class _BudgetedIter:
+    """Any iterable a loop or a filter walks, each step charged to the message's budget."""
+
+    def __init__(self, iterable: Any) -> None:
+        self._iterable = iterable
+
+    def __len__(self) -> int:
+        return len(self._iterable)
+
+    def __iter__(self) -> Any:
+        for value in self._iterable:
+            _loop_step()
+            yield value
+
+
+def _bounded_iter(value: Any) -> Any:
+    return value if isinstance(value, _BoundedRange) else _BudgetedIter(value)
 
 
 class _BoundedRange:
@@ -142,12 +248,8 @@ class _BoundedRange:
         return self._rng[index]
 
     def __iter__(self) -> Any:
-        budget = _steps_left.get(None)
         for value in self._rng:
-            if budget is not None:
-                budget[0] -= 1
-                if budget[0] < 0:
-                    raise SecurityError(f"The loops take more than {MAX_LOOP_STEPS} steps in all.")
+            _loop_step()
             yield value
 
 
@@ -159,7 +261,9 @@ def _bounded_range(*args: int) -> _BoundedRange:
 
 
 def _size(value: Any) -> int | None:
-    return len(value) if isinstance(value, str | list | tuple) else None
+    if isinstance(value, str | bytes | bytearray):
+        return len(value)
+    return _weight(value) if isinstance(value, list | tuple | dict) else None
 
 
 def _int_bits(value: Any) -> int:
@@ -167,7 +271,13 @@ def _int_bits(value: Any) -> int:
 
 
 def _too_wide(number: Any) -> bool:
-    return isinstance(number, int) and not isinstance(number, bool) and number > MAX_RENDERED_CHARS
+    return isinstance(number, int | float | Decimal) and not isinstance(number, bool) and number > MAX_RENDERED_CHARS
+
+
+def _whole(number: Any, what: str) -> int:
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise SecurityError(f"{what} must be a whole number.")
+    return number
 
 
 def _refuse_wide_spec(spec: str) -> None:
@@ -181,6 +291,19 @@ def _refuse_wide_spec(spec: str) -> None:
 
 # One conversion of printf-style formatting: `%(key)-08.3f`, `%*d`, `%%`.
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?([#0\- +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?)[hlL]?[a-zA-Z%]")
+_PERCENT_KEYED = re.compile(r"%\(([^)]*)\)")
+
+
+def _percent_size(template: str, args: Any) -> int:
+    """What `template % args` may make: the template, plus each argument as text as often as
+    the template names it (a key named 16000 times counts 16000 times)."""
+    keys = _PERCENT_KEYED.findall(template)
+    if keys and isinstance(args, dict):
+        return len(template) + sum(_weight(args.get(key), MAX_RENDERED_CHARS) for key in keys)
+    if isinstance(args, tuple):
+        return len(template) + _weight(args)
+    conversions = len(_PERCENT_SPEC.findall(template))
+    return len(template) + max(conversions, 1) * _weight(args)
 
 
 def _refuse_wide_percent(template: str) -> None:
@@ -195,16 +318,26 @@ def _refuse_longer_than_message(size: int, what: str) -> None:
         raise SecurityError(f"{what} is refused: it would make more than {MAX_RENDERED_CHARS} characters.")
 
 
-class _BoundedFormatter(SandboxedFormatter):
+class _SizedFields:
+    """`str.format` fields bounded one by one and in all: `("{0}" * 30000).format(s)` stops at
+    the field that takes the result past a message, not after building it."""
+
+    _made = 0
+
     def format_field(self, value: Any, format_spec: str) -> Any:
         _refuse_wide_spec(format_spec)
-        return super().format_field(value, format_spec)
+        _tick()
+        self._made += _weight(value) if not format_spec else len(str(format_spec)) + _weight(value)
+        _refuse_longer_than_message(self._made, "This format")
+        return super().format_field(value, format_spec)  # type: ignore[misc]
 
 
-class _BoundedEscapeFormatter(SandboxedEscapeFormatter):
-    def format_field(self, value: Any, format_spec: str) -> Any:
-        _refuse_wide_spec(format_spec)
-        return super().format_field(value, format_spec)
+class _BoundedFormatter(_SizedFields, SandboxedFormatter):
+    pass
+
+
+class _BoundedEscapeFormatter(_SizedFields, SandboxedEscapeFormatter):
+    pass
 
 
 # String methods whose first argument is the width of what they build.
@@ -213,6 +346,10 @@ _PADDING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"}
 
 def _joined_size(items: list[Any], separator: Any) -> int:
     return sum(len(str(x)) for x in items) + len(str(separator)) * max(len(items) - 1, 0)
+
+
+def _joined_size_bounded(items: list[Any], separator: Any) -> int:
+    return sum(_weight(x) for x in items) + len(str(separator)) * max(len(items) - 1, 0)
 
 
 def _replaced_size(text: str, old: str, new: str, count: Any) -> int:
@@ -225,9 +362,12 @@ def _replaced_size(text: str, old: str, new: str, count: Any) -> int:
 @pass_eval_context
 def _join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> str:
     items = list(value)
-    if attribute is None:
-        _refuse_longer_than_message(_joined_size(items, d), "This join")
-    result = jinja_filters.sync_do_join(eval_ctx, items, d, attribute)
+    if attribute is not None:
+        # The attribute's values are what is joined: size those, not the items holding them.
+        getter = jinja_filters.make_attrgetter(eval_ctx.environment, attribute)
+        items = [getter(item) for item in items]
+    _refuse_longer_than_message(_joined_size_bounded(items, d), "This join")
+    result = jinja_filters.sync_do_join(eval_ctx, items, d)
     _refuse_longer_than_message(len(result), "This join")
     return result
 
@@ -249,11 +389,18 @@ def _center(value: Any, width: int = 80) -> str:
     return jinja_filters.do_center(value, width)
 
 
+def _line_count(text: str) -> int:
+    # splitlines() breaks on \r, \u2028 and the rest too, so counting "\n" alone is short.
+    return len(text.splitlines()) + 1
+
+
 def _indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
-    pad = width if isinstance(width, str) else " " * width if isinstance(width, int) and not _too_wide(width) else None
+    if not isinstance(width, str):
+        width = _whole(width, "indent()'s width")
+    pad = width if isinstance(width, str) else " " * width if not _too_wide(width) else None
     if pad is None:
         raise SecurityError(f"indent() by more than {MAX_RENDERED_CHARS} characters is refused.")
-    _refuse_longer_than_message(len(str(s)) + len(pad) * (str(s).count("\n") + 1), "This indent")
+    _refuse_longer_than_message(len(str(s)) + len(pad) * (_line_count(str(s)) + 1), "This indent")
     return jinja_filters.do_indent(s, width, first, blank)
 
 
@@ -266,10 +413,11 @@ def _wordwrap(
     wrapstring: str | None = None,
     break_on_hyphens: bool = True,
 ) -> str:
+    width = _whole(width, "wordwrap()'s width")
     if _too_wide(width):
         raise SecurityError(f"wordwrap() to more than {MAX_RENDERED_CHARS} characters is refused.")
     text = str(s)
-    breaks = len(text) // max(width, 1) + text.count("\n") + 1 if isinstance(width, int) else 1
+    breaks = len(text) // max(width, 1) + _line_count(text) + 1
     _refuse_longer_than_message(
         len(text) + len(wrapstring if wrapstring is not None else environment.newline_sequence) * breaks,
         "This wordwrap",
@@ -286,7 +434,22 @@ def _truncate(
     return jinja_filters.do_truncate(environment, s, length, killwords, end, leeway)
 
 
+def _batch(value: Any, linecount: Any, fill_with: Any = None) -> Any:
+    # `[1]|batch(10**9, 0)` would pad one batch to a billion items.
+    if _too_wide(_whole(linecount, "batch()'s size")):
+        raise SecurityError(f"batch() of more than {MAX_RENDERED_CHARS} items is refused.")
+    return jinja_filters.do_batch(value, linecount, fill_with)
+
+
+def _slice(value: Any, slices: Any, fill_with: Any = None) -> Any:
+    if _too_wide(_whole(slices, "slice()'s count")):
+        raise SecurityError(f"slice() into more than {MAX_RENDERED_CHARS} parts is refused.")
+    return jinja_filters.sync_do_slice(value, slices, fill_with)
+
+
 _BOUNDED_FILTERS = {
+    "batch": _batch,
+    "slice": _slice,
     "format": _format,
     "center": _center,
     "indent": _indent,
@@ -295,6 +458,37 @@ _BOUNDED_FILTERS = {
     "join": _join,
     "replace": _replace,
 }
+
+
+# Filters that make text of a whole value: the value is sized before it is turned into text.
+_TEXT_FILTERS = frozenset({"string", "pprint", "tojson", "urlencode", "xmlattr", "e", "escape", "forceescape"})
+
+
+def _checked(result: Any, what: str) -> Any:
+    """Every intermediate value the sandbox sees: text or a container past a message is refused,
+    and a generator is walked step by step against the budget."""
+    if isinstance(result, str | bytes | bytearray):
+        _refuse_longer_than_message(len(result), what)
+    elif isinstance(result, list | tuple | dict | set | frozenset):
+        _refuse_heavy(result, what)
+    elif isinstance(result, types.GeneratorType):
+        return _BudgetedIter(result)
+    return result
+
+
+def _charged(name: str, func: Any) -> Any:
+    makes_text = name in _TEXT_FILTERS
+    passes = getattr(func, "jinja_pass_arg", None) is not None
+
+    @functools.wraps(func)
+    def charged(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        if makes_text:
+            value = args[1] if passes and len(args) > 1 else args[0] if args else None
+            _refuse_heavy(value, f"|{name}")
+        return _checked(func(*args, **kwargs), f"|{name}")
+
+    return charged
 
 
 class _BoundedCodeGenerator(CodeGenerator):
@@ -321,18 +515,40 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     @staticmethod
     def bounded_parts(parts: tuple[Any, ...]) -> tuple[Any, ...]:
-        _refuse_longer_than_message(sum(len(p) if isinstance(p, str) else len(str(p)) for p in parts), "This ~")
+        _tick()
+        _refuse_longer_than_message(sum(len(p) if isinstance(p, str) else _weight(p) for p in parts), "This ~")
         return parts
 
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        # Every loop walks its iterable through the budget, not only loops over range().
+        ast = super()._parse(source, name, filename)
+        for loop in ast.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, "_budgeted", [], [], None, None, lineno=loop.lineno)
+        return ast
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        _tick()
+        return _checked(self._binop(operator_, left, right), f"This {operator_}")
+
+    def _binop(self, operator_: str, left: Any, right: Any) -> Any:
         if operator_ == "+":
             sizes = (_size(left), _size(right))
             if None not in sizes:
                 _refuse_longer_than_message(sum(sizes), "This +")
             return operator.add(left, right)
         if operator_ == "%":
-            if isinstance(left, str):
-                _refuse_wide_percent(left)
+            if isinstance(left, str | bytes):
+                text = left if isinstance(left, str) else left.decode("latin-1")
+                _refuse_wide_percent(text)
+                _refuse_longer_than_message(_percent_size(text, right), "This %")
             return operator.mod(left, right)
         if operator_ == "*":
             for seq, times in ((left, right), (right, left)):
@@ -372,8 +588,9 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         return bounded
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _tick()
         owner = getattr(__obj, "__self__", None)
-        if isinstance(owner, str):
+        if isinstance(owner, str | bytes | bytearray):
             name = getattr(__obj, "__name__", "")
             if name in _PADDING_METHODS and args and _too_wide(args[0]):
                 raise SecurityError(f"{name}() to more than {MAX_RENDERED_CHARS} characters is refused.")
@@ -387,14 +604,37 @@ class _Sandbox(ImmutableSandboxedEnvironment):
                 args = (items, *args[1:])
             if name == "replace" and len(args) >= 2:
                 count = args[2] if len(args) > 2 else kwargs.get("count")
-                _refuse_longer_than_message(_replaced_size(owner, str(args[0]), str(args[1]), count), "This replace")
-        return super().call(__context, __obj, *args, **kwargs)
+                old, new = (a.decode("latin-1") if isinstance(a, bytes | bytearray) else str(a) for a in args[:2])
+                text = owner if isinstance(owner, str) else owner.decode("latin-1")
+                _refuse_longer_than_message(_replaced_size(text, old, new, count), "This replace")
+            if name == "translate" and args:
+                # Each character may become a whole string of the table.
+                _refuse_longer_than_message(len(owner) * max(_weight(args[0]), 1), "This translate")
+        return _checked(super().call(__context, __obj, *args, **kwargs), "This call")
+
+
+def _finalize(value: Any) -> Any:
+    """Each `{{ }}`'s value, sized before it becomes text, and counted against what one render
+    may produce in all (a block set or a macro doubling a string in a loop)."""
+    size = len(value) if isinstance(value, str) else _weight(value)
+    _refuse_longer_than_message(size, "This value")
+    budget = _budget.get()
+    if budget is not None:
+        budget.produced += size
+        if budget.produced > MAX_PRODUCED_CHARS:
+            raise SecurityError(f"The template produces more than {MAX_PRODUCED_CHARS} characters in all.")
+    return value
 
 
 def _sandbox(*, autoescape: bool) -> _Sandbox:
-    env = _Sandbox(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False)
+    env = _Sandbox(undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False, finalize=_finalize)
+    # lipsum(10**8) and friends: nothing a message needs.
+    for name in ("lipsum", "cycler", "joiner"):
+        env.globals.pop(name, None)
     env.globals["range"] = _bounded_range
     env.filters.update(_BOUNDED_FILTERS)
+    env.filters = {name: _charged(name, func) for name, func in env.filters.items()}
+    env.filters["_budgeted"] = _bounded_iter
     return env
 
 
@@ -417,9 +657,83 @@ class Compiled:
     has_url: bool = False
 
 
+# A render of a template someone has just written (save, approval, preview) runs in a child
+# process under these limits, so a case the sandbox misses costs that child, never a web worker.
+CHILD_MEMORY_BYTES = 512 * 1024 * 1024
+CHILD_CPU_SECONDS = 2
+CHILD_WAIT_SECONDS = 10.0
+
+
+class _ChildFailed(Exception):
+    pass
+
+
+def _address_space() -> int:
+    # The limit is on top of what the forked child already maps (the interpreter, Django).
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * resource.getpagesize()
+
+
+def _child_main(conn: Any, func: Any, kwargs: dict[str, Any]) -> None:
+    try:
+        memory = _address_space() + CHILD_MEMORY_BYTES
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_CPU, (CHILD_CPU_SECONDS, CHILD_CPU_SECONDS + 1))
+        conn.send(("ok", func(**kwargs)))
+    except BaseException as exc:  # whatever happens is the parent's answer
+        # With the memory gone even this may fail: the parent then sees the child die.
+        with contextlib.suppress(BaseException):
+            reason = str(exc) if isinstance(exc, RenderError) else f"{exc.__class__.__name__}: {exc}"
+            conn.send(("error", reason[:400]))
+    finally:
+        conn.close()
+
+
+def in_child(func: Any, **kwargs: Any) -> Any:
+    """`func(**kwargs)` in a forked child limited to CHILD_MEMORY_BYTES more memory and
+    CHILD_CPU_SECONDS of CPU; _ChildFailed with the reason when it runs past them or dies."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child_main, args=(child, func, kwargs), daemon=True)
+    process.start()
+    child.close()
+    try:
+        if not parent.poll(CHILD_WAIT_SECONDS):
+            raise _ChildFailed(gettext("The template takes too long to render."))
+        try:
+            status, value = parent.recv()
+        except EOFError as exc:
+            raise _ChildFailed(gettext("The template takes too much memory or time to render.")) from exc
+    finally:
+        parent.close()
+        if process.is_alive():
+            process.kill()
+        process.join()
+    if status == "error":
+        raise _ChildFailed(value)
+    return value
+
+
 def template_problems(
     *, channel: str, fields: dict[str, str], defaults: dict[str, Any], url: str = ""
 ) -> list[Problem]:
+    """Every reason these templates cannot be saved (see `checked_problems`), worked out in a
+    child process with bounded memory and CPU."""
+    try:
+        return in_child(checked_problems, channel=channel, fields=fields, defaults=defaults, url=url)
+    except _ChildFailed as exc:
+        return [Problem("template", None, gettext("Does not render with sample values: %(error)s") % {"error": exc})]
+
+
+def render_in_child(compiled: Compiled, context: dict[str, Any], *, check_limits: bool = True) -> dict[str, str]:
+    """`render` in a bounded child process: for previews of a template as written."""
+    try:
+        return in_child(render, compiled=compiled, context=context, check_limits=check_limits)
+    except _ChildFailed as exc:
+        raise RenderError(str(exc)) from exc
+
+
+def checked_problems(*, channel: str, fields: dict[str, str], defaults: dict[str, Any], url: str = "") -> list[Problem]:
     """Every reason these templates cannot be saved: a syntax error (its line), a variable that
     is neither known nor given a default (its first line), a default that is not text, a link
     without a URL, or a message over the channel's limit with sample values."""
@@ -498,8 +812,12 @@ def render(compiled: Compiled, context: dict[str, Any], *, check_limits: bool = 
                 raise RenderError(f"MISSING_VALUE: no value for {var!r} and no default")
         values[var] = value
     out: dict[str, str] = {}
-    for field_name, template in compiled.templates.items():
-        text = _render_field(field_name, template, values)
+    token = _budget.set(_Budget(render_seconds()))
+    try:
+        texts = {name: _render_field(name, template, values) for name, template in compiled.templates.items()}
+    finally:
+        _budget.reset(token)
+    for field_name, text in texts.items():
         # A line break in a subject or title (a name with a newline) would break the e-mail's
         # headers; it reads as a space.
         out[field_name] = _LINE_BREAKS.sub(" ", text).strip() if field_name == "title" else text
@@ -515,7 +833,6 @@ def _render_field(field_name: str, template: Any, values: dict[str, Any]) -> str
     """One field's text, stopped past MAX_RENDERED_CHARS. Whatever the template raises (the
     sandbox, a missing trait, KeyError or IndexError of a method, recursion, memory) is this
     person's RenderError: the caller fails one message, never a batch or a request."""
-    token = _steps_left.set([MAX_LOOP_STEPS])
     try:
         parts: list[str] = []
         length = 0
@@ -529,8 +846,6 @@ def _render_field(field_name: str, template: Any, values: dict[str, Any]) -> str
         raise
     except Exception as exc:  # operator-written code: every error is the message's
         raise RenderError(f"{exc.__class__.__name__}: {exc}"[:400]) from exc
-    finally:
-        _steps_left.reset(token)
 
 
 def limit_problems(channel: str, rendered: dict[str, str]) -> list[tuple[str, str]]:

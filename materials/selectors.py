@@ -11,7 +11,14 @@ from django.db.models import Max, QuerySet
 from coupons.models import Coupon, RuleKind
 from crm.models import CustomerValue
 from materials.models import Material, MaterialVersion
-from materials.rendering import VARIABLES, RenderError, compile_templates, limit_problems, render, sms_size
+from materials.rendering import (
+    VARIABLES,
+    RenderError,
+    compile_templates,
+    limit_problems,
+    render_in_child,
+    sms_size,
+)
 from predictions.models import Prediction
 from profiles.models import Profile, ProfileTag
 
@@ -91,7 +98,7 @@ def preview(*, version: MaterialVersion, profile: Profile | None = None) -> dict
         context.update(person)
     result: dict[str, Any] = {"rendered": {}, "error": "", "problems": [], "sms": None}
     try:
-        fields = render(compiled(version), context, check_limits=False)
+        fields = render_in_child(compiled(version), context, check_limits=False)
     except RenderError as exc:
         result["error"] = str(exc)
         return result

@@ -408,3 +408,31 @@ def test_a_loop_without_a_wait_is_refused():
         {"kind": "branch", "branch_on": "tag", "tag": "vip", "goto": 1},
     ]
     assert len(services.set_steps(campaign=campaign, steps=waiting)) == 3
+
+
+def test_a_merge_into_a_holdout_member_keeps_the_person_held_out():
+    from campaigns.models import Assignment, AssignmentRole, DeliveryStatus
+    from profiles.services import identify
+
+    campaign, people = _journey(
+        [{"kind": "send", "variant": "A"}, {"kind": "wait", "wait_minutes": 60}, {"kind": "send", "variant": "B"}],
+        people=12,
+        holdout_percent=Decimal(50),
+    )
+    t0 = timezone.now()
+    services.launch_journey(campaign=campaign, now=t0)
+    services.advance_due(now=t0)
+    roles = dict(Assignment.objects.filter(campaign=campaign).values_list("profile_id", "role"))
+    held = next(p for p in people if roles[p.pk] == AssignmentRole.HOLDOUT)
+    member = next(p for p in people if roles[p.pk] != AssignmentRole.HOLDOUT)
+    assert Delivery.objects.filter(campaign=campaign, profile=member, status=DeliveryStatus.PENDING).count() == 1
+    # The member's user id is identified first, then the holdout's: the holdout's profile survives.
+    identify(user_id=member.user_id, identities=[("phone", "+8613800138009")])
+    identify(user_id=held.user_id, identities=[("phone", "+8613800138009")])
+    assert Profile.objects.get(pk=member.pk).merged_into_id == held.pk
+    assert not JourneyRun.objects.filter(campaign=campaign, profile=held).exists()
+    assert JourneyRun.objects.get(campaign=campaign, profile=member).status == RunStatus.MERGED
+    # No step message of the journey is left to go to the survivor, now or after the wait.
+    assert not Delivery.objects.filter(campaign=campaign, profile=held, status=DeliveryStatus.PENDING).exists()
+    services.advance_due(now=t0 + dt.timedelta(minutes=61))
+    assert not Delivery.objects.filter(campaign=campaign, profile=held, status=DeliveryStatus.PENDING).exists()

@@ -45,9 +45,12 @@ def _date(x: Any) -> dt.date | None:
 
 
 def _same(value: Any, operand: str) -> bool:
-    a, b = _number(value), _number(operand)
-    if a is not None and b is not None:
-        return a == b
+    if isinstance(value, bool) and operand.lower() in ("true", "false"):
+        return value == (operand.lower() == "true")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        a, b = _number(value), _number(operand)
+        if a is not None and b is not None:
+            return a == b
     return ("" if value is None else str(value)) == operand
 
 
@@ -116,7 +119,7 @@ def conditions(draw: Any) -> tuple[str, str]:
     elif op in ("exists", "missing"):
         operand = ""
     else:
-        operand = draw(scalar_operands)
+        operand = draw(st.one_of(scalar_operands, st.sampled_from(["true", "false", "True"])))
     return op, operand
 
 
@@ -165,7 +168,20 @@ def _branch(trait: str, op: str, operand: str) -> dict[str, Any]:
     ("value", "op", "operand", "holds"),
     [
         (10, "gt", "9.5", True),
-        ("10", "eq", "10.0", True),
+        (10, "eq", "10.0", True),
+        ("10", "eq", "10.0", False),
+        ("01234", "eq", "1234", False),
+        ("1e3", "eq", "1000", False),
+        (1000, "eq", "1e3", True),
+        (True, "eq", "true", True),
+        (True, "eq", "TRUE", True),
+        (False, "eq", "true", False),
+        (True, "ne", "false", True),
+        ("a,b", "in", '"a,b", c', True),
+        ("a", "in", '"a,b", c', False),
+        ("a,b", "in", '["a,b", "c"]', True),
+        (3, "in", "[1, 2, 3]", True),
+        ("01", "in", "1, 2", False),
         ("2026-03-01T08:00:00Z", "gte", "2026-03-01", True),
         ("2026-02-28", "gt", "2026-03-01", False),
         ("gold", "in", "silver, gold", True),

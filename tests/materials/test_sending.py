@@ -295,3 +295,28 @@ def test_the_history_counts_a_sent_campaign_live_and_a_completed_one_frozen():
     add_events([(u, "order_paid", timezone.now() - dt.timedelta(minutes=1)) for u in users[4:]])
     (row,) = selectors.material_history(version.material)
     assert row["campaign_status"] == CampaignStatus.COMPLETED and row["converted"] == 4
+
+
+def test_a_message_posted_before_keeps_its_cap_slot_and_coupon_when_its_retry_cannot_be_rendered():
+    (person,) = make_profiles(1)
+    Profile.objects.filter(pk=person.pk).update(city="Paris")
+    rule = CouponRuleFactory(value=Decimal("5.00"))
+    version = MaterialVersionFactory(
+        approved=True, material=MaterialFactory(channel="push"), title="Hi", body="{{ city }}", defaults={}
+    )
+    with Receiver() as gateway:
+        ChannelFactory(kind=ChannelKind.PUSH, url=gateway.url)
+        campaign = _campaign_with(version, frequency_cap_per_day=1)
+        Variant.objects.filter(campaign=campaign).update(coupon_rule_id=rule.pk)
+        (delivery_id,) = _run(campaign)
+        assert len(gateway.requests) == 1
+        # The post went out but no answer came (a timeout): the message is retried, and by then
+        # the person's city is gone, so the retry cannot be rendered.
+        Delivery.objects.filter(pk=delivery_id).update(status="pending", sent_at=None, delivered_at=None, lease=None)
+        Profile.objects.filter(pk=person.pk).update(city="")
+        services.deliver(delivery_ids=[delivery_id])
+    failed = Delivery.objects.get(pk=delivery_id)
+    assert failed.status == "failed" and failed.reason.startswith("RENDER_FAILED: MISSING_VALUE")
+    assert failed.attempts == 1 and failed.cap_day is not None
+    assert DailySendCount.objects.get(profile_id=person.pk).count == 1
+    assert Coupon.objects.get(code=failed.coupon_code).status != CouponStatus.REVOKED
