@@ -22,6 +22,7 @@ from campaigns.models import (
     Assignment,
     AssignmentRole,
     Campaign,
+    CampaignPhase,
     CampaignStatus,
     Delivery,
     DeliveryStatus,
@@ -113,6 +114,17 @@ def delivery_counters(campaign: Campaign) -> dict[str, int]:
     }
 
 
+def _window_start(campaign: Campaign, first_sent: str, assigned: str) -> str:
+    """SQL for when a member's attribution window opens. A single send: at the member's first
+    send, or at assignment for those sent nothing (intention-to-treat). A journey: at entry
+    (assignment) for every group, holdout and arms alike, since an arm's first message may come
+    after waits; measuring arms from their send and the holdout from entry would compare windows of
+    different lengths and inflate the uplift."""
+    if campaign.phase == CampaignPhase.JOURNEY:
+        return assigned
+    return f"COALESCE({first_sent}, {assigned})"
+
+
 def _member_rows(campaign: Campaign) -> list[tuple]:
     """Per group: assigned, sent, delivered, failed, opened, clicked, converted, revenue.
 
@@ -140,7 +152,9 @@ def _member_rows(campaign: Campaign) -> list[tuple]:
         WHERE a.campaign_id = %s
         GROUP BY a.id
     ), w AS (
-        SELECT m.*, COALESCE(m.sent_at, m.assigned_at) AS t0 FROM m
+        SELECT m.*, """
+        + _window_start(campaign, "m.sent_at", "m.assigned_at")
+        + """ AS t0 FROM m
     ), bounds AS MATERIALIZED (
         SELECT min(t0) AS lo, max(t0) + %s AS hi FROM w
     ), hits AS MATERIALIZED (
@@ -178,7 +192,7 @@ def _member_rows(campaign: Campaign) -> list[tuple]:
 # is not a pre-experiment covariate (adjusting on it would bias the effect).
 MEMBER_OUTCOMES_SQL = """
 WITH w AS (
-    SELECT a.profile_id, a.role, a.variant_id, a.assigned_at, COALESCE(min(d.sent_at), a.assigned_at) AS t0
+    SELECT a.profile_id, a.role, a.variant_id, a.assigned_at, __T0__ AS t0
     FROM campaigns_assignment a
     LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
     WHERE a.campaign_id = %(campaign)s
@@ -208,7 +222,7 @@ def _member_outcomes(campaign: Campaign) -> dict[str, tuple[np.ndarray, np.ndarr
     """Per group key: (converted 0/1 per member, pre-period covariates per member)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            MEMBER_OUTCOMES_SQL,
+            MEMBER_OUTCOMES_SQL.replace("__T0__", _window_start(campaign, "min(d.sent_at)", "a.assigned_at")),
             {
                 "campaign": campaign.pk,
                 "goal": campaign.goal_event,
@@ -242,11 +256,12 @@ def _redemptions_by_variant(campaign: Campaign) -> dict[str, tuple[int, Decimal]
 
 def converted_profile_ids(campaign: Campaign) -> set[int]:
     window = dt.timedelta(hours=campaign.attribution_hours)
+    t0 = _window_start(campaign, "min(d.sent_at)", "a.assigned_at")
     with connection.cursor() as cursor:
         cursor.execute(
-            """
+            f"""
             WITH w AS (
-                SELECT a.profile_id, COALESCE(min(d.sent_at), a.assigned_at) AS t0
+                SELECT a.profile_id, {t0} AS t0
                 FROM campaigns_assignment a
                 LEFT JOIN campaigns_delivery d ON d.campaign_id = a.campaign_id AND d.profile_id = a.profile_id
                 WHERE a.campaign_id = %s GROUP BY a.id
@@ -694,8 +709,9 @@ GROUP BY d.profile_id
 # their first send or at assignment (intention-to-treat, as the campaign results count it).
 HOLDOUT_MEMBERS_SQL = """
 SELECT a.campaign_id, c.name AS campaign_name, a.profile_id, (a.role <> 'holdout') AS treated,
-       COALESCE(min(d.sent_at), a.assigned_at) AS t0,
-       COALESCE(min(d.sent_at), a.assigned_at) + make_interval(hours => c.attribution_hours) AS t1,
+       CASE WHEN c.phase = 'journey' THEN a.assigned_at ELSE COALESCE(min(d.sent_at), a.assigned_at) END AS t0,
+       CASE WHEN c.phase = 'journey' THEN a.assigned_at ELSE COALESCE(min(d.sent_at), a.assigned_at) END
+         + make_interval(hours => c.attribution_hours) AS t1,
        c.margin_percent
   FROM campaigns_assignment a
   JOIN campaigns_campaign c ON c.id = a.campaign_id

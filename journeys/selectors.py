@@ -80,6 +80,13 @@ def results(campaign: Campaign) -> dict[str, Any] | None:
     if not campaign.assignments.exists():
         return None
     full = current_results(campaign)
+    runs = dict(
+        JourneyRun.objects.filter(campaign=campaign)
+        .values_list("variant_id")
+        .annotate(n=Count("id"))
+        .order_by()
+        .values_list("variant_id", "n")
+    )
     groups = []
     for g in full.get("groups", []):
         seq = g.get("sequential") or {}
@@ -88,7 +95,7 @@ def results(campaign: Campaign) -> dict[str, Any] | None:
             {
                 "name": g["name"],
                 "variant_id": g.get("variant_id"),
-                "entered": g["assigned"] if g["name"] != "holdout" else 0,
+                "entered": runs.get(g.get("variant_id"), 0) if g["name"] != "holdout" else 0,
                 "assigned": g["assigned"],
                 "sent": g["sent"],
                 "converted": g["converted"],

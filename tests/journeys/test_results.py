@@ -169,3 +169,29 @@ def test_the_materials_history_shows_the_journeys_effect_against_its_holdout():
     row = rows[0]
     assert row["had_holdout"] is True and row["assigned"] == 20 and row["converted"] == 10
     assert row["uplift_vs_holdout"] == pytest.approx(0.5)
+
+
+def test_every_group_is_measured_from_entry_over_the_same_window():
+    # The arm's message comes after a three-day wait, longer than the 72 h attribution window:
+    # counting the arm from its message and the holdout from entry would credit the arm with
+    # conversions the holdout could never have in its window.
+    campaign, people = _journey(
+        [{"kind": "wait", "wait_minutes": 3 * 24 * 60}, {"kind": "send", "variant": "A"}],
+        people=40,
+        holdout_percent=Decimal(50),
+        attribution_hours=72,
+    )
+    t0 = timezone.now()
+    services.launch_journey(campaign=campaign, now=t0)
+    later = t0 + dt.timedelta(days=3, minutes=1)
+    services.advance_due(now=later)
+    entrants = set(JourneyRun.objects.filter(campaign=campaign).values_list("profile_id", flat=True))
+    arm = [p for p in people if p.pk in entrants]
+    holdout = [p for p in people if p.pk not in entrants]
+    assert len(arm) == len(holdout) == 20
+    # Five of each group convert on the first day, five more of each after the third.
+    _convert(campaign, arm[:5] + holdout[:5], after=t0 + dt.timedelta(hours=2))
+    _convert(campaign, arm[5:10] + holdout[5:10], after=t0 + dt.timedelta(days=3, hours=2))
+    groups = {g["name"]: g for g in selectors.results(campaign)["groups"]}
+    assert groups["A"]["converted"] == groups["holdout"]["converted"] == 5
+    assert groups["A"]["entered"] == 20 and groups["holdout"]["entered"] == 0
