@@ -1909,5 +1909,6 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
             """,
             {"into": into.pk, "merged": merged.pk},
         )
-    Coupon.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)
+    # Redemptions before coupons: the order refunds and rollbacks lock them in.
     Redemption.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)
+    Coupon.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)
