@@ -14,7 +14,7 @@ from campaigns import sending, services
 from campaigns.models import Assignment, CampaignStatus, Delivery
 from campaigns.selectors import campaign_results
 from coupons import services as coupon_services
-from coupons.models import Coupon
+from coupons.models import Coupon, Redemption
 from profiles.models import Profile
 from profiles.services import identify
 from tests.factories.campaigns import CampaignFactory, add_events, make_profiles
@@ -162,3 +162,64 @@ def test_a_held_out_survivor_never_gets_the_merged_members_treatment():
     assert Assignment.objects.get(campaign=campaign, profile=survivor).role == "holdout"
     assert sum(g["assigned"] for g in campaign_results(campaign)["groups"]) == assigned_before - 1
     assert sending.deliver_batch([left.pk])["sent"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_merge_and_a_refund_of_the_merged_members_order_do_not_deadlock(monkeypatch):
+    """The merge gives back a skipped message's coupon of the rule whose redemption the refund
+    rolls back (redemption -> coupon -> rule). The refund runs while the merge sits between the
+    campaigns and the coupons listeners: the merge must hold no rule lock there, or the two
+    deadlock (and `identify` runs the merge again)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from profiles import lookup
+
+    make_profiles(20)
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING, holdout_percent=Decimal(0))
+    survivor_row, merged_row = _two_members_merged(campaign)
+    rule = CouponRuleFactory(value=Decimal("10.00"), budget=Decimal("1000.00"), per_user_limit=5)
+    used = coupon_services.claim_coupon(rule_id=rule.pk, user_id=merged_row.user_id)
+    coupon_services.redeem_coupon(
+        code=used.code, user_id=merged_row.user_id, order_id="o-1", order_amount=Decimal("100")
+    )
+    unsent = coupon_services.claim_coupon(rule_id=rule.pk, user_id=merged_row.user_id)
+    Delivery.objects.filter(campaign=campaign, profile_id=merged_row.profile_id).update(coupon_code=unsent.code)
+    identify(user_id=merged_row.user_id, identities=[PHONE])
+    in_merge, windows = threading.Event(), []
+
+    def refund_window(into, merged):
+        windows.append(into.pk)  # identify retries a merge that lost a deadlock: a second call
+        in_merge.set()
+        time.sleep(1.5)  # the refund takes its locks meanwhile
+
+    # Sorted between "campaigns" and "community"/"coupons": runs after the campaigns listener.
+    monkeypatch.setitem(lookup._merge_listeners, "campaigns~refund-window", refund_window)
+
+    def merge():
+        try:
+            identify(user_id=survivor_row.user_id, identities=[PHONE])
+        finally:
+            connection.close()
+
+    def refund():
+        assert in_merge.wait(20)
+        try:
+            return coupon_services.rollback_order(order_id="o-1")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        m, r = pool.submit(merge), pool.submit(refund)
+        m.result()
+        rolled_back = r.result()
+    assert len(windows) == 1, "the merge deadlocked with the refund and was run again"
+    survivor = Profile.objects.get(user_id=survivor_row.user_id)
+    assert Profile.objects.get(user_id=merged_row.user_id).merged_into == survivor
+    assert [x.rolled_back_at is not None for x in rolled_back] == [True]
+    assert list(Redemption.objects.filter(order_id="o-1").values_list("profile_id", flat=True)) == [survivor.pk]
+    assert Coupon.objects.get(pk=unsent.pk).status == "revoked"
+    assert Coupon.objects.get(pk=used.pk).profile_id == survivor.pk
