@@ -459,7 +459,8 @@ def test_public_pages_answer_without_credentials(client, route):
     response = client.get(concrete(route).replace("<str:name>", "missing.js"))
     assert response.status_code in (200, 301, 302, 404), route
     if response.status_code in (301, 302):
-        assert response["Location"].startswith("/admin/")
+        # The language switch goes back to "/", which itself redirects into the admin.
+        assert response["Location"].startswith("/admin/") or response["Location"] == "/", response["Location"]
 
 
 def test_viewset_routes_are_enumerated_with_the_methods_of_their_actions():
