@@ -93,9 +93,12 @@ class ChannelGatewayForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # Kept apart from the instance: validation copies the cleaned token onto it, after which
+        # comparing with `self.instance.token` would never see a change.
+        self.stored_token = self.instance.token if self.instance.pk else ""
         if "token" not in self.fields:
             return
-        stored = self.instance.token if self.instance.pk else ""
+        stored = self.stored_token
         self.fields["token"].help_text = (
             gettext("Set (ending %(hint)s). Leave empty to keep it; type a new one to replace it.")
             % {"hint": token_hint(stored)}
@@ -104,7 +107,7 @@ class ChannelGatewayForm(forms.ModelForm):
         )
 
     def clean_token(self) -> str:
-        return self.cleaned_data.get("token", "") or (self.instance.token if self.instance.pk else "")
+        return self.cleaned_data.get("token", "") or self.stored_token
 
     def clean(self) -> dict:
         cleaned = super().clean()
@@ -117,10 +120,12 @@ class ChannelGatewayForm(forms.ModelForm):
         # A token typed equal to the stored one, or left empty, is no change; the field never
         # carries the stored value into the page, so Django's own comparison would always differ.
         changed = [f for f in super().changed_data if f not in ("token", "clear_token")]
-        if "token" in self.fields and hasattr(self, "cleaned_data"):
-            stored = self.instance.token if self.instance.pk else ""
-            if self.cleaned_data.get("token", stored) != stored:
-                changed.append("token")
+        if (
+            "token" in self.fields
+            and hasattr(self, "cleaned_data")
+            and self.cleaned_data.get("token", self.stored_token) != self.stored_token
+        ):
+            changed.append("token")
         return changed
 
 

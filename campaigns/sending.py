@@ -136,6 +136,7 @@ def deliver_batch(delivery_ids: Sequence[int]) -> dict[str, int]:
     another worker holds: only pending, due rows of sendable campaigns are claimed."""
     counts = {"sent": 0, "retry": 0, "failed": 0, "deferred": 0, "skipped": 0, "unknown": 0}
     lease = Lease()
+    counts["skipped"] += _skip_merged_away(delivery_ids)
     claimed = _claim(delivery_ids, lease.token)
     if not claimed:
         return counts
@@ -165,6 +166,29 @@ def _drop_unwanted(rows: list[Delivery], token: uuid.UUID, counts: dict[str, int
     _set_final(list(dropped.items()), DeliveryStatus.SKIPPED, token)
     counts["skipped"] += len(dropped)
     return [d for d in rows if d.pk not in dropped]
+
+
+def _skip_merged_away(delivery_ids: Sequence[int]) -> int:
+    """Skip (MERGED) the pending messages of profiles merged away whose survivor stands for the
+    person in that campaign (holds its assignment, or a message of that phase): a message a merge
+    found claimed, or one handed back to pending, must not reach the person a second time or reach
+    a survivor held out. The UPDATE takes the row lock, so a concurrent claim sees the skip."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE campaigns_delivery d SET status = 'skipped', reason = LEFT('MERGED: into ' || s.user_id, 500),"
+            " queued_at = NULL, lease = NULL, posting_since = NULL"
+            " FROM profiles_profile p JOIN profiles_profile s ON s.id = p.merged_into_id"
+            " WHERE d.id = ANY(%s) AND d.status = 'pending' AND p.id = d.profile_id"
+            " AND (EXISTS (SELECT 1 FROM campaigns_assignment a WHERE a.campaign_id = d.campaign_id"
+            "              AND a.profile_id = s.id)"
+            "      OR EXISTS (SELECT 1 FROM campaigns_delivery o WHERE o.campaign_id = d.campaign_id"
+            "                 AND o.phase = d.phase AND o.profile_id = s.id))"
+            " RETURNING CASE WHEN d.sent_at IS NULL AND d.delivered_at IS NULL THEN d.coupon_code ELSE '' END",
+            [list(delivery_ids)],
+        )
+        codes = [row[0] for row in cursor.fetchall()]
+    release_coupons([c for c in codes if c])
+    return len(codes)
 
 
 def _claim(delivery_ids: Sequence[int], token: uuid.UUID) -> list[int]:

@@ -1822,25 +1822,56 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
     conversions, the merged user id's included, in the survivor's group): the other assignment
     goes, and its messages not sent yet are skipped (MERGED, their coupons given back), so
     nobody gets one phase's message twice. Sent ones stay on the merged profile as the record of
-    what reached that user id."""
-    Assignment.objects.filter(profile_id=merged.pk).exclude(
-        campaign_id__in=Assignment.objects.filter(profile_id=into.pk).values("campaign_id")
-    ).update(profile_id=into.pk, user_id=into.user_id)
+    what reached that user id.
+
+    Where both were members, none of the merged member's unsent messages of that campaign move:
+    they are skipped, so a survivor held out never receives the other group's treatment. A
+    message a worker has claimed but not started posting is skipped too (the worker posts only
+    rows still `sending` under its lease, so it drops it); one already being posted is left to
+    finish. A coupon goes back only where no send or receipt was recorded (as in
+    `sending._set_final`).
+
+    Lock order: a merge takes profile rows, then delivery and coupon/redemption rows (the coupons
+    listener moves redemptions before coupons), never a coupon rule: refunds and rollbacks lock
+    redemption -> coupon -> rule, and bulk issuance holds the rule and then takes profile locks.
+    So the coupons given back here are revoked after the merge commits, in their own transaction
+    (coupon -> rule, the refunds' order)."""
+    both = list(
+        Assignment.objects.filter(
+            profile_id=merged.pk,
+            campaign_id__in=Assignment.objects.filter(profile_id=into.pk).values("campaign_id"),
+        ).values_list("campaign_id", flat=True)
+    )
+    Assignment.objects.filter(profile_id=merged.pk).exclude(campaign_id__in=both).update(
+        profile_id=into.pk, user_id=into.user_id
+    )
     Assignment.objects.filter(profile_id=merged.pk).delete()
+    unsent = "(d.status = 'pending' OR (d.status = 'sending' AND d.posting_since IS NULL))"
     with connection.cursor() as cursor:
         cursor.execute(
-            """
+            f"""
             UPDATE campaigns_delivery d SET profile_id = %(into)s
             WHERE d.profile_id = %(merged)s
+              AND NOT (d.campaign_id = ANY(%(both)s) AND {unsent})
               AND NOT EXISTS (SELECT 1 FROM campaigns_delivery o
                               WHERE o.campaign_id = d.campaign_id AND o.phase = d.phase AND o.profile_id = %(into)s)
             """,
-            {"into": into.pk, "merged": merged.pk},
+            {"into": into.pk, "merged": merged.pk, "both": both},
         )
         cursor.execute(
-            "UPDATE campaigns_delivery SET status = 'skipped', reason = %(reason)s, queued_at = NULL"
-            " WHERE profile_id = %(merged)s AND status = 'pending' RETURNING coupon_code",
+            "UPDATE campaigns_delivery d SET status = 'skipped', reason = %(reason)s, queued_at = NULL,"
+            f" lease = NULL WHERE d.profile_id = %(merged)s AND {unsent}"
+            " RETURNING CASE WHEN d.sent_at IS NULL AND d.delivered_at IS NULL THEN d.coupon_code ELSE '' END",
             {"merged": merged.pk, "reason": f"MERGED: into {into.user_id}"[:500]},
         )
         codes = [row[0] for row in cursor.fetchall() if row[0]]
-    sending.release_coupons(codes)
+    if codes:
+        transaction.on_commit(lambda: _release_after_merge(codes))
+
+
+def _release_after_merge(codes: list[str]) -> None:
+    try:
+        sending.release_coupons(codes)
+    except Exception:
+        # The messages stay skipped (MERGED); only the budget their coupons hold is not back yet.
+        logger.exception("Could not give back the coupons of messages skipped by a merge: %s", len(codes))

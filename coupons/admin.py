@@ -538,7 +538,9 @@ class RedemptionAdmin(admin.ModelAdmin):
         "rolled_back_at",
     )
     list_filter = (("rule", admin.RelatedOnlyFieldListFilter), ("rolled_back_at", admin.EmptyFieldListFilter))
-    search_fields = ("=order_id", "user_id", "coupon__code")
+    # Exact match only, as in the coupon list: a substring search would read a masked code back
+    # one guessed prefix at a time.
+    search_fields = ("=order_id", "user_id", "=coupon__code")
     list_select_related = ("coupon", "rule")
     readonly_fields = [f.name for f in Redemption._meta.fields]
     date_hierarchy = "redeemed_at"
@@ -556,6 +558,13 @@ class RedemptionAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return [*(f for f in super().get_readonly_fields(request, obj) if f != "coupon"), "code"]
 
+    def get_list_display(self, request):
+        # Sorting by a masked column would still tell its order, so viewers who may not see bearer
+        # codes get the column without sorting (Django sorts on `?o=` whatever the header shows).
+        if request.user.has_perm(BEARER_CODES_PERMISSION):
+            return self.list_display
+        return tuple("masked_code" if f == "code" else f for f in self.list_display)
+
     def get_fields(self, request, obj=None):
         return ["code" if f == "coupon" else f for f in super().get_fields(request, obj) if f != "code"]
 
@@ -565,6 +574,10 @@ class RedemptionAdmin(admin.ModelAdmin):
         if coupon.profile_id is None and not getattr(redemption, "viewer_sees_bearer_codes", False):
             return mask_code(coupon.display_code)
         return coupon.display_code
+
+    @admin.display(description=gettext_lazy("Code"))
+    def masked_code(self, redemption: Redemption) -> str:
+        return self.code(redemption)
 
     @admin.action(description=_("Roll back the orders of the selected redemptions"), permissions=["change"])
     def rollback(self, request, queryset):

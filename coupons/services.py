@@ -392,7 +392,10 @@ def issue_coupon(
     """Issue one coupon of `rule` to `profile`, or raise a `CouponError` saying why not.
 
     With a `request_id`, a replay returns the coupon of the first request (its `created` is
-    False) instead of issuing another, even when both arrive at once."""
+    False) instead of issuing another, even when both arrive at once. A profile merged away is
+    judged (tiers, tags, first order) as its survivor, who receives the coupon."""
+    if (survivor_id := _survivor_id(profile.pk)) != profile.pk:
+        profile = Profile.objects.get(pk=survivor_id)
     try:
         if rule.state != RuleState.ACTIVE:
             raise errors.RuleNotActive(f"The offer is {rule.state}.", state=rule.state)
@@ -559,11 +562,23 @@ def _claim(
     raise _why_not_reserved(rule_id=rule_id, n=1, now=now)
 
 
+def _survivor_id(profile_id: int) -> int:
+    """The profile that stands for this one now: itself, or the end of its chain of merges."""
+    seen = {profile_id}
+    while (following := Profile.objects.filter(pk=profile_id).values_list("merged_into_id", flat=True).first()) and (
+        following not in seen
+    ):
+        seen.add(following)
+        profile_id = following
+    return profile_id
+
+
 def _replayed(*, rule_id: int, profile_id: int | None, request_id: str) -> Coupon | None:
     existing = Coupon.objects.filter(rule_id=rule_id, request_id=request_id).select_related("rule").first()
     if existing is None:
         return None
-    if profile_id is not None and existing.profile_id != profile_id:
+    # The first request's coupon followed a merge to the survivor: still the same person's replay.
+    if profile_id is not None and existing.profile_id not in (profile_id, _survivor_id(profile_id)):
         raise errors.RequestIdReused("This request_id was already used for another user.")
     existing.created = False
     return existing
@@ -1909,5 +1924,6 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
             """,
             {"into": into.pk, "merged": merged.pk},
         )
-    Coupon.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)
+    # Redemptions before coupons: the order refunds and rollbacks lock them in.
     Redemption.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)
+    Coupon.objects.filter(profile_id=merged.pk).update(profile_id=into.pk)

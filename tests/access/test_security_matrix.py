@@ -24,6 +24,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, path
+from rest_framework import viewsets
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
@@ -43,6 +44,8 @@ PUBLIC_PAGES = {
         "redirects old bookmarks into the admin, which asks for a login"
     ),
     "/healthz": "the load balancer's liveness probe: says up or down, nothing else",
+    "/i18n/setlang/": "switches the reader's interface language; reads no data",
+    "/i18n/js/": "the interface's translated strings (the JavaScript catalogue), no data",
     "/api/schema/": "the API's contract (API.md): paths and shapes, no data",
     "/api/docs/": "Swagger UI of that schema",
     "/ingest/segment/analytics-next/bundles/<str:name>": "analytics.js itself, a static file",
@@ -139,8 +142,11 @@ def endpoints(urlconf=None):
         if view is None or not issubclass(view, APIView):
             yield route, "get", None  # a plain Django view: must be PUBLIC
             continue
+        # A ViewSet (by hand or from a router) answers the methods its route maps to actions;
+        # it has no `get`/`post` of its own, so without this it would escape the matrix.
+        actions = getattr(callback, "actions", None) or {}
         for method in ("get", "post", "put", "patch", "delete"):
-            if hasattr(view, method):
+            if method in actions or hasattr(view, method):
                 yield route, method, view
 
 
@@ -221,6 +227,16 @@ class _Unguarded(APIView):
         raise AssertionError
 
 
+class _UnguardedSet(viewsets.ViewSet):
+    permission_classes: list = []
+
+    def list(self, request):  # pragma: no cover - never called: the matrix flags it unread
+        raise AssertionError
+
+    def create(self, request):  # pragma: no cover - as above
+        raise AssertionError
+
+
 def _unguarded_admin_page(request):  # pragma: no cover - as above
     raise AssertionError
 
@@ -242,8 +258,9 @@ def _urlconf_with(*extra) -> types.ModuleType:
             "/admin/coupons/couponrule/new-export.csv",
         ),
         (path("exports/everything.csv", _unguarded_admin_page), "/exports/everything.csv"),
+        (path("api/v1/new-things", _UnguardedSet.as_view({"get": "list", "post": "create"})), "/api/v1/new-things"),
     ],
-    ids=["api view without permission", "admin page", "page elsewhere"],
+    ids=["api view without permission", "admin page", "page elsewhere", "viewset without permission"],
 )
 def test_a_new_unprotected_endpoint_fails_the_matrix(extra, flagged):
     found = unexpected(_urlconf_with(extra))
@@ -442,4 +459,16 @@ def test_public_pages_answer_without_credentials(client, route):
     response = client.get(concrete(route).replace("<str:name>", "missing.js"))
     assert response.status_code in (200, 301, 302, 404), route
     if response.status_code in (301, 302):
-        assert response["Location"].startswith("/admin/")
+        # The language switch goes back to "/", which itself redirects into the admin.
+        assert response["Location"].startswith("/admin/") or response["Location"] == "/", response["Location"]
+
+
+def test_viewset_routes_are_enumerated_with_the_methods_of_their_actions():
+    """A ViewSet route is tried like any API view: each method its actions answer is in the
+    matrix (and so in the 401/403 checks once it is guarded)."""
+    found = [(m, v) for r, m, v in endpoints(_urlconf_with(_VIEWSET_ROUTE)) if r == "/api/v1/new-things"]
+    assert found == [("get", _UnguardedSet), ("post", _UnguardedSet)]
+    assert [f for f in unexpected(_urlconf_with(_VIEWSET_ROUTE)) if f.startswith("/api/v1/new-things:")]
+
+
+_VIEWSET_ROUTE = path("api/v1/new-things", _UnguardedSet.as_view({"get": "list", "post": "create"}))

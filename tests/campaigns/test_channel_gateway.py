@@ -163,3 +163,25 @@ def test_a_new_token_replaces_the_old_one_audited_without_either(make_staff):
     response = client.post(f"/admin/campaigns/channel/{channel.pk}/change/", _form(channel, token="", clear_token="on"))
     assert response.status_code == 302
     assert Channel.objects.get(pk=channel.pk).token == ""
+
+
+def test_the_admin_history_records_a_token_change_without_the_token(make_staff):
+    from django.contrib.admin.models import LogEntry
+
+    channel = ChannelFactory(kind=ChannelKind.PUSH, url=PROVIDER, token="provider-secret-9f3c")
+    client = Client()
+    client.force_login(_gateway_keeper(make_staff))
+    response = client.post(f"/admin/campaigns/channel/{channel.pk}/change/", _form(channel, token="rotated-77aa"))
+    assert response.status_code == 302
+    entry = LogEntry.objects.filter(object_id=str(channel.pk)).latest("action_time")
+    assert "token" in entry.get_change_message().lower()
+    assert "rotated" not in entry.change_message and "provider-secret" not in entry.change_message
+    history = client.get(f"/admin/campaigns/channel/{channel.pk}/history/").content.decode()
+    assert "token" in history.lower().split("<tbody>", 1)[-1]
+    assert "rotated" not in history and "provider-secret" not in history
+
+    url = f"/admin/campaigns/channel/{channel.pk}/change/"
+    response = client.post(url, _form(channel, token="", rate_per_second=9))
+    assert response.status_code == 302
+    unchanged = LogEntry.objects.filter(object_id=str(channel.pk)).latest("action_time")
+    assert "token" not in unchanged.get_change_message().lower()

@@ -4,17 +4,21 @@ conversion in the campaign's results, and their assignment and deliveries follow
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 
 import pytest
 from django.utils import timezone
 
-from campaigns import services
+from campaigns import sending, services
 from campaigns.models import Assignment, CampaignStatus, Delivery
 from campaigns.selectors import campaign_results
+from coupons import services as coupon_services
+from coupons.models import Coupon, Redemption
 from profiles.models import Profile
 from profiles.services import identify
 from tests.factories.campaigns import CampaignFactory, add_events, make_profiles
+from tests.factories.coupons import CouponRuleFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -79,3 +83,143 @@ def test_two_members_of_one_campaign_merged_are_one_person_in_the_results():
     left = Delivery.objects.get(campaign=campaign, profile_id=merged_row.profile_id)
     assert (left.status, left.reason) == ("skipped", f"MERGED: into {survivor.user_id}")
     assert Delivery.objects.filter(campaign=campaign, profile=survivor).count() == 1
+
+
+def _two_members_merged(campaign, *, survivor_role=None):
+    """Send `campaign` to 20 profiles; return (survivor, merged) assignments, the survivor taken
+    from `survivor_role`'s members when given, the merged one from a variant's."""
+    services.start_send(campaign_id=campaign.pk)
+    rows = campaign.assignments.order_by("position")
+    survivor_row = rows.filter(role=survivor_role).first() if survivor_role else rows.first()
+    merged_row = rows.exclude(pk=survivor_row.pk).filter(variant__isnull=False).first()
+    return survivor_row, merged_row
+
+
+def _merge(merged_row, survivor_row) -> Profile:
+    identify(user_id=merged_row.user_id, identities=[PHONE])
+    identify(user_id=survivor_row.user_id, identities=[PHONE])
+    survivor = Profile.objects.get(user_id=survivor_row.user_id)
+    assert Profile.objects.get(user_id=merged_row.user_id).merged_into == survivor
+    return survivor
+
+
+def test_a_message_claimed_by_a_worker_is_skipped_by_the_merge_and_a_handed_back_one_at_claim():
+    make_profiles(20)
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING, holdout_percent=Decimal(0))
+    survivor_row, merged_row = _two_members_merged(campaign)
+    lease = uuid.uuid4()
+    claimed = Delivery.objects.get(campaign=campaign, profile_id=merged_row.profile_id)
+    Delivery.objects.filter(pk=claimed.pk).update(status="sending", lease=lease, claimed_at=timezone.now())
+
+    survivor = _merge(merged_row, survivor_row)
+    claimed.refresh_from_db()
+    assert (claimed.status, claimed.reason, claimed.lease) == ("skipped", f"MERGED: into {survivor.user_id}", None)
+
+    # Handed back to pending by an older run all the same: the claim drops it, nothing is posted.
+    Delivery.objects.filter(pk=claimed.pk).update(status="pending", reason="")
+    counts = sending.deliver_batch([claimed.pk])
+    claimed.refresh_from_db()
+    assert (claimed.status, claimed.reason, claimed.attempts) == ("skipped", f"MERGED: into {survivor.user_id}", 0)
+    assert counts["skipped"] == 1 and counts["sent"] == 0
+
+
+def test_a_merge_keeps_the_coupon_of_a_message_that_reached_the_person(django_capture_on_commit_callbacks):
+    make_profiles(20)
+    rule = CouponRuleFactory(value=Decimal("10.00"), budget=Decimal("1000.00"), per_user_limit=5)
+    reached = CampaignFactory(status=CampaignStatus.RUNNING, holdout_percent=Decimal(0))
+    unsent = CampaignFactory(status=CampaignStatus.RUNNING, holdout_percent=Decimal(0))
+    survivor_row, merged_row = _two_members_merged(reached)
+    services.start_send(campaign_id=unsent.pk)
+    kept = coupon_services.claim_coupon(rule_id=rule.pk, user_id=merged_row.user_id)
+    released = coupon_services.claim_coupon(rule_id=rule.pk, user_id=merged_row.user_id)
+    # A receipt came while the message waited for a retry: it reached the person.
+    Delivery.objects.filter(campaign=reached, profile_id=merged_row.profile_id).update(
+        coupon_code=kept.code, sent_at=timezone.now(), delivered_at=timezone.now()
+    )
+    Delivery.objects.filter(campaign=unsent, profile_id=merged_row.profile_id).update(coupon_code=released.code)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        _merge(merged_row, survivor_row)
+    assert set(Delivery.objects.filter(profile_id=merged_row.profile_id).values_list("status", flat=True)) == {
+        "skipped"
+    }
+    assert Coupon.objects.get(pk=kept.pk).status == "available"
+    assert Coupon.objects.get(pk=released.pk).status == "revoked"
+
+
+def test_a_held_out_survivor_never_gets_the_merged_members_treatment():
+    make_profiles(20)
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING, holdout_percent=Decimal(50))
+    survivor_row, merged_row = _two_members_merged(campaign, survivor_role="holdout")
+    assert survivor_row.variant_id is None
+    assert not Delivery.objects.filter(campaign=campaign, profile_id=survivor_row.profile_id).exists()
+    assigned_before = sum(g["assigned"] for g in campaign_results(campaign)["groups"])
+
+    survivor = _merge(merged_row, survivor_row)
+    assert not Delivery.objects.filter(campaign=campaign, profile=survivor).exists()
+    left = Delivery.objects.get(campaign=campaign, profile_id=merged_row.profile_id)
+    assert (left.status, left.reason) == ("skipped", f"MERGED: into {survivor.user_id}")
+    assert Assignment.objects.get(campaign=campaign, profile=survivor).role == "holdout"
+    assert sum(g["assigned"] for g in campaign_results(campaign)["groups"]) == assigned_before - 1
+    assert sending.deliver_batch([left.pk])["sent"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_merge_and_a_refund_of_the_merged_members_order_do_not_deadlock(monkeypatch):
+    """The merge gives back a skipped message's coupon of the rule whose redemption the refund
+    rolls back (redemption -> coupon -> rule). The refund runs while the merge sits between the
+    campaigns and the coupons listeners: the merge must hold no rule lock there, or the two
+    deadlock (and `identify` runs the merge again)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from profiles import lookup
+
+    make_profiles(20)
+    campaign = CampaignFactory(status=CampaignStatus.RUNNING, holdout_percent=Decimal(0))
+    survivor_row, merged_row = _two_members_merged(campaign)
+    rule = CouponRuleFactory(value=Decimal("10.00"), budget=Decimal("1000.00"), per_user_limit=5)
+    used = coupon_services.claim_coupon(rule_id=rule.pk, user_id=merged_row.user_id)
+    coupon_services.redeem_coupon(
+        code=used.code, user_id=merged_row.user_id, order_id="o-1", order_amount=Decimal("100")
+    )
+    unsent = coupon_services.claim_coupon(rule_id=rule.pk, user_id=merged_row.user_id)
+    Delivery.objects.filter(campaign=campaign, profile_id=merged_row.profile_id).update(coupon_code=unsent.code)
+    identify(user_id=merged_row.user_id, identities=[PHONE])
+    in_merge, windows = threading.Event(), []
+
+    def refund_window(into, merged):
+        windows.append(into.pk)  # identify retries a merge that lost a deadlock: a second call
+        in_merge.set()
+        time.sleep(1.5)  # the refund takes its locks meanwhile
+
+    # Sorted between "campaigns" and "community"/"coupons": runs after the campaigns listener.
+    monkeypatch.setitem(lookup._merge_listeners, "campaigns~refund-window", refund_window)
+
+    def merge():
+        try:
+            identify(user_id=survivor_row.user_id, identities=[PHONE])
+        finally:
+            connection.close()
+
+    def refund():
+        assert in_merge.wait(20)
+        try:
+            return coupon_services.rollback_order(order_id="o-1")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        m, r = pool.submit(merge), pool.submit(refund)
+        m.result()
+        rolled_back = r.result()
+    assert len(windows) == 1, "the merge deadlocked with the refund and was run again"
+    survivor = Profile.objects.get(user_id=survivor_row.user_id)
+    assert Profile.objects.get(user_id=merged_row.user_id).merged_into == survivor
+    assert [x.rolled_back_at is not None for x in rolled_back] == [True]
+    assert list(Redemption.objects.filter(order_id="o-1").values_list("profile_id", flat=True)) == [survivor.pk]
+    assert Coupon.objects.get(pk=unsent.pk).status == "revoked"
+    assert Coupon.objects.get(pk=used.pk).profile_id == survivor.pk

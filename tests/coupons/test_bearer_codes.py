@@ -121,3 +121,24 @@ def test_personal_codes_stay_whole_in_a_rollback(make_api_client):
     services.redeem_coupon(code=coupon.code, user_id="holder", order_id="order-p", order_amount=Decimal("300"))
     answer = make_api_client("coupons:redeem").post("/api/v1/coupons/rollback", {"order_id": "order-p"}, format="json")
     assert answer.json()["redemptions"][0]["code"] == coupon.code
+
+
+def test_a_masked_code_cannot_be_read_back_by_prefix_search_or_sorting(make_staff, batch):
+    code = _redeemed_bearer_code(batch)
+    other = Coupon.objects.filter(batch=batch).exclude(pk=code.pk).first()
+    services.redeem_coupon(code=other.code, user_id="shopper", order_id="order-c", order_amount=Decimal("300"))
+    analyst = _client(make_staff, "Analyst")
+    for prefix in (code.code[:4], code.code[:8], code.code[:-1]):
+        found = analyst.get("/admin/coupons/redemption/", {"q": prefix})
+        assert found.status_code == 200
+        assert "order-b" not in found.content.decode(), prefix
+    assert "order-b" in analyst.get("/admin/coupons/redemption/", {"q": code.code}).content.decode()
+    # `o=<code column>` sorts by the code for Operations, and is ignored for a masked viewer.
+    masked = analyst.get("/admin/coupons/redemption/").context["cl"]
+    column = next(i for i, f in enumerate(masked.list_display) if f in ("code", "masked_code"))
+    masked = analyst.get("/admin/coupons/redemption/", {"o": str(column)}).context["cl"]
+    assert not any("coupon__code" in str(o) for o in masked.queryset.query.order_by)
+    operations = _client(make_staff, "Operations")
+    column = operations.get("/admin/coupons/redemption/").context["cl"].list_display.index("code")
+    whole = operations.get("/admin/coupons/redemption/", {"o": str(column)}).context["cl"]
+    assert any("coupon__code" in str(o) for o in whole.queryset.query.order_by)

@@ -11,7 +11,7 @@ from coupons import errors, services
 from coupons.models import Coupon, Redemption, RuleHolding
 from profiles.models import Profile
 from profiles.services import identify
-from tests.factories.coupons import CouponRuleFactory
+from tests.factories.coupons import CouponRuleFactory, person
 
 pytestmark = pytest.mark.django_db
 
@@ -60,3 +60,32 @@ def test_coupons_and_redemptions_follow_the_survivor():
     # The survivor uses the merged profile's unused coupon as their own.
     redemption = services.redeem_coupon(code=unused.code, user_id="u1", order_id="o-2", order_amount=Decimal("100"))
     assert redemption.profile_id == survivor.pk
+
+
+def _merged_away_and_survivor(*, survivor_tier: str | None = None) -> tuple[Profile, Profile]:
+    survivor = person("u1", tier=survivor_tier)
+    identify(user_id="u2", identities=[PHONE])
+    stale = Profile.objects.get(user_id="u2")  # held by a caller from before the merge
+    identify(user_id=survivor.user_id, identities=[PHONE])
+    assert Profile.objects.get(pk=stale.pk).merged_into_id == survivor.pk
+    return stale, survivor
+
+
+def test_a_profile_merged_away_is_judged_as_its_survivor():
+    rule = CouponRuleFactory(eligible_tiers=["vip"])
+    stale, survivor = _merged_away_and_survivor(survivor_tier="vip")
+    coupon = services.issue_coupon(rule=rule, profile=stale, request_id="r-1")
+    assert coupon.profile_id == survivor.pk
+
+
+def test_a_replay_for_a_profile_merged_away_returns_the_first_coupon():
+    rule = CouponRuleFactory()
+    person("u1")
+    identify(user_id="u2", identities=[PHONE])
+    stale = Profile.objects.get(user_id="u2")
+    first = services.issue_coupon(rule=rule, profile=stale, request_id="r-1")
+    identify(user_id="u1", identities=[PHONE])  # u2 merged into u1: the coupon follows
+    rule.state = "paused"
+    rule.save(update_fields=["state"])
+    replay = services.issue_coupon(rule=rule, profile=stale, request_id="r-1")
+    assert (replay.pk, replay.created) == (first.pk, False)
