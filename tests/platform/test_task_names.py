@@ -55,6 +55,9 @@ def test_every_former_name_is_still_registered_and_routed_like_its_new_name():
 
 @pytest.mark.django_db
 def test_a_message_queued_under_a_former_name_still_runs_its_task():
+    # As a worker does at start: every app's tasks module is imported (run alone, nothing else
+    # in this process has imported them yet).
+    app.loader.import_default_modules()
     rule = CouponRuleFactory(value=Decimal("10.00"))
     stale = services.issue_coupon(rule=rule, profile=person())
     Coupon.objects.filter(pk=stale.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
