@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
@@ -284,8 +285,10 @@ class _Compiler:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             return self.fail(f"{base}count", "must be a whole number >= 0")
         days = node.get("within_days", 30)
-        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= 3650:
-            return self.fail(f"{base}within_days", "must be a whole number of days from 1 to 3650")
+        # Raw events are kept that long at least (a system check holds retention to it).
+        most = settings.OPSLOOP_SEGMENT_MAX_LOOKBACK_DAYS
+        if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= most:
+            return self.fail(f"{base}within_days", f"must be a whole number of days from 1 to {most}")
         since = self.now - dt.timedelta(days=days)
         # Set-based: one grouped pass over the window's events (hashed semi-join) instead of a
         # count per profile. An event belongs to the profile of its `user_id` identity, else to

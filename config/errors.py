@@ -13,6 +13,8 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils.html import format_html
+from django.utils.translation import gettext
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -114,6 +116,26 @@ class JsonErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if isinstance(exception, DomainError) and exception.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+            return unavailable(request, exception)
         if isinstance(exception, Http404 | PermissionDenied) or not wants_json(request):
             return None  # Django's own 404/403, or the admin's HTML 500 page
         return JsonResponse(internal_error(exception, request.path), status=500)
+
+
+def unavailable(request: HttpRequest, error: DomainError) -> HttpResponse:
+    """A page or API read that a store it needs cannot answer now (a 503 with the reason and a
+    Retry-After), not a 500: nothing is wrong with the request, and the operator should see why."""
+    logger.warning("%s on %s: %s", error.reason, request.path, error.detail)
+    if wants_json(request):
+        response: HttpResponse = JsonResponse(error.as_dict(), status=error.status_code)
+    else:
+        title = gettext("This page cannot be shown right now")
+        response = HttpResponse(
+            format_html("<!doctype html><title>{}</title><h1>{}</h1><p>{}</p>", title, title, error.detail),
+            status=error.status_code,
+        )
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        response["Retry-After"] = str(retry_after)
+    return response

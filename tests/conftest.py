@@ -53,11 +53,15 @@ def events_engine(request, settings, chdb_url) -> EventsEngine:
     """Run the test on each events store: PostgreSQL's rollups, and ClickHouse (embedded) fed
     through the real shipping path."""
     if request.param == "clickhouse":
+        from tracking import shipping
         from tracking.events_store import clickhouse_store
 
         settings.OPSLOOP_EVENTS_STORE = "clickhouse"
         settings.OPSLOOP_CLICKHOUSE_URL = chdb_url
         clickhouse_store().truncate()
+        if "db" in request.fixturenames or request.node.get_closest_marker("django_db"):
+            request.getfixturevalue("db")
+            shipping.ship_history()  # nothing stored before: ClickHouse has the history at once
     return EventsEngine(request.param)
 
 

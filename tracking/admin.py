@@ -144,6 +144,7 @@ class ShippingStateAdmin(ReadOnlyAdmin):
         "failures",
         "last_error_short",
         "shipped_events",
+        "history_loaded_at",
         "deleted_events",
     )
     readonly_fields = (
@@ -157,8 +158,12 @@ class ShippingStateAdmin(ReadOnlyAdmin):
         "last_error_at",
         "shipped_events",
         "shipped_batches",
+        "history_through",
+        "history_queued_at",
+        "history_loaded_at",
         "deleted_events",
         "last_retention_at",
+        "retention",
     )
     fields = readonly_fields
     actions = ["ship_now"]
@@ -178,6 +183,11 @@ class ShippingStateAdmin(ReadOnlyAdmin):
     @admin.display(description=_("waiting since"))
     def oldest_waiting(self, obj: ShippingState):
         return shipping.oldest_waiting()
+
+    @admin.display(description=_("retention"))
+    def retention(self, obj: ShippingState) -> str:
+        refusal = shipping.retention_refusal()
+        return _("runs nightly") if refusal is None else _("deletes nothing: %(reason)s") % {"reason": refusal}
 
     @admin.display(description=_("last error"))
     def last_error_short(self, obj: ShippingState) -> str:

@@ -12,3 +12,6 @@ class TrackingConfig(AppConfig):
         "Operations": ["tracking.view_*"],
         "Analyst": ["tracking.view_*"],
     }
+
+    def ready(self) -> None:
+        from tracking import checks  # noqa: F401  (registers the retention check)

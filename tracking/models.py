@@ -130,6 +130,8 @@ class ShippingBacklog(models.Model):
                 condition=models.Q(last_event_id__gte=models.F("first_event_id")), name="shipping_backlog_run_order"
             )
         ]
+        # Which run holds an id: the last run starting at or before it (runs never overlap).
+        indexes = [models.Index(fields=["first_event_id"], name="shipping_backlog_first")]
 
     def __str__(self) -> str:
         return f"events {self.first_event_id}-{self.last_event_id}"
@@ -149,6 +151,12 @@ class ShippingState(models.Model):
     shipped_batches = models.BigIntegerField(_("batches shipped"), default=0)
     deleted_events = models.BigIntegerField(_("events deleted by retention"), default=0)
     last_retention_at = models.DateTimeField(_("last retention run"), null=True, blank=True)
+    # The history backfill (`ship_history`): events stored while shipping was off are queued up
+    # to this id; once every id is queued (`history_queued_at`) and shipped (`history_loaded_at`)
+    # ClickHouse answers the pages, and retention may delete raw events.
+    history_through = models.BigIntegerField(_("history queued through event id"), null=True, blank=True)
+    history_queued_at = models.DateTimeField(_("history queued"), null=True, blank=True)
+    history_loaded_at = models.DateTimeField(_("history loaded"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("shipping to ClickHouse")

@@ -12,8 +12,11 @@
   has seen (ReplacingMergeTree on `event_id` merges away anything older than its window).
 - A failed run leaves its reason on `ShippingState` (the admin page), a log line, and the backlog
   as it was; the task tries again with a backoff and beat keeps trying every minute.
+- `ship_history` (`manage.py ship_history`) queues what was stored while shipping was off; until
+  it has completed once, ClickHouse answers no page (`ensure_history_loaded`).
 - `delete_expired_events` (nightly) deletes raw events older than `OPSLOOP_EVENTS_RETENTION_DAYS`
-  in batches, and with ClickHouse on only those no longer in the outbox (already shipped).
+  in batches, only with ClickHouse on and its history loaded, and only events ClickHouse holds,
+  that the rollups and profiles have folded, and whose names are not kept (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Sum
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from psycopg import sql
 
@@ -194,27 +198,29 @@ def ship_events(*, batch_events: int | None = None, max_batches: int | None = No
             result.busy = True
             return result
     try:
-        with store.held():
-            while max_batches is None or result.batches < max_batches:
-                claimed = _claim(budget)
-                if claimed is None:
-                    break
-                batch, runs = claimed
-                data, events = _export(runs)
-                try:
-                    store.insert_batch(data, token=str(batch))
-                except Exception as error:
-                    reason = f"{type(error).__name__}: {error}"
-                    _failed(reason)
-                    logger.error("shipping to ClickHouse failed, %d events wait: %s", pending_events(), reason)
-                    raise ShippingFailed(reason) from error
-                with transaction.atomic():
-                    ShippingBacklog.objects.filter(batch=batch).delete()
-                    ShippingState.objects.filter(name=STATE).update(
-                        shipped_events=F("shipped_events") + events, shipped_batches=F("shipped_batches") + 1
-                    )
-                result.batches += 1
-                result.events += events
+        # The engine is opened for each insert only, not across the run: chdb's directory takes
+        # one process at a time, and a page waits on it while the next batch is exported.
+        while max_batches is None or result.batches < max_batches:
+            claimed = _claim(budget)
+            if claimed is None:
+                break
+            batch, runs = claimed
+            data, events = _export(runs)
+            try:
+                store.insert_batch(data, token=str(batch))
+            except Exception as error:
+                reason = f"{type(error).__name__}: {error}"
+                _failed(reason)
+                logger.error("shipping to ClickHouse failed, %d events wait: %s", pending_events(), reason)
+                raise ShippingFailed(reason) from error
+            with transaction.atomic():
+                ShippingBacklog.objects.filter(batch=batch).delete()
+                ShippingState.objects.filter(name=STATE).update(
+                    shipped_events=F("shipped_events") + events, shipped_batches=F("shipped_batches") + 1
+                )
+            result.batches += 1
+            result.events += events
+        _note_history_loaded()
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
@@ -231,35 +237,213 @@ def ship_events(*, batch_events: int | None = None, max_batches: int | None = No
     return result
 
 
+# --- the history backfill -------------------------------------------------------------------------
+
+_HISTORY_LOCK_KEY = 0x6F70_736C_6873  # "oplshs": one backfill at a time
+
+
+class HistoryRefused(Exception):
+    """The backfill cannot run as things are (ClickHouse off); the message says why."""
+
+
+@dataclass
+class HistoryResult:
+    queued: int = 0  # event ids queued into the outbox
+    through: int = 0  # the backfill covered every id up to this one
+    busy: bool = False
+
+
+def _covered(table: str, first: int, last: int) -> list[IdRun]:
+    """The runs of a backlog table (an outbox of non-overlapping id runs) that touch
+    `first`..`last`: one read of the few rows there, not a probe per event."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT first_event_id, last_event_id FROM {table} WHERE last_event_id >= %s AND first_event_id <= %s",
+            [first, last],
+        )
+        return [(int(a), int(b)) for a, b in cursor.fetchall()]
+
+
+def _inside(event_id: int, runs: list[IdRun]) -> bool:
+    return any(a <= event_id <= b for a, b in runs)
+
+
+_WAITING_COUNTED = 10_000_000  # past this many, the page's count stops (an index scan per read)
+
+
+def history_waiting() -> int:
+    """How many stored events ClickHouse still waits for before it answers: those the backfill
+    has not looked at yet (some of them may be in ClickHouse already) and the outbox."""
+    current = state()
+    unreached = 0
+    if current.history_queued_at is None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM tracking_event WHERE id > %s LIMIT %s) AS e",
+                [current.history_through or 0, _WAITING_COUNTED],
+            )
+            unreached = int(cursor.fetchone()[0])
+    return unreached + pending_events()
+
+
+def ensure_history_loaded() -> None:
+    """Refuse (HistoryLoading, a 503 with the reason) until the backfill has queued every event
+    stored before shipping was on and all of it is shipped: until then ClickHouse's answers
+    would silently miss them."""
+    from tracking.events_store.clickhouse import HistoryLoading
+
+    if state().history_loaded_at is None:
+        waiting = history_waiting()
+        raise HistoryLoading(f"ClickHouse is still loading history: {waiting} events wait.", waiting_events=waiting)
+
+
+def _note_history_loaded() -> None:
+    """After a shipping run: the history is loaded once it is all queued and none of it waits."""
+    current = state()
+    if current.history_queued_at is None or current.history_loaded_at is not None:
+        return
+    if not ShippingBacklog.objects.filter(first_event_id__lte=current.history_through or 0).exists():
+        ShippingState.objects.filter(name=STATE, history_loaded_at__isnull=True).update(
+            history_loaded_at=timezone.now()
+        )
+        logger.info("ClickHouse has the history: every event through id %s is shipped", current.history_through)
+
+
+def ship_history(
+    *,
+    chunk: int = 100_000,
+    from_start: bool = False,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> HistoryResult:
+    """Queue into the outbox every stored event ClickHouse does not hold and the outbox does not
+    hold already, in id ranges of `chunk`, committing the mark (`history_through`) after each:
+    a run that stops resumes after the last range done (`from_start`: look at every range again,
+    which finds the holes a web process still on the old setting left). Only missing ids are
+    queued, so a read without FINAL never counts an event twice. `progress(through, top, queued)`
+    is called after each range."""
+    if not clickhouse_enabled():
+        raise HistoryRefused("ClickHouse is off (OPSLOOP_EVENTS_STORE): events stored now would not be queued.")
+    result = HistoryResult()
+    store = clickhouse_store()
+    current = state()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_HISTORY_LOCK_KEY])
+        if not cursor.fetchone()[0]:
+            result.busy = True
+            return result
+    try:
+        with connection.cursor() as cursor:
+            # Every process stores with ClickHouse on from here: what commits after this top is queued by
+            # its own transaction (an old process's late commit below it is what `from_start` finds).
+            cursor.execute("SELECT COALESCE(max(id), 0) FROM tracking_event")
+            top = int(cursor.fetchone()[0])
+        after = 0 if from_start else int(current.history_through or 0)
+        while after < top:
+            last = min(after + chunk, top)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT id FROM tracking_event WHERE id > %s AND id <= %s ORDER BY id", [after, last])
+                stored = [int(row[0]) for row in cursor.fetchall()]
+            if stored:
+                shipped = store.ids_between(after + 1, last)
+                with transaction.atomic():
+                    # The outbox rows of the range, locked: a shipping run cannot clear one between
+                    # this look and the queueing (it would look unqueued and unshipped).
+                    with connection.cursor() as cursor:
+                        cursor.execute(
+                            "SELECT first_event_id, last_event_id FROM tracking_shippingbacklog "
+                            "WHERE last_event_id > %s AND first_event_id <= %s FOR UPDATE",
+                            [after, last],
+                        )
+                        queued = [(int(a), int(b)) for a, b in cursor.fetchall()]
+                    missing = [i for i in stored if i not in shipped and not _inside(i, queued)]
+                    if missing:
+                        runs = runs_of(missing)
+                        with connection.cursor() as cursor:
+                            cursor.execute(_QUEUE, [[a for a, _b in runs], [b for _a, b in runs]])
+                    ShippingState.objects.filter(name=STATE).update(
+                        history_through=Greatest(F("history_through"), last)
+                    )
+                result.queued += len(missing)
+            else:
+                ShippingState.objects.filter(name=STATE).update(history_through=Greatest(F("history_through"), last))
+            after = last
+            if progress is not None:
+                progress(last, top, result.queued)
+        now = timezone.now()
+        ShippingState.objects.filter(name=STATE).update(
+            history_through=Greatest(Coalesce(F("history_through"), 0), top), history_queued_at=now
+        )
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_HISTORY_LOCK_KEY])
+    result.through = top
+    _note_history_loaded()
+    logger.info("history backfill queued %d events for ClickHouse (ids through %d)", result.queued, top)
+    return result
+
+
+# --- retention --------------------------------------------------------------------------------------
+
+# Outboxes of event ids whose work in PostgreSQL is not done yet: the rollups' fold
+# (indicators) and profiles' first/last seen. Named as tables: tracking sits below those apps.
+_UNFOLDED = ("tracking_rollupbacklog", "profiles_seenbacklog")
+
 _EXPIRED = """
-WITH doomed AS (
-    SELECT e.id FROM tracking_event e
-    WHERE e.timestamp < %(before)s AND e.received_at < %(before)s
-      AND NOT EXISTS (SELECT 1 FROM tracking_shippingbacklog b WHERE e.id BETWEEN b.first_event_id AND b.last_event_id)
-    LIMIT %(batch)s
-)
-DELETE FROM tracking_event WHERE id IN (SELECT id FROM doomed)
+SELECT id FROM tracking_event
+WHERE id > %(after)s AND timestamp < %(before)s AND received_at < %(before)s AND NOT (name = ANY(%(kept)s))
+ORDER BY id LIMIT %(batch)s
 """
 
 
+def retention_refusal() -> str | None:
+    """Why retention may not delete raw events now (None: it may)."""
+    if not settings.OPSLOOP_EVENTS_RETENTION_DAYS:
+        return "OPSLOOP_EVENTS_RETENTION_DAYS is unset"
+    if not clickhouse_enabled():
+        return "ClickHouse is off: the raw events are the only copy"
+    if state().history_loaded_at is None:
+        return "ClickHouse has not loaded the history yet (manage.py ship_history)"
+    return None
+
+
 def delete_expired_events(*, now: datetime | None = None, batch_size: int = 50_000) -> int:
-    """Delete raw events past the retention window (`OPSLOOP_EVENTS_RETENTION_DAYS`; none when it
-    is unset), a batch per transaction, keeping every event still waiting to be shipped. The
-    rollups and ClickHouse keep what was made of them."""
-    days = settings.OPSLOOP_EVENTS_RETENTION_DAYS
-    if not days:
+    """Delete raw events past the retention window (`OPSLOOP_EVENTS_RETENTION_DAYS`), a batch per
+    transaction, and only those ClickHouse holds (asked, not inferred from the outbox: an event
+    an old process stored without queueing is in neither), that the rollups and profiles have
+    folded, and whose name `OPSLOOP_EVENTS_KEPT_NAMES` does not keep for ever. Nothing while
+    ClickHouse is off or its history is not loaded."""
+    refusal = retention_refusal()
+    if refusal is not None:
+        if settings.OPSLOOP_EVENTS_RETENTION_DAYS:
+            logger.warning("retention deletes nothing: %s", refusal)
         return 0
+    days = settings.OPSLOOP_EVENTS_RETENTION_DAYS
     before = (now or timezone.now()) - timedelta(days=days)
+    kept = list(settings.OPSLOOP_EVENTS_KEPT_NAMES)
+    store = clickhouse_store()
     deleted = 0
+    after = 0
     while True:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_EXPIRED, {"before": before, "batch": batch_size})
-            count = cursor.rowcount
-        deleted += count
-        if count < batch_size:
+        with connection.cursor() as cursor:
+            cursor.execute(_EXPIRED, {"after": after, "before": before, "kept": kept, "batch": batch_size})
+            candidates = [int(row[0]) for row in cursor.fetchall()]
+        if not candidates:
             break
-    ShippingState.objects.update_or_create(name=STATE, defaults={"last_retention_at": timezone.now()})
-    ShippingState.objects.filter(name=STATE).update(deleted_events=F("deleted_events") + deleted)
+        first, last = candidates[0], candidates[-1]
+        shipped = store.ids_between(first, last)
+        with transaction.atomic():
+            unfolded = [run for table in _UNFOLDED for run in _covered(table, first, last)]
+            doomed = [i for i in candidates if i in shipped and not _inside(i, unfolded)]
+            if doomed:
+                with connection.cursor() as cursor:
+                    cursor.execute("DELETE FROM tracking_event WHERE id = ANY(%s)", [doomed])
+                    deleted += cursor.rowcount
+        after = last
+        if len(candidates) < batch_size:
+            break
+    ShippingState.objects.filter(name=STATE).update(
+        last_retention_at=timezone.now(), deleted_events=F("deleted_events") + deleted
+    )
     if deleted:
         logger.info("deleted %d raw events received before %s (retention %d days)", deleted, before, days)
     return deleted

@@ -309,7 +309,16 @@ OPSLOOP_CLICKHOUSE_URL = env("OPSLOOP_CLICKHOUSE_URL", f"chdb://{BASE_DIR / '.ru
 OPSLOOP_SHIPPING_BATCH_EVENTS = int(env("OPSLOOP_SHIPPING_BATCH_EVENTS", "50000"))
 # Raw events older than this many days are deleted from PostgreSQL by the nightly task (only those
 # already shipped, when ClickHouse is on); unset: kept for ever.
+# Retention runs only with ClickHouse on and its history loaded (manage.py ship_history), and a
+# system check refuses a window shorter than the PostgreSQL readers of raw events need
+# (tracking.checks).
 OPSLOOP_EVENTS_RETENTION_DAYS = int(env("OPSLOOP_EVENTS_RETENTION_DAYS", "0")) or None
+# The longest look-back a segment's event condition may have (`within_days`).
+OPSLOOP_SEGMENT_MAX_LOOKBACK_DAYS = int(env("OPSLOOP_SEGMENT_MAX_LOOKBACK_DAYS", "3650"))
+# Event names retention never deletes (orders: their history feeds RFM and the predictions).
+OPSLOOP_EVENTS_KEPT_NAMES = tuple(
+    name.strip() for name in env("OPSLOOP_EVENTS_KEPT_NAMES", "order_paid,order_refunded").split(",") if name.strip()
+)
 OPSLOOP_ROLLUP_WORK_MEM = env("OPSLOOP_ROLLUP_WORK_MEM", "256MB")  # PostgreSQL work_mem of a rollup run
 # Largest accepted POST /api/v1/events body: 1000 events with full 32 KiB properties fit.
 OPSLOOP_EVENTS_MAX_BODY_BYTES = int(env("OPSLOOP_EVENTS_MAX_BODY_BYTES", str(40 * 1024 * 1024)))

@@ -160,7 +160,11 @@ def test_any_batch_size_and_any_failed_run_ship_every_event_exactly_once(
 
 
 def test_retention_deletes_old_events_in_batches_and_keeps_those_not_shipped(clickhouse, settings):
+    from indicators import rollups
+    from profiles.services import update_seen_times
+
     settings.OPSLOOP_EVENTS_RETENTION_DAYS = 30
+    shipping.ship_history()
     old = NOW - timedelta(days=40)
     for n in range(5):
         EventFactory(user_id=f"old{n}", timestamp=old, received_at=old)
@@ -168,6 +172,8 @@ def test_retention_deletes_old_events_in_batches_and_keeps_those_not_shipped(cli
     waiting = EventFactory(user_id="old-unshipped", timestamp=old, received_at=old)
     late = EventFactory(user_id="late", timestamp=old, received_at=NOW)  # an old event that arrived now
     recent = EventFactory(user_id="recent", timestamp=NOW, received_at=NOW)
+    rollups.fold_new_events()
+    update_seen_times()
 
     deleted = shipping.delete_expired_events(now=NOW, batch_size=2)
 

@@ -37,6 +37,11 @@ def clickhouse_store():
 
 
 def events_store() -> EventsStore:
+    """The engine the pages read; ClickHouse refuses (HistoryLoading: a 503 with how many events
+    wait) until it holds the events stored before shipping was switched on."""
     if clickhouse_enabled():
+        from tracking.shipping import ensure_history_loaded
+
+        ensure_history_loaded()
         return clickhouse_store()
     return _postgres()

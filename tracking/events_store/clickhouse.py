@@ -1,4 +1,4 @@
-"""The events store on ClickHouse: a server or cluster through `clickhouse-connect`
+"""The events store on ClickHouse: a server (or one shard: docs/deploy.md) through `clickhouse-connect`
 (`OPSLOOP_CLICKHOUSE_URL=http://...`), or the embedded engine `chdb` (`chdb://<path>`).
 
 PostgreSQL answers the indicator pages from rollup tables that a fold keeps up to date, because
@@ -29,6 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from config.errors import DomainError
 from tracking.events_store.base import DAILY_COLUMNS, ChurnRows, EventsStore, PurchaseTotals, SearchTotals
 
 # The columns shipped, in the order of `tracking.shipping.EXPORT` (TabSeparated, as PostgreSQL's
@@ -93,8 +94,20 @@ INSERT_SETTINGS = "date_time_input_format = 'best_effort', input_format_null_as_
 OPEN_WAIT_SECONDS = 30.0
 
 
-class ClickHouseUnavailable(Exception):
-    """The engine could not be reached or refused a statement; the message says why."""
+class ClickHouseUnavailable(DomainError):
+    """The engine could not be reached or refused a statement; the message says why. A page or
+    API read answers 503 with the reason: the store is down, not the request wrong."""
+
+    status_code = 503
+    reason = "EVENTS_STORE_UNAVAILABLE"
+    retry_after = 30
+
+
+class HistoryLoading(ClickHouseUnavailable):
+    """ClickHouse has not been given the events stored before shipping was on (`ship_history`):
+    its answers would miss them, so it gives none."""
+
+    reason = "EVENTS_STORE_LOADING"
 
 
 def _literal(value: Any) -> str:
@@ -124,7 +137,9 @@ class _Chdb:
     """The embedded engine at a path: opened for each use (see the module's note), or held
     open for a block by `held()` (a shipping run, the bench)."""
 
-    _lock = threading.Lock()  # chdb runs one session per process
+    # chdb runs one session per process; re-entrant, so that the thread holding the engine open
+    # (`held`) runs its statements under the same lock that keeps other threads off `_held`.
+    _lock = threading.RLock()
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -156,9 +171,9 @@ class _Chdb:
 
     def _run(self, statement: str, fmt: str) -> bytes:
         try:
-            if self._held is not None:
-                return self._held.query(statement, fmt).bytes()
             with self._lock:
+                if self._held is not None:
+                    return self._held.query(statement, fmt).bytes()
                 sess = self._open()
                 try:
                     return sess.query(statement, fmt).bytes()
@@ -184,7 +199,7 @@ class _Chdb:
 
 
 class _Server:
-    """A ClickHouse server (or a cluster's load balancer) over HTTP."""
+    """A ClickHouse server (or a balancer in front of one shard's replicas) over HTTP."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -280,6 +295,16 @@ class ClickHouseEventsStore(EventsStore):
     def event_count(self) -> int:
         self.ensure_table()
         return int(self.client.rows(f"SELECT count() FROM {TABLE} FINAL")[0][0])
+
+    def ids_between(self, first: int, last: int) -> set[int]:
+        """The event ids from `first` to `last` that ClickHouse holds (what is shipped)."""
+        self.ensure_table()
+        return {
+            int(row[0])
+            for row in self.client.rows(
+                _bind("SELECT DISTINCT id FROM {table} WHERE id BETWEEN {a} AND {b}", {"a": first, "b": last})
+            )
+        }
 
     def truncate(self) -> None:
         """Empty the table (tests, and the bench's fresh loads)."""
