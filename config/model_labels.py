@@ -455,6 +455,7 @@ LABELS = [
     gettext_noop("sensitivity"),
     gettext_noop("sent at"),
     gettext_noop("shares"),
+    gettext_noop("shipping backlog runs"),
     gettext_noop("signup at"),
     gettext_noop("silent days"),
     gettext_noop("slug"),
