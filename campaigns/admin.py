@@ -279,7 +279,7 @@ class SegmentAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         shares = selectors.current_shares(obj)
-        return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
+        return ", ".join(f"{selectors.group_label(name)} {share * 100:.1f} %" for name, share in shares.items()) or "-"
 
     @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Segment) -> str:
@@ -640,7 +640,7 @@ class CampaignAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         shares = selectors.current_shares(obj)
-        return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
+        return ", ".join(f"{selectors.group_label(name)} {share * 100:.1f} %" for name, share in shares.items()) or "-"
 
     @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Campaign) -> str:
