@@ -21,7 +21,17 @@ from django.utils.translation import gettext, gettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from campaigns import errors, selectors, services, validation
-from campaigns.models import Assignment, Campaign, CampaignStatus, Channel, Delivery, DeliveryStatus, Segment, Variant
+from campaigns.models import (
+    Assignment,
+    Campaign,
+    CampaignPhase,
+    CampaignStatus,
+    Channel,
+    Delivery,
+    DeliveryStatus,
+    Segment,
+    Variant,
+)
 from campaigns.segments import DefinitionError, compile_definition
 from config import formatting
 from config.errors import DomainError
@@ -269,7 +279,7 @@ class SegmentAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         shares = selectors.current_shares(obj)
-        return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
+        return ", ".join(f"{selectors.group_label(name)} {share * 100:.1f} %" for name, share in shares.items()) or "-"
 
     @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Segment) -> str:
@@ -630,7 +640,7 @@ class CampaignAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         shares = selectors.current_shares(obj)
-        return ", ".join(f"{name} {share * 100:.1f} %" for name, share in shares.items()) or "-"
+        return ", ".join(f"{selectors.group_label(name)} {share * 100:.1f} %" for name, share in shares.items()) or "-"
 
     @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Campaign) -> str:
@@ -729,7 +739,7 @@ class CampaignAdmin(admin.ModelAdmin):
                 writer.writerow(["" if v is None else v for v in [*fixed, *sequential]])
             return response
         chart = {
-            "labels": [g["name"] for g in results["groups"]],
+            "labels": [selectors.group_label(g["name"]) for g in results["groups"]],
             "rates": [round((g["conversion_rate"] or 0) * 100, 3) for g in results["groups"]],
             # The chart shows the always-valid interval: it is the one that stays true at every look.
             "low": [round((g["sequential"]["ci_low"] or 0) * 100, 3) for g in results["groups"]],
@@ -739,7 +749,9 @@ class CampaignAdmin(admin.ModelAdmin):
         names = [g["name"] for g in results["groups"]]
         shares_chart = {
             "times": [a["valid_from"][:16].replace("T", " ") for a in history],
-            "series": {n: [round(a["shares"].get(n, 0) * 100, 2) for a in history] for n in names},
+            "series": {
+                selectors.group_label(n): [round(a["shares"].get(n, 0) * 100, 2) for a in history] for n in names
+            },
         }
         context = {
             **self.admin_site.each_context(request),
@@ -752,6 +764,8 @@ class CampaignAdmin(admin.ModelAdmin):
             "shares_chart": shares_chart,
             "skipped": selectors.skipped_by_reason(campaign),
             "shown_status": selectors.shown_status(campaign),
+            "phase_label": CampaignPhase(results["phase"]).label if results["phase"] in CampaignPhase.values else "",
+            "control_label": selectors.group_label(results["control"]),
             "results_final": selectors.results_are_final(campaign),
         }
         return TemplateResponse(request, "admin/campaigns/campaign/results.html", context)

@@ -600,12 +600,19 @@ def _sequential_row(name: str, decision: dict, rate: Any) -> dict[str, Any]:
     }
 
 
+def group_label(name: str | None) -> str:
+    """A group's name as an operator reads it: the holdout in the reader's language, variants as named."""
+    return gettext("holdout") if name == "holdout" else (name or "")
+
+
 def _pts(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:+.1f} pts"
+    return "-" if value is None else gettext("%(points)s pts") % {"points": f"{value * 100:+.1f}"}
 
 
 def _interval(low: float | None, high: float | None) -> str:
-    return "-" if low is None or high is None else f"{low * 100:.1f} to {high * 100:.1f}"
+    if low is None or high is None:
+        return "-"
+    return gettext("%(low)s to %(high)s") % {"low": f"{low * 100:.1f}", "high": f"{high * 100:.1f}"}
 
 
 def explain(results: dict[str, Any]) -> str:
@@ -634,7 +641,7 @@ def explain(results: dict[str, Any]) -> str:
             )
         text = sentence % {
             "name": name,
-            "control": control,
+            "control": group_label(control),
             "uplift": _pts(g["uplift_vs_holdout"]),
             "confidence": confidence,
             "ci": _interval(seq["uplift_ci_low"], seq["uplift_ci_high"]),

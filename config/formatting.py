@@ -99,7 +99,8 @@ def uplift_points(value: Any, digits: int = 2) -> str:
         return MISSING
     points = number * 100
     sign = "+" if points > 0 else ""
-    return f"{sign}{points:,.{int(digits)}f} pp"
+    # "pp" is a unit word: Chinese says 个百分点.
+    return _("%(points)s pp") % {"points": f"{sign}{points:,.{int(digits)}f}"}
 
 
 @register.filter

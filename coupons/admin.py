@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.translation import gettext, gettext_lazy
+from django.utils.translation import gettext, gettext_lazy, pgettext
 from django.utils.translation import gettext_lazy as _
 
 from config import formatting
@@ -284,7 +284,7 @@ class CouponRuleAdmin(admin.ModelAdmin):
                 [formatting.column(label, str(unit)), "" if raw is None else raw]
                 for label, unit, raw, _shown in measures
             ]
-            return _csv_response(f"{name}.csv", [gettext("Metric"), gettext("Value")], rows)
+            return _csv_response(f"{name}.csv", [gettext("Metric"), pgettext("metric", "Value")], rows)
         context = {
             **self.admin_site.each_context(request),
             "title": title,

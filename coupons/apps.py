@@ -36,35 +36,35 @@ def _register_indicators() -> None:
     for indicator in (
         Indicator(
             "coupon_spend",
-            "Coupon spend",
+            _("Coupon spend"),
             Unit.MONEY,
             Fold.SUM,
             selectors.daily_coupon_spend,
-            "Discounts given by coupon redemptions that still stand (rolled-back orders excluded).",
+            _("Discounts given by coupon redemptions that still stand (rolled-back orders excluded)."),
         ),
         Indicator(
             "coupons_redeemed",
-            "Coupons redeemed",
+            _("Coupons redeemed"),
             Unit.COUNT,
             Fold.SUM,
             selectors.daily_coupons_redeemed,
-            "Coupon redemptions per day that still stand.",
+            _("Coupon redemptions per day that still stand."),
         ),
         Indicator(
             "coupons_issued",
-            "Coupons issued",
+            _("Coupons issued"),
             Unit.COUNT,
             Fold.SUM,
             selectors.daily_coupons_issued,
-            "Coupons issued per day, partner codes included.",
+            _("Coupons issued per day, partner codes included."),
         ),
         Indicator(
             "coupon_order_revenue",
-            "Revenue of coupon orders",
+            _("Revenue of coupon orders"),
             Unit.MONEY,
             Fold.SUM,
             selectors.daily_coupon_order_revenue,
-            "Order amounts of the orders that used a coupon.",
+            _("Order amounts of the orders that used a coupon."),
         ),
     ):
         register_indicator(indicator)

@@ -86,7 +86,7 @@ class ScoringScheme(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.name}{' (active)' if self.is_active else ''}"
+        return gettext("%(name)s (active)") % {"name": self.name} if self.is_active else self.name
 
     def clean(self) -> None:
         errors: dict[str, str] = {}

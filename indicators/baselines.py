@@ -22,18 +22,23 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import numpy as np
+from django.utils.translation import gettext
 
 from indicators.registry import daily_values, fold_days, get_indicator
 
 HISTORY_DAYS = 365
 MIN_HISTORY_DAYS = 28
 SEASON_DAYS = 7
-METHOD = (
-    "Holt-Winters exponential smoothing (statsmodels ExponentialSmoothing): additive damped trend and "
-    f"additive weekly seasonality, fitted on the daily values of up to {HISTORY_DAYS} days before the "
-    f"period (at least {MIN_HISTORY_DAYS}), forecast for each day of the period and folded per month as "
-    "the indicator folds its days."
-)
+
+
+def method_text() -> str:
+    """How the baseline is made, in the reader's language (goal and plan pages, the plan API)."""
+    return gettext(
+        "Holt-Winters exponential smoothing (statsmodels ExponentialSmoothing): additive damped trend and "
+        "additive weekly seasonality, fitted on the daily values of up to %(history)s days before the "
+        "period (at least %(minimum)s), forecast for each day of the period and folded per month as "
+        "the indicator folds its days."
+    ) % {"history": HISTORY_DAYS, "minimum": MIN_HISTORY_DAYS}
 
 
 def forecast_daily(history: list[float], horizon: int, *, season: int = SEASON_DAYS) -> np.ndarray:
@@ -74,7 +79,10 @@ class Baseline:
     history_end: date
     history_days: int
     months: list[MonthBaseline]
-    method: str = METHOD
+
+    @property
+    def method(self) -> str:
+        return method_text()
 
     def for_month(self, month: date) -> Decimal | None:
         return next((m.value for m in self.months if m.month == month), None)

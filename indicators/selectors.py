@@ -11,7 +11,7 @@ from django.db import models
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_lazy
 
 from indicators.errors import IndicatorUnavailable
 from indicators.models import Funnel, Goal, goal_step
@@ -32,11 +32,11 @@ from indicators.registry import Fold, Unit, UnknownIndicator, daily_values, fold
 
 
 class GoalStatus(models.TextChoices):
-    UPCOMING = "upcoming", "Upcoming"
-    ON_TRACK = "on_track", "On track"
-    BEHIND = "behind", "Behind"
-    MET = "met", "Met"
-    MISSED = "missed", "Missed"
+    UPCOMING = "upcoming", gettext_lazy("Upcoming")
+    ON_TRACK = "on_track", gettext_lazy("On track")
+    BEHIND = "behind", gettext_lazy("Behind")
+    MET = "met", gettext_lazy("Met")
+    MISSED = "missed", gettext_lazy("Missed")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from campaigns.models import CampaignStatus, Variant
+from campaigns.selectors import group_label
 from config.errors import DomainError
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep
@@ -173,7 +174,7 @@ class JourneyAdmin(admin.ModelAdmin):
         }
         groups = (data["results"] or {}).get("groups", [])
         results_chart = {
-            "labels": [g["name"] for g in groups],
+            "labels": [group_label(g["name"]) for g in groups],
             "rates": [_pct(g["conversion_rate"]) for g in groups],
             "low": [_pct(g["rate_ci_low"]) for g in groups],
             "high": [_pct(g["rate_ci_high"]) for g in groups],

@@ -119,9 +119,14 @@ class MaterialAdmin(admin.ModelAdmin):
 
 class VersionForm(forms.ModelForm):
     url = forms.URLField(
-        required=False, max_length=1000, assume_scheme="https", help_text=_("Where {{ link }} leads (tracked)")
+        label=_("URL"),
+        required=False,
+        max_length=1000,
+        assume_scheme="https",
+        help_text=_("Where {{ link }} leads (tracked)"),
     )
     defaults = forms.JSONField(
+        label=_("Defaults"),
         required=False,
         initial=dict,
         help_text=_('Variable -> text used when a person has no value, e.g. {"name": "friend"}'),

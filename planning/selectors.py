@@ -12,6 +12,7 @@ from typing import Any
 from django.contrib.auth.models import Group
 from django.db.models import Q, QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext
 
 from campaigns.models import Campaign
 from campaigns.selectors import campaign_results
@@ -178,16 +179,18 @@ def goal_plan(goal: Goal, *, today: date | None = None) -> GoalPlan | None:
             )
         )
     history = (
-        f"{base.history_days} days of history, {base.history_start} to {base.history_end}"
+        gettext("%(days)s days of history, %(start)s to %(end)s")
+        % {"days": base.history_days, "start": base.history_start, "end": base.history_end}
         if base
-        else f"fewer than {baselines.MIN_HISTORY_DAYS} days of history before {goal.start}: no baseline"
+        else gettext("fewer than %(minimum)s days of history before %(start)s: no baseline")
+        % {"minimum": baselines.MIN_HISTORY_DAYS, "start": goal.start}
     )
     return GoalPlan(
         goal=goal,
         label=progress.label,
         as_of=progress.as_of,
         months=months,
-        baseline_method=baselines.METHOD,
+        baseline_method=baselines.method_text(),
         baseline_history=history,
         tactics=tactics,
         effects=effects,

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from profiles.models import Profile
@@ -39,7 +40,10 @@ class PredictionSettings(models.Model):
         verbose_name_plural = _("prediction settings")
 
     def __str__(self) -> str:
-        return f"Horizon {self.horizon_days} days, churn tag at {self.churn_threshold}"
+        return gettext("Horizon %(days)s days, churn tag at %(threshold)s") % {
+            "days": self.horizon_days,
+            "threshold": self.churn_threshold,
+        }
 
 
 class PredictedTier(models.Model):

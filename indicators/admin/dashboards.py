@@ -18,7 +18,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.translation import gettext
+from django.utils.translation import gettext, pgettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
@@ -30,6 +30,14 @@ from indicators import serializers as s
 from indicators.models import CohortBasis, CohortGranularity, DailyIndicator, Funnel, FunnelStep
 
 DATE = forms.DateInput(attrs={"type": "date"})
+
+
+# The statistical test a comparison used (indicators.analyses), as the summary names it.
+TEST_NAMES = {
+    "none": pgettext_lazy("statistical test", "none"),
+    "fisher_exact": pgettext_lazy("statistical test", "fisher exact"),
+    "chi_square": pgettext_lazy("statistical test", "chi square"),
+}
 
 
 def _window_fields(form: forms.Form, days: int = 30) -> None:
@@ -454,7 +462,7 @@ class IndicatorDashboardAdmin(ReadOnlyAdmin):
             )
             summary = gettext("Difference %(difference)s; %(test)s p %(p)s.") % {
                 "difference": difference,
-                "test": report["test"].replace("_", " "),
+                "test": TEST_NAMES.get(report["test"], report["test"].replace("_", " ")),
                 "p": p if p.startswith("<") else "= " + p,
             } + ("" if report["complete"] else " " + gettext("The last signups' retention days are not over yet."))
             chart = {

@@ -308,13 +308,7 @@ class GoalAdmin(admin.ModelAdmin):
                 )
                 for m in info.months
             ],
-            "baseline_method": gettext(
-                "Holt-Winters exponential smoothing (statsmodels ExponentialSmoothing): additive damped trend and "
-                "additive weekly seasonality, fitted on the daily values of up to %(history)s days before the "
-                "period (at least %(minimum)s), forecast for each day of the period and folded per month as "
-                "the indicator folds its days."
-            )
-            % {"history": baselines.HISTORY_DAYS, "minimum": baselines.MIN_HISTORY_DAYS},
+            "baseline_method": baselines.method_text(),
             "baseline_missing": info is not None and base is None,
             "summary": []
             if info is None

@@ -52,8 +52,23 @@ def test_results_and_iterations_read_in_chinese(admin_client, running):
     results = get_in_chinese(admin_client, reverse("admin:campaigns_campaign_results", args=[running.pk]))
     assert_reads_in_chinese(
         results,
-        chinese=["尚无胜出方案", "样本比例失衡（SRM）", "此前 30 天的订单数", "全部统计量", "转化率（%）"],
-        english=["No winner yet", "Sample-ratio mismatch", "orders in the 30 days before", "All statistics"],
+        chinese=[
+            "尚无胜出方案",
+            "样本比例失衡（SRM）",
+            "此前 30 天的订单数",
+            "全部统计量",
+            "转化率（%）",
+            "对照组",
+            "个百分点",
+        ],
+        english=[
+            "No winner yet",
+            "Sample-ratio mismatch",
+            "orders in the 30 days before",
+            "All statistics",
+            "holdout",
+            " pts",
+        ],
     )
     history = get_in_chinese(admin_client, reverse("admin:campaigns_campaign_history", args=[running.pk]))
     assert_reads_in_chinese(history, chinese=["第 1 轮："], english=["Iteration 1:"])

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from campaigns.models import Assignment, AssignmentRole, CampaignStatus, Delivery, Variant
 from campaigns.selectors import campaign_results
@@ -93,6 +93,12 @@ def test_the_journey_page_shows_the_result_with_a_chart(client, make_staff):
     assert 'id="journey-results"' in html and 'id="journey-results-chart"' in html
     chart = page.context["results_chart"]
     assert chart["labels"] == ["holdout", "A"] and len(chart["rates"]) == 2
+    # The legend reads in the operator's language; variants keep the names they were given.
+    with translation.override("zh-hans"):
+        chinese = client.get(
+            reverse("admin:journeys_journey_steps", args=[campaign.pk]), HTTP_ACCEPT_LANGUAGE="zh-hans"
+        )
+    assert chinese.context["results_chart"]["labels"] == ["对照组", "A"]
 
 
 def test_a_draft_journey_has_no_result_yet():

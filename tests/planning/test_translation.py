@@ -29,8 +29,21 @@ def test_goal_plan_reads_in_chinese(admin_client, yearly):
     html = get_in_chinese(admin_client, reverse("admin:planning_goal_plan", args=[yearly.pk]))
     assert_reads_in_chinese(
         html,
-        chinese=["每月目标、实际、基线与差距", "自然增长基线：", "待弥补差距", "以对照组衡量的活动", "进度页面"],
-        english=["Target, actual, baseline and gap per month", "Gap to close", "Campaigns measured against"],
+        chinese=[
+            "每月目标、实际、基线与差距",
+            "自然增长基线：",
+            "待弥补差距",
+            "以对照组衡量的活动",
+            "进度页面",
+            "之前的历史数据不足",
+        ],
+        english=[
+            "Target, actual, baseline and gap per month",
+            "Gap to close",
+            "Campaigns measured against",
+            "exponential smoothing",
+            "days of history",
+        ],
     )
     assert '{type: "line", label: "目标"' in html  # the chart's legend too
 

@@ -170,3 +170,20 @@ def test_derived_labels_are_translated_without_touching_migrations():
 def test_no_migration_is_missing_after_the_labels_became_translatable(capsys):
     call_command("makemigrations", check=True, dry_run=True, verbosity=1)
     assert "No changes detected" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("domain", ["django", "djangojs"])
+def test_a_msgid_reads_the_same_in_every_app(domain):
+    """Django merges the catalogues and the first app in INSTALLED_APPS wins a msgid, so a later app's
+    own wording of the same text would never show: one text, one translation, or a context."""
+    seen: dict[tuple, dict[tuple, str]] = {}
+    for app in LAYERS:
+        po_path = ROOT / app / "locale" / LOCALE / "LC_MESSAGES" / f"{domain}.po"
+        if not po_path.exists():
+            continue
+        for key, translation in _compiled(polib.pofile(str(po_path))).items():
+            seen.setdefault(key, {}).setdefault(translation, app)
+    conflicts = [
+        f"{key[1]!r} ({key[0] or 'no context'}): {wordings}" for key, wordings in seen.items() if len(wordings) > 1
+    ]
+    assert not conflicts, "\n".join(conflicts)
