@@ -114,34 +114,7 @@ def test_test_message_reaches_the_staff_device(operator):
 def test_admin_refuses_a_campaign_with_an_invalid_cron(operator):
     from tests.factories.campaigns import SegmentFactory
 
-    segment = SegmentFactory()
-    data = {
-        "name": "Weekly",
-        "segment": segment.pk,
-        "channel": "push",
-        "goal_event": "order_paid",
-        "attribution_hours": 72,
-        "holdout_percent": "10",
-        "pilot_percent": "0",
-        "alpha": "0.05",
-        "min_sample": 100,
-        "schedule_kind": "cron",
-        "cron": "99 * * * *",
-        "delay_minutes": 0,
-        "frequency_cap_per_day": 1,
-        "respect_quiet_hours": "on",
-        "quiet_start_hour": 21,
-        "quiet_end_hour": 8,
-        "variants-TOTAL_FORMS": 1,
-        "variants-INITIAL_FORMS": 0,
-        "variants-MIN_NUM_FORMS": 1,
-        "variants-MAX_NUM_FORMS": 1000,
-        "variants-0-position": 0,
-        "variants-0-name": "A",
-        "variants-0-weight": 50,
-        "variants-0-title": "Hi",
-        "variants-0-body": "Hello",
-    }
+    data = campaign_admin_form(SegmentFactory(), name="Weekly", cron="99 * * * *", respect_quiet_hours="on")
     response = operator.post(reverse("admin:campaigns_campaign_add"), data)
     assert response.status_code == 200
     assert b"Invalid cron expression" in response.content
