@@ -274,13 +274,6 @@ class SegmentAdmin(admin.ModelAdmin):
     def campaign_count(self, obj: Segment) -> int:
         return obj.n_campaigns
 
-    @admin.display(description=_("Shares of newcomers in force"))
-    def shares_in_force(self, obj: Campaign) -> str:
-        if not obj.pk:
-            return "-"
-        shares = selectors.current_shares(obj)
-        return ", ".join(f"{selectors.group_label(name)} {share * 100:.1f} %" for name, share in shares.items()) or "-"
-
     @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Segment) -> str:
         return _preview_html(obj) if obj.pk else gettext("Save to see the size and a sample.")
@@ -640,7 +633,7 @@ class CampaignAdmin(admin.ModelAdmin):
         if not obj.pk:
             return "-"
         shares = selectors.current_shares(obj)
-        return ", ".join(f"{selectors.group_label(name)} {share * 100:.1f} %" for name, share in shares.items()) or "-"
+        return ", ".join(f"{selectors.group_label(n)} {formatting.percent(s)}" for n, s in shares.items()) or "-"
 
     @admin.display(description=_("Audience (live)"))
     def audience_preview(self, obj: Campaign) -> str:

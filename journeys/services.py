@@ -337,7 +337,16 @@ def _advance_chunk(*, now: dt.datetime, limit: int, run_ids: Sequence[int] | Non
                 steps[run.campaign_id] = {
                     s.position: s for s in JourneyStep.objects.filter(campaign_id=run.campaign_id)
                 }
-            created += _advance(run, steps[run.campaign_id], now)
+            try:
+                # One run's failure (a step that cannot run) must not hold back every run behind
+                # it: it is rolled back alone, logged with its id, and tried again next minute.
+                with transaction.atomic():
+                    created += _advance(run, steps[run.campaign_id], now)
+            except Exception:
+                logger.exception("Advancing journey run %s failed; it is tried again at the next advance.", run.pk)
+        if run_ids is not None and len(runs) < len(run_ids):
+            skipped = sorted(set(run_ids) - {run.pk for run in runs})
+            logger.info("Journey runs %s were not advanced now (ended, or held by another worker).", skipped)
         if created:
             from campaigns import tasks as campaign_tasks
 
