@@ -7,7 +7,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core import checks
 
-ORDER_NAMES = ("order_paid", "order_refunded")
+from tracking.models import ORDER_EVENTS as ORDER_NAMES
 
 
 def raw_event_readers() -> list[tuple[str, int | None, tuple[str, ...] | None]]:
@@ -19,7 +19,7 @@ def raw_event_readers() -> list[tuple[str, int | None, tuple[str, ...] | None]]:
             settings.OPSLOOP_SEGMENT_MAX_LOOKBACK_DAYS,
             None,
         ),
-        ("RFM scoring (OPSLOOP_RFM_WINDOW_DAYS)", getattr(settings, "OPSLOOP_RFM_WINDOW_DAYS", 365), ORDER_NAMES),
+        ("RFM scoring (OPSLOOP_RFM_WINDOW_DAYS)", settings.OPSLOOP_RFM_WINDOW_DAYS, ORDER_NAMES),
         ("the predictions' order history (every order since the first)", None, ORDER_NAMES),
     ]
 
