@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
+from config import formatting
 from indicators import services
 from indicators.errors import AlreadyAcknowledged
 from indicators.models import AlertRecipient, Anomaly, AnomalyCheckRun, IndicatorWatch, NotifyStatus
@@ -47,9 +48,9 @@ class AnomalyAdmin(admin.ModelAdmin):
     @admin.display(description=_("Expected range"))
     def expected_range(self, alert: Anomaly) -> str:
         return gettext("%(low)s to %(high)s (expected %(expected)s)") % {
-            "low": f"{alert.low:,.2f}",
-            "high": f"{alert.high:,.2f}",
-            "expected": f"{alert.expected:,.2f}",
+            "low": formatting.number(alert.low),
+            "high": formatting.number(alert.high),
+            "expected": formatting.number(alert.expected),
         }
 
     @admin.display(description=_("Moved most"))
