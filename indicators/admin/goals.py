@@ -30,17 +30,10 @@ STATUS_COLOURS = {
     "met": "#1565c0",
     "missed": "#6d1b1b",
 }
-STATUS_LABELS = {
-    "upcoming": _("upcoming"),
-    "on_track": _("on track"),
-    "behind": _("behind"),
-    "met": _("met"),
-    "missed": _("missed"),
-}
 
 
 def _status_label(status: str) -> str:
-    return str(STATUS_LABELS.get(status, status.replace("_", " ")))
+    return str(selectors.GoalStatus(status).label)
 
 
 def _value(value, unit: str) -> str:
