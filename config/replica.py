@@ -63,13 +63,18 @@ _routed: ContextVar[list[bool] | None] = ContextVar("opsloop_routed_to_replica",
 # The WAL receiver's row is visible to every role (its details only to privileged ones), so the
 # check needs no extra grants. A negative difference means the replica has replayed WAL this
 # primary has not written: it follows another server.
-PRIMARY_SQL = "SELECT pg_current_wal_lsn(), (SELECT system_identifier FROM pg_control_system())"
-SYSTEM_SQL = "SELECT system_identifier FROM pg_control_system()"
-LAG_SQL = """
+# The replica is asked first and the primary second: WAL the primary writes between the two
+# questions only makes the lag look larger. Asked the other way round, a busy primary's newest WAL
+# could reach the replica in between and a healthy follower would look "ahead".
+REPLICA_SQL = """
 SELECT pg_is_in_recovery(),
        EXISTS (SELECT FROM pg_stat_wal_receiver WHERE pid IS NOT NULL),
-       pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())::float8,
+       pg_last_wal_replay_lsn(),
        inet_server_port(),
+       (SELECT system_identifier FROM pg_control_system())
+"""
+PRIMARY_SQL = """
+SELECT CASE WHEN %s::pg_lsn IS NULL THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::float8 END,
        (SELECT system_identifier FROM pg_control_system())
 """
 
@@ -100,18 +105,18 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _check() -> ReplicaState:
-    with connections[PRIMARY].cursor() as cursor:
-        cursor.execute(PRIMARY_SQL)
-        position, primary_system = cursor.fetchone()
     connection = connections[REPLICA]
     try:
         with connection.cursor() as cursor:
-            cursor.execute(LAG_SQL, [position])
-            in_recovery, receiving, lag, port, replica_system = cursor.fetchone()
+            cursor.execute(REPLICA_SQL)
+            in_recovery, receiving, replayed, port, replica_system = cursor.fetchone()
     except DatabaseError as exc:
         # A broken connection is not reused: the next check connects afresh.
         connection.close()
         return ReplicaState(True, False, None, f"unreachable: {_first_line(exc)}", time.monotonic())
+    with connections[PRIMARY].cursor() as cursor:
+        cursor.execute(PRIMARY_SQL, [replayed, replayed])
+        lag, primary_system = cursor.fetchone()
     now = time.monotonic()
     if not in_recovery:
         return ReplicaState(True, False, None, "not a standby (promoted, or the primary itself)", now, port)

@@ -256,7 +256,9 @@ def test_a_dashboard_page_is_served_from_the_replica_while_the_primary_takes_cla
             CaptureQueriesContext(connections[PRIMARY]) as on_primary,
         ):
             response = superuser_client.get(_trends_url(day))
-        during = claimed["claims"] - before
+        # The claims went on around the page: one finished before it and another after it, with
+        # the thread never stopped. (How many land inside a fast page is timing, not behaviour.)
+        _wait_for(lambda: claimed["claims"] > before or claimed["error"], "a claim after the page")
     assert claimed["error"] is None
 
     assert response.status_code == 200
@@ -266,8 +268,7 @@ def test_a_dashboard_page_is_served_from_the_replica_while_the_primary_takes_cla
     assert "tracking_dailyindicator" not in _tables(on_primary)
     assert "django_session" in _tables(on_primary)
     assert _server(REPLICA)[1] is True
-    # The money path went on writing to the primary during the page, and only there.
-    assert during > 0
+    # The money path went on writing to the primary, and only there.
     assert claimed["server"] == (int(connections[PRIMARY].settings_dict["PORT"]), False)
     assert Coupon.objects.using(PRIMARY).filter(rule=rule).count() == claimed["claims"]
     _wait_for(
@@ -595,9 +596,16 @@ def test_threads_waiting_for_a_check_take_its_result_instead_of_each_paying_the_
     "primary_sql, reason",
     [
         # The primary's answer as another cluster's would be: a different system identifier.
-        ("SELECT pg_current_wal_lsn(), 42::bigint", "a copy of another cluster (system identifier"),
+        (
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)::float8 + 0 * length(%s), 42::bigint",
+            "a copy of another cluster (system identifier",
+        ),
         # A position the replica has replayed past: it follows another server.
-        ("SELECT '0/1'::pg_lsn, (SELECT system_identifier FROM pg_control_system())", "ahead of the primary by"),
+        (
+            "SELECT pg_wal_lsn_diff('0/1'::pg_lsn, %s::pg_lsn)::float8 + 0 * length(%s),"
+            " (SELECT system_identifier FROM pg_control_system())",
+            "ahead of the primary by",
+        ),
     ],
 )
 def test_a_replica_not_following_this_primary_is_passed_over(primary_sql, reason, monkeypatch, caplog):
@@ -609,6 +617,21 @@ def test_a_replica_not_following_this_primary_is_passed_over(primary_sql, reason
     assert f"replica: {reason}" in caplog.text
     with reading_from_replica():
         assert analytics_alias() == PRIMARY
+
+
+def test_a_busy_primary_never_makes_a_healthy_follower_look_ahead():
+    # WAL the primary writes while it is being checked streams on to the replica; the check must
+    # not read that as the replica having replayed more than the primary wrote.
+    rule = CouponRuleFactory()
+    states = []
+    with claims_on_the_primary(rule.pk) as claimed:
+        _wait_for(lambda: claimed["claims"] > 0 or claimed["error"], "a first claim")
+        while len(states) < 60:
+            states.append(replica_state(fresh=True))
+        _wait_for(lambda: claimed["claims"] > 5 or claimed["error"], "claims during the checks")
+    assert claimed["error"] is None
+    assert [s.reason for s in states if not s.usable] == []
+    assert all(s.lag_bytes is not None and s.lag_bytes >= 0 for s in states)
 
 
 def test_a_replica_that_stopped_streaming_is_passed_over_with_that_reason(superuser_client):
