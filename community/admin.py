@@ -277,11 +277,16 @@ class ScoreRunForm(forms.Form):
             raise forms.ValidationError(gettext("A month as YYYY-MM, e.g. 2026-05.")) from None
 
 
+@admin.display(description=_("month"), ordering="month")
+def score_month(obj: ScoreRun | ContributionScore) -> str:
+    return formatting.month_label(obj.month)
+
+
 @admin.register(ScoreRun)
 class ScoreRunAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
-        "month",
+        score_month,
         "status",
         "requested_at",
         "requested_by",
@@ -328,7 +333,7 @@ class ScoreRunAdmin(ReadOnlyAdmin):
                 self.message_user(
                     request,
                     gettext("Scores of %(month)s queued (run %(run)s).")
-                    % {"month": f"{run.month:%Y-%m}", "run": run.pk},
+                    % {"month": formatting.month_label(run.month), "run": run.pk},
                 )
             except DomainError as exc:
                 self.message_user(request, str(exc), level=messages.ERROR)
@@ -347,7 +352,7 @@ class ContributionScoreAdmin(ReadOnlyAdmin):
     """The ranking: one month's scores, best first, a column per dimension; a score's page shows
     its breakdown, the sources of each dimension and its monthly history."""
 
-    list_display = ["rank", "name", "subject", "month", "members", "score", *[f"dim_{d}" for d in Dimension.values]]
+    list_display = ["rank", "name", "subject", score_month, "members", "score", *[f"dim_{d}" for d in Dimension.values]]
     list_display_links = ["rank", "name"]
     list_filter = ["month", "subject"]
     ordering = ["-month", "subject", "rank"]
@@ -362,7 +367,7 @@ class ContributionScoreAdmin(ReadOnlyAdmin):
     @admin.action(description=_("Export selected as CSV"))
     def export_csv(self, request, queryset: QuerySet) -> HttpResponse:
         return exports.scores_csv_response(
-            queryset.select_related("operator", "team").order_by("month", "subject", "rank")
+            queryset.select_related("operator", "team").order_by("month", "subject", "rank"), readable=True
         )
 
     def get_urls(self):
@@ -380,7 +385,7 @@ class ContributionScoreAdmin(ReadOnlyAdmin):
         for key in ("month", "subject"):
             if value := request.GET.get(f"{key}__exact") or request.GET.get(key):
                 queryset = queryset.filter(**{key: value})
-        return exports.scores_csv_response(queryset.order_by("-month", "subject", "rank"))
+        return exports.scores_csv_response(queryset.order_by("-month", "subject", "rank"), readable=True)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         score = self.get_queryset(request).select_related("operator", "team", "run").filter(pk=object_id).first()
@@ -397,14 +402,14 @@ class ContributionScoreAdmin(ReadOnlyAdmin):
             "admin/community/score_detail.html",
             {
                 **self.admin_site.each_context(request),
-                "title": f"{score.subject_name}: {score.month:%Y-%m}",
+                "title": f"{score.subject_name}: {formatting.month_label(score.month)}",
                 "opts": self.model._meta,
                 "score": score,
                 "dimensions": dimensions,
                 "members": score.sources.get("members", []),
                 "history": history,
                 "charts": {
-                    "labels": [f"{h.month:%Y-%m}" for h in history],
+                    "labels": [formatting.month_label(h.month) for h in history],
                     "scores": [float(h.score) for h in history],
                 },
             },

@@ -4,6 +4,7 @@ CSV headers all go through these functions, so "7.6 %" on a page is "7.6 %" in i
 The functions are also template filters, available in every template without `{% load %}` (the
 module is one of the template engine's `builtins`): `{{ rate|percent }}`, `{{ amount|money }}`,
 `{{ p|p_value }}`, `{{ uplift|relative_uplift }}`, `{{ when|local_time }}`, `{{ n|count }}`,
+`{{ goal_month|month_label }}`, `{{ day|day_label }}`,
 `{{ roi|number:2 }}`.
 """
 
@@ -196,6 +197,35 @@ def local_date(value: Any) -> str:
         return MISSING
     pattern = pgettext("date format", "j M Y")
     return f"{value.day} {value:%b %Y}" if pattern == "j M Y" else date_format(value, pattern)
+
+
+def _calendar_day(value: Any) -> date | None:
+    """A day as given, or the reader's day of a moment."""
+    moment = _as_datetime(value)
+    if moment is not None:
+        local = _in_reader_zone(moment)
+        return None if local is None else local.date()
+    return value if isinstance(value, date) else None
+
+
+@register.filter
+def month_label(value: Any) -> str:
+    """A calendar month: `Mar 2026` (2026年3月), for goal months, score months and their charts."""
+    day = _calendar_day(value)
+    if day is None:
+        return MISSING
+    pattern = pgettext("month format", "M Y")
+    return f"{day:%b} {day.year}" if pattern == "M Y" else date_format(day, pattern)
+
+
+@register.filter
+def day_label(value: Any) -> str:
+    """A day on a chart's axis, short: `27 Nov` (11月27日); the year is in the chart's title."""
+    day = _calendar_day(value)
+    if day is None:
+        return MISSING
+    pattern = pgettext("date format", "j M")
+    return f"{day.day} {day:%b}" if pattern == "j M" else date_format(day, pattern)
 
 
 @register.filter

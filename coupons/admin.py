@@ -273,9 +273,9 @@ class CouponRuleAdmin(admin.ModelAdmin):
         if request.GET.get("format") == "csv":
             name = f"coupon-report-{rule.pk if rule else 'campaign'}"
             if request.GET.get("part") == "daily":
-                rows = [[d["day"], d["issued"], d["redeemed"]] for d in daily]
+                rows = [[d["day"].isoformat(), d["issued"], d["redeemed"]] for d in daily]
                 header = [
-                    gettext("Day (UTC)"),
+                    formatting.column(gettext("Day"), str(formatting.operator_zone())),
                     formatting.column(gettext("Issued"), gettext("coupons")),
                     formatting.column(gettext("Redeemed"), gettext("coupons")),
                 ]
@@ -293,7 +293,12 @@ class CouponRuleAdmin(admin.ModelAdmin):
             "prefix": prefix,
             "report": report,
             "numbers": numbers,
-            "chart_data": daily,
+            "chart_data": {
+                "days": [formatting.day_label(d["day"]) for d in daily],
+                "issued": [d["issued"] for d in daily],
+                "redeemed": [d["redeemed"] for d in daily],
+                "axis": gettext("coupons"),
+            },
             "incremental": getattr(report, "incremental", None),
             "uplift": getattr(report, "uplift", None),
         }
@@ -783,6 +788,7 @@ def roi_overview_view(model_admin: CouponRuleAdmin, request: HttpRequest) -> Htt
             ],
         )
     chart = {
+        "axis": formatting.column(gettext("Amount"), formatting.currency_label()),
         "rules": [rule.name for rule, _ in overview],
         "spent": [float(r.spent) for _, r in overview],
         "revenue": [float(r.order_revenue) for _, r in overview],

@@ -249,9 +249,12 @@ def campaign_report(*, source_ref_prefix: str) -> Report:
 def daily_activity(
     *, rule: CouponRule | None = None, source_ref_prefix: str | None = None, days: int = 60
 ) -> list[dict[str, Any]]:
-    """Coupons issued and redeemed per day over the last `days` days (of a rule or of a
-    source_ref prefix), for the admin chart."""
-    since = timezone.now() - timezone.timedelta(days=days)
+    """Coupons issued and redeemed per day over the last `days` days up to today (of a rule or of
+    a source_ref prefix), for the admin chart. Days are the reader's (the time zone the request
+    activated), and every day is listed, a quiet one with 0, so the chart's axis is time."""
+    today = timezone.localdate()
+    first = today - timedelta(days=days - 1)
+    since = timezone.make_aware(datetime.combine(first, time.min))
     coupons = Coupon.objects.all()
     redemptions = Redemption.objects.all()
     if rule is not None:
@@ -259,6 +262,7 @@ def daily_activity(
     if source_ref_prefix is not None:
         coupons = coupons.filter(source_ref__startswith=source_ref_prefix)
         redemptions = redemptions.filter(coupon__source_ref__startswith=source_ref_prefix)
+    # TruncDate without a zone truncates in the current time zone, the same one `today` is in.
     issued = dict(
         coupons.filter(issued_at__gte=since)
         .annotate(day=TruncDate("issued_at"))
@@ -273,8 +277,8 @@ def daily_activity(
         .annotate(n=Count("id"))
         .values_list("day", "n")
     )
-    days_seen: list[date] = sorted(set(issued) | set(redeemed))
-    return [{"day": d.isoformat(), "issued": issued.get(d, 0), "redeemed": redeemed.get(d, 0)} for d in days_seen]
+    every_day = [first + timedelta(days=i) for i in range(days)]
+    return [{"day": d, "issued": issued.get(d, 0), "redeemed": redeemed.get(d, 0)} for d in every_day]
 
 
 @dataclass(frozen=True)

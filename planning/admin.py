@@ -135,7 +135,7 @@ class TacticAdmin(admin.ModelAdmin):
         rows = []
         if plan is not None:
             chart = {
-                "months": [f"{m.month:%Y-%m}" for m in plan.months],
+                "months": [formatting.month_label(m.month) for m in plan.months],
                 "target": [float(m.target) for m in plan.months],
                 "actual": [None if m.actual is None else float(m.actual) for m in plan.months],
                 "baseline": [None if m.baseline is None else float(m.baseline) for m in plan.months],

@@ -23,6 +23,18 @@ from indicators.errors import NoHistory
 from indicators.models import Goal, GoalPeriod, goal_step
 from indicators.registry import Unit, UnknownIndicator, get_indicator, indicator_choices
 
+
+def goal_unit_label(unit: str) -> str:
+    """What a goal's numbers count, as a CSV header's unit says it."""
+    if unit == Unit.MONEY:
+        return formatting.currency_label()
+    if unit == Unit.USERS:
+        return gettext("people")
+    if unit == Unit.RATIO:
+        return gettext("fraction of 1")
+    return gettext("count")
+
+
 STATUS_COLOURS = {
     "upcoming": "#777",
     "on_track": "#2e7d32",
@@ -275,7 +287,7 @@ class GoalAdmin(admin.ModelAdmin):
         if info is not None:
             base = baselines.month_baselines(indicator=goal.indicator, months=goal.months())
             chart = {
-                "months": [f"{m.month:%Y-%m}" for m in info.months],
+                "months": [formatting.month_label(m.month) for m in info.months],
                 "target": [float(m.target) for m in info.months],
                 "actual": [None if m.actual is None else float(m.actual) for m in info.months],
                 "baseline": [None if base is None else float(base.for_month(m.month) or 0) for m in info.months],
@@ -329,16 +341,18 @@ class GoalAdmin(admin.ModelAdmin):
             )
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        # Column names in the reader's language (English for a request that names none).
+        # Column names in the reader's language (English for a request that names none), each with
+        # its unit; the values stay as stored (an ISO month, plain numbers) for spreadsheets.
+        unit = goal_unit_label(goal.unit)
         writer.writerow(
             [
-                gettext("month"),
-                gettext("days"),
-                gettext("elapsed_days"),
-                gettext("target"),
-                gettext("expected"),
-                gettext("actual"),
-                gettext("status"),
+                gettext("Month"),
+                formatting.column(gettext("Days in the month"), gettext("days")),
+                formatting.column(gettext("Days elapsed"), gettext("days")),
+                formatting.column(gettext("Target"), unit),
+                formatting.column(gettext("Expected by now"), unit),
+                formatting.column(gettext("Actual"), unit),
+                gettext("Status"),
             ]
         )
         step = goal_step(goal.unit)
@@ -365,17 +379,19 @@ class GoalAdmin(admin.ModelAdmin):
         progress = selectors.goals_progress(goals)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
+        # Goals of different indicators share these columns: each row names its unit.
         writer.writerow(
             [
-                gettext("goal"),
-                gettext("indicator"),
-                gettext("period"),
-                gettext("target"),
-                gettext("actual"),
-                gettext("expected"),
-                gettext("progress"),
-                gettext("status"),
-                gettext("warnings"),
+                gettext("Goal"),
+                gettext("Indicator"),
+                gettext("Period"),
+                gettext("Unit"),
+                gettext("Target"),
+                gettext("Actual"),
+                gettext("Expected by now"),
+                formatting.column(gettext("Progress"), gettext("fraction of 1")),
+                gettext("Status"),
+                gettext("Warnings"),
             ]
         )
         for goal in goals:
@@ -386,6 +402,7 @@ class GoalAdmin(admin.ModelAdmin):
                     goal.name,
                     goal.indicator,
                     goal.period_label,
+                    goal_unit_label(goal.unit),
                     goal.target.quantize(step),
                     "" if info is None or info.actual is None else info.actual.quantize(step),
                     "" if info is None or info.expected is None else info.expected.quantize(step),

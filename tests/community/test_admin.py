@@ -106,14 +106,25 @@ def test_score_page_shows_breakdown_sources_and_monthly_history(admin_client):
     assert dims["contact_transactions"]["raw"] == "42.00"
     assert dims["contact_transactions"]["sources"] == [{"orders": 1, "amount": "42.00"}]
     assert [h.pk for h in response.context["history"]] == [april.pk, may.pk]
-    assert response.context["charts"]["labels"] == ["2026-04", "2026-05"]
+    assert response.context["charts"]["labels"] == ["Apr 2026", "May 2026"]
+    assert response.context["title"].endswith(": May 2026")
 
 
 def test_ranking_exports_the_filtered_month_as_csv(admin_client):
     _scored()
     response = admin_client.get(reverse("admin:community_contributionscore_export"), {"month__exact": "2026-04-01"})
     rows = list(csv.DictReader(io.StringIO(response.content.decode())))
-    assert {r["month"] for r in rows} == {"2026-04"} and len(rows) == 2
+    assert {r["Month"] for r in rows} == {"2026-04"} and len(rows) == 2
+    # People read this file: each header says its unit; the values stay plain for spreadsheets.
+    assert list(rows[0])[:6] == [
+        "Month", "Operator or team", "Name", "Members (people)", "Rank", "Score (points of 100)",
+    ]  # fmt: skip
+    assert {r["Operator or team"] for r in rows} == {"Operator"}
+    assert "Transaction amount of contacts: raw value (¥)" in rows[0]
+    assert "New members attracted: raw value (people)" in rows[0]
+    assert "Community quality: percentile (percentile among peers, 0-100)" in rows[0]
+    assert "Campaign results against holdouts: weight (relative)" in rows[0]
+    assert len(rows[0]) == 6 + 3 * 4
     selected = admin_client.post(
         reverse("admin:community_contributionscore_changelist"),
         {"action": "export_csv", ACTION_CHECKBOX_NAME: [ContributionScore.objects.order_by("pk").first().pk]},

@@ -59,8 +59,8 @@ def test_ranking_score_and_runs_read_in_chinese(admin_client):
     detail = get_in_chinese(admin_client, reverse("admin:community_contributionscore_change", args=[score.pk]))
     assert_reads_in_chinese(
         detail,
-        chinese=["得分明细", "按月历史", "排名第 1", "2026-05 排名"],
-        english=["Breakdown", "History by month", "Ranking 2026-05"],
+        chinese=["得分明细", "按月历史", "排名第 1", "2026年5月 排名"],
+        english=["Breakdown", "History by month", "Ranking May 2026", "2026-05"],
     )
     runs = get_in_chinese(admin_client, reverse("admin:community_scorerun_changelist"))
     assert_reads_in_chinese(runs, chinese=["评分月份", "立即评分"], english=["Score month", "Score now"])

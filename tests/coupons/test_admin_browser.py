@@ -24,8 +24,13 @@ def test_report_page_draws_the_daily_chart(page, login, make_staff):
     drawn = page.evaluate(
         """() => {
             const chart = Chart.getChart(document.getElementById("coupon-daily"));
-            return chart.data.datasets.map(d => d.data.reduce((a, b) => a + b, 0));
+            return [
+                chart.data.datasets.map(d => d.data.reduce((a, b) => a + b, 0)),
+                chart.data.labels.length,
+                chart.options.scales.y.title.text,
+                new Set(chart.data.datasets.map(d => d.backgroundColor)).size,
+            ];
         }"""
     )
-    assert drawn == [2, 1]
+    assert drawn == [[2, 1], 60, "coupons", 2]  # every day on the axis, a colour per series
     assert "Order revenue" in page.locator("#coupon-numbers").inner_text()

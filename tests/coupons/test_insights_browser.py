@@ -23,8 +23,8 @@ def test_roi_overview_draws_spent_and_revenue_per_rule(page, login, make_staff):
     drawn = page.evaluate(
         """() => {
             const chart = Chart.getChart(document.getElementById("roi-chart"));
-            return [chart.data.labels, chart.data.datasets.map(d => d.data)];
+            return [chart.data.labels, chart.data.datasets.map(d => d.data), chart.options.scales.y.title.text];
         }"""
     )
-    assert drawn == [["Unused", "Twenty off"], [[0, 20], [0, 120]]]
+    assert drawn == [["Unused", "Twenty off"], [[0, 20], [0, 120]], "Amount (¥)"]
     assert "5.00" in page.locator("#roi-rules").inner_text()  # ROI (120 - 20) / 20

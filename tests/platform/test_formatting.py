@@ -1,12 +1,12 @@
 """The one way numbers, money and times are written for operators (config/formatting.py)."""
 
 import zoneinfo
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import hypothesis
 from django.template import Context, Template
-from django.utils import timezone
+from django.utils import timezone, translation
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
@@ -61,6 +61,17 @@ def test_days_ago_and_days_ahead_as_a_person_says_them():
         assert f.day_ahead(now + timedelta(days=2), now=now) == "Friday"
         assert f.day_ahead(now + timedelta(days=1), now=now) == "tomorrow"
         assert f.day_ahead(now + timedelta(days=20), now=now) == "15 Dec 2026"
+
+
+def test_months_and_chart_days_read_as_people_write_them():
+    with translation.override("en"):
+        assert (f.month_label(date(2026, 3, 1)), f.day_label(date(2026, 11, 27))) == ("Mar 2026", "27 Nov")
+    with translation.override("zh-hans"):
+        assert (f.month_label(date(2026, 3, 1)), f.day_label(date(2026, 11, 27))) == ("2026年3月", "11月27日")
+    # A moment is first put on the reader's clock: 20:00 UTC on 31 March is April in Shanghai.
+    with timezone.override(zoneinfo.ZoneInfo("Asia/Shanghai")):
+        assert f.month_label(datetime(2026, 3, 31, 20, 0, tzinfo=UTC)) == "Apr 2026"
+    assert f.month_label(None) == f.day_label("not a day") == f.MISSING
 
 
 def test_the_filters_need_no_load_in_any_template():
