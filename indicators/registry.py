@@ -13,7 +13,10 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from django.db import models
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
+
+from config import formatting
 
 
 class Fold(models.TextChoices):
@@ -30,6 +33,14 @@ class Unit(models.TextChoices):
     USERS = "users", _("Users")
     MONEY = "money", _("Money")
     RATIO = "ratio", _("Ratio")
+
+
+def unit_label(unit: str) -> str:
+    """What a value of this unit counts, as a CSV header or unit column says it: the currency for
+    money, `fraction of 1` for ratios, else the unit's name (`users`)."""
+    if unit == Unit.MONEY:
+        return formatting.currency_label()
+    return gettext("fraction of 1") if unit == Unit.RATIO else str(Unit(unit).label).lower()
 
 
 # (first day, last day), both inclusive -> value per day; days without data may be missing (0).

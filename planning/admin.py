@@ -17,13 +17,14 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.formats import date_format
 from django.utils.html import format_html
-from django.utils.translation import gettext
+from django.utils.translation import gettext, pgettext
 from django.utils.translation import gettext_lazy as _
 
 from config import formatting
 from config.errors import DomainError
 from indicators.models import Goal, goal_step
-from indicators.registry import Unit
+from indicators.registry import Unit, unit_label
+from indicators.selectors import GoalStatus
 from planning import selectors, services
 from planning.models import Phase, Tactic, Task, TaskStatus
 
@@ -43,11 +44,8 @@ def _raw(value, unit: str):
     return "" if value is None else value.quantize(goal_step(unit))
 
 
-def _unit_label(unit: str) -> str:
-    """What a CSV's unit column says: the currency for money, `fraction of 1` for ratios."""
-    if unit == Unit.MONEY:
-        return formatting.currency_label()
-    return gettext("fraction of 1") if unit == Unit.RATIO else str(Unit(unit).label).lower()
+# What a source's measure counts in the review CSV's unit column (revenue: the currency).
+SOURCE_MEASURE_UNITS = {"orders": _("orders"), "people": _("people")}
 
 
 def _month_param(request: HttpRequest) -> date:
@@ -348,40 +346,48 @@ class TaskAdmin(admin.ModelAdmin):
             unit = row["goal"].unit
             writer.writerow(
                 [
-                    "goal",
+                    pgettext("review section", "goal"),
                     row["goal"].name,
-                    _unit_label(unit),
+                    unit_label(unit),
                     _raw(row["target"], unit),
                     _raw(row["actual"], unit),
                     _raw(row["baseline"], unit),
                     _raw(row["gap"], unit),
-                    row["status"],
+                    GoalStatus(row["status"]).label if row["status"] in GoalStatus.values else row["status"],
                     row["label"],
                 ]
             )
         for task in review["tasks_done"]:
             due = formatting.local_date(task.due_on)
-            writer.writerow(["task done", task.title, "", "", "", "", "", "done", f"{task.team.name}, due {due}"])
+            detail = gettext("%(team)s, due %(day)s") % {"team": task.team.name, "day": due}
+            writer.writerow([gettext("task done"), task.title, "", "", "", "", "", task.get_status_display(), detail])
         for task in review["tasks_late"]:
             due = formatting.local_date(task.due_on)
-            writer.writerow(["task late", task.title, "", "", "", "", "", task.status, f"{task.team.name}, due {due}"])
+            detail = gettext("%(team)s, due %(day)s") % {"team": task.team.name, "day": due}
+            writer.writerow([gettext("task late"), task.title, "", "", "", "", "", task.get_status_display(), detail])
         for item in review["campaigns"]:
             effect = item["effect"]
             detail = (
-                "no holdout"
+                gettext("no holdout")
                 if effect is None
-                else f"+{formatting.number(effect.incremental_conversions, 1)} conversions, "
-                f"{formatting.money(effect.incremental_revenue)} revenue added "
-                f"vs holdout of {formatting.count(effect.holdout_size)}"
+                else gettext("+%(conversions)s conversions, %(revenue)s revenue added vs a holdout of %(holdout)s")
+                % {
+                    "conversions": formatting.number(effect.incremental_conversions, 1),
+                    "revenue": formatting.money(effect.incremental_revenue),
+                    "holdout": formatting.count(effect.holdout_size),
+                }
             )
-            writer.writerow(["campaign", item["campaign"].name, "", "", "", "", "", item["campaign"].status, detail])
+            campaign = item["campaign"]
+            writer.writerow(
+                [gettext("campaign"), campaign.name, "", "", "", "", "", campaign.get_status_display(), detail]
+            )
         for mover in review["indicator_movers"]:
             relative = "" if mover["relative"] is None else formatting.relative_uplift(mover["relative"])
             writer.writerow(
                 [
-                    "indicator moved",
+                    gettext("indicator moved"),
                     mover["label"],
-                    _unit_label(mover["unit"]),
+                    unit_label(mover["unit"]),
                     "",
                     mover["value"],
                     mover["previous"],
@@ -391,10 +397,20 @@ class TaskAdmin(admin.ModelAdmin):
                 ]
             )
         for measure, movers in review["source_movers"].items():
-            unit = formatting.currency_label() if measure == "revenue" else measure
+            unit = formatting.currency_label() if measure == "revenue" else SOURCE_MEASURE_UNITS[measure]
             for mover in movers:
                 writer.writerow(
-                    ["source moved", mover["source"], unit, "", mover["value"], mover["usual"], mover["change"], "", ""]
+                    [
+                        gettext("source moved"),
+                        mover["source"],
+                        str(unit),
+                        "",
+                        mover["value"],
+                        mover["usual"],
+                        mover["change"],
+                        "",
+                        "",
+                    ]
                 )
         response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
         name = f"review-{month:%Y-%m}" + (f"-team-{team.pk}" if team else "")

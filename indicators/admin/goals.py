@@ -21,19 +21,7 @@ from config import formatting
 from indicators import baselines, selectors, services
 from indicators.errors import NoHistory
 from indicators.models import Goal, GoalPeriod, goal_step
-from indicators.registry import Unit, UnknownIndicator, get_indicator, indicator_choices
-
-
-def goal_unit_label(unit: str) -> str:
-    """What a goal's numbers count, as a CSV header's unit says it."""
-    if unit == Unit.MONEY:
-        return formatting.currency_label()
-    if unit == Unit.USERS:
-        return gettext("people")
-    if unit == Unit.RATIO:
-        return gettext("fraction of 1")
-    return gettext("count")
-
+from indicators.registry import Unit, UnknownIndicator, get_indicator, indicator_choices, unit_label
 
 STATUS_COLOURS = {
     "upcoming": "#777",
@@ -343,7 +331,7 @@ class GoalAdmin(admin.ModelAdmin):
         writer = csv.writer(buffer)
         # Column names in the reader's language (English for a request that names none), each with
         # its unit; the values stay as stored (an ISO month, plain numbers) for spreadsheets.
-        unit = goal_unit_label(goal.unit)
+        unit = unit_label(goal.unit)
         writer.writerow(
             [
                 gettext("Month"),
@@ -402,7 +390,7 @@ class GoalAdmin(admin.ModelAdmin):
                     goal.name,
                     goal.indicator,
                     goal.period_label,
-                    goal_unit_label(goal.unit),
+                    unit_label(goal.unit),
                     goal.target.quantize(step),
                     "" if info is None or info.actual is None else info.actual.quantize(step),
                     "" if info is None or info.expected is None else info.expected.quantize(step),

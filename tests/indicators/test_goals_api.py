@@ -232,9 +232,9 @@ def test_admin_progress_csv_and_goal_list_csv(operator, signups):
             "Month",
             "Days in the month (days)",
             "Days elapsed (days)",
-            "Target (people)",
-            "Expected by now (people)",
-            "Actual (people)",
+            "Target (users)",
+            "Expected by now (users)",
+            "Actual (users)",
             "Status",
         ],
         ["2025-01", "31", "31", "30.00", "30.00", "0.00", "missed"],
@@ -243,7 +243,7 @@ def test_admin_progress_csv_and_goal_list_csv(operator, signups):
     ]
     listed = list(csv.reader(io.StringIO(operator.get(reverse("admin:indicators_goal_export")).content.decode())))
     assert listed[0][:4] == ["Goal", "Indicator", "Period", "Unit"] and listed[0][7] == "Progress (fraction of 1)"
-    assert listed[1][:9] == ["Goal", signups, "2025 Q1", "people", "90.00", "7.00", "90.00", f"{7 / 90:.4f}", "missed"]
+    assert listed[1][:9] == ["Goal", signups, "2025 Q1", "users", "90.00", "7.00", "90.00", f"{7 / 90:.4f}", "missed"]
 
 
 def test_admin_delete_is_audited(operator, signups):

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import pytest
 from django.test import Client
+from django.utils import translation
 
 from access.models import AuditEntry
 from indicators.models import Anomaly, AnomalyCheckRun, IndicatorWatch
@@ -80,7 +81,16 @@ def test_the_review_is_a_page_a_printable_page_and_a_csv(operations, yearly):
         "Section", "Name", "Unit", "Target", "Actual", "Baseline (or usual)", "Gap (or change)", "Status", "Detail"
     ]  # fmt: skip
     assert rows[1][:4] == ["goal", "Revenue 2026", "¥", "500.00"]
-    assert any(r[0] == "task late" and r[1] == "March task" for r in rows)
+    late = next(r for r in rows if r[0] == "task late" and r[1] == "March task")
+    assert late[7:] == ["To do", f"{growth.name}, due 5 Mar 2026"]
+    # The same file for a reader of Chinese: its words are translated, its numbers stay plain.
+    with translation.override("zh-hans"):
+        zh = operations.get(
+            "/admin/planning/task/review.csv", {"month": "2026-03", "team": growth.pk}, HTTP_ACCEPT_LANGUAGE="zh-hans"
+        )
+    zh_rows = list(csv.reader(io.StringIO(zh.content.decode())))
+    assert zh_rows[1][:4] == ["目标", "Revenue 2026", "¥", "500.00"]
+    assert any(r[0] == "逾期任务" and r[1] == "March task" and r[8].endswith("截止 2026年3月5日") for r in zh_rows)
 
 
 def test_an_analyst_sees_the_review_but_may_not_change_tactics(make_staff, yearly):
