@@ -316,8 +316,8 @@ def ship_history(
     progress: Callable[[int, int, int], None] | None = None,
 ) -> HistoryResult:
     """Queue into the outbox every stored event ClickHouse does not hold and the outbox does not
-    hold already, in id ranges of `chunk`, committing the mark (`history_through`) after each:
-    a run that stops resumes after the last range done (`from_start`: look at every range again,
+    hold already, in pages of `chunk` stored ids, committing the mark (`history_through`) after
+    each: a run that stops resumes after the last page done (`from_start`: look at every range again,
     which finds the holes a web process still on the old setting left). Only missing ids are
     queued, so a read without FINAL never counts an event twice. `progress(through, top, queued)`
     is called after each range."""
@@ -339,10 +339,15 @@ def ship_history(
             top = int(cursor.fetchone()[0])
         after = 0 if from_start else int(current.history_through or 0)
         while after < top:
-            last = min(after + chunk, top)
+            # Pages of `chunk` stored ids, not id ranges: ids are reserved a block per batch, so a
+            # store of small batches has far more ids than events, and walking empty ranges would
+            # cost a round trip per range (hours at 100M events).
             with connection.cursor() as cursor:
-                cursor.execute("SELECT id FROM tracking_event WHERE id > %s AND id <= %s ORDER BY id", [after, last])
+                cursor.execute(
+                    "SELECT id FROM tracking_event WHERE id > %s AND id <= %s ORDER BY id LIMIT %s", [after, top, chunk]
+                )
                 stored = [int(row[0]) for row in cursor.fetchall()]
+            last = stored[-1] if len(stored) == chunk else top
             if stored:
                 shipped = store.ids_between(after + 1, last)
                 with transaction.atomic():

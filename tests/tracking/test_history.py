@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from tests.factories.tracking import EventFactory, payloads
 from tracking import checks, services, shipping
@@ -98,6 +99,28 @@ def test_the_backfill_skips_what_waits_in_the_outbox_and_from_start_finds_holes_
     assert shipping.ship_history(chunk=1000, from_start=True).queued == 1
     shipping.ship_events()
     assert shipped_ids(clickhouse) == stored_ids() and hole.id in stored_ids()
+
+
+def test_the_backfill_pages_through_stored_ids_however_far_apart_they_lie(clickhouse, settings):
+    # Ids are reserved a block per batch, so small batches leave wide gaps: the backfill's steps
+    # follow the stored events, not the id ranges between them.
+    switch_on(settings)
+    far = [stored_unqueued(id=n).id for n in (7, 10**12, 10**12 + 5, 4 * 10**14)]
+    with CaptureQueriesContext(connection) as queries:
+        result = shipping.ship_history(chunk=1000)
+    assert result.queued == len(far) and result.through == max(stored_ids())
+    assert len([q for q in queries.captured_queries if "FROM tracking_event WHERE id >" in q["sql"]]) == 1
+    shipping.ship_events()
+    assert shipped_ids(clickhouse) == stored_ids()
+
+
+def test_a_backfill_in_small_pages_queues_each_missing_event_once(clickhouse, settings):
+    switch_on(settings)
+    events = [stored_unqueued(id=10 * n + 3) for n in range(2500)]
+    assert shipping.ship_history(chunk=1000).queued == len(events)
+    assert ShippingState.objects.get(name=shipping.STATE).history_through == max(e.id for e in events)
+    shipping.ship_events()
+    assert shipped_ids(clickhouse) == stored_ids()
 
 
 def test_a_backfill_with_clickhouse_off_is_refused(settings):

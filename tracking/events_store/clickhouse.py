@@ -153,8 +153,13 @@ class _Chdb:
             try:
                 return session.Session(self.path)
             except Exception as error:  # chdb raises plain runtime errors
-                if "lock" not in str(error).lower() and "EmbeddedServer" not in str(error):
-                    raise ClickHouseUnavailable(f"chdb at {self.path}: {error}") from error
+                text = str(error)
+                # Another process holding the directory reads "Error initializing EmbeddedServer"
+                # (its reason goes to stderr) and is worth waiting for; a path the engine cannot
+                # create or use (a file, no permission) says "filesystem error" and never heals.
+                waitable = ("lock" in text.lower() or "EmbeddedServer" in text) and "filesystem error" not in text
+                if not waitable:
+                    raise ClickHouseUnavailable(f"chdb at {self.path}: {text.splitlines()[0]}") from error
                 if time.monotonic() > deadline:
                     raise ClickHouseUnavailable(f"chdb at {self.path} stayed locked by another process") from error
                 time.sleep(0.05)

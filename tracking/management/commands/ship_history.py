@@ -21,9 +21,9 @@ class Command(BaseCommand):
     help = "Queue every stored event ClickHouse does not hold yet into the shipping outbox, and ship it."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--chunk", type=int, default=100_000, help="Event ids per range (default 100000).")
+        parser.add_argument("--chunk", type=int, default=100_000, help="Stored events per step (default 100000).")
         parser.add_argument(
-            "--from-start", action="store_true", help="Look at every range again, not only those after the mark."
+            "--from-start", action="store_true", help="Look at every stored event again, not only those after the mark."
         )
         parser.add_argument("--no-ship", action="store_true", help="Queue only; the beat task ships the outbox.")
         parser.add_argument("--no-progress", action="store_true", help="No progress bar (for logs and cron).")
