@@ -20,7 +20,8 @@ from django.core import signing
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.utils.html import escape
 
-from campaigns.models import Channel, ChannelKind, gateway_host_allowed, url_host
+from campaigns.models import Channel, ChannelKind, gateway_host_allowed
+from config.outbound import url_host
 
 SENT, RETRY, FAILED = "sent", "retry", "failed"
 _CLICK_SALT = "campaigns.click"

@@ -9,7 +9,6 @@ what keeps a crashed or repeated task from messaging anyone twice.
 from __future__ import annotations
 
 import uuid
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -18,6 +17,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
 
+from config.outbound import host_allowed
 from profiles.models import Profile
 
 
@@ -84,18 +84,10 @@ class Channel(models.Model):
 GATEWAY_FIELDS = ("url", "token")
 
 
-def url_host(url: str) -> str:
-    return (urlsplit(url).hostname or "").lower() if url else ""
-
-
 def gateway_host_allowed(url: str) -> bool:
     """Whether the gateway token may be sent to this URL: its host is on
-    OPSLOOP_GATEWAY_ALLOWED_HOSTS or is the host of one of the OPSLOOP_*_URL settings, which only
-    whoever deploys can change."""
-    host = url_host(url)
-    allowed = {h.lower() for h in settings.OPSLOOP_GATEWAY_ALLOWED_HOSTS}
-    allowed |= {url_host(getattr(settings, name, "")) for name in CHANNEL_URL_SETTINGS.values()}
-    return bool(host) and host in allowed
+    OPSLOOP_GATEWAY_ALLOWED_HOSTS or is the host of one of the OPSLOOP_*_URL settings."""
+    return host_allowed(url, deployment_urls=(getattr(settings, name, "") for name in CHANNEL_URL_SETTINGS.values()))
 
 
 class Segment(models.Model):

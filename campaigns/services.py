@@ -50,10 +50,10 @@ from campaigns.models import (
     ScheduleKind,
     Segment,
     Variant,
-    url_host,
 )
 from campaigns.segments import audience_sql, compile_definition
 from config.celery import publish
+from config.outbound import url_host
 from profiles.models import Profile, TagChange, TagChangeAction
 
 logger = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ from django.utils.translation import gettext
 from access.services import record_audit
 from config.celery import publish
 from config.failures import log_failure
+from config.outbound import host_allowed
 from indicators.errors import (
     AlertNotFound,
     AlreadyAcknowledged,
@@ -521,15 +522,8 @@ def alert_webhooks() -> list[str]:
 
 def webhook_host_allowed(url: str) -> bool:
     """An operator's webhook may reach only the hosts the deployment allows (the channel gateways'
-    list, or the host of the deployment's own alert webhook): a URL typed in the admin must not
-    make the workers post to any address inside the network."""
-    from urllib.parse import urlsplit
-
-    host = (urlsplit(url).hostname or "").lower()
-    allowed = {h.lower() for h in settings.OPSLOOP_GATEWAY_ALLOWED_HOSTS}
-    if settings.OPSLOOP_ALERT_WEBHOOK_URL:
-        allowed.add((urlsplit(settings.OPSLOOP_ALERT_WEBHOOK_URL).hostname or "").lower())
-    return bool(host) and host in allowed
+    list, or the host of the deployment's own alert webhook)."""
+    return host_allowed(url, deployment_urls=[settings.OPSLOOP_ALERT_WEBHOOK_URL])
 
 
 def recipient_problems(*, kind: str, address: str) -> dict[str, str]:
