@@ -605,14 +605,13 @@ def group_label(name: str | None) -> str:
     return gettext("holdout") if name == "holdout" else (name or "")
 
 
-def _pts(value: float | None) -> str:
-    return "-" if value is None else gettext("%(points)s pts") % {"points": f"{value * 100:+.1f}"}
-
-
 def _interval(low: float | None, high: float | None) -> str:
     if low is None or high is None:
-        return "-"
-    return gettext("%(low)s to %(high)s") % {"low": f"{low * 100:.1f}", "high": f"{high * 100:.1f}"}
+        return formatting.MISSING
+    return gettext("%(low)s to %(high)s") % {
+        "low": formatting.uplift_points(low, 1),
+        "high": formatting.uplift_points(high, 1),
+    }
 
 
 def explain(results: dict[str, Any]) -> str:
@@ -642,7 +641,7 @@ def explain(results: dict[str, Any]) -> str:
         text = sentence % {
             "name": name,
             "control": group_label(control),
-            "uplift": _pts(g["uplift_vs_holdout"]),
+            "uplift": formatting.uplift_points(g["uplift_vs_holdout"], 1),
             "confidence": confidence,
             "ci": _interval(seq["uplift_ci_low"], seq["uplift_ci_high"]),
             "p": gettext("Holm-adjusted p %(p)s") % {"p": formatting.p_value(seq["p_value_holm"])},

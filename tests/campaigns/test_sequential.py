@@ -165,7 +165,7 @@ def test_results_report_both_methods_and_explain_the_winner_in_words():
     assert b["sequential"]["p_value"] <= b["sequential"]["p_value_holm"] < 0.05
     assert b["sequential"]["uplift_ci_low"] < b["uplift_ci_low"]
     summary = results["summary"]
-    assert summary.startswith("B beats holdout by +")
+    assert summary.startswith("B beats holdout by +") and " pp (95 % always-valid CI " in summary
     assert "95 % always-valid CI" in summary and "beats A (Holm-adjusted p" in summary
     assert "B is the winner" in summary
     services.rollout_campaign(campaign_id=campaign.pk)
