@@ -12,11 +12,12 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
 from campaigns.models import CampaignStatus, Variant
 from campaigns.selectors import group_label
+from config import formatting
 from config.errors import DomainError
 from journeys import selectors, services
 from journeys.models import Journey, JourneyStep
@@ -143,6 +144,7 @@ class JourneyAdmin(admin.ModelAdmin):
         own = [
             path("<int:pk>/steps/", self.admin_site.admin_view(self.steps_view), name="journeys_journey_steps"),
             path("<int:pk>/launch/", self.admin_site.admin_view(self.launch_view), name="journeys_journey_launch"),
+            path("<int:pk>/retry/", self.admin_site.admin_view(self.retry_view), name="journeys_journey_retry"),
         ]
         return own + super().get_urls()
 
@@ -161,6 +163,22 @@ class JourneyAdmin(admin.ModelAdmin):
         messages.success(request, gettext("Launched: %(n)d people entered the first step.") % {"n": entered})
         return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
 
+    def retry_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
+        journey = get_object_or_404(Journey, pk=pk)
+        retried = services.retry_failed_runs(campaign=journey, actor=request.user)
+        messages.success(
+            request,
+            ngettext(
+                "%(n)d failing run will be tried again now.", "%(n)d failing runs will be tried again now.", retried
+            )
+            % {"n": retried},
+        )
+        return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
+
     def steps_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
@@ -173,6 +191,12 @@ class JourneyAdmin(admin.ModelAdmin):
             "sent": [(s["deliveries"] or {}).get("sent", 0) for s in data["steps"]],
         }
         groups = (data["results"] or {}).get("groups", [])
+        for g in groups:  # the uplift in percentage points, as every result page writes it
+            g["uplift_shown"] = _points(g["uplift_points"])
+            low, high = g["uplift_ci_low_points"], g["uplift_ci_high_points"]
+            g["uplift_interval_shown"] = (
+                "" if low is None or high is None else f"{_points(low)} \N{EN DASH} {_points(high)}"
+            )
         results_chart = {
             "labels": [group_label(g["name"]) for g in groups],
             "rates": [_pct(g["conversion_rate"]) for g in groups],
@@ -190,8 +214,14 @@ class JourneyAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "journey": data,
             "chart_data": chart,
+            "can_retry": request.user.has_perm("campaigns.send_campaign"),
         }
         return TemplateResponse(request, "admin/journeys/journey/steps.html", context)
+
+
+def _points(points: float | None) -> str:
+    """Percentage points as the formatting helper writes them (it takes the difference of rates)."""
+    return formatting.uplift_points(None if points is None else points / 100, 1)
 
 
 def _pct(rate: float | None) -> float | None:

@@ -68,3 +68,18 @@ class JourneyLaunchView(JsonView):
         who = request_actor(request)
         entered = services.launch_journey(campaign=_campaign(pk), actor=who["created_by"], api_key=who["api_key"])
         return Response({"entered": entered}, status=status.HTTP_202_ACCEPTED)
+
+
+class JourneyRetryView(JsonView):
+    permission_classes = [HasScope("manage", "campaigns.send_campaign")]
+
+    @extend_schema(
+        parameters=[PK],
+        request=None,
+        responses={202: s.RetriedOutput, 404: NOT_FOUND},
+        summary="Try the journey's failing runs again now instead of after their back-off",
+    )
+    def post(self, request, pk: str):
+        who = request_actor(request)
+        retried = services.retry_failed_runs(campaign=_campaign(pk), actor=who["created_by"], api_key=who["api_key"])
+        return Response({"retried": retried}, status=status.HTTP_202_ACCEPTED)

@@ -123,6 +123,11 @@ class JourneyRun(models.Model):
     wake_at = models.DateTimeField(null=True, blank=True, help_text=_("When it is looked at next"))
     entered_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
+    failures = models.PositiveIntegerField(
+        default=0, help_text=_("Advances in a row that failed; 0 once it moves again")
+    )
+    last_error = models.TextField(blank=True, default="", help_text=_("Why the last advance failed"))
+    failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["campaign", "profile"], name="journeyrun_once")]

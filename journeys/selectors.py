@@ -48,6 +48,7 @@ def journey(campaign: Campaign) -> dict[str, Any]:
         "status": campaign.status,
         "goal_event": campaign.goal_event,
         "runs": {s: totals.get(s, 0) for s in RunStatus.values},
+        "failing": failing_runs(campaign),
         "results": results(campaign),
         "steps": [
             {
@@ -70,6 +71,22 @@ def journey(campaign: Campaign) -> dict[str, Any]:
             }
             for s in steps
         ],
+    }
+
+
+FAILING_SHOWN = 20
+
+
+def failing_runs(campaign: Campaign) -> dict[str, Any]:
+    """Runs still in the journey whose last advance failed: how many, and the latest with their
+    reasons (each is tried again after a back-off, or now with the retry)."""
+    failing = JourneyRun.objects.filter(campaign=campaign, status=RunStatus.ACTIVE).exclude(last_error="")
+    latest = failing.order_by("-failed_at", "-id").values(
+        "id", "user_id", "position", "failures", "last_error", "failed_at", "wake_at"
+    )[:FAILING_SHOWN]
+    return {
+        "runs": failing.count(),
+        "latest": [{**row, "run": row.pop("id"), "retry_at": row.pop("wake_at")} for row in latest],
     }
 
 

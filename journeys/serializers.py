@@ -70,6 +70,7 @@ class RunCountsOutput(serializers.Serializer):
     active = serializers.IntegerField()
     completed = serializers.IntegerField()
     exited = serializers.IntegerField()
+    merged = serializers.IntegerField(help_text="Runs folded into the run of the profile they merged into")
 
 
 class JourneyResultGroupOutput(serializers.Serializer):
@@ -101,11 +102,31 @@ class JourneyResultsOutput(serializers.Serializer):
     groups = JourneyResultGroupOutput(many=True)
 
 
+class FailingRunOutput(serializers.Serializer):
+    run = serializers.IntegerField()
+    user_id = serializers.CharField()
+    position = serializers.IntegerField(help_text="The step it is stuck at")
+    failures = serializers.IntegerField(help_text="Advances in a row that failed")
+    last_error = serializers.CharField(help_text="Why the last advance failed")
+    failed_at = serializers.DateTimeField()
+    retry_at = serializers.DateTimeField(allow_null=True, help_text="When it is tried again (back-off)")
+
+
+class FailingRunsOutput(serializers.Serializer):
+    runs = serializers.IntegerField(help_text="Runs in the journey whose last advance failed")
+    latest = FailingRunOutput(many=True, help_text="The latest 20, newest failure first")
+
+
+class RetriedOutput(serializers.Serializer):
+    retried = serializers.IntegerField(help_text="Failing runs queued to be tried again now")
+
+
 class JourneyOutput(serializers.Serializer):
     campaign = serializers.IntegerField()
     status = serializers.CharField()
     goal_event = serializers.CharField(help_text="Leaving event: the campaign's goal")
     runs = RunCountsOutput()
+    failing = FailingRunsOutput(help_text="Runs that fail to advance, with their reasons")
     results = JourneyResultsOutput(allow_null=True, help_text="Each arm against the holdout; null before the launch")
     steps = StepOutput(many=True)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -34,6 +34,7 @@ from campaigns.models import (
     ScheduleKind,
 )
 from config.celery import publish
+from config.failures import log_failure
 from journeys import conditions, errors
 from journeys.models import BranchOn, JourneyRun, JourneyStep, RunStatus, StepKind, StepVisit
 from profiles.models import Identity, IdentityKind, Profile, ProfileTag
@@ -45,6 +46,16 @@ JOURNEY_PHASE = CampaignPhase.JOURNEY
 # How often a run waiting for an event looks for it: the safety net, since a stored event moves
 # the runs waiting for it on right after its commit (and exits happen in its transaction).
 EVENT_POLL = dt.timedelta(minutes=1)
+# A run whose advance fails is tried again after 1, 2, 4 ... minutes, at most an hour apart: a
+# step that cannot run (a material that no longer renders, a broken trait) must not fill the log
+# every minute, and a passing fault (the database restarting) heals within a minute or two.
+FAILURE_BACKOFF_MAX = dt.timedelta(hours=1)
+
+
+def failure_backoff(failures: int) -> dt.timedelta:
+    return min(FAILURE_BACKOFF_MAX, dt.timedelta(minutes=2 ** max(0, min(failures - 1, 10))))
+
+
 MAX_WAIT_MINUTES = 60 * 24 * 90
 PROFILE_TRAITS = ("name", "gender", "region", "city", "timezone")
 # Journeys that are over: a goal event no longer changes anything in them.
@@ -323,6 +334,31 @@ def advance_runs(*, run_ids: Sequence[int], now: dt.datetime | None = None) -> i
     return moved
 
 
+def retry_failed_runs(*, campaign: Campaign, actor: Any = None, api_key: Any = None) -> int:
+    """Try the journey's failing runs again now rather than after their back-off; audited.
+    Returns how many were due again. The wake-up task advances them (a worker, not this request)."""
+    with transaction.atomic():
+        ids = list(
+            JourneyRun.objects.filter(campaign=campaign, status=RunStatus.ACTIVE)
+            .exclude(last_error="")
+            .values_list("pk", flat=True)
+        )
+        if not ids:
+            return 0
+        JourneyRun.objects.filter(pk__in=ids).update(wake_at=timezone.now())
+        record_audit(
+            actor=actor,
+            api_key=api_key,
+            action="journeys.failed_runs_retried",
+            obj=campaign,
+            details={"runs": len(ids)},
+        )
+        from journeys import tasks as journey_tasks
+
+        transaction.on_commit(lambda: publish(f"journey retries ({len(ids)})", journey_tasks.advance_runs, args=[ids]))
+    return len(ids)
+
+
 def _advance_chunk(*, now: dt.datetime, limit: int, run_ids: Sequence[int] | None = None) -> int:
     created: list[int] = []
     with transaction.atomic():
@@ -339,11 +375,19 @@ def _advance_chunk(*, now: dt.datetime, limit: int, run_ids: Sequence[int] | Non
                 }
             try:
                 # One run's failure (a step that cannot run) must not hold back every run behind
-                # it: it is rolled back alone, logged with its id, and tried again next minute.
+                # it: it is rolled back alone, and the run keeps the reason (admin, API, health
+                # page), is logged with its id, and is tried again after a back-off.
                 with transaction.atomic():
                     created += _advance(run, steps[run.campaign_id], now)
-            except Exception:
-                logger.exception("Advancing journey run %s failed; it is tried again at the next advance.", run.pk)
+            except Exception as exc:
+                reason = log_failure(logger, f"Advancing journey run {run.pk} (step {run.position})", exc)
+                failures = run.failures + 1
+                JourneyRun.objects.filter(pk=run.pk).update(
+                    failures=F("failures") + 1,
+                    last_error=reason,
+                    failed_at=now,
+                    wake_at=now + failure_backoff(failures),
+                )
         if run_ids is not None and len(runs) < len(run_ids):
             skipped = sorted(set(run_ids) - {run.pk for run in runs})
             logger.info("Journey runs %s were not advanced now (ended, or held by another worker).", skipped)
@@ -399,7 +443,11 @@ def _advance(run: JourneyRun, steps: dict[int, JourneyStep], now: dt.datetime) -
             _enter(run, step.goto if _holds(run, step) else run.position + 1, now, steps)
     else:
         run.wake_at = now + EVENT_POLL
-    run.save(update_fields=["position", "status", "step_started_at", "wake_at", "ended_at"])
+    fields = ["position", "status", "step_started_at", "wake_at", "ended_at"]
+    if run.failures or run.last_error:
+        run.failures, run.last_error = 0, ""  # it moves again: the failure is over (failed_at stays)
+        fields += ["failures", "last_error"]
+    run.save(update_fields=fields)
     return created
 
 

@@ -7,4 +7,5 @@ from journeys import api
 urlpatterns = [
     path("campaigns/<str:pk>/journey", api.JourneyView.as_view(), name="journey-detail"),
     path("campaigns/<str:pk>/journey/launch", api.JourneyLaunchView.as_view(), name="journey-launch"),
+    path("campaigns/<str:pk>/journey/retry", api.JourneyRetryView.as_view(), name="journey-retry"),
 ]

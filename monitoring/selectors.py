@@ -24,6 +24,8 @@ from config.replica import replica_state
 from coupons.models import CodeBatch, IssuanceJob
 from crm.models import RecomputeRun
 from indicators.models import Anomaly, AnomalyCheckRun
+from journeys.models import JourneyRun
+from journeys.models import RunStatus as JourneyRunStatus
 from monitoring.models import TaskRun
 from predictions.models import PredictionRun, RunStatus
 from profiles.models import TagRule
@@ -434,6 +436,37 @@ def failed_anomaly_checks() -> Section:
     )
 
 
+def journeys_with_failing_runs() -> Section:
+    """Journeys with runs whose last advance failed: how many, and the newest reason."""
+    failing = JourneyRun.objects.filter(status=JourneyRunStatus.ACTIVE).exclude(last_error="")
+    newest = failing.filter(campaign=OuterRef("pk")).order_by("-failed_at", "-id")
+    journeys = (
+        Campaign.objects.filter(Exists(failing.filter(campaign=OuterRef("pk"))))
+        .annotate(
+            failing_runs=Count(
+                "journey_runs",
+                filter=Q(journey_runs__status=JourneyRunStatus.ACTIVE) & ~Q(journey_runs__last_error=""),
+            ),
+            newest_error=newest.values("last_error")[:1],
+            newest_failure=newest.values("failed_at")[:1],
+        )
+        .order_by("-newest_failure")
+    )
+    return _section(
+        gettext("journey(s) with runs that fail to advance"),
+        journeys,
+        lambda c: Item(
+            gettext("journey"),
+            c.pk,
+            c.name,
+            gettext("%(runs)s run(s) failing; the newest: %(reason)s")
+            % {"runs": formatting.count(c.failing_runs), "reason": c.newest_error},
+            c.newest_failure,
+            reverse("admin:journeys_journey_steps", args=[c.pk]),
+        ),
+    )
+
+
 def alerts_not_sent() -> Section:
     return _section(
         gettext("anomaly alert(s) whose e-mail or webhook failed"),
@@ -499,6 +532,7 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             failed_score_runs(),
             failed_anomaly_checks(),
             alerts_not_sent(),
+            journeys_with_failing_runs(),
         ],
         beat=beat,
         # Tasks queued by the app (not beat) whose last run failed, for the page; their objects

@@ -100,6 +100,7 @@ ADMIN_VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
     ),
     "/admin/journeys/journey/<int:pk>/steps/": ("get", ("journeys.view_journey",)),
     "/admin/journeys/journey/<int:pk>/launch/": ("post", ("campaigns.send_campaign",)),
+    "/admin/journeys/journey/<int:pk>/retry/": ("post", ("campaigns.send_campaign",)),
     "/admin/community/communitygroup/funnel/": ("get", ("community.view_communitygroup",)),
     "/admin/community/communitygroup/health/": ("get", ("community.view_communitygroup",)),
     "/admin/community/communitygroup/competitor-apps/": ("get", ("community.view_communitygroup",)),
