@@ -53,6 +53,7 @@ from campaigns.models import (
 )
 from campaigns.segments import audience_sql, compile_definition
 from config.celery import publish
+from config.failures import log_failure
 from config.outbound import url_host
 from profiles.models import Profile, TagChange, TagChangeAction
 
@@ -1871,7 +1872,18 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
 
 def _release_after_merge(codes: list[str]) -> None:
     try:
-        sending.release_coupons(codes)
-    except Exception:
+        give_back_coupons(codes=codes)
+    except Exception as exc:
         # The messages stay skipped (MERGED); only the budget their coupons hold is not back yet.
-        logger.exception("Could not give back the coupons of messages skipped by a merge: %s", len(codes))
+        # A worker gives it back (retrying with a back-off, each try on the health page's task list).
+        log_failure(logger, f"Giving back {len(codes)} coupon(s) of messages skipped by a merge", exc)
+        from campaigns import tasks
+
+        publish(f"merged coupons ({len(codes)})", tasks.give_back_coupons, args=[codes], countdown=5)
+
+
+@transaction.atomic
+def give_back_coupons(*, codes: list[str]) -> None:
+    """Give the coupons of messages that will never be sent back to their rules' budgets (those
+    still available; a second call finds none)."""
+    sending.release_coupons(codes)

@@ -41,3 +41,15 @@ def sweep() -> dict[str, int]:
 @shared_task(name="campaigns.tasks.close_attribution_windows", acks_late=True)
 def close_attribution_windows() -> dict[str, int]:
     return services.close_attribution_windows()
+
+
+@shared_task(
+    name="campaigns.tasks.give_back_coupons",
+    acks_late=True,
+    autoretry_for=(Exception,),
+    retry_backoff=30,
+    retry_backoff_max=3600,
+    max_retries=48,
+)
+def give_back_coupons(codes: list[str]) -> None:
+    services.give_back_coupons(codes=codes)

@@ -4,17 +4,21 @@ conversion in the campaign's results, and their assignment and deliveries follow
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 import uuid
 from decimal import Decimal
 
+import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from campaigns import sending, services
 from campaigns.models import Assignment, CampaignStatus, Delivery
 from campaigns.selectors import campaign_results
 from coupons import services as coupon_services
-from coupons.models import Coupon, Redemption
+from coupons.models import Coupon, CouponRule, Redemption
 from profiles.models import Profile
 from profiles.services import identify
 from tests.factories.campaigns import CampaignFactory, add_events, make_profiles
@@ -223,3 +227,45 @@ def test_a_merge_and_a_refund_of_the_merged_members_order_do_not_deadlock(monkey
     assert list(Redemption.objects.filter(order_id="o-1").values_list("profile_id", flat=True)) == [survivor.pk]
     assert Coupon.objects.get(pk=unsent.pk).status == "revoked"
     assert Coupon.objects.get(pk=used.pk).profile_id == survivor.pk
+
+
+@pytest.mark.worker
+def test_coupons_a_merge_could_not_give_back_at_once_are_given_back_by_a_worker(celery_worker, caplog):
+    rule = CouponRuleFactory(budget=Decimal("100.00"), value=Decimal("10.00"))
+    (holder,) = make_profiles(1)
+    coupon = coupon_services.issue_coupon(rule=rule, profile=holder)
+    assert CouponRule.objects.get(pk=rule.pk).committed == Decimal("10.00")
+    # Another transaction holds the coupon's row (a refund, an issuance): the give-back right after
+    # the merge's commit cannot take it within its lock timeout.
+    holder_conn = psycopg.connect(_dsn(), autocommit=False)
+    try:
+        holder_conn.execute("SELECT 1 FROM coupons_coupon WHERE id = %s FOR UPDATE", [coupon.pk])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        try:
+            with caplog.at_level(logging.ERROR, "campaigns.services"):
+                services._release_after_merge([coupon.code])
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")
+        assert "Giving back 1 coupon(s) of messages skipped by a merge failed" in caplog.text
+        assert Coupon.objects.get(pk=coupon.pk).status == "available"
+    finally:
+        holder_conn.rollback()
+        holder_conn.close()
+    # The worker's retry gives it back once the row is free.
+    deadline = time.monotonic() + 60
+    while Coupon.objects.get(pk=coupon.pk).status != "revoked":
+        assert time.monotonic() < deadline, "the worker did not give the coupon back"
+        time.sleep(0.2)
+    assert CouponRule.objects.get(pk=rule.pk).committed == Decimal("0.00")
+    services.give_back_coupons(codes=[coupon.code])  # again: nothing more comes back
+    assert CouponRule.objects.get(pk=rule.pk).committed == Decimal("0.00")
+
+
+def _dsn() -> str:
+    settings_dict = connection.settings_dict
+    return (
+        f"host={settings_dict['HOST']} port={settings_dict['PORT']} dbname={settings_dict['NAME']} "
+        f"user={settings_dict['USER']} password={settings_dict['PASSWORD']}"
+    )
