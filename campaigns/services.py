@@ -1870,9 +1870,15 @@ def on_profiles_merged(into: Profile, merged: Profile) -> None:
         transaction.on_commit(lambda: _release_after_merge(codes))
 
 
+# How long the give-back right after a merge waits for a coupon or rule row another transaction
+# holds (a refund, a bulk issuance): the merge's caller (ingestion's identify, say) must not wait
+# on it; past this, a worker gives them back.
+MERGE_GIVE_BACK_LOCK_TIMEOUT = "2s"
+
+
 def _release_after_merge(codes: list[str]) -> None:
     try:
-        give_back_coupons(codes=codes)
+        give_back_coupons(codes=codes, lock_timeout=MERGE_GIVE_BACK_LOCK_TIMEOUT)
     except Exception as exc:
         # The messages stay skipped (MERGED); only the budget their coupons hold is not back yet.
         # A worker gives it back (retrying with a back-off, each try on the health page's task list).
@@ -1883,7 +1889,11 @@ def _release_after_merge(codes: list[str]) -> None:
 
 
 @transaction.atomic
-def give_back_coupons(*, codes: list[str]) -> None:
+def give_back_coupons(*, codes: list[str], lock_timeout: str | None = None) -> None:
     """Give the coupons of messages that will never be sent back to their rules' budgets (those
-    still available; a second call finds none)."""
+    still available; a second call finds none). `lock_timeout` (a PostgreSQL interval such as
+    "2s") bounds the wait for rows another transaction holds; past it, this raises."""
+    if lock_timeout is not None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [lock_timeout])
     sending.release_coupons(codes)

@@ -36,9 +36,11 @@ def _readable_header() -> list[str]:
     ]
     for key, label in Dimension.choices:
         header += [
-            formatting.column(f"{label}: {gettext('raw value')}", _raw_unit(key)),
-            formatting.column(f"{label}: {gettext('percentile')}", gettext("percentile among peers, 0-100")),
-            formatting.column(f"{label}: {gettext('weight')}", gettext("relative")),
+            formatting.column(gettext("%(dimension)s: raw value") % {"dimension": label}, _raw_unit(key)),
+            formatting.column(
+                gettext("%(dimension)s: percentile") % {"dimension": label}, gettext("percentile among peers, 0-100")
+            ),
+            formatting.column(gettext("%(dimension)s: weight") % {"dimension": label}, gettext("relative")),
         ]
     return header
 
@@ -57,7 +59,8 @@ def scores_csv_response(scores: Iterable[ContributionScore], *, readable: bool =
             header += [f"{d}_raw", f"{d}_percentile", f"{d}_weight"]
     writer.writerow(header)
     for s in scores:
-        # Values stay as stored (an ISO month, plain numbers) so that a spreadsheet reads them.
+        # Numbers and the month stay as stored (an ISO month, plain numbers) so that a spreadsheet
+        # reads them; only the subject is written in the reader's words.
         subject = s.get_subject_display() if readable else s.subject
         row = [f"{s.month:%Y-%m}", subject, s.subject_name, s.members, s.rank, s.score]
         for d in Dimension.values:

@@ -189,18 +189,20 @@ def local_time(value: Any) -> str:
 @register.filter
 def local_date(value: Any) -> str:
     """A day: `27 Nov 2026` (a moment is first put in the reader's time zone)."""
-    moment = _as_datetime(value)
-    if moment is not None:
-        local = _in_reader_zone(moment)
-        value = None if local is None else local.date()
-    if not isinstance(value, date):
+    value = _calendar_day(value)
+    if value is None:
         return MISSING
     pattern = pgettext("date format", "j M Y")
     return f"{value.day} {value:%b %Y}" if pattern == "j M Y" else date_format(value, pattern)
 
 
 def _calendar_day(value: Any) -> date | None:
-    """A day as given, or the reader's day of a moment."""
+    """A day as given (a date, or an ISO date string), or the reader's day of a moment."""
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            return date.fromisoformat(value.strip())  # a day, not midnight UTC of it
+        except ValueError:
+            pass
     moment = _as_datetime(value)
     if moment is not None:
         local = _in_reader_zone(moment)
@@ -214,13 +216,13 @@ def month_label(value: Any) -> str:
     day = _calendar_day(value)
     if day is None:
         return MISSING
-    pattern = pgettext("month format", "M Y")
+    pattern = pgettext("date format", "M Y")
     return f"{day:%b} {day.year}" if pattern == "M Y" else date_format(day, pattern)
 
 
 @register.filter
 def day_label(value: Any) -> str:
-    """A day on a chart's axis, short: `27 Nov` (11月27日); the year is in the chart's title."""
+    """A day on a chart's axis, short: `27 Nov` (11月27日), for charts whose days run up to today."""
     day = _calendar_day(value)
     if day is None:
         return MISSING

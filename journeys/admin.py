@@ -169,14 +169,21 @@ class JourneyAdmin(admin.ModelAdmin):
         if not request.user.has_perm("campaigns.send_campaign"):
             raise PermissionDenied
         journey = get_object_or_404(Journey, pk=pk)
-        retried = services.retry_failed_runs(campaign=journey, actor=request.user)
-        messages.success(
-            request,
-            ngettext(
-                "%(n)d failing run will be tried again now.", "%(n)d failing runs will be tried again now.", retried
+        try:
+            retried = services.retry_failed_runs(campaign=journey, actor=request.user)
+        except DomainError as exc:
+            messages.error(request, exc.detail)
+            return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
+        if retried:
+            messages.success(
+                request,
+                ngettext(
+                    "%(n)d failing run will be tried again now.", "%(n)d failing runs will be tried again now.", retried
+                )
+                % {"n": retried},
             )
-            % {"n": retried},
-        )
+        else:
+            messages.info(request, gettext("No run is failing now."))
         return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
 
     def steps_view(self, request: HttpRequest, pk: int) -> HttpResponse:

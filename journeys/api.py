@@ -19,6 +19,7 @@ PK = OpenApiParameter("pk", int, OpenApiParameter.PATH, description="The campaig
 BAD_REQUEST = OpenApiResponse(OpenApiTypes.OBJECT, description="Invalid input: fields and reasons")
 NOT_FOUND = OpenApiResponse(s.JourneyErrorOutput, description="Unknown campaign")
 CONFLICT = OpenApiResponse(s.JourneyErrorOutput, description="The campaign is not a draft")
+NOT_RUNNING = OpenApiResponse(s.JourneyErrorOutput, description="The journey is not running (paused or ended)")
 REFUSED = OpenApiResponse(s.JourneyErrorOutput, description="INVALID_STEPS: `fields` names each step's problem")
 
 
@@ -76,7 +77,7 @@ class JourneyRetryView(JsonView):
     @extend_schema(
         parameters=[PK],
         request=None,
-        responses={202: s.RetriedOutput, 404: NOT_FOUND},
+        responses={202: s.RetriedOutput, 404: NOT_FOUND, 409: NOT_RUNNING},
         summary="Try the journey's failing runs again now instead of after their back-off",
     )
     def post(self, request, pk: str):

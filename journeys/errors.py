@@ -22,3 +22,9 @@ class InvalidConfiguration(Refused):
 
 class NotADraft(Conflict):
     reason = "INVALID_STATUS"
+
+
+class NotRunning(Conflict):
+    """Runs move only while their journey runs: a paused or ended journey's are not retried."""
+
+    reason = "INVALID_STATUS"

@@ -134,6 +134,12 @@ class JourneyRun(models.Model):
         indexes = [
             models.Index(fields=["wake_at"], name="journeyrun_due", condition=models.Q(status="active")),
             models.Index(fields=["campaign", "user_id"], name="journeyrun_user"),
+            # The journey page and the health page look for failing runs on every load.
+            models.Index(
+                fields=["campaign", "failed_at"],
+                name="journeyrun_failing",
+                condition=models.Q(status="active") & ~models.Q(last_error=""),
+            ),
         ]
 
     def __str__(self) -> str:

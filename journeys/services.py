@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext
 
@@ -336,16 +336,23 @@ def advance_runs(*, run_ids: Sequence[int], now: dt.datetime | None = None) -> i
 
 def retry_failed_runs(*, campaign: Campaign, actor: Any = None, api_key: Any = None) -> int:
     """Try the journey's failing runs again now rather than after their back-off; audited.
-    Returns how many were due again. The wake-up task advances them (a worker, not this request)."""
-    with transaction.atomic():
-        ids = list(
-            JourneyRun.objects.filter(campaign=campaign, status=RunStatus.ACTIVE)
-            .exclude(last_error="")
-            .values_list("pk", flat=True)
+    Returns how many were made due; workers advance them (`advance_runs`, and the minute's sweep
+    should a task not reach one). Only a running journey's runs move: NotRunning otherwise."""
+    if campaign.status != CampaignStatus.RUNNING:
+        raise errors.NotRunning(
+            gettext("The journey is %(status)s: its runs move again once it runs.")
+            % {"status": campaign.get_status_display()}
         )
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE journeys_journeyrun SET wake_at = %s"
+                " WHERE campaign_id = %s AND status = %s AND last_error <> '' RETURNING id",
+                [timezone.now(), campaign.pk, RunStatus.ACTIVE],
+            )
+            ids = sorted(row[0] for row in cursor.fetchall())
         if not ids:
             return 0
-        JourneyRun.objects.filter(pk__in=ids).update(wake_at=timezone.now())
         record_audit(
             actor=actor,
             api_key=api_key,
@@ -355,8 +362,17 @@ def retry_failed_runs(*, campaign: Campaign, actor: Any = None, api_key: Any = N
         )
         from journeys import tasks as journey_tasks
 
-        transaction.on_commit(lambda: publish(f"journey retries ({len(ids)})", journey_tasks.advance_runs, args=[ids]))
+        def queue() -> None:
+            for start in range(0, len(ids), RETRY_TASK_RUNS):
+                part = ids[start : start + RETRY_TASK_RUNS]
+                publish(f"journey retries ({len(part)})", journey_tasks.advance_runs, args=[part])
+
+        transaction.on_commit(queue)
     return len(ids)
+
+
+# Runs per advance task of a retry: one task message stays small however many runs fail.
+RETRY_TASK_RUNS = 500
 
 
 def _advance_chunk(*, now: dt.datetime, limit: int, run_ids: Sequence[int] | None = None) -> int:
@@ -381,12 +397,9 @@ def _advance_chunk(*, now: dt.datetime, limit: int, run_ids: Sequence[int] | Non
                     created += _advance(run, steps[run.campaign_id], now)
             except Exception as exc:
                 reason = log_failure(logger, f"Advancing journey run {run.pk} (step {run.position})", exc)
-                failures = run.failures + 1
+                failures = run.failures + 1  # the row is locked: the count read with it stands
                 JourneyRun.objects.filter(pk=run.pk).update(
-                    failures=F("failures") + 1,
-                    last_error=reason,
-                    failed_at=now,
-                    wake_at=now + failure_backoff(failures),
+                    failures=failures, last_error=reason, failed_at=now, wake_at=now + failure_backoff(failures)
                 )
         if run_ids is not None and len(runs) < len(run_ids):
             skipped = sorted(set(run_ids) - {run.pk for run in runs})

@@ -360,11 +360,13 @@ class TaskAdmin(admin.ModelAdmin):
         for task in review["tasks_done"]:
             due = formatting.local_date(task.due_on)
             detail = gettext("%(team)s, due %(day)s") % {"team": task.team.name, "day": due}
-            writer.writerow([gettext("task done"), task.title, "", "", "", "", "", task.get_status_display(), detail])
+            section = pgettext("review section", "task done")
+            writer.writerow([section, task.title, "", "", "", "", "", task.get_status_display(), detail])
         for task in review["tasks_late"]:
             due = formatting.local_date(task.due_on)
             detail = gettext("%(team)s, due %(day)s") % {"team": task.team.name, "day": due}
-            writer.writerow([gettext("task late"), task.title, "", "", "", "", "", task.get_status_display(), detail])
+            section = pgettext("review section", "task late")
+            writer.writerow([section, task.title, "", "", "", "", "", task.get_status_display(), detail])
         for item in review["campaigns"]:
             effect = item["effect"]
             detail = (
@@ -378,14 +380,13 @@ class TaskAdmin(admin.ModelAdmin):
                 }
             )
             campaign = item["campaign"]
-            writer.writerow(
-                [gettext("campaign"), campaign.name, "", "", "", "", "", campaign.get_status_display(), detail]
-            )
+            section = pgettext("review section", "campaign")
+            writer.writerow([section, campaign.name, "", "", "", "", "", campaign.get_status_display(), detail])
         for mover in review["indicator_movers"]:
             relative = "" if mover["relative"] is None else formatting.relative_uplift(mover["relative"])
             writer.writerow(
                 [
-                    gettext("indicator moved"),
+                    pgettext("review section", "indicator moved"),
                     mover["label"],
                     unit_label(mover["unit"]),
                     "",
@@ -397,11 +398,11 @@ class TaskAdmin(admin.ModelAdmin):
                 ]
             )
         for measure, movers in review["source_movers"].items():
-            unit = formatting.currency_label() if measure == "revenue" else SOURCE_MEASURE_UNITS[measure]
+            unit = formatting.currency_label() if measure == "revenue" else SOURCE_MEASURE_UNITS.get(measure, measure)
             for mover in movers:
                 writer.writerow(
                     [
-                        gettext("source moved"),
+                        pgettext("review section", "source moved"),
                         mover["source"],
                         str(unit),
                         "",

@@ -317,10 +317,12 @@ def ship_history(
 ) -> HistoryResult:
     """Queue into the outbox every stored event ClickHouse does not hold and the outbox does not
     hold already, in pages of `chunk` stored ids, committing the mark (`history_through`) after
-    each: a run that stops resumes after the last page done (`from_start`: look at every range again,
-    which finds the holes a web process still on the old setting left). Only missing ids are
-    queued, so a read without FINAL never counts an event twice. `progress(through, top, queued)`
-    is called after each range."""
+    each: a run that stops resumes after the last page done (`from_start`: look at every stored
+    event again, which finds the holes a web process still on the old setting left). Only missing
+    ids are queued, so a read without FINAL never counts an event twice. `progress(through, top,
+    queued)` is called after each page."""
+    if chunk < 1:
+        raise ValueError("chunk must be at least 1")
     if not clickhouse_enabled():
         raise HistoryRefused("ClickHouse is off (OPSLOOP_EVENTS_STORE): events stored now would not be queued.")
     result = HistoryResult()
@@ -349,7 +351,7 @@ def ship_history(
                 stored = [int(row[0]) for row in cursor.fetchall()]
             last = stored[-1] if len(stored) == chunk else top
             if stored:
-                shipped = store.ids_between(after + 1, last)
+                shipped = store.ids_held(stored)
                 with transaction.atomic():
                     # The outbox rows of the range, locked: a shipping run cannot clear one between
                     # this look and the queueing (it would look unqueued and unshipped).
@@ -435,7 +437,7 @@ def delete_expired_events(*, now: datetime | None = None, batch_size: int = 50_0
         if not candidates:
             break
         first, last = candidates[0], candidates[-1]
-        shipped = store.ids_between(first, last)
+        shipped = store.ids_held(candidates)
         with transaction.atomic():
             unfolded = [run for table in _UNFOLDED for run in _covered(table, first, last)]
             doomed = [i for i in candidates if i in shipped and not _inside(i, unfolded)]

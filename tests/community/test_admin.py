@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
+from django.utils import translation
 
 from access.models import AuditEntry
 from community.models import CommunityGroup, ContributionScore, OperatorAccount, ScoreDimension, ScoreRun
@@ -125,6 +126,14 @@ def test_ranking_exports_the_filtered_month_as_csv(admin_client):
     assert "Community quality: percentile (percentile among peers, 0-100)" in rows[0]
     assert "Campaign results against holdouts: weight (relative)" in rows[0]
     assert len(rows[0]) == 6 + 3 * 4
+    with translation.override("zh-hans"):
+        zh = admin_client.get(
+            reverse("admin:community_contributionscore_export"),
+            {"month__exact": "2026-04-01"},
+            HTTP_ACCEPT_LANGUAGE="zh-hans",
+        )
+    header = next(csv.reader(io.StringIO(zh.content.decode())))
+    assert header[0] == "月" and "吸引的新成员：原始值 (人数)" in header and not any("raw value" in h for h in header)
     selected = admin_client.post(
         reverse("admin:community_contributionscore_changelist"),
         {"action": "export_csv", ACTION_CHECKBOX_NAME: [ContributionScore.objects.order_by("pk").first().pk]},

@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from access.models import AuditEntry
+from campaigns.models import CampaignStatus
 from journeys import services
 from journeys.models import JourneyRun, RunStatus
 from monitoring.selectors import health_report
@@ -95,6 +96,16 @@ def test_operators_see_the_failing_runs_with_their_reason_and_retry_them(broken,
     assert (run.status, run.failures, run.last_error) == (RunStatus.COMPLETED, 0, "")
     assert api_client.get(f"/api/v1/campaigns/{campaign.pk}/journey").json()["failing"] == {"runs": 0, "latest": []}
     assert not any(s.title.startswith("journey(s) with runs") and s.count for s in health_report().sections)
+
+
+def test_a_paused_journeys_runs_are_not_retried(broken, api_client):
+    campaign, _people, t0 = broken
+    services.advance_due(now=t0)
+    campaign.__class__.objects.filter(pk=campaign.pk).update(status=CampaignStatus.PAUSED)
+    reply = api_client.post(f"/api/v1/campaigns/{campaign.pk}/journey/retry")
+    assert reply.status_code == 409 and reply.json()["reason"] == "INVALID_STATUS"
+    assert "once it runs" in reply.json()["detail"]
+    assert JourneyRun.objects.get(campaign=campaign, failures=1).wake_at > timezone.now()  # untouched
 
 
 def test_the_admin_retry_needs_the_send_permission(broken, client, make_staff):

@@ -72,6 +72,9 @@ def test_months_and_chart_days_read_as_people_write_them():
     with timezone.override(zoneinfo.ZoneInfo("Asia/Shanghai")):
         assert f.month_label(datetime(2026, 3, 31, 20, 0, tzinfo=UTC)) == "Apr 2026"
     assert f.month_label(None) == f.day_label("not a day") == f.MISSING
+    # A day written as text is that day wherever the reader is, not midnight UTC moved west.
+    with timezone.override(zoneinfo.ZoneInfo("America/New_York")):
+        assert (f.month_label("2026-03-01"), f.local_date("2026-03-01")) == ("Mar 2026", "1 Mar 2026")
 
 
 def test_the_filters_need_no_load_in_any_template():

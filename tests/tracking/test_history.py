@@ -15,6 +15,7 @@ from django.test.utils import CaptureQueriesContext
 
 from tests.factories.tracking import EventFactory, payloads
 from tracking import checks, services, shipping
+from tracking.events_store import clickhouse as clickhouse_module
 from tracking.events_store import clickhouse_store, events_store
 from tracking.events_store.clickhouse import TABLE, HistoryLoading
 from tracking.models import Event, ShippingBacklog, ShippingState
@@ -123,6 +124,16 @@ def test_a_backfill_in_small_pages_queues_each_missing_event_once(clickhouse, se
     assert shipped_ids(clickhouse) == stored_ids()
 
 
+def test_clickhouse_is_asked_about_the_ids_themselves_in_slices(clickhouse, settings, monkeypatch):
+    switch_on(settings)
+    shipped = [e.id for e in services.ingest_events(events=payloads(5)).stored]
+    shipping.ship_events()
+    monkeypatch.setattr(clickhouse_module, "IDS_PER_QUESTION", 2)  # several slices, one of them partial
+    asked = [*shipped, max(shipped) + 1, 10**15]  # two ids ClickHouse does not hold
+    assert clickhouse.ids_held(asked) == set(shipped)
+    assert clickhouse.ids_held([]) == set()
+
+
 def test_a_backfill_with_clickhouse_off_is_refused(settings):
     settings.OPSLOOP_EVENTS_STORE = "postgres"
     with pytest.raises(shipping.HistoryRefused):
@@ -160,7 +171,7 @@ def test_retention_deletes_only_what_clickhouse_holds_and_what_is_folded(clickho
             "INSERT INTO tracking_rollupbacklog (first_event_id, last_event_id) VALUES (%s, %s)",
             [unfolded.id, unfolded.id],
         )
-    assert set(clickhouse.ids_between(0, 10**12)) >= {e.id for e in gone} | {unfolded.id}
+    assert clickhouse.ids_held([e.id for e in gone] + [unfolded.id]) == {e.id for e in gone} | {unfolded.id}
 
     deleted = shipping.delete_expired_events(now=NOW, batch_size=2)
 
