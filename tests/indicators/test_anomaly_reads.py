@@ -115,6 +115,35 @@ def test_events_per_hour_count_an_event_on_the_hour_in_that_hour_and_an_empty_ho
     assert anomalies.hourly_event_counts(start=H, hours=4) == [16.0, 1.0, 0.0, 1.0]
 
 
+def test_the_hourly_check_on_each_engine_alerts_a_drop_and_names_the_source_that_fell(db, events_engine):
+    from indicators import services
+    from indicators.models import Anomaly, CheckKind
+    from tracking.models import Event
+    from tracking.shipping import queue_for_shipping
+
+    hour = datetime(2026, 3, 2, 14, tzinfo=UTC)
+    rows = []
+    for h in range(7 * 24 + 1):
+        at = hour - timedelta(hours=7 * 24 - h) + timedelta(minutes=10)
+        busy = 9 <= at.hour <= 21
+        search = 2 if h == 7 * 24 else 20 + 10 * busy  # the checked hour: search falls to 2
+        rows += EventFactory.build_batch(search, timestamp=at, utm_source="search")
+        rows += EventFactory.build_batch(5, timestamp=at, utm_source="")
+    stored = Event.objects.bulk_create(rows)
+    queue_for_shipping([e.pk for e in stored])
+    events_engine.ready()
+
+    run = services.request_anomaly_check(kind=CheckKind.HOURLY, period_start=hour + timedelta(minutes=40))
+    anomalies.run_check(run_id=run.pk)
+
+    alert = Anomaly.objects.get(indicator="event_volume")
+    assert (alert.direction, alert.period_start, alert.value) == ("drop", hour, 7)
+    assert [(m["source"], m["value"], m["usual"]) for m in alert.movers] == [
+        ("search", "2.00", "30.00"),
+        ("(direct)", "5.00", "5.00"),
+    ]
+
+
 # --- drawn events and windows: both engines give the same answers ------------------------------------
 
 # Decimal texts of up to 17 digits before the point and 13 after: valid ones (15 and 12 at most)
