@@ -590,10 +590,13 @@ class ClickHouseEventsStore(EventsStore):
 
     def source_windows(self, *, windows: Sequence[tuple[datetime, datetime]]) -> list[SourceWindow]:
         """Each event joined to every window that holds it (windows may overlap); the amount as
-        PostgreSQL reads it, matched against the same pattern and summed exactly (12 decimals)."""
+        PostgreSQL reads it, matched against the same pattern and summed exactly (12 decimals).
+        The span from the first start to the last end bounds the scan (partitions by month); only
+        its events inside a window are read further (the daily check's five days of five weeks)."""
         starts, ends = [start for start, _end in windows], [end for _start, end in windows]
         if not windows or min(starts) >= max(ends):
             return []
+        in_window = "i -> timestamp >= {starts}[i] AND timestamp < {ends}[i], arrayEnumerate({starts})"
         rows = self._rows(
             f"""
             SELECT if(utm_source = '', '(direct)', utm_source) AS source, w - 1, count(), uniqExact(person),
@@ -602,11 +605,11 @@ class ClickHouseEventsStore(EventsStore):
             FROM (
                 SELECT timestamp, name, person, utm_source,
                        if(name = 'order_paid', {_AMOUNT_TEXT}, '') AS amount_text
-                FROM {{table}} WHERE timestamp >= {{lo}} AND timestamp < {{hi}}
+                FROM {{table}}
+                WHERE timestamp >= {{lo}} AND timestamp < {{hi}}
+                  AND arrayExists({in_window})
             )
-            ARRAY JOIN arrayFilter(
-                i -> timestamp >= {{starts}}[i] AND timestamp < {{ends}}[i], arrayEnumerate({{starts}})
-            ) AS w
+            ARRAY JOIN arrayFilter({in_window}) AS w
             GROUP BY source, w
             """,
             pattern=STORED_AMOUNT_PATTERN,
