@@ -1,6 +1,7 @@
 """The events store on PostgreSQL: the rollup tables that `indicators.rollups` folds from
 `tracking_event` (named `tracking_*`, as when they lived in this app), and the events themselves
-for funnels. The statements are the ones the analyses ran before the store existed."""
+for funnels and the anomaly detector's sources and hours. The statements are the ones the
+analyses and the detector ran before the store existed."""
 
 from __future__ import annotations
 
