@@ -28,7 +28,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from config.celery import publish
@@ -43,6 +43,7 @@ from indicators.models import (
     Sensitivity,
 )
 from indicators.registry import Unit, all_indicators, daily_values, get_indicator, value_text
+from tracking.events_store import events_store
 
 logger = logging.getLogger(__name__)
 
@@ -156,19 +157,8 @@ def _trim_leading_zeros(values: list[float]) -> list[float]:
 
 
 # Per traffic source (the events' own `utm_source`, '(direct)' without one), a measure of each
-# window: the first window is the one checked, the others its comparison (the same weekday of the
-# four weeks before, or the same hour of the seven days before).
-MOVERS_SQL = """
-SELECT COALESCE(NULLIF(e.utm_source, ''), '(direct)') AS source, w.n AS window,
-       COUNT(*) AS events,
-       COUNT(DISTINCT COALESCE(e.user_id, e.anonymous_id)) AS people,
-       COUNT(*) FILTER (WHERE e.name = 'order_paid') AS orders,
-       COALESCE(SUM(CASE WHEN e.name = 'order_paid' AND (e.properties ->> 'amount') ~ '^[0-9]{1,15}(\\.[0-9]{1,12})?$'
-                         THEN (e.properties ->> 'amount')::numeric END), 0) AS revenue
-FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) WITH ORDINALITY AS w(s, e, n)
-JOIN tracking_event e ON e.timestamp >= w.s AND e.timestamp < w.e
-GROUP BY 1, 2
-"""
+# window (`tracking.events_store.SourceWindow`): the first window is the one checked, the others
+# its comparison (the same weekday of the four weeks before, or the same hour of the seven days before).
 MEASURES = ("events", "people", "orders", "revenue")
 MOVERS_SHOWN = 3
 
@@ -192,18 +182,16 @@ def measure_for(indicator: str) -> str:
 def source_movers(*, windows: list[tuple[datetime, datetime]], measure: str) -> list[dict[str, Any]]:
     """The sources whose measure in `windows[0]` moved most from its mean over the other windows,
     largest absolute change first."""
-    with connection.cursor() as cursor:
-        cursor.execute(MOVERS_SQL, {"starts": [w[0] for w in windows], "ends": [w[1] for w in windows]})
-        rows = cursor.fetchall()
-    column = MEASURES.index(measure)
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}")
     by_source: dict[str, dict[int, Decimal]] = {}
-    for source, window, *measures in rows:
-        by_source.setdefault(source, {})[window] = Decimal(measures[column])
+    for row in events_store().source_windows(windows=windows):
+        by_source.setdefault(row.source, {})[row.window] = Decimal(getattr(row, measure))
     compared = len(windows) - 1
     movers = []
     for source, values in by_source.items():
-        now = values.get(1, Decimal(0))
-        before = sum((values.get(n, Decimal(0)) for n in range(2, len(windows) + 1)), Decimal(0)) / max(compared, 1)
+        now = values.get(0, Decimal(0))
+        before = sum((values.get(n, Decimal(0)) for n in range(1, len(windows))), Decimal(0)) / max(compared, 1)
         change = now - before
         movers.append(
             {
@@ -215,7 +203,8 @@ def source_movers(*, windows: list[tuple[datetime, datetime]], measure: str) -> 
                 "relative": None if not before else round(float(change / before), 4),
             }
         )
-    movers.sort(key=lambda m: -abs(Decimal(m["change"])))
+    # Ties by name: the engines return their rows in no particular order.
+    movers.sort(key=lambda m: (-abs(Decimal(m["change"])), m["source"]))
     return movers[:MOVERS_SHOWN]
 
 
@@ -226,15 +215,7 @@ def _day_window(day: date) -> tuple[datetime, datetime]:
 
 def hourly_event_counts(*, start: datetime, hours: int) -> list[float]:
     """Events stored per hour from `start` (UTC, on the hour), `hours` of them, 0 where none."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT date_trunc('hour', timestamp AT TIME ZONE 'UTC') AS hour, COUNT(*)
-            FROM tracking_event WHERE timestamp >= %(start)s AND timestamp < %(end)s GROUP BY 1
-            """,
-            {"start": start, "end": start + timedelta(hours=hours)},
-        )
-        counts = {hour.replace(tzinfo=UTC): n for hour, n in cursor.fetchall()}
+    counts = events_store().hourly_event_counts(start=start, end=start + timedelta(hours=hours))
     return [float(counts.get(start + timedelta(hours=h), 0)) for h in range(hours)]
 
 

@@ -9,6 +9,7 @@ reports (percentages, tests, ordering), so both engines share that arithmetic.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -52,6 +53,18 @@ class ChurnRows:
     churned_total: int
     retained_total: int
     people: list[tuple[bool, list[str]]]  # the sample: churned or not, their last event names
+
+
+@dataclass(frozen=True)
+class SourceWindow:
+    """One traffic source's events in one window of `source_windows`."""
+
+    source: str  # the events' `utm_source`, '(direct)' where they have none
+    window: int  # the window's position in the windows asked for, from 0
+    events: int
+    people: int
+    orders: int  # `order_paid` events
+    revenue: Decimal  # their `amount`s that are decimal strings (`STORED_AMOUNT_PATTERN`); others count 0
 
 
 class EventsStore(ABC):
@@ -99,3 +112,14 @@ class EventsStore(ABC):
         """The window's people churned (nothing in the `churn_days` after `end`) and retained,
         and for a sample of at most `sample` of them their last `last_events` event names of the
         window, newest first."""
+
+    @abstractmethod
+    def source_windows(self, *, windows: Sequence[tuple[datetime, datetime]]) -> list[SourceWindow]:
+        """Per traffic source and window (`[start, end)`: an event at a window's end is not in it;
+        windows may overlap), the events, people, orders and revenue, in no particular order;
+        a source with no event in a window has no row for it."""
+
+    @abstractmethod
+    def hourly_event_counts(self, *, start: datetime, end: datetime) -> dict[datetime, int]:
+        """Events per UTC hour (the hour's start, aware) from `start` (inclusive) to `end`
+        (exclusive); an hour with no events has no entry."""

@@ -30,7 +30,15 @@ from decimal import Decimal
 from typing import Any
 
 from config.errors import DomainError
-from tracking.events_store.base import DAILY_COLUMNS, ChurnRows, EventsStore, PurchaseTotals, SearchTotals
+from tracking.events_store.base import (
+    DAILY_COLUMNS,
+    ChurnRows,
+    EventsStore,
+    PurchaseTotals,
+    SearchTotals,
+    SourceWindow,
+)
+from tracking.models import STORED_AMOUNT_PATTERN
 
 # The columns shipped, in the order of `tracking.shipping.EXPORT` (TabSeparated, as PostgreSQL's
 # COPY writes it).
@@ -274,6 +282,30 @@ def _cents(value: str | int) -> Decimal:
 
 
 _DAY = "toDate(timestamp)"
+
+# The text of an event's top-level `amount`, as PostgreSQL's `properties ->> 'amount'` gives it:
+# a string's value, a number's digits as written, '' for anything else (absent, null, an object).
+# `properties` is PostgreSQL's text of the jsonb (shipping writes `properties::text`), so numbers
+# are plain digits. ClickHouse's JSON functions return a number re-printed from a double
+# (1.50 -> 1.5, 0.000000000001 -> 1e-12, digits past the 17th lost), so its text is cut from
+# `properties` itself: the `"amount": ` whose text before it closes every string it opens and
+# sits one object deep. (Text in braces is doubled for `_bind`.)
+_AMOUNT_TEXT = r"""
+multiIf(
+    JSONType(properties, 'amount') = 'String', JSONExtractString(properties, 'amount'),
+    JSONType(properties, 'amount') IN ('Int64', 'UInt64', 'Double'),
+    extract(parts[1 + arrayFirstIndex(
+        head -> position(head, '"') = 0 AND countMatches(head, '[{\\[]') - countMatches(head, '[}\\]]') = 1,
+        arrayMap(
+            i -> replaceRegexpAll(
+                arrayStringConcat(arraySlice(parts, 1, i), '"amount": '), '"(?:[^"\\\\]|\\\\.)*"', ''
+            ),
+            arrayEnumerate(arrayPopBack(splitByString('"amount": ', properties) AS parts))
+        )
+    )], '^-?[0-9][0-9.]*'),
+    ''
+)
+""".replace("{", "{{").replace("}", "}}")
 
 
 class ClickHouseEventsStore(EventsStore):
@@ -568,3 +600,47 @@ class ClickHouseEventsStore(EventsStore):
             **params,
         )
         return ChurnRows(int(churned_total), int(retained_total), [(bool(c), list(names)) for c, names in rows])
+
+    def source_windows(self, *, windows: Sequence[tuple[datetime, datetime]]) -> list[SourceWindow]:
+        """Each event joined to every window that holds it (windows may overlap); the amount as
+        PostgreSQL reads it, matched against the same pattern and summed exactly (12 decimals).
+        The span from the first start to the last end bounds the scan (partitions by month); only
+        its events inside a window are read further (the daily check's five days of five weeks)."""
+        starts, ends = [start for start, _end in windows], [end for _start, end in windows]
+        if not windows or min(starts) >= max(ends):
+            return []
+        in_window = "i -> timestamp >= {starts}[i] AND timestamp < {ends}[i], arrayEnumerate({starts})"
+        rows = self._rows(
+            f"""
+            SELECT if(utm_source = '', '(direct)', utm_source) AS source, w - 1, count(), uniqExact(person),
+                   countIf(name = 'order_paid'),
+                   toString(sumIf(toDecimal128OrZero(amount_text, 12), match(amount_text, {{pattern}})))
+            FROM (
+                SELECT timestamp, name, person, utm_source,
+                       if(name = 'order_paid', {_AMOUNT_TEXT}, '') AS amount_text
+                FROM {{table}}
+                WHERE timestamp >= {{lo}} AND timestamp < {{hi}}
+                  AND arrayExists({in_window})
+            )
+            ARRAY JOIN arrayFilter({in_window}) AS w
+            GROUP BY source, w
+            """,
+            pattern=STORED_AMOUNT_PATTERN,
+            lo=min(starts),
+            hi=max(ends),
+            starts=starts,
+            ends=ends,
+        )
+        return [
+            SourceWindow(source, int(window), int(events), int(people), int(orders), Decimal(revenue))
+            for source, window, events, people, orders, revenue in rows
+        ]
+
+    def hourly_event_counts(self, *, start: datetime, end: datetime) -> dict[datetime, int]:
+        rows = self._rows(
+            "SELECT toString(toStartOfHour(timestamp)), count() FROM {table} "
+            "WHERE timestamp >= {start} AND timestamp < {end} GROUP BY 1",
+            start=start,
+            end=end,
+        )
+        return {datetime.fromisoformat(hour).replace(tzinfo=UTC): int(n) for hour, n in rows}

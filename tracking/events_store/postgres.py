@@ -1,16 +1,26 @@
 """The events store on PostgreSQL: the rollup tables that `indicators.rollups` folds from
 `tracking_event` (named `tracking_*`, as when they lived in this app), and the events themselves
-for funnels. The statements are the ones the analyses ran before the store existed."""
+for funnels and the anomaly detector's sources and hours. The statements are the ones the
+analyses and the detector ran before the store existed."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.db import connections, transaction
 
 from config.replica import analytics_alias
-from tracking.events_store.base import DAILY_COLUMNS, ChurnRows, EventsStore, PurchaseTotals, SearchTotals
+from tracking.events_store.base import (
+    DAILY_COLUMNS,
+    ChurnRows,
+    EventsStore,
+    PurchaseTotals,
+    SearchTotals,
+    SourceWindow,
+)
+from tracking.models import STORED_AMOUNT_PATTERN
 
 PERSON = "COALESCE(e.user_id, e.anonymous_id)"
 # Hash buckets of the activity tails (`indicators.models.SAMPLE_BUCKETS` is this one).
@@ -95,6 +105,21 @@ SELECT g.churned, ARRAY(
     ) d CROSS JOIN LATERAL unnest(d.names) WITH ORDINALITY AS u(name, position)
     ORDER BY d.day DESC, u.position LIMIT %(last)s
 ) FROM groups g
+"""
+
+# Per traffic source and window, from the raw events (windows are a handful of days or hours; the
+# `(utm_source, timestamp)` and BRIN indexes serve them). An amount is counted only where it
+# matches the pattern: older order events may hold one of another form (tracking 0010).
+_SOURCE_WINDOWS = """
+SELECT COALESCE(NULLIF(e.utm_source, ''), '(direct)') AS source, w.n - 1 AS window,
+       COUNT(*) AS events,
+       COUNT(DISTINCT COALESCE(e.user_id, e.anonymous_id)) AS people,
+       COUNT(*) FILTER (WHERE e.name = 'order_paid') AS orders,
+       COALESCE(SUM(CASE WHEN e.name = 'order_paid' AND (e.properties ->> 'amount') ~ %(pattern)s
+                         THEN (e.properties ->> 'amount')::numeric END), 0) AS revenue
+FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) WITH ORDINALITY AS w(s, e, n)
+JOIN tracking_event e ON e.timestamp >= w.s AND e.timestamp < w.e
+GROUP BY 1, 2
 """
 
 
@@ -236,3 +261,30 @@ class PostgresEventsStore(EventsStore):
                     break
                 drawn = min(SAMPLE_BUCKETS, drawn * 2)
         return ChurnRows(churned_total, retained_total, [(churned, list(names)) for churned, names in people])
+
+    def source_windows(self, *, windows: Sequence[tuple[datetime, datetime]]) -> list[SourceWindow]:
+        if not windows:
+            return []
+        params = {
+            "starts": [start for start, _end in windows],
+            "ends": [end for _start, end in windows],
+            "pattern": STORED_AMOUNT_PATTERN,
+        }
+        with _connection().cursor() as cursor:
+            cursor.execute(_SOURCE_WINDOWS, params)
+            rows = cursor.fetchall()
+        return [
+            SourceWindow(source, int(window), int(events), int(people), int(orders), Decimal(revenue))
+            for source, window, events, people, orders, revenue in rows
+        ]
+
+    def hourly_event_counts(self, *, start: datetime, end: datetime) -> dict[datetime, int]:
+        with _connection().cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT date_trunc('hour', timestamp AT TIME ZONE 'UTC') AS hour, COUNT(*)
+                FROM tracking_event WHERE timestamp >= %(start)s AND timestamp < %(end)s GROUP BY 1
+                """,
+                {"start": start, "end": end},
+            )
+            return {hour.replace(tzinfo=UTC): int(n) for hour, n in cursor.fetchall()}
