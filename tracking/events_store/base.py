@@ -64,7 +64,7 @@ class SourceWindow:
     events: int
     people: int
     orders: int  # `order_paid` events
-    revenue: Decimal  # their `amount`s that are decimal strings (`STORED_AMOUNT_PATTERN`); others count 0
+    revenue: Decimal  # their `amount`s matching `STORED_AMOUNT_PATTERN`, each rounded to cents; others count 0
 
 
 class EventsStore(ABC):

@@ -38,7 +38,6 @@ from tracking.events_store.base import (
     SearchTotals,
     SourceWindow,
 )
-from tracking.models import STORED_AMOUNT_PATTERN
 
 # The columns shipped, in the order of `tracking.shipping.EXPORT` (TabSeparated, as PostgreSQL's
 # COPY writes it).
@@ -282,30 +281,6 @@ def _cents(value: str | int) -> Decimal:
 
 
 _DAY = "toDate(timestamp)"
-
-# The text of an event's top-level `amount`, as PostgreSQL's `properties ->> 'amount'` gives it:
-# a string's value, a number's digits as written, '' for anything else (absent, null, an object).
-# `properties` is PostgreSQL's text of the jsonb (shipping writes `properties::text`), so numbers
-# are plain digits. ClickHouse's JSON functions return a number re-printed from a double
-# (1.50 -> 1.5, 0.000000000001 -> 1e-12, digits past the 17th lost), so its text is cut from
-# `properties` itself: the `"amount": ` whose text before it closes every string it opens and
-# sits one object deep. (Text in braces is doubled for `_bind`.)
-_AMOUNT_TEXT = r"""
-multiIf(
-    JSONType(properties, 'amount') = 'String', JSONExtractString(properties, 'amount'),
-    JSONType(properties, 'amount') IN ('Int64', 'UInt64', 'Double'),
-    extract(parts[1 + arrayFirstIndex(
-        head -> position(head, '"') = 0 AND countMatches(head, '[{\\[]') - countMatches(head, '[}\\]]') = 1,
-        arrayMap(
-            i -> replaceRegexpAll(
-                arrayStringConcat(arraySlice(parts, 1, i), '"amount": '), '"(?:[^"\\\\]|\\\\.)*"', ''
-            ),
-            arrayEnumerate(arrayPopBack(splitByString('"amount": ', properties) AS parts))
-        )
-    )], '^-?[0-9][0-9.]*'),
-    ''
-)
-""".replace("{", "{{").replace("}", "}}")
 
 
 class ClickHouseEventsStore(EventsStore):
@@ -602,8 +577,9 @@ class ClickHouseEventsStore(EventsStore):
         return ChurnRows(int(churned_total), int(retained_total), [(bool(c), list(names)) for c, names in rows])
 
     def source_windows(self, *, windows: Sequence[tuple[datetime, datetime]]) -> list[SourceWindow]:
-        """Each event joined to every window that holds it (windows may overlap); the amount as
-        PostgreSQL reads it, matched against the same pattern and summed exactly (12 decimals).
+        """Each event joined to every window that holds it (windows may overlap); revenue is the
+        `amount` shipping computed with PostgreSQL's own expression (a decimal string matching
+        `STORED_AMOUNT_PATTERN`, rounded to cents; 0 otherwise), so both engines sum the same.
         The span from the first start to the last end bounds the scan (partitions by month); only
         its events inside a window are read further (the daily check's five days of five weeks)."""
         starts, ends = [start for start, _end in windows], [end for _start, end in windows]
@@ -614,10 +590,9 @@ class ClickHouseEventsStore(EventsStore):
             f"""
             SELECT if(utm_source = '', '(direct)', utm_source) AS source, w - 1, count(), uniqExact(person),
                    countIf(name = 'order_paid'),
-                   toString(sumIf(toDecimal128OrZero(amount_text, 12), match(amount_text, {{pattern}})))
+                   toString(sumIf(amount, name = 'order_paid'))
             FROM (
-                SELECT timestamp, name, person, utm_source,
-                       if(name = 'order_paid', {_AMOUNT_TEXT}, '') AS amount_text
+                SELECT timestamp, name, person, utm_source, amount
                 FROM {{table}}
                 WHERE timestamp >= {{lo}} AND timestamp < {{hi}}
                   AND arrayExists({in_window})
@@ -625,7 +600,6 @@ class ClickHouseEventsStore(EventsStore):
             ARRAY JOIN arrayFilter({in_window}) AS w
             GROUP BY source, w
             """,
-            pattern=STORED_AMOUNT_PATTERN,
             lo=min(starts),
             hi=max(ends),
             starts=starts,

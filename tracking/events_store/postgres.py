@@ -116,7 +116,7 @@ SELECT COALESCE(NULLIF(e.utm_source, ''), '(direct)') AS source, w.n - 1 AS wind
        COUNT(DISTINCT COALESCE(e.user_id, e.anonymous_id)) AS people,
        COUNT(*) FILTER (WHERE e.name = 'order_paid') AS orders,
        COALESCE(SUM(CASE WHEN e.name = 'order_paid' AND (e.properties ->> 'amount') ~ %(pattern)s
-                         THEN (e.properties ->> 'amount')::numeric END), 0) AS revenue
+                         THEN round((e.properties ->> 'amount')::numeric, 2) END), 0) AS revenue
 FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[]) WITH ORDINALITY AS w(s, e, n)
 JOIN tracking_event e ON e.timestamp >= w.s AND e.timestamp < w.e
 GROUP BY 1, 2
