@@ -265,9 +265,8 @@ class Stages:
         """A Django execute wrapper: the profiles listener's statements by what they do."""
         text = str(sql)
         if "profiles_seenbacklog" in text and "profiles_profile" in text:
-            stage = "profiles: user ids resolved, new profiles created, seen backlog queued (1 statement)"
-        elif "'anonymous_id'" in text or "merged_into_id IS NOT NULL" in text or "p.user_id = ANY" in text:
-            stage = "profiles: anonymous ids tied to their users (3 statements, one round trip)"
+            stage = ("profiles: user ids resolved, new profiles created, seen backlog queued, anonymous ids tied "
+                     "(4 statements, one round trip)")  # fmt: skip
         else:
             return execute(sql, params, many, context)
         return self.timed(stage, execute)(sql, params, many, context)

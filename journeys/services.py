@@ -509,6 +509,24 @@ def _holds(run: JourneyRun, step: JourneyStep) -> bool:
 # --- leaving on the goal -----------------------------------------------------------------------
 
 
+# What a batch of event names asks of the journeys, in one statement (one round trip per ingested
+# batch, where two ORM queries cost several times their execution in building and waiting):
+# - the journeys whose goal is one of the names (paused or failed ones too: their runs wait to go
+#   on, and must not message a person who already converted once resumed), newest first;
+# - the running journeys' steps that wait for one of the names.
+# Neither part reads what leaving on the goal writes, so reading both before the exits is the
+# same as reading the steps after them.
+_ASKED_SQL = """
+SELECT 'goal', c.id, c.goal_event, NULL::int, c.created_at
+FROM campaigns_campaign c
+WHERE c.phase = %(journey)s AND c.goal_event = ANY(%(names)s::text[]) AND c.status <> ALL(%(ended)s::text[])
+UNION ALL
+SELECT 'wait', s.campaign_id, s.event, s.position, c.created_at
+FROM journeys_journeystep s JOIN campaigns_campaign c ON c.id = s.campaign_id
+WHERE s.kind = %(wait_event)s AND s.event = ANY(%(names)s::text[]) AND c.status = %(running)s
+"""
+
+
 def on_events_ingested(events: Sequence[Any]) -> None:
     """Ingestion listener: a goal event ends its person's runs in the journeys that name it, and
     cancels their messages not yet posted, in the event's own transaction (so at once, well
@@ -516,31 +534,40 @@ def on_events_ingested(events: Sequence[Any]) -> None:
     by_name: dict[str, set[str]] = {}
     for e in events:
         if e.user_id:
-            by_name.setdefault(e.name, set()).add(e.user_id)
+            users = by_name.get(e.name)
+            if users is None:
+                by_name[e.name] = {e.user_id}
+            else:
+                users.add(e.user_id)
     if not by_name:
         return
-    # Paused or failed journeys too: their runs wait to go on, and must not message a person who
-    # already converted once resumed.
-    journeys = list(
-        Campaign.objects.filter(phase=JOURNEY_PHASE, goal_event__in=list(by_name))
-        .exclude(status__in=ENDED)
-        .values_list("pk", "goal_event")
-    )
-    for campaign_id, goal in journeys:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ASKED_SQL,
+            {
+                "journey": JOURNEY_PHASE.value,
+                "names": sorted(by_name),
+                "ended": [status.value for status in ENDED],
+                "wait_event": StepKind.WAIT_EVENT.value,
+                "running": CampaignStatus.RUNNING.value,
+            },
+        )
+        asked = cursor.fetchall()
+    if not asked:
+        return
+    # Newest journey first, the order the model lists them in.
+    goals = sorted((row for row in asked if row[0] == "goal"), key=lambda row: (row[4], row[1]), reverse=True)
+    for _part, campaign_id, goal, _position, _created in goals:
         exit_runs(campaign_id=campaign_id, user_ids=sorted(by_name[goal]), reason=f"EXITED: {goal}")
-    _wake_waiting(by_name)
+    steps = [(campaign_id, position, name) for part, campaign_id, name, position, _created in asked if part == "wait"]
+    _wake_waiting(by_name, steps)
 
 
-def _wake_waiting(by_name: dict[str, set[str]]) -> None:
+def _wake_waiting(by_name: dict[str, set[str]], steps: list[tuple[int, int, str]]) -> None:
     """Runs at a step waiting for one of these events, of a person who just did it, advance once
     the event is committed (a task), not at the next minute's sweep."""
-    # The steps first (usually none awaits these names: one small query per ingested batch),
-    # then the runs by (campaign, user id), which their index serves.
-    steps = list(
-        JourneyStep.objects.filter(
-            kind=StepKind.WAIT_EVENT, event__in=list(by_name), campaign__status=CampaignStatus.RUNNING
-        ).values_list("campaign_id", "position", "event")
-    )
+    # The steps come with the journeys (usually none awaits these names), then the runs by
+    # (campaign, user id), which their index serves.
     if not steps:
         return
     awaited = {(campaign_id, position): event for campaign_id, position, event in steps}

@@ -149,7 +149,7 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
     """Ingestion listener: profiles for new user ids (with their first/last seen), anonymous ids
     tied to the user an event names alongside, and the stored events queued for the first/last
     seen of existing profiles (`update_seen_times`). Runs inside the ingestion transaction,
-    set-based: one statement, and one round trip of three more when events name both a user and
+    set-based, in one round trip: one statement, and three more when events name both a user and
     an anonymous id."""
     if not events:
         return
@@ -160,18 +160,17 @@ def record_ingested_events(*, events: Sequence[Any]) -> None:
             pairs[event.anonymous_id] = event.user_id
     # One run for a batch stored alone, a few when concurrent batches drew from the sequence.
     runs = runs_of(e.id for e in events)
+    query = _INGESTED_SQL.format(in_runs=id_in_runs(runs))
+    params: dict[str, Any] = {"now": now, "firsts": [a for a, _b in runs], "lasts": [b for _a, b in runs]}
+    if pairs:
+        anons = sorted(pairs)
+        params.update(users=[pairs[a] for a in anons], anons=anons, named=sorted(set(pairs.values())))
+        # One round trip for all four: the values are bound here, in the driver (Django's psycopg
+        # cursors bind client-side), and in one query string each statement still takes its own
+        # snapshot, so each sees what the one before it wrote or waited for.
+        query = pgsql.Composed([query, pgsql.SQL(";\n" + _TIE_ANONYMOUS_IDS_SQL)])
     with connection.cursor() as cursor:
-        cursor.execute(
-            _INGESTED_SQL.format(in_runs=id_in_runs(runs)),
-            {"now": now, "firsts": [a for a, _b in runs], "lasts": [b for _a, b in runs]},
-        )
-        if pairs:
-            anons = sorted(pairs)
-            params = {"users": [pairs[a] for a in anons], "anons": anons, "now": now}
-            # One round trip for the three: the values are bound here, in the driver (Django's
-            # psycopg cursors bind client-side), and in one query string each statement still
-            # takes its own snapshot, so each sees what the one before it waited for.
-            cursor.execute(_TIE_ANONYMOUS_IDS_SQL, {**params, "named": sorted(set(pairs.values()))})
+        cursor.execute(query, params)
 
 
 def on_events_ingested(events: Sequence[Any]) -> None:

@@ -142,11 +142,14 @@ def _columns(events: Sequence[CleanEvent]) -> list[list[Any]]:
     ]
 
 
-def _row(pk: int, e: CleanEvent, received_at: datetime) -> tuple:
+def _row(pk: int, e: CleanEvent, received_at: str) -> tuple:
+    # The times travel as ISO 8601 text with their offset, which PostgreSQL reads whatever its
+    # settings: `isoformat` writes one in a fraction of what the driver's datetime dumper costs
+    # (and `received_at`, the same for the whole batch, is written once).
     return (
-        pk, e.event_id, e.name, e.kind, e.timestamp, received_at, e.user_id, e.anonymous_id, e.properties_json,
-        e.context_extra_json, e.url, e.path, e.referrer, e.utm_source, e.utm_medium, e.utm_campaign, e.device,
-        e.os, e.ip, e.locale,
+        pk, e.event_id, e.name, e.kind, e.timestamp.isoformat(), received_at, e.user_id, e.anonymous_id,
+        e.properties_json, e.context_extra_json, e.url, e.path, e.referrer, e.utm_source, e.utm_medium,
+        e.utm_campaign, e.device, e.os, e.ip, e.locale,
     )  # fmt: skip
 
 
@@ -155,10 +158,12 @@ def _copy(cursor: Any, batch: list[CleanEvent], received_at: datetime) -> list[t
     savepoint; None when the unique index refused one of its ids (stored before, or by a
     concurrent request in the meantime) and the savepoint undid the whole COPY."""
     ids = _savepoint_and_reserve_ids(cursor, len(batch))
+    received = received_at.isoformat()
     try:
         with cursor.copy(f"COPY tracking_event (id, {COLUMNS}) FROM STDIN") as copy:
+            write = copy.write_row
             for pk, event in zip(ids, batch, strict=True):
-                copy.write_row(_row(pk, event, received_at))
+                write(_row(pk, event, received))
     except (UniqueViolation, DeadlockDetected):
         cursor.execute(pgsql.SQL("ROLLBACK TO SAVEPOINT {}").format(pgsql.Identifier(SAVEPOINT)))
         return None
@@ -214,18 +219,13 @@ def store_clean_events(*, events: Sequence[CleanEvent], received_at: datetime) -
         pk = pk_of.get(event_id)
         if pk is None:
             continue
+        # Positional: a named tuple built with keywords costs twice as much, once per event.
         stored.append(
             StoredEvent(
-                id=pk,
-                event_id=event_id,
-                name=event.name,
-                kind=event.kind,
-                timestamp=event.timestamp,
-                user_id=event.user_id,
-                anonymous_id=event.anonymous_id,
-                properties=event.properties,
+                pk, event_id, event.name, event.kind, event.timestamp, event.user_id, event.anonymous_id,
+                event.properties,
             )
-        )
+        )  # fmt: skip
     queue_for_shipping([pk for pk, _event_id in inserted])
     notify_ingested(stored)
     return stored
