@@ -11,6 +11,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import models
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -117,6 +118,14 @@ class MaterialAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/materials/material/performance.html", context)
 
 
+def _https_urls(field: models.Field, **kwargs: Any) -> forms.Field | None:
+    # The admin rebuilds this form without a read-only field's declaration (an approved
+    # version's url), from the model's field: https there too, as the editable field assumes.
+    if isinstance(field, models.URLField):
+        kwargs.setdefault("assume_scheme", "https")
+    return field.formfield(**kwargs)
+
+
 class VersionForm(forms.ModelForm):
     url = forms.URLField(
         label=_("URL"),
@@ -135,6 +144,7 @@ class VersionForm(forms.ModelForm):
     class Meta:
         model = MaterialVersion
         fields = ("material", "title", "body", "html", "url", "defaults")
+        formfield_callback = _https_urls
         widgets = {
             "body": forms.Textarea(attrs={"rows": 6, "cols": 80, "style": "font-family: monospace"}),
             "html": forms.Textarea(attrs={"rows": 10, "cols": 80, "style": "font-family: monospace"}),
