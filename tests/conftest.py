@@ -42,6 +42,25 @@ class EventsEngine:
             assert shipping.pending_events() == 0
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_session_outlives_the_test_database(django_db_setup, django_db_blocker) -> Iterator[None]:
+    """At the end, sessions the tests left open on the test database (a thread's connection that
+    was never closed) are ended, so that dropping the database does not wait for them and warn."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, application_name, state, left(query, 80) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        left_open = cursor.fetchall()
+        for pid, *_rest in left_open:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    if left_open:
+        print(f"\nsessions left open on the test database, ended: {left_open}")
+
+
 @pytest.fixture(scope="session")
 def chdb_url(tmp_path_factory) -> str:
     """One embedded ClickHouse for the session (its table emptied for each test that uses it)."""
