@@ -127,6 +127,8 @@ def message_id_of(message: dict[str, Any], errors: dict[str, list[str]]) -> str:
 
 
 _NAMESPACE_BYTES = NAMESPACE.bytes
+# The variant nibble of a hex digit: its two high bits become `10` (RFC 4122).
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def event_id_for(message_id: str) -> str:
@@ -135,12 +137,10 @@ def event_id_for(message_id: str) -> str:
     if not message_id:
         return str(uuid.uuid4())
     # `str(uuid.uuid5(NAMESPACE, message_id))`, the same value (tests/profiles hold it to that),
-    # spelt out: the UUID objects cost more than the hash, once per message.
-    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + message_id.encode()).digest()[:16])  # noqa: S324
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # spelt out on the hex digest with the version and variant digits set in place: the UUID
+    # objects cost more than the hash, once per message.
+    h = hashlib.sha1(_NAMESPACE_BYTES + message_id.encode()).hexdigest()  # noqa: S324
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def parse_time(value: Any) -> tuple[datetime | None, str | None]:
@@ -182,14 +182,21 @@ def corrected_timestamp(
     return timestamp  # a datetime, which ingestion takes from Python callers as it is
 
 
-def _summary(value: Any, *keys: str) -> str:
-    """A column's string from one of Segment's context objects (`device`, `os`)."""
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, dict):
-        return ""
-    parts = [value[k] for k in keys if isinstance(value.get(k), str) and value[k]]
+def _summary(value: Any, keys: tuple[str, ...]) -> str:
+    """A column's string from one of Segment's context objects (`device`, `os`): its non-empty
+    strings under `keys`, in that order."""
+    parts = []
+    for key in keys:
+        part = value.get(key)
+        if part and isinstance(part, str):
+            parts.append(part)
     return " ".join(parts)
+
+
+_URL_KEYS = ("url", "referrer")
+_CAMPAIGN_KEYS = (("utm_source", "source"), ("utm_medium", "medium"), ("utm_campaign", "name"))
+_DEVICE_KEYS = ("model", "type", "manufacturer")
+_OS_KEYS = ("name", "version")
 
 
 def context_of(message: dict[str, Any], properties: Any, errors: dict[str, list[str]]) -> Any:
@@ -202,29 +209,31 @@ def context_of(message: dict[str, Any], properties: Any, errors: dict[str, list[
     elif not isinstance(raw, dict):
         errors["context"] = ["must be an object"]
         return None
-    context = dict(raw)
-    page = raw.get("page")
-    if isinstance(page, dict):
-        for key in ("url", "referrer"):
-            if isinstance(page.get(key), str) and page[key]:
-                context[key] = page[key]
-    if isinstance(properties, dict):  # page calls carry them in the properties too
-        for key in ("url", "referrer"):
-            if key not in context and isinstance(properties.get(key), str) and properties[key]:
-                context[key] = properties[key]
-    campaign = raw.get("campaign")
-    if isinstance(campaign, dict):
-        for ours, theirs in (("utm_source", "source"), ("utm_medium", "medium"), ("utm_campaign", "name")):
+    context = raw.copy()
+    if isinstance(page := raw.get("page"), dict):
+        for key in _URL_KEYS:
+            value = page.get(key)
+            if value and isinstance(value, str):
+                context[key] = value
+    if isinstance(properties, dict) and properties:  # page calls carry them in the properties too
+        for key in _URL_KEYS:
+            if key not in context:
+                value = properties.get(key)
+                if value and isinstance(value, str):
+                    context[key] = value
+    if isinstance(campaign := raw.get("campaign"), dict):
+        for ours, theirs in _CAMPAIGN_KEYS:
             value = campaign.get(theirs)
-            if isinstance(value, str) and value:
+            if value and isinstance(value, str):
                 context[ours] = value[:128]
-    for column, keys in (("device", ("model", "type", "manufacturer")), ("os", ("name", "version"))):
-        value = raw.get(column)
-        if isinstance(value, dict):
-            context[f"{column}_detail"] = value  # the object, kept; the column gets its summary
-            context[column] = _summary(value, *keys)[:64]
+    if isinstance(device := raw.get("device"), dict):
+        context["device_detail"] = device  # the object, kept; the column gets its summary
+        context["device"] = _summary(device, _DEVICE_KEYS)[:64]
+    if isinstance(os_ := raw.get("os"), dict):
+        context["os_detail"] = os_
+        context["os"] = _summary(os_, _OS_KEYS)[:64]
     message_id = message.get("messageId")
-    if isinstance(message_id, str) and message_id:
+    if message_id and isinstance(message_id, str):
         context["message_id"] = message_id
     return context
 
