@@ -9,7 +9,6 @@ Tracking API (https://segment.com/docs/connections/sources/catalog/libraries/ser
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -85,6 +84,14 @@ class Refusal:
     message_id: str
     errors: dict[str, list[str]]
 
+    def __post_init__(self) -> None:
+        # What a client sent comes back in the answer and is kept for the admin: text that
+        # PostgreSQL cannot store (a lone surrogate, NUL) is kept escaped instead.
+        object.__setattr__(self, "type", _storable(self.type))
+        object.__setattr__(self, "message_id", _storable(self.message_id))
+        errors = {_storable(k): [_storable(r) for r in reasons] for k, reasons in self.errors.items()}
+        object.__setattr__(self, "errors", errors)
+
     def as_dict(self) -> dict[str, Any]:
         return {"index": self.index, "type": self.type, "messageId": self.message_id, "errors": self.errors}
 
@@ -111,6 +118,15 @@ def event_name(event: str) -> str:
     return name
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    if text.isascii():
+        return text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def message_id_of(message: dict[str, Any], errors: dict[str, list[str]]) -> str:
     value = message.get("messageId")
     if value is None or value == "":
@@ -121,14 +137,12 @@ def message_id_of(message: dict[str, Any], errors: dict[str, list[str]]) -> str:
         errors["messageId"] = [f"is longer than {MAX_MESSAGE_ID_LENGTH} characters"]
     elif "\x00" in value:
         errors["messageId"] = ["must not contain NUL characters"]
+    elif not value.isascii() and _LONE_SURROGATE.search(value):
+        # A JSON escape such as \ud800 decodes to a character no UTF-8 text can hold.
+        errors["messageId"] = ["is not valid Unicode (lone surrogate)"]
     else:
         return value
     return ""
-
-
-_NAMESPACE_BYTES = NAMESPACE.bytes
-# The variant nibble of a hex digit: its two high bits become `10` (RFC 4122).
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def event_id_for(message_id: str) -> str:
@@ -136,11 +150,7 @@ def event_id_for(message_id: str) -> str:
     # sent again: it gets an id of its own, as Segment gives it one.
     if not message_id:
         return str(uuid.uuid4())
-    # `str(uuid.uuid5(NAMESPACE, message_id))`, the same value (tests/profiles hold it to that),
-    # spelt out on the hex digest with the version and variant digits set in place: the UUID
-    # objects cost more than the hash, once per message.
-    h = hashlib.sha1(_NAMESPACE_BYTES + message_id.encode()).hexdigest()  # noqa: S324
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+    return str(uuid.uuid5(NAMESPACE, message_id))
 
 
 def parse_time(value: Any) -> tuple[datetime | None, str | None]:

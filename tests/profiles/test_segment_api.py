@@ -429,3 +429,17 @@ def test_the_analytics_js_bundle_is_served_and_nothing_outside_its_folder(settin
     assert b"".join(response.streaming_content) == b"window.loaded = true;"
     for name in ("..%2Fsecret.js", "missing.js", "standalone.css"):
         assert Client().get(f"/ingest/segment/analytics-next/bundles/{name}").status_code == 404
+
+
+def test_a_message_id_no_utf8_text_can_hold_is_refused_alone(write_key):
+    # json.dumps writes the lone surrogate as the escape \ud800, as a client might send it.
+    batch = [track(messageId="bad-\ud800-id"), track("Added To Cart"), {**track(), "type": "tr\udfffack"}]
+    reply = post("batch", {"batch": batch}, key=write_key)
+    body = reply.json()
+    assert reply.status_code == 200 and body["accepted"] == 1
+    first, third = body["rejected"]
+    assert first["index"] == 0 and first["errors"] == {"messageId": ["is not valid Unicode (lone surrogate)"]}
+    assert first["messageId"] == "bad-\\ud800-id"  # answered and kept escaped, as it can be stored
+    assert third["index"] == 2 and third["type"] == "tr\\udfffack"
+    assert Event.objects.count() == 1
+    assert SegmentRejection.objects.filter(message_id="bad-\\ud800-id").exists()
