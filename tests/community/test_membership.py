@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.utils import timezone
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.django_db
 
 def test_joins_leaves_and_messages_keep_membership_history_and_activity():
     group = CommunityGroupFactory(external_id="g-1")
-    t = timezone.now() - timedelta(days=3)
+    # At 10:00 UTC, so that the two messages an hour apart fall on one day whenever this runs.
+    t = (timezone.now() - timedelta(days=3)).astimezone(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
     result = send(
         event("community_joined", t, user_id="u1", group_id="g-1"),
         event("community_message", t + timedelta(hours=1), user_id="u1", group_id="g-1"),
