@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -189,11 +190,16 @@ def local_time(value: Any) -> str:
 @register.filter
 def local_date(value: Any) -> str:
     """A day: `27 Nov 2026` (a moment is first put in the reader's time zone)."""
-    value = _calendar_day(value)
-    if value is None:
+    return _day_written(value, pgettext("date format", "j M Y"), "j M Y", lambda d: f"{d.day} {d:%b %Y}")
+
+
+def _day_written(value: Any, pattern: str, english_pattern: str, english: Callable[[date], str]) -> str:
+    """`value`'s day in the reader's language's date `pattern` (Django `date` letters). English
+    is written here, with the year as written: Django's `Y` pads it to four digits."""
+    day = _calendar_day(value)
+    if day is None:
         return MISSING
-    pattern = pgettext("date format", "j M Y")
-    return f"{value.day} {value:%b %Y}" if pattern == "j M Y" else date_format(value, pattern)
+    return english(day) if pattern == english_pattern else date_format(day, pattern)
 
 
 def _calendar_day(value: Any) -> date | None:
@@ -213,21 +219,13 @@ def _calendar_day(value: Any) -> date | None:
 @register.filter
 def month_label(value: Any) -> str:
     """A calendar month: `Mar 2026` (2026年3月), for goal months, score months and their charts."""
-    day = _calendar_day(value)
-    if day is None:
-        return MISSING
-    pattern = pgettext("date format", "M Y")
-    return f"{day:%b} {day.year}" if pattern == "M Y" else date_format(day, pattern)
+    return _day_written(value, pgettext("date format", "M Y"), "M Y", lambda d: f"{d:%b} {d.year}")
 
 
 @register.filter
 def day_label(value: Any) -> str:
     """A day on a chart's axis, short: `27 Nov` (11月27日), for charts whose days run up to today."""
-    day = _calendar_day(value)
-    if day is None:
-        return MISSING
-    pattern = pgettext("date format", "j M")
-    return f"{day.day} {day:%b}" if pattern == "j M" else date_format(day, pattern)
+    return _day_written(value, pgettext("date format", "j M"), "j M", lambda d: f"{d.day} {d:%b}")
 
 
 @register.filter
