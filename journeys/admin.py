@@ -148,13 +148,17 @@ class JourneyAdmin(admin.ModelAdmin):
         ]
         return own + super().get_urls()
 
+    def _journey_to_send(self, request: HttpRequest, pk: int) -> Journey:
+        """The journey a sending action (launch, retry) acts on. The permission comes before the
+        lookup: without it, a 404 or not would say which journeys exist."""
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
+        return get_object_or_404(Journey, pk=pk)
+
     def launch_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:journeys_journey_change", args=[pk]))
-        # The permission before the lookup: without it, a 404 or not would say which journeys exist.
-        if not request.user.has_perm("campaigns.send_campaign"):
-            raise PermissionDenied
-        journey = get_object_or_404(Journey, pk=pk)
+        journey = self._journey_to_send(request, pk)
         try:
             entered = services.launch_journey(campaign=journey, actor=request.user)
         except DomainError as exc:
@@ -166,9 +170,7 @@ class JourneyAdmin(admin.ModelAdmin):
     def retry_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:journeys_journey_steps", args=[pk]))
-        if not request.user.has_perm("campaigns.send_campaign"):
-            raise PermissionDenied
-        journey = get_object_or_404(Journey, pk=pk)
+        journey = self._journey_to_send(request, pk)
         try:
             retried = services.retry_failed_runs(campaign=journey, actor=request.user)
         except DomainError as exc:
