@@ -93,6 +93,9 @@ start_pg() {
   # an earlier checkout gets the current ones too (the last setting of a name wins).
   grep -q "^include_if_exists = 'opsloop.conf'" "$data/postgresql.conf" ||
     echo "include_if_exists = 'opsloop.conf'" >>"$data/postgresql.conf"
+  if ! as_owner "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    choose_port PG_PORT OPSLOOP_PG_PORT PostgreSQL
+  fi
   # max_wal_size: a recompute of every customer's value writes a few GB of rows and indexes; at
   # the 1GB default it forced a checkpoint every 20 s and each one made it write whole pages again.
   cat >"$data/opsloop.conf" <<CONF
@@ -231,8 +234,59 @@ make_replica() {
   rm -f "$data/server.log"
 }
 
+port_free() {
+  # Whether a server could listen on 127.0.0.1:$1 now, bound the way PostgreSQL binds.
+  python3 -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+' "$1"
+}
+
+choose_port() {
+  # Sets the variable named $1 (PG_PORT or REPLICA_PORT) to a port a server can listen on.
+  # The default ports lie in the kernel's ephemeral range, so any process's outgoing connection
+  # (a test run's own to the primary) may hold one for a while. A port named in $2 is kept or
+  # refused; a default one moves to the next free port, which .run/ports and .run/env then name.
+  local var=$1 named=$2 what=$3 port
+  local wanted=${!var}
+  port_free "$wanted" && return 0
+  if [ -n "${!named:-}" ]; then
+    log "port $wanted is in use by another process (see: ss -tanp | grep :$wanted): choose another with $named"
+    exit 1
+  fi
+  for port in $(seq $((wanted + 1)) $((wanted + 100))); do
+    if [ "$port" != "$PG_PORT" ] && [ "$port" != "$REPLICA_PORT" ] && [ "$port" != "$REDIS_PORT" ] &&
+      port_free "$port"; then
+      log "port $wanted is in use by another process: $what listens on $port instead"
+      printf -v "$var" '%s' "$port"
+      return 0
+    fi
+  done
+  log "no free port from $wanted to $((wanted + 100)): choose one with $named"
+  exit 1
+}
+
+launch_replica() {
+  local bin=$1 data=$2
+  # Read after opsloop.conf (the primary's, copied with it), so that this port wins.
+  # hot_standby_feedback: the primary's vacuum keeps the rows a long dashboard query on the
+  # replica still reads, instead of the replica cancelling that query.
+  cat >"$data/opsloop-replica.conf" <<CONF
+port = $REPLICA_PORT
+hot_standby = on
+hot_standby_feedback = on
+CONF
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$data/opsloop-replica.conf" "$(replica_log)"; fi
+  as_owner "$bin/pg_ctl" -D "$data" -l "$(replica_log)" -w -t 60 -o "-p $REPLICA_PORT" start >/dev/null
+}
+
 start_replica() {
-  local bin data i try position
+  local bin data i try position logged
   bin=$(pg_bindir)
   prepare_primary_for_replication
   data=$(pg_datadir pg-replica)
@@ -243,6 +297,7 @@ start_replica() {
     log "port $REPLICA_PORT is taken by another server: choose one with OPSLOOP_PG_REPLICA_PORT"
     exit 1
   fi
+  if ! replica_running; then choose_port REPLICA_PORT OPSLOOP_PG_REPLICA_PORT "the replica"; fi
   for try in 1 2; do
     position=$(psql_primary -c "SELECT pg_current_wal_lsn()")
     if ! replica_running; then
@@ -252,17 +307,15 @@ start_replica() {
       ensure_slot
       grep -q "^include_if_exists = 'opsloop-replica.conf'" "$data/postgresql.conf" ||
         echo "include_if_exists = 'opsloop-replica.conf'" >>"$data/postgresql.conf"
-      # Read after opsloop.conf (the primary's, copied with it), so that this port wins.
-      # hot_standby_feedback: the primary's vacuum keeps the rows a long dashboard query on the
-      # replica still reads, instead of the replica cancelling that query.
-      cat >"$data/opsloop-replica.conf" <<CONF
-port = $REPLICA_PORT
-hot_standby = on
-hot_standby_feedback = on
-CONF
       touch "$(replica_log)"
-      if [ "$(id -u)" = 0 ]; then chown postgres: "$data/opsloop-replica.conf" "$(replica_log)"; fi
-      as_owner "$bin/pg_ctl" -D "$data" -l "$(replica_log)" -w -t 60 -o "-p $REPLICA_PORT" start >/dev/null
+      logged=$(wc -l <"$(replica_log)")
+      if ! launch_replica "$bin" "$data"; then
+        # Another process took the port between the check and the start: once more on another.
+        tail -n +"$((logged + 1))" "$(replica_log)" | grep -q "Address already in use" || exit 1
+        [ -z "${OPSLOOP_PG_REPLICA_PORT:-}" ] || exit 1
+        choose_port REPLICA_PORT OPSLOOP_PG_REPLICA_PORT "the replica"
+        launch_replica "$bin" "$data"
+      fi
     fi
     # Streaming within a minute, or the primary no longer keeps the WAL this copy needs: copy again.
     for i in $(seq 1 300); do

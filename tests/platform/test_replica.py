@@ -18,6 +18,7 @@ from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.apps import apps as apps_registry
 from django.conf import settings as django_settings
@@ -60,7 +61,7 @@ def _saved_port() -> str:
     return ""
 
 
-def _services(*args: str) -> subprocess.CompletedProcess:
+def _services(*args: str, env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
     # The script copies this checkout's cluster: the test database must live there.
     port = str(connections[PRIMARY].settings_dict["PORT"] or 5432)
     if port != _saved_port():
@@ -68,9 +69,15 @@ def _services(*args: str) -> subprocess.CompletedProcess:
             f"the test database is on port {port}, not on this checkout's cluster ({_saved_port() or 'none'}, "
             ".run/ports): load .run/env (set -a; . .run/env; set +a) before the tests"
         )
+    environment = {**os.environ, "OPSLOOP_PG_PORT": port}
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     return subprocess.run(
         [str(ROOT / "scripts" / "services.sh"), *args],
-        env={**os.environ, "OPSLOOP_PG_PORT": port},
+        env=environment,
         capture_output=True,
         text=True,
         timeout=600,
@@ -240,6 +247,45 @@ def test_the_replica_streams_through_a_slot_that_stop_replica_drops_and_a_restar
     assert "pg_basebackup" not in again.stderr and "streaming" in again.stderr  # the copy was kept
     assert _slots() == [("opsloop_replica", True)]
     _wait_for(lambda: _on_replica(timezone.now().date() - timedelta(days=8), 808), "the row written while stopped")
+
+
+def _saved_replica_port() -> str:
+    for line in (ROOT / ".run" / "ports").read_text().splitlines():
+        if line.startswith("SAVED_PG_REPLICA_PORT="):
+            return line.split("=", 1)[1]
+    return ""
+
+
+def test_a_replica_port_held_by_another_process_moves_the_replica_unless_the_port_was_named(replica_alias):
+    port = int(replica_alias["PORT"])
+    connections[REPLICA].close()
+    assert _services("stop-replica").returncode == 0
+    ports = ROOT / ".run" / "ports"
+    saved = ports.read_text()
+    # What a test run can meet: the default port lies in the ephemeral range, and an outgoing
+    # connection (here one to the primary, on a port the kernel picks) holds it.
+    holder = socket.create_connection(("127.0.0.1", int(connections[PRIMARY].settings_dict["PORT"])))
+    held = holder.getsockname()[1]
+    try:
+        named = _services("start-replica", env={"OPSLOOP_PG_REPLICA_PORT": str(held)})
+        assert named.returncode == 1
+        assert f"port {held} is in use by another process" in named.stderr
+
+        ports.write_text(re.sub(r"(?m)^SAVED_PG_REPLICA_PORT=.*$", f"SAVED_PG_REPLICA_PORT={held}", saved))
+        moved = _services("start-replica", env={"OPSLOOP_PG_REPLICA_PORT": None})
+        assert moved.returncode == 0, f"{moved.stderr}\n{_replica_log_tail()}"
+        url = _replica_url_from_env_file()
+        now = int(url.rsplit(":", 1)[1].split("/")[0])
+        assert now != held and f"port {held} is in use by another process: the replica listens on {now}" in moved.stderr
+        assert _saved_replica_port() == str(now)
+        with psycopg.connect(url, connect_timeout=5) as connection:
+            assert connection.execute("SELECT pg_is_in_recovery(), inet_server_port()").fetchone() == (True, now)
+    finally:
+        holder.close()
+        _services("stop-replica")
+        back = _services("start-replica", env={"OPSLOOP_PG_REPLICA_PORT": str(port)})
+    assert back.returncode == 0, back.stderr
+    assert f":{port}/" in _replica_url_from_env_file() and _saved_replica_port() == str(port)
 
 
 def test_a_dashboard_page_is_served_from_the_replica_while_the_primary_takes_claims(superuser_client):
