@@ -219,6 +219,129 @@ def before_retention(start: date, end: date) -> list:
         return cursor.fetchall()
 
 
+def raw_events_reads():
+    """ClickHouse's reads as they were before its daily aggregates: the same answers computed over
+    every raw event (kept here verbatim, so the aggregates' gain is measured in one run)."""
+    from tracking.events_store.base import DAILY_COLUMNS
+    from tracking.events_store.clickhouse import ClickHouseEventsStore, _cents, _day
+
+    _DAY = "toDate(timestamp)"
+
+    class RawEventsReads(ClickHouseEventsStore):
+        def daily_rows(self, *, start: date, end: date) -> dict[date, dict[str, Decimal]]:
+            # The days PostgreSQL has rows for: from the first day with an event to the last one.
+            bounds = self._rows(f"SELECT toString(min({_DAY})), toString(max({_DAY})), count() FROM {{table}}")
+            if not bounds or not int(bounds[0][2]):
+                return {}
+            lo, hi = max(start, _day(bounds[0][0])), min(end, _day(bounds[0][1]))
+            if lo > hi:
+                return {}
+            # The day's own values: people of the window with their first day and first order day
+            # over all their events.
+            per_day = self._rows(
+                """
+                WITH per_day AS (
+                    SELECT person, toDate(timestamp) AS day, count() AS events,
+                           countIf(name = 'order_paid') AS orders, countIf(name = 'order_refunded') AS refunds,
+                           sumIf(amount, name = 'order_paid') AS paid,
+                           sumIf(amount, name = 'order_refunded') AS refunded
+                    FROM {table} WHERE toDate(timestamp) BETWEEN {lo} AND {hi} GROUP BY person, day
+                ), people AS (
+                    SELECT person, min(toDate(timestamp)) AS first_day,
+                           minIf(toDate(timestamp), name = 'order_paid') AS first_order_day
+                    FROM {table}
+                    WHERE person IN (SELECT person FROM {table} WHERE toDate(timestamp) BETWEEN {lo} AND {hi})
+                    GROUP BY person
+                )
+                SELECT toString(d.day), sum(d.events), count(), countIf(p.first_day = d.day), sum(d.orders),
+                       sum(d.refunds), toString(sum(d.paid)), toString(sum(d.refunded)),
+                       toString(sum(d.paid) - sum(d.refunded)), countIf(d.orders > 0),
+                       countIf(d.orders > 0 AND p.first_order_day < d.day)
+                FROM per_day d JOIN people p ON p.person = d.person GROUP BY d.day
+                """,
+                lo=lo,
+                hi=hi,
+            )
+            # WAU and MAU without a join of days to days: a person active on `day` and next on `next`
+            # is counted in the trailing week (month) of the days from `day` up to the earlier of
+            # `next` and `day` + 7 (30), each day once. So each person-day adds 1 from its day and
+            # takes it back from that end: a handful of changes per day, summed up in order.
+            changes = self._rows(
+                """
+                SELECT toString(x.1), sum(x.2), sum(x.3) FROM (
+                    SELECT day, leadInFrame(day, 1, day + 1000) OVER (
+                        PARTITION BY person ORDER BY day ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING
+                    ) AS next
+                    FROM (
+                        SELECT DISTINCT person, toDate(timestamp) AS day FROM {table}
+                        WHERE toDate(timestamp) BETWEEN {lo} - 29 AND {hi}
+                    )
+                )
+                ARRAY JOIN [(day, 1, 1), (least(next, day + 7), -1, 0), (least(next, day + 30), 0, -1)] AS x
+                GROUP BY x.1
+                """,
+                lo=lo,
+                hi=hi,
+            )
+            by_day = {date.fromisoformat(day): (int(w), int(m)) for day, w, m in changes}
+            trailing, wau, mau = [], 0, 0
+            day = lo - timedelta(days=29)
+            while day <= hi:
+                w, m = by_day.get(day, (0, 0))
+                wau, mau = wau + w, mau + m
+                if day >= lo:
+                    trailing.append((day.isoformat(), wau, mau))
+                day += timedelta(days=1)
+            quiet = ["0"] * 11
+            own = {day: values for day, *values in per_day}
+            out = {}
+            for day, wau, mau in trailing:
+                own_day = own.get(day) or quiet
+                events, active, new, orders, refunds, paid, refunded, revenue, paying, repeat = own_day[:10]
+                values = (events, active, wau, mau, new, orders, refunds, paid, refunded, revenue, paying, repeat)
+                row = dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
+                for money in ("paid_amount", "refunded_amount", "revenue"):
+                    row[money] = _cents(row[money])
+                out[date.fromisoformat(day)] = row
+            return out
+
+        def retention_cells(
+            self, *, basis: str, granularity: str, first_cohort: date, end: date, periods: int
+        ) -> list[tuple[date, int, int]]:
+            only_orders = "WHERE name = 'order_paid'" if basis == "purchase" else ""
+            # The cohort of a first day, and the period of an active day `a.day` in the cohort of `c.first`.
+            cohort, period = {
+                "day": ("first", "dateDiff('day', c.first, a.day)"),
+                "week": ("toMonday(first)", "intDiv(dateDiff('day', toMonday(c.first), toMonday(a.day)), 7)"),
+                "month": (
+                    "toStartOfMonth(first)",
+                    "(toYear(a.day) * 12 + toMonth(a.day)) - (toYear(c.first) * 12 + toMonth(c.first))",
+                ),
+            }[granularity]
+            rows = self._rows(
+                f"""
+                WITH firsts AS (
+                    SELECT person, min(toDate(timestamp)) AS first FROM {{table}} {only_orders} GROUP BY person
+                ), cohorts AS (
+                    SELECT person, first, {cohort} AS cohort FROM firsts
+                    WHERE cohort BETWEEN {{first_cohort}} AND {{end}}
+                )
+                SELECT toString(c.cohort) AS cohort, {period} AS period,
+                       uniqExact(a.person) AS users
+                FROM (SELECT DISTINCT person, toDate(timestamp) AS day FROM {{table}} {only_orders}) a
+                JOIN cohorts c ON c.person = a.person
+                WHERE period BETWEEN 0 AND {{periods}}
+                GROUP BY cohort, period ORDER BY cohort, period
+                """,
+                first_cohort=first_cohort,
+                end=end,
+                periods=periods,
+            )
+            return [(date.fromisoformat(c), int(p), int(u)) for c, p, u in rows]
+
+    return RawEventsReads
+
+
 def timed(call, repeat: int) -> tuple[float, object]:
     timings, answer = [], None
     for _ in range(repeat):
@@ -253,6 +376,11 @@ def main() -> None:
     settings.OPSLOOP_EVENTS_STORE = "postgres"
     if args.regenerate or have != args.events or shipped_before != args.events:
         load(args)
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    started = time.monotonic()
+    if clickhouse_store().ensure_aggregates():  # what shipping does first on an engine loaded without them
+        print(f"ClickHouse: daily aggregates built from the events held in {time.monotonic() - started:.1f} s")
+    settings.OPSLOOP_EVENTS_STORE = "postgres"
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*), max(timestamp)::date FROM tracking_event")
         total, last = cursor.fetchone()
@@ -275,6 +403,46 @@ def main() -> None:
         settings.OPSLOOP_EVENTS_STORE = "postgres"
         same = "yes" if pg_answer == ch_answer else "no (sampled or differs)"
         print(f"{label:40} {pg * 1000:>12.1f} ms {ch * 1000:>12.1f} ms {pg / ch:>7.1f}x  {same}", flush=True)
+
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    store = clickhouse_store()
+    raw = raw_events_reads()(args.clickhouse_url)
+    print("\nClickHouse: raw events against the daily aggregates (interleaved, p95):")
+    d90, d180 = last - timedelta(days=89), last - timedelta(days=179)
+    with store.held():
+        for label, call in [
+            ("daily rows, 90 days", lambda engine: engine.daily_rows(start=d90, end=last)),
+            (
+                "retention cells, monthly",
+                lambda engine: engine.retention_cells(
+                    basis="activity", granularity="month", first_cohort=d180.replace(day=1), end=last, periods=6
+                ),
+            ),
+            (
+                "retention cells, daily purchases",
+                lambda engine: engine.retention_cells(
+                    basis="purchase", granularity="day", first_cohort=last - timedelta(days=29), end=last, periods=30
+                ),
+            ),
+        ]:
+            r, a, answers = [], [], []
+            for _ in range(args.repeat):
+                seconds, answer_raw = timed(lambda c=call: c(raw), 1)
+                r.append(seconds)
+                seconds, answer = timed(lambda c=call: c(store), 1)
+                a.append(seconds)
+                answers.append(answer == answer_raw)
+            require_workload(f"{label} answers", len(answer), at_least=1)
+            print(
+                f"  {label:34} raw {p95(r) * 1000:8.1f} ms  aggregates {p95(a) * 1000:8.1f} ms  "
+                f"raw / aggregates {p95(r) / p95(a):5.1f}x  same answer {'yes' if all(answers) else 'NO'}",
+                flush=True,
+            )
+        rows = store.client.rows(
+            "SELECT (SELECT count() FROM opsloop_person_days), (SELECT count() FROM opsloop_people)"
+        )[0]
+    print(f"  rows read instead of {in_clickhouse:,} events: {int(rows[0]):,} person-days, {int(rows[1]):,} people")
+    settings.OPSLOOP_EVENTS_STORE = "postgres"
 
     print("\nPostgreSQL before/after the events store (interleaved, p95):")
     d90 = last - timedelta(days=89)

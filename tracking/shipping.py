@@ -53,7 +53,8 @@ _QUEUE = (
 
 # The columns of `tracking.events_store.clickhouse.COLUMNS`, with what the rollups derive from an
 # event worked out by the same expressions (`indicators.rollups.statements`): the person key, the
-# order amount (0 where it is not a decimal string), the normalised search and its zero results.
+# order amount (0 where it is not a decimal string), the normalised search and its zero results,
+# and the hash of the person key that draws the churn page's sample (`hashtext`).
 _EXPORT = """
 COPY (
     SELECT e.id, e.event_id, e.name, e.kind, e.timestamp, e.received_at, COALESCE(e.user_id, e.anonymous_id),
@@ -66,7 +67,8 @@ COPY (
                     WHEN 'number' THEN (e.properties->>'results')::numeric = 0
                     WHEN 'array' THEN jsonb_array_length(e.properties->'results') = 0 ELSE false END
                 THEN 1 ELSE 0 END,
-           e.utm_source, e.utm_medium, e.utm_campaign, e.device, e.os, e.locale, e.path, e.properties::text
+           e.utm_source, e.utm_medium, e.utm_campaign, e.device, e.os, e.locale, e.path, e.properties::text,
+           hashtext(COALESCE(e.user_id, e.anonymous_id))
     FROM unnest({firsts}::bigint[], {lasts}::bigint[]) AS r(first_id, last_id)
     CROSS JOIN LATERAL (
         SELECT * FROM tracking_event e WHERE e.id BETWEEN r.first_id AND r.last_id OFFSET 0
@@ -198,6 +200,15 @@ def ship_events(*, batch_events: int | None = None, max_batches: int | None = No
             result.busy = True
             return result
     try:
+        # Under the lock, so that no insert runs while the aggregates are filled from the events.
+        try:
+            if store.ensure_aggregates():
+                logger.info("ClickHouse's daily aggregates were built from the events it holds")
+        except Exception as error:
+            reason = f"{type(error).__name__}: building the daily aggregates: {error}"
+            _failed(reason)
+            logger.error("shipping to ClickHouse failed, %d events wait: %s", pending_events(), reason)
+            raise ShippingFailed(reason) from error
         # The engine is opened for each insert only, not across the run: chdb's directory takes
         # one process at a time, and a page waits on it while the next batch is exported.
         while max_batches is None or result.batches < max_batches:

@@ -10,6 +10,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -121,14 +122,18 @@ def test_the_shipped_rows_carry_what_the_rollups_derive(clickhouse):
     shipping.ship_events()
 
     rows = clickhouse.client.rows(
-        f"SELECT name, person, toInt64(amount * 100), search_query, search_zero FROM {TABLE} ORDER BY id"
+        f"SELECT name, person, toInt64(amount * 100), search_query, search_zero, person_hash FROM {TABLE} ORDER BY id"
     )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT hashtext('a1'), hashtext('u1')")
+        a1, u1 = cursor.fetchone()
 
     assert rows == [  # the amount rounded to cents, the query trimmed and in lower case
-        ["order_paid", "a1", 1235, "", 0],
-        ["search", "u1", 0, "red shoes", 1],
-        ["search", "u1", 0, "hat", 0],
+        ["order_paid", "a1", 1235, "", 0, a1],
+        ["search", "u1", 0, "red shoes", 1, u1],
+        ["search", "u1", 0, "hat", 0, u1],
     ]
+    assert a1 != u1
 
 
 @hypothesis_settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,10 +3,13 @@
 
 PostgreSQL answers the indicator pages from rollup tables that a fold keeps up to date, because
 its scans of raw events grow with the table. ClickHouse is built to aggregate raw columns (a
-column store, vectorised, a scan of hundreds of millions of rows per second per core), so this
-engine computes every analysis over the shipped events themselves, with the same definitions as
-the rollups: no second copy of the rollups to keep right, late events count the moment they are
-shipped, and any window is exact, not only the ones the rollups cover.
+column store, vectorised), so the analyses over sequences and arbitrary windows (funnels, churn,
+searches, the anomaly reads) scan the shipped events themselves. The pages the rollups cover read
+two aggregates that materialised views keep as each batch is inserted: a row per person and day,
+and a row per person (first day, first order day). They hold no definition of their own: the
+reads apply the rollups' definitions to them, a late event counts the moment it is shipped, and
+any window is exact. A ClickHouse that holds events from before the aggregates existed gets them
+built by the next shipping run (`ensure_aggregates`); until then those pages answer 503.
 
 The events arrive through `tracking.shipping` (an outbox in PostgreSQL); each row carries the
 values the rollups derive from an event (its person key, order amount, normalised search), worked
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -62,6 +65,7 @@ COLUMNS = (
     "locale",
     "path",
     "properties",
+    "person_hash",
 )
 
 # ReplacingMergeTree keyed on the event: a row shipped twice (a batch retried after its insert
@@ -90,14 +94,70 @@ CREATE TABLE IF NOT EXISTS {table} (
     os LowCardinality(String),
     locale LowCardinality(String),
     path String,
-    properties String
+    properties String,
+    person_hash Int32
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (name, toDate(timestamp), event_id)
 SETTINGS non_replicated_deduplication_window = 10000
 """
 TABLE = "opsloop_events"
-INSERT_SETTINGS = "date_time_input_format = 'best_effort', input_format_null_as_default = 1"
+
+# Daily aggregates, kept by materialised views as each batch is inserted, for the reads that
+# PostgreSQL answers from its rollups: a row per person and day (what they did that day) and a
+# row per person (their first day, their first order's day). A daily series or a cohort table
+# then reads millions of person-days instead of every raw event. The tables merge rows of one key
+# in the background; the reads sum or take the least over what is not merged yet.
+PERSON_DAYS = "opsloop_person_days"
+PEOPLE = "opsloop_people"
+# A person without an order: the last day a ClickHouse `Date` holds, so that `min` keeps a real one.
+NO_ORDER = "toDate('2149-06-06')"
+CREATE_PERSON_DAYS = f"""
+CREATE TABLE IF NOT EXISTS {PERSON_DAYS} (
+    day Date,
+    person String,
+    events SimpleAggregateFunction(sum, UInt64),
+    orders SimpleAggregateFunction(sum, UInt64),
+    refunds SimpleAggregateFunction(sum, UInt64),
+    paid SimpleAggregateFunction(sum, Decimal(38, 2)),
+    refunded SimpleAggregateFunction(sum, Decimal(38, 2))
+) ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(day)
+ORDER BY (day, person)
+SETTINGS non_replicated_deduplication_window = 10000
+"""
+CREATE_PEOPLE = f"""
+CREATE TABLE IF NOT EXISTS {PEOPLE} (
+    person String,
+    first_day SimpleAggregateFunction(min, Date),
+    first_order_day SimpleAggregateFunction(min, Date)
+) ENGINE = AggregatingMergeTree
+ORDER BY person
+SETTINGS non_replicated_deduplication_window = 10000
+"""
+PERSON_DAYS_OF_EVENTS = f"""
+SELECT toDate(timestamp) AS day, person, count() AS events,
+       countIf(name = 'order_paid') AS orders, countIf(name = 'order_refunded') AS refunds,
+       sumIf(amount, name = 'order_paid') AS paid, sumIf(amount, name = 'order_refunded') AS refunded
+FROM {TABLE} {{where}} GROUP BY day, person
+"""
+PEOPLE_OF_EVENTS = f"""
+SELECT person, min(toDate(timestamp)) AS first_day,
+       min(if(name = 'order_paid', toDate(timestamp), {NO_ORDER})) AS first_order_day
+FROM {TABLE} GROUP BY person
+"""
+# The views are made last, after their tables are filled from the events held: their presence
+# says the aggregates are complete (`ensure_aggregates`).
+AGGREGATE_VIEWS = {
+    f"{PERSON_DAYS}_mv": (PERSON_DAYS, PERSON_DAYS_OF_EVENTS.format(where="")),
+    f"{PEOPLE}_mv": (PEOPLE, PEOPLE_OF_EVENTS),
+}
+# A batch inserted again under its token is dropped from the events table and, with this, from
+# each view's table too, also when the first try stopped between the two.
+INSERT_SETTINGS = (
+    "date_time_input_format = 'best_effort', input_format_null_as_default = 1, "
+    "deduplicate_blocks_in_dependent_materialized_views = 1"
+)
 OPEN_WAIT_SECONDS = 30.0
 # ClickHouse parses statements of at most `max_query_size` (256 KiB by default): ids are asked
 # about in slices whose lists stay well under it (5,000 ids of up to 19 digits: about 105 KB).
@@ -140,7 +200,13 @@ def _literal(value: Any) -> str:
 
 
 def _bind(sql: str, params: dict[str, Any]) -> str:
-    return sql.format(**{key: _literal(value) for key, value in params.items()}, table=TABLE)
+    return sql.format(
+        **{key: _literal(value) for key, value in params.items()},
+        table=TABLE,
+        person_days=PERSON_DAYS,
+        people=PEOPLE,
+        no_order=NO_ORDER,
+    )
 
 
 class _Chdb:
@@ -263,6 +329,7 @@ class _Server:
                     "insert_deduplication_token": token,
                     "date_time_input_format": "best_effort",
                     "input_format_null_as_default": 1,
+                    "deduplicate_blocks_in_dependent_materialized_views": 1,
                 },
             )
         except ClickHouseUnavailable:
@@ -280,9 +347,6 @@ def _cents(value: str | int) -> Decimal:
     return Decimal(value).quantize(Decimal("0.01"))
 
 
-_DAY = "toDate(timestamp)"
-
-
 class ClickHouseEventsStore(EventsStore):
     engine = "clickhouse"
 
@@ -290,13 +354,65 @@ class ClickHouseEventsStore(EventsStore):
         self.url = url
         self.client = _Chdb(url.removeprefix("chdb://")) if url.startswith("chdb://") else _Server(url)
         self._ready = False
+        self._aggregates_ready = False
 
     # --- the table ---------------------------------------------------------------------------
 
     def ensure_table(self) -> None:
         if not self._ready:
             self.client.command(CREATE_EVENTS.format(table=TABLE))
+            # A table made before the column: the rows it holds keep 0 (docs/deploy.md).
+            self.client.command(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS person_hash Int32")
             self._ready = True
+
+    def aggregates_ready(self) -> bool:
+        if not self._aggregates_ready:
+            self.ensure_table()
+            views = self.client.rows(
+                "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name IN ("
+                + ", ".join(_literal(name) for name in AGGREGATE_VIEWS)
+                + ")"
+            )
+            self._aggregates_ready = int(views[0][0]) == len(AGGREGATE_VIEWS)
+        return self._aggregates_ready
+
+    def ensure_aggregates(self, progress: Callable[[str], None] | None = None) -> bool:
+        """Make the daily aggregates and their views if they are not there, filled from the
+        events held (month by month). Only while nothing inserts events: shipping calls it under
+        its lock. True when it had to build them."""
+        if self.aggregates_ready():
+            return False
+        with self.client.held():
+            # A build that stopped half way left rows behind: start again from empty tables.
+            for name in AGGREGATE_VIEWS:
+                self.client.command(f"DROP VIEW IF EXISTS {name}")
+            self.client.command(CREATE_PERSON_DAYS)
+            self.client.command(CREATE_PEOPLE)
+            self.client.command(f"TRUNCATE TABLE {PERSON_DAYS}")
+            self.client.command(f"TRUNCATE TABLE {PEOPLE}")
+            held = self.client.rows(f"SELECT DISTINCT toYYYYMM(timestamp) FROM {TABLE} ORDER BY 1")
+            months = [int(m) for (m,) in held]
+            for month in months:
+                if progress:
+                    progress(f"person-days of {month // 100}-{month % 100:02d}")
+                self.client.command(
+                    f"INSERT INTO {PERSON_DAYS} "
+                    + PERSON_DAYS_OF_EVENTS.format(where=f"WHERE toYYYYMM(timestamp) = {month}")
+                )
+            if progress:
+                progress("people")
+            self.client.command(f"INSERT INTO {PEOPLE} {PEOPLE_OF_EVENTS}")
+            for name, (target, select) in AGGREGATE_VIEWS.items():
+                self.client.command(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {target} AS {select}")
+        self._aggregates_ready = True
+        return True
+
+    def _ready_aggregates(self) -> None:
+        if not self.aggregates_ready():
+            raise HistoryLoading(
+                "ClickHouse is building its daily aggregates of the events it holds; "
+                "the next shipping run finishes them."
+            )
 
     def held(self):
         """Keep the engine open for a block of statements (chdb: one opening, not one each)."""
@@ -332,9 +448,14 @@ class ClickHouseEventsStore(EventsStore):
         return held
 
     def truncate(self) -> None:
-        """Empty the table (tests, and the bench's fresh loads)."""
+        """Empty the tables, the aggregates made and empty too (tests, and the bench's fresh loads)."""
         self.ensure_table()
         self.client.command(f"TRUNCATE TABLE {TABLE}")
+        if self.aggregates_ready():
+            self.client.command(f"TRUNCATE TABLE {PERSON_DAYS}")
+            self.client.command(f"TRUNCATE TABLE {PEOPLE}")
+        else:
+            self.ensure_aggregates()
 
     def _rows(self, sql: str, **params: Any) -> list[list]:
         self.ensure_table()
@@ -342,35 +463,55 @@ class ClickHouseEventsStore(EventsStore):
 
     # --- the reads -----------------------------------------------------------------------------
 
+    def _aggregated(self, sql: str, **params: Any) -> list[list]:
+        self._ready_aggregates()
+        return self.client.rows(_bind(sql, params))
+
     def daily_rows(self, *, start: date, end: date) -> dict[date, dict[str, Decimal]]:
         # The days PostgreSQL has rows for: from the first day with an event to the last one.
-        bounds = self._rows(f"SELECT toString(min({_DAY})), toString(max({_DAY})), count() FROM {{table}}")
+        bounds = self._aggregated("SELECT toString(min(day)), toString(max(day)), count() FROM {person_days}")
         if not bounds or not int(bounds[0][2]):
             return {}
         lo, hi = max(start, _day(bounds[0][0])), min(end, _day(bounds[0][1]))
         if lo > hi:
             return {}
-        # The day's own values: people of the window with their first day and first order day
-        # over all their events.
-        per_day = self._rows(
+        # Each of these reads one table and joins no person-day to a person, but the paying ones.
+        # The day's own values, over its person-days.
+        per_day = self._aggregated(
             """
-            WITH per_day AS (
-                SELECT person, toDate(timestamp) AS day, count() AS events,
-                       countIf(name = 'order_paid') AS orders, countIf(name = 'order_refunded') AS refunds,
-                       sumIf(amount, name = 'order_paid') AS paid, sumIf(amount, name = 'order_refunded') AS refunded
-                FROM {table} WHERE toDate(timestamp) BETWEEN {lo} AND {hi} GROUP BY person, day
-            ), people AS (
-                SELECT person, min(toDate(timestamp)) AS first_day,
-                       minIf(toDate(timestamp), name = 'order_paid') AS first_order_day
-                FROM {table}
-                WHERE person IN (SELECT person FROM {table} WHERE toDate(timestamp) BETWEEN {lo} AND {hi})
-                GROUP BY person
+            SELECT toString(day), sum(events), count(), sum(orders), sum(refunds), toString(sum(paid)),
+                   toString(sum(refunded)), toString(sum(paid) - sum(refunded)), countIf(orders > 0)
+            FROM (
+                SELECT person, day, sum(events) AS events, sum(orders) AS orders, sum(refunds) AS refunds,
+                       sum(paid) AS paid, sum(refunded) AS refunded
+                FROM {person_days} WHERE day BETWEEN {lo} AND {hi} GROUP BY person, day
             )
-            SELECT toString(d.day), sum(d.events), count(), countIf(p.first_day = d.day), sum(d.orders),
-                   sum(d.refunds), toString(sum(d.paid)), toString(sum(d.refunded)),
-                   toString(sum(d.paid) - sum(d.refunded)), countIf(d.orders > 0),
-                   countIf(d.orders > 0 AND p.first_order_day < d.day)
-            FROM per_day d JOIN people p ON p.person = d.person GROUP BY d.day
+            GROUP BY day
+            """,
+            lo=lo,
+            hi=hi,
+        )
+        # New people: their first day over all their events is the day.
+        new = self._aggregated(
+            """
+            SELECT toString(first), count() FROM (SELECT person, min(first_day) AS first FROM {people} GROUP BY person)
+            WHERE first BETWEEN {lo} AND {hi} GROUP BY first
+            """,
+            lo=lo,
+            hi=hi,
+        )
+        # Repeat buyers: paying on the day, and their first order was on an earlier day.
+        repeat = self._aggregated(
+            """
+            WITH paying AS (
+                SELECT person, day FROM {person_days} WHERE day BETWEEN {lo} AND {hi} AND orders > 0
+                GROUP BY person, day
+            )
+            SELECT toString(d.day), count() FROM paying d JOIN (
+                SELECT person, min(first_order_day) AS first_order FROM {people}
+                WHERE person IN (SELECT person FROM paying) GROUP BY person
+            ) p ON p.person = d.person
+            WHERE p.first_order < d.day GROUP BY d.day
             """,
             lo=lo,
             hi=hi,
@@ -378,19 +519,18 @@ class ClickHouseEventsStore(EventsStore):
         # WAU and MAU without a join of days to days: a person active on `day` and next on `next`
         # is counted in the trailing week (month) of the days from `day` up to the earlier of
         # `next` and `day` + 7 (30), each day once. So each person-day adds 1 from its day and
-        # takes it back from that end: a handful of changes per day, summed up in order.
-        changes = self._rows(
+        # takes it back from that end: a handful of changes per day, summed up in order. A
+        # person's days are one sorted array, walked pairwise (no window function to sort by).
+        changes = self._aggregated(
             """
             SELECT toString(x.1), sum(x.2), sum(x.3) FROM (
-                SELECT day, leadInFrame(day, 1, day + 1000) OVER (
-                    PARTITION BY person ORDER BY day ROWS BETWEEN CURRENT ROW AND 1 FOLLOWING
-                ) AS next
-                FROM (
-                    SELECT DISTINCT person, toDate(timestamp) AS day FROM {table}
-                    WHERE toDate(timestamp) BETWEEN {lo} - 29 AND {hi}
-                )
+                SELECT arraySort(groupUniqArray(day)) AS days FROM {person_days}
+                WHERE day BETWEEN {lo} - 29 AND {hi} GROUP BY person
             )
-            ARRAY JOIN [(day, 1, 1), (least(next, day + 7), -1, 0), (least(next, day + 30), 0, -1)] AS x
+            ARRAY JOIN arrayFlatten(arrayMap(
+                (day, next) -> [(day, 1, 1), (least(next, day + 7), -1, 0), (least(next, day + 30), 0, -1)],
+                days, arrayPushBack(arrayPopFront(days), {no_order})
+            )) AS x
             GROUP BY x.1
             """,
             lo=lo,
@@ -405,12 +545,27 @@ class ClickHouseEventsStore(EventsStore):
             if day >= lo:
                 trailing.append((day.isoformat(), wau, mau))
             day += timedelta(days=1)
-        quiet = ["0"] * 11
         own = {day: values for day, *values in per_day}
+        new_on = {day: n for day, n in new}
+        repeat_on = {day: n for day, n in repeat}
+        quiet = ["0"] * 9
         out = {}
         for day, wau, mau in trailing:
-            events, active, new, orders, refunds, paid, refunded, revenue, paying, repeat = (own.get(day) or quiet)[:10]
-            values = (events, active, wau, mau, new, orders, refunds, paid, refunded, revenue, paying, repeat)
+            events, active, orders, refunds, paid, refunded, revenue, paying = (own.get(day) or quiet)[:8]
+            values = (
+                events,
+                active,
+                wau,
+                mau,
+                new_on.get(day, 0),
+                orders,
+                refunds,
+                paid,
+                refunded,
+                revenue,
+                paying,
+                repeat_on.get(day, 0),
+            )
             row = dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
             for money in ("paid_amount", "refunded_amount", "revenue"):
                 row[money] = _cents(row[money])
@@ -420,33 +575,43 @@ class ClickHouseEventsStore(EventsStore):
     def retention_cells(
         self, *, basis: str, granularity: str, first_cohort: date, end: date, periods: int
     ) -> list[tuple[date, int, int]]:
-        only_orders = "WHERE name = 'order_paid'" if basis == "purchase" else ""
-        # The cohort of a first day, and the period of an active day `a.day` in the cohort of `c.first`.
-        cohort, period = {
-            "day": ("first", "dateDiff('day', c.first, a.day)"),
-            "week": ("toMonday(first)", "intDiv(dateDiff('day', toMonday(c.first), toMonday(a.day)), 7)"),
+        purchases = basis == "purchase"
+        first = "min(first_order_day)" if purchases else "min(first_day)"
+        # The cohort of a first day, and the period of an active day `d` in the cohort of `c.first`.
+        cohort, period, longest = {
+            "day": ("first", "dateDiff('day', c.first, d)", 1),
+            "week": ("toMonday(first)", "intDiv(dateDiff('day', toMonday(c.first), toMonday(d)), 7)", 7),
             "month": (
                 "toStartOfMonth(first)",
-                "(toYear(a.day) * 12 + toMonth(a.day)) - (toYear(c.first) * 12 + toMonth(c.first))",
+                "(toYear(d) * 12 + toMonth(d)) - (toYear(c.first) * 12 + toMonth(c.first))",
+                31,
             ),
         }[granularity]
-        rows = self._rows(
+        # An active day of a cohort's person is on or after their first day, so on or after the
+        # first cohort, and at most `periods` periods after the last cohort: the days read are
+        # those (the table is ordered by day). A person's days are gathered into one array, so
+        # the join is person to person, not person-day to person.
+        rows = self._aggregated(
             f"""
-            WITH firsts AS (
-                SELECT person, min(toDate(timestamp)) AS first FROM {{table}} {only_orders} GROUP BY person
-            ), cohorts AS (
-                SELECT person, first, {cohort} AS cohort FROM firsts WHERE cohort BETWEEN {{first_cohort}} AND {{end}}
+            WITH cohorts AS (
+                SELECT person, {first} AS first, {cohort} AS cohort FROM {{people}} GROUP BY person
+                HAVING cohort BETWEEN {{first_cohort}} AND {{end}} {"AND first < {no_order}" if purchases else ""}
             )
-            SELECT toString(c.cohort) AS cohort, {period} AS period,
-                   uniqExact(a.person) AS users
-            FROM (SELECT DISTINCT person, toDate(timestamp) AS day FROM {{table}} {only_orders}) a
-            JOIN cohorts c ON c.person = a.person
+            SELECT toString(cohort), period, count() FROM (
+                SELECT c.cohort AS cohort, arrayJoin(arrayDistinct(arrayMap(d -> {period}, a.days))) AS period
+                FROM cohorts c JOIN (
+                    SELECT person, groupUniqArray(day) AS days FROM {{person_days}}
+                    WHERE day BETWEEN {{first_cohort}} AND {{end}} + {{horizon}} {"AND orders > 0" if purchases else ""}
+                    GROUP BY person
+                ) a ON a.person = c.person
+            )
             WHERE period BETWEEN 0 AND {{periods}}
             GROUP BY cohort, period ORDER BY cohort, period
             """,
             first_cohort=first_cohort,
             end=end,
             periods=periods,
+            horizon=longest * (periods + 1),
         )
         return [(date.fromisoformat(c), int(p), int(u)) for c, p, u in rows]
 
@@ -469,15 +634,19 @@ class ClickHouseEventsStore(EventsStore):
         return SearchTotals([(q, int(n), int(z)) for q, n, z in queries], int(searches), int(zero))
 
     def purchase_totals(self, *, start: date, end: date) -> PurchaseTotals:
-        ((active, paying, repeat, paid, refunded, orders),) = self._rows(
+        ((active, paying, repeat, paid, refunded, orders),) = self._aggregated(
             """
             SELECT count(), countIf(orders > 0), countIf(order_days > 1),
                    toString(sum(paid)), toString(sum(refunded)), sum(orders)
             FROM (
-                SELECT person, countIf(name = 'order_paid') AS orders,
-                       uniqExactIf(toDate(timestamp), name = 'order_paid') AS order_days,
-                       sumIf(amount, name = 'order_paid') AS paid, sumIf(amount, name = 'order_refunded') AS refunded
-                FROM {table} WHERE toDate(timestamp) BETWEEN {start} AND {end} GROUP BY person
+                SELECT person, sum(day_orders) AS orders, countIf(day_orders > 0) AS order_days,
+                       sum(day_paid) AS paid, sum(day_refunded) AS refunded
+                FROM (
+                    SELECT person, day, sum(orders) AS day_orders, sum(paid) AS day_paid,
+                           sum(refunded) AS day_refunded
+                    FROM {person_days} WHERE day BETWEEN {start} AND {end} GROUP BY person, day
+                )
+                GROUP BY person
             )
             """,
             start=start,
@@ -518,22 +687,27 @@ class ClickHouseEventsStore(EventsStore):
     def key_behaviour_groups(
         self, *, event_name: str, start: date, end: date, first_days: int, retained_from: int, retained_to: int
     ) -> dict[bool, tuple[int, int]]:
-        rows = self._rows(
+        # The people whose first day is in the window; those who did the event within their first
+        # days (from the raw events of that name: the table is ordered by name first); those back
+        # on a day of the retention span (from their person-days).
+        rows = self._aggregated(
             """
-            SELECT did, count(), countIf(kept) FROM (
-                SELECT person, first_day,
-                       has_event AND first_event < first_day + {first_days} AS did,
-                       arrayExists(
-                           d -> d BETWEEN first_day + {retained_from} AND first_day + {retained_to}, days
-                       ) AS kept
-                FROM (
-                    SELECT person, min(toDate(timestamp)) AS first_day,
-                           countIf(name = {event}) > 0 AS has_event,
-                           minIf(toDate(timestamp), name = {event}) AS first_event,
-                           groupUniqArray(toDate(timestamp)) AS days
-                    FROM {table} GROUP BY person HAVING first_day BETWEEN {start} AND {end}
-                )
-            ) GROUP BY did
+            WITH cohort AS (
+                SELECT person, min(first_day) AS first_day FROM {people}
+                GROUP BY person HAVING first_day BETWEEN {start} AND {end}
+            ), did AS (
+                SELECT e.person AS person FROM (
+                    SELECT person, min(toDate(timestamp)) AS first_event FROM {table}
+                    WHERE name = {event} AND person IN (SELECT person FROM cohort) GROUP BY person
+                ) e JOIN cohort c ON c.person = e.person
+                WHERE e.first_event < c.first_day + {first_days}
+            ), kept AS (
+                SELECT DISTINCT d.person AS person FROM {person_days} d JOIN cohort c ON c.person = d.person
+                WHERE d.day BETWEEN {start} + {retained_from} AND {end} + {retained_to}
+                  AND d.day BETWEEN c.first_day + {retained_from} AND c.first_day + {retained_to}
+            )
+            SELECT person IN (SELECT person FROM did) AS did, count(), countIf(person IN (SELECT person FROM kept))
+            FROM cohort GROUP BY did
             """,
             event=event_name,
             start=start,
@@ -545,14 +719,16 @@ class ClickHouseEventsStore(EventsStore):
         return {bool(did): (int(total), int(kept)) for did, total, kept in rows}
 
     def last_activity_day(self) -> date | None:
-        ((day,),) = self._rows("SELECT if(count() = 0, NULL, toString(max(toDate(timestamp)))) FROM {table}")
+        ((day,),) = self._aggregated("SELECT if(count() = 0, NULL, toString(max(day))) FROM {person_days}")
         return _day(day)
 
     def churn_rows(self, *, start: date, end: date, churn_days: int, last_events: int, sample: int) -> ChurnRows:
-        """The sample is the first `sample` people by a 64-bit hash of their key (cityHash64, where
-        PostgreSQL orders by `hashtext`): a fixed draw, everyone when the population is that small."""
+        """The sample is the first `sample` people by PostgreSQL's `hashtext` of their key, then the
+        key, as the PostgreSQL engine draws it: shipping computes the hash there (`person_hash`),
+        so both engines draw the same people."""
         people = """
-            SELECT person, countIf(toDate(timestamp) > {end}) = 0 AS churned FROM {table}
+            SELECT person, countIf(toDate(timestamp) > {end}) = 0 AS churned, argMax(person_hash, id) AS hash
+            FROM {table}
             WHERE toDate(timestamp) BETWEEN {start} AND {end} + {churn_days}
             GROUP BY person HAVING countIf(toDate(timestamp) <= {end}) > 0
         """
@@ -563,7 +739,7 @@ class ClickHouseEventsStore(EventsStore):
         rows = self._rows(
             f"""
             WITH sampled AS (
-                SELECT person, churned FROM ({people}) ORDER BY cityHash64(person), person LIMIT {{sample}}
+                SELECT person, churned FROM ({people}) ORDER BY hash, person LIMIT {{sample}}
             )
             SELECT s.churned, arrayMap(x -> x.3, arraySlice(arrayReverseSort(l.tail), 1, {{last}}))
             FROM sampled s JOIN (

@@ -1,0 +1,198 @@
+"""ClickHouse's daily aggregates (a row per person and day, a row per person, kept by materialised
+views): the rollup reads answered from them equal PostgreSQL's rollups on drawn events shipped in
+drawn batches, a batch inserted again under its token leaves them as they were, a ClickHouse that
+holds events from before the aggregates existed gets them built by the next shipping run, and a
+read before that says why it waits."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from indicators import rollups
+from tests.factories.tracking import EventFactory
+from tracking import shipping
+from tracking.events_store import _postgres, clickhouse_store
+from tracking.events_store.clickhouse import (
+    AGGREGATE_VIEWS,
+    PEOPLE,
+    PEOPLE_OF_EVENTS,
+    PERSON_DAYS,
+    PERSON_DAYS_OF_EVENTS,
+    HistoryLoading,
+)
+from tracking.models import Event
+
+pytestmark = pytest.mark.django_db
+
+DAY0 = date(2026, 3, 2)  # a Monday
+NAMES = ["app_open", "page_view", "order_paid", "order_paid", "order_refunded", "signup"]
+PEOPLE_DRAWN = [("u1", None), ("u2", None), ("u3", None), (None, "a1"), (None, "a2"), ("u1", "a2")]
+EVENT = st.tuples(
+    st.integers(min_value=0, max_value=75),  # day
+    st.integers(min_value=0, max_value=24 * 3600 - 1),  # second of the day
+    st.sampled_from(NAMES),
+    st.sampled_from(PEOPLE_DRAWN),
+    st.sampled_from(["12.50", "0.99", "100", "3.333"]),
+)
+
+
+@pytest.fixture
+def both_engines(settings, chdb_url):
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    settings.OPSLOOP_CLICKHOUSE_URL = chdb_url
+    clickhouse = clickhouse_store()
+    clickhouse.truncate()
+    shipping.ship_history()
+    return _postgres(), clickhouse
+
+
+def _store(events) -> None:
+    for day, second, name, (user, anonymous), amount in events:
+        at = datetime.combine(DAY0 + timedelta(days=day), datetime.min.time(), tzinfo=UTC) + timedelta(seconds=second)
+        properties = {"amount": amount, "order_id": f"o{day}-{second}"} if name.startswith("order_") else {}
+        EventFactory(name=name, timestamp=at, user_id=user, anonymous_id=anonymous, properties=properties)
+
+
+def _reads(store) -> dict:
+    out = {
+        "daily": store.daily_rows(start=DAY0 - timedelta(days=3), end=DAY0 + timedelta(days=80)),
+        "last": store.last_activity_day(),
+        "purchases": store.purchase_totals(start=DAY0 + timedelta(days=5), end=DAY0 + timedelta(days=40)),
+        "key": store.key_behaviour_groups(
+            event_name="order_paid",
+            start=DAY0,
+            end=DAY0 + timedelta(days=30),
+            first_days=7,
+            retained_from=7,
+            retained_to=13,
+        ),
+    }
+    for basis in ("activity", "purchase"):
+        for granularity, first in (("day", DAY0), ("week", DAY0), ("month", DAY0.replace(day=1))):
+            out[basis, granularity] = store.retention_cells(
+                basis=basis, granularity=granularity, first_cohort=first, end=DAY0 + timedelta(days=60), periods=6
+            )
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=st.lists(EVENT, min_size=1, max_size=40),
+    batch=st.integers(min_value=1, max_value=15),
+    resend=st.booleans(),
+)
+def test_the_aggregates_answer_as_postgresql_does_on_drawn_events_and_batches(both_engines, events, batch, resend):
+    postgres, clickhouse = both_engines
+    with clickhouse.held():
+        Event.objects.all().delete()
+        clickhouse.truncate()
+        _store(events)
+        if resend:  # a run that died after its insert: the next one sends the batch again
+            claimed, runs = shipping._claim(batch)
+            data, _count = shipping._export(runs)
+            clickhouse.insert_batch(data, token=str(claimed))
+        shipping.ship_events(batch_events=batch)
+        assert shipping.pending_events() == 0
+        rollups.rebuild()
+
+        ours = _reads(clickhouse)
+        assert ours["daily"] and ours["last"] is not None  # the draw is never empty
+        assert ours == _reads(postgres)
+        # And the aggregates are what the raw events hold (summed over the rows not merged yet).
+        assert _person_days(clickhouse) == _of_raw(clickhouse, PERSON_DAYS_OF_EVENTS.format(where=""))
+        assert _people(clickhouse) == _of_raw(clickhouse, PEOPLE_OF_EVENTS)
+
+
+def _person_days(store) -> list:
+    return store.client.rows(
+        f"SELECT toString(day), person, sum(events), sum(orders), sum(refunds), toString(sum(paid)), "
+        f"toString(sum(refunded)) FROM {PERSON_DAYS} GROUP BY day, person ORDER BY day, person"
+    )
+
+
+def _people(store) -> list:
+    return store.client.rows(
+        f"SELECT person, toString(min(first_day)), toString(min(first_order_day)) FROM {PEOPLE} "
+        "GROUP BY person ORDER BY person"
+    )
+
+
+def _of_raw(store, select: str) -> list:
+    columns = "toString(day), person, events, orders, refunds, toString(paid), toString(refunded)"
+    if "first_day" in select:
+        columns = "person, toString(first_day), toString(first_order_day)"
+    return store.client.rows(f"SELECT {columns} FROM ({select}) ORDER BY 1, 2")
+
+
+def test_a_batch_sent_again_under_its_token_leaves_the_aggregates_as_they_were(both_engines):
+    _postgres_store, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50"), (1, 60, "app_open", ("u2", None), "0")])
+    claimed, runs = shipping._claim(1000)
+    data, _count = shipping._export(runs)
+    clickhouse.insert_batch(data, token=str(claimed))
+    once = _person_days(clickhouse)
+
+    clickhouse.insert_batch(data, token=str(claimed))
+    shipping.ship_events()  # the outbox still names the batch: it goes a third time
+
+    assert once == [
+        [DAY0.isoformat(), "u1", 1, 1, 0, "12.5", "0"],
+        [(DAY0 + timedelta(days=1)).isoformat(), "u2", 1, 0, 0, "0", "0"],
+    ]
+    assert _person_days(clickhouse) == once
+    assert _people(clickhouse) == [["u1", DAY0.isoformat(), DAY0.isoformat()], ["u2", "2026-03-03", "2149-06-06"]]
+
+
+def _drop_aggregates(store) -> None:
+    for name in AGGREGATE_VIEWS:
+        store.client.command(f"DROP VIEW IF EXISTS {name}")
+    store.client.command(f"DROP TABLE IF EXISTS {PERSON_DAYS}")
+    store.client.command(f"DROP TABLE IF EXISTS {PEOPLE}")
+    store._aggregates_ready = False
+
+
+def test_events_held_before_the_aggregates_existed_are_aggregated_by_the_next_shipping_run(both_engines, caplog):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50"), (35, 60, "app_open", ("u1", None), "0")])
+    shipping.ship_events()
+    rollups.rebuild()
+    expected = _reads(postgres)
+    _drop_aggregates(clickhouse)  # as a ClickHouse filled by an earlier version holds them
+
+    with pytest.raises(HistoryLoading, match="building its daily aggregates") as refused:
+        clickhouse.daily_rows(start=DAY0, end=DAY0 + timedelta(days=40))
+    assert refused.value.status_code == 503 and refused.value.reason == "EVENTS_STORE_LOADING"
+
+    _store([(36, 60, "order_paid", ("u2", None), "0.99")])  # and one more event waits in the outbox
+    with caplog.at_level("INFO", logger="tracking.shipping"):
+        result = shipping.ship_events()
+    rollups.rebuild()
+
+    assert result.events == 1
+    assert "daily aggregates were built" in caplog.text
+    assert _reads(clickhouse) == _reads(postgres) != expected  # the held events and the new one
+    assert _person_days(clickhouse) == _of_raw(clickhouse, PERSON_DAYS_OF_EVENTS.format(where=""))
+
+
+def test_a_build_that_stopped_half_way_is_made_again_from_empty_tables(both_engines):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50"), (2, 60, "app_open", ("u3", None), "0")])
+    shipping.ship_events()
+    rollups.rebuild()
+    _drop_aggregates(clickhouse)
+    # Half a build: the tables made and partly filled, no views (the build's last step).
+    from tracking.events_store.clickhouse import CREATE_PEOPLE, CREATE_PERSON_DAYS
+
+    clickhouse.client.command(CREATE_PERSON_DAYS)
+    clickhouse.client.command(CREATE_PEOPLE)
+    clickhouse.client.command(f"INSERT INTO {PERSON_DAYS} " + PERSON_DAYS_OF_EVENTS.format(where=""))
+
+    assert clickhouse.ensure_aggregates() is True
+    assert clickhouse.ensure_aggregates() is False  # built: nothing to do
+
+    assert _person_days(clickhouse) == _of_raw(clickhouse, PERSON_DAYS_OF_EVENTS.format(where=""))
+    assert _reads(clickhouse) == _reads(postgres)
