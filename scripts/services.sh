@@ -236,6 +236,11 @@ make_replica() {
 
 port_free() {
   # Whether a server could listen on 127.0.0.1:$1 now, bound the way PostgreSQL binds.
+  if ! command -v python3 >/dev/null; then
+    log "python3 is needed to find a free port; install it with your system's package manager"
+    exit 1
+  fi
+  [ "$1" -le 65535 ] || return 1
   python3 -c '
 import socket, sys
 s = socket.socket()
@@ -293,10 +298,7 @@ start_replica() {
   mkdir -p "$data"
   if [ "$(id -u)" = 0 ]; then chown postgres: "$data"; fi
   chmod 700 "$data"
-  if ! replica_running && "$bin/pg_isready" -q -h 127.0.0.1 -p "$REPLICA_PORT"; then
-    log "port $REPLICA_PORT is taken by another server: choose one with OPSLOOP_PG_REPLICA_PORT"
-    exit 1
-  fi
+  # A port another server listens on, or another process's connection holds: see choose_port.
   if ! replica_running; then choose_port REPLICA_PORT OPSLOOP_PG_REPLICA_PORT "the replica"; fi
   for try in 1 2; do
     position=$(psql_primary -c "SELECT pg_current_wal_lsn()")
@@ -311,7 +313,8 @@ start_replica() {
       logged=$(wc -l <"$(replica_log)")
       if ! launch_replica "$bin" "$data"; then
         # Another process took the port between the check and the start: once more on another.
-        tail -n +"$((logged + 1))" "$(replica_log)" | grep -q "Address already in use" || exit 1
+        # (grep reads to the end, so that tail never dies of a closed pipe under pipefail)
+        tail -n +"$((logged + 1))" "$(replica_log)" | grep "Address already in use" >/dev/null || exit 1
         [ -z "${OPSLOOP_PG_REPLICA_PORT:-}" ] || exit 1
         choose_port REPLICA_PORT OPSLOOP_PG_REPLICA_PORT "the replica"
         launch_replica "$bin" "$data"

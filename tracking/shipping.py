@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -128,15 +129,23 @@ def state() -> ShippingState:
     return ShippingState.objects.get_or_create(name=STATE)[0]
 
 
+def _left_over() -> tuple[uuid.UUID, list[IdRun]] | None:
+    """A batch an earlier run claimed and did not finish (its insert may have reached ClickHouse)."""
+    left_over = ShippingBacklog.objects.filter(batch__isnull=False).order_by("id").first()
+    if left_over is None:
+        return None
+    rows = ShippingBacklog.objects.filter(batch=left_over.batch).order_by("first_event_id")
+    return left_over.batch, [(r.first_event_id, r.last_event_id) for r in rows]
+
+
 def _claim(budget: int) -> tuple[uuid.UUID, list[IdRun]] | None:
     """The batch to ship: one claimed by an earlier run that did not finish (first, under its own
     token), else new outbox rows of about `budget` event ids, claimed and committed now. A row
     that would overshoot the budget is cut: its first ids are claimed as a row of their own."""
     with transaction.atomic():
-        left_over = ShippingBacklog.objects.filter(batch__isnull=False).order_by("id").first()
+        left_over = _left_over()
         if left_over is not None:
-            rows = ShippingBacklog.objects.filter(batch=left_over.batch).order_by("first_event_id")
-            return left_over.batch, [(r.first_event_id, r.last_event_id) for r in rows]
+            return left_over
         batch = uuid.uuid4()
         runs: list[IdRun] = []
         taken: list[int] = []
@@ -186,6 +195,28 @@ def _failed(reason: str) -> None:
     )
 
 
+def _fail_run(reason: str, error: Exception) -> NoReturn:
+    _failed(reason)
+    logger.error("shipping to ClickHouse failed, %d events wait: %s", pending_events(), reason)
+    raise ShippingFailed(reason) from error
+
+
+def _ship_batch(store, batch: uuid.UUID, runs: list[IdRun], result: ShippingResult) -> None:
+    """Insert a claimed batch under its token, then clear it from the outbox."""
+    data, events = _export(runs)
+    try:
+        store.insert_batch(data, token=str(batch))
+    except Exception as error:
+        _fail_run(f"{type(error).__name__}: {error}", error)
+    with transaction.atomic():
+        ShippingBacklog.objects.filter(batch=batch).delete()
+        ShippingState.objects.filter(name=STATE).update(
+            shipped_events=F("shipped_events") + events, shipped_batches=F("shipped_batches") + 1
+        )
+    result.batches += 1
+    result.events += events
+
+
 def ship_events(*, batch_events: int | None = None, max_batches: int | None = None) -> ShippingResult:
     """Ship the outbox to ClickHouse, a batch at a time, until it is empty (or `max_batches`).
     Raises `ShippingFailed` (after recording why) when ClickHouse refuses or cannot be reached."""
@@ -200,37 +231,30 @@ def ship_events(*, batch_events: int | None = None, max_batches: int | None = No
             result.busy = True
             return result
     try:
-        # Under the lock, so that no insert runs while the aggregates are filled from the events.
         try:
-            if store.ensure_aggregates():
-                logger.info("ClickHouse's daily aggregates were built from the events it holds")
+            building = not store.aggregates_ready()
         except Exception as error:
-            reason = f"{type(error).__name__}: building the daily aggregates: {error}"
-            _failed(reason)
-            logger.error("shipping to ClickHouse failed, %d events wait: %s", pending_events(), reason)
-            raise ShippingFailed(reason) from error
+            _fail_run(f"{type(error).__name__}: {error}", error)
+        if building:
+            # The batch an earlier run left claimed may be in the events table already: it is
+            # finished first, while no view exists, so that the build counts it once (sent again
+            # after the build, the views would count it a second time). Under the lock, so that
+            # no insert runs while the aggregates are filled from the events.
+            left_over = _left_over()
+            if left_over is not None:
+                _ship_batch(store, *left_over, result)
+            try:
+                if store.ensure_aggregates():
+                    logger.info("ClickHouse's daily aggregates were built from the events it holds")
+            except Exception as error:
+                _fail_run(f"{type(error).__name__}: building the daily aggregates: {error}", error)
         # The engine is opened for each insert only, not across the run: chdb's directory takes
         # one process at a time, and a page waits on it while the next batch is exported.
         while max_batches is None or result.batches < max_batches:
             claimed = _claim(budget)
             if claimed is None:
                 break
-            batch, runs = claimed
-            data, events = _export(runs)
-            try:
-                store.insert_batch(data, token=str(batch))
-            except Exception as error:
-                reason = f"{type(error).__name__}: {error}"
-                _failed(reason)
-                logger.error("shipping to ClickHouse failed, %d events wait: %s", pending_events(), reason)
-                raise ShippingFailed(reason) from error
-            with transaction.atomic():
-                ShippingBacklog.objects.filter(batch=batch).delete()
-                ShippingState.objects.filter(name=STATE).update(
-                    shipped_events=F("shipped_events") + events, shipped_batches=F("shipped_batches") + 1
-                )
-            result.batches += 1
-            result.events += events
+            _ship_batch(store, *claimed, result)
         _note_history_loaded()
     finally:
         with connection.cursor() as cursor:

@@ -19,9 +19,9 @@ from tracking.events_store import _postgres, clickhouse_store
 from tracking.events_store.clickhouse import (
     AGGREGATE_VIEWS,
     PEOPLE,
-    PEOPLE_OF_EVENTS,
     PERSON_DAYS,
     PERSON_DAYS_OF_EVENTS,
+    TABLE,
     HistoryLoading,
 )
 from tracking.models import Event
@@ -57,24 +57,62 @@ def _store(events) -> None:
         EventFactory(name=name, timestamp=at, user_id=user, anonymous_id=anonymous, properties=properties)
 
 
-def _reads(store) -> dict:
+READS = st.fixed_dictionaries(
+    {
+        "start": st.integers(min_value=-5, max_value=80),
+        "days": st.integers(min_value=0, max_value=60),
+        "first_cohort": st.integers(min_value=-10, max_value=70),
+        "periods": st.integers(min_value=0, max_value=12),
+        "first_days": st.integers(min_value=1, max_value=10),
+        "retained_from": st.integers(min_value=0, max_value=10),
+        "retained_days": st.integers(min_value=1, max_value=14),
+        "event": st.sampled_from(["order_paid", "signup", "page_view"]),
+        "sample": st.integers(min_value=1, max_value=8),
+    }
+)
+DEFAULT_READS = {
+    "start": 0,
+    "days": 40,
+    "first_cohort": 0,
+    "periods": 6,
+    "first_days": 7,
+    "retained_from": 7,
+    "retained_days": 7,
+    "event": "order_paid",
+    "sample": 3,
+}
+
+
+def _reads(store, drawn: dict | None = None) -> dict:
+    r = drawn or DEFAULT_READS
+    start = DAY0 + timedelta(days=r["start"])
+    end = start + timedelta(days=r["days"])
+    first = DAY0 + timedelta(days=r["first_cohort"])
+    churn = store.churn_rows(start=start, end=end, churn_days=7, last_events=2, sample=r["sample"])
     out = {
         "daily": store.daily_rows(start=DAY0 - timedelta(days=3), end=DAY0 + timedelta(days=80)),
+        "window": store.daily_rows(start=start, end=end),
         "last": store.last_activity_day(),
-        "purchases": store.purchase_totals(start=DAY0 + timedelta(days=5), end=DAY0 + timedelta(days=40)),
+        "purchases": store.purchase_totals(start=start, end=end),
         "key": store.key_behaviour_groups(
-            event_name="order_paid",
-            start=DAY0,
-            end=DAY0 + timedelta(days=30),
-            first_days=7,
-            retained_from=7,
-            retained_to=13,
+            event_name=r["event"],
+            start=start,
+            end=end,
+            first_days=r["first_days"],
+            retained_from=r["retained_from"],
+            retained_to=r["retained_from"] + r["retained_days"] - 1,
         ),
+        # The sampled people themselves (their last events), not only the counts.
+        "churn": (churn.churned_total, churn.retained_total, sorted(churn.people)),
     }
     for basis in ("activity", "purchase"):
-        for granularity, first in (("day", DAY0), ("week", DAY0), ("month", DAY0.replace(day=1))):
+        for granularity, cohort in (
+            ("day", first),
+            ("week", first - timedelta(days=first.weekday())),
+            ("month", first.replace(day=1)),
+        ):
             out[basis, granularity] = store.retention_cells(
-                basis=basis, granularity=granularity, first_cohort=first, end=DAY0 + timedelta(days=60), periods=6
+                basis=basis, granularity=granularity, first_cohort=cohort, end=end, periods=r["periods"]
             )
     return out
 
@@ -84,8 +122,11 @@ def _reads(store) -> dict:
     events=st.lists(EVENT, min_size=1, max_size=40),
     batch=st.integers(min_value=1, max_value=15),
     resend=st.booleans(),
+    reads=st.lists(READS, min_size=1, max_size=3),
 )
-def test_the_aggregates_answer_as_postgresql_does_on_drawn_events_and_batches(both_engines, events, batch, resend):
+def test_the_aggregates_answer_as_postgresql_does_on_drawn_events_and_batches(
+    both_engines, events, batch, resend, reads
+):
     postgres, clickhouse = both_engines
     with clickhouse.held():
         Event.objects.all().delete()
@@ -102,9 +143,11 @@ def test_the_aggregates_answer_as_postgresql_does_on_drawn_events_and_batches(bo
         ours = _reads(clickhouse)
         assert ours["daily"] and ours["last"] is not None  # the draw is never empty
         assert ours == _reads(postgres)
+        for drawn in reads:
+            assert _reads(clickhouse, drawn) == _reads(postgres, drawn), drawn
         # And the aggregates are what the raw events hold (summed over the rows not merged yet).
-        assert _person_days(clickhouse) == _of_raw(clickhouse, PERSON_DAYS_OF_EVENTS.format(where=""))
-        assert _people(clickhouse) == _of_raw(clickhouse, PEOPLE_OF_EVENTS)
+        assert _person_days(clickhouse) == _person_days_of_raw(clickhouse)
+        assert _people(clickhouse) == _people_of_raw(clickhouse)
 
 
 def _person_days(store) -> list:
@@ -121,11 +164,21 @@ def _people(store) -> list:
     )
 
 
-def _of_raw(store, select: str) -> list:
-    columns = "toString(day), person, events, orders, refunds, toString(paid), toString(refunded)"
-    if "first_day" in select:
-        columns = "person, toString(first_day), toString(first_order_day)"
-    return store.client.rows(f"SELECT {columns} FROM ({select}) ORDER BY 1, 2")
+def _person_days_of_raw(store) -> list:
+    """Each person's days from the raw events, written here, not with the views' statement."""
+    return store.client.rows(
+        "SELECT toString(toDate(timestamp)) AS d, person, count(), countIf(name = 'order_paid'), "
+        "countIf(name = 'order_refunded'), toString(sumIf(amount, name = 'order_paid')), "
+        f"toString(sumIf(amount, name = 'order_refunded')) FROM {TABLE} FINAL GROUP BY d, person ORDER BY d, person"
+    )
+
+
+def _people_of_raw(store) -> list:
+    return store.client.rows(
+        "SELECT person, toString(min(toDate(timestamp))), "
+        "toString(if(countIf(name = 'order_paid') > 0, minIf(toDate(timestamp), name = 'order_paid'), "
+        f"toDate('2149-06-06'))) FROM {TABLE} FINAL GROUP BY person ORDER BY person"
+    )
 
 
 def test_a_batch_sent_again_under_its_token_leaves_the_aggregates_as_they_were(both_engines):
@@ -175,7 +228,7 @@ def test_events_held_before_the_aggregates_existed_are_aggregated_by_the_next_sh
     assert result.events == 1
     assert "daily aggregates were built" in caplog.text
     assert _reads(clickhouse) == _reads(postgres) != expected  # the held events and the new one
-    assert _person_days(clickhouse) == _of_raw(clickhouse, PERSON_DAYS_OF_EVENTS.format(where=""))
+    assert _person_days(clickhouse) == _person_days_of_raw(clickhouse)
 
 
 def test_a_build_that_stopped_half_way_is_made_again_from_empty_tables(both_engines):
@@ -189,10 +242,55 @@ def test_a_build_that_stopped_half_way_is_made_again_from_empty_tables(both_engi
 
     clickhouse.client.command(CREATE_PERSON_DAYS)
     clickhouse.client.command(CREATE_PEOPLE)
-    clickhouse.client.command(f"INSERT INTO {PERSON_DAYS} " + PERSON_DAYS_OF_EVENTS.format(where=""))
+    clickhouse.client.command(f"INSERT INTO {PERSON_DAYS} " + PERSON_DAYS_OF_EVENTS.format(final="", where=""))
 
     assert clickhouse.ensure_aggregates() is True
     assert clickhouse.ensure_aggregates() is False  # built: nothing to do
 
-    assert _person_days(clickhouse) == _of_raw(clickhouse, PERSON_DAYS_OF_EVENTS.format(where=""))
+    assert _person_days(clickhouse) == _person_days_of_raw(clickhouse)
     assert _reads(clickhouse) == _reads(postgres)
+
+
+def test_a_batch_left_claimed_before_the_aggregates_existed_is_counted_once(both_engines):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50"), (1, 60, "app_open", ("u2", None), "0")])
+    _drop_aggregates(clickhouse)
+    # A run of the earlier version inserted its batch and died before clearing the outbox.
+    claimed, runs = shipping._claim(1000)
+    data, _count = shipping._export(runs)
+    clickhouse.insert_batch(data, token=str(claimed))
+
+    result = shipping.ship_events()  # the batch again under its token, and the build
+    rollups.rebuild()
+
+    assert result.events == 2 and shipping.pending_events() == 0
+    assert _person_days(clickhouse) == [
+        [DAY0.isoformat(), "u1", 1, 1, 0, "12.5", "0"],
+        [(DAY0 + timedelta(days=1)).isoformat(), "u2", 1, 0, 0, "0", "0"],
+    ]
+    assert _reads(clickhouse) == _reads(postgres)
+
+
+def test_a_row_held_twice_and_not_merged_yet_is_built_into_the_aggregates_once(both_engines):
+    _postgres_store, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50")])
+    _drop_aggregates(clickhouse)
+    _claimed, runs = shipping._claim(1000)
+    data, _count = shipping._export(runs)
+    clickhouse.insert_batch(data, token="first")
+    clickhouse.insert_batch(data, token="second")  # two parts, one event: merged away later
+    shipping.ShippingBacklog.objects.all().delete()
+    assert len(clickhouse.client.rows(f"SELECT id FROM {TABLE}")) == 2
+
+    assert clickhouse.ensure_aggregates() is True
+
+    assert _person_days(clickhouse) == [[DAY0.isoformat(), "u1", 1, 1, 0, "12.5", "0"]]
+
+
+def test_emptying_the_store_inside_a_held_block_builds_missing_aggregates_and_keeps_it_open(both_engines):
+    _postgres_store, clickhouse = both_engines
+    _drop_aggregates(clickhouse)
+    with clickhouse.held():
+        clickhouse.truncate()  # builds the aggregates, itself holding the engine
+        assert clickhouse.aggregates_ready()
+        assert clickhouse.client.rows(f"SELECT count() FROM {PERSON_DAYS}") == [[0]]

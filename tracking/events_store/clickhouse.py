@@ -135,11 +135,13 @@ CREATE TABLE IF NOT EXISTS {PEOPLE} (
 ORDER BY person
 SETTINGS non_replicated_deduplication_window = 10000
 """
+# `{final}`: the build reads the held events FINAL, so that a row shipped twice and not merged yet
+# is counted once; the views see inserted blocks only.
 PERSON_DAYS_OF_EVENTS = f"""
 SELECT toDate(timestamp) AS day, person, count() AS events,
        countIf(name = 'order_paid') AS orders, countIf(name = 'order_refunded') AS refunds,
        sumIf(amount, name = 'order_paid') AS paid, sumIf(amount, name = 'order_refunded') AS refunded
-FROM {TABLE} {{where}} GROUP BY day, person
+FROM {TABLE} {{final}} {{where}} GROUP BY day, person
 """
 PEOPLE_OF_EVENTS = f"""
 SELECT person, min(toDate(timestamp)) AS first_day,
@@ -149,7 +151,7 @@ FROM {TABLE} GROUP BY person
 # The views are made last, after their tables are filled from the events held: their presence
 # says the aggregates are complete (`ensure_aggregates`).
 AGGREGATE_VIEWS = {
-    f"{PERSON_DAYS}_mv": (PERSON_DAYS, PERSON_DAYS_OF_EVENTS.format(where="")),
+    f"{PERSON_DAYS}_mv": (PERSON_DAYS, PERSON_DAYS_OF_EVENTS.format(final="", where="")),
     f"{PEOPLE}_mv": (PEOPLE, PEOPLE_OF_EVENTS),
 }
 # A batch inserted again under its token is dropped from the events table and, with this, from
@@ -244,6 +246,9 @@ class _Chdb:
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._lock:
+            if self._held is not None:  # already held by this thread, further up: keep it open
+                yield
+                return
             self._held = self._open()
             try:
                 yield
@@ -397,7 +402,7 @@ class ClickHouseEventsStore(EventsStore):
                     progress(f"person-days of {month // 100}-{month % 100:02d}")
                 self.client.command(
                     f"INSERT INTO {PERSON_DAYS} "
-                    + PERSON_DAYS_OF_EVENTS.format(where=f"WHERE toYYYYMM(timestamp) = {month}")
+                    + PERSON_DAYS_OF_EVENTS.format(final="FINAL", where=f"WHERE toYYYYMM(timestamp) = {month}")
                 )
             if progress:
                 progress("people")
@@ -725,9 +730,11 @@ class ClickHouseEventsStore(EventsStore):
     def churn_rows(self, *, start: date, end: date, churn_days: int, last_events: int, sample: int) -> ChurnRows:
         """The sample is the first `sample` people by PostgreSQL's `hashtext` of their key, then the
         key, as the PostgreSQL engine draws it: shipping computes the hash there (`person_hash`),
-        so both engines draw the same people."""
+        so both engines draw the same people. A row shipped before the column existed holds 0:
+        any other row of the person gives the real hash."""
         people = """
-            SELECT person, countIf(toDate(timestamp) > {end}) = 0 AS churned, argMax(person_hash, id) AS hash
+            SELECT person, countIf(toDate(timestamp) > {end}) = 0 AS churned,
+                   argMax(person_hash, (person_hash != 0, id)) AS hash
             FROM {table}
             WHERE toDate(timestamp) BETWEEN {start} AND {end} + {churn_days}
             GROUP BY person HAVING countIf(toDate(timestamp) <= {end}) > 0
