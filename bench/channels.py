@@ -38,6 +38,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply --profiles (e.g. 0.25)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of each side (default 3)")
     parser.add_argument("--regenerate", action="store_true", help="drop and generate the data again")
+    parser.add_argument(
+        "--clickhouse",
+        action="store_true",
+        help="also ship the events to an embedded ClickHouse (.run/channelsbench-chdb) and time the report there",
+    )
     return parser.parse_args()
 
 
@@ -200,6 +205,53 @@ def main() -> None:
     print(f"channel quality: best {min(ours):.2f} s, median {statistics.median(ours):.2f} s")
     print(f"baseline:        best {min(theirs):.2f} s, median {statistics.median(theirs):.2f} s")
     print(f"ratio of the best runs: {min(ours) / min(theirs):.2f}")
+
+    if args.clickhouse:
+        on_clickhouse(args, rows, start=start, end=end, today=today)
+
+
+def on_clickhouse(args, expected, *, start, end, today) -> None:
+    """The same report with the events read from an embedded ClickHouse fed by the real shipping
+    path (people and coupons stay in PostgreSQL): its time, and whether it answers the same."""
+    from django.conf import settings
+    from django.db import connection
+
+    from coupons.selectors import channel_quality
+    from tracking import shipping
+    from tracking.events_store import clickhouse_store
+
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    settings.OPSLOOP_CLICKHOUSE_URL = f"chdb://{ROOT / '.run' / 'channelsbench-chdb'}"
+    store = clickhouse_store()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tracking_event")
+        stored = cursor.fetchone()[0]
+    if store.event_count() != stored:
+        store.truncate()
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE tracking_shippingbacklog")
+            # The outbox as ingestion writes it: a row per run of consecutive ids.
+            cursor.execute("""
+                INSERT INTO tracking_shippingbacklog (first_event_id, last_event_id, created_at)
+                SELECT min(id), max(id), now() FROM (SELECT id, id - row_number() OVER (ORDER BY id) AS island
+                                                     FROM tracking_event) ids
+                GROUP BY island
+            """)
+        started = time.monotonic()
+        shipped = shipping.ship_events(batch_events=100_000)
+        print(f"ClickHouse: {shipped.events:,} events shipped in {time.monotonic() - started:.1f} s", flush=True)
+    shipping.ship_history()  # every id is held: only marks the history loaded
+    require_workload("events in ClickHouse", store.event_count(), at_least=stored)
+    timings = []
+    with store.held():
+        for i in range(args.repeat):
+            started = time.monotonic()
+            rows = channel_quality(start=start, end=end, today=today)
+            timings.append(time.monotonic() - started)
+            print(f"  run {i + 1}: channel quality on ClickHouse {timings[-1]:.2f} s", flush=True)
+    same = "yes" if rows == expected else "NO"
+    print(f"channel quality on ClickHouse: best {min(timings):.2f} s, median {statistics.median(timings):.2f} s")
+    print(f"same answer as on PostgreSQL: {same}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from coupons.models import (
     UpliftModel,
 )
 from profiles.models import Profile
-from tracking.selectors import order_amount_sql
+from tracking.events_store import events_store
+from tracking.events_store.base import KeyActivity
 
 PROFILE_STATUSES = ("available", "redeemed", "expired")
 
@@ -434,70 +435,34 @@ def daily_coupon_order_revenue(start: date, end: date) -> dict[date, Decimal]:
 
 DIRECT = "(direct)"
 
-# One statement over the window's people and their events (through the identity mapping of the
-# `profiles_profileevent` view). A person is new in the window when they joined in it: joined is
-# the earlier of their first event and their signup trait. Their channel is the `utm_source` of
-# their first event (first touch; none is "(direct)"). Converted: an `order_paid` since joining;
-# day-7 retained: any event on the 7th calendar day (UTC) after the day they joined, counted only
-# over people whose day 7 is complete. Coupon cost: discounts of the standing redemptions of the
-# converted people; revenue: the amounts of their `order_paid` events since joining (`{amount}`:
-# `tracking.selectors.order_amount_sql`).
-CHANNEL_QUALITY_SQL = r"""
-WITH cohort AS (
-    SELECT p.id AS profile_id, LEAST(p.first_seen_at, p.signup_at) AS joined_at, p.first_seen_at
-    FROM profiles_profile p
-    WHERE p.merged_into_id IS NULL
-      AND LEAST(p.first_seen_at, p.signup_at) >= %(since)s
-      AND LEAST(p.first_seen_at, p.signup_at) < %(until)s
-),
-first_touch AS (
-    SELECT DISTINCT ON (e.profile_id) e.profile_id, e.utm_source
-    FROM profiles_profileevent e JOIN cohort c ON c.profile_id = e.profile_id
-    -- A person's first event is at or before their first_seen_at: the scan stops at the latest.
-    WHERE e.timestamp >= %(since)s AND e.timestamp <= (SELECT max(first_seen_at) FROM cohort)
-      AND e.timestamp <= COALESCE(c.first_seen_at, 'infinity')
-    ORDER BY e.profile_id, e.timestamp, e.id
-),
-orders AS (
-    SELECT e.profile_id,
-           sum({amount}) AS revenue
-    FROM profiles_profileevent e JOIN cohort c ON c.profile_id = e.profile_id
-    WHERE e.name = 'order_paid' AND e.timestamp >= %(since)s AND e.timestamp >= c.joined_at
-    GROUP BY e.profile_id
-),
--- Each event of the day-7 span with its person resolved first, so that the match on (person,
--- day) is one hash join rather than a join on the day alone filtered by person afterwards.
-day7_events AS MATERIALIZED (
-    SELECT e.profile_id, (e.timestamp AT TIME ZONE 'UTC')::date AS day
-    FROM profiles_profileevent e
-    WHERE e.timestamp >= %(since)s + interval '7 days' AND e.timestamp < %(until)s + interval '8 days'
-      AND e.profile_id IS NOT NULL
-),
-retained AS (
-    SELECT DISTINCT c.profile_id
-    FROM day7_events d JOIN cohort c
-      ON c.profile_id = d.profile_id AND d.day = (c.joined_at AT TIME ZONE 'UTC')::date + 7
-),
-cost AS (
-    SELECT COALESCE(rp.merged_into_id, rp.id) AS profile_id, sum(r.discount) AS discount
-    FROM coupons_redemption r JOIN profiles_profile rp ON rp.id = r.profile_id
-    WHERE r.rolled_back_at IS NULL AND COALESCE(rp.merged_into_id, rp.id) IN (SELECT profile_id FROM orders)
-    GROUP BY 1
-)
-SELECT COALESCE(NULLIF(ft.utm_source, ''), %(direct)s) AS source,
-       count(*) AS new_users,
-       count(o.profile_id) AS converted,
-       count(*) FILTER (WHERE (c.joined_at AT TIME ZONE 'UTC')::date + 7 < %(today)s) AS retention_base,
-       count(rt.profile_id) FILTER (WHERE (c.joined_at AT TIME ZONE 'UTC')::date + 7 < %(today)s) AS retained,
-       COALESCE(sum(cost.discount), 0) AS coupon_cost,
-       COALESCE(sum(o.revenue), 0) AS revenue
-FROM cohort c
-LEFT JOIN first_touch ft ON ft.profile_id = c.profile_id
-LEFT JOIN orders o ON o.profile_id = c.profile_id
-LEFT JOIN retained rt ON rt.profile_id = c.profile_id
-LEFT JOIN cost ON cost.profile_id = c.profile_id
+# Channel quality, per first-touch `utm_source` of the people who joined in a window (UTC days):
+# - the cohort: live profiles (not merged away) whose join, the earlier of first seen and signup,
+#   is in the window;
+# - first touch: the source of a person's earliest event from the window's start up to their
+#   first seen (by time, then id); none is "(direct)";
+# - converted: an `order_paid` at or after their join; revenue sums those orders' amounts (each
+#   rounded to cents, 0 where it is not a decimal string);
+# - retained: an event on the UTC day of their join + 7, counted once that day is over;
+# - coupon cost: the discounts of their standing redemptions, for the converted.
+# An event is a person's through the identity mapping: its `user_id`'s profile, else its
+# `anonymous_id`'s (as `profiles_profileevent`). The events come through the events store, so
+# the report reads ClickHouse when it is on; people and coupons stay in PostgreSQL.
+_CHANNEL_COHORT = """
+SELECT p.id, LEAST(p.first_seen_at, p.signup_at), p.first_seen_at
+FROM profiles_profile p
+WHERE p.merged_into_id IS NULL
+  AND LEAST(p.first_seen_at, p.signup_at) >= %(since)s AND LEAST(p.first_seen_at, p.signup_at) < %(until)s
+"""
+_CHANNEL_KEYS = """
+SELECT kind, value, profile_id FROM profiles_identity
+WHERE profile_id = ANY(%(profiles)s) AND kind IN ('user_id', 'anonymous_id')
+"""
+_CHANNEL_OWNERS = "SELECT value, profile_id FROM profiles_identity WHERE kind = 'user_id' AND value = ANY(%(users)s)"
+_CHANNEL_COUPON_COST = """
+SELECT COALESCE(rp.merged_into_id, rp.id), sum(r.discount)
+FROM coupons_redemption r JOIN profiles_profile rp ON rp.id = r.profile_id
+WHERE r.rolled_back_at IS NULL AND COALESCE(rp.merged_into_id, rp.id) = ANY(%(profiles)s)
 GROUP BY 1
-ORDER BY new_users DESC, source
 """
 
 
@@ -539,24 +504,87 @@ class ChannelQuality:
 
 def channel_quality(*, start: date, end: date, today: date | None = None) -> list[ChannelQuality]:
     """Per first-touch `utm_source`, the quality of the people who joined from `start` to `end`
-    (inclusive, UTC days): see CHANNEL_QUALITY_SQL for each number's definition."""
+    (inclusive, UTC days): see the notes above `_CHANNEL_COHORT` for each number's definition."""
     today = today or timezone.now().astimezone(UTC).date()
     since, until = _utc_bounds(start, end)
     with connection.cursor() as cursor:
-        cursor.execute(
-            CHANNEL_QUALITY_SQL.replace("{amount}", order_amount_sql("e.properties")),
-            {"since": since, "until": until, "today": today, "direct": DIRECT},
-        )
-        rows = cursor.fetchall()
-    return [
-        ChannelQuality(
-            source=source,
-            new_users=new_users,
-            converted=converted,
-            retention_base=base,
-            retained=retained,
-            coupon_cost=Decimal(cost).quantize(Decimal("0.01")),
-            revenue=Decimal(revenue).quantize(Decimal("0.01")),
-        )
-        for source, new_users, converted, base, retained, cost, revenue in rows
-    ]
+        cursor.execute(_CHANNEL_COHORT, {"since": since, "until": until})
+        cohort = {profile: (joined, first_seen) for profile, joined, first_seen in cursor.fetchall()}
+        if not cohort:
+            return []
+        cursor.execute(_CHANNEL_KEYS, {"profiles": list(cohort)})
+        owner: dict[tuple[str, str], int] = {(kind, value): profile for kind, value, profile in cursor.fetchall()}
+    seen = [first_seen for _joined, first_seen in cohort.values() if first_seen is not None]
+    pairs = events_store().key_activity(
+        user_ids=[value for kind, value in owner if kind == "user_id"],
+        anonymous_ids=[value for kind, value in owner if kind == "anonymous_id"],
+        since=since,
+        first_until=max(seen) if seen else None,
+        days_from=since + timedelta(days=7),
+        days_until=until + timedelta(days=8),
+    )
+    owner |= _other_users(pairs, owner)
+
+    first: dict[int, tuple[datetime, int, str]] = {}
+    revenue: dict[int, Decimal] = {}
+    days: dict[int, set[date]] = {}
+    for pair in pairs:
+        profile = owner.get(("user_id", pair.user_id)) or owner.get(("anonymous_id", pair.anonymous_id))
+        if profile not in cohort:
+            continue
+        joined, first_seen = cohort[profile]
+        if pair.first is not None and first_seen is not None and pair.first[0] <= first_seen:
+            first[profile] = min(first.get(profile, pair.first), pair.first)
+        orders = [amount for at, _id, amount in pair.orders if at >= joined]
+        if orders:
+            revenue[profile] = revenue.get(profile, Decimal(0)) + sum(orders, Decimal(0))
+        days.setdefault(profile, set()).update(pair.days)
+
+    cost: dict[int, Decimal] = {}
+    if revenue:
+        with connection.cursor() as cursor:
+            cursor.execute(_CHANNEL_COUPON_COST, {"profiles": list(revenue)})
+            cost = dict(cursor.fetchall())
+
+    rows: dict[str, dict[str, Any]] = {}
+    for profile, (joined, _first_seen) in cohort.items():
+        touch = first.get(profile)
+        source = (touch[2] if touch else "") or DIRECT
+        row = rows.setdefault(source, {"new": 0, "converted": 0, "base": 0, "retained": 0, "cost": 0, "revenue": 0})
+        row["new"] += 1
+        if profile in revenue:
+            row["converted"] += 1
+            row["revenue"] += revenue[profile]
+            row["cost"] += cost.get(profile, 0)
+        day7 = joined.astimezone(UTC).date() + timedelta(days=7)
+        if day7 < today:
+            row["base"] += 1
+            row["retained"] += day7 in days.get(profile, ())
+    cents = Decimal("0.01")
+    return sorted(
+        (
+            ChannelQuality(
+                source=source,
+                new_users=row["new"],
+                converted=row["converted"],
+                retention_base=row["base"],
+                retained=row["retained"],
+                coupon_cost=Decimal(row["cost"]).quantize(cents),
+                revenue=Decimal(row["revenue"]).quantize(cents),
+            )
+            for source, row in rows.items()
+        ),
+        key=lambda r: (-r.new_users, r.source),
+    )
+
+
+def _other_users(pairs: list[KeyActivity], owner: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """The profiles of the user ids these pairs carry that are no cohort member's: an event with
+    one of them is that person's (not its anonymous id's), and a user id with no identity leaves
+    the event to its anonymous id's owner."""
+    users = sorted({p.user_id for p in pairs if p.user_id is not None and ("user_id", p.user_id) not in owner})
+    if not users:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_CHANNEL_OWNERS, {"users": users})
+        return {("user_id", value): profile for value, profile in cursor.fetchall()}

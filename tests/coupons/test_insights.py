@@ -112,7 +112,8 @@ def independent(today: date) -> dict[str, dict]:
     return out
 
 
-def test_channel_quality_matches_the_raw_rows(channels):
+def test_channel_quality_matches_the_raw_rows(events_engine, channels):
+    events_engine.ready()
     rows = selectors.channel_quality(start=START, end=END, today=TODAY)
     got = {
         r.source: {
@@ -130,13 +131,67 @@ def test_channel_quality_matches_the_raw_rows(channels):
     assert (direct.coupon_cost, direct.retention_base, direct.retention_d7) == (D("5.00"), 0, None)
 
 
-def test_channel_quality_a_day_later_counts_the_completed_day_7(channels):
+def test_channel_quality_a_day_later_counts_the_completed_day_7(events_engine, channels):
+    events_engine.ready()
     rows = {r.source: r for r in selectors.channel_quality(start=START, end=END, today=TODAY + timedelta(days=1))}
     assert (rows["ads"].retention_base, rows["ads"].retained) == (3, 2)  # a3 came back on its day 7
     assert rows["(direct)"].retention_base == 0  # d1's day 7 is 09-13, today
     assert {s: (r.retention_base, r.retained) for s, r in rows.items()} == {
         s: (v["retention_base"], v["retained"]) for s, v in independent(TODAY + timedelta(days=1)).items()
     }
+
+
+def _event(name: str, when: datetime, *, user=None, anonymous=None, source: str = "", **properties) -> dict:
+    event = {"event_id": str(uuid.uuid4()), "name": name, "timestamp": when.isoformat(), "properties": properties}
+    event |= {"user_id": user} if user else {}
+    event |= {"anonymous_id": anonymous} if anonymous else {}
+    event |= {"context": {"utm_source": source}} if source else {}
+    return event
+
+
+def test_channel_quality_follows_the_identity_mapping_on_both_engines(events_engine, monkeypatch):
+    from tracking.events_store import clickhouse as clickhouse_store
+
+    # Keys asked about a few at a time: a pair found in two slices counts once.
+    monkeypatch.setattr(clickhouse_store, "KEY_BYTES_PER_QUESTION", 10)
+    result = tracking_services.ingest_events(
+        events=[
+            _event("page_view", at(2, 10), user="u1", source="ads"),
+            _event("app_open", at(2, 11), user="u1", anonymous="cookie-1"),  # cookie-1 is u1's
+            _event("page_view", at(3, 10), user="u2", source="search"),
+            # On u1's day 7, an event with u1's cookie and u2's user id: u2's, by the user id.
+            _event("app_open", at(9, 10), user="u2", anonymous="cookie-1"),
+            _event("page_view", at(1, 8), anonymous="cookie-9", source="partner"),  # no profile
+        ]
+    )
+    assert result.accepted == 5
+    send("u2", "order_paid", at(4), order_id="o-u2", amount="12.34")
+    # An order found through both of its keys, each in a slice of its own, counts once.
+    send_order = _event("order_paid", at(5), user="u2", anonymous="cookie-1", order_id="o-u2b", amount="0.01")
+    assert tracking_services.ingest_events(events=[send_order]).accepted == 1
+    events_engine.ready()
+
+    rows = {r.source: r for r in selectors.channel_quality(start=START, end=END, today=TODAY)}
+
+    assert set(rows) == {"ads", "search"}
+    ads, search = rows["ads"], rows["search"]
+    assert (ads.new_users, ads.converted, ads.retention_base, ads.retained) == (1, 0, 1, 0)
+    assert (search.new_users, search.converted, search.revenue) == (1, 1, D("12.35"))
+
+
+def test_channel_quality_answers_503_with_the_reason_while_clickhouse_loads_its_history(
+    channels, settings, chdb_url, make_api_client
+):
+    from tracking.events_store import clickhouse_store
+
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"  # switched on after the events were stored
+    settings.OPSLOOP_CLICKHOUSE_URL = chdb_url
+    clickhouse_store().truncate()
+
+    reply = make_api_client("manage").get("/api/v1/channel-quality", {"start": "2026-09-01", "end": "2026-09-10"})
+
+    assert reply.status_code == 503 and reply["Retry-After"]
+    assert reply.json()["reason"] == "EVENTS_STORE_LOADING" and "events wait" in reply.json()["detail"]
 
 
 def test_channel_quality_api_and_its_bad_input(channels, make_api_client):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 # The columns of a day of `daily_rows`, as the indicator registry names them.
 DAILY_COLUMNS = (
@@ -65,6 +66,18 @@ class SourceWindow:
     people: int
     orders: int  # `order_paid` events
     revenue: Decimal  # their `amount`s matching `STORED_AMOUNT_PATTERN`, each rounded to cents; others count 0
+
+
+class KeyActivity(NamedTuple):
+    """What `key_activity` found for one pair of `user_id` and `anonymous_id` (as events carry
+    them): the reports above resolve the pair to a person through the identity mapping. (A named
+    tuple: a report builds tens of thousands.)"""
+
+    user_id: str | None
+    anonymous_id: str | None
+    first: tuple[datetime, int, str] | None  # the earliest event up to `first_until`: (timestamp, id, utm_source)
+    orders: list[tuple[datetime, int, Decimal]]  # each `order_paid`: (timestamp, id, amount rounded to cents)
+    days: set[date]  # the UTC days of `days_from` to before `days_until` with an event
 
 
 class EventsStore(ABC):
@@ -123,3 +136,20 @@ class EventsStore(ABC):
     def hourly_event_counts(self, *, start: datetime, end: datetime) -> dict[datetime, int]:
         """Events per UTC hour (the hour's start, aware) from `start` (inclusive) to `end`
         (exclusive); an hour with no events has no entry."""
+
+    @abstractmethod
+    def key_activity(
+        self,
+        *,
+        user_ids: Sequence[str],
+        anonymous_ids: Sequence[str],
+        since: datetime,
+        first_until: datetime | None,
+        days_from: datetime,
+        days_until: datetime,
+    ) -> list[KeyActivity]:
+        """For the events from `since` on whose `user_id` is one of `user_ids` or whose
+        `anonymous_id` is one of `anonymous_ids`, per pair of the two: the earliest up to
+        `first_until` (none when it is None), the orders, and the days active in a span.
+        `first_until` and the span bound the scan, so a report of old sign-ups reads no more than
+        it needs."""

@@ -37,6 +37,7 @@ from tracking.events_store.base import (
     DAILY_COLUMNS,
     ChurnRows,
     EventsStore,
+    KeyActivity,
     PurchaseTotals,
     SearchTotals,
     SourceWindow,
@@ -164,6 +165,9 @@ OPEN_WAIT_SECONDS = 30.0
 # ClickHouse parses statements of at most `max_query_size` (256 KiB by default): ids are asked
 # about in slices whose lists stay well under it (5,000 ids of up to 19 digits: about 105 KB).
 IDS_PER_QUESTION = 5_000
+# Keys (user ids, anonymous ids: up to 128 characters each) are asked about in slices of at most
+# this many bytes of their literals.
+KEY_BYTES_PER_QUESTION = 150_000
 
 
 class ClickHouseUnavailable(DomainError):
@@ -801,3 +805,85 @@ class ClickHouseEventsStore(EventsStore):
             end=end,
         )
         return {datetime.fromisoformat(hour).replace(tzinfo=UTC): int(n) for hour, n in rows}
+
+    def key_activity(
+        self,
+        *,
+        user_ids: Sequence[str],
+        anonymous_ids: Sequence[str],
+        since: datetime,
+        first_until: datetime | None,
+        days_from: datetime,
+        days_until: datetime,
+    ) -> list[KeyActivity]:
+        first = "timestamp <= {first_until}" if first_until is not None else "0"
+        days = "timestamp >= {days_from} AND timestamp < {days_until}"
+        params = {"since": since, "first_until": first_until, "days_from": days_from, "days_until": days_until}
+        pairs: dict[tuple[str | None, str | None], KeyActivity] = {}
+        for users, anonymous in _key_slices(user_ids, anonymous_ids):
+            asked = " OR ".join(
+                f"{column} IN ({', '.join(_literal(v) for v in values)})"
+                for column, values in (("user_id", users), ("anonymous_id", anonymous))
+                if values
+            )
+            rows = self._rows(
+                f"""
+                SELECT user_id, anonymous_id, countIf({first}),
+                       toString(minIf(timestamp, {first})), argMinIf(id, (timestamp, id), {first}),
+                       argMinIf(utm_source, (timestamp, id), {first}),
+                       groupArrayIf((toString(timestamp), id, toString(amount)), name = 'order_paid'),
+                       groupUniqArrayIf(toString(toDate(timestamp)), {days})
+                FROM {{table}}
+                WHERE timestamp >= {{since}} AND ({asked}) AND ({first} OR name = 'order_paid' OR ({days}))
+                GROUP BY user_id, anonymous_id
+                """,
+                **params,
+            )
+            for user_id, anonymous_id, firsts, first_at, first_id, source, orders, active in rows:
+                # A pair may answer in two slices (its user id in one, its anonymous id in another),
+                # and an event held twice not merged yet: orders count once by their id.
+                found = KeyActivity(
+                    user_id,
+                    anonymous_id,
+                    (_moment(first_at), int(first_id), source) if int(firsts) else None,
+                    [(_moment(at), int(i), _cents(amount)) for at, i, amount in orders],
+                    {date.fromisoformat(day) for day in active},
+                )
+                pairs[user_id, anonymous_id] = _together(pairs.get((user_id, anonymous_id)), found)
+        return list(pairs.values())
+
+
+def _key_slices(user_ids: Sequence[str], anonymous_ids: Sequence[str]) -> Iterator[tuple[list[str], list[str]]]:
+    """The keys in slices whose literals stay under `KEY_BYTES_PER_QUESTION` (escaped at worst)."""
+    keys = [(True, v) for v in sorted(set(user_ids))] + [(False, v) for v in sorted(set(anonymous_ids))]
+    users: list[str] = []
+    anonymous: list[str] = []
+    size = 0
+    for is_user, value in keys:
+        cost = 2 * len(value.encode()) + 4
+        if size + cost > KEY_BYTES_PER_QUESTION and (users or anonymous):
+            yield users, anonymous
+            users, anonymous, size = [], [], 0
+        (users if is_user else anonymous).append(value)
+        size += cost
+    if users or anonymous:
+        yield users, anonymous
+
+
+def _moment(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def _together(seen: KeyActivity | None, found: KeyActivity) -> KeyActivity:
+    if seen is None:
+        orders = {order[1]: order for order in found.orders}
+        return KeyActivity(found.user_id, found.anonymous_id, found.first, sorted(orders.values()), found.days)
+    firsts = [f for f in (seen.first, found.first) if f is not None]
+    orders = {order[1]: order for order in (*seen.orders, *found.orders)}
+    return KeyActivity(
+        found.user_id,
+        found.anonymous_id,
+        min(firsts) if firsts else None,
+        sorted(orders.values()),
+        seen.days | found.days,
+    )
