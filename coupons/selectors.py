@@ -26,9 +26,9 @@ from coupons.models import (
     Redemption,
     UpliftModel,
 )
-from profiles.models import Profile
+from profiles.models import IdentityKind, Profile
+from profiles.selectors import event_keys_of, event_owner, user_id_owners
 from tracking.events_store import events_store
-from tracking.events_store.base import KeyActivity
 
 PROFILE_STATUSES = ("available", "redeemed", "expired")
 
@@ -445,19 +445,15 @@ DIRECT = "(direct)"
 # - retained: an event on the UTC day of their join + 7, counted once that day is over;
 # - coupon cost: the discounts of their standing redemptions, for the converted.
 # An event is a person's through the identity mapping: its `user_id`'s profile, else its
-# `anonymous_id`'s (as `profiles_profileevent`). The events come through the events store, so
-# the report reads ClickHouse when it is on; people and coupons stay in PostgreSQL.
+# `anonymous_id`'s (`profiles.selectors.event_owner`, the rule of `profiles_profileevent`). The
+# events come through the events store, so the report reads ClickHouse when it is on; people and
+# coupons stay in PostgreSQL.
 _CHANNEL_COHORT = """
 SELECT p.id, LEAST(p.first_seen_at, p.signup_at), p.first_seen_at
 FROM profiles_profile p
 WHERE p.merged_into_id IS NULL
   AND LEAST(p.first_seen_at, p.signup_at) >= %(since)s AND LEAST(p.first_seen_at, p.signup_at) < %(until)s
 """
-_CHANNEL_KEYS = """
-SELECT kind, value, profile_id FROM profiles_identity
-WHERE profile_id = ANY(%(profiles)s) AND kind IN ('user_id', 'anonymous_id')
-"""
-_CHANNEL_OWNERS = "SELECT value, profile_id FROM profiles_identity WHERE kind = 'user_id' AND value = ANY(%(users)s)"
 _CHANNEL_COUPON_COST = """
 SELECT COALESCE(rp.merged_into_id, rp.id), sum(r.discount)
 FROM coupons_redemption r JOIN profiles_profile rp ON rp.id = r.profile_id
@@ -512,24 +508,26 @@ def channel_quality(*, start: date, end: date, today: date | None = None) -> lis
         cohort = {profile: (joined, first_seen) for profile, joined, first_seen in cursor.fetchall()}
         if not cohort:
             return []
-        cursor.execute(_CHANNEL_KEYS, {"profiles": list(cohort)})
-        owner: dict[tuple[str, str], int] = {(kind, value): profile for kind, value, profile in cursor.fetchall()}
+    owners = event_keys_of(list(cohort))
     seen = [first_seen for _joined, first_seen in cohort.values() if first_seen is not None]
     pairs = events_store().key_activity(
-        user_ids=[value for kind, value in owner if kind == "user_id"],
-        anonymous_ids=[value for kind, value in owner if kind == "anonymous_id"],
+        user_ids=[value for kind, value in owners if kind == IdentityKind.USER_ID],
+        anonymous_ids=[value for kind, value in owners if kind == IdentityKind.ANONYMOUS_ID],
         since=since,
         first_until=max(seen) if seen else None,
         days_from=since + timedelta(days=7),
         days_until=until + timedelta(days=8),
     )
-    owner |= _other_users(pairs, owner)
+    # A user id no cohort member holds may be someone else's: then so is its event.
+    owners |= user_id_owners(
+        p.user_id for p in pairs if p.user_id is not None and (IdentityKind.USER_ID, p.user_id) not in owners
+    )
 
     first: dict[int, tuple[datetime, int, str]] = {}
     revenue: dict[int, Decimal] = {}
     days: dict[int, set[date]] = {}
     for pair in pairs:
-        profile = owner.get(("user_id", pair.user_id)) or owner.get(("anonymous_id", pair.anonymous_id))
+        profile = event_owner(owners, user_id=pair.user_id, anonymous_id=pair.anonymous_id)
         if profile not in cohort:
             continue
         joined, first_seen = cohort[profile]
@@ -576,15 +574,3 @@ def channel_quality(*, start: date, end: date, today: date | None = None) -> lis
         ),
         key=lambda r: (-r.new_users, r.source),
     )
-
-
-def _other_users(pairs: list[KeyActivity], owner: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
-    """The profiles of the user ids these pairs carry that are no cohort member's: an event with
-    one of them is that person's (not its anonymous id's), and a user id with no identity leaves
-    the event to its anonymous id's owner."""
-    users = sorted({p.user_id for p in pairs if p.user_id is not None and ("user_id", p.user_id) not in owner})
-    if not users:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(_CHANNEL_OWNERS, {"users": users})
-        return {("user_id", value): profile for value, profile in cursor.fetchall()}

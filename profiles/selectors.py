@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
 from typing import Any
 
@@ -245,3 +246,40 @@ def profiles_that_gained(tag_name: str, *, since) -> list[int]:
             [tag_name, since],
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+# --- whose events: the rule of `profiles_profileevent` for reads that get events elsewhere -----
+# An event is the profile's whose `user_id` identity it carries, else the profile's whose
+# `anonymous_id` identity it carries (a reader that gets events from the events store, not
+# through the view, resolves them with these).
+EventKey = tuple[str, str]  # (identity kind, value): ("user_id", ...) or ("anonymous_id", ...)
+
+_EVENT_KEYS_OF = """
+SELECT kind, value, profile_id FROM profiles_identity
+WHERE profile_id = ANY(%(profiles)s) AND kind IN ('user_id', 'anonymous_id')
+"""
+_USER_ID_OWNERS = "SELECT value, profile_id FROM profiles_identity WHERE kind = 'user_id' AND value = ANY(%(users)s)"
+
+
+def event_keys_of(profile_ids: Sequence[int]) -> dict[EventKey, int]:
+    """The user ids and anonymous ids these profiles' events carry, each with its profile."""
+    with connection.cursor() as cursor:
+        cursor.execute(_EVENT_KEYS_OF, {"profiles": list(profile_ids)})
+        return {(kind, value): profile for kind, value, profile in cursor.fetchall()}
+
+
+def user_id_owners(user_ids: Iterable[str]) -> dict[EventKey, int]:
+    """The profiles of these user ids (those with an identity), keyed as `event_keys_of` is."""
+    users = sorted(set(user_ids))
+    if not users:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_USER_ID_OWNERS, {"users": users})
+        return {(IdentityKind.USER_ID, value): profile for value, profile in cursor.fetchall()}
+
+
+def event_owner(owners: dict[EventKey, int], *, user_id: str | None, anonymous_id: str | None) -> int | None:
+    """The profile an event carrying these keys belongs to, among `owners`. A user id `owners`
+    does not know must have been looked up (`user_id_owners`): one with an identity elsewhere
+    makes the event that profile's, not its anonymous id's."""
+    return owners.get((IdentityKind.USER_ID, user_id)) or owners.get((IdentityKind.ANONYMOUS_ID, anonymous_id))
