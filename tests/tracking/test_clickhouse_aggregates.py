@@ -24,7 +24,7 @@ from tracking.events_store.clickhouse import (
     TABLE,
     HistoryLoading,
 )
-from tracking.models import Event
+from tracking.models import Event, ShippingBacklog
 
 pytestmark = pytest.mark.django_db
 
@@ -279,7 +279,7 @@ def test_a_row_held_twice_and_not_merged_yet_is_built_into_the_aggregates_once(b
     data, _count = shipping._export(runs)
     clickhouse.insert_batch(data, token="first")
     clickhouse.insert_batch(data, token="second")  # two parts, one event: merged away later
-    shipping.ShippingBacklog.objects.all().delete()
+    ShippingBacklog.objects.all().delete()  # the outbox forgets them: no run ships them again
     assert len(clickhouse.client.rows(f"SELECT id FROM {TABLE}")) == 2
 
     assert clickhouse.ensure_aggregates() is True

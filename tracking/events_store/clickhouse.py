@@ -24,9 +24,10 @@ an opening). A busy deployment runs a ClickHouse server instead.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -102,6 +103,8 @@ PARTITION BY toYYYYMM(timestamp)
 ORDER BY (name, toDate(timestamp), event_id)
 SETTINGS non_replicated_deduplication_window = 10000
 """
+logger = logging.getLogger(__name__)
+
 TABLE = "opsloop_events"
 
 # Daily aggregates, kept by materialised views as each batch is inserted, for the reads that
@@ -385,7 +388,7 @@ class ClickHouseEventsStore(EventsStore):
             self._aggregates_ready = int(views[0][0]) == len(AGGREGATE_VIEWS)
         return self._aggregates_ready
 
-    def ensure_aggregates(self, progress: Callable[[str], None] | None = None) -> bool:
+    def ensure_aggregates(self) -> bool:
         """Make the daily aggregates and their views if they are not there, filled from the
         events held (month by month). Only while nothing inserts events: shipping calls it under
         its lock. True when it had to build them."""
@@ -401,15 +404,20 @@ class ClickHouseEventsStore(EventsStore):
             self.client.command(f"TRUNCATE TABLE {PEOPLE}")
             held = self.client.rows(f"SELECT DISTINCT toYYYYMM(timestamp) FROM {TABLE} ORDER BY 1")
             months = [int(m) for (m,) in held]
-            for month in months:
-                if progress:
-                    progress(f"person-days of {month // 100}-{month % 100:02d}")
+            # A build over a large store takes minutes: the shipping worker's log shows its way.
+            for n, month in enumerate(months, start=1):
+                logger.info(
+                    "building ClickHouse's daily aggregates: person-days of %d-%02d (%d of %d months)",
+                    month // 100,
+                    month % 100,
+                    n,
+                    len(months),
+                )
                 self.client.command(
                     f"INSERT INTO {PERSON_DAYS} "
                     + PERSON_DAYS_OF_EVENTS.format(final="FINAL", where=f"WHERE toYYYYMM(timestamp) = {month}")
                 )
-            if progress:
-                progress("people")
+            logger.info("building ClickHouse's daily aggregates: people")
             self.client.command(f"INSERT INTO {PEOPLE} {PEOPLE_OF_EVENTS}")
             for name, (target, select) in AGGREGATE_VIEWS.items():
                 self.client.command(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {target} AS {select}")
