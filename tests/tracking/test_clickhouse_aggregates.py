@@ -294,3 +294,28 @@ def test_emptying_the_store_inside_a_held_block_builds_missing_aggregates_and_ke
         clickhouse.truncate()  # builds the aggregates, itself holding the engine
         assert clickhouse.aggregates_ready()
         assert clickhouse.client.rows(f"SELECT count() FROM {PERSON_DAYS}") == [[0]]
+
+
+def test_a_build_that_fails_leaves_its_reason_on_the_shipping_state_and_the_next_run_builds(both_engines, caplog):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50")])
+    _drop_aggregates(clickhouse)
+    # Something else holds a view's name: ClickHouse refuses the build.
+    clickhouse.client.command(f"CREATE TABLE {PERSON_DAYS}_mv (x UInt8) ENGINE = Memory")
+
+    with caplog.at_level("ERROR", logger="tracking.shipping"), pytest.raises(shipping.ShippingFailed):
+        shipping.ship_events()
+
+    state = shipping.state()
+    assert "building the daily aggregates" in state.last_error and state.failures == 1
+    assert "building the daily aggregates" in caplog.text
+    assert shipping.pending_events() == 1  # the event waits for the next run
+    with pytest.raises(HistoryLoading, match="building its daily aggregates"):
+        clickhouse.daily_rows(start=DAY0, end=DAY0)
+
+    clickhouse.client.command(f"DROP TABLE {PERSON_DAYS}_mv")
+    shipping.ship_events()
+    rollups.rebuild()
+
+    assert shipping.pending_events() == 0 and shipping.state().last_error == ""
+    assert _reads(clickhouse) == _reads(postgres)
