@@ -55,6 +55,17 @@ WITH days AS (
     WHERE o.paid_at <= %(at)s AND (o.refunded_at IS NULL OR o.refunded_at > %(at)s)
     GROUP BY 1, 2
 ),
+gaps AS (
+    -- Days between one purchase day and the next, per customer.
+    SELECT d.profile_id, d.age - lag(d.age) OVER (PARTITION BY d.profile_id ORDER BY d.age) AS gap
+    FROM days d
+),
+usual_gaps AS (
+    SELECT g.profile_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY g.gap) AS median_gap
+    FROM gaps g
+    WHERE g.gap IS NOT NULL
+    GROUP BY g.profile_id
+),
 customers AS (
     SELECT d.profile_id,
            count(*) - 1 AS x,
@@ -67,7 +78,9 @@ customers AS (
            (sum(d.amount) - (array_agg(d.amount ORDER BY d.age DESC))[1]) / nullif(count(*) - 1, 0) AS repeat_mean,
            sum(d.orders) FILTER (WHERE d.age < %(recent_days)s) AS orders_recent,
            sum(d.orders) FILTER (WHERE d.age >= %(recent_days)s AND d.age < 2 * %(recent_days)s) AS orders_before,
-           sum(d.amount) FILTER (WHERE d.age < %(recent_days)s) AS spend_recent
+           sum(d.amount) FILTER (WHERE d.age < %(recent_days)s) AS spend_recent,
+           (array_agg(d.amount ORDER BY d.age))[1] AS last_amount,
+           (array_agg(d.age ORDER BY d.age))[2] - min(d.age) AS last_gap
     FROM days d
     GROUP BY d.profile_id
 ),
@@ -91,8 +104,10 @@ SELECT c.profile_id, c.x::float8, c.t_x::float8, c.t::float8, c.recency_days::fl
        c.spend::float8, c.repeat_mean::float8,
        COALESCE(c.orders_recent, 0)::float8, COALESCE(c.orders_before, 0)::float8,
        COALESCE(c.spend_recent, 0)::float8, COALESCE(a.events_30d, 0)::float8,
-       COALESCE(a.active_days_30d, 0)::float8, COALESCE(s.lifecycle, '')
+       COALESCE(a.active_days_30d, 0)::float8, c.last_amount::float8, c.last_gap::float8,
+       u.median_gap::float8, COALESCE(s.lifecycle, '')
 FROM customers c
+LEFT JOIN usual_gaps u ON u.profile_id = c.profile_id
 LEFT JOIN activity a ON a.profile_id = c.profile_id
 LEFT JOIN stages s ON s.profile_id = c.profile_id
 ORDER BY c.profile_id
@@ -112,6 +127,9 @@ CUSTOMER_COLUMNS = [
     "spend_recent",
     "events_30d",
     "active_days_30d",
+    "last_amount",
+    "last_gap",
+    "median_gap",
     "lifecycle",
 ]
 
@@ -205,6 +223,11 @@ def model_matrix(customers: pd.DataFrame, *, purchase_model: Any = None) -> pd.D
             "days_between_purchases": customers["t_x"].astype(float) / customers["x"].clip(lower=1),
             "events_30d": customers["events_30d"].astype(float),
             "active_days_30d": customers["active_days_30d"].astype(float),
+            # The last purchase day's spend, and how late the customer is against their own
+            # rhythm: unknown (NaN) for one purchase day, which the trees treat as its own case.
+            "last_amount": customers["last_amount"].astype(float),
+            "last_gap": customers["last_gap"].astype(float),
+            "lateness": customers["recency_days"] / customers["median_gap"].where(customers["median_gap"] > 0),
         }
     )
     for stage in LIFECYCLE_STAGES:

@@ -31,7 +31,7 @@ def test_the_nightly_run_on_online_retail_scores_everyone_and_its_churn_model_be
     # 3,317 customers ordered before the cut-off; 43.8 % of them did not order in the 90 days after.
     assert (metrics["customers"], metrics["churn_rate"]) == (3317, 0.438)
     assert metrics["auc"] > metrics["baseline_auc"] > 0.7
-    assert metrics["auc"] >= 0.74
+    assert metrics["auc"] >= 0.745
     # Gap between predicted and observed churn in each of the ten deciles of predicted risk: the
     # purchase model's features (fitted on the same history) keep every decile within 5 points.
     assert metrics["calibration_error_max"] <= 5
