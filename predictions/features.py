@@ -55,16 +55,12 @@ WITH days AS (
     WHERE o.paid_at <= %(at)s AND (o.refunded_at IS NULL OR o.refunded_at > %(at)s)
     GROUP BY 1, 2
 ),
-gaps AS (
-    -- Days between one purchase day and the next, per customer.
-    SELECT d.profile_id, d.age - lag(d.age) OVER (PARTITION BY d.profile_id ORDER BY d.age) AS gap
+ranked AS (
+    -- Each purchase day with its place from the last (1) and the days since the one before it
+    -- (NULL for the first day): one sort, from which every per-customer figure below is read.
+    SELECT d.*, row_number() OVER w AS from_last, lead(d.age) OVER w - d.age AS gap
     FROM days d
-),
-usual_gaps AS (
-    SELECT g.profile_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY g.gap) AS median_gap
-    FROM gaps g
-    WHERE g.gap IS NOT NULL
-    GROUP BY g.profile_id
+    WINDOW w AS (PARTITION BY d.profile_id ORDER BY d.age)
 ),
 customers AS (
     SELECT d.profile_id,
@@ -75,13 +71,14 @@ customers AS (
            sum(d.orders) AS orders,
            sum(d.amount) AS spend,
            -- Gamma-Gamma models the spend of repeat purchases: the first day's is left out.
-           (sum(d.amount) - (array_agg(d.amount ORDER BY d.age DESC))[1]) / nullif(count(*) - 1, 0) AS repeat_mean,
+           (sum(d.amount) - sum(d.amount) FILTER (WHERE d.gap IS NULL)) / nullif(count(*) - 1, 0) AS repeat_mean,
            sum(d.orders) FILTER (WHERE d.age < %(recent_days)s) AS orders_recent,
            sum(d.orders) FILTER (WHERE d.age >= %(recent_days)s AND d.age < 2 * %(recent_days)s) AS orders_before,
            sum(d.amount) FILTER (WHERE d.age < %(recent_days)s) AS spend_recent,
-           (array_agg(d.amount ORDER BY d.age))[1] AS last_amount,
-           (array_agg(d.age ORDER BY d.age))[2] - min(d.age) AS last_gap
-    FROM days d
+           sum(d.amount) FILTER (WHERE d.from_last = 1) AS last_amount,
+           sum(d.gap) FILTER (WHERE d.from_last = 1) AS last_gap,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY d.gap) AS median_gap
+    FROM ranked d
     GROUP BY d.profile_id
 ),
 activity AS (
@@ -105,9 +102,8 @@ SELECT c.profile_id, c.x::float8, c.t_x::float8, c.t::float8, c.recency_days::fl
        COALESCE(c.orders_recent, 0)::float8, COALESCE(c.orders_before, 0)::float8,
        COALESCE(c.spend_recent, 0)::float8, COALESCE(a.events_30d, 0)::float8,
        COALESCE(a.active_days_30d, 0)::float8, c.last_amount::float8, c.last_gap::float8,
-       u.median_gap::float8, COALESCE(s.lifecycle, '')
+       c.median_gap::float8, COALESCE(s.lifecycle, '')
 FROM customers c
-LEFT JOIN usual_gaps u ON u.profile_id = c.profile_id
 LEFT JOIN activity a ON a.profile_id = c.profile_id
 LEFT JOIN stages s ON s.profile_id = c.profile_id
 ORDER BY c.profile_id
