@@ -514,22 +514,6 @@ class AbuseScoreAdmin(admin.ModelAdmin):
         self.message_user(request, gettext("%(n)d person(s) carry a score.") % {"n": n})
 
 
-@admin.register(OrderRefund)
-class OrderRefundAdmin(admin.ModelAdmin):
-    """`order_refunded` events applied to coupon orders: rolled back, or revenue reduced."""
-
-    list_display = ("order_id", "outcome", "amount", "event_id", "applied_at")
-    list_filter = ("outcome",)
-    search_fields = ("=order_id", "=event_id")
-    readonly_fields = [f.name for f in OrderRefund._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-
 @admin.register(Redemption)
 class RedemptionAdmin(admin.ModelAdmin):
     list_display = (
@@ -732,6 +716,64 @@ class CodeBatchAdmin(admin.ModelAdmin):
 
 
 # --- ROI overview and channel quality -------------------------------------------------------------
+
+
+@admin.register(OrderRefund)
+class OrderRefundAdmin(admin.ModelAdmin):
+    """Refunds of coupon orders: pending (recorded by ingestion, not applied yet), applied (rolled
+    back, or revenue reduced), or failed with the reason. The beat applies pending ones whose task
+    was lost and tries failed ones again with back-off; the action applies them at once."""
+
+    list_display = (
+        "order_id",
+        "status",
+        "outcome",
+        "amount",
+        "attempts",
+        _reason_shown,
+        "event_id",
+        "created_at",
+        "applied_at",
+    )
+    list_filter = ("status", "outcome")
+    search_fields = ("=order_id", "=event_id")
+    readonly_fields = [f.name for f in OrderRefund._meta.fields]
+    actions = ("apply_again",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    @admin.action(description=_("Apply the selected refunds again"), permissions=["change"])
+    def apply_again(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Each pending or failed refund of the selection is applied now (audited in the service),
+        in order id order as the worker applies them; applied ones are named, not touched."""
+        already = queryset.filter(status=OrderRefund.Status.APPLIED).count()
+        applied = failing = 0
+        for refund_id in (
+            queryset.exclude(status=OrderRefund.Status.APPLIED).order_by("order_id", "id").values_list("pk", flat=True)
+        ):
+            try:
+                refund = services.retry_refund(refund_id=refund_id, actor=request.user)
+            except errors.RefundAlreadyApplied:  # a worker applied it since the page was drawn
+                continue
+            if refund.status == OrderRefund.Status.APPLIED:
+                applied += 1
+            elif refund.status == OrderRefund.Status.FAILED:
+                failing += 1
+        self.message_user(request, gettext("%(n)d refund(s) applied.") % {"n": applied})
+        if failing:
+            self.message_user(
+                request,
+                gettext("%(n)d refund(s) still failing: their reason is in the list.") % {"n": failing},
+                level=messages.ERROR,
+            )
+        if already:
+            self.message_user(
+                request, gettext("%(n)d applied already: left alone.") % {"n": already}, level=messages.WARNING
+            )
 
 
 def insight_urls(model_admin: CouponRuleAdmin) -> list:

@@ -16,7 +16,7 @@ from access.permissions import HasScope
 from config.api import id_from_path, object_or_404, request_actor
 from config.views import JsonView
 from coupons import errors, selectors, services
-from coupons.models import BEARER_CODES_PERMISSION, CodeBatch, CouponRule, IssuanceJob, RuleState
+from coupons.models import BEARER_CODES_PERMISSION, CodeBatch, CouponRule, IssuanceJob, OrderRefund, RuleState
 from coupons.serializers import (
     ChannelQualityOutput,
     ChannelQualityQuery,
@@ -37,6 +37,8 @@ from coupons.serializers import (
     CouponValidateOutput,
     IssuanceJobInput,
     IssuanceJobOutput,
+    OrderRefundOutput,
+    OrderRefundsQuery,
     ProfileCouponsQuery,
     SourceReportQuery,
     stack_body,
@@ -446,6 +448,78 @@ class CodeBatchRetryView(JsonView):
             api_key=actor["api_key"],
         )
         return Response(CodeBatchOutput(batch).data, status=status.HTTP_202_ACCEPTED)
+
+
+# --- refunds of coupon orders (manage) ----------------------------------------------------------
+
+
+class RefundListView(ListAPIView, JsonView):
+    permission_classes = [HasScope("manage")]
+    serializer_class = OrderRefundOutput
+    filter_backends: list = []
+
+    def get_queryset(self):
+        query = OrderRefundsQuery(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return selectors.order_refunds(**query.validated_data)
+
+    @extend_schema(
+        operation_id="coupon_refunds_list",
+        parameters=[
+            OpenApiParameter("status", str, enum=OrderRefund.Status.values, required=False),
+            OpenApiParameter("order_id", str, required=False, description="The refunds of this order only."),
+        ],
+        responses={
+            200: OrderRefundOutput(many=True),
+            400: BAD_INPUT,
+            401: NO_KEY,
+            403: NO_SCOPE,
+            404: not_found("page"),
+        },
+        summary="Refunds of orders that used coupons, newest first, with their state (a failed one with its reason).",
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class RefundDetailView(JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("refund_id")],
+        operation_id="coupon_refund_detail",
+        responses={200: OrderRefundOutput, 401: NO_KEY, 403: NO_SCOPE, 404: not_found("refund")},
+    )
+    def get(self, request: Request, refund_id: str) -> Response:
+        refund = object_or_404(OrderRefund.objects.all(), refund_id, errors.RefundNotFound, "order refund")
+        return Response(OrderRefundOutput(refund).data)
+
+
+class RefundRetryView(JsonView):
+    permission_classes = [HasScope("manage")]
+
+    @extend_schema(
+        parameters=[path_id("refund_id")],
+        operation_id="coupon_refund_retry",
+        request=None,
+        responses={
+            200: OrderRefundOutput,
+            401: NO_KEY,
+            403: NO_SCOPE,
+            404: not_found("refund"),
+            409: CONFLICT,
+        },
+        summary="Apply a pending or failed refund now; answers its new state, applied or failed with the new "
+        "reason (409 ALREADY_APPLIED once applied).",
+    )
+    def post(self, request: Request, refund_id: str) -> Response:
+        actor = request_actor(request)
+        refund = services.retry_refund(
+            refund_id=id_from_path(refund_id, errors.RefundNotFound, "order refund"),
+            actor=actor["created_by"],
+            api_key=actor["api_key"],
+        )
+        return Response(OrderRefundOutput(refund).data)
 
 
 # --- channel quality (manage) ----------------------------------------------------------------------

@@ -35,6 +35,10 @@ class UserNotFound(NotFound):
     reason = "USER_NOT_FOUND"
 
 
+class RefundNotFound(NotFound):
+    reason = "REFUND_NOT_FOUND"
+
+
 # 409: the rule's or the coupon's current state stands in the way.
 class BudgetExhausted(Conflict, CouponError):
     reason = "BUDGET_EXHAUSTED"
@@ -82,6 +86,12 @@ class NotFailed(Conflict, CouponError):
     """Retry asked of a job or batch that has not failed."""
 
     reason = "NOT_FAILED"
+
+
+class RefundAlreadyApplied(Conflict, CouponError):
+    """Retry asked of an order refund that is applied: it is applied once per event."""
+
+    reason = "ALREADY_APPLIED"
 
 
 # 422: the rules refuse this request.

@@ -475,8 +475,17 @@ class Redemption(models.Model):
 
 
 class OrderRefund(models.Model):
-    """An `order_refunded` event applied to an order that used coupons, once per event: a full
-    refund rolled the redemptions back, a partial one lowered their counted revenue."""
+    """An `order_refunded` event of an order that used coupons, applied once per event. Ingestion
+    only records it (`pending`), so the rule and redemption rows it moves are never held for the
+    length of an ingestion batch; a background step applies it (`coupons.services.apply_refund`):
+    a full refund rolled the redemptions back, a partial one lowered their counted revenue. One
+    that raises is `failed` with the reason, and is applied again by the beat's sweep (with
+    back-off) or by an operator's retry."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        APPLIED = "applied", _("Applied")
+        FAILED = "failed", _("Failed")
 
     class Outcome(models.TextChoices):
         ROLLED_BACK = "rolled_back", _("Rolled back (full refund)")
@@ -484,15 +493,35 @@ class OrderRefund(models.Model):
 
     event_id = models.CharField(max_length=128, unique=True)
     order_id = models.CharField(max_length=128, db_index=True)
-    amount = models.DecimalField(**MONEY, null=True, blank=True, help_text=_("Refunded amount; empty: the whole order"))
-    outcome = models.CharField(max_length=16, choices=Outcome.choices)
-    applied_at = models.DateTimeField(default=timezone.now)
+    amount = models.DecimalField(
+        **MONEY, null=True, blank=True, help_text=_("Refunded amount, at most the order's; empty: the whole order")
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, null=True, blank=True)
+    error = models.TextField(blank=True, default="", help_text=_("Why the last attempt failed"))
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
+        constraints = [
+            # An outcome and its time exactly when applied: a list of applied refunds never shows
+            # one without what it did, nor a pending one with it.
+            models.CheckConstraint(
+                condition=(Q(status="applied") & Q(outcome__isnull=False) & Q(applied_at__isnull=False))
+                | (~Q(status="applied") & Q(outcome__isnull=True) & Q(applied_at__isnull=True)),
+                name="orderrefund_applied_has_outcome",
+            ),
+        ]
+        indexes = [
+            # What is left to apply (the sweep, the health page, the admin's filter): few rows of many.
+            models.Index(fields=["status", "id"], name="orderrefund_unapplied", condition=~Q(status="applied")),
+        ]
 
     def __str__(self) -> str:
-        return f"refund of {self.order_id} ({self.outcome})"
+        return f"refund of {self.order_id} ({self.outcome or self.status})"
 
 
 class AbuseScore(models.Model):

@@ -23,6 +23,7 @@ from coupons.models import (
     CouponRule,
     CouponStatus,
     IssuanceJob,
+    OrderRefund,
     Redemption,
     UpliftModel,
 )
@@ -313,6 +314,52 @@ def unfinished_issuance_job_ids() -> list[int]:
     Failed jobs are left out: resuming them every 15 minutes would fail again the same way."""
     unfinished = [IssuanceJob.Status.PENDING, IssuanceJob.Status.RUNNING]
     return list(IssuanceJob.objects.filter(status__in=unfinished).order_by("pk").values_list("pk", flat=True))
+
+
+# A refund's task is queued when its ingestion commits and runs within seconds; one still pending
+# after this lost its task (broker down, worker killed) and the sweep applies it.
+REFUND_TASK_GRACE = timedelta(minutes=1)
+# A failed refund is tried again 1, 2, 4 ... minutes after its last failure, at most this far apart,
+# so a cause that was mended (a lock released, a row repaired) heals by itself.
+REFUND_RETRY_MAX_MINUTES = 60
+
+_REFUNDS_DUE = """
+SELECT id
+  FROM coupons_orderrefund
+ WHERE (status = 'pending' AND created_at <= %(pending_before)s)
+    OR (status = 'failed'
+        AND failed_at + make_interval(
+                mins => LEAST(%(max_minutes)s, power(2, LEAST(GREATEST(attempts, 1), 16) - 1))::int
+            ) <= %(now)s)
+ ORDER BY id
+ LIMIT %(limit)s
+"""
+
+
+def refunds_due(*, now: datetime, limit: int = 500) -> list[int]:
+    """Refunds the sweep applies now, oldest first: pending ones whose task was lost, and failed
+    ones whose back-off has passed (1, 2, 4 ... minutes after their last failure, by attempts)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _REFUNDS_DUE,
+            {
+                "pending_before": now - REFUND_TASK_GRACE,
+                "now": now,
+                "max_minutes": REFUND_RETRY_MAX_MINUTES,
+                "limit": limit,
+            },
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def order_refunds(*, status: str | None = None, order_id: str | None = None) -> QuerySet[OrderRefund]:
+    """Refunds of coupon orders, newest first, optionally of one state or one order."""
+    queryset = OrderRefund.objects.order_by("-id")
+    if status:
+        queryset = queryset.filter(status=status)
+    if order_id:
+        queryset = queryset.filter(order_id=order_id)
+    return queryset
 
 
 def batch_code_rows(*, batch: CodeBatch, chunk_size: int = 10_000) -> Iterator[tuple]:

@@ -20,6 +20,7 @@ from coupons.models import (
     Coupon,
     CouponRule,
     IssuanceJob,
+    OrderRefund,
     Pacing,
     Redemption,
     RuleKind,
@@ -523,6 +524,47 @@ class IssuanceJobOutput(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class OrderRefundsQuery(serializers.Serializer):
+    status = serializers.ChoiceField(choices=OrderRefund.Status.values, required=False)
+    # CharField refuses NUL characters, which PostgreSQL's text cannot hold.
+    order_id = serializers.CharField(max_length=128, required=False)
+
+
+class OrderRefundOutput(serializers.ModelSerializer):
+    # Plain strings: an enum component per model `status` would collide with the others' names.
+    status = serializers.CharField(
+        read_only=True, help_text="pending (recorded, not applied yet), applied, or failed (see error)"
+    )
+    outcome = serializers.CharField(
+        read_only=True, allow_null=True, help_text="Once applied: rolled_back (full refund) or partial; else null"
+    )
+    amount = serializers.DecimalField(
+        max_digits=14,
+        decimal_places=2,
+        read_only=True,
+        allow_null=True,
+        help_text="Money returned to the customer, at most the order's; null: the whole order",
+    )
+    error = serializers.CharField(read_only=True, help_text="Why the last attempt failed (exception and message)")
+
+    class Meta:
+        model = OrderRefund
+        fields = [
+            "id",
+            "event_id",
+            "order_id",
+            "amount",
+            "status",
+            "outcome",
+            "error",
+            "attempts",
+            "created_at",
+            "applied_at",
+            "failed_at",
         ]
         read_only_fields = fields
 

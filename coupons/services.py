@@ -1079,49 +1079,127 @@ def _refunded_amount(properties: dict[str, Any]) -> Decimal | None:
     return amount.quantize(CENT) if amount.is_finite() and amount >= 0 else None
 
 
+# Ingestion records the refunds of orders that used coupons, and nothing else: one statement that
+# reads the orders' first redemption (no lock) and inserts. Tracking accepts larger numbers than
+# money columns hold; nobody is refunded more than the order, so the order amount caps what is
+# stored (LEAST alone would keep the order amount for a whole-order refund, whose amount is NULL).
+# Rows are numbered in the batch's order, the order the refunds of one order are applied in.
+_RECORD_REFUNDS_SQL = """
+INSERT INTO coupons_orderrefund (event_id, order_id, amount, status, error, attempts, created_at)
+SELECT e.event_id, e.order_id,
+       CASE WHEN e.amount IS NULL THEN NULL ELSE LEAST(e.amount, o.order_amount) END,
+       'pending', '', 0, %(now)s
+  FROM unnest(%(event_ids)s::text[], %(order_ids)s::text[], %(amounts)s::numeric[])
+       WITH ORDINALITY AS e(event_id, order_id, amount, position)
+ CROSS JOIN LATERAL (
+       SELECT r.order_amount FROM coupons_redemption r WHERE r.order_id = e.order_id ORDER BY r.id LIMIT 1
+       ) o
+ ORDER BY e.position
+    ON CONFLICT (event_id) DO NOTHING
+RETURNING id
+"""
+
+
 def on_events_ingested(events: Sequence[Any]) -> None:
-    """Ingest listener (`tracking.hooks`): refunds of orders that used coupons. The batch's
-    refunds are matched to redemptions in one query; most batches carry none."""
+    """Ingest listener (`tracking.hooks`): records the refunds of orders that used coupons as
+    pending, and queues their application once the batch commits. Nothing here locks a rule or a
+    redemption, so a batch never holds a rule's money for as long as it takes to store."""
     refunds = [e for e in events if e.name == ORDER_REFUNDED and isinstance(e.properties.get("order_id"), str)]
     if not refunds:
         return
     with connection.cursor() as cursor:
-        # Once per ingested batch: as SQL, cheaper to send than to build through the ORM.
         cursor.execute(
-            "SELECT DISTINCT order_id FROM coupons_redemption WHERE order_id = ANY(%s::text[])",
-            [sorted({e.properties["order_id"] for e in refunds})],
+            _RECORD_REFUNDS_SQL,
+            {
+                "event_ids": [e.event_id for e in refunds],
+                "order_ids": [e.properties["order_id"] for e in refunds],
+                "amounts": [_refunded_amount(e.properties) for e in refunds],
+                "now": timezone.now(),
+            },
         )
-        with_coupons = {row[0] for row in cursor.fetchall()}
-    # In order id order, so two batches refunding the same orders lock them in the same order.
-    for event in sorted(refunds, key=lambda e: (e.properties["order_id"], e.event_id)):
-        order_id = event.properties["order_id"]
-        if order_id not in with_coupons:
-            continue
-        try:
-            # A savepoint each: a refund that fails is logged and left out, and never fails the
-            # ingestion of the batch it came in (its event is stored; applying it again by hand,
-            # `apply_refund`, is safe: once per event id).
-            with transaction.atomic():
-                apply_refund(event_id=event.event_id, order_id=order_id, amount=_refunded_amount(event.properties))
-        except Exception as exc:  # any failure stays with this one refund
-            log_failure(logger, f"coupons: refund {event.event_id} of order {order_id}", exc)
+        ids = [row[0] for row in cursor.fetchall()]
+    if ids:
+        from coupons.tasks import apply_refunds as task
+
+        transaction.on_commit(lambda: publish(f"refunds {ids[0]}..{ids[-1]}", task, args=[ids]))
 
 
-@transaction.atomic
-def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> OrderRefund | None:
-    """Apply one refund to an order's redemptions, once per event id. `amount` is money returned
-    to the customer. A full refund (no amount, or the refunds reaching what the customer paid:
-    the order amount less the discounts) rolls them back: the discount returns to the budget
-    and each coupon to its holder while still valid. A partial one lowers the revenue the reports
-    count and leaves the discount given. None when the order used no coupon or the event was
-    applied before."""
+@dataclass
+class RefundsApplied:
+    """What one pass over refunds did: applied, failed (each with its reason on the row), and
+    skipped (already applied, unknown, or being applied by another worker right now)."""
+
+    applied: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"applied": self.applied, "failed": self.failed, "skipped": self.skipped}
+
+
+def apply_refunds(*, refund_ids: Iterable[int]) -> RefundsApplied:
+    """Apply refunds one by one, each in its own transaction (so one that fails leaves the others
+    applied), in order id order and, within an order, in the order they were recorded."""
+    ids = list(
+        OrderRefund.objects.filter(pk__in=list(refund_ids))
+        .exclude(status=OrderRefund.Status.APPLIED)
+        .order_by("order_id", "id")
+        .values_list("pk", flat=True)
+    )
+    result = RefundsApplied()
+    for refund_id in ids:
+        refund = apply_refund(refund_id=refund_id)
+        if refund is None:
+            result.skipped += 1
+        elif refund.status == OrderRefund.Status.APPLIED:
+            result.applied += 1
+        else:
+            result.failed += 1
+    return result
+
+
+def apply_due_refunds(*, now: datetime | None = None, limit: int = 500) -> RefundsApplied:
+    """The beat's sweep: refunds whose task was lost, and failed ones whose back-off has passed
+    (`selectors.refunds_due`), at most `limit` a run; the next run takes the rest."""
+    return apply_refunds(refund_ids=selectors.refunds_due(now=now or timezone.now(), limit=limit))
+
+
+def apply_refund(*, refund_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> OrderRefund | None:
+    """Apply one recorded refund in one transaction, or record why it failed. Returns the refund
+    as it then stands (applied, or failed with its reason), or None when there was nothing to do:
+    unknown, applied already, or being applied by another worker at this moment (whose row lock
+    is skipped, not waited for, so two workers never apply it twice). With an `actor` or an
+    `api_key` it is an operator's retry, audited with the reason it replaces."""
+    audited = actor is not None or api_key is not None
+    try:
+        with transaction.atomic():
+            refund = OrderRefund.objects.select_for_update(skip_locked=True).filter(pk=refund_id).first()
+            if refund is None or refund.status == OrderRefund.Status.APPLIED:
+                return None
+            previous_error = refund.error
+            _apply_refund(refund)
+            if audited:
+                _audit_refund_retry(refund, previous_error=previous_error, actor=actor, api_key=api_key)
+    except Exception as exc:  # any failure stays with this one refund, on its row
+        reason = log_failure(logger, f"coupons: refund {refund_id}", exc)
+        return _refund_failed(refund_id=refund_id, reason=reason, audit=audited, actor=actor, api_key=api_key)
+    logger.info("coupons: refund %s of order %s applied (%s)", refund.event_id, refund.order_id, refund.outcome)
+    return refund
+
+
+def _apply_refund(refund: OrderRefund) -> None:
+    """The refund's effect on its order, inside the caller's transaction. `amount` is money
+    returned to the customer. A full refund (no amount, or the refunds reaching what the customer
+    paid: the order amount less the discounts) rolls the redemptions back: the discount returns
+    to the budget and each coupon to its holder while still valid. A partial one lowers the
+    revenue the reports count and leaves the discount given."""
+    order_id = refund.order_id
     redemptions = list(Redemption.objects.select_for_update().filter(order_id=order_id).order_by("id"))
     if not redemptions:
-        return None
+        raise errors.RedemptionNotFound(f"Order {order_id!r} redeemed nothing.")
     live = [r for r in redemptions if r.rolled_back_at is None]
+    amount = refund.amount
     if amount is not None:
-        # Tracking accepts larger numbers than money columns hold; nobody is refunded more than
-        # the order, so the order amount caps what is stored.
         amount = min(amount, redemptions[0].order_amount)
     refunded = (live[0].refunded_amount if live else ZERO) + (amount if amount is not None else ZERO)
     refunded = min(refunded, redemptions[0].order_amount)
@@ -1129,19 +1207,69 @@ def apply_refund(*, event_id: str, order_id: str, amount: Decimal | None) -> Ord
     # reaches what they paid: the order amount less the discounts of the standing redemptions.
     paid = live[0].order_amount - sum((r.discount for r in live), ZERO) if live else ZERO
     full = not live or amount is None or refunded >= paid
-    outcome = OrderRefund.Outcome.ROLLED_BACK if full else OrderRefund.Outcome.PARTIAL
-    refund, created = OrderRefund.objects.get_or_create(
-        event_id=event_id, defaults={"order_id": order_id, "amount": amount, "outcome": outcome}
-    )
-    if not created:
-        return None
     if full:
         if live:
             rollback_order(order_id=order_id)
     else:
         Redemption.objects.filter(pk__in=[r.pk for r in live]).update(refunded_amount=refunded)
-    logger.info("coupons: refund %s of order %s applied (%s)", event_id, order_id, outcome)
+    refund.amount = amount
+    refund.status = OrderRefund.Status.APPLIED
+    refund.outcome = OrderRefund.Outcome.ROLLED_BACK if full else OrderRefund.Outcome.PARTIAL
+    refund.applied_at = timezone.now()
+    refund.attempts += 1
+    refund.error, refund.failed_at = "", None
+    refund.save(update_fields=["amount", "status", "outcome", "applied_at", "attempts", "error", "failed_at"])
+
+
+@transaction.atomic
+def _refund_failed(
+    *, refund_id: int, reason: str, audit: bool, actor: AbstractBaseUser | None, api_key: Any
+) -> OrderRefund | None:
+    """Record a failed attempt, after its transaction rolled back; a refund another worker applied
+    meanwhile stays applied."""
+    refund = OrderRefund.objects.select_for_update().filter(pk=refund_id).first()
+    if refund is None or refund.status == OrderRefund.Status.APPLIED:
+        return refund
+    previous_error = refund.error
+    refund.status = OrderRefund.Status.FAILED
+    refund.error = reason
+    refund.attempts += 1
+    refund.failed_at = timezone.now()
+    refund.save(update_fields=["status", "error", "attempts", "failed_at"])
+    if audit:
+        _audit_refund_retry(refund, previous_error=previous_error, actor=actor, api_key=api_key)
     return refund
+
+
+def _audit_refund_retry(
+    refund: OrderRefund, *, previous_error: str, actor: AbstractBaseUser | None, api_key: Any
+) -> None:
+    record_audit(
+        actor=actor,
+        api_key=api_key,
+        action="coupons.refund_retried",
+        obj=refund,
+        details={
+            "order_id": refund.order_id,
+            "previous_error": previous_error,
+            "status": refund.status,
+            "error": refund.error,
+        },
+    )
+
+
+def retry_refund(*, refund_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> OrderRefund:
+    """An operator's retry of a pending or failed refund: applied now, audited, and returned as it
+    then stands (applied, or failed with the new reason). An applied refund is refused."""
+    refund = OrderRefund.objects.filter(pk=refund_id).first()
+    if refund is None:
+        raise errors.RefundNotFound(f"No order refund {refund_id}.")
+    if refund.status == OrderRefund.Status.APPLIED:
+        raise errors.RefundAlreadyApplied(
+            gettext("Order refund %(id)s is applied already: nothing to retry.") % {"id": refund_id}
+        )
+    # None: another worker holds it at this moment; the caller sees the state it last committed.
+    return apply_refund(refund_id=refund_id, actor=actor, api_key=api_key) or OrderRefund.objects.get(pk=refund_id)
 
 
 # --- promotion abuse ---------------------------------------------------------------------------

@@ -60,6 +60,19 @@ def generate_code_batch(batch_id: int) -> dict:
     return {"batch": batch.pk, "status": batch.status, "generated": batch.generated}
 
 
+@shared_task(name="coupons.tasks.apply_refunds", acks_late=True)
+def apply_refunds(refund_ids: list[int]) -> dict:
+    """Queued when an ingestion batch that recorded refunds commits. Safe to run twice: an applied
+    refund is left alone, and one a worker is applying right now is skipped."""
+    return services.apply_refunds(refund_ids=refund_ids).as_dict()
+
+
+@shared_task(name="coupons.tasks.apply_pending_refunds")
+def apply_pending_refunds() -> dict:
+    """Beat, every minute: refunds whose task was lost, and failed ones whose back-off has passed."""
+    return services.apply_due_refunds().as_dict()
+
+
 # --- the former names, kept for messages already queued under them ------------------------------
 
 

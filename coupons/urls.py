@@ -33,6 +33,9 @@ urlpatterns = [
         "coupon-issuance-jobs/<str:job_id>/retry", api.IssuanceJobRetryView.as_view(), name="coupon-issuance-job-retry"
     ),
     path("coupon-code-batches/<str:batch_id>/retry", api.CodeBatchRetryView.as_view(), name="coupon-code-batch-retry"),
+    path("coupon-refunds", api.RefundListView.as_view(), name="coupon-refunds"),
+    path("coupon-refunds/<str:refund_id>", api.RefundDetailView.as_view(), name="coupon-refund"),
+    path("coupon-refunds/<str:refund_id>/retry", api.RefundRetryView.as_view(), name="coupon-refund-retry"),
     path("coupon-reports", api.SourceReportView.as_view(), name="coupon-source-report"),
     path("coupons/validate", api.ValidateView.as_view(), name="coupon-validate"),
     path("coupons/redeem", api.RedeemView.as_view(), name="coupon-redeem"),

@@ -21,7 +21,7 @@ from campaigns.models import Campaign, Delivery
 from community.models import ScoreRun
 from config import formatting
 from config.replica import replica_state
-from coupons.models import CodeBatch, IssuanceJob
+from coupons.models import CodeBatch, IssuanceJob, OrderRefund
 from crm.models import RecomputeRun
 from indicators.models import Anomaly, AnomalyCheckRun
 from journeys.models import JourneyRun
@@ -346,6 +346,38 @@ def pending_code_batches(*, now: datetime) -> Section:
     )
 
 
+def failed_order_refunds() -> Section:
+    """Refunds whose last attempt failed. The beat tries each again with back-off, so one listed
+    here for long has a cause that needs mending (its reason says which)."""
+    return _section(
+        gettext("failed order refund(s)"),
+        OrderRefund.objects.filter(status=OrderRefund.Status.FAILED).order_by("-failed_at", "-id"),
+        lambda r: Item(gettext("order refund"), r.pk, str(r), r.error, r.failed_at, _admin_url(OrderRefund, r.pk)),
+    )
+
+
+# The beat applies a refund whose task was lost after a minute; one pending far longer than that
+# means neither the task nor the beat's sweep runs (no worker, or beat stopped).
+REFUND_PENDING_MINUTES = 10
+
+
+def pending_order_refunds(*, now: datetime) -> Section:
+    return _section(
+        gettext("order refund(s) pending for too long"),
+        OrderRefund.objects.filter(
+            status=OrderRefund.Status.PENDING, created_at__lt=now - timedelta(minutes=REFUND_PENDING_MINUTES)
+        ).order_by("created_at", "id"),
+        lambda r: Item(
+            gettext("order refund"),
+            r.pk,
+            str(r),
+            gettext("pending for over %(minutes)s minutes") % {"minutes": REFUND_PENDING_MINUTES},
+            r.created_at,
+            _admin_url(OrderRefund, r.pk),
+        ),
+    )
+
+
 def _since_last_good_recompute(queryset):
     """Runs after the last one that succeeded: a later good run recomputed everything, so older
     failed or lost runs need nothing more (and would otherwise be reported for ever)."""
@@ -525,6 +557,8 @@ def health_report(*, now: datetime | None = None) -> HealthReport:
             failed_issuance_jobs(),
             failed_code_batches(),
             pending_code_batches(now=now),
+            failed_order_refunds(),
+            pending_order_refunds(now=now),
             failed_recompute_runs(),
             stuck_recompute_runs(now=now),
             failed_prediction_runs(),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from coupons import services, stacking
 from coupons.models import Coupon, CouponRule, CouponStatus, Redemption
-from tests.factories.coupons import CouponRuleFactory, PercentRuleFactory, person
+from tests.factories.coupons import CouponRuleFactory, OrderRefundFactory, PercentRuleFactory, person
 
 D = Decimal
 CARTS_PER_RULE_SET = 500
@@ -212,7 +212,7 @@ def test_a_stacked_order_counts_its_revenue_once_in_the_campaign_report_and_the_
     assert selectors.campaign_report(source_ref_prefix="campaign:40:").order_revenue == D("200.00")
     today = timezone.now().date()
     assert selectors.daily_coupon_order_revenue(today, today) == {today: D("200.00")}
-    services.apply_refund(event_id="r-once", order_id="o-once", amount=D("50.00"))
+    services.apply_refund(refund_id=OrderRefundFactory(event_id="r-once", order_id="o-once", amount=D("50.00")).pk)
     assert selectors.campaign_report(source_ref_prefix="campaign:40:").order_revenue == D("150.00")
     assert selectors.daily_coupon_order_revenue(today, today) == {today: D("150.00")}
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import factory
 from django.utils import timezone
 
-from coupons.models import CouponRule, RuleKind, RuleState
+from coupons.models import CouponRule, OrderRefund, RuleKind, RuleState
 from crm.models import CustomerValue, ValueTier
 from profiles.models import Profile, ProfileTag, Tag
 from tests.factories.profiles import ProfileFactory, ingest
@@ -37,6 +37,17 @@ class ThresholdRuleFactory(CouponRuleFactory):
     kind = RuleKind.THRESHOLD
     value = Decimal("100.00")
     min_spend = Decimal("1000.00")
+
+
+class OrderRefundFactory(factory.django.DjangoModelFactory):
+    """A refund of a whole order as ingestion records it: pending, not applied yet."""
+
+    class Meta:
+        model = OrderRefund
+
+    event_id = factory.Sequence(lambda n: f"refund-event-{n}")
+    order_id = "o-1"
+    amount = None
 
 
 def person(user_id: str | None = None, *, tier: str | None = None, tags: tuple[str, ...] = ()) -> Profile:

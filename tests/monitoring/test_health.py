@@ -238,7 +238,7 @@ def test_the_report_reads_a_fixed_number_of_queries_however_much_failed(broker_d
     for i in range(5):
         IssuanceJob.objects.create(rule=CouponRuleFactory(), status="failed", error=f"RuntimeError: {i}")
         CodeBatch.objects.create(rule=CouponRuleFactory(), quantity=1, status="failed", error="x")
-    with django_assert_max_num_queries(22):  # one per section and the beat and task-run reads: none per failure
+    with django_assert_max_num_queries(24):  # one per section and the beat and task-run reads: none per failure
         report = selectors.health_report()
         report.as_dict()
     assert section(report, "failed issuance job(s)").count == 6
