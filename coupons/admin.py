@@ -751,13 +751,17 @@ class OrderRefundAdmin(admin.ModelAdmin):
         """Each pending or failed refund of the selection is applied now (audited in the service),
         in order id order as the worker applies them; applied ones are named, not touched."""
         already = queryset.filter(status=OrderRefund.Status.APPLIED).count()
-        applied = failing = 0
+        applied = failing = busy = 0
         for refund_id in (
             queryset.exclude(status=OrderRefund.Status.APPLIED).order_by("order_id", "id").values_list("pk", flat=True)
         ):
             try:
                 refund = services.retry_refund(refund_id=refund_id, actor=request.user)
             except errors.RefundAlreadyApplied:  # a worker applied it since the page was drawn
+                already += 1
+                continue
+            except errors.RefundInProgress:
+                busy += 1
                 continue
             if refund.status == OrderRefund.Status.APPLIED:
                 applied += 1
@@ -773,6 +777,12 @@ class OrderRefundAdmin(admin.ModelAdmin):
         if already:
             self.message_user(
                 request, gettext("%(n)d applied already: left alone.") % {"n": already}, level=messages.WARNING
+            )
+        if busy:
+            self.message_user(
+                request,
+                gettext("%(n)d being applied by a worker at this moment: see their state shortly.") % {"n": busy},
+                level=messages.WARNING,
             )
 
 

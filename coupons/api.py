@@ -510,7 +510,7 @@ class RefundRetryView(JsonView):
             409: CONFLICT,
         },
         summary="Apply a pending or failed refund now; answers its new state, applied or failed with the new "
-        "reason (409 ALREADY_APPLIED once applied).",
+        "reason (409 ALREADY_APPLIED once applied, IN_PROGRESS while a worker applies it).",
     )
     def post(self, request: Request, refund_id: str) -> Response:
         actor = request_actor(request)

@@ -94,6 +94,12 @@ class RefundAlreadyApplied(Conflict, CouponError):
     reason = "ALREADY_APPLIED"
 
 
+class RefundInProgress(Conflict, CouponError):
+    """Retry asked of an order refund a worker is applying at this very moment."""
+
+    reason = "IN_PROGRESS"
+
+
 # 422: the rules refuse this request.
 class RuleNotActive(CouponError):
     reason = "RULE_NOT_ACTIVE"

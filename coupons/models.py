@@ -17,6 +17,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.db import connection, models
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import pgettext_lazy
@@ -496,11 +497,16 @@ class OrderRefund(models.Model):
     amount = models.DecimalField(
         **MONEY, null=True, blank=True, help_text=_("Refunded amount, at most the order's; empty: the whole order")
     )
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # The database's defaults serve a process of the former version still running while the
+    # schema is migrated (a rolling upgrade): it writes a refund it has just applied, naming only
+    # the former columns, and the row reads as what it is, applied.
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, db_default=Status.APPLIED.value
+    )
     outcome = models.CharField(max_length=16, choices=Outcome.choices, null=True, blank=True)
-    error = models.TextField(blank=True, default="", help_text=_("Why the last attempt failed"))
-    attempts = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(default=timezone.now)
+    error = models.TextField(blank=True, default="", db_default="", help_text=_("Why the last attempt failed"))
+    attempts = models.PositiveIntegerField(default=0, db_default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
     applied_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
 

@@ -322,12 +322,15 @@ REFUND_TASK_GRACE = timedelta(minutes=1)
 # A failed refund is tried again 1, 2, 4 ... minutes after its last failure, at most this far apart,
 # so a cause that was mended (a lock released, a row repaired) heals by itself.
 REFUND_RETRY_MAX_MINUTES = 60
+# After this many attempts (about four hours of back-off) the sweep stops: a cause that has not
+# passed by then needs a person, and the refund stays failed, on the health page, for their retry.
+REFUND_AUTO_ATTEMPTS = 10
 
 _REFUNDS_DUE = """
 SELECT id
   FROM coupons_orderrefund
  WHERE (status = 'pending' AND created_at <= %(pending_before)s)
-    OR (status = 'failed'
+    OR (status = 'failed' AND attempts < %(max_attempts)s
         AND failed_at + make_interval(
                 mins => LEAST(%(max_minutes)s, power(2, LEAST(GREATEST(attempts, 1), 16) - 1))::int
             ) <= %(now)s)
@@ -338,7 +341,8 @@ SELECT id
 
 def refunds_due(*, now: datetime, limit: int = 500) -> list[int]:
     """Refunds the sweep applies now, oldest first: pending ones whose task was lost, and failed
-    ones whose back-off has passed (1, 2, 4 ... minutes after their last failure, by attempts)."""
+    ones whose back-off has passed (1, 2, 4 ... minutes after their last failure, by attempts),
+    fewer than `REFUND_AUTO_ATTEMPTS` times tried."""
     with connection.cursor() as cursor:
         cursor.execute(
             _REFUNDS_DUE,
@@ -346,10 +350,22 @@ def refunds_due(*, now: datetime, limit: int = 500) -> list[int]:
                 "pending_before": now - REFUND_TASK_GRACE,
                 "now": now,
                 "max_minutes": REFUND_RETRY_MAX_MINUTES,
+                "max_attempts": REFUND_AUTO_ATTEMPTS,
                 "limit": limit,
             },
         )
         return [row[0] for row in cursor.fetchall()]
+
+
+def refund_due(refund: OrderRefund, *, now: datetime) -> bool:
+    """`refunds_due`'s test for one refund, read again under its row lock: a sweep that took its
+    list before another sweep retried the refund leaves it to its back-off."""
+    if refund.status == OrderRefund.Status.PENDING:
+        return refund.created_at <= now - REFUND_TASK_GRACE
+    if refund.status != OrderRefund.Status.FAILED or refund.attempts >= REFUND_AUTO_ATTEMPTS:
+        return False
+    minutes = min(REFUND_RETRY_MAX_MINUTES, 2 ** (min(max(refund.attempts, 1), 16) - 1))
+    return refund.failed_at is None or refund.failed_at + timedelta(minutes=minutes) <= now
 
 
 def order_refunds(*, status: str | None = None, order_id: str | None = None) -> QuerySet[OrderRefund]:

@@ -1137,9 +1137,10 @@ class RefundsApplied:
         return {"applied": self.applied, "failed": self.failed, "skipped": self.skipped}
 
 
-def apply_refunds(*, refund_ids: Iterable[int]) -> RefundsApplied:
+def apply_refunds(*, refund_ids: Iterable[int], due_at: datetime | None = None) -> RefundsApplied:
     """Apply refunds one by one, each in its own transaction (so one that fails leaves the others
-    applied), in order id order and, within an order, in the order they were recorded."""
+    applied), in order id order and, within an order, in the order they were recorded. With
+    `due_at` (the sweep) only those still due then, checked under each one's lock."""
     ids = list(
         OrderRefund.objects.filter(pk__in=list(refund_ids))
         .exclude(status=OrderRefund.Status.APPLIED)
@@ -1148,7 +1149,12 @@ def apply_refunds(*, refund_ids: Iterable[int]) -> RefundsApplied:
     )
     result = RefundsApplied()
     for refund_id in ids:
-        refund = apply_refund(refund_id=refund_id)
+        try:
+            refund = apply_refund(refund_id=refund_id, due_at=due_at)
+        except Exception as exc:  # recording the failure failed too (connection lost): the next run
+            log_failure(logger, f"coupons: refund {refund_id} (its failure not recorded)", exc)
+            result.failed += 1
+            continue
         if refund is None:
             result.skipped += 1
         elif refund.status == OrderRefund.Status.APPLIED:
@@ -1161,20 +1167,30 @@ def apply_refunds(*, refund_ids: Iterable[int]) -> RefundsApplied:
 def apply_due_refunds(*, now: datetime | None = None, limit: int = 500) -> RefundsApplied:
     """The beat's sweep: refunds whose task was lost, and failed ones whose back-off has passed
     (`selectors.refunds_due`), at most `limit` a run; the next run takes the rest."""
-    return apply_refunds(refund_ids=selectors.refunds_due(now=now or timezone.now(), limit=limit))
+    now = now or timezone.now()
+    return apply_refunds(refund_ids=selectors.refunds_due(now=now, limit=limit), due_at=now)
 
 
-def apply_refund(*, refund_id: int, actor: AbstractBaseUser | None = None, api_key: Any = None) -> OrderRefund | None:
+def apply_refund(
+    *,
+    refund_id: int,
+    actor: AbstractBaseUser | None = None,
+    api_key: Any = None,
+    due_at: datetime | None = None,
+) -> OrderRefund | None:
     """Apply one recorded refund in one transaction, or record why it failed. Returns the refund
     as it then stands (applied, or failed with its reason), or None when there was nothing to do:
-    unknown, applied already, or being applied by another worker at this moment (whose row lock
-    is skipped, not waited for, so two workers never apply it twice). With an `actor` or an
-    `api_key` it is an operator's retry, audited with the reason it replaces."""
+    unknown, applied already, not due at `due_at` (the sweep's), or being applied by another worker
+    at this moment (whose row lock is skipped, not waited for, so two workers never apply it
+    twice). With an `actor` or an `api_key` it is an operator's retry, audited with the reason it
+    replaces."""
     audited = actor is not None or api_key is not None
     try:
         with transaction.atomic():
             refund = OrderRefund.objects.select_for_update(skip_locked=True).filter(pk=refund_id).first()
             if refund is None or refund.status == OrderRefund.Status.APPLIED:
+                return None
+            if due_at is not None and not selectors.refund_due(refund, now=due_at):
                 return None
             previous_error = refund.error
             _apply_refund(refund)
@@ -1268,8 +1284,18 @@ def retry_refund(*, refund_id: int, actor: AbstractBaseUser | None = None, api_k
         raise errors.RefundAlreadyApplied(
             gettext("Order refund %(id)s is applied already: nothing to retry.") % {"id": refund_id}
         )
-    # None: another worker holds it at this moment; the caller sees the state it last committed.
-    return apply_refund(refund_id=refund_id, actor=actor, api_key=api_key) or OrderRefund.objects.get(pk=refund_id)
+    refund = apply_refund(refund_id=refund_id, actor=actor, api_key=api_key)
+    if refund is not None:
+        return refund
+    # Nothing done: a worker applied it meanwhile, or holds it at this moment.
+    if OrderRefund.objects.filter(pk=refund_id, status=OrderRefund.Status.APPLIED).exists():
+        raise errors.RefundAlreadyApplied(
+            gettext("Order refund %(id)s is applied already: nothing to retry.") % {"id": refund_id}
+        )
+    raise errors.RefundInProgress(
+        gettext("Order refund %(id)s is being applied by a worker at this moment: see its state shortly.")
+        % {"id": refund_id}
+    )
 
 
 # --- promotion abuse ---------------------------------------------------------------------------

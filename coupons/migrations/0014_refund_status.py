@@ -3,18 +3,31 @@ background step applies it (`applied`, with its outcome and time) or records why
 (`failed`, `error`, `attempts`, `failed_at`). The refunds recorded so far were applied when they
 were recorded, so they are `applied`, recorded at the time they were applied, after one attempt.
 
-Backwards, refunds not applied yet are deleted (the former schema has no place for them): their
-events stay stored, and the former `apply_refund(event_id=, order_id=, amount=)` applies one by hand.
+The database's defaults (status `applied`, no error, no attempt, now) let a process of the former
+version that still runs during the upgrade record a refund it applied: its row names only the
+former columns and reads as applied.
+
+Backwards is refused while a refund is pending or failed: the former schema has no place for
+money still owed, and dropping it would lose it. Apply or settle those refunds first.
 """
 
+import django.db.models.functions.datetime
 import django.utils.timezone
 from django.db import migrations, models
 
 MARK_APPLIED = """
 UPDATE coupons_orderrefund SET status = 'applied', created_at = applied_at, attempts = 1
 """
-DROP_UNAPPLIED = """
-DELETE FROM coupons_orderrefund WHERE status <> 'applied'
+REFUSE_UNAPPLIED = """
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM coupons_orderrefund WHERE status <> 'applied') THEN
+        RAISE EXCEPTION 'coupons: % order refund(s) are pending or failed; the former schema cannot hold them. '
+                        'Apply them first (Coupons > Order refunds).',
+                        (SELECT count(*) FROM coupons_orderrefund WHERE status <> 'applied');
+    END IF;
+END
+$$
 """
 
 
@@ -27,17 +40,19 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="orderrefund",
             name="attempts",
-            field=models.PositiveIntegerField(default=0),
+            field=models.PositiveIntegerField(db_default=0, default=0),
         ),
         migrations.AddField(
             model_name="orderrefund",
             name="created_at",
-            field=models.DateTimeField(default=django.utils.timezone.now),
+            field=models.DateTimeField(
+                db_default=django.db.models.functions.datetime.Now(), default=django.utils.timezone.now
+            ),
         ),
         migrations.AddField(
             model_name="orderrefund",
             name="error",
-            field=models.TextField(blank=True, default="", help_text="Why the last attempt failed"),
+            field=models.TextField(blank=True, db_default="", default="", help_text="Why the last attempt failed"),
         ),
         migrations.AddField(
             model_name="orderrefund",
@@ -49,6 +64,7 @@ class Migration(migrations.Migration):
             name="status",
             field=models.CharField(
                 choices=[("pending", "Pending"), ("applied", "Applied"), ("failed", "Failed")],
+                db_default="applied",
                 default="pending",
                 max_length=16,
             ),
@@ -82,8 +98,9 @@ class Migration(migrations.Migration):
                 null=True,
             ),
         ),
-        # After the columns admit unapplied rows, so that backwards they are gone before they no longer do.
-        migrations.RunSQL(MARK_APPLIED, DROP_UNAPPLIED),
+        # After the columns admit unapplied rows; backwards, before anything is undone, a schema
+        # holding unapplied refunds stops the downgrade.
+        migrations.RunSQL(MARK_APPLIED, REFUSE_UNAPPLIED),
         migrations.AddIndex(
             model_name="orderrefund",
             index=models.Index(

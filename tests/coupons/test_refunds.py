@@ -459,9 +459,36 @@ def test_the_sweep_retries_a_failed_refund_with_back_off_so_a_mended_cause_heals
 @pytest.mark.django_db
 def test_a_failing_refund_is_tried_at_most_an_hour_apart():
     failed_at = timezone.now() - timedelta(days=1)
-    refund = OrderRefundFactory(status=FAILED, attempts=12, failed_at=failed_at, error="IntegrityError: x")
+    refund = OrderRefundFactory(status=FAILED, attempts=8, failed_at=failed_at, error="IntegrityError: x")
     assert selectors.refunds_due(now=failed_at + timedelta(minutes=59)) == []
     assert selectors.refunds_due(now=failed_at + timedelta(minutes=60)) == [refund.pk]
+
+
+@pytest.mark.django_db
+def test_the_sweep_gives_up_after_ten_attempts_and_leaves_the_refund_failed_for_a_person():
+    long_ago = timezone.now() - timedelta(days=1)
+    ninth = OrderRefundFactory(status=FAILED, attempts=9, failed_at=long_ago, error="IntegrityError: x")
+    tenth = OrderRefundFactory(status=FAILED, attempts=10, failed_at=long_ago, error="IntegrityError: x")
+    assert selectors.refunds_due(now=timezone.now()) == [ninth.pk]
+    assert selectors.refund_due(ninth, now=timezone.now()) and not selectors.refund_due(tenth, now=timezone.now())
+    # It still shows, and a person may still retry it.
+    assert [r.pk for r in selectors.order_refunds(status=FAILED)] == [tenth.pk, ninth.pk]
+
+
+@pytest.mark.django_db
+def test_a_sweep_that_listed_a_refund_before_another_retried_it_leaves_it_to_its_back_off(shop):
+    rule, refund = failed_refund(shop)
+    mend_ledger(rule)
+    # Listed by a sweep a minute after the failure, but another sweep retried it (and it failed
+    # again) before this one reached it: under its lock it is not due, so it waits.
+    services.apply_due_refunds(now=refund.failed_at + timedelta(minutes=1))
+    refund.refresh_from_db()
+    assert (refund.status, refund.attempts) == (APPLIED, 2)
+    late = OrderRefundFactory(status=FAILED, attempts=2, failed_at=timezone.now(), error="x")
+    outcome = services.apply_refunds(refund_ids=[late.pk], due_at=late.failed_at + timedelta(seconds=90))
+    assert outcome.as_dict() == {"applied": 0, "failed": 0, "skipped": 1}
+    late.refresh_from_db()
+    assert (late.status, late.attempts) == (FAILED, 2)
 
 
 @pytest.mark.django_db
@@ -493,7 +520,7 @@ def test_the_health_report_lists_failed_refunds_and_refunds_pending_for_too_long
 
 
 @pytest.mark.django_db(transaction=True)
-def test_refunds_applied_before_the_upgrade_read_as_applied_and_a_downgrade_drops_the_unapplied():
+def test_refunds_applied_before_the_upgrade_read_as_applied_and_a_downgrade_never_drops_money_owed():
     applied_at = timezone.now() - timedelta(days=3)
     try:
         before = migrate_to(("coupons", "0013_claim_follows_merges"))
@@ -505,10 +532,23 @@ def test_refunds_applied_before_the_upgrade_read_as_applied_and_a_downgrade_drop
         old = refunds.get(event_id="before")
         assert (old.status, old.outcome, old.attempts, old.error) == (APPLIED, "partial", 1, "")
         assert (old.created_at, old.applied_at, old.failed_at) == (applied_at, applied_at, None)
+        # A process of the former version, still running during a rolling upgrade, writes a refund
+        # it applied with the former columns only: the row reads as applied.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO coupons_orderrefund (event_id, order_id, amount, outcome, applied_at) "
+                "VALUES ('during', 'o-mid', NULL, 'rolled_back', now())"
+            )
+        during = refunds.get(event_id="during")
+        assert (during.status, during.attempts, during.error) == (APPLIED, 0, "")
         refunds.create(event_id="after", order_id="o-new", status=PENDING)
+        with pytest.raises(Exception, match="1 order refund\\(s\\) are pending or failed"):
+            migrate_to(("coupons", "0013_claim_follows_merges"))
+        assert refunds.filter(event_id="after", status=PENDING).exists()
+        refunds.filter(event_id="after").delete()
         migrate_to(("coupons", "0013_claim_follows_merges"))
-        remaining = before.get_model("coupons", "OrderRefund").objects.values_list("event_id", flat=True)
-        assert list(remaining) == ["before"]
+        remaining = before.get_model("coupons", "OrderRefund").objects.order_by("event_id")
+        assert list(remaining.values_list("event_id", flat=True)) == ["before", "during"]
     finally:
         migrate_to_latest()
     assert OrderRefund.objects.get(event_id="before").status == APPLIED
@@ -558,6 +598,33 @@ def test_two_workers_applying_one_refund_at_once_apply_it_once():
     assert (refund.status, refund.attempts) == (APPLIED, 1)
     rule.refresh_from_db()
     assert (rule.spent, rule.redeemed_count) == (D("20.00"), 1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_while_a_worker_applies_the_refund_answers_409_in_progress_and_changes_nothing(make_api_client):
+    redeemed()
+    refund = OrderRefundFactory(order_id="o-1", status=FAILED, attempts=1, failed_at=timezone.now(), error="x")
+    ops = make_api_client("manage")
+    with transaction.atomic():
+        # A worker holds the refund's row, applying it.
+        OrderRefund.objects.select_for_update().get(pk=refund.pk)
+        outcome: dict[str, object] = {}
+
+        def operator_retry() -> None:
+            try:
+                response = ops.post(f"/api/v1/coupon-refunds/{refund.pk}/retry")
+                outcome["status"], outcome["body"] = response.status_code, response.json()
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=operator_retry)
+        thread.start()
+        thread.join(30)
+        assert not thread.is_alive()
+    assert outcome["status"] == 409 and outcome["body"]["reason"] == "IN_PROGRESS", outcome
+    refund.refresh_from_db()
+    assert (refund.status, refund.attempts) == (FAILED, 1)
+    assert not AuditEntry.objects.filter(action="coupons.refund_retried").exists()
 
 
 # --- who may -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from predictions import features
-from tests.factories.crm import CustomerFactory, paid_order
+from tests.factories.crm import CustomerFactory, paid_order, refund
 
 pytestmark = pytest.mark.django_db
 
@@ -51,6 +51,14 @@ def test_a_past_moment_sees_only_what_was_known_then():
     customer = CustomerFactory()
     for days_ago, amount in [(100, "30.00"), (60, "20.00"), (10, "5.00")]:
         paid_order(customer, amount, now - timedelta(days=days_ago, hours=1))
+    # Paid 40 days ago, refunded 5 days ago: an order 30 days ago, gone today.
+    paid_order(customer, "8.00", now - timedelta(days=40, hours=1), order_id="later-refunded")
+    refund(customer, "later-refunded", now - timedelta(days=5))
 
-    row = read(now - timedelta(days=30)).loc[customer.pk]
-    assert (row.x, row.recency_days, row.last_amount, row.last_gap, row.median_gap) == (1, 30, 20, 40, 40)
+    then = read(now - timedelta(days=30)).loc[customer.pk]
+    # Purchase days then: 100, 60 and 40 days ago (70, 30 and 10 days before that moment).
+    assert (then["x"], then["recency_days"], then["last_amount"]) == (2, 10, 8)
+    assert (then["last_gap"], then["median_gap"]) == (20, 30)
+    today = read(now).loc[customer.pk]
+    assert (today["x"], today["recency_days"], today["last_amount"], today["last_gap"]) == (2, 10, 5, 50)
+    assert today["median_gap"] == 45
