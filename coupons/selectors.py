@@ -326,17 +326,26 @@ REFUND_RETRY_MAX_MINUTES = 60
 # passed by then needs a person, and the refund stays failed, on the health page, for their retry.
 REFUND_AUTO_ATTEMPTS = 10
 
-_REFUNDS_DUE = """
-SELECT id
-  FROM coupons_orderrefund
- WHERE (status = 'pending' AND created_at <= %(pending_before)s)
+# What makes a refund due for the sweep: one definition, for the sweep's list and for the check
+# each refund gets again under its row lock.
+_DUE = """
+    (status = 'pending' AND created_at <= %(pending_before)s)
     OR (status = 'failed' AND attempts < %(max_attempts)s
         AND failed_at + make_interval(
                 mins => LEAST(%(max_minutes)s, power(2, LEAST(GREATEST(attempts, 1), 16) - 1))::int
             ) <= %(now)s)
- ORDER BY id
- LIMIT %(limit)s
 """
+_REFUNDS_DUE = f"SELECT id FROM coupons_orderrefund WHERE {_DUE} ORDER BY id LIMIT %(limit)s"
+_REFUND_DUE = f"SELECT EXISTS (SELECT 1 FROM coupons_orderrefund WHERE id = %(id)s AND ({_DUE}))"
+
+
+def _due_params(now: datetime) -> dict[str, Any]:
+    return {
+        "pending_before": now - REFUND_TASK_GRACE,
+        "now": now,
+        "max_minutes": REFUND_RETRY_MAX_MINUTES,
+        "max_attempts": REFUND_AUTO_ATTEMPTS,
+    }
 
 
 def refunds_due(*, now: datetime, limit: int = 500) -> list[int]:
@@ -344,28 +353,16 @@ def refunds_due(*, now: datetime, limit: int = 500) -> list[int]:
     ones whose back-off has passed (1, 2, 4 ... minutes after their last failure, by attempts),
     fewer than `REFUND_AUTO_ATTEMPTS` times tried."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            _REFUNDS_DUE,
-            {
-                "pending_before": now - REFUND_TASK_GRACE,
-                "now": now,
-                "max_minutes": REFUND_RETRY_MAX_MINUTES,
-                "max_attempts": REFUND_AUTO_ATTEMPTS,
-                "limit": limit,
-            },
-        )
+        cursor.execute(_REFUNDS_DUE, {**_due_params(now), "limit": limit})
         return [row[0] for row in cursor.fetchall()]
 
 
-def refund_due(refund: OrderRefund, *, now: datetime) -> bool:
+def refund_due(*, refund_id: int, now: datetime) -> bool:
     """`refunds_due`'s test for one refund, read again under its row lock: a sweep that took its
     list before another sweep retried the refund leaves it to its back-off."""
-    if refund.status == OrderRefund.Status.PENDING:
-        return refund.created_at <= now - REFUND_TASK_GRACE
-    if refund.status != OrderRefund.Status.FAILED or refund.attempts >= REFUND_AUTO_ATTEMPTS:
-        return False
-    minutes = min(REFUND_RETRY_MAX_MINUTES, 2 ** (min(max(refund.attempts, 1), 16) - 1))
-    return refund.failed_at is None or refund.failed_at + timedelta(minutes=minutes) <= now
+    with connection.cursor() as cursor:
+        cursor.execute(_REFUND_DUE, {**_due_params(now), "id": refund_id})
+        return bool(cursor.fetchone()[0])
 
 
 def order_refunds(*, status: str | None = None, order_id: str | None = None) -> QuerySet[OrderRefund]:

@@ -1190,7 +1190,7 @@ def apply_refund(
             refund = OrderRefund.objects.select_for_update(skip_locked=True).filter(pk=refund_id).first()
             if refund is None or refund.status == OrderRefund.Status.APPLIED:
                 return None
-            if due_at is not None and not selectors.refund_due(refund, now=due_at):
+            if due_at is not None and not selectors.refund_due(refund_id=refund.pk, now=due_at):
                 return None
             previous_error = refund.error
             _apply_refund(refund)

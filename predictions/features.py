@@ -43,7 +43,8 @@ FROM orders o LEFT JOIN refunds r ON r.order_id = o.order_id
 """
 
 # Per customer (a profile with a paid order at or before %(at)s, not refunded by then): the
-# BG/NBD summary in whole days (x repeat purchase days, t_x, T), spend, recent activity, and the
+# BG/NBD summary in whole days (x repeat purchase days, t_x, T), spend, recent activity, the last
+# purchase day's spend and the gaps between purchase days (the last, the median), and the
 # lifecycle stage recorded for it at that moment (crm's history, so a past moment sees the stage
 # it had then). Reads `pred_orders`.
 CUSTOMERS_SQL = """

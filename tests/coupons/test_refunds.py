@@ -470,7 +470,8 @@ def test_the_sweep_gives_up_after_ten_attempts_and_leaves_the_refund_failed_for_
     ninth = OrderRefundFactory(status=FAILED, attempts=9, failed_at=long_ago, error="IntegrityError: x")
     tenth = OrderRefundFactory(status=FAILED, attempts=10, failed_at=long_ago, error="IntegrityError: x")
     assert selectors.refunds_due(now=timezone.now()) == [ninth.pk]
-    assert selectors.refund_due(ninth, now=timezone.now()) and not selectors.refund_due(tenth, now=timezone.now())
+    now = timezone.now()
+    assert selectors.refund_due(refund_id=ninth.pk, now=now) and not selectors.refund_due(refund_id=tenth.pk, now=now)
     # It still shows, and a person may still retry it.
     assert [r.pk for r in selectors.order_refunds(status=FAILED)] == [tenth.pk, ninth.pk]
 
