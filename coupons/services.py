@@ -14,7 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -1134,7 +1134,7 @@ class RefundsApplied:
     skipped: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"applied": self.applied, "failed": self.failed, "skipped": self.skipped}
+        return asdict(self)
 
 
 def apply_refunds(*, refund_ids: Iterable[int], due_at: datetime | None = None) -> RefundsApplied:
