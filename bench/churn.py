@@ -92,15 +92,13 @@ def splits(run, cutoff: datetime, horizon: int, n: int) -> None:
     """The run's training set again (as `predictions.services` builds it), scored out of fold
     under n splits: the run's own and n-1 others."""
     import numpy as np
-    from django.db import transaction
     from sklearn.metrics import roc_auc_score
 
     from predictions import churn, clv, features
 
-    with transaction.atomic():
-        features.load_orders(cutoff + timedelta(days=horizon))
-        before = features.customers_at(cutoff, recent_days=horizon)
-        bought = features.purchase_days(start=cutoff, end=cutoff + timedelta(days=horizon))
+    orders = features.load_orders(cutoff + timedelta(days=horizon))
+    before = orders.customers_at(cutoff, recent_days=horizon)
+    bought = orders.purchase_days(start=cutoff, end=cutoff + timedelta(days=horizon))
     # As the run: without a purchase model fitted at the cut-off, the churn model learns without it.
     params = (run.clv_calibration or {}).get("params")
     matrix = features.model_matrix(before, purchase_model=clv.BgNbdParams(**params) if params else None)

@@ -16,10 +16,13 @@ to a few hundred thousand terms.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import optimize, special
+
+logger = logging.getLogger(__name__)
 
 # Below this many customers (or repeat customers for Gamma-Gamma) a fit is refused: four
 # parameters from a handful of people are noise, and operators would act on them.
@@ -109,7 +112,19 @@ def _converged(simplex: optimize.OptimizeResult, polished: optimize.OptimizeResu
 
 def fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *, start: BgNbdParams | None = None) -> BgNbdParams:
     """Maximum-likelihood BG/NBD parameters; NotEnoughData or FitFailed instead of a nonsense fit.
-    `start` (last night's parameters, say) shortens the search; the answer does not depend on it."""
+    `start` (last night's parameters, say) shortens the search; the answer does not depend on it:
+    a search from `start` that fails is made again from the usual starting point. (A shop whose
+    customers hardly drop out has its maximum far out on a flat ridge, a -> 0 and b -> infinity;
+    a start already out there can leave the searches crawling along it until they give up.)"""
+    if start is not None:
+        try:
+            return _fit_bgnbd(x, t_x, T, start=start)
+        except FitFailed as exc:
+            logger.info("BG/NBD from the given start did not converge (%s): searching again from the usual start", exc)
+    return _fit_bgnbd(x, t_x, T, start=None)
+
+
+def _fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *, start: BgNbdParams | None) -> BgNbdParams:
     x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
     if len(x) < MIN_CUSTOMERS:
         raise NotEnoughData(f"{len(x)} customers; at least {MIN_CUSTOMERS} are needed to fit purchases")

@@ -8,21 +8,23 @@ such as how many messages a customer received lately, through `register_feature`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from django.db import connection
 
+from config import bulk_numbers
 from tracking.selectors import order_amount_sql
 
-# Every paid order up to the reference date, once: both moments a run looks at (the reference and
-# the cut-off one horizon earlier) and the purchases between them are read from this table rather
-# than from the events again. An order sent twice (a retried event under a new event id) counts
-# once; its refund is kept with its time, so the cut-off sees only refunds known by then.
+# Every paid order up to the reference date, once, with the time of its refund if there was one:
+# both moments a run looks at (the reference and the cut-off one horizon earlier) and the
+# purchases between them are computed from these rows, read once. An order sent twice (a retried
+# event under a new event id) counts once; its refund is kept with its time, so the cut-off sees
+# only refunds known by then. Times are whole microseconds since 1970 (UTC), so that a moment's
+# day count is an integer division; an order never refunded has the largest bigint.
 ORDERS_SQL = """
-CREATE TEMP TABLE pred_orders ON COMMIT DROP AS
 WITH orders AS (
     SELECT pe.profile_id,
            COALESCE(NULLIF(pe.properties->>'order_id', ''), pe.event_id::text) AS order_id,
@@ -38,78 +40,36 @@ refunds AS (
     WHERE pe.name = 'order_refunded' AND pe.timestamp <= %(at)s AND pe.properties->>'order_id' <> ''
     GROUP BY 1
 )
-SELECT o.profile_id, o.paid_at, o.amount, r.refunded_at
+SELECT o.profile_id, (extract(epoch FROM o.paid_at) * 1000000)::bigint AS paid_us, o.amount::float8 AS amount,
+       COALESCE((extract(epoch FROM r.refunded_at) * 1000000)::bigint, 9223372036854775807) AS refunded_us
 FROM orders o LEFT JOIN refunds r ON r.order_id = o.order_id
 """
+ORDER_COLUMNS = {"profile_id": "int8", "paid_us": "int8", "amount": "float8", "refunded_us": "int8"}
 
-# Per customer (a profile with a paid order at or before %(at)s, not refunded by then): the
-# BG/NBD summary in whole days (x repeat purchase days, t_x, T), spend, recent activity, the last
-# purchase day's spend and the gaps between purchase days (the last, the median), and the
-# lifecycle stage recorded for it at that moment (crm's history, so a past moment sees the stage
-# it had then). Reads `pred_orders`.
-CUSTOMERS_SQL = """
-WITH days AS (
-    -- Purchases are counted per day, as the model's repeat purchases are.
-    SELECT o.profile_id, floor(extract(epoch FROM (%(at)s - o.paid_at)) / 86400)::int AS age,
-           count(*) AS orders, sum(o.amount) AS amount
-    FROM pred_orders o
-    WHERE o.paid_at <= %(at)s AND (o.refunded_at IS NULL OR o.refunded_at > %(at)s)
-    GROUP BY 1, 2
-),
-ranked AS (
-    -- Each purchase day with its place from the last (1) and the days since the one before it
-    -- (NULL for the first day): one sort, from which every per-customer figure below is read.
-    SELECT d.*, row_number() OVER w AS from_last, lead(d.age) OVER w - d.age AS gap
-    FROM days d
-    WINDOW w AS (PARTITION BY d.profile_id ORDER BY d.age)
-),
-customers AS (
-    SELECT d.profile_id,
-           count(*) - 1 AS x,
-           max(d.age) - min(d.age) AS t_x,
-           max(d.age) AS t,
-           min(d.age) AS recency_days,
-           sum(d.orders) AS orders,
-           sum(d.amount) AS spend,
-           -- Gamma-Gamma models the spend of repeat purchases: the first day's is left out.
-           (sum(d.amount) - sum(d.amount) FILTER (WHERE d.gap IS NULL)) / nullif(count(*) - 1, 0) AS repeat_mean,
-           sum(d.orders) FILTER (WHERE d.age < %(recent_days)s) AS orders_recent,
-           sum(d.orders) FILTER (WHERE d.age >= %(recent_days)s AND d.age < 2 * %(recent_days)s) AS orders_before,
-           sum(d.amount) FILTER (WHERE d.age < %(recent_days)s) AS spend_recent,
-           sum(d.amount) FILTER (WHERE d.from_last = 1) AS last_amount,
-           sum(d.gap) FILTER (WHERE d.from_last = 1) AS last_gap,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY d.gap) AS median_gap
-    FROM ranked d
-    GROUP BY d.profile_id
-),
-activity AS (
-    SELECT pe.profile_id, count(*) AS events_30d,
-           count(DISTINCT date_trunc('day', pe.timestamp)) AS active_days_30d
-    FROM profiles_profileevent pe
-    WHERE pe.timestamp > %(at)s - interval '30 days' AND pe.timestamp <= %(at)s AND pe.profile_id IS NOT NULL
-      AND pe.name NOT IN ('order_paid', 'order_refunded')
-    GROUP BY pe.profile_id
-),
-stages AS (
-    SELECT DISTINCT ON (vc.profile_id) vc.profile_id, vc.to_value AS lifecycle
-    FROM crm_valuechange vc
-    WHERE vc.what = 'lifecycle' AND vc.at <= %(at)s
-    ORDER BY vc.profile_id, vc.at DESC, vc.id DESC
-)
--- Floats, not numerics: the models compute in floats, and a Decimal per value costs time when a
--- million rows are read.
-SELECT c.profile_id, c.x::float8, c.t_x::float8, c.t::float8, c.recency_days::float8, c.orders::float8,
-       c.spend::float8, c.repeat_mean::float8,
-       COALESCE(c.orders_recent, 0)::float8, COALESCE(c.orders_before, 0)::float8,
-       COALESCE(c.spend_recent, 0)::float8, COALESCE(a.events_30d, 0)::float8,
-       COALESCE(a.active_days_30d, 0)::float8, c.last_amount::float8, c.last_gap::float8,
-       c.median_gap::float8, COALESCE(s.lifecycle, '')
-FROM customers c
-LEFT JOIN activity a ON a.profile_id = c.profile_id
-LEFT JOIN stages s ON s.profile_id = c.profile_id
-ORDER BY c.profile_id
+# Per customer as of %(at)s: events other than orders in the 30 days before.
+ACTIVITY_SQL = """
+SELECT pe.profile_id, count(*)::float8, count(DISTINCT date_trunc('day', pe.timestamp))::float8
+FROM profiles_profileevent pe
+WHERE pe.timestamp > %(at)s - interval '30 days' AND pe.timestamp <= %(at)s AND pe.profile_id IS NOT NULL
+  AND pe.name NOT IN ('order_paid', 'order_refunded')
+GROUP BY pe.profile_id
 """
+ACTIVITY_COLUMNS = {"profile_id": "int8", "events_30d": "float8", "active_days_30d": "float8"}
 
+# The lifecycle stage crm recorded for each profile at %(at)s (its history, so a past moment sees
+# the stage it had then), as its place in %(stages)s (0: none of them).
+STAGES_SQL = """
+SELECT DISTINCT ON (vc.profile_id) vc.profile_id,
+       COALESCE(array_position(%(stages)s::text[], vc.to_value::text), 0)::int2
+FROM crm_valuechange vc
+WHERE vc.what = 'lifecycle' AND vc.at <= %(at)s
+ORDER BY vc.profile_id, vc.at DESC, vc.id DESC
+"""
+STAGE_COLUMNS = {"profile_id": "int8", "lifecycle": "int2"}
+
+# One row per customer: the BG/NBD summary in whole days (x repeat purchase days, t_x, T), spend,
+# recent activity, the last purchase day's spend and the gaps between purchase days (the last,
+# the median; NaN with one purchase day), and the lifecycle stage.
 CUSTOMER_COLUMNS = [
     "profile_id",
     "x",
@@ -130,15 +90,7 @@ CUSTOMER_COLUMNS = [
     "lifecycle",
 ]
 
-# Days of purchase per customer in (%(start)s, %(end)s], orders not refunded by %(end)s: what the
-# holdout's predictions are compared with, and what "churned" means for training.
-PURCHASE_DAYS_SQL = """
-SELECT o.profile_id, count(DISTINCT date_trunc('day', o.paid_at))
-FROM pred_orders o
-WHERE o.paid_at > %(start)s AND o.paid_at <= %(end)s AND (o.refunded_at IS NULL OR o.refunded_at > %(end)s)
-GROUP BY o.profile_id
-"""
-
+DAY_US = 86_400_000_000
 LIFECYCLE_STAGES = ("new", "active", "silent", "churned", "reactivated")
 
 
@@ -163,41 +115,160 @@ def registered_features() -> list[str]:
     return sorted(_features)
 
 
-def load_orders(at: datetime) -> None:
-    """Fill this transaction's `pred_orders` with every paid order up to `at` (ORDERS_SQL)."""
-    with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE IF EXISTS pred_orders")
-        cursor.execute(ORDERS_SQL.replace("{amount}", order_amount_sql("pe.properties")), {"at": at})
-        cursor.execute("ANALYZE pred_orders")
+class Orders:
+    """Every paid order up to a reference moment (ORDERS_SQL), sorted by customer and time of
+    payment: one read and one sort, from which each moment's customers are computed."""
+
+    def __init__(self, profile_id: np.ndarray, paid_us: np.ndarray, amount: np.ndarray, refunded_us: np.ndarray):
+        order = np.lexsort((paid_us, profile_id))
+        self.profile_id, self.paid_us = profile_id[order], paid_us[order]
+        self.amount, self.refunded_us = amount[order], refunded_us[order]
+
+    def _known_at(self, at_us: int) -> np.ndarray:
+        """Orders paid by `at_us` and not refunded by then."""
+        return (self.paid_us <= at_us) & (self.refunded_us > at_us)
+
+    def customers_at(self, at: datetime, *, recent_days: int = 90) -> pd.DataFrame:
+        """Every customer as of `at` (not after the moment the orders were read at), one row
+        each (see CUSTOMER_COLUMNS), ordered by profile id. Purchases count per day (days before
+        `at`, 24 hours each), as the model's repeat purchases do."""
+        at_us = _microseconds(at)
+        known = self._known_at(at_us)
+        pid, amount = self.profile_id[known], self.amount[known]
+        age = (at_us - self.paid_us[known]) // DAY_US  # within a customer, oldest first
+        if not len(pid):
+            empty = {name: np.zeros(0) for name in CUSTOMER_COLUMNS if name not in ("lifecycle", *ACTIVITY_COLUMNS)}
+            return self._with_activity({**empty, "profile_id": np.zeros(0, dtype=np.int64)}, at)
+        # Purchase days: runs of one customer and one age.
+        day = np.flatnonzero(np.r_[True, (pid[1:] != pid[:-1]) | (age[1:] != age[:-1])])
+        day_pid, day_age = pid[day], age[day]
+        day_orders = np.diff(np.r_[day, len(pid)]).astype(float)
+        day_amount = np.add.reduceat(amount, day)
+        # Customers: runs of days of one profile; their first day is the oldest, their last the latest.
+        starts = np.r_[True, day_pid[1:] != day_pid[:-1]]
+        first = np.flatnonzero(starts)
+        last = np.r_[first[1:], len(day)] - 1
+        days = (last - first + 1).astype(float)
+
+        def per_customer(values: np.ndarray) -> np.ndarray:
+            return np.add.reduceat(values, first)
+
+        recent = day_age < recent_days
+        before = (day_age >= recent_days) & (day_age < 2 * recent_days)
+        spend = per_customer(day_amount)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # Gamma-Gamma models the spend of repeat purchases: the first day's is left out.
+            repeat_mean = np.where(days > 1, (spend - day_amount[first]) / (days - 1), np.nan)
+        # The gap in days before each purchase day but a customer's first: the last one, and
+        # their median.
+        gap_before = np.r_[0, day_age[:-1] - day_age[1:]]
+        customer_of_day = np.cumsum(starts) - 1
+        gaps, gap_customer = gap_before[~starts], customer_of_day[~starts]
+        last_gap = np.where(days > 1, gap_before[last], np.nan)
+        return self._with_activity(
+            {
+                "profile_id": day_pid[first],
+                "x": days - 1,
+                "t_x": (day_age[first] - day_age[last]).astype(float),
+                "T": day_age[first].astype(float),
+                "recency_days": day_age[last].astype(float),
+                "orders": per_customer(day_orders),
+                "spend": spend,
+                "repeat_mean": repeat_mean,
+                "orders_recent": per_customer(day_orders * recent),
+                "orders_before": per_customer(day_orders * before),
+                "spend_recent": per_customer(day_amount * recent),
+                "last_amount": day_amount[last],
+                "last_gap": last_gap,
+                "median_gap": _medians(gaps, gap_customer, len(first)),
+            },
+            at,
+        )
+
+    def _with_activity(self, columns: dict[str, np.ndarray], at: datetime) -> pd.DataFrame:
+        """The customers' columns with what the database knows of them besides orders: activity,
+        the lifecycle stage and the registered features."""
+        profile_ids = pd.Series(columns.pop("profile_id"), dtype="int64")
+        params = {"at": at, "stages": list(LIFECYCLE_STAGES)}
+        activity = _read_by_profile(ACTIVITY_SQL, params, ACTIVITY_COLUMNS, profile_ids)
+        stage = _read_by_profile(STAGES_SQL, params, STAGE_COLUMNS, profile_ids)["lifecycle"]
+        frame = pd.DataFrame(
+            {
+                "profile_id": profile_ids,
+                **{name: values.astype(float) for name, values in columns.items()},
+                **activity,
+                "lifecycle": np.array(("", *LIFECYCLE_STAGES), dtype=object)[stage.astype(int)],
+            }
+        )[CUSTOMER_COLUMNS]
+        for name in registered_features():
+            frame[name] = _extra(_features[name], at, profile_ids)
+        return frame
+
+    def purchase_days(self, *, start: datetime, end: datetime) -> dict[int, int]:
+        """Days of purchase (calendar days, UTC) per customer in (start, end], orders not refunded
+        by `end`: what the holdout's predictions are compared with, and what "churned" means for
+        training."""
+        start_us, end_us = _microseconds(start), _microseconds(end)
+        chosen = (self.paid_us > start_us) & (self.paid_us <= end_us) & (self.refunded_us > end_us)
+        pid, day = self.profile_id[chosen], self.paid_us[chosen] // DAY_US
+        if not len(pid):
+            return {}
+        new_day = np.r_[True, (pid[1:] != pid[:-1]) | (day[1:] != day[:-1])]
+        customers, counts = np.unique(pid[new_day], return_counts=True)
+        return dict(zip(customers.tolist(), counts.tolist(), strict=True))
 
 
-def customers_at(at: datetime, *, recent_days: int = 90) -> pd.DataFrame:
-    """Every customer as of `at` (not after the moment `load_orders` was given), one row each
-    (see CUSTOMERS_SQL), ordered by profile id."""
-    with connection.cursor() as cursor:
-        cursor.execute(CUSTOMERS_SQL, {"at": at, "recent_days": recent_days})
-        rows = cursor.fetchall()
-    frame = pd.DataFrame(rows, columns=CUSTOMER_COLUMNS)
-    # Money goes back to the database as Decimal (rounded to cents) when the scores are written.
-    for column in CUSTOMER_COLUMNS[1:-1]:
-        frame[column] = frame[column].astype(float)
-    frame["profile_id"] = frame["profile_id"].astype("int64")
-    for name in registered_features():
-        frame[name] = _extra(_features[name], at, frame["profile_id"])
-    return frame
+def load_orders(at: datetime) -> Orders:
+    """Every paid order up to `at` (ORDERS_SQL)."""
+    return Orders(
+        **bulk_numbers.read_columns(
+            ORDERS_SQL.replace("{amount}", order_amount_sql("pe.properties")), {"at": at}, ORDER_COLUMNS
+        )
+    )
+
+
+def _medians(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
+    """The median of each group's values (the mean of the middle two for an even count, as
+    percentile_cont(0.5)), NaN for a group without values; `group` numbers each value's group."""
+    out = np.full(groups, np.nan)
+    if not len(values):
+        return out
+    order = np.lexsort((values, group))
+    values, group = values[order].astype(float), group[order]
+    counts = np.bincount(group, minlength=groups)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    has = counts > 0
+    low = starts[has] + (counts[has] - 1) // 2
+    high = starts[has] + counts[has] // 2
+    out[has] = (values[low] + values[high]) / 2
+    return out
+
+
+def _read_by_profile(
+    sql: str, params: dict[str, Any], columns: dict[str, str], profile_ids: pd.Series
+) -> dict[str, np.ndarray]:
+    """A per-profile statement's columns, lined up with `profile_ids` (0 where it has no row)."""
+    read = bulk_numbers.read_columns(sql, params, columns)
+    position = pd.Index(read.pop("profile_id")).get_indexer(profile_ids)
+    found = position >= 0
+    out = {}
+    for name, values in read.items():
+        column = np.zeros(len(profile_ids), dtype=values.dtype)
+        column[found] = values[position[found]]
+        out[name] = column
+    return out
 
 
 def _extra(feature: Feature, at: datetime, profile_ids: pd.Series) -> np.ndarray:
     with connection.cursor() as cursor:
         cursor.execute(feature.sql, {"at": at})
         values = dict(cursor.fetchall())
-    return np.array([float(values.get(pid, 0) or 0) for pid in profile_ids], dtype=float)
+    return profile_ids.map(values).fillna(0).to_numpy(dtype=float)
 
 
-def purchase_days(*, start: datetime, end: datetime) -> dict[int, int]:
-    with connection.cursor() as cursor:
-        cursor.execute(PURCHASE_DAYS_SQL, {"start": start, "end": end})
-        return dict(cursor.fetchall())
+def _microseconds(at: datetime) -> int:
+    """`at` as whole microseconds since 1970 (UTC), exactly as `paid_us` is stored."""
+    return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 def model_matrix(customers: pd.DataFrame, *, purchase_model: Any = None) -> pd.DataFrame:

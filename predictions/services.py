@@ -9,7 +9,6 @@ the predicted-value tiers (with their history) and the churn tag in one transact
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from django.utils import timezone
 from threadpoolctl import threadpool_limits
 
 from access.services import record_audit
+from config import bulk_numbers
 from config.celery import publish
 from config.failures import log_failure
 from predictions import churn, clv, features
@@ -58,36 +58,15 @@ DEFAULT_TIERS = [
     ),
 ]
 
+# Tonight's scores and tiers, as `config.bulk_numbers` writes them: NaN where a score is unknown,
+# tier 0 for none.
 SCORES_TABLE_SQL = """
 CREATE TEMP TABLE pred_scores (
     profile_id bigint, purchases_90d float8, purchases_365d float8, value_90d float8, value_365d float8,
-    p_alive float8, past_value float8, churn_risk smallint
+    p_alive float8, past_value float8, churn_risk float8, tier_id bigint
 ) ON COMMIT DROP
 """
-
-# The tier of each scored customer: the highest-ranked whose conditions all hold, percentiles
-# among the customers scored tonight. The tiers are few: each is checked per customer.
-TIERED_SQL = """
-CREATE TEMP TABLE pred_tiered ON COMMIT DROP AS
-WITH ranked AS (
-    SELECT s.*,
-           CASE WHEN s.value_365d IS NULL THEN NULL
-                ELSE 100.0 * percent_rank() OVER (PARTITION BY s.value_365d IS NULL ORDER BY s.value_365d) END
-               AS value_pct,
-           100.0 * percent_rank() OVER (ORDER BY s.past_value) AS past_pct
-    FROM pred_scores s
-)
-SELECT r.profile_id, r.purchases_90d, r.purchases_365d, round(r.value_90d::numeric, 2) AS value_90d,
-       round(r.value_365d::numeric, 2) AS value_365d, r.p_alive, round(r.past_value::numeric, 2) AS past_value,
-       r.churn_risk,
-       (SELECT t.id FROM predictions_predictedtier t
-        WHERE (t.min_value_percentile IS NULL OR r.value_pct >= t.min_value_percentile)
-          AND (t.min_past_value_percentile IS NULL OR r.past_pct >= t.min_past_value_percentile)
-          AND (t.max_p_alive IS NULL OR r.p_alive <= t.max_p_alive)
-          AND (t.min_churn_risk IS NULL OR r.churn_risk >= t.min_churn_risk)
-        ORDER BY t.rank DESC, t.id LIMIT 1) AS tier_id
-FROM ranked r
-"""
+SCORE_COLUMNS = ("purchases_90d", "purchases_365d", "value_90d", "value_365d", "p_alive", "past_value", "churn_risk")
 
 # Every scored customer's row is written (their predictions move each night, if only because
 # they grow a day older), tier changes are appended to the history, and rows of profiles that
@@ -95,8 +74,14 @@ FROM ranked r
 # history too. All parts read the table as it was before the statement.
 APPLY_SQL = """
 WITH scored AS MATERIALIZED (
-    SELECT t.*, old.tier_id AS old_tier_id, old.profile_id IS NOT NULL AS existed
-    FROM pred_tiered t
+    SELECT t.profile_id, NULLIF(t.purchases_90d, 'NaN') AS purchases_90d,
+           NULLIF(t.purchases_365d, 'NaN') AS purchases_365d,
+           round(NULLIF(t.value_90d, 'NaN')::numeric, 2) AS value_90d,
+           round(NULLIF(t.value_365d, 'NaN')::numeric, 2) AS value_365d, NULLIF(t.p_alive, 'NaN') AS p_alive,
+           round(NULLIF(t.past_value, 'NaN')::numeric, 2) AS past_value,
+           NULLIF(t.churn_risk, 'NaN')::smallint AS churn_risk, NULLIF(t.tier_id, 0) AS tier_id,
+           old.tier_id AS old_tier_id, old.profile_id IS NOT NULL AS existed
+    FROM pred_scores t
     LEFT JOIN predictions_prediction old ON old.profile_id = t.profile_id
     ORDER BY t.profile_id
 ),
@@ -116,7 +101,7 @@ written AS (
 ),
 gone AS (
     DELETE FROM predictions_prediction p
-    WHERE NOT EXISTS (SELECT 1 FROM pred_tiered t WHERE t.profile_id = p.profile_id)
+    WHERE NOT EXISTS (SELECT 1 FROM pred_scores t WHERE t.profile_id = p.profile_id)
     RETURNING p.profile_id, p.tier_id
 ),
 moves AS (
@@ -271,10 +256,11 @@ def _run(*, run_id: int, now: datetime, config: PredictionSettings, progress: Ca
 
     horizon = config.horizon_days
     cutoff = now - timedelta(days=horizon)
-    features.load_orders(now)
-    today = features.customers_at(now, recent_days=horizon)
-    before = features.customers_at(cutoff, recent_days=horizon)
-    bought = features.purchase_days(start=cutoff, end=now)
+    orders = features.load_orders(now)
+    today = orders.customers_at(now, recent_days=horizon)
+    before = orders.customers_at(cutoff, recent_days=horizon)
+    bought = orders.purchase_days(start=cutoff, end=now)
+    del orders
     done("customers")
 
     update: dict[str, Any] = {"customers": len(today)}
@@ -433,18 +419,58 @@ def _write(
     """COPY the scores into a scratch table, derive the tiers and apply them in set-based SQL."""
     if clv_run is None and churn_run is None:
         return 0, 0  # nothing was predicted: rows of an earlier model stay as they are
-    buffer = io.StringIO()
-    scores.to_csv(buffer, sep="\t", header=False, index=False, na_rep="\\N", float_format="%.6f")
     with connection.cursor() as cursor:
         cursor.execute(SCORES_TABLE_SQL)
-        with cursor.cursor.copy("COPY pred_scores FROM STDIN") as copy:
-            copy.write(buffer.getvalue())
-        cursor.execute(TIERED_SQL)
+    bulk_numbers.write_columns(
+        "pred_scores",
+        {
+            "profile_id": ("int8", scores["profile_id"].to_numpy(dtype=np.int64)),
+            **{name: ("float8", scores[name].to_numpy(dtype=float, na_value=np.nan)) for name in SCORE_COLUMNS},
+            "tier_id": ("int8", _tiers(scores)),
+        },
+    )
+    with connection.cursor() as cursor:
         cursor.execute(APPLY_SQL, {"clv_run": clv_run, "churn_run": churn_run, "now": now, "run_id": run_id})
         written, logged, _gone = cursor.fetchone()
-        cursor.execute("DROP TABLE pred_tiered")
         cursor.execute("DROP TABLE pred_scores")
     return written, logged
+
+
+def _tiers(scores: pd.DataFrame) -> np.ndarray:
+    """Each scored customer's predicted-value tier (its id, 0 for none): the highest-ranked whose
+    conditions all hold, percentiles among the customers scored tonight. An unknown score meets
+    no condition on it."""
+    value_pct = _percent_rank(scores["value_365d"].to_numpy(dtype=float, na_value=np.nan))
+    past_pct = _percent_rank(scores["past_value"].to_numpy(dtype=float, na_value=np.nan))
+    p_alive = scores["p_alive"].to_numpy(dtype=float, na_value=np.nan)
+    risk = scores["churn_risk"].to_numpy(dtype=float, na_value=np.nan)
+    tier = np.zeros(len(scores), dtype=np.int64)
+    # From the lowest priority up, each tier taking whom it holds for: the last one wins.
+    for candidate in PredictedTier.objects.order_by("rank", "-id"):
+        holds = np.ones(len(scores), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            if candidate.min_value_percentile is not None:
+                holds &= value_pct >= candidate.min_value_percentile
+            if candidate.min_past_value_percentile is not None:
+                holds &= past_pct >= candidate.min_past_value_percentile
+            if candidate.max_p_alive is not None:
+                holds &= p_alive <= candidate.max_p_alive
+            if candidate.min_churn_risk is not None:
+                holds &= risk >= candidate.min_churn_risk
+        tier[holds] = candidate.pk
+    return tier
+
+
+def _percent_rank(values: np.ndarray) -> np.ndarray:
+    """100 x each known value's percent_rank() among the known ones (the share of the others
+    below it, as PostgreSQL's); NaN stays NaN."""
+    out = np.full(len(values), np.nan)
+    known = ~np.isnan(values)
+    ranked = values[known]
+    if len(ranked):
+        below = np.searchsorted(np.sort(ranked), ranked, side="left")
+        out[known] = 100.0 * (below / (len(ranked) - 1)) if len(ranked) > 1 else 0.0
+    return out
 
 
 def _sync_churn_tag(config: PredictionSettings, *, now: datetime, active: bool) -> tuple[int, int]:

@@ -7,7 +7,6 @@ import math
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
 from django.utils import timezone
 
 from predictions import features
@@ -17,9 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 def read(at):
-    with transaction.atomic():
-        features.load_orders(at)
-        return features.customers_at(at, recent_days=90).set_index("profile_id")
+    return features.load_orders(at).customers_at(at, recent_days=90).set_index("profile_id")
 
 
 def test_a_customers_days_give_the_summary_the_last_days_spend_and_the_gaps_between_days():

@@ -1,0 +1,92 @@
+"""Columns of numbers to and from PostgreSQL as binary blocks: what goes in comes out exactly, in
+the caller's transaction, and a NULL or a wrong type is an error rather than a shifted column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import connection
+
+from config import bulk_numbers
+
+pytestmark = pytest.mark.django_db
+
+COLUMNS = {"id": "int8", "small": "int2", "medium": "int4", "value": "float8"}
+
+
+@pytest.fixture
+def scratch():
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMP TABLE bulk_scratch (id bigint, small smallint, medium integer, value float8)")
+    yield "bulk_scratch"
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS bulk_scratch")
+
+
+def test_what_is_written_reads_back_exactly_extremes_and_nan_included(scratch):
+    rng = np.random.default_rng(7)
+    n = 50_000
+    ids = np.arange(n, dtype=np.int64) * 7919 - 10**12
+    ids[:2] = [np.iinfo(np.int64).max, np.iinfo(np.int64).min + 1]
+    small = rng.integers(-32768, 32767, n, dtype=np.int16)
+    medium = rng.integers(-(2**31), 2**31 - 1, n, dtype=np.int32)
+    value = rng.normal(0, 1e6, n)
+    value[[3, 5]] = [np.nan, -0.0]
+    written = bulk_numbers.write_columns(
+        scratch, {"id": ("int8", ids), "small": ("int2", small), "medium": ("int4", medium), "value": ("float8", value)}
+    )
+    assert written == n
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), count(*) FILTER (WHERE value = 'NaN'), sum(medium) FROM bulk_scratch")
+        assert cursor.fetchone() == (n, 1, int(medium.astype(np.int64).sum()))
+
+    read = bulk_numbers.read_columns("SELECT id, small, medium, value FROM bulk_scratch", None, COLUMNS)
+    order = np.argsort(read["id"])  # rows come back in no particular order
+    expected = np.argsort(ids)
+    assert np.array_equal(read["id"][order], ids[expected])
+    assert np.array_equal(read["small"][order], small[expected])
+    assert np.array_equal(read["medium"][order], medium[expected])
+    assert np.array_equal(read["value"][order], value[expected], equal_nan=True)
+    assert read["small"].dtype == np.int16 and read["value"].dtype == np.float64
+
+
+def test_parameters_bind_and_an_empty_result_gives_empty_columns(scratch):
+    bulk_numbers.write_columns(scratch, {"id": ("int8", [1, 2, 3]), "value": ("float8", [0.5, 1.5, 2.5])})
+    read = bulk_numbers.read_columns(
+        "SELECT id, value FROM bulk_scratch WHERE value > %(above)s", {"above": 1.0}, {"id": "int8", "value": "float8"}
+    )
+    assert sorted(read["id"].tolist()) == [2, 3]
+    none = bulk_numbers.read_columns(
+        "SELECT id, value FROM bulk_scratch WHERE id > %(above)s", {"above": 99}, {"id": "int8", "value": "float8"}
+    )
+    assert len(none["id"]) == 0 and none["value"].dtype == np.float64
+
+
+def test_a_null_is_refused_not_dropped_or_shifted(scratch):
+    bulk_numbers.write_columns(scratch, {"id": ("int8", [1, 2]), "value": ("float8", [1.0, 2.0])})
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE bulk_scratch SET value = NULL WHERE id = 2")
+    with pytest.raises(bulk_numbers.NullInColumns, match="1 of 2 rows have a NULL"):
+        bulk_numbers.read_columns("SELECT id, value FROM bulk_scratch", None, {"id": "int8", "value": "float8"})
+
+
+def test_reads_and_writes_happen_in_the_callers_transaction(scratch):
+    from django.db import transaction
+
+    with transaction.atomic():
+        bulk_numbers.write_columns(scratch, {"id": ("int8", [10])})
+        inside = bulk_numbers.read_columns("SELECT id FROM bulk_scratch", None, {"id": "int8"})
+        assert inside["id"].tolist() == [10]
+        transaction.set_rollback(True)
+    assert bulk_numbers.read_columns("SELECT id FROM bulk_scratch", None, {"id": "int8"})["id"].tolist() == []
+
+
+def test_types_it_cannot_carry_and_mismatched_columns_are_errors(scratch):
+    with pytest.raises(ValueError, match="'numeric' is not a fixed-width type"):
+        bulk_numbers.read_columns("SELECT 1::numeric", None, {"x": "numeric"})
+    with pytest.raises(ValueError, match="first column groups the rows"):
+        bulk_numbers.read_columns("SELECT 1.5::float8", None, {"x": "float8"})
+    with pytest.raises(ValueError, match="different lengths"):
+        bulk_numbers.write_columns(scratch, {"id": ("int8", [1, 2]), "value": ("float8", [1.0])})
+    with pytest.raises(ValueError, match="'small' \\(int2\\) has NaN"):
+        bulk_numbers.write_columns(scratch, {"id": ("int8", [1]), "small": ("int2", np.array([np.nan]))})
