@@ -48,6 +48,18 @@ def _check(types: list[str]) -> None:
             raise ValueError(f"{pg_type!r} is not a fixed-width type this reads or writes ({', '.join(TYPES)})")
 
 
+def _check_integers(name: str, pg_type: str, values: np.ndarray) -> None:
+    """Values bound for an integer column must be whole and fit it: numpy would wrap 40000 into
+    an int2 and cut 1.7 to 1 without a word."""
+    if values.dtype.kind not in "iuf" and len(values):
+        raise ValueError(f"column {name!r} ({pg_type}) has values that are not numbers ({values.dtype})")
+    if values.dtype.kind == "f" and not (np.isfinite(values) & (values == np.round(values))).all():
+        raise ValueError(f"column {name!r} ({pg_type}) has values that are not whole numbers")
+    limits = np.iinfo(TYPES[pg_type][2])
+    if len(values) and (values.min() < limits.min or values.max() > limits.max):
+        raise ValueError(f"column {name!r} has values outside {pg_type}'s range {limits.min}..{limits.max}")
+
+
 def read_columns(
     sql: str, params: Mapping[str, Any] | None, columns: Mapping[str, str], *, using: str = "default"
 ) -> dict[str, np.ndarray]:
@@ -66,9 +78,13 @@ def read_columns(
         f"FROM ({sql}) AS rows ({', '.join(aliases)}) GROUP BY mod(c0, {GROUPS})"
     )
     connection = connections[using]
+    # What Django's own cursors do first: drop a connection that failed its health check, refuse
+    # to run in a transaction already broken, and raise Django's errors rather than psycopg's.
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
+    connection.validate_no_broken_transaction()
     # A cursor of its own: Django's binds parameters on the client and reads results as text.
-    with psycopg.Cursor(connection.connection) as cursor:
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(statement, params, binary=True)
         groups = cursor.fetchall()
     expected = sum(count for count, _ in groups)
@@ -95,8 +111,8 @@ def write_columns(table: str, columns: Mapping[str, tuple[str, Any]], *, using: 
     rows = np.empty(lengths.pop() if lengths else 0, dtype=np.dtype(fields))
     rows["count"] = len(names)
     for i, (name, pg_type, values) in enumerate(zip(names, types, arrays, strict=True)):
-        if pg_type != "float8" and values.dtype.kind == "f" and not np.isfinite(values).all():
-            raise ValueError(f"column {name!r} ({pg_type}) has NaN or infinite values")
+        if pg_type != "float8":
+            _check_integers(name, pg_type, values)
         rows[f"length{i}"] = np.dtype(TYPES[pg_type][1]).itemsize
         rows[f"value{i}"] = values
     header = COPY_SIGNATURE + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")

@@ -23,7 +23,9 @@ from tracking.selectors import order_amount_sql
 # purchases between them are computed from these rows, read once. An order sent twice (a retried
 # event under a new event id) counts once; its refund is kept with its time, so the cut-off sees
 # only refunds known by then. Times are whole microseconds since 1970 (UTC), so that a moment's
-# day count is an integer division; an order never refunded has the largest bigint.
+# day count is an integer division; an order never refunded has the largest bigint. Amounts are
+# whole millionths, so that a customer's spend adds up exactly, as money should: two customers who
+# spent the same are tied, however their orders split it.
 ORDERS_SQL = """
 WITH orders AS (
     SELECT pe.profile_id,
@@ -40,11 +42,12 @@ refunds AS (
     WHERE pe.name = 'order_refunded' AND pe.timestamp <= %(at)s AND pe.properties->>'order_id' <> ''
     GROUP BY 1
 )
-SELECT o.profile_id, (extract(epoch FROM o.paid_at) * 1000000)::bigint AS paid_us, o.amount::float8 AS amount,
+SELECT o.profile_id, (extract(epoch FROM o.paid_at) * 1000000)::bigint AS paid_us,
+       round(o.amount * 1000000)::bigint AS amount_micros,
        COALESCE((extract(epoch FROM r.refunded_at) * 1000000)::bigint, 9223372036854775807) AS refunded_us
 FROM orders o LEFT JOIN refunds r ON r.order_id = o.order_id
 """
-ORDER_COLUMNS = {"profile_id": "int8", "paid_us": "int8", "amount": "float8", "refunded_us": "int8"}
+ORDER_COLUMNS = {"profile_id": "int8", "paid_us": "int8", "amount_micros": "int8", "refunded_us": "int8"}
 
 # Per customer as of %(at)s: events other than orders in the 30 days before.
 ACTIVITY_SQL = """
@@ -88,6 +91,8 @@ CUSTOMER_COLUMNS = [
     "last_gap",
     "median_gap",
     "lifecycle",
+    # The exact spend in millionths, what the past value is stored from.
+    "spend_micros",
 ]
 
 DAY_US = 86_400_000_000
@@ -119,10 +124,10 @@ class Orders:
     """Every paid order up to a reference moment (ORDERS_SQL), sorted by customer and time of
     payment: one read and one sort, from which each moment's customers are computed."""
 
-    def __init__(self, profile_id: np.ndarray, paid_us: np.ndarray, amount: np.ndarray, refunded_us: np.ndarray):
+    def __init__(self, profile_id: np.ndarray, paid_us: np.ndarray, amount_micros: np.ndarray, refunded_us: np.ndarray):
         order = np.lexsort((paid_us, profile_id))
         self.profile_id, self.paid_us = profile_id[order], paid_us[order]
-        self.amount, self.refunded_us = amount[order], refunded_us[order]
+        self.amount_micros, self.refunded_us = amount_micros[order], refunded_us[order]
 
     def _known_at(self, at_us: int) -> np.ndarray:
         """Orders paid by `at_us` and not refunded by then."""
@@ -134,16 +139,18 @@ class Orders:
         `at`, 24 hours each), as the model's repeat purchases do."""
         at_us = _microseconds(at)
         known = self._known_at(at_us)
-        pid, amount = self.profile_id[known], self.amount[known]
+        pid, amount = self.profile_id[known], self.amount_micros[known]
         age = (at_us - self.paid_us[known]) // DAY_US  # within a customer, oldest first
         if not len(pid):
             empty = {name: np.zeros(0) for name in CUSTOMER_COLUMNS if name not in ("lifecycle", *ACTIVITY_COLUMNS)}
-            return self._with_activity({**empty, "profile_id": np.zeros(0, dtype=np.int64)}, at)
+            integers = {"profile_id": np.zeros(0, dtype=np.int64), "spend_micros": np.zeros(0, dtype=np.int64)}
+            return self._with_activity({**empty, **integers}, at)
         # Purchase days: runs of one customer and one age.
         day = np.flatnonzero(np.r_[True, (pid[1:] != pid[:-1]) | (age[1:] != age[:-1])])
         day_pid, day_age = pid[day], age[day]
         day_orders = np.diff(np.r_[day, len(pid)]).astype(float)
-        day_amount = np.add.reduceat(amount, day)
+        day_micros = np.add.reduceat(amount, day)
+        day_amount = day_micros / 1e6
         # Customers: runs of days of one profile; their first day is the oldest, their last the latest.
         starts = np.r_[True, day_pid[1:] != day_pid[:-1]]
         first = np.flatnonzero(starts)
@@ -155,10 +162,10 @@ class Orders:
 
         recent = day_age < recent_days
         before = (day_age >= recent_days) & (day_age < 2 * recent_days)
-        spend = per_customer(day_amount)
+        spend_micros = np.add.reduceat(day_micros, first)
         with np.errstate(invalid="ignore", divide="ignore"):
             # Gamma-Gamma models the spend of repeat purchases: the first day's is left out.
-            repeat_mean = np.where(days > 1, (spend - day_amount[first]) / (days - 1), np.nan)
+            repeat_mean = np.where(days > 1, (spend_micros - day_micros[first]) / 1e6 / (days - 1), np.nan)
         # The gap in days before each purchase day but a customer's first: the last one, and
         # their median.
         gap_before = np.r_[0, day_age[:-1] - day_age[1:]]
@@ -173,14 +180,15 @@ class Orders:
                 "T": day_age[first].astype(float),
                 "recency_days": day_age[last].astype(float),
                 "orders": per_customer(day_orders),
-                "spend": spend,
+                "spend": spend_micros / 1e6,
                 "repeat_mean": repeat_mean,
                 "orders_recent": per_customer(day_orders * recent),
                 "orders_before": per_customer(day_orders * before),
-                "spend_recent": per_customer(day_amount * recent),
+                "spend_recent": per_customer(day_micros * recent) / 1e6,
                 "last_amount": day_amount[last],
                 "last_gap": last_gap,
                 "median_gap": _medians(gaps, gap_customer, len(first)),
+                "spend_micros": spend_micros,
             },
             at,
         )
@@ -195,7 +203,9 @@ class Orders:
         frame = pd.DataFrame(
             {
                 "profile_id": profile_ids,
-                **{name: values.astype(float) for name, values in columns.items()},
+                **{
+                    name: values if name == "spend_micros" else values.astype(float) for name, values in columns.items()
+                },
                 **activity,
                 "lifecycle": np.array(("", *LIFECYCLE_STAGES), dtype=object)[stage.astype(int)],
             }

@@ -401,7 +401,7 @@ def _scores(
     else:
         for column in ("purchases_90d", "purchases_365d", "value_90d", "value_365d", "p_alive"):
             scores[column] = np.nan
-    scores["past_value"] = today["spend"]
+    scores["past_value_micros"] = today["spend_micros"]
     with threadpool_limits(limits=settings.OPSLOOP_PREDICTION_THREADS):
         matrix = features.model_matrix(today, purchase_model=bgnbd)
         risk = model.risk(matrix) if model is not None and len(today) else None
@@ -419,14 +419,15 @@ def _write(
     """COPY the scores into a scratch table, derive the tiers and apply them in set-based SQL."""
     if clv_run is None and churn_run is None:
         return 0, 0  # nothing was predicted: rows of an earlier model stay as they are
+    stored = _as_stored(scores)
     with connection.cursor() as cursor:
         cursor.execute(SCORES_TABLE_SQL)
     bulk_numbers.write_columns(
         "pred_scores",
         {
             "profile_id": ("int8", scores["profile_id"].to_numpy(dtype=np.int64)),
-            **{name: ("float8", scores[name].to_numpy(dtype=float, na_value=np.nan)) for name in SCORE_COLUMNS},
-            "tier_id": ("int8", _tiers(scores)),
+            **{name: ("float8", stored[name]) for name in SCORE_COLUMNS},
+            "tier_id": ("int8", _tiers(stored)),
         },
     )
     with connection.cursor() as cursor:
@@ -436,18 +437,39 @@ def _write(
     return written, logged
 
 
-def _tiers(scores: pd.DataFrame) -> np.ndarray:
+def _as_stored(scores: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The scores as they will be stored (NaN for unknown): money in whole cents, rounded half
+    away from zero as PostgreSQL rounds (the past value exactly, from the spend in millionths),
+    purchases and the probability alive to six decimals. Tiers are decided on these, so that
+    customers whose stored values are equal are treated alike."""
+
+    def cents(values: np.ndarray) -> np.ndarray:
+        return np.sign(values) * np.floor(np.abs(values) * 100 + 0.5) / 100
+
+    stored = {
+        name: np.round(scores[name].to_numpy(dtype=float, na_value=np.nan), 6)
+        for name in ("purchases_90d", "purchases_365d", "p_alive")
+    }
+    stored["value_90d"] = cents(scores["value_90d"].to_numpy(dtype=float, na_value=np.nan))
+    stored["value_365d"] = cents(scores["value_365d"].to_numpy(dtype=float, na_value=np.nan))
+    # Spend is never negative: whole cents by integer division, half a cent up.
+    stored["past_value"] = ((scores["past_value_micros"].to_numpy(dtype=np.int64) + 5_000) // 10_000) / 100
+    stored["churn_risk"] = scores["churn_risk"].to_numpy(dtype=float, na_value=np.nan)
+    return stored
+
+
+def _tiers(stored: dict[str, np.ndarray]) -> np.ndarray:
     """Each scored customer's predicted-value tier (its id, 0 for none): the highest-ranked whose
     conditions all hold, percentiles among the customers scored tonight. An unknown score meets
     no condition on it."""
-    value_pct = _percent_rank(scores["value_365d"].to_numpy(dtype=float, na_value=np.nan))
-    past_pct = _percent_rank(scores["past_value"].to_numpy(dtype=float, na_value=np.nan))
-    p_alive = scores["p_alive"].to_numpy(dtype=float, na_value=np.nan)
-    risk = scores["churn_risk"].to_numpy(dtype=float, na_value=np.nan)
-    tier = np.zeros(len(scores), dtype=np.int64)
+    value_pct = _percent_rank(stored["value_365d"])
+    past_pct = _percent_rank(stored["past_value"])
+    p_alive, risk = stored["p_alive"], stored["churn_risk"]
+    count = len(p_alive)
+    tier = np.zeros(count, dtype=np.int64)
     # From the lowest priority up, each tier taking whom it holds for: the last one wins.
     for candidate in PredictedTier.objects.order_by("rank", "-id"):
-        holds = np.ones(len(scores), dtype=bool)
+        holds = np.ones(count, dtype=bool)
         with np.errstate(invalid="ignore"):
             if candidate.min_value_percentile is not None:
                 holds &= value_pct >= candidate.min_value_percentile

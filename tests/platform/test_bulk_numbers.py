@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from django.db import connection
+from django.db import DatabaseError, connection, transaction
+from django.db.transaction import TransactionManagementError
 
 from config import bulk_numbers
 
@@ -71,8 +72,6 @@ def test_a_null_is_refused_not_dropped_or_shifted(scratch):
 
 
 def test_reads_and_writes_happen_in_the_callers_transaction(scratch):
-    from django.db import transaction
-
     with transaction.atomic():
         bulk_numbers.write_columns(scratch, {"id": ("int8", [10])})
         inside = bulk_numbers.read_columns("SELECT id FROM bulk_scratch", None, {"id": "int8"})
@@ -88,5 +87,37 @@ def test_types_it_cannot_carry_and_mismatched_columns_are_errors(scratch):
         bulk_numbers.read_columns("SELECT 1.5::float8", None, {"x": "float8"})
     with pytest.raises(ValueError, match="different lengths"):
         bulk_numbers.write_columns(scratch, {"id": ("int8", [1, 2]), "value": ("float8", [1.0])})
-    with pytest.raises(ValueError, match="'small' \\(int2\\) has NaN"):
+    with pytest.raises(ValueError, match="'small' \\(int2\\) has values that are not whole numbers"):
         bulk_numbers.write_columns(scratch, {"id": ("int8", [1]), "small": ("int2", np.array([np.nan]))})
+    with pytest.raises(ValueError, match="'id' \\(int8\\) has values that are not whole numbers"):
+        bulk_numbers.write_columns(scratch, {"id": ("int8", np.array([1.7]))})
+    with pytest.raises(ValueError, match=r"'small' has values outside int2's range -32768\.\.32767"):
+        bulk_numbers.write_columns(scratch, {"id": ("int8", [1]), "small": ("int2", [40_000])})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM bulk_scratch")
+        assert cursor.fetchone() == (0,)  # nothing half-written
+    # A column declared narrower than it is: the database refuses, as a Django error.
+    bulk_numbers.write_columns(scratch, {"id": ("int8", [1])})
+    with pytest.raises(DatabaseError, match="int2send"), transaction.atomic():
+        bulk_numbers.read_columns("SELECT id FROM bulk_scratch", None, {"id": "int2"})
+
+
+def test_a_broken_transaction_is_refused_as_with_djangos_own_cursors(scratch):
+    with transaction.atomic():
+        try:
+            with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+                cursor.execute("SELECT 1 / 0")
+        except DatabaseError:
+            pass
+        with pytest.raises(TransactionManagementError):
+            bulk_numbers.read_columns("SELECT id FROM bulk_scratch", None, {"id": "int8"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_opens_a_closed_connection_and_reads_in_autocommit():
+    connection.close()
+    read = bulk_numbers.read_columns(
+        "SELECT g::int8, g * 0.5 FROM generate_series(1, %(n)s) g", {"n": 1000}, {"id": "int8", "half": "float8"}
+    )
+    assert sorted(read["id"].tolist()) == list(range(1, 1001))
+    assert read["half"].sum() == pytest.approx(0.5 * 1000 * 1001 / 2)

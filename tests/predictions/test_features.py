@@ -9,8 +9,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from crm.models import ValueChange
 from predictions import features
 from tests.factories.crm import CustomerFactory, paid_order, refund
+from tests.factories.tracking import EventFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -59,3 +61,57 @@ def test_a_past_moment_sees_only_what_was_known_then():
     today = read(now).loc[customer.pk]
     assert (today["x"], today["recency_days"], today["last_amount"], today["last_gap"]) == (2, 10, 5, 50)
     assert today["median_gap"] == 45
+
+
+def test_activity_and_the_lifecycle_stage_are_as_of_the_moment():
+    now = timezone.now().replace(microsecond=0)
+    customer = CustomerFactory()
+    paid_order(customer, "10.00", now - timedelta(days=40))
+    # Two events on one day and one on another within 30 days; one older; orders never count.
+    for ago in (timedelta(days=3, hours=1), timedelta(days=3, hours=2), timedelta(days=20), timedelta(days=31)):
+        EventFactory(name="page_view", user_id=customer.user_id, timestamp=now - ago)
+    for at, stage in [(now - timedelta(days=50), "new"), (now - timedelta(days=10), "active")]:
+        ValueChange.objects.create(profile=customer, what="lifecycle", to_value=stage, at=at)
+    ValueChange.objects.create(profile=customer, what="lifecycle", to_value="silent", at=now + timedelta(days=1))
+    quiet = CustomerFactory()
+    paid_order(quiet, "5.00", now - timedelta(days=5))
+    ValueChange.objects.create(profile=quiet, what="lifecycle", to_value="something-else", at=now - timedelta(days=1))
+
+    row = read(now).loc[customer.pk]
+    assert (row["events_30d"], row["active_days_30d"], row["lifecycle"]) == (3, 2, "active")
+    then = read(now - timedelta(days=20)).loc[customer.pk]
+    # 20 days earlier: the event 31 days ago is 11 days old then, the ones 3 days ago are to come.
+    assert (then["events_30d"], then["active_days_30d"], then["lifecycle"]) == (2, 2, "new")
+    other = read(now).loc[quiet.pk]
+    assert (other["events_30d"], other["active_days_30d"], other["lifecycle"]) == (0, 0, "")
+
+
+def test_purchase_days_count_calendar_days_of_orders_not_refunded_by_the_end():
+    start = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=30)
+    end = start + timedelta(days=20)
+    customer, other = CustomerFactory(), CustomerFactory()
+    paid_order(customer, "1.00", start)  # at the start: not after it
+    paid_order(customer, "1.00", start + timedelta(days=1, hours=1))
+    paid_order(customer, "1.00", start + timedelta(days=1, hours=2))  # the same day
+    paid_order(customer, "1.00", start + timedelta(days=2), order_id="refunded-in-time")
+    refund(customer, "refunded-in-time", end - timedelta(hours=1))
+    paid_order(customer, "1.00", start + timedelta(days=3), order_id="refunded-later")
+    refund(customer, "refunded-later", end + timedelta(days=1))
+    paid_order(customer, "1.00", end)  # at the end: counts
+    paid_order(customer, "1.00", end + timedelta(seconds=1))
+    paid_order(other, "1.00", start - timedelta(days=1))
+
+    bought = features.load_orders(end + timedelta(days=5)).purchase_days(start=start, end=end)
+    # Days 1 and 3 after the start, and the end's.
+    assert bought == {customer.pk: 3}
+
+
+def test_spend_adds_up_exactly_however_the_orders_split_it():
+    now = timezone.now().replace(microsecond=0)
+    one, split = CustomerFactory(), CustomerFactory()
+    paid_order(one, "39.99", now - timedelta(days=3))
+    paid_order(split, "29.99", now - timedelta(days=3))
+    paid_order(split, "10.00", now - timedelta(days=2))  # 29.99 + 10.00 in floats is 39.989999...
+    frame = read(now)
+    assert frame.loc[one.pk, "spend_micros"] == frame.loc[split.pk, "spend_micros"] == 39_990_000
+    assert frame.loc[one.pk, "spend"] == frame.loc[split.pk, "spend"] == 39.99

@@ -8,6 +8,7 @@ import logging
 from datetime import timedelta
 from decimal import Decimal
 
+import pandas as pd
 import pytest
 from django.core.management import call_command
 from django.utils import timezone
@@ -16,7 +17,7 @@ from django_celery_beat.models import PeriodicTask
 from access.models import AuditEntry
 from predictions import clv, selectors, services
 from predictions.errors import RunNotFailed
-from predictions.models import Prediction, PredictionChange, PredictionRun, PredictionSettings
+from predictions.models import PredictedTier, Prediction, PredictionChange, PredictionRun, PredictionSettings
 from profiles.models import ProfileTag, TagChange
 from tests.factories.crm import CustomerFactory
 from tests.factories.predictions import one_order, shop_history
@@ -203,3 +204,23 @@ def test_a_failed_run_shows_on_the_health_page_until_a_later_run_succeeds(shop, 
     services.recompute_predictions(now=now)
     section = next(s for s in health_report().sections if s.title == "failed prediction run(s)")
     assert section.items == []
+
+
+def test_customers_whose_stored_values_are_equal_get_the_same_tier():
+    # Past values 0.10, 0.10, 0.10, 0.30 and 0.30, the last summed from 0.1 + 0.2 (which floats
+    # make 0.30000000000000004); everyone's probability alive just over 0.5 before rounding.
+    tier = PredictedTier.objects.create(slug="spent-most", name="Spent most", rank=99, min_past_value_percentile=75)
+    alive = PredictedTier.objects.create(slug="alive-half", name="Alive half", rank=98, max_p_alive=0.5)
+    scores = pd.DataFrame(
+        {
+            "profile_id": [1, 2, 3, 4, 5],
+            "past_value_micros": [100_000, 100_000, 100_000, 300_000, 100_000 + 200_000],
+            "p_alive": [0.5000004, 0.6, 0.6, 0.6, 0.6],
+            **{name: [1.0] * 5 for name in ("purchases_90d", "purchases_365d", "value_90d", "value_365d")},
+            "churn_risk": pd.array([10] * 5, dtype="Int16"),
+        }
+    )
+    stored = services._as_stored(scores)
+    assert stored["past_value"].tolist() == [0.1, 0.1, 0.1, 0.3, 0.3]
+    # Both 0.30 customers rank at 75 (three of the four others below): both are in.
+    assert services._tiers(stored).tolist() == [alive.pk, 0, 0, tier.pk, tier.pk]
