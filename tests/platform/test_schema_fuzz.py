@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from django.core import signals
 from django.db import close_old_connections
+from django.utils import timezone
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -24,7 +25,7 @@ from config.wsgi import application
 from coupons.models import CodeBatch, IssuanceJob
 from indicators.models import Funnel, FunnelStep
 from tests.factories.campaigns import CampaignFactory, SegmentFactory
-from tests.factories.coupons import CouponRuleFactory
+from tests.factories.coupons import CouponRuleFactory, OrderRefundFactory
 from tests.factories.indicators import goal
 from tests.factories.profiles import ProfileFactory
 
@@ -63,6 +64,10 @@ def rows(db) -> dict[tuple[str, str], object]:
         ("goals", "goal_id"): goal(indicator="revenue").pk,
         ("coupon-issuance-jobs", "job_id"): IssuanceJob.objects.create(rule=rule, user_ids=[profile.user_id]).pk,
         ("coupon-code-batches", "batch_id"): CodeBatch.objects.create(rule=rule, quantity=1).pk,
+        # Failed, so that a retry has something to do.
+        ("coupon-refunds", "refund_id"): OrderRefundFactory(
+            status="failed", error="fuzz", attempts=1, failed_at=timezone.now()
+        ).pk,
         ("profiles", "user_id"): profile.user_id,
         ("indicators", "key"): "dau",
         ("indicator-watches", "key"): "dau",
