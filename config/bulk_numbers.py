@@ -17,7 +17,7 @@ turns NULL into NaN (`COALESCE(x, 'NaN')`) or a sentinel, and NaN back into NULL
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,18 @@ def read_columns(
     """The rows of `sql` as numpy arrays, one per column: `columns` names the statement's
     columns in order with their types (int8, int4, int2 or float8; the first an integer). The
     rows come back in no particular order. Runs in the connection's current transaction."""
+    groups = list(read_groups(sql, params, columns, using=using))
+    if not groups:
+        return {name: np.zeros(0, dtype=TYPES[pg_type][2]) for name, pg_type in columns.items()}
+    return {name: np.concatenate([group[name] for group in groups]) for name in columns}
+
+
+def read_groups(
+    sql: str, params: Mapping[str, Any] | None, columns: Mapping[str, str], *, using: str = "default"
+) -> Iterator[dict[str, np.ndarray]]:
+    """As `read_columns`, one group of rows at a time: the rows whose first column has one value
+    modulo GROUPS (all the rows of one customer, when that column is the customer). A caller
+    that works group by group holds a 64th of the rows' working copies at a time."""
     names, types = list(columns), list(columns.values())
     _check(types)
     if types[0] == "float8":
@@ -84,15 +96,16 @@ def read_columns(
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
     # A cursor of its own: Django's binds parameters on the client and reads results as text.
+    # Closed before the first group is handed out: the result's copy in libpq goes with it.
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(statement, params, binary=True)
-        groups = cursor.fetchall()
-    expected = sum(count for count, _ in groups)
-    blocks = [np.frombuffer(block, dtype=record) for _, block in groups if block is not None]
-    rows = np.concatenate(blocks) if blocks else np.zeros(0, dtype=record)
-    if len(rows) != expected:
-        raise NullInColumns(f"{expected - len(rows)} of {expected} rows have a NULL in one of {names}")
-    return {name: rows[name].astype(TYPES[t][2]) for name, t in zip(names, types, strict=True)}
+        blocks = cursor.fetchall()
+    for i, (count, block) in enumerate(blocks):
+        blocks[i] = None  # each block's bytes go once its columns are made
+        rows = np.frombuffer(block or b"", dtype=record)
+        if len(rows) != count:
+            raise NullInColumns(f"{count - len(rows)} rows (of {count} in a group) have a NULL in one of {names}")
+        yield {name: rows[name].astype(TYPES[t][2]) for name, t in zip(names, types, strict=True)}
 
 
 def write_columns(table: str, columns: Mapping[str, tuple[str, Any]], *, using: str = "default") -> int:

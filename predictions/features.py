@@ -7,6 +7,7 @@ such as how many messages a customer received lately, through `register_feature`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -121,77 +122,33 @@ def registered_features() -> list[str]:
 
 
 class Orders:
-    """Every paid order up to a reference moment (ORDERS_SQL), sorted by customer and time of
-    payment: one read and one sort, from which each moment's customers are computed."""
+    """Every paid order up to a reference moment (ORDERS_SQL), read once, from which each
+    moment's customers are computed. Kept in parts that each hold whole customers (as
+    `bulk_numbers.read_groups` hands them over), each sorted by customer and time of payment:
+    the working copies of a computation are a part's, not every order's."""
 
-    def __init__(self, profile_id: np.ndarray, paid_us: np.ndarray, amount_micros: np.ndarray, refunded_us: np.ndarray):
-        order = np.lexsort((paid_us, profile_id))
-        self.profile_id, self.paid_us = profile_id[order], paid_us[order]
-        self.amount_micros, self.refunded_us = amount_micros[order], refunded_us[order]
+    def __init__(self, parts: Iterable[dict[str, np.ndarray]]):
+        self._parts = []
+        for part in parts:
+            order = np.lexsort((part["paid_us"], part["profile_id"]))
+            self._parts.append({name: part[name][order] for name in ORDER_COLUMNS})
 
-    def _known_at(self, at_us: int) -> np.ndarray:
-        """Orders paid by `at_us` and not refunded by then."""
-        return (self.paid_us <= at_us) & (self.refunded_us > at_us)
+    def __len__(self) -> int:
+        return sum(len(part["profile_id"]) for part in self._parts)
 
     def customers_at(self, at: datetime, *, recent_days: int = 90) -> pd.DataFrame:
         """Every customer as of `at` (not after the moment the orders were read at), one row
         each (see CUSTOMER_COLUMNS), ordered by profile id. Purchases count per day (days before
         `at`, 24 hours each), as the model's repeat purchases do."""
         at_us = _microseconds(at)
-        known = self._known_at(at_us)
-        pid, amount = self.profile_id[known], self.amount_micros[known]
-        age = (at_us - self.paid_us[known]) // DAY_US  # within a customer, oldest first
-        if not len(pid):
+        found = [columns for part in self._parts if (columns := _customers(part, at_us, recent_days)) is not None]
+        if not found:
             empty = {name: np.zeros(0) for name in CUSTOMER_COLUMNS if name not in ("lifecycle", *ACTIVITY_COLUMNS)}
             integers = {"profile_id": np.zeros(0, dtype=np.int64), "spend_micros": np.zeros(0, dtype=np.int64)}
             return self._with_activity({**empty, **integers}, at)
-        # Purchase days: runs of one customer and one age.
-        day = np.flatnonzero(np.r_[True, (pid[1:] != pid[:-1]) | (age[1:] != age[:-1])])
-        day_pid, day_age = pid[day], age[day]
-        day_orders = np.diff(np.r_[day, len(pid)]).astype(float)
-        day_micros = np.add.reduceat(amount, day)
-        day_amount = day_micros / 1e6
-        # Customers: runs of days of one profile; their first day is the oldest, their last the latest.
-        starts = np.r_[True, day_pid[1:] != day_pid[:-1]]
-        first = np.flatnonzero(starts)
-        last = np.r_[first[1:], len(day)] - 1
-        days = (last - first + 1).astype(float)
-
-        def per_customer(values: np.ndarray) -> np.ndarray:
-            return np.add.reduceat(values, first)
-
-        recent = day_age < recent_days
-        before = (day_age >= recent_days) & (day_age < 2 * recent_days)
-        spend_micros = np.add.reduceat(day_micros, first)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # Gamma-Gamma models the spend of repeat purchases: the first day's is left out.
-            repeat_mean = np.where(days > 1, (spend_micros - day_micros[first]) / 1e6 / (days - 1), np.nan)
-        # The gap in days before each purchase day but a customer's first: the last one, and
-        # their median.
-        gap_before = np.r_[0, day_age[:-1] - day_age[1:]]
-        customer_of_day = np.cumsum(starts) - 1
-        gaps, gap_customer = gap_before[~starts], customer_of_day[~starts]
-        last_gap = np.where(days > 1, gap_before[last], np.nan)
-        return self._with_activity(
-            {
-                "profile_id": day_pid[first],
-                "x": days - 1,
-                "t_x": (day_age[first] - day_age[last]).astype(float),
-                "T": day_age[first].astype(float),
-                "recency_days": day_age[last].astype(float),
-                "orders": per_customer(day_orders),
-                "spend": spend_micros / 1e6,
-                "repeat_mean": repeat_mean,
-                "orders_recent": per_customer(day_orders * recent),
-                "orders_before": per_customer(day_orders * before),
-                "spend_recent": per_customer(day_micros * recent) / 1e6,
-                "last_amount": day_amount[last],
-                "last_gap": last_gap,
-                "median_gap": _medians(gaps, gap_customer, len(first)),
-                "spend_micros": spend_micros,
-            },
-            at,
-        )
+        columns = {name: np.concatenate([part[name] for part in found]) for name in found[0]}
+        order = np.argsort(columns["profile_id"], kind="stable")
+        return self._with_activity({name: values[order] for name, values in columns.items()}, at)
 
     def _with_activity(self, columns: dict[str, np.ndarray], at: datetime) -> pd.DataFrame:
         """The customers' columns with what the database knows of them besides orders: activity,
@@ -219,22 +176,77 @@ class Orders:
         by `end`: what the holdout's predictions are compared with, and what "churned" means for
         training."""
         start_us, end_us = _microseconds(start), _microseconds(end)
-        chosen = (self.paid_us > start_us) & (self.paid_us <= end_us) & (self.refunded_us > end_us)
-        pid, day = self.profile_id[chosen], self.paid_us[chosen] // DAY_US
-        if not len(pid):
-            return {}
-        new_day = np.r_[True, (pid[1:] != pid[:-1]) | (day[1:] != day[:-1])]
-        customers, counts = np.unique(pid[new_day], return_counts=True)
-        return dict(zip(customers.tolist(), counts.tolist(), strict=True))
+        bought: dict[int, int] = {}
+        for part in self._parts:
+            paid = part["paid_us"]
+            chosen = (paid > start_us) & (paid <= end_us) & (part["refunded_us"] > end_us)
+            pid, day = part["profile_id"][chosen], paid[chosen] // DAY_US
+            if not len(pid):
+                continue
+            new_day = np.r_[True, (pid[1:] != pid[:-1]) | (day[1:] != day[:-1])]
+            customers, counts = np.unique(pid[new_day], return_counts=True)
+            bought.update(zip(customers.tolist(), counts.tolist(), strict=True))
+        return bought
+
+
+def _customers(part: dict[str, np.ndarray], at_us: int, recent_days: int) -> dict[str, np.ndarray] | None:
+    """The order-derived columns of the customers in `part` (sorted by customer and time of
+    payment) as of `at_us`; None when none had bought by then."""
+    known = (part["paid_us"] <= at_us) & (part["refunded_us"] > at_us)  # paid by then, not refunded
+    pid, amount = part["profile_id"][known], part["amount_micros"][known]
+    if not len(pid):
+        return None
+    age = (at_us - part["paid_us"][known]) // DAY_US  # within a customer, oldest first
+    # Purchase days: runs of one customer and one age.
+    day = np.flatnonzero(np.r_[True, (pid[1:] != pid[:-1]) | (age[1:] != age[:-1])])
+    day_pid, day_age = pid[day], age[day]
+    day_orders = np.diff(np.r_[day, len(pid)]).astype(float)
+    day_micros = np.add.reduceat(amount, day)
+    day_amount = day_micros / 1e6
+    # Customers: runs of days of one profile; their first day is the oldest, their last the latest.
+    starts = np.r_[True, day_pid[1:] != day_pid[:-1]]
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(day)] - 1
+    days = (last - first + 1).astype(float)
+
+    def per_customer(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values, first)
+
+    recent = day_age < recent_days
+    before = (day_age >= recent_days) & (day_age < 2 * recent_days)
+    spend_micros = np.add.reduceat(day_micros, first)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # Gamma-Gamma models the spend of repeat purchases: the first day's is left out.
+        repeat_mean = np.where(days > 1, (spend_micros - day_micros[first]) / 1e6 / (days - 1), np.nan)
+    # The gap in days before each purchase day but a customer's first: the last one, and
+    # their median.
+    gap_before = np.r_[0, day_age[:-1] - day_age[1:]]
+    customer_of_day = np.cumsum(starts) - 1
+    gaps, gap_customer = gap_before[~starts], customer_of_day[~starts]
+    last_gap = np.where(days > 1, gap_before[last], np.nan)
+    return {
+        "profile_id": day_pid[first],
+        "x": days - 1,
+        "t_x": (day_age[first] - day_age[last]).astype(float),
+        "T": day_age[first].astype(float),
+        "recency_days": day_age[last].astype(float),
+        "orders": per_customer(day_orders),
+        "spend": spend_micros / 1e6,
+        "repeat_mean": repeat_mean,
+        "orders_recent": per_customer(day_orders * recent),
+        "orders_before": per_customer(day_orders * before),
+        "spend_recent": per_customer(day_micros * recent) / 1e6,
+        "last_amount": day_amount[last],
+        "last_gap": last_gap,
+        "median_gap": _medians(gaps, gap_customer, len(first)),
+        "spend_micros": spend_micros,
+    }
 
 
 def load_orders(at: datetime) -> Orders:
     """Every paid order up to `at` (ORDERS_SQL)."""
-    return Orders(
-        **bulk_numbers.read_columns(
-            ORDERS_SQL.replace("{amount}", order_amount_sql("pe.properties")), {"at": at}, ORDER_COLUMNS
-        )
-    )
+    sql = ORDERS_SQL.replace("{amount}", order_amount_sql("pe.properties"))
+    return Orders(bulk_numbers.read_groups(sql, {"at": at}, ORDER_COLUMNS))
 
 
 def _medians(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
