@@ -34,6 +34,9 @@ LOG_BOUND = 15.0
 SEARCH_SAMPLE = 20_000
 SEED = 20050101
 SIMPLEX_OPTIONS = {"xatol": 1e-6, "fatol": 1e-10, "maxiter": 4000, "maxfev": 6000}
+# From last night's parameters the simplex needs a few hundred steps; one that needs many more is
+# lost on a ridge, and the search from the usual start (`fit_bgnbd`) is the quicker way out.
+FROM_START_OPTIONS = {**SIMPLEX_OPTIONS, "maxiter": 1000, "maxfev": 1500}
 
 
 class NotEnoughData(ValueError):
@@ -155,7 +158,11 @@ def _fit_bgnbd(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, *, start: BgNbdPar
     # The simplex only has to find the basin (the polish below finishes): moderate tolerances, and
     # bounds, so a maximum on the edge is not chased for thousands of steps.
     result = optimize.minimize(
-        search, initial, method="Nelder-Mead", bounds=[(-LOG_BOUND, LOG_BOUND)] * 4, options=SIMPLEX_OPTIONS
+        search,
+        initial,
+        method="Nelder-Mead",
+        bounds=[(-LOG_BOUND, LOG_BOUND)] * 4,
+        options=SIMPLEX_OPTIONS if start is None else FROM_START_OPTIONS,
     )
     # Nelder-Mead finds the basin; a quasi-Newton polish gets the last decimals. The bounds keep
     # a maximum on the edge (customers who never drop out: a -> 0, b -> infinity) at a point
