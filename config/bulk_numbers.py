@@ -77,7 +77,9 @@ def read_groups(
 ) -> Iterator[dict[str, np.ndarray]]:
     """As `read_columns`, one group of rows at a time: the rows whose first column has one value
     modulo GROUPS (all the rows of one customer, when that column is the customer). A caller
-    that works group by group holds a 64th of the rows' working copies at a time."""
+    that works group by group holds a 64th of the rows' working copies at a time. The statement
+    runs, and every group is checked, before this returns: only the conversion is left to the
+    iteration, which may then happen outside the caller's transaction."""
     names, types = list(columns), list(columns.values())
     _check(types)
     if types[0] == "float8":
@@ -100,12 +102,20 @@ def read_groups(
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(statement, params, binary=True)
         blocks = cursor.fetchall()
-    for i, (count, block) in enumerate(blocks):
+    # string_agg skips a row whose record is NULL (any column NULL): a group holds fewer records
+    # than rows.
+    missing = sum(count - len(block or b"") // record.itemsize for count, block in blocks)
+    if missing:
+        total = sum(count for count, _ in blocks)
+        raise NullInColumns(f"{missing} of {total} rows have a NULL in one of {names}")
+    return _converted(blocks, record, {name: TYPES[t][2] for name, t in zip(names, types, strict=True)})
+
+
+def _converted(blocks: list, record: np.dtype, native: dict[str, type]) -> Iterator[dict[str, np.ndarray]]:
+    for i, (_count, block) in enumerate(blocks):
         blocks[i] = None  # each block's bytes go once its columns are made
         rows = np.frombuffer(block or b"", dtype=record)
-        if len(rows) != count:
-            raise NullInColumns(f"{count - len(rows)} rows (of {count} in a group) have a NULL in one of {names}")
-        yield {name: rows[name].astype(TYPES[t][2]) for name, t in zip(names, types, strict=True)}
+        yield {name: rows[name].astype(np_type) for name, np_type in native.items()}
 
 
 def write_columns(table: str, columns: Mapping[str, tuple[str, Any]], *, using: str = "default") -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,9 @@ from tracking.selectors import order_amount_sql
 # only refunds known by then. Times are whole microseconds since 1970 (UTC), so that a moment's
 # day count is an integer division; an order never refunded has the largest bigint. Amounts are
 # whole millionths, so that a customer's spend adds up exactly, as money should: two customers who
-# spent the same are tied, however their orders split it.
+# spent the same are tied, however their orders split it. An amount past what a customer's value
+# can hold (14 digits) is read as that largest value, so that it cannot break the reading of the
+# others; the run then fails, as before, when it writes that customer's past value.
 ORDERS_SQL = """
 WITH orders AS (
     SELECT pe.profile_id,
@@ -44,7 +47,7 @@ refunds AS (
     GROUP BY 1
 )
 SELECT o.profile_id, (extract(epoch FROM o.paid_at) * 1000000)::bigint AS paid_us,
-       round(o.amount * 1000000)::bigint AS amount_micros,
+       round(LEAST(o.amount, %(largest_amount)s) * 1000000)::bigint AS amount_micros,
        COALESCE((extract(epoch FROM r.refunded_at) * 1000000)::bigint, 9223372036854775807) AS refunded_us
 FROM orders o LEFT JOIN refunds r ON r.order_id = o.order_id
 """
@@ -97,6 +100,8 @@ CUSTOMER_COLUMNS = [
 ]
 
 DAY_US = 86_400_000_000
+# The largest amount a customer's stored value holds (numeric(14, 2)).
+LARGEST_AMOUNT = Decimal("999999999999.99")
 LIFECYCLE_STAGES = ("new", "active", "silent", "churned", "reactivated")
 
 
@@ -130,6 +135,12 @@ class Orders:
     def __init__(self, parts: Iterable[dict[str, np.ndarray]]):
         self._parts = []
         for part in parts:
+            # Sums of millionths are exact in 64 bits while no part's orders add up past them.
+            largest, count = int(part["amount_micros"].max(initial=0)), len(part["amount_micros"])
+            if largest * count >= 2**63:
+                raise ValueError(
+                    f"{count} orders of up to {largest / 1e6:,.2f} could add up past what 64 bits hold exactly"
+                )
             order = np.lexsort((part["paid_us"], part["profile_id"]))
             self._parts.append({name: part[name][order] for name in ORDER_COLUMNS})
 
@@ -246,7 +257,7 @@ def _customers(part: dict[str, np.ndarray], at_us: int, recent_days: int) -> dic
 def load_orders(at: datetime) -> Orders:
     """Every paid order up to `at` (ORDERS_SQL)."""
     sql = ORDERS_SQL.replace("{amount}", order_amount_sql("pe.properties"))
-    return Orders(bulk_numbers.read_groups(sql, {"at": at}, ORDER_COLUMNS))
+    return Orders(bulk_numbers.read_groups(sql, {"at": at, "largest_amount": LARGEST_AMOUNT}, ORDER_COLUMNS))
 
 
 def _medians(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:

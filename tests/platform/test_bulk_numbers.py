@@ -64,10 +64,11 @@ def test_parameters_bind_and_an_empty_result_gives_empty_columns(scratch):
 
 
 def test_a_null_is_refused_not_dropped_or_shifted(scratch):
-    bulk_numbers.write_columns(scratch, {"id": ("int8", [1, 2]), "value": ("float8", [1.0, 2.0])})
+    # 2 and 66 share a group (modulo 64) with a row that has no NULL; 67 is alone in its own.
+    bulk_numbers.write_columns(scratch, {"id": ("int8", [1, 2, 66, 67]), "value": ("float8", [1.0, 2.0, 3.0, 4.0])})
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE bulk_scratch SET value = NULL WHERE id = 2")
-    with pytest.raises(bulk_numbers.NullInColumns, match=r"1 rows \(of 1 in a group\) have a NULL in one of \['id', 'value'\]"):
+        cursor.execute("UPDATE bulk_scratch SET value = NULL WHERE id IN (66, 67)")
+    with pytest.raises(bulk_numbers.NullInColumns, match=r"2 of 4 rows have a NULL in one of \['id', 'value'\]"):
         bulk_numbers.read_columns("SELECT id, value FROM bulk_scratch", None, {"id": "int8", "value": "float8"})
 
 
@@ -121,3 +122,17 @@ def test_it_opens_a_closed_connection_and_reads_in_autocommit():
     )
     assert sorted(read["id"].tolist()) == list(range(1, 1001))
     assert read["half"].sum() == pytest.approx(0.5 * 1000 * 1001 / 2)
+
+
+def test_groups_hold_every_row_of_a_first_column_value_negative_ones_included(scratch):
+    ids = np.array([-130, -66, -2, 0, 62, 126, 2**62, -(2**62), 5, 5, 69], dtype=np.int64)
+    bulk_numbers.write_columns(scratch, {"id": ("int8", ids), "value": ("float8", np.arange(len(ids), dtype=float))})
+    groups = list(
+        bulk_numbers.read_groups("SELECT id, value FROM bulk_scratch", None, {"id": "int8", "value": "float8"})
+    )
+    seen = [sorted(group["id"].tolist()) for group in groups]
+    # Each id in exactly one group, both rows of 5 together; the groups add up to every row.
+    assert sorted(i for group in seen for i in group) == sorted(ids.tolist())
+    assert next(group for group in seen if 5 in group).count(5) == 2
+    for group in groups:
+        assert len({int(i) % 64 if i >= 0 else -(-int(i) % 64) for i in group["id"]}) == 1

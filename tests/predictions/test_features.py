@@ -115,3 +115,15 @@ def test_spend_adds_up_exactly_however_the_orders_split_it():
     frame = read(now)
     assert frame.loc[one.pk, "spend_micros"] == frame.loc[split.pk, "spend_micros"] == 39_990_000
     assert frame.loc[one.pk, "spend"] == frame.loc[split.pk, "spend"] == 39.99
+
+
+def test_an_amount_past_what_a_value_holds_does_not_break_the_reading_of_the_others():
+    now = timezone.now().replace(microsecond=0)
+    mistaken, other = CustomerFactory(), CustomerFactory()
+    # 10 trillion: a valid amount string, but past 64 bits in millionths. Refunded at once.
+    paid_order(mistaken, "9999999999999.00", now - timedelta(days=5), order_id="typo")
+    refund(mistaken, "typo", now - timedelta(days=4))
+    paid_order(mistaken, "12.00", now - timedelta(days=3))
+    paid_order(other, "7.50", now - timedelta(days=2))
+    frame = read(now)
+    assert frame.loc[mistaken.pk, "spend"] == 12 and frame.loc[other.pk, "spend"] == 7.5

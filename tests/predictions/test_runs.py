@@ -207,14 +207,14 @@ def test_a_failed_run_shows_on_the_health_page_until_a_later_run_succeeds(shop, 
 
 
 def test_customers_whose_stored_values_are_equal_get_the_same_tier():
-    # Past values 0.10, 0.10, 0.10, 0.30 and 0.30, the last summed from 0.1 + 0.2 (which floats
-    # make 0.30000000000000004); everyone's probability alive just over 0.5 before rounding.
-    tier = PredictedTier.objects.create(slug="spent-most", name="Spent most", rank=99, min_past_value_percentile=75)
+    # Past values 0.10, 0.10, 0.10 and two of 0.30, one of them 0.304999 before rounding to
+    # cents; one probability alive just over 0.5 before rounding to six decimals.
+    tier = PredictedTier.objects.create(slug="spent-most", name="Spent most", rank=99, min_past_value_percentile=80)
     alive = PredictedTier.objects.create(slug="alive-half", name="Alive half", rank=98, max_p_alive=0.5)
     scores = pd.DataFrame(
         {
             "profile_id": [1, 2, 3, 4, 5],
-            "past_value_micros": [100_000, 100_000, 100_000, 300_000, 100_000 + 200_000],
+            "past_value_micros": [100_000, 100_000, 100_000, 300_000, 304_999],
             "p_alive": [0.5000004, 0.6, 0.6, 0.6, 0.6],
             **{name: [1.0] * 5 for name in ("purchases_90d", "purchases_365d", "value_90d", "value_365d")},
             "churn_risk": pd.array([10] * 5, dtype="Int16"),
@@ -222,5 +222,7 @@ def test_customers_whose_stored_values_are_equal_get_the_same_tier():
     )
     stored = services._as_stored(scores)
     assert stored["past_value"].tolist() == [0.1, 0.1, 0.1, 0.3, 0.3]
-    # Both 0.30 customers rank at 75 (three of the four others below): both are in.
-    assert services._tiers(stored).tolist() == [alive.pk, 0, 0, tier.pk, tier.pk]
+    # Both 0.30 customers rank at 75 (three of the four others below), under 80: neither is in,
+    # where ranking 0.304999 above 0.30 would have put one of them in at 100.
+    assert services._tiers(stored).tolist() == [alive.pk, 0, 0, 0, 0]
+    assert tier.pk not in services._tiers(stored).tolist()
