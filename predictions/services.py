@@ -438,10 +438,11 @@ def _write(
 
 
 def _as_stored(scores: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The scores as they will be stored (NaN for unknown): money in whole cents, rounded half
-    away from zero as PostgreSQL rounds (the past value exactly, from the spend in millionths),
-    purchases and the probability alive to six decimals. Tiers are decided on these, so that
-    customers whose stored values are equal are treated alike."""
+    """The scores as they will be stored (NaN for unknown): money in whole cents, half a cent
+    away from zero (the past value exactly, from the spend in millionths; predicted values on
+    their float, which PostgreSQL then stores unchanged), purchases and the probability alive to
+    six decimals. Tiers are decided on these, so that customers whose stored values are equal are
+    treated alike."""
 
     def cents(values: np.ndarray) -> np.ndarray:
         return np.sign(values) * np.floor(np.abs(values) * 100 + 0.5) / 100
