@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.inspection import permutation_importance
@@ -62,6 +63,23 @@ class ChurnModel:
         return cls(estimator=stored["estimator"], columns=stored["columns"])
 
 
+class FillEmptyColumns(TransformerMixin, BaseEstimator):
+    """Columns with no value at all in the rows a model is fitted on become zeros. The boosted
+    trees read a missing value as its own case, but their binning fails on a column that is
+    missing everywhere: a young shop, say, where no customer had two purchase days by the
+    cut-off, so none has a gap between them (in a fold of the cross-validation, too few rows may
+    be enough). Such a column then carries no information, which is what a constant says."""
+
+    def fit(self, X: Any, y: Any = None) -> FillEmptyColumns:
+        self.empty_ = np.isnan(np.asarray(X, dtype=float)).all(axis=0)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        values = np.array(X, dtype=float)
+        values[:, self.empty_] = 0.0
+        return values
+
+
 def _classifier() -> CalibratedClassifierCV:
     boosted = HistGradientBoostingClassifier(
         # Trees of two levels (each sees one interaction, such as lateness given spend), slowly:
@@ -77,7 +95,7 @@ def _classifier() -> CalibratedClassifierCV:
     # Calibration on held-out folds: boosted trees rank well but their raw scores are not
     # probabilities. Platt's sigmoid: isotonic steps overfit the few thousand customers of a
     # small shop.
-    return CalibratedClassifierCV(boosted, method="sigmoid", cv=3)
+    return CalibratedClassifierCV(make_pipeline(FillEmptyColumns(), boosted), method="sigmoid", cv=3)
 
 
 def _baseline() -> Any:

@@ -120,6 +120,21 @@ def test_a_new_shop_gets_not_enough_data_without_a_crash(now, caplog):
     assert any("not_enough_data" in r.getMessage() for r in caplog.records)
 
 
+def test_a_young_shop_where_nobody_had_bought_twice_by_the_cut_off_still_gets_a_churn_model(now):
+    # Every customer's first and only purchase day before the cut-off (90 days ago): no gap
+    # between purchase days is known there, so that feature is missing for everyone trained on.
+    for i in range(260):
+        customer = CustomerFactory()
+        one_order(customer, at=now - timedelta(days=100 + i % 60, hours=i % 7))
+        if i % 3 == 0:
+            one_order(customer, at=now - timedelta(days=5 + i % 50))
+    run = services.recompute_predictions(now=now)
+    assert run.status == "done" and run.churn_outcome == "fitted", (run.status, run.error, run.churn_reason)
+    assert run.churn_metrics["customers"] == 260
+    risks = list(Prediction.objects.values_list("churn_risk", flat=True))
+    assert len(risks) == 260 and all(r is not None and 0 <= r <= 100 for r in risks)
+
+
 def test_a_fit_that_does_not_converge_keeps_the_last_good_model_and_says_so(shop, now, monkeypatch):
     good = services.recompute_predictions(now=now)
     before = {p.profile_id: p.value_365d for p in Prediction.objects.all()}
