@@ -1,4 +1,5 @@
-"""What the models learn from: one row per customer as of a moment, read in one statement.
+"""What the models learn from: one row per customer as of a moment, computed from every paid
+order, read once (`load_orders`), for as many moments as a run looks at.
 
 Orders are counted as RFM counts them (`crm`): `order_paid` events, an order sent twice counting
 once, refunded orders left out. Apps above `predictions` (campaigns) add features of their own,
@@ -263,18 +264,7 @@ def load_orders(at: datetime) -> Orders:
 def _medians(values: np.ndarray, group: np.ndarray, groups: int) -> np.ndarray:
     """The median of each group's values (the mean of the middle two for an even count, as
     percentile_cont(0.5)), NaN for a group without values; `group` numbers each value's group."""
-    out = np.full(groups, np.nan)
-    if not len(values):
-        return out
-    order = np.lexsort((values, group))
-    values, group = values[order].astype(float), group[order]
-    counts = np.bincount(group, minlength=groups)
-    starts = np.r_[0, np.cumsum(counts)[:-1]]
-    has = counts > 0
-    low = starts[has] + (counts[has] - 1) // 2
-    high = starts[has] + counts[has] // 2
-    out[has] = (values[low] + values[high]) / 2
-    return out
+    return pd.Series(values, dtype=float).groupby(group).median().reindex(range(groups)).to_numpy()
 
 
 def _read_by_profile(

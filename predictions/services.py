@@ -1,10 +1,11 @@
 """Writes of the predictions domain: the nightly fit and scoring of every customer, and the
 operator actions around it (queue a run, retry a failed one).
 
-A run reads every customer twice (as of the reference date and as of the cut-off one horizon
-earlier), fits the purchase and spend models on the first, checks them and trains the churn
-model on the second against what happened since, scores every customer and writes the scores,
-the predicted-value tiers (with their history) and the churn tag in one transaction.
+A run reads every paid order once and computes every customer from it twice (as of the
+reference date and as of the cut-off one horizon earlier), fits the purchase and spend models on
+the first, checks them and trains the churn model on the second against what happened since,
+scores every customer and writes the scores, the predicted-value tiers (with their history) and
+the churn tag in one transaction.
 """
 
 from __future__ import annotations
@@ -416,7 +417,8 @@ def _scores(
 def _write(
     scores: pd.DataFrame, *, run_id: int, clv_run: int | None, churn_run: int | None, now: datetime
 ) -> tuple[int, int]:
-    """COPY the scores into a scratch table, derive the tiers and apply them in set-based SQL."""
+    """Decide each customer's tier on the scores as they will be stored, COPY both into a
+    scratch table and apply them in set-based SQL."""
     if clv_run is None and churn_run is None:
         return 0, 0  # nothing was predicted: rows of an earlier model stay as they are
     stored = _as_stored(scores)
@@ -487,13 +489,8 @@ def _tiers(stored: dict[str, np.ndarray]) -> np.ndarray:
 def _percent_rank(values: np.ndarray) -> np.ndarray:
     """100 x each known value's percent_rank() among the known ones (the share of the others
     below it, as PostgreSQL's); NaN stays NaN."""
-    out = np.full(len(values), np.nan)
-    known = ~np.isnan(values)
-    ranked = values[known]
-    if len(ranked):
-        below = np.searchsorted(np.sort(ranked), ranked, side="left")
-        out[known] = 100.0 * (below / (len(ranked) - 1)) if len(ranked) > 1 else 0.0
-    return out
+    ranked = pd.Series(values, dtype=float)
+    return ((ranked.rank(method="min") - 1) / max(ranked.count() - 1, 1) * 100).to_numpy()
 
 
 def _sync_churn_tag(config: PredictionSettings, *, now: datetime, active: bool) -> tuple[int, int]:
