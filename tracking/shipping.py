@@ -217,6 +217,20 @@ def _ship_batch(store, batch: uuid.UUID, runs: list[IdRun], result: ShippingResu
     result.events += events
 
 
+def _finish_days(store) -> None:
+    """ClickHouse's finished rows of the days closed since the last run (under the shipping lock:
+    no insert meanwhile), and again, now and then, of those a late event has touched."""
+    through = timezone.now().date() - timedelta(days=1)  # UTC: yesterday is the last closed day
+    try:
+        days = store.finish_days(
+            through=through, refinish_after=timedelta(minutes=settings.OPSLOOP_CLICKHOUSE_REFINISH_MINUTES)
+        )
+    except Exception as error:
+        _fail_run(f"{type(error).__name__}: finishing the days: {error}", error)
+    if days:
+        logger.info("ClickHouse: %d finished days written, through %s", days, through)
+
+
 def ship_events(*, batch_events: int | None = None, max_batches: int | None = None) -> ShippingResult:
     """Ship the outbox to ClickHouse, a batch at a time, until it is empty (or `max_batches`).
     Raises `ShippingFailed` (after recording why) when ClickHouse refuses or cannot be reached."""
@@ -256,6 +270,7 @@ def ship_events(*, batch_events: int | None = None, max_batches: int | None = No
                 break
             _ship_batch(store, *claimed, result)
         _note_history_loaded()
+        _finish_days(store)
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])

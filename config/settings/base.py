@@ -307,6 +307,9 @@ OPSLOOP_EVENTS_STORE = env("OPSLOOP_EVENTS_STORE", "postgres")
 OPSLOOP_CLICKHOUSE_URL = env("OPSLOOP_CLICKHOUSE_URL", f"chdb://{BASE_DIR / '.run' / 'chdb'}")
 # Events per shipping batch (10,000 to 100,000: ClickHouse wants few large inserts).
 OPSLOOP_SHIPPING_BATCH_EVENTS = int(env("OPSLOOP_SHIPPING_BATCH_EVENTS", "50000"))
+# A shipping run writes ClickHouse's finished rows of the days closed since the last; rows a late
+# event made stale are written again at most this often (pages compute those days meanwhile).
+OPSLOOP_CLICKHOUSE_REFINISH_MINUTES = int(env("OPSLOOP_CLICKHOUSE_REFINISH_MINUTES", "15"))
 # Raw events older than this many days are deleted from PostgreSQL by the nightly task (only those
 # already shipped, when ClickHouse is on); unset: kept for ever.
 # Retention runs only with ClickHouse on and its history loaded (manage.py ship_history), and a

@@ -179,6 +179,26 @@ def test_channel_quality_follows_the_identity_mapping_on_both_engines(events_eng
     assert (search.new_users, search.converted, search.revenue) == (1, 1, D("12.35"))
 
 
+def test_channel_quality_takes_keys_with_braces_quotes_and_backslashes_on_both_engines(events_engine):
+    # Keys are the product's strings: none of their characters may be read as the statement's.
+    result = tracking_services.ingest_events(
+        events=[
+            _event("page_view", at(2, 10), user="u{0}'x", anonymous="c{ookie}\\1", source="ads"),
+            _event("app_open", at(9, 10), anonymous="c{ookie}\\1"),  # the user's own cookie, on day 7
+            _event("page_view", at(3, 10), user="{start}", source="search"),
+        ]
+    )
+    assert result.accepted == 3
+    send("{start}", "order_paid", at(4), order_id="o-brace", amount="7.50")
+    events_engine.ready()
+
+    rows = {r.source: r for r in selectors.channel_quality(start=START, end=END, today=TODAY)}
+
+    ads, search = rows["ads"], rows["search"]
+    assert (ads.new_users, ads.retention_base, ads.retained) == (1, 1, 1)
+    assert (search.new_users, search.converted, search.revenue) == (1, 1, D("7.50"))
+
+
 def test_channel_quality_answers_503_with_the_reason_while_clickhouse_loads_its_history(
     channels, settings, chdb_url, make_api_client
 ):

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -158,6 +159,30 @@ AGGREGATE_VIEWS = {
     f"{PERSON_DAYS}_mv": (PERSON_DAYS, PERSON_DAYS_OF_EVENTS.format(final="", where="")),
     f"{PEOPLE}_mv": (PEOPLE, PEOPLE_OF_EVENTS),
 }
+# Finished days: a day's row of `daily_rows`, kept once the day has closed (`finish_days`, at the
+# end of a shipping run), so that a series reads a row a day plus the days still open, instead
+# of every person-day of its window. A day's values depend only on the events up to its end (its
+# own; those before it for the trailing counts, new people and repeat buyers), so an event
+# shipped for day D can change the rows from D on and none before: each insert leaves the least
+# day it touched (a view), and a read trusts a finished row only before the least day touched
+# since the rows were finished. Finishing runs under the shipping lock (no insert meanwhile) and
+# empties the touched days once the rows from the least of them are written again.
+DAILY = "opsloop_daily"
+TOUCHED = "opsloop_touched_days"
+_DAILY_MONEY = ("paid_amount", "refunded_amount", "revenue")
+CREATE_DAILY = (
+    f"CREATE TABLE IF NOT EXISTS {DAILY} (day Date, "
+    + ", ".join(f"{c} Decimal(38, 2)" if c in _DAILY_MONEY else f"{c} UInt64" for c in DAILY_COLUMNS)
+    + ", finished_at DateTime64(6, 'UTC')) ENGINE = ReplacingMergeTree(finished_at) ORDER BY day"
+)
+_DAILY_TEXT = ", ".join(f"toString({c})" for c in DAILY_COLUMNS)  # money exact, as text
+CREATE_TOUCHED = f"CREATE TABLE IF NOT EXISTS {TOUCHED} (since Date) ENGINE = MergeTree ORDER BY since"
+TOUCHED_VIEW = f"{TOUCHED}_mv"
+TOUCHED_OF_EVENTS = f"SELECT min(toDate(timestamp)) AS since FROM {TABLE}"
+# Days finished in one statement at most: a first finishing over a long history goes in steps,
+# each written as it is done.
+FINISH_STEP_DAYS = 92
+
 # A batch inserted again under its token is dropped from the events table and, with this, from
 # each view's table too, also when the first try stopped between the two.
 INSERT_SETTINGS = (
@@ -214,6 +239,8 @@ def _bind(sql: str, params: dict[str, Any]) -> str:
         table=TABLE,
         person_days=PERSON_DAYS,
         people=PEOPLE,
+        daily=DAILY,
+        touched=TOUCHED,
         no_order=NO_ORDER,
     )
 
@@ -359,6 +386,22 @@ def _cents(value: str | int) -> Decimal:
     return Decimal(value).quantize(Decimal("0.01"))
 
 
+def _daily_values(values: Sequence[str | int]) -> dict[str, Decimal]:
+    """A day's row of `daily_rows` from ClickHouse's values, in `DAILY_COLUMNS`' order."""
+    row = dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
+    for money in _DAILY_MONEY:
+        row[money] = _cents(row[money])
+    return row
+
+
+@dataclass(frozen=True)
+class FinishedDays:
+    since: date | None  # the least day touched since the last finishing
+    finished: bool
+    finished_to: date | None
+    finished_at: datetime | None
+
+
 class ClickHouseEventsStore(EventsStore):
     engine = "clickhouse"
 
@@ -367,6 +410,7 @@ class ClickHouseEventsStore(EventsStore):
         self.client = _Chdb(url.removeprefix("chdb://")) if url.startswith("chdb://") else _Server(url)
         self._ready = False
         self._aggregates_ready = False
+        self._finished_ready = False
 
     # --- the table ---------------------------------------------------------------------------
 
@@ -419,6 +463,9 @@ class ClickHouseEventsStore(EventsStore):
                 )
             logger.info("building ClickHouse's daily aggregates: people")
             self.client.command(f"INSERT INTO {PEOPLE} {PEOPLE_OF_EVENTS}")
+            # Finished days are written from the aggregates: any from before are finished again.
+            self._ensure_finished_days()
+            self.client.command(f"TRUNCATE TABLE {DAILY}")
             for name, (target, select) in AGGREGATE_VIEWS.items():
                 self.client.command(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {target} AS {select}")
         self._aggregates_ready = True
@@ -473,6 +520,9 @@ class ClickHouseEventsStore(EventsStore):
             self.client.command(f"TRUNCATE TABLE {PEOPLE}")
         else:
             self.ensure_aggregates()
+        self._ensure_finished_days()
+        self.client.command(f"TRUNCATE TABLE {DAILY}")
+        self.client.command(f"TRUNCATE TABLE {TOUCHED}")
 
     def _rows(self, sql: str, **params: Any) -> list[list]:
         self.ensure_table()
@@ -485,13 +535,117 @@ class ClickHouseEventsStore(EventsStore):
         return self.client.rows(_bind(sql, params))
 
     def daily_rows(self, *, start: date, end: date) -> dict[date, dict[str, Decimal]]:
-        # The days PostgreSQL has rows for: from the first day with an event to the last one.
-        bounds = self._aggregated("SELECT toString(min(day)), toString(max(day)), count() FROM {person_days}")
+        """The finished rows of the window that are still to be trusted, and the days after
+        them (still open, or made stale by a late event) computed from the person-days."""
+        self._ready_aggregates()
+        self._ensure_finished_days()
+        with self.client.held():
+            first, last = self._data_bounds()
+            if first is None:
+                return {}
+            # The days PostgreSQL has rows for: from the first day with an event to the last one.
+            lo, hi = max(start, first), min(end, last)
+            if lo > hi:
+                return {}
+            state = self._finished_state()
+            trusted_to = hi if state.since is None else min(hi, state.since - timedelta(days=1))
+            out: dict[date, dict[str, Decimal]] = {}
+            if state.finished and lo <= trusted_to:
+                for day, *values in self.client.rows(
+                    _bind(
+                        f"SELECT toString(day), {_DAILY_TEXT} FROM {{daily}} FINAL "
+                        "WHERE day BETWEEN {lo} AND {to} ORDER BY day",
+                        {"lo": lo, "to": trusted_to},
+                    )
+                ):
+                    out[date.fromisoformat(day)] = _daily_values(values)
+            open_from = lo
+            while open_from <= hi and open_from in out:
+                open_from += timedelta(days=1)
+            if open_from <= hi:
+                out.update(self._live_rows(open_from, hi))
+        return dict(sorted(out.items()))
+
+    def finish_days(self, *, through: date, refinish_after: timedelta | None = None) -> int:
+        """Write the rows of the days up to `through` that no trusted finished row answers yet:
+        from the least day touched since the last finishing (or the day after the last finished
+        one), then forget the touched days. Only while no events are inserted (shipping calls it
+        under its lock). With `refinish_after`, rows that a late event made stale are written
+        again at most that often, unless a day has closed meanwhile (a page computes stale days
+        in the meantime). Returns the days written."""
+        try:
+            return self._finish_days(through=through, refinish_after=refinish_after)
+        except Exception:
+            self._finished_ready = False  # the next try makes what is missing
+            raise
+
+    def _finish_days(self, *, through: date, refinish_after: timedelta | None) -> int:
+        self._ready_aggregates()
+        self._ensure_finished_days()
+        with self.client.held():
+            state = self._finished_state()
+            first, last = self._data_bounds()
+            if first is None:
+                lo = hi = None
+            elif not state.finished:
+                lo, hi = first, min(through, last)
+            elif state.since is not None and state.since <= state.finished_to:
+                recent = refinish_after is not None and state.finished_at > datetime.now(UTC) - refinish_after
+                if recent and state.finished_to >= min(through, last):
+                    return 0
+                lo, hi = max(state.since, first), min(max(through, state.finished_to), last)
+            else:
+                lo, hi = state.finished_to + timedelta(days=1), min(through, last)
+            written = 0
+            while lo is not None and lo <= hi:
+                step_to = min(hi, lo + timedelta(days=FINISH_STEP_DAYS - 1))
+                rows = self._live_rows(lo, step_to)
+                at = _literal(datetime.now(UTC))
+                self.client.command(
+                    f"INSERT INTO {DAILY} (day, {', '.join(DAILY_COLUMNS)}, finished_at) VALUES "
+                    + ", ".join(
+                        f"({_literal(day)}, {', '.join(str(values[c]) for c in DAILY_COLUMNS)}, {at})"
+                        for day, values in rows.items()
+                    )
+                )
+                written += len(rows)
+                lo = step_to + timedelta(days=1)
+            if state.since is not None:
+                self.client.command(f"TRUNCATE TABLE {TOUCHED}")
+        return written
+
+    def _ensure_finished_days(self) -> None:
+        # The view before any row is finished: from then on every insert leaves its least day.
+        if not self._finished_ready:
+            self.client.command(CREATE_DAILY)
+            self.client.command(CREATE_TOUCHED)
+            self.client.command(
+                f"CREATE MATERIALIZED VIEW IF NOT EXISTS {TOUCHED_VIEW} TO {TOUCHED} AS {TOUCHED_OF_EVENTS}"
+            )
+            self._finished_ready = True
+
+    def _finished_state(self) -> FinishedDays:
+        (touched, since, finished, finished_to, finished_at), *_ = self.client.rows(
+            f"SELECT (SELECT count() FROM {TOUCHED}), (SELECT toString(min(since)) FROM {TOUCHED}), "
+            f"(SELECT count() FROM {DAILY}), (SELECT toString(max(day)) FROM {DAILY}), "
+            f"(SELECT toString(max(finished_at)) FROM {DAILY})"
+        )
+        finished = int(finished) > 0
+        return FinishedDays(
+            since=date.fromisoformat(since) if int(touched) else None,
+            finished=finished,
+            finished_to=date.fromisoformat(finished_to) if finished else None,
+            finished_at=_moment(finished_at) if finished else None,
+        )
+
+    def _data_bounds(self) -> tuple[date | None, date | None]:
+        bounds = self.client.rows(f"SELECT toString(min(day)), toString(max(day)), count() FROM {PERSON_DAYS}")
         if not bounds or not int(bounds[0][2]):
-            return {}
-        lo, hi = max(start, _day(bounds[0][0])), min(end, _day(bounds[0][1]))
-        if lo > hi:
-            return {}
+            return None, None
+        return _day(bounds[0][0]), _day(bounds[0][1])
+
+    def _live_rows(self, lo: date, hi: date) -> dict[date, dict[str, Decimal]]:
+        """The days from `lo` to `hi` (within the days held) computed from the person-days."""
         # Each of these reads one table and joins no person-day to a person, but the paying ones.
         # The day's own values, over its person-days.
         per_day = self._aggregated(
@@ -583,10 +737,7 @@ class ClickHouseEventsStore(EventsStore):
                 paying,
                 repeat_on.get(day, 0),
             )
-            row = dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
-            for money in ("paid_amount", "refunded_amount", "revenue"):
-                row[money] = _cents(row[money])
-            out[date.fromisoformat(day)] = row
+            out[date.fromisoformat(day)] = _daily_values(values)
         return out
 
     def retention_cells(
@@ -743,33 +894,39 @@ class ClickHouseEventsStore(EventsStore):
         """The sample is the first `sample` people by PostgreSQL's `hashtext` of their key, then the
         key, as the PostgreSQL engine draws it: shipping computes the hash there (`person_hash`),
         so both engines draw the same people. A row shipped before the column existed holds 0:
-        any other row of the person gives the real hash."""
-        people = """
-            SELECT person, countIf(toDate(timestamp) > {end}) = 0 AS churned,
-                   argMax(person_hash, (person_hash != 0, id)) AS hash
-            FROM {table}
-            WHERE toDate(timestamp) BETWEEN {start} AND {end} + {churn_days}
-            GROUP BY person HAVING countIf(toDate(timestamp) <= {end}) > 0
-        """
+        any other row of the person gives the real hash (every row of a person has the same)."""
         params = {"start": start, "end": end, "churn_days": churn_days, "last": last_events, "sample": sample}
-        ((churned_total, retained_total),) = self._rows(
-            f"SELECT countIf(churned), countIf(NOT churned) FROM ({people})", **params
-        )
-        rows = self._rows(
-            f"""
-            WITH sampled AS (
-                SELECT person, churned FROM ({people}) ORDER BY hash, person LIMIT {{sample}}
+        # One pass over the window for the groups' sizes and the sample (`groupArraySorted` keeps
+        # only the first `sample` people), then the sampled people's last events, asked about by
+        # their keys.
+        ((churned_total, retained_total, drawn),) = self._rows(
+            """
+            SELECT countIf(churned), countIf(NOT churned), groupArraySorted({sample})((hash, person, churned)) FROM (
+                SELECT person, countIf(toDate(timestamp) > {end}) = 0 AS churned,
+                       anyIf(person_hash, person_hash != 0) AS hash
+                FROM {table}
+                WHERE toDate(timestamp) BETWEEN {start} AND {end} + {churn_days}
+                GROUP BY person HAVING countIf(toDate(timestamp) <= {end}) > 0
             )
-            SELECT s.churned, arrayMap(x -> x.3, arraySlice(arrayReverseSort(l.tail), 1, {{last}}))
-            FROM sampled s JOIN (
-                SELECT person, groupArray((timestamp, id, name)) AS tail FROM {{table}}
-                WHERE toDate(timestamp) BETWEEN {{start}} AND {{end}} AND person IN (SELECT person FROM sampled)
-                GROUP BY person
-            ) l ON l.person = s.person
             """,
             **params,
         )
-        return ChurnRows(int(churned_total), int(retained_total), [(bool(c), list(names)) for c, names in rows])
+        last: dict[str, list[str]] = {}
+        for keys, _none in _key_slices([person for _hash, person, _churned in drawn], []):
+            rows = self._rows(
+                """
+                SELECT person,
+                       arrayMap(x -> x.3, arraySlice(arrayReverseSort(groupArray((timestamp, id, name))), 1, {last}))
+                FROM {table} WHERE toDate(timestamp) BETWEEN {start} AND {end} AND person IN {keys}
+                GROUP BY person
+                """,
+                **params,
+                keys=keys,
+            )
+            last.update((person, list(names)) for person, names in rows)
+        return ChurnRows(
+            int(churned_total), int(retained_total), [(bool(churned), last[person]) for _hash, person, churned in drawn]
+        )
 
     def source_windows(self, *, windows: Sequence[tuple[datetime, datetime]]) -> list[SourceWindow]:
         """Each event joined to every window that holds it (windows may overlap); revenue is the
@@ -829,8 +986,10 @@ class ClickHouseEventsStore(EventsStore):
         params = {"since": since, "first_until": first_until, "days_from": days_from, "days_until": days_until}
         pairs: dict[tuple[str | None, str | None], KeyActivity] = {}
         for users, anonymous in _key_slices(user_ids, anonymous_ids):
+            # The keys as parameters: written into the statement before binding, a key's braces
+            # would be read as the statement's own placeholders.
             asked = " OR ".join(
-                f"{column} IN ({', '.join(_literal(v) for v in values)})"
+                f"{column} IN {{{column}s}}"
                 for column, values in (("user_id", users), ("anonymous_id", anonymous))
                 if values
             )
@@ -846,6 +1005,8 @@ class ClickHouseEventsStore(EventsStore):
                 GROUP BY user_id, anonymous_id
                 """,
                 **params,
+                user_ids=users,
+                anonymous_ids=anonymous,
             )
             for user_id, anonymous_id, firsts, first_at, first_id, source, orders, active in rows:
                 # A pair may answer in two slices (its user id in one, its anonymous id in another),

@@ -1,0 +1,185 @@
+"""ClickHouse's finished days: the rows of closed days kept once (`finish_days`, at the end of a
+shipping run), trusted by the reads only before the least day an insert has touched since. The
+daily series equal PostgreSQL's rollups whatever was finished when and whatever arrived late, a
+late event counts at once, and shipping finishes the closed days and, now and then, the days a
+late event made stale."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from indicators import rollups
+from tests.tracking.test_clickhouse_aggregates import DAY0, EVENT, _store
+from tracking import shipping
+from tracking.events_store import _postgres, clickhouse_store
+from tracking.events_store.base import DAILY_COLUMNS
+from tracking.events_store.clickhouse import DAILY, PERSON_DAYS, TOUCHED, _daily_values
+from tracking.models import Event
+
+pytestmark = pytest.mark.django_db
+
+WINDOWS = st.lists(
+    st.tuples(st.integers(min_value=-5, max_value=80), st.integers(min_value=0, max_value=60)), min_size=1, max_size=3
+)
+
+
+@pytest.fixture
+def both_engines(settings, chdb_url):
+    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
+    settings.OPSLOOP_CLICKHOUSE_URL = chdb_url
+    clickhouse = clickhouse_store()
+    clickhouse.truncate()
+    shipping.ship_history()
+    return _postgres(), clickhouse
+
+
+def _ship_without_finishing(store) -> None:
+    """Every waiting event inserted as shipping inserts it, batch by batch, without the run's
+    finishing step (which would finish every day before today)."""
+    result = shipping.ShippingResult()
+    while (claimed := shipping._claim(7)) is not None:
+        shipping._ship_batch(store, *claimed, result)
+
+
+def _daily(store, start_offset: int = -3, days: int = 83) -> dict:
+    start = DAY0 + timedelta(days=start_offset)
+    return store.daily_rows(start=start, end=start + timedelta(days=days))
+
+
+def _finished(store) -> dict:
+    """The finished rows as they are kept, by day (ISO)."""
+    columns = ", ".join(f"toString({c})" for c in DAILY_COLUMNS)
+    return {
+        day: _daily_values(values)
+        for day, *values in store.client.rows(f"SELECT toString(day), {columns} FROM {DAILY} FINAL ORDER BY day")
+    }
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    early=st.lists(EVENT, min_size=1, max_size=30),
+    late=st.lists(EVENT, max_size=15),
+    first_through=st.integers(min_value=-3, max_value=78),
+    second_through=st.one_of(st.none(), st.integers(min_value=-3, max_value=78)),
+    refinish_after=st.sampled_from([None, timedelta(0), timedelta(hours=1)]),
+    windows=WINDOWS,
+)
+def test_finished_and_open_days_answer_as_postgresql_does_whatever_arrived_late(
+    both_engines, early, late, first_through, second_through, refinish_after, windows
+):
+    postgres, clickhouse = both_engines
+    with clickhouse.held():
+        Event.objects.all().delete()
+        clickhouse.truncate()
+        _store(early)
+        _ship_without_finishing(clickhouse)
+        written = clickhouse.finish_days(through=DAY0 + timedelta(days=first_through))
+        first_day = min(day for day, *_ in early)
+        last_day = max(day for day, *_ in early)
+        # Every closed day from the first one held, quiet days included, and none after.
+        assert written == max(0, min(first_through, last_day) - first_day + 1)
+        assert clickhouse.client.rows(f"SELECT count() FROM {TOUCHED}") == [[0]]
+
+        _store(late)  # any day: before, inside or after what was finished
+        _ship_without_finishing(clickhouse)
+        if second_through is not None:
+            clickhouse.finish_days(through=DAY0 + timedelta(days=second_through), refinish_after=refinish_after)
+        rollups.rebuild()
+
+        ours = _daily(clickhouse)
+        assert ours and ours == _daily(postgres)
+        for start, days in windows:
+            assert _daily(clickhouse, start, days) == _daily(postgres, start, days), (start, days)
+        # What is finished and not touched since is what PostgreSQL's rollups hold for the day.
+        touched = clickhouse.client.rows(f"SELECT count(), toString(min(since)) FROM {TOUCHED}")[0]
+        trusted = {day: values for day, values in _finished(clickhouse).items() if not touched[0] or day < touched[1]}
+        pg = _daily(postgres)
+        for day, values in trusted.items():
+            assert values == pg[date.fromisoformat(day)], day
+
+
+def test_a_read_takes_the_finished_rows_and_computes_only_the_days_after_them(both_engines):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50"), (5, 60, "app_open", ("u2", None), "0")])
+    _store([(9, 60, "order_paid", ("u1", None), "3.333"), (50, 60, "app_open", ("u3", None), "0")])
+    _store([(52, 60, "order_paid", ("u1", None), "100")])
+    _ship_without_finishing(clickhouse)
+    assert clickhouse.finish_days(through=DAY0 + timedelta(days=40)) == 41  # quiet days too
+    rollups.rebuild()
+    expected = _daily(postgres)
+    assert _daily(clickhouse) == expected
+
+    # The person-days of finished days gone (more than 30 days before the first open day, which
+    # is computed from the 29 days before it): the reads still answer those days, from their rows.
+    clickhouse.client.command(
+        f"ALTER TABLE {PERSON_DAYS} DELETE WHERE day BETWEEN '2026-03-03' AND '2026-03-11' SETTINGS mutations_sync = 2"
+    )
+    assert _daily(clickhouse) == expected
+
+    # A late event for a finished day: that day and every later one are computed again at once.
+    _store([(5, 60, "app_open", ("u4", None), "0"), (5, 70, "app_open", ("u5", None), "0")])
+    _ship_without_finishing(clickhouse)
+    rollups.rebuild()
+    late = _daily(postgres)
+    day5 = DAY0 + timedelta(days=5)
+    assert late[day5]["active_users"] == expected[day5]["active_users"] + 2 == 3
+    # Neither the finished row (1) nor PostgreSQL's (3): the day's person-days as they are now,
+    # the late events' and not u2's, deleted above.
+    assert _daily(clickhouse)[day5]["active_users"] == 2
+    for day in (50, 52):
+        assert _daily(clickhouse)[DAY0 + timedelta(days=day)] == late[DAY0 + timedelta(days=day)]
+
+
+def test_shipping_finishes_the_closed_days_and_refinishes_a_late_events_days_now_and_then(both_engines, settings):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50"), (3, 60, "app_open", ("u2", None), "0")])
+    shipping.ship_events()
+    rollups.rebuild()
+    # Every day held is before today: all of them finished, and no touched day is left.
+    assert sorted(_finished(clickhouse)) == [(DAY0 + timedelta(days=d)).isoformat() for d in range(4)]
+    assert clickhouse.client.rows(f"SELECT count() FROM {TOUCHED}") == [[0]]
+    assert _daily(clickhouse) == _daily(postgres)
+
+    _store([(1, 60, "order_paid", ("u3", None), "0.99")])  # late, for a finished day
+    settings.OPSLOOP_CLICKHOUSE_REFINISH_MINUTES = 60
+    shipping.ship_events()
+    rollups.rebuild()
+    day1 = (DAY0 + timedelta(days=1)).isoformat()
+    # Finished a moment ago: not yet again. The reads count the late order all the same.
+    assert _finished(clickhouse)[day1]["orders"] == 0
+    assert clickhouse.client.rows(f"SELECT toString(min(since)) FROM {TOUCHED}") == [[day1]]
+    assert _daily(clickhouse) == _daily(postgres)
+
+    settings.OPSLOOP_CLICKHOUSE_REFINISH_MINUTES = 0
+    shipping.ship_events()
+    assert _finished(clickhouse)[day1]["orders"] == 1
+    assert clickhouse.client.rows(f"SELECT count() FROM {TOUCHED}") == [[0]]
+    assert _daily(clickhouse) == _daily(postgres)
+
+
+def test_finishing_that_fails_shows_its_reason_ships_the_events_and_the_next_run_finishes(both_engines, caplog):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50")])
+    # Something else holds the finished table's name: ClickHouse refuses its rows.
+    clickhouse.client.command(f"DROP TABLE IF EXISTS {DAILY}")
+    clickhouse.client.command(f"CREATE TABLE {DAILY} (x UInt8) ENGINE = Memory")
+
+    with caplog.at_level("ERROR", logger="tracking.shipping"), pytest.raises(shipping.ShippingFailed):
+        shipping.ship_events()
+
+    state = shipping.state()
+    assert "finishing the days" in state.last_error and state.failures == 1
+    assert "finishing the days" in caplog.text
+    assert shipping.pending_events() == 0  # the events themselves went
+
+    clickhouse.client.command(f"DROP TABLE {DAILY}")
+    shipping.ship_events()
+    rollups.rebuild()
+
+    assert shipping.state().last_error == ""
+    assert list(_finished(clickhouse)) == [DAY0.isoformat()]
+    assert _daily(clickhouse) == _daily(postgres)
