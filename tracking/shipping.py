@@ -10,6 +10,9 @@
   deletes the rows. A run that fails or dies after the claim leaves the batch claimed; the next
   run inserts the very same batch under the same token first, and ClickHouse drops a block it
   has seen (ReplacingMergeTree on `event_id` merges away anything older than its window).
+- Each run ends by writing ClickHouse's finished rows of the days closed since the last run (the
+  daily series read them: `ClickHouseEventsStore.finish_days`), under the same lock, so that no
+  insert runs meanwhile.
 - A failed run leaves its reason on `ShippingState` (the admin page), a log line, and the backlog
   as it was; the task tries again with a backoff and beat keeps trying every minute.
 - `ship_history` (`manage.py ship_history`) queues what was stored while shipping was off; until

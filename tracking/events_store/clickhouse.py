@@ -9,7 +9,9 @@ two aggregates that materialised views keep as each batch is inserted: a row per
 and a row per person (first day, first order day). They hold no definition of their own: the
 reads apply the rollups' definitions to them, a late event counts the moment it is shipped, and
 any window is exact. A ClickHouse that holds events from before the aggregates existed gets them
-built by the next shipping run (`ensure_aggregates`); until then those pages answer 503.
+built by the next shipping run (`ensure_aggregates`); until then those pages answer 503. The
+daily series read one more table, the rows of the days already closed (`finish_days`), and
+compute from the person-days only the days after them.
 
 The events arrive through `tracking.shipping` (an outbox in PostgreSQL); each row carries the
 values the rollups derive from an event (its person key, order amount, normalised search), worked
