@@ -343,18 +343,18 @@ def raw_events_reads():
 
 
 def finish_all_but_the_last_day(last: date) -> None:
-    """ClickHouse's finished days as a dashboard meets them: every day closed but the last one,
-    which plays today (a shipping run has finished every day before today)."""
+    """ClickHouse's finished days and retention cells as a dashboard meets them: every day closed
+    but the last one, which plays today (a shipping run has finished every day before today)."""
     from django.conf import settings
 
     from tracking.events_store import clickhouse_store
-    from tracking.events_store.clickhouse import DAILY, TOUCHED
+    from tracking.events_store.clickhouse import DAILY, RETENTION, TOUCHED
 
     settings.OPSLOOP_EVENTS_STORE = "clickhouse"
     store = clickhouse_store()
     store._ensure_finished_days()
-    store.client.command(f"TRUNCATE TABLE {DAILY}")
-    store.client.command(f"TRUNCATE TABLE {TOUCHED}")
+    for table in (DAILY, RETENTION, TOUCHED):
+        store.client.command(f"TRUNCATE TABLE {table}")
     started = time.monotonic()
     written = store.finish_days(through=last - timedelta(days=1))
     require_workload("finished days", written, at_least=30)
@@ -482,6 +482,30 @@ def main() -> None:
             f"  {'daily rows, 90 days':34} person-days {p95(live) * 1000:8.1f} ms  finished days + the open one "
             f"{p95(finished) * 1000:8.1f} ms  ratio {p95(live) / p95(finished):5.1f}x  "
             f"the open day alone {p95(open_day) * 1000:8.1f} ms  same answer {'yes' if all(same) else 'NO'}",
+            flush=True,
+        )
+        # Monthly retention two ways: every person-day of the table, the finished cells with the
+        # cells of the month still open computed.
+        first_cohort = d180.replace(day=1)
+        horizon = last + timedelta(days=31 * 7)
+        live, finished, same = [], [], []
+        for _ in range(args.repeat):
+            seconds, answer_live = timed(
+                lambda: store._live_cells("activity", "month", first_cohort, last, 6, first_cohort, horizon), 1
+            )
+            live.append(seconds)
+            seconds, answer = timed(
+                lambda: store.retention_cells(
+                    basis="activity", granularity="month", first_cohort=first_cohort, end=last, periods=6
+                ),
+                1,
+            )
+            finished.append(seconds)
+            same.append(answer == answer_live)
+        print(
+            f"  {'retention cells, monthly':34} person-days {p95(live) * 1000:8.1f} ms  finished cells + the open "
+            f"month {p95(finished) * 1000:8.1f} ms  ratio {p95(live) / p95(finished):5.1f}x  "
+            f"same answer {'yes' if all(same) else 'NO'}",
             flush=True,
         )
         rows = store.client.rows(

@@ -17,13 +17,34 @@ from tests.tracking.test_clickhouse_aggregates import DAY0, EVENT, _store
 from tracking import shipping
 from tracking.events_store import _postgres, clickhouse_store
 from tracking.events_store.base import DAILY_COLUMNS
-from tracking.events_store.clickhouse import DAILY, PERSON_DAYS, TOUCHED, _daily_values
+from tracking.events_store.clickhouse import (
+    DAILY,
+    FINISHED_PERIODS,
+    PERSON_DAYS,
+    RETENTION,
+    TOUCHED,
+    _daily_values,
+    _unit_start,
+)
 from tracking.models import Event
 
 pytestmark = pytest.mark.django_db
 
 WINDOWS = st.lists(
     st.tuples(st.integers(min_value=-5, max_value=80), st.integers(min_value=0, max_value=60)), min_size=1, max_size=3
+)
+# A retention table: its basis, granularity, first cohort (days from DAY0), last cohort and periods
+# (up to one more than is kept finished, which is computed whole).
+TABLES = st.lists(
+    st.tuples(
+        st.sampled_from(["activity", "purchase"]),
+        st.sampled_from(["day", "week", "month"]),
+        st.integers(min_value=-10, max_value=75),
+        st.integers(min_value=0, max_value=60),
+        st.integers(min_value=0, max_value=31),
+    ),
+    min_size=1,
+    max_size=4,
 )
 
 
@@ -50,6 +71,21 @@ def _daily(store, start_offset: int = -3, days: int = 83) -> dict:
     return store.daily_rows(start=start, end=start + timedelta(days=days))
 
 
+def _cells(store, basis: str, granularity: str, first: int, days: int, periods: int) -> list:
+    start = _unit_start(DAY0 + timedelta(days=first), granularity)
+    end = start + timedelta(days=days)
+    return store.retention_cells(basis=basis, granularity=granularity, first_cohort=start, end=end, periods=periods)
+
+
+def _every_table(store) -> dict:
+    """Every basis and granularity over the whole draw, as far as is kept finished."""
+    return {
+        (basis, granularity): _cells(store, basis, granularity, -7, 90, FINISHED_PERIODS[granularity])
+        for basis in ("activity", "purchase")
+        for granularity in ("day", "week", "month")
+    }
+
+
 def _finished(store) -> dict:
     """The finished rows as they are kept, by day (ISO)."""
     columns = ", ".join(f"toString({c})" for c in DAILY_COLUMNS)
@@ -67,9 +103,10 @@ def _finished(store) -> dict:
     second_through=st.one_of(st.none(), st.integers(min_value=-3, max_value=78)),
     refinish_after=st.sampled_from([None, timedelta(0), timedelta(hours=1)]),
     windows=WINDOWS,
+    tables=TABLES,
 )
 def test_finished_and_open_days_answer_as_postgresql_does_whatever_arrived_late(
-    both_engines, early, late, first_through, second_through, refinish_after, windows
+    both_engines, early, late, first_through, second_through, refinish_after, windows, tables
 ):
     postgres, clickhouse = both_engines
     with clickhouse.held():
@@ -94,6 +131,9 @@ def test_finished_and_open_days_answer_as_postgresql_does_whatever_arrived_late(
         assert ours and ours == _daily(postgres)
         for start, days in windows:
             assert _daily(clickhouse, start, days) == _daily(postgres, start, days), (start, days)
+        assert _every_table(clickhouse) == _every_table(postgres)
+        for table in tables:
+            assert _cells(clickhouse, *table) == _cells(postgres, *table), table
         # What is finished and not touched since is what PostgreSQL's rollups hold for the day.
         touched = clickhouse.client.rows(f"SELECT count(), toString(min(since)) FROM {TOUCHED}")[0]
         trusted = {day: values for day, values in _finished(clickhouse).items() if not touched[0] or day < touched[1]}
@@ -132,6 +172,40 @@ def test_a_read_takes_the_finished_rows_and_computes_only_the_days_after_them(bo
     assert _daily(clickhouse)[day5]["active_users"] == 2
     for day in (50, 52):
         assert _daily(clickhouse)[DAY0 + timedelta(days=day)] == late[DAY0 + timedelta(days=day)]
+
+
+def test_retention_reads_the_finished_cells_and_computes_only_the_periods_after_them(both_engines):
+    postgres, clickhouse = both_engines
+    _store([(0, 60, "order_paid", ("u1", None), "12.50"), (1, 60, "app_open", ("u1", None), "0")])
+    _store([(2, 60, "order_paid", ("u2", None), "1"), (8, 60, "order_paid", ("u2", None), "2")])
+    _store([(45, 60, "app_open", ("u1", None), "0"), (46, 60, "app_open", ("u3", None), "0")])
+    _ship_without_finishing(clickhouse)
+    clickhouse.finish_days(through=DAY0 + timedelta(days=40))
+    rollups.rebuild()
+    expected = _every_table(postgres)
+    assert _every_table(clickhouse) == expected
+    # Every closed period has its cells, zeros included, up to the periods kept.
+    day_cells = clickhouse.client.rows(
+        f"SELECT count(), countIf(users > 0) FROM {RETENTION} FINAL WHERE basis = 'activity' AND granularity = 'day'"
+    )
+    # 41 closed days of 31 cells each; u1's cohort (day 0) holds periods 0 and 1, u2's (day 2) 0 and 6.
+    assert day_cells == [[41 * 31, 4]]
+
+    # The person-days of the first ten days gone: the closed periods' cells still answer them.
+    clickhouse.client.command(
+        f"ALTER TABLE {PERSON_DAYS} DELETE WHERE day BETWEEN '2026-03-02' AND '2026-03-11' SETTINGS mutations_sync = 2"
+    )
+    assert _every_table(clickhouse)["activity", "day"] == expected["activity", "day"]
+    assert _every_table(clickhouse)["purchase", "week"] == expected["purchase", "week"]
+
+    # A late first event for u3, before the finished periods: u3 moves to an earlier cohort, and
+    # every period from that day on is computed again (the emptied cell of day 46's cohort too).
+    _store([(20, 60, "app_open", ("u3", None), "0")])
+    _ship_without_finishing(clickhouse)
+    rollups.rebuild()
+    late = _cells(postgres, "activity", "day", 15, 40, 30)
+    assert (DAY0 + timedelta(days=46), 0, 1) not in late and (DAY0 + timedelta(days=20), 26, 1) in late
+    assert _cells(clickhouse, "activity", "day", 15, 40, 30) == late
 
 
 def test_shipping_finishes_the_closed_days_and_refinishes_a_late_events_days_now_and_then(both_engines, settings):

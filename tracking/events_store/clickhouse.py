@@ -10,8 +10,9 @@ and a row per person (first day, first order day). They hold no definition of th
 reads apply the rollups' definitions to them, a late event counts the moment it is shipped, and
 any window is exact. A ClickHouse that holds events from before the aggregates existed gets them
 built by the next shipping run (`ensure_aggregates`); until then those pages answer 503. The
-daily series read one more table, the rows of the days already closed (`finish_days`), and
-compute from the person-days only the days after them.
+daily series and the retention tables read what is already closed from two more tables (the
+rows of the finished days, the cells of the finished periods: `finish_days`), and compute from
+the person-days only the days and periods after them.
 
 The events arrive through `tracking.shipping` (an outbox in PostgreSQL); each row carries the
 values the rollups derive from an event (its person key, order amount, normalised search), worked
@@ -184,6 +185,27 @@ TOUCHED_OF_EVENTS = f"SELECT min(toDate(timestamp)) AS since FROM {TABLE}"
 # Days finished in one statement at most: a first finishing over a long history goes in steps,
 # each written as it is done.
 FINISH_STEP_DAYS = 92
+# Finished retention cells, by the same rule: a cell (a cohort's people active in one period)
+# depends only on the events up to its period's end, so the cells of every period (`unit`: its
+# first day) that closed by the last finished day and before the least day touched are trusted.
+# A recomputed period writes every cell of it up to `FINISHED_PERIODS` back, zeros included, so
+# that a cell a late event emptied (its person moved to an earlier cohort) is replaced too. A
+# table of more periods than that is computed whole from the person-days.
+RETENTION = "opsloop_retention"
+CREATE_RETENTION = f"""
+CREATE TABLE IF NOT EXISTS {RETENTION} (
+    basis LowCardinality(String),
+    granularity LowCardinality(String),
+    unit Date,
+    cohort Date,
+    period UInt32,
+    users UInt64,
+    finished_at DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree(finished_at)
+ORDER BY (basis, granularity, unit, cohort)
+"""
+FINISHED_PERIODS = {"day": 30, "week": 26, "month": 24}
+RETENTION_BASES = ("activity", "purchase")
 
 # A batch inserted again under its token is dropped from the events table and, with this, from
 # each view's table too, also when the first try stopped between the two.
@@ -388,6 +410,32 @@ def _cents(value: str | int) -> Decimal:
     return Decimal(value).quantize(Decimal("0.01"))
 
 
+def _unit_start(day: date, granularity: str) -> date:
+    """The first day of the cohort period (day, week from Monday, month) that holds `day`."""
+    if granularity == "day":
+        return day
+    if granularity == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def _unit_after(unit: date, granularity: str) -> date:
+    if granularity == "day":
+        return unit + timedelta(days=1)
+    if granularity == "week":
+        return unit + timedelta(days=7)
+    return (unit + timedelta(days=32)).replace(day=1)
+
+
+def _units_before(unit: date, granularity: str, count: int) -> date:
+    if granularity == "day":
+        return unit - timedelta(days=count)
+    if granularity == "week":
+        return unit - timedelta(days=7 * count)
+    months = unit.year * 12 + unit.month - 1 - count
+    return date(months // 12, months % 12 + 1, 1)
+
+
 def _daily_values(values: Sequence[str | int]) -> dict[str, Decimal]:
     """A day's row of `daily_rows` from ClickHouse's values, in `DAILY_COLUMNS`' order."""
     row = dict(zip(DAILY_COLUMNS, (Decimal(v) for v in values), strict=True))
@@ -468,6 +516,7 @@ class ClickHouseEventsStore(EventsStore):
             # Finished days are written from the aggregates: any from before are finished again.
             self._ensure_finished_days()
             self.client.command(f"TRUNCATE TABLE {DAILY}")
+            self.client.command(f"TRUNCATE TABLE {RETENTION}")
             for name, (target, select) in AGGREGATE_VIEWS.items():
                 self.client.command(f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name} TO {target} AS {select}")
         self._aggregates_ready = True
@@ -524,6 +573,7 @@ class ClickHouseEventsStore(EventsStore):
             self.ensure_aggregates()
         self._ensure_finished_days()
         self.client.command(f"TRUNCATE TABLE {DAILY}")
+        self.client.command(f"TRUNCATE TABLE {RETENTION}")
         self.client.command(f"TRUNCATE TABLE {TOUCHED}")
 
     def _rows(self, sql: str, **params: Any) -> list[list]:
@@ -601,6 +651,8 @@ class ClickHouseEventsStore(EventsStore):
             written = 0
             while lo is not None and lo <= hi:
                 step_to = min(hi, lo + timedelta(days=FINISH_STEP_DAYS - 1))
+                # The cells first: a read trusts cells only up to the last finished day.
+                self._finish_cells(lo, step_to)
                 rows = self._live_rows(lo, step_to)
                 at = _literal(datetime.now(UTC))
                 self.client.command(
@@ -620,6 +672,7 @@ class ClickHouseEventsStore(EventsStore):
         # The view before any row is finished: from then on every insert leaves its least day.
         if not self._finished_ready:
             self.client.command(CREATE_DAILY)
+            self.client.command(CREATE_RETENTION)
             self.client.command(CREATE_TOUCHED)
             self.client.command(
                 f"CREATE MATERIALIZED VIEW IF NOT EXISTS {TOUCHED_VIEW} TO {TOUCHED} AS {TOUCHED_OF_EVENTS}"
@@ -745,16 +798,99 @@ class ClickHouseEventsStore(EventsStore):
     def retention_cells(
         self, *, basis: str, granularity: str, first_cohort: date, end: date, periods: int
     ) -> list[tuple[date, int, int]]:
+        """The finished cells of the periods closed before the first untrusted day, and the
+        cells of the periods from there computed from the person-days."""
+        self._ready_aggregates()
+        self._ensure_finished_days()
+        # The last active day a cell of the last cohort can count.
+        days_to = end + timedelta(days={"day": 1, "week": 7, "month": 31}[granularity] * (periods + 1))
+        with self.client.held():
+            state = self._finished_state()
+            if not state.finished or periods > FINISHED_PERIODS[granularity]:
+                return self._live_cells(basis, granularity, first_cohort, end, periods, first_cohort, days_to)
+            trusted_to = state.finished_to
+            if state.since is not None:
+                trusted_to = min(trusted_to, state.since - timedelta(days=1))
+            open_from = _unit_start(trusted_to + timedelta(days=1), granularity)
+            finished = self.client.rows(
+                _bind(
+                    f"""
+                    SELECT toString(cohort), period, users FROM {RETENTION} FINAL
+                    WHERE basis = {{basis}} AND granularity = {{granularity}} AND unit < {{open_from}}
+                      AND cohort BETWEEN {{first_cohort}} AND {{end}} AND period <= {{periods}} AND users > 0
+                    """,
+                    {
+                        "basis": basis,
+                        "granularity": granularity,
+                        "open_from": open_from,
+                        "first_cohort": first_cohort,
+                        "end": end,
+                        "periods": periods,
+                    },
+                )
+            )
+            cells = [(date.fromisoformat(c), int(p), int(u)) for c, p, u in finished]
+            open_from = max(first_cohort, open_from)
+            cells += self._live_cells(basis, granularity, first_cohort, end, periods, open_from, days_to)
+        return sorted(cells)
+
+    def _finish_cells(self, lo: date, hi: date) -> None:
+        """The cells of every period that closes from `lo` to `hi`, zeros included."""
+        rows = []
+        at = _literal(datetime.now(UTC))
+        for granularity, longest in FINISHED_PERIODS.items():
+            first_unit = _unit_start(lo, granularity)
+            last_unit = _unit_start(hi + timedelta(days=1), granularity)  # the first not closed by `hi`
+            units = []
+            unit = first_unit
+            while unit < last_unit:
+                units.append(unit)
+                unit = _unit_after(unit, granularity)
+            if not units:
+                continue
+            oldest_cohort = _units_before(units[0], granularity, longest)
+            for basis in RETENTION_BASES:
+                found = {
+                    (cohort, period): users
+                    for cohort, period, users in self._live_cells(
+                        basis, granularity, oldest_cohort, units[-1], longest, units[0], last_unit - timedelta(days=1)
+                    )
+                }
+                for unit in units:
+                    for period in range(longest + 1):
+                        cohort = _units_before(unit, granularity, period)
+                        users = found.get((cohort, period), 0)
+                        rows.append(
+                            f"({_literal(basis)}, {_literal(granularity)}, {_literal(unit)}, {_literal(cohort)}, "
+                            f"{period}, {users}, {at})"
+                        )
+        for start in range(0, len(rows), 50_000):
+            self.client.command(
+                f"INSERT INTO {RETENTION} (basis, granularity, unit, cohort, period, users, finished_at) VALUES "
+                + ", ".join(rows[start : start + 50_000])
+            )
+
+    def _live_cells(
+        self,
+        basis: str,
+        granularity: str,
+        first_cohort: date,
+        end: date,
+        periods: int,
+        days_from: date,
+        days_to: date,
+    ) -> list[tuple[date, int, int]]:
+        """The cells of the cohorts from `first_cohort` to `end`, counting the active days from
+        `days_from` to `days_to`, computed from the person-days."""
         purchases = basis == "purchase"
         first = "min(first_order_day)" if purchases else "min(first_day)"
         # The cohort of a first day, and the period of an active day `d` in the cohort of `c.first`.
-        cohort, period, longest = {
-            "day": ("first", "dateDiff('day', c.first, d)", 1),
-            "week": ("toMonday(first)", "intDiv(dateDiff('day', toMonday(c.first), toMonday(d)), 7)", 7),
+        cohort, period = {
+            "day": ("first", "dateDiff('day', c.first, d)"),
+            "week": ("toMonday(first)", "intDiv(dateDiff('day', toMonday(c.first), toMonday(d)), 7)"),
             "month": (
                 "toStartOfMonth(first)",
                 "(toYear(d) * 12 + toMonth(d)) - (toYear(c.first) * 12 + toMonth(c.first))",
-                31,
             ),
         }[granularity]
         # An active day of a cohort's person is on or after their first day, so on or after the
@@ -771,7 +907,8 @@ class ClickHouseEventsStore(EventsStore):
                 SELECT c.cohort AS cohort, arrayJoin(arrayDistinct(arrayMap(d -> {period}, a.days))) AS period
                 FROM cohorts c JOIN (
                     SELECT person, groupUniqArray(day) AS days FROM {{person_days}}
-                    WHERE day BETWEEN {{first_cohort}} AND {{end}} + {{horizon}} {"AND orders > 0" if purchases else ""}
+                    WHERE day BETWEEN greatest({{first_cohort}}, {{days_from}}) AND {{days_to}}
+                      {"AND orders > 0" if purchases else ""}
                     GROUP BY person
                 ) a ON a.person = c.person
             )
@@ -781,7 +918,8 @@ class ClickHouseEventsStore(EventsStore):
             first_cohort=first_cohort,
             end=end,
             periods=periods,
-            horizon=longest * (periods + 1),
+            days_from=days_from,
+            days_to=days_to,
         )
         return [(date.fromisoformat(c), int(p), int(u)) for c, p, u in rows]
 
