@@ -226,7 +226,9 @@ def _finish_days(store) -> None:
     through = timezone.now().date() - timedelta(days=1)  # UTC: yesterday is the last closed day
     try:
         days = store.finish_days(
-            through=through, refinish_after=timedelta(minutes=settings.OPSLOOP_CLICKHOUSE_REFINISH_MINUTES)
+            through=through,
+            refinish_after=timedelta(minutes=settings.OPSLOOP_CLICKHOUSE_REFINISH_MINUTES),
+            touched_grace=timedelta(seconds=settings.OPSLOOP_CLICKHOUSE_TOUCHED_GRACE_SECONDS),
         )
     except Exception as error:
         _fail_run(f"{type(error).__name__}: finishing the days: {error}", error)

@@ -310,6 +310,9 @@ OPSLOOP_SHIPPING_BATCH_EVENTS = int(env("OPSLOOP_SHIPPING_BATCH_EVENTS", "50000"
 # A shipping run writes ClickHouse's finished rows of the days closed since the last; rows a late
 # event made stale are written again at most this often (pages compute those days meanwhile).
 OPSLOOP_CLICKHOUSE_REFINISH_MINUTES = int(env("OPSLOOP_CLICKHOUSE_REFINISH_MINUTES", "15"))
+# Days touched by inserts this recent when a run reads them stay untrusted until the next run: an
+# insert longer than this, running beside a finishing run, could otherwise go unnoticed.
+OPSLOOP_CLICKHOUSE_TOUCHED_GRACE_SECONDS = int(env("OPSLOOP_CLICKHOUSE_TOUCHED_GRACE_SECONDS", "300"))
 # Raw events older than this many days are deleted from PostgreSQL by the nightly task (only those
 # already shipped, when ClickHouse is on); unset: kept for ever.
 # Retention runs only with ClickHouse on and its history loaded (manage.py ship_history), and a

@@ -179,7 +179,11 @@ CREATE_DAILY = (
     + ", finished_at DateTime64(6, 'UTC')) ENGINE = ReplacingMergeTree(finished_at) ORDER BY day"
 )
 _DAILY_TEXT = ", ".join(f"toString({c})" for c in DAILY_COLUMNS)  # money exact, as text
-CREATE_TOUCHED = f"CREATE TABLE IF NOT EXISTS {TOUCHED} (since Date) ENGINE = MergeTree ORDER BY since"
+# `at`: the server's moment of the insert. Finishing forgets only the touched days inserted before
+# it read them, less a grace, so that an insert that ran meanwhile (were the lock ever lost) still
+# leaves its days untrusted.
+TOUCHED_AT = "at DateTime64(6, 'UTC') DEFAULT now64(6)"
+CREATE_TOUCHED = f"CREATE TABLE IF NOT EXISTS {TOUCHED} (since Date, {TOUCHED_AT}) ENGINE = MergeTree ORDER BY since"
 TOUCHED_VIEW = f"{TOUCHED}_mv"
 TOUCHED_OF_EVENTS = f"SELECT min(toDate(timestamp)) AS since FROM {TABLE}"
 # Days finished in one statement at most: a first finishing over a long history goes in steps,
@@ -450,6 +454,8 @@ class FinishedDays:
     finished: bool
     finished_to: date | None
     finished_at: datetime | None
+    version: datetime  # the latest version written to either table (1970 when none)
+    now: datetime  # the engine's clock as the state was read
 
 
 class ClickHouseEventsStore(EventsStore):
@@ -618,20 +624,27 @@ class ClickHouseEventsStore(EventsStore):
                 out.update(self._live_rows(open_from, hi))
         return dict(sorted(out.items()))
 
-    def finish_days(self, *, through: date, refinish_after: timedelta | None = None) -> int:
+    def finish_days(
+        self,
+        *,
+        through: date,
+        refinish_after: timedelta | None = None,
+        touched_grace: timedelta = timedelta(minutes=5),
+    ) -> int:
         """Write the rows of the days up to `through` that no trusted finished row answers yet:
         from the least day touched since the last finishing (or the day after the last finished
         one), then forget the touched days. Only while no events are inserted (shipping calls it
         under its lock). With `refinish_after`, rows that a late event made stale are written
         again at most that often, unless a day has closed meanwhile (a page computes stale days
-        in the meantime). Returns the days written."""
+        in the meantime). The touched days inserted within `touched_grace` before this run read
+        them are kept (their days stay untrusted until the next run). Returns the days written."""
         try:
-            return self._finish_days(through=through, refinish_after=refinish_after)
+            return self._finish_days(through=through, refinish_after=refinish_after, touched_grace=touched_grace)
         except Exception:
             self._finished_ready = False  # the next try makes what is missing
             raise
 
-    def _finish_days(self, *, through: date, refinish_after: timedelta | None) -> int:
+    def _finish_days(self, *, through: date, refinish_after: timedelta | None, touched_grace: timedelta) -> int:
         self._ready_aggregates()
         self._ensure_finished_days()
         with self.client.held():
@@ -649,12 +662,16 @@ class ClickHouseEventsStore(EventsStore):
             else:
                 lo, hi = state.finished_to + timedelta(days=1), min(through, last)
             written = 0
+            version = state.version
             while lo is not None and lo <= hi:
                 step_to = min(hi, lo + timedelta(days=FINISH_STEP_DAYS - 1))
+                # Each write's version is above every earlier one's, whichever host's clock wrote
+                # those: the latest computation wins the merge, never a stale one.
+                version = max(datetime.now(UTC), version + timedelta(microseconds=1))
+                at = _literal(version)
                 # The cells first: a read trusts cells only up to the last finished day.
-                self._finish_cells(lo, step_to)
+                self._finish_cells(lo, step_to, at)
                 rows = self._live_rows(lo, step_to)
-                at = _literal(datetime.now(UTC))
                 self.client.command(
                     f"INSERT INTO {DAILY} (day, {', '.join(DAILY_COLUMNS)}, finished_at) VALUES "
                     + ", ".join(
@@ -665,25 +682,42 @@ class ClickHouseEventsStore(EventsStore):
                 written += len(rows)
                 lo = step_to + timedelta(days=1)
             if state.since is not None:
-                self.client.command(f"TRUNCATE TABLE {TOUCHED}")
+                self.client.command(
+                    f"ALTER TABLE {TOUCHED} DELETE WHERE at < {_literal(state.now - touched_grace)} "
+                    "SETTINGS mutations_sync = 2"
+                )
         return written
 
     def _ensure_finished_days(self) -> None:
         # The view before any row is finished: from then on every insert leaves its least day.
         if not self._finished_ready:
+            held = {
+                name
+                for (name,) in self.client.rows(
+                    "SELECT name FROM system.tables WHERE database = currentDatabase() "
+                    f"AND name IN ({_literal(DAILY)}, {_literal(RETENTION)})"
+                )
+            }
             self.client.command(CREATE_DAILY)
             self.client.command(CREATE_RETENTION)
+            if DAILY in held and RETENTION not in held:
+                # Finished days without their cells (a store finished before the cells existed):
+                # a read would take the closed periods' missing cells for zeros. Finished again,
+                # from the first day, by the next run.
+                self.client.command(f"TRUNCATE TABLE {DAILY}")
             self.client.command(CREATE_TOUCHED)
+            self.client.command(f"ALTER TABLE {TOUCHED} ADD COLUMN IF NOT EXISTS {TOUCHED_AT}")
             self.client.command(
                 f"CREATE MATERIALIZED VIEW IF NOT EXISTS {TOUCHED_VIEW} TO {TOUCHED} AS {TOUCHED_OF_EVENTS}"
             )
             self._finished_ready = True
 
     def _finished_state(self) -> FinishedDays:
-        (touched, since, finished, finished_to, finished_at), *_ = self.client.rows(
+        (touched, since, finished, finished_to, finished_at, cells_at, now), *_ = self.client.rows(
             f"SELECT (SELECT count() FROM {TOUCHED}), (SELECT toString(min(since)) FROM {TOUCHED}), "
             f"(SELECT count() FROM {DAILY}), (SELECT toString(max(day)) FROM {DAILY}), "
-            f"(SELECT toString(max(finished_at)) FROM {DAILY})"
+            f"(SELECT toString(max(finished_at)) FROM {DAILY}), "
+            f"(SELECT toString(max(finished_at)) FROM {RETENTION}), toString(now64(6))"
         )
         finished = int(finished) > 0
         return FinishedDays(
@@ -691,6 +725,8 @@ class ClickHouseEventsStore(EventsStore):
             finished=finished,
             finished_to=date.fromisoformat(finished_to) if finished else None,
             finished_at=_moment(finished_at) if finished else None,
+            version=max(_moment(finished_at), _moment(cells_at)),
+            now=_moment(now),
         )
 
     def _data_bounds(self) -> tuple[date | None, date | None]:
@@ -834,10 +870,9 @@ class ClickHouseEventsStore(EventsStore):
             cells += self._live_cells(basis, granularity, first_cohort, end, periods, open_from, days_to)
         return sorted(cells)
 
-    def _finish_cells(self, lo: date, hi: date) -> None:
-        """The cells of every period that closes from `lo` to `hi`, zeros included."""
+    def _finish_cells(self, lo: date, hi: date, at: str) -> None:
+        """The cells of every period that closes from `lo` to `hi`, zeros included, as version `at`."""
         rows = []
-        at = _literal(datetime.now(UTC))
         for granularity, longest in FINISHED_PERIODS.items():
             first_unit = _unit_start(lo, granularity)
             last_unit = _unit_start(hi + timedelta(days=1), granularity)  # the first not closed by `hi`
