@@ -12,9 +12,11 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from access.readonly import ReadOnlyAdmin
+from config import formatting
 from config.celery import publish
 from tracking import selectors, shipping, tasks
-from tracking.events_store import clickhouse_enabled
+from tracking.events_store import clickhouse_enabled, clickhouse_store
+from tracking.events_store.clickhouse import ClickHouseUnavailable
 from tracking.models import Event, EventKind, ShippingState
 
 
@@ -164,6 +166,7 @@ class ShippingStateAdmin(ReadOnlyAdmin):
         "deleted_events",
         "last_retention_at",
         "retention",
+        "finished_days",
     )
     fields = readonly_fields
     actions = ["ship_now"]
@@ -188,6 +191,22 @@ class ShippingStateAdmin(ReadOnlyAdmin):
     def retention(self, obj: ShippingState) -> str:
         refusal = shipping.retention_refusal()
         return _("runs nightly") if refusal is None else _("deletes nothing: %(reason)s") % {"reason": refusal}
+
+    @admin.display(description=_("days finished in ClickHouse"))
+    def finished_days(self, obj: ShippingState) -> str:
+        """The day series read up to here from finished rows; each shipping run moves it on."""
+        if not clickhouse_enabled():
+            return formatting.MISSING
+        try:
+            day, written = clickhouse_store().finished_through()
+        except ClickHouseUnavailable as error:
+            return _("unknown: %(reason)s") % {"reason": error}
+        if day is None:
+            return _("none yet: the next shipping run finishes them")
+        return _("through %(day)s (written %(moment)s)") % {
+            "day": formatting.local_date(day),
+            "moment": formatting.local_time(written),
+        }
 
     @admin.display(description=_("last error"))
     def last_error_short(self, obj: ShippingState) -> str:

@@ -222,3 +222,19 @@ def test_the_admin_page_shows_the_backlog_and_the_last_error_and_queues_a_retry(
     assert [str(m) for m in retried.context["messages"]] == [
         "Shipping is queued: the page shows its outcome when it has run."
     ]
+
+
+def test_the_admin_page_shows_the_last_finished_day_and_says_why_when_clickhouse_cannot_answer(
+    clickhouse, settings, client, make_staff
+):
+    client.force_login(make_staff(superuser=True))
+    url = f"/admin/tracking/shippingstate/{shipping.STATE}/change/"
+    assert b"none yet: the next shipping run finishes them" in client.get(url).content
+
+    EventFactory(timestamp=datetime(2026, 3, 2, 12, tzinfo=UTC))
+    shipping.ship_events()
+    assert b"through 2 Mar 2026 (written " in client.get(url).content
+
+    settings.OPSLOOP_CLICKHOUSE_URL = f"http://127.0.0.1:{closed_port()}"
+    page = client.get(url)
+    assert page.status_code == 200 and b"unknown: " in page.content and b"127.0.0.1" in page.content

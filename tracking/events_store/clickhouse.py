@@ -688,6 +688,13 @@ class ClickHouseEventsStore(EventsStore):
                 )
         return written
 
+    def finished_through(self) -> tuple[date | None, datetime | None]:
+        """The last finished day (UTC) and when it was written; (None, None) before the first."""
+        self.ensure_table()
+        self._ensure_finished_days()
+        state = self._finished_state()
+        return state.finished_to, state.finished_at
+
     def _ensure_finished_days(self) -> None:
         # The view before any row is finished: from then on every insert leaves its least day.
         if not self._finished_ready:
