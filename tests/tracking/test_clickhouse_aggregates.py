@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from indicators import rollups
 from tests.factories.tracking import EventFactory
 from tracking import shipping
-from tracking.events_store import _postgres, clickhouse_store
 from tracking.events_store.clickhouse import (
     AGGREGATE_VIEWS,
     PEOPLE,
@@ -39,17 +38,6 @@ EVENT = st.tuples(
     st.sampled_from(PEOPLE_DRAWN),
     st.sampled_from(["12.50", "0.99", "100", "3.333"]),
 )
-
-
-@pytest.fixture
-def both_engines(settings, chdb_url):
-    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
-    settings.OPSLOOP_CLICKHOUSE_URL = chdb_url
-    settings.OPSLOOP_CLICKHOUSE_TOUCHED_GRACE_SECONDS = 0  # the finished days are read, not computed
-    clickhouse = clickhouse_store()
-    clickhouse.truncate()
-    shipping.ship_history()
-    return _postgres(), clickhouse
 
 
 def _store(events) -> None:
@@ -150,6 +138,16 @@ def test_the_aggregates_answer_as_postgresql_does_on_drawn_events_and_batches(
         # And the aggregates are what the raw events hold (summed over the rows not merged yet).
         assert _person_days(clickhouse) == _person_days_of_raw(clickhouse)
         assert _people(clickhouse) == _people_of_raw(clickhouse)
+
+
+def ship_and_see_it_fail(caplog, reason: str) -> None:
+    """A shipping run that fails: it raises, and its reason is on the shipping state (the first
+    failure in a row) and in the log."""
+    with caplog.at_level("ERROR", logger="tracking.shipping"), pytest.raises(shipping.ShippingFailed):
+        shipping.ship_events()
+    state = shipping.state()
+    assert reason in state.last_error and state.failures == 1
+    assert reason in caplog.text
 
 
 def _person_days(store) -> list:
@@ -305,12 +303,7 @@ def test_a_build_that_fails_leaves_its_reason_on_the_shipping_state_and_the_next
     # Something else holds a view's name: ClickHouse refuses the build.
     clickhouse.client.command(f"CREATE TABLE {PERSON_DAYS}_mv (x UInt8) ENGINE = Memory")
 
-    with caplog.at_level("ERROR", logger="tracking.shipping"), pytest.raises(shipping.ShippingFailed):
-        shipping.ship_events()
-
-    state = shipping.state()
-    assert "building the daily aggregates" in state.last_error and state.failures == 1
-    assert "building the daily aggregates" in caplog.text
+    ship_and_see_it_fail(caplog, "building the daily aggregates")
     assert shipping.pending_events() == 1  # the event waits for the next run
     with pytest.raises(HistoryLoading, match="building its daily aggregates"):
         clickhouse.daily_rows(start=DAY0, end=DAY0)

@@ -13,9 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from indicators import rollups
-from tests.tracking.test_clickhouse_aggregates import DAY0, EVENT, _store
+from tests.tracking.test_clickhouse_aggregates import DAY0, EVENT, _store, ship_and_see_it_fail
 from tracking import shipping
-from tracking.events_store import _postgres, clickhouse_store
 from tracking.events_store.base import DAILY_COLUMNS
 from tracking.events_store.clickhouse import (
     DAILY,
@@ -46,19 +45,6 @@ TABLES = st.lists(
     min_size=1,
     max_size=4,
 )
-
-
-@pytest.fixture
-def both_engines(settings, chdb_url):
-    settings.OPSLOOP_EVENTS_STORE = "clickhouse"
-    settings.OPSLOOP_CLICKHOUSE_URL = chdb_url
-    # No insert runs beside these tests' finishing: what was inserted before it is forgotten at
-    # once, so the reads take the finished rows (the grace has a test of its own).
-    settings.OPSLOOP_CLICKHOUSE_TOUCHED_GRACE_SECONDS = 0
-    clickhouse = clickhouse_store()
-    clickhouse.truncate()
-    shipping.ship_history()
-    return _postgres(), clickhouse
 
 
 def _ship_without_finishing(store) -> None:
@@ -250,12 +236,7 @@ def test_finishing_that_fails_shows_its_reason_ships_the_events_and_the_next_run
     clickhouse.client.command(f"DROP TABLE IF EXISTS {DAILY}")
     clickhouse.client.command(f"CREATE TABLE {DAILY} (x UInt8) ENGINE = Memory")
 
-    with caplog.at_level("ERROR", logger="tracking.shipping"), pytest.raises(shipping.ShippingFailed):
-        shipping.ship_events()
-
-    state = shipping.state()
-    assert "finishing the days" in state.last_error and state.failures == 1
-    assert "finishing the days" in caplog.text
+    ship_and_see_it_fail(caplog, "finishing the days")
     assert shipping.pending_events() == 0  # the events themselves went
 
     clickhouse.client.command(f"DROP TABLE {DAILY}")
