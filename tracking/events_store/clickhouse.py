@@ -169,7 +169,7 @@ AGGREGATE_VIEWS = {
 # shipped for day D can change the rows from D on and none before: each insert leaves the least
 # day it touched (a view), and a read trusts a finished row only before the least day touched
 # since the rows were finished. Finishing runs under the shipping lock (no insert meanwhile) and
-# empties the touched days once the rows from the least of them are written again.
+# then forgets the touched days it has written again (`TOUCHED_AT`).
 DAILY = "opsloop_daily"
 TOUCHED = "opsloop_touched_days"
 _DAILY_MONEY = ("paid_amount", "refunded_amount", "revenue")
@@ -267,8 +267,6 @@ def _bind(sql: str, params: dict[str, Any]) -> str:
         table=TABLE,
         person_days=PERSON_DAYS,
         people=PEOPLE,
-        daily=DAILY,
-        touched=TOUCHED,
         no_order=NO_ORDER,
     )
 
@@ -611,7 +609,7 @@ class ClickHouseEventsStore(EventsStore):
             if state.finished and lo <= trusted_to:
                 for day, *values in self.client.rows(
                     _bind(
-                        f"SELECT toString(day), {_DAILY_TEXT} FROM {{daily}} FINAL "
+                        f"SELECT toString(day), {_DAILY_TEXT} FROM {DAILY} FINAL "
                         "WHERE day BETWEEN {lo} AND {to} ORDER BY day",
                         {"lo": lo, "to": trusted_to},
                     )
