@@ -478,6 +478,7 @@ def main() -> None:
             finished.append(seconds)
             open_day.append(timed(lambda: store._live_rows(last, last), 1)[0])
             same.append(answer == answer_live)
+        require_workload("daily rows, 90 days", len(answer), at_least=90)
         print(
             f"  {'daily rows, 90 days':34} person-days {p95(live) * 1000:8.1f} ms  finished days + the open one "
             f"{p95(finished) * 1000:8.1f} ms  ratio {p95(live) / p95(finished):5.1f}x  "
@@ -502,6 +503,7 @@ def main() -> None:
             )
             finished.append(seconds)
             same.append(answer == answer_live)
+        require_workload("retention cells, monthly", len(answer), at_least=1)
         print(
             f"  {'retention cells, monthly':34} person-days {p95(live) * 1000:8.1f} ms  finished cells + the open "
             f"month {p95(finished) * 1000:8.1f} ms  ratio {p95(live) / p95(finished):5.1f}x  "
